@@ -1,0 +1,80 @@
+//! The collector's part of the configuration, with the limits it enforces.
+
+use serde::Deserialize;
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CollectorConfig {
+    /// Largest request body, compressed or not, in bytes.
+    pub max_body_bytes: usize,
+    /// Largest single event (its JSON text), in bytes.
+    pub max_event_bytes: usize,
+    /// Most events in one batch request.
+    pub max_batch_events: usize,
+    /// Events (and person updates) held between HTTP and the store. When full,
+    /// ingest answers 503 with Retry-After until the writer catches up.
+    pub queue_capacity: usize,
+    /// Most events the writer stores in one transaction.
+    pub write_batch_events: usize,
+    /// Idle time that ends a server-side session, in minutes.
+    pub session_timeout_minutes: u32,
+    /// People whose session the collector remembers (least recently seen are forgotten).
+    pub session_capacity: usize,
+    /// Distinct user agents whose parse is cached.
+    pub user_agent_cache: usize,
+    /// Header set by a trusted proxy with the client's country code (e.g. `cf-ipcountry`).
+    pub country_header: Option<String>,
+    /// Take the client address from `X-Forwarded-For` (only behind a trusted proxy).
+    pub trust_forwarded_for: bool,
+}
+
+impl Default for CollectorConfig {
+    fn default() -> Self {
+        CollectorConfig {
+            max_body_bytes: 5 * 1024 * 1024,
+            max_event_bytes: 32 * 1024,
+            max_batch_events: 1000,
+            queue_capacity: 200_000,
+            write_batch_events: 50_000,
+            session_timeout_minutes: 30,
+            session_capacity: 200_000,
+            user_agent_cache: 10_000,
+            country_header: None,
+            trust_forwarded_for: false,
+        }
+    }
+}
+
+impl CollectorConfig {
+    /// Checks the limits make sense together; the message names the setting.
+    pub fn validate(&self) -> Result<(), String> {
+        let positive = [
+            ("max_body_bytes", self.max_body_bytes),
+            ("max_event_bytes", self.max_event_bytes),
+            ("max_batch_events", self.max_batch_events),
+            ("queue_capacity", self.queue_capacity),
+            ("write_batch_events", self.write_batch_events),
+            (
+                "session_timeout_minutes",
+                self.session_timeout_minutes as usize,
+            ),
+            ("session_capacity", self.session_capacity),
+            ("user_agent_cache", self.user_agent_cache),
+        ];
+        if let Some((name, _)) = positive.iter().find(|(_, v)| *v == 0) {
+            return Err(format!("collector.{name} must be greater than 0"));
+        }
+        if self.max_event_bytes > self.max_body_bytes {
+            return Err(
+                "collector.max_event_bytes must not exceed collector.max_body_bytes".into(),
+            );
+        }
+        if self.queue_capacity < self.max_batch_events {
+            return Err(
+                "collector.queue_capacity must hold at least one full batch (max_batch_events)"
+                    .into(),
+            );
+        }
+        Ok(())
+    }
+}

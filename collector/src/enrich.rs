@@ -1,0 +1,360 @@
+//! Enrichment: from what the client sent to the canonical [`Event`].
+//!
+//! Derives browser, OS and device from the user agent (parses cached), the
+//! referrer's domain, UTM tags from the page URL, an anonymised client
+//! address, the country from a trusted proxy header, a clock-skew-corrected
+//! timestamp and — when the client sends none — a server-side session id.
+
+use crate::sessions::Sessions;
+use crate::wire::Incoming;
+use crate::IngestError;
+use leanloop_core::{Event, EventKind, UserUpdate};
+use lru::LruCache;
+use std::net::IpAddr;
+use std::num::NonZeroUsize;
+use std::sync::{Arc, Mutex};
+use uuid::Uuid;
+
+/// Timestamps further ahead of the receive time than this are clamped.
+pub const MAX_FUTURE_MS: i64 = 23 * 3600 * 1000;
+
+/// Namespace for turning non-UUID message ids into stable event uuids.
+const MESSAGE_ID_NAMESPACE: Uuid = Uuid::from_u128(0x6c65616e_6c6f_6f70_8000_6d7367696431);
+
+/// Facts about the request that carried the events.
+#[derive(Debug, Clone)]
+pub struct RequestFacts {
+    pub project_id: i64,
+    pub store_full_ip: bool,
+    pub received_at_ms: i64,
+    /// The client address (socket peer, or X-Forwarded-For when trusted).
+    pub client_ip: Option<IpAddr>,
+    pub user_agent: Option<String>,
+    pub country: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct Agent {
+    browser: Option<String>,
+    browser_version: Option<String>,
+    os: Option<String>,
+    device_type: Option<String>,
+}
+
+pub struct Enricher {
+    agents: Mutex<LruCache<String, Arc<Agent>>>,
+    sessions: Sessions,
+}
+
+impl Enricher {
+    pub fn new(user_agent_cache: usize, sessions: Sessions) -> Enricher {
+        let capacity = NonZeroUsize::new(user_agent_cache).unwrap_or(NonZeroUsize::MIN);
+        Enricher {
+            agents: Mutex::new(LruCache::new(capacity)),
+            sessions,
+        }
+    }
+
+    /// Completes one event; returns it with the person update it implies.
+    pub fn finish(
+        &self,
+        i: Incoming,
+        req: &RequestFacts,
+    ) -> Result<(Event, Option<UserUpdate>), IngestError> {
+        let kind = i.kind.unwrap_or(EventKind::Track);
+        let (timestamp_ms, timestamp_clamped) = corrected_time(&i, req.received_at_ms);
+        let uuid = event_uuid(i.message_id.as_deref());
+
+        let user_agent = i.user_agent.as_deref().or(req.user_agent.as_deref());
+        let agent = user_agent.map(|ua| self.agent(ua)).unwrap_or_default();
+        let url = i.url.as_deref().and_then(|u| url::Url::parse(u).ok());
+        let path = i.path.or_else(|| url.as_ref().map(|u| u.path().to_owned()));
+        let query_utm = |name: &str| {
+            url.as_ref().and_then(|u| {
+                u.query_pairs()
+                    .find(|(k, _)| k == name)
+                    .map(|(_, v)| v.into_owned())
+            })
+        };
+        let referrer_domain = i
+            .referrer_domain
+            .or_else(|| i.referrer.as_deref().and_then(domain_of));
+
+        let ip =
+            i.ip.as_deref()
+                .and_then(|s| s.trim().parse::<IpAddr>().ok())
+                .or(req.client_ip);
+        let ip = ip.map(|ip| {
+            if req.store_full_ip {
+                ip.to_string()
+            } else {
+                anonymise(ip).to_string()
+            }
+        });
+
+        let session_id = i.session_id.or_else(|| {
+            let who = i.anonymous_id.as_deref().or(i.user_id.as_deref())?;
+            Some(self.sessions.session_for(req.project_id, who, timestamp_ms))
+        });
+
+        // Identify links the anonymous id to the user, alias the previous id.
+        let link = match kind {
+            EventKind::Identify => i.anonymous_id.clone(),
+            EventKind::Alias => i.previous_id.clone(),
+            _ => None,
+        };
+        let traits = i.traits.or_else(|| link.as_ref().map(|_| "{}".to_owned()));
+        let update = traits.map(|traits| UserUpdate {
+            project_id: req.project_id,
+            // Traits need a person: `$set` on an anonymous event updates the anonymous person.
+            user_id: i
+                .user_id
+                .clone()
+                .or(i.anonymous_id.clone())
+                .unwrap_or_default(),
+            anonymous_id: link,
+            traits,
+            seen_at_ms: timestamp_ms,
+        });
+
+        let event = Event {
+            uuid,
+            project_id: req.project_id,
+            kind,
+            name: i.name,
+            timestamp_ms,
+            received_at_ms: req.received_at_ms,
+            timestamp_clamped,
+            anonymous_id: i.anonymous_id,
+            user_id: i.user_id,
+            session_id,
+            release: i.release,
+            url: i.url,
+            path,
+            page_name: i.page_name,
+            referrer: i.referrer,
+            referrer_domain,
+            utm_source: i.utm.source.or_else(|| query_utm("utm_source")),
+            utm_medium: i.utm.medium.or_else(|| query_utm("utm_medium")),
+            utm_campaign: i.utm.campaign.or_else(|| query_utm("utm_campaign")),
+            utm_term: i.utm.term.or_else(|| query_utm("utm_term")),
+            utm_content: i.utm.content.or_else(|| query_utm("utm_content")),
+            browser: i.browser.or_else(|| agent.browser.clone()),
+            browser_version: i.browser_version.or_else(|| agent.browser_version.clone()),
+            os: i.os.or_else(|| agent.os.clone()),
+            device_type: i.device_type.or_else(|| agent.device_type.clone()),
+            country: req.country.clone(),
+            ip,
+            library: i.library,
+            properties: i.properties,
+        };
+        Ok((event, update.filter(|u| !u.user_id.is_empty())))
+    }
+
+    fn agent(&self, ua: &str) -> Arc<Agent> {
+        if let Some(hit) = lock(&self.agents).get(ua) {
+            return hit.clone();
+        }
+        // Parse outside the lock: parsing is the slow part and is pure.
+        let parsed = Arc::new(parse_agent(ua));
+        lock(&self.agents).put(ua.to_owned(), parsed.clone());
+        parsed
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn parse_agent(ua: &str) -> Agent {
+    let Some(r) = woothee::parser::Parser::new().parse(ua) else {
+        return Agent::default();
+    };
+    let known = |s: &str| (!s.is_empty() && s != "UNKNOWN").then(|| s.to_owned());
+    let device_type = match r.category {
+        "pc" => Some("desktop"),
+        "smartphone"
+            if ua.contains("iPad") || (ua.contains("Android") && !ua.contains("Mobile")) =>
+        {
+            Some("tablet")
+        }
+        "smartphone" | "mobilephone" => Some("mobile"),
+        "crawler" => Some("bot"),
+        "appliance" => Some("console"),
+        _ => None,
+    };
+    Agent {
+        browser: known(r.name),
+        browser_version: known(&r.version),
+        os: known(r.os),
+        device_type: device_type.map(str::to_owned),
+    }
+}
+
+/// `timestamp + (received_at − sentAt)`, or `received_at − offset`; clamped
+/// to the receive time (and flagged) when more than 23 h in the future.
+fn corrected_time(i: &Incoming, received_at_ms: i64) -> (i64, bool) {
+    let t = match (i.timestamp_ms, i.sent_at_ms, i.offset_ms) {
+        (Some(ts), Some(sent), _) => ts.saturating_add(received_at_ms.saturating_sub(sent)),
+        (Some(ts), None, _) => ts,
+        (None, _, Some(offset)) => received_at_ms - offset,
+        (None, _, None) => received_at_ms,
+    };
+    if t > received_at_ms + MAX_FUTURE_MS {
+        (received_at_ms, true)
+    } else {
+        (t, false)
+    }
+}
+
+/// The message id itself when it is a UUID; otherwise a UUID derived from it,
+/// so retries of the same message map to the same event. No id: a fresh one.
+pub fn event_uuid(message_id: Option<&str>) -> Uuid {
+    match message_id {
+        Some(id) => Uuid::parse_str(id.trim())
+            .unwrap_or_else(|_| Uuid::new_v5(&MESSAGE_ID_NAMESPACE, id.as_bytes())),
+        None => Uuid::now_v7(),
+    }
+}
+
+/// The host of a URL without a leading `www.`.
+fn domain_of(url: &str) -> Option<String> {
+    let host = url::Url::parse(url).ok()?.host_str()?.to_ascii_lowercase();
+    Some(host.strip_prefix("www.").map(str::to_owned).unwrap_or(host))
+}
+
+/// IPv4: the last octet zeroed; IPv6: everything past the /48 zeroed.
+pub fn anonymise(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(v4) => {
+            let [a, b, c, _] = v4.octets();
+            IpAddr::from([a, b, c, 0])
+        }
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => anonymise(IpAddr::V4(v4)),
+            None => {
+                let s = v6.segments();
+                IpAddr::from([s[0], s[1], s[2], 0, 0, 0, 0, 0])
+            }
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn facts() -> RequestFacts {
+        RequestFacts {
+            project_id: 1,
+            store_full_ip: false,
+            received_at_ms: 1_000_000_000_000,
+            client_ip: Some("203.0.113.77".parse().unwrap()),
+            user_agent: None,
+            country: Some("NZ".into()),
+        }
+    }
+
+    fn enricher() -> Enricher {
+        Enricher::new(100, Sessions::new(100, 30))
+    }
+
+    fn incoming() -> Incoming {
+        Incoming {
+            kind: Some(EventKind::Page),
+            name: "$pageview".into(),
+            anonymous_id: Some("a".into()),
+            properties: "{}".into(),
+            ..Incoming::default()
+        }
+    }
+
+    #[test]
+    fn derives_page_fields() {
+        let i = Incoming {
+            url: Some("https://shop.io/pricing?utm_source=news&utm_medium=email&utm_campaign=spring".into()),
+            referrer: Some("https://www.Google.com/search?q=x".into()),
+            user_agent: Some("Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0.0.0 Safari/537.36".into()),
+            ..incoming()
+        };
+        let (e, _) = enricher().finish(i, &facts()).unwrap();
+        assert_eq!(e.path.as_deref(), Some("/pricing"));
+        assert_eq!(e.utm_source.as_deref(), Some("news"));
+        assert_eq!(e.utm_medium.as_deref(), Some("email"));
+        assert_eq!(e.utm_campaign.as_deref(), Some("spring"));
+        assert_eq!(e.referrer_domain.as_deref(), Some("google.com"));
+        assert_eq!(e.browser.as_deref(), Some("Chrome"));
+        assert_eq!(e.os.as_deref(), Some("Windows 10"));
+        assert_eq!(e.device_type.as_deref(), Some("desktop"));
+        assert_eq!(e.ip.as_deref(), Some("203.0.113.0"));
+        assert_eq!(e.country.as_deref(), Some("NZ"));
+        assert!(e.session_id.is_some());
+    }
+
+    #[test]
+    fn mobile_and_tablet_agents() {
+        let iphone = parse_agent("Mozilla/5.0 (iPhone; CPU iPhone OS 17_0 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/17.0 Mobile/15E148 Safari/604.1");
+        assert_eq!(iphone.device_type.as_deref(), Some("mobile"));
+        assert_eq!(iphone.browser.as_deref(), Some("Safari"));
+        let ipad = parse_agent("Mozilla/5.0 (iPad; CPU OS 16_0 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/16.0 Mobile/15E148 Safari/604.1");
+        assert_eq!(ipad.device_type.as_deref(), Some("tablet"));
+        assert_eq!(parse_agent("analytics-python/2.3"), Agent::default());
+    }
+
+    #[test]
+    fn clock_skew_is_corrected_and_future_clamped() {
+        let r = facts().received_at_ms;
+        let skewed = Incoming {
+            timestamp_ms: Some(r + 3_600_000 - 500),
+            sent_at_ms: Some(r + 3_600_000),
+            ..incoming()
+        };
+        assert_eq!(corrected_time(&skewed, r), (r - 500, false));
+        let future = Incoming {
+            timestamp_ms: Some(r + MAX_FUTURE_MS + 1),
+            ..incoming()
+        };
+        assert_eq!(corrected_time(&future, r), (r, true));
+        let near = Incoming {
+            timestamp_ms: Some(r + MAX_FUTURE_MS - 1),
+            ..incoming()
+        };
+        assert_eq!(corrected_time(&near, r), (r + MAX_FUTURE_MS - 1, false));
+        let offset = Incoming {
+            offset_ms: Some(1500),
+            ..incoming()
+        };
+        assert_eq!(corrected_time(&offset, r), (r - 1500, false));
+    }
+
+    #[test]
+    fn ips_are_anonymised_unless_opted_in() {
+        assert_eq!(
+            anonymise("10.1.2.3".parse().unwrap()).to_string(),
+            "10.1.2.0"
+        );
+        assert_eq!(
+            anonymise("2001:db8:abcd:12:1:2:3:4".parse().unwrap()).to_string(),
+            "2001:db8:abcd::"
+        );
+        assert_eq!(
+            anonymise("::ffff:1.2.3.4".parse().unwrap()).to_string(),
+            "1.2.3.0"
+        );
+        let full = RequestFacts {
+            store_full_ip: true,
+            ..facts()
+        };
+        let (e, _) = enricher().finish(incoming(), &full).unwrap();
+        assert_eq!(e.ip.as_deref(), Some("203.0.113.77"));
+    }
+
+    #[test]
+    fn message_ids_map_to_stable_uuids() {
+        let u = "0b5c8f4e-3a52-4e1b-9c7c-2b9d1c6a7e10";
+        assert_eq!(event_uuid(Some(u)).to_string(), u);
+        assert_eq!(event_uuid(Some("msg-1")), event_uuid(Some("msg-1")));
+        assert_ne!(event_uuid(Some("msg-1")), event_uuid(Some("msg-2")));
+        assert_ne!(event_uuid(None), event_uuid(None));
+    }
+}

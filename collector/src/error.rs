@@ -1,0 +1,93 @@
+//! Errors the collector answers clients with.
+
+use leanloop_core::{Classify, ErrorClass};
+
+#[derive(Debug, thiserror::Error)]
+pub enum IngestError {
+    #[error("request body is not valid JSON: {0}")]
+    BadJson(String),
+    #[error("{message}")]
+    BadField { field: String, message: String },
+    #[error("no write key: send it as the HTTP Basic user name, or as `writeKey` / `api_key` in the body")]
+    MissingKey,
+    #[error("unknown write key")]
+    UnknownKey,
+    #[error("this is a read key; ingest needs the project's write key")]
+    ReadKeyUsed,
+    #[error("request body is larger than {limit} bytes")]
+    BodyTooLarge { limit: usize },
+    #[error("decompressed body is larger than {limit} bytes")]
+    InflatedTooLarge { limit: usize },
+    #[error("event is larger than {limit} bytes")]
+    EventTooLarge { limit: usize },
+    #[error("batch has {count} events; at most {limit} are accepted per request")]
+    BatchTooLarge { count: usize, limit: usize },
+    #[error("ingest queue is full; retry after {retry_after_secs} s")]
+    QueueFull { retry_after_secs: u32 },
+    #[error("collector is shutting down")]
+    ShuttingDown,
+    #[error("control plane: {0}")]
+    Control(#[from] leanloop_control::ControlError),
+}
+
+impl IngestError {
+    pub fn field(field: &str, message: impl Into<String>) -> IngestError {
+        IngestError::BadField {
+            field: field.to_owned(),
+            message: message.into(),
+        }
+    }
+
+    /// Short label for the `reason` of rejection metrics.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            IngestError::BadJson(_) => "bad_json",
+            IngestError::BadField { .. } => "bad_field",
+            IngestError::MissingKey => "missing_key",
+            IngestError::UnknownKey => "unknown_key",
+            IngestError::ReadKeyUsed => "read_key",
+            IngestError::BodyTooLarge { .. } | IngestError::InflatedTooLarge { .. } => {
+                "body_too_large"
+            }
+            IngestError::EventTooLarge { .. } => "event_too_large",
+            IngestError::BatchTooLarge { .. } => "batch_too_large",
+            IngestError::QueueFull { .. } => "queue_full",
+            IngestError::ShuttingDown => "shutting_down",
+            IngestError::Control(_) => "internal",
+        }
+    }
+}
+
+impl Classify for IngestError {
+    fn class(&self) -> ErrorClass {
+        match self {
+            IngestError::BadJson(_) => ErrorClass::BadRequest {
+                field: Some("body".into()),
+            },
+            IngestError::BadField { field, .. } => ErrorClass::BadRequest {
+                field: Some(field.clone()),
+            },
+            IngestError::MissingKey | IngestError::UnknownKey | IngestError::ReadKeyUsed => {
+                ErrorClass::Unauthorized
+            }
+            IngestError::BodyTooLarge { .. } | IngestError::InflatedTooLarge { .. } => {
+                ErrorClass::TooLarge {
+                    field: Some("body".into()),
+                }
+            }
+            IngestError::EventTooLarge { .. } => ErrorClass::TooLarge {
+                field: Some("event".into()),
+            },
+            IngestError::BatchTooLarge { .. } => ErrorClass::TooLarge {
+                field: Some("batch".into()),
+            },
+            IngestError::QueueFull { retry_after_secs } => ErrorClass::Unavailable {
+                retry_after_secs: *retry_after_secs,
+            },
+            IngestError::ShuttingDown => ErrorClass::Unavailable {
+                retry_after_secs: 5,
+            },
+            IngestError::Control(_) => ErrorClass::Internal,
+        }
+    }
+}

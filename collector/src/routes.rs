@@ -1,0 +1,297 @@
+//! The ingest HTTP surface: Segment, PostHog and feedback endpoints with CORS.
+
+use crate::body::{read_limited, unpack, Packing};
+use crate::enrich::RequestFacts;
+use crate::wire::{feedback, posthog, segment, Decoded};
+use crate::{Collector, IngestError};
+use axum::body::Body;
+use axum::extract::{ConnectInfo, RawQuery, State};
+use axum::http::{header, HeaderMap, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::{Json, Router};
+use base64::Engine;
+use leanloop_control::KeyKind;
+use leanloop_core::{ApiError, EventKind};
+use serde::Serialize;
+use serde_json::json;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use tower_http::cors::{AllowHeaders, AllowOrigin, CorsLayer};
+
+/// Bodies above this are decoded on the blocking pool, not on a runtime worker.
+const INLINE_DECODE_BYTES: usize = 256 * 1024;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Endpoint {
+    Segment(segment::Call),
+    PostHog,
+    Feedback,
+}
+
+impl Endpoint {
+    fn source(self) -> &'static str {
+        match self {
+            Endpoint::Segment(_) => "segment",
+            Endpoint::PostHog => "posthog",
+            Endpoint::Feedback => "feedback",
+        }
+    }
+
+    /// Whether the endpoint takes many events, so partial success is possible.
+    fn is_batch(self) -> bool {
+        matches!(
+            self,
+            Endpoint::Segment(segment::Call::Batch) | Endpoint::PostHog
+        )
+    }
+}
+
+pub fn router(collector: Arc<Collector>) -> Router {
+    let segment_single = |kind| route(Endpoint::Segment(segment::Call::Single(kind)));
+    Router::new()
+        .route("/v1/track", segment_single(EventKind::Track))
+        .route("/v1/page", segment_single(EventKind::Page))
+        .route("/v1/screen", segment_single(EventKind::Screen))
+        .route("/v1/identify", segment_single(EventKind::Identify))
+        .route("/v1/group", segment_single(EventKind::Group))
+        .route("/v1/alias", segment_single(EventKind::Alias))
+        .route("/v1/batch", route(Endpoint::Segment(segment::Call::Batch)))
+        .route("/v1/import", route(Endpoint::Segment(segment::Call::Batch)))
+        .route("/v1/feedback", route(Endpoint::Feedback))
+        .route("/capture", route(Endpoint::PostHog))
+        .route("/capture/", route(Endpoint::PostHog))
+        .route("/e", route(Endpoint::PostHog))
+        .route("/e/", route(Endpoint::PostHog))
+        .route("/batch", route(Endpoint::PostHog))
+        .route("/batch/", route(Endpoint::PostHog))
+        .route("/i/v0/e", route(Endpoint::PostHog))
+        .route("/i/v0/e/", route(Endpoint::PostHog))
+        .layer(cors())
+        .with_state(collector)
+}
+
+fn route(endpoint: Endpoint) -> axum::routing::MethodRouter<Arc<Collector>> {
+    post(
+        move |State(c): State<Arc<Collector>>,
+              ConnectInfo(peer): ConnectInfo<SocketAddr>,
+              RawQuery(query): RawQuery,
+              headers: HeaderMap,
+              body: Body| async move {
+            match ingest(c, endpoint, peer, query, headers, body).await {
+                Ok(response) => response,
+                Err(err) => {
+                    metrics::counter!("leanloop_ingest_requests_rejected_total", "reason" => err.reason()).increment(1);
+                    ApiError::from(err).into_response()
+                }
+            }
+        },
+    )
+}
+
+/// Browsers post from any origin, with credentials in the body or a header.
+fn cors() -> CorsLayer {
+    CorsLayer::new()
+        .allow_origin(AllowOrigin::mirror_request())
+        .allow_methods([Method::POST, Method::OPTIONS])
+        .allow_headers(AllowHeaders::mirror_request())
+        .max_age(std::time::Duration::from_secs(86_400))
+}
+
+#[derive(Serialize)]
+struct Rejected {
+    index: usize,
+    field: Option<String>,
+    reason: String,
+}
+
+async fn ingest(
+    c: Arc<Collector>,
+    endpoint: Endpoint,
+    peer: SocketAddr,
+    query: Option<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, IngestError> {
+    let header_key = header_key(&headers);
+    // A key in the header is checked before the body is read.
+    if let Some(key) = &header_key {
+        c.project_for(key)?;
+    }
+    let compression = query.as_deref().and_then(|q| {
+        url::form_urlencoded::parse(q.as_bytes())
+            .find(|(k, _)| k == "compression")
+            .map(|(_, v)| v.into_owned())
+    });
+    let packing = Packing::detect(&headers, compression.as_deref())?;
+    let limit = c.config.max_body_bytes;
+    let raw = read_limited(&headers, body, limit).await?;
+    let facts = request_facts(&c, &headers, peer);
+
+    let offload_len = raw.len();
+    let work = {
+        let c = c.clone();
+        move || process(&c, endpoint, packing, raw, header_key, facts)
+    };
+    // Large or compressed bodies take milliseconds to decode: keep them off the runtime.
+    let offload = offload_len > INLINE_DECODE_BYTES || packing != Packing::Plain;
+    let outcome = if offload {
+        tokio::task::spawn_blocking(work)
+            .await
+            .map_err(|_| IngestError::ShuttingDown)??
+    } else {
+        work()?
+    };
+    Ok(outcome)
+}
+
+/// Decodes, authorises, enriches and queues one request's events.
+fn process(
+    c: &Collector,
+    endpoint: Endpoint,
+    packing: Packing,
+    raw: bytes::Bytes,
+    header_key: Option<String>,
+    mut facts: RequestFacts,
+) -> Result<Response, IngestError> {
+    let limits = &c.config;
+    let json = unpack(raw, packing, limits.max_body_bytes)?;
+    let text =
+        std::str::from_utf8(&json).map_err(|_| IngestError::BadJson("body is not UTF-8".into()))?;
+    let decoded: Decoded = match endpoint {
+        Endpoint::Segment(call) => {
+            segment::decode(text, call, limits.max_event_bytes, limits.max_batch_events)?
+        }
+        Endpoint::PostHog => {
+            posthog::decode(text, limits.max_event_bytes, limits.max_batch_events)?
+        }
+        Endpoint::Feedback => feedback::decode(text, limits.max_event_bytes)?,
+    };
+    let key = header_key.or(decoded.key).ok_or(IngestError::MissingKey)?;
+    let project = c.project_for(&key)?;
+    facts.project_id = project.id;
+    facts.store_full_ip = project.store_full_ip;
+
+    let total = decoded.items.len();
+    let mut events = Vec::with_capacity(total);
+    let mut users = Vec::new();
+    let mut rejected: Vec<(usize, IngestError)> = Vec::new();
+    for (index, item) in decoded.items.into_iter().enumerate() {
+        match item.and_then(|incoming| c.enricher.finish(incoming, &facts)) {
+            Ok((event, update)) => {
+                events.push(event);
+                users.extend(update);
+            }
+            Err(err) => {
+                metrics::counter!("leanloop_ingest_events_rejected_total", "reason" => err.reason()).increment(1);
+                rejected.push((index, err));
+            }
+        }
+    }
+    if !endpoint.is_batch() {
+        if let Some((_, err)) = rejected.pop() {
+            return Err(err);
+        }
+    }
+    let accepted = events.len();
+    c.queue.push(events, users)?;
+    metrics::counter!("leanloop_ingest_events_accepted_total", "source" => endpoint.source())
+        .increment(accepted as u64);
+
+    let rejected: Vec<Rejected> = rejected
+        .into_iter()
+        .map(|(index, err)| Rejected {
+            index,
+            field: match leanloop_core::Classify::class(&err) {
+                leanloop_core::ErrorClass::BadRequest { field }
+                | leanloop_core::ErrorClass::TooLarge { field } => field,
+                _ => None,
+            },
+            reason: err.to_string(),
+        })
+        .collect();
+    let all_refused = accepted == 0 && !rejected.is_empty();
+    let mut body = match endpoint {
+        Endpoint::PostHog => json!({ "status": if all_refused { 0 } else { 1 } }),
+        _ => json!({ "success": !all_refused }),
+    };
+    body["accepted"] = json!(accepted);
+    body["rejected"] = json!(rejected);
+    if all_refused {
+        body["error"] = json!({
+            "code": "bad_request",
+            "message": format!("all {total} events were rejected; see `rejected`"),
+        });
+        return Ok((StatusCode::BAD_REQUEST, Json(body)).into_response());
+    }
+    Ok(Json(body).into_response())
+}
+
+/// A write key sent as the HTTP Basic user name (Segment) or a Bearer token.
+fn header_key(headers: &HeaderMap) -> Option<String> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?.trim();
+    let (scheme, rest) = value.split_once(' ')?;
+    let key = if scheme.eq_ignore_ascii_case("basic") {
+        let decoded = base64::engine::general_purpose::STANDARD
+            .decode(rest.trim())
+            .ok()?;
+        let text = String::from_utf8(decoded).ok()?;
+        text.split_once(':')
+            .map(|(user, _)| user.to_owned())
+            .unwrap_or(text)
+    } else if scheme.eq_ignore_ascii_case("bearer") {
+        rest.trim().to_owned()
+    } else {
+        return None;
+    };
+    (!key.is_empty()).then_some(key)
+}
+
+fn request_facts(c: &Collector, headers: &HeaderMap, peer: SocketAddr) -> RequestFacts {
+    let forwarded = c
+        .config
+        .trust_forwarded_for
+        .then(|| {
+            headers
+                .get("x-forwarded-for")?
+                .to_str()
+                .ok()?
+                .split(',')
+                .next()?
+                .trim()
+                .parse::<IpAddr>()
+                .ok()
+        })
+        .flatten();
+    let country = c.config.country_header.as_deref().and_then(|name| {
+        let code = headers
+            .get(name)?
+            .to_str()
+            .ok()?
+            .trim()
+            .to_ascii_uppercase();
+        (code.len() == 2 && code.bytes().all(|b| b.is_ascii_uppercase())).then_some(code)
+    });
+    RequestFacts {
+        project_id: 0,
+        store_full_ip: false,
+        received_at_ms: chrono::Utc::now().timestamp_millis(),
+        client_ip: Some(forwarded.unwrap_or(peer.ip())),
+        user_agent: headers
+            .get(header::USER_AGENT)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned),
+        country,
+    }
+}
+
+impl Collector {
+    /// The project of a write key; read keys and unknown keys are refused.
+    fn project_for(&self, key: &str) -> Result<Arc<leanloop_control::Project>, IngestError> {
+        match self.keys.lookup(key)? {
+            Some((project, KeyKind::Write)) => Ok(project),
+            Some((_, KeyKind::Read)) => Err(IngestError::ReadKeyUsed),
+            None => Err(IngestError::UnknownKey),
+        }
+    }
+}

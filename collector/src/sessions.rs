@@ -1,0 +1,102 @@
+//! Server-side sessions for clients that send no session id: a person's
+//! session ends after a stretch of inactivity (30 minutes by default).
+//!
+//! Bounded: the least recently active people are forgotten first; a forgotten
+//! person who comes back simply starts a new session.
+
+use lru::LruCache;
+use std::num::NonZeroUsize;
+use std::sync::Mutex;
+use uuid::Uuid;
+
+struct Open {
+    id: Uuid,
+    first_ms: i64,
+    last_ms: i64,
+}
+
+pub struct Sessions {
+    open: Mutex<LruCache<(i64, String), Open>>,
+    timeout_ms: i64,
+}
+
+impl Sessions {
+    pub fn new(capacity: usize, timeout_minutes: u32) -> Sessions {
+        let capacity = NonZeroUsize::new(capacity).unwrap_or(NonZeroUsize::MIN);
+        Sessions {
+            open: Mutex::new(LruCache::new(capacity)),
+            timeout_ms: i64::from(timeout_minutes) * 60_000,
+        }
+    }
+
+    /// The session an event at `at_ms` by `who` belongs to. Events may arrive
+    /// out of order: one within the timeout of either end of the open session
+    /// joins it.
+    pub fn session_for(&self, project_id: i64, who: &str, at_ms: i64) -> String {
+        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        let key = (project_id, who.to_owned());
+        if let Some(s) = open.get_mut(&key) {
+            if at_ms >= s.first_ms - self.timeout_ms && at_ms <= s.last_ms + self.timeout_ms {
+                s.first_ms = s.first_ms.min(at_ms);
+                s.last_ms = s.last_ms.max(at_ms);
+                return s.id.to_string();
+            }
+        }
+        let id = Uuid::now_v7();
+        open.put(
+            key,
+            Open {
+                id,
+                first_ms: at_ms,
+                last_ms: at_ms,
+            },
+        );
+        id.to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIN: i64 = 60_000;
+
+    #[test]
+    fn inactivity_ends_a_session() {
+        let s = Sessions::new(10, 30);
+        let a = s.session_for(1, "p", 0);
+        assert_eq!(s.session_for(1, "p", 29 * MIN), a);
+        assert_eq!(
+            s.session_for(1, "p", 58 * MIN),
+            a,
+            "activity extends the session"
+        );
+        let b = s.session_for(1, "p", 89 * MIN);
+        assert_ne!(a, b);
+        assert_ne!(
+            s.session_for(2, "p", 89 * MIN),
+            b,
+            "projects do not share sessions"
+        );
+    }
+
+    #[test]
+    fn late_events_join_their_session() {
+        let s = Sessions::new(10, 30);
+        let a = s.session_for(1, "p", 100 * MIN);
+        assert_eq!(s.session_for(1, "p", 80 * MIN), a);
+    }
+
+    #[test]
+    fn capacity_is_bounded() {
+        let s = Sessions::new(2, 30);
+        let a = s.session_for(1, "a", 0);
+        s.session_for(1, "b", 0);
+        s.session_for(1, "c", 0);
+        assert_ne!(
+            s.session_for(1, "a", 1),
+            a,
+            "the oldest person was forgotten"
+        );
+    }
+}

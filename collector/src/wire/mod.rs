@@ -1,0 +1,132 @@
+//! Wire formats: Segment's tracking API, PostHog's capture API and Leanloop's
+//! feedback call, each decoded into [`Incoming`] events. Decoding only reads
+//! what the client sent; enrichment (`enrich.rs`) derives everything else.
+
+pub mod feedback;
+mod fields;
+pub mod posthog;
+pub mod segment;
+
+pub use fields::{parse_time, Id, Text, TimeValue};
+
+use crate::IngestError;
+use leanloop_core::EventKind;
+use serde_json::value::RawValue;
+
+/// One event as the client described it, before enrichment.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Incoming {
+    pub kind: Option<EventKind>,
+    pub name: String,
+    pub message_id: Option<String>,
+    /// Client time of the event, ms since the epoch.
+    pub timestamp_ms: Option<i64>,
+    /// Client time of sending, for clock-skew correction.
+    pub sent_at_ms: Option<i64>,
+    /// PostHog: how long before sending the event happened, in ms.
+    pub offset_ms: Option<i64>,
+    pub anonymous_id: Option<String>,
+    pub user_id: Option<String>,
+    /// Alias: the id the person had before `user_id`.
+    pub previous_id: Option<String>,
+    pub session_id: Option<String>,
+    pub release: Option<String>,
+    pub url: Option<String>,
+    pub path: Option<String>,
+    pub page_name: Option<String>,
+    pub referrer: Option<String>,
+    pub referrer_domain: Option<String>,
+    pub utm: Utm,
+    pub user_agent: Option<String>,
+    pub ip: Option<String>,
+    /// Browser facts the client already derived (posthog-js sends these).
+    pub browser: Option<String>,
+    pub browser_version: Option<String>,
+    pub os: Option<String>,
+    pub device_type: Option<String>,
+    pub library: Option<String>,
+    /// Properties as JSON object text.
+    pub properties: String,
+    /// Traits to merge into the person (identify traits, PostHog `$set`).
+    pub traits: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Utm {
+    pub source: Option<String>,
+    pub medium: Option<String>,
+    pub campaign: Option<String>,
+    pub term: Option<String>,
+    pub content: Option<String>,
+}
+
+/// A decoded request: the key it carried and its events, each decoded or
+/// refused on its own so one bad event does not sink the batch.
+#[derive(Debug, Default)]
+pub struct Decoded {
+    pub key: Option<String>,
+    pub items: Vec<Result<Incoming, IngestError>>,
+}
+
+/// Properties must be a JSON object; `null` or absent means empty.
+pub(crate) fn object_text(raw: Option<&RawValue>, field: &str) -> Result<String, IngestError> {
+    match raw.map(|r| r.get().trim_start()) {
+        None => Ok("{}".to_owned()),
+        Some(text) if text.starts_with('{') => Ok(text.to_owned()),
+        Some("null") => Ok("{}".to_owned()),
+        Some(_) => Err(IngestError::field(
+            field,
+            format!("`{field}` must be a JSON object"),
+        )),
+    }
+}
+
+/// Decodes one event with a typed struct; a type error names the field path.
+/// The path is tracked only on the second try, after the fast decode failed.
+pub(crate) fn decode_item<'a, T: serde::Deserialize<'a>>(raw: &'a str) -> Result<T, IngestError> {
+    if let Ok(value) = serde_json::from_str(raw) {
+        return Ok(value);
+    }
+    let de = &mut serde_json::Deserializer::from_str(raw);
+    serde_path_to_error::deserialize(de).map_err(|err| {
+        let path = err.path().to_string();
+        let inner = err.into_inner();
+        let message = inner.to_string();
+        let named = |prefix: &str| {
+            message
+                .strip_prefix(prefix)
+                .and_then(|m| m.split('`').next())
+                .map(str::to_owned)
+        };
+        if let Some(unknown) = named("unknown field `") {
+            IngestError::field(&unknown, format!("unknown field `{unknown}`"))
+        } else if let Some(missing) = named("missing field `") {
+            IngestError::field(&missing, format!("`{missing}` is required"))
+        } else if inner.is_data() && path != "." {
+            IngestError::field(&path, format!("`{path}`: {inner}"))
+        } else {
+            IngestError::BadJson(inner.to_string())
+        }
+    })
+}
+
+/// Splits a JSON array body into its items, each checked against the event size limit.
+pub(crate) fn split_items<'a>(
+    items: Vec<&'a RawValue>,
+    max_event_bytes: usize,
+) -> impl Iterator<Item = Result<&'a str, IngestError>> {
+    items.into_iter().map(move |raw| {
+        if raw.get().len() > max_event_bytes {
+            Err(IngestError::EventTooLarge {
+                limit: max_event_bytes,
+            })
+        } else {
+            Ok(raw.get())
+        }
+    })
+}
+
+/// Parses a whole body, mapping syntax errors to a 400 on the body.
+pub(crate) fn parse_body<'a, T: serde::Deserialize<'a>>(text: &'a str) -> Result<T, IngestError> {
+    decode_item(text)
+}

@@ -1,0 +1,323 @@
+//! PostHog's capture API: `/capture/`, `/e/`, `/batch/`, `/i/v0/e/`.
+//!
+//! People: `distinct_id` is taken as the user id unless the event says the
+//! person is not identified (`$is_identified: false`, as posthog-js sends for
+//! anonymous visitors), in which case it is the anonymous id. `$identify`
+//! links `$anon_distinct_id` to the user; `$set` anywhere updates traits.
+
+use super::{
+    decode_item, object_text, parse_time, split_items, Decoded, Id, Incoming, Text, TimeValue, Utm,
+};
+use crate::IngestError;
+use leanloop_core::EventKind;
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+#[derive(Deserialize)]
+struct Envelope<'a> {
+    api_key: Option<Text>,
+    token: Option<Text>,
+    #[serde(borrow)]
+    batch: Option<Vec<&'a RawValue>>,
+    #[serde(alias = "sentAt")]
+    sent_at: Option<TimeValue>,
+}
+
+#[derive(Deserialize)]
+struct Capture<'a> {
+    event: Option<Id>,
+    #[serde(borrow)]
+    properties: Option<&'a RawValue>,
+    distinct_id: Option<Id>,
+    timestamp: Option<TimeValue>,
+    offset: Option<f64>,
+    uuid: Option<Id>,
+    api_key: Option<Text>,
+    token: Option<Text>,
+    #[serde(rename = "$set", borrow)]
+    set: Option<&'a RawValue>,
+}
+
+/// The `$` properties PostHog SDKs send that map onto Leanloop columns.
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct Known {
+    distinct_id: Option<Id>,
+    token: Option<Text>,
+    #[serde(rename = "$current_url")]
+    current_url: Option<Text>,
+    #[serde(rename = "$pathname")]
+    pathname: Option<Text>,
+    #[serde(rename = "$referrer")]
+    referrer: Option<Text>,
+    #[serde(rename = "$referring_domain")]
+    referring_domain: Option<Text>,
+    #[serde(rename = "$screen_name")]
+    screen_name: Option<Text>,
+    #[serde(rename = "title")]
+    title: Option<Text>,
+    #[serde(rename = "$session_id")]
+    session_id: Option<Text>,
+    #[serde(rename = "$release")]
+    release: Option<Text>,
+    #[serde(rename = "$app_version")]
+    app_version: Option<Text>,
+    #[serde(rename = "$lib")]
+    lib: Option<Text>,
+    #[serde(rename = "$browser")]
+    browser: Option<Text>,
+    #[serde(rename = "$browser_version")]
+    browser_version: Option<Text>,
+    #[serde(rename = "$os")]
+    os: Option<Text>,
+    #[serde(rename = "$device_type")]
+    device_type: Option<Text>,
+    #[serde(rename = "$ip")]
+    ip: Option<Text>,
+    #[serde(rename = "$raw_user_agent")]
+    user_agent: Option<Text>,
+    #[serde(rename = "$anon_distinct_id")]
+    anon_distinct_id: Option<Id>,
+    #[serde(rename = "$device_id")]
+    device_id: Option<Id>,
+    #[serde(rename = "$is_identified")]
+    is_identified: Option<bool>,
+    #[serde(rename = "$set")]
+    set: Option<Box<RawValue>>,
+    #[serde(rename = "$group_type")]
+    group_type: Option<Text>,
+    #[serde(rename = "$group_key")]
+    group_key: Option<Text>,
+    alias: Option<Id>,
+    utm_source: Option<Text>,
+    utm_medium: Option<Text>,
+    utm_campaign: Option<Text>,
+    utm_term: Option<Text>,
+    utm_content: Option<Text>,
+}
+
+pub fn decode(
+    text: &str,
+    max_event_bytes: usize,
+    max_batch: usize,
+) -> Result<Decoded, IngestError> {
+    let trimmed = text.trim_start();
+    let (envelope, items): (Option<Envelope>, Vec<&RawValue>) = if trimmed.starts_with('[') {
+        (None, decode_item(text)?)
+    } else {
+        let envelope: Envelope = decode_item(text)?;
+        match envelope.batch.clone() {
+            Some(batch) => (Some(envelope), batch),
+            None => {
+                if text.len() > max_event_bytes {
+                    return Err(IngestError::EventTooLarge {
+                        limit: max_event_bytes,
+                    });
+                }
+                let whole: &RawValue =
+                    serde_json::from_str(text).map_err(|e| IngestError::BadJson(e.to_string()))?;
+                (Some(envelope), vec![whole])
+            }
+        }
+    };
+    if items.len() > max_batch {
+        return Err(IngestError::BatchTooLarge {
+            count: items.len(),
+            limit: max_batch,
+        });
+    }
+    let (mut key, sent_at) = match envelope {
+        Some(e) => (
+            Text::take(e.api_key).or(Text::take(e.token)),
+            parse_time(e.sent_at.as_ref(), "sent_at")?,
+        ),
+        None => (None, None),
+    };
+    let decoded = split_items(items, max_event_bytes)
+        .map(|raw| {
+            let capture: Capture = decode_item(raw?)?;
+            let (incoming, event_key) = incoming(capture, sent_at)?;
+            if key.is_none() {
+                key = event_key;
+            }
+            Ok(incoming)
+        })
+        .collect();
+    Ok(Decoded {
+        key,
+        items: decoded,
+    })
+}
+
+fn incoming(
+    c: Capture<'_>,
+    sent_at: Option<i64>,
+) -> Result<(Incoming, Option<String>), IngestError> {
+    let name =
+        Id::take(c.event).ok_or_else(|| IngestError::field("event", "`event` is required"))?;
+    let properties = object_text(c.properties, "properties")?;
+    let known: Known = serde_json::from_str(&properties).unwrap_or_default();
+    let key = Text::take(c.api_key)
+        .or(Text::take(c.token))
+        .or(Text::take(known.token.clone()));
+    let distinct_id = Id::take(c.distinct_id)
+        .or(Id::take(known.distinct_id))
+        .ok_or_else(|| IngestError::field("distinct_id", "`distinct_id` is required"))?;
+
+    let kind = match name.as_str() {
+        "$pageview" => EventKind::Page,
+        "$screen" => EventKind::Screen,
+        "$identify" => EventKind::Identify,
+        "$groupidentify" => EventKind::Group,
+        "$create_alias" => EventKind::Alias,
+        _ => EventKind::Track,
+    };
+    let anonymous = known.is_identified == Some(false) && kind != EventKind::Identify;
+    let alias = Id::take(known.alias);
+    let mut previous_id = None;
+    let (user_id, anonymous_id) = if kind == EventKind::Alias {
+        // `$create_alias` is sent by the old id, naming the new one in `alias`.
+        let new_id = alias.clone().ok_or_else(|| {
+            IngestError::field(
+                "properties.alias",
+                "`$create_alias` needs `properties.alias`",
+            )
+        })?;
+        previous_id = Some(distinct_id);
+        (Some(new_id), None)
+    } else if anonymous {
+        (None, Some(distinct_id))
+    } else {
+        let linked = Id::take(known.anon_distinct_id)
+            .or(Id::take(known.device_id))
+            .filter(|a| *a != distinct_id);
+        (Some(distinct_id), linked)
+    };
+    // `$set` may come inside properties (posthog-js, posthog-python) or beside them.
+    let set = c.set.or(known.set.as_deref());
+    let traits = match set {
+        Some(raw) => Some(object_text(Some(raw), "$set")?),
+        None if kind == EventKind::Identify => Some("{}".to_owned()),
+        None => None,
+    };
+    let properties = match kind {
+        EventKind::Group => add_property(
+            &properties,
+            "$group_id",
+            Text::take(known.group_key.clone()).map(|k| {
+                match Text::take(known.group_type.clone()) {
+                    Some(t) => format!("{t}:{k}"),
+                    None => k,
+                }
+            }),
+        )?,
+        EventKind::Alias => add_property(&properties, "$previous_id", previous_id.clone())?,
+        _ => properties,
+    };
+    let referring_domain = Text::take(known.referring_domain).filter(|d| d != "$direct");
+    let incoming = Incoming {
+        kind: Some(kind),
+        name: kind.fixed_name().map(str::to_owned).unwrap_or(name),
+        message_id: Id::take(c.uuid),
+        timestamp_ms: parse_time(c.timestamp.as_ref(), "timestamp")?,
+        sent_at_ms: sent_at,
+        offset_ms: c
+            .offset
+            .filter(|o| o.is_finite() && *o >= 0.0 && *o < 1e12)
+            .map(|o| o as i64),
+        anonymous_id,
+        user_id,
+        previous_id,
+        session_id: Text::take(known.session_id),
+        release: Text::take(known.release).or(Text::take(known.app_version)),
+        url: Text::take(known.current_url),
+        path: Text::take(known.pathname),
+        page_name: match kind {
+            EventKind::Screen => Text::take(known.screen_name),
+            EventKind::Page => Text::take(known.title),
+            _ => None,
+        },
+        referrer: Text::take(known.referrer).filter(|r| r != "$direct"),
+        referrer_domain: referring_domain,
+        utm: Utm {
+            source: Text::take(known.utm_source),
+            medium: Text::take(known.utm_medium),
+            campaign: Text::take(known.utm_campaign),
+            term: Text::take(known.utm_term),
+            content: Text::take(known.utm_content),
+        },
+        user_agent: Text::take(known.user_agent),
+        ip: Text::take(known.ip),
+        browser: Text::take(known.browser),
+        browser_version: Text::take(known.browser_version),
+        os: Text::take(known.os),
+        device_type: Text::take(known.device_type),
+        library: Text::take(known.lib),
+        properties,
+        traits,
+    };
+    Ok((incoming, key))
+}
+
+fn add_property(properties: &str, key: &str, value: Option<String>) -> Result<String, IngestError> {
+    let Some(value) = value else {
+        return Ok(properties.to_owned());
+    };
+    let mut map: serde_json::Map<String, serde_json::Value> = serde_json::from_str(properties)
+        .map_err(|e| IngestError::field("properties", e.to_string()))?;
+    map.insert(key.to_owned(), serde_json::Value::String(value));
+    Ok(serde_json::Value::Object(map).to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batch_with_identify_and_pageview() {
+        let d = decode(
+            r#"{"api_key":"k","batch":[
+              {"event":"$pageview","distinct_id":"anon1","properties":{"$current_url":"https://a.io/x","$is_identified":false,"$session_id":"s1","$app_version":"1.0"}},
+              {"event":"$identify","distinct_id":"user1","properties":{"$anon_distinct_id":"anon1","$set":{"email":"a@b.c"}}},
+              {"event":"bought","properties":{"distinct_id":"user1","$release":"r2","price":3}}]}"#,
+            32 * 1024,
+            1000,
+        )
+        .unwrap();
+        assert_eq!(d.key.as_deref(), Some("k"));
+        let items: Vec<Incoming> = d.items.into_iter().map(Result::unwrap).collect();
+        assert_eq!(items[0].kind, Some(EventKind::Page));
+        assert_eq!(items[0].anonymous_id.as_deref(), Some("anon1"));
+        assert_eq!(items[0].user_id, None);
+        assert_eq!(items[0].release.as_deref(), Some("1.0"));
+        assert_eq!(items[0].session_id.as_deref(), Some("s1"));
+        assert_eq!(items[1].name, "$identify");
+        assert_eq!(items[1].user_id.as_deref(), Some("user1"));
+        assert_eq!(items[1].anonymous_id.as_deref(), Some("anon1"));
+        assert_eq!(items[1].traits.as_deref(), Some(r#"{"email":"a@b.c"}"#));
+        assert_eq!(items[2].user_id.as_deref(), Some("user1"));
+        assert_eq!(items[2].release.as_deref(), Some("r2"));
+    }
+
+    #[test]
+    fn single_event_and_array_bodies() {
+        let d = decode(
+            r#"{"token":"t","event":"e","distinct_id":"d"}"#,
+            32 * 1024,
+            10,
+        )
+        .unwrap();
+        assert_eq!(d.key.as_deref(), Some("t"));
+        assert_eq!(d.items.len(), 1);
+        let d = decode(
+            r#"[{"api_key":"t2","event":"e","distinct_id":"d"},{"event":"e"}]"#,
+            32 * 1024,
+            10,
+        )
+        .unwrap();
+        assert_eq!(d.key.as_deref(), Some("t2"));
+        assert!(
+            matches!(&d.items[1], Err(IngestError::BadField { field, .. }) if field == "distinct_id")
+        );
+    }
+}

@@ -1,0 +1,378 @@
+//! Segment's HTTP Tracking API: `/v1/track`, `/page`, `/screen`, `/identify`,
+//! `/group`, `/alias` and `/batch`.
+
+use super::{
+    decode_item, object_text, parse_body, parse_time, split_items, Decoded, Id, Incoming, Text,
+    TimeValue, Utm,
+};
+use crate::IngestError;
+use leanloop_core::EventKind;
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Message<'a> {
+    #[serde(rename = "type")]
+    kind: Option<String>,
+    message_id: Option<Id>,
+    user_id: Option<Id>,
+    anonymous_id: Option<Id>,
+    event: Option<Id>,
+    name: Option<Text>,
+    #[serde(borrow)]
+    properties: Option<&'a RawValue>,
+    #[serde(borrow)]
+    traits: Option<&'a RawValue>,
+    context: Option<Context>,
+    timestamp: Option<TimeValue>,
+    original_timestamp: Option<TimeValue>,
+    sent_at: Option<TimeValue>,
+    group_id: Option<Id>,
+    previous_id: Option<Id>,
+    write_key: Option<Text>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase", default)]
+struct Context {
+    ip: Option<Text>,
+    user_agent: Option<Text>,
+    page: Option<PageContext>,
+    campaign: Option<Campaign>,
+    app: Option<App>,
+    library: Option<Library>,
+    release: Option<Text>,
+    #[serde(alias = "session_id")]
+    session_id: Option<Text>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct PageContext {
+    url: Option<Text>,
+    path: Option<Text>,
+    referrer: Option<Text>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct Campaign {
+    name: Option<Text>,
+    source: Option<Text>,
+    medium: Option<Text>,
+    term: Option<Text>,
+    content: Option<Text>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct App {
+    version: Option<Text>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct Library {
+    name: Option<Text>,
+}
+
+/// The properties Leanloop reads for its own columns; all else stays in the JSON.
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct KnownProperties {
+    url: Option<Text>,
+    path: Option<Text>,
+    referrer: Option<Text>,
+    release: Option<Text>,
+    session_id: Option<Text>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct BatchBody<'a> {
+    #[serde(borrow)]
+    batch: Vec<&'a RawValue>,
+    sent_at: Option<TimeValue>,
+    write_key: Option<Text>,
+}
+
+/// Which endpoint was called: a batch, or one call of a fixed type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Call {
+    Batch,
+    Single(EventKind),
+}
+
+pub fn decode(
+    text: &str,
+    call: Call,
+    max_event_bytes: usize,
+    max_batch: usize,
+) -> Result<Decoded, IngestError> {
+    match call {
+        Call::Single(kind) => {
+            if text.len() > max_event_bytes {
+                return Err(IngestError::EventTooLarge {
+                    limit: max_event_bytes,
+                });
+            }
+            let message: Message = decode_item(text)?;
+            let key = Text::take(message.write_key.clone());
+            Ok(Decoded {
+                key,
+                items: vec![incoming(message, Some(kind), None)],
+            })
+        }
+        Call::Batch => {
+            let body: BatchBody = parse_body(text)?;
+            if body.batch.len() > max_batch {
+                return Err(IngestError::BatchTooLarge {
+                    count: body.batch.len(),
+                    limit: max_batch,
+                });
+            }
+            let sent_at = parse_time(body.sent_at.as_ref(), "sentAt")?;
+            let mut key = Text::take(body.write_key);
+            let items = split_items(body.batch, max_event_bytes)
+                .map(|raw| {
+                    let message: Message = decode_item(raw?)?;
+                    if key.is_none() {
+                        key = Text::take(message.write_key.clone());
+                    }
+                    incoming(message, None, sent_at)
+                })
+                .collect();
+            Ok(Decoded { key, items })
+        }
+    }
+}
+
+fn incoming(
+    m: Message<'_>,
+    endpoint_kind: Option<EventKind>,
+    batch_sent_at: Option<i64>,
+) -> Result<Incoming, IngestError> {
+    let kind = match (endpoint_kind, m.kind.as_deref()) {
+        (Some(kind), _) => kind,
+        (None, Some(t)) => EventKind::parse(&t.to_ascii_lowercase())
+            .filter(|k| *k != EventKind::Feedback)
+            .ok_or_else(|| IngestError::field("type", format!("unknown message type `{t}`")))?,
+        (None, None) => {
+            return Err(IngestError::field(
+                "type",
+                "`type` is required in a batch message",
+            ))
+        }
+    };
+    let context = m.context.unwrap_or_default();
+    let page = context.page.unwrap_or_default();
+    let campaign = context.campaign.unwrap_or_default();
+    let properties = object_text(m.properties, "properties")?;
+    let known: KnownProperties = serde_json::from_str(&properties).unwrap_or_default();
+
+    let name = match kind {
+        EventKind::Track => {
+            Id::take(m.event).ok_or_else(|| IngestError::field("event", "`event` is required"))?
+        }
+        _ => kind.fixed_name().unwrap_or_default().to_owned(),
+    };
+    let user_id = Id::take(m.user_id);
+    let anonymous_id = Id::take(m.anonymous_id);
+    if user_id.is_none() && anonymous_id.is_none() {
+        return Err(IngestError::field(
+            "userId",
+            "either `userId` or `anonymousId` is required",
+        ));
+    }
+    let traits = match kind {
+        EventKind::Identify => Some(object_text(m.traits, "traits")?),
+        _ => None,
+    };
+    let previous_id = Id::take(m.previous_id);
+    let properties = match kind {
+        EventKind::Group => with_extra(&properties, "$group_id", Id::take(m.group_id), m.traits)?,
+        EventKind::Alias => with_extra(&properties, "$previous_id", previous_id.clone(), None)?,
+        _ => properties,
+    };
+    let timestamp = parse_time(m.timestamp.as_ref(), "timestamp")?;
+    let original = parse_time(m.original_timestamp.as_ref(), "originalTimestamp")?;
+    Ok(Incoming {
+        kind: Some(kind),
+        name,
+        message_id: Id::take(m.message_id),
+        timestamp_ms: timestamp.or(original),
+        sent_at_ms: parse_time(m.sent_at.as_ref(), "sentAt")?.or(batch_sent_at),
+        offset_ms: None,
+        anonymous_id,
+        user_id,
+        previous_id,
+        session_id: Text::take(context.session_id).or(Text::take(known.session_id)),
+        release: Text::take(context.release)
+            .or(Text::take(context.app.unwrap_or_default().version))
+            .or(Text::take(known.release)),
+        url: Text::take(known.url).or(Text::take(page.url)),
+        path: Text::take(known.path).or(Text::take(page.path)),
+        page_name: match kind {
+            EventKind::Page | EventKind::Screen => Text::take(m.name),
+            _ => None,
+        },
+        referrer: Text::take(known.referrer).or(Text::take(page.referrer)),
+        referrer_domain: None,
+        utm: Utm {
+            source: Text::take(campaign.source),
+            medium: Text::take(campaign.medium),
+            campaign: Text::take(campaign.name),
+            term: Text::take(campaign.term),
+            content: Text::take(campaign.content),
+        },
+        user_agent: Text::take(context.user_agent),
+        ip: Text::take(context.ip),
+        library: Text::take(context.library.unwrap_or_default().name),
+        properties,
+        traits,
+        ..Incoming::default()
+    })
+}
+
+/// Adds a group id or previous id (and group traits) to the properties.
+fn with_extra(
+    properties: &str,
+    key: &str,
+    value: Option<String>,
+    traits: Option<&RawValue>,
+) -> Result<String, IngestError> {
+    let field = if key == "$group_id" {
+        "groupId"
+    } else {
+        "previousId"
+    };
+    let value = value.ok_or_else(|| IngestError::field(field, format!("`{field}` is required")))?;
+    let mut map: serde_json::Map<String, serde_json::Value> = serde_json::from_str(properties)
+        .map_err(|e| IngestError::field("properties", e.to_string()))?;
+    map.insert(key.to_owned(), serde_json::Value::String(value));
+    if let Some(traits) = traits {
+        let traits: serde_json::Value = serde_json::from_str(&object_text(Some(traits), "traits")?)
+            .map_err(|e| IngestError::field("traits", e.to_string()))?;
+        map.insert("$group_traits".to_owned(), traits);
+    }
+    Ok(serde_json::Value::Object(map).to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn one(text: &str, call: Call) -> Result<Incoming, IngestError> {
+        decode(text, call, 32 * 1024, 1000).and_then(|mut d| d.items.remove(0))
+    }
+
+    #[test]
+    fn track_takes_context_and_release() {
+        let i = one(
+            r#"{"userId":"u1","event":"Signed Up","messageId":"m1","properties":{"plan":"pro"},
+               "context":{"app":{"version":"2.1.0"},"userAgent":"UA","ip":"1.2.3.4",
+               "campaign":{"name":"spring","source":"news"},"library":{"name":"analytics-python"}},
+               "timestamp":"2024-01-02T03:04:05Z"}"#,
+            Call::Single(EventKind::Track),
+        )
+        .unwrap();
+        assert_eq!(i.name, "Signed Up");
+        assert_eq!(i.release.as_deref(), Some("2.1.0"));
+        assert_eq!(i.utm.campaign.as_deref(), Some("spring"));
+        assert_eq!(i.library.as_deref(), Some("analytics-python"));
+        assert_eq!(i.properties, r#"{"plan":"pro"}"#);
+        assert_eq!(i.timestamp_ms, Some(1_704_164_645_000));
+    }
+
+    #[test]
+    fn release_prefers_context_release_then_app_then_properties() {
+        let r = |ctx: &str, props: &str| {
+            one(
+                &format!(r#"{{"userId":"u","event":"e","context":{ctx},"properties":{props}}}"#),
+                Call::Single(EventKind::Track),
+            )
+            .unwrap()
+            .release
+        };
+        assert_eq!(
+            r(
+                r#"{"release":"r1","app":{"version":"a"}}"#,
+                r#"{"release":"p"}"#
+            )
+            .as_deref(),
+            Some("r1")
+        );
+        assert_eq!(
+            r(r#"{"app":{"version":"a"}}"#, r#"{"release":"p"}"#).as_deref(),
+            Some("a")
+        );
+        assert_eq!(r("{}", r#"{"release":"p"}"#).as_deref(), Some("p"));
+    }
+
+    #[test]
+    fn page_is_a_pageview_with_its_name_kept() {
+        let i = one(r#"{"anonymousId":"a","name":"Pricing","properties":{"url":"https://x.io/p?utm_source=g"}}"#, Call::Single(EventKind::Page)).unwrap();
+        assert_eq!(i.name, "$pageview");
+        assert_eq!(i.page_name.as_deref(), Some("Pricing"));
+        assert_eq!(i.url.as_deref(), Some("https://x.io/p?utm_source=g"));
+    }
+
+    #[test]
+    fn refusals_name_the_field() {
+        let field = |text: &str| match one(text, Call::Single(EventKind::Track)) {
+            Err(IngestError::BadField { field, .. }) => field,
+            other => panic!("expected a field error, got {other:?}"),
+        };
+        assert_eq!(field(r#"{"userId":"u"}"#), "event");
+        assert_eq!(field(r#"{"event":"e"}"#), "userId");
+        assert_eq!(
+            field(r#"{"userId":"u","event":"e","properties":[1]}"#),
+            "properties"
+        );
+        assert_eq!(field(r#"{"userId":{"a":1},"event":"e"}"#), "userId");
+        assert_eq!(
+            field(r#"{"userId":"u","event":"e","timestamp":"soon"}"#),
+            "timestamp"
+        );
+    }
+
+    #[test]
+    fn a_batch_keeps_good_events_beside_bad_ones() {
+        let d = decode(
+            r#"{"writeKey":"k","sentAt":"2024-01-01T00:00:10Z","batch":[
+                {"type":"track","userId":"u","event":"ok"},
+                {"type":"track","userId":"u"},
+                {"type":"nonsense","userId":"u"},
+                {"type":"identify","userId":"u","traits":{"plan":"pro"}}]}"#,
+            Call::Batch,
+            32 * 1024,
+            1000,
+        )
+        .unwrap();
+        assert_eq!(d.key.as_deref(), Some("k"));
+        let ok: Vec<bool> = d.items.iter().map(|i| i.is_ok()).collect();
+        assert_eq!(ok, [true, false, false, true]);
+        let identify = d.items[3].as_ref().unwrap();
+        assert_eq!(identify.traits.as_deref(), Some(r#"{"plan":"pro"}"#));
+        assert_eq!(identify.sent_at_ms, Some(1_704_067_210_000));
+    }
+
+    #[test]
+    fn batch_limits() {
+        let big = format!(
+            r#"{{"batch":[{}]}}"#,
+            vec![r#"{"type":"track","userId":"u","event":"e"}"#; 1001].join(",")
+        );
+        assert!(matches!(
+            decode(&big, Call::Batch, 32 * 1024, 1000),
+            Err(IngestError::BatchTooLarge { count: 1001, .. })
+        ));
+        let fat = format!(
+            r#"{{"batch":[{{"type":"track","userId":"u","event":"e","properties":{{"x":"{}"}}}}]}}"#,
+            "a".repeat(40_000)
+        );
+        let d = decode(&fat, Call::Batch, 32 * 1024, 1000).unwrap();
+        assert!(matches!(d.items[0], Err(IngestError::EventTooLarge { .. })));
+    }
+}

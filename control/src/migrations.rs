@@ -1,0 +1,50 @@
+//! Versioned schema migrations, tracked in SQLite's `user_version`.
+//!
+//! Migrations are append-only: a released step is never edited, a change is a
+//! new step. Opening a database newer than this build refuses to start rather
+//! than guess.
+
+use crate::ControlError;
+use rusqlite::Connection;
+
+/// Step `i` takes the schema from version `i` to `i + 1`.
+const STEPS: &[&str] = &[
+    // 1: organisations and projects with their keys.
+    "CREATE TABLE organisations (
+        id INTEGER PRIMARY KEY,
+        name TEXT NOT NULL UNIQUE,
+        created_at TEXT NOT NULL
+    );
+    CREATE TABLE projects (
+        id INTEGER PRIMARY KEY,
+        organisation_id INTEGER NOT NULL REFERENCES organisations(id),
+        name TEXT NOT NULL,
+        write_key TEXT NOT NULL UNIQUE,
+        read_key TEXT NOT NULL UNIQUE,
+        store_full_ip INTEGER NOT NULL DEFAULT 0,
+        created_at TEXT NOT NULL
+    );",
+];
+
+pub fn latest_version() -> i64 {
+    STEPS.len() as i64
+}
+
+/// Brings the schema up to date inside one transaction per step.
+pub fn apply(conn: &mut Connection) -> Result<i64, ControlError> {
+    let current: i64 = conn.query_row("PRAGMA user_version", [], |row| row.get(0))?;
+    if current > latest_version() {
+        return Err(ControlError::SchemaTooNew {
+            found: current,
+            known: latest_version(),
+        });
+    }
+    for (index, sql) in STEPS.iter().enumerate().skip(current as usize) {
+        let tx = conn.transaction()?;
+        tx.execute_batch(sql)?;
+        tx.pragma_update(None, "user_version", index as i64 + 1)?;
+        tx.commit()?;
+        tracing::info!(version = index + 1, "control-plane schema migrated");
+    }
+    Ok(latest_version())
+}

@@ -1,0 +1,192 @@
+//! Organisations and projects: creation, listing and key look-up.
+
+use crate::keys::{generate_key, KeyKind};
+use crate::{migrations, ControlError};
+use rusqlite::{params, Connection, OptionalExtension};
+use serde::Serialize;
+use std::path::Path;
+use std::sync::Mutex;
+
+/// A project as the rest of Leanloop sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Project {
+    pub id: i64,
+    pub organisation_id: i64,
+    pub name: String,
+    pub write_key: String,
+    pub read_key: String,
+    /// Keep client IP addresses whole instead of anonymised.
+    pub store_full_ip: bool,
+}
+
+/// The control-plane database. Cheap to share behind an `Arc`; calls are short
+/// and serialised on one connection.
+pub struct ControlPlane {
+    conn: Mutex<Connection>,
+}
+
+const DEFAULT_ORGANISATION: &str = "default";
+const PROJECT_COLUMNS: &str = "id, organisation_id, name, write_key, read_key, store_full_ip";
+
+impl ControlPlane {
+    /// Opens (creating if needed) `control.sqlite` at `path` and migrates it.
+    pub fn open(path: &Path) -> Result<ControlPlane, ControlError> {
+        let mut conn = Connection::open(path)?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "foreign_keys", true)?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        migrations::apply(&mut conn)?;
+        Ok(ControlPlane {
+            conn: Mutex::new(conn),
+        })
+    }
+
+    fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
+        // A panic while holding the lock cannot leave SQLite inconsistent.
+        self.conn
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Creates a project in the default organisation with fresh keys.
+    pub fn create_project(&self, name: &str) -> Result<Project, ControlError> {
+        let name = name.trim();
+        if name.is_empty() || name.chars().count() > 200 {
+            return Err(ControlError::InvalidName);
+        }
+        let now = chrono::Utc::now().to_rfc3339();
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        tx.execute(
+            "INSERT INTO organisations (name, created_at) VALUES (?1, ?2) ON CONFLICT(name) DO NOTHING",
+            params![DEFAULT_ORGANISATION, now],
+        )?;
+        let organisation_id: i64 = tx.query_row(
+            "SELECT id FROM organisations WHERE name = ?1",
+            [DEFAULT_ORGANISATION],
+            |row| row.get(0),
+        )?;
+        let write_key = generate_key(KeyKind::Write);
+        let read_key = generate_key(KeyKind::Read);
+        tx.execute(
+            "INSERT INTO projects (organisation_id, name, write_key, read_key, created_at)
+             VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![organisation_id, name, write_key, read_key, now],
+        )?;
+        let id = tx.last_insert_rowid();
+        tx.commit()?;
+        Ok(Project {
+            id,
+            organisation_id,
+            name: name.to_owned(),
+            write_key,
+            read_key,
+            store_full_ip: false,
+        })
+    }
+
+    pub fn projects(&self) -> Result<Vec<Project>, ControlError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(&format!(
+            "SELECT {PROJECT_COLUMNS} FROM projects ORDER BY id"
+        ))?;
+        let rows = stmt.query_map([], project_from_row)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    pub fn project(&self, id: i64) -> Result<Option<Project>, ControlError> {
+        self.find("id = ?1", rusqlite::types::Value::Integer(id))
+    }
+
+    /// The project a key belongs to, with the kind the key was issued as.
+    pub fn project_by_key(&self, key: &str) -> Result<Option<(Project, KeyKind)>, ControlError> {
+        let kind = match KeyKind::of(key) {
+            Some(kind) => kind,
+            None => return Ok(None),
+        };
+        let column = match kind {
+            KeyKind::Write => "write_key = ?1",
+            KeyKind::Read => "read_key = ?1",
+        };
+        Ok(self
+            .find(column, rusqlite::types::Value::Text(key.to_owned()))?
+            .map(|p| (p, kind)))
+    }
+
+    pub fn set_store_full_ip(&self, id: i64, on: bool) -> Result<(), ControlError> {
+        let changed = self.conn().execute(
+            "UPDATE projects SET store_full_ip = ?1 WHERE id = ?2",
+            params![on, id],
+        )?;
+        if changed == 0 {
+            return Err(ControlError::NoSuchProject(id));
+        }
+        Ok(())
+    }
+
+    fn find(
+        &self,
+        condition: &str,
+        value: rusqlite::types::Value,
+    ) -> Result<Option<Project>, ControlError> {
+        let conn = self.conn();
+        let sql = format!("SELECT {PROJECT_COLUMNS} FROM projects WHERE {condition}");
+        Ok(conn.query_row(&sql, [value], project_from_row).optional()?)
+    }
+}
+
+fn project_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Project> {
+    Ok(Project {
+        id: row.get(0)?,
+        organisation_id: row.get(1)?,
+        name: row.get(2)?,
+        write_key: row.get(3)?,
+        read_key: row.get(4)?,
+        store_full_ip: row.get(5)?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn creates_finds_and_reopens() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("control.sqlite");
+        let cp = ControlPlane::open(&path).unwrap();
+        let a = cp.create_project("Shop").unwrap();
+        let b = cp.create_project("Blog").unwrap();
+        assert_ne!(a.id, b.id);
+        assert_eq!(
+            cp.project_by_key(&a.write_key).unwrap(),
+            Some((a.clone(), KeyKind::Write))
+        );
+        assert_eq!(
+            cp.project_by_key(&b.read_key).unwrap(),
+            Some((b.clone(), KeyKind::Read))
+        );
+        assert_eq!(cp.project_by_key("llw_nope").unwrap(), None);
+        assert!(matches!(
+            cp.create_project("  "),
+            Err(ControlError::InvalidName)
+        ));
+        drop(cp);
+        let cp = ControlPlane::open(&path).unwrap();
+        assert_eq!(cp.projects().unwrap(), vec![a, b]);
+    }
+
+    #[test]
+    fn refuses_a_newer_schema() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("control.sqlite");
+        Connection::open(&path)
+            .unwrap()
+            .pragma_update(None, "user_version", 99)
+            .unwrap();
+        assert!(matches!(
+            ControlPlane::open(&path),
+            Err(ControlError::SchemaTooNew { found: 99, .. })
+        ));
+    }
+}

@@ -1,0 +1,156 @@
+//! Error classes and the one place they become HTTP answers.
+//!
+//! Each crate keeps its own `thiserror` enum and implements [`Classify`]; the
+//! HTTP layer converts with [`ApiError::from_error`]. Clients see a precise
+//! message for their own mistakes and a bare "internal error" with a request id
+//! for ours; the detail of an internal error goes to the log only.
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+
+/// What kind of failure an error is, independent of any transport.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ErrorClass {
+    /// The request is malformed; `field` names the offending input when known.
+    BadRequest {
+        field: Option<String>,
+    },
+    /// No or unknown credentials, or a key used for the wrong purpose.
+    Unauthorized,
+    /// The caller may not touch this resource.
+    Forbidden,
+    NotFound,
+    /// A body, event or batch is over a limit.
+    TooLarge {
+        field: Option<String>,
+    },
+    /// Temporarily unable to accept work (queue full, store down); retry later.
+    Unavailable {
+        retry_after_secs: u32,
+    },
+    /// A bug or an unexpected failure of ours.
+    Internal,
+}
+
+/// Implemented by every crate's error enum.
+pub trait Classify: std::error::Error {
+    fn class(&self) -> ErrorClass;
+}
+
+/// An error ready to be sent to an HTTP client.
+#[derive(Debug, Clone)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: String,
+    pub field: Option<String>,
+    pub retry_after_secs: Option<u32>,
+}
+
+#[derive(Serialize)]
+struct Body<'a> {
+    error: Inner<'a>,
+}
+
+#[derive(Serialize)]
+struct Inner<'a> {
+    code: &'a str,
+    message: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    field: Option<&'a str>,
+}
+
+impl ApiError {
+    /// Classifies `err`; internal errors are logged here with their detail and
+    /// answered without it.
+    pub fn from_error<E: Classify + ?Sized>(err: &E) -> ApiError {
+        let class = err.class();
+        if class == ErrorClass::Internal {
+            let id = uuid::Uuid::new_v4();
+            tracing::error!(error = %err, error_id = %id, "internal error");
+            return ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                format!("internal error (id {id})"),
+            );
+        }
+        ApiError::from_class(class, err.to_string())
+    }
+
+    pub fn from_class(class: ErrorClass, message: String) -> ApiError {
+        let (status, code, field, retry) = match class {
+            ErrorClass::BadRequest { field } => {
+                (StatusCode::BAD_REQUEST, "bad_request", field, None)
+            }
+            ErrorClass::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized", None, None),
+            ErrorClass::Forbidden => (StatusCode::FORBIDDEN, "forbidden", None, None),
+            ErrorClass::NotFound => (StatusCode::NOT_FOUND, "not_found", None, None),
+            ErrorClass::TooLarge { field } => {
+                (StatusCode::PAYLOAD_TOO_LARGE, "too_large", field, None)
+            }
+            ErrorClass::Unavailable { retry_after_secs } => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                None,
+                Some(retry_after_secs),
+            ),
+            ErrorClass::Internal => (StatusCode::INTERNAL_SERVER_ERROR, "internal", None, None),
+        };
+        ApiError {
+            status,
+            code,
+            message,
+            field,
+            retry_after_secs: retry,
+        }
+    }
+
+    pub fn new(status: StatusCode, code: &'static str, message: String) -> ApiError {
+        ApiError {
+            status,
+            code,
+            message,
+            field: None,
+            retry_after_secs: None,
+        }
+    }
+
+    pub fn bad_request(field: &str, message: impl Into<String>) -> ApiError {
+        ApiError::from_class(
+            ErrorClass::BadRequest {
+                field: Some(field.to_owned()),
+            },
+            message.into(),
+        )
+    }
+
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::to_value(Body {
+            error: Inner {
+                code: self.code,
+                message: &self.message,
+                field: self.field.as_deref(),
+            },
+        })
+        .unwrap_or_default()
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut response = (self.status, axum::Json(self.to_json())).into_response();
+        if let Some(secs) = self.retry_after_secs {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        response
+    }
+}
+
+impl<E: Classify> From<E> for ApiError {
+    fn from(err: E) -> ApiError {
+        ApiError::from_error(&err)
+    }
+}

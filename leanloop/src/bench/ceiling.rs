@@ -1,0 +1,80 @@
+//! Ceilings measured in the same run as the figures they bound: DuckDB loading
+//! the same events from newline-delimited JSON itself, and an HTTP endpoint
+//! that does nothing but read the body and answer 200.
+
+use super::load::{self, Outcome, Shape};
+use super::server::Child;
+use anyhow::Result;
+use axum::routing::post;
+use leanloop_store::duckdb::{DuckDbOptions, DuckDbStore};
+use std::io::Write;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+pub struct JsonLoad {
+    pub rows_per_sec: f64,
+}
+
+/// Writes `rows` enriched events as NDJSON and times DuckDB's `read_json`
+/// load of them into a fresh store with the same schema and key.
+pub fn duckdb_json_load(rows: usize) -> Result<JsonLoad> {
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("events.ndjson");
+    let mut file = std::io::BufWriter::new(std::fs::File::create(&path)?);
+    let received = chrono::Utc::now().timestamp_millis();
+    for n in 0..rows {
+        let step = n % 4;
+        let row = serde_json::json!({
+            "project_id": 1, "uuid": uuid::Uuid::new_v4().to_string(), "kind": "track",
+            "name": "checkout_step", "timestamp": 1_768_471_200_000i64, "received_at": received,
+            "timestamp_clamped": false, "anonymous_id": null, "user_id": format!("user-{}", n % 5000),
+            "session_id": uuid::Uuid::now_v7().to_string(), "release": format!("1.4.{step}"),
+            "url": "https://shop.example/checkout?utm_source=newsletter&utm_campaign=spring",
+            "path": "/checkout", "page_name": null, "referrer": "https://www.google.com/",
+            "referrer_domain": "google.com", "utm_source": "newsletter", "utm_medium": null,
+            "utm_campaign": "spring", "utm_term": null, "utm_content": null, "browser": "Chrome",
+            "browser_version": "120.0.0.0", "os": "Windows 10", "device_type": "desktop",
+            "country": null, "ip": "127.0.0.0", "library": "bench",
+            "properties": format!(r#"{{"step":{step},"plan":"pro","amount":12.5,"currency":"EUR"}}"#),
+        });
+        serde_json::to_writer(&mut file, &row)?;
+        file.write_all(b"\n")?;
+    }
+    file.flush()?;
+    drop(file);
+    let store = DuckDbStore::open(
+        &dir.path().join("ceiling.duckdb"),
+        &DuckDbOptions::default(),
+    )?;
+    let started = Instant::now();
+    let stored = store.import_ndjson(&path)?;
+    let elapsed = started.elapsed();
+    anyhow::ensure!(stored == rows, "DuckDB stored {stored} of {rows} rows");
+    Ok(JsonLoad {
+        rows_per_sec: rows as f64 / elapsed.as_secs_f64(),
+    })
+}
+
+/// Runs the single-event load against the bare endpoint, in its own process
+/// like the real server.
+pub async fn bare_endpoint(connections: usize, duration: Duration) -> Result<Outcome> {
+    let child = Child::spawn(Command::new(std::env::current_exe()?).args([
+        "bare-server",
+        "--listen",
+        "127.0.0.1:0",
+    ]))?;
+    load::run(&child, Shape::Single, connections, duration).await
+}
+
+/// `leanloop bare-server`: reads the body and answers 200, nothing more.
+pub async fn bare_server(listen: &str) -> Result<()> {
+    let router = axum::Router::new().route(
+        "/v1/track",
+        post(|_body: axum::body::Bytes| async { r#"{"success":true}"# }),
+    );
+    let listener = tokio::net::TcpListener::bind(listen).await?;
+    println!("listening on http://{}", listener.local_addr()?);
+    println!("bare server ready");
+    axum::serve(listener, router).await?;
+    Ok(())
+}

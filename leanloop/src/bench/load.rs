@@ -1,0 +1,133 @@
+//! The load generator: keep-alive connections posting as fast as answers
+//! come back, each recording its latencies.
+
+use super::server::Child;
+use anyhow::Result;
+use std::fmt::Write;
+use std::time::{Duration, Instant};
+
+#[derive(Debug, Clone, Copy)]
+pub enum Shape {
+    /// `/v1/batch` with this many events a request.
+    Batch(usize),
+    /// One event per `/v1/track` request.
+    Single,
+}
+
+#[derive(Debug, Default)]
+pub struct Outcome {
+    pub requests: u64,
+    pub events: u64,
+    pub errors: u64,
+    pub unavailable: u64,
+    pub elapsed: Duration,
+    latencies_us: Vec<u64>,
+}
+
+impl Outcome {
+    fn percentile_ms(&self, p: f64) -> f64 {
+        if self.latencies_us.is_empty() {
+            return 0.0;
+        }
+        let i = ((self.latencies_us.len() - 1) as f64 * p).round() as usize;
+        self.latencies_us[i] as f64 / 1000.0
+    }
+
+    pub fn p50_ms(&self) -> f64 {
+        self.percentile_ms(0.50)
+    }
+
+    pub fn p99_ms(&self) -> f64 {
+        self.percentile_ms(0.99)
+    }
+}
+
+pub async fn run(
+    server: &Child,
+    shape: Shape,
+    connections: usize,
+    duration: Duration,
+) -> Result<Outcome> {
+    let (path, per_request) = match shape {
+        Shape::Batch(n) => ("/v1/batch", n),
+        Shape::Single => ("/v1/track", 1),
+    };
+    let url = format!("{}{path}", server.base);
+    let started = Instant::now();
+    let deadline = started + duration;
+    let mut tasks = Vec::new();
+    for connection in 0..connections {
+        let (url, key) = (url.clone(), server.write_key.clone());
+        tasks.push(tokio::spawn(async move {
+            // One client per task, so each task holds its own keep-alive connection.
+            let client = reqwest::Client::builder()
+                .pool_max_idle_per_host(1)
+                .build()?;
+            let mut out = Outcome::default();
+            let mut body = String::new();
+            let mut n = 0u64;
+            while Instant::now() < deadline {
+                body.clear();
+                match shape {
+                    Shape::Batch(size) => batch_body(&mut body, connection, &mut n, size),
+                    Shape::Single => event_json(&mut body, connection, &mut n),
+                }
+                let sent = Instant::now();
+                let response = client
+                    .post(&url)
+                    .basic_auth(&key, Some(""))
+                    .header("content-type", "application/json")
+                    .body(body.clone())
+                    .send()
+                    .await;
+                out.latencies_us.push(sent.elapsed().as_micros() as u64);
+                out.requests += 1;
+                match response {
+                    Ok(r) if r.status().is_success() => {
+                        out.events += per_request as u64;
+                        let _ = r.bytes().await;
+                    }
+                    Ok(r) if r.status() == reqwest::StatusCode::SERVICE_UNAVAILABLE => {
+                        out.unavailable += 1
+                    }
+                    _ => out.errors += 1,
+                }
+            }
+            anyhow::Ok(out)
+        }));
+    }
+    let mut total = Outcome::default();
+    for task in tasks {
+        let out = task.await??;
+        total.requests += out.requests;
+        total.events += out.events;
+        total.errors += out.errors;
+        total.unavailable += out.unavailable;
+        total.latencies_us.extend(out.latencies_us);
+    }
+    total.elapsed = started.elapsed();
+    total.latencies_us.sort_unstable();
+    Ok(total)
+}
+
+fn batch_body(body: &mut String, connection: usize, n: &mut u64, size: usize) {
+    body.push_str(r#"{"batch":["#);
+    for i in 0..size {
+        if i > 0 {
+            body.push(',');
+        }
+        event_json(body, connection, n);
+    }
+    body.push_str("]}");
+}
+
+/// One realistic track event with a unique message id.
+pub fn event_json(body: &mut String, connection: usize, n: &mut u64) {
+    *n += 1;
+    let _ = write!(
+        body,
+        r#"{{"type":"track","event":"checkout_step","userId":"user-{user}","messageId":"bench-{connection}-{n}","timestamp":"2026-01-15T10:00:00.000Z","properties":{{"step":{step},"plan":"pro","amount":12.5,"currency":"EUR"}},"context":{{"userAgent":"Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0.0.0 Safari/537.36","app":{{"version":"1.4.{step}"}},"page":{{"url":"https://shop.example/checkout?utm_source=newsletter&utm_campaign=spring","referrer":"https://www.google.com/"}},"library":{{"name":"bench"}}}}}}"#,
+        user = *n % 5000,
+        step = *n % 4,
+    );
+}

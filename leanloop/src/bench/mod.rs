@@ -1,0 +1,162 @@
+//! `leanloop bench ...`: benchmarks that drive a real server over loopback and
+//! print figures beside ceilings measured in the same run, as ratios, since
+//! absolute numbers on a shared machine are noisy.
+
+mod ceiling;
+mod load;
+mod server;
+
+pub use ceiling::bare_server;
+
+use anyhow::Result;
+use clap::Subcommand;
+use std::time::Duration;
+
+#[derive(Subcommand, Debug, Clone)]
+pub enum BenchCommand {
+    /// Ingest throughput and latency through HTTP, with DuckDB's own JSON load
+    /// and a bare HTTP endpoint as ceilings.
+    Ingest {
+        /// Seconds each load phase runs.
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        /// Concurrent keep-alive connections.
+        #[arg(long, default_value_t = 8)]
+        connections: usize,
+        /// Events per `/v1/batch` request.
+        #[arg(long, default_value_t = 100)]
+        batch: usize,
+    },
+}
+
+pub async fn run(command: BenchCommand) -> Result<()> {
+    match command {
+        BenchCommand::Ingest {
+            seconds,
+            connections,
+            batch,
+        } => {
+            ingest(
+                Duration::from_secs(seconds.max(1)),
+                connections.max(1),
+                batch.clamp(1, 1000),
+            )
+            .await
+        }
+    }
+}
+
+/// Targets from the ingest issue, checked and printed beside the figures.
+const BATCH_EVENTS_PER_SEC: f64 = 150_000.0;
+const BATCH_SHARE_OF_DUCKDB: f64 = 0.5;
+const SINGLE_SHARE_OF_BARE: f64 = 0.5;
+const PEAK_RSS_MB: f64 = 300.0;
+
+async fn ingest(duration: Duration, connections: usize, batch: usize) -> Result<()> {
+    println!(
+        "leanloop bench ingest: {connections} connections, {}s per phase, {batch} events per batch",
+        duration.as_secs()
+    );
+    let dir = tempfile::tempdir()?;
+    let server = server::Child::start(dir.path()).await?;
+
+    let batches = load::run(&server, load::Shape::Batch(batch), connections, duration).await?;
+    let stored_after = server
+        .wait_stored(batches.events, Duration::from_secs(120))
+        .await?;
+    let singles = load::run(&server, load::Shape::Single, connections, duration).await?;
+    server
+        .wait_stored(batches.events + singles.events, Duration::from_secs(120))
+        .await?;
+    let peak_rss_mb = server.peak_rss_mb()?;
+    drop(server);
+
+    let ceiling_events = batches.events.clamp(10_000, 2_000_000);
+    let duckdb = ceiling::duckdb_json_load(ceiling_events as usize)?;
+    let bare = ceiling::bare_endpoint(connections, duration).await?;
+
+    let batch_rate = batches.events as f64 / batches.elapsed.as_secs_f64();
+    let stored_rate = batches.events as f64 / (batches.elapsed + stored_after).as_secs_f64();
+    let single_rate = singles.requests as f64 / singles.elapsed.as_secs_f64();
+    let bare_rate = bare.requests as f64 / bare.elapsed.as_secs_f64();
+    let share_duckdb = stored_rate / duckdb.rows_per_sec;
+    let share_bare = single_rate / bare_rate;
+
+    println!();
+    println!("{:<52} {:>14}", "figure", "value");
+    println!(
+        "{:<52} {:>14.0}",
+        "batch: events/s acknowledged", batch_rate
+    );
+    println!(
+        "{:<52} {:>14.0}",
+        "batch: events/s stored (incl. queue drain)", stored_rate
+    );
+    println!(
+        "{:<52} {:>14.2}",
+        "batch: p50 latency (ms)",
+        batches.p50_ms()
+    );
+    println!(
+        "{:<52} {:>14.2}",
+        "batch: p99 latency (ms)",
+        batches.p99_ms()
+    );
+    println!(
+        "{:<52} {:>14.0}",
+        "single /v1/track: requests/s", single_rate
+    );
+    println!(
+        "{:<52} {:>14.2}",
+        "single: p50 latency (ms)",
+        singles.p50_ms()
+    );
+    println!(
+        "{:<52} {:>14.2}",
+        "single: p99 latency (ms)",
+        singles.p99_ms()
+    );
+    println!("{:<52} {:>14.0}", "server peak RSS (MB)", peak_rss_mb);
+    println!(
+        "{:<52} {:>14.0}",
+        "ceiling: DuckDB read_json load, rows/s", duckdb.rows_per_sec
+    );
+    println!(
+        "{:<52} {:>14.0}",
+        "ceiling: bare axum 200 endpoint, requests/s", bare_rate
+    );
+    println!(
+        "{:<52} {:>13.0}%",
+        "batch stored rate / DuckDB JSON load",
+        share_duckdb * 100.0
+    );
+    println!(
+        "{:<52} {:>13.0}%",
+        "single req/s / bare endpoint req/s",
+        share_bare * 100.0
+    );
+    println!();
+    let checks = [
+        (
+            "batch >= 150,000 events/s (stored)",
+            stored_rate >= BATCH_EVENTS_PER_SEC,
+        ),
+        (
+            "batch >= 50% of DuckDB's JSON load",
+            share_duckdb >= BATCH_SHARE_OF_DUCKDB,
+        ),
+        (
+            "single >= 50% of bare endpoint",
+            share_bare >= SINGLE_SHARE_OF_BARE,
+        ),
+        ("peak RSS <= 300 MB", peak_rss_mb <= PEAK_RSS_MB),
+    ];
+    for (what, ok) in checks {
+        println!("{} {what}", if ok { "met    " } else { "MISSED " });
+    }
+    println!(
+        "errors: batch {} (503s {}), single {} (503s {})",
+        batches.errors, batches.unavailable, singles.errors, singles.unavailable
+    );
+    Ok(())
+}

@@ -1,0 +1,195 @@
+//! The one typed configuration: a TOML file (optional), then environment
+//! variables, then command-line flags, validated once at start-up.
+//!
+//! `RawConfig` mirrors the file (unknown keys are refused); `Config` is what
+//! the rest of the program receives, already checked.
+
+use anyhow::{bail, Context, Result};
+use leanloop_collector::CollectorConfig;
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+pub const DEFAULT_DATA_DIR: &str = "./leanloop-data";
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    pub listen: Option<String>,
+    pub data_dir: Option<PathBuf>,
+    #[serde(default)]
+    pub collector: CollectorConfig,
+    #[serde(default)]
+    pub store: RawStoreConfig,
+    /// Longest wait for the queue to drain on shutdown, in seconds.
+    pub shutdown_timeout_secs: Option<u64>,
+    /// Longest a request may take, in seconds.
+    pub request_timeout_secs: Option<u64>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawStoreConfig {
+    /// DuckDB's memory limit, e.g. "512MB".
+    pub duckdb_memory_limit: Option<String>,
+    pub duckdb_threads: Option<usize>,
+}
+
+/// Validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    pub collector: CollectorConfig,
+    pub duckdb: leanloop_store::duckdb::DuckDbOptions,
+    pub shutdown_timeout: std::time::Duration,
+    pub request_timeout: std::time::Duration,
+}
+
+/// Values from the command line; `None` leaves the file or environment in force.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    pub config_file: Option<PathBuf>,
+    pub listen: Option<String>,
+    pub data_dir: Option<PathBuf>,
+}
+
+impl RawConfig {
+    pub fn from_file(path: &Path) -> Result<RawConfig> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading config file {}", path.display()))?;
+        toml::from_str(&text).with_context(|| format!("parsing config file {}", path.display()))
+    }
+
+    /// Applies `LEANLOOP_*` variables from `env`.
+    pub fn apply_env(&mut self, env: impl Fn(&str) -> Option<String>) {
+        if let Some(v) = env("LEANLOOP_LISTEN") {
+            self.listen = Some(v);
+        }
+        if let Some(v) = env("LEANLOOP_DATA_DIR") {
+            self.data_dir = Some(v.into());
+        }
+        if let Some(v) = env("LEANLOOP_DUCKDB_MEMORY_LIMIT") {
+            self.store.duckdb_memory_limit = Some(v);
+        }
+    }
+
+    pub fn build_and_validate(self) -> Result<Config> {
+        let listen = self.listen.as_deref().unwrap_or(DEFAULT_LISTEN);
+        let listen: SocketAddr = listen
+            .parse()
+            .with_context(|| format!("listen: `{listen}` is not an address like 127.0.0.1:8080"))?;
+        self.collector.validate().map_err(anyhow::Error::msg)?;
+        let memory_limit = self
+            .store
+            .duckdb_memory_limit
+            .unwrap_or_else(|| "512MB".into());
+        if !memory_limit
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_digit())
+        {
+            bail!("store.duckdb_memory_limit: `{memory_limit}` is not a size like 512MB");
+        }
+        let threads = self.store.duckdb_threads.unwrap_or_else(|| {
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(2)
+        });
+        if threads == 0 {
+            bail!("store.duckdb_threads must be at least 1");
+        }
+        Ok(Config {
+            listen,
+            data_dir: self.data_dir.unwrap_or_else(|| DEFAULT_DATA_DIR.into()),
+            collector: self.collector,
+            duckdb: leanloop_store::duckdb::DuckDbOptions {
+                memory_limit,
+                threads,
+            },
+            shutdown_timeout: std::time::Duration::from_secs(
+                self.shutdown_timeout_secs.unwrap_or(30),
+            ),
+            request_timeout: std::time::Duration::from_secs(
+                self.request_timeout_secs.unwrap_or(30).max(1),
+            ),
+        })
+    }
+}
+
+impl Config {
+    /// File, then environment, then flags.
+    pub fn load(overrides: &Overrides) -> Result<Config> {
+        let file = overrides
+            .config_file
+            .clone()
+            .or_else(|| std::env::var_os("LEANLOOP_CONFIG").map(PathBuf::from));
+        let mut raw = match file {
+            Some(path) => RawConfig::from_file(&path)?,
+            None => RawConfig::default(),
+        };
+        raw.apply_env(|name| std::env::var(name).ok().filter(|v| !v.is_empty()));
+        if let Some(listen) = &overrides.listen {
+            raw.listen = Some(listen.clone());
+        }
+        if let Some(dir) = &overrides.data_dir {
+            raw.data_dir = Some(dir.clone());
+        }
+        raw.build_and_validate()
+    }
+
+    /// Defaults with the given data directory and an ephemeral port: for tests
+    /// and benchmarks.
+    pub fn for_tests(data_dir: &Path) -> Config {
+        RawConfig {
+            listen: Some("127.0.0.1:0".into()),
+            data_dir: Some(data_dir.into()),
+            ..RawConfig::default()
+        }
+        .build_and_validate()
+        .expect("default configuration is valid")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn example_config_parses() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../leanloop.example.toml");
+        let config = RawConfig::from_file(&path)
+            .unwrap()
+            .build_and_validate()
+            .unwrap();
+        assert_eq!(config.listen.to_string(), DEFAULT_LISTEN);
+        assert_eq!(config.collector, CollectorConfig::default());
+    }
+
+    #[test]
+    fn env_overrides_file_and_bad_values_are_named() {
+        let mut raw: RawConfig = toml::from_str("listen = \"127.0.0.1:9000\"").unwrap();
+        raw.apply_env(|name| (name == "LEANLOOP_LISTEN").then(|| "0.0.0.0:9100".to_owned()));
+        assert_eq!(
+            raw.clone().build_and_validate().unwrap().listen.port(),
+            9100
+        );
+        raw.listen = Some("nowhere".into());
+        assert!(raw
+            .build_and_validate()
+            .unwrap_err()
+            .to_string()
+            .contains("listen"));
+        let err = toml::from_str::<RawConfig>("colour = 1")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("colour"), "{err}");
+        let raw: RawConfig = toml::from_str("[collector]\nqueue_capacity = 0").unwrap();
+        assert!(raw
+            .build_and_validate()
+            .unwrap_err()
+            .to_string()
+            .contains("queue_capacity"));
+    }
+}

@@ -1,0 +1,15 @@
+//! The `leanloop` program: configuration, the server assembled from the
+//! crates, the read API, operations endpoints and the benchmarks.
+//!
+//! Only this crate uses `anyhow`; libraries return typed errors, and HTTP
+//! answers come from `leanloop_core::ApiError` alone.
+
+pub mod api;
+pub mod app;
+pub mod bench;
+pub mod config;
+pub mod ops;
+pub mod telemetry;
+
+pub use app::App;
+pub use config::{Config, Overrides};

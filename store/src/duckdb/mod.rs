@@ -1,0 +1,112 @@
+//! The embedded event store on DuckDB: one database file in the data directory.
+//!
+//! Writes go through one connection (the collector's single writer), reads
+//! through a small pool of cloned connections so queries never wait for a
+//! write to finish.
+
+mod read;
+mod schema;
+mod write;
+
+use crate::{EventFilter, EventStore, StoreError, UserRecord, WriteOutcome};
+use ::duckdb::{Config, Connection};
+use leanloop_core::{Event, UserUpdate};
+use std::path::Path;
+use std::sync::Mutex;
+
+/// Resource limits handed to DuckDB.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DuckDbOptions {
+    /// DuckDB's `memory_limit`, e.g. `"512MB"`.
+    pub memory_limit: String,
+    pub threads: usize,
+}
+
+impl Default for DuckDbOptions {
+    fn default() -> Self {
+        DuckDbOptions {
+            memory_limit: "512MB".into(),
+            threads: 2,
+        }
+    }
+}
+
+pub struct DuckDbStore {
+    writer: Mutex<write::Writer>,
+    readers: Mutex<Vec<Connection>>,
+    /// Source of new reader connections; never used for queries itself.
+    origin: Mutex<Connection>,
+}
+
+impl DuckDbStore {
+    /// Opens (creating if needed) the database at `path` and migrates it.
+    pub fn open(path: &Path, options: &DuckDbOptions) -> Result<DuckDbStore, StoreError> {
+        let config = Config::default()
+            .max_memory(&options.memory_limit)?
+            .threads(options.threads.max(1) as i64)?;
+        let origin = Connection::open_with_flags(path, config)?;
+        schema::migrate(&origin)?;
+        let writer = write::Writer::new(origin.try_clone()?)?;
+        Ok(DuckDbStore {
+            writer: Mutex::new(writer),
+            readers: Mutex::new(Vec::new()),
+            origin: Mutex::new(origin),
+        })
+    }
+
+    /// Runs `f` on a pooled reader connection.
+    fn with_reader<T>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let pooled = lock(&self.readers).pop();
+        let conn = match pooled {
+            Some(conn) => conn,
+            None => lock(&self.origin).try_clone()?,
+        };
+        let result = f(&conn);
+        let mut readers = lock(&self.readers);
+        if readers.len() < 8 {
+            readers.push(conn);
+        }
+        result
+    }
+}
+
+/// Locks `m`, ignoring poisoning: DuckDB keeps its own transactional state, so
+/// a panic in another holder cannot leave a connection half-written.
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl EventStore for DuckDbStore {
+    fn write(&self, events: &[Event], users: &[UserUpdate]) -> Result<WriteOutcome, StoreError> {
+        lock(&self.writer).write(events, users)
+    }
+
+    fn count(&self, filter: &EventFilter) -> Result<u64, StoreError> {
+        self.with_reader(|conn| read::count(conn, filter))
+    }
+
+    fn recent(&self, filter: &EventFilter, limit: usize) -> Result<Vec<Event>, StoreError> {
+        self.with_reader(|conn| read::recent(conn, filter, limit))
+    }
+
+    fn user(&self, project_id: i64, user_id: &str) -> Result<Option<UserRecord>, StoreError> {
+        self.with_reader(|conn| read::user(conn, project_id, user_id))
+    }
+
+    fn identity(&self, project_id: i64, anonymous_id: &str) -> Result<Option<String>, StoreError> {
+        self.with_reader(|conn| read::identity(conn, project_id, anonymous_id))
+    }
+}
+
+impl DuckDbStore {
+    /// Loads newline-delimited JSON rows shaped like the staging table (times
+    /// in ms, uuid as text) with DuckDB's own `read_json`, deduplicating like
+    /// [`EventStore::write`]. Returns the rows stored.
+    pub fn import_ndjson(&self, path: &Path) -> Result<usize, StoreError> {
+        let writer = lock(&self.writer);
+        writer.import_ndjson(path)
+    }
+}

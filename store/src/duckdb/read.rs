@@ -1,0 +1,152 @@
+//! Reading events and people back. Every user-supplied value is bound as a
+//! parameter, never spliced into SQL.
+
+use super::schema::{EVENT_COLUMNS, FIRST_TEXT_COLUMN};
+use crate::{EventFilter, StoreError, UserRecord};
+use ::duckdb::types::Value;
+use ::duckdb::{params, params_from_iter, Connection, OptionalExt, Row};
+use leanloop_core::{Event, EventKind};
+
+/// `WHERE` clause and its bound values for `filter`.
+fn condition(filter: &EventFilter) -> (String, Vec<Value>) {
+    let mut sql = String::from("project_id = ?");
+    let mut values = vec![Value::BigInt(filter.project_id)];
+    if let Some(name) = &filter.name {
+        sql.push_str(" AND name = ?");
+        values.push(Value::Text(name.clone()));
+    }
+    if let Some(user) = &filter.user {
+        sql.push_str(" AND (user_id = ? OR anonymous_id = ?)");
+        values.push(Value::Text(user.clone()));
+        values.push(Value::Text(user.clone()));
+    }
+    if let Some(from) = filter.from_ms {
+        sql.push_str(" AND timestamp >= epoch_ms(?)");
+        values.push(Value::BigInt(from));
+    }
+    if let Some(to) = filter.to_ms {
+        sql.push_str(" AND timestamp < epoch_ms(?)");
+        values.push(Value::BigInt(to));
+    }
+    (sql, values)
+}
+
+pub fn count(conn: &Connection, filter: &EventFilter) -> Result<u64, StoreError> {
+    let (cond, values) = condition(filter);
+    let sql = format!("SELECT count(*) FROM events WHERE {cond}");
+    let n: i64 = conn
+        .prepare_cached(&sql)?
+        .query_row(params_from_iter(values), |row| row.get(0))?;
+    Ok(n as u64)
+}
+
+pub fn recent(
+    conn: &Connection,
+    filter: &EventFilter,
+    limit: usize,
+) -> Result<Vec<Event>, StoreError> {
+    let (cond, mut values) = condition(filter);
+    let select: Vec<String> = EVENT_COLUMNS
+        .iter()
+        .map(|&c| match c {
+            "uuid" => "CAST(uuid AS VARCHAR)".to_owned(),
+            "timestamp" | "received_at" => format!("epoch_ms({c})"),
+            _ => c.to_owned(),
+        })
+        .collect();
+    let sql = format!(
+        "SELECT {} FROM events WHERE {cond} ORDER BY timestamp DESC, uuid LIMIT ?",
+        select.join(", ")
+    );
+    values.push(Value::BigInt(limit as i64));
+    let mut stmt = conn.prepare_cached(&sql)?;
+    let mut rows = stmt.query(params_from_iter(values))?;
+    let mut events = Vec::new();
+    while let Some(row) = rows.next()? {
+        events.push(event_from_row(row)?);
+    }
+    Ok(events)
+}
+
+fn event_from_row(row: &Row<'_>) -> Result<Event, StoreError> {
+    let text =
+        |i: usize| -> Result<Option<String>, StoreError> { Ok(row.get::<_, Option<String>>(i)?) };
+    let uuid: String = row.get(1)?;
+    let kind: String = row.get(2)?;
+    let t = FIRST_TEXT_COLUMN;
+    Ok(Event {
+        project_id: row.get(0)?,
+        uuid: uuid
+            .parse()
+            .map_err(|_| StoreError::Corrupt(format!("uuid {uuid}")))?,
+        kind: EventKind::parse(&kind).ok_or_else(|| StoreError::Corrupt(format!("kind {kind}")))?,
+        name: row.get(3)?,
+        timestamp_ms: row.get(4)?,
+        received_at_ms: row.get(5)?,
+        timestamp_clamped: row.get(6)?,
+        anonymous_id: text(t)?,
+        user_id: text(t + 1)?,
+        session_id: text(t + 2)?,
+        release: text(t + 3)?,
+        url: text(t + 4)?,
+        path: text(t + 5)?,
+        page_name: text(t + 6)?,
+        referrer: text(t + 7)?,
+        referrer_domain: text(t + 8)?,
+        utm_source: text(t + 9)?,
+        utm_medium: text(t + 10)?,
+        utm_campaign: text(t + 11)?,
+        utm_term: text(t + 12)?,
+        utm_content: text(t + 13)?,
+        browser: text(t + 14)?,
+        browser_version: text(t + 15)?,
+        os: text(t + 16)?,
+        device_type: text(t + 17)?,
+        country: text(t + 18)?,
+        ip: text(t + 19)?,
+        library: text(t + 20)?,
+        properties: row.get(t + 21)?,
+    })
+}
+
+pub fn user(
+    conn: &Connection,
+    project_id: i64,
+    user_id: &str,
+) -> Result<Option<UserRecord>, StoreError> {
+    let row = conn
+        .prepare_cached(
+            "SELECT traits, epoch_ms(first_seen), epoch_ms(last_seen) FROM users
+             WHERE project_id = ? AND user_id = ?",
+        )?
+        .query_row(params![project_id, user_id], |row| {
+            Ok((
+                row.get::<_, String>(0)?,
+                row.get::<_, i64>(1)?,
+                row.get::<_, i64>(2)?,
+            ))
+        })
+        .optional()?;
+    row.map(|(traits, first_seen_ms, last_seen_ms)| {
+        let traits = serde_json::from_str(&traits)
+            .map_err(|e| StoreError::Corrupt(format!("traits: {e}")))?;
+        Ok(UserRecord {
+            user_id: user_id.to_owned(),
+            traits,
+            first_seen_ms,
+            last_seen_ms,
+        })
+    })
+    .transpose()
+}
+
+pub fn identity(
+    conn: &Connection,
+    project_id: i64,
+    anonymous_id: &str,
+) -> Result<Option<String>, StoreError> {
+    Ok(conn
+        .prepare_cached("SELECT user_id FROM identities WHERE project_id = ? AND anonymous_id = ?")?
+        .query_row(params![project_id, anonymous_id], |row| row.get(0))
+        .optional()?)
+}

@@ -1,0 +1,151 @@
+//! The DuckDB schema and its versioned migrations.
+//!
+//! `events` is keyed by `(project_id, uuid)` so a uuid is stored once per
+//! project; a client cannot collide with another project's events by reusing
+//! its message ids. Migrations are append-only and recorded in
+//! `leanloop_schema`.
+
+use crate::StoreError;
+use ::duckdb::Connection;
+
+/// Event columns in storage order. Text columns not listed specially are
+/// nullable VARCHAR; `read.rs` and `write.rs` both follow this order.
+pub const EVENT_COLUMNS: &[&str] = &[
+    "project_id",
+    "uuid",
+    "kind",
+    "name",
+    "timestamp",
+    "received_at",
+    "timestamp_clamped",
+    "anonymous_id",
+    "user_id",
+    "session_id",
+    "release",
+    "url",
+    "path",
+    "page_name",
+    "referrer",
+    "referrer_domain",
+    "utm_source",
+    "utm_medium",
+    "utm_campaign",
+    "utm_term",
+    "utm_content",
+    "browser",
+    "browser_version",
+    "os",
+    "device_type",
+    "country",
+    "ip",
+    "library",
+    "properties",
+];
+
+/// Index of the first nullable text column (`anonymous_id`) in [`EVENT_COLUMNS`].
+pub const FIRST_TEXT_COLUMN: usize = 7;
+
+const STEPS: &[&str] = &[
+    // 1: events, people and the anonymous-to-user links identify makes.
+    "CREATE TABLE events (
+        project_id BIGINT NOT NULL,
+        uuid UUID NOT NULL,
+        kind VARCHAR NOT NULL,
+        name VARCHAR NOT NULL,
+        timestamp TIMESTAMP NOT NULL,
+        received_at TIMESTAMP NOT NULL,
+        timestamp_clamped BOOLEAN NOT NULL,
+        anonymous_id VARCHAR, user_id VARCHAR, session_id VARCHAR, release VARCHAR,
+        url VARCHAR, path VARCHAR, page_name VARCHAR, referrer VARCHAR, referrer_domain VARCHAR,
+        utm_source VARCHAR, utm_medium VARCHAR, utm_campaign VARCHAR, utm_term VARCHAR,
+        utm_content VARCHAR, browser VARCHAR, browser_version VARCHAR, os VARCHAR,
+        device_type VARCHAR, country VARCHAR, ip VARCHAR, library VARCHAR,
+        properties VARCHAR NOT NULL,
+        PRIMARY KEY (project_id, uuid)
+    );
+    CREATE TABLE users (
+        project_id BIGINT NOT NULL,
+        user_id VARCHAR NOT NULL,
+        traits VARCHAR NOT NULL,
+        first_seen TIMESTAMP NOT NULL,
+        last_seen TIMESTAMP NOT NULL,
+        PRIMARY KEY (project_id, user_id)
+    );
+    CREATE TABLE identities (
+        project_id BIGINT NOT NULL,
+        anonymous_id VARCHAR NOT NULL,
+        user_id VARCHAR NOT NULL,
+        first_seen TIMESTAMP NOT NULL,
+        PRIMARY KEY (project_id, anonymous_id)
+    );",
+];
+
+pub fn migrate(conn: &Connection) -> Result<(), StoreError> {
+    conn.execute_batch(
+        "CREATE TABLE IF NOT EXISTS leanloop_schema (version BIGINT NOT NULL, applied_at TIMESTAMP NOT NULL)",
+    )?;
+    let current: i64 = conn.query_row(
+        "SELECT coalesce(max(version), 0) FROM leanloop_schema",
+        [],
+        |row| row.get(0),
+    )?;
+    let known = STEPS.len() as i64;
+    if current > known {
+        return Err(StoreError::SchemaTooNew {
+            found: current,
+            known,
+        });
+    }
+    for (index, sql) in STEPS.iter().enumerate().skip(current as usize) {
+        let version = index as i64 + 1;
+        let sql = sql.trim().trim_end_matches(';');
+        conn.execute_batch(&format!(
+            "BEGIN; {sql}; INSERT INTO leanloop_schema VALUES ({version}, now()); COMMIT;"
+        ))?;
+        tracing::info!(version, "event store schema migrated");
+    }
+    Ok(())
+}
+
+/// The staging table a write appends to before the deduplicating insert. It
+/// has no key, so duplicate uuids reach the insert instead of failing the
+/// append, and times are plain integers (ms) so the appender needs no casts.
+pub fn create_staging(conn: &Connection) -> Result<(), StoreError> {
+    let columns: Vec<String> = staging_columns()
+        .iter()
+        .map(|(c, ty)| format!("{c} {ty}"))
+        .collect();
+    conn.execute_batch(&format!(
+        "CREATE TEMP TABLE IF NOT EXISTS staging ({})",
+        columns.join(", ")
+    ))?;
+    Ok(())
+}
+
+/// Staging column names and types, in [`EVENT_COLUMNS`] order.
+pub fn staging_columns() -> Vec<(&'static str, &'static str)> {
+    EVENT_COLUMNS
+        .iter()
+        .map(|&c| {
+            let ty = match c {
+                "project_id" | "timestamp" | "received_at" => "BIGINT",
+                "timestamp_clamped" => "BOOLEAN",
+                _ => "VARCHAR",
+            };
+            (c, ty)
+        })
+        .collect()
+}
+
+/// `SELECT` list converting staging rows into `events` rows.
+pub fn staging_projection() -> String {
+    EVENT_COLUMNS
+        .iter()
+        .map(|&c| match c {
+            "uuid" => "CAST(uuid AS UUID)".to_owned(),
+            "timestamp" | "received_at" => format!("epoch_ms({c})"),
+            _ => c.to_owned(),
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}

@@ -1,0 +1,28 @@
+//! Errors of the event stores.
+
+use leanloop_core::{Classify, ErrorClass};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("duckdb: {0}")]
+    DuckDb(#[from] ::duckdb::Error),
+    #[error("event store schema is at version {found}, newer than this build knows ({known})")]
+    SchemaTooNew { found: i64, known: i64 },
+    #[error("stored row is malformed: {0}")]
+    Corrupt(String),
+}
+
+impl StoreError {
+    /// Whether retrying the same write later can succeed. Store errors are all
+    /// treated as transient by the writer: events are validated before they
+    /// reach the store, so a failing write means the store, not the data.
+    pub fn is_retriable(&self) -> bool {
+        !matches!(self, StoreError::SchemaTooNew { .. })
+    }
+}
+
+impl Classify for StoreError {
+    fn class(&self) -> ErrorClass {
+        ErrorClass::Internal
+    }
+}

@@ -1,0 +1,54 @@
+//! Event stores: where canonical events are kept and read back.
+//!
+//! [`EventStore`] is the one interface the collector writes through and the
+//! query side reads through. Backends live in their own modules with the same
+//! file roles (`schema.rs`, `write.rs`, `read.rs`); the embedded DuckDB backend
+//! is the default.
+//!
+//! Invariants: a store never speaks HTTP and never decodes wire formats; an
+//! event's `(project_id, uuid)` is stored at most once however often it is
+//! written; every method is blocking and is called off the async runtime.
+
+pub mod duckdb;
+mod error;
+mod filter;
+
+pub use error::StoreError;
+pub use filter::EventFilter;
+
+use leanloop_core::{Event, UserUpdate};
+
+/// What one write did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WriteOutcome {
+    /// Events stored by this write.
+    pub inserted: usize,
+    /// Events skipped because their uuid was already stored.
+    pub duplicates: usize,
+}
+
+/// A person as stored: merged traits and when they were seen.
+#[derive(Debug, Clone, PartialEq)]
+pub struct UserRecord {
+    pub user_id: String,
+    pub traits: serde_json::Value,
+    pub first_seen_ms: i64,
+    pub last_seen_ms: i64,
+}
+
+pub trait EventStore: Send + Sync + 'static {
+    /// Stores events and user updates in one transaction, skipping events whose
+    /// uuid is already stored for their project.
+    fn write(&self, events: &[Event], users: &[UserUpdate]) -> Result<WriteOutcome, StoreError>;
+
+    /// Number of stored events matching `filter` (each uuid once).
+    fn count(&self, filter: &EventFilter) -> Result<u64, StoreError>;
+
+    /// Newest events first, at most `limit`.
+    fn recent(&self, filter: &EventFilter, limit: usize) -> Result<Vec<Event>, StoreError>;
+
+    fn user(&self, project_id: i64, user_id: &str) -> Result<Option<UserRecord>, StoreError>;
+
+    /// The user id an anonymous id was identified as, if any.
+    fn identity(&self, project_id: i64, anonymous_id: &str) -> Result<Option<String>, StoreError>;
+}

@@ -1,0 +1,198 @@
+//! Test harness: a real Leanloop server in this process, on an ephemeral
+//! port, over a fresh data directory, with helpers that poll with deadlines
+//! instead of sleeping.
+
+use leanloop::{App, Config};
+use leanloop_control::Project;
+use serde_json::Value;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+
+/// How long any wait in a test may take before the test fails.
+pub const DEADLINE: Duration = Duration::from_secs(30);
+
+pub struct TestServer {
+    pub base: String,
+    pub project: Project,
+    pub client: reqwest::Client,
+    pub collector: Arc<leanloop_collector::Collector>,
+    pub control: Arc<leanloop_control::ControlPlane>,
+    pub store: Arc<dyn leanloop_store::EventStore>,
+    shutdown: CancellationToken,
+    serving: tokio::task::JoinHandle<anyhow::Result<()>>,
+    pub data_dir: tempfile::TempDir,
+}
+
+impl TestServer {
+    pub async fn start() -> TestServer {
+        TestServer::start_with(|_| {}).await
+    }
+
+    /// Starts with the test configuration changed by `adjust`.
+    pub async fn start_with(adjust: impl FnOnce(&mut Config)) -> TestServer {
+        let data_dir = tempfile::tempdir().expect("temp dir");
+        TestServer::start_in(data_dir, adjust).await
+    }
+
+    /// Starts over an existing data directory (to test restarts).
+    pub async fn start_in(
+        data_dir: tempfile::TempDir,
+        adjust: impl FnOnce(&mut Config),
+    ) -> TestServer {
+        let mut config = Config::for_tests(data_dir.path());
+        config.duckdb.memory_limit = "256MB".into();
+        adjust(&mut config);
+        let app = App::build(config).await.expect("server starts");
+        let base = format!("http://{}", app.address());
+        let project = app.default_project().clone();
+        let collector = app.collector().clone();
+        let control = app.control().clone();
+        let store = app.store().clone();
+        let shutdown = CancellationToken::new();
+        let serving = tokio::spawn(app.run_until_stopped(shutdown.clone()));
+        TestServer {
+            base,
+            project,
+            client: reqwest::Client::new(),
+            collector,
+            control,
+            store,
+            shutdown,
+            serving,
+            data_dir,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// POSTs JSON with the project's write key as the Basic user name.
+    pub async fn post(&self, path: &str, body: &Value) -> reqwest::Response {
+        self.client
+            .post(self.url(path))
+            .basic_auth(&self.project.write_key, Some(""))
+            .json(body)
+            .send()
+            .await
+            .expect("request sent")
+    }
+
+    /// Waits until everything queued has been stored.
+    pub async fn settle(&self) {
+        let queue = self.collector.queue();
+        eventually("the ingest queue to drain", || async {
+            (queue.depth() == 0).then_some(())
+        })
+        .await;
+    }
+
+    /// Stored events matching `query` (after the queue has drained).
+    pub async fn count(&self, query: &[(&str, &str)]) -> u64 {
+        self.settle().await;
+        let answer = self
+            .read(
+                &format!("/api/v1/projects/{}/events/count", self.project.id),
+                query,
+            )
+            .await;
+        answer["count"].as_u64().expect("count is a number")
+    }
+
+    /// Newest events matching `query`.
+    pub async fn events(&self, query: &[(&str, &str)]) -> Vec<Value> {
+        self.settle().await;
+        let answer = self
+            .read(
+                &format!("/api/v1/projects/{}/events", self.project.id),
+                query,
+            )
+            .await;
+        answer["events"]
+            .as_array()
+            .expect("events is a list")
+            .clone()
+    }
+
+    /// The one stored event named `name`.
+    pub async fn only_event(&self, name: &str) -> Value {
+        let events = self.events(&[("name", name)]).await;
+        assert_eq!(
+            events.len(),
+            1,
+            "expected one `{name}` event, got {events:#?}"
+        );
+        events.into_iter().next().expect("one event")
+    }
+
+    /// A person's merged traits, once the queue has drained.
+    pub async fn user_traits(&self, user_id: &str) -> Option<Value> {
+        self.settle().await;
+        let (store, project, user) = (self.store.clone(), self.project.id, user_id.to_owned());
+        let record = tokio::task::spawn_blocking(move || store.user(project, &user))
+            .await
+            .expect("task");
+        record.expect("store answers").map(|r| r.traits)
+    }
+
+    /// The user an anonymous (or previous) id was linked to.
+    pub async fn identity(&self, anonymous_id: &str) -> Option<String> {
+        self.settle().await;
+        let (store, project, anon) = (self.store.clone(), self.project.id, anonymous_id.to_owned());
+        tokio::task::spawn_blocking(move || store.identity(project, &anon))
+            .await
+            .expect("task")
+            .expect("store answers")
+    }
+
+    async fn read(&self, path: &str, query: &[(&str, &str)]) -> Value {
+        let response = self
+            .client
+            .get(self.url(path))
+            .bearer_auth(&self.project.read_key)
+            .query(query)
+            .send()
+            .await
+            .expect("read request sent");
+        assert_eq!(response.status(), 200, "read API refused {path}");
+        response.json().await.expect("JSON answer")
+    }
+
+    /// Stops gracefully: in-flight requests finish and the queue is stored.
+    pub async fn stop(self) -> tempfile::TempDir {
+        self.shutdown.cancel();
+        self.serving
+            .await
+            .expect("server task")
+            .expect("server stopped cleanly");
+        self.data_dir
+    }
+}
+
+/// Polls `probe` until it yields a value, failing the test after [`DEADLINE`].
+pub async fn eventually<T, F, Fut>(what: &str, mut probe: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let started = Instant::now();
+    let mut pause = Duration::from_millis(5);
+    loop {
+        if let Some(value) = probe().await {
+            return value;
+        }
+        assert!(
+            started.elapsed() < DEADLINE,
+            "timed out after {DEADLINE:?} waiting for {what}"
+        );
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_millis(200));
+    }
+}
+
+/// A fresh message id.
+pub fn message_id() -> String {
+    uuid::Uuid::new_v4().to_string()
+}

@@ -1,0 +1,330 @@
+//! Bad input: every refusal is a clear 4xx naming what is wrong, never a 5xx
+//! or a panic, and good events beside bad ones are kept.
+
+use base64::Engine;
+use flate2::write::GzEncoder;
+use leanloop_tests::TestServer;
+use serde_json::{json, Value};
+use std::io::Write;
+
+async fn error_of(r: reqwest::Response) -> (u16, Value) {
+    let status = r.status().as_u16();
+    let body = r.json::<Value>().await.expect("errors are JSON");
+    (status, body)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn keys_are_checked() {
+    let s = TestServer::start().await;
+    let event = json!({"userId": "u", "event": "e"});
+    let r = s
+        .client
+        .post(s.url("/v1/track"))
+        .json(&event)
+        .send()
+        .await
+        .unwrap();
+    let (status, body) = error_of(r).await;
+    assert_eq!(status, 401);
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("write key"),
+        "{body}"
+    );
+
+    let r = s
+        .client
+        .post(s.url("/v1/track"))
+        .basic_auth("llw_not-a-real-key", Some(""))
+        .json(&event)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(error_of(r).await.0, 401);
+
+    let r = s
+        .client
+        .post(s.url("/v1/track"))
+        .basic_auth(&s.project.read_key, Some(""))
+        .json(&event)
+        .send()
+        .await
+        .unwrap();
+    let (status, body) = error_of(r).await;
+    assert_eq!(status, 401);
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("read key"),
+        "{body}"
+    );
+
+    let r = s
+        .client
+        .post(s.url("/batch/"))
+        .json(&json!({"api_key": "phc_unknown", "batch": []}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(error_of(r).await.0, 401);
+    assert_eq!(s.count(&[]).await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn malformed_bodies_and_events_name_the_field() {
+    let s = TestServer::start().await;
+    let auth = |rb: reqwest::RequestBuilder| rb.basic_auth(&s.project.write_key, Some(""));
+    let r = auth(s.client.post(s.url("/v1/batch")))
+        .body("{not json")
+        .send()
+        .await
+        .unwrap();
+    let (status, body) = error_of(r).await;
+    assert_eq!(status, 400);
+    assert_eq!(body["error"]["field"], "body");
+
+    let r = s.post("/v1/track", &json!({"userId": "u"})).await;
+    let (status, body) = error_of(r).await;
+    assert_eq!(
+        (status, body["error"]["field"].as_str()),
+        (400, Some("event"))
+    );
+
+    let r = s
+        .post(
+            "/v1/track",
+            &json!({"userId": "u", "event": "e", "properties": "nope"}),
+        )
+        .await;
+    assert_eq!(error_of(r).await.1["error"]["field"], "properties");
+
+    let r = s.post("/v1/batch", &json!({"batch": "nope"})).await;
+    assert_eq!(error_of(r).await.1["error"]["field"], "batch");
+
+    let r = s
+        .post(
+            "/v1/batch",
+            &json!({"batch": [{"type": "warp", "userId": "u"}]}),
+        )
+        .await;
+    let (status, body) = error_of(r).await;
+    assert_eq!(status, 400);
+    assert_eq!(body["rejected"][0]["field"], "type");
+
+    let r = auth(s.client.post(s.url("/v1/track")))
+        .header("content-encoding", "br")
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(error_of(r).await.1["error"]["field"], "Content-Encoding");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn one_bad_event_does_not_reject_the_good_ones() {
+    let s = TestServer::start().await;
+    let fat = "x".repeat(40 * 1024);
+    let batch = json!({"batch": [
+        {"type": "track", "userId": "u", "event": "good"},
+        {"type": "track", "userId": "u"},
+        {"type": "track", "userId": "u", "event": "fat", "properties": {"blob": fat}},
+        {"type": "track", "event": "nobody"},
+        {"type": "track", "userId": "u", "event": "good"}
+    ]});
+    let r = s.post("/v1/batch", &batch).await;
+    assert_eq!(r.status(), 200);
+    let ack: Value = r.json().await.unwrap();
+    assert_eq!(ack["accepted"], 2);
+    let rejected: Vec<(u64, &str)> = ack["rejected"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| (r["index"].as_u64().unwrap(), r["field"].as_str().unwrap()))
+        .collect();
+    assert_eq!(rejected, [(1, "event"), (2, "event"), (3, "userId")]);
+    assert_eq!(s.count(&[]).await, 2);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn size_limits() {
+    let s = TestServer::start().await;
+    // One event over 32 KB.
+    let r = s
+        .post(
+            "/v1/track",
+            &json!({"userId": "u", "event": "e", "properties": {"b": "x".repeat(33 * 1024)}}),
+        )
+        .await;
+    let (status, body) = error_of(r).await;
+    assert_eq!(status, 413);
+    assert_eq!(body["error"]["field"], "event");
+
+    // More than 1,000 events.
+    let batch: Vec<Value> = (0..1001)
+        .map(|_| json!({"type": "track", "userId": "u", "event": "e"}))
+        .collect();
+    let r = s.post("/v1/batch", &json!({"batch": batch})).await;
+    let (status, body) = error_of(r).await;
+    assert_eq!(status, 413);
+    assert_eq!(body["error"]["field"], "batch");
+
+    // A body over 5 MB, declared: refused from the headers, before any of it is sent.
+    let auth = format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("{}:", s.project.write_key))
+    );
+    let head = format!(
+        "POST /v1/batch HTTP/1.1\r\nHost: t\r\nAuthorization: {auth}\r\nContent-Length: {}\r\n\r\n",
+        6 * 1024 * 1024
+    );
+    assert!(raw_exchange(&s, &head, &[])
+        .await
+        .starts_with("HTTP/1.1 413"));
+    // ...and streamed without a length: cut off one byte past the limit.
+    let head = format!("POST /v1/batch HTTP/1.1\r\nHost: t\r\nAuthorization: {auth}\r\nTransfer-Encoding: chunked\r\n\r\n");
+    let mut chunks: Vec<Vec<u8>> = (0..80).map(|_| chunk(&[b' '; 64 * 1024])).collect();
+    chunks.push(chunk(b" "));
+    assert!(raw_exchange(&s, &head, &chunks)
+        .await
+        .starts_with("HTTP/1.1 413"));
+
+    // A gzip bomb: 200 MB of zeros in about 200 KB, refused without inflating it.
+    let mut enc = GzEncoder::new(Vec::new(), flate2::Compression::best());
+    let zeros = vec![0u8; 1024 * 1024];
+    for _ in 0..200 {
+        enc.write_all(&zeros).unwrap();
+    }
+    let bomb = enc.finish().unwrap();
+    assert!(bomb.len() < 1024 * 1024);
+    let r = s
+        .client
+        .post(s.url("/batch/"))
+        .header("content-encoding", "gzip")
+        .body(bomb)
+        .send()
+        .await
+        .unwrap();
+    let (status, body) = error_of(r).await;
+    assert_eq!(status, 413);
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("decompressed"),
+        "{body}"
+    );
+    assert_eq!(s.count(&[]).await, 0);
+}
+
+/// One HTTP/1.1 chunk.
+fn chunk(data: &[u8]) -> Vec<u8> {
+    let mut out = format!("{:x}\r\n", data.len()).into_bytes();
+    out.extend_from_slice(data);
+    out.extend_from_slice(b"\r\n");
+    out
+}
+
+/// Writes a request head and body pieces on a raw connection, then returns
+/// the response head. Used where a client library would abort its upload
+/// when the server answers before reading the whole body.
+async fn raw_exchange(s: &TestServer, head: &str, body: &[Vec<u8>]) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let address = s.base.trim_start_matches("http://");
+    let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
+    stream.write_all(head.as_bytes()).await.unwrap();
+    for piece in body {
+        stream.write_all(piece).await.unwrap();
+    }
+    let mut answer = vec![0u8; 1024];
+    let n = tokio::time::timeout(leanloop_tests::DEADLINE, stream.read(&mut answer))
+        .await
+        .unwrap()
+        .unwrap();
+    String::from_utf8_lossy(&answer[..n]).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn hostile_bodies_never_cause_a_server_error() {
+    let s = TestServer::start().await;
+    let paths = [
+        "/v1/track",
+        "/v1/page",
+        "/v1/identify",
+        "/v1/batch",
+        "/v1/feedback",
+        "/capture/",
+        "/batch/",
+        "/e/",
+        "/i/v0/e/",
+    ];
+    let bodies: Vec<Vec<u8>> = vec![
+        b"".to_vec(),
+        b"null".to_vec(),
+        b"[]".to_vec(),
+        b"[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[".to_vec(),
+        b"{\"batch\":[null,1,\"x\",{}]}".to_vec(),
+        b"{\"userId\":\"\\ud800\",\"event\":\"e\"}".to_vec(),
+        b"{\"userId\":1e999,\"event\":\"e\"}".to_vec(),
+        b"{\"userId\":\"u\",\"event\":\"e\",\"timestamp\":-1e300}".to_vec(),
+        b"{\"userId\":\"u\",\"event\":\"e\",\"context\":{\"page\":7,\"app\":[],\"ip\":\"999.1.1.1\"}}".to_vec(),
+        b"{\"event\":\"e\",\"distinct_id\":{},\"properties\":{\"$set\":5}}".to_vec(),
+        vec![0xff, 0xfe, 0x00, 0x7b],
+        "{\"userId\":\"ü\",\"event\":\"\u{202e}\",\"properties\":{\"\":\"\"}}".as_bytes().to_vec(),
+    ];
+    for path in paths {
+        for body in &bodies {
+            let r = s
+                .client
+                .post(s.url(path))
+                .basic_auth(&s.project.write_key, Some(""))
+                .body(body.clone())
+                .send()
+                .await
+                .unwrap();
+            let status = r.status();
+            assert!(
+                status.as_u16() < 500,
+                "{path} answered {status} to {:?}",
+                String::from_utf8_lossy(body)
+            );
+            if !status.is_success() {
+                let answer: Value = r.json().await.expect("a JSON error");
+                assert!(answer["error"]["message"].is_string(), "{path}: {answer}");
+            }
+        }
+    }
+    // Random bytes, gzip-flagged and not.
+    let mut seed = 0x2545f4914f6cdd1du64;
+    for i in 0..200 {
+        let len = (i * 37) % 3000;
+        let body: Vec<u8> = (0..len)
+            .map(|_| {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                seed as u8
+            })
+            .collect();
+        let mut req = s
+            .client
+            .post(s.url(paths[i % paths.len()]))
+            .basic_auth(&s.project.write_key, Some(""));
+        if i % 3 == 0 {
+            req = req.header("content-encoding", "gzip");
+        }
+        let status = req.body(body).send().await.unwrap().status();
+        assert!(status.as_u16() < 500, "random body {i} answered {status}");
+    }
+    assert_eq!(
+        s.client
+            .get(s.url("/healthz"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+}

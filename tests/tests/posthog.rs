@@ -1,0 +1,159 @@
+//! PostHog's capture API: every endpoint and body packing posthog-js and the
+//! server libraries use.
+
+use base64::Engine;
+use flate2::write::GzEncoder;
+use leanloop_tests::TestServer;
+use serde_json::{json, Value};
+use std::io::Write;
+
+fn gzip(data: &[u8]) -> Vec<u8> {
+    let mut enc = GzEncoder::new(Vec::new(), flate2::Compression::default());
+    enc.write_all(data).unwrap();
+    enc.finish().unwrap()
+}
+
+fn capture(s: &TestServer, event: &str, distinct_id: &str, properties: Value) -> Value {
+    json!({"api_key": s.project.write_key, "event": event, "distinct_id": distinct_id,
+           "properties": properties, "uuid": leanloop_tests::message_id()})
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_endpoint_accepts_events() {
+    let s = TestServer::start().await;
+    for (i, path) in ["/capture/", "/e/", "/i/v0/e/", "/capture", "/e"]
+        .iter()
+        .enumerate()
+    {
+        let body = capture(&s, &format!("ev{i}"), "d1", json!({}));
+        let r = s.client.post(s.url(path)).json(&body).send().await.unwrap();
+        assert_eq!(r.status(), 200, "{path}");
+        assert_eq!(r.json::<Value>().await.unwrap()["status"], 1);
+    }
+    let batch = json!({"api_key": s.project.write_key, "batch": [
+        {"event": "b1", "distinct_id": "d1", "properties": {}},
+        {"event": "b2", "properties": {"distinct_id": "d2", "token": "ignored-when-api_key-given"}}
+    ]});
+    assert_eq!(
+        s.client
+            .post(s.url("/batch/"))
+            .json(&batch)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    // An array body with the token per event, as older SDKs send.
+    let array = json!([{"token": s.project.write_key, "event": "arr", "distinct_id": "d3"}]);
+    assert_eq!(
+        s.client
+            .post(s.url("/e/"))
+            .json(&array)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert_eq!(s.count(&[]).await, 8);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn gzip_and_base64_bodies() {
+    let s = TestServer::start().await;
+    let body = capture(&s, "gz-header", "d", json!({})).to_string();
+    let r = s
+        .client
+        .post(s.url("/batch/"))
+        .header("content-encoding", "gzip")
+        .header("content-type", "application/json")
+        .body(gzip(body.as_bytes()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+
+    let body = capture(&s, "gz-js", "d", json!({})).to_string();
+    let r = s
+        .client
+        .post(s.url("/e/?compression=gzip-js&ver=1.100.0"))
+        .header("content-type", "text/plain")
+        .body(gzip(body.as_bytes()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+
+    let body = capture(&s, "form", "d", json!({})).to_string();
+    let data = base64::engine::general_purpose::STANDARD.encode(body);
+    let r = s
+        .client
+        .post(s.url("/e/"))
+        .form(&[("data", data.as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+
+    for name in ["gz-header", "gz-js", "form"] {
+        assert_eq!(s.count(&[("name", name)]).await, 1, "{name}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn pageviews_identify_and_set_map_onto_the_model() {
+    let s = TestServer::start().await;
+    let batch = json!({"api_key": s.project.write_key, "batch": [
+        {"event": "$pageview", "distinct_id": "anon-9", "timestamp": "2024-05-01T10:00:00Z", "properties": {
+            "$current_url": "https://app.example/docs?utm_source=hn", "$pathname": "/docs",
+            "$referrer": "https://news.ycombinator.com/item?id=1", "$referring_domain": "news.ycombinator.com",
+            "$is_identified": false, "$session_id": "s-9", "$app_version": "0.9.1",
+            "$browser": "Firefox", "$os": "Linux", "$device_type": "Desktop", "$lib": "web", "title": "Docs"}},
+        {"event": "$identify", "distinct_id": "user-9", "properties": {
+            "$anon_distinct_id": "anon-9", "$set": {"email": "nine@app.example", "plan": "free"}}},
+        {"event": "$set", "distinct_id": "user-9", "$set": {"plan": "team"}},
+        {"event": "upgraded", "distinct_id": "user-9", "properties": {"$release": "1.0.0", "$app_version": "0.9.1"}},
+        {"event": "$create_alias", "distinct_id": "user-9", "properties": {"distinct_id": "user-9", "alias": "user-9-new"}}
+    ]});
+    let r = s
+        .client
+        .post(s.url("/batch/"))
+        .json(&batch)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+
+    let pv = s.only_event("$pageview").await;
+    assert_eq!(pv["type"], "page");
+    assert_eq!(pv["anonymous_id"], "anon-9");
+    assert!(pv.get("user_id").is_none());
+    assert_eq!(pv["url"], "https://app.example/docs?utm_source=hn");
+    assert_eq!(pv["path"], "/docs");
+    assert_eq!(pv["page_name"], "Docs");
+    assert_eq!(pv["referrer_domain"], "news.ycombinator.com");
+    assert_eq!(pv["utm_source"], "hn");
+    assert_eq!(pv["session_id"], "s-9");
+    assert_eq!(pv["release"], "0.9.1");
+    assert_eq!(pv["browser"], "Firefox");
+    assert_eq!(pv["library"], "web");
+    assert_eq!(pv["timestamp"], "2024-05-01T10:00:00.000Z");
+
+    let identify = s.only_event("$identify").await;
+    assert_eq!(identify["user_id"], "user-9");
+    assert_eq!(identify["anonymous_id"], "anon-9");
+    assert_eq!(
+        s.only_event("upgraded").await["release"],
+        "1.0.0",
+        "$release wins over $app_version"
+    );
+    let alias = s.only_event("$alias").await;
+    assert_eq!(alias["user_id"], "user-9-new");
+    assert_eq!(alias["properties"]["$previous_id"], "user-9");
+
+    let traits = s.user_traits("user-9").await.expect("person stored");
+    assert_eq!(traits["email"], "nine@app.example");
+    assert_eq!(traits["plan"], "team", "a later $set wins");
+    assert_eq!(s.identity("anon-9").await.as_deref(), Some("user-9"));
+}
