@@ -6,6 +6,8 @@ use leanloop_core::{Classify, ErrorClass};
 pub enum StoreError {
     #[error("duckdb: {0}")]
     DuckDb(#[from] ::duckdb::Error),
+    #[error("building a record batch: {0}")]
+    Arrow(#[from] ::duckdb::arrow::error::ArrowError),
     #[error("event store schema is at version {found}, newer than this build knows ({known})")]
     SchemaTooNew { found: i64, known: i64 },
     #[error("stored row is malformed: {0}")]

@@ -68,9 +68,10 @@ pub async fn run(
             let mut n = 0u64;
             while Instant::now() < deadline {
                 body.clear();
+                // Ids carry the phase so phases never share (and dedup) events.
                 match shape {
                     Shape::Batch(size) => batch_body(&mut body, connection, &mut n, size),
-                    Shape::Single => event_json(&mut body, connection, &mut n),
+                    Shape::Single => event_json(&mut body, "s", connection, &mut n),
                 }
                 let sent = Instant::now();
                 let response = client
@@ -116,17 +117,17 @@ fn batch_body(body: &mut String, connection: usize, n: &mut u64, size: usize) {
         if i > 0 {
             body.push(',');
         }
-        event_json(body, connection, n);
+        event_json(body, "b", connection, n);
     }
     body.push_str("]}");
 }
 
 /// One realistic track event with a unique message id.
-pub fn event_json(body: &mut String, connection: usize, n: &mut u64) {
+pub fn event_json(body: &mut String, phase: &str, connection: usize, n: &mut u64) {
     *n += 1;
     let _ = write!(
         body,
-        r#"{{"type":"track","event":"checkout_step","userId":"user-{user}","messageId":"bench-{connection}-{n}","timestamp":"2026-01-15T10:00:00.000Z","properties":{{"step":{step},"plan":"pro","amount":12.5,"currency":"EUR"}},"context":{{"userAgent":"Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0.0.0 Safari/537.36","app":{{"version":"1.4.{step}"}},"page":{{"url":"https://shop.example/checkout?utm_source=newsletter&utm_campaign=spring","referrer":"https://www.google.com/"}},"library":{{"name":"bench"}}}}}}"#,
+        r#"{{"type":"track","event":"checkout_step","userId":"user-{user}","messageId":"bench-{phase}-{connection}-{n}","timestamp":"2026-01-15T10:00:00.000Z","properties":{{"step":{step},"plan":"pro","amount":12.5,"currency":"EUR"}},"context":{{"userAgent":"Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0.0.0 Safari/537.36","app":{{"version":"1.4.{step}"}},"page":{{"url":"https://shop.example/checkout?utm_source=newsletter&utm_campaign=spring","referrer":"https://www.google.com/"}},"library":{{"name":"bench"}}}}}}"#,
         user = *n % 5000,
         step = *n % 4,
     );

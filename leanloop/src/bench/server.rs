@@ -23,7 +23,10 @@ impl Child {
             Command::new(std::env::current_exe()?)
                 .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
                 .arg(data_dir)
-                .env("RUST_LOG", "warn"),
+                .env(
+                    "RUST_LOG",
+                    std::env::var("LEANLOOP_BENCH_LOG").unwrap_or_else(|_| "warn".into()),
+                ),
         )
     }
 

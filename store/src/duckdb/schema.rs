@@ -1,9 +1,10 @@
 //! The DuckDB schema and its versioned migrations.
 //!
-//! `events` is keyed by `(project_id, uuid)` so a uuid is stored once per
-//! project; a client cannot collide with another project's events by reusing
-//! its message ids. Migrations are append-only and recorded in
-//! `leanloop_schema`.
+//! `events` has no primary key: uniqueness of `(project_id, uuid)` is kept by
+//! the writer (`dedup.rs`), which is much cheaper than an index over random
+//! UUIDs. Keys are per project, so a client cannot collide with another
+//! project's events by reusing its message ids. Migrations are append-only
+//! and recorded in `leanloop_schema`.
 
 use crate::StoreError;
 use ::duckdb::Connection;
@@ -60,8 +61,7 @@ const STEPS: &[&str] = &[
         utm_source VARCHAR, utm_medium VARCHAR, utm_campaign VARCHAR, utm_term VARCHAR,
         utm_content VARCHAR, browser VARCHAR, browser_version VARCHAR, os VARCHAR,
         device_type VARCHAR, country VARCHAR, ip VARCHAR, library VARCHAR,
-        properties VARCHAR NOT NULL,
-        PRIMARY KEY (project_id, uuid)
+        properties VARCHAR NOT NULL
     );
     CREATE TABLE users (
         project_id BIGINT NOT NULL,
@@ -107,23 +107,9 @@ pub fn migrate(conn: &Connection) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// The staging table a write appends to before the deduplicating insert. It
-/// has no key, so duplicate uuids reach the insert instead of failing the
-/// append, and times are plain integers (ms) so the appender needs no casts.
-pub fn create_staging(conn: &Connection) -> Result<(), StoreError> {
-    let columns: Vec<String> = staging_columns()
-        .iter()
-        .map(|(c, ty)| format!("{c} {ty}"))
-        .collect();
-    conn.execute_batch(&format!(
-        "CREATE TEMP TABLE IF NOT EXISTS staging ({})",
-        columns.join(", ")
-    ))?;
-    Ok(())
-}
-
-/// Staging column names and types, in [`EVENT_COLUMNS`] order.
-pub fn staging_columns() -> Vec<(&'static str, &'static str)> {
+/// Column names and types of a flat event row (times in ms, uuid as text),
+/// as newline-delimited JSON exports carry them; in [`EVENT_COLUMNS`] order.
+pub fn flat_row_columns() -> Vec<(&'static str, &'static str)> {
     EVENT_COLUMNS
         .iter()
         .map(|&c| {
@@ -137,8 +123,8 @@ pub fn staging_columns() -> Vec<(&'static str, &'static str)> {
         .collect()
 }
 
-/// `SELECT` list converting staging rows into `events` rows.
-pub fn staging_projection() -> String {
+/// `SELECT` list converting flat rows into `events` rows.
+pub fn flat_row_projection() -> String {
     EVENT_COLUMNS
         .iter()
         .map(|&c| match c {

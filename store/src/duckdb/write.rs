@@ -1,24 +1,35 @@
-//! Writing a batch: append to staging, then one deduplicating insert.
+//! Writing a batch: drop already-stored uuids, append the rest to `events`
+//! as one Arrow record batch (columnar, no per-value calls), merge people, and
+//! commit — all in one transaction.
 
+use super::dedup::SeenKeys;
 use super::schema;
 use crate::{StoreError, WriteOutcome};
+use ::duckdb::arrow::array::{
+    ArrayRef, BooleanArray, FixedSizeBinaryArray, Int64Array, StringArray,
+    TimestampMicrosecondArray,
+};
+use ::duckdb::arrow::datatypes::{DataType, Field, Schema, TimeUnit};
+use ::duckdb::arrow::record_batch::RecordBatch;
 use ::duckdb::{params, Connection};
 use leanloop_core::{Event, UserUpdate};
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 
 pub struct Writer {
     conn: Connection,
-    insert_sql: String,
+    pub(super) seen: SeenKeys,
+    schema: Arc<Schema>,
 }
 
 impl Writer {
     pub fn new(conn: Connection) -> Result<Writer, StoreError> {
-        schema::create_staging(&conn)?;
-        let insert_sql = format!(
-            "INSERT OR IGNORE INTO events SELECT {} FROM staging",
-            schema::staging_projection()
-        );
-        Ok(Writer { conn, insert_sql })
+        let seen = SeenKeys::load(&conn)?;
+        Ok(Writer {
+            conn,
+            seen,
+            schema: Arc::new(arrow_schema()),
+        })
     }
 
     pub fn write(
@@ -26,71 +37,120 @@ impl Writer {
         events: &[Event],
         users: &[UserUpdate],
     ) -> Result<WriteOutcome, StoreError> {
+        let fresh = self.seen.new_events(&self.conn, events)?;
+        let rows: Vec<&Event> = fresh.iter().map(|&i| &events[i]).collect();
         let tx = self.conn.transaction()?;
-        tx.execute_batch("DELETE FROM staging")?;
-        // DuckDB refuses one statement that inserts the same key twice, so
-        // repeats inside the batch are dropped here, first occurrence wins.
-        let mut seen = HashSet::with_capacity(events.len());
-        let mut staged = 0usize;
-        {
-            let mut appender = tx.appender("staging")?;
-            for event in events {
-                if !seen.insert((event.project_id, event.uuid)) {
-                    continue;
-                }
-                append(&mut appender, event)?;
-                staged += 1;
-            }
+        if !rows.is_empty() {
+            let batch = record_batch(&self.schema, &rows)?;
+            let mut appender = tx.appender("events")?;
+            appender.append_record_batch(batch)?;
             appender.flush()?;
         }
-        let inserted = if staged > 0 {
-            tx.execute(&self.insert_sql, [])?
-        } else {
-            0
-        };
         write_users(&tx, users)?;
         tx.commit()?;
+        self.seen.record(&self.conn, rows.iter().copied())?;
         Ok(WriteOutcome {
-            inserted,
-            duplicates: events.len() - inserted,
+            inserted: rows.len(),
+            duplicates: events.len() - rows.len(),
         })
+    }
+
+    /// Loads newline-delimited JSON rows with DuckDB's own `read_json`. No
+    /// deduplication against the file's own rows: for trusted exports and
+    /// for measuring DuckDB's ceiling. Stored keys are registered afterwards,
+    /// so later writes still deduplicate against them.
+    pub fn load_ndjson_unchecked(&mut self, path: &std::path::Path) -> Result<usize, StoreError> {
+        let columns = schema::flat_row_columns()
+            .iter()
+            .map(|(name, ty)| format!("'{name}': '{ty}'"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        // Table function arguments cannot be bound, so the path is quoted.
+        let path = path.to_string_lossy().replace('\'', "''");
+        let sql = format!(
+            "INSERT INTO events SELECT {} FROM read_json('{path}', format = 'newline_delimited', columns = {{{columns}}})",
+            schema::flat_row_projection()
+        );
+        let loaded = self.conn.execute(&sql, [])?;
+        self.seen = SeenKeys::load(&self.conn)?;
+        Ok(loaded)
     }
 }
 
-fn append(appender: &mut ::duckdb::Appender<'_>, e: &Event) -> Result<(), StoreError> {
-    let uuid = e.uuid.hyphenated().to_string();
-    appender.append_row(params![
-        e.project_id,
-        uuid,
-        e.kind.as_str(),
-        e.name,
-        e.timestamp_ms,
-        e.received_at_ms,
-        e.timestamp_clamped,
-        e.anonymous_id,
-        e.user_id,
-        e.session_id,
-        e.release,
-        e.url,
-        e.path,
-        e.page_name,
-        e.referrer,
-        e.referrer_domain,
-        e.utm_source,
-        e.utm_medium,
-        e.utm_campaign,
-        e.utm_term,
-        e.utm_content,
-        e.browser,
-        e.browser_version,
-        e.os,
-        e.device_type,
-        e.country,
-        e.ip,
-        e.library,
-        e.properties,
-    ])?;
-    Ok(())
+/// The Arrow schema matching `events`, column for column.
+fn arrow_schema() -> Schema {
+    let uuid = Field::new("uuid", DataType::FixedSizeBinary(16), false).with_metadata(
+        std::collections::HashMap::from([(
+            "ARROW:extension:name".to_owned(),
+            "arrow.uuid".to_owned(),
+        )]),
+    );
+    let fields: Vec<Field> = schema::EVENT_COLUMNS
+        .iter()
+        .map(|&c| match c {
+            "project_id" => Field::new(c, DataType::Int64, false),
+            "uuid" => uuid.clone(),
+            "timestamp" | "received_at" => {
+                Field::new(c, DataType::Timestamp(TimeUnit::Microsecond, None), false)
+            }
+            "timestamp_clamped" => Field::new(c, DataType::Boolean, false),
+            "kind" | "name" | "properties" => Field::new(c, DataType::Utf8, false),
+            _ => Field::new(c, DataType::Utf8, true),
+        })
+        .collect();
+    Schema::new(fields)
+}
+
+fn record_batch(schema: &Arc<Schema>, rows: &[&Event]) -> Result<RecordBatch, StoreError> {
+    let text = |f: fn(&Event) -> Option<&str>| -> ArrayRef {
+        Arc::new(rows.iter().map(|e| f(e)).collect::<StringArray>())
+    };
+    let micros = |f: fn(&Event) -> i64| -> ArrayRef {
+        Arc::new(TimestampMicrosecondArray::from(
+            rows.iter()
+                .map(|e| f(e).saturating_mul(1000))
+                .collect::<Vec<_>>(),
+        ))
+    };
+    let uuids = FixedSizeBinaryArray::try_from_iter(rows.iter().map(|e| e.uuid.into_bytes()))?;
+    let columns: Vec<ArrayRef> = vec![
+        Arc::new(Int64Array::from(
+            rows.iter().map(|e| e.project_id).collect::<Vec<_>>(),
+        )),
+        Arc::new(uuids),
+        text(|e| Some(e.kind.as_str())),
+        text(|e| Some(e.name.as_str())),
+        micros(|e| e.timestamp_ms),
+        micros(|e| e.received_at_ms),
+        Arc::new(
+            rows.iter()
+                .map(|e| Some(e.timestamp_clamped))
+                .collect::<BooleanArray>(),
+        ),
+        text(|e| e.anonymous_id.as_deref()),
+        text(|e| e.user_id.as_deref()),
+        text(|e| e.session_id.as_deref()),
+        text(|e| e.release.as_deref()),
+        text(|e| e.url.as_deref()),
+        text(|e| e.path.as_deref()),
+        text(|e| e.page_name.as_deref()),
+        text(|e| e.referrer.as_deref()),
+        text(|e| e.referrer_domain.as_deref()),
+        text(|e| e.utm_source.as_deref()),
+        text(|e| e.utm_medium.as_deref()),
+        text(|e| e.utm_campaign.as_deref()),
+        text(|e| e.utm_term.as_deref()),
+        text(|e| e.utm_content.as_deref()),
+        text(|e| e.browser.as_deref()),
+        text(|e| e.browser_version.as_deref()),
+        text(|e| e.os.as_deref()),
+        text(|e| e.device_type.as_deref()),
+        text(|e| e.country.as_deref()),
+        text(|e| e.ip.as_deref()),
+        text(|e| e.library.as_deref()),
+        text(|e| Some(e.properties.as_str())),
+    ];
+    Ok(RecordBatch::try_new(schema.clone(), columns)?)
 }
 
 /// Upserts traits (merged, later wins) and first links of anonymous ids.
@@ -142,21 +202,4 @@ fn write_users(conn: &Connection, users: &[UserUpdate]) -> Result<(), StoreError
         }
     }
     Ok(())
-}
-
-impl Writer {
-    pub fn import_ndjson(&self, path: &std::path::Path) -> Result<usize, StoreError> {
-        let columns = schema::staging_columns()
-            .iter()
-            .map(|(name, ty)| format!("'{name}': '{ty}'"))
-            .collect::<Vec<_>>()
-            .join(", ");
-        // Table function arguments cannot be bound, so the path is quoted.
-        let path = path.to_string_lossy().replace('\'', "''");
-        let sql = format!(
-            "INSERT OR IGNORE INTO events SELECT {} FROM read_json('{path}', format = 'newline_delimited', columns = {{{columns}}})",
-            schema::staging_projection()
-        );
-        Ok(self.conn.execute(&sql, [])?)
-    }
 }
