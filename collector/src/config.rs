@@ -34,7 +34,7 @@ impl Default for CollectorConfig {
             max_body_bytes: 5 * 1024 * 1024,
             max_event_bytes: 32 * 1024,
             max_batch_events: 1000,
-            queue_capacity: 200_000,
+            queue_capacity: 100_000,
             write_batch_events: 50_000,
             session_timeout_minutes: 30,
             session_capacity: 200_000,

@@ -6,10 +6,11 @@
 //! timestamp and — when the client sends none — a server-side session id.
 
 use crate::sessions::Sessions;
-use crate::wire::Incoming;
+use crate::wire::{Incoming, Utm};
 use crate::IngestError;
 use leanloop_core::{Event, EventKind, UserUpdate};
 use lru::LruCache;
+use std::cell::RefCell;
 use std::net::IpAddr;
 use std::num::NonZeroUsize;
 use std::sync::{Arc, Mutex};
@@ -69,13 +70,7 @@ impl Enricher {
         let agent = user_agent.map(|ua| self.agent(ua)).unwrap_or_default();
         let url = i.url.as_deref().and_then(|u| url::Url::parse(u).ok());
         let path = i.path.or_else(|| url.as_ref().map(|u| u.path().to_owned()));
-        let query_utm = |name: &str| {
-            url.as_ref().and_then(|u| {
-                u.query_pairs()
-                    .find(|(k, _)| k == name)
-                    .map(|(_, v)| v.into_owned())
-            })
-        };
+        let tagged = url.as_ref().map(utm_of).unwrap_or_default();
         let referrer_domain = i
             .referrer_domain
             .or_else(|| i.referrer.as_deref().and_then(domain_of));
@@ -134,11 +129,11 @@ impl Enricher {
             page_name: i.page_name,
             referrer: i.referrer,
             referrer_domain,
-            utm_source: i.utm.source.or_else(|| query_utm("utm_source")),
-            utm_medium: i.utm.medium.or_else(|| query_utm("utm_medium")),
-            utm_campaign: i.utm.campaign.or_else(|| query_utm("utm_campaign")),
-            utm_term: i.utm.term.or_else(|| query_utm("utm_term")),
-            utm_content: i.utm.content.or_else(|| query_utm("utm_content")),
+            utm_source: i.utm.source.or(tagged.source),
+            utm_medium: i.utm.medium.or(tagged.medium),
+            utm_campaign: i.utm.campaign.or(tagged.campaign),
+            utm_term: i.utm.term.or(tagged.term),
+            utm_content: i.utm.content.or(tagged.content),
             browser: i.browser.or_else(|| agent.browser.clone()),
             browser_version: i.browser_version.or_else(|| agent.browser_version.clone()),
             os: i.os.or_else(|| agent.os.clone()),
@@ -152,13 +147,28 @@ impl Enricher {
     }
 
     fn agent(&self, ua: &str) -> Arc<Agent> {
-        if let Some(hit) = lock(&self.agents).get(ua) {
-            return hit.clone();
+        // Events of one request usually share one agent: a per-thread memo of
+        // the last one spares the shared cache's lock.
+        thread_local! {
+            static LAST: RefCell<Option<(String, Arc<Agent>)>> = const { RefCell::new(None) };
         }
-        // Parse outside the lock: parsing is the slow part and is pure.
-        let parsed = Arc::new(parse_agent(ua));
-        lock(&self.agents).put(ua.to_owned(), parsed.clone());
-        parsed
+        let memo = LAST.with_borrow(|last| {
+            last.as_ref()
+                .filter(|(k, _)| k == ua)
+                .map(|(_, a)| a.clone())
+        });
+        if let Some(hit) = memo {
+            return hit;
+        }
+        let cached = lock(&self.agents).get(ua).cloned();
+        let agent = cached.unwrap_or_else(|| {
+            // Parse outside the lock: parsing is the slow part and is pure.
+            let parsed = Arc::new(parse_agent(ua));
+            lock(&self.agents).put(ua.to_owned(), parsed.clone());
+            parsed
+        });
+        LAST.with_borrow_mut(|last| *last = Some((ua.to_owned(), agent.clone())));
+        agent
     }
 }
 
@@ -189,6 +199,28 @@ fn parse_agent(ua: &str) -> Agent {
         os: known(r.os),
         device_type: device_type.map(str::to_owned),
     }
+}
+
+/// UTM tags from a page URL's query, in one pass over it.
+fn utm_of(url: &url::Url) -> Utm {
+    let mut utm = Utm::default();
+    if url.query().is_none_or(|q| !q.contains("utm_")) {
+        return utm;
+    }
+    for (key, value) in url.query_pairs() {
+        let slot = match key.as_ref() {
+            "utm_source" => &mut utm.source,
+            "utm_medium" => &mut utm.medium,
+            "utm_campaign" => &mut utm.campaign,
+            "utm_term" => &mut utm.term,
+            "utm_content" => &mut utm.content,
+            _ => continue,
+        };
+        if slot.is_none() && !value.is_empty() {
+            *slot = Some(value.into_owned());
+        }
+    }
+    utm
 }
 
 /// `timestamp + (received_at − sentAt)`, or `received_at − offset`; clamped

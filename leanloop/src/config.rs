@@ -31,7 +31,7 @@ pub struct RawConfig {
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawStoreConfig {
-    /// DuckDB's memory limit, e.g. "512MB".
+    /// DuckDB's memory limit, e.g. "256MB".
     pub duckdb_memory_limit: Option<String>,
     pub duckdb_threads: Option<usize>,
 }
@@ -84,13 +84,13 @@ impl RawConfig {
         let memory_limit = self
             .store
             .duckdb_memory_limit
-            .unwrap_or_else(|| "512MB".into());
+            .unwrap_or_else(|| "256MB".into());
         if !memory_limit
             .chars()
             .next()
             .is_some_and(|c| c.is_ascii_digit())
         {
-            bail!("store.duckdb_memory_limit: `{memory_limit}` is not a size like 512MB");
+            bail!("store.duckdb_memory_limit: `{memory_limit}` is not a size like 256MB");
         }
         let threads = self.store.duckdb_threads.unwrap_or_else(|| {
             std::thread::available_parallelism()

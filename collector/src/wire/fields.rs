@@ -41,12 +41,64 @@ pub struct Text(pub Option<String>);
 
 impl<'de> Deserialize<'de> for Text {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Text, D::Error> {
-        Ok(Text(match serde_json::Value::deserialize(d)? {
-            serde_json::Value::String(s) => non_empty(s),
-            serde_json::Value::Number(n) => Some(n.to_string()),
-            serde_json::Value::Bool(b) => Some(b.to_string()),
-            _ => None,
-        }))
+        d.deserialize_any(TextVisitor)
+    }
+}
+
+/// Keeps strings, numbers and booleans as text; skips anything else without
+/// building it.
+struct TextVisitor;
+
+impl<'de> serde::de::Visitor<'de> for TextVisitor {
+    type Value = Text;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("any JSON value")
+    }
+
+    fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Text, E> {
+        Ok(Text((!v.trim().is_empty()).then(|| v.to_owned())))
+    }
+
+    fn visit_string<E: serde::de::Error>(self, v: String) -> Result<Text, E> {
+        Ok(Text(non_empty(v)))
+    }
+
+    fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Text, E> {
+        Ok(Text(Some(v.to_string())))
+    }
+
+    fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Text, E> {
+        Ok(Text(Some(v.to_string())))
+    }
+
+    fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<Text, E> {
+        Ok(Text(Some(v.to_string())))
+    }
+
+    fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<Text, E> {
+        Ok(Text(Some(v.to_string())))
+    }
+
+    fn visit_unit<E: serde::de::Error>(self) -> Result<Text, E> {
+        Ok(Text(None))
+    }
+
+    fn visit_none<E: serde::de::Error>(self) -> Result<Text, E> {
+        Ok(Text(None))
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Text, A::Error> {
+        while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+        Ok(Text(None))
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Text, A::Error> {
+        while map
+            .next_entry::<serde::de::IgnoredAny, serde::de::IgnoredAny>()?
+            .is_some()
+        {}
+        Ok(Text(None))
     }
 }
 
@@ -137,6 +189,19 @@ mod tests {
         );
         assert!(parse_time(Some(&TimeValue::Text("yesterday".into())), "timestamp").is_err());
         assert!(parse_time(Some(&TimeValue::Millis(f64::INFINITY)), "timestamp").is_err());
+    }
+
+    #[test]
+    fn text_keeps_scalars_and_skips_structures() {
+        let t = |json: &str| serde_json::from_str::<Text>(json).unwrap().0;
+        assert_eq!(t("\"a\"").as_deref(), Some("a"));
+        assert_eq!(t("\"  \""), None);
+        assert_eq!(t("12").as_deref(), Some("12"));
+        assert_eq!(t("1.5").as_deref(), Some("1.5"));
+        assert_eq!(t("true").as_deref(), Some("true"));
+        assert_eq!(t("null"), None);
+        assert_eq!(t("[1,{\"a\":[2]}]"), None);
+        assert_eq!(t("{\"a\":{\"b\":1}}"), None);
     }
 
     #[test]

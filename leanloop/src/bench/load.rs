@@ -68,7 +68,6 @@ pub async fn run(
             let mut n = 0u64;
             while Instant::now() < deadline {
                 body.clear();
-                // Ids carry the phase so phases never share (and dedup) events.
                 match shape {
                     Shape::Batch(size) => batch_body(&mut body, connection, &mut n, size),
                     Shape::Single => event_json(&mut body, "s", connection, &mut n),
@@ -122,12 +121,15 @@ fn batch_body(body: &mut String, connection: usize, n: &mut u64, size: usize) {
     body.push_str("]}");
 }
 
-/// One realistic track event with a unique message id.
+/// One realistic track event with a unique message id; the phase and
+/// connection ride in the properties.
 pub fn event_json(body: &mut String, phase: &str, connection: usize, n: &mut u64) {
     *n += 1;
     let _ = write!(
         body,
-        r#"{{"type":"track","event":"checkout_step","userId":"user-{user}","messageId":"bench-{phase}-{connection}-{n}","timestamp":"2026-01-15T10:00:00.000Z","properties":{{"step":{step},"plan":"pro","amount":12.5,"currency":"EUR"}},"context":{{"userAgent":"Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0.0.0 Safari/537.36","app":{{"version":"1.4.{step}"}},"page":{{"url":"https://shop.example/checkout?utm_source=newsletter&utm_campaign=spring","referrer":"https://www.google.com/"}},"library":{{"name":"bench"}}}}}}"#,
+        r#"{{"type":"track","event":"checkout_step","userId":"user-{user}","messageId":"{id}","timestamp":"2026-01-15T10:00:00.000Z","properties":{{"step":{step},"plan":"pro","amount":12.5,"currency":"EUR","phase":"{phase}","connection":{connection}}},"context":{{"userAgent":"Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0.0.0 Safari/537.36","app":{{"version":"1.4.{step}"}},"page":{{"url":"https://shop.example/checkout?utm_source=newsletter&utm_campaign=spring","referrer":"https://www.google.com/"}},"library":{{"name":"bench"}}}}}}"#,
+        // A random UUID, as SDKs send.
+        id = uuid::Uuid::new_v4(),
         user = *n % 5000,
         step = *n % 4,
     );

@@ -18,7 +18,7 @@ use std::sync::Mutex;
 /// Resource limits handed to DuckDB.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DuckDbOptions {
-    /// DuckDB's `memory_limit`, e.g. `"512MB"`.
+    /// DuckDB's `memory_limit`, e.g. `"256MB"`.
     pub memory_limit: String,
     pub threads: usize,
 }
@@ -26,7 +26,7 @@ pub struct DuckDbOptions {
 impl Default for DuckDbOptions {
     fn default() -> Self {
         DuckDbOptions {
-            memory_limit: "512MB".into(),
+            memory_limit: "256MB".into(),
             threads: 2,
         }
     }

@@ -37,8 +37,10 @@ impl Writer {
         events: &[Event],
         users: &[UserUpdate],
     ) -> Result<WriteOutcome, StoreError> {
+        let started = std::time::Instant::now();
         let fresh = self.seen.new_events(&self.conn, events)?;
         let rows: Vec<&Event> = fresh.iter().map(|&i| &events[i]).collect();
+        let deduplicated = started.elapsed();
         let tx = self.conn.transaction()?;
         if !rows.is_empty() {
             let batch = record_batch(&self.schema, &rows)?;
@@ -46,9 +48,17 @@ impl Writer {
             appender.append_record_batch(batch)?;
             appender.flush()?;
         }
+        let appended = started.elapsed();
         write_users(&tx, users)?;
         tx.commit()?;
         self.seen.record(&self.conn, rows.iter().copied())?;
+        tracing::debug!(
+            events = events.len(),
+            dedup_ms = deduplicated.as_millis() as u64,
+            append_ms = (appended - deduplicated).as_millis() as u64,
+            total_ms = started.elapsed().as_millis() as u64,
+            "batch written"
+        );
         Ok(WriteOutcome {
             inserted: rows.len(),
             duplicates: events.len() - rows.len(),
