@@ -26,4 +26,13 @@ export LEANLOOP_TEST_PYTHON="$venv/bin/python"
   || { echo "python SDK clients are not importable" >&2; exit 1; }
 
 step "cargo test (release profile: DuckDB is compiled once, optimised)"
-cargo test --release --workspace --locked
+log="$(mktemp)"
+set +e
+cargo test --release --workspace --locked --lib --bins --tests 2>&1 | tee "$log"
+status=${PIPESTATUS[0]}
+set -e
+# One closing line for the whole run, summed over every test binary.
+awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
+     END { printf "tests: %d passed, %d failed\n", p, f }' "$log"
+rm -f "$log"
+exit "$status"

@@ -28,10 +28,7 @@ impl EventQuery {
         let to_ms = parse_time(self.to.as_deref(), "to")?;
         if let (Some(from), Some(to)) = (from_ms, to_ms) {
             if from >= to {
-                return Err(AnalyticsError::invalid(
-                    "from",
-                    "`from` must be before `to`",
-                ));
+                return Err(AnalyticsError::invalid("from", "`from` must be before `to`"));
             }
         }
         Ok(EventFilter {
@@ -47,10 +44,7 @@ impl EventQuery {
         match self.limit {
             None => Ok(DEFAULT_LIMIT),
             Some(n) if (1..=MAX_LIMIT).contains(&n) => Ok(n),
-            Some(_) => Err(AnalyticsError::invalid(
-                "limit",
-                format!("`limit` must be from 1 to {MAX_LIMIT}"),
-            )),
+            Some(_) => Err(AnalyticsError::invalid("limit", format!("`limit` must be from 1 to {MAX_LIMIT}"))),
         }
     }
 }
@@ -59,14 +53,9 @@ fn parse_time(value: Option<&str>, field: &'static str) -> Result<Option<i64>, A
     value
         .filter(|v| !v.is_empty())
         .map(|v| {
-            DateTime::parse_from_rfc3339(v)
-                .map(|t| t.timestamp_millis())
-                .map_err(|_| {
-                    AnalyticsError::invalid(
-                        field,
-                        format!("`{field}` must be an RFC 3339 time, e.g. 2024-05-01T00:00:00Z"),
-                    )
-                })
+            DateTime::parse_from_rfc3339(v).map(|t| t.timestamp_millis()).map_err(|_| {
+                AnalyticsError::invalid(field, format!("`{field}` must be an RFC 3339 time, e.g. 2024-05-01T00:00:00Z"))
+            })
         })
         .transpose()
 }
@@ -187,30 +176,12 @@ mod tests {
             to: Some("2024-01-01T00:00:00Z".into()),
             ..Default::default()
         };
-        assert!(matches!(
-            q.filter(1),
-            Err(AnalyticsError::InvalidQuery { field: "from", .. })
-        ));
-        let q = EventQuery {
-            to: Some("tomorrow".into()),
-            ..Default::default()
-        };
-        assert!(matches!(
-            q.filter(1),
-            Err(AnalyticsError::InvalidQuery { field: "to", .. })
-        ));
-        let q = EventQuery {
-            limit: Some(5000),
-            ..Default::default()
-        };
-        assert!(matches!(
-            q.limit(),
-            Err(AnalyticsError::InvalidQuery { field: "limit", .. })
-        ));
-        let q = EventQuery {
-            from: Some("2024-01-01T00:00:00+02:00".into()),
-            ..Default::default()
-        };
+        assert!(matches!(q.filter(1), Err(AnalyticsError::InvalidQuery { field: "from", .. })));
+        let q = EventQuery { to: Some("tomorrow".into()), ..Default::default() };
+        assert!(matches!(q.filter(1), Err(AnalyticsError::InvalidQuery { field: "to", .. })));
+        let q = EventQuery { limit: Some(5000), ..Default::default() };
+        assert!(matches!(q.limit(), Err(AnalyticsError::InvalidQuery { field: "limit", .. })));
+        let q = EventQuery { from: Some("2024-01-01T00:00:00+02:00".into()), ..Default::default() };
         assert_eq!(q.filter(7).unwrap().from_ms, Some(1_704_060_000_000));
     }
 }

@@ -14,29 +14,21 @@ use std::sync::Arc;
 #[derive(Debug, thiserror::Error)]
 pub enum AnalyticsError {
     #[error("{message}")]
-    InvalidQuery {
-        field: &'static str,
-        message: String,
-    },
+    InvalidQuery { field: &'static str, message: String },
     #[error(transparent)]
     Store(#[from] StoreError),
 }
 
 impl AnalyticsError {
     fn invalid(field: &'static str, message: impl Into<String>) -> AnalyticsError {
-        AnalyticsError::InvalidQuery {
-            field,
-            message: message.into(),
-        }
+        AnalyticsError::InvalidQuery { field, message: message.into() }
     }
 }
 
 impl Classify for AnalyticsError {
     fn class(&self) -> ErrorClass {
         match self {
-            AnalyticsError::InvalidQuery { field, .. } => ErrorClass::BadRequest {
-                field: Some((*field).to_owned()),
-            },
+            AnalyticsError::InvalidQuery { field, .. } => ErrorClass::BadRequest { field: Some((*field).to_owned()) },
             AnalyticsError::Store(e) => e.class(),
         }
     }
@@ -59,11 +51,7 @@ impl Analytics {
     }
 
     /// The newest matching events.
-    pub fn recent(
-        &self,
-        project_id: i64,
-        query: &EventQuery,
-    ) -> Result<Vec<EventView>, AnalyticsError> {
+    pub fn recent(&self, project_id: i64, query: &EventQuery) -> Result<Vec<EventView>, AnalyticsError> {
         let filter = query.filter(project_id)?;
         let events = self.store.recent(&filter, query.limit()?)?;
         Ok(events.into_iter().map(EventView::from).collect())

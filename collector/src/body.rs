@@ -22,9 +22,7 @@ pub enum Packing {
 
 impl Packing {
     pub fn detect(headers: &HeaderMap, compression: Option<&str>) -> Result<Packing, IngestError> {
-        let encoding = headers
-            .get(header::CONTENT_ENCODING)
-            .and_then(|v| v.to_str().ok());
+        let encoding = headers.get(header::CONTENT_ENCODING).and_then(|v| v.to_str().ok());
         match encoding.map(|e| e.trim().to_ascii_lowercase()).as_deref() {
             None | Some("") | Some("identity") => {}
             Some("gzip") | Some("x-gzip") => return Ok(Packing::Gzip),
@@ -38,10 +36,7 @@ impl Packing {
         match compression {
             Some("gzip-js") | Some("gzip") => return Ok(Packing::Gzip),
             Some("lz64") => {
-                return Err(IngestError::field(
-                    "compression",
-                    "lz64 compression is not supported; use gzip-js",
-                ))
+                return Err(IngestError::field("compression", "lz64 compression is not supported; use gzip-js"))
             }
             _ => {}
         }
@@ -54,15 +49,9 @@ impl Packing {
 }
 
 /// Reads at most `limit` bytes of `body`.
-pub async fn read_limited(
-    headers: &HeaderMap,
-    body: Body,
-    limit: usize,
-) -> Result<Bytes, IngestError> {
-    let declared = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
+pub async fn read_limited(headers: &HeaderMap, body: Body, limit: usize) -> Result<Bytes, IngestError> {
+    let declared =
+        headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > limit as u64) {
         return Err(IngestError::BodyTooLarge { limit });
     }
@@ -92,8 +81,8 @@ pub fn unpack(raw: Bytes, packing: Packing, limit: usize) -> Result<Bytes, Inges
         Packing::Plain => Ok(raw),
         Packing::Gzip => gunzip(&raw, limit),
         Packing::Form => {
-            let data = form_field(&raw, "data")
-                .ok_or_else(|| IngestError::field("data", "form body has no `data` field"))?;
+            let data =
+                form_field(&raw, "data").ok_or_else(|| IngestError::field("data", "form body has no `data` field"))?;
             let decoded = base64::engine::general_purpose::STANDARD
                 .decode(data.trim())
                 .or_else(|_| base64::engine::general_purpose::URL_SAFE.decode(data.trim()))
@@ -120,9 +109,7 @@ fn gunzip(raw: &[u8], limit: usize) -> Result<Bytes, IngestError> {
 
 /// The url-decoded value of `name` in a form body.
 fn form_field(raw: &[u8], name: &str) -> Option<String> {
-    url::form_urlencoded::parse(raw)
-        .find(|(k, _)| k == name)
-        .map(|(_, v)| v.into_owned())
+    url::form_urlencoded::parse(raw).find(|(k, _)| k == name).map(|(_, v)| v.into_owned())
 }
 
 #[cfg(test)]
@@ -140,10 +127,7 @@ mod tests {
     #[test]
     fn inflates_within_the_limit() {
         let body = gzip(br#"{"a":1}"#);
-        assert_eq!(
-            &unpack(Bytes::from(body), Packing::Gzip, 100).unwrap()[..],
-            br#"{"a":1}"#
-        );
+        assert_eq!(&unpack(Bytes::from(body), Packing::Gzip, 100).unwrap()[..], br#"{"a":1}"#);
     }
 
     #[test]
@@ -159,14 +143,8 @@ mod tests {
     fn decodes_posthog_forms() {
         let json = br#"{"event":"x"}"#;
         let data = base64::engine::general_purpose::STANDARD.encode(json);
-        let form = format!(
-            "data={}",
-            url::form_urlencoded::byte_serialize(data.as_bytes()).collect::<String>()
-        );
-        assert_eq!(
-            &unpack(Bytes::from(form), Packing::Form, 100).unwrap()[..],
-            json
-        );
+        let form = format!("data={}", url::form_urlencoded::byte_serialize(data.as_bytes()).collect::<String>());
+        assert_eq!(&unpack(Bytes::from(form), Packing::Form, 100).unwrap()[..], json);
         assert!(unpack(Bytes::from_static(b"data=%%%"), Packing::Form, 100).is_err());
         assert!(unpack(Bytes::from_static(b"other=1"), Packing::Form, 100).is_err());
     }

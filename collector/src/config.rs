@@ -54,10 +54,7 @@ impl CollectorConfig {
             ("max_batch_events", self.max_batch_events),
             ("queue_capacity", self.queue_capacity),
             ("write_batch_events", self.write_batch_events),
-            (
-                "session_timeout_minutes",
-                self.session_timeout_minutes as usize,
-            ),
+            ("session_timeout_minutes", self.session_timeout_minutes as usize),
             ("session_capacity", self.session_capacity),
             ("user_agent_cache", self.user_agent_cache),
         ];
@@ -65,15 +62,10 @@ impl CollectorConfig {
             return Err(format!("collector.{name} must be greater than 0"));
         }
         if self.max_event_bytes > self.max_body_bytes {
-            return Err(
-                "collector.max_event_bytes must not exceed collector.max_body_bytes".into(),
-            );
+            return Err("collector.max_event_bytes must not exceed collector.max_body_bytes".into());
         }
         if self.queue_capacity < self.max_batch_events {
-            return Err(
-                "collector.queue_capacity must hold at least one full batch (max_batch_events)"
-                    .into(),
-            );
+            return Err("collector.queue_capacity must hold at least one full batch (max_batch_events)".into());
         }
         Ok(())
     }

@@ -50,18 +50,11 @@ pub struct Enricher {
 impl Enricher {
     pub fn new(user_agent_cache: usize, sessions: Sessions) -> Enricher {
         let capacity = NonZeroUsize::new(user_agent_cache).unwrap_or(NonZeroUsize::MIN);
-        Enricher {
-            agents: Mutex::new(LruCache::new(capacity)),
-            sessions,
-        }
+        Enricher { agents: Mutex::new(LruCache::new(capacity)), sessions }
     }
 
     /// Completes one event; returns it with the person update it implies.
-    pub fn finish(
-        &self,
-        i: Incoming,
-        req: &RequestFacts,
-    ) -> Result<(Event, Option<UserUpdate>), IngestError> {
+    pub fn finish(&self, i: Incoming, req: &RequestFacts) -> Result<(Event, Option<UserUpdate>), IngestError> {
         let kind = i.kind.unwrap_or(EventKind::Track);
         let (timestamp_ms, timestamp_clamped) = corrected_time(&i, req.received_at_ms);
         let uuid = event_uuid(i.message_id.as_deref());
@@ -71,21 +64,10 @@ impl Enricher {
         let url = i.url.as_deref().and_then(|u| url::Url::parse(u).ok());
         let path = i.path.or_else(|| url.as_ref().map(|u| u.path().to_owned()));
         let tagged = url.as_ref().map(utm_of).unwrap_or_default();
-        let referrer_domain = i
-            .referrer_domain
-            .or_else(|| i.referrer.as_deref().and_then(domain_of));
+        let referrer_domain = i.referrer_domain.or_else(|| i.referrer.as_deref().and_then(domain_of));
 
-        let ip =
-            i.ip.as_deref()
-                .and_then(|s| s.trim().parse::<IpAddr>().ok())
-                .or(req.client_ip);
-        let ip = ip.map(|ip| {
-            if req.store_full_ip {
-                ip.to_string()
-            } else {
-                anonymise(ip).to_string()
-            }
-        });
+        let ip = i.ip.as_deref().and_then(|s| s.trim().parse::<IpAddr>().ok()).or(req.client_ip);
+        let ip = ip.map(|ip| if req.store_full_ip { ip.to_string() } else { anonymise(ip).to_string() });
 
         let session_id = i.session_id.or_else(|| {
             let who = i.anonymous_id.as_deref().or(i.user_id.as_deref())?;
@@ -102,11 +84,7 @@ impl Enricher {
         let update = traits.map(|traits| UserUpdate {
             project_id: req.project_id,
             // Traits need a person: `$set` on an anonymous event updates the anonymous person.
-            user_id: i
-                .user_id
-                .clone()
-                .or(i.anonymous_id.clone())
-                .unwrap_or_default(),
+            user_id: i.user_id.clone().or(i.anonymous_id.clone()).unwrap_or_default(),
             anonymous_id: link,
             traits,
             seen_at_ms: timestamp_ms,
@@ -152,11 +130,7 @@ impl Enricher {
         thread_local! {
             static LAST: RefCell<Option<(String, Arc<Agent>)>> = const { RefCell::new(None) };
         }
-        let memo = LAST.with_borrow(|last| {
-            last.as_ref()
-                .filter(|(k, _)| k == ua)
-                .map(|(_, a)| a.clone())
-        });
+        let memo = LAST.with_borrow(|last| last.as_ref().filter(|(k, _)| k == ua).map(|(_, a)| a.clone()));
         if let Some(hit) = memo {
             return hit;
         }
@@ -183,11 +157,7 @@ fn parse_agent(ua: &str) -> Agent {
     let known = |s: &str| (!s.is_empty() && s != "UNKNOWN").then(|| s.to_owned());
     let device_type = match r.category {
         "pc" => Some("desktop"),
-        "smartphone"
-            if ua.contains("iPad") || (ua.contains("Android") && !ua.contains("Mobile")) =>
-        {
-            Some("tablet")
-        }
+        "smartphone" if ua.contains("iPad") || (ua.contains("Android") && !ua.contains("Mobile")) => Some("tablet"),
         "smartphone" | "mobilephone" => Some("mobile"),
         "crawler" => Some("bot"),
         "appliance" => Some("console"),
@@ -243,8 +213,7 @@ fn corrected_time(i: &Incoming, received_at_ms: i64) -> (i64, bool) {
 /// so retries of the same message map to the same event. No id: a fresh one.
 pub fn event_uuid(message_id: Option<&str>) -> Uuid {
     match message_id {
-        Some(id) => Uuid::parse_str(id.trim())
-            .unwrap_or_else(|_| Uuid::new_v5(&MESSAGE_ID_NAMESPACE, id.as_bytes())),
+        Some(id) => Uuid::parse_str(id.trim()).unwrap_or_else(|_| Uuid::new_v5(&MESSAGE_ID_NAMESPACE, id.as_bytes())),
         None => Uuid::now_v7(),
     }
 }
@@ -336,47 +305,23 @@ mod tests {
     #[test]
     fn clock_skew_is_corrected_and_future_clamped() {
         let r = facts().received_at_ms;
-        let skewed = Incoming {
-            timestamp_ms: Some(r + 3_600_000 - 500),
-            sent_at_ms: Some(r + 3_600_000),
-            ..incoming()
-        };
+        let skewed =
+            Incoming { timestamp_ms: Some(r + 3_600_000 - 500), sent_at_ms: Some(r + 3_600_000), ..incoming() };
         assert_eq!(corrected_time(&skewed, r), (r - 500, false));
-        let future = Incoming {
-            timestamp_ms: Some(r + MAX_FUTURE_MS + 1),
-            ..incoming()
-        };
+        let future = Incoming { timestamp_ms: Some(r + MAX_FUTURE_MS + 1), ..incoming() };
         assert_eq!(corrected_time(&future, r), (r, true));
-        let near = Incoming {
-            timestamp_ms: Some(r + MAX_FUTURE_MS - 1),
-            ..incoming()
-        };
+        let near = Incoming { timestamp_ms: Some(r + MAX_FUTURE_MS - 1), ..incoming() };
         assert_eq!(corrected_time(&near, r), (r + MAX_FUTURE_MS - 1, false));
-        let offset = Incoming {
-            offset_ms: Some(1500),
-            ..incoming()
-        };
+        let offset = Incoming { offset_ms: Some(1500), ..incoming() };
         assert_eq!(corrected_time(&offset, r), (r - 1500, false));
     }
 
     #[test]
     fn ips_are_anonymised_unless_opted_in() {
-        assert_eq!(
-            anonymise("10.1.2.3".parse().unwrap()).to_string(),
-            "10.1.2.0"
-        );
-        assert_eq!(
-            anonymise("2001:db8:abcd:12:1:2:3:4".parse().unwrap()).to_string(),
-            "2001:db8:abcd::"
-        );
-        assert_eq!(
-            anonymise("::ffff:1.2.3.4".parse().unwrap()).to_string(),
-            "1.2.3.0"
-        );
-        let full = RequestFacts {
-            store_full_ip: true,
-            ..facts()
-        };
+        assert_eq!(anonymise("10.1.2.3".parse().unwrap()).to_string(), "10.1.2.0");
+        assert_eq!(anonymise("2001:db8:abcd:12:1:2:3:4".parse().unwrap()).to_string(), "2001:db8:abcd::");
+        assert_eq!(anonymise("::ffff:1.2.3.4".parse().unwrap()).to_string(), "1.2.3.0");
+        let full = RequestFacts { store_full_ip: true, ..facts() };
         let (e, _) = enricher().finish(incoming(), &full).unwrap();
         assert_eq!(e.ip.as_deref(), Some("203.0.113.77"));
     }

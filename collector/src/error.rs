@@ -32,10 +32,7 @@ pub enum IngestError {
 
 impl IngestError {
     pub fn field(field: &str, message: impl Into<String>) -> IngestError {
-        IngestError::BadField {
-            field: field.to_owned(),
-            message: message.into(),
-        }
+        IngestError::BadField { field: field.to_owned(), message: message.into() }
     }
 
     /// Short label for the `reason` of rejection metrics.
@@ -46,9 +43,7 @@ impl IngestError {
             IngestError::MissingKey => "missing_key",
             IngestError::UnknownKey => "unknown_key",
             IngestError::ReadKeyUsed => "read_key",
-            IngestError::BodyTooLarge { .. } | IngestError::InflatedTooLarge { .. } => {
-                "body_too_large"
-            }
+            IngestError::BodyTooLarge { .. } | IngestError::InflatedTooLarge { .. } => "body_too_large",
             IngestError::EventTooLarge { .. } => "event_too_large",
             IngestError::BatchTooLarge { .. } => "batch_too_large",
             IngestError::QueueFull { .. } => "queue_full",
@@ -61,32 +56,18 @@ impl IngestError {
 impl Classify for IngestError {
     fn class(&self) -> ErrorClass {
         match self {
-            IngestError::BadJson(_) => ErrorClass::BadRequest {
-                field: Some("body".into()),
-            },
-            IngestError::BadField { field, .. } => ErrorClass::BadRequest {
-                field: Some(field.clone()),
-            },
-            IngestError::MissingKey | IngestError::UnknownKey | IngestError::ReadKeyUsed => {
-                ErrorClass::Unauthorized
-            }
+            IngestError::BadJson(_) => ErrorClass::BadRequest { field: Some("body".into()) },
+            IngestError::BadField { field, .. } => ErrorClass::BadRequest { field: Some(field.clone()) },
+            IngestError::MissingKey | IngestError::UnknownKey | IngestError::ReadKeyUsed => ErrorClass::Unauthorized,
             IngestError::BodyTooLarge { .. } | IngestError::InflatedTooLarge { .. } => {
-                ErrorClass::TooLarge {
-                    field: Some("body".into()),
-                }
+                ErrorClass::TooLarge { field: Some("body".into()) }
             }
-            IngestError::EventTooLarge { .. } => ErrorClass::TooLarge {
-                field: Some("event".into()),
-            },
-            IngestError::BatchTooLarge { .. } => ErrorClass::TooLarge {
-                field: Some("batch".into()),
-            },
-            IngestError::QueueFull { retry_after_secs } => ErrorClass::Unavailable {
-                retry_after_secs: *retry_after_secs,
-            },
-            IngestError::ShuttingDown => ErrorClass::Unavailable {
-                retry_after_secs: 5,
-            },
+            IngestError::EventTooLarge { .. } => ErrorClass::TooLarge { field: Some("event".into()) },
+            IngestError::BatchTooLarge { .. } => ErrorClass::TooLarge { field: Some("batch".into()) },
+            IngestError::QueueFull { retry_after_secs } => {
+                ErrorClass::Unavailable { retry_after_secs: *retry_after_secs }
+            }
+            IngestError::ShuttingDown => ErrorClass::Unavailable { retry_after_secs: 5 },
             IngestError::Control(_) => ErrorClass::Internal,
         }
     }

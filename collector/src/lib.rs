@@ -36,20 +36,11 @@ pub struct Collector {
 
 impl Collector {
     /// Starts the writer over `store` and returns the collector, ready to route.
-    pub fn start(
-        config: CollectorConfig,
-        keys: Arc<KeyCache>,
-        store: Arc<dyn EventStore>,
-    ) -> Arc<Collector> {
+    pub fn start(config: CollectorConfig, keys: Arc<KeyCache>, store: Arc<dyn EventStore>) -> Arc<Collector> {
         let sessions = Sessions::new(config.session_capacity, config.session_timeout_minutes);
         let enricher = Enricher::new(config.user_agent_cache, sessions);
         let queue = IngestQueue::start(store, config.queue_capacity, config.write_batch_events);
-        Arc::new(Collector {
-            config,
-            keys,
-            enricher,
-            queue,
-        })
+        Arc::new(Collector { config, keys, enricher, queue })
     }
 
     /// The ingest routes, CORS included.

@@ -74,13 +74,7 @@ impl IngestQueue {
                 .expect("spawning the event writer thread");
         }
         metrics::gauge!("leanloop_ingest_queue_capacity").set(capacity as f64);
-        IngestQueue {
-            sender: RwLock::new(Some(tx)),
-            room,
-            capacity,
-            paused,
-            finished: Mutex::new(finished),
-        }
+        IngestQueue { sender: RwLock::new(Some(tx)), room, capacity, paused, finished: Mutex::new(finished) }
     }
 
     /// Queues events and person updates, or refuses them all when they do not fit.
@@ -89,27 +83,15 @@ impl IngestQueue {
         if items == 0 {
             return Ok(());
         }
-        let full = || IngestError::QueueFull {
-            retry_after_secs: 1,
-        };
+        let full = || IngestError::QueueFull { retry_after_secs: 1 };
         let permits = u32::try_from(items).map_err(|_| full())?;
         let guard = self.sender.read().unwrap_or_else(|p| p.into_inner());
         let sender = guard.as_ref().ok_or(IngestError::ShuttingDown)?;
-        let room = self
-            .room
-            .clone()
-            .try_acquire_many_owned(permits)
-            .map_err(|_| full())?;
-        sender
-            .try_send(Batch {
-                events,
-                users,
-                _room: room,
-            })
-            .map_err(|err| match err {
-                mpsc::error::TrySendError::Full(_) => full(),
-                mpsc::error::TrySendError::Closed(_) => IngestError::ShuttingDown,
-            })?;
+        let room = self.room.clone().try_acquire_many_owned(permits).map_err(|_| full())?;
+        sender.try_send(Batch { events, users, _room: room }).map_err(|err| match err {
+            mpsc::error::TrySendError::Full(_) => full(),
+            mpsc::error::TrySendError::Closed(_) => IngestError::ShuttingDown,
+        })?;
         metrics::gauge!("leanloop_ingest_queue_depth").set(self.depth() as f64);
         Ok(())
     }
@@ -135,15 +117,8 @@ impl IngestQueue {
     /// for it up to `timeout`. Returns the number of items not stored.
     pub fn drain(&self, timeout: Duration) -> usize {
         self.resume();
-        self.sender
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .take();
-        let _ = self
-            .finished
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .recv_timeout(timeout);
+        self.sender.write().unwrap_or_else(|p| p.into_inner()).take();
+        let _ = self.finished.lock().unwrap_or_else(|p| p.into_inner()).recv_timeout(timeout);
         self.depth()
     }
 }
@@ -169,18 +144,11 @@ fn write_loop(
                 Err(_) => break,
             }
         }
-        let events: Vec<Event> = batches
-            .iter_mut()
-            .flat_map(|b| std::mem::take(&mut b.events))
-            .collect();
-        let users: Vec<UserUpdate> = batches
-            .iter_mut()
-            .flat_map(|b| std::mem::take(&mut b.users))
-            .collect();
+        let events: Vec<Event> = batches.iter_mut().flat_map(|b| std::mem::take(&mut b.events)).collect();
+        let users: Vec<UserUpdate> = batches.iter_mut().flat_map(|b| std::mem::take(&mut b.users)).collect();
         write_with_retry(store.as_ref(), &events, &users);
         drop(batches);
-        metrics::gauge!("leanloop_ingest_queue_depth")
-            .set((capacity - room.available_permits()) as f64);
+        metrics::gauge!("leanloop_ingest_queue_depth").set((capacity - room.available_permits()) as f64);
     }
     tracing::info!("event writer stopped: queue drained");
 }
@@ -192,21 +160,16 @@ fn write_with_retry(store: &dyn EventStore, events: &[Event], users: &[UserUpdat
         let started = Instant::now();
         match store.write(events, users) {
             Ok(outcome) => {
-                metrics::histogram!("leanloop_store_write_seconds")
-                    .record(started.elapsed().as_secs_f64());
-                metrics::counter!("leanloop_store_events_written_total")
-                    .increment(outcome.inserted as u64);
-                metrics::counter!("leanloop_store_duplicates_total")
-                    .increment(outcome.duplicates as u64);
+                metrics::histogram!("leanloop_store_write_seconds").record(started.elapsed().as_secs_f64());
+                metrics::counter!("leanloop_store_events_written_total").increment(outcome.inserted as u64);
+                metrics::counter!("leanloop_store_duplicates_total").increment(outcome.duplicates as u64);
                 return;
             }
             Err(err) => {
                 metrics::counter!("leanloop_store_write_errors_total").increment(1);
                 tracing::error!(error = %err, events = events.len(), retry_in_ms = backoff.as_millis() as u64, "event store write failed");
                 if !err.is_retriable() {
-                    tracing::error!(
-                        "event store cannot accept writes; events stay queued until restart"
-                    );
+                    tracing::error!("event store cannot accept writes; events stay queued until restart");
                 }
                 std::thread::sleep(backoff);
                 backoff = (backoff * 2).min(Duration::from_secs(5));

@@ -40,10 +40,7 @@ impl Endpoint {
 
     /// Whether the endpoint takes many events, so partial success is possible.
     fn is_batch(self) -> bool {
-        matches!(
-            self,
-            Endpoint::Segment(segment::Call::Batch) | Endpoint::PostHog
-        )
+        matches!(self, Endpoint::Segment(segment::Call::Batch) | Endpoint::PostHog)
     }
 }
 
@@ -119,9 +116,7 @@ async fn ingest(
         c.project_for(key)?;
     }
     let compression = query.as_deref().and_then(|q| {
-        url::form_urlencoded::parse(q.as_bytes())
-            .find(|(k, _)| k == "compression")
-            .map(|(_, v)| v.into_owned())
+        url::form_urlencoded::parse(q.as_bytes()).find(|(k, _)| k == "compression").map(|(_, v)| v.into_owned())
     });
     let packing = Packing::detect(&headers, compression.as_deref())?;
     let limit = c.config.max_body_bytes;
@@ -136,9 +131,7 @@ async fn ingest(
     // Large or compressed bodies take milliseconds to decode: keep them off the runtime.
     let offload = offload_len > INLINE_DECODE_BYTES || packing != Packing::Plain;
     let outcome = if offload {
-        tokio::task::spawn_blocking(work)
-            .await
-            .map_err(|_| IngestError::ShuttingDown)??
+        tokio::task::spawn_blocking(work).await.map_err(|_| IngestError::ShuttingDown)??
     } else {
         work()?
     };
@@ -156,15 +149,10 @@ fn process(
 ) -> Result<Response, IngestError> {
     let limits = &c.config;
     let json = unpack(raw, packing, limits.max_body_bytes)?;
-    let text =
-        std::str::from_utf8(&json).map_err(|_| IngestError::BadJson("body is not UTF-8".into()))?;
+    let text = std::str::from_utf8(&json).map_err(|_| IngestError::BadJson("body is not UTF-8".into()))?;
     let decoded: Decoded = match endpoint {
-        Endpoint::Segment(call) => {
-            segment::decode(text, call, limits.max_event_bytes, limits.max_batch_events)?
-        }
-        Endpoint::PostHog => {
-            posthog::decode(text, limits.max_event_bytes, limits.max_batch_events)?
-        }
+        Endpoint::Segment(call) => segment::decode(text, call, limits.max_event_bytes, limits.max_batch_events)?,
+        Endpoint::PostHog => posthog::decode(text, limits.max_event_bytes, limits.max_batch_events)?,
         Endpoint::Feedback => feedback::decode(text, limits.max_event_bytes)?,
     };
     let key = header_key.or(decoded.key).ok_or(IngestError::MissingKey)?;
@@ -203,8 +191,9 @@ fn process(
         .map(|(index, err)| Rejected {
             index,
             field: match leanloop_core::Classify::class(&err) {
-                leanloop_core::ErrorClass::BadRequest { field }
-                | leanloop_core::ErrorClass::TooLarge { field } => field,
+                leanloop_core::ErrorClass::BadRequest { field } | leanloop_core::ErrorClass::TooLarge { field } => {
+                    field
+                }
                 _ => None,
             },
             reason: err.to_string(),
@@ -232,13 +221,9 @@ fn header_key(headers: &HeaderMap) -> Option<String> {
     let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?.trim();
     let (scheme, rest) = value.split_once(' ')?;
     let key = if scheme.eq_ignore_ascii_case("basic") {
-        let decoded = base64::engine::general_purpose::STANDARD
-            .decode(rest.trim())
-            .ok()?;
+        let decoded = base64::engine::general_purpose::STANDARD.decode(rest.trim()).ok()?;
         let text = String::from_utf8(decoded).ok()?;
-        text.split_once(':')
-            .map(|(user, _)| user.to_owned())
-            .unwrap_or(text)
+        text.split_once(':').map(|(user, _)| user.to_owned()).unwrap_or(text)
     } else if scheme.eq_ignore_ascii_case("bearer") {
         rest.trim().to_owned()
     } else {
@@ -251,25 +236,10 @@ fn request_facts(c: &Collector, headers: &HeaderMap, peer: SocketAddr) -> Reques
     let forwarded = c
         .config
         .trust_forwarded_for
-        .then(|| {
-            headers
-                .get("x-forwarded-for")?
-                .to_str()
-                .ok()?
-                .split(',')
-                .next()?
-                .trim()
-                .parse::<IpAddr>()
-                .ok()
-        })
+        .then(|| headers.get("x-forwarded-for")?.to_str().ok()?.split(',').next()?.trim().parse::<IpAddr>().ok())
         .flatten();
     let country = c.config.country_header.as_deref().and_then(|name| {
-        let code = headers
-            .get(name)?
-            .to_str()
-            .ok()?
-            .trim()
-            .to_ascii_uppercase();
+        let code = headers.get(name)?.to_str().ok()?.trim().to_ascii_uppercase();
         (code.len() == 2 && code.bytes().all(|b| b.is_ascii_uppercase())).then_some(code)
     });
     RequestFacts {
@@ -277,10 +247,7 @@ fn request_facts(c: &Collector, headers: &HeaderMap, peer: SocketAddr) -> Reques
         store_full_ip: false,
         received_at_ms: chrono::Utc::now().timestamp_millis(),
         client_ip: Some(forwarded.unwrap_or(peer.ip())),
-        user_agent: headers
-            .get(header::USER_AGENT)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned),
+        user_agent: headers.get(header::USER_AGENT).and_then(|v| v.to_str().ok()).map(str::to_owned),
         country,
     }
 }

@@ -35,10 +35,7 @@ pub struct Sessions {
 impl Sessions {
     pub fn new(capacity: usize, timeout_minutes: u32) -> Sessions {
         let capacity = NonZeroUsize::new(capacity).unwrap_or(NonZeroUsize::MIN);
-        Sessions {
-            open: Mutex::new(LruCache::new(capacity)),
-            timeout_ms: i64::from(timeout_minutes) * 60_000,
-        }
+        Sessions { open: Mutex::new(LruCache::new(capacity)), timeout_ms: i64::from(timeout_minutes) * 60_000 }
     }
 
     /// The session an event at `at_ms` by `who` belongs to. Events may arrive
@@ -55,14 +52,7 @@ impl Sessions {
             }
         }
         let id = Uuid::now_v7();
-        open.put(
-            key,
-            Open {
-                id,
-                first_ms: at_ms,
-                last_ms: at_ms,
-            },
-        );
+        open.put(key, Open { id, first_ms: at_ms, last_ms: at_ms });
         id.to_string()
     }
 }
@@ -78,18 +68,10 @@ mod tests {
         let s = Sessions::new(10, 30);
         let a = s.session_for(1, "p", 0);
         assert_eq!(s.session_for(1, "p", 29 * MIN), a);
-        assert_eq!(
-            s.session_for(1, "p", 58 * MIN),
-            a,
-            "activity extends the session"
-        );
+        assert_eq!(s.session_for(1, "p", 58 * MIN), a, "activity extends the session");
         let b = s.session_for(1, "p", 89 * MIN);
         assert_ne!(a, b);
-        assert_ne!(
-            s.session_for(2, "p", 89 * MIN),
-            b,
-            "projects do not share sessions"
-        );
+        assert_ne!(s.session_for(2, "p", 89 * MIN), b, "projects do not share sessions");
     }
 
     #[test]
@@ -105,10 +87,6 @@ mod tests {
         let a = s.session_for(1, "a", 0);
         s.session_for(1, "b", 0);
         s.session_for(1, "c", 0);
-        assert_ne!(
-            s.session_for(1, "a", 1),
-            a,
-            "the oldest person was forgotten"
-        );
+        assert_ne!(s.session_for(1, "a", 1), a, "the oldest person was forgotten");
     }
 }

@@ -16,30 +16,18 @@ pub struct KeyCache {
 
 impl KeyCache {
     pub fn new(control: Arc<ControlPlane>, ttl: Duration) -> KeyCache {
-        KeyCache {
-            control,
-            ttl,
-            entries: RwLock::new(HashMap::new()),
-        }
+        KeyCache { control, ttl, entries: RwLock::new(HashMap::new()) }
     }
 
     /// The project `key` belongs to and the kind it was issued as.
     pub fn lookup(&self, key: &str) -> Result<Option<(Arc<Project>, KeyKind)>, ControlError> {
-        if let Some((project, kind, at)) = self
-            .entries
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(key)
-        {
+        if let Some((project, kind, at)) = self.entries.read().unwrap_or_else(|p| p.into_inner()).get(key) {
             if at.elapsed() < self.ttl {
                 return Ok(Some((project.clone(), *kind)));
             }
         }
         let Some((project, kind)) = self.control.project_by_key(key)? else {
-            self.entries
-                .write()
-                .unwrap_or_else(|p| p.into_inner())
-                .remove(key);
+            self.entries.write().unwrap_or_else(|p| p.into_inner()).remove(key);
             return Ok(None);
         };
         let project = Arc::new(project);

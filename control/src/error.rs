@@ -16,9 +16,7 @@ impl leanloop_core::Classify for ControlError {
     fn class(&self) -> leanloop_core::ErrorClass {
         use leanloop_core::ErrorClass;
         match self {
-            ControlError::InvalidName => ErrorClass::BadRequest {
-                field: Some("name".into()),
-            },
+            ControlError::InvalidName => ErrorClass::BadRequest { field: Some("name".into()) },
             ControlError::NoSuchProject(_) => ErrorClass::NotFound,
             ControlError::Sqlite(_) | ControlError::SchemaTooNew { .. } => ErrorClass::Internal,
         }

@@ -20,9 +20,7 @@ impl KeyKind {
 
     /// Which kind a key claims to be, from its prefix.
     pub fn of(key: &str) -> Option<KeyKind> {
-        [KeyKind::Write, KeyKind::Read]
-            .into_iter()
-            .find(|k| key.starts_with(k.prefix()))
+        [KeyKind::Write, KeyKind::Read].into_iter().find(|k| key.starts_with(k.prefix()))
     }
 }
 
@@ -31,9 +29,7 @@ const ALPHABET: &[u8] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqr
 /// A new random key: the kind's prefix and 32 base-62 characters (190 bits).
 pub fn generate_key(kind: KeyKind) -> String {
     let mut rng = rand::rng();
-    let body: String = (0..32)
-        .map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char)
-        .collect();
+    let body: String = (0..32).map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char).collect();
     format!("{}{}", kind.prefix(), body)
 }
 

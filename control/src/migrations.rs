@@ -34,10 +34,7 @@ pub fn latest_version() -> i64 {
 pub fn apply(conn: &mut Connection) -> Result<i64, ControlError> {
     let current: i64 = conn.query_row("PRAGMA user_version", [], |row| row.get(0))?;
     if current > latest_version() {
-        return Err(ControlError::SchemaTooNew {
-            found: current,
-            known: latest_version(),
-        });
+        return Err(ControlError::SchemaTooNew { found: current, known: latest_version() });
     }
     for (index, sql) in STEPS.iter().enumerate().skip(current as usize) {
         let tx = conn.transaction()?;

@@ -36,16 +36,12 @@ impl ControlPlane {
         conn.pragma_update(None, "foreign_keys", true)?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         migrations::apply(&mut conn)?;
-        Ok(ControlPlane {
-            conn: Mutex::new(conn),
-        })
+        Ok(ControlPlane { conn: Mutex::new(conn) })
     }
 
     fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
         // A panic while holding the lock cannot leave SQLite inconsistent.
-        self.conn
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.conn.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Creates a project in the default organisation with fresh keys.
@@ -61,11 +57,8 @@ impl ControlPlane {
             "INSERT INTO organisations (name, created_at) VALUES (?1, ?2) ON CONFLICT(name) DO NOTHING",
             params![DEFAULT_ORGANISATION, now],
         )?;
-        let organisation_id: i64 = tx.query_row(
-            "SELECT id FROM organisations WHERE name = ?1",
-            [DEFAULT_ORGANISATION],
-            |row| row.get(0),
-        )?;
+        let organisation_id: i64 =
+            tx.query_row("SELECT id FROM organisations WHERE name = ?1", [DEFAULT_ORGANISATION], |row| row.get(0))?;
         let write_key = generate_key(KeyKind::Write);
         let read_key = generate_key(KeyKind::Read);
         tx.execute(
@@ -75,21 +68,12 @@ impl ControlPlane {
         )?;
         let id = tx.last_insert_rowid();
         tx.commit()?;
-        Ok(Project {
-            id,
-            organisation_id,
-            name: name.to_owned(),
-            write_key,
-            read_key,
-            store_full_ip: false,
-        })
+        Ok(Project { id, organisation_id, name: name.to_owned(), write_key, read_key, store_full_ip: false })
     }
 
     pub fn projects(&self) -> Result<Vec<Project>, ControlError> {
         let conn = self.conn();
-        let mut stmt = conn.prepare(&format!(
-            "SELECT {PROJECT_COLUMNS} FROM projects ORDER BY id"
-        ))?;
+        let mut stmt = conn.prepare(&format!("SELECT {PROJECT_COLUMNS} FROM projects ORDER BY id"))?;
         let rows = stmt.query_map([], project_from_row)?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
@@ -108,27 +92,18 @@ impl ControlPlane {
             KeyKind::Write => "write_key = ?1",
             KeyKind::Read => "read_key = ?1",
         };
-        Ok(self
-            .find(column, rusqlite::types::Value::Text(key.to_owned()))?
-            .map(|p| (p, kind)))
+        Ok(self.find(column, rusqlite::types::Value::Text(key.to_owned()))?.map(|p| (p, kind)))
     }
 
     pub fn set_store_full_ip(&self, id: i64, on: bool) -> Result<(), ControlError> {
-        let changed = self.conn().execute(
-            "UPDATE projects SET store_full_ip = ?1 WHERE id = ?2",
-            params![on, id],
-        )?;
+        let changed = self.conn().execute("UPDATE projects SET store_full_ip = ?1 WHERE id = ?2", params![on, id])?;
         if changed == 0 {
             return Err(ControlError::NoSuchProject(id));
         }
         Ok(())
     }
 
-    fn find(
-        &self,
-        condition: &str,
-        value: rusqlite::types::Value,
-    ) -> Result<Option<Project>, ControlError> {
+    fn find(&self, condition: &str, value: rusqlite::types::Value) -> Result<Option<Project>, ControlError> {
         let conn = self.conn();
         let sql = format!("SELECT {PROJECT_COLUMNS} FROM projects WHERE {condition}");
         Ok(conn.query_row(&sql, [value], project_from_row).optional()?)
@@ -158,19 +133,10 @@ mod tests {
         let a = cp.create_project("Shop").unwrap();
         let b = cp.create_project("Blog").unwrap();
         assert_ne!(a.id, b.id);
-        assert_eq!(
-            cp.project_by_key(&a.write_key).unwrap(),
-            Some((a.clone(), KeyKind::Write))
-        );
-        assert_eq!(
-            cp.project_by_key(&b.read_key).unwrap(),
-            Some((b.clone(), KeyKind::Read))
-        );
+        assert_eq!(cp.project_by_key(&a.write_key).unwrap(), Some((a.clone(), KeyKind::Write)));
+        assert_eq!(cp.project_by_key(&b.read_key).unwrap(), Some((b.clone(), KeyKind::Read)));
         assert_eq!(cp.project_by_key("llw_nope").unwrap(), None);
-        assert!(matches!(
-            cp.create_project("  "),
-            Err(ControlError::InvalidName)
-        ));
+        assert!(matches!(cp.create_project("  "), Err(ControlError::InvalidName)));
         drop(cp);
         let cp = ControlPlane::open(&path).unwrap();
         assert_eq!(cp.projects().unwrap(), vec![a, b]);
@@ -180,13 +146,7 @@ mod tests {
     fn refuses_a_newer_schema() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("control.sqlite");
-        Connection::open(&path)
-            .unwrap()
-            .pragma_update(None, "user_version", 99)
-            .unwrap();
-        assert!(matches!(
-            ControlPlane::open(&path),
-            Err(ControlError::SchemaTooNew { found: 99, .. })
-        ));
+        Connection::open(&path).unwrap().pragma_update(None, "user_version", 99).unwrap();
+        assert!(matches!(ControlPlane::open(&path), Err(ControlError::SchemaTooNew { found: 99, .. })));
     }
 }

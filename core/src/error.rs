@@ -69,69 +69,37 @@ impl ApiError {
         if class == ErrorClass::Internal {
             let id = uuid::Uuid::new_v4();
             tracing::error!(error = %err, error_id = %id, "internal error");
-            return ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "internal",
-                format!("internal error (id {id})"),
-            );
+            return ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", format!("internal error (id {id})"));
         }
         ApiError::from_class(class, err.to_string())
     }
 
     pub fn from_class(class: ErrorClass, message: String) -> ApiError {
         let (status, code, field, retry) = match class {
-            ErrorClass::BadRequest { field } => {
-                (StatusCode::BAD_REQUEST, "bad_request", field, None)
-            }
+            ErrorClass::BadRequest { field } => (StatusCode::BAD_REQUEST, "bad_request", field, None),
             ErrorClass::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized", None, None),
             ErrorClass::Forbidden => (StatusCode::FORBIDDEN, "forbidden", None, None),
             ErrorClass::NotFound => (StatusCode::NOT_FOUND, "not_found", None, None),
-            ErrorClass::TooLarge { field } => {
-                (StatusCode::PAYLOAD_TOO_LARGE, "too_large", field, None)
+            ErrorClass::TooLarge { field } => (StatusCode::PAYLOAD_TOO_LARGE, "too_large", field, None),
+            ErrorClass::Unavailable { retry_after_secs } => {
+                (StatusCode::SERVICE_UNAVAILABLE, "unavailable", None, Some(retry_after_secs))
             }
-            ErrorClass::Unavailable { retry_after_secs } => (
-                StatusCode::SERVICE_UNAVAILABLE,
-                "unavailable",
-                None,
-                Some(retry_after_secs),
-            ),
             ErrorClass::Internal => (StatusCode::INTERNAL_SERVER_ERROR, "internal", None, None),
         };
-        ApiError {
-            status,
-            code,
-            message,
-            field,
-            retry_after_secs: retry,
-        }
+        ApiError { status, code, message, field, retry_after_secs: retry }
     }
 
     pub fn new(status: StatusCode, code: &'static str, message: String) -> ApiError {
-        ApiError {
-            status,
-            code,
-            message,
-            field: None,
-            retry_after_secs: None,
-        }
+        ApiError { status, code, message, field: None, retry_after_secs: None }
     }
 
     pub fn bad_request(field: &str, message: impl Into<String>) -> ApiError {
-        ApiError::from_class(
-            ErrorClass::BadRequest {
-                field: Some(field.to_owned()),
-            },
-            message.into(),
-        )
+        ApiError::from_class(ErrorClass::BadRequest { field: Some(field.to_owned()) }, message.into())
     }
 
     pub fn to_json(&self) -> serde_json::Value {
         serde_json::to_value(Body {
-            error: Inner {
-                code: self.code,
-                message: &self.message,
-                field: self.field.as_deref(),
-            },
+            error: Inner { code: self.code, message: &self.message, field: self.field.as_deref() },
         })
         .unwrap_or_default()
     }
@@ -141,9 +109,7 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let mut response = (self.status, axum::Json(self.to_json())).into_response();
         if let Some(secs) = self.retry_after_secs {
-            response
-                .headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }
         response
     }

@@ -31,13 +31,8 @@ struct ProjectRow {
 pub fn router(control: Arc<ControlPlane>) -> Router {
     let mut templates = Handlebars::new();
     templates.set_strict_mode(true);
-    templates
-        .register_template_string("home", HOME)
-        .expect("home template is valid");
-    let pages = Pages {
-        control,
-        templates: Arc::new(templates),
-    };
+    templates.register_template_string("home", HOME).expect("home template is valid");
+    let pages = Pages { control, templates: Arc::new(templates) };
     Router::new().route("/", get(home)).with_state(pages)
 }
 
@@ -45,31 +40,15 @@ async fn home(State(pages): State<Pages>) -> Response {
     let projects = match pages.control.projects() {
         Ok(projects) => projects,
         Err(err) => {
-            return leanloop_core::ApiError::from_class(
-                leanloop_core::ErrorClass::Internal,
-                err.to_string(),
-            )
-            .into_response()
+            return leanloop_core::ApiError::from_class(leanloop_core::ErrorClass::Internal, err.to_string())
+                .into_response()
         }
     };
-    let rows: Vec<ProjectRow> = projects
-        .into_iter()
-        .map(|p| ProjectRow {
-            id: p.id,
-            name: p.name,
-            write_key: p.write_key,
-        })
-        .collect();
-    match pages
-        .templates
-        .render("home", &serde_json::json!({ "projects": rows }))
-    {
+    let rows: Vec<ProjectRow> =
+        projects.into_iter().map(|p| ProjectRow { id: p.id, name: p.name, write_key: p.write_key }).collect();
+    match pages.templates.render("home", &serde_json::json!({ "projects": rows })) {
         Ok(html) => Html(html).into_response(),
-        Err(err) => (
-            StatusCode::INTERNAL_SERVER_ERROR,
-            format!("rendering failed: {err}"),
-        )
-            .into_response(),
+        Err(err) => (StatusCode::INTERNAL_SERVER_ERROR, format!("rendering failed: {err}")).into_response(),
     }
 }
 
@@ -83,7 +62,10 @@ mod tests {
         hb.set_strict_mode(true);
         hb.register_template_string("home", HOME).unwrap();
         let html = hb
-            .render("home", &serde_json::json!({ "projects": [{ "id": 1, "name": "<b>Shop</b>", "write_key": "llw_x" }] }))
+            .render(
+                "home",
+                &serde_json::json!({ "projects": [{ "id": 1, "name": "<b>Shop</b>", "write_key": "llw_x" }] }),
+            )
             .unwrap();
         assert!(html.contains("&lt;b&gt;Shop&lt;/b&gt;"));
         assert!(html.contains("llw_x"));

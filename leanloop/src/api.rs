@@ -1,11 +1,12 @@
 //! The read API, authorised by a project's secret read key as a Bearer token.
 
 use crate::app::Shared;
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap};
 use axum::routing::get;
 use axum::{Json, Router};
-use leanloop_analytics::{AnalyticsError, EventQuery};
+use leanloop_analytics::{Analytics, AnalyticsError, EventQuery};
 use leanloop_control::KeyKind;
 use leanloop_core::{ApiError, ErrorClass};
 use serde_json::{json, Value};
@@ -19,39 +20,26 @@ pub fn router(shared: Shared) -> Router {
 
 /// Checks the Bearer read key belongs to project `id`.
 fn authorise(shared: &Shared, headers: &HeaderMap, id: &str) -> Result<i64, ApiError> {
-    let unauthorized =
-        |message: &str| ApiError::from_class(ErrorClass::Unauthorized, message.to_owned());
+    let unauthorized = |message: &str| ApiError::from_class(ErrorClass::Unauthorized, message.to_owned());
     let key = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| {
-            v.strip_prefix("Bearer ")
-                .or_else(|| v.strip_prefix("bearer "))
-        })
+        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
         .map(str::trim)
-        .ok_or_else(|| {
-            unauthorized("send the project's read key as `Authorization: Bearer <key>`")
-        })?;
-    let id: i64 = id
-        .parse()
-        .map_err(|_| ApiError::bad_request("id", "project id must be a number"))?;
+        .ok_or_else(|| unauthorized("send the project's read key as `Authorization: Bearer <key>`"))?;
+    let id: i64 = id.parse().map_err(|_| ApiError::bad_request("id", "project id must be a number"))?;
     match shared.keys.lookup(key)? {
         Some((project, KeyKind::Read)) if project.id == id => Ok(id),
-        Some((_, KeyKind::Read)) => Err(ApiError::from_class(
-            ErrorClass::Forbidden,
-            format!("this read key is not for project {id}"),
-        )),
-        Some((_, KeyKind::Write)) => Err(unauthorized(
-            "this is a write key; the query API needs the read key",
-        )),
+        Some((_, KeyKind::Read)) => {
+            Err(ApiError::from_class(ErrorClass::Forbidden, format!("this read key is not for project {id}")))
+        }
+        Some((_, KeyKind::Write)) => Err(unauthorized("this is a write key; the query API needs the read key")),
         None => Err(unauthorized("unknown read key")),
     }
 }
 
 /// Rejections of the query string name the parameter at fault.
-fn query(
-    q: Result<Query<EventQuery>, axum::extract::rejection::QueryRejection>,
-) -> Result<EventQuery, ApiError> {
+fn query(q: Result<Query<EventQuery>, QueryRejection>) -> Result<EventQuery, ApiError> {
     q.map(|Query(q)| q).map_err(|e| {
         let text = e.body_text();
         let field = text.split('`').nth(1).unwrap_or("query").to_owned();
@@ -68,16 +56,26 @@ async fn blocking<T: Send + 'static>(
         .map_err(ApiError::from)
 }
 
+/// Authorises, validates the query, and answers it off the runtime.
+async fn answer<T: serde::Serialize + Send + 'static>(
+    shared: Shared,
+    id: String,
+    headers: HeaderMap,
+    q: Result<Query<EventQuery>, QueryRejection>,
+    ask: impl FnOnce(&Analytics, i64, &EventQuery) -> Result<T, AnalyticsError> + Send + 'static,
+) -> Result<T, ApiError> {
+    let project = authorise(&shared, &headers, &id)?;
+    let q = query(q)?;
+    blocking(move || ask(&shared.analytics, project, &q)).await
+}
+
 async fn count_events(
     State(shared): State<Shared>,
     Path(id): Path<String>,
     headers: HeaderMap,
-    q: Result<Query<EventQuery>, axum::extract::rejection::QueryRejection>,
+    q: Result<Query<EventQuery>, QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
-    let project = authorise(&shared, &headers, &id)?;
-    let q = query(q)?;
-    let analytics = shared.analytics.clone();
-    let count = blocking(move || analytics.count(project, &q)).await?;
+    let count = answer(shared, id, headers, q, |a, project, q| a.count(project, q)).await?;
     Ok(Json(json!({ "count": count })))
 }
 
@@ -85,11 +83,8 @@ async fn list_events(
     State(shared): State<Shared>,
     Path(id): Path<String>,
     headers: HeaderMap,
-    q: Result<Query<EventQuery>, axum::extract::rejection::QueryRejection>,
+    q: Result<Query<EventQuery>, QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
-    let project = authorise(&shared, &headers, &id)?;
-    let q = query(q)?;
-    let analytics = shared.analytics.clone();
-    let events = blocking(move || analytics.recent(project, &q)).await?;
+    let events = answer(shared, id, headers, q, |a, project, q| a.recent(project, q)).await?;
     Ok(Json(json!({ "events": events })))
 }

@@ -52,44 +52,23 @@ impl App {
         };
         let store_path = config.data_dir.join("events.duckdb");
         let duckdb = config.duckdb.clone();
-        let store: Arc<dyn EventStore> = Arc::new(
-            tokio::task::spawn_blocking(move || DuckDbStore::open(&store_path, &duckdb)).await??,
-        );
+        let store: Arc<dyn EventStore> =
+            Arc::new(tokio::task::spawn_blocking(move || DuckDbStore::open(&store_path, &duckdb)).await??);
         let keys = Arc::new(KeyCache::new(control.clone(), KEY_CACHE_TTL));
         let collector = Collector::start(config.collector.clone(), keys.clone(), store.clone());
-        let shared = Shared {
-            keys,
-            analytics: Analytics::new(store.clone()),
-            collector: collector.clone(),
-            metrics,
-        };
+        let shared = Shared { keys, analytics: Analytics::new(store.clone()), collector: collector.clone(), metrics };
         let router = Router::new()
             .merge(collector.router())
             .merge(api::router(shared.clone()))
             .merge(ops::router(shared.clone()))
             .merge(leanloop_dashboard::router(control.clone()))
-            .layer(TimeoutLayer::with_status_code(
-                axum::http::StatusCode::SERVICE_UNAVAILABLE,
-                config.request_timeout,
-            ));
-        let listener = TcpListener::bind(config.listen)
-            .await
-            .with_context(|| format!("binding {}", config.listen))?;
-        Ok(App {
-            listener,
-            router,
-            collector,
-            control,
-            store,
-            config,
-            default_project,
-        })
+            .layer(TimeoutLayer::with_status_code(axum::http::StatusCode::SERVICE_UNAVAILABLE, config.request_timeout));
+        let listener = TcpListener::bind(config.listen).await.with_context(|| format!("binding {}", config.listen))?;
+        Ok(App { listener, router, collector, control, store, config, default_project })
     }
 
     pub fn address(&self) -> SocketAddr {
-        self.listener
-            .local_addr()
-            .expect("a bound listener has an address")
+        self.listener.local_addr().expect("a bound listener has an address")
     }
 
     pub fn port(&self) -> u16 {
@@ -115,13 +94,7 @@ impl App {
     /// Serves until `shutdown` is cancelled: stops accepting, lets requests in
     /// flight finish, then stores everything queued (up to the shutdown timeout).
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> Result<()> {
-        let App {
-            listener,
-            router,
-            collector,
-            config,
-            ..
-        } = self;
+        let App { listener, router, collector, config, .. } = self;
         let service = router.into_make_service_with_connect_info::<SocketAddr>();
         axum::serve(listener, service)
             .with_graceful_shutdown(shutdown.cancelled_owned())
@@ -130,10 +103,7 @@ impl App {
         let timeout = config.shutdown_timeout;
         let left = tokio::task::spawn_blocking(move || collector.queue().drain(timeout)).await?;
         if left > 0 {
-            tracing::error!(
-                items = left,
-                "shutdown timed out before the queue was stored"
-            );
+            tracing::error!(items = left, "shutdown timed out before the queue was stored");
         } else {
             tracing::info!("queue drained; stopped");
         }

@@ -57,8 +57,7 @@ pub struct Overrides {
 
 impl RawConfig {
     pub fn from_file(path: &Path) -> Result<RawConfig> {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("reading config file {}", path.display()))?;
+        let text = std::fs::read_to_string(path).with_context(|| format!("reading config file {}", path.display()))?;
         toml::from_str(&text).with_context(|| format!("parsing config file {}", path.display()))
     }
 
@@ -77,26 +76,17 @@ impl RawConfig {
 
     pub fn build_and_validate(self) -> Result<Config> {
         let listen = self.listen.as_deref().unwrap_or(DEFAULT_LISTEN);
-        let listen: SocketAddr = listen
-            .parse()
-            .with_context(|| format!("listen: `{listen}` is not an address like 127.0.0.1:8080"))?;
+        let listen: SocketAddr =
+            listen.parse().with_context(|| format!("listen: `{listen}` is not an address like 127.0.0.1:8080"))?;
         self.collector.validate().map_err(anyhow::Error::msg)?;
-        let memory_limit = self
-            .store
-            .duckdb_memory_limit
-            .unwrap_or_else(|| "256MB".into());
-        if !memory_limit
-            .chars()
-            .next()
-            .is_some_and(|c| c.is_ascii_digit())
-        {
+        let memory_limit = self.store.duckdb_memory_limit.unwrap_or_else(|| "256MB".into());
+        if !memory_limit.chars().next().is_some_and(|c| c.is_ascii_digit()) {
             bail!("store.duckdb_memory_limit: `{memory_limit}` is not a size like 256MB");
         }
-        let threads = self.store.duckdb_threads.unwrap_or_else(|| {
-            std::thread::available_parallelism()
-                .map(|n| n.get())
-                .unwrap_or(2)
-        });
+        let threads = self
+            .store
+            .duckdb_threads
+            .unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2));
         if threads == 0 {
             bail!("store.duckdb_threads must be at least 1");
         }
@@ -104,16 +94,9 @@ impl RawConfig {
             listen,
             data_dir: self.data_dir.unwrap_or_else(|| DEFAULT_DATA_DIR.into()),
             collector: self.collector,
-            duckdb: leanloop_store::duckdb::DuckDbOptions {
-                memory_limit,
-                threads,
-            },
-            shutdown_timeout: std::time::Duration::from_secs(
-                self.shutdown_timeout_secs.unwrap_or(30),
-            ),
-            request_timeout: std::time::Duration::from_secs(
-                self.request_timeout_secs.unwrap_or(30).max(1),
-            ),
+            duckdb: leanloop_store::duckdb::DuckDbOptions { memory_limit, threads },
+            shutdown_timeout: std::time::Duration::from_secs(self.shutdown_timeout_secs.unwrap_or(30)),
+            request_timeout: std::time::Duration::from_secs(self.request_timeout_secs.unwrap_or(30).max(1)),
         })
     }
 }
@@ -121,10 +104,7 @@ impl RawConfig {
 impl Config {
     /// File, then environment, then flags.
     pub fn load(overrides: &Overrides) -> Result<Config> {
-        let file = overrides
-            .config_file
-            .clone()
-            .or_else(|| std::env::var_os("LEANLOOP_CONFIG").map(PathBuf::from));
+        let file = overrides.config_file.clone().or_else(|| std::env::var_os("LEANLOOP_CONFIG").map(PathBuf::from));
         let mut raw = match file {
             Some(path) => RawConfig::from_file(&path)?,
             None => RawConfig::default(),
@@ -142,13 +122,9 @@ impl Config {
     /// Defaults with the given data directory and an ephemeral port: for tests
     /// and benchmarks.
     pub fn for_tests(data_dir: &Path) -> Config {
-        RawConfig {
-            listen: Some("127.0.0.1:0".into()),
-            data_dir: Some(data_dir.into()),
-            ..RawConfig::default()
-        }
-        .build_and_validate()
-        .expect("default configuration is valid")
+        RawConfig { listen: Some("127.0.0.1:0".into()), data_dir: Some(data_dir.into()), ..RawConfig::default() }
+            .build_and_validate()
+            .expect("default configuration is valid")
     }
 }
 
@@ -159,10 +135,7 @@ mod tests {
     #[test]
     fn example_config_parses() {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../leanloop.example.toml");
-        let config = RawConfig::from_file(&path)
-            .unwrap()
-            .build_and_validate()
-            .unwrap();
+        let config = RawConfig::from_file(&path).unwrap().build_and_validate().unwrap();
         assert_eq!(config.listen.to_string(), DEFAULT_LISTEN);
         assert_eq!(config.collector, CollectorConfig::default());
     }
@@ -171,25 +144,12 @@ mod tests {
     fn env_overrides_file_and_bad_values_are_named() {
         let mut raw: RawConfig = toml::from_str("listen = \"127.0.0.1:9000\"").unwrap();
         raw.apply_env(|name| (name == "LEANLOOP_LISTEN").then(|| "0.0.0.0:9100".to_owned()));
-        assert_eq!(
-            raw.clone().build_and_validate().unwrap().listen.port(),
-            9100
-        );
+        assert_eq!(raw.clone().build_and_validate().unwrap().listen.port(), 9100);
         raw.listen = Some("nowhere".into());
-        assert!(raw
-            .build_and_validate()
-            .unwrap_err()
-            .to_string()
-            .contains("listen"));
-        let err = toml::from_str::<RawConfig>("colour = 1")
-            .unwrap_err()
-            .to_string();
+        assert!(raw.build_and_validate().unwrap_err().to_string().contains("listen"));
+        let err = toml::from_str::<RawConfig>("colour = 1").unwrap_err().to_string();
         assert!(err.contains("colour"), "{err}");
         let raw: RawConfig = toml::from_str("[collector]\nqueue_capacity = 0").unwrap();
-        assert!(raw
-            .build_and_validate()
-            .unwrap_err()
-            .to_string()
-            .contains("queue_capacity"));
+        assert!(raw.build_and_validate().unwrap_err().to_string().contains("queue_capacity"));
     }
 }

@@ -7,11 +7,7 @@ use std::path::PathBuf;
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
-#[command(
-    name = "leanloop",
-    version,
-    about = "Ship a release, watch what users do with it, decide from data."
-)]
+#[command(name = "leanloop", version, about = "Ship a release, watch what users do with it, decide from data.")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -85,12 +81,7 @@ fn main() -> Result<()> {
 async fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Serve { listen, common } => {
-            serve(Overrides {
-                config_file: common.config,
-                listen,
-                data_dir: common.data_dir,
-            })
-            .await
+            serve(Overrides { config_file: common.config, listen, data_dir: common.data_dir }).await
         }
         Command::Project { command } => project(command),
         Command::Bench { command } => leanloop::bench::run(command).await,
@@ -142,40 +133,30 @@ async fn wait_for_signal() {
 
 fn project(command: ProjectCommand) -> Result<()> {
     let common = match &command {
-        ProjectCommand::Create { common, .. } | ProjectCommand::List { common, .. } => {
-            common.clone()
-        }
+        ProjectCommand::Create { common, .. } | ProjectCommand::List { common, .. } => common.clone(),
     };
-    let config = Config::load(&Overrides {
-        config_file: common.config,
-        listen: None,
-        data_dir: common.data_dir,
-    })?;
+    let config = Config::load(&Overrides { config_file: common.config, listen: None, data_dir: common.data_dir })?;
     std::fs::create_dir_all(&config.data_dir)?;
     let control = leanloop_control::ControlPlane::open(&config.data_dir.join("control.sqlite"))?;
     match command {
-        ProjectCommand::Create {
-            name, json: true, ..
-        } => {
+        ProjectCommand::Create { name, json: true, .. } => {
             let p = control.create_project(&name)?;
             println!(
                 "{}",
                 serde_json::json!({ "id": p.id, "name": p.name, "write_key": p.write_key, "read_key": p.read_key })
             );
         }
-        ProjectCommand::Create {
-            name, json: false, ..
-        } => {
+        ProjectCommand::Create { name, json: false, .. } => {
             let p = control.create_project(&name)?;
-            println!(
-                "Project \"{}\" (id {})\n  write key  {}\n  read key   {}",
-                p.name, p.id, p.write_key, p.read_key
-            );
+            println!("Project \"{}\" (id {})\n  write key  {}\n  read key   {}", p.name, p.id, p.write_key, p.read_key);
         }
         ProjectCommand::List { json, .. } => {
             let projects = control.projects()?;
             if json {
-                let rows: Vec<_> = projects.iter().map(|p| serde_json::json!({ "id": p.id, "name": p.name, "write_key": p.write_key })).collect();
+                let rows: Vec<_> = projects
+                    .iter()
+                    .map(|p| serde_json::json!({ "id": p.id, "name": p.name, "write_key": p.write_key }))
+                    .collect();
                 println!("{}", serde_json::Value::Array(rows));
             } else {
                 for p in projects {

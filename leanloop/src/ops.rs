@@ -15,10 +15,7 @@ const READY_QUEUE_SHARE: f64 = 0.9;
 
 pub fn router(shared: Shared) -> Router {
     Router::new()
-        .route(
-            "/healthz",
-            get(|| async { Json(json!({ "status": "ok" })) }),
-        )
+        .route("/healthz", get(|| async { Json(json!({ "status": "ok" })) }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .with_state(shared)
@@ -29,20 +26,10 @@ async fn readyz(State(shared): State<Shared>) -> impl IntoResponse {
     let depth = queue.depth();
     let capacity = queue.capacity();
     let ready = (depth as f64) < READY_QUEUE_SHARE * capacity as f64;
-    let status = if ready {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
-    };
-    (
-        status,
-        Json(json!({ "ready": ready, "queue_depth": depth, "queue_capacity": capacity })),
-    )
+    let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (status, Json(json!({ "ready": ready, "queue_depth": depth, "queue_capacity": capacity })))
 }
 
 async fn metrics(State(shared): State<Shared>) -> impl IntoResponse {
-    (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        shared.metrics.render(),
-    )
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], shared.metrics.render())
 }

@@ -16,11 +16,7 @@ fn project_create_prints_keys_as_json() {
         .arg(dir.path())
         .output()
         .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
     let project: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
     assert!(project["id"].as_i64().unwrap() >= 1);
     assert!(project["write_key"].as_str().unwrap().starts_with("llw_"));
@@ -33,72 +29,48 @@ fn project_create_prints_keys_as_json() {
         .output()
         .unwrap();
     assert!(output.status.success());
-    assert!(
-        env_dir.path().join("control.sqlite").exists(),
-        "LEANLOOP_DATA_DIR is honoured"
-    );
+    assert!(env_dir.path().join("control.sqlite").exists(), "LEANLOOP_DATA_DIR is honoured");
 
-    let output = Command::new(BIN)
-        .args(["project", "create", " ", "--data-dir"])
-        .arg(dir.path())
-        .output()
-        .unwrap();
+    let output = Command::new(BIN).args(["project", "create", " ", "--data-dir"]).arg(dir.path()).output().unwrap();
     assert!(!output.status.success());
     assert!(String::from_utf8_lossy(&output.stderr).contains("name"));
+}
+
+/// A `leanloop serve` child on a free port and the banner it printed, up to
+/// and including the read key.
+fn serve(dir: &std::path::Path) -> (std::process::Child, String) {
+    let mut child = Command::new(BIN)
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut banner = Vec::new();
+    for line in BufReader::new(child.stdout.take().unwrap()).lines() {
+        let line = line.unwrap();
+        let done = line.contains("read key");
+        banner.push(line);
+        if done {
+            break;
+        }
+    }
+    (child, banner.join("\n"))
+}
+
+/// The value printed after `label` on its banner line.
+fn banner_value(banner: &str, label: &str) -> String {
+    banner.split(label).nth(1).unwrap().lines().next().unwrap().trim().to_owned()
 }
 
 #[test]
 fn serve_prints_where_to_send_and_stops_cleanly() {
     let dir = tempfile::tempdir().unwrap();
-    let mut child = Command::new(BIN)
-        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
-        .arg(dir.path())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let mut printed = Vec::new();
-    for line in lines.by_ref() {
-        let line = line.unwrap();
-        let done = line.contains("read key");
-        printed.push(line);
-        if done {
-            break;
-        }
-    }
-    let text = printed.join("\n");
-    let base = text
-        .split("listening on ")
-        .nth(1)
-        .unwrap()
-        .lines()
-        .next()
-        .unwrap()
-        .trim()
-        .to_owned();
-    let write_key = text
-        .split("write key")
-        .nth(1)
-        .unwrap()
-        .lines()
-        .next()
-        .unwrap()
-        .trim()
-        .to_owned();
-    let read_key = text
-        .split("read key")
-        .nth(1)
-        .unwrap()
-        .lines()
-        .next()
-        .unwrap()
-        .trim()
-        .to_owned();
-    assert!(
-        text.contains("/v1/batch") && text.contains("/metrics"),
-        "{text}"
-    );
+    let (mut child, text) = serve(dir.path());
+    let base = banner_value(&text, "listening on ");
+    let write_key = banner_value(&text, "write key");
+    let read_key = banner_value(&text, "read key");
+    assert!(text.contains("/v1/batch") && text.contains("/metrics"), "{text}");
 
     let client = reqwest::blocking::Client::new();
     let r = client
@@ -111,40 +83,16 @@ fn serve_prints_where_to_send_and_stops_cleanly() {
 
     // SIGTERM: finish, store the queue, exit 0.
     let pid = child.id().to_string();
-    assert!(Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap()
-        .success());
+    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
     let (done, exited) = std::sync::mpsc::channel();
     std::thread::spawn(move || done.send(child.wait()));
-    let status = exited
-        .recv_timeout(Duration::from_secs(30))
-        .expect("serve stops after SIGTERM")
-        .unwrap();
+    let status = exited.recv_timeout(Duration::from_secs(30)).expect("serve stops after SIGTERM").unwrap();
     assert!(status.success());
 
     // Restarted over the same directory: same project, the event is there.
-    let mut child = Command::new(BIN)
-        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
-        .arg(dir.path())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let first = lines.next().unwrap().unwrap();
-    let base = first
-        .split("listening on ")
-        .nth(1)
-        .unwrap()
-        .trim()
-        .to_owned();
-    let again: Vec<String> = lines.by_ref().take(9).map(Result::unwrap).collect();
-    assert!(
-        again.iter().any(|l| l.contains(&read_key)),
-        "the default project is kept: {again:?}"
-    );
+    let (mut child, again) = serve(dir.path());
+    assert_eq!(banner_value(&again, "read key"), read_key, "the default project is kept");
+    let base = banner_value(&again, "listening on ");
     let count: serde_json::Value = client
         .get(format!("{base}/api/v1/projects/1/events/count"))
         .bearer_auth(&read_key)

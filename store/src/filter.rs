@@ -14,9 +14,6 @@ pub struct EventFilter {
 
 impl EventFilter {
     pub fn project(project_id: i64) -> EventFilter {
-        EventFilter {
-            project_id,
-            ..EventFilter::default()
-        }
+        EventFilter { project_id, ..EventFilter::default() }
     }
 }

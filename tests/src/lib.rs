@@ -37,10 +37,7 @@ impl TestServer {
     }
 
     /// Starts over an existing data directory (to test restarts).
-    pub async fn start_in(
-        data_dir: tempfile::TempDir,
-        adjust: impl FnOnce(&mut Config),
-    ) -> TestServer {
+    pub async fn start_in(data_dir: tempfile::TempDir, adjust: impl FnOnce(&mut Config)) -> TestServer {
         let mut config = Config::for_tests(data_dir.path());
         config.duckdb.memory_limit = "256MB".into();
         adjust(&mut config);
@@ -83,47 +80,27 @@ impl TestServer {
     /// Waits until everything queued has been stored.
     pub async fn settle(&self) {
         let queue = self.collector.queue();
-        eventually("the ingest queue to drain", || async {
-            (queue.depth() == 0).then_some(())
-        })
-        .await;
+        eventually("the ingest queue to drain", || async { (queue.depth() == 0).then_some(()) }).await;
     }
 
     /// Stored events matching `query` (after the queue has drained).
     pub async fn count(&self, query: &[(&str, &str)]) -> u64 {
         self.settle().await;
-        let answer = self
-            .read(
-                &format!("/api/v1/projects/{}/events/count", self.project.id),
-                query,
-            )
-            .await;
+        let answer = self.read(&format!("/api/v1/projects/{}/events/count", self.project.id), query).await;
         answer["count"].as_u64().expect("count is a number")
     }
 
     /// Newest events matching `query`.
     pub async fn events(&self, query: &[(&str, &str)]) -> Vec<Value> {
         self.settle().await;
-        let answer = self
-            .read(
-                &format!("/api/v1/projects/{}/events", self.project.id),
-                query,
-            )
-            .await;
-        answer["events"]
-            .as_array()
-            .expect("events is a list")
-            .clone()
+        let answer = self.read(&format!("/api/v1/projects/{}/events", self.project.id), query).await;
+        answer["events"].as_array().expect("events is a list").clone()
     }
 
     /// The one stored event named `name`.
     pub async fn only_event(&self, name: &str) -> Value {
         let events = self.events(&[("name", name)]).await;
-        assert_eq!(
-            events.len(),
-            1,
-            "expected one `{name}` event, got {events:#?}"
-        );
+        assert_eq!(events.len(), 1, "expected one `{name}` event, got {events:#?}");
         events.into_iter().next().expect("one event")
     }
 
@@ -131,9 +108,7 @@ impl TestServer {
     pub async fn user_traits(&self, user_id: &str) -> Option<Value> {
         self.settle().await;
         let (store, project, user) = (self.store.clone(), self.project.id, user_id.to_owned());
-        let record = tokio::task::spawn_blocking(move || store.user(project, &user))
-            .await
-            .expect("task");
+        let record = tokio::task::spawn_blocking(move || store.user(project, &user)).await.expect("task");
         record.expect("store answers").map(|r| r.traits)
     }
 
@@ -141,10 +116,7 @@ impl TestServer {
     pub async fn identity(&self, anonymous_id: &str) -> Option<String> {
         self.settle().await;
         let (store, project, anon) = (self.store.clone(), self.project.id, anonymous_id.to_owned());
-        tokio::task::spawn_blocking(move || store.identity(project, &anon))
-            .await
-            .expect("task")
-            .expect("store answers")
+        tokio::task::spawn_blocking(move || store.identity(project, &anon)).await.expect("task").expect("store answers")
     }
 
     async fn read(&self, path: &str, query: &[(&str, &str)]) -> Value {
@@ -163,10 +135,7 @@ impl TestServer {
     /// Stops gracefully: in-flight requests finish and the queue is stored.
     pub async fn stop(self) -> tempfile::TempDir {
         self.shutdown.cancel();
-        self.serving
-            .await
-            .expect("server task")
-            .expect("server stopped cleanly");
+        self.serving.await.expect("server task").expect("server stopped cleanly");
         self.data_dir
     }
 }
@@ -183,10 +152,7 @@ where
         if let Some(value) = probe().await {
             return value;
         }
-        assert!(
-            started.elapsed() < DEADLINE,
-            "timed out after {DEADLINE:?} waiting for {what}"
-        );
+        assert!(started.elapsed() < DEADLINE, "timed out after {DEADLINE:?} waiting for {what}");
         tokio::time::sleep(pause).await;
         pause = (pause * 2).min(Duration::from_millis(200));
     }

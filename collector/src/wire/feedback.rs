@@ -31,62 +31,38 @@ struct Feedback {
 
 pub fn decode(text: &str, max_event_bytes: usize) -> Result<Decoded, IngestError> {
     if text.len() > max_event_bytes {
-        return Err(IngestError::EventTooLarge {
-            limit: max_event_bytes,
-        });
+        return Err(IngestError::EventTooLarge { limit: max_event_bytes });
     }
     let f: Feedback = decode_item(text)?;
     let key = Text::take(f.write_key.clone());
-    Ok(Decoded {
-        key,
-        items: vec![incoming(f)],
-    })
+    Ok(Decoded { key, items: vec![incoming(f)] })
 }
 
 fn incoming(f: Feedback) -> Result<Incoming, IngestError> {
     let user_id = Id::take(f.user_id);
     let anonymous_id = Id::take(f.anonymous_id);
     if user_id.is_none() && anonymous_id.is_none() {
-        return Err(IngestError::field(
-            "userId",
-            "either `userId` or `anonymousId` is required",
-        ));
+        return Err(IngestError::field("userId", "either `userId` or `anonymousId` is required"));
     }
     let score = match f.score {
         None | Some(Value::Null) => None,
         Some(Value::Number(n)) => match n.as_u64() {
             Some(s) if s <= 10 => Some(s),
-            _ => {
-                return Err(IngestError::field(
-                    "score",
-                    "`score` must be a whole number from 0 to 10",
-                ))
-            }
+            _ => return Err(IngestError::field("score", "`score` must be a whole number from 0 to 10")),
         },
-        Some(_) => {
-            return Err(IngestError::field(
-                "score",
-                "`score` must be a whole number from 0 to 10",
-            ))
-        }
+        Some(_) => return Err(IngestError::field("score", "`score` must be a whole number from 0 to 10")),
     };
     let message = match f.message {
         None | Some(Value::Null) => None,
         Some(Value::String(s)) if s.trim().is_empty() => None,
         Some(Value::String(s)) if s.chars().count() > MAX_MESSAGE_CHARS => {
-            return Err(IngestError::field(
-                "message",
-                format!("`message` is over {MAX_MESSAGE_CHARS} characters"),
-            ))
+            return Err(IngestError::field("message", format!("`message` is over {MAX_MESSAGE_CHARS} characters")))
         }
         Some(Value::String(s)) => Some(s),
         Some(_) => return Err(IngestError::field("message", "`message` must be a string")),
     };
     if score.is_none() && message.is_none() {
-        return Err(IngestError::field(
-            "score",
-            "feedback needs a `score` (0 to 10), a `message`, or both",
-        ));
+        return Err(IngestError::field("score", "feedback needs a `score` (0 to 10), a `message`, or both"));
     }
     let category = Text::take(f.category);
     let page = Text::take(f.page);
@@ -145,9 +121,6 @@ mod tests {
         assert_eq!(field_of(r#"{"userId":"u"}"#), "score");
         assert_eq!(field_of(r#"{"score":5}"#), "userId");
         assert_eq!(field_of(r#"{"userId":"u","message":5}"#), "message");
-        assert_eq!(
-            field_of(r#"{"userId":"u","score":5,"colour":"red"}"#),
-            "colour"
-        );
+        assert_eq!(field_of(r#"{"userId":"u","score":5,"colour":"red"}"#), "colour");
     }
 }

@@ -18,9 +18,7 @@ impl<'de> Deserialize<'de> for Id {
             N(serde_json::Number),
             Null(()),
         }
-        match Raw::deserialize(d)
-            .map_err(|_| serde::de::Error::custom("expected a string or a number"))?
-        {
+        match Raw::deserialize(d).map_err(|_| serde::de::Error::custom("expected a string or a number"))? {
             Raw::S(s) => Ok(Id(non_empty(s))),
             Raw::N(n) => Ok(Id(Some(n.to_string()))),
             Raw::Null(()) => Ok(Id(None)),
@@ -94,10 +92,7 @@ impl<'de> serde::de::Visitor<'de> for TextVisitor {
     }
 
     fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Text, A::Error> {
-        while map
-            .next_entry::<serde::de::IgnoredAny, serde::de::IgnoredAny>()?
-            .is_some()
-        {}
+        while map.next_entry::<serde::de::IgnoredAny, serde::de::IgnoredAny>()?.is_some() {}
         Ok(Text(None))
     }
 }
@@ -126,12 +121,7 @@ pub enum TimeValue {
 
 /// Parses an optional timestamp; `field` names it in the error.
 pub fn parse_time(value: Option<&TimeValue>, field: &str) -> Result<Option<i64>, IngestError> {
-    let bad = || {
-        IngestError::field(
-            field,
-            format!("`{field}` is not an ISO 8601 time or epoch milliseconds"),
-        )
-    };
+    let bad = || IngestError::field(field, format!("`{field}` is not an ISO 8601 time or epoch milliseconds"));
     match value {
         None => Ok(None),
         Some(TimeValue::Millis(ms)) if ms.is_finite() && ms.abs() < 1e15 => Ok(Some(*ms as i64)),
@@ -146,23 +136,14 @@ fn parse_iso(s: &str) -> Option<i64> {
     if let Ok(t) = DateTime::parse_from_rfc3339(s) {
         return Some(t.timestamp_millis());
     }
-    [
-        "%Y-%m-%dT%H:%M:%S%.f",
-        "%Y-%m-%d %H:%M:%S%.f",
-        "%Y-%m-%dT%H:%M:%S%.f%z",
-        "%Y-%m-%d %H:%M:%S%.f%:z",
-    ]
-    .iter()
-    .find_map(|fmt| {
-        NaiveDateTime::parse_from_str(s, fmt)
-            .map(|t| t.and_utc().timestamp_millis())
-            .ok()
-            .or_else(|| {
-                DateTime::parse_from_str(s, fmt)
-                    .ok()
-                    .map(|t| t.timestamp_millis())
-            })
-    })
+    ["%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%d %H:%M:%S%.f", "%Y-%m-%dT%H:%M:%S%.f%z", "%Y-%m-%d %H:%M:%S%.f%:z"]
+        .iter()
+        .find_map(|fmt| {
+            NaiveDateTime::parse_from_str(s, fmt)
+                .map(|t| t.and_utc().timestamp_millis())
+                .ok()
+                .or_else(|| DateTime::parse_from_str(s, fmt).ok().map(|t| t.timestamp_millis()))
+        })
 }
 
 #[cfg(test)]
@@ -179,14 +160,8 @@ mod tests {
         assert_eq!(t("2024-01-02T04:04:05.678+01:00"), Some(1_704_164_645_678));
         assert_eq!(t("2024-01-02T03:04:05.678"), Some(1_704_164_645_678));
         assert_eq!(t("2024-01-02 03:04:05.678"), Some(1_704_164_645_678));
-        assert_eq!(
-            t("2024-01-02T03:04:05.678123+00:00"),
-            Some(1_704_164_645_678)
-        );
-        assert_eq!(
-            parse_time(Some(&TimeValue::Millis(1.5e12)), "t").unwrap(),
-            Some(1_500_000_000_000)
-        );
+        assert_eq!(t("2024-01-02T03:04:05.678123+00:00"), Some(1_704_164_645_678));
+        assert_eq!(parse_time(Some(&TimeValue::Millis(1.5e12)), "t").unwrap(), Some(1_500_000_000_000));
         assert!(parse_time(Some(&TimeValue::Text("yesterday".into())), "timestamp").is_err());
         assert!(parse_time(Some(&TimeValue::Millis(f64::INFINITY)), "timestamp").is_err());
     }

@@ -74,10 +74,7 @@ pub(crate) fn object_text(raw: Option<&RawValue>, field: &str) -> Result<String,
         None => Ok("{}".to_owned()),
         Some(text) if text.starts_with('{') => Ok(text.to_owned()),
         Some("null") => Ok("{}".to_owned()),
-        Some(_) => Err(IngestError::field(
-            field,
-            format!("`{field}` must be a JSON object"),
-        )),
+        Some(_) => Err(IngestError::field(field, format!("`{field}` must be a JSON object"))),
     }
 }
 
@@ -92,12 +89,7 @@ pub(crate) fn decode_item<'a, T: serde::Deserialize<'a>>(raw: &'a str) -> Result
         let path = err.path().to_string();
         let inner = err.into_inner();
         let message = inner.to_string();
-        let named = |prefix: &str| {
-            message
-                .strip_prefix(prefix)
-                .and_then(|m| m.split('`').next())
-                .map(str::to_owned)
-        };
+        let named = |prefix: &str| message.strip_prefix(prefix).and_then(|m| m.split('`').next()).map(str::to_owned);
         if let Some(unknown) = named("unknown field `") {
             IngestError::field(&unknown, format!("unknown field `{unknown}`"))
         } else if let Some(missing) = named("missing field `") {
@@ -117,9 +109,7 @@ pub(crate) fn split_items<'a>(
 ) -> impl Iterator<Item = Result<&'a str, IngestError>> {
     items.into_iter().map(move |raw| {
         if raw.get().len() > max_event_bytes {
-            Err(IngestError::EventTooLarge {
-                limit: max_event_bytes,
-            })
+            Err(IngestError::EventTooLarge { limit: max_event_bytes })
         } else {
             Ok(raw.get())
         }

@@ -5,9 +5,7 @@
 //! anonymous visitors), in which case it is the anonymous id. `$identify`
 //! links `$anon_distinct_id` to the user; `$set` anywhere updates traits.
 
-use super::{
-    decode_item, object_text, parse_time, split_items, Decoded, Id, Incoming, Text, TimeValue, Utm,
-};
+use super::{decode_item, object_text, parse_time, split_items, Decoded, Id, Incoming, Text, TimeValue, Utm};
 use crate::IngestError;
 use leanloop_core::EventKind;
 use serde::Deserialize;
@@ -96,11 +94,7 @@ struct Known {
     utm_content: Option<Text>,
 }
 
-pub fn decode(
-    text: &str,
-    max_event_bytes: usize,
-    max_batch: usize,
-) -> Result<Decoded, IngestError> {
+pub fn decode(text: &str, max_event_bytes: usize, max_batch: usize) -> Result<Decoded, IngestError> {
     let trimmed = text.trim_start();
     let (envelope, items): (Option<Envelope>, Vec<&RawValue>) = if trimmed.starts_with('[') {
         (None, decode_item(text)?)
@@ -110,27 +104,18 @@ pub fn decode(
             Some(batch) => (Some(envelope), batch),
             None => {
                 if text.len() > max_event_bytes {
-                    return Err(IngestError::EventTooLarge {
-                        limit: max_event_bytes,
-                    });
+                    return Err(IngestError::EventTooLarge { limit: max_event_bytes });
                 }
-                let whole: &RawValue =
-                    serde_json::from_str(text).map_err(|e| IngestError::BadJson(e.to_string()))?;
+                let whole: &RawValue = serde_json::from_str(text).map_err(|e| IngestError::BadJson(e.to_string()))?;
                 (Some(envelope), vec![whole])
             }
         }
     };
     if items.len() > max_batch {
-        return Err(IngestError::BatchTooLarge {
-            count: items.len(),
-            limit: max_batch,
-        });
+        return Err(IngestError::BatchTooLarge { count: items.len(), limit: max_batch });
     }
     let (mut key, sent_at) = match envelope {
-        Some(e) => (
-            Text::take(e.api_key).or(Text::take(e.token)),
-            parse_time(e.sent_at.as_ref(), "sent_at")?,
-        ),
+        Some(e) => (Text::take(e.api_key).or(Text::take(e.token)), parse_time(e.sent_at.as_ref(), "sent_at")?),
         None => (None, None),
     };
     let decoded = split_items(items, max_event_bytes)
@@ -143,23 +128,14 @@ pub fn decode(
             Ok(incoming)
         })
         .collect();
-    Ok(Decoded {
-        key,
-        items: decoded,
-    })
+    Ok(Decoded { key, items: decoded })
 }
 
-fn incoming(
-    c: Capture<'_>,
-    sent_at: Option<i64>,
-) -> Result<(Incoming, Option<String>), IngestError> {
-    let name =
-        Id::take(c.event).ok_or_else(|| IngestError::field("event", "`event` is required"))?;
+fn incoming(c: Capture<'_>, sent_at: Option<i64>) -> Result<(Incoming, Option<String>), IngestError> {
+    let name = Id::take(c.event).ok_or_else(|| IngestError::field("event", "`event` is required"))?;
     let properties = object_text(c.properties, "properties")?;
     let known: Known = serde_json::from_str(&properties).unwrap_or_default();
-    let key = Text::take(c.api_key)
-        .or(Text::take(c.token))
-        .or(Text::take(known.token.clone()));
+    let key = Text::take(c.api_key).or(Text::take(c.token)).or(Text::take(known.token.clone()));
     let distinct_id = Id::take(c.distinct_id)
         .or(Id::take(known.distinct_id))
         .ok_or_else(|| IngestError::field("distinct_id", "`distinct_id` is required"))?;
@@ -177,20 +153,15 @@ fn incoming(
     let mut previous_id = None;
     let (user_id, anonymous_id) = if kind == EventKind::Alias {
         // `$create_alias` is sent by the old id, naming the new one in `alias`.
-        let new_id = alias.clone().ok_or_else(|| {
-            IngestError::field(
-                "properties.alias",
-                "`$create_alias` needs `properties.alias`",
-            )
-        })?;
+        let new_id = alias
+            .clone()
+            .ok_or_else(|| IngestError::field("properties.alias", "`$create_alias` needs `properties.alias`"))?;
         previous_id = Some(distinct_id);
         (Some(new_id), None)
     } else if anonymous {
         (None, Some(distinct_id))
     } else {
-        let linked = Id::take(known.anon_distinct_id)
-            .or(Id::take(known.device_id))
-            .filter(|a| *a != distinct_id);
+        let linked = Id::take(known.anon_distinct_id).or(Id::take(known.device_id)).filter(|a| *a != distinct_id);
         (Some(distinct_id), linked)
     };
     // `$set` may come inside properties (posthog-js, posthog-python) or beside them.
@@ -204,11 +175,9 @@ fn incoming(
         EventKind::Group => add_property(
             &properties,
             "$group_id",
-            Text::take(known.group_key.clone()).map(|k| {
-                match Text::take(known.group_type.clone()) {
-                    Some(t) => format!("{t}:{k}"),
-                    None => k,
-                }
+            Text::take(known.group_key.clone()).map(|k| match Text::take(known.group_type.clone()) {
+                Some(t) => format!("{t}:{k}"),
+                None => k,
             }),
         )?,
         EventKind::Alias => add_property(&properties, "$previous_id", previous_id.clone())?,
@@ -221,10 +190,7 @@ fn incoming(
         message_id: Id::take(c.uuid),
         timestamp_ms: parse_time(c.timestamp.as_ref(), "timestamp")?,
         sent_at_ms: sent_at,
-        offset_ms: c
-            .offset
-            .filter(|o| o.is_finite() && *o >= 0.0 && *o < 1e12)
-            .map(|o| o as i64),
+        offset_ms: c.offset.filter(|o| o.is_finite() && *o >= 0.0 && *o < 1e12).map(|o| o as i64),
         anonymous_id,
         user_id,
         previous_id,
@@ -263,8 +229,8 @@ fn add_property(properties: &str, key: &str, value: Option<String>) -> Result<St
     let Some(value) = value else {
         return Ok(properties.to_owned());
     };
-    let mut map: serde_json::Map<String, serde_json::Value> = serde_json::from_str(properties)
-        .map_err(|e| IngestError::field("properties", e.to_string()))?;
+    let mut map: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_str(properties).map_err(|e| IngestError::field("properties", e.to_string()))?;
     map.insert(key.to_owned(), serde_json::Value::String(value));
     Ok(serde_json::Value::Object(map).to_string())
 }
@@ -301,23 +267,11 @@ mod tests {
 
     #[test]
     fn single_event_and_array_bodies() {
-        let d = decode(
-            r#"{"token":"t","event":"e","distinct_id":"d"}"#,
-            32 * 1024,
-            10,
-        )
-        .unwrap();
+        let d = decode(r#"{"token":"t","event":"e","distinct_id":"d"}"#, 32 * 1024, 10).unwrap();
         assert_eq!(d.key.as_deref(), Some("t"));
         assert_eq!(d.items.len(), 1);
-        let d = decode(
-            r#"[{"api_key":"t2","event":"e","distinct_id":"d"},{"event":"e"}]"#,
-            32 * 1024,
-            10,
-        )
-        .unwrap();
+        let d = decode(r#"[{"api_key":"t2","event":"e","distinct_id":"d"},{"event":"e"}]"#, 32 * 1024, 10).unwrap();
         assert_eq!(d.key.as_deref(), Some("t2"));
-        assert!(
-            matches!(&d.items[1], Err(IngestError::BadField { field, .. }) if field == "distinct_id")
-        );
+        assert!(matches!(&d.items[1], Err(IngestError::BadField { field, .. }) if field == "distinct_id"));
     }
 }

@@ -2,8 +2,7 @@
 //! `/group`, `/alias` and `/batch`.
 
 use super::{
-    decode_item, object_text, parse_body, parse_time, split_items, Decoded, Id, Incoming, Text,
-    TimeValue, Utm,
+    decode_item, object_text, parse_body, parse_time, split_items, Decoded, Id, Incoming, Text, TimeValue, Utm,
 };
 use crate::IngestError;
 use leanloop_core::EventKind;
@@ -104,33 +103,20 @@ pub enum Call {
     Single(EventKind),
 }
 
-pub fn decode(
-    text: &str,
-    call: Call,
-    max_event_bytes: usize,
-    max_batch: usize,
-) -> Result<Decoded, IngestError> {
+pub fn decode(text: &str, call: Call, max_event_bytes: usize, max_batch: usize) -> Result<Decoded, IngestError> {
     match call {
         Call::Single(kind) => {
             if text.len() > max_event_bytes {
-                return Err(IngestError::EventTooLarge {
-                    limit: max_event_bytes,
-                });
+                return Err(IngestError::EventTooLarge { limit: max_event_bytes });
             }
             let message: Message = decode_item(text)?;
             let key = Text::take(message.write_key.clone());
-            Ok(Decoded {
-                key,
-                items: vec![incoming(message, Some(kind), None)],
-            })
+            Ok(Decoded { key, items: vec![incoming(message, Some(kind), None)] })
         }
         Call::Batch => {
             let body: BatchBody = parse_body(text)?;
             if body.batch.len() > max_batch {
-                return Err(IngestError::BatchTooLarge {
-                    count: body.batch.len(),
-                    limit: max_batch,
-                });
+                return Err(IngestError::BatchTooLarge { count: body.batch.len(), limit: max_batch });
             }
             let sent_at = parse_time(body.sent_at.as_ref(), "sentAt")?;
             let mut key = Text::take(body.write_key);
@@ -158,12 +144,7 @@ fn incoming(
         (None, Some(t)) => EventKind::parse(&t.to_ascii_lowercase())
             .filter(|k| *k != EventKind::Feedback)
             .ok_or_else(|| IngestError::field("type", format!("unknown message type `{t}`")))?,
-        (None, None) => {
-            return Err(IngestError::field(
-                "type",
-                "`type` is required in a batch message",
-            ))
-        }
+        (None, None) => return Err(IngestError::field("type", "`type` is required in a batch message")),
     };
     let context = m.context.unwrap_or_default();
     let page = context.page.unwrap_or_default();
@@ -172,18 +153,13 @@ fn incoming(
     let known: KnownProperties = serde_json::from_str(&properties).unwrap_or_default();
 
     let name = match kind {
-        EventKind::Track => {
-            Id::take(m.event).ok_or_else(|| IngestError::field("event", "`event` is required"))?
-        }
+        EventKind::Track => Id::take(m.event).ok_or_else(|| IngestError::field("event", "`event` is required"))?,
         _ => kind.fixed_name().unwrap_or_default().to_owned(),
     };
     let user_id = Id::take(m.user_id);
     let anonymous_id = Id::take(m.anonymous_id);
     if user_id.is_none() && anonymous_id.is_none() {
-        return Err(IngestError::field(
-            "userId",
-            "either `userId` or `anonymousId` is required",
-        ));
+        return Err(IngestError::field("userId", "either `userId` or `anonymousId` is required"));
     }
     let traits = match kind {
         EventKind::Identify => Some(object_text(m.traits, "traits")?),
@@ -242,14 +218,10 @@ fn with_extra(
     value: Option<String>,
     traits: Option<&RawValue>,
 ) -> Result<String, IngestError> {
-    let field = if key == "$group_id" {
-        "groupId"
-    } else {
-        "previousId"
-    };
+    let field = if key == "$group_id" { "groupId" } else { "previousId" };
     let value = value.ok_or_else(|| IngestError::field(field, format!("`{field}` is required")))?;
-    let mut map: serde_json::Map<String, serde_json::Value> = serde_json::from_str(properties)
-        .map_err(|e| IngestError::field("properties", e.to_string()))?;
+    let mut map: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_str(properties).map_err(|e| IngestError::field("properties", e.to_string()))?;
     map.insert(key.to_owned(), serde_json::Value::String(value));
     if let Some(traits) = traits {
         let traits: serde_json::Value = serde_json::from_str(&object_text(Some(traits), "traits")?)
@@ -295,24 +267,18 @@ mod tests {
             .unwrap()
             .release
         };
-        assert_eq!(
-            r(
-                r#"{"release":"r1","app":{"version":"a"}}"#,
-                r#"{"release":"p"}"#
-            )
-            .as_deref(),
-            Some("r1")
-        );
-        assert_eq!(
-            r(r#"{"app":{"version":"a"}}"#, r#"{"release":"p"}"#).as_deref(),
-            Some("a")
-        );
+        assert_eq!(r(r#"{"release":"r1","app":{"version":"a"}}"#, r#"{"release":"p"}"#).as_deref(), Some("r1"));
+        assert_eq!(r(r#"{"app":{"version":"a"}}"#, r#"{"release":"p"}"#).as_deref(), Some("a"));
         assert_eq!(r("{}", r#"{"release":"p"}"#).as_deref(), Some("p"));
     }
 
     #[test]
     fn page_is_a_pageview_with_its_name_kept() {
-        let i = one(r#"{"anonymousId":"a","name":"Pricing","properties":{"url":"https://x.io/p?utm_source=g"}}"#, Call::Single(EventKind::Page)).unwrap();
+        let i = one(
+            r#"{"anonymousId":"a","name":"Pricing","properties":{"url":"https://x.io/p?utm_source=g"}}"#,
+            Call::Single(EventKind::Page),
+        )
+        .unwrap();
         assert_eq!(i.name, "$pageview");
         assert_eq!(i.page_name.as_deref(), Some("Pricing"));
         assert_eq!(i.url.as_deref(), Some("https://x.io/p?utm_source=g"));
@@ -326,15 +292,9 @@ mod tests {
         };
         assert_eq!(field(r#"{"userId":"u"}"#), "event");
         assert_eq!(field(r#"{"event":"e"}"#), "userId");
-        assert_eq!(
-            field(r#"{"userId":"u","event":"e","properties":[1]}"#),
-            "properties"
-        );
+        assert_eq!(field(r#"{"userId":"u","event":"e","properties":[1]}"#), "properties");
         assert_eq!(field(r#"{"userId":{"a":1},"event":"e"}"#), "userId");
-        assert_eq!(
-            field(r#"{"userId":"u","event":"e","timestamp":"soon"}"#),
-            "timestamp"
-        );
+        assert_eq!(field(r#"{"userId":"u","event":"e","timestamp":"soon"}"#), "timestamp");
     }
 
     #[test]
@@ -360,10 +320,7 @@ mod tests {
 
     #[test]
     fn batch_limits() {
-        let big = format!(
-            r#"{{"batch":[{}]}}"#,
-            vec![r#"{"type":"track","userId":"u","event":"e"}"#; 1001].join(",")
-        );
+        let big = format!(r#"{{"batch":[{}]}}"#, vec![r#"{"type":"track","userId":"u","event":"e"}"#; 1001].join(","));
         assert!(matches!(
             decode(&big, Call::Batch, 32 * 1024, 1000),
             Err(IngestError::BatchTooLarge { count: 1001, .. })

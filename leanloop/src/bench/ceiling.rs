@@ -42,36 +42,25 @@ pub fn duckdb_json_load(rows: usize) -> Result<JsonLoad> {
     }
     file.flush()?;
     drop(file);
-    let store = DuckDbStore::open(
-        &dir.path().join("ceiling.duckdb"),
-        &DuckDbOptions::default(),
-    )?;
+    let store = DuckDbStore::open(&dir.path().join("ceiling.duckdb"), &DuckDbOptions::default())?;
     let started = Instant::now();
     let stored = store.load_ndjson_unchecked(&path)?;
     let elapsed = started.elapsed();
     anyhow::ensure!(stored == rows, "DuckDB stored {stored} of {rows} rows");
-    Ok(JsonLoad {
-        rows_per_sec: rows as f64 / elapsed.as_secs_f64(),
-    })
+    Ok(JsonLoad { rows_per_sec: rows as f64 / elapsed.as_secs_f64() })
 }
 
 /// Runs the single-event load against the bare endpoint, in its own process
 /// like the real server.
 pub async fn bare_endpoint(connections: usize, duration: Duration) -> Result<Outcome> {
-    let child = Child::spawn(Command::new(std::env::current_exe()?).args([
-        "bare-server",
-        "--listen",
-        "127.0.0.1:0",
-    ]))?;
+    let child = Child::spawn(Command::new(std::env::current_exe()?).args(["bare-server", "--listen", "127.0.0.1:0"]))?;
     load::run(&child, Shape::Single, connections, duration).await
 }
 
 /// `leanloop bare-server`: reads the body and answers 200, nothing more.
 pub async fn bare_server(listen: &str) -> Result<()> {
-    let router = axum::Router::new().route(
-        "/v1/track",
-        post(|_body: axum::body::Bytes| async { r#"{"success":true}"# }),
-    );
+    let router =
+        axum::Router::new().route("/v1/track", post(|_body: axum::body::Bytes| async { r#"{"success":true}"# }));
     let listener = tokio::net::TcpListener::bind(listen).await?;
     println!("listening on http://{}", listener.local_addr()?);
     println!("bare server ready");

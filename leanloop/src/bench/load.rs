@@ -42,12 +42,7 @@ impl Outcome {
     }
 }
 
-pub async fn run(
-    server: &Child,
-    shape: Shape,
-    connections: usize,
-    duration: Duration,
-) -> Result<Outcome> {
+pub async fn run(server: &Child, shape: Shape, connections: usize, duration: Duration) -> Result<Outcome> {
     let (path, per_request) = match shape {
         Shape::Batch(n) => ("/v1/batch", n),
         Shape::Single => ("/v1/track", 1),
@@ -60,9 +55,7 @@ pub async fn run(
         let (url, key) = (url.clone(), server.write_key.clone());
         tasks.push(tokio::spawn(async move {
             // One client per task, so each task holds its own keep-alive connection.
-            let client = reqwest::Client::builder()
-                .pool_max_idle_per_host(1)
-                .build()?;
+            let client = reqwest::Client::builder().pool_max_idle_per_host(1).build()?;
             let mut out = Outcome::default();
             let mut body = String::new();
             let mut n = 0u64;
@@ -87,9 +80,7 @@ pub async fn run(
                         out.events += per_request as u64;
                         let _ = r.bytes().await;
                     }
-                    Ok(r) if r.status() == reqwest::StatusCode::SERVICE_UNAVAILABLE => {
-                        out.unavailable += 1
-                    }
+                    Ok(r) if r.status() == reqwest::StatusCode::SERVICE_UNAVAILABLE => out.unavailable += 1,
                     _ => out.errors += 1,
                 }
             }

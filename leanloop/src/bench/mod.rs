@@ -31,17 +31,8 @@ pub enum BenchCommand {
 
 pub async fn run(command: BenchCommand) -> Result<()> {
     match command {
-        BenchCommand::Ingest {
-            seconds,
-            connections,
-            batch,
-        } => {
-            ingest(
-                Duration::from_secs(seconds.max(1)),
-                connections.max(1),
-                batch.clamp(1, 1000),
-            )
-            .await
+        BenchCommand::Ingest { seconds, connections, batch } => {
+            ingest(Duration::from_secs(seconds.max(1)), connections.max(1), batch.clamp(1, 1000)).await
         }
     }
 }
@@ -65,16 +56,12 @@ async fn ingest(duration: Duration, connections: usize, batch: usize) -> Result<
     let me = std::process::id();
     let (server_cpu, client_cpu) = (server.cpu_seconds()?, server::cpu_seconds(me)?);
     let batches = load::run(&server, load::Shape::Batch(batch), connections, duration).await?;
-    let stored_after = server
-        .wait_stored(batches.events, Duration::from_secs(120))
-        .await?;
+    let stored_after = server.wait_stored(batches.events, Duration::from_secs(120)).await?;
     let per_event = |seconds: f64| seconds * 1e6 / batches.events.max(1) as f64;
     let batch_server_us = per_event(server.cpu_seconds()? - server_cpu);
     let batch_client_us = per_event(server::cpu_seconds(me)? - client_cpu);
     let singles = load::run(&server, load::Shape::Single, connections, duration).await?;
-    server
-        .wait_stored(batches.events + singles.events, Duration::from_secs(120))
-        .await?;
+    server.wait_stored(batches.events + singles.events, Duration::from_secs(120)).await?;
     let peak_rss_mb = server.peak_rss_mb()?;
     drop(server);
 
@@ -100,53 +87,28 @@ async fn ingest(duration: Duration, connections: usize, batch: usize) -> Result<
         ("single: p50 latency (ms)", singles.p50_ms()),
         ("single: p99 latency (ms)", singles.p99_ms()),
         ("server peak RSS (MB)", peak_rss_mb),
-        (
-            "ceiling: DuckDB read_json load, rows/s",
-            duckdb.rows_per_sec,
-        ),
+        ("ceiling: DuckDB read_json load, rows/s", duckdb.rows_per_sec),
         ("ceiling: bare axum 200 endpoint, requests/s", bare_rate),
         ("ceiling: bare endpoint p50 latency (ms)", bare.p50_ms()),
-        (
-            "batch stored rate / DuckDB JSON load (%)",
-            share_duckdb * 100.0,
-        ),
+        ("batch stored rate / DuckDB JSON load (%)", share_duckdb * 100.0),
         ("single req/s / bare endpoint req/s (%)", share_bare * 100.0),
-        (
-            "batch requests refused with 503 (queue full)",
-            batches.unavailable as f64,
-        ),
+        ("batch requests refused with 503 (queue full)", batches.unavailable as f64),
     ];
     println!();
     for (label, value) in rows {
-        let precision = if value.abs() < 100.0 && value.fract() != 0.0 {
-            2
-        } else {
-            0
-        };
+        let precision = if value.abs() < 100.0 && value.fract() != 0.0 { 2 } else { 0 };
         println!("{label:<52} {value:>14.precision$}");
     }
     println!();
     let checks = [
-        (
-            "batch >= 150,000 events/s (stored)",
-            stored_rate >= BATCH_EVENTS_PER_SEC,
-        ),
-        (
-            "batch >= 50% of DuckDB's JSON load",
-            share_duckdb >= BATCH_SHARE_OF_DUCKDB,
-        ),
-        (
-            "single >= 50% of bare endpoint",
-            share_bare >= SINGLE_SHARE_OF_BARE,
-        ),
+        ("batch >= 150,000 events/s (stored)", stored_rate >= BATCH_EVENTS_PER_SEC),
+        ("batch >= 50% of DuckDB's JSON load", share_duckdb >= BATCH_SHARE_OF_DUCKDB),
+        ("single >= 50% of bare endpoint", share_bare >= SINGLE_SHARE_OF_BARE),
         ("peak RSS <= 300 MB", peak_rss_mb <= PEAK_RSS_MB),
     ];
     for (what, ok) in checks {
         println!("{} {what}", if ok { "met    " } else { "MISSED " });
     }
-    println!(
-        "other errors: batch {}, single {} (503s {})",
-        batches.errors, singles.errors, singles.unavailable
-    );
+    println!("other errors: batch {}, single {} (503s {})", batches.errors, singles.errors, singles.unavailable);
     Ok(())
 }

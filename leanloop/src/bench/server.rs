@@ -23,24 +23,17 @@ impl Child {
             Command::new(std::env::current_exe()?)
                 .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
                 .arg(data_dir)
-                .env(
-                    "RUST_LOG",
-                    std::env::var("LEANLOOP_BENCH_LOG").unwrap_or_else(|_| "warn".into()),
-                ),
+                .env("RUST_LOG", std::env::var("LEANLOOP_BENCH_LOG").unwrap_or_else(|_| "warn".into())),
         )
     }
 
     /// Runs `command`, which must print `listening on http://ADDR` and may
     /// print the default project's keys, as `leanloop serve` does.
     pub fn spawn(command: &mut Command) -> Result<Child> {
-        let mut process = command
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()?;
+        let mut process = command.stdout(Stdio::piped()).stderr(Stdio::inherit()).spawn()?;
         let stdout = process.stdout.take().ok_or_else(|| anyhow!("no stdout"))?;
         let mut lines = BufReader::new(stdout).lines();
-        let (mut base, mut project_id, mut write_key, mut read_key) =
-            (None, 0, String::new(), String::new());
+        let (mut base, mut project_id, mut write_key, mut read_key) = (None, 0, String::new(), String::new());
         for line in lines.by_ref() {
             let line = line?;
             if let Some(rest) = line.split("listening on ").nth(1) {
@@ -59,32 +52,16 @@ impl Child {
         // Keep draining stdout so the child never blocks on a full pipe.
         std::thread::spawn(move || lines.for_each(drop));
         let base = base.ok_or_else(|| anyhow!("the server did not print its address"))?;
-        Ok(Child {
-            process,
-            base,
-            project_id,
-            write_key,
-            read_key,
-            client: reqwest::Client::new(),
-        })
+        Ok(Child { process, base, project_id, write_key, read_key, client: reqwest::Client::new() })
     }
 
     /// Waits until `expected` events are stored; returns how long that took.
     pub async fn wait_stored(&self, expected: u64, deadline: Duration) -> Result<Duration> {
         let started = Instant::now();
-        let url = format!(
-            "{}/api/v1/projects/{}/events/count",
-            self.base, self.project_id
-        );
+        let url = format!("{}/api/v1/projects/{}/events/count", self.base, self.project_id);
         loop {
-            let count: serde_json::Value = self
-                .client
-                .get(&url)
-                .bearer_auth(&self.read_key)
-                .send()
-                .await?
-                .json()
-                .await?;
+            let count: serde_json::Value =
+                self.client.get(&url).bearer_auth(&self.read_key).send().await?.json().await?;
             let count = count["count"].as_u64().context("count in answer")?;
             if count >= expected {
                 return Ok(started.elapsed());
@@ -124,10 +101,7 @@ impl Drop for Child {
 pub fn cpu_seconds(pid: u32) -> Result<f64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
     // Fields after the command name, which is parenthesised and may hold spaces.
-    let rest = stat
-        .rsplit_once(')')
-        .map(|(_, r)| r)
-        .ok_or_else(|| anyhow!("malformed /proc stat"))?;
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).ok_or_else(|| anyhow!("malformed /proc stat"))?;
     let fields: Vec<&str> = rest.split_whitespace().collect();
     let ticks: f64 = fields
         .get(11)

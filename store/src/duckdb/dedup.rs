@@ -57,8 +57,7 @@ impl SeenKeys {
                 return Err(StoreError::Corrupt("unexpected key column types".into()));
             };
             for i in 0..batch.num_rows() {
-                let uuid = Uuid::parse_str(uuids.value(i))
-                    .map_err(|e| StoreError::Corrupt(format!("uuid: {e}")))?;
+                let uuid = Uuid::parse_str(uuids.value(i)).map_err(|e| StoreError::Corrupt(format!("uuid: {e}")))?;
                 seen.bloom.insert(&(projects.value(i), uuid.as_u128()));
             }
         }
@@ -86,11 +85,7 @@ impl SeenKeys {
         }
         if !maybe.is_empty() {
             let stored = stored_among(conn, maybe.iter().map(|&i| &batch[i]))?;
-            fresh.extend(
-                maybe
-                    .into_iter()
-                    .filter(|&i| !stored.contains(&key(&batch[i]))),
-            );
+            fresh.extend(maybe.into_iter().filter(|&i| !stored.contains(&key(&batch[i]))));
             fresh.sort_unstable();
         }
         Ok(fresh)
@@ -98,11 +93,7 @@ impl SeenKeys {
 
     /// Records keys that were committed; rebuilds from the table when the
     /// filter would exceed its capacity (its false-positive rate would climb).
-    pub fn record<'a>(
-        &mut self,
-        conn: &Connection,
-        stored: impl Iterator<Item = &'a Event>,
-    ) -> Result<(), StoreError> {
+    pub fn record<'a>(&mut self, conn: &Connection, stored: impl Iterator<Item = &'a Event>) -> Result<(), StoreError> {
         for event in stored {
             self.bloom.insert(&key(event));
             self.recorded += 1;
@@ -124,21 +115,14 @@ fn stored_among<'a>(
     let candidates: Vec<&Event> = candidates.collect();
     let mut found = HashSet::new();
     for chunk in candidates.chunks(CHECK_CHUNK) {
-        let list: Vec<String> = chunk
-            .iter()
-            .map(|e| format!("'{}'", e.uuid.hyphenated()))
-            .collect();
-        let sql = format!(
-            "SELECT project_id, CAST(uuid AS VARCHAR) FROM events WHERE uuid IN ({})",
-            list.join(",")
-        );
+        let list: Vec<String> = chunk.iter().map(|e| format!("'{}'", e.uuid.hyphenated())).collect();
+        let sql = format!("SELECT project_id, CAST(uuid AS VARCHAR) FROM events WHERE uuid IN ({})", list.join(","));
         let mut stmt = conn.prepare(&sql)?;
         let mut rows = stmt.query([])?;
         while let Some(row) = rows.next()? {
             let project: i64 = row.get(0)?;
             let uuid: String = row.get(1)?;
-            let uuid =
-                Uuid::parse_str(&uuid).map_err(|e| StoreError::Corrupt(format!("uuid: {e}")))?;
+            let uuid = Uuid::parse_str(&uuid).map_err(|e| StoreError::Corrupt(format!("uuid: {e}")))?;
             found.insert((project, uuid.as_u128()));
         }
     }
@@ -205,11 +189,7 @@ mod tests {
         mixed.extend((0..10).map(|n| event(2, n)));
         mixed.push(event(2, 0));
         let outcome = store.write(&mixed, &[]).unwrap();
-        assert_eq!(
-            (outcome.inserted, outcome.duplicates),
-            (20, 11),
-            "new uuids and other projects' uuids are stored"
-        );
+        assert_eq!((outcome.inserted, outcome.duplicates), (20, 11), "new uuids and other projects' uuids are stored");
         assert_eq!(store.count(&crate::EventFilter::project(1)).unwrap(), 110);
         assert_eq!(store.count(&crate::EventFilter::project(2)).unwrap(), 10);
     }
@@ -226,11 +206,7 @@ mod tests {
             let batch: Vec<Event> = (round * 10..round * 10 + 10).map(|n| event(1, n)).collect();
             assert_eq!(writer.write(&batch, &[]).unwrap().inserted, 10);
         }
-        assert!(
-            writer.seen.capacity >= 40,
-            "capacity grew to {}",
-            writer.seen.capacity
-        );
+        assert!(writer.seen.capacity >= 40, "capacity grew to {}", writer.seen.capacity);
         let all: Vec<Event> = (0..50).map(|n| event(1, n)).collect();
         assert_eq!(writer.write(&all, &[]).unwrap().inserted, 0);
     }

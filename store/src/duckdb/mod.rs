@@ -25,10 +25,7 @@ pub struct DuckDbOptions {
 
 impl Default for DuckDbOptions {
     fn default() -> Self {
-        DuckDbOptions {
-            memory_limit: "256MB".into(),
-            threads: 2,
-        }
+        DuckDbOptions { memory_limit: "256MB".into(), threads: 2 }
     }
 }
 
@@ -42,24 +39,15 @@ pub struct DuckDbStore {
 impl DuckDbStore {
     /// Opens (creating if needed) the database at `path` and migrates it.
     pub fn open(path: &Path, options: &DuckDbOptions) -> Result<DuckDbStore, StoreError> {
-        let config = Config::default()
-            .max_memory(&options.memory_limit)?
-            .threads(options.threads.max(1) as i64)?;
+        let config = Config::default().max_memory(&options.memory_limit)?.threads(options.threads.max(1) as i64)?;
         let origin = Connection::open_with_flags(path, config)?;
         schema::migrate(&origin)?;
         let writer = write::Writer::new(origin.try_clone()?)?;
-        Ok(DuckDbStore {
-            writer: Mutex::new(writer),
-            readers: Mutex::new(Vec::new()),
-            origin: Mutex::new(origin),
-        })
+        Ok(DuckDbStore { writer: Mutex::new(writer), readers: Mutex::new(Vec::new()), origin: Mutex::new(origin) })
     }
 
     /// Runs `f` on a pooled reader connection.
-    fn with_reader<T>(
-        &self,
-        f: impl FnOnce(&Connection) -> Result<T, StoreError>,
-    ) -> Result<T, StoreError> {
+    fn with_reader<T>(&self, f: impl FnOnce(&Connection) -> Result<T, StoreError>) -> Result<T, StoreError> {
         let pooled = lock(&self.readers).pop();
         let conn = match pooled {
             Some(conn) => conn,

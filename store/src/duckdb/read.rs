@@ -34,17 +34,11 @@ fn condition(filter: &EventFilter) -> (String, Vec<Value>) {
 pub fn count(conn: &Connection, filter: &EventFilter) -> Result<u64, StoreError> {
     let (cond, values) = condition(filter);
     let sql = format!("SELECT count(*) FROM events WHERE {cond}");
-    let n: i64 = conn
-        .prepare_cached(&sql)?
-        .query_row(params_from_iter(values), |row| row.get(0))?;
+    let n: i64 = conn.prepare_cached(&sql)?.query_row(params_from_iter(values), |row| row.get(0))?;
     Ok(n as u64)
 }
 
-pub fn recent(
-    conn: &Connection,
-    filter: &EventFilter,
-    limit: usize,
-) -> Result<Vec<Event>, StoreError> {
+pub fn recent(conn: &Connection, filter: &EventFilter, limit: usize) -> Result<Vec<Event>, StoreError> {
     let (cond, mut values) = condition(filter);
     let select: Vec<String> = EVENT_COLUMNS
         .iter()
@@ -54,10 +48,7 @@ pub fn recent(
             _ => c.to_owned(),
         })
         .collect();
-    let sql = format!(
-        "SELECT {} FROM events WHERE {cond} ORDER BY timestamp DESC, uuid LIMIT ?",
-        select.join(", ")
-    );
+    let sql = format!("SELECT {} FROM events WHERE {cond} ORDER BY timestamp DESC, uuid LIMIT ?", select.join(", "));
     values.push(Value::BigInt(limit as i64));
     let mut stmt = conn.prepare_cached(&sql)?;
     let mut rows = stmt.query(params_from_iter(values))?;
@@ -69,16 +60,13 @@ pub fn recent(
 }
 
 fn event_from_row(row: &Row<'_>) -> Result<Event, StoreError> {
-    let text =
-        |i: usize| -> Result<Option<String>, StoreError> { Ok(row.get::<_, Option<String>>(i)?) };
+    let text = |i: usize| -> Result<Option<String>, StoreError> { Ok(row.get::<_, Option<String>>(i)?) };
     let uuid: String = row.get(1)?;
     let kind: String = row.get(2)?;
     let t = FIRST_TEXT_COLUMN;
     Ok(Event {
         project_id: row.get(0)?,
-        uuid: uuid
-            .parse()
-            .map_err(|_| StoreError::Corrupt(format!("uuid {uuid}")))?,
+        uuid: uuid.parse().map_err(|_| StoreError::Corrupt(format!("uuid {uuid}")))?,
         kind: EventKind::parse(&kind).ok_or_else(|| StoreError::Corrupt(format!("kind {kind}")))?,
         name: row.get(3)?,
         timestamp_ms: row.get(4)?,
@@ -109,42 +97,24 @@ fn event_from_row(row: &Row<'_>) -> Result<Event, StoreError> {
     })
 }
 
-pub fn user(
-    conn: &Connection,
-    project_id: i64,
-    user_id: &str,
-) -> Result<Option<UserRecord>, StoreError> {
+pub fn user(conn: &Connection, project_id: i64, user_id: &str) -> Result<Option<UserRecord>, StoreError> {
     let row = conn
         .prepare_cached(
             "SELECT traits, epoch_ms(first_seen), epoch_ms(last_seen) FROM users
              WHERE project_id = ? AND user_id = ?",
         )?
         .query_row(params![project_id, user_id], |row| {
-            Ok((
-                row.get::<_, String>(0)?,
-                row.get::<_, i64>(1)?,
-                row.get::<_, i64>(2)?,
-            ))
+            Ok((row.get::<_, String>(0)?, row.get::<_, i64>(1)?, row.get::<_, i64>(2)?))
         })
         .optional()?;
     row.map(|(traits, first_seen_ms, last_seen_ms)| {
-        let traits = serde_json::from_str(&traits)
-            .map_err(|e| StoreError::Corrupt(format!("traits: {e}")))?;
-        Ok(UserRecord {
-            user_id: user_id.to_owned(),
-            traits,
-            first_seen_ms,
-            last_seen_ms,
-        })
+        let traits = serde_json::from_str(&traits).map_err(|e| StoreError::Corrupt(format!("traits: {e}")))?;
+        Ok(UserRecord { user_id: user_id.to_owned(), traits, first_seen_ms, last_seen_ms })
     })
     .transpose()
 }
 
-pub fn identity(
-    conn: &Connection,
-    project_id: i64,
-    anonymous_id: &str,
-) -> Result<Option<String>, StoreError> {
+pub fn identity(conn: &Connection, project_id: i64, anonymous_id: &str) -> Result<Option<String>, StoreError> {
     Ok(conn
         .prepare_cached("SELECT user_id FROM identities WHERE project_id = ? AND anonymous_id = ?")?
         .query_row(params![project_id, anonymous_id], |row| row.get(0))

@@ -84,24 +84,15 @@ pub fn migrate(conn: &Connection) -> Result<(), StoreError> {
     conn.execute_batch(
         "CREATE TABLE IF NOT EXISTS leanloop_schema (version BIGINT NOT NULL, applied_at TIMESTAMP NOT NULL)",
     )?;
-    let current: i64 = conn.query_row(
-        "SELECT coalesce(max(version), 0) FROM leanloop_schema",
-        [],
-        |row| row.get(0),
-    )?;
+    let current: i64 = conn.query_row("SELECT coalesce(max(version), 0) FROM leanloop_schema", [], |row| row.get(0))?;
     let known = STEPS.len() as i64;
     if current > known {
-        return Err(StoreError::SchemaTooNew {
-            found: current,
-            known,
-        });
+        return Err(StoreError::SchemaTooNew { found: current, known });
     }
     for (index, sql) in STEPS.iter().enumerate().skip(current as usize) {
         let version = index as i64 + 1;
         let sql = sql.trim().trim_end_matches(';');
-        conn.execute_batch(&format!(
-            "BEGIN; {sql}; INSERT INTO leanloop_schema VALUES ({version}, now()); COMMIT;"
-        ))?;
+        conn.execute_batch(&format!("BEGIN; {sql}; INSERT INTO leanloop_schema VALUES ({version}, now()); COMMIT;"))?;
         tracing::info!(version, "event store schema migrated");
     }
     Ok(())

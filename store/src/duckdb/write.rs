@@ -6,8 +6,7 @@ use super::dedup::SeenKeys;
 use super::schema;
 use crate::{StoreError, WriteOutcome};
 use ::duckdb::arrow::array::{
-    ArrayRef, BooleanArray, FixedSizeBinaryArray, Int64Array, StringArray,
-    TimestampMicrosecondArray,
+    ArrayRef, BooleanArray, FixedSizeBinaryArray, Int64Array, StringArray, TimestampMicrosecondArray,
 };
 use ::duckdb::arrow::datatypes::{DataType, Field, Schema, TimeUnit};
 use ::duckdb::arrow::record_batch::RecordBatch;
@@ -25,18 +24,10 @@ pub struct Writer {
 impl Writer {
     pub fn new(conn: Connection) -> Result<Writer, StoreError> {
         let seen = SeenKeys::load(&conn)?;
-        Ok(Writer {
-            conn,
-            seen,
-            schema: Arc::new(arrow_schema()),
-        })
+        Ok(Writer { conn, seen, schema: Arc::new(arrow_schema()) })
     }
 
-    pub fn write(
-        &mut self,
-        events: &[Event],
-        users: &[UserUpdate],
-    ) -> Result<WriteOutcome, StoreError> {
+    pub fn write(&mut self, events: &[Event], users: &[UserUpdate]) -> Result<WriteOutcome, StoreError> {
         let started = std::time::Instant::now();
         let fresh = self.seen.new_events(&self.conn, events)?;
         let rows: Vec<&Event> = fresh.iter().map(|&i| &events[i]).collect();
@@ -59,10 +50,7 @@ impl Writer {
             total_ms = started.elapsed().as_millis() as u64,
             "batch written"
         );
-        Ok(WriteOutcome {
-            inserted: rows.len(),
-            duplicates: events.len() - rows.len(),
-        })
+        Ok(WriteOutcome { inserted: rows.len(), duplicates: events.len() - rows.len() })
     }
 
     /// Loads newline-delimited JSON rows with DuckDB's own `read_json`. No
@@ -89,20 +77,14 @@ impl Writer {
 
 /// The Arrow schema matching `events`, column for column.
 fn arrow_schema() -> Schema {
-    let uuid = Field::new("uuid", DataType::FixedSizeBinary(16), false).with_metadata(
-        std::collections::HashMap::from([(
-            "ARROW:extension:name".to_owned(),
-            "arrow.uuid".to_owned(),
-        )]),
-    );
+    let uuid = Field::new("uuid", DataType::FixedSizeBinary(16), false)
+        .with_metadata(std::collections::HashMap::from([("ARROW:extension:name".to_owned(), "arrow.uuid".to_owned())]));
     let fields: Vec<Field> = schema::EVENT_COLUMNS
         .iter()
         .map(|&c| match c {
             "project_id" => Field::new(c, DataType::Int64, false),
             "uuid" => uuid.clone(),
-            "timestamp" | "received_at" => {
-                Field::new(c, DataType::Timestamp(TimeUnit::Microsecond, None), false)
-            }
+            "timestamp" | "received_at" => Field::new(c, DataType::Timestamp(TimeUnit::Microsecond, None), false),
             "timestamp_clamped" => Field::new(c, DataType::Boolean, false),
             "kind" | "name" | "properties" => Field::new(c, DataType::Utf8, false),
             _ => Field::new(c, DataType::Utf8, true),
@@ -112,31 +94,20 @@ fn arrow_schema() -> Schema {
 }
 
 fn record_batch(schema: &Arc<Schema>, rows: &[&Event]) -> Result<RecordBatch, StoreError> {
-    let text = |f: fn(&Event) -> Option<&str>| -> ArrayRef {
-        Arc::new(rows.iter().map(|e| f(e)).collect::<StringArray>())
-    };
+    let text =
+        |f: fn(&Event) -> Option<&str>| -> ArrayRef { Arc::new(rows.iter().map(|e| f(e)).collect::<StringArray>()) };
     let micros = |f: fn(&Event) -> i64| -> ArrayRef {
-        Arc::new(TimestampMicrosecondArray::from(
-            rows.iter()
-                .map(|e| f(e).saturating_mul(1000))
-                .collect::<Vec<_>>(),
-        ))
+        Arc::new(TimestampMicrosecondArray::from(rows.iter().map(|e| f(e).saturating_mul(1000)).collect::<Vec<_>>()))
     };
     let uuids = FixedSizeBinaryArray::try_from_iter(rows.iter().map(|e| e.uuid.into_bytes()))?;
     let columns: Vec<ArrayRef> = vec![
-        Arc::new(Int64Array::from(
-            rows.iter().map(|e| e.project_id).collect::<Vec<_>>(),
-        )),
+        Arc::new(Int64Array::from(rows.iter().map(|e| e.project_id).collect::<Vec<_>>())),
         Arc::new(uuids),
         text(|e| Some(e.kind.as_str())),
         text(|e| Some(e.name.as_str())),
         micros(|e| e.timestamp_ms),
         micros(|e| e.received_at_ms),
-        Arc::new(
-            rows.iter()
-                .map(|e| Some(e.timestamp_clamped))
-                .collect::<BooleanArray>(),
-        ),
+        Arc::new(rows.iter().map(|e| Some(e.timestamp_clamped)).collect::<BooleanArray>()),
         text(|e| e.anonymous_id.as_deref()),
         text(|e| e.user_id.as_deref()),
         text(|e| e.session_id.as_deref()),
@@ -169,8 +140,7 @@ fn write_users(conn: &Connection, users: &[UserUpdate]) -> Result<(), StoreError
         return Ok(());
     }
     // One row per person per statement: fold repeated updates in this batch.
-    let mut merged: HashMap<(i64, &str), (serde_json::Map<String, serde_json::Value>, i64, i64)> =
-        HashMap::new();
+    let mut merged: HashMap<(i64, &str), (serde_json::Map<String, serde_json::Value>, i64, i64)> = HashMap::new();
     let mut order = Vec::new();
     for update in users {
         let key = (update.project_id, update.user_id.as_str());
@@ -196,18 +166,12 @@ fn write_users(conn: &Connection, users: &[UserUpdate]) -> Result<(), StoreError
         let traits = serde_json::Value::Object(traits.clone()).to_string();
         upsert.execute(params![key.0, key.1, traits, first, last])?;
     }
-    let mut link =
-        conn.prepare_cached("INSERT OR IGNORE INTO identities VALUES (?, ?, ?, epoch_ms(?))")?;
+    let mut link = conn.prepare_cached("INSERT OR IGNORE INTO identities VALUES (?, ?, ?, epoch_ms(?))")?;
     let mut linked = HashSet::new();
     for update in users {
         if let Some(anonymous_id) = update.anonymous_id.as_deref() {
             if anonymous_id != update.user_id && linked.insert((update.project_id, anonymous_id)) {
-                link.execute(params![
-                    update.project_id,
-                    anonymous_id,
-                    update.user_id,
-                    update.seen_at_ms
-                ])?;
+                link.execute(params![update.project_id, anonymous_id, update.user_id, update.seen_at_ms])?;
             }
         }
     }

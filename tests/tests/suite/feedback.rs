@@ -12,8 +12,7 @@ async fn feedback_is_stored_as_an_event() {
         .await;
     assert_eq!(r.status(), 200);
     // Score only, message only; the write key may ride in the body.
-    s.post("/v1/feedback", &json!({"anonymousId": "a2", "score": 3}))
-        .await;
+    s.post("/v1/feedback", &json!({"anonymousId": "a2", "score": 3})).await;
     let r = s
         .client
         .post(s.url("/v1/feedback"))
@@ -23,21 +22,14 @@ async fn feedback_is_stored_as_an_event() {
         .unwrap();
     assert_eq!(r.status(), 200);
     // A retry of the same message id is not counted twice.
-    s.post(
-        "/v1/feedback",
-        &json!({"userId": "u1", "score": 9, "messageId": "fb-1"}),
-    )
-    .await;
+    s.post("/v1/feedback", &json!({"userId": "u1", "score": 9, "messageId": "fb-1"})).await;
 
     assert_eq!(s.count(&[("name", "$feedback")]).await, 3);
     let e = s.events(&[("user", "u1")]).await.remove(0);
     assert_eq!(e["type"], "feedback");
     assert_eq!(e["release"], "2.0.0");
     assert_eq!(e["path"], "/reports");
-    assert_eq!(
-        e["properties"],
-        json!({"score": 9, "message": "Love the new export", "category": "praise"})
-    );
+    assert_eq!(e["properties"], json!({"score": 9, "message": "Love the new export", "category": "praise"}));
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -50,10 +42,7 @@ async fn bad_feedback_is_refused_naming_the_field() {
         (json!({"userId": "u"}), "score"),
         (json!({"score": 5}), "userId"),
         (json!({"userId": "u", "message": ["no"]}), "message"),
-        (
-            json!({"userId": "u", "score": 5, "timestamp": "later"}),
-            "timestamp",
-        ),
+        (json!({"userId": "u", "score": 5, "timestamp": "later"}), "timestamp"),
         (json!({"userId": "u", "score": 5, "scroe": 5}), "scroe"),
     ];
     for (body, field) in cases {

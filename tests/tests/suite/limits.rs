@@ -16,59 +16,24 @@ async fn error_of(r: reqwest::Response) -> (u16, Value) {
 #[tokio::test(flavor = "multi_thread")]
 async fn keys_are_checked() {
     let s = TestServer::start().await;
-    let event = json!({"userId": "u", "event": "e"});
-    let r = s
-        .client
-        .post(s.url("/v1/track"))
-        .json(&event)
-        .send()
-        .await
-        .unwrap();
-    let (status, body) = error_of(r).await;
+    let track = |key: Option<&str>| {
+        let mut request = s.client.post(s.url("/v1/track")).json(&json!({"userId": "u", "event": "e"}));
+        if let Some(key) = key {
+            request = request.basic_auth(key, Some(""));
+        }
+        async move { error_of(request.send().await.unwrap()).await }
+    };
+    let message = |body: &Value| body["error"]["message"].as_str().unwrap().to_owned();
+
+    let (status, body) = track(None).await;
     assert_eq!(status, 401);
-    assert!(
-        body["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("write key"),
-        "{body}"
-    );
-
-    let r = s
-        .client
-        .post(s.url("/v1/track"))
-        .basic_auth("llw_not-a-real-key", Some(""))
-        .json(&event)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(error_of(r).await.0, 401);
-
-    let r = s
-        .client
-        .post(s.url("/v1/track"))
-        .basic_auth(&s.project.read_key, Some(""))
-        .json(&event)
-        .send()
-        .await
-        .unwrap();
-    let (status, body) = error_of(r).await;
+    assert!(message(&body).contains("write key"), "{body}");
+    assert_eq!(track(Some("llw_not-a-real-key")).await.0, 401);
+    let (status, body) = track(Some(&s.project.read_key)).await;
     assert_eq!(status, 401);
-    assert!(
-        body["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("read key"),
-        "{body}"
-    );
+    assert!(message(&body).contains("read key"), "{body}");
 
-    let r = s
-        .client
-        .post(s.url("/batch/"))
-        .json(&json!({"api_key": "phc_unknown", "batch": []}))
-        .send()
-        .await
-        .unwrap();
+    let r = s.client.post(s.url("/batch/")).json(&json!({"api_key": "phc_unknown", "batch": []})).send().await.unwrap();
     assert_eq!(error_of(r).await.0, 401);
     assert_eq!(s.count(&[]).await, 0);
 }
@@ -77,49 +42,27 @@ async fn keys_are_checked() {
 async fn malformed_bodies_and_events_name_the_field() {
     let s = TestServer::start().await;
     let auth = |rb: reqwest::RequestBuilder| rb.basic_auth(&s.project.write_key, Some(""));
-    let r = auth(s.client.post(s.url("/v1/batch")))
-        .body("{not json")
-        .send()
-        .await
-        .unwrap();
+    let r = auth(s.client.post(s.url("/v1/batch"))).body("{not json").send().await.unwrap();
     let (status, body) = error_of(r).await;
     assert_eq!(status, 400);
     assert_eq!(body["error"]["field"], "body");
 
     let r = s.post("/v1/track", &json!({"userId": "u"})).await;
     let (status, body) = error_of(r).await;
-    assert_eq!(
-        (status, body["error"]["field"].as_str()),
-        (400, Some("event"))
-    );
+    assert_eq!((status, body["error"]["field"].as_str()), (400, Some("event")));
 
-    let r = s
-        .post(
-            "/v1/track",
-            &json!({"userId": "u", "event": "e", "properties": "nope"}),
-        )
-        .await;
+    let r = s.post("/v1/track", &json!({"userId": "u", "event": "e", "properties": "nope"})).await;
     assert_eq!(error_of(r).await.1["error"]["field"], "properties");
 
     let r = s.post("/v1/batch", &json!({"batch": "nope"})).await;
     assert_eq!(error_of(r).await.1["error"]["field"], "batch");
 
-    let r = s
-        .post(
-            "/v1/batch",
-            &json!({"batch": [{"type": "warp", "userId": "u"}]}),
-        )
-        .await;
+    let r = s.post("/v1/batch", &json!({"batch": [{"type": "warp", "userId": "u"}]})).await;
     let (status, body) = error_of(r).await;
     assert_eq!(status, 400);
     assert_eq!(body["rejected"][0]["field"], "type");
 
-    let r = auth(s.client.post(s.url("/v1/track")))
-        .header("content-encoding", "br")
-        .body("{}")
-        .send()
-        .await
-        .unwrap();
+    let r = auth(s.client.post(s.url("/v1/track"))).header("content-encoding", "br").body("{}").send().await.unwrap();
     assert_eq!(error_of(r).await.1["error"]["field"], "Content-Encoding");
 }
 
@@ -152,44 +95,33 @@ async fn one_bad_event_does_not_reject_the_good_ones() {
 async fn size_limits() {
     let s = TestServer::start().await;
     // One event over 32 KB.
-    let r = s
-        .post(
-            "/v1/track",
-            &json!({"userId": "u", "event": "e", "properties": {"b": "x".repeat(33 * 1024)}}),
-        )
-        .await;
+    let r =
+        s.post("/v1/track", &json!({"userId": "u", "event": "e", "properties": {"b": "x".repeat(33 * 1024)}})).await;
     let (status, body) = error_of(r).await;
     assert_eq!(status, 413);
     assert_eq!(body["error"]["field"], "event");
 
     // More than 1,000 events.
-    let batch: Vec<Value> = (0..1001)
-        .map(|_| json!({"type": "track", "userId": "u", "event": "e"}))
-        .collect();
+    let batch: Vec<Value> = (0..1001).map(|_| json!({"type": "track", "userId": "u", "event": "e"})).collect();
     let r = s.post("/v1/batch", &json!({"batch": batch})).await;
     let (status, body) = error_of(r).await;
     assert_eq!(status, 413);
     assert_eq!(body["error"]["field"], "batch");
 
     // A body over 5 MB, declared: refused from the headers, before any of it is sent.
-    let auth = format!(
-        "Basic {}",
-        base64::engine::general_purpose::STANDARD.encode(format!("{}:", s.project.write_key))
-    );
+    let auth =
+        format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{}:", s.project.write_key)));
     let head = format!(
         "POST /v1/batch HTTP/1.1\r\nHost: t\r\nAuthorization: {auth}\r\nContent-Length: {}\r\n\r\n",
         6 * 1024 * 1024
     );
-    assert!(raw_exchange(&s, &head, &[])
-        .await
-        .starts_with("HTTP/1.1 413"));
+    assert!(raw_exchange(&s, &head, &[]).await.starts_with("HTTP/1.1 413"));
     // ...and streamed without a length: cut off one byte past the limit.
-    let head = format!("POST /v1/batch HTTP/1.1\r\nHost: t\r\nAuthorization: {auth}\r\nTransfer-Encoding: chunked\r\n\r\n");
+    let head =
+        format!("POST /v1/batch HTTP/1.1\r\nHost: t\r\nAuthorization: {auth}\r\nTransfer-Encoding: chunked\r\n\r\n");
     let mut chunks: Vec<Vec<u8>> = (0..80).map(|_| chunk(&[b' '; 64 * 1024])).collect();
     chunks.push(chunk(b" "));
-    assert!(raw_exchange(&s, &head, &chunks)
-        .await
-        .starts_with("HTTP/1.1 413"));
+    assert!(raw_exchange(&s, &head, &chunks).await.starts_with("HTTP/1.1 413"));
 
     // A gzip bomb: 200 MB of zeros in about 200 KB, refused without inflating it.
     let mut enc = GzEncoder::new(Vec::new(), flate2::Compression::best());
@@ -199,23 +131,10 @@ async fn size_limits() {
     }
     let bomb = enc.finish().unwrap();
     assert!(bomb.len() < 1024 * 1024);
-    let r = s
-        .client
-        .post(s.url("/batch/"))
-        .header("content-encoding", "gzip")
-        .body(bomb)
-        .send()
-        .await
-        .unwrap();
+    let r = s.client.post(s.url("/batch/")).header("content-encoding", "gzip").body(bomb).send().await.unwrap();
     let (status, body) = error_of(r).await;
     assert_eq!(status, 413);
-    assert!(
-        body["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("decompressed"),
-        "{body}"
-    );
+    assert!(body["error"]["message"].as_str().unwrap().contains("decompressed"), "{body}");
     assert_eq!(s.count(&[]).await, 0);
 }
 
@@ -239,10 +158,7 @@ async fn raw_exchange(s: &TestServer, head: &str, body: &[Vec<u8>]) -> String {
         stream.write_all(piece).await.unwrap();
     }
     let mut answer = vec![0u8; 1024];
-    let n = tokio::time::timeout(leanloop_tests::DEADLINE, stream.read(&mut answer))
-        .await
-        .unwrap()
-        .unwrap();
+    let n = tokio::time::timeout(leanloop_tests::DEADLINE, stream.read(&mut answer)).await.unwrap().unwrap();
     String::from_utf8_lossy(&answer[..n]).into_owned()
 }
 
@@ -285,11 +201,7 @@ async fn hostile_bodies_never_cause_a_server_error() {
                 .await
                 .unwrap();
             let status = r.status();
-            assert!(
-                status.as_u16() < 500,
-                "{path} answered {status} to {:?}",
-                String::from_utf8_lossy(body)
-            );
+            assert!(status.as_u16() < 500, "{path} answered {status} to {:?}", String::from_utf8_lossy(body));
             if !status.is_success() {
                 let answer: Value = r.json().await.expect("a JSON error");
                 assert!(answer["error"]["message"].is_string(), "{path}: {answer}");
@@ -308,23 +220,12 @@ async fn hostile_bodies_never_cause_a_server_error() {
                 seed as u8
             })
             .collect();
-        let mut req = s
-            .client
-            .post(s.url(paths[i % paths.len()]))
-            .basic_auth(&s.project.write_key, Some(""));
+        let mut req = s.client.post(s.url(paths[i % paths.len()])).basic_auth(&s.project.write_key, Some(""));
         if i % 3 == 0 {
             req = req.header("content-encoding", "gzip");
         }
         let status = req.body(body).send().await.unwrap().status();
         assert!(status.as_u16() < 500, "random body {i} answered {status}");
     }
-    assert_eq!(
-        s.client
-            .get(s.url("/healthz"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
+    assert_eq!(s.client.get(s.url("/healthz")).send().await.unwrap().status(), 200);
 }

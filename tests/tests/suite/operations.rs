@@ -16,46 +16,22 @@ async fn a_full_queue_answers_503_with_retry_after_and_recovers() {
     let s = TestServer::start_with(|c| c.collector.queue_capacity = 1000).await;
     let queue = s.collector.queue();
     queue.pause();
-    assert_eq!(
-        s.post("/v1/batch", &batch(600, "first")).await.status(),
-        200
-    );
+    assert_eq!(s.post("/v1/batch", &batch(600, "first")).await.status(), 200);
     let r = s.post("/v1/batch", &batch(600, "refused")).await;
     assert_eq!(r.status(), 503);
     assert_eq!(r.headers()["retry-after"], "1");
     let answer: Value = r.json().await.unwrap();
-    assert!(answer["error"]["message"]
-        .as_str()
-        .unwrap()
-        .contains("queue is full"));
-    assert_eq!(
-        s.post("/v1/batch", &batch(350, "second")).await.status(),
-        200
-    );
+    assert!(answer["error"]["message"].as_str().unwrap().contains("queue is full"));
+    assert_eq!(s.post("/v1/batch", &batch(350, "second")).await.status(), 200);
     assert_eq!(queue.depth(), 950);
     let r = s.client.get(s.url("/readyz")).send().await.unwrap();
     assert_eq!(r.status(), 503, "over 90% full is not ready");
 
     queue.resume();
-    assert_eq!(
-        s.count(&[]).await,
-        950,
-        "every acknowledged event is stored"
-    );
+    assert_eq!(s.count(&[]).await, 950, "every acknowledged event is stored");
     assert_eq!(s.count(&[("name", "refused")]).await, 0);
-    assert_eq!(
-        s.client
-            .get(s.url("/readyz"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
-    assert_eq!(
-        s.post("/v1/batch", &batch(600, "after")).await.status(),
-        200
-    );
+    assert_eq!(s.client.get(s.url("/readyz")).send().await.unwrap().status(), 200);
+    assert_eq!(s.post("/v1/batch", &batch(600, "after")).await.status(), 200);
     assert_eq!(s.count(&[("name", "after")]).await, 600);
 }
 
@@ -65,10 +41,7 @@ async fn graceful_shutdown_stores_what_was_acknowledged() {
     let project = s.project.clone();
     s.collector.queue().pause();
     for _ in 0..5 {
-        assert_eq!(
-            s.post("/v1/batch", &batch(200, "queued")).await.status(),
-            200
-        );
+        assert_eq!(s.post("/v1/batch", &batch(200, "queued")).await.status(), 200);
     }
     assert_eq!(s.collector.queue().depth(), 1000);
     let dir = s.stop().await;
@@ -81,46 +54,16 @@ async fn graceful_shutdown_stores_what_was_acknowledged() {
 #[tokio::test(flavor = "multi_thread")]
 async fn health_readiness_and_metrics() {
     let s = TestServer::start().await;
-    assert_eq!(
-        s.client
-            .get(s.url("/healthz"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
-    let ready: Value = s
-        .client
-        .get(s.url("/readyz"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    assert_eq!(s.client.get(s.url("/healthz")).send().await.unwrap().status(), 200);
+    let ready: Value = s.client.get(s.url("/readyz")).send().await.unwrap().json().await.unwrap();
     assert_eq!(ready["ready"], true);
     s.post("/v1/batch", &batch(3, "m")).await;
     s.post("/v1/track", &json!({"userId": "u"})).await;
-    s.client
-        .post(s.url("/v1/track"))
-        .json(&json!({}))
-        .send()
-        .await
-        .unwrap();
+    s.client.post(s.url("/v1/track")).json(&json!({})).send().await.unwrap();
     s.settle().await;
     let text = eventually("metrics to show the write", || async {
-        let text = s
-            .client
-            .get(s.url("/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        text.contains("leanloop_store_write_seconds_bucket")
-            .then_some(text)
+        let text = s.client.get(s.url("/metrics")).send().await.unwrap().text().await.unwrap();
+        text.contains("leanloop_store_write_seconds_bucket").then_some(text)
     })
     .await;
     for needle in [
@@ -141,61 +84,14 @@ async fn the_read_api_needs_the_right_read_key() {
     let path = |id: i64| s.url(&format!("/api/v1/projects/{id}/events/count"));
     let status = |r: reqwest::Response| r.status().as_u16();
 
-    assert_eq!(
-        status(s.client.get(path(s.project.id)).send().await.unwrap()),
-        401
-    );
-    assert_eq!(
-        status(
-            s.client
-                .get(path(s.project.id))
-                .bearer_auth(&s.project.write_key)
-                .send()
-                .await
-                .unwrap()
-        ),
-        401
-    );
-    assert_eq!(
-        status(
-            s.client
-                .get(path(s.project.id))
-                .bearer_auth("llr_unknown")
-                .send()
-                .await
-                .unwrap()
-        ),
-        401
-    );
-    assert_eq!(
-        status(
-            s.client
-                .get(path(s.project.id))
-                .bearer_auth(&other.read_key)
-                .send()
-                .await
-                .unwrap()
-        ),
-        403
-    );
-    assert_eq!(
-        status(
-            s.client
-                .get(path(other.id))
-                .bearer_auth(&other.read_key)
-                .send()
-                .await
-                .unwrap()
-        ),
-        200
-    );
+    assert_eq!(status(s.client.get(path(s.project.id)).send().await.unwrap()), 401);
+    assert_eq!(status(s.client.get(path(s.project.id)).bearer_auth(&s.project.write_key).send().await.unwrap()), 401);
+    assert_eq!(status(s.client.get(path(s.project.id)).bearer_auth("llr_unknown").send().await.unwrap()), 401);
+    assert_eq!(status(s.client.get(path(s.project.id)).bearer_auth(&other.read_key).send().await.unwrap()), 403);
+    assert_eq!(status(s.client.get(path(other.id)).bearer_auth(&other.read_key).send().await.unwrap()), 200);
 
     let bad = |query: &'static [(&'static str, &'static str)], field: &'static str| {
-        let request = s
-            .client
-            .get(path(s.project.id))
-            .bearer_auth(&s.project.read_key)
-            .query(query);
+        let request = s.client.get(path(s.project.id)).bearer_auth(&s.project.read_key).query(query);
         async move {
             let r = request.send().await.unwrap();
             assert_eq!(r.status(), 400, "{query:?}");
@@ -204,32 +100,17 @@ async fn the_read_api_needs_the_right_read_key() {
         }
     };
     bad(&[("from", "yesterday")], "from").await;
-    bad(
-        &[
-            ("from", "2024-02-01T00:00:00Z"),
-            ("to", "2024-01-01T00:00:00Z"),
-        ],
-        "from",
-    )
-    .await;
+    bad(&[("from", "2024-02-01T00:00:00Z"), ("to", "2024-01-01T00:00:00Z")], "from").await;
     bad(&[("colour", "red")], "colour").await;
-    let r = s
-        .client
-        .get(s.url("/api/v1/projects/abc/events/count"))
-        .bearer_auth(&s.project.read_key)
-        .send()
-        .await
-        .unwrap();
+    let r =
+        s.client.get(s.url("/api/v1/projects/abc/events/count")).bearer_auth(&s.project.read_key).send().await.unwrap();
     assert_eq!(r.status(), 400);
     // Injection attempts are just values.
     let r = s
         .client
         .get(path(s.project.id))
         .bearer_auth(&s.project.read_key)
-        .query(&[
-            ("name", "x' OR 1=1 --"),
-            ("user", "\"; DROP TABLE events; --"),
-        ])
+        .query(&[("name", "x' OR 1=1 --"), ("user", "\"; DROP TABLE events; --")])
         .send()
         .await
         .unwrap();
@@ -239,15 +120,7 @@ async fn the_read_api_needs_the_right_read_key() {
 #[tokio::test(flavor = "multi_thread")]
 async fn the_dashboard_lists_projects_without_secrets() {
     let s = TestServer::start().await;
-    let html = s
-        .client
-        .get(s.url("/"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let html = s.client.get(s.url("/")).send().await.unwrap().text().await.unwrap();
     assert!(html.contains(&s.project.write_key));
     assert!(!html.contains(&s.project.read_key));
 }

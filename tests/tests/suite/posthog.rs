@@ -21,10 +21,7 @@ fn capture(s: &TestServer, event: &str, distinct_id: &str, properties: Value) ->
 #[tokio::test(flavor = "multi_thread")]
 async fn every_endpoint_accepts_events() {
     let s = TestServer::start().await;
-    for (i, path) in ["/capture/", "/e/", "/i/v0/e/", "/capture", "/e"]
-        .iter()
-        .enumerate()
-    {
+    for (i, path) in ["/capture/", "/e/", "/i/v0/e/", "/capture", "/e"].iter().enumerate() {
         let body = capture(&s, &format!("ev{i}"), "d1", json!({}));
         let r = s.client.post(s.url(path)).json(&body).send().await.unwrap();
         assert_eq!(r.status(), 200, "{path}");
@@ -34,28 +31,10 @@ async fn every_endpoint_accepts_events() {
         {"event": "b1", "distinct_id": "d1", "properties": {}},
         {"event": "b2", "properties": {"distinct_id": "d2", "token": "ignored-when-api_key-given"}}
     ]});
-    assert_eq!(
-        s.client
-            .post(s.url("/batch/"))
-            .json(&batch)
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
+    assert_eq!(s.client.post(s.url("/batch/")).json(&batch).send().await.unwrap().status(), 200);
     // An array body with the token per event, as older SDKs send.
     let array = json!([{"token": s.project.write_key, "event": "arr", "distinct_id": "d3"}]);
-    assert_eq!(
-        s.client
-            .post(s.url("/e/"))
-            .json(&array)
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
+    assert_eq!(s.client.post(s.url("/e/")).json(&array).send().await.unwrap().status(), 200);
     assert_eq!(s.count(&[]).await, 8);
 }
 
@@ -87,13 +66,7 @@ async fn gzip_and_base64_bodies() {
 
     let body = capture(&s, "form", "d", json!({})).to_string();
     let data = base64::engine::general_purpose::STANDARD.encode(body);
-    let r = s
-        .client
-        .post(s.url("/e/"))
-        .form(&[("data", data.as_str())])
-        .send()
-        .await
-        .unwrap();
+    let r = s.client.post(s.url("/e/")).form(&[("data", data.as_str())]).send().await.unwrap();
     assert_eq!(r.status(), 200);
 
     for name in ["gz-header", "gz-js", "form"] {
@@ -116,13 +89,7 @@ async fn pageviews_identify_and_set_map_onto_the_model() {
         {"event": "upgraded", "distinct_id": "user-9", "properties": {"$release": "1.0.0", "$app_version": "0.9.1"}},
         {"event": "$create_alias", "distinct_id": "user-9", "properties": {"distinct_id": "user-9", "alias": "user-9-new"}}
     ]});
-    let r = s
-        .client
-        .post(s.url("/batch/"))
-        .json(&batch)
-        .send()
-        .await
-        .unwrap();
+    let r = s.client.post(s.url("/batch/")).json(&batch).send().await.unwrap();
     assert_eq!(r.status(), 200);
 
     let pv = s.only_event("$pageview").await;
@@ -143,11 +110,7 @@ async fn pageviews_identify_and_set_map_onto_the_model() {
     let identify = s.only_event("$identify").await;
     assert_eq!(identify["user_id"], "user-9");
     assert_eq!(identify["anonymous_id"], "anon-9");
-    assert_eq!(
-        s.only_event("upgraded").await["release"],
-        "1.0.0",
-        "$release wins over $app_version"
-    );
+    assert_eq!(s.only_event("upgraded").await["release"], "1.0.0", "$release wins over $app_version");
     let alias = s.only_event("$alias").await;
     assert_eq!(alias["user_id"], "user-9-new");
     assert_eq!(alias["properties"]["$previous_id"], "user-9");

@@ -15,20 +15,12 @@ fn python() -> String {
 
 /// Runs a client script against `s` off the async runtime.
 async fn run_client(s: &TestServer, script: &str) {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("clients")
-        .join(script);
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("clients").join(script);
     let (host, key) = (s.base.clone(), s.project.write_key.clone());
-    let output = tokio::task::spawn_blocking(move || {
-        Command::new(python())
-            .arg(&path)
-            .arg(host)
-            .arg(key)
-            .output()
-    })
-    .await
-    .unwrap()
-    .unwrap_or_else(|e| panic!("cannot run {} ({e}); set LEANLOOP_TEST_PYTHON", python()));
+    let output = tokio::task::spawn_blocking(move || Command::new(python()).arg(&path).arg(host).arg(key).output())
+        .await
+        .unwrap()
+        .unwrap_or_else(|e| panic!("cannot run {} ({e}); set LEANLOOP_TEST_PYTHON", python()));
     assert!(
         output.status.success(),
         "{script} failed:\n{}\n{}\n(install tests/clients/requirements.txt; the test script does)",
@@ -49,37 +41,18 @@ async fn segment_analytics_python() {
         let events = s.events(&[("user", &user)]).await;
         let mut names: Vec<&str> = events.iter().map(|e| e["name"].as_str().unwrap()).collect();
         names.sort_unstable();
-        assert_eq!(
-            names,
-            [
-                "$alias",
-                "$group",
-                "$identify",
-                "$pageview",
-                "$screen",
-                "Python Track"
-            ]
-        );
+        assert_eq!(names, ["$alias", "$group", "$identify", "$pageview", "$screen", "Python Track"]);
         let track = events.iter().find(|e| e["name"] == "Python Track").unwrap();
         assert_eq!(track["release"], "5.0.0");
         assert_eq!(track["library"], "analytics-python");
         assert_eq!(track["ip"], "192.0.2.0");
         assert_eq!(track["properties"]["tag"], tag);
-        assert_eq!(
-            track["uuid"],
-            leanloop_collector::event_uuid(Some(&format!("py-{tag}-track-1"))).to_string()
-        );
+        assert_eq!(track["uuid"], leanloop_collector::event_uuid(Some(&format!("py-{tag}-track-1"))).to_string());
         let page = events.iter().find(|e| e["name"] == "$pageview").unwrap();
         assert_eq!(page["page_name"], "Intro");
         assert_eq!(page["utm_source"], "py");
-        assert_eq!(
-            s.user_traits(&user).await.unwrap()["email"],
-            format!("{tag}@py.example")
-        );
-        assert_eq!(
-            s.identity(&format!("py-{tag}-anon")).await,
-            Some(user.clone())
-        );
+        assert_eq!(s.user_traits(&user).await.unwrap()["email"], format!("{tag}@py.example"));
+        assert_eq!(s.identity(&format!("py-{tag}-anon")).await, Some(user.clone()));
         assert_eq!(s.identity(&format!("py-{tag}-old")).await, Some(user));
     }
 }
@@ -90,28 +63,18 @@ async fn posthog_python() {
     run_client(&s, "posthog_client.py").await;
     // capture + $set + alias + groupidentify + 250 captures, plain and gzip.
     assert_eq!(s.count(&[]).await, 508);
-    for (tag, uuid) in [
-        ("plain", "00000000-0000-4000-8000-000000000002"),
-        ("gz", "00000000-0000-4000-8000-000000000001"),
-    ] {
+    for (tag, uuid) in
+        [("plain", "00000000-0000-4000-8000-000000000002"), ("gz", "00000000-0000-4000-8000-000000000001")]
+    {
         assert_eq!(s.count(&[("user", &format!("ph-{tag}-bulk"))]).await, 250);
         let user = format!("ph-{tag}-user");
-        let capture = s
-            .events(&[("name", "Python Capture"), ("user", &user)])
-            .await
-            .remove(0);
+        let capture = s.events(&[("name", "Python Capture"), ("user", &user)]).await.remove(0);
         assert_eq!(capture["uuid"], uuid);
         assert_eq!(capture["release"], "7.0.0");
         assert_eq!(capture["library"], "posthog-python");
         assert_eq!(capture["properties"]["n"], 1);
-        assert_eq!(
-            s.user_traits(&user).await.unwrap()["email"],
-            format!("{tag}@ph.example")
-        );
-        assert_eq!(
-            s.identity(&format!("ph-{tag}-old")).await.as_deref(),
-            Some(user.as_str())
-        );
+        assert_eq!(s.user_traits(&user).await.unwrap()["email"], format!("{tag}@ph.example"));
+        assert_eq!(s.identity(&format!("ph-{tag}-old")).await.as_deref(), Some(user.as_str()));
     }
     assert_eq!(s.count(&[("name", "$group")]).await, 2);
 }

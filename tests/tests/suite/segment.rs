@@ -10,23 +10,11 @@ const CHROME_MAC: &str = "Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7) AppleW
 async fn every_call_type_is_stored_with_the_naming_convention() {
     let s = TestServer::start().await;
     let calls = [
-        (
-            "/v1/track",
-            json!({"userId": "u1", "event": "Signed Up", "properties": {"plan": "pro"}}),
-        ),
-        (
-            "/v1/page",
-            json!({"userId": "u1", "name": "Pricing", "properties": {"url": "https://shop.example/pricing"}}),
-        ),
+        ("/v1/track", json!({"userId": "u1", "event": "Signed Up", "properties": {"plan": "pro"}})),
+        ("/v1/page", json!({"userId": "u1", "name": "Pricing", "properties": {"url": "https://shop.example/pricing"}})),
         ("/v1/screen", json!({"userId": "u1", "name": "Home"})),
-        (
-            "/v1/identify",
-            json!({"userId": "u1", "anonymousId": "anon-1", "traits": {"email": "a@shop.example"}}),
-        ),
-        (
-            "/v1/group",
-            json!({"userId": "u1", "groupId": "acme", "traits": {"seats": 5}}),
-        ),
+        ("/v1/identify", json!({"userId": "u1", "anonymousId": "anon-1", "traits": {"email": "a@shop.example"}})),
+        ("/v1/group", json!({"userId": "u1", "groupId": "acme", "traits": {"seats": 5}})),
         ("/v1/alias", json!({"userId": "u1", "previousId": "old-1"})),
     ];
     for (path, body) in &calls {
@@ -34,14 +22,7 @@ async fn every_call_type_is_stored_with_the_naming_convention() {
         assert_eq!(r.status(), 200, "{path}: {}", r.text().await.unwrap());
     }
     assert_eq!(s.count(&[]).await, 6);
-    let names = [
-        "Signed Up",
-        "$pageview",
-        "$screen",
-        "$identify",
-        "$group",
-        "$alias",
-    ];
+    let names = ["Signed Up", "$pageview", "$screen", "$identify", "$group", "$alias"];
     let kinds = ["track", "page", "screen", "identify", "group", "alias"];
     for (name, kind) in names.iter().zip(kinds) {
         let e = s.only_event(name).await;
@@ -50,41 +31,18 @@ async fn every_call_type_is_stored_with_the_naming_convention() {
     }
     assert_eq!(s.only_event("$pageview").await["page_name"], "Pricing");
     assert_eq!(s.only_event("$screen").await["page_name"], "Home");
-    assert_eq!(
-        s.only_event("$group").await["properties"]["$group_id"],
-        "acme"
-    );
-    assert_eq!(
-        s.only_event("$group").await["properties"]["$group_traits"]["seats"],
-        5
-    );
-    assert_eq!(
-        s.only_event("$alias").await["properties"]["$previous_id"],
-        "old-1"
-    );
+    assert_eq!(s.only_event("$group").await["properties"]["$group_id"], "acme");
+    assert_eq!(s.only_event("$group").await["properties"]["$group_traits"]["seats"], 5);
+    assert_eq!(s.only_event("$alias").await["properties"]["$previous_id"], "old-1");
 
-    assert_eq!(
-        s.user_traits("u1")
-            .await
-            .expect("identify stores the person")["email"],
-        "a@shop.example"
-    );
-    assert_eq!(
-        s.identity("anon-1").await.as_deref(),
-        Some("u1"),
-        "identify links the anonymous id"
-    );
-    assert_eq!(
-        s.identity("old-1").await.as_deref(),
-        Some("u1"),
-        "alias links the previous id"
-    );
+    assert_eq!(s.user_traits("u1").await.expect("identify stores the person")["email"], "a@shop.example");
+    assert_eq!(s.identity("anon-1").await.as_deref(), Some("u1"), "identify links the anonymous id");
+    assert_eq!(s.identity("old-1").await.as_deref(), Some("u1"), "alias links the previous id");
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn batch_with_write_key_in_body_and_fields_read_back() {
-    let s =
-        TestServer::start_with(|c| c.collector.country_header = Some("cf-ipcountry".into())).await;
+    let s = TestServer::start_with(|c| c.collector.country_header = Some("cf-ipcountry".into())).await;
     let id = message_id();
     let body = json!({
         "writeKey": s.project.write_key,
@@ -100,14 +58,7 @@ async fn batch_with_write_key_in_body_and_fields_read_back() {
             }
         }]
     });
-    let r = s
-        .client
-        .post(s.url("/v1/batch"))
-        .header("cf-ipcountry", "de")
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
+    let r = s.client.post(s.url("/v1/batch")).header("cf-ipcountry", "de").json(&body).send().await.unwrap();
     assert_eq!(r.status(), 200);
     let ack: serde_json::Value = r.json().await.unwrap();
     assert_eq!(ack["accepted"], 1);
@@ -130,10 +81,7 @@ async fn batch_with_write_key_in_body_and_fields_read_back() {
     assert_eq!(e["ip"], "198.51.100.0", "the last octet is zeroed");
     assert_eq!(e["library"], "analytics.js");
     assert_eq!(e["properties"], json!({"total": 42.5, "items": [1, 2]}));
-    assert!(
-        e["session_id"].as_str().is_some_and(|s| !s.is_empty()),
-        "a server-side session id is assigned"
-    );
+    assert!(e["session_id"].as_str().is_some_and(|s| !s.is_empty()), "a server-side session id is assigned");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -149,20 +97,11 @@ async fn a_batch_sent_three_times_is_stored_once() {
     }
     // And once more with the same ids repeated inside one request.
     let doubled: Vec<_> = batch.iter().chain(batch.iter()).cloned().collect();
-    assert_eq!(
-        s.post("/v1/batch", &json!({ "batch": doubled }))
-            .await
-            .status(),
-        200
-    );
+    assert_eq!(s.post("/v1/batch", &json!({ "batch": doubled })).await.status(), 200);
     assert_eq!(s.count(&[("name", "Clicked")]).await, 50);
     // Non-UUID message ids deduplicate too.
     for _ in 0..2 {
-        s.post(
-            "/v1/track",
-            &json!({"userId": "u", "event": "Custom Id", "messageId": "msg-000123"}),
-        )
-        .await;
+        s.post("/v1/track", &json!({"userId": "u", "event": "Custom Id", "messageId": "msg-000123"})).await;
     }
     assert_eq!(s.count(&[("name", "Custom Id")]).await, 1);
 }
@@ -175,15 +114,16 @@ async fn clock_skew_is_corrected_and_the_far_future_clamped() {
     let skewed_sent = now + chrono::Duration::hours(2);
     let skewed_ts = skewed_sent - chrono::Duration::seconds(30);
     s.post("/v1/track", &json!({"userId": "u", "event": "Skewed", "timestamp": skewed_ts.to_rfc3339(), "sentAt": skewed_sent.to_rfc3339()})).await;
-    s.post("/v1/track", &json!({"userId": "u", "event": "Future", "timestamp": (now + chrono::Duration::hours(30)).to_rfc3339()})).await;
+    s.post(
+        "/v1/track",
+        &json!({"userId": "u", "event": "Future", "timestamp": (now + chrono::Duration::hours(30)).to_rfc3339()}),
+    )
+    .await;
 
     let skewed = s.only_event("Skewed").await;
     let t = chrono::DateTime::parse_from_rfc3339(skewed["timestamp"].as_str().unwrap()).unwrap();
     let expected = now - chrono::Duration::seconds(30);
-    assert!(
-        (t.timestamp_millis() - expected.timestamp_millis()).abs() < 5_000,
-        "corrected to about 30 s ago: {t}"
-    );
+    assert!((t.timestamp_millis() - expected.timestamp_millis()).abs() < 5_000, "corrected to about 30 s ago: {t}");
     assert_eq!(skewed["timestamp_clamped"], false);
 
     let future = s.only_event("Future").await;
@@ -244,8 +184,7 @@ async fn full_ips_are_kept_only_when_the_project_opts_in() {
 #[tokio::test(flavor = "multi_thread")]
 async fn text_plain_bodies_and_cors_preflight_work_for_browsers() {
     let s = TestServer::start().await;
-    let body =
-        json!({"writeKey": s.project.write_key, "userId": "u", "event": "Beacon"}).to_string();
+    let body = json!({"writeKey": s.project.write_key, "userId": "u", "event": "Beacon"}).to_string();
     let r = s
         .client
         .post(s.url("/v1/track"))
@@ -256,27 +195,18 @@ async fn text_plain_bodies_and_cors_preflight_work_for_browsers() {
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
-    assert_eq!(
-        r.headers()["access-control-allow-origin"],
-        "https://shop.example"
-    );
+    assert_eq!(r.headers()["access-control-allow-origin"], "https://shop.example");
     let preflight = s
         .client
         .request(reqwest::Method::OPTIONS, s.url("/v1/batch"))
         .header("origin", "https://shop.example")
         .header("access-control-request-method", "POST")
-        .header(
-            "access-control-request-headers",
-            "content-type,authorization",
-        )
+        .header("access-control-request-headers", "content-type,authorization")
         .send()
         .await
         .unwrap();
     assert!(preflight.status().is_success());
-    assert_eq!(
-        preflight.headers()["access-control-allow-origin"],
-        "https://shop.example"
-    );
+    assert_eq!(preflight.headers()["access-control-allow-origin"], "https://shop.example");
     assert_eq!(s.count(&[("name", "Beacon")]).await, 1);
 }
 
@@ -293,14 +223,7 @@ async fn read_api_filters_by_name_user_and_time() {
     assert_eq!(s.count(&[("name", "a")]).await, 2);
     assert_eq!(s.count(&[("user", "x")]).await, 2);
     assert_eq!(s.count(&[("from", "2024-01-02T00:00:00Z")]).await, 2);
-    assert_eq!(
-        s.count(&[
-            ("from", "2024-01-01T12:00:00Z"),
-            ("to", "2024-01-02T12:00:00Z")
-        ])
-        .await,
-        1
-    );
+    assert_eq!(s.count(&[("from", "2024-01-01T12:00:00Z"), ("to", "2024-01-02T12:00:00Z")]).await, 1);
     let newest = s.events(&[("limit", "1")]).await;
     assert_eq!(newest.len(), 1);
     assert_eq!(newest[0]["name"], "b");
