@@ -56,8 +56,4 @@ impl Analytics {
         let events = self.store.recent(&filter, query.limit()?)?;
         Ok(events.into_iter().map(EventView::from).collect())
     }
-
-    pub fn store(&self) -> &Arc<dyn EventStore> {
-        &self.store
-    }
 }

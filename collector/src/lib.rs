@@ -17,7 +17,7 @@ mod sessions;
 pub mod wire;
 
 pub use config::CollectorConfig;
-pub use enrich::{anonymise, event_uuid};
+pub use enrich::event_uuid;
 pub use error::IngestError;
 pub use queue::IngestQueue;
 

@@ -37,8 +37,4 @@ impl KeyCache {
             .insert(key.to_owned(), (project.clone(), kind, Instant::now()));
         Ok(Some((project, kind)))
     }
-
-    pub fn control(&self) -> &Arc<ControlPlane> {
-        &self.control
-    }
 }

@@ -102,14 +102,6 @@ pub struct Event {
     pub properties: String,
 }
 
-impl Event {
-    /// The identity used for sessions and people: the user id once known, else
-    /// the anonymous id.
-    pub fn distinct_id(&self) -> Option<&str> {
-        self.user_id.as_deref().or(self.anonymous_id.as_deref())
-    }
-}
-
 /// Traits learnt about a person from an identify call (or a PostHog `$set`),
 /// and the anonymous id that identify linked to them.
 #[derive(Debug, Clone, PartialEq)]

@@ -71,10 +71,6 @@ impl App {
         self.listener.local_addr().expect("a bound listener has an address")
     }
 
-    pub fn port(&self) -> u16 {
-        self.address().port()
-    }
-
     pub fn default_project(&self) -> &Project {
         &self.default_project
     }
