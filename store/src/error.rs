@@ -15,9 +15,11 @@ pub enum StoreError {
 }
 
 impl StoreError {
-    /// Whether retrying the same write later can succeed. Store errors are all
-    /// treated as transient by the writer: events are validated before they
-    /// reach the store, so a failing write means the store, not the data.
+    /// Whether retrying the same write later can succeed. The writer retries
+    /// every failed write regardless (acknowledged events are never dropped;
+    /// events are validated before they reach the store, so a failure means
+    /// the store, not the data); this only tells operators when a retry
+    /// cannot help without their intervention.
     pub fn is_retriable(&self) -> bool {
         !matches!(self, StoreError::SchemaTooNew { .. })
     }
