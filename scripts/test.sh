@@ -25,14 +25,53 @@ export LEANLOOP_TEST_PYTHON="$venv/bin/python"
 "$LEANLOOP_TEST_PYTHON" -c "import segment.analytics, posthog" \
   || { echo "python SDK clients are not importable" >&2; exit 1; }
 
-step "cargo test (release profile: DuckDB is compiled once, optimised)"
+# ClickHouse (Debian's 18.16) on a free loopback port, its data under the
+# build directory. Tests that need a server fail, not skip, without it.
+step "ClickHouse"
+services="$root/scripts/services"
+"$services/clickhouse.sh" install
+ch_dir="$CARGO_TARGET_DIR/clickhouse-test"
+"$services/clickhouse.sh" stop "$ch_dir" >/dev/null 2>&1 || true
+rm -rf "$ch_dir"
+LEANLOOP_TEST_CLICKHOUSE_URL="$("$services/clickhouse.sh" start "$ch_dir")"
+export LEANLOOP_TEST_CLICKHOUSE_URL
+trap '"$services/clickhouse.sh" stop "$ch_dir" >/dev/null 2>&1 || true' EXIT
+echo "ClickHouse at $LEANLOOP_TEST_CLICKHOUSE_URL"
+
+# Headless Chromium and chromedriver (Debian's) for the browser SDK's
+# end-to-end tests, which fail, not skip, without them.
+step "Chromium and chromedriver"
+if ! command -v chromedriver >/dev/null 2>&1 || ! command -v chromium >/dev/null 2>&1; then
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get install -y -qq chromium chromium-driver \
+    || { apt-get update -qq && apt-get install -y -qq chromium chromium-driver; }
+fi
+LEANLOOP_TEST_CHROMEDRIVER="${LEANLOOP_TEST_CHROMEDRIVER:-$(command -v chromedriver || true)}"
+LEANLOOP_TEST_CHROMIUM="${LEANLOOP_TEST_CHROMIUM:-$(command -v chromium || true)}"
+export LEANLOOP_TEST_CHROMEDRIVER LEANLOOP_TEST_CHROMIUM
+"$LEANLOOP_TEST_CHROMEDRIVER" --version \
+  || { echo "chromedriver is not installed (Debian package chromium-driver)" >&2; exit 1; }
+[ -x "$LEANLOOP_TEST_CHROMIUM" ] \
+  || { echo "chromium is not installed (Debian package chromium)" >&2; exit 1; }
+
 log="$(mktemp)"
+status=0
+
+# The browser SDK's unit tests: Node's built-in runner, no packages.
+step "JS SDK (node --test)"
+if ! command -v node >/dev/null 2>&1; then
+  apt-get update -qq && apt-get install -y -qq nodejs
+fi
+(cd sdk-js && node --test test/) 2>&1 | tee -a "$log" || status=1
+
+step "cargo test (release profile: DuckDB is compiled once, optimised)"
 set +e
-cargo test --release --workspace --locked --lib --bins --tests 2>&1 | tee "$log"
-status=${PIPESTATUS[0]}
+cargo test --release --workspace --locked --lib --bins --tests 2>&1 | tee -a "$log"
+[ "${PIPESTATUS[0]}" -eq 0 ] || status=1
 set -e
-# One closing line for the whole run, summed over every test binary.
+# One closing line for the whole run, summed over every test binary and Node.
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
+     /^# pass / { p += $3 } /^# fail / { f += $3 }
      END { printf "tests: %d passed, %d failed\n", p, f }' "$log"
 rm -f "$log"
 exit "$status"

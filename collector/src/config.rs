@@ -11,8 +11,18 @@ pub struct CollectorConfig {
     pub max_event_bytes: usize,
     /// Most events in one batch request.
     pub max_batch_events: usize,
-    /// Events (and person updates) held between HTTP and the store. When full,
-    /// ingest answers 503 with Retry-After until the writer catches up.
+    /// Keep accepted events in the durable write-ahead log until the store
+    /// confirms them (a 2xx then survives a crash). Off: an in-memory queue.
+    pub log: bool,
+    /// Largest undelivered backlog in the log, in bytes. When full, ingest
+    /// answers 503 with Retry-After until delivery catches up.
+    pub log_max_bytes: u64,
+    /// Size of one log segment file; delivered segments are deleted whole.
+    pub log_segment_bytes: u64,
+    /// Longest an event waits in the log for others to share its store write.
+    pub delivery_interval_ms: u64,
+    /// Without the log: events (and person updates) held between HTTP and the
+    /// store. When full, ingest answers 503 with Retry-After.
     pub queue_capacity: usize,
     /// Most events the writer stores in one transaction.
     pub write_batch_events: usize,
@@ -34,6 +44,10 @@ impl Default for CollectorConfig {
             max_body_bytes: 5 * 1024 * 1024,
             max_event_bytes: 32 * 1024,
             max_batch_events: 1000,
+            log: true,
+            log_max_bytes: 2 * 1024 * 1024 * 1024,
+            log_segment_bytes: 64 * 1024 * 1024,
+            delivery_interval_ms: 1000,
             queue_capacity: 100_000,
             write_batch_events: 50_000,
             session_timeout_minutes: 30,
@@ -53,6 +67,8 @@ impl CollectorConfig {
             ("max_event_bytes", self.max_event_bytes),
             ("max_batch_events", self.max_batch_events),
             ("queue_capacity", self.queue_capacity),
+            ("log_segment_bytes", self.log_segment_bytes as usize),
+            ("delivery_interval_ms", self.delivery_interval_ms as usize),
             ("write_batch_events", self.write_batch_events),
             ("session_timeout_minutes", self.session_timeout_minutes as usize),
             ("session_capacity", self.session_capacity),
@@ -63,6 +79,9 @@ impl CollectorConfig {
         }
         if self.max_event_bytes > self.max_body_bytes {
             return Err("collector.max_event_bytes must not exceed collector.max_body_bytes".into());
+        }
+        if self.log && self.log_max_bytes < self.max_body_bytes as u64 * 2 {
+            return Err("collector.log_max_bytes must hold at least two full request bodies (2 × max_body_bytes)".into());
         }
         if self.queue_capacity < self.max_batch_events {
             return Err("collector.queue_capacity must hold at least one full batch (max_batch_events)".into());

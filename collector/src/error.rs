@@ -24,6 +24,8 @@ pub enum IngestError {
     BatchTooLarge { count: usize, limit: usize },
     #[error("ingest queue is full; retry after {retry_after_secs} s")]
     QueueFull { retry_after_secs: u32 },
+    #[error("write-ahead log cannot take events: {0}")]
+    LogUnavailable(String),
     #[error("collector is shutting down")]
     ShuttingDown,
     #[error("control plane: {0}")]
@@ -47,6 +49,7 @@ impl IngestError {
             IngestError::EventTooLarge { .. } => "event_too_large",
             IngestError::BatchTooLarge { .. } => "batch_too_large",
             IngestError::QueueFull { .. } => "queue_full",
+            IngestError::LogUnavailable(_) => "log_unavailable",
             IngestError::ShuttingDown => "shutting_down",
             IngestError::Control(_) => "internal",
         }
@@ -67,7 +70,7 @@ impl Classify for IngestError {
             IngestError::QueueFull { retry_after_secs } => {
                 ErrorClass::Unavailable { retry_after_secs: *retry_after_secs }
             }
-            IngestError::ShuttingDown => ErrorClass::Unavailable { retry_after_secs: 5 },
+            IngestError::LogUnavailable(_) | IngestError::ShuttingDown => ErrorClass::Unavailable { retry_after_secs: 5 },
             IngestError::Control(_) => ErrorClass::Internal,
         }
     }

@@ -1,11 +1,13 @@
 //! The ingestion edge: HTTP endpoints that speak Segment's and PostHog's wire
-//! formats and Leanloop's feedback call, enrichment, and the bounded queue
-//! that feeds the event store.
+//! formats and Leanloop's feedback call, enrichment, and the durable
+//! write-ahead log (or, switched off, a bounded in-memory queue) that feeds
+//! the event store.
 //!
 //! Invariants: the collector never touches Docker and never answers queries;
 //! a client's mistake is a 4xx naming the field, never a 5xx or a panic; a
-//! request is acknowledged only once all its accepted events are queued, and
-//! a full queue refuses whole requests (503) instead of dropping events.
+//! request is acknowledged only once all its accepted events are in the log
+//! and synced (or queued, without the log), and a full log or queue refuses
+//! whole requests (503) instead of dropping events.
 
 mod body;
 mod config;
@@ -13,34 +15,62 @@ mod enrich;
 mod error;
 mod queue;
 mod routes;
+mod sdk;
 mod sessions;
+mod spool;
+mod wal;
 pub mod wire;
 
 pub use config::CollectorConfig;
 pub use enrich::event_uuid;
 pub use error::IngestError;
 pub use queue::IngestQueue;
+pub use sdk::script_gzipped;
+pub use spool::{Backlog, Spool};
+pub use wal::{Wal, WalError, WalOptions};
 
 use enrich::Enricher;
 use leanloop_control::KeyCache;
 use leanloop_store::EventStore;
 use sessions::Sessions;
+use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 pub struct Collector {
     config: CollectorConfig,
     keys: Arc<KeyCache>,
     enricher: Enricher,
-    queue: IngestQueue,
+    queue: Spool,
 }
 
 impl Collector {
-    /// Starts the writer over `store` and returns the collector, ready to route.
-    pub fn start(config: CollectorConfig, keys: Arc<KeyCache>, store: Arc<dyn EventStore>) -> Arc<Collector> {
+    /// Opens the write-ahead log in `log_dir` (unless the configuration
+    /// switches it off), starts delivery to `store`, and returns the
+    /// collector, ready to route.
+    pub fn start(
+        config: CollectorConfig,
+        keys: Arc<KeyCache>,
+        store: Arc<dyn EventStore>,
+        log_dir: &Path,
+    ) -> Result<Arc<Collector>, WalError> {
         let sessions = Sessions::new(config.session_capacity, config.session_timeout_minutes);
         let enricher = Enricher::new(config.user_agent_cache, sessions);
-        let queue = IngestQueue::start(store, config.queue_capacity, config.write_batch_events);
-        Arc::new(Collector { config, keys, enricher, queue })
+        let queue = if config.log {
+            Spool::Log(Wal::open(
+                WalOptions {
+                    dir: log_dir.to_path_buf(),
+                    max_bytes: config.log_max_bytes,
+                    segment_bytes: config.log_segment_bytes,
+                    batch_events: config.write_batch_events,
+                    interval: Duration::from_millis(config.delivery_interval_ms),
+                },
+                store,
+            )?)
+        } else {
+            Spool::Memory(IngestQueue::start(store, config.queue_capacity, config.write_batch_events))
+        };
+        Ok(Arc::new(Collector { config, keys, enricher, queue }))
     }
 
     /// The ingest routes, CORS included.
@@ -48,7 +78,7 @@ impl Collector {
         routes::router(self.clone())
     }
 
-    pub fn queue(&self) -> &IngestQueue {
+    pub fn queue(&self) -> &Spool {
         &self.queue
     }
 }

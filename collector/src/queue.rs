@@ -146,7 +146,7 @@ fn write_loop(
         }
         let events: Vec<Event> = batches.iter_mut().flat_map(|b| std::mem::take(&mut b.events)).collect();
         let users: Vec<UserUpdate> = batches.iter_mut().flat_map(|b| std::mem::take(&mut b.users)).collect();
-        write_with_retry(store.as_ref(), &events, &users);
+        write_with_retry(store.as_ref(), &events, &users, false, &|| false);
         drop(batches);
         metrics::gauge!("leanloop_ingest_queue_depth").set((capacity - room.available_permits()) as f64);
     }
@@ -154,22 +154,35 @@ fn write_loop(
 }
 
 /// Writes until the store accepts: acknowledged events are never dropped.
-fn write_with_retry(store: &dyn EventStore, events: &[Event], users: &[UserUpdate]) {
+/// `replayed` events may have been stored by a process that died (see
+/// [`EventStore::write_replayed`]). Returns false only if `abandon` says to
+/// stop retrying (the caller still holds the events, e.g. in the log).
+pub(crate) fn write_with_retry(
+    store: &dyn EventStore,
+    events: &[Event],
+    users: &[UserUpdate],
+    replayed: bool,
+    abandon: &dyn Fn() -> bool,
+) -> bool {
     let mut backoff = Duration::from_millis(50);
     loop {
         let started = Instant::now();
-        match store.write(events, users) {
+        let written = if replayed { store.write_replayed(events, users) } else { store.write(events, users) };
+        match written {
             Ok(outcome) => {
                 metrics::histogram!("leanloop_store_write_seconds").record(started.elapsed().as_secs_f64());
                 metrics::counter!("leanloop_store_events_written_total").increment(outcome.inserted as u64);
                 metrics::counter!("leanloop_store_duplicates_total").increment(outcome.duplicates as u64);
-                return;
+                return true;
             }
             Err(err) => {
                 metrics::counter!("leanloop_store_write_errors_total").increment(1);
                 tracing::error!(error = %err, events = events.len(), retry_in_ms = backoff.as_millis() as u64, "event store write failed");
                 if !err.is_retriable() {
                     tracing::error!("event store cannot accept writes; events stay queued until restart");
+                }
+                if abandon() {
+                    return false;
                 }
                 std::thread::sleep(backoff);
                 backoff = (backoff * 2).min(Duration::from_secs(5));

@@ -12,7 +12,7 @@ use axum::routing::post;
 use axum::{Json, Router};
 use base64::Engine;
 use leanloop_control::KeyKind;
-use leanloop_core::{ApiError, EventKind};
+use leanloop_core::{ApiError, Event, EventKind, UserUpdate};
 use serde::Serialize;
 use serde_json::json;
 use std::net::{IpAddr, SocketAddr};
@@ -65,6 +65,7 @@ pub fn router(collector: Arc<Collector>) -> Router {
         .route("/i/v0/e", route(Endpoint::PostHog))
         .route("/i/v0/e/", route(Endpoint::PostHog))
         .layer(cors())
+        .merge(crate::sdk::router())
         .with_state(collector)
 }
 
@@ -93,6 +94,9 @@ fn cors() -> CorsLayer {
         .allow_methods([Method::POST, Method::OPTIONS])
         .allow_headers(AllowHeaders::mirror_request())
         .max_age(std::time::Duration::from_secs(86_400))
+        // Browsers hide response headers from scripts unless listed: the SDK
+        // honours Retry-After when backing off.
+        .expose_headers([header::RETRY_AFTER])
 }
 
 #[derive(Serialize)]
@@ -130,15 +134,28 @@ async fn ingest(
     };
     // Large or compressed bodies take milliseconds to decode: keep them off the runtime.
     let offload = offload_len > INLINE_DECODE_BYTES || packing != Packing::Plain;
-    let outcome = if offload {
+    let Accepted { events, users, rejected, total } = if offload {
         tokio::task::spawn_blocking(work).await.map_err(|_| IngestError::ShuttingDown)??
     } else {
         work()?
     };
-    Ok(outcome)
+    let accepted = events.len();
+    c.queue.push(events, users).await?;
+    metrics::counter!("leanloop_ingest_events_accepted_total", "source" => endpoint.source())
+        .increment(accepted as u64);
+    Ok(answer(endpoint, accepted, rejected, total))
 }
 
-/// Decodes, authorises, enriches and queues one request's events.
+/// One request's events, ready to store, and what was refused.
+struct Accepted {
+    events: Vec<Event>,
+    users: Vec<UserUpdate>,
+    rejected: Vec<(usize, IngestError)>,
+    /// Events the request carried.
+    total: usize,
+}
+
+/// Decodes, authorises and enriches one request's events.
 fn process(
     c: &Collector,
     endpoint: Endpoint,
@@ -146,7 +163,7 @@ fn process(
     raw: bytes::Bytes,
     header_key: Option<String>,
     mut facts: RequestFacts,
-) -> Result<Response, IngestError> {
+) -> Result<Accepted, IngestError> {
     let limits = &c.config;
     let json = unpack(raw, packing, limits.max_body_bytes)?;
     let text = std::str::from_utf8(&json).map_err(|_| IngestError::BadJson("body is not UTF-8".into()))?;
@@ -181,11 +198,12 @@ fn process(
             return Err(err);
         }
     }
-    let accepted = events.len();
-    c.queue.push(events, users)?;
-    metrics::counter!("leanloop_ingest_events_accepted_total", "source" => endpoint.source())
-        .increment(accepted as u64);
+    Ok(Accepted { events, users, rejected, total })
+}
 
+/// The answer for a stored request: 200 with what was accepted and refused,
+/// or 400 when every event was refused.
+fn answer(endpoint: Endpoint, accepted: usize, rejected: Vec<(usize, IngestError)>, total: usize) -> Response {
     let rejected: Vec<Rejected> = rejected
         .into_iter()
         .map(|(index, err)| Rejected {
@@ -211,9 +229,9 @@ fn process(
             "code": "bad_request",
             "message": format!("all {total} events were rejected; see `rejected`"),
         });
-        return Ok((StatusCode::BAD_REQUEST, Json(body)).into_response());
+        return (StatusCode::BAD_REQUEST, Json(body)).into_response();
     }
-    Ok(Json(body).into_response())
+    Json(body).into_response()
 }
 
 /// A write key sent as the HTTP Basic user name (Segment) or a Bearer token.

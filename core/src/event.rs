@@ -1,12 +1,12 @@
 //! The canonical event: what every wire format is decoded into and what every
 //! event store writes. Field names here are the column names of the stores.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 /// What kind of call produced an event. Names follow one convention so that
 /// Segment and PostHog traffic land in the same shape.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum EventKind {
     Track,
@@ -62,7 +62,7 @@ impl EventKind {
 
 /// One event as stored. Optional text fields are `None` when the client sent
 /// nothing usable; stores keep them as NULL.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Event {
     pub uuid: Uuid,
     pub project_id: i64,
@@ -102,9 +102,47 @@ pub struct Event {
     pub properties: String,
 }
 
+impl Event {
+    /// An event with only its identity and times set: every optional field
+    /// empty, no properties. Decoders and tests fill in the rest.
+    pub fn new(uuid: Uuid, project_id: i64, kind: EventKind, name: impl Into<String>, timestamp_ms: i64) -> Event {
+        Event {
+            uuid,
+            project_id,
+            kind,
+            name: name.into(),
+            timestamp_ms,
+            received_at_ms: timestamp_ms,
+            timestamp_clamped: false,
+            anonymous_id: None,
+            user_id: None,
+            session_id: None,
+            release: None,
+            url: None,
+            path: None,
+            page_name: None,
+            referrer: None,
+            referrer_domain: None,
+            utm_source: None,
+            utm_medium: None,
+            utm_campaign: None,
+            utm_term: None,
+            utm_content: None,
+            browser: None,
+            browser_version: None,
+            os: None,
+            device_type: None,
+            country: None,
+            ip: None,
+            library: None,
+            properties: "{}".into(),
+        }
+    }
+}
+
 /// Traits learnt about a person from an identify call (or a PostHog `$set`),
 /// and the anonymous id that identify linked to them.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct UserUpdate {
     pub project_id: i64,
     pub user_id: String,

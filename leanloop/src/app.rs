@@ -1,7 +1,11 @@
 //! The server as one value you can start from `main` or from a test:
-//! `App::build(config)` opens the stores and binds the listener,
-//! `App::port()` tells where, `App::run_until_stopped(shutdown)` serves until
-//! the token is cancelled and then drains the ingest queue.
+//! `App::build(config, role)` opens the stores and binds the listener,
+//! `App::address()` tells where, `App::run_until_stopped(shutdown)` serves
+//! until the token is cancelled and then drains the write-ahead log.
+//!
+//! Two roles share this code: the whole server, and the stateless ingestion
+//! edge (`leanloop collector`) that only takes events: no query API, no
+//! dashboard, no project creation; keys come from the shared control plane.
 
 use crate::{api, ops, telemetry};
 use anyhow::{Context, Result};
@@ -9,6 +13,7 @@ use axum::Router;
 use leanloop_analytics::Analytics;
 use leanloop_collector::Collector;
 use leanloop_control::{ControlPlane, KeyCache, Project};
+use leanloop_store::clickhouse::ClickHouseStore;
 use leanloop_store::duckdb::DuckDbStore;
 use leanloop_store::EventStore;
 use std::net::SocketAddr;
@@ -28,7 +33,16 @@ pub struct App {
     control: Arc<ControlPlane>,
     store: Arc<dyn EventStore>,
     config: crate::Config,
-    default_project: Project,
+    default_project: Option<Project>,
+}
+
+/// What an instance serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// Ingest, query API, dashboard, operations.
+    Server,
+    /// Ingest and operations only.
+    Collector,
 }
 
 /// What the running parts share with request handlers.
@@ -41,27 +55,29 @@ pub struct Shared {
 }
 
 impl App {
-    pub async fn build(config: crate::Config) -> Result<App> {
+    pub async fn build(config: crate::Config, role: Role) -> Result<App> {
         let metrics = telemetry::metrics_handle();
         std::fs::create_dir_all(&config.data_dir)
             .with_context(|| format!("creating data directory {}", config.data_dir.display()))?;
         let control = Arc::new(ControlPlane::open(&config.data_dir.join("control.sqlite"))?);
-        let default_project = match control.projects()?.into_iter().next() {
-            Some(project) => project,
-            None => control.create_project("Default")?,
+        let default_project = match (role, control.projects()?.into_iter().next()) {
+            (_, Some(project)) => Some(project),
+            (Role::Server, None) => Some(control.create_project("Default")?),
+            (Role::Collector, None) => {
+                tracing::warn!("the control plane has no projects yet: every write key is refused until one exists");
+                None
+            }
         };
-        let store_path = config.data_dir.join("events.duckdb");
-        let duckdb = config.duckdb.clone();
-        let store: Arc<dyn EventStore> =
-            Arc::new(tokio::task::spawn_blocking(move || DuckDbStore::open(&store_path, &duckdb)).await??);
+        let store = open_store(&config).await?;
         let keys = Arc::new(KeyCache::new(control.clone(), KEY_CACHE_TTL));
-        let collector = Collector::start(config.collector.clone(), keys.clone(), store.clone());
+        let log_dir = config.log_dir.clone();
+        let collector = Collector::start(config.collector.clone(), keys.clone(), store.clone(), &log_dir)?;
         let shared = Shared { keys, analytics: Analytics::new(store.clone()), collector: collector.clone(), metrics };
-        let router = Router::new()
-            .merge(collector.router())
-            .merge(api::router(shared.clone()))
-            .merge(ops::router(shared.clone()))
-            .merge(leanloop_dashboard::router(control.clone()))
+        let mut router = Router::new().merge(collector.router()).merge(ops::router(shared.clone()));
+        if role == Role::Server {
+            router = router.merge(api::router(shared.clone())).merge(leanloop_dashboard::router(control.clone()));
+        }
+        let router = router
             .layer(TimeoutLayer::with_status_code(axum::http::StatusCode::SERVICE_UNAVAILABLE, config.request_timeout));
         let listener = TcpListener::bind(config.listen).await.with_context(|| format!("binding {}", config.listen))?;
         Ok(App { listener, router, collector, control, store, config, default_project })
@@ -71,8 +87,9 @@ impl App {
         self.listener.local_addr().expect("a bound listener has an address")
     }
 
-    pub fn default_project(&self) -> &Project {
-        &self.default_project
+    /// The first project; `None` only for a collector over an empty control plane.
+    pub fn default_project(&self) -> Option<&Project> {
+        self.default_project.as_ref()
     }
 
     pub fn control(&self) -> &Arc<ControlPlane> {
@@ -88,7 +105,8 @@ impl App {
     }
 
     /// Serves until `shutdown` is cancelled: stops accepting, lets requests in
-    /// flight finish, then stores everything queued (up to the shutdown timeout).
+    /// flight finish, then delivers the backlog (up to the shutdown timeout;
+    /// what the log still holds is delivered on the next start).
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> Result<()> {
         let App { listener, router, collector, config, .. } = self;
         let service = router.into_make_service_with_connect_info::<SocketAddr>();
@@ -97,12 +115,29 @@ impl App {
             .await
             .context("serving HTTP")?;
         let timeout = config.shutdown_timeout;
+        let unit = collector.queue().backlog().unit;
         let left = tokio::task::spawn_blocking(move || collector.queue().drain(timeout)).await?;
-        if left > 0 {
-            tracing::error!(items = left, "shutdown timed out before the queue was stored");
-        } else {
-            tracing::info!("queue drained; stopped");
+        match (left, unit) {
+            (0, _) => tracing::info!("backlog delivered; stopped"),
+            (_, "bytes") => tracing::warn!(bytes = left, "shutdown timed out; the log keeps the rest for the next start"),
+            _ => tracing::error!(items = left, "shutdown timed out before the in-memory queue was stored"),
         }
         Ok(())
     }
+}
+
+/// ClickHouse when configured, else the embedded DuckDB file.
+async fn open_store(config: &crate::Config) -> Result<Arc<dyn EventStore>> {
+    let store: Arc<dyn EventStore> = match config.clickhouse.clone() {
+        Some(options) => {
+            let opened = tokio::task::spawn_blocking(move || ClickHouseStore::open(&options)).await?;
+            Arc::new(opened.context("opening the ClickHouse event store")?)
+        }
+        None => {
+            let path = config.data_dir.join("events.duckdb");
+            let duckdb = config.duckdb.clone();
+            Arc::new(tokio::task::spawn_blocking(move || DuckDbStore::open(&path, &duckdb)).await??)
+        }
+    };
+    Ok(store)
 }

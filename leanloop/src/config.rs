@@ -6,6 +6,7 @@
 
 use anyhow::{bail, Context, Result};
 use leanloop_collector::CollectorConfig;
+use leanloop_store::clickhouse::ClickHouseOptions;
 use serde::Deserialize;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -18,6 +19,8 @@ pub const DEFAULT_DATA_DIR: &str = "./leanloop-data";
 pub struct RawConfig {
     pub listen: Option<String>,
     pub data_dir: Option<PathBuf>,
+    /// Write-ahead log directory (default: `log` in the data directory).
+    pub log_dir: Option<PathBuf>,
     #[serde(default)]
     pub collector: CollectorConfig,
     #[serde(default)]
@@ -34,6 +37,13 @@ pub struct RawStoreConfig {
     /// DuckDB's memory limit, e.g. "256MB".
     pub duckdb_memory_limit: Option<String>,
     pub duckdb_threads: Option<usize>,
+    /// Use ClickHouse instead of the embedded DuckDB store, e.g.
+    /// `http://127.0.0.1:8123/?database=leanloop`.
+    pub clickhouse_url: Option<String>,
+    /// How long a uuid is remembered for dedup on ClickHouse, in hours.
+    pub clickhouse_dedup_window_hours: Option<u64>,
+    /// Drop ClickHouse events older than this many days (servers 19.6+).
+    pub clickhouse_retention_days: Option<u32>,
 }
 
 /// Validated configuration.
@@ -41,8 +51,11 @@ pub struct RawStoreConfig {
 pub struct Config {
     pub listen: SocketAddr,
     pub data_dir: PathBuf,
+    pub log_dir: PathBuf,
     pub collector: CollectorConfig,
     pub duckdb: leanloop_store::duckdb::DuckDbOptions,
+    /// When set, events go to ClickHouse instead of DuckDB.
+    pub clickhouse: Option<ClickHouseOptions>,
     pub shutdown_timeout: std::time::Duration,
     pub request_timeout: std::time::Duration,
 }
@@ -53,6 +66,8 @@ pub struct Overrides {
     pub config_file: Option<PathBuf>,
     pub listen: Option<String>,
     pub data_dir: Option<PathBuf>,
+    pub log_dir: Option<PathBuf>,
+    pub clickhouse_url: Option<String>,
 }
 
 impl RawConfig {
@@ -72,6 +87,12 @@ impl RawConfig {
         if let Some(v) = env("LEANLOOP_DUCKDB_MEMORY_LIMIT") {
             self.store.duckdb_memory_limit = Some(v);
         }
+        if let Some(v) = env("LEANLOOP_LOG_DIR") {
+            self.log_dir = Some(v.into());
+        }
+        if let Some(v) = env("LEANLOOP_CLICKHOUSE_URL") {
+            self.store.clickhouse_url = Some(v);
+        }
     }
 
     pub fn build_and_validate(self) -> Result<Config> {
@@ -90,11 +111,28 @@ impl RawConfig {
         if threads == 0 {
             bail!("store.duckdb_threads must be at least 1");
         }
+        let clickhouse = match self.store.clickhouse_url {
+            Some(url) => {
+                let mut options = ClickHouseOptions::new(url);
+                if let Some(hours) = self.store.clickhouse_dedup_window_hours {
+                    if hours == 0 {
+                        bail!("store.clickhouse_dedup_window_hours must be at least 1");
+                    }
+                    options.dedup_window = std::time::Duration::from_secs(hours * 3600);
+                }
+                options.retention_days = self.store.clickhouse_retention_days;
+                Some(options)
+            }
+            None => None,
+        };
+        let data_dir: PathBuf = self.data_dir.unwrap_or_else(|| DEFAULT_DATA_DIR.into());
         Ok(Config {
             listen,
-            data_dir: self.data_dir.unwrap_or_else(|| DEFAULT_DATA_DIR.into()),
+            log_dir: self.log_dir.unwrap_or_else(|| data_dir.join("log")),
+            data_dir,
             collector: self.collector,
             duckdb: leanloop_store::duckdb::DuckDbOptions { memory_limit, threads },
+            clickhouse,
             shutdown_timeout: std::time::Duration::from_secs(self.shutdown_timeout_secs.unwrap_or(30)),
             request_timeout: std::time::Duration::from_secs(self.request_timeout_secs.unwrap_or(30).max(1)),
         })
@@ -115,6 +153,12 @@ impl Config {
         }
         if let Some(dir) = &overrides.data_dir {
             raw.data_dir = Some(dir.clone());
+        }
+        if let Some(dir) = &overrides.log_dir {
+            raw.log_dir = Some(dir.clone());
+        }
+        if let Some(url) = &overrides.clickhouse_url {
+            raw.store.clickhouse_url = Some(url.clone());
         }
         raw.build_and_validate()
     }

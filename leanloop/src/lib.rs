@@ -11,5 +11,5 @@ pub mod config;
 pub mod ops;
 pub mod telemetry;
 
-pub use app::App;
+pub use app::{App, Role};
 pub use config::{Config, Overrides};

@@ -2,7 +2,7 @@
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
-use leanloop::{telemetry, App, Config, Overrides};
+use leanloop::{telemetry, App, Config, Overrides, Role};
 use std::path::PathBuf;
 use tokio_util::sync::CancellationToken;
 
@@ -23,15 +23,59 @@ struct Common {
     data_dir: Option<PathBuf>,
 }
 
+/// Where a serving process listens, logs and stores.
+#[derive(clap::Args, Clone)]
+struct Serving {
+    /// Address to listen on [env: LEANLOOP_LISTEN] [default: 127.0.0.1:8080]
+    #[arg(long)]
+    listen: Option<String>,
+    /// Store events in ClickHouse, e.g. http://127.0.0.1:8123/?database=leanloop
+    /// [env: LEANLOOP_CLICKHOUSE_URL] [default: embedded DuckDB]
+    #[arg(long = "clickhouse")]
+    clickhouse_url: Option<String>,
+    /// Write-ahead log directory [env: LEANLOOP_LOG_DIR] [default: DATA_DIR/log]
+    #[arg(long)]
+    log_dir: Option<PathBuf>,
+    #[command(flatten)]
+    common: Common,
+}
+
+impl Serving {
+    fn overrides(self) -> Overrides {
+        Overrides {
+            config_file: self.common.config,
+            listen: self.listen,
+            data_dir: self.common.data_dir,
+            log_dir: self.log_dir,
+            clickhouse_url: self.clickhouse_url,
+        }
+    }
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Run the server: ingest, query API, dashboard.
-    Serve {
-        /// Address to listen on [env: LEANLOOP_LISTEN] [default: 127.0.0.1:8080]
+    Serve(Serving),
+    /// Run the ingestion edge alone (no query API, no dashboard): many
+    /// collectors, each with its own log directory, can write to one
+    /// ClickHouse. Keys come from the control plane in the data directory.
+    Collector(Serving),
+    /// Print (and with --apply, run) the ClickHouse DDL for a cluster:
+    /// ReplicatedMergeTree tables and Distributed tables over them.
+    Migrate {
+        /// Cluster name from the servers' remote_servers configuration.
         #[arg(long)]
-        listen: Option<String>,
-        #[command(flatten)]
-        common: Common,
+        cluster: String,
+        /// A server of the cluster, e.g. http://ch1:8123/?database=leanloop
+        /// [env: LEANLOOP_CLICKHOUSE_URL]; without it, DDL for current servers is printed.
+        #[arg(long = "clickhouse", env = "LEANLOOP_CLICKHOUSE_URL")]
+        clickhouse_url: Option<String>,
+        /// Database name when no URL is given.
+        #[arg(long, default_value = "leanloop")]
+        database: String,
+        /// Run the statements on the server instead of only printing them.
+        #[arg(long, requires = "clickhouse_url")]
+        apply: bool,
     },
     /// Manage projects.
     Project {
@@ -80,8 +124,10 @@ fn main() -> Result<()> {
 
 async fn run(cli: Cli) -> Result<()> {
     match cli.command {
-        Command::Serve { listen, common } => {
-            serve(Overrides { config_file: common.config, listen, data_dir: common.data_dir }).await
+        Command::Serve(serving) => serve(serving.overrides(), Role::Server).await,
+        Command::Collector(serving) => serve(serving.overrides(), Role::Collector).await,
+        Command::Migrate { cluster, clickhouse_url, database, apply } => {
+            migrate_cluster(&cluster, clickhouse_url.as_deref(), &database, apply).await
         }
         Command::Project { command } => project(command),
         Command::Bench { command } => leanloop::bench::run(command).await,
@@ -89,21 +135,37 @@ async fn run(cli: Cli) -> Result<()> {
     }
 }
 
-async fn serve(overrides: Overrides) -> Result<()> {
+async fn serve(overrides: Overrides, role: Role) -> Result<()> {
     let config = Config::load(&overrides)?;
-    let app = App::build(config).await?;
+    let store = match &config.clickhouse {
+        Some(options) => format!("ClickHouse ({})", options.url),
+        None => format!("DuckDB ({})", config.data_dir.join("events.duckdb").display()),
+    };
+    let log = if config.collector.log { config.log_dir.display().to_string() } else { "off (in-memory queue)".into() };
+    let app = App::build(config, role).await?;
     let base = format!("http://{}", app.address());
-    let p = app.default_project();
-    println!("Leanloop is listening on {base}");
-    println!("  dashboard        {base}/");
+    match role {
+        Role::Server => println!("Leanloop is listening on {base}"),
+        Role::Collector => println!("Leanloop collector is listening on {base}"),
+    }
+    if role == Role::Server {
+        println!("  dashboard        {base}/");
+    }
     println!("  Segment ingest   {base}/v1/batch  (also /v1/track, /v1/page, /v1/identify, ...)");
     println!("  PostHog ingest   {base}/batch/  (also /capture/, /e/)");
     println!("  feedback         {base}/v1/feedback");
-    println!("  events API       {base}/api/v1/projects/{}/events", p.id);
+    println!("  JS SDK           {base}/sdk.js");
+    if let (Role::Server, Some(p)) = (role, app.default_project()) {
+        println!("  events API       {base}/api/v1/projects/{}/events", p.id);
+    }
     println!("  metrics          {base}/metrics");
-    println!("Project \"{}\" (id {})", p.name, p.id);
-    println!("  write key  {}", p.write_key);
-    println!("  read key   {}", p.read_key);
+    println!("  event store      {store}");
+    println!("  write-ahead log  {log}");
+    if let (Role::Server, Some(p)) = (role, app.default_project()) {
+        println!("Project \"{}\" (id {})", p.name, p.id);
+        println!("  write key  {}", p.write_key);
+        println!("  read key   {}", p.read_key);
+    }
     let shutdown = CancellationToken::new();
     tokio::spawn({
         let shutdown = shutdown.clone();
@@ -135,7 +197,8 @@ fn project(command: ProjectCommand) -> Result<()> {
     let common = match &command {
         ProjectCommand::Create { common, .. } | ProjectCommand::List { common, .. } => common.clone(),
     };
-    let config = Config::load(&Overrides { config_file: common.config, listen: None, data_dir: common.data_dir })?;
+    let config =
+        Config::load(&Overrides { config_file: common.config, data_dir: common.data_dir, ..Overrides::default() })?;
     std::fs::create_dir_all(&config.data_dir)?;
     let control = leanloop_control::ControlPlane::open(&config.data_dir.join("control.sqlite"))?;
     match command {
@@ -164,6 +227,37 @@ fn project(command: ProjectCommand) -> Result<()> {
                 }
             }
         }
+    }
+    Ok(())
+}
+
+async fn migrate_cluster(cluster: &str, url: Option<&str>, database: &str, apply: bool) -> Result<()> {
+    use leanloop_store::clickhouse as ch;
+    let is_identifier = |s: &str| {
+        !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') && !s.starts_with(|c: char| c.is_ascii_digit())
+    };
+    anyhow::ensure!(is_identifier(cluster), "--cluster: `{cluster}` must be letters, digits and underscores");
+    let (version, database) = match url {
+        Some(url) => {
+            let url = url.to_owned();
+            tokio::task::spawn_blocking(move || ch::server_info(&url)).await??
+        }
+        None => {
+            anyhow::ensure!(is_identifier(database), "--database: `{database}` must be letters, digits and underscores");
+            (ch::CURRENT_SERVER, database.to_owned())
+        }
+    };
+    let statements = ch::cluster_ddl(cluster, &database, version, None);
+    println!("-- Leanloop event store on ClickHouse cluster `{cluster}` (server {version}).");
+    println!("-- Each server needs the {{shard}} and {{replica}} macros and ZooKeeper or Keeper.");
+    for sql in &statements {
+        println!("{sql};\n");
+    }
+    if apply {
+        let url = url.expect("clap requires --clickhouse with --apply").to_owned();
+        let count = statements.len();
+        tokio::task::spawn_blocking(move || ch::execute_all(&url, &statements)).await??;
+        eprintln!("applied {count} statements");
     }
     Ok(())
 }

@@ -9,8 +9,8 @@ use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::json;
 
-/// Above this share of the queue in use, the instance reports not ready so a
-/// load balancer sends traffic elsewhere before clients see 503s.
+/// Above this share of the log (or queue) in use, the instance reports not
+/// ready so a load balancer sends traffic elsewhere before clients see 503s.
 const READY_QUEUE_SHARE: f64 = 0.9;
 
 pub fn router(shared: Shared) -> Router {
@@ -22,12 +22,16 @@ pub fn router(shared: Shared) -> Router {
 }
 
 async fn readyz(State(shared): State<Shared>) -> impl IntoResponse {
-    let queue = shared.collector.queue();
-    let depth = queue.depth();
-    let capacity = queue.capacity();
-    let ready = (depth as f64) < READY_QUEUE_SHARE * capacity as f64;
+    let backlog = shared.collector.queue().backlog();
+    let ready = (backlog.used as f64) < READY_QUEUE_SHARE * backlog.capacity as f64;
     let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
-    (status, Json(json!({ "ready": ready, "queue_depth": depth, "queue_capacity": capacity })))
+    let body = json!({
+        "ready": ready,
+        "backlog": backlog.used,
+        "backlog_capacity": backlog.capacity,
+        "backlog_unit": backlog.unit,
+    });
+    (status, Json(body))
 }
 
 async fn metrics(State(shared): State<Shared>) -> impl IntoResponse {

@@ -12,6 +12,10 @@ pub enum StoreError {
     SchemaTooNew { found: i64, known: i64 },
     #[error("stored row is malformed: {0}")]
     Corrupt(String),
+    #[error("clickhouse: {0}")]
+    ClickHouse(#[from] clickhouse::error::Error),
+    #[error("event store configuration: {0}")]
+    Config(String),
 }
 
 impl StoreError {
@@ -21,7 +25,7 @@ impl StoreError {
     /// the store, not the data); this only tells operators when a retry
     /// cannot help without their intervention.
     pub fn is_retriable(&self) -> bool {
-        !matches!(self, StoreError::SchemaTooNew { .. })
+        !matches!(self, StoreError::SchemaTooNew { .. } | StoreError::Config(_))
     }
 }
 

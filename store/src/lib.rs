@@ -9,9 +9,11 @@
 //! event's `(project_id, uuid)` is stored at most once however often it is
 //! written; every method is blocking and is called off the async runtime.
 
+pub mod clickhouse;
 pub mod duckdb;
 mod error;
 mod filter;
+mod seen;
 
 pub use error::StoreError;
 pub use filter::EventFilter;
@@ -40,6 +42,13 @@ pub trait EventStore: Send + Sync + 'static {
     /// Stores events and user updates in one transaction, skipping events whose
     /// uuid is already stored for their project.
     fn write(&self, events: &[Event], users: &[UserUpdate]) -> Result<WriteOutcome, StoreError>;
+
+    /// Like [`EventStore::write`], for events a previous process may have
+    /// written just before it died (a write-ahead log's replayed tail): every
+    /// uuid is checked against what is stored, not only suspected ones.
+    fn write_replayed(&self, events: &[Event], users: &[UserUpdate]) -> Result<WriteOutcome, StoreError> {
+        self.write(events, users)
+    }
 
     /// Number of stored events matching `filter` (each uuid once).
     fn count(&self, filter: &EventFilter) -> Result<u64, StoreError>;

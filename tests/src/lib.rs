@@ -2,7 +2,12 @@
 //! port, over a fresh data directory, with helpers that poll with deadlines
 //! instead of sleeping.
 
-use leanloop::{App, Config};
+pub mod browser;
+pub mod clickhouse;
+pub mod load;
+pub mod process;
+
+use leanloop::{App, Config, Role};
 use leanloop_control::Project;
 use serde_json::Value;
 use std::future::Future;
@@ -40,10 +45,13 @@ impl TestServer {
     pub async fn start_in(data_dir: tempfile::TempDir, adjust: impl FnOnce(&mut Config)) -> TestServer {
         let mut config = Config::for_tests(data_dir.path());
         config.duckdb.memory_limit = "256MB".into();
+        // Deliver promptly so tests read what they wrote without waiting a
+        // full production interval.
+        config.collector.delivery_interval_ms = 20;
         adjust(&mut config);
-        let app = App::build(config).await.expect("server starts");
+        let app = App::build(config, Role::Server).await.expect("server starts");
         let base = format!("http://{}", app.address());
-        let project = app.default_project().clone();
+        let project = app.default_project().expect("a server creates a default project").clone();
         let collector = app.collector().clone();
         let control = app.control().clone();
         let store = app.store().clone();
@@ -77,10 +85,19 @@ impl TestServer {
             .expect("request sent")
     }
 
-    /// Waits until everything queued has been stored.
+    /// Waits until everything acknowledged has been stored.
     pub async fn settle(&self) {
+        self.settle_within(DEADLINE).await;
+    }
+
+    /// Like [`TestServer::settle`], for backlogs that take longer (after an outage).
+    pub async fn settle_within(&self, deadline: Duration) {
         let queue = self.collector.queue();
-        eventually("the ingest queue to drain", || async { (queue.depth() == 0).then_some(()) }).await;
+        let started = Instant::now();
+        while queue.backlog().used > 0 {
+            assert!(started.elapsed() < deadline, "backlog not delivered within {deadline:?}: {:?}", queue.backlog());
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     /// Stored events matching `query` (after the queue has drained).

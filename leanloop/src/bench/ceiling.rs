@@ -15,33 +15,51 @@ pub struct JsonLoad {
     pub rows_per_sec: f64,
 }
 
+/// One enriched event as a flat row, the shape `leanloop bench ingest`
+/// sends, with the given key names for the times.
+pub fn sample_row(n: usize, received_ms: i64) -> serde_json::Map<String, serde_json::Value> {
+    let step = n % 4;
+    let row = serde_json::json!({
+        "project_id": 1, "uuid": uuid::Uuid::new_v4().to_string(), "kind": "track",
+        "name": "checkout_step", "timestamp": 1_768_471_200_000i64, "received_at": received_ms,
+        "timestamp_clamped": false, "anonymous_id": null, "user_id": format!("user-{}", n % 5000),
+        "session_id": uuid::Uuid::now_v7().to_string(), "release": format!("1.4.{step}"),
+        "url": "https://shop.example/checkout?utm_source=newsletter&utm_campaign=spring",
+        "path": "/checkout", "page_name": null, "referrer": "https://www.google.com/",
+        "referrer_domain": "google.com", "utm_source": "newsletter", "utm_medium": null,
+        "utm_campaign": "spring", "utm_term": null, "utm_content": null, "browser": "Chrome",
+        "browser_version": "120.0.0.0", "os": "Windows 10", "device_type": "desktop",
+        "country": null, "ip": "127.0.0.0", "library": "bench",
+        "properties": format!(r#"{{"step":{step},"plan":"pro","amount":12.5,"currency":"EUR"}}"#),
+    });
+    match row {
+        serde_json::Value::Object(map) => map,
+        _ => unreachable!("a JSON object literal"),
+    }
+}
+
+/// Writes `rows` rows, each shaped by `shape`, as newline-delimited JSON.
+pub fn write_ndjson(
+    path: &std::path::Path,
+    rows: usize,
+    shape: impl Fn(serde_json::Map<String, serde_json::Value>) -> serde_json::Value,
+) -> Result<()> {
+    let mut file = std::io::BufWriter::new(std::fs::File::create(path)?);
+    let received = chrono::Utc::now().timestamp_millis();
+    for n in 0..rows {
+        serde_json::to_writer(&mut file, &shape(sample_row(n, received)))?;
+        file.write_all(b"\n")?;
+    }
+    file.flush()?;
+    Ok(())
+}
+
 /// Writes `rows` enriched events as NDJSON and times DuckDB's `read_json`
 /// load of them into a fresh store with the same schema.
 pub fn duckdb_json_load(rows: usize) -> Result<JsonLoad> {
     let dir = tempfile::tempdir()?;
     let path = dir.path().join("events.ndjson");
-    let mut file = std::io::BufWriter::new(std::fs::File::create(&path)?);
-    let received = chrono::Utc::now().timestamp_millis();
-    for n in 0..rows {
-        let step = n % 4;
-        let row = serde_json::json!({
-            "project_id": 1, "uuid": uuid::Uuid::new_v4().to_string(), "kind": "track",
-            "name": "checkout_step", "timestamp": 1_768_471_200_000i64, "received_at": received,
-            "timestamp_clamped": false, "anonymous_id": null, "user_id": format!("user-{}", n % 5000),
-            "session_id": uuid::Uuid::now_v7().to_string(), "release": format!("1.4.{step}"),
-            "url": "https://shop.example/checkout?utm_source=newsletter&utm_campaign=spring",
-            "path": "/checkout", "page_name": null, "referrer": "https://www.google.com/",
-            "referrer_domain": "google.com", "utm_source": "newsletter", "utm_medium": null,
-            "utm_campaign": "spring", "utm_term": null, "utm_content": null, "browser": "Chrome",
-            "browser_version": "120.0.0.0", "os": "Windows 10", "device_type": "desktop",
-            "country": null, "ip": "127.0.0.0", "library": "bench",
-            "properties": format!(r#"{{"step":{step},"plan":"pro","amount":12.5,"currency":"EUR"}}"#),
-        });
-        serde_json::to_writer(&mut file, &row)?;
-        file.write_all(b"\n")?;
-    }
-    file.flush()?;
-    drop(file);
+    write_ndjson(&path, rows, serde_json::Value::Object)?;
     let store = DuckDbStore::open(&dir.path().join("ceiling.duckdb"), &DuckDbOptions::default())?;
     let started = Instant::now();
     let stored = store.load_ndjson_unchecked(&path)?;

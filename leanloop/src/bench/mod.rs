@@ -3,6 +3,7 @@
 //! absolute numbers on a shared machine are noisy.
 
 mod ceiling;
+mod clickhouse;
 mod load;
 mod server;
 
@@ -27,12 +28,42 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 100)]
         batch: usize,
     },
+    /// Events/s into ClickHouse through HTTP batch ingest, write-ahead log on
+    /// and off, with `clickhouse-client`'s JSONEachRow load as the ceiling.
+    Clickhouse {
+        /// The server's HTTP address, e.g. http://127.0.0.1:8123
+        #[arg(long)]
+        clickhouse: String,
+        /// The same server's native port, for clickhouse-client.
+        #[arg(long, default_value_t = 9000)]
+        native_port: u16,
+        /// The clickhouse-client program.
+        #[arg(long, default_value = "clickhouse-client")]
+        client: String,
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        #[arg(long, default_value_t = 8)]
+        connections: usize,
+        #[arg(long, default_value_t = 100)]
+        batch: usize,
+    },
 }
 
 pub async fn run(command: BenchCommand) -> Result<()> {
     match command {
         BenchCommand::Ingest { seconds, connections, batch } => {
             ingest(Duration::from_secs(seconds.max(1)), connections.max(1), batch.clamp(1, 1000)).await
+        }
+        BenchCommand::Clickhouse { clickhouse, native_port, client, seconds, connections, batch } => {
+            clickhouse::run(clickhouse::Options {
+                http: clickhouse,
+                native_port,
+                client,
+                duration: Duration::from_secs(seconds.max(1)),
+                connections: connections.max(1),
+                batch: batch.clamp(1, 1000),
+            })
+            .await
         }
     }
 }

@@ -2,7 +2,8 @@
 //! as one Arrow record batch (columnar, no per-value calls), merge people, and
 //! commit — all in one transaction.
 
-use super::dedup::SeenKeys;
+use super::dedup::DuckKeys;
+use crate::seen::{SeenKeys, MIN_CAPACITY};
 use super::schema;
 use crate::{StoreError, WriteOutcome};
 use ::duckdb::arrow::array::{
@@ -23,13 +24,15 @@ pub struct Writer {
 
 impl Writer {
     pub fn new(conn: Connection) -> Result<Writer, StoreError> {
-        let seen = SeenKeys::load(&conn)?;
+        let seen = SeenKeys::load(&DuckKeys(&conn), MIN_CAPACITY)?;
         Ok(Writer { conn, seen, schema: Arc::new(arrow_schema()) })
     }
 
     pub fn write(&mut self, events: &[Event], users: &[UserUpdate]) -> Result<WriteOutcome, StoreError> {
         let started = std::time::Instant::now();
-        let fresh = self.seen.new_events(&self.conn, events)?;
+        // The filter is loaded from this very table and a write is one
+        // transaction: no write can have landed without being recorded.
+        let fresh = self.seen.new_events(&DuckKeys(&self.conn), events, false)?;
         let rows: Vec<&Event> = fresh.iter().map(|&i| &events[i]).collect();
         let deduplicated = started.elapsed();
         let tx = self.conn.transaction()?;
@@ -42,7 +45,7 @@ impl Writer {
         let appended = started.elapsed();
         write_users(&tx, users)?;
         tx.commit()?;
-        self.seen.record(&self.conn, rows.iter().copied())?;
+        self.seen.record(&DuckKeys(&self.conn), rows.iter().copied())?;
         tracing::debug!(
             events = events.len(),
             dedup_ms = deduplicated.as_millis() as u64,
@@ -70,7 +73,7 @@ impl Writer {
             schema::flat_row_projection()
         );
         let loaded = self.conn.execute(&sql, [])?;
-        self.seen = SeenKeys::load(&self.conn)?;
+        self.seen = SeenKeys::load(&DuckKeys(&self.conn), MIN_CAPACITY)?;
         Ok(loaded)
     }
 }

@@ -12,8 +12,12 @@ fn batch(n: usize, name: &str) -> Value {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_full_queue_answers_503_with_retry_after_and_recovers() {
-    let s = TestServer::start_with(|c| c.collector.queue_capacity = 1000).await;
+async fn without_the_log_a_full_queue_answers_503_with_retry_after_and_recovers() {
+    let s = TestServer::start_with(|c| {
+        c.collector.log = false;
+        c.collector.queue_capacity = 1000;
+    })
+    .await;
     let queue = s.collector.queue();
     queue.pause();
     assert_eq!(s.post("/v1/batch", &batch(600, "first")).await.status(), 200);
@@ -23,7 +27,7 @@ async fn a_full_queue_answers_503_with_retry_after_and_recovers() {
     let answer: Value = r.json().await.unwrap();
     assert!(answer["error"]["message"].as_str().unwrap().contains("queue is full"));
     assert_eq!(s.post("/v1/batch", &batch(350, "second")).await.status(), 200);
-    assert_eq!(queue.depth(), 950);
+    assert_eq!(queue.backlog().used, 950);
     let r = s.client.get(s.url("/readyz")).send().await.unwrap();
     assert_eq!(r.status(), 503, "over 90% full is not ready");
 
@@ -43,7 +47,7 @@ async fn graceful_shutdown_stores_what_was_acknowledged() {
     for _ in 0..5 {
         assert_eq!(s.post("/v1/batch", &batch(200, "queued")).await.status(), 200);
     }
-    assert_eq!(s.collector.queue().depth(), 1000);
+    assert!(s.collector.queue().backlog().used > 0, "held in the log");
     let dir = s.stop().await;
 
     let s = leanloop_tests::TestServer::start_in(dir, |_| {}).await;
@@ -70,7 +74,8 @@ async fn health_readiness_and_metrics() {
         "leanloop_ingest_events_accepted_total{source=\"segment\"}",
         "leanloop_ingest_requests_rejected_total{reason=\"bad_field\"}",
         "leanloop_ingest_requests_rejected_total{reason=\"missing_key\"}",
-        "leanloop_ingest_queue_depth",
+        "leanloop_log_backlog_bytes",
+        "leanloop_log_fsync_seconds",
         "leanloop_store_events_written_total",
     ] {
         assert!(text.contains(needle), "metrics lack {needle}:\n{text}");
@@ -123,4 +128,34 @@ async fn the_dashboard_lists_projects_without_secrets() {
     let html = s.client.get(s.url("/")).send().await.unwrap().text().await.unwrap();
     assert!(html.contains(&s.project.write_key));
     assert!(!html.contains(&s.project.read_key));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_full_log_answers_503_and_takes_events_again_once_delivered() {
+    let s = TestServer::start_with(|c| {
+        c.collector.max_body_bytes = 64 * 1024;
+        c.collector.log_max_bytes = 256 * 1024;
+    })
+    .await;
+    s.collector.queue().pause();
+    let mut accepted = 0;
+    let refused = loop {
+        let r = s.post("/v1/batch", &batch(100, "fill")).await;
+        if r.status() == 503 {
+            break r;
+        }
+        assert_eq!(r.status(), 200);
+        accepted += 100;
+        assert!(accepted < 100_000, "the log never filled");
+    };
+    assert_eq!(refused.headers()["retry-after"], "1");
+    let answer: Value = refused.json().await.unwrap();
+    assert!(answer["error"]["message"].as_str().unwrap().contains("full"), "{answer}");
+    let ready: Value = s.client.get(s.url("/readyz")).send().await.unwrap().json().await.unwrap();
+    assert_eq!((ready["ready"].clone(), ready["backlog_unit"].clone()), (json!(false), json!("bytes")));
+
+    s.collector.queue().resume();
+    assert_eq!(s.count(&[("name", "fill")]).await, accepted, "every acknowledged event is stored");
+    assert_eq!(s.post("/v1/batch", &batch(100, "after")).await.status(), 200);
+    assert_eq!(s.count(&[("name", "after")]).await, 100);
 }

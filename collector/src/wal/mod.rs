@@ -1,0 +1,290 @@
+//! The durable write-ahead log in front of the event store.
+//!
+//! Guarantee: a request is answered 2xx only after its events are in the log
+//! and fsync'd. One writer thread appends with group commit (many requests,
+//! one fsync); one delivery thread ships the log to the store and moves the
+//! acknowledged position only after the store confirmed the write. On start
+//! the unacknowledged tail is replayed; the store's uuid dedup turns replays
+//! and client retries into no-ops, so every acknowledged event is stored
+//! exactly once.
+//!
+//! Bounds: the backlog (written but not yet delivered, plus appends waiting
+//! for the writer) is capped in bytes. An append that does not fit is refused
+//! whole with 503 and Retry-After; a disk error is a 503 too, never a silent
+//! drop. Only one process may use a log directory at a time.
+
+mod delivery;
+mod record;
+mod segments;
+mod writer;
+
+use crate::IngestError;
+use leanloop_core::{Event, UserUpdate};
+use leanloop_store::EventStore;
+use std::collections::BTreeSet;
+use std::fs::{File, OpenOptions};
+use std::path::{Path, PathBuf};
+use std::sync::{mpsc, Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+use tokio::sync::oneshot;
+
+/// How the log is laid out and how it delivers.
+#[derive(Debug, Clone)]
+pub struct WalOptions {
+    pub dir: PathBuf,
+    /// Largest backlog, in bytes, before appends are refused.
+    pub max_bytes: u64,
+    /// Size at which the writer starts a new segment file.
+    pub segment_bytes: u64,
+    /// Most events per store write.
+    pub batch_events: usize,
+    /// Longest a delivered record waits for more to share its store write.
+    pub interval: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum WalError {
+    #[error("write-ahead log {dir}: {source}")]
+    Io { dir: PathBuf, source: std::io::Error },
+}
+
+pub struct Wal {
+    shared: Arc<Shared>,
+    appends: Mutex<Option<mpsc::Sender<writer::Append>>>,
+    max_bytes: u64,
+    _lock: File,
+}
+
+/// State the HTTP side, the writer and the delivery loop share.
+pub(crate) struct Shared {
+    dir: PathBuf,
+    state: Mutex<State>,
+    changed: Condvar,
+}
+
+struct State {
+    /// Log position up to which everything is written and synced.
+    end: u64,
+    /// Log position up to which the store confirmed everything.
+    acked: u64,
+    /// Bytes handed to the writer and not yet written.
+    reserved: u64,
+    /// Start positions of the segment files on disk.
+    segments: BTreeSet<u64>,
+    /// Set when the log cannot be written or read; appends answer 503.
+    failed: Option<String>,
+    closing: bool,
+    /// Set when shutdown stops waiting: delivery gives up its retries.
+    abandon: bool,
+    paused: bool,
+}
+
+impl State {
+    fn backlog(&self) -> u64 {
+        self.end - self.acked + self.reserved
+    }
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl Wal {
+    /// Opens (or creates) the log in `options.dir`, cuts a torn tail left by
+    /// a crash, and starts the writer and the delivery loop, which first
+    /// replays whatever the store had not confirmed.
+    pub fn open(options: WalOptions, store: Arc<dyn EventStore>) -> Result<Wal, WalError> {
+        let dir = options.dir.clone();
+        let io = |source| WalError::Io { dir: dir.clone(), source };
+        let lock = segments::lock(&dir).map_err(io)?;
+        let (writer_file, start, len, acked, starts) = recover(&dir).map_err(io)?;
+        let shared = Arc::new(Shared {
+            dir: dir.clone(),
+            state: Mutex::new(State {
+                end: start + len,
+                acked,
+                reserved: 0,
+                segments: starts,
+                failed: None,
+                closing: false,
+                abandon: false,
+                paused: false,
+            }),
+            changed: Condvar::new(),
+        });
+        let replay = start + len - acked;
+        if replay > 0 {
+            tracing::info!(bytes = replay, "replaying the write-ahead log's undelivered tail");
+        }
+        metrics::gauge!("leanloop_log_capacity_bytes").set(options.max_bytes as f64);
+        metrics::gauge!("leanloop_log_backlog_bytes").set(replay as f64);
+
+        let (tx, rx) = mpsc::channel();
+        let writer = writer::Writer {
+            shared: shared.clone(),
+            file: writer_file,
+            start,
+            len,
+            segment_bytes: options.segment_bytes.max(1),
+        };
+        std::thread::Builder::new().name("log-writer".into()).spawn(move || writer.run(rx)).map_err(io)?;
+        let delivery = delivery::Delivery {
+            shared: shared.clone(),
+            store,
+            batch_events: options.batch_events.max(1),
+            interval: options.interval,
+            replay_end: start + len,
+        };
+        std::thread::Builder::new().name("log-delivery".into()).spawn(move || delivery.run()).map_err(io)?;
+        Ok(Wal { shared, appends: Mutex::new(Some(tx)), max_bytes: options.max_bytes, _lock: lock })
+    }
+
+    /// Appends one request's events durably; returns once they are synced.
+    pub async fn append(&self, events: &[Event], users: &[UserUpdate]) -> Result<(), IngestError> {
+        if events.is_empty() && users.is_empty() {
+            return Ok(());
+        }
+        let record = record::encode(events, users).map_err(|e| IngestError::LogUnavailable(e.to_string()))?;
+        let size = record.len() as u64;
+        let (done, answer) = oneshot::channel();
+        {
+            let mut state = self.shared.lock();
+            if let Some(reason) = &state.failed {
+                return Err(IngestError::LogUnavailable(reason.clone()));
+            }
+            if state.closing {
+                return Err(IngestError::ShuttingDown);
+            }
+            if state.backlog() + size > self.max_bytes {
+                metrics::counter!("leanloop_log_full_total").increment(1);
+                return Err(IngestError::QueueFull { retry_after_secs: 1 });
+            }
+            state.reserved += size;
+            let appends = self.appends.lock().unwrap_or_else(|p| p.into_inner());
+            let sent = appends.as_ref().map(|tx| tx.send(writer::Append { record, done }));
+            if !matches!(sent, Some(Ok(()))) {
+                state.reserved -= size;
+                return Err(IngestError::ShuttingDown);
+            }
+        }
+        match answer.await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(reason)) => Err(IngestError::LogUnavailable(reason)),
+            Err(_) => Err(IngestError::ShuttingDown),
+        }
+    }
+
+    /// Bytes written or waiting to be written and not yet delivered.
+    pub fn backlog(&self) -> u64 {
+        self.shared.lock().backlog()
+    }
+
+    pub fn max_bytes(&self) -> u64 {
+        self.max_bytes
+    }
+
+    pub fn pause(&self) {
+        self.set_paused(true);
+    }
+
+    pub fn resume(&self) {
+        self.set_paused(false);
+    }
+
+    fn set_paused(&self, paused: bool) {
+        self.shared.lock().paused = paused;
+        self.shared.changed.notify_all();
+    }
+
+    /// Refuses new appends and waits up to `timeout` for the backlog to be
+    /// delivered. What is left stays in the log for the next start. Returns
+    /// the bytes left.
+    pub fn drain(&self, timeout: Duration) -> u64 {
+        self.appends.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let deadline = Instant::now() + timeout;
+        let mut state = self.shared.lock();
+        state.closing = true;
+        state.paused = false;
+        self.shared.changed.notify_all();
+        while state.backlog() > 0 && state.failed.is_none() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            state = self.shared.changed.wait_timeout(state, left).unwrap_or_else(|p| p.into_inner()).0;
+        }
+        state.abandon = true;
+        let left = state.backlog();
+        drop(state);
+        self.shared.changed.notify_all();
+        left
+    }
+}
+
+/// Finds the segments, cuts a torn tail off the last one, and returns the
+/// file to append to, its start and valid length, the acknowledged position
+/// and every segment start.
+fn recover(dir: &Path) -> std::io::Result<(File, u64, u64, u64, BTreeSet<u64>)> {
+    let found = segments::list(dir)?;
+    let acked_on_disk = segments::read_acked(dir)?;
+    let Some((&last, last_path)) = found.iter().next_back() else {
+        let start = acked_on_disk.unwrap_or(0);
+        let file = OpenOptions::new().create(true).append(true).open(segments::segment_path(dir, start))?;
+        segments::sync_dir(dir)?;
+        return Ok((file, start, 0, start, BTreeSet::from([start])));
+    };
+    let first = *found.keys().next().expect("at least one segment");
+    // Segments before the first on disk were delivered and deleted.
+    let acked = acked_on_disk.unwrap_or(first).max(first);
+    let file = OpenOptions::new().read(true).append(true).open(last_path)?;
+    let scan_from = acked.saturating_sub(last).min(file.metadata()?.len());
+    let len = segments::valid_len(&file, scan_from)?;
+    if len < file.metadata()?.len() {
+        tracing::warn!(segment = %last_path.display(), valid = len, "cutting a torn record left by a crash");
+        file.set_len(len)?;
+        file.sync_all()?;
+    }
+    let acked = acked.min(last + len);
+    Ok((file, last, len, acked, found.keys().copied().collect()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn record(n: u128) -> Vec<u8> {
+        let mut event = record::tests::event(n);
+        event.properties = format!(r#"{{"n":{n}}}"#);
+        record::encode(&[event], &[]).unwrap()
+    }
+
+    #[test]
+    fn recovery_cuts_a_torn_tail_and_resumes_from_the_acknowledged_position() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (record(1), record(2));
+        let whole = (a.len() + b.len()) as u64;
+        let mut file = File::create(segments::segment_path(dir.path(), 0)).unwrap();
+        file.write_all(&a).unwrap();
+        file.write_all(&b).unwrap();
+        file.write_all(&record(3)[..10]).unwrap(); // a crash mid-append
+        drop(file);
+        segments::write_acked(dir.path(), a.len() as u64).unwrap();
+
+        let (_file, start, len, acked, starts) = recover(dir.path()).unwrap();
+        assert_eq!((start, len, acked), (0, whole, a.len() as u64));
+        assert_eq!(starts, BTreeSet::from([0]));
+        let on_disk = std::fs::metadata(segments::segment_path(dir.path(), 0)).unwrap().len();
+        assert_eq!(on_disk, whole, "the torn record is cut off");
+    }
+
+    #[test]
+    fn a_log_directory_takes_one_process_at_a_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let _held = segments::lock(dir.path()).unwrap();
+        let err = segments::lock(dir.path()).unwrap_err();
+        assert!(err.to_string().contains("in use"), "{err}");
+    }
+}

@@ -1,0 +1,87 @@
+//! The log directory: segment files, the acknowledged position, the lock.
+//!
+//! Positions are byte offsets into the whole log (log sequence numbers), so
+//! the backlog is `end - acked` whatever segments it spans. A segment file is
+//! named by the position of its first byte; the `acked` file holds the
+//! position up to which the store has confirmed everything. A `LOCK` file
+//! held with an exclusive lock keeps two processes off one directory.
+
+use super::record::{self, Next};
+use std::collections::BTreeMap;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, BufReader, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+
+const SEGMENT_SUFFIX: &str = ".log";
+const ACKED_FILE: &str = "acked";
+
+pub fn segment_path(dir: &Path, start: u64) -> PathBuf {
+    dir.join(format!("{start:020}{SEGMENT_SUFFIX}"))
+}
+
+/// Takes the directory's lock for the life of the returned file.
+pub fn lock(dir: &Path) -> io::Result<File> {
+    fs::create_dir_all(dir)?;
+    let file = OpenOptions::new().create(true).truncate(false).write(true).open(dir.join("LOCK"))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(fs::TryLockError::WouldBlock) => Err(io::Error::new(
+            io::ErrorKind::WouldBlock,
+            format!("log directory {} is in use by another process", dir.display()),
+        )),
+        Err(fs::TryLockError::Error(e)) => Err(e),
+    }
+}
+
+/// Segment start positions found in `dir`.
+pub fn list(dir: &Path) -> io::Result<BTreeMap<u64, PathBuf>> {
+    let mut segments = BTreeMap::new();
+    for entry in fs::read_dir(dir)? {
+        let path = entry?.path();
+        let start = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.strip_suffix(SEGMENT_SUFFIX))
+            .and_then(|n| n.parse::<u64>().ok());
+        if let Some(start) = start {
+            segments.insert(start, path);
+        }
+    }
+    Ok(segments)
+}
+
+pub fn read_acked(dir: &Path) -> io::Result<Option<u64>> {
+    match fs::read_to_string(dir.join(ACKED_FILE)) {
+        Ok(text) => text.trim().parse().map(Some).map_err(|_| {
+            io::Error::new(io::ErrorKind::InvalidData, format!("{} is not a log position", dir.join(ACKED_FILE).display()))
+        }),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Replaces the acknowledged position atomically (write, sync, rename).
+pub fn write_acked(dir: &Path, position: u64) -> io::Result<()> {
+    let tmp = dir.join("acked.tmp");
+    let mut file = File::create(&tmp)?;
+    file.write_all(position.to_string().as_bytes())?;
+    file.sync_data()?;
+    fs::rename(&tmp, dir.join(ACKED_FILE))
+}
+
+/// Makes a new segment's directory entry durable.
+pub fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+/// Length of the whole records at the start of `file` from `offset` on:
+/// where a crash may have left a torn record, the log is cut.
+pub fn valid_len(file: &File, offset: u64) -> io::Result<u64> {
+    let mut reader = BufReader::with_capacity(1 << 20, file);
+    reader.seek(SeekFrom::Start(offset))?;
+    let mut len = offset;
+    while let Next::Record(_, size) = record::read_next(&mut reader)? {
+        len += size;
+    }
+    Ok(len)
+}

@@ -1,0 +1,113 @@
+//! The one thread that appends to the log: group commit.
+//!
+//! Appends wait in a channel while a write and its fsync are in progress; the
+//! next round takes all of them, writes them with one `write` and one
+//! `fdatasync`, and then answers every caller. Under load many requests share
+//! one fsync, which is what keeps throughput close to the log-less path.
+
+use super::segments;
+use super::Shared;
+use std::fs::{File, OpenOptions};
+use std::io::{self, Seek, SeekFrom, Write};
+use std::sync::mpsc::Receiver;
+use std::sync::Arc;
+use std::time::Instant;
+use tokio::sync::oneshot;
+
+/// Most bytes written in one round, so one huge burst cannot delay the
+/// answers of everything behind it for long.
+const MAX_GROUP_BYTES: usize = 16 * 1024 * 1024;
+
+pub struct Append {
+    pub record: Vec<u8>,
+    pub done: oneshot::Sender<Result<(), String>>,
+}
+
+pub struct Writer {
+    pub shared: Arc<Shared>,
+    pub file: File,
+    /// Position of the active segment's first byte.
+    pub start: u64,
+    /// Bytes in the active segment.
+    pub len: u64,
+    pub segment_bytes: u64,
+}
+
+impl Writer {
+    pub fn run(mut self, appends: Receiver<Append>) {
+        let mut buffer = Vec::with_capacity(1 << 20);
+        let mut group = Vec::new();
+        while let Ok(first) = appends.recv() {
+            group.push(first);
+            let mut bytes = group[0].record.len();
+            while bytes < MAX_GROUP_BYTES {
+                match appends.try_recv() {
+                    Ok(next) => {
+                        bytes += next.record.len();
+                        group.push(next);
+                    }
+                    Err(_) => break,
+                }
+            }
+            buffer.clear();
+            for append in &group {
+                buffer.extend_from_slice(&append.record);
+            }
+            let result = self.write_group(&buffer);
+            let mut state = self.shared.lock();
+            state.reserved -= buffer.len() as u64;
+            match &result {
+                Ok(()) => state.end += buffer.len() as u64,
+                Err(e) => {
+                    tracing::error!(error = %e, "write-ahead log append failed; requests answered 503");
+                    metrics::counter!("leanloop_log_write_errors_total").increment(1);
+                }
+            }
+            drop(state);
+            self.shared.changed.notify_all();
+            metrics::histogram!("leanloop_log_group_appends").record(group.len() as f64);
+            for append in group.drain(..) {
+                let _ = append.done.send(result.as_ref().map(|_| ()).map_err(|e| e.to_string()));
+            }
+        }
+        tracing::debug!("log writer stopped");
+    }
+
+    /// Writes and syncs `bytes` at the end of the log, rolling to a new
+    /// segment first when the active one is full. On failure the segment is
+    /// cut back to its last synced length, so a later success does not
+    /// follow garbage; if even that fails the log stops taking appends.
+    fn write_group(&mut self, bytes: &[u8]) -> io::Result<()> {
+        if self.len >= self.segment_bytes {
+            self.roll()?;
+        }
+        let started = Instant::now();
+        let written = self.file.write_all(bytes).and_then(|()| self.file.sync_data());
+        match written {
+            Ok(()) => {
+                self.len += bytes.len() as u64;
+                metrics::histogram!("leanloop_log_fsync_seconds").record(started.elapsed().as_secs_f64());
+                Ok(())
+            }
+            Err(e) => {
+                let restored = self.file.set_len(self.len).and_then(|()| self.file.seek(SeekFrom::Start(self.len)));
+                if let Err(cut) = restored {
+                    self.shared.lock().failed = Some(format!("log segment could not be repaired after a failed write: {cut}"));
+                }
+                Err(e)
+            }
+        }
+    }
+
+    fn roll(&mut self) -> io::Result<()> {
+        let start = self.start + self.len;
+        let dir = self.shared.dir.clone();
+        let file = OpenOptions::new().create_new(true).append(true).open(segments::segment_path(&dir, start))?;
+        segments::sync_dir(&dir)?;
+        self.file = file;
+        self.start = start;
+        self.len = 0;
+        self.shared.lock().segments.insert(start);
+        Ok(())
+    }
+}

@@ -1,0 +1,15 @@
+// The drop-in script's tail. build.mjs places it inside the same function as
+// leanloop.js (exports removed, its default export bound to `leanloop`).
+//
+// The snippet may have left `window.leanloop = [[method, ...args], ...]`:
+// those calls are replayed, `init` first, so nothing queued before the script
+// arrived is lost. A script tag with data-write-key initialises on its own.
+const stub = window.leanloop
+const tag = document.currentScript || document.querySelector('script[data-write-key]')
+const data = tag?.dataset || {}
+window.leanloop = leanloop
+if (data.writeKey) init(data.writeKey, { host: data.host || new URL(tag.src, location.href).origin, release: data.release, respectDnt: 'respectDnt' in data })
+if (Array.isArray(stub))
+  stub
+    .sort((a, b) => (b[0] == 'init') - (a[0] == 'init'))
+    .forEach(([m, ...args]) => leanloop[m]?.(...args))

@@ -1,0 +1,377 @@
+// Leanloop browser SDK: product events, sessions, errors, web vitals and
+// feedback, sent in the Segment wire format. build.mjs turns this module into
+// the drop-in script the collector serves at /sdk.js, so every byte counts.
+//
+// Browser globals are read through `w` (init's `window` option, else the real
+// one), so tests can hand in a fake window with their own fetch, storage,
+// timers, clock and randomness.
+
+export const VERSION = '0.1.0'
+
+const IDLE = 30 * 60e3 // a session ends after 30 minutes without events
+const BATCH = 20
+const TEXT = {
+  en: ['How likely are you to recommend us to a friend?', 'Not likely', 'Very likely', 'Anything else? (optional)', 'Send', 'Close', 'Thank you!'],
+  zh: ['您有多大可能向朋友推荐我们？', '不太可能', '非常可能', '其他建议（可选）', '提交', '关闭', '感谢您的反馈！'],
+}
+// The prompt's own styles; `all:initial` keeps the page's inherited ones out.
+const CSS =
+  ':host{all:initial}*{box-sizing:border-box;font:inherit}[role=dialog]{position:fixed;right:16px;bottom:16px;z-index:2147483647;width:min(360px,100vw - 32px);padding:16px;background:#fff;color:#111;font:14px/1.4 system-ui,sans-serif;border-radius:8px;box-shadow:0 4px 24px #0004}p{margin:0 24px 12px 0}div div,small{display:flex;gap:4px;justify-content:space-between}button{cursor:pointer;border:1px solid #ccc;border-radius:4px;background:#fff;padding:6px;flex:1}[aria-pressed=true],[data-ll-submit]{background:#111;color:#fff}[data-ll-close]{position:absolute;top:8px;right:8px;border:0}textarea{width:100%;margin:12px 0 8px}'
+
+let w = globalThis
+let o = {}
+let key, uid, anon, sn, timer, busy, last, ref, open, vitals
+let q = []
+let tries = 0
+let errors = 0
+let warned = 0
+
+// Storage: localStorage, or cookies when it throws (blocked or full storage,
+// some private modes). The queue is never put in a cookie: it would not fit.
+const ck = (k, v) => {
+  try {
+    w.document.cookie = `ll_${k}=${encodeURIComponent(v)};path=/;max-age=${v ? 3e7 : 0};SameSite=Lax`
+  } catch {}
+}
+// Reading document.cookie throws in sandboxed frames.
+const cookie = k => {
+  try {
+    return decodeURIComponent(w.document.cookie.match(`(^|; )ll_${k}=([^;]*)`)[2])
+  } catch {}
+}
+const get = k => {
+  try {
+    return w.localStorage.getItem('ll_' + k) ?? cookie(k)
+  } catch {
+    return cookie(k)
+  }
+}
+const set = (k, v) => {
+  try {
+    w.localStorage.setItem('ll_' + k, v)
+  } catch {
+    k != 'q' && ck(k, v)
+  }
+  return v
+}
+const save = () => set('q', JSON.stringify(q))
+
+const aid = () => (anon ||= get('aid') || set('aid', uuid()))
+const now = () => w.Date.now()
+const iso = () => new Date(now()).toISOString()
+// randomUUID needs a secure context; plain-http pages get the fallback.
+const uuid = () =>
+  w.crypto?.randomUUID?.() || '10000000-1000-4000-8000-100000000000'.replace(/[018]/g, c => (c ^ (w.Math.random() * 16) >> c / 4).toString(16))
+const on = (t, e, f, c) => t?.addEventListener(e, f, c)
+
+const off = () =>
+  get('optout') == 1 ||
+  cookie('optout') == 1 ||
+  (o.respectDnt && (w.navigator?.doNotTrack == 1 || w.navigator?.globalPrivacyControl))
+
+function session() {
+  const t = now()
+  let [id, seen, n = 0] = (get('ses') || '').split('|')
+  if (!id || t - seen > IDLE) {
+    id = uuid()
+    n++
+  }
+  set('ses', [id, t, (sn = n)].join('|'))
+  return id
+}
+
+function where() {
+  const l = w.location || {}
+  const d = w.document || {}
+  return { url: l.href, path: l.pathname, referrer: ref ?? d.referrer, title: d.title, search: l.search }
+}
+
+// Events have a `type`; feedback (no type) shares the queue so it is
+// persisted and retried the same way, but goes to its own endpoint.
+function add(type, x) {
+  if (!key || off()) return
+  const n = w.navigator || {}
+  const s = w.screen || {}
+  const e = { type: type || undefined, anonymousId: aid(), userId: uid || undefined, messageId: uuid(), timestamp: iso(), ...x }
+  if (type)
+    e.context = {
+      release: o.release,
+      library: { name: 'leanloop-js', version: VERSION },
+      page: where(),
+      userAgent: n.userAgent,
+      locale: n.language,
+      screen: { width: s.width, height: s.height },
+      timezone: Intl.DateTimeFormat().resolvedOptions().timeZone,
+      sessionId: session(),
+    }
+  else Object.assign(e, { page: w.location?.href, release: o.release, sessionId: session() })
+  // A snapshot: the caller may mutate its objects later, and a value that
+  // cannot be serialised must fail here rather than in every later flush.
+  q.push(JSON.parse(JSON.stringify(e)))
+  // Offline for long: keep the newest events, drop the oldest.
+  q.splice(0, q.length - (o.maxQueue || 1e3))
+  save()
+  q.length >= BATCH && !tries ? flush() : later(o.flushInterval || 1e3)
+}
+
+function later(ms, force) {
+  if (force || !timer) {
+    w.clearTimeout(timer)
+    timer = w.setTimeout(flush, ms)
+  }
+}
+
+// The next request from `list`: up to BATCH leading events, or one feedback.
+function next(list = q) {
+  let items = list.slice(0, BATCH)
+  const i = items.findIndex(e => !e.type)
+  items = items.slice(0, i < 0 ? BATCH : i || 1)
+  const base = { sentAt: iso(), writeKey: key }
+  return [o.host + (i ? '/v1/batch' : '/v1/feedback'), JSON.stringify(i ? { batch: items, ...base } : { ...items[0], ...base }), items]
+}
+
+const done = items => {
+  q = q.filter(e => !items.includes(e))
+  save()
+}
+
+// Each wait is a random 50-100 % of the step, so clients that failed together
+// do not retry together.
+const backoff = n => Math.min(6e4, 1e3 * 2 ** n) * (0.5 + w.Math.random() / 2)
+
+// text/plain keeps cross-origin posts "simple": no CORS preflight.
+const send = (url, body, keepalive) => w.fetch(url, { method: 'POST', headers: { 'Content-Type': 'text/plain' }, body, keepalive })
+
+// Resolves to 0 when the request is finished with (sent, or refused for good),
+// else to the milliseconds to wait before retrying.
+async function post(url, body) {
+  let after
+  try {
+    const r = await send(url, body)
+    // Retrying cannot fix a refused request; the server dedups by messageId anyway.
+    if (r.status < 500 && r.status != 429) {
+      if (!r.ok && !warned++) w.console?.warn(`leanloop: ${url} answered ${r.status}; dropped the request`)
+      return 0
+    }
+    after = r.headers.get('Retry-After') * 1e3
+  } catch {}
+  const wait = backoff(tries++)
+  return after || wait
+}
+
+async function drain() {
+  while (q.length && key && !off()) {
+    const [url, body, items] = next()
+    const wait = await post(url, body)
+    if (wait) return later(wait, 1)
+    tries = 0
+    done(items)
+  }
+}
+
+export function flush() {
+  w.clearTimeout(timer)
+  timer = 0
+  return (busy ||= drain().finally(() => (busy = 0)))
+}
+
+// The page may be gone before fetch completes: hand what is left to the
+// browser. A beacon's fate is unknown (true only means "queued"), so beaconed
+// events stay queued and stored: if the page lives on they are sent again, if
+// not the next page load sends them; the server's messageId dedup makes the
+// second copy harmless.
+const beaconed = new WeakSet()
+function hide() {
+  const v = vitals
+  if (v && Object.keys(v).length) track('$web_vitals', v), (vitals = 0)
+  let rest = q.filter(e => !beaconed.has(e))
+  while (rest.length && key && !off()) {
+    const [url, body, items] = next(rest)
+    let ok = 1
+    try {
+      ok = w.navigator.sendBeacon(url, body)
+    } catch {
+      send(url, body, true).catch(() => {})
+    }
+    if (!ok) break
+    items.forEach(e => beaconed.add(e))
+    rest = rest.slice(items.length)
+  }
+}
+
+// LCP, CLS (largest session window) and INP (longest interaction), reported
+// once per page load when the page is first hidden.
+function observe() {
+  const v = (vitals = {})
+  // Browsers only warn about an entry type they lack, so ask first.
+  const ob = (type, f, x) => {
+    if (w.PerformanceObserver?.supportedEntryTypes?.includes(type)) {
+      new w.PerformanceObserver(l => l.getEntries().forEach(f)).observe({ type, buffered: true, ...x })
+      return 1
+    }
+  }
+  let first = 0
+  let prev = 0
+  let cur = 0
+  ob('largest-contentful-paint', e => (v.lcp = Math.round(e.startTime)))
+  if (ob('layout-shift', e => {
+    if (e.hadRecentInput) return
+    if (e.startTime - prev > 1e3 || e.startTime - first > 5e3) (first = e.startTime), (cur = 0)
+    prev = e.startTime
+    cur += e.value
+    v.cls = Math.max(v.cls, Math.round(cur * 1e4) / 1e4)
+  })) v.cls = 0
+  ob('event', e => e.interactionId && (v.inp = Math.max(v.inp || 0, e.duration)), { durationThreshold: 40 })
+}
+
+function click(e) {
+  const el = e.target?.closest?.('[data-ll-event]')
+  const p = {}
+  if (!el) return
+  for (const a of el.attributes) if (a.name.startsWith('data-ll-') && a.name != 'data-ll-event') p[a.name.slice(8)] = a.value
+  track(el.getAttribute('data-ll-event'), p)
+}
+
+const nav = () => w.location?.href != last && page()
+
+export function init(writeKey, options) {
+  if (key || !writeKey) return
+  o = { ...options }
+  o.host = (o.host || '').replace(/\/+$/, '')
+  w = o.window || globalThis
+  key = writeKey
+  uid = get('uid')
+  try {
+    q = JSON.parse(get('q')) || []
+  } catch {}
+  const d = w.document
+  const h = w.history
+  if (o.pageviews != false) {
+    // Single-page apps navigate without a load: watch the history API.
+    for (const m of ['pushState', 'replaceState']) {
+      const f = h?.[m]
+      if (f)
+        h[m] = function () {
+          const r = f.apply(this, arguments)
+          nav()
+          return r
+        }
+    }
+    on(w, 'popstate', nav)
+    on(w, 'hashchange', nav)
+    page()
+  }
+  if (o.errors != false) {
+    // Capped: a failing handler must not turn into an event flood.
+    const oops = (e, r, type) =>
+      errors++ < 20 &&
+      track('$exception', { message: '' + (r?.message ?? e.message ?? r), type: r?.name || type, stack: r?.stack?.slice?.(0, 2e3), source: e.filename, line: e.lineno, col: e.colno })
+    on(w, 'error', e => oops(e, e.error, 'Error'))
+    on(w, 'unhandledrejection', e => oops(e, e.reason, 'UnhandledRejection'))
+  }
+  if (o.vitals != false) observe()
+  // Capture phase: the app stopping propagation must not hide the click.
+  if (o.clicks != false) on(d, 'click', click, true)
+  on(w, 'pagehide', hide)
+  on(d, 'visibilitychange', () => d.visibilityState == 'hidden' && hide())
+  on(w, 'online', flush)
+  const f = o.feedback
+  if (f && !off()) {
+    session()
+    if (sn > (f.afterSessions || 0) && !get('fb')) {
+      set('fb', 1)
+      showFeedback()
+    }
+  }
+  if (q.length) later(o.flushInterval || 1e3)
+}
+
+export const track = (event, properties) => add('track', { event, properties })
+
+export function page(name, properties) {
+  const h = w.location?.href
+  if (last && last != h) ref = last
+  last = h
+  add('page', { name, properties: { ...where(), ...properties } })
+}
+
+export function identify(userId, traits) {
+  if (userId) uid = set('uid', '' + userId)
+  add('identify', { traits })
+}
+
+export const group = (groupId, traits) => add('group', { groupId, traits })
+
+export function alias(userId) {
+  add('alias', { userId, previousId: uid || aid() })
+  uid = set('uid', '' + userId)
+}
+
+// After logout: the next events belong to a new anonymous visitor.
+export function reset() {
+  for (const k of ['uid', 'aid', 'ses']) set(k, '')
+  uid = anon = ''
+}
+
+export function setRelease(release) {
+  o.release = release
+}
+
+export function optOut() {
+  set('optout', 1)
+  ck('optout', 1)
+  q = []
+  save()
+}
+
+export function optIn() {
+  set('optout', '')
+  ck('optout', '')
+}
+
+export function feedback({ score, message, category } = {}) {
+  add('', { score, message, category })
+  return flush()
+}
+
+// The NPS prompt: shadow DOM keeps page styles out; strings are constants,
+// never user input, so innerHTML is safe.
+export function showFeedback() {
+  const d = w.document
+  if (open || !d || off()) return
+  if (!d.body) return on(d, 'DOMContentLoaded', showFeedback)
+  const t = TEXT[/^zh/i.test(o.locale || w.navigator?.language) ? 'zh' : 'en']
+  const host = d.createElement('div')
+  const r = host.attachShadow({ mode: 'open' })
+  const back = d.activeElement
+  let score
+  open = 1
+  host.setAttribute('data-ll-widget', '')
+  r.innerHTML = `<style>${CSS}</style><div role="dialog" aria-labelledby="q" tabindex="-1"><button data-ll-close aria-label="${t[5]}">×</button><p id="q">${t[0]}</p><div role="group" aria-labelledby="q">${[...Array(11).keys()].map(i => `<button data-ll-score="${i}" aria-pressed="false">${i}</button>`).join('')}</div><small><span>${t[1]}</span><span>${t[2]}</span></small><textarea aria-label="${t[3]}" placeholder="${t[3]}"></textarea><button data-ll-submit>${t[4]}</button></div>`
+  const box = r.querySelector('[role=dialog]')
+  const close = () => {
+    host.remove()
+    open = 0
+    back?.focus?.()
+  }
+  on(r, 'keydown', e => e.key == 'Escape' && close())
+  on(r, 'click', e => {
+    const b = e.target.closest('button')
+    if (!b) return
+    const message = r.querySelector('textarea').value.trim()
+    if (b.hasAttribute('data-ll-close')) return close()
+    if (!b.hasAttribute('data-ll-submit')) {
+      score = +b.getAttribute('data-ll-score')
+      for (const x of r.querySelectorAll('[data-ll-score]')) x.setAttribute('aria-pressed', x == b)
+    } else if (score != null || message) {
+      feedback({ score, message: message || undefined, category: 'nps' })
+      box.innerHTML = `<p role="status">${t[6]}</p>`
+      box.focus()
+      w.setTimeout(close, 2e3)
+    }
+  })
+  d.body.appendChild(host)
+  r.querySelector('[data-ll-score]').focus()
+}
+
+export default { VERSION, init, track, page, identify, group, alias, reset, flush, optOut, optIn, feedback, setRelease, showFeedback }

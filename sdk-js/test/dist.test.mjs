@@ -1,0 +1,77 @@
+import { test } from 'node:test'
+import assert from 'node:assert/strict'
+import { readFileSync } from 'node:fs'
+import { gzipSync } from 'node:zlib'
+import vm from 'node:vm'
+import { build, minify } from '../build.mjs'
+import { browser } from '../testing/fake-browser.mjs'
+
+const read = name => readFileSync(new URL(`../${name}`, import.meta.url), 'utf8')
+const LIMIT = 5120
+
+test('dist/ is what build.mjs makes from src/ (run `node build.mjs`)', () => {
+  for (const [name, text] of Object.entries(build())) assert.equal(read(`dist/${name}`), text, `dist/${name} is stale`)
+})
+
+test('the drop-in script is at most 5 KB gzipped, and plain ASCII', t => {
+  const script = read('dist/leanloop.min.js')
+  const size = gzipSync(script).length
+  t.diagnostic(`dist/leanloop.min.js: ${script.length} bytes, ${size} bytes gzipped (limit ${LIMIT})`)
+  assert.ok(size <= LIMIT, `${size} bytes gzipped`)
+  assert.match(script, /^[\x00-\x7f]*$/)
+})
+
+test('minify keeps strings, templates and regexes, and drops comments and spacing', () => {
+  const code = [
+    "const a = 'x // not a comment' // a comment",
+    'const b = `a ${ {k: "}"}.k } b /* kept */`',
+    '/* block */ const c = /[/]+ /g.test(a) ? 1 / 2 : 3',
+    'let d = a + +b - -c',
+    'f(1,',
+    '  2)',
+    'g()',
+    '(h)',
+  ].join('\n')
+  const out = minify(code)
+  assert.equal(out, "const a='x // not a comment'\nconst b=`a ${{k:\"}\"}.k} b /* kept */`\nconst c=/[/]+ /g.test(a)?1/2:3\nlet d=a+ +b- -c\nf(1,2)\ng()\n(h)\n")
+})
+
+// The drop-in script in a VM whose global is a pretend browser window.
+function run(b, currentScript, inline = '') {
+  const g = { ...b.win }
+  for (const k of ['addEventListener', 'removeEventListener', 'dispatchEvent']) g[k] = b.win[k].bind(b.win)
+  // The script's own Date and Math are the VM's; clock and randomness are not faked here.
+  delete g.Date
+  delete g.Math
+  g.URL = URL
+  g.window = g
+  b.doc.currentScript = currentScript
+  b.doc.querySelector = () => null
+  vm.createContext(g)
+  vm.runInContext(inline, g)
+  vm.runInContext(read('dist/leanloop.min.js'), g)
+  return g
+}
+
+test('a script tag with data-write-key starts the SDK on window.leanloop', async () => {
+  const b = browser()
+  const g = run(b, { src: 'https://collect.example/sdk.js', dataset: { writeKey: 'wk_tag', release: '5.0.0' } })
+  assert.deepEqual(Object.keys(g.leanloop).sort(), [
+    'VERSION', 'alias', 'feedback', 'flush', 'group', 'identify', 'init', 'optIn', 'optOut', 'page', 'reset', 'setRelease', 'showFeedback', 'track',
+  ])
+  g.leanloop.track('From Tag')
+  await g.leanloop.flush()
+  assert.equal(b.requests[0].url, 'https://collect.example/v1/batch', 'host defaults to the script origin')
+  assert.equal(b.requests[0].body.writeKey, 'wk_tag')
+  assert.deepEqual(b.events().map(e => [e.type, e.event, e.context.release]), [['page', undefined, '5.0.0'], ['track', 'From Tag', '5.0.0']])
+})
+
+test('the README snippet queues calls that the script replays, init first', async () => {
+  const snippet = read('README.md').match(/<script>\n([\s\S]*?)<\/script>/)[1]
+  const b = browser()
+  const g = run(b, { src: 'https://cdn.example/sdk.js', dataset: {} }, `leanloop = []; leanloop.push(['track', 'Queued Early']); ${snippet}`)
+  await g.leanloop.flush()
+  assert.equal(b.requests[0].url, 'https://collector.example.com/v1/batch', 'the queued init set the host')
+  assert.deepEqual(b.events().map(e => e.event ?? e.type), ['page', 'Queued Early', 'Viewed Pricing'])
+  assert.equal(b.events()[0].context.release, '1.4.2')
+})

@@ -1,0 +1,180 @@
+import { test } from 'node:test'
+import assert from 'node:assert/strict'
+import { browser, load, memoryStorage, start } from '../testing/fake-browser.mjs'
+
+// A second page load in the same browser: same storage and cookies, a new SDK.
+async function reload(b, options = {}) {
+  const sdk = await load()
+  const next = browser({ storage: b.storage, cookies: b.cookies, now: b.now })
+  sdk.init('wk_test', { host: 'https://collect.example', window: next.win, ...options })
+  return { sdk, b: next }
+}
+
+test('offline, the queue keeps the newest 1,000 events and drops the oldest', async () => {
+  const { sdk, b } = await start({ pageviews: false })
+  b.respond = () => new Error('offline')
+  for (let i = 0; i < 1100; i++) sdk.track(`e${i}`)
+  await b.settle()
+  const queued = b.queued()
+  assert.equal(queued.length, 1000)
+  assert.equal(queued[0].event, 'e100')
+  assert.equal(queued.at(-1).event, 'e1099')
+})
+
+test('queued events survive a reload and are sent with their original messageIds', async () => {
+  const first = await start()
+  first.b.respond = () => new Error('offline')
+  first.sdk.track('Added To Cart')
+  await first.b.advance(1000)
+  const before = first.b.queued().map(e => e.messageId)
+  assert.equal(before.length, 2)
+
+  const { b } = await reload(first.b)
+  await b.advance(1000)
+  const sent = b.events()
+  assert.deepEqual(sent.map(e => e.event ?? e.type), ['page', 'Added To Cart', 'page'])
+  assert.deepEqual(sent.slice(0, 2).map(e => e.messageId), before)
+  assert.deepEqual(b.queued(), [])
+})
+
+test('ids live in localStorage and last across loads', async () => {
+  const first = await start()
+  first.sdk.identify('user-1', { plan: 'pro' })
+  await first.sdk.flush()
+  const anon = first.b.events()[0].anonymousId
+  assert.equal(first.b.storage.getItem('ll_aid'), anon)
+
+  const { sdk, b } = await reload(first.b)
+  sdk.track('Back')
+  await sdk.flush()
+  const e = b.events().at(-1)
+  assert.equal(e.anonymousId, anon)
+  assert.equal(e.userId, 'user-1')
+  assert.equal(b.cookies.size, 0, 'no cookies while localStorage works')
+})
+
+test('when localStorage throws, ids fall back to cookies', async () => {
+  const blocked = {
+    getItem() {
+      throw new Error('SecurityError')
+    },
+    setItem() {
+      throw new Error('SecurityError')
+    },
+  }
+  const first = await start({}, { storage: blocked })
+  first.sdk.identify('user-2')
+  await first.sdk.flush()
+  const anon = first.b.events()[0].anonymousId
+  assert.equal(first.b.cookies.get('ll_aid'), anon)
+  assert.equal(first.b.cookies.get('ll_uid'), 'user-2')
+  assert.ok(!first.b.cookies.has('ll_q'), 'the queue is too big for a cookie')
+
+  // Some browsers throw on merely reading window.localStorage.
+  const sdk = await load()
+  const b = browser({ cookies: first.b.cookies, now: first.b.now })
+  Object.defineProperty(b.win, 'localStorage', {
+    get() {
+      throw new Error('SecurityError')
+    },
+  })
+  sdk.init('wk_test', { host: 'https://collect.example', window: b.win })
+  await sdk.flush()
+  assert.equal(b.events()[0].anonymousId, anon)
+  assert.equal(b.events()[0].userId, 'user-2')
+})
+
+test('when localStorage is full, ids are written to cookies and read back from them', async () => {
+  const full = {
+    getItem: () => null,
+    setItem() {
+      throw new Error('QuotaExceededError')
+    },
+  }
+  const first = await start({}, { storage: full })
+  await first.sdk.flush()
+  const { sdk, b } = await reload(first.b)
+  await sdk.flush()
+  assert.equal(b.events()[0].anonymousId, first.b.events()[0].anonymousId)
+  assert.equal(b.events()[0].context.sessionId, first.b.events()[0].context.sessionId)
+})
+
+test('opting out stops sending, clears the queue, and persists in a cookie and localStorage', async () => {
+  const first = await start()
+  first.sdk.track('before')
+  first.sdk.optOut()
+  first.sdk.track('after')
+  first.sdk.page()
+  await first.sdk.flush()
+  await first.b.advance(5000)
+  assert.equal(first.b.requests.length, 0)
+  assert.equal(first.b.cookies.get('ll_optout'), '1')
+  assert.equal(first.b.storage.getItem('ll_optout'), '1')
+
+  const { sdk, b } = await reload(first.b)
+  sdk.track('still out')
+  await sdk.flush()
+  assert.equal(b.requests.length, 0)
+
+  // The cookie alone is enough, for sites that set it server-side.
+  const cookieOnly = await reload({ storage: memoryStorage(), cookies: first.b.cookies, now: first.b.now })
+  await cookieOnly.sdk.flush()
+  assert.equal(cookieOnly.b.requests.length, 0)
+
+  sdk.optIn()
+  assert.ok(!b.cookies.has('ll_optout'))
+  sdk.track('back in')
+  await sdk.flush()
+  assert.deepEqual(b.events().map(e => e.event), ['back in'])
+})
+
+test('Do-Not-Track and Global Privacy Control are honoured when respectDnt is set', async () => {
+  for (const signal of [{ doNotTrack: '1' }, { globalPrivacyControl: true }]) {
+    const b = browser()
+    Object.assign(b.win.navigator, signal)
+    const sdk = await load()
+    sdk.init('wk_test', { host: 'https://collect.example', window: b.win, respectDnt: true })
+    sdk.track('x')
+    await sdk.flush()
+    assert.equal(b.requests.length, 0)
+  }
+  const b = browser()
+  b.win.navigator.doNotTrack = '1'
+  const sdk = await load()
+  sdk.init('wk_test', { host: 'https://collect.example', window: b.win })
+  await sdk.flush()
+  assert.equal(b.requests.length, 1, 'without respectDnt the signal is not acted on')
+})
+
+test('a session lasts until 30 minutes without events', async () => {
+  const { sdk, b } = await start()
+  await b.advance(29 * 60e3)
+  sdk.track('a')
+  await b.advance(29 * 60e3)
+  sdk.track('b')
+  await b.advance(30 * 60e3 + 1)
+  sdk.track('c')
+  await sdk.flush()
+  const ids = b.events().map(e => e.context.sessionId)
+  assert.equal(ids[0], ids[1])
+  assert.equal(ids[1], ids[2])
+  assert.notEqual(ids[2], ids[3])
+})
+
+test('the session carries over a reload, and reset() starts a new visitor', async () => {
+  const first = await start()
+  await first.sdk.flush()
+  const { sdk, b } = await reload(first.b)
+  await sdk.flush()
+  const [one, two] = [first.b.events()[0], b.events()[0]]
+  assert.equal(one.context.sessionId, two.context.sessionId)
+
+  sdk.identify('u9')
+  sdk.reset()
+  sdk.track('after logout')
+  await sdk.flush()
+  const e = b.events().at(-1)
+  assert.equal(e.userId, undefined)
+  assert.notEqual(e.anonymousId, one.anonymousId)
+  assert.notEqual(e.context.sessionId, one.context.sessionId)
+})

@@ -1,0 +1,254 @@
+//! The ClickHouse event store, for volumes beyond one machine.
+//!
+//! Talks HTTP through the official `clickhouse` crate: RowBinary inserts,
+//! bound (escaped) parameters for every value in a query, and no schema
+//! validation round trip (`with_validation(false)`), which servers older
+//! than 24.x do not support. Schema and queries run on ClickHouse 18.16 and
+//! on current releases; newer features are switched on by server version
+//! (`schema.rs`).
+//!
+//! The crate is async; the store's interface is blocking (it is called from
+//! the collector's writer threads), so the store owns a small runtime and
+//! blocks on it.
+
+mod dedup;
+mod read;
+mod schema;
+mod write;
+
+pub use schema::{cluster_ddl, ServerVersion};
+
+use crate::seen::{SeenKeys, MIN_CAPACITY};
+use crate::{EventFilter, EventStore, StoreError, UserRecord, WriteOutcome};
+use leanloop_core::{Event, UserUpdate};
+use std::future::Future;
+use std::sync::Mutex;
+use std::time::Duration;
+
+/// Where the server is and how the store uses it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClickHouseOptions {
+    /// `http://host:8123/?database=leanloop[&user=..&password=..]`.
+    pub url: String,
+    /// Keys received within this window are remembered for uuid dedup; a
+    /// retry arriving later than this after the original is not recognised.
+    pub dedup_window: Duration,
+    /// Events older than this are dropped by a TTL (servers 19.6+; ignored,
+    /// with a warning, on older ones).
+    pub retention_days: Option<u32>,
+}
+
+impl ClickHouseOptions {
+    pub fn new(url: impl Into<String>) -> ClickHouseOptions {
+        ClickHouseOptions { url: url.into(), dedup_window: Duration::from_secs(24 * 3600), retention_days: None }
+    }
+}
+
+/// A parsed server URL: the HTTP endpoint and the settings carried in its query.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Endpoint {
+    http: String,
+    database: String,
+    user: Option<String>,
+    password: Option<String>,
+}
+
+impl Endpoint {
+    fn parse(text: &str) -> Result<Endpoint, StoreError> {
+        let bad = |why: &str| StoreError::Config(format!("clickhouse url `{text}`: {why}"));
+        let url = url::Url::parse(text).map_err(|e| bad(&e.to_string()))?;
+        if !matches!(url.scheme(), "http" | "https") {
+            return Err(bad("the scheme must be http or https (ClickHouse's HTTP interface, port 8123 by default)"));
+        }
+        let host = url.host_str().ok_or_else(|| bad("no host"))?;
+        let mut endpoint = Endpoint {
+            http: format!("{}://{}:{}", url.scheme(), host, url.port_or_known_default().unwrap_or(8123)),
+            database: "leanloop".into(),
+            user: (!url.username().is_empty()).then(|| url.username().to_owned()),
+            password: url.password().map(str::to_owned),
+        };
+        for (key, value) in url.query_pairs() {
+            match key.as_ref() {
+                "database" => endpoint.database = value.into_owned(),
+                "user" => endpoint.user = Some(value.into_owned()),
+                "password" => endpoint.password = Some(value.into_owned()),
+                other => return Err(bad(&format!("unknown setting `{other}` (known: database, user, password)"))),
+            }
+        }
+        let valid_name = !endpoint.database.is_empty()
+            && endpoint.database.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+            && !endpoint.database.starts_with(|c: char| c.is_ascii_digit());
+        if !valid_name {
+            return Err(bad("database must be letters, digits and underscores"));
+        }
+        Ok(endpoint)
+    }
+
+    fn client(&self, database: bool) -> clickhouse::Client {
+        let mut client = clickhouse::Client::default().with_url(&self.http).with_validation(false);
+        if database {
+            client = client.with_database(&self.database);
+        }
+        if let Some(user) = &self.user {
+            client = client.with_user(user);
+        }
+        if let Some(password) = &self.password {
+            client = client.with_password(password);
+        }
+        client
+    }
+}
+
+pub struct ClickHouseStore {
+    client: clickhouse::Client,
+    /// Always `Some` until dropped (see the `Drop` impl).
+    runtime: Option<tokio::runtime::Runtime>,
+    seen: Mutex<SeenKeys>,
+    options: ClickHouseOptions,
+    version: ServerVersion,
+}
+
+impl ClickHouseStore {
+    /// Connects, creates the database and applies migrations, and loads the
+    /// dedup filter. Fails when the server cannot be reached.
+    pub fn open(options: &ClickHouseOptions) -> Result<ClickHouseStore, StoreError> {
+        let endpoint = Endpoint::parse(&options.url)?;
+        let runtime = small_runtime()?;
+        let client = endpoint.client(true);
+        let version = block(&runtime, schema::migrate(&endpoint.client(false), &client, &endpoint.database, options))?;
+        let keys = dedup::ClickHouseKeys { client: &client, runtime: &runtime, window: options.dedup_window };
+        let seen = SeenKeys::load(&keys, MIN_CAPACITY)?;
+        tracing::info!(server = %version, database = %endpoint.database, "ClickHouse event store ready");
+        Ok(ClickHouseStore { client, runtime: Some(runtime), seen: Mutex::new(seen), options: options.clone(), version })
+    }
+
+    pub fn server_version(&self) -> ServerVersion {
+        self.version
+    }
+
+    fn runtime(&self) -> &tokio::runtime::Runtime {
+        self.runtime.as_ref().expect("the runtime lives as long as the store")
+    }
+
+    fn block<F: Future>(&self, future: F) -> F::Output {
+        block(self.runtime(), future)
+    }
+}
+
+impl Drop for ClickHouseStore {
+    /// The last holder may be an async task (the server shutting down), where
+    /// a runtime must not be dropped in place: let it wind down on its own.
+    fn drop(&mut self) {
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
+/// Runs `future` to completion on this thread with the store's runtime as
+/// its context (the runtime's worker drives the sockets). Unlike
+/// `Runtime::block_on` this may be called from inside another runtime's
+/// blocking threads.
+fn block<F: Future>(runtime: &tokio::runtime::Runtime, future: F) -> F::Output {
+    let _context = runtime.enter();
+    futures::executor::block_on(future)
+}
+
+/// The version current servers report, for DDL printed without a server.
+pub const CURRENT_SERVER: ServerVersion = ServerVersion { major: 24, minor: 8 };
+
+/// The server's version and the database the URL names.
+pub fn server_info(url: &str) -> Result<(ServerVersion, String), StoreError> {
+    let endpoint = Endpoint::parse(url)?;
+    let runtime = small_runtime()?;
+    let text: String = block(&runtime, endpoint.client(false).query("SELECT version()").fetch_one())?;
+    let version = ServerVersion::parse(&text)
+        .ok_or_else(|| StoreError::Corrupt(format!("ClickHouse reported an unreadable version `{text}`")))?;
+    Ok((version, endpoint.database))
+}
+
+/// Runs DDL statements in order (each names its database itself).
+pub fn execute_all(url: &str, statements: &[String]) -> Result<(), StoreError> {
+    let endpoint = Endpoint::parse(url)?;
+    let runtime = small_runtime()?;
+    let client = endpoint.client(false);
+    for sql in statements {
+        block(&runtime, client.query(sql).execute())?;
+    }
+    Ok(())
+}
+
+fn small_runtime() -> Result<tokio::runtime::Runtime, StoreError> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("clickhouse-io")
+        .enable_all()
+        .build()
+        .map_err(|e| StoreError::Config(format!("starting the ClickHouse client runtime: {e}")))
+}
+
+impl ClickHouseStore {
+    fn write_events(&self, events: &[Event], users: &[UserUpdate], check_all: bool) -> Result<WriteOutcome, StoreError> {
+        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        let keys =
+            dedup::ClickHouseKeys { client: &self.client, runtime: self.runtime(), window: self.options.dedup_window };
+        let fresh = seen.new_events(&keys, events, check_all)?;
+        let rows: Vec<&Event> = fresh.iter().map(|&i| &events[i]).collect();
+        // Recorded before the insert: an insert whose answer is lost (server
+        // gone mid-request) may still have landed, so its retry must find
+        // these keys "maybe seen" and look them up.
+        seen.record(&keys, rows.iter().copied())?;
+        self.block(write::events(&self.client, &rows))?;
+        self.block(write::users(&self.client, users))?;
+        Ok(WriteOutcome { inserted: rows.len(), duplicates: events.len() - rows.len() })
+    }
+}
+
+impl EventStore for ClickHouseStore {
+    fn write(&self, events: &[Event], users: &[UserUpdate]) -> Result<WriteOutcome, StoreError> {
+        self.write_events(events, users, false)
+    }
+
+    fn write_replayed(&self, events: &[Event], users: &[UserUpdate]) -> Result<WriteOutcome, StoreError> {
+        self.write_events(events, users, true)
+    }
+
+    fn count(&self, filter: &EventFilter) -> Result<u64, StoreError> {
+        self.block(read::count(&self.client, filter))
+    }
+
+    fn recent(&self, filter: &EventFilter, limit: usize) -> Result<Vec<Event>, StoreError> {
+        self.block(read::recent(&self.client, filter, limit))
+    }
+
+    fn user(&self, project_id: i64, user_id: &str) -> Result<Option<UserRecord>, StoreError> {
+        self.block(read::user(&self.client, project_id, user_id))
+    }
+
+    fn identity(&self, project_id: i64, anonymous_id: &str) -> Result<Option<String>, StoreError> {
+        self.block(read::identity(&self.client, project_id, anonymous_id))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_name_their_database_and_bad_ones_are_explained() {
+        let e = Endpoint::parse("http://127.0.0.1:8123/?database=events_db").unwrap();
+        assert_eq!((e.http.as_str(), e.database.as_str()), ("http://127.0.0.1:8123", "events_db"));
+        let e = Endpoint::parse("http://bob:secret@ch.internal/").unwrap();
+        assert_eq!((e.http.as_str(), e.database.as_str()), ("http://ch.internal:80", "leanloop"));
+        assert_eq!((e.user.as_deref(), e.password.as_deref()), (Some("bob"), Some("secret")));
+        for (bad, why) in [
+            ("tcp://127.0.0.1:9000", "scheme"),
+            ("http://127.0.0.1:8123/?database=x;DROP", "database"),
+            ("http://127.0.0.1:8123/?db=x", "unknown setting `db`"),
+            ("not a url", "clickhouse url"),
+        ] {
+            let err = Endpoint::parse(bad).unwrap_err().to_string();
+            assert!(err.contains(why), "{bad}: {err}");
+        }
+    }
+}

@@ -1,0 +1,171 @@
+//! Reading events and people back. Every user-supplied value is bound
+//! (escaped by the client), never spliced into SQL.
+
+use super::write::{clamp_seconds, UserRow};
+use crate::{EventFilter, StoreError, UserRecord};
+use clickhouse::Row;
+use leanloop_core::{Event, EventKind};
+use serde::Deserialize;
+use uuid::Uuid;
+
+const EVENT_COLUMNS: &str = "uuid, project_id, kind, name, timestamp_ms, received_at_ms, timestamp_clamped,
+    anonymous_id, user_id, session_id, release, url, path, page_name, referrer, referrer_domain,
+    utm_source, utm_medium, utm_campaign, utm_term, utm_content, browser, browser_version, os,
+    device_type, country, ip, library, properties";
+
+#[derive(Row, Deserialize)]
+struct EventRead {
+    #[serde(with = "clickhouse::serde::uuid")]
+    uuid: Uuid,
+    project_id: i64,
+    kind: String,
+    name: String,
+    timestamp_ms: i64,
+    received_at_ms: i64,
+    timestamp_clamped: u8,
+    anonymous_id: Option<String>,
+    user_id: Option<String>,
+    session_id: Option<String>,
+    release: Option<String>,
+    url: Option<String>,
+    path: Option<String>,
+    page_name: Option<String>,
+    referrer: Option<String>,
+    referrer_domain: Option<String>,
+    utm_source: Option<String>,
+    utm_medium: Option<String>,
+    utm_campaign: Option<String>,
+    utm_term: Option<String>,
+    utm_content: Option<String>,
+    browser: Option<String>,
+    browser_version: Option<String>,
+    os: Option<String>,
+    device_type: Option<String>,
+    country: Option<String>,
+    ip: Option<String>,
+    library: Option<String>,
+    properties: String,
+}
+
+impl EventRead {
+    fn into_event(self) -> Result<Event, StoreError> {
+        let kind = EventKind::parse(&self.kind)
+            .ok_or_else(|| StoreError::Corrupt(format!("unknown event kind `{}`", self.kind)))?;
+        Ok(Event {
+            uuid: self.uuid,
+            project_id: self.project_id,
+            kind,
+            name: self.name,
+            timestamp_ms: self.timestamp_ms,
+            received_at_ms: self.received_at_ms,
+            timestamp_clamped: self.timestamp_clamped != 0,
+            anonymous_id: self.anonymous_id,
+            user_id: self.user_id,
+            session_id: self.session_id,
+            release: self.release,
+            url: self.url,
+            path: self.path,
+            page_name: self.page_name,
+            referrer: self.referrer,
+            referrer_domain: self.referrer_domain,
+            utm_source: self.utm_source,
+            utm_medium: self.utm_medium,
+            utm_campaign: self.utm_campaign,
+            utm_term: self.utm_term,
+            utm_content: self.utm_content,
+            browser: self.browser,
+            browser_version: self.browser_version,
+            os: self.os,
+            device_type: self.device_type,
+            country: self.country,
+            ip: self.ip,
+            library: self.library,
+            properties: self.properties,
+        })
+    }
+}
+
+/// A query with `filter`'s conditions appended and bound. The `timestamp`
+/// bounds repeat the millisecond ones so partitions and granules are skipped.
+fn filtered(client: &clickhouse::Client, head: &str, filter: &EventFilter, tail: &str) -> clickhouse::query::Query {
+    let mut sql = format!("{head} WHERE project_id = ?");
+    if filter.name.is_some() {
+        sql.push_str(" AND name = ?");
+    }
+    if filter.user.is_some() {
+        sql.push_str(" AND (user_id = ? OR anonymous_id = ?)");
+    }
+    if filter.from_ms.is_some() {
+        sql.push_str(" AND timestamp >= toDateTime(?) AND timestamp_ms >= ?");
+    }
+    if filter.to_ms.is_some() {
+        sql.push_str(" AND timestamp <= toDateTime(?) AND timestamp_ms < ?");
+    }
+    sql.push_str(tail);
+    let mut query = client.query(&sql).bind(filter.project_id);
+    if let Some(name) = &filter.name {
+        query = query.bind(name.as_str());
+    }
+    if let Some(user) = &filter.user {
+        query = query.bind(user.as_str()).bind(user.as_str());
+    }
+    for ms in [filter.from_ms, filter.to_ms].into_iter().flatten() {
+        query = query.bind(clamp_seconds(ms.div_euclid(1000))).bind(ms);
+    }
+    query
+}
+
+pub async fn count(client: &clickhouse::Client, filter: &EventFilter) -> Result<u64, StoreError> {
+    Ok(filtered(client, "SELECT count() FROM events", filter, "").fetch_one::<u64>().await?)
+}
+
+pub async fn recent(client: &clickhouse::Client, filter: &EventFilter, limit: usize) -> Result<Vec<Event>, StoreError> {
+    let head = format!("SELECT {EVENT_COLUMNS} FROM events");
+    let tail = format!(" ORDER BY timestamp_ms DESC, uuid LIMIT {}", limit as u64);
+    let rows: Vec<EventRead> = filtered(client, &head, filter, &tail).fetch_all().await?;
+    rows.into_iter().map(EventRead::into_event).collect()
+}
+
+/// The newest stored state of each of `user_ids` that has one.
+pub async fn user_rows(
+    client: &clickhouse::Client,
+    project_id: i64,
+    user_ids: &[&str],
+) -> Result<Vec<UserRow>, StoreError> {
+    let rows = client
+        .query(
+            "SELECT project_id, user_id, argMax(traits, version), min(first_seen_ms), max(last_seen_ms), max(version)
+             FROM users WHERE project_id = ? AND has(?, user_id) GROUP BY project_id, user_id",
+        )
+        .bind(project_id)
+        .bind(user_ids)
+        .fetch_all()
+        .await?;
+    Ok(rows)
+}
+
+pub async fn user(client: &clickhouse::Client, project_id: i64, user_id: &str) -> Result<Option<UserRecord>, StoreError> {
+    let row = user_rows(client, project_id, &[user_id]).await?.pop();
+    row.map(|r| {
+        let traits = serde_json::from_str(&r.traits).map_err(|e| StoreError::Corrupt(format!("traits: {e}")))?;
+        Ok(UserRecord { user_id: r.user_id, traits, first_seen_ms: r.first_seen_ms, last_seen_ms: r.last_seen_ms })
+    })
+    .transpose()
+}
+
+pub async fn identity(
+    client: &clickhouse::Client,
+    project_id: i64,
+    anonymous_id: &str,
+) -> Result<Option<String>, StoreError> {
+    let linked: Vec<String> = client
+        .query(
+            "SELECT argMin(user_id, linked_at_ms) FROM identities
+             WHERE project_id = ? AND anonymous_id = ? GROUP BY anonymous_id",
+        )
+        .bind(project_id)
+        .bind(anonymous_id)
+        .fetch_all()
+        .await?;
+    Ok(linked.into_iter().next())
+}

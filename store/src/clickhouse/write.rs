@@ -1,0 +1,229 @@
+//! Writing: events as one RowBinary insert per batch, people as new rows
+//! carrying their merged traits (the table keeps the newest per person).
+
+use crate::StoreError;
+use clickhouse::Row;
+use leanloop_core::{Event, UserUpdate};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use std::collections::{HashMap, HashSet};
+use uuid::Uuid;
+
+/// One `events` row, borrowing from the event it stores.
+#[derive(Row, Serialize)]
+struct EventRow<'a> {
+    #[serde(with = "clickhouse::serde::uuid")]
+    uuid: Uuid,
+    project_id: i64,
+    kind: &'a str,
+    name: &'a str,
+    timestamp: u32,
+    timestamp_ms: i64,
+    received_at_ms: i64,
+    timestamp_clamped: u8,
+    anonymous_id: Option<&'a str>,
+    user_id: Option<&'a str>,
+    session_id: Option<&'a str>,
+    release: Option<&'a str>,
+    url: Option<&'a str>,
+    path: Option<&'a str>,
+    page_name: Option<&'a str>,
+    referrer: Option<&'a str>,
+    referrer_domain: Option<&'a str>,
+    utm_source: Option<&'a str>,
+    utm_medium: Option<&'a str>,
+    utm_campaign: Option<&'a str>,
+    utm_term: Option<&'a str>,
+    utm_content: Option<&'a str>,
+    browser: Option<&'a str>,
+    browser_version: Option<&'a str>,
+    os: Option<&'a str>,
+    device_type: Option<&'a str>,
+    country: Option<&'a str>,
+    ip: Option<&'a str>,
+    library: Option<&'a str>,
+    properties: &'a str,
+    prop_keys: Vec<String>,
+    prop_values: Vec<String>,
+}
+
+/// `DateTime` holds seconds in `u32`: times outside it are pinned to its ends
+/// (the exact time stays in `timestamp_ms`).
+pub fn clamp_seconds(seconds: i64) -> u32 {
+    seconds.clamp(0, u32::MAX as i64) as u32
+}
+
+/// Top-level properties as parallel key and value arrays; strings as
+/// themselves, anything else as its JSON text.
+fn flatten(properties: &str) -> (Vec<String>, Vec<String>) {
+    let Ok(Value::Object(map)) = serde_json::from_str::<Value>(properties) else {
+        return (Vec::new(), Vec::new());
+    };
+    map.into_iter()
+        .map(|(k, v)| {
+            let v = match v {
+                Value::String(s) => s,
+                other => other.to_string(),
+            };
+            (k, v)
+        })
+        .unzip()
+}
+
+fn row(e: &Event) -> EventRow<'_> {
+    let (prop_keys, prop_values) = flatten(&e.properties);
+    EventRow {
+        uuid: e.uuid,
+        project_id: e.project_id,
+        kind: e.kind.as_str(),
+        name: &e.name,
+        timestamp: clamp_seconds(e.timestamp_ms.div_euclid(1000)),
+        timestamp_ms: e.timestamp_ms,
+        received_at_ms: e.received_at_ms,
+        timestamp_clamped: e.timestamp_clamped as u8,
+        anonymous_id: e.anonymous_id.as_deref(),
+        user_id: e.user_id.as_deref(),
+        session_id: e.session_id.as_deref(),
+        release: e.release.as_deref(),
+        url: e.url.as_deref(),
+        path: e.path.as_deref(),
+        page_name: e.page_name.as_deref(),
+        referrer: e.referrer.as_deref(),
+        referrer_domain: e.referrer_domain.as_deref(),
+        utm_source: e.utm_source.as_deref(),
+        utm_medium: e.utm_medium.as_deref(),
+        utm_campaign: e.utm_campaign.as_deref(),
+        utm_term: e.utm_term.as_deref(),
+        utm_content: e.utm_content.as_deref(),
+        browser: e.browser.as_deref(),
+        browser_version: e.browser_version.as_deref(),
+        os: e.os.as_deref(),
+        device_type: e.device_type.as_deref(),
+        country: e.country.as_deref(),
+        ip: e.ip.as_deref(),
+        library: e.library.as_deref(),
+        properties: &e.properties,
+        prop_keys,
+        prop_values,
+    }
+}
+
+/// One INSERT for all `events`: ClickHouse makes one part per insert, so
+/// fewer, larger inserts are what keep merges cheap.
+pub async fn events(client: &clickhouse::Client, events: &[&Event]) -> Result<(), StoreError> {
+    if events.is_empty() {
+        return Ok(());
+    }
+    let mut insert = client.insert::<EventRow<'static>>("events").await?;
+    for event in events {
+        insert.write(&row(event)).await?;
+    }
+    insert.end().await?;
+    Ok(())
+}
+
+#[derive(Row, Serialize, Deserialize)]
+pub struct UserRow {
+    pub project_id: i64,
+    pub user_id: String,
+    pub traits: String,
+    pub first_seen_ms: i64,
+    pub last_seen_ms: i64,
+    pub version: u64,
+}
+
+#[derive(Row, Serialize)]
+struct IdentityRow<'a> {
+    project_id: i64,
+    anonymous_id: &'a str,
+    user_id: &'a str,
+    linked_at_ms: i64,
+}
+
+/// JSON merge patch at the top level: later keys win, `null` removes a key
+/// (the same rule DuckDB's `json_merge_patch` applies).
+fn merge_patch(into: &mut Map<String, Value>, patch: Map<String, Value>) {
+    for (k, v) in patch {
+        if v.is_null() {
+            into.remove(&k);
+        } else {
+            into.insert(k, v);
+        }
+    }
+}
+
+/// Writes each updated person's merged traits and seen times, and the
+/// anonymous ids identify linked.
+pub async fn users(client: &clickhouse::Client, updates: &[UserUpdate]) -> Result<(), StoreError> {
+    if updates.is_empty() {
+        return Ok(());
+    }
+    let mut people: HashMap<(i64, &str), (Vec<&UserUpdate>, i64, i64)> = HashMap::new();
+    for u in updates {
+        let entry = people.entry((u.project_id, u.user_id.as_str())).or_insert((Vec::new(), i64::MAX, i64::MIN));
+        entry.0.push(u);
+        entry.1 = entry.1.min(u.seen_at_ms);
+        entry.2 = entry.2.max(u.seen_at_ms);
+    }
+    let mut stored: HashMap<(i64, String), UserRow> = HashMap::new();
+    let projects: HashSet<i64> = people.keys().map(|(p, _)| *p).collect();
+    for project_id in projects {
+        let ids: Vec<&str> = people.keys().filter(|(p, _)| *p == project_id).map(|(_, u)| *u).collect();
+        for row in super::read::user_rows(client, project_id, &ids).await? {
+            stored.insert((row.project_id, row.user_id.clone()), row);
+        }
+    }
+    let mut rows = Vec::with_capacity(people.len());
+    for ((project_id, user_id), (batch, first, last)) in people {
+        let mut traits = Map::new();
+        let (mut first_seen, mut last_seen, mut version) = (first, last, 0);
+        if let Some(current) = stored.remove(&(project_id, user_id.to_owned())) {
+            if let Ok(Value::Object(saved)) = serde_json::from_str(&current.traits) {
+                traits = saved;
+            }
+            first_seen = first_seen.min(current.first_seen_ms);
+            last_seen = last_seen.max(current.last_seen_ms);
+            version = current.version;
+        }
+        for update in batch {
+            if let Ok(Value::Object(patch)) = serde_json::from_str(&update.traits) {
+                merge_patch(&mut traits, patch);
+            }
+        }
+        rows.push(UserRow {
+            project_id,
+            user_id: user_id.to_owned(),
+            traits: Value::Object(traits).to_string(),
+            first_seen_ms: first_seen,
+            last_seen_ms: last_seen,
+            version: version + 1,
+        });
+    }
+    let mut insert = client.insert::<UserRow>("users").await?;
+    for row in &rows {
+        insert.write(row).await?;
+    }
+    insert.end().await?;
+
+    let mut linked = HashSet::new();
+    let links: Vec<IdentityRow> = updates
+        .iter()
+        .filter_map(|u| {
+            let anonymous_id = u.anonymous_id.as_deref()?;
+            (anonymous_id != u.user_id && linked.insert((u.project_id, anonymous_id))).then_some(IdentityRow {
+                project_id: u.project_id,
+                anonymous_id,
+                user_id: &u.user_id,
+                linked_at_ms: u.seen_at_ms,
+            })
+        })
+        .collect();
+    if !links.is_empty() {
+        let mut insert = client.insert::<IdentityRow<'static>>("identities").await?;
+        for link in &links {
+            insert.write(link).await?;
+        }
+        insert.end().await?;
+    }
+    Ok(())
+}

@@ -1,0 +1,101 @@
+//! The ClickHouse event store behind the same collector and read API as
+//! DuckDB: the same requests give the same stored events on both.
+
+use leanloop_store::clickhouse::ClickHouseOptions;
+use leanloop_tests::clickhouse::{self as ch, fresh_database, store_url};
+use leanloop_tests::{message_id, TestServer};
+use serde_json::{json, Value};
+
+async fn on_clickhouse() -> (TestServer, String) {
+    let database = fresh_database();
+    let url = store_url(&ch::shared(), &database);
+    let s = TestServer::start_with(|c| c.clickhouse = Some(ClickHouseOptions::new(url))).await;
+    (s, database)
+}
+
+fn traffic() -> Value {
+    let at = "2026-03-01T10:00:00.000Z";
+    json!({"batch": [
+        {"type": "page", "name": "Pricing", "anonymousId": "anon-1", "messageId": message_id(), "timestamp": at,
+         "context": {"release": "2.1.0", "page": {"url": "https://shop.example/pricing?utm_source=news&utm_campaign=spring",
+                     "referrer": "https://www.google.com/search?q=x"},
+                     "userAgent": "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0.0.0 Safari/537.36"}},
+        {"type": "track", "event": "checkout", "anonymousId": "anon-1", "messageId": message_id(), "timestamp": at,
+         "properties": {"plan": "pro", "amount": 12.5, "quote": "it's \"quoted\"", "nested": {"a": [1, 2]}}},
+        {"type": "identify", "userId": "user-1", "anonymousId": "anon-1", "messageId": message_id(), "timestamp": at,
+         "traits": {"email": "a@example.com", "plan": "free"}},
+        {"type": "identify", "userId": "user-1", "messageId": message_id(), "timestamp": at, "traits": {"plan": "pro"}},
+        {"type": "alias", "userId": "user-1", "previousId": "old-id", "messageId": message_id(), "timestamp": at},
+        {"type": "track", "event": "名前 with ' quote", "userId": "user-1", "messageId": message_id(), "timestamp": at}
+    ]})
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn clickhouse_and_duckdb_store_the_same_events() {
+    let (click, database) = on_clickhouse().await;
+    let duck = TestServer::start().await;
+    let body = traffic();
+    for _ in 0..3 {
+        assert_eq!(click.post("/v1/batch", &body).await.status(), 200);
+        assert_eq!(duck.post("/v1/batch", &body).await.status(), 200);
+    }
+    assert_eq!(click.count(&[]).await, 6, "a batch sent three times is stored once");
+    assert_eq!(ch::totals(&ch::shared(), &database).await, (6, 6));
+
+    // The same stored events, field for field, on both stores.
+    let strip = |events: Vec<Value>| -> Vec<Value> {
+        let mut events: Vec<Value> = events
+            .into_iter()
+            .map(|mut e| {
+                let e_map = e.as_object_mut().unwrap();
+                e_map.remove("received_at");
+                e_map.remove("session_id");
+                e
+            })
+            .collect();
+        events.sort_by_key(|e| e["uuid"].as_str().unwrap().to_owned());
+        events
+    };
+    let (on_click, on_duck) = (strip(click.events(&[]).await), strip(duck.events(&[]).await));
+    assert_eq!(on_click, on_duck);
+    let page = click.only_event("$pageview").await;
+    assert_eq!(
+        (&page["release"], &page["utm_source"], &page["browser"], &page["referrer_domain"], &page["page_name"]),
+        (&json!("2.1.0"), &json!("news"), &json!("Chrome"), &json!("google.com"), &json!("Pricing"))
+    );
+    for (query, expected) in [
+        (vec![("name", "checkout")], 1),
+        (vec![("name", "名前 with ' quote")], 1),
+        (vec![("user", "anon-1")], 3),
+        (vec![("from", "2026-03-01T10:00:00Z"), ("to", "2026-03-01T10:00:00.001Z")], 6),
+        (vec![("from", "2026-03-01T10:00:00.001Z")], 0),
+        (vec![("name", "x' OR 1=1 --")], 0),
+    ] {
+        assert_eq!(click.count(&query).await, expected, "{query:?}");
+        assert_eq!(duck.count(&query).await, expected, "{query:?}");
+    }
+
+    // People: traits merged in order, first link wins, same on both.
+    assert_eq!(click.user_traits("user-1").await, Some(json!({"email": "a@example.com", "plan": "pro"})));
+    assert_eq!(click.user_traits("user-1").await, duck.user_traits("user-1").await);
+    assert_eq!(click.identity("anon-1").await.as_deref(), Some("user-1"));
+    assert_eq!(click.identity("old-id").await.as_deref(), Some("user-1"));
+    assert_eq!(click.identity("nobody").await, None);
+
+    // Top-level properties are also stored as key/value arrays for fast filters.
+    let sql = format!(
+        "SELECT prop_values[indexOf(prop_keys, 'plan')], prop_values[indexOf(prop_keys, 'amount')],
+                prop_values[indexOf(prop_keys, 'quote')] FROM {database}.events WHERE name = 'checkout' FORMAT TSV"
+    );
+    assert_eq!(ch::query(&ch::shared(), &sql).await.trim_end(), "pro\t12.5\tit\\'s \"quoted\"");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unreachable_clickhouse_fails_start_up_with_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = leanloop::Config::for_tests(dir.path());
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    config.clickhouse = Some(ClickHouseOptions::new(format!("http://{closed}/?database=x")));
+    let err = leanloop::App::build(config, leanloop::Role::Server).await.err().expect("start-up fails");
+    assert!(format!("{err:#}").contains("ClickHouse"), "{err:#}");
+}

@@ -1,0 +1,218 @@
+//! Delivery under faults, on a real ClickHouse, loopback only and bounded in
+//! time: every acknowledged event is stored exactly once whatever the store
+//! or the process does (acknowledged ⊆ stored, count() = uniqExact(uuid)).
+
+use leanloop_store::clickhouse::ClickHouseOptions;
+use leanloop_tests::clickhouse::{self as ch, fresh_database, store_url, Private};
+use leanloop_tests::load::{self, Outcome};
+use leanloop_tests::process::Process;
+use leanloop_tests::TestServer;
+use std::time::{Duration, Instant};
+
+/// Long enough for a large backlog to reach ClickHouse on a busy machine.
+const DELIVERY_DEADLINE: Duration = Duration::from_secs(180);
+
+/// Waits until everything acknowledged is in `database`, then checks nothing
+/// is there twice and nothing is there that was never sent.
+async fn assert_exactly_once(http: &str, database: &str, outcome: &Outcome) {
+    let started = Instant::now();
+    loop {
+        let (count, unique) = ch::totals(http, database).await;
+        if unique >= outcome.acknowledged.len() as u64 {
+            assert_eq!(count, unique, "an event was stored twice");
+            break;
+        }
+        assert!(
+            started.elapsed() < DELIVERY_DEADLINE,
+            "only {unique} of {} acknowledged events stored after {DELIVERY_DEADLINE:?}",
+            outcome.acknowledged.len()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let stored = ch::stored_uuids(http, database).await;
+    let lost = outcome.acknowledged.difference(&stored).count();
+    assert_eq!(lost, 0, "acknowledged events missing from ClickHouse");
+    assert!(stored.is_subset(&outcome.sent), "ClickHouse holds events nobody sent");
+    let (count, unique) = ch::totals(http, database).await;
+    assert_eq!(count, unique, "an event was stored twice");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_30_second_clickhouse_outage_loses_and_duplicates_nothing() {
+    let server = Private::start();
+    let database = fresh_database();
+    let url = store_url(&server.http, &database);
+    let s = TestServer::start_with(|c| c.clickhouse = Some(ClickHouseOptions::new(url))).await;
+    let target = load::target(&s.base);
+    let sending = load::sustain(target, s.project.write_key.clone(), 50, Duration::from_millis(5));
+
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    server.stop();
+    let before = ch_metric(&s, "leanloop_store_write_errors_total").await;
+    // The outage itself: ingest goes on into the log meanwhile.
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    let backlog = s.collector.queue().backlog().used;
+    assert!(backlog > 0, "events acknowledged during the outage wait in the log");
+    assert!(ch_metric(&s, "leanloop_store_write_errors_total").await > before, "delivery kept failing while down");
+    server.restart();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let outcome = sending.finish().await;
+    assert!(outcome.acknowledged.len() > 10_000, "sustained ingest: {} acknowledged", outcome.acknowledged.len());
+    assert_exactly_once(&server.http, &database, &outcome).await;
+}
+
+async fn ch_metric(s: &TestServer, name: &str) -> f64 {
+    let text = s.client.get(s.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    text.lines().filter(|l| l.starts_with(name)).filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok()).sum()
+}
+
+/// A collector process over its own log directory and a shared data directory.
+struct Edge {
+    data_dir: std::path::PathBuf,
+    log_dir: tempfile::TempDir,
+    config: std::path::PathBuf,
+    store: String,
+}
+
+impl Edge {
+    fn new(data_dir: &std::path::Path, store: &str) -> Edge {
+        let log_dir = tempfile::tempdir().unwrap();
+        let config = log_dir.path().join("collector.toml");
+        std::fs::write(&config, "[collector]\ndelivery_interval_ms = 100\n").unwrap();
+        Edge { data_dir: data_dir.to_owned(), log_dir, config, store: store.to_owned() }
+    }
+
+    fn start(&self, listen: &str) -> Process {
+        let log_dir = self.log_dir.path().join("log");
+        let args = [
+            "collector",
+            "--listen",
+            listen,
+            "--clickhouse",
+            &self.store,
+            "--data-dir",
+            &self.data_dir.to_string_lossy(),
+            "--log-dir",
+            &log_dir.to_string_lossy(),
+            "--config",
+            &self.config.to_string_lossy(),
+        ];
+        Process::start(&args.map(str::to_owned))
+    }
+}
+
+fn project_in(dir: &std::path::Path) -> leanloop_control::Project {
+    let control = leanloop_control::ControlPlane::open(&dir.join("control.sqlite")).unwrap();
+    control.create_project("fault tests").unwrap()
+}
+
+/// Waits until a collector reports an empty backlog.
+async fn drained(base: &str) {
+    let client = reqwest::Client::new();
+    let started = Instant::now();
+    loop {
+        let ready: serde_json::Value = client.get(format!("{base}/readyz")).send().await.unwrap().json().await.unwrap();
+        if ready["backlog"] == 0 {
+            return;
+        }
+        assert!(started.elapsed() < DELIVERY_DEADLINE, "backlog not delivered: {ready}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_collector_killed_20_times_mid_stream_loses_and_duplicates_nothing() {
+    let http = ch::shared();
+    let database = fresh_database();
+    let data = tempfile::tempdir().unwrap();
+    let project = project_in(data.path());
+    let edge = Edge::new(data.path(), &store_url(&http, &database));
+
+    let mut collector = edge.start("127.0.0.1:0");
+    let listen = collector.base.trim_start_matches("http://").to_owned();
+    let target = load::target(&collector.base);
+    let sending = load::sustain(target, project.write_key.clone(), 50, Duration::from_millis(2));
+    for round in 0..20u64 {
+        // Kill at a different point of the stream each time.
+        tokio::time::sleep(Duration::from_millis(150 + (round * 37) % 250)).await;
+        collector.kill();
+        collector = edge.start(&listen);
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let outcome = sending.finish().await;
+    drained(&collector.base).await;
+    assert!(outcome.failures > 0, "the kills interrupted requests");
+    assert!(outcome.acknowledged.len() > 1000, "{} acknowledged", outcome.acknowledged.len());
+    assert_exactly_once(&http, &database, &outcome).await;
+    collector.terminate();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_full_log_answers_503_with_retry_after_and_ingest_resumes_after_the_backlog_drains() {
+    let server = Private::start();
+    let database = fresh_database();
+    let url = store_url(&server.http, &database);
+    let s = TestServer::start_with(|c| {
+        c.clickhouse = Some(ClickHouseOptions::new(url));
+        c.collector.max_body_bytes = 256 * 1024;
+        c.collector.log_max_bytes = 1024 * 1024;
+    })
+    .await;
+    server.stop();
+    let events = |tag: &str| {
+        let batch: Vec<serde_json::Value> = (0..200)
+            .map(|i| serde_json::json!({"type": "track", "event": tag, "userId": format!("u{i}"),
+                                       "messageId": leanloop_tests::message_id(), "properties": {"pad": "x".repeat(64)}}))
+            .collect();
+        serde_json::json!({ "batch": batch })
+    };
+    let mut accepted = 0;
+    let refused = loop {
+        let r = s.post("/v1/batch", &events("fill")).await;
+        if r.status() == 503 {
+            break r;
+        }
+        assert_eq!(r.status(), 200);
+        accepted += 200;
+        assert!(accepted < 1_000_000, "the log never filled");
+    };
+    assert!(refused.headers().contains_key("retry-after"), "503 carries Retry-After");
+    let answer: serde_json::Value = refused.json().await.unwrap();
+    assert_eq!(answer["error"]["code"], "unavailable", "{answer}");
+    assert_eq!(s.client.get(s.url("/readyz")).send().await.unwrap().status(), 503);
+
+    server.restart();
+    s.settle_within(DELIVERY_DEADLINE).await;
+    assert_eq!(s.post("/v1/batch", &events("after")).await.status(), 200, "ingest resumes");
+    assert_eq!(s.count(&[("name", "fill")]).await, accepted);
+    assert_eq!(s.count(&[("name", "after")]).await, 200);
+    assert_eq!(ch::totals(&server.http, &database).await, (accepted + 200, accepted + 200));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_collectors_into_one_clickhouse_store_exact_totals() {
+    let http = ch::shared();
+    let database = fresh_database();
+    let data = tempfile::tempdir().unwrap();
+    let project = project_in(data.path());
+    let store = store_url(&http, &database);
+    let (a, b) = (Edge::new(data.path(), &store), Edge::new(data.path(), &store));
+    let (ca, cb) = (a.start("127.0.0.1:0"), b.start("127.0.0.1:0"));
+    let la = load::sustain(load::target(&ca.base), project.write_key.clone(), 100, Duration::from_millis(2));
+    let lb = load::sustain(load::target(&cb.base), project.write_key.clone(), 100, Duration::from_millis(2));
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let (oa, ob) = (la.finish().await, lb.finish().await);
+    drained(&ca.base).await;
+    drained(&cb.base).await;
+    let mut both = Outcome::default();
+    for o in [oa, ob] {
+        assert_eq!((o.failures, o.refusals), (0, 0), "nothing was refused");
+        both.acknowledged.extend(o.acknowledged);
+        both.sent.extend(o.sent);
+    }
+    assert_exactly_once(&http, &database, &both).await;
+    let (count, _) = ch::totals(&http, &database).await;
+    assert_eq!(count, both.acknowledged.len() as u64, "totals are exact");
+    ca.terminate();
+    cb.terminate();
+}

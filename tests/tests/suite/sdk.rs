@@ -1,0 +1,33 @@
+//! `/sdk.js` as browsers fetch it: compressed, cached, and within its size
+//! budget.
+
+use leanloop_tests::TestServer;
+
+/// The browser SDK's budget, gzipped.
+const BUDGET_BYTES: usize = 5 * 1024;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_served_sdk_is_gzipped_cached_and_under_5_kb() {
+    let s = TestServer::start().await;
+    let raw = reqwest::Client::builder().no_gzip().build().unwrap();
+    let r = raw.get(s.url("/sdk.js")).header("accept-encoding", "gzip, br").send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["content-encoding"], "gzip");
+    assert!(r.headers()["content-type"].to_str().unwrap().starts_with("text/javascript"));
+    assert!(r.headers()["cache-control"].to_str().unwrap().contains("max-age="));
+    let etag = r.headers()["etag"].clone();
+    let gzipped = r.bytes().await.unwrap();
+    println!("/sdk.js gzipped: {} bytes (budget {BUDGET_BYTES})", gzipped.len());
+    assert!(gzipped.len() <= BUDGET_BYTES, "/sdk.js is {} bytes gzipped, over {BUDGET_BYTES}", gzipped.len());
+
+    let mut plain = String::new();
+    std::io::Read::read_to_string(&mut flate2::read::GzDecoder::new(&gzipped[..]), &mut plain).unwrap();
+    assert_eq!(plain, include_str!("../../../sdk-js/dist/leanloop.min.js"));
+    let identity = raw.get(s.url("/sdk.js")).send().await.unwrap().text().await.unwrap();
+    assert_eq!(identity, plain, "clients without gzip get the plain script");
+
+    let again = raw.get(s.url("/sdk.js")).header("if-none-match", etag).send().await.unwrap();
+    assert_eq!(again.status(), 304);
+    let module = raw.get(s.url("/sdk.mjs")).send().await.unwrap().text().await.unwrap();
+    assert!(module.contains("export"), "the ES module is served too");
+}
