@@ -147,6 +147,10 @@ impl Wal {
             return Ok(());
         }
         let record = record::encode(events, users).map_err(|e| IngestError::LogUnavailable(e.to_string()))?;
+        // Recovery reads a longer record as damage: never write one.
+        if record.len() - record::HEADER_BYTES > record::MAX_PAYLOAD_BYTES {
+            return Err(IngestError::BodyTooLarge { limit: record::MAX_PAYLOAD_BYTES });
+        }
         let size = record.len() as u64;
         let (done, answer) = oneshot::channel();
         {

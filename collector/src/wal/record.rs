@@ -14,7 +14,7 @@ pub const HEADER_BYTES: usize = 8;
 
 /// Largest payload a reader accepts; a length above it is a torn header, not
 /// an allocation to attempt. Requests are capped far below this.
-const MAX_PAYLOAD_BYTES: usize = 64 * 1024 * 1024;
+pub const MAX_PAYLOAD_BYTES: usize = 64 * 1024 * 1024;
 
 #[derive(Serialize)]
 struct BatchRef<'a> {

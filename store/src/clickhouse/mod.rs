@@ -28,7 +28,7 @@ use std::time::Duration;
 /// Where the server is and how the store uses it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClickHouseOptions {
-    /// `http://host:8123/?database=leanloop[&user=..&password=..]`.
+    /// `http://host:8123/?database=leanloop[&user=..&password=..]` (plain HTTP).
     pub url: String,
     /// Keys received within this window are remembered for uuid dedup; a
     /// retry arriving later than this after the original is not recognised.
@@ -57,12 +57,14 @@ impl Endpoint {
     fn parse(text: &str) -> Result<Endpoint, StoreError> {
         let bad = |why: &str| StoreError::Config(format!("clickhouse url `{text}`: {why}"));
         let url = url::Url::parse(text).map_err(|e| bad(&e.to_string()))?;
-        if !matches!(url.scheme(), "http" | "https") {
-            return Err(bad("the scheme must be http or https (ClickHouse's HTTP interface, port 8123 by default)"));
+        match url.scheme() {
+            "http" => {}
+            "https" => return Err(bad("https is not supported: reach ClickHouse over plain HTTP on a private network, or through a local TLS proxy")),
+            _ => return Err(bad("the scheme must be http (ClickHouse's HTTP interface, port 8123 by default)")),
         }
         let host = url.host_str().ok_or_else(|| bad("no host"))?;
         let mut endpoint = Endpoint {
-            http: format!("{}://{}:{}", url.scheme(), host, url.port_or_known_default().unwrap_or(8123)),
+            http: format!("http://{}:{}", host, url.port_or_known_default().unwrap_or(8123)),
             database: "leanloop".into(),
             user: (!url.username().is_empty()).then(|| url.username().to_owned()),
             password: url.password().map(str::to_owned),
@@ -238,6 +240,7 @@ mod tests {
     fn urls_name_their_database_and_bad_ones_are_explained() {
         let e = Endpoint::parse("http://127.0.0.1:8123/?database=events_db").unwrap();
         assert_eq!((e.http.as_str(), e.database.as_str()), ("http://127.0.0.1:8123", "events_db"));
+        assert!(Endpoint::parse("https://ch.internal/").unwrap_err().to_string().contains("https"));
         let e = Endpoint::parse("http://bob:secret@ch.internal/").unwrap();
         assert_eq!((e.http.as_str(), e.database.as_str()), ("http://ch.internal:80", "leanloop"));
         assert_eq!((e.user.as_deref(), e.password.as_deref()), (Some("bob"), Some("secret")));
