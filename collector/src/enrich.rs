@@ -80,13 +80,15 @@ impl Enricher {
             EventKind::Alias => i.previous_id.clone(),
             _ => None,
         };
-        let traits = i.traits.or_else(|| link.as_ref().map(|_| "{}".to_owned()));
+        let once = i.traits_once;
+        let traits = i.traits.or_else(|| (link.is_some() || once.is_some()).then(|| "{}".to_owned()));
         let update = traits.map(|traits| UserUpdate {
             project_id: req.project_id,
             // Traits need a person: `$set` on an anonymous event updates the anonymous person.
             user_id: i.user_id.clone().or(i.anonymous_id.clone()).unwrap_or_default(),
             anonymous_id: link,
             traits,
+            traits_once: once.unwrap_or_else(|| "{}".to_owned()),
             seen_at_ms: timestamp_ms,
         });
 

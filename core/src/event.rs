@@ -149,5 +149,8 @@ pub struct UserUpdate {
     pub anonymous_id: Option<String>,
     /// JSON object text; merged into what is stored, later keys win.
     pub traits: String,
+    /// JSON object text of traits set only where the person has none yet
+    /// (PostHog `$set_once`: first referrer, signup date); `"{}"` when none.
+    pub traits_once: String,
     pub seen_at_ms: i64,
 }

@@ -107,6 +107,7 @@ pub(crate) mod tests {
             user_id: "u".into(),
             anonymous_id: None,
             traits: "{}".into(),
+            traits_once: r#"{"first":"yes"}"#.into(),
             seen_at_ms: 5,
         }];
         let record = encode(&events, &users).unwrap();

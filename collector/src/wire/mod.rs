@@ -49,6 +49,8 @@ pub struct Incoming {
     pub properties: String,
     /// Traits to merge into the person (identify traits, PostHog `$set`).
     pub traits: Option<String>,
+    /// Traits to set only where the person has none yet (PostHog `$set_once`).
+    pub traits_once: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

@@ -3,7 +3,8 @@
 //! People: `distinct_id` is taken as the user id unless the event says the
 //! person is not identified (`$is_identified: false`, as posthog-js sends for
 //! anonymous visitors), in which case it is the anonymous id. `$identify`
-//! links `$anon_distinct_id` to the user; `$set` anywhere updates traits.
+//! links `$anon_distinct_id` to the user; `$set` anywhere updates traits,
+//! `$set_once` anywhere fills traits the person lacks.
 
 use super::{decode_item, object_text, parse_time, split_items, Decoded, Id, Incoming, Text, TimeValue, Utm};
 use crate::IngestError;
@@ -34,6 +35,8 @@ struct Capture<'a> {
     token: Option<Text>,
     #[serde(rename = "$set", borrow)]
     set: Option<&'a RawValue>,
+    #[serde(rename = "$set_once", borrow)]
+    set_once: Option<&'a RawValue>,
 }
 
 /// The `$` properties PostHog SDKs send that map onto Leanloop columns.
@@ -82,6 +85,8 @@ struct Known {
     is_identified: Option<bool>,
     #[serde(rename = "$set")]
     set: Option<Box<RawValue>>,
+    #[serde(rename = "$set_once")]
+    set_once: Option<Box<RawValue>>,
     #[serde(rename = "$group_type")]
     group_type: Option<Text>,
     #[serde(rename = "$group_key")]
@@ -171,6 +176,10 @@ fn incoming(c: Capture<'_>, sent_at: Option<i64>) -> Result<(Incoming, Option<St
         None if kind == EventKind::Identify => Some("{}".to_owned()),
         None => None,
     };
+    let traits_once = match c.set_once.or(known.set_once.as_deref()) {
+        Some(raw) => Some(object_text(Some(raw), "$set_once")?),
+        None => None,
+    };
     let properties = match kind {
         EventKind::Group => add_property(
             &properties,
@@ -221,6 +230,7 @@ fn incoming(c: Capture<'_>, sent_at: Option<i64>) -> Result<(Incoming, Option<St
         library: Text::take(known.lib),
         properties,
         traits,
+        traits_once,
     };
     Ok((incoming, key))
 }

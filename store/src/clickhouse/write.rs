@@ -185,6 +185,16 @@ pub async fn users(client: &clickhouse::Client, updates: &[UserUpdate]) -> Resul
             last_seen = last_seen.max(current.last_seen_ms);
             version = current.version;
         }
+        // What was set once fills gaps, what is stored stays, what is set now wins.
+        for update in &batch {
+            if let Ok(Value::Object(once)) = serde_json::from_str::<Value>(&update.traits_once) {
+                for (k, v) in once {
+                    if !v.is_null() {
+                        traits.entry(k).or_insert(v);
+                    }
+                }
+            }
+        }
         for update in batch {
             if let Ok(Value::Object(patch)) = serde_json::from_str(&update.traits) {
                 merge_patch(&mut traits, patch);

@@ -137,37 +137,36 @@ fn record_batch(schema: &Arc<Schema>, rows: &[&Event]) -> Result<RecordBatch, St
     Ok(RecordBatch::try_new(schema.clone(), columns)?)
 }
 
-/// Upserts traits (merged, later wins) and first links of anonymous ids.
+/// Upserts traits and first links of anonymous ids. Traits: what was set
+/// once fills gaps, what is stored stays, what is set now wins.
 fn write_users(conn: &Connection, users: &[UserUpdate]) -> Result<(), StoreError> {
     if users.is_empty() {
         return Ok(());
     }
     // One row per person per statement: fold repeated updates in this batch.
-    let mut merged: HashMap<(i64, &str), (serde_json::Map<String, serde_json::Value>, i64, i64)> = HashMap::new();
+    let mut merged: HashMap<(i64, &str), FoldedTraits> = HashMap::new();
     let mut order = Vec::new();
     for update in users {
         let key = (update.project_id, update.user_id.as_str());
-        let entry = merged.entry(key).or_insert_with(|| {
-            order.push(key);
-            (serde_json::Map::new(), update.seen_at_ms, update.seen_at_ms)
-        });
-        if let Ok(serde_json::Value::Object(traits)) = serde_json::from_str(&update.traits) {
-            entry.0.extend(traits);
-        }
-        entry.1 = entry.1.min(update.seen_at_ms);
-        entry.2 = entry.2.max(update.seen_at_ms);
+        merged
+            .entry(key)
+            .or_insert_with(|| {
+                order.push(key);
+                FoldedTraits::new(update.seen_at_ms)
+            })
+            .add(update);
     }
     let mut upsert = conn.prepare_cached(
-        "INSERT INTO users VALUES (?, ?, ?, epoch_ms(?), epoch_ms(?))
+        "INSERT INTO users VALUES (?, ?, CAST(json_merge_patch(?, ?) AS VARCHAR), epoch_ms(?), epoch_ms(?))
          ON CONFLICT (project_id, user_id) DO UPDATE SET
-            traits = CAST(json_merge_patch(users.traits, excluded.traits) AS VARCHAR),
+            traits = CAST(json_merge_patch(json_merge_patch(?, users.traits), ?) AS VARCHAR),
             first_seen = least(users.first_seen, excluded.first_seen),
             last_seen = greatest(users.last_seen, excluded.last_seen)",
     )?;
     for key in &order {
-        let (traits, first, last) = &merged[key];
-        let traits = serde_json::Value::Object(traits.clone()).to_string();
-        upsert.execute(params![key.0, key.1, traits, first, last])?;
+        let f = &merged[key];
+        let (set, once) = (f.set.to_string(), f.once.to_string());
+        upsert.execute(params![key.0, key.1, once, set, f.first, f.last, once, set])?;
     }
     let mut link = conn.prepare_cached("INSERT OR IGNORE INTO identities VALUES (?, ?, ?, epoch_ms(?))")?;
     let mut linked = HashSet::new();
@@ -179,4 +178,37 @@ fn write_users(conn: &Connection, users: &[UserUpdate]) -> Result<(), StoreError
         }
     }
     Ok(())
+}
+
+/// One person's updates in a batch, folded: `$set` keys (later wins, `null`
+/// kept so the merge patch removes the key) and `$set_once` keys (first wins).
+struct FoldedTraits {
+    set: serde_json::Value,
+    once: serde_json::Value,
+    first: i64,
+    last: i64,
+}
+
+impl FoldedTraits {
+    fn new(seen_at_ms: i64) -> FoldedTraits {
+        let empty = || serde_json::Value::Object(serde_json::Map::new());
+        FoldedTraits { set: empty(), once: empty(), first: seen_at_ms, last: seen_at_ms }
+    }
+
+    fn add(&mut self, update: &UserUpdate) {
+        if let (Ok(serde_json::Value::Object(traits)), Some(set)) =
+            (serde_json::from_str(&update.traits), self.set.as_object_mut())
+        {
+            set.extend(traits);
+        }
+        if let (Ok(serde_json::Value::Object(traits)), Some(once)) =
+            (serde_json::from_str::<serde_json::Value>(&update.traits_once), self.once.as_object_mut())
+        {
+            for (k, v) in traits.into_iter().filter(|(_, v)| !v.is_null()) {
+                once.entry(k).or_insert(v);
+            }
+        }
+        self.first = self.first.min(update.seen_at_ms);
+        self.last = self.last.max(update.seen_at_ms);
+    }
 }
