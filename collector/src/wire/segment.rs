@@ -32,7 +32,7 @@ struct Message<'a> {
     write_key: Option<Text>,
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, Clone)]
 #[serde(rename_all = "camelCase", default)]
 struct Context {
     ip: Option<Text>,
@@ -46,7 +46,7 @@ struct Context {
     session_id: Option<Text>,
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, Clone)]
 #[serde(default)]
 struct PageContext {
     url: Option<Text>,
@@ -54,7 +54,7 @@ struct PageContext {
     referrer: Option<Text>,
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, Clone)]
 #[serde(default)]
 struct Campaign {
     name: Option<Text>,
@@ -64,16 +64,45 @@ struct Campaign {
     content: Option<Text>,
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, Clone)]
 #[serde(default)]
 struct App {
     version: Option<Text>,
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, Clone)]
 #[serde(default)]
 struct Library {
     name: Option<Text>,
+}
+
+/// Fills what `a` lacks from `b`, field by field, at every level.
+macro_rules! fill {
+    ($a:expr, $b:expr; $($field:ident),+) => {{
+        $( if $a.$field.is_none() { $a.$field = $b.$field.clone(); } )+
+    }};
+}
+
+impl Context {
+    /// This message's context, with what it lacks taken from the batch's
+    /// (Segment lets a batch carry one context for all its messages).
+    fn or_batch(mut self, batch: &Context) -> Context {
+        fill!(self, batch; ip, user_agent, release, session_id);
+        fill_part(&mut self.page, &batch.page, |m, t| fill!(m, t; url, path, referrer));
+        fill_part(&mut self.campaign, &batch.campaign, |m, t| fill!(m, t; name, source, medium, term, content));
+        fill_part(&mut self.app, &batch.app, |m, t| fill!(m, t; version));
+        fill_part(&mut self.library, &batch.library, |m, t| fill!(m, t; name));
+        self
+    }
+}
+
+/// Takes the batch's part whole when the message has none, else fills it.
+fn fill_part<T: Clone>(mine: &mut Option<T>, theirs: &Option<T>, fill: impl FnOnce(&mut T, &T)) {
+    match (mine.as_mut(), theirs) {
+        (Some(m), Some(t)) => fill(m, t),
+        (None, Some(t)) => *mine = Some(t.clone()),
+        _ => {}
+    }
 }
 
 /// The properties Leanloop reads for its own columns; all else stays in the JSON.
@@ -94,6 +123,7 @@ struct BatchBody<'a> {
     batch: Vec<&'a RawValue>,
     sent_at: Option<TimeValue>,
     write_key: Option<Text>,
+    context: Option<Context>,
 }
 
 /// Which endpoint was called: a batch, or one call of a fixed type.
@@ -120,11 +150,15 @@ pub fn decode(text: &str, call: Call, max_event_bytes: usize, max_batch: usize) 
             }
             let sent_at = parse_time(body.sent_at.as_ref(), "sentAt")?;
             let mut key = Text::take(body.write_key);
+            let shared = body.context;
             let items = split_items(body.batch, max_event_bytes)
                 .map(|raw| {
-                    let message: Message = decode_item(raw?)?;
+                    let mut message: Message = decode_item(raw?)?;
                     if key.is_none() {
                         key = Text::take(message.write_key.clone());
+                    }
+                    if let Some(shared) = &shared {
+                        message.context = Some(message.context.take().unwrap_or_default().or_batch(shared));
                     }
                     incoming(message, None, sent_at)
                 })
@@ -237,6 +271,21 @@ mod tests {
 
     fn one(text: &str, call: Call) -> Result<Incoming, IngestError> {
         decode(text, call, 32 * 1024, 1000).and_then(|mut d| d.items.remove(0))
+    }
+
+    #[test]
+    fn a_batch_context_fills_what_messages_lack() {
+        let text = r#"{"context":{"app":{"version":"9.9"},"userAgent":"batch-UA","page":{"url":"https://b.example/x","referrer":"https://r.example/"}},
+                      "batch":[{"type":"track","event":"a","userId":"u"},
+                               {"type":"track","event":"b","userId":"u","context":{"release":"1.0","page":{"url":"https://m.example/y"}}}]}"#;
+        let items: Vec<Incoming> =
+            decode(text, Call::Batch, 32 * 1024, 1000).unwrap().items.into_iter().map(Result::unwrap).collect();
+        assert_eq!(items[0].release.as_deref(), Some("9.9"));
+        assert_eq!(items[0].user_agent.as_deref(), Some("batch-UA"));
+        assert_eq!(items[0].url.as_deref(), Some("https://b.example/x"));
+        assert_eq!(items[1].release.as_deref(), Some("1.0"), "the message's own context wins");
+        assert_eq!(items[1].url.as_deref(), Some("https://m.example/y"));
+        assert_eq!(items[1].referrer.as_deref(), Some("https://r.example/"), "filled field by field");
     }
 
     #[test]
