@@ -6,7 +6,8 @@ use clickhouse::Row;
 use leanloop_core::{Event, UserUpdate};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
-use std::collections::{HashMap, HashSet};
+use chrono::Datelike;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use uuid::Uuid;
 
 /// One `events` row, borrowing from the event it stores.
@@ -108,18 +109,55 @@ fn row(e: &Event) -> EventRow<'_> {
     }
 }
 
-/// One INSERT for all `events`: ClickHouse makes one part per insert, so
-/// fewer, larger inserts are what keep merges cheap.
+/// Most monthly partitions one INSERT may touch: ClickHouse refuses an
+/// insert spanning more than 100 (`max_partitions_per_insert_block`), and a
+/// client may send events from any month.
+const MONTHS_PER_INSERT: usize = 90;
+
+/// The partition (`toYYYYMM(timestamp)`) an event lands in.
+fn month(event: &Event) -> i64 {
+    let seconds = clamp_seconds(event.timestamp_ms.div_euclid(1000)) as i64;
+    chrono::DateTime::from_timestamp(seconds, 0).map(|t| t.year() as i64 * 12 + t.month0() as i64).unwrap_or(0)
+}
+
+/// As few INSERTs as the partition limit allows, normally one: ClickHouse
+/// makes one part per partition per insert, so fewer, larger inserts are
+/// what keep merges cheap.
 pub async fn events(client: &clickhouse::Client, events: &[&Event]) -> Result<(), StoreError> {
-    if events.is_empty() {
-        return Ok(());
-    }
-    let mut insert = client.insert::<EventRow<'static>>("events").await?;
+    let mut by_month: BTreeMap<i64, Vec<&Event>> = BTreeMap::new();
     for event in events {
-        insert.write(&row(event)).await?;
+        by_month.entry(month(event)).or_default().push(event);
     }
-    insert.end().await?;
+    let months: Vec<Vec<&Event>> = by_month.into_values().collect();
+    for group in months.chunks(MONTHS_PER_INSERT) {
+        let mut insert = client.insert::<EventRow<'static>>("events").await?;
+        for event in group.iter().flatten() {
+            insert.write(&row(event)).await?;
+        }
+        insert.end().await?;
+    }
     Ok(())
+}
+
+/// Bytes of ids in one look-up query: a query's text is capped (256 KB on
+/// older servers), and one id may be long.
+const IDS_BYTES_PER_QUERY: usize = 64 * 1024;
+
+/// `ids` in runs whose total length stays under [`IDS_BYTES_PER_QUERY`].
+fn bounded_chunks<'a>(ids: &'a [&'a str]) -> Vec<&'a [&'a str]> {
+    let mut chunks = Vec::new();
+    let (mut start, mut bytes) = (0, 0);
+    for (i, id) in ids.iter().enumerate() {
+        if i > start && bytes + id.len() > IDS_BYTES_PER_QUERY {
+            chunks.push(&ids[start..i]);
+            (start, bytes) = (i, 0);
+        }
+        bytes += id.len() + 4;
+    }
+    if start < ids.len() {
+        chunks.push(&ids[start..]);
+    }
+    chunks
 }
 
 #[derive(Row, Serialize, Deserialize)]
@@ -169,8 +207,10 @@ pub async fn users(client: &clickhouse::Client, updates: &[UserUpdate]) -> Resul
     let projects: HashSet<i64> = people.keys().map(|(p, _)| *p).collect();
     for project_id in projects {
         let ids: Vec<&str> = people.keys().filter(|(p, _)| *p == project_id).map(|(_, u)| *u).collect();
-        for row in super::read::user_rows(client, project_id, &ids).await? {
-            stored.insert((row.project_id, row.user_id.clone()), row);
+        for chunk in bounded_chunks(&ids) {
+            for row in super::read::user_rows(client, project_id, chunk).await? {
+                stored.insert((row.project_id, row.user_id.clone()), row);
+            }
         }
     }
     let mut rows = Vec::with_capacity(people.len());
@@ -236,4 +276,19 @@ pub async fn users(client: &clickhouse::Client, updates: &[UserUpdate]) -> Resul
         insert.end().await?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn look_up_lists_stay_under_the_query_size_cap() {
+        let long = "x".repeat(40_000);
+        let ids: Vec<&str> = vec!["a", &long, &long, "b", "c"];
+        let chunks = bounded_chunks(&ids);
+        assert_eq!(chunks.iter().map(|c| c.len()).sum::<usize>(), ids.len());
+        assert!(chunks.iter().all(|c| c.len() == 1 || c.iter().map(|i| i.len() + 4).sum::<usize>() <= IDS_BYTES_PER_QUERY));
+        assert_eq!(bounded_chunks(&[]).len(), 0);
+    }
 }

@@ -126,3 +126,25 @@ async fn set_once_fills_only_traits_a_person_lacks_on_both_stores() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_batch_spanning_150_months_and_thousands_of_people_is_stored() {
+    let (s, database) = on_clickhouse().await;
+    // ClickHouse refuses one insert touching over 100 partitions (months), and
+    // caps a query's text: neither may wedge delivery.
+    let events: Vec<Value> = (0..150)
+        .map(|m| {
+            let at = format!("{:04}-{:02}-15T12:00:00Z", 2000 + m / 12, m % 12 + 1);
+            json!({"type": "track", "event": "old", "userId": format!("u{m}"), "timestamp": at, "messageId": message_id()})
+        })
+        .collect();
+    assert_eq!(s.post("/v1/batch", &json!({"batch": events})).await.status(), 200);
+    let people: Vec<Value> = (0..1000)
+        .map(|i| json!({"type": "identify", "userId": format!("{i}-{}", "p".repeat(200)), "traits": {"i": i}, "messageId": message_id()}))
+        .collect();
+    assert_eq!(s.post("/v1/batch", &json!({"batch": people})).await.status(), 200);
+    assert_eq!(s.count(&[("name", "old")]).await, 150);
+    assert_eq!(s.count(&[("name", "$identify")]).await, 1000);
+    assert_eq!(ch::totals(&ch::shared(), &database).await, (1150, 1150));
+    assert_eq!(s.user_traits(&format!("999-{}", "p".repeat(200))).await, Some(json!({"i": 999})));
+}
