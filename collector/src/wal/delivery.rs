@@ -95,9 +95,13 @@ impl Delivery {
                 return;
             }
             if state.end == position || state.paused {
+                // Resuming, new records and shutdown all notify; the timeout
+                // only ends the interval of what is pending.
                 let wait = match pending.since {
-                    Some(since) => self.interval.saturating_sub(since.elapsed()).max(Duration::from_millis(1)),
-                    None => Duration::from_secs(1),
+                    Some(since) if !state.paused => {
+                        self.interval.saturating_sub(since.elapsed()).max(Duration::from_millis(1))
+                    }
+                    _ => Duration::from_secs(1),
                 };
                 let _unused = self.shared.changed.wait_timeout(state, wait).unwrap_or_else(|p| p.into_inner());
             }
