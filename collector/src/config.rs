@@ -81,7 +81,9 @@ impl CollectorConfig {
             return Err("collector.max_event_bytes must not exceed collector.max_body_bytes".into());
         }
         if self.log && self.log_max_bytes < self.max_body_bytes as u64 * 2 {
-            return Err("collector.log_max_bytes must hold at least two full request bodies (2 × max_body_bytes)".into());
+            return Err(
+                "collector.log_max_bytes must hold at least two full request bodies (2 × max_body_bytes)".into()
+            );
         }
         if self.queue_capacity < self.max_batch_events {
             return Err("collector.queue_capacity must hold at least one full batch (max_batch_events)".into());

@@ -167,7 +167,7 @@ fn parse_agent(ua: &str) -> Agent {
     };
     Agent {
         browser: known(r.name),
-        browser_version: known(&r.version),
+        browser_version: known(r.version),
         os: known(r.os),
         device_type: device_type.map(str::to_owned),
     }

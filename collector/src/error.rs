@@ -70,7 +70,9 @@ impl Classify for IngestError {
             IngestError::QueueFull { retry_after_secs } => {
                 ErrorClass::Unavailable { retry_after_secs: *retry_after_secs }
             }
-            IngestError::LogUnavailable(_) | IngestError::ShuttingDown => ErrorClass::Unavailable { retry_after_secs: 5 },
+            IngestError::LogUnavailable(_) | IngestError::ShuttingDown => {
+                ErrorClass::Unavailable { retry_after_secs: 5 }
+            }
             IngestError::Control(_) => ErrorClass::Internal,
         }
     }

@@ -8,10 +8,13 @@ use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
+/// A key's project, what kind of key it is, and when it was looked up.
+type Entry = (Arc<Project>, KeyKind, Instant);
+
 pub struct KeyCache {
     control: Arc<ControlPlane>,
     ttl: Duration,
-    entries: RwLock<HashMap<String, (Arc<Project>, KeyKind, Instant)>>,
+    entries: RwLock<HashMap<String, Entry>>,
 }
 
 impl KeyCache {

@@ -119,7 +119,9 @@ impl App {
         let left = tokio::task::spawn_blocking(move || collector.queue().drain(timeout)).await?;
         match (left, unit) {
             (0, _) => tracing::info!("backlog delivered; stopped"),
-            (_, "bytes") => tracing::warn!(bytes = left, "shutdown timed out; the log keeps the rest for the next start"),
+            (_, "bytes") => {
+                tracing::warn!(bytes = left, "shutdown timed out; the log keeps the rest for the next start")
+            }
             _ => tracing::error!(items = left, "shutdown timed out before the in-memory queue was stored"),
         }
         Ok(())

@@ -234,7 +234,9 @@ fn project(command: ProjectCommand) -> Result<()> {
 async fn migrate_cluster(cluster: &str, url: Option<&str>, database: &str, apply: bool) -> Result<()> {
     use leanloop_store::clickhouse as ch;
     let is_identifier = |s: &str| {
-        !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') && !s.starts_with(|c: char| c.is_ascii_digit())
+        !s.is_empty()
+            && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+            && !s.starts_with(|c: char| c.is_ascii_digit())
     };
     anyhow::ensure!(is_identifier(cluster), "--cluster: `{cluster}` must be letters, digits and underscores");
     let (version, database) = match url {
@@ -243,7 +245,10 @@ async fn migrate_cluster(cluster: &str, url: Option<&str>, database: &str, apply
             tokio::task::spawn_blocking(move || ch::server_info(&url)).await??
         }
         None => {
-            anyhow::ensure!(is_identifier(database), "--database: `{database}` must be letters, digits and underscores");
+            anyhow::ensure!(
+                is_identifier(database),
+                "--database: `{database}` must be letters, digits and underscores"
+            );
             (ch::CURRENT_SERVER, database.to_owned())
         }
     };

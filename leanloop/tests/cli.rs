@@ -107,12 +107,19 @@ fn serve_prints_where_to_send_and_stops_cleanly() {
 
 #[test]
 fn migrate_prints_the_cluster_ddl_that_deploy_ships() {
-    let output = Command::new(BIN).args(["migrate", "--cluster", "leanloop"]).env_remove("LEANLOOP_CLICKHOUSE_URL").output().unwrap();
+    let output = Command::new(BIN)
+        .args(["migrate", "--cluster", "leanloop"])
+        .env_remove("LEANLOOP_CLICKHOUSE_URL")
+        .output()
+        .unwrap();
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
     let printed = String::from_utf8(output.stdout).unwrap();
     assert!(printed.contains("ENGINE = Distributed(leanloop, leanloop, events_local"), "{printed}");
     let shipped = include_str!("../../deploy/clickhouse/cluster.sql");
-    assert_eq!(printed, shipped, "deploy/clickhouse/cluster.sql is out of date: regenerate it with `leanloop migrate --cluster leanloop`");
+    assert_eq!(
+        printed, shipped,
+        "deploy/clickhouse/cluster.sql is out of date: regenerate it with `leanloop migrate --cluster leanloop`"
+    );
 
     let output = Command::new(BIN).args(["migrate", "--cluster", "prod; DROP"]).output().unwrap();
     assert!(!output.status.success());

@@ -54,7 +54,8 @@ pub fn sustain(target: Target, write_key: String, batch: usize, pace: Duration) 
             let mut pause = Duration::from_millis(20);
             loop {
                 let base = target.read().expect("target lock").clone();
-                let answer = client.post(format!("{base}/v1/batch")).basic_auth(&write_key, Some("")).json(&body).send().await;
+                let answer =
+                    client.post(format!("{base}/v1/batch")).basic_auth(&write_key, Some("")).json(&body).send().await;
                 match answer {
                     Ok(r) if r.status().is_success() => {
                         out.acknowledged.extend(ids.iter().copied());

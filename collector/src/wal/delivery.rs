@@ -51,7 +51,8 @@ impl Delivery {
     pub fn run(self) {
         let mut position = self.shared.lock().acked;
         let mut cursor: Option<Cursor> = None;
-        let mut pending = Pending { events: Vec::new(), users: Vec::new(), start: position, end: position, since: None };
+        let mut pending =
+            Pending { events: Vec::new(), users: Vec::new(), start: position, end: position, since: None };
         loop {
             // Gather what is durable, up to one batch.
             let end = self.shared.lock().end;
@@ -80,7 +81,9 @@ impl Delivery {
             }
 
             let due = pending.since.is_some_and(|since| {
-                pending.events.len() >= self.batch_events || since.elapsed() >= self.interval || self.shared.lock().closing
+                pending.events.len() >= self.batch_events
+                    || since.elapsed() >= self.interval
+                    || self.shared.lock().closing
             });
             if due && !self.shared.lock().paused {
                 if !self.deliver(&mut pending) {

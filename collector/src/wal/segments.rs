@@ -53,7 +53,10 @@ pub fn list(dir: &Path) -> io::Result<BTreeMap<u64, PathBuf>> {
 pub fn read_acked(dir: &Path) -> io::Result<Option<u64>> {
     match fs::read_to_string(dir.join(ACKED_FILE)) {
         Ok(text) => text.trim().parse().map(Some).map_err(|_| {
-            io::Error::new(io::ErrorKind::InvalidData, format!("{} is not a log position", dir.join(ACKED_FILE).display()))
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("{} is not a log position", dir.join(ACKED_FILE).display()),
+            )
         }),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(e),

@@ -92,7 +92,8 @@ impl Writer {
             Err(e) => {
                 let restored = self.file.set_len(self.len).and_then(|()| self.file.seek(SeekFrom::Start(self.len)));
                 if let Err(cut) = restored {
-                    self.shared.lock().failed = Some(format!("log segment could not be repaired after a failed write: {cut}"));
+                    self.shared.lock().failed =
+                        Some(format!("log segment could not be repaired after a failed write: {cut}"));
                 }
                 Err(e)
             }

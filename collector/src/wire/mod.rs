@@ -105,10 +105,10 @@ pub(crate) fn decode_item<'a, T: serde::Deserialize<'a>>(raw: &'a str) -> Result
 }
 
 /// Splits a JSON array body into its items, each checked against the event size limit.
-pub(crate) fn split_items<'a>(
-    items: Vec<&'a RawValue>,
+pub(crate) fn split_items(
+    items: Vec<&RawValue>,
     max_event_bytes: usize,
-) -> impl Iterator<Item = Result<&'a str, IngestError>> {
+) -> impl Iterator<Item = Result<&str, IngestError>> {
     items.into_iter().map(move |raw| {
         if raw.get().len() > max_event_bytes {
             Err(IngestError::EventTooLarge { limit: max_event_bytes })

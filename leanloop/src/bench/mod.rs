@@ -13,21 +13,37 @@ use anyhow::Result;
 use clap::Subcommand;
 use std::time::Duration;
 
+/// The shape of the HTTP load every ingest benchmark drives.
+#[derive(clap::Args, Debug, Clone)]
+pub struct LoadArgs {
+    /// Seconds each load phase runs.
+    #[arg(long, default_value_t = 10)]
+    seconds: u64,
+    /// Concurrent keep-alive connections.
+    #[arg(long, default_value_t = 8)]
+    connections: usize,
+    /// Events per `/v1/batch` request.
+    #[arg(long, default_value_t = 100)]
+    batch: usize,
+}
+
+impl LoadArgs {
+    fn duration(&self) -> Duration {
+        Duration::from_secs(self.seconds.max(1))
+    }
+    fn connections(&self) -> usize {
+        self.connections.max(1)
+    }
+    fn batch(&self) -> usize {
+        self.batch.clamp(1, 1000)
+    }
+}
+
 #[derive(Subcommand, Debug, Clone)]
 pub enum BenchCommand {
     /// Ingest throughput and latency through HTTP, with DuckDB's own JSON load
     /// and a bare HTTP endpoint as ceilings.
-    Ingest {
-        /// Seconds each load phase runs.
-        #[arg(long, default_value_t = 10)]
-        seconds: u64,
-        /// Concurrent keep-alive connections.
-        #[arg(long, default_value_t = 8)]
-        connections: usize,
-        /// Events per `/v1/batch` request.
-        #[arg(long, default_value_t = 100)]
-        batch: usize,
-    },
+    Ingest(LoadArgs),
     /// Events/s into ClickHouse through HTTP batch ingest, write-ahead log on
     /// and off, with `clickhouse-client`'s JSONEachRow load as the ceiling.
     Clickhouse {
@@ -40,28 +56,22 @@ pub enum BenchCommand {
         /// The clickhouse-client program.
         #[arg(long, default_value = "clickhouse-client")]
         client: String,
-        #[arg(long, default_value_t = 10)]
-        seconds: u64,
-        #[arg(long, default_value_t = 8)]
-        connections: usize,
-        #[arg(long, default_value_t = 100)]
-        batch: usize,
+        #[command(flatten)]
+        load: LoadArgs,
     },
 }
 
 pub async fn run(command: BenchCommand) -> Result<()> {
     match command {
-        BenchCommand::Ingest { seconds, connections, batch } => {
-            ingest(Duration::from_secs(seconds.max(1)), connections.max(1), batch.clamp(1, 1000)).await
-        }
-        BenchCommand::Clickhouse { clickhouse, native_port, client, seconds, connections, batch } => {
+        BenchCommand::Ingest(load) => ingest(load.duration(), load.connections(), load.batch()).await,
+        BenchCommand::Clickhouse { clickhouse, native_port, client, load } => {
             clickhouse::run(clickhouse::Options {
                 http: clickhouse,
                 native_port,
                 client,
-                duration: Duration::from_secs(seconds.max(1)),
-                connections: connections.max(1),
-                batch: batch.clamp(1, 1000),
+                duration: load.duration(),
+                connections: load.connections(),
+                batch: load.batch(),
             })
             .await
         }

@@ -121,7 +121,13 @@ impl ClickHouseStore {
         let keys = dedup::ClickHouseKeys { client: &client, runtime: &runtime, window: options.dedup_window };
         let seen = SeenKeys::load(&keys, MIN_CAPACITY)?;
         tracing::info!(server = %version, database = %endpoint.database, "ClickHouse event store ready");
-        Ok(ClickHouseStore { client, runtime: Some(runtime), seen: Mutex::new(seen), options: options.clone(), version })
+        Ok(ClickHouseStore {
+            client,
+            runtime: Some(runtime),
+            seen: Mutex::new(seen),
+            options: options.clone(),
+            version,
+        })
     }
 
     pub fn server_version(&self) -> ServerVersion {
@@ -190,7 +196,12 @@ fn small_runtime() -> Result<tokio::runtime::Runtime, StoreError> {
 }
 
 impl ClickHouseStore {
-    fn write_events(&self, events: &[Event], users: &[UserUpdate], check_all: bool) -> Result<WriteOutcome, StoreError> {
+    fn write_events(
+        &self,
+        events: &[Event],
+        users: &[UserUpdate],
+        check_all: bool,
+    ) -> Result<WriteOutcome, StoreError> {
         let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
         let keys =
             dedup::ClickHouseKeys { client: &self.client, runtime: self.runtime(), window: self.options.dedup_window };

@@ -144,7 +144,11 @@ pub async fn user_rows(
     Ok(rows)
 }
 
-pub async fn user(client: &clickhouse::Client, project_id: i64, user_id: &str) -> Result<Option<UserRecord>, StoreError> {
+pub async fn user(
+    client: &clickhouse::Client,
+    project_id: i64,
+    user_id: &str,
+) -> Result<Option<UserRecord>, StoreError> {
     let row = user_rows(client, project_id, &[user_id]).await?.pop();
     row.map(|r| {
         let traits = serde_json::from_str(&r.traits).map_err(|e| StoreError::Corrupt(format!("traits: {e}")))?;

@@ -130,7 +130,8 @@ fn identities_table(f: Flavour, database: &str, table: &str) -> String {
     )
 }
 
-const SCHEMA_TABLE: &str = "CREATE TABLE IF NOT EXISTS leanloop_schema (version UInt32, applied_at DateTime) ENGINE = TinyLog";
+const SCHEMA_TABLE: &str =
+    "CREATE TABLE IF NOT EXISTS leanloop_schema (version UInt32, applied_at DateTime) ENGINE = TinyLog";
 
 /// Migration steps, in order; step `n` brings the schema to version `n`.
 fn steps(f: Flavour, database: &str) -> Vec<Vec<String>> {
@@ -207,7 +208,8 @@ mod tests {
 
     #[test]
     fn newer_servers_get_low_cardinality_and_ttl() {
-        let old = Flavour { version: ServerVersion::parse("18.16.1").unwrap(), retention_days: Some(30), cluster: None };
+        let old =
+            Flavour { version: ServerVersion::parse("18.16.1").unwrap(), retention_days: Some(30), cluster: None };
         let new = Flavour { version: ServerVersion::parse("24.8.4.13").unwrap(), ..old };
         let (old_sql, new_sql) = (events_table(old, "db", "events"), events_table(new, "db", "events"));
         assert!(!old_sql.contains("LowCardinality") && !old_sql.contains("TTL"), "{old_sql}");
@@ -219,7 +221,9 @@ mod tests {
         let ddl = cluster_ddl("prod", "leanloop", ServerVersion { major: 24, minor: 3 }, None).join(";\n");
         assert!(ddl.contains("CREATE DATABASE IF NOT EXISTS leanloop ON CLUSTER prod"));
         assert!(ddl.contains("ReplicatedMergeTree('/clickhouse/tables/{shard}/leanloop/events_local', '{replica}')"));
-        assert!(ddl.contains("ReplicatedReplacingMergeTree('/clickhouse/tables/{shard}/leanloop/users_local', '{replica}', version)"));
+        assert!(ddl.contains(
+            "ReplicatedReplacingMergeTree('/clickhouse/tables/{shard}/leanloop/users_local', '{replica}', version)"
+        ));
         assert!(ddl.contains("ENGINE = Distributed(prod, leanloop, events_local, cityHash64(project_id, uuid))"));
     }
 }

@@ -2,11 +2,11 @@
 //! carrying their merged traits (the table keeps the newest per person).
 
 use crate::StoreError;
+use chrono::Datelike;
 use clickhouse::Row;
 use leanloop_core::{Event, UserUpdate};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
-use chrono::Datelike;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use uuid::Uuid;
 
@@ -288,7 +288,9 @@ mod tests {
         let ids: Vec<&str> = vec!["a", &long, &long, "b", "c"];
         let chunks = bounded_chunks(&ids);
         assert_eq!(chunks.iter().map(|c| c.len()).sum::<usize>(), ids.len());
-        assert!(chunks.iter().all(|c| c.len() == 1 || c.iter().map(|i| i.len() + 4).sum::<usize>() <= IDS_BYTES_PER_QUERY));
+        assert!(chunks
+            .iter()
+            .all(|c| c.len() == 1 || c.iter().map(|i| i.len() + 4).sum::<usize>() <= IDS_BYTES_PER_QUERY));
         assert_eq!(bounded_chunks(&[]).len(), 0);
     }
 }

@@ -3,8 +3,8 @@
 //! commit — all in one transaction.
 
 use super::dedup::DuckKeys;
-use crate::seen::{SeenKeys, MIN_CAPACITY};
 use super::schema;
+use crate::seen::{SeenKeys, MIN_CAPACITY};
 use crate::{StoreError, WriteOutcome};
 use ::duckdb::arrow::array::{
     ArrayRef, BooleanArray, FixedSizeBinaryArray, Int64Array, StringArray, TimestampMicrosecondArray,

@@ -106,17 +106,23 @@ async fn set_once_fills_only_traits_a_person_lacks_on_both_stores() {
     let duck = TestServer::start().await;
     let capture = |key: &str, events: Value| json!({"api_key": key, "batch": events});
     for s in [&click, &duck] {
-        let first = capture(&s.project.write_key, json!([
-            {"event": "$pageview", "distinct_id": "p1", "properties": {
-                "$set_once": {"initial_referrer": "news.example", "plan": "trial"}, "$set": {"plan": "free"}}},
-            {"event": "$pageview", "distinct_id": "p1", "properties": {"$set_once": {"initial_referrer": "later.example"}}}
-        ]));
+        let first = capture(
+            &s.project.write_key,
+            json!([
+                {"event": "$pageview", "distinct_id": "p1", "properties": {
+                    "$set_once": {"initial_referrer": "news.example", "plan": "trial"}, "$set": {"plan": "free"}}},
+                {"event": "$pageview", "distinct_id": "p1", "properties": {"$set_once": {"initial_referrer": "later.example"}}}
+            ]),
+        );
         assert_eq!(s.client.post(s.url("/batch/")).json(&first).send().await.unwrap().status(), 200);
         s.settle().await;
-        let second = capture(&s.project.write_key, json!([
-            {"event": "signed_up", "distinct_id": "p1", "$set_once": {"initial_referrer": "third.example", "signup": "2026-01-01"},
-             "$set": {"plan": "pro", "email": "p1@example.com"}}
-        ]));
+        let second = capture(
+            &s.project.write_key,
+            json!([
+                {"event": "signed_up", "distinct_id": "p1", "$set_once": {"initial_referrer": "third.example", "signup": "2026-01-01"},
+                 "$set": {"plan": "pro", "email": "p1@example.com"}}
+            ]),
+        );
         assert_eq!(s.client.post(s.url("/batch/")).json(&second).send().await.unwrap().status(), 200);
         let traits = s.user_traits("p1").await.expect("person stored");
         assert_eq!(
