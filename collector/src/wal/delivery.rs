@@ -178,7 +178,7 @@ impl Delivery {
         match record::read_next(&mut c.reader).map_err(|e| e.to_string())? {
             Next::Record(payload, size) => {
                 c.position += size;
-                let batch = record::decode(&payload).map_err(|e| format!("undecodable record: {e}"))?;
+                let batch = record::decode(&payload)?;
                 Ok((batch, size))
             }
             Next::End | Next::Torn => Err("record below the durable end is missing or damaged".into()),

@@ -1,6 +1,9 @@
 //! One log record on disk: `len: u32 LE | crc32(payload): u32 LE | payload`,
-//! where the payload is one acknowledged request's events and person updates,
-//! encoded with postcard (compact, no field names, fast to decode).
+//! where the payload is a format version byte and then one acknowledged
+//! request's events and person updates, encoded with postcard (compact, no
+//! field names, fast to decode). postcard has no field names, so a change to
+//! `Event` needs a new format version and a decoder for the old one: a log
+//! written by one release must replay under the next.
 //!
 //! A record is written whole or, after a crash mid-write, found torn: a short
 //! header, a short payload or a checksum that does not match. Recovery cuts
@@ -11,6 +14,9 @@ use serde::{Deserialize, Serialize};
 use std::io::{self, Read};
 
 pub const HEADER_BYTES: usize = 8;
+
+/// The payload encoding this build writes (and the only one it reads).
+const FORMAT: u8 = 1;
 
 /// Largest payload a reader accepts; a length above it is a torn header, not
 /// an allocation to attempt. Requests are capped far below this.
@@ -31,7 +37,9 @@ pub struct Batch {
 
 /// Encodes a record, header included.
 pub fn encode(events: &[Event], users: &[UserUpdate]) -> Result<Vec<u8>, postcard::Error> {
-    let mut record = postcard::to_extend(&BatchRef { events, users }, vec![0u8; HEADER_BYTES])?;
+    let mut start = vec![0u8; HEADER_BYTES];
+    start.push(FORMAT);
+    let mut record = postcard::to_extend(&BatchRef { events, users }, start)?;
     let payload_len = (record.len() - HEADER_BYTES) as u32;
     let crc = crc32fast::hash(&record[HEADER_BYTES..]);
     record[..4].copy_from_slice(&payload_len.to_le_bytes());
@@ -58,7 +66,9 @@ pub fn read_next(reader: &mut impl Read) -> io::Result<Next> {
     }
     let len = u32::from_le_bytes(header[..4].try_into().expect("4 bytes")) as usize;
     let crc = u32::from_le_bytes(header[4..].try_into().expect("4 bytes"));
-    if len > MAX_PAYLOAD_BYTES {
+    // No record is empty (the format byte comes first): zeros are what a
+    // crash can leave where the file grew but its data never reached disk.
+    if len == 0 || len > MAX_PAYLOAD_BYTES {
         return Ok(Next::Torn);
     }
     let mut payload = vec![0u8; len];
@@ -68,8 +78,12 @@ pub fn read_next(reader: &mut impl Read) -> io::Result<Next> {
     Ok(Next::Record(payload, (HEADER_BYTES + len) as u64))
 }
 
-pub fn decode(payload: &[u8]) -> Result<Batch, postcard::Error> {
-    postcard::from_bytes(payload)
+pub fn decode(payload: &[u8]) -> Result<Batch, String> {
+    match payload.split_first() {
+        Some((&FORMAT, rest)) => postcard::from_bytes(rest).map_err(|e| format!("undecodable record: {e}")),
+        Some((other, _)) => Err(format!("record format {other} is unknown to this build (written by a newer one?)")),
+        None => Err("empty record".into()),
+    }
 }
 
 /// Reads until `buf` is full or the data ends; returns the bytes read.
@@ -118,9 +132,13 @@ pub(crate) mod tests {
 
         assert!(matches!(read_next(&mut &record[..record.len() - 1]).unwrap(), Next::Torn));
         assert!(matches!(read_next(&mut &record[..3]).unwrap(), Next::Torn));
+        let mut newer = payload.clone();
+        newer[0] = FORMAT + 1;
+        assert!(decode(&newer).unwrap_err().contains("format"));
         let mut flipped = record.clone();
         *flipped.last_mut().unwrap() ^= 1;
         assert!(matches!(read_next(&mut &flipped[..]).unwrap(), Next::Torn));
         assert!(matches!(read_next(&mut &[][..]).unwrap(), Next::End));
+        assert!(matches!(read_next(&mut &[0u8; 64][..]).unwrap(), Next::Torn), "a zeroed tail is torn, not records");
     }
 }
