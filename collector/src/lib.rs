@@ -25,7 +25,6 @@ pub use config::CollectorConfig;
 pub use enrich::event_uuid;
 pub use error::IngestError;
 pub use queue::IngestQueue;
-pub use sdk::script_gzipped;
 pub use spool::{Backlog, Spool};
 pub use wal::{Wal, WalError, WalOptions};
 

@@ -34,12 +34,6 @@ fn asset(cell: &'static OnceLock<Asset>, plain: &'static str) -> &'static Asset 
     })
 }
 
-/// The drop-in script, gzipped, as served: what its size budget is about.
-pub fn script_gzipped() -> &'static [u8] {
-    static CELL: OnceLock<Asset> = OnceLock::new();
-    &asset(&CELL, SCRIPT).gzipped
-}
-
 pub fn router<S: Clone + Send + Sync + 'static>() -> Router<S> {
     static SCRIPT_CELL: OnceLock<Asset> = OnceLock::new();
     static MODULE_CELL: OnceLock<Asset> = OnceLock::new();

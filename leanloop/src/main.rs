@@ -232,12 +232,7 @@ fn project(command: ProjectCommand) -> Result<()> {
 }
 
 async fn migrate_cluster(cluster: &str, url: Option<&str>, database: &str, apply: bool) -> Result<()> {
-    use leanloop_store::clickhouse as ch;
-    let is_identifier = |s: &str| {
-        !s.is_empty()
-            && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
-            && !s.starts_with(|c: char| c.is_ascii_digit())
-    };
+    use leanloop_store::clickhouse::{self as ch, is_identifier};
     anyhow::ensure!(is_identifier(cluster), "--cluster: `{cluster}` must be letters, digits and underscores");
     let (version, database) = match url {
         Some(url) => {

@@ -93,11 +93,10 @@ impl TestServer {
     /// Like [`TestServer::settle`], for backlogs that take longer (after an outage).
     pub async fn settle_within(&self, deadline: Duration) {
         let queue = self.collector.queue();
-        let started = Instant::now();
-        while queue.backlog().used > 0 {
-            assert!(started.elapsed() < deadline, "backlog not delivered within {deadline:?}: {:?}", queue.backlog());
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        eventually_within("the backlog to be delivered", deadline, || async {
+            (queue.backlog().used == 0).then_some(())
+        })
+        .await;
     }
 
     /// Stored events matching `query` (after the queue has drained).
@@ -158,7 +157,17 @@ impl TestServer {
 }
 
 /// Polls `probe` until it yields a value, failing the test after [`DEADLINE`].
-pub async fn eventually<T, F, Fut>(what: &str, mut probe: F) -> T
+pub async fn eventually<T, F, Fut>(what: &str, probe: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    eventually_within(what, DEADLINE, probe).await
+}
+
+/// [`eventually`] with its own deadline, for waits that take longer by
+/// nature (a backlog after an outage).
+pub async fn eventually_within<T, F, Fut>(what: &str, deadline: Duration, mut probe: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Option<T>>,
@@ -169,7 +178,7 @@ where
         if let Some(value) = probe().await {
             return value;
         }
-        assert!(started.elapsed() < DEADLINE, "timed out after {DEADLINE:?} waiting for {what}");
+        assert!(started.elapsed() < deadline, "timed out after {deadline:?} waiting for {what}");
         tokio::time::sleep(pause).await;
         pause = (pause * 2).min(Duration::from_millis(200));
     }

@@ -3,13 +3,18 @@
 //! timeout) is sent again with the same ids until it is.
 
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 use uuid::Uuid;
 
+/// Longest a test waits for the load to make a given amount of progress.
+const PROGRESS_DEADLINE: Duration = Duration::from_secs(90);
+
 pub struct Sustained {
     stop: Arc<AtomicBool>,
+    /// Events acknowledged so far, for tests that wait on progress.
+    acknowledged: Arc<AtomicU64>,
     task: tokio::task::JoinHandle<Outcome>,
 }
 
@@ -35,7 +40,8 @@ pub fn target(base: &str) -> Target {
 /// every `pace` at most (bounded load on a shared machine).
 pub fn sustain(target: Target, write_key: String, batch: usize, pace: Duration) -> Sustained {
     let stop = Arc::new(AtomicBool::new(false));
-    let flag = stop.clone();
+    let acknowledged = Arc::new(AtomicU64::new(0));
+    let (flag, progress) = (stop.clone(), acknowledged.clone());
     let task = tokio::spawn(async move {
         let client = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().expect("client");
         let mut out = Outcome::default();
@@ -59,6 +65,7 @@ pub fn sustain(target: Target, write_key: String, batch: usize, pace: Duration) 
                 match answer {
                     Ok(r) if r.status().is_success() => {
                         out.acknowledged.extend(ids.iter().copied());
+                        progress.fetch_add(ids.len() as u64, Ordering::Relaxed);
                         break;
                     }
                     Ok(_) => out.refusals += 1,
@@ -73,10 +80,24 @@ pub fn sustain(target: Target, write_key: String, batch: usize, pace: Duration) 
         }
         out
     });
-    Sustained { stop, task }
+    Sustained { stop, acknowledged, task }
 }
 
 impl Sustained {
+    /// Events acknowledged so far.
+    pub fn acknowledged(&self) -> u64 {
+        self.acknowledged.load(Ordering::Relaxed)
+    }
+
+    /// Waits until `more` events beyond those acknowledged now are
+    /// acknowledged: progress, not time, paces the fault tests.
+    pub async fn until_more_acknowledged(&self, more: u64) {
+        let goal = self.acknowledged() + more;
+        let what = format!("{goal} events acknowledged");
+        crate::eventually_within(&what, PROGRESS_DEADLINE, || async { (self.acknowledged() >= goal).then_some(()) })
+            .await;
+    }
+
     pub async fn finish(self) -> Outcome {
         self.stop.store(true, Ordering::Relaxed);
         self.task.await.expect("load task")

@@ -44,6 +44,14 @@ impl ClickHouseOptions {
     }
 }
 
+/// Whether `name` can stand in DDL unquoted (databases, clusters): names
+/// spliced into statements are checked with this first.
+pub fn is_identifier(name: &str) -> bool {
+    !name.is_empty()
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+        && !name.starts_with(|c: char| c.is_ascii_digit())
+}
+
 /// A parsed server URL: the HTTP endpoint and the settings carried in its query.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Endpoint {
@@ -77,10 +85,7 @@ impl Endpoint {
                 other => return Err(bad(&format!("unknown setting `{other}` (known: database, user, password)"))),
             }
         }
-        let valid_name = !endpoint.database.is_empty()
-            && endpoint.database.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
-            && !endpoint.database.starts_with(|c: char| c.is_ascii_digit());
-        if !valid_name {
+        if !is_identifier(&endpoint.database) {
             return Err(bad("database must be letters, digits and underscores"));
         }
         Ok(endpoint)
@@ -107,7 +112,6 @@ pub struct ClickHouseStore {
     runtime: Option<tokio::runtime::Runtime>,
     seen: Mutex<SeenKeys>,
     options: ClickHouseOptions,
-    version: ServerVersion,
 }
 
 impl ClickHouseStore {
@@ -121,17 +125,7 @@ impl ClickHouseStore {
         let keys = dedup::ClickHouseKeys { client: &client, runtime: &runtime, window: options.dedup_window };
         let seen = SeenKeys::load(&keys, MIN_CAPACITY)?;
         tracing::info!(server = %version, database = %endpoint.database, "ClickHouse event store ready");
-        Ok(ClickHouseStore {
-            client,
-            runtime: Some(runtime),
-            seen: Mutex::new(seen),
-            options: options.clone(),
-            version,
-        })
-    }
-
-    pub fn server_version(&self) -> ServerVersion {
-        self.version
+        Ok(ClickHouseStore { client, runtime: Some(runtime), seen: Mutex::new(seen), options: options.clone() })
     }
 
     fn runtime(&self) -> &tokio::runtime::Runtime {
@@ -169,9 +163,7 @@ pub const CURRENT_SERVER: ServerVersion = ServerVersion { major: 24, minor: 8 };
 pub fn server_info(url: &str) -> Result<(ServerVersion, String), StoreError> {
     let endpoint = Endpoint::parse(url)?;
     let runtime = small_runtime()?;
-    let text: String = block(&runtime, endpoint.client(false).query("SELECT version()").fetch_one())?;
-    let version = ServerVersion::parse(&text)
-        .ok_or_else(|| StoreError::Corrupt(format!("ClickHouse reported an unreadable version `{text}`")))?;
+    let version = block(&runtime, schema::server_version(&endpoint.client(false)))?;
     Ok((version, endpoint.database))
 }
 

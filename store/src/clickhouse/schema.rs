@@ -142,6 +142,13 @@ fn steps(f: Flavour, database: &str) -> Vec<Vec<String>> {
     ]]
 }
 
+/// What the server says it is.
+pub async fn server_version(client: &clickhouse::Client) -> Result<ServerVersion, StoreError> {
+    let text: String = client.query("SELECT version()").fetch_one().await?;
+    ServerVersion::parse(&text)
+        .ok_or_else(|| StoreError::Corrupt(format!("ClickHouse reported an unreadable version `{text}`")))
+}
+
 /// Creates the database and applies missing steps. Returns the server version.
 pub async fn migrate(
     root: &clickhouse::Client,
@@ -149,9 +156,7 @@ pub async fn migrate(
     database: &str,
     options: &ClickHouseOptions,
 ) -> Result<ServerVersion, StoreError> {
-    let text: String = root.query("SELECT version()").fetch_one().await?;
-    let version = ServerVersion::parse(&text)
-        .ok_or_else(|| StoreError::Corrupt(format!("ClickHouse reported an unreadable version `{text}`")))?;
+    let version = server_version(root).await?;
     if options.retention_days.is_some() && !version.at_least(19, 6) {
         tracing::warn!(server = %version, "ClickHouse before 19.6 has no TTL: retention_days is not applied");
     }

@@ -6,29 +6,25 @@ use leanloop_store::clickhouse::ClickHouseOptions;
 use leanloop_tests::clickhouse::{self as ch, fresh_database, store_url, Private};
 use leanloop_tests::load::{self, Outcome};
 use leanloop_tests::process::Process;
-use leanloop_tests::TestServer;
+use leanloop_tests::{eventually_within, TestServer};
 use std::time::{Duration, Instant};
 
 /// Long enough for a large backlog to reach ClickHouse on a busy machine.
 const DELIVERY_DEADLINE: Duration = Duration::from_secs(180);
+/// How long the store stays down in the outage scenario (the figure).
+const OUTAGE: Duration = Duration::from_secs(30);
 
 /// Waits until everything acknowledged is in `database`, then checks nothing
 /// is there twice and nothing is there that was never sent.
 async fn assert_exactly_once(http: &str, database: &str, outcome: &Outcome) {
-    let started = Instant::now();
-    loop {
+    let acknowledged = outcome.acknowledged.len() as u64;
+    let what = format!("{acknowledged} acknowledged events in ClickHouse");
+    eventually_within(&what, DELIVERY_DEADLINE, || async {
         let (count, unique) = ch::totals(http, database).await;
-        if unique >= outcome.acknowledged.len() as u64 {
-            assert_eq!(count, unique, "an event was stored twice");
-            break;
-        }
-        assert!(
-            started.elapsed() < DELIVERY_DEADLINE,
-            "only {unique} of {} acknowledged events stored after {DELIVERY_DEADLINE:?}",
-            outcome.acknowledged.len()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+        assert_eq!(count, unique, "an event was stored twice");
+        (unique >= acknowledged).then_some(())
+    })
+    .await;
     let stored = ch::stored_uuids(http, database).await;
     let lost = outcome.acknowledged.difference(&stored).count();
     assert_eq!(lost, 0, "acknowledged events missing from ClickHouse");
@@ -46,16 +42,20 @@ async fn a_30_second_clickhouse_outage_loses_and_duplicates_nothing() {
     let target = load::target(&s.base);
     let sending = load::sustain(target, s.project.write_key.clone(), 50, Duration::from_millis(5));
 
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    sending.until_more_acknowledged(5_000).await;
     server.stop();
+    let down = Instant::now();
     let before = ch_metric(&s, "leanloop_store_write_errors_total").await;
-    // The outage itself: ingest goes on into the log meanwhile.
-    tokio::time::sleep(Duration::from_secs(30)).await;
+    // The outage lasts OUTAGE, and ingest must keep being acknowledged into
+    // the log through all of it: wait on both.
+    while down.elapsed() < OUTAGE {
+        sending.until_more_acknowledged(1_000).await;
+    }
     let backlog = s.collector.queue().backlog().used;
     assert!(backlog > 0, "events acknowledged during the outage wait in the log");
     assert!(ch_metric(&s, "leanloop_store_write_errors_total").await > before, "delivery kept failing while down");
     server.restart();
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    sending.until_more_acknowledged(5_000).await;
     let outcome = sending.finish().await;
     assert!(outcome.acknowledged.len() > 10_000, "sustained ingest: {} acknowledged", outcome.acknowledged.len());
     assert_exactly_once(&server.http, &database, &outcome).await;
@@ -109,15 +109,11 @@ fn project_in(dir: &std::path::Path) -> leanloop_control::Project {
 /// Waits until a collector reports an empty backlog.
 async fn drained(base: &str) {
     let client = reqwest::Client::new();
-    let started = Instant::now();
-    loop {
+    eventually_within("the collector's backlog to be delivered", DELIVERY_DEADLINE, || async {
         let ready: serde_json::Value = client.get(format!("{base}/readyz")).send().await.unwrap().json().await.unwrap();
-        if ready["backlog"] == 0 {
-            return;
-        }
-        assert!(started.elapsed() < DELIVERY_DEADLINE, "backlog not delivered: {ready}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+        (ready["backlog"] == 0).then_some(())
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -133,12 +129,13 @@ async fn a_collector_killed_20_times_mid_stream_loses_and_duplicates_nothing() {
     let target = load::target(&collector.base);
     let sending = load::sustain(target, project.write_key.clone(), 50, Duration::from_millis(2));
     for round in 0..20u64 {
-        // Kill at a different point of the stream each time.
-        tokio::time::sleep(Duration::from_millis(150 + (round * 37) % 250)).await;
+        // Kill at a different point of the stream each time: after a
+        // different number of events acknowledged by this incarnation.
+        sending.until_more_acknowledged(200 + (round * 37) % 300).await;
         collector.kill();
         collector = edge.start(&listen);
     }
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    sending.until_more_acknowledged(500).await;
     let outcome = sending.finish().await;
     drained(&collector.base).await;
     assert!(outcome.failures > 0, "the kills interrupted requests");
@@ -200,7 +197,8 @@ async fn two_collectors_into_one_clickhouse_store_exact_totals() {
     let (ca, cb) = (a.start("127.0.0.1:0"), b.start("127.0.0.1:0"));
     let la = load::sustain(load::target(&ca.base), project.write_key.clone(), 100, Duration::from_millis(2));
     let lb = load::sustain(load::target(&cb.base), project.write_key.clone(), 100, Duration::from_millis(2));
-    tokio::time::sleep(Duration::from_secs(5)).await;
+    la.until_more_acknowledged(10_000).await;
+    lb.until_more_acknowledged(10_000).await;
     let (oa, ob) = (la.finish().await, lb.finish().await);
     drained(&ca.base).await;
     drained(&cb.base).await;
