@@ -1,34 +1,71 @@
-//! Questions asked of the event store, validated and answered.
+//! Questions asked of the event store, validated and answered: raw event
+//! lists, and the insights product managers read (trends, funnels,
+//! retention, paths, web analytics, feedback, releases, live).
+//!
+//! Each insight is a typed query compiled to SQL for the store's dialect
+//! (`sql.rs` holds every piece that differs between DuckDB and ClickHouse),
+//! so both stores give the same answers; where SQL alone cannot express a
+//! definition the same way on both (a funnel's walk), the store returns
+//! ordered rows and the walk is done here, once.
 //!
 //! Invariants: analytics never speaks HTTP and never writes events; every
 //! value a caller supplies reaches SQL as a bound parameter.
 
 mod events;
+pub mod feedback;
+pub mod fields;
+pub mod funnels;
+pub mod live;
+pub mod paths;
+pub mod releases;
+pub mod retention;
+mod sql;
+pub mod time;
+pub mod trends;
+pub mod web;
 
 pub use events::{EventQuery, EventView};
 
 use leanloop_core::{Classify, ErrorClass};
-use leanloop_store::{EventStore, StoreError};
+use leanloop_store::{Dialect, EventStore, Rows, Select, StoreError};
 use std::sync::Arc;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AnalyticsError {
     #[error("{message}")]
-    InvalidQuery { field: &'static str, message: String },
+    InvalidQuery { field: String, message: String },
     #[error(transparent)]
     Store(#[from] StoreError),
 }
 
 impl AnalyticsError {
-    fn invalid(field: &'static str, message: impl Into<String>) -> AnalyticsError {
-        AnalyticsError::InvalidQuery { field, message: message.into() }
+    fn invalid(field: impl Into<String>, message: impl Into<String>) -> AnalyticsError {
+        AnalyticsError::InvalidQuery { field: field.into(), message: message.into() }
+    }
+}
+
+/// One question's context: the store, the project, and "now".
+pub struct Ask<'a> {
+    store: &'a dyn EventStore,
+    project_id: i64,
+    now_ms: i64,
+}
+
+impl Ask<'_> {
+    fn dialect(&self) -> Dialect {
+        self.store.dialect()
+    }
+
+    fn rows(&self, select: Select) -> Result<Rows, AnalyticsError> {
+        tracing::debug!(sql = %select.sql, "insight query");
+        Ok(self.store.select(&select)?)
     }
 }
 
 impl Classify for AnalyticsError {
     fn class(&self) -> ErrorClass {
         match self {
-            AnalyticsError::InvalidQuery { field, .. } => ErrorClass::BadRequest { field: Some((*field).to_owned()) },
+            AnalyticsError::InvalidQuery { field, .. } => ErrorClass::BadRequest { field: Some(field.clone()) },
             AnalyticsError::Store(e) => e.class(),
         }
     }
@@ -56,4 +93,65 @@ impl Analytics {
         let events = self.store.recent(&filter, query.limit()?)?;
         Ok(events.into_iter().map(EventView::from).collect())
     }
+
+    /// A context for one question about `project_id`, asked at `now_ms`.
+    pub fn ask(&self, project_id: i64, now_ms: i64) -> Ask<'_> {
+        Ask { store: self.store.as_ref(), project_id, now_ms }
+    }
+
+    pub fn trend(&self, project_id: i64, q: &trends::TrendQuery) -> Result<trends::TrendResult, AnalyticsError> {
+        trends::trend(&self.ask(project_id, now_ms()), q)
+    }
+
+    pub fn funnel(&self, project_id: i64, q: &funnels::FunnelQuery) -> Result<funnels::FunnelResult, AnalyticsError> {
+        funnels::funnel(&self.ask(project_id, now_ms()), q)
+    }
+
+    pub fn retention(
+        &self,
+        project_id: i64,
+        q: &retention::RetentionQuery,
+    ) -> Result<retention::RetentionResult, AnalyticsError> {
+        retention::retention(&self.ask(project_id, now_ms()), q)
+    }
+
+    pub fn paths(&self, project_id: i64, q: &paths::PathsQuery) -> Result<paths::PathsResult, AnalyticsError> {
+        paths::paths(&self.ask(project_id, now_ms()), q)
+    }
+
+    pub fn web(&self, project_id: i64, q: &web::WebQuery) -> Result<web::WebResult, AnalyticsError> {
+        web::web(&self.ask(project_id, now_ms()), q)
+    }
+
+    pub fn feedback(
+        &self,
+        project_id: i64,
+        q: &feedback::FeedbackQuery,
+    ) -> Result<feedback::FeedbackResult, AnalyticsError> {
+        feedback::feedback(&self.ask(project_id, now_ms()), q)
+    }
+
+    pub fn releases(
+        &self,
+        project_id: i64,
+        q: &releases::ReleasesQuery,
+    ) -> Result<Vec<releases::ReleaseSummary>, AnalyticsError> {
+        releases::releases(&self.ask(project_id, now_ms()), q)
+    }
+
+    pub fn impact(
+        &self,
+        project_id: i64,
+        q: &releases::ImpactQuery,
+    ) -> Result<releases::ImpactResult, AnalyticsError> {
+        releases::impact(&self.ask(project_id, now_ms()), q)
+    }
+
+    pub fn live(&self, project_id: i64) -> Result<live::LiveResult, AnalyticsError> {
+        live::live(&self.ask(project_id, now_ms()))
+    }
+}
+
+fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
 }

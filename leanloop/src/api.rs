@@ -1,12 +1,17 @@
-//! The read API, authorised by a project's secret read key as a Bearer token.
+//! The read API, authorised by a project's secret read key as a Bearer token:
+//! raw events (GET with query parameters) and insights (POST with a JSON
+//! query, see `leanloop_analytics`).
 
 use crate::app::Shared;
 use axum::extract::rejection::QueryRejection;
+use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use leanloop_analytics::{Analytics, AnalyticsError, EventQuery};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
 use leanloop_control::KeyKind;
 use leanloop_core::{ApiError, ErrorClass};
 use serde_json::{json, Value};
@@ -15,6 +20,16 @@ pub fn router(shared: Shared) -> Router {
     Router::new()
         .route("/api/v1/projects/{id}/events", get(list_events))
         .route("/api/v1/projects/{id}/events/count", get(count_events))
+        .route("/api/v1/projects/{id}/insights/trend", post(insight(Analytics::trend)))
+        .route("/api/v1/projects/{id}/insights/funnel", post(insight(Analytics::funnel)))
+        .route("/api/v1/projects/{id}/insights/retention", post(insight(Analytics::retention)))
+        .route("/api/v1/projects/{id}/insights/paths", post(insight(Analytics::paths)))
+        .route("/api/v1/projects/{id}/insights/web", post(insight(Analytics::web)))
+        .route("/api/v1/projects/{id}/insights/feedback", post(insight(Analytics::feedback)))
+        .route("/api/v1/projects/{id}/insights/releases", post(insight(Analytics::releases)))
+        .route("/api/v1/projects/{id}/insights/release-impact", post(insight(Analytics::impact)))
+        .route("/api/v1/projects/{id}/insights/live", get(live))
+        .route("/api/openapi.json", get(openapi))
         .with_state(shared)
 }
 
@@ -87,4 +102,71 @@ async fn list_events(
 ) -> Result<Json<Value>, ApiError> {
     let events = answer(shared, id, headers, q, |a, project, q| a.recent(project, q)).await?;
     Ok(Json(json!({ "events": events })))
+}
+
+type Asker<Q, R> = fn(&Analytics, i64, &Q) -> Result<R, AnalyticsError>;
+
+/// A POST handler answering the JSON query `Q` with `ask`.
+fn insight<Q, R>(
+    ask: Asker<Q, R>,
+) -> impl Fn(State<Shared>, Path<String>, HeaderMap, Bytes) -> futures::future::BoxFuture<'static, Result<Json<R>, ApiError>>
+       + Clone
+       + Send
+       + Sync
+       + 'static
+where
+    Q: DeserializeOwned + Send + 'static,
+    R: Serialize + Send + 'static,
+{
+    move |State(shared), Path(id), headers, body| {
+        Box::pin(async move {
+            let project = authorise(&shared, &headers, &id)?;
+            let q: Q = json_query(&body)?;
+            Ok(Json(blocking(move || ask(&shared.analytics, project, &q)).await?))
+        })
+    }
+}
+
+/// Parses a JSON query; a mistake is a 400 naming the field at fault.
+fn json_query<Q: DeserializeOwned>(body: &[u8]) -> Result<Q, ApiError> {
+    let de = &mut serde_json::Deserializer::from_slice(body);
+    serde_path_to_error::deserialize(de).map_err(|err| {
+        let path = err.path().to_string();
+        let inner = err.into_inner();
+        let message = inner.to_string();
+        let named = |prefix: &str| message.strip_prefix(prefix).and_then(|m| m.split('`').next()).map(str::to_owned);
+        let join = |name: &str| if path == "." { name.to_owned() } else { format!("{path}.{name}") };
+        let field = if let Some(unknown) = named("unknown field `") {
+            // The path already ends at the unknown key.
+            if path == "." {
+                unknown
+            } else {
+                path
+            }
+        } else if let Some(missing) = named("missing field `") {
+            join(&missing)
+        } else if path == "." {
+            "body".to_owned()
+        } else {
+            path
+        };
+        let message = if inner.is_syntax() || inner.is_eof() {
+            format!("the body is not valid JSON: {inner}")
+        } else {
+            format!("`{field}`: {inner}")
+        };
+        ApiError::bad_request(&field, message)
+    })
+}
+
+async fn live(State(shared): State<Shared>, Path(id): Path<String>, headers: HeaderMap) -> Result<Json<Value>, ApiError> {
+    let project = authorise(&shared, &headers, &id)?;
+    let result = blocking(move || shared.analytics.live(project)).await?;
+    Ok(Json(json!(result)))
+}
+
+/// The document is built once: it only depends on the code.
+async fn openapi() -> Json<Value> {
+    static DOCUMENT: std::sync::LazyLock<Value> = std::sync::LazyLock::new(crate::openapi::document);
+    Json(DOCUMENT.clone())
 }

@@ -8,6 +8,7 @@ pub mod api;
 pub mod app;
 pub mod bench;
 pub mod config;
+pub mod openapi;
 pub mod ops;
 pub mod telemetry;
 

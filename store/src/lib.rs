@@ -14,9 +14,11 @@ pub mod duckdb;
 mod error;
 mod filter;
 mod seen;
+pub mod select;
 
 pub use error::StoreError;
 pub use filter::EventFilter;
+pub use select::{Cell, ColumnKind, Dialect, Param, Rows, Select};
 
 use leanloop_core::{Event, UserUpdate};
 
@@ -60,4 +62,10 @@ pub trait EventStore: Send + Sync + 'static {
 
     /// The user id an anonymous id was identified as, if any.
     fn identity(&self, project_id: i64, anonymous_id: &str) -> Result<Option<String>, StoreError>;
+
+    /// The dialect [`EventStore::select`] expects.
+    fn dialect(&self) -> Dialect;
+
+    /// Runs a read-only query compiled for [`EventStore::dialect`].
+    fn select(&self, query: &Select) -> Result<Rows, StoreError>;
 }

@@ -19,7 +19,7 @@ mod write;
 pub use schema::{cluster_ddl, ServerVersion};
 
 use crate::seen::{SeenKeys, MIN_CAPACITY};
-use crate::{EventFilter, EventStore, StoreError, UserRecord, WriteOutcome};
+use crate::{Dialect, EventFilter, EventStore, Rows, Select, StoreError, UserRecord, WriteOutcome};
 use leanloop_core::{Event, UserUpdate};
 use std::future::Future;
 use std::sync::Mutex;
@@ -232,6 +232,14 @@ impl EventStore for ClickHouseStore {
 
     fn identity(&self, project_id: i64, anonymous_id: &str) -> Result<Option<String>, StoreError> {
         self.block(read::identity(&self.client, project_id, anonymous_id))
+    }
+
+    fn dialect(&self) -> Dialect {
+        Dialect::ClickHouse
+    }
+
+    fn select(&self, query: &Select) -> Result<Rows, StoreError> {
+        self.block(read::select(&self.client, query))
     }
 }
 

@@ -2,6 +2,7 @@
 //! (escaped by the client), never spliced into SQL.
 
 use super::write::{clamp_seconds, UserRow};
+use crate::select::{Cell, Param, Rows, Select};
 use crate::{EventFilter, StoreError, UserRecord};
 use clickhouse::Row;
 use leanloop_core::{Event, EventKind};
@@ -172,4 +173,71 @@ pub async fn identity(
         .fetch_all()
         .await?;
     Ok(linked.into_iter().next())
+}
+
+/// Runs a caller-compiled query (see [`crate::select`]), reading the answer
+/// as TabSeparated text (every server version has it).
+pub async fn select(client: &clickhouse::Client, query: &Select) -> Result<Rows, StoreError> {
+    let mut q = client.query(&query.sql);
+    for param in &query.params {
+        q = match param {
+            Param::Int(i) => q.bind(*i),
+            Param::Float(f) => q.bind(*f),
+            Param::Text(s) => q.bind(s.as_str()),
+        };
+    }
+    let body = q.fetch_bytes("TabSeparated")?.collect().await?;
+    let text = std::str::from_utf8(&body).map_err(|e| StoreError::Corrupt(format!("query answer: {e}")))?;
+    let mut rows = Vec::new();
+    for line in text.lines() {
+        let fields: Vec<&str> = line.split('\t').collect();
+        if fields.len() != query.columns.len() {
+            return Err(StoreError::Corrupt(format!(
+                "query answered {} columns, {} expected",
+                fields.len(),
+                query.columns.len()
+            )));
+        }
+        let cells = fields.into_iter().zip(&query.columns).map(|(f, &kind)| match f {
+            "\\N" => Cell::Null,
+            f => Cell::parse(unescape(f), kind),
+        });
+        rows.push(cells.collect());
+    }
+    Ok(rows)
+}
+
+/// Undoes TabSeparated escaping.
+fn unescape(field: &str) -> String {
+    if !field.contains('\\') {
+        return field.to_owned();
+    }
+    let mut out = String::with_capacity(field.len());
+    let mut chars = field.chars();
+    while let Some(c) = chars.next() {
+        if c != '\\' {
+            out.push(c);
+            continue;
+        }
+        match chars.next() {
+            Some('t') => out.push('\t'),
+            Some('n') => out.push('\n'),
+            Some('r') => out.push('\r'),
+            Some('0') => out.push('\0'),
+            Some('b') => out.push('\u{8}'),
+            Some('f') => out.push('\u{c}'),
+            Some(other) => out.push(other),
+            None => out.push('\\'),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn tab_separated_escapes_are_undone() {
+        assert_eq!(super::unescape(r"a\tb\\c\nd\'e"), "a\tb\\c\nd'e");
+        assert_eq!(super::unescape("plain"), "plain");
+    }
 }

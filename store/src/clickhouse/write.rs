@@ -55,12 +55,14 @@ pub fn clamp_seconds(seconds: i64) -> u32 {
 }
 
 /// Top-level properties as parallel key and value arrays; strings as
-/// themselves, anything else as its JSON text.
+/// themselves, anything else as its JSON text. A `null` counts as not set,
+/// as it does for DuckDB's `json_extract_string`.
 fn flatten(properties: &str) -> (Vec<String>, Vec<String>) {
     let Ok(Value::Object(map)) = serde_json::from_str::<Value>(properties) else {
         return (Vec::new(), Vec::new());
     };
     map.into_iter()
+        .filter(|(_, v)| !v.is_null())
         .map(|(k, v)| {
             let v = match v {
                 Value::String(s) => s,

@@ -9,7 +9,7 @@ mod read;
 mod schema;
 mod write;
 
-use crate::{EventFilter, EventStore, StoreError, UserRecord, WriteOutcome};
+use crate::{Dialect, EventFilter, EventStore, Rows, Select, StoreError, UserRecord, WriteOutcome};
 use ::duckdb::{Config, Connection};
 use leanloop_core::{Event, UserUpdate};
 use std::path::Path;
@@ -87,6 +87,14 @@ impl EventStore for DuckDbStore {
 
     fn identity(&self, project_id: i64, anonymous_id: &str) -> Result<Option<String>, StoreError> {
         self.with_reader(|conn| read::identity(conn, project_id, anonymous_id))
+    }
+
+    fn dialect(&self) -> Dialect {
+        Dialect::DuckDb
+    }
+
+    fn select(&self, query: &Select) -> Result<Rows, StoreError> {
+        self.with_reader(|conn| read::select(conn, query))
     }
 }
 

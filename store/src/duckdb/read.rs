@@ -2,6 +2,7 @@
 //! parameter, never spliced into SQL.
 
 use super::schema::{EVENT_COLUMNS, FIRST_TEXT_COLUMN};
+use crate::select::{Cell, ColumnKind, Param, Rows, Select};
 use crate::{EventFilter, StoreError, UserRecord};
 use ::duckdb::types::Value;
 use ::duckdb::{params, params_from_iter, Connection, OptionalExt, Row};
@@ -119,4 +120,54 @@ pub fn identity(conn: &Connection, project_id: i64, anonymous_id: &str) -> Resul
         .prepare_cached("SELECT user_id FROM identities WHERE project_id = ? AND anonymous_id = ?")?
         .query_row(params![project_id, anonymous_id], |row| row.get(0))
         .optional()?)
+}
+
+/// Runs a caller-compiled query (see [`crate::select`]).
+pub fn select(conn: &Connection, query: &Select) -> Result<Rows, StoreError> {
+    let params = query.params.iter().map(|p| match p {
+        Param::Int(i) => Value::BigInt(*i),
+        Param::Float(f) => Value::Double(*f),
+        Param::Text(s) => Value::Text(s.clone()),
+    });
+    let mut stmt = conn.prepare_cached(&query.sql)?;
+    let mut rows = stmt.query(params_from_iter(params))?;
+    let mut out = Vec::new();
+    while let Some(row) = rows.next()? {
+        let mut cells = Vec::with_capacity(query.columns.len());
+        for (i, &kind) in query.columns.iter().enumerate() {
+            cells.push(cell(row.get::<_, Value>(i)?, kind));
+        }
+        out.push(cells);
+    }
+    Ok(out)
+}
+
+/// Converts whatever DuckDB typed a column as into the declared kind.
+fn cell(value: Value, kind: ColumnKind) -> Cell {
+    let int = |i: i128| Cell::Int(i.clamp(i64::MIN as i128, i64::MAX as i128) as i64);
+    let cell = match value {
+        Value::Null => return Cell::Null,
+        Value::Boolean(b) => Cell::Int(b as i64),
+        Value::TinyInt(i) => Cell::Int(i.into()),
+        Value::SmallInt(i) => Cell::Int(i.into()),
+        Value::Int(i) => Cell::Int(i.into()),
+        Value::BigInt(i) => Cell::Int(i),
+        Value::HugeInt(i) => int(i),
+        Value::UTinyInt(i) => Cell::Int(i.into()),
+        Value::USmallInt(i) => Cell::Int(i.into()),
+        Value::UInt(i) => Cell::Int(i.into()),
+        Value::UBigInt(i) => int(i.into()),
+        Value::Float(f) => Cell::Float(f.into()),
+        Value::Double(f) => Cell::Float(f),
+        Value::Decimal(d) => Cell::Float(d.to_string().parse().unwrap_or(f64::NAN)),
+        Value::Text(s) => Cell::Text(s),
+        other => Cell::Text(format!("{other:?}")),
+    };
+    match (kind, cell) {
+        (ColumnKind::Int, Cell::Float(f)) => Cell::Int(f as i64),
+        (ColumnKind::Float, Cell::Int(i)) => Cell::Float(i as f64),
+        (ColumnKind::Text, c @ (Cell::Int(_) | Cell::Float(_))) => Cell::Text(c.text().unwrap_or_default()),
+        (ColumnKind::Int | ColumnKind::Float, Cell::Text(s)) => Cell::parse(s, kind),
+        (_, c) => c,
+    }
 }

@@ -8,6 +8,8 @@ mod browser;
 mod clickhouse_store;
 mod faults;
 mod feedback;
+mod insights;
+mod insights_api;
 mod limits;
 mod operations;
 mod posthog;

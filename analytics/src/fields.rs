@@ -1,0 +1,238 @@
+//! What a query may filter or break down by: event columns by name, and any
+//! top-level property as `properties.<key>` (the rest of the text is the key,
+//! dots and quotes included). Filters compile to SQL with every value bound.
+
+use crate::sql::{self, Sql};
+use crate::AnalyticsError;
+use leanloop_store::{Dialect, Param};
+use serde::Deserialize;
+use serde_json::Value;
+
+/// Event columns a query may name. `ip` is left out on purpose.
+pub const COLUMNS: &[&str] = &[
+    "name",
+    "kind",
+    "anonymous_id",
+    "user_id",
+    "session_id",
+    "release",
+    "url",
+    "path",
+    "page_name",
+    "referrer",
+    "referrer_domain",
+    "utm_source",
+    "utm_medium",
+    "utm_campaign",
+    "utm_term",
+    "utm_content",
+    "browser",
+    "browser_version",
+    "os",
+    "device_type",
+    "country",
+    "library",
+];
+
+const PROPERTY_PREFIX: &str = "properties.";
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Field {
+    Column(&'static str),
+    Property(String),
+}
+
+impl Field {
+    /// `at` names the request field for error messages.
+    pub fn parse(text: &str, at: &str) -> Result<Field, AnalyticsError> {
+        if let Some(key) = text.strip_prefix(PROPERTY_PREFIX) {
+            if key.is_empty() {
+                return Err(AnalyticsError::invalid(at, format!("`{at}`: `properties.` needs a property name after it")));
+            }
+            return Ok(Field::Property(key.to_owned()));
+        }
+        COLUMNS.iter().find(|&&c| c == text).map(|&c| Field::Column(c)).ok_or_else(|| {
+            AnalyticsError::invalid(
+                at,
+                format!("`{at}`: unknown field `{text}`; use one of {} or `properties.<name>`", COLUMNS.join(", ")),
+            )
+        })
+    }
+
+    /// The field's value as text (NULL when unset).
+    pub fn text(&self, d: Dialect) -> Sql {
+        match self {
+            Field::Column(c) => Sql::new(*c),
+            Field::Property(key) => sql::property(d, key),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Op {
+    Eq,
+    Neq,
+    Contains,
+    NotContains,
+    Regex,
+    NotRegex,
+    Gt,
+    Gte,
+    Lt,
+    Lte,
+    IsSet,
+    IsNotSet,
+}
+
+/// One condition: `{"field": "browser", "op": "eq", "value": "Chrome"}`.
+/// `eq`/`neq` take a string, number or boolean, or a list of them (any of);
+/// `gt`..`lte` a number; `is_set`/`is_not_set` no value. Negations (`neq`,
+/// `not_contains`, `not_regex`) also match events where the field is unset.
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Filter {
+    pub field: String,
+    pub op: Op,
+    #[serde(default)]
+    pub value: Option<Value>,
+}
+
+/// How the most values an `eq`/`neq` list may hold.
+const MAX_LIST: usize = 1000;
+
+impl Filter {
+    /// Compiles to a condition; `at` is where the filter sits in the request
+    /// (e.g. `filters[2]`).
+    pub fn compile(&self, d: Dialect, at: &str) -> Result<Sql, AnalyticsError> {
+        let field = Field::parse(&self.field, &format!("{at}.field"))?;
+        let expr = field.text(d);
+        let value_at = format!("{at}.value");
+        let text = || -> Result<String, AnalyticsError> {
+            match &self.value {
+                Some(Value::String(s)) => Ok(s.clone()),
+                _ => Err(AnalyticsError::invalid(&value_at, format!("`{value_at}` must be a string for `{:?}`", self.op))),
+            }
+        };
+        let number = || -> Result<f64, AnalyticsError> {
+            match &self.value {
+                Some(Value::Number(n)) => n.as_f64().filter(|f| f.is_finite()).ok_or(()),
+                _ => Err(()),
+            }
+            .map_err(|_| AnalyticsError::invalid(&value_at, format!("`{value_at}` must be a number")))
+        };
+        let negate = |cond: Sql| Sql::new("(").push(expr.clone()).raw(" IS NULL OR NOT ").push(cond.wrap()).raw(")");
+        Ok(match self.op {
+            Op::Eq | Op::Neq => {
+                let values = self.values(&value_at)?;
+                let list = Sql::join(values.iter().map(|v| Sql::default().text(v)), ", ");
+                let any = expr.clone().raw(" IN (").push(list).raw(")");
+                if self.op == Op::Eq {
+                    any
+                } else {
+                    negate(any)
+                }
+            }
+            Op::Contains => sql::contains(d, expr, &text()?),
+            Op::NotContains => negate(sql::contains(d, expr.clone(), &text()?)),
+            Op::Regex | Op::NotRegex => {
+                let pattern = text()?;
+                check_regex(&pattern, &value_at)?;
+                let matches = sql::regex(d, expr.clone(), &pattern);
+                if self.op == Op::Regex {
+                    matches
+                } else {
+                    negate(matches)
+                }
+            }
+            Op::Gt | Op::Gte | Op::Lt | Op::Lte => {
+                let op = match self.op {
+                    Op::Gt => " > ",
+                    Op::Gte => " >= ",
+                    Op::Lt => " < ",
+                    _ => " <= ",
+                };
+                sql::number(d, expr).raw(op).bind(Param::Float(number()?))
+            }
+            Op::IsSet => expr.raw(" IS NOT NULL"),
+            Op::IsNotSet => expr.raw(" IS NULL"),
+        })
+    }
+
+    /// The value(s) of `eq`/`neq` as the text stored for them.
+    fn values(&self, at: &str) -> Result<Vec<String>, AnalyticsError> {
+        let scalar = |v: &Value| match v {
+            Value::String(s) => Some(s.clone()),
+            Value::Number(_) | Value::Bool(_) => Some(v.to_string()),
+            _ => None,
+        };
+        let bad = || AnalyticsError::invalid(at, format!("`{at}` must be a string, number, boolean or a list of them"));
+        match &self.value {
+            Some(Value::Array(items)) if !items.is_empty() && items.len() <= MAX_LIST => {
+                items.iter().map(|v| scalar(v).ok_or_else(bad)).collect()
+            }
+            Some(Value::Array(_)) => {
+                Err(AnalyticsError::invalid(at, format!("`{at}` must list from 1 to {MAX_LIST} values")))
+            }
+            Some(v) => scalar(v).map(|s| vec![s]).ok_or_else(bad),
+            None => Err(bad()),
+        }
+    }
+}
+
+/// Patterns run on the stores' RE2 engines; Rust's `regex` accepts the same
+/// syntax (no look-around or back-references), so a pattern that compiles
+/// here will not fail there.
+fn check_regex(pattern: &str, at: &str) -> Result<(), AnalyticsError> {
+    regex::RegexBuilder::new(pattern)
+        .size_limit(1 << 20)
+        .build()
+        .map(|_| ())
+        .map_err(|e| AnalyticsError::invalid(at, format!("`{at}` is not a valid regular expression: {e}")))
+}
+
+/// Compiles a list of filters found at `at` (e.g. `filters`).
+pub fn compile_all(d: Dialect, filters: &[Filter], at: &str) -> Result<Vec<Sql>, AnalyticsError> {
+    if filters.len() > 50 {
+        return Err(AnalyticsError::invalid(at, format!("`{at}`: at most 50 filters")));
+    }
+    filters.iter().enumerate().map(|(i, f)| f.compile(d, &format!("{at}[{i}]"))).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn filter(json: &str) -> Filter {
+        serde_json::from_str(json).unwrap()
+    }
+
+    fn error_field(r: Result<Sql, AnalyticsError>) -> String {
+        match r {
+            Err(AnalyticsError::InvalidQuery { field, .. }) => field,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn values_are_bound_never_spliced() {
+        let f = filter(r#"{"field": "properties.it's", "op": "eq", "value": ["a'); DROP TABLE events; --", 3]}"#);
+        for d in [Dialect::DuckDb, Dialect::ClickHouse] {
+            let s = f.compile(d, "filters[0]").unwrap();
+            assert!(!s.text.contains("DROP") && !s.text.contains("it's"), "{}", s.text);
+            assert!(s.params.contains(&Param::Text("a'); DROP TABLE events; --".into())));
+            assert!(s.params.contains(&Param::Text("3".into())));
+        }
+    }
+
+    #[test]
+    fn bad_filters_name_the_field() {
+        let d = Dialect::DuckDb;
+        assert_eq!(error_field(filter(r#"{"field": "colour", "op": "eq", "value": "x"}"#).compile(d, "filters[1]")), "filters[1].field");
+        assert_eq!(error_field(filter(r#"{"field": "ip", "op": "is_set"}"#).compile(d, "f[0]")), "f[0].field");
+        assert_eq!(error_field(filter(r#"{"field": "browser", "op": "gt", "value": "x"}"#).compile(d, "f[0]")), "f[0].value");
+        assert_eq!(error_field(filter(r#"{"field": "browser", "op": "regex", "value": "(a"}"#).compile(d, "f[0]")), "f[0].value");
+        assert_eq!(error_field(filter(r#"{"field": "browser", "op": "eq", "value": []}"#).compile(d, "f[0]")), "f[0].value");
+        assert!(serde_json::from_str::<Filter>(r#"{"field": "browser", "op": "like", "value": "x"}"#).is_err());
+    }
+}

@@ -1,0 +1,372 @@
+//! Funnels: how many people go through 2–10 steps in order within a
+//! conversion window, counted per person (identify joins a visitor's
+//! anonymous events to the user they became).
+//!
+//! The store returns each person's matching events in time order (ties by
+//! event uuid); the walk over them is here, so both stores share one
+//! definition:
+//! - loose order: other events may come between steps. A person's level is
+//!   the most steps any chain reaches, a chain starting at a first-step event
+//!   and taking each next step at its first chance after the previous one,
+//!   all within the window of its start (as ClickHouse's `windowFunnel`).
+//! - strict order: the steps must be consecutive among the person's events
+//!   (after global filters); any other event breaks the chain.
+//!
+//! Times to convert come from the chain that first reached the person's
+//! level; a breakdown takes the value on that chain's first step.
+
+use crate::fields::{compile_all, Field, Filter};
+use crate::sql::{self, Source, Sql};
+use crate::time::Window;
+use crate::{AnalyticsError, Ask};
+use leanloop_store::{Cell, ColumnKind, Dialect};
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+
+pub const MAX_STEPS: usize = 10;
+const DEFAULT_WINDOW_SECONDS: i64 = 14 * 86_400;
+/// A year: longer windows are almost always a mistake.
+const MAX_WINDOW_SECONDS: i64 = 366 * 86_400;
+
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Step {
+    /// Event name; any event when absent.
+    pub event: Option<String>,
+    #[serde(default)]
+    pub filters: Vec<Filter>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, schemars::JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Order {
+    #[default]
+    Loose,
+    Strict,
+}
+
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FunnelQuery {
+    pub date_from: Option<String>,
+    pub date_to: Option<String>,
+    pub timezone: Option<String>,
+    pub steps: Vec<Step>,
+    /// Seconds from the first step within which the last must happen.
+    pub window_seconds: Option<i64>,
+    #[serde(default)]
+    pub order: Order,
+    #[serde(default)]
+    pub filters: Vec<Filter>,
+    pub breakdown: Option<String>,
+    pub breakdown_limit: Option<usize>,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, schemars::JsonSchema)]
+pub struct StepResult {
+    pub event: Option<String>,
+    /// People who reached this step.
+    pub count: u64,
+    /// `count` over the first step's count.
+    pub conversion_rate: f64,
+    /// `count` over the previous step's count.
+    pub step_conversion_rate: f64,
+    /// People who reached the previous step but not this one.
+    pub drop_off: u64,
+    /// Median seconds from the previous step (nearest rank), for people who
+    /// reached this step.
+    pub median_seconds_from_previous: Option<f64>,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, schemars::JsonSchema)]
+pub struct FunnelGroup {
+    pub steps: Vec<StepResult>,
+    /// Median seconds from the first step to the last, for people who
+    /// completed the funnel.
+    pub median_seconds_to_convert: Option<f64>,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, schemars::JsonSchema)]
+pub struct BreakdownGroup {
+    pub breakdown_value: Option<String>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub other: bool,
+    #[serde(flatten)]
+    pub funnel: FunnelGroup,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, schemars::JsonSchema)]
+pub struct FunnelResult {
+    pub order: Order,
+    pub window_seconds: i64,
+    #[serde(flatten)]
+    pub total: FunnelGroup,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub breakdown: Option<Vec<BreakdownGroup>>,
+}
+
+/// A person's best chain: the steps' times and the first step's breakdown.
+#[derive(Debug, Clone, Default)]
+struct Chain {
+    times: Vec<i64>,
+    breakdown: Option<String>,
+}
+
+pub fn funnel(ask: &Ask, q: &FunnelQuery) -> Result<FunnelResult, AnalyticsError> {
+    let d = ask.dialect();
+    let window = Window::parse(q.date_from.as_deref(), q.date_to.as_deref(), q.timezone.as_deref(), ask.now_ms)?;
+    if q.steps.len() < 2 || q.steps.len() > MAX_STEPS {
+        return Err(AnalyticsError::invalid("steps", format!("`steps` must have from 2 to {MAX_STEPS} entries")));
+    }
+    let window_seconds = q.window_seconds.unwrap_or(DEFAULT_WINDOW_SECONDS);
+    if !(1..=MAX_WINDOW_SECONDS).contains(&window_seconds) {
+        return Err(AnalyticsError::invalid(
+            "window_seconds",
+            format!("`window_seconds` must be from 1 to {MAX_WINDOW_SECONDS}"),
+        ));
+    }
+    let limit = q.breakdown_limit.unwrap_or(10);
+    if !(1..=100).contains(&limit) {
+        return Err(AnalyticsError::invalid("breakdown_limit", "`breakdown_limit` must be from 1 to 100"));
+    }
+    let breakdown = q.breakdown.as_deref().map(|b| Field::parse(b, "breakdown")).transpose()?;
+    let mut step_conditions = Vec::new();
+    for (i, step) in q.steps.iter().enumerate() {
+        let mut conds = compile_all(d, &step.filters, &format!("steps[{i}].filters"))?;
+        if let Some(event) = &step.event {
+            conds.insert(0, Sql::new("name = ").text(event));
+        }
+        step_conditions.push(if conds.is_empty() { Sql::new("1 = 1") } else { Sql::join(conds, " AND ") });
+    }
+    let rows = ask.rows(rows_query(d, ask.project_id, &window, q, &step_conditions, breakdown.as_ref())?)?;
+    let chains = walk(&rows, q.steps.len(), window_seconds * 1000, q.order);
+
+    let total = summarise(q, chains.iter());
+    let breakdown = breakdown.map(|_| {
+        let mut by_value: HashMap<Option<String>, Vec<&Chain>> = HashMap::new();
+        for c in &chains {
+            by_value.entry(c.breakdown.clone()).or_default().push(c);
+        }
+        let mut values: Vec<(Option<String>, Vec<&Chain>)> = by_value.into_iter().collect();
+        values.sort_by(|a, b| b.1.len().cmp(&a.1.len()).then_with(|| cmp_values(&a.0, &b.0)));
+        let rest: Vec<&Chain> = values.iter().skip(limit).flat_map(|(_, c)| c.iter().copied()).collect();
+        let mut groups: Vec<BreakdownGroup> = values
+            .iter()
+            .take(limit)
+            .map(|(v, c)| BreakdownGroup { breakdown_value: v.clone(), other: false, funnel: summarise(q, c.iter().copied()) })
+            .collect();
+        if !rest.is_empty() {
+            groups.push(BreakdownGroup { breakdown_value: None, other: true, funnel: summarise(q, rest.into_iter()) });
+        }
+        groups
+    });
+    Ok(FunnelResult { order: q.order, window_seconds, total, breakdown })
+}
+
+/// Values sort as the stores sort them: NULL last.
+fn cmp_values(a: &Option<String>, b: &Option<String>) -> std::cmp::Ordering {
+    match (a, b) {
+        (Some(a), Some(b)) => a.cmp(b),
+        (Some(_), None) => std::cmp::Ordering::Less,
+        (None, Some(_)) => std::cmp::Ordering::Greater,
+        (None, None) => std::cmp::Ordering::Equal,
+    }
+}
+
+/// Each candidate event: person, time, uuid, which steps it matches (bit
+/// mask) and the breakdown value, ordered for the walk.
+fn rows_query(
+    d: Dialect,
+    project_id: i64,
+    window: &Window,
+    q: &FunnelQuery,
+    steps: &[Sql],
+    breakdown: Option<&Field>,
+) -> Result<leanloop_store::Select, AnalyticsError> {
+    let mut src =
+        Source::new(d, project_id).with_person().column("x_ts", sql::timestamp_ms(d)).column("x_u", sql::uuid_text(d));
+    let mask = Sql::join(
+        steps.iter().enumerate().map(|(i, c)| Sql::new("CASE WHEN ").push(c.clone().wrap()).raw(&format!(" THEN {} ELSE 0 END", 1 << i))),
+        " + ",
+    );
+    src = src.column("x_m", mask);
+    if let Some(b) = breakdown {
+        src = src.column("x_b", b.text(d));
+    }
+    for c in sql::time_range(d, Some(window.from_ms), Some(window.to_ms)) {
+        src = src.filter(c);
+    }
+    for f in compile_all(d, &q.filters, "filters")? {
+        src = src.filter(f);
+    }
+    let b = if breakdown.is_some() { "x_b" } else { "''" };
+    let mut sql = Sql::new(format!("SELECT person, x_ts, x_m, {b} FROM ")).push(src.render());
+    if q.order == Order::Loose {
+        sql = sql.raw(" WHERE x_m > 0");
+    }
+    sql = sql.raw(" ORDER BY person, x_ts, x_u");
+    Ok(sql.select(&[ColumnKind::Text, ColumnKind::Int, ColumnKind::Int, ColumnKind::Text]))
+}
+
+/// Each person's best chain (people who matched no first step are left out).
+fn walk(rows: &[Vec<Cell>], steps: usize, window_ms: i64, order: Order) -> Vec<Chain> {
+    let mut out = Vec::new();
+    let mut start = 0;
+    while start < rows.len() {
+        let person = &rows[start][0];
+        let mut end = start + 1;
+        while end < rows.len() && &rows[end][0] == person {
+            end += 1;
+        }
+        let events = rows[start..end].iter().map(|r| (r[1].int(), r[2].int(), r[3].clone().text()));
+        let best = match order {
+            Order::Loose => walk_loose(events, steps, window_ms),
+            Order::Strict => walk_strict(events, steps, window_ms),
+        };
+        out.extend(best);
+        start = end;
+    }
+    out
+}
+
+fn walk_loose(events: impl Iterator<Item = (i64, i64, Option<String>)>, steps: usize, window_ms: i64) -> Option<Chain> {
+    // reached[k]: of the chains that reached step k+1, the one that started
+    // latest (it has the most window left).
+    let mut reached: Vec<Option<Chain>> = vec![None; steps];
+    let mut best: Option<Chain> = None;
+    for (ts, mask, value) in events {
+        for k in (1..steps).rev() {
+            if mask & (1 << k) == 0 {
+                continue;
+            }
+            let Some(prev) = &reached[k - 1] else { continue };
+            if ts - prev.times[0] > window_ms {
+                continue;
+            }
+            // A chain from the same start keeps its earlier step: later ones
+            // only narrow what can follow.
+            if reached[k].as_ref().is_some_and(|r| r.times[0] >= prev.times[0]) {
+                continue;
+            }
+            let mut chain = prev.clone();
+            chain.times.push(ts);
+            keep_best(&mut best, &chain);
+            reached[k] = Some(chain);
+        }
+        if mask & 1 != 0 {
+            let chain = Chain { times: vec![ts], breakdown: value };
+            keep_best(&mut best, &chain);
+            reached[0] = Some(chain);
+        }
+    }
+    best
+}
+
+fn walk_strict(events: impl Iterator<Item = (i64, i64, Option<String>)>, steps: usize, window_ms: i64) -> Option<Chain> {
+    let mut current: Option<Chain> = None;
+    let mut best: Option<Chain> = None;
+    for (ts, mask, value) in events {
+        let extends = current.as_ref().is_some_and(|c| {
+            let next = c.times.len();
+            next < steps && mask & (1 << next) != 0 && ts - c.times[0] <= window_ms
+        });
+        if extends {
+            if let Some(c) = current.as_mut() {
+                c.times.push(ts);
+            }
+        } else if mask & 1 != 0 {
+            current = Some(Chain { times: vec![ts], breakdown: value });
+        } else {
+            current = None;
+        }
+        if let Some(c) = &current {
+            keep_best(&mut best, c);
+        }
+    }
+    best
+}
+
+/// Keeps the first chain to reach the highest level.
+fn keep_best(best: &mut Option<Chain>, chain: &Chain) {
+    if best.as_ref().is_none_or(|b| chain.times.len() > b.times.len()) {
+        *best = Some(chain.clone());
+    }
+}
+
+/// Nearest-rank median of `values` in ms, as seconds.
+fn median_seconds(mut values: Vec<i64>) -> Option<f64> {
+    if values.is_empty() {
+        return None;
+    }
+    values.sort_unstable();
+    let rank = values.len().div_ceil(2).max(1);
+    Some(values[rank - 1] as f64 / 1000.0)
+}
+
+fn summarise<'a>(q: &FunnelQuery, chains: impl Iterator<Item = &'a Chain>) -> FunnelGroup {
+    let n = q.steps.len();
+    let mut counts = vec![0u64; n];
+    let mut gaps: Vec<Vec<i64>> = vec![Vec::new(); n];
+    let mut totals = Vec::new();
+    for c in chains {
+        for k in 0..c.times.len().min(n) {
+            counts[k] += 1;
+            if k > 0 {
+                gaps[k].push(c.times[k] - c.times[k - 1]);
+            }
+        }
+        if c.times.len() >= n {
+            totals.push(c.times[n - 1] - c.times[0]);
+        }
+    }
+    let rate = |a: u64, b: u64| if b == 0 { 0.0 } else { a as f64 / b as f64 };
+    let steps = (0..n)
+        .map(|k| {
+            let previous = if k == 0 { counts[0] } else { counts[k - 1] };
+            StepResult {
+                event: q.steps[k].event.clone(),
+                count: counts[k],
+                conversion_rate: rate(counts[k], counts[0]),
+                step_conversion_rate: rate(counts[k], previous),
+                drop_off: previous - counts[k],
+                median_seconds_from_previous: median_seconds(std::mem::take(&mut gaps[k])),
+            }
+        })
+        .collect();
+    FunnelGroup { steps, median_seconds_to_convert: median_seconds(totals) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ev(ts: i64, mask: i64) -> (i64, i64, Option<String>) {
+        (ts, mask, None)
+    }
+
+    #[test]
+    fn loose_chains_restart_at_later_starts_to_fit_the_window() {
+        // A(0) A(50) B(120) C(140), window 100: the chain from A(50) completes.
+        let best = walk_loose([ev(0, 1), ev(50, 1), ev(120, 2), ev(140, 4)].into_iter(), 3, 100).unwrap();
+        assert_eq!(best.times, vec![50, 120, 140]);
+        // A repeated second step does not move the chain's second step later.
+        let best = walk_loose([ev(0, 1), ev(10, 2), ev(20, 2), ev(30, 4)].into_iter(), 3, 100).unwrap();
+        assert_eq!(best.times, vec![0, 10, 30]);
+        // One event matching two steps advances one chain by one step only.
+        let best = walk_loose([ev(0, 1), ev(10, 6)].into_iter(), 3, 100).unwrap();
+        assert_eq!(best.times, vec![0, 10]);
+    }
+
+    #[test]
+    fn strict_chains_break_on_any_other_event() {
+        let best = walk_strict([ev(0, 1), ev(5, 0), ev(10, 2), ev(20, 1), ev(30, 2)].into_iter(), 2, 100).unwrap();
+        assert_eq!(best.times, vec![20, 30]);
+        assert!(walk_strict([ev(0, 2)].into_iter(), 2, 100).is_none());
+    }
+
+    #[test]
+    fn medians_are_nearest_rank() {
+        assert_eq!(median_seconds(vec![4000, 1000, 3000, 2000]), Some(2.0));
+        assert_eq!(median_seconds(vec![]), None);
+    }
+}

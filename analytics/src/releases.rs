@@ -1,0 +1,162 @@
+//! Releases as a dimension: the list of releases seen in events, and
+//! "release impact" — a metric before vs after a release's time, or on
+//! release A's events vs release B's.
+//!
+//! A release's time is the first event that carries it (pipeline records,
+//! when they exist, take precedence in a later version of this module).
+
+use crate::fields::compile_all;
+use crate::sql::{self, Source, Sql};
+use crate::time::{rfc3339, Window};
+use crate::trends::{measure, Plan, Series};
+use crate::{AnalyticsError, Ask};
+use leanloop_store::{Cell, ColumnKind};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ReleasesQuery {
+    pub date_from: Option<String>,
+    pub date_to: Option<String>,
+    /// At most this many releases, newest first (default 100, at most 1000).
+    pub limit: Option<usize>,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, schemars::JsonSchema)]
+pub struct ReleaseSummary {
+    pub release: String,
+    pub first_seen: String,
+    pub last_seen: String,
+    pub events: u64,
+    pub users: u64,
+}
+
+pub fn releases(ask: &Ask, q: &ReleasesQuery) -> Result<Vec<ReleaseSummary>, AnalyticsError> {
+    let d = ask.dialect();
+    let limit = q.limit.unwrap_or(100);
+    if !(1..=1000).contains(&limit) {
+        return Err(AnalyticsError::invalid("limit", "`limit` must be from 1 to 1000"));
+    }
+    // Without a range, all time: releases are few and long-lived.
+    let range = match (q.date_from.as_deref(), q.date_to.as_deref()) {
+        (None, None) => None,
+        (None, Some(_)) => return Err(AnalyticsError::invalid("date_from", "`date_from` is needed with `date_to`")),
+        (from, to) => {
+            let w = Window::parse(from, to, None, ask.now_ms)?;
+            Some((w.from_ms, w.to_ms))
+        }
+    };
+    let mut src = Source::new(d, ask.project_id)
+        .with_person()
+        .column("x_ts", sql::timestamp_ms(d))
+        .column("x_r", Sql::new("release"))
+        .filter(Sql::new("release IS NOT NULL"));
+    if let Some((from, to)) = range {
+        for c in sql::time_range(d, Some(from), Some(to)) {
+            src = src.filter(c);
+        }
+    }
+    let rows = ask.rows(
+        Sql::new(format!("SELECT x_r, min(x_ts) AS x_first, max(x_ts), count(*), {} FROM ", sql::count_distinct(d, "person")))
+            .push(src.render())
+            .raw(&format!(" GROUP BY x_r ORDER BY x_first DESC, x_r LIMIT {limit}"))
+            .select(&[ColumnKind::Text, ColumnKind::Int, ColumnKind::Int, ColumnKind::Int, ColumnKind::Int]),
+    )?;
+    Ok(rows
+        .into_iter()
+        .map(|r| {
+            let mut r = r.into_iter();
+            let mut next = || r.next().unwrap_or(Cell::Null);
+            ReleaseSummary {
+                release: next().text().unwrap_or_default(),
+                first_seen: rfc3339(next().int()),
+                last_seen: rfc3339(next().int()),
+                events: next().int() as u64,
+                users: next().int() as u64,
+            }
+        })
+        .collect())
+}
+
+/// The time a release was first seen, if it was.
+fn first_seen(ask: &Ask, release: &str) -> Result<Option<i64>, AnalyticsError> {
+    let d = ask.dialect();
+    let src = Source::new(d, ask.project_id)
+        .column("x_ts", sql::timestamp_ms(d))
+        .filter(Sql::new("release = ").text(release));
+    let rows = ask.rows(Sql::new("SELECT min(x_ts), count(*) FROM ").push(src.render()).select(&[ColumnKind::Int, ColumnKind::Int]))?;
+    Ok(rows.first().filter(|r| r[1].int() > 0).map(|r| r[0].int()))
+}
+
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ImpactQuery {
+    pub release: String,
+    /// Compare with this release's events instead of before/after.
+    pub compare_to: Option<String>,
+    pub series: Series,
+    /// Before/after: the length of each side (default 7 days). Release vs
+    /// release: both sides cover the range `date_from`..`date_to`.
+    pub window_seconds: Option<i64>,
+    pub date_from: Option<String>,
+    pub date_to: Option<String>,
+    #[serde(default)]
+    pub filters: Vec<crate::fields::Filter>,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, schemars::JsonSchema)]
+pub struct ImpactSide {
+    pub label: String,
+    pub from: String,
+    pub to: String,
+    pub value: serde_json::Value,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, schemars::JsonSchema)]
+pub struct ImpactResult {
+    pub release: String,
+    pub release_time: Option<String>,
+    pub baseline: ImpactSide,
+    pub candidate: ImpactSide,
+    /// (candidate − baseline) / baseline, when both are numbers and the
+    /// baseline is not zero.
+    pub change: Option<f64>,
+}
+
+pub fn impact(ask: &Ask, q: &ImpactQuery) -> Result<ImpactResult, AnalyticsError> {
+    let d = ask.dialect();
+    if q.release.is_empty() {
+        return Err(AnalyticsError::invalid("release", "`release` must name a release"));
+    }
+    let global = compile_all(d, &q.filters, "filters")?;
+    let plan = || Plan::new(d, &q.series, &global, "series");
+    let side = |label: &str, w: &Window, plan: Plan| -> Result<ImpactSide, AnalyticsError> {
+        Ok(ImpactSide { label: label.to_owned(), from: rfc3339(w.from_ms), to: rfc3339(w.to_ms), value: measure(ask, w, &plan)? })
+    };
+    let released = first_seen(ask, &q.release)?;
+    let (baseline, candidate) = match &q.compare_to {
+        Some(other) => {
+            let w = Window::parse(q.date_from.as_deref(), q.date_to.as_deref(), None, ask.now_ms)?;
+            let of = |r: &str| Sql::new("release = ").text(r);
+            (side(other, &w, plan()?.filter(of(other)))?, side(&q.release, &w, plan()?.filter(of(&q.release)))?)
+        }
+        None => {
+            let at = released.ok_or_else(|| {
+                AnalyticsError::invalid("release", format!("no events carry release `{}`", q.release))
+            })?;
+            let len = q.window_seconds.unwrap_or(7 * 86_400);
+            if !(60..=366 * 86_400).contains(&len) {
+                return Err(AnalyticsError::invalid("window_seconds", "`window_seconds` must be from 60 to 31,622,400"));
+            }
+            let tz = chrono_tz::Tz::UTC;
+            let before = Window { from_ms: at - len * 1000, to_ms: at, tz };
+            let after = Window { from_ms: at, to_ms: at + len * 1000, tz };
+            (side("before", &before, plan()?)?, side("after", &after, plan()?)?)
+        }
+    };
+    let change = match (baseline.value.as_f64(), candidate.value.as_f64()) {
+        (Some(b), Some(c)) if b != 0.0 => Some((c - b) / b),
+        _ => None,
+    };
+    Ok(ImpactResult { release: q.release.clone(), release_time: released.map(rfc3339), baseline, candidate, change })
+}

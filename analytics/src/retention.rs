@@ -1,0 +1,182 @@
+//! Retention: people grouped into cohorts by the period (day, week, month)
+//! of a cohort event, and how many of each cohort came back (did the return
+//! event) in each following period.
+//!
+//! `first_time` cohorts place a person by their first cohort event ever;
+//! `any` cohorts place them in every period where they did it. Period 0 is
+//! the cohort itself; period k counts the cohort's people who did the return
+//! event k periods later. Periods are calendar periods in the query's zone.
+
+use crate::fields::{compile_all, Filter};
+use crate::sql::{self, Source, Sql};
+use crate::time::{Interval, Window};
+use crate::{AnalyticsError, Ask};
+use leanloop_store::{ColumnKind, Dialect};
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+
+pub const MAX_PERIODS: i64 = 100;
+/// 2100-01-01: any `date_from` before it is accepted.
+const FAR_FUTURE_MS: i64 = 4_102_444_800_000;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, schemars::JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Period {
+    Day,
+    Week,
+    Month,
+}
+
+impl Period {
+    fn interval(self) -> Interval {
+        match self {
+            Period::Day => Interval::Day,
+            Period::Week => Interval::Week,
+            Period::Month => Interval::Month,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, schemars::JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum CohortType {
+    #[default]
+    FirstTime,
+    Any,
+}
+
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EventSpec {
+    pub event: Option<String>,
+    #[serde(default)]
+    pub filters: Vec<Filter>,
+}
+
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RetentionQuery {
+    /// Start of the first cohort period (its period is the one containing it).
+    pub date_from: Option<String>,
+    pub timezone: Option<String>,
+    pub cohort_event: EventSpec,
+    #[serde(default)]
+    pub cohort_type: CohortType,
+    pub return_event: EventSpec,
+    pub period: Period,
+    /// Number of cohorts and of periods after each (1 to 100).
+    pub periods: i64,
+    #[serde(default)]
+    pub filters: Vec<Filter>,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, schemars::JsonSchema)]
+pub struct Cohort {
+    /// Start of the cohort's period, in the query's zone.
+    pub period_start: String,
+    pub size: u64,
+    /// `values[0]` = size; `values[k]` = people back k periods later.
+    /// Periods that have not begun by the query's time are left out.
+    pub values: Vec<u64>,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, schemars::JsonSchema)]
+pub struct RetentionResult {
+    pub period: Period,
+    pub cohort_type: CohortType,
+    pub cohorts: Vec<Cohort>,
+}
+
+pub fn retention(ask: &Ask, q: &RetentionQuery) -> Result<RetentionResult, AnalyticsError> {
+    let d = ask.dialect();
+    if !(1..=MAX_PERIODS).contains(&q.periods) {
+        return Err(AnalyticsError::invalid("periods", format!("`periods` must be from 1 to {MAX_PERIODS}")));
+    }
+    let interval = q.period.interval();
+    // Only the zone and `date_from` matter here; the end is worked out below.
+    let probe = Window::parse(q.date_from.as_deref(), None, q.timezone.as_deref(), FAR_FUTURE_MS)?;
+    let now_key = probe.key(interval, ask.now_ms);
+    let first = match q.date_from.as_deref().filter(|t| !t.is_empty()) {
+        Some(_) => probe.key(interval, probe.from_ms),
+        None => now_key - (q.periods - 1),
+    };
+    // The window spans the cohorts and the periods after the last one.
+    let window = Window {
+        from_ms: end_of(&probe, interval, first - 1),
+        to_ms: end_of(&probe, interval, first + 2 * q.periods - 2),
+        tz: probe.tz,
+    };
+
+    let global = compile_all(d, &q.filters, "filters")?;
+    let events = |spec: &EventSpec, at: &str, from: Option<i64>| -> Result<Source, AnalyticsError> {
+        let mut src = Source::new(d, ask.project_id).with_person().column("x_ts", sql::timestamp_ms(d));
+        for c in sql::time_range(d, from, Some(window.to_ms)) {
+            src = src.filter(c);
+        }
+        if let Some(event) = &spec.event {
+            src = src.filter(Sql::new("name = ").text(event));
+        }
+        for f in global.iter().cloned().chain(compile_all(d, &spec.filters, &format!("{at}.filters"))?) {
+            src = src.filter(f);
+        }
+        Ok(src)
+    };
+    let key = |ts: &str| window.key_sql(d, interval, ts);
+    let cohort_rows = match q.cohort_type {
+        // A first cohort event before the window places the person in an
+        // earlier cohort, so look back without a lower bound.
+        CohortType::FirstTime => Sql::new(format!("SELECT person, {} AS x_cp FROM ", key("min(x_ts)")))
+            .push(events(&q.cohort_event, "cohort_event", None)?.render())
+            .raw(" GROUP BY person"),
+        CohortType::Any => Sql::new(format!("SELECT person, {} AS x_cp FROM ", key("x_ts")))
+            .push(events(&q.cohort_event, "cohort_event", Some(window.from_ms))?.render())
+            .raw(" GROUP BY person, x_cp"),
+    };
+    let cohorts = Sql::new("SELECT x_cp, count(*) FROM ")
+        .push(cohort_rows.clone().wrap())
+        .raw(&format!(" WHERE x_cp >= {first} AND x_cp < {} GROUP BY x_cp", first + q.periods));
+    let returns = Sql::new(format!("SELECT person, {} AS x_rp FROM ", key("x_ts")))
+        .push(events(&q.return_event, "return_event", Some(window.from_ms))?.render())
+        .raw(" GROUP BY person, x_rp");
+    let join = match d {
+        Dialect::DuckDb => " JOIN ",
+        Dialect::ClickHouse => " ALL INNER JOIN ",
+    };
+    let back = Sql::new(format!("SELECT x_cp, x_rp - x_cp AS x_k, {} FROM ", sql::count_distinct(d, "person")))
+        .push(cohort_rows.wrap())
+        .raw(join)
+        .push(returns.wrap())
+        .raw(&format!(
+            " USING (person) WHERE x_cp >= {first} AND x_cp < {} AND x_rp > x_cp AND x_rp - x_cp < {} GROUP BY x_cp, x_k",
+            first + q.periods,
+            q.periods
+        ));
+    let sizes: HashMap<i64, u64> = ask
+        .rows(cohorts.select(&[ColumnKind::Int, ColumnKind::Int]))?
+        .into_iter()
+        .map(|r| (r[0].int(), r[1].int() as u64))
+        .collect();
+    let mut returned: HashMap<(i64, i64), u64> = HashMap::new();
+    for r in ask.rows(back.select(&[ColumnKind::Int, ColumnKind::Int, ColumnKind::Int]))? {
+        returned.insert((r[0].int(), r[1].int()), r[2].int() as u64);
+    }
+    let cohorts = (first..first + q.periods)
+        .filter(|&cp| cp <= now_key)
+        .map(|cp| {
+            let size = sizes.get(&cp).copied().unwrap_or(0);
+            let values = (0..q.periods)
+                .take_while(|&k| cp + k <= now_key)
+                .map(|k| if k == 0 { size } else { returned.get(&(cp, k)).copied().unwrap_or(0) })
+                .collect();
+            Cohort { period_start: window.label(interval, cp), size, values }
+        })
+        .collect();
+    Ok(RetentionResult { period: q.period, cohort_type: q.cohort_type, cohorts })
+}
+
+/// The UTC ms at which bucket `key` ends.
+fn end_of(window: &Window, interval: Interval, key: i64) -> i64 {
+    let next = crate::time::local_start(interval, key + 1);
+    let guess = next.and_utc().timestamp_millis();
+    guess - window.offset_ms(guess)
+}

@@ -1,0 +1,319 @@
+//! SQL text with its bound values, the dialect-specific expressions every
+//! insight is built from, and [`Source`]: the filtered event rows (with the
+//! stitched person when asked) that insights aggregate.
+//!
+//! The two dialects differ only in the pieces here; every insight module
+//! writes one query shape for both. User-supplied values only ever become
+//! [`Param`]s; numbers spliced into the text are computed here (time zone
+//! offsets, bucket widths).
+
+use leanloop_store::{ColumnKind, Dialect, Param, Select};
+
+/// SQL text and the values for its `?` placeholders, in order.
+#[derive(Debug, Clone, Default)]
+pub struct Sql {
+    pub text: String,
+    pub params: Vec<Param>,
+}
+
+impl Sql {
+    pub fn new(text: impl Into<String>) -> Sql {
+        Sql { text: text.into(), params: Vec::new() }
+    }
+
+    pub fn raw(mut self, text: &str) -> Sql {
+        self.text.push_str(text);
+        self
+    }
+
+    pub fn bind(mut self, param: Param) -> Sql {
+        self.text.push('?');
+        self.params.push(param);
+        self
+    }
+
+    pub fn text(self, value: &str) -> Sql {
+        self.bind(Param::Text(value.to_owned()))
+    }
+
+    pub fn int(self, value: i64) -> Sql {
+        self.bind(Param::Int(value))
+    }
+
+    pub fn push(mut self, other: Sql) -> Sql {
+        self.text.push_str(&other.text);
+        self.params.extend(other.params);
+        self
+    }
+
+    /// `parts` separated by `sep`.
+    pub fn join(parts: impl IntoIterator<Item = Sql>, sep: &str) -> Sql {
+        let mut out = Sql::default();
+        for (i, part) in parts.into_iter().enumerate() {
+            if i > 0 {
+                out.text.push_str(sep);
+            }
+            out = out.push(part);
+        }
+        out
+    }
+
+    /// `(self)`.
+    pub fn wrap(self) -> Sql {
+        Sql::new("(").push(self).raw(")")
+    }
+
+    pub fn select(self, columns: &[ColumnKind]) -> Select {
+        Select { sql: self.text, params: self.params, columns: columns.to_vec() }
+    }
+}
+
+/// Event time in ms since the epoch, from the raw columns.
+pub fn timestamp_ms(d: Dialect) -> Sql {
+    Sql::new(match d {
+        Dialect::DuckDb => "epoch_ms(timestamp)",
+        Dialect::ClickHouse => "timestamp_ms",
+    })
+}
+
+/// `from <= time < to`, both optional. ClickHouse also bounds the
+/// second-precision `timestamp` so partitions and granules are skipped.
+pub fn time_range(d: Dialect, from_ms: Option<i64>, to_ms: Option<i64>) -> Vec<Sql> {
+    let seconds = |ms: i64| ms.div_euclid(1000).clamp(0, u32::MAX as i64);
+    let mut out = Vec::new();
+    if let Some(from) = from_ms {
+        out.push(match d {
+            Dialect::DuckDb => Sql::new("timestamp >= epoch_ms(").int(from).raw(")"),
+            Dialect::ClickHouse => {
+                Sql::new("timestamp >= toDateTime(").int(seconds(from)).raw(") AND timestamp_ms >= ").int(from)
+            }
+        });
+    }
+    if let Some(to) = to_ms {
+        out.push(match d {
+            Dialect::DuckDb => Sql::new("timestamp < epoch_ms(").int(to).raw(")"),
+            Dialect::ClickHouse => {
+                Sql::new("timestamp <= toDateTime(").int(seconds(to)).raw(") AND timestamp_ms < ").int(to)
+            }
+        });
+    }
+    out
+}
+
+/// A top-level property as text (strings as themselves, other values as
+/// JSON text), NULL when absent or `null`.
+pub fn property(d: Dialect, key: &str) -> Sql {
+    match d {
+        // A JSON pointer: every key is addressable, escaping `~` and `/`.
+        Dialect::DuckDb => {
+            let pointer = format!("/{}", key.replace('~', "~0").replace('/', "~1"));
+            Sql::new("json_extract_string(properties, ").text(&pointer).raw(")")
+        }
+        Dialect::ClickHouse => Sql::new("if(has(prop_keys, ")
+            .text(key)
+            .raw("), prop_values[indexOf(prop_keys, ")
+            .text(key)
+            .raw(")], NULL)"),
+    }
+}
+
+/// The event uuid as text (both stores write it the same way).
+pub fn uuid_text(d: Dialect) -> Sql {
+    Sql::new(match d {
+        Dialect::DuckDb => "CAST(uuid AS VARCHAR)",
+        Dialect::ClickHouse => "toString(uuid)",
+    })
+}
+
+/// `expr` read as a number, NULL when it is not one.
+pub fn number(d: Dialect, expr: Sql) -> Sql {
+    match d {
+        Dialect::DuckDb => Sql::new("TRY_CAST(").push(expr).raw(" AS DOUBLE)"),
+        Dialect::ClickHouse => Sql::new("toFloat64OrNull(").push(expr).raw(")"),
+    }
+}
+
+/// Whether `expr` contains `needle` (case-sensitive).
+pub fn contains(d: Dialect, expr: Sql, needle: &str) -> Sql {
+    let f = match d {
+        Dialect::DuckDb => "strpos(",
+        Dialect::ClickHouse => "position(",
+    };
+    Sql::new(f).push(expr).raw(", ").text(needle).raw(") > 0")
+}
+
+/// Whether `expr` matches the RE2 `pattern` anywhere.
+pub fn regex(d: Dialect, expr: Sql, pattern: &str) -> Sql {
+    let f = match d {
+        Dialect::DuckDb => "regexp_matches(",
+        Dialect::ClickHouse => "match(",
+    };
+    Sql::new(f).push(expr).raw(", ").text(pattern).raw(")")
+}
+
+/// Integer division of non-negative `a` by a positive constant.
+pub fn int_div(d: Dialect, a: &str, b: i64) -> String {
+    match d {
+        Dialect::DuckDb => format!("(({a}) // {b})"),
+        Dialect::ClickHouse => format!("intDiv({a}, {b})"),
+    }
+}
+
+/// `year * 12 + month - 1` of a UTC ms time.
+pub fn month_index(d: Dialect, ms: &str) -> String {
+    match d {
+        Dialect::DuckDb => format!("(year(epoch_ms({ms})) * 12 + month(epoch_ms({ms})) - 1)"),
+        Dialect::ClickHouse => {
+            let t = format!("toDateTime(intDiv({ms}, 1000), 'UTC')");
+            format!("(toYear({t}) * 12 + toMonth({t}) - 1)")
+        }
+    }
+}
+
+/// Exact number of distinct non-NULL values.
+pub fn count_distinct(d: Dialect, expr: &str) -> String {
+    match d {
+        Dialect::DuckDb => format!("count(DISTINCT {expr})"),
+        Dialect::ClickHouse => format!("uniqExact({expr})"),
+    }
+}
+
+/// The nearest-rank percentile of the non-NULL values of `expr`: the value at
+/// position ceil(q × n) of the sorted values (NULL when there are none).
+/// Written out rather than left to each engine's quantile function so both
+/// stores agree exactly.
+pub fn percentile(d: Dialect, expr: &str, q: f64) -> String {
+    let rank = format!("greatest(1, CAST(ceil({q} * count({expr})) AS BIGINT))");
+    match d {
+        Dialect::DuckDb => format!(
+            "CASE WHEN count({expr}) = 0 THEN NULL ELSE list_sort(list({expr}) FILTER (WHERE {expr} IS NOT NULL))[{rank}] END"
+        ),
+        Dialect::ClickHouse => {
+            format!("if(count({expr}) = 0, NULL, arrayElement(arraySort(groupArray({expr})), {rank}))")
+        }
+    }
+}
+
+/// A string key that sorts rows by time then by `tie` (a text expression):
+/// `min`/`max` of it pick the first/last row deterministically, and
+/// [`after_time_key`] recovers `tie`. Times are shifted to 15 digits.
+pub fn time_key(d: Dialect, ts: &str, tie: &str) -> String {
+    match d {
+        Dialect::DuckDb => format!("(CAST({ts} + 100000000000000 AS VARCHAR) || coalesce({tie}, ''))"),
+        Dialect::ClickHouse => format!("concat(toString({ts} + 100000000000000), ifNull({tie}, ''))"),
+    }
+}
+
+/// The `tie` part of a [`time_key`].
+pub fn after_time_key(d: Dialect, key: &str) -> String {
+    match d {
+        Dialect::DuckDb => format!("substr({key}, 16)"),
+        Dialect::ClickHouse => format!("substring({key}, 16)"),
+    }
+}
+
+/// The filtered events an insight reads: `columns` computed per row from the
+/// raw event, plus `person` (the user id, else the user id the anonymous id
+/// was identified as, else the anonymous id) when asked for.
+///
+/// Aliases start with `x_` so they never shadow a column (ClickHouse lets an
+/// alias replace a column name anywhere in a query).
+#[derive(Debug, Clone)]
+pub struct Source {
+    pub dialect: Dialect,
+    pub project_id: i64,
+    pub conditions: Vec<Sql>,
+    pub columns: Vec<(&'static str, Sql)>,
+    pub person: bool,
+}
+
+impl Source {
+    pub fn new(dialect: Dialect, project_id: i64) -> Source {
+        Source { dialect, project_id, conditions: Vec::new(), columns: Vec::new(), person: false }
+    }
+
+    pub fn column(mut self, alias: &'static str, expr: Sql) -> Source {
+        self.columns.push((alias, expr));
+        self
+    }
+
+    pub fn filter(mut self, condition: Sql) -> Source {
+        self.conditions.push(condition);
+        self
+    }
+
+    pub fn with_person(mut self) -> Source {
+        self.person = true;
+        self
+    }
+
+    /// `(SELECT ...)`, usable after `FROM`.
+    pub fn render(&self) -> Sql {
+        let d = self.dialect;
+        let mut select: Vec<Sql> =
+            self.columns.iter().map(|(alias, expr)| expr.clone().raw(&format!(" AS {alias}"))).collect();
+        if self.person {
+            select.push(Sql::new("anonymous_id"));
+            select.push(Sql::new("user_id"));
+            if d == Dialect::ClickHouse {
+                select.push(Sql::new("ifNull(anonymous_id, '') AS anon_key"));
+            }
+        }
+        if select.is_empty() {
+            select.push(Sql::new("1 AS x_one"));
+        }
+        let mut conditions = vec![Sql::new("project_id = ").int(self.project_id)];
+        conditions.extend(self.conditions.iter().map(|c| c.clone().wrap()));
+        let rows = Sql::new("SELECT ")
+            .push(Sql::join(select, ", "))
+            .raw(" FROM events WHERE ")
+            .push(Sql::join(conditions, " AND "));
+        if !self.person {
+            return rows.wrap();
+        }
+        let aliases: Vec<&str> = self.columns.iter().map(|(a, _)| *a).collect();
+        match d {
+            Dialect::DuckDb => {
+                let list: String = aliases.iter().map(|a| format!("r.{a}, ")).collect();
+                Sql::new(format!("(SELECT {list}coalesce(r.user_id, i.linked_user, r.anonymous_id) AS person FROM "))
+                    .push(rows.wrap())
+                    .raw(" r LEFT JOIN (SELECT anonymous_id AS anon_key, user_id AS linked_user FROM identities WHERE project_id = ")
+                    .int(self.project_id)
+                    .raw(") i ON i.anon_key = r.anonymous_id)")
+            }
+            Dialect::ClickHouse => {
+                let list: String = aliases.iter().map(|a| format!("{a}, ")).collect();
+                Sql::new(format!("(SELECT {list}coalesce(user_id, nullIf(linked_user, ''), anonymous_id) AS person FROM "))
+                    .push(rows.wrap())
+                    .raw(
+                        " ANY LEFT JOIN (SELECT anonymous_id AS anon_key, argMin(user_id, linked_at_ms) AS linked_user \
+                         FROM identities WHERE project_id = ",
+                    )
+                    .int(self.project_id)
+                    .raw(" GROUP BY anonymous_id) USING (anon_key))")
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn params_follow_the_text_order() {
+        let s = Sql::new("a = ").text("x").raw(" AND ").push(Sql::new("b = ").int(2)).wrap();
+        assert_eq!(s.text, "(a = ? AND b = ?)");
+        assert_eq!(s.params, vec![Param::Text("x".into()), Param::Int(2)]);
+    }
+
+    #[test]
+    fn property_keys_are_bound_and_pointer_escaped() {
+        let s = property(Dialect::DuckDb, "a/b~c'");
+        assert_eq!(s.params, vec![Param::Text("/a~1b~0c'".into())]);
+        assert!(!s.text.contains('\''));
+        let s = property(Dialect::ClickHouse, "x'); DROP TABLE events; --");
+        assert_eq!(s.params.len(), 2);
+        assert!(!s.text.contains("DROP"));
+    }
+}

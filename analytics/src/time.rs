@@ -1,0 +1,274 @@
+//! Time ranges, time zones and interval buckets.
+//!
+//! Buckets are computed in SQL as integer keys of *local* time: the event's
+//! UTC ms plus the zone's offset at that instant. The offsets in force over a
+//! query's range are found here (with the IANA database in `chrono-tz`) and
+//! spliced in as a `CASE` over UTC times, so both stores bucket identically
+//! without time zone support of their own (DuckDB's needs an extension;
+//! ClickHouse 18.16 has it, with other rules).
+
+use crate::sql::{int_div, month_index};
+use crate::AnalyticsError;
+use chrono::{DateTime, Datelike, Duration, NaiveDate, NaiveDateTime, Offset, SecondsFormat, TimeZone, Utc};
+use chrono_tz::Tz;
+use leanloop_store::Dialect;
+use serde::{Deserialize, Serialize};
+
+/// At most this many buckets per answer.
+pub const MAX_BUCKETS: i64 = 10_000;
+/// Queries may not start before this (ClickHouse's `DateTime` starts at 1970).
+const EARLIEST_MS: i64 = 86_400_000;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, schemars::JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Interval {
+    Minute,
+    Hour,
+    Day,
+    Week,
+    Month,
+}
+
+/// A query's time range and zone. `from` inclusive, `to` exclusive.
+#[derive(Debug, Clone, Copy)]
+pub struct Window {
+    pub from_ms: i64,
+    pub to_ms: i64,
+    pub tz: Tz,
+}
+
+impl Window {
+    /// From the request's text: RFC 3339 times, or dates (local midnight;
+    /// a `date_to` date includes that whole day). Defaults: the last 7 days.
+    pub fn parse(
+        date_from: Option<&str>,
+        date_to: Option<&str>,
+        timezone: Option<&str>,
+        now_ms: i64,
+    ) -> Result<Window, AnalyticsError> {
+        let tz: Tz = match timezone.filter(|t| !t.is_empty()) {
+            None => Tz::UTC,
+            Some(name) => name.parse().map_err(|_| {
+                AnalyticsError::invalid("timezone", format!("`timezone` must be an IANA zone such as Europe/Berlin, not `{name}`"))
+            })?,
+        };
+        let to_ms = match date_to.filter(|t| !t.is_empty()) {
+            None => now_ms,
+            Some(t) => parse_time(t, tz, "date_to", true)?,
+        };
+        let from_ms = match date_from.filter(|t| !t.is_empty()) {
+            None => to_ms - 7 * 86_400_000,
+            Some(t) => parse_time(t, tz, "date_from", false)?,
+        };
+        if from_ms >= to_ms {
+            return Err(AnalyticsError::invalid("date_from", "`date_from` must be before `date_to`"));
+        }
+        if from_ms < EARLIEST_MS {
+            return Err(AnalyticsError::invalid("date_from", "`date_from` must be after 1970-01-02"));
+        }
+        Ok(Window { from_ms, to_ms, tz })
+    }
+
+    /// The range of the same length just before this one.
+    pub fn previous(&self) -> Window {
+        let len = self.to_ms - self.from_ms;
+        Window { from_ms: self.from_ms - len, to_ms: self.from_ms, tz: self.tz }
+    }
+
+    /// Offset from UTC in ms at `ms`.
+    pub fn offset_ms(&self, ms: i64) -> i64 {
+        let utc = DateTime::<Utc>::from_timestamp_millis(ms).unwrap_or_default();
+        self.tz.offset_from_utc_datetime(&utc.naive_utc()).fix().local_minus_utc() as i64 * 1000
+    }
+
+    /// SQL for local time in ms of the UTC ms column `ts`: a `CASE` over
+    /// the offset changes in (and around) this window.
+    pub fn local(&self, ts: &str) -> String {
+        let start = self.from_ms - 2 * 86_400_000;
+        let end = self.to_ms + 2 * 86_400_000;
+        let mut changes = Vec::new();
+        let mut at = start;
+        let mut offset = self.offset_ms(at);
+        let first = offset;
+        while at < end {
+            let next = (at + 86_400_000).min(end);
+            let next_offset = self.offset_ms(next);
+            if next_offset != offset {
+                // Narrow down to the second the offset changed.
+                let (mut lo, mut hi) = (at, next);
+                while hi - lo > 1000 {
+                    let mid = lo + (hi - lo) / 2;
+                    if self.offset_ms(mid) == offset {
+                        lo = mid;
+                    } else {
+                        hi = mid;
+                    }
+                }
+                changes.push((hi - hi.rem_euclid(1000), next_offset));
+                offset = next_offset;
+            }
+            at = next;
+        }
+        if changes.is_empty() {
+            return if first == 0 { ts.to_owned() } else { format!("({ts} + {first})") };
+        }
+        let mut case = format!("({ts} + CASE");
+        let mut current = first;
+        for (change, offset) in changes {
+            case.push_str(&format!(" WHEN {ts} < {change} THEN {current}"));
+            current = offset;
+        }
+        case.push_str(&format!(" ELSE {current} END)"));
+        case
+    }
+
+    /// Local time in ms of a UTC ms time.
+    pub fn local_ms(&self, ms: i64) -> i64 {
+        ms + self.offset_ms(ms)
+    }
+
+    /// The bucket key of a UTC ms time.
+    pub fn key(&self, interval: Interval, ms: i64) -> i64 {
+        key_of_local(interval, self.local_ms(ms))
+    }
+
+    /// SQL for the bucket key of the UTC ms column `ts`.
+    pub fn key_sql(&self, d: Dialect, interval: Interval, ts: &str) -> String {
+        let local = self.local(ts);
+        match interval {
+            Interval::Minute => int_div(d, &local, 60_000),
+            Interval::Hour => int_div(d, &local, 3_600_000),
+            Interval::Day => int_div(d, &local, 86_400_000),
+            Interval::Week => int_div(d, &format!("{} + 3", int_div(d, &local, 86_400_000)), 7),
+            Interval::Month => month_index(d, &local),
+        }
+    }
+
+    /// Keys of every bucket the window touches, in order; too many is a 400.
+    pub fn keys(&self, interval: Interval) -> Result<Vec<i64>, AnalyticsError> {
+        let first = self.key(interval, self.from_ms);
+        let last = self.key(interval, self.to_ms - 1);
+        if last - first + 1 > MAX_BUCKETS {
+            return Err(AnalyticsError::invalid(
+                "interval",
+                format!("{} buckets requested; at most {MAX_BUCKETS}: use a longer interval or a shorter range", last - first + 1),
+            ));
+        }
+        Ok((first..=last).collect())
+    }
+
+    /// RFC 3339 label of a bucket's local start.
+    pub fn label(&self, interval: Interval, key: i64) -> String {
+        let naive = local_start(interval, key);
+        let local = self.tz.from_local_datetime(&naive).earliest().unwrap_or_else(|| {
+            // A start inside a gap (DST): the first instant after it.
+            self.tz.from_utc_datetime(&(naive - Duration::milliseconds(self.offset_ms(naive.and_utc().timestamp_millis()))))
+        });
+        local.to_rfc3339_opts(SecondsFormat::Secs, true)
+    }
+}
+
+/// A UTC ms time as RFC 3339.
+pub fn rfc3339(ms: i64) -> String {
+    DateTime::<Utc>::from_timestamp_millis(ms).unwrap_or_default().to_rfc3339_opts(SecondsFormat::Millis, true)
+}
+
+/// The bucket key of a local time in ms (floor division throughout).
+pub fn key_of_local(interval: Interval, local_ms: i64) -> i64 {
+    let day = local_ms.div_euclid(86_400_000);
+    match interval {
+        Interval::Minute => local_ms.div_euclid(60_000),
+        Interval::Hour => local_ms.div_euclid(3_600_000),
+        Interval::Day => day,
+        // 1970-01-01 was a Thursday: +3 makes weeks start on Monday.
+        Interval::Week => (day + 3).div_euclid(7),
+        Interval::Month => {
+            let date = DateTime::<Utc>::from_timestamp_millis(local_ms).unwrap_or_default();
+            date.year() as i64 * 12 + date.month0() as i64
+        }
+    }
+}
+
+/// The local wall-clock start of bucket `key`.
+pub fn local_start(interval: Interval, key: i64) -> NaiveDateTime {
+    let from_ms = |ms: i64| DateTime::<Utc>::from_timestamp_millis(ms).unwrap_or_default().naive_utc();
+    match interval {
+        Interval::Minute => from_ms(key * 60_000),
+        Interval::Hour => from_ms(key * 3_600_000),
+        Interval::Day => from_ms(key * 86_400_000),
+        Interval::Week => from_ms((key * 7 - 3) * 86_400_000),
+        Interval::Month => NaiveDate::from_ymd_opt(key.div_euclid(12) as i32, key.rem_euclid(12) as u32 + 1, 1)
+            .unwrap_or_default()
+            .and_hms_opt(0, 0, 0)
+            .unwrap_or_default(),
+    }
+}
+
+fn parse_time(text: &str, tz: Tz, field: &'static str, end_of_day: bool) -> Result<i64, AnalyticsError> {
+    if let Ok(t) = DateTime::parse_from_rfc3339(text) {
+        return Ok(t.timestamp_millis());
+    }
+    if let Ok(date) = NaiveDate::parse_from_str(text, "%Y-%m-%d") {
+        let date = if end_of_day { date.succ_opt().unwrap_or(date) } else { date };
+        let midnight = date.and_hms_opt(0, 0, 0).unwrap_or_default();
+        if let Some(t) = tz.from_local_datetime(&midnight).earliest() {
+            return Ok(t.timestamp_millis());
+        }
+    }
+    Err(AnalyticsError::invalid(
+        field,
+        format!("`{field}` must be an RFC 3339 time (2024-05-01T00:00:00Z) or a date (2024-05-01), not `{text}`"),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn window(from: &str, to: &str, tz: &str) -> Window {
+        Window::parse(Some(from), Some(to), Some(tz), 0).unwrap()
+    }
+
+    #[test]
+    fn dates_are_local_days_and_date_to_is_inclusive() {
+        let w = window("2024-03-30", "2024-03-31", "Europe/Berlin");
+        assert_eq!(w.from_ms, DateTime::parse_from_rfc3339("2024-03-29T23:00:00Z").unwrap().timestamp_millis());
+        // Berlin moved to summer time on 2024-03-31: that day has 23 hours.
+        assert_eq!(w.to_ms, DateTime::parse_from_rfc3339("2024-03-31T22:00:00Z").unwrap().timestamp_millis());
+        assert_eq!(w.keys(Interval::Day).unwrap().len(), 2);
+        let keys = w.keys(Interval::Day).unwrap();
+        assert_eq!(w.label(Interval::Day, keys[1]), "2024-03-31T00:00:00+01:00");
+        assert_eq!(w.label(Interval::Hour, w.key(Interval::Hour, w.to_ms - 1)), "2024-03-31T23:00:00+02:00");
+    }
+
+    #[test]
+    fn the_offset_case_switches_at_the_change() {
+        let w = window("2024-03-30", "2024-04-01", "Europe/Berlin");
+        let change = DateTime::parse_from_rfc3339("2024-03-31T01:00:00Z").unwrap().timestamp_millis();
+        assert_eq!(w.local("t"), format!("(t + CASE WHEN t < {change} THEN 3600000 ELSE 7200000 END)"));
+        assert_eq!(window("2024-03-30", "2024-04-01", "UTC").local("t"), "t");
+    }
+
+    #[test]
+    fn weeks_start_on_monday_and_months_are_calendar_months() {
+        let w = window("2024-01-01", "2024-12-31", "UTC");
+        let monday = DateTime::parse_from_rfc3339("2024-01-08T00:00:00Z").unwrap().timestamp_millis();
+        assert_eq!(w.key(Interval::Week, monday), w.key(Interval::Week, monday - 1) + 1);
+        assert_eq!(w.label(Interval::Week, w.key(Interval::Week, monday)), "2024-01-08T00:00:00Z");
+        assert_eq!(w.keys(Interval::Month).unwrap().len(), 12);
+        assert_eq!(w.label(Interval::Month, w.keys(Interval::Month).unwrap()[1]), "2024-02-01T00:00:00Z");
+    }
+
+    #[test]
+    fn bad_ranges_zones_and_bucket_counts_are_refused() {
+        let err = |r: Result<Window, AnalyticsError>| match r {
+            Err(AnalyticsError::InvalidQuery { field, .. }) => field,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(err(Window::parse(Some("2024-02-01"), Some("2024-01-01"), None, 0)), "date_from");
+        assert_eq!(err(Window::parse(Some("yesterday"), None, None, 0)), "date_from");
+        assert_eq!(err(Window::parse(None, Some("2024-01-01"), Some("Mars/Olympus"), 0)), "timezone");
+        let w = window("2000-01-01", "2024-01-01", "UTC");
+        assert!(matches!(w.keys(Interval::Hour), Err(AnalyticsError::InvalidQuery { field, .. }) if field == "interval"));
+    }
+}

@@ -1,0 +1,112 @@
+//! The read API's OpenAPI document, served at `/api/openapi.json`. Request
+//! and answer schemas are generated from the query and result types
+//! themselves (`schemars`), so the document cannot drift from what the
+//! server parses and returns; [`INSIGHTS`] is the one list of insight routes
+//! (the router in `api.rs` is checked against it by a test).
+
+use leanloop_analytics::{feedback, funnels, live, paths, releases, retention, trends, web};
+use schemars::generate::SchemaSettings;
+use schemars::{JsonSchema, SchemaGenerator};
+use serde_json::{json, Map, Value};
+
+/// Insight kinds with their summaries, as routed under
+/// `/api/v1/projects/{id}/insights/`.
+pub const INSIGHTS: &[(&str, &str)] = &[
+    ("trend", "A metric per time bucket, optionally broken down and compared with the previous period"),
+    ("funnel", "People through 2-10 ordered steps within a conversion window"),
+    ("retention", "Cohorts by first (or any) cohort event and how many came back each period"),
+    ("paths", "The most common next or previous events or pages after a given one"),
+    ("web", "Visitors, page views, sessions, bounce rate, session length and top lists"),
+    ("feedback", "NPS, score distribution, messages and NPS per release"),
+    ("releases", "Releases seen in events with first and last seen, events and people"),
+    ("release-impact", "A metric before vs after a release, or on release A vs release B"),
+    ("live", "People active in the last 5 minutes and events per minute"),
+];
+
+fn schema<T: JsonSchema>(g: &mut SchemaGenerator) -> Value {
+    serde_json::to_value(g.subschema_for::<T>()).unwrap_or(Value::Null)
+}
+
+fn answer(description: &str, body: Value) -> Value {
+    json!({"description": description, "content": {"application/json": {"schema": body}}})
+}
+
+fn error_answers() -> Value {
+    let error = json!({"$ref": "#/components/schemas/Error"});
+    json!({
+        "400": answer("The query is invalid; `error.field` names the field at fault", error.clone()),
+        "401": answer("No read key, an unknown one, or a write key", error.clone()),
+        "403": answer("The read key belongs to another project", error),
+    })
+}
+
+fn project_id() -> Value {
+    json!({"name": "id", "in": "path", "required": true, "schema": {"type": "integer"}})
+}
+
+/// `POST` with a JSON query `Q` answered by `R`.
+fn post<Q: JsonSchema, R: JsonSchema>(g: &mut SchemaGenerator, summary: &str) -> Value {
+    let mut responses = error_answers();
+    responses["200"] = answer("The answer", schema::<R>(g));
+    json!({"post": {
+        "summary": summary,
+        "parameters": [project_id()],
+        "requestBody": {"required": true, "content": {"application/json": {"schema": schema::<Q>(g)}}},
+        "responses": responses,
+    }})
+}
+
+pub fn document() -> Value {
+    let mut g = SchemaSettings::openapi3().into_generator();
+    let mut paths = Map::new();
+    for &(kind, summary) in INSIGHTS {
+        let item = match kind {
+            "trend" => post::<trends::TrendQuery, trends::TrendResult>(&mut g, summary),
+            "funnel" => post::<funnels::FunnelQuery, funnels::FunnelResult>(&mut g, summary),
+            "retention" => post::<retention::RetentionQuery, retention::RetentionResult>(&mut g, summary),
+            "paths" => post::<paths::PathsQuery, paths::PathsResult>(&mut g, summary),
+            "web" => post::<web::WebQuery, web::WebResult>(&mut g, summary),
+            "feedback" => post::<feedback::FeedbackQuery, feedback::FeedbackResult>(&mut g, summary),
+            "releases" => post::<releases::ReleasesQuery, Vec<releases::ReleaseSummary>>(&mut g, summary),
+            "release-impact" => post::<releases::ImpactQuery, releases::ImpactResult>(&mut g, summary),
+            "live" => {
+                let mut responses = error_answers();
+                responses["200"] = answer("The answer", schema::<live::LiveResult>(&mut g));
+                json!({"get": {"summary": summary, "parameters": [project_id()], "responses": responses}})
+            }
+            _ => continue,
+        };
+        paths.insert(format!("/api/v1/projects/{{id}}/insights/{kind}"), item);
+    }
+    let text = |name: &str, description: &str| json!({"name": name, "in": "query", "description": description, "schema": {"type": "string"}});
+    let filters = json!([project_id(), text("name", "Event name"), text("user", "User id or anonymous id"),
+        text("from", "RFC 3339 time, inclusive"), text("to", "RFC 3339 time, exclusive")]);
+    let mut list_params = filters.clone();
+    if let Some(list) = list_params.as_array_mut() {
+        list.push(json!({"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 1000}}));
+    }
+    let mut responses = error_answers();
+    responses["200"] = answer("Newest events first", json!({"type": "object", "properties": {"events": {"type": "array", "items": {"type": "object"}}}}));
+    paths.insert("/api/v1/projects/{id}/events".into(), json!({"get": {"summary": "Stored events", "parameters": list_params, "responses": responses}}));
+    let mut responses = error_answers();
+    responses["200"] = answer("Stored events, each uuid once", json!({"type": "object", "properties": {"count": {"type": "integer"}}}));
+    paths.insert("/api/v1/projects/{id}/events/count".into(), json!({"get": {"summary": "Count stored events", "parameters": filters, "responses": responses}}));
+
+    let mut schemas = Map::new();
+    for (name, s) in g.take_definitions(true) {
+        schemas.insert(name, s);
+    }
+    schemas.insert(
+        "Error".into(),
+        json!({"type": "object", "required": ["error"], "properties": {"error": {"type": "object", "required": ["code", "message"],
+            "properties": {"code": {"type": "string"}, "message": {"type": "string"}, "field": {"type": "string"}}}}}),
+    );
+    json!({
+        "openapi": "3.0.3",
+        "info": {"title": "Leanloop read API", "version": env!("CARGO_PKG_VERSION"),
+                 "description": "Events and insights of a project, authorised by its secret read key as a Bearer token."},
+        "paths": paths,
+        "components": {"schemas": schemas, "securitySchemes": {"readKey": {"type": "http", "scheme": "bearer"}}},
+        "security": [{"readKey": []}],
+    })
+}

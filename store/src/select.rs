@@ -1,0 +1,91 @@
+//! Read-only SQL compiled by callers (the analytics engine) and run as given:
+//! the caller writes one query per [`Dialect`], binds every value as a
+//! [`Param`], and declares each result column's [`ColumnKind`] so both
+//! backends hand back the same typed [`Cell`]s.
+
+/// The SQL dialect a store speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dialect {
+    DuckDb,
+    ClickHouse,
+}
+
+/// A value bound to a `?` placeholder, in order of appearance.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Param {
+    Int(i64),
+    Float(f64),
+    Text(String),
+}
+
+/// What a result column holds; cells are converted to it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ColumnKind {
+    Int,
+    Float,
+    Text,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Cell {
+    Null,
+    Int(i64),
+    Float(f64),
+    Text(String),
+}
+
+impl Cell {
+    pub fn int(&self) -> i64 {
+        match self {
+            Cell::Int(i) => *i,
+            Cell::Float(f) => *f as i64,
+            _ => 0,
+        }
+    }
+
+    pub fn float(&self) -> Option<f64> {
+        match self {
+            Cell::Int(i) => Some(*i as f64),
+            Cell::Float(f) => Some(*f),
+            _ => None,
+        }
+    }
+
+    pub fn text(self) -> Option<String> {
+        match self {
+            Cell::Text(s) => Some(s),
+            Cell::Null => None,
+            Cell::Int(i) => Some(i.to_string()),
+            Cell::Float(f) => Some(f.to_string()),
+        }
+    }
+
+    /// Parses a cell written as text (ClickHouse's TabSeparated output).
+    pub fn parse(text: String, kind: ColumnKind) -> Cell {
+        match kind {
+            ColumnKind::Text => Cell::Text(text),
+            ColumnKind::Int => text
+                .parse::<i64>()
+                .map(Cell::Int)
+                .or_else(|_| text.parse::<f64>().map(|f| Cell::Int(f as i64)))
+                .unwrap_or(Cell::Null),
+            ColumnKind::Float => match text.as_str() {
+                "nan" | "-nan" => Cell::Null,
+                "inf" => Cell::Float(f64::INFINITY),
+                "-inf" => Cell::Float(f64::NEG_INFINITY),
+                _ => text.parse().map(Cell::Float).unwrap_or(Cell::Null),
+            },
+        }
+    }
+}
+
+/// A query, its bound values and the kinds of its result columns.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Select {
+    pub sql: String,
+    pub params: Vec<Param>,
+    pub columns: Vec<ColumnKind>,
+}
+
+/// Rows of cells, each row as long as [`Select::columns`].
+pub type Rows = Vec<Vec<Cell>>;

@@ -1,0 +1,573 @@
+//! Every insight on one deterministic corpus (over 100k events), asked of
+//! DuckDB and of ClickHouse: both must give the same answer, and it must
+//! equal the answer computed here straight from the generated events (not
+//! through the code under test).
+
+mod corpus;
+
+use chrono::{DateTime, NaiveDate, SecondsFormat, TimeZone, Utc};
+use chrono_tz::Tz;
+use corpus::{Corpus, DAYS, PROJECT, START_MS};
+use leanloop_analytics::{funnels, paths, retention, trends, web, Analytics, AnalyticsError, Ask};
+use leanloop_core::Event;
+use leanloop_store::clickhouse::{ClickHouseOptions, ClickHouseStore};
+use leanloop_store::duckdb::{DuckDbOptions, DuckDbStore};
+use leanloop_store::EventStore;
+use leanloop_tests::clickhouse::{self as ch, fresh_database, store_url};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use serde_json::{json, Value};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Arc, LazyLock};
+
+const DAY_MS: i64 = 86_400_000;
+/// "Now" for every question: after the corpus ends.
+const NOW_MS: i64 = START_MS + 33 * DAY_MS;
+
+struct Fixture {
+    corpus: Corpus,
+    duck: Analytics,
+    click: Analytics,
+    _dir: tempfile::TempDir,
+}
+
+static FIXTURE: LazyLock<Fixture> = LazyLock::new(|| {
+    let corpus = corpus::generate(7, 4_000);
+    assert!(corpus.events.len() >= 100_000, "corpus has {} events", corpus.events.len());
+    let dir = tempfile::tempdir().unwrap();
+    let duck: Arc<dyn EventStore> =
+        Arc::new(DuckDbStore::open(&dir.path().join("events.duckdb"), &DuckDbOptions::default()).unwrap());
+    let url = store_url(&ch::shared(), &fresh_database());
+    let click: Arc<dyn EventStore> = Arc::new(ClickHouseStore::open(&ClickHouseOptions::new(url)).unwrap());
+    for store in [&duck, &click] {
+        for chunk in corpus.events.chunks(20_000) {
+            assert_eq!(store.write(chunk, &[]).unwrap().inserted, chunk.len());
+        }
+        store.write(&[], &corpus.users).unwrap();
+    }
+    Fixture { corpus, duck: Analytics::new(duck), click: Analytics::new(click), _dir: dir }
+});
+
+/// Asks both stores; they must agree. Returns the answer as JSON.
+fn both<Q: DeserializeOwned, R: Serialize>(query: Value, ask: fn(&Ask, &Q) -> Result<R, AnalyticsError>) -> Value {
+    let f = &*FIXTURE;
+    let q: Q = serde_json::from_value(query).unwrap();
+    let on_duck = serde_json::to_value(ask(&f.duck.ask(PROJECT, NOW_MS), &q).unwrap()).unwrap();
+    let on_click = serde_json::to_value(ask(&f.click.ask(PROJECT, NOW_MS), &q).unwrap()).unwrap();
+    assert_eq!(on_duck, on_click, "DuckDB and ClickHouse disagree");
+    on_duck
+}
+
+fn ms(rfc3339: &str) -> i64 {
+    DateTime::parse_from_rfc3339(rfc3339).unwrap().timestamp_millis()
+}
+
+fn in_range(e: &Event, from: i64, to: i64) -> bool {
+    e.timestamp_ms >= from && e.timestamp_ms < to
+}
+
+/// Local midnight of `date` in `tz` as UTC ms.
+fn midnight(tz: Tz, date: NaiveDate) -> i64 {
+    tz.from_local_datetime(&date.and_hms_opt(0, 0, 0).unwrap()).earliest().unwrap().timestamp_millis()
+}
+
+fn local_date(tz: Tz, ms: i64) -> NaiveDate {
+    tz.from_utc_datetime(&DateTime::<Utc>::from_timestamp_millis(ms).unwrap().naive_utc()).date_naive()
+}
+
+fn day_label(tz: Tz, date: NaiveDate) -> String {
+    tz.from_local_datetime(&date.and_hms_opt(0, 0, 0).unwrap())
+        .earliest()
+        .unwrap()
+        .to_rfc3339_opts(SecondsFormat::Secs, true)
+}
+
+/// Nearest-rank percentile.
+fn percentile(mut values: Vec<f64>, q: f64) -> Value {
+    if values.is_empty() {
+        return Value::Null;
+    }
+    values.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    let rank = ((q * values.len() as f64).ceil() as usize).max(1);
+    json!(values[rank - 1])
+}
+
+fn prop(e: &Event, key: &str) -> Option<Value> {
+    let props: Value = serde_json::from_str(&e.properties).unwrap();
+    props.get(key).filter(|v| !v.is_null()).cloned()
+}
+
+/// Orders optional values as the stores do: present ones ascending, then none.
+fn none_last(a: &Option<String>, b: &Option<String>) -> std::cmp::Ordering {
+    match (a, b) {
+        (Some(a), Some(b)) => a.cmp(b),
+        (Some(_), None) => std::cmp::Ordering::Less,
+        (None, Some(_)) => std::cmp::Ordering::Greater,
+        (None, None) => std::cmp::Ordering::Equal,
+    }
+}
+
+#[test]
+fn daily_pageviews_in_berlin_by_top_browsers_with_the_previous_period() {
+    let tz: Tz = "Europe/Berlin".parse().unwrap();
+    let got = both(
+        json!({"date_from": "2024-03-18", "date_to": "2024-04-16", "timezone": "Europe/Berlin", "interval": "day",
+               "series": [{"event": "$pageview"}], "breakdown": "browser", "breakdown_limit": 3, "compare": true}),
+        trends::trend,
+    );
+    let first = NaiveDate::from_ymd_opt(2024, 3, 18).unwrap();
+    let days: Vec<NaiveDate> = first.iter_days().take(30).collect();
+    let (from, to) = (midnight(tz, first), midnight(tz, NaiveDate::from_ymd_opt(2024, 4, 17).unwrap()));
+    let views: Vec<&Event> =
+        FIXTURE.corpus.events.iter().filter(|e| e.name == "$pageview" && in_range(e, from, to)).collect();
+    let mut by_browser: HashMap<Option<String>, usize> = HashMap::new();
+    for e in &views {
+        *by_browser.entry(e.browser.clone()).or_default() += 1;
+    }
+    let mut ranked: Vec<(Option<String>, usize)> = by_browser.into_iter().collect();
+    ranked.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| none_last(&a.0, &b.0)));
+    let top: Vec<Option<String>> = ranked.iter().take(3).map(|r| r.0.clone()).collect();
+    let line = |shown: Option<&Option<String>>| -> (Vec<Value>, Value) {
+        let hits: Vec<&&Event> = views
+            .iter()
+            .filter(|e| match shown {
+                Some(v) => &e.browser == v,
+                None => !top.contains(&e.browser),
+            })
+            .collect();
+        let data = days.iter().map(|d| json!(hits.iter().filter(|e| local_date(tz, e.timestamp_ms) == *d).count())).collect();
+        (data, json!(hits.len()))
+    };
+    let mut expected = Vec::new();
+    for v in &top {
+        let (data, aggregate) = line(Some(v));
+        expected.push(json!({"event": "$pageview", "math": "total", "breakdown_value": v, "data": data, "aggregate": aggregate}));
+    }
+    let (data, aggregate) = line(None);
+    expected.push(json!({"event": "$pageview", "math": "total", "breakdown_value": null, "other": true, "data": data, "aggregate": aggregate}));
+    assert_eq!(got["series"], json!(expected));
+    let labels: Vec<String> = days.iter().map(|d| day_label(tz, *d)).collect();
+    assert_eq!(got["buckets"], json!(labels));
+    assert!(labels.contains(&"2024-03-31T00:00:00+01:00".to_owned()) && labels.contains(&"2024-04-01T00:00:00+02:00".to_owned()));
+    // Nothing happened in the 30 days before: no lines, 30 buckets.
+    assert_eq!(got["previous"]["series"], json!([]));
+    assert_eq!(got["previous"]["buckets"].as_array().unwrap().len(), 30);
+}
+
+#[test]
+fn weekly_unique_people_count_stitched_visitors_once() {
+    let got = both(
+        json!({"date_from": "2024-03-18T00:00:00Z", "date_to": "2024-04-15T00:00:00Z", "interval": "week",
+               "series": [{"math": "unique_users"}, {"math": "sessions", "event": "$pageview"}]}),
+        trends::trend,
+    );
+    let c = &FIXTURE.corpus;
+    let weeks: Vec<(i64, i64)> = (0..4).map(|w| (START_MS + w * 7 * DAY_MS, START_MS + (w + 1) * 7 * DAY_MS)).collect();
+    let distinct = |from: i64, to: i64, key: &dyn Fn(&Event) -> Option<String>, name: Option<&str>| {
+        c.events
+            .iter()
+            .filter(|e| in_range(e, from, to) && name.is_none_or(|n| e.name == n))
+            .filter_map(key)
+            .collect::<HashSet<_>>()
+            .len()
+    };
+    let person = |e: &Event| Some(c.person(e));
+    let session = |e: &Event| e.session_id.clone();
+    let people: Vec<usize> = weeks.iter().map(|&(f, t)| distinct(f, t, &person, None)).collect();
+    let sessions: Vec<usize> = weeks.iter().map(|&(f, t)| distinct(f, t, &session, Some("$pageview"))).collect();
+    assert_eq!(got["series"][0]["data"], json!(people));
+    assert_eq!(got["series"][0]["aggregate"], json!(distinct(START_MS, START_MS + 28 * DAY_MS, &person, None)));
+    assert_eq!(got["series"][1]["data"], json!(sessions));
+    assert_eq!(got["buckets"][1], json!("2024-03-25T00:00:00Z"));
+    // Identify stitching: fewer people than distinct raw ids.
+    let raw_ids = c.events.iter().filter_map(|e| e.user_id.clone().or(e.anonymous_id.clone())).collect::<HashSet<_>>().len();
+    assert!(got["series"][0]["aggregate"].as_u64().unwrap() < raw_ids as u64);
+}
+
+#[test]
+fn purchase_amounts_of_pro_customers_sum_average_and_p90() {
+    let got = both(
+        json!({"date_from": "2024-03-18T00:00:00Z", "date_to": "2024-04-17T00:00:00Z", "interval": "day",
+               "filters": [{"field": "properties.plan", "op": "eq", "value": "pro"}],
+               "series": [{"event": "purchase", "math": "sum", "property": "amount"},
+                          {"event": "purchase", "math": "avg", "property": "properties.amount"},
+                          {"event": "purchase", "math": "p90", "property": "amount"}]}),
+        trends::trend,
+    );
+    let buys: Vec<&Event> = FIXTURE
+        .corpus
+        .events
+        .iter()
+        .filter(|e| e.name == "purchase" && prop(e, "plan") == Some(json!("pro")))
+        .collect();
+    let amounts = |day: i64| -> Vec<f64> {
+        buys.iter()
+            .filter(|e| (e.timestamp_ms - START_MS).div_euclid(DAY_MS) == day)
+            .map(|e| prop(e, "amount").unwrap().as_f64().unwrap())
+            .collect()
+    };
+    for day in 0..DAYS {
+        let a = amounts(day);
+        let sum: f64 = a.iter().sum();
+        assert_eq!(got["series"][0]["data"][day as usize], json!(sum), "sum on day {day}");
+        let avg = if a.is_empty() { Value::Null } else { json!(sum / a.len() as f64) };
+        assert_eq!(got["series"][1]["data"][day as usize], avg, "avg on day {day}");
+        assert_eq!(got["series"][2]["data"][day as usize], percentile(a, 0.9), "p90 on day {day}");
+    }
+}
+
+/// Each person's events in range in the stores' order: time, then uuid.
+fn timelines<'a>(c: &'a Corpus, from: i64, to: i64) -> BTreeMap<String, Vec<&'a Event>> {
+    let mut people: BTreeMap<String, Vec<&Event>> = BTreeMap::new();
+    for e in c.events.iter().filter(|e| in_range(e, from, to)) {
+        people.entry(c.person(e)).or_default().push(e);
+    }
+    for events in people.values_mut() {
+        events.sort_by_key(|e| (e.timestamp_ms, e.uuid.to_string()));
+    }
+    people
+}
+
+/// The best chain per person, found the slow way: from every first step,
+/// take each next step at its first chance within the window; keep the
+/// deepest chain, completed earliest, from the latest start.
+fn loose_chain(events: &[&Event], steps: &[&dyn Fn(&Event) -> bool], window: i64) -> Option<Vec<(i64, usize)>> {
+    let mut best: Option<(usize, usize, usize, Vec<(i64, usize)>)> = None; // (level, completed at, start, chain)
+    for (start, e) in events.iter().enumerate() {
+        if !steps[0](e) {
+            continue;
+        }
+        let mut chain = vec![(e.timestamp_ms, start)];
+        let mut at = start;
+        for step in &steps[1..] {
+            let next = (at + 1..events.len())
+                .find(|&j| step(events[j]) && events[j].timestamp_ms - e.timestamp_ms <= window);
+            match next {
+                Some(j) => {
+                    chain.push((events[j].timestamp_ms, j));
+                    at = j;
+                }
+                None => break,
+            }
+        }
+        let candidate = (chain.len(), at, start, chain);
+        let better = match &best {
+            None => true,
+            Some(b) => candidate.0 > b.0 || (candidate.0 == b.0 && (candidate.1 < b.1 || (candidate.1 == b.1 && candidate.2 > b.2))),
+        };
+        if better {
+            best = Some(candidate);
+        }
+    }
+    best.map(|b| b.3)
+}
+
+fn median_seconds(mut v: Vec<i64>) -> Value {
+    if v.is_empty() {
+        return Value::Null;
+    }
+    v.sort_unstable();
+    json!(v[v.len().div_ceil(2) - 1] as f64 / 1000.0)
+}
+
+fn funnel_steps(chains: &[Vec<(i64, usize)>], names: &[&str]) -> Value {
+    let n = names.len();
+    let count = |k: usize| chains.iter().filter(|c| c.len() > k).count() as u64;
+    let rate = |a: u64, b: u64| if b == 0 { 0.0 } else { a as f64 / b as f64 };
+    let steps: Vec<Value> = (0..n)
+        .map(|k| {
+            let prev = if k == 0 { count(0) } else { count(k - 1) };
+            let gaps: Vec<i64> = if k == 0 { vec![] } else { chains.iter().filter(|c| c.len() > k).map(|c| c[k].0 - c[k - 1].0).collect() };
+            json!({"event": names[k], "count": count(k), "conversion_rate": rate(count(k), count(0)),
+                   "step_conversion_rate": rate(count(k), prev), "drop_off": prev - count(k),
+                   "median_seconds_from_previous": median_seconds(gaps)})
+        })
+        .collect();
+    let totals: Vec<i64> = chains.iter().filter(|c| c.len() >= n).map(|c| c[n - 1].0 - c[0].0).collect();
+    json!({"steps": steps, "median_seconds_to_convert": median_seconds(totals)})
+}
+
+#[test]
+fn a_pricing_to_signup_funnel_counts_each_person_once_in_loose_and_strict_order() {
+    let query = json!({"date_from": "2024-03-18T00:00:00Z", "date_to": "2024-04-17T00:00:00Z", "window_seconds": 86_400,
+        "steps": [{"event": "$pageview", "filters": [{"field": "path", "op": "eq", "value": "/pricing"}]},
+                  {"event": "signup_started"}, {"event": "signup_completed"}],
+        "breakdown": "release"});
+    let got = both(query.clone(), funnels::funnel);
+    let c = &FIXTURE.corpus;
+    let pricing = |e: &Event| e.name == "$pageview" && e.path.as_deref() == Some("/pricing");
+    let started = |e: &Event| e.name == "signup_started";
+    let completed = |e: &Event| e.name == "signup_completed";
+    let steps: [&dyn Fn(&Event) -> bool; 3] = [&pricing, &started, &completed];
+    let names = ["$pageview", "signup_started", "signup_completed"];
+    let people = timelines(c, START_MS, START_MS + DAYS * DAY_MS);
+    let mut chains = Vec::new();
+    let mut by_release: HashMap<Option<String>, Vec<Vec<(i64, usize)>>> = HashMap::new();
+    for events in people.values() {
+        if let Some(chain) = loose_chain(events, &steps, DAY_MS) {
+            by_release.entry(events[chain[0].1].release.clone()).or_default().push(chain.clone());
+            chains.push(chain);
+        }
+    }
+    let expected = funnel_steps(&chains, &names);
+    assert_eq!(got["steps"], expected["steps"]);
+    assert_eq!(got["median_seconds_to_convert"], expected["median_seconds_to_convert"]);
+    assert!(got["steps"][2]["count"].as_u64().unwrap() > 50, "the corpus converts some people: {}", got["steps"]);
+    let mut groups: Vec<(Option<String>, Vec<Vec<(i64, usize)>>)> = by_release.into_iter().collect();
+    groups.sort_by(|a, b| b.1.len().cmp(&a.1.len()).then_with(|| none_last(&a.0, &b.0)));
+    let expected: Vec<Value> = groups
+        .iter()
+        .map(|(release, chains)| {
+            let mut g = funnel_steps(chains, &names);
+            g["breakdown_value"] = json!(release);
+            g
+        })
+        .collect();
+    assert_eq!(got["breakdown"], json!(expected));
+
+    // Strict: the steps must follow each other with no other event between.
+    let mut strict = query;
+    strict["order"] = json!("strict");
+    strict.as_object_mut().unwrap().remove("breakdown");
+    let got = both(strict, funnels::funnel);
+    let mut chains = Vec::new();
+    for events in people.values() {
+        let mut best: Option<Vec<(i64, usize)>> = None;
+        let mut current: Option<Vec<(i64, usize)>> = None;
+        for (i, e) in events.iter().enumerate() {
+            let next = current.as_ref().map_or(0, |c| c.len());
+            current = match current {
+                Some(mut c) if next < 3 && steps[next](e) && e.timestamp_ms - c[0].0 <= DAY_MS => {
+                    c.push((e.timestamp_ms, i));
+                    Some(c)
+                }
+                _ if pricing(e) => Some(vec![(e.timestamp_ms, i)]),
+                _ => None,
+            };
+            if let Some(c) = &current {
+                if best.as_ref().is_none_or(|b| c.len() > b.len()) {
+                    best = Some(c.clone());
+                }
+            }
+        }
+        chains.extend(best);
+    }
+    assert_eq!(got["steps"], funnel_steps(&chains, &names)["steps"]);
+}
+
+#[test]
+fn weekly_retention_of_first_time_signups() {
+    let got = both(
+        json!({"date_from": "2024-03-18", "cohort_event": {"event": "signup_completed"}, "cohort_type": "first_time",
+               "return_event": {"event": "$pageview"}, "period": "week", "periods": 4}),
+        retention::retention,
+    );
+    let c = &FIXTURE.corpus;
+    let week = |ms: i64| (ms - START_MS).div_euclid(7 * DAY_MS);
+    let mut first: HashMap<String, i64> = HashMap::new();
+    let mut back: HashSet<(String, i64)> = HashSet::new();
+    for e in &c.events {
+        if e.name == "signup_completed" {
+            let w = first.entry(c.person(e)).or_insert(i64::MAX);
+            *w = (*w).min(week(e.timestamp_ms));
+        }
+        if e.name == "$pageview" {
+            back.insert((c.person(e), week(e.timestamp_ms)));
+        }
+    }
+    let now_week = week(NOW_MS);
+    let expected: Vec<Value> = (0..4)
+        .map(|cohort| {
+            let members: Vec<&String> = first.iter().filter(|(_, w)| **w == cohort).map(|(p, _)| p).collect();
+            let values: Vec<usize> = (0..4)
+                .take_while(|k| cohort + k <= now_week)
+                .map(|k| if k == 0 { members.len() } else { members.iter().filter(|p| back.contains(&((**p).clone(), cohort + k))).count() })
+                .collect();
+            let start = DateTime::<Utc>::from_timestamp_millis(START_MS + cohort * 7 * DAY_MS).unwrap();
+            json!({"period_start": start.to_rfc3339_opts(SecondsFormat::Secs, true), "size": members.len(), "values": values})
+        })
+        .collect();
+    assert_eq!(got["cohorts"], json!(expected));
+}
+
+/// What follows `start` within sessions, by count (then item, none last).
+fn next_items(items_by_session: &BTreeMap<String, Vec<(i64, String, String)>>, start: &str) -> (u64, Vec<Value>) {
+    let mut counts: HashMap<Option<String>, u64> = HashMap::new();
+    for items in items_by_session.values() {
+        for (i, item) in items.iter().enumerate() {
+            if item.2 == start {
+                *counts.entry(items.get(i + 1).map(|n| n.2.clone())).or_default() += 1;
+            }
+        }
+    }
+    let total = counts.values().sum();
+    let mut ranked: Vec<(Option<String>, u64)> = counts.into_iter().collect();
+    ranked.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| none_last(&a.0, &b.0)));
+    (total, ranked.into_iter().take(10).map(|(item, count)| json!({"item": item, "count": count})).collect())
+}
+
+#[test]
+fn paths_after_an_event_and_after_a_page() {
+    let c = &FIXTURE.corpus;
+    let sessions = |pages: bool| {
+        let mut by: BTreeMap<String, Vec<(i64, String, String)>> = BTreeMap::new();
+        for e in c.events.iter().filter(|e| !pages || e.name == "$pageview") {
+            let item = if pages { e.path.clone().unwrap_or_default() } else { e.name.clone() };
+            by.entry(e.session_id.clone().unwrap()).or_default().push((e.timestamp_ms, e.uuid.to_string(), item));
+        }
+        for items in by.values_mut() {
+            items.sort();
+        }
+        by
+    };
+    let range = json!({"date_from": "2024-03-18T00:00:00Z", "date_to": "2024-04-17T00:00:00Z"});
+    let mut q = range.clone();
+    q["start"] = json!("signup_started");
+    let got = both(q, paths::paths);
+    let (occurrences, steps) = next_items(&sessions(false), "signup_started");
+    assert_eq!((got["occurrences"].as_u64().unwrap(), &got["steps"]), (occurrences, &json!(steps)));
+
+    let mut q = range;
+    q["start"] = json!("/it's \"quoted\"");
+    q["kind"] = json!("pages");
+    let got = both(q, paths::paths);
+    let (occurrences, steps) = next_items(&sessions(true), "/it's \"quoted\"");
+    assert!(occurrences > 0);
+    assert_eq!((got["occurrences"].as_u64().unwrap(), &got["steps"]), (occurrences, &json!(steps)));
+}
+
+#[test]
+fn web_overview_pages_entries_and_browsers() {
+    let got = both(json!({"date_from": "2024-03-18T00:00:00Z", "date_to": "2024-04-17T00:00:00Z", "limit": 5}), web::web);
+    let c = &FIXTURE.corpus;
+    let views: Vec<&Event> = c.events.iter().filter(|e| e.name == "$pageview").collect();
+    let mut sessions: HashMap<&str, Vec<&Event>> = HashMap::new();
+    for e in &views {
+        sessions.entry(e.session_id.as_deref().unwrap()).or_default().push(e);
+    }
+    let n = sessions.len() as i64;
+    let bounces = sessions.values().filter(|v| v.len() == 1).count() as i64;
+    let length: i64 = sessions
+        .values()
+        .map(|v| v.iter().map(|e| e.timestamp_ms).max().unwrap() - v.iter().map(|e| e.timestamp_ms).min().unwrap())
+        .sum();
+    let people: HashSet<String> = views.iter().map(|e| c.person(e)).collect();
+    assert_eq!(
+        got["overview"],
+        json!({"visitors": people.len(), "pageviews": views.len(), "sessions": n,
+               "bounce_rate": bounces as f64 / n as f64, "avg_session_seconds": length as f64 / n as f64 / 1000.0})
+    );
+    // (value, visitors, count), ranked by `by_count` first or visitors first.
+    let rank = |rows: Vec<(Option<String>, String)>, by_count: bool| -> Value {
+        let mut groups: HashMap<Option<String>, (HashSet<String>, u64)> = HashMap::new();
+        for (value, person) in rows {
+            let g = groups.entry(value.filter(|v| !v.is_empty())).or_default();
+            g.0.insert(person);
+            g.1 += 1;
+        }
+        let mut list: Vec<(Option<String>, u64, u64)> = groups.into_iter().map(|(v, (p, n))| (v, p.len() as u64, n)).collect();
+        list.sort_by(|a, b| {
+            let (ka, kb) = if by_count { ((a.2, a.1), (b.2, b.1)) } else { ((a.1, a.2), (b.1, b.2)) };
+            kb.cmp(&ka).then_with(|| none_last(&a.0, &b.0))
+        });
+        json!(list.into_iter().take(5).map(|(v, p, n)| json!({"value": v, "visitors": p, "count": n})).collect::<Vec<_>>())
+    };
+    assert_eq!(got["pages"], rank(views.iter().map(|e| (e.path.clone(), c.person(e))).collect(), true));
+    assert_eq!(got["browsers"], rank(views.iter().map(|e| (e.browser.clone(), c.person(e))).collect(), false));
+    assert_eq!(got["referrers"], rank(views.iter().map(|e| (e.referrer_domain.clone(), c.person(e))).collect(), false));
+    let entries = sessions
+        .values()
+        .map(|v| {
+            let first = v.iter().min_by_key(|e| (e.timestamp_ms, e.path.clone().unwrap_or_default())).unwrap();
+            (first.path.clone(), c.person(first))
+        })
+        .collect();
+    assert_eq!(got["entry_pages"], rank(entries, false));
+}
+
+#[test]
+fn feedback_nps_by_release_and_newest_messages() {
+    let got = both(
+        json!({"date_from": "2024-03-18T00:00:00Z", "date_to": "2024-04-17T00:00:00Z", "messages_limit": 7}),
+        leanloop_analytics::feedback::feedback,
+    );
+    let c = &FIXTURE.corpus;
+    let notes: Vec<&Event> = c.events.iter().filter(|e| e.name == "$feedback").collect();
+    let nps = |scores: &[i64]| {
+        let p = scores.iter().filter(|&&s| s >= 9).count() as u64;
+        let d = scores.iter().filter(|&&s| s <= 6).count() as u64;
+        let n = scores.len() as u64;
+        json!({"nps": (p as f64 - d as f64) * 100.0 / n as f64, "responses": n, "promoters": p, "passives": n - p - d, "detractors": d})
+    };
+    let score = |e: &Event| prop(e, "score").map(|s| s.as_i64().unwrap());
+    let all: Vec<i64> = notes.iter().filter_map(|e| score(e)).collect();
+    let expected = nps(&all);
+    for key in ["nps", "responses", "promoters", "passives", "detractors"] {
+        assert_eq!(got[key], expected[key], "{key}");
+    }
+    let distribution: Vec<usize> = (0..=10).map(|s| all.iter().filter(|&&x| x == s).count()).collect();
+    assert_eq!(got["distribution"], json!(distribution));
+    let mut by_release: BTreeMap<Option<String>, Vec<i64>> = BTreeMap::new();
+    for e in &notes {
+        if let Some(s) = score(e) {
+            by_release.entry(e.release.clone()).or_default().push(s);
+        }
+    }
+    let expected: Vec<Value> = by_release
+        .iter()
+        .map(|(r, s)| {
+            let mut v = nps(s);
+            v["release"] = json!(r);
+            v
+        })
+        .collect();
+    assert_eq!(got["by_release"], json!(expected));
+    let mut with_message: Vec<&&Event> = notes.iter().filter(|e| prop(e, "message").is_some()).collect();
+    with_message.sort_by_key(|e| (std::cmp::Reverse(e.timestamp_ms), e.uuid.to_string()));
+    let messages: Vec<Value> = with_message
+        .iter()
+        .take(7)
+        .map(|e| {
+            let at = DateTime::<Utc>::from_timestamp_millis(e.timestamp_ms).unwrap().to_rfc3339_opts(SecondsFormat::Millis, true);
+            json!({"timestamp": at, "message": prop(e, "message"), "score": score(e), "category": null,
+                   "release": e.release, "user": e.user_id.clone().or(e.anonymous_id.clone())})
+        })
+        .collect();
+    assert_eq!(got["messages"], json!(messages));
+}
+
+#[test]
+fn releases_with_first_and_last_seen_and_their_impact() {
+    let got = both(json!({}), leanloop_analytics::releases::releases);
+    let c = &FIXTURE.corpus;
+    let mut by: BTreeMap<String, (i64, i64, u64, HashSet<String>)> = BTreeMap::new();
+    for e in &c.events {
+        if let Some(r) = &e.release {
+            let s = by.entry(r.clone()).or_insert((i64::MAX, i64::MIN, 0, HashSet::new()));
+            s.0 = s.0.min(e.timestamp_ms);
+            s.1 = s.1.max(e.timestamp_ms);
+            s.2 += 1;
+            s.3.insert(c.person(e));
+        }
+    }
+    let mut list: Vec<(&String, &(i64, i64, u64, HashSet<String>))> = by.iter().collect();
+    list.sort_by(|a, b| b.1 .0.cmp(&a.1 .0).then_with(|| a.0.cmp(b.0)));
+    let at = |ms: i64| DateTime::<Utc>::from_timestamp_millis(ms).unwrap().to_rfc3339_opts(SecondsFormat::Millis, true);
+    let expected: Vec<Value> = list
+        .iter()
+        .map(|(r, s)| json!({"release": r, "first_seen": at(s.0), "last_seen": at(s.1), "events": s.2, "users": s.3.len()}))
+        .collect();
+    assert_eq!(got, json!(expected));
+
+    // Purchases in the week before 1.2.0 first appeared vs the week after.
+    let got = both(
+        json!({"release": "1.2.0", "series": {"event": "purchase"}, "window_seconds": 7 * 86_400}),
+        leanloop_analytics::releases::impact,
+    );
+    let t = by["1.2.0"].0;
+    let count = |from: i64, to: i64| c.events.iter().filter(|e| e.name == "purchase" && in_range(e, from, to)).count();
+    let (before, after) = (count(t - 7 * DAY_MS, t), count(t, t + 7 * DAY_MS));
+    assert_eq!((got["baseline"]["value"].as_u64(), got["candidate"]["value"].as_u64()), (Some(before as u64), Some(after as u64)));
+    assert_eq!(got["change"], json!((after as f64 - before as f64) / before as f64));
+    assert_eq!(ms(got["release_time"].as_str().unwrap()), t);
+}

@@ -1,0 +1,185 @@
+//! The insight API over HTTP: answers through the real server, 400s that
+//! name the field for bad queries, and hostile property names and values
+//! that are bound, never spliced — on DuckDB and on ClickHouse.
+
+use leanloop_store::clickhouse::ClickHouseOptions;
+use leanloop_tests::clickhouse::{self as ch, fresh_database, store_url};
+use leanloop_tests::{message_id, TestServer};
+use serde_json::{json, Value};
+
+async fn ask(s: &TestServer, kind: &str, query: &Value) -> (u16, Value) {
+    let response = s
+        .client
+        .post(s.url(&format!("/api/v1/projects/{}/insights/{kind}", s.project.id)))
+        .bearer_auth(&s.project.read_key)
+        .json(query)
+        .send()
+        .await
+        .expect("insight request sent");
+    let status = response.status().as_u16();
+    (status, response.json().await.expect("JSON answer"))
+}
+
+fn hostile_traffic() -> Value {
+    let at = "2024-05-01T10:00:00.000Z";
+    let mut batch = Vec::new();
+    for (i, plan) in ["pro", "it's", "x'); DROP TABLE events; --", "pro"].iter().enumerate() {
+        batch.push(json!({"type": "track", "event": "checkout", "userId": format!("u{i}"), "messageId": message_id(),
+            "timestamp": at, "properties": {"plan": plan, "amount": 10 * (i + 1), "we'ird key\\": "v", "a/b~c": "slashed"}}));
+    }
+    batch.push(json!({"type": "page", "name": "Home", "anonymousId": "a1", "messageId": message_id(), "timestamp": at,
+        "context": {"page": {"url": "https://x.example/", "path": "/"}}}));
+    json!({"batch": batch})
+}
+
+async fn hostile_values_are_bound(s: &TestServer) {
+    assert_eq!(s.post("/v1/batch", &hostile_traffic()).await.status(), 200);
+    s.settle().await;
+    let range = |series: Value, filters: Value| {
+        json!({"date_from": "2024-05-01", "date_to": "2024-05-01", "series": series, "filters": filters})
+    };
+    let total = |answer: &Value| answer["series"][0]["aggregate"].clone();
+    for (filters, expected) in [
+        (json!([{"field": "properties.plan", "op": "eq", "value": "x'); DROP TABLE events; --"}]), 1),
+        (json!([{"field": "properties.plan", "op": "eq", "value": "it's"}]), 1),
+        (json!([{"field": "properties.plan", "op": "neq", "value": ["pro", "it's"]}]), 1),
+        (json!([{"field": "properties.we'ird key\\", "op": "is_set"}]), 4),
+        (json!([{"field": "properties.a/b~c", "op": "eq", "value": "slashed"}]), 4),
+        (json!([{"field": "properties.plan", "op": "regex", "value": "^x'\\)"}]), 1),
+        (json!([{"field": "properties.amount", "op": "gte", "value": 30}]), 2),
+        (json!([{"field": "properties.nope') OR 1=1 --", "op": "is_set"}]), 0),
+    ] {
+        let (status, answer) = ask(s, "trend", &range(json!([{"event": "checkout"}]), filters.clone())).await;
+        assert_eq!(status, 200, "{filters}: {answer}");
+        assert_eq!(total(&answer), json!(expected), "{filters}");
+    }
+    let (status, answer) =
+        ask(s, "trend", &range(json!([{"event": "checkout", "math": "sum", "property": "amount"}]), json!([]))).await;
+    assert_eq!((status, total(&answer)), (200, json!(100.0)), "{answer}");
+    // Still all there: nothing was dropped by a spliced value.
+    assert_eq!(s.count(&[]).await, 5);
+}
+
+async fn bad_queries_name_the_field(s: &TestServer) {
+    let steps = |n: usize| (0..n).map(|i| json!({"event": format!("e{i}")})).collect::<Vec<_>>();
+    let cases = [
+        ("trend", json!({"series": [{"event": "x"}], "colour": "red"}), "colour"),
+        ("trend", json!({"series": [{"event": "x", "math": "median"}]}), "series[0].math"),
+        ("trend", json!({"series": [{"event": "x", "math": "sum"}]}), "series[0].property"),
+        ("trend", json!({"series": []}), "series"),
+        ("trend", json!({"series": [{"event": "x"}], "date_from": "2024-02-01", "date_to": "2024-01-01"}), "date_from"),
+        ("trend", json!({"series": [{"event": "x"}], "date_from": "last week"}), "date_from"),
+        ("trend", json!({"series": [{"event": "x"}], "timezone": "Mars/Base"}), "timezone"),
+        ("trend", json!({"series": [{"event": "x"}], "interval": "minute", "date_from": "2023-01-01", "date_to": "2024-01-01"}), "interval"),
+        ("trend", json!({"series": [{"event": "x"}], "interval": "fortnight"}), "interval"),
+        ("trend", json!({"series": [{"event": "x"}], "breakdown": "password"}), "breakdown"),
+        ("trend", json!({"series": [{"event": "x"}], "filters": [{"field": "ip", "op": "eq", "value": "1.2.3.4"}]}), "filters[0].field"),
+        ("trend", json!({"series": [{"event": "x"}], "filters": [{"field": "browser", "op": "regex", "value": "(("}]}), "filters[0].value"),
+        ("trend", json!({"series": [{"event": "x"}], "filters": [{"field": "browser", "op": "gt", "value": "big"}]}), "filters[0].value"),
+        ("funnel", json!({"steps": steps(11)}), "steps"),
+        ("funnel", json!({"steps": steps(1)}), "steps"),
+        ("funnel", json!({"steps": steps(2), "window_seconds": 0}), "window_seconds"),
+        ("funnel", json!({"steps": steps(2), "window_seconds": -5}), "window_seconds"),
+        ("funnel", json!({"steps": steps(2), "order": "sideways"}), "order"),
+        ("retention", json!({"cohort_event": {}, "return_event": {}, "period": "week", "periods": 0}), "periods"),
+        ("retention", json!({"cohort_event": {}, "return_event": {}, "period": "year", "periods": 4}), "period"),
+        ("paths", json!({"start": ""}), "start"),
+        ("web", json!({"limit": 0}), "limit"),
+        ("release-impact", json!({"release": "9.9.9", "series": {"event": "x"}}), "release"),
+    ];
+    for (kind, query, field) in cases {
+        let (status, answer) = ask(s, kind, &query).await;
+        assert_eq!(status, 400, "{kind} {query}: {answer}");
+        assert_eq!(answer["error"]["field"], json!(field), "{kind} {query}: {answer}");
+        assert!(!answer["error"]["message"].as_str().unwrap().is_empty());
+    }
+    let response = s
+        .client
+        .post(s.url(&format!("/api/v1/projects/{}/insights/trend", s.project.id)))
+        .bearer_auth(&s.project.read_key)
+        .body("{not json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 400);
+    // The write key is not a read key.
+    let response = s
+        .client
+        .post(s.url(&format!("/api/v1/projects/{}/insights/web", s.project.id)))
+        .bearer_auth(&s.project.write_key)
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 401);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn insights_over_http_on_duckdb() {
+    let s = TestServer::start().await;
+    hostile_values_are_bound(&s).await;
+    bad_queries_name_the_field(&s).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn insights_over_http_on_clickhouse() {
+    let url = store_url(&ch::shared(), &fresh_database());
+    let s = TestServer::start_with(|c| c.clickhouse = Some(ClickHouseOptions::new(url))).await;
+    hostile_values_are_bound(&s).await;
+    bad_queries_name_the_field(&s).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn live_counts_people_active_now() {
+    let s = TestServer::start().await;
+    let now = chrono::Utc::now();
+    let mut batch = Vec::new();
+    for (user, minutes_ago) in [("a", 0), ("b", 2), ("c", 12), ("a", 1)] {
+        let at = (now - chrono::Duration::minutes(minutes_ago)).to_rfc3339();
+        batch.push(json!({"type": "track", "event": "tick", "userId": user, "messageId": message_id(), "timestamp": at}));
+    }
+    assert_eq!(s.post("/v1/batch", &json!({"batch": batch})).await.status(), 200);
+    s.settle().await;
+    let response = s
+        .client
+        .get(s.url(&format!("/api/v1/projects/{}/insights/live", s.project.id)))
+        .bearer_auth(&s.project.read_key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let live: Value = response.json().await.unwrap();
+    assert_eq!(live["active_users"], json!(2), "{live}");
+    let per_minute: Vec<u64> = live["events_per_minute"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap()).collect();
+    assert_eq!(per_minute.len(), 30);
+    assert_eq!(per_minute.iter().sum::<u64>(), 4, "{live}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_openapi_document_describes_every_insight_route() {
+    let s = TestServer::start().await;
+    let doc: Value = s.client.get(s.url("/api/openapi.json")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(doc["openapi"], json!("3.0.3"));
+    let paths = doc["paths"].as_object().unwrap();
+    for (kind, _) in leanloop::openapi::INSIGHTS {
+        let path = format!("/api/v1/projects/{{id}}/insights/{kind}");
+        let item = paths.get(&path).unwrap_or_else(|| panic!("{path} is documented"));
+        // Every documented route exists: without a key it is a 401, not a 404/405.
+        let url = s.url(&path.replace("{id}", &s.project.id.to_string()));
+        let response = if item.get("get").is_some() { s.client.get(url) } else { s.client.post(url).json(&json!({})) };
+        assert_eq!(response.send().await.unwrap().status(), 401, "{path}");
+    }
+    // Schemas come from the types: the trend query lists its fields and maths.
+    let schemas = &doc["components"]["schemas"];
+    let trend = &schemas["TrendQuery"]["properties"];
+    for field in ["series", "interval", "breakdown", "compare", "timezone"] {
+        assert!(trend.get(field).is_some(), "TrendQuery.{field}: {trend}");
+    }
+    assert!(schemas["Math"].to_string().contains("unique_users"), "{}", schemas["Math"]);
+    // Every reference resolves.
+    let text = doc.to_string();
+    for reference in text.split("\"$ref\":\"#/components/schemas/").skip(1) {
+        let name = reference.split('"').next().unwrap();
+        assert!(schemas.get(name).is_some(), "dangling $ref {name}");
+    }
+}
