@@ -17,6 +17,7 @@ pub mod fields;
 pub mod funnels;
 pub mod live;
 pub mod paths;
+pub mod people;
 pub mod releases;
 pub mod retention;
 mod sql;
@@ -145,6 +146,14 @@ impl Analytics {
         q: &releases::ImpactQuery,
     ) -> Result<releases::ImpactResult, AnalyticsError> {
         releases::impact(&self.ask(project_id, now_ms()), q)
+    }
+
+    pub fn people(&self, project_id: i64, q: &people::PeopleQuery) -> Result<people::PeopleResult, AnalyticsError> {
+        people::people(&self.ask(project_id, now_ms()), q)
+    }
+
+    pub fn profile(&self, project_id: i64, user_id: &str, limit: usize) -> Result<Option<people::Profile>, AnalyticsError> {
+        people::profile(&self.ask(project_id, now_ms()), user_id, limit)
     }
 
     pub fn live(&self, project_id: i64) -> Result<live::LiveResult, AnalyticsError> {

@@ -29,6 +29,8 @@ pub fn router(shared: Shared) -> Router {
         .route("/api/v1/projects/{id}/insights/releases", post(insight(Analytics::releases)))
         .route("/api/v1/projects/{id}/insights/release-impact", post(insight(Analytics::impact)))
         .route("/api/v1/projects/{id}/insights/live", get(live))
+        .route("/api/v1/projects/{id}/insights/people", post(insight(Analytics::people)))
+        .route("/api/v1/projects/{id}/people/{user_id}", get(profile).delete(erase))
         .route("/api/openapi.json", get(openapi))
         .with_state(shared)
 }
@@ -54,7 +56,7 @@ fn authorise(shared: &Shared, headers: &HeaderMap, id: &str) -> Result<i64, ApiE
 }
 
 /// Rejections of the query string name the parameter at fault.
-fn query(q: Result<Query<EventQuery>, QueryRejection>) -> Result<EventQuery, ApiError> {
+fn query<Q>(q: Result<Query<Q>, QueryRejection>) -> Result<Q, ApiError> {
     q.map(|Query(q)| q).map_err(|e| {
         let text = e.body_text();
         let field = text.split('`').nth(1).unwrap_or("query").to_owned();
@@ -169,4 +171,38 @@ async fn live(State(shared): State<Shared>, Path(id): Path<String>, headers: Hea
 async fn openapi() -> Json<Value> {
     static DOCUMENT: std::sync::LazyLock<Value> = std::sync::LazyLock::new(crate::openapi::document);
     Json(DOCUMENT.clone())
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ProfileQuery {
+    limit: Option<usize>,
+}
+
+async fn profile(
+    State(shared): State<Shared>,
+    Path((id, user_id)): Path<(String, String)>,
+    headers: HeaderMap,
+    q: Result<Query<ProfileQuery>, QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let project = authorise(&shared, &headers, &id)?;
+    let limit = query(q)?.limit.unwrap_or(100);
+    let found = blocking(move || shared.analytics.profile(project, &user_id, limit)).await?;
+    match found {
+        Some(p) => Ok(Json(json!(p))),
+        None => Err(ApiError::from_class(ErrorClass::NotFound, "no such person".into())),
+    }
+}
+
+/// Erases a person and all their events (GDPR). Events still on their way
+/// through the collector's log when this runs are stored afterwards.
+async fn erase(
+    State(shared): State<Shared>,
+    Path((id, user_id)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    let project = authorise(&shared, &headers, &id)?;
+    let store = shared.store.clone();
+    let deleted = blocking(move || Ok(store.delete_person(project, &user_id)?)).await?;
+    Ok(Json(json!({ "deleted_events": deleted })))
 }

@@ -50,6 +50,8 @@ pub enum Role {
 pub struct Shared {
     pub keys: Arc<KeyCache>,
     pub analytics: Analytics,
+    /// For the one write the read API makes: erasing a person.
+    pub store: Arc<dyn EventStore>,
     pub collector: Arc<Collector>,
     pub metrics: metrics_exporter_prometheus::PrometheusHandle,
 }
@@ -72,7 +74,13 @@ impl App {
         let keys = Arc::new(KeyCache::new(control.clone(), KEY_CACHE_TTL));
         let log_dir = config.log_dir.clone();
         let collector = Collector::start(config.collector.clone(), keys.clone(), store.clone(), &log_dir)?;
-        let shared = Shared { keys, analytics: Analytics::new(store.clone()), collector: collector.clone(), metrics };
+        let shared = Shared {
+            keys,
+            analytics: Analytics::new(store.clone()),
+            store: store.clone(),
+            collector: collector.clone(),
+            metrics,
+        };
         let mut router = Router::new().merge(collector.router()).merge(ops::router(shared.clone()));
         if role == Role::Server {
             router = router.merge(api::router(shared.clone())).merge(leanloop_dashboard::router(control.clone()));

@@ -4,7 +4,7 @@
 //! server parses and returns; [`INSIGHTS`] is the one list of insight routes
 //! (the router in `api.rs` is checked against it by a test).
 
-use leanloop_analytics::{feedback, funnels, live, paths, releases, retention, trends, web};
+use leanloop_analytics::{feedback, funnels, live, paths, people, releases, retention, trends, web};
 use schemars::generate::SchemaSettings;
 use schemars::{JsonSchema, SchemaGenerator};
 use serde_json::{json, Map, Value};
@@ -21,6 +21,7 @@ pub const INSIGHTS: &[(&str, &str)] = &[
     ("releases", "Releases seen in events with first and last seen, events and people"),
     ("release-impact", "A metric before vs after a release, or on release A vs release B"),
     ("live", "People active in the last 5 minutes and events per minute"),
+    ("people", "Identified people, most recently seen first, with search and trait filters"),
 ];
 
 fn schema<T: JsonSchema>(g: &mut SchemaGenerator) -> Value {
@@ -69,6 +70,7 @@ pub fn document() -> Value {
             "feedback" => post::<feedback::FeedbackQuery, feedback::FeedbackResult>(&mut g, summary),
             "releases" => post::<releases::ReleasesQuery, Vec<releases::ReleaseSummary>>(&mut g, summary),
             "release-impact" => post::<releases::ImpactQuery, releases::ImpactResult>(&mut g, summary),
+            "people" => post::<people::PeopleQuery, people::PeopleResult>(&mut g, summary),
             "live" => {
                 let mut responses = error_answers();
                 responses["200"] = answer("The answer", schema::<live::LiveResult>(&mut g));
@@ -91,6 +93,21 @@ pub fn document() -> Value {
     let mut responses = error_answers();
     responses["200"] = answer("Stored events, each uuid once", json!({"type": "object", "properties": {"count": {"type": "integer"}}}));
     paths.insert("/api/v1/projects/{id}/events/count".into(), json!({"get": {"summary": "Count stored events", "parameters": filters, "responses": responses}}));
+
+    let mut responses = error_answers();
+    responses["200"] = answer("The person, their anonymous ids and newest events", schema::<people::Profile>(&mut g));
+    responses["404"] = answer("No such person", json!({"$ref": "#/components/schemas/Error"}));
+    let user = json!({"name": "user_id", "in": "path", "required": true, "schema": {"type": "string"}});
+    let limit = json!({"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 1000}});
+    let mut erased = error_answers();
+    erased["200"] = answer("Erased", json!({"type": "object", "properties": {"deleted_events": {"type": "integer"}}}));
+    paths.insert(
+        "/api/v1/projects/{id}/people/{user_id}".into(),
+        json!({
+            "get": {"summary": "A person's profile and event timeline", "parameters": [project_id(), user.clone(), limit], "responses": responses},
+            "delete": {"summary": "Erase a person and all their events (GDPR)", "parameters": [project_id(), user], "responses": erased},
+        }),
+    );
 
     let mut schemas = Map::new();
     for (name, s) in g.take_definitions(true) {

@@ -63,6 +63,11 @@ pub trait EventStore: Send + Sync + 'static {
     /// The user id an anonymous id was identified as, if any.
     fn identity(&self, project_id: i64, anonymous_id: &str) -> Result<Option<String>, StoreError>;
 
+    /// Erases a person (GDPR): their traits, their identity links, and every
+    /// event carrying their user id or an anonymous id linked to them.
+    /// Returns the number of events deleted. Done when it returns.
+    fn delete_person(&self, project_id: i64, user_id: &str) -> Result<u64, StoreError>;
+
     /// The dialect [`EventStore::select`] expects.
     fn dialect(&self) -> Dialect;
 

@@ -234,6 +234,10 @@ impl EventStore for ClickHouseStore {
         self.block(read::identity(&self.client, project_id, anonymous_id))
     }
 
+    fn delete_person(&self, project_id: i64, user_id: &str) -> Result<u64, StoreError> {
+        self.block(write::delete_person(&self.client, project_id, user_id))
+    }
+
     fn dialect(&self) -> Dialect {
         Dialect::ClickHouse
     }

@@ -8,6 +8,7 @@ use leanloop_core::{Event, UserUpdate};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::time::Duration;
 use uuid::Uuid;
 
 /// One `events` row, borrowing from the event it stores.
@@ -294,5 +295,60 @@ mod tests {
             .iter()
             .all(|c| c.len() == 1 || c.iter().map(|i| i.len() + 4).sum::<usize>() <= IDS_BYTES_PER_QUERY));
         assert_eq!(bounded_chunks(&[]).len(), 0);
+    }
+}
+
+/// How long [`delete_person`] waits for its mutations to finish.
+const MUTATION_DEADLINE: Duration = Duration::from_secs(120);
+
+/// Deletes a person's rows with `ALTER TABLE ... DELETE` mutations (every
+/// server version has them) and waits until they are done, so the person is
+/// gone from every answer when this returns.
+pub async fn delete_person(client: &clickhouse::Client, project_id: i64, user_id: &str) -> Result<u64, StoreError> {
+    let anonymous_ids: Vec<String> = client
+        .query("SELECT DISTINCT anonymous_id FROM identities WHERE project_id = ? AND user_id = ?")
+        .bind(project_id)
+        .bind(user_id)
+        .fetch_all()
+        .await?;
+    let condition = "project_id = ? AND (user_id = ? OR has(?, ifNull(anonymous_id, '')))";
+    let events: u64 = client
+        .query(&format!("SELECT count() FROM events WHERE {condition}"))
+        .bind(project_id)
+        .bind(user_id)
+        .bind(&anonymous_ids)
+        .fetch_one()
+        .await?;
+    client
+        .query(&format!("ALTER TABLE events DELETE WHERE {condition}"))
+        .bind(project_id)
+        .bind(user_id)
+        .bind(&anonymous_ids)
+        .execute()
+        .await?;
+    for table in ["identities", "users"] {
+        client
+            .query(&format!("ALTER TABLE {table} DELETE WHERE project_id = ? AND user_id = ?"))
+            .bind(project_id)
+            .bind(user_id)
+            .execute()
+            .await?;
+    }
+    let started = std::time::Instant::now();
+    loop {
+        let pending: u64 = client
+            .query("SELECT count() FROM system.mutations WHERE database = currentDatabase() AND is_done = 0")
+            .fetch_one()
+            .await?;
+        if pending == 0 {
+            return Ok(events);
+        }
+        if started.elapsed() > MUTATION_DEADLINE {
+            return Err(StoreError::Config(format!(
+                "ClickHouse has not finished deleting the person after {}s; the deletion is still running",
+                MUTATION_DEADLINE.as_secs()
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }

@@ -89,6 +89,10 @@ impl EventStore for DuckDbStore {
         self.with_reader(|conn| read::identity(conn, project_id, anonymous_id))
     }
 
+    fn delete_person(&self, project_id: i64, user_id: &str) -> Result<u64, StoreError> {
+        lock(&self.writer).delete_person(project_id, user_id)
+    }
+
     fn dialect(&self) -> Dialect {
         Dialect::DuckDb
     }

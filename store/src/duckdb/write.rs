@@ -56,6 +56,19 @@ impl Writer {
         Ok(WriteOutcome { inserted: rows.len(), duplicates: events.len() - rows.len() })
     }
 
+    pub fn delete_person(&mut self, project_id: i64, user_id: &str) -> Result<u64, StoreError> {
+        let tx = self.conn.transaction()?;
+        let deleted = tx.execute(
+            "DELETE FROM events WHERE project_id = ? AND (user_id = ? OR anonymous_id IN
+                 (SELECT anonymous_id FROM identities WHERE project_id = ? AND user_id = ?))",
+            params![project_id, user_id, project_id, user_id],
+        )?;
+        tx.execute("DELETE FROM identities WHERE project_id = ? AND user_id = ?", params![project_id, user_id])?;
+        tx.execute("DELETE FROM users WHERE project_id = ? AND user_id = ?", params![project_id, user_id])?;
+        tx.commit()?;
+        Ok(deleted as u64)
+    }
+
     /// Loads newline-delimited JSON rows with DuckDB's own `read_json`. No
     /// deduplication against the file's own rows: for trusted exports and
     /// for measuring DuckDB's ceiling. Stored keys are registered afterwards,

@@ -114,11 +114,65 @@ async fn bad_queries_name_the_field(s: &TestServer) {
     assert_eq!(response.status(), 401);
 }
 
+/// People: list, search, trait filters, profile, and erasure of a person
+/// with every event they made, anonymous ones included.
+async fn people_and_erasure(s: &TestServer) {
+    let at = "2024-06-01T10:00:00.000Z";
+    let event = |kind: &str, extra: Value| {
+        let mut e = json!({"type": kind, "messageId": message_id(), "timestamp": at});
+        e.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+        e
+    };
+    let batch = json!({"batch": [
+        event("page", json!({"anonymousId": "anon-ada", "name": "Home"})),
+        event("track", json!({"anonymousId": "anon-ada", "event": "viewed"})),
+        event("identify", json!({"anonymousId": "anon-ada", "userId": "ada", "traits": {"plan": "pro", "name": "Ada Lovelace", "seats": 12}})),
+        event("track", json!({"userId": "ada", "event": "paid"})),
+        event("identify", json!({"userId": "bob", "traits": {"plan": "free", "name": "Bob"}})),
+        event("track", json!({"userId": "bob", "event": "viewed"})),
+    ]});
+    assert_eq!(s.post("/v1/batch", &batch).await.status(), 200);
+    s.settle().await;
+    let list = |q: Value| async move { ask(s, "people", &q).await };
+    let ids = |answer: &Value| -> Vec<String> {
+        answer["people"].as_array().unwrap().iter().map(|p| p["user_id"].as_str().unwrap().to_owned()).collect()
+    };
+    let (status, all) = list(json!({})).await;
+    assert_eq!((status, all["total"].clone()), (200, json!(2)), "{all}");
+    let (_, pro) = list(json!({"filters": [{"field": "traits.plan", "op": "eq", "value": "pro"}]})).await;
+    assert_eq!(ids(&pro), ["ada"]);
+    let (_, many_seats) = list(json!({"filters": [{"field": "traits.seats", "op": "gt", "value": 10}]})).await;
+    assert_eq!(ids(&many_seats), ["ada"]);
+    let (_, found) = list(json!({"search": "LOVELACE"})).await;
+    assert_eq!(ids(&found), ["ada"]);
+    let (status, bad) = list(json!({"filters": [{"field": "plan", "op": "eq", "value": "pro"}]})).await;
+    assert_eq!((status, bad["error"]["field"].clone()), (400, json!("filters[0].field")));
+
+    let profile_url = |user: &str| s.url(&format!("/api/v1/projects/{}/people/{user}", s.project.id));
+    let profile: Value =
+        s.client.get(profile_url("ada")).bearer_auth(&s.project.read_key).send().await.unwrap().json().await.unwrap();
+    assert_eq!(profile["anonymous_ids"], json!(["anon-ada"]));
+    assert_eq!(profile["traits"]["plan"], json!("pro"));
+    assert_eq!(profile["events"].as_array().unwrap().len(), 4, "anonymous events are part of the timeline: {profile}");
+
+    let before = s.count(&[]).await;
+    let erased = s.client.delete(profile_url("ada")).bearer_auth(&s.project.read_key).send().await.unwrap();
+    assert_eq!(erased.status(), 200);
+    assert_eq!(erased.json::<Value>().await.unwrap(), json!({"deleted_events": 4}));
+    assert_eq!(s.count(&[]).await, before - 4, "Ada's events are gone, the rest are kept");
+    assert_eq!(s.count(&[("user", "bob")]).await, 2);
+    let gone = s.client.get(profile_url("ada")).bearer_auth(&s.project.read_key).send().await.unwrap();
+    assert_eq!(gone.status(), 404);
+    let (_, all) = list(json!({})).await;
+    assert_eq!(ids(&all), ["bob"]);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn insights_over_http_on_duckdb() {
     let s = TestServer::start().await;
     hostile_values_are_bound(&s).await;
     bad_queries_name_the_field(&s).await;
+    people_and_erasure(&s).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -127,6 +181,7 @@ async fn insights_over_http_on_clickhouse() {
     let s = TestServer::start_with(|c| c.clickhouse = Some(ClickHouseOptions::new(url))).await;
     hostile_values_are_bound(&s).await;
     bad_queries_name_the_field(&s).await;
+    people_and_erasure(&s).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -1,0 +1,290 @@
+//! People: the list of identified users with search and trait filters, and
+//! one person's profile with their event timeline (anonymous events before
+//! they identified included).
+//!
+//! Trait filters are evaluated here, on the stored traits, with the same
+//! operators as event filters (`traits.<key>`); the stores only list people.
+
+use crate::fields::{Filter, Op};
+use crate::sql::{self, Source, Sql};
+use crate::time::rfc3339;
+use crate::{AnalyticsError, Ask};
+use leanloop_store::{Cell, ColumnKind, Dialect};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+const TRAIT_PREFIX: &str = "traits.";
+
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PeopleQuery {
+    /// Part of the user id or of any trait value (case-insensitive).
+    pub search: Option<String>,
+    /// Conditions on traits: `{"field": "traits.plan", "op": "eq", "value": "pro"}`.
+    #[serde(default)]
+    pub filters: Vec<Filter>,
+    /// Default 100, at most 1000.
+    pub limit: Option<usize>,
+    #[serde(default)]
+    pub offset: usize,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, schemars::JsonSchema)]
+pub struct Person {
+    pub user_id: String,
+    pub traits: Value,
+    pub first_seen: String,
+    pub last_seen: String,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, schemars::JsonSchema)]
+pub struct PeopleResult {
+    /// People matching, before `limit` and `offset`.
+    pub total: u64,
+    /// Most recently seen first.
+    pub people: Vec<Person>,
+}
+
+/// A trait condition, checked in Rust against the stored JSON.
+struct TraitCheck {
+    key: String,
+    op: Op,
+    values: Vec<String>,
+    number: Option<f64>,
+    pattern: Option<regex::Regex>,
+}
+
+impl TraitCheck {
+    fn new(f: &Filter, at: &str) -> Result<TraitCheck, AnalyticsError> {
+        let key = f.field.strip_prefix(TRAIT_PREFIX).filter(|k| !k.is_empty()).ok_or_else(|| {
+            AnalyticsError::invalid(format!("{at}.field"), format!("`{at}.field` must be `traits.<name>`"))
+        })?;
+        let value_at = format!("{at}.value");
+        let text = |v: &Value| match v {
+            Value::String(s) => Some(s.clone()),
+            Value::Number(_) | Value::Bool(_) => Some(v.to_string()),
+            _ => None,
+        };
+        let values: Vec<String> = match &f.value {
+            Some(Value::Array(items)) => items.iter().filter_map(text).collect(),
+            Some(v) => text(v).into_iter().collect(),
+            None => Vec::new(),
+        };
+        let needs_value = !matches!(f.op, Op::IsSet | Op::IsNotSet);
+        if needs_value && values.is_empty() {
+            return Err(AnalyticsError::invalid(&value_at, format!("`{value_at}` is required for this operator")));
+        }
+        let number = match f.op {
+            Op::Gt | Op::Gte | Op::Lt | Op::Lte => Some(
+                f.value
+                    .as_ref()
+                    .and_then(Value::as_f64)
+                    .ok_or_else(|| AnalyticsError::invalid(&value_at, format!("`{value_at}` must be a number")))?,
+            ),
+            _ => None,
+        };
+        let pattern = match f.op {
+            Op::Regex | Op::NotRegex => Some(
+                regex::RegexBuilder::new(&values[0])
+                    .size_limit(1 << 20)
+                    .build()
+                    .map_err(|e| AnalyticsError::invalid(&value_at, format!("`{value_at}` is not a valid regular expression: {e}")))?,
+            ),
+            _ => None,
+        };
+        Ok(TraitCheck { key: key.to_owned(), op: f.op, values, number, pattern })
+    }
+
+    fn matches(&self, traits: &Value) -> bool {
+        let found = traits.get(&self.key).filter(|v| !v.is_null());
+        let text = found.map(|v| match v {
+            Value::String(s) => s.clone(),
+            other => other.to_string(),
+        });
+        let has = |t: &str| self.values.iter().any(|v| v == t);
+        let num = found.and_then(|v| v.as_f64().or_else(|| v.as_str().and_then(|s| s.trim().parse().ok())));
+        let compare = |f: fn(f64, f64) -> bool| num.zip(self.number).is_some_and(|(a, b)| f(a, b));
+        let matched = |t: &str| self.pattern.as_ref().is_some_and(|p| p.is_match(t));
+        match (self.op, text.as_deref()) {
+            (Op::IsSet, t) => t.is_some(),
+            (Op::IsNotSet, t) => t.is_none(),
+            (Op::Eq, Some(t)) => has(t),
+            (Op::Neq, t) => t.is_none_or(|t| !has(t)),
+            (Op::Contains, Some(t)) => t.contains(&self.values[0]),
+            (Op::NotContains, t) => t.is_none_or(|t| !t.contains(&self.values[0])),
+            (Op::Regex, Some(t)) => matched(t),
+            (Op::NotRegex, t) => t.is_none_or(|t| !matched(t)),
+            (Op::Gt, _) => compare(|a, b| a > b),
+            (Op::Gte, _) => compare(|a, b| a >= b),
+            (Op::Lt, _) => compare(|a, b| a < b),
+            (Op::Lte, _) => compare(|a, b| a <= b),
+            (_, None) => false,
+        }
+    }
+}
+
+/// Every stored person of the project: id, traits text, first and last seen.
+fn stored_people(ask: &Ask, user_id: Option<&str>) -> Result<Vec<(String, String, i64, i64)>, AnalyticsError> {
+    let sql = match ask.dialect() {
+        Dialect::DuckDb => {
+            let mut s = Sql::new("SELECT user_id, traits, epoch_ms(first_seen), epoch_ms(last_seen) FROM users WHERE project_id = ")
+                .int(ask.project_id);
+            if let Some(id) = user_id {
+                s = s.raw(" AND user_id = ").text(id);
+            }
+            s
+        }
+        // One row per update: the newest traits win.
+        Dialect::ClickHouse => {
+            let mut s = Sql::new(
+                "SELECT user_id, argMax(traits, version), min(first_seen_ms), max(last_seen_ms) FROM users WHERE project_id = ",
+            )
+            .int(ask.project_id);
+            if let Some(id) = user_id {
+                s = s.raw(" AND user_id = ").text(id);
+            }
+            s.raw(" GROUP BY user_id")
+        }
+    };
+    let rows = ask.rows(sql.select(&[ColumnKind::Text, ColumnKind::Text, ColumnKind::Int, ColumnKind::Int]))?;
+    Ok(rows
+        .into_iter()
+        .map(|r| {
+            let mut r = r.into_iter();
+            let mut next = || r.next().unwrap_or(Cell::Null);
+            (next().text().unwrap_or_default(), next().text().unwrap_or_default(), next().int(), next().int())
+        })
+        .collect())
+}
+
+fn person((user_id, traits, first, last): (String, String, i64, i64)) -> Person {
+    Person {
+        user_id,
+        traits: serde_json::from_str(&traits).unwrap_or(Value::Null),
+        first_seen: rfc3339(first),
+        last_seen: rfc3339(last),
+    }
+}
+
+pub fn people(ask: &Ask, q: &PeopleQuery) -> Result<PeopleResult, AnalyticsError> {
+    let limit = q.limit.unwrap_or(100);
+    if !(1..=1000).contains(&limit) {
+        return Err(AnalyticsError::invalid("limit", "`limit` must be from 1 to 1000"));
+    }
+    if q.filters.len() > 50 {
+        return Err(AnalyticsError::invalid("filters", "`filters`: at most 50 filters"));
+    }
+    let checks = q
+        .filters
+        .iter()
+        .enumerate()
+        .map(|(i, f)| TraitCheck::new(f, &format!("filters[{i}]")))
+        .collect::<Result<Vec<_>, _>>()?;
+    let search = q.search.as_deref().filter(|s| !s.is_empty()).map(str::to_lowercase);
+    let mut matching: Vec<Person> = stored_people(ask, None)?
+        .into_iter()
+        .map(person)
+        .filter(|p| {
+            let found = search.as_deref().is_none_or(|s| {
+                p.user_id.to_lowercase().contains(s) || trait_texts(&p.traits).any(|t| t.to_lowercase().contains(s))
+            });
+            found && checks.iter().all(|c| c.matches(&p.traits))
+        })
+        .collect();
+    // RFC 3339 times in UTC with milliseconds sort as the times do.
+    matching.sort_by(|a, b| b.last_seen.cmp(&a.last_seen).then_with(|| a.user_id.cmp(&b.user_id)));
+    let total = matching.len() as u64;
+    let people = matching.into_iter().skip(q.offset).take(limit).collect();
+    Ok(PeopleResult { total, people })
+}
+
+/// Trait values as text, top level.
+fn trait_texts(traits: &Value) -> impl Iterator<Item = String> + '_ {
+    traits.as_object().into_iter().flat_map(|m| m.values()).map(|v| match v {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    })
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, schemars::JsonSchema)]
+pub struct TimelineEvent {
+    pub uuid: String,
+    pub name: String,
+    pub timestamp: String,
+    pub session_id: Option<String>,
+    pub path: Option<String>,
+    pub release: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, schemars::JsonSchema)]
+pub struct Profile {
+    #[serde(flatten)]
+    pub person: Person,
+    /// Anonymous ids identified as this person.
+    pub anonymous_ids: Vec<String>,
+    /// Newest first, at most `limit`.
+    pub events: Vec<TimelineEvent>,
+}
+
+/// A person's profile, or `None` when no such person is stored.
+pub fn profile(ask: &Ask, user_id: &str, limit: usize) -> Result<Option<Profile>, AnalyticsError> {
+    let d = ask.dialect();
+    if !(1..=1000).contains(&limit) {
+        return Err(AnalyticsError::invalid("limit", "`limit` must be from 1 to 1000"));
+    }
+    let Some(stored) = stored_people(ask, Some(user_id))?.into_iter().next() else { return Ok(None) };
+    let anonymous_ids: Vec<String> = ask
+        .rows(
+            Sql::new("SELECT DISTINCT anonymous_id FROM identities WHERE project_id = ")
+                .int(ask.project_id)
+                .raw(" AND user_id = ")
+                .text(user_id)
+                .raw(" ORDER BY anonymous_id")
+                .select(&[ColumnKind::Text]),
+        )?
+        .into_iter()
+        .filter_map(|mut r| r.pop().and_then(Cell::text))
+        .collect();
+    let src = Source::new(d, ask.project_id)
+        .column("x_ts", sql::timestamp_ms(d))
+        .column("x_u", sql::uuid_text(d))
+        .column("x_n", Sql::new("name"))
+        .column("x_s", Sql::new("session_id"))
+        .column("x_p", Sql::new("path"))
+        .column("x_r", Sql::new("release"))
+        .filter(of_person(user_id, &anonymous_ids));
+    let rows = ask.rows(
+        Sql::new("SELECT x_u, x_n, x_ts, x_s, x_p, x_r FROM ")
+            .push(src.render())
+            .raw(&format!(" ORDER BY x_ts DESC, x_u LIMIT {limit}"))
+            .select(&[ColumnKind::Text, ColumnKind::Text, ColumnKind::Int, ColumnKind::Text, ColumnKind::Text, ColumnKind::Text]),
+    )?;
+    let events = rows
+        .into_iter()
+        .map(|r| {
+            let mut r = r.into_iter();
+            let mut next = || r.next().unwrap_or(Cell::Null);
+            TimelineEvent {
+                uuid: next().text().unwrap_or_default(),
+                name: next().text().unwrap_or_default(),
+                timestamp: rfc3339(next().int()),
+                session_id: next().text(),
+                path: next().text(),
+                release: next().text(),
+            }
+        })
+        .collect();
+    Ok(Some(Profile { person: person(stored), anonymous_ids, events }))
+}
+
+/// Events of a person: their user id, or one of their anonymous ids.
+fn of_person(user_id: &str, anonymous_ids: &[String]) -> Sql {
+    let mut cond = Sql::new("user_id = ").text(user_id);
+    if !anonymous_ids.is_empty() {
+        cond = cond
+            .raw(" OR anonymous_id IN (")
+            .push(Sql::join(anonymous_ids.iter().map(|a| Sql::default().text(a)), ", "))
+            .raw(")");
+    }
+    cond
+}
