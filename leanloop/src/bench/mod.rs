@@ -4,6 +4,8 @@
 
 mod ceiling;
 mod clickhouse;
+pub mod corpus;
+mod insights;
 mod load;
 mod server;
 
@@ -59,6 +61,25 @@ pub enum BenchCommand {
         #[command(flatten)]
         load: LoadArgs,
     },
+    /// p50 latency of each insight through the API on a generated corpus,
+    /// on DuckDB and (with --clickhouse) ClickHouse, beside the same SQL run
+    /// raw on the store.
+    Insights {
+        /// Stop generating people after about this many events.
+        #[arg(long, default_value_t = 10_000_000)]
+        events: u64,
+        #[arg(long, default_value_t = 1_000_000)]
+        people: usize,
+        /// Timed runs per query (after one recording run).
+        #[arg(long, default_value_t = 5)]
+        runs: usize,
+        /// A ClickHouse URL such as http://127.0.0.1:8123/?database=bench
+        #[arg(long)]
+        clickhouse: Option<String>,
+        /// DuckDB's memory limit while answering.
+        #[arg(long, default_value = "1GB")]
+        duckdb_memory: String,
+    },
 }
 
 pub async fn run(command: BenchCommand) -> Result<()> {
@@ -74,6 +95,9 @@ pub async fn run(command: BenchCommand) -> Result<()> {
                 batch: load.batch(),
             })
             .await
+        }
+        BenchCommand::Insights { events, people, runs, clickhouse, duckdb_memory } => {
+            insights::run(insights::Options { events, people, runs, clickhouse, duckdb_memory }).await
         }
     }
 }

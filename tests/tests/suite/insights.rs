@@ -3,11 +3,9 @@
 //! equal the answer computed here straight from the generated events (not
 //! through the code under test).
 
-mod corpus;
-
 use chrono::{DateTime, NaiveDate, SecondsFormat, TimeZone, Utc};
 use chrono_tz::Tz;
-use corpus::{Corpus, DAYS, PROJECT, START_MS};
+use leanloop::bench::corpus::{self, Corpus, DAYS, PROJECT, START_MS};
 use leanloop_analytics::{funnels, paths, retention, trends, web, Analytics, AnalyticsError, Ask};
 use leanloop_core::Event;
 use leanloop_store::clickhouse::{ClickHouseOptions, ClickHouseStore};
@@ -32,7 +30,7 @@ struct Fixture {
 }
 
 static FIXTURE: LazyLock<Fixture> = LazyLock::new(|| {
-    let corpus = corpus::generate(7, 4_000);
+    let corpus = corpus::generate(7, 4_000, corpus::BUSY);
     assert!(corpus.events.len() >= 100_000, "corpus has {} events", corpus.events.len());
     let dir = tempfile::tempdir().unwrap();
     let duck: Arc<dyn EventStore> =
