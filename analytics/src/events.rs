@@ -1,8 +1,8 @@
 //! Listing and counting raw events: what arrived, filtered by name, person
 //! and time range.
 
-use crate::AnalyticsError;
 use crate::time::rfc3339;
+use crate::AnalyticsError;
 use chrono::DateTime;
 use leanloop_core::Event;
 use leanloop_store::EventFilter;

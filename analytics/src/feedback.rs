@@ -6,7 +6,7 @@
 use crate::fields::{compile_all, Filter};
 use crate::sql::{self, Source, Sql};
 use crate::time::{rfc3339, Window};
-use crate::{AnalyticsError, Ask};
+use crate::{bounded, AnalyticsError, Ask};
 use leanloop_store::{Cell, ColumnKind};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -75,21 +75,14 @@ pub struct FeedbackResult {
 pub fn feedback(ask: &Ask, q: &FeedbackQuery) -> Result<FeedbackResult, AnalyticsError> {
     let d = ask.dialect();
     let window = Window::parse(q.date_from.as_deref(), q.date_to.as_deref(), q.timezone.as_deref(), ask.now_ms)?;
-    let limit = q.messages_limit.unwrap_or(20);
-    if !(1..=500).contains(&limit) {
-        return Err(AnalyticsError::invalid("messages_limit", "`messages_limit` must be from 1 to 500"));
-    }
-    let mut src = Source::new(d, ask.project_id)
+    let limit = bounded(q.messages_limit, 20, 500, "messages_limit")?;
+    let src = Source::new(d, ask.project_id)
         .filter(Sql::new("name = '$feedback'"))
         .column("x_ts", sql::timestamp_ms(d))
         .column("x_score", sql::number(d, sql::property(d, "score")))
-        .column("x_r", Sql::new("release"));
-    for c in sql::time_range(d, Some(window.from_ms), Some(window.to_ms)) {
-        src = src.filter(c);
-    }
-    for f in compile_all(d, &q.filters, "filters")? {
-        src = src.filter(f);
-    }
+        .column("x_r", Sql::new("release"))
+        .between(Some(window.from_ms), Some(window.to_ms))
+        .filters(compile_all(d, &q.filters, "filters")?);
     let scores = ask.rows(
         Sql::new("SELECT x_r, x_score, count(*) FROM ")
             .push(src.render())
@@ -117,7 +110,14 @@ pub fn feedback(ask: &Ask, q: &FeedbackQuery) -> Result<FeedbackResult, Analytic
         Sql::new("SELECT x_ts, x_m, x_score, x_c, x_r, x_user FROM ")
             .push(messages.render())
             .raw(&format!(" WHERE x_m IS NOT NULL ORDER BY x_ts DESC, x_u LIMIT {limit}"))
-            .select(&[ColumnKind::Int, ColumnKind::Text, ColumnKind::Int, ColumnKind::Text, ColumnKind::Text, ColumnKind::Text]),
+            .select(&[
+                ColumnKind::Int,
+                ColumnKind::Text,
+                ColumnKind::Int,
+                ColumnKind::Text,
+                ColumnKind::Text,
+                ColumnKind::Text,
+            ]),
     )?;
     let messages = rows
         .into_iter()

@@ -47,7 +47,10 @@ impl Field {
     pub fn parse(text: &str, at: &str) -> Result<Field, AnalyticsError> {
         if let Some(key) = text.strip_prefix(PROPERTY_PREFIX) {
             if key.is_empty() {
-                return Err(AnalyticsError::invalid(at, format!("`{at}`: `properties.` needs a property name after it")));
+                return Err(AnalyticsError::invalid(
+                    at,
+                    format!("`{at}`: `properties.` needs a property name after it"),
+                ));
             }
             return Ok(Field::Property(key.to_owned()));
         }
@@ -111,7 +114,10 @@ impl Filter {
         let text = || -> Result<String, AnalyticsError> {
             match &self.value {
                 Some(Value::String(s)) => Ok(s.clone()),
-                _ => Err(AnalyticsError::invalid(&value_at, format!("`{value_at}` must be a string for `{:?}`", self.op))),
+                _ => Err(AnalyticsError::invalid(
+                    &value_at,
+                    format!("`{value_at}` must be a string for `{:?}`", self.op),
+                )),
             }
         };
         let number = || -> Result<f64, AnalyticsError> {
@@ -228,11 +234,23 @@ mod tests {
     #[test]
     fn bad_filters_name_the_field() {
         let d = Dialect::DuckDb;
-        assert_eq!(error_field(filter(r#"{"field": "colour", "op": "eq", "value": "x"}"#).compile(d, "filters[1]")), "filters[1].field");
+        assert_eq!(
+            error_field(filter(r#"{"field": "colour", "op": "eq", "value": "x"}"#).compile(d, "filters[1]")),
+            "filters[1].field"
+        );
         assert_eq!(error_field(filter(r#"{"field": "ip", "op": "is_set"}"#).compile(d, "f[0]")), "f[0].field");
-        assert_eq!(error_field(filter(r#"{"field": "browser", "op": "gt", "value": "x"}"#).compile(d, "f[0]")), "f[0].value");
-        assert_eq!(error_field(filter(r#"{"field": "browser", "op": "regex", "value": "(a"}"#).compile(d, "f[0]")), "f[0].value");
-        assert_eq!(error_field(filter(r#"{"field": "browser", "op": "eq", "value": []}"#).compile(d, "f[0]")), "f[0].value");
+        assert_eq!(
+            error_field(filter(r#"{"field": "browser", "op": "gt", "value": "x"}"#).compile(d, "f[0]")),
+            "f[0].value"
+        );
+        assert_eq!(
+            error_field(filter(r#"{"field": "browser", "op": "regex", "value": "(a"}"#).compile(d, "f[0]")),
+            "f[0].value"
+        );
+        assert_eq!(
+            error_field(filter(r#"{"field": "browser", "op": "eq", "value": []}"#).compile(d, "f[0]")),
+            "f[0].value"
+        );
         assert!(serde_json::from_str::<Filter>(r#"{"field": "browser", "op": "like", "value": "x"}"#).is_err());
     }
 }

@@ -18,7 +18,7 @@
 use crate::fields::{compile_all, Field, Filter};
 use crate::sql::{self, Source, Sql};
 use crate::time::Window;
-use crate::{AnalyticsError, Ask};
+use crate::{bounded, AnalyticsError, Ask};
 use leanloop_store::{Cell, ColumnKind, Dialect};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -125,10 +125,7 @@ pub fn funnel(ask: &Ask, q: &FunnelQuery) -> Result<FunnelResult, AnalyticsError
             format!("`window_seconds` must be from 1 to {MAX_WINDOW_SECONDS}"),
         ));
     }
-    let limit = q.breakdown_limit.unwrap_or(10);
-    if !(1..=100).contains(&limit) {
-        return Err(AnalyticsError::invalid("breakdown_limit", "`breakdown_limit` must be from 1 to 100"));
-    }
+    let limit = bounded(q.breakdown_limit, 10, 100, "breakdown_limit")?;
     let breakdown = q.breakdown.as_deref().map(|b| Field::parse(b, "breakdown")).transpose()?;
     let mut step_conditions = Vec::new();
     for (i, step) in q.steps.iter().enumerate() {
@@ -153,7 +150,11 @@ pub fn funnel(ask: &Ask, q: &FunnelQuery) -> Result<FunnelResult, AnalyticsError
         let mut groups: Vec<BreakdownGroup> = values
             .iter()
             .take(limit)
-            .map(|(v, c)| BreakdownGroup { breakdown_value: v.clone(), other: false, funnel: summarise(q, c.iter().copied()) })
+            .map(|(v, c)| BreakdownGroup {
+                breakdown_value: v.clone(),
+                other: false,
+                funnel: summarise(q, c.iter().copied()),
+            })
             .collect();
         if !rest.is_empty() {
             groups.push(BreakdownGroup { breakdown_value: None, other: true, funnel: summarise(q, rest.into_iter()) });
@@ -186,19 +187,17 @@ fn rows_query(
     let mut src =
         Source::new(d, project_id).with_person().column("x_ts", sql::timestamp_ms(d)).column("x_u", sql::uuid_text(d));
     let mask = Sql::join(
-        steps.iter().enumerate().map(|(i, c)| Sql::new("CASE WHEN ").push(c.clone().wrap()).raw(&format!(" THEN {} ELSE 0 END", 1 << i))),
+        steps
+            .iter()
+            .enumerate()
+            .map(|(i, c)| Sql::new("CASE WHEN ").push(c.clone().wrap()).raw(&format!(" THEN {} ELSE 0 END", 1 << i))),
         " + ",
     );
     src = src.column("x_m", mask);
     if let Some(b) = breakdown {
         src = src.column("x_b", b.text(d));
     }
-    for c in sql::time_range(d, Some(window.from_ms), Some(window.to_ms)) {
-        src = src.filter(c);
-    }
-    for f in compile_all(d, &q.filters, "filters")? {
-        src = src.filter(f);
-    }
+    src = src.between(Some(window.from_ms), Some(window.to_ms)).filters(compile_all(d, &q.filters, "filters")?);
     let b = if breakdown.is_some() { "x_b" } else { "''" };
     let mut sql = Sql::new(format!("SELECT person, x_ts, x_m, {b} FROM ")).push(src.render());
     if q.order == Order::Loose {
@@ -262,7 +261,11 @@ fn walk_loose(events: impl Iterator<Item = (i64, i64, Option<String>)>, steps: u
     best
 }
 
-fn walk_strict(events: impl Iterator<Item = (i64, i64, Option<String>)>, steps: usize, window_ms: i64) -> Option<Chain> {
+fn walk_strict(
+    events: impl Iterator<Item = (i64, i64, Option<String>)>,
+    steps: usize,
+    window_ms: i64,
+) -> Option<Chain> {
     let mut current: Option<Chain> = None;
     let mut best: Option<Chain> = None;
     for (ts, mask, value) in events {

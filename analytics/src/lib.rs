@@ -45,6 +45,14 @@ impl AnalyticsError {
     }
 }
 
+/// `value` (or `default`) when from 1 to `max`, else a 400 naming `field`.
+fn bounded(value: Option<usize>, default: usize, max: usize, field: &str) -> Result<usize, AnalyticsError> {
+    match value.unwrap_or(default) {
+        n if (1..=max).contains(&n) => Ok(n),
+        _ => Err(AnalyticsError::invalid(field, format!("`{field}` must be from 1 to {max}"))),
+    }
+}
+
 /// One question's context: the store, the project, and "now".
 pub struct Ask<'a> {
     store: &'a dyn EventStore,
@@ -140,11 +148,7 @@ impl Analytics {
         releases::releases(&self.ask(project_id, now_ms()), q)
     }
 
-    pub fn impact(
-        &self,
-        project_id: i64,
-        q: &releases::ImpactQuery,
-    ) -> Result<releases::ImpactResult, AnalyticsError> {
+    pub fn impact(&self, project_id: i64, q: &releases::ImpactQuery) -> Result<releases::ImpactResult, AnalyticsError> {
         releases::impact(&self.ask(project_id, now_ms()), q)
     }
 
@@ -152,7 +156,12 @@ impl Analytics {
         people::people(&self.ask(project_id, now_ms()), q)
     }
 
-    pub fn profile(&self, project_id: i64, user_id: &str, limit: usize) -> Result<Option<people::Profile>, AnalyticsError> {
+    pub fn profile(
+        &self,
+        project_id: i64,
+        user_id: &str,
+        limit: usize,
+    ) -> Result<Option<people::Profile>, AnalyticsError> {
         people::profile(&self.ask(project_id, now_ms()), user_id, limit)
     }
 

@@ -22,11 +22,10 @@ pub struct LiveResult {
 pub fn live(ask: &Ask) -> Result<LiveResult, AnalyticsError> {
     let d = ask.dialect();
     let now = ask.now_ms;
-    let window = Window { from_ms: (now.div_euclid(60_000) - (MINUTES - 1)) * 60_000, to_ms: now + 1, tz: chrono_tz::Tz::UTC };
+    let window =
+        Window { from_ms: (now.div_euclid(60_000) - (MINUTES - 1)) * 60_000, to_ms: now + 1, tz: chrono_tz::Tz::UTC };
     let src = |from: i64| {
-        sql::time_range(d, Some(from), Some(now + 1))
-            .into_iter()
-            .fold(Source::new(d, ask.project_id).column("x_ts", sql::timestamp_ms(d)), Source::filter)
+        Source::new(d, ask.project_id).column("x_ts", sql::timestamp_ms(d)).between(Some(from), Some(now + 1))
     };
     let active = ask.rows(
         Sql::new(format!("SELECT {} FROM ", sql::count_distinct(d, "person")))

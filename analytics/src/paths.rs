@@ -9,7 +9,7 @@
 use crate::fields::{compile_all, Filter};
 use crate::sql::{self, Source, Sql};
 use crate::time::Window;
-use crate::{AnalyticsError, Ask};
+use crate::{bounded, AnalyticsError, Ask};
 use leanloop_store::{Cell, ColumnKind, Dialect};
 use serde::{Deserialize, Serialize};
 
@@ -65,10 +65,7 @@ pub struct PathsResult {
 pub fn paths(ask: &Ask, q: &PathsQuery) -> Result<PathsResult, AnalyticsError> {
     let d = ask.dialect();
     let window = Window::parse(q.date_from.as_deref(), q.date_to.as_deref(), q.timezone.as_deref(), ask.now_ms)?;
-    let limit = q.limit.unwrap_or(10);
-    if !(1..=100).contains(&limit) {
-        return Err(AnalyticsError::invalid("limit", "`limit` must be from 1 to 100"));
-    }
+    let limit = bounded(q.limit, 10, 100, "limit")?;
     if q.start.is_empty() {
         return Err(AnalyticsError::invalid("start", "`start` must name an event or a page path"));
     }
@@ -84,12 +81,7 @@ pub fn paths(ask: &Ask, q: &PathsQuery) -> Result<PathsResult, AnalyticsError> {
     if q.kind == ItemKind::Pages {
         src = src.filter(Sql::new("name = '$pageview'"));
     }
-    for c in sql::time_range(d, Some(window.from_ms), Some(window.to_ms)) {
-        src = src.filter(c);
-    }
-    for f in compile_all(d, &q.filters, "filters")? {
-        src = src.filter(f);
-    }
+    src = src.between(Some(window.from_ms), Some(window.to_ms)).filters(compile_all(d, &q.filters, "filters")?);
     let neighbours = match (d, q.direction) {
         (Dialect::DuckDb, dir) => {
             let f = if dir == Direction::Next { "lead" } else { "lag" };
@@ -104,9 +96,10 @@ pub fn paths(ask: &Ask, q: &PathsQuery) -> Result<PathsResult, AnalyticsError> {
             } else {
                 "if(x_pos > 1, x_items[x_pos - 1], NULL)"
             };
-            let sessions = Sql::new("SELECT arraySort((i, k) -> k, groupArray(x_i), groupArray(x_key)) AS x_items FROM ")
-                .push(src.render())
-                .raw(" GROUP BY x_s");
+            let sessions =
+                Sql::new("SELECT arraySort((i, k) -> k, groupArray(x_i), groupArray(x_key)) AS x_items FROM ")
+                    .push(src.render())
+                    .raw(" GROUP BY x_s");
             Sql::new(format!("SELECT x_items[x_pos] AS x_i, {n} AS x_n FROM "))
                 .push(sessions.wrap())
                 .raw(" ARRAY JOIN arrayEnumerate(x_items) AS x_pos")

@@ -8,7 +8,7 @@
 use crate::fields::{Filter, Op};
 use crate::sql::{self, Source, Sql};
 use crate::time::rfc3339;
-use crate::{AnalyticsError, Ask};
+use crate::{bounded, AnalyticsError, Ask};
 use leanloop_store::{Cell, ColumnKind, Dialect};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -84,12 +84,11 @@ impl TraitCheck {
             _ => None,
         };
         let pattern = match f.op {
-            Op::Regex | Op::NotRegex => Some(
-                regex::RegexBuilder::new(&values[0])
-                    .size_limit(1 << 20)
-                    .build()
-                    .map_err(|e| AnalyticsError::invalid(&value_at, format!("`{value_at}` is not a valid regular expression: {e}")))?,
-            ),
+            Op::Regex | Op::NotRegex => {
+                Some(regex::RegexBuilder::new(&values[0]).size_limit(1 << 20).build().map_err(|e| {
+                    AnalyticsError::invalid(&value_at, format!("`{value_at}` is not a valid regular expression: {e}"))
+                })?)
+            }
             _ => None,
         };
         Ok(TraitCheck { key: key.to_owned(), op: f.op, values, number, pattern })
@@ -127,8 +126,10 @@ impl TraitCheck {
 fn stored_people(ask: &Ask, user_id: Option<&str>) -> Result<Vec<(String, String, i64, i64)>, AnalyticsError> {
     let sql = match ask.dialect() {
         Dialect::DuckDb => {
-            let mut s = Sql::new("SELECT user_id, traits, epoch_ms(first_seen), epoch_ms(last_seen) FROM users WHERE project_id = ")
-                .int(ask.project_id);
+            let mut s = Sql::new(
+                "SELECT user_id, traits, epoch_ms(first_seen), epoch_ms(last_seen) FROM users WHERE project_id = ",
+            )
+            .int(ask.project_id);
             if let Some(id) = user_id {
                 s = s.raw(" AND user_id = ").text(id);
             }
@@ -167,10 +168,7 @@ fn person((user_id, traits, first, last): (String, String, i64, i64)) -> Person 
 }
 
 pub fn people(ask: &Ask, q: &PeopleQuery) -> Result<PeopleResult, AnalyticsError> {
-    let limit = q.limit.unwrap_or(100);
-    if !(1..=1000).contains(&limit) {
-        return Err(AnalyticsError::invalid("limit", "`limit` must be from 1 to 1000"));
-    }
+    let limit = bounded(q.limit, 100, 1000, "limit")?;
     if q.filters.len() > 50 {
         return Err(AnalyticsError::invalid("filters", "`filters`: at most 50 filters"));
     }
@@ -229,9 +227,7 @@ pub struct Profile {
 /// A person's profile, or `None` when no such person is stored.
 pub fn profile(ask: &Ask, user_id: &str, limit: usize) -> Result<Option<Profile>, AnalyticsError> {
     let d = ask.dialect();
-    if !(1..=1000).contains(&limit) {
-        return Err(AnalyticsError::invalid("limit", "`limit` must be from 1 to 1000"));
-    }
+    bounded(Some(limit), 100, 1000, "limit")?;
     let Some(stored) = stored_people(ask, Some(user_id))?.into_iter().next() else { return Ok(None) };
     let anonymous_ids: Vec<String> = ask
         .rows(
@@ -257,7 +253,14 @@ pub fn profile(ask: &Ask, user_id: &str, limit: usize) -> Result<Option<Profile>
         Sql::new("SELECT x_u, x_n, x_ts, x_s, x_p, x_r FROM ")
             .push(src.render())
             .raw(&format!(" ORDER BY x_ts DESC, x_u LIMIT {limit}"))
-            .select(&[ColumnKind::Text, ColumnKind::Text, ColumnKind::Int, ColumnKind::Text, ColumnKind::Text, ColumnKind::Text]),
+            .select(&[
+                ColumnKind::Text,
+                ColumnKind::Text,
+                ColumnKind::Int,
+                ColumnKind::Text,
+                ColumnKind::Text,
+                ColumnKind::Text,
+            ]),
     )?;
     let events = rows
         .into_iter()

@@ -9,7 +9,7 @@ use crate::fields::compile_all;
 use crate::sql::{self, Source, Sql};
 use crate::time::{rfc3339, Window};
 use crate::trends::{measure, Plan, Series};
-use crate::{AnalyticsError, Ask};
+use crate::{bounded, AnalyticsError, Ask};
 use leanloop_store::{Cell, ColumnKind};
 use serde::{Deserialize, Serialize};
 
@@ -33,10 +33,7 @@ pub struct ReleaseSummary {
 
 pub fn releases(ask: &Ask, q: &ReleasesQuery) -> Result<Vec<ReleaseSummary>, AnalyticsError> {
     let d = ask.dialect();
-    let limit = q.limit.unwrap_or(100);
-    if !(1..=1000).contains(&limit) {
-        return Err(AnalyticsError::invalid("limit", "`limit` must be from 1 to 1000"));
-    }
+    let limit = bounded(q.limit, 100, 1000, "limit")?;
     // Without a range, all time: releases are few and long-lived.
     let range = match (q.date_from.as_deref(), q.date_to.as_deref()) {
         (None, None) => None,
@@ -46,21 +43,20 @@ pub fn releases(ask: &Ask, q: &ReleasesQuery) -> Result<Vec<ReleaseSummary>, Ana
             Some((w.from_ms, w.to_ms))
         }
     };
-    let mut src = Source::new(d, ask.project_id)
+    let src = Source::new(d, ask.project_id)
         .with_person()
         .column("x_ts", sql::timestamp_ms(d))
         .column("x_r", Sql::new("release"))
-        .filter(Sql::new("release IS NOT NULL"));
-    if let Some((from, to)) = range {
-        for c in sql::time_range(d, Some(from), Some(to)) {
-            src = src.filter(c);
-        }
-    }
+        .filter(Sql::new("release IS NOT NULL"))
+        .between(range.map(|r| r.0), range.map(|r| r.1));
     let rows = ask.rows(
-        Sql::new(format!("SELECT x_r, min(x_ts) AS x_first, max(x_ts), count(*), {} FROM ", sql::count_distinct(d, "person")))
-            .push(src.render())
-            .raw(&format!(" GROUP BY x_r ORDER BY x_first DESC, x_r LIMIT {limit}"))
-            .select(&[ColumnKind::Text, ColumnKind::Int, ColumnKind::Int, ColumnKind::Int, ColumnKind::Int]),
+        Sql::new(format!(
+            "SELECT x_r, min(x_ts) AS x_first, max(x_ts), count(*), {} FROM ",
+            sql::count_distinct(d, "person")
+        ))
+        .push(src.render())
+        .raw(&format!(" GROUP BY x_r ORDER BY x_first DESC, x_r LIMIT {limit}"))
+        .select(&[ColumnKind::Text, ColumnKind::Int, ColumnKind::Int, ColumnKind::Int, ColumnKind::Int]),
     )?;
     Ok(rows
         .into_iter()
@@ -84,7 +80,9 @@ fn first_seen(ask: &Ask, release: &str) -> Result<Option<i64>, AnalyticsError> {
     let src = Source::new(d, ask.project_id)
         .column("x_ts", sql::timestamp_ms(d))
         .filter(Sql::new("release = ").text(release));
-    let rows = ask.rows(Sql::new("SELECT min(x_ts), count(*) FROM ").push(src.render()).select(&[ColumnKind::Int, ColumnKind::Int]))?;
+    let rows = ask.rows(
+        Sql::new("SELECT min(x_ts), count(*) FROM ").push(src.render()).select(&[ColumnKind::Int, ColumnKind::Int]),
+    )?;
     Ok(rows.first().filter(|r| r[1].int() > 0).map(|r| r[0].int()))
 }
 
@@ -131,7 +129,12 @@ pub fn impact(ask: &Ask, q: &ImpactQuery) -> Result<ImpactResult, AnalyticsError
     let global = compile_all(d, &q.filters, "filters")?;
     let plan = || Plan::new(d, &q.series, &global, "series");
     let side = |label: &str, w: &Window, plan: Plan| -> Result<ImpactSide, AnalyticsError> {
-        Ok(ImpactSide { label: label.to_owned(), from: rfc3339(w.from_ms), to: rfc3339(w.to_ms), value: measure(ask, w, &plan)? })
+        Ok(ImpactSide {
+            label: label.to_owned(),
+            from: rfc3339(w.from_ms),
+            to: rfc3339(w.to_ms),
+            value: measure(ask, w, &plan)?,
+        })
     };
     let released = first_seen(ask, &q.release)?;
     let (baseline, candidate) = match &q.compare_to {
@@ -146,7 +149,10 @@ pub fn impact(ask: &Ask, q: &ImpactQuery) -> Result<ImpactResult, AnalyticsError
             })?;
             let len = q.window_seconds.unwrap_or(7 * 86_400);
             if !(60..=366 * 86_400).contains(&len) {
-                return Err(AnalyticsError::invalid("window_seconds", "`window_seconds` must be from 60 to 31,622,400"));
+                return Err(AnalyticsError::invalid(
+                    "window_seconds",
+                    "`window_seconds` must be from 60 to 31,622,400",
+                ));
             }
             let tz = chrono_tz::Tz::UTC;
             let before = Window { from_ms: at - len * 1000, to_ms: at, tz };

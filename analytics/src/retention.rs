@@ -109,10 +109,10 @@ pub fn retention(ask: &Ask, q: &RetentionQuery) -> Result<RetentionResult, Analy
 
     let global = compile_all(d, &q.filters, "filters")?;
     let events = |spec: &EventSpec, at: &str, from: Option<i64>| -> Result<Source, AnalyticsError> {
-        let mut src = Source::new(d, ask.project_id).with_person().column("x_ts", sql::timestamp_ms(d));
-        for c in sql::time_range(d, from, Some(window.to_ms)) {
-            src = src.filter(c);
-        }
+        let mut src = Source::new(d, ask.project_id)
+            .with_person()
+            .column("x_ts", sql::timestamp_ms(d))
+            .between(from, Some(window.to_ms));
         if let Some(event) = &spec.event {
             src = src.filter(Sql::new("name = ").text(event));
         }

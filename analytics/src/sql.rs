@@ -242,6 +242,17 @@ impl Source {
         self
     }
 
+    /// Only events with `from <= time < to` (either bound optional).
+    pub fn between(self, from_ms: Option<i64>, to_ms: Option<i64>) -> Source {
+        let d = self.dialect;
+        self.filters(time_range(d, from_ms, to_ms))
+    }
+
+    pub fn filters(mut self, conditions: impl IntoIterator<Item = Sql>) -> Source {
+        self.conditions.extend(conditions);
+        self
+    }
+
     pub fn with_person(mut self) -> Source {
         self.person = true;
         self
@@ -283,14 +294,16 @@ impl Source {
             }
             Dialect::ClickHouse => {
                 let list: String = aliases.iter().map(|a| format!("{a}, ")).collect();
-                Sql::new(format!("(SELECT {list}coalesce(user_id, nullIf(linked_user, ''), anonymous_id) AS person FROM "))
-                    .push(rows.wrap())
-                    .raw(
-                        " ANY LEFT JOIN (SELECT anonymous_id AS anon_key, argMin(user_id, linked_at_ms) AS linked_user \
+                Sql::new(format!(
+                    "(SELECT {list}coalesce(user_id, nullIf(linked_user, ''), anonymous_id) AS person FROM "
+                ))
+                .push(rows.wrap())
+                .raw(
+                    " ANY LEFT JOIN (SELECT anonymous_id AS anon_key, argMin(user_id, linked_at_ms) AS linked_user \
                          FROM identities WHERE project_id = ",
-                    )
-                    .int(self.project_id)
-                    .raw(" GROUP BY anonymous_id) USING (anon_key))")
+                )
+                .int(self.project_id)
+                .raw(" GROUP BY anonymous_id) USING (anon_key))")
             }
         }
     }

@@ -49,7 +49,10 @@ impl Window {
         let tz: Tz = match timezone.filter(|t| !t.is_empty()) {
             None => Tz::UTC,
             Some(name) => name.parse().map_err(|_| {
-                AnalyticsError::invalid("timezone", format!("`timezone` must be an IANA zone such as Europe/Berlin, not `{name}`"))
+                AnalyticsError::invalid(
+                    "timezone",
+                    format!("`timezone` must be an IANA zone such as Europe/Berlin, not `{name}`"),
+                )
             })?,
         };
         let to_ms = match date_to.filter(|t| !t.is_empty()) {
@@ -151,7 +154,10 @@ impl Window {
         if last - first + 1 > MAX_BUCKETS {
             return Err(AnalyticsError::invalid(
                 "interval",
-                format!("{} buckets requested; at most {MAX_BUCKETS}: use a longer interval or a shorter range", last - first + 1),
+                format!(
+                    "{} buckets requested; at most {MAX_BUCKETS}: use a longer interval or a shorter range",
+                    last - first + 1
+                ),
             ));
         }
         Ok((first..=last).collect())
@@ -162,7 +168,9 @@ impl Window {
         let naive = local_start(interval, key);
         let local = self.tz.from_local_datetime(&naive).earliest().unwrap_or_else(|| {
             // A start inside a gap (DST): the first instant after it.
-            self.tz.from_utc_datetime(&(naive - Duration::milliseconds(self.offset_ms(naive.and_utc().timestamp_millis()))))
+            self.tz.from_utc_datetime(
+                &(naive - Duration::milliseconds(self.offset_ms(naive.and_utc().timestamp_millis()))),
+            )
         });
         local.to_rfc3339_opts(SecondsFormat::Secs, true)
     }
@@ -269,6 +277,8 @@ mod tests {
         assert_eq!(err(Window::parse(Some("yesterday"), None, None, 0)), "date_from");
         assert_eq!(err(Window::parse(None, Some("2024-01-01"), Some("Mars/Olympus"), 0)), "timezone");
         let w = window("2000-01-01", "2024-01-01", "UTC");
-        assert!(matches!(w.keys(Interval::Hour), Err(AnalyticsError::InvalidQuery { field, .. }) if field == "interval"));
+        assert!(
+            matches!(w.keys(Interval::Hour), Err(AnalyticsError::InvalidQuery { field, .. }) if field == "interval")
+        );
     }
 }

@@ -5,7 +5,7 @@
 use crate::fields::{compile_all, Field, Filter};
 use crate::sql::{self, Source, Sql};
 use crate::time::{Interval, Window};
-use crate::{AnalyticsError, Ask};
+use crate::{bounded, AnalyticsError, Ask};
 use leanloop_store::{Cell, ColumnKind, Dialect};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -212,10 +212,7 @@ pub fn trend(ask: &Ask, q: &TrendQuery) -> Result<TrendResult, AnalyticsError> {
     }
     let global = compile_all(d, &q.filters, "filters")?;
     let breakdown = q.breakdown.as_deref().map(|b| Field::parse(b, "breakdown")).transpose()?;
-    let limit = q.breakdown_limit.unwrap_or(10);
-    if !(1..=100).contains(&limit) {
-        return Err(AnalyticsError::invalid("breakdown_limit", "`breakdown_limit` must be from 1 to 100"));
-    }
+    let limit = bounded(q.breakdown_limit, 10, 100, "breakdown_limit")?;
     let plans = q
         .series
         .iter()
@@ -239,10 +236,9 @@ pub fn trend(ask: &Ask, q: &TrendQuery) -> Result<TrendResult, AnalyticsError> {
 /// breakdown need.
 fn source(ask: &Ask, window: &Window, plan: &Plan, breakdown: Option<&Field>) -> Source {
     let d = ask.dialect();
-    let mut src = Source::new(d, ask.project_id).column("x_ts", sql::timestamp_ms(d));
-    for c in sql::time_range(d, Some(window.from_ms), Some(window.to_ms)) {
-        src = src.filter(c);
-    }
+    let mut src = Source::new(d, ask.project_id)
+        .column("x_ts", sql::timestamp_ms(d))
+        .between(Some(window.from_ms), Some(window.to_ms));
     if let Some(event) = &plan.event {
         src = src.filter(Sql::new("name = ").text(event));
     }
@@ -294,7 +290,9 @@ fn run_series(
             let named: Vec<&String> = shown.iter().flatten().collect();
             let mut conds = Vec::new();
             if !named.is_empty() {
-                conds.push(Sql::new("x_b IN (").push(Sql::join(named.iter().map(|v| Sql::default().text(v)), ", ")).raw(")"));
+                conds.push(
+                    Sql::new("x_b IN (").push(Sql::join(named.iter().map(|v| Sql::default().text(v)), ", ")).raw(")"),
+                );
             }
             if shown.iter().any(Option::is_none) {
                 conds.push(Sql::new("x_b IS NULL"));

@@ -9,7 +9,7 @@
 use crate::fields::{compile_all, Filter};
 use crate::sql::{self, Source, Sql};
 use crate::time::Window;
-use crate::{AnalyticsError, Ask};
+use crate::{bounded, AnalyticsError, Ask};
 use leanloop_store::{Cell, ColumnKind, Dialect};
 use serde::{Deserialize, Serialize};
 
@@ -64,26 +64,24 @@ pub struct WebResult {
 pub fn web(ask: &Ask, q: &WebQuery) -> Result<WebResult, AnalyticsError> {
     let d = ask.dialect();
     let window = Window::parse(q.date_from.as_deref(), q.date_to.as_deref(), q.timezone.as_deref(), ask.now_ms)?;
-    let limit = q.limit.unwrap_or(10);
-    if !(1..=100).contains(&limit) {
-        return Err(AnalyticsError::invalid("limit", "`limit` must be from 1 to 100"));
-    }
-    let mut base = Source::new(d, ask.project_id).filter(Sql::new("name = '$pageview'"));
-    for c in sql::time_range(d, Some(window.from_ms), Some(window.to_ms)) {
-        base = base.filter(c);
-    }
-    for f in compile_all(d, &q.filters, "filters")? {
-        base = base.filter(f);
-    }
+    let limit = bounded(q.limit, 10, 100, "limit")?;
+    let base = Source::new(d, ask.project_id)
+        .filter(Sql::new("name = '$pageview'"))
+        .between(Some(window.from_ms), Some(window.to_ms))
+        .filters(compile_all(d, &q.filters, "filters")?);
     let with = |cols: &[(&'static str, &str)]| {
         cols.iter().fold(base.clone(), |src, &(alias, expr)| src.column(alias, Sql::new(expr)))
     };
 
     let people = with(&[("x_s", "session_id")]).with_person().render();
     let totals = ask.rows(
-        Sql::new(format!("SELECT {}, count(*), {} FROM ", sql::count_distinct(d, "person"), sql::count_distinct(d, "x_s")))
-            .push(people)
-            .select(&[ColumnKind::Int, ColumnKind::Int, ColumnKind::Int]),
+        Sql::new(format!(
+            "SELECT {}, count(*), {} FROM ",
+            sql::count_distinct(d, "person"),
+            sql::count_distinct(d, "x_s")
+        ))
+        .push(people)
+        .select(&[ColumnKind::Int, ColumnKind::Int, ColumnKind::Int]),
     )?;
     let ts = sql::timestamp_ms(d).text;
     let sessions = Sql::new("SELECT x_s, count(*) AS x_n, max(x_ts) - min(x_ts) AS x_d FROM ")

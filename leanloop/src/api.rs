@@ -3,17 +3,17 @@
 //! query, see `leanloop_analytics`).
 
 use crate::app::Shared;
-use axum::extract::rejection::QueryRejection;
 use axum::body::Bytes;
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use leanloop_analytics::{Analytics, AnalyticsError, EventQuery};
-use serde::de::DeserializeOwned;
-use serde::Serialize;
 use leanloop_control::KeyKind;
 use leanloop_core::{ApiError, ErrorClass};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
 use serde_json::{json, Value};
 
 pub fn router(shared: Shared) -> Router {
@@ -111,7 +111,12 @@ type Asker<Q, R> = fn(&Analytics, i64, &Q) -> Result<R, AnalyticsError>;
 /// A POST handler answering the JSON query `Q` with `ask`.
 fn insight<Q, R>(
     ask: Asker<Q, R>,
-) -> impl Fn(State<Shared>, Path<String>, HeaderMap, Bytes) -> futures::future::BoxFuture<'static, Result<Json<R>, ApiError>>
+) -> impl Fn(
+    State<Shared>,
+    Path<String>,
+    HeaderMap,
+    Bytes,
+) -> futures::future::BoxFuture<'static, Result<Json<R>, ApiError>>
        + Clone
        + Send
        + Sync
@@ -161,7 +166,11 @@ fn json_query<Q: DeserializeOwned>(body: &[u8]) -> Result<Q, ApiError> {
     })
 }
 
-async fn live(State(shared): State<Shared>, Path(id): Path<String>, headers: HeaderMap) -> Result<Json<Value>, ApiError> {
+async fn live(
+    State(shared): State<Shared>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
     let project = authorise(&shared, &headers, &id)?;
     let result = blocking(move || shared.analytics.live(project)).await?;
     Ok(Json(json!(result)))

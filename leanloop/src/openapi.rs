@@ -81,18 +81,37 @@ pub fn document() -> Value {
         paths.insert(format!("/api/v1/projects/{{id}}/insights/{kind}"), item);
     }
     let text = |name: &str, description: &str| json!({"name": name, "in": "query", "description": description, "schema": {"type": "string"}});
-    let filters = json!([project_id(), text("name", "Event name"), text("user", "User id or anonymous id"),
-        text("from", "RFC 3339 time, inclusive"), text("to", "RFC 3339 time, exclusive")]);
+    let filters = json!([
+        project_id(),
+        text("name", "Event name"),
+        text("user", "User id or anonymous id"),
+        text("from", "RFC 3339 time, inclusive"),
+        text("to", "RFC 3339 time, exclusive")
+    ]);
     let mut list_params = filters.clone();
     if let Some(list) = list_params.as_array_mut() {
-        list.push(json!({"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 1000}}));
+        list.push(
+            json!({"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 1000}}),
+        );
     }
     let mut responses = error_answers();
-    responses["200"] = answer("Newest events first", json!({"type": "object", "properties": {"events": {"type": "array", "items": {"type": "object"}}}}));
-    paths.insert("/api/v1/projects/{id}/events".into(), json!({"get": {"summary": "Stored events", "parameters": list_params, "responses": responses}}));
+    responses["200"] = answer(
+        "Newest events first",
+        json!({"type": "object", "properties": {"events": {"type": "array", "items": {"type": "object"}}}}),
+    );
+    paths.insert(
+        "/api/v1/projects/{id}/events".into(),
+        json!({"get": {"summary": "Stored events", "parameters": list_params, "responses": responses}}),
+    );
     let mut responses = error_answers();
-    responses["200"] = answer("Stored events, each uuid once", json!({"type": "object", "properties": {"count": {"type": "integer"}}}));
-    paths.insert("/api/v1/projects/{id}/events/count".into(), json!({"get": {"summary": "Count stored events", "parameters": filters, "responses": responses}}));
+    responses["200"] = answer(
+        "Stored events, each uuid once",
+        json!({"type": "object", "properties": {"count": {"type": "integer"}}}),
+    );
+    paths.insert(
+        "/api/v1/projects/{id}/events/count".into(),
+        json!({"get": {"summary": "Count stored events", "parameters": filters, "responses": responses}}),
+    );
 
     let mut responses = error_answers();
     responses["200"] = answer("The person, their anonymous ids and newest events", schema::<people::Profile>(&mut g));

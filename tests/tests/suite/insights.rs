@@ -133,20 +133,26 @@ fn daily_pageviews_in_berlin_by_top_browsers_with_the_previous_period() {
                 None => !top.contains(&e.browser),
             })
             .collect();
-        let data = days.iter().map(|d| json!(hits.iter().filter(|e| local_date(tz, e.timestamp_ms) == *d).count())).collect();
+        let data =
+            days.iter().map(|d| json!(hits.iter().filter(|e| local_date(tz, e.timestamp_ms) == *d).count())).collect();
         (data, json!(hits.len()))
     };
     let mut expected = Vec::new();
     for v in &top {
         let (data, aggregate) = line(Some(v));
-        expected.push(json!({"event": "$pageview", "math": "total", "breakdown_value": v, "data": data, "aggregate": aggregate}));
+        expected.push(
+            json!({"event": "$pageview", "math": "total", "breakdown_value": v, "data": data, "aggregate": aggregate}),
+        );
     }
     let (data, aggregate) = line(None);
     expected.push(json!({"event": "$pageview", "math": "total", "breakdown_value": null, "other": true, "data": data, "aggregate": aggregate}));
     assert_eq!(got["series"], json!(expected));
     let labels: Vec<String> = days.iter().map(|d| day_label(tz, *d)).collect();
     assert_eq!(got["buckets"], json!(labels));
-    assert!(labels.contains(&"2024-03-31T00:00:00+01:00".to_owned()) && labels.contains(&"2024-04-01T00:00:00+02:00".to_owned()));
+    assert!(
+        labels.contains(&"2024-03-31T00:00:00+01:00".to_owned())
+            && labels.contains(&"2024-04-01T00:00:00+02:00".to_owned())
+    );
     // Nothing happened in the 30 days before: no lines, 30 buckets.
     assert_eq!(got["previous"]["series"], json!([]));
     assert_eq!(got["previous"]["buckets"].as_array().unwrap().len(), 30);
@@ -178,7 +184,8 @@ fn weekly_unique_people_count_stitched_visitors_once() {
     assert_eq!(got["series"][1]["data"], json!(sessions));
     assert_eq!(got["buckets"][1], json!("2024-03-25T00:00:00Z"));
     // Identify stitching: fewer people than distinct raw ids.
-    let raw_ids = c.events.iter().filter_map(|e| e.user_id.clone().or(e.anonymous_id.clone())).collect::<HashSet<_>>().len();
+    let raw_ids =
+        c.events.iter().filter_map(|e| e.user_id.clone().or(e.anonymous_id.clone())).collect::<HashSet<_>>().len();
     assert!(got["series"][0]["aggregate"].as_u64().unwrap() < raw_ids as u64);
 }
 
@@ -238,8 +245,8 @@ fn loose_chain(events: &[&Event], steps: &[&dyn Fn(&Event) -> bool], window: i64
         let mut chain = vec![(e.timestamp_ms, start)];
         let mut at = start;
         for step in &steps[1..] {
-            let next = (at + 1..events.len())
-                .find(|&j| step(events[j]) && events[j].timestamp_ms - e.timestamp_ms <= window);
+            let next =
+                (at + 1..events.len()).find(|&j| step(events[j]) && events[j].timestamp_ms - e.timestamp_ms <= window);
             match next {
                 Some(j) => {
                     chain.push((events[j].timestamp_ms, j));
@@ -251,7 +258,10 @@ fn loose_chain(events: &[&Event], steps: &[&dyn Fn(&Event) -> bool], window: i64
         let candidate = (chain.len(), at, start, chain);
         let better = match &best {
             None => true,
-            Some(b) => candidate.0 > b.0 || (candidate.0 == b.0 && (candidate.1 < b.1 || (candidate.1 == b.1 && candidate.2 > b.2))),
+            Some(b) => {
+                candidate.0 > b.0
+                    || (candidate.0 == b.0 && (candidate.1 < b.1 || (candidate.1 == b.1 && candidate.2 > b.2)))
+            }
         };
         if better {
             best = Some(candidate);
@@ -275,7 +285,11 @@ fn funnel_steps(chains: &[Vec<(i64, usize)>], names: &[&str]) -> Value {
     let steps: Vec<Value> = (0..n)
         .map(|k| {
             let prev = if k == 0 { count(0) } else { count(k - 1) };
-            let gaps: Vec<i64> = if k == 0 { vec![] } else { chains.iter().filter(|c| c.len() > k).map(|c| c[k].0 - c[k - 1].0).collect() };
+            let gaps: Vec<i64> = if k == 0 {
+                vec![]
+            } else {
+                chains.iter().filter(|c| c.len() > k).map(|c| c[k].0 - c[k - 1].0).collect()
+            };
             json!({"event": names[k], "count": count(k), "conversion_rate": rate(count(k), count(0)),
                    "step_conversion_rate": rate(count(k), prev), "drop_off": prev - count(k),
                    "median_seconds_from_previous": median_seconds(gaps)})
@@ -436,7 +450,8 @@ fn paths_after_an_event_and_after_a_page() {
 
 #[test]
 fn web_overview_pages_entries_and_browsers() {
-    let got = both(json!({"date_from": "2024-03-18T00:00:00Z", "date_to": "2024-04-17T00:00:00Z", "limit": 5}), web::web);
+    let got =
+        both(json!({"date_from": "2024-03-18T00:00:00Z", "date_to": "2024-04-17T00:00:00Z", "limit": 5}), web::web);
     let c = &FIXTURE.corpus;
     let views: Vec<&Event> = c.events.iter().filter(|e| e.name == "$pageview").collect();
     let mut sessions: HashMap<&str, Vec<&Event>> = HashMap::new();
@@ -463,12 +478,17 @@ fn web_overview_pages_entries_and_browsers() {
             g.0.insert(person);
             g.1 += 1;
         }
-        let mut list: Vec<(Option<String>, u64, u64)> = groups.into_iter().map(|(v, (p, n))| (v, p.len() as u64, n)).collect();
+        let mut list: Vec<(Option<String>, u64, u64)> =
+            groups.into_iter().map(|(v, (p, n))| (v, p.len() as u64, n)).collect();
         list.sort_by(|a, b| {
             let (ka, kb) = if by_count { ((a.2, a.1), (b.2, b.1)) } else { ((a.1, a.2), (b.1, b.2)) };
             kb.cmp(&ka).then_with(|| none_last(&a.0, &b.0))
         });
-        json!(list.into_iter().take(5).map(|(v, p, n)| json!({"value": v, "visitors": p, "count": n})).collect::<Vec<_>>())
+        json!(list
+            .into_iter()
+            .take(5)
+            .map(|(v, p, n)| json!({"value": v, "visitors": p, "count": n}))
+            .collect::<Vec<_>>())
     };
     assert_eq!(got["pages"], rank(views.iter().map(|e| (e.path.clone(), c.person(e))).collect(), true));
     assert_eq!(got["browsers"], rank(views.iter().map(|e| (e.browser.clone(), c.person(e))).collect(), false));
@@ -526,7 +546,9 @@ fn feedback_nps_by_release_and_newest_messages() {
         .iter()
         .take(7)
         .map(|e| {
-            let at = DateTime::<Utc>::from_timestamp_millis(e.timestamp_ms).unwrap().to_rfc3339_opts(SecondsFormat::Millis, true);
+            let at = DateTime::<Utc>::from_timestamp_millis(e.timestamp_ms)
+                .unwrap()
+                .to_rfc3339_opts(SecondsFormat::Millis, true);
             json!({"timestamp": at, "message": prop(e, "message"), "score": score(e), "category": null,
                    "release": e.release, "user": e.user_id.clone().or(e.anonymous_id.clone())})
         })
@@ -565,7 +587,10 @@ fn releases_with_first_and_last_seen_and_their_impact() {
     let t = by["1.2.0"].0;
     let count = |from: i64, to: i64| c.events.iter().filter(|e| e.name == "purchase" && in_range(e, from, to)).count();
     let (before, after) = (count(t - 7 * DAY_MS, t), count(t, t + 7 * DAY_MS));
-    assert_eq!((got["baseline"]["value"].as_u64(), got["candidate"]["value"].as_u64()), (Some(before as u64), Some(after as u64)));
+    assert_eq!(
+        (got["baseline"]["value"].as_u64(), got["candidate"]["value"].as_u64()),
+        (Some(before as u64), Some(after as u64))
+    );
     assert_eq!(got["change"], json!((after as f64 - before as f64) / before as f64));
     assert_eq!(ms(got["release_time"].as_str().unwrap()), t);
 }

@@ -35,9 +35,7 @@ fn hostile_traffic() -> Value {
 async fn hostile_values_are_bound(s: &TestServer) {
     assert_eq!(s.post("/v1/batch", &hostile_traffic()).await.status(), 200);
     s.settle().await;
-    let range = |series: Value, filters: Value| {
-        json!({"date_from": "2024-05-01", "date_to": "2024-05-01", "series": series, "filters": filters})
-    };
+    let range = |series: Value, filters: Value| json!({"date_from": "2024-05-01", "date_to": "2024-05-01", "series": series, "filters": filters});
     let total = |answer: &Value| answer["series"][0]["aggregate"].clone();
     for (filters, expected) in [
         (json!([{"field": "properties.plan", "op": "eq", "value": "x'); DROP TABLE events; --"}]), 1),
@@ -70,12 +68,28 @@ async fn bad_queries_name_the_field(s: &TestServer) {
         ("trend", json!({"series": [{"event": "x"}], "date_from": "2024-02-01", "date_to": "2024-01-01"}), "date_from"),
         ("trend", json!({"series": [{"event": "x"}], "date_from": "last week"}), "date_from"),
         ("trend", json!({"series": [{"event": "x"}], "timezone": "Mars/Base"}), "timezone"),
-        ("trend", json!({"series": [{"event": "x"}], "interval": "minute", "date_from": "2023-01-01", "date_to": "2024-01-01"}), "interval"),
+        (
+            "trend",
+            json!({"series": [{"event": "x"}], "interval": "minute", "date_from": "2023-01-01", "date_to": "2024-01-01"}),
+            "interval",
+        ),
         ("trend", json!({"series": [{"event": "x"}], "interval": "fortnight"}), "interval"),
         ("trend", json!({"series": [{"event": "x"}], "breakdown": "password"}), "breakdown"),
-        ("trend", json!({"series": [{"event": "x"}], "filters": [{"field": "ip", "op": "eq", "value": "1.2.3.4"}]}), "filters[0].field"),
-        ("trend", json!({"series": [{"event": "x"}], "filters": [{"field": "browser", "op": "regex", "value": "(("}]}), "filters[0].value"),
-        ("trend", json!({"series": [{"event": "x"}], "filters": [{"field": "browser", "op": "gt", "value": "big"}]}), "filters[0].value"),
+        (
+            "trend",
+            json!({"series": [{"event": "x"}], "filters": [{"field": "ip", "op": "eq", "value": "1.2.3.4"}]}),
+            "filters[0].field",
+        ),
+        (
+            "trend",
+            json!({"series": [{"event": "x"}], "filters": [{"field": "browser", "op": "regex", "value": "(("}]}),
+            "filters[0].value",
+        ),
+        (
+            "trend",
+            json!({"series": [{"event": "x"}], "filters": [{"field": "browser", "op": "gt", "value": "big"}]}),
+            "filters[0].value",
+        ),
         ("funnel", json!({"steps": steps(11)}), "steps"),
         ("funnel", json!({"steps": steps(1)}), "steps"),
         ("funnel", json!({"steps": steps(2), "window_seconds": 0}), "window_seconds"),
@@ -191,7 +205,9 @@ async fn live_counts_people_active_now() {
     let mut batch = Vec::new();
     for (user, minutes_ago) in [("a", 0), ("b", 2), ("c", 12), ("a", 1)] {
         let at = (now - chrono::Duration::minutes(minutes_ago)).to_rfc3339();
-        batch.push(json!({"type": "track", "event": "tick", "userId": user, "messageId": message_id(), "timestamp": at}));
+        batch.push(
+            json!({"type": "track", "event": "tick", "userId": user, "messageId": message_id(), "timestamp": at}),
+        );
     }
     assert_eq!(s.post("/v1/batch", &json!({"batch": batch})).await.status(), 200);
     s.settle().await;
@@ -205,7 +221,8 @@ async fn live_counts_people_active_now() {
     assert_eq!(response.status(), 200);
     let live: Value = response.json().await.unwrap();
     assert_eq!(live["active_users"], json!(2), "{live}");
-    let per_minute: Vec<u64> = live["events_per_minute"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap()).collect();
+    let per_minute: Vec<u64> =
+        live["events_per_minute"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap()).collect();
     assert_eq!(per_minute.len(), 30);
     assert_eq!(per_minute.iter().sum::<u64>(), 4, "{live}");
 }
