@@ -137,7 +137,7 @@ where
 /// Parses a JSON query; a mistake is a 400 naming the field at fault.
 fn json_query<Q: DeserializeOwned>(body: &[u8]) -> Result<Q, ApiError> {
     let de = &mut serde_json::Deserializer::from_slice(body);
-    serde_path_to_error::deserialize(de).map_err(|err| {
+    let query = serde_path_to_error::deserialize(&mut *de).map_err(|err| {
         let path = err.path().to_string();
         let inner = err.into_inner();
         let message = inner.to_string();
@@ -163,7 +163,9 @@ fn json_query<Q: DeserializeOwned>(body: &[u8]) -> Result<Q, ApiError> {
             format!("`{field}`: {inner}")
         };
         ApiError::bad_request(&field, message)
-    })
+    })?;
+    de.end().map_err(|e| ApiError::bad_request("body", format!("the body is not valid JSON: {e}")))?;
+    Ok(query)
 }
 
 async fn live(

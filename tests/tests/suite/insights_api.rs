@@ -116,6 +116,15 @@ async fn bad_queries_name_the_field(s: &TestServer) {
         .await
         .unwrap();
     assert_eq!(response.status(), 400);
+    let response = s
+        .client
+        .post(s.url(&format!("/api/v1/projects/{}/insights/web", s.project.id)))
+        .bearer_auth(&s.project.read_key)
+        .body("{} trailing")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 400, "text after the JSON value is refused");
     // The write key is not a read key.
     let response = s
         .client
