@@ -6,7 +6,7 @@
 use crate::fields::{compile_all, Filter};
 use crate::sql::{self, Source, Sql};
 use crate::time::{rfc3339, Window};
-use crate::{bounded, AnalyticsError, Ask};
+use crate::{bounded, cells, AnalyticsError, Ask};
 use leanloop_store::{Cell, ColumnKind};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -122,8 +122,7 @@ pub fn feedback(ask: &Ask, q: &FeedbackQuery) -> Result<FeedbackResult, Analytic
     let messages = rows
         .into_iter()
         .map(|r| {
-            let mut r = r.into_iter();
-            let mut next = || r.next().unwrap_or(Cell::Null);
+            let mut next = cells(r);
             let timestamp = rfc3339(next().int());
             let message = next().text().unwrap_or_default();
             let score = match next() {

@@ -28,7 +28,7 @@ pub mod web;
 pub use events::{EventQuery, EventView};
 
 use leanloop_core::{Classify, ErrorClass};
-use leanloop_store::{Dialect, EventStore, Rows, Select, StoreError};
+use leanloop_store::{Cell, Dialect, EventStore, Rows, Select, StoreError};
 use std::sync::Arc;
 
 #[derive(Debug, thiserror::Error)]
@@ -43,6 +43,12 @@ impl AnalyticsError {
     fn invalid(field: impl Into<String>, message: impl Into<String>) -> AnalyticsError {
         AnalyticsError::InvalidQuery { field: field.into(), message: message.into() }
     }
+}
+
+/// Reads a row's cells in order; a missing cell reads as NULL.
+fn cells(row: Vec<Cell>) -> impl FnMut() -> Cell {
+    let mut row = row.into_iter();
+    move || row.next().unwrap_or(Cell::Null)
 }
 
 /// `value` (or `default`) when from 1 to `max`, else a 400 naming `field`.

@@ -9,8 +9,8 @@
 use crate::fields::{compile_all, Filter};
 use crate::sql::{self, Source, Sql};
 use crate::time::Window;
-use crate::{bounded, AnalyticsError, Ask};
-use leanloop_store::{Cell, ColumnKind, Dialect};
+use crate::{bounded, cells, AnalyticsError, Ask};
+use leanloop_store::{ColumnKind, Dialect};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, schemars::JsonSchema)]
@@ -116,9 +116,8 @@ pub fn paths(ask: &Ask, q: &PathsQuery) -> Result<PathsResult, AnalyticsError> {
         .into_iter()
         .take(limit)
         .map(|r| {
-            let mut r = r.into_iter();
-            let item = r.next().and_then(Cell::text);
-            PathStep { item, count: r.next().map_or(0, |c| c.int()) as u64 }
+            let mut next = cells(r);
+            PathStep { item: next().text(), count: next().int() as u64 }
         })
         .collect();
     Ok(PathsResult { start: q.start.clone(), direction: q.direction, occurrences, steps })

@@ -8,7 +8,7 @@
 use crate::fields::{Filter, Op};
 use crate::sql::{self, Source, Sql};
 use crate::time::rfc3339;
-use crate::{bounded, AnalyticsError, Ask};
+use crate::{bounded, cells, AnalyticsError, Ask};
 use leanloop_store::{Cell, ColumnKind, Dialect};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -151,8 +151,7 @@ fn stored_people(ask: &Ask, user_id: Option<&str>) -> Result<Vec<(String, String
     Ok(rows
         .into_iter()
         .map(|r| {
-            let mut r = r.into_iter();
-            let mut next = || r.next().unwrap_or(Cell::Null);
+            let mut next = cells(r);
             (next().text().unwrap_or_default(), next().text().unwrap_or_default(), next().int(), next().int())
         })
         .collect())
@@ -265,8 +264,7 @@ pub fn profile(ask: &Ask, user_id: &str, limit: usize) -> Result<Option<Profile>
     let events = rows
         .into_iter()
         .map(|r| {
-            let mut r = r.into_iter();
-            let mut next = || r.next().unwrap_or(Cell::Null);
+            let mut next = cells(r);
             TimelineEvent {
                 uuid: next().text().unwrap_or_default(),
                 name: next().text().unwrap_or_default(),

@@ -9,8 +9,8 @@ use crate::fields::compile_all;
 use crate::sql::{self, Source, Sql};
 use crate::time::{rfc3339, Window};
 use crate::trends::{measure, Plan, Series};
-use crate::{bounded, AnalyticsError, Ask};
-use leanloop_store::{Cell, ColumnKind};
+use crate::{bounded, cells, AnalyticsError, Ask};
+use leanloop_store::ColumnKind;
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
@@ -61,8 +61,7 @@ pub fn releases(ask: &Ask, q: &ReleasesQuery) -> Result<Vec<ReleaseSummary>, Ana
     Ok(rows
         .into_iter()
         .map(|r| {
-            let mut r = r.into_iter();
-            let mut next = || r.next().unwrap_or(Cell::Null);
+            let mut next = cells(r);
             ReleaseSummary {
                 release: next().text().unwrap_or_default(),
                 first_seen: rfc3339(next().int()),

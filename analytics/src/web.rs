@@ -9,7 +9,7 @@
 use crate::fields::{compile_all, Filter};
 use crate::sql::{self, Source, Sql};
 use crate::time::Window;
-use crate::{bounded, AnalyticsError, Ask};
+use crate::{bounded, cells, AnalyticsError, Ask};
 use leanloop_store::{Cell, ColumnKind, Dialect};
 use serde::{Deserialize, Serialize};
 
@@ -163,10 +163,10 @@ fn ranked(ask: &Ask, src: Sql, count: &str, limit: usize, order: &str) -> Result
     Ok(rows
         .into_iter()
         .map(|r| {
-            let mut r = r.into_iter();
-            let value = r.next().and_then(Cell::text);
-            let visitors = r.next().map_or(0, |c| c.int()) as u64;
-            let count = r.next().map_or(0, |c| c.int()) as u64;
+            let mut next = cells(r);
+            let value = next().text();
+            let visitors = next().int() as u64;
+            let count = next().int() as u64;
             Entry { value, visitors, count }
         })
         .collect())

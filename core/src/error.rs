@@ -120,3 +120,35 @@ impl<E: Classify> From<E> for ApiError {
         ApiError::from_error(&err)
     }
 }
+
+/// What a failed typed JSON decode says about the input, for answers that
+/// name the field at fault. Callers word their own messages.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum JsonFault {
+    /// A field the type does not have, with the path down to it.
+    Unknown { name: String, path: String },
+    /// A required field absent; `path` is the object it is missing from.
+    Missing { name: String, path: String },
+    /// A value of the wrong kind at `path`.
+    Invalid { path: String },
+    /// Not JSON at all (or a value with no path).
+    Syntax,
+}
+
+impl JsonFault {
+    /// Classifies a decode error tracked with `serde_path_to_error`
+    /// (`path` is its path, `"."` for the top level).
+    pub fn of(path: &str, inner: &serde_json::Error) -> JsonFault {
+        let message = inner.to_string();
+        let named = |prefix: &str| message.strip_prefix(prefix).and_then(|m| m.split('`').next()).map(str::to_owned);
+        if let Some(name) = named("unknown field `") {
+            JsonFault::Unknown { name, path: path.to_owned() }
+        } else if let Some(name) = named("missing field `") {
+            JsonFault::Missing { name, path: path.to_owned() }
+        } else if inner.is_data() && path != "." {
+            JsonFault::Invalid { path: path.to_owned() }
+        } else {
+            JsonFault::Syntax
+        }
+    }
+}

@@ -7,5 +7,5 @@
 pub mod error;
 pub mod event;
 
-pub use error::{ApiError, Classify, ErrorClass};
+pub use error::{ApiError, Classify, ErrorClass, JsonFault};
 pub use event::{Event, EventKind, UserUpdate};

@@ -11,7 +11,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use leanloop_analytics::{Analytics, AnalyticsError, EventQuery};
 use leanloop_control::KeyKind;
-use leanloop_core::{ApiError, ErrorClass};
+use leanloop_core::{ApiError, ErrorClass, JsonFault};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::{json, Value};
@@ -140,27 +140,22 @@ fn json_query<Q: DeserializeOwned>(body: &[u8]) -> Result<Q, ApiError> {
     let query = serde_path_to_error::deserialize(&mut *de).map_err(|err| {
         let path = err.path().to_string();
         let inner = err.into_inner();
-        let message = inner.to_string();
-        let named = |prefix: &str| message.strip_prefix(prefix).and_then(|m| m.split('`').next()).map(str::to_owned);
-        let join = |name: &str| if path == "." { name.to_owned() } else { format!("{path}.{name}") };
-        let field = if let Some(unknown) = named("unknown field `") {
+        let (field, message) = match JsonFault::of(&path, &inner) {
             // The path already ends at the unknown key.
-            if path == "." {
-                unknown
-            } else {
-                path
+            JsonFault::Unknown { name, path } => {
+                let field = if path == "." { name } else { path };
+                (field.clone(), format!("`{field}`: {inner}"))
             }
-        } else if let Some(missing) = named("missing field `") {
-            join(&missing)
-        } else if path == "." {
-            "body".to_owned()
-        } else {
-            path
-        };
-        let message = if inner.is_syntax() || inner.is_eof() {
-            format!("the body is not valid JSON: {inner}")
-        } else {
-            format!("`{field}`: {inner}")
+            JsonFault::Missing { name, path } if path == "." => (name.clone(), format!("`{name}`: {inner}")),
+            JsonFault::Missing { name, path } => {
+                let field = format!("{path}.{name}");
+                (field.clone(), format!("`{field}`: {inner}"))
+            }
+            JsonFault::Invalid { path } => (path.clone(), format!("`{path}`: {inner}")),
+            JsonFault::Syntax if inner.is_syntax() || inner.is_eof() => {
+                ("body".to_owned(), format!("the body is not valid JSON: {inner}"))
+            }
+            JsonFault::Syntax => ("body".to_owned(), format!("`body`: {inner}")),
         };
         ApiError::bad_request(&field, message)
     })?;

@@ -45,8 +45,11 @@ pub fn sustain(target: Target, write_key: String, batch: usize, pace: Duration) 
     let task = tokio::spawn(async move {
         let client = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().expect("client");
         let mut out = Outcome::default();
+        // A rate, not a wait: at most one request per `pace`.
+        let mut ticks = tokio::time::interval(pace);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         while !flag.load(Ordering::Relaxed) {
-            tokio::time::sleep(pace).await;
+            ticks.tick().await;
             let ids: Vec<Uuid> = (0..batch).map(|_| Uuid::new_v4()).collect();
             let events: Vec<serde_json::Value> = ids
                 .iter()

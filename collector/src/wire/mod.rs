@@ -10,7 +10,7 @@ pub mod segment;
 pub use fields::{parse_time, Id, Text, TimeValue};
 
 use crate::IngestError;
-use leanloop_core::EventKind;
+use leanloop_core::{EventKind, JsonFault};
 use serde_json::value::RawValue;
 
 /// One event as the client described it, before enrichment.
@@ -90,16 +90,11 @@ pub(crate) fn decode_item<'a, T: serde::Deserialize<'a>>(raw: &'a str) -> Result
     serde_path_to_error::deserialize(de).map_err(|err| {
         let path = err.path().to_string();
         let inner = err.into_inner();
-        let message = inner.to_string();
-        let named = |prefix: &str| message.strip_prefix(prefix).and_then(|m| m.split('`').next()).map(str::to_owned);
-        if let Some(unknown) = named("unknown field `") {
-            IngestError::field(&unknown, format!("unknown field `{unknown}`"))
-        } else if let Some(missing) = named("missing field `") {
-            IngestError::field(&missing, format!("`{missing}` is required"))
-        } else if inner.is_data() && path != "." {
-            IngestError::field(&path, format!("`{path}`: {inner}"))
-        } else {
-            IngestError::BadJson(inner.to_string())
+        match JsonFault::of(&path, &inner) {
+            JsonFault::Unknown { name, .. } => IngestError::field(&name, format!("unknown field `{name}`")),
+            JsonFault::Missing { name, .. } => IngestError::field(&name, format!("`{name}` is required")),
+            JsonFault::Invalid { path } => IngestError::field(&path, format!("`{path}`: {inner}")),
+            JsonFault::Syntax => IngestError::BadJson(inner.to_string()),
         }
     })
 }

@@ -41,18 +41,21 @@ impl Driver {
             let port = free_port();
             let out = File::create(log).expect("chromedriver log file");
             let err = out.try_clone().expect("chromedriver log file");
-            let mut child = Command::new(&program)
+            let child = Command::new(&program)
                 .arg(format!("--port={port}"))
                 .stdin(Stdio::null())
                 .stdout(out)
                 .stderr(err)
                 .spawn()
                 .unwrap_or_else(|e| panic!("{} does not start: {e}", program.display()));
-            if ready(&mut child, port, log).await {
+            // Reaped however the wait ends, a timeout's panic included.
+            let mut pending = Unready(Some(child));
+            let child = pending.0.as_mut().expect("the child is pending");
+            if ready(child, port, log).await {
+                let child = pending.0.take().expect("the child is pending");
                 return Driver { child, port, url: format!("http://127.0.0.1:{port}") };
             }
             // It exited: the port was taken in between. Try another.
-            let _ = child.wait();
         }
         panic!("chromedriver exited {ATTEMPTS} times before listening:\n{}", read_log(log));
     }
@@ -64,26 +67,37 @@ impl Driver {
 async fn ready(child: &mut Child, port: u16, log: &Path) -> bool {
     let http = reqwest::Client::new();
     let status = format!("http://127.0.0.1:{port}/status");
-    let started = Instant::now();
-    loop {
-        if child.try_wait().expect("chromedriver status").is_some() {
-            return false;
-        }
-        if std::fs::read_to_string(log).unwrap_or_default().contains("started successfully") {
-            let answer = http.get(&status).timeout(Duration::from_secs(1)).send().await;
-            if let Ok(answer) = answer {
-                let body: serde_json::Value = answer.json().await.unwrap_or_default();
-                if body["value"]["ready"] == true {
-                    return true;
-                }
+    let what = format!("chromedriver to listen or exit (log: {})", log.display());
+    crate::eventually_within(&what, DEADLINE, || {
+        let exited = child.try_wait().expect("chromedriver status").is_some();
+        let started = std::fs::read_to_string(log).unwrap_or_default().contains("started successfully");
+        let (http, status) = (http.clone(), status.clone());
+        async move {
+            if exited {
+                return Some(false);
             }
+            if !started {
+                return None;
+            }
+            let answer = http.get(&status).timeout(Duration::from_secs(1)).send().await.ok()?;
+            let body: serde_json::Value = answer.json().await.ok()?;
+            (body["value"]["ready"] == true).then_some(true)
         }
-        if started.elapsed() > DEADLINE {
+    })
+    .await
+}
+
+/// A chromedriver not yet known to listen on its own port: killed when
+/// dropped. Not a [`Driver`], whose `/shutdown` could reach another test's
+/// driver on that port.
+struct Unready(Option<Child>);
+
+impl Drop for Unready {
+    fn drop(&mut self) {
+        if let Some(child) = self.0.as_mut() {
             let _ = child.kill();
             let _ = child.wait();
-            panic!("chromedriver was not ready within {DEADLINE:?}:\n{}", read_log(log));
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
