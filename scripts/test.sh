@@ -29,14 +29,43 @@ export LEANLOOP_TEST_PYTHON="$venv/bin/python"
 # build directory. Tests that need a server fail, not skip, without it.
 step "ClickHouse"
 services="$root/scripts/services"
+# One EXIT trap for every service started here; each stop copes with a
+# service that never started (unset directory or nothing running in it).
+ch_dir="" reg_dir=""
+cleanup() {
+  [ -z "$ch_dir" ] || "$services/clickhouse.sh" stop "$ch_dir" >/dev/null 2>&1 || true
+  [ -z "$reg_dir" ] || "$services/registry.sh" stop "$reg_dir" >/dev/null 2>&1 || true
+  if [ -n "$reg_dir" ]; then
+    "$services/docker.sh" cleanup-label leanloop.test=1 || true
+  fi
+}
+trap cleanup EXIT
 "$services/clickhouse.sh" install
 ch_dir="$CARGO_TARGET_DIR/clickhouse-test"
 "$services/clickhouse.sh" stop "$ch_dir" >/dev/null 2>&1 || true
 rm -rf "$ch_dir"
 LEANLOOP_TEST_CLICKHOUSE_URL="$("$services/clickhouse.sh" start "$ch_dir")"
 export LEANLOOP_TEST_CLICKHOUSE_URL
-trap '"$services/clickhouse.sh" stop "$ch_dir" >/dev/null 2>&1 || true' EXIT
 echo "ClickHouse at $LEANLOOP_TEST_CLICKHOUSE_URL"
+
+# The delivery pipeline runs its steps as containers on the local Docker
+# Engine. Nothing can be pulled, so the base image is built here from Debian's
+# static busybox, and images are pushed to a private registry (Debian's
+# docker-registry) on a free loopback port, which the daemon trusts over plain
+# HTTP. Tests label what they create leanloop.test=1; the EXIT trap removes it.
+step "Docker Engine, base image and registry"
+docker info >/dev/null 2>&1 \
+  || { echo "Docker Engine is not reachable (docker info failed); the delivery tests need a running daemon" >&2; exit 1; }
+LEANLOOP_TEST_BASE_IMAGE=leanloop/busybox:latest
+"$services/docker.sh" base-image "$LEANLOOP_TEST_BASE_IMAGE" >/dev/null
+export LEANLOOP_TEST_BASE_IMAGE
+"$services/registry.sh" install
+reg_dir="$CARGO_TARGET_DIR/registry-test"
+"$services/registry.sh" stop "$reg_dir" >/dev/null 2>&1 || true
+rm -rf "$reg_dir"
+LEANLOOP_TEST_REGISTRY="$("$services/registry.sh" start "$reg_dir")"
+export LEANLOOP_TEST_REGISTRY
+echo "base image $LEANLOOP_TEST_BASE_IMAGE, registry at $LEANLOOP_TEST_REGISTRY"
 
 # Headless Chromium and chromedriver (Debian's) for the browser SDK's
 # end-to-end tests, which fail, not skip, without them.

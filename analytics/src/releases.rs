@@ -2,8 +2,9 @@
 //! "release impact" — a metric before vs after a release's time, or on
 //! release A's events vs release B's.
 //!
-//! A release's time is the first event that carries it (pipeline records,
-//! when they exist, take precedence in a later version of this module).
+//! A release's time is given by the caller when it knows better (the HTTP
+//! layer passes the time the pipeline recorded the release live), else the
+//! first event that carries it.
 
 use crate::fields::compile_all;
 use crate::sql::{self, Source, Sql};
@@ -29,6 +30,9 @@ pub struct ReleaseSummary {
     pub last_seen: String,
     pub events: u64,
     pub users: u64,
+    /// When the pipeline first recorded this release live (filled by the
+    /// caller, which knows the pipeline's records; `None` here).
+    pub deployed_at: Option<String>,
 }
 
 pub fn releases(ask: &Ask, q: &ReleasesQuery) -> Result<Vec<ReleaseSummary>, AnalyticsError> {
@@ -68,6 +72,7 @@ pub fn releases(ask: &Ask, q: &ReleasesQuery) -> Result<Vec<ReleaseSummary>, Ana
                 last_seen: rfc3339(next().int()),
                 events: next().int() as u64,
                 users: next().int() as u64,
+                deployed_at: None,
             }
         })
         .collect())
@@ -99,6 +104,9 @@ pub struct ImpactQuery {
     pub date_to: Option<String>,
     #[serde(default)]
     pub filters: Vec<crate::fields::Filter>,
+    /// The release's time (RFC 3339) for before/after; by default the time
+    /// the pipeline put it live, else its first event.
+    pub release_time: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq, schemars::JsonSchema)]
@@ -113,6 +121,8 @@ pub struct ImpactSide {
 pub struct ImpactResult {
     pub release: String,
     pub release_time: Option<String>,
+    /// `query` (given), or `events` (the first event carrying the release).
+    pub release_time_source: Option<String>,
     pub baseline: ImpactSide,
     pub candidate: ImpactSide,
     /// (candidate − baseline) / baseline, when both are numbers and the
@@ -135,7 +145,14 @@ pub fn impact(ask: &Ask, q: &ImpactQuery) -> Result<ImpactResult, AnalyticsError
             value: measure(ask, w, &plan)?,
         })
     };
-    let released = first_seen(ask, &q.release)?;
+    let (released, source) = match q.release_time.as_deref() {
+        Some(text) => {
+            let at = chrono::DateTime::parse_from_rfc3339(text)
+                .map_err(|_| AnalyticsError::invalid("release_time", "`release_time` must be an RFC 3339 time"))?;
+            (Some(at.timestamp_millis()), "query")
+        }
+        None => (first_seen(ask, &q.release)?, "events"),
+    };
     let (baseline, candidate) = match &q.compare_to {
         Some(other) => {
             let w = Window::parse(q.date_from.as_deref(), q.date_to.as_deref(), None, ask.now_ms)?;
@@ -163,5 +180,12 @@ pub fn impact(ask: &Ask, q: &ImpactQuery) -> Result<ImpactResult, AnalyticsError
         (Some(b), Some(c)) if b != 0.0 => Some((c - b) / b),
         _ => None,
     };
-    Ok(ImpactResult { release: q.release.clone(), release_time: released.map(rfc3339), baseline, candidate, change })
+    Ok(ImpactResult {
+        release: q.release.clone(),
+        release_time: released.map(rfc3339),
+        release_time_source: released.map(|_| source.to_owned()),
+        baseline,
+        candidate,
+        change,
+    })
 }

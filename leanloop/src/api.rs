@@ -9,6 +9,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use leanloop_analytics::releases::{ImpactQuery, ImpactResult, ReleaseSummary, ReleasesQuery};
 use leanloop_analytics::{Analytics, AnalyticsError, EventQuery};
 use leanloop_control::KeyKind;
 use leanloop_core::{ApiError, ErrorClass, JsonFault};
@@ -26,8 +27,8 @@ pub fn router(shared: Shared) -> Router {
         .route("/api/v1/projects/{id}/insights/paths", post(insight(Analytics::paths)))
         .route("/api/v1/projects/{id}/insights/web", post(insight(Analytics::web)))
         .route("/api/v1/projects/{id}/insights/feedback", post(insight(Analytics::feedback)))
-        .route("/api/v1/projects/{id}/insights/releases", post(insight(Analytics::releases)))
-        .route("/api/v1/projects/{id}/insights/release-impact", post(insight(Analytics::impact)))
+        .route("/api/v1/projects/{id}/insights/releases", post(releases))
+        .route("/api/v1/projects/{id}/insights/release-impact", post(release_impact))
         .route("/api/v1/projects/{id}/insights/live", get(live))
         .route("/api/v1/projects/{id}/insights/people", post(insight(Analytics::people)))
         .route("/api/v1/projects/{id}/people/{user_id}", get(profile).delete(erase))
@@ -36,7 +37,7 @@ pub fn router(shared: Shared) -> Router {
 }
 
 /// Checks the Bearer read key belongs to project `id`.
-fn authorise(shared: &Shared, headers: &HeaderMap, id: &str) -> Result<i64, ApiError> {
+pub(crate) fn authorise(shared: &Shared, headers: &HeaderMap, id: &str) -> Result<i64, ApiError> {
     let unauthorized = |message: &str| ApiError::from_class(ErrorClass::Unauthorized, message.to_owned());
     let key = headers
         .get(header::AUTHORIZATION)
@@ -56,7 +57,7 @@ fn authorise(shared: &Shared, headers: &HeaderMap, id: &str) -> Result<i64, ApiE
 }
 
 /// Rejections of the query string name the parameter at fault.
-fn query<Q>(q: Result<Query<Q>, QueryRejection>) -> Result<Q, ApiError> {
+pub(crate) fn query<Q>(q: Result<Query<Q>, QueryRejection>) -> Result<Q, ApiError> {
     q.map(|Query(q)| q).map_err(|e| {
         let text = e.body_text();
         let field = text.split('`').nth(1).unwrap_or("query").to_owned();
@@ -135,7 +136,7 @@ where
 }
 
 /// Parses a JSON query; a mistake is a 400 naming the field at fault.
-fn json_query<Q: DeserializeOwned>(body: &[u8]) -> Result<Q, ApiError> {
+pub(crate) fn json_query<Q: DeserializeOwned>(body: &[u8]) -> Result<Q, ApiError> {
     let de = &mut serde_json::Deserializer::from_slice(body);
     let query = serde_path_to_error::deserialize(&mut *de).map_err(|err| {
         let path = err.path().to_string();
@@ -211,4 +212,52 @@ async fn erase(
     let store = shared.store.clone();
     let deleted = blocking(move || Ok(store.delete_person(project, &user_id)?)).await?;
     Ok(Json(json!({ "deleted_events": deleted })))
+}
+
+fn rfc3339(ms: i64) -> Option<String> {
+    chrono::DateTime::from_timestamp_millis(ms).map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+}
+
+/// Releases seen in events, each with the time the pipeline put it live.
+async fn releases(
+    State(shared): State<Shared>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Json<Vec<ReleaseSummary>>, ApiError> {
+    let project = authorise(&shared, &headers, &id)?;
+    let q: ReleasesQuery = json_query(&body)?;
+    let analytics = shared.analytics.clone();
+    let mut list = blocking(move || analytics.releases(project, &q)).await?;
+    if let Some(pipeline) = &shared.pipeline {
+        for release in &mut list {
+            release.deployed_at = pipeline.deployed_at(project, &release.release)?.and_then(rfc3339);
+        }
+    }
+    Ok(Json(list))
+}
+
+/// Release impact split at the deploy time the pipeline recorded, when it
+/// has one and the query gives none.
+async fn release_impact(
+    State(shared): State<Shared>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Json<ImpactResult>, ApiError> {
+    let project = authorise(&shared, &headers, &id)?;
+    let mut q: ImpactQuery = json_query(&body)?;
+    let mut deployed = false;
+    if let (None, None, Some(pipeline)) = (&q.release_time, &q.compare_to, &shared.pipeline) {
+        if let Some(at) = pipeline.deployed_at(project, &q.release)? {
+            q.release_time = rfc3339(at);
+            deployed = true;
+        }
+    }
+    let analytics = shared.analytics.clone();
+    let mut result = blocking(move || analytics.impact(project, &q)).await?;
+    if deployed {
+        result.release_time_source = Some("deploy".into());
+    }
+    Ok(Json(result))
 }

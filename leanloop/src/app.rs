@@ -7,12 +7,13 @@
 //! edge (`leanloop collector`) that only takes events: no query API, no
 //! dashboard, no project creation; keys come from the shared control plane.
 
-use crate::{api, ops, telemetry};
+use crate::{api, ops, pipeline_api, telemetry};
 use anyhow::{Context, Result};
 use axum::Router;
 use leanloop_analytics::Analytics;
 use leanloop_collector::Collector;
 use leanloop_control::{ControlPlane, KeyCache, Project};
+use leanloop_pipeline::Pipeline;
 use leanloop_store::clickhouse::ClickHouseStore;
 use leanloop_store::duckdb::DuckDbStore;
 use leanloop_store::EventStore;
@@ -34,6 +35,7 @@ pub struct App {
     store: Arc<dyn EventStore>,
     config: crate::Config,
     default_project: Option<Project>,
+    pipeline: Option<Arc<Pipeline>>,
 }
 
 /// What an instance serves.
@@ -53,6 +55,8 @@ pub struct Shared {
     /// For the one write the read API makes: erasing a person.
     pub store: Arc<dyn EventStore>,
     pub collector: Arc<Collector>,
+    /// The delivery pipeline; `None` on a collector.
+    pub pipeline: Option<Arc<Pipeline>>,
     pub metrics: metrics_exporter_prometheus::PrometheusHandle,
 }
 
@@ -74,21 +78,29 @@ impl App {
         let keys = Arc::new(KeyCache::new(control.clone(), KEY_CACHE_TTL));
         let log_dir = config.log_dir.clone();
         let collector = Collector::start(config.collector.clone(), keys.clone(), store.clone(), &log_dir)?;
+        let pipeline = match role {
+            Role::Server => Some(Pipeline::open(&config.data_dir.join("pipeline"), config.pipeline.clone())?),
+            Role::Collector => None,
+        };
         let shared = Shared {
             keys,
             analytics: Analytics::new(store.clone()),
             store: store.clone(),
             collector: collector.clone(),
+            pipeline: pipeline.clone(),
             metrics,
         };
         let mut router = Router::new().merge(collector.router()).merge(ops::router(shared.clone()));
         if role == Role::Server {
-            router = router.merge(api::router(shared.clone())).merge(leanloop_dashboard::router(control.clone()));
+            router = router
+                .merge(api::router(shared.clone()))
+                .merge(pipeline_api::router(shared.clone()))
+                .merge(leanloop_dashboard::router(control.clone()));
         }
         let router = router
             .layer(TimeoutLayer::with_status_code(axum::http::StatusCode::SERVICE_UNAVAILABLE, config.request_timeout));
         let listener = TcpListener::bind(config.listen).await.with_context(|| format!("binding {}", config.listen))?;
-        Ok(App { listener, router, collector, control, store, config, default_project })
+        Ok(App { listener, router, collector, control, store, config, default_project, pipeline })
     }
 
     pub fn address(&self) -> SocketAddr {
@@ -108,6 +120,10 @@ impl App {
         &self.store
     }
 
+    pub fn pipeline(&self) -> Option<&Arc<Pipeline>> {
+        self.pipeline.as_ref()
+    }
+
     pub fn collector(&self) -> &Arc<Collector> {
         &self.collector
     }
@@ -116,13 +132,17 @@ impl App {
     /// flight finish, then delivers the backlog (up to the shutdown timeout;
     /// what the log still holds is delivered on the next start).
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> Result<()> {
-        let App { listener, router, collector, config, .. } = self;
+        let App { listener, router, collector, config, pipeline, .. } = self;
         let service = router.into_make_service_with_connect_info::<SocketAddr>();
         axum::serve(listener, service)
             .with_graceful_shutdown(shutdown.cancelled_owned())
             .await
             .context("serving HTTP")?;
         let timeout = config.shutdown_timeout;
+        if let Some(pipeline) = pipeline {
+            // Runs in flight are cancelled; their containers are removed.
+            pipeline.stop(timeout).await;
+        }
         let unit = collector.queue().backlog().unit;
         let left = tokio::task::spawn_blocking(move || collector.queue().drain(timeout)).await?;
         match (left, unit) {

@@ -6,6 +6,7 @@
 
 use anyhow::{bail, Context, Result};
 use leanloop_collector::CollectorConfig;
+use leanloop_pipeline::{HostSpec, PipelineConfig};
 use leanloop_store::clickhouse::ClickHouseOptions;
 use serde::Deserialize;
 use std::net::SocketAddr;
@@ -29,6 +30,8 @@ pub struct RawConfig {
     pub shutdown_timeout_secs: Option<u64>,
     /// Longest a request may take, in seconds.
     pub request_timeout_secs: Option<u64>,
+    #[serde(default)]
+    pub pipeline: PipelineConfig,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -58,6 +61,7 @@ pub struct Config {
     pub clickhouse: Option<ClickHouseOptions>,
     pub shutdown_timeout: std::time::Duration,
     pub request_timeout: std::time::Duration,
+    pub pipeline: PipelineConfig,
 }
 
 /// Values from the command line; `None` leaves the file or environment in force.
@@ -93,6 +97,18 @@ impl RawConfig {
         if let Some(v) = env("LEANLOOP_CLICKHOUSE_URL") {
             self.store.clickhouse_url = Some(v);
         }
+        if let Some(v) = env("LEANLOOP_PIPELINE_REGISTRY") {
+            self.pipeline.registry = Some(v);
+        }
+        // Comma-separated engine URLs, each with the default capacity.
+        if let Some(v) = env("LEANLOOP_DOCKER_HOSTS") {
+            self.pipeline.hosts = v
+                .split(',')
+                .map(str::trim)
+                .filter(|u| !u.is_empty())
+                .map(|url| HostSpec { url: url.to_owned(), ..HostSpec::local() })
+                .collect();
+        }
     }
 
     pub fn build_and_validate(self) -> Result<Config> {
@@ -125,6 +141,7 @@ impl RawConfig {
             }
             None => None,
         };
+        self.pipeline.validate().map_err(anyhow::Error::msg)?;
         let data_dir: PathBuf = self.data_dir.unwrap_or_else(|| DEFAULT_DATA_DIR.into());
         Ok(Config {
             listen,
@@ -135,6 +152,7 @@ impl RawConfig {
             clickhouse,
             shutdown_timeout: std::time::Duration::from_secs(self.shutdown_timeout_secs.unwrap_or(30)),
             request_timeout: std::time::Duration::from_secs(self.request_timeout_secs.unwrap_or(30).max(1)),
+            pipeline: self.pipeline,
         })
     }
 }

@@ -10,6 +10,7 @@ pub mod bench;
 pub mod config;
 pub mod openapi;
 pub mod ops;
+pub mod pipeline_api;
 pub mod telemetry;
 
 pub use app::{App, Role};

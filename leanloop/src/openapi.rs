@@ -1,4 +1,4 @@
-//! The read API's OpenAPI document, served at `/api/openapi.json`. Request
+//! The project API's OpenAPI document, served at `/api/openapi.json`. Request
 //! and answer schemas are generated from the query and result types
 //! themselves (`schemars`), so the document cannot drift from what the
 //! server parses and returns; [`INSIGHTS`] is the one list of insight routes
@@ -128,6 +128,8 @@ pub fn document() -> Value {
         }),
     );
 
+    pipeline(&mut g, &mut paths);
+
     let mut schemas = Map::new();
     for (name, s) in g.take_definitions(true) {
         schemas.insert(name, s);
@@ -140,9 +142,140 @@ pub fn document() -> Value {
     json!({
         "openapi": "3.0.3",
         "info": {"title": "Leanloop read API", "version": env!("CARGO_PKG_VERSION"),
-                 "description": "Events and insights of a project, authorised by its secret read key as a Bearer token."},
+                 "description": "Events, insights and the delivery pipeline of a project, authorised by its secret read key as a Bearer token."},
         "paths": paths,
         "components": {"schemas": schemas, "securitySchemes": {"readKey": {"type": "http", "scheme": "bearer"}}},
         "security": [{"readKey": []}],
     })
+}
+
+/// The pipeline's routes (see `pipeline_api.rs`).
+fn pipeline(g: &mut SchemaGenerator, paths: &mut Map<String, Value>) {
+    use leanloop_pipeline::{LogLine, NewRepo, Release, Repo, RunRecord, Trigger};
+    let number = |name: &str| json!({"name": name, "in": "path", "required": true, "schema": {"type": "integer"}});
+    let text = |name: &str| json!({"name": name, "in": "path", "required": true, "schema": {"type": "string"}});
+    let query = |name: &str, kind: &str| json!({"name": name, "in": "query", "schema": {"type": kind}});
+    let object = |fields: &[(&str, &str)]| {
+        let properties: Map<String, Value> =
+            fields.iter().map(|(n, k)| ((*n).to_owned(), json!({"type": k}))).collect();
+        json!({"type": "object", "properties": properties})
+    };
+    let list =
+        |key: &str, item: Value| json!({"type": "object", "properties": {key: {"type": "array", "items": item}}});
+    let operation =
+        |summary: &str, parameters: Vec<Value>, body: Option<Value>, status: &str, answer_body: Option<Value>| {
+            let mut responses = error_answers();
+            responses["404"] = answer(
+                "No such project resource, or the pipeline is off",
+                json!({"$ref": "#/components/schemas/Error"}),
+            );
+            responses[status] = match answer_body {
+                Some(b) => answer("Done", b),
+                None => json!({"description": "Done"}),
+            };
+            let mut op = json!({"summary": summary, "parameters": parameters, "responses": responses});
+            if let Some(body) = body {
+                op["requestBody"] = json!({"required": true, "content": {"application/json": {"schema": body}}});
+            }
+            op
+        };
+    let base = "/api/v1/projects/{id}";
+    let repo = schema::<Repo>(g);
+    let run = schema::<RunRecord>(g);
+    let release = schema::<Release>(g);
+    let mut add = |path: String, item: Value| {
+        paths.insert(path, item);
+    };
+    add(
+        format!("{base}/repos"),
+        json!({
+            "post": operation("Register a repository (cloned at once)", vec![project_id()], Some(schema::<NewRepo>(g)), "201", Some(repo.clone())),
+            "get": operation("Repositories", vec![project_id()], None, "200", Some(list("repos", repo.clone()))),
+        }),
+    );
+    add(
+        format!("{base}/repos/{{repo}}"),
+        json!({
+            "get": operation("A repository with its secret names and webhook URLs", vec![project_id(), number("repo")], None, "200", Some(repo)),
+        }),
+    );
+    add(
+        format!("{base}/repos/{{repo}}/secrets/{{name}}"),
+        json!({
+            "put": operation("Set a secret (masked in logs, never shown)", vec![project_id(), number("repo"), text("name")], Some(object(&[("value", "string")])), "204", None),
+            "delete": operation("Remove a secret", vec![project_id(), number("repo"), text("name")], None, "204", None),
+        }),
+    );
+    add(
+        format!("{base}/repos/{{repo}}/cache"),
+        json!({
+            "delete": operation("Remove the repository's cache volumes", vec![project_id(), number("repo")], None, "204", None),
+        }),
+    );
+    add(
+        format!("{base}/repos/{{repo}}/runs"),
+        json!({
+            "post": operation("Run a branch, tag or commit", vec![project_id(), number("repo")], Some(schema::<Trigger>(g)), "201", Some(run.clone())),
+            "get": operation("Runs, newest first", vec![project_id(), number("repo"), query("limit", "integer"), query("before", "integer")], None, "200", Some(list("runs", run.clone()))),
+        }),
+    );
+    add(
+        format!("{base}/runs/{{run}}"),
+        json!({
+            "get": operation("A run with its steps", vec![project_id(), number("run")], None, "200", Some(run.clone())),
+        }),
+    );
+    let log_params = vec![
+        project_id(),
+        number("run"),
+        query("step", "string"),
+        query("after", "integer"),
+        query("limit", "integer"),
+        query("follow", "boolean"),
+    ];
+    add(
+        format!("{base}/runs/{{run}}/logs"),
+        json!({
+            "get": operation("Stored log lines, or with follow=true Server-Sent Events (line events, then end)", log_params, None, "200", Some(list("lines", schema::<LogLine>(g)))),
+        }),
+    );
+    add(
+        format!("{base}/runs/{{run}}/cancel"),
+        json!({
+            "post": operation("Cancel a pending or running run", vec![project_id(), number("run")], None, "202", Some(run.clone())),
+        }),
+    );
+    add(
+        format!("{base}/runs/{{run}}/restart"),
+        json!({
+            "post": operation("Run the commit again from a step", vec![project_id(), number("run")], Some(object(&[("from", "string")])), "201", Some(run)),
+        }),
+    );
+    let release_params =
+        vec![project_id(), query("service", "string"), query("environment", "string"), query("limit", "integer")];
+    add(
+        format!("{base}/releases"),
+        json!({
+            "get": operation("Releases, newest first", release_params, None, "200", Some(list("releases", release.clone()))),
+        }),
+    );
+    add(
+        format!("{base}/releases/{{release}}"),
+        json!({
+            "get": operation("A release", vec![project_id(), number("release")], None, "200", Some(release.clone())),
+        }),
+    );
+    let service = vec![project_id(), text("service"), text("env")];
+    add(
+        format!("{base}/services/{{service}}/environments/{{env}}/rollback"),
+        json!({
+            "post": operation("Deploy the previous healthy release again", service.clone(), None, "201", Some(release)),
+        }),
+    );
+    add(
+        format!("{base}/services/{{service}}/environments/{{env}}"),
+        json!({
+            "delete": operation("Remove a service's replicas in an environment", service, None, "200", Some(object(&[("removed_containers", "integer")]))),
+        }),
+    );
 }

@@ -1,7 +1,706 @@
-//! The delivery pipeline: pipeline files, steps in containers on the Docker
-//! Engine, image build and push, deploys and the release records analytics
-//! links metrics to.
+//! The delivery pipeline: pipeline files (`spec`), sources (`git`), steps in
+//! containers on one or more Docker hosts (`hosts`, `engine`, `runner`),
+//! image build and push (`images`), deploys and release records (`deploy`,
+//! `records`), live logs (`logs`) and push webhooks (`webhooks`).
 //!
-//! Not built yet; this crate holds the place in the workspace so the
-//! boundaries in ARCHITECTURE.md are real from the start. Invariant: the
-//! pipeline is the only crate that talks to Docker.
+//! [`Pipeline`] is the one face the HTTP layer uses. Invariant: this is the
+//! only crate that talks to Docker, and it never touches events.
+
+pub mod deploy;
+pub mod engine;
+mod error;
+pub mod git;
+pub mod hosts;
+pub mod images;
+pub mod logs;
+pub mod records;
+pub mod runner;
+pub mod spec;
+pub mod webhooks;
+
+pub use error::PipelineError;
+pub use hosts::HostSpec;
+pub use records::{LogLine, Release, Repo, RunRecord, Status};
+
+use crate::git::{check_ref_name, check_sha, Mirror, Target};
+use crate::logs::{LiveEvent, RunLog};
+use crate::records::{NewRun, Records};
+use crate::runner::Plan;
+use crate::spec::{Event, RunFacts};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::{broadcast, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// The pipeline's part of the server configuration.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct PipelineConfig {
+    /// Docker hosts runs are placed on (default: the local socket).
+    pub hosts: Vec<HostSpec>,
+    /// Registry images are pushed to, e.g. `127.0.0.1:5000`, unless a
+    /// pipeline file names its own.
+    pub registry: Option<String>,
+    /// Address deployed replicas publish their port on.
+    pub publish_ip: String,
+    /// Runs at once over all repositories (more wait, pending).
+    pub max_runs: usize,
+    /// Runs at once per repository.
+    pub max_runs_per_repo: usize,
+    /// Extra labels put on every container, network and volume.
+    pub labels: BTreeMap<String, String>,
+}
+
+impl Default for PipelineConfig {
+    fn default() -> Self {
+        PipelineConfig {
+            hosts: vec![HostSpec::local()],
+            registry: None,
+            publish_ip: "127.0.0.1".into(),
+            max_runs: 4,
+            max_runs_per_repo: 1,
+            labels: BTreeMap::new(),
+        }
+    }
+}
+
+impl PipelineConfig {
+    pub fn validate(&self) -> Result<(), String> {
+        if self.hosts.is_empty() {
+            return Err("pipeline.hosts: at least one Docker host".into());
+        }
+        for host in &self.hosts {
+            host.validate().map_err(|e| format!("pipeline.hosts: {e}"))?;
+        }
+        if self.max_runs == 0 || self.max_runs_per_repo == 0 {
+            return Err("pipeline.max_runs and pipeline.max_runs_per_repo must be at least 1".into());
+        }
+        self.publish_ip
+            .parse::<std::net::IpAddr>()
+            .map_err(|_| format!("pipeline.publish_ip: `{}` is not an IP address", self.publish_ip))?;
+        Ok(())
+    }
+}
+
+/// A repository to register.
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewRepo {
+    pub name: String,
+    /// A local path or a git URL.
+    pub source: String,
+    /// Enables push webhooks signed with this secret.
+    pub webhook_secret: Option<String>,
+    /// Poll the source for new commits every this many seconds.
+    pub poll_seconds: Option<u32>,
+}
+
+/// A manual run: exactly one of branch, tag or commit (with an optional branch).
+#[derive(Debug, Clone, Default, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Trigger {
+    pub branch: Option<String>,
+    pub tag: Option<String>,
+    pub commit: Option<String>,
+}
+
+struct LiveRun {
+    log: Arc<RunLog>,
+    cancel: CancellationToken,
+}
+
+pub struct Pipeline {
+    records: Arc<Records>,
+    /// This installation's id on shared Docker engines.
+    instance: String,
+    hosts: Arc<hosts::Hosts>,
+    config: PipelineConfig,
+    mirrors: PathBuf,
+    mirror_locks: Mutex<HashMap<i64, Arc<tokio::sync::Mutex<()>>>>,
+    live: Mutex<HashMap<i64, Arc<LiveRun>>>,
+    all_runs: Arc<Semaphore>,
+    repo_slots: Mutex<HashMap<i64, Arc<Semaphore>>>,
+    shutdown: CancellationToken,
+    tasks: TaskTracker,
+}
+
+impl Pipeline {
+    /// Opens the pipeline's records under `data_dir`. Runs a previous
+    /// process left unfinished are recorded as errors and their containers
+    /// removed in the background. Docker is not contacted until needed.
+    pub fn open(data_dir: &Path, config: PipelineConfig) -> Result<Arc<Pipeline>, PipelineError> {
+        std::fs::create_dir_all(data_dir)?;
+        let records = Arc::new(Records::open(&data_dir.join("pipeline.sqlite3"))?);
+        let pipeline = Arc::new(Pipeline {
+            instance: records.instance()?,
+            hosts: hosts::Hosts::new(config.hosts.clone()),
+            all_runs: Arc::new(Semaphore::new(config.max_runs)),
+            config,
+            mirrors: data_dir.join("mirrors"),
+            mirror_locks: Mutex::new(HashMap::new()),
+            live: Mutex::new(HashMap::new()),
+            repo_slots: Mutex::new(HashMap::new()),
+            shutdown: CancellationToken::new(),
+            tasks: TaskTracker::new(),
+            records,
+        });
+        let interrupted = pipeline.records.interrupted_runs()?;
+        for run in &interrupted {
+            pipeline.records.finish_run(*run, Status::Error, Some("the server stopped during this run"))?;
+        }
+        if !interrupted.is_empty() {
+            let hosts = pipeline.hosts.clone();
+            let instance = pipeline.instance.clone();
+            pipeline.tasks.spawn(async move {
+                for (_, docker) in hosts.reachable().await {
+                    for run in &interrupted {
+                        engine::remove_labelled(&docker, engine::RUN, &runner::run_key(&instance, *run), true).await;
+                    }
+                }
+            });
+        }
+        let poller = pipeline.clone();
+        pipeline.tasks.spawn(async move { poller.poll_loop().await });
+        Ok(pipeline)
+    }
+
+    pub fn config(&self) -> &PipelineConfig {
+        &self.config
+    }
+
+    /// Cancels every run and waits (up to `limit`) for their cleanup.
+    pub async fn stop(&self, limit: Duration) {
+        self.shutdown.cancel();
+        for run in self.live.lock().unwrap_or_else(|p| p.into_inner()).values() {
+            run.cancel.cancel();
+        }
+        self.tasks.close();
+        let _ = tokio::time::timeout(limit, self.tasks.wait()).await;
+    }
+
+    fn mirror(&self, repo_id: i64) -> Arc<Mirror> {
+        Arc::new(Mirror::new(self.mirrors.join(repo_id.to_string())))
+    }
+
+    fn mirror_lock(&self, repo_id: i64) -> Arc<tokio::sync::Mutex<()>> {
+        self.mirror_locks.lock().unwrap_or_else(|p| p.into_inner()).entry(repo_id).or_default().clone()
+    }
+
+    // --- repositories and secrets ---
+
+    pub async fn add_repo(&self, project_id: i64, new: NewRepo) -> Result<Repo, PipelineError> {
+        let name = new.name.trim();
+        if name.is_empty() || name.len() > 100 || !name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        {
+            return Err(PipelineError::invalid("name", "1-100 letters, digits, `-`, `_` or `.`"));
+        }
+        let source = new.source.trim();
+        if source.is_empty() || source.starts_with('-') || source.len() > 2000 {
+            return Err(PipelineError::invalid("source", "a local path or a git URL"));
+        }
+        if let Some(secret) = &new.webhook_secret {
+            if secret.len() < 8 || secret.len() > 500 {
+                return Err(PipelineError::invalid("webhook_secret", "8 to 500 characters"));
+            }
+        }
+        if let Some(seconds) = new.poll_seconds {
+            if seconds == 0 || seconds > 86_400 {
+                return Err(PipelineError::invalid("poll_seconds", "between 1 and 86400"));
+            }
+        }
+        let repo =
+            self.records.create_repo(project_id, name, source, new.webhook_secret.as_deref(), new.poll_seconds)?;
+        let mirror = self.mirror(repo.id);
+        if let Err(e) = mirror.sync(source).await {
+            let _ = self.records.delete_repo(repo.id);
+            return Err(PipelineError::invalid("source", format!("cannot clone `{source}`: {e}")));
+        }
+        // Polling starts from what is there now: only later commits trigger.
+        for (reference, sha) in mirror.heads().await? {
+            self.records.set_poll_head(repo.id, &reference, &sha)?;
+        }
+        Ok(repo)
+    }
+
+    pub fn repos(&self, project_id: i64) -> Result<Vec<Repo>, PipelineError> {
+        self.records.repos(Some(project_id))
+    }
+
+    pub fn repo(&self, project_id: i64, repo_id: i64) -> Result<Repo, PipelineError> {
+        self.records.repo(project_id, repo_id)
+    }
+
+    pub fn set_secret(&self, project_id: i64, repo_id: i64, name: &str, value: &str) -> Result<(), PipelineError> {
+        self.records.repo(project_id, repo_id)?;
+        if name.is_empty()
+            || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+            || name.starts_with(|c: char| c.is_ascii_digit())
+        {
+            return Err(PipelineError::invalid("name", format!("`{name}` is not an environment variable name")));
+        }
+        if value.is_empty() || value.len() > 64 * 1024 {
+            return Err(PipelineError::invalid("value", "1 byte to 64 KiB"));
+        }
+        self.records.set_secret(repo_id, name, value)
+    }
+
+    pub fn delete_secret(&self, project_id: i64, repo_id: i64, name: &str) -> Result<(), PipelineError> {
+        self.records.repo(project_id, repo_id)?;
+        if self.records.delete_secret(repo_id, name)? {
+            Ok(())
+        } else {
+            Err(PipelineError::NotFound(format!("secret {name}")))
+        }
+    }
+
+    pub fn secret_names(&self, project_id: i64, repo_id: i64) -> Result<Vec<String>, PipelineError> {
+        self.records.repo(project_id, repo_id)?;
+        self.records.secret_names(repo_id)
+    }
+
+    /// Removes a repository's dependency cache volumes on every host.
+    pub async fn clear_cache(&self, project_id: i64, repo_id: i64) -> Result<(), PipelineError> {
+        self.records.repo(project_id, repo_id)?;
+        for (_, docker) in self.hosts.reachable().await {
+            engine::remove_labelled(&docker, runner::CACHE, &runner::run_key(&self.instance, repo_id), true).await;
+        }
+        Ok(())
+    }
+
+    // --- runs ---
+
+    /// A manual run of a branch, tag or commit.
+    pub async fn trigger(
+        self: &Arc<Self>,
+        project_id: i64,
+        repo_id: i64,
+        trigger: Trigger,
+    ) -> Result<RunRecord, PipelineError> {
+        let repo = self.records.repo(project_id, repo_id)?;
+        let target = match (trigger.branch, trigger.tag, trigger.commit) {
+            (Some(b), None, None) => {
+                check_ref_name("branch", &b)?;
+                Target::Branch(b)
+            }
+            (None, Some(t), None) => {
+                check_ref_name("tag", &t)?;
+                Target::Tag(t)
+            }
+            (branch, None, Some(c)) => {
+                check_sha("commit", &c)?;
+                if let Some(b) = &branch {
+                    check_ref_name("branch", b)?;
+                }
+                Target::Commit { sha: c, branch, tag: None }
+            }
+            _ => {
+                return Err(PipelineError::invalid(
+                    "branch",
+                    "give one of branch, tag or commit (a commit may name its branch)",
+                ))
+            }
+        };
+        let event = if target.tag().is_some() { Event::Tag } else { Event::Manual };
+        self.queue(repo, target, event, None).await
+    }
+
+    /// Re-runs `run_id`'s commit from `from`: earlier steps keep their results.
+    pub async fn restart(
+        self: &Arc<Self>,
+        project_id: i64,
+        run_id: i64,
+        from: &str,
+    ) -> Result<RunRecord, PipelineError> {
+        let run = self.run(project_id, run_id)?;
+        if !run.status.finished() {
+            return Err(PipelineError::Conflict(format!("run {run_id} is still {}", run.status.as_str())));
+        }
+        if !run.steps.iter().any(|s| s.name == from) {
+            return Err(PipelineError::invalid("from", format!("run {run_id} has no step `{from}`")));
+        }
+        let repo = self.records.repo(project_id, run.repo_id)?;
+        let target = Target::Commit { sha: run.commit.clone(), branch: run.branch.clone(), tag: run.tag.clone() };
+        self.queue(repo, target, Event::Restart, Some((run_id, from.to_owned()))).await
+    }
+
+    pub async fn webhook(
+        self: &Arc<Self>,
+        repo_id: i64,
+        provider: webhooks::Provider,
+        event: Option<&str>,
+        signature: Option<&str>,
+        body: &[u8],
+    ) -> Result<Option<RunRecord>, PipelineError> {
+        let (repo, secret) = self.records.repo_any_project(repo_id)?;
+        // Without a secret nothing is accepted; the answer does not say why.
+        let secret = secret.ok_or(PipelineError::BadSignature)?;
+        webhooks::verify(provider, &secret, body, signature)?;
+        match event {
+            Some("push") => {}
+            // GitHub's ping when the hook is created; anything else is not ours.
+            _ => return Ok(None),
+        }
+        let Some(target) = webhooks::push_target(body)? else { return Ok(None) };
+        let event = if target.tag().is_some() { Event::Tag } else { Event::Push };
+        self.queue(repo, target, event, None).await.map(Some)
+    }
+
+    async fn queue(
+        self: &Arc<Self>,
+        repo: Repo,
+        target: Target,
+        event: Event,
+        restart: Option<(i64, String)>,
+    ) -> Result<RunRecord, PipelineError> {
+        let mirror = self.mirror(repo.id);
+        let (sha, text, message) = {
+            let lock = self.mirror_lock(repo.id);
+            let _guard = lock.lock().await;
+            mirror.sync(&repo.source).await?;
+            let sha = mirror.resolve(&target).await?;
+            (sha.clone(), mirror.file(&sha, spec::FILE_NAME).await?, mirror.subject(&sha).await.unwrap_or_default())
+        };
+        let facts = RunFacts { branch: target.branch(), tag: target.tag(), event };
+        let new = NewRun {
+            repo_id: repo.id,
+            event,
+            commit: &sha,
+            branch: target.branch(),
+            tag: target.tag(),
+            message: &message,
+            restart_of: restart.as_ref().map(|r| r.0),
+            restart_from: restart.as_ref().map(|r| r.1.as_str()),
+        };
+        let file = match text.as_deref().map(spec::Pipeline::parse) {
+            Some(Ok(file)) => file,
+            Some(Err(e)) => return self.refused(&new, &e.to_string()),
+            None => return self.refused(&new, &format!("{} not found at {sha}", spec::FILE_NAME)),
+        };
+        let environment = file.environment(&facts);
+        let steps: Vec<(String, &str)> = file
+            .steps
+            .iter()
+            .map(|s| {
+                let kind = match s.action {
+                    spec::Action::Commands { .. } => "commands",
+                    spec::Action::Build(_) => "build",
+                    spec::Action::Deploy(_) => "deploy",
+                };
+                (s.name.clone(), kind)
+            })
+            .collect();
+        let run_id = self.records.create_run(&new, environment.as_deref(), &steps)?;
+        let reuse = match &restart {
+            Some((_, from)) if file.steps.iter().any(|s| &s.name == from) => runner::reused_steps(&file, from),
+            Some((_, from)) => {
+                self.records.fail_run(run_id, &format!("step `{from}` is not in the pipeline file at this commit"))?;
+                return self.records.run(run_id);
+            }
+            None => Default::default(),
+        };
+        let secrets: HashMap<String, String> = self.records.secrets(repo.id)?.into_iter().collect();
+        let log = Arc::new(RunLog::new(run_id, self.records.clone(), secrets.values().cloned().collect())?);
+        let cancel = self.shutdown.child_token();
+        self.live
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(run_id, Arc::new(LiveRun { log: log.clone(), cancel: cancel.clone() }));
+        let plan = Plan {
+            instance: self.instance.clone(),
+            run_id,
+            registry: file.registry.clone().or_else(|| self.config.registry.clone()),
+            publish_ip: self.config.publish_ip.clone(),
+            extra_labels: self.config.labels.clone().into_iter().collect(),
+            repo,
+            sha,
+            target,
+            event,
+            environment,
+            file,
+            reuse,
+            secrets,
+        };
+        let me = self.clone();
+        self.tasks.spawn(async move { me.drive(plan, log, mirror, cancel).await });
+        self.records.run(run_id)
+    }
+
+    /// A run that cannot start (no or invalid pipeline file) is kept, as an
+    /// error, so the repository's history shows why.
+    fn refused(&self, new: &NewRun, error: &str) -> Result<RunRecord, PipelineError> {
+        let run_id = self.records.create_run(new, None, &[])?;
+        self.records.fail_run(run_id, error)?;
+        self.records.run(run_id)
+    }
+
+    /// Waits for places (repository, overall, host), executes, records the end.
+    async fn drive(self: Arc<Self>, plan: Plan, log: Arc<RunLog>, mirror: Arc<Mirror>, cancel: CancellationToken) {
+        let run_id = plan.run_id;
+        let repo_slot = self
+            .repo_slots
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(plan.repo.id)
+            .or_insert_with(|| Arc::new(Semaphore::new(self.config.max_runs_per_repo)))
+            .clone();
+        let places = async {
+            let a = repo_slot.acquire_owned().await.ok()?;
+            let b = self.all_runs.clone().acquire_owned().await.ok()?;
+            Some((a, b))
+        };
+        let permits = tokio::select! {
+            p = places => p,
+            _ = cancel.cancelled() => None,
+        };
+        let (status, error) = match permits {
+            None => (Status::Cancelled, None),
+            Some(_permits) => match self.hosts.acquire(&cancel).await {
+                Ok(None) => (Status::Cancelled, None),
+                Err(e) => (Status::Error, Some(e.to_string())),
+                Ok(Some(lease)) => {
+                    let host = lease.host.spec.url.clone();
+                    match self.records.start_run(run_id, &host) {
+                        Ok(()) => {
+                            log.line("run", &format!("run {run_id} on {host}: {} at {}", plan.repo.name, plan.sha));
+                            runner::execute(
+                                plan,
+                                lease,
+                                self.hosts.clone(),
+                                self.records.clone(),
+                                log.clone(),
+                                mirror,
+                                cancel.clone(),
+                            )
+                            .await
+                        }
+                        Err(e) => (Status::Error, Some(e.to_string())),
+                    }
+                }
+            },
+        };
+        if let Ok(run) = self.records.run(run_id) {
+            // Steps never reached end as cancelled (or skipped when the run erred).
+            let rest = if status == Status::Cancelled { Status::Cancelled } else { Status::Skipped };
+            for step in run.steps.iter().filter(|s| !s.status.finished()) {
+                let _ = self.records.finish_step(run_id, &step.name, rest, None, None, None);
+            }
+        }
+        if let Err(e) = self.records.finish_run(run_id, status, error.as_deref()) {
+            tracing::error!(run = run_id, error = %e, "recording the end of a run failed");
+        }
+        log.line(
+            "run",
+            &format!("run {run_id}: {}{}", status.as_str(), error.map(|e| format!(" ({e})")).unwrap_or_default()),
+        );
+        log.end(status);
+        self.live.lock().unwrap_or_else(|p| p.into_inner()).remove(&run_id);
+        metrics::counter!("leanloop_pipeline_runs_total", "status" => status.as_str()).increment(1);
+    }
+
+    pub fn cancel(&self, project_id: i64, run_id: i64) -> Result<RunRecord, PipelineError> {
+        let run = self.run(project_id, run_id)?;
+        let live = self.live.lock().unwrap_or_else(|p| p.into_inner()).get(&run_id).cloned();
+        match live {
+            Some(live) => {
+                live.cancel.cancel();
+                Ok(run)
+            }
+            None => Err(PipelineError::Conflict(format!("run {run_id} already finished ({})", run.status.as_str()))),
+        }
+    }
+
+    pub fn run(&self, project_id: i64, run_id: i64) -> Result<RunRecord, PipelineError> {
+        let run = self.records.run(run_id)?;
+        self.records.repo(project_id, run.repo_id).map_err(|_| PipelineError::NotFound(format!("run {run_id}")))?;
+        Ok(run)
+    }
+
+    pub fn runs(
+        &self,
+        project_id: i64,
+        repo_id: i64,
+        limit: u32,
+        before: Option<i64>,
+    ) -> Result<Vec<RunRecord>, PipelineError> {
+        self.records.repo(project_id, repo_id)?;
+        self.records.runs(repo_id, limit.clamp(1, 200), before)
+    }
+
+    /// Stored lines after `after`, for a run or one of its steps.
+    pub fn logs(
+        &self,
+        project_id: i64,
+        run_id: i64,
+        step: Option<&str>,
+        after: i64,
+        limit: u32,
+    ) -> Result<Vec<LogLine>, PipelineError> {
+        self.run(project_id, run_id)?;
+        if let Some(live) = self.live.lock().unwrap_or_else(|p| p.into_inner()).get(&run_id) {
+            live.log.flush();
+        }
+        self.records.logs(run_id, step, after, limit.clamp(1, 100_000))
+    }
+
+    /// Live lines of a running run: `None` when it has finished (everything
+    /// is then in the store).
+    pub fn follow(
+        &self,
+        project_id: i64,
+        run_id: i64,
+    ) -> Result<Option<broadcast::Receiver<LiveEvent>>, PipelineError> {
+        self.run(project_id, run_id)?;
+        Ok(self.live.lock().unwrap_or_else(|p| p.into_inner()).get(&run_id).map(|l| l.log.follow()))
+    }
+
+    // --- releases ---
+
+    pub fn releases(
+        &self,
+        project_id: i64,
+        service: Option<&str>,
+        environment: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<Release>, PipelineError> {
+        self.records.releases(project_id, service, environment, limit.clamp(1, 500))
+    }
+
+    /// When a release version first went live (ms), for analytics.
+    pub fn deployed_at(&self, project_id: i64, version: &str) -> Result<Option<i64>, PipelineError> {
+        self.records.first_live(project_id, version)
+    }
+
+    pub fn release(&self, project_id: i64, id: i64) -> Result<Release, PipelineError> {
+        self.records.release(project_id, id)
+    }
+
+    /// Deploys the previous healthy release of a service again, as a new
+    /// release marked as a rollback of the current one.
+    pub async fn rollback(&self, project_id: i64, service: &str, environment: &str) -> Result<Release, PipelineError> {
+        let current = self
+            .records
+            .live_release(project_id, service, environment)?
+            .ok_or_else(|| PipelineError::NotFound(format!("a live release of {service} in {environment}")))?;
+        let previous = self.records.previous_healthy(project_id, service, environment, &current)?.ok_or_else(|| {
+            PipelineError::Conflict(format!(
+                "{service} in {environment} has no earlier healthy release to roll back to"
+            ))
+        })?;
+        let spec: spec::Deploy = serde_json::from_str(&previous.spec)
+            .map_err(|e| PipelineError::Conflict(format!("release {} cannot be redeployed: {e}", previous.id)))?;
+        let (_, docker) = self.hosts.reachable().await.into_iter().next().ok_or(PipelineError::NoHost)?;
+        let labels: engine::Labels = self.config.labels.clone().into_iter().collect();
+        let rollout = deploy::Rollout {
+            release: records::NewRelease {
+                project_id,
+                repo_id: previous.repo_id,
+                run_id: None,
+                environment,
+                version: &previous.version,
+                commit: &previous.commit,
+                branch: previous.branch.as_deref(),
+                image: &previous.image,
+                digest: previous.digest.as_deref(),
+                trigger: "rollback",
+                rollback_of: Some(current.id),
+            },
+            spec: &spec,
+            instance: &self.instance,
+            publish_ip: &self.config.publish_ip,
+            extra_labels: &labels,
+        };
+        let say = |line: &str| tracing::info!(service, environment, "{line}");
+        deploy::roll_out(&docker, &self.hosts, &self.records, rollout, &say).await.map_err(PipelineError::Conflict)
+    }
+
+    /// Stops and removes every replica of a service in an environment (a
+    /// preview torn down); returns how many containers were removed.
+    pub async fn remove_service(
+        &self,
+        project_id: i64,
+        service: &str,
+        environment: &str,
+    ) -> Result<usize, PipelineError> {
+        let project = project_id.to_string();
+        let mut removed = 0;
+        for (_, docker) in self.hosts.reachable().await {
+            let wanted = [
+                (engine::INSTANCE, self.instance.as_str()),
+                (deploy::PROJECT, project.as_str()),
+                (deploy::SERVICE, service),
+                (deploy::ENVIRONMENT, environment),
+            ];
+            for c in engine::containers_with(&docker, &wanted).await? {
+                if let Some(id) = c.id {
+                    engine::remove_container(&docker, &id).await;
+                    removed += 1;
+                }
+            }
+        }
+        if let Some(live) = self.records.live_release(project_id, service, environment)? {
+            self.records.release_retired(live.id)?;
+        }
+        Ok(removed)
+    }
+
+    // --- polling ---
+
+    async fn poll_loop(self: Arc<Self>) {
+        let mut due: HashMap<i64, tokio::time::Instant> = HashMap::new();
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(runner::POLL_TICK) => {}
+                _ = self.shutdown.cancelled() => return,
+            }
+            let repos = match self.records.repos(None) {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::warn!(error = %e, "listing repositories to poll failed");
+                    continue;
+                }
+            };
+            let now = tokio::time::Instant::now();
+            for repo in repos {
+                let Some(every) = repo.poll_seconds else { continue };
+                if due.get(&repo.id).is_some_and(|at| *at > now) {
+                    continue;
+                }
+                due.insert(repo.id, now + Duration::from_secs(every as u64));
+                if let Err(e) = self.poll(repo).await {
+                    tracing::warn!(error = %e, "polling a repository failed");
+                }
+            }
+        }
+    }
+
+    /// Starts a run for every branch or tag whose commit changed since the last look.
+    async fn poll(self: &Arc<Self>, repo: Repo) -> Result<(), PipelineError> {
+        let mirror = self.mirror(repo.id);
+        let heads = {
+            let lock = self.mirror_lock(repo.id);
+            let _guard = lock.lock().await;
+            mirror.sync(&repo.source).await?;
+            mirror.heads().await?
+        };
+        let known: HashMap<String, String> = self.records.poll_heads(repo.id)?.into_iter().collect();
+        for (reference, sha) in heads {
+            if known.get(&reference) == Some(&sha) {
+                continue;
+            }
+            self.records.set_poll_head(repo.id, &reference, &sha)?;
+            let target = if let Some(branch) = reference.strip_prefix("refs/heads/") {
+                Target::Commit { sha: sha.clone(), branch: Some(branch.to_owned()), tag: None }
+            } else if let Some(tag) = reference.strip_prefix("refs/tags/") {
+                Target::Commit { sha: sha.clone(), branch: None, tag: Some(tag.to_owned()) }
+            } else {
+                continue;
+            };
+            self.queue(repo.clone(), target, Event::Poll, None).await?;
+        }
+        Ok(())
+    }
+}

@@ -5,6 +5,7 @@
 pub mod browser;
 pub mod clickhouse;
 pub mod load;
+pub mod pipeline;
 pub mod process;
 
 use leanloop::{App, Config, Role};

@@ -7,6 +7,7 @@ mod clickhouse;
 pub mod corpus;
 mod insights;
 mod load;
+mod pipeline;
 mod server;
 
 pub use ceiling::bare_server;
@@ -80,6 +81,18 @@ pub enum BenchCommand {
         #[arg(long, default_value = "1GB")]
         duckdb_memory: String,
     },
+    /// Pipeline overhead of a 3-step run and deploy-to-serving time on the
+    /// local Docker Engine, beside bare container lifecycles.
+    Pipeline {
+        /// A local image with busybox's sh, true and httpd.
+        #[arg(long, default_value = "leanloop/busybox:latest")]
+        base_image: String,
+        /// Push built images here (optional; the deploy uses the local image).
+        #[arg(long)]
+        registry: Option<String>,
+        #[arg(long, default_value_t = 5)]
+        runs: usize,
+    },
 }
 
 pub async fn run(command: BenchCommand) -> Result<()> {
@@ -98,6 +111,9 @@ pub async fn run(command: BenchCommand) -> Result<()> {
         }
         BenchCommand::Insights { events, people, runs, clickhouse, duckdb_memory } => {
             insights::run(insights::Options { events, people, runs, clickhouse, duckdb_memory }).await
+        }
+        BenchCommand::Pipeline { base_image, registry, runs } => {
+            pipeline::run(pipeline::Options { base_image, registry, runs }).await
         }
     }
 }

@@ -575,7 +575,7 @@ fn releases_with_first_and_last_seen_and_their_impact() {
     let at = |ms: i64| DateTime::<Utc>::from_timestamp_millis(ms).unwrap().to_rfc3339_opts(SecondsFormat::Millis, true);
     let expected: Vec<Value> = list
         .iter()
-        .map(|(r, s)| json!({"release": r, "first_seen": at(s.0), "last_seen": at(s.1), "events": s.2, "users": s.3.len()}))
+        .map(|(r, s)| json!({"release": r, "first_seen": at(s.0), "last_seen": at(s.1), "events": s.2, "users": s.3.len(), "deployed_at": null}))
         .collect();
     assert_eq!(got, json!(expected));
 
@@ -593,4 +593,21 @@ fn releases_with_first_and_last_seen_and_their_impact() {
     );
     assert_eq!(got["change"], json!((after as f64 - before as f64) / before as f64));
     assert_eq!(ms(got["release_time"].as_str().unwrap()), t);
+    assert_eq!(got["release_time_source"], "events");
+
+    // A release time given (as the pipeline's deploy record does) moves the split.
+    let given = t + DAY_MS;
+    let got = both(
+        json!({"release": "1.2.0", "series": {"event": "purchase"}, "window_seconds": 7 * 86_400, "release_time": at(given)}),
+        leanloop_analytics::releases::impact,
+    );
+    let (before, after) = (count(given - 7 * DAY_MS, given), count(given, given + 7 * DAY_MS));
+    assert_eq!(
+        (got["baseline"]["value"].as_u64(), got["candidate"]["value"].as_u64()),
+        (Some(before as u64), Some(after as u64))
+    );
+    assert_eq!(
+        (ms(got["release_time"].as_str().unwrap()), got["release_time_source"].as_str()),
+        (given, Some("query"))
+    );
 }

@@ -12,6 +12,7 @@ mod insights;
 mod insights_api;
 mod limits;
 mod operations;
+mod pipeline;
 mod posthog;
 mod real_clients;
 mod sdk;

@@ -1,0 +1,389 @@
+//! The pipeline's HTTP surface: repositories and secrets, runs (trigger,
+//! list, detail, logs stored and live over SSE, cancel, restart from a
+//! step), releases (list, detail, rollback, removal) and push webhooks.
+//! Everything but webhooks and linting is authorised by the project's
+//! secret key, as the query API is.
+
+use crate::api::{authorise, json_query, query};
+use crate::app::Shared;
+use axum::body::Bytes;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post, put};
+use axum::{Json, Router};
+use futures::stream::{self, Stream, StreamExt};
+use leanloop_core::{ApiError, ErrorClass};
+use leanloop_pipeline::logs::LiveEvent;
+use leanloop_pipeline::webhooks::Provider;
+use leanloop_pipeline::{LogLine, NewRepo, Pipeline, Trigger};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::sync::Arc;
+use tokio::sync::broadcast::error::RecvError;
+
+pub fn router(shared: Shared) -> Router {
+    Router::new()
+        .route("/api/v1/projects/{id}/repos", post(add_repo).get(list_repos))
+        .route("/api/v1/projects/{id}/repos/{repo}", get(repo_detail))
+        .route("/api/v1/projects/{id}/repos/{repo}/secrets/{name}", put(set_secret).delete(delete_secret))
+        .route("/api/v1/projects/{id}/repos/{repo}/cache", delete(clear_cache))
+        .route("/api/v1/projects/{id}/repos/{repo}/runs", post(trigger).get(list_runs))
+        .route("/api/v1/projects/{id}/runs/{run}", get(run_detail))
+        .route("/api/v1/projects/{id}/runs/{run}/logs", get(run_logs))
+        .route("/api/v1/projects/{id}/runs/{run}/cancel", post(cancel))
+        .route("/api/v1/projects/{id}/runs/{run}/restart", post(restart))
+        .route("/api/v1/projects/{id}/releases", get(list_releases))
+        .route("/api/v1/projects/{id}/releases/{release}", get(release_detail))
+        .route("/api/v1/projects/{id}/services/{service}/environments/{env}/rollback", post(rollback))
+        .route("/api/v1/projects/{id}/services/{service}/environments/{env}", delete(remove_service))
+        .route("/api/v1/pipeline/lint", post(lint))
+        .route("/hooks/{repo}/{provider}", post(webhook))
+        .with_state(shared)
+}
+
+fn pipeline(shared: &Shared) -> Result<Arc<Pipeline>, ApiError> {
+    shared
+        .pipeline
+        .clone()
+        .ok_or_else(|| ApiError::from_class(ErrorClass::NotFound, "the pipeline is not enabled on this server".into()))
+}
+
+fn number(field: &str, text: &str) -> Result<i64, ApiError> {
+    text.parse().map_err(|_| ApiError::bad_request(field, format!("{field} must be a number")))
+}
+
+/// Authorises the project and hands back the pipeline with its id.
+fn open(shared: &Shared, headers: &HeaderMap, id: &str) -> Result<(Arc<Pipeline>, i64), ApiError> {
+    let project = authorise(shared, headers, id)?;
+    Ok((pipeline(shared)?, project))
+}
+
+async fn add_repo(
+    State(shared): State<Shared>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let (pipeline, project) = open(&shared, &headers, &id)?;
+    let new: NewRepo = json_query(&body)?;
+    let repo = pipeline.add_repo(project, new).await?;
+    Ok((StatusCode::CREATED, Json(repo)).into_response())
+}
+
+async fn list_repos(
+    State(shared): State<Shared>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    let (pipeline, project) = open(&shared, &headers, &id)?;
+    Ok(Json(json!({ "repos": pipeline.repos(project)? })))
+}
+
+async fn repo_detail(
+    State(shared): State<Shared>,
+    Path((id, repo)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    let (pipeline, project) = open(&shared, &headers, &id)?;
+    let repo = number("repo", &repo)?;
+    let mut value = json!(pipeline.repo(project, repo)?);
+    value["secrets"] = json!(pipeline.secret_names(project, repo)?);
+    value["webhook_urls"] = json!([format!("/hooks/{repo}/github"), format!("/hooks/{repo}/gitea")]);
+    Ok(Json(value))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SecretBody {
+    value: String,
+}
+
+async fn set_secret(
+    State(shared): State<Shared>,
+    Path((id, repo, name)): Path<(String, String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<StatusCode, ApiError> {
+    let (pipeline, project) = open(&shared, &headers, &id)?;
+    let secret: SecretBody = json_query(&body)?;
+    pipeline.set_secret(project, number("repo", &repo)?, &name, &secret.value)?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn delete_secret(
+    State(shared): State<Shared>,
+    Path((id, repo, name)): Path<(String, String, String)>,
+    headers: HeaderMap,
+) -> Result<StatusCode, ApiError> {
+    let (pipeline, project) = open(&shared, &headers, &id)?;
+    pipeline.delete_secret(project, number("repo", &repo)?, &name)?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn clear_cache(
+    State(shared): State<Shared>,
+    Path((id, repo)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Result<StatusCode, ApiError> {
+    let (pipeline, project) = open(&shared, &headers, &id)?;
+    pipeline.clear_cache(project, number("repo", &repo)?).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn trigger(
+    State(shared): State<Shared>,
+    Path((id, repo)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let (pipeline, project) = open(&shared, &headers, &id)?;
+    let trigger: Trigger = json_query(&body)?;
+    let run = pipeline.trigger(project, number("repo", &repo)?, trigger).await?;
+    Ok((StatusCode::CREATED, Json(run)).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Page {
+    limit: Option<u32>,
+    before: Option<i64>,
+}
+
+async fn list_runs(
+    State(shared): State<Shared>,
+    Path((id, repo)): Path<(String, String)>,
+    headers: HeaderMap,
+    q: Result<Query<Page>, QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let (pipeline, project) = open(&shared, &headers, &id)?;
+    let page = query(q)?;
+    let runs = pipeline.runs(project, number("repo", &repo)?, page.limit.unwrap_or(50), page.before)?;
+    Ok(Json(json!({ "runs": runs })))
+}
+
+async fn run_detail(
+    State(shared): State<Shared>,
+    Path((id, run)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    let (pipeline, project) = open(&shared, &headers, &id)?;
+    Ok(Json(json!(pipeline.run(project, number("run", &run)?)?)))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LogQuery {
+    step: Option<String>,
+    /// Only lines numbered after this.
+    after: Option<i64>,
+    limit: Option<u32>,
+    /// Stream live lines (Server-Sent Events) until the run ends.
+    follow: Option<bool>,
+}
+
+/// Stored lines as JSON, or, with `follow=true` or `Accept: text/event-stream`,
+/// stored then live lines as Server-Sent Events (`line` events, then one `end`).
+async fn run_logs(
+    State(shared): State<Shared>,
+    Path((id, run)): Path<(String, String)>,
+    headers: HeaderMap,
+    q: Result<Query<LogQuery>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let (pipeline, project) = open(&shared, &headers, &id)?;
+    let run = number("run", &run)?;
+    let q = query(q)?;
+    let after = q.after.unwrap_or(0);
+    let wants_stream = q.follow.unwrap_or(false)
+        || headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).is_some_and(|v| v.contains("text/event-stream"));
+    if !wants_stream {
+        let lines = pipeline.logs(project, run, q.step.as_deref(), after, q.limit.unwrap_or(10_000))?;
+        return Ok(Json(json!({ "lines": lines })).into_response());
+    }
+    // Subscribe first: the store then holds everything before the subscription.
+    let live = pipeline.follow(project, run)?;
+    let stored = pipeline.logs(project, run, q.step.as_deref(), after, 100_000)?;
+    let stream = follow_stream(pipeline, project, run, q.step, stored, live, after);
+    Ok(Sse::new(stream).keep_alive(KeepAlive::default()).into_response())
+}
+
+struct Follow {
+    pipeline: Arc<Pipeline>,
+    project: i64,
+    run: i64,
+    step: Option<String>,
+    queue: VecDeque<LogLine>,
+    live: Option<tokio::sync::broadcast::Receiver<LiveEvent>>,
+    last: i64,
+    done: bool,
+}
+
+fn line_event(line: &LogLine) -> SseEvent {
+    SseEvent::default().event("line").id(line.seq.to_string()).data(json!(line).to_string())
+}
+
+fn follow_stream(
+    pipeline: Arc<Pipeline>,
+    project: i64,
+    run: i64,
+    step: Option<String>,
+    stored: Vec<LogLine>,
+    live: Option<tokio::sync::broadcast::Receiver<LiveEvent>>,
+    after: i64,
+) -> impl Stream<Item = Result<SseEvent, Infallible>> {
+    let state = Follow { pipeline, project, run, step, queue: stored.into(), live, last: after, done: false };
+    stream::unfold(state, |mut s| async move {
+        loop {
+            if let Some(line) = s.queue.pop_front() {
+                if line.seq <= s.last {
+                    continue;
+                }
+                s.last = line.seq;
+                return Some((Ok(line_event(&line)), s));
+            }
+            if s.done {
+                return None;
+            }
+            let Some(live) = s.live.as_mut() else {
+                // Finished before or while we looked: say how it ended.
+                s.done = true;
+                let status = s.pipeline.run(s.project, s.run).map(|r| r.status.as_str()).unwrap_or("unknown");
+                return Some((Ok(SseEvent::default().event("end").data(json!({ "status": status }).to_string())), s));
+            };
+            match live.recv().await {
+                Ok(LiveEvent::Line(line)) => {
+                    if s.step.as_deref().is_none_or(|want| want == line.step) {
+                        s.queue.push_back(line);
+                    }
+                }
+                Ok(LiveEvent::End(status)) => {
+                    s.done = true;
+                    return Some((
+                        Ok(SseEvent::default().event("end").data(json!({ "status": status.as_str() }).to_string())),
+                        s,
+                    ));
+                }
+                // Fell behind the broadcast: catch up from the store.
+                Err(RecvError::Lagged(_)) => {
+                    if let Ok(lines) = s.pipeline.logs(s.project, s.run, s.step.as_deref(), s.last, 100_000) {
+                        s.queue.extend(lines);
+                    }
+                }
+                Err(RecvError::Closed) => s.live = None,
+            }
+        }
+    })
+    .boxed()
+}
+
+async fn cancel(
+    State(shared): State<Shared>,
+    Path((id, run)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let (pipeline, project) = open(&shared, &headers, &id)?;
+    let run = pipeline.cancel(project, number("run", &run)?)?;
+    Ok((StatusCode::ACCEPTED, Json(run)).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RestartBody {
+    /// The step to start from; it and everything after it run again.
+    from: String,
+}
+
+async fn restart(
+    State(shared): State<Shared>,
+    Path((id, run)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let (pipeline, project) = open(&shared, &headers, &id)?;
+    let restart: RestartBody = json_query(&body)?;
+    let run = pipeline.restart(project, number("run", &run)?, &restart.from).await?;
+    Ok((StatusCode::CREATED, Json(run)).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReleaseQuery {
+    service: Option<String>,
+    environment: Option<String>,
+    limit: Option<u32>,
+}
+
+async fn list_releases(
+    State(shared): State<Shared>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    q: Result<Query<ReleaseQuery>, QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let (pipeline, project) = open(&shared, &headers, &id)?;
+    let q = query(q)?;
+    let releases =
+        pipeline.releases(project, q.service.as_deref(), q.environment.as_deref(), q.limit.unwrap_or(100))?;
+    Ok(Json(json!({ "releases": releases })))
+}
+
+async fn release_detail(
+    State(shared): State<Shared>,
+    Path((id, release)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    let (pipeline, project) = open(&shared, &headers, &id)?;
+    Ok(Json(json!(pipeline.release(project, number("release", &release)?)?)))
+}
+
+async fn rollback(
+    State(shared): State<Shared>,
+    Path((id, service, env)): Path<(String, String, String)>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let (pipeline, project) = open(&shared, &headers, &id)?;
+    let release = pipeline.rollback(project, &service, &env).await?;
+    Ok((StatusCode::CREATED, Json(release)).into_response())
+}
+
+async fn remove_service(
+    State(shared): State<Shared>,
+    Path((id, service, env)): Path<(String, String, String)>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    let (pipeline, project) = open(&shared, &headers, &id)?;
+    let removed = pipeline.remove_service(project, &service, &env).await?;
+    Ok(Json(json!({ "removed_containers": removed })))
+}
+
+/// Validates a pipeline file sent as the body; errors carry line numbers.
+async fn lint(body: Bytes) -> Result<Json<Value>, ApiError> {
+    let text = std::str::from_utf8(&body).map_err(|_| ApiError::bad_request("body", "the file is not UTF-8"))?;
+    let file = leanloop_pipeline::spec::Pipeline::parse(text)?;
+    let steps: Vec<Value> = file.steps.iter().map(|s| json!({ "name": s.name, "depends_on": s.depends_on })).collect();
+    Ok(Json(json!({ "valid": true, "steps": steps })))
+}
+
+/// `POST /hooks/{repo}/{github|gitea}`: a signed push starts a run.
+async fn webhook(
+    State(shared): State<Shared>,
+    Path((repo, provider)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let pipeline = pipeline(&shared)?;
+    let provider = Provider::parse(&provider)
+        .ok_or_else(|| ApiError::from_class(ErrorClass::NotFound, format!("no webhook provider `{provider}`")))?;
+    let repo = number("repo", &repo)?;
+    let text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    let run = pipeline
+        .webhook(repo, provider, text(provider.event_header()), text(provider.signature_header()), &body)
+        .await?;
+    Ok(match run {
+        Some(run) => (StatusCode::CREATED, Json(json!(run))).into_response(),
+        None => (StatusCode::OK, Json(json!({ "run": null }))).into_response(),
+    })
+}

@@ -1,0 +1,51 @@
+//! Errors of the pipeline, classified once for the HTTP layer.
+
+use leanloop_core::{Classify, ErrorClass};
+
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    /// The pipeline file is invalid; `line` is 1-based when known.
+    #[error("leanloop.yml{}: {message}", line.map(|l| format!(" line {l}")).unwrap_or_default())]
+    InvalidFile { line: Option<usize>, message: String },
+    /// A request names something wrong; `field` says which input.
+    #[error("{field}: {message}")]
+    Invalid { field: String, message: String },
+    #[error("{0} not found")]
+    NotFound(String),
+    #[error("webhook signature does not match")]
+    BadSignature,
+    #[error("{0}")]
+    Conflict(String),
+    #[error("git: {0}")]
+    Git(String),
+    #[error("docker: {0}")]
+    Docker(#[from] bollard::errors::Error),
+    #[error("no Docker host is reachable")]
+    NoHost,
+    #[error("pipeline database: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+impl PipelineError {
+    pub fn invalid(field: impl Into<String>, message: impl Into<String>) -> PipelineError {
+        PipelineError::Invalid { field: field.into(), message: message.into() }
+    }
+}
+
+impl Classify for PipelineError {
+    fn class(&self) -> ErrorClass {
+        match self {
+            PipelineError::InvalidFile { .. } => ErrorClass::BadRequest { field: Some("leanloop.yml".into()) },
+            PipelineError::Invalid { field, .. } => ErrorClass::BadRequest { field: Some(field.clone()) },
+            PipelineError::NotFound(_) => ErrorClass::NotFound,
+            PipelineError::BadSignature => ErrorClass::Unauthorized,
+            PipelineError::Conflict(_) => ErrorClass::BadRequest { field: None },
+            PipelineError::NoHost => ErrorClass::Unavailable { retry_after_secs: 10 },
+            PipelineError::Git(_) | PipelineError::Docker(_) | PipelineError::Sqlite(_) | PipelineError::Io(_) => {
+                ErrorClass::Internal
+            }
+        }
+    }
+}

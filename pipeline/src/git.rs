@@ -1,0 +1,161 @@
+//! Sources: a bare mirror per repository, kept with the `git` program, from
+//! which a run reads its pipeline file and its tree at the exact commit.
+//!
+//! The tree leaves the mirror as a tar stream (`git archive`), which the
+//! runner unpacks into the run's workspace volume on whichever Docker host
+//! runs it, so no host needs the repository on its disk.
+
+use crate::PipelineError;
+use std::path::{Path, PathBuf};
+use tokio::process::Command;
+
+/// What a run is asked to build.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    Branch(String),
+    Tag(String),
+    /// A full or abbreviated commit id, with the branch or tag it belongs to if known.
+    Commit {
+        sha: String,
+        branch: Option<String>,
+        tag: Option<String>,
+    },
+}
+
+impl Target {
+    pub fn branch(&self) -> Option<&str> {
+        match self {
+            Target::Branch(b) => Some(b),
+            Target::Commit { branch, .. } => branch.as_deref(),
+            Target::Tag(_) => None,
+        }
+    }
+
+    pub fn tag(&self) -> Option<&str> {
+        match self {
+            Target::Tag(t) => Some(t),
+            Target::Commit { tag, .. } => tag.as_deref(),
+            Target::Branch(_) => None,
+        }
+    }
+}
+
+/// A ref name as git accepts it, and never an option.
+pub fn check_ref_name(field: &str, name: &str) -> Result<(), PipelineError> {
+    let bad = name.is_empty()
+        || name.len() > 255
+        || name.starts_with(['-', '/', '.'])
+        || name.ends_with(['/', '.'])
+        || name.ends_with(".lock")
+        || name.contains("..")
+        || name.contains("//")
+        || name.contains("@{")
+        || name.chars().any(|c| c.is_control() || c.is_whitespace() || "~^:?*[\\".contains(c));
+    if bad {
+        return Err(PipelineError::invalid(field, format!("`{name}` is not a valid git ref name")));
+    }
+    Ok(())
+}
+
+pub fn check_sha(field: &str, sha: &str) -> Result<(), PipelineError> {
+    if (4..=64).contains(&sha.len()) && sha.chars().all(|c| c.is_ascii_hexdigit()) {
+        Ok(())
+    } else {
+        Err(PipelineError::invalid(field, format!("`{sha}` is not a commit id")))
+    }
+}
+
+pub struct Mirror {
+    dir: PathBuf,
+}
+
+async fn git(dir: Option<&Path>, args: &[&str]) -> Result<Vec<u8>, PipelineError> {
+    let mut command = Command::new("git");
+    if let Some(dir) = dir {
+        command.arg("-C").arg(dir);
+    }
+    // Never ask for credentials on a terminal; fail instead.
+    command.args(args).env("GIT_TERMINAL_PROMPT", "0").kill_on_drop(true);
+    let output = command.output().await.map_err(|e| PipelineError::Git(format!("cannot run git: {e}")))?;
+    if !output.status.success() {
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        return Err(PipelineError::Git(format!("git {}: {}", args.first().unwrap_or(&""), stderr.trim())));
+    }
+    Ok(output.stdout)
+}
+
+fn text(bytes: Vec<u8>) -> String {
+    String::from_utf8_lossy(&bytes).trim().to_owned()
+}
+
+impl Mirror {
+    pub fn new(dir: PathBuf) -> Mirror {
+        Mirror { dir }
+    }
+
+    /// Clones on first use, fetches every ref afterwards.
+    pub async fn sync(&self, source: &str) -> Result<(), PipelineError> {
+        if self.dir.join("HEAD").exists() {
+            git(Some(&self.dir), &["fetch", "--prune", "--quiet", "--force", "origin", "+refs/*:refs/*"]).await?;
+        } else {
+            if let Some(parent) = self.dir.parent() {
+                tokio::fs::create_dir_all(parent).await?;
+            }
+            let dir = self.dir.to_string_lossy();
+            git(None, &["clone", "--mirror", "--quiet", "--", source, &dir]).await?;
+        }
+        Ok(())
+    }
+
+    /// The full commit id `target` names now.
+    pub async fn resolve(&self, target: &Target) -> Result<String, PipelineError> {
+        let spec = match target {
+            Target::Branch(b) => format!("refs/heads/{b}^{{commit}}"),
+            Target::Tag(t) => format!("refs/tags/{t}^{{commit}}"),
+            Target::Commit { sha, .. } => format!("{sha}^{{commit}}"),
+        };
+        git(Some(&self.dir), &["rev-parse", "--verify", "--quiet", &spec]).await.map(text).map_err(|_| match target {
+            Target::Branch(b) => PipelineError::invalid("branch", format!("no branch `{b}` in the repository")),
+            Target::Tag(t) => PipelineError::invalid("tag", format!("no tag `{t}` in the repository")),
+            Target::Commit { sha, .. } => {
+                PipelineError::invalid("commit", format!("no commit `{sha}` in the repository"))
+            }
+        })
+    }
+
+    pub async fn file(&self, sha: &str, path: &str) -> Result<Option<String>, PipelineError> {
+        match git(Some(&self.dir), &["show", &format!("{sha}:{path}")]).await {
+            Ok(bytes) => Ok(Some(String::from_utf8_lossy(&bytes).into_owned())),
+            Err(_) => Ok(None),
+        }
+    }
+
+    pub async fn subject(&self, sha: &str) -> Result<String, PipelineError> {
+        git(Some(&self.dir), &["log", "-1", "--format=%s", sha]).await.map(text)
+    }
+
+    /// The commit's tree as an uncompressed tar stream.
+    pub async fn archive(&self, sha: &str) -> Result<Vec<u8>, PipelineError> {
+        git(Some(&self.dir), &["archive", "--format=tar", sha]).await
+    }
+
+    /// Every branch and tag with the commit it points at.
+    pub async fn heads(&self) -> Result<Vec<(String, String)>, PipelineError> {
+        let out = git(
+            Some(&self.dir),
+            &["for-each-ref", "--format=%(refname) %(objectname) %(*objectname)", "refs/heads", "refs/tags"],
+        )
+        .await?;
+        Ok(text(out)
+            .lines()
+            .filter_map(|line| {
+                let mut parts = line.split(' ');
+                let name = parts.next()?.to_owned();
+                let object = parts.next()?;
+                // Annotated tags: the commit is the peeled object.
+                let commit = parts.next().filter(|p| !p.is_empty()).unwrap_or(object);
+                Some((name, commit.to_owned()))
+            })
+            .collect())
+    }
+}

@@ -1,0 +1,161 @@
+//! The `build` step: a Dockerfile built on the engine into
+//! `<registry>/<service>:<short sha>` plus a branch (or tag) tag, then pushed.
+
+use crate::engine::Labels;
+use crate::spec::Build;
+use bollard::models::{BuildInfo, PushImageInfo};
+use bollard::query_parameters::{BuildImageOptionsBuilder, PushImageOptionsBuilder, TagImageOptionsBuilder};
+use bollard::Docker;
+use futures::StreamExt;
+use tokio_util::sync::CancellationToken;
+
+/// An image built and (when a registry is set) pushed.
+#[derive(Debug, Clone)]
+pub struct Built {
+    /// The commit-tagged reference deploys use.
+    pub image: String,
+    pub digest: Option<String>,
+}
+
+/// `<registry>/<service>`, or `local/<service>` without a registry.
+pub fn repository(registry: Option<&str>, service: &str) -> String {
+    match registry {
+        Some(r) => format!("{}/{service}", r.trim_end_matches('/')),
+        None => format!("local/{service}"),
+    }
+}
+
+pub fn short_sha(sha: &str) -> &str {
+    &sha[..sha.len().min(7)]
+}
+
+/// A branch or tag name as an image tag: `[A-Za-z0-9_.-]`, at most 128,
+/// not starting with `.` or `-`.
+pub fn tag_for(name: &str) -> String {
+    let mut tag: String = name
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() || c == '_' || c == '.' || c == '-' { c } else { '-' })
+        .collect();
+    tag.truncate(128);
+    if tag.starts_with(['.', '-']) {
+        tag.replace_range(..1, "_");
+    }
+    tag
+}
+
+pub struct BuildJob<'a> {
+    pub build: &'a Build,
+    pub registry: Option<&'a str>,
+    pub sha: &'a str,
+    /// The branch or tag name, tagged beside the commit.
+    pub reference: Option<&'a str>,
+    pub labels: &'a Labels,
+    pub context: Vec<u8>,
+}
+
+/// Builds, tags and pushes; each output line goes to `say`.
+pub async fn build_and_push(
+    docker: &Docker,
+    job: BuildJob<'_>,
+    say: &(dyn Fn(&str) + Sync),
+    stop: &CancellationToken,
+) -> Result<Built, String> {
+    let repo = repository(job.registry, &job.build.service);
+    let sha_tag = short_sha(job.sha).to_owned();
+    let image = format!("{repo}:{sha_tag}");
+    let args: std::collections::HashMap<String, String> = job.build.args.clone().into_iter().collect();
+    let options = BuildImageOptionsBuilder::new()
+        .dockerfile(&job.build.dockerfile)
+        .t(&image)
+        .rm(true)
+        .forcerm(true)
+        .buildargs(&args)
+        .labels(job.labels)
+        .build();
+    say(&format!("building {image} from {}/{}", job.build.context, job.build.dockerfile));
+    let build = docker.build_image(options, None, Some(bollard::body_full(job.context.into())));
+    follow(build, stop, "image build", |info: BuildInfo| {
+        for line in info.stream.iter().flat_map(|s| s.lines()).filter(|l| !l.trim().is_empty()) {
+            say(line);
+        }
+        info.error_detail.and_then(|d| d.message)
+    })
+    .await?;
+    docker.inspect_image(&image).await.map_err(|e| format!("the build produced no image {image}: {e}"))?;
+    let mut tags = vec![sha_tag];
+    if let Some(reference) = job.reference {
+        let extra = tag_for(reference);
+        docker
+            .tag_image(&image, Some(TagImageOptionsBuilder::new().repo(&repo).tag(&extra).build()))
+            .await
+            .map_err(|e| format!("tagging {repo}:{extra}: {e}"))?;
+        say(&format!("tagged {repo}:{extra}"));
+        tags.push(extra);
+    }
+    if job.registry.is_none() || !job.build.push {
+        say("not pushed: no registry configured or push: false");
+        return Ok(Built { image, digest: None });
+    }
+    let mut digest = None;
+    for tag in &tags {
+        say(&format!("pushing {repo}:{tag}"));
+        let push = docker.push_image(&repo, Some(PushImageOptionsBuilder::new().tag(tag).build()), None);
+        follow(push, stop, &format!("push of {repo}:{tag}"), |info: PushImageInfo| {
+            if let Some(status) = info.status.filter(|s| s.contains("digest:")) {
+                digest = digest.take().or_else(|| parse_digest(&status));
+                say(&status);
+            }
+            info.error_detail.and_then(|d| d.message)
+        })
+        .await?;
+    }
+    Ok(Built { image, digest })
+}
+
+/// Reads an engine progress stream to its end; `on_item` reports each item
+/// and returns the engine's error message, if the item carries one.
+async fn follow<T>(
+    stream: impl futures::Stream<Item = Result<T, bollard::errors::Error>>,
+    stop: &CancellationToken,
+    what: &str,
+    mut on_item: impl FnMut(T) -> Option<String>,
+) -> Result<(), String> {
+    let mut stream = Box::pin(stream);
+    loop {
+        let item = tokio::select! {
+            item = stream.next() => item,
+            _ = stop.cancelled() => return Err("stopped".into()),
+        };
+        match item {
+            None => return Ok(()),
+            Some(Err(e)) => return Err(format!("{what} failed: {e}")),
+            Some(Ok(item)) => {
+                if let Some(message) = on_item(item) {
+                    return Err(format!("{what} failed: {message}"));
+                }
+            }
+        }
+    }
+}
+
+/// `main: digest: sha256:abc… size: 527` → `sha256:abc…`.
+fn parse_digest(status: &str) -> Option<String> {
+    let start = status.find("sha256:")?;
+    let digest: String = status[start..].chars().take_while(|c| c.is_ascii_alphanumeric() || *c == ':').collect();
+    (digest.len() == "sha256:".len() + 64).then_some(digest)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_and_digests() {
+        assert_eq!(repository(Some("127.0.0.1:5000/"), "web"), "127.0.0.1:5000/web");
+        assert_eq!(tag_for("feature/login-v2"), "feature-login-v2");
+        assert_eq!(tag_for("-x"), "_x");
+        let d = format!("main: digest: sha256:{} size: 527", "a".repeat(64));
+        assert_eq!(parse_digest(&d), Some(format!("sha256:{}", "a".repeat(64))));
+        assert_eq!(parse_digest("digest: sha256:short"), None);
+    }
+}

@@ -1,0 +1,185 @@
+//! Run logs: numbered lines, masked, bounded, stored in batches and
+//! broadcast live to followers.
+//!
+//! A follower first takes a snapshot (everything stored) and a subscription
+//! in one locked moment, so no line falls between the two. A follower that
+//! lags behind the broadcast re-reads from the store.
+
+use crate::records::{now_ms, LogLine, Records, Status};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use tokio::sync::broadcast;
+
+/// Lines kept per step; past it one notice is stored and the rest dropped.
+pub const MAX_LINES_PER_STEP: usize = 20_000;
+/// Longer lines are cut here (bytes, on a character boundary).
+pub const MAX_LINE_BYTES: usize = 8 * 1024;
+/// Lines buffered before a write to the store.
+const FLUSH_EVERY: usize = 200;
+const LIVE_CAPACITY: usize = 4096;
+const MASK: &str = "********";
+
+#[derive(Debug, Clone)]
+pub enum LiveEvent {
+    Line(LogLine),
+    /// The run finished with this status; no more lines follow.
+    End(Status),
+}
+
+pub struct RunLog {
+    run_id: i64,
+    records: Arc<Records>,
+    masks: Vec<String>,
+    state: Mutex<State>,
+    live: broadcast::Sender<LiveEvent>,
+}
+
+struct State {
+    seq: i64,
+    pending: Vec<LogLine>,
+    per_step: HashMap<String, usize>,
+}
+
+impl RunLog {
+    /// `masks` are secret values: they never reach the store or a follower.
+    pub fn new(run_id: i64, records: Arc<Records>, mut masks: Vec<String>) -> Result<RunLog, crate::PipelineError> {
+        // Longest first, so a secret containing another is masked whole.
+        masks.retain(|m| m.len() >= 3);
+        masks.sort_by_key(|m| std::cmp::Reverse(m.len()));
+        let seq = records.last_log_seq(run_id)?;
+        let (live, _) = broadcast::channel(LIVE_CAPACITY);
+        Ok(RunLog {
+            run_id,
+            records,
+            masks,
+            state: Mutex::new(State { seq, pending: Vec::new(), per_step: HashMap::new() }),
+            live,
+        })
+    }
+
+    fn mask(&self, text: &str) -> String {
+        let mut out = text.to_owned();
+        for secret in &self.masks {
+            if out.contains(secret.as_str()) {
+                out = out.replace(secret.as_str(), MASK);
+            }
+        }
+        out
+    }
+
+    pub fn line(&self, step: &str, text: &str) {
+        let mut text = self.mask(text.trim_end_matches(['\r', '\n']));
+        if text.len() > MAX_LINE_BYTES {
+            let mut cut = MAX_LINE_BYTES;
+            while !text.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            text.truncate(cut);
+            text.push_str(" [line cut]");
+        }
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let count = state.per_step.entry(step.to_owned()).or_insert(0);
+        *count += 1;
+        if *count > MAX_LINES_PER_STEP + 1 {
+            return;
+        }
+        if *count == MAX_LINES_PER_STEP + 1 {
+            text = format!("[log truncated after {MAX_LINES_PER_STEP} lines]");
+        }
+        state.seq += 1;
+        let line = LogLine { seq: state.seq, step: step.to_owned(), at: now_ms(), line: text };
+        let _ = self.live.send(LiveEvent::Line(line.clone()));
+        state.pending.push(line);
+        if state.pending.len() >= FLUSH_EVERY {
+            self.flush_locked(&mut state);
+        }
+    }
+
+    fn flush_locked(&self, state: &mut State) {
+        if state.pending.is_empty() {
+            return;
+        }
+        let lines = std::mem::take(&mut state.pending);
+        if let Err(e) = self.records.append_logs(self.run_id, &lines) {
+            tracing::error!(run = self.run_id, error = %e, "storing run logs failed");
+        }
+    }
+
+    pub fn flush(&self) {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        self.flush_locked(&mut state);
+    }
+
+    /// Everything so far is in the store, and the receiver gets all later lines.
+    pub fn follow(&self) -> broadcast::Receiver<LiveEvent> {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        self.flush_locked(&mut state);
+        self.live.subscribe()
+    }
+
+    pub fn end(&self, status: Status) {
+        self.flush();
+        let _ = self.live.send(LiveEvent::End(status));
+    }
+}
+
+/// Splits a byte stream into lines, holding a partial last line until the
+/// next chunk (or the end) completes it.
+#[derive(Default)]
+pub struct Lines {
+    partial: Vec<u8>,
+}
+
+impl Lines {
+    pub fn push(&mut self, chunk: &[u8], mut emit: impl FnMut(&str)) {
+        self.partial.extend_from_slice(chunk);
+        while let Some(end) = self.partial.iter().position(|&b| b == b'\n') {
+            let line: Vec<u8> = self.partial.drain(..=end).collect();
+            emit(&String::from_utf8_lossy(&line));
+        }
+        // A line without newline can grow without bound; emit it in pieces.
+        if self.partial.len() > MAX_LINE_BYTES {
+            let line = std::mem::take(&mut self.partial);
+            emit(&String::from_utf8_lossy(&line));
+        }
+    }
+
+    pub fn finish(&mut self, mut emit: impl FnMut(&str)) {
+        if !self.partial.is_empty() {
+            let line = std::mem::take(&mut self.partial);
+            emit(&String::from_utf8_lossy(&line));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lines_join_chunks_and_keep_the_tail() {
+        let mut out = Vec::new();
+        let mut lines = Lines::default();
+        lines.push(b"one\ntw", |l| out.push(l.to_owned()));
+        lines.push(b"o\nthree", |l| out.push(l.to_owned()));
+        lines.finish(|l| out.push(l.to_owned()));
+        assert_eq!(out, vec!["one\n", "two\n", "three"]);
+    }
+
+    #[test]
+    fn secrets_are_masked_and_steps_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        let records = Arc::new(Records::open(&dir.path().join("p.sqlite3")).unwrap());
+        let log = RunLog::new(1, records.clone(), vec!["hunter2".into(), "hunter2-long".into()]).unwrap();
+        log.line("test", "token=hunter2-long and hunter2\n");
+        for i in 0..MAX_LINES_PER_STEP + 10 {
+            log.line("big", &format!("line {i}"));
+        }
+        log.flush();
+        let stored = records.logs(1, Some("test"), 0, 10).unwrap();
+        assert_eq!(stored[0].line, "token=******** and ********");
+        let big = records.logs(1, Some("big"), 0, u32::MAX).unwrap();
+        assert_eq!(big.len(), MAX_LINES_PER_STEP + 1);
+        assert!(big.last().unwrap().line.contains("truncated"));
+    }
+}

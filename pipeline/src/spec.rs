@@ -1,0 +1,705 @@
+//! The pipeline file, `leanloop.yml`: what it may say, and its validation.
+//!
+//! ```yaml
+//! registry: 127.0.0.1:5000          # optional; the server's default otherwise
+//! timeout: 30m                      # whole run
+//! environments:                     # first match wins; GitFlow when absent
+//!   - { branch: "feature/*", name: preview }
+//!   - { tag: "v*", name: production }
+//! services:
+//!   - { name: db, image: postgres:16, env: { POSTGRES_PASSWORD: x } }
+//! steps:
+//!   - name: test
+//!     image: leanloop/busybox:latest
+//!     commands: [sh test.sh]
+//!     secrets: [API_TOKEN]          # from the control plane, masked in logs
+//!     when: { branch: [main, "feature/*"], event: [push, manual] }
+//!     cache: [/root/.cache]         # a volume per repository and branch
+//!   - name: image
+//!     build: { service: web, dockerfile: Dockerfile, context: ., args: { A: b } }
+//!   - name: deploy
+//!     deploy: { service: web, replicas: 2, port: 8080, health: /health,
+//!               strategy: canary, weights: [10, 50, 100] }
+//! ```
+//!
+//! Without any `depends_on`, steps run one after another in file order; once
+//! one step names `depends_on`, the file is a DAG and steps without it start
+//! at once. Structural mistakes carry the parser's line; semantic ones (an
+//! unknown dependency, a cycle) the line of the step they concern.
+
+use crate::PipelineError;
+use globset::Glob;
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::time::Duration;
+
+pub const FILE_NAME: &str = "leanloop.yml";
+const MAX_STEPS: usize = 100;
+const DEFAULT_STEP_TIMEOUT: Duration = Duration::from_secs(3600);
+const DEFAULT_RUN_TIMEOUT: Duration = Duration::from_secs(2 * 3600);
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFile {
+    registry: Option<String>,
+    timeout: Option<Timeout>,
+    environments: Option<Vec<EnvironmentRule>>,
+    #[serde(default)]
+    services: Vec<Service>,
+    steps: Vec<RawStep>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawStep {
+    name: String,
+    image: Option<String>,
+    #[serde(default)]
+    commands: Vec<String>,
+    #[serde(default)]
+    env: BTreeMap<String, String>,
+    #[serde(default)]
+    secrets: Vec<String>,
+    #[serde(default)]
+    when: When,
+    depends_on: Option<Vec<String>>,
+    timeout: Option<Timeout>,
+    #[serde(default)]
+    cache: Vec<String>,
+    build: Option<Build>,
+    deploy: Option<Deploy>,
+}
+
+/// A duration written as seconds or as `90s`, `10m`, `2h`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+enum Timeout {
+    Seconds(u64),
+    Text(String),
+}
+
+impl Timeout {
+    fn duration(&self) -> Result<Duration, String> {
+        let secs = match self {
+            Timeout::Seconds(s) => *s,
+            Timeout::Text(t) => {
+                let t = t.trim();
+                let (number, unit) = t.split_at(t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len()));
+                let n: u64 = number.parse().map_err(|_| format!("`{t}` is not a duration like 90s, 10m or 2h"))?;
+                match unit {
+                    "" | "s" => n,
+                    "m" => n * 60,
+                    "h" => n * 3600,
+                    _ => return Err(format!("`{t}` is not a duration like 90s, 10m or 2h")),
+                }
+            }
+        };
+        if secs == 0 || secs > 24 * 3600 {
+            return Err("timeout must be between 1 second and 24 hours".into());
+        }
+        Ok(Duration::from_secs(secs))
+    }
+}
+
+/// A side container reachable from every step by its name.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Service {
+    pub name: String,
+    pub image: String,
+    #[serde(default)]
+    pub commands: Vec<String>,
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+}
+
+/// When a step runs; every given list must match, an empty list matches all.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct When {
+    #[serde(default)]
+    pub branch: Vec<String>,
+    #[serde(default)]
+    pub tag: Vec<String>,
+    #[serde(default)]
+    pub event: Vec<Event>,
+}
+
+/// What started a run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Event {
+    Push,
+    Tag,
+    Manual,
+    Poll,
+    Restart,
+}
+
+impl Event {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Event::Push => "push",
+            Event::Tag => "tag",
+            Event::Manual => "manual",
+            Event::Poll => "poll",
+            Event::Restart => "restart",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Event> {
+        [Event::Push, Event::Tag, Event::Manual, Event::Poll, Event::Restart].into_iter().find(|e| e.as_str() == text)
+    }
+}
+
+/// Builds the repository's Dockerfile into `<registry>/<service>:<short sha>`
+/// and `:<branch>`, then pushes both.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Build {
+    pub service: String,
+    #[serde(default = "default_dockerfile")]
+    pub dockerfile: String,
+    #[serde(default = "default_context")]
+    pub context: String,
+    #[serde(default)]
+    pub args: BTreeMap<String, String>,
+    /// Push to the registry (default true when one is configured).
+    #[serde(default = "yes")]
+    pub push: bool,
+}
+
+fn default_dockerfile() -> String {
+    "Dockerfile".into()
+}
+fn default_context() -> String {
+    ".".into()
+}
+fn yes() -> bool {
+    true
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum Strategy {
+    /// Stop the old containers, then start the new ones.
+    Recreate,
+    /// Replace one replica at a time, each healthy before the next.
+    Rolling,
+    /// Start the whole new set, switch when all are healthy.
+    BlueGreen,
+    /// Start beside the old set with traffic weights; the split itself is the
+    /// gateway's, so the weights are recorded and the new set is promoted.
+    Canary,
+}
+
+impl Strategy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Strategy::Recreate => "recreate",
+            Strategy::Rolling => "rolling",
+            Strategy::BlueGreen => "blue-green",
+            Strategy::Canary => "canary",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Deploy {
+    pub service: String,
+    #[serde(default = "one")]
+    pub replicas: u32,
+    /// The port the container listens on; published on an ephemeral host port.
+    pub port: u16,
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// HTTP path that answers 2xx when a replica is ready.
+    #[serde(default = "default_health")]
+    pub health: String,
+    #[serde(default = "default_strategy")]
+    pub strategy: Strategy,
+    /// Canary traffic weights in percent, ascending, ending at 100.
+    #[serde(default)]
+    pub weights: Vec<u8>,
+    /// Longest wait for a replica to become healthy, in seconds.
+    #[serde(default = "default_health_timeout")]
+    pub health_timeout: u64,
+}
+
+fn one() -> u32 {
+    1
+}
+fn default_health() -> String {
+    "/".into()
+}
+fn default_strategy() -> Strategy {
+    Strategy::Recreate
+}
+fn default_health_timeout() -> u64 {
+    60
+}
+
+/// Maps a branch or tag to a deploy environment.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EnvironmentRule {
+    pub branch: Option<String>,
+    pub tag: Option<String>,
+    pub name: String,
+}
+
+/// What a step does.
+#[derive(Debug, Clone)]
+pub enum Action {
+    Commands { image: String, commands: Vec<String> },
+    Build(Build),
+    Deploy(Deploy),
+}
+
+#[derive(Debug, Clone)]
+pub struct Step {
+    pub name: String,
+    pub action: Action,
+    pub env: BTreeMap<String, String>,
+    pub secrets: Vec<String>,
+    pub when: When,
+    pub depends_on: Vec<String>,
+    pub timeout: Duration,
+    pub cache: Vec<String>,
+}
+
+/// A validated pipeline file.
+#[derive(Debug, Clone)]
+pub struct Pipeline {
+    pub registry: Option<String>,
+    pub timeout: Duration,
+    pub environments: Vec<EnvironmentRule>,
+    pub services: Vec<Service>,
+    pub steps: Vec<Step>,
+}
+
+/// The facts about a run that `when` and environments are matched on.
+#[derive(Debug, Clone)]
+pub struct RunFacts<'a> {
+    pub branch: Option<&'a str>,
+    pub tag: Option<&'a str>,
+    pub event: Event,
+}
+
+fn glob_matches(pattern: &str, value: &str) -> bool {
+    Glob::new(pattern).map(|g| g.compile_matcher().is_match(value)).unwrap_or(false)
+}
+
+impl When {
+    pub fn matches(&self, facts: &RunFacts) -> bool {
+        let list = |patterns: &[String], value: Option<&str>| {
+            patterns.is_empty() || value.is_some_and(|v| patterns.iter().any(|p| glob_matches(p, v)))
+        };
+        // A restart or poll counts as the event it re-runs for `when`.
+        let event = match facts.event {
+            Event::Restart | Event::Poll => {
+                if facts.tag.is_some() {
+                    Event::Tag
+                } else {
+                    Event::Push
+                }
+            }
+            e => e,
+        };
+        list(&self.branch, facts.branch)
+            && list(&self.tag, facts.tag)
+            && (self.event.is_empty() || self.event.contains(&event) || self.event.contains(&facts.event))
+    }
+}
+
+impl Pipeline {
+    pub fn parse(text: &str) -> Result<Pipeline, PipelineError> {
+        let raw: RawFile = serde_norway::from_str(text).map_err(|e| PipelineError::InvalidFile {
+            line: e.location().map(|l| l.line()),
+            message: strip_location(&e.to_string()),
+        })?;
+        let fail = |section: &str, name: &str, message: String| PipelineError::InvalidFile {
+            line: line_of(text, section, name),
+            message,
+        };
+        if raw.steps.is_empty() {
+            return Err(PipelineError::InvalidFile {
+                line: line_of(text, "steps", ""),
+                message: "steps: at least one step is needed".into(),
+            });
+        }
+        if raw.steps.len() > MAX_STEPS {
+            return Err(fail("steps", "", format!("steps: at most {MAX_STEPS} steps")));
+        }
+        let run_timeout = match &raw.timeout {
+            Some(t) => t.duration().map_err(|m| fail("timeout", "", format!("timeout: {m}")))?,
+            None => DEFAULT_RUN_TIMEOUT,
+        };
+        let mut names = HashSet::new();
+        for service in &raw.services {
+            check_name(&service.name).map_err(|m| fail("services", &service.name, m))?;
+            if !names.insert(service.name.clone()) {
+                return Err(fail("services", &service.name, format!("service `{}` is named twice", service.name)));
+            }
+        }
+        let dag = raw.steps.iter().any(|s| s.depends_on.is_some());
+        let mut steps = Vec::with_capacity(raw.steps.len());
+        let mut step_names: HashSet<String> = HashSet::new();
+        for (index, s) in raw.steps.iter().enumerate() {
+            let here = |m: String| fail("steps", &s.name, format!("step `{}`: {m}", s.name));
+            check_name(&s.name).map_err(&here)?;
+            if !step_names.insert(s.name.clone()) || names.contains(&s.name) {
+                return Err(here("the name is used twice".into()));
+            }
+            let action = match (&s.image, &s.build, &s.deploy) {
+                (Some(image), None, None) => {
+                    if s.commands.is_empty() {
+                        return Err(here("`commands` is empty".into()));
+                    }
+                    Action::Commands { image: image.clone(), commands: s.commands.clone() }
+                }
+                (None, Some(build), None) => {
+                    check_name(&build.service).map_err(|m| here(format!("build.service: {m}")))?;
+                    if build.context.split('/').any(|p| p == "..") || build.context.starts_with('/') {
+                        return Err(here("build.context must be a path inside the repository".into()));
+                    }
+                    Action::Build(build.clone())
+                }
+                (None, None, Some(deploy)) => {
+                    validate_deploy(deploy).map_err(&here)?;
+                    Action::Deploy(deploy.clone())
+                }
+                _ => return Err(here("needs exactly one of `image` with `commands`, `build` or `deploy`".into())),
+            };
+            if !matches!(action, Action::Commands { .. }) && !s.commands.is_empty() {
+                return Err(here("`commands` belong to steps with an `image`".into()));
+            }
+            for secret in &s.secrets {
+                check_env_name(secret).map_err(|m| here(format!("secrets: {m}")))?;
+            }
+            for key in s.env.keys() {
+                check_env_name(key).map_err(|m| here(format!("env: {m}")))?;
+            }
+            for pattern in s.when.branch.iter().chain(&s.when.tag) {
+                Glob::new(pattern).map_err(|e| here(format!("when: `{pattern}` is not a pattern: {e}")))?;
+            }
+            for path in &s.cache {
+                if !path.starts_with('/') || path == "/" || path.starts_with("/workspace") {
+                    return Err(here(format!("cache: `{path}` must be an absolute path outside /workspace")));
+                }
+            }
+            let depends_on = match &s.depends_on {
+                Some(d) => d.clone(),
+                None if !dag && index > 0 => vec![raw.steps[index - 1].name.clone()],
+                None => Vec::new(),
+            };
+            let timeout = match &s.timeout {
+                Some(t) => t.duration().map_err(|m| here(format!("timeout: {m}")))?,
+                None => DEFAULT_STEP_TIMEOUT,
+            };
+            steps.push(Step {
+                name: s.name.clone(),
+                action,
+                env: s.env.clone(),
+                secrets: s.secrets.clone(),
+                when: s.when.clone(),
+                depends_on,
+                timeout,
+                cache: s.cache.clone(),
+            });
+        }
+        for step in &steps {
+            for dep in &step.depends_on {
+                if !step_names.contains(dep) {
+                    return Err(fail(
+                        "steps",
+                        &step.name,
+                        format!("step `{}`: depends_on names no step `{dep}`", step.name),
+                    ));
+                }
+                if dep == &step.name {
+                    return Err(fail("steps", &step.name, format!("step `{}` depends on itself", step.name)));
+                }
+            }
+        }
+        if let Some(name) = find_cycle(&steps) {
+            return Err(fail("steps", &name, format!("step `{name}` is part of a dependency cycle")));
+        }
+        let environments = raw.environments.clone().unwrap_or_else(gitflow);
+        for rule in &environments {
+            let pattern = match (&rule.branch, &rule.tag) {
+                (Some(p), None) | (None, Some(p)) => p,
+                _ => {
+                    return Err(fail(
+                        "environments",
+                        "",
+                        format!("environment `{}`: give exactly one of `branch` or `tag`", rule.name),
+                    ))
+                }
+            };
+            Glob::new(pattern).map_err(|e| fail("environments", "", format!("environments: `{pattern}`: {e}")))?;
+            check_name(&rule.name).map_err(|m| fail("environments", "", format!("environments: {m}")))?;
+        }
+        Ok(Pipeline { registry: raw.registry, timeout: run_timeout, environments, services: raw.services, steps })
+    }
+
+    /// The deploy environment for a branch or tag, if any rule matches.
+    pub fn environment(&self, facts: &RunFacts) -> Option<String> {
+        self.environments.iter().find_map(|rule| {
+            let hit = match (&rule.branch, &rule.tag, facts.branch, facts.tag) {
+                (Some(p), _, Some(b), None) => glob_matches(p, b),
+                (_, Some(p), _, Some(t)) => glob_matches(p, t),
+                _ => false,
+            };
+            hit.then(|| rule.name.clone())
+        })
+    }
+
+    /// Steps in an order where every step comes after what it depends on.
+    pub fn topological(&self) -> Vec<&Step> {
+        let mut done: HashSet<&str> = HashSet::new();
+        let mut out = Vec::new();
+        while out.len() < self.steps.len() {
+            for step in &self.steps {
+                if !done.contains(step.name.as_str()) && step.depends_on.iter().all(|d| done.contains(d.as_str())) {
+                    done.insert(&step.name);
+                    out.push(step);
+                }
+            }
+        }
+        out
+    }
+
+    /// `from` and every step that depends on it, directly or not.
+    pub fn downstream_of(&self, from: &str) -> HashSet<String> {
+        let mut set: HashSet<String> = HashSet::from([from.to_owned()]);
+        for step in self.topological() {
+            if step.depends_on.iter().any(|d| set.contains(d)) {
+                set.insert(step.name.clone());
+            }
+        }
+        set
+    }
+}
+
+/// GitFlow: feature branches preview, develop stages, main/master and tags
+/// go to production.
+fn gitflow() -> Vec<EnvironmentRule> {
+    let rule = |branch: Option<&str>, tag: Option<&str>, name: &str| EnvironmentRule {
+        branch: branch.map(Into::into),
+        tag: tag.map(Into::into),
+        name: name.into(),
+    };
+    vec![
+        rule(Some("feature/*"), None, "preview"),
+        rule(Some("develop"), None, "staging"),
+        rule(Some("main"), None, "production"),
+        rule(Some("master"), None, "production"),
+        rule(None, Some("*"), "production"),
+    ]
+}
+
+fn validate_deploy(d: &Deploy) -> Result<(), String> {
+    check_name(&d.service).map_err(|m| format!("deploy.service: {m}"))?;
+    if d.replicas == 0 || d.replicas > 20 {
+        return Err("deploy.replicas must be between 1 and 20".into());
+    }
+    if d.port == 0 {
+        return Err("deploy.port must be a port number".into());
+    }
+    if !d.health.starts_with('/') {
+        return Err("deploy.health must be a path starting with /".into());
+    }
+    if d.health_timeout == 0 || d.health_timeout > 3600 {
+        return Err("deploy.health_timeout must be between 1 and 3600 seconds".into());
+    }
+    for key in d.env.keys() {
+        check_env_name(key).map_err(|m| format!("deploy.env: {m}"))?;
+    }
+    match d.strategy {
+        Strategy::Canary => {
+            if d.weights.is_empty()
+                || d.weights.last() != Some(&100)
+                || d.weights.windows(2).any(|w| w[0] >= w[1])
+                || d.weights[0] == 0
+            {
+                return Err("deploy.weights: canary needs ascending weights in percent ending at 100".into());
+            }
+        }
+        _ if !d.weights.is_empty() => return Err("deploy.weights are for the canary strategy".into()),
+        _ => {}
+    }
+    Ok(())
+}
+
+/// Names become container, volume and image names: keep them to what all accept.
+fn check_name(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= 63
+        && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_')
+        && name.starts_with(|c: char| c.is_ascii_alphanumeric());
+    if ok {
+        Ok(())
+    } else {
+        Err(format!("`{name}` must be 1-63 lowercase letters, digits, `-` or `_`, starting with a letter or digit"))
+    }
+}
+
+fn check_env_name(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+        && !name.starts_with(|c: char| c.is_ascii_digit());
+    if ok {
+        Ok(())
+    } else {
+        Err(format!("`{name}` is not an environment variable name"))
+    }
+}
+
+fn find_cycle(steps: &[Step]) -> Option<String> {
+    let index: HashMap<&str, &Step> = steps.iter().map(|s| (s.name.as_str(), s)).collect();
+    // 0 unvisited, 1 on the current path, 2 done.
+    let mut state: HashMap<&str, u8> = HashMap::new();
+    fn visit<'a>(
+        name: &'a str,
+        index: &HashMap<&'a str, &'a Step>,
+        state: &mut HashMap<&'a str, u8>,
+    ) -> Option<String> {
+        match state.get(name) {
+            Some(1) => return Some(name.to_owned()),
+            Some(2) => return None,
+            _ => {}
+        }
+        state.insert(name, 1);
+        for dep in &index[name].depends_on {
+            if let Some(found) = visit(dep, index, state) {
+                return Some(found);
+            }
+        }
+        state.insert(name, 2);
+        None
+    }
+    steps.iter().find_map(|s| visit(&s.name, &index, &mut state))
+}
+
+/// serde's message ends with " at line L column C"; the line is reported
+/// separately.
+fn strip_location(message: &str) -> String {
+    match message.rfind(" at line ") {
+        Some(i) => message[..i].to_owned(),
+        None => message.to_owned(),
+    }
+}
+
+/// The line of a top-level `section:` or, with a name, of the list item
+/// `- name: <name>` inside it: semantic errors point where the fix goes.
+fn line_of(text: &str, section: &str, name: &str) -> Option<usize> {
+    let mut in_section = false;
+    let mut section_line = None;
+    for (i, line) in text.lines().enumerate() {
+        let top_level = !line.starts_with([' ', '\t', '-', '#']) && !line.trim().is_empty();
+        if top_level {
+            in_section = line.split(':').next().map(str::trim_end) == Some(section);
+            if in_section {
+                section_line = Some(i + 1);
+                if name.is_empty() {
+                    return section_line;
+                }
+            }
+            continue;
+        }
+        if in_section {
+            let item = line.trim_start().trim_start_matches('-').trim_start();
+            let item = item.trim_start_matches('{').trim_start();
+            if let Some(value) = item.strip_prefix("name:") {
+                let value = value.split([',', '}', '#']).next().unwrap_or("").trim().trim_matches(['"', '\'']);
+                if value == name {
+                    return Some(i + 1);
+                }
+            }
+        }
+    }
+    section_line
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = "\
+steps:
+  - name: test
+    image: leanloop/busybox:latest
+    commands: [sh test.sh]
+  - name: image
+    build: { service: web }
+  - name: deploy
+    deploy: { service: web, port: 8080, health: /health, strategy: canary, weights: [10, 50, 100] }
+";
+
+    #[test]
+    fn sequential_without_depends_on_and_gitflow_environments() {
+        let p = Pipeline::parse(GOOD).unwrap();
+        assert_eq!(p.steps[0].depends_on, Vec::<String>::new());
+        assert_eq!(p.steps[1].depends_on, vec!["test"]);
+        assert_eq!(p.steps[2].depends_on, vec!["image"]);
+        let env =
+            |branch: Option<&str>, tag: Option<&str>| p.environment(&RunFacts { branch, tag, event: Event::Push });
+        assert_eq!(env(Some("feature/login"), None).as_deref(), Some("preview"));
+        assert_eq!(env(Some("develop"), None).as_deref(), Some("staging"));
+        assert_eq!(env(Some("main"), None).as_deref(), Some("production"));
+        assert_eq!(env(None, Some("v1.2")).as_deref(), Some("production"));
+        assert_eq!(env(Some("bugfix/x"), None), None);
+        assert_eq!(p.downstream_of("image"), HashSet::from(["image".to_owned(), "deploy".to_owned()]));
+    }
+
+    #[test]
+    fn dag_steps_without_depends_on_start_at_once() {
+        let text = "steps:\n  - name: a\n    image: x\n    commands: [true]\n  - name: b\n    image: x\n    commands: [true]\n  - name: c\n    image: x\n    commands: [true]\n    depends_on: [a, b]\n";
+        let p = Pipeline::parse(text).unwrap();
+        assert!(p.steps[1].depends_on.is_empty());
+        assert_eq!(p.topological().last().unwrap().name, "c");
+    }
+
+    #[test]
+    fn errors_name_their_line() {
+        let err = |text: &str| match Pipeline::parse(text).unwrap_err() {
+            PipelineError::InvalidFile { line, message } => (line, message),
+            other => panic!("{other}"),
+        };
+        let (line, message) = err("steps:\n  - name: a\n    image: x\n    comands: [true]\n");
+        assert_eq!(line, Some(4), "{message}");
+        assert!(message.contains("comands"), "{message}");
+        let (line, message) = err("steps:\n  - name: a\n    image: x\n    commands: [true]\n  - name: b\n    image: x\n    commands: [true]\n    depends_on: [nope]\n");
+        assert_eq!(line, Some(5));
+        assert!(message.contains("nope"), "{message}");
+        let (line, message) = err("steps:\n  - name: a\n    image: x\n    commands: [true]\n    depends_on: [b]\n  - name: b\n    image: x\n    commands: [true]\n    depends_on: [a]\n");
+        assert!(line == Some(2) || line == Some(6), "{line:?}");
+        assert!(message.contains("cycle"), "{message}");
+        let (line, message) =
+            err("steps:\n  - name: d\n    deploy: { service: web, port: 80, strategy: canary, weights: [50, 20] }\n");
+        assert_eq!(line, Some(2));
+        assert!(message.contains("weights"), "{message}");
+        let (_, message) = err("steps:\n  - name: a\n    image: x\n    build: { service: web }\n");
+        assert!(message.contains("exactly one"), "{message}");
+        let (line, message) = err("timeout: 5 weeks\nsteps:\n  - name: a\n    image: x\n    commands: [true]\n");
+        assert_eq!(line, Some(1));
+        assert!(message.contains("timeout"), "{message}");
+        let (line, _) = err("steps: [\n");
+        assert!(line.is_some());
+    }
+
+    #[test]
+    fn when_matches_branch_patterns_tags_and_events() {
+        let when = When { branch: vec!["main".into(), "feature/*".into()], tag: vec![], event: vec![Event::Push] };
+        let facts = |branch, event| RunFacts { branch: Some(branch), tag: None, event };
+        assert!(when.matches(&facts("feature/x", Event::Push)));
+        assert!(when.matches(&facts("main", Event::Restart)));
+        assert!(!when.matches(&facts("develop", Event::Push)));
+        assert!(!when.matches(&facts("main", Event::Manual)));
+        let tags = When { tag: vec!["v*".into()], ..When::default() };
+        assert!(tags.matches(&RunFacts { branch: None, tag: Some("v1.0"), event: Event::Tag }));
+        assert!(!tags.matches(&facts("main", Event::Push)));
+    }
+}

@@ -1,0 +1,485 @@
+//! The delivery pipeline on the real Docker Engine and a real registry, with
+//! nothing pulled: the fixture application is tested, built, pushed and
+//! deployed; releases follow commits and roll back; failures, cancels,
+//! secrets, webhooks, restarts and polling behave; nothing is left behind.
+
+use futures::StreamExt;
+use leanloop_tests::eventually;
+use leanloop_tests::pipeline::{self, add_repo, call, docker_objects, fetch, finished, log_text, step, trigger, Repo};
+use reqwest::Method;
+use serde_json::{json, Value};
+
+fn case_label(case: &str) -> String {
+    format!("leanloop.test.case={case}")
+}
+
+async fn live_release(s: &leanloop_tests::TestServer) -> Value {
+    let (status, list) = call(s, Method::GET, "/releases?service=fixture-web&environment=production", None).await;
+    assert_eq!(status, 200, "{list}");
+    list["releases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["status"] == "live")
+        .cloned()
+        .unwrap_or_else(|| panic!("no live release in {list}"))
+}
+
+async fn serves(release: &Value, version: &str) {
+    let endpoints = release["endpoints"].as_array().unwrap();
+    assert_eq!(endpoints.len(), 2, "two replicas: {release}");
+    for endpoint in endpoints {
+        let body = fetch(endpoint.as_str().unwrap(), "/index.html").await;
+        assert_eq!(body.trim(), format!("version: {version}"), "{endpoint}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn fixture_is_tested_built_pushed_deployed_and_rolled_back() {
+    let case = "deploy";
+    let s = pipeline::server(case).await;
+    let repo = Repo::fixture();
+    let repo_id = add_repo(&s, "fixture", &repo, json!({})).await;
+
+    // First commit: test → build → push → deploy.
+    let run = trigger(&s, repo_id, json!({ "branch": "main" })).await;
+    assert_eq!(run["commit"], repo.head());
+    let run1 = finished(&s, run["id"].as_i64().unwrap()).await;
+    let logs = log_text(&s, run1["id"].as_i64().unwrap()).await;
+    assert_eq!(run1["status"], "success", "{run1}\n{logs}");
+    assert_eq!(run1["environment"], "production");
+    for name in ["test", "image", "deploy"] {
+        let st = step(&run1, name);
+        assert_eq!(st["status"], "success", "{st}");
+        assert!(st["duration_ms"].as_i64().unwrap() >= 0);
+    }
+    assert_eq!(step(&run1, "test")["exit_code"], 0);
+    assert!(logs.contains("[test] + ./test.sh"), "{logs}");
+    assert!(logs.contains("[test] all tests passed"), "{logs}");
+    let first = live_release(&s).await;
+    let sha = repo.head();
+    assert_eq!(first["commit"], sha);
+    assert_eq!(first["version"], &sha[..7]);
+    assert_eq!(first["strategy"], "rolling");
+    assert!(first["digest"].as_str().unwrap().starts_with("sha256:"), "{first}");
+    serves(&first, "1").await;
+
+    // Analytics links events of this version to the deploy time.
+    let version = first["version"].as_str().unwrap().to_owned();
+    let event = json!({ "userId": "u1", "event": "Viewed", "context": { "release": version } });
+    assert_eq!(s.post("/v1/track", &event).await.status(), 200);
+    s.settle().await;
+    let url = s.url(&format!("/api/v1/projects/{}/insights/releases", s.project.id));
+    let releases: Value = s
+        .client
+        .post(&url)
+        .bearer_auth(&s.project.read_key)
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let seen = releases
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["release"] == version.as_str())
+        .cloned()
+        .expect("the version is seen in events");
+    let deployed = chrono::DateTime::parse_from_rfc3339(seen["deployed_at"].as_str().expect("deployed_at"))
+        .unwrap()
+        .timestamp_millis();
+    assert_eq!(deployed, first["finished_at"].as_i64().unwrap());
+    let url = s.url(&format!("/api/v1/projects/{}/insights/release-impact", s.project.id));
+    let impact: Value = s
+        .client
+        .post(&url)
+        .bearer_auth(&s.project.read_key)
+        .json(&json!({ "release": version, "series": { "event": "Viewed" } }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(impact["release_time_source"], "deploy", "{impact}");
+    assert_eq!(impact["candidate"]["value"], 1, "{impact}");
+
+    // The image is in the registry under the commit and the branch.
+    let tags: Value = reqwest::get(format!("http://{}/v2/fixture-web/tags/list", pipeline::registry()))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let tags: Vec<&str> = tags["tags"].as_array().unwrap().iter().map(|t| t.as_str().unwrap()).collect();
+    assert!(tags.contains(&&sha[..7]) && tags.contains(&"main"), "{tags:?}");
+
+    // Second commit: a second release replaces the first.
+    repo.write("site/index.html", "version: 2\n");
+    let sha2 = repo.commit("second version");
+    let run = trigger(&s, repo_id, json!({ "branch": "main" })).await;
+    let run2 = finished(&s, run["id"].as_i64().unwrap()).await;
+    assert_eq!(run2["status"], "success", "{run2}");
+    assert_eq!(run2["number"], 2);
+    let second = live_release(&s).await;
+    assert_eq!(second["commit"], sha2);
+    assert_ne!(second["id"], first["id"]);
+    serves(&second, "2").await;
+    let (_, old) = call(&s, Method::GET, &format!("/releases/{}", first["id"]), None).await;
+    assert_eq!(old["status"], "superseded");
+
+    // Rollback returns to the first release's image.
+    let (status, back) = call(&s, Method::POST, "/services/fixture-web/environments/production/rollback", None).await;
+    assert_eq!(status, 201, "{back}");
+    assert_eq!(back["trigger"], "rollback");
+    assert_eq!(back["commit"], sha);
+    assert_eq!(back["rollback_of"], second["id"]);
+    serves(&live_release(&s).await, "1").await;
+    let (_, rolled) = call(&s, Method::GET, &format!("/releases/{}", second["id"]), None).await;
+    assert_eq!(rolled["status"], "rolled_back");
+
+    // Restart the second run from its deploy step: earlier steps are reused.
+    let (status, again) =
+        call(&s, Method::POST, &format!("/runs/{}/restart", run2["id"]), Some(json!({ "from": "deploy" }))).await;
+    assert_eq!(status, 201, "{again}");
+    let again = finished(&s, again["id"].as_i64().unwrap()).await;
+    assert_eq!(again["status"], "success", "{again}");
+    assert_eq!(again["event"], "restart");
+    assert_eq!(step(&again, "test")["status"], "reused");
+    assert_eq!(step(&again, "image")["status"], "reused");
+    assert_eq!(step(&again, "deploy")["status"], "success");
+    serves(&live_release(&s).await, "2").await;
+
+    // Run list; bad inputs are 4xx naming the field.
+    let (_, runs) = call(&s, Method::GET, &format!("/repos/{repo_id}/runs?limit=2"), None).await;
+    assert_eq!(runs["runs"].as_array().unwrap().len(), 2);
+    assert_eq!(runs["runs"][0]["number"], 3, "newest first");
+    let (status, err) =
+        call(&s, Method::POST, &format!("/repos/{repo_id}/runs"), Some(json!({ "branch": "--upload-pack=x" }))).await;
+    assert_eq!((status, err["error"]["field"].as_str()), (400, Some("branch")), "{err}");
+    let (status, err) =
+        call(&s, Method::POST, &format!("/repos/{repo_id}/runs"), Some(json!({ "branch": "nope" }))).await;
+    assert_eq!((status, err["error"]["field"].as_str()), (400, Some("branch")), "{err}");
+    let (status, err) =
+        call(&s, Method::POST, &format!("/runs/{}/restart", run2["id"]), Some(json!({ "from": "nope" }))).await;
+    assert_eq!((status, err["error"]["field"].as_str()), (400, Some("from")), "{err}");
+    let (status, _) = call(&s, Method::POST, &format!("/runs/{}/cancel", run2["id"]), None).await;
+    assert_eq!(status, 400, "a finished run cannot be cancelled");
+
+    // Runs leave nothing behind; removing the service removes the rest.
+    assert_eq!(
+        docker_objects(&[&case_label(case), "leanloop.run"]),
+        Vec::<String>::new(),
+        "runs clean up after themselves"
+    );
+    let (status, removed) = call(&s, Method::DELETE, "/services/fixture-web/environments/production", None).await;
+    assert_eq!(status, 200, "{removed}");
+    assert_eq!(removed["removed_containers"], 2);
+    assert_eq!(docker_objects(&[&case_label(case)]), Vec::<String>::new());
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failing_test_step_stops_the_run_and_keeps_its_logs() {
+    let case = "failing";
+    // The first Docker host never answers: runs go to the one that does.
+    let s = pipeline::server_with(case, |config| {
+        let reachable = config.pipeline.hosts[0].clone();
+        config.pipeline.hosts =
+            vec![leanloop_pipeline::HostSpec { url: "tcp://127.0.0.1:1".into(), capacity: 8 }, reachable];
+    })
+    .await;
+    let repo = Repo::fixture();
+    repo.write("FAIL_TESTS", "on purpose\n");
+    repo.commit("break the tests");
+    let repo_id = add_repo(&s, "failing", &repo, json!({})).await;
+    let run = trigger(&s, repo_id, json!({ "branch": "main" })).await;
+    let run = finished(&s, run["id"].as_i64().unwrap()).await;
+    assert_eq!(run["status"], "failure", "{run}");
+    assert_eq!(run["host"], "unix:///var/run/docker.sock");
+    assert_eq!(step(&run, "test")["status"], "failure");
+    assert_eq!(step(&run, "test")["exit_code"], 1);
+    assert_eq!(step(&run, "image")["status"], "skipped");
+    assert_eq!(step(&run, "deploy")["status"], "skipped");
+    let logs = log_text(&s, run["id"].as_i64().unwrap()).await;
+    assert!(logs.contains("[test] FAIL: FAIL_TESTS is present"), "{logs}");
+    let (status, only) = call(&s, Method::GET, &format!("/runs/{}/logs?step=test", run["id"]), None).await;
+    assert_eq!(status, 200);
+    assert!(only["lines"].as_array().unwrap().iter().all(|l| l["step"] == "test"));
+    let (_, releases) = call(&s, Method::GET, "/releases", None).await;
+    assert_eq!(releases["releases"], json!([]));
+    assert_eq!(docker_objects(&[&case_label(case)]), Vec::<String>::new());
+    s.stop().await;
+}
+
+const SLOW: &str = "\
+steps:
+  - name: slow
+    image: leanloop/busybox:latest
+    secrets: [DEPLOY_TOKEN]
+    commands:
+      - echo token=$DEPLOY_TOKEN
+      - echo started-marker
+      - sleep 300
+";
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cancel_stops_containers_and_live_logs_follow() {
+    let case = "cancel";
+    let s = pipeline::server(case).await;
+    let repo = Repo::fixture();
+    repo.write("leanloop.yml", SLOW);
+    repo.commit("a slow pipeline");
+    let repo_id = add_repo(&s, "slow", &repo, json!({})).await;
+    let (status, _) = call(
+        &s,
+        Method::PUT,
+        &format!("/repos/{repo_id}/secrets/DEPLOY_TOKEN"),
+        Some(json!({ "value": "tok-9f8e7d" })),
+    )
+    .await;
+    assert_eq!(status, 204);
+    let (_, detail) = call(&s, Method::GET, &format!("/repos/{repo_id}"), None).await;
+    assert_eq!(detail["secrets"], json!(["DEPLOY_TOKEN"]));
+    assert!(!detail.to_string().contains("tok-9f8e7d"), "secret values are never shown");
+
+    let run = trigger(&s, repo_id, json!({ "branch": "main" })).await;
+    let id = run["id"].as_i64().unwrap();
+    // Follow the live log until the step is visibly running.
+    let url = s.url(&format!("/api/v1/projects/{}/runs/{id}/logs?follow=true", s.project.id));
+    let response = s.client.get(url).bearer_auth(&s.project.read_key).send().await.unwrap();
+    assert_eq!(response.headers()["content-type"], "text/event-stream");
+    let mut body = response.bytes_stream();
+    let mut seen = String::new();
+    let deadline = tokio::time::Instant::now() + pipeline::RUN_DEADLINE;
+    while !seen.contains("started-marker") {
+        let chunk =
+            tokio::time::timeout_at(deadline, body.next()).await.expect("the live log shows the marker in time");
+        let chunk = chunk.expect("the stream stays open while the run runs").expect("a chunk");
+        seen.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    assert!(seen.contains("token=********"), "secrets are masked: {seen}");
+    assert!(!seen.contains("tok-9f8e7d"));
+    let running = docker_objects(&[&case_label(case), "leanloop.run"]);
+    assert!(running.iter().any(|o| o.starts_with("ps ")), "the step's container runs: {running:?}");
+
+    let (status, _) = call(&s, Method::POST, &format!("/runs/{id}/cancel"), None).await;
+    assert_eq!(status, 202);
+    let run = finished(&s, id).await;
+    assert_eq!(run["status"], "cancelled", "{run}");
+    assert_eq!(step(&run, "slow")["status"], "cancelled");
+    // The stream ends with the run's end.
+    let rest = tokio::time::timeout(pipeline::RUN_DEADLINE, async {
+        while let Some(Ok(chunk)) = body.next().await {
+            seen.push_str(&String::from_utf8_lossy(&chunk));
+        }
+    })
+    .await;
+    assert!(rest.is_ok(), "the live log closes when the run ends");
+    assert!(seen.contains("event: end") && seen.contains("cancelled"), "{seen}");
+    assert_eq!(docker_objects(&[&case_label(case)]), Vec::<String>::new());
+    let stored = log_text(&s, id).await;
+    assert!(stored.contains("token=********") && !stored.contains("tok-9f8e7d"), "{stored}");
+    s.stop().await;
+}
+
+const CACHED: &str = "\
+steps:
+  - name: test
+    image: leanloop/busybox:latest
+    cache: [/cache]
+    commands:
+      - ./test.sh
+      - cat /cache/stamp 2>/dev/null || true
+      - echo \"cached by run $LEANLOOP_RUN\" > /cache/stamp
+";
+
+#[tokio::test(flavor = "multi_thread")]
+async fn webhooks_need_a_valid_signature() {
+    let case = "webhook";
+    let s = pipeline::server(case).await;
+    let repo = Repo::fixture();
+    repo.write("leanloop.yml", CACHED);
+    let sha = repo.commit("tests with a cache");
+    let secret = "hook-secret-123";
+    let repo_id = add_repo(&s, "hooked", &repo, json!({ "webhook_secret": secret })).await;
+    let body = json!({ "ref": "refs/heads/main", "after": sha, "repository": { "full_name": "acme/app" } }).to_string();
+    let signature = leanloop_pipeline::webhooks::sign(secret, body.as_bytes());
+    let post = |provider: &'static str, headers: Vec<(&'static str, String)>, body: String| {
+        let mut request = s.client.post(s.url(&format!("/hooks/{repo_id}/{provider}"))).body(body);
+        for (k, v) in headers {
+            request = request.header(k, v);
+        }
+        request.send()
+    };
+    // Bad, missing and other-secret signatures are refused; no run starts.
+    let bad =
+        post("gitea", vec![("X-Gitea-Event", "push".into()), ("X-Gitea-Signature", "00".repeat(32))], body.clone())
+            .await
+            .unwrap();
+    assert_eq!(bad.status(), 401);
+    let missing = post("github", vec![("X-GitHub-Event", "push".into())], body.clone()).await.unwrap();
+    assert_eq!(missing.status(), 401);
+    let other = leanloop_pipeline::webhooks::sign("another-secret", body.as_bytes());
+    let forged = post(
+        "github",
+        vec![("X-GitHub-Event", "push".into()), ("X-Hub-Signature-256", format!("sha256={other}"))],
+        body.clone(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(forged.status(), 401);
+    let (_, runs) = call(&s, Method::GET, &format!("/repos/{repo_id}/runs"), None).await;
+    assert_eq!(runs["runs"], json!([]));
+
+    // A ping is answered without a run; a signed push starts one at its commit.
+    let ping = post(
+        "github",
+        vec![("X-GitHub-Event", "ping".into()), ("X-Hub-Signature-256", format!("sha256={signature}"))],
+        body.clone(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(ping.status(), 200);
+    let ok =
+        post("gitea", vec![("X-Gitea-Event", "push".into()), ("X-Gitea-Signature", signature.clone())], body.clone())
+            .await
+            .unwrap();
+    assert_eq!(ok.status(), 201);
+    let run: Value = ok.json().await.unwrap();
+    assert_eq!(
+        (run["commit"].as_str(), run["branch"].as_str(), run["event"].as_str()),
+        (Some(sha.as_str()), Some("main"), Some("push"))
+    );
+    let run = finished(&s, run["id"].as_i64().unwrap()).await;
+    assert_eq!(run["status"], "success", "{run}");
+    let github = post(
+        "github",
+        vec![("X-GitHub-Event", "push".into()), ("X-Hub-Signature-256", format!("sha256={signature}"))],
+        body,
+    )
+    .await
+    .unwrap();
+    assert_eq!(github.status(), 201);
+    let second = finished(&s, github.json::<Value>().await.unwrap()["id"].as_i64().unwrap()).await;
+    assert_eq!(second["status"], "success", "{second}");
+
+    // The cache volume kept what the first run wrote.
+    let logs = log_text(&s, second["id"].as_i64().unwrap()).await;
+    assert!(logs.contains(&format!("[test] cached by run {}", run["id"])), "{logs}");
+    let (status, _) = call(&s, Method::DELETE, &format!("/repos/{repo_id}/cache"), None).await;
+    assert_eq!(status, 204);
+    assert_eq!(docker_objects(&[&case_label(case)]), Vec::<String>::new());
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn invalid_files_are_reported_with_line_numbers_and_polling_finds_commits() {
+    let case = "files";
+    let s = pipeline::server(case).await;
+    let lint = |text: &'static str| s.client.post(s.url("/api/v1/pipeline/lint")).body(text).send();
+    let bad =
+        lint("steps:\n  - name: a\n    image: x\n    commands: [true]\n    depends_on: [missing]\n").await.unwrap();
+    assert_eq!(bad.status(), 400);
+    let err: Value = bad.json().await.unwrap();
+    let message = err["error"]["message"].as_str().unwrap();
+    assert!(message.contains("line 2") && message.contains("missing"), "{message}");
+    let typo = lint("steps:\n  - name: a\n    image: x\n    comands: [true]\n").await.unwrap();
+    let err: Value = typo.json().await.unwrap();
+    assert!(err["error"]["message"].as_str().unwrap().contains("line 4"), "{err}");
+    assert_eq!(lint("steps: []\n").await.unwrap().status(), 400);
+
+    // A commit with an invalid file becomes a run in error, with the line.
+    let repo = Repo::fixture();
+    repo.write(
+        "leanloop.yml",
+        "steps:\n  - name: test\n    image: leanloop/busybox:latest\n    commands: [./test.sh]\n    timeout: forever\n",
+    );
+    repo.commit("a broken pipeline file");
+    let repo_id = add_repo(&s, "polled", &repo, json!({ "poll_seconds": 1 })).await;
+    let run = trigger(&s, repo_id, json!({ "branch": "main" })).await;
+    assert_eq!(run["status"], "error");
+    assert!(run["error"].as_str().unwrap().contains("line 2"), "{run}");
+
+    // Polling: a new branch with a valid file starts a run by itself.
+    repo.git(&["checkout", "-q", "-b", "feature/polled"]);
+    repo.write(
+        "leanloop.yml",
+        "steps:\n  - name: test\n    image: leanloop/busybox:latest\n    commands: [./test.sh]\n",
+    );
+    let sha = repo.commit("fix the pipeline file");
+    let polled = eventually(&format!("a polled run of {sha}"), || async {
+        let (_, runs) = call(&s, Method::GET, &format!("/repos/{repo_id}/runs"), None).await;
+        runs["runs"].as_array().unwrap().iter().find(|r| r["commit"] == sha.as_str()).cloned()
+    })
+    .await;
+    assert_eq!(polled["event"], "poll");
+    assert_eq!(polled["branch"], "feature/polled");
+    assert_eq!(polled["environment"], "preview");
+    let run = finished(&s, polled["id"].as_i64().unwrap()).await;
+    assert_eq!(run["status"], "success", "{run}");
+
+    // Other projects' keys see nothing; a bad repository source is a 400.
+    let (status, err) =
+        call(&s, Method::POST, "/repos", Some(json!({ "name": "nowhere", "source": "/does/not/exist" }))).await;
+    assert_eq!((status, err["error"]["field"].as_str()), (400, Some("source")), "{err}");
+    let other = s.control.create_project("Other").unwrap();
+    let response = s
+        .client
+        .get(s.url(&format!("/api/v1/projects/{}/runs/{}", other.id, run["id"])))
+        .bearer_auth(&other.read_key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 404);
+    assert_eq!(docker_objects(&[&case_label(case)]), Vec::<String>::new());
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_step_over_its_timeout_fails() {
+    let case = "timeout";
+    let s = pipeline::server(case).await;
+    let repo = Repo::fixture();
+    repo.write("leanloop.yml", "steps:\n  - name: slow\n    image: leanloop/busybox:latest\n    timeout: 1s\n    commands: [sleep 60]\n  - name: after\n    image: leanloop/busybox:latest\n    commands: [true]\n");
+    repo.commit("a step that overruns");
+    let repo_id = add_repo(&s, "overrun", &repo, json!({})).await;
+    let run = trigger(&s, repo_id, json!({ "branch": "main" })).await;
+    let run = finished(&s, run["id"].as_i64().unwrap()).await;
+    assert_eq!(run["status"], "failure", "{run}");
+    let slow = step(&run, "slow");
+    assert_eq!(slow["status"], "failure");
+    assert!(slow["note"].as_str().unwrap().contains("timed out after 1 s"), "{slow}");
+    assert!(slow["duration_ms"].as_i64().unwrap() < 30_000, "{slow}");
+    assert_eq!(step(&run, "after")["status"], "skipped");
+    assert_eq!(docker_objects(&[&case_label(case)]), Vec::<String>::new());
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_openapi_document_describes_every_pipeline_route() {
+    let s = pipeline::server("openapi").await;
+    let doc: Value = s.client.get(s.url("/api/openapi.json")).send().await.unwrap().json().await.unwrap();
+    let paths = doc["paths"].as_object().unwrap();
+    let ours: Vec<&String> =
+        paths.keys().filter(|p| ["/repos", "/runs", "/releases", "/services"].iter().any(|k| p.contains(k))).collect();
+    assert!(ours.len() >= 12, "{ours:?}");
+    for path in ours {
+        let concrete = path
+            .replace("{id}", &s.project.id.to_string())
+            .replace("{service}", "web")
+            .replace("{env}", "production")
+            .replace("{name}", "TOKEN");
+        let concrete = concrete.replace("{repo}", "1").replace("{run}", "1").replace("{release}", "1");
+        for method in paths[path].as_object().unwrap().keys() {
+            let method = Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();
+            // Every documented route exists: without a key it is a 401, not a 404/405.
+            let status = s.client.request(method.clone(), s.url(&concrete)).send().await.unwrap().status();
+            assert_eq!(status, 401, "{method} {concrete}");
+        }
+    }
+    s.stop().await;
+}
