@@ -1,5 +1,7 @@
 //! Executes one run on one Docker host: a workspace volume filled with the
-//! commit's tree, a private network with the services on it, then the steps
+//! commit's tree, a private network with the services on it (only when the
+//! file has services: creating and removing one costs the engine about a
+//! quarter of a second, more than a short step takes), then the steps
 //! as a DAG (each in its own container), and cleanup of everything the run
 //! made, whatever happened.
 
@@ -46,7 +48,10 @@ struct Context {
     log: Arc<RunLog>,
     mirror: Arc<Mirror>,
     labels: Labels,
-    network: String,
+    /// `ll-<instance>-<run>`: names of everything the run makes start with it.
+    prefix: String,
+    /// The run's private network, when it has services.
+    network: Option<String>,
     workspace: String,
     /// An image present on the host that can hold the workspace, if any step has one.
     helper_image: std::sync::OnceLock<String>,
@@ -84,7 +89,8 @@ pub async fn execute(
     labels.insert(INSTANCE.into(), plan.instance.clone());
     labels.insert(RUN.into(), key.clone());
     let ctx = Arc::new(Context {
-        network: format!("ll-{key}"),
+        prefix: format!("ll-{key}"),
+        network: (!plan.file.services.is_empty()).then(|| format!("ll-{key}")),
         workspace: format!("ll-{key}-workspace"),
         helper_image: std::sync::OnceLock::new(),
         plan,
@@ -132,7 +138,9 @@ pub async fn execute(
 /// Network, workspace and services.
 async fn prepare(ctx: &Context) -> Result<(), String> {
     let docker = &ctx.lease.docker;
-    engine::create_network(docker, &ctx.network, &ctx.labels).await.map_err(|e| e.to_string())?;
+    if let Some(network) = &ctx.network {
+        engine::create_network(docker, network, &ctx.labels).await.map_err(|e| e.to_string())?;
+    }
     engine::create_volume(docker, &ctx.workspace, &ctx.labels).await.map_err(|e| e.to_string())?;
     let facts = facts(&ctx.plan);
     let images: Vec<&str> = ctx
@@ -164,7 +172,7 @@ async fn prepare(ctx: &Context) -> Result<(), String> {
     for service in &ctx.plan.file.services {
         engine::ensure_image(docker, &service.image).await?;
         let job = Job {
-            name: format!("{}-svc-{}", ctx.network, service.name),
+            name: format!("{}-svc-{}", ctx.prefix, service.name),
             image: &service.image,
             cmd: if service.commands.is_empty() {
                 vec![]
@@ -174,7 +182,7 @@ async fn prepare(ctx: &Context) -> Result<(), String> {
             env: service.env.iter().map(|(k, v)| format!("{k}={v}")).collect(),
             labels: ctx.labels.clone(),
             mounts: vec![engine::volume_mount(&ctx.workspace, WORKSPACE)],
-            network: Some(&ctx.network),
+            network: ctx.network.as_deref(),
             aliases: vec![service.name.clone()],
         };
         job.start(docker).await.map_err(|e| format!("service {}: {e}", service.name))?;
@@ -356,13 +364,13 @@ async fn commands_step(
         }
     }
     let job = Job {
-        name: format!("{}-{}", ctx.network, step.name),
+        name: format!("{}-{}", ctx.prefix, step.name),
         image,
         cmd: vec!["/bin/sh".into(), "-c".into(), engine::script(commands)],
         env,
         labels: ctx.labels.clone(),
         mounts,
-        network: Some(&ctx.network),
+        network: ctx.network.as_deref(),
         aliases: vec![],
     };
     match job.run(docker, &ctx.log, &step.name, stop).await {

@@ -483,3 +483,33 @@ async fn the_openapi_document_describes_every_pipeline_route() {
     }
     s.stop().await;
 }
+
+const WITH_SERVICE: &str = "\
+services:
+  - name: web
+    image: leanloop/busybox:latest
+    commands: [httpd -f -p 8080 -h /workspace/site]
+steps:
+  - name: reach
+    image: leanloop/busybox:latest
+    commands:
+      - for i in $(seq 1 50); do wget -qO- http://web:8080/health && exit 0; sleep 0.2; done; exit 1
+";
+
+#[tokio::test(flavor = "multi_thread")]
+async fn services_are_reachable_by_name() {
+    let case = "services";
+    let s = pipeline::server(case).await;
+    let repo = Repo::fixture();
+    repo.write("leanloop.yml", WITH_SERVICE);
+    repo.commit("a step that talks to a service");
+    let repo_id = add_repo(&s, "serviced", &repo, json!({})).await;
+    let run = trigger(&s, repo_id, json!({ "branch": "main" })).await;
+    let run = finished(&s, run["id"].as_i64().unwrap()).await;
+    let logs = log_text(&s, run["id"].as_i64().unwrap()).await;
+    assert_eq!(run["status"], "success", "{run}\n{logs}");
+    assert!(logs.contains("[reach] ok"), "the service answered from the workspace: {logs}");
+    assert!(logs.contains("service web started"), "{logs}");
+    assert_eq!(docker_objects(&[&case_label(case)]), Vec::<String>::new());
+    s.stop().await;
+}
