@@ -98,6 +98,14 @@ set +e
 cargo test --release --workspace --locked --lib --bins --tests 2>&1 | tee -a "$log"
 [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
 set -e
+
+# The pipeline tests label every Docker object they make; none may outlive them.
+left=$( { docker ps -aq --filter label=leanloop.test=1; docker network ls -q --filter label=leanloop.test=1;
+          docker volume ls -q --filter label=leanloop.test=1; } | wc -l)
+if [ "$left" -ne 0 ]; then
+  echo "the tests left $left Docker containers, networks or volumes labelled leanloop.test=1" >&2
+  status=1
+fi
 # One closing line for the whole run, summed over every test binary and Node.
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
      /^# pass / { p += $3 } /^# fail / { f += $3 }
