@@ -133,6 +133,15 @@ pub async fn add_repo(s: &TestServer, name: &str, repo: &Repo, extra: Value) -> 
     repo["id"].as_i64().unwrap()
 }
 
+/// The fixture with `file` as its pipeline, committed and registered as `name`.
+pub async fn repo_with_file(s: &TestServer, name: &str, file: &str, extra: Value) -> (Repo, i64) {
+    let repo = Repo::fixture();
+    repo.write("leanloop.yml", file);
+    repo.commit(&format!("the {name} pipeline"));
+    let id = add_repo(s, name, &repo, extra).await;
+    (repo, id)
+}
+
 pub async fn trigger(s: &TestServer, repo: i64, body: Value) -> Value {
     let (status, run) = call(s, reqwest::Method::POST, &format!("/repos/{repo}/runs"), Some(body)).await;
     assert_eq!(status, 201, "{run}");

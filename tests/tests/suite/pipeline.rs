@@ -5,7 +5,9 @@
 
 use futures::StreamExt;
 use leanloop_tests::eventually;
-use leanloop_tests::pipeline::{self, add_repo, call, docker_objects, fetch, finished, log_text, step, trigger, Repo};
+use leanloop_tests::pipeline::{
+    self, add_repo, call, docker_objects, fetch, finished, log_text, repo_with_file, step, trigger, Repo,
+};
 use reqwest::Method;
 use serde_json::{json, Value};
 
@@ -230,10 +232,7 @@ steps:
 async fn cancel_stops_containers_and_live_logs_follow() {
     let case = "cancel";
     let s = pipeline::server(case).await;
-    let repo = Repo::fixture();
-    repo.write("leanloop.yml", SLOW);
-    repo.commit("a slow pipeline");
-    let repo_id = add_repo(&s, "slow", &repo, json!({})).await;
+    let (_repo, repo_id) = repo_with_file(&s, "slow", SLOW, json!({})).await;
     let (status, _) = call(
         &s,
         Method::PUT,
@@ -301,11 +300,9 @@ steps:
 async fn webhooks_need_a_valid_signature() {
     let case = "webhook";
     let s = pipeline::server(case).await;
-    let repo = Repo::fixture();
-    repo.write("leanloop.yml", CACHED);
-    let sha = repo.commit("tests with a cache");
     let secret = "hook-secret-123";
-    let repo_id = add_repo(&s, "hooked", &repo, json!({ "webhook_secret": secret })).await;
+    let (repo, repo_id) = repo_with_file(&s, "hooked", CACHED, json!({ "webhook_secret": secret })).await;
+    let sha = repo.head();
     let body = json!({ "ref": "refs/heads/main", "after": sha, "repository": { "full_name": "acme/app" } }).to_string();
     let signature = leanloop_pipeline::webhooks::sign(secret, body.as_bytes());
     let post = |provider: &'static str, headers: Vec<(&'static str, String)>, body: String| {
@@ -443,10 +440,7 @@ async fn invalid_files_are_reported_with_line_numbers_and_polling_finds_commits(
 async fn a_step_over_its_timeout_fails() {
     let case = "timeout";
     let s = pipeline::server(case).await;
-    let repo = Repo::fixture();
-    repo.write("leanloop.yml", "steps:\n  - name: slow\n    image: leanloop/busybox:latest\n    timeout: 1s\n    commands: [sleep 60]\n  - name: after\n    image: leanloop/busybox:latest\n    commands: [true]\n");
-    repo.commit("a step that overruns");
-    let repo_id = add_repo(&s, "overrun", &repo, json!({})).await;
+    let (_repo, repo_id) = repo_with_file(&s, "overrun", "steps:\n  - name: slow\n    image: leanloop/busybox:latest\n    timeout: 1s\n    commands: [sleep 60]\n  - name: after\n    image: leanloop/busybox:latest\n    commands: [true]\n", json!({})).await;
     let run = trigger(&s, repo_id, json!({ "branch": "main" })).await;
     let run = finished(&s, run["id"].as_i64().unwrap()).await;
     assert_eq!(run["status"], "failure", "{run}");
@@ -500,10 +494,7 @@ steps:
 async fn services_are_reachable_by_name() {
     let case = "services";
     let s = pipeline::server(case).await;
-    let repo = Repo::fixture();
-    repo.write("leanloop.yml", WITH_SERVICE);
-    repo.commit("a step that talks to a service");
-    let repo_id = add_repo(&s, "serviced", &repo, json!({})).await;
+    let (_repo, repo_id) = repo_with_file(&s, "serviced", WITH_SERVICE, json!({})).await;
     let run = trigger(&s, repo_id, json!({ "branch": "main" })).await;
     let run = finished(&s, run["id"].as_i64().unwrap()).await;
     let logs = log_text(&s, run["id"].as_i64().unwrap()).await;
