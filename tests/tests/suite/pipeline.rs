@@ -504,3 +504,84 @@ async fn services_are_reachable_by_name() {
     assert_eq!(docker_objects(&[&case_label(case)]), Vec::<String>::new());
     s.stop().await;
 }
+
+/// A build-and-deploy pipeline for `strategy` (with its extra keys).
+fn deploying(strategy: &str) -> String {
+    format!(
+        "steps:\n  - name: image\n    build: {{ service: strat-web }}\n  - name: deploy\n    deploy: {{ service: strat-web, port: 8080, health: /health, replicas: 2, {strategy} }}\n"
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_strategy_replaces_the_live_release() {
+    let case = "strategies";
+    let s = pipeline::server(case).await;
+    let (repo, repo_id) = repo_with_file(&s, "strategies", &deploying("strategy: canary, weights: [25, 50, 100]"), json!({})).await;
+    let mut previous: Option<Value> = None;
+    for (i, strategy) in ["canary", "blue-green", "recreate", "rolling"].into_iter().enumerate() {
+        if i > 0 {
+            repo.write("site/index.html", &format!("version: {strategy}\n"));
+            repo.write("leanloop.yml", &deploying(&format!("strategy: {strategy}")));
+            repo.commit(&format!("deploy with {strategy}"));
+        }
+        let run = trigger(&s, repo_id, json!({ "branch": "main" })).await;
+        let run = finished(&s, run["id"].as_i64().unwrap()).await;
+        assert_eq!(run["status"], "success", "{strategy}: {run}");
+        let (_, list) = call(&s, Method::GET, "/releases?service=strat-web", None).await;
+        let live: Vec<&Value> = list["releases"].as_array().unwrap().iter().filter(|r| r["status"] == "live").collect();
+        assert_eq!(live.len(), 1, "one live release after {strategy}: {list}");
+        let release = live[0];
+        assert_eq!(release["strategy"], strategy);
+        assert_eq!(release["weights"], if strategy == "canary" { json!([25, 50, 100]) } else { json!([]) });
+        let expected = if i == 0 { "version: 1".to_owned() } else { format!("version: {strategy}") };
+        for endpoint in release["endpoints"].as_array().unwrap() {
+            assert_eq!(fetch(endpoint.as_str().unwrap(), "/index.html").await.trim(), expected);
+        }
+        if let Some(old) = previous {
+            let (_, old) = call(&s, Method::GET, &format!("/releases/{}", old["id"]), None).await;
+            assert_eq!(old["status"], "superseded", "{old}");
+        }
+        // Exactly this release's replicas run: the old ones are gone.
+        let (_, all) = call(&s, Method::GET, "/releases?service=strat-web", None).await;
+        assert_eq!(all["releases"].as_array().unwrap().len(), i + 1);
+        previous = Some(release.clone());
+    }
+    let running = docker_objects(&[&case_label(case), "leanloop.service=strat-web"]);
+    assert_eq!(running.len(), 2, "two replicas of the last release: {running:?}");
+    let (status, _) = call(&s, Method::DELETE, "/services/strat-web/environments/production", None).await;
+    assert_eq!(status, 200);
+    assert_eq!(docker_objects(&[&case_label(case)]), Vec::<String>::new());
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn runs_of_one_repository_wait_their_turn() {
+    let case = "queue";
+    let s = pipeline::server(case).await;
+    let slow = "steps:\n  - name: slow\n    image: leanloop/busybox:latest\n    commands: [sleep 300]\n";
+    let (_repo, repo_id) = repo_with_file(&s, "queued", slow, json!({})).await;
+    let first = trigger(&s, repo_id, json!({ "branch": "main" })).await["id"].as_i64().unwrap();
+    eventually("the first run to start", || async {
+        let (_, run) = call(&s, Method::GET, &format!("/runs/{first}"), None).await;
+        (run["status"] == "running").then_some(())
+    })
+    .await;
+    let second = trigger(&s, repo_id, json!({ "branch": "main" })).await["id"].as_i64().unwrap();
+    // One run per repository at a time (the default): the second waits.
+    let (_, waiting) = call(&s, Method::GET, &format!("/runs/{second}"), None).await;
+    assert_eq!(waiting["status"], "pending", "{waiting}");
+    let (status, _) = call(&s, Method::POST, &format!("/runs/{first}/cancel"), None).await;
+    assert_eq!(status, 202);
+    eventually("the second run to start once the first ends", || async {
+        let (_, run) = call(&s, Method::GET, &format!("/runs/{second}"), None).await;
+        (run["status"] == "running").then_some(())
+    })
+    .await;
+    assert_eq!(finished(&s, first).await["status"], "cancelled");
+    // A pending or running run cancels alike.
+    let (status, _) = call(&s, Method::POST, &format!("/runs/{second}/cancel"), None).await;
+    assert_eq!(status, 202);
+    assert_eq!(finished(&s, second).await["status"], "cancelled");
+    assert_eq!(docker_objects(&[&case_label(case)]), Vec::<String>::new());
+    s.stop().await;
+}
