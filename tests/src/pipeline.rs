@@ -209,3 +209,20 @@ pub async fn fetch(endpoint: &str, path: &str) -> String {
     assert!(response.status().is_success(), "{endpoint}{path}: {}", response.status());
     response.text().await.unwrap()
 }
+
+/// The local Docker Engine on a loopback TCP port — a byte-for-byte proxy to
+/// its socket — so a test has a second, `tcp://` host. Abort the task to stop it.
+pub async fn engine_over_tcp() -> (String, tokio::task::JoinHandle<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("a loopback port");
+    let address = listener.local_addr().expect("bound");
+    let task = tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                if let Ok(mut unix) = tokio::net::UnixStream::connect("/var/run/docker.sock").await {
+                    let _ = tokio::io::copy_bidirectional(&mut tcp, &mut unix).await;
+                }
+            });
+        }
+    });
+    (format!("tcp://{address}"), task)
+}

@@ -187,11 +187,15 @@ async fn fixture_is_tested_built_pushed_deployed_and_rolled_back() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_failing_test_step_stops_the_run_and_keeps_its_logs() {
     let case = "failing";
-    // The first Docker host never answers: runs go to the one that does.
-    let s = pipeline::server_with(case, |config| {
-        let reachable = config.pipeline.hosts[0].clone();
-        config.pipeline.hosts =
-            vec![leanloop_pipeline::HostSpec { url: "tcp://127.0.0.1:1".into(), capacity: 8 }, reachable];
+    // The first Docker host never answers: runs go to the one that does,
+    // here the local engine reached over TCP.
+    let (tcp, proxy) = pipeline::engine_over_tcp().await;
+    let host = tcp.clone();
+    let s = pipeline::server_with(case, move |config| {
+        config.pipeline.hosts = vec![
+            leanloop_pipeline::HostSpec { url: "tcp://127.0.0.1:1".into(), capacity: 8 },
+            leanloop_pipeline::HostSpec { url: host, capacity: 2 },
+        ];
     })
     .await;
     let repo = Repo::fixture();
@@ -201,7 +205,7 @@ async fn a_failing_test_step_stops_the_run_and_keeps_its_logs() {
     let run = trigger(&s, repo_id, json!({ "branch": "main" })).await;
     let run = finished(&s, run["id"].as_i64().unwrap()).await;
     assert_eq!(run["status"], "failure", "{run}");
-    assert_eq!(run["host"], "unix:///var/run/docker.sock");
+    assert_eq!(run["host"], tcp.as_str());
     assert_eq!(step(&run, "test")["status"], "failure");
     assert_eq!(step(&run, "test")["exit_code"], 1);
     assert_eq!(step(&run, "image")["status"], "skipped");
@@ -215,6 +219,7 @@ async fn a_failing_test_step_stops_the_run_and_keeps_its_logs() {
     assert_eq!(releases["releases"], json!([]));
     assert_eq!(docker_objects(&[&case_label(case)]), Vec::<String>::new());
     s.stop().await;
+    proxy.abort();
 }
 
 const SLOW: &str = "\
@@ -584,4 +589,45 @@ async fn runs_of_one_repository_wait_their_turn() {
     assert_eq!(finished(&s, second).await["status"], "cancelled");
     assert_eq!(docker_objects(&[&case_label(case)]), Vec::<String>::new());
     s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn runs_spread_over_hosts_by_free_capacity() {
+    let case = "spread";
+    let (tcp, proxy) = pipeline::engine_over_tcp().await;
+    let second = tcp.clone();
+    let s = pipeline::server_with(case, move |config| {
+        config.pipeline.hosts = vec![
+            leanloop_pipeline::HostSpec { capacity: 1, ..leanloop_pipeline::HostSpec::local() },
+            leanloop_pipeline::HostSpec { url: second, capacity: 1 },
+        ];
+    })
+    .await;
+    let slow = "steps:\n  - name: slow\n    image: leanloop/busybox:latest\n    commands: [sleep 300]\n";
+    let (_a, repo_a) = repo_with_file(&s, "spread-a", slow, json!({})).await;
+    let (_b, repo_b) = repo_with_file(&s, "spread-b", slow, json!({})).await;
+    let a = trigger(&s, repo_a, json!({ "branch": "main" })).await["id"].as_i64().unwrap();
+    let b = trigger(&s, repo_b, json!({ "branch": "main" })).await["id"].as_i64().unwrap();
+    let mut hosts = Vec::new();
+    for run in [a, b] {
+        let s = &s;
+        let host = eventually("both runs to start", || async move {
+            let (_, r) = call(s, Method::GET, &format!("/runs/{run}"), None).await;
+            (r["status"] == "running").then(|| r["host"].as_str().unwrap().to_owned())
+        })
+        .await;
+        hosts.push(host);
+    }
+    hosts.sort();
+    let mut expected = vec![tcp.clone(), "unix:///var/run/docker.sock".to_owned()];
+    expected.sort();
+    assert_eq!(hosts, expected, "one run on each host with a free place");
+    for run in [a, b] {
+        let (status, _) = call(&s, Method::POST, &format!("/runs/{run}/cancel"), None).await;
+        assert_eq!(status, 202);
+        assert_eq!(finished(&s, run).await["status"], "cancelled");
+    }
+    assert_eq!(docker_objects(&[&case_label(case)]), Vec::<String>::new());
+    s.stop().await;
+    proxy.abort();
 }
