@@ -43,9 +43,10 @@ impl Classify for PipelineError {
             PipelineError::BadSignature => ErrorClass::Unauthorized,
             PipelineError::Conflict(_) => ErrorClass::BadRequest { field: None },
             PipelineError::NoHost => ErrorClass::Unavailable { retry_after_secs: 10 },
-            PipelineError::Git(_) | PipelineError::Docker(_) | PipelineError::Sqlite(_) | PipelineError::Io(_) => {
-                ErrorClass::Internal
-            }
+            // The repository's source did not answer (moved, offline): worth a retry, and
+            // the caller is told git's own words rather than an opaque internal error.
+            PipelineError::Git(_) => ErrorClass::Unavailable { retry_after_secs: 30 },
+            PipelineError::Docker(_) | PipelineError::Sqlite(_) | PipelineError::Io(_) => ErrorClass::Internal,
         }
     }
 }

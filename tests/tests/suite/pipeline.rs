@@ -521,7 +521,8 @@ fn deploying(strategy: &str) -> String {
 async fn every_strategy_replaces_the_live_release() {
     let case = "strategies";
     let s = pipeline::server(case).await;
-    let (repo, repo_id) = repo_with_file(&s, "strategies", &deploying("strategy: canary, weights: [25, 50, 100]"), json!({})).await;
+    let (repo, repo_id) =
+        repo_with_file(&s, "strategies", &deploying("strategy: canary, weights: [25, 50, 100]"), json!({})).await;
     let mut previous: Option<Value> = None;
     for (i, strategy) in ["canary", "blue-green", "recreate", "rolling"].into_iter().enumerate() {
         if i > 0 {
