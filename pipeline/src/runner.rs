@@ -12,7 +12,7 @@ use crate::hosts::Lease;
 use crate::images::{self, BuildJob, Built};
 use crate::logs::RunLog;
 use crate::records::{NewRelease, Records, Repo, Status};
-use crate::spec::{Action, Event, Pipeline as File, RunFacts, Step};
+use crate::spec::{Action, Event, OnFailure, Pipeline as File, RunFacts, Step};
 use crate::{git::Target, hosts::Hosts};
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -206,6 +206,10 @@ async fn run_steps(ctx: Arc<Context>) -> Result<bool, String> {
     // Steps skipped because something before them failed: their dependents
     // are skipped too (a step skipped by `when` counts as passed).
     let mut blocked: HashSet<String> = HashSet::new();
+    // Failed steps whose failure is ignored (`failure: ignore`).
+    let mut ignored: HashSet<String> = HashSet::new();
+    // Some step failed: from now on only `when: { status: [failure] }` steps run.
+    let mut failed = false;
     let facts = facts(&ctx.plan);
     loop {
         for step in steps {
@@ -216,15 +220,26 @@ async fn run_steps(ctx: Arc<Context>) -> Result<bool, String> {
             if deps.iter().any(|s| !s.finished()) {
                 continue;
             }
+            let upstream_failed =
+                step.depends_on.iter().any(|d| blocked.contains(d) || !(status[d].passed() || ignored.contains(d)));
             let decided = if ctx.plan.reuse.contains(&step.name) {
                 Some(Outcome::of(Status::Reused, "result of the run this one restarts".to_owned()))
             } else if ctx.cancel.is_cancelled() || deps.contains(&Status::Cancelled) {
                 Some(Outcome::of(Status::Cancelled, None))
-            } else if deps.iter().any(|s| !s.passed()) || step.depends_on.iter().any(|d| blocked.contains(d)) {
-                blocked.insert(step.name.clone());
-                Some(Outcome::of(Status::Skipped, "a step it depends on did not pass".to_owned()))
-            } else if !step.when.matches(&facts) {
-                Some(Outcome::of(Status::Skipped, "`when` does not match this run".to_owned()))
+            } else if !step.when.matches(&facts) || !step.when.runs_when(failed || upstream_failed) {
+                if upstream_failed || failed {
+                    blocked.insert(step.name.clone());
+                }
+                let note = if !step.when.matches(&facts) {
+                    "`when` does not match this run"
+                } else if upstream_failed {
+                    "a step it depends on did not pass"
+                } else if failed {
+                    "an earlier step failed"
+                } else {
+                    "runs only once a step has failed"
+                };
+                Some(Outcome::of(Status::Skipped, note.to_owned()))
             } else {
                 None
             };
@@ -254,7 +269,18 @@ async fn run_steps(ctx: Arc<Context>) -> Result<bool, String> {
             break;
         }
         match running.join_next().await {
-            Some(Ok((name, outcome))) => {
+            Some(Ok((name, mut outcome))) => {
+                if matches!(outcome.status, Status::Failure | Status::Error) {
+                    let policy = steps.iter().find(|s| s.name == name).map(|s| s.on_failure);
+                    if policy == Some(OnFailure::Ignore) {
+                        outcome.note = Some(
+                            outcome.note.map_or("failure ignored".to_owned(), |n| format!("{n}; failure ignored")),
+                        );
+                        ignored.insert(name.clone());
+                    } else {
+                        failed = true;
+                    }
+                }
                 record(&ctx, &name, &outcome);
                 status.insert(name, outcome.status);
             }
@@ -262,7 +288,7 @@ async fn run_steps(ctx: Arc<Context>) -> Result<bool, String> {
             None => {}
         }
     }
-    Ok(status.values().any(|s| matches!(s, Status::Failure | Status::Error)))
+    Ok(failed)
 }
 
 fn record(ctx: &Context, name: &str, o: &Outcome) {

@@ -15,6 +15,11 @@
 //!     secrets: [API_TOKEN]          # from the control plane, masked in logs
 //!     when: { branch: [main, "feature/*"], event: [push, manual] }
 //!     cache: [/root/.cache]         # a volume per repository and branch
+//!     failure: ignore               # recorded, but the run goes on
+//!   - name: notify
+//!     image: leanloop/busybox:latest
+//!     commands: [echo failed]
+//!     when: { status: [failure] }   # only once something failed
 //!   - name: image
 //!     build: { service: web, dockerfile: Dockerfile, context: ., args: { A: b } }
 //!   - name: deploy
@@ -66,6 +71,8 @@ struct RawStep {
     timeout: Option<Timeout>,
     #[serde(default)]
     cache: Vec<String>,
+    #[serde(default)]
+    failure: OnFailure,
     build: Option<Build>,
     deploy: Option<Deploy>,
 }
@@ -113,7 +120,8 @@ pub struct Service {
     pub env: BTreeMap<String, String>,
 }
 
-/// When a step runs; every given list must match, an empty list matches all.
+/// When a step runs; every given list must match, an empty list matches all
+/// (except `status`: empty means only while the run is passing).
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct When {
@@ -123,6 +131,29 @@ pub struct When {
     pub tag: Vec<String>,
     #[serde(default)]
     pub event: Vec<Event>,
+    /// `[failure]` for steps that run only once something failed (a
+    /// notification, a cleanup); `[success, failure]` for always.
+    #[serde(default)]
+    pub status: Vec<RunState>,
+}
+
+/// How the run stands when a step's turn comes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunState {
+    Success,
+    Failure,
+}
+
+/// What a step's failure does to the run.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnFailure {
+    /// The run fails and later steps are skipped.
+    #[default]
+    Fail,
+    /// Recorded, but the run and the steps after it go on as if it passed.
+    Ignore,
 }
 
 /// What started a run.
@@ -267,6 +298,7 @@ pub struct Step {
     pub depends_on: Vec<String>,
     pub timeout: Duration,
     pub cache: Vec<String>,
+    pub on_failure: OnFailure,
 }
 
 /// A validated pipeline file.
@@ -292,6 +324,16 @@ fn glob_matches(pattern: &str, value: &str) -> bool {
 }
 
 impl When {
+    /// Whether the step runs given how the run stands (`failed`: a step
+    /// before it failed).
+    pub fn runs_when(&self, failed: bool) -> bool {
+        match (self.status.is_empty(), failed) {
+            (true, failed) => !failed,
+            (false, true) => self.status.contains(&RunState::Failure),
+            (false, false) => self.status.contains(&RunState::Success),
+        }
+    }
+
     pub fn matches(&self, facts: &RunFacts) -> bool {
         let list = |patterns: &[String], value: Option<&str>| {
             patterns.is_empty() || value.is_some_and(|v| patterns.iter().any(|p| glob_matches(p, v)))
@@ -407,6 +449,7 @@ impl Pipeline {
                 depends_on,
                 timeout,
                 cache: s.cache.clone(),
+                on_failure: s.failure,
             });
         }
         for step in &steps {
@@ -691,8 +734,23 @@ steps:
     }
 
     #[test]
+    fn status_conditions_and_failure_policy() {
+        let text = "steps:\n  - name: a\n    image: x\n    commands: [true]\n    failure: ignore\n  - name: b\n    image: x\n    commands: [true]\n    when: { status: [failure] }\n";
+        let p = Pipeline::parse(text).unwrap();
+        assert_eq!(p.steps[0].on_failure, OnFailure::Ignore);
+        assert!(p.steps[0].when.runs_when(false) && !p.steps[0].when.runs_when(true));
+        assert!(p.steps[1].when.runs_when(true) && !p.steps[1].when.runs_when(false));
+        let always = When { status: vec![RunState::Success, RunState::Failure], ..When::default() };
+        assert!(always.runs_when(true) && always.runs_when(false));
+        assert!(
+            Pipeline::parse("steps:\n  - name: a\n    image: x\n    commands: [true]\n    failure: maybe\n").is_err()
+        );
+    }
+
+    #[test]
     fn when_matches_branch_patterns_tags_and_events() {
-        let when = When { branch: vec!["main".into(), "feature/*".into()], tag: vec![], event: vec![Event::Push] };
+        let when =
+            When { branch: vec!["main".into(), "feature/*".into()], event: vec![Event::Push], ..When::default() };
         let facts = |branch, event| RunFacts { branch: Some(branch), tag: None, event };
         assert!(when.matches(&facts("feature/x", Event::Push)));
         assert!(when.matches(&facts("main", Event::Restart)));

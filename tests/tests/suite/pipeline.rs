@@ -632,3 +632,55 @@ async fn runs_spread_over_hosts_by_free_capacity() {
     s.stop().await;
     proxy.abort();
 }
+
+const ON_FAILURE: &str = "\
+steps:
+  - name: lint
+    image: leanloop/busybox:latest
+    failure: ignore
+    commands: [echo lint found problems, exit 3]
+  - name: test
+    image: leanloop/busybox:latest
+    commands: [./test.sh]
+  - name: notify
+    image: leanloop/busybox:latest
+    when: { status: [failure] }
+    commands: [echo the run failed]
+  - name: publish
+    image: leanloop/busybox:latest
+    commands: [echo published]
+";
+
+#[tokio::test(flavor = "multi_thread")]
+async fn ignored_failures_go_on_and_failure_steps_run_only_on_failure() {
+    let case = "onfailure";
+    let s = pipeline::server(case).await;
+    let (repo, repo_id) = repo_with_file(&s, "onfailure", ON_FAILURE, json!({})).await;
+
+    // Lint fails but is ignored; the rest passes; the failure step is skipped.
+    let run = trigger(&s, repo_id, json!({ "branch": "main" })).await;
+    let run = finished(&s, run["id"].as_i64().unwrap()).await;
+    assert_eq!(run["status"], "success", "{run}");
+    assert_eq!(
+        (step(&run, "lint")["status"].as_str(), step(&run, "lint")["exit_code"].as_i64()),
+        (Some("failure"), Some(3))
+    );
+    assert!(step(&run, "lint")["note"].as_str().unwrap().contains("ignored"));
+    assert_eq!(step(&run, "test")["status"], "success");
+    assert_eq!(step(&run, "notify")["status"], "skipped");
+    assert_eq!(step(&run, "publish")["status"], "success");
+
+    // Tests fail: the failure step runs, what follows it does not.
+    repo.write("FAIL_TESTS", "yes\n");
+    repo.commit("break the tests");
+    let run = trigger(&s, repo_id, json!({ "branch": "main" })).await;
+    let run = finished(&s, run["id"].as_i64().unwrap()).await;
+    assert_eq!(run["status"], "failure", "{run}");
+    assert_eq!(step(&run, "test")["status"], "failure");
+    assert_eq!(step(&run, "notify")["status"], "success");
+    assert_eq!(step(&run, "publish")["status"], "skipped");
+    let logs = log_text(&s, run["id"].as_i64().unwrap()).await;
+    assert!(logs.contains("[notify] the run failed"), "{logs}");
+    assert_eq!(docker_objects(&[&case_label(case)]), Vec::<String>::new());
+    s.stop().await;
+}
