@@ -12,8 +12,9 @@ pub enum IngestError {
     MissingKey,
     #[error("unknown write key")]
     UnknownKey,
-    #[error("this is a read key; ingest needs the project's write key")]
-    ReadKeyUsed,
+    /// A project's secret key (read or deploy) sent where the public write key goes.
+    #[error("this is a {0} key; ingest needs the project's write key")]
+    SecretKeyUsed(&'static str),
     #[error("request body is larger than {limit} bytes")]
     BodyTooLarge { limit: usize },
     #[error("decompressed body is larger than {limit} bytes")]
@@ -44,7 +45,7 @@ impl IngestError {
             IngestError::BadField { .. } => "bad_field",
             IngestError::MissingKey => "missing_key",
             IngestError::UnknownKey => "unknown_key",
-            IngestError::ReadKeyUsed => "read_key",
+            IngestError::SecretKeyUsed(_) => "read_key",
             IngestError::BodyTooLarge { .. } | IngestError::InflatedTooLarge { .. } => "body_too_large",
             IngestError::EventTooLarge { .. } => "event_too_large",
             IngestError::BatchTooLarge { .. } => "batch_too_large",
@@ -61,7 +62,9 @@ impl Classify for IngestError {
         match self {
             IngestError::BadJson(_) => ErrorClass::BadRequest { field: Some("body".into()) },
             IngestError::BadField { field, .. } => ErrorClass::BadRequest { field: Some(field.clone()) },
-            IngestError::MissingKey | IngestError::UnknownKey | IngestError::ReadKeyUsed => ErrorClass::Unauthorized,
+            IngestError::MissingKey | IngestError::UnknownKey | IngestError::SecretKeyUsed(_) => {
+                ErrorClass::Unauthorized
+            }
             IngestError::BodyTooLarge { .. } | IngestError::InflatedTooLarge { .. } => {
                 ErrorClass::TooLarge { field: Some("body".into()) }
             }

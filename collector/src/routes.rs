@@ -271,11 +271,11 @@ fn request_facts(c: &Collector, headers: &HeaderMap, peer: SocketAddr) -> Reques
 }
 
 impl Collector {
-    /// The project of a write key; read keys and unknown keys are refused.
+    /// The project of a write key; secret keys and unknown keys are refused.
     fn project_for(&self, key: &str) -> Result<Arc<leanloop_control::Project>, IngestError> {
         match self.keys.lookup(key)? {
             Some((project, KeyKind::Write)) => Ok(project),
-            Some((_, KeyKind::Read)) => Err(IngestError::ReadKeyUsed),
+            Some((_, kind @ (KeyKind::Read | KeyKind::Deploy))) => Err(IngestError::SecretKeyUsed(kind.name())),
             None => Err(IngestError::UnknownKey),
         }
     }

@@ -1,5 +1,7 @@
-//! Project keys: a public write key (ingest only) and a secret read key (query
-//! API only). The prefix tells them apart, so a key pasted in the wrong place
+//! Project keys: a public write key (ingest only), a secret read key (query
+//! API only) and a secret deploy key (pipeline API only: runs, releases,
+//! rollbacks — a read key embedded in a dashboard cannot deploy). The prefix
+//! tells them apart, so a key pasted in the wrong place
 //! is refused with a precise message instead of a generic "unknown key".
 
 use rand::Rng;
@@ -8,6 +10,7 @@ use rand::Rng;
 pub enum KeyKind {
     Write,
     Read,
+    Deploy,
 }
 
 impl KeyKind {
@@ -15,12 +18,22 @@ impl KeyKind {
         match self {
             KeyKind::Write => "llw_",
             KeyKind::Read => "llr_",
+            KeyKind::Deploy => "lld_",
+        }
+    }
+
+    /// How the kind is named in messages.
+    pub fn name(self) -> &'static str {
+        match self {
+            KeyKind::Write => "write",
+            KeyKind::Read => "read",
+            KeyKind::Deploy => "deploy",
         }
     }
 
     /// Which kind a key claims to be, from its prefix.
     pub fn of(key: &str) -> Option<KeyKind> {
-        [KeyKind::Write, KeyKind::Read].into_iter().find(|k| key.starts_with(k.prefix()))
+        [KeyKind::Write, KeyKind::Read, KeyKind::Deploy].into_iter().find(|k| key.starts_with(k.prefix()))
     }
 }
 
@@ -43,6 +56,7 @@ mod tests {
         let r = generate_key(KeyKind::Read);
         assert_eq!(KeyKind::of(&w), Some(KeyKind::Write));
         assert_eq!(KeyKind::of(&r), Some(KeyKind::Read));
+        assert_eq!(KeyKind::of(&generate_key(KeyKind::Deploy)), Some(KeyKind::Deploy));
         assert_eq!(w.len(), 36);
         assert_ne!(w, generate_key(KeyKind::Write));
         assert_eq!(KeyKind::of("abc"), None);

@@ -8,7 +8,7 @@ use crate::ControlError;
 use rusqlite::Connection;
 
 /// Step `i` takes the schema from version `i` to `i + 1`.
-const STEPS: &[&str] = &[
+pub(crate) const STEPS: &[&str] = &[
     // 1: organisations and projects with their keys.
     "CREATE TABLE organisations (
         id INTEGER PRIMARY KEY,
@@ -24,6 +24,11 @@ const STEPS: &[&str] = &[
         store_full_ip INTEGER NOT NULL DEFAULT 0,
         created_at TEXT NOT NULL
     );",
+    // 2: a deploy key per project for the pipeline API; existing projects get
+    // one here (hex body, as SQLite can make it), new ones from `generate_key`.
+    "ALTER TABLE projects ADD COLUMN deploy_key TEXT;
+    UPDATE projects SET deploy_key = 'lld_' || lower(hex(randomblob(16)));
+    CREATE UNIQUE INDEX projects_deploy_key ON projects (deploy_key);",
 ];
 
 pub fn latest_version() -> i64 {

@@ -15,6 +15,8 @@ pub struct Project {
     pub name: String,
     pub write_key: String,
     pub read_key: String,
+    /// Secret: the pipeline API's key.
+    pub deploy_key: String,
     /// Keep client IP addresses whole instead of anonymised.
     pub store_full_ip: bool,
 }
@@ -26,7 +28,7 @@ pub struct ControlPlane {
 }
 
 const DEFAULT_ORGANISATION: &str = "default";
-const PROJECT_COLUMNS: &str = "id, organisation_id, name, write_key, read_key, store_full_ip";
+const PROJECT_COLUMNS: &str = "id, organisation_id, name, write_key, read_key, store_full_ip, deploy_key";
 
 impl ControlPlane {
     /// Opens (creating if needed) `control.sqlite` at `path` and migrates it.
@@ -61,14 +63,23 @@ impl ControlPlane {
             tx.query_row("SELECT id FROM organisations WHERE name = ?1", [DEFAULT_ORGANISATION], |row| row.get(0))?;
         let write_key = generate_key(KeyKind::Write);
         let read_key = generate_key(KeyKind::Read);
+        let deploy_key = generate_key(KeyKind::Deploy);
         tx.execute(
-            "INSERT INTO projects (organisation_id, name, write_key, read_key, created_at)
-             VALUES (?1, ?2, ?3, ?4, ?5)",
-            params![organisation_id, name, write_key, read_key, now],
+            "INSERT INTO projects (organisation_id, name, write_key, read_key, deploy_key, created_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![organisation_id, name, write_key, read_key, deploy_key, now],
         )?;
         let id = tx.last_insert_rowid();
         tx.commit()?;
-        Ok(Project { id, organisation_id, name: name.to_owned(), write_key, read_key, store_full_ip: false })
+        Ok(Project {
+            id,
+            organisation_id,
+            name: name.to_owned(),
+            write_key,
+            read_key,
+            deploy_key,
+            store_full_ip: false,
+        })
     }
 
     pub fn projects(&self) -> Result<Vec<Project>, ControlError> {
@@ -91,6 +102,7 @@ impl ControlPlane {
         let column = match kind {
             KeyKind::Write => "write_key = ?1",
             KeyKind::Read => "read_key = ?1",
+            KeyKind::Deploy => "deploy_key = ?1",
         };
         Ok(self.find(column, rusqlite::types::Value::Text(key.to_owned()))?.map(|p| (p, kind)))
     }
@@ -118,12 +130,41 @@ fn project_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Project> {
         write_key: row.get(3)?,
         read_key: row.get(4)?,
         store_full_ip: row.get(5)?,
+        deploy_key: row.get(6)?,
     })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn projects_made_before_deploy_keys_get_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("control.sqlite");
+        {
+            // A database as the first schema version left it, with two projects.
+            let conn = Connection::open(&path).unwrap();
+            conn.execute_batch(migrations::STEPS[0]).unwrap();
+            conn.pragma_update(None, "user_version", 1).unwrap();
+            conn.execute("INSERT INTO organisations (id, name, created_at) VALUES (1, 'default', 'then')", []).unwrap();
+            for (name, w, r) in [("Old", "llw_a", "llr_a"), ("Older", "llw_b", "llr_b")] {
+                conn.execute(
+                    "INSERT INTO projects (organisation_id, name, write_key, read_key, created_at) VALUES (1, ?1, ?2, ?3, 'then')",
+                    params![name, w, r],
+                )
+                .unwrap();
+            }
+        }
+        let cp = ControlPlane::open(&path).unwrap();
+        let projects = cp.projects().unwrap();
+        assert_eq!(projects.len(), 2);
+        assert_ne!(projects[0].deploy_key, projects[1].deploy_key);
+        for p in &projects {
+            assert!(p.deploy_key.starts_with("lld_") && p.deploy_key.len() == 36, "{}", p.deploy_key);
+            assert_eq!(cp.project_by_key(&p.deploy_key).unwrap(), Some((p.clone(), KeyKind::Deploy)));
+        }
+    }
 
     #[test]
     fn creates_finds_and_reopens() {
@@ -135,6 +176,7 @@ mod tests {
         assert_ne!(a.id, b.id);
         assert_eq!(cp.project_by_key(&a.write_key).unwrap(), Some((a.clone(), KeyKind::Write)));
         assert_eq!(cp.project_by_key(&b.read_key).unwrap(), Some((b.clone(), KeyKind::Read)));
+        assert_eq!(cp.project_by_key(&b.deploy_key).unwrap(), Some((b.clone(), KeyKind::Deploy)));
         assert_eq!(cp.project_by_key("llw_nope").unwrap(), None);
         assert!(matches!(cp.create_project("  "), Err(ControlError::InvalidName)));
         drop(cp);

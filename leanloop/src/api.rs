@@ -38,21 +38,34 @@ pub fn router(shared: Shared) -> Router {
 
 /// Checks the Bearer read key belongs to project `id`.
 pub(crate) fn authorise(shared: &Shared, headers: &HeaderMap, id: &str) -> Result<i64, ApiError> {
-    let unauthorized = |message: &str| ApiError::from_class(ErrorClass::Unauthorized, message.to_owned());
+    authorise_as(shared, headers, id, KeyKind::Read, "the query API")
+}
+
+/// Checks the Bearer key is project `id`'s key of kind `wanted` (`api` names
+/// what is being called, for messages).
+pub(crate) fn authorise_as(
+    shared: &Shared,
+    headers: &HeaderMap,
+    id: &str,
+    wanted: KeyKind,
+    api: &str,
+) -> Result<i64, ApiError> {
+    let unauthorized = |message: String| ApiError::from_class(ErrorClass::Unauthorized, message);
+    let want = wanted.name();
     let key = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
         .map(str::trim)
-        .ok_or_else(|| unauthorized("send the project's read key as `Authorization: Bearer <key>`"))?;
+        .ok_or_else(|| unauthorized(format!("send the project's {want} key as `Authorization: Bearer <key>`")))?;
     let id: i64 = id.parse().map_err(|_| ApiError::bad_request("id", "project id must be a number"))?;
     match shared.keys.lookup(key)? {
-        Some((project, KeyKind::Read)) if project.id == id => Ok(id),
-        Some((_, KeyKind::Read)) => {
-            Err(ApiError::from_class(ErrorClass::Forbidden, format!("this read key is not for project {id}")))
+        Some((project, kind)) if kind == wanted && project.id == id => Ok(id),
+        Some((_, kind)) if kind == wanted => {
+            Err(ApiError::from_class(ErrorClass::Forbidden, format!("this {want} key is not for project {id}")))
         }
-        Some((_, KeyKind::Write)) => Err(unauthorized("this is a write key; the query API needs the read key")),
-        None => Err(unauthorized("unknown read key")),
+        Some((_, kind)) => Err(unauthorized(format!("this is a {} key; {api} needs the {want} key", kind.name()))),
+        None => Err(unauthorized(format!("unknown {want} key"))),
     }
 }
 

@@ -100,7 +100,7 @@ enum ProjectCommand {
     /// Create a project and print its keys.
     Create {
         name: String,
-        /// Print `{"id", "write_key", "read_key"}` as JSON.
+        /// Print `{"id", "name", "write_key", "read_key", "deploy_key"}` as JSON.
         #[arg(long)]
         json: bool,
         #[command(flatten)]
@@ -165,6 +165,7 @@ async fn serve(overrides: Overrides, role: Role) -> Result<()> {
         println!("Project \"{}\" (id {})", p.name, p.id);
         println!("  write key  {}", p.write_key);
         println!("  read key   {}", p.read_key);
+        println!("  deploy key {}", p.deploy_key);
     }
     let shutdown = CancellationToken::new();
     tokio::spawn({
@@ -206,12 +207,15 @@ fn project(command: ProjectCommand) -> Result<()> {
             let p = control.create_project(&name)?;
             println!(
                 "{}",
-                serde_json::json!({ "id": p.id, "name": p.name, "write_key": p.write_key, "read_key": p.read_key })
+                serde_json::json!({ "id": p.id, "name": p.name, "write_key": p.write_key, "read_key": p.read_key, "deploy_key": p.deploy_key })
             );
         }
         ProjectCommand::Create { name, json: false, .. } => {
             let p = control.create_project(&name)?;
-            println!("Project \"{}\" (id {})\n  write key  {}\n  read key   {}", p.name, p.id, p.write_key, p.read_key);
+            println!(
+                "Project \"{}\" (id {})\n  write key  {}\n  read key   {}\n  deploy key {}",
+                p.name, p.id, p.write_key, p.read_key, p.deploy_key
+            );
         }
         ProjectCommand::List { json, .. } => {
             let projects = control.projects()?;

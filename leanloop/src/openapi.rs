@@ -36,8 +36,8 @@ fn error_answers() -> Value {
     let error = json!({"$ref": "#/components/schemas/Error"});
     json!({
         "400": answer("The query is invalid; `error.field` names the field at fault", error.clone()),
-        "401": answer("No read key, an unknown one, or a write key", error.clone()),
-        "403": answer("The read key belongs to another project", error),
+        "401": answer("No key, an unknown one, or a key of the wrong kind", error.clone()),
+        "403": answer("The key belongs to another project", error),
     })
 }
 
@@ -142,9 +142,12 @@ pub fn document() -> Value {
     json!({
         "openapi": "3.0.3",
         "info": {"title": "Leanloop read API", "version": env!("CARGO_PKG_VERSION"),
-                 "description": "Events, insights and the delivery pipeline of a project, authorised by its secret read key as a Bearer token."},
+                 "description": "Events and insights of a project, authorised by its secret read key as a Bearer token, and its delivery pipeline, authorised by its secret deploy key."},
         "paths": paths,
-        "components": {"schemas": schemas, "securitySchemes": {"readKey": {"type": "http", "scheme": "bearer"}}},
+        "components": {"schemas": schemas, "securitySchemes": {
+            "readKey": {"type": "http", "scheme": "bearer", "description": "The project's secret read key (llr_…): events and insights"},
+            "deployKey": {"type": "http", "scheme": "bearer", "description": "The project's secret deploy key (lld_…): the pipeline"},
+        }},
         "security": [{"readKey": []}],
     })
 }
@@ -162,23 +165,24 @@ fn pipeline(g: &mut SchemaGenerator, paths: &mut Map<String, Value>) {
     };
     let list =
         |key: &str, item: Value| json!({"type": "object", "properties": {key: {"type": "array", "items": item}}});
-    let operation =
-        |summary: &str, parameters: Vec<Value>, body: Option<Value>, status: &str, answer_body: Option<Value>| {
-            let mut responses = error_answers();
-            responses["404"] = answer(
-                "No such project resource, or the pipeline is off",
-                json!({"$ref": "#/components/schemas/Error"}),
-            );
-            responses[status] = match answer_body {
-                Some(b) => answer("Done", b),
-                None => json!({"description": "Done"}),
-            };
-            let mut op = json!({"summary": summary, "parameters": parameters, "responses": responses});
-            if let Some(body) = body {
-                op["requestBody"] = json!({"required": true, "content": {"application/json": {"schema": body}}});
-            }
-            op
+    let operation = |summary: &str,
+                     parameters: Vec<Value>,
+                     body: Option<Value>,
+                     status: &str,
+                     answer_body: Option<Value>| {
+        let mut responses = error_answers();
+        responses["404"] =
+            answer("No such project resource, or the pipeline is off", json!({"$ref": "#/components/schemas/Error"}));
+        responses[status] = match answer_body {
+            Some(b) => answer("Done", b),
+            None => json!({"description": "Done"}),
         };
+        let mut op = json!({"summary": summary, "parameters": parameters, "responses": responses, "security": [{"deployKey": []}]});
+        if let Some(body) = body {
+            op["requestBody"] = json!({"required": true, "content": {"application/json": {"schema": body}}});
+        }
+        op
+    };
     let base = "/api/v1/projects/{id}";
     let repo = schema::<Repo>(g);
     let run = schema::<RunRecord>(g);

@@ -2,9 +2,10 @@
 //! list, detail, logs stored and live over SSE, cancel, restart from a
 //! step), releases (list, detail, rollback, removal) and push webhooks.
 //! Everything but webhooks and linting is authorised by the project's
-//! secret key, as the query API is.
+//! secret deploy key (not the read key: a read key embedded in a dashboard
+//! must not be able to deploy).
 
-use crate::api::{authorise, json_query, query};
+use crate::api::{authorise_as, json_query, query};
 use crate::app::Shared;
 use axum::body::Bytes;
 use axum::extract::rejection::QueryRejection;
@@ -15,6 +16,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post, put};
 use axum::{Json, Router};
 use futures::stream::{self, Stream, StreamExt};
+use leanloop_control::KeyKind;
 use leanloop_core::{ApiError, ErrorClass};
 use leanloop_pipeline::logs::LiveEvent;
 use leanloop_pipeline::webhooks::Provider;
@@ -59,7 +61,7 @@ fn number(field: &str, text: &str) -> Result<i64, ApiError> {
 
 /// Authorises the project and hands back the pipeline with its id.
 fn open(shared: &Shared, headers: &HeaderMap, id: &str) -> Result<(Arc<Pipeline>, i64), ApiError> {
-    let project = authorise(shared, headers, id)?;
+    let project = authorise_as(shared, headers, id, KeyKind::Deploy, "the pipeline API")?;
     Ok((pipeline(shared)?, project))
 }
 

@@ -110,10 +110,10 @@ pub async fn server_with(case: &str, adjust: impl FnOnce(&mut leanloop::Config))
     .await
 }
 
-/// Calls the project API with the read key; returns status and JSON body.
+/// Calls the project's pipeline API with its deploy key; returns status and JSON body.
 pub async fn call(s: &TestServer, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
     let url = s.url(&format!("/api/v1/projects/{}{path}", s.project.id));
-    let mut request = s.client.request(method, url).bearer_auth(&s.project.read_key);
+    let mut request = s.client.request(method, url).bearer_auth(&s.project.deploy_key);
     if let Some(body) = body {
         request = request.json(&body);
     }
