@@ -203,6 +203,13 @@ pub fn docker_objects(labels: &[&str]) -> Vec<String> {
     all
 }
 
+/// Checks no Docker object of the test (`leanloop.test.case=<case>`) is
+/// left, then stops the server.
+pub async fn stop_leaving_nothing(s: TestServer, case: &str) {
+    assert_eq!(docker_objects(&[&format!("leanloop.test.case={case}")]), Vec::<String>::new(), "left behind");
+    s.stop().await;
+}
+
 /// GETs `http://endpoint/path` and returns the body.
 pub async fn fetch(endpoint: &str, path: &str) -> String {
     let response = reqwest::get(format!("http://{endpoint}{path}")).await.expect("the deployed service answers");

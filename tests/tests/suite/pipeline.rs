@@ -180,8 +180,7 @@ async fn fixture_is_tested_built_pushed_deployed_and_rolled_back() {
     let (status, removed) = call(&s, Method::DELETE, "/services/fixture-web/environments/production", None).await;
     assert_eq!(status, 200, "{removed}");
     assert_eq!(removed["removed_containers"], 2);
-    assert_eq!(docker_objects(&[&case_label(case)]), Vec::<String>::new());
-    s.stop().await;
+    pipeline::stop_leaving_nothing(s, case).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -217,8 +216,7 @@ async fn a_failing_test_step_stops_the_run_and_keeps_its_logs() {
     assert!(only["lines"].as_array().unwrap().iter().all(|l| l["step"] == "test"));
     let (_, releases) = call(&s, Method::GET, "/releases", None).await;
     assert_eq!(releases["releases"], json!([]));
-    assert_eq!(docker_objects(&[&case_label(case)]), Vec::<String>::new());
-    s.stop().await;
+    pipeline::stop_leaving_nothing(s, case).await;
     proxy.abort();
 }
 
@@ -374,8 +372,7 @@ async fn webhooks_need_a_valid_signature() {
     assert!(logs.contains(&format!("[test] cached by run {}", run["id"])), "{logs}");
     let (status, _) = call(&s, Method::DELETE, &format!("/repos/{repo_id}/cache"), None).await;
     assert_eq!(status, 204);
-    assert_eq!(docker_objects(&[&case_label(case)]), Vec::<String>::new());
-    s.stop().await;
+    pipeline::stop_leaving_nothing(s, case).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -437,8 +434,7 @@ async fn invalid_files_are_reported_with_line_numbers_and_polling_finds_commits(
         .await
         .unwrap();
     assert_eq!(response.status(), 404);
-    assert_eq!(docker_objects(&[&case_label(case)]), Vec::<String>::new());
-    s.stop().await;
+    pipeline::stop_leaving_nothing(s, case).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -454,8 +450,7 @@ async fn a_step_over_its_timeout_fails() {
     assert!(slow["note"].as_str().unwrap().contains("timed out after 1 s"), "{slow}");
     assert!(slow["duration_ms"].as_i64().unwrap() < 30_000, "{slow}");
     assert_eq!(step(&run, "after")["status"], "skipped");
-    assert_eq!(docker_objects(&[&case_label(case)]), Vec::<String>::new());
-    s.stop().await;
+    pipeline::stop_leaving_nothing(s, case).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -521,8 +516,7 @@ async fn services_are_reachable_by_name() {
     assert_eq!(run["status"], "success", "{run}\n{logs}");
     assert!(logs.contains("[reach] ok"), "the service answered from the workspace: {logs}");
     assert!(logs.contains("service web started"), "{logs}");
-    assert_eq!(docker_objects(&[&case_label(case)]), Vec::<String>::new());
-    s.stop().await;
+    pipeline::stop_leaving_nothing(s, case).await;
 }
 
 /// A build-and-deploy pipeline for `strategy` (with its extra keys).
@@ -571,8 +565,7 @@ async fn every_strategy_replaces_the_live_release() {
     assert_eq!(running.len(), 2, "two replicas of the last release: {running:?}");
     let (status, _) = call(&s, Method::DELETE, "/services/strat-web/environments/production", None).await;
     assert_eq!(status, 200);
-    assert_eq!(docker_objects(&[&case_label(case)]), Vec::<String>::new());
-    s.stop().await;
+    pipeline::stop_leaving_nothing(s, case).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -603,8 +596,7 @@ async fn runs_of_one_repository_wait_their_turn() {
     let (status, _) = call(&s, Method::POST, &format!("/runs/{second}/cancel"), None).await;
     assert_eq!(status, 202);
     assert_eq!(finished(&s, second).await["status"], "cancelled");
-    assert_eq!(docker_objects(&[&case_label(case)]), Vec::<String>::new());
-    s.stop().await;
+    pipeline::stop_leaving_nothing(s, case).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -643,8 +635,7 @@ async fn runs_spread_over_hosts_by_free_capacity() {
         assert_eq!(status, 202);
         assert_eq!(finished(&s, run).await["status"], "cancelled");
     }
-    assert_eq!(docker_objects(&[&case_label(case)]), Vec::<String>::new());
-    s.stop().await;
+    pipeline::stop_leaving_nothing(s, case).await;
     proxy.abort();
 }
 
@@ -696,6 +687,5 @@ async fn ignored_failures_go_on_and_failure_steps_run_only_on_failure() {
     assert_eq!(step(&run, "publish")["status"], "skipped");
     let logs = log_text(&s, run["id"].as_i64().unwrap()).await;
     assert!(logs.contains("[notify] the run failed"), "{logs}");
-    assert_eq!(docker_objects(&[&case_label(case)]), Vec::<String>::new());
-    s.stop().await;
+    pipeline::stop_leaving_nothing(s, case).await;
 }
