@@ -82,6 +82,12 @@ enum Command {
         #[command(subcommand)]
         command: ProjectCommand,
     },
+    /// Check a pipeline file (`leanloop.yml`): prints its steps in run
+    /// order, or the error with its line, and exits 1 on an invalid file.
+    Lint {
+        #[arg(default_value = "leanloop.yml")]
+        file: std::path::PathBuf,
+    },
     /// Measure performance and print figures.
     Bench {
         #[command(subcommand)]
@@ -130,9 +136,22 @@ async fn run(cli: Cli) -> Result<()> {
             migrate_cluster(&cluster, clickhouse_url.as_deref(), &database, apply).await
         }
         Command::Project { command } => project(command),
+        Command::Lint { file } => lint(&file),
         Command::Bench { command } => leanloop::bench::run(command).await,
         Command::BareServer { listen } => leanloop::bench::bare_server(&listen).await,
     }
+}
+
+fn lint(file: &std::path::Path) -> Result<()> {
+    let text = std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+    let pipeline = leanloop_pipeline::spec::Pipeline::parse(&text)?;
+    for step in pipeline.topological() {
+        let after =
+            if step.depends_on.is_empty() { String::new() } else { format!(" (after {})", step.depends_on.join(", ")) };
+        println!("{}{after}", step.name);
+    }
+    println!("{}: valid, {} steps", file.display(), pipeline.steps.len());
+    Ok(())
 }
 
 async fn serve(overrides: Overrides, role: Role) -> Result<()> {

@@ -386,6 +386,27 @@ async fn invalid_files_are_reported_with_line_numbers_and_polling_finds_commits(
     let err: Value = bad.json().await.unwrap();
     let message = err["error"]["message"].as_str().unwrap();
     assert!(message.contains("line 2") && message.contains("missing"), "{message}");
+    // The same check from the command line, on the fixture's file and a bad one.
+    let cli = |file: &std::path::Path| {
+        std::process::Command::new(leanloop_tests::process::leanloop_bin())
+            .arg("lint")
+            .arg(file)
+            .env("RUST_BACKTRACE", "0")
+            .output()
+            .unwrap()
+    };
+    let good = cli(&std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/app/leanloop.yml"));
+    assert!(good.status.success(), "{good:?}");
+    assert!(String::from_utf8_lossy(&good.stdout).contains("deploy (after image)"), "{good:?}");
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("leanloop.yml"),
+        "steps:\n  - name: a\n    image: x\n    commands: [true]\n    depends_on: [zz]\n",
+    )
+    .unwrap();
+    let bad = cli(&dir.path().join("leanloop.yml"));
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("line 2"), "{bad:?}");
     let typo = lint("steps:\n  - name: a\n    image: x\n    comands: [true]\n").await.unwrap();
     let err: Value = typo.json().await.unwrap();
     assert!(err["error"]["message"].as_str().unwrap().contains("line 4"), "{err}");
