@@ -163,28 +163,40 @@ async fn serve(overrides: Overrides, role: Role) -> Result<()> {
     let log = if config.collector.log { config.log_dir.display().to_string() } else { "off (in-memory queue)".into() };
     let app = App::build(config, role).await?;
     let base = format!("http://{}", app.address());
+    // One write: a reader that stops after the line it wants (and closes the
+    // pipe) must not make a later line fail.
+    let mut banner = String::new();
+    let mut line = |text: &str| {
+        banner.push_str(text);
+        banner.push('\n');
+    };
     match role {
-        Role::Server => println!("Leanloop is listening on {base}"),
-        Role::Collector => println!("Leanloop collector is listening on {base}"),
+        Role::Server => line(&format!("Leanloop is listening on {base}")),
+        Role::Collector => line(&format!("Leanloop collector is listening on {base}")),
     }
     if role == Role::Server {
-        println!("  dashboard        {base}/");
+        line(&format!("  dashboard        {base}/"));
     }
-    println!("  Segment ingest   {base}/v1/batch  (also /v1/track, /v1/page, /v1/identify, ...)");
-    println!("  PostHog ingest   {base}/batch/  (also /capture/, /e/)");
-    println!("  feedback         {base}/v1/feedback");
-    println!("  JS SDK           {base}/sdk.js");
+    line(&format!("  Segment ingest   {base}/v1/batch  (also /v1/track, /v1/page, /v1/identify, ...)"));
+    line(&format!("  PostHog ingest   {base}/batch/  (also /capture/, /e/)"));
+    line(&format!("  feedback         {base}/v1/feedback"));
+    line(&format!("  JS SDK           {base}/sdk.js"));
     if let (Role::Server, Some(p)) = (role, app.default_project()) {
-        println!("  events API       {base}/api/v1/projects/{}/events", p.id);
+        line(&format!("  events API       {base}/api/v1/projects/{}/events", p.id));
     }
-    println!("  metrics          {base}/metrics");
-    println!("  event store      {store}");
-    println!("  write-ahead log  {log}");
+    line(&format!("  metrics          {base}/metrics"));
+    line(&format!("  event store      {store}"));
+    line(&format!("  write-ahead log  {log}"));
     if let (Role::Server, Some(p)) = (role, app.default_project()) {
-        println!("Project \"{}\" (id {})", p.name, p.id);
-        println!("  write key  {}", p.write_key);
-        println!("  read key   {}", p.read_key);
-        println!("  deploy key {}", p.deploy_key);
+        line(&format!("Project \"{}\" (id {})", p.name, p.id));
+        line(&format!("  write key  {}", p.write_key));
+        line(&format!("  read key   {}", p.read_key));
+        line(&format!("  deploy key {}", p.deploy_key));
+    }
+    {
+        use std::io::Write;
+        let mut stdout = std::io::stdout().lock();
+        let _ = stdout.write_all(banner.as_bytes()).and_then(|()| stdout.flush());
     }
     let shutdown = CancellationToken::new();
     tokio::spawn({

@@ -37,7 +37,7 @@ fn project_create_prints_keys_as_json() {
 }
 
 /// A `leanloop serve` child on a free port and the banner it printed, up to
-/// and including the read key.
+/// and including the deploy key.
 fn serve(dir: &std::path::Path) -> (std::process::Child, String) {
     let mut child = Command::new(BIN)
         .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
@@ -49,7 +49,7 @@ fn serve(dir: &std::path::Path) -> (std::process::Child, String) {
     let mut banner = Vec::new();
     for line in BufReader::new(child.stdout.take().unwrap()).lines() {
         let line = line.unwrap();
-        let done = line.contains("read key");
+        let done = line.contains("deploy key");
         banner.push(line);
         if done {
             break;
@@ -70,6 +70,7 @@ fn serve_prints_where_to_send_and_stops_cleanly() {
     let base = banner_value(&text, "listening on ");
     let write_key = banner_value(&text, "write key");
     let read_key = banner_value(&text, "read key");
+    assert!(banner_value(&text, "deploy key").starts_with("lld_"), "{text}");
     assert!(text.contains("/v1/batch") && text.contains("/metrics"), "{text}");
 
     let client = reqwest::blocking::Client::new();
