@@ -61,7 +61,7 @@ pub async fn roll_out(
             records.release(new.project_id, id).map_err(|e| e.to_string())
         }
         Err(message) => {
-            engine::remove_labelled(docker, RELEASE, &release_key(r.instance, id), false).await;
+            engine::remove_labelled(docker, RELEASE, &engine::scoped(r.instance, id), false).await;
             let _ = records.release_failed(id, &message);
             Err(format!("release {id} failed: {message}"))
         }
@@ -75,13 +75,8 @@ fn labels(r: &Rollout, release: i64) -> Labels {
     labels.insert(SERVICE.into(), r.spec.service.clone());
     labels.insert(ENVIRONMENT.into(), r.release.environment.into());
     labels.insert(INSTANCE.into(), r.instance.into());
-    labels.insert(RELEASE.into(), release_key(r.instance, release));
+    labels.insert(RELEASE.into(), engine::scoped(r.instance, release));
     labels
-}
-
-/// The release label's value: ids are per installation.
-fn release_key(instance: &str, release: i64) -> String {
-    format!("{instance}-{release}")
 }
 
 /// Containers of this service and environment from other releases, on every host.
@@ -97,7 +92,7 @@ async fn old_replicas(hosts: &Hosts, r: &Rollout<'_>, release: i64) -> Vec<(Dock
         ];
         for c in containers_with(&docker, &wanted).await.unwrap_or_default() {
             let theirs = c.labels.as_ref().and_then(|l| l.get(RELEASE)).cloned().unwrap_or_default();
-            if theirs != release_key(r.instance, release) {
+            if theirs != engine::scoped(r.instance, release) {
                 if let Some(id) = c.id {
                     out.push((docker.clone(), id));
                 }

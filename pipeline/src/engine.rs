@@ -27,6 +27,12 @@ pub const WORKSPACE: &str = "/workspace";
 
 pub type Labels = HashMap<String, String>;
 
+/// A run, repository or release id made unique on an engine several
+/// installations share: the value of the run, cache and release labels.
+pub fn scoped(instance: &str, id: i64) -> String {
+    format!("{instance}-{id}")
+}
+
 /// Makes sure `image` is on the host: present, or pulled from its registry.
 pub async fn ensure_image(docker: &Docker, image: &str) -> Result<(), String> {
     if docker.inspect_image(image).await.is_ok() {

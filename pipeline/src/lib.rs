@@ -108,6 +108,9 @@ pub struct Trigger {
     pub commit: Option<String>,
 }
 
+/// How often repositories with `poll_seconds` are checked for being due.
+const POLL_TICK: Duration = Duration::from_secs(1);
+
 struct LiveRun {
     log: Arc<RunLog>,
     cancel: CancellationToken,
@@ -158,7 +161,7 @@ impl Pipeline {
             pipeline.tasks.spawn(async move {
                 for (_, docker) in hosts.reachable().await {
                     for run in &interrupted {
-                        engine::remove_labelled(&docker, engine::RUN, &runner::run_key(&instance, *run), true).await;
+                        engine::remove_labelled(&docker, engine::RUN, &engine::scoped(&instance, *run), true).await;
                     }
                 }
             });
@@ -266,7 +269,7 @@ impl Pipeline {
     pub async fn clear_cache(&self, project_id: i64, repo_id: i64) -> Result<(), PipelineError> {
         self.records.repo(project_id, repo_id)?;
         for (_, docker) in self.hosts.reachable().await {
-            engine::remove_labelled(&docker, runner::CACHE, &runner::run_key(&self.instance, repo_id), true).await;
+            engine::remove_labelled(&docker, runner::CACHE, &engine::scoped(&self.instance, repo_id), true).await;
         }
         Ok(())
     }
@@ -653,7 +656,7 @@ impl Pipeline {
         let mut due: HashMap<i64, tokio::time::Instant> = HashMap::new();
         loop {
             tokio::select! {
-                _ = tokio::time::sleep(runner::POLL_TICK) => {}
+                _ = tokio::time::sleep(POLL_TICK) => {}
                 _ = self.shutdown.cancelled() => return,
             }
             let repos = match self.records.repos(None) {

@@ -16,7 +16,6 @@ use crate::spec::{Action, Event, OnFailure, Pipeline as File, RunFacts, Step};
 use crate::{git::Target, hosts::Hosts};
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -83,7 +82,7 @@ pub async fn execute(
     mirror: Arc<Mirror>,
     cancel: CancellationToken,
 ) -> (Status, Option<String>) {
-    let key = run_key(&plan.instance, plan.run_id);
+    let key = engine::scoped(&plan.instance, plan.run_id);
     let mut labels = plan.extra_labels.clone();
     labels.insert(MANAGED.into(), "true".into());
     labels.insert(INSTANCE.into(), plan.instance.clone());
@@ -413,17 +412,12 @@ async fn commands_step(
 /// Cache volumes carry `<instance>-<repository id>` here.
 pub const CACHE: &str = "leanloop.cache";
 
-/// An id of this installation's run (or repository) that is unique on a shared engine.
-pub fn run_key(instance: &str, id: i64) -> String {
-    format!("{instance}-{id}")
-}
-
 /// The opt-in dependency cache: one volume per repository, branch (or tag)
 /// and path, kept across runs.
 async fn cache_volume(ctx: &Context, step: &Step, index: usize) -> Result<String, String> {
     let plan = &ctx.plan;
     let reference = images::tag_for(plan.target.branch().or(plan.target.tag()).unwrap_or("detached"));
-    let owner = run_key(&plan.instance, plan.repo.id);
+    let owner = engine::scoped(&plan.instance, plan.repo.id);
     let name = format!("ll-cache-{owner}-{reference}-{}-{index}", step.name);
     let docker = &ctx.lease.docker;
     if docker.inspect_volume(&name).await.is_err() {
@@ -532,6 +526,3 @@ pub fn reused_steps(file: &File, from: &str) -> HashSet<String> {
     let again = file.downstream_of(from);
     file.steps.iter().map(|s| s.name.clone()).filter(|n| !again.contains(n)).collect()
 }
-
-/// How long to wait between polls of a repository without a setting.
-pub const POLL_TICK: Duration = Duration::from_secs(1);
