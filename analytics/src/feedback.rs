@@ -82,7 +82,7 @@ pub fn feedback(ask: &Ask, q: &FeedbackQuery) -> Result<FeedbackResult, Analytic
         .column("x_score", sql::number(d, sql::property(d, "score")))
         .column("x_r", Sql::new("release"))
         .between(Some(window.from_ms), Some(window.to_ms))
-        .filters(compile_all(d, &q.filters, "filters")?);
+        .filters(compile_all(ask, &q.filters, "filters")?);
     let scores = ask.rows(
         Sql::new("SELECT x_r, x_score, count(*) FROM ")
             .push(src.render())

@@ -2,10 +2,11 @@
 //! top-level property as `properties.<key>` (the rest of the text is the key,
 //! dots and quotes included). Filters compile to SQL with every value bound.
 
+use crate::cohorts::{self, COHORT_FIELD};
 use crate::sql::{self, Sql};
-use crate::AnalyticsError;
+use crate::{AnalyticsError, Ask};
 use leanloop_store::{Dialect, Param};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 /// Event columns a query may name. `ip` is left out on purpose.
@@ -57,7 +58,10 @@ impl Field {
         COLUMNS.iter().find(|&&c| c == text).map(|&c| Field::Column(c)).ok_or_else(|| {
             AnalyticsError::invalid(
                 at,
-                format!("`{at}`: unknown field `{text}`; use one of {} or `properties.<name>`", COLUMNS.join(", ")),
+                format!(
+                    "`{at}`: unknown field `{text}`; use one of {} or `properties.<name>` (filters also take `cohort`)",
+                    COLUMNS.join(", ")
+                ),
             )
         })
     }
@@ -71,7 +75,7 @@ impl Field {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, schemars::JsonSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Op {
     Eq,
@@ -92,7 +96,9 @@ pub enum Op {
 /// `eq`/`neq` take a string, number or boolean, or a list of them (any of);
 /// `gt`..`lte` a number; `is_set`/`is_not_set` no value. Negations (`neq`,
 /// `not_contains`, `not_regex`) also match events where the field is unset.
-#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
+/// `{"field": "cohort", "op": "eq", "value": 3}` (or `neq`, or a list of
+/// ids) keeps events of a saved cohort's members (see `cohorts`).
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Filter {
     pub field: String,
@@ -197,12 +203,20 @@ fn check_regex(pattern: &str, at: &str) -> Result<(), AnalyticsError> {
         .map_err(|e| AnalyticsError::invalid(at, format!("`{at}` is not a valid regular expression: {e}")))
 }
 
-/// Compiles a list of filters found at `at` (e.g. `filters`).
-pub fn compile_all(d: Dialect, filters: &[Filter], at: &str) -> Result<Vec<Sql>, AnalyticsError> {
+/// Compiles a list of filters found at `at` (e.g. `filters`), cohorts
+/// included.
+pub fn compile_all(ask: &Ask, filters: &[Filter], at: &str) -> Result<Vec<Sql>, AnalyticsError> {
     if filters.len() > 50 {
         return Err(AnalyticsError::invalid(at, format!("`{at}`: at most 50 filters")));
     }
-    filters.iter().enumerate().map(|(i, f)| f.compile(d, &format!("{at}[{i}]"))).collect()
+    let compile = |(i, f): (usize, &Filter)| {
+        let at = format!("{at}[{i}]");
+        match f.field.as_str() {
+            COHORT_FIELD => cohorts::condition(ask, f, &at),
+            _ => f.compile(ask.dialect(), &at),
+        }
+    };
+    filters.iter().enumerate().map(compile).collect()
 }
 
 #[cfg(test)]

@@ -19,7 +19,7 @@ use crate::fields::{compile_all, Field, Filter};
 use crate::sql::{self, Source, Sql};
 use crate::time::Window;
 use crate::{bounded, AnalyticsError, Ask};
-use leanloop_store::{Cell, ColumnKind, Dialect};
+use leanloop_store::{Cell, ColumnKind};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 
@@ -113,7 +113,6 @@ struct Chain {
 }
 
 pub fn funnel(ask: &Ask, q: &FunnelQuery) -> Result<FunnelResult, AnalyticsError> {
-    let d = ask.dialect();
     let window = Window::parse(q.date_from.as_deref(), q.date_to.as_deref(), q.timezone.as_deref(), ask.now_ms)?;
     if q.steps.len() < 2 || q.steps.len() > MAX_STEPS {
         return Err(AnalyticsError::invalid("steps", format!("`steps` must have from 2 to {MAX_STEPS} entries")));
@@ -129,13 +128,13 @@ pub fn funnel(ask: &Ask, q: &FunnelQuery) -> Result<FunnelResult, AnalyticsError
     let breakdown = q.breakdown.as_deref().map(|b| Field::parse(b, "breakdown")).transpose()?;
     let mut step_conditions = Vec::new();
     for (i, step) in q.steps.iter().enumerate() {
-        let mut conds = compile_all(d, &step.filters, &format!("steps[{i}].filters"))?;
+        let mut conds = compile_all(ask, &step.filters, &format!("steps[{i}].filters"))?;
         if let Some(event) = &step.event {
             conds.insert(0, Sql::new("name = ").text(event));
         }
         step_conditions.push(if conds.is_empty() { Sql::new("1 = 1") } else { Sql::join(conds, " AND ") });
     }
-    let rows = ask.rows(rows_query(d, ask.project_id, &window, q, &step_conditions, breakdown.as_ref())?)?;
+    let rows = ask.rows(rows_query(ask, &window, q, &step_conditions, breakdown.as_ref())?)?;
     let chains = walk(&rows, q.steps.len(), window_seconds * 1000, q.order);
 
     let total = summarise(q, chains.iter());
@@ -177,15 +176,17 @@ fn cmp_values(a: &Option<String>, b: &Option<String>) -> std::cmp::Ordering {
 /// Each candidate event: person, time, uuid, which steps it matches (bit
 /// mask) and the breakdown value, ordered for the walk.
 fn rows_query(
-    d: Dialect,
-    project_id: i64,
+    ask: &Ask,
     window: &Window,
     q: &FunnelQuery,
     steps: &[Sql],
     breakdown: Option<&Field>,
 ) -> Result<leanloop_store::Select, AnalyticsError> {
-    let mut src =
-        Source::new(d, project_id).with_person().column("x_ts", sql::timestamp_ms(d)).column("x_u", sql::uuid_text(d));
+    let d = ask.dialect();
+    let mut src = Source::new(d, ask.project_id)
+        .with_person()
+        .column("x_ts", sql::timestamp_ms(d))
+        .column("x_u", sql::uuid_text(d));
     let mask = Sql::join(
         steps
             .iter()
@@ -197,7 +198,7 @@ fn rows_query(
     if let Some(b) = breakdown {
         src = src.column("x_b", b.text(d));
     }
-    src = src.between(Some(window.from_ms), Some(window.to_ms)).filters(compile_all(d, &q.filters, "filters")?);
+    src = src.between(Some(window.from_ms), Some(window.to_ms)).filters(compile_all(ask, &q.filters, "filters")?);
     let b = if breakdown.is_some() { "x_b" } else { "''" };
     let mut sql = Sql::new(format!("SELECT person, x_ts, x_m, {b} FROM ")).push(src.render());
     if q.order == Order::Loose {

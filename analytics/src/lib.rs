@@ -1,6 +1,7 @@
 //! Questions asked of the event store, validated and answered: raw event
 //! lists, and the insights product managers read (trends, funnels,
-//! retention, paths, web analytics, feedback, releases, live).
+//! retention, paths, web analytics, feedback, releases, live), with cohorts
+//! (saved people filters) usable as a filter in all of them.
 //!
 //! Each insight is a typed query compiled to SQL for the store's dialect
 //! (`sql.rs` holds every piece that differs between DuckDB and ClickHouse),
@@ -11,6 +12,7 @@
 //! Invariants: analytics never speaks HTTP and never writes events; every
 //! value a caller supplies reaches SQL as a bound parameter.
 
+pub mod cohorts;
 mod events;
 pub mod feedback;
 pub mod fields;
@@ -25,7 +27,10 @@ pub mod time;
 pub mod trends;
 pub mod web;
 
+pub use cohorts::{CohortBook, CohortDefinition, StoredCohort};
 pub use events::{EventQuery, EventView};
+
+use cohorts::Cohorts;
 
 use leanloop_core::{Classify, ErrorClass};
 use leanloop_store::{Cell, Dialect, EventStore, Rows, Select, StoreError};
@@ -37,6 +42,9 @@ pub enum AnalyticsError {
     InvalidQuery { field: String, message: String },
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The cohort definitions could not be read.
+    #[error("cohort definitions: {0}")]
+    Cohorts(String),
 }
 
 impl AnalyticsError {
@@ -59,9 +67,11 @@ fn bounded(value: Option<usize>, default: usize, max: usize, field: &str) -> Res
     }
 }
 
-/// One question's context: the store, the project, and "now".
+/// One question's context: the store, the project, "now", and the cohorts
+/// its filters may name.
 pub struct Ask<'a> {
     store: &'a dyn EventStore,
+    cohorts: &'a Cohorts,
     project_id: i64,
     now_ms: i64,
 }
@@ -82,6 +92,7 @@ impl Classify for AnalyticsError {
         match self {
             AnalyticsError::InvalidQuery { field, .. } => ErrorClass::BadRequest { field: Some(field.clone()) },
             AnalyticsError::Store(e) => e.class(),
+            AnalyticsError::Cohorts(_) => ErrorClass::Internal,
         }
     }
 }
@@ -90,11 +101,13 @@ impl Classify for AnalyticsError {
 #[derive(Clone)]
 pub struct Analytics {
     store: Arc<dyn EventStore>,
+    cohorts: Arc<Cohorts>,
 }
 
 impl Analytics {
-    pub fn new(store: Arc<dyn EventStore>) -> Analytics {
-        Analytics { store }
+    /// Queries `store`; cohorts named in filters are looked up in `book`.
+    pub fn new(store: Arc<dyn EventStore>, book: Arc<dyn CohortBook>) -> Analytics {
+        Analytics { store, cohorts: Arc::new(Cohorts::new(book)) }
     }
 
     /// Stored events matching `query`, each uuid once.
@@ -111,7 +124,19 @@ impl Analytics {
 
     /// A context for one question about `project_id`, asked at `now_ms`.
     pub fn ask(&self, project_id: i64, now_ms: i64) -> Ask<'_> {
-        Ask { store: self.store.as_ref(), project_id, now_ms }
+        Ask { store: self.store.as_ref(), cohorts: &self.cohorts, project_id, now_ms }
+    }
+
+    /// The number of people in cohort `id` now (computing its members if
+    /// they are out of date); a 400 at `id` when there is no such cohort.
+    pub fn cohort_size(&self, project_id: i64, id: i64) -> Result<u64, AnalyticsError> {
+        let ask = self.ask(project_id, now_ms());
+        Ok(self.cohorts.current(&ask, id, "id")?.size)
+    }
+
+    /// Deletes the stored members of a cohort that was deleted.
+    pub fn forget_cohort(&self, project_id: i64, id: i64) -> Result<(), AnalyticsError> {
+        self.cohorts.forget(&self.ask(project_id, now_ms()), id)
     }
 
     pub fn trend(&self, project_id: i64, q: &trends::TrendQuery) -> Result<trends::TrendResult, AnalyticsError> {

@@ -81,7 +81,7 @@ pub fn paths(ask: &Ask, q: &PathsQuery) -> Result<PathsResult, AnalyticsError> {
     if q.kind == ItemKind::Pages {
         src = src.filter(Sql::new("name = '$pageview'"));
     }
-    src = src.between(Some(window.from_ms), Some(window.to_ms)).filters(compile_all(d, &q.filters, "filters")?);
+    src = src.between(Some(window.from_ms), Some(window.to_ms)).filters(compile_all(ask, &q.filters, "filters")?);
     let neighbours = match (d, q.direction) {
         (Dialect::DuckDb, dir) => {
             let f = if dir == Direction::Next { "lead" } else { "lag" };

@@ -4,7 +4,9 @@
 //!
 //! Trait filters are evaluated here, on the stored traits, with the same
 //! operators as event filters (`traits.<key>`); the stores only list people.
+//! A `cohort` filter applies a saved cohort's trait filters the same way.
 
+use crate::cohorts::{self, Rule, COHORT_FIELD};
 use crate::fields::{Filter, Op};
 use crate::sql::{self, Source, Sql};
 use crate::time::rfc3339;
@@ -20,7 +22,8 @@ const TRAIT_PREFIX: &str = "traits.";
 pub struct PeopleQuery {
     /// Part of the user id or of any trait value (case-insensitive).
     pub search: Option<String>,
-    /// Conditions on traits: `{"field": "traits.plan", "op": "eq", "value": "pro"}`.
+    /// Conditions on traits: `{"field": "traits.plan", "op": "eq", "value": "pro"}`,
+    /// or membership of saved cohorts: `{"field": "cohort", "op": "eq", "value": 3}`.
     #[serde(default)]
     pub filters: Vec<Filter>,
     /// Default 100, at most 1000.
@@ -46,7 +49,7 @@ pub struct PeopleResult {
 }
 
 /// A trait condition, checked in Rust against the stored JSON.
-struct TraitCheck {
+pub(crate) struct TraitCheck {
     key: String,
     op: Op,
     values: Vec<String>,
@@ -55,7 +58,7 @@ struct TraitCheck {
 }
 
 impl TraitCheck {
-    fn new(f: &Filter, at: &str) -> Result<TraitCheck, AnalyticsError> {
+    pub(crate) fn new(f: &Filter, at: &str) -> Result<TraitCheck, AnalyticsError> {
         let key = f.field.strip_prefix(TRAIT_PREFIX).filter(|k| !k.is_empty()).ok_or_else(|| {
             AnalyticsError::invalid(format!("{at}.field"), format!("`{at}.field` must be `traits.<name>`"))
         })?;
@@ -94,7 +97,7 @@ impl TraitCheck {
         Ok(TraitCheck { key: key.to_owned(), op: f.op, values, number, pattern })
     }
 
-    fn matches(&self, traits: &Value) -> bool {
+    pub(crate) fn matches(&self, traits: &Value) -> bool {
         let found = traits.get(&self.key).filter(|v| !v.is_null());
         let text = found.map(|v| match v {
             Value::String(s) => s.clone(),
@@ -122,8 +125,37 @@ impl TraitCheck {
     }
 }
 
+/// A people-list filter: on traits, or membership of cohorts.
+enum PersonCheck {
+    Trait(TraitCheck),
+    Cohorts { rules: Vec<Rule>, negate: bool },
+}
+
+impl PersonCheck {
+    fn new(ask: &Ask, f: &Filter, at: &str) -> Result<PersonCheck, AnalyticsError> {
+        if f.field != COHORT_FIELD {
+            return TraitCheck::new(f, at).map(PersonCheck::Trait);
+        }
+        let (ids, negate) = cohorts::named(f, at)?;
+        let value_at = format!("{at}.value");
+        let rules =
+            ids.into_iter().map(|id| ask.cohorts.rule(ask.project_id, id, &value_at)).collect::<Result<_, _>>()?;
+        Ok(PersonCheck::Cohorts { rules, negate })
+    }
+
+    fn matches(&self, traits: &Value) -> bool {
+        match self {
+            PersonCheck::Trait(check) => check.matches(traits),
+            PersonCheck::Cohorts { rules, negate } => rules.iter().any(|r| r.matches(traits)) != *negate,
+        }
+    }
+}
+
 /// Every stored person of the project: id, traits text, first and last seen.
-fn stored_people(ask: &Ask, user_id: Option<&str>) -> Result<Vec<(String, String, i64, i64)>, AnalyticsError> {
+pub(crate) fn stored_people(
+    ask: &Ask,
+    user_id: Option<&str>,
+) -> Result<Vec<(String, String, i64, i64)>, AnalyticsError> {
     let sql = match ask.dialect() {
         Dialect::DuckDb => {
             let mut s = Sql::new(
@@ -175,7 +207,7 @@ pub fn people(ask: &Ask, q: &PeopleQuery) -> Result<PeopleResult, AnalyticsError
         .filters
         .iter()
         .enumerate()
-        .map(|(i, f)| TraitCheck::new(f, &format!("filters[{i}]")))
+        .map(|(i, f)| PersonCheck::new(ask, f, &format!("filters[{i}]")))
         .collect::<Result<Vec<_>, _>>()?;
     let search = q.search.as_deref().filter(|s| !s.is_empty()).map(str::to_lowercase);
     let mut matching: Vec<Person> = stored_people(ask, None)?

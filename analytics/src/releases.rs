@@ -131,12 +131,11 @@ pub struct ImpactResult {
 }
 
 pub fn impact(ask: &Ask, q: &ImpactQuery) -> Result<ImpactResult, AnalyticsError> {
-    let d = ask.dialect();
     if q.release.is_empty() {
         return Err(AnalyticsError::invalid("release", "`release` must name a release"));
     }
-    let global = compile_all(d, &q.filters, "filters")?;
-    let plan = || Plan::new(d, &q.series, &global, "series");
+    let global = compile_all(ask, &q.filters, "filters")?;
+    let plan = || Plan::new(ask, &q.series, &global, "series");
     let side = |label: &str, w: &Window, plan: Plan| -> Result<ImpactSide, AnalyticsError> {
         Ok(ImpactSide {
             label: label.to_owned(),

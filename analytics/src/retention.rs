@@ -107,7 +107,7 @@ pub fn retention(ask: &Ask, q: &RetentionQuery) -> Result<RetentionResult, Analy
         tz: probe.tz,
     };
 
-    let global = compile_all(d, &q.filters, "filters")?;
+    let global = compile_all(ask, &q.filters, "filters")?;
     let events = |spec: &EventSpec, at: &str, from: Option<i64>| -> Result<Source, AnalyticsError> {
         let mut src = Source::new(d, ask.project_id)
             .with_person()
@@ -116,7 +116,7 @@ pub fn retention(ask: &Ask, q: &RetentionQuery) -> Result<RetentionResult, Analy
         if let Some(event) = &spec.event {
             src = src.filter(Sql::new("name = ").text(event));
         }
-        for f in global.iter().cloned().chain(compile_all(d, &spec.filters, &format!("{at}.filters"))?) {
+        for f in global.iter().cloned().chain(compile_all(ask, &spec.filters, &format!("{at}.filters"))?) {
             src = src.filter(f);
         }
         Ok(src)

@@ -169,9 +169,9 @@ pub(crate) struct Plan {
 
 impl Plan {
     /// Validates `s` (found at `at`, e.g. `series[0]`) with `global` filters added.
-    pub(crate) fn new(d: Dialect, s: &Series, global: &[Sql], at: &str) -> Result<Plan, AnalyticsError> {
+    pub(crate) fn new(ask: &Ask, s: &Series, global: &[Sql], at: &str) -> Result<Plan, AnalyticsError> {
         let mut filters = global.to_vec();
-        filters.extend(compile_all(d, &s.filters, &format!("{at}.filters"))?);
+        filters.extend(compile_all(ask, &s.filters, &format!("{at}.filters"))?);
         let value = match (s.math.needs_property(), s.property.as_deref()) {
             (true, Some(p)) if !p.is_empty() => {
                 let p = if p.starts_with("properties.") { p.to_owned() } else { format!("properties.{p}") };
@@ -204,20 +204,19 @@ pub(crate) fn measure(ask: &Ask, window: &Window, plan: &Plan) -> Result<serde_j
 }
 
 pub fn trend(ask: &Ask, q: &TrendQuery) -> Result<TrendResult, AnalyticsError> {
-    let d = ask.dialect();
     let window = Window::parse(q.date_from.as_deref(), q.date_to.as_deref(), q.timezone.as_deref(), ask.now_ms)?;
     window.keys(q.interval)?;
     if q.series.is_empty() || q.series.len() > MAX_SERIES {
         return Err(AnalyticsError::invalid("series", format!("`series` must have from 1 to {MAX_SERIES} entries")));
     }
-    let global = compile_all(d, &q.filters, "filters")?;
+    let global = compile_all(ask, &q.filters, "filters")?;
     let breakdown = q.breakdown.as_deref().map(|b| Field::parse(b, "breakdown")).transpose()?;
     let limit = bounded(q.breakdown_limit, 10, 100, "breakdown_limit")?;
     let plans = q
         .series
         .iter()
         .enumerate()
-        .map(|(i, s)| Plan::new(d, s, &global, &format!("series[{i}]")))
+        .map(|(i, s)| Plan::new(ask, s, &global, &format!("series[{i}]")))
         .collect::<Result<Vec<_>, _>>()?;
     let period = |w: &Window| -> Result<TrendPeriod, AnalyticsError> {
         let keys = w.keys(q.interval)?;

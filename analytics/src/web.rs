@@ -68,7 +68,7 @@ pub fn web(ask: &Ask, q: &WebQuery) -> Result<WebResult, AnalyticsError> {
     let base = Source::new(d, ask.project_id)
         .filter(Sql::new("name = '$pageview'"))
         .between(Some(window.from_ms), Some(window.to_ms))
-        .filters(compile_all(d, &q.filters, "filters")?);
+        .filters(compile_all(ask, &q.filters, "filters")?);
     let with = |cols: &[(&'static str, &str)]| {
         cols.iter().fold(base.clone(), |src, &(alias, expr)| src.column(alias, Sql::new(expr)))
     };

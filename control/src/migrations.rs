@@ -29,6 +29,18 @@ pub(crate) const STEPS: &[&str] = &[
     "ALTER TABLE projects ADD COLUMN deploy_key TEXT;
     UPDATE projects SET deploy_key = 'lld_' || lower(hex(randomblob(16)));
     CREATE UNIQUE INDEX projects_deploy_key ON projects (deploy_key);",
+    // 3: cohorts, saved people filters; `definition` is analytics' JSON and
+    // `revision` grows with each edit.
+    "CREATE TABLE cohorts (
+        id INTEGER PRIMARY KEY,
+        project_id INTEGER NOT NULL REFERENCES projects(id),
+        name TEXT NOT NULL,
+        definition TEXT NOT NULL,
+        revision INTEGER NOT NULL,
+        created_at TEXT NOT NULL,
+        updated_at TEXT NOT NULL
+    );
+    CREATE INDEX cohorts_project ON cohorts (project_id, id);",
 ];
 
 pub fn latest_version() -> i64 {

@@ -41,7 +41,7 @@ impl ControlPlane {
         Ok(ControlPlane { conn: Mutex::new(conn) })
     }
 
-    fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
+    pub(crate) fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
         // A panic while holding the lock cannot leave SQLite inconsistent.
         self.conn.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }

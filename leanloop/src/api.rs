@@ -78,7 +78,7 @@ pub(crate) fn query<Q>(q: Result<Query<Q>, QueryRejection>) -> Result<Q, ApiErro
     })
 }
 
-async fn blocking<T: Send + 'static>(
+pub(crate) async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, AnalyticsError> + Send + 'static,
 ) -> Result<T, ApiError> {
     tokio::task::spawn_blocking(f)

@@ -7,6 +7,7 @@
 //! edge (`leanloop collector`) that only takes events: no query API, no
 //! dashboard, no project creation; keys come from the shared control plane.
 
+use crate::cohorts_api::{self, ControlBook};
 use crate::{api, ops, pipeline_api, telemetry};
 use anyhow::{Context, Result};
 use axum::Router;
@@ -51,6 +52,8 @@ pub enum Role {
 #[derive(Clone)]
 pub struct Shared {
     pub keys: Arc<KeyCache>,
+    /// For saved cohorts.
+    pub control: Arc<ControlPlane>,
     pub analytics: Analytics,
     /// For the one write the read API makes: erasing a person.
     pub store: Arc<dyn EventStore>,
@@ -84,7 +87,8 @@ impl App {
         };
         let shared = Shared {
             keys,
-            analytics: Analytics::new(store.clone()),
+            control: control.clone(),
+            analytics: Analytics::new(store.clone(), Arc::new(ControlBook(control.clone()))),
             store: store.clone(),
             collector: collector.clone(),
             pipeline: pipeline.clone(),
@@ -94,6 +98,7 @@ impl App {
         if role == Role::Server {
             router = router
                 .merge(api::router(shared.clone()))
+                .merge(cohorts_api::router(shared.clone()))
                 .merge(pipeline_api::router(shared.clone()))
                 .merge(leanloop_dashboard::router(control.clone()));
         }

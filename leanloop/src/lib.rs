@@ -7,6 +7,7 @@
 pub mod api;
 pub mod app;
 pub mod bench;
+pub mod cohorts_api;
 pub mod config;
 pub mod openapi;
 pub mod ops;

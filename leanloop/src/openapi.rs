@@ -128,6 +128,7 @@ pub fn document() -> Value {
         }),
     );
 
+    cohorts(&mut g, &mut paths);
     pipeline(&mut g, &mut paths);
 
     let mut schemas = Map::new();
@@ -152,6 +153,71 @@ pub fn document() -> Value {
     })
 }
 
+/// One route's method: parameters, optional JSON body, the success status
+/// with its answer, the error answers, and the key it takes.
+struct Operation<'a> {
+    summary: &'a str,
+    parameters: Vec<Value>,
+    body: Option<Value>,
+    status: &'a str,
+    answer_body: Option<Value>,
+    /// What a 404 means here.
+    missing: &'a str,
+    /// `readKey` or `deployKey`.
+    key: &'a str,
+}
+
+fn operation(o: Operation) -> Value {
+    let mut responses = error_answers();
+    responses["404"] = answer(o.missing, json!({"$ref": "#/components/schemas/Error"}));
+    responses[o.status] = match o.answer_body {
+        Some(b) => answer("Done", b),
+        None => json!({"description": "Done"}),
+    };
+    let mut op =
+        json!({"summary": o.summary, "parameters": o.parameters, "responses": responses, "security": [{o.key: []}]});
+    if let Some(body) = o.body {
+        op["requestBody"] = json!({"required": true, "content": {"application/json": {"schema": body}}});
+    }
+    op
+}
+
+/// Saved cohorts (see `cohorts_api.rs`).
+fn cohorts(g: &mut SchemaGenerator, paths: &mut Map<String, Value>) {
+    use crate::cohorts_api::{Cohort, CohortList};
+    use leanloop_analytics::cohorts::CohortDefinition;
+    let cohort_id = json!({"name": "cohort_id", "in": "path", "required": true, "schema": {"type": "integer"}});
+    let page = |name: &str| json!({"name": name, "in": "query", "schema": {"type": "integer", "minimum": 0}});
+    let operation = |summary: &str, parameters: Vec<Value>, body: Option<Value>, status: &str, answer_body| {
+        let missing = "No such cohort in this project";
+        operation(Operation { summary, parameters, body, status, answer_body, missing, key: "readKey" })
+    };
+    let definition = schema::<CohortDefinition>(g);
+    let cohort = schema::<Cohort>(g);
+    let one = vec![project_id(), cohort_id.clone()];
+    paths.insert(
+        "/api/v1/projects/{id}/cohorts".into(),
+        json!({
+            "post": operation("Save a cohort: trait filters on people, usable as `{\"field\": \"cohort\", \"op\": \"eq\", \"value\": <id>}` in any filter list", vec![project_id()], Some(definition.clone()), "201", Some(cohort.clone())),
+            "get": operation("The project's cohorts with their current sizes", vec![project_id()], None, "200", Some(schema::<CohortList>(g))),
+        }),
+    );
+    paths.insert(
+        "/api/v1/projects/{id}/cohorts/{cohort_id}".into(),
+        json!({
+            "get": operation("A cohort with its current size", one.clone(), None, "200", Some(cohort.clone())),
+            "put": operation("Replace a cohort's definition", one.clone(), Some(definition), "200", Some(cohort)),
+            "delete": operation("Delete a cohort", one.clone(), None, "204", None),
+        }),
+    );
+    paths.insert(
+        "/api/v1/projects/{id}/cohorts/{cohort_id}/people".into(),
+        json!({
+            "get": operation("The cohort's members, most recently seen first", vec![project_id(), cohort_id, page("limit"), page("offset")], None, "200", Some(schema::<people::PeopleResult>(g))),
+        }),
+    );
+}
+
 /// The pipeline's routes (see `pipeline_api.rs`).
 fn pipeline(g: &mut SchemaGenerator, paths: &mut Map<String, Value>) {
     use leanloop_pipeline::{LogLine, NewRepo, Release, Repo, RunRecord, Trigger};
@@ -165,23 +231,9 @@ fn pipeline(g: &mut SchemaGenerator, paths: &mut Map<String, Value>) {
     };
     let list =
         |key: &str, item: Value| json!({"type": "object", "properties": {key: {"type": "array", "items": item}}});
-    let operation = |summary: &str,
-                     parameters: Vec<Value>,
-                     body: Option<Value>,
-                     status: &str,
-                     answer_body: Option<Value>| {
-        let mut responses = error_answers();
-        responses["404"] =
-            answer("No such project resource, or the pipeline is off", json!({"$ref": "#/components/schemas/Error"}));
-        responses[status] = match answer_body {
-            Some(b) => answer("Done", b),
-            None => json!({"description": "Done"}),
-        };
-        let mut op = json!({"summary": summary, "parameters": parameters, "responses": responses, "security": [{"deployKey": []}]});
-        if let Some(body) = body {
-            op["requestBody"] = json!({"required": true, "content": {"application/json": {"schema": body}}});
-        }
-        op
+    let operation = |summary: &str, parameters: Vec<Value>, body: Option<Value>, status: &str, answer_body| {
+        let missing = "No such project resource, or the pipeline is off";
+        operation(Operation { summary, parameters, body, status, answer_body, missing, key: "deployKey" })
     };
     let base = "/api/v1/projects/{id}";
     let repo = schema::<Repo>(g);

@@ -73,4 +73,25 @@ pub trait EventStore: Send + Sync + 'static {
 
     /// Runs a read-only query compiled for [`EventStore::dialect`].
     fn select(&self, query: &Select) -> Result<Rows, StoreError>;
+
+    /// Stores the members of a cohort as computed at `version`, a number
+    /// larger than any earlier version of that cohort. Queries name the
+    /// version they read (`cohort_members` rows), so a version being written
+    /// or dropped is never half-seen.
+    fn write_cohort(
+        &self,
+        project_id: i64,
+        cohort_id: i64,
+        version: i64,
+        user_ids: &[String],
+    ) -> Result<(), StoreError>;
+
+    /// Removes a cohort's member versions older than `below` (all of them
+    /// for `i64::MAX`).
+    fn drop_cohort_versions(&self, project_id: i64, cohort_id: i64, below: i64) -> Result<(), StoreError>;
+
+    /// A number that changes whenever the project's people change (traits
+    /// written, a person erased), so cohorts computed from them can tell
+    /// they are stale.
+    fn people_revision(&self, project_id: i64) -> Result<u64, StoreError>;
 }

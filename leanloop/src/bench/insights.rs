@@ -8,6 +8,7 @@
 use super::corpus::{Generator, LIGHT, START_MS};
 use crate::{App, Config, Role};
 use anyhow::{Context, Result};
+use leanloop_analytics::cohorts::MemoryBook;
 use leanloop_analytics::{funnels, paths, retention, trends, web, Analytics, AnalyticsError};
 use leanloop_core::{Event, UserUpdate};
 use leanloop_store::clickhouse::ClickHouseOptions;
@@ -118,7 +119,7 @@ pub async fn run(o: Options) -> Result<()> {
         for (kind, q) in questions() {
             // Record the statements this insight issues, then time them raw.
             let recorder = Arc::new(Recorder { inner: store.clone(), log: Mutex::new(Vec::new()) });
-            let analytics = Analytics::new(recorder.clone());
+            let analytics = Analytics::new(recorder.clone(), Arc::new(MemoryBook::default()));
             let q2 = q.clone();
             tokio::task::spawn_blocking(move || answer(&analytics, project_id, kind, &q2)).await??;
             let statements = std::mem::take(&mut *recorder.log.lock().unwrap_or_else(|p| p.into_inner()));
@@ -249,5 +250,20 @@ impl EventStore for Recorder {
     fn select(&self, query: &Select) -> Result<Rows, StoreError> {
         self.log.lock().unwrap_or_else(|p| p.into_inner()).push(query.clone());
         self.inner.select(query)
+    }
+    fn write_cohort(
+        &self,
+        project_id: i64,
+        cohort_id: i64,
+        version: i64,
+        user_ids: &[String],
+    ) -> Result<(), StoreError> {
+        self.inner.write_cohort(project_id, cohort_id, version, user_ids)
+    }
+    fn drop_cohort_versions(&self, project_id: i64, cohort_id: i64, below: i64) -> Result<(), StoreError> {
+        self.inner.drop_cohort_versions(project_id, cohort_id, below)
+    }
+    fn people_revision(&self, project_id: i64) -> Result<u64, StoreError> {
+        self.inner.people_revision(project_id)
     }
 }

@@ -245,6 +245,24 @@ impl EventStore for ClickHouseStore {
     fn select(&self, query: &Select) -> Result<Rows, StoreError> {
         self.block(read::select(&self.client, query))
     }
+
+    fn write_cohort(
+        &self,
+        project_id: i64,
+        cohort_id: i64,
+        version: i64,
+        user_ids: &[String],
+    ) -> Result<(), StoreError> {
+        self.block(write::cohort(&self.client, project_id, cohort_id, version, user_ids))
+    }
+
+    fn drop_cohort_versions(&self, project_id: i64, cohort_id: i64, below: i64) -> Result<(), StoreError> {
+        self.block(write::drop_cohort_versions(&self.client, project_id, cohort_id, below))
+    }
+
+    fn people_revision(&self, project_id: i64) -> Result<u64, StoreError> {
+        self.block(read::people_revision(&self.client, project_id))
+    }
 }
 
 #[cfg(test)]

@@ -130,16 +130,30 @@ fn identities_table(f: Flavour, database: &str, table: &str) -> String {
     )
 }
 
+/// Cohort members, one set of rows per computed version.
+fn cohort_members_table(f: Flavour, database: &str, table: &str) -> String {
+    format!(
+        "CREATE TABLE IF NOT EXISTS {database}.{table}{} (
+            project_id Int64, cohort_id Int64, version Int64, user_id String
+        ) ENGINE = {} ORDER BY (project_id, cohort_id, version, user_id)",
+        f.on_cluster(),
+        f.engine("", "", database, table),
+    )
+}
+
 const SCHEMA_TABLE: &str =
     "CREATE TABLE IF NOT EXISTS leanloop_schema (version UInt32, applied_at DateTime) ENGINE = TinyLog";
 
 /// Migration steps, in order; step `n` brings the schema to version `n`.
 fn steps(f: Flavour, database: &str) -> Vec<Vec<String>> {
-    vec![vec![
-        events_table(f, database, "events"),
-        users_table(f, database, "users"),
-        identities_table(f, database, "identities"),
-    ]]
+    vec![
+        vec![
+            events_table(f, database, "events"),
+            users_table(f, database, "users"),
+            identities_table(f, database, "identities"),
+        ],
+        vec![cohort_members_table(f, database, "cohort_members")],
+    ]
 }
 
 /// What the server says it is.
@@ -197,9 +211,11 @@ pub fn cluster_ddl(cluster: &str, database: &str, version: ServerVersion, retent
         events_table(f, database, "events_local"),
         users_table(f, database, "users_local"),
         identities_table(f, database, "identities_local"),
+        cohort_members_table(f, database, "cohort_members_local"),
         distributed("events", "cityHash64(project_id, uuid)"),
         distributed("users", "cityHash64(project_id, user_id)"),
         distributed("identities", "cityHash64(project_id, anonymous_id)"),
+        distributed("cohort_members", "cityHash64(project_id, user_id)"),
         format!(
             "CREATE TABLE IF NOT EXISTS {database}.leanloop_schema ON CLUSTER {cluster} \
              (version UInt32, applied_at DateTime) ENGINE = TinyLog"

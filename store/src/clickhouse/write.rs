@@ -281,6 +281,50 @@ pub async fn users(client: &clickhouse::Client, updates: &[UserUpdate]) -> Resul
     Ok(())
 }
 
+#[derive(Row, Serialize)]
+struct MemberRow<'a> {
+    project_id: i64,
+    cohort_id: i64,
+    version: i64,
+    user_id: &'a str,
+}
+
+pub async fn cohort(
+    client: &clickhouse::Client,
+    project_id: i64,
+    cohort_id: i64,
+    version: i64,
+    user_ids: &[String],
+) -> Result<(), StoreError> {
+    if user_ids.is_empty() {
+        return Ok(());
+    }
+    let mut insert = client.insert::<MemberRow<'static>>("cohort_members").await?;
+    for user_id in user_ids {
+        insert.write(&MemberRow { project_id, cohort_id, version, user_id }).await?;
+    }
+    insert.end().await?;
+    Ok(())
+}
+
+/// Old versions go by an asynchronous mutation: readers name the version
+/// they read, so rows waiting to be deleted are never counted.
+pub async fn drop_cohort_versions(
+    client: &clickhouse::Client,
+    project_id: i64,
+    cohort_id: i64,
+    below: i64,
+) -> Result<(), StoreError> {
+    client
+        .query("ALTER TABLE cohort_members DELETE WHERE project_id = ? AND cohort_id = ? AND version < ?")
+        .bind(project_id)
+        .bind(cohort_id)
+        .bind(below)
+        .execute()
+        .await?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -326,7 +370,7 @@ pub async fn delete_person(client: &clickhouse::Client, project_id: i64, user_id
         .bind(&anonymous_ids)
         .execute()
         .await?;
-    for table in ["identities", "users"] {
+    for table in ["identities", "users", "cohort_members"] {
         client
             .query(&format!("ALTER TABLE {table} DELETE WHERE project_id = ? AND user_id = ?"))
             .bind(project_id)

@@ -13,6 +13,7 @@ use crate::{Dialect, EventFilter, EventStore, Rows, Select, StoreError, UserReco
 use ::duckdb::{Config, Connection};
 use leanloop_core::{Event, UserUpdate};
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
 /// Resource limits handed to DuckDB.
@@ -34,6 +35,9 @@ pub struct DuckDbStore {
     readers: Mutex<Vec<Connection>>,
     /// Source of new reader connections; never used for queries itself.
     origin: Mutex<Connection>,
+    /// Counts writes that changed people. This process is the file's only
+    /// writer, so the count sees every change.
+    people_writes: AtomicU64,
 }
 
 impl DuckDbStore {
@@ -43,7 +47,12 @@ impl DuckDbStore {
         let origin = Connection::open_with_flags(path, config)?;
         schema::migrate(&origin)?;
         let writer = write::Writer::new(origin.try_clone()?)?;
-        Ok(DuckDbStore { writer: Mutex::new(writer), readers: Mutex::new(Vec::new()), origin: Mutex::new(origin) })
+        Ok(DuckDbStore {
+            writer: Mutex::new(writer),
+            readers: Mutex::new(Vec::new()),
+            origin: Mutex::new(origin),
+            people_writes: AtomicU64::new(0),
+        })
     }
 
     /// Runs `f` on a pooled reader connection.
@@ -70,7 +79,11 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 impl EventStore for DuckDbStore {
     fn write(&self, events: &[Event], users: &[UserUpdate]) -> Result<WriteOutcome, StoreError> {
-        lock(&self.writer).write(events, users)
+        let outcome = lock(&self.writer).write(events, users)?;
+        if !users.is_empty() {
+            self.people_writes.fetch_add(1, Ordering::Release);
+        }
+        Ok(outcome)
     }
 
     fn count(&self, filter: &EventFilter) -> Result<u64, StoreError> {
@@ -90,7 +103,9 @@ impl EventStore for DuckDbStore {
     }
 
     fn delete_person(&self, project_id: i64, user_id: &str) -> Result<u64, StoreError> {
-        lock(&self.writer).delete_person(project_id, user_id)
+        let deleted = lock(&self.writer).delete_person(project_id, user_id)?;
+        self.people_writes.fetch_add(1, Ordering::Release);
+        Ok(deleted)
     }
 
     fn dialect(&self) -> Dialect {
@@ -99,6 +114,24 @@ impl EventStore for DuckDbStore {
 
     fn select(&self, query: &Select) -> Result<Rows, StoreError> {
         self.with_reader(|conn| read::select(conn, query))
+    }
+
+    fn write_cohort(
+        &self,
+        project_id: i64,
+        cohort_id: i64,
+        version: i64,
+        user_ids: &[String],
+    ) -> Result<(), StoreError> {
+        lock(&self.writer).write_cohort(project_id, cohort_id, version, user_ids)
+    }
+
+    fn drop_cohort_versions(&self, project_id: i64, cohort_id: i64, below: i64) -> Result<(), StoreError> {
+        lock(&self.writer).drop_cohort_versions(project_id, cohort_id, below)
+    }
+
+    fn people_revision(&self, _project_id: i64) -> Result<u64, StoreError> {
+        Ok(self.people_writes.load(Ordering::Acquire))
     }
 }
 

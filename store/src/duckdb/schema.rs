@@ -78,6 +78,13 @@ const STEPS: &[&str] = &[
         first_seen TIMESTAMP NOT NULL,
         PRIMARY KEY (project_id, anonymous_id)
     );",
+    // 2: cohort members, one set of rows per computed version.
+    "CREATE TABLE cohort_members (
+        project_id BIGINT NOT NULL,
+        cohort_id BIGINT NOT NULL,
+        version BIGINT NOT NULL,
+        user_id VARCHAR NOT NULL
+    );",
 ];
 
 pub fn migrate(conn: &Connection) -> Result<(), StoreError> {

@@ -65,8 +65,36 @@ impl Writer {
         )?;
         tx.execute("DELETE FROM identities WHERE project_id = ? AND user_id = ?", params![project_id, user_id])?;
         tx.execute("DELETE FROM users WHERE project_id = ? AND user_id = ?", params![project_id, user_id])?;
+        tx.execute("DELETE FROM cohort_members WHERE project_id = ? AND user_id = ?", params![project_id, user_id])?;
         tx.commit()?;
         Ok(deleted as u64)
+    }
+
+    pub fn write_cohort(
+        &mut self,
+        project_id: i64,
+        cohort_id: i64,
+        version: i64,
+        user_ids: &[String],
+    ) -> Result<(), StoreError> {
+        let tx = self.conn.transaction()?;
+        {
+            let mut appender = tx.appender("cohort_members")?;
+            for user_id in user_ids {
+                appender.append_row(params![project_id, cohort_id, version, user_id])?;
+            }
+            appender.flush()?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    pub fn drop_cohort_versions(&mut self, project_id: i64, cohort_id: i64, below: i64) -> Result<(), StoreError> {
+        self.conn.execute(
+            "DELETE FROM cohort_members WHERE project_id = ? AND cohort_id = ? AND version < ?",
+            params![project_id, cohort_id, below],
+        )?;
+        Ok(())
     }
 
     /// Loads newline-delimited JSON rows with DuckDB's own `read_json`. No

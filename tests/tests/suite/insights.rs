@@ -6,8 +6,9 @@
 use chrono::{DateTime, NaiveDate, SecondsFormat, TimeZone, Utc};
 use chrono_tz::Tz;
 use leanloop::bench::corpus::{self, Corpus, DAYS, PROJECT, START_MS};
-use leanloop_analytics::{funnels, paths, retention, trends, web, Analytics, AnalyticsError, Ask};
-use leanloop_core::Event;
+use leanloop_analytics::cohorts::{CohortDefinition, MemoryBook};
+use leanloop_analytics::{funnels, paths, people, retention, trends, web, Analytics, AnalyticsError, Ask};
+use leanloop_core::{Event, EventKind, UserUpdate};
 use leanloop_store::clickhouse::{ClickHouseOptions, ClickHouseStore};
 use leanloop_store::duckdb::{DuckDbOptions, DuckDbStore};
 use leanloop_store::EventStore;
@@ -26,7 +27,20 @@ struct Fixture {
     corpus: Corpus,
     duck: Analytics,
     click: Analytics,
+    duck_store: Arc<dyn EventStore>,
+    click_store: Arc<dyn EventStore>,
+    /// Cohort definitions both stores' analytics read.
+    book: Arc<MemoryBook>,
     _dir: tempfile::TempDir,
+}
+
+/// Saved cohorts of the corpus project: people on the pro plan, and people
+/// on the free plan or on an enterprise one (which nobody is).
+const PRO: i64 = 1;
+const FREE: i64 = 2;
+
+fn cohort(json: Value) -> CohortDefinition {
+    serde_json::from_value(json).unwrap()
 }
 
 static FIXTURE: LazyLock<Fixture> = LazyLock::new(|| {
@@ -43,7 +57,15 @@ static FIXTURE: LazyLock<Fixture> = LazyLock::new(|| {
         }
         store.write(&[], &corpus.users).unwrap();
     }
-    Fixture { corpus, duck: Analytics::new(duck), click: Analytics::new(click), _dir: dir }
+    let book = Arc::new(MemoryBook::default());
+    let pro = json!({"name": "Pro", "filters": [{"field": "traits.plan", "op": "eq", "value": "pro"}]});
+    book.save(PROJECT, PRO, cohort(pro)).unwrap();
+    let free = json!({"name": "Free", "match": "any", "filters": [{"field": "traits.plan", "op": "eq", "value": "free"},
+                                                                 {"field": "traits.plan", "op": "regex", "value": "^enterprise"}]});
+    book.save(PROJECT, FREE, cohort(free)).unwrap();
+    let (duck_store, click_store) = (duck.clone(), click.clone());
+    let (duck, click) = (Analytics::new(duck, book.clone()), Analytics::new(click, book.clone()));
+    Fixture { corpus, duck, click, duck_store, click_store, book, _dir: dir }
 });
 
 /// Asks both stores; they must agree. Returns the answer as JSON.
@@ -610,4 +632,241 @@ fn releases_with_first_and_last_seen_and_their_impact() {
         (ms(got["release_time"].as_str().unwrap()), got["release_time_source"].as_str()),
         (given, Some("query"))
     );
+}
+
+/// The people whose stored traits have `plan` = `plan`, from the generated
+/// identify calls (later traits win).
+fn on_plan(c: &Corpus, plan: &str) -> HashSet<String> {
+    let mut traits: HashMap<&str, Value> = HashMap::new();
+    for u in &c.users {
+        let update: Value = serde_json::from_str(&u.traits).unwrap();
+        if let Some(p) = update.get("plan") {
+            traits.insert(&u.user_id, p.clone());
+        }
+    }
+    traits.into_iter().filter(|(_, p)| p == plan).map(|(u, _)| u.to_owned()).collect()
+}
+
+#[test]
+fn cohorts_keep_the_events_of_their_members_in_every_insight() {
+    let c = &FIXTURE.corpus;
+    let pro = on_plan(c, "pro");
+    assert!(pro.len() > 100 && pro.len() < on_plan(c, "free").len(), "{} pro people", pro.len());
+    let (from, to) = (START_MS, START_MS + DAYS * DAY_MS);
+    let trend = |filter: Value| {
+        both::<trends::TrendQuery, _>(
+            json!({"date_from": "2024-03-18T00:00:00Z", "date_to": "2024-04-17T00:00:00Z", "interval": "week",
+                   "filters": [filter], "series": [{"math": "unique_users"}, {"math": "total"}]}),
+            trends::trend,
+        )
+    };
+    // Members' events are their own and those of anonymous ids identified as them.
+    let expect = |member: &dyn Fn(&str) -> bool| {
+        let events: Vec<&Event> = c.events.iter().filter(|e| in_range(e, from, to) && member(&c.person(e))).collect();
+        (events.iter().map(|e| c.person(e)).collect::<HashSet<_>>().len(), events.len())
+    };
+    let got = trend(json!({"field": "cohort", "op": "eq", "value": PRO}));
+    let (people, events) = expect(&|p| pro.contains(p));
+    assert_eq!(
+        (got["series"][0]["aggregate"].clone(), got["series"][1]["aggregate"].clone()),
+        (json!(people), json!(events))
+    );
+    let got = trend(json!({"field": "cohort", "op": "neq", "value": PRO}));
+    let (people, events) = expect(&|p| !pro.contains(p));
+    assert_eq!(
+        (got["series"][0]["aggregate"].clone(), got["series"][1]["aggregate"].clone()),
+        (json!(people), json!(events))
+    );
+    // A list is any of them: pro or free is every identified person.
+    let got = trend(json!({"field": "cohort", "op": "eq", "value": [PRO, FREE]}));
+    let identified = on_plan(c, "free").union(&pro).cloned().collect::<HashSet<_>>();
+    let (people, _) = expect(&|p| identified.contains(p));
+    assert_eq!(got["series"][0]["aggregate"], json!(people));
+
+    // A funnel step filtered to the cohort: only members' chains count.
+    let got = both::<funnels::FunnelQuery, _>(
+        json!({"date_from": "2024-03-18T00:00:00Z", "date_to": "2024-04-17T00:00:00Z", "window_seconds": 86_400,
+               "steps": [{"event": "signup_started", "filters": [{"field": "cohort", "op": "eq", "value": PRO}]},
+                         {"event": "signup_completed"}]}),
+        funnels::funnel,
+    );
+    let started = |e: &Event| e.name == "signup_started" && pro.contains(&c.person(e));
+    let completed = |e: &Event| e.name == "signup_completed";
+    let steps: [&dyn Fn(&Event) -> bool; 2] = [&started, &completed];
+    let chains: Vec<_> =
+        timelines(c, from, to).values().filter_map(|events| loose_chain(events, &steps, DAY_MS)).collect();
+    assert!(!chains.is_empty());
+    assert_eq!(got["steps"], funnel_steps(&chains, &["signup_started", "signup_completed"])["steps"]);
+
+    // Every other insight takes the filter and the stores agree on it.
+    let cohort_filter = json!([{"field": "cohort", "op": "eq", "value": PRO}]);
+    let range =
+        json!({"date_from": "2024-03-18T00:00:00Z", "date_to": "2024-04-17T00:00:00Z", "filters": cohort_filter});
+    let with = |extra: Value| {
+        let mut q = range.clone();
+        q.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+        q
+    };
+    let web = both::<web::WebQuery, _>(range.clone(), web::web);
+    let views: Vec<&Event> = c
+        .events
+        .iter()
+        .filter(|e| e.name == "$pageview" && in_range(e, from, to) && pro.contains(&c.person(e)))
+        .collect();
+    let visitors = views.iter().map(|e| c.person(e)).collect::<HashSet<_>>().len();
+    assert_eq!(
+        (web["overview"]["visitors"].clone(), web["overview"]["pageviews"].clone()),
+        (json!(visitors), json!(views.len()))
+    );
+    // Members and everyone else split retention's cohorts between them.
+    let retention = |filters: Value| {
+        let got = both::<retention::RetentionQuery, _>(
+            json!({"date_from": "2024-03-18", "cohort_event": {"event": "signup_completed"}, "cohort_type": "first_time",
+                   "return_event": {"event": "$pageview"}, "period": "week", "periods": 4, "filters": filters}),
+            retention::retention,
+        );
+        got["cohorts"].as_array().unwrap().iter().map(|c| c["size"].as_u64().unwrap()).collect::<Vec<u64>>()
+    };
+    let (all, members, others) = (
+        retention(json!([])),
+        retention(cohort_filter.clone()),
+        retention(json!([{"field": "cohort", "op": "neq", "value": PRO}])),
+    );
+    assert!(members.iter().sum::<u64>() > 0);
+    assert_eq!(all, members.iter().zip(&others).map(|(a, b)| a + b).collect::<Vec<_>>());
+    let paths = both::<paths::PathsQuery, _>(with(json!({"start": "signup_started"})), paths::paths);
+    let started =
+        c.events.iter().filter(|e| e.name == "signup_started" && in_range(e, from, to) && pro.contains(&c.person(e)));
+    assert_eq!(paths["occurrences"], json!(started.count()));
+
+    // The people list takes cohorts too.
+    let listed = both::<people::PeopleQuery, _>(json!({"filters": cohort_filter, "limit": 1}), people::people);
+    assert_eq!(listed["total"], json!(pro.len()));
+    let listed = both::<people::PeopleQuery, _>(
+        json!({"filters": [{"field": "cohort", "op": "neq", "value": PRO}], "limit": 1}),
+        people::people,
+    );
+    assert_eq!(listed["total"], json!(identified.len() - pro.len()));
+}
+
+/// Asks one question of both stores and returns the field an error names.
+fn both_refuse<Q: DeserializeOwned, R: std::fmt::Debug>(
+    query: Value,
+    ask: fn(&Ask, &Q) -> Result<R, AnalyticsError>,
+) -> String {
+    let f = &*FIXTURE;
+    let q: Q = serde_json::from_value(query).unwrap();
+    let fields: Vec<String> = [&f.duck, &f.click]
+        .iter()
+        .map(|a| match ask(&a.ask(PROJECT, NOW_MS), &q) {
+            Err(AnalyticsError::InvalidQuery { field, .. }) => field,
+            other => panic!("expected a refusal, got {other:?}"),
+        })
+        .collect();
+    assert_eq!(fields[0], fields[1]);
+    fields[0].clone()
+}
+
+#[test]
+fn unknown_cohorts_and_misused_cohort_filters_are_refused() {
+    let trend = |filter: Value| {
+        both_refuse::<trends::TrendQuery, _>(
+            json!({"series": [{"event": "$pageview"}], "filters": [filter]}),
+            trends::trend,
+        )
+    };
+    assert_eq!(trend(json!({"field": "cohort", "op": "eq", "value": 99})), "filters[0].value");
+    assert_eq!(trend(json!({"field": "cohort", "op": "eq", "value": [PRO, 99]})), "filters[0].value");
+    assert_eq!(trend(json!({"field": "cohort", "op": "gt", "value": PRO})), "filters[0].op");
+    assert_eq!(trend(json!({"field": "cohort", "op": "eq", "value": "1; DROP TABLE events"})), "filters[0].value");
+    // Another project's cohort is not this project's.
+    let f = &*FIXTURE;
+    let q: trends::TrendQuery = serde_json::from_value(
+        json!({"series": [{"event": "$pageview"}], "filters": [{"field": "cohort", "op": "eq", "value": PRO}]}),
+    )
+    .unwrap();
+    assert!(matches!(trends::trend(&f.duck.ask(PROJECT + 1, NOW_MS), &q), Err(AnalyticsError::InvalidQuery { .. })));
+}
+
+#[test]
+fn a_cohort_follows_its_people_and_its_definition() {
+    let f = &*FIXTURE;
+    // A project of its own, so the corpus stays as it is.
+    let project = PROJECT + 7;
+    let t0 = START_MS + DAY_MS;
+    let event = |n: u128, anonymous: Option<&str>, user: Option<&str>| {
+        let mut e =
+            Event::new(uuid::Uuid::from_u128(0xC0_0000 + n), project, EventKind::Track, "opened", t0 + n as i64);
+        e.anonymous_id = anonymous.map(str::to_owned);
+        e.user_id = user.map(str::to_owned);
+        e
+    };
+    let identify = |user: &str, anonymous: Option<&str>, traits: Value| UserUpdate {
+        project_id: project,
+        user_id: user.into(),
+        anonymous_id: anonymous.map(str::to_owned),
+        traits: traits.to_string(),
+        traits_once: "{}".into(),
+        seen_at_ms: t0,
+    };
+    let events =
+        [event(1, Some("anon-a"), None), event(2, Some("anon-a"), Some("ann")), event(3, Some("anon-b"), None)];
+    let stores = [f.duck.clone(), f.click.clone()];
+    let writers: Vec<Arc<dyn EventStore>> = vec![f.duck_store.clone(), f.click_store.clone()];
+    for store in &writers {
+        store.write(&events, &[identify("ann", Some("anon-a"), json!({"plan": "pro", "seats": 12}))]).unwrap();
+    }
+    let id = 5;
+    f.book
+        .save(
+            project,
+            id,
+            cohort(json!({"name": "Big", "filters": [{"field": "traits.seats", "op": "gte", "value": 10}]})),
+        )
+        .unwrap();
+    let opened = |a: &Analytics| -> (u64, Value) {
+        let q: trends::TrendQuery = serde_json::from_value(json!({
+            "date_from": "2024-03-18T00:00:00Z", "date_to": "2024-04-17T00:00:00Z",
+            "series": [{"event": "opened"}], "filters": [{"field": "cohort", "op": "eq", "value": id}]}))
+        .unwrap();
+        let got = serde_json::to_value(trends::trend(&a.ask(project, NOW_MS), &q).unwrap()).unwrap();
+        (a.cohort_size(project, id).unwrap(), got["series"][0]["aggregate"].clone())
+    };
+    for a in &stores {
+        // Ann's own event and the one she made before identifying.
+        assert_eq!(opened(a), (1, json!(2)));
+    }
+    // Bob identifies anon-b with enough seats: he joins at the next question.
+    for store in &writers {
+        store.write(&[], &[identify("bob", Some("anon-b"), json!({"seats": 40}))]).unwrap();
+    }
+    for a in &stores {
+        assert_eq!(opened(a), (2, json!(3)));
+    }
+    // Ann shrinks: she leaves.
+    for store in &writers {
+        store.write(&[], &[identify("ann", None, json!({"seats": 2}))]).unwrap();
+    }
+    for a in &stores {
+        assert_eq!(opened(a), (1, json!(1)));
+    }
+    // An edited definition applies at once.
+    f.book
+        .save(
+            project,
+            id,
+            cohort(json!({"name": "Pro", "filters": [{"field": "traits.plan", "op": "eq", "value": "pro"}]})),
+        )
+        .unwrap();
+    for a in &stores {
+        assert_eq!(opened(a), (1, json!(2)));
+    }
+    // Erasing a person takes them out of the cohort.
+    for store in &writers {
+        store.delete_person(project, "ann").unwrap();
+    }
+    for a in &stores {
+        assert_eq!(opened(a), (0, json!(0)));
+        a.forget_cohort(project, id).unwrap();
+    }
 }

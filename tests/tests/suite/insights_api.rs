@@ -139,13 +139,16 @@ async fn bad_queries_name_the_field(s: &TestServer) {
 
 /// People: list, search, trait filters, profile, and erasure of a person
 /// with every event they made, anonymous ones included.
+/// A Segment call of `kind` at `at` with `extra` fields.
+fn segment_call(kind: &str, at: &str, extra: Value) -> Value {
+    let mut e = json!({"type": kind, "messageId": message_id(), "timestamp": at});
+    e.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+    e
+}
+
 async fn people_and_erasure(s: &TestServer) {
     let at = "2024-06-01T10:00:00.000Z";
-    let event = |kind: &str, extra: Value| {
-        let mut e = json!({"type": kind, "messageId": message_id(), "timestamp": at});
-        e.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
-        e
-    };
+    let event = |kind: &str, extra: Value| segment_call(kind, at, extra);
     let batch = json!({"batch": [
         event("page", json!({"anonymousId": "anon-ada", "name": "Home"})),
         event("track", json!({"anonymousId": "anon-ada", "event": "viewed"})),
@@ -190,12 +193,107 @@ async fn people_and_erasure(s: &TestServer) {
     assert_eq!(ids(&all), ["bob"]);
 }
 
+/// A cohort call: method, path under the project's cohorts, optional body.
+async fn cohorts(s: &TestServer, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
+    let url = s.url(&format!("/api/v1/projects/{}/cohorts{path}", s.project.id));
+    let mut request = s.client.request(method, url).bearer_auth(&s.project.read_key);
+    if let Some(body) = body {
+        request = request.json(&body);
+    }
+    let response = request.send().await.expect("cohort request sent");
+    let status = response.status().as_u16();
+    let text = response.text().await.unwrap();
+    (status, if text.is_empty() { Value::Null } else { serde_json::from_str(&text).expect("JSON answer") })
+}
+
+async fn cohorts_over_http(s: &TestServer) {
+    use reqwest::Method;
+    let at = "2024-07-01T10:00:00.000Z";
+    let event = |kind: &str, extra: Value| segment_call(kind, at, extra);
+    let batch = json!({"batch": [
+        event("page", json!({"anonymousId": "anon-cy", "name": "Home"})),
+        event("identify", json!({"anonymousId": "anon-cy", "userId": "cy", "traits": {"plan": "pro", "seats": 20}})),
+        event("track", json!({"userId": "cy", "event": "paid"})),
+        event("identify", json!({"userId": "dee", "traits": {"plan": "free"}})),
+        event("track", json!({"userId": "dee", "event": "paid"})),
+    ]});
+    assert_eq!(s.post("/v1/batch", &batch).await.status(), 200);
+    s.settle().await;
+
+    let pro = json!({"name": " Pro ", "description": "Paying", "filters": [{"field": "traits.plan", "op": "eq", "value": "pro"}]});
+    let (status, created) = cohorts(s, Method::POST, "", Some(pro)).await;
+    assert_eq!(
+        (status, &created["name"], &created["count"], &created["match"]),
+        (201, &json!("Pro"), &json!(1), &json!("all")),
+        "{created}"
+    );
+    let id = created["id"].as_i64().unwrap();
+    for (body, field) in [
+        (json!({"name": "x", "filters": [{"field": "plan", "op": "eq", "value": "pro"}]}), "filters[0].field"),
+        (json!({"name": "x", "filters": [{"field": "traits.seats", "op": "gt", "value": "many"}]}), "filters[0].value"),
+        (json!({"name": "", "filters": [{"field": "traits.plan", "op": "is_set"}]}), "name"),
+        (json!({"name": "x", "filters": []}), "filters"),
+        (json!({"name": "x"}), "filters"),
+        (json!({"name": "x", "filters": [], "owner": "me"}), "owner"),
+        (json!({"name": "x", "match": "most", "filters": []}), "match"),
+    ] {
+        let (status, answer) = cohorts(s, Method::POST, "", Some(body.clone())).await;
+        assert_eq!((status, answer["error"]["field"].clone()), (400, json!(field)), "{body}: {answer}");
+    }
+
+    // Members' events, anonymous ones identified as them included.
+    let day = |series: Value, cohort: Value| {
+        json!({"date_from": "2024-07-01", "date_to": "2024-07-01", "series": series,
+               "filters": [{"field": "cohort", "op": "eq", "value": cohort}]})
+    };
+    let total = |answer: &Value| answer["series"][0]["aggregate"].clone();
+    let (status, paid) = ask(s, "trend", &day(json!([{"event": "paid"}]), json!(id))).await;
+    assert_eq!((status, total(&paid)), (200, json!(1)), "{paid}");
+    let (_, views) = ask(s, "trend", &day(json!([{"event": "$pageview"}]), json!(id))).await;
+    assert_eq!(total(&views), json!(1), "{views}");
+    let (_, listed) = cohorts(s, Method::GET, "", None).await;
+    assert_eq!(listed["cohorts"].as_array().map(Vec::len), Some(1), "{listed}");
+    let (_, members) = cohorts(s, Method::GET, &format!("/{id}/people"), None).await;
+    assert_eq!(members["people"][0]["user_id"], json!("cy"), "{members}");
+    assert_eq!(members["total"], json!(1));
+
+    // Dee upgrades: the cohort follows at the next question.
+    let upgrade = json!({"batch": [event("identify", json!({"userId": "dee", "traits": {"plan": "pro"}}))]});
+    assert_eq!(s.post("/v1/batch", &upgrade).await.status(), 200);
+    s.settle().await;
+    let (_, read) = cohorts(s, Method::GET, &format!("/{id}"), None).await;
+    assert_eq!((read["count"].clone(), read["description"].clone()), (json!(2), json!("Paying")), "{read}");
+    let (_, paid) = ask(s, "trend", &day(json!([{"event": "paid"}]), json!(id))).await;
+    assert_eq!(total(&paid), json!(2), "{paid}");
+
+    // An edit applies at once; a deleted cohort is gone everywhere.
+    let seats = json!({"name": "Big", "filters": [{"field": "traits.seats", "op": "gte", "value": 10}]});
+    let (status, edited) = cohorts(s, Method::PUT, &format!("/{id}"), Some(seats)).await;
+    assert_eq!((status, edited["name"].clone(), edited["count"].clone()), (200, json!("Big"), json!(1)), "{edited}");
+    assert_eq!(cohorts(s, Method::DELETE, &format!("/{id}"), None).await.0, 204);
+    assert_eq!(cohorts(s, Method::GET, &format!("/{id}"), None).await.0, 404);
+    assert_eq!(cohorts(s, Method::DELETE, &format!("/{id}"), None).await.0, 404);
+    let (status, answer) = ask(s, "trend", &day(json!([{"event": "paid"}]), json!(id))).await;
+    assert_eq!((status, answer["error"]["field"].clone()), (400, json!("filters[0].value")), "{answer}");
+    let (status, answer) = cohorts(s, Method::GET, "/first", None).await;
+    assert_eq!((status, answer["error"]["field"].clone()), (400, json!("cohort_id")));
+    let with_write_key = s
+        .client
+        .get(s.url(&format!("/api/v1/projects/{}/cohorts", s.project.id)))
+        .bearer_auth(&s.project.write_key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(with_write_key.status(), 401);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn insights_over_http_on_duckdb() {
     let s = TestServer::start().await;
     hostile_values_are_bound(&s).await;
     bad_queries_name_the_field(&s).await;
     people_and_erasure(&s).await;
+    cohorts_over_http(&s).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -205,6 +303,7 @@ async fn insights_over_http_on_clickhouse() {
     hostile_values_are_bound(&s).await;
     bad_queries_name_the_field(&s).await;
     people_and_erasure(&s).await;
+    cohorts_over_http(&s).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
