@@ -94,7 +94,11 @@ impl Endpoint {
     fn client(&self, database: bool) -> clickhouse::Client {
         let mut client = clickhouse::Client::default().with_url(&self.http).with_validation(false);
         if database {
-            client = client.with_database(&self.database);
+            // On a cluster, `events`, `identities` and `cohort_members` are
+            // Distributed tables: the identity join and the cohort subquery
+            // must run once and be shipped to the shards (GLOBAL), which the
+            // default refuses. A single server ignores the setting.
+            client = client.with_database(&self.database).with_setting("distributed_product_mode", "global");
         }
         if let Some(user) = &self.user {
             client = client.with_user(user);
