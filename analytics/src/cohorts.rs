@@ -8,7 +8,8 @@
 //! people list's own trait checks, written to the store as a numbered
 //! version, and read by queries through a subquery naming that version.
 //! A version is reused until the definition is edited or the project's
-//! people change, so answers are always as fresh as the stored people.
+//! people change (and for five minutes at most), so answers are as fresh as
+//! the stored people; versions are deleted once no process can be using them.
 
 use crate::fields::{Filter, Op};
 use crate::people::{self, TraitCheck};
@@ -27,7 +28,16 @@ pub const COHORT_FIELD: &str = "cohort";
 /// How many cohorts one filter may name.
 const MAX_PER_FILTER: usize = 20;
 
-/// How often superseded member versions are deleted (ClickHouse deletes by
+/// How long a computed member set is used at most, even when nothing seems
+/// to have changed (another process may have written people meanwhile).
+const REUSE_FOR_MICROS: i64 = 5 * 60 * 1_000_000;
+
+/// Member sets older than this are deleted. Every process sharing a store
+/// stops using a set after [`REUSE_FOR_MICROS`], and no question runs
+/// for the difference, so no set in use is ever deleted.
+const KEEP_FOR_MICROS: i64 = 15 * 60 * 1_000_000;
+
+/// How often old member sets are looked for (ClickHouse deletes by
 /// mutation, which is worth batching).
 const DROP_EVERY: Duration = Duration::from_secs(60);
 
@@ -180,8 +190,11 @@ impl Cohorts {
         // Read before the people themselves: a change landing in between
         // makes the next question compute again rather than be missed.
         let people = ask.store.people_revision(ask.project_id)?;
+        let now = chrono::Utc::now().timestamp_micros();
         let previous = versions.get(&key).copied();
-        if let Some(v) = previous.filter(|v| v.revision == stored.revision && v.people == people) {
+        let fresh =
+            |v: &Version| v.revision == stored.revision && v.people == people && now - v.number < REUSE_FOR_MICROS;
+        if let Some(v) = previous.filter(fresh) {
             return Ok(v);
         }
         let rule = stored.definition.rule(at)?;
@@ -190,20 +203,16 @@ impl Cohorts {
             .filter(|(_, traits, _, _)| serde_json::from_str(traits).is_ok_and(|t: Value| rule.matches(&t)))
             .map(|(user_id, ..)| user_id)
             .collect();
-        // Above every earlier number, including those of earlier processes.
-        let number = previous.map_or(0, |v| v.number + 1).max(chrono::Utc::now().timestamp_micros());
+        // A time in microseconds, above every earlier number of this cohort.
+        let number = previous.map_or(0, |v| v.number + 1).max(now);
         ask.store.write_cohort(ask.project_id, id, number, &members)?;
-        let mut dropped_at = previous.map_or(Instant::now(), |v| v.dropped_at);
-        // The previous version stays: a question may have just been given it.
-        match previous {
-            Some(p) if dropped_at.elapsed() >= DROP_EVERY => {
-                ask.store.drop_cohort_versions(ask.project_id, id, p.number)?;
-                dropped_at = Instant::now();
+        let dropped_at = match previous {
+            Some(v) if v.dropped_at.elapsed() < DROP_EVERY => v.dropped_at,
+            _ => {
+                ask.store.drop_cohort_versions(ask.project_id, id, number - KEEP_FOR_MICROS)?;
+                Instant::now()
             }
-            Some(_) => {}
-            // Leftovers of earlier processes.
-            None => ask.store.drop_cohort_versions(ask.project_id, id, number)?,
-        }
+        };
         let version = Version { revision: stored.revision, people, number, size: members.len() as u64, dropped_at };
         versions.insert(key, version);
         Ok(version)
