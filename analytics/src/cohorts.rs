@@ -28,8 +28,8 @@ pub const COHORT_FIELD: &str = "cohort";
 /// How many cohorts one filter may name.
 const MAX_PER_FILTER: usize = 20;
 
-/// How long a computed member set is used at most, even when nothing seems
-/// to have changed (another process may have written people meanwhile).
+/// How long a computed member set is used at most, even when nothing has
+/// changed: the bound that lets [`KEEP_FOR_MICROS`] delete old sets safely.
 const REUSE_FOR_MICROS: i64 = 5 * 60 * 1_000_000;
 
 /// Member sets older than this are deleted. Every process sharing a store
