@@ -217,6 +217,23 @@ pub async fn fetch(endpoint: &str, path: &str) -> String {
     response.text().await.unwrap()
 }
 
+/// A [`server`] with two Docker hosts: `first`, then the local engine over
+/// TCP ([`engine_over_tcp`]) with room for `capacity` runs. Returns the
+/// server, the TCP host's URL and the proxy task.
+pub async fn server_with_tcp_host(
+    case: &str,
+    first: leanloop_pipeline::HostSpec,
+    capacity: usize,
+) -> (TestServer, String, tokio::task::JoinHandle<()>) {
+    let (tcp, proxy) = engine_over_tcp().await;
+    let url = tcp.clone();
+    let s = server_with(case, move |config| {
+        config.pipeline.hosts = vec![first, leanloop_pipeline::HostSpec { url, capacity }];
+    })
+    .await;
+    (s, tcp, proxy)
+}
+
 /// The local Docker Engine on a loopback TCP port — a byte-for-byte proxy to
 /// its socket — so a test has a second, `tcp://` host. Abort the task to stop it.
 pub async fn engine_over_tcp() -> (String, tokio::task::JoinHandle<()>) {

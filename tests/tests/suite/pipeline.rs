@@ -188,15 +188,8 @@ async fn a_failing_test_step_stops_the_run_and_keeps_its_logs() {
     let case = "failing";
     // The first Docker host never answers: runs go to the one that does,
     // here the local engine reached over TCP.
-    let (tcp, proxy) = pipeline::engine_over_tcp().await;
-    let host = tcp.clone();
-    let s = pipeline::server_with(case, move |config| {
-        config.pipeline.hosts = vec![
-            leanloop_pipeline::HostSpec { url: "tcp://127.0.0.1:1".into(), capacity: 8 },
-            leanloop_pipeline::HostSpec { url: host, capacity: 2 },
-        ];
-    })
-    .await;
+    let unreachable = leanloop_pipeline::HostSpec { url: "tcp://127.0.0.1:1".into(), capacity: 8 };
+    let (s, tcp, proxy) = pipeline::server_with_tcp_host(case, unreachable, 2).await;
     let repo = Repo::fixture();
     repo.write("FAIL_TESTS", "on purpose\n");
     repo.commit("break the tests");
@@ -623,15 +616,8 @@ async fn runs_of_one_repository_wait_their_turn() {
 #[tokio::test(flavor = "multi_thread")]
 async fn runs_spread_over_hosts_by_free_capacity() {
     let case = "spread";
-    let (tcp, proxy) = pipeline::engine_over_tcp().await;
-    let second = tcp.clone();
-    let s = pipeline::server_with(case, move |config| {
-        config.pipeline.hosts = vec![
-            leanloop_pipeline::HostSpec { capacity: 1, ..leanloop_pipeline::HostSpec::local() },
-            leanloop_pipeline::HostSpec { url: second, capacity: 1 },
-        ];
-    })
-    .await;
+    let local = leanloop_pipeline::HostSpec { capacity: 1, ..leanloop_pipeline::HostSpec::local() };
+    let (s, tcp, proxy) = pipeline::server_with_tcp_host(case, local, 1).await;
     let slow = "steps:\n  - name: slow\n    image: leanloop/busybox:latest\n    commands: [sleep 300]\n";
     let (_a, repo_a) = repo_with_file(&s, "spread-a", slow, json!({})).await;
     let (_b, repo_b) = repo_with_file(&s, "spread-b", slow, json!({})).await;
