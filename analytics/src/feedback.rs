@@ -105,7 +105,7 @@ pub fn feedback(ask: &Ask, q: &FeedbackQuery) -> Result<FeedbackResult, Analytic
         .column("x_m", sql::property(d, "message"))
         .column("x_c", sql::property(d, "category"))
         .column("x_user", Sql::new("coalesce(user_id, anonymous_id)"))
-        .column("x_u", sql::uuid_text(d));
+        .column("x_u", sql::uuid_order(d));
     let rows = ask.rows(
         Sql::new("SELECT x_ts, x_m, x_score, x_c, x_r, x_user FROM ")
             .push(messages.render())

@@ -105,11 +105,33 @@ pub struct FunnelResult {
     pub breakdown: Option<Vec<BreakdownGroup>>,
 }
 
-/// A person's best chain: the steps' times and the first step's breakdown.
-#[derive(Debug, Clone, Default)]
+/// A person's best chain: the steps' times and the row of its first step
+/// (where its breakdown value is). Fixed-size, so the walk over millions of
+/// events allocates nothing per event.
+#[derive(Debug, Clone, Copy)]
 struct Chain {
-    times: Vec<i64>,
-    breakdown: Option<String>,
+    times: [i64; MAX_STEPS],
+    len: usize,
+    first_row: usize,
+}
+
+impl Chain {
+    fn start(ts: i64, row: usize) -> Chain {
+        let mut times = [0; MAX_STEPS];
+        times[0] = ts;
+        Chain { times, len: 1, first_row: row }
+    }
+
+    fn times(&self) -> &[i64] {
+        &self.times[..self.len]
+    }
+
+    /// This chain one step further (the caller checks there is room).
+    fn then(mut self, ts: i64) -> Chain {
+        self.times[self.len] = ts;
+        self.len += 1;
+        self
+    }
 }
 
 pub fn funnel(ask: &Ask, q: &FunnelQuery) -> Result<FunnelResult, AnalyticsError> {
@@ -141,7 +163,8 @@ pub fn funnel(ask: &Ask, q: &FunnelQuery) -> Result<FunnelResult, AnalyticsError
     let breakdown = breakdown.map(|_| {
         let mut by_value: HashMap<Option<String>, Vec<&Chain>> = HashMap::new();
         for c in &chains {
-            by_value.entry(c.breakdown.clone()).or_default().push(c);
+            let value = rows[c.first_row].get(3).cloned().and_then(Cell::text);
+            by_value.entry(value).or_default().push(c);
         }
         let mut values: Vec<(Option<String>, Vec<&Chain>)> = by_value.into_iter().collect();
         values.sort_by(|a, b| b.1.len().cmp(&a.1.len()).then_with(|| cmp_values(&a.0, &b.0)));
@@ -173,8 +196,8 @@ fn cmp_values(a: &Option<String>, b: &Option<String>) -> std::cmp::Ordering {
     }
 }
 
-/// Each candidate event: person, time, uuid, which steps it matches (bit
-/// mask) and the breakdown value, ordered for the walk.
+/// Each candidate event: person, time, which steps it matches (bit mask)
+/// and, with a breakdown, its value; ordered for the walk (ties by uuid).
 fn rows_query(
     ask: &Ask,
     window: &Window,
@@ -186,7 +209,7 @@ fn rows_query(
     let mut src = Source::new(d, ask.project_id)
         .with_person()
         .column("x_ts", sql::timestamp_ms(d))
-        .column("x_u", sql::uuid_text(d));
+        .column("x_u", sql::uuid_order(d));
     let mask = Sql::join(
         steps
             .iter()
@@ -199,13 +222,14 @@ fn rows_query(
         src = src.column("x_b", b.text(d));
     }
     src = src.between(Some(window.from_ms), Some(window.to_ms)).filters(compile_all(ask, &q.filters, "filters")?);
-    let b = if breakdown.is_some() { "x_b" } else { "''" };
-    let mut sql = Sql::new(format!("SELECT person, x_ts, x_m, {b} FROM ")).push(src.render());
+    let b = if breakdown.is_some() { ", x_b" } else { "" };
+    let mut sql = Sql::new(format!("SELECT person, x_ts, x_m{b} FROM ")).push(src.render());
     if q.order == Order::Loose {
         sql = sql.raw(" WHERE x_m > 0");
     }
     sql = sql.raw(" ORDER BY person, x_ts, x_u");
-    Ok(sql.select(&[ColumnKind::Text, ColumnKind::Int, ColumnKind::Int, ColumnKind::Text]))
+    let kinds = [ColumnKind::Text, ColumnKind::Int, ColumnKind::Int, ColumnKind::Text];
+    Ok(sql.select(&kinds[..if breakdown.is_some() { 4 } else { 3 }]))
 }
 
 /// Each person's best chain (people who matched no first step are left out).
@@ -218,7 +242,7 @@ fn walk(rows: &[Vec<Cell>], steps: usize, window_ms: i64, order: Order) -> Vec<C
         while end < rows.len() && &rows[end][0] == person {
             end += 1;
         }
-        let events = rows[start..end].iter().map(|r| (r[1].int(), r[2].int(), r[3].clone().text()));
+        let events = rows[start..end].iter().enumerate().map(|(i, r)| (r[1].int(), r[2].int(), start + i));
         let best = match order {
             Order::Loose => walk_loose(events, steps, window_ms),
             Order::Strict => walk_strict(events, steps, window_ms),
@@ -229,12 +253,12 @@ fn walk(rows: &[Vec<Cell>], steps: usize, window_ms: i64, order: Order) -> Vec<C
     out
 }
 
-fn walk_loose(events: impl Iterator<Item = (i64, i64, Option<String>)>, steps: usize, window_ms: i64) -> Option<Chain> {
+fn walk_loose(events: impl Iterator<Item = (i64, i64, usize)>, steps: usize, window_ms: i64) -> Option<Chain> {
     // reached[k]: of the chains that reached step k+1, the one that started
     // latest (it has the most window left).
-    let mut reached: Vec<Option<Chain>> = vec![None; steps];
+    let mut reached: [Option<Chain>; MAX_STEPS] = [None; MAX_STEPS];
     let mut best: Option<Chain> = None;
-    for (ts, mask, value) in events {
+    for (ts, mask, row) in events {
         for k in (1..steps).rev() {
             if mask & (1 << k) == 0 {
                 continue;
@@ -248,42 +272,29 @@ fn walk_loose(events: impl Iterator<Item = (i64, i64, Option<String>)>, steps: u
             if reached[k].as_ref().is_some_and(|r| r.times[0] >= prev.times[0]) {
                 continue;
             }
-            let mut chain = prev.clone();
-            chain.times.push(ts);
-            keep_best(&mut best, &chain);
+            let chain = prev.then(ts);
+            keep_best(&mut best, chain);
             reached[k] = Some(chain);
         }
         if mask & 1 != 0 {
-            let chain = Chain { times: vec![ts], breakdown: value };
-            keep_best(&mut best, &chain);
+            let chain = Chain::start(ts, row);
+            keep_best(&mut best, chain);
             reached[0] = Some(chain);
         }
     }
     best
 }
 
-fn walk_strict(
-    events: impl Iterator<Item = (i64, i64, Option<String>)>,
-    steps: usize,
-    window_ms: i64,
-) -> Option<Chain> {
+fn walk_strict(events: impl Iterator<Item = (i64, i64, usize)>, steps: usize, window_ms: i64) -> Option<Chain> {
     let mut current: Option<Chain> = None;
     let mut best: Option<Chain> = None;
-    for (ts, mask, value) in events {
-        let extends = current.as_ref().is_some_and(|c| {
-            let next = c.times.len();
-            next < steps && mask & (1 << next) != 0 && ts - c.times[0] <= window_ms
-        });
-        if extends {
-            if let Some(c) = current.as_mut() {
-                c.times.push(ts);
-            }
-        } else if mask & 1 != 0 {
-            current = Some(Chain { times: vec![ts], breakdown: value });
-        } else {
-            current = None;
-        }
-        if let Some(c) = &current {
+    for (ts, mask, row) in events {
+        current = match current {
+            Some(c) if c.len < steps && mask & (1 << c.len) != 0 && ts - c.times[0] <= window_ms => Some(c.then(ts)),
+            _ if mask & 1 != 0 => Some(Chain::start(ts, row)),
+            _ => None,
+        };
+        if let Some(c) = current {
             keep_best(&mut best, c);
         }
     }
@@ -291,9 +302,9 @@ fn walk_strict(
 }
 
 /// Keeps the first chain to reach the highest level.
-fn keep_best(best: &mut Option<Chain>, chain: &Chain) {
-    if best.as_ref().is_none_or(|b| chain.times.len() > b.times.len()) {
-        *best = Some(chain.clone());
+fn keep_best(best: &mut Option<Chain>, chain: Chain) {
+    if best.is_none_or(|b| chain.len > b.len) {
+        *best = Some(chain);
     }
 }
 
@@ -313,14 +324,15 @@ fn summarise<'a>(q: &FunnelQuery, chains: impl Iterator<Item = &'a Chain>) -> Fu
     let mut gaps: Vec<Vec<i64>> = vec![Vec::new(); n];
     let mut totals = Vec::new();
     for c in chains {
-        for k in 0..c.times.len().min(n) {
+        let times = c.times();
+        for k in 0..times.len().min(n) {
             counts[k] += 1;
             if k > 0 {
-                gaps[k].push(c.times[k] - c.times[k - 1]);
+                gaps[k].push(times[k] - times[k - 1]);
             }
         }
-        if c.times.len() >= n {
-            totals.push(c.times[n - 1] - c.times[0]);
+        if times.len() >= n {
+            totals.push(times[n - 1] - times[0]);
         }
     }
     let rate = |a: u64, b: u64| if b == 0 { 0.0 } else { a as f64 / b as f64 };
@@ -344,27 +356,27 @@ fn summarise<'a>(q: &FunnelQuery, chains: impl Iterator<Item = &'a Chain>) -> Fu
 mod tests {
     use super::*;
 
-    fn ev(ts: i64, mask: i64) -> (i64, i64, Option<String>) {
-        (ts, mask, None)
+    fn ev(ts: i64, mask: i64) -> (i64, i64, usize) {
+        (ts, mask, 0)
     }
 
     #[test]
     fn loose_chains_restart_at_later_starts_to_fit_the_window() {
         // A(0) A(50) B(120) C(140), window 100: the chain from A(50) completes.
         let best = walk_loose([ev(0, 1), ev(50, 1), ev(120, 2), ev(140, 4)].into_iter(), 3, 100).unwrap();
-        assert_eq!(best.times, vec![50, 120, 140]);
+        assert_eq!(best.times(), &[50, 120, 140]);
         // A repeated second step does not move the chain's second step later.
         let best = walk_loose([ev(0, 1), ev(10, 2), ev(20, 2), ev(30, 4)].into_iter(), 3, 100).unwrap();
-        assert_eq!(best.times, vec![0, 10, 30]);
+        assert_eq!(best.times(), &[0, 10, 30]);
         // One event matching two steps advances one chain by one step only.
         let best = walk_loose([ev(0, 1), ev(10, 6)].into_iter(), 3, 100).unwrap();
-        assert_eq!(best.times, vec![0, 10]);
+        assert_eq!(best.times(), &[0, 10]);
     }
 
     #[test]
     fn strict_chains_break_on_any_other_event() {
         let best = walk_strict([ev(0, 1), ev(5, 0), ev(10, 2), ev(20, 1), ev(30, 2)].into_iter(), 2, 100).unwrap();
-        assert_eq!(best.times, vec![20, 30]);
+        assert_eq!(best.times(), &[20, 30]);
         assert!(walk_strict([ev(0, 2)].into_iter(), 2, 100).is_none());
     }
 

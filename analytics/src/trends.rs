@@ -8,6 +8,7 @@ use crate::time::{Interval, Window};
 use crate::{bounded, AnalyticsError, Ask};
 use leanloop_store::{Cell, ColumnKind, Dialect};
 use serde::{Deserialize, Serialize};
+use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 
 /// What a series measures per bucket.
@@ -58,6 +59,29 @@ impl Math {
             Math::Min => (vec!["min(x_v)".into()], vec![Float]),
             Math::Max => (vec!["max(x_v)".into()], vec![Float]),
             _ => (vec![sql::percentile(d, "x_v", self.quantile().unwrap_or(0.5))], vec![Float]),
+        }
+    }
+
+    /// Whether the aggregate over a range follows from the aggregates of its
+    /// buckets (see [`Math::merge`]); distinct counts and percentiles do not.
+    fn mergeable(self) -> bool {
+        matches!(self, Math::Total | Math::Sum | Math::Avg | Math::Min | Math::Max)
+    }
+
+    /// The aggregate cells of two disjoint sets of events, from theirs.
+    fn merge(self, a: &[Cell], b: &[Cell]) -> Vec<Cell> {
+        let floats = |x: &Cell, y: &Cell, pick: fn(f64, f64) -> f64| match (x.float(), y.float()) {
+            (Some(x), Some(y)) => Cell::Float(pick(x, y)),
+            (Some(v), None) | (None, Some(v)) => Cell::Float(v),
+            (None, None) => Cell::Null,
+        };
+        match self {
+            Math::Total => vec![Cell::Int(a[0].int() + b[0].int())],
+            Math::Sum => vec![floats(&a[0], &b[0], |x, y| x + y)],
+            Math::Avg => vec![floats(&a[0], &b[0], |x, y| x + y), Cell::Int(a[1].int() + b[1].int())],
+            Math::Min => vec![floats(&a[0], &b[0], f64::min)],
+            Math::Max => vec![floats(&a[0], &b[0], f64::max)],
+            _ => a.to_vec(),
         }
     }
 
@@ -329,7 +353,9 @@ fn run_series(
         ask.rows(sql.select(&columns))
     };
     let per_bucket = query(true)?;
-    let overall = query(false)?;
+    // Totals, sums, averages and extremes over the range follow from the
+    // buckets, which saves a second pass over the events.
+    let overall = if plan.math.mergeable() { None } else { Some(query(false)?) };
 
     // Lines: one per shown value (in rank order) plus "other" when present,
     // or the single line without a breakdown.
@@ -353,10 +379,30 @@ fn run_series(
         let values = data.entry(line).or_insert_with(|| vec![plan.math.empty(); keys.len()]);
         values[at] = plan.math.value(&row[1 + n_group..]);
     }
-    let mut aggregates: HashMap<Line, serde_json::Value> = HashMap::new();
-    for row in &overall {
-        aggregates.insert(line_of(row, 0), plan.math.value(&row[n_group..]));
+    let mut cells: HashMap<Line, Vec<Cell>> = HashMap::new();
+    match &overall {
+        Some(rows) => {
+            for row in rows {
+                cells.insert(line_of(row, 0), row[n_group..].to_vec());
+            }
+        }
+        None => {
+            for row in &per_bucket {
+                let bucket = &row[1 + n_group..];
+                match cells.entry(line_of(row, 1)) {
+                    Entry::Occupied(mut e) => {
+                        let merged = plan.math.merge(e.get(), bucket);
+                        e.insert(merged);
+                    }
+                    Entry::Vacant(e) => {
+                        e.insert(bucket.to_vec());
+                    }
+                }
+            }
+        }
     }
+    let mut aggregates: HashMap<Line, serde_json::Value> =
+        cells.into_iter().map(|(line, c)| (line, plan.math.value(&c))).collect();
     if aggregates.keys().any(|(other, _)| *other) {
         lines.push((true, None));
     }

@@ -106,68 +106,146 @@ pub fn web(ask: &Ask, q: &WebQuery) -> Result<WebResult, AnalyticsError> {
         avg_session_seconds: ratio(length_ms, n_sessions) / 1000.0,
     };
 
-    // A list of one column's values by visitors, counting page views.
-    let list = |column: &'static str| -> Result<Vec<Entry>, AnalyticsError> {
-        let src = with(&[("x_v", column)]).with_person().render();
-        top(ask, src, "count(*)", limit)
-    };
-    let ends = |first: bool| -> Result<Vec<Entry>, AnalyticsError> {
-        let key = sql::time_key(d, "x_ts", "x_p");
-        let pick = if first { "min" } else { "max" };
-        let per_session = Sql::new(format!("SELECT x_s, min(person) AS person, {pick}({key}) AS x_key FROM "))
+    // Entry and exit pages: each session's first and last page view (its
+    // smallest and largest time key).
+    let key = sql::time_key(d, "x_ts", "x_p");
+    let per_session =
+        Sql::new(format!("SELECT x_s, min(person) AS person, min({key}) AS x_first, max({key}) AS x_last FROM "))
             .push(with(&[("x_s", "session_id"), ("x_ts", &ts), ("x_p", "path")]).with_person().render())
-            .raw(" WHERE x_s IS NOT NULL GROUP BY x_s");
-        let src = Sql::new(format!("SELECT person, {} AS x_v FROM ", sql::after_time_key(d, "x_key")))
-            .push(per_session.wrap())
+            .raw(" WHERE x_s IS NOT NULL GROUP BY x_s")
             .wrap();
-        top(ask, src, "count(*)", limit)
-    };
+    let (first, last) = (sql::after_time_key(d, "x_first"), sql::after_time_key(d, "x_last"));
+    let ends = ranked_together(ask, per_session, &[(&first, BY_VISITORS), (&last, BY_VISITORS)], limit)?;
+
+    // The other lists: one column's values each, counting page views.
+    let lists: [(&str, Order); 9] = [
+        ("path", BY_PAGEVIEWS),
+        ("referrer_domain", BY_VISITORS),
+        ("utm_source", BY_VISITORS),
+        ("utm_medium", BY_VISITORS),
+        ("utm_campaign", BY_VISITORS),
+        ("browser", BY_VISITORS),
+        ("os", BY_VISITORS),
+        ("device_type", BY_VISITORS),
+        ("country", BY_VISITORS),
+    ];
+    let src = lists
+        .iter()
+        .zip(LIST_ALIASES)
+        .fold(base.clone(), |src, (&(column, _), alias)| src.column(alias, Sql::new(column)));
+    let values: Vec<(&str, Order)> =
+        lists.iter().zip(LIST_ALIASES).map(|(&(_, order), alias)| (alias, order)).collect();
+    let lists = ranked_together(ask, src.with_person().render(), &values, limit)?;
+    let mut lists = lists.into_iter();
+    let mut ends = ends.into_iter();
+    let next = |from: &mut std::vec::IntoIter<Vec<Entry>>| from.next().unwrap_or_default();
     Ok(WebResult {
         overview,
-        pages: top_by_count(ask, with(&[("x_v", "path")]).with_person().render(), limit)?,
-        entry_pages: ends(true)?,
-        exit_pages: ends(false)?,
-        referrers: list("referrer_domain")?,
-        utm_sources: list("utm_source")?,
-        utm_mediums: list("utm_medium")?,
-        utm_campaigns: list("utm_campaign")?,
-        browsers: list("browser")?,
-        os: list("os")?,
-        devices: list("device_type")?,
-        countries: list("country")?,
+        pages: next(&mut lists),
+        entry_pages: next(&mut ends),
+        exit_pages: next(&mut ends),
+        referrers: next(&mut lists),
+        utm_sources: next(&mut lists),
+        utm_mediums: next(&mut lists),
+        utm_campaigns: next(&mut lists),
+        browsers: next(&mut lists),
+        os: next(&mut lists),
+        devices: next(&mut lists),
+        countries: next(&mut lists),
     })
 }
 
-/// Values of `x_v` in `src` ranked by visitors, then `count`, then value.
-fn top(ask: &Ask, src: Sql, count: &str, limit: usize) -> Result<Vec<Entry>, AnalyticsError> {
-    ranked(ask, src, count, limit, "x_visitors DESC, x_count DESC")
-}
+/// Column aliases of the lists' values.
+const LIST_ALIASES: [&str; 9] = ["x_l0", "x_l1", "x_l2", "x_l3", "x_l4", "x_l5", "x_l6", "x_l7", "x_l8"];
 
-/// Values of `x_v` in `src` ranked by rows (page views), then visitors.
-fn top_by_count(ask: &Ask, src: Sql, limit: usize) -> Result<Vec<Entry>, AnalyticsError> {
-    ranked(ask, src, "count(*)", limit, "x_count DESC, x_visitors DESC")
-}
+/// How a list is ranked: (first, second) of visitors and count, then value.
+type Order = (&'static str, &'static str);
+/// Sources by visitors, then page views.
+const BY_VISITORS: Order = ("x_visitors", "x_count");
+/// Pages by page views, then visitors.
+const BY_PAGEVIEWS: Order = ("x_count", "x_visitors");
 
-fn ranked(ask: &Ask, src: Sql, count: &str, limit: usize, order: &str) -> Result<Vec<Entry>, AnalyticsError> {
+/// Values of `x_v` in `src` ranked by `order`: visitors (distinct people)
+/// and count (rows), then value.
+fn ranked(ask: &Ask, src: Sql, limit: usize, order: Order) -> Result<Vec<Entry>, AnalyticsError> {
     let d = ask.dialect();
-    let visitors = sql::count_distinct(d, "person");
-    // Empty entry/exit paths read back as '' from a time key: show them as unset.
-    let value = match d {
-        Dialect::DuckDb => "nullif(x_v, '')",
-        Dialect::ClickHouse => "nullIf(x_v, '')",
-    };
-    let sql = Sql::new(format!("SELECT {value} AS x_val, {visitors} AS x_visitors, {count} AS x_count FROM "))
-        .push(src)
-        .raw(&format!(" GROUP BY x_val ORDER BY {order}, x_val LIMIT {limit}"));
+    let sql = Sql::new(format!(
+        "SELECT {} AS x_val, {} AS x_visitors, count(*) AS x_count FROM ",
+        unset_if_empty(d, "x_v"),
+        sql::count_distinct(d, "person")
+    ))
+    .push(src)
+    .raw(&format!(" GROUP BY x_val ORDER BY {} DESC, {} DESC, x_val LIMIT {limit}", order.0, order.1));
     let rows = ask.rows(sql.select(&[ColumnKind::Text, ColumnKind::Int, ColumnKind::Int]))?;
-    Ok(rows
-        .into_iter()
-        .map(|r| {
-            let mut next = cells(r);
-            let value = next().text();
-            let visitors = next().int() as u64;
-            let count = next().int() as u64;
-            Entry { value, visitors, count }
-        })
-        .collect())
+    Ok(rows.into_iter().map(|r| entry(cells(r))).collect())
+}
+
+/// Several lists of values in `src`: list `k` ranks the values of
+/// `values[k].0` (an expression over `src`'s columns) by `values[k].1`.
+/// ClickHouse ranks them in one pass (one identity join); DuckDB one list at
+/// a time, as its grouped distinct counts slow down manyfold in a combined pass.
+fn ranked_together(
+    ask: &Ask,
+    src: Sql,
+    values: &[(&str, Order)],
+    limit: usize,
+) -> Result<Vec<Vec<Entry>>, AnalyticsError> {
+    let d = ask.dialect();
+    if d == Dialect::DuckDb {
+        return values
+            .iter()
+            .map(|&(value, order)| {
+                let list = Sql::new(format!("SELECT person, {value} AS x_v FROM ")).push(src.clone()).wrap();
+                ranked(ask, list, limit, order)
+            })
+            .collect();
+    }
+    let by_count: Vec<String> =
+        (0..values.len()).filter(|&k| values[k].1 == BY_PAGEVIEWS).map(|k| k.to_string()).collect();
+    let rank = |first: bool| {
+        let (count, visitors) = if first { ("x_count", "x_visitors") } else { ("x_visitors", "x_count") };
+        match by_count.is_empty() {
+            true => visitors.to_owned(),
+            false => format!("CASE WHEN x_k IN ({}) THEN {count} ELSE {visitors} END", by_count.join(", ")),
+        }
+    };
+    let order = format!("{} DESC, {} DESC, x_val", rank(true), rank(false));
+    let keys: Vec<String> = (0..values.len()).map(|k| k.to_string()).collect();
+    let exprs: Vec<String> = values.iter().map(|(v, _)| format!("CAST(ifNull({v}, '') AS String)")).collect();
+    let sql = Sql::new(format!(
+        "SELECT x_k, {} AS x_val, {} AS x_visitors, count(*) AS x_count FROM ",
+        unset_if_empty(d, "x_v"),
+        sql::count_distinct(d, "person")
+    ))
+    .push(src)
+    .raw(&format!(
+        " ARRAY JOIN [{}] AS x_k, [{}] AS x_v GROUP BY x_k, x_val ORDER BY x_k, {order} LIMIT {limit} BY x_k",
+        keys.join(", "),
+        exprs.join(", ")
+    ));
+    let mut lists = vec![Vec::new(); values.len()];
+    for r in ask.rows(sql.select(&[ColumnKind::Int, ColumnKind::Text, ColumnKind::Int, ColumnKind::Int]))? {
+        let mut next = cells(r);
+        let k = next().int();
+        if let Some(list) = usize::try_from(k).ok().and_then(|k| lists.get_mut(k)) {
+            list.push(entry(next));
+        }
+    }
+    Ok(lists)
+}
+
+/// One ranked row: value, visitors, count.
+fn entry(mut next: impl FnMut() -> Cell) -> Entry {
+    let value = next().text();
+    let visitors = next().int() as u64;
+    let count = next().int() as u64;
+    Entry { value, visitors, count }
+}
+
+/// `x` as a list value: empty (e.g. the path of an entry key) reads as unset.
+fn unset_if_empty(d: Dialect, x: &str) -> String {
+    match d {
+        Dialect::DuckDb => format!("nullif({x}, '')"),
+        Dialect::ClickHouse => format!("nullIf({x}, '')"),
+    }
 }

@@ -218,7 +218,9 @@ fn purchase_amounts_of_pro_customers_sum_average_and_p90() {
                "filters": [{"field": "properties.plan", "op": "eq", "value": "pro"}],
                "series": [{"event": "purchase", "math": "sum", "property": "amount"},
                           {"event": "purchase", "math": "avg", "property": "properties.amount"},
-                          {"event": "purchase", "math": "p90", "property": "amount"}]}),
+                          {"event": "purchase", "math": "p90", "property": "amount"},
+                          {"event": "purchase", "math": "min", "property": "amount"},
+                          {"event": "purchase", "math": "max", "property": "amount"}]}),
         trends::trend,
     );
     let buys: Vec<&Event> = FIXTURE
@@ -241,6 +243,16 @@ fn purchase_amounts_of_pro_customers_sum_average_and_p90() {
         assert_eq!(got["series"][1]["data"][day as usize], avg, "avg on day {day}");
         assert_eq!(got["series"][2]["data"][day as usize], percentile(a, 0.9), "p90 on day {day}");
     }
+    // Over the whole range (sums, averages and extremes are merged from the
+    // days; the percentile is asked of the store).
+    let all: Vec<f64> = (0..DAYS).flat_map(amounts).collect();
+    let sum: f64 = all.iter().sum();
+    let aggregate = |i: usize| got["series"][i]["aggregate"].clone();
+    assert_eq!(aggregate(0), json!(sum));
+    assert_eq!(aggregate(1), json!(sum / all.len() as f64));
+    assert_eq!(aggregate(2), percentile(all.clone(), 0.9));
+    assert_eq!(aggregate(3), json!(all.iter().copied().fold(f64::INFINITY, f64::min)));
+    assert_eq!(aggregate(4), json!(all.iter().copied().fold(f64::NEG_INFINITY, f64::max)));
 }
 
 /// Each person's events in range in the stores' order: time, then uuid.
@@ -513,16 +525,33 @@ fn web_overview_pages_entries_and_browsers() {
             .collect::<Vec<_>>())
     };
     assert_eq!(got["pages"], rank(views.iter().map(|e| (e.path.clone(), c.person(e))).collect(), true));
-    assert_eq!(got["browsers"], rank(views.iter().map(|e| (e.browser.clone(), c.person(e))).collect(), false));
-    assert_eq!(got["referrers"], rank(views.iter().map(|e| (e.referrer_domain.clone(), c.person(e))).collect(), false));
-    let entries = sessions
-        .values()
-        .map(|v| {
-            let first = v.iter().min_by_key(|e| (e.timestamp_ms, e.path.clone().unwrap_or_default())).unwrap();
-            (first.path.clone(), c.person(first))
-        })
-        .collect();
-    assert_eq!(got["entry_pages"], rank(entries, false));
+    // Every source list, ranked by visitors.
+    let column = |value: fn(&Event) -> &Option<String>| -> Value {
+        rank(views.iter().map(|e| (value(e).clone(), c.person(e))).collect(), false)
+    };
+    assert_eq!(got["referrers"], column(|e| &e.referrer_domain));
+    assert_eq!(got["utm_sources"], column(|e| &e.utm_source));
+    assert_eq!(got["utm_mediums"], column(|e| &e.utm_medium));
+    assert_eq!(got["utm_campaigns"], column(|e| &e.utm_campaign));
+    assert_eq!(got["browsers"], column(|e| &e.browser));
+    assert_eq!(got["os"], column(|e| &e.os));
+    assert_eq!(got["devices"], column(|e| &e.device_type));
+    assert_eq!(got["countries"], column(|e| &e.country));
+    // A session's first and last page views; equal times go to the smallest
+    // and the largest path.
+    let ends = |last: bool| -> Value {
+        let rows = sessions
+            .values()
+            .map(|v| {
+                let key = |e: &&&Event| (e.timestamp_ms, e.path.clone().unwrap_or_default());
+                let end = if last { v.iter().max_by_key(key) } else { v.iter().min_by_key(key) }.unwrap();
+                (end.path.clone(), c.person(end))
+            })
+            .collect();
+        rank(rows, false)
+    };
+    assert_eq!(got["entry_pages"], ends(false));
+    assert_eq!(got["exit_pages"], ends(true));
 }
 
 #[test]
