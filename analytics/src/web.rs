@@ -136,22 +136,23 @@ pub fn web(ask: &Ask, q: &WebQuery) -> Result<WebResult, AnalyticsError> {
     let values: Vec<(&str, Order)> =
         lists.iter().zip(LIST_ALIASES).map(|(&(_, order), alias)| (alias, order)).collect();
     let lists = ranked_together(ask, src.with_person().render(), &values, limit)?;
-    let mut lists = lists.into_iter();
-    let mut ends = ends.into_iter();
-    let next = |from: &mut std::vec::IntoIter<Vec<Entry>>| from.next().unwrap_or_default();
+    // `ranked_together` answers one list per value asked, in order.
+    let [pages, referrers, utm_sources, utm_mediums, utm_campaigns, browsers, os, devices, countries] =
+        <[Vec<Entry>; 9]>::try_from(lists).unwrap_or_default();
+    let [entry_pages, exit_pages] = <[Vec<Entry>; 2]>::try_from(ends).unwrap_or_default();
     Ok(WebResult {
         overview,
-        pages: next(&mut lists),
-        entry_pages: next(&mut ends),
-        exit_pages: next(&mut ends),
-        referrers: next(&mut lists),
-        utm_sources: next(&mut lists),
-        utm_mediums: next(&mut lists),
-        utm_campaigns: next(&mut lists),
-        browsers: next(&mut lists),
-        os: next(&mut lists),
-        devices: next(&mut lists),
-        countries: next(&mut lists),
+        pages,
+        entry_pages,
+        exit_pages,
+        referrers,
+        utm_sources,
+        utm_mediums,
+        utm_campaigns,
+        browsers,
+        os,
+        devices,
+        countries,
     })
 }
 
