@@ -132,42 +132,55 @@ pub fn retention(ask: &Ask, q: &RetentionQuery) -> Result<RetentionResult, Analy
             .push(events(&q.cohort_event, "cohort_event", Some(window.from_ms))?.render())
             .raw(" GROUP BY person, x_cp"),
     };
-    let cohorts = Sql::new("SELECT x_cp, count(*) FROM ")
-        .push(cohort_rows.clone().wrap())
-        .raw(&format!(" WHERE x_cp >= {first} AND x_cp < {} GROUP BY x_cp", first + q.periods));
-    let returns = Sql::new(format!("SELECT person, {} AS x_rp FROM ", key("x_ts")))
-        .push(events(&q.return_event, "return_event", Some(window.from_ms))?.render())
-        .raw(" GROUP BY person, x_rp");
-    let join = match d {
-        Dialect::DuckDb => " JOIN ",
-        Dialect::ClickHouse => " ALL INNER JOIN ",
+    let in_range = format!("x_cp >= {first} AND x_cp < {}", first + q.periods);
+    let members = Sql::new("SELECT person, x_cp FROM ").push(cohort_rows.wrap()).raw(&format!(" WHERE {in_range}"));
+    let return_events = events(&q.return_event, "return_event", Some(window.from_ms))?.render();
+    // Rows (cohort period, k, people): k = 0 is the cohort's size, k > 0 the
+    // people back k periods later.
+    let sizes = |cohorts: Sql| Sql::new("SELECT x_cp, 0 AS x_k, count(*) FROM ").push(cohorts).raw(" GROUP BY x_cp");
+    // Return events are joined to the cohorts' people before anything is
+    // grouped: grouping every return event by person and period first would
+    // build a table the size of the whole audience. The cohorts are the
+    // smaller side, so they come last (ClickHouse holds the right side).
+    let back = |cohorts: Sql| {
+        let join = match d {
+            Dialect::DuckDb => " JOIN ",
+            Dialect::ClickHouse => " ALL INNER JOIN ",
+        };
+        let returns = Sql::new(format!("SELECT person, x_cp, {} AS x_rp FROM ", key("x_ts")))
+            .push(return_events.clone())
+            .raw(join)
+            .push(cohorts)
+            .raw(" USING (person)");
+        Sql::new(format!("SELECT x_cp, x_rp - x_cp AS x_k, {} FROM ", sql::count_distinct(d, "person")))
+            .push(returns.wrap())
+            .raw(&format!(" WHERE x_rp > x_cp AND x_rp - x_cp < {} GROUP BY x_cp, x_k", q.periods))
     };
-    let back = Sql::new(format!("SELECT x_cp, x_rp - x_cp AS x_k, {} FROM ", sql::count_distinct(d, "person")))
-        .push(cohort_rows.wrap())
-        .raw(join)
-        .push(returns.wrap())
-        .raw(&format!(
-            " USING (person) WHERE x_cp >= {first} AND x_cp < {} AND x_rp > x_cp AND x_rp - x_cp < {} GROUP BY x_cp, x_k",
-            first + q.periods,
-            q.periods
-        ));
-    let sizes: HashMap<i64, u64> = ask
-        .rows(cohorts.select(&[ColumnKind::Int, ColumnKind::Int]))?
-        .into_iter()
-        .map(|r| (r[0].int(), r[1].int() as u64))
-        .collect();
-    let mut returned: HashMap<(i64, i64), u64> = HashMap::new();
-    for r in ask.rows(back.select(&[ColumnKind::Int, ColumnKind::Int, ColumnKind::Int]))? {
-        returned.insert((r[0].int(), r[1].int()), r[2].int() as u64);
+    let statements = match d {
+        // One statement: the cohorts are found once and read twice.
+        Dialect::DuckDb => vec![Sql::new("WITH x_c AS ")
+            .push(members.wrap())
+            .raw(" ")
+            .push(sizes(Sql::new("x_c")))
+            .raw(" UNION ALL ")
+            .push(back(Sql::new("x_c")))],
+        // ClickHouse 18.16 has no common table expressions.
+        Dialect::ClickHouse => vec![sizes(members.clone().wrap()), back(members.wrap())],
+    };
+    let mut counts: HashMap<(i64, i64), u64> = HashMap::new();
+    for statement in statements {
+        for r in ask.rows(statement.select(&[ColumnKind::Int, ColumnKind::Int, ColumnKind::Int]))? {
+            counts.insert((r[0].int(), r[1].int()), r[2].int() as u64);
+        }
     }
     let cohorts = (first..first + q.periods)
         .filter(|&cp| cp <= now_key)
         .map(|cp| {
-            let size = sizes.get(&cp).copied().unwrap_or(0);
-            let values = (0..q.periods)
+            let values: Vec<u64> = (0..q.periods)
                 .take_while(|&k| cp + k <= now_key)
-                .map(|k| if k == 0 { size } else { returned.get(&(cp, k)).copied().unwrap_or(0) })
+                .map(|k| counts.get(&(cp, k)).copied().unwrap_or(0))
                 .collect();
+            let size = counts.get(&(cp, 0)).copied().unwrap_or(0);
             Cohort { period_start: window.label(interval, cp), size, values }
         })
         .collect();

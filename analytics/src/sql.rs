@@ -71,7 +71,9 @@ impl Sql {
 /// Event time in ms since the epoch, from the raw columns.
 pub fn timestamp_ms(d: Dialect) -> Sql {
     Sql::new(match d {
-        Dialect::DuckDb => "epoch_ms(timestamp)",
+        // Stored times are whole ms, so the division is exact; DuckDB's
+        // `epoch_ms` of a timestamp costs a third of a trend query more.
+        Dialect::DuckDb => "(epoch_us(timestamp) // 1000)",
         Dialect::ClickHouse => "timestamp_ms",
     })
 }

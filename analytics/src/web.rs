@@ -166,25 +166,10 @@ const BY_VISITORS: Order = ("x_visitors", "x_count");
 /// Pages by page views, then visitors.
 const BY_PAGEVIEWS: Order = ("x_count", "x_visitors");
 
-/// Values of `x_v` in `src` ranked by `order`: visitors (distinct people)
-/// and count (rows), then value.
-fn ranked(ask: &Ask, src: Sql, limit: usize, order: Order) -> Result<Vec<Entry>, AnalyticsError> {
-    let d = ask.dialect();
-    let sql = Sql::new(format!(
-        "SELECT {} AS x_val, {} AS x_visitors, count(*) AS x_count FROM ",
-        unset_if_empty(d, "x_v"),
-        sql::count_distinct(d, "person")
-    ))
-    .push(src)
-    .raw(&format!(" GROUP BY x_val ORDER BY {} DESC, {} DESC, x_val LIMIT {limit}", order.0, order.1));
-    let rows = ask.rows(sql.select(&[ColumnKind::Text, ColumnKind::Int, ColumnKind::Int]))?;
-    Ok(rows.into_iter().map(|r| entry(cells(r))).collect())
-}
-
 /// Several lists of values in `src`: list `k` ranks the values of
-/// `values[k].0` (an expression over `src`'s columns) by `values[k].1`.
-/// ClickHouse ranks them in one pass (one identity join); DuckDB one list at
-/// a time, as its grouped distinct counts slow down manyfold in a combined pass.
+/// `values[k].0` (an expression over `src`'s columns) by `values[k].1`, in
+/// one pass (one identity join): DuckDB groups by grouping sets, ClickHouse
+/// 18.16 (without them) multiplies each row by its values with `ARRAY JOIN`.
 fn ranked_together(
     ask: &Ask,
     src: Sql,
@@ -192,15 +177,6 @@ fn ranked_together(
     limit: usize,
 ) -> Result<Vec<Vec<Entry>>, AnalyticsError> {
     let d = ask.dialect();
-    if d == Dialect::DuckDb {
-        return values
-            .iter()
-            .map(|&(value, order)| {
-                let list = Sql::new(format!("SELECT person, {value} AS x_v FROM ")).push(src.clone()).wrap();
-                ranked(ask, list, limit, order)
-            })
-            .collect();
-    }
     let by_count: Vec<String> =
         (0..values.len()).filter(|&k| values[k].1 == BY_PAGEVIEWS).map(|k| k.to_string()).collect();
     let rank = |first: bool| {
@@ -211,19 +187,47 @@ fn ranked_together(
         }
     };
     let order = format!("{} DESC, {} DESC, x_val", rank(true), rank(false));
-    let keys: Vec<String> = (0..values.len()).map(|k| k.to_string()).collect();
-    let exprs: Vec<String> = values.iter().map(|(v, _)| format!("CAST(ifNull({v}, '') AS String)")).collect();
-    let sql = Sql::new(format!(
-        "SELECT x_k, {} AS x_val, {} AS x_visitors, count(*) AS x_count FROM ",
-        unset_if_empty(d, "x_v"),
-        sql::count_distinct(d, "person")
-    ))
-    .push(src)
-    .raw(&format!(
-        " ARRAY JOIN [{}] AS x_k, [{}] AS x_v GROUP BY x_k, x_val ORDER BY x_k, {order} LIMIT {limit} BY x_k",
-        keys.join(", "),
-        exprs.join(", ")
-    ));
+    let counts = format!("{} AS x_visitors, count(*) AS x_count", sql::count_distinct(d, "person"));
+    let sql = match d {
+        Dialect::DuckDb => {
+            let aliases: Vec<String> = (0..values.len()).map(|k| format!("x_v{k}")).collect();
+            let columns: Vec<String> =
+                values.iter().zip(&aliases).map(|((v, _), a)| format!("{} AS {a}", unset_if_empty(d, v))).collect();
+            // Each row of a grouping set has that set's column grouped.
+            let of_set = |f: &dyn Fn(usize, &str) -> String| {
+                let arms: Vec<String> = aliases
+                    .iter()
+                    .enumerate()
+                    .map(|(k, a)| format!("WHEN grouping({a}) = 0 THEN {}", f(k, a)))
+                    .collect();
+                format!("CASE {} END", arms.join(" "))
+            };
+            let sets: Vec<String> = aliases.iter().map(|a| format!("({a})")).collect();
+            Sql::new(format!(
+                "SELECT {} AS x_k, {} AS x_val, {counts} FROM (SELECT person, {} FROM ",
+                of_set(&|k, _| k.to_string()),
+                of_set(&|_, a| a.to_owned()),
+                columns.join(", ")
+            ))
+            .push(src)
+            .raw(&format!(
+                ") GROUP BY GROUPING SETS ({}) QUALIFY row_number() OVER (PARTITION BY x_k ORDER BY {order}) <= {limit} \
+                 ORDER BY x_k, {order}",
+                sets.join(", ")
+            ))
+        }
+        Dialect::ClickHouse => {
+            let keys: Vec<String> = (0..values.len()).map(|k| k.to_string()).collect();
+            let exprs: Vec<String> = values.iter().map(|(v, _)| format!("CAST(ifNull({v}, '') AS String)")).collect();
+            Sql::new(format!("SELECT x_k, {} AS x_val, {counts} FROM ", unset_if_empty(d, "x_v")))
+                .push(src)
+                .raw(&format!(
+                " ARRAY JOIN [{}] AS x_k, [{}] AS x_v GROUP BY x_k, x_val ORDER BY x_k, {order} LIMIT {limit} BY x_k",
+                keys.join(", "),
+                exprs.join(", ")
+            ))
+        }
+    };
     let mut lists = vec![Vec::new(); values.len()];
     for r in ask.rows(sql.select(&[ColumnKind::Int, ColumnKind::Text, ColumnKind::Int, ColumnKind::Int]))? {
         let mut next = cells(r);

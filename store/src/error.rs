@@ -6,7 +6,7 @@ use leanloop_core::{Classify, ErrorClass};
 pub enum StoreError {
     #[error("duckdb: {0}")]
     DuckDb(#[from] ::duckdb::Error),
-    #[error("building a record batch: {0}")]
+    #[error("arrow data: {0}")]
     Arrow(#[from] ::duckdb::arrow::error::ArrowError),
     #[error("event store schema is at version {found}, newer than this build knows ({known})")]
     SchemaTooNew { found: i64, known: i64 },

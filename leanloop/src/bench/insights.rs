@@ -23,6 +23,7 @@ pub struct Options {
     pub runs: usize,
     pub clickhouse: Option<String>,
     pub duckdb_memory: String,
+    pub keep: Option<std::path::PathBuf>,
 }
 
 /// p50 targets on DuckDB (ms) and the API's allowed overhead.
@@ -91,14 +92,17 @@ pub async fn run(o: Options) -> Result<()> {
         "leanloop bench insights: {} people, about {} events over 30 days, {} runs per query (p50 shown)",
         o.people, o.events, o.runs
     );
-    let dir = tempfile::tempdir()?;
+    let temporary = tempfile::tempdir()?;
+    let dir = o.keep.as_deref().unwrap_or(temporary.path());
     let mut stores = vec![("duckdb", None)];
     if let Some(url) = &o.clickhouse {
         stores.push(("clickhouse", Some(url.clone())));
     }
     let mut missed = Vec::new();
     for (label, url) in stores {
-        let mut config = Config::for_tests(&dir.path().join(label));
+        // A kept DuckDB store from an earlier run is asked again, not reloaded.
+        let reuse = o.keep.is_some() && url.is_none() && dir.join(label).exists();
+        let mut config = Config::for_tests(&dir.join(label));
         config.clickhouse = url.map(ClickHouseOptions::new);
         config.duckdb.memory_limit = o.duckdb_memory.clone();
         let app = App::build(config, Role::Server).await?;
@@ -107,8 +111,13 @@ pub async fn run(o: Options) -> Result<()> {
         let (people, events) = (o.people, o.events);
         let project_id = project.id;
         let started = Instant::now();
-        let loaded = tokio::task::spawn_blocking(move || load(store.as_ref(), project_id, people, events)).await??;
-        println!("\n{label}: loaded {loaded} events in {:.1}s", started.elapsed().as_secs_f64());
+        if reuse {
+            println!("\n{label}: asking the store kept in {}", dir.display());
+        } else {
+            let loaded =
+                tokio::task::spawn_blocking(move || load(store.as_ref(), project_id, people, events)).await??;
+            println!("\n{label}: loaded {loaded} events in {:.1}s", started.elapsed().as_secs_f64());
+        }
 
         let base = format!("http://{}", app.address());
         let store = app.store().clone();

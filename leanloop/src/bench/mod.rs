@@ -80,6 +80,9 @@ pub enum BenchCommand {
         /// DuckDB's memory limit while answering.
         #[arg(long, default_value = "1GB")]
         duckdb_memory: String,
+        /// Keep the loaded stores' data directory here instead of a temporary one.
+        #[arg(long)]
+        keep: Option<std::path::PathBuf>,
     },
     /// Pipeline overhead of a 3-step run and deploy-to-serving time on the
     /// local Docker Engine, beside bare container lifecycles.
@@ -109,8 +112,8 @@ pub async fn run(command: BenchCommand) -> Result<()> {
             })
             .await
         }
-        BenchCommand::Insights { events, people, runs, clickhouse, duckdb_memory } => {
-            insights::run(insights::Options { events, people, runs, clickhouse, duckdb_memory }).await
+        BenchCommand::Insights { events, people, runs, clickhouse, duckdb_memory, keep } => {
+            insights::run(insights::Options { events, people, runs, clickhouse, duckdb_memory, keep }).await
         }
         BenchCommand::Pipeline { base_image, registry, runs } => {
             pipeline::run(pipeline::Options { base_image, registry, runs }).await

@@ -4,6 +4,7 @@
 //! through a small pool of cloned connections so queries never wait for a
 //! write to finish.
 
+mod columnar;
 mod dedup;
 mod read;
 mod schema;

@@ -1,0 +1,116 @@
+//! Result columns to cells, a whole Arrow array at a time.
+//!
+//! Each array is downcast once and its values read in a tight loop; the typed
+//! value then takes the declared kind exactly as [`read::coerce`] says, so
+//! answers do not depend on how DuckDB typed a column (a count is `BIGINT`,
+//! a sum `HUGEINT`, an average `DOUBLE`).
+
+use super::read;
+use crate::select::{Cell, ColumnKind};
+use ::duckdb::arrow::array::{Array, ArrayRef, AsArray};
+use ::duckdb::arrow::compute::cast;
+use ::duckdb::arrow::datatypes::{self as types, DataType};
+use ::duckdb::arrow::error::ArrowError;
+
+/// Appends column `array`, as `kind`, to each of `rows` (one per array value).
+pub fn push_cells(array: &ArrayRef, kind: ColumnKind, rows: &mut [Vec<Cell>]) -> Result<(), ArrowError> {
+    let mut push = |typed: &mut dyn FnMut(usize) -> Cell| {
+        for (i, row) in rows.iter_mut().enumerate() {
+            let cell = if array.is_null(i) { Cell::Null } else { read::coerce(typed(i), kind) };
+            row.push(cell);
+        }
+    };
+    match array.data_type() {
+        DataType::Boolean => {
+            let a = array.as_boolean();
+            push(&mut |i| Cell::Int(a.value(i) as i64))
+        }
+        DataType::Int8 | DataType::Int16 | DataType::Int32 | DataType::UInt8 | DataType::UInt16 | DataType::UInt32 => {
+            let wide = cast(array, &DataType::Int64)?;
+            let a = wide.as_primitive::<types::Int64Type>();
+            push(&mut |i| Cell::Int(a.value(i)))
+        }
+        DataType::Int64 => {
+            let a = array.as_primitive::<types::Int64Type>();
+            push(&mut |i| Cell::Int(a.value(i)))
+        }
+        DataType::UInt64 => {
+            let a = array.as_primitive::<types::UInt64Type>();
+            push(&mut |i| Cell::Int(a.value(i).min(i64::MAX as u64) as i64))
+        }
+        DataType::Float16 | DataType::Float32 => {
+            let wide = cast(array, &DataType::Float64)?;
+            let a = wide.as_primitive::<types::Float64Type>();
+            push(&mut |i| Cell::Float(a.value(i)))
+        }
+        DataType::Float64 => {
+            let a = array.as_primitive::<types::Float64Type>();
+            push(&mut |i| Cell::Float(a.value(i)))
+        }
+        // DuckDB's HUGEINT (a sum of integers) arrives as a 38-digit decimal
+        // of scale 0: an integer. Other decimals are fractions.
+        DataType::Decimal128(_, scale) => {
+            let (a, scale) = (array.as_primitive::<types::Decimal128Type>(), *scale);
+            push(&mut |i| decimal(a.value(i), scale))
+        }
+        DataType::Utf8 => {
+            let a = array.as_string::<i32>();
+            push(&mut |i| Cell::Text(a.value(i).to_owned()))
+        }
+        DataType::LargeUtf8 => {
+            let a = array.as_string::<i64>();
+            push(&mut |i| Cell::Text(a.value(i).to_owned()))
+        }
+        DataType::Utf8View => {
+            let a = array.as_string_view();
+            push(&mut |i| Cell::Text(a.value(i).to_owned()))
+        }
+        // Anything else (dates, UUIDs, ...) as Arrow writes it as text.
+        _ => {
+            let text = cast(array, &DataType::Utf8)?;
+            let a = text.as_string::<i32>();
+            push(&mut |i| Cell::Text(a.value(i).to_owned()))
+        }
+    }
+    Ok(())
+}
+
+fn decimal(value: i128, scale: i8) -> Cell {
+    if scale == 0 {
+        return Cell::Int(value.clamp(i64::MIN as i128, i64::MAX as i128) as i64);
+    }
+    Cell::Float(value as f64 / 10f64.powi(scale as i32))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ::duckdb::arrow::array::{Decimal128Array, Int32Array, StringArray};
+    use std::sync::Arc;
+
+    fn cells(array: ArrayRef, kind: ColumnKind) -> Vec<Cell> {
+        let mut rows = vec![Vec::new(); array.len()];
+        push_cells(&array, kind, &mut rows).unwrap();
+        rows.into_iter().map(|mut r| r.remove(0)).collect()
+    }
+
+    #[test]
+    fn values_take_the_declared_kind() {
+        let ints: ArrayRef = Arc::new(Int32Array::from(vec![Some(7), None]));
+        assert_eq!(cells(ints.clone(), ColumnKind::Int), vec![Cell::Int(7), Cell::Null]);
+        assert_eq!(cells(ints.clone(), ColumnKind::Float), vec![Cell::Float(7.0), Cell::Null]);
+        assert_eq!(cells(ints, ColumnKind::Text), vec![Cell::Text("7".into()), Cell::Null]);
+        let text: ArrayRef = Arc::new(StringArray::from(vec![Some("12"), Some("x")]));
+        assert_eq!(cells(text.clone(), ColumnKind::Int), vec![Cell::Int(12), Cell::Null]);
+        assert_eq!(cells(text, ColumnKind::Text), vec![Cell::Text("12".into()), Cell::Text("x".into())]);
+    }
+
+    #[test]
+    fn huge_integers_clamp_and_decimals_keep_their_scale() {
+        let huge: ArrayRef =
+            Arc::new(Decimal128Array::from(vec![i128::MAX, 42]).with_precision_and_scale(38, 0).unwrap());
+        assert_eq!(cells(huge, ColumnKind::Int), vec![Cell::Int(i64::MAX), Cell::Int(42)]);
+        let fraction: ArrayRef = Arc::new(Decimal128Array::from(vec![1250]).with_precision_and_scale(10, 3).unwrap());
+        assert_eq!(cells(fraction, ColumnKind::Float), vec![Cell::Float(1.25)]);
+    }
+}
