@@ -73,16 +73,6 @@ pub fn web(ask: &Ask, q: &WebQuery) -> Result<WebResult, AnalyticsError> {
         cols.iter().fold(base.clone(), |src, &(alias, expr)| src.column(alias, Sql::new(expr)))
     };
 
-    let people = with(&[("x_s", "session_id")]).with_person().render();
-    let totals = ask.rows(
-        Sql::new(format!(
-            "SELECT {}, count(*), {} FROM ",
-            sql::count_distinct(d, "person"),
-            sql::count_distinct(d, "x_s")
-        ))
-        .push(people)
-        .select(&[ColumnKind::Int, ColumnKind::Int, ColumnKind::Int]),
-    )?;
     let ts = sql::timestamp_ms(d).text;
     let sessions = Sql::new("SELECT x_s, count(*) AS x_n, max(x_ts) - min(x_ts) AS x_d FROM ")
         .push(with(&[("x_s", "session_id"), ("x_ts", &ts)]).render())
@@ -96,16 +86,6 @@ pub fn web(ask: &Ask, q: &WebQuery) -> Result<WebResult, AnalyticsError> {
         Some(r) => (r[0].int(), r[1].int(), r[2].int()),
         None => (0, 0, 0),
     };
-    let ratio = |a: i64, b: i64| if b == 0 { 0.0 } else { a as f64 / b as f64 };
-    let t = totals.first().cloned().unwrap_or_else(|| vec![Cell::Int(0); 3]);
-    let overview = Overview {
-        visitors: t[0].int() as u64,
-        pageviews: t[1].int() as u64,
-        sessions: t[2].int() as u64,
-        bounce_rate: ratio(bounces, n_sessions),
-        avg_session_seconds: ratio(length_ms, n_sessions) / 1000.0,
-    };
-
     // Entry and exit pages: each session's first and last page view (its
     // smallest and largest time key).
     let key = sql::time_key(d, "x_ts", "x_p");
@@ -133,12 +113,25 @@ pub fn web(ask: &Ask, q: &WebQuery) -> Result<WebResult, AnalyticsError> {
         .iter()
         .zip(LIST_ALIASES)
         .fold(base.clone(), |src, (&(column, _), alias)| src.column(alias, Sql::new(column)));
-    let values: Vec<(&str, Order)> =
+    let mut values: Vec<(&str, Order)> =
         lists.iter().zip(LIST_ALIASES).map(|(&(_, order), alias)| (alias, order)).collect();
+    // A list of one constant value has one entry: all visitors, all page
+    // views. It rides along with the others instead of a pass of its own.
+    values.push(("''", BY_VISITORS));
     let lists = ranked_together(ask, src.with_person().render(), &values, limit)?;
     // `ranked_together` answers one list per value asked, in order.
-    let [pages, referrers, utm_sources, utm_mediums, utm_campaigns, browsers, os, devices, countries] =
-        <[Vec<Entry>; 9]>::try_from(lists).unwrap_or_default();
+    let [pages, referrers, utm_sources, utm_mediums, utm_campaigns, browsers, os, devices, countries, total] =
+        <[Vec<Entry>; 10]>::try_from(lists).unwrap_or_default();
+    let total = total.first().map_or((0, 0), |t| (t.visitors, t.count));
+    let ratio = |a: i64, b: i64| if b == 0 { 0.0 } else { a as f64 / b as f64 };
+    let overview = Overview {
+        visitors: total.0,
+        pageviews: total.1,
+        // Each session id is one group of the session statistics.
+        sessions: n_sessions as u64,
+        bounce_rate: ratio(bounces, n_sessions),
+        avg_session_seconds: ratio(length_ms, n_sessions) / 1000.0,
+    };
     let [entry_pages, exit_pages] = <[Vec<Entry>; 2]>::try_from(ends).unwrap_or_default();
     Ok(WebResult {
         overview,
@@ -219,13 +212,13 @@ fn ranked_together(
         Dialect::ClickHouse => {
             let keys: Vec<String> = (0..values.len()).map(|k| k.to_string()).collect();
             let exprs: Vec<String> = values.iter().map(|(v, _)| format!("CAST(ifNull({v}, '') AS String)")).collect();
-            Sql::new(format!("SELECT x_k, {} AS x_val, {counts} FROM ", unset_if_empty(d, "x_v")))
-                .push(src)
-                .raw(&format!(
+            Sql::new(format!("SELECT x_k, {} AS x_val, {counts} FROM ", unset_if_empty(d, "x_v"))).push(src).raw(
+                &format!(
                 " ARRAY JOIN [{}] AS x_k, [{}] AS x_v GROUP BY x_k, x_val ORDER BY x_k, {order} LIMIT {limit} BY x_k",
                 keys.join(", "),
                 exprs.join(", ")
-            ))
+            ),
+            )
         }
     };
     let mut lists = vec![Vec::new(); values.len()];
