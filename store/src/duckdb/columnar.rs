@@ -7,9 +7,9 @@
 
 use super::read;
 use crate::select::{Cell, ColumnKind};
-use ::duckdb::arrow::array::{Array, ArrayRef, AsArray};
+use ::duckdb::arrow::array::{Array, ArrayRef, AsArray, PrimitiveArray};
 use ::duckdb::arrow::compute::cast;
-use ::duckdb::arrow::datatypes::{self as types, DataType};
+use ::duckdb::arrow::datatypes::{self as types, ArrowPrimitiveType, DataType};
 use ::duckdb::arrow::error::ArrowError;
 
 /// Appends column `array`, as `kind`, to each of `rows` (one per array value).
@@ -25,26 +25,16 @@ pub fn push_cells(array: &ArrayRef, kind: ColumnKind, rows: &mut [Vec<Cell>]) ->
             let a = array.as_boolean();
             push(&mut |i| Cell::Int(a.value(i) as i64))
         }
-        DataType::Int8 | DataType::Int16 | DataType::Int32 | DataType::UInt8 | DataType::UInt16 | DataType::UInt32 => {
-            let wide = cast(array, &DataType::Int64)?;
-            let a = wide.as_primitive::<types::Int64Type>();
+        DataType::Int8 | DataType::Int16 | DataType::Int32 | DataType::Int64 => {
+            let a = widened::<types::Int64Type>(array)?;
             push(&mut |i| Cell::Int(a.value(i)))
         }
-        DataType::Int64 => {
-            let a = array.as_primitive::<types::Int64Type>();
-            push(&mut |i| Cell::Int(a.value(i)))
-        }
-        DataType::UInt64 => {
-            let a = array.as_primitive::<types::UInt64Type>();
+        DataType::UInt8 | DataType::UInt16 | DataType::UInt32 | DataType::UInt64 => {
+            let a = widened::<types::UInt64Type>(array)?;
             push(&mut |i| Cell::Int(a.value(i).min(i64::MAX as u64) as i64))
         }
-        DataType::Float16 | DataType::Float32 => {
-            let wide = cast(array, &DataType::Float64)?;
-            let a = wide.as_primitive::<types::Float64Type>();
-            push(&mut |i| Cell::Float(a.value(i)))
-        }
-        DataType::Float64 => {
-            let a = array.as_primitive::<types::Float64Type>();
+        DataType::Float16 | DataType::Float32 | DataType::Float64 => {
+            let a = widened::<types::Float64Type>(array)?;
             push(&mut |i| Cell::Float(a.value(i)))
         }
         // DuckDB's HUGEINT (a sum of integers) arrives as a 38-digit decimal
@@ -73,6 +63,11 @@ pub fn push_cells(array: &ArrayRef, kind: ColumnKind, rows: &mut [Vec<Cell>]) ->
         }
     }
     Ok(())
+}
+
+/// `array` as its widest kind of the same family (a no-op when it is one).
+fn widened<T: ArrowPrimitiveType>(array: &ArrayRef) -> Result<PrimitiveArray<T>, ArrowError> {
+    Ok(cast(array, &T::DATA_TYPE)?.as_primitive::<T>().clone())
 }
 
 fn decimal(value: i128, scale: i8) -> Cell {
