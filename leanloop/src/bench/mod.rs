@@ -80,7 +80,8 @@ pub enum BenchCommand {
         /// DuckDB's memory limit while answering.
         #[arg(long, default_value = "1GB")]
         duckdb_memory: String,
-        /// Keep the loaded stores' data directory here instead of a temporary one.
+        /// Keep the stores' data directory here instead of a temporary one; a
+        /// DuckDB store already kept there is asked again without reloading.
         #[arg(long)]
         keep: Option<std::path::PathBuf>,
     },
