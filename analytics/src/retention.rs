@@ -152,9 +152,13 @@ pub fn retention(ask: &Ask, q: &RetentionQuery) -> Result<RetentionResult, Analy
             .raw(join)
             .push(cohorts)
             .raw(" USING (person)");
-        Sql::new(format!("SELECT x_cp, x_rp - x_cp AS x_k, {} FROM ", sql::count_distinct(d, "person")))
+        // Distinct (person, cohort, return period) rows, then counted: the
+        // same as distinct people per cell, and cheaper than a distinct
+        // count per group (measured on DuckDB).
+        let visits = Sql::new("SELECT DISTINCT person, x_cp, x_rp FROM ")
             .push(returns.wrap())
-            .raw(&format!(" WHERE x_rp > x_cp AND x_rp - x_cp < {} GROUP BY x_cp, x_k", q.periods))
+            .raw(&format!(" WHERE x_rp > x_cp AND x_rp - x_cp < {}", q.periods));
+        Sql::new("SELECT x_cp, x_rp - x_cp AS x_k, count(*) FROM ").push(visits.wrap()).raw(" GROUP BY x_cp, x_k")
     };
     let statements = match d {
         // One statement: the cohorts are found once and read twice.
