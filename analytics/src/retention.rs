@@ -132,8 +132,9 @@ pub fn retention(ask: &Ask, q: &RetentionQuery) -> Result<RetentionResult, Analy
             .push(events(&q.cohort_event, "cohort_event", Some(window.from_ms))?.render())
             .raw(" GROUP BY person, x_cp"),
     };
-    let in_range = format!("x_cp >= {first} AND x_cp < {}", first + q.periods);
-    let members = Sql::new("SELECT person, x_cp FROM ").push(cohort_rows.wrap()).raw(&format!(" WHERE {in_range}"));
+    let members = Sql::new("SELECT person, x_cp FROM ")
+        .push(cohort_rows.wrap())
+        .raw(&format!(" WHERE x_cp >= {first} AND x_cp < {}", first + q.periods));
     let return_events = events(&q.return_event, "return_event", Some(window.from_ms))?.render();
     // Rows (cohort period, k, people): k = 0 is the cohort's size, k > 0 the
     // people back k periods later.

@@ -212,13 +212,11 @@ fn ranked_together(
         Dialect::ClickHouse => {
             let keys: Vec<String> = (0..values.len()).map(|k| k.to_string()).collect();
             let exprs: Vec<String> = values.iter().map(|(v, _)| format!("CAST(ifNull({v}, '') AS String)")).collect();
-            Sql::new(format!("SELECT x_k, {} AS x_val, {counts} FROM ", unset_if_empty(d, "x_v"))).push(src).raw(
-                &format!(
-                " ARRAY JOIN [{}] AS x_k, [{}] AS x_v GROUP BY x_k, x_val ORDER BY x_k, {order} LIMIT {limit} BY x_k",
-                keys.join(", "),
-                exprs.join(", ")
-            ),
-            )
+            let (keys, exprs) = (keys.join(", "), exprs.join(", "));
+            Sql::new(format!("SELECT x_k, {} AS x_val, {counts} FROM ", unset_if_empty(d, "x_v")))
+                .push(src)
+                .raw(&format!(" ARRAY JOIN [{keys}] AS x_k, [{exprs}] AS x_v GROUP BY x_k, x_val "))
+                .raw(&format!("ORDER BY x_k, {order} LIMIT {limit} BY x_k"))
         }
     };
     let mut lists = vec![Vec::new(); values.len()];
