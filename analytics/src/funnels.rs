@@ -222,13 +222,16 @@ fn rows_query(
         src = src.column("x_b", b.text(d));
     }
     src = src.between(Some(window.from_ms), Some(window.to_ms)).filters(compile_all(ask, &q.filters, "filters")?);
-    let b = if breakdown.is_some() { ", x_b" } else { "" };
-    let mut sql = Sql::new(format!("SELECT person, x_ts, x_m{b} FROM ")).push(src.render());
+    // A chain's breakdown value is its first step's: other rows carry none.
+    let b = if breakdown.is_some() { ", CASE WHEN x_m % 2 = 1 THEN x_b END" } else { "" };
+    // The walk only needs to see where one person's rows end.
+    let person = sql::neighbour_hash(d, "person");
+    let mut sql = Sql::new(format!("SELECT {person}, x_ts, x_m{b} FROM ")).push(src.render());
     if q.order == Order::Loose {
         sql = sql.raw(" WHERE x_m > 0");
     }
     sql = sql.raw(" ORDER BY person, x_ts, x_u");
-    let kinds = [ColumnKind::Text, ColumnKind::Int, ColumnKind::Int, ColumnKind::Text];
+    let kinds = [ColumnKind::Int, ColumnKind::Int, ColumnKind::Int, ColumnKind::Text];
     Ok(sql.select(&kinds[..if breakdown.is_some() { 4 } else { 3 }]))
 }
 

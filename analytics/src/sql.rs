@@ -190,6 +190,17 @@ pub fn count_distinct(d: Dialect, expr: &str) -> String {
     }
 }
 
+/// A 63-bit hash of `expr`, to stand for it in rows sorted by `expr`: a
+/// reader that only compares neighbouring rows tells two values apart unless
+/// two *adjacent* distinct values collide (about 2^-63 per neighbour pair),
+/// and an integer crosses from the store far cheaper than the text.
+pub fn neighbour_hash(d: Dialect, expr: &str) -> String {
+    match d {
+        Dialect::DuckDb => format!("CAST(hash({expr}) >> 1 AS BIGINT)"),
+        Dialect::ClickHouse => format!("intDiv(cityHash64({expr}), 2)"),
+    }
+}
+
 /// The nearest-rank percentile of the non-NULL values of `expr`: the value at
 /// position ceil(q × n) of the sorted values (NULL when there are none).
 /// Written out rather than left to each engine's quantile function so both

@@ -24,6 +24,7 @@ pub struct Options {
     pub clickhouse: Option<String>,
     pub duckdb_memory: String,
     pub keep: Option<std::path::PathBuf>,
+    pub show_sql: bool,
 }
 
 /// p50 targets on DuckDB (ms) and the API's allowed overhead.
@@ -132,6 +133,11 @@ pub async fn run(o: Options) -> Result<()> {
             let q2 = q.clone();
             tokio::task::spawn_blocking(move || answer(&analytics, project_id, kind, &q2)).await??;
             let statements = std::mem::take(&mut *recorder.log.lock().unwrap_or_else(|p| p.into_inner()));
+            if o.show_sql {
+                for s in &statements {
+                    println!("-- {kind} on {label}, parameters {:?}\n{};", s.params, s.sql);
+                }
+            }
             let mut api = Vec::new();
             let mut raw = Vec::new();
             let mut failed = None;

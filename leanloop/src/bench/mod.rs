@@ -84,6 +84,10 @@ pub enum BenchCommand {
         /// DuckDB store already kept there is asked again without reloading.
         #[arg(long)]
         keep: Option<std::path::PathBuf>,
+        /// Print the statements each insight issues (with their bound
+        /// parameters), to run or explain them on the store directly.
+        #[arg(long)]
+        show_sql: bool,
     },
     /// Pipeline overhead of a 3-step run and deploy-to-serving time on the
     /// local Docker Engine, beside bare container lifecycles.
@@ -113,8 +117,8 @@ pub async fn run(command: BenchCommand) -> Result<()> {
             })
             .await
         }
-        BenchCommand::Insights { events, people, runs, clickhouse, duckdb_memory, keep } => {
-            insights::run(insights::Options { events, people, runs, clickhouse, duckdb_memory, keep }).await
+        BenchCommand::Insights { events, people, runs, clickhouse, duckdb_memory, keep, show_sql } => {
+            insights::run(insights::Options { events, people, runs, clickhouse, duckdb_memory, keep, show_sql }).await
         }
         BenchCommand::Pipeline { base_image, registry, runs } => {
             pipeline::run(pipeline::Options { base_image, registry, runs }).await

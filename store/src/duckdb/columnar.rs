@@ -25,6 +25,12 @@ pub fn push_cells(array: &ArrayRef, kind: ColumnKind, rows: &mut [Vec<Cell>]) ->
             let a = array.as_boolean();
             push(&mut |i| Cell::Int(a.value(i) as i64))
         }
+        // The common case of large results (a funnel's rows): no per-value
+        // conversion to decide.
+        DataType::Int64 if kind == ColumnKind::Int && array.null_count() == 0 => {
+            let a = array.as_primitive::<types::Int64Type>();
+            rows.iter_mut().zip(a.values()).for_each(|(row, &v)| row.push(Cell::Int(v)));
+        }
         DataType::Int8 | DataType::Int16 | DataType::Int32 | DataType::Int64 => {
             let a = widened::<types::Int64Type>(array)?;
             push(&mut |i| Cell::Int(a.value(i)))
@@ -80,7 +86,7 @@ fn decimal(value: i128, scale: i8) -> Cell {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ::duckdb::arrow::array::{Decimal128Array, Int32Array, StringArray};
+    use ::duckdb::arrow::array::{Decimal128Array, Int32Array, Int64Array, StringArray};
     use std::sync::Arc;
 
     fn cells(array: ArrayRef, kind: ColumnKind) -> Vec<Cell> {
@@ -95,6 +101,9 @@ mod tests {
         assert_eq!(cells(ints.clone(), ColumnKind::Int), vec![Cell::Int(7), Cell::Null]);
         assert_eq!(cells(ints.clone(), ColumnKind::Float), vec![Cell::Float(7.0), Cell::Null]);
         assert_eq!(cells(ints, ColumnKind::Text), vec![Cell::Text("7".into()), Cell::Null]);
+        let wide: ArrayRef = Arc::new(Int64Array::from(vec![5, -3]));
+        assert_eq!(cells(wide.clone(), ColumnKind::Int), vec![Cell::Int(5), Cell::Int(-3)]);
+        assert_eq!(cells(wide, ColumnKind::Float), vec![Cell::Float(5.0), Cell::Float(-3.0)]);
         let text: ArrayRef = Arc::new(StringArray::from(vec![Some("12"), Some("x")]));
         assert_eq!(cells(text.clone(), ColumnKind::Int), vec![Cell::Int(12), Cell::Null]);
         assert_eq!(cells(text, ColumnKind::Text), vec![Cell::Text("12".into()), Cell::Text("x".into())]);
