@@ -16,6 +16,9 @@ pub enum StoreError {
     ClickHouse(#[from] clickhouse::error::Error),
     #[error("event store configuration: {0}")]
     Config(String),
+    /// A query needed more memory than the store may use; names the limit.
+    #[error("the query needs more memory than the event store may use ({0}); narrow its date range or filters, or raise the limit")]
+    QueryMemory(String),
 }
 
 impl StoreError {
@@ -27,10 +30,49 @@ impl StoreError {
     pub fn is_retriable(&self) -> bool {
         !matches!(self, StoreError::SchemaTooNew { .. } | StoreError::Config(_))
     }
+
+    /// `self`, or [`StoreError::QueryMemory`] naming `limit` when the engine
+    /// refused the query for want of memory: an answer the asker can act on
+    /// (a narrower query, a larger limit) instead of an internal error.
+    pub(crate) fn or_query_memory(self, limit: &str) -> StoreError {
+        let detail = self.to_string();
+        let exhausted = match &self {
+            StoreError::DuckDb(_) => detail.contains("Out of Memory Error"),
+            // Code 241 is MEMORY_LIMIT_EXCEEDED on every server version.
+            StoreError::ClickHouse(_) => detail.contains("Code: 241"),
+            _ => false,
+        };
+        if !exhausted {
+            return self;
+        }
+        tracing::warn!(error = %detail, "query refused for want of memory");
+        StoreError::QueryMemory(limit.to_owned())
+    }
 }
 
 impl Classify for StoreError {
     fn class(&self) -> ErrorClass {
-        ErrorClass::Internal
+        match self {
+            // Memory is shared with the queries running meanwhile.
+            StoreError::QueryMemory(_) => ErrorClass::Unavailable { retry_after_secs: 5 },
+            _ => ErrorClass::Internal,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clickhouse_memory_refusals_name_the_limit_and_other_errors_stay_internal() {
+        let refused = clickhouse::error::Error::BadResponse(
+            "Code: 241, e.displayText() = DB::Exception: Memory limit (for query) exceeded".into(),
+        );
+        let e = StoreError::from(refused).or_query_memory("ClickHouse's max_memory_usage");
+        assert!(matches!(&e, StoreError::QueryMemory(limit) if limit == "ClickHouse's max_memory_usage"));
+        assert_eq!(e.class(), ErrorClass::Unavailable { retry_after_secs: 5 });
+        let other = StoreError::from(clickhouse::error::Error::BadResponse("Code: 62, syntax error".into()));
+        assert_eq!(other.or_query_memory("x").class(), ErrorClass::Internal);
     }
 }

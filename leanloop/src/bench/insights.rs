@@ -146,10 +146,12 @@ pub async fn run(o: Options) -> Result<()> {
                 let started = Instant::now();
                 let response = client.post(&url).bearer_auth(&project.read_key).json(&q).send().await?;
                 let status = response.status();
-                response.bytes().await?;
+                let body = response.bytes().await?;
                 if !status.is_success() {
-                    // A 503 here is the server's request timeout.
-                    failed = Some(format!("{status} after {:.1}s", started.elapsed().as_secs_f64()));
+                    // A 503 is the server's request timeout (no body) or a
+                    // query refused for want of memory (the body says so).
+                    let said = String::from_utf8_lossy(&body);
+                    failed = Some(format!("{status} after {:.1}s {said}", started.elapsed().as_secs_f64()));
                     break;
                 }
                 api.push(started.elapsed());

@@ -247,7 +247,7 @@ impl EventStore for ClickHouseStore {
     }
 
     fn select(&self, query: &Select) -> Result<Rows, StoreError> {
-        self.block(read::select(&self.client, query))
+        self.block(read::select(&self.client, query)).map_err(|e| e.or_query_memory("ClickHouse's max_memory_usage"))
     }
 
     fn write_cohort(

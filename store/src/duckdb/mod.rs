@@ -39,6 +39,8 @@ pub struct DuckDbStore {
     /// Counts writes that changed people. This process is the file's only
     /// writer, so the count sees every change.
     people_writes: AtomicU64,
+    /// The memory limit, as named to a query that exceeds it.
+    memory_limit: String,
 }
 
 impl DuckDbStore {
@@ -53,6 +55,10 @@ impl DuckDbStore {
             readers: Mutex::new(Vec::new()),
             origin: Mutex::new(origin),
             people_writes: AtomicU64::new(0),
+            memory_limit: format!(
+                "DuckDB memory limit {}: store.duckdb_memory_limit or LEANLOOP_DUCKDB_MEMORY_LIMIT",
+                options.memory_limit
+            ),
         })
     }
 
@@ -114,7 +120,7 @@ impl EventStore for DuckDbStore {
     }
 
     fn select(&self, query: &Select) -> Result<Rows, StoreError> {
-        self.with_reader(|conn| read::select(conn, query))
+        self.with_reader(|conn| read::select(conn, query)).map_err(|e| e.or_query_memory(&self.memory_limit))
     }
 
     fn write_cohort(
@@ -142,5 +148,32 @@ impl DuckDbStore {
     /// rows for duplicate uuids. Returns the rows stored.
     pub fn load_ndjson_unchecked(&self, path: &Path) -> Result<usize, StoreError> {
         lock(&self.writer).load_ndjson_unchecked(path)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{ColumnKind, EventStore, Select};
+    use leanloop_core::{Classify, ErrorClass};
+
+    #[test]
+    fn a_query_over_the_memory_limit_is_refused_naming_the_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        let options = DuckDbOptions { memory_limit: "16MB".into(), threads: 1 };
+        let store = DuckDbStore::open(&dir.path().join("events.duckdb"), &options).unwrap();
+        // A list of 20M integers is one aggregate state of 160 MB: it cannot spill.
+        let huge = Select {
+            sql: "SELECT list(i) FROM range(20000000) t(i)".into(),
+            params: vec![],
+            columns: vec![ColumnKind::Text],
+        };
+        let e = store.select(&huge).unwrap_err();
+        assert!(e.to_string().contains("DuckDB memory limit 16MB"), "{e}");
+        assert_eq!(e.class(), ErrorClass::Unavailable { retry_after_secs: 5 });
+        // Within the limit the same store answers.
+        let small =
+            Select { sql: "SELECT count(*) FROM range(1000)".into(), params: vec![], columns: vec![ColumnKind::Int] };
+        assert_eq!(store.select(&small).unwrap()[0][0].int(), 1000);
     }
 }
