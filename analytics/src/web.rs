@@ -180,7 +180,6 @@ fn ranked_together(
         }
     };
     let order = format!("{} DESC, {} DESC, x_val", rank(true), rank(false));
-    let counts = format!("{} AS x_visitors, count(*) AS x_count", sql::count_distinct(d, "person"));
     let sql = match d {
         Dialect::DuckDb => {
             let aliases: Vec<String> = (0..values.len()).map(|k| format!("x_v{k}")).collect();
@@ -195,24 +194,33 @@ fn ranked_together(
                     .collect();
                 format!("CASE {} END", arms.join(" "))
             };
-            let sets: Vec<String> = aliases.iter().map(|a| format!("({a})")).collect();
-            Sql::new(format!(
-                "SELECT {} AS x_k, {} AS x_val, {counts} FROM (SELECT person, {} FROM ",
+            // Grouped by (value, person) first, then people counted per value:
+            // with a distinct count per grouping set, the entry and exit
+            // pages of 10M events outgrew DuckDB's default 256 MB; this form
+            // fits, at 5–10 % more time (measured on the bench store).
+            let sets: Vec<String> = aliases.iter().map(|a| format!("({a}, person)")).collect();
+            let per_person = Sql::new(format!(
+                "SELECT {} AS x_k, {} AS x_val, person, count(*) AS x_n FROM (SELECT person, {} FROM ",
                 of_set(&|k, _| k.to_string()),
                 of_set(&|_, a| a.to_owned()),
                 columns.join(", ")
             ))
             .push(src)
-            .raw(&format!(
-                ") GROUP BY GROUPING SETS ({}) QUALIFY row_number() OVER (PARTITION BY x_k ORDER BY {order}) <= {limit} \
-                 ORDER BY x_k, {order}",
-                sets.join(", ")
-            ))
+            .raw(&format!(") GROUP BY GROUPING SETS ({})", sets.join(", ")));
+            // `count(person)`: a value's rows without a person add page
+            // views but no visitor, as a distinct count would.
+            Sql::new("SELECT x_k, x_val, count(person) AS x_visitors, sum(x_n) AS x_count FROM ")
+                .push(per_person.wrap())
+                .raw(&format!(
+                    " GROUP BY x_k, x_val QUALIFY row_number() OVER (PARTITION BY x_k ORDER BY {order}) <= {limit} \
+                     ORDER BY x_k, {order}"
+                ))
         }
         Dialect::ClickHouse => {
             let keys: Vec<String> = (0..values.len()).map(|k| k.to_string()).collect();
             let exprs: Vec<String> = values.iter().map(|(v, _)| format!("CAST(ifNull({v}, '') AS String)")).collect();
             let (keys, exprs) = (keys.join(", "), exprs.join(", "));
+            let counts = format!("{} AS x_visitors, count(*) AS x_count", sql::count_distinct(d, "person"));
             Sql::new(format!("SELECT x_k, {} AS x_val, {counts} FROM ", unset_if_empty(d, "x_v")))
                 .push(src)
                 .raw(&format!(" ARRAY JOIN [{keys}] AS x_k, [{exprs}] AS x_v GROUP BY x_k, x_val "))
