@@ -185,7 +185,8 @@ pub fn retention(ask: &Ask, q: &RetentionQuery) -> Result<RetentionResult, Analy
                 .take_while(|&k| cp + k <= now_key)
                 .map(|k| counts.get(&(cp, k)).copied().unwrap_or(0))
                 .collect();
-            let size = counts.get(&(cp, 0)).copied().unwrap_or(0);
+            // Period 0 always belongs (`cp <= now_key`): it is the size.
+            let size = values.first().copied().unwrap_or(0);
             Cohort { period_start: window.label(interval, cp), size, values }
         })
         .collect();

@@ -4,6 +4,7 @@
 use crate::seen::{Key, KeySource};
 use crate::StoreError;
 use ::duckdb::arrow::array::{Array, Int64Array, StringArray};
+use ::duckdb::arrow::record_batch::RecordBatch;
 use ::duckdb::Connection;
 use leanloop_core::Event;
 use std::collections::HashSet;
@@ -22,7 +23,11 @@ impl KeySource for DuckKeys<'_> {
 
     fn each_stored(&self, f: &mut dyn FnMut(Key)) -> Result<(), StoreError> {
         let mut stmt = self.0.prepare("SELECT project_id, CAST(uuid AS VARCHAR) FROM events")?;
-        for batch in stmt.query_arrow([])? {
+        // `execute` + `step`, as queries are read: `query_arrow`'s iterator
+        // panics on a fetch error instead of returning it.
+        stmt.execute([])?;
+        while let Some(chunk) = stmt.step()? {
+            let batch = RecordBatch::from(&chunk);
             let projects = batch.column(0).as_any().downcast_ref::<Int64Array>();
             let uuids = batch.column(1).as_any().downcast_ref::<StringArray>();
             let (Some(projects), Some(uuids)) = (projects, uuids) else {
