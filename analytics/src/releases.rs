@@ -152,8 +152,24 @@ pub fn impact(ask: &Ask, q: &ImpactQuery) -> Result<ImpactResult, AnalyticsError
         }
         None => (first_seen(ask, &q.release)?, "events"),
     };
+    // Settings of the other mode are refused rather than silently ignored.
+    let misplaced = match &q.compare_to {
+        Some(_) => q.window_seconds.is_some().then_some(("window_seconds", "before/after (without `compare_to`)")),
+        None => q.date_from.as_ref().map(|_| "date_from").or(q.date_to.as_ref().map(|_| "date_to")).map(|f| {
+            (f, "release against release (with `compare_to`); before/after windows are `window_seconds` long")
+        }),
+    };
+    if let Some((field, applies)) = misplaced {
+        return Err(AnalyticsError::invalid(field, format!("`{field}` applies only to {applies}")));
+    }
     let (baseline, candidate) = match &q.compare_to {
         Some(other) => {
+            if released.is_none() {
+                return Err(AnalyticsError::invalid("release", format!("no events carry release `{}`", q.release)));
+            }
+            if other.is_empty() || first_seen(ask, other)?.is_none() {
+                return Err(AnalyticsError::invalid("compare_to", format!("no events carry release `{other}`")));
+            }
             let w = Window::parse(q.date_from.as_deref(), q.date_to.as_deref(), None, ask.now_ms)?;
             let of = |r: &str| Sql::new("release = ").text(r);
             (side(other, &w, plan()?.filter(of(other)))?, side(&q.release, &w, plan()?.filter(of(&q.release)))?)

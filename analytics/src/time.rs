@@ -64,7 +64,8 @@ impl Window {
             Some(t) => parse_time(t, tz, "date_from", false)?,
         };
         if from_ms >= to_ms {
-            return Err(AnalyticsError::invalid("date_from", "`date_from` must be before `date_to`"));
+            let to = if date_to.is_some_and(|t| !t.is_empty()) { "`date_to`" } else { "now (the default `date_to`)" };
+            return Err(AnalyticsError::invalid("date_from", format!("`date_from` must be before {to}")));
         }
         if from_ms < EARLIEST_MS {
             return Err(AnalyticsError::invalid("date_from", "`date_from` must be after 1970-01-02"));
@@ -166,14 +167,26 @@ impl Window {
     /// RFC 3339 label of a bucket's local start.
     pub fn label(&self, interval: Interval, key: i64) -> String {
         let naive = local_start(interval, key);
-        let local = self.tz.from_local_datetime(&naive).earliest().unwrap_or_else(|| {
-            // A start inside a gap (DST): the first instant after it.
-            self.tz.from_utc_datetime(
-                &(naive - Duration::milliseconds(self.offset_ms(naive.and_utc().timestamp_millis()))),
-            )
-        });
+        let local = local_instant(self.tz, naive).unwrap_or_else(|| self.tz.from_utc_datetime(&naive));
         local.to_rfc3339_opts(SecondsFormat::Secs, true)
     }
+}
+
+/// The instant a local wall-clock time names in `tz`: the earlier of two
+/// when clocks go back; when clocks jump forward over it, the instant they
+/// land, so a day whose midnight is skipped starts when its clock does
+/// (America/Sao_Paulo on 2018-11-04 starts at 01:00).
+pub fn local_instant(tz: Tz, naive: NaiveDateTime) -> Option<DateTime<Tz>> {
+    if let Some(t) = tz.from_local_datetime(&naive).earliest() {
+        return Some(t);
+    }
+    // In a gap: read the time with the offset in force before it (a day
+    // earlier; zones never change twice in a day). Gaps start at the
+    // times asked for here (midnights, bucket starts), so that is the
+    // instant the clock jumped.
+    let before = tz.from_local_datetime(&(naive - Duration::days(1))).earliest()?;
+    let offset = before.offset().fix().local_minus_utc();
+    Some(tz.from_utc_datetime(&(naive - Duration::seconds(offset as i64))))
 }
 
 /// A UTC ms time as RFC 3339.
@@ -219,7 +232,7 @@ fn parse_time(text: &str, tz: Tz, field: &'static str, end_of_day: bool) -> Resu
     if let Ok(date) = NaiveDate::parse_from_str(text, "%Y-%m-%d") {
         let date = if end_of_day { date.succ_opt().unwrap_or(date) } else { date };
         let midnight = date.and_hms_opt(0, 0, 0).unwrap_or_default();
-        if let Some(t) = tz.from_local_datetime(&midnight).earliest() {
+        if let Some(t) = local_instant(tz, midnight) {
             return Ok(t.timestamp_millis());
         }
     }
@@ -247,6 +260,23 @@ mod tests {
         let keys = w.keys(Interval::Day).unwrap();
         assert_eq!(w.label(Interval::Day, keys[1]), "2024-03-31T00:00:00+01:00");
         assert_eq!(w.label(Interval::Hour, w.key(Interval::Hour, w.to_ms - 1)), "2024-03-31T23:00:00+02:00");
+    }
+
+    #[test]
+    fn a_day_whose_midnight_is_skipped_starts_when_its_clock_does() {
+        let utc = |t: &str| DateTime::parse_from_rfc3339(t).unwrap().timestamp_millis();
+        // Clocks jumped from 00:00 to 01:00 at the start of these days.
+        let w = window("2018-11-04", "2018-11-04", "America/Sao_Paulo");
+        assert_eq!(w.from_ms, utc("2018-11-04T03:00:00Z"));
+        assert_eq!(w.to_ms, utc("2018-11-05T02:00:00Z"));
+        assert_eq!(w.label(Interval::Day, w.keys(Interval::Day).unwrap()[0]), "2018-11-04T01:00:00-02:00");
+        // East of Greenwich: Beirut went from +02:00 to +03:00 at midnight.
+        let w = window("2024-03-30", "2024-03-31", "Asia/Beirut");
+        assert_eq!(w.to_ms, utc("2024-03-31T21:00:00Z"));
+        assert_eq!(window("2024-03-31", "2024-03-31", "Asia/Beirut").from_ms, utc("2024-03-30T22:00:00Z"));
+        // Samoa skipped 2011-12-30 whole: the 29th and 30th are one day long.
+        let w = window("2011-12-29", "2011-12-30", "Pacific/Apia");
+        assert_eq!(w.to_ms - w.from_ms, 86_400_000);
     }
 
     #[test]

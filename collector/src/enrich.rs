@@ -196,7 +196,8 @@ fn utm_of(url: &url::Url) -> Utm {
 }
 
 /// `timestamp + (received_at − sentAt)`, or `received_at − offset`; clamped
-/// to the receive time (and flagged) when more than 23 h in the future.
+/// to the receive time (and flagged) when more than 23 h in the future or
+/// before 1970.
 fn corrected_time(i: &Incoming, received_at_ms: i64) -> (i64, bool) {
     let t = match (i.timestamp_ms, i.sent_at_ms, i.offset_ms) {
         (Some(ts), Some(sent), _) => ts.saturating_add(received_at_ms.saturating_sub(sent)),
@@ -204,7 +205,9 @@ fn corrected_time(i: &Incoming, received_at_ms: i64) -> (i64, bool) {
         (None, _, Some(offset)) => received_at_ms - offset,
         (None, _, None) => received_at_ms,
     };
-    if t > received_at_ms + MAX_FUTURE_MS {
+    // Before 1970 no query can reach it (an absurd `sentAt` skews a sound
+    // timestamp there): clamped and flagged like the far future.
+    if t > received_at_ms + MAX_FUTURE_MS || t < 0 {
         (received_at_ms, true)
     } else {
         (t, false)
@@ -316,6 +319,12 @@ mod tests {
         assert_eq!(corrected_time(&near, r), (r + MAX_FUTURE_MS - 1, false));
         let offset = Incoming { offset_ms: Some(1500), ..incoming() };
         assert_eq!(corrected_time(&offset, r), (r - 1500, false));
+        let far_sent = Incoming { timestamp_ms: Some(r), sent_at_ms: Some(253_402_300_799_000), ..incoming() };
+        assert_eq!(corrected_time(&far_sent, r), (r, true), "skewed before 1970");
+        let ancient = Incoming { timestamp_ms: Some(-1), ..incoming() };
+        assert_eq!(corrected_time(&ancient, r), (r, true));
+        let epoch = Incoming { timestamp_ms: Some(0), ..incoming() };
+        assert_eq!(corrected_time(&epoch, r), (0, false));
     }
 
     #[test]

@@ -218,17 +218,19 @@ fn answer(endpoint: Endpoint, accepted: usize, rejected: Vec<(usize, IngestError
         })
         .collect();
     let all_refused = accepted == 0 && !rejected.is_empty();
+    let first = rejected.first().map(|r| (r.field.clone(), r.reason.clone()));
     let mut body = match endpoint {
         Endpoint::PostHog => json!({ "status": if all_refused { 0 } else { 1 } }),
         _ => json!({ "success": !all_refused }),
     };
     body["accepted"] = json!(accepted);
     body["rejected"] = json!(rejected);
-    if all_refused {
-        body["error"] = json!({
-            "code": "bad_request",
-            "message": format!("all {total} events were rejected; see `rejected`"),
-        });
+    if let (true, Some((field, reason))) = (all_refused, first) {
+        let message = match total {
+            1 => reason,
+            _ => format!("all {total} events were rejected; see `rejected` (the first: {reason})"),
+        };
+        body["error"] = json!({ "code": "bad_request", "message": message, "field": field });
         return (StatusCode::BAD_REQUEST, Json(body)).into_response();
     }
     Json(body).into_response()

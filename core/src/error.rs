@@ -147,6 +147,11 @@ impl JsonFault {
             JsonFault::Missing { name, path: path.to_owned() }
         } else if inner.is_data() && path != "." {
             JsonFault::Invalid { path: path.to_owned() }
+        } else if inner.is_syntax() && path != "." && !path.contains('?') {
+            // A malformed value under a known field (`null` where a name is
+            // expected, a lone surrogate) is that field's fault; broken JSON
+            // elsewhere (a key not even a string) is the body's.
+            JsonFault::Invalid { path: path.to_owned() }
         } else {
             JsonFault::Syntax
         }

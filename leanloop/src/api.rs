@@ -73,7 +73,10 @@ pub(crate) fn authorise_as(
 pub(crate) fn query<Q>(q: Result<Query<Q>, QueryRejection>) -> Result<Q, ApiError> {
     q.map(|Query(q)| q).map_err(|e| {
         let text = e.body_text();
-        let field = text.split('`').nth(1).unwrap_or("query").to_owned();
+        // "unknown field `x`", or "...query string: limit: invalid digit".
+        let detail = text.strip_prefix("Failed to deserialize query string: ").unwrap_or(&text);
+        let path = detail.split_once(": ").map(|(path, _)| path).filter(|p| !p.is_empty() && !p.contains(' '));
+        let field = text.split('`').nth(1).or(path).unwrap_or("query").to_owned();
         ApiError::from_class(ErrorClass::BadRequest { field: Some(field) }, text)
     })
 }

@@ -8,7 +8,7 @@
 //! dashboard, no project creation; keys come from the shared control plane.
 
 use crate::cohorts_api::{self, ControlBook};
-use crate::{api, ops, pipeline_api, telemetry};
+use crate::{api, connections, ops, pipeline_api, refusals, telemetry};
 use anyhow::{Context, Result};
 use axum::Router;
 use leanloop_analytics::Analytics;
@@ -23,7 +23,6 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tower_http::timeout::TimeoutLayer;
 
 /// How long a key look-up is trusted before the control plane is asked again.
 const KEY_CACHE_TTL: Duration = Duration::from_secs(30);
@@ -103,7 +102,9 @@ impl App {
                 .merge(leanloop_dashboard::router(control.clone()));
         }
         let router = router
-            .layer(TimeoutLayer::with_status_code(axum::http::StatusCode::SERVICE_UNAVAILABLE, config.request_timeout));
+            .fallback(refusals::not_found)
+            .layer(axum::middleware::from_fn(refusals::as_json))
+            .layer(axum::middleware::from_fn_with_state(config.request_timeout, refusals::deadline));
         let listener = TcpListener::bind(config.listen).await.with_context(|| format!("binding {}", config.listen))?;
         Ok(App { listener, router, collector, control, store, config, default_project, pipeline })
     }
@@ -138,11 +139,9 @@ impl App {
     /// what the log still holds is delivered on the next start).
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> Result<()> {
         let App { listener, router, collector, config, pipeline, .. } = self;
-        let service = router.into_make_service_with_connect_info::<SocketAddr>();
-        axum::serve(listener, service)
-            .with_graceful_shutdown(shutdown.cancelled_owned())
-            .await
-            .context("serving HTTP")?;
+        // Headers get the whole request's time; the body is bounded by the
+        // request deadline (`refusals::deadline`).
+        connections::serve(listener, router, shutdown, config.request_timeout).await;
         let timeout = config.shutdown_timeout;
         if let Some(pipeline) = pipeline {
             // Runs in flight are cancelled; their containers are removed.

@@ -9,9 +9,11 @@ pub mod app;
 pub mod bench;
 pub mod cohorts_api;
 pub mod config;
+pub mod connections;
 pub mod openapi;
 pub mod ops;
 pub mod pipeline_api;
+pub mod refusals;
 pub mod telemetry;
 
 pub use app::{App, Role};

@@ -20,6 +20,11 @@ impl<'de> Deserialize<'de> for Id {
         }
         match Raw::deserialize(d).map_err(|_| serde::de::Error::custom("expected a string or a number"))? {
             Raw::S(s) => Ok(Id(non_empty(s))),
+            // Past 64 bits a number arrives rounded (1e40): two ids would
+            // merge, so only whole numbers are taken as ids.
+            Raw::N(n) if n.is_f64() => {
+                Err(serde::de::Error::custom("expected a string or a whole number of at most 64 bits"))
+            }
             Raw::N(n) => Ok(Id(Some(n.to_string()))),
             Raw::Null(()) => Ok(Id(None)),
         }
@@ -186,5 +191,17 @@ mod tests {
         let id: Id = serde_json::from_str("\"\"").unwrap();
         assert_eq!(id.0, None);
         assert!(serde_json::from_str::<Id>("{}").is_err());
+        assert_eq!(
+            serde_json::from_str::<Id>("18446744073709551615").unwrap().0.as_deref(),
+            Some("18446744073709551615")
+        );
+        assert_eq!(
+            serde_json::from_str::<Id>("-9223372036854775808").unwrap().0.as_deref(),
+            Some("-9223372036854775808")
+        );
+        // Beyond 64 bits the number is already rounded: refused, not merged.
+        assert!(serde_json::from_str::<Id>("-9223372036854775809").is_err());
+        assert!(serde_json::from_str::<Id>("1e40").is_err());
+        assert!(serde_json::from_str::<Id>("1.5").is_err());
     }
 }

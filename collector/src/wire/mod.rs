@@ -70,14 +70,48 @@ pub struct Decoded {
     pub items: Vec<Result<Incoming, IngestError>>,
 }
 
+/// How deep an object's values may nest. Stored JSON is read back with
+/// parsers that stop at 128 levels; refusing deeper input here keeps it
+/// from being acknowledged and then unreadable.
+pub const MAX_NESTING: usize = 64;
+
 /// Properties must be a JSON object; `null` or absent means empty.
 pub(crate) fn object_text(raw: Option<&RawValue>, field: &str) -> Result<String, IngestError> {
     match raw.map(|r| r.get().trim_start()) {
         None => Ok("{}".to_owned()),
+        Some(text) if text.starts_with('{') && nesting(text) > MAX_NESTING => {
+            Err(IngestError::field(field, format!("`{field}` nests deeper than {MAX_NESTING} levels")))
+        }
         Some(text) if text.starts_with('{') => Ok(text.to_owned()),
         Some("null") => Ok("{}".to_owned()),
         Some(_) => Err(IngestError::field(field, format!("`{field}` must be a JSON object"))),
     }
+}
+
+/// The deepest nesting of objects and arrays in valid JSON `text`.
+fn nesting(text: &str) -> usize {
+    let (mut depth, mut deepest, mut in_string, mut escaped) = (0usize, 0usize, false, false);
+    for b in text.bytes() {
+        if in_string {
+            match b {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'{' | b'[' => {
+                depth += 1;
+                deepest = deepest.max(depth);
+            }
+            b'}' | b']' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    deepest
 }
 
 /// Decodes one event with a typed struct; a type error names the field path.
@@ -86,8 +120,8 @@ pub(crate) fn decode_item<'a, T: serde::Deserialize<'a>>(raw: &'a str) -> Result
     if let Ok(value) = serde_json::from_str(raw) {
         return Ok(value);
     }
-    let de = &mut serde_json::Deserializer::from_str(raw);
-    serde_path_to_error::deserialize(de).map_err(|err| {
+    let mut de = serde_json::Deserializer::from_str(raw);
+    let value = serde_path_to_error::deserialize(&mut de).map_err(|err| {
         let path = err.path().to_string();
         let inner = err.into_inner();
         match JsonFault::of(&path, &inner) {
@@ -96,7 +130,11 @@ pub(crate) fn decode_item<'a, T: serde::Deserialize<'a>>(raw: &'a str) -> Result
             JsonFault::Invalid { path } => IngestError::field(&path, format!("`{path}`: {inner}")),
             JsonFault::Syntax => IngestError::BadJson(inner.to_string()),
         }
-    })
+    })?;
+    // Whatever follows the value (a second event, garbage) is refused, not
+    // silently dropped.
+    de.end().map_err(|e| IngestError::BadJson(e.to_string()))?;
+    Ok(value)
 }
 
 /// Splits a JSON array body into its items, each checked against the event size limit.
@@ -104,9 +142,12 @@ pub(crate) fn split_items(
     items: Vec<&RawValue>,
     max_event_bytes: usize,
 ) -> impl Iterator<Item = Result<&str, IngestError>> {
-    items.into_iter().map(move |raw| {
+    items.into_iter().enumerate().map(move |(i, raw)| {
         if raw.get().len() > max_event_bytes {
             Err(IngestError::EventTooLarge { limit: max_event_bytes })
+        } else if !raw.get().trim_start().starts_with('{') {
+            let field = format!("batch[{i}]");
+            Err(IngestError::field(&field, format!("`{field}` must be an event object")))
         } else {
             Ok(raw.get())
         }

@@ -267,6 +267,7 @@ fn with_extra(
 
 #[cfg(test)]
 mod tests {
+    use super::super::MAX_NESTING;
     use super::*;
 
     fn one(text: &str, call: Call) -> Result<Incoming, IngestError> {
@@ -344,6 +345,48 @@ mod tests {
         assert_eq!(field(r#"{"userId":"u","event":"e","properties":[1]}"#), "properties");
         assert_eq!(field(r#"{"userId":{"a":1},"event":"e"}"#), "userId");
         assert_eq!(field(r#"{"userId":"u","event":"e","timestamp":"soon"}"#), "timestamp");
+    }
+
+    #[test]
+    fn text_after_the_event_is_refused_not_dropped() {
+        let two = "{\"userId\":\"u\",\"event\":\"a\"}\n{\"userId\":\"u\",\"event\":\"b\"}";
+        assert!(matches!(one(two, Call::Single(EventKind::Track)), Err(IngestError::BadJson(_))));
+        let batch = r#"{"batch":[{"type":"track","userId":"u","event":"a"}]} garbage"#;
+        assert!(matches!(decode(batch, Call::Batch, 32 * 1024, 1000), Err(IngestError::BadJson(_))));
+    }
+
+    #[test]
+    fn batch_entries_that_are_not_objects_are_named() {
+        let d = decode(r#"{"batch":[1,null,{"type":"track","userId":"u","event":"e"}]}"#, Call::Batch, 32 * 1024, 1000)
+            .unwrap();
+        let fields: Vec<Option<String>> = d
+            .items
+            .iter()
+            .map(|i| match i {
+                Err(IngestError::BadField { field, .. }) => Some(field.clone()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(fields, [Some("batch[0]".to_owned()), Some("batch[1]".to_owned()), None]);
+    }
+
+    #[test]
+    fn nesting_past_the_limit_is_refused_naming_the_field() {
+        let nested = |depth: usize, field: &str| {
+            let value = format!("{}1{}", "[".repeat(depth), "]".repeat(depth));
+            format!(r#"{{"userId":"u","event":"e","{field}":{{"plan":"pro","a":{value}}}}}"#)
+        };
+        // The object itself is one level: `depth` arrays inside make depth + 1.
+        assert!(one(&nested(MAX_NESTING - 1, "properties"), Call::Single(EventKind::Track)).is_ok());
+        for (field, call) in [("properties", EventKind::Track), ("traits", EventKind::Identify)] {
+            match one(&nested(MAX_NESTING, field), Call::Single(call)) {
+                Err(IngestError::BadField { field: named, .. }) => assert_eq!(named, field),
+                other => panic!("expected a refusal naming {field}, got {other:?}"),
+            }
+        }
+        // Brackets inside strings are text, not nesting.
+        let text = format!(r#"{{"userId":"u","event":"e","properties":{{"a":"{}\"[["}}}}"#, "[".repeat(200));
+        assert!(one(&text, Call::Single(EventKind::Track)).is_ok());
     }
 
     #[test]

@@ -100,6 +100,14 @@ async fn bad_queries_name_the_field(s: &TestServer) {
         ("paths", json!({"start": ""}), "start"),
         ("web", json!({"limit": 0}), "limit"),
         ("release-impact", json!({"release": "9.9.9", "series": {"event": "x"}}), "release"),
+        // A setting of the other mode is refused, not ignored.
+        ("release-impact", json!({"release": "9.9.9", "series": {"event": "x"}, "date_from": "x"}), "date_from"),
+        (
+            "release-impact",
+            json!({"release": "9.9.9", "compare_to": "1.0", "series": {"event": "x"}, "window_seconds": 60}),
+            "window_seconds",
+        ),
+        ("release-impact", json!({"release": "9.9.9", "compare_to": "1.0", "series": {"event": "x"}}), "release"),
     ];
     for (kind, query, field) in cases {
         let (status, answer) = ask(s, kind, &query).await;

@@ -229,3 +229,92 @@ async fn hostile_bodies_never_cause_a_server_error() {
     }
     assert_eq!(s.client.get(s.url("/healthz")).send().await.unwrap().status(), 200);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn refused_whole_requests_name_the_field() {
+    let s = TestServer::start().await;
+    // Every event refused: the error names the (first) refused field.
+    let r = s
+        .post("/capture/", &json!({"api_key": s.project.write_key, "event": "x", "distinct_id": "d", "properties": 1}))
+        .await;
+    let (status, body) = error_of(r).await;
+    assert_eq!((status, body["error"]["field"].as_str()), (400, Some("properties")), "{body}");
+
+    // Nesting the store could not read back is refused, not acknowledged.
+    let deep = format!("{}1{}", "[".repeat(130), "]".repeat(130));
+    let text = format!(r#"{{"userId":"u","event":"deep","properties":{{"plan":"pro","a":{deep}}}}}"#);
+    let r =
+        s.client.post(s.url("/v1/track")).basic_auth(&s.project.write_key, Some("")).body(text).send().await.unwrap();
+    let (status, body) = error_of(r).await;
+    assert_eq!((status, body["error"]["field"].as_str()), (400, Some("properties")), "{body}");
+
+    // A second event after the first is refused, not dropped.
+    let two = "{\"userId\":\"u\",\"event\":\"a\"}\n{\"userId\":\"u\",\"event\":\"b\"}";
+    let r =
+        s.client.post(s.url("/v1/track")).basic_auth(&s.project.write_key, Some("")).body(two).send().await.unwrap();
+    let (status, body) = error_of(r).await;
+    assert_eq!((status, body["error"]["field"].as_str()), (400, Some("body")), "{body}");
+
+    // `null` where a query expects one of a set of names is that field's fault.
+    let trend = format!("/api/v1/projects/{}/insights/trend", s.project.id);
+    let r = s
+        .client
+        .post(s.url(&trend))
+        .bearer_auth(&s.project.read_key)
+        .json(&json!({"series": [{"event": "e"}], "interval": null}))
+        .send()
+        .await
+        .unwrap();
+    let (status, body) = error_of(r).await;
+    assert_eq!((status, body["error"]["field"].as_str()), (400, Some("interval")), "{body}");
+    // A query-string parameter of the wrong kind is named too.
+    let events = format!("/api/v1/projects/{}/events?limit=x", s.project.id);
+    let r = s.client.get(s.url(&events)).bearer_auth(&s.project.read_key).send().await.unwrap();
+    let (status, body) = error_of(r).await;
+    assert_eq!((status, body["error"]["field"].as_str()), (400, Some("limit")), "{body}");
+    assert_eq!(s.count(&[]).await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn unknown_routes_and_methods_are_json_errors() {
+    let s = TestServer::start().await;
+    let r = s.client.get(s.url("/v1/track")).send().await.unwrap();
+    let (status, body) = error_of(r).await;
+    assert_eq!((status, body["error"]["code"].as_str()), (405, Some("method_not_allowed")), "{body}");
+    let r = s.client.post(s.url("/api/v1/projects/1/insights/nope")).send().await.unwrap();
+    let (status, body) = error_of(r).await;
+    assert_eq!((status, body["error"]["code"].as_str()), (404, Some("not_found")), "{body}");
+    // A query body over the API's limit, refused before any handler runs.
+    let trend = format!("/api/v1/projects/{}/insights/trend", s.project.id);
+    let huge = format!(r#"{{"series":[{{"event":"{}"}}]}}"#, "e".repeat(3 << 20));
+    let r = s.client.post(s.url(&trend)).bearer_auth(&s.project.read_key).body(huge).send().await.unwrap();
+    let (status, body) = error_of(r).await;
+    assert_eq!((status, body["error"]["field"].as_str()), (413, Some("body")), "{body}");
+    // A path segment that is not UTF-8.
+    let person = format!("/api/v1/projects/{}/people/%ff", s.project.id);
+    let r = s.client.get(s.url(&person)).bearer_auth(&s.project.read_key).send().await.unwrap();
+    let (status, body) = error_of(r).await;
+    assert_eq!((status, body["error"]["field"].as_str()), (400, Some("user_id")), "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_request_past_its_deadline_is_told_when_to_retry() {
+    let s = TestServer::start_with(|c| c.request_timeout = std::time::Duration::from_secs(1)).await;
+    // A body announced at 100 bytes that never comes.
+    let head = format!(
+        "POST /v1/track HTTP/1.1\r\nhost: x\r\nauthorization: Basic {}\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n",
+        base64::engine::general_purpose::STANDARD.encode(format!("{}:", s.project.write_key))
+    );
+    let answer = raw_exchange(&s, &head, &[b"{\"userId\":".to_vec()]).await.to_ascii_lowercase();
+    assert!(answer.starts_with("http/1.1 503"), "{answer}");
+    assert!(answer.contains("retry-after: 5"), "{answer}");
+    assert!(answer.contains("request_timeout_secs"), "{answer}");
+
+    // Headers that never end: the connection is closed, not held open.
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(s.base.trim_start_matches("http://")).await.unwrap();
+    stream.write_all(b"POST /v1/track HTTP/1.1\r\nhost: x\r\n").await.unwrap();
+    let mut rest = Vec::new();
+    let read = tokio::time::timeout(leanloop_tests::DEADLINE, stream.read_to_end(&mut rest)).await;
+    assert!(read.is_ok(), "a connection with unfinished headers was still open after {:?}", leanloop_tests::DEADLINE);
+}
