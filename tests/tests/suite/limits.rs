@@ -230,71 +230,67 @@ async fn hostile_bodies_never_cause_a_server_error() {
     assert_eq!(s.client.get(s.url("/healthz")).send().await.unwrap().status(), 200);
 }
 
+/// Sends `request`, expecting a JSON refusal: its status and the field named.
+async fn refusal(request: reqwest::RequestBuilder) -> (u16, Option<String>) {
+    let (status, body) = error_of(request.send().await.unwrap()).await;
+    assert!(body["error"]["message"].as_str().is_some_and(|m| !m.is_empty()), "{body}");
+    (status, body["error"]["field"].as_str().map(str::to_owned))
+}
+
+fn named(status: u16, field: &str) -> (u16, Option<String>) {
+    (status, Some(field.to_owned()))
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn refused_whole_requests_name_the_field() {
     let s = TestServer::start().await;
+    let ingest =
+        |path: &str, body: String| s.client.post(s.url(path)).basic_auth(&s.project.write_key, Some("")).body(body);
+    let read = |path: String| s.client.get(s.url(&path)).bearer_auth(&s.project.read_key);
     // Every event refused: the error names the (first) refused field.
-    let r = s
-        .post("/capture/", &json!({"api_key": s.project.write_key, "event": "x", "distinct_id": "d", "properties": 1}))
-        .await;
-    let (status, body) = error_of(r).await;
-    assert_eq!((status, body["error"]["field"].as_str()), (400, Some("properties")), "{body}");
-
+    let capture = json!({"api_key": s.project.write_key, "event": "x", "distinct_id": "d", "properties": 1});
+    assert_eq!(refusal(ingest("/capture/", capture.to_string())).await, named(400, "properties"));
     // Nesting the store could not read back is refused, not acknowledged.
     let deep = format!("{}1{}", "[".repeat(130), "]".repeat(130));
     let text = format!(r#"{{"userId":"u","event":"deep","properties":{{"plan":"pro","a":{deep}}}}}"#);
-    let r =
-        s.client.post(s.url("/v1/track")).basic_auth(&s.project.write_key, Some("")).body(text).send().await.unwrap();
-    let (status, body) = error_of(r).await;
-    assert_eq!((status, body["error"]["field"].as_str()), (400, Some("properties")), "{body}");
-
+    assert_eq!(refusal(ingest("/v1/track", text)).await, named(400, "properties"));
     // A second event after the first is refused, not dropped.
     let two = "{\"userId\":\"u\",\"event\":\"a\"}\n{\"userId\":\"u\",\"event\":\"b\"}";
-    let r =
-        s.client.post(s.url("/v1/track")).basic_auth(&s.project.write_key, Some("")).body(two).send().await.unwrap();
-    let (status, body) = error_of(r).await;
-    assert_eq!((status, body["error"]["field"].as_str()), (400, Some("body")), "{body}");
-
+    assert_eq!(refusal(ingest("/v1/track", two.to_owned())).await, named(400, "body"));
     // `null` where a query expects one of a set of names is that field's fault.
-    let trend = format!("/api/v1/projects/{}/insights/trend", s.project.id);
-    let r = s
+    let trend = s
         .client
-        .post(s.url(&trend))
+        .post(s.url(&format!("/api/v1/projects/{}/insights/trend", s.project.id)))
         .bearer_auth(&s.project.read_key)
-        .json(&json!({"series": [{"event": "e"}], "interval": null}))
-        .send()
-        .await
-        .unwrap();
-    let (status, body) = error_of(r).await;
-    assert_eq!((status, body["error"]["field"].as_str()), (400, Some("interval")), "{body}");
+        .json(&json!({"series": [{"event": "e"}], "interval": null}));
+    assert_eq!(refusal(trend).await, named(400, "interval"));
     // A query-string parameter of the wrong kind is named too.
-    let events = format!("/api/v1/projects/{}/events?limit=x", s.project.id);
-    let r = s.client.get(s.url(&events)).bearer_auth(&s.project.read_key).send().await.unwrap();
-    let (status, body) = error_of(r).await;
-    assert_eq!((status, body["error"]["field"].as_str()), (400, Some("limit")), "{body}");
+    let events = read(format!("/api/v1/projects/{}/events?limit=x", s.project.id));
+    assert_eq!(refusal(events).await, named(400, "limit"));
     assert_eq!(s.count(&[]).await, 0);
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn unknown_routes_and_methods_are_json_errors() {
     let s = TestServer::start().await;
+    let read = |path: String| s.client.get(s.url(&path)).bearer_auth(&s.project.read_key);
     let r = s.client.get(s.url("/v1/track")).send().await.unwrap();
+    assert_eq!(r.headers()["allow"], "POST");
     let (status, body) = error_of(r).await;
     assert_eq!((status, body["error"]["code"].as_str()), (405, Some("method_not_allowed")), "{body}");
     let r = s.client.post(s.url("/api/v1/projects/1/insights/nope")).send().await.unwrap();
     let (status, body) = error_of(r).await;
     assert_eq!((status, body["error"]["code"].as_str()), (404, Some("not_found")), "{body}");
     // A query body over the API's limit, refused before any handler runs.
-    let trend = format!("/api/v1/projects/{}/insights/trend", s.project.id);
     let huge = format!(r#"{{"series":[{{"event":"{}"}}]}}"#, "e".repeat(3 << 20));
-    let r = s.client.post(s.url(&trend)).bearer_auth(&s.project.read_key).body(huge).send().await.unwrap();
-    let (status, body) = error_of(r).await;
-    assert_eq!((status, body["error"]["field"].as_str()), (413, Some("body")), "{body}");
+    let trend = s
+        .client
+        .post(s.url(&format!("/api/v1/projects/{}/insights/trend", s.project.id)))
+        .bearer_auth(&s.project.read_key)
+        .body(huge);
+    assert_eq!(refusal(trend).await, named(413, "body"));
     // A path segment that is not UTF-8.
-    let person = format!("/api/v1/projects/{}/people/%ff", s.project.id);
-    let r = s.client.get(s.url(&person)).bearer_auth(&s.project.read_key).send().await.unwrap();
-    let (status, body) = error_of(r).await;
-    assert_eq!((status, body["error"]["field"].as_str()), (400, Some("user_id")), "{body}");
+    assert_eq!(refusal(read(format!("/api/v1/projects/{}/people/%ff", s.project.id))).await, named(400, "user_id"));
 }
 
 #[tokio::test(flavor = "multi_thread")]
