@@ -79,7 +79,7 @@ pub const MAX_NESTING: usize = 64;
 pub(crate) fn object_text(raw: Option<&RawValue>, field: &str) -> Result<String, IngestError> {
     match raw.map(|r| r.get().trim_start()) {
         None => Ok("{}".to_owned()),
-        Some(text) if text.starts_with('{') && nesting(text) > MAX_NESTING => {
+        Some(text) if text.starts_with('{') && too_deep(text) => {
             Err(IngestError::field(field, format!("`{field}` nests deeper than {MAX_NESTING} levels")))
         }
         Some(text) if text.starts_with('{') => Ok(text.to_owned()),
@@ -88,15 +88,14 @@ pub(crate) fn object_text(raw: Option<&RawValue>, field: &str) -> Result<String,
     }
 }
 
-/// The deepest nesting of objects and arrays in valid JSON `text` (at most
-/// its number of opening brackets, counted first: a cheap pass that settles
-/// almost every event).
-fn nesting(text: &str) -> usize {
-    let openings = text.bytes().filter(|&b| b == b'{' || b == b'[').count();
-    if openings <= MAX_NESTING {
-        return openings;
+/// Whether objects and arrays in valid JSON `text` nest deeper than
+/// [`MAX_NESTING`]. Counting opening brackets first settles almost every
+/// event with one cheap pass: fewer of them cannot nest that deep.
+fn too_deep(text: &str) -> bool {
+    if text.bytes().filter(|&b| b == b'{' || b == b'[').count() <= MAX_NESTING {
+        return false;
     }
-    let (mut depth, mut deepest, mut in_string, mut escaped) = (0usize, 0usize, false, false);
+    let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
     for b in text.bytes() {
         if in_string {
             match b {
@@ -109,15 +108,13 @@ fn nesting(text: &str) -> usize {
         }
         match b {
             b'"' => in_string = true,
-            b'{' | b'[' => {
-                depth += 1;
-                deepest = deepest.max(depth);
-            }
+            b'{' | b'[' if depth == MAX_NESTING => return true,
+            b'{' | b'[' => depth += 1,
             b'}' | b']' => depth = depth.saturating_sub(1),
             _ => {}
         }
     }
-    deepest
+    false
 }
 
 /// Decodes one event with a typed struct; a type error names the field path.
