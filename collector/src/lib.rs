@@ -55,19 +55,20 @@ impl Collector {
     ) -> Result<Arc<Collector>, WalError> {
         let sessions = Sessions::new(config.session_capacity, config.session_timeout_minutes);
         let enricher = Enricher::new(config.user_agent_cache, sessions);
+        let batch_events = config.write_batch_events.unwrap_or_else(|| store.preferred_write_events());
         let queue = if config.log {
             Spool::Log(Wal::open(
                 WalOptions {
                     dir: log_dir.to_path_buf(),
                     max_bytes: config.log_max_bytes,
                     segment_bytes: config.log_segment_bytes,
-                    batch_events: config.write_batch_events,
+                    batch_events,
                     interval: Duration::from_millis(config.delivery_interval_ms),
                 },
                 store,
             )?)
         } else {
-            Spool::Memory(IngestQueue::start(store, config.queue_capacity, config.write_batch_events))
+            Spool::Memory(IngestQueue::start(store, config.queue_capacity, batch_events))
         };
         Ok(Arc::new(Collector { config, keys, enricher, queue }))
     }

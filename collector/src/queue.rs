@@ -13,7 +13,7 @@
 
 use crate::IngestError;
 use leanloop_core::{Event, UserUpdate};
-use leanloop_store::EventStore;
+use leanloop_store::{EventStore, StoreError, WriteOutcome};
 use std::sync::{Arc, Condvar, Mutex, RwLock};
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
@@ -146,29 +146,24 @@ fn write_loop(
         }
         let events: Vec<Event> = batches.iter_mut().flat_map(|b| std::mem::take(&mut b.events)).collect();
         let users: Vec<UserUpdate> = batches.iter_mut().flat_map(|b| std::mem::take(&mut b.users)).collect();
-        write_with_retry(store.as_ref(), &events, &users, false, &|| false);
+        write_with_retry(&mut || store.write(&events, &users), &|| false);
         drop(batches);
         metrics::gauge!("leanloop_ingest_queue_depth").set((capacity - room.available_permits()) as f64);
     }
     tracing::info!("event writer stopped: queue drained");
 }
 
-/// Writes until the store accepts: acknowledged events are never dropped.
-/// `replayed` events may have been stored by a process that died (see
-/// [`EventStore::write_replayed`]). Returns false only if `abandon` says to
-/// stop retrying (the caller still holds the events, e.g. in the log).
+/// Runs `write` until the store accepts: acknowledged events are never
+/// dropped. Returns false only if `abandon` says to stop retrying (the
+/// caller still holds the events, e.g. in the log).
 pub(crate) fn write_with_retry(
-    store: &dyn EventStore,
-    events: &[Event],
-    users: &[UserUpdate],
-    replayed: bool,
+    write: &mut dyn FnMut() -> Result<WriteOutcome, StoreError>,
     abandon: &dyn Fn() -> bool,
 ) -> bool {
     let mut backoff = Duration::from_millis(50);
     loop {
         let started = Instant::now();
-        let written = if replayed { store.write_replayed(events, users) } else { store.write(events, users) };
-        match written {
+        match write() {
             Ok(outcome) => {
                 metrics::histogram!("leanloop_store_write_seconds").record(started.elapsed().as_secs_f64());
                 metrics::counter!("leanloop_store_events_written_total").increment(outcome.inserted as u64);
@@ -177,7 +172,7 @@ pub(crate) fn write_with_retry(
             }
             Err(err) => {
                 metrics::counter!("leanloop_store_write_errors_total").increment(1);
-                tracing::error!(error = %err, events = events.len(), retry_in_ms = backoff.as_millis() as u64, "event store write failed");
+                tracing::error!(error = %err, retry_in_ms = backoff.as_millis() as u64, "event store write failed");
                 if !err.is_retriable() {
                     tracing::error!("event store cannot accept writes; events stay queued until restart");
                 }

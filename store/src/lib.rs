@@ -40,10 +40,54 @@ pub struct UserRecord {
     pub last_seen_ms: i64,
 }
 
+/// One piece of a streamed write ([`EventStore::write_stream`]).
+#[derive(Debug, Default)]
+pub struct Chunk {
+    pub events: Vec<Event>,
+    pub users: Vec<UserUpdate>,
+    /// Some of these events may have been stored by a process that died (a
+    /// write-ahead log's replayed tail): every uuid is looked up.
+    pub replayed: bool,
+}
+
+impl Chunk {
+    pub fn is_empty(&self) -> bool {
+        self.events.is_empty() && self.users.is_empty()
+    }
+
+    /// Adds `other` to this chunk.
+    pub fn extend(&mut self, other: Chunk) {
+        self.events.extend(other.events);
+        self.users.extend(other.users);
+        self.replayed |= other.replayed;
+    }
+}
+
 pub trait EventStore: Send + Sync + 'static {
     /// Stores events and user updates in one transaction, skipping events whose
     /// uuid is already stored for their project.
     fn write(&self, events: &[Event], users: &[UserUpdate]) -> Result<WriteOutcome, StoreError>;
+
+    /// Stores every chunk `chunks` yields as one write, pulling the next only
+    /// when the last is handed to the store, so a large write never has to be
+    /// held in memory whole. The default gathers the chunks into one
+    /// [`EventStore::write`]; a store that can append in pieces within one
+    /// transaction does so.
+    fn write_stream(&self, chunks: &mut dyn Iterator<Item = Chunk>) -> Result<WriteOutcome, StoreError> {
+        let mut all = Chunk::default();
+        chunks.for_each(|chunk| all.extend(chunk));
+        match (all.is_empty(), all.replayed) {
+            (true, _) => Ok(WriteOutcome::default()),
+            (false, true) => self.write_replayed(&all.events, &all.users),
+            (false, false) => self.write(&all.events, &all.users),
+        }
+    }
+
+    /// Events per write when the configuration names no number: what this
+    /// store writes best in one go.
+    fn preferred_write_events(&self) -> usize {
+        50_000
+    }
 
     /// Like [`EventStore::write`], for events a previous process may have
     /// written just before it died (a write-ahead log's replayed tail): every

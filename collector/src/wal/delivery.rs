@@ -1,22 +1,29 @@
 //! The loop that ships the log to the event store.
 //!
-//! It reads records from the acknowledged position on, gathers them into one
-//! store write (up to `write_batch_events`, or whatever arrived within the
-//! delivery interval), retries that write until the store accepts it, and
-//! only then moves the acknowledged position and deletes segments wholly
-//! behind it. A crash between the write and the move replays those records:
-//! the store's uuid dedup makes the replay harmless.
+//! A store write starts as soon as anything durable is undelivered. It pulls
+//! the log's records a chunk at a time ([`EventStore::write_stream`]), so
+//! only one chunk of decoded events is in memory however large the write; it
+//! takes what becomes durable meanwhile, up to `write_batch_events`, and
+//! when it has caught up with the log it waits at most the delivery interval
+//! (from its first record) for more. The store may retry the write whole:
+//! on failure it is started again from the acknowledged position, re-read
+//! from the log. Only after the store confirmed the write does the
+//! acknowledged position move and segments wholly behind it get deleted. A
+//! crash between the write and the move replays those records: the store's
+//! uuid dedup makes the replay harmless.
 
 use super::record::{self, Next};
 use super::{segments, Shared};
 use crate::queue::write_with_retry;
-use leanloop_core::{Event, UserUpdate};
-use leanloop_store::EventStore;
+use leanloop_store::{Chunk, EventStore};
 use std::fs::File;
 use std::io::{BufReader, Read, Seek, SeekFrom, Take};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+/// Events decoded from the log before they are handed to the store.
+const CHUNK_EVENTS: usize = 8192;
 
 pub struct Delivery {
     pub shared: Arc<Shared>,
@@ -37,93 +44,52 @@ struct Cursor {
     position: u64,
 }
 
-struct Pending {
-    events: Vec<Event>,
-    users: Vec<UserUpdate>,
-    /// Log position of the first record gathered.
-    start: u64,
-    /// Log position just past the last record gathered.
-    end: u64,
-    since: Option<Instant>,
-}
-
 impl Delivery {
     pub fn run(self) {
-        let mut position = self.shared.lock().acked;
         let mut cursor: Option<Cursor> = None;
-        let mut pending =
-            Pending { events: Vec::new(), users: Vec::new(), start: position, end: position, since: None };
-        loop {
-            // Gather what is durable, up to one batch.
-            let end = self.shared.lock().end;
-            while position < end && pending.events.len() < self.batch_events {
-                match self.read_record(&mut cursor, position, end) {
-                    Ok((batch, size)) => {
-                        if pending.since.is_none() {
-                            pending.start = position;
-                        }
-                        position += size;
-                        pending.events.extend(batch.events);
-                        pending.users.extend(batch.users);
-                        pending.end = position;
-                        pending.since.get_or_insert_with(Instant::now);
-                    }
-                    Err(e) => {
-                        // Unreadable below the durable end: the disk lied. Stop
-                        // delivering (the backlog grows, ingest turns 503)
-                        // rather than skip acknowledged data.
-                        tracing::error!(error = %e, position, "write-ahead log unreadable; delivery stopped");
-                        self.shared.lock().failed = Some(format!("log unreadable at {position}: {e}"));
-                        self.shared.changed.notify_all();
-                        return;
-                    }
-                }
-            }
-
-            let due = pending.since.is_some_and(|since| {
-                pending.events.len() >= self.batch_events
-                    || since.elapsed() >= self.interval
-                    || self.shared.lock().closing
-            });
-            if due && !self.shared.lock().paused {
-                if !self.deliver(&mut pending) {
-                    return;
-                }
-                continue;
-            }
-
-            let state = self.shared.lock();
-            if state.closing && state.reserved == 0 && state.end == pending.end && pending.since.is_none() {
-                tracing::debug!("log delivery stopped: everything stored");
+        while let Some(from) = self.next_start() {
+            let mut end = from;
+            let mut failure = None;
+            let mut write = || {
+                let mut records = Records::new(&self, &mut cursor, from);
+                let written = self.store.write_stream(&mut records);
+                (end, failure) = (records.position, records.failure.take());
+                written
+            };
+            let stored = write_with_retry(&mut write, &|| self.shared.lock().abandon);
+            if !stored {
                 return;
             }
-            if state.end == position || state.paused {
-                // Resuming, new records and shutdown all notify; the timeout
-                // only ends the interval of what is pending.
-                let wait = match pending.since {
-                    Some(since) if !state.paused => {
-                        self.interval.saturating_sub(since.elapsed()).max(Duration::from_millis(1))
-                    }
-                    _ => Duration::from_secs(1),
-                };
-                let _unused = self.shared.changed.wait_timeout(state, wait).unwrap_or_else(|p| p.into_inner());
+            self.acknowledge(end);
+            if let Some(e) = failure {
+                // Unreadable below the durable end: the disk lied. Stop
+                // delivering (the backlog grows, ingest turns 503) rather
+                // than skip acknowledged data.
+                tracing::error!(error = %e, position = end, "write-ahead log unreadable; delivery stopped");
+                self.shared.lock().failed = Some(format!("log unreadable at {end}: {e}"));
+                self.shared.changed.notify_all();
+                return;
             }
         }
+        tracing::debug!("log delivery stopped: everything stored");
     }
 
-    /// Stores what is pending and acknowledges it. False when the process is
-    /// giving up (shutdown timed out); the records stay in the log.
-    fn deliver(&self, pending: &mut Pending) -> bool {
-        let abandon = || self.shared.lock().abandon;
-        let replayed = pending.start < self.replay_end;
-        if !write_with_retry(self.store.as_ref(), &pending.events, &pending.users, replayed, &abandon) {
-            return false;
+    /// Waits until something durable is undelivered and delivery is not
+    /// paused; answers where it starts. `None` once the log is closing and
+    /// everything is stored.
+    fn next_start(&self) -> Option<u64> {
+        let mut state = self.shared.lock();
+        loop {
+            if state.end > state.acked && !state.paused {
+                return Some(state.acked);
+            }
+            if state.closing && state.reserved == 0 && state.end == state.acked {
+                return None;
+            }
+            // Resuming, new records and shutdown all notify.
+            state =
+                self.shared.changed.wait_timeout(state, Duration::from_secs(1)).unwrap_or_else(|p| p.into_inner()).0;
         }
-        pending.events.clear();
-        pending.users.clear();
-        pending.since = None;
-        self.acknowledge(pending.end);
-        true
     }
 
     fn acknowledge(&self, position: u64) {
@@ -183,5 +149,74 @@ impl Delivery {
             }
             Next::End | Next::Torn => Err("record below the durable end is missing or damaged".into()),
         }
+    }
+}
+
+/// One store write's records, read from the log a chunk at a time.
+struct Records<'a> {
+    delivery: &'a Delivery,
+    cursor: &'a mut Option<Cursor>,
+    /// Log position just past the last record handed out.
+    position: u64,
+    events: usize,
+    /// When the first record was read: the write waits for more until
+    /// the interval after it.
+    first_read: Option<Instant>,
+    /// Why reading stopped early, when the log could not be read.
+    failure: Option<String>,
+}
+
+impl<'a> Records<'a> {
+    fn new(delivery: &'a Delivery, cursor: &'a mut Option<Cursor>, from: u64) -> Records<'a> {
+        Records { delivery, cursor, position: from, events: 0, first_read: None, failure: None }
+    }
+
+    /// The durable end once it is past what was read; `None` when this write
+    /// should end instead: delivery paused, the log closing, or the wait
+    /// for more over.
+    fn more(&self, wait: bool) -> Option<u64> {
+        let shared = &self.delivery.shared;
+        let mut state = shared.lock();
+        loop {
+            if state.paused {
+                return None;
+            }
+            if state.end > self.position {
+                return Some(state.end);
+            }
+            let left = match self.first_read {
+                Some(first) => self.delivery.interval.saturating_sub(first.elapsed()),
+                None => Duration::ZERO,
+            };
+            if !wait || state.closing || left.is_zero() {
+                return None;
+            }
+            state = shared.changed.wait_timeout(state, left).unwrap_or_else(|p| p.into_inner()).0;
+        }
+    }
+}
+
+impl Iterator for Records<'_> {
+    type Item = Chunk;
+
+    fn next(&mut self) -> Option<Chunk> {
+        let mut chunk = Chunk::default();
+        while self.failure.is_none() && chunk.events.len() < CHUNK_EVENTS && self.events < self.delivery.batch_events {
+            // An empty chunk waits for records; a started one goes to the
+            // store with what is durable now.
+            let Some(end) = self.more(chunk.is_empty()) else { break };
+            match self.delivery.read_record(self.cursor, self.position, end) {
+                Ok((batch, size)) => {
+                    chunk.replayed |= self.position < self.delivery.replay_end;
+                    self.first_read.get_or_insert_with(Instant::now);
+                    self.position += size;
+                    self.events += batch.events.len();
+                    chunk.events.extend(batch.events);
+                    chunk.users.extend(batch.users);
+                }
+                Err(e) => self.failure = Some(e),
+            }
+        }
+        (!chunk.is_empty()).then_some(chunk)
     }
 }

@@ -257,6 +257,7 @@ fn recover(dir: &Path) -> std::io::Result<(File, u64, u64, u64, BTreeSet<u64>)> 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use leanloop_store::{Chunk, Dialect, EventFilter, Rows, Select, StoreError, UserRecord, WriteOutcome};
     use std::io::Write;
 
     fn record(n: u128) -> Vec<u8> {
@@ -282,6 +283,93 @@ mod tests {
         assert_eq!(starts, BTreeSet::from([0]));
         let on_disk = std::fs::metadata(segments::segment_path(dir.path(), 0)).unwrap().len();
         assert_eq!(on_disk, whole, "the torn record is cut off");
+    }
+
+    /// A real DuckDB store whose first streamed write fails after it has
+    /// taken one chunk (as a store going away mid-write would).
+    struct FailsOnce {
+        inner: leanloop_store::duckdb::DuckDbStore,
+        attempts: std::sync::atomic::AtomicUsize,
+    }
+
+    impl EventStore for FailsOnce {
+        fn write(&self, events: &[Event], users: &[UserUpdate]) -> Result<WriteOutcome, StoreError> {
+            self.inner.write(events, users)
+        }
+        fn write_stream(&self, chunks: &mut dyn Iterator<Item = Chunk>) -> Result<WriteOutcome, StoreError> {
+            if self.attempts.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0 {
+                let _ = chunks.next();
+                return Err(StoreError::Corrupt("the store went away".into()));
+            }
+            self.inner.write_stream(chunks)
+        }
+        fn count(&self, filter: &EventFilter) -> Result<u64, StoreError> {
+            self.inner.count(filter)
+        }
+        fn recent(&self, filter: &EventFilter, limit: usize) -> Result<Vec<Event>, StoreError> {
+            self.inner.recent(filter, limit)
+        }
+        fn user(&self, project_id: i64, user_id: &str) -> Result<Option<UserRecord>, StoreError> {
+            self.inner.user(project_id, user_id)
+        }
+        fn identity(&self, project_id: i64, anonymous_id: &str) -> Result<Option<String>, StoreError> {
+            self.inner.identity(project_id, anonymous_id)
+        }
+        fn delete_person(&self, project_id: i64, user_id: &str) -> Result<u64, StoreError> {
+            self.inner.delete_person(project_id, user_id)
+        }
+        fn dialect(&self) -> Dialect {
+            self.inner.dialect()
+        }
+        fn select(&self, query: &Select) -> Result<Rows, StoreError> {
+            self.inner.select(query)
+        }
+        fn write_cohort(
+            &self,
+            project_id: i64,
+            cohort_id: i64,
+            version: i64,
+            ids: &[String],
+        ) -> Result<(), StoreError> {
+            self.inner.write_cohort(project_id, cohort_id, version, ids)
+        }
+        fn drop_cohort_versions(&self, project_id: i64, cohort_id: i64, below: i64) -> Result<(), StoreError> {
+            self.inner.drop_cohort_versions(project_id, cohort_id, below)
+        }
+        fn people_revision(&self, project_id: i64) -> Result<u64, StoreError> {
+            self.inner.people_revision(project_id)
+        }
+    }
+
+    #[test]
+    fn a_write_that_fails_midway_is_read_again_from_the_log_and_stored_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let inner =
+            leanloop_store::duckdb::DuckDbStore::open(&dir.path().join("events.duckdb"), &Default::default()).unwrap();
+        let store = Arc::new(FailsOnce { inner, attempts: Default::default() });
+        let options = WalOptions {
+            dir: dir.path().join("log"),
+            max_bytes: 1 << 30,
+            segment_bytes: 1 << 20,
+            batch_events: 1 << 20,
+            interval: Duration::from_millis(50),
+        };
+        let wal = Wal::open(options, store.clone()).unwrap();
+        // More than one chunk's worth, in records of 1,000 events, and
+        // across several segments.
+        let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        for r in 0..20u128 {
+            let events: Vec<Event> = (r * 1000..r * 1000 + 1000).map(record::tests::event).collect();
+            runtime.block_on(wal.append(&events, &[])).unwrap();
+        }
+        // A client retry of already-logged events.
+        runtime.block_on(wal.append(&[record::tests::event(7)], &[])).unwrap();
+        assert_eq!(wal.drain(Duration::from_secs(60)), 0, "everything delivered");
+        assert!(
+            store.attempts.load(std::sync::atomic::Ordering::SeqCst) >= 2,
+            "the first write failed and was retried"
+        );
+        assert_eq!(store.count(&EventFilter::project(1)).unwrap(), 20_000);
     }
 
     #[test]

@@ -10,12 +10,15 @@ mod read;
 mod schema;
 mod write;
 
-use crate::{Dialect, EventFilter, EventStore, Rows, Select, StoreError, UserRecord, WriteOutcome};
+use crate::{Chunk, Dialect, EventFilter, EventStore, Rows, Select, StoreError, UserRecord, WriteOutcome};
 use ::duckdb::{Config, Connection};
 use leanloop_core::{Event, UserUpdate};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
+
+/// Rows in one of DuckDB's row groups (its default `row_group_size`).
+pub const ROW_GROUP_ROWS: usize = 122_880;
 
 /// Resource limits handed to DuckDB.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -91,6 +94,21 @@ impl EventStore for DuckDbStore {
             self.people_writes.fetch_add(1, Ordering::Release);
         }
         Ok(outcome)
+    }
+
+    fn write_stream(&self, chunks: &mut dyn Iterator<Item = Chunk>) -> Result<WriteOutcome, StoreError> {
+        let mut people = false;
+        let outcome = lock(&self.writer).write_stream(&mut chunks.inspect(|c| people |= !c.users.is_empty()))?;
+        if people {
+            self.people_writes.fetch_add(1, Ordering::Release);
+        }
+        Ok(outcome)
+    }
+
+    /// Two of DuckDB's row groups (122,880 rows each): a write that fills
+    /// one is stored straight to the file, compressed (see `write.rs`).
+    fn preferred_write_events(&self) -> usize {
+        2 * ROW_GROUP_ROWS
     }
 
     fn count(&self, filter: &EventFilter) -> Result<u64, StoreError> {

@@ -1,11 +1,12 @@
 //! Writing a batch: drop already-stored uuids, append the rest to `events`
-//! as one Arrow record batch (columnar, no per-value calls), merge people, and
-//! commit — all in one transaction.
+//! as Arrow record batches (columnar, no per-value calls), merge people, and
+//! commit — all in one transaction, which a streamed write fills a chunk at
+//! a time.
 
 use super::dedup::DuckKeys;
 use super::schema;
 use crate::seen::{SeenKeys, MIN_CAPACITY};
-use crate::{StoreError, WriteOutcome};
+use crate::{Chunk, StoreError, WriteOutcome};
 use ::duckdb::arrow::array::{
     ArrayRef, BooleanArray, FixedSizeBinaryArray, Int64Array, StringArray, TimestampMicrosecondArray,
 };
@@ -29,31 +30,33 @@ impl Writer {
     }
 
     pub fn write(&mut self, events: &[Event], users: &[UserUpdate]) -> Result<WriteOutcome, StoreError> {
-        let started = std::time::Instant::now();
-        // The filter is loaded from this very table and a write is one
-        // transaction: no write can have landed without being recorded.
-        let fresh = self.seen.new_events(&DuckKeys(&self.conn), events, false)?;
-        let rows: Vec<&Event> = fresh.iter().map(|&i| &events[i]).collect();
-        let deduplicated = started.elapsed();
-        let tx = self.conn.transaction()?;
-        if !rows.is_empty() {
-            let batch = record_batch(&self.schema, &rows)?;
-            let mut appender = tx.appender("events")?;
-            appender.append_record_batch(batch)?;
-            appender.flush()?;
-        }
-        let appended = started.elapsed();
-        write_users(&tx, users)?;
+        let tx = self.conn.unchecked_transaction()?;
+        let outcome = append(&tx, &mut self.seen, &self.schema, events, users, false)?;
         tx.commit()?;
-        self.seen.record(&DuckKeys(&self.conn), rows.iter().copied())?;
+        Ok(outcome)
+    }
+
+    /// Appends every chunk in one transaction, a chunk at a time. Once the
+    /// transaction holds a full row group, DuckDB writes it straight to the
+    /// database file, compressed, and logs only where it is: a large write
+    /// is stored once instead of logged row by row and then checkpointed.
+    pub fn write_stream(&mut self, chunks: &mut dyn Iterator<Item = Chunk>) -> Result<WriteOutcome, StoreError> {
+        let started = std::time::Instant::now();
+        let tx = self.conn.unchecked_transaction()?;
+        let mut outcome = WriteOutcome::default();
+        for chunk in chunks {
+            let part = append(&tx, &mut self.seen, &self.schema, &chunk.events, &chunk.users, chunk.replayed)?;
+            outcome.inserted += part.inserted;
+            outcome.duplicates += part.duplicates;
+        }
+        tx.commit()?;
         tracing::debug!(
-            events = events.len(),
-            dedup_ms = deduplicated.as_millis() as u64,
-            append_ms = (appended - deduplicated).as_millis() as u64,
+            inserted = outcome.inserted,
+            duplicates = outcome.duplicates,
             total_ms = started.elapsed().as_millis() as u64,
             "batch written"
         );
-        Ok(WriteOutcome { inserted: rows.len(), duplicates: events.len() - rows.len() })
+        Ok(outcome)
     }
 
     pub fn delete_person(&mut self, project_id: i64, user_id: &str) -> Result<u64, StoreError> {
@@ -117,6 +120,30 @@ impl Writer {
         self.seen = SeenKeys::load(&DuckKeys(&self.conn), MIN_CAPACITY)?;
         Ok(loaded)
     }
+}
+
+/// Appends the events not stored yet and merges people, within the open
+/// transaction on `conn`. Keys are recorded as they are appended, so later
+/// chunks of the same transaction look up their retries; should it roll
+/// back, they are only false positives (looked up, not found).
+fn append(
+    conn: &Connection,
+    seen: &mut SeenKeys,
+    schema: &Arc<Schema>,
+    events: &[Event],
+    users: &[UserUpdate],
+    check_all: bool,
+) -> Result<WriteOutcome, StoreError> {
+    let fresh = seen.new_events(&DuckKeys(conn), events, check_all)?;
+    let rows: Vec<&Event> = fresh.iter().map(|&i| &events[i]).collect();
+    if !rows.is_empty() {
+        let mut appender = conn.appender("events")?;
+        appender.append_record_batch(record_batch(schema, &rows)?)?;
+        appender.flush()?;
+    }
+    write_users(conn, users)?;
+    seen.record(&DuckKeys(conn), rows.iter().copied())?;
+    Ok(WriteOutcome { inserted: rows.len(), duplicates: events.len() - rows.len() })
 }
 
 /// The Arrow schema matching `events`, column for column.
@@ -271,5 +298,59 @@ impl FoldedTraits {
         }
         self.first = self.first.min(update.seen_at_ms);
         self.last = self.last.max(update.seen_at_ms);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use leanloop_core::EventKind;
+    use uuid::Uuid;
+
+    fn event(n: u128) -> Event {
+        let mut event = Event::new(Uuid::from_u128(n), 1, EventKind::Track, "e", 1_700_000_000_000 + n as i64);
+        event.anonymous_id = Some(format!("anon-{}", n % 1000));
+        event.properties = format!(r#"{{"n":{n},"text":"{}"}}"#, "x".repeat(200));
+        event
+    }
+
+    fn chunk(range: std::ops::Range<u128>) -> Chunk {
+        Chunk { events: range.map(event).collect(), users: Vec::new(), replayed: false }
+    }
+
+    fn wal_bytes(dir: &std::path::Path) -> u64 {
+        std::fs::metadata(dir.join("events.duckdb.wal")).map_or(0, |m| m.len())
+    }
+
+    #[test]
+    fn a_streamed_write_dedups_across_its_chunks_and_files_full_row_groups_directly() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(super::super::DuckDbStore::open(&dir.path().join("events.duckdb"), &Default::default()).unwrap());
+        let conn = Connection::open(dir.path().join("events.duckdb")).unwrap();
+        // No automatic checkpoint may empty the WAL behind the test's back.
+        conn.execute_batch("SET checkpoint_threshold = '10GB'").unwrap();
+        let mut writer = Writer::new(conn.try_clone().unwrap()).unwrap();
+
+        // 150,000 events (more than a row group) in chunks, then a retry of
+        // ten of them inside the same transaction.
+        let rows = super::super::ROW_GROUP_ROWS as u128 + 27_120;
+        let mut chunks = (0..rows).step_by(10_000).map(|s| chunk(s..(s + 10_000).min(rows))).chain([chunk(0..10)]);
+        let outcome = writer.write_stream(&mut chunks).unwrap();
+        assert_eq!((outcome.inserted, outcome.duplicates), (rows as usize, 10));
+        let stored: i64 = conn.query_row("SELECT count(DISTINCT uuid) FROM events", [], |r| r.get(0)).unwrap();
+        assert_eq!(stored, rows as i64);
+        // Written to the file, not row by row to the WAL: the rows' text
+        // alone is over 20 MB.
+        let after_stream = wal_bytes(dir.path());
+        assert!(after_stream < 2 << 20, "WAL holds {after_stream} bytes after a streamed write of {rows} rows");
+
+        // The same number of rows in writes below a row group do go through
+        // the WAL, which is what the streamed write avoids.
+        for s in (rows..2 * rows).step_by(50_000) {
+            let c = chunk(s..(s + 50_000).min(2 * rows));
+            writer.write(&c.events, &[]).unwrap();
+        }
+        let after_small = wal_bytes(dir.path()) - after_stream;
+        assert!(after_small > 20 << 20, "small writes logged only {after_small} bytes");
     }
 }
