@@ -4,8 +4,8 @@
 //! an empty or plain-text body.
 
 use axum::extract::{Request, State};
-use axum::http::header::{ALLOW, CONTENT_TYPE, RETRY_AFTER};
-use axum::http::StatusCode;
+use axum::http::header::{ALLOW, CONNECTION, CONTENT_TYPE, RETRY_AFTER};
+use axum::http::{HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use leanloop_core::{ApiError, ErrorClass};
@@ -19,16 +19,28 @@ const RETRY_AFTER_SECS: u32 = 5;
 pub async fn deadline(State(timeout): State<Duration>, request: Request, next: Next) -> Response {
     match tokio::time::timeout(timeout, next.run(request)).await {
         Ok(response) => response,
-        Err(_) => ApiError::from_class(
-            ErrorClass::Unavailable { retry_after_secs: RETRY_AFTER_SECS },
-            format!(
-                "the request took longer than {} s (request_timeout_secs): a body sent too slowly or a \
+        Err(_) => closing(
+            ApiError::from_class(
+                ErrorClass::Unavailable { retry_after_secs: RETRY_AFTER_SECS },
+                format!(
+                    "the request took longer than {} s (request_timeout_secs): a body sent too slowly or a \
                  query too long; narrow the query or retry",
-                timeout.as_secs()
-            ),
-        )
-        .into_response(),
+                    timeout.as_secs()
+                ),
+            )
+            .into_response(),
+        ),
     }
+}
+
+/// Marks `response` as the connection's last. A request refused before its
+/// body was read leaves the rest of that body on the wire: the server will
+/// not read it, so it closes the connection, and says so — a client that
+/// took the connection back to its pool would send its next request into a
+/// socket being closed and see it fail.
+fn closing(mut response: Response) -> Response {
+    response.headers_mut().insert(CONNECTION, HeaderValue::from_static("close"));
+    response
 }
 
 pub async fn not_found(request: Request) -> ApiError {
@@ -42,9 +54,19 @@ pub async fn not_found(request: Request) -> ApiError {
 /// (the dashboard's pages) and JSON pass untouched. A router's method
 /// fallback is not used for 405s: it would also catch the CORS preflights
 /// that layers answer.
+///
+/// A body refused as too large (413, here or in a handler) also closes the
+/// connection (`closing`).
 pub async fn as_json(request: Request, next: Next) -> Response {
     let (method, path) = (request.method().clone(), request.uri().path().to_owned());
-    let response = next.run(request).await;
+    let response = jsonified(&method, &path, next.run(request).await).await;
+    match response.status() {
+        StatusCode::PAYLOAD_TOO_LARGE => closing(response),
+        _ => response,
+    }
+}
+
+async fn jsonified(method: &axum::http::Method, path: &str, response: Response) -> Response {
     let plain = match response.headers().get(CONTENT_TYPE) {
         None => true,
         Some(kind) => kind.as_bytes().starts_with(b"text/plain"),

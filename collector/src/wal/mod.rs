@@ -16,6 +16,7 @@
 mod delivery;
 mod record;
 mod segments;
+mod spare;
 mod writer;
 
 use crate::IngestError;
@@ -127,7 +128,9 @@ impl Wal {
             file: writer_file,
             start,
             len,
+            allocated: len,
             segment_bytes: options.segment_bytes.max(1),
+            spare: spare::Spare::start(&dir, options.segment_bytes.max(1)).map_err(io)?,
         };
         std::thread::Builder::new().name("log-writer".into()).spawn(move || writer.run(rx)).map_err(io)?;
         let delivery = delivery::Delivery {
@@ -235,18 +238,27 @@ fn recover(dir: &Path) -> std::io::Result<(File, u64, u64, u64, BTreeSet<u64>)> 
     let acked_on_disk = segments::read_acked(dir)?;
     let Some((&last, last_path)) = found.iter().next_back() else {
         let start = acked_on_disk.unwrap_or(0);
-        let file = OpenOptions::new().create(true).append(true).open(segments::segment_path(dir, start))?;
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .read(true)
+            .write(true)
+            .open(segments::segment_path(dir, start))?;
         segments::sync_dir(dir)?;
         return Ok((file, start, 0, start, BTreeSet::from([start])));
     };
     let first = *found.keys().next().expect("at least one segment");
     // Segments before the first on disk were delivered and deleted.
     let acked = acked_on_disk.unwrap_or(first).max(first);
-    let file = OpenOptions::new().read(true).append(true).open(last_path)?;
+    let file = OpenOptions::new().read(true).write(true).open(last_path)?;
     let scan_from = acked.saturating_sub(last).min(file.metadata()?.len());
     let len = segments::valid_len(&file, scan_from)?;
     if len < file.metadata()?.len() {
-        tracing::warn!(segment = %last_path.display(), valid = len, "cutting a torn record left by a crash");
+        // Zeros are the rest of a segment filled ahead; anything else is a
+        // record a crash tore.
+        if !segments::zeros_from(&file, len)? {
+            tracing::warn!(segment = %last_path.display(), valid = len, "cutting a torn record left by a crash");
+        }
         file.set_len(len)?;
         file.sync_all()?;
     }
@@ -283,6 +295,65 @@ mod tests {
         assert_eq!(starts, BTreeSet::from([0]));
         let on_disk = std::fs::metadata(segments::segment_path(dir.path(), 0)).unwrap().len();
         assert_eq!(on_disk, whole, "the torn record is cut off");
+    }
+
+    #[test]
+    fn recovery_cuts_the_zeros_after_the_last_record_quietly() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = record(1);
+        let mut file = File::create(segments::segment_path(dir.path(), 0)).unwrap();
+        file.write_all(&a).unwrap();
+        file.write_all(&vec![0; 100_000]).unwrap(); // the rest of a segment filled ahead
+        drop(file);
+        let (file, start, len, acked, _) = recover(dir.path()).unwrap();
+        assert_eq!((start, len, acked), (0, a.len() as u64, 0));
+        assert_eq!(file.metadata().unwrap().len(), a.len() as u64);
+        assert!(!segments::zeros_from(&file, 0).unwrap());
+    }
+
+    #[test]
+    fn appends_roll_onto_a_zero_filled_segment_and_survive_a_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn EventStore> = Arc::new(
+            leanloop_store::duckdb::DuckDbStore::open(&dir.path().join("events.duckdb"), &Default::default()).unwrap(),
+        );
+        let segment_bytes = 64 * 1024;
+        let options = WalOptions {
+            dir: dir.path().join("log"),
+            max_bytes: 1 << 30,
+            segment_bytes,
+            batch_events: 1 << 20,
+            interval: Duration::from_millis(20),
+        };
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let newest_file_len = || {
+            let found = segments::list(&options.dir).unwrap();
+            let (_, path) = found.iter().next_back().unwrap();
+            (found.len(), std::fs::metadata(path).unwrap().len())
+        };
+        let wal = Wal::open(options.clone(), store.clone()).unwrap();
+        // The first segment grows as written; once the spare is ready the
+        // next append moves onto it, long before the first is full.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let mut sent = 1u128;
+        while newest_file_len() != (2, segment_bytes) {
+            assert!(Instant::now() < deadline, "no append moved onto the spare: {:?}", newest_file_len());
+            runtime.block_on(wal.append(&[record::tests::event(sent)], &[])).unwrap();
+            sent += 1;
+        }
+        let first = std::fs::metadata(segments::segment_path(&options.dir, 0)).unwrap().len();
+        assert!(first < segment_bytes, "rolled early, not because the first was full");
+        for n in sent..sent + 10 {
+            runtime.block_on(wal.append(&[record::tests::event(n)], &[])).unwrap();
+        }
+        assert_eq!(wal.drain(Duration::from_secs(60)), 0);
+        drop(wal);
+        // Reopened: the zeros after the last record are cut, new records
+        // follow the old ones, and nothing is stored twice.
+        let wal = Wal::open(options.clone(), store.clone()).unwrap();
+        runtime.block_on(wal.append(&[record::tests::event(sent + 10)], &[])).unwrap();
+        assert_eq!(wal.drain(Duration::from_secs(60)), 0);
+        assert_eq!(store.count(&EventFilter::project(1)).unwrap() as u128, sent + 10);
     }
 
     /// A real DuckDB store whose first streamed write fails after it has

@@ -9,7 +9,7 @@
 use super::record::{self, Next};
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, BufReader, Seek, SeekFrom, Write};
+use std::io::{self, BufReader, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 const SEGMENT_SUFFIX: &str = ".log";
@@ -87,4 +87,17 @@ pub fn valid_len(file: &File, offset: u64) -> io::Result<u64> {
         len += size;
     }
     Ok(len)
+}
+
+/// Whether `file` holds only zero bytes from `offset` to its end.
+pub fn zeros_from(mut file: &File, offset: u64) -> io::Result<bool> {
+    file.seek(SeekFrom::Start(offset))?;
+    let mut block = vec![0u8; 1 << 20];
+    loop {
+        match file.read(&mut block)? {
+            0 => return Ok(true),
+            n if block[..n].iter().any(|&b| b != 0) => return Ok(false),
+            _ => {}
+        }
+    }
 }

@@ -4,11 +4,16 @@
 //! next round takes all of them, writes them with one `write` and one
 //! `fdatasync`, and then answers every caller. Under load many requests share
 //! one fsync, which is what keeps throughput close to the log-less path.
+//! Records are written in place into a segment zero-filled ahead of time
+//! ([`Spare`]) whenever one is ready, so that fsync has no file size to
+//! commit.
 
 use super::segments;
+use super::spare::Spare;
 use super::Shared;
 use std::fs::{File, OpenOptions};
-use std::io::{self, Seek, SeekFrom, Write};
+use std::io;
+use std::os::unix::fs::FileExt;
 use std::sync::mpsc::Receiver;
 use std::sync::Arc;
 use std::time::Instant;
@@ -28,9 +33,13 @@ pub struct Writer {
     pub file: File,
     /// Position of the active segment's first byte.
     pub start: u64,
-    /// Bytes in the active segment.
+    /// Bytes of records in the active segment.
     pub len: u64,
+    /// Bytes in the active segment's file: zeros after `len` when it was
+    /// prepared ahead.
+    pub allocated: u64,
     pub segment_bytes: u64,
+    pub spare: Spare,
 }
 
 impl Writer {
@@ -74,24 +83,28 @@ impl Writer {
     }
 
     /// Writes and syncs `bytes` at the end of the log, rolling to a new
-    /// segment first when the active one is full. On failure the segment is
-    /// cut back to its last synced length, so a later success does not
-    /// follow garbage; if even that fails the log stops taking appends.
+    /// segment first when the active one is full, or when the write would
+    /// grow its file and a zero-filled spare is ready. On failure the
+    /// segment is cut back to its last synced length, so a later success
+    /// does not follow garbage; if even that fails the log stops taking
+    /// appends.
     fn write_group(&mut self, bytes: &[u8]) -> io::Result<()> {
-        if self.len >= self.segment_bytes {
+        let grows = self.len + bytes.len() as u64 > self.allocated;
+        if self.len >= self.segment_bytes || (grows && self.spare.ready()) {
             self.roll()?;
         }
         let started = Instant::now();
-        let written = self.file.write_all(bytes).and_then(|()| self.file.sync_data());
+        let written = self.file.write_all_at(bytes, self.len).and_then(|()| self.file.sync_data());
         match written {
             Ok(()) => {
                 self.len += bytes.len() as u64;
+                self.allocated = self.allocated.max(self.len);
                 metrics::histogram!("leanloop_log_fsync_seconds").record(started.elapsed().as_secs_f64());
                 Ok(())
             }
             Err(e) => {
-                let restored = self.file.set_len(self.len).and_then(|()| self.file.seek(SeekFrom::Start(self.len)));
-                if let Err(cut) = restored {
+                self.allocated = self.len;
+                if let Err(cut) = self.file.set_len(self.len) {
                     self.shared.lock().failed =
                         Some(format!("log segment could not be repaired after a failed write: {cut}"));
                 }
@@ -100,14 +113,24 @@ impl Writer {
         }
     }
 
+    /// Starts the next segment where the active one's records end: the
+    /// spare when one is ready (it replaces the active file if that holds
+    /// no records yet), else a new empty file.
     fn roll(&mut self) -> io::Result<()> {
         let start = self.start + self.len;
         let dir = self.shared.dir.clone();
-        let file = OpenOptions::new().create_new(true).append(true).open(segments::segment_path(&dir, start))?;
+        let path = segments::segment_path(&dir, start);
+        let (file, allocated) = if self.spare.ready() {
+            self.spare.take(&path)?
+        } else {
+            self.spare.retry();
+            (OpenOptions::new().create_new(true).read(true).write(true).open(&path)?, 0)
+        };
         segments::sync_dir(&dir)?;
         self.file = file;
         self.start = start;
         self.len = 0;
+        self.allocated = allocated;
         self.shared.lock().segments.insert(start);
         Ok(())
     }
