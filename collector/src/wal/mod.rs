@@ -256,7 +256,7 @@ fn recover(dir: &Path) -> std::io::Result<(File, u64, u64, u64, BTreeSet<u64>)> 
     if len < file.metadata()?.len() {
         // Zeros are the rest of a segment filled ahead; anything else is a
         // record a crash tore.
-        if !segments::zeros_from(&file, len)? {
+        if !segments::zeros_at(&file, len)? {
             tracing::warn!(segment = %last_path.display(), valid = len, "cutting a torn record left by a crash");
         }
         file.set_len(len)?;
@@ -298,7 +298,7 @@ mod tests {
     }
 
     #[test]
-    fn recovery_cuts_the_zeros_after_the_last_record_quietly() {
+    fn recovery_cuts_the_zeros_after_the_last_record() {
         let dir = tempfile::tempdir().unwrap();
         let a = record(1);
         let mut file = File::create(segments::segment_path(dir.path(), 0)).unwrap();
@@ -308,7 +308,7 @@ mod tests {
         let (file, start, len, acked, _) = recover(dir.path()).unwrap();
         assert_eq!((start, len, acked), (0, a.len() as u64, 0));
         assert_eq!(file.metadata().unwrap().len(), a.len() as u64);
-        assert!(!segments::zeros_from(&file, 0).unwrap());
+        assert!(!segments::zeros_at(&file, 0).unwrap());
     }
 
     #[test]

@@ -9,7 +9,8 @@
 use super::record::{self, Next};
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, BufReader, Read, Seek, SeekFrom, Write};
+use std::io::{self, BufReader, Seek, SeekFrom, Write};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 const SEGMENT_SUFFIX: &str = ".log";
@@ -89,15 +90,11 @@ pub fn valid_len(file: &File, offset: u64) -> io::Result<u64> {
     Ok(len)
 }
 
-/// Whether `file` holds only zero bytes from `offset` to its end.
-pub fn zeros_from(mut file: &File, offset: u64) -> io::Result<bool> {
-    file.seek(SeekFrom::Start(offset))?;
-    let mut block = vec![0u8; 1 << 20];
-    loop {
-        match file.read(&mut block)? {
-            0 => return Ok(true),
-            n if block[..n].iter().any(|&b| b != 0) => return Ok(false),
-            _ => {}
-        }
-    }
+/// Whether the block at `offset` is all zeros: a segment filled ahead past
+/// its last record, where a torn record would start with its header. One
+/// block, not the whole tail, so a restart does not read a segment's worth.
+pub fn zeros_at(file: &File, offset: u64) -> io::Result<bool> {
+    let mut block = [0u8; 4096];
+    let n = file.read_at(&mut block, offset)?;
+    Ok(block[..n].iter().all(|&b| b == 0))
 }
