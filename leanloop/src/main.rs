@@ -6,6 +6,11 @@ use leanloop::{telemetry, App, Config, Overrides, Role};
 use std::path::PathBuf;
 use tokio_util::sync::CancellationToken;
 
+/// Rust allocations go to mimalloc; DuckDB's C++ still allocates through
+/// glibc, whose arenas [`limit_malloc_arenas`] caps.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(name = "leanloop", version, about = "Ship a release, watch what users do with it, decide from data.")]
 struct Cli {
