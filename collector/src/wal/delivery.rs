@@ -174,7 +174,7 @@ impl<'a> Records<'a> {
     /// The durable end once it is past what was read; `None` when this write
     /// should end instead: delivery paused, the log closing, or the wait
     /// for more over.
-    fn more(&self, wait: bool) -> Option<u64> {
+    fn more(&self) -> Option<u64> {
         let shared = &self.delivery.shared;
         let mut state = shared.lock();
         loop {
@@ -188,7 +188,7 @@ impl<'a> Records<'a> {
                 Some(first) => self.delivery.interval.saturating_sub(first.elapsed()),
                 None => Duration::ZERO,
             };
-            if !wait || state.closing || left.is_zero() {
+            if state.closing || left.is_zero() {
                 return None;
             }
             state = shared.changed.wait_timeout(state, left).unwrap_or_else(|p| p.into_inner()).0;
@@ -202,9 +202,11 @@ impl Iterator for Records<'_> {
     fn next(&mut self) -> Option<Chunk> {
         let mut chunk = Chunk::default();
         while self.failure.is_none() && chunk.events.len() < CHUNK_EVENTS && self.events < self.delivery.batch_events {
-            // An empty chunk waits for records; a started one goes to the
-            // store with what is durable now.
-            let Some(end) = self.more(chunk.is_empty()) else { break };
+            // A chunk waits for records until it is full or the write's
+            // interval is up: every chunk is one append, whose fixed cost
+            // (DuckDB plans a scan of each record batch) would otherwise be
+            // paid per group commit when events trickle in.
+            let Some(end) = self.more() else { break };
             match self.delivery.read_record(self.cursor, self.position, end) {
                 Ok((batch, size)) => {
                     chunk.replayed |= self.position < self.delivery.replay_end;

@@ -356,23 +356,35 @@ mod tests {
         assert_eq!(store.count(&EventFilter::project(1)).unwrap() as u128, sent + 10);
     }
 
-    /// A real DuckDB store whose first streamed write fails after it has
-    /// taken one chunk (as a store going away mid-write would).
-    struct FailsOnce {
+    /// A real DuckDB store that records the size of every chunk it is
+    /// handed and, when asked, fails its first streamed write after taking
+    /// one chunk (as a store going away mid-write would).
+    struct Watched {
         inner: leanloop_store::duckdb::DuckDbStore,
+        fail_first: bool,
         attempts: std::sync::atomic::AtomicUsize,
+        chunk_events: std::sync::Mutex<Vec<usize>>,
     }
 
-    impl EventStore for FailsOnce {
+    impl Watched {
+        fn open(dir: &Path, fail_first: bool) -> Arc<Watched> {
+            let inner =
+                leanloop_store::duckdb::DuckDbStore::open(&dir.join("events.duckdb"), &Default::default()).unwrap();
+            Arc::new(Watched { inner, fail_first, attempts: Default::default(), chunk_events: Default::default() })
+        }
+    }
+
+    impl EventStore for Watched {
         fn write(&self, events: &[Event], users: &[UserUpdate]) -> Result<WriteOutcome, StoreError> {
             self.inner.write(events, users)
         }
         fn write_stream(&self, chunks: &mut dyn Iterator<Item = Chunk>) -> Result<WriteOutcome, StoreError> {
-            if self.attempts.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0 {
+            let mut chunks = chunks.inspect(|c| self.chunk_events.lock().unwrap().push(c.events.len()));
+            if self.attempts.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0 && self.fail_first {
                 let _ = chunks.next();
                 return Err(StoreError::Corrupt("the store went away".into()));
             }
-            self.inner.write_stream(chunks)
+            self.inner.write_stream(&mut chunks)
         }
         fn count(&self, filter: &EventFilter) -> Result<u64, StoreError> {
             self.inner.count(filter)
@@ -415,9 +427,7 @@ mod tests {
     #[test]
     fn a_write_that_fails_midway_is_read_again_from_the_log_and_stored_once() {
         let dir = tempfile::tempdir().unwrap();
-        let inner =
-            leanloop_store::duckdb::DuckDbStore::open(&dir.path().join("events.duckdb"), &Default::default()).unwrap();
-        let store = Arc::new(FailsOnce { inner, attempts: Default::default() });
+        let store = Watched::open(dir.path(), true);
         let options = WalOptions {
             dir: dir.path().join("log"),
             max_bytes: 1 << 30,
@@ -441,6 +451,30 @@ mod tests {
             "the first write failed and was retried"
         );
         assert_eq!(store.count(&EventFilter::project(1)).unwrap(), 20_000);
+    }
+
+    #[test]
+    fn records_that_trickle_in_reach_the_store_as_one_chunk() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Watched::open(dir.path(), false);
+        let options = WalOptions {
+            dir: dir.path().join("log"),
+            max_bytes: 1 << 30,
+            segment_bytes: 1 << 20,
+            batch_events: 1 << 20,
+            // Longer than the appends take: only the drain ends the write.
+            interval: Duration::from_secs(600),
+        };
+        let wal = Wal::open(options, store.clone()).unwrap();
+        let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        // One event per append, each acknowledged (synced) before the next
+        // is sent, as single events arrive: every one is its own record.
+        for n in 0..50u128 {
+            runtime.block_on(wal.append(&[record::tests::event(n)], &[])).unwrap();
+        }
+        assert_eq!(wal.drain(Duration::from_secs(60)), 0, "everything delivered");
+        assert_eq!(*store.chunk_events.lock().unwrap(), vec![50], "one append to the store, not one per record");
+        assert_eq!(store.count(&EventFilter::project(1)).unwrap(), 50);
     }
 
     #[test]
