@@ -46,7 +46,15 @@ impl LoadArgs {
 pub enum BenchCommand {
     /// Ingest throughput and latency through HTTP, with DuckDB's own JSON load
     /// and a bare HTTP endpoint as ceilings.
-    Ingest(LoadArgs),
+    Ingest {
+        #[command(flatten)]
+        load: LoadArgs,
+        /// Concurrent keep-alive connections of the single-event phase (and
+        /// of the bare endpoint it is compared with): many clients, each
+        /// with one event in flight, as browsers send them.
+        #[arg(long, default_value_t = 64)]
+        single_connections: usize,
+    },
     /// Events/s into ClickHouse through HTTP batch ingest, write-ahead log on
     /// and off, with `clickhouse-client`'s JSONEachRow load as the ceiling.
     Clickhouse {
@@ -105,7 +113,9 @@ pub enum BenchCommand {
 
 pub async fn run(command: BenchCommand) -> Result<()> {
     match command {
-        BenchCommand::Ingest(load) => ingest(load.duration(), load.connections(), load.batch()).await,
+        BenchCommand::Ingest { load, single_connections } => {
+            ingest(load.duration(), load.connections(), single_connections.max(1), load.batch()).await
+        }
         BenchCommand::Clickhouse { clickhouse, native_port, client, load } => {
             clickhouse::run(clickhouse::Options {
                 http: clickhouse,
@@ -132,9 +142,10 @@ const BATCH_SHARE_OF_DUCKDB: f64 = 0.5;
 const SINGLE_SHARE_OF_BARE: f64 = 0.5;
 const PEAK_RSS_MB: f64 = 300.0;
 
-async fn ingest(duration: Duration, connections: usize, batch: usize) -> Result<()> {
+async fn ingest(duration: Duration, connections: usize, single_connections: usize, batch: usize) -> Result<()> {
     println!(
-        "leanloop bench ingest: {connections} connections, {}s per phase, {batch} events per batch",
+        "leanloop bench ingest: {}s per phase; batches of {batch} events from {connections} connections, \
+         single events from {single_connections}",
         duration.as_secs()
     );
     let dir = tempfile::tempdir()?;
@@ -149,14 +160,14 @@ async fn ingest(duration: Duration, connections: usize, batch: usize) -> Result<
     let per_event = |seconds: f64| seconds * 1e6 / batches.events.max(1) as f64;
     let batch_server_us = per_event(server.cpu_seconds()? - server_cpu);
     let batch_client_us = per_event(server::cpu_seconds(me)? - client_cpu);
-    let singles = load::run(&server, load::Shape::Single, connections, duration).await?;
+    let singles = load::run(&server, load::Shape::Single, single_connections, duration).await?;
     server.wait_stored(batches.events + singles.events, Duration::from_secs(120)).await?;
     let peak_rss_mb = server.peak_rss_mb()?;
     drop(server);
 
     let ceiling_events = batches.events.clamp(10_000, 2_000_000);
     let duckdb = ceiling::duckdb_json_load(ceiling_events as usize)?;
-    let bare = ceiling::bare_endpoint(connections, duration).await?;
+    let bare = ceiling::bare_endpoint(single_connections, duration).await?;
 
     let batch_rate = batches.events as f64 / batches.elapsed.as_secs_f64();
     let stored_rate = batches.events as f64 / (batches.elapsed + stored_after).as_secs_f64();
