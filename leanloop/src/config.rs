@@ -37,8 +37,10 @@ pub struct RawConfig {
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawStoreConfig {
-    /// DuckDB's memory limit, e.g. "256MB".
+    /// DuckDB's memory limit while questions are answered, e.g. "256MB".
     pub duckdb_memory_limit: Option<String>,
+    /// DuckDB's memory limit while only events are written, e.g. "128MB".
+    pub duckdb_ingest_memory_limit: Option<String>,
     pub duckdb_threads: Option<usize>,
     /// Use ClickHouse instead of the embedded DuckDB store, e.g.
     /// `http://127.0.0.1:8123/?database=leanloop`.
@@ -91,6 +93,9 @@ impl RawConfig {
         if let Some(v) = env("LEANLOOP_DUCKDB_MEMORY_LIMIT") {
             self.store.duckdb_memory_limit = Some(v);
         }
+        if let Some(v) = env("LEANLOOP_DUCKDB_INGEST_MEMORY_LIMIT") {
+            self.store.duckdb_ingest_memory_limit = Some(v);
+        }
         if let Some(v) = env("LEANLOOP_LOG_DIR") {
             self.log_dir = Some(v.into());
         }
@@ -116,10 +121,22 @@ impl RawConfig {
         let listen: SocketAddr =
             listen.parse().with_context(|| format!("listen: `{listen}` is not an address like 127.0.0.1:8080"))?;
         self.collector.validate().map_err(anyhow::Error::msg)?;
-        let memory_limit = self.store.duckdb_memory_limit.unwrap_or_else(|| "256MB".into());
-        if !memory_limit.chars().next().is_some_and(|c| c.is_ascii_digit()) {
-            bail!("store.duckdb_memory_limit: `{memory_limit}` is not a size like 256MB");
-        }
+        let defaults = leanloop_store::duckdb::DuckDbOptions::default();
+        let memory_limit = self.store.duckdb_memory_limit.unwrap_or(defaults.memory_limit.clone());
+        let query_bytes = memory_bytes("store.duckdb_memory_limit", &memory_limit)?;
+        let ingest_memory_limit = match self.store.duckdb_ingest_memory_limit {
+            Some(limit) => {
+                if memory_bytes("store.duckdb_ingest_memory_limit", &limit)? > query_bytes {
+                    bail!("store.duckdb_ingest_memory_limit: `{limit}` is above store.duckdb_memory_limit (`{memory_limit}`)");
+                }
+                limit
+            }
+            // The default, unless the whole limit is smaller.
+            None if memory_bytes("", &defaults.ingest_memory_limit)? <= query_bytes => {
+                defaults.ingest_memory_limit.clone()
+            }
+            None => memory_limit.clone(),
+        };
         let threads = self
             .store
             .duckdb_threads
@@ -148,12 +165,36 @@ impl RawConfig {
             log_dir: self.log_dir.unwrap_or_else(|| data_dir.join("log")),
             data_dir,
             collector: self.collector,
-            duckdb: leanloop_store::duckdb::DuckDbOptions { memory_limit, threads },
+            duckdb: leanloop_store::duckdb::DuckDbOptions { memory_limit, ingest_memory_limit, threads, ..defaults },
             clickhouse,
             shutdown_timeout: std::time::Duration::from_secs(self.shutdown_timeout_secs.unwrap_or(30)),
             request_timeout: std::time::Duration::from_secs(self.request_timeout_secs.unwrap_or(30).max(1)),
             pipeline: self.pipeline,
         })
+    }
+}
+
+/// Bytes in a size as DuckDB reads one: a number and a unit, decimal (KB,
+/// MB, GB, TB) or binary (KiB, MiB, GiB, TiB), e.g. `256MB`.
+fn memory_bytes(field: &str, size: &str) -> Result<u64> {
+    let size = size.trim();
+    let split = size.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(size.len());
+    let (number, unit) = (&size[..split], size[split..].trim());
+    let scale: u64 = match unit.to_ascii_lowercase().as_str() {
+        "b" | "byte" | "bytes" => 1,
+        "kb" => 1_000,
+        "mb" => 1_000_000,
+        "gb" => 1_000_000_000,
+        "tb" => 1_000_000_000_000,
+        "kib" => 1 << 10,
+        "mib" => 1 << 20,
+        "gib" => 1 << 30,
+        "tib" => 1 << 40,
+        _ => bail!("{field}: `{size}` is not a size like 256MB"),
+    };
+    match number.parse::<f64>() {
+        Ok(n) if n > 0.0 && n.is_finite() => Ok((n * scale as f64) as u64),
+        _ => bail!("{field}: `{size}` is not a size like 256MB"),
     }
 }
 
@@ -213,5 +254,25 @@ mod tests {
         assert!(err.contains("colour"), "{err}");
         let raw: RawConfig = toml::from_str("[collector]\nqueue_capacity = 0").unwrap();
         assert!(raw.build_and_validate().unwrap_err().to_string().contains("queue_capacity"));
+    }
+
+    #[test]
+    fn duckdb_limits_are_sizes_and_ingest_stays_within_the_whole() {
+        let build = |toml: &str| toml::from_str::<RawConfig>(toml).unwrap().build_and_validate();
+        let config = build("[store]\nduckdb_memory_limit = \"1 GiB\"").unwrap();
+        assert_eq!(
+            (config.duckdb.memory_limit.as_str(), config.duckdb.ingest_memory_limit.as_str()),
+            ("1 GiB", "128MB")
+        );
+        // A whole limit below the default ingest limit is both.
+        let config = build("[store]\nduckdb_memory_limit = \"100MB\"").unwrap();
+        assert_eq!(config.duckdb.ingest_memory_limit, "100MB");
+        let err = build("[store]\nduckdb_ingest_memory_limit = \"300MB\"").unwrap_err().to_string();
+        assert!(err.contains("duckdb_ingest_memory_limit") && err.contains("above"), "{err}");
+        for bad in ["lots", "12", "-5MB", "MB", "1.5.0GB"] {
+            let err = build(&format!("[store]\nduckdb_memory_limit = \"{bad}\"")).unwrap_err().to_string();
+            assert!(err.contains("store.duckdb_memory_limit"), "{bad}: {err}");
+        }
+        assert_eq!(memory_bytes("x", "1.5GiB").unwrap(), 3 << 29);
     }
 }

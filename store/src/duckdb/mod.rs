@@ -6,6 +6,7 @@
 
 mod columnar;
 mod dedup;
+mod memory;
 mod read;
 mod schema;
 mod write;
@@ -16,6 +17,7 @@ use leanloop_core::{Event, UserUpdate};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
+use std::time::Duration;
 
 /// Rows in one of DuckDB's row groups (its default `row_group_size`).
 pub const ROW_GROUP_ROWS: usize = 122_880;
@@ -23,14 +25,24 @@ pub const ROW_GROUP_ROWS: usize = 122_880;
 /// Resource limits handed to DuckDB.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DuckDbOptions {
-    /// DuckDB's `memory_limit`, e.g. `"256MB"`.
+    /// DuckDB's `memory_limit` while questions are answered, e.g. `"256MB"`.
     pub memory_limit: String,
+    /// DuckDB's `memory_limit` otherwise (see `memory.rs`); not above
+    /// `memory_limit`.
+    pub ingest_memory_limit: String,
+    /// How long after the last question the ingest limit comes back.
+    pub ingest_limit_after: Duration,
     pub threads: usize,
 }
 
 impl Default for DuckDbOptions {
     fn default() -> Self {
-        DuckDbOptions { memory_limit: "256MB".into(), threads: 2 }
+        DuckDbOptions {
+            memory_limit: "256MB".into(),
+            ingest_memory_limit: "128MB".into(),
+            ingest_limit_after: Duration::from_secs(30),
+            threads: 2,
+        }
     }
 }
 
@@ -44,6 +56,7 @@ pub struct DuckDbStore {
     people_writes: AtomicU64,
     /// The memory limit, as named to a query that exceeds it.
     memory_limit: String,
+    budget: memory::Budget,
 }
 
 impl DuckDbStore {
@@ -52,6 +65,12 @@ impl DuckDbStore {
         let config = Config::default().max_memory(&options.memory_limit)?.threads(options.threads.max(1) as i64)?;
         let origin = Connection::open_with_flags(path, config)?;
         schema::migrate(&origin)?;
+        let budget = memory::Budget::start(
+            &origin,
+            &options.memory_limit,
+            &options.ingest_memory_limit,
+            options.ingest_limit_after,
+        )?;
         let writer = write::Writer::new(origin.try_clone()?)?;
         Ok(DuckDbStore {
             writer: Mutex::new(writer),
@@ -62,6 +81,7 @@ impl DuckDbStore {
                 "DuckDB memory limit {}: store.duckdb_memory_limit or LEANLOOP_DUCKDB_MEMORY_LIMIT",
                 options.memory_limit
             ),
+            budget,
         })
     }
 
@@ -89,6 +109,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 impl EventStore for DuckDbStore {
     fn write(&self, events: &[Event], users: &[UserUpdate]) -> Result<WriteOutcome, StoreError> {
+        self.budget.settle(&lock(&self.origin));
         let outcome = lock(&self.writer).write(events, users)?;
         if !users.is_empty() {
             self.people_writes.fetch_add(1, Ordering::Release);
@@ -97,6 +118,7 @@ impl EventStore for DuckDbStore {
     }
 
     fn write_stream(&self, chunks: &mut dyn Iterator<Item = Chunk>) -> Result<WriteOutcome, StoreError> {
+        self.budget.settle(&lock(&self.origin));
         let mut people = false;
         let outcome = lock(&self.writer).write_stream(&mut chunks.inspect(|c| people |= !c.users.is_empty()))?;
         if people {
@@ -138,7 +160,8 @@ impl EventStore for DuckDbStore {
     }
 
     fn select(&self, query: &Select) -> Result<Rows, StoreError> {
-        self.with_reader(|conn| read::select(conn, query)).map_err(|e| e.or_query_memory(&self.memory_limit))
+        self.with_reader(|conn| self.budget.reading(conn).and_then(|_reading| read::select(conn, query)))
+            .map_err(|e| e.or_query_memory(&self.memory_limit))
     }
 
     fn write_cohort(
@@ -178,7 +201,12 @@ mod tests {
     #[test]
     fn a_query_over_the_memory_limit_is_refused_naming_the_limit() {
         let dir = tempfile::tempdir().unwrap();
-        let options = DuckDbOptions { memory_limit: "16MB".into(), threads: 1 };
+        let options = DuckDbOptions {
+            memory_limit: "16MB".into(),
+            ingest_memory_limit: "16MB".into(),
+            threads: 1,
+            ..Default::default()
+        };
         let store = DuckDbStore::open(&dir.path().join("events.duckdb"), &options).unwrap();
         // A list of 20M integers is one aggregate state of 160 MB: it cannot spill.
         let huge = Select {
@@ -193,5 +221,49 @@ mod tests {
         let small =
             Select { sql: "SELECT count(*) FROM range(1000)".into(), params: vec![], columns: vec![ColumnKind::Int] };
         assert_eq!(store.select(&small).unwrap()[0][0].int(), 1000);
+    }
+
+    fn event(n: u128) -> Event {
+        Event::new(uuid::Uuid::from_u128(n), 1, leanloop_core::EventKind::Track, "e", 1_700_000_000_000)
+    }
+
+    fn current_limit(store: &DuckDbStore) -> String {
+        lock(&store.origin).query_row("SELECT current_setting('memory_limit')", [], |r| r.get(0)).unwrap()
+    }
+
+    #[test]
+    fn questions_get_the_full_memory_limit_and_writes_bring_back_the_ingest_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        let options = DuckDbOptions {
+            memory_limit: "400MB".into(),
+            ingest_memory_limit: "24MB".into(),
+            ingest_limit_after: Duration::ZERO,
+            threads: 1,
+        };
+        let store = DuckDbStore::open(&dir.path().join("events.duckdb"), &options).unwrap();
+        let ingest = current_limit(&store);
+        // One aggregate state of about 80 MB, which cannot spill: more than
+        // the ingest limit allows.
+        let big = Select {
+            sql: "SELECT length(list(i)) FROM range(10000000) t(i)".into(),
+            params: vec![],
+            columns: vec![ColumnKind::Int],
+        };
+        assert!(lock(&store.origin).query_row(&big.sql, [], |r| r.get::<_, i64>(0)).is_err(), "over {ingest}");
+        assert_eq!(store.select(&big).unwrap()[0][0].int(), 10_000_000);
+        let query = current_limit(&store);
+        assert_ne!(query, ingest);
+        // The next write, with no question running, shrinks the limit back.
+        store.write(&[event(1)], &[]).unwrap();
+        assert_eq!(current_limit(&store), ingest);
+
+        // Within `ingest_limit_after` of a question the limit stays up.
+        drop(store);
+        let options = DuckDbOptions { ingest_limit_after: Duration::from_secs(3600), ..options };
+        let store = DuckDbStore::open(&dir.path().join("events.duckdb"), &options).unwrap();
+        assert_eq!(current_limit(&store), ingest);
+        store.select(&big).unwrap();
+        store.write(&[event(2)], &[]).unwrap();
+        assert_eq!(current_limit(&store), query);
     }
 }

@@ -132,7 +132,10 @@ pub fn select(conn: &Connection, query: &Select) -> Result<Rows, StoreError> {
         Param::Float(f) => Value::Double(*f),
         Param::Text(s) => Value::Text(s.clone()),
     });
-    let mut stmt = conn.prepare_cached(&query.sql)?;
+    // Not from the statement cache: a cached statement keeps its last
+    // result, so a large one (a funnel's rows) would stay in memory, beyond
+    // DuckDB's reach, until the same question came again.
+    let mut stmt = conn.prepare(&query.sql)?;
     // Whole Arrow batches, a column at a time: reading cell by cell through
     // rows cost as much as running a large query (a funnel's 2.4M rows).
     // The result is materialised by `execute` (errors surface there or as
