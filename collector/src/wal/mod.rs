@@ -331,10 +331,24 @@ mod tests {
             let (_, path) = found.iter().next_back().unwrap();
             (found.len(), std::fs::metadata(path).unwrap().len())
         };
+        // A first record, then a reopen: the active segment holds records,
+        // so a spare that is ready at once cannot simply replace it (as it
+        // replaces an empty one).
+        let wal = Wal::open(options.clone(), store.clone()).unwrap();
+        runtime.block_on(wal.append(&[record::tests::event(0)], &[])).unwrap();
+        assert_eq!(wal.drain(Duration::from_secs(60)), 0);
+        drop(wal);
         let wal = Wal::open(options.clone(), store.clone()).unwrap();
         // The first segment grows as written; once the spare is ready the
-        // next append moves onto it, long before the first is full.
+        // next append moves onto it, long before the first is full. Its own
+        // thread fills the spare: appends wait until it is written, or on a
+        // busy machine they could fill the first segment before it is.
         let deadline = Instant::now() + Duration::from_secs(20);
+        let spare = options.dir.join(spare::SPARE_FILE);
+        while std::fs::metadata(&spare).map_or(true, |m| m.len() < segment_bytes) {
+            assert!(Instant::now() < deadline, "the spare segment was never written");
+            std::thread::yield_now();
+        }
         let mut sent = 1u128;
         while newest_file_len() != (2, segment_bytes) {
             assert!(Instant::now() < deadline, "no append moved onto the spare: {:?}", newest_file_len());
@@ -353,7 +367,7 @@ mod tests {
         let wal = Wal::open(options.clone(), store.clone()).unwrap();
         runtime.block_on(wal.append(&[record::tests::event(sent + 10)], &[])).unwrap();
         assert_eq!(wal.drain(Duration::from_secs(60)), 0);
-        assert_eq!(store.count(&EventFilter::project(1)).unwrap() as u128, sent + 10);
+        assert_eq!(store.count(&EventFilter::project(1)).unwrap() as u128, sent + 11);
     }
 
     /// A real DuckDB store that records the size of every chunk it is
@@ -424,21 +438,27 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_write_that_fails_midway_is_read_again_from_the_log_and_stored_once() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Watched::open(dir.path(), true);
+    /// A log in `dir` delivering to a [`Watched`] store, with a runtime to
+    /// append from.
+    fn watched_log(dir: &Path, fail_first: bool, interval: Duration) -> (Arc<Watched>, Wal, tokio::runtime::Runtime) {
+        let store = Watched::open(dir, fail_first);
         let options = WalOptions {
-            dir: dir.path().join("log"),
+            dir: dir.join("log"),
             max_bytes: 1 << 30,
             segment_bytes: 1 << 20,
             batch_events: 1 << 20,
-            interval: Duration::from_millis(50),
+            interval,
         };
         let wal = Wal::open(options, store.clone()).unwrap();
+        (store, wal, tokio::runtime::Builder::new_current_thread().build().unwrap())
+    }
+
+    #[test]
+    fn a_write_that_fails_midway_is_read_again_from_the_log_and_stored_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, wal, runtime) = watched_log(dir.path(), true, Duration::from_millis(50));
         // More than one chunk's worth, in records of 1,000 events, and
         // across several segments.
-        let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
         for r in 0..20u128 {
             let events: Vec<Event> = (r * 1000..r * 1000 + 1000).map(record::tests::event).collect();
             runtime.block_on(wal.append(&events, &[])).unwrap();
@@ -456,17 +476,8 @@ mod tests {
     #[test]
     fn records_that_trickle_in_reach_the_store_as_one_chunk() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Watched::open(dir.path(), false);
-        let options = WalOptions {
-            dir: dir.path().join("log"),
-            max_bytes: 1 << 30,
-            segment_bytes: 1 << 20,
-            batch_events: 1 << 20,
-            // Longer than the appends take: only the drain ends the write.
-            interval: Duration::from_secs(600),
-        };
-        let wal = Wal::open(options, store.clone()).unwrap();
-        let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        // A wait longer than the appends take: only the drain ends the write.
+        let (store, wal, runtime) = watched_log(dir.path(), false, Duration::from_secs(600));
         // One event per append, each acknowledged (synced) before the next
         // is sent, as single events arrive: every one is its own record.
         for n in 0..50u128 {

@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use std::sync::mpsc::{self, Receiver, Sender, TryRecvError};
 
 /// The spare's name: not a segment's, so listing the log never sees it.
-const SPARE_FILE: &str = "spare.tmp";
+pub const SPARE_FILE: &str = "spare.tmp";
 
 /// The writer's side of the thread that prepares spares.
 pub struct Spare {
