@@ -171,9 +171,10 @@ impl<'a> Records<'a> {
         Records { delivery, cursor, position: from, events: 0, first_read: None, failure: None }
     }
 
-    /// The durable end once it is past what was read; `None` when this write
-    /// should end instead: delivery paused, the log closing, or the wait
-    /// for more over.
+    /// The durable end once it is past what was read; `None` when the chunk
+    /// being filled should go to the store as it is: delivery paused, the
+    /// log closing, or the write's wait for more over (from then on a chunk
+    /// takes only what is already durable, and an empty one ends the write).
     fn more(&self) -> Option<u64> {
         let shared = &self.delivery.shared;
         let mut state = shared.lock();

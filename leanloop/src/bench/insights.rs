@@ -105,7 +105,10 @@ pub async fn run(o: Options) -> Result<()> {
         let reuse = o.keep.is_some() && url.is_none() && dir.join(label).exists();
         let mut config = Config::for_tests(&dir.join(label));
         config.clickhouse = url.map(ClickHouseOptions::new);
+        // Loading and asking both get the limit asked for: the figures are
+        // the questions', and loads stay comparable between runs.
         config.duckdb.memory_limit = o.duckdb_memory.clone();
+        config.duckdb.ingest_memory_limit = o.duckdb_memory.clone();
         let app = App::build(config, Role::Server).await?;
         let project = app.default_project().context("the server has a project")?.clone();
         let store = app.store().clone();
