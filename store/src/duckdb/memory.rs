@@ -7,7 +7,8 @@
 //! `select`) raises the limit to the full one for as long as questions keep
 //! coming, and once none has run for a while the next write brings it back
 //! down, DuckDB evicting its cache to fit. Counts, recent events and point
-//! look-ups need little memory and run within the ingest limit. `memory_limit` is one setting for the whole database: a change made
+//! look-ups need little memory and run within the ingest limit.
+//! `memory_limit` is one setting for the whole database: a change made
 //! through any connection applies to all of them.
 
 use super::lock;
@@ -51,7 +52,8 @@ impl Budget {
         })
     }
 
-    /// The query limit, in force until the returned guard is dropped.
+    /// Puts the query limit in force for a read; it stays until a write
+    /// finds no read running for `idle_after` after the guard is dropped.
     pub fn reading(&self, conn: &Connection) -> Result<Reading<'_>, StoreError> {
         let mut state = lock(&self.state);
         if !state.raised {
