@@ -224,13 +224,14 @@ fn rows_query(
     src = src.between(Some(window.from_ms), Some(window.to_ms)).filters(compile_all(ask, &q.filters, "filters")?);
     // A chain's breakdown value is its first step's: other rows carry none.
     let b = if breakdown.is_some() { ", CASE WHEN x_m % 2 = 1 THEN x_b END" } else { "" };
-    // The walk only needs to see where one person's rows end.
-    let person = sql::neighbour_hash(d, "person");
-    let mut sql = Sql::new(format!("SELECT {person}, x_ts, x_m{b} FROM ")).push(src.render());
-    if q.order == Order::Loose {
-        sql = sql.raw(" WHERE x_m > 0");
-    }
-    sql = sql.raw(" ORDER BY person, x_ts, x_u");
+    // The walk only needs each person's rows together, so they are sorted by
+    // a hash of the person, not the text: two people merge only if their
+    // hashes collide.
+    let person = sql::group_hash(d, "person");
+    let keep = if q.order == Order::Loose { " WHERE x_m > 0" } else { "" };
+    let carried = if breakdown.is_some() { ", x_b" } else { "" };
+    let rows = Sql::new(format!("SELECT {person} AS x_h, x_ts, x_m, x_u{carried} FROM ")).push(src.render()).raw(keep);
+    let sql = Sql::new(format!("SELECT x_h, x_ts, x_m{b} FROM ")).push(rows.wrap()).raw(" ORDER BY x_h, x_ts, x_u");
     let kinds = [ColumnKind::Int, ColumnKind::Int, ColumnKind::Int, ColumnKind::Text];
     Ok(sql.select(&kinds[..if breakdown.is_some() { 4 } else { 3 }]))
 }

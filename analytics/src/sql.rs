@@ -190,11 +190,11 @@ pub fn count_distinct(d: Dialect, expr: &str) -> String {
     }
 }
 
-/// A 63-bit hash of `expr`, to stand for it in rows sorted by `expr`: a
-/// reader that only compares neighbouring rows tells two values apart unless
-/// two *adjacent* distinct values collide (about 2^-63 per neighbour pair),
-/// and an integer crosses from the store far cheaper than the text.
-pub fn neighbour_hash(d: Dialect, expr: &str) -> String {
+/// A 63-bit hash of `expr`, to stand for it where rows are only grouped by
+/// it: an integer sorts, compares and crosses from the store far cheaper
+/// than the text. n distinct values share a hash with probability about
+/// n²/2^64 (5 in 10^8 for a million).
+pub fn group_hash(d: Dialect, expr: &str) -> String {
     match d {
         Dialect::DuckDb => format!("CAST(hash({expr}) >> 1 AS BIGINT)"),
         Dialect::ClickHouse => format!("intDiv(cityHash64({expr}), 2)"),
