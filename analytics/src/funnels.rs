@@ -2,9 +2,9 @@
 //! conversion window, counted per person (identify joins a visitor's
 //! anonymous events to the user they became).
 //!
-//! The store returns each person's matching events in time order (ties by
-//! event uuid); the walk over them is here, so both stores share one
-//! definition:
+//! The store returns each person's matching events in time order (events at
+//! the same ms in step order: see `rows_query`); the walk over them is here,
+//! so both stores share one definition:
 //! - loose order: other events may come between steps. A person's level is
 //!   the most steps any chain reaches, a chain starting at a first-step event
 //!   and taking each next step at its first chance after the previous one,
@@ -19,7 +19,7 @@ use crate::fields::{compile_all, Field, Filter};
 use crate::sql::{self, Source, Sql};
 use crate::time::Window;
 use crate::{bounded, AnalyticsError, Ask};
-use leanloop_store::{Cell, ColumnKind};
+use leanloop_store::{Column, ColumnKind};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 
@@ -156,14 +156,17 @@ pub fn funnel(ask: &Ask, q: &FunnelQuery) -> Result<FunnelResult, AnalyticsError
         }
         step_conditions.push(if conds.is_empty() { Sql::new("1 = 1") } else { Sql::join(conds, " AND ") });
     }
-    let rows = ask.rows(rows_query(ask, &window, q, &step_conditions, breakdown.as_ref())?)?;
+    let mut columns = ask.columns(rows_query(ask, &window, q, &step_conditions, breakdown.as_ref())?)?.into_iter();
+    let mut ints = || columns.next().map(Column::into_ints).unwrap_or_default();
+    let rows = Rows { person: ints(), ts: ints(), mask: ints() };
+    let values = columns.next();
     let chains = walk(&rows, q.steps.len(), window_seconds * 1000, q.order);
 
     let total = summarise(q, chains.iter());
     let breakdown = breakdown.map(|_| {
         let mut by_value: HashMap<Option<String>, Vec<&Chain>> = HashMap::new();
         for c in &chains {
-            let value = rows[c.first_row].get(3).cloned().and_then(Cell::text);
+            let value = values.as_ref().and_then(|v| v.cell(c.first_row).text());
             by_value.entry(value).or_default().push(c);
         }
         let mut values: Vec<(Option<String>, Vec<&Chain>)> = by_value.into_iter().collect();
@@ -197,7 +200,7 @@ fn cmp_values(a: &Option<String>, b: &Option<String>) -> std::cmp::Ordering {
 }
 
 /// Each candidate event: person, time, which steps it matches (bit mask)
-/// and, with a breakdown, its value; ordered for the walk (ties by uuid).
+/// and, with a breakdown, its value; ordered for the walk.
 fn rows_query(
     ask: &Ask,
     window: &Window,
@@ -206,10 +209,7 @@ fn rows_query(
     breakdown: Option<&Field>,
 ) -> Result<leanloop_store::Select, AnalyticsError> {
     let d = ask.dialect();
-    let mut src = Source::new(d, ask.project_id)
-        .with_person()
-        .column("x_ts", sql::timestamp_ms(d))
-        .column("x_u", sql::uuid_order(d));
+    let mut src = Source::new(d, ask.project_id).with_person().column("x_ts", sql::timestamp_ms(d));
     let mask = Sql::join(
         steps
             .iter()
@@ -223,30 +223,49 @@ fn rows_query(
     }
     src = src.between(Some(window.from_ms), Some(window.to_ms)).filters(compile_all(ask, &q.filters, "filters")?);
     // A chain's breakdown value is its first step's: other rows carry none.
-    let b = if breakdown.is_some() { ", CASE WHEN x_m % 2 = 1 THEN x_b END" } else { "" };
+    let b = if breakdown.is_some() { ", CASE WHEN x_m % 2 = 1 THEN x_b END AS x_fb" } else { "" };
     // The walk only needs each person's rows together, so they are sorted by
     // a hash of the person, not the text: two people merge only if their
     // hashes collide.
     let person = sql::group_hash(d, "person");
     let keep = if q.order == Order::Loose { " WHERE x_m > 0" } else { "" };
     let carried = if breakdown.is_some() { ", x_b" } else { "" };
-    let rows = Sql::new(format!("SELECT {person} AS x_h, x_ts, x_m, x_u{carried} FROM ")).push(src.render()).raw(keep);
-    let sql = Sql::new(format!("SELECT x_h, x_ts, x_m{b} FROM ")).push(rows.wrap()).raw(" ORDER BY x_h, x_ts, x_u");
+    let rows = Sql::new(format!("SELECT {person} AS x_h, x_ts, x_m{carried} FROM ")).push(src.render()).raw(keep);
+    // One person's events at one ms go in step order: by the first step an
+    // event matches, then by its whole mask (then by its breakdown value),
+    // events matching no step last. Rows equal in all of these are alike
+    // to the walk, so the order is fully determined. (Ordering ties by the
+    // event uuid instead took a third of the statement's time on DuckDB.)
+    let first_step: String =
+        (0..steps.len()).map(|k| format!("WHEN x_m % {} >= {} THEN {k} ", 2 << k, 1 << k)).collect();
+    let tie = format!("(CASE {first_step}ELSE {} END) * 1024 + x_m", steps.len());
+    let by_value = if breakdown.is_some() { ", x_fb" } else { "" };
+    let sql = Sql::new(format!("SELECT x_h, x_ts, x_m{b} FROM "))
+        .push(rows.wrap())
+        .raw(&format!(" ORDER BY x_h, x_ts, {tie}{by_value}"));
     let kinds = [ColumnKind::Int, ColumnKind::Int, ColumnKind::Int, ColumnKind::Text];
     Ok(sql.select(&kinds[..if breakdown.is_some() { 4 } else { 3 }]))
 }
 
+/// The walk's columns of the candidate events, in the walk's order.
+struct Rows {
+    person: Vec<i64>,
+    ts: Vec<i64>,
+    mask: Vec<i64>,
+}
+
 /// Each person's best chain (people who matched no first step are left out).
-fn walk(rows: &[Vec<Cell>], steps: usize, window_ms: i64, order: Order) -> Vec<Chain> {
+fn walk(rows: &Rows, steps: usize, window_ms: i64, order: Order) -> Vec<Chain> {
     let mut out = Vec::new();
     let mut start = 0;
-    while start < rows.len() {
-        let person = &rows[start][0];
+    let n = rows.person.len().min(rows.ts.len()).min(rows.mask.len());
+    while start < n {
+        let person = rows.person[start];
         let mut end = start + 1;
-        while end < rows.len() && &rows[end][0] == person {
+        while end < n && rows.person[end] == person {
             end += 1;
         }
-        let events = rows[start..end].iter().enumerate().map(|(i, r)| (r[1].int(), r[2].int(), start + i));
+        let events = (start..end).map(|i| (rows.ts[i], rows.mask[i], i));
         let best = match order {
             Order::Loose => walk_loose(events, steps, window_ms),
             Order::Strict => walk_strict(events, steps, window_ms),
@@ -317,9 +336,11 @@ fn median_seconds(mut values: Vec<i64>) -> Option<f64> {
     if values.is_empty() {
         return None;
     }
-    values.sort_unstable();
+    // The value at its rank, found without sorting the rest (a million
+    // people's gaps per step).
     let rank = values.len().div_ceil(2).max(1);
-    Some(values[rank - 1] as f64 / 1000.0)
+    let (_, median, _) = values.select_nth_unstable(rank - 1);
+    Some(*median as f64 / 1000.0)
 }
 
 fn summarise<'a>(q: &FunnelQuery, chains: impl Iterator<Item = &'a Chain>) -> FunnelGroup {

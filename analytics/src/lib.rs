@@ -33,7 +33,7 @@ pub use events::{EventQuery, EventView};
 use cohorts::Cohorts;
 
 use leanloop_core::{Classify, ErrorClass};
-use leanloop_store::{Cell, Dialect, EventStore, Rows, Select, StoreError};
+use leanloop_store::{Cell, Column, Dialect, EventStore, Rows, Select, StoreError};
 use std::sync::Arc;
 
 #[derive(Debug, thiserror::Error)]
@@ -84,6 +84,12 @@ impl Ask<'_> {
     fn rows(&self, select: Select) -> Result<Rows, AnalyticsError> {
         tracing::debug!(sql = %select.sql, "insight query");
         Ok(self.store.select(&select)?)
+    }
+
+    /// The result a column at a time: for results of millions of rows.
+    fn columns(&self, select: Select) -> Result<Vec<Column>, AnalyticsError> {
+        tracing::debug!(sql = %select.sql, "insight query");
+        Ok(self.store.select_columns(&select)?)
     }
 }
 

@@ -5,6 +5,10 @@
 //! session with one page view. Entry and exit pages are a session's first and
 //! last page views (on equal times, the smallest and the largest path).
 //! Source lists (referrers, UTM, browsers, ...) rank values by visitors.
+//!
+//! A question names the [`Section`]s it wants (all by default): a dashboard
+//! asks for its headline figures and each list on requests of their own, as
+//! Plausible's does, so the figures never wait for the slowest list.
 
 use crate::fields::{compile_all, Filter};
 use crate::sql::{self, Source, Sql};
@@ -23,7 +27,40 @@ pub struct WebQuery {
     pub filters: Vec<Filter>,
     /// Entries per list (default 10, at most 100).
     pub limit: Option<usize>,
+    /// The parts to answer (every one when absent); the answer holds those.
+    pub sections: Option<Vec<Section>>,
 }
+
+/// A part of the web report.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Section {
+    Overview,
+    Pages,
+    EntryPages,
+    ExitPages,
+    Referrers,
+    UtmSources,
+    UtmMediums,
+    UtmCampaigns,
+    Browsers,
+    Os,
+    Devices,
+    Countries,
+}
+
+/// The lists of one column's values: the column and its ranking.
+const LISTS: [(Section, &str, Order); 9] = [
+    (Section::Pages, "path", BY_PAGEVIEWS),
+    (Section::Referrers, "referrer_domain", BY_VISITORS),
+    (Section::UtmSources, "utm_source", BY_VISITORS),
+    (Section::UtmMediums, "utm_medium", BY_VISITORS),
+    (Section::UtmCampaigns, "utm_campaign", BY_VISITORS),
+    (Section::Browsers, "browser", BY_VISITORS),
+    (Section::Os, "os", BY_VISITORS),
+    (Section::Devices, "device_type", BY_VISITORS),
+    (Section::Countries, "country", BY_VISITORS),
+];
 
 #[derive(Debug, Clone, Serialize, PartialEq, schemars::JsonSchema)]
 pub struct Overview {
@@ -45,37 +82,128 @@ pub struct Entry {
     pub count: u64,
 }
 
-#[derive(Debug, Clone, Serialize, PartialEq, schemars::JsonSchema)]
+/// The sections asked for; the others are left out.
+#[derive(Debug, Clone, Default, Serialize, PartialEq, schemars::JsonSchema)]
 pub struct WebResult {
-    pub overview: Overview,
-    pub pages: Vec<Entry>,
-    pub entry_pages: Vec<Entry>,
-    pub exit_pages: Vec<Entry>,
-    pub referrers: Vec<Entry>,
-    pub utm_sources: Vec<Entry>,
-    pub utm_mediums: Vec<Entry>,
-    pub utm_campaigns: Vec<Entry>,
-    pub browsers: Vec<Entry>,
-    pub os: Vec<Entry>,
-    pub devices: Vec<Entry>,
-    pub countries: Vec<Entry>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub overview: Option<Overview>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pages: Option<Vec<Entry>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub entry_pages: Option<Vec<Entry>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exit_pages: Option<Vec<Entry>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub referrers: Option<Vec<Entry>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub utm_sources: Option<Vec<Entry>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub utm_mediums: Option<Vec<Entry>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub utm_campaigns: Option<Vec<Entry>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub browsers: Option<Vec<Entry>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub os: Option<Vec<Entry>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub devices: Option<Vec<Entry>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub countries: Option<Vec<Entry>>,
+}
+
+impl WebResult {
+    /// Where a list section's answer goes (`None` for the overview).
+    fn list(&mut self, section: Section) -> Option<&mut Option<Vec<Entry>>> {
+        Some(match section {
+            Section::Overview => return None,
+            Section::Pages => &mut self.pages,
+            Section::EntryPages => &mut self.entry_pages,
+            Section::ExitPages => &mut self.exit_pages,
+            Section::Referrers => &mut self.referrers,
+            Section::UtmSources => &mut self.utm_sources,
+            Section::UtmMediums => &mut self.utm_mediums,
+            Section::UtmCampaigns => &mut self.utm_campaigns,
+            Section::Browsers => &mut self.browsers,
+            Section::Os => &mut self.os,
+            Section::Devices => &mut self.devices,
+            Section::Countries => &mut self.countries,
+        })
+    }
 }
 
 pub fn web(ask: &Ask, q: &WebQuery) -> Result<WebResult, AnalyticsError> {
     let d = ask.dialect();
     let window = Window::parse(q.date_from.as_deref(), q.date_to.as_deref(), q.timezone.as_deref(), ask.now_ms)?;
     let limit = bounded(q.limit, 10, 100, "limit")?;
+    if q.sections.as_ref().is_some_and(Vec::is_empty) {
+        return Err(AnalyticsError::invalid("sections", "`sections` must name at least one section"));
+    }
+    let asked = |s: Section| q.sections.as_ref().is_none_or(|list| list.contains(&s));
     let base = Source::new(d, ask.project_id)
         .filter(Sql::new("name = '$pageview'"))
         .between(Some(window.from_ms), Some(window.to_ms))
         .filters(compile_all(ask, &q.filters, "filters")?);
-    let with = |cols: &[(&'static str, &str)]| {
-        cols.iter().fold(base.clone(), |src, &(alias, expr)| src.column(alias, Sql::new(expr)))
-    };
+    let mut out = WebResult::default();
+    if asked(Section::Overview) {
+        out.overview = Some(overview(ask, &base)?);
+    }
 
-    let ts = sql::timestamp_ms(d).text;
+    // Entry and exit pages: each session's first and last page view (its
+    // smallest and largest time key), in one pass over the sessions.
+    let ts = sql::timestamp_ms(d);
+    let key = sql::time_key(d, "x_ts", "x_p");
+    let (first, last) = (sql::after_time_key(d, "x_first"), sql::after_time_key(d, "x_last"));
+    let ends: Vec<(Section, &str)> = [(Section::EntryPages, first.as_str()), (Section::ExitPages, last.as_str())]
+        .into_iter()
+        .filter(|&(s, _)| asked(s))
+        .collect();
+    if !ends.is_empty() {
+        let per_session =
+            Sql::new(format!("SELECT x_s, min(person) AS person, min({key}) AS x_first, max({key}) AS x_last FROM "))
+                .push(
+                    base.clone()
+                        .column("x_s", Sql::new("session_id"))
+                        .column("x_ts", ts)
+                        .column("x_p", Sql::new("path"))
+                        .with_person()
+                        .render(),
+                )
+                .raw(" WHERE x_s IS NOT NULL GROUP BY x_s")
+                .wrap();
+        let values: Vec<(&str, Order)> = ends.iter().map(|&(_, v)| (v, BY_VISITORS)).collect();
+        fill(&mut out, ends.iter().map(|&(s, _)| s), ranked_together(ask, per_session, &values, limit)?);
+    }
+
+    // The other lists: one column's values each, in one pass.
+    let lists: Vec<(Section, &str, Order)> = LISTS.into_iter().filter(|&(s, _, _)| asked(s)).collect();
+    if !lists.is_empty() {
+        let src = lists
+            .iter()
+            .zip(LIST_ALIASES)
+            .fold(base.clone(), |src, (&(_, column, _), alias)| src.column(alias, Sql::new(column)));
+        let values: Vec<(&str, Order)> =
+            lists.iter().zip(LIST_ALIASES).map(|(&(_, _, order), alias)| (alias, order)).collect();
+        let ranked = ranked_together(ask, src.with_person().render(), &values, limit)?;
+        fill(&mut out, lists.iter().map(|&(s, _, _)| s), ranked);
+    }
+    Ok(out)
+}
+
+/// Puts list `k` of `lists` into `sections[k]`'s place in `out`.
+fn fill(out: &mut WebResult, sections: impl IntoIterator<Item = Section>, lists: Vec<Vec<Entry>>) {
+    for (section, list) in sections.into_iter().zip(lists) {
+        if let Some(place) = out.list(section) {
+            *place = Some(list);
+        }
+    }
+}
+
+/// The headline figures of `base`'s page views.
+fn overview(ask: &Ask, base: &Source) -> Result<Overview, AnalyticsError> {
+    let d = ask.dialect();
+    let ts = sql::timestamp_ms(d);
     let sessions = Sql::new("SELECT x_s, count(*) AS x_n, max(x_ts) - min(x_ts) AS x_d FROM ")
-        .push(with(&[("x_s", "session_id"), ("x_ts", &ts)]).render())
+        .push(base.clone().column("x_s", Sql::new("session_id")).column("x_ts", ts).render())
         .raw(" WHERE x_s IS NOT NULL GROUP BY x_s");
     let session_stats = ask.rows(
         Sql::new("SELECT count(*), sum(CASE WHEN x_n = 1 THEN 1 ELSE 0 END), sum(x_d) FROM ")
@@ -86,66 +214,19 @@ pub fn web(ask: &Ask, q: &WebQuery) -> Result<WebResult, AnalyticsError> {
         Some(r) => (r[0].int(), r[1].int(), r[2].int()),
         None => (0, 0, 0),
     };
-    // Entry and exit pages: each session's first and last page view (its
-    // smallest and largest time key).
-    let key = sql::time_key(d, "x_ts", "x_p");
-    let per_session =
-        Sql::new(format!("SELECT x_s, min(person) AS person, min({key}) AS x_first, max({key}) AS x_last FROM "))
-            .push(with(&[("x_s", "session_id"), ("x_ts", &ts), ("x_p", "path")]).with_person().render())
-            .raw(" WHERE x_s IS NOT NULL GROUP BY x_s")
-            .wrap();
-    let (first, last) = (sql::after_time_key(d, "x_first"), sql::after_time_key(d, "x_last"));
-    let ends = ranked_together(ask, per_session, &[(&first, BY_VISITORS), (&last, BY_VISITORS)], limit)?;
-
-    // The other lists: one column's values each, counting page views.
-    let lists: [(&str, Order); 9] = [
-        ("path", BY_PAGEVIEWS),
-        ("referrer_domain", BY_VISITORS),
-        ("utm_source", BY_VISITORS),
-        ("utm_medium", BY_VISITORS),
-        ("utm_campaign", BY_VISITORS),
-        ("browser", BY_VISITORS),
-        ("os", BY_VISITORS),
-        ("device_type", BY_VISITORS),
-        ("country", BY_VISITORS),
-    ];
-    let src = lists
-        .iter()
-        .zip(LIST_ALIASES)
-        .fold(base.clone(), |src, (&(column, _), alias)| src.column(alias, Sql::new(column)));
-    let mut values: Vec<(&str, Order)> =
-        lists.iter().zip(LIST_ALIASES).map(|(&(_, order), alias)| (alias, order)).collect();
-    // A list of one constant value has one entry: all visitors, all page
-    // views. It rides along with the others instead of a pass of its own.
-    values.push(("''", BY_VISITORS));
-    let lists = ranked_together(ask, src.with_person().render(), &values, limit)?;
-    // `ranked_together` answers one list per value asked, in order.
-    let [pages, referrers, utm_sources, utm_mediums, utm_campaigns, browsers, os, devices, countries, total] =
-        <[Vec<Entry>; 10]>::try_from(lists).unwrap_or_default();
-    let total = total.first().map_or((0, 0), |t| (t.visitors, t.count));
+    let totals = ask.rows(
+        Sql::new(format!("SELECT {}, count(*) FROM ", sql::count_distinct(d, "person")))
+            .push(base.clone().with_person().render())
+            .select(&[ColumnKind::Int, ColumnKind::Int]),
+    )?;
+    let (visitors, pageviews) = totals.first().map_or((0, 0), |r| (r[0].int(), r[1].int()));
     let ratio = |a: i64, b: i64| if b == 0 { 0.0 } else { a as f64 / b as f64 };
-    let overview = Overview {
-        visitors: total.0,
-        pageviews: total.1,
-        // Each session id is one group of the session statistics.
+    Ok(Overview {
+        visitors: visitors as u64,
+        pageviews: pageviews as u64,
         sessions: n_sessions as u64,
         bounce_rate: ratio(bounces, n_sessions),
         avg_session_seconds: ratio(length_ms, n_sessions) / 1000.0,
-    };
-    let [entry_pages, exit_pages] = <[Vec<Entry>; 2]>::try_from(ends).unwrap_or_default();
-    Ok(WebResult {
-        overview,
-        pages,
-        entry_pages,
-        exit_pages,
-        referrers,
-        utm_sources,
-        utm_mediums,
-        utm_campaigns,
-        browsers,
-        os,
-        devices,
-        countries,
     })
 }
 

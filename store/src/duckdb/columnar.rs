@@ -12,12 +12,11 @@ use ::duckdb::arrow::compute::cast;
 use ::duckdb::arrow::datatypes::{self as types, ArrowPrimitiveType, DataType};
 use ::duckdb::arrow::error::ArrowError;
 
-/// Appends column `array`, as `kind`, to each of `rows` (one per array value).
-pub fn push_cells(array: &ArrayRef, kind: ColumnKind, rows: &mut [Vec<Cell>]) -> Result<(), ArrowError> {
+/// Hands each value of column `array`, as `kind`, to `put` with its index.
+pub fn push_cells(array: &ArrayRef, kind: ColumnKind, mut put: impl FnMut(usize, Cell)) -> Result<(), ArrowError> {
     let mut push = |typed: &mut dyn FnMut(usize) -> Cell| {
-        for (i, row) in rows.iter_mut().enumerate() {
-            let cell = if array.is_null(i) { Cell::Null } else { read::coerce(typed(i), kind) };
-            row.push(cell);
+        for i in 0..array.len() {
+            put(i, if array.is_null(i) { Cell::Null } else { read::coerce(typed(i), kind) });
         }
     };
     match array.data_type() {
@@ -29,7 +28,7 @@ pub fn push_cells(array: &ArrayRef, kind: ColumnKind, rows: &mut [Vec<Cell>]) ->
         // conversion to decide.
         DataType::Int64 if kind == ColumnKind::Int && array.null_count() == 0 => {
             let a = array.as_primitive::<types::Int64Type>();
-            rows.iter_mut().zip(a.values()).for_each(|(row, &v)| row.push(Cell::Int(v)));
+            a.values().iter().enumerate().for_each(|(i, &v)| put(i, Cell::Int(v)));
         }
         DataType::Int8 | DataType::Int16 | DataType::Int32 | DataType::Int64 => {
             let a = widened::<types::Int64Type>(array)?;
@@ -90,9 +89,9 @@ mod tests {
     use std::sync::Arc;
 
     fn cells(array: ArrayRef, kind: ColumnKind) -> Vec<Cell> {
-        let mut rows = vec![Vec::new(); array.len()];
-        push_cells(&array, kind, &mut rows).unwrap();
-        rows.into_iter().map(|mut r| r.remove(0)).collect()
+        let mut column = Vec::new();
+        push_cells(&array, kind, |_, cell| column.push(cell)).unwrap();
+        column
     }
 
     #[test]

@@ -3,8 +3,9 @@
 
 use super::columnar;
 use super::schema::{EVENT_COLUMNS, FIRST_TEXT_COLUMN};
-use crate::select::{Cell, ColumnKind, Param, Rows, Select};
+use crate::select::{Cell, Column, ColumnKind, Param, Rows, Select};
 use crate::{EventFilter, StoreError, UserRecord};
+use ::duckdb::arrow::array::ArrayRef;
 use ::duckdb::arrow::error::ArrowError;
 use ::duckdb::arrow::record_batch::RecordBatch;
 use ::duckdb::types::Value;
@@ -127,6 +128,38 @@ pub fn identity(conn: &Connection, project_id: i64, anonymous_id: &str) -> Resul
 
 /// Runs a caller-compiled query (see [`crate::select`]).
 pub fn select(conn: &Connection, query: &Select) -> Result<Rows, StoreError> {
+    let mut out: Rows = Vec::new();
+    each_batch(conn, query, |batch| {
+        let first = out.len();
+        out.extend((0..batch.num_rows()).map(|_| Vec::with_capacity(query.columns.len())));
+        let rows = &mut out[first..];
+        for (i, &kind) in query.columns.iter().enumerate() {
+            columnar::push_cells(column(batch, i, query)?, kind, |r, cell| rows[r].push(cell))?;
+        }
+        Ok(())
+    })?;
+    Ok(out)
+}
+
+/// [`select`] a column at a time.
+pub fn select_columns(conn: &Connection, query: &Select) -> Result<Vec<Column>, StoreError> {
+    let mut out: Vec<Column> = query.columns.iter().map(|&k| Column::with_capacity(k, 0)).collect();
+    each_batch(conn, query, |batch| {
+        for (i, (&kind, cells)) in query.columns.iter().zip(&mut out).enumerate() {
+            cells.reserve(batch.num_rows());
+            columnar::push_cells(column(batch, i, query)?, kind, |_, cell| cells.push(cell))?;
+        }
+        Ok(())
+    })?;
+    Ok(out)
+}
+
+/// Runs `query` and hands its result to `f`, one Arrow batch at a time.
+fn each_batch(
+    conn: &Connection,
+    query: &Select,
+    mut f: impl FnMut(&RecordBatch) -> Result<(), ArrowError>,
+) -> Result<(), StoreError> {
     let params = query.params.iter().map(|p| match p {
         Param::Int(i) => Value::BigInt(*i),
         Param::Float(f) => Value::Double(*f),
@@ -142,24 +175,17 @@ pub fn select(conn: &Connection, query: &Select) -> Result<Rows, StoreError> {
     // `step` errors, never as panics); fetching it chunk by chunk from a
     // streaming result was 10 % slower for a funnel.
     stmt.execute(params_from_iter(params))?;
-    let mut out = Vec::new();
     while let Some(chunk) = stmt.step()? {
-        let batch = RecordBatch::from(&chunk);
-        let first = out.len();
-        out.extend((0..batch.num_rows()).map(|_| Vec::with_capacity(query.columns.len())));
-        let rows = &mut out[first..];
-        for (i, &kind) in query.columns.iter().enumerate() {
-            let column = batch.columns().get(i).ok_or_else(|| {
-                ArrowError::SchemaError(format!(
-                    "{} result columns, {} declared",
-                    batch.num_columns(),
-                    query.columns.len()
-                ))
-            })?;
-            columnar::push_cells(column, kind, rows)?;
-        }
+        f(&RecordBatch::from(&chunk))?;
     }
-    Ok(out)
+    Ok(())
+}
+
+/// Result column `i` of `batch`, which must have every declared column.
+fn column<'a>(batch: &'a RecordBatch, i: usize, query: &Select) -> Result<&'a ArrayRef, ArrowError> {
+    batch.columns().get(i).ok_or_else(|| {
+        ArrowError::SchemaError(format!("{} result columns, {} declared", batch.num_columns(), query.columns.len()))
+    })
 }
 
 /// Converts a typed value into a cell of the declared kind.

@@ -555,6 +555,23 @@ fn web_overview_pages_entries_and_browsers() {
 }
 
 #[test]
+fn web_sections_answer_what_was_asked_as_the_whole_report_does() {
+    let range = json!({"date_from": "2024-03-18T00:00:00Z", "date_to": "2024-04-17T00:00:00Z", "limit": 5});
+    let whole = both(range.clone(), web::web);
+    for sections in [vec!["overview"], vec!["exit_pages", "browsers"], vec!["countries", "entry_pages", "pages"]] {
+        let mut q = range.clone();
+        q["sections"] = json!(sections);
+        let got = both(q, web::web);
+        let mut expected = serde_json::Map::new();
+        for s in &sections {
+            assert!(whole[s].is_object() || whole[s].is_array(), "the whole report has {s}");
+            expected.insert(s.to_string(), whole[s].clone());
+        }
+        assert_eq!(got, Value::Object(expected), "sections {sections:?}");
+    }
+}
+
+#[test]
 fn feedback_nps_by_release_and_newest_messages() {
     let got = both(
         json!({"date_from": "2024-03-18T00:00:00Z", "date_to": "2024-04-17T00:00:00Z", "messages_limit": 7}),
@@ -898,4 +915,67 @@ fn a_cohort_follows_its_people_and_its_definition() {
         assert_eq!(opened(a), (0, json!(0)));
         a.forget_cohort(project, id).unwrap();
     }
+}
+
+#[test]
+fn a_funnel_takes_events_at_the_same_ms_in_step_order() {
+    let f = &*FIXTURE;
+    // A project of its own, so the corpus stays as it is.
+    let project = PROJECT + 8;
+    let t0 = START_MS + DAY_MS;
+    // Each person's events share one ms; uuids sort against step order.
+    let event = |n: u128, person: &str, name: &str, plan: &str| {
+        let mut e = Event::new(uuid::Uuid::from_u128(0xF0_0000 - n), project, EventKind::Track, name, t0);
+        e.user_id = Some(person.to_owned());
+        e.properties = json!({"plan": plan}).to_string();
+        e
+    };
+    let events = [
+        event(1, "ann", "started", "free"),
+        event(2, "ann", "completed", "free"),
+        event(3, "bob", "started", "pro"),
+        event(4, "bob", "opened", "pro"),
+        event(5, "bob", "completed", "pro"),
+        // Two first steps at one ms, ordered by value: the chain goes on
+        // from the later one, the larger value.
+        event(6, "cat", "started", "pro"),
+        event(7, "cat", "started", "free"),
+        event(8, "cat", "completed", "free"),
+    ];
+    for store in [&f.duck_store, &f.click_store] {
+        store.write(&events, &[]).unwrap();
+    }
+    let ask = |order: &str| {
+        let q: funnels::FunnelQuery = serde_json::from_value(json!({
+            "date_from": "2024-03-18T00:00:00Z", "date_to": "2024-04-17T00:00:00Z", "order": order,
+            "steps": [{"event": "started"}, {"event": "completed"}], "breakdown": "properties.plan"}))
+        .unwrap();
+        let answers: Vec<Value> = [&f.duck, &f.click]
+            .iter()
+            .map(|a| serde_json::to_value(funnels::funnel(&a.ask(project, NOW_MS), &q).unwrap()).unwrap())
+            .collect();
+        assert_eq!(answers[0], answers[1], "DuckDB and ClickHouse disagree");
+        answers[0].clone()
+    };
+    let counts = |got: &Value| -> Vec<(Value, u64, u64)> {
+        got["breakdown"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|g| {
+                (
+                    g["breakdown_value"].clone(),
+                    g["steps"][0]["count"].as_u64().unwrap(),
+                    g["steps"][1]["count"].as_u64().unwrap(),
+                )
+            })
+            .collect()
+    };
+    // Loose: everyone converts; Cat's chain starts at her "pro" event.
+    let loose = ask("loose");
+    assert_eq!((loose["steps"][0]["count"].clone(), loose["steps"][1]["count"].clone()), (json!(3), json!(3)));
+    assert_eq!(counts(&loose), vec![(json!("pro"), 2, 2), (json!("free"), 1, 1)]);
+    // Strict: Bob's other event at the same ms comes after his steps.
+    let strict = ask("strict");
+    assert_eq!(strict["steps"][1]["count"], json!(3));
 }

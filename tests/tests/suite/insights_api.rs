@@ -99,6 +99,8 @@ async fn bad_queries_name_the_field(s: &TestServer) {
         ("retention", json!({"cohort_event": {}, "return_event": {}, "period": "year", "periods": 4}), "period"),
         ("paths", json!({"start": ""}), "start"),
         ("web", json!({"limit": 0}), "limit"),
+        ("web", json!({"sections": []}), "sections"),
+        ("web", json!({"sections": ["overview", "visits"]}), "sections[1]"),
         ("release-impact", json!({"release": "9.9.9", "series": {"event": "x"}}), "release"),
         // A setting of the other mode is refused, not ignored.
         ("release-impact", json!({"release": "9.9.9", "series": {"event": "x"}, "date_from": "x"}), "date_from"),
