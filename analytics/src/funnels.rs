@@ -224,7 +224,7 @@ fn rows_query(
     }
     src = src.between(Some(window.from_ms), Some(window.to_ms)).filters(compile_all(ask, &q.filters, "filters")?);
     // A chain's breakdown value is its first step's: other rows carry none.
-    let b = if breakdown.is_some() { ", CASE WHEN x_m % 2 = 1 THEN x_b END AS x_fb" } else { "" };
+    let b = if breakdown.is_some() { ", CASE WHEN x_m % 2 = 1 THEN x_b END" } else { "" };
     // The walk only needs each person's rows together, so they are sorted by
     // a hash of the person, not the text: two people merge only if their
     // hashes collide.

@@ -105,6 +105,12 @@ impl DuckDbStore {
         }
         result
     }
+
+    /// Runs an analytics question on a reader under the query memory limit.
+    fn question<T>(&self, f: impl FnOnce(&Connection) -> Result<T, StoreError>) -> Result<T, StoreError> {
+        self.with_reader(|conn| self.budget.reading(conn).and_then(|_reading| f(conn)))
+            .map_err(|e| e.or_query_memory(&self.memory_limit))
+    }
 }
 
 /// Locks `m`, ignoring poisoning: DuckDB keeps its own transactional state, so
@@ -166,13 +172,11 @@ impl EventStore for DuckDbStore {
     }
 
     fn select(&self, query: &Select) -> Result<Rows, StoreError> {
-        self.with_reader(|conn| self.budget.reading(conn).and_then(|_reading| read::select(conn, query)))
-            .map_err(|e| e.or_query_memory(&self.memory_limit))
+        self.question(|conn| read::select(conn, query))
     }
 
     fn select_columns(&self, query: &Select) -> Result<Vec<Column>, StoreError> {
-        self.with_reader(|conn| self.budget.reading(conn).and_then(|_reading| read::select_columns(conn, query)))
-            .map_err(|e| e.or_query_memory(&self.memory_limit))
+        self.question(|conn| read::select_columns(conn, query))
     }
 
     fn write_cohort(
