@@ -2,9 +2,10 @@
 //! conversion window, counted per person (identify joins a visitor's
 //! anonymous events to the user they became).
 //!
-//! The store returns each person's matching events together; their order
-//! (time, and events at the same ms in step order: see `walk`) and the walk
-//! over them are here, so both stores share one definition:
+//! The store returns the matching events in any order; grouping them by
+//! person, their order (time, and events at the same ms in step order: see
+//! `walk`) and the walk over them are here, so both stores share one
+//! definition:
 //! - loose order: other events may come between steps. A person's level is
 //!   the most steps any chain reaches, a chain starting at a first-step event
 //!   and taking each next step at its first chance after the previous one,
@@ -157,11 +158,21 @@ pub fn funnel(ask: &Ask, q: &FunnelQuery) -> Result<FunnelResult, AnalyticsError
         }
         step_conditions.push(if conds.is_empty() { Sql::new("1 = 1") } else { Sql::join(conds, " AND ") });
     }
+    let started = std::time::Instant::now();
     let mut columns = ask.columns(rows_query(ask, &window, q, &step_conditions, breakdown.as_ref())?)?.into_iter();
+    let read = started.elapsed();
     let mut ints = || columns.next().map(Column::into_ints).unwrap_or_default();
-    let rows = Rows { person: ints(), ts: ints(), mask: ints() };
+    let rows = Rows::grouped(ints(), ints(), ints());
+    let grouped = started.elapsed();
     let values = columns.next();
     let chains = walk(&rows, values.as_ref(), q.steps.len(), window_seconds * 1000, q.order);
+    tracing::debug!(
+        rows = rows.person.len(),
+        read_ms = read.as_millis() as u64,
+        group_ms = (grouped - read).as_millis() as u64,
+        walk_ms = (started.elapsed() - grouped).as_millis() as u64,
+        "funnel rows walked"
+    );
 
     let total = summarise(q, chains.iter());
     let breakdown = breakdown.map(|_| {
@@ -232,18 +243,58 @@ fn rows_query(
     let keep = if q.order == Order::Loose { " WHERE x_m > 0" } else { "" };
     let carried = if breakdown.is_some() { ", x_b" } else { "" };
     let rows = Sql::new(format!("SELECT {person} AS x_h, x_ts, x_m{carried} FROM ")).push(src.render()).raw(keep);
-    // Only each person's rows together: `walk` puts them in order (sorting
-    // by time and step here too took a fifth of the statement's time).
-    let sql = Sql::new(format!("SELECT x_h, x_ts, x_m{b} FROM ")).push(rows.wrap()).raw(" ORDER BY x_h");
+    // In no order: `Rows::grouped` puts each person's rows together.
+    let sql = Sql::new(format!("SELECT x_h, x_ts, x_m{b} FROM ")).push(rows.wrap());
     let kinds = [ColumnKind::Int, ColumnKind::Int, ColumnKind::Int, ColumnKind::Text];
     Ok(sql.select(&kinds[..if breakdown.is_some() { 4 } else { 3 }]))
 }
 
-/// The walk's columns of the candidate events, each person's together.
+/// The walk's columns of the candidate events, each person's together;
+/// `row` is each one's row in the store's answer (where its breakdown
+/// value is).
 struct Rows {
     person: Vec<i64>,
     ts: Vec<i64>,
     mask: Vec<i64>,
+    row: Vec<usize>,
+}
+
+impl Rows {
+    /// Puts the rows of each person (hash) together, in any order otherwise:
+    /// spread over buckets by the hash's top bits (about 16 rows each, as
+    /// the hashes are uniform), then each bucket sorted on its own, in cache.
+    /// Sorting the rows in the statement took about 145 ms of a 400 ms
+    /// statement (2.4M rows on DuckDB); a full sort here about as long.
+    fn grouped(person: Vec<i64>, ts: Vec<i64>, mask: Vec<i64>) -> Rows {
+        let n = person.len().min(ts.len()).min(mask.len());
+        let bits = (usize::BITS - (n / 16).max(1).leading_zeros()).min(24);
+        let buckets = 1usize << bits;
+        // Hashes are non-negative 63-bit values: bits 62 and down.
+        let bucket = |p: i64| ((p as u64) >> (63 - bits)) as usize & (buckets - 1);
+        let mut starts = vec![0usize; buckets + 1];
+        for &p in &person[..n] {
+            starts[bucket(p) + 1] += 1;
+        }
+        for b in 0..buckets {
+            starts[b + 1] += starts[b];
+        }
+        let mut next = starts.clone();
+        let mut order = vec![(0i64, 0usize); n];
+        for (i, &p) in person[..n].iter().enumerate() {
+            let b = bucket(p);
+            order[next[b]] = (p, i);
+            next[b] += 1;
+        }
+        for range in starts.windows(2) {
+            order[range[0]..range[1]].sort_unstable_by_key(|&(p, _)| p);
+        }
+        Rows {
+            person: order.iter().map(|&(p, _)| p).collect(),
+            ts: order.iter().map(|&(_, i)| ts[i]).collect(),
+            mask: order.iter().map(|&(_, i)| mask[i]).collect(),
+            row: order.into_iter().map(|(_, i)| i).collect(),
+        }
+    }
 }
 
 /// Each person's best chain (people who matched no first step are left out).
@@ -270,7 +321,7 @@ fn walk(rows: &Rows, values: Option<&Column>, steps: usize, window_ms: i64, orde
             end += 1;
         }
         events.clear();
-        events.extend((start..end).map(|i| (rows.ts[i], rows.mask[i], i)));
+        events.extend((start..end).map(|i| (rows.ts[i], rows.mask[i], rows.row[i])));
         events.sort_unstable_by(|a, b| {
             (a.0, first_step(a.1), a.1).cmp(&(b.0, first_step(b.1), b.1)).then_with(|| {
                 if values.is_some() {
@@ -430,7 +481,7 @@ mod tests {
     fn each_persons_events_are_put_in_time_then_step_order() {
         // Person 7's events arrive backwards; the step-2 event shares a ms
         // with a step-1 event and an event of no step (strict order).
-        let rows = Rows { person: vec![7, 7, 7, 7], ts: vec![20, 10, 10, 10], mask: vec![4, 0, 2, 1] };
+        let rows = Rows::grouped(vec![7, 7, 7, 7], vec![20, 10, 10, 10], vec![4, 0, 2, 1]);
         let loose = walk(&rows, None, 3, 100, Order::Loose);
         assert_eq!(loose.len(), 1);
         assert_eq!((loose[0].times(), loose[0].first_row), (&[10, 10, 20][..], 3));
@@ -438,5 +489,15 @@ mod tests {
         // breaks the chain before the third.
         let strict = walk(&rows, None, 3, 100, Order::Strict);
         assert_eq!(strict[0].times(), &[10, 10]);
+    }
+
+    #[test]
+    fn interleaved_people_are_walked_apart_and_keep_their_rows() {
+        // Rows of people 9 and -3 alternate, as a store may return them.
+        let rows = Rows::grouped(vec![9, -3, 9, -3, 9], vec![5, 1, 6, 2, 7], vec![1, 1, 2, 2, 4]);
+        let mut chains: Vec<(Vec<i64>, usize)> =
+            walk(&rows, None, 3, 100, Order::Loose).iter().map(|c| (c.times().to_vec(), c.first_row)).collect();
+        chains.sort();
+        assert_eq!(chains, vec![(vec![1, 2], 1), (vec![5, 6, 7], 0)]);
     }
 }

@@ -237,7 +237,9 @@ pub fn after_time_key(d: Dialect, key: &str) -> String {
 
 /// The filtered events an insight reads: `columns` computed per row from the
 /// raw event, plus `person` (the user id, else the user id the anonymous id
-/// was identified as, else the anonymous id) when asked for.
+/// was identified as, else the anonymous id) when asked for. Rows come from
+/// `events` unless [`Source::from`] names other rows with the project and
+/// identity columns.
 ///
 /// Aliases start with `x_` so they never shadow a column (ClickHouse lets an
 /// alias replace a column name anywhere in a query).
@@ -248,11 +250,18 @@ pub struct Source {
     pub conditions: Vec<Sql>,
     pub columns: Vec<(&'static str, Sql)>,
     pub person: bool,
+    pub table: Option<Sql>,
 }
 
 impl Source {
     pub fn new(dialect: Dialect, project_id: i64) -> Source {
-        Source { dialect, project_id, conditions: Vec::new(), columns: Vec::new(), person: false }
+        Source { dialect, project_id, conditions: Vec::new(), columns: Vec::new(), person: false, table: None }
+    }
+
+    /// Reads `rows` (a relation, e.g. a wrapped `SELECT`) instead of `events`.
+    pub fn from(mut self, rows: Sql) -> Source {
+        self.table = Some(rows);
+        self
     }
 
     pub fn column(mut self, alias: &'static str, expr: Sql) -> Source {
@@ -300,7 +309,9 @@ impl Source {
         conditions.extend(self.conditions.iter().map(|c| c.clone().wrap()));
         let rows = Sql::new("SELECT ")
             .push(Sql::join(select, ", "))
-            .raw(" FROM events WHERE ")
+            .raw(" FROM ")
+            .push(self.table.clone().map_or(Sql::new("events"), |rows| rows.raw(" t")))
+            .raw(" WHERE ")
             .push(Sql::join(conditions, " AND "));
         if !self.person {
             return rows.wrap();

@@ -143,33 +143,27 @@ pub fn web(ask: &Ask, q: &WebQuery) -> Result<WebResult, AnalyticsError> {
         .filter(Sql::new("name = '$pageview'"))
         .between(Some(window.from_ms), Some(window.to_ms))
         .filters(compile_all(ask, &q.filters, "filters")?);
+    let visits = visits(ask, &base, &window, q.filters.is_empty());
     let mut out = WebResult::default();
     if asked(Section::Overview) {
-        out.overview = Some(overview(ask, &base)?);
+        out.overview = Some(overview(ask, &visits)?);
     }
 
     // Entry and exit pages: each session's first and last page view (its
     // smallest and largest time key), in one pass over the sessions.
-    let ts = sql::timestamp_ms(d);
-    let key = sql::time_key(d, "x_ts", "x_p");
-    let (first, last) = (sql::after_time_key(d, "x_first"), sql::after_time_key(d, "x_last"));
+    let (first, last) = (sql::after_time_key(d, "x_entry"), sql::after_time_key(d, "x_exit"));
     let ends: Vec<(Section, &str)> = [(Section::EntryPages, first.as_str()), (Section::ExitPages, last.as_str())]
         .into_iter()
         .filter(|&(s, _)| asked(s))
         .collect();
     if !ends.is_empty() {
-        let per_session =
-            Sql::new(format!("SELECT x_s, min(person) AS person, min({key}) AS x_first, max({key}) AS x_last FROM "))
-                .push(
-                    base.clone()
-                        .column("x_s", Sql::new("session_id"))
-                        .column("x_ts", ts)
-                        .column("x_p", Sql::new("path"))
-                        .with_person()
-                        .render(),
-                )
-                .raw(" WHERE x_s IS NOT NULL GROUP BY x_s")
-                .wrap();
+        let (entry, exit) = (sql::time_key(d, "x_first", "x_fp"), sql::time_key(d, "x_last", "x_lp"));
+        let per_session = Sql::new(format!(
+            "SELECT x_s, min(person) AS person, min({entry}) AS x_entry, max({exit}) AS x_exit FROM "
+        ))
+        .push(visits.clone().with_person().render())
+        .raw(" WHERE x_s IS NOT NULL GROUP BY x_s")
+        .wrap();
         let values: Vec<(&str, Order)> = ends.iter().map(|&(_, v)| (v, BY_VISITORS)).collect();
         fill(&mut out, ends.iter().map(|&(s, _)| s), ranked_together(ask, per_session, &values, limit)?);
     }
@@ -198,12 +192,58 @@ fn fill(out: &mut WebResult, sections: impl IntoIterator<Item = Section>, lists:
     }
 }
 
-/// The headline figures of `base`'s page views.
-fn overview(ask: &Ask, base: &Source) -> Result<Overview, AnalyticsError> {
+/// `base`'s page views as visits: rows of `x_s` (session), `x_n` (page
+/// views), `x_first`/`x_fp` and `x_last`/`x_lp` (time and path of the first
+/// and last), plus the identity columns. A row is one page view, or, on
+/// DuckDB for unfiltered questions, a folded part of a session
+/// (`session_parts`) for the window's whole hours, with its edge hours'
+/// page views read one by one.
+fn visits(ask: &Ask, base: &Source, window: &Window, unfiltered: bool) -> Source {
     let d = ask.dialect();
-    let ts = sql::timestamp_ms(d);
-    let sessions = Sql::new("SELECT x_s, count(*) AS x_n, max(x_ts) - min(x_ts) AS x_d FROM ")
-        .push(base.clone().column("x_s", Sql::new("session_id")).column("x_ts", ts).render())
+    const HOUR_MS: i64 = 3_600_000;
+    let (from, to) = (window.from_ms, window.to_ms);
+    let (lo, hi) = (from + (-from).rem_euclid(HOUR_MS), to - to.rem_euclid(HOUR_MS));
+    let columns = |rows: Source, n: &str, first: Sql, fp: &str, last: Sql, lp: &str| {
+        rows.column("x_s", Sql::new("session_id"))
+            .column("x_n", Sql::new(n))
+            .column("x_first", first)
+            .column("x_fp", Sql::new(fp))
+            .column("x_last", last)
+            .column("x_lp", Sql::new(lp))
+    };
+    let by_view = |rows: Source| {
+        let ts = sql::timestamp_ms(d);
+        columns(rows, "1", ts.clone(), "path", ts, "path")
+    };
+    if d != Dialect::DuckDb || !unfiltered || lo >= hi {
+        return by_view(base.clone());
+    }
+    let identity = "project_id, session_id, anonymous_id, user_id";
+    let folded = Sql::new(format!(
+        "SELECT {identity}, pageviews, first_ms, first_path, last_ms, last_path FROM session_parts WHERE project_id = "
+    ))
+    .int(ask.project_id)
+    .raw(" AND hour >= ")
+    .int(lo)
+    .raw(" AND hour < ")
+    .int(hi);
+    let ts = sql::timestamp_ms(d).text;
+    let edge = |a: i64, b: i64| {
+        Sql::new(format!("SELECT {identity}, 1, {ts}, path, {ts}, path FROM events WHERE project_id = "))
+            .int(ask.project_id)
+            .raw(" AND name = '$pageview' AND ")
+            .push(Sql::join(sql::time_range(d, Some(a), Some(b)), " AND "))
+    };
+    let rows = Sql::join([folded, edge(from, lo), edge(hi, to)], " UNION ALL ").wrap();
+    let rows = Source::new(d, ask.project_id).from(rows);
+    columns(rows, "pageviews", Sql::new("first_ms"), "first_path", Sql::new("last_ms"), "last_path")
+}
+
+/// The headline figures of `visits`' page views.
+fn overview(ask: &Ask, visits: &Source) -> Result<Overview, AnalyticsError> {
+    let d = ask.dialect();
+    let sessions = Sql::new("SELECT x_s, sum(x_n) AS x_n, max(x_last) - min(x_first) AS x_d FROM ")
+        .push(visits.render())
         .raw(" WHERE x_s IS NOT NULL GROUP BY x_s");
     let session_stats = ask.rows(
         Sql::new("SELECT count(*), sum(CASE WHEN x_n = 1 THEN 1 ELSE 0 END), sum(x_d) FROM ")
@@ -215,8 +255,8 @@ fn overview(ask: &Ask, base: &Source) -> Result<Overview, AnalyticsError> {
         None => (0, 0, 0),
     };
     let totals = ask.rows(
-        Sql::new(format!("SELECT {}, count(*) FROM ", sql::count_distinct(d, "person")))
-            .push(base.clone().with_person().render())
+        Sql::new(format!("SELECT {}, sum(x_n) FROM ", sql::count_distinct(d, "person")))
+            .push(visits.clone().with_person().render())
             .select(&[ColumnKind::Int, ColumnKind::Int]),
     )?;
     let (visitors, pageviews) = totals.first().map_or((0, 0), |r| (r[0].int(), r[1].int()));

@@ -9,7 +9,7 @@ use axum::routing::post;
 use leanloop_store::duckdb::{DuckDbOptions, DuckDbStore};
 use std::io::Write;
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 pub struct JsonLoad {
     pub rows_per_sec: f64,
@@ -65,9 +65,7 @@ pub fn duckdb_json_load(rows: usize) -> Result<JsonLoad> {
     let full = DuckDbOptions::default();
     let options = DuckDbOptions { ingest_memory_limit: full.memory_limit.clone(), ..full };
     let store = DuckDbStore::open(&dir.path().join("ceiling.duckdb"), &options)?;
-    let started = Instant::now();
-    let stored = store.load_ndjson_unchecked(&path)?;
-    let elapsed = started.elapsed();
+    let (stored, elapsed) = store.load_ndjson_unchecked(&path)?;
     anyhow::ensure!(stored == rows, "DuckDB stored {stored} of {rows} rows");
     Ok(JsonLoad { rows_per_sec: rows as f64 / elapsed.as_secs_f64() })
 }

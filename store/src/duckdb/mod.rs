@@ -9,6 +9,7 @@ mod dedup;
 mod memory;
 mod read;
 mod schema;
+mod sessions;
 mod write;
 
 use crate::{Chunk, Column, Dialect, EventFilter, EventStore, Rows, Select, StoreError, UserRecord, WriteOutcome};
@@ -201,8 +202,9 @@ impl EventStore for DuckDbStore {
 impl DuckDbStore {
     /// Loads newline-delimited JSON rows (flat event rows: times in ms, uuid
     /// as text) with DuckDB's own `read_json`, without checking the file's
-    /// rows for duplicate uuids. Returns the rows stored.
-    pub fn load_ndjson_unchecked(&self, path: &Path) -> Result<usize, StoreError> {
+    /// rows for duplicate uuids. Returns the rows stored and the time
+    /// `read_json` took.
+    pub fn load_ndjson_unchecked(&self, path: &Path) -> Result<(usize, Duration), StoreError> {
         lock(&self.writer).load_ndjson_unchecked(path)
     }
 }

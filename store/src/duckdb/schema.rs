@@ -85,7 +85,25 @@ const STEPS: &[&str] = &[
         version BIGINT NOT NULL,
         user_id VARCHAR NOT NULL
     );",
+    // 3: page views folded per session, UTC hour and identity (see
+    // `sessions.rs`): stored views start as a part each, folded at open.
+    SESSION_PARTS_STEP,
 ];
+
+const SESSION_PARTS_STEP: &str = "CREATE TABLE session_parts (
+        project_id BIGINT NOT NULL,
+        hour BIGINT NOT NULL,
+        session_id VARCHAR, anonymous_id VARCHAR, user_id VARCHAR,
+        pageviews BIGINT NOT NULL,
+        first_ms BIGINT NOT NULL, first_path VARCHAR NOT NULL,
+        last_ms BIGINT NOT NULL, last_path VARCHAR NOT NULL,
+        compacted BOOLEAN NOT NULL
+    );
+    CREATE VIEW pageview_parts AS
+    SELECT project_id, ms - (ms % 3600000 + 3600000) % 3600000 AS hour, session_id, anonymous_id, user_id,
+        1 AS pageviews, ms AS first_ms, coalesce(path, '') AS first_path, ms AS last_ms, coalesce(path, '') AS last_path
+    FROM (SELECT *, epoch_us(timestamp) // 1000 AS ms FROM events WHERE name = '$pageview');
+    INSERT INTO session_parts SELECT *, false FROM pageview_parts";
 
 pub fn migrate(conn: &Connection) -> Result<(), StoreError> {
     conn.execute_batch(

@@ -4,7 +4,7 @@
 //! a time.
 
 use super::dedup::DuckKeys;
-use super::schema;
+use super::{schema, sessions};
 use crate::seen::{SeenKeys, MIN_CAPACITY};
 use crate::{Chunk, StoreError, WriteOutcome};
 use ::duckdb::arrow::array::{
@@ -16,24 +16,53 @@ use ::duckdb::{params, Connection};
 use leanloop_core::{Event, UserUpdate};
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 pub struct Writer {
     conn: Connection,
     pub(super) seen: SeenKeys,
     schema: Arc<Schema>,
+    /// When session parts were last compacted (`sessions.rs`).
+    compacted_at: Instant,
 }
 
 impl Writer {
     pub fn new(conn: Connection) -> Result<Writer, StoreError> {
         let seen = SeenKeys::load(&DuckKeys(&conn), MIN_CAPACITY)?;
-        Ok(Writer { conn, seen, schema: Arc::new(arrow_schema()) })
+        let mut writer = Writer { conn, seen, schema: Arc::new(arrow_schema()), compacted_at: Instant::now() };
+        writer.compact_sessions();
+        Ok(writer)
     }
 
     pub fn write(&mut self, events: &[Event], users: &[UserUpdate]) -> Result<WriteOutcome, StoreError> {
         let tx = self.conn.unchecked_transaction()?;
         let outcome = append(&tx, &mut self.seen, &self.schema, events, users, false)?;
         tx.commit()?;
+        self.compact_sessions_when_due();
         Ok(outcome)
+    }
+
+    fn compact_sessions_when_due(&mut self) {
+        if self.compacted_at.elapsed() >= sessions::COMPACT_EVERY {
+            self.compact_sessions();
+        }
+    }
+
+    /// Compacts session parts in a transaction of its own. A failure leaves
+    /// the parts as written (answers stay exact) for the next attempt, so
+    /// it is logged, not returned: the write before it is already stored.
+    pub fn compact_sessions(&mut self) {
+        let started = Instant::now();
+        self.compacted_at = started;
+        let compacted = self.conn.unchecked_transaction().map_err(StoreError::from).and_then(|tx| {
+            let written = sessions::compact(&tx)?;
+            tx.commit()?;
+            Ok(written)
+        });
+        match compacted {
+            Ok(parts) => tracing::debug!(parts, ms = started.elapsed().as_millis() as u64, "session parts compacted"),
+            Err(err) => tracing::warn!(error = %err, "session parts not compacted; retried later"),
+        }
     }
 
     /// Appends every chunk in one transaction, a chunk at a time. Once the
@@ -41,7 +70,7 @@ impl Writer {
     /// database file, compressed, and logs only where it is: a large write
     /// is stored once instead of logged row by row and then checkpointed.
     pub fn write_stream(&mut self, chunks: &mut dyn Iterator<Item = Chunk>) -> Result<WriteOutcome, StoreError> {
-        let started = std::time::Instant::now();
+        let started = Instant::now();
         let tx = self.conn.unchecked_transaction()?;
         let mut outcome = WriteOutcome::default();
         for chunk in chunks {
@@ -50,6 +79,7 @@ impl Writer {
             outcome.duplicates += part.duplicates;
         }
         tx.commit()?;
+        self.compact_sessions_when_due();
         tracing::debug!(
             inserted = outcome.inserted,
             duplicates = outcome.duplicates,
@@ -61,9 +91,14 @@ impl Writer {
 
     pub fn delete_person(&mut self, project_id: i64, user_id: &str) -> Result<u64, StoreError> {
         let tx = self.conn.transaction()?;
-        let deleted = tx.execute(
-            "DELETE FROM events WHERE project_id = ? AND (user_id = ? OR anonymous_id IN
-                 (SELECT anonymous_id FROM identities WHERE project_id = ? AND user_id = ?))",
+        // Their session parts go with their events, by the same condition,
+        // before the links it reads are deleted.
+        let of_person = "WHERE project_id = ? AND (user_id = ? OR anonymous_id IN
+             (SELECT anonymous_id FROM identities WHERE project_id = ? AND user_id = ?))";
+        let deleted =
+            tx.execute(&format!("DELETE FROM events {of_person}"), params![project_id, user_id, project_id, user_id])?;
+        tx.execute(
+            &format!("DELETE FROM session_parts {of_person}"),
             params![project_id, user_id, project_id, user_id],
         )?;
         tx.execute("DELETE FROM identities WHERE project_id = ? AND user_id = ?", params![project_id, user_id])?;
@@ -102,9 +137,12 @@ impl Writer {
 
     /// Loads newline-delimited JSON rows with DuckDB's own `read_json`. No
     /// deduplication against the file's own rows: for trusted exports and
-    /// for measuring DuckDB's ceiling. Stored keys are registered afterwards,
-    /// so later writes still deduplicate against them.
-    pub fn load_ndjson_unchecked(&mut self, path: &std::path::Path) -> Result<usize, StoreError> {
+    /// for measuring DuckDB's ceiling. Afterwards (not in the load's own
+    /// transaction, so the load is timed as DuckDB alone does it) the session
+    /// parts are folded again and stored keys registered, so later writes
+    /// still deduplicate against them. Returns the rows and the time
+    /// `read_json` took to store them.
+    pub fn load_ndjson_unchecked(&mut self, path: &std::path::Path) -> Result<(usize, Duration), StoreError> {
         let columns = schema::flat_row_columns()
             .iter()
             .map(|(name, ty)| format!("'{name}': '{ty}'"))
@@ -116,9 +154,14 @@ impl Writer {
             "INSERT INTO events SELECT {} FROM read_json('{path}', format = 'newline_delimited', columns = {{{columns}}})",
             schema::flat_row_projection()
         );
+        let started = Instant::now();
         let loaded = self.conn.execute(&sql, [])?;
+        let took = started.elapsed();
+        let tx = self.conn.unchecked_transaction()?;
+        sessions::rebuild(&tx)?;
+        tx.commit()?;
         self.seen = SeenKeys::load(&DuckKeys(&self.conn), MIN_CAPACITY)?;
-        Ok(loaded)
+        Ok((loaded, took))
     }
 }
 
@@ -140,6 +183,7 @@ fn append(
         let mut appender = conn.appender("events")?;
         appender.append_record_batch(record_batch(schema, &rows)?)?;
         appender.flush()?;
+        sessions::append(conn, &rows)?;
     }
     write_users(conn, users)?;
     seen.record(&DuckKeys(conn), rows.iter().copied())?;

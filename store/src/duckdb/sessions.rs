@@ -1,0 +1,192 @@
+//! `session_parts`: page views folded per project, UTC hour, session id,
+//! anonymous id and user id: a count, the first and the last (time, path).
+//!
+//! The web overview reads these instead of every page view (a few rows per
+//! session instead of one per view). Folding is exact for any window cut at
+//! whole hours: merging a session's parts gives the same count, length,
+//! entry and exit page as its events, and the identity columns stitch people
+//! as the events' do. Windows cut mid-hour read their edge hours from
+//! `events`.
+//!
+//! A write folds the page views it stores into parts, in its transaction.
+//! A session's views arrive over many writes, so parts are then compacted:
+//! the hours that gained parts are folded again into one part per key, at
+//! most every [`COMPACT_EVERY`] and when the store opens (which also folds
+//! what the migration backfilled, a part per stored view). Deleting a
+//! person deletes their parts by the same condition as their events.
+
+use crate::StoreError;
+use ::duckdb::arrow::array::{ArrayRef, BooleanArray, Int64Array, StringArray};
+use ::duckdb::arrow::record_batch::RecordBatch;
+use ::duckdb::Connection;
+use leanloop_core::Event;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+const HOUR_MS: i64 = 3_600_000;
+
+/// How often, at most, written parts are compacted: the parts of a few
+/// minutes of traffic stay as written meanwhile (still exact, only more rows).
+pub const COMPACT_EVERY: Duration = Duration::from_secs(300);
+
+/// A part's key: project, hour, session, anonymous id, user id.
+type Key<'a> = (i64, i64, Option<&'a str>, Option<&'a str>, Option<&'a str>);
+
+/// A part's page views: count, first and last (time, path); an unset path is
+/// empty, as `pageview_parts` holds it.
+struct Part<'a> {
+    pageviews: i64,
+    first: (i64, &'a str),
+    last: (i64, &'a str),
+}
+
+/// Appends the parts of the page views among `stored` (events just written).
+pub fn append(conn: &Connection, stored: &[&Event]) -> Result<(), StoreError> {
+    let mut parts: HashMap<Key, Part> = HashMap::new();
+    for e in stored.iter().filter(|e| e.name == "$pageview") {
+        let hour = e.timestamp_ms - e.timestamp_ms.rem_euclid(HOUR_MS);
+        let key = (e.project_id, hour, e.session_id.as_deref(), e.anonymous_id.as_deref(), e.user_id.as_deref());
+        let at = (e.timestamp_ms, e.path.as_deref().unwrap_or(""));
+        parts
+            .entry(key)
+            .and_modify(|p| {
+                p.pageviews += 1;
+                p.first = p.first.min(at);
+                p.last = p.last.max(at);
+            })
+            .or_insert(Part { pageviews: 1, first: at, last: at });
+    }
+    if parts.is_empty() {
+        return Ok(());
+    }
+    let (keys, parts): (Vec<Key>, Vec<Part>) = parts.into_iter().unzip();
+    let ints = |values: Vec<i64>| -> ArrayRef { Arc::new(Int64Array::from(values)) };
+    let texts = |values: Vec<Option<&str>>| -> ArrayRef { Arc::new(StringArray::from(values)) };
+    let batch = RecordBatch::try_from_iter([
+        ("project_id", ints(keys.iter().map(|k| k.0).collect())),
+        ("hour", ints(keys.iter().map(|k| k.1).collect())),
+        ("session_id", texts(keys.iter().map(|k| k.2).collect())),
+        ("anonymous_id", texts(keys.iter().map(|k| k.3).collect())),
+        ("user_id", texts(keys.iter().map(|k| k.4).collect())),
+        ("pageviews", ints(parts.iter().map(|p| p.pageviews).collect())),
+        ("first_ms", ints(parts.iter().map(|p| p.first.0).collect())),
+        ("first_path", texts(parts.iter().map(|p| Some(p.first.1)).collect())),
+        ("last_ms", ints(parts.iter().map(|p| p.last.0).collect())),
+        ("last_path", texts(parts.iter().map(|p| Some(p.last.1)).collect())),
+        ("compacted", Arc::new(BooleanArray::from(vec![false; keys.len()])) as ArrayRef),
+    ])?;
+    let mut appender = conn.appender("session_parts")?;
+    appender.append_record_batch(batch)?;
+    appender.flush()?;
+    Ok(())
+}
+
+/// Folds the parts of every hour that gained parts since it was last
+/// compacted into one part per key. Runs in the caller's transaction.
+/// Returns the parts written.
+pub fn compact(conn: &Connection) -> Result<usize, StoreError> {
+    let key = |ms: &str, path: &str| format!("CAST({ms} + 100000000000000 AS VARCHAR) || {path}");
+    let (first, last) = (key("first_ms", "first_path"), key("last_ms", "last_path"));
+    conn.execute_batch(&format!(
+        "CREATE OR REPLACE TEMP TABLE compacting AS
+             SELECT DISTINCT project_id, hour FROM session_parts WHERE NOT compacted;
+         CREATE OR REPLACE TEMP TABLE compacted_parts AS
+             SELECT p.project_id, p.hour, session_id, anonymous_id, user_id, sum(pageviews) AS pageviews,
+                 min(first_ms) AS first_ms, substr(min({first}), 16) AS first_path,
+                 max(last_ms) AS last_ms, substr(max({last}), 16) AS last_path, true AS compacted
+             FROM session_parts p SEMI JOIN compacting c ON p.project_id = c.project_id AND p.hour = c.hour
+             GROUP BY p.project_id, p.hour, session_id, anonymous_id, user_id;
+         DELETE FROM session_parts USING compacting c
+             WHERE session_parts.project_id = c.project_id AND session_parts.hour = c.hour;"
+    ))?;
+    let written = conn.execute("INSERT INTO session_parts SELECT * FROM compacted_parts", [])?;
+    conn.execute_batch("DROP TABLE compacting; DROP TABLE compacted_parts;")?;
+    Ok(written)
+}
+
+/// Folds the whole of `events` again (after rows arrived another way),
+/// within the caller's transaction.
+pub fn rebuild(conn: &Connection) -> Result<(), StoreError> {
+    conn.execute_batch("DELETE FROM session_parts; INSERT INTO session_parts SELECT *, false FROM pageview_parts;")?;
+    compact(conn)?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::write::Writer;
+    use super::*;
+    use leanloop_core::EventKind;
+
+    const T0: i64 = 1_710_720_000_000 + 40 * 60_000;
+
+    fn view(n: u128, minute: i64, session: &str, user: Option<&str>, path: Option<&str>) -> Event {
+        let mut e = Event::new(uuid::Uuid::from_u128(n), 1, EventKind::Page, "$pageview", T0 + minute * 60_000);
+        e.session_id = Some(session.into());
+        e.anonymous_id = Some(format!("anon-{session}"));
+        e.user_id = user.map(str::to_owned);
+        e.path = path.map(str::to_owned);
+        e
+    }
+
+    /// Every key's fold, of the stored parts or of the events themselves.
+    fn folds(conn: &Connection, parts: &str) -> Vec<String> {
+        let sql = format!(
+            "SELECT concat_ws('|', project_id, hour, session_id, anonymous_id, user_id, sum(pageviews), min(first_ms),
+                 substr(min(CAST(first_ms + 100000000000000 AS VARCHAR) || first_path), 16), max(last_ms),
+                 substr(max(CAST(last_ms + 100000000000000 AS VARCHAR) || last_path), 16))
+             FROM {parts} GROUP BY project_id, hour, session_id, anonymous_id, user_id ORDER BY 1"
+        );
+        let mut statement = conn.prepare(&sql).unwrap();
+        statement.query_map([], |r| r.get(0)).unwrap().map(Result::unwrap).collect()
+    }
+
+    fn count(conn: &Connection) -> i64 {
+        conn.query_row("SELECT count(*) FROM session_parts", [], |r| r.get(0)).unwrap()
+    }
+
+    #[test]
+    fn parts_written_apart_fold_into_one_per_key_as_the_events_do() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("events.duckdb");
+        drop(super::super::DuckDbStore::open(&file, &Default::default()).unwrap());
+        let conn = Connection::open(&file).unwrap();
+        let mut writer = Writer::new(conn.try_clone().unwrap()).unwrap();
+        let mut signup = Event::new(uuid::Uuid::from_u128(99), 1, EventKind::Track, "signup", T0);
+        signup.session_id = Some("a".into());
+        // Session a: two views, then one across the hour, then one after
+        // identifying, in separate writes; b: one view without a path.
+        let writes = [
+            vec![view(1, 0, "a", None, Some("/")), view(2, 10, "a", None, Some("/pricing")), signup],
+            vec![view(3, 10, "a", None, Some("/docs")), view(4, 25, "a", None, Some("/pricing"))],
+            vec![
+                view(5, 15, "a", Some("ann"), Some("/signup")),
+                view(6, 5, "b", None, None),
+                view(1, 0, "a", None, None),
+            ],
+        ];
+        for events in &writes {
+            writer.write(events, &[]).unwrap();
+        }
+        let expected = folds(&conn, "pageview_parts");
+        assert_eq!(expected.len(), 4, "{expected:?}");
+        // As written: a part per write and key (the retried view is not one).
+        assert_eq!(count(&conn), 5);
+        assert_eq!(folds(&conn, "session_parts"), expected);
+        writer.compact_sessions();
+        assert_eq!(count(&conn), 4);
+        assert_eq!(folds(&conn, "session_parts"), expected);
+        // Session a's first hour: three views, the last two at the same ms
+        // (the largest path is the last).
+        let first_hour = "1|1710720000000|a|anon-a|3|1710722400000|/|1710723000000|/pricing".to_owned();
+        assert!(expected.contains(&first_hour), "{expected:?}");
+        // Compacting again changes nothing; new parts join the compacted.
+        writer.compact_sessions();
+        assert_eq!(folds(&conn, "session_parts"), expected);
+        writer.write(&[view(7, 12, "a", None, Some("/about"))], &[]).unwrap();
+        writer.compact_sessions();
+        assert_eq!(count(&conn), 4);
+        assert_eq!(folds(&conn, "session_parts"), folds(&conn, "pageview_parts"));
+    }
+}
