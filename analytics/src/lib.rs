@@ -16,6 +16,7 @@ pub mod cohorts;
 mod events;
 pub mod feedback;
 pub mod fields;
+mod folded;
 pub mod funnels;
 pub mod live;
 pub mod paths;

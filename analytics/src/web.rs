@@ -9,8 +9,13 @@
 //! A question names the [`Section`]s it wants (all by default): a dashboard
 //! asks for its headline figures and each list on requests of their own, as
 //! Plausible's does, so the figures never wait for the slowest list.
+//!
+//! The overview, entry and exit pages read page views as visit rows: one
+//! per view, or, for unfiltered questions on DuckDB, folded per session and
+//! hour (`folded.rs`), which is exact and a fraction of the rows.
 
 use crate::fields::{compile_all, Filter};
+use crate::folded::{Counts, Folded};
 use crate::sql::{self, Source, Sql};
 use crate::time::Window;
 use crate::{bounded, cells, AnalyticsError, Ask};
@@ -143,10 +148,15 @@ pub fn web(ask: &Ask, q: &WebQuery) -> Result<WebResult, AnalyticsError> {
         .filter(Sql::new("name = '$pageview'"))
         .between(Some(window.from_ms), Some(window.to_ms))
         .filters(compile_all(ask, &q.filters, "filters")?);
-    let visits = visits(ask, &base, &window, q.filters.is_empty());
+    let folded = Folded::new(ask, &window, q.filters.is_empty());
+    let visits = folded.as_ref().map_or_else(|| by_view(d, base.clone()), Folded::visits);
     let mut out = WebResult::default();
     if asked(Section::Overview) {
-        out.overview = Some(overview(ask, &visits)?);
+        let counts = match &folded {
+            Some(f) => f.counts(ask)?,
+            None => counts(ask, &visits)?,
+        };
+        out.overview = Some(overview(counts));
     }
 
     // Entry and exit pages: each session's first and last page view (its
@@ -192,55 +202,22 @@ fn fill(out: &mut WebResult, sections: impl IntoIterator<Item = Section>, lists:
     }
 }
 
-/// `base`'s page views as visits: rows of `x_s` (session), `x_n` (page
-/// views), `x_first`/`x_fp` and `x_last`/`x_lp` (time and path of the first
-/// and last), plus the identity columns. A row is one page view, or, on
-/// DuckDB for unfiltered questions, a folded part of a session
-/// (`session_parts`) for the window's whole hours, with its edge hours'
-/// page views read one by one.
-fn visits(ask: &Ask, base: &Source, window: &Window, unfiltered: bool) -> Source {
-    let d = ask.dialect();
-    const HOUR_MS: i64 = 3_600_000;
-    let (from, to) = (window.from_ms, window.to_ms);
-    let (lo, hi) = (from + (-from).rem_euclid(HOUR_MS), to - to.rem_euclid(HOUR_MS));
-    let columns = |rows: Source, n: &str, first: Sql, fp: &str, last: Sql, lp: &str| {
-        rows.column("x_s", Sql::new("session_id"))
-            .column("x_n", Sql::new(n))
-            .column("x_first", first)
-            .column("x_fp", Sql::new(fp))
-            .column("x_last", last)
-            .column("x_lp", Sql::new(lp))
-    };
-    let by_view = |rows: Source| {
-        let ts = sql::timestamp_ms(d);
-        columns(rows, "1", ts.clone(), "path", ts, "path")
-    };
-    if d != Dialect::DuckDb || !unfiltered || lo >= hi {
-        return by_view(base.clone());
-    }
-    let identity = "project_id, session_id, anonymous_id, user_id";
-    let folded = Sql::new(format!(
-        "SELECT {identity}, pageviews, first_ms, first_path, last_ms, last_path FROM session_parts WHERE project_id = "
-    ))
-    .int(ask.project_id)
-    .raw(" AND hour >= ")
-    .int(lo)
-    .raw(" AND hour < ")
-    .int(hi);
-    let ts = sql::timestamp_ms(d).text;
-    let edge = |a: i64, b: i64| {
-        Sql::new(format!("SELECT {identity}, 1, {ts}, path, {ts}, path FROM events WHERE project_id = "))
-            .int(ask.project_id)
-            .raw(" AND name = '$pageview' AND ")
-            .push(Sql::join(sql::time_range(d, Some(a), Some(b)), " AND "))
-    };
-    let rows = Sql::join([folded, edge(from, lo), edge(hi, to)], " UNION ALL ").wrap();
-    let rows = Source::new(d, ask.project_id).from(rows);
-    columns(rows, "pageviews", Sql::new("first_ms"), "first_path", Sql::new("last_ms"), "last_path")
+/// `base`'s page views as visit rows, one per view: `x_s` (session), `x_n`
+/// (page views), `x_first`/`x_fp` and `x_last`/`x_lp` (time and path of the
+/// first and last), plus the identity columns (as [`Folded::visits`] gives
+/// them folded).
+fn by_view(d: Dialect, base: Source) -> Source {
+    let ts = sql::timestamp_ms(d);
+    base.column("x_s", Sql::new("session_id"))
+        .column("x_n", Sql::new("1"))
+        .column("x_first", ts.clone())
+        .column("x_fp", Sql::new("path"))
+        .column("x_last", ts)
+        .column("x_lp", Sql::new("path"))
 }
 
-/// The headline figures of `visits`' page views.
-fn overview(ask: &Ask, visits: &Source) -> Result<Overview, AnalyticsError> {
+/// The overview's counts from visit rows.
+fn counts(ask: &Ask, visits: &Source) -> Result<Counts, AnalyticsError> {
     let d = ask.dialect();
     let sessions = Sql::new("SELECT x_s, sum(x_n) AS x_n, max(x_last) - min(x_first) AS x_d FROM ")
         .push(visits.render())
@@ -250,24 +227,31 @@ fn overview(ask: &Ask, visits: &Source) -> Result<Overview, AnalyticsError> {
             .push(sessions.wrap())
             .select(&[ColumnKind::Int, ColumnKind::Int, ColumnKind::Int]),
     )?;
-    let (n_sessions, bounces, length_ms) = match session_stats.first() {
-        Some(r) => (r[0].int(), r[1].int(), r[2].int()),
-        None => (0, 0, 0),
-    };
     let totals = ask.rows(
         Sql::new(format!("SELECT {}, sum(x_n) FROM ", sql::count_distinct(d, "person")))
             .push(visits.clone().with_person().render())
             .select(&[ColumnKind::Int, ColumnKind::Int]),
     )?;
-    let (visitors, pageviews) = totals.first().map_or((0, 0), |r| (r[0].int(), r[1].int()));
-    let ratio = |a: i64, b: i64| if b == 0 { 0.0 } else { a as f64 / b as f64 };
-    Ok(Overview {
-        visitors: visitors as u64,
-        pageviews: pageviews as u64,
-        sessions: n_sessions as u64,
-        bounce_rate: ratio(bounces, n_sessions),
-        avg_session_seconds: ratio(length_ms, n_sessions) / 1000.0,
+    let int = |rows: &[Vec<Cell>], k: usize| rows.first().map_or(0, |r| r[k].int());
+    Ok(Counts {
+        sessions: int(&session_stats, 0),
+        bounces: int(&session_stats, 1),
+        length_ms: int(&session_stats, 2),
+        visitors: int(&totals, 0),
+        pageviews: int(&totals, 1),
     })
+}
+
+/// The headline figures from the counts.
+fn overview(c: Counts) -> Overview {
+    let ratio = |a: i64, b: i64| if b == 0 { 0.0 } else { a as f64 / b as f64 };
+    Overview {
+        visitors: c.visitors as u64,
+        pageviews: c.pageviews as u64,
+        sessions: c.sessions as u64,
+        bounce_rate: ratio(c.bounces, c.sessions),
+        avg_session_seconds: ratio(c.length_ms, c.sessions) / 1000.0,
+    }
 }
 
 /// Column aliases of the lists' values.

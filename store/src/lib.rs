@@ -112,6 +112,13 @@ pub trait EventStore: Send + Sync + 'static {
     /// Returns the number of events deleted. Done when it returns.
     fn delete_person(&self, project_id: i64, user_id: &str) -> Result<u64, StoreError>;
 
+    /// Brings what the store derives from events up to date now, as it
+    /// otherwise does within minutes of writes (DuckDB compacts its session
+    /// parts). Answers are the same before and after; only their speed is not.
+    fn settle(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+
     /// The dialect [`EventStore::select`] expects.
     fn dialect(&self) -> Dialect;
 

@@ -126,6 +126,12 @@ pub async fn run(o: Options) -> Result<()> {
                 tokio::task::spawn_blocking(move || load(store.as_ref(), project_id, people, events)).await??;
             println!("\n{label}: loaded {loaded} events in {:.1}s", started.elapsed().as_secs_f64());
         }
+        // Asked as the store stands minutes after writes stop (DuckDB has
+        // compacted its session parts by then), not in the seconds between.
+        let started = Instant::now();
+        let settling = app.store().clone();
+        tokio::task::spawn_blocking(move || settling.settle()).await??;
+        println!("{label}: settled in {:.1}s", started.elapsed().as_secs_f64());
 
         let base = format!("http://{}", app.address());
         let store = app.store().clone();
@@ -268,6 +274,9 @@ impl EventStore for Recorder {
     }
     fn identity(&self, project_id: i64, anonymous_id: &str) -> Result<Option<String>, StoreError> {
         self.inner.identity(project_id, anonymous_id)
+    }
+    fn settle(&self) -> Result<(), StoreError> {
+        self.inner.settle()
     }
     fn delete_person(&self, project_id: i64, user_id: &str) -> Result<u64, StoreError> {
         self.inner.delete_person(project_id, user_id)

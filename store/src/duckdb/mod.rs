@@ -17,7 +17,7 @@ use ::duckdb::{Config, Connection};
 use leanloop_core::{Event, UserUpdate};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 /// Rows in one of DuckDB's row groups (its default `row_group_size`).
@@ -48,7 +48,8 @@ impl Default for DuckDbOptions {
 }
 
 pub struct DuckDbStore {
-    writer: Mutex<write::Writer>,
+    /// Shared with the compaction thread, which holds it weakly.
+    writer: Arc<Mutex<write::Writer>>,
     readers: Mutex<Vec<Connection>>,
     /// Source of new reader connections; never used for queries itself.
     origin: Mutex<Connection>,
@@ -78,9 +79,10 @@ impl DuckDbStore {
             &options.ingest_memory_limit,
             options.ingest_limit_after,
         )?;
-        let writer = write::Writer::new(origin.try_clone()?)?;
+        let writer = Arc::new(Mutex::new(write::Writer::new(origin.try_clone()?)?));
+        compact_in_background(Arc::downgrade(&writer));
         Ok(DuckDbStore {
-            writer: Mutex::new(writer),
+            writer,
             readers: Mutex::new(Vec::new()),
             origin: Mutex::new(origin),
             people_writes: AtomicU64::new(0),
@@ -162,6 +164,10 @@ impl EventStore for DuckDbStore {
         self.with_reader(|conn| read::identity(conn, project_id, anonymous_id))
     }
 
+    fn settle(&self) -> Result<(), StoreError> {
+        lock(&self.writer).compact_sessions()
+    }
+
     fn delete_person(&self, project_id: i64, user_id: &str) -> Result<u64, StoreError> {
         let deleted = lock(&self.writer).delete_person(project_id, user_id)?;
         self.people_writes.fetch_add(1, Ordering::Release);
@@ -206,6 +212,20 @@ impl DuckDbStore {
     /// `read_json` took.
     pub fn load_ndjson_unchecked(&self, path: &Path) -> Result<(usize, Duration), StoreError> {
         lock(&self.writer).load_ndjson_unchecked(path)
+    }
+}
+
+/// Compacts session parts when due, after writes stop too (a write only
+/// marks them due), until the store is dropped. Without the thread they
+/// are still compacted at the next open and when asked.
+fn compact_in_background(writer: Weak<Mutex<write::Writer>>) {
+    let started = std::thread::Builder::new().name("duckdb-compaction".into()).spawn(move || loop {
+        std::thread::sleep(Duration::from_secs(15));
+        let Some(writer) = writer.upgrade() else { return };
+        lock(&writer).compact_sessions_when_due();
+    });
+    if let Err(err) = started {
+        tracing::warn!(error = %err, "no compaction thread: session parts compact at open and when asked");
     }
 }
 

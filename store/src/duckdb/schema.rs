@@ -97,13 +97,15 @@ const SESSION_PARTS_STEP: &str = "CREATE TABLE session_parts (
         pageviews BIGINT NOT NULL,
         first_ms BIGINT NOT NULL, first_path VARCHAR NOT NULL,
         last_ms BIGINT NOT NULL, last_path VARCHAR NOT NULL,
-        compacted BOOLEAN NOT NULL
+        compacted BOOLEAN NOT NULL,
+        person_hash BIGINT, unlinked BOOLEAN, whole BOOLEAN
     );
+    CREATE TABLE recent_links (project_id BIGINT NOT NULL, anonymous_id VARCHAR NOT NULL, user_id VARCHAR NOT NULL);
     CREATE VIEW pageview_parts AS
     SELECT project_id, ms - (ms % 3600000 + 3600000) % 3600000 AS hour, session_id, anonymous_id, user_id,
         1 AS pageviews, ms AS first_ms, coalesce(path, '') AS first_path, ms AS last_ms, coalesce(path, '') AS last_path
     FROM (SELECT *, epoch_us(timestamp) // 1000 AS ms FROM events WHERE name = '$pageview');
-    INSERT INTO session_parts SELECT *, false FROM pageview_parts";
+    INSERT INTO session_parts SELECT *, false, NULL, NULL, NULL FROM pageview_parts";
 
 pub fn migrate(conn: &Connection) -> Result<(), StoreError> {
     conn.execute_batch(

@@ -11,9 +11,22 @@
 //! A write folds the page views it stores into parts, in its transaction.
 //! A session's views arrive over many writes, so parts are then compacted:
 //! the hours that gained parts are folded again into one part per key, at
-//! most every [`COMPACT_EVERY`] and when the store opens (which also folds
-//! what the migration backfilled, a part per stored view). Deleting a
-//! person deletes their parts by the same condition as their events.
+//! most every [`COMPACT_EVERY`], when the store opens (which also folds what
+//! the migration backfilled, a part per stored view) and when asked
+//! (`EventStore::settle`). Compacting also records, per part:
+//! - `person_hash`: a 63-bit hash of its person as stitched then, and
+//!   `unlinked` when that was its anonymous id alone. A link once made never
+//!   changes (the first wins), so only unlinked parts can change person:
+//!   links made since the last compaction wait in `recent_links`, and each
+//!   compaction applies and clears them. The overview counts visitors from
+//!   these hashes (with the recent links), not by joining every part to the
+//!   links.
+//! - `whole`: the part is its session's only one, so its figures are the
+//!   session's and need no grouping (unless parts came since: the overview
+//!   checks for those).
+//!
+//! Deleting a person deletes their parts and recent links by the same
+//! condition as their events.
 
 use crate::StoreError;
 use ::duckdb::arrow::array::{ArrayRef, BooleanArray, Int64Array, StringArray};
@@ -75,6 +88,9 @@ pub fn append(conn: &Connection, stored: &[&Event]) -> Result<(), StoreError> {
         ("last_ms", ints(parts.iter().map(|p| p.last.0).collect())),
         ("last_path", texts(parts.iter().map(|p| Some(p.last.1)).collect())),
         ("compacted", Arc::new(BooleanArray::from(vec![false; keys.len()])) as ArrayRef),
+        ("person_hash", Arc::new(Int64Array::new_null(keys.len())) as ArrayRef),
+        ("unlinked", Arc::new(BooleanArray::new_null(keys.len())) as ArrayRef),
+        ("whole", Arc::new(BooleanArray::new_null(keys.len())) as ArrayRef),
     ])?;
     let mut appender = conn.appender("session_parts")?;
     appender.append_record_batch(batch)?;
@@ -83,32 +99,54 @@ pub fn append(conn: &Connection, stored: &[&Event]) -> Result<(), StoreError> {
 }
 
 /// Folds the parts of every hour that gained parts since it was last
-/// compacted into one part per key. Runs in the caller's transaction.
+/// compacted into one part per key, stitched and marked whole as the module
+/// says, and applies the recent links. Runs in the caller's transaction.
 /// Returns the parts written.
 pub fn compact(conn: &Connection) -> Result<usize, StoreError> {
     let key = |ms: &str, path: &str| format!("CAST({ms} + 100000000000000 AS VARCHAR) || {path}");
     let (first, last) = (key("first_ms", "first_path"), key("last_ms", "last_path"));
+    // As the analytics' `group_hash`, and NULL for no person.
+    let hash = |x: &str| format!("CASE WHEN {x} IS NOT NULL THEN CAST(hash({x}) >> 1 AS BIGINT) END");
     conn.execute_batch(&format!(
         "CREATE OR REPLACE TEMP TABLE compacting AS
              SELECT DISTINCT project_id, hour FROM session_parts WHERE NOT compacted;
          CREATE OR REPLACE TEMP TABLE compacted_parts AS
-             SELECT p.project_id, p.hour, session_id, anonymous_id, user_id, sum(pageviews) AS pageviews,
-                 min(first_ms) AS first_ms, substr(min({first}), 16) AS first_path,
-                 max(last_ms) AS last_ms, substr(max({last}), 16) AS last_path, true AS compacted
-             FROM session_parts p SEMI JOIN compacting c ON p.project_id = c.project_id AND p.hour = c.hour
-             GROUP BY p.project_id, p.hour, session_id, anonymous_id, user_id;
+             SELECT f.*, {person} AS person_hash, (f.user_id IS NULL AND i.user_id IS NULL) AS unlinked, false AS whole
+             FROM (SELECT p.project_id, p.hour, session_id, anonymous_id, user_id, sum(pageviews) AS pageviews,
+                       min(first_ms) AS first_ms, substr(min({first}), 16) AS first_path,
+                       max(last_ms) AS last_ms, substr(max({last}), 16) AS last_path, true AS compacted
+                   FROM session_parts p SEMI JOIN compacting c ON p.project_id = c.project_id AND p.hour = c.hour
+                   GROUP BY p.project_id, p.hour, session_id, anonymous_id, user_id) f
+             LEFT JOIN identities i ON i.project_id = f.project_id AND i.anonymous_id = f.anonymous_id;
          DELETE FROM session_parts USING compacting c
-             WHERE session_parts.project_id = c.project_id AND session_parts.hour = c.hour;"
+             WHERE session_parts.project_id = c.project_id AND session_parts.hour = c.hour;",
+        person = hash("coalesce(f.user_id, i.user_id, f.anonymous_id)"),
     ))?;
     let written = conn.execute("INSERT INTO session_parts SELECT * FROM compacted_parts", [])?;
-    conn.execute_batch("DROP TABLE compacting; DROP TABLE compacted_parts;")?;
+    conn.execute_batch(&format!(
+        "UPDATE session_parts SET person_hash = {linked}, unlinked = false FROM recent_links l
+             WHERE session_parts.unlinked AND session_parts.project_id = l.project_id
+                 AND session_parts.anonymous_id = l.anonymous_id;
+         DELETE FROM recent_links;
+         CREATE OR REPLACE TEMP TABLE touched AS
+             SELECT DISTINCT project_id, session_id FROM compacted_parts WHERE session_id IS NOT NULL;
+         UPDATE session_parts SET whole = (n.parts = 1)
+             FROM (SELECT p.project_id, p.session_id, count(*) AS parts
+                   FROM session_parts p SEMI JOIN touched t ON p.project_id = t.project_id AND p.session_id = t.session_id
+                   GROUP BY p.project_id, p.session_id) n
+             WHERE session_parts.project_id = n.project_id AND session_parts.session_id = n.session_id;
+         DROP TABLE compacting; DROP TABLE compacted_parts; DROP TABLE touched;",
+        linked = hash("l.user_id"),
+    ))?;
     Ok(written)
 }
 
 /// Folds the whole of `events` again (after rows arrived another way),
 /// within the caller's transaction.
 pub fn rebuild(conn: &Connection) -> Result<(), StoreError> {
-    conn.execute_batch("DELETE FROM session_parts; INSERT INTO session_parts SELECT *, false FROM pageview_parts;")?;
+    conn.execute_batch(
+        "DELETE FROM session_parts; INSERT INTO session_parts SELECT *, false, NULL, NULL, NULL FROM pageview_parts;",
+    )?;
     compact(conn)?;
     Ok(())
 }
@@ -174,7 +212,7 @@ mod tests {
         // As written: a part per write and key (the retried view is not one).
         assert_eq!(count(&conn), 5);
         assert_eq!(folds(&conn, "session_parts"), expected);
-        writer.compact_sessions();
+        writer.compact_sessions().unwrap();
         assert_eq!(count(&conn), 4);
         assert_eq!(folds(&conn, "session_parts"), expected);
         // Session a's first hour: three views, the last two at the same ms
@@ -182,10 +220,10 @@ mod tests {
         let first_hour = "1|1710720000000|a|anon-a|3|1710722400000|/|1710723000000|/pricing".to_owned();
         assert!(expected.contains(&first_hour), "{expected:?}");
         // Compacting again changes nothing; new parts join the compacted.
-        writer.compact_sessions();
+        writer.compact_sessions().unwrap();
         assert_eq!(folds(&conn, "session_parts"), expected);
         writer.write(&[view(7, 12, "a", None, Some("/about"))], &[]).unwrap();
-        writer.compact_sessions();
+        writer.compact_sessions().unwrap();
         assert_eq!(count(&conn), 4);
         assert_eq!(folds(&conn, "session_parts"), folds(&conn, "pageview_parts"));
     }

@@ -22,15 +22,19 @@ pub struct Writer {
     conn: Connection,
     pub(super) seen: SeenKeys,
     schema: Arc<Schema>,
-    /// When session parts were last compacted (`sessions.rs`).
+    /// When session parts were last compacted (`sessions.rs`), and whether
+    /// writes came since.
     compacted_at: Instant,
+    dirty: bool,
 }
 
 impl Writer {
     pub fn new(conn: Connection) -> Result<Writer, StoreError> {
         let seen = SeenKeys::load(&DuckKeys(&conn), MIN_CAPACITY)?;
-        let mut writer = Writer { conn, seen, schema: Arc::new(arrow_schema()), compacted_at: Instant::now() };
-        writer.compact_sessions();
+        let mut writer =
+            Writer { conn, seen, schema: Arc::new(arrow_schema()), compacted_at: Instant::now(), dirty: false };
+        // What earlier runs (or the migration) left uncompacted.
+        writer.compact_sessions_logged();
         Ok(writer)
     }
 
@@ -38,31 +42,36 @@ impl Writer {
         let tx = self.conn.unchecked_transaction()?;
         let outcome = append(&tx, &mut self.seen, &self.schema, events, users, false)?;
         tx.commit()?;
-        self.compact_sessions_when_due();
+        self.dirty = true;
         Ok(outcome)
     }
 
-    fn compact_sessions_when_due(&mut self) {
-        if self.compacted_at.elapsed() >= sessions::COMPACT_EVERY {
-            self.compact_sessions();
+    /// Compacts session parts when writes came since the last compaction
+    /// and it was [`sessions::COMPACT_EVERY`] ago.
+    pub fn compact_sessions_when_due(&mut self) {
+        if self.dirty && self.compacted_at.elapsed() >= sessions::COMPACT_EVERY {
+            self.compact_sessions_logged();
         }
     }
 
-    /// Compacts session parts in a transaction of its own. A failure leaves
-    /// the parts as written (answers stay exact) for the next attempt, so
-    /// it is logged, not returned: the write before it is already stored.
-    pub fn compact_sessions(&mut self) {
+    /// A failure leaves the parts as written (answers stay exact) for the
+    /// next attempt, so it is logged, not returned.
+    fn compact_sessions_logged(&mut self) {
+        if let Err(err) = self.compact_sessions() {
+            tracing::warn!(error = %err, "session parts not compacted; retried later");
+        }
+    }
+
+    /// Compacts session parts now, in a transaction of its own.
+    pub fn compact_sessions(&mut self) -> Result<(), StoreError> {
         let started = Instant::now();
         self.compacted_at = started;
-        let compacted = self.conn.unchecked_transaction().map_err(StoreError::from).and_then(|tx| {
-            let written = sessions::compact(&tx)?;
-            tx.commit()?;
-            Ok(written)
-        });
-        match compacted {
-            Ok(parts) => tracing::debug!(parts, ms = started.elapsed().as_millis() as u64, "session parts compacted"),
-            Err(err) => tracing::warn!(error = %err, "session parts not compacted; retried later"),
-        }
+        let tx = self.conn.unchecked_transaction()?;
+        let parts = sessions::compact(&tx)?;
+        tx.commit()?;
+        self.dirty = false;
+        tracing::debug!(parts, ms = started.elapsed().as_millis() as u64, "session parts compacted");
+        Ok(())
     }
 
     /// Appends every chunk in one transaction, a chunk at a time. Once the
@@ -79,7 +88,7 @@ impl Writer {
             outcome.duplicates += part.duplicates;
         }
         tx.commit()?;
-        self.compact_sessions_when_due();
+        self.dirty = true;
         tracing::debug!(
             inserted = outcome.inserted,
             duplicates = outcome.duplicates,
@@ -91,16 +100,18 @@ impl Writer {
 
     pub fn delete_person(&mut self, project_id: i64, user_id: &str) -> Result<u64, StoreError> {
         let tx = self.conn.transaction()?;
-        // Their session parts go with their events, by the same condition,
-        // before the links it reads are deleted.
+        // Their session parts and recent links go with their events, by
+        // the same condition, before the links it reads are deleted.
         let of_person = "WHERE project_id = ? AND (user_id = ? OR anonymous_id IN
              (SELECT anonymous_id FROM identities WHERE project_id = ? AND user_id = ?))";
         let deleted =
             tx.execute(&format!("DELETE FROM events {of_person}"), params![project_id, user_id, project_id, user_id])?;
-        tx.execute(
-            &format!("DELETE FROM session_parts {of_person}"),
-            params![project_id, user_id, project_id, user_id],
-        )?;
+        for derived in ["session_parts", "recent_links"] {
+            tx.execute(
+                &format!("DELETE FROM {derived} {of_person}"),
+                params![project_id, user_id, project_id, user_id],
+            )?;
+        }
         tx.execute("DELETE FROM identities WHERE project_id = ? AND user_id = ?", params![project_id, user_id])?;
         tx.execute("DELETE FROM users WHERE project_id = ? AND user_id = ?", params![project_id, user_id])?;
         tx.execute("DELETE FROM cohort_members WHERE project_id = ? AND user_id = ?", params![project_id, user_id])?;
@@ -305,9 +316,12 @@ fn write_users(conn: &Connection, users: &[UserUpdate]) -> Result<(), StoreError
     }
     link.flush()?;
     drop(link);
-    // The first link made wins.
+    // The first link made wins. New links are also kept for the session
+    // parts stitched before them (`sessions.rs`).
     conn.execute_batch(
-        "INSERT OR IGNORE INTO identities SELECT project_id, anonymous_id, user_id, epoch_ms(first_seen) FROM staged_links",
+        "INSERT INTO recent_links SELECT s.project_id, s.anonymous_id, s.user_id FROM staged_links s
+             ANTI JOIN identities i ON i.project_id = s.project_id AND i.anonymous_id = s.anonymous_id;
+         INSERT OR IGNORE INTO identities SELECT project_id, anonymous_id, user_id, epoch_ms(first_seen) FROM staged_links",
     )?;
     Ok(())
 }

@@ -985,23 +985,31 @@ fn a_funnel_takes_events_at_the_same_ms_in_step_order() {
 #[test]
 fn folded_sessions_answer_as_the_page_views_they_fold() {
     // Unfiltered, DuckDB reads the overview and the entry and exit pages from
-    // session parts folded at write time; a filter every page view passes
-    // makes it read the views one by one. Both must agree with each other,
-    // with ClickHouse and with the events, for windows cut mid-hour, after
-    // retried writes and after a person is erased.
+    // session parts folded at write time and compacted later; a filter every
+    // page view passes makes it read the views one by one. Both must agree
+    // with each other, with ClickHouse and with the events: for windows cut
+    // mid-hour, before and after compaction, after retried writes, links
+    // made after compaction, views added to compacted sessions and a person
+    // erased.
     let f = &*FIXTURE;
     let project = PROJECT + 9;
     let mut c = corpus::generate(11, 300, corpus::BUSY);
     c.events.iter_mut().for_each(|e| e.project_id = project);
     c.users.iter_mut().for_each(|u| u.project_id = project);
-    let writers = [f.duck_store.clone(), f.click_store.clone()];
+    // A DuckDB store of its own, to compact at chosen points.
+    let dir = tempfile::tempdir().unwrap();
+    let duck_store: Arc<dyn EventStore> =
+        Arc::new(DuckDbStore::open(&dir.path().join("events.duckdb"), &DuckDbOptions::default()).unwrap());
+    let duck = Analytics::new(duck_store.clone(), f.book.clone());
+    let writers = [duck_store.clone(), f.click_store.clone()];
+    let (early, late) = c.users.split_at(c.users.len() / 2);
     for store in &writers {
         for chunk in c.events.chunks(700) {
             store.write(chunk, &[]).unwrap();
         }
         // A retried chunk is stored once and folded once.
         assert_eq!(store.write(&c.events[1_000..1_700], &[]).unwrap().inserted, 0);
-        store.write(&[], &c.users).unwrap();
+        store.write(&[], early).unwrap();
     }
     let windows = [
         json!({"date_from": "2024-03-18T00:00:00Z", "date_to": "2024-04-17T00:00:00Z"}),
@@ -1019,13 +1027,24 @@ fn folded_sessions_answer_as_the_page_views_they_fold() {
         let q: web::WebQuery = serde_json::from_value(q).unwrap();
         serde_json::to_value(web::web(&a.ask(project, NOW_MS), &q).unwrap()).unwrap()
     };
-    let check = |erased: Option<&str>| {
+    // `links`: the identify links written so far (the first one wins).
+    let check = |views: &[Event], links: &[UserUpdate], erased: Option<&str>, stage: &str| {
+        let mut linked: HashMap<&str, &str> = HashMap::new();
+        for u in links {
+            if let Some(anonymous) = u.anonymous_id.as_deref() {
+                linked.entry(anonymous).or_insert(&u.user_id);
+            }
+        }
+        let person = |e: &Event| -> String {
+            let linked = e.anonymous_id.as_deref().and_then(|a| linked.get(a).copied());
+            e.user_id.as_deref().or(linked).or(e.anonymous_id.as_deref()).unwrap().to_owned()
+        };
         let views: Vec<&Event> =
-            c.events.iter().filter(|e| e.name == "$pageview" && erased.is_none_or(|p| c.person(e) != p)).collect();
+            views.iter().filter(|e| e.name == "$pageview" && erased.is_none_or(|p| c.person(e) != p)).collect();
         for window in &windows {
-            let folded = ask(&f.duck, window, false);
-            assert_eq!(folded, ask(&f.duck, window, true), "DuckDB folded and by view, {window}");
-            assert_eq!(folded, ask(&f.click, window, false), "DuckDB and ClickHouse, {window}");
+            let folded = ask(&duck, window, false);
+            assert_eq!(folded, ask(&duck, window, true), "DuckDB folded and by view, {stage}, {window}");
+            assert_eq!(folded, ask(&f.click, window, false), "DuckDB and ClickHouse, {stage}, {window}");
             let tz: Tz = window.get("timezone").and_then(Value::as_str).unwrap_or("UTC").parse().unwrap();
             let bound = |k: &str| {
                 let text = window[k].as_str().unwrap();
@@ -1037,19 +1056,41 @@ fn folded_sessions_answer_as_the_page_views_they_fold() {
             let to = if window["date_to"].as_str().unwrap().len() == 10 { to + DAY_MS } else { to };
             let inside = views.iter().filter(|e| in_range(e, from, to));
             let sessions: HashSet<&str> = inside.clone().filter_map(|e| e.session_id.as_deref()).collect();
-            let people: HashSet<String> = inside.clone().map(|e| c.person(e)).collect();
+            let people: HashSet<String> = inside.clone().map(|e| person(e)).collect();
             assert_eq!(
                 (&folded["overview"]["pageviews"], &folded["overview"]["sessions"], &folded["overview"]["visitors"]),
                 (&json!(inside.count()), &json!(sessions.len()), &json!(people.len())),
-                "{window}"
+                "{stage}, {window}"
             );
         }
     };
-    check(None);
+    check(&c.events, early, None, "as written");
+    duck_store.settle().unwrap();
+    check(&c.events, early, None, "compacted");
+    // Links made after compaction stitch the parts compacted before them.
+    for store in &writers {
+        store.write(&[], late).unwrap();
+    }
+    check(&c.events, &c.users, None, "links after compaction");
+    // A view added to a session that was compacted whole.
+    let mut more = c.events.iter().find(|e| e.name == "$pageview" && e.session_id.is_some()).unwrap().clone();
+    more.uuid = uuid::Uuid::from_u128(0xF0_1DED);
+    more.timestamp_ms += 61_000;
+    more.path = Some("/later".into());
+    for store in &writers {
+        store.write(std::slice::from_ref(&more), &[]).unwrap();
+    }
+    let mut events = c.events.clone();
+    events.push(more);
+    check(&events, &c.users, None, "a view after compaction");
+    duck_store.settle().unwrap();
+    check(&events, &c.users, None, "compacted again");
     let erased = c.events.iter().find(|e| e.user_id.is_some() && e.anonymous_id.is_some()).unwrap();
     let erased = erased.user_id.clone().unwrap();
     for store in &writers {
         assert!(store.delete_person(project, &erased).unwrap() > 0);
     }
-    check(Some(&erased));
+    check(&events, &c.users, Some(&erased), "a person erased");
+    duck_store.settle().unwrap();
+    check(&events, &c.users, Some(&erased), "erased and compacted");
 }
