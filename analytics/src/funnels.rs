@@ -165,20 +165,7 @@ pub fn funnel(ask: &Ask, q: &FunnelQuery) -> Result<FunnelResult, AnalyticsError
     let (person, ts, mask) = (ints(), ints(), ints());
     let values = columns.next();
     let rows = person.len();
-    let walk = |rows: &Rows| walk(rows, values.as_ref(), q.steps.len(), window_seconds * 1000, q.order);
-    // Two halves of the people, walked at once: the statement is done, so
-    // both cores are free.
-    let chains = match Rows::grouped(person, &ts, &mask, 2).as_slice() {
-        [first, rest @ ..] => std::thread::scope(|s| {
-            let others: Vec<_> = rest.iter().map(|r| s.spawn(move || walk(r))).collect();
-            let mut chains = walk(first);
-            for other in others {
-                chains.extend(other.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)));
-            }
-            chains
-        }),
-        [] => Vec::new(),
-    };
+    let chains = chains(&person, &ts, &mask, values.as_ref(), q.steps.len(), window_seconds * 1000, q.order);
     tracing::debug!(
         rows,
         read_ms = read.as_millis() as u64,
@@ -255,116 +242,102 @@ fn rows_query(
     let keep = if q.order == Order::Loose { " WHERE x_m > 0" } else { "" };
     let carried = if breakdown.is_some() { ", x_b" } else { "" };
     let rows = Sql::new(format!("SELECT {person} AS x_h, x_ts, x_m{carried} FROM ")).push(src.render()).raw(keep);
-    // In no order: `Rows::grouped` puts each person's rows together.
+    // In no order: `chains` puts each person's rows together.
     let sql = Sql::new(format!("SELECT x_h, x_ts, x_m{b} FROM ")).push(rows.wrap());
     let kinds = [ColumnKind::Int, ColumnKind::Int, ColumnKind::Int, ColumnKind::Text];
     Ok(sql.select(&kinds[..if breakdown.is_some() { 4 } else { 3 }]))
 }
 
-/// The walk's columns of the candidate events, each person's together;
-/// `row` is each one's row in the store's answer (where its breakdown
-/// value is).
-struct Rows {
-    person: Vec<i64>,
-    ts: Vec<i64>,
-    mask: Vec<i64>,
-    row: Vec<usize>,
+/// A candidate event: its person's hash, time, step mask and row in the
+/// store's answer (where its breakdown value is).
+#[derive(Debug, Clone, Copy, Default)]
+struct Candidate {
+    person: i64,
+    ts: i64,
+    mask: i64,
+    row: usize,
 }
 
-impl Rows {
-    /// Puts the rows of each person (hash) together, in any order otherwise,
-    /// in `parts` sets of whole people: rows are spread over buckets by the
-    /// hash's top bits (about 16 rows each, as the hashes are uniform), then
-    /// each bucket is sorted on its own, in cache. Sorting the rows in the
-    /// statement took about 145 ms of a 400 ms statement (2.4M rows on
-    /// DuckDB); a full sort here about as long.
-    fn grouped(person: Vec<i64>, ts: &[i64], mask: &[i64], parts: usize) -> Vec<Rows> {
-        let n = person.len().min(ts.len()).min(mask.len());
-        let bits = (usize::BITS - (n / 16).max(1).leading_zeros()).min(24);
-        let buckets = 1usize << bits;
-        // Hashes are non-negative 63-bit values: bits 62 and down.
-        let bucket = |p: i64| ((p as u64) >> (63 - bits)) as usize & (buckets - 1);
-        let mut starts = vec![0usize; buckets + 1];
-        for &p in &person[..n] {
-            starts[bucket(p) + 1] += 1;
-        }
-        for b in 0..buckets {
-            starts[b + 1] += starts[b];
-        }
-        let mut next = starts.clone();
-        let mut order = vec![(0i64, 0usize); n];
-        for (i, &p) in person[..n].iter().enumerate() {
-            let b = bucket(p);
-            order[next[b]] = (p, i);
-            next[b] += 1;
-        }
-        let part_buckets = buckets.div_ceil(parts.max(1));
-        std::thread::scope(|s| {
-            let mut rest = order.as_mut_slice();
-            let mut done = 0;
-            let mut sorting = Vec::new();
-            for first in (0..buckets).step_by(part_buckets) {
-                let bounds = &starts[first..=(first + part_buckets).min(buckets)];
-                let (part, after) = std::mem::take(&mut rest).split_at_mut(bounds[bounds.len() - 1] - done);
-                (rest, done) = (after, bounds[bounds.len() - 1]);
-                sorting.push(s.spawn(move || {
-                    for range in bounds.windows(2) {
-                        part[range[0] - bounds[0]..range[1] - bounds[0]].sort_unstable_by_key(|&(p, _)| p);
-                    }
-                    Rows {
-                        person: part.iter().map(|&(p, _)| p).collect(),
-                        ts: part.iter().map(|&(_, i)| ts[i]).collect(),
-                        mask: part.iter().map(|&(_, i)| mask[i]).collect(),
-                        row: part.iter().map(|&(_, i)| i).collect(),
-                    }
-                }));
-            }
-            sorting.into_iter().map(|h| h.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic))).collect()
-        })
-    }
-}
-
-/// Each person's best chain (people who matched no first step are left out).
+/// Each person's best chain (people who matched no first step are left out),
+/// from the store's candidate rows in any order.
 ///
-/// A person's events go in time order; events at the same ms in step order:
-/// by the first step an event matches, then by its whole mask, then by its
-/// breakdown `values` (as the stores sort text), events matching no step
-/// last. Events equal in all of these are alike to the walk, so the answer
-/// does not depend on the order the store returned them in.
-fn walk(rows: &Rows, values: Option<&Column>, steps: usize, window_ms: i64, order: Order) -> Vec<Chain> {
-    let n = rows.person.len().min(rows.ts.len()).min(rows.mask.len());
-    // At most one chain per person: sized once, as a million chains moved
-    // on every doubling cost more than counting the people first.
-    let people = 1 + rows.person[..n].windows(2).filter(|w| w[0] != w[1]).count();
-    let mut out = Vec::with_capacity(people);
+/// Rows are spread over buckets by the person hash's top bits (about 16
+/// rows each, as the hashes are uniform; a person's rows share a bucket),
+/// and each bucket is sorted into walk order on its own, in cache: by
+/// person, then time; events at the same ms in step order (by the first
+/// step an event matches, then by its whole mask, then by its breakdown
+/// `values` as the stores sort text), events matching no step last. Events
+/// equal in all of these are alike to the walk, so the answer does not
+/// depend on the order the store returned them in. The two halves of the
+/// buckets are sorted and walked at once (the statement is done, so both
+/// cores are free). Ordering the rows in the statement took about 145 ms of
+/// a 400 ms statement (2.4M rows on DuckDB).
+fn chains(
+    person: &[i64],
+    ts: &[i64],
+    mask: &[i64],
+    values: Option<&Column>,
+    steps: usize,
+    window_ms: i64,
+    order: Order,
+) -> Vec<Chain> {
+    let n = person.len().min(ts.len()).min(mask.len());
+    let bits = (usize::BITS - (n / 16).max(1).leading_zeros()).min(24);
+    let buckets = 1usize << bits;
+    // Hashes are non-negative 63-bit values: bits 62 and down.
+    let bucket = |p: i64| ((p as u64) >> (63 - bits)) as usize & (buckets - 1);
+    let mut starts = vec![0usize; buckets + 1];
+    for &p in &person[..n] {
+        starts[bucket(p) + 1] += 1;
+    }
+    for b in 0..buckets {
+        starts[b + 1] += starts[b];
+    }
+    let mut next = starts.clone();
+    let mut all = vec![Candidate::default(); n];
+    for i in 0..n {
+        let b = bucket(person[i]);
+        all[next[b]] = Candidate { person: person[i], ts: ts[i], mask: mask[i], row: i };
+        next[b] += 1;
+    }
     let first_step = |mask: i64| if mask == 0 { steps as u32 } else { mask.trailing_zeros() };
     let value = |row: usize| values.and_then(|v| v.cell(row).text());
-    let mut events: Vec<(i64, i64, usize)> = Vec::new();
-    let mut start = 0;
-    while start < n {
-        let person = rows.person[start];
-        let mut end = start + 1;
-        while end < n && rows.person[end] == person {
-            end += 1;
+    let walk_order = |a: &Candidate, b: &Candidate| {
+        (a.person, a.ts, first_step(a.mask), a.mask).cmp(&(b.person, b.ts, first_step(b.mask), b.mask)).then_with(
+            || match values {
+                Some(_) => cmp_values(&value(a.row), &value(b.row)),
+                None => Ordering::Equal,
+            },
+        )
+    };
+    let sort_and_walk = |part: &mut [Candidate], bounds: &[usize]| {
+        for range in bounds.windows(2) {
+            part[range[0] - bounds[0]..range[1] - bounds[0]].sort_unstable_by(walk_order);
         }
-        events.clear();
-        events.extend((start..end).map(|i| (rows.ts[i], rows.mask[i], rows.row[i])));
-        events.sort_unstable_by(|a, b| {
-            (a.0, first_step(a.1), a.1).cmp(&(b.0, first_step(b.1), b.1)).then_with(|| {
-                if values.is_some() {
-                    cmp_values(&value(a.2), &value(b.2))
-                } else {
-                    Ordering::Equal
-                }
-            })
-        });
-        let events = events.iter().copied();
-        let best = match order {
+        walk(part, steps, window_ms, order)
+    };
+    let half = buckets / 2;
+    let (first, second) = all.split_at_mut(starts[half]);
+    std::thread::scope(|s| {
+        let other = s.spawn(|| sort_and_walk(second, &starts[half..]));
+        let mut chains = sort_and_walk(first, &starts[..=half]);
+        chains.extend(other.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)));
+        chains
+    })
+}
+
+/// Each person's best chain, from `events` in walk order.
+fn walk(events: &[Candidate], steps: usize, window_ms: i64, order: Order) -> Vec<Chain> {
+    // At most one chain per person: sized once, as a million chains moved
+    // on every doubling cost more than counting the people first.
+    let people = 1 + events.windows(2).filter(|w| w[0].person != w[1].person).count();
+    let mut out = Vec::with_capacity(people);
+    for person in events.chunk_by(|a, b| a.person == b.person) {
+        let events = person.iter().map(|e| (e.ts, e.mask, e.row));
+        out.extend(match order {
             Order::Loose => walk_loose(events, steps, window_ms),
             Order::Strict => walk_strict(events, steps, window_ms),
-        };
-        out.extend(best);
-        start = end;
+        });
     }
     out
 }
@@ -508,26 +481,25 @@ mod tests {
     fn each_persons_events_are_put_in_time_then_step_order() {
         // Person 7's events arrive backwards; the step-2 event shares a ms
         // with a step-1 event and an event of no step (strict order).
-        let rows = Rows::grouped(vec![7, 7, 7, 7], &[20, 10, 10, 10], &[4, 0, 2, 1], 1).remove(0);
-        let loose = walk(&rows, None, 3, 100, Order::Loose);
+        let walk = |order| chains(&[7, 7, 7, 7], &[20, 10, 10, 10], &[4, 0, 2, 1], None, 3, 100, order);
+        let loose = walk(Order::Loose);
         assert_eq!(loose.len(), 1);
         assert_eq!((loose[0].times(), loose[0].first_row), (&[10, 10, 20][..], 3));
         // Strict: the event of no step follows both steps at its ms, so it
         // breaks the chain before the third.
-        let strict = walk(&rows, None, 3, 100, Order::Strict);
+        let strict = walk(Order::Strict);
         assert_eq!(strict[0].times(), &[10, 10]);
     }
 
     #[test]
     fn interleaved_people_are_walked_apart_and_keep_their_rows() {
         // Rows of people 9 and -3 alternate, as a store may return them.
-        let parts = Rows::grouped(vec![9, -3, 9, -3, 9], &[5, 1, 6, 2, 7], &[1, 1, 2, 2, 4], 2);
-        let mut chains: Vec<(Vec<i64>, usize)> = parts
-            .iter()
-            .flat_map(|rows| walk(rows, None, 3, 100, Order::Loose))
-            .map(|c| (c.times().to_vec(), c.first_row))
-            .collect();
-        chains.sort();
-        assert_eq!(chains, vec![(vec![1, 2], 1), (vec![5, 6, 7], 0)]);
+        let mut found: Vec<(Vec<i64>, usize)> =
+            chains(&[9, -3, 9, -3, 9], &[5, 1, 6, 2, 7], &[1, 1, 2, 2, 4], None, 3, 100, Order::Loose)
+                .iter()
+                .map(|c| (c.times().to_vec(), c.first_row))
+                .collect();
+        found.sort();
+        assert_eq!(found, vec![(vec![1, 2], 1), (vec![5, 6, 7], 0)]);
     }
 }
