@@ -62,13 +62,11 @@ impl Writer {
         }
     }
 
-    /// Compacts session parts now, in a transaction of its own.
+    /// Compacts session parts now, in transactions of its own.
     pub fn compact_sessions(&mut self) -> Result<(), StoreError> {
         let started = Instant::now();
         self.compacted_at = started;
-        let tx = self.conn.unchecked_transaction()?;
-        let parts = sessions::compact(&tx)?;
-        tx.commit()?;
+        let parts = sessions::compact(&self.conn, sessions::STEP_PARTS)?;
         self.dirty = false;
         tracing::debug!(parts, ms = started.elapsed().as_millis() as u64, "session parts compacted");
         Ok(())
@@ -168,9 +166,7 @@ impl Writer {
         let started = Instant::now();
         let loaded = self.conn.execute(&sql, [])?;
         let took = started.elapsed();
-        let tx = self.conn.unchecked_transaction()?;
-        sessions::rebuild(&tx)?;
-        tx.commit()?;
+        sessions::rebuild(&self.conn)?;
         self.seen = SeenKeys::load(&DuckKeys(&self.conn), MIN_CAPACITY)?;
         Ok((loaded, took))
     }
