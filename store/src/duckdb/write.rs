@@ -32,8 +32,9 @@ impl Writer {
     pub fn new(conn: Connection) -> Result<Writer, StoreError> {
         let seen = SeenKeys::load(&DuckKeys(&conn), MIN_CAPACITY)?;
         let mut writer =
-            Writer { conn, seen, schema: Arc::new(arrow_schema()), compacted_at: Instant::now(), dirty: false };
-        // What earlier runs (or the migration) left uncompacted.
+            Writer { conn, seen, schema: Arc::new(arrow_schema()), compacted_at: Instant::now(), dirty: true };
+        // What earlier runs (or the migration) left uncompacted; should it
+        // fail, the thread tries again when due.
         writer.compact_sessions_logged();
         Ok(writer)
     }
