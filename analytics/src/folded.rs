@@ -42,6 +42,18 @@ pub struct Counts {
     pub pageviews: i64,
 }
 
+/// `rows` with the columns `web` reads of a visit row: `x_s` (session), and
+/// from `[page views, first time, first path, last time, last path]`:
+/// `x_n`, `x_first`, `x_fp`, `x_last`, `x_lp`.
+pub fn visit_columns(rows: Source, [n, first, fp, last, lp]: [Sql; 5]) -> Source {
+    rows.column("x_s", Sql::new("session_id"))
+        .column("x_n", n)
+        .column("x_first", first)
+        .column("x_fp", fp)
+        .column("x_last", last)
+        .column("x_lp", lp)
+}
+
 /// The columns a visit row has, in order, whichever rows it comes from.
 const VISIT: &str =
     "project_id, session_id, anonymous_id, user_id, pageviews, first_ms, first_path, last_ms, last_path";
@@ -87,17 +99,10 @@ impl Folded {
         Sql::join([edge(self.from, self.lo), edge(self.hi, self.to)], " UNION ALL ")
     }
 
-    /// Visit rows as a [`Source`] with the columns `web` reads (`x_s`,
-    /// `x_n`, `x_first`/`x_fp`, `x_last`/`x_lp`).
+    /// Folded visit rows as a [`Source`].
     fn source(&self, rows: Sql) -> Source {
-        Source::new(Dialect::DuckDb, self.project_id)
-            .from(rows.wrap())
-            .column("x_s", Sql::new("session_id"))
-            .column("x_n", Sql::new("pageviews"))
-            .column("x_first", Sql::new("first_ms"))
-            .column("x_fp", Sql::new("first_path"))
-            .column("x_last", Sql::new("last_ms"))
-            .column("x_lp", Sql::new("last_path"))
+        let columns = ["pageviews", "first_ms", "first_path", "last_ms", "last_path"].map(Sql::new);
+        visit_columns(Source::new(Dialect::DuckDb, self.project_id).from(rows.wrap()), columns)
     }
 
     /// Every page view of the window, folded.

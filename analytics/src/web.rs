@@ -15,7 +15,7 @@
 //! hour (`folded.rs`), which is exact and a fraction of the rows.
 
 use crate::fields::{compile_all, Filter};
-use crate::folded::{Counts, Folded};
+use crate::folded::{visit_columns, Counts, Folded};
 use crate::sql::{self, Source, Sql};
 use crate::time::Window;
 use crate::{bounded, cells, AnalyticsError, Ask};
@@ -202,18 +202,11 @@ fn fill(out: &mut WebResult, sections: impl IntoIterator<Item = Section>, lists:
     }
 }
 
-/// `base`'s page views as visit rows, one per view: `x_s` (session), `x_n`
-/// (page views), `x_first`/`x_fp` and `x_last`/`x_lp` (time and path of the
-/// first and last), plus the identity columns (as [`Folded::visits`] gives
-/// them folded).
+/// `base`'s page views as visit rows, one per view (as [`Folded::visits`]
+/// gives them folded).
 fn by_view(d: Dialect, base: Source) -> Source {
     let ts = sql::timestamp_ms(d);
-    base.column("x_s", Sql::new("session_id"))
-        .column("x_n", Sql::new("1"))
-        .column("x_first", ts.clone())
-        .column("x_fp", Sql::new("path"))
-        .column("x_last", ts)
-        .column("x_lp", Sql::new("path"))
+    visit_columns(base, [Sql::new("1"), ts.clone(), Sql::new("path"), ts, Sql::new("path")])
 }
 
 /// The overview's counts from visit rows.

@@ -17,6 +17,7 @@ use ::duckdb::{Config, Connection};
 use leanloop_core::{Event, UserUpdate};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::RecvTimeoutError;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
@@ -59,6 +60,8 @@ pub struct DuckDbStore {
     /// The memory limit, as named to a query that exceeds it.
     memory_limit: String,
     budget: memory::Budget,
+    /// Dropped with the store, which ends the compaction thread at once.
+    _compaction: std::sync::mpsc::Sender<()>,
 }
 
 impl DuckDbStore {
@@ -80,7 +83,7 @@ impl DuckDbStore {
             options.ingest_limit_after,
         )?;
         let writer = Arc::new(Mutex::new(write::Writer::new(origin.try_clone()?)?));
-        compact_in_background(Arc::downgrade(&writer));
+        let compaction = compact_in_background(Arc::downgrade(&writer));
         Ok(DuckDbStore {
             writer,
             readers: Mutex::new(Vec::new()),
@@ -91,6 +94,7 @@ impl DuckDbStore {
                 options.memory_limit
             ),
             budget,
+            _compaction: compaction,
         })
     }
 
@@ -216,17 +220,22 @@ impl DuckDbStore {
 }
 
 /// Compacts session parts when due, after writes stop too (a write only
-/// marks them due), until the store is dropped. Without the thread they
-/// are still compacted at the next open and when asked.
-fn compact_in_background(writer: Weak<Mutex<write::Writer>>) {
-    let started = std::thread::Builder::new().name("duckdb-compaction".into()).spawn(move || loop {
-        std::thread::sleep(Duration::from_secs(15));
-        let Some(writer) = writer.upgrade() else { return };
-        lock(&writer).compact_sessions_when_due();
+/// marks them due), until the returned sender is dropped with the store.
+/// Without the thread they are still compacted at the next open and when
+/// asked.
+fn compact_in_background(writer: Weak<Mutex<write::Writer>>) -> std::sync::mpsc::Sender<()> {
+    let (stop, stopped) = std::sync::mpsc::channel::<()>();
+    let started = std::thread::Builder::new().name("duckdb-compaction".into()).spawn(move || {
+        // Wakes to check every 15 s; returns as soon as the store is gone.
+        while let Err(RecvTimeoutError::Timeout) = stopped.recv_timeout(Duration::from_secs(15)) {
+            let Some(writer) = writer.upgrade() else { return };
+            lock(&writer).compact_sessions_when_due();
+        }
     });
     if let Err(err) = started {
         tracing::warn!(error = %err, "no compaction thread: session parts compact at open and when asked");
     }
+    stop
 }
 
 #[cfg(test)]
