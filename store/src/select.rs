@@ -125,11 +125,23 @@ impl Column {
         }
     }
 
-    /// The values as integers, NULL as 0 (as [`Cell::int`] reads them).
-    pub fn into_ints(self) -> Vec<i64> {
+    /// The values as integers or NULL, without copying an unboxed column.
+    pub fn into_options(self) -> Vec<Option<i64>> {
         match self {
-            Column::Ints(values) => values.into_iter().map(|v| v.unwrap_or(0)).collect(),
-            Column::Cells(cells) => cells.iter().map(Cell::int).collect(),
+            Column::Ints(values) => values,
+            Column::Cells(cells) => cells.iter().map(|c| if *c == Cell::Null { None } else { Some(c.int()) }).collect(),
+        }
+    }
+
+    /// Value `row` when it is text (NULL, numbers and rows past the end are
+    /// `None`), borrowed.
+    pub fn text_at(&self, row: usize) -> Option<&str> {
+        match self {
+            Column::Cells(cells) => match cells.get(row) {
+                Some(Cell::Text(text)) => Some(text),
+                _ => None,
+            },
+            Column::Ints(_) => None,
         }
     }
 

@@ -25,6 +25,8 @@ pub struct Options {
     pub duckdb_memory: String,
     pub keep: Option<std::path::PathBuf>,
     pub show_sql: bool,
+    /// Time only these queries (all when empty).
+    pub only: Vec<String>,
 }
 
 /// p50 targets on DuckDB (ms) and the API's allowed overhead.
@@ -97,6 +99,10 @@ pub async fn run(o: Options) -> Result<()> {
         "leanloop bench insights: {} people, about {} events over 30 days, {} runs per query (p50 shown)",
         o.people, o.events, o.runs
     );
+    let known: Vec<&str> = questions().iter().map(|(k, _)| *k).collect();
+    if let Some(unknown) = o.only.iter().find(|k| !known.contains(&k.as_str())) {
+        anyhow::bail!("--only {unknown}: not a query of this bench (one of {})", known.join(", "));
+    }
     let temporary = tempfile::tempdir()?;
     let dir = o.keep.as_deref().unwrap_or(temporary.path());
     let mut stores = vec![("duckdb", None)];
@@ -139,7 +145,7 @@ pub async fn run(o: Options) -> Result<()> {
         let serving = tokio::spawn(app.run_until_stopped(shutdown.clone()));
         let client = reqwest::Client::new();
         println!("{:<18} {:>12} {:>12} {:>10}", "query", "API p50 ms", "raw p50 ms", "overhead");
-        for (kind, q) in questions() {
+        for (kind, q) in questions().into_iter().filter(|(k, _)| o.only.is_empty() || o.only.iter().any(|o| o == k)) {
             // Record the statements this insight issues, then time them raw.
             let recorder = Arc::new(Recorder { inner: store.clone(), log: Mutex::new(Vec::new()) });
             let analytics = Analytics::new(recorder.clone(), Arc::new(MemoryBook::default()));

@@ -96,6 +96,10 @@ pub enum BenchCommand {
         /// parameters), to run or explain them on the store directly.
         #[arg(long)]
         show_sql: bool,
+        /// Time only this query (trend, funnel, retention, web-overview,
+        /// web-every-section, paths, trend-breakdown); repeat for several.
+        #[arg(long)]
+        only: Vec<String>,
     },
     /// Pipeline overhead of a 3-step run and deploy-to-serving time on the
     /// local Docker Engine, beside bare container lifecycles.
@@ -127,8 +131,9 @@ pub async fn run(command: BenchCommand) -> Result<()> {
             })
             .await
         }
-        BenchCommand::Insights { events, people, runs, clickhouse, duckdb_memory, keep, show_sql } => {
-            insights::run(insights::Options { events, people, runs, clickhouse, duckdb_memory, keep, show_sql }).await
+        BenchCommand::Insights { events, people, runs, clickhouse, duckdb_memory, keep, show_sql, only } => {
+            insights::run(insights::Options { events, people, runs, clickhouse, duckdb_memory, keep, show_sql, only })
+                .await
         }
         BenchCommand::Pipeline { base_image, registry, runs } => {
             pipeline::run(pipeline::Options { base_image, registry, runs }).await
