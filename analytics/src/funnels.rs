@@ -302,7 +302,7 @@ struct Walk {
 /// rows and two cores (DuckDB), ordering them in the statement made it
 /// take 415 ms instead of 225 (without reading the rows out); here one
 /// pass straight into 16-row buckets, each write to a new cache line, took
-/// 28–33 ms of the walk's 87–102, and all of it now takes 72–80.
+/// 28–33 ms of the walk's 87–102, and all of it now takes 72–83.
 fn chains<'v, T: Default + Send>(
     person: &[Option<i64>],
     ts: &[Option<i64>],
