@@ -4,7 +4,7 @@
 //!
 //! The store returns the matching events in any order; grouping them by
 //! person, their order (time, and events at the same ms in step order: see
-//! `walk`) and the walk over them are here, so both stores share one
+//! [`walk_key`]) and the walk over them are here, so both stores share one
 //! definition:
 //! - loose order: other events may come between steps. A person's level is
 //!   the most steps any chain reaches, a chain starting at a first-step event
@@ -161,16 +161,36 @@ pub fn funnel(ask: &Ask, q: &FunnelQuery) -> Result<FunnelResult, AnalyticsError
         }
         step_conditions.push(if conds.is_empty() { Sql::new("1 = 1") } else { Sql::join(conds, " AND ") });
     }
-    let started = std::time::Instant::now();
-    let mut columns = ask.columns(rows_query(ask, &window, q, &step_conditions, breakdown.as_ref())?)?.into_iter();
-    let read = started.elapsed();
-    let mut ints = || columns.next().map(Column::into_options).unwrap_or_default();
-    let (person, ts, mask) = (ints(), ints(), ints());
-    let values = columns.next();
-    let rows = person.len();
-    let cores = std::thread::available_parallelism().map_or(1, |p| p.get()).min(8);
+    let select = rows_query(ask, &window, q, &step_conditions, breakdown.as_ref())?;
     let walk = Walk { steps: q.steps.len(), window_ms: window_seconds * 1000, order: q.order, from_ms: window.from_ms };
-    let parts = chains(&person, &ts, &mask, values.as_ref(), walk, cores, |t: &mut Tallies, c, v| {
+    let started = std::time::Instant::now();
+    // A second thread spreads the rows into groups as they are read: the
+    // statement's own threads are done by then, and reading the rows out
+    // takes one core.
+    let mut values: Option<Column> = None;
+    let (groups, rows) = std::thread::scope(|s| {
+        let (batches, received) = std::sync::mpsc::sync_channel::<[Vec<Option<i64>>; 3]>(BATCHES_IN_FLIGHT);
+        let spreading = s.spawn(move || spread_into_groups(received, walk));
+        let mut rows = 0;
+        let read = ask.batches(select, &mut |columns| {
+            let mut columns = columns.into_iter();
+            let mut ints = || columns.next().map(Column::into_options).unwrap_or_default();
+            let batch = [ints(), ints(), ints()];
+            rows += batch[0].len();
+            match (&mut values, columns.next()) {
+                (Some(all), Some(more)) => all.append(more),
+                (all, more) => *all = all.take().or(more),
+            }
+            // Fails only if the spreading thread is gone, which its join reports.
+            let _ = batches.send(batch);
+        });
+        drop(batches);
+        let groups = spreading.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+        read.map(|()| (groups, rows))
+    })?;
+    let read = started.elapsed();
+    let cores = std::thread::available_parallelism().map_or(1, |p| p.get()).min(8);
+    let parts = chains(&groups, values.as_ref(), walk, cores, |t: &mut Tallies, c, v| {
         t.add(c, v, walk.steps, breakdown.is_some())
     });
     let tallies = parts.into_iter().reduce(Tallies::merge).unwrap_or_default();
@@ -252,7 +272,7 @@ fn rows_query(
 
 /// A candidate event as the walk sorts it: its person's hash, its packed
 /// walk key ([`walk_key`]) and its row in the store's answer (where its
-/// breakdown value is). Plain words, so a part's candidates are allocated
+/// breakdown value is). Plain words, so a buffer of them is allocated
 /// zeroed by the allocator rather than written twice.
 type Candidate = [u64; 3];
 const PERSON: usize = 0;
@@ -284,45 +304,81 @@ struct Walk {
     from_ms: i64,
 }
 
+/// Groups candidates are spread into by the top bits of their person's
+/// hash as they are read: a few thousand rows each on the bench's 2.4M
+/// (each group is spread and sorted again in cache), few enough that the
+/// spreading writes to few places at once.
+const GROUP_BITS: u32 = 10;
+/// A group's candidates, in blocks of [`BLOCK`]: a group grows without
+/// moving what it holds.
+type Group = Vec<Vec<Candidate>>;
+const BLOCK: usize = 256;
+/// Batches read but not yet spread; the reading waits when this many are.
+const BATCHES_IN_FLIGHT: usize = 16;
+
+/// Spreads the candidate rows of `batches` (person hash, time, step mask;
+/// NULL read as 0), numbered in the order read, into [`GROUP_BITS`] groups
+/// by person hash, as [`chains`] takes them. The rows are within the
+/// question's window, as the statement asks; a stray one would be walked
+/// at the window's edge rather than corrupt its neighbours' keys.
+fn spread_into_groups(batches: impl IntoIterator<Item = [Vec<Option<i64>>; 3]>, walk: Walk) -> Vec<Group> {
+    let mut groups: Vec<Group> = vec![Vec::new(); 1 << GROUP_BITS];
+    let mut row = 0u64;
+    for [person, ts, mask] in batches {
+        for ((person, ts), mask) in person.iter().zip(&ts).zip(&mask) {
+            let after_base = (ts.unwrap_or(0) - walk.from_ms).clamp(0, MAX_SPAN_MS - 1);
+            let c = [person.unwrap_or(0) as u64, walk_key(after_base, mask.unwrap_or(0), walk.steps), row];
+            let group = &mut groups[(hash(&c) >> (64 - GROUP_BITS)) as usize];
+            match group.last_mut() {
+                Some(block) if block.len() < BLOCK => block.push(c),
+                _ => {
+                    let mut block = Vec::with_capacity(BLOCK);
+                    block.push(c);
+                    group.push(block);
+                }
+            }
+            row += 1;
+        }
+    }
+    groups
+}
+
+/// A candidate's 63-bit person hash at the top of a word: group and bucket
+/// numbers are its leading bits.
+fn hash(c: &Candidate) -> u64 {
+    c[PERSON] << 1
+}
+
 /// Finds each person's best chain (people who matched no first step have
-/// none) from the store's candidate rows in any order (NULL read as 0), and
-/// folds each into a `T` of its part with `add`, which also gets the
-/// chain's breakdown value. Returns the `T`s of the `parts` (at least one).
+/// none) from `groups` of candidates ([`spread_into_groups`]), and folds
+/// each into a `T` of its part with `add`, which also gets the chain's
+/// breakdown value. Returns the `T`s of the `parts` (at least one).
 ///
-/// Each person's rows are brought together by their hash, in two counting
-/// sorts that each write to few places at once, so the writes stay in
-/// cache: first each part of the rows into groups of a few thousand by the
-/// hash's top bits, then each group into buckets of about 16 rows by its
-/// next bits. A bucket is sorted into walk order on its own: by person,
-/// then [`walk_key`], then breakdown value as the stores sort text. Events
-/// equal in all of these are alike to the walk, so the answer does not
-/// depend on the order the store returned them in. Both passes run one
-/// part per core (the statement is done, so the cores are free): the first
-/// over parts of the rows, the second over parts of the groups. On 2.4M
-/// rows and two cores (DuckDB), ordering them in the statement made it
-/// take 415 ms instead of 225 (without reading the rows out); here one
-/// pass straight into 16-row buckets, each write to a new cache line, took
-/// 28–33 ms of the walk's 87–102, and all of it now takes 72–83.
+/// Each group is spread into buckets of about 16 rows by the hash's next
+/// bits, a counting sort that writes to few places at once, so its writes
+/// stay in cache, and each bucket is sorted into walk order on its own: by
+/// person, then [`walk_key`], then breakdown value as the stores sort
+/// text. Events equal in all of these are alike to the walk, so the answer
+/// does not depend on the order the store returned them in. Each part of
+/// the groups is spread, sorted and walked by its own thread (one per core:
+/// the statement is done, so the cores are free).
+///
+/// On 2.4M rows and two cores (DuckDB): ordering them in the statement made
+/// it take 415 ms instead of 225 (without reading the rows out); spreading
+/// them in one pass straight into 16-row buckets, each write to a new cache
+/// line, after they were all read took 28–33 ms of a walk of 87–102 ms.
+/// Spread into groups while they are read, the walk after the read takes
+/// 40–55 ms.
 fn chains<'v, T: Default + Send>(
-    person: &[Option<i64>],
-    ts: &[Option<i64>],
-    mask: &[Option<i64>],
+    groups: &[Group],
     values: Option<&'v Column>,
     walk: Walk,
     parts: usize,
     add: impl Fn(&mut T, &Chain, Option<&'v str>) + Sync,
 ) -> Vec<T> {
-    let n = person.len().min(ts.len()).min(mask.len());
     let Walk { steps, window_ms, order, from_ms: base } = walk;
-    // The statement keeps the window's rows only; a stray one would be
-    // walked at the window's edge rather than corrupt its neighbours' keys.
-    let time_after_base = |i: usize| (ts[i].unwrap_or(0) - base).clamp(0, MAX_SPAN_MS - 1);
-    // Hashes are non-negative 63-bit values: shifted to the top of a word,
-    // group and bucket numbers are their leading bits.
-    let hash = |c: &Candidate| c[PERSON] << 1;
+    let group_bits = groups.len().max(1).ilog2();
     let bits_for = |rows: usize, per_bucket: usize| usize::BITS - (rows / per_bucket).max(1).leading_zeros();
-    let group_bits = bits_for(n, 4096).min(20);
-    let groups = 1usize << group_bits;
     let text = |row: u64| values.and_then(|v| v.text_at(row as usize));
     let walk_order = |a: &Candidate, b: &Candidate| {
         (a[PERSON], a[KEY]).cmp(&(b[PERSON], b[KEY])).then_with(|| {
@@ -334,28 +390,14 @@ fn chains<'v, T: Default + Send>(
         })
     };
     let parts = parts.max(1);
-    let share = |p: usize, of: usize| (p * of / parts)..((p + 1) * of / parts);
-
-    let spread_rows = in_parallel(parts, |p| {
-        let candidate = |i: usize| {
-            let hash = person[i].unwrap_or(0) as u64;
-            [hash, walk_key(time_after_base(i), mask[i].unwrap_or(0), steps), i as u64]
-        };
-        let group_of = |c: &Candidate| (hash(c) >> (64 - group_bits)) as usize;
-        let (mut rows, mut starts) = (Vec::new(), Vec::new());
-        spread(|| share(p, n).map(candidate), groups, group_of, &mut rows, &mut starts);
-        (rows, starts)
-    });
     in_parallel(parts, |p| {
         let (mut bucketed, mut starts) = (Vec::new(), Vec::new());
         let mut out = T::default();
-        for g in share(p, groups) {
-            let group =
-                || spread_rows.iter().flat_map(move |(rows, starts)| rows[starts[g]..starts[g + 1]].iter().copied());
-            let len: usize = spread_rows.iter().map(|(_, starts)| starts[g + 1] - starts[g]).sum();
+        for group in &groups[p * groups.len() / parts..(p + 1) * groups.len() / parts] {
+            let len = group.iter().map(Vec::len).sum();
             let bucket_bits = bits_for(len, 16).min(63 - group_bits);
             let bucket_of = |c: &Candidate| ((hash(c) << group_bits) >> (64 - bucket_bits)) as usize;
-            spread(group, 1 << bucket_bits, bucket_of, &mut bucketed, &mut starts);
+            spread(|| group.iter().flatten().copied(), 1 << bucket_bits, bucket_of, &mut bucketed, &mut starts);
             for bucket in starts.windows(2) {
                 let bucket = &mut bucketed[bucket[0]..bucket[1]];
                 if values.is_some() {
@@ -586,8 +628,13 @@ mod tests {
 
     /// Every person's best chain of a 3-step funnel with a 100 ms window.
     fn best_chains(person: &[i64], ts: &[i64], mask: &[i64], order: Order) -> Vec<Chain> {
-        let (person, ts, mask) = (options(person), options(ts), options(mask));
-        chains(&person, &ts, &mask, None, walk(order), 2, |found: &mut Vec<Chain>, c, _| found.push(*c)).concat()
+        // Read two rows a batch: rows are numbered across batches.
+        let batches = (0..person.len()).step_by(2).map(|at| {
+            let cut = |column: &[i64]| options(&column[at..(at + 2).min(column.len())]);
+            [cut(person), cut(ts), cut(mask)]
+        });
+        let groups = spread_into_groups(batches, walk(order));
+        chains(&groups, None, walk(order), 2, |found: &mut Vec<Chain>, c, _| found.push(*c)).concat()
     }
 
     fn walk(order: Order) -> Walk {
@@ -651,7 +698,7 @@ mod tests {
     }
 
     #[test]
-    fn rows_in_any_order_and_any_number_of_parts_walk_as_one_plain_sort() {
+    fn rows_in_any_order_and_batches_and_any_number_of_parts_walk_as_one_plain_sort() {
         // 3,000 rows of 200 people, shuffled, with repeated times and masks.
         let mut seed = 0x2545_f491_4f6c_dd1du64;
         let mut next = move || {
@@ -690,10 +737,15 @@ mod tests {
             expected.sort();
             assert!(expected.iter().any(|t| t.len() == 3), "the rows make some complete chains");
             for parts in [1, 2, 3, 8] {
-                let mut found = chains(&person, &ts, &mask, None, walk(order), parts, |f: &mut Vec<Vec<i64>>, c, _| {
-                    f.push(c.times().to_vec())
-                })
-                .concat();
+                // Read in batches of 7 rows, walked in `parts`.
+                let batches = (0..rows.len()).step_by(7).map(|at| {
+                    let cut = |column: &Vec<Option<i64>>| column[at..(at + 7).min(rows.len())].to_vec();
+                    [cut(&person), cut(&ts), cut(&mask)]
+                });
+                let groups = spread_into_groups(batches, walk(order));
+                let mut found =
+                    chains(&groups, None, walk(order), parts, |f: &mut Vec<Vec<i64>>, c, _| f.push(c.times().to_vec()))
+                        .concat();
                 found.sort();
                 assert_eq!(found, expected, "{order:?} in {parts} parts");
             }

@@ -88,9 +88,10 @@ impl Ask<'_> {
     }
 
     /// The result a column at a time: for results of millions of rows.
-    fn columns(&self, select: Select) -> Result<Vec<Column>, AnalyticsError> {
+    /// The rows of `select`, handed to `each` a batch of columns at a time.
+    fn batches(&self, select: Select, each: &mut dyn FnMut(Vec<Column>)) -> Result<(), AnalyticsError> {
         tracing::debug!(sql = %select.sql, "insight query");
-        Ok(self.store.select_columns(&select)?)
+        Ok(self.store.select_batches(&select, each)?)
     }
 }
 

@@ -139,6 +139,15 @@ pub trait EventStore: Send + Sync + 'static {
         Ok(columns)
     }
 
+    /// [`EventStore::select_columns`] handed to `each` a batch of rows at a
+    /// time, as they are read, so a caller can work on early rows while
+    /// later ones are still being read. A store that reads whole results
+    /// hands over one batch.
+    fn select_batches(&self, query: &Select, each: &mut dyn FnMut(Vec<Column>)) -> Result<(), StoreError> {
+        each(self.select_columns(query)?);
+        Ok(())
+    }
+
     /// Stores the members of a cohort as computed at `version`, a number
     /// larger than any earlier version of that cohort. Queries name the
     /// version they read (`cohort_members` rows), so a version being written

@@ -118,6 +118,26 @@ impl Column {
         }
     }
 
+    pub fn len(&self) -> usize {
+        match self {
+            Column::Ints(values) => values.len(),
+            Column::Cells(cells) => cells.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Appends `other`'s values (read as cells if its kind differs).
+    pub fn append(&mut self, other: Column) {
+        match (self, other) {
+            (Column::Ints(mine), Column::Ints(theirs)) => mine.extend(theirs),
+            (Column::Cells(mine), Column::Cells(theirs)) => mine.extend(theirs),
+            (mine, theirs) => (0..theirs.len()).for_each(|row| mine.push(theirs.cell(row))),
+        }
+    }
+
     pub fn reserve(&mut self, more: usize) {
         match self {
             Column::Ints(values) => values.reserve(more),

@@ -190,6 +190,10 @@ impl EventStore for DuckDbStore {
         self.question(|conn| read::select_columns(conn, query))
     }
 
+    fn select_batches(&self, query: &Select, each: &mut dyn FnMut(Vec<Column>)) -> Result<(), StoreError> {
+        self.question(|conn| read::select_batches(conn, query, each))
+    }
+
     fn write_cohort(
         &self,
         project_id: i64,
@@ -243,6 +247,33 @@ mod tests {
     use super::*;
     use crate::{ColumnKind, EventStore, Select};
     use leanloop_core::{Classify, ErrorClass};
+
+    #[test]
+    fn batches_hand_over_every_row_once_as_whole_columns_read_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = DuckDbStore::open(&dir.path().join("events.duckdb"), &DuckDbOptions::default()).unwrap();
+        let query = Select {
+            sql: "SELECT range AS i, CASE WHEN range % 3 = 0 THEN NULL ELSE CAST(range AS VARCHAR) END AS t \
+                  FROM range(10000) ORDER BY range"
+                .into(),
+            params: Vec::new(),
+            columns: vec![ColumnKind::Int, ColumnKind::Text],
+        };
+        let whole = store.select_columns(&query).unwrap();
+        let mut batches = 0;
+        let mut joined: Vec<Column> = vec![Column::Ints(Vec::new()), Column::Cells(Vec::new())];
+        store
+            .select_batches(&query, &mut |columns| {
+                batches += 1;
+                for (all, more) in joined.iter_mut().zip(columns) {
+                    all.append(more);
+                }
+            })
+            .unwrap();
+        assert!(batches > 1, "10,000 rows come in more than one batch");
+        assert_eq!(whole[0].len(), 10_000);
+        assert_eq!(joined, whole);
+    }
 
     #[test]
     fn a_query_over_the_memory_limit_is_refused_naming_the_limit() {

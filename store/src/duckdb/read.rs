@@ -144,14 +144,27 @@ pub fn select(conn: &Connection, query: &Select) -> Result<Rows, StoreError> {
 /// [`select`] a column at a time.
 pub fn select_columns(conn: &Connection, query: &Select) -> Result<Vec<Column>, StoreError> {
     let mut out: Vec<Column> = query.columns.iter().map(|&k| Column::with_capacity(k, 0)).collect();
-    each_batch(conn, query, |batch| {
-        for (i, (&kind, cells)) in query.columns.iter().zip(&mut out).enumerate() {
-            cells.reserve(batch.num_rows());
-            columnar::push_cells(column(batch, i, query)?, kind, |_, cell| cells.push(cell))?;
-        }
-        Ok(())
-    })?;
+    each_batch(conn, query, |batch| push_batch(batch, query, &mut out))?;
     Ok(out)
+}
+
+/// [`select_columns`] handed to `each` one Arrow batch at a time.
+pub fn select_batches(conn: &Connection, query: &Select, each: &mut dyn FnMut(Vec<Column>)) -> Result<(), StoreError> {
+    each_batch(conn, query, |batch| {
+        let mut columns: Vec<Column> = query.columns.iter().map(|&k| Column::with_capacity(k, 0)).collect();
+        push_batch(batch, query, &mut columns)?;
+        each(columns);
+        Ok(())
+    })
+}
+
+/// Appends `batch`'s rows to `out`, one column of the query each.
+fn push_batch(batch: &RecordBatch, query: &Select, out: &mut [Column]) -> Result<(), ArrowError> {
+    for (i, (&kind, cells)) in query.columns.iter().zip(out).enumerate() {
+        cells.reserve(batch.num_rows());
+        columnar::push_cells(column(batch, i, query)?, kind, |_, cell| cells.push(cell))?;
+    }
+    Ok(())
 }
 
 /// Runs `query` and hands its result to `f`, one Arrow batch at a time.
