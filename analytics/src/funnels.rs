@@ -164,30 +164,7 @@ pub fn funnel(ask: &Ask, q: &FunnelQuery) -> Result<FunnelResult, AnalyticsError
     let select = rows_query(ask, &window, q, &step_conditions, breakdown.as_ref())?;
     let walk = Walk { steps: q.steps.len(), window_ms: window_seconds * 1000, order: q.order, from_ms: window.from_ms };
     let started = std::time::Instant::now();
-    // A second thread spreads the rows into groups as they are read: the
-    // statement's own threads are done by then, and reading the rows out
-    // takes one core.
-    let mut values: Option<Column> = None;
-    let (groups, rows) = std::thread::scope(|s| {
-        let (batches, received) = std::sync::mpsc::sync_channel::<[Vec<Option<i64>>; 3]>(BATCHES_IN_FLIGHT);
-        let spreading = s.spawn(move || spread_into_groups(received, walk));
-        let mut rows = 0;
-        let read = ask.batches(select, &mut |columns| {
-            let mut columns = columns.into_iter();
-            let mut ints = || columns.next().map(Column::into_options).unwrap_or_default();
-            let batch = [ints(), ints(), ints()];
-            rows += batch[0].len();
-            match (&mut values, columns.next()) {
-                (Some(all), Some(more)) => all.append(more),
-                (all, more) => *all = all.take().or(more),
-            }
-            // Fails only if the spreading thread is gone, which its join reports.
-            let _ = batches.send(batch);
-        });
-        drop(batches);
-        let groups = spreading.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic));
-        read.map(|()| (groups, rows))
-    })?;
+    let (groups, values, rows) = read_into_groups(ask, select, walk)?;
     let read = started.elapsed();
     let cores = std::thread::available_parallelism().map_or(1, |p| p.get()).min(8);
     let parts = chains(&groups, values.as_ref(), walk, cores, |t: &mut Tallies, c, v| {
@@ -268,6 +245,41 @@ fn rows_query(
     let sql = Sql::new(format!("SELECT x_h, x_ts, x_m{b} FROM ")).push(rows.wrap());
     let kinds = [ColumnKind::Int, ColumnKind::Int, ColumnKind::Int, ColumnKind::Text];
     Ok(sql.select(&kinds[..if breakdown.is_some() { 4 } else { 3 }]))
+}
+
+/// Reads the candidate rows of `select` and spreads them into groups
+/// ([`spread_into_groups`]) on a second thread as they are read: the
+/// statement's own threads are done by then, and reading the rows out takes
+/// one core. Returns the groups, the breakdown values (when asked for) and
+/// how many rows there were.
+fn read_into_groups(
+    ask: &Ask,
+    select: leanloop_store::Select,
+    walk: Walk,
+) -> Result<(Vec<Group>, Option<Column>, usize), AnalyticsError> {
+    let mut values: Option<Column> = None;
+    let mut rows = 0;
+    std::thread::scope(|s| {
+        let (batches, received) = std::sync::mpsc::sync_channel::<[Vec<Option<i64>>; 3]>(BATCHES_IN_FLIGHT);
+        let spreading = s.spawn(move || spread_into_groups(received, walk));
+        let read = ask.batches(select, &mut |columns| {
+            let mut columns = columns.into_iter();
+            let mut ints = || columns.next().map(Column::into_options).unwrap_or_default();
+            let batch = [ints(), ints(), ints()];
+            rows += batch[0].len();
+            if let Some(more) = columns.next() {
+                match &mut values {
+                    Some(all) => all.append(more),
+                    None => values = Some(more),
+                }
+            }
+            // Fails only if the spreading thread is gone, which its join reports.
+            let _ = batches.send(batch);
+        });
+        drop(batches);
+        let groups = spreading.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+        read.map(|()| (groups, values, rows))
+    })
 }
 
 /// A candidate event as the walk sorts it: its person's hash, its packed
