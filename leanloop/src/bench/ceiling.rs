@@ -2,14 +2,16 @@
 //! the same events from newline-delimited JSON itself, and an HTTP endpoint
 //! that does nothing but read the body and answer 200.
 
-use super::load::{self, Outcome, Shape};
 use super::server::Child;
 use anyhow::Result;
 use axum::routing::post;
 use leanloop_store::duckdb::{DuckDbOptions, DuckDbStore};
 use std::io::Write;
 use std::process::Command;
-use std::time::Duration;
+
+/// Rows a store loads itself for a ceiling: about what a batch phase of
+/// 8 seconds stores. Fixed, so the loads before and after a phase match.
+pub const CEILING_ROWS: usize = 1_000_000;
 
 pub struct JsonLoad {
     pub rows_per_sec: f64,
@@ -70,11 +72,9 @@ pub fn duckdb_json_load(rows: usize) -> Result<JsonLoad> {
     Ok(JsonLoad { rows_per_sec: rows as f64 / elapsed.as_secs_f64() })
 }
 
-/// Runs the single-event load against the bare endpoint, in its own process
-/// like the real server.
-pub async fn bare_endpoint(connections: usize, duration: Duration) -> Result<Outcome> {
-    let child = Child::spawn(Command::new(std::env::current_exe()?).args(["bare-server", "--listen", "127.0.0.1:0"]))?;
-    load::run(&child, Shape::Single, connections, duration).await
+/// Starts the bare endpoint in its own process, like the real server.
+pub fn bare_child() -> Result<Child> {
+    Child::spawn(Command::new(std::env::current_exe()?).args(["bare-server", "--listen", "127.0.0.1:0"]))
 }
 
 /// `leanloop bare-server`: reads the body and answers 200, nothing more.

@@ -3,7 +3,7 @@
 //! for the same rows loaded by `clickhouse-client ... FORMAT JSONEachRow`,
 //! all in one run.
 
-use super::ceiling::write_ndjson;
+use super::ceiling::{write_ndjson, CEILING_ROWS};
 use super::load::{self, Shape};
 use super::server::Child;
 use anyhow::{ensure, Context, Result};
@@ -29,7 +29,6 @@ struct Run {
     acked_rate: f64,
     p50_ms: f64,
     p99_ms: f64,
-    events: u64,
 }
 
 pub async fn run(o: Options) -> Result<()> {
@@ -41,22 +40,24 @@ pub async fn run(o: Options) -> Result<()> {
         o.http
     );
     let tag = uuid::Uuid::new_v4().simple().to_string();
+    // ClickHouse's own load before and after both phases: the machine's pace
+    // drifts, and the mean of both brackets the phases between them.
+    let before = ceiling(&o, &format!("bench_ceiling_before_{}", &tag[..8])).await?;
     let on = ingest(&o, &format!("bench_log_on_{}", &tag[..8]), true).await?;
     let off = ingest(&o, &format!("bench_log_off_{}", &tag[..8]), false).await?;
-    let rows = on.events.clamp(100_000, 2_000_000) as usize;
-    let ceiling_db = format!("bench_ceiling_{}", &tag[..8]);
-    let ceiling = client_load(&o, &ceiling_db, rows);
-    drop_database(&o.http, &ceiling_db).await;
-    let ceiling = ceiling?;
+    let after = ceiling(&o, &format!("bench_ceiling_after_{}", &tag[..8])).await?;
+    let ceiling = (before + after) / 2.0;
 
-    let table: [(&str, f64); 10] = [
+    let table: [(&str, f64); 12] = [
         ("log on: events/s acknowledged", on.acked_rate),
         ("log on: events/s stored in ClickHouse", on.stored_rate),
         ("log on: p50 latency (ms)", on.p50_ms),
         ("log on: p99 latency (ms)", on.p99_ms),
         ("log off: events/s stored in ClickHouse", off.stored_rate),
         ("log off: p50 latency (ms)", off.p50_ms),
-        ("ceiling: clickhouse-client JSONEachRow, rows/s", ceiling),
+        ("ceiling: clickhouse-client JSONEachRow, rows/s (mean)", ceiling),
+        ("  before log on", before),
+        ("  after log off", after),
         ("log on / ceiling (%)", on.stored_rate / ceiling * 100.0),
         ("log off / ceiling (%)", off.stored_rate / ceiling * 100.0),
         ("log on / log off (%)", on.stored_rate / off.stored_rate * 100.0),
@@ -106,8 +107,14 @@ async fn ingest(o: &Options, database: &str, log: bool) -> Result<Run> {
         acked_rate: outcome.events as f64 / outcome.elapsed.as_secs_f64(),
         p50_ms: outcome.p50_ms(),
         p99_ms: outcome.p99_ms(),
-        events: outcome.events,
     })
+}
+
+/// ClickHouse's own rate into a fresh database, dropped afterwards.
+async fn ceiling(o: &Options, database: &str) -> Result<f64> {
+    let rate = client_load(o, database, CEILING_ROWS);
+    drop_database(&o.http, database).await;
+    rate
 }
 
 /// ClickHouse's own rate: the same rows through `clickhouse-client`.

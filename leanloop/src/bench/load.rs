@@ -40,6 +40,22 @@ impl Outcome {
     pub fn p99_ms(&self) -> f64 {
         self.percentile_ms(0.99)
     }
+
+    /// Adds another run's counts, time and latencies to these.
+    pub fn absorb(&mut self, other: Outcome) {
+        self.add(other);
+        self.latencies_us.sort_unstable();
+    }
+
+    /// [`Outcome::absorb`], leaving the latencies unsorted.
+    fn add(&mut self, other: Outcome) {
+        self.requests += other.requests;
+        self.events += other.events;
+        self.errors += other.errors;
+        self.unavailable += other.unavailable;
+        self.elapsed += other.elapsed;
+        self.latencies_us.extend(other.latencies_us);
+    }
 }
 
 pub async fn run(server: &Child, shape: Shape, connections: usize, duration: Duration) -> Result<Outcome> {
@@ -89,13 +105,9 @@ pub async fn run(server: &Child, shape: Shape, connections: usize, duration: Dur
     }
     let mut total = Outcome::default();
     for task in tasks {
-        let out = task.await??;
-        total.requests += out.requests;
-        total.events += out.events;
-        total.errors += out.errors;
-        total.unavailable += out.unavailable;
-        total.latencies_us.extend(out.latencies_us);
+        total.add(task.await??);
     }
+    // The tasks ran at once: the run took the wall time, not their sum.
     total.elapsed = started.elapsed();
     total.latencies_us.sort_unstable();
     Ok(total)

@@ -155,6 +155,10 @@ async fn ingest(duration: Duration, connections: usize, single_connections: usiz
     );
     let dir = tempfile::tempdir()?;
     let server = server::Child::start(dir.path()).await?;
+    let bare_server = ceiling::bare_child()?;
+    // DuckDB's own load, before and after the batch phase: the machine's
+    // pace drifts, and the mean of both brackets the phase between them.
+    let duckdb_before = ceiling::duckdb_json_load(ceiling::CEILING_ROWS)?;
 
     // CPU per event, server and load generator apart: wall time alone
     // hides who is busy when both share two cores.
@@ -165,23 +169,30 @@ async fn ingest(duration: Duration, connections: usize, single_connections: usiz
     let per_event = |seconds: f64| seconds * 1e6 / batches.events.max(1) as f64;
     let batch_server_us = per_event(server.cpu_seconds()? - server_cpu);
     let batch_client_us = per_event(server::cpu_seconds(me)? - client_cpu);
+    let duckdb_after = ceiling::duckdb_json_load(ceiling::CEILING_ROWS)?;
+
+    // The bare endpoint half before the single events and half after them
+    // (once they are stored), bracketing them as DuckDB's load brackets the
+    // batches.
+    let mut bare = load::run(&bare_server, load::Shape::Single, single_connections, duration / 2).await?;
+    let single_cpu = server.cpu_seconds()?;
     let singles = load::run(&server, load::Shape::Single, single_connections, duration).await?;
     server.wait_stored(batches.events + singles.events, Duration::from_secs(120)).await?;
+    let single_server_us = (server.cpu_seconds()? - single_cpu) * 1e6 / singles.events.max(1) as f64;
+    bare.absorb(load::run(&bare_server, load::Shape::Single, single_connections, duration / 2).await?);
     let peak_rss_mb = server.peak_rss_mb()?;
     drop(server);
-
-    let ceiling_events = batches.events.clamp(10_000, 2_000_000);
-    let duckdb = ceiling::duckdb_json_load(ceiling_events as usize)?;
-    let bare = ceiling::bare_endpoint(single_connections, duration).await?;
+    drop(bare_server);
+    let duckdb_rate = (duckdb_before.rows_per_sec + duckdb_after.rows_per_sec) / 2.0;
 
     let batch_rate = batches.events as f64 / batches.elapsed.as_secs_f64();
     let stored_rate = batches.events as f64 / (batches.elapsed + stored_after).as_secs_f64();
     let single_rate = singles.requests as f64 / singles.elapsed.as_secs_f64();
     let bare_rate = bare.requests as f64 / bare.elapsed.as_secs_f64();
-    let share_duckdb = stored_rate / duckdb.rows_per_sec;
+    let share_duckdb = stored_rate / duckdb_rate;
     let share_bare = single_rate / bare_rate;
 
-    let rows: [(&str, f64); 16] = [
+    let rows: [(&str, f64); 19] = [
         ("batch: events/s acknowledged", batch_rate),
         ("batch: events/s stored (incl. queue drain)", stored_rate),
         ("batch: p50 latency (ms)", batches.p50_ms()),
@@ -191,8 +202,11 @@ async fn ingest(duration: Duration, connections: usize, single_connections: usiz
         ("single /v1/track: requests/s", single_rate),
         ("single: p50 latency (ms)", singles.p50_ms()),
         ("single: p99 latency (ms)", singles.p99_ms()),
+        ("single: server CPU per request (us)", single_server_us),
         ("server peak RSS (MB)", peak_rss_mb),
-        ("ceiling: DuckDB read_json load, rows/s", duckdb.rows_per_sec),
+        ("ceiling: DuckDB read_json load, rows/s (mean)", duckdb_rate),
+        ("  before the batch phase", duckdb_before.rows_per_sec),
+        ("  after the batch phase", duckdb_after.rows_per_sec),
         ("ceiling: bare axum 200 endpoint, requests/s", bare_rate),
         ("ceiling: bare endpoint p50 latency (ms)", bare.p50_ms()),
         ("batch stored rate / DuckDB JSON load (%)", share_duckdb * 100.0),
