@@ -87,8 +87,8 @@ impl Ask<'_> {
         Ok(self.store.select(&select)?)
     }
 
-    /// The result a column at a time: for results of millions of rows.
-    /// The rows of `select`, handed to `each` a batch of columns at a time.
+    /// The rows of `select`, handed to `each` a batch of columns at a time:
+    /// for results of millions of rows.
     fn batches(&self, select: Select, each: &mut dyn FnMut(Vec<Column>)) -> Result<(), AnalyticsError> {
         tracing::debug!(sql = %select.sql, "insight query");
         Ok(self.store.select_batches(&select, each)?)

@@ -13,13 +13,27 @@ use std::process::Command;
 /// 8 seconds stores. Fixed, so the loads before and after a phase match.
 pub const CEILING_ROWS: usize = 1_000_000;
 
-pub struct JsonLoad {
-    pub rows_per_sec: f64,
+/// Rows written once as newline-delimited JSON, for each load of a ceiling
+/// to read; removed when dropped.
+pub struct JsonRows {
+    dir: tempfile::TempDir,
+    pub path: std::path::PathBuf,
+    pub rows: usize,
+}
+
+impl JsonRows {
+    /// [`CEILING_ROWS`] rows, each shaped by `shape`.
+    pub fn write(shape: impl Fn(serde_json::Map<String, serde_json::Value>) -> serde_json::Value) -> Result<JsonRows> {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("events.ndjson");
+        write_ndjson(&path, CEILING_ROWS, shape)?;
+        Ok(JsonRows { dir, path, rows: CEILING_ROWS })
+    }
 }
 
 /// One enriched event as a flat row, the shape `leanloop bench ingest`
 /// sends, with the given key names for the times.
-pub fn sample_row(n: usize, received_ms: i64) -> serde_json::Map<String, serde_json::Value> {
+fn sample_row(n: usize, received_ms: i64) -> serde_json::Map<String, serde_json::Value> {
     let step = n % 4;
     let row = serde_json::json!({
         "project_id": 1, "uuid": uuid::Uuid::new_v4().to_string(), "kind": "track",
@@ -41,7 +55,7 @@ pub fn sample_row(n: usize, received_ms: i64) -> serde_json::Map<String, serde_j
 }
 
 /// Writes `rows` rows, each shaped by `shape`, as newline-delimited JSON.
-pub fn write_ndjson(
+fn write_ndjson(
     path: &std::path::Path,
     rows: usize,
     shape: impl Fn(serde_json::Map<String, serde_json::Value>) -> serde_json::Value,
@@ -56,20 +70,18 @@ pub fn write_ndjson(
     Ok(())
 }
 
-/// Writes `rows` enriched events as NDJSON and times DuckDB's `read_json`
-/// load of them into a fresh store with the same schema.
-pub fn duckdb_json_load(rows: usize) -> Result<JsonLoad> {
-    let dir = tempfile::tempdir()?;
-    let path = dir.path().join("events.ndjson");
-    write_ndjson(&path, rows, serde_json::Value::Object)?;
+/// Times DuckDB's `read_json` load of `json` (enriched events) into a fresh
+/// store with the same schema; rows/s.
+pub fn duckdb_json_load(json: &JsonRows) -> Result<f64> {
+    let dir = tempfile::tempdir_in(json.dir.path())?;
     // DuckDB's own load gets the whole memory limit, as it had before the
     // store ran ingest under a smaller one: the ceiling is not lowered by it.
     let full = DuckDbOptions::default();
     let options = DuckDbOptions { ingest_memory_limit: full.memory_limit.clone(), ..full };
     let store = DuckDbStore::open(&dir.path().join("ceiling.duckdb"), &options)?;
-    let (stored, elapsed) = store.load_ndjson_unchecked(&path)?;
-    anyhow::ensure!(stored == rows, "DuckDB stored {stored} of {rows} rows");
-    Ok(JsonLoad { rows_per_sec: rows as f64 / elapsed.as_secs_f64() })
+    let (stored, elapsed) = store.load_ndjson_unchecked(&json.path)?;
+    anyhow::ensure!(stored == json.rows, "DuckDB stored {stored} of {} rows", json.rows);
+    Ok(json.rows as f64 / elapsed.as_secs_f64())
 }
 
 /// Starts the bare endpoint in its own process, like the real server.

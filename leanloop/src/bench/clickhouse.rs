@@ -3,7 +3,7 @@
 //! for the same rows loaded by `clickhouse-client ... FORMAT JSONEachRow`,
 //! all in one run.
 
-use super::ceiling::{write_ndjson, CEILING_ROWS};
+use super::ceiling::JsonRows;
 use super::load::{self, Shape};
 use super::server::Child;
 use anyhow::{ensure, Context, Result};
@@ -42,10 +42,11 @@ pub async fn run(o: Options) -> Result<()> {
     let tag = uuid::Uuid::new_v4().simple().to_string();
     // ClickHouse's own load before and after both phases: the machine's pace
     // drifts, and the mean of both brackets the phases between them.
-    let before = ceiling(&o, &format!("bench_ceiling_before_{}", &tag[..8])).await?;
+    let json = JsonRows::write(as_clickhouse_row)?;
+    let before = ceiling(&o, &format!("bench_ceiling_before_{}", &tag[..8]), &json).await?;
     let on = ingest(&o, &format!("bench_log_on_{}", &tag[..8]), true).await?;
     let off = ingest(&o, &format!("bench_log_off_{}", &tag[..8]), false).await?;
-    let after = ceiling(&o, &format!("bench_ceiling_after_{}", &tag[..8])).await?;
+    let after = ceiling(&o, &format!("bench_ceiling_after_{}", &tag[..8]), &json).await?;
     let ceiling = (before + after) / 2.0;
 
     let table: [(&str, f64); 12] = [
@@ -111,35 +112,35 @@ async fn ingest(o: &Options, database: &str, log: bool) -> Result<Run> {
 }
 
 /// ClickHouse's own rate into a fresh database, dropped afterwards.
-async fn ceiling(o: &Options, database: &str) -> Result<f64> {
-    let rate = client_load(o, database, CEILING_ROWS);
+async fn ceiling(o: &Options, database: &str, json: &JsonRows) -> Result<f64> {
+    let rate = client_load(o, database, json);
     drop_database(&o.http, database).await;
     rate
 }
 
+/// A sample event as ClickHouse's `events` table holds it.
+fn as_clickhouse_row(mut row: serde_json::Map<String, serde_json::Value>) -> serde_json::Value {
+    let ms = row.remove("timestamp").and_then(|v| v.as_i64()).unwrap_or(0);
+    let received = row.remove("received_at").unwrap_or_default();
+    let props: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_str(row["properties"].as_str().unwrap_or("{}")).unwrap_or_default();
+    row.insert("timestamp".into(), (ms / 1000).into());
+    row.insert("timestamp_ms".into(), ms.into());
+    row.insert("received_at_ms".into(), received);
+    row.insert("timestamp_clamped".into(), 0.into());
+    row.insert("prop_keys".into(), props.keys().cloned().collect::<Vec<_>>().into());
+    // As the store keeps them: strings as themselves, the rest as JSON.
+    let values: Vec<String> = props.values().map(|v| v.as_str().map_or_else(|| v.to_string(), str::to_owned)).collect();
+    row.insert("prop_values".into(), values.into());
+    serde_json::Value::Object(row)
+}
+
 /// ClickHouse's own rate: the same rows through `clickhouse-client`.
-fn client_load(o: &Options, database: &str, rows: usize) -> Result<f64> {
+fn client_load(o: &Options, database: &str, json: &JsonRows) -> Result<f64> {
     let store_url = format!("{}/?database={database}", o.http.trim_end_matches('/'));
     drop(ClickHouseStore::open(&ClickHouseOptions::new(store_url))?);
-    let dir = tempfile::tempdir()?;
-    let path = dir.path().join("events.ndjson");
-    write_ndjson(&path, rows, |mut row| {
-        let ms = row.remove("timestamp").and_then(|v| v.as_i64()).unwrap_or(0);
-        let received = row.remove("received_at").unwrap_or_default();
-        let props: serde_json::Map<String, serde_json::Value> =
-            serde_json::from_str(row["properties"].as_str().unwrap_or("{}")).unwrap_or_default();
-        row.insert("timestamp".into(), (ms / 1000).into());
-        row.insert("timestamp_ms".into(), ms.into());
-        row.insert("received_at_ms".into(), received);
-        row.insert("timestamp_clamped".into(), 0.into());
-        row.insert("prop_keys".into(), props.keys().cloned().collect::<Vec<_>>().into());
-        // As the store keeps them: strings as themselves, the rest as JSON.
-        let values: Vec<String> =
-            props.values().map(|v| v.as_str().map_or_else(|| v.to_string(), str::to_owned)).collect();
-        row.insert("prop_values".into(), values.into());
-        serde_json::Value::Object(row)
-    })?;
-    let input = std::fs::File::open(&path)?;
+    let rows = json.rows;
+    let input = std::fs::File::open(&json.path)?;
     let started = Instant::now();
     let status = Command::new(&o.client)
         // Blocks of the size Leanloop's own inserts use (up to 50,000 rows),

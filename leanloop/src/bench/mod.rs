@@ -158,7 +158,8 @@ async fn ingest(duration: Duration, connections: usize, single_connections: usiz
     let bare_server = ceiling::bare_child()?;
     // DuckDB's own load, before and after the batch phase: the machine's
     // pace drifts, and the mean of both brackets the phase between them.
-    let duckdb_before = ceiling::duckdb_json_load(ceiling::CEILING_ROWS)?;
+    let json = ceiling::JsonRows::write(serde_json::Value::Object)?;
+    let duckdb_before = ceiling::duckdb_json_load(&json)?;
 
     // CPU per event, server and load generator apart: wall time alone
     // hides who is busy when both share two cores.
@@ -169,7 +170,7 @@ async fn ingest(duration: Duration, connections: usize, single_connections: usiz
     let per_event = |seconds: f64| seconds * 1e6 / batches.events.max(1) as f64;
     let batch_server_us = per_event(server.cpu_seconds()? - server_cpu);
     let batch_client_us = per_event(server::cpu_seconds(me)? - client_cpu);
-    let duckdb_after = ceiling::duckdb_json_load(ceiling::CEILING_ROWS)?;
+    let duckdb_after = ceiling::duckdb_json_load(&json)?;
 
     // The bare endpoint half before the single events and half after them
     // (once they are stored), bracketing them as DuckDB's load brackets the
@@ -183,7 +184,7 @@ async fn ingest(duration: Duration, connections: usize, single_connections: usiz
     let peak_rss_mb = server.peak_rss_mb()?;
     drop(server);
     drop(bare_server);
-    let duckdb_rate = (duckdb_before.rows_per_sec + duckdb_after.rows_per_sec) / 2.0;
+    let duckdb_rate = (duckdb_before + duckdb_after) / 2.0;
 
     let batch_rate = batches.events as f64 / batches.elapsed.as_secs_f64();
     let stored_rate = batches.events as f64 / (batches.elapsed + stored_after).as_secs_f64();
@@ -205,8 +206,8 @@ async fn ingest(duration: Duration, connections: usize, single_connections: usiz
         ("single: server CPU per request (us)", single_server_us),
         ("server peak RSS (MB)", peak_rss_mb),
         ("ceiling: DuckDB read_json load, rows/s (mean)", duckdb_rate),
-        ("  before the batch phase", duckdb_before.rows_per_sec),
-        ("  after the batch phase", duckdb_after.rows_per_sec),
+        ("  before the batch phase", duckdb_before),
+        ("  after the batch phase", duckdb_after),
         ("ceiling: bare axum 200 endpoint, requests/s", bare_rate),
         ("ceiling: bare endpoint p50 latency (ms)", bare.p50_ms()),
         ("batch stored rate / DuckDB JSON load (%)", share_duckdb * 100.0),
