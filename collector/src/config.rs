@@ -21,6 +21,11 @@ pub struct CollectorConfig {
     pub log_segment_bytes: u64,
     /// Longest an event waits in the log for others to share its store write.
     pub delivery_interval_ms: u64,
+    /// Longest a store write stays open to fill the store's cheapest write
+    /// size (DuckDB: one row group) while events keep arriving fast enough
+    /// to fill it in this time. Under lighter load writes go every
+    /// `delivery_interval_ms`; at or below it, holding is off.
+    pub delivery_fill_wait_ms: u64,
     /// Without the log: events (and person updates) held between HTTP and the
     /// store. When full, ingest answers 503 with Retry-After.
     pub queue_capacity: usize,
@@ -49,6 +54,7 @@ impl Default for CollectorConfig {
             log_max_bytes: 2 * 1024 * 1024 * 1024,
             log_segment_bytes: 64 * 1024 * 1024,
             delivery_interval_ms: 1000,
+            delivery_fill_wait_ms: 10_000,
             queue_capacity: 100_000,
             write_batch_events: None,
             session_timeout_minutes: 30,

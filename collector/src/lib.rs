@@ -64,6 +64,7 @@ impl Collector {
                     segment_bytes: config.log_segment_bytes,
                     batch_events,
                     interval: Duration::from_millis(config.delivery_interval_ms),
+                    fill_wait: Duration::from_millis(config.delivery_fill_wait_ms),
                 },
                 store,
             )?)

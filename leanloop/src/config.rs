@@ -201,7 +201,10 @@ fn memory_bytes(field: &str, size: &str) -> Result<u64> {
 impl Config {
     /// File, then environment, then flags.
     pub fn load(overrides: &Overrides) -> Result<Config> {
-        let file = overrides.config_file.clone().or_else(|| std::env::var_os("LEANLOOP_CONFIG").map(PathBuf::from));
+        let file = overrides
+            .config_file
+            .clone()
+            .or_else(|| std::env::var_os("LEANLOOP_CONFIG").filter(|v| !v.is_empty()).map(PathBuf::from));
         let mut raw = match file {
             Some(path) => RawConfig::from_file(&path)?,
             None => RawConfig::default(),

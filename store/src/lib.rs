@@ -89,6 +89,13 @@ pub trait EventStore: Send + Sync + 'static {
         50_000
     }
 
+    /// Events from which one write costs markedly less per event, when this
+    /// store has such a size: under sustained load a delivery keeps its
+    /// write open past its usual interval (within a bound) to reach it.
+    fn fill_write_events(&self) -> Option<usize> {
+        None
+    }
+
     /// Like [`EventStore::write`], for events a previous process may have
     /// written just before it died (a write-ahead log's replayed tail): every
     /// uuid is checked against what is stored, not only suspected ones.

@@ -5,7 +5,14 @@
 //! only one chunk of decoded events is in memory however large the write; it
 //! takes what becomes durable meanwhile, up to `write_batch_events`, and
 //! when it has caught up with the log it waits at most the delivery interval
-//! (from its first record) for more. The store may retry the write whole:
+//! (from its first record) for more. A store whose writes get much cheaper
+//! from some size on ([`EventStore::fill_write_events`]; DuckDB: a row
+//! group) has the write held open past the interval while records keep
+//! coming fast enough to reach that size within the fill wait: the write
+//! ends once it is reached, when records pause for a quarter interval,
+//! when the fill wait is over, or when the backlog held reaches half the
+//! log's bound. Events then show up a few seconds later under heavy load
+//! and cost about half the CPU to store. The store may retry the write whole:
 //! on failure it is started again from the acknowledged position, re-read
 //! from the log. Only after the store confirmed the write does the
 //! acknowledged position move and segments wholly behind it get deleted. A
@@ -13,7 +20,7 @@
 //! uuid dedup makes the replay harmless.
 
 use super::record::{self, Next};
-use super::{segments, Shared};
+use super::{segments, Shared, State};
 use crate::queue::write_with_retry;
 use leanloop_store::{Chunk, EventStore};
 use std::fs::File;
@@ -30,9 +37,20 @@ pub struct Delivery {
     pub store: Arc<dyn EventStore>,
     pub batch_events: usize,
     pub interval: Duration,
+    /// How a write is held past the interval to fill the store's cheapest
+    /// size; `None`: never.
+    pub fill: Option<Fill>,
     /// The log's end when this process opened it: records before it are a
     /// replay, which a dead process may already have stored.
     pub replay_end: u64,
+}
+
+/// A store's cheapest write size and how long, and with how much backlog,
+/// a write may be held open to reach it.
+pub struct Fill {
+    pub events: usize,
+    pub wait: Duration,
+    pub max_backlog: u64,
 }
 
 /// Where the loop reads: an open segment and the log position of its reader.
@@ -162,13 +180,24 @@ struct Records<'a> {
     /// When the first record was read: the write waits for more until
     /// the interval after it.
     first_read: Option<Instant>,
+    /// When the last record was read: a write held to fill ends when
+    /// records pause.
+    last_read: Instant,
     /// Why reading stopped early, when the log could not be read.
     failure: Option<String>,
 }
 
 impl<'a> Records<'a> {
     fn new(delivery: &'a Delivery, cursor: &'a mut Option<Cursor>, from: u64) -> Records<'a> {
-        Records { delivery, cursor, position: from, events: 0, first_read: None, failure: None }
+        Records {
+            delivery,
+            cursor,
+            position: from,
+            events: 0,
+            first_read: None,
+            last_read: Instant::now(),
+            failure: None,
+        }
     }
 
     /// The durable end once it is past what was read; `None` when the chunk
@@ -185,15 +214,33 @@ impl<'a> Records<'a> {
             if state.end > self.position {
                 return Some(state.end);
             }
-            let left = match self.first_read {
-                Some(first) => self.delivery.interval.saturating_sub(first.elapsed()),
-                None => Duration::ZERO,
-            };
+            let left = self.wait_left(&state);
             if state.closing || left.is_zero() {
                 return None;
             }
             state = shared.changed.wait_timeout(state, left).unwrap_or_else(|p| p.into_inner()).0;
         }
+    }
+
+    /// How much longer the write may wait for its next record: the rest
+    /// of the interval, then, while it is being held to fill, the rest of
+    /// a quarter interval since the last record (within the fill wait).
+    fn wait_left(&self, state: &State) -> Duration {
+        let Some(first) = self.first_read else { return Duration::ZERO };
+        let elapsed = first.elapsed();
+        let interval_left = self.delivery.interval.saturating_sub(elapsed);
+        if !interval_left.is_zero() {
+            return interval_left;
+        }
+        let Some(fill) = &self.delivery.fill else { return Duration::ZERO };
+        // The pace so far must reach the size within the fill wait, or
+        // holding would only delay a write that stays small.
+        let on_pace = self.events as f64 * fill.wait.as_secs_f64() >= fill.events as f64 * elapsed.as_secs_f64();
+        if self.events >= fill.events || !on_pace || state.backlog() >= fill.max_backlog {
+            return Duration::ZERO;
+        }
+        let pause_left = (self.delivery.interval / 4).saturating_sub(self.last_read.elapsed());
+        pause_left.min(fill.wait.saturating_sub(elapsed))
     }
 }
 
@@ -211,7 +258,8 @@ impl Iterator for Records<'_> {
             match self.delivery.read_record(self.cursor, self.position, end) {
                 Ok((batch, size)) => {
                     chunk.replayed |= self.position < self.delivery.replay_end;
-                    self.first_read.get_or_insert_with(Instant::now);
+                    self.last_read = Instant::now();
+                    self.first_read.get_or_insert(self.last_read);
                     self.position += size;
                     self.events += batch.events.len();
                     chunk.events.extend(batch.events);

@@ -41,6 +41,9 @@ pub struct WalOptions {
     pub batch_events: usize,
     /// Longest a delivered record waits for more to share its store write.
     pub interval: Duration,
+    /// Longest a write stays open, under sustained load, to reach the
+    /// store's [`EventStore::fill_write_events`].
+    pub fill_wait: Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -135,9 +138,16 @@ impl Wal {
         std::thread::Builder::new().name("log-writer".into()).spawn(move || writer.run(rx)).map_err(io)?;
         let delivery = delivery::Delivery {
             shared: shared.clone(),
-            store,
             batch_events: options.batch_events.max(1),
             interval: options.interval,
+            fill: store.fill_write_events().map(|events| delivery::Fill {
+                events,
+                wait: options.fill_wait,
+                // Holding keeps bytes in the log: never so many that
+                // ingest would be refused for it.
+                max_backlog: options.max_bytes / 2,
+            }),
+            store,
             replay_end: start + len,
         };
         std::thread::Builder::new().name("log-delivery".into()).spawn(move || delivery.run()).map_err(io)?;
@@ -324,6 +334,7 @@ mod tests {
             segment_bytes,
             batch_events: 1 << 20,
             interval: Duration::from_millis(20),
+            fill_wait: Duration::from_secs(10),
         };
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         let newest_file_len = || {
@@ -370,21 +381,31 @@ mod tests {
         assert_eq!(store.count(&EventFilter::project(1)).unwrap() as u128, sent + 11);
     }
 
-    /// A real DuckDB store that records the size of every chunk it is
-    /// handed and, when asked, fails its first streamed write after taking
-    /// one chunk (as a store going away mid-write would).
+    /// A real DuckDB store that records the size of every chunk and every
+    /// stored write it is handed, names `fill` as its cheapest write size
+    /// and, when asked, fails its first streamed write after taking one
+    /// chunk (as a store going away mid-write would).
     struct Watched {
         inner: leanloop_store::duckdb::DuckDbStore,
         fail_first: bool,
+        fill: Option<usize>,
         attempts: std::sync::atomic::AtomicUsize,
         chunk_events: std::sync::Mutex<Vec<usize>>,
+        write_events: std::sync::Mutex<Vec<usize>>,
     }
 
     impl Watched {
-        fn open(dir: &Path, fail_first: bool) -> Arc<Watched> {
+        fn open(dir: &Path, fail_first: bool, fill: Option<usize>) -> Arc<Watched> {
             let inner =
                 leanloop_store::duckdb::DuckDbStore::open(&dir.join("events.duckdb"), &Default::default()).unwrap();
-            Arc::new(Watched { inner, fail_first, attempts: Default::default(), chunk_events: Default::default() })
+            Arc::new(Watched {
+                inner,
+                fail_first,
+                fill,
+                attempts: Default::default(),
+                chunk_events: Default::default(),
+                write_events: Default::default(),
+            })
         }
     }
 
@@ -398,7 +419,12 @@ mod tests {
                 let _ = chunks.next();
                 return Err(StoreError::Corrupt("the store went away".into()));
             }
-            self.inner.write_stream(&mut chunks)
+            let outcome = self.inner.write_stream(&mut chunks)?;
+            self.write_events.lock().unwrap().push(outcome.inserted + outcome.duplicates);
+            Ok(outcome)
+        }
+        fn fill_write_events(&self) -> Option<usize> {
+            self.fill
         }
         fn count(&self, filter: &EventFilter) -> Result<u64, StoreError> {
             self.inner.count(filter)
@@ -440,23 +466,30 @@ mod tests {
 
     /// A log in `dir` delivering to a [`Watched`] store, with a runtime to
     /// append from.
-    fn watched_log(dir: &Path, fail_first: bool, interval: Duration) -> (Arc<Watched>, Wal, tokio::runtime::Runtime) {
-        let store = Watched::open(dir, fail_first);
+    fn watched_log(
+        dir: &Path,
+        fail_first: bool,
+        interval: Duration,
+        fill: Option<usize>,
+    ) -> (Arc<Watched>, Wal, tokio::runtime::Runtime) {
+        let store = Watched::open(dir, fail_first, fill);
         let options = WalOptions {
             dir: dir.join("log"),
             max_bytes: 1 << 30,
             segment_bytes: 1 << 20,
             batch_events: 1 << 20,
             interval,
+            // Long enough that only the fill size or a pause ends a hold.
+            fill_wait: Duration::from_secs(60),
         };
         let wal = Wal::open(options, store.clone()).unwrap();
-        (store, wal, tokio::runtime::Builder::new_current_thread().build().unwrap())
+        (store, wal, tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap())
     }
 
     #[test]
     fn a_write_that_fails_midway_is_read_again_from_the_log_and_stored_once() {
         let dir = tempfile::tempdir().unwrap();
-        let (store, wal, runtime) = watched_log(dir.path(), true, Duration::from_millis(50));
+        let (store, wal, runtime) = watched_log(dir.path(), true, Duration::from_millis(50), None);
         // More than one chunk's worth, in records of 1,000 events, and
         // across several segments.
         for r in 0..20u128 {
@@ -477,7 +510,7 @@ mod tests {
     fn records_that_trickle_in_reach_the_store_as_one_chunk() {
         let dir = tempfile::tempdir().unwrap();
         // A wait longer than the appends take: only the drain ends the write.
-        let (store, wal, runtime) = watched_log(dir.path(), false, Duration::from_secs(600));
+        let (store, wal, runtime) = watched_log(dir.path(), false, Duration::from_secs(600), None);
         // One event per append, each acknowledged (synced) before the next
         // is sent, as single events arrive: every one is its own record.
         for n in 0..50u128 {
@@ -486,6 +519,71 @@ mod tests {
         assert_eq!(wal.drain(Duration::from_secs(60)), 0, "everything delivered");
         assert_eq!(*store.chunk_events.lock().unwrap(), vec![50], "one append to the store, not one per record");
         assert_eq!(store.count(&EventFilter::project(1)).unwrap(), 50);
+    }
+
+    /// Appends `records` records of `per_record` events, one per `pace` at
+    /// most (each waits for its sync), numbered from `first`.
+    fn paced_appends(
+        wal: &Wal,
+        runtime: &tokio::runtime::Runtime,
+        first: u128,
+        records: u128,
+        per_record: u128,
+        pace: Duration,
+    ) {
+        runtime.block_on(async {
+            let mut tick = tokio::time::interval(pace);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            for r in 0..records {
+                tick.tick().await;
+                let from = first + r * per_record;
+                let events: Vec<Event> = (from..from + per_record).map(record::tests::event).collect();
+                wal.append(&events, &[]).await.unwrap();
+            }
+        });
+    }
+
+    /// Waits until everything appended is stored, within `deadline`.
+    fn wait_delivered(wal: &Wal, deadline: Duration) {
+        let until = Instant::now() + deadline;
+        let mut state = wal.shared.lock();
+        while state.backlog() > 0 {
+            let left = until.saturating_duration_since(Instant::now());
+            assert!(!left.is_zero(), "{} bytes still undelivered", state.backlog());
+            state = wal.shared.changed.wait_timeout(state, left).unwrap().0;
+        }
+    }
+
+    #[test]
+    fn under_sustained_load_a_write_is_held_open_until_it_fills_the_stores_size() {
+        let dir = tempfile::tempdir().unwrap();
+        let fill = 2000;
+        let (store, wal, runtime) = watched_log(dir.path(), false, Duration::from_millis(20), Some(fill));
+        // At most 10 events a millisecond: an interval alone takes at most
+        // about 200, a tenth of the size a held write reaches.
+        paced_appends(&wal, &runtime, 0, 500, 10, Duration::from_millis(1));
+        // Records stop: the pause ends the last write, long before the
+        // fill wait (60 s) would.
+        wait_delivered(&wal, Duration::from_secs(20));
+        let writes = store.write_events.lock().unwrap().clone();
+        assert_eq!(writes.iter().sum::<usize>(), 5000, "{writes:?}");
+        assert!(writes.len() >= 2, "{writes:?}");
+        for held in &writes[..writes.len() - 1] {
+            assert!(*held >= fill, "each write but the last holds until full: {writes:?}");
+        }
+        assert_eq!(store.count(&EventFilter::project(1)).unwrap(), 5000);
+    }
+
+    #[test]
+    fn a_trickle_too_slow_to_fill_the_size_is_written_every_interval() {
+        let dir = tempfile::tempdir().unwrap();
+        // 200 events a second at most: never 100,000 within the fill wait.
+        let (store, wal, runtime) = watched_log(dir.path(), false, Duration::from_millis(20), Some(100_000));
+        paced_appends(&wal, &runtime, 0, 60, 1, Duration::from_millis(5));
+        wait_delivered(&wal, Duration::from_secs(20));
+        let writes = store.write_events.lock().unwrap().clone();
+        assert_eq!(writes.iter().sum::<usize>(), 60, "{writes:?}");
+        assert!(writes.len() >= 3, "300 ms of records in 20 ms writes, not one held write: {writes:?}");
     }
 
     #[test]
