@@ -61,10 +61,14 @@ impl Enricher {
 
         let user_agent = i.user_agent.as_deref().or(req.user_agent.as_deref());
         let agent = user_agent.map(|ua| self.agent(ua)).unwrap_or_default();
-        let url = i.url.as_deref().and_then(|u| url::Url::parse(u).ok());
-        let path = i.path.or_else(|| url.as_ref().map(|u| u.path().to_owned()));
-        let tagged = url.as_ref().map(utm_of).unwrap_or_default();
-        let referrer_domain = i.referrer_domain.or_else(|| i.referrer.as_deref().and_then(domain_of));
+        let page = i.url.as_deref().map(|u| LAST_PAGE.with_borrow_mut(|last| last.get(u, |u| Arc::new(page_of(u)))));
+        let page = page.as_deref();
+        let path = i.path.or_else(|| page.and_then(|p| p.path.clone()));
+        let tagged = page.map(|p| p.utm.clone()).unwrap_or_default();
+        let referrer_domain = i.referrer_domain.or_else(|| {
+            let referrer = i.referrer.as_deref()?;
+            LAST_REFERRER.with_borrow_mut(|last| last.get(referrer, domain_of))
+        });
 
         let ip = i.ip.as_deref().and_then(|s| s.trim().parse::<IpAddr>().ok()).or(req.client_ip);
         let ip = ip.map(|ip| if req.store_full_ip { ip.to_string() } else { anonymise(ip).to_string() });
@@ -127,24 +131,56 @@ impl Enricher {
     }
 
     fn agent(&self, ua: &str) -> Arc<Agent> {
-        // Events of one request usually share one agent: a per-thread memo of
-        // the last one spares the shared cache's lock.
-        thread_local! {
-            static LAST: RefCell<Option<(String, Arc<Agent>)>> = const { RefCell::new(None) };
+        // The per-thread memo spares the shared cache's lock.
+        LAST_AGENT.with_borrow_mut(|last| {
+            last.get(ua, |ua| {
+                let cached = lock(&self.agents).get(ua).cloned();
+                cached.unwrap_or_else(|| {
+                    // Parse outside the lock: parsing is the slow part and is pure.
+                    let parsed = Arc::new(parse_agent(ua));
+                    lock(&self.agents).put(ua.to_owned(), parsed.clone());
+                    parsed
+                })
+            })
+        })
+    }
+}
+
+thread_local! {
+    static LAST_AGENT: RefCell<Last<Arc<Agent>>> = const { RefCell::new(Last(None)) };
+    static LAST_PAGE: RefCell<Last<Arc<Page>>> = const { RefCell::new(Last(None)) };
+    static LAST_REFERRER: RefCell<Last<Option<String>>> = const { RefCell::new(Last(None)) };
+}
+
+/// A thread's last input and what was derived from it. The events of one
+/// request, and of one browser's requests, mostly share their user agent,
+/// page and referrer: most lookups are this one comparison.
+struct Last<V>(Option<(String, V)>);
+
+impl<V: Clone> Last<V> {
+    fn get(&mut self, key: &str, derive: impl FnOnce(&str) -> V) -> V {
+        match &self.0 {
+            Some((last, value)) if last == key => value.clone(),
+            _ => {
+                let value = derive(key);
+                self.0 = Some((key.to_owned(), value.clone()));
+                value
+            }
         }
-        let memo = LAST.with_borrow(|last| last.as_ref().filter(|(k, _)| k == ua).map(|(_, a)| a.clone()));
-        if let Some(hit) = memo {
-            return hit;
-        }
-        let cached = lock(&self.agents).get(ua).cloned();
-        let agent = cached.unwrap_or_else(|| {
-            // Parse outside the lock: parsing is the slow part and is pure.
-            let parsed = Arc::new(parse_agent(ua));
-            lock(&self.agents).put(ua.to_owned(), parsed.clone());
-            parsed
-        });
-        LAST.with_borrow_mut(|last| *last = Some((ua.to_owned(), agent.clone())));
-        agent
+    }
+}
+
+/// What a page URL says: its path and UTM tags.
+#[derive(Debug, Default)]
+struct Page {
+    path: Option<String>,
+    utm: Utm,
+}
+
+fn page_of(url: &str) -> Page {
+    match url::Url::parse(url) {
+        Ok(url) => Page { path: Some(url.path().to_owned()), utm: utm_of(&url) },
+        Err(_) => Page::default(),
     }
 }
 
@@ -295,6 +331,29 @@ mod tests {
         assert_eq!(e.ip.as_deref(), Some("203.0.113.0"));
         assert_eq!(e.country.as_deref(), Some("NZ"));
         assert!(e.session_id.is_some());
+    }
+
+    #[test]
+    fn consecutive_events_on_one_thread_each_get_their_own_page() {
+        let enricher = enricher();
+        let on = |url: &str, referrer: Option<&str>| Incoming {
+            url: Some(url.into()),
+            referrer: referrer.map(str::to_owned),
+            ..incoming()
+        };
+        let pages = [
+            ("https://a.io/one?utm_source=x", Some("https://www.b.io/"), "/one", Some("x"), Some("b.io")),
+            ("https://a.io/one?utm_source=x", Some("https://www.b.io/"), "/one", Some("x"), Some("b.io")),
+            ("https://a.io/two", Some("https://c.io/"), "/two", None, Some("c.io")),
+            ("https://a.io/one?utm_source=x", None, "/one", Some("x"), None),
+            ("not a url", Some("not a url"), "", None, None),
+        ];
+        for (url, referrer, path, source, domain) in pages {
+            let (e, _) = enricher.finish(on(url, referrer), &facts()).unwrap();
+            assert_eq!(e.path.as_deref().unwrap_or(""), path, "{url}");
+            assert_eq!(e.utm_source.as_deref(), source, "{url}");
+            assert_eq!(e.referrer_domain.as_deref(), domain, "{url} from {referrer:?}");
+        }
     }
 
     #[test]

@@ -22,7 +22,8 @@ fn person(project_id: i64, who: &str) -> Person {
 }
 
 struct Open {
-    id: Uuid,
+    /// The session id, formatted once: every event of the session carries it.
+    id: String,
     first_ms: i64,
     last_ms: i64,
 }
@@ -48,12 +49,12 @@ impl Sessions {
             if at_ms >= s.first_ms - self.timeout_ms && at_ms <= s.last_ms + self.timeout_ms {
                 s.first_ms = s.first_ms.min(at_ms);
                 s.last_ms = s.last_ms.max(at_ms);
-                return s.id.to_string();
+                return s.id.clone();
             }
         }
-        let id = Uuid::now_v7();
-        open.put(key, Open { id, first_ms: at_ms, last_ms: at_ms });
-        id.to_string()
+        let id = Uuid::now_v7().to_string();
+        open.put(key, Open { id: id.clone(), first_ms: at_ms, last_ms: at_ms });
+        id
     }
 }
 
