@@ -22,8 +22,7 @@ fn person(project_id: i64, who: &str) -> Person {
 }
 
 struct Open {
-    /// The session id, formatted once: every event of the session carries it.
-    id: String,
+    id: Uuid,
     first_ms: i64,
     last_ms: i64,
 }
@@ -31,6 +30,12 @@ struct Open {
 pub struct Sessions {
     open: Mutex<LruCache<Person, Open>>,
     timeout_ms: i64,
+}
+
+/// The id as every event carries it; straight to hex, not through
+/// `Display`'s formatter, since every event without its own session pays it.
+fn text(id: Uuid) -> String {
+    id.hyphenated().encode_lower(&mut Uuid::encode_buffer()).to_owned()
 }
 
 impl Sessions {
@@ -49,12 +54,12 @@ impl Sessions {
             if at_ms >= s.first_ms - self.timeout_ms && at_ms <= s.last_ms + self.timeout_ms {
                 s.first_ms = s.first_ms.min(at_ms);
                 s.last_ms = s.last_ms.max(at_ms);
-                return s.id.clone();
+                return text(s.id);
             }
         }
-        let id = Uuid::now_v7().to_string();
-        open.put(key, Open { id: id.clone(), first_ms: at_ms, last_ms: at_ms });
-        id
+        let id = Uuid::now_v7();
+        open.put(key, Open { id, first_ms: at_ms, last_ms: at_ms });
+        text(id)
     }
 }
 
