@@ -471,11 +471,12 @@ mod tests {
         fail_first: bool,
         interval: Duration,
         fill: Option<usize>,
+        max_bytes: u64,
     ) -> (Arc<Watched>, Wal, tokio::runtime::Runtime) {
         let store = Watched::open(dir, fail_first, fill);
         let options = WalOptions {
             dir: dir.join("log"),
-            max_bytes: 1 << 30,
+            max_bytes,
             segment_bytes: 1 << 20,
             batch_events: 1 << 20,
             interval,
@@ -489,7 +490,7 @@ mod tests {
     #[test]
     fn a_write_that_fails_midway_is_read_again_from_the_log_and_stored_once() {
         let dir = tempfile::tempdir().unwrap();
-        let (store, wal, runtime) = watched_log(dir.path(), true, Duration::from_millis(50), None);
+        let (store, wal, runtime) = watched_log(dir.path(), true, Duration::from_millis(50), None, 1 << 30);
         // More than one chunk's worth, in records of 1,000 events, and
         // across several segments.
         for r in 0..20u128 {
@@ -510,7 +511,7 @@ mod tests {
     fn records_that_trickle_in_reach_the_store_as_one_chunk() {
         let dir = tempfile::tempdir().unwrap();
         // A wait longer than the appends take: only the drain ends the write.
-        let (store, wal, runtime) = watched_log(dir.path(), false, Duration::from_secs(600), None);
+        let (store, wal, runtime) = watched_log(dir.path(), false, Duration::from_secs(600), None, 1 << 30);
         // One event per append, each acknowledged (synced) before the next
         // is sent, as single events arrive: every one is its own record.
         for n in 0..50u128 {
@@ -558,7 +559,7 @@ mod tests {
     fn under_sustained_load_a_write_is_held_open_until_it_fills_the_stores_size() {
         let dir = tempfile::tempdir().unwrap();
         let fill = 2000;
-        let (store, wal, runtime) = watched_log(dir.path(), false, Duration::from_millis(40), Some(fill));
+        let (store, wal, runtime) = watched_log(dir.path(), false, Duration::from_millis(40), Some(fill), 1 << 30);
         // At most 5 events a millisecond: an interval alone takes at most
         // about 200, a tenth of the size a held write reaches.
         paced_appends(&wal, &runtime, 0, 1600, 5, Duration::from_millis(1));
@@ -575,15 +576,33 @@ mod tests {
     }
 
     #[test]
+    fn a_held_write_ends_when_the_backlog_reaches_half_the_logs_bound() {
+        let dir = tempfile::tempdir().unwrap();
+        let record_bytes = record::encode(&(0..5).map(record::tests::event).collect::<Vec<_>>(), &[]).unwrap().len();
+        // Half the bound is 350 records of 5 events: a write held to the
+        // fill size (4,000) would first fill the log and have appends
+        // refused; ended at half, it leaves them 350 ms of room at the pace.
+        let max_bytes = 700 * record_bytes as u64;
+        let (store, wal, runtime) = watched_log(dir.path(), false, Duration::from_millis(40), Some(4000), max_bytes);
+        paced_appends(&wal, &runtime, 0, 1600, 5, Duration::from_millis(1));
+        wait_delivered(&wal, Duration::from_secs(20));
+        let writes = store.write_events.lock().unwrap().clone();
+        assert_eq!(writes.iter().sum::<usize>(), 8000, "{writes:?}");
+        assert!(writes.iter().all(|&w| w < 4000), "{writes:?}");
+    }
+
+    #[test]
     fn a_trickle_too_slow_to_fill_the_size_is_written_every_interval() {
         let dir = tempfile::tempdir().unwrap();
         // 200 events a second at most: never 100,000 within the fill wait.
-        let (store, wal, runtime) = watched_log(dir.path(), false, Duration::from_millis(20), Some(100_000));
-        paced_appends(&wal, &runtime, 0, 60, 1, Duration::from_millis(5));
+        // Records come closer together than a quarter interval, so only
+        // the pace keeps the write from being held.
+        let (store, wal, runtime) = watched_log(dir.path(), false, Duration::from_millis(40), Some(100_000), 1 << 30);
+        paced_appends(&wal, &runtime, 0, 120, 1, Duration::from_millis(5));
         wait_delivered(&wal, Duration::from_secs(20));
         let writes = store.write_events.lock().unwrap().clone();
-        assert_eq!(writes.iter().sum::<usize>(), 60, "{writes:?}");
-        assert!(writes.len() >= 3, "300 ms of records in 20 ms writes, not one held write: {writes:?}");
+        assert_eq!(writes.iter().sum::<usize>(), 120, "{writes:?}");
+        assert!(writes.len() >= 3, "600 ms of records in 40 ms writes, not one held write: {writes:?}");
     }
 
     #[test]
