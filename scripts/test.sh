@@ -11,7 +11,8 @@ mkdir -p "$cache"
 
 step() { printf '\n== %s\n' "$*"; }
 
-# Real SDK clients (PyPI) for the compatibility tests.
+# Real SDK clients (PyPI) for the compatibility tests, and schemathesis for
+# the API fuzz test.
 step "python SDK clients"
 if ! command -v python3 >/dev/null 2>&1; then
   apt-get update -qq && apt-get install -y -qq python3 python3-venv
@@ -24,6 +25,8 @@ fi
 export LEANLOOP_TEST_PYTHON="$venv/bin/python"
 "$LEANLOOP_TEST_PYTHON" -c "import segment.analytics, posthog" \
   || { echo "python SDK clients are not importable" >&2; exit 1; }
+"$venv/bin/schemathesis" --version \
+  || { echo "schemathesis is not installed in $venv" >&2; exit 1; }
 
 # ClickHouse (Debian's 18.16) on a free loopback port, its data under the
 # build directory. Tests that need a server fail, not skip, without it.

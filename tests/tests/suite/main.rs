@@ -4,6 +4,7 @@
 //! server the test command started, or a private server they can stop.
 //! One binary because each links DuckDB, which is large.
 
+mod api_fuzz;
 mod browser;
 mod clickhouse_store;
 mod faults;

@@ -1,0 +1,84 @@
+//! The query API under generated input: schemathesis (PyPI) reads the
+//! server's own OpenAPI document and sends thousands of requests built from
+//! it, valid and invalid (wrong types, out-of-range numbers, odd strings,
+//! missing fields), to every events, insights, cohorts and people operation.
+//! Whatever it sends, the answer must not be a 5xx.
+//!
+//! It runs from the same virtualenv as the SDK clients
+//! (`LEANLOOP_TEST_PYTHON`); a missing schemathesis fails the test. The
+//! pipeline operations are left out: their runs start containers.
+
+use leanloop_tests::{message_id, TestServer};
+use serde_json::json;
+use std::path::PathBuf;
+use std::process::Command;
+
+/// The `schemathesis` command beside the test interpreter.
+fn schemathesis() -> PathBuf {
+    let python = std::env::var("LEANLOOP_TEST_PYTHON").unwrap_or_else(|_| "python3".into());
+    PathBuf::from(python).with_file_name("schemathesis")
+}
+
+/// Test cases schemathesis reports as generated and as passed, from its
+/// summary line (`N generated, N passed`).
+fn summary(output: &str) -> Option<(u64, u64)> {
+    let line = output.lines().rev().find(|l| l.contains(" generated, "))?;
+    let number_before = |word: &str| -> Option<u64> {
+        let at = line.find(word)?;
+        line[..at].trim_end().rsplit(|c: char| !c.is_ascii_digit()).next()?.parse().ok()
+    };
+    Some((number_before(" generated")?, number_before(" passed")?))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn generated_requests_never_get_a_server_error() {
+    let s = TestServer::start().await;
+    // Some traffic, so the queries have rows, people and releases to read.
+    let at = "2024-05-01T10:00:00.000Z";
+    let mut batch = Vec::new();
+    for i in 0..40 {
+        batch.push(
+            json!({"type": "track", "event": (["signup", "checkout", "pay"][i % 3]), "userId": format!("u{}", i % 7),
+            "messageId": message_id(), "timestamp": at, "context": {"app": {"version": format!("1.{}", i % 2)}},
+            "properties": {"plan": (["pro", "free"][i % 2]), "amount": i}}),
+        );
+    }
+    assert_eq!(s.post("/v1/batch", &json!({"batch": batch})).await.status(), 200);
+    s.settle().await;
+
+    // Every path's project id is this server's project.
+    let config = tempfile::tempdir().unwrap();
+    std::fs::write(config.path().join("schemathesis.toml"), format!("[parameters]\n\"path.id\" = {}\n", s.project.id))
+        .unwrap();
+    let command = schemathesis();
+    let mut run = Command::new(&command);
+    run.current_dir(config.path())
+        .arg("run")
+        .arg(s.url("/api/openapi.json"))
+        .args(["--url", &s.base])
+        .args(["-H", &format!("Authorization: Bearer {}", s.project.read_key)])
+        .args(["--checks", "not_a_server_error", "--max-examples", "25", "--generation-deterministic"])
+        .args(["--include-path-regex", "/(events|insights|cohorts|people)"])
+        .env("NO_COLOR", "1");
+    let output = tokio::task::spawn_blocking(move || run.output())
+        .await
+        .unwrap()
+        .unwrap_or_else(|e| panic!("cannot run {} ({e}); install tests/clients/requirements.txt", command.display()));
+    let text = format!("{}\n{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    assert!(output.status.success(), "schemathesis found server errors or could not run:\n{text}");
+    let (generated, passed) = summary(&text).unwrap_or_else(|| panic!("no summary in schemathesis' output:\n{text}"));
+    // A run that selected nothing also succeeds: it must have sent requests.
+    assert!(generated >= 500, "only {generated} requests generated:\n{text}");
+    assert_eq!(passed, generated, "{text}");
+    // The server still takes and stores events afterwards.
+    let after = json!({"userId": "after", "event": "after_fuzz", "messageId": message_id()});
+    assert_eq!(s.post("/v1/track", &after).await.status(), 200);
+    assert_eq!(s.count(&[("name", "after_fuzz")]).await, 1);
+}
+
+#[test]
+fn reads_the_summary_line() {
+    assert_eq!(summary("x\n  2300 generated, 2300 passed\n"), Some((2300, 2300)));
+    assert_eq!(summary("  12 generated, 11 passed, 1 failed"), Some((12, 11)));
+    assert_eq!(summary("no summary"), None);
+}
