@@ -16,6 +16,9 @@ pub enum StoreError {
     ClickHouse(#[from] clickhouse::error::Error),
     #[error("event store configuration: {0}")]
     Config(String),
+    /// Earlier inserts, whose rows a write must see first, still run.
+    #[error("clickhouse: {0} earlier inserts are still running; the write waits for them to end")]
+    InFlight(u64),
     /// A query needed more memory than the store may use; names the limit.
     #[error("the query needs more memory than the event store may use ({0}); narrow its date range or filters, or raise the limit")]
     QueryMemory(String),

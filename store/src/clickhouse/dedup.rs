@@ -63,9 +63,15 @@ impl KeySource for ClickHouseKeys<'_> {
             let projects: BTreeSet<i64> = chunk.iter().map(|e| e.project_id).collect();
             let projects: Vec<String> = projects.iter().map(i64::to_string).collect();
             let uuids: Vec<String> = chunk.iter().map(|e| format!("'{}'", e.uuid.hyphenated())).collect();
-            // The time range lets ClickHouse skip partitions and granules.
-            let first = chunk.iter().map(|e| e.timestamp_ms).min().unwrap_or(0).div_euclid(1000);
-            let last = chunk.iter().map(|e| e.timestamp_ms).max().unwrap_or(0).div_euclid(1000);
+            // The time range lets ClickHouse skip partitions and granules. It
+            // is wide because one event's timestamp differs between its
+            // attempts when it depends on when it was received (no client
+            // timestamp, clock-skew correction, the future clamp): a stored
+            // copy is at most the dedup window older, or a clamped one up to
+            // a day newer.
+            let (window, day) = (self.window.as_secs() as i64, 86_400);
+            let first = chunk.iter().map(|e| e.timestamp_ms).min().unwrap_or(0).div_euclid(1000) - window - day;
+            let last = chunk.iter().map(|e| e.timestamp_ms).max().unwrap_or(0).div_euclid(1000) + day;
             let sql = format!(
                 "SELECT project_id, uuid FROM events
                  WHERE project_id IN ({}) AND timestamp BETWEEN toDateTime({}) AND toDateTime({})

@@ -12,6 +12,7 @@
 //! blocks on it.
 
 mod dedup;
+mod fence;
 mod read;
 mod schema;
 mod write;
@@ -23,7 +24,7 @@ use crate::{Dialect, EventFilter, EventStore, Rows, Select, StoreError, UserReco
 use leanloop_core::{Event, UserUpdate};
 use std::future::Future;
 use std::sync::Mutex;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Where the server is and how the store uses it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -116,20 +117,36 @@ pub struct ClickHouseStore {
     runtime: Option<tokio::runtime::Runtime>,
     seen: Mutex<SeenKeys>,
     options: ClickHouseOptions,
+    database: String,
+    /// Set when an insert failed: it may still be running, unseen. The next
+    /// write waits for inserts older than this (`fence.rs`), then looks up
+    /// every key, the filter aside.
+    fence: Mutex<Option<Instant>>,
 }
 
 impl ClickHouseStore {
     /// Connects, creates the database and applies migrations, and loads the
     /// dedup filter. Fails when the server cannot be reached.
     pub fn open(options: &ClickHouseOptions) -> Result<ClickHouseStore, StoreError> {
+        let opened = Instant::now();
         let endpoint = Endpoint::parse(&options.url)?;
         let runtime = small_runtime()?;
         let client = endpoint.client(true);
         let version = block(&runtime, schema::migrate(&endpoint.client(false), &client, &endpoint.database, options))?;
+        // The dedup filter must hold what a dead predecessor's inserts still
+        // store, or a client's retry of those events would pass unchecked.
+        block(&runtime, fence::wait_for_older_inserts(&client, &endpoint.database, opened))?;
         let keys = dedup::ClickHouseKeys { client: &client, runtime: &runtime, window: options.dedup_window };
         let seen = SeenKeys::load(&keys, MIN_CAPACITY)?;
         tracing::info!(server = %version, database = %endpoint.database, "ClickHouse event store ready");
-        Ok(ClickHouseStore { client, runtime: Some(runtime), seen: Mutex::new(seen), options: options.clone() })
+        Ok(ClickHouseStore {
+            client,
+            runtime: Some(runtime),
+            seen: Mutex::new(seen),
+            options: options.clone(),
+            database: endpoint.database,
+            fence: Mutex::new(None),
+        })
     }
 
     fn runtime(&self) -> &tokio::runtime::Runtime {
@@ -199,6 +216,15 @@ impl ClickHouseStore {
         check_all: bool,
     ) -> Result<WriteOutcome, StoreError> {
         let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        // No look-up may run while a failed insert of the same records may
+        // still land.
+        let mut pending = self.fence.lock().unwrap_or_else(|p| p.into_inner());
+        let mut check_all = check_all;
+        if let Some(since) = *pending {
+            self.block(fence::wait_for_older_inserts(&self.client, &self.database, since))?;
+            *pending = None;
+            check_all = true;
+        }
         let keys =
             dedup::ClickHouseKeys { client: &self.client, runtime: self.runtime(), window: self.options.dedup_window };
         let fresh = seen.new_events(&keys, events, check_all)?;
@@ -207,7 +233,11 @@ impl ClickHouseStore {
         // gone mid-request) may still have landed, so its retry must find
         // these keys "maybe seen" and look them up.
         seen.record(&keys, rows.iter().copied())?;
-        self.block(write::events(&self.client, &rows))?;
+        if let Err(err) = self.block(write::events(&self.client, &self.database, &rows)) {
+            // The server may go on with it: the retry waits for it to end.
+            *pending = Some(Instant::now());
+            return Err(err);
+        }
         self.block(write::users(&self.client, users))?;
         Ok(WriteOutcome { inserted: rows.len(), duplicates: events.len() - rows.len() })
     }

@@ -125,15 +125,19 @@ fn month(event: &Event) -> i64 {
 
 /// As few INSERTs as the partition limit allows, normally one: ClickHouse
 /// makes one part per partition per insert, so fewer, larger inserts are
-/// what keep merges cheap.
-pub async fn events(client: &clickhouse::Client, events: &[&Event]) -> Result<(), StoreError> {
+/// what keep merges cheap. Each insert carries a query id naming
+/// `database` (`fence.rs`).
+pub async fn events(client: &clickhouse::Client, database: &str, events: &[&Event]) -> Result<(), StoreError> {
     let mut by_month: BTreeMap<i64, Vec<&Event>> = BTreeMap::new();
     for event in events {
         by_month.entry(month(event)).or_default().push(event);
     }
     let months: Vec<Vec<&Event>> = by_month.into_values().collect();
     for group in months.chunks(MONTHS_PER_INSERT) {
-        let mut insert = client.insert::<EventRow<'static>>("events").await?;
+        let mut insert = client
+            .insert::<EventRow<'static>>("events")
+            .await?
+            .with_setting("query_id", super::fence::query_id(database));
         for event in group.iter().flatten() {
             insert.write(&row(event)).await?;
         }

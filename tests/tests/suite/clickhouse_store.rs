@@ -154,3 +154,25 @@ async fn a_batch_spanning_150_months_and_thousands_of_people_is_stored() {
     assert_eq!(ch::totals(&ch::shared(), &database).await, (1150, 1150));
     assert_eq!(s.user_traits(&format!("999-{}", "p".repeat(200))).await, Some(json!({"i": 999})));
 }
+
+/// A retry is the same event even when its timestamp comes out different:
+/// clock-skew correction moves it by when each attempt was received (here
+/// a client whose second attempt carries an older `sentAt`), as does the
+/// lack of a client timestamp. Stored once on both stores.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_retry_whose_corrected_time_moved_is_stored_once_on_both_stores() {
+    let (clickhouse, _) = on_clickhouse().await;
+    let duckdb = TestServer::start().await;
+    for s in [&clickhouse, &duckdb] {
+        let id = message_id();
+        let attempt = |sent_at: &str| {
+            json!({"userId": "u", "event": "retried", "messageId": id, "timestamp": "2024-05-01T10:00:00.000Z",
+                   "sentAt": sent_at})
+        };
+        assert_eq!(s.post("/v1/track", &attempt("2024-05-01T10:00:01.000Z")).await.status(), 200);
+        s.settle().await;
+        // Corrected times 5 s apart: in another second, even another minute.
+        assert_eq!(s.post("/v1/track", &attempt("2024-05-01T09:59:56.000Z")).await.status(), 200);
+        assert_eq!(s.count(&[("name", "retried")]).await, 1);
+    }
+}

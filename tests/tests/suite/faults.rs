@@ -2,7 +2,9 @@
 //! time: every acknowledged event is stored exactly once whatever the store
 //! or the process does (acknowledged ⊆ stored, count() = uniqExact(uuid)).
 
-use leanloop_store::clickhouse::ClickHouseOptions;
+use leanloop_core::{Event, EventKind};
+use leanloop_store::clickhouse::{ClickHouseOptions, ClickHouseStore};
+use leanloop_store::{EventStore, WriteOutcome};
 use leanloop_tests::clickhouse::{self as ch, fresh_database, store_url, Private};
 use leanloop_tests::load::{self, Outcome};
 use leanloop_tests::process::Process;
@@ -213,4 +215,97 @@ async fn two_collectors_into_one_clickhouse_store_exact_totals() {
     assert_eq!(count, both.acknowledged.len() as u64, "totals are exact");
     ca.terminate();
     cb.terminate();
+}
+
+/// A dead process's insert of 2,000 events, still running on the server
+/// (slowed by `sleepEachRow(row_sleep)` over blocks of `block_rows`), while
+/// the next process opens the store and writes the same events: replayed
+/// from the log, or sent again by a client that got no answer. Returns the
+/// write's outcome, the table's (count, uniqExact(uuid)) and whether the
+/// predecessor's insert succeeded.
+async fn write_beside_a_running_insert(
+    row_sleep: f64,
+    block_rows: usize,
+    replayed: bool,
+) -> (WriteOutcome, (u64, u64), bool) {
+    let http = ch::shared();
+    let database = fresh_database();
+    let options = ClickHouseOptions::new(store_url(&http, &database));
+    drop(
+        tokio::task::spawn_blocking({
+            let options = options.clone();
+            move || ClickHouseStore::open(&options).unwrap()
+        })
+        .await
+        .unwrap(),
+    );
+    let events: Vec<Event> = (0..2_000u128)
+        .map(|n| Event::new(uuid::Uuid::from_u128(n + 1), 1, EventKind::Track, "replayed", 1_714_557_600_000))
+        .collect();
+
+    // The predecessor's insert, tagged as every insert is.
+    let uuids: Vec<String> = events.iter().map(|e| format!("'{}'", e.uuid)).collect();
+    let query_id = format!("leanloop-events-{database}-{}", uuid::Uuid::new_v4());
+    let slow_insert = format!(
+        "INSERT INTO {database}.events (uuid, project_id, kind, name, timestamp, timestamp_ms, received_at_ms, properties)
+         SELECT toUUID(arrayElement([{}], toUInt32(number + 1))), 1, 'track', 'replayed', toDateTime(1714557600),
+             1714557600000, {received_at_ms}, '{{}}'
+         FROM numbers(2000) WHERE sleepEachRow({row_sleep}) = 0
+         SETTINGS max_block_size = {block_rows}",
+        uuids.join(","),
+        // Received now, as a predecessor's events are: within the dedup window.
+        received_at_ms = chrono::Utc::now().timestamp_millis(),
+    );
+    let insert = tokio::spawn(
+        reqwest::Client::new()
+            .post(format!("{}/", http.trim_end_matches('/')))
+            .query(&[("query_id", query_id.as_str())])
+            .body(slow_insert)
+            .send(),
+    );
+    let running = format!("SELECT count() FROM system.processes WHERE query_id = '{query_id}' FORMAT TSV");
+    eventually_within("the insert to run", Duration::from_secs(30), || async {
+        (ch::query(&http, &running).await.trim() == "1").then_some(())
+    })
+    .await;
+
+    // The next process opens the store and writes the same records.
+    let store = tokio::task::spawn_blocking(move || ClickHouseStore::open(&options).unwrap()).await.unwrap();
+    let outcome = tokio::task::spawn_blocking(move || match replayed {
+        true => store.write_replayed(&events, &[]).unwrap(),
+        false => store.write(&events, &[]).unwrap(),
+    })
+    .await
+    .unwrap();
+    // Ended one way or the other: the fence waited for it, or killed it.
+    let succeeded = insert.await.unwrap().is_ok_and(|answer| answer.status().is_success());
+    (outcome, ch::totals(&http, &database).await, succeeded)
+}
+
+/// The race a SIGKILL can leave behind, played out exactly: the next
+/// process's store waits for the dead process's insert to end before it
+/// loads its dedup filter, so both the replay and a client's retry find the
+/// rows and store none of them again. (Without the wait, the replay's
+/// look-up and the retry's filter find nothing, and all 2,000 are stored a
+/// second time.)
+#[tokio::test(flavor = "multi_thread")]
+async fn a_restart_waits_for_an_insert_its_dead_predecessor_left_running() {
+    for replayed in [true, false] {
+        let (outcome, totals, insert_succeeded) = write_beside_a_running_insert(0.0014, 65_536, replayed).await;
+        assert!(insert_succeeded, "the predecessor's insert ran to its end");
+        assert_eq!((outcome.inserted, outcome.duplicates), (0, 2_000), "replayed {replayed}: rows found");
+        assert_eq!(totals, (2_000, 2_000), "replayed {replayed}");
+    }
+}
+
+/// An insert from before the start that outlasts the fence's patience (a
+/// client gone mid-body) is killed, so it stores nothing: the replay
+/// stores every event once.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_restart_kills_an_older_insert_that_will_not_end() {
+    // 2,000 rows at 10 ms: 20 s, past the 10 s the fence waits.
+    let (outcome, totals, insert_succeeded) = write_beside_a_running_insert(0.01, 200, true).await;
+    assert!(!insert_succeeded, "the predecessor's insert was killed");
+    assert_eq!((outcome.inserted, outcome.duplicates), (2_000, 0), "the killed insert stored nothing");
+    assert_eq!(totals, (2_000, 2_000));
 }
