@@ -185,6 +185,12 @@ where
     }
 }
 
+/// The Python interpreter of the virtualenv holding the real SDK clients and
+/// schemathesis (`LEANLOOP_TEST_PYTHON`, which the test script sets).
+pub fn test_python() -> String {
+    std::env::var("LEANLOOP_TEST_PYTHON").unwrap_or_else(|_| "python3".into())
+}
+
 /// A fresh message id.
 pub fn message_id() -> String {
     uuid::Uuid::new_v4().to_string()

@@ -1,7 +1,8 @@
 //! ClickHouse's side of uuid deduplication (see [`crate::seen`]): the filter
 //! holds the keys received within the dedup window, and "maybe seen" keys are
-//! looked up by uuid within the days their events belong to, which the
-//! table's order key makes cheap.
+//! looked up by uuid over the days a stored copy can belong to (the window
+//! before their timestamps, a day after), which the table's order key makes
+//! cheaper than a scan.
 
 use crate::seen::{Key, KeySource};
 use crate::StoreError;

@@ -8,15 +8,14 @@
 //! (`LEANLOOP_TEST_PYTHON`); a missing schemathesis fails the test. The
 //! pipeline operations are left out: their runs start containers.
 
-use leanloop_tests::{message_id, TestServer};
+use leanloop_tests::{message_id, test_python, TestServer};
 use serde_json::json;
 use std::path::PathBuf;
 use std::process::Command;
 
 /// The `schemathesis` command beside the test interpreter.
 fn schemathesis() -> PathBuf {
-    let python = std::env::var("LEANLOOP_TEST_PYTHON").unwrap_or_else(|_| "python3".into());
-    PathBuf::from(python).with_file_name("schemathesis")
+    PathBuf::from(test_python()).with_file_name("schemathesis")
 }
 
 /// Test cases schemathesis reports as generated and as passed, from its

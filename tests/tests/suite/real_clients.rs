@@ -5,22 +5,19 @@
 //! to a virtualenv with `tests/clients/requirements.txt` installed). Missing
 //! SDKs fail these tests: they are never skipped.
 
-use leanloop_tests::TestServer;
+use leanloop_tests::{test_python, TestServer};
 use std::path::PathBuf;
 use std::process::Command;
-
-fn python() -> String {
-    std::env::var("LEANLOOP_TEST_PYTHON").unwrap_or_else(|_| "python3".into())
-}
 
 /// Runs a client script against `s` off the async runtime.
 async fn run_client(s: &TestServer, script: &str) {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("clients").join(script);
     let (host, key) = (s.base.clone(), s.project.write_key.clone());
-    let output = tokio::task::spawn_blocking(move || Command::new(python()).arg(&path).arg(host).arg(key).output())
-        .await
-        .unwrap()
-        .unwrap_or_else(|e| panic!("cannot run {} ({e}); set LEANLOOP_TEST_PYTHON", python()));
+    let output =
+        tokio::task::spawn_blocking(move || Command::new(test_python()).arg(&path).arg(host).arg(key).output())
+            .await
+            .unwrap()
+            .unwrap_or_else(|e| panic!("cannot run {} ({e}); set LEANLOOP_TEST_PYTHON", test_python()));
     assert!(
         output.status.success(),
         "{script} failed:\n{}\n{}\n(install tests/clients/requirements.txt; the test script does)",
