@@ -13,6 +13,7 @@ mod body;
 mod config;
 mod enrich;
 mod error;
+mod flags;
 mod queue;
 mod routes;
 mod sdk;

@@ -1,4 +1,5 @@
-//! The ingest HTTP surface: Segment, PostHog and feedback endpoints with CORS.
+//! The ingest HTTP surface: Segment, PostHog and feedback endpoints (and
+//! PostHog's flag calls, `flags.rs`) with CORS.
 
 use crate::body::{read_limited, unpack, Packing};
 use crate::enrich::RequestFacts;
@@ -64,6 +65,10 @@ pub fn router(collector: Arc<Collector>) -> Router {
         .route("/batch/", route(Endpoint::PostHog))
         .route("/i/v0/e", route(Endpoint::PostHog))
         .route("/i/v0/e/", route(Endpoint::PostHog))
+        .route("/flags", post(crate::flags::answer))
+        .route("/flags/", post(crate::flags::answer))
+        .route("/decide", post(crate::flags::answer))
+        .route("/decide/", post(crate::flags::answer))
         .layer(cors())
         .merge(crate::sdk::router())
         .with_state(collector)
@@ -119,10 +124,7 @@ async fn ingest(
     if let Some(key) = &header_key {
         c.project_for(key)?;
     }
-    let compression = query.as_deref().and_then(|q| {
-        url::form_urlencoded::parse(q.as_bytes()).find(|(k, _)| k == "compression").map(|(_, v)| v.into_owned())
-    });
-    let packing = Packing::detect(&headers, compression.as_deref())?;
+    let packing = Packing::detect(&headers, compression(query.as_deref()).as_deref())?;
     let limit = c.config.max_body_bytes;
     let raw = read_limited(&headers, body, limit).await?;
     let facts = request_facts(&c, &headers, peer);
@@ -236,8 +238,14 @@ fn answer(endpoint: Endpoint, accepted: usize, rejected: Vec<(usize, IngestError
     Json(body).into_response()
 }
 
+/// PostHog's `compression` query parameter.
+pub(crate) fn compression(query: Option<&str>) -> Option<String> {
+    let query = query?;
+    url::form_urlencoded::parse(query.as_bytes()).find(|(k, _)| k == "compression").map(|(_, v)| v.into_owned())
+}
+
 /// A write key sent as the HTTP Basic user name (Segment) or a Bearer token.
-fn header_key(headers: &HeaderMap) -> Option<String> {
+pub(crate) fn header_key(headers: &HeaderMap) -> Option<String> {
     let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?.trim();
     let (scheme, rest) = value.split_once(' ')?;
     let key = if scheme.eq_ignore_ascii_case("basic") {
@@ -274,7 +282,7 @@ fn request_facts(c: &Collector, headers: &HeaderMap, peer: SocketAddr) -> Reques
 
 impl Collector {
     /// The project of a write key; secret keys and unknown keys are refused.
-    fn project_for(&self, key: &str) -> Result<Arc<leanloop_control::Project>, IngestError> {
+    pub(crate) fn project_for(&self, key: &str) -> Result<Arc<leanloop_control::Project>, IngestError> {
         match self.keys.lookup(key)? {
             Some((project, KeyKind::Write)) => Ok(project),
             Some((_, kind @ (KeyKind::Read | KeyKind::Deploy))) => Err(IngestError::SecretKeyUsed(kind.name())),

@@ -1,4 +1,5 @@
-"""Sends events, person properties, aliases and groups through posthog-python.
+"""Sends events, person properties, aliases and groups through posthog-python,
+and asks for feature flags (Leanloop answers that there are none).
 
 Usage: posthog_client.py HOST API_KEY
 Exits non-zero if the library reports any delivery error.
@@ -6,6 +7,7 @@ Exits non-zero if the library reports any delivery error.
 import sys
 
 from posthog import Posthog
+from posthog.request import flags
 
 host, api_key = sys.argv[1], sys.argv[2]
 errors = []
@@ -31,6 +33,16 @@ for gzip in (False, True):
         ph.capture("Bulk", distinct_id=f"ph-{tag}-bulk", properties={"i": i})
     ph.flush()
     ph.shutdown()
+
+# The SDK's own flags call raises on anything but a 200 it can read; the
+# client's helpers then fall back to "no flag".
+decision = flags(api_key, host, distinct_id="ph-plain-user", max_retries=0)
+if decision.get("flags") != {} or decision.get("errorsWhileComputingFlags") is not False:
+    errors.append(f"unexpected flags answer: {decision}")
+ph = Posthog(api_key, host=host, enable_local_evaluation=False)
+if ph.get_feature_flag("beta", "ph-plain-user", send_feature_flag_events=False) is not None or ph.get_all_flags("ph-plain-user") != {}:
+    errors.append("a flag came back where none exist")
+ph.shutdown()
 
 if errors:
     print("delivery errors:", errors)

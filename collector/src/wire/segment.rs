@@ -44,6 +44,9 @@ struct Context {
     release: Option<Text>,
     #[serde(alias = "session_id")]
     session_id: Option<Text>,
+    /// The user's traits as the client knows them; RudderStack's SDKs send
+    /// an identify's traits only here.
+    traits: Option<Box<RawValue>>,
 }
 
 #[derive(Deserialize, Default, Clone)]
@@ -87,7 +90,7 @@ impl Context {
     /// This message's context, with what it lacks taken from the batch's
     /// (Segment lets a batch carry one context for all its messages).
     fn or_batch(mut self, batch: &Context) -> Context {
-        fill!(self, batch; ip, user_agent, release, session_id);
+        fill!(self, batch; ip, user_agent, release, session_id, traits);
         fill_part(&mut self.page, &batch.page, |m, t| fill!(m, t; url, path, referrer));
         fill_part(&mut self.campaign, &batch.campaign, |m, t| fill!(m, t; name, source, medium, term, content));
         fill_part(&mut self.app, &batch.app, |m, t| fill!(m, t; version));
@@ -114,6 +117,22 @@ struct KnownProperties {
     referrer: Option<Text>,
     release: Option<Text>,
     session_id: Option<Text>,
+}
+
+impl KnownProperties {
+    /// Names whose quoted form must appear in the text for a known property
+    /// to be there, unless the names are written with escapes.
+    const QUOTED: [&'static str; 5] = ["\"url\"", "\"path\"", "\"referrer\"", "\"release\"", "\"session_id\""];
+
+    /// Reads them from properties text. Most events carry none, and a look
+    /// for their names costs a fraction of a parse.
+    fn of(properties: &str) -> KnownProperties {
+        let may_hold = properties.contains('\\') || Self::QUOTED.iter().any(|name| properties.contains(name));
+        if !may_hold {
+            return KnownProperties::default();
+        }
+        serde_json::from_str(properties).unwrap_or_default()
+    }
 }
 
 #[derive(Deserialize)]
@@ -184,7 +203,7 @@ fn incoming(
     let page = context.page.unwrap_or_default();
     let campaign = context.campaign.unwrap_or_default();
     let properties = object_text(m.properties, "properties")?;
-    let known: KnownProperties = serde_json::from_str(&properties).unwrap_or_default();
+    let known = KnownProperties::of(&properties);
 
     let name = match kind {
         EventKind::Track => Id::take(m.event).ok_or_else(|| IngestError::field("event", "`event` is required"))?,
@@ -196,7 +215,7 @@ fn incoming(
         return Err(IngestError::field("userId", "either `userId` or `anonymousId` is required"));
     }
     let traits = match kind {
-        EventKind::Identify => Some(object_text(m.traits, "traits")?),
+        EventKind::Identify => Some(identify_traits(m.traits, context.traits.as_deref())?),
         _ => None,
     };
     let previous_id = Id::take(m.previous_id);
@@ -245,6 +264,25 @@ fn incoming(
     })
 }
 
+/// An identify's traits: those of the message, over those of its context.
+fn identify_traits(own: Option<&RawValue>, context: Option<&RawValue>) -> Result<String, IngestError> {
+    let own = object_text(own, "traits")?;
+    let context = object_text(context, "context.traits")?;
+    if context == "{}" {
+        return Ok(own);
+    }
+    if own == "{}" {
+        return Ok(context);
+    }
+    let parse = |text: &str, field: &str| {
+        serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(text)
+            .map_err(|e| IngestError::field(field, e.to_string()))
+    };
+    let mut merged = parse(&context, "context.traits")?;
+    merged.extend(parse(&own, "traits")?);
+    Ok(serde_json::Value::Object(merged).to_string())
+}
+
 /// Adds a group id or previous id (and group traits) to the properties.
 fn with_extra(
     properties: &str,
@@ -290,6 +328,32 @@ mod tests {
     }
 
     #[test]
+    fn identify_traits_come_from_the_message_over_its_context() {
+        let identify = |text: &str| one(text, Call::Single(EventKind::Identify));
+        let traits = |text: &str| -> serde_json::Value {
+            serde_json::from_str(&identify(text).unwrap().traits.unwrap()).unwrap()
+        };
+        // RudderStack's SDKs send them in the context only.
+        let only_context = traits(r#"{"userId":"u","context":{"traits":{"email":"a@x.io"}}}"#);
+        assert_eq!(only_context, serde_json::json!({"email": "a@x.io"}));
+        let both =
+            traits(r#"{"userId":"u","traits":{"plan":"pro"},"context":{"traits":{"plan":"free","email":"a@x.io"}}}"#);
+        assert_eq!(both, serde_json::json!({"plan": "pro", "email": "a@x.io"}));
+        let batch = r#"{"context":{"traits":{"team":"core"}},"batch":[{"type":"identify","userId":"u"}]}"#;
+        let item = decode(batch, Call::Batch, 32 * 1024, 1000).unwrap().items.remove(0).unwrap();
+        assert_eq!(item.traits.as_deref(), Some(r#"{"team":"core"}"#));
+        match identify(r#"{"userId":"u","context":{"traits":[1]}}"#) {
+            Err(IngestError::BadField { field, .. }) => assert_eq!(field, "context.traits"),
+            other => panic!("expected a refusal naming context.traits, got {other:?}"),
+        }
+        let track = one(
+            r#"{"userId":"u","event":"e","context":{"traits":{"email":"a@x.io"}}}"#,
+            Call::Single(EventKind::Track),
+        );
+        assert_eq!(track.unwrap().traits, None, "only an identify changes the person");
+    }
+
+    #[test]
     fn track_takes_context_and_release() {
         let i = one(
             r#"{"userId":"u1","event":"Signed Up","messageId":"m1","properties":{"plan":"pro"},
@@ -332,6 +396,24 @@ mod tests {
         assert_eq!(i.name, "$pageview");
         assert_eq!(i.page_name.as_deref(), Some("Pricing"));
         assert_eq!(i.url.as_deref(), Some("https://x.io/p?utm_source=g"));
+    }
+
+    #[test]
+    fn known_properties_are_read_however_their_names_are_written() {
+        let props = |properties: &str| {
+            let text = format!(r#"{{"userId":"u","event":"e","properties":{properties}}}"#);
+            one(&text, Call::Single(EventKind::Track)).unwrap()
+        };
+        let escaped = props(r#"{"\u0075rl":"https://x.io/a","pa\u0074h":"/a","session_id":"s1"}"#);
+        assert_eq!(escaped.url.as_deref(), Some("https://x.io/a"));
+        assert_eq!(escaped.path.as_deref(), Some("/a"));
+        assert_eq!(escaped.session_id.as_deref(), Some("s1"));
+        let plain = props(r#"{"plan":"pro","release":"2.0","referrer":"https://r.io/"}"#);
+        assert_eq!(plain.release.as_deref(), Some("2.0"));
+        assert_eq!(plain.referrer.as_deref(), Some("https://r.io/"));
+        let none = props(r#"{"plan":"pro","urls":["https://x.io/"],"note":"url"}"#);
+        assert_eq!((none.url, none.path, none.release), (None, None, None));
+        assert_eq!(none.properties, r#"{"plan":"pro","urls":["https://x.io/"],"note":"url"}"#);
     }
 
     #[test]

@@ -3,6 +3,8 @@
 
 use super::server::Child;
 use anyhow::Result;
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
 use std::fmt::Write;
 use std::time::{Duration, Instant};
 
@@ -74,12 +76,12 @@ pub async fn run(server: &Child, shape: Shape, connections: usize, duration: Dur
             let client = reqwest::Client::builder().pool_max_idle_per_host(1).build()?;
             let mut out = Outcome::default();
             let mut body = String::new();
-            let mut n = 0u64;
+            let mut events = Events::new(connection);
             while Instant::now() < deadline {
                 body.clear();
                 match shape {
-                    Shape::Batch(size) => batch_body(&mut body, connection, &mut n, size),
-                    Shape::Single => event_json(&mut body, "s", connection, &mut n),
+                    Shape::Batch(size) => events.batch(&mut body, size),
+                    Shape::Single => events.one(&mut body, "s"),
                 }
                 let sent = Instant::now();
                 let response = client
@@ -113,27 +115,43 @@ pub async fn run(server: &Child, shape: Shape, connections: usize, duration: Dur
     Ok(total)
 }
 
-fn batch_body(body: &mut String, connection: usize, n: &mut u64, size: usize) {
-    body.push_str(r#"{"batch":["#);
-    for i in 0..size {
-        if i > 0 {
-            body.push(',');
-        }
-        event_json(body, "b", connection, n);
-    }
-    body.push_str("]}");
+/// Writes the events one connection sends, each with a unique message id.
+struct Events {
+    connection: usize,
+    sent: u64,
+    /// Random ids as SDKs send them, drawn without a system call each: the
+    /// load generator shares the server's two cores.
+    ids: SmallRng,
 }
 
-/// One realistic track event with a unique message id; the phase and
-/// connection ride in the properties.
-pub fn event_json(body: &mut String, phase: &str, connection: usize, n: &mut u64) {
-    *n += 1;
-    let _ = write!(
-        body,
-        r#"{{"type":"track","event":"checkout_step","userId":"user-{user}","messageId":"{id}","timestamp":"2026-01-15T10:00:00.000Z","properties":{{"step":{step},"plan":"pro","amount":12.5,"currency":"EUR","phase":"{phase}","connection":{connection}}},"context":{{"userAgent":"Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0.0.0 Safari/537.36","app":{{"version":"1.4.{step}"}},"page":{{"url":"https://shop.example/checkout?utm_source=newsletter&utm_campaign=spring","referrer":"https://www.google.com/"}},"library":{{"name":"bench"}}}}}}"#,
-        // A random UUID, as SDKs send.
-        id = uuid::Uuid::new_v4(),
-        user = *n % 5000,
-        step = *n % 4,
-    );
+impl Events {
+    fn new(connection: usize) -> Events {
+        Events { connection, sent: 0, ids: SmallRng::from_os_rng() }
+    }
+
+    fn batch(&mut self, body: &mut String, size: usize) {
+        body.push_str(r#"{"batch":["#);
+        for i in 0..size {
+            if i > 0 {
+                body.push(',');
+            }
+            self.one(body, "b");
+        }
+        body.push_str("]}");
+    }
+
+    /// One realistic track event; the phase and connection ride in the
+    /// properties.
+    fn one(&mut self, body: &mut String, phase: &str) {
+        self.sent += 1;
+        let n = self.sent;
+        let _ = write!(
+            body,
+            r#"{{"type":"track","event":"checkout_step","userId":"user-{user}","messageId":"{id}","timestamp":"2026-01-15T10:00:00.000Z","properties":{{"step":{step},"plan":"pro","amount":12.5,"currency":"EUR","phase":"{phase}","connection":{connection}}},"context":{{"userAgent":"Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0.0.0 Safari/537.36","app":{{"version":"1.4.{step}"}},"page":{{"url":"https://shop.example/checkout?utm_source=newsletter&utm_campaign=spring","referrer":"https://www.google.com/"}},"library":{{"name":"bench"}}}}}}"#,
+            id = uuid::Builder::from_random_bytes(self.ids.random()).into_uuid(),
+            user = n % 5000,
+            step = n % 4,
+            connection = self.connection,
+        );
+    }
 }

@@ -120,3 +120,56 @@ async fn pageviews_identify_and_set_map_onto_the_model() {
     assert_eq!(traits["plan"], "team", "a later $set wins");
     assert_eq!(s.identity("anon-9").await.as_deref(), Some("user-9"));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn flag_calls_get_no_flags_for_a_good_key_and_a_refusal_for_a_bad_one() {
+    let s = TestServer::start().await;
+    let key = s.project.write_key.clone();
+    let ask = |path: &str, body: Vec<u8>, content_type: &str| {
+        s.client.post(s.url(path)).header("content-type", content_type).body(body).send()
+    };
+    // posthog-js and the server SDKs: JSON with `token` or `api_key`.
+    for path in ["/flags/?v=2&config=true", "/flags", "/decide/?v=3", "/decide"] {
+        let body = json!({"token": key, "distinct_id": "d", "groups": {}}).to_string().into_bytes();
+        let r = ask(path, body, "application/json").await.unwrap();
+        assert_eq!(r.status(), 200, "{path}");
+        let answer: Value = r.json().await.unwrap();
+        assert_eq!((&answer["flags"], &answer["featureFlags"]), (&json!({}), &json!({})), "{path}: {answer}");
+        assert_eq!(answer["errorsWhileComputingFlags"], false);
+    }
+    // Older posthog-js: a base64 form body, and gzip-js.
+    let data = base64::engine::general_purpose::STANDARD.encode(json!({"token": key, "distinct_id": "d"}).to_string());
+    let form = format!("data={}", url_escape(&data)).into_bytes();
+    assert_eq!(ask("/decide/?v=3", form, "application/x-www-form-urlencoded").await.unwrap().status(), 200);
+    let gz = gzip(json!({"api_key": key, "distinct_id": "d"}).to_string().as_bytes());
+    assert_eq!(ask("/flags/?compression=gzip-js", gz, "text/plain").await.unwrap().status(), 200);
+
+    let refused = |body: Vec<u8>, status: u16, code: &'static str| async move {
+        let r = ask("/flags/", body, "application/json").await.unwrap();
+        assert_eq!(r.status(), status);
+        let error: Value = r.json().await.unwrap();
+        assert_eq!(error["error"]["code"], code, "{error}");
+        assert!(!error["error"]["message"].as_str().unwrap().is_empty(), "{error}");
+    };
+    let unknown = json!({"token": "no-such-key", "distinct_id": "d"}).to_string().into_bytes();
+    refused(unknown, 401, "unauthorized").await;
+    let secret = json!({"token": s.project.read_key, "distinct_id": "d"}).to_string().into_bytes();
+    refused(secret, 401, "unauthorized").await;
+    refused(b"{\"distinct_id\":\"d\"}".to_vec(), 401, "unauthorized").await;
+    refused(b"{not json".to_vec(), 400, "bad_request").await;
+    // Browsers ask first; the answer lets the page's origin read it.
+    let preflight = s
+        .client
+        .request(reqwest::Method::OPTIONS, s.url("/flags/"))
+        .header("origin", "https://app.example")
+        .header("access-control-request-method", "POST")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(preflight.headers()["access-control-allow-origin"], "https://app.example");
+    assert_eq!(s.count(&[]).await, 0, "a flags call stores no event");
+}
+
+fn url_escape(text: &str) -> String {
+    url::form_urlencoded::byte_serialize(text.as_bytes()).collect()
+}

@@ -1,5 +1,5 @@
 //! Compatibility with the real Python SDKs from PyPI, sending to a running
-//! server exactly as they would to Segment or PostHog.
+//! server exactly as they would to Segment, RudderStack or PostHog.
 //!
 //! The interpreter comes from `LEANLOOP_TEST_PYTHON` (the test script sets it
 //! to a virtualenv with `tests/clients/requirements.txt` installed). Missing
@@ -74,4 +74,34 @@ async fn posthog_python() {
         assert_eq!(s.identity(&format!("ph-{tag}-old")).await.as_deref(), Some(user.as_str()));
     }
     assert_eq!(s.count(&[("name", "$group")]).await, 2);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rudder_sdk_python() {
+    let s = TestServer::start().await;
+    run_client(&s, "rudder_client.py").await;
+    // 6 calls + 250 tracks, gzip-compressed (the SDK's default) and plain.
+    assert_eq!(s.count(&[]).await, 512);
+    for tag in ["gz", "plain"] {
+        assert_eq!(s.count(&[("user", &format!("rs-{tag}-bulk"))]).await, 250);
+        let user = format!("rs-{tag}-user");
+        let events = s.events(&[("user", &user)]).await;
+        let mut names: Vec<&str> = events.iter().map(|e| e["name"].as_str().unwrap()).collect();
+        names.sort_unstable();
+        assert_eq!(names, ["$alias", "$group", "$identify", "$pageview", "$screen", "Rudder Track"]);
+        let track = events.iter().find(|e| e["name"] == "Rudder Track").unwrap();
+        assert_eq!(track["release"], "3.2.1");
+        assert_eq!(track["ip"], "198.51.100.0");
+        assert_eq!(track["properties"]["tag"], tag);
+        assert_eq!(track["uuid"], leanloop_collector::event_uuid(Some(&format!("rs-{tag}-track-1"))).to_string());
+        let page = events.iter().find(|e| e["name"] == "$pageview").unwrap();
+        assert_eq!(page["page_name"], "Intro");
+        assert_eq!(page["utm_source"], "rs");
+        let group = events.iter().find(|e| e["name"] == "$group").unwrap();
+        assert_eq!(group["properties"]["$group_id"], format!("rs-{tag}-group"));
+        // The identify's traits travel in `context.traits` only.
+        assert_eq!(s.user_traits(&user).await.unwrap()["email"], format!("{tag}@rs.example"));
+        assert_eq!(s.identity(&format!("rs-{tag}-anon")).await, Some(user.clone()));
+        assert_eq!(s.identity(&format!("rs-{tag}-old")).await, Some(user));
+    }
 }

@@ -1,0 +1,69 @@
+//! PostHog's feature-flag calls, `/flags` and the older `/decide`, answered
+//! with no flags. Leanloop has no feature flags; PostHog's SDKs ask for them
+//! on start or on demand, and a team that switches by changing the host name
+//! should see them fall back to their defaults quietly, not log a failed
+//! request on every page. The key is checked as for capture, so a wrong key
+//! is still told so.
+
+use crate::body::{read_limited, unpack, Packing};
+use crate::routes::{compression, header_key};
+use crate::wire::{decode_item, Text};
+use crate::{Collector, IngestError};
+use axum::body::Body;
+use axum::extract::{RawQuery, State};
+use axum::http::HeaderMap;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use leanloop_core::ApiError;
+use serde::Deserialize;
+use serde_json::json;
+use std::sync::Arc;
+
+#[derive(Deserialize)]
+struct FlagsRequest {
+    token: Option<Text>,
+    api_key: Option<Text>,
+}
+
+/// The handler for every flags path.
+pub async fn answer(
+    State(c): State<Arc<Collector>>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    match no_flags(&c, query, headers, body).await {
+        Ok(answer) => answer.into_response(),
+        Err(err) => ApiError::from(err).into_response(),
+    }
+}
+
+async fn no_flags(
+    c: &Collector,
+    query: Option<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Json<serde_json::Value>, IngestError> {
+    let limit = c.config.max_event_bytes;
+    let packing = Packing::detect(&headers, compression(query.as_deref()).as_deref())?;
+    let raw = read_limited(&headers, body, limit).await?;
+    let json = unpack(raw, packing, limit)?;
+    let text = std::str::from_utf8(&json).map_err(|_| IngestError::BadJson("body is not UTF-8".into()))?;
+    let request: FlagsRequest = decode_item(text)?;
+    let key = header_key(&headers)
+        .or(Text::take(request.token))
+        .or(Text::take(request.api_key))
+        .ok_or(IngestError::MissingKey)?;
+    c.project_for(&key)?;
+    // Both shapes: `flags` (v2 of `/flags`) and `featureFlags` (`/decide`).
+    Ok(Json(json!({
+        "flags": {},
+        "featureFlags": {},
+        "featureFlagPayloads": {},
+        "errorsWhileComputingFlags": false,
+        "quotaLimited": [],
+        "requestId": uuid::Uuid::now_v7(),
+        "sessionRecording": false,
+        "supportedCompression": ["gzip", "gzip-js"],
+    })))
+}
