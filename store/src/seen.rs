@@ -6,11 +6,18 @@
 //! a Bloom filter of stored keys. A key the filter has never seen is new — no
 //! database work. A key it may have seen (a real retry, or a false positive at
 //! about one in ten thousand) is checked against the table. The filter is
-//! rebuilt from the table on start and whenever it outgrows its capacity.
+//! built from the table on start.
 //!
 //! What the filter covers is the backend's choice ([`KeySource`]): DuckDB
 //! loads every stored key; ClickHouse loads the keys received within its
 //! dedup window, so a retry older than the window is not recognised.
+//!
+//! When the filter outgrows its capacity, one that must know every key
+//! grows by another filter as large as all before it, each at half the
+//! false-positive rate of the one before (together they stay within twice
+//! the rate): a store of millions of events is not read again while
+//! deliveries wait. A window's filter is rebuilt from the table instead,
+//! which lets the keys that left the window go.
 
 use crate::StoreError;
 use fastbloom::BloomFilter;
@@ -36,10 +43,18 @@ pub trait KeySource {
     fn each_stored(&self, f: &mut dyn FnMut(Key)) -> Result<(), StoreError>;
     /// Which of `candidates` are stored (looked up exactly).
     fn stored_among(&self, candidates: &[&Event]) -> Result<HashSet<Key>, StoreError>;
+    /// Whether the filter covers every key ever stored, so it only grows.
+    fn keeps_every_key(&self) -> bool {
+        false
+    }
 }
 
 pub struct SeenKeys {
-    bloom: BloomFilter,
+    /// Oldest first; new keys go into the last.
+    blooms: Vec<BloomFilter>,
+    /// The newest filter's false-positive rate at its capacity.
+    rate: f64,
+    /// Keys all the filters together were sized for.
     pub(crate) capacity: usize,
     recorded: usize,
 }
@@ -49,16 +64,13 @@ impl SeenKeys {
     pub fn load(source: &dyn KeySource, min_capacity: usize) -> Result<SeenKeys, StoreError> {
         let stored = source.stored_count()?;
         let capacity = (stored * 2).max(min_capacity);
-        let mut seen = SeenKeys {
-            bloom: BloomFilter::with_false_pos(FALSE_POSITIVE_RATE).expected_items(capacity),
-            capacity,
-            recorded: 0,
-        };
+        let mut bloom = BloomFilter::with_false_pos(FALSE_POSITIVE_RATE).expected_items(capacity);
         let mut loaded = 0;
         source.each_stored(&mut |k| {
-            seen.bloom.insert(&k);
+            bloom.insert(&k);
             loaded += 1;
         })?;
+        let mut seen = SeenKeys { blooms: vec![bloom], rate: FALSE_POSITIVE_RATE, capacity, recorded: 0 };
         seen.recorded = loaded;
         tracing::debug!(loaded, capacity, "dedup filter loaded");
         Ok(seen)
@@ -82,7 +94,7 @@ impl SeenKeys {
             if !in_batch.insert(k) {
                 continue;
             }
-            if check_all || self.bloom.contains(&k) {
+            if check_all || self.blooms.iter().any(|bloom| bloom.contains(&k)) {
                 maybe.push(i);
             } else {
                 fresh.push(i);
@@ -98,8 +110,9 @@ impl SeenKeys {
     }
 
     /// Records keys as stored. When they would take the filter past its
-    /// capacity (its false-positive rate would climb), it is first rebuilt
-    /// from the source, larger.
+    /// capacity (its false-positive rate would climb), it first grows by a
+    /// new filter or is rebuilt from the source, larger (see the module
+    /// docs).
     pub fn record<'a>(
         &mut self,
         source: &dyn KeySource,
@@ -108,12 +121,26 @@ impl SeenKeys {
         let keys: Vec<Key> = stored.map(key).collect();
         if self.recorded + keys.len() > self.capacity {
             let min_capacity = self.capacity.max(keys.len() * 2);
-            *self = SeenKeys::load(source, min_capacity)?;
+            if source.keeps_every_key() {
+                self.rate /= 2.0;
+                self.blooms.push(BloomFilter::with_false_pos(self.rate).expected_items(min_capacity));
+                self.capacity += min_capacity;
+                tracing::debug!(filters = self.blooms.len(), capacity = self.capacity, "dedup filter grown");
+            } else {
+                *self = SeenKeys::load(source, min_capacity)?;
+            }
         }
+        let newest = self.blooms.last_mut().expect("a filter from the start");
         for k in &keys {
-            self.bloom.insert(k);
+            newest.insert(k);
         }
         self.recorded += keys.len();
         Ok(())
+    }
+
+    /// How many filters the keys are spread over.
+    #[cfg(test)]
+    pub(crate) fn filters(&self) -> usize {
+        self.blooms.len()
     }
 }
