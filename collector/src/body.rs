@@ -80,6 +80,11 @@ pub fn unpack(raw: Bytes, packing: Packing, limit: usize) -> Result<Bytes, Inges
     match packing {
         Packing::Plain => Ok(raw),
         Packing::Gzip => gunzip(&raw, limit),
+        // JSON under a form content type (`curl -d` sends one by default):
+        // a form's first field name cannot start with a bracket.
+        Packing::Form if raw.trim_ascii_start().starts_with(b"{") || raw.trim_ascii_start().starts_with(b"[") => {
+            Ok(raw)
+        }
         Packing::Form => {
             let data =
                 form_field(&raw, "data").ok_or_else(|| IngestError::field("data", "form body has no `data` field"))?;
@@ -147,6 +152,9 @@ mod tests {
         assert_eq!(&unpack(Bytes::from(form), Packing::Form, 100).unwrap()[..], json);
         assert!(unpack(Bytes::from_static(b"data=%%%"), Packing::Form, 100).is_err());
         assert!(unpack(Bytes::from_static(b"other=1"), Packing::Form, 100).is_err());
+        let json = br#" {"event":"sent as a form by curl -d"}"#;
+        assert_eq!(&unpack(Bytes::from_static(json), Packing::Form, 100).unwrap()[..], json);
+        assert_eq!(&unpack(Bytes::from_static(b"[1]"), Packing::Form, 100).unwrap()[..], b"[1]");
     }
 
     #[test]
