@@ -11,6 +11,7 @@ pub mod cohorts_api;
 pub mod config;
 pub mod connections;
 pub mod openapi;
+mod openapi_ingest;
 pub mod ops;
 pub mod pipeline_api;
 pub mod refusals;

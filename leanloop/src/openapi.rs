@@ -1,4 +1,5 @@
-//! The project API's OpenAPI document, served at `/api/openapi.json`. Request
+//! The OpenAPI document, served at `/api/openapi.json`: the project API here,
+//! the ingest endpoints in `openapi_ingest.rs`. Request
 //! and answer schemas are generated from the query and result types
 //! themselves (`schemars`), so the document cannot drift from what the
 //! server parses and returns; [`INSIGHTS`] is the one list of insight routes
@@ -130,6 +131,7 @@ pub fn document() -> Value {
 
     cohorts(&mut g, &mut paths);
     pipeline(&mut g, &mut paths);
+    crate::openapi_ingest::paths(&mut paths);
 
     let mut schemas = Map::new();
     for (name, s) in g.take_definitions(true) {
@@ -142,10 +144,11 @@ pub fn document() -> Value {
     );
     json!({
         "openapi": "3.0.3",
-        "info": {"title": "Leanloop read API", "version": env!("CARGO_PKG_VERSION"),
-                 "description": "Events and insights of a project, authorised by its secret read key as a Bearer token, and its delivery pipeline, authorised by its secret deploy key."},
+        "info": {"title": "Leanloop API", "version": env!("CARGO_PKG_VERSION"),
+                 "description": "Ingest (Segment's and PostHog's wire formats and Leanloop's feedback call), authorised by a project's public write key; events and insights of a project, authorised by its secret read key as a Bearer token; and its delivery pipeline, authorised by its secret deploy key."},
         "paths": paths,
         "components": {"schemas": schemas, "securitySchemes": {
+            "writeKey": {"type": "http", "scheme": "basic", "description": "The project's public write key (llw_…) as the user name, no password: ingest only. Also accepted as a Bearer token, or in the body (`writeKey`, `api_key`, `token`)"},
             "readKey": {"type": "http", "scheme": "bearer", "description": "The project's secret read key (llr_…): events and insights"},
             "deployKey": {"type": "http", "scheme": "bearer", "description": "The project's secret deploy key (lld_…): the pipeline"},
         }},

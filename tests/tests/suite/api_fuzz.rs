@@ -1,8 +1,9 @@
-//! The query API under generated input: schemathesis (PyPI) reads the
-//! server's own OpenAPI document and sends thousands of requests built from
-//! it, valid and invalid (wrong types, out-of-range numbers, odd strings,
-//! missing fields), to every events, insights, cohorts and people operation.
-//! Whatever it sends, the answer must not be a 5xx.
+//! The query and ingest APIs under generated input: schemathesis (PyPI)
+//! reads the server's own OpenAPI document and sends thousands of requests
+//! built from it, valid and invalid (wrong types, out-of-range numbers, odd
+//! strings, missing fields), to every events, insights, cohorts and people
+//! operation, and to every Segment, PostHog and feedback endpoint. Whatever
+//! it sends, the answer must not be a 5xx.
 //!
 //! It runs from the same virtualenv as the SDK clients
 //! (`LEANLOOP_TEST_PYTHON`); a missing schemathesis fails the test. The
@@ -29,6 +30,40 @@ fn summary(output: &str) -> Option<(u64, u64)> {
     Some((number_before(" generated")?, number_before(" passed")?))
 }
 
+/// Runs schemathesis against `s` on the operations whose paths match
+/// `paths`, authorised by `auth`, and checks that it sent at least
+/// `at_least` requests and that none got a 5xx.
+async fn fuzz(s: &TestServer, auth: [&str; 2], paths: &str, at_least: u64) {
+    // Every path's project id is this server's project.
+    let config = tempfile::tempdir().unwrap();
+    std::fs::write(config.path().join("schemathesis.toml"), format!("[parameters]\n\"path.id\" = {}\n", s.project.id))
+        .unwrap();
+    let command = schemathesis();
+    let mut run = Command::new(&command);
+    run.current_dir(config.path())
+        .arg("run")
+        .arg(s.url("/api/openapi.json"))
+        .args(["--url", &s.base])
+        .args(auth)
+        .args(["--checks", "not_a_server_error", "--max-examples", "25", "--generation-deterministic"])
+        .args(["--include-path-regex", paths])
+        .env("NO_COLOR", "1");
+    let output = tokio::task::spawn_blocking(move || run.output())
+        .await
+        .unwrap()
+        .unwrap_or_else(|e| panic!("cannot run {} ({e}); install tests/clients/requirements.txt", command.display()));
+    let text = format!("{}\n{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    assert!(output.status.success(), "schemathesis found server errors or could not run:\n{text}");
+    let (generated, passed) = summary(&text).unwrap_or_else(|| panic!("no summary in schemathesis' output:\n{text}"));
+    // A run that selected nothing also succeeds: it must have sent requests.
+    assert!(generated >= at_least, "only {generated} requests generated:\n{text}");
+    assert_eq!(passed, generated, "{text}");
+    // The server still takes and stores events afterwards.
+    let after = json!({"userId": "after", "event": "after_fuzz", "messageId": message_id()});
+    assert_eq!(s.post("/v1/track", &after).await.status(), 200);
+    assert_eq!(s.count(&[("name", "after_fuzz")]).await, 1);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn generated_requests_never_get_a_server_error() {
     let s = TestServer::start().await;
@@ -44,35 +79,34 @@ async fn generated_requests_never_get_a_server_error() {
     }
     assert_eq!(s.post("/v1/batch", &json!({"batch": batch})).await.status(), 200);
     s.settle().await;
+    let bearer = format!("Authorization: Bearer {}", s.project.read_key);
+    fuzz(&s, ["-H", &bearer], "/(events|insights|cohorts|people)", 500).await;
+}
 
-    // Every path's project id is this server's project.
-    let config = tempfile::tempdir().unwrap();
-    std::fs::write(config.path().join("schemathesis.toml"), format!("[parameters]\n\"path.id\" = {}\n", s.project.id))
-        .unwrap();
-    let command = schemathesis();
-    let mut run = Command::new(&command);
-    run.current_dir(config.path())
-        .arg("run")
-        .arg(s.url("/api/openapi.json"))
-        .args(["--url", &s.base])
-        .args(["-H", &format!("Authorization: Bearer {}", s.project.read_key)])
-        .args(["--checks", "not_a_server_error", "--max-examples", "25", "--generation-deterministic"])
-        .args(["--include-path-regex", "/(events|insights|cohorts|people)"])
-        .env("NO_COLOR", "1");
-    let output = tokio::task::spawn_blocking(move || run.output())
-        .await
+#[tokio::test(flavor = "multi_thread")]
+async fn generated_ingest_requests_never_get_a_server_error() {
+    let s = TestServer::start().await;
+    // Every documented ingest route exists: without a key it is refused,
+    // as unauthorised or, for a body it cannot read as its format, as bad.
+    let doc: serde_json::Value = s.client.get(s.url("/api/openapi.json")).send().await.unwrap().json().await.unwrap();
+    let ingest: Vec<&String> = doc["paths"]
+        .as_object()
         .unwrap()
-        .unwrap_or_else(|e| panic!("cannot run {} ({e}); install tests/clients/requirements.txt", command.display()));
-    let text = format!("{}\n{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
-    assert!(output.status.success(), "schemathesis found server errors or could not run:\n{text}");
-    let (generated, passed) = summary(&text).unwrap_or_else(|| panic!("no summary in schemathesis' output:\n{text}"));
-    // A run that selected nothing also succeeds: it must have sent requests.
-    assert!(generated >= 500, "only {generated} requests generated:\n{text}");
-    assert_eq!(passed, generated, "{text}");
-    // The server still takes and stores events afterwards.
-    let after = json!({"userId": "after", "event": "after_fuzz", "messageId": message_id()});
-    assert_eq!(s.post("/v1/track", &after).await.status(), 200);
-    assert_eq!(s.count(&[("name", "after_fuzz")]).await, 1);
+        .iter()
+        .filter(|(_, item)| item["post"]["tags"][0] == "ingest")
+        .map(|(path, _)| path)
+        .collect();
+    assert!(ingest.len() >= 15, "{ingest:?}");
+    for path in ingest {
+        let status =
+            s.client.post(s.url(path)).json(&json!({"event": "e", "userId": "u"})).send().await.unwrap().status();
+        assert!(status == 401 || status == 400, "{path}: {status}");
+    }
+    let basic = format!("{}:", s.project.write_key);
+    fuzz(&s, ["--auth", &basic], "^/(v1/|capture/|batch/|e/|i/v0/e/|flags/|decide/)", 300).await;
+    // What was acknowledged is readable: the events API answers and counts.
+    let stored = s.count(&[]).await;
+    assert_eq!(s.events(&[("limit", "1000")]).await.len() as u64, stored.min(1000));
 }
 
 #[test]
