@@ -19,9 +19,6 @@ pub enum StoreError {
     /// Earlier inserts, whose rows a write must see first, still run.
     #[error("clickhouse: {0} earlier inserts are still running; the write waits for them to end")]
     InFlight(u64),
-    /// The system would not start a thread a write needs.
-    #[error("could not start a thread for the write: {0}")]
-    Thread(String),
     /// A query needed more memory than the store may use; names the limit.
     #[error("the query needs more memory than the event store may use ({0}); narrow its date range or filters, or raise the limit")]
     QueryMemory(String),

@@ -1,9 +1,8 @@
 //! The loop that ships the log to the event store.
 //!
 //! A store write starts as soon as anything durable is undelivered. It pulls
-//! the log's records a chunk at a time ([`EventStore::write_stream`]),
-//! decoded on a reader thread one chunk ahead of the store, so at most two
-//! chunks of decoded events are in memory however large the write; it
+//! the log's records a chunk at a time ([`EventStore::write_stream`]), so
+//! only one chunk of decoded events is in memory however large the write; it
 //! takes what becomes durable meanwhile, up to `write_batch_events`, and
 //! when it has caught up with the log it waits at most the delivery interval
 //! (from its first record) for more. A store whose writes get much cheaper
@@ -23,11 +22,11 @@
 use super::record::{self, Next};
 use super::{segments, Shared, State};
 use crate::queue::write_with_retry;
-use leanloop_store::{Chunk, EventStore, StoreError, WriteOutcome};
+use leanloop_store::{Chunk, EventStore};
 use std::fs::File;
 use std::io::{BufReader, Read, Seek, SeekFrom, Take};
 use std::path::PathBuf;
-use std::sync::{mpsc, Arc};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Events decoded from the log before they are handed to the store.
@@ -70,8 +69,9 @@ impl Delivery {
             let mut end = from;
             let mut failure = None;
             let mut write = || {
-                let written;
-                (written, end, failure) = self.write_from(&mut cursor, from);
+                let mut records = Records::new(&self, &mut cursor, from);
+                let written = self.store.write_stream(&mut records);
+                (end, failure) = (records.position, records.failure.take());
                 written
             };
             let stored = write_with_retry(&mut write, &|| self.shared.lock().abandon);
@@ -139,44 +139,6 @@ impl Delivery {
         }
     }
 
-    /// One store write from `from`: a reader thread decodes the log's
-    /// next chunk while the store appends the one before, so the store's
-    /// thread does only the store's work. Answers the write's outcome, the
-    /// log position past the last chunk the store took, and why reading
-    /// stopped early, if it did.
-    fn write_from(
-        &self,
-        cursor: &mut Option<Cursor>,
-        from: u64,
-    ) -> (Result<WriteOutcome, StoreError>, u64, Option<String>) {
-        std::thread::scope(|scope| {
-            // A handoff, not a queue: the reader holds its next chunk until
-            // the store takes it, so at most two are in memory.
-            let (handoff, chunks) = mpsc::sync_channel::<(Chunk, u64)>(0);
-            let reader = std::thread::Builder::new().name("log-reader".into()).spawn_scoped(scope, move || {
-                let mut records = Records::new(self, cursor, from);
-                while let Some(chunk) = records.next() {
-                    // The store stopped taking chunks: the write ended.
-                    if handoff.send((chunk, records.position)).is_err() {
-                        break;
-                    }
-                }
-                records.failure
-            });
-            let reader = match reader {
-                Ok(reader) => reader,
-                Err(e) => return (Err(StoreError::Thread(format!("log reader: {e}"))), from, None),
-            };
-            let mut taken = Taken { chunks, position: from };
-            let written = self.store.write_stream(&mut taken);
-            let position = taken.position;
-            // Dropping the receiver ends a reader the store stopped pulling.
-            drop(taken);
-            let failure = reader.join().unwrap_or_else(|_| Some("the log reader panicked".into()));
-            (written, position, failure)
-        })
-    }
-
     /// Reads the record at `position`, opening the segment that holds it.
     fn read_record(
         &self,
@@ -205,23 +167,6 @@ impl Delivery {
             }
             Next::End | Next::Torn => Err("record below the durable end is missing or damaged".into()),
         }
-    }
-}
-
-/// The chunks the reader thread hands over, and the log position past the
-/// last one the store took.
-struct Taken {
-    chunks: mpsc::Receiver<(Chunk, u64)>,
-    position: u64,
-}
-
-impl Iterator for Taken {
-    type Item = Chunk;
-
-    fn next(&mut self) -> Option<Chunk> {
-        let (chunk, position) = self.chunks.recv().ok()?;
-        self.position = position;
-        Some(chunk)
     }
 }
 
