@@ -9,13 +9,9 @@ import sys
 from posthog import Posthog
 from posthog.request import flags
 
+from reporting import errors, finish, on_error
+
 host, api_key = sys.argv[1], sys.argv[2]
-errors = []
-
-
-def on_error(error, batch):
-    errors.append(repr(error))
-
 
 for gzip in (False, True):
     tag = "gz" if gzip else "plain"
@@ -44,7 +40,4 @@ if ph.get_feature_flag("beta", "ph-plain-user", send_feature_flag_events=False) 
     errors.append("a flag came back where none exist")
 ph.shutdown()
 
-if errors:
-    print("delivery errors:", errors)
-    sys.exit(1)
-print("sent")
+finish()

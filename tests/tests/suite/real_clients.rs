@@ -26,32 +26,51 @@ async fn run_client(s: &TestServer, script: &str) {
     );
 }
 
+/// A Segment-API client's run: per tag (plain, gz) the six call types
+/// under `{prefix}-{tag}-…` ids, then 250 tracks.
+struct SegmentRun {
+    prefix: &'static str,
+    track: &'static str,
+    release: &'static str,
+    /// The IP the client put in the context, anonymised.
+    ip: &'static str,
+}
+
+/// Checks that everything a [`SegmentRun`] sent is stored as sent.
+async fn check_segment_run(s: &TestServer, run: SegmentRun) {
+    let SegmentRun { prefix, track: track_name, release, ip } = run;
+    // 6 calls + 250 tracks, plain and gzip-compressed.
+    assert_eq!(s.count(&[]).await, 512);
+    for tag in ["plain", "gz"] {
+        assert_eq!(s.count(&[("user", &format!("{prefix}-{tag}-bulk"))]).await, 250);
+        let user = format!("{prefix}-{tag}-user");
+        let events = s.events(&[("user", &user)]).await;
+        let mut names: Vec<&str> = events.iter().map(|e| e["name"].as_str().unwrap()).collect();
+        names.sort_unstable();
+        assert_eq!(names, ["$alias", "$group", "$identify", "$pageview", "$screen", track_name]);
+        let track = events.iter().find(|e| e["name"] == track_name).unwrap();
+        assert_eq!(track["release"], release);
+        assert_eq!(track["library"], "analytics-python");
+        assert_eq!(track["ip"], ip);
+        assert_eq!(track["properties"]["tag"], tag);
+        let message_id = format!("{prefix}-{tag}-track-1");
+        assert_eq!(track["uuid"], leanloop_collector::event_uuid(Some(&message_id)).to_string());
+        let page = events.iter().find(|e| e["name"] == "$pageview").unwrap();
+        assert_eq!(page["page_name"], "Intro");
+        assert_eq!(page["utm_source"], prefix);
+        let group = events.iter().find(|e| e["name"] == "$group").unwrap();
+        assert_eq!(group["properties"]["$group_id"], format!("{prefix}-{tag}-group"));
+        assert_eq!(s.user_traits(&user).await.unwrap()["email"], format!("{tag}@{prefix}.example"));
+        assert_eq!(s.identity(&format!("{prefix}-{tag}-anon")).await, Some(user.clone()));
+        assert_eq!(s.identity(&format!("{prefix}-{tag}-old")).await, Some(user));
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn segment_analytics_python() {
     let s = TestServer::start().await;
     run_client(&s, "segment_client.py").await;
-    // 6 calls + 250 tracks, plain and gzip-compressed.
-    assert_eq!(s.count(&[]).await, 512);
-    for tag in ["plain", "gz"] {
-        assert_eq!(s.count(&[("user", &format!("py-{tag}-bulk"))]).await, 250);
-        let user = format!("py-{tag}-user");
-        let events = s.events(&[("user", &user)]).await;
-        let mut names: Vec<&str> = events.iter().map(|e| e["name"].as_str().unwrap()).collect();
-        names.sort_unstable();
-        assert_eq!(names, ["$alias", "$group", "$identify", "$pageview", "$screen", "Python Track"]);
-        let track = events.iter().find(|e| e["name"] == "Python Track").unwrap();
-        assert_eq!(track["release"], "5.0.0");
-        assert_eq!(track["library"], "analytics-python");
-        assert_eq!(track["ip"], "192.0.2.0");
-        assert_eq!(track["properties"]["tag"], tag);
-        assert_eq!(track["uuid"], leanloop_collector::event_uuid(Some(&format!("py-{tag}-track-1"))).to_string());
-        let page = events.iter().find(|e| e["name"] == "$pageview").unwrap();
-        assert_eq!(page["page_name"], "Intro");
-        assert_eq!(page["utm_source"], "py");
-        assert_eq!(s.user_traits(&user).await.unwrap()["email"], format!("{tag}@py.example"));
-        assert_eq!(s.identity(&format!("py-{tag}-anon")).await, Some(user.clone()));
-        assert_eq!(s.identity(&format!("py-{tag}-old")).await, Some(user));
-    }
+    check_segment_run(&s, SegmentRun { prefix: "py", track: "Python Track", release: "5.0.0", ip: "192.0.2.0" }).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -79,29 +98,9 @@ async fn posthog_python() {
 #[tokio::test(flavor = "multi_thread")]
 async fn rudder_sdk_python() {
     let s = TestServer::start().await;
+    // RudderStack's SDK gzips by default, and sends an identify's traits in
+    // `context.traits` only.
     run_client(&s, "rudder_client.py").await;
-    // 6 calls + 250 tracks, gzip-compressed (the SDK's default) and plain.
-    assert_eq!(s.count(&[]).await, 512);
-    for tag in ["gz", "plain"] {
-        assert_eq!(s.count(&[("user", &format!("rs-{tag}-bulk"))]).await, 250);
-        let user = format!("rs-{tag}-user");
-        let events = s.events(&[("user", &user)]).await;
-        let mut names: Vec<&str> = events.iter().map(|e| e["name"].as_str().unwrap()).collect();
-        names.sort_unstable();
-        assert_eq!(names, ["$alias", "$group", "$identify", "$pageview", "$screen", "Rudder Track"]);
-        let track = events.iter().find(|e| e["name"] == "Rudder Track").unwrap();
-        assert_eq!(track["release"], "3.2.1");
-        assert_eq!(track["ip"], "198.51.100.0");
-        assert_eq!(track["properties"]["tag"], tag);
-        assert_eq!(track["uuid"], leanloop_collector::event_uuid(Some(&format!("rs-{tag}-track-1"))).to_string());
-        let page = events.iter().find(|e| e["name"] == "$pageview").unwrap();
-        assert_eq!(page["page_name"], "Intro");
-        assert_eq!(page["utm_source"], "rs");
-        let group = events.iter().find(|e| e["name"] == "$group").unwrap();
-        assert_eq!(group["properties"]["$group_id"], format!("rs-{tag}-group"));
-        // The identify's traits travel in `context.traits` only.
-        assert_eq!(s.user_traits(&user).await.unwrap()["email"], format!("{tag}@rs.example"));
-        assert_eq!(s.identity(&format!("rs-{tag}-anon")).await, Some(user.clone()));
-        assert_eq!(s.identity(&format!("rs-{tag}-old")).await, Some(user));
-    }
+    check_segment_run(&s, SegmentRun { prefix: "rs", track: "Rudder Track", release: "3.2.1", ip: "198.51.100.0" })
+        .await;
 }
