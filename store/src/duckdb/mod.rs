@@ -10,6 +10,7 @@ mod memory;
 mod read;
 mod schema;
 mod sessions;
+mod staged;
 mod write;
 
 use crate::{Chunk, Column, Dialect, EventFilter, EventStore, Rows, Select, StoreError, UserRecord, WriteOutcome};

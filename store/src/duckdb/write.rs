@@ -1,19 +1,16 @@
-//! Writing a batch: drop already-stored uuids, append the rest to `events`
-//! as Arrow record batches (columnar, no per-value calls), merge people, and
-//! commit — all in one transaction, which a streamed write fills a chunk at
-//! a time.
+//! Writing a batch: drop already-stored uuids, insert the rest into
+//! `events` through DuckDB's parallel scan of them (`staged.rs`), merge
+//! people, and commit — all in one transaction, which a streamed write
+//! fills a chunk at a time.
 
 use super::dedup::DuckKeys;
+use super::staged::Staged;
 use super::{schema, sessions};
 use crate::seen::{SeenKeys, MIN_CAPACITY};
 use crate::{Chunk, StoreError, WriteOutcome};
-use ::duckdb::arrow::array::{
-    ArrayRef, BooleanArray, FixedSizeBinaryArray, Int64Array, StringArray, TimestampMicrosecondArray,
-};
-use ::duckdb::arrow::datatypes::{DataType, Field, Schema, TimeUnit};
-use ::duckdb::arrow::record_batch::RecordBatch;
 use ::duckdb::{params, Connection};
 use leanloop_core::{Event, UserUpdate};
+use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -21,7 +18,7 @@ use std::time::{Duration, Instant};
 pub struct Writer {
     conn: Connection,
     pub(super) seen: SeenKeys,
-    schema: Arc<Schema>,
+    staged: Staged,
     /// When session parts were last compacted (`sessions.rs`), and whether
     /// writes came since.
     compacted_at: Instant,
@@ -31,8 +28,8 @@ pub struct Writer {
 impl Writer {
     pub fn new(conn: Connection) -> Result<Writer, StoreError> {
         let seen = SeenKeys::load(&DuckKeys(&conn), MIN_CAPACITY)?;
-        let mut writer =
-            Writer { conn, seen, schema: Arc::new(arrow_schema()), compacted_at: Instant::now(), dirty: true };
+        let staged = Staged::register(&conn)?;
+        let mut writer = Writer { conn, seen, staged, compacted_at: Instant::now(), dirty: true };
         // What earlier runs (or the migration) left uncompacted; should it
         // fail, the thread tries again when due.
         writer.compact_sessions_logged();
@@ -41,7 +38,7 @@ impl Writer {
 
     pub fn write(&mut self, events: &[Event], users: &[UserUpdate]) -> Result<WriteOutcome, StoreError> {
         let tx = self.conn.unchecked_transaction()?;
-        let outcome = append(&tx, &mut self.seen, &self.schema, events, users, false)?;
+        let outcome = append(&tx, &mut self.seen, &self.staged, Cow::Borrowed(events), users, false)?;
         tx.commit()?;
         self.dirty = true;
         Ok(outcome)
@@ -82,7 +79,8 @@ impl Writer {
         let tx = self.conn.unchecked_transaction()?;
         let mut outcome = WriteOutcome::default();
         for chunk in chunks {
-            let part = append(&tx, &mut self.seen, &self.schema, &chunk.events, &chunk.users, chunk.replayed)?;
+            let part =
+                append(&tx, &mut self.seen, &self.staged, Cow::Owned(chunk.events), &chunk.users, chunk.replayed)?;
             outcome.inserted += part.inserted;
             outcome.duplicates += part.duplicates;
         }
@@ -180,81 +178,34 @@ impl Writer {
 fn append(
     conn: &Connection,
     seen: &mut SeenKeys,
-    schema: &Arc<Schema>,
-    events: &[Event],
+    staged: &Staged,
+    events: Cow<'_, [Event]>,
     users: &[UserUpdate],
     check_all: bool,
 ) -> Result<WriteOutcome, StoreError> {
-    let fresh = seen.new_events(&DuckKeys(conn), events, check_all)?;
-    let rows: Vec<&Event> = fresh.iter().map(|&i| &events[i]).collect();
+    let fresh = seen.new_events(&DuckKeys(conn), &events, check_all)?;
+    let received = events.len();
+    let rows = take_fresh(events, &fresh);
     if !rows.is_empty() {
-        let mut appender = conn.appender("events")?;
-        appender.append_record_batch(record_batch(schema, &rows)?)?;
-        appender.flush()?;
-        sessions::append(conn, &rows)?;
+        let rows = Arc::new(rows);
+        staged.insert(conn, rows.clone())?;
+        sessions::append(conn, &rows.iter().collect::<Vec<_>>())?;
+        seen.record(&DuckKeys(conn), rows.iter())?;
     }
     write_users(conn, users)?;
-    seen.record(&DuckKeys(conn), rows.iter().copied())?;
-    Ok(WriteOutcome { inserted: rows.len(), duplicates: events.len() - rows.len() })
+    Ok(WriteOutcome { inserted: fresh.len(), duplicates: received - fresh.len() })
 }
 
-/// The Arrow schema matching `events`, column for column.
-fn arrow_schema() -> Schema {
-    let uuid = Field::new("uuid", DataType::FixedSizeBinary(16), false)
-        .with_metadata(std::collections::HashMap::from([("ARROW:extension:name".to_owned(), "arrow.uuid".to_owned())]));
-    let fields: Vec<Field> = schema::EVENT_COLUMNS
-        .iter()
-        .map(|&c| match c {
-            "project_id" => Field::new(c, DataType::Int64, false),
-            "uuid" => uuid.clone(),
-            "timestamp" | "received_at" => Field::new(c, DataType::Timestamp(TimeUnit::Microsecond, None), false),
-            "timestamp_clamped" => Field::new(c, DataType::Boolean, false),
-            "kind" | "name" | "properties" => Field::new(c, DataType::Utf8, false),
-            _ => Field::new(c, DataType::Utf8, true),
-        })
-        .collect();
-    Schema::new(fields)
-}
-
-fn record_batch(schema: &Arc<Schema>, rows: &[&Event]) -> Result<RecordBatch, StoreError> {
-    let text =
-        |f: fn(&Event) -> Option<&str>| -> ArrayRef { Arc::new(rows.iter().map(|e| f(e)).collect::<StringArray>()) };
-    let micros = |f: fn(&Event) -> i64| -> ArrayRef {
-        Arc::new(TimestampMicrosecondArray::from(rows.iter().map(|e| f(e).saturating_mul(1000)).collect::<Vec<_>>()))
-    };
-    let uuids = FixedSizeBinaryArray::try_from_iter(rows.iter().map(|e| e.uuid.into_bytes()))?;
-    let columns: Vec<ArrayRef> = vec![
-        Arc::new(Int64Array::from(rows.iter().map(|e| e.project_id).collect::<Vec<_>>())),
-        Arc::new(uuids),
-        text(|e| Some(e.kind.as_str())),
-        text(|e| Some(e.name.as_str())),
-        micros(|e| e.timestamp_ms),
-        micros(|e| e.received_at_ms),
-        Arc::new(rows.iter().map(|e| Some(e.timestamp_clamped)).collect::<BooleanArray>()),
-        text(|e| e.anonymous_id.as_deref()),
-        text(|e| e.user_id.as_deref()),
-        text(|e| e.session_id.as_deref()),
-        text(|e| e.release.as_deref()),
-        text(|e| e.url.as_deref()),
-        text(|e| e.path.as_deref()),
-        text(|e| e.page_name.as_deref()),
-        text(|e| e.referrer.as_deref()),
-        text(|e| e.referrer_domain.as_deref()),
-        text(|e| e.utm_source.as_deref()),
-        text(|e| e.utm_medium.as_deref()),
-        text(|e| e.utm_campaign.as_deref()),
-        text(|e| e.utm_term.as_deref()),
-        text(|e| e.utm_content.as_deref()),
-        text(|e| e.browser.as_deref()),
-        text(|e| e.browser_version.as_deref()),
-        text(|e| e.os.as_deref()),
-        text(|e| e.device_type.as_deref()),
-        text(|e| e.country.as_deref()),
-        text(|e| e.ip.as_deref()),
-        text(|e| e.library.as_deref()),
-        text(|e| Some(e.properties.as_str())),
-    ];
-    Ok(RecordBatch::try_new(schema.clone(), columns)?)
+/// The events at `fresh` (ascending indices): moved out when owned, else cloned.
+fn take_fresh(events: Cow<'_, [Event]>, fresh: &[usize]) -> Vec<Event> {
+    match events {
+        Cow::Borrowed(events) => fresh.iter().map(|&i| events[i].clone()).collect(),
+        Cow::Owned(events) if fresh.len() == events.len() => events,
+        Cow::Owned(events) => {
+            let mut keep = fresh.iter().copied().peekable();
+            events.into_iter().enumerate().filter(|&(i, _)| keep.next_if_eq(&i).is_some()).map(|(_, e)| e).collect()
+        }
+    }
 }
 
 /// Upserts traits and first links of anonymous ids. Traits: what was set
