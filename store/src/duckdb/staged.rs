@@ -1,5 +1,6 @@
-//! The events a write is storing, offered to DuckDB as the table function
-//! `leanloop_staged_events()`, so that one `INSERT ... SELECT` stores them.
+//! The events a write is storing, offered to DuckDB as a table function
+//! (`leanloop_staged_events_N()`), so that one `INSERT ... SELECT` stores
+//! them.
 //!
 //! DuckDB scans a table function on all its threads: each takes the next
 //! vector's worth of events and writes their values straight into DuckDB's
@@ -9,7 +10,9 @@
 //!
 //! The writer fills a slot for one statement and empties it afterwards; a
 //! scan takes its own reference to the slot's events when it starts, so any
-//! query calling the function sees a whole write's events or none.
+//! query calling the function sees a whole write's events or none. Each
+//! writer registers a function of its own name: registering a name again
+//! replaces the function database-wide, and with it the slot it reads.
 
 use super::schema;
 use crate::StoreError;
@@ -18,20 +21,26 @@ use ::duckdb::vtab::{BindInfo, InitInfo, TableFunctionInfo, VTab};
 use ::duckdb::{ffi, Connection};
 use leanloop_core::Event;
 use std::error::Error;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-const FUNCTION: &str = "leanloop_staged_events";
+/// Numbers the functions registered in this process.
+static REGISTERED: AtomicU64 = AtomicU64::new(0);
 
-/// The slot a writer hands its events to DuckDB through.
-#[derive(Clone, Default)]
-pub struct Staged(Arc<Mutex<Option<Arc<Vec<Event>>>>>);
+/// The slot a writer hands its events to DuckDB through, and the name of
+/// the function that reads it.
+#[derive(Clone)]
+pub struct Staged {
+    slot: Arc<Mutex<Option<Arc<Vec<Event>>>>>,
+    function: Arc<str>,
+}
 
 impl Staged {
-    /// Registers the table function (for the whole database) over a new slot.
+    /// Registers a table function (for the whole database) over a new slot.
     pub fn register(conn: &Connection) -> Result<Staged, StoreError> {
-        let staged = Staged::default();
-        conn.register_table_function_with_extra_info::<Scan, _>(FUNCTION, &staged)?;
+        let function = format!("leanloop_staged_events_{}", REGISTERED.fetch_add(1, Ordering::Relaxed));
+        let staged = Staged { slot: Arc::default(), function: function.into() };
+        conn.register_table_function_with_extra_info::<Scan, _>(&staged.function, &staged)?;
         Ok(staged)
     }
 
@@ -39,7 +48,7 @@ impl Staged {
     pub fn insert(&self, conn: &Connection, rows: Arc<Vec<Event>>) -> Result<(), StoreError> {
         *self.slot() = Some(rows);
         let inserted = conn
-            .prepare_cached(&format!("INSERT INTO events SELECT * FROM {FUNCTION}()"))
+            .prepare_cached(&format!("INSERT INTO events SELECT * FROM {}()", self.function))
             .and_then(|mut s| s.execute([]));
         *self.slot() = None;
         inserted?;
@@ -47,7 +56,7 @@ impl Staged {
     }
 
     fn slot(&self) -> MutexGuard<'_, Option<Arc<Vec<Event>>>> {
-        self.0.lock().unwrap_or_else(|p| p.into_inner())
+        self.slot.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
@@ -201,8 +210,8 @@ mod tests {
             1_700_000_000_000 + i64::from(n),
         );
         e.received_at_ms = e.timestamp_ms + 17;
-        e.timestamp_clamped = n % 2 == 0;
-        let some = |i: u32| (n + i) % 3 != 0;
+        e.timestamp_clamped = n.is_multiple_of(2);
+        let some = |i: u32| !(n + i).is_multiple_of(3);
         let text = |i: u32| Some(format!("{i}:{}\u{0}ü", "y".repeat(((n + i) % 16) as usize)));
         e.anonymous_id = text(1).filter(|_| some(1));
         e.user_id = text(2).filter(|_| some(2));
@@ -257,7 +266,12 @@ mod tests {
             conn.query_row("SELECT CAST(min(uuid) AS VARCHAR) FROM events", [], |r| r.get(0)).unwrap();
         assert_eq!(smallest, expected[0].uuid.to_string());
         // The slot is empty between writes: a stray call sees no rows.
-        let stray: i64 = conn.query_row(&format!("SELECT count(*) FROM {FUNCTION}()"), [], |r| r.get(0)).unwrap();
-        assert_eq!(stray, 0);
+        let count = |sql: &str| -> i64 { conn.query_row(sql, [], |r| r.get(0)).unwrap() };
+        assert_eq!(count(&format!("SELECT count(*) FROM {}()", staged.function)), 0);
+        // A second writer on the same database has a slot of its own.
+        let other = Staged::register(&conn).unwrap();
+        assert_ne!(other.function, staged.function);
+        staged.insert(&conn, Arc::new(vec![event(u32::MAX)])).unwrap();
+        assert_eq!(count("SELECT count(*) FROM events"), rows.len() as i64 + 1);
     }
 }
