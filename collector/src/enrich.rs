@@ -53,7 +53,8 @@ impl Enricher {
         Enricher { agents: Mutex::new(LruCache::new(capacity)), sessions }
     }
 
-    /// Completes one event; returns it with the person update it implies.
+    /// Completes one event, but for a missing session id (`assign_sessions`,
+    /// once per batch); returns it with the person update it implies.
     pub fn finish(&self, i: Incoming, req: &RequestFacts) -> Result<(Event, Option<UserUpdate>), IngestError> {
         let kind = i.kind.unwrap_or(EventKind::Track);
         let (timestamp_ms, timestamp_clamped) = corrected_time(&i, req.received_at_ms);
@@ -72,11 +73,6 @@ impl Enricher {
 
         let ip = i.ip.as_deref().and_then(|s| s.trim().parse::<IpAddr>().ok()).or(req.client_ip);
         let ip = ip.map(|ip| if req.store_full_ip { ip.to_string() } else { anonymise(ip).to_string() });
-
-        let session_id = i.session_id.or_else(|| {
-            let who = i.anonymous_id.as_deref().or(i.user_id.as_deref())?;
-            Some(self.sessions.session_for(req.project_id, who, timestamp_ms))
-        });
 
         // Identify links the anonymous id to the user, alias the previous id.
         let link = match kind {
@@ -106,7 +102,8 @@ impl Enricher {
             timestamp_clamped,
             anonymous_id: i.anonymous_id,
             user_id: i.user_id,
-            session_id,
+            // Filled for the whole batch by `assign_sessions` when missing.
+            session_id: i.session_id,
             release: i.release,
             url: i.url,
             path,
@@ -128,6 +125,11 @@ impl Enricher {
             properties: i.properties,
         };
         Ok((event, update.filter(|u| !u.user_id.is_empty())))
+    }
+
+    /// Server-side sessions for the finished events that came without one.
+    pub fn assign_sessions(&self, events: &mut [Event]) {
+        self.sessions.assign(events);
     }
 
     fn agent(&self, ua: &str) -> Arc<Agent> {
@@ -319,7 +321,8 @@ mod tests {
             user_agent: Some("Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0.0.0 Safari/537.36".into()),
             ..incoming()
         };
-        let (e, _) = enricher().finish(i, &facts()).unwrap();
+        let enricher = enricher();
+        let (e, _) = enricher.finish(i, &facts()).unwrap();
         assert_eq!(e.path.as_deref(), Some("/pricing"));
         assert_eq!(e.utm_source.as_deref(), Some("news"));
         assert_eq!(e.utm_medium.as_deref(), Some("email"));
@@ -330,7 +333,9 @@ mod tests {
         assert_eq!(e.device_type.as_deref(), Some("desktop"));
         assert_eq!(e.ip.as_deref(), Some("203.0.113.0"));
         assert_eq!(e.country.as_deref(), Some("NZ"));
-        assert!(e.session_id.is_some());
+        let mut events = [e];
+        enricher.assign_sessions(&mut events);
+        assert!(events[0].session_id.is_some());
     }
 
     #[test]

@@ -195,6 +195,7 @@ fn process(
             }
         }
     }
+    c.enricher.assign_sessions(&mut events);
     if !endpoint.is_batch() {
         if let Some((_, err)) = rejected.pop() {
             return Err(err);

@@ -4,9 +4,10 @@
 //! Bounded: the least recently active people are forgotten first; a forgotten
 //! person who comes back simply starts a new session.
 
+use leanloop_core::Event;
 use lru::LruCache;
 use std::num::NonZeroUsize;
-use std::sync::Mutex;
+use std::sync::{Mutex, MutexGuard};
 use uuid::Uuid;
 
 /// A person, hashed: lookups allocate nothing, and a 64-bit collision
@@ -44,11 +45,31 @@ impl Sessions {
         Sessions { open: Mutex::new(LruCache::new(capacity)), timeout_ms: i64::from(timeout_minutes) * 60_000 }
     }
 
-    /// The session an event at `at_ms` by `who` belongs to. Events may arrive
-    /// out of order: one within the timeout of either end of the open session
-    /// joins it.
-    pub fn session_for(&self, project_id: i64, who: &str, at_ms: i64) -> String {
-        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+    /// Gives each event the client sent no session id for (and that has a
+    /// person) its server-side session, under one lock for the whole batch:
+    /// the request's workers would otherwise contend for it event by event.
+    pub fn assign(&self, events: &mut [Event]) {
+        let mut open = self.lock();
+        for event in events.iter_mut().filter(|e| e.session_id.is_none()) {
+            if let Some(who) = event.anonymous_id.as_deref().or(event.user_id.as_deref()) {
+                event.session_id = Some(self.joined(&mut open, event.project_id, who, event.timestamp_ms));
+            }
+        }
+    }
+
+    /// The session an event at `at_ms` by `who` belongs to.
+    #[cfg(test)]
+    fn session_for(&self, project_id: i64, who: &str, at_ms: i64) -> String {
+        self.joined(&mut self.lock(), project_id, who, at_ms)
+    }
+
+    fn lock(&self) -> MutexGuard<'_, LruCache<Person, Open>> {
+        self.open.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Events may arrive out of order: one within the timeout of either end
+    /// of the open session joins it.
+    fn joined(&self, open: &mut LruCache<Person, Open>, project_id: i64, who: &str, at_ms: i64) -> String {
         let key = person(project_id, who);
         if let Some(s) = open.get_mut(&key) {
             if at_ms >= s.first_ms - self.timeout_ms && at_ms <= s.last_ms + self.timeout_ms {
