@@ -5,8 +5,11 @@
 //! UUIDs), and ClickHouse has no unique index at all. Instead the writer keeps
 //! a Bloom filter of stored keys. A key the filter has never seen is new — no
 //! database work. A key it may have seen (a real retry, or a false positive at
-//! about one in ten thousand) is checked against the table. The filter is
-//! built from the table on start.
+//! about one in a million) is checked against the table. The filter is
+//! built from the table on start. The rate is that low because a look-up
+//! has no index to use: on DuckDB it scans the uuid column (18–38 ms at 10
+//! million events), and at one in ten thousand up to half of the log's
+//! 8,192-event chunks paid for one, a cost growing with the store.
 //!
 //! What the filter covers is the backend's choice ([`KeySource`]): DuckDB
 //! loads every stored key; ClickHouse loads the keys received within its
@@ -24,7 +27,7 @@ use fastbloom::BloomFilter;
 use leanloop_core::Event;
 use std::collections::HashSet;
 
-const FALSE_POSITIVE_RATE: f64 = 0.0001;
+const FALSE_POSITIVE_RATE: f64 = 0.000_001;
 /// Smallest capacity, so a new store does not rebuild after every few writes.
 pub const MIN_CAPACITY: usize = 1 << 20;
 
