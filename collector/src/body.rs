@@ -82,9 +82,7 @@ pub fn unpack(raw: Bytes, packing: Packing, limit: usize) -> Result<Bytes, Inges
         Packing::Gzip => gunzip(&raw, limit),
         // JSON under a form content type (`curl -d` sends one by default):
         // a form's first field name cannot start with a bracket.
-        Packing::Form if raw.trim_ascii_start().starts_with(b"{") || raw.trim_ascii_start().starts_with(b"[") => {
-            Ok(raw)
-        }
+        Packing::Form if matches!(raw.trim_ascii_start().first(), Some(b'{' | b'[')) => Ok(raw),
         Packing::Form => {
             let data =
                 form_field(&raw, "data").ok_or_else(|| IngestError::field("data", "form body has no `data` field"))?;
