@@ -11,23 +11,7 @@ pub struct Id(pub Option<String>);
 
 impl<'de> Deserialize<'de> for Id {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Id, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Raw {
-            S(String),
-            N(serde_json::Number),
-            Null(()),
-        }
-        match Raw::deserialize(d).map_err(|_| serde::de::Error::custom("expected a string or a number"))? {
-            Raw::S(s) => Ok(Id(non_empty(s))),
-            // Past 64 bits a number arrives rounded (1e40): two ids would
-            // merge, so only whole numbers are taken as ids.
-            Raw::N(n) if n.is_f64() => {
-                Err(serde::de::Error::custom("expected a string or a whole number of at most 64 bits"))
-            }
-            Raw::N(n) => Ok(Id(Some(n.to_string()))),
-            Raw::Null(()) => Ok(Id(None)),
-        }
+        d.deserialize_any(Scalar { id: true }).map(Id)
     }
 }
 
@@ -44,61 +28,83 @@ pub struct Text(pub Option<String>);
 
 impl<'de> Deserialize<'de> for Text {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Text, D::Error> {
-        d.deserialize_any(TextVisitor)
+        d.deserialize_any(Scalar { id: false }).map(Text)
     }
 }
 
-/// Keeps strings, numbers and booleans as text; skips anything else without
-/// building it.
-struct TextVisitor;
+/// Reads a scalar as text straight from the parser (no buffering of the
+/// value to try one shape after another); blank text counts as absent.
+/// For an [`Id`] only strings and whole numbers of 64 bits will do; for
+/// [`Text`] booleans and floats are text too, and structures are skipped
+/// without being built.
+struct Scalar {
+    id: bool,
+}
 
-impl<'de> serde::de::Visitor<'de> for TextVisitor {
-    type Value = Text;
+impl Scalar {
+    fn not_an_id<E: serde::de::Error>(&self) -> Result<(), E> {
+        match self.id {
+            true => Err(E::custom("expected a string or a number")),
+            false => Ok(()),
+        }
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for Scalar {
+    type Value = Option<String>;
 
     fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-        f.write_str("any JSON value")
+        f.write_str(if self.id { "a string or a number" } else { "any JSON value" })
     }
 
-    fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Text, E> {
-        Ok(Text((!v.trim().is_empty()).then(|| v.to_owned())))
+    fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Option<String>, E> {
+        Ok((!v.trim().is_empty()).then(|| v.to_owned()))
     }
 
-    fn visit_string<E: serde::de::Error>(self, v: String) -> Result<Text, E> {
-        Ok(Text(non_empty(v)))
+    fn visit_string<E: serde::de::Error>(self, v: String) -> Result<Option<String>, E> {
+        Ok(non_empty(v))
     }
 
-    fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Text, E> {
-        Ok(Text(Some(v.to_string())))
+    fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Option<String>, E> {
+        Ok(Some(v.to_string()))
     }
 
-    fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Text, E> {
-        Ok(Text(Some(v.to_string())))
+    fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Option<String>, E> {
+        Ok(Some(v.to_string()))
     }
 
-    fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<Text, E> {
-        Ok(Text(Some(v.to_string())))
+    /// Past 64 bits a number arrives rounded (1e40): two ids would merge,
+    /// so only whole numbers are taken as ids.
+    fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<Option<String>, E> {
+        match self.id {
+            true => Err(E::custom("expected a string or a whole number of at most 64 bits")),
+            false => Ok(Some(v.to_string())),
+        }
     }
 
-    fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<Text, E> {
-        Ok(Text(Some(v.to_string())))
+    fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<Option<String>, E> {
+        self.not_an_id()?;
+        Ok(Some(v.to_string()))
     }
 
-    fn visit_unit<E: serde::de::Error>(self) -> Result<Text, E> {
-        Ok(Text(None))
+    fn visit_unit<E: serde::de::Error>(self) -> Result<Option<String>, E> {
+        Ok(None)
     }
 
-    fn visit_none<E: serde::de::Error>(self) -> Result<Text, E> {
-        Ok(Text(None))
+    fn visit_none<E: serde::de::Error>(self) -> Result<Option<String>, E> {
+        Ok(None)
     }
 
-    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Text, A::Error> {
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Option<String>, A::Error> {
+        self.not_an_id()?;
         while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {}
-        Ok(Text(None))
+        Ok(None)
     }
 
-    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Text, A::Error> {
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Option<String>, A::Error> {
+        self.not_an_id()?;
         while map.next_entry::<serde::de::IgnoredAny, serde::de::IgnoredAny>()?.is_some() {}
-        Ok(Text(None))
+        Ok(None)
     }
 }
 
@@ -117,11 +123,46 @@ fn non_empty(s: String) -> Option<String> {
 }
 
 /// A timestamp as an ISO 8601 string or a number of ms since the epoch.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(untagged)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum TimeValue {
     Text(String),
     Millis(f64),
+}
+
+impl<'de> Deserialize<'de> for TimeValue {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<TimeValue, D::Error> {
+        d.deserialize_any(TimeVisitor)
+    }
+}
+
+struct TimeVisitor;
+
+impl serde::de::Visitor<'_> for TimeVisitor {
+    type Value = TimeValue;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("an ISO 8601 time or epoch milliseconds")
+    }
+
+    fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<TimeValue, E> {
+        Ok(TimeValue::Text(v.to_owned()))
+    }
+
+    fn visit_string<E: serde::de::Error>(self, v: String) -> Result<TimeValue, E> {
+        Ok(TimeValue::Text(v))
+    }
+
+    fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<TimeValue, E> {
+        Ok(TimeValue::Millis(v as f64))
+    }
+
+    fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<TimeValue, E> {
+        Ok(TimeValue::Millis(v as f64))
+    }
+
+    fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<TimeValue, E> {
+        Ok(TimeValue::Millis(v))
+    }
 }
 
 /// Parses an optional timestamp; `field` names it in the error.
@@ -203,5 +244,22 @@ mod tests {
         assert!(serde_json::from_str::<Id>("-9223372036854775809").is_err());
         assert!(serde_json::from_str::<Id>("1e40").is_err());
         assert!(serde_json::from_str::<Id>("1.5").is_err());
+        for other in ["true", "[1]", "{\"a\":1}"] {
+            let err = serde_json::from_str::<Id>(other).unwrap_err().to_string();
+            assert!(err.contains("expected a string or a number"), "{other}: {err}");
+        }
+        assert_eq!(serde_json::from_str::<Option<Id>>("null").unwrap(), None);
+    }
+
+    #[test]
+    fn times_read_as_text_or_milliseconds() {
+        let time = |json: &str| serde_json::from_str::<TimeValue>(json);
+        assert_eq!(time("\"2024-01-02T03:04:05Z\"").unwrap(), TimeValue::Text("2024-01-02T03:04:05Z".into()));
+        assert_eq!(time("1704164645678").unwrap(), TimeValue::Millis(1_704_164_645_678.0));
+        assert_eq!(time("-5").unwrap(), TimeValue::Millis(-5.0));
+        assert_eq!(time("1.5e12").unwrap(), TimeValue::Millis(1.5e12));
+        for other in ["true", "[1]", "{}"] {
+            assert!(time(other).is_err(), "{other}");
+        }
     }
 }

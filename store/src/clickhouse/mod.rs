@@ -13,17 +13,19 @@
 
 mod dedup;
 mod fence;
+mod props;
 mod read;
 mod schema;
 mod write;
 
 pub use schema::{cluster_ddl, ServerVersion};
 
-use crate::seen::{SeenKeys, MIN_CAPACITY};
-use crate::{Dialect, EventFilter, EventStore, Rows, Select, StoreError, UserRecord, WriteOutcome};
+use crate::seen::{key, Key, SeenKeys, MIN_CAPACITY};
+use crate::{Chunk, Dialect, EventFilter, EventStore, Rows, Select, StoreError, UserRecord, WriteOutcome};
 use leanloop_core::{Event, UserUpdate};
+use std::collections::HashSet;
 use std::future::Future;
-use std::sync::Mutex;
+use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 /// Where the server is and how the store uses it.
@@ -208,48 +210,100 @@ fn small_runtime() -> Result<tokio::runtime::Runtime, StoreError> {
         .map_err(|e| StoreError::Config(format!("starting the ClickHouse client runtime: {e}")))
 }
 
-impl ClickHouseStore {
-    fn write_events(
-        &self,
-        events: &[Event],
-        users: &[UserUpdate],
-        check_all: bool,
-    ) -> Result<WriteOutcome, StoreError> {
-        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+/// One write to `events` (and then `users`) under the store's locks: each
+/// batch of events is deduplicated and streamed into the open INSERT as it
+/// comes, so ClickHouse parses one while the next is being read.
+struct Writing<'s> {
+    store: &'s ClickHouseStore,
+    seen: MutexGuard<'s, SeenKeys>,
+    fence: MutexGuard<'s, Option<Instant>>,
+    check_all: bool,
+    inserts: write::Inserts<'s>,
+    /// Keys sent in this write: a repeat in a later batch would pass the
+    /// look-up, as the rows before it are not stored until the end.
+    sent: HashSet<Key>,
+    outcome: WriteOutcome,
+}
+
+impl<'s> Writing<'s> {
+    fn begin(store: &'s ClickHouseStore, check_all: bool) -> Result<Writing<'s>, StoreError> {
+        let seen = store.seen.lock().unwrap_or_else(|p| p.into_inner());
         // No look-up may run while a failed insert of the same records may
         // still land.
-        let mut pending = self.fence.lock().unwrap_or_else(|p| p.into_inner());
+        let mut fence = store.fence.lock().unwrap_or_else(|p| p.into_inner());
         let mut check_all = check_all;
-        if let Some(since) = *pending {
-            self.block(fence::wait_for_older_inserts(&self.client, &self.database, since))?;
-            *pending = None;
+        if let Some(since) = *fence {
+            store.block(fence::wait_for_older_inserts(&store.client, &store.database, since))?;
+            *fence = None;
             check_all = true;
         }
-        let keys =
-            dedup::ClickHouseKeys { client: &self.client, runtime: self.runtime(), window: self.options.dedup_window };
-        let fresh = seen.new_events(&keys, events, check_all)?;
-        let rows: Vec<&Event> = fresh.iter().map(|&i| &events[i]).collect();
+        let inserts = write::Inserts::new(&store.client, &store.database);
+        Ok(Writing { store, seen, fence, check_all, inserts, sent: HashSet::new(), outcome: WriteOutcome::default() })
+    }
+
+    /// Sends the events not stored yet; `replayed`: a dead process may have
+    /// stored any of them, so every key is looked up.
+    fn events(&mut self, events: &[Event], replayed: bool) -> Result<(), StoreError> {
+        let store = self.store;
+        let keys = dedup::ClickHouseKeys {
+            client: &store.client,
+            runtime: store.runtime(),
+            window: store.options.dedup_window,
+        };
+        let fresh = self.seen.new_events(&keys, events, self.check_all || replayed)?;
+        let rows: Vec<&Event> = fresh.iter().map(|&i| &events[i]).filter(|e| self.sent.insert(key(e))).collect();
         // Recorded before the insert: an insert whose answer is lost (server
         // gone mid-request) may still have landed, so its retry must find
         // these keys "maybe seen" and look them up.
-        seen.record(&keys, rows.iter().copied())?;
-        if let Err(err) = self.block(write::events(&self.client, &self.database, &rows)) {
-            // The server may go on with it: the retry waits for it to end.
-            *pending = Some(Instant::now());
-            return Err(err);
+        self.seen.record(&keys, rows.iter().copied())?;
+        let sent = store.block(self.inserts.write_all(&rows));
+        self.fenced(sent)?;
+        self.outcome.inserted += rows.len();
+        self.outcome.duplicates += events.len() - rows.len();
+        Ok(())
+    }
+
+    /// Waits until the events are stored, then writes the person updates.
+    fn finish(mut self, users: &[UserUpdate]) -> Result<WriteOutcome, StoreError> {
+        let ended = self.store.block(self.inserts.end());
+        self.fenced(ended)?;
+        self.store.block(write::users(&self.store.client, users))?;
+        Ok(self.outcome)
+    }
+
+    /// A failed insert may go on on the server: the retry waits for it to end.
+    fn fenced(&mut self, result: Result<(), StoreError>) -> Result<(), StoreError> {
+        if result.is_err() {
+            *self.fence = Some(Instant::now());
         }
-        self.block(write::users(&self.client, users))?;
-        Ok(WriteOutcome { inserted: rows.len(), duplicates: events.len() - rows.len() })
+        result
     }
 }
 
 impl EventStore for ClickHouseStore {
     fn write(&self, events: &[Event], users: &[UserUpdate]) -> Result<WriteOutcome, StoreError> {
-        self.write_events(events, users, false)
+        let mut writing = Writing::begin(self, false)?;
+        writing.events(events, false)?;
+        writing.finish(users)
     }
 
     fn write_replayed(&self, events: &[Event], users: &[UserUpdate]) -> Result<WriteOutcome, StoreError> {
-        self.write_events(events, users, true)
+        let mut writing = Writing::begin(self, true)?;
+        writing.events(events, true)?;
+        writing.finish(users)
+    }
+
+    /// Streams each chunk into the open INSERT as it is read, not gathering
+    /// the whole write first: reading the log and ClickHouse's parsing then
+    /// overlap, and one chunk of events is in memory at a time.
+    fn write_stream(&self, chunks: &mut dyn Iterator<Item = Chunk>) -> Result<WriteOutcome, StoreError> {
+        let mut writing = Writing::begin(self, false)?;
+        let mut users = Vec::new();
+        for chunk in chunks {
+            writing.events(&chunk.events, chunk.replayed)?;
+            users.extend(chunk.users);
+        }
+        writing.finish(&users)
     }
 
     fn count(&self, filter: &EventFilter) -> Result<u64, StoreError> {

@@ -7,7 +7,8 @@ use clickhouse::Row;
 use leanloop_core::{Event, UserUpdate};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::borrow::Cow;
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 use uuid::Uuid;
 
@@ -45,8 +46,8 @@ struct EventRow<'a> {
     ip: Option<&'a str>,
     library: Option<&'a str>,
     properties: &'a str,
-    prop_keys: Vec<String>,
-    prop_values: Vec<String>,
+    prop_keys: Vec<Cow<'a, str>>,
+    prop_values: Vec<Cow<'a, str>>,
 }
 
 /// `DateTime` holds seconds in `u32`: times outside it are pinned to its ends
@@ -55,27 +56,8 @@ pub fn clamp_seconds(seconds: i64) -> u32 {
     seconds.clamp(0, u32::MAX as i64) as u32
 }
 
-/// Top-level properties as parallel key and value arrays; strings as
-/// themselves, anything else as its JSON text. A `null` counts as not set,
-/// as it does for DuckDB's `json_extract_string`.
-fn flatten(properties: &str) -> (Vec<String>, Vec<String>) {
-    let Ok(Value::Object(map)) = serde_json::from_str::<Value>(properties) else {
-        return (Vec::new(), Vec::new());
-    };
-    map.into_iter()
-        .filter(|(_, v)| !v.is_null())
-        .map(|(k, v)| {
-            let v = match v {
-                Value::String(s) => s,
-                other => other.to_string(),
-            };
-            (k, v)
-        })
-        .unzip()
-}
-
 fn row(e: &Event) -> EventRow<'_> {
-    let (prop_keys, prop_values) = flatten(&e.properties);
+    let (prop_keys, prop_values) = super::props::flatten(&e.properties);
     EventRow {
         uuid: e.uuid,
         project_id: e.project_id,
@@ -123,27 +105,61 @@ fn month(event: &Event) -> i64 {
     chrono::DateTime::from_timestamp(seconds, 0).map(|t| t.year() as i64 * 12 + t.month0() as i64).unwrap_or(0)
 }
 
-/// As few INSERTs as the partition limit allows, normally one: ClickHouse
-/// makes one part per partition per insert, so fewer, larger inserts are
-/// what keep merges cheap. Each insert carries a query id naming
-/// `database` (`fence.rs`).
-pub async fn events(client: &clickhouse::Client, database: &str, events: &[&Event]) -> Result<(), StoreError> {
-    let mut by_month: BTreeMap<i64, Vec<&Event>> = BTreeMap::new();
-    for event in events {
-        by_month.entry(month(event)).or_default().push(event);
+/// One write's rows, streamed into ClickHouse as they come. ClickHouse makes
+/// one part per partition per insert, so fewer, larger inserts are what keep
+/// merges cheap: a new INSERT starts only when the next row would take the
+/// current one past [`MONTHS_PER_INSERT`]. Each carries a query id naming
+/// `database` (`fence.rs`). The server parses what was sent while the
+/// caller prepares more.
+pub struct Inserts<'c> {
+    client: &'c clickhouse::Client,
+    database: &'c str,
+    current: Option<clickhouse::insert::Insert<EventRow<'static>>>,
+    months: HashSet<i64>,
+}
+
+impl<'c> Inserts<'c> {
+    pub fn new(client: &'c clickhouse::Client, database: &'c str) -> Inserts<'c> {
+        Inserts { client, database, current: None, months: HashSet::new() }
     }
-    let months: Vec<Vec<&Event>> = by_month.into_values().collect();
-    for group in months.chunks(MONTHS_PER_INSERT) {
-        let mut insert = client
-            .insert::<EventRow<'static>>("events")
-            .await?
-            .with_setting("query_id", super::fence::query_id(database));
-        for event in group.iter().flatten() {
-            insert.write(&row(event)).await?;
+
+    /// Sends `events`, grouped by month; none is stored before
+    /// [`Inserts::end`].
+    pub async fn write_all(&mut self, events: &[&Event]) -> Result<(), StoreError> {
+        let mut by_month: Vec<(i64, &Event)> = events.iter().map(|e| (month(e), *e)).collect();
+        by_month.sort_by_key(|(m, _)| *m);
+        for (m, event) in by_month {
+            self.write(m, event).await?;
         }
-        insert.end().await?;
+        Ok(())
     }
-    Ok(())
+
+    async fn write(&mut self, month: i64, event: &Event) -> Result<(), StoreError> {
+        if !self.months.contains(&month) && self.months.len() == MONTHS_PER_INSERT {
+            self.end().await?;
+        }
+        let insert = match &mut self.current {
+            Some(insert) => insert,
+            none => none.insert(
+                self.client
+                    .insert::<EventRow<'static>>("events")
+                    .await?
+                    .with_setting("query_id", super::fence::query_id(self.database)),
+            ),
+        };
+        self.months.insert(month);
+        insert.write(&row(event)).await?;
+        Ok(())
+    }
+
+    /// Finishes the open INSERT, if any, and waits until it is stored.
+    pub async fn end(&mut self) -> Result<(), StoreError> {
+        self.months.clear();
+        if let Some(insert) = self.current.take() {
+            insert.end().await?;
+        }
+        Ok(())
+    }
 }
 
 /// Bytes of ids in one look-up query: a query's text is capped (256 KB on

@@ -1,0 +1,160 @@
+//! Top-level properties as the parallel `prop_keys` / `prop_values` arrays
+//! ClickHouse filters on: strings as themselves, anything else as its compact
+//! JSON text, `null` as not set (as DuckDB's `json_extract_string` has it),
+//! keys in order with the last of a repeated key winning.
+//!
+//! Every stored event passes through here, so the common case borrows: keys
+//! and string values without escapes point into the properties text, and
+//! integers and booleans are their own compact text. Only other values
+//! (floats, arrays, objects) are parsed and written back out.
+
+use serde::de::{Deserialize, Deserializer, MapAccess, Visitor};
+use serde_json::value::RawValue;
+use std::borrow::Cow;
+use std::fmt;
+
+/// The keys and values of `properties`, or none when it is not an object.
+pub fn flatten(properties: &str) -> (Vec<Cow<'_, str>>, Vec<Cow<'_, str>>) {
+    let Ok(Entries(mut entries)) = serde_json::from_str::<Entries>(properties) else {
+        return (Vec::new(), Vec::new());
+    };
+    // A stable sort keeps repeats in input order: the last of each run wins.
+    entries.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut keys = Vec::with_capacity(entries.len());
+    let mut values = Vec::with_capacity(entries.len());
+    let mut entries = entries.into_iter().peekable();
+    while let Some((key, raw)) = entries.next() {
+        if entries.peek().is_some_and(|(next, _)| *next == key) {
+            continue;
+        }
+        if let Some(value) = value_text(raw) {
+            keys.push(key);
+            values.push(value);
+        }
+    }
+    (keys, values)
+}
+
+/// A value's stored text; `None` for `null`.
+fn value_text(raw: &RawValue) -> Option<Cow<'_, str>> {
+    let text = raw.get();
+    match text.as_bytes().first() {
+        Some(b'"') => serde_json::from_str::<Text>(text).ok().map(|t| t.0),
+        Some(b'n') => None,
+        Some(b't' | b'f') => Some(Cow::Borrowed(text)),
+        _ if is_plain_integer(text) => Some(Cow::Borrowed(text)),
+        _ => serde_json::from_str::<serde_json::Value>(text).ok().map(|v| Cow::Owned(v.to_string())),
+    }
+}
+
+/// An integer that serde_json writes back unchanged: no fraction or
+/// exponent, no `-0`, and few enough digits to fit an `i64`.
+fn is_plain_integer(text: &str) -> bool {
+    let digits = text.strip_prefix('-').unwrap_or(text);
+    !digits.is_empty()
+        && digits.len() <= 18
+        && digits.bytes().all(|b| b.is_ascii_digit())
+        && !(digits.starts_with('0') && (digits.len() > 1 || text.starts_with('-')))
+}
+
+/// An object's entries in order, repeats kept.
+struct Entries<'a>(Vec<(Cow<'a, str>, &'a RawValue)>);
+
+impl<'de> Deserialize<'de> for Entries<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Each;
+        impl<'de> Visitor<'de> for Each {
+            type Value = Entries<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<M: MapAccess<'de>>(self, mut map: M) -> Result<Entries<'de>, M::Error> {
+                let mut entries = Vec::with_capacity(map.size_hint().unwrap_or(8));
+                while let Some((key, value)) = map.next_entry::<Text<'de>, &'de RawValue>()? {
+                    entries.push((key.0, value));
+                }
+                Ok(Entries(entries))
+            }
+        }
+        d.deserialize_map(Each)
+    }
+}
+
+/// A JSON string, borrowed when it has no escapes.
+struct Text<'a>(Cow<'a, str>);
+
+impl<'de> Deserialize<'de> for Text<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Str;
+        impl<'de> Visitor<'de> for Str {
+            type Value = Text<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_borrowed_str<E>(self, s: &'de str) -> Result<Text<'de>, E> {
+                Ok(Text(Cow::Borrowed(s)))
+            }
+            fn visit_str<E>(self, s: &str) -> Result<Text<'de>, E> {
+                Ok(Text(Cow::Owned(s.to_owned())))
+            }
+            fn visit_string<E>(self, s: String) -> Result<Text<'de>, E> {
+                Ok(Text(Cow::Owned(s)))
+            }
+        }
+        d.deserialize_str(Str)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::Value;
+
+    /// What the arrays held when every object was parsed whole: the oracle.
+    fn through_value(properties: &str) -> (Vec<String>, Vec<String>) {
+        let Ok(Value::Object(map)) = serde_json::from_str::<Value>(properties) else {
+            return (Vec::new(), Vec::new());
+        };
+        map.into_iter()
+            .filter(|(_, v)| !v.is_null())
+            .map(|(k, v)| (k, v.as_str().map_or_else(|| v.to_string(), str::to_owned)))
+            .unzip()
+    }
+
+    #[test]
+    fn matches_a_whole_parse_on_awkward_input() {
+        let cases = [
+            r#"{"step":3,"plan":"pro","amount":12.5,"currency":"EUR"}"#,
+            r#"{ "b" : 1 , "a" : "x" , "b" : 2 }"#,
+            r#"{"a":null,"b":"","c":false,"d":true}"#,
+            r#"{"n":-0,"z":0,"neg":-17,"big":123456789012345678901234,"i64":9223372036854775807}"#,
+            r#"{"f":1.50,"e":1e3,"E":-2.5E-3,"m":-0.0,"long":12345678901234567}"#,
+            r#"{"nested":{"b":[1, 2, {"c" : null}],"a":"x"},"list":[ ]}"#,
+            r#"{"esc\"aped":"line\nbreak \u00e9 \ud83d\ude00","tab\t":"\u0000"}"#,
+            r#"{"dup":"first","dup":null}"#,
+            r#"{"dup":null,"dup":"last"}"#,
+            r#"{"ünï":"cödé","":"empty key"}"#,
+            "{}",
+            "[1,2]",
+            "\"text\"",
+            "17",
+            "not json",
+            r#"{"a":1"#,
+            "",
+        ];
+        for case in cases {
+            let (keys, values) = flatten(case);
+            let keys: Vec<String> = keys.into_iter().map(Cow::into_owned).collect();
+            let values: Vec<String> = values.into_iter().map(Cow::into_owned).collect();
+            assert_eq!((keys, values), through_value(case), "{case}");
+        }
+    }
+
+    #[test]
+    fn plain_text_is_borrowed_not_copied() {
+        let text = r#"{"plan":"pro","step":3,"ok":true}"#;
+        let (keys, values) = flatten(text);
+        assert!(keys.iter().chain(&values).all(|c| matches!(c, Cow::Borrowed(_))));
+        assert_eq!(values, ["true", "pro", "3"]);
+    }
+}
