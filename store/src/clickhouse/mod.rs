@@ -244,6 +244,11 @@ impl<'s> Writing<'s> {
     /// Sends the events not stored yet; `replayed`: a dead process may have
     /// stored any of them, so every key is looked up.
     fn events(&mut self, events: &[Event], replayed: bool) -> Result<(), StoreError> {
+        let sent = self.send(events, replayed);
+        self.fenced(sent)
+    }
+
+    fn send(&mut self, events: &[Event], replayed: bool) -> Result<(), StoreError> {
         let store = self.store;
         let keys = dedup::ClickHouseKeys {
             client: &store.client,
@@ -256,8 +261,7 @@ impl<'s> Writing<'s> {
         // gone mid-request) may still have landed, so its retry must find
         // these keys "maybe seen" and look them up.
         self.seen.record(&keys, rows.iter().copied())?;
-        let sent = store.block(self.inserts.write_all(&rows));
-        self.fenced(sent)?;
+        store.block(self.inserts.write_all(&rows))?;
         self.outcome.inserted += rows.len();
         self.outcome.duplicates += events.len() - rows.len();
         Ok(())
@@ -271,9 +275,11 @@ impl<'s> Writing<'s> {
         Ok(self.outcome)
     }
 
-    /// A failed insert may go on on the server: the retry waits for it to end.
+    /// An insert cut short by an error may go on on the server (its abort
+    /// is sent over a connection that may be gone): the retry waits for it
+    /// to end.
     fn fenced(&mut self, result: Result<(), StoreError>) -> Result<(), StoreError> {
-        if result.is_err() {
+        if result.is_err() && self.inserts.unsettled() {
             *self.fence = Some(Instant::now());
         }
         result

@@ -116,11 +116,14 @@ pub struct Inserts<'c> {
     database: &'c str,
     current: Option<clickhouse::insert::Insert<EventRow<'static>>>,
     months: HashSet<i64>,
+    /// An INSERT was started and has not been seen to end well: it may
+    /// still land, or be running on the server.
+    unsettled: bool,
 }
 
 impl<'c> Inserts<'c> {
     pub fn new(client: &'c clickhouse::Client, database: &'c str) -> Inserts<'c> {
-        Inserts { client, database, current: None, months: HashSet::new() }
+        Inserts { client, database, current: None, months: HashSet::new(), unsettled: false }
     }
 
     /// Sends `events`, grouped by month; none is stored before
@@ -140,12 +143,13 @@ impl<'c> Inserts<'c> {
         }
         let insert = match &mut self.current {
             Some(insert) => insert,
-            none => none.insert(
+            none => none.insert({
+                self.unsettled = true;
                 self.client
                     .insert::<EventRow<'static>>("events")
                     .await?
-                    .with_setting("query_id", super::fence::query_id(self.database)),
-            ),
+                    .with_setting("query_id", super::fence::query_id(self.database))
+            }),
         };
         self.months.insert(month);
         insert.write(&row(event)).await?;
@@ -158,7 +162,14 @@ impl<'c> Inserts<'c> {
         if let Some(insert) = self.current.take() {
             insert.end().await?;
         }
+        self.unsettled = false;
         Ok(())
+    }
+
+    /// Whether an INSERT of this write may still be running or land after
+    /// an error (see `fence.rs`).
+    pub fn unsettled(&self) -> bool {
+        self.unsettled
     }
 }
 
