@@ -1,7 +1,7 @@
 //! Top-level properties as the parallel `prop_keys` / `prop_values` arrays
 //! ClickHouse filters on: strings as themselves, anything else as its compact
 //! JSON text, `null` as not set (as DuckDB's `json_extract_string` has it),
-//! keys in order with the last of a repeated key winning.
+//! keys sorted and each once, the last of a repeated key winning.
 //!
 //! Every stored event passes through here, so the common case borrows: keys
 //! and string values without escapes point into the properties text, and
