@@ -126,8 +126,9 @@ impl<'c> Inserts<'c> {
         Inserts { client, database, current: None, months: HashSet::new(), unsettled: false }
     }
 
-    /// Sends `events`, grouped by month; none is stored before
-    /// [`Inserts::end`].
+    /// Sends `events`, grouped by month. They are stored when their INSERT
+    /// ends: at [`Inserts::end`], or when a month past the limit starts the
+    /// next one.
     pub async fn write_all(&mut self, events: &[&Event]) -> Result<(), StoreError> {
         let mut by_month: Vec<(i64, &Event)> = events.iter().map(|e| (month(e), *e)).collect();
         by_month.sort_by_key(|(m, _)| *m);
