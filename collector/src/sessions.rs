@@ -6,7 +6,7 @@
 
 use leanloop_core::Event;
 use lru::LruCache;
-use std::num::NonZeroUsize;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::{Mutex, MutexGuard};
 use uuid::Uuid;
 
@@ -22,6 +22,30 @@ fn person(project_id: i64, who: &str) -> Person {
     hasher.finish()
 }
 
+/// Hashes a [`Person`] as itself: it is a hash already.
+#[derive(Default)]
+struct Prehashed(u64);
+
+impl Hasher for Prehashed {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        // Only `write_u64` is called for a `u64` key; this keeps any other
+        // caller correct, not fast.
+        for &b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(b);
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+}
+
+type OpenSessions = LruCache<Person, Open, BuildHasherDefault<Prehashed>>;
+
 struct Open {
     id: Uuid,
     first_ms: i64,
@@ -29,7 +53,11 @@ struct Open {
 }
 
 pub struct Sessions {
-    open: Mutex<LruCache<Person, Open>>,
+    /// Grown as people arrive, not sized for `capacity` up front: a table
+    /// that large scatters a few thousand people over megabytes, and every
+    /// event's look-up misses the cache.
+    open: Mutex<OpenSessions>,
+    capacity: usize,
     timeout_ms: i64,
 }
 
@@ -41,8 +69,11 @@ fn text(id: Uuid) -> String {
 
 impl Sessions {
     pub fn new(capacity: usize, timeout_minutes: u32) -> Sessions {
-        let capacity = NonZeroUsize::new(capacity).unwrap_or(NonZeroUsize::MIN);
-        Sessions { open: Mutex::new(LruCache::new(capacity)), timeout_ms: i64::from(timeout_minutes) * 60_000 }
+        Sessions {
+            open: Mutex::new(LruCache::unbounded_with_hasher(BuildHasherDefault::default())),
+            capacity: capacity.max(1),
+            timeout_ms: i64::from(timeout_minutes) * 60_000,
+        }
     }
 
     /// Gives each event the client sent no session id for (and that has a
@@ -63,13 +94,13 @@ impl Sessions {
         self.joined(&mut self.lock(), project_id, who, at_ms)
     }
 
-    fn lock(&self) -> MutexGuard<'_, LruCache<Person, Open>> {
+    fn lock(&self) -> MutexGuard<'_, OpenSessions> {
         self.open.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Events may arrive out of order: one within the timeout of either end
     /// of the open session joins it.
-    fn joined(&self, open: &mut LruCache<Person, Open>, project_id: i64, who: &str, at_ms: i64) -> String {
+    fn joined(&self, open: &mut OpenSessions, project_id: i64, who: &str, at_ms: i64) -> String {
         let key = person(project_id, who);
         if let Some(s) = open.get_mut(&key) {
             if at_ms >= s.first_ms - self.timeout_ms && at_ms <= s.last_ms + self.timeout_ms {
@@ -80,6 +111,9 @@ impl Sessions {
         }
         let id = Uuid::now_v7();
         open.put(key, Open { id, first_ms: at_ms, last_ms: at_ms });
+        if open.len() > self.capacity {
+            open.pop_lru();
+        }
         text(id)
     }
 }
@@ -115,5 +149,6 @@ mod tests {
         s.session_for(1, "b", 0);
         s.session_for(1, "c", 0);
         assert_ne!(s.session_for(1, "a", 1), a, "the oldest person was forgotten");
+        assert_eq!(s.lock().len(), 2);
     }
 }

@@ -133,8 +133,11 @@ impl Delivery {
         self.shared.changed.notify_all();
         metrics::gauge!("leanloop_log_backlog_bytes").set(backlog as f64);
         for start in finished {
-            if let Err(e) = std::fs::remove_file(segments::segment_path(&dir, start)) {
-                tracing::warn!(error = %e, start, "could not delete a delivered log segment");
+            // A segment this process began holds only records sealed to
+            // their positions; one from before may hold unsealed ones,
+            // which would read as records wherever the file was reused.
+            if let Err(e) = segments::retire(&dir, start, start >= self.replay_end) {
+                tracing::warn!(error = %e, start, "could not retire a delivered log segment");
             }
         }
     }
@@ -159,7 +162,7 @@ impl Delivery {
         let c = cursor.as_mut().expect("cursor was just opened");
         let buffered = c.reader.buffer().len() as u64;
         c.reader.get_mut().set_limit(end - position - buffered);
-        match record::read_next(&mut c.reader).map_err(|e| e.to_string())? {
+        match record::read_next(&mut c.reader, position).map_err(|e| e.to_string())? {
             Next::Record(payload, size) => {
                 c.position += size;
                 let batch = record::decode(&payload)?;

@@ -81,6 +81,8 @@ struct State {
     /// Set when shutdown stops waiting: delivery gives up its retries.
     abandon: bool,
     paused: bool,
+    /// Segments begun in a delivered segment's file.
+    reused: u64,
 }
 
 impl State {
@@ -115,6 +117,7 @@ impl Wal {
                 closing: false,
                 abandon: false,
                 paused: false,
+                reused: 0,
             }),
             changed: Condvar::new(),
         });
@@ -262,12 +265,16 @@ fn recover(dir: &Path) -> std::io::Result<(File, u64, u64, u64, BTreeSet<u64>)> 
     let acked = acked_on_disk.unwrap_or(first).max(first);
     let file = OpenOptions::new().read(true).write(true).open(last_path)?;
     let scan_from = acked.saturating_sub(last).min(file.metadata()?.len());
-    let len = segments::valid_len(&file, scan_from)?;
+    let len = segments::valid_len(&file, last, scan_from)?;
     if len < file.metadata()?.len() {
         // Zeros are the rest of a segment filled ahead; anything else is a
-        // record a crash tore.
+        // record a crash tore, or what a reused segment held before.
         if !segments::zeros_at(&file, len)? {
-            tracing::warn!(segment = %last_path.display(), valid = len, "cutting a torn record left by a crash");
+            tracing::info!(
+                segment = %last_path.display(),
+                valid = len,
+                "cutting the log after its last whole record (a record torn by a crash, or a reused segment's old data)"
+            );
         }
         file.set_len(len)?;
         file.sync_all()?;
@@ -282,21 +289,25 @@ mod tests {
     use leanloop_store::{Chunk, Dialect, EventFilter, Rows, Select, StoreError, UserRecord, WriteOutcome};
     use std::io::Write;
 
-    fn record(n: u128) -> Vec<u8> {
+    /// A record as the writer lays it down at log position `at`.
+    fn record(n: u128, at: u64) -> Vec<u8> {
         let mut event = record::tests::event(n);
         event.properties = format!(r#"{{"n":{n}}}"#);
-        record::encode(&[event], &[]).unwrap()
+        let mut bytes = record::encode(&[event], &[]).unwrap();
+        record::seal(&mut bytes, at);
+        bytes
     }
 
     #[test]
     fn recovery_cuts_a_torn_tail_and_resumes_from_the_acknowledged_position() {
         let dir = tempfile::tempdir().unwrap();
-        let (a, b) = (record(1), record(2));
+        let a = record(1, 0);
+        let b = record(2, a.len() as u64);
         let whole = (a.len() + b.len()) as u64;
         let mut file = File::create(segments::segment_path(dir.path(), 0)).unwrap();
         file.write_all(&a).unwrap();
         file.write_all(&b).unwrap();
-        file.write_all(&record(3)[..10]).unwrap(); // a crash mid-append
+        file.write_all(&record(3, whole)[..10]).unwrap(); // a crash mid-append
         drop(file);
         segments::write_acked(dir.path(), a.len() as u64).unwrap();
 
@@ -308,9 +319,75 @@ mod tests {
     }
 
     #[test]
+    fn recovery_cuts_what_a_reused_segment_held_before() {
+        let dir = tempfile::tempdir().unwrap();
+        // The file as its first use, at position 0, left it: records of
+        // one size back to back.
+        let mut earlier = Vec::new();
+        for n in 1..=9 {
+            earlier.extend(record(n, earlier.len() as u64));
+        }
+        // Reused as the segment at 1 MiB, with one new record of the same
+        // size written over its start: the next old record begins exactly
+        // where a new one would, whole but for its seal.
+        let start = 1 << 20;
+        let new = record(0, start);
+        let mut file_bytes = earlier.clone();
+        file_bytes[..new.len()].copy_from_slice(&new);
+        assert_eq!(&file_bytes[new.len()..2 * new.len()], &earlier[new.len()..2 * new.len()]);
+        std::fs::write(segments::segment_path(dir.path(), start), &file_bytes).unwrap();
+        segments::write_acked(dir.path(), start).unwrap();
+
+        let (file, found_start, len, acked, _) = recover(dir.path()).unwrap();
+        assert_eq!((found_start, len, acked), (start, new.len() as u64, start));
+        assert_eq!(file.metadata().unwrap().len(), new.len() as u64, "the old records are cut off");
+    }
+
+    #[test]
+    fn delivered_segments_are_reused_and_what_they_held_is_never_replayed() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn EventStore> = Arc::new(
+            leanloop_store::duckdb::DuckDbStore::open(&dir.path().join("events.duckdb"), &Default::default()).unwrap(),
+        );
+        let options = WalOptions {
+            dir: dir.path().join("log"),
+            max_bytes: 1 << 30,
+            segment_bytes: 16 * 1024,
+            batch_events: 1 << 20,
+            interval: Duration::from_millis(5),
+            fill_wait: Duration::from_secs(10),
+        };
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let wal = Wal::open(options.clone(), store.clone()).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let mut sent = 0u128;
+        // Each segment is delivered long before the next fills, so rolls
+        // find one waiting; keep going past a few reuses.
+        while wal.shared.lock().reused < 3 {
+            assert!(Instant::now() < deadline, "no delivered segment was reused ({sent} appends)");
+            runtime.block_on(wal.append(&[record::tests::event(sent)], &[])).unwrap();
+            sent += 1;
+        }
+        assert_eq!(wal.drain(Duration::from_secs(60)), 0);
+        let end = wal.shared.lock().end;
+        drop(wal);
+        // Reopened: the active segment's old records, past its new ones,
+        // are cut rather than replayed (they are sealed to positions they
+        // no longer hold): the log ends where it ended.
+        let wal = Wal::open(options.clone(), store.clone()).unwrap();
+        assert_eq!(wal.shared.lock().end, end);
+        runtime.block_on(wal.append(&[record::tests::event(sent)], &[])).unwrap();
+        assert_eq!(wal.drain(Duration::from_secs(60)), 0);
+        assert_eq!(store.count(&EventFilter::project(1)).unwrap() as u128, sent + 1);
+        let on_disk =
+            segments::list(&options.dir).unwrap().len() + usize::from(segments::recycled_ready(&options.dir, 0));
+        assert!(on_disk <= 3, "delivered segments are deleted or kept for reuse, one at a time: {on_disk} files");
+    }
+
+    #[test]
     fn recovery_cuts_the_zeros_after_the_last_record() {
         let dir = tempfile::tempdir().unwrap();
-        let a = record(1);
+        let a = record(1, 0);
         let mut file = File::create(segments::segment_path(dir.path(), 0)).unwrap();
         file.write_all(&a).unwrap();
         file.write_all(&vec![0; 100_000]).unwrap(); // the rest of a segment filled ahead

@@ -1,12 +1,19 @@
-//! One log record on disk: `len: u32 LE | crc32(payload): u32 LE | payload`,
-//! where the payload is a format version byte and then one acknowledged
-//! request's events and person updates, encoded with postcard (compact, no
-//! field names, fast to decode). postcard has no field names, so a change to
+//! One log record on disk: `len: u32 LE | check: u32 LE | payload`, where
+//! the payload is a format version byte and then one acknowledged request's
+//! events and person updates, encoded with postcard (compact, no field
+//! names, fast to decode). postcard has no field names, so a change to
 //! `Event` needs a new format version and a decoder for the old one: a log
-//! written by one release must replay under the next.
+//! written by one release must replay under the next (not the other way:
+//! an older build reads a newer record as torn).
+//!
+//! The check is the payload's crc32 sealed with the record's log position
+//! ([`seal`]): segment files are reused once delivered, and a record left
+//! from a file's earlier use sits at a position it was not written for, so
+//! it reads as torn rather than as a record. Format 1 records, written
+//! before files were reused, carry the crc alone.
 //!
 //! A record is written whole or, after a crash mid-write, found torn: a short
-//! header, a short payload or a checksum that does not match. Recovery cuts
+//! header, a short payload or a check that does not match. Recovery cuts
 //! the log at the first torn record, which was never acknowledged.
 
 use leanloop_core::{Event, UserUpdate};
@@ -15,8 +22,10 @@ use std::io::{self, Read};
 
 pub const HEADER_BYTES: usize = 8;
 
-/// The payload encoding this build writes (and the only one it reads).
-const FORMAT: u8 = 1;
+/// The payload encoding this build writes.
+const FORMAT: u8 = 2;
+/// The same payload with an unsealed check; still read.
+const FORMAT_UNSEALED: u8 = 1;
 
 /// Largest payload a reader accepts; a length above it is a torn header, not
 /// an allocation to attempt. Requests are capped far below this.
@@ -35,16 +44,31 @@ pub struct Batch {
     pub users: Vec<UserUpdate>,
 }
 
-/// Encodes a record, header included.
+/// Encodes a record, header included, to be [`seal`]ed with its position.
 pub fn encode(events: &[Event], users: &[UserUpdate]) -> Result<Vec<u8>, postcard::Error> {
-    let mut start = vec![0u8; HEADER_BYTES];
+    let batch = BatchRef { events, users };
+    // Sized once: grown as written, a request's record was copied a dozen times.
+    let mut start = Vec::with_capacity(HEADER_BYTES + 1 + postcard::experimental::serialized_size(&batch)?);
+    start.extend_from_slice(&[0u8; HEADER_BYTES]);
     start.push(FORMAT);
-    let mut record = postcard::to_extend(&BatchRef { events, users }, start)?;
+    let mut record = postcard::to_extend(&batch, start)?;
     let payload_len = (record.len() - HEADER_BYTES) as u32;
     let crc = crc32fast::hash(&record[HEADER_BYTES..]);
     record[..4].copy_from_slice(&payload_len.to_le_bytes());
     record[4..HEADER_BYTES].copy_from_slice(&crc.to_le_bytes());
     Ok(record)
+}
+
+/// Binds a record encoded by [`encode`] to the log position it is written at.
+pub fn seal(record: &mut [u8], position: u64) {
+    let check = u32::from_le_bytes(record[4..HEADER_BYTES].try_into().expect("4 bytes")) ^ position_mask(position);
+    record[4..HEADER_BYTES].copy_from_slice(&check.to_le_bytes());
+}
+
+/// 32 bits that differ between two positions but for a 2^-32 chance.
+fn position_mask(position: u64) -> u32 {
+    let mixed = position.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    (mixed >> 32) as u32 ^ mixed as u32
 }
 
 /// The next record of a segment.
@@ -57,7 +81,8 @@ pub enum Next {
     Torn,
 }
 
-pub fn read_next(reader: &mut impl Read) -> io::Result<Next> {
+/// Reads the record expected at log position `position`.
+pub fn read_next(reader: &mut impl Read, position: u64) -> io::Result<Next> {
     let mut header = [0u8; HEADER_BYTES];
     match read_full(reader, &mut header)? {
         0 => return Ok(Next::End),
@@ -65,14 +90,22 @@ pub fn read_next(reader: &mut impl Read) -> io::Result<Next> {
         _ => {}
     }
     let len = u32::from_le_bytes(header[..4].try_into().expect("4 bytes")) as usize;
-    let crc = u32::from_le_bytes(header[4..].try_into().expect("4 bytes"));
+    let check = u32::from_le_bytes(header[4..].try_into().expect("4 bytes"));
     // No record is empty (the format byte comes first): zeros are what a
     // crash can leave where the file grew but its data never reached disk.
     if len == 0 || len > MAX_PAYLOAD_BYTES {
         return Ok(Next::Torn);
     }
     let mut payload = vec![0u8; len];
-    if read_full(reader, &mut payload)? < len || crc32fast::hash(&payload) != crc {
+    if read_full(reader, &mut payload)? < len {
+        return Ok(Next::Torn);
+    }
+    let crc = crc32fast::hash(&payload);
+    let whole = match payload[0] {
+        FORMAT_UNSEALED => crc == check,
+        _ => crc ^ position_mask(position) == check,
+    };
+    if !whole {
         return Ok(Next::Torn);
     }
     Ok(Next::Record(payload, (HEADER_BYTES + len) as u64))
@@ -80,7 +113,9 @@ pub fn read_next(reader: &mut impl Read) -> io::Result<Next> {
 
 pub fn decode(payload: &[u8]) -> Result<Batch, String> {
     match payload.split_first() {
-        Some((&FORMAT, rest)) => postcard::from_bytes(rest).map_err(|e| format!("undecodable record: {e}")),
+        Some((&(FORMAT | FORMAT_UNSEALED), rest)) => {
+            postcard::from_bytes(rest).map_err(|e| format!("undecodable record: {e}"))
+        }
         Some((other, _)) => Err(format!("record format {other} is unknown to this build (written by a newer one?)")),
         None => Err("empty record".into()),
     }
@@ -124,21 +159,49 @@ pub(crate) mod tests {
             traits_once: r#"{"first":"yes"}"#.into(),
             seen_at_ms: 5,
         }];
-        let record = encode(&events, &users).unwrap();
-        let Next::Record(payload, size) = read_next(&mut &record[..]).unwrap() else { panic!("whole record") };
+        let at = 4096 * 7 + 13;
+        let mut record = encode(&events, &users).unwrap();
+        seal(&mut record, at);
+        let read = |bytes: &[u8], position: u64| read_next(&mut &bytes[..], position).unwrap();
+        let Next::Record(payload, size) = read(&record, at) else { panic!("whole record") };
         assert_eq!(size as usize, record.len());
         let batch = decode(&payload).unwrap();
         assert_eq!((batch.events, batch.users), (events, users));
 
-        assert!(matches!(read_next(&mut &record[..record.len() - 1]).unwrap(), Next::Torn));
-        assert!(matches!(read_next(&mut &record[..3]).unwrap(), Next::Torn));
+        assert!(matches!(read(&record[..record.len() - 1], at), Next::Torn));
+        assert!(matches!(read(&record[..3], at), Next::Torn));
         let mut newer = payload.clone();
         newer[0] = FORMAT + 1;
         assert!(decode(&newer).unwrap_err().contains("format"));
         let mut flipped = record.clone();
         *flipped.last_mut().unwrap() ^= 1;
-        assert!(matches!(read_next(&mut &flipped[..]).unwrap(), Next::Torn));
-        assert!(matches!(read_next(&mut &[][..]).unwrap(), Next::End));
-        assert!(matches!(read_next(&mut &[0u8; 64][..]).unwrap(), Next::Torn), "a zeroed tail is torn, not records");
+        assert!(matches!(read(&flipped, at), Next::Torn));
+        assert!(matches!(read(&[], at), Next::End));
+        assert!(matches!(read(&[0u8; 64], at), Next::Torn), "a zeroed tail is torn, not records");
+    }
+
+    #[test]
+    fn a_record_reads_only_at_the_position_it_was_sealed_for() {
+        let mut record = encode(&[event(1)], &[]).unwrap();
+        seal(&mut record, 1 << 26);
+        // Where a reused segment file left it, one segment or any other
+        // distance away from where it is now read.
+        for elsewhere in [0, 1, 1 << 20, (1 << 26) - 1, (1 << 26) + 1, 2 << 26, 3 << 26, u64::MAX] {
+            assert!(matches!(read_next(&mut &record[..], elsewhere).unwrap(), Next::Torn), "read at {elsewhere}");
+        }
+        assert!(matches!(read_next(&mut &record[..], 1 << 26).unwrap(), Next::Record(..)));
+    }
+
+    #[test]
+    fn unsealed_records_of_the_first_format_still_replay() {
+        // Format 1: the payload's crc alone, as builds before sealing wrote it.
+        let mut record = encode(&[event(1)], &[]).unwrap();
+        record[HEADER_BYTES] = FORMAT_UNSEALED;
+        let crc = crc32fast::hash(&record[HEADER_BYTES..]);
+        record[4..HEADER_BYTES].copy_from_slice(&crc.to_le_bytes());
+        for position in [0, 12_345, 1 << 40] {
+            let Next::Record(payload, _) = read_next(&mut &record[..], position).unwrap() else { panic!("whole") };
+            assert_eq!(decode(&payload).unwrap().events, vec![event(1)]);
+        }
     }
 }

@@ -5,6 +5,12 @@
 //! named by the position of its first byte; the `acked` file holds the
 //! position up to which the store has confirmed everything. A `LOCK` file
 //! held with an exclusive lock keeps two processes off one directory.
+//!
+//! A delivered segment is kept for reuse (`recycled.tmp`, one at a time)
+//! rather than deleted: the writer takes it as its next segment, whose
+//! blocks then already hold data, as a zero-filled spare's do (`spare.rs`),
+//! without the spare's cost of writing the zeros. What it held before is
+//! sealed to other positions (`record.rs`), so it never reads as records.
 
 use super::record::{self, Next};
 use std::collections::BTreeMap;
@@ -15,6 +21,9 @@ use std::path::{Path, PathBuf};
 
 const SEGMENT_SUFFIX: &str = ".log";
 const ACKED_FILE: &str = "acked";
+/// A delivered segment waiting to be reused: not a segment's name, so
+/// listing the log never sees it.
+pub const RECYCLED_FILE: &str = "recycled.tmp";
 
 pub fn segment_path(dir: &Path, start: u64) -> PathBuf {
     dir.join(format!("{start:020}{SEGMENT_SUFFIX}"))
@@ -78,13 +87,52 @@ pub fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
-/// Length of the whole records at the start of `file` from `offset` on:
-/// where a crash may have left a torn record, the log is cut.
-pub fn valid_len(file: &File, offset: u64) -> io::Result<u64> {
+/// Retires a delivered segment: kept for reuse when `reusable` and no
+/// other is waiting, else deleted.
+pub fn retire(dir: &Path, start: u64, reusable: bool) -> io::Result<()> {
+    let path = segment_path(dir, start);
+    let kept = dir.join(RECYCLED_FILE);
+    // Only this thread creates the kept file, so it cannot appear between
+    // the look and the rename; the writer taking it meanwhile is harmless.
+    if reusable && !kept.exists() {
+        fs::rename(&path, &kept)
+    } else {
+        fs::remove_file(&path)
+    }
+}
+
+/// Whether a retired segment of at least `min_bytes` is waiting to be reused.
+pub fn recycled_ready(dir: &Path, min_bytes: u64) -> bool {
+    fs::metadata(dir.join(RECYCLED_FILE)).is_ok_and(|m| m.len() >= min_bytes)
+}
+
+/// Makes the retired segment, if one waits and holds at least `min_bytes`,
+/// the segment file at `segment`. Returns the file and its length; the
+/// caller syncs the directory.
+pub fn take_recycled(dir: &Path, segment: &Path, min_bytes: u64) -> io::Result<Option<(File, u64)>> {
+    let kept = dir.join(RECYCLED_FILE);
+    let len = match fs::metadata(&kept) {
+        Ok(meta) => meta.len(),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    if len < min_bytes {
+        // Rolled early, before it filled: reusing it would roll early again.
+        fs::remove_file(&kept)?;
+        return Ok(None);
+    }
+    fs::rename(&kept, segment)?;
+    let file = OpenOptions::new().read(true).write(true).open(segment)?;
+    Ok(Some((file, len)))
+}
+
+/// Length of the whole records of the segment at `start` in `file` from
+/// `offset` on: where a crash may have left a torn record, the log is cut.
+pub fn valid_len(file: &File, start: u64, offset: u64) -> io::Result<u64> {
     let mut reader = BufReader::with_capacity(1 << 20, file);
     reader.seek(SeekFrom::Start(offset))?;
     let mut len = offset;
-    while let Next::Record(_, size) = record::read_next(&mut reader)? {
+    while let Next::Record(_, size) = record::read_next(&mut reader, start + len)? {
         len += size;
     }
     Ok(len)

@@ -7,10 +7,11 @@
 //! for a 4 KiB write; a preallocated but unwritten extent saves little, its
 //! conversion is journalled too). Every single-event request waits for one,
 //! so a thread fills the next segment with zeros, and syncs it, while the
-//! current one is in use; the writer rolls onto it. Zeros after the last
-//! record are not a record (a zero length reads as damage), so recovery cuts
-//! them off like a torn tail. The spare costs one segment of disk beside the
-//! log.
+//! current one is in use; the writer rolls onto it when no delivered
+//! segment is kept for reuse (`segments.rs`), which needs no zeros written.
+//! Zeros after the last record are not a record (a zero length reads as
+//! damage), so recovery cuts them off like a torn tail. The spare costs one
+//! segment of disk beside the log.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};

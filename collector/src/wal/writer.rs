@@ -4,13 +4,14 @@
 //! next round takes all of them, writes them with one `write` and one
 //! `fdatasync`, and then answers every caller. Under load many requests share
 //! one fsync, which is what keeps throughput close to the log-less path.
-//! Records are written in place into a segment zero-filled ahead of time
-//! ([`Spare`]) whenever one is ready, so that fsync has no file size to
-//! commit.
+//! Records are written in place into a delivered segment kept for reuse
+//! (`segments.rs`) or, when none is kept, a segment zero-filled ahead of
+//! time ([`Spare`]), so that fsync has no file size to commit. Each record
+//! is sealed with its position as it is laid out (`record.rs`).
 
-use super::segments;
 use super::spare::Spare;
 use super::Shared;
+use super::{record, segments};
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::unix::fs::FileExt;
@@ -58,15 +59,12 @@ impl Writer {
                     Err(_) => break,
                 }
             }
-            buffer.clear();
-            for append in &group {
-                buffer.extend_from_slice(&append.record);
-            }
-            let result = self.write_group(&buffer);
+            let size = bytes as u64;
+            let result = self.write_group(&group, size, &mut buffer);
             let mut state = self.shared.lock();
-            state.reserved -= buffer.len() as u64;
+            state.reserved -= size;
             match &result {
-                Ok(()) => state.end += buffer.len() as u64,
+                Ok(()) => state.end += size,
                 Err(e) => {
                     tracing::error!(error = %e, "write-ahead log append failed; requests answered 503");
                     metrics::counter!("leanloop_log_write_errors_total").increment(1);
@@ -82,17 +80,26 @@ impl Writer {
         tracing::debug!("log writer stopped");
     }
 
-    /// Writes and syncs `bytes` at the end of the log, rolling to a new
+    /// Lays out `group`'s records (`size` bytes) in `buffer`, sealed for where they go,
+    /// then writes and syncs them at the end of the log, rolling to a new
     /// segment first when the active one is full, or when the write would
-    /// grow its file and a zero-filled spare is ready. On failure the
-    /// segment is cut back to its last synced length, so a later success
-    /// does not follow garbage; if even that fails the log stops taking
-    /// appends.
-    fn write_group(&mut self, bytes: &[u8]) -> io::Result<()> {
-        let grows = self.len + bytes.len() as u64 > self.allocated;
-        if self.len >= self.segment_bytes || (grows && self.spare.ready()) {
+    /// grow its file and a prepared one is ready. On failure the segment is
+    /// cut back to its last synced length, so a later success does not
+    /// follow garbage; if even that fails the log stops taking appends.
+    fn write_group(&mut self, group: &[Append], size: u64, buffer: &mut Vec<u8>) -> io::Result<()> {
+        let grows = self.len + size > self.allocated;
+        if self.len >= self.segment_bytes
+            || (grows && (self.spare.ready() || segments::recycled_ready(&self.shared.dir, self.segment_bytes)))
+        {
             self.roll()?;
         }
+        buffer.clear();
+        for append in group {
+            let at = buffer.len();
+            buffer.extend_from_slice(&append.record);
+            record::seal(&mut buffer[at..], self.start + self.len + at as u64);
+        }
+        let bytes = &buffer[..];
         let started = Instant::now();
         let written = self.file.write_all_at(bytes, self.len).and_then(|()| self.file.sync_data());
         match written {
@@ -113,14 +120,19 @@ impl Writer {
         }
     }
 
-    /// Starts the next segment where the active one's records end: the
-    /// spare when one is ready (it replaces the active file if that holds
-    /// no records yet), else a new empty file.
+    /// Starts the next segment where the active one's records end: a
+    /// delivered segment kept for reuse, else the spare when one is ready
+    /// (either replaces the active file if that holds no records yet), else
+    /// a new empty file.
     fn roll(&mut self) -> io::Result<()> {
         let start = self.start + self.len;
         let dir = self.shared.dir.clone();
         let path = segments::segment_path(&dir, start);
-        let (file, allocated) = if self.spare.ready() {
+        let (file, allocated) = if let Some(reused) = segments::take_recycled(&dir, &path, self.segment_bytes)? {
+            self.shared.lock().reused += 1;
+            metrics::counter!("leanloop_log_segments_reused_total").increment(1);
+            reused
+        } else if self.spare.ready() {
             self.spare.take(&path)?
         } else {
             self.spare.retry();
