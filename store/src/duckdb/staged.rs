@@ -2,11 +2,12 @@
 //! (`leanloop_staged_events_N()`), so that one `INSERT ... SELECT` stores
 //! them.
 //!
-//! DuckDB scans a table function on all its threads: each takes the next
-//! vector's worth of events and writes their values straight into DuckDB's
-//! vectors. An appender fed Arrow arrays does that work on the writing
-//! thread alone, after building the arrays (a copy of every string), and
-//! checks every string's UTF-8 again.
+//! The scan takes the next vector's worth of events at a time and writes
+//! their values straight into DuckDB's vectors; any number of DuckDB's
+//! threads may scan at once, though the writer's inserts keep their order
+//! and so run on one (`write.rs` says why). An appender fed Arrow arrays
+//! builds the arrays first (a copy of every string) and checks every
+//! string's UTF-8 again.
 //!
 //! The writer fills a slot for one statement and empties it afterwards; a
 //! scan takes its own reference to the slot's events when it starts, so any

@@ -27,6 +27,14 @@ pub struct Writer {
 
 impl Writer {
     pub fn new(conn: Connection) -> Result<Writer, StoreError> {
+        // On this connection alone, inserts keep their order, which makes
+        // DuckDB append each chunk straight into the transaction's storage
+        // on one thread. Its parallel insert gives each thread a collection
+        // of its own, copied again into that storage at the end of every
+        // statement, and spins while the other thread finishes: the serial
+        // insert stored 20-25 % more events per second at a sixth less CPU
+        // per event (`leanloop bench ingest`, README).
+        conn.execute_batch(&order_preserved(true))?;
         let seen = SeenKeys::load(&DuckKeys(&conn), MIN_CAPACITY)?;
         let staged = Staged::register(&conn)?;
         let mut writer = Writer { conn, seen, staged, compacted_at: Instant::now(), dirty: true };
@@ -162,13 +170,23 @@ impl Writer {
             "INSERT INTO events SELECT {} FROM read_json('{path}', format = 'newline_delimited', columns = {{{columns}}})",
             schema::flat_row_projection()
         );
+        // DuckDB's own load runs as it would anywhere: in parallel.
+        self.conn.execute_batch(&order_preserved(false))?;
         let started = Instant::now();
-        let loaded = self.conn.execute(&sql, [])?;
+        let loaded = self.conn.execute(&sql, []);
         let took = started.elapsed();
+        self.conn.execute_batch(&order_preserved(true))?;
+        let loaded = loaded?;
         sessions::rebuild(&self.conn)?;
         self.seen = SeenKeys::load(&DuckKeys(&self.conn), MIN_CAPACITY)?;
         Ok((loaded, took))
     }
+}
+
+/// The statement that sets, for this connection only, whether inserts keep
+/// their order (see [`Writer::new`]).
+fn order_preserved(on: bool) -> String {
+    format!("SET SESSION preserve_insertion_order = {on}")
 }
 
 /// Appends the events not stored yet and merges people, within the open
