@@ -32,8 +32,8 @@ impl Writer {
         // on one thread. Its parallel insert gives each thread a collection
         // of its own, copied again into that storage at the end of every
         // statement, and spins while the other thread finishes: the serial
-        // insert stored 20-25 % more events per second at a sixth less CPU
-        // per event (`leanloop bench ingest`, README).
+        // insert stored 13 % more events per second at 14 % less CPU per
+        // event (`leanloop bench ingest`, README).
         conn.execute_batch(&order_preserved(true))?;
         let seen = SeenKeys::load(&DuckKeys(&conn), MIN_CAPACITY)?;
         let staged = Staged::register(&conn)?;
