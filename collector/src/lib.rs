@@ -15,6 +15,7 @@ mod enrich;
 mod error;
 mod flags;
 mod queue;
+mod remote_config;
 mod routes;
 mod sdk;
 mod sessions;

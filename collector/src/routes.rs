@@ -71,6 +71,7 @@ pub fn router(collector: Arc<Collector>) -> Router {
         .route("/decide/", post(crate::flags::answer))
         .layer(cors())
         .merge(crate::sdk::router())
+        .merge(crate::remote_config::router())
         .with_state(collector)
 }
 

@@ -41,7 +41,10 @@ pub struct RawStoreConfig {
     pub duckdb_memory_limit: Option<String>,
     /// DuckDB's memory limit while only events are written, e.g. "128MB".
     pub duckdb_ingest_memory_limit: Option<String>,
+    /// DuckDB's threads while questions are answered (default: the cores).
     pub duckdb_threads: Option<usize>,
+    /// DuckDB's threads otherwise, while only events are written (default 1).
+    pub duckdb_ingest_threads: Option<usize>,
     /// Use ClickHouse instead of the embedded DuckDB store, e.g.
     /// `http://127.0.0.1:8123/?database=leanloop`.
     pub clickhouse_url: Option<String>,
@@ -144,6 +147,14 @@ impl RawConfig {
         if threads == 0 {
             bail!("store.duckdb_threads must be at least 1");
         }
+        let ingest_threads = match self.store.duckdb_ingest_threads {
+            Some(0) => bail!("store.duckdb_ingest_threads must be at least 1"),
+            Some(n) if n > threads => {
+                bail!("store.duckdb_ingest_threads: {n} is above store.duckdb_threads ({threads})")
+            }
+            Some(n) => n,
+            None => defaults.ingest_threads.min(threads),
+        };
         let clickhouse = match self.store.clickhouse_url {
             Some(url) => {
                 let mut options = ClickHouseOptions::new(url);
@@ -165,7 +176,13 @@ impl RawConfig {
             log_dir: self.log_dir.unwrap_or_else(|| data_dir.join("log")),
             data_dir,
             collector: self.collector,
-            duckdb: leanloop_store::duckdb::DuckDbOptions { memory_limit, ingest_memory_limit, threads, ..defaults },
+            duckdb: leanloop_store::duckdb::DuckDbOptions {
+                memory_limit,
+                ingest_memory_limit,
+                threads,
+                ingest_threads,
+                ..defaults
+            },
             clickhouse,
             shutdown_timeout: std::time::Duration::from_secs(self.shutdown_timeout_secs.unwrap_or(30)),
             request_timeout: std::time::Duration::from_secs(self.request_timeout_secs.unwrap_or(30).max(1)),
@@ -277,5 +294,20 @@ mod tests {
             assert!(err.contains("store.duckdb_memory_limit"), "{bad}: {err}");
         }
         assert_eq!(memory_bytes("x", "1.5GiB").unwrap(), 3 << 29);
+    }
+
+    #[test]
+    fn duckdb_ingest_threads_stay_within_the_query_threads() {
+        let build = |toml: &str| toml::from_str::<RawConfig>(toml).unwrap().build_and_validate();
+        let config = build("[store]\nduckdb_threads = 4").unwrap();
+        assert_eq!((config.duckdb.threads, config.duckdb.ingest_threads), (4, 1));
+        let config = build("[store]\nduckdb_threads = 4\nduckdb_ingest_threads = 4").unwrap();
+        assert_eq!(config.duckdb.ingest_threads, 4);
+        for (bad, says) in
+            [("duckdb_ingest_threads = 0", "at least 1"), ("duckdb_threads = 2\nduckdb_ingest_threads = 3", "above")]
+        {
+            let err = build(&format!("[store]\n{bad}")).unwrap_err().to_string();
+            assert!(err.contains("store.duckdb_ingest_threads") && err.contains(says), "{bad}: {err}");
+        }
     }
 }

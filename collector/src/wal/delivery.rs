@@ -251,7 +251,8 @@ impl Iterator for Records<'_> {
     type Item = Chunk;
 
     fn next(&mut self) -> Option<Chunk> {
-        let mut chunk = Chunk::default();
+        // Sized for a full chunk: growing it moved every event again.
+        let mut chunk = Chunk { events: Vec::with_capacity(CHUNK_EVENTS), ..Chunk::default() };
         while self.failure.is_none() && chunk.events.len() < CHUNK_EVENTS && self.events < self.delivery.batch_events {
             // A chunk waits for records until it is full or the write's
             // interval is up: every chunk is one append, whose fixed cost

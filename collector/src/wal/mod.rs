@@ -458,13 +458,22 @@ mod tests {
         assert_eq!(store.count(&EventFilter::project(1)).unwrap() as u128, sent + 11);
     }
 
+    /// How a [`Watched`] store takes its first streamed write.
+    #[derive(Clone, Copy, PartialEq)]
+    enum FirstWrite {
+        Whole,
+        /// Fails after taking one chunk, as a store going away mid-write would.
+        Fails,
+        /// Stores one chunk and ends the write there, leaving the rest.
+        StopsAfterOne,
+    }
+
     /// A real DuckDB store that records the size of every chunk and every
     /// stored write it is handed, names `fill` as its cheapest write size
-    /// and, when asked, fails its first streamed write after taking one
-    /// chunk (as a store going away mid-write would).
+    /// and takes its first streamed write as `first` says.
     struct Watched {
         inner: leanloop_store::duckdb::DuckDbStore,
-        fail_first: bool,
+        first: FirstWrite,
         fill: Option<usize>,
         attempts: std::sync::atomic::AtomicUsize,
         chunk_events: std::sync::Mutex<Vec<usize>>,
@@ -472,12 +481,12 @@ mod tests {
     }
 
     impl Watched {
-        fn open(dir: &Path, fail_first: bool, fill: Option<usize>) -> Arc<Watched> {
+        fn open(dir: &Path, first: FirstWrite, fill: Option<usize>) -> Arc<Watched> {
             let inner =
                 leanloop_store::duckdb::DuckDbStore::open(&dir.join("events.duckdb"), &Default::default()).unwrap();
             Arc::new(Watched {
                 inner,
-                fail_first,
+                first,
                 fill,
                 attempts: Default::default(),
                 chunk_events: Default::default(),
@@ -492,11 +501,15 @@ mod tests {
         }
         fn write_stream(&self, chunks: &mut dyn Iterator<Item = Chunk>) -> Result<WriteOutcome, StoreError> {
             let mut chunks = chunks.inspect(|c| self.chunk_events.lock().unwrap().push(c.events.len()));
-            if self.attempts.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0 && self.fail_first {
-                let _ = chunks.next();
-                return Err(StoreError::Corrupt("the store went away".into()));
-            }
-            let outcome = self.inner.write_stream(&mut chunks)?;
+            let first = self.attempts.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0;
+            let outcome = match self.first {
+                FirstWrite::Fails if first => {
+                    let _ = chunks.next();
+                    return Err(StoreError::Corrupt("the store went away".into()));
+                }
+                FirstWrite::StopsAfterOne if first => self.inner.write_stream(&mut chunks.by_ref().take(1))?,
+                _ => self.inner.write_stream(&mut chunks)?,
+            };
             self.write_events.lock().unwrap().push(outcome.inserted + outcome.duplicates);
             Ok(outcome)
         }
@@ -545,12 +558,12 @@ mod tests {
     /// append from.
     fn watched_log(
         dir: &Path,
-        fail_first: bool,
+        first: FirstWrite,
         interval: Duration,
         fill: Option<usize>,
         max_bytes: u64,
     ) -> (Arc<Watched>, Wal, tokio::runtime::Runtime) {
-        let store = Watched::open(dir, fail_first, fill);
+        let store = Watched::open(dir, first, fill);
         let options = WalOptions {
             dir: dir.join("log"),
             max_bytes,
@@ -567,7 +580,8 @@ mod tests {
     #[test]
     fn a_write_that_fails_midway_is_read_again_from_the_log_and_stored_once() {
         let dir = tempfile::tempdir().unwrap();
-        let (store, wal, runtime) = watched_log(dir.path(), true, Duration::from_millis(50), None, 1 << 30);
+        let (store, wal, runtime) =
+            watched_log(dir.path(), FirstWrite::Fails, Duration::from_millis(50), None, 1 << 30);
         // More than one chunk's worth, in records of 1,000 events, and
         // across several segments.
         for r in 0..20u128 {
@@ -585,10 +599,30 @@ mod tests {
     }
 
     #[test]
+    fn what_a_store_leaves_of_a_write_is_delivered_by_the_next() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, wal, runtime) =
+            watched_log(dir.path(), FirstWrite::StopsAfterOne, Duration::from_millis(50), None, 1 << 30);
+        // Several chunks' worth, logged before delivery can start on them:
+        // the reader has chunks ready beyond the one the store takes.
+        wal.pause();
+        for r in 0..20u128 {
+            let events: Vec<Event> = (r * 1000..r * 1000 + 1000).map(record::tests::event).collect();
+            runtime.block_on(wal.append(&events, &[])).unwrap();
+        }
+        wal.resume();
+        assert_eq!(wal.drain(Duration::from_secs(60)), 0, "everything delivered");
+        let writes = store.write_events.lock().unwrap().clone();
+        assert!(writes.len() >= 2 && writes[0] < 20_000, "the first write took part of the log: {writes:?}");
+        assert_eq!(writes.iter().sum::<usize>(), 20_000, "the rest came in later writes, none twice: {writes:?}");
+        assert_eq!(store.count(&EventFilter::project(1)).unwrap(), 20_000);
+    }
+
+    #[test]
     fn records_that_trickle_in_reach_the_store_as_one_chunk() {
         let dir = tempfile::tempdir().unwrap();
         // A wait longer than the appends take: only the drain ends the write.
-        let (store, wal, runtime) = watched_log(dir.path(), false, Duration::from_secs(600), None, 1 << 30);
+        let (store, wal, runtime) = watched_log(dir.path(), FirstWrite::Whole, Duration::from_secs(600), None, 1 << 30);
         // One event per append, each acknowledged (synced) before the next
         // is sent, as single events arrive: every one is its own record.
         for n in 0..50u128 {
@@ -636,7 +670,8 @@ mod tests {
     fn under_sustained_load_a_write_is_held_open_until_it_fills_the_stores_size() {
         let dir = tempfile::tempdir().unwrap();
         let fill = 2000;
-        let (store, wal, runtime) = watched_log(dir.path(), false, Duration::from_millis(40), Some(fill), 1 << 30);
+        let (store, wal, runtime) =
+            watched_log(dir.path(), FirstWrite::Whole, Duration::from_millis(40), Some(fill), 1 << 30);
         // At most 5 events a millisecond: an interval alone takes at most
         // about 200, a tenth of the size a held write reaches.
         paced_appends(&wal, &runtime, 0, 1600, 5, Duration::from_millis(1));
@@ -660,7 +695,8 @@ mod tests {
         // fill size (4,000) would first fill the log and have appends
         // refused; ended at half, it leaves them 350 ms of room at the pace.
         let max_bytes = 700 * record_bytes as u64;
-        let (store, wal, runtime) = watched_log(dir.path(), false, Duration::from_millis(40), Some(4000), max_bytes);
+        let (store, wal, runtime) =
+            watched_log(dir.path(), FirstWrite::Whole, Duration::from_millis(40), Some(4000), max_bytes);
         paced_appends(&wal, &runtime, 0, 1600, 5, Duration::from_millis(1));
         wait_delivered(&wal, Duration::from_secs(20));
         let writes = store.write_events.lock().unwrap().clone();
@@ -674,7 +710,8 @@ mod tests {
         // 200 events a second at most: never 100,000 within the fill wait.
         // Records come closer together than a quarter interval, so only
         // the pace keeps the write from being held.
-        let (store, wal, runtime) = watched_log(dir.path(), false, Duration::from_millis(40), Some(100_000), 1 << 30);
+        let (store, wal, runtime) =
+            watched_log(dir.path(), FirstWrite::Whole, Duration::from_millis(40), Some(100_000), 1 << 30);
         paced_appends(&wal, &runtime, 0, 120, 1, Duration::from_millis(5));
         wait_delivered(&wal, Duration::from_secs(20));
         let writes = store.write_events.lock().unwrap().clone();

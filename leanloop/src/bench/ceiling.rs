@@ -74,10 +74,12 @@ fn write_ndjson(
 /// store with the same schema; rows/s.
 pub fn duckdb_json_load(json: &JsonRows) -> Result<f64> {
     let dir = tempfile::tempdir_in(json.dir.path())?;
-    // DuckDB's own load gets the whole memory limit, as it had before the
-    // store ran ingest under a smaller one: the ceiling is not lowered by it.
+    // DuckDB's own load gets the whole memory limit and every thread, as
+    // it had before the store ran ingest in a smaller mode: the ceiling is
+    // not lowered by it.
     let full = DuckDbOptions::default();
-    let options = DuckDbOptions { ingest_memory_limit: full.memory_limit.clone(), ..full };
+    let options =
+        DuckDbOptions { ingest_memory_limit: full.memory_limit.clone(), ingest_threads: full.threads, ..full };
     let store = DuckDbStore::open(&dir.path().join("ceiling.duckdb"), &options)?;
     let (stored, elapsed) = store.load_ndjson_unchecked(&json.path)?;
     anyhow::ensure!(stored == json.rows, "DuckDB stored {stored} of {} rows", json.rows);

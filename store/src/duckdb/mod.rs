@@ -4,9 +4,9 @@
 //! through a small pool of cloned connections so queries never wait for a
 //! write to finish.
 
+mod budget;
 mod columnar;
 mod dedup;
-mod memory;
 mod read;
 mod schema;
 mod sessions;
@@ -30,12 +30,15 @@ pub const ROW_GROUP_ROWS: usize = 122_880;
 pub struct DuckDbOptions {
     /// DuckDB's `memory_limit` while questions are answered, e.g. `"256MB"`.
     pub memory_limit: String,
-    /// DuckDB's `memory_limit` otherwise (see `memory.rs`); not above
+    /// DuckDB's `memory_limit` otherwise (see `budget.rs`); not above
     /// `memory_limit`.
     pub ingest_memory_limit: String,
-    /// How long after the last question the ingest limit comes back.
+    /// How long after the last question the ingest mode comes back.
     pub ingest_limit_after: Duration,
+    /// DuckDB's threads while questions are answered.
     pub threads: usize,
+    /// DuckDB's threads otherwise (see `budget.rs`); not above `threads`.
+    pub ingest_threads: usize,
 }
 
 impl Default for DuckDbOptions {
@@ -45,6 +48,7 @@ impl Default for DuckDbOptions {
             ingest_memory_limit: "128MB".into(),
             ingest_limit_after: Duration::from_secs(30),
             threads: 2,
+            ingest_threads: 1,
         }
     }
 }
@@ -60,7 +64,7 @@ pub struct DuckDbStore {
     people_writes: AtomicU64,
     /// The memory limit, as named to a query that exceeds it.
     memory_limit: String,
-    budget: memory::Budget,
+    budget: budget::Budget,
     /// Dropped with the store, which ends the compaction thread at once.
     _compaction: std::sync::mpsc::Sender<()>,
 }
@@ -77,10 +81,13 @@ impl DuckDbStore {
             .with("preserve_insertion_order", "false")?;
         let origin = Connection::open_with_flags(path, config)?;
         schema::migrate(&origin)?;
-        let budget = memory::Budget::start(
+        let budget = budget::Budget::start(
             &origin,
-            &options.memory_limit,
-            &options.ingest_memory_limit,
+            budget::Mode { memory_limit: options.memory_limit.clone(), threads: options.threads },
+            budget::Mode {
+                memory_limit: options.ingest_memory_limit.clone(),
+                threads: options.ingest_threads.min(options.threads),
+            },
             options.ingest_limit_after,
         )?;
         let writer = Arc::new(Mutex::new(write::Writer::new(origin.try_clone()?)?));
@@ -313,21 +320,28 @@ mod tests {
         Event::new(uuid::Uuid::from_u128(n), 1, leanloop_core::EventKind::Track, "e", 1_700_000_000_000)
     }
 
-    fn current_limit(store: &DuckDbStore) -> String {
-        lock(&store.origin).query_row("SELECT current_setting('memory_limit')", [], |r| r.get(0)).unwrap()
+    /// DuckDB's memory limit and threads now.
+    fn current_mode(store: &DuckDbStore) -> (String, i64) {
+        lock(&store.origin)
+            .query_row("SELECT current_setting('memory_limit'), current_setting('threads')", [], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .unwrap()
     }
 
     #[test]
-    fn questions_get_the_full_memory_limit_and_writes_bring_back_the_ingest_limit() {
+    fn questions_get_the_full_memory_limit_and_threads_and_writes_bring_back_the_ingest_mode() {
         let dir = tempfile::tempdir().unwrap();
         let options = DuckDbOptions {
             memory_limit: "400MB".into(),
             ingest_memory_limit: "24MB".into(),
             ingest_limit_after: Duration::ZERO,
-            threads: 1,
+            threads: 2,
+            ingest_threads: 1,
         };
         let store = DuckDbStore::open(&dir.path().join("events.duckdb"), &options).unwrap();
-        let ingest = current_limit(&store);
+        let ingest = current_mode(&store);
+        assert_eq!(ingest.1, 1, "ingest runs on one thread");
         // One aggregate state of about 80 MB, which cannot spill: more than
         // the ingest limit allows.
         let big = Select {
@@ -335,21 +349,22 @@ mod tests {
             params: vec![],
             columns: vec![ColumnKind::Int],
         };
-        assert!(lock(&store.origin).query_row(&big.sql, [], |r| r.get::<_, i64>(0)).is_err(), "over {ingest}");
+        assert!(lock(&store.origin).query_row(&big.sql, [], |r| r.get::<_, i64>(0)).is_err(), "over {ingest:?}");
         assert_eq!(store.select(&big).unwrap()[0][0].int(), 10_000_000);
-        let query = current_limit(&store);
-        assert_ne!(query, ingest);
-        // The next write, with no question running, shrinks the limit back.
+        let query = current_mode(&store);
+        assert_ne!(query.0, ingest.0);
+        assert_eq!(query.1, 2, "a question gets every thread");
+        // The next write, with no question running, brings the ingest mode back.
         store.write(&[event(1)], &[]).unwrap();
-        assert_eq!(current_limit(&store), ingest);
+        assert_eq!(current_mode(&store), ingest);
 
         // Within `ingest_limit_after` of a question the limit stays up.
         drop(store);
         let options = DuckDbOptions { ingest_limit_after: Duration::from_secs(3600), ..options };
         let store = DuckDbStore::open(&dir.path().join("events.duckdb"), &options).unwrap();
-        assert_eq!(current_limit(&store), ingest);
+        assert_eq!(current_mode(&store), ingest);
         store.select(&big).unwrap();
         store.write(&[event(2)], &[]).unwrap();
-        assert_eq!(current_limit(&store), query);
+        assert_eq!(current_mode(&store), query);
     }
 }

@@ -170,6 +170,48 @@ async fn flag_calls_get_no_flags_for_a_good_key_and_a_refusal_for_a_bad_one() {
     assert_eq!(s.count(&[]).await, 0, "a flags call stores no event");
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn remote_config_turns_everything_off_in_json_and_as_a_script() {
+    let s = TestServer::start().await;
+    let key = s.project.write_key.clone();
+    let get = |path: String| s.client.get(s.url(&path)).send();
+    let r = get(format!("/array/{key}/config")).await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["access-control-allow-origin"], "*", "posthog-js fetches it from the page");
+    let config: Value = r.json().await.unwrap();
+    assert_eq!(config["token"], key.as_str());
+    assert_eq!(config["analytics"]["endpoint"], "/i/v0/e/");
+    for off in ["hasFeatureFlags", "sessionRecording", "heatmaps", "surveys", "autocaptureExceptions"] {
+        assert_eq!(config[off], false, "{off}: {config}");
+    }
+
+    // The script form, run as a browser would run it: it files the same
+    // config under the token.
+    let r = get(format!("/array/{key}/config.js")).await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(r.headers()["content-type"].to_str().unwrap().starts_with("text/javascript"));
+    let script = r.text().await.unwrap();
+    let run = format!(
+        "globalThis.window = {{}};\n{script}\nprocess.stdout.write(JSON.stringify(window._POSTHOG_REMOTE_CONFIG));"
+    );
+    let out = std::process::Command::new("node").args(["-e", &run]).output().expect("node runs");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let filed: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(filed[key.as_str()]["config"], config);
+    assert_eq!(filed[key.as_str()]["siteApps"], json!([]));
+
+    // Only a write key gets one.
+    for bad in ["no-such-key".to_owned(), s.project.read_key.clone()] {
+        for path in [format!("/array/{bad}/config"), format!("/array/{bad}/config.js")] {
+            let r = get(path.clone()).await.unwrap();
+            assert_eq!(r.status(), 401, "{path}");
+            let error: Value = r.json().await.unwrap();
+            assert_eq!(error["error"]["code"], "unauthorized", "{path}: {error}");
+        }
+    }
+    assert_eq!(s.count(&[]).await, 0, "asking for the config stores no event");
+}
+
 fn url_escape(text: &str) -> String {
     url::form_urlencoded::byte_serialize(text.as_bytes()).collect()
 }
