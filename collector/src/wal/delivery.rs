@@ -32,6 +32,10 @@ use std::time::{Duration, Instant};
 /// Events decoded from the log before they are handed to the store.
 const CHUNK_EVENTS: usize = 8192;
 
+/// Room for the record that takes a chunk past [`CHUNK_EVENTS`]: one
+/// request's events, 1,000 at most by default.
+const CHUNK_SLACK: usize = 1024;
+
 pub struct Delivery {
     pub shared: Arc<Shared>,
     pub store: Arc<dyn EventStore>,
@@ -252,7 +256,7 @@ impl Iterator for Records<'_> {
 
     fn next(&mut self) -> Option<Chunk> {
         // Sized for a full chunk: growing it moved every event again.
-        let mut chunk = Chunk { events: Vec::with_capacity(CHUNK_EVENTS), ..Chunk::default() };
+        let mut chunk = Chunk { events: Vec::with_capacity(CHUNK_EVENTS + CHUNK_SLACK), ..Chunk::default() };
         while self.failure.is_none() && chunk.events.len() < CHUNK_EVENTS && self.events < self.delivery.batch_events {
             // A chunk waits for records until it is full or the write's
             // interval is up: every chunk is one append, whose fixed cost
