@@ -44,14 +44,26 @@ pub struct Batch {
     pub users: Vec<UserUpdate>,
 }
 
+thread_local! {
+    /// Bytes per event or person update in the last record this thread encoded.
+    static ITEM_BYTES: std::cell::Cell<usize> = const { std::cell::Cell::new(512) };
+}
+
 /// Encodes a record, header included, to be [`seal`]ed with its position.
 pub fn encode(events: &[Event], users: &[UserUpdate]) -> Result<Vec<u8>, postcard::Error> {
     let batch = BatchRef { events, users };
-    // Sized once: grown as written, a request's record was copied a dozen times.
-    let mut start = Vec::with_capacity(HEADER_BYTES + 1 + postcard::experimental::serialized_size(&batch)?);
+    // Sized up front from the size per item of this thread's last record:
+    // grown as written, a request's record was copied a dozen times, and
+    // measuring it exactly first took a second full pass over the events.
+    let items = events.len() + users.len();
+    let estimate = ITEM_BYTES.get() * items + ITEM_BYTES.get() * items / 4;
+    let mut start = Vec::with_capacity(HEADER_BYTES + 1 + estimate);
     start.extend_from_slice(&[0u8; HEADER_BYTES]);
     start.push(FORMAT);
     let mut record = postcard::to_extend(&batch, start)?;
+    // Capped: one large event must not make the next thousand small ones
+    // reserve megabytes.
+    ITEM_BYTES.set((record.len() / items.max(1)).clamp(1, 2048));
     let payload_len = (record.len() - HEADER_BYTES) as u32;
     let crc = crc32fast::hash(&record[HEADER_BYTES..]);
     record[..4].copy_from_slice(&payload_len.to_le_bytes());
@@ -178,6 +190,29 @@ pub(crate) mod tests {
         assert!(matches!(read(&flipped, at), Next::Torn));
         assert!(matches!(read(&[], at), Next::End));
         assert!(matches!(read(&[0u8; 64], at), Next::Torn), "a zeroed tail is torn, not records");
+    }
+
+    #[test]
+    fn one_large_event_does_not_make_the_next_records_reserve_its_size_per_event() {
+        let mut large = event(1);
+        large.properties = format!(r#"{{"blob":"{}"}}"#, "x".repeat(30_000));
+        let record = encode(std::slice::from_ref(&large), &[]).unwrap();
+        assert!(record.len() > 30_000);
+        let small: Vec<Event> = (0..1000).map(event).collect();
+        let record = encode(&small, &[]).unwrap();
+        // At most the capped estimate (2 KiB and a quarter per event), not
+        // the 30 KB the large one took.
+        assert!(record.capacity() <= HEADER_BYTES + 1 + 2560 * 1000, "reserved {}", record.capacity());
+        let Next::Record(payload, _) = read_next(&mut &sealed(record)[..], 0).unwrap() else { panic!("whole") };
+        assert_eq!(decode(&payload).unwrap().events, small);
+        // Estimated from the last record, the next of the same shape fits.
+        let again = encode(&small, &[]).unwrap();
+        assert!(again.capacity() < 2 * again.len(), "reserved {} for {}", again.capacity(), again.len());
+    }
+
+    fn sealed(mut record: Vec<u8>) -> Vec<u8> {
+        seal(&mut record, 0);
+        record
     }
 
     #[test]
