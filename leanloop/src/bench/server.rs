@@ -73,6 +73,27 @@ impl Child {
         }
     }
 
+    /// Waits until the child stops working: under 5 % of a core over a
+    /// quarter second. Stored events are visible before the store has
+    /// finished with them (DuckDB checkpoints on the committing thread), and
+    /// a ceiling measured meanwhile would share the machine with that work.
+    /// Returns how long the child stayed busy, or `None` when it still was
+    /// at the deadline.
+    pub async fn wait_idle(&self, deadline: Duration) -> Result<Option<Duration>> {
+        const WINDOW: Duration = Duration::from_millis(250);
+        let started = Instant::now();
+        let mut before = self.cpu_seconds()?;
+        while started.elapsed() < deadline {
+            tokio::time::sleep(WINDOW).await;
+            let now = self.cpu_seconds()?;
+            if now - before < WINDOW.as_secs_f64() * 0.05 {
+                return Ok(Some(started.elapsed().saturating_sub(WINDOW)));
+            }
+            before = now;
+        }
+        Ok(None)
+    }
+
     /// CPU time the child has used so far (user + system), in seconds.
     pub fn cpu_seconds(&self) -> Result<f64> {
         cpu_seconds(self.process.id())
