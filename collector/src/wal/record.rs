@@ -44,6 +44,11 @@ pub struct Batch {
     pub users: Vec<UserUpdate>,
 }
 
+/// Most a record reserves up front; a larger one grows as it is written.
+/// The estimate per item is capped too, but the events a request may carry
+/// are configurable.
+const MAX_ESTIMATE_BYTES: usize = 4 << 20;
+
 thread_local! {
     /// Bytes per event or person update in the last record this thread encoded.
     static ITEM_BYTES: std::cell::Cell<usize> = const { std::cell::Cell::new(512) };
@@ -56,7 +61,7 @@ pub fn encode(events: &[Event], users: &[UserUpdate]) -> Result<Vec<u8>, postcar
     // grown as written, a request's record was copied a dozen times, and
     // measuring it exactly first took a second full pass over the events.
     let items = events.len() + users.len();
-    let estimate = ITEM_BYTES.get() * items + ITEM_BYTES.get() * items / 4;
+    let estimate = (ITEM_BYTES.get() * items + ITEM_BYTES.get() * items / 4).min(MAX_ESTIMATE_BYTES);
     let mut start = Vec::with_capacity(HEADER_BYTES + 1 + estimate);
     start.extend_from_slice(&[0u8; HEADER_BYTES]);
     start.push(FORMAT);
@@ -208,6 +213,12 @@ pub(crate) mod tests {
         // Estimated from the last record, the next of the same shape fits.
         let again = encode(&small, &[]).unwrap();
         assert!(again.capacity() < 2 * again.len(), "reserved {} for {}", again.capacity(), again.len());
+        // However many events a record holds, it reserves at most 4 MiB
+        // before it grows as written.
+        encode(std::slice::from_ref(&large), &[]).unwrap();
+        let many: Vec<Event> = (0..3000).map(event).collect();
+        let bulk = encode(&many, &[]).unwrap();
+        assert!(bulk.capacity() <= HEADER_BYTES + 1 + MAX_ESTIMATE_BYTES, "reserved {}", bulk.capacity());
     }
 
     fn sealed(mut record: Vec<u8>) -> Vec<u8> {
