@@ -61,7 +61,7 @@ pub fn encode(events: &[Event], users: &[UserUpdate]) -> Result<Vec<u8>, postcar
     // grown as written, a request's record was copied a dozen times, and
     // measuring it exactly first took a second full pass over the events.
     let items = events.len() + users.len();
-    let estimate = (ITEM_BYTES.get() * items + ITEM_BYTES.get() * items / 4).min(MAX_ESTIMATE_BYTES);
+    let estimate = (ITEM_BYTES.get() * items * 5 / 4).min(MAX_ESTIMATE_BYTES);
     let mut start = Vec::with_capacity(HEADER_BYTES + 1 + estimate);
     start.extend_from_slice(&[0u8; HEADER_BYTES]);
     start.push(FORMAT);

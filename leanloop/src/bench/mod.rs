@@ -169,10 +169,7 @@ async fn ingest(duration: Duration, connections: usize, single_connections: usiz
     let stored_after = server.wait_stored(batches.events, Duration::from_secs(120)).await?;
     // The store's work after the events became visible (a checkpoint)
     // counts in the CPU per event, and is over before DuckDB's own load.
-    let settled = server.wait_idle(Duration::from_secs(120)).await?;
-    if settled.is_none() {
-        eprintln!("the server was still busy 120 s after the last batch was stored");
-    }
+    let settled = server.wait_idle("the last batch was stored", Duration::from_secs(120)).await?;
     let per_event = |seconds: f64| seconds * 1e6 / batches.events.max(1) as f64;
     let batch_server_us = per_event(server.cpu_seconds()? - server_cpu);
     let batch_client_us = per_event(server::cpu_seconds(me)? - client_cpu);
@@ -185,7 +182,7 @@ async fn ingest(duration: Duration, connections: usize, single_connections: usiz
     let single_cpu = server.cpu_seconds()?;
     let singles = load::run(&server, load::Shape::Single, single_connections, duration).await?;
     server.wait_stored(batches.events + singles.events, Duration::from_secs(120)).await?;
-    server.wait_idle(Duration::from_secs(120)).await?;
+    server.wait_idle("the last single event was stored", Duration::from_secs(120)).await?;
     let single_server_us = (server.cpu_seconds()? - single_cpu) * 1e6 / singles.events.max(1) as f64;
     bare.absorb(load::run(&bare_server, load::Shape::Single, single_connections, duration / 2).await?);
     let peak_rss_mb = server.peak_rss_mb()?;

@@ -77,9 +77,9 @@ impl Child {
     /// quarter second. Stored events are visible before the store has
     /// finished with them (DuckDB checkpoints on the committing thread), and
     /// a ceiling measured meanwhile would share the machine with that work.
-    /// Returns how long the child stayed busy, or `None` when it still was
-    /// at the deadline.
-    pub async fn wait_idle(&self, deadline: Duration) -> Result<Option<Duration>> {
+    /// Returns how long the child stayed busy, or `None` (and says so) when
+    /// it still was at the deadline, `after` naming what it was busy after.
+    pub async fn wait_idle(&self, after: &str, deadline: Duration) -> Result<Option<Duration>> {
         const WINDOW: Duration = Duration::from_millis(250);
         let started = Instant::now();
         let mut before = self.cpu_seconds()?;
@@ -91,6 +91,7 @@ impl Child {
             }
             before = now;
         }
+        eprintln!("the server was still busy {deadline:?} after {after}");
         Ok(None)
     }
 
