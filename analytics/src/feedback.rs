@@ -18,8 +18,10 @@ pub struct FeedbackQuery {
     pub date_to: Option<String>,
     pub timezone: Option<String>,
     #[serde(default)]
+    #[schemars(length(max = crate::fields::MAX_FILTERS))]
     pub filters: Vec<Filter>,
     /// Newest messages shown (default 20, at most 500).
+    #[schemars(range(min = 1, max = 500))]
     pub messages_limit: Option<usize>,
 }
 

@@ -107,6 +107,9 @@ pub struct Filter {
     pub value: Option<Value>,
 }
 
+/// The most filters one list may hold.
+pub const MAX_FILTERS: usize = 50;
+
 /// How the most values an `eq`/`neq` list may hold.
 const MAX_LIST: usize = 1000;
 
@@ -206,8 +209,8 @@ fn check_regex(pattern: &str, at: &str) -> Result<(), AnalyticsError> {
 /// Compiles a list of filters found at `at` (e.g. `filters`), cohorts
 /// included.
 pub fn compile_all(ask: &Ask, filters: &[Filter], at: &str) -> Result<Vec<Sql>, AnalyticsError> {
-    if filters.len() > 50 {
-        return Err(AnalyticsError::invalid(at, format!("`{at}`: at most 50 filters")));
+    if filters.len() > MAX_FILTERS {
+        return Err(AnalyticsError::invalid(at, format!("`{at}`: at most {MAX_FILTERS} filters")));
     }
     let compile = |(i, f): (usize, &Filter)| {
         let at = format!("{at}[{i}]");

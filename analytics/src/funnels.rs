@@ -36,6 +36,7 @@ pub struct Step {
     /// Event name; any event when absent.
     pub event: Option<String>,
     #[serde(default)]
+    #[schemars(length(max = crate::fields::MAX_FILTERS))]
     pub filters: Vec<Filter>,
 }
 
@@ -53,14 +54,18 @@ pub struct FunnelQuery {
     pub date_from: Option<String>,
     pub date_to: Option<String>,
     pub timezone: Option<String>,
+    #[schemars(length(min = 2, max = MAX_STEPS))]
     pub steps: Vec<Step>,
     /// Seconds from the first step within which the last must happen.
+    #[schemars(range(min = 1, max = MAX_WINDOW_SECONDS))]
     pub window_seconds: Option<i64>,
     #[serde(default)]
     pub order: Order,
     #[serde(default)]
+    #[schemars(length(max = crate::fields::MAX_FILTERS))]
     pub filters: Vec<Filter>,
     pub breakdown: Option<String>,
+    #[schemars(range(min = 1, max = 100))]
     pub breakdown_limit: Option<usize>,
 }
 

@@ -36,14 +36,17 @@ pub struct PathsQuery {
     pub date_to: Option<String>,
     pub timezone: Option<String>,
     /// The event name or page path to start from.
+    #[schemars(length(min = 1))]
     pub start: String,
     #[serde(default)]
     pub kind: ItemKind,
     #[serde(default)]
     pub direction: Direction,
     /// Entries shown (default 10, at most 100).
+    #[schemars(range(min = 1, max = 100))]
     pub limit: Option<usize>,
     #[serde(default)]
+    #[schemars(length(max = crate::fields::MAX_FILTERS))]
     pub filters: Vec<Filter>,
 }
 

@@ -25,8 +25,10 @@ pub struct PeopleQuery {
     /// Conditions on traits: `{"field": "traits.plan", "op": "eq", "value": "pro"}`,
     /// or membership of saved cohorts: `{"field": "cohort", "op": "eq", "value": 3}`.
     #[serde(default)]
+    #[schemars(length(max = crate::fields::MAX_FILTERS))]
     pub filters: Vec<Filter>,
     /// Default 100, at most 1000.
+    #[schemars(range(min = 1, max = 1000))]
     pub limit: Option<usize>,
     #[serde(default)]
     pub offset: usize,
@@ -200,8 +202,9 @@ fn person((user_id, traits, first, last): (String, String, i64, i64)) -> Person 
 
 pub fn people(ask: &Ask, q: &PeopleQuery) -> Result<PeopleResult, AnalyticsError> {
     let limit = bounded(q.limit, 100, 1000, "limit")?;
-    if q.filters.len() > 50 {
-        return Err(AnalyticsError::invalid("filters", "`filters`: at most 50 filters"));
+    if q.filters.len() > crate::fields::MAX_FILTERS {
+        let most = crate::fields::MAX_FILTERS;
+        return Err(AnalyticsError::invalid("filters", format!("`filters`: at most {most} filters")));
     }
     let checks = q
         .filters

@@ -20,6 +20,7 @@ pub struct ReleasesQuery {
     pub date_from: Option<String>,
     pub date_to: Option<String>,
     /// At most this many releases, newest first (default 100, at most 1000).
+    #[schemars(range(min = 1, max = 1000))]
     pub limit: Option<usize>,
 }
 
@@ -93,16 +94,19 @@ fn first_seen(ask: &Ask, release: &str) -> Result<Option<i64>, AnalyticsError> {
 #[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ImpactQuery {
+    #[schemars(length(min = 1))]
     pub release: String,
     /// Compare with this release's events instead of before/after.
     pub compare_to: Option<String>,
     pub series: Series,
     /// Before/after: the length of each side (default 7 days). Release vs
     /// release: both sides cover the range `date_from`..`date_to`.
+    #[schemars(range(min = 60, max = 31_622_400))]
     pub window_seconds: Option<i64>,
     pub date_from: Option<String>,
     pub date_to: Option<String>,
     #[serde(default)]
+    #[schemars(length(max = crate::fields::MAX_FILTERS))]
     pub filters: Vec<crate::fields::Filter>,
     /// The release's time (RFC 3339) for before/after; by default the time
     /// the pipeline put it live, else its first event.

@@ -50,6 +50,7 @@ pub enum CohortType {
 pub struct EventSpec {
     pub event: Option<String>,
     #[serde(default)]
+    #[schemars(length(max = crate::fields::MAX_FILTERS))]
     pub filters: Vec<Filter>,
 }
 
@@ -65,8 +66,10 @@ pub struct RetentionQuery {
     pub return_event: EventSpec,
     pub period: Period,
     /// Number of cohorts and of periods after each (1 to 100).
+    #[schemars(range(min = 1, max = MAX_PERIODS))]
     pub periods: i64,
     #[serde(default)]
+    #[schemars(length(max = crate::fields::MAX_FILTERS))]
     pub filters: Vec<Filter>,
 }
 

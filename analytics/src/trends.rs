@@ -119,6 +119,7 @@ pub struct Series {
     /// The numeric property `sum`..`p99` measure (`properties.<key>` or a key).
     pub property: Option<String>,
     #[serde(default)]
+    #[schemars(length(max = crate::fields::MAX_FILTERS))]
     pub filters: Vec<Filter>,
 }
 
@@ -134,12 +135,15 @@ pub struct TrendQuery {
     pub timezone: Option<String>,
     #[serde(default = "day")]
     pub interval: Interval,
+    #[schemars(length(min = 1, max = MAX_SERIES))]
     pub series: Vec<Series>,
     #[serde(default)]
+    #[schemars(length(max = crate::fields::MAX_FILTERS))]
     pub filters: Vec<Filter>,
     /// A column, `properties.<key>`, or `release`.
     pub breakdown: Option<String>,
     /// Values shown besides "other" (default 10, at most 100).
+    #[schemars(range(min = 1, max = 100))]
     pub breakdown_limit: Option<usize>,
     #[serde(default)]
     pub compare: bool,

@@ -29,10 +29,13 @@ pub struct WebQuery {
     pub date_to: Option<String>,
     pub timezone: Option<String>,
     #[serde(default)]
+    #[schemars(length(max = crate::fields::MAX_FILTERS))]
     pub filters: Vec<Filter>,
     /// Entries per list (default 10, at most 100).
+    #[schemars(range(min = 1, max = 100))]
     pub limit: Option<usize>,
     /// The parts to answer (every one when absent); the answer holds those.
+    #[schemars(length(min = 1))]
     pub sections: Option<Vec<Section>>,
 }
 

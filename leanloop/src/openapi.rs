@@ -82,12 +82,13 @@ pub fn document() -> Value {
         paths.insert(format!("/api/v1/projects/{{id}}/insights/{kind}"), item);
     }
     let text = |name: &str, description: &str| json!({"name": name, "in": "query", "description": description, "schema": {"type": "string"}});
+    let time = |name: &str, description: &str| json!({"name": name, "in": "query", "description": description, "schema": {"type": "string", "format": "date-time"}});
     let filters = json!([
         project_id(),
         text("name", "Event name"),
         text("user", "User id or anonymous id"),
-        text("from", "RFC 3339 time, inclusive"),
-        text("to", "RFC 3339 time, exclusive")
+        time("from", "RFC 3339 time, inclusive"),
+        time("to", "RFC 3339 time, exclusive")
     ]);
     let mut list_params = filters.clone();
     if let Some(list) = list_params.as_array_mut() {

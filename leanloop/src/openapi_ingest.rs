@@ -2,78 +2,178 @@
 //! PostHog's capture and flag calls, and Leanloop's feedback call. These are
 //! other vendors' wire formats, decoded by hand-written types in
 //! `leanloop-collector`, so their schemas are written here: they list what
-//! Leanloop reads (any other field is accepted and ignored) and which fields
-//! each call requires.
+//! Leanloop reads (any other field is accepted and ignored), the shapes each
+//! field may take and which fields each call requires. Every request they
+//! allow is accepted (the API fuzz test checks this). The server takes a
+//! little more than they say, as SDKs send it: a context sent as an array
+//! (PHP's empty map), or a time in a form RFC 3339 does not name.
 
 use serde_json::{json, Map, Value};
 
+/// What the server trims from ids and names (Unicode's `White_Space`),
+/// spelled out so that every regex dialect reads the class alike: text of
+/// only these counts as absent.
+const WHITESPACE: &str = "\\t-\\r \\u0085\\u00a0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000";
+
+/// Any JSON value: read when it is a string or a number, ignored otherwise.
 fn text() -> Value {
-    json!({"type": "string"})
+    json!({"description": "Read when a string or a number; any other value is ignored"})
+}
+
+fn described(mut schema: Value, description: &str) -> Value {
+    schema["description"] = json!(description);
+    schema
 }
 
 fn object(properties: Value) -> Value {
     json!({"type": "object", "properties": properties})
 }
 
-/// What every call can carry in `context`.
-fn context() -> Value {
-    object(json!({
-        "ip": text(),
-        "userAgent": text(),
-        "release": {"type": "string", "description": "The release the event happened on; else `app.version`"},
-        "session_id": text(),
-        "traits": {"type": "object", "description": "The user's traits; an identify's own `traits` win over these"},
-        "page": object(json!({"url": text(), "path": text(), "referrer": text()})),
-        "campaign": object(json!({"name": text(), "source": text(), "medium": text(), "term": text(), "content": text()})),
-        "app": object(json!({"version": text()})),
-        "library": object(json!({"name": text()})),
-    }))
+/// `schema`, or `null` for none.
+fn or_null(mut schema: Value) -> Value {
+    schema["nullable"] = json!(true);
+    schema
 }
 
-/// One Segment message with its `required` fields (besides a user or an
-/// anonymous id, one of which every message needs).
-fn segment_message(kind: Option<&str>, required: &[&str]) -> Value {
-    let time = json!({"type": "string", "format": "date-time"});
-    let kinds = ["track", "page", "screen", "identify", "group", "alias"];
+/// A JSON object (or `null`, meaning none) kept whole: properties, traits.
+fn free_object() -> Value {
+    json!({"type": "object", "nullable": true})
+}
+
+/// Whole numbers an id may be: 64 bits, signed or not (larger ones arrive
+/// rounded, and two ids could merge).
+fn whole_id() -> Value {
+    json!({"type": "integer", "minimum": i64::MIN, "maximum": u64::MAX})
+}
+
+/// An id that may be absent: a string or a whole number.
+fn id() -> Value {
+    json!({"anyOf": [{"type": "string"}, whole_id()], "nullable": true})
+}
+
+/// An id that must be there: text that is not blank, or a whole number.
+fn required_id() -> Value {
+    json!({"anyOf": [not_blank(), whole_id()]})
+}
+
+fn not_blank() -> Value {
+    json!({"type": "string", "pattern": format!("[^{WHITESPACE}]")})
+}
+
+/// A time: RFC 3339 (or blank, meaning none), or epoch milliseconds.
+fn time() -> Value {
+    json!({"anyOf": [
+        {"type": "string", "format": "date-time"},
+        {"type": "string", "pattern": format!("^[{WHITESPACE}]*$")},
+        // The server takes under 1e15 ms either way; a bound a float's last
+        // bit cannot blur keeps the documented range inside it.
+        {"type": "number", "minimum": -999_999_999_999_999i64, "maximum": 999_999_999_999_999i64},
+    ], "nullable": true, "description": "RFC 3339, or epoch milliseconds"})
+}
+
+/// What every call can carry in `context`.
+fn context() -> Value {
+    let part =
+        |fields: &[&str]| or_null(object(Value::Object(fields.iter().map(|f| (f.to_string(), text())).collect())));
+    or_null(object(json!({
+        "ip": text(),
+        "userAgent": text(),
+        "release": described(text(), "The release the event happened on; else `app.version`"),
+        "session_id": text(),
+        "traits": described(json!({}), "The user's traits (an object); an identify's own `traits` win over these"),
+        "page": part(&["url", "path", "referrer"]),
+        "campaign": part(&["name", "source", "medium", "term", "content"]),
+        "app": part(&["version"]),
+        "library": part(&["name"]),
+    })))
+}
+
+/// A user id or an anonymous id that is not blank.
+fn a_user_or_anonymous_id() -> Value {
+    json!([
+        {"required": ["userId"], "properties": {"userId": required_id()}},
+        {"required": ["anonymousId"], "properties": {"anonymousId": required_id()}},
+    ])
+}
+
+/// The Segment calls: type, summary, and the fields each requires (not
+/// blank) besides a user or an anonymous id.
+const SEGMENT_CALLS: [(&str, &str, &[&str]); 6] = [
+    ("track", "Segment: an event", &["event"]),
+    ("page", "Segment: a page view (stored as `$pageview`)", &[]),
+    ("screen", "Segment: a screen view (stored as `$screen`)", &[]),
+    ("identify", "Segment: who the user is, with traits", &[]),
+    ("group", "Segment: the user's group, with its traits", &["groupId"]),
+    ("alias", "Segment: link an earlier id to the user", &["previousId", "userId"]),
+];
+
+/// One Segment message of type `kind`: sent to its own endpoint, where
+/// `type` is ignored, or in a batch, where `type` says what it is.
+fn segment_message(kind: &str, required: &[&str], in_batch: bool) -> Value {
+    let own_type = match in_batch {
+        false => json!({"type": "string", "nullable": true, "description": "Ignored: the endpoint says the type"}),
+        true => json!({"type": "string", "enum": [kind], "description": "Case is ignored"}),
+    };
+    // Identify and group read their traits, which must then be an object.
+    let traits = match kind {
+        "identify" | "group" => free_object(),
+        _ => described(json!({}), "Not read on this call"),
+    };
     let mut message = object(json!({
-        "type": {"type": "string", "enum": kind.map_or(kinds.to_vec(), |k| vec![k])},
-        "userId": {"type": "string", "description": "A string or a number; this or `anonymousId` is required"},
-        "anonymousId": text(),
-        "messageId": {"type": "string", "description": "The event's uuid (a UUID, or any text mapped to a stable one); a retry with the same id is stored once"},
-        "event": {"type": "string", "description": "A track's name (required for tracks)"},
-        "name": {"type": "string", "description": "A page's or screen's own name"},
-        "properties": {"type": "object"},
-        "traits": {"type": "object"},
+        "type": own_type,
+        "userId": described(id(), "A string or a whole number; this or `anonymousId` is required"),
+        "anonymousId": id(),
+        "messageId": described(id(), "The event's uuid (a UUID, or any text mapped to a stable one); a retry with the same id is stored once"),
+        "event": described(id(), "A track's name (required for tracks)"),
+        "name": described(text(), "A page's or screen's own name"),
+        "properties": free_object(),
+        "traits": traits,
         "context": context(),
-        "timestamp": time.clone(),
-        "originalTimestamp": time.clone(),
-        "sentAt": {"type": "string", "format": "date-time", "description": "When the client sent it, for clock-skew correction"},
-        "groupId": text(),
-        "previousId": text(),
-        "writeKey": {"type": "string", "description": "The write key, when not sent as the Basic user name"},
+        "timestamp": time(),
+        "originalTimestamp": time(),
+        "sentAt": described(time(), "When the client sent it, for clock-skew correction"),
+        "groupId": id(),
+        "previousId": id(),
+        "writeKey": described(text(), "The write key, when not sent as the Basic user name"),
     }));
-    message["required"] = json!(required);
-    message["anyOf"] = a_user_or_anonymous_id();
+    let mut all_of = vec![json!({"anyOf": a_user_or_anonymous_id()})];
+    all_of.extend(required.iter().map(|field| json!({"properties": {*field: required_id()}})));
+    let mut names: Vec<&str> = required.to_vec();
+    if in_batch {
+        names.push("type");
+    }
+    message["required"] = json!(names);
+    message["allOf"] = json!(all_of);
     message
 }
 
-fn a_user_or_anonymous_id() -> Value {
-    json!([{"required": ["userId"]}, {"required": ["anonymousId"]}])
-}
-
 fn posthog_event() -> Value {
-    object(json!({
-        "event": text(),
-        "distinct_id": {"type": "string", "description": "Or `properties.distinct_id`"},
-        "api_key": {"type": "string", "description": "The write key (or `token`)"},
+    let mut event = object(json!({
+        "event": required_id(),
+        "distinct_id": described(id(), "The person; else `properties.distinct_id`"),
+        "api_key": described(text(), "The write key (or `token`)"),
         "token": text(),
-        "uuid": text(),
-        "timestamp": {"type": "string", "format": "date-time"},
-        "offset": {"type": "integer", "description": "How many ms before sending the event happened"},
-        "properties": {"type": "object", "description": "`$current_url`, `$referrer`, `$set`, `$set_once`, `$anon_distinct_id`, `$is_identified`, `$session_id`, `$release`/`$app_version` and the rest"},
-        "$set": {"type": "object"},
-        "$set_once": {"type": "object"},
-    }))
+        "uuid": id(),
+        "timestamp": time(),
+        "offset": {"type": "number", "nullable": true, "description": "How many ms before sending the event happened"},
+        "properties": described(
+            or_null(object(json!({"distinct_id": id(), "$set": free_object(), "$set_once": free_object()}))),
+            "`$current_url`, `$referrer`, `$set`, `$set_once`, `$anon_distinct_id`, `$is_identified`, `$session_id`, `$release`/`$app_version` and the rest",
+        ),
+        "$set": free_object(),
+        "$set_once": free_object(),
+    }));
+    event["required"] = json!(["event"]);
+    // A body with `batch` is read as a batch, whatever else it holds.
+    event["not"] = json!({"required": ["batch"]});
+    // A person: `distinct_id`, else `properties.distinct_id`. (The alias
+    // event, `$create_alias`, also needs `properties.alias`.)
+    event["anyOf"] = json!([
+        {"required": ["distinct_id"], "properties": {"distinct_id": required_id()}},
+        {"required": ["properties"], "properties": {"properties": {"type": "object", "required": ["distinct_id"],
+            "properties": {"distinct_id": required_id()}}}},
+    ]);
+    event
 }
 
 /// A stored request's answer, then the refusals.
@@ -116,22 +216,16 @@ fn operation(summary: &str, body: Value, done: &str, answer: Value) -> Value {
 pub fn paths(paths: &mut Map<String, Value>) {
     let segment_answer =
         object(json!({"success": {"type": "boolean"}, "accepted": {"type": "integer"}, "rejected": rejected()}));
-    let segment = [
-        ("track", "Segment: an event", vec!["event"]),
-        ("page", "Segment: a page view (stored as `$pageview`)", vec![]),
-        ("screen", "Segment: a screen view (stored as `$screen`)", vec![]),
-        ("identify", "Segment: who the user is, with traits", vec![]),
-        ("group", "Segment: the user's group, with its traits", vec!["groupId"]),
-        ("alias", "Segment: link an earlier id to the user", vec!["previousId", "userId"]),
-    ];
-    for (kind, summary, required) in segment {
-        let body = segment_message(Some(kind), &required);
+    for (kind, summary, required) in SEGMENT_CALLS {
+        let body = segment_message(kind, required, false);
         paths.insert(format!("/v1/{kind}"), operation(summary, body, STORED, segment_answer.clone()));
     }
+    let any_message: Vec<Value> =
+        SEGMENT_CALLS.iter().map(|(kind, _, required)| segment_message(kind, required, true)).collect();
     let batch = json!({"type": "object", "required": ["batch"], "properties": {
-        "batch": {"type": "array", "maxItems": 1000, "items": segment_message(None, &["type"])},
+        "batch": {"type": "array", "maxItems": 1000, "items": {"anyOf": any_message}},
         "context": context(),
-        "sentAt": {"type": "string", "format": "date-time"},
+        "sentAt": time(),
         "writeKey": text(),
     }});
     for path in ["/v1/batch", "/v1/import"] {
@@ -141,12 +235,22 @@ pub fn paths(paths: &mut Map<String, Value>) {
         );
     }
 
-    let feedback = json!({"type": "object", "properties": {
-        "userId": text(), "anonymousId": text(),
-        "score": {"type": "integer", "minimum": 0, "maximum": 10},
-        "message": text(), "category": text(), "page": text(), "release": text(), "messageId": text(),
-        "timestamp": {"type": "string", "format": "date-time"},
-    }, "anyOf": a_user_or_anonymous_id()});
+    let mut feedback = object(json!({
+        "userId": id(), "anonymousId": id(),
+        "score": {"type": "integer", "minimum": 0, "maximum": 10, "nullable": true},
+        "message": {"type": "string", "maxLength": leanloop_collector::wire::feedback::MAX_MESSAGE_CHARS, "nullable": true},
+        "category": text(), "page": text(), "release": text(), "sessionId": text(), "messageId": id(),
+        "timestamp": time(), "sentAt": time(), "writeKey": text(), "context": described(json!({}), "Not read"),
+    }));
+    // Unknown fields are refused here, unlike on the other vendors' calls.
+    feedback["additionalProperties"] = json!(false);
+    feedback["allOf"] = json!([
+        {"anyOf": a_user_or_anonymous_id()},
+        {"anyOf": [
+            {"required": ["score"], "properties": {"score": {"type": "integer"}}},
+            {"required": ["message"], "properties": {"message": not_blank()}},
+        ]},
+    ]);
     paths.insert(
         "/v1/feedback".into(),
         operation("Feedback: a 0–10 score and/or a message (stored as `$feedback`)", feedback, STORED, segment_answer),
@@ -157,7 +261,7 @@ pub fn paths(paths: &mut Map<String, Value>) {
     let posthog_batch = json!({"type": "object", "required": ["batch"], "properties": {
         "api_key": text(), "token": text(),
         "batch": {"type": "array", "maxItems": 1000, "items": posthog_event()},
-        "sent_at": {"type": "string", "format": "date-time"},
+        "sent_at": described(time(), "Also `sentAt`"),
     }});
     let any_shape =
         json!({"oneOf": [posthog_event(), posthog_batch.clone(), {"type": "array", "items": posthog_event()}]});
