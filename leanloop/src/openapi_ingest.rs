@@ -5,8 +5,8 @@
 //! Leanloop reads (any other field is accepted and ignored), the shapes each
 //! field may take and which fields each call requires. Every request they
 //! allow is accepted (the API fuzz test checks this). The server takes a
-//! little more than they say, as SDKs send it: a context sent as an array
-//! (PHP's empty map), or a time in a form RFC 3339 does not name.
+//! little more than they say, as SDKs send it: times in forms RFC 3339
+//! does not name, such as `2024-05-01 10:00:00`.
 
 use serde_json::{json, Map, Value};
 
@@ -71,11 +71,16 @@ fn time() -> Value {
     ], "nullable": true, "description": "RFC 3339, or epoch milliseconds"})
 }
 
+/// An object, or `null` or an empty array (PHP's empty map) for none.
+fn part_of_context(properties: Value) -> Value {
+    json!({"anyOf": [object(properties), {"type": "array", "maxItems": 0}], "nullable": true})
+}
+
 /// What every call can carry in `context`.
 fn context() -> Value {
     let part =
-        |fields: &[&str]| or_null(object(Value::Object(fields.iter().map(|f| (f.to_string(), text())).collect())));
-    or_null(object(json!({
+        |fields: &[&str]| part_of_context(Value::Object(fields.iter().map(|f| (f.to_string(), text())).collect()));
+    part_of_context(json!({
         "ip": text(),
         "userAgent": text(),
         "release": described(text(), "The release the event happened on; else `app.version`"),
@@ -85,7 +90,7 @@ fn context() -> Value {
         "campaign": part(&["name", "source", "medium", "term", "content"]),
         "app": part(&["version"]),
         "library": part(&["name"]),
-    })))
+    }))
 }
 
 /// A user id or an anonymous id that is not blank.
@@ -104,7 +109,7 @@ const SEGMENT_CALLS: [(&str, &str, &[&str]); 6] = [
     ("screen", "Segment: a screen view (stored as `$screen`)", &[]),
     ("identify", "Segment: who the user is, with traits", &[]),
     ("group", "Segment: the user's group, with its traits", &["groupId"]),
-    ("alias", "Segment: link an earlier id to the user", &["previousId", "userId"]),
+    ("alias", "Segment: link an earlier id (`previousId`) to the user", &["previousId"]),
 ];
 
 /// One Segment message of type `kind`: sent to its own endpoint, where

@@ -21,6 +21,42 @@ impl Id {
     }
 }
 
+/// A part read as `T` from a JSON object; `null` or an empty array (PHP
+/// encodes an empty map as `[]`) is none. Any other array is refused, where
+/// serde's derive would read its items as the fields in order.
+pub fn object_or_empty_list<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Option<T>, D::Error> {
+    d.deserialize_any(ObjectVisitor(std::marker::PhantomData))
+}
+
+struct ObjectVisitor<T>(std::marker::PhantomData<T>);
+
+impl<'de, T: Deserialize<'de>> serde::de::Visitor<'de> for ObjectVisitor<T> {
+    type Value = Option<T>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("an object")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<Option<T>, A::Error> {
+        T::deserialize(serde::de::value::MapAccessDeserializer::new(map)).map(Some)
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Option<T>, A::Error> {
+        match seq.next_element::<serde::de::IgnoredAny>()? {
+            None => Ok(None),
+            Some(_) => Err(serde::de::Error::invalid_type(serde::de::Unexpected::Seq, &self)),
+        }
+    }
+
+    fn visit_unit<E: serde::de::Error>(self) -> Result<Option<T>, E> {
+        Ok(None)
+    }
+
+    fn visit_none<E: serde::de::Error>(self) -> Result<Option<T>, E> {
+        Ok(None)
+    }
+}
+
 /// Text we only read opportunistically (page URLs, browser hints): anything
 /// that is not a string or number is ignored rather than refused.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

@@ -2,7 +2,8 @@
 //! `/group`, `/alias` and `/batch`.
 
 use super::{
-    decode_item, object_text, parse_body, parse_time, split_items, Decoded, Id, Incoming, Text, TimeValue, Utm,
+    decode_item, object_or_empty_list, object_text, parse_body, parse_time, split_items, Decoded, Id, Incoming, Text,
+    TimeValue, Utm,
 };
 use crate::IngestError;
 use leanloop_core::EventKind;
@@ -23,6 +24,7 @@ struct Message<'a> {
     properties: Option<&'a RawValue>,
     #[serde(borrow)]
     traits: Option<&'a RawValue>,
+    #[serde(default, deserialize_with = "object_or_empty_list")]
     context: Option<Context>,
     timestamp: Option<TimeValue>,
     original_timestamp: Option<TimeValue>,
@@ -37,9 +39,13 @@ struct Message<'a> {
 struct Context {
     ip: Option<Text>,
     user_agent: Option<Text>,
+    #[serde(deserialize_with = "object_or_empty_list")]
     page: Option<PageContext>,
+    #[serde(deserialize_with = "object_or_empty_list")]
     campaign: Option<Campaign>,
+    #[serde(deserialize_with = "object_or_empty_list")]
     app: Option<App>,
+    #[serde(deserialize_with = "object_or_empty_list")]
     library: Option<Library>,
     release: Option<Text>,
     #[serde(alias = "session_id")]
@@ -142,6 +148,7 @@ struct BatchBody<'a> {
     batch: Vec<&'a RawValue>,
     sent_at: Option<TimeValue>,
     write_key: Option<Text>,
+    #[serde(default, deserialize_with = "object_or_empty_list")]
     context: Option<Context>,
 }
 
@@ -310,6 +317,22 @@ mod tests {
 
     fn one(text: &str, call: Call) -> Result<Incoming, IngestError> {
         decode(text, call, 32 * 1024, 1000).and_then(|mut d| d.items.remove(0))
+    }
+
+    #[test]
+    fn an_empty_list_is_no_context_and_other_lists_are_refused() {
+        let track = |context: &str| format!(r#"{{"event":"e","userId":"u","context":{context}}}"#);
+        for empty in ["[]", "null", r#"{"page":[],"app":null}"#] {
+            let i = one(&track(empty), Call::Single(EventKind::Track)).unwrap();
+            assert_eq!((i.url, i.release), (None, None), "{empty}");
+        }
+        // Read as a struct from a list, these would set the ip and the agent.
+        for (list, field) in [(r#"["1.2.3.4","agent"]"#, "context"), (r#"{"page":["https://x/"]}"#, "context.page")] {
+            match one(&track(list), Call::Single(EventKind::Track)) {
+                Err(IngestError::BadField { field: named, .. }) => assert_eq!(named, field, "{list}"),
+                other => panic!("{list}: expected a refusal, got {other:?}"),
+            }
+        }
     }
 
     #[test]
