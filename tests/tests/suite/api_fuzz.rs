@@ -3,9 +3,8 @@
 //! built from it, valid and invalid (wrong types, out-of-range numbers, odd
 //! strings, missing fields), to every events, insights, cohorts and people
 //! operation, and to every Segment, PostHog and feedback endpoint. Whatever
-//! it sends, the answer must not be a 5xx; and on the ingest endpoints,
-//! whose documents spell out every rule the server applies, a request the
-//! document allows must be accepted.
+//! it sends, the answer must not be a 5xx; and on the ingest endpoints a
+//! request the document allows must be accepted.
 //!
 //! It runs from the same virtualenv as the SDK clients
 //! (`LEANLOOP_TEST_PYTHON`); a missing schemathesis fails the test. The
