@@ -7,7 +7,7 @@ mod fields;
 pub mod posthog;
 pub mod segment;
 
-pub use fields::{object_or_empty_list, parse_time, Id, Text, TimeValue};
+pub use fields::{parse_time, Id, Text, TimeValue};
 
 use crate::IngestError;
 use leanloop_core::{EventKind, JsonFault};

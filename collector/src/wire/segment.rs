@@ -1,9 +1,9 @@
 //! Segment's HTTP Tracking API: `/v1/track`, `/page`, `/screen`, `/identify`,
 //! `/group`, `/alias` and `/batch`.
 
+use super::fields::object_or_empty_list;
 use super::{
-    decode_item, object_or_empty_list, object_text, parse_body, parse_time, split_items, Decoded, Id, Incoming, Text,
-    TimeValue, Utm,
+    decode_item, object_text, parse_body, parse_time, split_items, Decoded, Id, Incoming, Text, TimeValue, Utm,
 };
 use crate::IngestError;
 use leanloop_core::EventKind;
