@@ -6,7 +6,7 @@ use crate::enrich::RequestFacts;
 use crate::wire::{feedback, posthog, segment, Decoded};
 use crate::{Collector, IngestError};
 use axum::body::Body;
-use axum::extract::{ConnectInfo, RawQuery, State};
+use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{header, HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
@@ -77,12 +77,11 @@ pub fn router(collector: Arc<Collector>) -> Router {
 
 fn route(endpoint: Endpoint) -> axum::routing::MethodRouter<Arc<Collector>> {
     post(
-        move |State(c): State<Arc<Collector>>,
-              ConnectInfo(peer): ConnectInfo<SocketAddr>,
-              RawQuery(query): RawQuery,
-              headers: HeaderMap,
-              body: Body| async move {
-            match ingest(c, endpoint, peer, query, headers, body).await {
+        // The request whole, not its headers and query as extractors: those
+        // copy them.
+        move |State(c): State<Arc<Collector>>, ConnectInfo(peer): ConnectInfo<SocketAddr>, request: Request| async move {
+            let (parts, body) = request.into_parts();
+            match ingest(c, endpoint, peer, parts.uri.query(), parts.headers, body).await {
                 Ok(response) => response,
                 Err(err) => {
                     metrics::counter!("leanloop_ingest_requests_rejected_total", "reason" => err.reason()).increment(1);
@@ -116,7 +115,7 @@ async fn ingest(
     c: Arc<Collector>,
     endpoint: Endpoint,
     peer: SocketAddr,
-    query: Option<String>,
+    query: Option<&str>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, IngestError> {
@@ -125,7 +124,7 @@ async fn ingest(
     if let Some(key) = &header_key {
         c.project_for(key)?;
     }
-    let packing = Packing::detect(&headers, compression(query.as_deref()).as_deref())?;
+    let packing = Packing::detect(&headers, compression(query).as_deref())?;
     let limit = c.config.max_body_bytes;
     let raw = read_limited(&headers, body, limit).await?;
     let facts = request_facts(&c, &headers, peer);

@@ -101,10 +101,7 @@ impl App {
                 .merge(pipeline_api::router(shared.clone()))
                 .merge(leanloop_dashboard::router(control.clone()));
         }
-        let router = router
-            .fallback(refusals::not_found)
-            .layer(axum::middleware::from_fn(refusals::as_json))
-            .layer(axum::middleware::from_fn_with_state(config.request_timeout, refusals::deadline));
+        let router = router.fallback(refusals::not_found).layer(refusals::Refusals { timeout: config.request_timeout });
         let listener = TcpListener::bind(config.listen).await.with_context(|| format!("binding {}", config.listen))?;
         Ok(App { listener, router, collector, control, store, config, default_project, pipeline })
     }
@@ -140,7 +137,7 @@ impl App {
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> Result<()> {
         let App { listener, router, collector, config, pipeline, .. } = self;
         // Headers get the whole request's time; the body is bounded by the
-        // request deadline (`refusals::deadline`).
+        // request deadline (`refusals::Refusals`).
         connections::serve(listener, router, shutdown, config.request_timeout).await;
         let timeout = config.shutdown_timeout;
         if let Some(pipeline) = pipeline {
