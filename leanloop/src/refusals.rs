@@ -23,7 +23,9 @@ use tower::{Layer, Service};
 const RETRY_AFTER_SECS: u32 = 5;
 
 /// Runs each request within `timeout` and turns refusals made below the
-/// handlers into JSON errors (see [`jsonified`]).
+/// handlers into JSON errors (see [`jsonified`]). A body refused as too
+/// large (413, below the handlers or in one) also closes the connection
+/// (`closing`).
 #[derive(Clone, Copy)]
 pub struct Refusals {
     pub timeout: Duration,
@@ -63,19 +65,20 @@ where
         let timeout = self.timeout;
         Box::pin(async move {
             let answered = async {
-                let response = jsonified(&method, &uri, handled.await.unwrap_or_else(|never| match never {})).await;
+                let Ok(response) = handled.await;
+                let response = jsonified(&method, &uri, response).await;
                 match response.status() {
                     StatusCode::PAYLOAD_TOO_LARGE => closing(response),
                     _ => response,
                 }
             };
-            // Past the deadline (a slow body or a long query): 503 with
-            // `Retry-After` and a message saying so.
             Ok(tokio::time::timeout(timeout, answered).await.unwrap_or_else(|_| late(timeout)))
         })
     }
 }
 
+/// Past the deadline (a slow body or a long query): 503 with
+/// `Retry-After` and a message saying so.
 fn late(timeout: Duration) -> Response {
     closing(
         ApiError::from_class(
@@ -111,9 +114,6 @@ pub async fn not_found(request: Request) -> ApiError {
 /// (the dashboard's pages) and JSON pass untouched. A router's method
 /// fallback is not used for 405s: it would also catch the CORS preflights
 /// that layers answer.
-///
-/// A body refused as too large (413, here or in a handler) also closes the
-/// connection (`closing`).
 async fn jsonified(method: &Method, uri: &Uri, response: Response) -> Response {
     let path = uri.path();
     let plain = match response.headers().get(CONTENT_TYPE) {
