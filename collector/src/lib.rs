@@ -27,6 +27,7 @@ pub use config::CollectorConfig;
 pub use enrich::event_uuid;
 pub use error::IngestError;
 pub use queue::IngestQueue;
+pub use routes::{segment_call_paths, SEGMENT_BATCH_PATHS};
 pub use spool::{Backlog, Spool};
 pub use wal::{Wal, WalError, WalOptions};
 

@@ -3,7 +3,7 @@
 
 use crate::body::{read_limited, unpack, Packing};
 use crate::enrich::RequestFacts;
-use crate::wire::{feedback, posthog, segment, Decoded};
+use crate::wire::{self, feedback, posthog, segment, Decoded};
 use crate::{Collector, IngestError};
 use axum::body::Body;
 use axum::extract::{ConnectInfo, Request, State};
@@ -45,17 +45,37 @@ impl Endpoint {
     }
 }
 
+/// Segment's calls, each taken at the paths [`segment_call_paths`] gives.
+const SEGMENT_CALLS: [(&str, EventKind); 6] = [
+    ("track", EventKind::Track),
+    ("page", EventKind::Page),
+    ("screen", EventKind::Screen),
+    ("identify", EventKind::Identify),
+    ("group", EventKind::Group),
+    ("alias", EventKind::Alias),
+];
+
+/// Where Segment's call `name` (`track`, `page`, ...) is taken: `/v1/{name}`,
+/// and the short path Segment's browser SDKs (analytics.js, Analytics Next)
+/// post to, the name's first letter (`/v1/t` for a track).
+pub fn segment_call_paths(name: &str) -> [String; 2] {
+    [format!("/v1/{name}"), format!("/v1/{}", &name[..1])]
+}
+
+/// Where Segment batches are taken; `/v1/b` is the browser SDKs' short path.
+pub const SEGMENT_BATCH_PATHS: [&str; 3] = ["/v1/batch", "/v1/import", "/v1/b"];
+
 pub fn router(collector: Arc<Collector>) -> Router {
-    let segment_single = |kind| route(Endpoint::Segment(segment::Call::Single(kind)));
-    Router::new()
-        .route("/v1/track", segment_single(EventKind::Track))
-        .route("/v1/page", segment_single(EventKind::Page))
-        .route("/v1/screen", segment_single(EventKind::Screen))
-        .route("/v1/identify", segment_single(EventKind::Identify))
-        .route("/v1/group", segment_single(EventKind::Group))
-        .route("/v1/alias", segment_single(EventKind::Alias))
-        .route("/v1/batch", route(Endpoint::Segment(segment::Call::Batch)))
-        .route("/v1/import", route(Endpoint::Segment(segment::Call::Batch)))
+    let mut routes = Router::new();
+    for (name, kind) in SEGMENT_CALLS {
+        for path in segment_call_paths(name) {
+            routes = routes.route(&path, route(Endpoint::Segment(segment::Call::Single(kind))));
+        }
+    }
+    for path in SEGMENT_BATCH_PATHS {
+        routes = routes.route(path, route(Endpoint::Segment(segment::Call::Batch)));
+    }
+    routes
         .route("/v1/feedback", route(Endpoint::Feedback))
         .route("/capture", route(Endpoint::PostHog))
         .route("/capture/", route(Endpoint::PostHog))
@@ -169,10 +189,11 @@ fn process(
     let limits = &c.config;
     let json = unpack(raw, packing, limits.max_body_bytes)?;
     let text = std::str::from_utf8(&json).map_err(|_| IngestError::BadJson("body is not UTF-8".into()))?;
+    let text = wire::well_formed(text);
     let decoded: Decoded = match endpoint {
-        Endpoint::Segment(call) => segment::decode(text, call, limits.max_event_bytes, limits.max_batch_events)?,
-        Endpoint::PostHog => posthog::decode(text, limits.max_event_bytes, limits.max_batch_events)?,
-        Endpoint::Feedback => feedback::decode(text, limits.max_event_bytes)?,
+        Endpoint::Segment(call) => segment::decode(&text, call, limits.max_event_bytes, limits.max_batch_events)?,
+        Endpoint::PostHog => posthog::decode(&text, limits.max_event_bytes, limits.max_batch_events)?,
+        Endpoint::Feedback => feedback::decode(&text, limits.max_event_bytes)?,
     };
     let key = header_key.or(decoded.key).ok_or(IngestError::MissingKey)?;
     let project = c.project_for(&key)?;

@@ -223,7 +223,9 @@ pub fn paths(paths: &mut Map<String, Value>) {
         object(json!({"success": {"type": "boolean"}, "accepted": {"type": "integer"}, "rejected": rejected()}));
     for (kind, summary, required) in SEGMENT_CALLS {
         let body = segment_message(kind, required, false);
-        paths.insert(format!("/v1/{kind}"), operation(summary, body, STORED, segment_answer.clone()));
+        for path in leanloop_collector::segment_call_paths(kind) {
+            paths.insert(path, operation(summary, body.clone(), STORED, segment_answer.clone()));
+        }
     }
     let any_message: Vec<Value> =
         SEGMENT_CALLS.iter().map(|(kind, _, required)| segment_message(kind, required, true)).collect();
@@ -233,7 +235,7 @@ pub fn paths(paths: &mut Map<String, Value>) {
         "sentAt": time(),
         "writeKey": text(),
     }});
-    for path in ["/v1/batch", "/v1/import"] {
+    for path in leanloop_collector::SEGMENT_BATCH_PATHS {
         paths.insert(
             path.into(),
             operation("Segment: up to 1,000 messages of any type", batch.clone(), STORED, segment_answer.clone()),

@@ -6,8 +6,10 @@ pub mod feedback;
 mod fields;
 pub mod posthog;
 pub mod segment;
+mod surrogates;
 
 pub use fields::{parse_time, Id, Text, TimeValue};
+pub use surrogates::well_formed;
 
 use crate::IngestError;
 use leanloop_core::{EventKind, JsonFault};
@@ -82,6 +84,10 @@ pub(crate) fn object_text(raw: Option<&RawValue>, field: &str) -> Result<String,
         Some(text) if text.starts_with('{') && too_deep(text) => {
             Err(IngestError::field(field, format!("`{field}` nests deeper than {MAX_NESTING} levels")))
         }
+        Some(text) if text.starts_with('{') && out_of_range(text) => Err(IngestError::field(
+            field,
+            format!("`{field}` holds a number beyond the range of a 64-bit float (such as 1e400)"),
+        )),
         Some(text) if text.starts_with('{') => Ok(text.to_owned()),
         Some("null") => Ok("{}".to_owned()),
         Some(_) => Err(IngestError::field(field, format!("`{field}` must be a JSON object"))),
@@ -115,6 +121,23 @@ fn too_deep(text: &str) -> bool {
         }
     }
     false
+}
+
+/// Whether valid JSON `text` holds a number no 64-bit float can hold, such
+/// as `1e400`. JSON allows it, but DuckDB's JSON functions and the events
+/// API would refuse the whole stored text: every property of the event
+/// would be lost to queries. Only an exponent of three digits or a run of
+/// over 308 digits can be that large, and few texts have either, so only
+/// those are parsed.
+fn out_of_range(text: &str) -> bool {
+    let bytes = text.as_bytes();
+    let long_exponent = memchr::memchr2_iter(b'e', b'E', bytes).any(|at| {
+        let digits = bytes[at + 1..].strip_prefix(b"+").or_else(|| bytes[at + 1..].strip_prefix(b"-"));
+        let digits = digits.unwrap_or(&bytes[at + 1..]);
+        at > 0 && bytes[at - 1].is_ascii_digit() && digits.iter().take_while(|b| b.is_ascii_digit()).count() >= 3
+    });
+    let long_digits = || bytes.len() > 308 && bytes.split(|b| !b.is_ascii_digit()).any(|run| run.len() > 308);
+    (long_exponent || long_digits()) && serde_json::from_str::<serde_json::Value>(text).is_err()
 }
 
 /// Decodes one event with a typed struct; a type error names the field path.

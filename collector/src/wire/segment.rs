@@ -377,6 +377,30 @@ mod tests {
     }
 
     #[test]
+    fn numbers_beyond_a_float_are_refused_naming_the_field() {
+        let track = |properties: &str| {
+            one(&format!(r#"{{"userId":"u","event":"e","properties":{properties}}}"#), Call::Single(EventKind::Track))
+        };
+        let huge = format!("1{}", "0".repeat(309));
+        for bad in [r#"{"a":1e400}"#, r#"{"a":[-2.5E+308]}"#, &format!(r#"{{"a":{huge}}}"#)] {
+            match track(bad) {
+                Err(IngestError::BadField { field, .. }) => assert_eq!(field, "properties", "{bad}"),
+                other => panic!("{bad}: expected a refusal, got {other:?}"),
+            }
+        }
+        // Within range, tiny, or only looking like a number inside a string.
+        let near = format!("9{}", "0".repeat(307));
+        for good in [r#"{"a":1e308,"b":1e-400}"#, r#"{"id":"3e400","hash":"ab12e999"}"#, &format!(r#"{{"a":{near}}}"#)]
+        {
+            assert_eq!(track(good).unwrap().properties, good);
+        }
+        match one(r#"{"userId":"u","traits":{"score":1e999}}"#, Call::Single(EventKind::Identify)) {
+            Err(IngestError::BadField { field, .. }) => assert_eq!(field, "traits"),
+            other => panic!("expected a refusal naming traits, got {other:?}"),
+        }
+    }
+
+    #[test]
     fn track_takes_context_and_release() {
         let i = one(
             r#"{"userId":"u1","event":"Signed Up","messageId":"m1","properties":{"plan":"pro"},

@@ -228,3 +228,69 @@ async fn read_api_filters_by_name_user_and_time() {
     assert_eq!(newest.len(), 1);
     assert_eq!(newest[0]["name"], "b");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn lone_surrogates_from_javascript_are_kept_as_replacement_characters() {
+    let s = TestServer::start().await;
+    // What a browser's `JSON.stringify` writes for strings cut in the middle
+    // of an emoji: half a surrogate pair, escaped. A pair stays whole.
+    let body = r#"{"batch":[
+        {"type":"track","event":"Cut \ud83d","userId":"u1","properties":{"title":"Hi \ude00!","whole":"\ud83d\ude00"}},
+        {"type":"track","event":"Fine","userId":"u1","properties":{"path":"C:\\ud83d"}}
+    ]}"#;
+    let r = s
+        .client
+        .post(s.url("/v1/batch"))
+        .basic_auth(&s.project.write_key, None::<&str>)
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    let e = s.only_event("Cut \u{fffd}").await;
+    assert_eq!(e["properties"], json!({"title": "Hi \u{fffd}!", "whole": "\u{1f600}"}));
+    let e = s.only_event("Fine").await;
+    assert_eq!(e["properties"]["path"], "C:\\ud83d", "an escaped backslash is not an escape");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_browser_sdks_short_paths_take_their_calls() {
+    let s = TestServer::start().await;
+    // As Analytics Next sends them with `apiHost` pointed here: the key in
+    // the body, `text/plain` (no CORS preflight), a path per call type.
+    let key = &s.project.write_key;
+    let calls = [
+        ("/v1/t", json!({"type": "track", "event": "Short Track", "userId": "u1", "writeKey": key})),
+        ("/v1/p", json!({"type": "page", "name": "Home", "anonymousId": "a1", "writeKey": key})),
+        ("/v1/s", json!({"type": "screen", "name": "Main", "userId": "u1", "writeKey": key})),
+        ("/v1/i", json!({"type": "identify", "userId": "u1", "traits": {"plan": "pro"}, "writeKey": key})),
+        ("/v1/g", json!({"type": "group", "userId": "u1", "groupId": "acme", "writeKey": key})),
+        ("/v1/a", json!({"type": "alias", "userId": "u1", "previousId": "a1", "writeKey": key})),
+        (
+            "/v1/b",
+            json!({"writeKey": key, "sentAt": "2024-03-01T12:00:00.000Z", "batch": [
+                {"type": "track", "event": "Short Batch", "userId": "u1"},
+                {"type": "track", "event": "Short Batch", "userId": "u2"},
+            ]}),
+        ),
+    ];
+    for (path, body) in &calls {
+        let r = s
+            .client
+            .post(s.url(path))
+            .header("content-type", "text/plain")
+            .body(body.to_string())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "{path}: {}", r.text().await.unwrap());
+    }
+    assert_eq!(s.count(&[]).await, 8);
+    assert_eq!(s.count(&[("name", "Short Batch")]).await, 2);
+    for (name, kind) in [("Short Track", "track"), ("$pageview", "page"), ("$screen", "screen"), ("$group", "group")] {
+        assert_eq!(s.only_event(name).await["type"], kind);
+    }
+    assert_eq!(s.user_traits("u1").await.expect("identify stores the person")["plan"], "pro");
+    assert_eq!(s.identity("a1").await.as_deref(), Some("u1"));
+}
