@@ -1,15 +1,23 @@
+//! What browser SDKs fetch on load to learn what a project has switched on.
+//!
 //! PostHog's remote config, `GET /array/{token}/config` (JSON) and
 //! `/array/{token}/config.js` (a script that files the same JSON under the
-//! token in `window._POSTHOG_REMOTE_CONFIG`). posthog-js fetches one of them
-//! on start to learn what the project has switched on. Leanloop answers
-//! with events sent to `/i/v0/e/` and everything else off: no flags, so
-//! the SDK skips its flags call, and no recordings, surveys or heatmaps,
-//! which Leanloop does not collect. The token must be a write key, as for
-//! capture.
+//! token in `window._POSTHOG_REMOTE_CONFIG`), fetched by posthog-js.
+//! Leanloop answers with events sent to `/i/v0/e/` and everything else off:
+//! no flags, so the SDK skips its flags call, and no recordings, surveys or
+//! heatmaps, which Leanloop does not collect.
+//!
+//! Segment's CDN settings, `GET /v1/projects/{writeKey}/settings`, fetched
+//! by Analytics Next (and analytics.js) from their `cdnURL`. Leanloop
+//! answers that events go to this host's `/v1` (the scheme a TLS proxy
+//! names in `X-Forwarded-Proto`, else plain HTTP, as the request came),
+//! with no device-mode destinations, no middleware and no remote metrics.
+//!
+//! The token or key must be a write key, as for ingest.
 
 use crate::Collector;
 use axum::extract::{Path, State};
-use axum::http::{header, HeaderValue};
+use axum::http::{header, HeaderMap, HeaderValue, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
@@ -22,52 +30,89 @@ use std::sync::Arc;
 const CACHE: &str = "public, max-age=300";
 
 pub fn router() -> Router<Arc<Collector>> {
-    Router::new().route("/array/{token}/config", get(json_config)).route("/array/{token}/config.js", get(script_config))
+    Router::new()
+        .route("/array/{token}/config", get(json_config))
+        .route("/array/{token}/config.js", get(script_config))
+        .route("/v1/projects/{key}/settings", get(segment_settings))
 }
 
 async fn json_config(State(c): State<Arc<Collector>>, Path(token): Path<String>) -> Response {
-    answer(&c, token, Packaging::Json)
+    answer(&c, &token, |token| Json(config(token)).into_response())
 }
 
 async fn script_config(State(c): State<Arc<Collector>>, Path(token): Path<String>) -> Response {
-    answer(&c, token, Packaging::Script)
+    answer(&c, &token, |token| {
+        // JSON is a JavaScript expression; the token, a known write key,
+        // goes in as a JSON string too.
+        let script = format!(
+            "(function() {{\n  window._POSTHOG_REMOTE_CONFIG = window._POSTHOG_REMOTE_CONFIG || {{}};\n  \
+             window._POSTHOG_REMOTE_CONFIG[{}] = {{ config: {}, siteApps: [] }};\n}})();\n",
+            Value::String(token.to_owned()),
+            config(token)
+        );
+        let javascript = (header::CONTENT_TYPE, HeaderValue::from_static("text/javascript; charset=utf-8"));
+        ([javascript], script).into_response()
+    })
 }
 
-#[derive(Clone, Copy)]
-enum Packaging {
-    Json,
-    Script,
+async fn segment_settings(
+    State(c): State<Arc<Collector>>,
+    Path(key): Path<String>,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Response {
+    // HTTP/2 names the host in the URI, HTTP/1.1 in the header.
+    let host = headers.get(header::HOST).and_then(|v| v.to_str().ok()).or(uri.authority().map(|a| a.as_str()));
+    let Some(host) = host.map(str::to_owned) else {
+        return ApiError::bad_request("Host", "the settings name this host: send a `Host` header").into_response();
+    };
+    let protocol = match headers.get("x-forwarded-proto").and_then(|v| v.to_str().ok()) {
+        Some(proto) if proto.trim().eq_ignore_ascii_case("https") => "https",
+        _ => "http",
+    };
+    answer(&c, &key, |key| Json(segment(key, &host, protocol)).into_response())
 }
 
-fn answer(c: &Collector, token: String, packaging: Packaging) -> Response {
-    let mut response = packaged(c, token, packaging);
-    // Read from any page's origin, without credentials.
+/// `packaged`'s answer for a write key, else the key's refusal; readable
+/// from any page's origin, without credentials, and cached briefly.
+fn answer(c: &Collector, key: &str, packaged: impl FnOnce(&str) -> Response) -> Response {
+    let mut response = match c.project_for(key) {
+        Ok(_) => {
+            let mut response = packaged(key);
+            response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static(CACHE));
+            response
+        }
+        Err(err) => ApiError::from(err).into_response(),
+    };
     response.headers_mut().insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, HeaderValue::from_static("*"));
     response
 }
 
-fn packaged(c: &Collector, token: String, packaging: Packaging) -> Response {
-    let config = match c.project_for(&token) {
-        Ok(_) => config(&token),
-        Err(err) => return ApiError::from(err).into_response(),
-    };
-    let cache = (header::CACHE_CONTROL, HeaderValue::from_static(CACHE));
-    match packaging {
-        Packaging::Json => ([cache], Json(config)).into_response(),
-        Packaging::Script => {
-            // JSON is a JavaScript expression; the token, a known write key,
-            // goes in as a JSON string too.
-            let script = format!(
-                "(function() {{\n  window._POSTHOG_REMOTE_CONFIG = window._POSTHOG_REMOTE_CONFIG || {{}};\n  \
-                 window._POSTHOG_REMOTE_CONFIG[{}] = {{ config: {config}, siteApps: [] }};\n}})();\n",
-                Value::String(token)
-            );
-            let javascript = (header::CONTENT_TYPE, HeaderValue::from_static("text/javascript; charset=utf-8"));
-            ([cache, javascript], script).into_response()
-        }
-    }
+/// Segment's settings for `key`: events to `host`'s `/v1`, nothing else on.
+fn segment(key: &str, host: &str, protocol: &str) -> Value {
+    let all = json!({ "__default": { "enabled": true, "integrations": {} } });
+    json!({
+        "integrations": {
+            "Segment.io": {
+                "apiKey": key,
+                "apiHost": format!("{host}/v1"),
+                "protocol": protocol,
+                "unbundledIntegrations": [],
+                "addBundledMetadata": false,
+            }
+        },
+        "plan": { "track": all, "identify": all, "group": all },
+        "edgeFunction": {},
+        "analyticsNextEnabled": true,
+        "middlewareSettings": {},
+        "enabledMiddleware": {},
+        "metrics": { "sampleRate": 0 },
+        "legacyVideoPluginsEnabled": false,
+        "remotePlugins": [],
+    })
 }
 
+/// PostHog's remote config for `token`: events to `/i/v0/e/`, nothing else on.
 fn config(token: &str) -> Value {
     json!({
         "token": token,

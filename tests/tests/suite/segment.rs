@@ -294,3 +294,43 @@ async fn the_browser_sdks_short_paths_take_their_calls() {
     assert_eq!(s.user_traits("u1").await.expect("identify stores the person")["plan"], "pro");
     assert_eq!(s.identity("a1").await.as_deref(), Some("u1"));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cdn_settings_send_the_browser_sdk_here_with_everything_else_off() {
+    let s = TestServer::start().await;
+    let key = s.project.write_key.clone();
+    let settings = |key: String, proto: Option<&'static str>| {
+        let mut request = s.client.get(s.url(&format!("/v1/projects/{key}/settings")));
+        if let Some(proto) = proto {
+            request = request.header("x-forwarded-proto", proto);
+        }
+        request.send()
+    };
+    let r = settings(key.clone(), None).await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["access-control-allow-origin"], "*", "Analytics Next fetches them from the page");
+    let body: serde_json::Value = r.json().await.unwrap();
+    let segment = &body["integrations"]["Segment.io"];
+    let host = s.url("").trim_start_matches("http://").trim_end_matches('/').to_owned();
+    assert_eq!(segment["apiKey"], key.as_str());
+    assert_eq!(segment["apiHost"], format!("{host}/v1"));
+    assert_eq!(segment["protocol"], "http", "the request came in plain HTTP");
+    assert_eq!(body["metrics"]["sampleRate"], 0, "no metrics sent to Segment");
+    assert_eq!(body["remotePlugins"], json!([]));
+    assert_eq!(body["integrations"].as_object().unwrap().len(), 1, "no device-mode destinations: {body}");
+
+    // Behind a proxy that terminates TLS, the browser must post over HTTPS.
+    let body: serde_json::Value = settings(key.clone(), Some("https")).await.unwrap().json().await.unwrap();
+    assert_eq!(body["integrations"]["Segment.io"]["protocol"], "https");
+
+    // What the settings say works: a track at the short path they lead to.
+    let track = json!({"type": "track", "event": "Via Settings", "userId": "u1", "writeKey": key});
+    let url = format!("{}://{}/t", segment["protocol"].as_str().unwrap(), segment["apiHost"].as_str().unwrap());
+    assert_eq!(s.client.post(url).body(track.to_string()).send().await.unwrap().status(), 200);
+    assert_eq!(s.count(&[("name", "Via Settings")]).await, 1);
+
+    for bad in ["no-such-key".to_owned(), s.project.read_key.clone()] {
+        let r = settings(bad.clone(), None).await.unwrap();
+        assert_eq!(r.status(), 401, "{bad}");
+    }
+}
