@@ -16,8 +16,8 @@ use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 
 pub const MAX_PERIODS: i64 = 100;
-/// 2100-01-01: any `date_from` before it is accepted.
-const FAR_FUTURE_MS: i64 = 4_102_444_800_000;
+/// Any `date_from` before it is accepted.
+const FAR_FUTURE: &str = "2100-01-01";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
@@ -97,7 +97,7 @@ pub fn retention(ask: &Ask, q: &RetentionQuery) -> Result<RetentionResult, Analy
     }
     let interval = q.period.interval();
     // Only the zone and `date_from` matter here; the end is worked out below.
-    let probe = Window::parse(q.date_from.as_deref(), None, q.timezone.as_deref(), FAR_FUTURE_MS)?;
+    let probe = Window::parse(q.date_from.as_deref(), Some(FAR_FUTURE), q.timezone.as_deref(), ask.now_ms)?;
     let now_key = probe.key(interval, ask.now_ms);
     let first = match q.date_from.as_deref().filter(|t| !t.is_empty()) {
         Some(_) => probe.key(interval, probe.from_ms),

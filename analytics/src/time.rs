@@ -9,7 +9,9 @@
 
 use crate::sql::{int_div, month_index};
 use crate::AnalyticsError;
-use chrono::{DateTime, Datelike, Duration, NaiveDate, NaiveDateTime, Offset, SecondsFormat, TimeZone, Utc};
+use chrono::{
+    DateTime, Datelike, Days, Duration, Months, NaiveDate, NaiveDateTime, Offset, SecondsFormat, TimeZone, Utc,
+};
 use chrono_tz::Tz;
 use leanloop_store::Dialect;
 use serde::{Deserialize, Serialize};
@@ -38,8 +40,9 @@ pub struct Window {
 }
 
 impl Window {
-    /// From the request's text: RFC 3339 times, or dates (local midnight;
-    /// a `date_to` date includes that whole day). Defaults: the last 7 days.
+    /// From the request's text: RFC 3339 times, dates (local midnight; a
+    /// `date_to` date includes that whole day), or times before `now_ms`
+    /// (`-7d`, see [`relative`]). Defaults: the last 7 days.
     pub fn parse(
         date_from: Option<&str>,
         date_to: Option<&str>,
@@ -57,11 +60,11 @@ impl Window {
         };
         let to_ms = match date_to.filter(|t| !t.is_empty()) {
             None => now_ms,
-            Some(t) => parse_time(t, tz, "date_to", true)?,
+            Some(t) => parse_time(t, tz, now_ms, "date_to", true)?,
         };
         let from_ms = match date_from.filter(|t| !t.is_empty()) {
             None => to_ms - 7 * 86_400_000,
-            Some(t) => parse_time(t, tz, "date_from", false)?,
+            Some(t) => parse_time(t, tz, now_ms, "date_from", false)?,
         };
         if from_ms >= to_ms {
             let to = if date_to.is_some_and(|t| !t.is_empty()) { "`date_to`" } else { "now (the default `date_to`)" };
@@ -225,9 +228,12 @@ pub fn local_start(interval: Interval, key: i64) -> NaiveDateTime {
     }
 }
 
-fn parse_time(text: &str, tz: Tz, field: &'static str, end_of_day: bool) -> Result<i64, AnalyticsError> {
+fn parse_time(text: &str, tz: Tz, now_ms: i64, field: &'static str, end_of_day: bool) -> Result<i64, AnalyticsError> {
     if let Ok(t) = DateTime::parse_from_rfc3339(text) {
         return Ok(t.timestamp_millis());
+    }
+    if let Some(t) = relative(text, tz, now_ms) {
+        return Ok(t);
     }
     if let Ok(date) = NaiveDate::parse_from_str(text, "%Y-%m-%d") {
         let date = if end_of_day { date.succ_opt().unwrap_or(date) } else { date };
@@ -238,8 +244,33 @@ fn parse_time(text: &str, tz: Tz, field: &'static str, end_of_day: bool) -> Resu
     }
     Err(AnalyticsError::invalid(
         field,
-        format!("`{field}` must be an RFC 3339 time (2024-05-01T00:00:00Z) or a date (2024-05-01), not `{text}`"),
+        format!(
+            "`{field}` must be an RFC 3339 time (2024-05-01T00:00:00Z), a date (2024-05-01) \
+             or a time before now (-24h, -7d, -4w, -3m, -1y), not `{text}`"
+        ),
     ))
+}
+
+/// A time before now, as PostHog's API writes it: `-{n}h` is `n` hours
+/// before now; `-{n}d`, `w`, `m` and `y` are local midnight `n` days,
+/// weeks, calendar months or years before today, so `-7d` starts a whole
+/// day. `None` when `text` is not of that form or falls off the calendar.
+fn relative(text: &str, tz: Tz, now_ms: i64) -> Option<i64> {
+    let rest = text.strip_prefix('-').filter(|rest| rest.len() > 1 && rest.is_ascii())?;
+    let (count, unit) = rest.split_at(rest.len() - 1);
+    let n: u32 = count.parse().ok()?;
+    if unit == "h" {
+        return now_ms.checked_sub(i64::from(n) * 3_600_000);
+    }
+    let today = tz.from_utc_datetime(&DateTime::<Utc>::from_timestamp_millis(now_ms)?.naive_utc()).date_naive();
+    let day = match unit {
+        "d" => today.checked_sub_days(Days::new(u64::from(n)))?,
+        "w" => today.checked_sub_days(Days::new(u64::from(n) * 7))?,
+        "m" => today.checked_sub_months(Months::new(n))?,
+        "y" => today.checked_sub_months(Months::new(n.checked_mul(12)?))?,
+        _ => return None,
+    };
+    Some(local_instant(tz, day.and_hms_opt(0, 0, 0)?)?.timestamp_millis())
 }
 
 #[cfg(test)]
@@ -260,6 +291,30 @@ mod tests {
         let keys = w.keys(Interval::Day).unwrap();
         assert_eq!(w.label(Interval::Day, keys[1]), "2024-03-31T00:00:00+01:00");
         assert_eq!(w.label(Interval::Hour, w.key(Interval::Hour, w.to_ms - 1)), "2024-03-31T23:00:00+02:00");
+    }
+
+    #[test]
+    fn times_before_now_read_as_posthog_writes_them() {
+        let utc = |t: &str| DateTime::parse_from_rfc3339(t).unwrap().timestamp_millis();
+        let now = utc("2024-03-31T10:30:00Z");
+        let from = |text: &str, tz: &str| Window::parse(Some(text), None, Some(tz), now).map(|w| w.from_ms);
+        assert_eq!(from("-24h", "UTC").unwrap(), utc("2024-03-30T10:30:00Z"));
+        assert_eq!(from("-7d", "UTC").unwrap(), utc("2024-03-24T00:00:00Z"), "whole days");
+        assert_eq!(from("-0d", "UTC").unwrap(), utc("2024-03-31T00:00:00Z"));
+        assert_eq!(from("-2w", "UTC").unwrap(), utc("2024-03-17T00:00:00Z"));
+        assert_eq!(from("-1m", "UTC").unwrap(), utc("2024-02-29T00:00:00Z"), "calendar months, clamped");
+        assert_eq!(from("-1y", "UTC").unwrap(), utc("2023-03-31T00:00:00Z"));
+        // Local midnight: in Berlin, a week back from a summer-time Sunday
+        // starts at 23:00 UTC the evening before.
+        assert_eq!(from("-7d", "Europe/Berlin").unwrap(), utc("2024-03-23T23:00:00Z"));
+        let w = Window::parse(Some("-3d"), Some("-1d"), None, now).unwrap();
+        assert_eq!((w.from_ms, w.to_ms), (utc("2024-03-28T00:00:00Z"), utc("2024-03-30T00:00:00Z")));
+        for bad in ["-7", "7d", "-d", "-7x", "--7d", "-7D", "-7dd", "-1.5d", "-99999999999y", "-é"] {
+            let err = from(bad, "UTC").unwrap_err().to_string();
+            assert!(err.contains("date_from") && err.contains("-7d"), "{bad}: {err}");
+        }
+        let err = from("-9999y", "UTC").unwrap_err().to_string();
+        assert!(err.contains("1970"), "before the earliest time: {err}");
     }
 
     #[test]

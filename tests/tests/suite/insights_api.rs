@@ -343,6 +343,19 @@ async fn live_counts_people_active_now() {
         live["events_per_minute"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap()).collect();
     assert_eq!(per_minute.len(), 30);
     assert_eq!(per_minute.iter().sum::<u64>(), 4, "{live}");
+
+    // Ranges relative to now, as PostHog's API writes them.
+    let (status, answer) = ask(&s, "trend", &json!({"series": [{"event": "tick"}], "date_from": "-1h"})).await;
+    assert_eq!((status, &answer["series"][0]["aggregate"]), (200, &json!(4)), "{answer}");
+    let (status, answer) =
+        ask(&s, "trend", &json!({"series": [{"event": "tick"}], "date_from": "-3h", "date_to": "-2h"})).await;
+    assert_eq!((status, &answer["series"][0]["aggregate"]), (200, &json!(0)), "{answer}");
+    let query = json!({"cohort_event": {"event": "tick"}, "return_event": {"event": "tick"}, "period": "day",
+                       "periods": 2, "cohort_type": "first_time", "date_from": "-1d"});
+    let (status, answer) = ask(&s, "retention", &query).await;
+    assert_eq!(status, 200, "{answer}");
+    let people: u64 = answer["cohorts"].as_array().unwrap().iter().map(|c| c["size"].as_u64().unwrap()).sum();
+    assert_eq!(people, 3, "{answer}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
