@@ -66,7 +66,9 @@ async fn segment_settings(
     let Some(host) = host.map(str::to_owned) else {
         return ApiError::bad_request("Host", "the settings name this host: send a `Host` header").into_response();
     };
-    let protocol = match headers.get("x-forwarded-proto").and_then(|v| v.to_str().ok()) {
+    // The first proxy's, when several are chained (`https, http`).
+    let forwarded = headers.get("x-forwarded-proto").and_then(|v| v.to_str().ok()?.split(',').next());
+    let protocol = match forwarded {
         Some(proto) if proto.trim().eq_ignore_ascii_case("https") => "https",
         _ => "http",
     };
