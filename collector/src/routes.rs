@@ -15,7 +15,6 @@ use base64::Engine;
 use leanloop_control::KeyKind;
 use leanloop_core::{ApiError, Event, EventKind, UserUpdate};
 use serde::Serialize;
-use serde_json::json;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use tower_http::cors::{AllowHeaders, AllowOrigin, CorsLayer};
@@ -225,6 +224,28 @@ fn process(
     Ok(Accepted { events, users, rejected, total })
 }
 
+/// What a stored request is answered: Segment's `success` or PostHog's
+/// `status`, the events accepted and those refused, and an error when every
+/// one was refused.
+#[derive(Serialize)]
+struct Answer {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    success: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    status: Option<u8>,
+    accepted: usize,
+    rejected: Vec<Rejected>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<AllRefused>,
+}
+
+#[derive(Serialize)]
+struct AllRefused {
+    code: &'static str,
+    message: String,
+    field: Option<String>,
+}
+
 /// The answer for a stored request: 200 with what was accepted and refused,
 /// or 400 when every event was refused.
 fn answer(endpoint: Endpoint, accepted: usize, rejected: Vec<(usize, IngestError)>, total: usize) -> Response {
@@ -242,22 +263,23 @@ fn answer(endpoint: Endpoint, accepted: usize, rejected: Vec<(usize, IngestError
         })
         .collect();
     let all_refused = accepted == 0 && !rejected.is_empty();
-    let first = rejected.first().map(|r| (r.field.clone(), r.reason.clone()));
-    let mut body = match endpoint {
-        Endpoint::PostHog => json!({ "status": if all_refused { 0 } else { 1 } }),
-        _ => json!({ "success": !all_refused }),
+    let error = rejected.first().filter(|_| all_refused).map(|first| AllRefused {
+        code: "bad_request",
+        message: match total {
+            1 => first.reason.clone(),
+            _ => format!("all {total} events were rejected; see `rejected` (the first: {})", first.reason),
+        },
+        field: first.field.clone(),
+    });
+    let (success, status) = match endpoint {
+        Endpoint::PostHog => (None, Some(u8::from(!all_refused))),
+        _ => (Some(!all_refused), None),
     };
-    body["accepted"] = json!(accepted);
-    body["rejected"] = json!(rejected);
-    if let (true, Some((field, reason))) = (all_refused, first) {
-        let message = match total {
-            1 => reason,
-            _ => format!("all {total} events were rejected; see `rejected` (the first: {reason})"),
-        };
-        body["error"] = json!({ "code": "bad_request", "message": message, "field": field });
-        return (StatusCode::BAD_REQUEST, Json(body)).into_response();
+    let body = Json(Answer { success, status, accepted, rejected, error });
+    if all_refused {
+        return (StatusCode::BAD_REQUEST, body).into_response();
     }
-    Json(body).into_response()
+    body.into_response()
 }
 
 /// PostHog's `compression` query parameter.
