@@ -46,8 +46,9 @@ pub fn well_formed(text: &str) -> Cow<'_, str> {
     for escape in lone {
         out[escape..escape + 6].copy_from_slice(REPLACEMENT);
     }
-    // Six ASCII bytes replaced by six ASCII bytes keep the text UTF-8.
-    Cow::Owned(String::from_utf8(out).expect("ASCII replaced with ASCII"))
+    // Each replaced escape was six ASCII bytes (`unit_at` read them as
+    // hex), so the text stays UTF-8; were it not, the body is left as sent.
+    String::from_utf8(out).map_or(Cow::Borrowed(text), Cow::Owned)
 }
 
 /// Whether a `\u` at `at` may begin a surrogate escape (`\uD8..` to `\uDF..`).
