@@ -40,6 +40,16 @@ impl Spool {
         }
     }
 
+    /// Why the spool is refusing events now: the log's disk failing its
+    /// appends (within `recent`, unless one has succeeded since), or the log
+    /// stopped. The in-memory queue only refuses when full.
+    pub fn refusing(&self, recent: Duration) -> Option<String> {
+        match self {
+            Spool::Log(wal) => wal.refusing(recent),
+            Spool::Memory(_) => None,
+        }
+    }
+
     /// Holds delivery to the store (maintenance, back-pressure tests).
     pub fn pause(&self) {
         match self {

@@ -8,10 +8,16 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::json;
+use std::time::Duration;
 
 /// Above this share of the log (or queue) in use, the instance reports not
 /// ready so a load balancer sends traffic elsewhere before clients see 503s.
 const READY_QUEUE_SHARE: f64 = 0.9;
+
+/// How long after a failed append (a full disk, say) the instance reports
+/// not ready, unless an append succeeds first: as long as the 503's
+/// Retry-After, after which traffic may come back to try the disk again.
+const READY_AFTER_WRITE_ERROR: Duration = Duration::from_secs(5);
 
 pub fn router(shared: Shared) -> Router {
     Router::new()
@@ -22,15 +28,20 @@ pub fn router(shared: Shared) -> Router {
 }
 
 async fn readyz(State(shared): State<Shared>) -> impl IntoResponse {
-    let backlog = shared.collector.queue().backlog();
-    let ready = (backlog.used as f64) < READY_QUEUE_SHARE * backlog.capacity as f64;
+    let queue = shared.collector.queue();
+    let backlog = queue.backlog();
+    let refusing = queue.refusing(READY_AFTER_WRITE_ERROR);
+    let ready = (backlog.used as f64) < READY_QUEUE_SHARE * backlog.capacity as f64 && refusing.is_none();
     let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
-    let body = json!({
+    let mut body = json!({
         "ready": ready,
         "backlog": backlog.used,
         "backlog_capacity": backlog.capacity,
         "backlog_unit": backlog.unit,
     });
+    if let Some(reason) = refusing {
+        body["error"] = json!(reason);
+    }
     (status, Json(body))
 }
 

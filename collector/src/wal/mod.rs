@@ -77,6 +77,8 @@ struct State {
     segments: BTreeSet<u64>,
     /// Set when the log cannot be written or read; appends answer 503.
     failed: Option<String>,
+    /// The last append round's failure (a full disk, say), until one succeeds.
+    write_error: Option<(String, Instant)>,
     closing: bool,
     /// Set when shutdown stops waiting: delivery gives up its retries.
     abandon: bool,
@@ -114,6 +116,7 @@ impl Wal {
                 reserved: 0,
                 segments: starts,
                 failed: None,
+                write_error: None,
                 closing: false,
                 abandon: false,
                 paused: false,
@@ -136,6 +139,7 @@ impl Wal {
             len,
             allocated: len,
             segment_bytes: options.segment_bytes.max(1),
+            roll_at: segments::roll_at(&dir, options.segment_bytes.max(1), len),
             spare: spare::Spare::start(&dir, options.segment_bytes.max(1)).map_err(io)?,
         };
         std::thread::Builder::new().name("log-writer".into()).spawn(move || writer.run(rx)).map_err(io)?;
@@ -203,6 +207,14 @@ impl Wal {
 
     pub fn max_bytes(&self) -> u64 {
         self.max_bytes
+    }
+
+    /// Why appends are being refused, if the log stopped taking them or its
+    /// last append failed within `recent` (no later one succeeded).
+    pub fn refusing(&self, recent: Duration) -> Option<String> {
+        let state = self.shared.lock();
+        let failed_lately = state.write_error.as_ref().filter(|(_, at)| at.elapsed() < recent);
+        state.failed.clone().or_else(|| failed_lately.map(|(reason, _)| reason.clone()))
     }
 
     pub fn pause(&self) {

@@ -87,6 +87,31 @@ pub fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
+/// Bytes an unprivileged writer may still use on the filesystem holding `dir`.
+pub fn free_bytes(dir: &Path) -> io::Result<u64> {
+    let stat = rustix::fs::statvfs(dir)?;
+    Ok(stat.f_bavail.saturating_mul(stat.f_frsize))
+}
+
+/// Where a segment that grows as written rolls on a nearly full disk, at
+/// the least; a larger one rolls at its full size.
+const MIN_GROWN_SEGMENT_BYTES: u64 = 1 << 20;
+
+/// Where the active segment rolls: at `segment_bytes`, unless the file
+/// grows as written (`allocated` short of that) on a disk with less than
+/// four segments free. Then at a quarter of the free space, so that
+/// delivered segments are retired and their space used again before the
+/// disk fills with records already stored.
+pub fn roll_at(dir: &Path, segment_bytes: u64, allocated: u64) -> u64 {
+    if allocated >= segment_bytes {
+        return segment_bytes;
+    }
+    match free_bytes(dir) {
+        Ok(free) => (free / 4).clamp(MIN_GROWN_SEGMENT_BYTES.min(segment_bytes), segment_bytes),
+        Err(_) => segment_bytes,
+    }
+}
+
 /// Retires a delivered segment: kept for reuse when `reusable` and no
 /// other is waiting, else deleted.
 pub fn retire(dir: &Path, start: u64, reusable: bool) -> io::Result<()> {

@@ -11,8 +11,12 @@
 //! segment is kept for reuse (`segments.rs`), which needs no zeros written.
 //! Zeros after the last record are not a record (a zero length reads as
 //! damage), so recovery cuts them off like a torn tail. The spare costs one
-//! segment of disk beside the log.
+//! segment of disk beside the log, and is only made while the disk has room
+//! for two: it must never take the space the log's own appends need. A
+//! spare that could not be finished is removed, not left holding what it
+//! had written.
 
+use super::segments;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
@@ -99,8 +103,24 @@ impl Spare {
     }
 }
 
-/// Writes `bytes` zeros to a new file at `path` and syncs it.
+/// Writes `bytes` zeros to a new file at `path` and syncs it, when the
+/// disk has room for it and one segment more; on failure no file is left.
 fn zero_filled(path: &Path, bytes: u64) -> io::Result<()> {
+    let free = segments::free_bytes(path.parent().unwrap_or(Path::new(".")))?;
+    if free < bytes.saturating_mul(2) {
+        return Err(io::Error::new(
+            io::ErrorKind::StorageFull,
+            format!("{free} bytes free, under two segments of {bytes}: left to the log's appends"),
+        ));
+    }
+    let written = write_zeros(path, bytes);
+    if written.is_err() {
+        let _ = fs::remove_file(path);
+    }
+    written
+}
+
+fn write_zeros(path: &Path, bytes: u64) -> io::Result<()> {
     let mut file = File::create(path)?;
     let block = vec![0u8; 1 << 20];
     let mut left = bytes;

@@ -40,6 +40,8 @@ pub struct Writer {
     /// prepared ahead.
     pub allocated: u64,
     pub segment_bytes: u64,
+    /// Where the active segment rolls ([`segments::roll_at`]).
+    pub roll_at: u64,
     pub spare: Spare,
 }
 
@@ -63,6 +65,7 @@ impl Writer {
             let result = self.write_group(&group, size, &mut buffer);
             let mut state = self.shared.lock();
             state.reserved -= size;
+            state.write_error = result.as_ref().err().map(|e| (e.to_string(), Instant::now()));
             match &result {
                 Ok(()) => state.end += size,
                 Err(e) => {
@@ -88,7 +91,7 @@ impl Writer {
     /// follow garbage; if even that fails the log stops taking appends.
     fn write_group(&mut self, group: &[Append], size: u64, buffer: &mut Vec<u8>) -> io::Result<()> {
         let grows = self.len + size > self.allocated;
-        if self.len >= self.segment_bytes
+        if self.len >= self.roll_at
             || (grows && (self.spare.ready() || segments::recycled_ready(&self.shared.dir, self.segment_bytes)))
         {
             self.roll()?;
@@ -143,6 +146,7 @@ impl Writer {
         self.start = start;
         self.len = 0;
         self.allocated = allocated;
+        self.roll_at = segments::roll_at(&dir, self.segment_bytes, allocated);
         self.shared.lock().segments.insert(start);
         Ok(())
     }

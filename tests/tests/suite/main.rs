@@ -9,6 +9,7 @@ mod browser;
 mod clickhouse_store;
 mod faults;
 mod feedback;
+mod full_disk;
 mod insights;
 mod insights_api;
 mod limits;

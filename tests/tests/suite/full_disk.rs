@@ -1,0 +1,115 @@
+//! The write-ahead log on a disk that fills up: a small tmpfs of its own,
+//! mounted for the test (which needs root, as the test command runs).
+//! Requests the disk cannot take get 503 with Retry-After, nothing
+//! acknowledged is lost or stored twice, and ingest resumes as soon as the
+//! space returns.
+
+use leanloop_tests::TestServer;
+use serde_json::{json, Value};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// The log's filesystem: smaller than one of its segments (64 MiB), so the
+/// log must leave what room there is to its appends and roll early.
+const DISK_MIB: u64 = 8;
+
+/// A tmpfs mounted at `path` until dropped.
+struct Disk {
+    path: PathBuf,
+}
+
+impl Disk {
+    fn mount(path: &Path) -> Disk {
+        std::fs::create_dir_all(path).expect("mount point");
+        let mounted =
+            Command::new("mount").args(["-t", "tmpfs", "-o", &format!("size={DISK_MIB}m"), "tmpfs"]).arg(path).status();
+        assert!(
+            mounted.as_ref().is_ok_and(|s| s.success()),
+            "mounting a tmpfs for the log needs root, as the test command runs: {mounted:?}"
+        );
+        Disk { path: path.to_owned() }
+    }
+}
+
+impl Drop for Disk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.path).status();
+    }
+}
+
+/// Writes to a new file at `path` until the filesystem refuses more.
+fn fill(path: &Path) {
+    let mut file = std::fs::File::create(path).expect("ballast file");
+    let block = vec![0xa5u8; 64 * 1024];
+    while file.write_all(&block).is_ok() {}
+    // What a full last block left: a byte at a time.
+    while file.write_all(&[0xa5]).is_ok() {}
+}
+
+fn batch(tag: &str) -> Value {
+    let events: Vec<Value> = (0..100)
+        .map(|i| {
+            json!({"type": "track", "event": tag, "userId": format!("u{i}"),
+                   "messageId": leanloop_tests::message_id(), "properties": {"pad": "x".repeat(200)}})
+        })
+        .collect();
+    json!({ "batch": events })
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_full_disk_answers_503_loses_nothing_and_ingest_resumes_when_space_returns() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let disk = Disk::mount(&dir.path().join("log"));
+    let s = TestServer::start_with(|c| c.log_dir = disk.path.clone()).await;
+
+    let first = s.post("/v1/batch", &batch("before")).await;
+    assert_eq!(first.status(), 200, "the log has the disk's room: {}", first.text().await.unwrap());
+    assert!(!disk.path.join("spare.tmp").exists(), "no spare segment on a disk under two segments");
+
+    // Twice the disk through the log, delivered as it goes: segments roll
+    // early and are retired, so records already stored never fill the disk.
+    let (mut cycled, mut sent_bytes) = (0u64, 0u64);
+    while sent_bytes < (2 * DISK_MIB) << 20 {
+        for _ in 0..20 {
+            let body = batch("cycled");
+            sent_bytes += body.to_string().len() as u64;
+            let r = s.post("/v1/batch", &body).await;
+            assert_eq!(r.status(), 200, "after {sent_bytes} bytes: {}", r.text().await.unwrap());
+            cycled += 100;
+        }
+        s.settle().await;
+    }
+
+    let ballast = disk.path.join("ballast");
+    fill(&ballast);
+    let mut accepted = 0u64;
+    let refused = loop {
+        let r = s.post("/v1/batch", &batch("full")).await;
+        if r.status() == 503 {
+            break r;
+        }
+        assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+        accepted += 100;
+        assert!(accepted < 10_000, "the full disk never refused an append");
+    };
+    assert!(refused.headers().contains_key("retry-after"), "503 carries Retry-After");
+    let answer: Value = refused.json().await.unwrap();
+    assert_eq!(answer["error"]["code"], "unavailable", "{answer}");
+    assert!(answer["error"]["message"].as_str().unwrap().contains("No space left"), "{answer}");
+    let ready = s.client.get(s.url("/readyz")).send().await.unwrap();
+    assert_eq!(ready.status(), 503, "a collector whose disk refuses is not ready");
+    let ready: Value = ready.json().await.unwrap();
+    assert!(ready["error"].as_str().unwrap().contains("No space left"), "{ready}");
+
+    std::fs::remove_file(&ballast).expect("ballast removed");
+    let after = s.post("/v1/batch", &batch("after")).await;
+    assert_eq!(after.status(), 200, "ingest resumes: {}", after.text().await.unwrap());
+    assert_eq!(s.client.get(s.url("/readyz")).send().await.unwrap().status(), 200, "ready once an append succeeds");
+
+    assert_eq!(s.count(&[("name", "before")]).await, 100);
+    assert_eq!(s.count(&[("name", "cycled")]).await, cycled);
+    assert_eq!(s.count(&[("name", "full")]).await, accepted);
+    assert_eq!(s.count(&[("name", "after")]).await, 100);
+    assert_eq!(s.count(&[]).await, 200 + cycled + accepted, "nothing stored that was refused, nothing twice");
+}
