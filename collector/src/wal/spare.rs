@@ -73,7 +73,13 @@ impl Spare {
             match self.prepared.try_recv() {
                 Ok(Ok(())) => self.state = State::Ready,
                 Ok(Err(e)) => {
-                    tracing::warn!(error = %e, "could not prepare the next log segment; segments grow as written");
+                    // Asked again at every roll: on a small disk, an
+                    // expected answer, not one to log at each.
+                    if e.kind() == io::ErrorKind::StorageFull {
+                        tracing::debug!(error = %e, "no spare log segment; segments grow as written");
+                    } else {
+                        tracing::warn!(error = %e, "could not prepare the next log segment; segments grow as written");
+                    }
                     self.state = State::Failed;
                 }
                 Err(TryRecvError::Empty) => {}
