@@ -57,6 +57,10 @@ impl IngestError {
     }
 }
 
+/// The Retry-After of a 503 for a log that cannot take events (its disk
+/// refused them, say) or a collector shutting down.
+pub const UNAVAILABLE_RETRY_AFTER_SECS: u32 = 5;
+
 impl Classify for IngestError {
     fn class(&self) -> ErrorClass {
         match self {
@@ -74,7 +78,7 @@ impl Classify for IngestError {
                 ErrorClass::Unavailable { retry_after_secs: *retry_after_secs }
             }
             IngestError::LogUnavailable(_) | IngestError::ShuttingDown => {
-                ErrorClass::Unavailable { retry_after_secs: 5 }
+                ErrorClass::Unavailable { retry_after_secs: UNAVAILABLE_RETRY_AFTER_SECS }
             }
             IngestError::Control(_) => ErrorClass::Internal,
         }

@@ -7,6 +7,7 @@ use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::{Json, Router};
+use leanloop_collector::UNAVAILABLE_RETRY_AFTER_SECS;
 use serde_json::json;
 use std::time::Duration;
 
@@ -17,7 +18,7 @@ const READY_QUEUE_SHARE: f64 = 0.9;
 /// How long after a failed append (a full disk, say) the instance reports
 /// not ready, unless an append succeeds first: as long as the 503's
 /// Retry-After, after which traffic may come back to try the disk again.
-const READY_AFTER_WRITE_ERROR: Duration = Duration::from_secs(5);
+const READY_AFTER_WRITE_ERROR: Duration = Duration::from_secs(UNAVAILABLE_RETRY_AFTER_SECS as u64);
 
 pub fn router(shared: Shared) -> Router {
     Router::new()

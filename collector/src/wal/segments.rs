@@ -93,8 +93,8 @@ pub fn free_bytes(dir: &Path) -> io::Result<u64> {
     Ok(stat.f_bavail.saturating_mul(stat.f_frsize))
 }
 
-/// Where a segment that grows as written rolls on a nearly full disk, at
-/// the least; a larger one rolls at its full size.
+/// The least a segment that grows as written holds before it rolls on a
+/// nearly full disk (segments configured smaller roll at their size).
 const MIN_GROWN_SEGMENT_BYTES: u64 = 1 << 20;
 
 /// Where the active segment rolls: at `segment_bytes`, unless the file
