@@ -337,6 +337,18 @@ mod tests {
         assert_eq!(field(def(r#"{"name":"x","filters":[]}"#)), "filters");
         assert_eq!(field(def(r#"{"name":"x","filters":[{"field":"browser","op":"is_set"}]}"#)), "filters[0].field");
         assert!(serde_json::from_str::<CohortDefinition>(r#"{"name":"x","filters":[],"colour":1}"#).is_err());
+        // A value that would be ignored is refused.
+        for (op, value) in [
+            ("eq", r#"["pro",{"a":1},[1]]"#),
+            ("eq", "[]"),
+            ("eq", r#"{"a":1}"#),
+            ("contains", r#"["a","b"]"#),
+            ("is_set", r#""x""#),
+            ("eq", "null"),
+        ] {
+            let d = def(&format!(r#"{{"name":"x","filters":[{{"field":"traits.a","op":"{op}","value":{value}}}]}}"#));
+            assert_eq!(field(d), "filters[0].value", "{op} {value}");
+        }
     }
 
     #[test]

@@ -111,7 +111,7 @@ pub struct Filter {
 pub const MAX_FILTERS: usize = 50;
 
 /// How the most values an `eq`/`neq` list may hold.
-const MAX_LIST: usize = 1000;
+pub(crate) const MAX_LIST: usize = 1000;
 
 impl Filter {
     /// Compiles to a condition; `at` is where the filter sits in the request

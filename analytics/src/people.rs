@@ -7,7 +7,7 @@
 //! A `cohort` filter applies a saved cohort's trait filters the same way.
 
 use crate::cohorts::{self, Rule, COHORT_FIELD};
-use crate::fields::{Filter, Op};
+use crate::fields::{Filter, Op, MAX_LIST};
 use crate::sql::{self, Source, Sql};
 use crate::time::rfc3339;
 use crate::{bounded, cells, AnalyticsError, Ask};
@@ -70,15 +70,22 @@ impl TraitCheck {
             Value::Number(_) | Value::Bool(_) => Some(v.to_string()),
             _ => None,
         };
-        let values: Vec<String> = match &f.value {
-            Some(Value::Array(items)) => items.iter().filter_map(text).collect(),
-            Some(v) => text(v).into_iter().collect(),
-            None => Vec::new(),
+        let invalid = |what: &str| AnalyticsError::invalid(&value_at, format!("`{value_at}` {what}"));
+        // What is not used is refused rather than dropped: a list where one
+        // value is taken, a value where none is, items that are not scalars.
+        let values: Vec<String> = match (&f.value, f.op) {
+            (None, Op::IsSet | Op::IsNotSet) => Vec::new(),
+            (Some(_), Op::IsSet | Op::IsNotSet) => return Err(invalid("takes no value with this operator")),
+            (None, _) => return Err(invalid("is required for this operator")),
+            (Some(Value::Array(items)), Op::Eq | Op::Neq) if (1..=MAX_LIST).contains(&items.len()) => items
+                .iter()
+                .map(|v| text(v).ok_or_else(|| invalid("must list strings, numbers or booleans")))
+                .collect::<Result<_, _>>()?,
+            (Some(Value::Array(_)), Op::Eq | Op::Neq) => {
+                return Err(invalid(&format!("must list from 1 to {MAX_LIST} values")))
+            }
+            (Some(v), _) => vec![text(v).ok_or_else(|| invalid("must be a string, number or boolean"))?],
         };
-        let needs_value = !matches!(f.op, Op::IsSet | Op::IsNotSet);
-        if needs_value && values.is_empty() {
-            return Err(AnalyticsError::invalid(&value_at, format!("`{value_at}` is required for this operator")));
-        }
         let number = match f.op {
             Op::Gt | Op::Gte | Op::Lt | Op::Lte => Some(
                 f.value

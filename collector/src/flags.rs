@@ -7,7 +7,7 @@
 
 use crate::body::{read_limited, unpack, Packing};
 use crate::routes::{compression, header_key};
-use crate::wire::{decode_item, Text};
+use crate::wire::{parse_body, Text};
 use crate::{Collector, IngestError};
 use axum::body::Body;
 use axum::extract::{RawQuery, State};
@@ -49,7 +49,7 @@ async fn no_flags(
     let raw = read_limited(&headers, body, limit).await?;
     let json = unpack(raw, packing, limit)?;
     let text = std::str::from_utf8(&json).map_err(|_| IngestError::BadJson("body is not UTF-8".into()))?;
-    let request: FlagsRequest = decode_item(text)?;
+    let request: FlagsRequest = parse_body(text)?;
     let key = header_key(&headers)
         .or(Text::take(request.token))
         .or(Text::take(request.api_key))

@@ -12,6 +12,8 @@
 //! answers that events go to this host's `/v1` (the scheme a TLS proxy
 //! names in `X-Forwarded-Proto`, else plain HTTP, as the request came),
 //! with no device-mode destinations, no middleware and no remote metrics.
+//! A `Host` that is not a plain host and port is refused: the answer is
+//! cached (and varies by it), so it must not carry what a request made up.
 //!
 //! The token or key must be a write key, as for ingest.
 
@@ -66,13 +68,40 @@ async fn segment_settings(
     let Some(host) = host.map(str::to_owned) else {
         return ApiError::bad_request("Host", "the settings name this host: send a `Host` header").into_response();
     };
+    // The answer is cached and tells browsers where to send events: only
+    // a plain host and port may go into it.
+    if !is_host_and_port(&host) {
+        return ApiError::bad_request("Host", "must be a host name or address, with an optional port").into_response();
+    }
     // The first proxy's, when several are chained (`https, http`).
     let forwarded = headers.get("x-forwarded-proto").and_then(|v| v.to_str().ok()?.split(',').next());
     let protocol = match forwarded {
         Some(proto) if proto.trim().eq_ignore_ascii_case("https") => "https",
         _ => "http",
     };
-    answer(&c, &key, |key| Json(segment(key, &host, protocol)).into_response())
+    let mut response = answer(&c, &key, |key| Json(segment(key, &host, protocol)).into_response());
+    // A shared cache must not give one host's answer to another's browsers.
+    response.headers_mut().insert(header::VARY, HeaderValue::from_static("Host, X-Forwarded-Proto"));
+    response
+}
+
+/// `host` or `host:port`, the host a name, an IPv4 address or a bracketed
+/// IPv6 address.
+fn is_host_and_port(authority: &str) -> bool {
+    let (host, port) = match authority.rsplit_once(':') {
+        Some((host, port)) if !port.contains(']') => (host, Some(port)),
+        _ => (authority, None),
+    };
+    let port_ok = port.is_none_or(|p| p.parse::<u16>().is_ok());
+    let host_ok = match host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+        Some(v6) => v6.parse::<std::net::Ipv6Addr>().is_ok(),
+        None => {
+            !host.is_empty()
+                && host.len() <= 253
+                && host.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+        }
+    };
+    port_ok && host_ok
 }
 
 /// `packaged`'s answer for a write key, else the key's refusal; readable

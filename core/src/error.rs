@@ -21,6 +21,9 @@ pub enum ErrorClass {
     /// The caller may not touch this resource.
     Forbidden,
     NotFound,
+    /// The resource's state does not allow the request (a finished run
+    /// cancelled, nothing to roll back to).
+    Conflict,
     /// A body, event or batch is over a limit.
     TooLarge {
         field: Option<String>,
@@ -80,6 +83,7 @@ impl ApiError {
             ErrorClass::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized", None, None),
             ErrorClass::Forbidden => (StatusCode::FORBIDDEN, "forbidden", None, None),
             ErrorClass::NotFound => (StatusCode::NOT_FOUND, "not_found", None, None),
+            ErrorClass::Conflict => (StatusCode::CONFLICT, "conflict", None, None),
             ErrorClass::TooLarge { field } => (StatusCode::PAYLOAD_TOO_LARGE, "too_large", field, None),
             ErrorClass::Unavailable { retry_after_secs } => {
                 (StatusCode::SERVICE_UNAVAILABLE, "unavailable", None, Some(retry_after_secs))
@@ -145,6 +149,14 @@ impl JsonFault {
             JsonFault::Unknown { name, path: path.to_owned() }
         } else if let Some(name) = named("missing field `") {
             JsonFault::Missing { name, path: path.to_owned() }
+        } else if let Some(name) = named("duplicate field `") {
+            // The path may or may not have entered the repeated key yet.
+            let path = match path {
+                "." => name,
+                p if p.ends_with(&format!(".{name}")) || p == name => p.to_owned(),
+                p => format!("{p}.{name}"),
+            };
+            JsonFault::Invalid { path }
         } else if inner.is_data() && path != "." {
             JsonFault::Invalid { path: path.to_owned() }
         } else if inner.is_syntax() && path != "." && !path.contains('?') {

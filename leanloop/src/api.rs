@@ -76,7 +76,8 @@ pub(crate) fn query<Q>(q: Result<Query<Q>, QueryRejection>) -> Result<Q, ApiErro
         // "unknown field `x`", or "...query string: limit: invalid digit".
         let detail = text.strip_prefix("Failed to deserialize query string: ").unwrap_or(&text);
         let path = detail.split_once(": ").map(|(path, _)| path).filter(|p| !p.is_empty() && !p.contains(' '));
-        let field = text.split('`').nth(1).or(path).unwrap_or("query").to_owned();
+        // The path first: a message may quote values too (`true` or `false`).
+        let field = path.or(text.split('`').nth(1)).unwrap_or("query").to_owned();
         ApiError::from_class(ErrorClass::BadRequest { field: Some(field) }, text)
     })
 }
@@ -276,4 +277,36 @@ async fn release_impact(
         result.release_time_source = Some("deploy".into());
     }
     Ok(Json(result))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde::Deserialize;
+
+    #[derive(Debug, Deserialize)]
+    #[allow(dead_code)]
+    struct Follow {
+        follow: Option<bool>,
+        limit: Option<u32>,
+    }
+
+    #[derive(Debug, Deserialize)]
+    #[allow(dead_code)]
+    struct Secret {
+        value: String,
+    }
+
+    fn query_field(uri: &str) -> Option<String> {
+        let uri: axum::http::Uri = uri.parse().unwrap();
+        query(Query::<Follow>::try_from_uri(&uri)).unwrap_err().field
+    }
+
+    #[test]
+    fn refusals_name_the_parameter_not_a_quoted_value() {
+        assert_eq!(query_field("/x?follow=yes").as_deref(), Some("follow"));
+        assert_eq!(query_field("/x?limit=-1").as_deref(), Some("limit"));
+        let repeated = json_query::<Secret>(br#"{"value":"a","value":"b"}"#).unwrap_err();
+        assert_eq!(repeated.field.as_deref(), Some("value"), "{}", repeated.message);
+    }
 }

@@ -239,6 +239,11 @@ fn pipeline(g: &mut SchemaGenerator, paths: &mut Map<String, Value>) {
         let missing = "No such project resource, or the pipeline is off";
         operation(Operation { summary, parameters, body, status, answer_body, missing, key: "deployKey" })
     };
+    // Refused in the run's or service's present state.
+    let conflicting = |mut op: Value, when: &str| {
+        op["responses"]["409"] = answer(when, json!({"$ref": "#/components/schemas/Error"}));
+        op
+    };
     let base = "/api/v1/projects/{id}";
     let repo = schema::<Repo>(g);
     let run = schema::<RunRecord>(g);
@@ -257,6 +262,7 @@ fn pipeline(g: &mut SchemaGenerator, paths: &mut Map<String, Value>) {
         format!("{base}/repos/{{repo}}"),
         json!({
             "get": operation("A repository with its secret names and webhook URLs", vec![project_id(), number("repo")], None, "200", Some(repo)),
+            "delete": conflicting(operation("Remove a repository with its secrets, runs, logs, mirror and caches (its releases stay)", vec![project_id(), number("repo")], None, "204", None), "One of its runs has not finished"),
         }),
     );
     add(
@@ -302,13 +308,13 @@ fn pipeline(g: &mut SchemaGenerator, paths: &mut Map<String, Value>) {
     add(
         format!("{base}/runs/{{run}}/cancel"),
         json!({
-            "post": operation("Cancel a pending or running run", vec![project_id(), number("run")], None, "202", Some(run.clone())),
+            "post": conflicting(operation("Cancel a pending or running run", vec![project_id(), number("run")], None, "202", Some(run.clone())), "The run has finished"),
         }),
     );
     add(
         format!("{base}/runs/{{run}}/restart"),
         json!({
-            "post": operation("Run the commit again from a step", vec![project_id(), number("run")], Some(object(&[("from", "string")])), "201", Some(run)),
+            "post": conflicting(operation("Run the commit again from a step", vec![project_id(), number("run")], Some(object(&[("from", "string")])), "201", Some(run)), "The run has not finished"),
         }),
     );
     let release_params =
@@ -329,7 +335,7 @@ fn pipeline(g: &mut SchemaGenerator, paths: &mut Map<String, Value>) {
     add(
         format!("{base}/services/{{service}}/environments/{{env}}/rollback"),
         json!({
-            "post": operation("Deploy the previous healthy release again", service.clone(), None, "201", Some(release)),
+            "post": conflicting(operation("Deploy the previous healthy release again", service.clone(), None, "201", Some(release)), "No earlier healthy release to roll back to"),
         }),
     );
     add(

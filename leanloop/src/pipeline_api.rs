@@ -31,7 +31,7 @@ use tokio::sync::broadcast::error::RecvError;
 pub fn router(shared: Shared) -> Router {
     Router::new()
         .route("/api/v1/projects/{id}/repos", post(add_repo).get(list_repos))
-        .route("/api/v1/projects/{id}/repos/{repo}", get(repo_detail))
+        .route("/api/v1/projects/{id}/repos/{repo}", get(repo_detail).delete(remove_repo))
         .route("/api/v1/projects/{id}/repos/{repo}/secrets/{name}", put(set_secret).delete(delete_secret))
         .route("/api/v1/projects/{id}/repos/{repo}/cache", delete(clear_cache))
         .route("/api/v1/projects/{id}/repos/{repo}/runs", post(trigger).get(list_runs))
@@ -114,6 +114,16 @@ async fn set_secret(
     let (pipeline, project) = open(&shared, &headers, &id)?;
     let secret: SecretBody = json_query(&body)?;
     pipeline.set_secret(project, number("repo", &repo)?, &name, &secret.value)?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn remove_repo(
+    State(shared): State<Shared>,
+    Path((id, repo)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Result<StatusCode, ApiError> {
+    let (pipeline, project) = open(&shared, &headers, &id)?;
+    pipeline.delete_repo(project, number("repo", &repo)?).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -41,7 +41,7 @@ impl Classify for PipelineError {
             PipelineError::Invalid { field, .. } => ErrorClass::BadRequest { field: Some(field.clone()) },
             PipelineError::NotFound(_) => ErrorClass::NotFound,
             PipelineError::BadSignature => ErrorClass::Unauthorized,
-            PipelineError::Conflict(_) => ErrorClass::BadRequest { field: None },
+            PipelineError::Conflict(_) => ErrorClass::Conflict,
             PipelineError::NoHost => ErrorClass::Unavailable { retry_after_secs: 10 },
             // The repository's source did not answer (moved, offline): worth a retry, and
             // the caller is told git's own words rather than an opaque internal error.

@@ -93,6 +93,16 @@ impl Mirror {
         Mirror { dir }
     }
 
+    /// Removes the mirror from disk, whatever state it is in.
+    pub fn remove(&self) {
+        match std::fs::remove_dir_all(&self.dir) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                tracing::warn!(dir = %self.dir.display(), error = %e, "a mirror could not be removed");
+            }
+            _ => {}
+        }
+    }
+
     /// Clones on first use, fetches every ref afterwards.
     pub async fn sync(&self, source: &str) -> Result<(), PipelineError> {
         if self.dir.join("HEAD").exists() {

@@ -205,6 +205,12 @@ impl Pipeline {
         if source.is_empty() || source.starts_with('-') || source.len() > 2000 {
             return Err(PipelineError::invalid("source", "a local path or a git URL"));
         }
+        // Another project's code is in this server's mirrors: not a source.
+        if let (Ok(path), Ok(mirrors)) = (std::fs::canonicalize(source), std::fs::canonicalize(&self.mirrors)) {
+            if path.starts_with(&mirrors) {
+                return Err(PipelineError::invalid("source", "must not be inside this server's own mirrors"));
+            }
+        }
         if let Some(secret) = &new.webhook_secret {
             if secret.len() < 8 || secret.len() > 500 {
                 return Err(PipelineError::invalid("webhook_secret", "8 to 500 characters"));
@@ -218,14 +224,15 @@ impl Pipeline {
         let repo =
             self.records.create_repo(project_id, name, source, new.webhook_secret.as_deref(), new.poll_seconds)?;
         let mirror = self.mirror(repo.id);
+        let mut registering = Registering { records: &self.records, repo_id: repo.id, mirror: &mirror, done: false };
         if let Err(e) = mirror.sync(source).await {
-            let _ = self.records.delete_repo(repo.id);
             return Err(PipelineError::invalid("source", format!("cannot clone `{source}`: {e}")));
         }
         // Polling starts from what is there now: only later commits trigger.
         for (reference, sha) in mirror.heads().await? {
             self.records.set_poll_head(repo.id, &reference, &sha)?;
         }
+        registering.done = true;
         Ok(repo)
     }
 
@@ -239,14 +246,14 @@ impl Pipeline {
 
     pub fn set_secret(&self, project_id: i64, repo_id: i64, name: &str, value: &str) -> Result<(), PipelineError> {
         self.records.repo(project_id, repo_id)?;
-        if name.is_empty()
-            || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
-            || name.starts_with(|c: char| c.is_ascii_digit())
-        {
-            return Err(PipelineError::invalid("name", format!("`{name}` is not an environment variable name")));
+        spec::check_env_name(name).map_err(|m| PipelineError::invalid("name", m))?;
+        // Logs can only mask what is long enough to be told from other text,
+        // and Docker cannot pass a NUL in the environment.
+        if value.len() < logs::MIN_MASKED || value.len() > 64 * 1024 {
+            return Err(PipelineError::invalid("value", format!("{} bytes to 64 KiB", logs::MIN_MASKED)));
         }
-        if value.is_empty() || value.len() > 64 * 1024 {
-            return Err(PipelineError::invalid("value", "1 byte to 64 KiB"));
+        if value.contains('\0') {
+            return Err(PipelineError::invalid("value", "must not contain NUL"));
         }
         self.records.set_secret(repo_id, name, value)
     }
@@ -268,9 +275,31 @@ impl Pipeline {
     /// Removes a repository's dependency cache volumes on every host.
     pub async fn clear_cache(&self, project_id: i64, repo_id: i64) -> Result<(), PipelineError> {
         self.records.repo(project_id, repo_id)?;
+        self.remove_caches(repo_id).await;
+        Ok(())
+    }
+
+    async fn remove_caches(&self, repo_id: i64) {
         for (_, docker) in self.hosts.reachable().await {
             engine::remove_labelled(&docker, runner::CACHE, &engine::scoped(&self.instance, repo_id), true).await;
         }
+    }
+
+    /// Removes a repository: its record, secrets, runs and logs, mirror and
+    /// cache volumes. Its releases stay (and their services run on). Refused
+    /// while one of its runs has not finished.
+    pub async fn delete_repo(&self, project_id: i64, repo_id: i64) -> Result<(), PipelineError> {
+        self.records.repo(project_id, repo_id)?;
+        // Not while a trigger is fetching into the mirror.
+        let lock = self.mirror_lock(repo_id);
+        let _fetching = lock.lock().await;
+        if !self.records.delete_repo(repo_id)? {
+            return Err(PipelineError::Conflict(format!(
+                "repository {repo_id} has runs that have not finished: cancel them first"
+            )));
+        }
+        self.mirror(repo_id).remove();
+        self.remove_caches(repo_id).await;
         Ok(())
     }
 
@@ -349,7 +378,11 @@ impl Pipeline {
         }
         let Some(target) = webhooks::push_target(body)? else { return Ok(None) };
         let event = if target.tag().is_some() { Event::Tag } else { Event::Push };
-        self.queue(repo, target, event, None).await.map(Some)
+        // The commit was named by the payload's `after`.
+        self.queue(repo, target, event, None).await.map(Some).map_err(|e| match e {
+            PipelineError::Invalid { field, message } if field == "commit" => PipelineError::invalid("after", message),
+            e => e,
+        })
     }
 
     async fn queue(
@@ -530,7 +563,7 @@ impl Pipeline {
         before: Option<i64>,
     ) -> Result<Vec<RunRecord>, PipelineError> {
         self.records.repo(project_id, repo_id)?;
-        self.records.runs(repo_id, limit.clamp(1, 200), before)
+        self.records.runs(repo_id, page_limit(limit, 200)?, before)
     }
 
     /// Stored lines after `after`, for a run or one of its steps.
@@ -546,7 +579,7 @@ impl Pipeline {
         if let Some(live) = self.live.lock().unwrap_or_else(|p| p.into_inner()).get(&run_id) {
             live.log.flush();
         }
-        self.records.logs(run_id, step, after, limit.clamp(1, 100_000))
+        self.records.logs(run_id, step, after, page_limit(limit, 100_000)?)
     }
 
     /// Live lines of a running run: `None` when it has finished (everything
@@ -569,7 +602,7 @@ impl Pipeline {
         environment: Option<&str>,
         limit: u32,
     ) -> Result<Vec<Release>, PipelineError> {
-        self.records.releases(project_id, service, environment, limit.clamp(1, 500))
+        self.records.releases(project_id, service, environment, page_limit(limit, 500)?)
     }
 
     /// When a release version first went live (ms), for analytics.
@@ -705,5 +738,38 @@ impl Pipeline {
             self.queue(repo.clone(), target, Event::Poll, None).await?;
         }
         Ok(())
+    }
+}
+
+/// A page's `limit`, refused (not clamped) outside 1..=`max`, as the
+/// events API does.
+fn page_limit(limit: u32, max: u32) -> Result<u32, PipelineError> {
+    if (1..=max).contains(&limit) {
+        Ok(limit)
+    } else {
+        Err(PipelineError::invalid("limit", format!("`limit` must be from 1 to {max}")))
+    }
+}
+
+/// A repository being registered: unless its first clone finishes, its
+/// record and partial mirror go again, also when the request is dropped
+/// mid-clone (the client left, or the request timed out), so a name refused
+/// once can be registered again.
+struct Registering<'a> {
+    records: &'a Records,
+    repo_id: i64,
+    mirror: &'a Mirror,
+    done: bool,
+}
+
+impl Drop for Registering<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            // It has no runs yet, so nothing stands in the way.
+            if let Err(e) = self.records.delete_repo(self.repo_id) {
+                tracing::warn!(repo = self.repo_id, error = %e, "a repository that failed to clone is still recorded");
+            }
+            self.mirror.remove();
+        }
     }
 }

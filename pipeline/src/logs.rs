@@ -18,6 +18,9 @@ pub const MAX_LINE_BYTES: usize = 8 * 1024;
 const FLUSH_EVERY: usize = 200;
 const LIVE_CAPACITY: usize = 4096;
 const MASK: &str = "********";
+/// Shorter text than this is not masked (it would hide words at random),
+/// so no secret may be shorter.
+pub const MIN_MASKED: usize = 3;
 
 #[derive(Debug, Clone)]
 pub enum LiveEvent {
@@ -42,10 +45,16 @@ struct State {
 
 impl RunLog {
     /// `masks` are secret values: they never reach the store or a follower.
-    pub fn new(run_id: i64, records: Arc<Records>, mut masks: Vec<String>) -> Result<RunLog, crate::PipelineError> {
+    pub fn new(run_id: i64, records: Arc<Records>, secrets: Vec<String>) -> Result<RunLog, crate::PipelineError> {
+        // Logs are masked a line at a time, so each line of a secret is a
+        // mask of its own.
+        let mut masks: Vec<String> =
+            secrets.iter().flat_map(|s| s.lines()).map(|l| l.trim_end_matches('\r').to_owned()).collect();
+        masks.extend(secrets);
         // Longest first, so a secret containing another is masked whole.
-        masks.retain(|m| m.len() >= 3);
-        masks.sort_by_key(|m| std::cmp::Reverse(m.len()));
+        masks.retain(|m| m.len() >= MIN_MASKED);
+        masks.sort_by(|a, b| b.len().cmp(&a.len()).then_with(|| a.cmp(b)));
+        masks.dedup();
         let seq = records.last_log_seq(run_id)?;
         let (live, _) = broadcast::channel(LIVE_CAPACITY);
         Ok(RunLog {
@@ -170,14 +179,19 @@ mod tests {
     fn secrets_are_masked_and_steps_bounded() {
         let dir = tempfile::tempdir().unwrap();
         let records = Arc::new(Records::open(&dir.path().join("p.sqlite3")).unwrap());
-        let log = RunLog::new(1, records.clone(), vec!["hunter2".into(), "hunter2-long".into()]).unwrap();
+        let secrets = vec!["hunter2".into(), "hunter2-long".into(), "first-half\r\nsecond-half\n".into()];
+        let log = RunLog::new(1, records.clone(), secrets).unwrap();
         log.line("test", "token=hunter2-long and hunter2\n");
+        // A secret of several lines reaches the log a line at a time.
+        log.line("test", "hello first-half\r\n");
+        log.line("test", "second-half\n");
         for i in 0..MAX_LINES_PER_STEP + 10 {
             log.line("big", &format!("line {i}"));
         }
         log.flush();
         let stored = records.logs(1, Some("test"), 0, 10).unwrap();
-        assert_eq!(stored[0].line, "token=******** and ********");
+        let texts: Vec<&str> = stored.iter().map(|l| l.line.as_str()).collect();
+        assert_eq!(texts, ["token=******** and ********", "hello ********", "********"]);
         let big = records.logs(1, Some("big"), 0, u32::MAX).unwrap();
         assert_eq!(big.len(), MAX_LINES_PER_STEP + 1);
         assert!(big.last().unwrap().line.contains("truncated"));

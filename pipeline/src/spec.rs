@@ -93,12 +93,14 @@ impl Timeout {
                 let t = t.trim();
                 let (number, unit) = t.split_at(t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len()));
                 let n: u64 = number.parse().map_err(|_| format!("`{t}` is not a duration like 90s, 10m or 2h"))?;
-                match unit {
-                    "" | "s" => n,
-                    "m" => n * 60,
-                    "h" => n * 3600,
+                let scale = match unit {
+                    "" | "s" => 1,
+                    "m" => 60,
+                    "h" => 3600,
                     _ => return Err(format!("`{t}` is not a duration like 90s, 10m or 2h")),
-                }
+                };
+                // Past u64 is past the 24 h bound too, not a wrapped short timeout.
+                n.saturating_mul(scale)
             }
         };
         if secs == 0 || secs > 24 * 3600 {
@@ -403,8 +405,10 @@ impl Pipeline {
                 }
                 (None, Some(build), None) => {
                     check_name(&build.service).map_err(|m| here(format!("build.service: {m}")))?;
-                    if build.context.split('/').any(|p| p == "..") || build.context.starts_with('/') {
-                        return Err(here("build.context must be a path inside the repository".into()));
+                    for (field, path) in [("context", &build.context), ("dockerfile", &build.dockerfile)] {
+                        if !inside_repository(path) {
+                            return Err(here(format!("build.{field} must be a path inside the repository")));
+                        }
                     }
                     Action::Build(build.clone())
                 }
@@ -426,9 +430,23 @@ impl Pipeline {
             for pattern in s.when.branch.iter().chain(&s.when.tag) {
                 Glob::new(pattern).map_err(|e| here(format!("when: `{pattern}` is not a pattern: {e}")))?;
             }
+            let mut cached = HashSet::new();
             for path in &s.cache {
-                if !path.starts_with('/') || path == "/" || path.starts_with("/workspace") {
-                    return Err(here(format!("cache: `{path}` must be an absolute path outside /workspace")));
+                // Docker takes mount points as written: `..` or `//` would
+                // reach /workspace, or mount one path twice, under another name.
+                let trimmed = path.trim_end_matches('/');
+                let parts: Vec<&str> = trimmed.split('/').skip(1).collect();
+                if !path.starts_with('/')
+                    || parts.is_empty()
+                    || parts.iter().any(|p| p.is_empty() || *p == "." || *p == "..")
+                    || parts.first() == Some(&"workspace")
+                {
+                    return Err(here(format!(
+                        "cache: `{path}` must be an absolute path outside /workspace, without `.`, `..` or `//`"
+                    )));
+                }
+                if !cached.insert(trimmed) {
+                    return Err(here(format!("cache: `{path}` is listed twice")));
                 }
             }
             let depends_on = match &s.depends_on {
@@ -589,14 +607,22 @@ fn check_name(name: &str) -> Result<(), String> {
     }
 }
 
-fn check_env_name(name: &str) -> Result<(), String> {
+/// A relative path that stays inside the repository: no `..`, not absolute.
+fn inside_repository(path: &str) -> bool {
+    !path.starts_with('/') && !path.split('/').any(|p| p == "..")
+}
+
+pub(crate) fn check_env_name(name: &str) -> Result<(), String> {
     let ok = !name.is_empty()
+        && name.len() <= 255
         && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
         && !name.starts_with(|c: char| c.is_ascii_digit());
     if ok {
         Ok(())
     } else {
-        Err(format!("`{name}` is not an environment variable name"))
+        Err(format!(
+            "`{name}` is not an environment variable name (1-255 letters, digits or `_`, not starting with a digit)"
+        ))
     }
 }
 
@@ -729,8 +755,41 @@ steps:
         let (line, message) = err("timeout: 5 weeks\nsteps:\n  - name: a\n    image: x\n    commands: [true]\n");
         assert_eq!(line, Some(1));
         assert!(message.contains("timeout"), "{message}");
+        // Units that overflow a u64 of seconds are over the bound, not wrapped.
+        for huge in ["307445734561825861m", "5124095576030432h"] {
+            let text = format!("timeout: {huge}\nsteps:\n  - name: a\n    image: x\n    commands: [true]\n");
+            assert!(err(&text).1.contains("24 hours"), "{huge}");
+            let text = format!("steps:\n  - name: a\n    image: x\n    commands: [true]\n    timeout: {huge}\n");
+            assert!(err(&text).1.contains("24 hours"), "step {huge}");
+        }
         let (line, _) = err("steps: [\n");
         assert!(line.is_some());
+    }
+
+    #[test]
+    fn paths_stay_where_they_belong() {
+        let cache = |paths: &str| {
+            Pipeline::parse(&format!("steps:\n  - name: a\n    image: x\n    commands: [true]\n    cache: {paths}\n"))
+        };
+        assert!(cache("[/root/.cache, /usr/local/cargo/registry/]").is_ok());
+        for bad in [
+            "[/tmp/../workspace]",
+            "[/a/../../workspace]",
+            "[/workspace/x]",
+            "[//workspace]",
+            "[/a/./b]",
+            "[/]",
+            "[relative]",
+            "[/a, /a/]",
+        ] {
+            assert!(cache(bad).is_err(), "{bad}");
+        }
+        let build =
+            |fields: &str| Pipeline::parse(&format!("steps:\n  - name: a\n    build: {{ service: web, {fields} }}\n"));
+        assert!(build("dockerfile: docker/Dockerfile, context: app").is_ok());
+        for bad in ["dockerfile: ../../../etc/passwd", "dockerfile: /etc/passwd", "context: ..", "context: /"] {
+            assert!(build(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

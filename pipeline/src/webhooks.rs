@@ -69,7 +69,8 @@ struct Push {
 pub fn push_target(body: &[u8]) -> Result<Option<Target>, PipelineError> {
     let push: Push =
         serde_json::from_slice(body).map_err(|e| PipelineError::invalid("body", format!("not a push payload: {e}")))?;
-    if push.deleted || push.after.chars().all(|c| c == '0') {
+    // A deleted ref's `after` is all zeros; an empty one is no commit at all.
+    if push.deleted || (!push.after.is_empty() && push.after.chars().all(|c| c == '0')) {
         return Ok(None);
     }
     check_sha("after", &push.after)?;
@@ -110,6 +111,7 @@ mod tests {
         assert_eq!(t, Some(Target::Commit { sha: "abcdef12".into(), branch: None, tag: Some("v1".into()) }));
         assert_eq!(push_target(br#"{"ref":"refs/heads/x","after":"0000000000","deleted":true}"#).unwrap(), None);
         assert!(push_target(br#"{"ref":"refs/heads/x","after":"--upload-pack=x"}"#).is_err());
+        assert!(push_target(br#"{"ref":"refs/heads/x","after":""}"#).is_err());
         assert!(push_target(b"[]").is_err());
     }
 }

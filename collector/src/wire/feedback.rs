@@ -1,6 +1,6 @@
 //! Leanloop's own `POST /v1/feedback`: a score from 0 to 10 and/or a message.
 
-use super::{decode_item, parse_time, Decoded, Id, Incoming, Text, TimeValue};
+use super::{parse_body, parse_time, Decoded, Id, Incoming, Text, TimeValue};
 use crate::IngestError;
 use leanloop_core::EventKind;
 use serde::Deserialize;
@@ -33,7 +33,7 @@ pub fn decode(text: &str, max_event_bytes: usize) -> Result<Decoded, IngestError
     if text.len() > max_event_bytes {
         return Err(IngestError::EventTooLarge { limit: max_event_bytes });
     }
-    let f: Feedback = decode_item(text)?;
+    let f: Feedback = parse_body(text)?;
     let key = Text::take(f.write_key.clone());
     Ok(Decoded { key, items: vec![incoming(f)] })
 }

@@ -154,6 +154,8 @@ pub(crate) fn decode_item<'a, T: serde::Deserialize<'a>>(raw: &'a str) -> Result
             JsonFault::Unknown { name, .. } => IngestError::field(&name, format!("unknown field `{name}`")),
             JsonFault::Missing { name, .. } => IngestError::field(&name, format!("`{name}` is required")),
             JsonFault::Invalid { path } => IngestError::field(&path, format!("`{path}`: {inner}")),
+            // Valid JSON of the wrong shape (a list where an object goes).
+            JsonFault::Syntax if inner.is_data() => IngestError::field("body", format!("`body`: {inner}")),
             JsonFault::Syntax => IngestError::BadJson(inner.to_string()),
         }
     })?;
@@ -180,7 +182,15 @@ pub(crate) fn split_items(
     })
 }
 
-/// Parses a whole body, mapping syntax errors to a 400 on the body.
+/// Parses a whole body, which must be one JSON object, mapping syntax
+/// errors to a 400 on the body. Serde would read a list into a struct by
+/// position (`["track", "id", ...]`), which no client means.
 pub(crate) fn parse_body<'a, T: serde::Deserialize<'a>>(text: &'a str) -> Result<T, IngestError> {
+    if !text.trim_start().starts_with('{') {
+        return Err(match serde_json::from_str::<serde::de::IgnoredAny>(text) {
+            Ok(_) => IngestError::field("body", "the body must be a JSON object"),
+            Err(e) => IngestError::BadJson(e.to_string()),
+        });
+    }
     decode_item(text)
 }

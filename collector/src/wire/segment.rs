@@ -165,7 +165,7 @@ pub fn decode(text: &str, call: Call, max_event_bytes: usize, max_batch: usize) 
             if text.len() > max_event_bytes {
                 return Err(IngestError::EventTooLarge { limit: max_event_bytes });
             }
-            let message: Message = decode_item(text)?;
+            let message: Message = parse_body(text)?;
             let key = Text::take(message.write_key.clone());
             Ok(Decoded { key, items: vec![incoming(message, Some(kind), None)] })
         }
@@ -474,6 +474,15 @@ mod tests {
         assert_eq!(field(r#"{"userId":"u","event":"e","properties":[1]}"#), "properties");
         assert_eq!(field(r#"{"userId":{"a":1},"event":"e"}"#), "userId");
         assert_eq!(field(r#"{"userId":"u","event":"e","timestamp":"soon"}"#), "timestamp");
+        // A list is not read into an event by position, whatever its length.
+        let positional = serde_json::to_string(&["track", "m1", "u1", "a1", "Signed Up"]).unwrap();
+        let mut padded: Vec<serde_json::Value> = serde_json::from_str(&positional).unwrap();
+        padded.resize(15, serde_json::Value::Null);
+        for text in [positional, serde_json::to_string(&padded).unwrap(), "[]".into(), "7".into()] {
+            assert_eq!(field(&text), "body", "{text}");
+            let batch = decode(&text, Call::Batch, 32 * 1024, 1000).map(|_| ()).unwrap_err();
+            assert!(matches!(batch, IngestError::BadField { ref field, .. } if field == "body"), "{batch:?}");
+        }
     }
 
     #[test]

@@ -84,10 +84,31 @@ impl Records {
         .ok_or_else(|| PipelineError::NotFound(format!("repository {id}")))
     }
 
-    /// Removes a repository that was never usable (its first clone failed).
-    pub fn delete_repo(&self, id: i64) -> Result<(), PipelineError> {
-        self.with(|c| c.execute("DELETE FROM repos WHERE id = ?1", params![id]))?;
-        Ok(())
+    /// Removes a repository and what only it uses: secrets, poll heads, and
+    /// runs with their steps and logs. Releases stay, as the history of what
+    /// was deployed. `false` (and nothing removed) while one of its runs has
+    /// not finished.
+    pub fn delete_repo(&self, id: i64) -> Result<bool, PipelineError> {
+        self.with(|c| {
+            let tx = c.transaction()?;
+            let unfinished: i64 = tx.query_row(
+                "SELECT count(*) FROM runs WHERE repo_id = ?1 AND status IN ('pending', 'running')",
+                params![id],
+                |r| r.get(0),
+            )?;
+            if unfinished > 0 {
+                return Ok(false);
+            }
+            let of_runs = "run_id IN (SELECT id FROM runs WHERE repo_id = ?1)";
+            tx.execute(&format!("DELETE FROM logs WHERE {of_runs}"), params![id])?;
+            tx.execute(&format!("DELETE FROM steps WHERE {of_runs}"), params![id])?;
+            for table in ["runs", "secrets", "poll_heads"] {
+                tx.execute(&format!("DELETE FROM {table} WHERE repo_id = ?1"), params![id])?;
+            }
+            tx.execute("DELETE FROM repos WHERE id = ?1", params![id])?;
+            tx.commit()?;
+            Ok(true)
+        })
     }
 
     pub fn repos(&self, project_id: Option<i64>) -> Result<Vec<Repo>, PipelineError> {

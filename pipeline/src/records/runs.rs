@@ -181,9 +181,10 @@ impl Records {
             let tx = c.transaction()?;
             let number: i64 =
                 tx.query_row("SELECT coalesce(max(number), 0) + 1 FROM runs WHERE repo_id = ?1", params![run.repo_id], |r| r.get(0))?;
-            tx.execute(
+            // Not for a repository removed while the run was being prepared.
+            let inserted = tx.execute(
                 "INSERT INTO runs (repo_id, number, event, commit_sha, branch, tag, message, environment, status, restart_of, restart_from, created_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 'pending', ?9, ?10, ?11)",
+                 SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 'pending', ?9, ?10, ?11 WHERE EXISTS (SELECT 1 FROM repos WHERE id = ?1)",
                 params![
                     run.repo_id,
                     number,
@@ -198,6 +199,9 @@ impl Records {
                     now_ms()
                 ],
             )?;
+            if inserted == 0 {
+                return Ok(None);
+            }
             let id = tx.last_insert_rowid();
             for (position, (name, kind)) in steps.iter().enumerate() {
                 tx.execute(
@@ -206,8 +210,9 @@ impl Records {
                 )?;
             }
             tx.commit()?;
-            Ok(id)
-        })
+            Ok(Some(id))
+        })?
+        .ok_or_else(|| PipelineError::NotFound(format!("repository {}", run.repo_id)))
     }
 
     /// Records a run that could not start (bad file, unknown ref) as an error.

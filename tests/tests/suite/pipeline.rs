@@ -168,8 +168,8 @@ async fn fixture_is_tested_built_pushed_deployed_and_rolled_back() {
     let (status, err) =
         call(&s, Method::POST, &format!("/runs/{}/restart", run2["id"]), Some(json!({ "from": "nope" }))).await;
     assert_eq!((status, err["error"]["field"].as_str()), (400, Some("from")), "{err}");
-    let (status, _) = call(&s, Method::POST, &format!("/runs/{}/cancel", run2["id"]), None).await;
-    assert_eq!(status, 400, "a finished run cannot be cancelled");
+    let (status, err) = call(&s, Method::POST, &format!("/runs/{}/cancel", run2["id"]), None).await;
+    assert_eq!((status, err["error"]["code"].as_str()), (409, Some("conflict")), "a finished run cannot be cancelled");
 
     // Runs leave nothing behind; removing the service removes the rest.
     assert_eq!(
@@ -237,6 +237,12 @@ async fn cancel_stops_containers_and_live_logs_follow() {
     )
     .await;
     assert_eq!(status, 204);
+    // Values logs could not mask, or Docker could not pass, are refused.
+    for value in ["zq", "tok\u{0}9f8e7d"] {
+        let path = format!("/repos/{repo_id}/secrets/OTHER");
+        let (status, body) = call(&s, Method::PUT, &path, Some(json!({ "value": value }))).await;
+        assert_eq!((status, body["error"]["field"].as_str()), (400, Some("value")), "{value:?}: {body}");
+    }
     let (_, detail) = call(&s, Method::GET, &format!("/repos/{repo_id}"), None).await;
     assert_eq!(detail["secrets"], json!(["DEPLOY_TOKEN"]));
     assert!(!detail.to_string().contains("tok-9f8e7d"), "secret values are never shown");
@@ -260,6 +266,8 @@ async fn cancel_stops_containers_and_live_logs_follow() {
     assert!(!seen.contains("tok-9f8e7d"));
     let running = docker_objects(&[&case_label(case), "leanloop.run"]);
     assert!(running.iter().any(|o| o.starts_with("ps ")), "the step's container runs: {running:?}");
+    let (status, err) = call(&s, Method::DELETE, &format!("/repos/{repo_id}"), None).await;
+    assert_eq!((status, err["error"]["code"].as_str()), (409, Some("conflict")), "not while it runs: {err}");
 
     let (status, _) = call(&s, Method::POST, &format!("/runs/{id}/cancel"), None).await;
     assert_eq!(status, 202);
@@ -278,6 +286,11 @@ async fn cancel_stops_containers_and_live_logs_follow() {
     assert_eq!(docker_objects(&[&case_label(case)]), Vec::<String>::new());
     let stored = log_text(&s, id).await;
     assert!(stored.contains("token=********") && !stored.contains("tok-9f8e7d"), "{stored}");
+    // Once it has finished, the repository goes with its runs and logs.
+    let (status, _) = call(&s, Method::DELETE, &format!("/repos/{repo_id}"), None).await;
+    assert_eq!(status, 204);
+    let (status, _) = call(&s, Method::GET, &format!("/runs/{id}/logs"), None).await;
+    assert_eq!(status, 404);
     s.stop().await;
 }
 
@@ -448,6 +461,37 @@ async fn invalid_files_are_reported_with_line_numbers_and_polling_finds_commits(
         .await
         .unwrap();
     assert_eq!(response.status(), 404);
+    pipeline::stop_leaving_nothing(s, case).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_registration_cut_off_mid_clone_leaves_no_repository() {
+    let case = "cutoff";
+    let s = pipeline::server_with(case, |c| c.request_timeout = std::time::Duration::from_secs(1)).await;
+    // A git server that takes the connection and never answers.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let source = format!("http://{}/app.git", silent.local_addr().unwrap());
+    let (status, err) = call(&s, Method::POST, "/repos", Some(json!({ "name": "app", "source": source }))).await;
+    assert_eq!(status, 503, "the request timed out mid-clone: {err}");
+    eventually("the half-registered repository to be gone", || async {
+        let (_, repos) = call(&s, Method::GET, "/repos", None).await;
+        repos["repos"].as_array().is_some_and(|r| r.is_empty()).then_some(())
+    })
+    .await;
+    let mirrors = s.data_dir.path().join("pipeline").join("mirrors");
+    let left: Vec<_> = std::fs::read_dir(&mirrors).map(|d| d.flatten().map(|e| e.path()).collect()).unwrap_or_default();
+    assert!(left.is_empty(), "no partial mirror is left: {left:?}");
+    // The name is free again.
+    let repo_id = add_repo(&s, "app", &Repo::fixture(), json!({})).await;
+    assert!(mirrors.join(repo_id.to_string()).exists());
+    // A repository removed takes its mirror along; its id is then unknown.
+    let (status, _) = call(&s, Method::DELETE, &format!("/repos/{repo_id}"), None).await;
+    assert_eq!(status, 204);
+    assert!(!mirrors.join(repo_id.to_string()).exists());
+    for (method, path) in [(Method::GET, format!("/repos/{repo_id}")), (Method::DELETE, format!("/repos/{repo_id}"))] {
+        let (status, _) = call(&s, method.clone(), &path, None).await;
+        assert_eq!(status, 404, "{method} {path}");
+    }
     pipeline::stop_leaving_nothing(s, case).await;
 }
 

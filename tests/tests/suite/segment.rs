@@ -309,6 +309,7 @@ async fn cdn_settings_send_the_browser_sdk_here_with_everything_else_off() {
     let r = settings(key.clone(), None).await.unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(r.headers()["access-control-allow-origin"], "*", "Analytics Next fetches them from the page");
+    assert_eq!(r.headers()["vary"], "Host, X-Forwarded-Proto", "cached apart per host");
     let body: serde_json::Value = r.json().await.unwrap();
     let segment = &body["integrations"]["Segment.io"];
     let host = s.url("").trim_start_matches("http://").trim_end_matches('/').to_owned();
@@ -335,4 +336,17 @@ async fn cdn_settings_send_the_browser_sdk_here_with_everything_else_off() {
         let r = settings(bad.clone(), None).await.unwrap();
         assert_eq!(r.status(), 401, "{bad}");
     }
+
+    // A made-up Host never reaches the cached answer.
+    for host in ["a\"b</script>", "evil.example/x", "h:99999", "[::1"] {
+        let url = s.url(&format!("/v1/projects/{key}/settings"));
+        let r = s.client.get(url).header("host", host).send().await.unwrap();
+        assert_eq!(r.status(), 400, "{host}");
+        let body: serde_json::Value = r.json().await.unwrap();
+        assert_eq!(body["error"]["field"], "Host", "{host}: {body}");
+    }
+    let url = s.url(&format!("/v1/projects/{key}/settings"));
+    let r = s.client.get(url).header("host", "[::1]:8080").send().await.unwrap();
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(body["integrations"]["Segment.io"]["apiHost"], "[::1]:8080/v1");
 }
