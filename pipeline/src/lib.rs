@@ -193,6 +193,17 @@ impl Pipeline {
         self.mirror_locks.lock().unwrap_or_else(|p| p.into_inner()).entry(repo_id).or_default().clone()
     }
 
+    /// The repository's mirror, fetched now, and its lock: held while the
+    /// caller reads it, so no other fetch moves its refs meanwhile.
+    async fn synced(&self, repo: &Repo) -> Result<(Arc<Mirror>, tokio::sync::OwnedMutexGuard<()>), PipelineError> {
+        let fetching = self.mirror_lock(repo.id).lock_owned().await;
+        // Removed while this waited: no mirror is made again for it.
+        self.records.repo(repo.project_id, repo.id)?;
+        let mirror = self.mirror(repo.id);
+        mirror.sync(&repo.source).await?;
+        Ok((mirror, fetching))
+    }
+
     // --- repositories and secrets ---
 
     pub async fn add_repo(&self, project_id: i64, new: NewRepo) -> Result<Repo, PipelineError> {
@@ -392,14 +403,11 @@ impl Pipeline {
         event: Event,
         restart: Option<(i64, String)>,
     ) -> Result<RunRecord, PipelineError> {
-        let mirror = self.mirror(repo.id);
-        let (sha, text, message) = {
-            let lock = self.mirror_lock(repo.id);
-            let _guard = lock.lock().await;
-            mirror.sync(&repo.source).await?;
-            let sha = mirror.resolve(&target).await?;
-            (sha.clone(), mirror.file(&sha, spec::FILE_NAME).await?, mirror.subject(&sha).await.unwrap_or_default())
-        };
+        let (mirror, fetched) = self.synced(&repo).await?;
+        let sha = mirror.resolve(&target).await?;
+        let text = mirror.file(&sha, spec::FILE_NAME).await?;
+        let message = mirror.subject(&sha).await.unwrap_or_default();
+        drop(fetched);
         let facts = RunFacts { branch: target.branch(), tag: target.tag(), event };
         let new = NewRun {
             repo_id: repo.id,
@@ -715,11 +723,8 @@ impl Pipeline {
 
     /// Starts a run for every branch or tag whose commit changed since the last look.
     async fn poll(self: &Arc<Self>, repo: Repo) -> Result<(), PipelineError> {
-        let mirror = self.mirror(repo.id);
         let heads = {
-            let lock = self.mirror_lock(repo.id);
-            let _guard = lock.lock().await;
-            mirror.sync(&repo.source).await?;
+            let (mirror, _fetched) = self.synced(&repo).await?;
             mirror.heads().await?
         };
         let known: HashMap<String, String> = self.records.poll_heads(repo.id)?.into_iter().collect();
