@@ -5,7 +5,7 @@
 use crate::cohorts::{self, COHORT_FIELD};
 use crate::sql::{self, Sql};
 use crate::{AnalyticsError, Ask};
-use leanloop_store::{Dialect, Param};
+use leanloop_store::Dialect;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -167,7 +167,14 @@ impl Filter {
                     Op::Lt => " < ",
                     _ => " <= ",
                 };
-                sql::number(d, expr).raw(op).bind(Param::Float(number()?))
+                sql::number(d, expr).raw(op).float(d, number()?)
+            }
+            // A value here would be ignored: refused, as for people's traits.
+            Op::IsSet | Op::IsNotSet if self.value.is_some() => {
+                return Err(AnalyticsError::invalid(
+                    &value_at,
+                    format!("`{value_at}` takes no value with this operator"),
+                ))
             }
             Op::IsSet => expr.raw(" IS NOT NULL"),
             Op::IsNotSet => expr.raw(" IS NULL"),
@@ -225,6 +232,23 @@ pub fn compile_all(ask: &Ask, filters: &[Filter], at: &str) -> Result<Vec<Sql>, 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use leanloop_store::Param;
+
+    #[test]
+    fn floats_reach_clickhouse_as_exponents_and_set_tests_take_no_value() {
+        let f = filter(r#"{"field":"properties.n","op":"gt","value":5e-324}"#);
+        let s = f.compile(Dialect::ClickHouse, "filters[0]").unwrap();
+        assert!(s.text.ends_with("> toFloat64(?)"), "{}", s.text);
+        assert!(s.params.contains(&Param::Text("5e-324".into())), "{:?}", s.params);
+        let s = f.compile(Dialect::DuckDb, "filters[0]").unwrap();
+        assert!(s.params.contains(&Param::Float(5e-324)));
+        let set = filter(r#"{"field":"browser","op":"is_set","value":"x"}"#);
+        let err = set.compile(Dialect::DuckDb, "filters[1]").unwrap_err();
+        assert!(
+            matches!(err, AnalyticsError::InvalidQuery { ref field, .. } if field == "filters[1].value"),
+            "{err:?}"
+        );
+    }
 
     fn filter(json: &str) -> Filter {
         serde_json::from_str(json).unwrap()

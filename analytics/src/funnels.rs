@@ -96,7 +96,8 @@ pub struct FunnelGroup {
 #[derive(Debug, Clone, Serialize, PartialEq, schemars::JsonSchema)]
 pub struct BreakdownGroup {
     pub breakdown_value: Option<String>,
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    /// Left out when false.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub other: bool,
     #[serde(flatten)]
     pub funnel: FunnelGroup,

@@ -40,6 +40,16 @@ impl Sql {
         self.bind(Param::Int(value))
     }
 
+    /// A bound `f64`. ClickHouse's parser refuses the long decimals a tiny
+    /// or huge float is written as in SQL (`5e-324` is 324 digits), so
+    /// there it goes in as exponent text through `toFloat64`.
+    pub fn float(self, d: Dialect, value: f64) -> Sql {
+        match d {
+            Dialect::DuckDb => self.bind(Param::Float(value)),
+            Dialect::ClickHouse => self.raw("toFloat64(").text(&format!("{value:e}")).raw(")"),
+        }
+    }
+
     pub fn push(mut self, other: Sql) -> Sql {
         self.text.push_str(&other.text);
         self.params.extend(other.params);

@@ -134,18 +134,36 @@ impl Window {
         ms + self.offset_ms(ms)
     }
 
+    /// Minute and hour buckets are spans of elapsed time aligned to the
+    /// zone's clock, not readings of it: the hour a clock repeats is two
+    /// buckets and the hour it skips none. They are keyed in UTC, shifted by
+    /// the part of the offset below their length (India's half hour).
+    fn elapsed(&self, interval: Interval) -> Option<(i64, i64)> {
+        let len = match interval {
+            Interval::Minute => 60_000,
+            Interval::Hour => 3_600_000,
+            _ => return None,
+        };
+        Some((len, self.offset_ms(self.from_ms).rem_euclid(len)))
+    }
+
     /// The bucket key of a UTC ms time.
     pub fn key(&self, interval: Interval, ms: i64) -> i64 {
-        key_of_local(interval, self.local_ms(ms))
+        match self.elapsed(interval) {
+            Some((len, shift)) => (ms + shift).div_euclid(len),
+            None => key_of_local(interval, self.local_ms(ms)),
+        }
     }
 
     /// SQL for the bucket key of the UTC ms column `ts`.
     pub fn key_sql(&self, d: Dialect, interval: Interval, ts: &str) -> String {
+        if let Some((len, shift)) = self.elapsed(interval) {
+            return int_div(d, &format!("({ts} + {shift})"), len);
+        }
         let local = self.local(ts);
         match interval {
-            Interval::Minute => int_div(d, &local, 60_000),
-            Interval::Hour => int_div(d, &local, 3_600_000),
-            Interval::Day => int_div(d, &local, 86_400_000),
+            // Minutes and hours are keyed in elapsed time, above.
+            Interval::Minute | Interval::Hour | Interval::Day => int_div(d, &local, 86_400_000),
             Interval::Week => int_div(d, &format!("{} + 3", int_div(d, &local, 86_400_000)), 7),
             Interval::Month => month_index(d, &local),
         }
@@ -169,6 +187,10 @@ impl Window {
 
     /// RFC 3339 label of a bucket's local start.
     pub fn label(&self, interval: Interval, key: i64) -> String {
+        if let Some((len, shift)) = self.elapsed(interval) {
+            let start = DateTime::<Utc>::from_timestamp_millis(key * len - shift).unwrap_or_default();
+            return start.with_timezone(&self.tz).to_rfc3339_opts(SecondsFormat::Secs, true);
+        }
         let naive = local_start(interval, key);
         let local = local_instant(self.tz, naive).unwrap_or_else(|| self.tz.from_utc_datetime(&naive));
         local.to_rfc3339_opts(SecondsFormat::Secs, true)
@@ -291,6 +313,42 @@ mod tests {
         let keys = w.keys(Interval::Day).unwrap();
         assert_eq!(w.label(Interval::Day, keys[1]), "2024-03-31T00:00:00+01:00");
         assert_eq!(w.label(Interval::Hour, w.key(Interval::Hour, w.to_ms - 1)), "2024-03-31T23:00:00+02:00");
+    }
+
+    #[test]
+    fn hours_and_minutes_are_elapsed_time_when_clocks_change() {
+        let utc = |t: &str| DateTime::parse_from_rfc3339(t).unwrap().timestamp_millis();
+        // New York repeats 01:00-02:00 on 2026-11-01: a day of 25 hours.
+        let w = window("2026-11-01", "2026-11-01", "America/New_York");
+        let hours = w.keys(Interval::Hour).unwrap();
+        assert_eq!(hours.len(), 25);
+        let labels: Vec<String> = hours.iter().map(|&k| w.label(Interval::Hour, k)).collect();
+        assert_eq!(labels[1..3], ["2026-11-01T01:00:00-04:00", "2026-11-01T01:00:00-05:00"]);
+        assert_ne!(
+            w.key(Interval::Hour, utc("2026-11-01T05:30:00Z")),
+            w.key(Interval::Hour, utc("2026-11-01T06:30:00Z"))
+        );
+        let minutes = window("2026-11-01T05:58:00Z", "2026-11-01T06:02:00Z", "America/New_York");
+        let labels: Vec<String> =
+            minutes.keys(Interval::Minute).unwrap().iter().map(|&k| minutes.label(Interval::Minute, k)).collect();
+        assert_eq!(
+            labels,
+            [
+                "2026-11-01T01:58:00-04:00",
+                "2026-11-01T01:59:00-04:00",
+                "2026-11-01T01:00:00-05:00",
+                "2026-11-01T01:01:00-05:00"
+            ]
+        );
+        // It skips 02:00-03:00 on 2026-03-08: 23 hours, each once.
+        let w = window("2026-03-08", "2026-03-08", "America/New_York");
+        let labels: Vec<String> = w.keys(Interval::Hour).unwrap().iter().map(|&k| w.label(Interval::Hour, k)).collect();
+        assert_eq!(labels.len(), 23);
+        assert_eq!(labels[1..3], ["2026-03-08T01:00:00-05:00", "2026-03-08T03:00:00-04:00"]);
+        // Half-hour zones keep their hours on the half hour.
+        let w = window("2026-11-01", "2026-11-01", "Asia/Kolkata");
+        assert_eq!(w.label(Interval::Hour, w.keys(Interval::Hour).unwrap()[0]), "2026-11-01T00:00:00+05:30");
+        assert_eq!(w.keys(Interval::Hour).unwrap().len(), 24);
     }
 
     #[test]

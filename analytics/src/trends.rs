@@ -161,7 +161,8 @@ pub struct SeriesResult {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub breakdown_value: Option<Option<String>>,
     /// This line sums up the values outside the top N.
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    /// Left out when false.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub other: bool,
     pub data: Vec<serde_json::Value>,
     /// The metric over the whole range (distinct counts are not the sum of
@@ -246,16 +247,23 @@ pub fn trend(ask: &Ask, q: &TrendQuery) -> Result<TrendResult, AnalyticsError> {
         .enumerate()
         .map(|(i, s)| Plan::new(ask, s, &global, &format!("series[{i}]")))
         .collect::<Result<Vec<_>, _>>()?;
-    let period = |w: &Window| -> Result<TrendPeriod, AnalyticsError> {
+    // The previous period is broken down by the current period's values,
+    // so that each line has its own to compare with.
+    let period = |w: &Window, shown: Option<&[Vec<Option<String>>]>| {
         let keys = w.keys(q.interval)?;
         let mut series = Vec::new();
-        for plan in &plans {
-            series.extend(run_series(ask, w, q.interval, &keys, plan, breakdown.as_ref(), limit)?);
+        let mut values = Vec::new();
+        for (i, plan) in plans.iter().enumerate() {
+            let by = breakdown.as_ref().map(|field| Breakdown { field, limit, shown: shown.map(|s| &s[i][..]) });
+            let (lines, line_values) = run_series(ask, w, q.interval, &keys, plan, by)?;
+            series.extend(lines);
+            values.push(line_values);
         }
-        Ok(TrendPeriod { buckets: keys.iter().map(|&k| w.label(q.interval, k)).collect(), series })
+        let buckets = keys.iter().map(|&k| w.label(q.interval, k)).collect();
+        Ok::<_, AnalyticsError>((TrendPeriod { buckets, series }, values))
     };
-    let current = period(&window)?;
-    let previous = if q.compare { Some(period(&window.previous())?) } else { None };
+    let (current, shown) = period(&window, None)?;
+    let previous = if q.compare { Some(period(&window.previous(), Some(&shown))?.0) } else { None };
     Ok(TrendResult { interval: q.interval, timezone: window.tz.name().to_owned(), current, previous })
 }
 
@@ -294,26 +302,37 @@ fn top_values(ask: &Ask, src: &Source, limit: usize) -> Result<Vec<Option<String
     Ok(rows.into_iter().map(|mut r| r.swap_remove(0).text()).collect())
 }
 
+/// A series' breakdown: by `field`, its `limit` most frequent values, or
+/// the values `shown` (another period's).
+struct Breakdown<'a> {
+    field: &'a Field,
+    limit: usize,
+    shown: Option<&'a [Option<String>]>,
+}
+
+/// The series' lines, and the breakdown values they show.
 fn run_series(
     ask: &Ask,
     window: &Window,
     interval: Interval,
     keys: &[i64],
     plan: &Plan,
-    breakdown: Option<&Field>,
-    limit: usize,
-) -> Result<Vec<SeriesResult>, AnalyticsError> {
+    by: Option<Breakdown>,
+) -> Result<(Vec<SeriesResult>, Vec<Option<String>>), AnalyticsError> {
     let d = ask.dialect();
+    let breakdown = by.as_ref().map(|b| b.field);
     let src = source(ask, window, plan, breakdown);
     let (aggs, kinds) = plan.math.aggregates(d);
     let key = window.key_sql(d, interval, "x_ts");
     // Group columns: bucket key (per bucket only), then the breakdown group:
     // x_o = 1 for "other", x_g the value otherwise.
-    let (group, group_kinds, top) = match breakdown {
+    let (group, group_kinds, top) = match &by {
         None => (Vec::new(), Vec::new(), Vec::new()),
-        Some(_) => {
-            let top = top_values(ask, &src, limit)?;
-            let shown: Vec<Option<String>> = top.iter().take(limit).cloned().collect();
+        Some(by) => {
+            let shown: Vec<Option<String>> = match by.shown {
+                Some(shown) => shown.to_vec(),
+                None => top_values(ask, &src, by.limit)?.into_iter().take(by.limit).collect(),
+            };
             let named: Vec<&String> = shown.iter().flatten().collect();
             let mut conds = Vec::new();
             if !named.is_empty() {
@@ -410,7 +429,7 @@ fn run_series(
     if aggregates.keys().any(|(other, _)| *other) {
         lines.push((true, None));
     }
-    Ok(lines
+    let lines = lines
         .into_iter()
         .map(|line| SeriesResult {
             event: plan.event.clone(),
@@ -420,5 +439,6 @@ fn run_series(
             data: data.remove(&line).unwrap_or_else(|| vec![plan.math.empty(); keys.len()]),
             aggregate: aggregates.remove(&line).unwrap_or_else(|| plan.math.empty()),
         })
-        .collect())
+        .collect();
+    Ok((lines, top))
 }

@@ -46,10 +46,33 @@ impl Hasher for Prehashed {
 
 type OpenSessions = LruCache<Person, Open, BuildHasherDefault<Prehashed>>;
 
+/// A person's two latest sessions: a backfilled event may belong to the
+/// one before the latest.
 struct Open {
+    latest: Span,
+    before: Option<Span>,
+}
+
+struct Span {
     id: Uuid,
     first_ms: i64,
     last_ms: i64,
+}
+
+impl Span {
+    fn new(at_ms: i64) -> Span {
+        Span { id: Uuid::now_v7(), first_ms: at_ms, last_ms: at_ms }
+    }
+
+    /// Takes `at_ms` in when it is within `timeout_ms` of either end.
+    fn join(&mut self, at_ms: i64, timeout_ms: i64) -> Option<Uuid> {
+        if at_ms >= self.first_ms.saturating_sub(timeout_ms) && at_ms <= self.last_ms.saturating_add(timeout_ms) {
+            self.first_ms = self.first_ms.min(at_ms);
+            self.last_ms = self.last_ms.max(at_ms);
+            return Some(self.id);
+        }
+        None
+    }
 }
 
 pub struct Sessions {
@@ -79,9 +102,14 @@ impl Sessions {
     /// Gives each event the client sent no session id for (and that has a
     /// person) its server-side session, under one lock for the whole batch:
     /// the request's workers would otherwise contend for it event by event.
+    /// Events are taken in time order, not as listed: a batch sent out of
+    /// order (a backfill, a retried queue) gets the sessions it would in order.
     pub fn assign(&self, events: &mut [Event]) {
+        let mut pending: Vec<usize> = (0..events.len()).filter(|&i| events[i].session_id.is_none()).collect();
+        pending.sort_by_key(|&i| events[i].timestamp_ms);
         let mut open = self.lock();
-        for event in events.iter_mut().filter(|e| e.session_id.is_none()) {
+        for i in pending {
+            let event = &mut events[i];
             if let Some(who) = event.anonymous_id.as_deref().or(event.user_id.as_deref()) {
                 event.session_id = Some(self.joined(&mut open, event.project_id, who, event.timestamp_ms));
             }
@@ -99,18 +127,33 @@ impl Sessions {
     }
 
     /// Events may arrive out of order: one within the timeout of either end
-    /// of the open session joins it.
+    /// of one of the person's two latest sessions joins it; otherwise it
+    /// starts a session, which displaces the one of the two that ended first.
     fn joined(&self, open: &mut OpenSessions, project_id: i64, who: &str, at_ms: i64) -> String {
         let key = person(project_id, who);
-        if let Some(s) = open.get_mut(&key) {
-            if at_ms >= s.first_ms - self.timeout_ms && at_ms <= s.last_ms + self.timeout_ms {
-                s.first_ms = s.first_ms.min(at_ms);
-                s.last_ms = s.last_ms.max(at_ms);
-                return text(s.id);
+        if let Some(o) = open.get_mut(&key) {
+            let joined = o.latest.join(at_ms, self.timeout_ms);
+            if let Some(id) = joined.or_else(|| o.before.as_mut().and_then(|b| b.join(at_ms, self.timeout_ms))) {
+                return text(id);
             }
         }
-        let id = Uuid::now_v7();
-        open.put(key, Open { id, first_ms: at_ms, last_ms: at_ms });
+        let new = Span::new(at_ms);
+        let id = new.id;
+        let now = match open.pop(&key) {
+            Some(Open { latest, before }) => {
+                let kept = match before {
+                    Some(b) if b.last_ms > latest.last_ms => b,
+                    _ => latest,
+                };
+                if new.last_ms > kept.last_ms {
+                    Open { latest: new, before: Some(kept) }
+                } else {
+                    Open { latest: kept, before: Some(new) }
+                }
+            }
+            None => Open { latest: new, before: None },
+        };
+        open.put(key, now);
         if open.len() > self.capacity {
             open.pop_lru();
         }
@@ -140,6 +183,41 @@ mod tests {
         let s = Sessions::new(10, 30);
         let a = s.session_for(1, "p", 100 * MIN);
         assert_eq!(s.session_for(1, "p", 80 * MIN), a);
+    }
+
+    #[test]
+    fn a_backfill_finds_the_session_before_the_latest() {
+        let s = Sessions::new(10, 30);
+        let morning = s.session_for(1, "p", 600 * MIN);
+        let evening = s.session_for(1, "p", 1200 * MIN);
+        assert_ne!(morning, evening);
+        assert_eq!(s.session_for(1, "p", 605 * MIN), morning, "sent after the evening, it joins the morning");
+        assert_eq!(s.session_for(1, "p", 1210 * MIN), evening);
+        // A session between the two displaces the one that ended first.
+        let noon = s.session_for(1, "p", 900 * MIN);
+        assert_ne!(noon, morning);
+        assert_eq!(s.session_for(1, "p", 1190 * MIN), evening);
+        assert_eq!(s.session_for(1, "p", 910 * MIN), noon);
+    }
+
+    #[test]
+    fn a_batch_is_sessioned_in_time_order() {
+        let s = Sessions::new(10, 30);
+        let at = |minutes: i64| {
+            let mut e = Event::new(Uuid::new_v4(), 1, leanloop_core::EventKind::Page, "$pageview", minutes * MIN);
+            e.user_id = Some("w9".into());
+            e
+        };
+        // Ten hours apart, then five minutes after the first, and three more
+        // spread over a morning, listed backwards.
+        let mut events = vec![at(600), at(1200), at(605), at(700), at(680), at(660)];
+        s.assign(&mut events);
+        let id = |i: usize| events[i].session_id.clone().unwrap();
+        assert_eq!(id(0), id(2));
+        assert_ne!(id(0), id(1));
+        assert_ne!(id(0), id(5), "55 minutes after 10:05 is a new session");
+        assert_eq!(id(5), id(4));
+        assert_eq!(id(4), id(3));
     }
 
     #[test]

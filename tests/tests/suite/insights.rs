@@ -175,8 +175,13 @@ fn daily_pageviews_in_berlin_by_top_browsers_with_the_previous_period() {
         labels.contains(&"2024-03-31T00:00:00+01:00".to_owned())
             && labels.contains(&"2024-04-01T00:00:00+02:00".to_owned())
     );
-    // Nothing happened in the 30 days before: no lines, 30 buckets.
-    assert_eq!(got["previous"]["series"], json!([]));
+    // Nothing happened in the 30 days before: the same browsers' lines, at
+    // zero, to compare with (no "other": it held nothing), in 30 buckets.
+    let zeros: Vec<Value> = top
+        .iter()
+        .map(|v| json!({"event": "$pageview", "math": "total", "breakdown_value": v, "data": vec![0; 30], "aggregate": 0}))
+        .collect();
+    assert_eq!(got["previous"]["series"], json!(zeros));
     assert_eq!(got["previous"]["buckets"].as_array().unwrap().len(), 30);
 }
 
