@@ -166,11 +166,25 @@ pub fn contains(d: Dialect, expr: Sql, needle: &str) -> Sql {
 
 /// Whether `expr` matches the RE2 `pattern` anywhere.
 pub fn regex(d: Dialect, expr: Sql, pattern: &str) -> Sql {
-    let f = match d {
-        Dialect::DuckDb => "regexp_matches(",
-        Dialect::ClickHouse => "match(",
-    };
-    Sql::new(f).push(expr).raw(", ").text(pattern).raw(")")
+    match d {
+        Dialect::DuckDb => Sql::new("regexp_matches(").push(expr).raw(", ").text(pattern).raw(")"),
+        Dialect::ClickHouse => Sql::new("match(").push(expr).raw(", ").text(&scoped_flags(pattern)).raw(")"),
+    }
+}
+
+/// `(?i)rest` as `(?i:rest)`, the same pattern: ClickHouse 18.16 looks up
+/// a literal it finds in the pattern before running it, and misses that a
+/// leading flag group makes it case-insensitive (`(?i)pro` never matched
+/// `Pro`); the scoped form it reads right.
+fn scoped_flags(pattern: &str) -> String {
+    let flags = pattern
+        .strip_prefix("(?")
+        .and_then(|rest| rest.split_once(')'))
+        .filter(|(flags, _)| !flags.is_empty() && flags.chars().all(|c| "imsU-".contains(c)));
+    match flags {
+        Some((flags, rest)) => format!("(?{flags}:{rest})"),
+        None => pattern.to_owned(),
+    }
 }
 
 /// Integer division of non-negative `a` by a positive constant.
@@ -356,6 +370,16 @@ impl Source {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn leading_flags_are_scoped_for_clickhouse() {
+        assert_eq!(scoped_flags("(?i)pro"), "(?i:pro)");
+        assert_eq!(scoped_flags("(?i)^a|b$"), "(?i:^a|b$)");
+        assert_eq!(scoped_flags("(?is-U)x"), "(?is-U:x)");
+        for kept in ["pro", "(?i:pro)", "(?P<n>x)", "(?)x", "a(?i)b", "(?i"] {
+            assert_eq!(scoped_flags(kept), kept);
+        }
+    }
 
     #[test]
     fn params_follow_the_text_order() {

@@ -45,6 +45,10 @@ async fn hostile_values_are_bound(s: &TestServer) {
         (json!([{"field": "properties.a/b~c", "op": "eq", "value": "slashed"}]), 4),
         (json!([{"field": "properties.plan", "op": "regex", "value": "^x'\\)"}]), 1),
         (json!([{"field": "properties.amount", "op": "gte", "value": 30}]), 2),
+        // Both stores read these alike (ClickHouse 18.16 needs them rewritten).
+        (json!([{"field": "properties.plan", "op": "regex", "value": "(?i)^PRO$"}]), 2),
+        (json!([{"field": "properties.amount", "op": "gt", "value": 5e-324}]), 4),
+        (json!([{"field": "properties.amount", "op": "lt", "value": 1.5e300}]), 4),
         (json!([{"field": "properties.nope') OR 1=1 --", "op": "is_set"}]), 0),
     ] {
         let (status, answer) = ask(s, "trend", &range(json!([{"event": "checkout"}]), filters.clone())).await;
