@@ -141,7 +141,16 @@ impl Filter {
             Op::Eq | Op::Neq => {
                 let values = self.values(&value_at)?;
                 let list = Sql::join(values.iter().map(|v| Sql::default().text(v)), ", ");
-                let any = expr.clone().raw(" IN (").push(list).raw(")");
+                let mut any = expr.clone().raw(" IN (").push(list).raw(")");
+                // A fraction or exponent is written differently by each store
+                // (`1e+20`, `100000000000000000000.0`): such values also match
+                // by value. Whole numbers keep to their text, exact past 2^53.
+                let floats: Vec<f64> = self.listed().filter(|v| v.is_f64()).filter_map(Value::as_f64).collect();
+                if !floats.is_empty() {
+                    let floats = Sql::join(floats.iter().map(|&f| Sql::default().float(d, f)), ", ");
+                    let by_value = sql::number(d, expr.clone()).raw(" IN (").push(floats).raw(")");
+                    any = Sql::new("(").push(any).raw(" OR ").push(by_value).raw(")");
+                }
                 if self.op == Op::Eq {
                     any
                 } else {
@@ -179,6 +188,16 @@ impl Filter {
             Op::IsSet => expr.raw(" IS NOT NULL"),
             Op::IsNotSet => expr.raw(" IS NULL"),
         })
+    }
+
+    /// The value, or each value of a list.
+    fn listed(&self) -> impl Iterator<Item = &Value> {
+        let items = match &self.value {
+            Some(Value::Array(items)) => &items[..],
+            Some(v) => std::slice::from_ref(v),
+            None => &[],
+        };
+        items.iter()
     }
 
     /// The value(s) of `eq`/`neq` as the text stored for them.
