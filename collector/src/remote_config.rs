@@ -98,7 +98,8 @@ fn is_host_and_port(authority: &str) -> bool {
         None => {
             !host.is_empty()
                 && host.len() <= 253
-                && host.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+                // `_` too: container and compose service names carry it.
+                && host.bytes().all(|b| b.is_ascii_alphanumeric() || b"-._".contains(&b))
         }
     };
     port_ok && host_ok
@@ -160,4 +161,19 @@ fn config(token: &str) -> Value {
         "surveys": false,
         "siteApps": [],
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_host_and_port;
+
+    #[test]
+    fn only_a_host_and_port_goes_into_the_settings() {
+        for good in ["example.com", "example.com:8080", "127.0.0.1:80", "[::1]", "[::1]:8080", "web_1:8080"] {
+            assert!(is_host_and_port(good), "{good}");
+        }
+        for bad in ["", "a\"b</script>", "evil.example/x", "h:99999", "[::1", "[zz]:80", "a b", "h:", "user@h"] {
+            assert!(!is_host_and_port(bad), "{bad}");
+        }
+    }
 }
