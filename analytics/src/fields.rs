@@ -111,7 +111,7 @@ pub struct Filter {
 pub const MAX_FILTERS: usize = 50;
 
 /// How the most values an `eq`/`neq` list may hold.
-pub(crate) const MAX_LIST: usize = 1000;
+const MAX_LIST: usize = 1000;
 
 impl Filter {
     /// Compiles to a condition; `at` is where the filter sits in the request
@@ -200,8 +200,9 @@ impl Filter {
         items.iter()
     }
 
-    /// The value(s) of `eq`/`neq` as the text stored for them.
-    fn values(&self, at: &str) -> Result<Vec<String>, AnalyticsError> {
+    /// The value(s) of `eq`/`neq` (or the one value of another operator) as
+    /// the text stored for them.
+    pub(crate) fn values(&self, at: &str) -> Result<Vec<String>, AnalyticsError> {
         let scalar = |v: &Value| match v {
             Value::String(s) => Some(s.clone()),
             Value::Number(_) | Value::Bool(_) => Some(v.to_string()),

@@ -7,7 +7,7 @@
 //! A `cohort` filter applies a saved cohort's trait filters the same way.
 
 use crate::cohorts::{self, Rule, COHORT_FIELD};
-use crate::fields::{Filter, Op, MAX_LIST};
+use crate::fields::{Filter, Op};
 use crate::sql::{self, Source, Sql};
 use crate::time::rfc3339;
 use crate::{bounded, cells, AnalyticsError, Ask};
@@ -65,26 +65,16 @@ impl TraitCheck {
             AnalyticsError::invalid(format!("{at}.field"), format!("`{at}.field` must be `traits.<name>`"))
         })?;
         let value_at = format!("{at}.value");
-        let text = |v: &Value| match v {
-            Value::String(s) => Some(s.clone()),
-            Value::Number(_) | Value::Bool(_) => Some(v.to_string()),
-            _ => None,
-        };
         let invalid = |what: &str| AnalyticsError::invalid(&value_at, format!("`{value_at}` {what}"));
-        // What is not used is refused rather than dropped: a list where one
-        // value is taken, a value where none is, items that are not scalars.
+        // What is not used is refused rather than dropped: a value where none
+        // is taken, a list where one is; the rest reads as filters on events do.
         let values: Vec<String> = match (&f.value, f.op) {
             (None, Op::IsSet | Op::IsNotSet) => Vec::new(),
             (Some(_), Op::IsSet | Op::IsNotSet) => return Err(invalid("takes no value with this operator")),
-            (None, _) => return Err(invalid("is required for this operator")),
-            (Some(Value::Array(items)), Op::Eq | Op::Neq) if (1..=MAX_LIST).contains(&items.len()) => items
-                .iter()
-                .map(|v| text(v).ok_or_else(|| invalid("must list strings, numbers or booleans")))
-                .collect::<Result<_, _>>()?,
-            (Some(Value::Array(_)), Op::Eq | Op::Neq) => {
-                return Err(invalid(&format!("must list from 1 to {MAX_LIST} values")))
+            (Some(Value::Array(_)), op) if !matches!(op, Op::Eq | Op::Neq) => {
+                return Err(invalid("takes one value with this operator"))
             }
-            (Some(v), _) => vec![text(v).ok_or_else(|| invalid("must be a string, number or boolean"))?],
+            _ => f.values(&value_at)?,
         };
         let number = match f.op {
             Op::Gt | Op::Gte | Op::Lt | Op::Lte => Some(

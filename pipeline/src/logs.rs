@@ -44,7 +44,7 @@ struct State {
 }
 
 impl RunLog {
-    /// `masks` are secret values: they never reach the store or a follower.
+    /// `secrets` are values that never reach the store or a follower.
     pub fn new(run_id: i64, records: Arc<Records>, secrets: Vec<String>) -> Result<RunLog, crate::PipelineError> {
         // Logs are masked a line at a time, so each line of a secret is a
         // mask of its own.
