@@ -4,7 +4,10 @@
 //!
 //! Both are gzipped once, on first request, and served with an ETag and a
 //! day of caching (plus a week of stale-while-revalidate): pages pick up a
-//! new SDK within a day without every visit re-downloading it.
+//! new SDK within a day without every visit re-downloading it. The gzipped
+//! and plain bodies are two representations, each with its own tag; a
+//! revalidation matches weakly (RFC 9110 §13.1.2), as proxies that
+//! re-encode send `W/` tags.
 
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -21,7 +24,14 @@ const CACHE: &str = "public, max-age=86400, stale-while-revalidate=604800";
 struct Asset {
     plain: &'static str,
     gzipped: Vec<u8>,
+    /// The plain body's tag; the gzipped body's is [`Asset::gzip_etag`].
     etag: String,
+}
+
+impl Asset {
+    fn gzip_etag(&self) -> String {
+        format!("{}-gz\"", self.etag.trim_end_matches('"'))
+    }
 }
 
 fn asset(cell: &'static OnceLock<Asset>, plain: &'static str) -> &'static Asset {
@@ -43,29 +53,50 @@ pub fn router<S: Clone + Send + Sync + 'static>() -> Router<S> {
 }
 
 fn serve(asset: &'static Asset, headers: &HeaderMap) -> Response {
-    let etag = HeaderValue::from_str(&asset.etag).expect("an ETag is ASCII");
-    let common = [
-        (header::CACHE_CONTROL, HeaderValue::from_static(CACHE)),
-        (header::ETAG, etag),
-        (header::VARY, HeaderValue::from_static("accept-encoding")),
-        (header::ACCESS_CONTROL_ALLOW_ORIGIN, HeaderValue::from_static("*")),
-    ];
-    let fresh = headers
-        .get(header::IF_NONE_MATCH)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|tags| tags.split(',').any(|t| t.trim() == asset.etag || t.trim() == "*"));
-    if fresh {
-        return (StatusCode::NOT_MODIFIED, common).into_response();
-    }
-    let javascript = (header::CONTENT_TYPE, HeaderValue::from_static("text/javascript; charset=utf-8"));
     let gzip_ok = headers
         .get(header::ACCEPT_ENCODING)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.split(',').any(|e| e.split(';').next().is_some_and(|name| name.trim() == "gzip")));
+    let etag = if gzip_ok { asset.gzip_etag() } else { asset.etag.clone() };
+    let fresh =
+        headers.get(header::IF_NONE_MATCH).and_then(|v| v.to_str().ok()).is_some_and(|tags| matches(tags, &etag));
+    let common = [
+        (header::CACHE_CONTROL, HeaderValue::from_static(CACHE)),
+        (header::ETAG, HeaderValue::from_str(&etag).expect("an ETag is ASCII")),
+        (header::VARY, HeaderValue::from_static("accept-encoding")),
+        (header::ACCESS_CONTROL_ALLOW_ORIGIN, HeaderValue::from_static("*")),
+    ];
+    if fresh {
+        return (StatusCode::NOT_MODIFIED, common).into_response();
+    }
+    let javascript = (header::CONTENT_TYPE, HeaderValue::from_static("text/javascript; charset=utf-8"));
     if gzip_ok {
         let encoding = (header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
         (common, [javascript, encoding], asset.gzipped.clone()).into_response()
     } else {
         (common, [javascript], asset.plain).into_response()
+    }
+}
+
+/// Whether an `If-None-Match` list names `etag`, compared weakly: `W/` is
+/// ignored on either side.
+fn matches(tags: &str, etag: &str) -> bool {
+    let opaque = |t: &str| t.trim().trim_start_matches("W/").to_owned();
+    tags.split(',').any(|t| t.trim() == "*" || opaque(t) == opaque(etag))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::matches;
+
+    #[test]
+    fn revalidation_matches_weakly_within_lists() {
+        let etag = "\"b68a84c1-9690\"";
+        for tags in ["\"b68a84c1-9690\"", "W/\"b68a84c1-9690\"", "\"x\", W/\"b68a84c1-9690\"", "*"] {
+            assert!(matches(tags, etag), "{tags}");
+        }
+        for tags in ["\"b68a84c1-9691\"", "\"b68a84c1-9690-gz\"", "", "W/"] {
+            assert!(!matches(tags, etag), "{tags}");
+        }
     }
 }

@@ -22,12 +22,19 @@ let w = globalThis
 let o = {}
 let key, uid, anon, sn, timer, busy, last, ref, open, vitals
 let q = []
+// The queue as this page last stored it (see sync).
+let saved
 let tries = 0
 let errors = 0
+// Console warnings this page load: a few, never one per request.
 let warned = 0
+let dropped = 0
 
 // Storage: localStorage, or cookies when it throws (blocked or full storage,
-// some private modes). The queue is never put in a cookie: it would not fit.
+// some private modes), or memory for the page's life when both throw
+// (sandboxed frames), so a session and an opt-out still hold there. The queue
+// is never put in a cookie: it would not fit.
+const mem = {}
 const ck = (k, v) => {
   try {
     w.document.cookie = `ll_${k}=${encodeURIComponent(v)};path=/;max-age=${v ? 3e7 : 0};SameSite=Lax`
@@ -41,20 +48,33 @@ const cookie = k => {
 }
 const get = k => {
   try {
-    return w.localStorage.getItem('ll_' + k) ?? cookie(k)
+    return w.localStorage.getItem('ll_' + k) ?? cookie(k) ?? mem[k]
   } catch {
-    return cookie(k)
+    return cookie(k) ?? mem[k]
   }
 }
 const set = (k, v) => {
   try {
     w.localStorage.setItem('ll_' + k, v)
   } catch {
-    k != 'q' && ck(k, v)
+    k != 'q' && ck(k, (mem[k] = v))
   }
   return v
 }
-const save = () => set('q', JSON.stringify(q))
+const save = () => set('q', (saved = JSON.stringify(q)))
+// The page's tabs share the stored queue: when another tab stored it since
+// this one did, its version (this tab's events included, as stored with each
+// change) is taken before the next change, so no tab overwrites another's
+// events. Events are then told apart by messageId, not by object.
+function sync() {
+  const s = get('q')
+  if (s && s != saved)
+    try {
+      const x = JSON.parse(s)
+      if (Array.isArray(x)) (q = x), (saved = s)
+    } catch {}
+}
+const ids = items => new Set(items.map(e => e.messageId))
 
 const aid = () => (anon ||= get('aid') || set('aid', uuid()))
 const now = () => w.Date.now()
@@ -107,11 +127,30 @@ function add(type, x) {
   else Object.assign(e, { page: w.location?.href, release: o.release, sessionId: session() })
   // A snapshot: the caller may mutate its objects later, and a value that
   // cannot be serialised must fail here rather than in every later flush.
-  q.push(JSON.parse(JSON.stringify(e)))
+  const c = snap(e)
+  if (!c) return
+  sync()
+  q.push(c)
   // Offline for long: keep the newest events, drop the oldest.
   q.splice(0, q.length - (o.maxQueue || 1e3))
   save()
   q.length >= BATCH && !tries ? flush() : later(o.flushInterval || 1e3)
+}
+
+// BigInts become text and a repeated object (a cycle) "[Circular]"; what
+// still cannot be serialised drops the event with a warning instead of
+// throwing into the app.
+const big = (k, v) => (typeof v == 'bigint' ? '' + v : v)
+function snap(e) {
+  const seen = new WeakSet()
+  try {
+    return JSON.parse(JSON.stringify(e, big))
+  } catch {}
+  try {
+    return JSON.parse(JSON.stringify(e, (k, v) => ((v = big(k, v)) && typeof v == 'object' ? (seen.has(v) ? '[Circular]' : (seen.add(v), v)) : v)))
+  } catch (x) {
+    warn('event dropped: ' + x)
+  }
 }
 
 function later(ms, force) {
@@ -121,19 +160,23 @@ function later(ms, force) {
   }
 }
 
-// The next request from `list`: up to BATCH leading events, or one feedback.
-function next(list = q) {
-  let items = list.slice(0, BATCH)
+// The next request from `list`: up to `n` leading events, or one feedback.
+function next(list = q, n = BATCH) {
+  let items = list.slice(0, n)
   const i = items.findIndex(e => !e.type)
-  items = items.slice(0, i < 0 ? BATCH : i || 1)
+  items = items.slice(0, i < 0 ? n : i || 1)
   const base = { sentAt: iso(), writeKey: key }
   return [o.host + (i ? '/v1/batch' : '/v1/feedback'), JSON.stringify(i ? { batch: items, ...base } : { ...items[0], ...base }), items]
 }
 
 const done = items => {
-  q = q.filter(e => !items.includes(e))
+  const sent = ids(items)
+  sync()
+  q = q.filter(e => !sent.has(e.messageId))
   save()
 }
+
+const warn = m => warned++ < 5 && w.console?.warn('leanloop: ' + m)
 
 // Each wait is a random 50-100 % of the step, so clients that failed together
 // do not retry together.
@@ -150,7 +193,9 @@ async function post(url, body) {
     const r = await send(url, body)
     // Retrying cannot fix a refused request; the server dedups by messageId anyway.
     if (r.status < 500 && r.status != 429) {
-      if (!r.ok && !warned++) w.console?.warn(`leanloop: ${url} answered ${r.status}; dropped the request`)
+      if (!r.ok) dropped++ || warn(`${url} answered ${r.status}; dropped the request`)
+      // A batch is stored but for the events it refuses, which it lists.
+      else if (r.json) (await r.json().catch(() => 0))?.rejected?.forEach(x => warn(`event refused: ${JSON.stringify(x)}`))
       return 0
     }
     after = r.headers.get('Retry-After') * 1e3
@@ -180,21 +225,29 @@ export function flush() {
 // events stay queued and stored: if the page lives on they are sent again, if
 // not the next page load sends them; the server's messageId dedup makes the
 // second copy harmless.
-const beaconed = new WeakSet()
+const beaconed = new Set()
+const beacon = (url, body) => {
+  try {
+    return w.navigator.sendBeacon(url, body)
+  } catch {
+    send(url, body, true).catch(() => {})
+    return 1
+  }
+}
 function hide() {
   const v = vitals
   if (v && Object.keys(v).length) track('$web_vitals', v), (vitals = 0)
-  let rest = q.filter(e => !beaconed.has(e))
+  let rest = q.filter(e => !beaconed.has(e.messageId))
+  let n = BATCH
   while (rest.length && key && !off()) {
-    const [url, body, items] = next(rest)
-    let ok = 1
-    try {
-      ok = w.navigator.sendBeacon(url, body)
-    } catch {
-      send(url, body, true).catch(() => {})
+    const [url, body, items] = next(rest, n)
+    // Refused: over what the browser lets beacons carry (64 KB in flight).
+    // Then one event a beacon, each that fits, the rest left queued.
+    if (beacon(url, body)) items.forEach(e => beaconed.add(e.messageId))
+    else if (n > 1) {
+      n = 1
+      continue
     }
-    if (!ok) break
-    items.forEach(e => beaconed.add(e))
     rest = rest.slice(items.length)
   }
 }
@@ -241,9 +294,7 @@ export function init(writeKey, options) {
   w = o.window || globalThis
   key = writeKey
   uid = get('uid')
-  try {
-    q = JSON.parse(get('q')) || []
-  } catch {}
+  sync()
   const d = w.document
   const h = w.history
   if (o.pageviews != false) {

@@ -75,3 +75,26 @@ test('the README snippet queues calls that the script replays, init first', asyn
   assert.deepEqual(b.events().map(e => e.event ?? e.type), ['page', 'Queued Early', 'Viewed Pricing'])
   assert.equal(b.events()[0].context.release, '1.4.2')
 })
+
+test('the script loaded twice keeps the first copy, so nothing is sent twice', async () => {
+  const b = browser()
+  const g = run(b, { src: 'https://collect.example/sdk.js', dataset: { writeKey: 'wk_tag' } })
+  const first = g.leanloop
+  vm.runInContext(read('dist/leanloop.min.js'), g)
+  assert.equal(g.leanloop, first)
+  g.leanloop.track('Once')
+  await g.leanloop.flush()
+  assert.deepEqual(b.events().map(e => e.event ?? e.type), ['page', 'Once'])
+})
+
+test('a queued call that throws does not stop the calls queued after it', async () => {
+  const b = browser()
+  const bad = "{ toString() { throw new Error('bad id') } }"
+  const g = run(
+    b,
+    { src: 'https://collect.example/sdk.js', dataset: {} },
+    `leanloop = [['init', 'wk', { host: 'https://collect.example' }], ['track', 'A'], ['identify', ${bad}], ['identify', 'u2'], ['track', 'B']]`,
+  )
+  await g.leanloop.flush()
+  assert.deepEqual(b.events().map(e => [e.event ?? e.type, e.userId]), [['page', undefined], ['A', undefined], ['identify', 'u2'], ['B', 'u2']])
+})

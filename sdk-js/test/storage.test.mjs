@@ -178,3 +178,46 @@ test('the session carries over a reload, and reset() starts a new visitor', asyn
   assert.notEqual(e.anonymousId, one.anonymousId)
   assert.notEqual(e.context.sessionId, one.context.sessionId)
 })
+
+test('with neither localStorage nor cookies (a sandboxed frame), ids, the session and an opt-out hold for the page', async () => {
+  const b = browser()
+  const refuse = () => {
+    throw new Error('SecurityError')
+  }
+  Object.defineProperty(b.win, 'localStorage', { get: refuse })
+  Object.defineProperty(b.doc, 'cookie', { get: refuse, set: refuse })
+  const sdk = await load()
+  sdk.init('wk_test', { host: 'https://collect.example', window: b.win })
+  sdk.identify('u1')
+  sdk.track('a')
+  await b.advance(10 * 60e3)
+  sdk.track('b')
+  await sdk.flush()
+  const events = b.events()
+  assert.equal(events.length, 4)
+  assert.equal(new Set(events.map(e => e.context.sessionId)).size, 1)
+  assert.equal(new Set(events.map(e => e.anonymousId)).size, 1)
+  assert.equal(events.at(-1).userId, 'u1')
+  sdk.optOut()
+  sdk.track('after opting out')
+  await sdk.flush()
+  assert.equal(b.events().length, 4)
+})
+
+test("tabs share the stored queue: one tab's offline events are not overwritten by another's", async () => {
+  const a = await start({ pageviews: false })
+  a.b.respond = () => new Error('offline')
+  a.sdk.track('A1')
+  a.sdk.track('A2')
+  // A second tab of the same site: the same storage, a page of its own.
+  const sdk = await load()
+  const b = browser({ storage: a.b.storage, cookies: a.b.cookies, now: a.b.now })
+  sdk.init('wk_test', { host: 'https://collect.example', window: b.win, pageviews: false })
+  sdk.track('B1')
+  a.sdk.track('A3')
+  assert.deepEqual(a.b.queued().map(e => e.event), ['A1', 'A2', 'B1', 'A3'])
+  // The first tab closes while offline; the second sends everything.
+  await sdk.flush()
+  assert.deepEqual(b.events().map(e => e.event), ['A1', 'A2', 'B1', 'A3'])
+  assert.deepEqual(b.queued(), [])
+})

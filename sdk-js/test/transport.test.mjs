@@ -211,3 +211,53 @@ test('going back online sends at once', async () => {
   assert.equal(b.requests.length, 2)
   assert.equal(b.requests[1].body.batch.length, 2)
 })
+
+test('a beacon refused as too large goes out one event a beacon, each that fits', async () => {
+  const { sdk, b } = await start()
+  // Browsers refuse beacons past 64 KB in flight.
+  const beacon = b.win.navigator.sendBeacon
+  let room = 64 * 1024
+  b.win.navigator.sendBeacon = (u, body) => body.length <= room && ((room -= body.length), beacon(u, body))
+  for (let i = 0; i < 4; i++) sdk.track(`big${i}`, { blob: 'y'.repeat(25000) })
+  sdk.track('small')
+  b.dispatch(b.win, 'pagehide')
+  assert.deepEqual(b.beacons.map(x => x.body.batch.map(e => e.event ?? e.type)), [['page'], ['big0'], ['big1'], ['small']])
+  assert.equal(b.queued().length, 6, 'beaconed or not, events stay queued until a request is answered')
+})
+
+test('events a batch refuses are named in a console warning, a few a page load', async () => {
+  const { sdk, b } = await start({ pageviews: false })
+  const rejected = [{ index: 1, field: 'event', reason: 'event is larger than 32768 bytes' }]
+  b.respond = () => ({ status: 200, json: { success: true, rejected } })
+  for (let i = 0; i < 8; i++) {
+    sdk.track(`e${i}`)
+    await sdk.flush()
+  }
+  assert.deepEqual(b.queued(), [], 'the batch is done with: a retry would be refused again')
+  assert.equal(b.warnings.length, 5)
+  assert.match(b.warnings[0], /event is larger than 32768 bytes/)
+})
+
+test('circular objects and BigInts are sent as far as they go, never thrown into the app', async () => {
+  const { sdk, b } = await start({ pageviews: false })
+  const o = { name: 'x', list: [1] }
+  o.self = o
+  o.list.push(o)
+  sdk.track('Cycle', { o, n: 10n })
+  sdk.track('Unserialisable', {
+    toJSON() {
+      throw new Error('no')
+    },
+  })
+  sdk.track('After')
+  await sdk.flush()
+  assert.deepEqual(
+    b.events().map(e => [e.event, e.properties]),
+    [
+      ['Cycle', { o: { name: 'x', list: [1, '[Circular]'], self: '[Circular]' }, n: '10' }],
+      ['After', undefined],
+    ],
+  )
+  assert.equal(b.warnings.length, 1)
+  assert.match(b.warnings[0], /event dropped: Error: no/)
+})

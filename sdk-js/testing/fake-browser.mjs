@@ -32,7 +32,7 @@ export function browser({ url = 'https://shop.example/home', storage = memorySto
     requests: [],
     beacons: [],
     warnings: [],
-    // What fetch answers: a status, optional headers, or an Error to throw.
+    // What fetch answers: a status, optional headers and JSON body, or an Error to throw.
     respond: () => ({ status: 200 }),
   }
   let ids = 0
@@ -45,6 +45,7 @@ export function browser({ url = 'https://shop.example/home', storage = memorySto
   b.go = go
 
   Object.defineProperty(doc, 'cookie', {
+    configurable: true,
     get: () => [...cookies].map(([k, v]) => `${k}=${v}`).join('; '),
     set: text => {
       const [pair, ...attributes] = text.split(';')
@@ -86,7 +87,8 @@ export function browser({ url = 'https://shop.example/home', storage = memorySto
       b.requests.push(request)
       const r = await b.respond(request)
       if (r instanceof Error) throw r
-      return { status: r.status, ok: r.status >= 200 && r.status < 300, headers: new Headers(r.headers) }
+      const ok = r.status >= 200 && r.status < 300
+      return { status: r.status, ok, headers: new Headers(r.headers), json: async () => r.json ?? { success: ok } }
     },
   })
 
