@@ -317,4 +317,25 @@ async fn a_request_past_its_deadline_is_told_when_to_retry() {
     let mut rest = Vec::new();
     let read = tokio::time::timeout(leanloop_tests::DEADLINE, stream.read_to_end(&mut rest)).await;
     assert!(read.is_ok(), "a connection with unfinished headers was still open after {:?}", leanloop_tests::DEADLINE);
+
+    // Connections that send nothing, one byte, or only the HTTP/2 preface,
+    // and one kept alive after an answer, are closed once idle that long.
+    let silent: [&[u8]; 3] = [b"", b"P", b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"];
+    let mut idle = Vec::new();
+    for sent in silent {
+        let mut stream = tokio::net::TcpStream::connect(s.base.trim_start_matches("http://")).await.unwrap();
+        stream.write_all(sent).await.unwrap();
+        idle.push((format!("{:?}", String::from_utf8_lossy(sent)), stream));
+    }
+    let mut kept = tokio::net::TcpStream::connect(s.base.trim_start_matches("http://")).await.unwrap();
+    kept.write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n").await.unwrap();
+    let mut answer = [0u8; 12];
+    kept.read_exact(&mut answer).await.unwrap();
+    assert_eq!(&answer, b"HTTP/1.1 200");
+    idle.push(("kept alive after an answer".into(), kept));
+    for (what, mut stream) in idle {
+        let mut rest = Vec::new();
+        let read = tokio::time::timeout(leanloop_tests::DEADLINE, stream.read_to_end(&mut rest)).await;
+        assert!(read.is_ok(), "a connection that sent {what} was still open after {:?}", leanloop_tests::DEADLINE);
+    }
 }
