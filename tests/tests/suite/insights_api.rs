@@ -25,9 +25,11 @@ fn hostile_traffic() -> Value {
     let mut batch = Vec::new();
     for (i, plan) in ["pro", "it's", "x'); DROP TABLE events; --", "pro"].iter().enumerate() {
         let ratio = [1e20, 0.5, 1.5e300, 7.0][i];
+        // Text only one store's own cast would read as a number, but "8".
+        let loose = ["8", " 8", "1_000", "NaN"][i];
         batch.push(json!({"type": "track", "event": "checkout", "userId": format!("u{i}"), "messageId": message_id(),
             "timestamp": at, "properties": {"plan": plan, "amount": 10 * (i + 1), "we'ird key\\": "v", "a/b~c": "slashed",
-                "ratio": ratio}}));
+                "ratio": ratio, "loose": loose}}));
     }
     batch.push(json!({"type": "page", "name": "Home", "anonymousId": "a1", "messageId": message_id(), "timestamp": at,
         "context": {"page": {"url": "https://x.example/", "path": "/"}}}));
@@ -55,6 +57,9 @@ async fn hostile_values_are_bound(s: &TestServer) {
         (json!([{"field": "properties.ratio", "op": "eq", "value": [1e20, 1.5e300]}]), 2),
         (json!([{"field": "properties.ratio", "op": "neq", "value": 0.5}]), 3),
         (json!([{"field": "properties.nope') OR 1=1 --", "op": "is_set"}]), 0),
+        // A number's text is JSON's, on both stores.
+        (json!([{"field": "properties.loose", "op": "gt", "value": 0}]), 1),
+        (json!([{"field": "properties.loose", "op": "lte", "value": 1000}]), 1),
     ] {
         let (status, answer) = ask(s, "trend", &range(json!([{"event": "checkout"}]), filters.clone())).await;
         assert_eq!(status, 200, "{filters}: {answer}");
@@ -63,6 +68,9 @@ async fn hostile_values_are_bound(s: &TestServer) {
     let (status, answer) =
         ask(s, "trend", &range(json!([{"event": "checkout", "math": "sum", "property": "amount"}]), json!([]))).await;
     assert_eq!((status, total(&answer)), (200, json!(100.0)), "{answer}");
+    let (status, answer) =
+        ask(s, "trend", &range(json!([{"event": "checkout", "math": "max", "property": "loose"}]), json!([]))).await;
+    assert_eq!((status, total(&answer)), (200, json!(8.0)), "{answer}");
     // Still all there: nothing was dropped by a spliced value.
     assert_eq!(s.count(&[]).await, 5);
 }
