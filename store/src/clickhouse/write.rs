@@ -213,18 +213,6 @@ struct IdentityRow<'a> {
     linked_at_ms: i64,
 }
 
-/// JSON merge patch at the top level: later keys win, `null` removes a key
-/// (the same rule DuckDB's `json_merge_patch` applies).
-fn merge_patch(into: &mut Map<String, Value>, patch: Map<String, Value>) {
-    for (k, v) in patch {
-        if v.is_null() {
-            into.remove(&k);
-        } else {
-            into.insert(k, v);
-        }
-    }
-}
-
 /// Writes each updated person's merged traits and seen times, and the
 /// anonymous ids identify linked.
 pub async fn users(client: &clickhouse::Client, updates: &[UserUpdate]) -> Result<(), StoreError> {
@@ -253,28 +241,12 @@ pub async fn users(client: &clickhouse::Client, updates: &[UserUpdate]) -> Resul
         let mut traits = Map::new();
         let (mut first_seen, mut last_seen, mut version) = (first, last, 0);
         if let Some(current) = stored.remove(&(project_id, user_id.to_owned())) {
-            if let Ok(Value::Object(saved)) = serde_json::from_str(&current.traits) {
-                traits = saved;
-            }
+            traits = crate::traits::object(&current.traits);
             first_seen = first_seen.min(current.first_seen_ms);
             last_seen = last_seen.max(current.last_seen_ms);
             version = current.version;
         }
-        // What was set once fills gaps, what is stored stays, what is set now wins.
-        for update in &batch {
-            if let Ok(Value::Object(once)) = serde_json::from_str::<Value>(&update.traits_once) {
-                for (k, v) in once {
-                    if !v.is_null() {
-                        traits.entry(k).or_insert(v);
-                    }
-                }
-            }
-        }
-        for update in batch {
-            if let Ok(Value::Object(patch)) = serde_json::from_str(&update.traits) {
-                merge_patch(&mut traits, patch);
-            }
-        }
+        crate::traits::apply(&mut traits, &batch);
         rows.push(UserRow {
             project_id,
             user_id: user_id.to_owned(),

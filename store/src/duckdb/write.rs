@@ -226,49 +226,69 @@ fn take_fresh(events: Cow<'_, [Event]>, fresh: &[usize]) -> Vec<Event> {
     }
 }
 
-/// Upserts traits and first links of anonymous ids. Traits: what was set
-/// once fills gaps, what is stored stays, what is set now wins.
+/// Upserts traits (see [`crate::traits`]) and first links of anonymous ids.
 fn write_users(conn: &Connection, users: &[UserUpdate]) -> Result<(), StoreError> {
     if users.is_empty() {
         return Ok(());
     }
-    // One row per person per statement: fold repeated updates in this batch.
-    let mut merged: HashMap<(i64, &str), FoldedTraits> = HashMap::new();
+    // One row per person per statement: their updates in this batch together.
+    let mut people: HashMap<(i64, &str), (Vec<&UserUpdate>, i64, i64)> = HashMap::new();
     let mut order = Vec::new();
     for update in users {
         let key = (update.project_id, update.user_id.as_str());
-        merged
-            .entry(key)
-            .or_insert_with(|| {
-                order.push(key);
-                FoldedTraits::new(update.seen_at_ms)
-            })
-            .add(update);
+        let person = people.entry(key).or_insert_with(|| {
+            order.push(key);
+            (Vec::new(), update.seen_at_ms, update.seen_at_ms)
+        });
+        person.0.push(update);
+        person.1 = person.1.min(update.seen_at_ms);
+        person.2 = person.2.max(update.seen_at_ms);
     }
     // Staged in temporary tables, then merged with one statement each: a
     // statement per person costs milliseconds on the primary key index.
     conn.execute_batch(
-        "CREATE TEMP TABLE IF NOT EXISTS staged_users (project_id BIGINT, user_id VARCHAR, once VARCHAR,
-             traits VARCHAR, first_seen BIGINT, last_seen BIGINT);
+        "CREATE TEMP TABLE IF NOT EXISTS staged_users (project_id BIGINT, user_id VARCHAR, traits VARCHAR,
+             first_seen BIGINT, last_seen BIGINT);
          CREATE TEMP TABLE IF NOT EXISTS staged_links (project_id BIGINT, anonymous_id VARCHAR, user_id VARCHAR,
              first_seen BIGINT);
          DELETE FROM staged_users; DELETE FROM staged_links;",
     )?;
+    // The people's stored traits, found through their staged keys.
     let mut stage = conn.appender_to_catalog_and_db("staged_users", "temp", "main")?;
     for key in &order {
-        let f = &merged[key];
-        stage.append_row(params![key.0, key.1, f.once.to_string(), f.set.to_string(), f.first, f.last])?;
+        stage.append_row(params![key.0, key.1, None::<String>, None::<i64>, None::<i64>])?;
+    }
+    stage.flush()?;
+    drop(stage);
+    let mut stored: HashMap<(i64, String), String> = HashMap::new();
+    {
+        let mut query = conn.prepare(
+            "SELECT s.project_id, s.user_id, u.traits FROM staged_users s
+             JOIN users u ON u.project_id = s.project_id AND u.user_id = s.user_id",
+        )?;
+        let mut rows = query.query([])?;
+        while let Some(row) = rows.next()? {
+            stored.insert((row.get(0)?, row.get(1)?), row.get::<_, Option<String>>(2)?.unwrap_or_default());
+        }
+    }
+    conn.execute_batch("DELETE FROM staged_users")?;
+    let mut stage = conn.appender_to_catalog_and_db("staged_users", "temp", "main")?;
+    for key in &order {
+        let (updates, first, last) = &people[key];
+        let mut traits =
+            stored.remove(&(key.0, key.1.to_owned())).map_or_else(Default::default, |t| crate::traits::object(&t));
+        crate::traits::apply(&mut traits, updates);
+        stage.append_row(params![key.0, key.1, serde_json::Value::Object(traits).to_string(), first, last])?;
     }
     stage.flush()?;
     drop(stage);
     conn.execute_batch(
         "UPDATE users SET
-             traits = CAST(json_merge_patch(json_merge_patch(s.once, users.traits), s.traits) AS VARCHAR),
+             traits = s.traits,
              first_seen = least(users.first_seen, epoch_ms(s.first_seen)),
              last_seen = greatest(users.last_seen, epoch_ms(s.last_seen))
          FROM staged_users s WHERE users.project_id = s.project_id AND users.user_id = s.user_id;
-         INSERT INTO users SELECT s.project_id, s.user_id, CAST(json_merge_patch(s.once, s.traits) AS VARCHAR),
-             epoch_ms(s.first_seen), epoch_ms(s.last_seen)
+         INSERT INTO users SELECT s.project_id, s.user_id, s.traits, epoch_ms(s.first_seen), epoch_ms(s.last_seen)
          FROM staged_users s ANTI JOIN users u ON u.project_id = s.project_id AND u.user_id = s.user_id;",
     )?;
     let mut link = conn.appender_to_catalog_and_db("staged_links", "temp", "main")?;
@@ -290,39 +310,6 @@ fn write_users(conn: &Connection, users: &[UserUpdate]) -> Result<(), StoreError
          INSERT OR IGNORE INTO identities SELECT project_id, anonymous_id, user_id, epoch_ms(first_seen) FROM staged_links",
     )?;
     Ok(())
-}
-
-/// One person's updates in a batch, folded: `$set` keys (later wins, `null`
-/// kept so the merge patch removes the key) and `$set_once` keys (first wins).
-struct FoldedTraits {
-    set: serde_json::Value,
-    once: serde_json::Value,
-    first: i64,
-    last: i64,
-}
-
-impl FoldedTraits {
-    fn new(seen_at_ms: i64) -> FoldedTraits {
-        let empty = || serde_json::Value::Object(serde_json::Map::new());
-        FoldedTraits { set: empty(), once: empty(), first: seen_at_ms, last: seen_at_ms }
-    }
-
-    fn add(&mut self, update: &UserUpdate) {
-        if let (Ok(serde_json::Value::Object(traits)), Some(set)) =
-            (serde_json::from_str(&update.traits), self.set.as_object_mut())
-        {
-            set.extend(traits);
-        }
-        if let (Ok(serde_json::Value::Object(traits)), Some(once)) =
-            (serde_json::from_str::<serde_json::Value>(&update.traits_once), self.once.as_object_mut())
-        {
-            for (k, v) in traits.into_iter().filter(|(_, v)| !v.is_null()) {
-                once.entry(k).or_insert(v);
-            }
-        }
-        self.first = self.first.min(update.seen_at_ms);
-        self.last = self.last.max(update.seen_at_ms);
-    }
 }
 
 #[cfg(test)]

@@ -110,7 +110,8 @@ async fn set_once_fills_only_traits_a_person_lacks_on_both_stores() {
             &s.project.write_key,
             json!([
                 {"event": "$pageview", "distinct_id": "p1", "properties": {
-                    "$set_once": {"initial_referrer": "news.example", "plan": "trial"}, "$set": {"plan": "free"}}},
+                    "$set_once": {"initial_referrer": "news.example", "plan": "trial"},
+                    "$set": {"plan": "free", "address": {"city": "Oslo", "zip": "0150"}}}},
                 {"event": "$pageview", "distinct_id": "p1", "properties": {"$set_once": {"initial_referrer": "later.example"}}}
             ]),
         );
@@ -119,16 +120,18 @@ async fn set_once_fills_only_traits_a_person_lacks_on_both_stores() {
         let second = capture(
             &s.project.write_key,
             json!([
-                {"event": "signed_up", "distinct_id": "p1", "$set_once": {"initial_referrer": "third.example", "signup": "2026-01-01"},
-                 "$set": {"plan": "pro", "email": "p1@example.com"}}
+                {"event": "signed_up", "distinct_id": "p1",
+                 "$set_once": {"initial_referrer": "third.example", "signup": "2026-01-01", "address": {"country": "NO"}},
+                 "$set": {"plan": "pro", "email": "p1@example.com", "address": {"city": "Bergen", "floor": null}}}
             ]),
         );
         assert_eq!(s.client.post(s.url("/batch/")).json(&second).send().await.unwrap().status(), 200);
         let traits = s.user_traits("p1").await.expect("person stored");
         assert_eq!(
             traits,
-            json!({"initial_referrer": "news.example", "plan": "pro", "signup": "2026-01-01", "email": "p1@example.com"}),
-            "$set_once never overwrites; $set always does"
+            json!({"initial_referrer": "news.example", "plan": "pro", "signup": "2026-01-01", "email": "p1@example.com",
+                "address": {"city": "Bergen", "floor": null}}),
+            "$set_once never overwrites; $set always does, an object whole"
         );
     }
 }
