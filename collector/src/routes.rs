@@ -3,7 +3,7 @@
 
 use crate::body::{read_limited, unpack, Packing};
 use crate::enrich::RequestFacts;
-use crate::wire::{self, feedback, posthog, segment, Decoded};
+use crate::wire::{self, feedback, posthog, segment, Decoded, Incoming};
 use crate::{Collector, IngestError};
 use axum::body::Body;
 use axum::extract::{ConnectInfo, Request, State};
@@ -204,7 +204,10 @@ fn process(
     let mut users = Vec::new();
     let mut rejected: Vec<(usize, IngestError)> = Vec::new();
     for (index, item) in decoded.items.into_iter().enumerate() {
-        match item.and_then(|incoming| c.enricher.finish(incoming, &facts)) {
+        match item
+            .and_then(|incoming| c.same_project(incoming, &key, endpoint))
+            .and_then(|i| c.enricher.finish(i, &facts))
+        {
             Ok((event, update)) => {
                 events.push(event);
                 users.extend(update);
@@ -326,6 +329,28 @@ fn request_facts(c: &Collector, headers: &HeaderMap, peer: SocketAddr) -> Reques
 
 impl Collector {
     /// The project of a write key; secret keys and unknown keys are refused.
+    /// `incoming`, unless it carries a key of its own that is another
+    /// project's write key, or a read or deploy key: a request is one
+    /// project's, and such an event is refused rather than stored under the
+    /// request's key, as PostHog refuses a batch of mixed tokens. A key
+    /// that is no key at all is ignored: the request's key decides.
+    fn same_project(&self, incoming: Incoming, key: &str, endpoint: Endpoint) -> Result<Incoming, IngestError> {
+        let Some(own) = incoming.key.as_deref().filter(|own| *own != key) else {
+            return Ok(incoming);
+        };
+        let refuse = |why: &str| {
+            let field = if endpoint == Endpoint::PostHog { "api_key" } else { "writeKey" };
+            Err(IngestError::field(field, format!("the event carries {why}; send each project's events on their own")))
+        };
+        match self.keys.lookup(own)? {
+            Some((_, KeyKind::Read | KeyKind::Deploy)) => refuse("a secret key, not a write key"),
+            Some((project, KeyKind::Write)) if !self.project_for(key).is_ok_and(|p| p.id == project.id) => {
+                refuse("another project's write key than its request")
+            }
+            _ => Ok(incoming),
+        }
+    }
+
     pub(crate) fn project_for(&self, key: &str) -> Result<Arc<leanloop_control::Project>, IngestError> {
         match self.keys.lookup(key)? {
             Some((project, KeyKind::Write)) => Ok(project),

@@ -73,6 +73,7 @@ fn incoming(f: Feedback) -> Result<Incoming, IngestError> {
     };
     let properties = json!({ "score": score, "message": message, "category": category });
     Ok(Incoming {
+        key: Text::take(f.write_key.clone()),
         kind: Some(EventKind::Feedback),
         name: "$feedback".to_owned(),
         message_id: Id::take(f.message_id),

@@ -1,9 +1,12 @@
 //! Field types shared by the wire formats: ids that may be numbers, lenient
-//! text, and timestamps in the shapes SDKs send them.
+//! text, and timestamps in the shapes SDKs send them; and the reading of
+//! the properties Leanloop puts in columns of its own.
 
 use crate::IngestError;
 use chrono::{DateTime, NaiveDateTime};
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer};
+use serde_json::{Map, Value};
 
 /// An identifier sent as a string or a number; empty strings count as absent.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -18,6 +21,59 @@ impl<'de> Deserialize<'de> for Id {
 impl Id {
     pub fn take(this: Option<Id>) -> Option<String> {
         this.and_then(|id| id.0)
+    }
+}
+
+/// A value read as `T` when it has that type, else none: a property read
+/// for a column but sent with another type (`"$is_identified": "yes"`) is
+/// left in the JSON, not the reason the event's other columns are lost.
+pub struct Lenient<T>(pub Option<T>);
+
+impl<T> Default for Lenient<T> {
+    fn default() -> Self {
+        Lenient(None)
+    }
+}
+
+impl<'de, T: DeserializeOwned> Deserialize<'de> for Lenient<T> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Lenient<T>, D::Error> {
+        Ok(Lenient(T::deserialize(Value::deserialize(d)?).ok()))
+    }
+}
+
+/// The properties a wire format reads for columns (`T`, all fields
+/// optional), from properties text. A key written twice fails a struct's
+/// read: the text is then read again keeping each key's first value, as
+/// both stores read such JSON.
+pub fn known_properties<T: DeserializeOwned + Default>(properties: &str) -> T {
+    serde_json::from_str(properties).unwrap_or_else(|_| {
+        serde_json::from_str::<FirstWins>(properties)
+            .ok()
+            .and_then(|first| serde_json::from_str(&Value::Object(first.0).to_string()).ok())
+            .unwrap_or_default()
+    })
+}
+
+/// A JSON object with each key's first value.
+struct FirstWins(Map<String, Value>);
+
+impl<'de> Deserialize<'de> for FirstWins {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<FirstWins, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = FirstWins;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("an object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<FirstWins, A::Error> {
+                let mut first = Map::new();
+                while let Some((k, v)) = map.next_entry::<String, Value>()? {
+                    first.entry(k).or_insert(v);
+                }
+                Ok(FirstWins(first))
+            }
+        }
+        d.deserialize_map(Visitor)
     }
 }
 
@@ -234,6 +290,26 @@ mod tests {
 
     fn t(s: &str) -> Option<i64> {
         parse_time(Some(&TimeValue::Text(s.into())), "timestamp").unwrap()
+    }
+
+    #[derive(Deserialize, Default)]
+    #[serde(default)]
+    struct Columns {
+        url: Option<Text>,
+        user: Lenient<Id>,
+        flag: Lenient<bool>,
+    }
+
+    #[test]
+    fn known_properties_survive_odd_types_and_repeated_keys() {
+        let read = |text: &str| {
+            let c: Columns = known_properties(text);
+            (Text::take(c.url), Id::take(c.user.0), c.flag.0)
+        };
+        assert_eq!(read(r#"{"url":"/a","user":7,"flag":true}"#), (Some("/a".into()), Some("7".into()), Some(true)));
+        assert_eq!(read(r#"{"url":"/a","user":1.5,"flag":"yes"}"#), (Some("/a".into()), None, None));
+        assert_eq!(read(r#"{"url":"/a","url":"/b","flag":false}"#), (Some("/a".into()), None, Some(false)));
+        assert_eq!(read("not json"), (None, None, None));
     }
 
     #[test]

@@ -8,7 +8,7 @@ pub mod posthog;
 pub mod segment;
 mod surrogates;
 
-pub use fields::{parse_time, Id, Text, TimeValue};
+pub use fields::{known_properties, parse_time, Id, Lenient, Text, TimeValue};
 pub use surrogates::well_formed;
 
 use crate::IngestError;
@@ -18,6 +18,9 @@ use serde_json::value::RawValue;
 /// One event as the client described it, before enrichment.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Incoming {
+    /// The key the event carried itself (a batch item's own `writeKey`, or
+    /// PostHog's `api_key` or `token` beside its properties), if any.
+    pub key: Option<String>,
     pub kind: Option<EventKind>,
     pub name: String,
     pub message_id: Option<String>,

@@ -6,7 +6,10 @@
 //! links `$anon_distinct_id` to the user; `$set` anywhere updates traits,
 //! `$set_once` anywhere fills traits the person lacks.
 
-use super::{decode_item, object_text, parse_time, split_items, Decoded, Id, Incoming, Text, TimeValue, Utm};
+use super::{
+    decode_item, known_properties, object_text, parse_time, split_items, Decoded, Id, Incoming, Lenient, Text,
+    TimeValue, Utm,
+};
 use crate::IngestError;
 use leanloop_core::EventKind;
 use serde::Deserialize;
@@ -39,11 +42,12 @@ struct Capture<'a> {
     set_once: Option<&'a RawValue>,
 }
 
-/// The `$` properties PostHog SDKs send that map onto Leanloop columns.
+/// The `$` properties PostHog SDKs send that map onto Leanloop columns. One
+/// of another type than these is left in the JSON (see [`Lenient`]).
 #[derive(Deserialize, Default)]
 #[serde(default)]
 struct Known {
-    distinct_id: Option<Id>,
+    distinct_id: Lenient<Id>,
     token: Option<Text>,
     #[serde(rename = "$current_url")]
     current_url: Option<Text>,
@@ -78,11 +82,11 @@ struct Known {
     #[serde(rename = "$raw_user_agent")]
     user_agent: Option<Text>,
     #[serde(rename = "$anon_distinct_id")]
-    anon_distinct_id: Option<Id>,
+    anon_distinct_id: Lenient<Id>,
     #[serde(rename = "$device_id")]
-    device_id: Option<Id>,
+    device_id: Lenient<Id>,
     #[serde(rename = "$is_identified")]
-    is_identified: Option<bool>,
+    is_identified: Lenient<bool>,
     #[serde(rename = "$set")]
     set: Option<Box<RawValue>>,
     #[serde(rename = "$set_once")]
@@ -91,7 +95,7 @@ struct Known {
     group_type: Option<Text>,
     #[serde(rename = "$group_key")]
     group_key: Option<Text>,
-    alias: Option<Id>,
+    alias: Lenient<Id>,
     utm_source: Option<Text>,
     utm_medium: Option<Text>,
     utm_campaign: Option<Text>,
@@ -139,10 +143,13 @@ pub fn decode(text: &str, max_event_bytes: usize, max_batch: usize) -> Result<De
 fn incoming(c: Capture<'_>, sent_at: Option<i64>) -> Result<(Incoming, Option<String>), IngestError> {
     let name = Id::take(c.event).ok_or_else(|| IngestError::field("event", "`event` is required"))?;
     let properties = object_text(c.properties, "properties")?;
-    let known: Known = serde_json::from_str(&properties).unwrap_or_default();
-    let key = Text::take(c.api_key).or(Text::take(c.token)).or(Text::take(known.token.clone()));
+    let known: Known = known_properties(&properties);
+    // `properties.token` (posthog-js) is only a fallback: a property of
+    // that name may be the app's own.
+    let own_key = Text::take(c.api_key).or(Text::take(c.token));
+    let key = own_key.clone().or(Text::take(known.token.clone()));
     let distinct_id = Id::take(c.distinct_id)
-        .or(Id::take(known.distinct_id))
+        .or(Id::take(known.distinct_id.0))
         .ok_or_else(|| IngestError::field("distinct_id", "`distinct_id` is required"))?;
 
     let kind = match name.as_str() {
@@ -153,8 +160,8 @@ fn incoming(c: Capture<'_>, sent_at: Option<i64>) -> Result<(Incoming, Option<St
         "$create_alias" => EventKind::Alias,
         _ => EventKind::Track,
     };
-    let anonymous = known.is_identified == Some(false) && kind != EventKind::Identify;
-    let alias = Id::take(known.alias);
+    let anonymous = known.is_identified.0 == Some(false) && kind != EventKind::Identify;
+    let alias = Id::take(known.alias.0);
     let mut previous_id = None;
     let (user_id, anonymous_id) = if kind == EventKind::Alias {
         // `$create_alias` is sent by the old id, naming the new one in `alias`.
@@ -166,7 +173,7 @@ fn incoming(c: Capture<'_>, sent_at: Option<i64>) -> Result<(Incoming, Option<St
     } else if anonymous {
         (None, Some(distinct_id))
     } else {
-        let linked = Id::take(known.anon_distinct_id).or(Id::take(known.device_id)).filter(|a| *a != distinct_id);
+        let linked = Id::take(known.anon_distinct_id.0).or(Id::take(known.device_id.0)).filter(|a| *a != distinct_id);
         (Some(distinct_id), linked)
     };
     // `$set` may come inside properties (posthog-js, posthog-python) or beside them.
@@ -194,6 +201,7 @@ fn incoming(c: Capture<'_>, sent_at: Option<i64>) -> Result<(Incoming, Option<St
     };
     let referring_domain = Text::take(known.referring_domain).filter(|d| d != "$direct");
     let incoming = Incoming {
+        key: own_key,
         kind: Some(kind),
         name: kind.fixed_name().map(str::to_owned).unwrap_or(name),
         message_id: Id::take(c.uuid),

@@ -137,7 +137,7 @@ impl KnownProperties {
         if !may_hold {
             return KnownProperties::default();
         }
-        serde_json::from_str(properties).unwrap_or_default()
+        super::known_properties(properties)
     }
 }
 
@@ -234,6 +234,7 @@ fn incoming(
     let timestamp = parse_time(m.timestamp.as_ref(), "timestamp")?;
     let original = parse_time(m.original_timestamp.as_ref(), "originalTimestamp")?;
     Ok(Incoming {
+        key: Text::take(m.write_key.clone()),
         kind: Some(kind),
         name,
         message_id: Id::take(m.message_id),

@@ -215,3 +215,70 @@ async fn remote_config_turns_everything_off_in_json_and_as_a_script() {
 fn url_escape(text: &str) -> String {
     url::form_urlencoded::byte_serialize(text.as_bytes()).collect()
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn odd_types_and_repeated_keys_in_properties_cost_no_column() {
+    let s = TestServer::start().await;
+    let body = |uuid: &str, properties: &str| {
+        format!(
+            r#"{{"api_key":"{}","event":"$pageview","distinct_id":"odd-1","uuid":"{uuid}","properties":{properties}}}"#,
+            s.project.write_key
+        )
+    };
+    let cases = [
+        // A custom `alias`, `$is_identified` as text, a `$device_id` that is no id.
+        r#"{"$current_url":"https://x.example/a?utm_source=news","$pathname":"/a","$session_id":"s-1","alias":true,
+            "$is_identified":"yes","$device_id":1.5,"$set":{"plan":"pro"}}"#,
+        // A key written twice: its first value counts, as in the stored JSON.
+        r#"{"$current_url":"https://x.example/a?utm_source=news","$pathname":"/a","$pathname":"/b","$session_id":"s-1",
+            "$set":{"plan":"pro"}}"#,
+    ];
+    for (i, properties) in cases.iter().enumerate() {
+        let uuid = leanloop_tests::message_id();
+        let r = s.client.post(s.url("/capture/")).body(body(&uuid, properties)).send().await.unwrap();
+        assert_eq!(r.status(), 200, "case {i}: {}", r.text().await.unwrap());
+        s.settle().await;
+        let events = s.events(&[("user", "odd-1")]).await;
+        let e = events.iter().find(|e| e["uuid"] == uuid.as_str()).unwrap_or_else(|| panic!("case {i} stored"));
+        assert_eq!(
+            (&e["url"], &e["path"], &e["session_id"]),
+            (&json!("https://x.example/a?utm_source=news"), &json!("/a"), &json!("s-1")),
+            "case {i}: {e}"
+        );
+        assert_eq!(e["utm_source"], "news", "case {i}");
+    }
+    assert_eq!(s.user_traits("odd-1").await, Some(json!({"plan": "pro"})));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_event_carrying_another_projects_key_than_its_batch_is_refused() {
+    let s = TestServer::start().await;
+    let other = s.control.create_project("other").unwrap();
+    let batch = json!({"api_key": s.project.write_key, "batch": [
+        {"event": "mine", "distinct_id": "k1"},
+        {"event": "theirs", "distinct_id": "k1", "api_key": other.write_key},
+        {"event": "read key", "distinct_id": "k1", "token": s.project.read_key},
+        {"event": "same", "distinct_id": "k1", "api_key": s.project.write_key},
+        // No key at all: the request's decides.
+        {"event": "not a key", "distinct_id": "k1", "token": 0}
+    ]});
+    let r = s.client.post(s.url("/batch/")).json(&batch).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let answer: Value = r.json().await.unwrap();
+    let refused: Vec<(u64, &str)> = answer["rejected"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| (r["index"].as_u64().unwrap(), r["field"].as_str().unwrap()))
+        .collect();
+    assert_eq!(refused, [(1, "api_key"), (2, "api_key")], "{answer}");
+    s.settle().await;
+    assert_eq!(s.count(&[]).await, 3);
+    let segment = json!({"writeKey": s.project.write_key, "batch": [
+        {"type": "track", "event": "mine", "userId": "k2"},
+        {"type": "track", "event": "theirs", "userId": "k2", "writeKey": other.write_key}
+    ]});
+    let answer: Value = s.client.post(s.url("/v1/batch")).json(&segment).send().await.unwrap().json().await.unwrap();
+    assert_eq!(answer["rejected"][0]["index"], 1, "{answer}");
+    assert_eq!(answer["rejected"][0]["field"], "writeKey", "{answer}");
+}
