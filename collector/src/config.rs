@@ -84,6 +84,30 @@ impl CollectorConfig {
         if let Some((name, _)) = positive.iter().find(|(_, v)| *v == 0) {
             return Err(format!("collector.{name} must be greater than 0"));
         }
+        // Far above any use, and below what would overflow or exhaust memory
+        // the moment the value is used (a semaphore's permits, a table's
+        // capacity, a time added to now).
+        let at_most: [(&str, u64, u64); 11] = [
+            ("max_body_bytes", self.max_body_bytes as u64, 1 << 30),
+            ("max_batch_events", self.max_batch_events as u64, 1_000_000),
+            ("queue_capacity", self.queue_capacity as u64, 100_000_000),
+            ("log_segment_bytes", self.log_segment_bytes, 1 << 34),
+            ("delivery_interval_ms", self.delivery_interval_ms, 3_600_000),
+            ("delivery_fill_wait_ms", self.delivery_fill_wait_ms, 3_600_000),
+            ("write_batch_events", self.write_batch_events.unwrap_or(1) as u64, 10_000_000),
+            ("session_timeout_minutes", self.session_timeout_minutes.into(), 10_080),
+            ("session_capacity", self.session_capacity as u64, 100_000_000),
+            ("user_agent_cache", self.user_agent_cache as u64, 10_000_000),
+            ("log_max_bytes", self.log_max_bytes, 1 << 50),
+        ];
+        if let Some((name, value, max)) = at_most.iter().find(|(_, v, max)| v > max) {
+            return Err(format!("collector.{name}: {value} is above the most it may be, {max}"));
+        }
+        if let Some(header) = &self.country_header {
+            if axum::http::HeaderName::from_bytes(header.as_bytes()).is_err() {
+                return Err(format!("collector.country_header: `{header}` is not a header name"));
+            }
+        }
         if self.max_event_bytes > self.max_body_bytes {
             return Err("collector.max_event_bytes must not exceed collector.max_body_bytes".into());
         }

@@ -49,7 +49,8 @@ impl ControlPlane {
     /// Creates a project in the default organisation with fresh keys.
     pub fn create_project(&self, name: &str) -> Result<Project, ControlError> {
         let name = name.trim();
-        if name.is_empty() || name.chars().count() > 200 {
+        // Control characters would break the listing's one line per project.
+        if name.is_empty() || name.chars().count() > 200 || name.chars().any(char::is_control) {
             return Err(ControlError::InvalidName);
         }
         let now = chrono::Utc::now().to_rfc3339();

@@ -14,6 +14,13 @@ use std::path::{Path, PathBuf};
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 pub const DEFAULT_DATA_DIR: &str = "./leanloop-data";
+/// Upper bounds far above any use, below what overflows or exhausts the
+/// machine when used (a time added to now, a thread per unit).
+const MAX_TIMEOUT_SECS: u64 = 86_400;
+const MAX_THREADS: usize = 1024;
+const MAX_DEDUP_WINDOW_HOURS: u64 = 8_760;
+const MIN_MEMORY_BYTES: u64 = 16_000_000;
+const MAX_MEMORY_BYTES: u64 = 1_000_000_000_000_000;
 
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -147,6 +154,9 @@ impl RawConfig {
         if threads == 0 {
             bail!("store.duckdb_threads must be at least 1");
         }
+        if threads > MAX_THREADS {
+            bail!("store.duckdb_threads: {threads} is above the most it may be, {MAX_THREADS}");
+        }
         let ingest_threads = match self.store.duckdb_ingest_threads {
             Some(0) => bail!("store.duckdb_ingest_threads must be at least 1"),
             Some(n) if n > threads => {
@@ -159,8 +169,8 @@ impl RawConfig {
             Some(url) => {
                 let mut options = ClickHouseOptions::new(url);
                 if let Some(hours) = self.store.clickhouse_dedup_window_hours {
-                    if hours == 0 {
-                        bail!("store.clickhouse_dedup_window_hours must be at least 1");
+                    if hours == 0 || hours > MAX_DEDUP_WINDOW_HOURS {
+                        bail!("store.clickhouse_dedup_window_hours must be 1 to {MAX_DEDUP_WINDOW_HOURS} (a year)");
                     }
                     options.dedup_window = std::time::Duration::from_secs(hours * 3600);
                 }
@@ -170,6 +180,23 @@ impl RawConfig {
             None => None,
         };
         self.pipeline.validate().map_err(anyhow::Error::msg)?;
+        let seconds = |name: &str, value: Option<u64>| -> Result<std::time::Duration> {
+            match value.unwrap_or(30) {
+                0 => bail!("{name} must be at least 1"),
+                s if s > MAX_TIMEOUT_SECS => {
+                    bail!("{name}: {s} is above the most it may be, {MAX_TIMEOUT_SECS} (a day)")
+                }
+                s => Ok(std::time::Duration::from_secs(s)),
+            }
+        };
+        let shutdown_timeout = seconds("shutdown_timeout_secs", self.shutdown_timeout_secs)?;
+        let request_timeout = seconds("request_timeout_secs", self.request_timeout_secs)?;
+        if self.log_dir.as_ref().is_some_and(|d| d.as_os_str().is_empty()) {
+            bail!("log_dir must not be empty");
+        }
+        if self.data_dir.as_ref().is_some_and(|d| d.as_os_str().is_empty()) {
+            bail!("data_dir must not be empty");
+        }
         let data_dir: PathBuf = self.data_dir.unwrap_or_else(|| DEFAULT_DATA_DIR.into());
         Ok(Config {
             listen,
@@ -184,8 +211,8 @@ impl RawConfig {
                 ..defaults
             },
             clickhouse,
-            shutdown_timeout: std::time::Duration::from_secs(self.shutdown_timeout_secs.unwrap_or(30)),
-            request_timeout: std::time::Duration::from_secs(self.request_timeout_secs.unwrap_or(30).max(1)),
+            shutdown_timeout,
+            request_timeout,
             pipeline: self.pipeline,
         })
     }
@@ -209,10 +236,16 @@ fn memory_bytes(field: &str, size: &str) -> Result<u64> {
         "tib" => 1 << 40,
         _ => bail!("{field}: `{size}` is not a size like 256MB"),
     };
-    match number.parse::<f64>() {
-        Ok(n) if n > 0.0 && n.is_finite() => Ok((n * scale as f64) as u64),
+    let bytes = match number.parse::<f64>() {
+        Ok(n) if n > 0.0 && n.is_finite() => n * scale as f64,
         _ => bail!("{field}: `{size}` is not a size like 256MB"),
+    };
+    // DuckDB refuses less than it needs to open a database, and more than
+    // its own counters hold, with messages naming neither the setting.
+    if !(MIN_MEMORY_BYTES as f64..=MAX_MEMORY_BYTES as f64).contains(&bytes) {
+        bail!("{field}: `{size}` is outside 16MB to 1PB");
     }
+    Ok(bytes as u64)
 }
 
 impl Config {
@@ -261,6 +294,29 @@ mod tests {
         let config = RawConfig::from_file(&path).unwrap().build_and_validate().unwrap();
         assert_eq!(config.listen.to_string(), DEFAULT_LISTEN);
         assert_eq!(config.collector, CollectorConfig::default());
+    }
+
+    #[test]
+    fn values_past_their_bounds_are_refused_by_name() {
+        for (toml, name) in [
+            ("shutdown_timeout_secs = 18446744073709551615", "shutdown_timeout_secs"),
+            ("request_timeout_secs = 0", "request_timeout_secs"),
+            ("log_dir = \"\"", "log_dir"),
+            ("[store]\nduckdb_threads = 100000", "store.duckdb_threads"),
+            ("[store]\nduckdb_memory_limit = \"999999999TB\"", "store.duckdb_memory_limit"),
+            ("[store]\nduckdb_memory_limit = \"1B\"", "store.duckdb_memory_limit"),
+            (
+                "[store]\nclickhouse_url = \"http://127.0.0.1:8123/\"\nclickhouse_dedup_window_hours = 5124095576030433",
+                "store.clickhouse_dedup_window_hours",
+            ),
+            ("[collector]\nlog = false\nqueue_capacity = 9223372036854775807", "collector.queue_capacity"),
+            ("[collector]\nuser_agent_cache = 9223372036854775807", "collector.user_agent_cache"),
+            ("[collector]\ncountry_header = \"bad header\\n\"", "collector.country_header"),
+        ] {
+            let raw: RawConfig = toml::from_str(toml).unwrap();
+            let err = raw.build_and_validate().unwrap_err().to_string();
+            assert!(err.contains(name), "{toml}: {err}");
+        }
     }
 
     #[test]

@@ -166,7 +166,12 @@ async fn run(cli: Cli) -> Result<()> {
 
 fn lint(file: &std::path::Path) -> Result<()> {
     let text = std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
-    let pipeline = leanloop_pipeline::spec::Pipeline::parse(&text)?;
+    let pipeline = leanloop_pipeline::spec::Pipeline::parse(&text).map_err(|e| {
+        // The parser names the file as a repository holds it; this is the one given.
+        let message = e.to_string();
+        let named = message.strip_prefix("leanloop.yml").map(|rest| format!("{}{rest}", file.display()));
+        anyhow::anyhow!(named.unwrap_or(message))
+    })?;
     for step in pipeline.topological() {
         let after =
             if step.depends_on.is_empty() { String::new() } else { format!(" (after {})", step.depends_on.join(", ")) };
@@ -253,8 +258,19 @@ fn project(command: ProjectCommand) -> Result<()> {
     };
     let config =
         Config::load(&Overrides { config_file: common.config, data_dir: common.data_dir, ..Overrides::default() })?;
-    std::fs::create_dir_all(&config.data_dir)?;
-    let control = leanloop_control::ControlPlane::open(&config.data_dir.join("control.sqlite"))?;
+    let dir = &config.data_dir;
+    let database = dir.join("control.sqlite");
+    // Listing a directory that holds no data (a typo) creates nothing.
+    if matches!(command, ProjectCommand::List { .. }) && !database.exists() {
+        anyhow::ensure!(!dir.exists() || dir.is_dir(), "data directory {}: not a directory", dir.display());
+        if matches!(command, ProjectCommand::List { json: true, .. }) {
+            println!("[]");
+        }
+        return Ok(());
+    }
+    std::fs::create_dir_all(dir).with_context(|| format!("data directory {}", dir.display()))?;
+    let control =
+        leanloop_control::ControlPlane::open(&database).with_context(|| format!("opening {}", database.display()))?;
     match command {
         ProjectCommand::Create { name, json: true, .. } => {
             let p = control.create_project(&name)?;

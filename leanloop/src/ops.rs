@@ -47,5 +47,10 @@ async fn readyz(State(shared): State<Shared>) -> impl IntoResponse {
 }
 
 async fn metrics(State(shared): State<Shared>) -> impl IntoResponse {
+    // The backlog as of this scrape: delivery sets the gauge when it
+    // delivers, which stops while the store is down, when it matters most.
+    let backlog = shared.collector.queue().backlog();
+    let gauge = if backlog.unit == "bytes" { "leanloop_log_backlog_bytes" } else { "leanloop_ingest_queue_depth" };
+    metrics::gauge!(gauge).set(backlog.used as f64);
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], shared.metrics.render())
 }

@@ -32,6 +32,18 @@ pub fn metrics_handle() -> PrometheusHandle {
                     upkeep.run_upkeep();
                 })
                 .expect("spawning the metrics upkeep thread");
+            // Counters of rare trouble exist at 0 from the start, so that a
+            // rate over them sees their first increase.
+            for name in [
+                "leanloop_log_full_total",
+                "leanloop_log_write_errors_total",
+                "leanloop_log_segments_reused_total",
+                "leanloop_store_events_written_total",
+                "leanloop_store_duplicates_total",
+                "leanloop_store_write_errors_total",
+            ] {
+                metrics::counter!(name).increment(0);
+            }
             handle
         })
         .clone()

@@ -77,6 +77,9 @@ async fn health_readiness_and_metrics() {
         "leanloop_log_backlog_bytes",
         "leanloop_log_fsync_seconds",
         "leanloop_store_events_written_total",
+        // Rare trouble is counted from 0, before it first happens.
+        "leanloop_log_write_errors_total",
+        "leanloop_store_write_errors_total",
     ] {
         assert!(text.contains(needle), "metrics lack {needle}:\n{text}");
     }
