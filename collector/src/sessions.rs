@@ -64,6 +64,11 @@ impl Span {
         Span { id: Uuid::now_v7(), first_ms: at_ms, last_ms: at_ms }
     }
 
+    /// How far `at_ms` lies outside the span (0 inside it).
+    fn distance(&self, at_ms: i64) -> i64 {
+        self.first_ms.saturating_sub(at_ms).max(at_ms.saturating_sub(self.last_ms)).max(0)
+    }
+
     /// Takes `at_ms` in when it is within `timeout_ms` of either end.
     fn join(&mut self, at_ms: i64, timeout_ms: i64) -> Option<Uuid> {
         if at_ms >= self.first_ms.saturating_sub(timeout_ms) && at_ms <= self.last_ms.saturating_add(timeout_ms) {
@@ -127,13 +132,17 @@ impl Sessions {
     }
 
     /// Events may arrive out of order: one within the timeout of either end
-    /// of one of the person's two latest sessions joins it; otherwise it
-    /// starts a session, which displaces the one of the two that ended first.
+    /// of one of the person's two latest sessions joins the nearer (the one
+    /// it falls inside, if any); otherwise it starts a session, which
+    /// displaces the one of the two that ended first.
     fn joined(&self, open: &mut OpenSessions, project_id: i64, who: &str, at_ms: i64) -> String {
         let key = person(project_id, who);
         if let Some(o) = open.get_mut(&key) {
-            let joined = o.latest.join(at_ms, self.timeout_ms);
-            if let Some(id) = joined.or_else(|| o.before.as_mut().and_then(|b| b.join(at_ms, self.timeout_ms))) {
+            let nearest = match o.before.as_mut() {
+                Some(before) if before.distance(at_ms) < o.latest.distance(at_ms) => before,
+                _ => &mut o.latest,
+            };
+            if let Some(id) = nearest.join(at_ms, self.timeout_ms) {
                 return text(id);
             }
         }
@@ -198,6 +207,20 @@ mod tests {
         assert_ne!(noon, morning);
         assert_eq!(s.session_for(1, "p", 1190 * MIN), evening);
         assert_eq!(s.session_for(1, "p", 910 * MIN), noon);
+    }
+
+    #[test]
+    fn a_late_event_joins_the_nearer_session() {
+        let s = Sessions::new(10, 30);
+        let first = s.session_for(1, "p", 0);
+        assert_eq!(s.session_for(1, "p", 10 * MIN), first);
+        let second = s.session_for(1, "p", 50 * MIN);
+        assert_ne!(second, first);
+        // Within the timeout of both: ten minutes after the first, thirty
+        // before the second.
+        assert_eq!(s.session_for(1, "p", 20 * MIN), first);
+        assert_eq!(s.session_for(1, "p", 2 * MIN), first, "inside the first session");
+        assert_eq!(s.session_for(1, "p", 45 * MIN), second);
     }
 
     #[test]
