@@ -61,7 +61,15 @@ const set = (k, v) => {
   }
   return v
 }
-const save = () => set('q', (saved = JSON.stringify(q)))
+// What this tab stored last, only once stored: a write refused (a full
+// storage) must not make the older stored queue look newer than memory's.
+function save() {
+  const s = JSON.stringify(q)
+  try {
+    w.localStorage.setItem('ll_q', s)
+    saved = s
+  } catch {}
+}
 // The page's tabs share the stored queue: when another tab stored it since
 // this one did, its version (this tab's events included, as stored with each
 // change) is taken before the next change, so no tab overwrites another's

@@ -221,3 +221,17 @@ test("tabs share the stored queue: one tab's offline events are not overwritten 
   assert.deepEqual(b.events().map(e => e.event), ['A1', 'A2', 'B1', 'A3'])
   assert.deepEqual(b.queued(), [])
 })
+
+test('when storage stops taking the queue, the events added since stay in memory', async () => {
+  const storage = memoryStorage()
+  const setItem = storage.setItem
+  let writes = 0
+  storage.setItem = (k, v) => {
+    if (k == 'll_q' && writes++ > 0) throw new Error('QuotaExceededError')
+    setItem(k, v)
+  }
+  const { sdk, b } = await start({ pageviews: false }, { storage })
+  for (const name of ['a', 'b', 'c']) sdk.track(name)
+  await sdk.flush()
+  assert.deepEqual(b.events().map(e => e.event), ['a', 'b', 'c'])
+})
