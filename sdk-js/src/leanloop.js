@@ -61,25 +61,38 @@ const set = (k, v) => {
   }
   return v
 }
+// The queue's name in localStorage: one per write key, so that a page of
+// another project on the same site never sends this one's events.
+const qname = () => 'll_q:' + key
 // What this tab stored last, only once stored: a write refused (a full
 // storage) must not make the older stored queue look newer than memory's.
 function save() {
   const s = JSON.stringify(q)
   try {
-    w.localStorage.setItem('ll_q', s)
+    w.localStorage.setItem(qname(), s)
     saved = s
   } catch {}
 }
-// The page's tabs share the stored queue: when another tab stored it since
-// this one did, its version (this tab's events included, as stored with each
-// change) is taken before the next change, so no tab overwrites another's
-// events. Events are then told apart by messageId, not by object.
+// The site's tabs share the stored queue. When another tab stored it since
+// this one did, its version is taken with this tab's own undelivered events
+// added back: a tab may read a version from before another tab's last write
+// (browsers pass writes between tabs late), and what it writes then lacks
+// that tab's newest events, which that tab adds back at its next change.
+// Events are told apart by messageId; entries without one are dropped.
+const mine = new Set()
 function sync() {
-  const s = get('q')
+  let s
+  try {
+    s = w.localStorage.getItem(qname())
+  } catch {}
   if (s && s != saved)
     try {
-      const x = JSON.parse(s)
-      if (Array.isArray(x)) (q = x), (saved = s)
+      let x = JSON.parse(s)
+      if (Array.isArray(x)) {
+        const there = ids((x = x.filter(e => e?.messageId)))
+        q = x.concat(q.filter(e => mine.has(e.messageId) && !there.has(e.messageId)))
+        saved = s
+      }
     } catch {}
 }
 const ids = items => new Set(items.map(e => e.messageId))
@@ -139,23 +152,31 @@ function add(type, x) {
   if (!c) return
   sync()
   q.push(c)
+  mine.add(c.messageId)
   // Offline for long: keep the newest events, drop the oldest.
   q.splice(0, q.length - (o.maxQueue || 1e3))
   save()
   q.length >= BATCH && !tries ? flush() : later(o.flushInterval || 1e3)
 }
 
-// BigInts become text and a repeated object (a cycle) "[Circular]"; what
-// still cannot be serialised drops the event with a warning instead of
+// BigInts become text and an object inside itself (a cycle) "[Circular]";
+// what still cannot be serialised drops the event with a warning instead of
 // throwing into the app.
-const big = (k, v) => (typeof v == 'bigint' ? '' + v : v)
 function snap(e) {
-  const seen = new WeakSet()
+  // The objects from the root to the value at hand: `this` is its holder.
+  const path = []
   try {
-    return JSON.parse(JSON.stringify(e, big))
-  } catch {}
-  try {
-    return JSON.parse(JSON.stringify(e, (k, v) => ((v = big(k, v)) && typeof v == 'object' ? (seen.has(v) ? '[Circular]' : (seen.add(v), v)) : v)))
+    return JSON.parse(
+      JSON.stringify(e, function (k, v) {
+        while (path.length && path.at(-1) !== this) path.pop()
+        if (typeof v == 'bigint') return '' + v
+        if (v && typeof v == 'object') {
+          if (path.includes(v)) return '[Circular]'
+          path.push(v)
+        }
+        return v
+      }),
+    )
   } catch (x) {
     warn('event dropped: ' + x)
   }
@@ -179,6 +200,7 @@ function next(list = q, n = BATCH) {
 
 const done = items => {
   const sent = ids(items)
+  sent.forEach(i => mine.delete(i))
   sync()
   q = q.filter(e => !sent.has(e.messageId))
   save()
@@ -195,7 +217,7 @@ const send = (url, body, keepalive) => w.fetch(url, { method: 'POST', headers: {
 
 // Resolves to 0 when the request is finished with (sent, or refused for good),
 // else to the milliseconds to wait before retrying.
-async function post(url, body) {
+async function post(url, body, items) {
   let after
   try {
     const r = await send(url, body)
@@ -203,7 +225,11 @@ async function post(url, body) {
     if (r.status < 500 && r.status != 429) {
       if (!r.ok) dropped++ || warn(`${url} answered ${r.status}; dropped the request`)
       // A batch is stored but for the events it refuses, which it lists.
-      else if (r.json) (await r.json().catch(() => 0))?.rejected?.forEach(x => warn(`event refused: ${JSON.stringify(x)}`))
+      else if (r.json)
+        (await r.json().catch(() => 0))?.rejected?.forEach(x => {
+          const e = items[x.index] || {}
+          warn(`${e.type} ${JSON.stringify(e.event ?? e.name ?? '')} refused (${x.field}): ${x.reason}`)
+        })
       return 0
     }
     after = r.headers.get('Retry-After') * 1e3
@@ -215,7 +241,7 @@ async function post(url, body) {
 async function drain() {
   while (q.length && key && !off()) {
     const [url, body, items] = next()
-    const wait = await post(url, body)
+    const wait = await post(url, body, items)
     if (wait) return later(wait, 1)
     tries = 0
     done(items)
@@ -345,26 +371,37 @@ export function init(writeKey, options) {
   if (q.length) later(o.flushInterval || 1e3)
 }
 
-export const track = (event, properties) => add('track', { event, properties })
+// No call throws into the page's code: what fails is dropped with a warning.
+const safe =
+  f =>
+  (...a) => {
+    try {
+      return f(...a)
+    } catch (x) {
+      warn('call failed: ' + x)
+    }
+  }
 
-export function page(name, properties) {
+export const track = safe((event, properties) => add('track', { event, properties }))
+
+export const page = safe((name, properties) => {
   const h = w.location?.href
   if (last && last != h) ref = last
   last = h
   add('page', { name, properties: { ...where(), ...properties } })
-}
+})
 
-export function identify(userId, traits) {
+export const identify = safe((userId, traits) => {
   if (userId) uid = set('uid', '' + userId)
   add('identify', { traits })
-}
+})
 
-export const group = (groupId, traits) => add('group', { groupId, traits })
+export const group = safe((groupId, traits) => add('group', { groupId, traits }))
 
-export function alias(userId) {
+export const alias = safe(userId => {
   add('alias', { userId, previousId: uid || aid() })
   uid = set('uid', '' + userId)
-}
+})
 
 // After logout: the next events belong to a new anonymous visitor.
 export function reset() {
@@ -388,10 +425,11 @@ export function optIn() {
   ck('optout', '')
 }
 
-export function feedback({ score, message, category } = {}) {
+export const feedback = safe(f => {
+  const { score, message, category } = f || {}
   add('', { score, message, category })
   return flush()
-}
+})
 
 // The NPS prompt: shadow DOM keeps page styles out; strings are constants,
 // never user input, so innerHTML is safe.

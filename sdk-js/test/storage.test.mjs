@@ -227,11 +227,54 @@ test('when storage stops taking the queue, the events added since stay in memory
   const setItem = storage.setItem
   let writes = 0
   storage.setItem = (k, v) => {
-    if (k == 'll_q' && writes++ > 0) throw new Error('QuotaExceededError')
+    if (k.startsWith('ll_q') && writes++ > 0) throw new Error('QuotaExceededError')
     setItem(k, v)
   }
   const { sdk, b } = await start({ pageviews: false }, { storage })
   for (const name of ['a', 'b', 'c']) sdk.track(name)
   await sdk.flush()
   assert.deepEqual(b.events().map(e => e.event), ['a', 'b', 'c'])
+})
+
+test("a tab that read the queue before another tab wrote it loses none of that tab's events", async () => {
+  const a = await start({ pageviews: false })
+  a.b.respond = () => new Error('offline')
+  // The second tab's read after the first tab's write is out of date
+  // (browsers pass writes between tabs late).
+  let stale = false
+  const view = { ...a.b.storage, getItem: k => (stale && k.startsWith('ll_q') ? ((stale = false), null) : a.b.storage.getItem(k)) }
+  const sdk = await load()
+  const b = browser({ storage: view, cookies: a.b.cookies, now: a.b.now })
+  sdk.init('wk_test', { host: 'https://collect.example', window: b.win, pageviews: false })
+  a.sdk.track('A1')
+  stale = true
+  sdk.track('B1')
+  assert.deepEqual(a.b.queued().map(e => e.event), ['B1'], 'the stale write dropped A1 from storage')
+  a.sdk.track('A2')
+  assert.deepEqual(a.b.queued().map(e => e.event), ['B1', 'A1', 'A2'], 'the first tab put its own back')
+  await sdk.flush()
+  assert.deepEqual(b.events().map(e => e.event), ['B1', 'A1', 'A2'])
+})
+
+test("each write key keeps a queue of its own: another project's page never sends this one's events", async () => {
+  const first = await start({ pageviews: false })
+  first.b.respond = () => new Error('offline')
+  first.sdk.track('Project One')
+  const sdk = await load()
+  const b = browser({ storage: first.b.storage, cookies: first.b.cookies, now: first.b.now })
+  sdk.init('wk_other', { host: 'https://collect.example', window: b.win, pageviews: false })
+  sdk.track('Project Two')
+  await sdk.flush()
+  assert.deepEqual(b.events().map(e => [e.event, b.requests[0].body.writeKey]), [['Project Two', 'wk_other']])
+  assert.deepEqual(first.b.queued().map(e => e.event), ['Project One'])
+})
+
+test('entries of a stored queue that are not events are dropped, and the rest is sent', async () => {
+  const storage = memoryStorage()
+  const event = { type: 'track', event: 'Kept', messageId: 'm-1', anonymousId: 'a' }
+  storage.setItem('ll_q:wk_test', JSON.stringify([null, 1, 'x', [], event]))
+  const { sdk, b } = await start({ pageviews: false }, { storage })
+  await sdk.flush()
+  assert.deepEqual(b.events().map(e => e.event), ['Kept'])
+  assert.deepEqual(b.queued(), [])
 })

@@ -231,11 +231,12 @@ test('events a batch refuses are named in a console warning, a few a page load',
   b.respond = () => ({ status: 200, json: { success: true, rejected } })
   for (let i = 0; i < 8; i++) {
     sdk.track(`e${i}`)
+    sdk.track(`big${i}`)
     await sdk.flush()
   }
   assert.deepEqual(b.queued(), [], 'the batch is done with: a retry would be refused again')
   assert.equal(b.warnings.length, 5)
-  assert.match(b.warnings[0], /event is larger than 32768 bytes/)
+  assert.equal(b.warnings[0], 'leanloop: track "big0" refused (event): event is larger than 32768 bytes')
 })
 
 test('circular objects and BigInts are sent as far as they go, never thrown into the app', async () => {
@@ -243,6 +244,10 @@ test('circular objects and BigInts are sent as far as they go, never thrown into
   const o = { name: 'x', list: [1] }
   o.self = o
   o.list.push(o)
+  // Shared, not circular: sent whole wherever it appears.
+  const shared = { k: 1 }
+  o.a = shared
+  o.b = [shared, shared]
   sdk.track('Cycle', { o, n: 10n })
   sdk.track('Unserialisable', {
     toJSON() {
@@ -254,10 +259,26 @@ test('circular objects and BigInts are sent as far as they go, never thrown into
   assert.deepEqual(
     b.events().map(e => [e.event, e.properties]),
     [
-      ['Cycle', { o: { name: 'x', list: [1, '[Circular]'], self: '[Circular]' }, n: '10' }],
+      ['Cycle', { o: { name: 'x', list: [1, '[Circular]'], self: '[Circular]', a: { k: 1 }, b: [{ k: 1 }, { k: 1 }] }, n: '10' }],
       ['After', undefined],
     ],
   )
   assert.equal(b.warnings.length, 1)
   assert.match(b.warnings[0], /event dropped: Error: no/)
+})
+
+test('no call throws into the page, whatever it is given', async () => {
+  const { sdk, b } = await start({ pageviews: false })
+  const boom = {
+    get boom() {
+      throw new Error('getter')
+    },
+  }
+  sdk.feedback(null)
+  sdk.page('P', boom)
+  sdk.identify(Symbol('id'))
+  sdk.track('After')
+  await sdk.flush()
+  assert.ok(b.events().some(e => e.event == 'After'))
+  assert.ok(b.warnings.some(w => /getter/.test(w)), b.warnings.join('\n'))
 })

@@ -113,7 +113,8 @@ export function browser({ url = 'https://shop.example/home', storage = memorySto
   // Every event delivered so far, by fetch or beacon, in order.
   b.events = () => [...b.requests, ...b.beacons].flatMap(r => r.body.batch || [])
   b.feedback = () => [...b.requests, ...b.beacons].filter(r => !r.body.batch).map(r => r.body)
-  b.queued = () => JSON.parse(storage.getItem('ll_q') || '[]')
+  // The stored queue of the write key the tests use.
+  b.queued = (writeKey = 'wk_test') => JSON.parse(storage.getItem(`ll_q:${writeKey}`) || '[]')
   // Fields are defined rather than assigned: some (target) are getters on Event.
   b.dispatch = (target, type, fields = {}) => {
     const e = new Event(type)

@@ -32,6 +32,10 @@ use std::fmt::Debug;
 use std::future::Future;
 use std::path::Path;
 
+/// The page's stored queue (`ll_q:<write key>`; the pages use one key).
+const STORED_QUEUE: &str =
+    "JSON.parse(localStorage.getItem(Object.keys(localStorage).find(k => k.startsWith('ll_q:'))) || '[]')";
+
 pub struct Browser {
     // Fields drop in order: the session, the pages, then chromedriver (which
     // quits Chromium), and last the directory Chromium was writing to.
@@ -95,14 +99,13 @@ impl Browser {
 
     /// `leanloop.flush()`, then how many messages are still queued.
     pub async fn flush(&self) -> usize {
-        let left =
-            self.run("await leanloop.flush(); return JSON.parse(localStorage.getItem('ll_q') || '[]').length").await;
+        let left = self.run(&format!("await leanloop.flush(); return {STORED_QUEUE}.length")).await;
         left.as_u64().expect("a queue length") as usize
     }
 
     /// The SDK's queue as it stands in localStorage.
     pub async fn queued(&self) -> Vec<Value> {
-        let queue = self.run("return JSON.parse(localStorage.getItem('ll_q') || '[]')").await;
+        let queue = self.run(&format!("return {STORED_QUEUE}")).await;
         queue.as_array().expect("the queue is a list").clone()
     }
 
