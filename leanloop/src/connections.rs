@@ -15,16 +15,20 @@ use axum::extract::connect_info::ConnectInfo;
 use axum::extract::Request;
 use axum::response::Response;
 use axum::Router;
-use http_body_util::BodyExt;
+use hyper::body::{Body as HttpBody, Bytes, Frame, SizeHint};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto::Builder;
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use std::convert::Infallible;
+use std::io::IoSlice;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
-use tokio::net::TcpListener;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
@@ -60,6 +64,7 @@ pub async fn serve(listener: TcpListener, router: Router, shutdown: Cancellation
             let call = router.clone().oneshot(request.map(axum::body::Body::new));
             async move { Ok::<_, Infallible>(held_until_sent(call.await?, in_flight)) }
         });
+        let stream = Watched { inner: stream, activity: activity.clone() };
         let connection =
             builder.serve_connection_with_upgrades(TokioIo::new(stream), TowerToHyperService::new(service));
         let connection = graceful.watch(connection.into_owned());
@@ -78,22 +83,65 @@ pub async fn serve(listener: TcpListener, router: Router, shutdown: Cancellation
     graceful.shutdown().await;
 }
 
-/// `response`, with its request in flight until its body has been sent (or
-/// dropped).
+/// `response`, with its request in flight until hyper has taken its whole
+/// body (or dropped it). The body is handed over in pieces of at most
+/// [`PIECE`], and hyper takes the next only once it has room to write it,
+/// so a slow reader of a large answer keeps the request in flight until
+/// nearly all of it is sent (the socket's buffers wake a writer only once
+/// megabytes have drained, too seldom to count as activity).
 fn held_until_sent(response: Response, in_flight: InFlight) -> Response {
-    response.map(|body| {
-        axum::body::Body::new(body.map_frame(move |frame| {
-            let _ = &in_flight;
-            frame
-        }))
-    })
+    response.map(|body| axum::body::Body::new(Pieces { body, rest: Bytes::new(), _in_flight: in_flight }))
 }
 
-/// Whether a connection has requests in flight, and since when it has had
-/// none.
+/// The most of a response body handed to hyper at once.
+const PIECE: usize = 64 * 1024;
+
+/// A body handed over in pieces of at most [`PIECE`].
+struct Pieces {
+    body: axum::body::Body,
+    rest: Bytes,
+    _in_flight: InFlight,
+}
+
+impl HttpBody for Pieces {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
+        if self.rest.is_empty() {
+            match std::task::ready!(Pin::new(&mut self.body).poll_frame(cx)) {
+                Some(Ok(frame)) => match frame.into_data() {
+                    Ok(data) => self.rest = data,
+                    Err(frame) => return Poll::Ready(Some(Ok(frame))),
+                },
+                other => return Poll::Ready(other),
+            }
+        }
+        let n = self.rest.len().min(PIECE);
+        Poll::Ready(Some(Ok(Frame::data(self.rest.split_to(n)))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.rest.is_empty() && self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        let mut hint = self.body.size_hint();
+        let rest = self.rest.len() as u64;
+        hint.set_lower(hint.lower() + rest);
+        if let Some(upper) = hint.upper() {
+            hint.set_upper(upper + rest);
+        }
+        hint
+    }
+}
+
+/// Whether a connection has requests in flight, and since when it has been
+/// idle: none in flight and no byte written.
 struct Activity {
     in_flight: AtomicUsize,
-    /// Milliseconds from `origin` to when the last request left.
+    /// Milliseconds from `origin` to when the last request left or the
+    /// last byte was written.
     idle_since_ms: AtomicU64,
     origin: Instant,
 }
@@ -115,7 +163,8 @@ impl Activity {
         self.origin.elapsed().as_millis() as u64
     }
 
-    /// Resolves once no request has been in flight for `limit`.
+    /// Resolves once no request has been in flight, nor a byte written, for
+    /// `limit`.
     async fn idle_for(&self, limit: Duration) {
         loop {
             let since = self.idle_since_ms.load(Ordering::SeqCst);
@@ -133,6 +182,56 @@ impl Activity {
     }
 }
 
+/// A connection's stream, each write of which counts as activity.
+struct Watched {
+    inner: TcpStream,
+    activity: Arc<Activity>,
+}
+
+impl Watched {
+    fn wrote(&self, written: &Poll<std::io::Result<usize>>) {
+        if matches!(written, Poll::Ready(Ok(n)) if *n > 0) {
+            self.activity.idle_since_ms.store(self.activity.now_ms(), Ordering::SeqCst);
+        }
+    }
+}
+
+impl AsyncRead for Watched {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Watched {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        let written = Pin::new(&mut self.inner).poll_write(cx, buf);
+        self.wrote(&written);
+        written
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        let written = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        self.wrote(&written);
+        written
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
 impl Drop for InFlight {
     fn drop(&mut self) {
         // The time first: a check between the two stores sees a request in
@@ -145,17 +244,24 @@ impl Drop for InFlight {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http_body_util::BodyExt;
 
     #[tokio::test]
     async fn a_connection_is_idle_only_once_its_last_response_is_sent() {
         let activity = Activity::new();
         let limit = Duration::from_millis(20);
-        let response = held_until_sent(Response::new(axum::body::Body::from("x")), activity.begin());
+        let answer = vec![7u8; 3 * PIECE + 5];
+        let response = held_until_sent(Response::new(axum::body::Body::from(answer.clone())), activity.begin());
         assert_eq!(activity.in_flight.load(Ordering::SeqCst), 1);
         let busy = tokio::time::timeout(Duration::from_millis(200), activity.idle_for(limit)).await;
         assert!(busy.is_err(), "idle while a response was unsent");
-        let sent = response.into_body().collect().await.unwrap().to_bytes();
-        assert_eq!(&sent[..], b"x");
+        // Handed over a piece at a time, in flight until the last is taken.
+        let mut body = response.into_body();
+        let first = body.frame().await.unwrap().unwrap().into_data().unwrap();
+        assert_eq!(first.len(), PIECE);
+        assert_eq!(activity.in_flight.load(Ordering::SeqCst), 1);
+        let rest = body.collect().await.unwrap().to_bytes();
+        assert_eq!([&first[..], &rest[..]].concat(), answer);
         assert_eq!(activity.in_flight.load(Ordering::SeqCst), 0);
         let idle = tokio::time::timeout(Duration::from_secs(10), activity.idle_for(limit)).await;
         assert!(idle.is_ok(), "never idle after the response was sent");

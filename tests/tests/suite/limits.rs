@@ -339,3 +339,47 @@ async fn a_request_past_its_deadline_is_told_when_to_retry() {
         assert!(read.is_ok(), "a connection that sent {what} was still open after {:?}", leanloop_tests::DEADLINE);
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_slow_reader_of_a_large_answer_gets_all_of_it() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let s = TestServer::start_with(|c| c.request_timeout = std::time::Duration::from_secs(1)).await;
+    // About 12 MB of events: more than the sockets' buffers hold.
+    for _ in 0..4 {
+        let batch: Vec<Value> = (0..100)
+            .map(|_| {
+                json!({"type": "track", "event": "big", "userId": "u", "messageId": leanloop_tests::message_id(),
+                "properties": {"blob": "y".repeat(30_000)}})
+            })
+            .collect();
+        assert_eq!(s.post("/v1/batch", &json!({ "batch": batch })).await.status(), 200);
+    }
+    s.settle().await;
+    let mut stream = tokio::net::TcpStream::connect(s.base.trim_start_matches("http://")).await.unwrap();
+    let head = format!(
+        "GET /api/v1/projects/{}/events?limit=400 HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {}\r\nconnection: close\r\n\r\n",
+        s.project.id, s.project.read_key
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    // Read at about 2.5 MB/s: the answer takes several idle timeouts to arrive.
+    let mut pace = tokio::time::interval(std::time::Duration::from_millis(25));
+    let (mut answer, mut piece) = (Vec::new(), vec![0u8; 64 * 1024]);
+    let started = std::time::Instant::now();
+    loop {
+        pace.tick().await;
+        let n = tokio::time::timeout(leanloop_tests::DEADLINE, stream.read(&mut piece)).await.unwrap().unwrap();
+        if n == 0 {
+            break;
+        }
+        answer.extend_from_slice(&piece[..n]);
+    }
+    let text = String::from_utf8_lossy(&answer);
+    let (head, body) = text.split_once("\r\n\r\n").expect("an answer with a head");
+    let length: usize = head
+        .lines()
+        .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length: ").map(|v| v.trim().parse().unwrap()))
+        .expect("a content-length");
+    assert!(length > 10 << 20, "the answer is {length} bytes");
+    assert!(started.elapsed() > std::time::Duration::from_secs(2), "read faster than the timeout");
+    assert_eq!(body.len(), length, "the answer was cut off");
+}
