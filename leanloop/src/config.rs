@@ -234,6 +234,8 @@ fn memory_bytes(field: &str, size: &str) -> Result<u64> {
         "mib" => 1 << 20,
         "gib" => 1 << 30,
         "tib" => 1 << 40,
+        "pb" => 1_000_000_000_000_000,
+        "pib" => 1 << 50,
         _ => bail!("{field}: `{size}` is not a size like 256MB"),
     };
     let bytes = match number.parse::<f64>() {
@@ -311,6 +313,7 @@ mod tests {
             ),
             ("[collector]\nlog = false\nqueue_capacity = 9223372036854775807", "collector.queue_capacity"),
             ("[collector]\nuser_agent_cache = 9223372036854775807", "collector.user_agent_cache"),
+            ("[pipeline]\nmax_runs = 9223372036854775807", "pipeline.max_runs"),
             ("[collector]\ncountry_header = \"bad header\\n\"", "collector.country_header"),
         ] {
             let raw: RawConfig = toml::from_str(toml).unwrap();

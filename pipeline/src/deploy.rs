@@ -8,6 +8,7 @@
 
 use crate::engine::{self, containers_with, remove_container, Labels, INSTANCE, MANAGED};
 use crate::hosts::Hosts;
+use crate::images;
 use crate::records::{NewRelease, Records, Release, ReleaseStatus};
 use crate::spec::{Deploy, Strategy};
 use bollard::models::{ContainerCreateBody, HostConfig, PortBinding, RestartPolicy, RestartPolicyNameEnum};
@@ -109,7 +110,7 @@ async fn start_release(
     release: i64,
     say: &(dyn Fn(&str) + Sync),
 ) -> Result<Vec<String>, String> {
-    engine::ensure_image(docker, r.release.image).await?;
+    engine::ensure_image(docker, &images::pinned(r.release.image, r.release.digest)).await?;
     let mut old = old_replicas(hosts, r, release).await;
     let mut started: Vec<Replica> = Vec::new();
     let replicas = r.spec.replicas as usize;
@@ -174,7 +175,7 @@ async fn start_replica(docker: &Docker, r: &Rollout<'_>, release: i64, index: us
     env.push(format!("LEANLOOP_RELEASE={}", r.release.version));
     env.push(format!("LEANLOOP_ENVIRONMENT={}", r.release.environment));
     let body = ContainerCreateBody {
-        image: Some(r.release.image.into()),
+        image: Some(images::pinned(r.release.image, r.release.digest)),
         env: Some(env),
         labels: Some(labels(r, release)),
         exposed_ports: Some(vec![port.clone()]),

@@ -41,8 +41,8 @@ impl HostSpec {
         if !(self.url.starts_with("unix://") || self.url.starts_with("tcp://") || self.url.starts_with("http://")) {
             return Err(format!("docker host `{}` must start with unix://, tcp:// or http://", self.url));
         }
-        if self.capacity == 0 {
-            return Err(format!("docker host `{}`: capacity must be at least 1", self.url));
+        if self.capacity == 0 || self.capacity > crate::MAX_PLACES {
+            return Err(format!("docker host `{}`: capacity must be 1 to {}", self.url, crate::MAX_PLACES));
         }
         Ok(())
     }

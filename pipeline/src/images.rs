@@ -1,5 +1,7 @@
 //! The `build` step: a Dockerfile built on the engine into
-//! `<registry>/<service>:<short sha>` plus a branch (or tag) tag, then pushed.
+//! `<registry>/project-<id>/<service>:<short sha>` plus a branch (or tag)
+//! tag, then pushed. Each project's images live under a name of its own, so
+//! no project can tag over another's.
 
 use crate::engine::Labels;
 use crate::spec::Build;
@@ -17,11 +19,24 @@ pub struct Built {
     pub digest: Option<String>,
 }
 
-/// `<registry>/<service>`, or `local/<service>` without a registry.
-pub fn repository(registry: Option<&str>, service: &str) -> String {
-    match registry {
-        Some(r) => format!("{}/{service}", r.trim_end_matches('/')),
-        None => format!("local/{service}"),
+/// `<registry>/project-<id>/<service>`, or `local/project-<id>/<service>`
+/// without a registry.
+pub fn repository(registry: Option<&str>, project_id: i64, service: &str) -> String {
+    let registry = registry.map_or("local", |r| r.trim_end_matches('/'));
+    format!("{registry}/project-{project_id}/{service}")
+}
+
+/// The image a deploy runs: by digest when the push recorded one, so that a
+/// tag moved since (a later build of a branch named like a commit) cannot
+/// change what a release, or a rollback to it, runs.
+pub fn pinned(image: &str, digest: Option<&str>) -> String {
+    match digest {
+        Some(digest) => {
+            let name_start = image.rfind('/').map_or(0, |i| i + 1);
+            let name = image[name_start..].find(':').map_or(image, |i| &image[..name_start + i]);
+            format!("{name}@{digest}")
+        }
+        None => image.to_owned(),
     }
 }
 
@@ -45,6 +60,7 @@ pub fn tag_for(name: &str) -> String {
 
 pub struct BuildJob<'a> {
     pub build: &'a Build,
+    pub project_id: i64,
     pub registry: Option<&'a str>,
     pub sha: &'a str,
     /// The branch or tag name, tagged beside the commit.
@@ -60,7 +76,7 @@ pub async fn build_and_push(
     say: &(dyn Fn(&str) + Sync),
     stop: &CancellationToken,
 ) -> Result<Built, String> {
-    let repo = repository(job.registry, &job.build.service);
+    let repo = repository(job.registry, job.project_id, &job.build.service);
     let sha_tag = short_sha(job.sha).to_owned();
     let image = format!("{repo}:{sha_tag}");
     let args: std::collections::HashMap<String, String> = job.build.args.clone().into_iter().collect();
@@ -151,7 +167,14 @@ mod tests {
 
     #[test]
     fn names_and_digests() {
-        assert_eq!(repository(Some("127.0.0.1:5000/"), "web"), "127.0.0.1:5000/web");
+        assert_eq!(repository(Some("127.0.0.1:5000/"), 7, "web"), "127.0.0.1:5000/project-7/web");
+        assert_eq!(repository(None, 7, "web"), "local/project-7/web");
+        let digest = format!("sha256:{}", "b".repeat(64));
+        assert_eq!(
+            pinned("127.0.0.1:5000/project-7/web:a1b2c3d", Some(&digest)),
+            format!("127.0.0.1:5000/project-7/web@{digest}")
+        );
+        assert_eq!(pinned("local/project-7/web:a1b2c3d", None), "local/project-7/web:a1b2c3d");
         assert_eq!(tag_for("feature/login-v2"), "feature-login-v2");
         assert_eq!(tag_for("-x"), "_x");
         let d = format!("main: digest: sha256:{} size: 527", "a".repeat(64));

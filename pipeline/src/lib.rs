@@ -68,6 +68,9 @@ impl Default for PipelineConfig {
     }
 }
 
+/// The most runs (in all, per repository, or on one host) at once.
+pub const MAX_PLACES: usize = 10_000;
+
 impl PipelineConfig {
     pub fn validate(&self) -> Result<(), String> {
         if self.hosts.is_empty() {
@@ -76,8 +79,10 @@ impl PipelineConfig {
         for host in &self.hosts {
             host.validate().map_err(|e| format!("pipeline.hosts: {e}"))?;
         }
-        if self.max_runs == 0 || self.max_runs_per_repo == 0 {
-            return Err("pipeline.max_runs and pipeline.max_runs_per_repo must be at least 1".into());
+        // Permits of a semaphore each: far above any use, far below its limit.
+        let runs = 1..=MAX_PLACES;
+        if !runs.contains(&self.max_runs) || !runs.contains(&self.max_runs_per_repo) {
+            return Err(format!("pipeline.max_runs and pipeline.max_runs_per_repo must be 1 to {MAX_PLACES}"));
         }
         self.publish_ip
             .parse::<std::net::IpAddr>()

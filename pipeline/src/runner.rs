@@ -455,6 +455,7 @@ async fn build_step(ctx: &Context, step: &Step, stop: &CancellationToken) -> Out
     image_labels.insert("leanloop.commit".into(), ctx.plan.sha.clone());
     let job = BuildJob {
         build,
+        project_id: ctx.plan.repo.project_id,
         registry: ctx.plan.registry.as_deref(),
         sha: &ctx.plan.sha,
         reference: ctx.plan.target.tag().or(ctx.plan.target.branch()),
@@ -487,7 +488,11 @@ async fn deploy_step(ctx: &Context, step: &Step) -> Outcome {
         Some(b) => (b.image, b.digest),
         // Built by an earlier run of this commit (a restart from the deploy step).
         None => (
-            format!("{}:{}", images::repository(plan.registry.as_deref(), &spec.service), images::short_sha(&plan.sha)),
+            format!(
+                "{}:{}",
+                images::repository(plan.registry.as_deref(), plan.repo.project_id, &spec.service),
+                images::short_sha(&plan.sha)
+            ),
             None,
         ),
     };

@@ -110,12 +110,13 @@ async fn fixture_is_tested_built_pushed_deployed_and_rolled_back() {
     assert_eq!(impact["candidate"]["value"], 1, "{impact}");
 
     // The image is in the registry under the commit and the branch.
-    let tags: Value = reqwest::get(format!("http://{}/v2/fixture-web/tags/list", pipeline::registry()))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let tags: Value =
+        reqwest::get(format!("http://{}/v2/project-{}/fixture-web/tags/list", pipeline::registry(), s.project.id))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
     let tags: Vec<&str> = tags["tags"].as_array().unwrap().iter().map(|t| t.as_str().unwrap()).collect();
     assert!(tags.contains(&&sha[..7]) && tags.contains(&"main"), "{tags:?}");
 
