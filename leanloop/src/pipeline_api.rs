@@ -216,6 +216,12 @@ async fn run_logs(
         let lines = pipeline.logs(project, run, q.step.as_deref(), after, q.limit.unwrap_or(10_000))?;
         return Ok(Json(json!({ "lines": lines })).into_response());
     }
+    // A browser's EventSource reconnects with the last `id:` it saw: the
+    // stream goes on after it rather than from the `after` of its URL.
+    let after = match headers.get("last-event-id") {
+        Some(v) => number("Last-Event-ID", v.to_str().unwrap_or_default().trim())?,
+        None => after,
+    };
     // Subscribe first: the store then holds everything before the subscription.
     let live = pipeline.follow(project, run)?;
     let stored = pipeline.logs(project, run, q.step.as_deref(), after, 100_000)?;

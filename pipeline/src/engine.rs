@@ -276,11 +276,16 @@ impl Job<'_> {
         let mut output = Box::pin(docker.logs(&id, Some(options)));
         let mut lines = Lines::default();
         let mut stopped = false;
+        // The end of what arrived, to tell whether the output's last entry did.
+        let mut tail: Vec<u8> = Vec::new();
         loop {
             tokio::select! {
                 item = output.next() => match item {
                     Some(Ok(LogOutput::StdOut { message } | LogOutput::StdErr { message } | LogOutput::Console { message })) => {
                         lines.push(&message, |l| log.line(step, l));
+                        tail.extend_from_slice(&message);
+                        let keep = tail.len().saturating_sub(TAIL_BYTES);
+                        tail.drain(..keep);
                     }
                     Some(Ok(LogOutput::StdIn { .. })) => {}
                     // The stream ends when the container exits.
@@ -292,8 +297,15 @@ impl Job<'_> {
                 }
             }
         }
-        lines.finish(|l| log.line(step, l));
         let inspect = wait_for_exit(docker, &id).await?;
+        // The engine may end the followed stream before it has logged a last
+        // line without a newline: its last entry, read again, is added when
+        // it is not what arrived last.
+        let last = last_entry(docker, &id).await;
+        if !last.is_empty() && !tail.ends_with(&last) {
+            lines.push(&last, |l| log.line(step, l));
+        }
+        lines.finish(|l| log.line(step, l));
         let state = inspect.state.unwrap_or_default();
         let ms = |t: Option<String>| {
             t.and_then(|t| chrono::DateTime::parse_from_rfc3339(&t).ok()).map(|t| t.timestamp_millis())
@@ -302,6 +314,23 @@ impl Job<'_> {
         let code = if stopped || stop.is_cancelled() { None } else { state.exit_code };
         Ok(Exit { code, container_ms })
     }
+}
+
+/// More than the engine's longest log entry (16 KiB).
+const TAIL_BYTES: usize = 64 * 1024;
+
+/// The container's last log entry, as the engine stored it (empty if none
+/// or unreadable).
+async fn last_entry(docker: &Docker, id: &str) -> Vec<u8> {
+    let options = LogsOptionsBuilder::new().stdout(true).stderr(true).tail("1").build();
+    let mut entry = Vec::new();
+    let mut output = Box::pin(docker.logs(id, Some(options)));
+    while let Some(Ok(item)) = output.next().await {
+        if let LogOutput::StdOut { message } | LogOutput::StdErr { message } | LogOutput::Console { message } = item {
+            entry.extend_from_slice(&message);
+        }
+    }
+    entry
 }
 
 /// The logs stream can end a moment before the engine records the exit.

@@ -221,8 +221,13 @@ impl Pipeline {
         if source.is_empty() || source.starts_with('-') || source.len() > 2000 {
             return Err(PipelineError::invalid("source", "a local path or a git URL"));
         }
-        // Another project's code is in this server's mirrors: not a source.
-        if let (Ok(path), Ok(mirrors)) = (std::fs::canonicalize(source), std::fs::canonicalize(&self.mirrors)) {
+        // Another project's code is in this server's mirrors: not a source,
+        // as a path or as a `file:` URL (git reads its path decoded).
+        let local = match url::Url::parse(source) {
+            Ok(u) if u.scheme() == "file" => u.to_file_path().unwrap_or_default(),
+            _ => std::path::PathBuf::from(source),
+        };
+        if let (Ok(path), Ok(mirrors)) = (std::fs::canonicalize(local), std::fs::canonicalize(&self.mirrors)) {
             if path.starts_with(&mirrors) {
                 return Err(PipelineError::invalid("source", "must not be inside this server's own mirrors"));
             }

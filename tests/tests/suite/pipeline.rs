@@ -205,6 +205,7 @@ async fn a_failing_test_step_stops_the_run_and_keeps_its_logs() {
     assert_eq!(step(&run, "deploy")["status"], "skipped");
     let logs = log_text(&s, run["id"].as_i64().unwrap()).await;
     assert!(logs.contains("[test] FAIL: FAIL_TESTS is present"), "{logs}");
+    assert!(logs.contains("[test] tests failed: 1"), "a last line without a newline is kept: {logs}");
     let (status, only) = call(&s, Method::GET, &format!("/runs/{}/logs?step=test", run["id"]), None).await;
     assert_eq!(status, 200);
     assert!(only["lines"].as_array().unwrap().iter().all(|l| l["step"] == "test"));
@@ -287,6 +288,17 @@ async fn cancel_stops_containers_and_live_logs_follow() {
     assert_eq!(docker_objects(&[&case_label(case)]), Vec::<String>::new());
     let stored = log_text(&s, id).await;
     assert!(stored.contains("token=********") && !stored.contains("tok-9f8e7d"), "{stored}");
+    // A reconnecting EventSource sends the last id it saw: the lines after it follow.
+    let (_, lines) = call(&s, Method::GET, &format!("/runs/{id}/logs"), None).await;
+    let lines = lines["lines"].as_array().unwrap();
+    let seen_last = lines.iter().find(|l| l["line"] == "token=********").expect("the masked line")["seq"].clone();
+    let url = s.url(&format!("/api/v1/projects/{}/runs/{id}/logs?follow=true", s.project.id));
+    let again = s.client.get(url).bearer_auth(&s.project.deploy_key).header("last-event-id", seen_last.to_string());
+    let again = again.send().await.unwrap().text().await.unwrap();
+    assert!(
+        !again.contains("token=********") && again.contains("started-marker") && again.contains("event: end"),
+        "{again}"
+    );
     // Once it has finished, the repository goes with its runs and logs.
     let (status, _) = call(&s, Method::DELETE, &format!("/repos/{repo_id}"), None).await;
     assert_eq!(status, 204);
@@ -485,6 +497,12 @@ async fn a_registration_cut_off_mid_clone_leaves_no_repository() {
     // The name is free again.
     let repo_id = add_repo(&s, "app", &Repo::fixture(), json!({})).await;
     assert!(mirrors.join(repo_id.to_string()).exists());
+    // A mirror is no source, as a path or as a `file:` URL.
+    let mirror = mirrors.join(repo_id.to_string()).display().to_string();
+    for source in [mirror.clone(), format!("file://{mirror}")] {
+        let (status, body) = call(&s, Method::POST, "/repos", Some(json!({"name": "stolen", "source": source}))).await;
+        assert_eq!((status, body["error"]["field"].as_str()), (400, Some("source")), "{source}: {body}");
+    }
     // A repository removed takes its mirror along; its id is then unknown.
     let (status, _) = call(&s, Method::DELETE, &format!("/repos/{repo_id}"), None).await;
     assert_eq!(status, 204);
