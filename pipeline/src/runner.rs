@@ -413,12 +413,17 @@ async fn commands_step(
 pub const CACHE: &str = "leanloop.cache";
 
 /// The opt-in dependency cache: one volume per repository, branch (or tag)
-/// and path, kept across runs.
+/// and path, kept across runs. A volume name holds only some characters, so
+/// the branch's name is also hashed in: `feature/a` and `feature-a` would
+/// share one volume otherwise.
 async fn cache_volume(ctx: &Context, step: &Step, index: usize) -> Result<String, String> {
+    use sha2::Digest;
     let plan = &ctx.plan;
-    let reference = images::tag_for(plan.target.branch().or(plan.target.tag()).unwrap_or("detached"));
+    let exact = plan.target.branch().or(plan.target.tag()).unwrap_or("detached");
+    let hash: String = sha2::Sha256::digest(exact.as_bytes())[..4].iter().map(|b| format!("{b:02x}")).collect();
+    let reference = images::tag_for(exact);
     let owner = engine::scoped(&plan.instance, plan.repo.id);
-    let name = format!("ll-cache-{owner}-{reference}-{}-{index}", step.name);
+    let name = format!("ll-cache-{owner}-{reference}-{hash}-{}-{index}", step.name);
     let docker = &ctx.lease.docker;
     if docker.inspect_volume(&name).await.is_err() {
         let mut labels = plan.extra_labels.clone();

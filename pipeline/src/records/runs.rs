@@ -215,12 +215,19 @@ impl Records {
         .ok_or_else(|| PipelineError::NotFound(format!("repository {}", run.repo_id)))
     }
 
-    /// Records a run that could not start (bad file, unknown ref) as an error.
+    /// Records a run that could not start (bad file, unknown ref), or that
+    /// a restart of the server cut short, as an error; a step it left
+    /// running ends as an error too.
     pub fn fail_run(&self, run_id: i64, error: &str) -> Result<(), PipelineError> {
         self.with(|c| {
+            let now = now_ms();
+            c.execute(
+                "UPDATE steps SET status = 'error', finished_at = ?2 WHERE run_id = ?1 AND status = 'running'",
+                params![run_id, now],
+            )?;
             c.execute(
                 "UPDATE runs SET status = 'error', error = ?2, finished_at = ?3 WHERE id = ?1",
-                params![run_id, error, now_ms()],
+                params![run_id, error, now],
             )
         })?;
         Ok(())
