@@ -328,7 +328,6 @@ fn request_facts(c: &Collector, headers: &HeaderMap, peer: SocketAddr) -> Reques
 }
 
 impl Collector {
-    /// The project of a write key; secret keys and unknown keys are refused.
     /// `incoming`, unless it carries a key of its own that is another
     /// project's write key, or a read or deploy key: a request is one
     /// project's, and such an event is refused rather than stored under the
@@ -351,6 +350,7 @@ impl Collector {
         }
     }
 
+    /// The project of a write key; secret keys and unknown keys are refused.
     pub(crate) fn project_for(&self, key: &str) -> Result<Arc<leanloop_control::Project>, IngestError> {
         match self.keys.lookup(key)? {
             Some((project, KeyKind::Write)) => Ok(project),
