@@ -64,6 +64,14 @@ pub async fn roll_out(
         Err(message) => {
             engine::remove_labelled(docker, RELEASE, &engine::scoped(r.instance, id), false).await;
             let _ = records.release_failed(id, &message);
+            // `recreate` stops the release it replaces before starting this
+            // one: with none of its replicas left, it must not read as live.
+            if let (Strategy::Recreate, Some(old)) = (r.spec.strategy, &replaced) {
+                if old_replicas(hosts, &r, id).await.is_empty() {
+                    let _ = records.release_retired(old.id);
+                    say(&format!("release {} no longer runs and is retired", old.id));
+                }
+            }
             Err(format!("release {id} failed: {message}"))
         }
     }

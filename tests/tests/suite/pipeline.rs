@@ -640,8 +640,21 @@ async fn every_strategy_replaces_the_live_release() {
     }
     let running = docker_objects(&[&case_label(case), "leanloop.service=strat-web"]);
     assert_eq!(running.len(), 2, "two replicas of the last release: {running:?}");
-    let (status, _) = call(&s, Method::DELETE, "/services/strat-web/environments/production", None).await;
-    assert_eq!(status, 200);
+    // A `recreate` whose new replicas never get healthy has stopped the
+    // live release first: that one is retired, not left reading as live.
+    repo.write(
+        "leanloop.yml",
+        "steps:\n  - name: image\n    build: { service: strat-web }\n  - name: deploy\n    deploy: { service: strat-web, port: 8080, health: /missing, health_timeout: 2, replicas: 2, strategy: recreate }\n",
+    );
+    repo.commit("deploy one that never gets healthy");
+    let run = trigger(&s, repo_id, json!({ "branch": "main" })).await;
+    let run = finished(&s, run["id"].as_i64().unwrap()).await;
+    assert_eq!(run["status"], "failure", "{run}");
+    let (_, last) = call(&s, Method::GET, &format!("/releases/{}", previous.unwrap()["id"]), None).await;
+    assert_eq!(last["status"], "retired", "{last}");
+    let (_, list) = call(&s, Method::GET, "/releases?service=strat-web", None).await;
+    assert!(list["releases"].as_array().unwrap().iter().all(|r| r["status"] != "live"), "{list}");
+    assert_eq!(docker_objects(&[&case_label(case), "leanloop.service=strat-web"]), Vec::<String>::new());
     pipeline::stop_leaving_nothing(s, case).await;
 }
 
