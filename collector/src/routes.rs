@@ -205,7 +205,7 @@ fn process(
     let mut rejected: Vec<(usize, IngestError)> = Vec::new();
     for (index, item) in decoded.items.into_iter().enumerate() {
         match item
-            .and_then(|incoming| c.same_project(incoming, &key, endpoint))
+            .and_then(|incoming| c.same_project(incoming, &key, project.id, endpoint))
             .and_then(|i| c.enricher.finish(i, &facts))
         {
             Ok((event, update)) => {
@@ -333,7 +333,13 @@ impl Collector {
     /// project's, and such an event is refused rather than stored under the
     /// request's key, as PostHog refuses a batch of mixed tokens. A key
     /// that is no key at all is ignored: the request's key decides.
-    fn same_project(&self, incoming: Incoming, key: &str, endpoint: Endpoint) -> Result<Incoming, IngestError> {
+    fn same_project(
+        &self,
+        incoming: Incoming,
+        key: &str,
+        project_id: i64,
+        endpoint: Endpoint,
+    ) -> Result<Incoming, IngestError> {
         let Some(own) = incoming.key.as_deref().filter(|own| *own != key) else {
             return Ok(incoming);
         };
@@ -343,7 +349,7 @@ impl Collector {
         };
         match self.keys.lookup(own)? {
             Some((_, KeyKind::Read | KeyKind::Deploy)) => refuse("a secret key, not a write key"),
-            Some((project, KeyKind::Write)) if !self.project_for(key).is_ok_and(|p| p.id == project.id) => {
+            Some((project, KeyKind::Write)) if project.id != project_id => {
                 refuse("another project's write key than its request")
             }
             _ => Ok(incoming),

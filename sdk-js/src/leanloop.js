@@ -33,7 +33,7 @@ let dropped = 0
 // Storage: localStorage, or cookies when it throws (blocked or full storage,
 // some private modes), or memory for the page's life when both throw
 // (sandboxed frames), so a session and an opt-out still hold there. The queue
-// is never put in a cookie: it would not fit.
+// is stored apart (`save`), never in a cookie: it would not fit.
 const mem = {}
 const ck = (k, v) => {
   try {
@@ -57,7 +57,7 @@ const set = (k, v) => {
   try {
     w.localStorage.setItem('ll_' + k, v)
   } catch {
-    k != 'q' && ck(k, (mem[k] = v))
+    ck(k, (mem[k] = v))
   }
   return v
 }
