@@ -158,7 +158,9 @@ pub fn impact(ask: &Ask, q: &ImpactQuery) -> Result<ImpactResult, AnalyticsError
     };
     // Settings of the other mode are refused rather than silently ignored.
     let misplaced = match &q.compare_to {
-        Some(_) => q.window_seconds.is_some().then_some(("window_seconds", "before/after (without `compare_to`)")),
+        Some(_) => (q.window_seconds.as_ref().map(|_| "window_seconds"))
+            .or(q.release_time.as_ref().map(|_| "release_time"))
+            .map(|f| (f, "before/after (without `compare_to`)")),
         None => q.date_from.as_ref().map(|_| "date_from").or(q.date_to.as_ref().map(|_| "date_to")).map(|f| {
             (f, "release against release (with `compare_to`); before/after windows are `window_seconds` long")
         }),

@@ -15,7 +15,7 @@ use leanloop_analytics::Analytics;
 use leanloop_collector::Collector;
 use leanloop_control::{ControlPlane, KeyCache, Project};
 use leanloop_pipeline::Pipeline;
-use leanloop_store::clickhouse::ClickHouseStore;
+use leanloop_store::clickhouse;
 use leanloop_store::duckdb::DuckDbStore;
 use leanloop_store::EventStore;
 use std::net::SocketAddr;
@@ -160,8 +160,9 @@ impl App {
 /// ClickHouse when configured, else the embedded DuckDB file.
 async fn open_store(config: &crate::Config) -> Result<Arc<dyn EventStore>> {
     let store: Arc<dyn EventStore> = match config.clickhouse.clone() {
+        // Starts while ClickHouse is down: the log takes events meanwhile.
         Some(options) => {
-            let opened = tokio::task::spawn_blocking(move || ClickHouseStore::open(&options)).await?;
+            let opened = tokio::task::spawn_blocking(move || clickhouse::Deferred::open(&options)).await?;
             Arc::new(opened.context("opening the ClickHouse event store")?)
         }
         None => {

@@ -17,6 +17,7 @@ use bollard::Docker;
 use std::collections::HashMap;
 use std::time::Duration;
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
 pub const PROJECT: &str = "leanloop.project";
 pub const SERVICE: &str = "leanloop.service";
@@ -33,14 +34,17 @@ pub struct Rollout<'a> {
     pub extra_labels: &'a Labels,
 }
 
-/// Starts the release and retires the one it replaces. On failure the new
-/// replicas are removed and the release is recorded as failed.
+/// Starts the release and retires the one it replaces. On failure, or when
+/// `stop` is cancelled first (the run cancelled, its step timed out, the
+/// server stopping), the new replicas are removed and the release is
+/// recorded as failed.
 pub async fn roll_out(
     docker: &Docker,
     hosts: &Hosts,
     records: &Records,
     r: Rollout<'_>,
     say: &(dyn Fn(&str) + Sync),
+    stop: &CancellationToken,
 ) -> Result<Release, String> {
     let new = &r.release;
     let replaced = records.live_release(new.project_id, &r.spec.service, new.environment).map_err(|e| e.to_string())?;
@@ -54,7 +58,11 @@ pub async fn roll_out(
         r.spec.replicas,
         r.spec.strategy.as_str()
     ));
-    match start_release(docker, hosts, &r, id, say).await {
+    let started = tokio::select! {
+        started = start_release(docker, hosts, &r, id, say) => started,
+        _ = stop.cancelled() => Err("stopped before it was live".to_owned()),
+    };
+    match started {
         Ok(endpoints) => {
             let status = if new.trigger == "rollback" { ReleaseStatus::RolledBack } else { ReleaseStatus::Superseded };
             records.release_live(id, &endpoints, replaced.map(|old| (old.id, status))).map_err(|e| e.to_string())?;

@@ -31,13 +31,25 @@ pub fn repository(registry: Option<&str>, project_id: i64, service: &str) -> Str
 /// change what a release, or a rollback to it, runs.
 pub fn pinned(image: &str, digest: Option<&str>) -> String {
     match digest {
-        Some(digest) => {
-            let name_start = image.rfind('/').map_or(0, |i| i + 1);
-            let name = image[name_start..].find(':').map_or(image, |i| &image[..name_start + i]);
-            format!("{name}@{digest}")
-        }
+        Some(digest) => format!("{}@{digest}", without_tag(image)),
         None => image.to_owned(),
     }
+}
+
+/// `host:5000/project-1/web:abc` → `host:5000/project-1/web`.
+fn without_tag(image: &str) -> &str {
+    let name_start = image.rfind('/').map_or(0, |i| i + 1);
+    image[name_start..].find(':').map_or(image, |i| &image[..name_start + i])
+}
+
+/// The digest the registry gave `image` when it was pushed, as the engine
+/// remembers it (`RepoDigests`): for a deploy of an image an earlier run
+/// built and pushed (a restart from the deploy step), so that its release
+/// is pinned like any other. `None` for an image never pushed.
+pub async fn pushed_digest(docker: &Docker, image: &str) -> Option<String> {
+    let prefix = format!("{}@", without_tag(image));
+    let inspect = docker.inspect_image(image).await.ok()?;
+    inspect.repo_digests?.iter().find_map(|d| d.strip_prefix(&prefix).map(str::to_owned))
 }
 
 pub fn short_sha(sha: &str) -> &str {

@@ -388,7 +388,12 @@ impl Pipeline {
         signature: Option<&str>,
         body: &[u8],
     ) -> Result<Option<RunRecord>, PipelineError> {
-        let (repo, secret) = self.records.repo_any_project(repo_id)?;
+        // An unknown repository is answered as a bad signature is, so the
+        // hook URL does not tell which repository ids exist.
+        let (repo, secret) = match self.records.repo_any_project(repo_id) {
+            Err(PipelineError::NotFound(_)) => return Err(PipelineError::BadSignature),
+            found => found?,
+        };
         // Without a secret nothing is accepted; the answer does not say why.
         let secret = secret.ok_or(PipelineError::BadSignature)?;
         webhooks::verify(provider, &secret, body, signature)?;
@@ -633,13 +638,16 @@ impl Pipeline {
     }
 
     /// Deploys the previous healthy release of a service again, as a new
-    /// release marked as a rollback of the current one.
+    /// release marked as a rollback of the current one. With no live release
+    /// (a failed `recreate` stopped it), the newest release that ran healthy
+    /// is deployed again.
     pub async fn rollback(&self, project_id: i64, service: &str, environment: &str) -> Result<Release, PipelineError> {
-        let current = self
-            .records
-            .live_release(project_id, service, environment)?
-            .ok_or_else(|| PipelineError::NotFound(format!("a live release of {service} in {environment}")))?;
-        let previous = self.records.previous_healthy(project_id, service, environment, &current)?.ok_or_else(|| {
+        let current = self.records.live_release(project_id, service, environment)?;
+        let previous = match &current {
+            Some(current) => self.records.previous_healthy(project_id, service, environment, current)?,
+            None => self.records.last_healthy(project_id, service, environment)?,
+        }
+        .ok_or_else(|| {
             PipelineError::Conflict(format!(
                 "{service} in {environment} has no earlier healthy release to roll back to"
             ))
@@ -660,7 +668,7 @@ impl Pipeline {
                 image: &previous.image,
                 digest: previous.digest.as_deref(),
                 trigger: "rollback",
-                rollback_of: Some(current.id),
+                rollback_of: current.map(|c| c.id),
             },
             spec: &spec,
             instance: &self.instance,
@@ -668,7 +676,9 @@ impl Pipeline {
             extra_labels: &labels,
         };
         let say = |line: &str| tracing::info!(service, environment, "{line}");
-        deploy::roll_out(&docker, &self.hosts, &self.records, rollout, &say).await.map_err(PipelineError::Conflict)
+        deploy::roll_out(&docker, &self.hosts, &self.records, rollout, &say, &self.shutdown)
+            .await
+            .map_err(PipelineError::Conflict)
     }
 
     /// Stops and removes every replica of a service in an environment (a

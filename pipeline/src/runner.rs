@@ -317,7 +317,7 @@ async fn run_step(ctx: &Context, step: &Step) -> Outcome {
     let mut outcome = match &step.action {
         Action::Commands { image, commands } => commands_step(ctx, step, image, commands, &stop).await,
         Action::Build(_) => build_step(ctx, step, &stop).await,
-        Action::Deploy(_) => deploy_step(ctx, step).await,
+        Action::Deploy(_) => deploy_step(ctx, step, &stop).await,
     };
     timer.abort();
     if stop.is_cancelled() && outcome.status != Status::Success {
@@ -477,7 +477,7 @@ async fn build_step(ctx: &Context, step: &Step, stop: &CancellationToken) -> Out
     }
 }
 
-async fn deploy_step(ctx: &Context, step: &Step) -> Outcome {
+async fn deploy_step(ctx: &Context, step: &Step, stop: &CancellationToken) -> Outcome {
     let Action::Deploy(spec) = &step.action else { unreachable!("deploy_step is only called for deploy steps") };
     let plan = &ctx.plan;
     let Some(environment) = plan.environment.as_deref() else {
@@ -492,14 +492,15 @@ async fn deploy_step(ctx: &Context, step: &Step) -> Outcome {
     let (image, digest) = match built {
         Some(b) => (b.image, b.digest),
         // Built by an earlier run of this commit (a restart from the deploy step).
-        None => (
-            format!(
+        None => {
+            let image = format!(
                 "{}:{}",
                 images::repository(plan.registry.as_deref(), plan.repo.project_id, &spec.service),
                 images::short_sha(&plan.sha)
-            ),
-            None,
-        ),
+            );
+            let digest = images::pushed_digest(&ctx.lease.docker, &image).await;
+            (image, digest)
+        }
     };
     let version = plan.target.tag().map(str::to_owned).unwrap_or_else(|| images::short_sha(&plan.sha).to_owned());
     let say = |line: &str| ctx.log.line(&step.name, line);
@@ -522,7 +523,7 @@ async fn deploy_step(ctx: &Context, step: &Step) -> Outcome {
         publish_ip: &plan.publish_ip,
         extra_labels: &plan.extra_labels,
     };
-    match deploy::roll_out(&ctx.lease.docker, &ctx.hosts, &ctx.records, rollout, &say).await {
+    match deploy::roll_out(&ctx.lease.docker, &ctx.hosts, &ctx.records, rollout, &say, stop).await {
         Ok(_) => Outcome::of(Status::Success, None),
         Err(e) => {
             say(&e);

@@ -52,6 +52,10 @@ struct RawFile {
     #[serde(default)]
     services: Vec<Service>,
     steps: Vec<RawStep>,
+    /// A place for YAML anchors that steps merge in (`<<: *defaults`), as
+    /// in Woodpecker; nothing reads it otherwise.
+    #[serde(default, rename = "variables")]
+    _variables: Option<serde::de::IgnoredAny>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -357,12 +361,29 @@ impl When {
     }
 }
 
+/// Reads the file's YAML. Merge keys (`<<: *defaults`) are expanded first
+/// when the file has them, and the merged document is read as text again,
+/// so that scalars read as they do in any file (`[true]` as a command);
+/// only its errors lose their line, which the merged text does not share.
+fn read_file(text: &str) -> Result<RawFile, PipelineError> {
+    let invalid = |e: serde_norway::Error| PipelineError::InvalidFile {
+        line: e.location().map(|l| l.line()),
+        message: strip_location(&e.to_string()),
+    };
+    let direct = serde_norway::from_str(text);
+    if direct.is_ok() || !text.contains("<<") {
+        return direct.map_err(invalid);
+    }
+    let mut value: serde_norway::Value = serde_norway::from_str(text).map_err(invalid)?;
+    value.apply_merge().map_err(invalid)?;
+    let merged = serde_norway::to_string(&value).map_err(invalid)?;
+    serde_norway::from_str(&merged)
+        .map_err(|e| PipelineError::InvalidFile { line: None, message: strip_location(&e.to_string()) })
+}
+
 impl Pipeline {
     pub fn parse(text: &str) -> Result<Pipeline, PipelineError> {
-        let raw: RawFile = serde_norway::from_str(text).map_err(|e| PipelineError::InvalidFile {
-            line: e.location().map(|l| l.line()),
-            message: strip_location(&e.to_string()),
-        })?;
+        let raw = read_file(text)?;
         let fail = |section: &str, name: &str, message: String| PipelineError::InvalidFile {
             line: line_of(text, section, name),
             message,
@@ -729,6 +750,38 @@ steps:
         let p = Pipeline::parse(text).unwrap();
         assert!(p.steps[1].depends_on.is_empty());
         assert_eq!(p.topological().last().unwrap().name, "c");
+    }
+
+    #[test]
+    fn merge_keys_and_a_variables_section_for_anchors_are_read() {
+        let text = "\
+variables:
+  - &shell
+    image: leanloop/busybox:latest
+    env: { MODE: ci }
+steps:
+  - name: a
+    <<: *shell
+    commands: [true]
+  - name: b
+    <<: *shell
+    env: { MODE: other }
+    commands: [false]
+";
+        let p = Pipeline::parse(text).unwrap();
+        let image = |i: usize| match &p.steps[i].action {
+            Action::Commands { image, .. } => image.clone(),
+            _ => panic!("a commands step"),
+        };
+        assert_eq!((image(0), image(1)), ("leanloop/busybox:latest".to_owned(), "leanloop/busybox:latest".to_owned()));
+        assert_eq!(p.steps[0].env.get("MODE").map(String::as_str), Some("ci"));
+        assert_eq!(p.steps[1].env.get("MODE").map(String::as_str), Some("other"), "a step's own keys win");
+        let Err(PipelineError::InvalidFile { message, .. }) =
+            Pipeline::parse(&text.replace("commands: [true]", "comands: [true]"))
+        else {
+            panic!("an unknown key after a merge is refused")
+        };
+        assert!(message.contains("comands"), "{message}");
     }
 
     #[test]

@@ -19,6 +19,9 @@ pub enum StoreError {
     /// Earlier inserts, whose rows a write must see first, still run.
     #[error("clickhouse: {0} earlier inserts are still running; the write waits for them to end")]
     InFlight(u64),
+    /// The store's server does not answer (yet); the caller may retry.
+    #[error("the event store is unavailable: {0}")]
+    Unavailable(String),
     /// A query needed more memory than the store may use; names the limit.
     #[error("the query needs more memory than the event store may use ({0}); narrow its date range or filters, or raise the limit")]
     QueryMemory(String),
@@ -58,6 +61,11 @@ impl Classify for StoreError {
         match self {
             // Memory is shared with the queries running meanwhile.
             StoreError::QueryMemory(_) => ErrorClass::Unavailable { retry_after_secs: 5 },
+            // Outages end: the asker may try again, not report a bug.
+            StoreError::Unavailable(_)
+            | StoreError::ClickHouse(clickhouse::error::Error::Network(_) | clickhouse::error::Error::TimedOut) => {
+                ErrorClass::Unavailable { retry_after_secs: 5 }
+            }
             _ => ErrorClass::Internal,
         }
     }

@@ -266,6 +266,27 @@ impl Records {
         })
     }
 
+    /// The newest release that was healthy and no longer runs (replaced, or
+    /// retired), for a rollback when none is live.
+    pub fn last_healthy(
+        &self,
+        project_id: i64,
+        service: &str,
+        environment: &str,
+    ) -> Result<Option<Release>, PipelineError> {
+        self.with(|c| {
+            c.query_row(
+                &format!(
+                    "SELECT {RELEASE_COLUMNS} FROM releases WHERE project_id = ?1 AND service = ?2 AND environment = ?3
+                       AND status IN ('superseded', 'rolled_back', 'retired') ORDER BY id DESC LIMIT 1"
+                ),
+                params![project_id, service, environment],
+                release_of,
+            )
+            .optional()
+        })
+    }
+
     /// The newest release before `before` that was healthy (live, then replaced)
     /// and runs a different image from it.
     pub fn previous_healthy(

@@ -12,12 +12,14 @@
 //! blocks on it.
 
 mod dedup;
+mod deferred;
 mod fence;
 mod props;
 mod read;
 mod schema;
 mod write;
 
+pub use deferred::Deferred;
 pub use schema::{cluster_ddl, ServerVersion};
 
 use crate::seen::{key, Key, SeenKeys, MIN_CAPACITY};

@@ -2,9 +2,10 @@
 //! DuckDB: the same requests give the same stored events on both.
 
 use leanloop_store::clickhouse::ClickHouseOptions;
-use leanloop_tests::clickhouse::{self as ch, fresh_database, store_url};
-use leanloop_tests::{message_id, TestServer};
+use leanloop_tests::clickhouse::{self as ch, fresh_database, store_url, Private};
+use leanloop_tests::{eventually_within, message_id, TestServer};
 use serde_json::{json, Value};
+use std::time::Duration;
 
 async fn on_clickhouse() -> (TestServer, String) {
     let database = fresh_database();
@@ -91,13 +92,36 @@ async fn clickhouse_and_duckdb_store_the_same_events() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn an_unreachable_clickhouse_fails_start_up_with_a_clear_error() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut config = leanloop::Config::for_tests(dir.path());
-    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
-    config.clickhouse = Some(ClickHouseOptions::new(format!("http://{closed}/?database=x")));
-    let err = leanloop::App::build(config, leanloop::Role::Server).await.err().expect("start-up fails");
-    assert!(format!("{err:#}").contains("ClickHouse"), "{err:#}");
+async fn a_server_starts_while_clickhouse_is_down_answers_reads_503_and_stores_once_it_is_up() {
+    let server = Private::start();
+    server.stop();
+    let database = fresh_database();
+    let s = TestServer::start_with(|c| c.clickhouse = Some(ClickHouseOptions::new(store_url(&server.http, &database))))
+        .await;
+    let body = traffic();
+    assert_eq!(s.post("/v1/batch", &body).await.status(), 200, "the log takes events while the store is down");
+    let reading = s.client.get(s.url(&format!("/api/v1/projects/{}/events/count", s.project.id)));
+    let down = reading.try_clone().unwrap().bearer_auth(&s.project.read_key).send().await.unwrap();
+    assert_eq!(down.status(), 503);
+    assert!(down.headers().contains_key("retry-after"));
+    let message = down.json::<Value>().await.unwrap()["error"]["message"].as_str().unwrap_or_default().to_owned();
+    assert!(message.contains("unavailable"), "{message}");
+
+    server.restart();
+    assert_eq!(s.post("/v1/batch", &body).await.status(), 200, "a retry of the same batch");
+    eventually_within("the logged batch in ClickHouse", Duration::from_secs(60), || async {
+        // The store creates the database when it opens.
+        let tables = format!("SELECT count() FROM system.tables WHERE database = '{database}' AND name = 'events'");
+        let created = ch::query(&server.http, &tables).await.trim() == "1";
+        (created && ch::totals(&server.http, &database).await == (6, 6)).then_some(())
+    })
+    .await;
+    assert_eq!(s.count(&[]).await, 6, "stored once, read back once the store opened");
+
+    let bad = leanloop::Config::for_tests(tempfile::tempdir().unwrap().path());
+    let bad = leanloop::Config { clickhouse: Some(ClickHouseOptions::new("https://127.0.0.1/")), ..bad };
+    let err = leanloop::App::build(bad, leanloop::Role::Server).await.err().expect("a bad URL fails start-up");
+    assert!(format!("{err:#}").contains("https is not supported"), "{err:#}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

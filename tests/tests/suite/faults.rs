@@ -147,6 +147,31 @@ async fn a_collector_killed_20_times_mid_stream_loses_and_duplicates_nothing() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_collector_started_and_killed_while_clickhouse_is_down_delivers_once_it_is_up() {
+    let server = Private::start();
+    server.stop();
+    let database = fresh_database();
+    let data = tempfile::tempdir().unwrap();
+    let project = project_in(data.path());
+    let edge = Edge::new(data.path(), &store_url(&server.http, &database));
+
+    // The store has never been reached: no database, no tables yet.
+    let collector = edge.start("127.0.0.1:0");
+    let listen = collector.base.trim_start_matches("http://").to_owned();
+    let sending = load::sustain(load::target(&collector.base), project.write_key.clone(), 50, Duration::from_millis(5));
+    sending.until_more_acknowledged(1_000).await;
+    collector.kill();
+    let collector = edge.start(&listen);
+    sending.until_more_acknowledged(1_000).await;
+    server.restart();
+    sending.until_more_acknowledged(1_000).await;
+    let outcome = sending.finish().await;
+    drained(&collector.base).await;
+    assert_exactly_once(&server.http, &database, &outcome).await;
+    collector.terminate();
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_full_log_answers_503_with_retry_after_and_ingest_resumes_after_the_backlog_drains() {
     let server = Private::start();
     let database = fresh_database();

@@ -126,6 +126,11 @@ async fn bad_queries_name_the_field(s: &TestServer) {
             json!({"release": "9.9.9", "compare_to": "1.0", "series": {"event": "x"}, "window_seconds": 60}),
             "window_seconds",
         ),
+        (
+            "release-impact",
+            json!({"release": "9.9.9", "compare_to": "1.0", "series": {"event": "x"}, "release_time": "2024-01-01T00:00:00Z"}),
+            "release_time",
+        ),
         ("release-impact", json!({"release": "9.9.9", "compare_to": "1.0", "series": {"event": "x"}}), "release"),
     ];
     for (kind, query, field) in cases {

@@ -4,10 +4,10 @@
 //! secrets, webhooks, restarts and polling behave; nothing is left behind.
 
 use futures::StreamExt;
-use leanloop_tests::eventually;
 use leanloop_tests::pipeline::{
     self, add_repo, call, docker_objects, fetch, finished, log_text, repo_with_file, step, trigger, Repo,
 };
+use leanloop_tests::{eventually, eventually_within};
 use reqwest::Method;
 use serde_json::{json, Value};
 
@@ -154,7 +154,9 @@ async fn fixture_is_tested_built_pushed_deployed_and_rolled_back() {
     assert_eq!(step(&again, "test")["status"], "reused");
     assert_eq!(step(&again, "image")["status"], "reused");
     assert_eq!(step(&again, "deploy")["status"], "success");
-    serves(&live_release(&s).await, "2").await;
+    let redeployed = live_release(&s).await;
+    serves(&redeployed, "2").await;
+    assert_eq!(redeployed["digest"], second["digest"], "the reused image's pushed digest pins it: {redeployed}");
 
     // Run list; bad inputs are 4xx naming the field.
     let (_, runs) = call(&s, Method::GET, &format!("/repos/{repo_id}/runs?limit=2"), None).await;
@@ -351,6 +353,17 @@ async fn webhooks_need_a_valid_signature() {
     .await
     .unwrap();
     assert_eq!(forged.status(), 401);
+    let signed = leanloop_pipeline::webhooks::sign("whatever", body.as_bytes());
+    let unknown = s
+        .client
+        .post(s.url(&format!("/hooks/{}/gitea", repo_id + 1000)))
+        .header("X-Gitea-Event", "push")
+        .header("X-Gitea-Signature", signed)
+        .body(body.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(unknown.status(), 401, "an unknown repository is not told apart from a bad signature");
     let (_, runs) = call(&s, Method::GET, &format!("/repos/{repo_id}/runs"), None).await;
     assert_eq!(runs["runs"], json!([]));
 
@@ -655,6 +668,48 @@ async fn every_strategy_replaces_the_live_release() {
     let (_, list) = call(&s, Method::GET, "/releases?service=strat-web", None).await;
     assert!(list["releases"].as_array().unwrap().iter().all(|r| r["status"] != "live"), "{list}");
     assert_eq!(docker_objects(&[&case_label(case), "leanloop.service=strat-web"]), Vec::<String>::new());
+    // With none live, a rollback starts the retired release again.
+    let (status, back) = call(&s, Method::POST, "/services/strat-web/environments/production/rollback", None).await;
+    assert_eq!(status, 201, "{back}");
+    assert_eq!(
+        (&back["trigger"], &back["commit"], &back["status"]),
+        (&json!("rollback"), &last["commit"], &json!("live"))
+    );
+    for endpoint in back["endpoints"].as_array().unwrap() {
+        assert_eq!(fetch(endpoint.as_str().unwrap(), "/index.html").await.trim(), "version: rolling");
+    }
+
+    // A cancel during a deploy stops it at once, not when its health
+    // timeout (ten minutes here) runs out.
+    repo.write(
+        "leanloop.yml",
+        "steps:\n  - name: image\n    build: { service: strat-web }\n  - name: deploy\n    deploy: { service: strat-web, port: 8080, health: /missing, health_timeout: 600, replicas: 2, strategy: rolling }\n",
+    );
+    repo.commit("deploy one that waits long for health");
+    let run = trigger(&s, repo_id, json!({ "branch": "main" })).await["id"].as_i64().unwrap();
+    let replicas = || docker_objects(&[&case_label(case), "leanloop.service=strat-web"]);
+    eventually_within("the deploy to wait for its first replica's health", pipeline::RUN_DEADLINE, || async {
+        let (_, r) = call(&s, Method::GET, &format!("/runs/{run}"), None).await;
+        (step(&r, "deploy")["status"] == "running" && replicas().len() > 2).then_some(())
+    })
+    .await;
+    let (status, _) = call(&s, Method::POST, &format!("/runs/{run}/cancel"), None).await;
+    assert_eq!(status, 202);
+    let ended = eventually_within("the cancelled deploy to end", std::time::Duration::from_secs(60), || async {
+        let (_, r) = call(&s, Method::GET, &format!("/runs/{run}"), None).await;
+        (!matches!(r["status"].as_str(), Some("pending" | "running"))).then_some(r)
+    })
+    .await;
+    assert_eq!(ended["status"], "cancelled", "{ended}");
+    assert_eq!(step(&ended, "deploy")["status"], "cancelled", "{ended}");
+    let (_, list) = call(&s, Method::GET, "/releases?service=strat-web", None).await;
+    let newest = list["releases"].as_array().unwrap().iter().max_by_key(|r| r["id"].as_i64()).unwrap().clone();
+    assert_eq!(newest["status"], "failed", "{newest}");
+    assert_eq!(replicas().len(), 2, "the new replica is removed; the live release's two run on");
+    let (_, live) = call(&s, Method::GET, &format!("/releases/{}", back["id"]), None).await;
+    assert_eq!(live["status"], "live", "{live}");
+    let (status, _) = call(&s, Method::DELETE, "/services/strat-web/environments/production", None).await;
+    assert_eq!(status, 200);
     pipeline::stop_leaving_nothing(s, case).await;
 }
 
