@@ -260,15 +260,23 @@ pub fn profile(ask: &Ask, user_id: &str, limit: usize) -> Result<Option<Profile>
     let d = ask.dialect();
     bounded(Some(limit), 100, 1000, "limit")?;
     let Some(stored) = stored_people(ask, Some(user_id))?.into_iter().next() else { return Ok(None) };
+    let linked = Sql::new("SELECT anonymous_id FROM identities WHERE project_id = ")
+        .int(ask.project_id)
+        .raw(" AND user_id = ")
+        .text(user_id);
+    // ClickHouse keeps every link made; an id is this person's when its
+    // first one is (DuckDB keeps only that one).
+    let linked = match d {
+        Dialect::DuckDb => linked,
+        Dialect::ClickHouse => Sql::new("SELECT anonymous_id FROM identities WHERE project_id = ")
+            .int(ask.project_id)
+            .raw(" AND anonymous_id IN (")
+            .push(linked)
+            .raw(") GROUP BY anonymous_id HAVING argMin(user_id, linked_at_ms) = ")
+            .text(user_id),
+    };
     let anonymous_ids: Vec<String> = ask
-        .rows(
-            Sql::new("SELECT DISTINCT anonymous_id FROM identities WHERE project_id = ")
-                .int(ask.project_id)
-                .raw(" AND user_id = ")
-                .text(user_id)
-                .raw(" ORDER BY anonymous_id")
-                .select(&[ColumnKind::Text]),
-        )?
+        .rows(linked.raw(" ORDER BY anonymous_id").select(&[ColumnKind::Text]))?
         .into_iter()
         .filter_map(|mut r| r.pop().and_then(Cell::text))
         .collect();

@@ -119,7 +119,8 @@ fn users_table(f: Flavour, database: &str, table: &str) -> String {
     )
 }
 
-/// Anonymous id → user id links; the first link made wins (`argMin`).
+/// Anonymous id → user id links; the first link stored wins (`argMin` of
+/// `linked_at_ms`, when the link was written: see `write.rs`), as on DuckDB.
 fn identities_table(f: Flavour, database: &str, table: &str) -> String {
     format!(
         "CREATE TABLE IF NOT EXISTS {database}.{table}{} (

@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 use uuid::Uuid;
 
@@ -205,6 +206,17 @@ pub struct UserRow {
     pub version: u64,
 }
 
+/// When a link is written, in ms, strictly increasing in this process: the
+/// first link stored wins, as on DuckDB (where a later link of the same
+/// anonymous id is ignored), whatever the events' own times. A link sent
+/// again (a retry, a replay) is written later and does not displace it.
+fn link_time() -> i64 {
+    static LAST: AtomicI64 = AtomicI64::new(0);
+    let now = chrono::Utc::now().timestamp_millis();
+    let previous = LAST.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |last| Some(now.max(last + 1)));
+    now.max(previous.unwrap_or(0) + 1)
+}
+
 #[derive(Row, Serialize)]
 struct IdentityRow<'a> {
     project_id: i64,
@@ -263,6 +275,7 @@ pub async fn users(client: &clickhouse::Client, updates: &[UserUpdate]) -> Resul
     insert.end().await?;
 
     let mut linked = HashSet::new();
+    let stored_at = link_time();
     let links: Vec<IdentityRow> = updates
         .iter()
         .filter_map(|u| {
@@ -271,7 +284,7 @@ pub async fn users(client: &clickhouse::Client, updates: &[UserUpdate]) -> Resul
                 project_id: u.project_id,
                 anonymous_id,
                 user_id: &u.user_id,
-                linked_at_ms: u.seen_at_ms,
+                linked_at_ms: stored_at,
             })
         })
         .collect();
@@ -353,13 +366,23 @@ const MUTATION_DEADLINE: Duration = Duration::from_secs(120);
 /// server version has them) and waits until they are done, so the person is
 /// gone from every answer when this returns.
 pub async fn delete_person(client: &clickhouse::Client, project_id: i64, user_id: &str) -> Result<u64, StoreError> {
+    // The anonymous ids whose first link is to this person: an id linked to
+    // someone else first is that one's, with its events.
     let anonymous_ids: Vec<String> = client
-        .query("SELECT DISTINCT anonymous_id FROM identities WHERE project_id = ? AND user_id = ?")
+        .query(
+            "SELECT anonymous_id FROM identities WHERE project_id = ? AND anonymous_id IN
+                 (SELECT anonymous_id FROM identities WHERE project_id = ? AND user_id = ?)
+             GROUP BY anonymous_id HAVING argMin(user_id, linked_at_ms) = ?",
+        )
         .bind(project_id)
+        .bind(project_id)
+        .bind(user_id)
         .bind(user_id)
         .fetch_all()
         .await?;
-    let condition = "project_id = ? AND (user_id = ? OR has(?, ifNull(anonymous_id, '')))";
+    // Cast, as an empty list is an `Array(Nothing)` that `has` refuses on
+    // older servers.
+    let condition = "project_id = ? AND (user_id = ? OR has(CAST(? AS Array(String)), ifNull(anonymous_id, '')))";
     let events: u64 = client
         .query(&format!("SELECT count() FROM events WHERE {condition}"))
         .bind(project_id)

@@ -117,6 +117,10 @@ async fn a_server_starts_while_clickhouse_is_down_answers_reads_503_and_stores_o
     })
     .await;
     assert_eq!(s.count(&[]).await, 6, "stored once, read back once the store opened");
+    // An outage after the store opened is a 503 too, not an internal error.
+    server.stop();
+    let down = reading.try_clone().unwrap().bearer_auth(&s.project.read_key).send().await.unwrap();
+    assert_eq!(down.status(), 503, "{:?}", down.text().await);
 
     let bad = leanloop::Config::for_tests(tempfile::tempdir().unwrap().path());
     let bad = leanloop::Config { clickhouse: Some(ClickHouseOptions::new("https://127.0.0.1/")), ..bad };
@@ -201,5 +205,39 @@ async fn a_retry_whose_corrected_time_moved_is_stored_once_on_both_stores() {
         // Corrected times 5 s apart: in another second, even another minute.
         assert_eq!(s.post("/v1/track", &attempt("2024-05-01T09:59:56.000Z")).await.status(), 200);
         assert_eq!(s.count(&[("name", "retried")]).await, 1);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_anonymous_id_identified_as_two_people_stays_with_the_first_link_on_both_stores() {
+    let (click, _database) = on_clickhouse().await;
+    let duck = TestServer::start().await;
+    let at = |minutes_ago: i64| (chrono::Utc::now() - chrono::Duration::minutes(minutes_ago)).to_rfc3339();
+    for s in [&click, &duck] {
+        let first = json!({"batch": [
+            {"type": "track", "event": "seen", "anonymousId": "anon-s", "messageId": message_id(), "timestamp": at(30)},
+            {"type": "identify", "anonymousId": "anon-s", "userId": "u2", "messageId": message_id(), "timestamp": at(10)}
+        ]});
+        assert_eq!(s.post("/v1/batch", &first).await.status(), 200);
+        s.settle().await;
+        // Sent later, though it happened earlier: the first link stored stays.
+        let later = json!({"batch": [
+            {"type": "identify", "anonymousId": "anon-s", "userId": "u1", "messageId": message_id(), "timestamp": at(20)}
+        ]});
+        assert_eq!(s.post("/v1/batch", &later).await.status(), 200);
+        assert_eq!(s.identity("anon-s").await.as_deref(), Some("u2"));
+        let profile = |user: &'static str| async move {
+            let url = s.url(&format!("/api/v1/projects/{}/people/{user}", s.project.id));
+            let answer: Value =
+                s.client.get(url).bearer_auth(&s.project.read_key).send().await.unwrap().json().await.unwrap();
+            answer["anonymous_ids"].clone()
+        };
+        assert_eq!((profile("u1").await, profile("u2").await), (json!([]), json!(["anon-s"])));
+        // Erasing the other person leaves the anonymous events with their owner.
+        let url = s.url(&format!("/api/v1/projects/{}/people/u1", s.project.id));
+        let erased = s.client.delete(url).bearer_auth(&s.project.read_key).send().await.unwrap();
+        assert_eq!(erased.status(), 200, "{:?}", erased.text().await);
+        assert_eq!(s.count(&[("name", "seen")]).await, 1);
+        assert_eq!(s.identity("anon-s").await.as_deref(), Some("u2"));
     }
 }
