@@ -25,8 +25,23 @@ pub const RETRY_EVERY: Duration = Duration::from_secs(2);
 pub struct Deferred {
     options: ClickHouseOptions,
     store: OnceLock<ClickHouseStore>,
-    /// The last failed attempt: when, and why.
-    failed: Mutex<Option<(Instant, String)>>,
+    /// The last failed attempt: when, why, and whether waiting can mend it.
+    failed: Mutex<Option<Failed>>,
+}
+
+struct Failed {
+    at: Instant,
+    why: String,
+    retriable: bool,
+}
+
+impl Failed {
+    fn error(&self) -> StoreError {
+        match self.retriable {
+            true => StoreError::Unavailable(self.why.clone()),
+            false => StoreError::Config(self.why.clone()),
+        }
+    }
 }
 
 impl Deferred {
@@ -63,21 +78,19 @@ impl Deferred {
         if let Some(store) = self.store.get() {
             return Ok(store);
         }
-        if let Some((at, why)) = failed.as_ref() {
-            if at.elapsed() < RETRY_EVERY {
-                return Err(StoreError::Unavailable(why.clone()));
-            }
+        if let Some(last) = failed.as_ref().filter(|f| f.at.elapsed() < RETRY_EVERY) {
+            return Err(last.error());
         }
         match ClickHouseStore::open(&self.options) {
             Ok(store) => {
                 *failed = None;
                 Ok(self.store.get_or_init(|| store))
             }
-            Err(e) if !e.is_retriable() => Err(e),
             Err(e) => {
-                let why = e.to_string();
-                *failed = Some((Instant::now(), why.clone()));
-                Err(StoreError::Unavailable(why))
+                let last = Failed { at: Instant::now(), why: e.to_string(), retriable: e.is_retriable() };
+                let error = if last.retriable { last.error() } else { e };
+                *failed = Some(last);
+                Err(error)
             }
         }
     }
