@@ -45,7 +45,7 @@ impl IngestError {
             IngestError::BadField { .. } => "bad_field",
             IngestError::MissingKey => "missing_key",
             IngestError::UnknownKey => "unknown_key",
-            IngestError::SecretKeyUsed(_) => "read_key",
+            IngestError::SecretKeyUsed(_) => "secret_key",
             IngestError::BodyTooLarge { .. } | IngestError::InflatedTooLarge { .. } => "body_too_large",
             IngestError::EventTooLarge { .. } => "event_too_large",
             IngestError::BatchTooLarge { .. } => "batch_too_large",

@@ -37,6 +37,16 @@ impl StoreError {
         !matches!(self, StoreError::SchemaTooNew { .. } | StoreError::Config(_))
     }
 
+    /// Whether the store's server did not answer at all (refused, timed
+    /// out, not yet open), as against answering with a refusal.
+    pub fn is_unreachable(&self) -> bool {
+        matches!(
+            self,
+            StoreError::Unavailable(_)
+                | StoreError::ClickHouse(clickhouse::error::Error::Network(_) | clickhouse::error::Error::TimedOut)
+        )
+    }
+
     /// `self`, or [`StoreError::QueryMemory`] naming `limit` when the engine
     /// refused the query for want of memory: an answer the asker can act on
     /// (a narrower query, a larger limit) instead of an internal error.
@@ -62,10 +72,7 @@ impl Classify for StoreError {
             // Memory is shared with the queries running meanwhile.
             StoreError::QueryMemory(_) => ErrorClass::Unavailable { retry_after_secs: 5 },
             // Outages end: the asker may try again, not report a bug.
-            StoreError::Unavailable(_)
-            | StoreError::ClickHouse(clickhouse::error::Error::Network(_) | clickhouse::error::Error::TimedOut) => {
-                ErrorClass::Unavailable { retry_after_secs: 5 }
-            }
+            e if e.is_unreachable() => ErrorClass::Unavailable { retry_after_secs: 5 },
             _ => ErrorClass::Internal,
         }
     }

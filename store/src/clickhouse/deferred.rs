@@ -10,8 +10,11 @@
 //! reads answer 503 with Retry-After.
 //!
 //! Attempts are at least [`RETRY_EVERY`] apart, and a call made while another
-//! thread attempts fails at once instead of queueing behind it. A bad URL is
-//! still refused at start, as is a schema newer than this build.
+//! thread attempts fails at once instead of queueing behind it. Only a
+//! server that does not answer defers the store: one that answers with a
+//! refusal at start (a wrong user or password, a port that is not
+//! ClickHouse's HTTP one, a schema newer than this build) refuses start, as
+//! a bad URL does.
 
 use super::{ClickHouseOptions, ClickHouseStore, Endpoint};
 use crate::{Chunk, Column, Dialect, EventFilter, EventStore, Rows, Select, StoreError, UserRecord, WriteOutcome};
@@ -46,20 +49,23 @@ impl Failed {
 
 impl Deferred {
     /// Opens the store now if the server answers; else starts without it
-    /// (logging why) and opens it on a later call. Fails for what waiting
-    /// cannot mend: a bad URL, a schema newer than this build.
+    /// (logging why) and opens it on a later call. Fails when the server
+    /// answers with a refusal, and for a bad URL.
     pub fn open(options: &ClickHouseOptions) -> Result<Deferred, StoreError> {
         Endpoint::parse(&options.url)?;
-        let deferred = Deferred { options: options.clone(), store: OnceLock::new(), failed: Mutex::new(None) };
-        match deferred.ready() {
-            Ok(_) => {}
-            Err(StoreError::Unavailable(why)) => tracing::warn!(
-                error = %why,
-                "ClickHouse does not answer: starting without it; events wait in the log until it does"
-            ),
-            Err(e) => return Err(e),
+        let failed = Mutex::new(None);
+        match ClickHouseStore::open(options) {
+            Ok(store) => Ok(Deferred { options: options.clone(), store: OnceLock::from(store), failed }),
+            Err(e) if e.is_unreachable() => {
+                tracing::warn!(
+                    error = %e,
+                    "ClickHouse does not answer: starting without it; events wait in the log until it does"
+                );
+                let last = Failed { at: Instant::now(), why: e.to_string(), retriable: true };
+                Ok(Deferred { options: options.clone(), store: OnceLock::new(), failed: Mutex::new(Some(last)) })
+            }
+            Err(e) => Err(e),
         }
-        Ok(deferred)
     }
 
     /// Whether the store has opened.
@@ -186,5 +192,23 @@ mod tests {
 
         let bad = Deferred::open(&ClickHouseOptions::new("ftp://127.0.0.1/")).err().expect("refused");
         assert!(matches!(bad, StoreError::Config(_)), "{bad}");
+    }
+
+    #[test]
+    fn a_server_that_answers_with_a_refusal_refuses_start() {
+        use std::io::{Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let address = listener.local_addr().unwrap();
+        std::thread::spawn(move || {
+            for mut stream in listener.incoming().flatten() {
+                let mut request = [0u8; 4096];
+                let _ = stream.read(&mut request);
+                let body = "Code: 516, e.displayText() = DB::Exception: default: Authentication failed";
+                let _ = write!(stream, "HTTP/1.1 401 Unauthorized\r\nContent-Length: {}\r\n\r\n{body}", body.len());
+            }
+        });
+        let refused = Deferred::open(&ClickHouseOptions::new(format!("http://{address}/?database=x"))).err();
+        let refused = refused.expect("a refusal is not an outage");
+        assert!(!refused.is_unreachable() && refused.to_string().contains("Authentication failed"), "{refused}");
     }
 }

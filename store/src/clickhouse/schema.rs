@@ -180,7 +180,13 @@ pub async fn migrate(
     client.query(SCHEMA_TABLE).execute().await?;
     let current: u32 = client.query("SELECT max(version) FROM leanloop_schema").fetch_one().await?;
     let flavour = Flavour { version, retention_days: options.retention_days, cluster: None };
-    for (index, statements) in steps(flavour, database).into_iter().enumerate() {
+    let steps = steps(flavour, database);
+    // A newer build migrated this database: its data may not read as this
+    // build expects, so nothing is written into it.
+    if current as usize > steps.len() {
+        return Err(StoreError::SchemaTooNew { found: current.into(), known: steps.len() as i64 });
+    }
+    for (index, statements) in steps.into_iter().enumerate() {
         let step = index as u32 + 1;
         if step <= current {
             continue;

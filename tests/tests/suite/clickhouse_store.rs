@@ -241,3 +241,15 @@ async fn an_anonymous_id_identified_as_two_people_stays_with_the_first_link_on_b
         assert_eq!(s.identity("anon-s").await.as_deref(), Some("u2"));
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_database_a_newer_build_migrated_refuses_start() {
+    let database = fresh_database();
+    let url = store_url(&ch::shared(), &database);
+    drop(TestServer::start_with(|c| c.clickhouse = Some(ClickHouseOptions::new(url.clone()))).await);
+    ch::query(&ch::shared(), &format!("INSERT INTO {database}.leanloop_schema VALUES (99, now())")).await;
+    let config = leanloop::Config::for_tests(tempfile::tempdir().unwrap().path());
+    let config = leanloop::Config { clickhouse: Some(ClickHouseOptions::new(url)), ..config };
+    let err = leanloop::App::build(config, leanloop::Role::Collector).await.err().expect("start-up fails");
+    assert!(format!("{err:#}").contains("version 99, newer than this build"), "{err:#}");
+}
