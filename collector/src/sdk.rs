@@ -52,11 +52,22 @@ pub fn router<S: Clone + Send + Sync + 'static>() -> Router<S> {
         .route("/sdk.mjs", get(|headers: HeaderMap| async move { serve(asset(&MODULE_CELL, MODULE), &headers) }))
 }
 
+/// Whether an `Accept-Encoding` value takes gzip: named (any case) or by
+/// `*`, with a quality above zero.
+fn accepts_gzip(value: &str) -> bool {
+    value.split(',').any(|coding| {
+        let mut parts = coding.split(';');
+        let name = parts.next().unwrap_or("").trim();
+        let quality = parts
+            .filter_map(|p| p.trim().strip_prefix("q=").or(p.trim().strip_prefix("Q=")))
+            .find_map(|q| q.trim().parse::<f32>().ok())
+            .unwrap_or(1.0);
+        (name.eq_ignore_ascii_case("gzip") || name == "*") && quality > 0.0
+    })
+}
+
 fn serve(asset: &'static Asset, headers: &HeaderMap) -> Response {
-    let gzip_ok = headers
-        .get(header::ACCEPT_ENCODING)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.split(',').any(|e| e.split(';').next().is_some_and(|name| name.trim() == "gzip")));
+    let gzip_ok = headers.get(header::ACCEPT_ENCODING).and_then(|v| v.to_str().ok()).is_some_and(accepts_gzip);
     let etag = if gzip_ok { asset.gzip_etag() } else { asset.etag.clone() };
     let fresh =
         headers.get(header::IF_NONE_MATCH).and_then(|v| v.to_str().ok()).is_some_and(|tags| matches(tags, &etag));
@@ -87,7 +98,17 @@ fn matches(tags: &str, etag: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::matches;
+    use super::{accepts_gzip, matches};
+
+    #[test]
+    fn gzip_is_taken_by_name_in_any_case_or_by_star_unless_its_quality_is_zero() {
+        for yes in ["gzip", "br, GZIP", "deflate, gzip;q=0.5", "*", "gzip; q=1"] {
+            assert!(accepts_gzip(yes), "{yes}");
+        }
+        for no in ["", "br", "gzip;q=0", "gzip; q=0.0, br", "identity", "gzipx"] {
+            assert!(!accepts_gzip(no), "{no}");
+        }
+    }
 
     #[test]
     fn revalidation_matches_weakly_within_lists() {

@@ -20,7 +20,8 @@ const MAX_TIMEOUT_SECS: u64 = 86_400;
 const MAX_THREADS: usize = 1024;
 const MAX_DEDUP_WINDOW_HOURS: u64 = 8_760;
 const MIN_MEMORY_BYTES: u64 = 16_000_000;
-const MAX_MEMORY_BYTES: u64 = 1_000_000_000_000_000;
+const MAX_RETENTION_DAYS: u32 = 36_500;
+const MAX_MEMORY_BYTES: u64 = 1_000_000_000_000_000; // 1000TB: DuckDB reads no larger unit
 
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -165,6 +166,12 @@ impl RawConfig {
             Some(n) => n,
             None => defaults.ingest_threads.min(threads),
         };
+        if let Some(days) = self.store.clickhouse_retention_days {
+            // 0 would delete every event as it is stored.
+            if days == 0 || days > MAX_RETENTION_DAYS {
+                bail!("store.clickhouse_retention_days must be 1 to {MAX_RETENTION_DAYS} (a century)");
+            }
+        }
         let clickhouse = match self.store.clickhouse_url {
             Some(url) => {
                 let mut options = ClickHouseOptions::new(url);
@@ -234,8 +241,6 @@ fn memory_bytes(field: &str, size: &str) -> Result<u64> {
         "mib" => 1 << 20,
         "gib" => 1 << 30,
         "tib" => 1 << 40,
-        "pb" => 1_000_000_000_000_000,
-        "pib" => 1 << 50,
         _ => bail!("{field}: `{size}` is not a size like 256MB"),
     };
     let bytes = match number.parse::<f64>() {
@@ -245,7 +250,7 @@ fn memory_bytes(field: &str, size: &str) -> Result<u64> {
     // DuckDB refuses less than it needs to open a database, and more than
     // its own counters hold, with messages naming neither the setting.
     if !(MIN_MEMORY_BYTES as f64..=MAX_MEMORY_BYTES as f64).contains(&bytes) {
-        bail!("{field}: `{size}` is outside 16MB to 1PB");
+        bail!("{field}: `{size}` is outside 16MB to 1000TB");
     }
     Ok(bytes as u64)
 }
@@ -307,6 +312,8 @@ mod tests {
             ("[store]\nduckdb_threads = 100000", "store.duckdb_threads"),
             ("[store]\nduckdb_memory_limit = \"999999999TB\"", "store.duckdb_memory_limit"),
             ("[store]\nduckdb_memory_limit = \"1B\"", "store.duckdb_memory_limit"),
+            ("[store]\nduckdb_memory_limit = \"1PB\"", "store.duckdb_memory_limit"),
+            ("[store]\nclickhouse_retention_days = 0", "store.clickhouse_retention_days"),
             (
                 "[store]\nclickhouse_url = \"http://127.0.0.1:8123/\"\nclickhouse_dedup_window_hours = 5124095576030433",
                 "store.clickhouse_dedup_window_hours",

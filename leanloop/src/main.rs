@@ -184,7 +184,7 @@ fn lint(file: &std::path::Path) -> Result<()> {
 async fn serve(overrides: Overrides, role: Role) -> Result<()> {
     let config = Config::load(&overrides)?;
     let store = match &config.clickhouse {
-        Some(options) => format!("ClickHouse ({})", options.url),
+        Some(options) => format!("ClickHouse ({})", leanloop_store::clickhouse::redacted(&options.url)),
         None => format!("DuckDB ({})", config.data_dir.join("events.duckdb").display()),
     };
     let log = if config.collector.log { config.log_dir.display().to_string() } else { "off (in-memory queue)".into() };

@@ -53,7 +53,11 @@ pub fn metrics_handle() -> PrometheusHandle {
 pub fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    // A log line that cannot be written (stderr closed: its reader went
+    // away) is dropped. Reporting that failure would write to stderr
+    // again, and `eprintln!` panics there, in whichever thread logged.
+    let builder =
+        tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).log_internal_errors(false);
     let _ = if std::env::var("LEANLOOP_LOG").is_ok_and(|v| v == "json") {
         builder.json().try_init()
     } else {

@@ -39,13 +39,19 @@ fn project_create_prints_keys_as_json() {
 /// A `leanloop serve` child on a free port and the banner it printed, up to
 /// and including the deploy key.
 fn serve(dir: &std::path::Path) -> (std::process::Child, String) {
+    serve_logging_to(dir, Stdio::null())
+}
+
+fn serve_logging_to(dir: &std::path::Path, stderr: Stdio) -> (std::process::Child, String) {
     let mut child = Command::new(BIN)
         .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
         .arg(dir)
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(stderr)
         .spawn()
         .unwrap();
+    // A piped stderr is closed at once: its reader went away.
+    drop(child.stderr.take());
     let mut banner = Vec::new();
     for line in BufReader::new(child.stdout.take().unwrap()).lines() {
         let line = line.unwrap();
@@ -125,4 +131,30 @@ fn migrate_prints_the_cluster_ddl_that_deploy_ships() {
     let output = Command::new(BIN).args(["migrate", "--cluster", "prod; DROP"]).output().unwrap();
     assert!(!output.status.success());
     assert!(String::from_utf8_lossy(&output.stderr).contains("--cluster"));
+}
+
+#[test]
+fn a_closed_stderr_stops_neither_ingest_nor_shutdown() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut child, text) = serve_logging_to(dir.path(), Stdio::piped());
+    let (base, write_key) = (banner_value(&text, "listening on "), banner_value(&text, "write key"));
+    let client = reqwest::blocking::Client::new();
+    for n in 0..20 {
+        // Refused requests are logged: each is a write to the closed stderr.
+        let bad = client.post(format!("{base}/v1/track")).basic_auth("nokey", Some("")).body("{}").send().unwrap();
+        assert_eq!(bad.status(), 401);
+        let r = client
+            .post(format!("{base}/v1/track"))
+            .basic_auth(&write_key, Some(""))
+            .json(&serde_json::json!({"userId": "u", "event": format!("e{n}")}))
+            .send()
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    let pid = child.id().to_string();
+    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    let (done, exited) = std::sync::mpsc::channel();
+    std::thread::spawn(move || done.send(child.wait()));
+    let status = exited.recv_timeout(Duration::from_secs(30)).expect("serve stops after SIGTERM").unwrap();
+    assert!(status.success(), "{status}");
 }

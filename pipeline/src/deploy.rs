@@ -34,10 +34,18 @@ pub struct Rollout<'a> {
     pub extra_labels: &'a Labels,
 }
 
+/// What replicas of this installation are started with, whatever the release.
+pub struct Installation<'a> {
+    pub instance: &'a str,
+    pub publish_ip: &'a str,
+    pub extra_labels: &'a Labels,
+}
+
 /// Starts the release and retires the one it replaces. On failure, or when
 /// `stop` is cancelled first (the run cancelled, its step timed out, the
-/// server stopping), the new replicas are removed and the release is
-/// recorded as failed.
+/// server stopping), the new replicas are removed, the release is recorded
+/// as failed, and the one it was replacing gets back the replicas the
+/// strategy had already stopped ([`restore`]).
 pub async fn roll_out(
     docker: &Docker,
     hosts: &Hosts,
@@ -72,16 +80,93 @@ pub async fn roll_out(
         Err(message) => {
             engine::remove_labelled(docker, RELEASE, &engine::scoped(r.instance, id), false).await;
             let _ = records.release_failed(id, &message);
-            // `recreate` stops the release it replaces before starting this
-            // one: with none of its replicas left, it must not read as live.
-            if let (Strategy::Recreate, Some(old)) = (r.spec.strategy, &replaced) {
-                if old_replicas(hosts, &r, id).await.is_empty() {
-                    let _ = records.release_retired(old.id);
-                    say(&format!("release {} no longer runs and is retired", old.id));
-                }
+            if let Some(old) = &replaced {
+                let here =
+                    Installation { instance: r.instance, publish_ip: r.publish_ip, extra_labels: r.extra_labels };
+                restore(docker, hosts, records, &here, old, say).await;
             }
             Err(format!("release {id} failed: {message}"))
         }
+    }
+}
+
+/// Gives a live release back the replicas a failed or interrupted deploy
+/// stopped (`rolling` stops one as each new replica turns healthy,
+/// `recreate` all of them first): each missing one is started again from
+/// the release's own image and spec and health-checked, and its endpoints
+/// are recorded anew. A release with no replica running afterwards is
+/// retired: it must not read as live.
+pub async fn restore(
+    docker: &Docker,
+    hosts: &Hosts,
+    records: &Records,
+    base: &Installation<'_>,
+    old: &Release,
+    say: &(dyn Fn(&str) + Sync),
+) {
+    let spec = serde_json::from_str::<Deploy>(&old.spec).ok();
+    let port = spec.as_ref().map(|s| format!("{}/tcp", s.port)).unwrap_or_default();
+    let mut endpoints = Vec::new();
+    let mut running = Vec::new();
+    let scoped = engine::scoped(base.instance, old.id);
+    for (_, host) in hosts.reachable().await {
+        let wanted = [(INSTANCE, base.instance), (RELEASE, scoped.as_str())];
+        for c in containers_with(&host, &wanted).await.unwrap_or_default() {
+            if c.state.as_ref().map(|s| s.to_string()).as_deref() != Some("running") {
+                continue;
+            }
+            running.extend(c.names.unwrap_or_default().into_iter().map(|n| n.trim_start_matches('/').to_owned()));
+            if let Some(id) = c.id {
+                endpoints.extend(endpoint_of(&host, &id, &port, base.publish_ip).await.ok());
+            }
+        }
+    }
+    if let Some(spec) = &spec {
+        let r = Rollout {
+            release: NewRelease {
+                project_id: old.project_id,
+                repo_id: old.repo_id,
+                run_id: old.run_id,
+                environment: &old.environment,
+                version: &old.version,
+                commit: &old.commit,
+                branch: old.branch.as_deref(),
+                image: &old.image,
+                digest: old.digest.as_deref(),
+                trigger: &old.trigger,
+                rollback_of: old.rollback_of,
+            },
+            spec,
+            instance: base.instance,
+            publish_ip: base.publish_ip,
+            extra_labels: base.extra_labels,
+        };
+        for index in 0..spec.replicas as usize {
+            if running.contains(&replica_name(&r, old.id, index)) {
+                continue;
+            }
+            let started = match start_replica(docker, &r, old.id, index).await {
+                Ok(replica) => match wait_healthy(docker, &r, &replica, say).await {
+                    Ok(()) => Ok(replica.endpoint),
+                    Err(e) => {
+                        remove_container(docker, &replica.container).await;
+                        Err(e)
+                    }
+                },
+                Err(e) => Err(e),
+            };
+            match started {
+                Ok(endpoint) => endpoints.push(endpoint),
+                Err(e) => say(&format!("release {}: replica {} not restarted: {e}", old.id, index + 1)),
+            }
+        }
+    }
+    if endpoints.is_empty() && running.is_empty() {
+        let _ = records.release_retired(old.id);
+        say(&format!("release {} no longer runs and is retired", old.id));
+    } else if endpoints != old.endpoints {
+        let _ = records.release_endpoints(old.id, &endpoints);
+        say(&format!("release {} runs again on {}", old.id, endpoints.join(", ")));
     }
 }
 
@@ -181,12 +266,16 @@ struct Replica {
     endpoint: String,
 }
 
-async fn start_replica(docker: &Docker, r: &Rollout<'_>, release: i64, index: usize) -> Result<Replica, String> {
-    let port = format!("{}/tcp", r.spec.port);
-    let name = format!(
+fn replica_name(r: &Rollout<'_>, release: i64, index: usize) -> String {
+    format!(
         "ll-{}-{}-{}-{}-r{release}-{index}",
         r.instance, r.release.project_id, r.spec.service, r.release.environment
-    );
+    )
+}
+
+async fn start_replica(docker: &Docker, r: &Rollout<'_>, release: i64, index: usize) -> Result<Replica, String> {
+    let port = format!("{}/tcp", r.spec.port);
+    let name = replica_name(r, release, index);
     let mut env: Vec<String> = r.spec.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
     env.push(format!("LEANLOOP_RELEASE={}", r.release.version));
     env.push(format!("LEANLOOP_ENVIRONMENT={}", r.release.environment));
@@ -214,17 +303,23 @@ async fn start_replica(docker: &Docker, r: &Rollout<'_>, release: i64, index: us
         .start_container(&id, None::<bollard::query_parameters::StartContainerOptions>)
         .await
         .map_err(|e| format!("starting {name}: {e}"))?;
+    let endpoint = endpoint_of(docker, &id, &port, r.publish_ip).await.map_err(|e| format!("{name}: {e}"))?;
+    Ok(Replica { container: id, endpoint })
+}
+
+/// `ip:port` where a replica's `port` (`8080/tcp`) is published.
+async fn endpoint_of(docker: &Docker, container: &str, port: &str, publish_ip: &str) -> Result<String, String> {
     let inspect = docker
-        .inspect_container(&id, None::<bollard::query_parameters::InspectContainerOptions>)
+        .inspect_container(container, None::<bollard::query_parameters::InspectContainerOptions>)
         .await
         .map_err(|e| e.to_string())?;
     let host_port = inspect
         .network_settings
         .and_then(|n| n.ports)
-        .and_then(|p| p.get(&port).cloned().flatten())
+        .and_then(|p| p.get(port).cloned().flatten())
         .and_then(|b| b.into_iter().find_map(|b| b.host_port.filter(|p| !p.is_empty())))
-        .ok_or_else(|| format!("{name}: the engine published no host port for {port}"))?;
-    Ok(Replica { container: id, endpoint: format!("{}:{host_port}", r.publish_ip) })
+        .ok_or_else(|| format!("the engine published no host port for {port}"))?;
+    Ok(format!("{publish_ip}:{host_port}"))
 }
 
 /// Polls the health path until it answers 2xx, the replica exits, or the

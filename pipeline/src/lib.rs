@@ -158,18 +158,16 @@ impl Pipeline {
         });
         let interrupted = pipeline.records.interrupted_runs()?;
         for run in &interrupted {
-            pipeline.records.finish_run(*run, Status::Error, Some("the server stopped during this run"))?;
+            // Ends the steps it cut short too.
+            pipeline.records.fail_run(*run, "the server stopped during this run")?;
         }
-        if !interrupted.is_empty() {
-            let hosts = pipeline.hosts.clone();
-            let instance = pipeline.instance.clone();
-            pipeline.tasks.spawn(async move {
-                for (_, docker) in hosts.reachable().await {
-                    for run in &interrupted {
-                        engine::remove_labelled(&docker, engine::RUN, &engine::scoped(&instance, *run), true).await;
-                    }
-                }
-            });
+        let deploys = pipeline.records.interrupted_releases()?;
+        for release in &deploys {
+            pipeline.records.release_failed(release.id, "the server stopped during this deploy")?;
+        }
+        if !interrupted.is_empty() || !deploys.is_empty() {
+            let me = pipeline.clone();
+            pipeline.tasks.spawn(async move { me.clean_up_after_a_stop(interrupted, deploys).await });
         }
         let poller = pipeline.clone();
         pipeline.tasks.spawn(async move { poller.poll_loop().await });
@@ -178,6 +176,36 @@ impl Pipeline {
 
     pub fn config(&self) -> &PipelineConfig {
         &self.config
+    }
+
+    /// Removes the containers of runs and the replicas of deploys a previous
+    /// process left unfinished, and gives each live release the replicas
+    /// such a deploy had stopped ([`deploy::restore`]).
+    async fn clean_up_after_a_stop(&self, runs: Vec<i64>, deploys: Vec<Release>) {
+        let reachable = self.hosts.reachable().await;
+        for (_, docker) in &reachable {
+            for run in &runs {
+                engine::remove_labelled(docker, engine::RUN, &engine::scoped(&self.instance, *run), true).await;
+            }
+            for release in &deploys {
+                let scoped = engine::scoped(&self.instance, release.id);
+                engine::remove_labelled(docker, deploy::RELEASE, &scoped, false).await;
+            }
+        }
+        let Some((_, docker)) = reachable.into_iter().next() else { return };
+        let labels: engine::Labels = self.config.labels.clone().into_iter().collect();
+        let here = deploy::Installation {
+            instance: &self.instance,
+            publish_ip: &self.config.publish_ip,
+            extra_labels: &labels,
+        };
+        for release in &deploys {
+            let live = self.records.live_release(release.project_id, &release.service, &release.environment);
+            if let Ok(Some(live)) = live {
+                let say = |line: &str| tracing::info!(service = %live.service, "{line}");
+                deploy::restore(&docker, &self.hosts, &self.records, &here, &live, &say).await;
+            }
+        }
     }
 
     /// Cancels every run and waits (up to `limit`) for their cleanup.
@@ -656,29 +684,39 @@ impl Pipeline {
             .map_err(|e| PipelineError::Conflict(format!("release {} cannot be redeployed: {e}", previous.id)))?;
         let (_, docker) = self.hosts.reachable().await.into_iter().next().ok_or(PipelineError::NoHost)?;
         let labels: engine::Labels = self.config.labels.clone().into_iter().collect();
-        let rollout = deploy::Rollout {
-            release: records::NewRelease {
-                project_id,
-                repo_id: previous.repo_id,
-                run_id: None,
-                environment,
-                version: &previous.version,
-                commit: &previous.commit,
-                branch: previous.branch.as_deref(),
-                image: &previous.image,
-                digest: previous.digest.as_deref(),
-                trigger: "rollback",
-                rollback_of: current.map(|c| c.id),
-            },
-            spec: &spec,
-            instance: &self.instance,
-            publish_ip: &self.config.publish_ip,
-            extra_labels: &labels,
-        };
-        let say = |line: &str| tracing::info!(service, environment, "{line}");
-        deploy::roll_out(&docker, &self.hosts, &self.records, rollout, &say, &self.shutdown)
-            .await
-            .map_err(PipelineError::Conflict)
+        let (hosts, records, stop) = (self.hosts.clone(), self.records.clone(), self.shutdown.clone());
+        let (instance, publish_ip) = (self.instance.clone(), self.config.publish_ip.clone());
+        let (service, environment) = (service.to_owned(), environment.to_owned());
+        // A task of its own: a caller that goes away (a client timeout, the
+        // request deadline) must not cut the deploy short and leave it
+        // `deploying` with its replicas running.
+        let deploying = self.tasks.spawn(async move {
+            let rollout = deploy::Rollout {
+                release: records::NewRelease {
+                    project_id,
+                    repo_id: previous.repo_id,
+                    run_id: None,
+                    environment: &environment,
+                    version: &previous.version,
+                    commit: &previous.commit,
+                    branch: previous.branch.as_deref(),
+                    image: &previous.image,
+                    digest: previous.digest.as_deref(),
+                    trigger: "rollback",
+                    rollback_of: current.map(|c| c.id),
+                },
+                spec: &spec,
+                instance: &instance,
+                publish_ip: &publish_ip,
+                extra_labels: &labels,
+            };
+            let say = |line: &str| tracing::info!(service, environment, "{line}");
+            deploy::roll_out(&docker, &hosts, &records, rollout, &say, &stop).await
+        });
+        match deploying.await {
+            Ok(done) => done.map_err(PipelineError::Conflict),
+            Err(e) => Err(PipelineError::Conflict(format!("the rollback stopped: {e}"))),
+        }
     }
 
     /// Stops and removes every replica of a service in an environment (a
@@ -796,5 +834,59 @@ impl Drop for Registering<'_> {
             }
             self.mirror.remove();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::records::{NewRelease, ReleaseStatus};
+
+    #[tokio::test]
+    async fn opening_ends_the_runs_steps_and_deploys_a_previous_process_left_unfinished() {
+        let dir = tempfile::tempdir().unwrap();
+        let records = Records::open(&dir.path().join("pipeline.sqlite3")).unwrap();
+        let repo = records.create_repo(1, "app", "/nowhere", None, None).unwrap();
+        let new = NewRun {
+            repo_id: repo.id,
+            event: Event::Push,
+            commit: "abc1234",
+            branch: Some("main"),
+            tag: None,
+            message: "",
+            restart_of: None,
+            restart_from: None,
+        };
+        let run = records.create_run(&new, Some("production"), &[("deploy".to_owned(), "deploy")]).unwrap();
+        records.start_run(run, "local").unwrap();
+        records.start_step(run, "deploy").unwrap();
+        let file =
+            spec::Pipeline::parse("steps:\n  - name: deploy\n    deploy: { service: web, port: 8080 }\n").unwrap();
+        let spec::Action::Deploy(deploy) = &file.steps[0].action else { panic!("a deploy step") };
+        let release = NewRelease {
+            project_id: 1,
+            repo_id: Some(repo.id),
+            run_id: Some(run),
+            environment: "production",
+            version: "abc1234",
+            commit: "abc1234",
+            branch: Some("main"),
+            image: "local/project-1/web:abc1234",
+            digest: None,
+            trigger: "push",
+            rollback_of: None,
+        };
+        let release = records.create_release(&release, deploy).unwrap();
+        drop(records);
+
+        // No engine answers here: the records are mended all the same.
+        let hosts = vec![HostSpec { url: "tcp://127.0.0.1:1".into(), capacity: 1 }];
+        let pipeline = Pipeline::open(dir.path(), PipelineConfig { hosts, ..PipelineConfig::default() }).unwrap();
+        let ended = pipeline.records.run(run).unwrap();
+        assert_eq!(ended.status, Status::Error);
+        assert_eq!(ended.steps[0].status, Status::Error, "a step cut short ends with its run");
+        let failed = pipeline.records.release(1, release).unwrap();
+        assert_eq!(failed.status, ReleaseStatus::Failed, "a deploy cut short does not stay `deploying`");
+        pipeline.stop(Duration::from_secs(5)).await;
     }
 }

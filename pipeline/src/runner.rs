@@ -498,6 +498,11 @@ async fn deploy_step(ctx: &Context, step: &Step, stop: &CancellationToken) -> Ou
                 images::repository(plan.registry.as_deref(), plan.repo.project_id, &spec.service),
                 images::short_sha(&plan.sha)
             );
+            // Pulled first when this engine lacks it (another host built
+            // it, or it was removed), so its pushed digest is known.
+            if let Err(e) = engine::ensure_image(&ctx.lease.docker, &image).await {
+                return Outcome::of(Status::Failure, e);
+            }
             let digest = images::pushed_digest(&ctx.lease.docker, &image).await;
             (image, digest)
         }

@@ -189,6 +189,22 @@ impl Records {
         Ok(())
     }
 
+    /// Where a live release's replicas answer now, after some were restarted.
+    pub fn release_endpoints(&self, id: i64, endpoints: &[String]) -> Result<(), PipelineError> {
+        let endpoints = serde_json::to_string(endpoints).unwrap_or_else(|_| "[]".into());
+        self.with(|c| c.execute("UPDATE releases SET endpoints = ?2 WHERE id = ?1", params![id, endpoints]))?;
+        Ok(())
+    }
+
+    /// Releases a previous process left `deploying`.
+    pub fn interrupted_releases(&self) -> Result<Vec<Release>, PipelineError> {
+        self.with(|c| {
+            let mut stmt = c.prepare(&format!("SELECT {RELEASE_COLUMNS} FROM releases WHERE status = 'deploying'"))?;
+            let rows = stmt.query_map([], release_of)?;
+            rows.collect()
+        })
+    }
+
     pub fn release_retired(&self, id: i64) -> Result<(), PipelineError> {
         self.with(|c| c.execute("UPDATE releases SET status = 'retired' WHERE id = ?1", params![id]))?;
         Ok(())

@@ -49,6 +49,23 @@ impl ClickHouseOptions {
     }
 }
 
+/// `text` with its password (in the user info or as `password=`) shown as
+/// `***`, for banners and errors; text that is no URL is not shown at all.
+pub fn redacted(text: &str) -> String {
+    let Some(mut url) = url::Url::parse(text).ok().filter(|u| u.has_host()) else { return "(not a URL)".into() };
+    if url.password().is_some() {
+        let _ = url.set_password(Some("***"));
+    }
+    if url.query_pairs().any(|(k, _)| k == "password") {
+        let pairs: Vec<(String, String)> = url
+            .query_pairs()
+            .map(|(k, v)| (k.to_string(), if k == "password" { "***".to_owned() } else { v.to_string() }))
+            .collect();
+        url.query_pairs_mut().clear().extend_pairs(pairs);
+    }
+    url.to_string()
+}
+
 /// Whether `name` can stand in DDL unquoted (databases, clusters): names
 /// spliced into statements are checked with this first.
 pub fn is_identifier(name: &str) -> bool {
@@ -68,7 +85,7 @@ struct Endpoint {
 
 impl Endpoint {
     fn parse(text: &str) -> Result<Endpoint, StoreError> {
-        let bad = |why: &str| StoreError::Config(format!("clickhouse url `{text}`: {why}"));
+        let bad = |why: &str| StoreError::Config(format!("clickhouse url `{}`: {why}", redacted(text)));
         let url = url::Url::parse(text).map_err(|e| bad(&e.to_string()))?;
         match url.scheme() {
             "http" => {}
@@ -364,6 +381,15 @@ impl EventStore for ClickHouseStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn passwords_are_never_shown() {
+        assert_eq!(redacted("http://u:s3cret@ch:8123/?database=x"), "http://u:***@ch:8123/?database=x");
+        assert_eq!(redacted("http://ch:8123/?user=u&password=s3cret"), "http://ch:8123/?user=u&password=***");
+        assert_eq!(redacted("u:s3cret@ch"), "(not a URL)");
+        let err = Endpoint::parse("ftp://u:s3cret@ch/").unwrap_err().to_string();
+        assert!(!err.contains("s3cret"), "{err}");
+    }
 
     #[test]
     fn urls_name_their_database_and_bad_ones_are_explained() {

@@ -443,6 +443,13 @@ async fn invalid_files_are_reported_with_line_numbers_and_polling_finds_commits(
     let err: Value = typo.json().await.unwrap();
     assert!(err["error"]["message"].as_str().unwrap().contains("line 4"), "{err}");
     assert_eq!(lint("steps: []\n").await.unwrap().status(), 400);
+    // Nesting costs the parser time in the square of the depth: a file of
+    // brackets beyond the size cap is refused before it is parsed.
+    let brackets = format!("variables: {}{}\nsteps: []\n", "[".repeat(40_000), "]".repeat(40_000));
+    let deep = s.client.post(s.url("/api/v1/pipeline/lint")).body(brackets).send().await.unwrap();
+    assert_eq!(deep.status(), 400);
+    let err: Value = deep.json().await.unwrap();
+    assert!(err["error"]["message"].as_str().unwrap().contains("at most 65536"), "{err}");
 
     // A commit with an invalid file becomes a run in error, with the line.
     let repo = Repo::fixture();
@@ -654,7 +661,7 @@ async fn every_strategy_replaces_the_live_release() {
     let running = docker_objects(&[&case_label(case), "leanloop.service=strat-web"]);
     assert_eq!(running.len(), 2, "two replicas of the last release: {running:?}");
     // A `recreate` whose new replicas never get healthy has stopped the
-    // live release first: that one is retired, not left reading as live.
+    // live release first: that one gets its replicas back and stays live.
     repo.write(
         "leanloop.yml",
         "steps:\n  - name: image\n    build: { service: strat-web }\n  - name: deploy\n    deploy: { service: strat-web, port: 8080, health: /missing, health_timeout: 2, replicas: 2, strategy: recreate }\n",
@@ -664,11 +671,18 @@ async fn every_strategy_replaces_the_live_release() {
     let run = finished(&s, run["id"].as_i64().unwrap()).await;
     assert_eq!(run["status"], "failure", "{run}");
     let (_, last) = call(&s, Method::GET, &format!("/releases/{}", previous.unwrap()["id"]), None).await;
-    assert_eq!(last["status"], "retired", "{last}");
+    assert_eq!(last["status"], "live", "{last}");
+    assert_eq!(last["endpoints"].as_array().unwrap().len(), 2, "{last}");
+    for endpoint in last["endpoints"].as_array().unwrap() {
+        assert_eq!(fetch(endpoint.as_str().unwrap(), "/index.html").await.trim(), "version: rolling");
+    }
+    assert_eq!(docker_objects(&[&case_label(case), "leanloop.service=strat-web"]).len(), 2);
+    // With none live (the service torn down), a rollback starts the newest
+    // release that ran healthy again.
+    let (status, _) = call(&s, Method::DELETE, "/services/strat-web/environments/production", None).await;
+    assert_eq!(status, 200);
     let (_, list) = call(&s, Method::GET, "/releases?service=strat-web", None).await;
     assert!(list["releases"].as_array().unwrap().iter().all(|r| r["status"] != "live"), "{list}");
-    assert_eq!(docker_objects(&[&case_label(case), "leanloop.service=strat-web"]), Vec::<String>::new());
-    // With none live, a rollback starts the retired release again.
     let (status, back) = call(&s, Method::POST, "/services/strat-web/environments/production/rollback", None).await;
     assert_eq!(status, 201, "{back}");
     assert_eq!(
