@@ -64,6 +64,14 @@ fn serve_logging_to(dir: &std::path::Path, stderr: Stdio) -> (std::process::Chil
     (child, banner.join("\n"))
 }
 
+/// SIGTERM, then the exit status, which must come within 30 s.
+fn terminate(mut child: std::process::Child) -> std::process::ExitStatus {
+    assert!(Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap().success());
+    let (done, exited) = std::sync::mpsc::channel();
+    std::thread::spawn(move || done.send(child.wait()));
+    exited.recv_timeout(Duration::from_secs(30)).expect("serve stops after SIGTERM").unwrap()
+}
+
 /// The value printed after `label` on its banner line.
 fn banner_value(banner: &str, label: &str) -> String {
     banner.split(label).nth(1).unwrap().lines().next().unwrap().trim().to_owned()
@@ -72,7 +80,7 @@ fn banner_value(banner: &str, label: &str) -> String {
 #[test]
 fn serve_prints_where_to_send_and_stops_cleanly() {
     let dir = tempfile::tempdir().unwrap();
-    let (mut child, text) = serve(dir.path());
+    let (child, text) = serve(dir.path());
     let base = banner_value(&text, "listening on ");
     let write_key = banner_value(&text, "write key");
     let read_key = banner_value(&text, "read key");
@@ -89,11 +97,7 @@ fn serve_prints_where_to_send_and_stops_cleanly() {
     assert_eq!(r.status(), 200);
 
     // SIGTERM: finish, store the queue, exit 0.
-    let pid = child.id().to_string();
-    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
-    let (done, exited) = std::sync::mpsc::channel();
-    std::thread::spawn(move || done.send(child.wait()));
-    let status = exited.recv_timeout(Duration::from_secs(30)).expect("serve stops after SIGTERM").unwrap();
+    let status = terminate(child);
     assert!(status.success());
 
     // Restarted over the same directory: same project, the event is there.
@@ -136,7 +140,7 @@ fn migrate_prints_the_cluster_ddl_that_deploy_ships() {
 #[test]
 fn a_closed_stderr_stops_neither_ingest_nor_shutdown() {
     let dir = tempfile::tempdir().unwrap();
-    let (mut child, text) = serve_logging_to(dir.path(), Stdio::piped());
+    let (child, text) = serve_logging_to(dir.path(), Stdio::piped());
     let (base, write_key) = (banner_value(&text, "listening on "), banner_value(&text, "write key"));
     let client = reqwest::blocking::Client::new();
     for n in 0..20 {
@@ -151,10 +155,6 @@ fn a_closed_stderr_stops_neither_ingest_nor_shutdown() {
             .unwrap();
         assert_eq!(r.status(), 200);
     }
-    let pid = child.id().to_string();
-    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
-    let (done, exited) = std::sync::mpsc::channel();
-    std::thread::spawn(move || done.send(child.wait()));
-    let status = exited.recv_timeout(Duration::from_secs(30)).expect("serve stops after SIGTERM").unwrap();
+    let status = terminate(child);
     assert!(status.success(), "{status}");
 }

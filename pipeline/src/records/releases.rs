@@ -269,17 +269,7 @@ impl Records {
         service: &str,
         environment: &str,
     ) -> Result<Option<Release>, PipelineError> {
-        self.with(|c| {
-            c.query_row(
-                &format!(
-                    "SELECT {RELEASE_COLUMNS} FROM releases WHERE project_id = ?1 AND service = ?2 AND environment = ?3
-                       AND status = 'live' ORDER BY id DESC LIMIT 1"
-                ),
-                params![project_id, service, environment],
-                release_of,
-            )
-            .optional()
-        })
+        self.newest(project_id, service, environment, "'live'")
     }
 
     /// The newest release that was healthy and no longer runs (replaced, or
@@ -290,11 +280,23 @@ impl Records {
         service: &str,
         environment: &str,
     ) -> Result<Option<Release>, PipelineError> {
+        self.newest(project_id, service, environment, "'superseded', 'rolled_back', 'retired'")
+    }
+
+    /// The newest release of a service in an environment with one of
+    /// `statuses` (a list of SQL literals, never user input).
+    fn newest(
+        &self,
+        project_id: i64,
+        service: &str,
+        environment: &str,
+        statuses: &str,
+    ) -> Result<Option<Release>, PipelineError> {
         self.with(|c| {
             c.query_row(
                 &format!(
                     "SELECT {RELEASE_COLUMNS} FROM releases WHERE project_id = ?1 AND service = ?2 AND environment = ?3
-                       AND status IN ('superseded', 'rolled_back', 'retired') ORDER BY id DESC LIMIT 1"
+                       AND status IN ({statuses}) ORDER BY id DESC LIMIT 1"
                 ),
                 params![project_id, service, environment],
                 release_of,
