@@ -155,7 +155,9 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Serve(serving) => serve(serving.overrides(), Role::Server).await,
         Command::Collector(serving) => serve(serving.overrides(), Role::Collector).await,
         Command::Migrate { cluster, clickhouse_url, database, apply } => {
-            migrate_cluster(&cluster, clickhouse_url.as_deref(), &database, apply).await
+            // An empty variable is no URL, as for `serve`.
+            let url = clickhouse_url.as_deref().filter(|u| !u.trim().is_empty());
+            migrate_cluster(&cluster, url, &database, apply).await
         }
         Command::Project { command } => project(command),
         Command::Lint { file } => lint(&file),

@@ -9,7 +9,9 @@
 //! CPU per single event (README, "Benchmarks").
 
 use axum::extract::Request;
-use axum::http::header::{ALLOW, CONNECTION, CONTENT_TYPE, RETRY_AFTER};
+use axum::http::header::{
+    ACCESS_CONTROL_ALLOW_ORIGIN, ACCESS_CONTROL_EXPOSE_HEADERS, ALLOW, CONNECTION, CONTENT_TYPE, ORIGIN, RETRY_AFTER,
+};
 use axum::http::{HeaderValue, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use futures::future::BoxFuture;
@@ -61,6 +63,7 @@ where
     fn call(&mut self, request: Request) -> Self::Future {
         // Kept for the messages of refusals.
         let (method, uri) = (request.method().clone(), request.uri().clone());
+        let origin = request.headers().get(ORIGIN).cloned();
         let handled = self.inner.call(request);
         let timeout = self.timeout;
         Box::pin(async move {
@@ -72,15 +75,17 @@ where
                     _ => response,
                 }
             };
-            Ok(tokio::time::timeout(timeout, answered).await.unwrap_or_else(|_| late(timeout)))
+            Ok(tokio::time::timeout(timeout, answered).await.unwrap_or_else(|_| late(timeout, origin)))
         })
     }
 }
 
 /// Past the deadline (a slow body or a long query): 503 with
-/// `Retry-After` and a message saying so.
-fn late(timeout: Duration) -> Response {
-    closing(
+/// `Retry-After` and a message saying so. The route's own CORS headers
+/// never came, so a browser's request gets them here, as ingest gives them
+/// (the SDK backs off by `Retry-After`).
+fn late(timeout: Duration, origin: Option<HeaderValue>) -> Response {
+    let mut response = closing(
         ApiError::from_class(
             ErrorClass::Unavailable { retry_after_secs: RETRY_AFTER_SECS },
             format!(
@@ -90,7 +95,12 @@ fn late(timeout: Duration) -> Response {
             ),
         )
         .into_response(),
-    )
+    );
+    if let Some(origin) = origin {
+        response.headers_mut().insert(ACCESS_CONTROL_ALLOW_ORIGIN, origin);
+        response.headers_mut().insert(ACCESS_CONTROL_EXPOSE_HEADERS, HeaderValue::from_static("retry-after"));
+    }
+    response
 }
 
 /// Marks `response` as the connection's last. A request refused before its

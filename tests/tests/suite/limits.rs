@@ -302,13 +302,16 @@ async fn a_request_past_its_deadline_is_told_when_to_retry() {
     let s = TestServer::start_with(|c| c.request_timeout = std::time::Duration::from_secs(1)).await;
     // A body announced at 100 bytes that never comes.
     let head = format!(
-        "POST /v1/track HTTP/1.1\r\nhost: x\r\nauthorization: Basic {}\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n",
+        "POST /v1/track HTTP/1.1\r\nhost: x\r\norigin: https://shop.example\r\nauthorization: Basic {}\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n",
         base64::engine::general_purpose::STANDARD.encode(format!("{}:", s.project.write_key))
     );
     let answer = raw_exchange(&s, &head, &[b"{\"userId\":".to_vec()]).await.to_ascii_lowercase();
     assert!(answer.starts_with("http/1.1 503"), "{answer}");
     assert!(answer.contains("retry-after: 5"), "{answer}");
     assert!(answer.contains("request_timeout_secs"), "{answer}");
+    // A browser may read it: the SDK backs off by Retry-After.
+    assert!(answer.contains("access-control-allow-origin: https://shop.example"), "{answer}");
+    assert!(answer.contains("access-control-expose-headers: retry-after"), "{answer}");
 
     // Headers that never end: the connection is closed, not held open.
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
