@@ -64,6 +64,9 @@ async fn health_readiness_and_metrics() {
     s.post("/v1/batch", &batch(3, "m")).await;
     s.post("/v1/track", &json!({"userId": "u"})).await;
     s.client.post(s.url("/v1/track")).json(&json!({})).send().await.unwrap();
+    let event = json!({"userId": "u", "event": "x"});
+    let secret = s.client.post(s.url("/v1/track")).basic_auth(&s.project.deploy_key, Some("")).json(&event);
+    assert_eq!(secret.send().await.unwrap().status(), 401);
     s.settle().await;
     let text = eventually("metrics to show the write", || async {
         let text = s.client.get(s.url("/metrics")).send().await.unwrap().text().await.unwrap();
@@ -74,6 +77,8 @@ async fn health_readiness_and_metrics() {
         "leanloop_ingest_events_accepted_total{source=\"segment\"}",
         "leanloop_ingest_requests_rejected_total{reason=\"bad_field\"}",
         "leanloop_ingest_requests_rejected_total{reason=\"missing_key\"}",
+        // A read or deploy key used for ingest.
+        "leanloop_ingest_requests_rejected_total{reason=\"secret_key\"}",
         "leanloop_log_backlog_bytes",
         "leanloop_log_fsync_seconds",
         "leanloop_store_events_written_total",
