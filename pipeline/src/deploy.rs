@@ -161,10 +161,16 @@ pub async fn restore(
             }
         }
     }
+    let unchanged = {
+        let (mut now, mut before) = (endpoints.clone(), old.endpoints.clone());
+        now.sort();
+        before.sort();
+        now == before
+    };
     if endpoints.is_empty() && running.is_empty() {
         let _ = records.release_retired(old.id);
         say(&format!("release {} no longer runs and is retired", old.id));
-    } else if endpoints != old.endpoints {
+    } else if !unchanged {
         let _ = records.release_endpoints(old.id, &endpoints);
         say(&format!("release {} runs again on {}", old.id, endpoints.join(", ")));
     }
