@@ -857,7 +857,8 @@ mod tests {
             restart_of: None,
             restart_from: None,
         };
-        let run = records.create_run(&new, Some("production"), &[("deploy".to_owned(), "deploy")]).unwrap();
+        let steps = [("deploy".to_owned(), "deploy"), ("notify".to_owned(), "commands")];
+        let run = records.create_run(&new, Some("production"), &steps).unwrap();
         records.start_run(run, "local").unwrap();
         records.start_step(run, "deploy").unwrap();
         let file =
@@ -885,6 +886,7 @@ mod tests {
         let ended = pipeline.records.run(run).unwrap();
         assert_eq!(ended.status, Status::Error);
         assert_eq!(ended.steps[0].status, Status::Error, "a step cut short ends with its run");
+        assert_eq!(ended.steps[1].status, Status::Skipped, "a step never reached is skipped");
         let failed = pipeline.records.release(1, release).unwrap();
         assert_eq!(failed.status, ReleaseStatus::Failed, "a deploy cut short does not stay `deploying`");
         pipeline.stop(Duration::from_secs(5)).await;

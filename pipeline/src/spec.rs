@@ -41,9 +41,9 @@ use std::time::Duration;
 pub const FILE_NAME: &str = "leanloop.yml";
 const MAX_STEPS: usize = 100;
 /// The YAML parser's cost per token grows with the nesting depth, so a
-/// file of brackets costs time in the square of its size: 64 KB (many
+/// file of brackets costs time in the square of its size: 32 KB (many
 /// times any real pipeline) bounds it to about a second.
-pub const MAX_FILE_BYTES: usize = 64 * 1024;
+pub const MAX_FILE_BYTES: usize = 32 * 1024;
 const DEFAULT_STEP_TIMEOUT: Duration = Duration::from_secs(3600);
 const DEFAULT_RUN_TIMEOUT: Duration = Duration::from_secs(2 * 3600);
 
@@ -370,13 +370,33 @@ impl When {
 /// YAML's value model, which rewrites unquoted scalars (`1.10` becomes
 /// `1.1`, `True` becomes `true`) in the whole file.
 fn read_file(text: &str) -> Result<RawFile, PipelineError> {
-    serde_norway::from_str(text).map_err(|e| {
-        let mut message = strip_location(&e.to_string());
-        if message.contains("unknown field `<<`") {
-            message.push_str("; merge keys are not supported: give a whole value by alias instead (`env: *common`)");
-        }
-        PipelineError::InvalidFile { line: e.location().map(|l| l.line()), message }
+    if let Some(line) = merge_key_line(text) {
+        return Err(PipelineError::InvalidFile {
+            line: Some(line),
+            message: "merge keys (`<<`) are not supported: give a whole value by alias instead (`env: *common`)".into(),
+        });
+    }
+    serde_norway::from_str(text).map_err(|e| PipelineError::InvalidFile {
+        line: e.location().map(|l| l.line()),
+        message: strip_location(&e.to_string()),
     })
+}
+
+/// The 1-based line of the first merge key: `<<:` as a block key (after
+/// indentation or list dashes) or in a flow mapping (after `{` or `,`).
+/// Found before the typed read, since in a string map (`env:`) a merge
+/// key is an ordinary key whose error would name the anchor's line.
+fn merge_key_line(text: &str) -> Option<usize> {
+    text.lines()
+        .position(|line| {
+            line.match_indices("<<").any(|(at, _)| {
+                let before = line[..at].trim_end();
+                let keyed = line[at + 2..].trim_start().starts_with(':');
+                let block = before.chars().all(|c| c == '-' || c.is_whitespace());
+                keyed && (block || before.ends_with('{') || before.ends_with(','))
+            })
+        })
+        .map(|i| i + 1)
 }
 
 impl Pipeline {
@@ -770,12 +790,19 @@ steps:
 ";
         let p = Pipeline::parse(text).unwrap();
         assert_eq!(p.steps[0].env.get("VERSION").map(String::as_str), Some("1.10"), "scalars as written");
-        let merged = text.replace("    env: *env\n", "    <<: { env: *env }\n");
-        let Err(PipelineError::InvalidFile { line, message }) = Pipeline::parse(&merged) else {
-            panic!("a merge key is refused")
-        };
-        assert_eq!(line, Some(7), "{message}");
-        assert!(message.contains("merge keys are not supported"), "{message}");
+        for (merged, at) in [
+            (text.replace("    env: *env\n", "    <<: { env: *env }\n"), 7),
+            (text.replace("    env: *env\n", "    env:\n      <<: *env\n      B: 2\n"), 8),
+            (text.replace("    env: *env\n", "    env: { B: 2, <<: *env }\n"), 7),
+        ] {
+            let Err(PipelineError::InvalidFile { line, message }) = Pipeline::parse(&merged) else {
+                panic!("a merge key is refused: {merged}")
+            };
+            assert_eq!(line, Some(at), "{message}");
+            assert!(message.contains("merge keys (`<<`) are not supported"), "{message}");
+        }
+        let heredoc = text.replace("[sh test.sh, 'true']", "['cat <<EOF', 'true']");
+        assert!(Pipeline::parse(&heredoc).is_ok(), "a here-document in a command is no merge key");
     }
 
     #[test]

@@ -225,6 +225,8 @@ impl Records {
                 "UPDATE steps SET status = 'error', finished_at = ?2 WHERE run_id = ?1 AND status = 'running'",
                 params![run_id, now],
             )?;
+            // Steps it never reached are skipped, as after a step in error.
+            c.execute("UPDATE steps SET status = 'skipped' WHERE run_id = ?1 AND status = 'pending'", params![run_id])?;
             c.execute(
                 "UPDATE runs SET status = 'error', error = ?2, finished_at = ?3 WHERE id = ?1",
                 params![run_id, error, now],

@@ -449,7 +449,7 @@ async fn invalid_files_are_reported_with_line_numbers_and_polling_finds_commits(
     let deep = s.client.post(s.url("/api/v1/pipeline/lint")).body(brackets).send().await.unwrap();
     assert_eq!(deep.status(), 400);
     let err: Value = deep.json().await.unwrap();
-    assert!(err["error"]["message"].as_str().unwrap().contains("at most 65536"), "{err}");
+    assert!(err["error"]["message"].as_str().unwrap().contains("at most 32768"), "{err}");
 
     // A commit with an invalid file becomes a run in error, with the line.
     let repo = Repo::fixture();
