@@ -113,6 +113,11 @@ pub async fn restore(
         let wanted = [(INSTANCE, base.instance), (RELEASE, scoped.as_str())];
         for c in containers_with(&host, &wanted).await.unwrap_or_default() {
             if c.state.as_ref().map(|s| s.to_string()).as_deref() != Some("running") {
+                // A replica that stopped or keeps crashing holds its name:
+                // it goes, and is started afresh below.
+                if let Some(id) = &c.id {
+                    remove_container(&host, id).await;
+                }
                 continue;
             }
             running.extend(c.names.unwrap_or_default().into_iter().map(|n| n.trim_start_matches('/').to_owned()));

@@ -667,8 +667,8 @@ impl Pipeline {
 
     /// Deploys the previous healthy release of a service again, as a new
     /// release marked as a rollback of the current one. With no live release
-    /// (a failed `recreate` stopped it), the newest release that ran healthy
-    /// is deployed again.
+    /// (the service torn down, or none of its replicas could run again), the
+    /// newest release that ran healthy is deployed again.
     pub async fn rollback(&self, project_id: i64, service: &str, environment: &str) -> Result<Release, PipelineError> {
         let current = self.records.live_release(project_id, service, environment)?;
         let previous = match &current {
