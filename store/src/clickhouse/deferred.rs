@@ -68,11 +68,6 @@ impl Deferred {
         }
     }
 
-    /// Whether the store has opened.
-    pub fn is_open(&self) -> bool {
-        self.store.get().is_some()
-    }
-
     /// The open store, opening it first when due.
     fn ready(&self) -> Result<&ClickHouseStore, StoreError> {
         if let Some(store) = self.store.get() {
@@ -185,7 +180,7 @@ mod tests {
     fn an_unreachable_server_is_retried_no_sooner_than_due_and_a_bad_url_is_refused() {
         let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
         let store = Deferred::open(&ClickHouseOptions::new(format!("http://{closed}/?database=x"))).unwrap();
-        assert!(!store.is_open());
+        assert!(store.store.get().is_none(), "not opened");
         let first = store.count(&EventFilter::project(1)).unwrap_err();
         assert!(matches!(&first, StoreError::Unavailable(why) if why.contains("clickhouse")), "{first}");
         assert_eq!(store.dialect(), Dialect::ClickHouse);
