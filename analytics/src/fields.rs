@@ -92,6 +92,13 @@ pub enum Op {
     IsNotSet,
 }
 
+impl Op {
+    /// The name a query writes.
+    pub fn name(self) -> String {
+        serde_json::to_value(self).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default()
+    }
+}
+
 /// One condition: `{"field": "browser", "op": "eq", "value": "Chrome"}`.
 /// `eq`/`neq` take a string, number or boolean, or a list of them (any of);
 /// `gt`..`lte` a number; `is_set`/`is_not_set` no value. Negations (`neq`,
@@ -125,7 +132,7 @@ impl Filter {
                 Some(Value::String(s)) => Ok(s.clone()),
                 _ => Err(AnalyticsError::invalid(
                     &value_at,
-                    format!("`{value_at}` must be a string for `{:?}`", self.op),
+                    format!("`{value_at}` must be a string for `{}`", self.op.name()),
                 )),
             }
         };

@@ -99,8 +99,9 @@ pub struct ImpactQuery {
     /// Compare with this release's events instead of before/after.
     pub compare_to: Option<String>,
     pub series: Series,
-    /// Before/after: the length of each side (default 7 days). Release vs
-    /// release: both sides cover the range `date_from`..`date_to`.
+    /// Before/after: the length of each side (default 7 days), or the time
+    /// since the release when that is shorter. Release vs release: both
+    /// sides cover the range `date_from`..`date_to`.
     #[schemars(range(min = 60, max = 31_622_400))]
     pub window_seconds: Option<i64>,
     pub date_from: Option<String>,
@@ -191,9 +192,19 @@ pub fn impact(ask: &Ask, q: &ImpactQuery) -> Result<ImpactResult, AnalyticsError
                     "`window_seconds` must be from 60 to 31,622,400",
                 ));
             }
+            // Both sides as long as the release has been out, when that is
+            // shorter: an after window reaching into the future would set a
+            // day of a new release against a week of the old one.
+            let span = (len * 1000).min(ask.now_ms - at);
+            if span <= 0 {
+                return Err(AnalyticsError::invalid(
+                    "release_time",
+                    "the release time is in the future: nothing to compare yet",
+                ));
+            }
             let tz = chrono_tz::Tz::UTC;
-            let before = Window { from_ms: at - len * 1000, to_ms: at, tz };
-            let after = Window { from_ms: at, to_ms: at + len * 1000, tz };
+            let before = Window { from_ms: at - span, to_ms: at, tz };
+            let after = Window { from_ms: at, to_ms: at + span, tz };
             (side("before", &before, plan()?)?, side("after", &after, plan()?)?)
         }
     };

@@ -188,6 +188,11 @@ pub struct TrendResult {
 
 pub const MAX_SERIES: usize = 20;
 
+/// The most values one trend may answer (series × lines × buckets ×
+/// periods): each limit alone is sane, but all of them at once would build
+/// tens of millions of values, gigabytes in memory, for one request.
+pub const MAX_VALUES: usize = 500_000;
+
 /// A series made ready to run: its events and what it measures.
 pub(crate) struct Plan {
     event: Option<String>,
@@ -241,6 +246,17 @@ pub fn trend(ask: &Ask, q: &TrendQuery) -> Result<TrendResult, AnalyticsError> {
     let global = compile_all(ask, &q.filters, "filters")?;
     let breakdown = q.breakdown.as_deref().map(|b| Field::parse(b, "breakdown")).transpose()?;
     let limit = bounded(q.breakdown_limit, 10, 100, "breakdown_limit")?;
+    let lines = if breakdown.is_some() { limit + 1 } else { 1 };
+    let values = q.series.len() * lines * window.keys(q.interval)?.len() * if q.compare { 2 } else { 1 };
+    if values > MAX_VALUES {
+        return Err(AnalyticsError::invalid(
+            "interval",
+            format!(
+                "{values} values requested (series × breakdown lines × buckets × periods); at most {MAX_VALUES}: \
+                 use a longer interval, a shorter range, fewer series or a smaller breakdown_limit"
+            ),
+        ));
+    }
     let plans = q
         .series
         .iter()

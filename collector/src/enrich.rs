@@ -32,6 +32,8 @@ pub struct RequestFacts {
     pub client_ip: Option<IpAddr>,
     pub user_agent: Option<String>,
     pub country: Option<String>,
+    /// The send time from the query string (posthog-js's `_`), in epoch ms.
+    pub query_sent_at: Option<i64>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -66,7 +68,9 @@ impl Enricher {
         let page = page.as_deref();
         let path = i.path.or_else(|| page.and_then(|p| p.path.clone()));
         let tagged = page.map(|p| p.utm.clone()).unwrap_or_default();
-        let referrer_domain = i.referrer_domain.or_else(|| {
+        // A domain the client sent is written as the server would derive it
+        // (posthog-js sends the host as it is, `www.` and port included).
+        let referrer_domain = i.referrer_domain.as_deref().and_then(host_domain).or_else(|| {
             let referrer = i.referrer.as_deref()?;
             LAST_REFERRER.with_borrow_mut(|last| last.get(referrer, domain_of))
         });
@@ -133,6 +137,10 @@ impl Enricher {
     }
 
     fn agent(&self, ua: &str) -> Arc<Agent> {
+        // Real agents are a few hundred bytes; what follows the first
+        // kilobyte names no browser, and cutting it bounds both the cache
+        // (entries × 1 KB) and the parse of a hostile 30 KB agent.
+        let ua = &ua[..ua.floor_char_boundary(MAX_AGENT_BYTES)];
         // The per-thread memo spares the shared cache's lock.
         LAST_AGENT.with_borrow_mut(|last| {
             last.get(ua, |ua| {
@@ -147,6 +155,9 @@ impl Enricher {
         })
     }
 }
+
+/// The longest prefix of a user agent that is parsed and cached.
+const MAX_AGENT_BYTES: usize = 1024;
 
 thread_local! {
     static LAST_AGENT: RefCell<Last<Arc<Agent>>> = const { RefCell::new(Last(None)) };
@@ -206,9 +217,23 @@ fn parse_agent(ua: &str) -> Agent {
     Agent {
         browser: known(r.name),
         browser_version: known(r.version),
-        os: known(r.os),
+        os: known(r.os).map(os_name),
         device_type: device_type.map(str::to_owned),
     }
+}
+
+/// An OS named as posthog-js names it (`$os`), so events from its SDK and
+/// those whose agent the server parsed fall into one bucket.
+fn os_name(parsed: String) -> String {
+    let named = match parsed.as_str() {
+        "iPhone" | "iPad" | "iPod" => "iOS",
+        "Mac OSX" => "Mac OS X",
+        "ChromeOS" => "Chrome OS",
+        "Windows Phone OS" => "Windows Phone",
+        windows if windows.starts_with("Windows") => "Windows",
+        _ => return parsed,
+    };
+    named.to_owned()
 }
 
 /// UTM tags from a page URL's query, in one pass over it.
@@ -267,6 +292,16 @@ fn domain_of(url: &str) -> Option<String> {
     Some(host.strip_prefix("www.").map(str::to_owned).unwrap_or(host))
 }
 
+/// A host as a client names it (`www.Example.com:8443`), or a URL, as
+/// [`domain_of`] writes it.
+fn host_domain(host: &str) -> Option<String> {
+    let host = host.trim();
+    match host.contains("://") {
+        true => domain_of(host),
+        false => domain_of(&format!("http://{host}")),
+    }
+}
+
 /// IPv4: the last octet zeroed; IPv6: everything past the /48 zeroed.
 pub fn anonymise(ip: IpAddr) -> IpAddr {
     match ip {
@@ -296,6 +331,7 @@ mod tests {
             client_ip: Some("203.0.113.77".parse().unwrap()),
             user_agent: None,
             country: Some("NZ".into()),
+            query_sent_at: None,
         }
     }
 
@@ -329,7 +365,7 @@ mod tests {
         assert_eq!(e.utm_campaign.as_deref(), Some("spring"));
         assert_eq!(e.referrer_domain.as_deref(), Some("google.com"));
         assert_eq!(e.browser.as_deref(), Some("Chrome"));
-        assert_eq!(e.os.as_deref(), Some("Windows 10"));
+        assert_eq!(e.os.as_deref(), Some("Windows"));
         assert_eq!(e.device_type.as_deref(), Some("desktop"));
         assert_eq!(e.ip.as_deref(), Some("203.0.113.0"));
         assert_eq!(e.country.as_deref(), Some("NZ"));
@@ -362,10 +398,40 @@ mod tests {
     }
 
     #[test]
+    fn a_referring_domain_sent_is_written_as_one_derived() {
+        let enricher = enricher();
+        let sent = [
+            ("www.Google.com", Some("google.com")),
+            ("news.example.org:8443", Some("news.example.org")),
+            ("https://www.b.io/x", Some("b.io")),
+            ("not a host", None),
+        ];
+        for (domain, stored) in sent {
+            let i = Incoming { referrer_domain: Some(domain.into()), ..incoming() };
+            let (e, _) = enricher.finish(i, &facts()).unwrap();
+            assert_eq!(e.referrer_domain.as_deref(), stored, "{domain}");
+        }
+    }
+
+    #[test]
+    fn long_agents_are_parsed_and_cached_by_their_first_kilobyte() {
+        let chrome = "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0.0.0 Safari/537.36";
+        let enricher = enricher();
+        for tail in ["é".repeat(20_000), "x".repeat(30_000)] {
+            let i = Incoming { user_agent: Some(format!("{chrome} {tail}")), ..incoming() };
+            let (e, _) = enricher.finish(i, &facts()).unwrap();
+            assert_eq!(e.browser.as_deref(), Some("Chrome"));
+        }
+        let cached: usize = lock(&enricher.agents).iter().map(|(ua, _)| ua.len()).sum();
+        assert!(cached <= 2 * MAX_AGENT_BYTES, "{cached} bytes cached");
+    }
+
+    #[test]
     fn mobile_and_tablet_agents() {
         let iphone = parse_agent("Mozilla/5.0 (iPhone; CPU iPhone OS 17_0 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/17.0 Mobile/15E148 Safari/604.1");
         assert_eq!(iphone.device_type.as_deref(), Some("mobile"));
         assert_eq!(iphone.browser.as_deref(), Some("Safari"));
+        assert_eq!(iphone.os.as_deref(), Some("iOS"));
         let ipad = parse_agent("Mozilla/5.0 (iPad; CPU OS 16_0 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/16.0 Mobile/15E148 Safari/604.1");
         assert_eq!(ipad.device_type.as_deref(), Some("tablet"));
         assert_eq!(parse_agent("analytics-python/2.3"), Agent::default());

@@ -21,6 +21,8 @@ pub enum IngestError {
     InflatedTooLarge { limit: usize },
     #[error("event is larger than {limit} bytes")]
     EventTooLarge { limit: usize },
+    #[error("the request's events take {size} bytes in the write-ahead log, which holds {limit}; send fewer at once")]
+    LogRecordTooLarge { size: u64, limit: u64 },
     #[error("batch has {count} events; at most {limit} are accepted per request")]
     BatchTooLarge { count: usize, limit: usize },
     #[error("ingest queue is full; retry after {retry_after_secs} s")]
@@ -49,6 +51,7 @@ impl IngestError {
             IngestError::BodyTooLarge { .. } | IngestError::InflatedTooLarge { .. } => "body_too_large",
             IngestError::EventTooLarge { .. } => "event_too_large",
             IngestError::BatchTooLarge { .. } => "batch_too_large",
+            IngestError::LogRecordTooLarge { .. } => "log_record_too_large",
             IngestError::QueueFull { .. } => "queue_full",
             IngestError::LogUnavailable(_) => "log_unavailable",
             IngestError::ShuttingDown => "shutting_down",
@@ -74,6 +77,7 @@ impl Classify for IngestError {
             }
             IngestError::EventTooLarge { .. } => ErrorClass::TooLarge { field: Some("event".into()) },
             IngestError::BatchTooLarge { .. } => ErrorClass::TooLarge { field: Some("batch".into()) },
+            IngestError::LogRecordTooLarge { .. } => ErrorClass::TooLarge { field: Some("body".into()) },
             IngestError::QueueFull { retry_after_secs } => {
                 ErrorClass::Unavailable { retry_after_secs: *retry_after_secs }
             }

@@ -3,10 +3,12 @@
 //! on start or on demand, and a team that switches by changing the host name
 //! should see them fall back to their defaults quietly, not log a failed
 //! request on every page. The key is checked as for capture, so a wrong key
-//! is still told so.
+//! is still told so. Server SDKs given a personal API key poll for flag
+//! definitions to evaluate locally (`GET /flags/definitions`, and the older
+//! `/api/feature_flag/local_evaluation`): they are answered with none.
 
 use crate::body::{read_limited, unpack, Packing};
-use crate::routes::{compression, header_key};
+use crate::routes::{compression, header_key, query_param};
 use crate::wire::{parse_body, Text};
 use crate::{Collector, IngestError};
 use axum::body::Body;
@@ -34,6 +36,17 @@ pub async fn answer(
 ) -> Response {
     match no_flags(&c, query, headers, body).await {
         Ok(answer) => answer.into_response(),
+        Err(err) => ApiError::from(err).into_response(),
+    }
+}
+
+/// The handler for the flag-definition paths. The project's key is the
+/// `token` query parameter; the Bearer token is the SDK's personal API key,
+/// which Leanloop has no use for.
+pub async fn definitions(State(c): State<Arc<Collector>>, RawQuery(query): RawQuery) -> Response {
+    let key = query_param(query.as_deref(), "token").filter(|k| !k.is_empty());
+    match key.ok_or(IngestError::MissingKey).and_then(|key| c.project_for(&key)) {
+        Ok(_) => Json(json!({ "flags": [], "group_type_mapping": {}, "cohorts": {} })).into_response(),
         Err(err) => ApiError::from(err).into_response(),
     }
 }

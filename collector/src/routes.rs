@@ -9,7 +9,7 @@ use axum::body::Body;
 use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{header, HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::post;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use base64::Engine;
 use leanloop_control::KeyKind;
@@ -88,6 +88,9 @@ pub fn router(collector: Arc<Collector>) -> Router {
         .route("/flags/", post(crate::flags::answer))
         .route("/decide", post(crate::flags::answer))
         .route("/decide/", post(crate::flags::answer))
+        .route("/flags/definitions", get(crate::flags::definitions))
+        .route("/api/feature_flag/local_evaluation", get(crate::flags::definitions))
+        .route("/api/feature_flag/local_evaluation/", get(crate::flags::definitions))
         .layer(cors())
         .merge(crate::sdk::router())
         .merge(crate::remote_config::router())
@@ -146,7 +149,7 @@ async fn ingest(
     let packing = Packing::detect(&headers, compression(query).as_deref())?;
     let limit = c.config.max_body_bytes;
     let raw = read_limited(&headers, body, limit).await?;
-    let facts = request_facts(&c, &headers, peer);
+    let facts = request_facts(&c, &headers, peer, query_sent_at(query));
 
     let offload_len = raw.len();
     let work = {
@@ -191,7 +194,9 @@ fn process(
     let text = wire::well_formed(text);
     let decoded: Decoded = match endpoint {
         Endpoint::Segment(call) => segment::decode(&text, call, limits.max_event_bytes, limits.max_batch_events)?,
-        Endpoint::PostHog => posthog::decode(&text, limits.max_event_bytes, limits.max_batch_events)?,
+        Endpoint::PostHog => {
+            posthog::decode(&text, facts.query_sent_at, limits.max_event_bytes, limits.max_batch_events)?
+        }
         Endpoint::Feedback => feedback::decode(&text, limits.max_event_bytes)?,
     };
     let key = header_key.or(decoded.key).ok_or(IngestError::MissingKey)?;
@@ -212,6 +217,9 @@ fn process(
                 events.push(event);
                 users.extend(update);
             }
+            // The key store failing is the server's fault, not the event's:
+            // the whole request fails, and clients retry it.
+            Err(err @ IngestError::Control(_)) => return Err(err),
             Err(err) => {
                 metrics::counter!("leanloop_ingest_events_rejected_total", "reason" => err.reason()).increment(1);
                 rejected.push((index, err));
@@ -287,8 +295,19 @@ fn answer(endpoint: Endpoint, accepted: usize, rejected: Vec<(usize, IngestError
 
 /// PostHog's `compression` query parameter.
 pub(crate) fn compression(query: Option<&str>) -> Option<String> {
+    query_param(query, "compression")
+}
+
+/// When posthog-js sent the request, in epoch ms: its `_` query parameter,
+/// which PostHog reads as `sent_at` when the body has none. Anything but an
+/// integer is a cache-buster and ignored.
+fn query_sent_at(query: Option<&str>) -> Option<i64> {
+    query_param(query, "_")?.trim().parse().ok()
+}
+
+pub(crate) fn query_param(query: Option<&str>, name: &str) -> Option<String> {
     let query = query?;
-    url::form_urlencoded::parse(query.as_bytes()).find(|(k, _)| k == "compression").map(|(_, v)| v.into_owned())
+    url::form_urlencoded::parse(query.as_bytes()).find(|(k, _)| k == name).map(|(_, v)| v.into_owned())
 }
 
 /// A write key sent as the HTTP Basic user name (Segment) or a Bearer token.
@@ -307,7 +326,7 @@ pub(crate) fn header_key(headers: &HeaderMap) -> Option<String> {
     (!key.is_empty()).then_some(key)
 }
 
-fn request_facts(c: &Collector, headers: &HeaderMap, peer: SocketAddr) -> RequestFacts {
+fn request_facts(c: &Collector, headers: &HeaderMap, peer: SocketAddr, query_sent_at: Option<i64>) -> RequestFacts {
     let forwarded = c
         .config
         .trust_forwarded_for
@@ -324,6 +343,7 @@ fn request_facts(c: &Collector, headers: &HeaderMap, peer: SocketAddr) -> Reques
         client_ip: Some(forwarded.unwrap_or(peer.ip())),
         user_agent: headers.get(header::USER_AGENT).and_then(|v| v.to_str().ok()).map(str::to_owned),
         country,
+        query_sent_at,
     }
 }
 

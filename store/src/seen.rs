@@ -115,11 +115,14 @@ impl SeenKeys {
     /// Records keys as stored. When they would take the filter past its
     /// capacity (its false-positive rate would climb), it first grows by a
     /// new filter or is rebuilt from the source, larger (see the module
-    /// docs).
+    /// docs). `unsettled`: keys sent in a write still open, which the
+    /// source cannot show yet; a rebuild keeps them, or their retries would
+    /// pass as new.
     pub fn record<'a>(
         &mut self,
         source: &dyn KeySource,
         stored: impl Iterator<Item = &'a Event>,
+        unsettled: &HashSet<Key>,
     ) -> Result<(), StoreError> {
         let keys: Vec<Key> = stored.map(key).collect();
         if self.recorded + keys.len() > self.capacity {
@@ -131,6 +134,11 @@ impl SeenKeys {
                 tracing::debug!(filters = self.blooms.len(), capacity = self.capacity, "dedup filter grown");
             } else {
                 *self = SeenKeys::load(source, min_capacity)?;
+                let newest = self.blooms.last_mut().expect("a filter from the start");
+                for k in unsettled {
+                    newest.insert(k);
+                }
+                self.recorded += unsettled.len();
             }
         }
         let newest = self.blooms.last_mut().expect("a filter from the start");
@@ -145,5 +153,50 @@ impl SeenKeys {
     #[cfg(test)]
     pub(crate) fn filters(&self) -> usize {
         self.blooms.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::cell::RefCell;
+
+    /// Keys a window's source shows: only those whose insert has ended.
+    #[derive(Default)]
+    struct Settled(RefCell<HashSet<Key>>);
+
+    impl KeySource for Settled {
+        fn stored_count(&self) -> Result<usize, StoreError> {
+            Ok(self.0.borrow().len())
+        }
+        fn each_stored(&self, f: &mut dyn FnMut(Key)) -> Result<(), StoreError> {
+            self.0.borrow().iter().for_each(|k| f(*k));
+            Ok(())
+        }
+        fn stored_among(&self, candidates: &[&Event]) -> Result<HashSet<Key>, StoreError> {
+            let settled = self.0.borrow();
+            Ok(candidates.iter().map(|e| key(e)).filter(|k| settled.contains(k)).collect())
+        }
+    }
+
+    fn event(n: u128) -> Event {
+        Event::new(uuid::Uuid::from_u128(n), 1, leanloop_core::EventKind::Track, "e", 1_700_000_000_000)
+    }
+
+    #[test]
+    fn a_rebuild_during_an_open_write_keeps_the_keys_it_sent() {
+        let source = Settled::default();
+        let mut seen = SeenKeys::load(&source, 4).unwrap();
+        let first: Vec<Event> = (0..3).map(event).collect();
+        let mut sent: HashSet<Key> = first.iter().map(key).collect();
+        seen.record(&source, first.iter(), &sent).unwrap();
+        // The write's next chunk takes the filter past its capacity: it is
+        // rebuilt from the table, which does not show the first chunk yet.
+        let second: Vec<Event> = (3..6).map(event).collect();
+        sent.extend(second.iter().map(key));
+        seen.record(&source, second.iter(), &sent).unwrap();
+        // The write ends; a later retry of the first chunk is found stored.
+        source.0.borrow_mut().extend(sent);
+        assert_eq!(seen.new_events(&source, &first, false).unwrap(), Vec::<usize>::new());
     }
 }

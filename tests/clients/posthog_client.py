@@ -4,6 +4,7 @@ and asks for feature flags (Leanloop answers that there are none).
 Usage: posthog_client.py HOST API_KEY
 Exits non-zero if the library reports any delivery error.
 """
+import logging
 import sys
 
 from posthog import Posthog
@@ -38,6 +39,24 @@ if decision.get("flags") != {} or decision.get("errorsWhileComputingFlags") is n
 ph = Posthog(api_key, host=host, enable_local_evaluation=False)
 if ph.get_feature_flag("beta", "ph-plain-user", send_feature_flag_events=False) is not None or ph.get_all_flags("ph-plain-user") != {}:
     errors.append("a flag came back where none exist")
+ph.shutdown()
+
+
+class LoggedErrors(logging.Handler):
+    """The SDK logs, rather than raises, a failed load of flag definitions."""
+
+    def emit(self, record):
+        if record.levelno >= logging.ERROR:
+            errors.append(record.getMessage())
+
+
+# With a personal API key the SDK loads flag definitions to evaluate
+# locally, and polls for them.
+logging.getLogger("posthog").addHandler(LoggedErrors())
+ph = Posthog(api_key, host=host, personal_api_key="phx_personal", on_error=on_error)
+ph.load_feature_flags()
+if ph.feature_flags != [] or ph.get_feature_flag("beta", "ph-plain-user", send_feature_flag_events=False) is not None:
+    errors.append(f"flag definitions came back where none exist: {ph.feature_flags}")
 ph.shutdown()
 
 finish()

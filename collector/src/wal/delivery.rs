@@ -66,6 +66,18 @@ struct Cursor {
     position: u64,
 }
 
+/// Why the log could not be read at a position.
+enum ReadFailure {
+    /// The system refused a file operation (no file descriptors left,
+    /// memory, an I/O error): tried again after a pause.
+    Io(String),
+    /// A record below the durable end is missing or damaged: the disk lied.
+    Damaged(String),
+}
+
+/// The pause before the log is read again after the system refused.
+const READ_RETRY: Duration = Duration::from_secs(1);
+
 impl Delivery {
     pub fn run(self) {
         let mut cursor: Option<Cursor> = None;
@@ -83,14 +95,27 @@ impl Delivery {
                 return;
             }
             self.acknowledge(end);
-            if let Some(e) = failure {
-                // Unreadable below the durable end: the disk lied. Stop
-                // delivering (the backlog grows, ingest turns 503) rather
-                // than skip acknowledged data.
-                tracing::error!(error = %e, position = end, "write-ahead log unreadable; delivery stopped");
-                self.shared.lock().failed = Some(format!("log unreadable at {end}: {e}"));
-                self.shared.changed.notify_all();
-                return;
+            match failure {
+                None => {}
+                Some(ReadFailure::Io(e)) => {
+                    // Running out of file descriptors under a burst of
+                    // connections passes: read again, from a fresh open.
+                    tracing::warn!(error = %e, position = end, retry_in_ms = READ_RETRY.as_millis() as u64, "could not read the write-ahead log");
+                    cursor = None;
+                    if self.shared.lock().abandon {
+                        return;
+                    }
+                    std::thread::sleep(READ_RETRY);
+                }
+                Some(ReadFailure::Damaged(e)) => {
+                    // Unreadable below the durable end: the disk lied. Stop
+                    // delivering (the backlog grows, ingest turns 503) rather
+                    // than skip acknowledged data.
+                    tracing::error!(error = %e, position = end, "write-ahead log damaged; delivery stopped");
+                    self.shared.lock().failed = Some(format!("log unreadable at {end}: {e}"));
+                    self.shared.changed.notify_all();
+                    return;
+                }
             }
         }
         tracing::debug!("log delivery stopped: everything stored");
@@ -116,19 +141,17 @@ impl Delivery {
 
     fn acknowledge(&self, position: u64) {
         let dir = self.shared.dir.clone();
-        let persisted = segments::write_acked(&dir, position);
-        if let Err(e) = &persisted {
-            // In memory the room is freed anyway; the next start replays more.
+        if let Err(e) = segments::write_acked(&dir, position) {
+            // A full disk refuses even this small file. The delivered
+            // segments are deleted all the same, or the disk would never
+            // empty: a start takes the first segment left as delivered up to
+            // its beginning, and the store's dedup absorbs what it replays.
             tracing::warn!(error = %e, "could not record the delivered log position");
         }
         let mut state = self.shared.lock();
         state.acked = position;
-        let finished: Vec<u64> = if persisted.is_ok() {
-            let starts: Vec<u64> = state.segments.iter().copied().collect();
-            starts.windows(2).filter(|w| w[1] <= position).map(|w| w[0]).collect()
-        } else {
-            Vec::new()
-        };
+        let starts: Vec<u64> = state.segments.iter().copied().collect();
+        let finished: Vec<u64> = starts.windows(2).filter(|w| w[1] <= position).map(|w| w[0]).collect();
         for start in &finished {
             state.segments.remove(start);
         }
@@ -152,27 +175,31 @@ impl Delivery {
         cursor: &mut Option<Cursor>,
         position: u64,
         end: u64,
-    ) -> Result<(record::Batch, u64), String> {
+    ) -> Result<(record::Batch, u64), ReadFailure> {
         let start = {
             let state = self.shared.lock();
-            *state.segments.range(..=position).next_back().ok_or("no segment holds this position")?
+            let start = state.segments.range(..=position).next_back();
+            *start.ok_or_else(|| ReadFailure::Damaged("no segment holds this position".into()))?
         };
         if cursor.as_ref().is_none_or(|c| c.start != start || c.position != position) {
             let path: PathBuf = segments::segment_path(&self.shared.dir, start);
-            let mut file = File::open(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-            file.seek(SeekFrom::Start(position - start)).map_err(|e| e.to_string())?;
+            let io = |e: std::io::Error| ReadFailure::Io(format!("{}: {e}", path.display()));
+            let mut file = File::open(&path).map_err(io)?;
+            file.seek(SeekFrom::Start(position - start)).map_err(io)?;
             *cursor = Some(Cursor { start, reader: BufReader::with_capacity(1 << 20, file.take(0)), position });
         }
         let c = cursor.as_mut().expect("cursor was just opened");
         let buffered = c.reader.buffer().len() as u64;
         c.reader.get_mut().set_limit(end - position - buffered);
-        match record::read_next(&mut c.reader, position).map_err(|e| e.to_string())? {
+        match record::read_next(&mut c.reader, position).map_err(|e| ReadFailure::Io(e.to_string()))? {
             Next::Record(payload, size) => {
                 c.position += size;
-                let batch = record::decode(&payload)?;
+                let batch = record::decode(&payload).map_err(ReadFailure::Damaged)?;
                 Ok((batch, size))
             }
-            Next::End | Next::Torn => Err("record below the durable end is missing or damaged".into()),
+            Next::End | Next::Torn => {
+                Err(ReadFailure::Damaged("record below the durable end is missing or damaged".into()))
+            }
         }
     }
 }
@@ -191,7 +218,7 @@ struct Records<'a> {
     /// records pause.
     last_read: Instant,
     /// Why reading stopped early, when the log could not be read.
-    failure: Option<String>,
+    failure: Option<ReadFailure>,
 }
 
 impl<'a> Records<'a> {

@@ -167,11 +167,13 @@ impl Wal {
             return Ok(());
         }
         let record = record::encode(events, users).map_err(|e| IngestError::LogUnavailable(e.to_string()))?;
-        // Recovery reads a longer record as damage: never write one.
-        if record.len() - record::HEADER_BYTES > record::MAX_PAYLOAD_BYTES {
-            return Err(IngestError::BodyTooLarge { limit: record::MAX_PAYLOAD_BYTES });
-        }
         let size = record.len() as u64;
+        // Recovery reads a longer record as damage: never write one. One
+        // larger than the log could never be taken: retrying cannot help.
+        let limit = self.max_bytes.min(record::MAX_PAYLOAD_BYTES as u64);
+        if record.len() - record::HEADER_BYTES > limit as usize {
+            return Err(IngestError::LogRecordTooLarge { size, limit });
+        }
         let (done, answer) = oneshot::channel();
         {
             let mut state = self.shared.lock();
@@ -281,7 +283,17 @@ fn recover(dir: &Path) -> std::io::Result<(File, u64, u64, u64, BTreeSet<u64>)> 
     if len < file.metadata()?.len() {
         // Zeros are the rest of a segment filled ahead; anything else is a
         // record a crash tore, or what a reused segment held before.
-        if !segments::zeros_at(&file, len)? {
+        if segments::whole_record_follows(&file, last, len)? {
+            // Not a crash's doing: acknowledged records follow the damage.
+            let saved = segments::save_tail(dir, &file, last, len)?;
+            tracing::error!(
+                segment = %last_path.display(),
+                valid = len,
+                saved = %saved.display(),
+                "the log holds a damaged record followed by whole ones; the log continues from the damage, and \
+                 what followed it is kept aside"
+            );
+        } else if !segments::zeros_at(&file, len)? {
             tracing::info!(
                 segment = %last_path.display(),
                 valid = len,
@@ -331,6 +343,27 @@ mod tests {
     }
 
     #[test]
+    fn records_after_a_damaged_one_are_kept_aside() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = record(1, 0);
+        let mut b = record(2, a.len() as u64);
+        let c = record(3, (a.len() + b.len()) as u64);
+        let last = b.len() - 1;
+        b[last] ^= 1; // a bit flipped on disk
+        let mut file = File::create(segments::segment_path(dir.path(), 0)).unwrap();
+        for r in [&a, &b, &c] {
+            file.write_all(r).unwrap();
+        }
+        drop(file);
+
+        let (_file, _, len, _, _) = recover(dir.path()).unwrap();
+        assert_eq!(len, a.len() as u64);
+        let saved = std::fs::read(dir.path().join(format!("damaged-{:020}-{}.tail", 0, a.len()))).unwrap();
+        assert_eq!(saved, [b, c].concat(), "what followed the damage is kept");
+        assert_eq!(segments::list(dir.path()).unwrap().len(), 1, "and is not read as a segment");
+    }
+
+    #[test]
     fn recovery_cuts_what_a_reused_segment_held_before() {
         let dir = tempfile::tempdir().unwrap();
         // The file as its first use, at position 0, left it: records of
@@ -358,17 +391,7 @@ mod tests {
     #[test]
     fn delivered_segments_are_reused_and_what_they_held_is_never_replayed() {
         let dir = tempfile::tempdir().unwrap();
-        let store: Arc<dyn EventStore> = Arc::new(
-            leanloop_store::duckdb::DuckDbStore::open(&dir.path().join("events.duckdb"), &Default::default()).unwrap(),
-        );
-        let options = WalOptions {
-            dir: dir.path().join("log"),
-            max_bytes: 1 << 30,
-            segment_bytes: 16 * 1024,
-            batch_events: 1 << 20,
-            interval: Duration::from_millis(5),
-            fill_wait: Duration::from_secs(10),
-        };
+        let (store, options) = duckdb_log(dir.path(), 16 * 1024);
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         let wal = Wal::open(options.clone(), store.clone()).unwrap();
         let deadline = Instant::now() + Duration::from_secs(60);
@@ -394,6 +417,63 @@ mod tests {
         let on_disk =
             segments::list(&options.dir).unwrap().len() + usize::from(segments::recycled_ready(&options.dir, 0));
         assert!(on_disk <= 3, "delivered segments are deleted or kept for reuse, one at a time: {on_disk} files");
+    }
+
+    fn duckdb_log(dir: &Path, segment_bytes: u64) -> (Arc<dyn EventStore>, WalOptions) {
+        let store: Arc<dyn EventStore> = Arc::new(
+            leanloop_store::duckdb::DuckDbStore::open(&dir.join("events.duckdb"), &Default::default()).unwrap(),
+        );
+        let options = WalOptions {
+            dir: dir.join("log"),
+            max_bytes: 1 << 30,
+            segment_bytes,
+            batch_events: 1 << 20,
+            interval: Duration::from_millis(5),
+            fill_wait: Duration::from_secs(10),
+        };
+        (store, options)
+    }
+
+    #[test]
+    fn delivered_segments_are_deleted_even_when_the_position_cannot_be_recorded() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, options) = duckdb_log(dir.path(), 16 * 1024);
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let wal = Wal::open(options.clone(), store.clone()).unwrap();
+        // What a full disk does to the small file that records the position.
+        std::fs::create_dir(options.dir.join("acked.tmp")).unwrap();
+        let sent = 400u128;
+        for i in 0..sent {
+            runtime.block_on(wal.append(&[record::tests::event(i)], &[])).unwrap();
+        }
+        assert_eq!(wal.drain(Duration::from_secs(60)), 0);
+        let segments = segments::list(&options.dir).unwrap().len();
+        assert!(segments <= 2, "delivered segments are deleted: {segments} left");
+        drop(wal);
+        // The start replays from the first segment left, stored once.
+        let wal = Wal::open(options, store.clone()).unwrap();
+        assert_eq!(wal.drain(Duration::from_secs(60)), 0);
+        assert_eq!(store.count(&EventFilter::project(1)).unwrap() as u128, sent);
+    }
+
+    #[test]
+    fn a_segment_that_cannot_be_opened_for_a_while_is_read_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, options) = duckdb_log(dir.path(), 1 << 20);
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let wal = Wal::open(options.clone(), store.clone()).unwrap();
+        let segment = segments::segment_path(&options.dir, 0);
+        let away = options.dir.join("away");
+        std::fs::rename(&segment, &away).unwrap();
+        runtime.block_on(wal.append(&[record::tests::event(1)], &[])).unwrap();
+        // Delivery meets the missing file, as it meets no file descriptors
+        // left, and keeps trying rather than giving up on the log.
+        std::thread::sleep(Duration::from_millis(300));
+        assert_eq!(store.count(&EventFilter::project(1)).unwrap(), 0);
+        assert_eq!(wal.shared.lock().failed, None);
+        std::fs::rename(&away, &segment).unwrap();
+        assert_eq!(wal.drain(Duration::from_secs(60)), 0);
+        assert_eq!(store.count(&EventFilter::project(1)).unwrap(), 1);
     }
 
     #[test]

@@ -163,6 +163,37 @@ pub fn valid_len(file: &File, start: u64, offset: u64) -> io::Result<u64> {
     Ok(len)
 }
 
+/// Whether a whole record follows the damaged one at `offset`, whose
+/// length still reads as sane: a bit flipped where data sat, not a record
+/// a crash tore at the end.
+pub fn whole_record_follows(file: &File, start: u64, offset: u64) -> io::Result<bool> {
+    let mut header = [0u8; record::HEADER_BYTES];
+    if file.read_at(&mut header, offset)? < header.len() {
+        return Ok(false);
+    }
+    let len = u32::from_le_bytes(header[..4].try_into().expect("4 bytes")) as usize;
+    if len == 0 || len > record::MAX_PAYLOAD_BYTES {
+        return Ok(false);
+    }
+    let next = offset + (record::HEADER_BYTES + len) as u64;
+    let mut reader = BufReader::new(file);
+    reader.seek(SeekFrom::Start(next))?;
+    Ok(matches!(record::read_next(&mut reader, start + next)?, Next::Record(..)))
+}
+
+/// Keeps the bytes of `file` from `offset` on beside the log, for whoever
+/// investigates damage, before the log is cut there.
+pub fn save_tail(dir: &Path, file: &File, start: u64, offset: u64) -> io::Result<PathBuf> {
+    let path = dir.join(format!("damaged-{start:020}-{offset}.tail"));
+    let mut reader = BufReader::new(file);
+    reader.seek(SeekFrom::Start(offset))?;
+    let mut saved = File::create(&path)?;
+    io::copy(&mut reader, &mut saved)?;
+    saved.sync_all()?;
+    sync_dir(dir)?;
+    Ok(path)
+}
+
 /// Whether the block at `offset` is all zeros: a segment filled ahead past
 /// its last record, where a torn record would start with its header. One
 /// block, not the whole tail, so a restart does not read a segment's worth.

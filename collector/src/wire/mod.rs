@@ -127,17 +127,20 @@ fn too_deep(text: &str) -> bool {
 }
 
 /// Whether valid JSON `text` holds a number no 64-bit float can hold, such
-/// as `1e400`. JSON allows it, but DuckDB's JSON functions and the events
-/// API would refuse the whole stored text: every property of the event
-/// would be lost to queries. Only an exponent of three digits or a run of
-/// over 308 digits can be that large, and few texts have either, so only
+/// as `1e400` or `1` and 300 zeros `e10`. JSON allows it, but DuckDB's JSON
+/// functions and the events API would refuse the whole stored text: every
+/// property of the event would be lost to queries. Only an exponent of
+/// three digits, one of two after a mantissa of over 200 characters, or a
+/// run of over 308 digits can be that large; few texts have any, so only
 /// those are parsed.
 fn out_of_range(text: &str) -> bool {
     let bytes = text.as_bytes();
     let long_exponent = memchr::memchr2_iter(b'e', b'E', bytes).any(|at| {
         let digits = bytes[at + 1..].strip_prefix(b"+").or_else(|| bytes[at + 1..].strip_prefix(b"-"));
         let digits = digits.unwrap_or(&bytes[at + 1..]);
-        at > 0 && bytes[at - 1].is_ascii_digit() && digits.iter().take_while(|b| b.is_ascii_digit()).count() >= 3
+        let exponent = digits.iter().take_while(|b| b.is_ascii_digit()).count();
+        let mantissa = bytes[..at].iter().rev().take_while(|b| b.is_ascii_digit() || **b == b'.').count();
+        mantissa > 0 && (exponent >= 3 || (exponent > 0 && mantissa > 200))
     });
     let long_digits = || bytes.len() > 308 && bytes.split(|b| !b.is_ascii_digit()).any(|run| run.len() > 308);
     (long_exponent || long_digits()) && serde_json::from_str::<serde_json::Value>(text).is_err()
@@ -168,13 +171,17 @@ pub(crate) fn decode_item<'a, T: serde::Deserialize<'a>>(raw: &'a str) -> Result
     Ok(value)
 }
 
-/// Splits a JSON array body into its items, each checked against the event size limit.
+/// Splits a JSON array body into its items, each checked against the event
+/// size limit. `shared` is what the batch adds to every item (a Segment
+/// batch's context): an item is as large as its own text plus that, or a
+/// small body could fan out into a thousand oversized events.
 pub(crate) fn split_items(
     items: Vec<&RawValue>,
+    shared: usize,
     max_event_bytes: usize,
 ) -> impl Iterator<Item = Result<&str, IngestError>> {
     items.into_iter().enumerate().map(move |(i, raw)| {
-        if raw.get().len() > max_event_bytes {
+        if raw.get().len().saturating_add(shared) > max_event_bytes {
             Err(IngestError::EventTooLarge { limit: max_event_bytes })
         } else if !raw.get().trim_start().starts_with('{') {
             let field = format!("batch[{i}]");

@@ -103,7 +103,14 @@ struct Known {
     utm_content: Option<Text>,
 }
 
-pub fn decode(text: &str, max_event_bytes: usize, max_batch: usize) -> Result<Decoded, IngestError> {
+/// Decodes a capture body. `query_sent_at` is the send time the query
+/// string gave (posthog-js's `_`), used when the body gives none.
+pub fn decode(
+    text: &str,
+    query_sent_at: Option<i64>,
+    max_event_bytes: usize,
+    max_batch: usize,
+) -> Result<Decoded, IngestError> {
     let trimmed = text.trim_start();
     let (envelope, items): (Option<Envelope>, Vec<&RawValue>) = if trimmed.starts_with('[') {
         (None, decode_item(text)?)
@@ -127,7 +134,8 @@ pub fn decode(text: &str, max_event_bytes: usize, max_batch: usize) -> Result<De
         Some(e) => (Text::take(e.api_key).or(Text::take(e.token)), parse_time(e.sent_at.as_ref(), "sent_at")?),
         None => (None, None),
     };
-    let decoded = split_items(items, max_event_bytes)
+    let sent_at = sent_at.or(query_sent_at);
+    let decoded = split_items(items, 0, max_event_bytes)
         .map(|raw| {
             let capture: Capture = decode_item(raw?)?;
             let (incoming, event_key) = incoming(capture, sent_at)?;
@@ -199,6 +207,12 @@ fn incoming(c: Capture<'_>, sent_at: Option<i64>) -> Result<(Incoming, Option<St
         EventKind::Alias => add_property(&properties, "$previous_id", previous_id.clone())?,
         _ => properties,
     };
+    // The address is kept in the ip column, anonymised unless the project
+    // opts in; a copy left in the properties would be kept whole.
+    let properties = match known.ip.is_some() {
+        true => without_property(&properties, "$ip")?,
+        false => properties,
+    };
     let referring_domain = Text::take(known.referring_domain).filter(|d| d != "$direct");
     let incoming = Incoming {
         key: own_key,
@@ -243,6 +257,43 @@ fn incoming(c: Capture<'_>, sent_at: Option<i64>) -> Result<(Incoming, Option<St
     Ok((incoming, key))
 }
 
+/// The properties text without `key`, other keys kept in their order.
+fn without_property(properties: &str, key: &str) -> Result<String, IngestError> {
+    struct Pairs<'a>(Vec<(String, &'a RawValue)>);
+    impl<'de> serde::Deserialize<'de> for Pairs<'de> {
+        fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            struct Visitor;
+            impl<'de> serde::de::Visitor<'de> for Visitor {
+                type Value = Pairs<'de>;
+                fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                    f.write_str("an object")
+                }
+                fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Pairs<'de>, A::Error> {
+                    let mut pairs = Vec::new();
+                    while let Some(pair) = map.next_entry()? {
+                        pairs.push(pair);
+                    }
+                    Ok(Pairs(pairs))
+                }
+            }
+            d.deserialize_map(Visitor)
+        }
+    }
+    let Pairs(pairs) = serde_json::from_str(properties).map_err(|e| IngestError::field("properties", e.to_string()))?;
+    let mut text = String::with_capacity(properties.len());
+    text.push('{');
+    for (k, v) in pairs.iter().filter(|(k, _)| k != key) {
+        if text.len() > 1 {
+            text.push(',');
+        }
+        text.push_str(&serde_json::Value::String(k.clone()).to_string());
+        text.push(':');
+        text.push_str(v.get());
+    }
+    text.push('}');
+    Ok(text)
+}
+
 fn add_property(properties: &str, key: &str, value: Option<String>) -> Result<String, IngestError> {
     let Some(value) = value else {
         return Ok(properties.to_owned());
@@ -264,6 +315,7 @@ mod tests {
               {"event":"$pageview","distinct_id":"anon1","properties":{"$current_url":"https://a.io/x","$is_identified":false,"$session_id":"s1","$app_version":"1.0"}},
               {"event":"$identify","distinct_id":"user1","properties":{"$anon_distinct_id":"anon1","$set":{"email":"a@b.c"}}},
               {"event":"bought","properties":{"distinct_id":"user1","$release":"r2","price":3}}]}"#,
+            None,
             32 * 1024,
             1000,
         )
@@ -284,11 +336,35 @@ mod tests {
     }
 
     #[test]
+    fn the_ip_property_moves_to_the_ip_column() {
+        let d = decode(
+            r#"{"api_key":"k","event":"e","distinct_id":"d","properties":{"a":1,"$ip":"198.51.100.77","b":{"c":[2]}}}"#,
+            None,
+            32 * 1024,
+            10,
+        )
+        .unwrap();
+        let item = d.items.into_iter().next().unwrap().unwrap();
+        assert_eq!(item.ip.as_deref(), Some("198.51.100.77"), "anonymised with the column, when enriched");
+        assert_eq!(item.properties, r#"{"a":1,"b":{"c":[2]}}"#);
+    }
+
+    #[test]
+    fn the_query_send_time_is_used_when_the_body_has_none() {
+        let d = decode(r#"{"api_key":"k","event":"e","distinct_id":"d"}"#, Some(5), 32 * 1024, 10).unwrap();
+        assert_eq!(d.items[0].as_ref().unwrap().sent_at_ms, Some(5));
+        let body = r#"{"api_key":"k","sent_at":"2024-01-01T00:00:00Z","batch":[{"event":"e","distinct_id":"d"}]}"#;
+        let d = decode(body, Some(5), 32 * 1024, 10).unwrap();
+        assert_eq!(d.items[0].as_ref().unwrap().sent_at_ms, Some(1_704_067_200_000));
+    }
+
+    #[test]
     fn single_event_and_array_bodies() {
-        let d = decode(r#"{"token":"t","event":"e","distinct_id":"d"}"#, 32 * 1024, 10).unwrap();
+        let d = decode(r#"{"token":"t","event":"e","distinct_id":"d"}"#, None, 32 * 1024, 10).unwrap();
         assert_eq!(d.key.as_deref(), Some("t"));
         assert_eq!(d.items.len(), 1);
-        let d = decode(r#"[{"api_key":"t2","event":"e","distinct_id":"d"},{"event":"e"}]"#, 32 * 1024, 10).unwrap();
+        let d =
+            decode(r#"[{"api_key":"t2","event":"e","distinct_id":"d"},{"event":"e"}]"#, None, 32 * 1024, 10).unwrap();
         assert_eq!(d.key.as_deref(), Some("t2"));
         assert!(matches!(&d.items[1], Err(IngestError::BadField { field, .. }) if field == "distinct_id"));
     }

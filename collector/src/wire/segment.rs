@@ -93,6 +93,28 @@ macro_rules! fill {
 }
 
 impl Context {
+    /// How many bytes of text this context can copy into each message of
+    /// its batch.
+    fn shared_bytes(&self) -> usize {
+        fn len(text: &Option<Text>) -> usize {
+            text.as_ref().and_then(|t| t.0.as_ref()).map_or(0, String::len)
+        }
+        let page = self.page.as_ref().map_or(0, |p| len(&p.url) + len(&p.path) + len(&p.referrer));
+        let campaign = self
+            .campaign
+            .as_ref()
+            .map_or(0, |c| len(&c.name) + len(&c.source) + len(&c.medium) + len(&c.term) + len(&c.content));
+        len(&self.ip)
+            + len(&self.user_agent)
+            + len(&self.release)
+            + len(&self.session_id)
+            + self.traits.as_ref().map_or(0, |t| t.get().len())
+            + page
+            + campaign
+            + self.app.as_ref().map_or(0, |a| len(&a.version))
+            + self.library.as_ref().map_or(0, |l| len(&l.name))
+    }
+
     /// This message's context, with what it lacks taken from the batch's
     /// (Segment lets a batch carry one context for all its messages).
     fn or_batch(mut self, batch: &Context) -> Context {
@@ -177,7 +199,8 @@ pub fn decode(text: &str, call: Call, max_event_bytes: usize, max_batch: usize) 
             let sent_at = parse_time(body.sent_at.as_ref(), "sentAt")?;
             let mut key = Text::take(body.write_key);
             let shared = body.context;
-            let items = split_items(body.batch, max_event_bytes)
+            let shared_bytes = shared.as_ref().map_or(0, Context::shared_bytes);
+            let items = split_items(body.batch, shared_bytes, max_event_bytes)
                 .map(|raw| {
                     let mut message: Message = decode_item(raw?)?;
                     if key.is_none() {
@@ -383,7 +406,11 @@ mod tests {
             one(&format!(r#"{{"userId":"u","event":"e","properties":{properties}}}"#), Call::Single(EventKind::Track))
         };
         let huge = format!("1{}", "0".repeat(309));
-        for bad in [r#"{"a":1e400}"#, r#"{"a":[-2.5E+308]}"#, &format!(r#"{{"a":{huge}}}"#)] {
+        let long_mantissa = format!(r#"{{"a":1{}e10,"plan":"pro"}}"#, "0".repeat(300));
+        let long_fraction = format!(r#"{{"a":1{}.5e9}}"#, "0".repeat(300));
+        for bad in
+            [r#"{"a":1e400}"#, r#"{"a":[-2.5E+308]}"#, &format!(r#"{{"a":{huge}}}"#), &long_mantissa, &long_fraction]
+        {
             match track(bad) {
                 Err(IngestError::BadField { field, .. }) => assert_eq!(field, "properties", "{bad}"),
                 other => panic!("{bad}: expected a refusal, got {other:?}"),
@@ -391,8 +418,13 @@ mod tests {
         }
         // Within range, tiny, or only looking like a number inside a string.
         let near = format!("9{}", "0".repeat(307));
-        for good in [r#"{"a":1e308,"b":1e-400}"#, r#"{"id":"3e400","hash":"ab12e999"}"#, &format!(r#"{{"a":{near}}}"#)]
-        {
+        let small_long = format!(r#"{{"a":0.{}1e99}}"#, "0".repeat(250));
+        for good in [
+            r#"{"a":1e308,"b":1e-400}"#,
+            r#"{"id":"3e400","hash":"ab12e999"}"#,
+            &format!(r#"{{"a":{near}}}"#),
+            &small_long,
+        ] {
             assert_eq!(track(good).unwrap().properties, good);
         }
         match one(r#"{"userId":"u","traits":{"score":1e999}}"#, Call::Single(EventKind::Identify)) {
@@ -562,5 +594,20 @@ mod tests {
         );
         let d = decode(&fat, Call::Batch, 32 * 1024, 1000).unwrap();
         assert!(matches!(d.items[0], Err(IngestError::EventTooLarge { .. })));
+    }
+
+    #[test]
+    fn a_batch_context_counts_towards_each_event_it_is_copied_into() {
+        let batch = |url_len: usize| {
+            format!(
+                r#"{{"context":{{"page":{{"url":"https://a.example/{}"}}}},"batch":[{}]}}"#,
+                "x".repeat(url_len),
+                vec![r#"{"type":"track","userId":"u","event":"e"}"#; 3].join(",")
+            )
+        };
+        let d = decode(&batch(20_000), Call::Batch, 32 * 1024, 1000).unwrap();
+        assert!(d.items.iter().all(|i| i.is_ok()));
+        let d = decode(&batch(40_000), Call::Batch, 32 * 1024, 1000).unwrap();
+        assert!(d.items.iter().all(|i| matches!(i, Err(IngestError::EventTooLarge { .. }))));
     }
 }

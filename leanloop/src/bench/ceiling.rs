@@ -44,7 +44,7 @@ fn sample_row(n: usize, received_ms: i64) -> serde_json::Map<String, serde_json:
         "path": "/checkout", "page_name": null, "referrer": "https://www.google.com/",
         "referrer_domain": "google.com", "utm_source": "newsletter", "utm_medium": null,
         "utm_campaign": "spring", "utm_term": null, "utm_content": null, "browser": "Chrome",
-        "browser_version": "120.0.0.0", "os": "Windows 10", "device_type": "desktop",
+        "browser_version": "120.0.0.0", "os": "Windows", "device_type": "desktop",
         "country": null, "ip": "127.0.0.0", "library": "bench",
         "properties": format!(r#"{{"step":{step},"plan":"pro","amount":12.5,"currency":"EUR"}}"#),
     });

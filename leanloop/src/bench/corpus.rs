@@ -55,11 +55,11 @@ fn pick<'a, T>(rng: &mut StdRng, items: &'a [T]) -> &'a T {
 
 const PATHS: &[&str] = &["/", "/pricing", "/docs", "/blog/launch", "/signup", "/it's \"quoted\""];
 const BROWSERS: &[(Option<&str>, Option<&str>, Option<&str>)] = &[
-    (Some("Chrome"), Some("Windows 10"), Some("desktop")),
+    (Some("Chrome"), Some("Windows"), Some("desktop")),
     (Some("Chrome"), Some("Android"), Some("mobile")),
     (Some("Firefox"), Some("Linux"), Some("desktop")),
     (Some("Safari"), Some("iOS"), Some("mobile")),
-    (Some("Edge"), Some("Windows 10"), Some("desktop")),
+    (Some("Edge"), Some("Windows"), Some("desktop")),
     (None, None, None),
 ];
 const COUNTRIES: &[Option<&str>] = &[Some("DE"), Some("US"), Some("FR"), None];

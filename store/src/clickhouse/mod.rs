@@ -279,7 +279,7 @@ impl<'s> Writing<'s> {
         // Recorded before the insert: an insert whose answer is lost (server
         // gone mid-request) may still have landed, so its retry must find
         // these keys "maybe seen" and look them up.
-        self.seen.record(&keys, rows.iter().copied())?;
+        self.seen.record(&keys, rows.iter().copied(), &self.sent)?;
         store.block(self.inserts.write_all(&rows))?;
         self.outcome.inserted += rows.len();
         self.outcome.duplicates += events.len() - rows.len();

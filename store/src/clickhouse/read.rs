@@ -116,13 +116,15 @@ fn filtered(client: &clickhouse::Client, head: &str, filter: &EventFilter, tail:
     query
 }
 
+/// Stored events, each uuid once: two collectors may each store a retry
+/// the other already had (see the README's delivery guarantee).
 pub async fn count(client: &clickhouse::Client, filter: &EventFilter) -> Result<u64, StoreError> {
-    Ok(filtered(client, "SELECT count() FROM events", filter, "").fetch_one::<u64>().await?)
+    Ok(filtered(client, "SELECT uniqExact(uuid) FROM events", filter, "").fetch_one::<u64>().await?)
 }
 
 pub async fn recent(client: &clickhouse::Client, filter: &EventFilter, limit: usize) -> Result<Vec<Event>, StoreError> {
     let head = format!("SELECT {EVENT_COLUMNS} FROM events");
-    let tail = format!(" ORDER BY timestamp_ms DESC, uuid LIMIT {}", limit as u64);
+    let tail = format!(" ORDER BY timestamp_ms DESC, uuid LIMIT 1 BY uuid LIMIT {}", limit as u64);
     let rows: Vec<EventRead> = filtered(client, &head, filter, &tail).fetch_all().await?;
     rows.into_iter().map(EventRead::into_event).collect()
 }

@@ -208,7 +208,8 @@ fn append(
         let rows = Arc::new(rows);
         staged.insert(conn, rows.clone())?;
         sessions::append(conn, &rows.iter().collect::<Vec<_>>())?;
-        seen.record(&DuckKeys(conn), rows.iter())?;
+        // DuckDB's filter grows rather than being rebuilt: nothing to keep.
+        seen.record(&DuckKeys(conn), rows.iter(), &Default::default())?;
     }
     write_users(conn, users)?;
     Ok(WriteOutcome { inserted: fresh.len(), duplicates: received - fresh.len() })

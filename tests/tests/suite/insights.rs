@@ -685,6 +685,27 @@ fn releases_with_first_and_last_seen_and_their_impact() {
         (ms(got["release_time"].as_str().unwrap()), got["release_time_source"].as_str()),
         (given, Some("query"))
     );
+
+    // A release out for less than the window is set against as long a time
+    // before it, not a week against what has happened so far.
+    let recent = NOW_MS - 2 * DAY_MS;
+    let got = both(
+        json!({"release": "1.2.0", "series": {"event": "purchase"}, "window_seconds": 7 * 86_400, "release_time": at(recent)}),
+        leanloop_analytics::releases::impact,
+    );
+    let (before, after) = (count(recent - 2 * DAY_MS, recent), count(recent, NOW_MS));
+    assert_eq!(
+        (got["baseline"]["value"].as_u64(), got["candidate"]["value"].as_u64()),
+        (Some(before as u64), Some(after as u64))
+    );
+    assert_eq!(
+        (ms(got["baseline"]["from"].as_str().unwrap()), ms(got["candidate"]["to"].as_str().unwrap())),
+        (recent - 2 * DAY_MS, NOW_MS)
+    );
+    let future = json!({"release": "1.2.0", "series": {"event": "purchase"}, "release_time": at(NOW_MS + 1)});
+    let field =
+        both_refuse::<leanloop_analytics::releases::ImpactQuery, _>(future, leanloop_analytics::releases::impact);
+    assert_eq!(field, "release_time");
 }
 
 /// The people whose stored traits have `plan` = `plan`, from the generated

@@ -91,6 +91,13 @@ async fn bad_queries_name_the_field(s: &TestServer) {
             "interval",
         ),
         ("trend", json!({"series": [{"event": "x"}], "interval": "fortnight"}), "interval"),
+        (
+            // Each limit alone is met; together they would build 40M values.
+            "trend",
+            json!({"series": vec![json!({"event": "x"}); 20], "breakdown": "browser", "breakdown_limit": 100,
+                   "interval": "minute", "date_from": "2024-01-01", "date_to": "2024-01-07", "compare": true}),
+            "interval",
+        ),
         ("trend", json!({"series": [{"event": "x"}], "breakdown": "password"}), "breakdown"),
         (
             "trend",

@@ -167,6 +167,20 @@ async fn flag_calls_get_no_flags_for_a_good_key_and_a_refusal_for_a_bad_one() {
         .await
         .unwrap();
     assert_eq!(preflight.headers()["access-control-allow-origin"], "https://app.example");
+
+    // Server SDKs with a personal API key load definitions to evaluate
+    // locally: the project's key is the `token` parameter.
+    for path in ["/flags/definitions", "/api/feature_flag/local_evaluation/"] {
+        let definitions = |token: &str| {
+            s.client.get(s.url(&format!("{path}?token={token}&send_cohorts"))).bearer_auth("phx_personal").send()
+        };
+        let r = definitions(&key).await.unwrap();
+        assert_eq!(r.status(), 200, "{path}");
+        let answer: Value = r.json().await.unwrap();
+        assert_eq!(answer["flags"], json!([]), "{path}: {answer}");
+        assert_eq!(definitions("no-such-key").await.unwrap().status(), 401, "{path}");
+        assert_eq!(definitions(&s.project.read_key).await.unwrap().status(), 401, "{path}");
+    }
     assert_eq!(s.count(&[]).await, 0, "a flags call stores no event");
 }
 

@@ -75,7 +75,7 @@ async fn batch_with_write_key_in_body_and_fields_read_back() {
     assert_eq!(e["utm_content"], "hero");
     assert_eq!(e["referrer_domain"], "bing.com");
     assert_eq!(e["browser"], "Chrome");
-    assert_eq!(e["os"], "Mac OSX");
+    assert_eq!(e["os"], "Mac OS X");
     assert_eq!(e["device_type"], "desktop");
     assert_eq!(e["country"], "DE");
     assert_eq!(e["ip"], "198.51.100.0", "the last octet is zeroed");
