@@ -108,6 +108,24 @@ impl ControlPlane {
         Ok(self.find(column, rusqlite::types::Value::Text(key.to_owned()))?.map(|p| (p, kind)))
     }
 
+    /// Replaces one of a project's keys with a new one, which it returns;
+    /// the old key stops working at once here, and in running servers once
+    /// their cached look-up of it expires.
+    pub fn rotate_key(&self, id: i64, kind: KeyKind) -> Result<String, ControlError> {
+        let column = match kind {
+            KeyKind::Write => "write_key",
+            KeyKind::Read => "read_key",
+            KeyKind::Deploy => "deploy_key",
+        };
+        let key = generate_key(kind);
+        let changed =
+            self.conn().execute(&format!("UPDATE projects SET {column} = ?1 WHERE id = ?2"), params![key, id])?;
+        if changed == 0 {
+            return Err(ControlError::NoSuchProject(id));
+        }
+        Ok(key)
+    }
+
     pub fn set_store_full_ip(&self, id: i64, on: bool) -> Result<(), ControlError> {
         let changed = self.conn().execute("UPDATE projects SET store_full_ip = ?1 WHERE id = ?2", params![on, id])?;
         if changed == 0 {
@@ -183,6 +201,22 @@ mod tests {
         drop(cp);
         let cp = ControlPlane::open(&path).unwrap();
         assert_eq!(cp.projects().unwrap(), vec![a, b]);
+    }
+
+    #[test]
+    fn a_rotated_key_replaces_the_old_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let cp = ControlPlane::open(&dir.path().join("control.sqlite")).unwrap();
+        let p = cp.create_project("Shop").unwrap();
+        for (kind, old) in
+            [(KeyKind::Write, &p.write_key), (KeyKind::Read, &p.read_key), (KeyKind::Deploy, &p.deploy_key)]
+        {
+            let new = cp.rotate_key(p.id, kind).unwrap();
+            assert_eq!(KeyKind::of(&new), Some(kind));
+            assert_eq!(cp.project_by_key(old).unwrap(), None, "{old} still works");
+            assert_eq!(cp.project_by_key(&new).unwrap().map(|(q, k)| (q.id, k)), Some((p.id, kind)));
+        }
+        assert!(matches!(cp.rotate_key(p.id + 1, KeyKind::Write), Err(ControlError::NoSuchProject(_))));
     }
 
     #[test]

@@ -124,6 +124,37 @@ enum ProjectCommand {
         #[command(flatten)]
         common: Common,
     },
+    /// Replace one of a project's keys (a leaked one, say) and print the
+    /// new one. Running servers stop taking the old key within 30 s.
+    RotateKey {
+        /// The project's id (`project list`).
+        id: i64,
+        /// Which key: write, read or deploy.
+        #[arg(long, value_enum)]
+        kind: KeyArg,
+        /// Print `{"id", "kind", "key"}` as JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        common: Common,
+    },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum KeyArg {
+    Write,
+    Read,
+    Deploy,
+}
+
+impl From<KeyArg> for leanloop_control::KeyKind {
+    fn from(kind: KeyArg) -> Self {
+        match kind {
+            KeyArg::Write => leanloop_control::KeyKind::Write,
+            KeyArg::Read => leanloop_control::KeyKind::Read,
+            KeyArg::Deploy => leanloop_control::KeyKind::Deploy,
+        }
+    }
 }
 
 fn main() -> Result<()> {
@@ -256,12 +287,18 @@ async fn wait_for_signal() {
 
 fn project(command: ProjectCommand) -> Result<()> {
     let common = match &command {
-        ProjectCommand::Create { common, .. } | ProjectCommand::List { common, .. } => common.clone(),
+        ProjectCommand::Create { common, .. }
+        | ProjectCommand::List { common, .. }
+        | ProjectCommand::RotateKey { common, .. } => common.clone(),
     };
     let config =
         Config::load(&Overrides { config_file: common.config, data_dir: common.data_dir, ..Overrides::default() })?;
     let dir = &config.data_dir;
     let database = dir.join("control.sqlite");
+    // A key of a directory that holds no data (a typo) is no project's.
+    if let (ProjectCommand::RotateKey { id, .. }, false) = (&command, database.exists()) {
+        anyhow::bail!("project {id} does not exist: no control plane in {}", dir.display());
+    }
     // Listing a directory that holds no data (a typo) creates nothing.
     if matches!(command, ProjectCommand::List { .. }) && !database.exists() {
         anyhow::ensure!(!dir.exists() || dir.is_dir(), "data directory {}: not a directory", dir.display());
@@ -287,6 +324,14 @@ fn project(command: ProjectCommand) -> Result<()> {
                 "Project \"{}\" (id {})\n  write key  {}\n  read key   {}\n  deploy key {}",
                 p.name, p.id, p.write_key, p.read_key, p.deploy_key
             );
+        }
+        ProjectCommand::RotateKey { id, kind, json, .. } => {
+            let kind = leanloop_control::KeyKind::from(kind);
+            let key = control.rotate_key(id, kind)?;
+            match json {
+                true => println!("{}", serde_json::json!({ "id": id, "kind": kind.name(), "key": key })),
+                false => println!("{} key of project {id}: {key}", kind.name()),
+            }
         }
         ProjectCommand::List { json, .. } => {
             let projects = control.projects()?;

@@ -171,6 +171,28 @@ pub(crate) fn decode_item<'a, T: serde::Deserialize<'a>>(raw: &'a str) -> Result
     Ok(value)
 }
 
+/// Object text with `key` set to the string `value` at its end, unless the
+/// object has that key already: the client's own value wins.
+pub(crate) fn with_property(object: String, key: &str, value: &str) -> String {
+    let quoted_key = serde_json::Value::from(key).to_string();
+    let has_key = object.contains(&quoted_key)
+        && serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(&object)
+            .is_ok_and(|m| m.contains_key(key));
+    let body = object.trim_end().strip_suffix('}');
+    match body {
+        Some(body) if !has_key => {
+            let pair = format!("{quoted_key}:{}", serde_json::Value::from(value));
+            let empty = body.trim_start().strip_prefix('{').is_some_and(|inner| inner.trim().is_empty());
+            if empty {
+                format!("{{{pair}}}")
+            } else {
+                format!("{body},{pair}}}")
+            }
+        }
+        _ => object,
+    }
+}
+
 /// Splits a JSON array body into its items, each checked against the event
 /// size limit. `shared` is what the batch adds to every item (a Segment
 /// batch's context): an item is as large as its own text plus that, or a

@@ -91,6 +91,9 @@ struct Known {
     set: Option<Box<RawValue>>,
     #[serde(rename = "$set_once")]
     set_once: Option<Box<RawValue>>,
+    /// Person properties to remove.
+    #[serde(rename = "$unset")]
+    unset: Lenient<Vec<String>>,
     #[serde(rename = "$group_type")]
     group_type: Option<Text>,
     #[serde(rename = "$group_key")]
@@ -190,6 +193,17 @@ fn incoming(c: Capture<'_>, sent_at: Option<i64>) -> Result<(Incoming, Option<St
         Some(raw) => Some(object_text(Some(raw), "$set")?),
         None if kind == EventKind::Identify => Some("{}".to_owned()),
         None => None,
+    };
+    // A trait set to null is removed: `$unset` is that, for each name.
+    let traits = match known.unset.0.filter(|names| !names.is_empty()) {
+        Some(names) => {
+            let set = traits.as_deref().unwrap_or("{}");
+            let mut map: serde_json::Map<String, serde_json::Value> =
+                serde_json::from_str(set).map_err(|e| IngestError::field("$set", e.to_string()))?;
+            map.extend(names.into_iter().map(|name| (name, serde_json::Value::Null)));
+            Some(serde_json::Value::Object(map).to_string())
+        }
+        None => traits,
     };
     let traits_once = match c.set_once.or(known.set_once.as_deref()) {
         Some(raw) => Some(object_text(Some(raw), "$set_once")?),
@@ -347,6 +361,16 @@ mod tests {
         let item = d.items.into_iter().next().unwrap().unwrap();
         assert_eq!(item.ip.as_deref(), Some("198.51.100.77"), "anonymised with the column, when enriched");
         assert_eq!(item.properties, r#"{"a":1,"b":{"c":[2]}}"#);
+    }
+
+    #[test]
+    fn unset_removes_person_properties_as_null_does() {
+        let body =
+            r#"{"api_key":"k","event":"$set","distinct_id":"d","properties":{"$set":{"a":1},"$unset":["b","c"]}}"#;
+        let d = decode(body, None, 32 * 1024, 10).unwrap();
+        let traits: serde_json::Value =
+            serde_json::from_str(d.items[0].as_ref().unwrap().traits.as_deref().unwrap()).unwrap();
+        assert_eq!(traits, serde_json::json!({"a": 1, "b": null, "c": null}));
     }
 
     #[test]

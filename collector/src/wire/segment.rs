@@ -3,7 +3,8 @@
 
 use super::fields::object_or_empty_list;
 use super::{
-    decode_item, object_text, parse_body, parse_time, split_items, Decoded, Id, Incoming, Text, TimeValue, Utm,
+    decode_item, object_text, parse_body, parse_time, split_items, with_property, Decoded, Id, Incoming, Text,
+    TimeValue, Utm,
 };
 use crate::IngestError;
 use leanloop_core::EventKind;
@@ -20,6 +21,8 @@ struct Message<'a> {
     anonymous_id: Option<Id>,
     event: Option<Id>,
     name: Option<Text>,
+    /// A page's or screen's category (`page(category, name)`).
+    category: Option<Text>,
     #[serde(borrow)]
     properties: Option<&'a RawValue>,
     #[serde(borrow)]
@@ -234,6 +237,13 @@ fn incoming(
     let campaign = context.campaign.unwrap_or_default();
     let properties = object_text(m.properties, "properties")?;
     let known = KnownProperties::of(&properties);
+    // Kept as the property analytics.js writes it to, unless one is there.
+    let properties = match Text::take(m.category) {
+        Some(category) if matches!(kind, EventKind::Page | EventKind::Screen) => {
+            with_property(properties, "category", &category)
+        }
+        _ => properties,
+    };
 
     let name = match kind {
         EventKind::Track => Id::take(m.event).ok_or_else(|| IngestError::field("event", "`event` is required"))?,
@@ -476,6 +486,14 @@ mod tests {
         assert_eq!(i.name, "$pageview");
         assert_eq!(i.page_name.as_deref(), Some("Pricing"));
         assert_eq!(i.url.as_deref(), Some("https://x.io/p?utm_source=g"));
+
+        let categorised = |properties: &str| {
+            let text = format!(r#"{{"anonymousId":"a","name":"Pricing","category":"Docs","properties":{properties}}}"#);
+            one(&text, Call::Single(EventKind::Page)).unwrap().properties
+        };
+        assert_eq!(categorised("{}"), r#"{"category":"Docs"}"#);
+        assert_eq!(categorised(r#"{ "a": 1 } "#), r#"{ "a": 1 ,"category":"Docs"}"#);
+        assert_eq!(categorised(r#"{"category":"Own"}"#), r#"{"category":"Own"}"#, "the app's own wins");
     }
 
     #[test]

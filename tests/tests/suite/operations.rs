@@ -131,6 +131,42 @@ async fn the_read_api_needs_the_right_read_key() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_rotated_write_key_replaces_the_old_one_in_a_running_server() {
+    let s = TestServer::start().await;
+    let send = |key: String| {
+        let event = json!({"userId": "u", "event": "e", "messageId": message_id()});
+        s.client.post(s.url("/v1/track")).basic_auth(key, Some("")).json(&event).send()
+    };
+    let old = s.project.write_key.clone();
+    assert_eq!(send(old.clone()).await.unwrap().status(), 200);
+    let out = std::process::Command::new(leanloop_tests::process::leanloop_bin())
+        .args(["project", "rotate-key", &s.project.id.to_string(), "--kind", "write", "--json", "--data-dir"])
+        .arg(s.data_dir.path())
+        .output()
+        .expect("leanloop runs");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let rotated: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!((&rotated["id"], &rotated["kind"]), (&json!(s.project.id), &json!("write")));
+    let new = rotated["key"].as_str().unwrap().to_owned();
+    assert!(new.starts_with("llw_") && new != old, "{new}");
+    assert_eq!(send(new).await.unwrap().status(), 200, "the new key works at once");
+    // The old one is refused once the server's cached look-up expires (30 s);
+    // what it sent until then is stored.
+    let deadline = std::time::Duration::from_secs(45);
+    let accepted = std::sync::atomic::AtomicU64::new(2);
+    leanloop_tests::eventually_within("the old key refused", deadline, || async {
+        match send(old.clone()).await.ok()?.status().as_u16() {
+            200 => accepted.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            401 => return Some(()),
+            _ => 0,
+        };
+        None
+    })
+    .await;
+    assert_eq!(s.count(&[]).await, accepted.into_inner());
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn the_dashboard_lists_projects_without_secrets() {
     let s = TestServer::start().await;
     let html = s.client.get(s.url("/")).send().await.unwrap().text().await.unwrap();
