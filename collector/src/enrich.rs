@@ -140,7 +140,11 @@ impl Enricher {
         // Real agents are a few hundred bytes; what follows the first
         // kilobyte names no browser, and cutting it bounds both the cache
         // (entries × 1 KB) and the parse of a hostile 30 KB agent.
-        let ua = &ua[..ua.floor_char_boundary(MAX_AGENT_BYTES)];
+        let mut cut = ua.len().min(MAX_AGENT_BYTES);
+        while !ua.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        let ua = &ua[..cut];
         // The per-thread memo spares the shared cache's lock.
         LAST_AGENT.with_borrow_mut(|last| {
             last.get(ua, |ua| {

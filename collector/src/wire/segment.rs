@@ -620,7 +620,7 @@ mod tests {
             format!(
                 r#"{{"context":{{"page":{{"url":"https://a.example/{}"}}}},"batch":[{}]}}"#,
                 "x".repeat(url_len),
-                vec![r#"{"type":"track","userId":"u","event":"e"}"#; 3].join(",")
+                [r#"{"type":"track","userId":"u","event":"e"}"#; 3].join(",")
             )
         };
         let d = decode(&batch(20_000), Call::Batch, 32 * 1024, 1000).unwrap();
