@@ -254,7 +254,7 @@ fn parse_time(text: &str, tz: Tz, now_ms: i64, field: &'static str, end_of_day: 
     if let Ok(t) = DateTime::parse_from_rfc3339(text) {
         return Ok(t.timestamp_millis());
     }
-    if let Some(t) = relative(text, tz, now_ms) {
+    if let Some(t) = relative(text, tz, now_ms, end_of_day) {
         return Ok(t);
     }
     if let Ok(date) = NaiveDate::parse_from_str(text, "%Y-%m-%d") {
@@ -276,8 +276,10 @@ fn parse_time(text: &str, tz: Tz, now_ms: i64, field: &'static str, end_of_day: 
 /// A time before now, as PostHog's API writes it: `-{n}h` is `n` hours
 /// before now; `-{n}d`, `w`, `m` and `y` are local midnight `n` days,
 /// weeks, calendar months or years before today, so `-7d` starts a whole
-/// day. `None` when `text` is not of that form or falls off the calendar.
-fn relative(text: &str, tz: Tz, now_ms: i64) -> Option<i64> {
+/// day, and as an end (`end_of_day`) that day's end, as for a date: `-1d`
+/// to `-1d` is yesterday. `None` when `text` is not of that form or falls
+/// off the calendar.
+fn relative(text: &str, tz: Tz, now_ms: i64, end_of_day: bool) -> Option<i64> {
     let rest = text.strip_prefix('-').filter(|rest| rest.len() > 1 && rest.is_ascii())?;
     let (count, unit) = rest.split_at(rest.len() - 1);
     let n: u32 = count.parse().ok()?;
@@ -292,6 +294,7 @@ fn relative(text: &str, tz: Tz, now_ms: i64) -> Option<i64> {
         "y" => today.checked_sub_months(Months::new(n.checked_mul(12)?))?,
         _ => return None,
     };
+    let day = if end_of_day { day.succ_opt()? } else { day };
     Some(local_instant(tz, day.and_hms_opt(0, 0, 0)?)?.timestamp_millis())
 }
 
@@ -366,7 +369,15 @@ mod tests {
         // starts at 23:00 UTC the evening before.
         assert_eq!(from("-7d", "Europe/Berlin").unwrap(), utc("2024-03-23T23:00:00Z"));
         let w = Window::parse(Some("-3d"), Some("-1d"), None, now).unwrap();
-        assert_eq!((w.from_ms, w.to_ms), (utc("2024-03-28T00:00:00Z"), utc("2024-03-30T00:00:00Z")));
+        assert_eq!(
+            (w.from_ms, w.to_ms),
+            (utc("2024-03-28T00:00:00Z"), utc("2024-03-31T00:00:00Z")),
+            "to yesterday's end"
+        );
+        let yesterday = Window::parse(Some("-1d"), Some("-1d"), None, now).unwrap();
+        assert_eq!((yesterday.from_ms, yesterday.to_ms), (utc("2024-03-30T00:00:00Z"), utc("2024-03-31T00:00:00Z")));
+        let hours = Window::parse(Some("-3h"), Some("-1h"), None, now).unwrap();
+        assert_eq!(hours.to_ms, utc("2024-03-31T09:30:00Z"), "hours are exact");
         for bad in ["-7", "7d", "-d", "-7x", "--7d", "-7D", "-7dd", "-1.5d", "-99999999999y", "-é"] {
             let err = from(bad, "UTC").unwrap_err().to_string();
             assert!(err.contains("date_from") && err.contains("-7d"), "{bad}: {err}");
