@@ -2,14 +2,49 @@
 //!
 //! The size limit is enforced twice: while the body streams in (so a huge
 //! upload is cut off early) and while it is inflated (so a gzip bomb is
-//! refused after `limit` bytes of output, never inflated whole).
+//! refused after `limit` bytes of output, never inflated whole). Bodies held
+//! at once, across connections, draw on one budget ([`BodyBudget`]): each
+//! is limited, but many slow uploads could otherwise add up to gigabytes.
 
 use crate::IngestError;
 use axum::body::Body;
 use axum::http::{header, HeaderMap};
 use base64::Engine;
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
+use http_body_util::BodyExt;
 use std::io::Read;
+use std::sync::Arc;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+/// The bytes of request bodies that may be held at once.
+pub struct BodyBudget(Arc<Semaphore>);
+
+impl BodyBudget {
+    pub fn new(bytes: usize) -> BodyBudget {
+        BodyBudget(Arc::new(Semaphore::new(bytes)))
+    }
+
+    /// Takes `bytes` more for `held`, or refuses at once: a client waits
+    /// for room by retrying, not in a queue that would hold its connection.
+    fn take(&self, held: &mut Option<OwnedSemaphorePermit>, bytes: usize) -> Result<(), IngestError> {
+        if bytes == 0 {
+            return Ok(());
+        }
+        let count = u32::try_from(bytes).map_err(|_| IngestError::BodiesBusy)?;
+        let more = self.0.clone().try_acquire_many_owned(count).map_err(|_| IngestError::BodiesBusy)?;
+        match held {
+            Some(permit) => permit.merge(more),
+            None => *held = Some(more),
+        }
+        Ok(())
+    }
+}
+
+/// A body read whole, and its share of the budget, given back on drop.
+pub struct HeldBody {
+    pub bytes: Bytes,
+    _held: Option<OwnedSemaphorePermit>,
+}
 
 /// How the body is packed, from headers and PostHog's `compression` query.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,31 +83,35 @@ impl Packing {
     }
 }
 
-/// Reads at most `limit` bytes of `body`.
-pub async fn read_limited(headers: &HeaderMap, body: Body, limit: usize) -> Result<Bytes, IngestError> {
+/// Reads at most `limit` bytes of `body`, within `budget`: a declared
+/// length is taken from it up front, a streamed body as it arrives.
+pub async fn read_limited(
+    headers: &HeaderMap,
+    mut body: Body,
+    limit: usize,
+    budget: &BodyBudget,
+) -> Result<HeldBody, IngestError> {
     let declared =
         headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > limit as u64) {
         return Err(IngestError::BodyTooLarge { limit });
     }
-    axum::body::to_bytes(body, limit).await.map_err(|err| {
-        if is_length_limit(&err) {
-            IngestError::BodyTooLarge { limit }
-        } else {
-            IngestError::field("body", format!("could not read request body: {err}"))
+    let declared = declared.unwrap_or(0) as usize;
+    let mut held = None;
+    budget.take(&mut held, declared)?;
+    let mut bytes = BytesMut::with_capacity(declared);
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|err| IngestError::field("body", format!("could not read request body: {err}")))?;
+        let Ok(data) = frame.into_data() else { continue };
+        let len = bytes.len() + data.len();
+        if len > limit {
+            return Err(IngestError::BodyTooLarge { limit });
         }
-    })
-}
-
-fn is_length_limit(err: &axum::Error) -> bool {
-    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(err);
-    while let Some(e) = source {
-        if e.is::<http_body_util::LengthLimitError>() {
-            return true;
-        }
-        source = e.source();
+        let taken = held.as_ref().map_or(0, |h| h.num_permits());
+        budget.take(&mut held, len.saturating_sub(taken))?;
+        bytes.extend_from_slice(&data);
     }
-    false
+    Ok(HeldBody { bytes: bytes.freeze(), _held: held })
 }
 
 /// Unpacks `raw` into JSON bytes, inflating at most `limit` bytes.

@@ -7,6 +7,11 @@ use serde::Deserialize;
 pub struct CollectorConfig {
     /// Largest request body, compressed or not, in bytes.
     pub max_body_bytes: usize,
+    /// Request bodies held at once across every connection, in bytes,
+    /// from their first byte read until their events are logged. When
+    /// taken, ingest answers 503 with Retry-After: slow or stalled uploads
+    /// cannot add up to more memory than this.
+    pub max_bodies_bytes: usize,
     /// Largest single event (its JSON text), in bytes.
     pub max_event_bytes: usize,
     /// Most events in one batch request.
@@ -48,6 +53,7 @@ impl Default for CollectorConfig {
     fn default() -> Self {
         CollectorConfig {
             max_body_bytes: 5 * 1024 * 1024,
+            max_bodies_bytes: 64 * 1024 * 1024,
             max_event_bytes: 32 * 1024,
             max_batch_events: 1000,
             log: true,
@@ -87,8 +93,10 @@ impl CollectorConfig {
         // Far above any use, and below what would overflow or exhaust memory
         // the moment the value is used (a semaphore's permits, a table's
         // capacity, a time added to now).
-        let at_most: [(&str, u64, u64); 11] = [
+        let at_most: [(&str, u64, u64); 12] = [
             ("max_body_bytes", self.max_body_bytes as u64, 1 << 30),
+            // A semaphore takes at most `usize::MAX >> 3` permits.
+            ("max_bodies_bytes", self.max_bodies_bytes as u64, 1 << 34),
             ("max_batch_events", self.max_batch_events as u64, 1_000_000),
             ("queue_capacity", self.queue_capacity as u64, 100_000_000),
             ("log_segment_bytes", self.log_segment_bytes, 1 << 34),
@@ -107,6 +115,9 @@ impl CollectorConfig {
             if axum::http::HeaderName::from_bytes(header.as_bytes()).is_err() {
                 return Err(format!("collector.country_header: `{header}` is not a header name"));
             }
+        }
+        if self.max_bodies_bytes < self.max_body_bytes {
+            return Err("collector.max_bodies_bytes must hold at least one full request body (max_body_bytes)".into());
         }
         if self.max_event_bytes > self.max_body_bytes {
             return Err("collector.max_event_bytes must not exceed collector.max_body_bytes".into());

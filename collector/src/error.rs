@@ -25,6 +25,8 @@ pub enum IngestError {
     LogRecordTooLarge { size: u64, limit: u64 },
     #[error("batch has {count} events; at most {limit} are accepted per request")]
     BatchTooLarge { count: usize, limit: usize },
+    #[error("the server holds as many request bodies as it may at once (collector.max_bodies_bytes); retry")]
+    BodiesBusy,
     #[error("ingest queue is full; retry after {retry_after_secs} s")]
     QueueFull { retry_after_secs: u32 },
     #[error("write-ahead log cannot take events: {0}")]
@@ -53,6 +55,7 @@ impl IngestError {
             IngestError::BatchTooLarge { .. } => "batch_too_large",
             IngestError::LogRecordTooLarge { .. } => "log_record_too_large",
             IngestError::QueueFull { .. } => "queue_full",
+            IngestError::BodiesBusy => "bodies_busy",
             IngestError::LogUnavailable(_) => "log_unavailable",
             IngestError::ShuttingDown => "shutting_down",
             IngestError::Control(_) => "internal",
@@ -78,6 +81,7 @@ impl Classify for IngestError {
             IngestError::EventTooLarge { .. } => ErrorClass::TooLarge { field: Some("event".into()) },
             IngestError::BatchTooLarge { .. } => ErrorClass::TooLarge { field: Some("batch".into()) },
             IngestError::LogRecordTooLarge { .. } => ErrorClass::TooLarge { field: Some("body".into()) },
+            IngestError::BodiesBusy => ErrorClass::Unavailable { retry_after_secs: 1 },
             IngestError::QueueFull { retry_after_secs } => {
                 ErrorClass::Unavailable { retry_after_secs: *retry_after_secs }
             }

@@ -59,8 +59,8 @@ async fn no_flags(
 ) -> Result<Json<serde_json::Value>, IngestError> {
     let limit = c.config.max_event_bytes;
     let packing = Packing::detect(&headers, compression(query.as_deref()).as_deref())?;
-    let raw = read_limited(&headers, body, limit).await?;
-    let json = unpack(raw, packing, limit)?;
+    let held = read_limited(&headers, body, limit, &c.bodies).await?;
+    let json = unpack(held.bytes.clone(), packing, limit)?;
     let text = std::str::from_utf8(&json).map_err(|_| IngestError::BadJson("body is not UTF-8".into()))?;
     let request: FlagsRequest = parse_body(text)?;
     let key = header_key(&headers)

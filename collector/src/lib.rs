@@ -41,6 +41,7 @@ use std::time::Duration;
 
 pub struct Collector {
     config: CollectorConfig,
+    bodies: body::BodyBudget,
     keys: Arc<KeyCache>,
     enricher: Enricher,
     queue: Spool,
@@ -74,7 +75,8 @@ impl Collector {
         } else {
             Spool::Memory(IngestQueue::start(store, config.queue_capacity, batch_events))
         };
-        Ok(Arc::new(Collector { config, keys, enricher, queue }))
+        let bodies = body::BodyBudget::new(config.max_bodies_bytes);
+        Ok(Arc::new(Collector { config, bodies, keys, enricher, queue }))
     }
 
     /// The ingest routes, CORS included.

@@ -148,7 +148,9 @@ async fn ingest(
     }
     let packing = Packing::detect(&headers, compression(query).as_deref())?;
     let limit = c.config.max_body_bytes;
-    let raw = read_limited(&headers, body, limit).await?;
+    // Held until the events are logged: the body and what it decodes to.
+    let held = read_limited(&headers, body, limit, &c.bodies).await?;
+    let raw = held.bytes.clone();
     let facts = request_facts(&c, &headers, peer, query_sent_at(query));
 
     let offload_len = raw.len();
@@ -165,6 +167,7 @@ async fn ingest(
     };
     let accepted = events.len();
     c.queue.push(events, users).await?;
+    drop(held);
     metrics::counter!("leanloop_ingest_events_accepted_total", "source" => endpoint.source())
         .increment(accepted as u64);
     Ok(answer(endpoint, accepted, rejected, total))

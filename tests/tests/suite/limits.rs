@@ -386,3 +386,47 @@ async fn a_slow_reader_of_a_large_answer_gets_all_of_it() {
     assert!(started.elapsed() > std::time::Duration::from_secs(2), "read faster than the timeout");
     assert_eq!(body.len(), length, "the answer was cut off");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bodies_held_at_once_stay_within_their_budget() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let s = TestServer::start_with(|c| {
+        c.collector.max_body_bytes = 64 * 1024;
+        c.collector.max_bodies_bytes = 100 * 1024;
+    })
+    .await;
+    let event = |name: &str, pad: usize| {
+        json!({"type": "track", "userId": "u", "event": name, "messageId": leanloop_tests::message_id(),
+               "properties": {"pad": "p".repeat(pad)}})
+    };
+    // A slow upload of 60 KB holds 60 KB of the budget from its first byte.
+    let slow = json!({"batch": [event("slow", 100)]}).to_string();
+    let slow = format!("{slow}{}", " ".repeat(60 * 1024 - slow.len()));
+    let key = base64::engine::general_purpose::STANDARD.encode(format!("{}:", s.project.write_key));
+    let head = format!(
+        "POST /v1/batch HTTP/1.1\r\nhost: x\r\nauthorization: Basic {key}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+        slow.len()
+    );
+    let mut stream = tokio::net::TcpStream::connect(s.base.trim_start_matches("http://")).await.unwrap();
+    stream.write_all(head.as_bytes()).await.unwrap();
+    stream.write_all(&slow.as_bytes()[..1000]).await.unwrap();
+    // Another 48 KB would take the budget past 100 KB: refused, to be retried.
+    let big = json!({"batch": [event("big", 24_000), event("big", 24_000)]});
+    let refused = leanloop_tests::eventually("the slow upload's bytes held", || async {
+        let r = s.post("/v1/batch", &big).await;
+        (r.status() == 503).then_some(r)
+    })
+    .await;
+    assert_eq!(refused.headers()["retry-after"], "1");
+    let (_, error) = error_of(refused).await;
+    assert!(error["error"]["message"].as_str().unwrap().contains("max_bodies_bytes"), "{error}");
+    // A small body still fits beside it.
+    assert_eq!(s.post("/v1/batch", &json!({"batch": [event("small", 10)]})).await.status(), 200);
+    // Once the slow upload ends, its share is given back.
+    stream.write_all(&slow.as_bytes()[1000..]).await.unwrap();
+    let mut answer = [0u8; 12];
+    stream.read_exact(&mut answer).await.unwrap();
+    assert_eq!(&answer, b"HTTP/1.1 200");
+    assert_eq!(s.post("/v1/batch", &big).await.status(), 200);
+    assert_eq!(s.count(&[]).await, 4);
+}
