@@ -40,7 +40,9 @@ use tower::ServiceExt;
 /// long (from its accept, or from its last response's end).
 pub async fn serve(listener: TcpListener, router: Router, shutdown: CancellationToken, header_timeout: Duration) {
     let mut builder = Builder::new(TokioExecutor::new());
-    builder.http1().timer(TokioTimer::new()).header_read_timeout(header_timeout);
+    // A request's head (line and headers) may take 64 KiB, not hyper's
+    // 400 KB: thousands of unfinished heads would otherwise hold gigabytes.
+    builder.http1().timer(TokioTimer::new()).header_read_timeout(header_timeout).max_buf_size(64 * 1024);
     let graceful = GracefulShutdown::new();
     loop {
         let (stream, peer) = tokio::select! {
