@@ -39,7 +39,9 @@ pub async fn query(http: &str, sql: &str) -> String {
 
 /// `(count(), uniqExact(uuid))` of a database's events.
 pub async fn totals(http: &str, database: &str) -> (u64, u64) {
-    let text = query(http, &format!("SELECT count(), uniqExact(uuid) FROM {database}.events FORMAT TSV")).await;
+    // As text: 18.16's `uniqExact(uuid)` is slow on ids alike in their high bits.
+    let text =
+        query(http, &format!("SELECT count(), uniqExact(toString(uuid)) FROM {database}.events FORMAT TSV")).await;
     let mut parts = text.split_whitespace().map(|n| n.parse::<u64>().expect("a number"));
     (parts.next().expect("count"), parts.next().expect("uniqExact"))
 }
