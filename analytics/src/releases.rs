@@ -197,10 +197,12 @@ pub fn impact(ask: &Ask, q: &ImpactQuery) -> Result<ImpactResult, AnalyticsError
             // day of a new release against a week of the old one.
             let span = (len * 1000).min(ask.now_ms - at);
             if span <= 0 {
-                return Err(AnalyticsError::invalid(
-                    "release_time",
-                    "the release time is in the future: nothing to compare yet",
-                ));
+                // From the request, or from an event whose clock ran ahead.
+                let (field, what) = match source {
+                    "query" => ("release_time", "the release time"),
+                    _ => ("release", "the release's first event"),
+                };
+                return Err(AnalyticsError::invalid(field, format!("{what} is in the future: nothing to compare yet")));
             }
             let tz = chrono_tz::Tz::UTC;
             let before = Window { from_ms: at - span, to_ms: at, tz };

@@ -300,10 +300,11 @@ fn domain_of(url: &str) -> Option<String> {
 /// [`domain_of`] writes it.
 fn host_domain(host: &str) -> Option<String> {
     let host = host.trim();
-    match host.contains("://") {
+    let domain = match host.contains("://") {
         true => domain_of(host),
         false => domain_of(&format!("http://{host}")),
-    }
+    };
+    domain.filter(|d| !d.is_empty() && d != "$direct")
 }
 
 /// IPv4: the last octet zeroed; IPv6: everything past the /48 zeroed.
@@ -409,6 +410,8 @@ mod tests {
             ("news.example.org:8443", Some("news.example.org")),
             ("https://www.b.io/x", Some("b.io")),
             ("not a host", None),
+            ("www.", None),
+            ("$DIRECT", None),
         ];
         for (domain, stored) in sent {
             let i = Incoming { referrer_domain: Some(domain.into()), ..incoming() };

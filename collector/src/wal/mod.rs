@@ -170,8 +170,8 @@ impl Wal {
         let size = record.len() as u64;
         // Recovery reads a longer record as damage: never write one. One
         // larger than the log could never be taken: retrying cannot help.
-        let limit = self.max_bytes.min(record::MAX_PAYLOAD_BYTES as u64);
-        if record.len() - record::HEADER_BYTES > limit as usize {
+        if record.len() - record::HEADER_BYTES > record::MAX_PAYLOAD_BYTES || size > self.max_bytes {
+            let limit = self.max_bytes.min((record::HEADER_BYTES + record::MAX_PAYLOAD_BYTES) as u64);
             return Err(IngestError::LogRecordTooLarge { size, limit });
         }
         let (done, answer) = oneshot::channel();
@@ -285,13 +285,14 @@ fn recover(dir: &Path) -> std::io::Result<(File, u64, u64, u64, BTreeSet<u64>)> 
         // record a crash tore, or what a reused segment held before.
         if segments::whole_record_follows(&file, last, len)? {
             // Not a crash's doing: acknowledged records follow the damage.
-            let saved = segments::save_tail(dir, &file, last, len)?;
+            // A disk too full to keep them aside must not stop the start.
+            let saved = segments::save_tail(dir, &file, last, len);
             tracing::error!(
                 segment = %last_path.display(),
                 valid = len,
-                saved = %saved.display(),
+                saved = ?saved.as_ref().map(|p| p.display().to_string()).map_err(|e| e.to_string()),
                 "the log holds a damaged record followed by whole ones; the log continues from the damage, and \
-                 what followed it is kept aside"
+                 what followed it is kept aside where the disk had room"
             );
         } else if !segments::zeros_at(&file, len)? {
             tracing::info!(

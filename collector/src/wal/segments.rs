@@ -185,12 +185,16 @@ pub fn whole_record_follows(file: &File, start: u64, offset: u64) -> io::Result<
 /// investigates damage, before the log is cut there.
 pub fn save_tail(dir: &Path, file: &File, start: u64, offset: u64) -> io::Result<PathBuf> {
     let path = dir.join(format!("damaged-{start:020}-{offset}.tail"));
-    let mut reader = BufReader::new(file);
-    reader.seek(SeekFrom::Start(offset))?;
-    let mut saved = File::create(&path)?;
-    io::copy(&mut reader, &mut saved)?;
-    saved.sync_all()?;
-    sync_dir(dir)?;
+    let copy = || -> io::Result<()> {
+        let mut reader = BufReader::new(file);
+        reader.seek(SeekFrom::Start(offset))?;
+        let mut saved = File::create(&path)?;
+        io::copy(&mut reader, &mut saved)?;
+        saved.sync_all()?;
+        sync_dir(dir)
+    };
+    // A copy cut short (a full disk) would only mislead whoever reads it.
+    copy().inspect_err(|_| drop(fs::remove_file(&path)))?;
     Ok(path)
 }
 

@@ -168,12 +168,14 @@ impl EventStore for DuckDbStore {
         Some(ROW_GROUP_ROWS)
     }
 
+    // Questions too: the events list of large events needs the query
+    // memory, and a refusal for want of it is a 503 naming the limit.
     fn count(&self, filter: &EventFilter) -> Result<u64, StoreError> {
-        self.with_reader(|conn| read::count(conn, filter))
+        self.question(|conn| read::count(conn, filter))
     }
 
     fn recent(&self, filter: &EventFilter, limit: usize) -> Result<Vec<Event>, StoreError> {
-        self.with_reader(|conn| read::recent(conn, filter, limit))
+        self.question(|conn| read::recent(conn, filter, limit))
     }
 
     fn user(&self, project_id: i64, user_id: &str) -> Result<Option<UserRecord>, StoreError> {

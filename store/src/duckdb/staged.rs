@@ -2,8 +2,9 @@
 //! (`leanloop_staged_events_N()`), so that one `INSERT ... SELECT` stores
 //! them.
 //!
-//! The scan takes the next vector's worth of events at a time and writes
-//! their values straight into DuckDB's vectors; any number of DuckDB's
+//! The scan takes the next vector's worth of events at a time (fewer when
+//! their text would pass [`MAX_VECTOR_TEXT_BYTES`]) and writes their values
+//! straight into DuckDB's vectors; any number of DuckDB's
 //! threads may scan at once, though the writer's inserts keep their order
 //! and so run on one (`write.rs` says why). An appender fed Arrow arrays
 //! builds the arrays first (a copy of every string) and checks every
@@ -63,9 +64,17 @@ impl Staged {
 
 struct Scan;
 
-/// One scan's events and the next one no thread has taken yet.
+/// Most text one output vector holds. DuckDB keeps a vector's strings
+/// outside its memory limit's reach to spill, and a full vector of large
+/// events (2,048 of 60 KB is 120 MB) ran out of memory inside the scan,
+/// where a C++ exception aborts the process.
+const MAX_VECTOR_TEXT_BYTES: usize = 4 << 20;
+
+/// One scan's events, cut into the pieces each output vector takes, and
+/// the next piece no thread has taken yet.
 struct ScanState {
     rows: Option<Arc<Vec<Event>>>,
+    pieces: Vec<std::ops::Range<usize>>,
     next: AtomicUsize,
 }
 
@@ -85,21 +94,60 @@ impl VTab for Scan {
         // extra info, which DuckDB keeps as long as the function.
         let staged = unsafe { &*init.get_extra_info::<Staged>() };
         let rows = staged.slot().clone();
-        let vectors = rows.as_ref().map_or(0, |r| r.len().div_ceil(vector_size()));
-        init.set_max_threads(vectors.max(1) as u64);
-        Ok(ScanState { rows, next: AtomicUsize::new(0) })
+        let pieces = pieces(rows.as_deref().map_or(&[][..], Vec::as_slice), vector_size(), MAX_VECTOR_TEXT_BYTES);
+        init.set_max_threads(pieces.len().max(1) as u64);
+        Ok(ScanState { rows, pieces, next: AtomicUsize::new(0) })
     }
 
     fn func(info: &TableFunctionInfo<Scan>, output: &mut DataChunkHandle) -> Result<(), Box<dyn Error>> {
         let state = info.get_init_data();
         let all = state.rows.as_deref().map_or(&[][..], Vec::as_slice);
-        let size = vector_size();
-        let start = state.next.fetch_add(size, Ordering::Relaxed).min(all.len());
-        let rows = &all[start..(start + size).min(all.len())];
+        let piece = state.pieces.get(state.next.fetch_add(1, Ordering::Relaxed)).cloned().unwrap_or(0..0);
+        let rows = &all[piece];
         fill(output, rows);
         output.set_len(rows.len());
         Ok(())
     }
+}
+
+/// `rows` cut into runs of at most `size` events and, but for a single
+/// event larger than that, `max_bytes` of text.
+fn pieces(rows: &[Event], size: usize, max_bytes: usize) -> Vec<std::ops::Range<usize>> {
+    let mut pieces = Vec::with_capacity(rows.len().div_ceil(size));
+    let (mut start, mut bytes) = (0, 0);
+    for (i, event) in rows.iter().enumerate() {
+        let len = text_bytes(event);
+        if i > start && (i - start == size || bytes + len > max_bytes) {
+            pieces.push(start..i);
+            (start, bytes) = (i, 0);
+        }
+        bytes += len;
+    }
+    if start < rows.len() {
+        pieces.push(start..rows.len());
+    }
+    pieces
+}
+
+/// The bytes of an event's text values.
+fn text_bytes(e: &Event) -> usize {
+    let optional = [
+        &e.anonymous_id,
+        &e.user_id,
+        &e.session_id,
+        &e.release,
+        &e.url,
+        &e.path,
+        &e.page_name,
+        &e.referrer,
+        &e.referrer_domain,
+        &e.utm_source,
+        &e.utm_medium,
+        &e.utm_campaign,
+        &e.utm_term,
+        &e.utm_content,
+    ];
+    e.name.len() + e.properties.len() + optional.iter().map(|v| v.as_ref().map_or(0, String::len)).sum::<usize>()
 }
 
 fn vector_size() -> usize {
@@ -194,6 +242,20 @@ fn text(output: &DataChunkHandle, column: usize, rows: &[Event], value: impl Fn(
 mod tests {
     use super::*;
     use crate::duckdb::read;
+
+    #[test]
+    fn vectors_of_large_events_are_cut_by_their_text() {
+        let mut large = event(0);
+        large.url = Some("u".repeat(3000));
+        let small: Vec<Event> = (0..5).map(event).collect();
+        assert!(small.iter().all(|e| text_bytes(e) < 1000));
+        assert_eq!(pieces(&small, 2, 6000), [0..2, 2..4, 4..5], "a vector's rows");
+        let mut rows = small[..2].to_vec();
+        rows.extend(std::iter::repeat_n(large.clone(), 4));
+        assert_eq!(pieces(&rows, 10, 2 * text_bytes(&large)), [0..3, 3..5, 5..6], "a vector's text");
+        assert_eq!(pieces(&[large], 10, 100), vec![0..1], "an event larger than the bound goes alone");
+        assert!(pieces(&[], 3, 6000).is_empty());
+    }
     use crate::EventFilter;
     use leanloop_core::EventKind;
     use uuid::Uuid;
