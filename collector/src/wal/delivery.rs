@@ -102,9 +102,13 @@ impl Delivery {
                     // connections passes: read again, from a fresh open.
                     tracing::warn!(error = %e, position = end, retry_in_ms = READ_RETRY.as_millis() as u64, "could not read the write-ahead log");
                     cursor = None;
-                    if self.shared.lock().abandon {
+                    metrics::counter!("leanloop_log_read_retries_total").increment(1);
+                    let mut state = self.shared.lock();
+                    state.read_retries += 1;
+                    if state.abandon {
                         return;
                     }
+                    drop(state);
                     std::thread::sleep(READ_RETRY);
                 }
                 Some(ReadFailure::Damaged(e)) => {
@@ -148,17 +152,18 @@ impl Delivery {
             // its beginning, and the store's dedup absorbs what it replays.
             tracing::warn!(error = %e, "could not record the delivered log position");
         }
-        let mut state = self.shared.lock();
-        state.acked = position;
-        let starts: Vec<u64> = state.segments.iter().copied().collect();
-        let finished: Vec<u64> = starts.windows(2).filter(|w| w[1] <= position).map(|w| w[0]).collect();
-        for start in &finished {
-            state.segments.remove(start);
-        }
-        let backlog = state.backlog();
-        drop(state);
-        self.shared.changed.notify_all();
-        metrics::gauge!("leanloop_log_backlog_bytes").set(backlog as f64);
+        let finished: Vec<u64> = {
+            let mut state = self.shared.lock();
+            let starts: Vec<u64> = state.segments.iter().copied().collect();
+            let finished = starts.windows(2).filter(|w| w[1] <= position).map(|w| w[0]).collect();
+            for start in &finished {
+                state.segments.remove(start);
+            }
+            finished
+        };
+        // Retired before the position is published: whoever waits for the
+        // backlog to empty (a drain, then a start in the same directory)
+        // finds the files as they will stay.
         for start in finished {
             // A segment this process began holds only records sealed to
             // their positions; one from before may hold unsealed ones,
@@ -167,6 +172,12 @@ impl Delivery {
                 tracing::warn!(error = %e, start, "could not retire a delivered log segment");
             }
         }
+        let mut state = self.shared.lock();
+        state.acked = position;
+        let backlog = state.backlog();
+        drop(state);
+        self.shared.changed.notify_all();
+        metrics::gauge!("leanloop_log_backlog_bytes").set(backlog as f64);
     }
 
     /// Reads the record at `position`, opening the segment that holds it.

@@ -85,6 +85,8 @@ struct State {
     paused: bool,
     /// Segments begun in a delivered segment's file.
     reused: u64,
+    /// Reads of the log the system refused, each tried again.
+    read_retries: u64,
 }
 
 impl State {
@@ -119,6 +121,7 @@ impl Wal {
                 write_error: None,
                 closing: false,
                 abandon: false,
+                read_retries: 0,
                 paused: false,
                 reused: 0,
             }),
@@ -469,7 +472,15 @@ mod tests {
         runtime.block_on(wal.append(&[record::tests::event(1)], &[])).unwrap();
         // Delivery meets the missing file, as it meets no file descriptors
         // left, and keeps trying rather than giving up on the log.
-        std::thread::sleep(Duration::from_millis(300));
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while wal.shared.lock().read_retries == 0 {
+            let failed = wal.shared.lock().failed.clone();
+            assert!(
+                Instant::now() < deadline && failed.is_none(),
+                "delivery never retried the missing segment: {failed:?}"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
         assert_eq!(store.count(&EventFilter::project(1)).unwrap(), 0);
         assert_eq!(wal.shared.lock().failed, None);
         std::fs::rename(&away, &segment).unwrap();
