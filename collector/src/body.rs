@@ -26,24 +26,36 @@ impl BodyBudget {
 
     /// Takes `bytes` more for `held`, or refuses at once: a client waits
     /// for room by retrying, not in a queue that would hold its connection.
-    fn take(&self, held: &mut Option<OwnedSemaphorePermit>, bytes: usize) -> Result<(), IngestError> {
+    pub fn take(&self, held: &mut Held, bytes: usize) -> Result<(), IngestError> {
         if bytes == 0 {
             return Ok(());
         }
         let count = u32::try_from(bytes).map_err(|_| IngestError::BodiesBusy)?;
         let more = self.0.clone().try_acquire_many_owned(count).map_err(|_| IngestError::BodiesBusy)?;
-        match held {
+        match &mut held.0 {
             Some(permit) => permit.merge(more),
-            None => *held = Some(more),
+            None => held.0 = Some(more),
         }
         Ok(())
     }
 }
 
-/// A body read whole, and its share of the budget, given back on drop.
+/// A request's share of the budget, given back on drop: its body, and what
+/// the body grows into (inflated, or a batch's shared context copied into
+/// each event).
+#[derive(Default)]
+pub struct Held(Option<OwnedSemaphorePermit>);
+
+impl Held {
+    fn bytes(&self) -> usize {
+        self.0.as_ref().map_or(0, OwnedSemaphorePermit::num_permits)
+    }
+}
+
+/// A body read whole, and its share of the budget.
 pub struct HeldBody {
     pub bytes: Bytes,
-    _held: Option<OwnedSemaphorePermit>,
+    _held: Held,
 }
 
 /// How the body is packed, from headers and PostHog's `compression` query.
@@ -97,7 +109,7 @@ pub async fn read_limited(
         return Err(IngestError::BodyTooLarge { limit });
     }
     let declared = declared.unwrap_or(0) as usize;
-    let mut held = None;
+    let mut held = Held::default();
     budget.take(&mut held, declared)?;
     let mut bytes = BytesMut::with_capacity(declared);
     while let Some(frame) = body.frame().await {
@@ -107,7 +119,7 @@ pub async fn read_limited(
         if len > limit {
             return Err(IngestError::BodyTooLarge { limit });
         }
-        let taken = held.as_ref().map_or(0, |h| h.num_permits());
+        let taken = held.bytes();
         budget.take(&mut held, len.saturating_sub(taken))?;
         bytes.extend_from_slice(&data);
     }

@@ -25,6 +25,9 @@ pub enum IngestError {
     LogRecordTooLarge { size: u64, limit: u64 },
     #[error("batch has {count} events; at most {limit} are accepted per request")]
     BatchTooLarge { count: usize, limit: usize },
+    /// A batch's shared `context` is copied into each of its events.
+    #[error("the batch's events take {size} bytes with its shared `context` copied into each; at most {limit} are accepted per request")]
+    BatchExpandsTooLarge { size: usize, limit: usize },
     #[error("the server holds as many request bodies as it may at once (collector.max_bodies_bytes); retry")]
     BodiesBusy,
     #[error("ingest queue is full; retry after {retry_after_secs} s")]
@@ -52,7 +55,7 @@ impl IngestError {
             IngestError::SecretKeyUsed(_) => "secret_key",
             IngestError::BodyTooLarge { .. } | IngestError::InflatedTooLarge { .. } => "body_too_large",
             IngestError::EventTooLarge { .. } => "event_too_large",
-            IngestError::BatchTooLarge { .. } => "batch_too_large",
+            IngestError::BatchTooLarge { .. } | IngestError::BatchExpandsTooLarge { .. } => "batch_too_large",
             IngestError::LogRecordTooLarge { .. } => "log_record_too_large",
             IngestError::QueueFull { .. } => "queue_full",
             IngestError::BodiesBusy => "bodies_busy",
@@ -80,6 +83,7 @@ impl Classify for IngestError {
             }
             IngestError::EventTooLarge { .. } => ErrorClass::TooLarge { field: Some("event".into()) },
             IngestError::BatchTooLarge { .. } => ErrorClass::TooLarge { field: Some("batch".into()) },
+            IngestError::BatchExpandsTooLarge { .. } => ErrorClass::TooLarge { field: Some("context".into()) },
             IngestError::LogRecordTooLarge { .. } => ErrorClass::TooLarge { field: Some("body".into()) },
             IngestError::BodiesBusy => ErrorClass::Unavailable { retry_after_secs: 1 },
             IngestError::QueueFull { retry_after_secs } => {

@@ -16,7 +16,7 @@ use axum::extract::{RawQuery, State};
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use leanloop_core::ApiError;
+use leanloop_core::{ApiError, ErrorClass};
 use serde::Deserialize;
 use serde_json::json;
 use std::sync::Arc;
@@ -44,8 +44,11 @@ pub async fn answer(
 /// `token` query parameter; the Bearer token is the SDK's personal API key,
 /// which Leanloop has no use for.
 pub async fn definitions(State(c): State<Arc<Collector>>, RawQuery(query): RawQuery) -> Response {
-    let key = query_param(query.as_deref(), "token").filter(|k| !k.is_empty());
-    match key.ok_or(IngestError::MissingKey).and_then(|key| c.project_for(&key)) {
+    let Some(key) = query_param(query.as_deref(), "token").filter(|k| !k.is_empty()) else {
+        let message = "no project key: send the project's write key as the `token` query parameter";
+        return ApiError::from_class(ErrorClass::Unauthorized, message.into()).into_response();
+    };
+    match c.project_for(&key) {
         Ok(_) => Json(json!({ "flags": [], "group_type_mapping": {}, "cohorts": {} })).into_response(),
         Err(err) => ApiError::from(err).into_response(),
     }

@@ -1,7 +1,7 @@
 //! The ingest HTTP surface: Segment, PostHog and feedback endpoints (and
 //! PostHog's flag calls, `flags.rs`) with CORS.
 
-use crate::body::{read_limited, unpack, Packing};
+use crate::body::{read_limited, unpack, Held, Packing};
 use crate::enrich::RequestFacts;
 use crate::wire::{self, feedback, posthog, segment, Decoded, Incoming};
 use crate::{Collector, IngestError};
@@ -107,7 +107,14 @@ fn route(endpoint: Endpoint) -> axum::routing::MethodRouter<Arc<Collector>> {
                 Ok(response) => response,
                 Err(err) => {
                     metrics::counter!("leanloop_ingest_requests_rejected_total", "reason" => err.reason()).increment(1);
-                    ApiError::from(err).into_response()
+                    // Refused for want of room, maybe before its body was
+                    // read: the connection closes after this answer.
+                    let unread = matches!(err, IngestError::BodiesBusy);
+                    let mut response = ApiError::from(err).into_response();
+                    if unread {
+                        response.headers_mut().insert(header::CONNECTION, header::HeaderValue::from_static("close"));
+                    }
+                    response
                 }
             }
         },
@@ -160,14 +167,14 @@ async fn ingest(
     };
     // Large or compressed bodies take milliseconds to decode: keep them off the runtime.
     let offload = offload_len > INLINE_DECODE_BYTES || packing != Packing::Plain;
-    let Accepted { events, users, rejected, total } = if offload {
+    let Accepted { events, users, rejected, total, grown } = if offload {
         tokio::task::spawn_blocking(work).await.map_err(|_| IngestError::ShuttingDown)??
     } else {
         work()?
     };
     let accepted = events.len();
     c.queue.push(events, users).await?;
-    drop(held);
+    drop((held, grown));
     metrics::counter!("leanloop_ingest_events_accepted_total", "source" => endpoint.source())
         .increment(accepted as u64);
     Ok(answer(endpoint, accepted, rejected, total))
@@ -180,6 +187,8 @@ struct Accepted {
     rejected: Vec<(usize, IngestError)>,
     /// Events the request carried.
     total: usize,
+    /// The budget taken for what the body grew into while decoded.
+    grown: Held,
 }
 
 /// Decodes, authorises and enriches one request's events.
@@ -192,11 +201,26 @@ fn process(
     mut facts: RequestFacts,
 ) -> Result<Accepted, IngestError> {
     let limits = &c.config;
+    let mut grown = Held::default();
     let json = unpack(raw, packing, limits.max_body_bytes)?;
+    if packing != Packing::Plain {
+        c.bodies.take(&mut grown, json.len())?;
+    }
     let text = std::str::from_utf8(&json).map_err(|_| IngestError::BadJson("body is not UTF-8".into()))?;
     let text = wire::well_formed(text);
+    // A batch's shared context copied into each event counts as body: it
+    // is held in memory as one until the events are logged.
+    let mut copies = |bytes: usize| {
+        let size = text.len().saturating_add(bytes);
+        if size > limits.max_body_bytes {
+            return Err(IngestError::BatchExpandsTooLarge { size, limit: limits.max_body_bytes });
+        }
+        c.bodies.take(&mut grown, bytes)
+    };
     let decoded: Decoded = match endpoint {
-        Endpoint::Segment(call) => segment::decode(&text, call, limits.max_event_bytes, limits.max_batch_events)?,
+        Endpoint::Segment(call) => {
+            segment::decode(&text, call, limits.max_event_bytes, limits.max_batch_events, &mut copies)?
+        }
         Endpoint::PostHog => {
             posthog::decode(&text, facts.query_sent_at, limits.max_event_bytes, limits.max_batch_events)?
         }
@@ -235,7 +259,7 @@ fn process(
             return Err(err);
         }
     }
-    Ok(Accepted { events, users, rejected, total })
+    Ok(Accepted { events, users, rejected, total, grown })
 }
 
 /// What a stored request is answered: Segment's `success` or PostHog's

@@ -42,7 +42,14 @@ pub async fn serve(listener: TcpListener, router: Router, shutdown: Cancellation
     let mut builder = Builder::new(TokioExecutor::new());
     // A request's head (line and headers) may take 64 KiB, not hyper's
     // 400 KB: thousands of unfinished heads would otherwise hold gigabytes.
-    builder.http1().timer(TokioTimer::new()).header_read_timeout(header_timeout).max_buf_size(64 * 1024);
+    // A client may shut its side once its request is sent (`curl` and
+    // scripts piping a request do): it is still answered.
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_timeout)
+        .max_buf_size(64 * 1024)
+        .half_close(true);
     let graceful = GracefulShutdown::new();
     loop {
         let (stream, peer) = tokio::select! {

@@ -195,7 +195,7 @@ fn answers(done: &str, answer: Value) -> Value {
         "200": {"description": done, "content": {"application/json": {"schema": answer}}},
         "400": with("Bad JSON, or every event refused; `error.field` names the field"),
         "401": with("No write key, an unknown one, or a secret key"),
-        "413": with("An event over the event limit, a body over the body limit (also after gunzip), or too many events in a batch"),
+        "413": with("An event over the event limit, a body over the body limit (also after gunzip), too many events in a batch, or a batch whose shared `context`, copied into each event, takes it past the body limit"),
         "503": with("The log is full or unavailable: retry after `Retry-After` seconds"),
     })
 }

@@ -10,9 +10,10 @@
 
 use axum::extract::Request;
 use axum::http::header::{
-    ACCESS_CONTROL_ALLOW_ORIGIN, ACCESS_CONTROL_EXPOSE_HEADERS, ALLOW, CONNECTION, CONTENT_TYPE, ORIGIN, RETRY_AFTER,
+    ACCESS_CONTROL_ALLOW_ORIGIN, ACCESS_CONTROL_EXPOSE_HEADERS, ALLOW, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE,
+    ORIGIN, RETRY_AFTER, TRANSFER_ENCODING,
 };
-use axum::http::{HeaderValue, Method, StatusCode, Uri};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use futures::future::BoxFuture;
 use leanloop_core::{ApiError, ErrorClass};
@@ -26,7 +27,8 @@ const RETRY_AFTER_SECS: u32 = 5;
 
 /// Runs each request within `timeout` and turns refusals made below the
 /// handlers into JSON errors (see [`jsonified`]). A body refused as too
-/// large (413, below the handlers or in one) also closes the connection
+/// large (413, below the handlers or in one), or a request with a body
+/// refused by its key, route or method, also closes the connection
 /// (`closing`).
 #[derive(Clone, Copy)]
 pub struct Refusals {
@@ -64,6 +66,7 @@ where
         // Kept for the messages of refusals.
         let (method, uri) = (request.method().clone(), request.uri().clone());
         let origin = request.headers().get(ORIGIN).cloned();
+        let with_body = carries_body(request.headers());
         let handled = self.inner.call(request);
         let timeout = self.timeout;
         Box::pin(async move {
@@ -72,6 +75,11 @@ where
                 let response = jsonified(&method, &uri, response).await;
                 match response.status() {
                     StatusCode::PAYLOAD_TOO_LARGE => closing(response),
+                    // Decided from the head (a key in a header, the route,
+                    // the method), so the body may be unread.
+                    StatusCode::UNAUTHORIZED | StatusCode::NOT_FOUND | StatusCode::METHOD_NOT_ALLOWED if with_body => {
+                        closing(response)
+                    }
                     _ => response,
                 }
             };
@@ -111,6 +119,12 @@ fn late(timeout: Duration, origin: Option<HeaderValue>) -> Response {
 fn closing(mut response: Response) -> Response {
     response.headers_mut().insert(CONNECTION, HeaderValue::from_static("close"));
     response
+}
+
+/// Whether a request's head announces a body.
+fn carries_body(headers: &HeaderMap) -> bool {
+    headers.contains_key(TRANSFER_ENCODING)
+        || headers.get(CONTENT_LENGTH).is_some_and(|n| n.as_bytes().iter().any(|&b| b != b'0'))
 }
 
 pub async fn not_found(request: Request) -> ApiError {

@@ -36,6 +36,15 @@ const CHUNK_EVENTS: usize = 8192;
 /// request's events, 1,000 at most by default.
 const CHUNK_SLACK: usize = 1024;
 
+/// Log bytes a chunk takes at most (past one record): large events fill
+/// memory long before [`CHUNK_EVENTS`] of them are read. Ordinary events
+/// (a few hundred bytes each) never reach it.
+const CHUNK_BYTES: u64 = 32 << 20;
+
+/// Log bytes one store write takes at most, for the same reason: a write
+/// of `write_batch_events` large events would hold gigabytes uncommitted.
+const WRITE_BYTES: u64 = 256 << 20;
+
 pub struct Delivery {
     pub shared: Arc<Shared>,
     pub store: Arc<dyn EventStore>,
@@ -71,8 +80,12 @@ enum ReadFailure {
     /// The system refused a file operation (no file descriptors left,
     /// memory, an I/O error): tried again after a pause.
     Io(String),
-    /// A record below the durable end is missing or damaged: the disk lied.
+    /// Bytes below the durable end do not form a record: the disk damaged
+    /// them. Delivery sets them aside and goes on from the next record.
     Damaged(String),
+    /// A whole record this build cannot decode (written by a newer one),
+    /// or a position no segment holds: delivery stops rather than skip it.
+    Unusable(String),
 }
 
 /// The pause before the log is read again after the system refused.
@@ -111,18 +124,56 @@ impl Delivery {
                     drop(state);
                     std::thread::sleep(READ_RETRY);
                 }
-                Some(ReadFailure::Damaged(e)) => {
-                    // Unreadable below the durable end: the disk lied. Stop
-                    // delivering (the backlog grows, ingest turns 503) rather
-                    // than skip acknowledged data.
-                    tracing::error!(error = %e, position = end, "write-ahead log damaged; delivery stopped");
-                    self.shared.lock().failed = Some(format!("log unreadable at {end}: {e}"));
-                    self.shared.changed.notify_all();
-                    return;
-                }
+                Some(ReadFailure::Damaged(e)) => match self.skip_damage(end) {
+                    Ok(resume) => self.acknowledge(resume),
+                    Err(why) => return self.stop(end, &format!("{e}; {why}")),
+                },
+                Some(ReadFailure::Unusable(e)) => return self.stop(end, &e),
             }
         }
         tracing::debug!("log delivery stopped: everything stored");
+    }
+
+    /// Stops delivering (the backlog grows, ingest turns 503, `/readyz`
+    /// says why) rather than skip acknowledged data.
+    fn stop(&self, position: u64, why: &str) {
+        tracing::error!(error = %why, position, "write-ahead log unreadable; delivery stopped");
+        self.shared.lock().failed = Some(format!("log unreadable at {position}: {why}"));
+        self.shared.changed.notify_all();
+    }
+
+    /// Sets aside the damaged bytes at `position` and answers where whole
+    /// records resume: the next record sealed to its own position within
+    /// the segment, else the next segment's start, else the durable end.
+    /// The damaged record is lost (its bytes are kept for whoever looks);
+    /// the acknowledged records after it are not.
+    fn skip_damage(&self, position: u64) -> Result<u64, String> {
+        let (start, bound) = {
+            let state = self.shared.lock();
+            let start = state.segments.range(..=position).next_back().copied();
+            let next = state.segments.range(position + 1..).next().copied();
+            (start, next.map_or(state.end, |n| n.min(state.end)))
+        };
+        let start = start.ok_or("no segment holds this position")?;
+        let path = segments::segment_path(&self.shared.dir, start);
+        let io = |e: std::io::Error| format!("{}: {e}", path.display());
+        let file = File::open(&path).map_err(io)?;
+        let (from, to) = (position - start, bound.saturating_sub(start));
+        let resume = segments::next_whole_record(&file, start, from + 1, to).map_err(io)?.unwrap_or(to) + start;
+        if resume <= position {
+            return Err("nothing follows the damage".into());
+        }
+        let saved = segments::save_damaged(&self.shared.dir, &file, start, from, resume - start);
+        tracing::error!(
+            segment = %path.display(),
+            position,
+            resumes = resume,
+            saved = ?saved.as_ref().map(|p| p.display().to_string()).map_err(|e| e.to_string()),
+            "write-ahead log damaged: its bytes, kept aside where the disk had room, are skipped"
+        );
+        metrics::counter!("leanloop_log_damaged_bytes_total").increment(resume - position);
+        self.shared.lock().damaged_bytes += resume - position;
+        Ok(resume)
     }
 
     /// Waits until something durable is undelivered and delivery is not
@@ -190,7 +241,7 @@ impl Delivery {
         let start = {
             let state = self.shared.lock();
             let start = state.segments.range(..=position).next_back();
-            *start.ok_or_else(|| ReadFailure::Damaged("no segment holds this position".into()))?
+            *start.ok_or_else(|| ReadFailure::Unusable("no segment holds this position".into()))?
         };
         if cursor.as_ref().is_none_or(|c| c.start != start || c.position != position) {
             let path: PathBuf = segments::segment_path(&self.shared.dir, start);
@@ -205,7 +256,7 @@ impl Delivery {
         match record::read_next(&mut c.reader, position).map_err(|e| ReadFailure::Io(e.to_string()))? {
             Next::Record(payload, size) => {
                 c.position += size;
-                let batch = record::decode(&payload).map_err(ReadFailure::Damaged)?;
+                let batch = record::decode(&payload).map_err(ReadFailure::Unusable)?;
                 Ok((batch, size))
             }
             Next::End | Next::Torn => {
@@ -219,6 +270,8 @@ impl Delivery {
 struct Records<'a> {
     delivery: &'a Delivery,
     cursor: &'a mut Option<Cursor>,
+    /// Log position the write started from.
+    from: u64,
     /// Log position just past the last record handed out.
     position: u64,
     events: usize,
@@ -237,6 +290,7 @@ impl<'a> Records<'a> {
         Records {
             delivery,
             cursor,
+            from,
             position: from,
             events: 0,
             first_read: None,
@@ -295,7 +349,13 @@ impl Iterator for Records<'_> {
     fn next(&mut self) -> Option<Chunk> {
         // Sized for a full chunk: growing it moved every event again.
         let mut chunk = Chunk { events: Vec::with_capacity(CHUNK_EVENTS + CHUNK_SLACK), ..Chunk::default() };
-        while self.failure.is_none() && chunk.events.len() < CHUNK_EVENTS && self.events < self.delivery.batch_events {
+        let chunk_start = self.position;
+        while self.failure.is_none()
+            && chunk.events.len() < CHUNK_EVENTS
+            && self.position - chunk_start < CHUNK_BYTES
+            && self.events < self.delivery.batch_events
+            && self.position - self.from < WRITE_BYTES
+        {
             // A chunk waits for records until it is full or the write's
             // interval is up: every chunk is one append, whose fixed cost
             // (DuckDB plans a scan of each record batch) would otherwise be

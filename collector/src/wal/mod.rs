@@ -87,6 +87,8 @@ struct State {
     reused: u64,
     /// Reads of the log the system refused, each tried again.
     read_retries: u64,
+    /// Damaged log bytes set aside and skipped.
+    damaged_bytes: u64,
 }
 
 impl State {
@@ -122,6 +124,7 @@ impl Wal {
                 closing: false,
                 abandon: false,
                 read_retries: 0,
+                damaged_bytes: 0,
                 paused: false,
                 reused: 0,
             }),
@@ -281,23 +284,25 @@ fn recover(dir: &Path) -> std::io::Result<(File, u64, u64, u64, BTreeSet<u64>)> 
     // Segments before the first on disk were delivered and deleted.
     let acked = acked_on_disk.unwrap_or(first).max(first);
     let file = OpenOptions::new().read(true).write(true).open(last_path)?;
-    let scan_from = acked.saturating_sub(last).min(file.metadata()?.len());
-    let len = segments::valid_len(&file, last, scan_from)?;
-    if len < file.metadata()?.len() {
-        // Zeros are the rest of a segment filled ahead; anything else is a
-        // record a crash tore, or what a reused segment held before.
-        if segments::whole_record_follows(&file, last, len)? {
-            // Not a crash's doing: acknowledged records follow the damage.
-            // A disk too full to keep them aside must not stop the start.
-            let saved = segments::save_tail(dir, &file, last, len);
-            tracing::error!(
-                segment = %last_path.display(),
-                valid = len,
-                saved = ?saved.as_ref().map(|p| p.display().to_string()).map_err(|e| e.to_string()),
-                "the log holds a damaged record followed by whole ones; the log continues from the damage, and \
-                 what followed it is kept aside where the disk had room"
-            );
-        } else if !segments::zeros_at(&file, len)? {
+    let file_len = file.metadata()?.len();
+    let scan_from = acked.saturating_sub(last).min(file_len);
+    let mut len = segments::valid_len(&file, last, scan_from)?;
+    // Zeros are the rest of a segment filled ahead. Anything else is a
+    // record a crash tore, what a reused segment held before, or damage
+    // with whole records after it, which the log keeps: delivery sets the
+    // damaged bytes aside when it meets them.
+    while len < file_len && !segments::zeros_at(&file, len)? {
+        let Some(next) = segments::next_whole_record(&file, last, len + 1, file_len)? else { break };
+        tracing::error!(
+            segment = %last_path.display(),
+            damaged = len,
+            resumes = next,
+            "the log holds damaged bytes followed by whole records; delivery will set them aside"
+        );
+        len = segments::valid_len(&file, last, next)?;
+    }
+    if len < file_len {
+        if !segments::zeros_at(&file, len)? {
             tracing::info!(
                 segment = %last_path.display(),
                 valid = len,
@@ -346,25 +351,67 @@ mod tests {
         assert_eq!(on_disk, whole, "the torn record is cut off");
     }
 
-    #[test]
-    fn records_after_a_damaged_one_are_kept_aside() {
-        let dir = tempfile::tempdir().unwrap();
-        let a = record(1, 0);
-        let mut b = record(2, a.len() as u64);
-        let c = record(3, (a.len() + b.len()) as u64);
-        let last = b.len() - 1;
-        b[last] ^= 1; // a bit flipped on disk
-        let mut file = File::create(segments::segment_path(dir.path(), 0)).unwrap();
-        for r in [&a, &b, &c] {
-            file.write_all(r).unwrap();
+    /// Two segment files: events 1–4 from position 0, then 5–6, each a
+    /// record sealed to its position; `damage` may change a record's bytes
+    /// (by event number). Answers the records' bytes and the second
+    /// segment's start.
+    fn damaged_log(dir: &Path, damage: impl Fn(u128, &mut Vec<u8>)) -> (Vec<Vec<u8>>, u64) {
+        std::fs::create_dir_all(dir).unwrap();
+        let (mut written, mut at, mut second) = (Vec::new(), 0u64, 0);
+        for events in [1..=4u128, 5..=6] {
+            second = at;
+            let mut file = File::create(segments::segment_path(dir, at)).unwrap();
+            for n in events {
+                let mut bytes = record(n, at);
+                at += bytes.len() as u64;
+                damage(n, &mut bytes);
+                file.write_all(&bytes).unwrap();
+                written.push(bytes);
+            }
+            // Rolled: the rest of the file was filled ahead.
+            file.write_all(&[0; 4096]).unwrap();
         }
-        drop(file);
+        (written, second)
+    }
 
-        let (_file, _, len, _, _) = recover(dir.path()).unwrap();
-        assert_eq!(len, a.len() as u64);
-        let saved = std::fs::read(dir.path().join(format!("damaged-{:020}-{}.tail", 0, a.len()))).unwrap();
-        assert_eq!(saved, [b, c].concat(), "what followed the damage is kept");
-        assert_eq!(segments::list(dir.path()).unwrap().len(), 1, "and is not read as a segment");
+    #[test]
+    fn damaged_records_are_set_aside_and_delivery_goes_on() {
+        // Record 2's payload has a bit flipped; record 3's length is
+        // garbage, so only a search finds where record 4 begins; record 5,
+        // the last segment's first, is damaged where a crash could have
+        // torn it, but a whole record follows: the start keeps the log.
+        for (case, damage) in
+            [("a flipped bit", 2usize), ("a garbled length", 3), ("the last segment's first record", 5)]
+        {
+            let dir = tempfile::tempdir().unwrap();
+            let (store, options) = duckdb_log(dir.path(), 1 << 20);
+            let (written, second) = damaged_log(&options.dir, |n, bytes| {
+                if n == damage as u128 {
+                    match n {
+                        2 => *bytes.last_mut().unwrap() ^= 1,
+                        3 => bytes[..4].copy_from_slice(&0x00ff_ff00u32.to_le_bytes()),
+                        _ => bytes[20] ^= 0xff,
+                    }
+                }
+            });
+            let wal = Wal::open(options.clone(), store.clone()).unwrap();
+            assert_eq!(wal.drain(Duration::from_secs(60)), 0, "{case}");
+            assert_eq!(wal.shared.lock().failed, None, "{case}");
+            assert_eq!(wal.shared.lock().damaged_bytes, written[damage - 1].len() as u64, "{case}");
+            let mut stored: Vec<u64> = store
+                .recent(&EventFilter::project(1), 10)
+                .unwrap()
+                .iter()
+                .map(|e| serde_json::from_str::<serde_json::Value>(&e.properties).unwrap()["n"].as_u64().unwrap())
+                .collect();
+            stored.sort();
+            let expected: Vec<u64> = (1..=6).filter(|&n| n != damage as u64).collect();
+            assert_eq!(stored, expected, "{case}: every whole record is delivered");
+            let start = if damage == 5 { second } else { 0 };
+            let offset = written[..damage - 1].iter().map(Vec::len).sum::<usize>() as u64 - start;
+            let saved = std::fs::read(options.dir.join(format!("damaged-{start:020}-{offset}.bin"))).unwrap();
+            assert_eq!(saved, written[damage - 1], "{case}: the damaged record's bytes are kept");
+        }
     }
 
     #[test]

@@ -14,7 +14,10 @@
 //!
 //! A record is written whole or, after a crash mid-write, found torn: a short
 //! header, a short payload or a check that does not match. Recovery cuts
-//! the log at the first torn record, which was never acknowledged.
+//! the log at the first torn record, which was never acknowledged, unless
+//! whole records follow it: then the disk damaged it, and delivery sets its
+//! bytes aside and goes on from the next record sealed to its own position
+//! ([`whole_at`]).
 
 use leanloop_core::{Event, UserUpdate};
 use serde::{Deserialize, Serialize};
@@ -117,15 +120,37 @@ pub fn read_next(reader: &mut impl Read, position: u64) -> io::Result<Next> {
     if read_full(reader, &mut payload)? < len {
         return Ok(Next::Torn);
     }
-    let crc = crc32fast::hash(&payload);
-    let whole = match payload[0] {
-        FORMAT_UNSEALED => crc == check,
-        _ => crc ^ position_mask(position) == check,
-    };
-    if !whole {
+    if !checks(&payload, check, position) {
         return Ok(Next::Torn);
     }
     Ok(Next::Record(payload, (HEADER_BYTES + len) as u64))
+}
+
+/// Whether `payload` matches the `check` of a record written at `position`.
+fn checks(payload: &[u8], check: u32, position: u64) -> bool {
+    let crc = crc32fast::hash(payload);
+    match payload[0] {
+        FORMAT_UNSEALED => crc == check,
+        _ => crc ^ position_mask(position) == check,
+    }
+}
+
+/// The size of the whole record `bytes` start with, if they start with one
+/// written at `position`. Finding where records resume after damage tries
+/// every offset: a length past the bytes or a format byte no build wrote
+/// rules most out before their checksum is computed.
+pub fn whole_at(bytes: &[u8], position: u64) -> Option<u64> {
+    let header = bytes.get(..HEADER_BYTES)?;
+    let len = u32::from_le_bytes(header[..4].try_into().expect("4 bytes")) as usize;
+    if len == 0 || len > MAX_PAYLOAD_BYTES {
+        return None;
+    }
+    let payload = bytes.get(HEADER_BYTES..HEADER_BYTES + len)?;
+    if !(FORMAT_UNSEALED..=FORMAT + 8).contains(&payload[0]) {
+        return None;
+    }
+    let check = u32::from_le_bytes(header[4..].try_into().expect("4 bytes"));
+    checks(payload, check, position).then_some((HEADER_BYTES + len) as u64)
 }
 
 pub fn decode(payload: &[u8]) -> Result<Batch, String> {

@@ -163,33 +163,34 @@ pub fn valid_len(file: &File, start: u64, offset: u64) -> io::Result<u64> {
     Ok(len)
 }
 
-/// Whether a whole record follows the damaged one at `offset`, whose
-/// length still reads as sane: a bit flipped where data sat, not a record
-/// a crash tore at the end.
-pub fn whole_record_follows(file: &File, start: u64, offset: u64) -> io::Result<bool> {
-    let mut header = [0u8; record::HEADER_BYTES];
-    if file.read_at(&mut header, offset)? < header.len() {
-        return Ok(false);
+/// The offset of the first whole record in `file` (the segment at `start`)
+/// within `from..to`: where records resume after damage. Every offset is
+/// tried; only a record sealed to its own position counts, so neither the
+/// damaged bytes nor what a reused file held before read as one.
+pub fn next_whole_record(file: &File, start: u64, from: u64, to: u64) -> io::Result<Option<u64>> {
+    let mut bytes = vec![0u8; to.saturating_sub(from) as usize];
+    let mut filled = 0;
+    while filled < bytes.len() {
+        match file.read_at(&mut bytes[filled..], from + filled as u64)? {
+            0 => break,
+            n => filled += n,
+        }
     }
-    let len = u32::from_le_bytes(header[..4].try_into().expect("4 bytes")) as usize;
-    if len == 0 || len > record::MAX_PAYLOAD_BYTES {
-        return Ok(false);
-    }
-    let next = offset + (record::HEADER_BYTES + len) as u64;
-    let mut reader = BufReader::new(file);
-    reader.seek(SeekFrom::Start(next))?;
-    Ok(matches!(record::read_next(&mut reader, start + next)?, Next::Record(..)))
+    bytes.truncate(filled);
+    Ok((0..bytes.len())
+        .find(|&i| record::whole_at(&bytes[i..], start + from + i as u64).is_some())
+        .map(|i| from + i as u64))
 }
 
-/// Keeps the bytes of `file` from `offset` on beside the log, for whoever
-/// investigates damage, before the log is cut there.
-pub fn save_tail(dir: &Path, file: &File, start: u64, offset: u64) -> io::Result<PathBuf> {
-    let path = dir.join(format!("damaged-{start:020}-{offset}.tail"));
+/// Keeps the bytes of `file` in `from..to` beside the log, for whoever
+/// investigates damage, before delivery goes past them.
+pub fn save_damaged(dir: &Path, file: &File, start: u64, from: u64, to: u64) -> io::Result<PathBuf> {
+    let path = dir.join(format!("damaged-{start:020}-{from}.bin"));
     let copy = || -> io::Result<()> {
         let mut reader = BufReader::new(file);
-        reader.seek(SeekFrom::Start(offset))?;
+        reader.seek(SeekFrom::Start(from))?;
         let mut saved = File::create(&path)?;
-        io::copy(&mut reader, &mut saved)?;
+        io::copy(&mut io::Read::take(reader, to - from), &mut saved)?;
         saved.sync_all()?;
         sync_dir(dir)
     };

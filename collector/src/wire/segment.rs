@@ -184,7 +184,17 @@ pub enum Call {
     Single(EventKind),
 }
 
-pub fn decode(text: &str, call: Call, max_event_bytes: usize, max_batch: usize) -> Result<Decoded, IngestError> {
+/// Decodes a Segment body. `reserve` is told, before a batch's events are
+/// decoded, how many bytes its shared `context` adds by being copied into
+/// each of them, and may refuse: a small body could otherwise fan out into
+/// tens of megabytes.
+pub fn decode(
+    text: &str,
+    call: Call,
+    max_event_bytes: usize,
+    max_batch: usize,
+    reserve: &mut dyn FnMut(usize) -> Result<(), IngestError>,
+) -> Result<Decoded, IngestError> {
     match call {
         Call::Single(kind) => {
             if text.len() > max_event_bytes {
@@ -203,6 +213,7 @@ pub fn decode(text: &str, call: Call, max_event_bytes: usize, max_batch: usize) 
             let mut key = Text::take(body.write_key);
             let shared = body.context;
             let shared_bytes = shared.as_ref().map_or(0, Context::shared_bytes);
+            reserve(shared_bytes.saturating_mul(body.batch.len()))?;
             let items = split_items(body.batch, shared_bytes, max_event_bytes)
                 .map(|raw| {
                     let mut message: Message = decode_item(raw?)?;
@@ -350,7 +361,7 @@ mod tests {
     use super::*;
 
     fn one(text: &str, call: Call) -> Result<Incoming, IngestError> {
-        decode(text, call, 32 * 1024, 1000).and_then(|mut d| d.items.remove(0))
+        decode(text, call, 32 * 1024, 1000, &mut free).and_then(|mut d| d.items.remove(0))
     }
 
     #[test]
@@ -374,8 +385,12 @@ mod tests {
         let text = r#"{"context":{"app":{"version":"9.9"},"userAgent":"batch-UA","page":{"url":"https://b.example/x","referrer":"https://r.example/"}},
                       "batch":[{"type":"track","event":"a","userId":"u"},
                                {"type":"track","event":"b","userId":"u","context":{"release":"1.0","page":{"url":"https://m.example/y"}}}]}"#;
-        let items: Vec<Incoming> =
-            decode(text, Call::Batch, 32 * 1024, 1000).unwrap().items.into_iter().map(Result::unwrap).collect();
+        let items: Vec<Incoming> = decode(text, Call::Batch, 32 * 1024, 1000, &mut free)
+            .unwrap()
+            .items
+            .into_iter()
+            .map(Result::unwrap)
+            .collect();
         assert_eq!(items[0].release.as_deref(), Some("9.9"));
         assert_eq!(items[0].user_agent.as_deref(), Some("batch-UA"));
         assert_eq!(items[0].url.as_deref(), Some("https://b.example/x"));
@@ -397,7 +412,7 @@ mod tests {
             traits(r#"{"userId":"u","traits":{"plan":"pro"},"context":{"traits":{"plan":"free","email":"a@x.io"}}}"#);
         assert_eq!(both, serde_json::json!({"plan": "pro", "email": "a@x.io"}));
         let batch = r#"{"context":{"traits":{"team":"core"}},"batch":[{"type":"identify","userId":"u"}]}"#;
-        let item = decode(batch, Call::Batch, 32 * 1024, 1000).unwrap().items.remove(0).unwrap();
+        let item = decode(batch, Call::Batch, 32 * 1024, 1000, &mut free).unwrap().items.remove(0).unwrap();
         assert_eq!(item.traits.as_deref(), Some(r#"{"team":"core"}"#));
         match identify(r#"{"userId":"u","context":{"traits":[1]}}"#) {
             Err(IngestError::BadField { field, .. }) => assert_eq!(field, "context.traits"),
@@ -531,7 +546,7 @@ mod tests {
         padded.resize(15, serde_json::Value::Null);
         for text in [positional, serde_json::to_string(&padded).unwrap(), "[]".into(), "7".into()] {
             assert_eq!(field(&text), "body", "{text}");
-            let batch = decode(&text, Call::Batch, 32 * 1024, 1000).map(|_| ()).unwrap_err();
+            let batch = decode(&text, Call::Batch, 32 * 1024, 1000, &mut free).map(|_| ()).unwrap_err();
             assert!(matches!(batch, IngestError::BadField { ref field, .. } if field == "body"), "{batch:?}");
         }
     }
@@ -541,13 +556,19 @@ mod tests {
         let two = "{\"userId\":\"u\",\"event\":\"a\"}\n{\"userId\":\"u\",\"event\":\"b\"}";
         assert!(matches!(one(two, Call::Single(EventKind::Track)), Err(IngestError::BadJson(_))));
         let batch = r#"{"batch":[{"type":"track","userId":"u","event":"a"}]} garbage"#;
-        assert!(matches!(decode(batch, Call::Batch, 32 * 1024, 1000), Err(IngestError::BadJson(_))));
+        assert!(matches!(decode(batch, Call::Batch, 32 * 1024, 1000, &mut free), Err(IngestError::BadJson(_))));
     }
 
     #[test]
     fn batch_entries_that_are_not_objects_are_named() {
-        let d = decode(r#"{"batch":[1,null,{"type":"track","userId":"u","event":"e"}]}"#, Call::Batch, 32 * 1024, 1000)
-            .unwrap();
+        let d = decode(
+            r#"{"batch":[1,null,{"type":"track","userId":"u","event":"e"}]}"#,
+            Call::Batch,
+            32 * 1024,
+            1000,
+            &mut free,
+        )
+        .unwrap();
         let fields: Vec<Option<String>> = d
             .items
             .iter()
@@ -589,6 +610,7 @@ mod tests {
             Call::Batch,
             32 * 1024,
             1000,
+            &mut free,
         )
         .unwrap();
         assert_eq!(d.key.as_deref(), Some("k"));
@@ -603,15 +625,19 @@ mod tests {
     fn batch_limits() {
         let big = format!(r#"{{"batch":[{}]}}"#, vec![r#"{"type":"track","userId":"u","event":"e"}"#; 1001].join(","));
         assert!(matches!(
-            decode(&big, Call::Batch, 32 * 1024, 1000),
+            decode(&big, Call::Batch, 32 * 1024, 1000, &mut free),
             Err(IngestError::BatchTooLarge { count: 1001, .. })
         ));
         let fat = format!(
             r#"{{"batch":[{{"type":"track","userId":"u","event":"e","properties":{{"x":"{}"}}}}]}}"#,
             "a".repeat(40_000)
         );
-        let d = decode(&fat, Call::Batch, 32 * 1024, 1000).unwrap();
+        let d = decode(&fat, Call::Batch, 32 * 1024, 1000, &mut free).unwrap();
         assert!(matches!(d.items[0], Err(IngestError::EventTooLarge { .. })));
+    }
+
+    fn free(_: usize) -> Result<(), IngestError> {
+        Ok(())
     }
 
     #[test]
@@ -623,9 +649,22 @@ mod tests {
                 [r#"{"type":"track","userId":"u","event":"e"}"#; 3].join(",")
             )
         };
-        let d = decode(&batch(20_000), Call::Batch, 32 * 1024, 1000).unwrap();
+        let d = decode(&batch(20_000), Call::Batch, 32 * 1024, 1000, &mut free).unwrap();
         assert!(d.items.iter().all(|i| i.is_ok()));
-        let d = decode(&batch(40_000), Call::Batch, 32 * 1024, 1000).unwrap();
+        let d = decode(&batch(40_000), Call::Batch, 32 * 1024, 1000, &mut free).unwrap();
         assert!(d.items.iter().all(|i| matches!(i, Err(IngestError::EventTooLarge { .. }))));
+        // What the copies add is asked for before the events are decoded,
+        // and a refusal refuses the request.
+        let mut asked = Vec::new();
+        let mut refuse = |bytes: usize| {
+            asked.push(bytes);
+            Err(IngestError::BodiesBusy)
+        };
+        let url = "https://a.example/".len() + 20_000;
+        assert!(matches!(
+            decode(&batch(20_000), Call::Batch, 32 * 1024, 1000, &mut refuse),
+            Err(IngestError::BodiesBusy)
+        ));
+        assert_eq!(asked, [3 * url]);
     }
 }

@@ -279,8 +279,16 @@ async fn unknown_routes_and_methods_are_json_errors() {
     let (status, body) = error_of(r).await;
     assert_eq!((status, body["error"]["code"].as_str()), (405, Some("method_not_allowed")), "{body}");
     let r = s.client.post(s.url("/api/v1/projects/1/insights/nope")).send().await.unwrap();
+    assert_eq!(r.headers().get("connection"), None, "no body was left unread");
     let (status, body) = error_of(r).await;
     assert_eq!((status, body["error"]["code"].as_str()), (404, Some("not_found")), "{body}");
+    // Refused from the head, a body the server will not read closes the
+    // connection, and the answer says so.
+    let body = vec![b' '; 1 << 20];
+    let r = s.client.post(s.url("/v1/nope")).body(body.clone()).send().await.unwrap();
+    assert_eq!((r.status().as_u16(), r.headers().get("connection").map(|v| v.as_bytes())), (404, Some(&b"close"[..])));
+    let r = s.client.post(s.url("/v1/batch")).basic_auth("not-a-key", Some("")).body(body).send().await.unwrap();
+    assert_eq!((r.status().as_u16(), r.headers().get("connection").map(|v| v.as_bytes())), (401, Some(&b"close"[..])));
     // A query body over the API's limit, refused before any handler runs.
     let huge = format!(r#"{{"series":[{{"event":"{}"}}]}}"#, "e".repeat(3 << 20));
     let trend = s
@@ -426,11 +434,66 @@ async fn bodies_held_at_once_stay_within_their_budget() {
     assert!(error["error"]["message"].as_str().unwrap().contains("max_bodies_bytes"), "{error}");
     // A small body still fits beside it.
     assert_eq!(post(json!({"batch": [event("small", 10)]})).await.unwrap().status(), 200);
+    // A body of 6 KB whose shared context (1 KB) is copied into 40 events
+    // grows past what is left.
+    let fan_out = json!({"context": {"page": {"url": format!("https://a.example/{}", "x".repeat(1000))}},
+                         "batch": (0..40).map(|_| event("fan", 10)).collect::<Vec<_>>()});
+    assert!(fan_out.to_string().len() < 7000);
+    let refused = post(fan_out.clone()).await.unwrap();
+    assert_eq!(refused.status(), 503);
+    let (_, error) = error_of(refused).await;
+    assert!(error["error"]["message"].as_str().unwrap().contains("max_bodies_bytes"), "{error}");
     // Once the slow upload ends, its share is given back.
     stream.write_all(&slow.as_bytes()[1000..]).await.unwrap();
     let mut answer = [0u8; 12];
     stream.read_exact(&mut answer).await.unwrap();
     assert_eq!(&answer, b"HTTP/1.1 200");
     assert_eq!(post(big).await.unwrap().status(), 200);
-    assert_eq!(s.count(&[]).await, 4);
+    assert_eq!(post(fan_out).await.unwrap().status(), 200);
+    assert_eq!(s.count(&[]).await, 44);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_batch_context_may_not_fan_out_past_the_body_limit() {
+    let s = TestServer::start_with(|c| c.collector.max_body_bytes = 64 * 1024).await;
+    let batch = |events: usize| {
+        json!({"context": {"page": {"url": format!("https://a.example/{}", "x".repeat(1000))}},
+               "batch": (0..events).map(|_| json!({"type": "track", "userId": "u", "event": "fan",
+                                                   "messageId": leanloop_tests::message_id()}))
+                                   .collect::<Vec<_>>()})
+    };
+    let post =
+        |body: Value| s.client.post(s.url("/v1/batch")).basic_auth(&s.project.write_key, Some("")).json(&body).send();
+    // 100 copies of a 1 KB context: over 64 KB, though the body is 9 KB.
+    let (status, error) = error_of(post(batch(100)).await.unwrap()).await;
+    assert_eq!(status, 413, "{error}");
+    assert_eq!(error["error"]["field"], "context", "{error}");
+    assert!(error["error"]["message"].as_str().unwrap().contains("copied into each"), "{error}");
+    assert_eq!(post(batch(40)).await.unwrap().status(), 200);
+    assert_eq!(s.count(&[]).await, 40);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_that_shuts_its_side_after_the_request_is_answered() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let s = TestServer::start().await;
+    let body = json!({"type": "track", "userId": "u", "event": "half-closed",
+                      "messageId": leanloop_tests::message_id()})
+    .to_string();
+    let key = base64::engine::general_purpose::STANDARD.encode(format!("{}:", s.project.write_key));
+    let request = format!(
+        "POST /v1/track HTTP/1.1\r\nhost: x\r\nauthorization: Basic {key}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let mut stream = tokio::net::TcpStream::connect(s.base.trim_start_matches("http://")).await.unwrap();
+    stream.write_all(request.as_bytes()).await.unwrap();
+    stream.shutdown().await.unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(std::time::Duration::from_secs(30), stream.read_to_end(&mut answer))
+        .await
+        .expect("answered within the deadline")
+        .unwrap();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert_eq!(s.count(&[("name", "half-closed")]).await, 1);
 }

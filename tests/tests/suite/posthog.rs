@@ -180,6 +180,10 @@ async fn flag_calls_get_no_flags_for_a_good_key_and_a_refusal_for_a_bad_one() {
         assert_eq!(answer["flags"], json!([]), "{path}: {answer}");
         assert_eq!(definitions("no-such-key").await.unwrap().status(), 401, "{path}");
         assert_eq!(definitions(&s.project.read_key).await.unwrap().status(), 401, "{path}");
+        let r = s.client.get(s.url(path)).bearer_auth("phx_personal").send().await.unwrap();
+        assert_eq!(r.status(), 401, "{path}");
+        let answer: Value = r.json().await.unwrap();
+        assert!(answer["error"]["message"].as_str().unwrap().contains("`token`"), "{path}: {answer}");
     }
     assert_eq!(s.count(&[]).await, 0, "a flags call stores no event");
 }
