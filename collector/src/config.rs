@@ -116,8 +116,14 @@ impl CollectorConfig {
                 return Err(format!("collector.country_header: `{header}` is not a header name"));
             }
         }
-        if self.max_bodies_bytes < self.max_body_bytes {
-            return Err("collector.max_bodies_bytes must hold at least one full request body (max_body_bytes)".into());
+        // A compressed body and what it inflates to are both held: one
+        // request alone must always fit.
+        if self.max_bodies_bytes / 2 < self.max_body_bytes {
+            return Err(
+                "collector.max_bodies_bytes must hold at least two full request bodies (2 × max_body_bytes: a \
+                 compressed body and what it inflates to)"
+                    .into(),
+            );
         }
         if self.max_event_bytes > self.max_body_bytes {
             return Err("collector.max_event_bytes must not exceed collector.max_body_bytes".into());

@@ -108,6 +108,16 @@ impl Delivery {
                 return;
             }
             self.acknowledge(end);
+            let failure = match failure {
+                Some(ReadFailure::Damaged(e)) => match self.skip_damage(end, &e) {
+                    Ok(resume) => {
+                        self.acknowledge(resume);
+                        None
+                    }
+                    Err(failure) => Some(failure),
+                },
+                other => other,
+            };
             match failure {
                 None => {}
                 Some(ReadFailure::Io(e)) => {
@@ -124,11 +134,7 @@ impl Delivery {
                     drop(state);
                     std::thread::sleep(READ_RETRY);
                 }
-                Some(ReadFailure::Damaged(e)) => match self.skip_damage(end) {
-                    Ok(resume) => self.acknowledge(resume),
-                    Err(why) => return self.stop(end, &format!("{e}; {why}")),
-                },
-                Some(ReadFailure::Unusable(e)) => return self.stop(end, &e),
+                Some(ReadFailure::Damaged(e) | ReadFailure::Unusable(e)) => return self.stop(end, &e),
             }
         }
         tracing::debug!("log delivery stopped: everything stored");
@@ -147,22 +153,24 @@ impl Delivery {
     /// the segment, else the next segment's start, else the durable end.
     /// The damaged record is lost (its bytes are kept for whoever looks);
     /// the acknowledged records after it are not.
-    fn skip_damage(&self, position: u64) -> Result<u64, String> {
+    /// A file the system refuses is tried again, as for any read.
+    fn skip_damage(&self, position: u64, damage: &str) -> Result<u64, ReadFailure> {
         let (start, bound) = {
             let state = self.shared.lock();
             let start = state.segments.range(..=position).next_back().copied();
             let next = state.segments.range(position + 1..).next().copied();
             (start, next.map_or(state.end, |n| n.min(state.end)))
         };
-        let start = start.ok_or("no segment holds this position")?;
-        let path = segments::segment_path(&self.shared.dir, start);
-        let io = |e: std::io::Error| format!("{}: {e}", path.display());
-        let file = File::open(&path).map_err(io)?;
-        let (from, to) = (position - start, bound.saturating_sub(start));
-        let resume = segments::next_whole_record(&file, start, from + 1, to).map_err(io)?.unwrap_or(to) + start;
-        if resume <= position {
-            return Err("nothing follows the damage".into());
+        let unusable = |why: &str| ReadFailure::Unusable(format!("{damage}; {why}"));
+        let start = start.ok_or_else(|| unusable("no segment holds this position"))?;
+        if bound <= position {
+            return Err(unusable("nothing follows the damage"));
         }
+        let path = segments::segment_path(&self.shared.dir, start);
+        let io = |e: std::io::Error| ReadFailure::Io(format!("{}: {e}", path.display()));
+        let file = File::open(&path).map_err(io)?;
+        let (from, to) = (position - start, bound - start);
+        let resume = segments::next_whole_record(&file, start, from + 1, to).map_err(io)?.unwrap_or(to) + start;
         let saved = segments::save_damaged(&self.shared.dir, &file, start, from, resume - start);
         tracing::error!(
             segment = %path.display(),

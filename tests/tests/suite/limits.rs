@@ -400,39 +400,49 @@ async fn bodies_held_at_once_stay_within_their_budget() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let s = TestServer::start_with(|c| {
         c.collector.max_body_bytes = 64 * 1024;
-        c.collector.max_bodies_bytes = 100 * 1024;
+        c.collector.max_bodies_bytes = 128 * 1024;
     })
     .await;
     let event = |name: &str, pad: usize| {
         json!({"type": "track", "userId": "u", "event": name, "messageId": leanloop_tests::message_id(),
                "properties": {"pad": "p".repeat(pad)}})
     };
-    // A slow upload of 60 KB holds 60 KB of the budget from its first byte.
-    let slow = json!({"batch": [event("slow", 100)]}).to_string();
-    let slow = format!("{slow}{}", " ".repeat(60 * 1024 - slow.len()));
+    // Two slow uploads of 60 KB each hold 120 KB of the budget from their
+    // first bytes.
     let key = base64::engine::general_purpose::STANDARD.encode(format!("{}:", s.project.write_key));
-    let head = format!(
-        "POST /v1/batch HTTP/1.1\r\nhost: x\r\nauthorization: Basic {key}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
-        slow.len()
-    );
-    let mut stream = tokio::net::TcpStream::connect(s.base.trim_start_matches("http://")).await.unwrap();
-    stream.write_all(head.as_bytes()).await.unwrap();
-    stream.write_all(&slow.as_bytes()[..1000]).await.unwrap();
+    let mut slow = Vec::new();
+    for _ in 0..2 {
+        let body = json!({"batch": [event("slow", 100)]}).to_string();
+        let body = format!("{body}{}", " ".repeat(60 * 1024 - body.len()));
+        let head = format!(
+            "POST /v1/batch HTTP/1.1\r\nhost: x\r\nauthorization: Basic {key}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+            body.len()
+        );
+        let mut stream = tokio::net::TcpStream::connect(s.base.trim_start_matches("http://")).await.unwrap();
+        stream.write_all(head.as_bytes()).await.unwrap();
+        stream.write_all(&body.as_bytes()[..1000]).await.unwrap();
+        slow.push((stream, body));
+    }
     // A refusal closes its connection: each request gets a fresh one.
     let client = reqwest::Client::builder().pool_max_idle_per_host(0).build().unwrap();
     let post =
         |body: Value| client.post(s.url("/v1/batch")).basic_auth(&s.project.write_key, Some("")).json(&body).send();
-    // Another 48 KB would take the budget past 100 KB: refused, to be retried.
-    let big = json!({"batch": [event("big", 24_000), event("big", 24_000)]});
-    let refused = leanloop_tests::eventually("the slow upload's bytes held", || async {
-        let r = post(big.clone()).await.ok()?;
+    // 10 KB more fit beside one slow upload, not beside both. (Read, this
+    // body is refused: its event has no name, so nothing is stored.)
+    let probe = json!({"batch": [{"type": "track", "userId": "u", "properties": {"pad": "p".repeat(10_000)}}]});
+    let refused = leanloop_tests::eventually("both slow uploads' bytes held", || async {
+        let r = post(probe.clone()).await.ok()?;
         (r.status() == 503).then_some(r)
     })
     .await;
     assert_eq!(refused.headers()["retry-after"], "1");
+    assert_eq!(refused.headers()["connection"], "close", "the body may be left unread");
     let (_, error) = error_of(refused).await;
     assert!(error["error"]["message"].as_str().unwrap().contains("max_bodies_bytes"), "{error}");
-    // A small body still fits beside it.
+    // Another 48 KB would take the budget past 128 KB: refused, to be retried.
+    let big = json!({"batch": [event("big", 24_000), event("big", 24_000)]});
+    assert_eq!(post(big.clone()).await.unwrap().status(), 503);
+    // A small body still fits beside them.
     assert_eq!(post(json!({"batch": [event("small", 10)]})).await.unwrap().status(), 200);
     // A body of 6 KB whose shared context (1 KB) is copied into 40 events
     // grows past what is left.
@@ -443,14 +453,16 @@ async fn bodies_held_at_once_stay_within_their_budget() {
     assert_eq!(refused.status(), 503);
     let (_, error) = error_of(refused).await;
     assert!(error["error"]["message"].as_str().unwrap().contains("max_bodies_bytes"), "{error}");
-    // Once the slow upload ends, its share is given back.
-    stream.write_all(&slow.as_bytes()[1000..]).await.unwrap();
-    let mut answer = [0u8; 12];
-    stream.read_exact(&mut answer).await.unwrap();
-    assert_eq!(&answer, b"HTTP/1.1 200");
+    // Once the slow uploads end, their shares are given back.
+    for (mut stream, body) in slow {
+        stream.write_all(&body.as_bytes()[1000..]).await.unwrap();
+        let mut answer = [0u8; 12];
+        stream.read_exact(&mut answer).await.unwrap();
+        assert_eq!(&answer, b"HTTP/1.1 200");
+    }
     assert_eq!(post(big).await.unwrap().status(), 200);
     assert_eq!(post(fan_out).await.unwrap().status(), 200);
-    assert_eq!(s.count(&[]).await, 44);
+    assert_eq!(s.count(&[]).await, 45);
 }
 
 #[tokio::test(flavor = "multi_thread")]
