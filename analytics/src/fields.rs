@@ -229,15 +229,10 @@ impl Filter {
     }
 }
 
-/// Patterns run on the stores' RE2 engines; Rust's `regex` accepts the same
-/// syntax (no look-around or back-references), so a pattern that compiles
-/// here will not fail there.
+/// Patterns run on the stores' RE2 engines: refused here when RE2 would
+/// refuse them there.
 fn check_regex(pattern: &str, at: &str) -> Result<(), AnalyticsError> {
-    regex::RegexBuilder::new(pattern)
-        .size_limit(1 << 20)
-        .build()
-        .map(|_| ())
-        .map_err(|e| AnalyticsError::invalid(at, format!("`{at}` is not a valid regular expression: {e}")))
+    crate::re2::compile(pattern, at).map(|_| ())
 }
 
 /// Compiles a list of filters found at `at` (e.g. `filters`), cohorts

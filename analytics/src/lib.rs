@@ -21,6 +21,7 @@ pub mod funnels;
 pub mod live;
 pub mod paths;
 pub mod people;
+mod re2;
 pub mod releases;
 pub mod retention;
 mod sql;

@@ -86,11 +86,7 @@ impl TraitCheck {
             _ => None,
         };
         let pattern = match f.op {
-            Op::Regex | Op::NotRegex => {
-                Some(regex::RegexBuilder::new(&values[0]).size_limit(1 << 20).build().map_err(|e| {
-                    AnalyticsError::invalid(&value_at, format!("`{value_at}` is not a valid regular expression: {e}"))
-                })?)
-            }
+            Op::Regex | Op::NotRegex => Some(crate::re2::compile(&values[0], &value_at)?),
             _ => None,
         };
         Ok(TraitCheck { key: key.to_owned(), op: f.op, values, number, pattern })

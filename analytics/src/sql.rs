@@ -179,10 +179,12 @@ pub fn contains(d: Dialect, expr: Sql, needle: &str) -> Sql {
     Sql::new(f).push(expr).raw(", ").text(needle).raw(") > 0")
 }
 
-/// Whether `expr` matches the RE2 `pattern` anywhere.
+/// Whether `expr` matches the RE2 `pattern` anywhere. A dot matches a
+/// newline on both stores, as ClickHouse's `match` has it; DuckDB's
+/// `regexp_matches` needs the `s` flag for that.
 pub fn regex(d: Dialect, expr: Sql, pattern: &str) -> Sql {
     match d {
-        Dialect::DuckDb => Sql::new("regexp_matches(").push(expr).raw(", ").text(pattern).raw(")"),
+        Dialect::DuckDb => Sql::new("regexp_matches(").push(expr).raw(", ").text(&format!("(?s){pattern}")).raw(")"),
         Dialect::ClickHouse => Sql::new("match(").push(expr).raw(", ").text(&scoped_flags(pattern)).raw(")"),
     }
 }

@@ -60,6 +60,8 @@ pub struct Shared {
     /// The delivery pipeline; `None` on a collector.
     pub pipeline: Option<Arc<Pipeline>>,
     pub metrics: metrics_exporter_prometheus::PrometheusHandle,
+    /// How long a request may take (`request_timeout_secs`).
+    pub request_timeout: std::time::Duration,
 }
 
 impl App {
@@ -92,6 +94,7 @@ impl App {
             collector: collector.clone(),
             pipeline: pipeline.clone(),
             metrics,
+            request_timeout: config.request_timeout,
         };
         let mut router = Router::new().merge(collector.router()).merge(ops::router(shared.clone()));
         if role == Role::Server {

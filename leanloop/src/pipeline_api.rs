@@ -20,7 +20,7 @@ use leanloop_control::KeyKind;
 use leanloop_core::{ApiError, ErrorClass};
 use leanloop_pipeline::logs::LiveEvent;
 use leanloop_pipeline::webhooks::Provider;
-use leanloop_pipeline::{LogLine, NewRepo, Pipeline, Trigger};
+use leanloop_pipeline::{LogLine, NewRepo, Pipeline, Rollback, Trigger};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use std::collections::VecDeque;
@@ -363,8 +363,13 @@ async fn rollback(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let (pipeline, project) = open(&shared, &headers, &id)?;
-    let release = pipeline.rollback(project, &service, &env).await?;
-    Ok((StatusCode::CREATED, Json(release)).into_response())
+    // Answered well before the request's deadline: a rollback whose
+    // replicas are slow to turn healthy is answered 202 and goes on.
+    let answer_within = shared.request_timeout * 2 / 3;
+    Ok(match pipeline.rollback(project, &service, &env, answer_within).await? {
+        Rollback::Live(release) => (StatusCode::CREATED, Json(release)).into_response(),
+        Rollback::Deploying(release) => (StatusCode::ACCEPTED, Json(release)).into_response(),
+    })
 }
 
 async fn remove_service(

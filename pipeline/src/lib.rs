@@ -36,6 +36,16 @@ use tokio::sync::{broadcast, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+/// What a rollback call answers.
+#[derive(Debug)]
+pub enum Rollback {
+    /// The release it started, live.
+    Live(Release),
+    /// The release it started, still starting when the call had to answer;
+    /// its status tells how it ends.
+    Deploying(Release),
+}
+
 /// The pipeline's part of the server configuration.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -668,8 +678,24 @@ impl Pipeline {
     /// Deploys the previous healthy release of a service again, as a new
     /// release marked as a rollback of the current one. With no live release
     /// (the service torn down, or none of its replicas could run again), the
-    /// newest release that ran healthy is deployed again.
-    pub async fn rollback(&self, project_id: i64, service: &str, environment: &str) -> Result<Release, PipelineError> {
+    /// newest release that ran healthy is deployed again. Answers within
+    /// `answer_within`: a rollback still starting then is answered as
+    /// [`Rollback::Deploying`], and goes on.
+    pub async fn rollback(
+        &self,
+        project_id: i64,
+        service: &str,
+        environment: &str,
+        answer_within: std::time::Duration,
+    ) -> Result<Rollback, PipelineError> {
+        // Refused while another deploy of the service runs, rather than
+        // queued: a client retrying a rollback that outlived its request
+        // would otherwise roll back twice.
+        let deploying = self.records.deploy_lock(project_id, service, environment).try_lock_owned().map_err(|_| {
+            PipelineError::Conflict(format!(
+                "a deploy of {service} to {environment} is in progress; see its release, and try again once it ends"
+            ))
+        })?;
         let current = self.records.live_release(project_id, service, environment)?;
         let previous = match &current {
             Some(current) => self.records.previous_healthy(project_id, service, environment, current)?,
@@ -686,11 +712,13 @@ impl Pipeline {
         let labels: engine::Labels = self.config.labels.clone().into_iter().collect();
         let (hosts, records, stop) = (self.hosts.clone(), self.records.clone(), self.shutdown.clone());
         let (instance, publish_ip) = (self.instance.clone(), self.config.publish_ip.clone());
+        let named = (service, environment);
         let (service, environment) = (service.to_owned(), environment.to_owned());
         // A task of its own: a caller that goes away (a client timeout, the
         // request deadline) must not cut the deploy short and leave it
         // `deploying` with its replicas running.
         let deploying = self.tasks.spawn(async move {
+            let _deploying = deploying;
             let rollout = deploy::Rollout {
                 release: records::NewRelease {
                     project_id,
@@ -713,8 +741,16 @@ impl Pipeline {
             let say = |line: &str| tracing::info!(service, environment, "{line}");
             deploy::roll_out(&docker, &hosts, &records, rollout, &say, &stop).await
         });
-        match deploying.await {
-            Ok(done) => done.map_err(PipelineError::Conflict),
+        let mut deploying = std::pin::pin!(deploying);
+        let done = match tokio::time::timeout(answer_within, &mut deploying).await {
+            Ok(done) => done,
+            Err(_) => match self.records.deploying(project_id, named.0, named.1)? {
+                Some(release) => return Ok(Rollback::Deploying(release)),
+                None => deploying.await,
+            },
+        };
+        match done {
+            Ok(done) => done.map(Rollback::Live).map_err(PipelineError::Conflict),
             Err(e) => Err(PipelineError::Conflict(format!("the rollback stopped: {e}"))),
         }
     }

@@ -132,28 +132,49 @@ impl RunLog {
     }
 }
 
+/// What is held of a line without its newline yet: its kept part, and room
+/// past it for a secret that starts there to be masked whole before the
+/// line is cut (a secret split across two pieces would be masked in
+/// neither).
+const HELD_LINE_BYTES: usize = MAX_LINE_BYTES + 64 * 1024;
+
 /// Splits a byte stream into lines, holding a partial last line until the
-/// next chunk (or the end) completes it.
+/// next chunk (or the end) completes it. A line longer than
+/// [`HELD_LINE_BYTES`] is emitted once, at that length (to be masked and
+/// cut), and the rest of it is dropped up to its newline.
 #[derive(Default)]
 pub struct Lines {
     partial: Vec<u8>,
+    /// Dropping the rest of a line already emitted cut.
+    cutting: bool,
 }
 
 impl Lines {
-    pub fn push(&mut self, chunk: &[u8], mut emit: impl FnMut(&str)) {
-        self.partial.extend_from_slice(chunk);
-        while let Some(end) = self.partial.iter().position(|&b| b == b'\n') {
-            let line: Vec<u8> = self.partial.drain(..=end).collect();
-            emit(&String::from_utf8_lossy(&line));
-        }
-        // A line without newline can grow without bound; emit it in pieces.
-        if self.partial.len() > MAX_LINE_BYTES {
-            let line = std::mem::take(&mut self.partial);
-            emit(&String::from_utf8_lossy(&line));
+    pub fn push(&mut self, mut chunk: &[u8], mut emit: impl FnMut(&str)) {
+        while !chunk.is_empty() {
+            let newline = chunk.iter().position(|&b| b == b'\n');
+            let (part, rest) = match newline {
+                Some(end) => chunk.split_at(end + 1),
+                None => (chunk, &[][..]),
+            };
+            chunk = rest;
+            if self.cutting {
+                self.cutting = newline.is_none();
+                continue;
+            }
+            let room = HELD_LINE_BYTES - self.partial.len();
+            self.partial.extend_from_slice(&part[..part.len().min(room)]);
+            if newline.is_some() || part.len() >= room {
+                // Held to its length with no newline yet: the rest goes.
+                self.cutting = newline.is_none();
+                let line = std::mem::take(&mut self.partial);
+                emit(&String::from_utf8_lossy(&line));
+            }
         }
     }
 
     pub fn finish(&mut self, mut emit: impl FnMut(&str)) {
+        self.cutting = false;
         if !self.partial.is_empty() {
             let line = std::mem::take(&mut self.partial);
             emit(&String::from_utf8_lossy(&line));
@@ -173,6 +194,38 @@ mod tests {
         lines.push(b"o\nthree", |l| out.push(l.to_owned()));
         lines.finish(|l| out.push(l.to_owned()));
         assert_eq!(out, vec!["one\n", "two\n", "three"]);
+    }
+
+    #[test]
+    fn a_long_line_is_one_line_masked_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let records = Arc::new(Records::open(&dir.path().join("p.sqlite3")).unwrap());
+        let secret = "ghp_AbCdEfGhIjKlMnOpQrStUvWxYz0123456789";
+        let log = RunLog::new(1, records.clone(), vec![secret.into()]).unwrap();
+        let mut lines = Lines::default();
+        // The secret straddles where a stream of 8 KiB writes splits it,
+        // across the kept part's end, and a line runs past what is held.
+        let long = format!("{}{secret}{}\n", "a".repeat(MAX_LINE_BYTES - 10), "z".repeat(20_000));
+        let endless = "y".repeat(HELD_LINE_BYTES * 2);
+        for text in [long.as_str(), endless.as_str(), "\nafter\n"] {
+            for piece in text.as_bytes().chunks(MAX_LINE_BYTES) {
+                lines.push(piece, |l| log.line("s", l));
+            }
+        }
+        lines.finish(|l| log.line("s", l));
+        log.flush();
+        let stored = records.logs(1, Some("s"), 0, 10).unwrap();
+        let texts: Vec<&str> = stored.iter().map(|l| l.line.as_str()).collect();
+        assert_eq!(
+            texts.len(),
+            3,
+            "one line each, not pieces: {:?}",
+            texts.iter().map(|t| t.len()).collect::<Vec<_>>()
+        );
+        assert!(texts[0].starts_with(&"a".repeat(MAX_LINE_BYTES - 10)) && texts[0].ends_with(" [line cut]"));
+        assert!(!texts[0].contains("ghp_") && !texts[0].contains("0123"), "{}", &texts[0][MAX_LINE_BYTES - 20..]);
+        assert!(texts[1].starts_with('y') && texts[1].ends_with(" [line cut]"));
+        assert_eq!(texts[2], "after");
     }
 
     #[test]

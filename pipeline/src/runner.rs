@@ -509,6 +509,19 @@ async fn deploy_step(ctx: &Context, step: &Step, stop: &CancellationToken) -> Ou
     };
     let version = plan.target.tag().map(str::to_owned).unwrap_or_else(|| images::short_sha(&plan.sha).to_owned());
     let say = |line: &str| ctx.log.line(&step.name, line);
+    // One deploy of a service to an environment at a time: a run's waits
+    // for the one in progress (another run's, or a rollback).
+    let lock = ctx.records.deploy_lock(plan.repo.project_id, &spec.service, environment);
+    let _deploying = match lock.clone().try_lock_owned() {
+        Ok(held) => held,
+        Err(_) => {
+            say(&format!("waiting for the deploy of {} to {environment} in progress", spec.service));
+            tokio::select! {
+                held = lock.lock_owned() => held,
+                _ = stop.cancelled() => return Outcome::of(Status::Failure, "stopped while waiting for another deploy".to_owned()),
+            }
+        }
+    };
     let rollout = Rollout {
         release: NewRelease {
             project_id: plan.repo.project_id,

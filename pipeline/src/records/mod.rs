@@ -14,8 +14,9 @@ pub use runs::{LogLine, NewRun, RunRecord, Status, StepRecord};
 
 use crate::PipelineError;
 use rusqlite::Connection;
+use std::collections::HashMap;
 use std::path::Path;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 /// Step `i` takes the schema from version `i` to `i + 1` (`PRAGMA user_version`).
 const MIGRATIONS: &[&str] = &["
@@ -118,7 +119,16 @@ pub fn now_ms() -> i64 {
 
 pub struct Records {
     conn: Mutex<Connection>,
+    /// One lock per service and environment a deploy holds (see
+    /// [`Records::deploy_lock`]).
+    deploys: Mutex<HashMap<(i64, String, String), DeployLock>>,
 }
+
+/// Held by the deploy of a service to an environment from reading its live
+/// release until its own is recorded live or failed: two deploys at once
+/// would each retire only the replicas they saw, and leave several
+/// releases live.
+pub type DeployLock = Arc<tokio::sync::Mutex<()>>;
 
 impl Records {
     pub fn open(path: &Path) -> Result<Records, PipelineError> {
@@ -138,7 +148,14 @@ impl Records {
             tx.pragma_update(None, "user_version", index as i64 + 1)?;
             tx.commit()?;
         }
-        Ok(Records { conn: Mutex::new(conn) })
+        Ok(Records { conn: Mutex::new(conn), deploys: Mutex::default() })
+    }
+
+    /// The lock of deploys of `service` to `environment` (one entry per
+    /// pair ever deployed in this process: a handful).
+    pub fn deploy_lock(&self, project_id: i64, service: &str, environment: &str) -> DeployLock {
+        let mut locks = self.deploys.lock().unwrap_or_else(|p| p.into_inner());
+        locks.entry((project_id, service.to_owned(), environment.to_owned())).or_default().clone()
     }
 
     /// A short id of this installation, part of every Docker name and label it uses.

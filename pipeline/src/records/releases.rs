@@ -272,15 +272,25 @@ impl Records {
         self.newest(project_id, service, environment, "'live'")
     }
 
+    /// The release of a service in an environment still starting, if any.
+    pub fn deploying(
+        &self,
+        project_id: i64,
+        service: &str,
+        environment: &str,
+    ) -> Result<Option<Release>, PipelineError> {
+        self.newest(project_id, service, environment, "'deploying'")
+    }
+
     /// The newest release that was healthy and no longer runs (replaced, or
-    /// retired), for a rollback when none is live.
+    /// retired, but not rolled back), for a rollback when none is live.
     pub fn last_healthy(
         &self,
         project_id: i64,
         service: &str,
         environment: &str,
     ) -> Result<Option<Release>, PipelineError> {
-        self.newest(project_id, service, environment, "'superseded', 'rolled_back', 'retired'")
+        self.newest(project_id, service, environment, "'superseded', 'retired'")
     }
 
     /// The newest release of a service in an environment with one of
@@ -305,8 +315,10 @@ impl Records {
         })
     }
 
-    /// The newest release before `before` that was healthy (live, then replaced)
-    /// and runs a different image from it.
+    /// The newest release before `before` that was healthy (live, then
+    /// replaced by a new release, not rolled back) and runs a different
+    /// image from it. A rolled-back release is never a target: rolling back
+    /// twice goes further back rather than to the release just left.
     pub fn previous_healthy(
         &self,
         project_id: i64,
@@ -318,7 +330,10 @@ impl Records {
             c.query_row(
                 &format!(
                     "SELECT {RELEASE_COLUMNS} FROM releases WHERE project_id = ?1 AND service = ?2 AND environment = ?3
-                       AND id < ?4 AND status IN ('superseded', 'rolled_back') AND image <> ?5 ORDER BY id DESC LIMIT 1"
+                       AND id < ?4 AND status = 'superseded' AND image <> ?5
+                       AND image NOT IN (SELECT image FROM releases WHERE project_id = ?1 AND service = ?2
+                                           AND environment = ?3 AND status = 'rolled_back')
+                     ORDER BY id DESC LIMIT 1"
                 ),
                 params![project_id, service, environment, before.id, before.image],
                 release_of,

@@ -114,6 +114,9 @@ impl Endpoint {
     }
 
     fn client(&self, database: bool) -> clickhouse::Client {
+        /// What a statement's text may take (the API's bodies are 2 MB at
+        /// most, and a funnel repeats its steps' filters).
+        const MAX_QUERY_BYTES: usize = 64 << 20;
         let mut client = clickhouse::Client::default().with_url(&self.http).with_validation(false);
         if database {
             // On a cluster, `events`, `identities` and `cohort_members` are
@@ -121,6 +124,10 @@ impl Endpoint {
             // must run once and be shipped to the shards (GLOBAL), which the
             // default refuses. A single server ignores the setting.
             client = client.with_database(&self.database).with_setting("distributed_product_mode", "global");
+            // Bound values are written into the statement's text: a filter
+            // of 1,000 long values, or a funnel of such steps, runs past
+            // the default 256 KiB a statement may take.
+            client = client.with_setting("max_query_size", MAX_QUERY_BYTES.to_string());
         }
         if let Some(user) = &self.user {
             client = client.with_user(user);

@@ -29,7 +29,7 @@ fn hostile_traffic() -> Value {
         let loose = ["8", " 8", "1_000", "NaN"][i];
         batch.push(json!({"type": "track", "event": "checkout", "userId": format!("u{i}"), "messageId": message_id(),
             "timestamp": at, "properties": {"plan": plan, "amount": 10 * (i + 1), "we'ird key\\": "v", "a/b~c": "slashed",
-                "ratio": ratio, "loose": loose}}));
+                "ratio": ratio, "loose": loose, "note": format!("line {i}\nbreak")}}));
     }
     batch.push(json!({"type": "page", "name": "Home", "anonymousId": "a1", "messageId": message_id(), "timestamp": at,
         "context": {"page": {"url": "https://x.example/", "path": "/"}}}));
@@ -57,6 +57,14 @@ async fn hostile_values_are_bound(s: &TestServer) {
         (json!([{"field": "properties.ratio", "op": "eq", "value": [1e20, 1.5e300]}]), 2),
         (json!([{"field": "properties.ratio", "op": "neq", "value": 0.5}]), 3),
         (json!([{"field": "properties.nope') OR 1=1 --", "op": "is_set"}]), 0),
+        // A dot matches a newline on both stores.
+        (json!([{"field": "properties.note", "op": "regex", "value": "^line 1.break$"}]), 1),
+        // A statement longer than ClickHouse's default 256 KiB.
+        (
+            json!([{"field": "properties.plan", "op": "eq",
+                    "value": (0..999).map(|i| format!("{i:0300}")).chain(["pro".to_owned()]).collect::<Vec<_>>()}]),
+            2,
+        ),
         // A number's text is JSON's, on both stores.
         (json!([{"field": "properties.loose", "op": "gt", "value": 0}]), 1),
         (json!([{"field": "properties.loose", "op": "lte", "value": 1000}]), 1),
@@ -107,6 +115,17 @@ async fn bad_queries_name_the_field(s: &TestServer) {
         (
             "trend",
             json!({"series": [{"event": "x"}], "filters": [{"field": "browser", "op": "regex", "value": "(("}]}),
+            "filters[0].value",
+        ),
+        // Patterns Rust's regex reads and the stores' RE2 refuses.
+        (
+            "trend",
+            json!({"series": [{"event": "x"}], "filters": [{"field": "browser", "op": "regex", "value": "(?<n>s)"}]}),
+            "filters[0].value",
+        ),
+        (
+            "trend",
+            json!({"series": [{"event": "x"}], "filters": [{"field": "browser", "op": "regex", "value": "a**"}]}),
             "filters[0].value",
         ),
         (

@@ -134,15 +134,25 @@ async fn fixture_is_tested_built_pushed_deployed_and_rolled_back() {
     let (_, old) = call(&s, Method::GET, &format!("/releases/{}", first["id"]), None).await;
     assert_eq!(old["status"], "superseded");
 
-    // Rollback returns to the first release's image.
-    let (status, back) = call(&s, Method::POST, "/services/fixture-web/environments/production/rollback", None).await;
-    assert_eq!(status, 201, "{back}");
+    // Rollback returns to the first release's image. Two at once start one
+    // deploy: the other is refused, not run after it.
+    let rollback = || call(&s, Method::POST, "/services/fixture-web/environments/production/rollback", None);
+    let (one, other) = tokio::join!(rollback(), rollback());
+    let (mut answers, refused): (Vec<_>, Vec<_>) = [one, other].into_iter().partition(|(status, _)| *status == 201);
+    assert_eq!((answers.len(), refused.len()), (1, 1), "{answers:?} {refused:?}");
+    assert_eq!(refused[0].0, 409, "{refused:?}");
+    let (_, back) = answers.remove(0);
     assert_eq!(back["trigger"], "rollback");
     assert_eq!(back["commit"], sha);
     assert_eq!(back["rollback_of"], second["id"]);
     serves(&live_release(&s).await, "1").await;
     let (_, rolled) = call(&s, Method::GET, &format!("/releases/{}", second["id"]), None).await;
     assert_eq!(rolled["status"], "rolled_back");
+    // Rolling back again never returns to the release just rolled back:
+    // nothing earlier ran healthy.
+    let (status, again) = rollback().await;
+    assert_eq!(status, 409, "{again}");
+    assert!(again["error"]["message"].as_str().unwrap().contains("no earlier healthy release"), "{again}");
 
     // Restart the second run from its deploy step: earlier steps are reused.
     let (status, again) =
