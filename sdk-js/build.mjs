@@ -94,7 +94,7 @@ export function build() {
   const body = src.replace(/^export default /m, 'const leanloop = ').replace(/^export /gm, '')
   const script = `(() => {\n'use strict'\n${body}\n${read('src/global.js')}\n})()\n`
   return {
-    'leanloop.min.js': `/*! leanloop-js ${version} | Apache-2.0 */\n` + ascii(minify(script)),
+    'leanloop.min.js': `/*! leanloop-js ${version} */\n` + ascii(minify(script)),
   }
 }
 

@@ -8,7 +8,7 @@
 
 export const VERSION = '0.1.0'
 
-const IDLE = 30 * 60e3 // a session ends after 30 minutes without events
+const IDLE = 18e5 // a session ends after 30 minutes without events
 const BATCH = 20
 const TEXT = {
   en: ['How likely are you to recommend us to a friend?', 'Not likely', 'Very likely', 'Anything else? (optional)', 'Send', 'Close', 'Thank you!'],
@@ -16,7 +16,7 @@ const TEXT = {
 }
 // The prompt's own styles; `all:initial` keeps the page's inherited ones out.
 const CSS =
-  ':host{all:initial}*{box-sizing:border-box;font:inherit}[role=dialog]{position:fixed;right:16px;bottom:16px;z-index:2147483647;width:min(360px,100vw - 32px);padding:16px;background:#fff;color:#111;font:14px/1.4 system-ui,sans-serif;border-radius:8px;box-shadow:0 4px 24px #0004}p{margin:0 24px 12px 0}div div,small{display:flex;gap:4px;justify-content:space-between}button{cursor:pointer;border:1px solid #ccc;border-radius:4px;background:#fff;padding:6px;flex:1}[aria-pressed=true],[data-ll-submit]{background:#111;color:#fff}[data-ll-close]{position:absolute;top:8px;right:8px;border:0}textarea{width:100%;margin:12px 0 8px}'
+  ':host{all:initial}*{box-sizing:border-box;font:inherit}[role=dialog]{position:fixed;right:16px;bottom:16px;z-index:99999;width:min(360px,100vw - 32px);padding:16px;background:#fff;color:#111;font:14px/1.4 system-ui,sans-serif;border-radius:8px;box-shadow:0 4px 24px #0004}p{margin:0 24px 12px 0}div div,small{display:flex;gap:4px;justify-content:space-between}button{cursor:pointer;border:1px solid #ccc;border-radius:4px;background:#fff;padding:6px;flex:1}[aria-pressed=true],[data-ll-submit]{background:#111;color:#fff}[data-ll-close]{position:absolute;top:8px;right:8px;border:0}textarea{width:100%;margin:12px 0 8px}'
 
 let w = globalThis
 let o = {}
@@ -28,7 +28,6 @@ let tries = 0
 let errors = 0
 // Console warnings this page load: a few, never one per request.
 let warned = 0
-let dropped = 0
 
 // Storage: localStorage, or cookies when it throws (blocked or full storage,
 // some private modes), or memory for the page's life when both throw
@@ -133,7 +132,7 @@ function add(type, x) {
   if (!key || off()) return
   const n = w.navigator || {}
   const s = w.screen || {}
-  const e = { type: type || undefined, anonymousId: aid(), userId: uid || undefined, messageId: uuid(), timestamp: iso(), ...x }
+  const e = { type: type || void 0, anonymousId: aid(), userId: uid || void 0, messageId: uuid(), timestamp: iso(), ...x }
   if (type)
     e.context = {
       release: o.release,
@@ -156,29 +155,33 @@ function add(type, x) {
   // Offline for long: keep the newest events, drop the oldest.
   q.splice(0, q.length - (o.maxQueue || 1e3))
   save()
-  q.length >= BATCH && !tries ? flush() : later(o.flushInterval || 1e3)
+  // Hidden (the page may be going away): no timer will fire, so beacon now.
+  w.document?.visibilityState == 'hidden' ? hide() : q.length >= BATCH && !tries ? flush() : later(o.flushInterval || 1e3)
 }
 
 // BigInts become text and an object inside itself (a cycle) "[Circular]";
-// what still cannot be serialised drops the event with a warning instead of
-// throwing into the app.
+// what still cannot be serialised, or is too large to be stored, drops the
+// event with a warning instead of throwing into the app.
 function snap(e) {
   // The objects from the root to the value at hand: `this` is its holder.
   const path = []
   try {
-    return JSON.parse(
-      JSON.stringify(e, function (k, v) {
-        while (path.length && path.at(-1) !== this) path.pop()
-        if (typeof v == 'bigint') return '' + v
-        if (v && typeof v == 'object') {
-          if (path.includes(v)) return '[Circular]'
-          path.push(v)
-        }
-        return v
-      }),
-    )
+    const t = JSON.stringify(e, function (k, v) {
+      while (path.length && path.at(-1) !== this) path.pop()
+      if (typeof v == 'bigint') return '' + v
+      if (v && typeof v == 'object') {
+        if (path.includes(v)) return '[Circular]'
+        path.push(v)
+      }
+      return v
+    })
+    // Far over the collector's 32 KB for an event, it could take the
+    // request past 5 MB and cost its other events; up to there, the
+    // collector refuses it alone.
+    if (t.length > 32768) throw 'over 32 KB'
+    return JSON.parse(t)
   } catch (x) {
-    warn('event dropped: ' + x)
+    warn('dropped: ' + x)
   }
 }
 
@@ -223,12 +226,12 @@ async function post(url, body, items) {
     const r = await send(url, body)
     // Retrying cannot fix a refused request; the server dedups by messageId anyway.
     if (r.status < 500 && r.status != 429) {
-      if (!r.ok) dropped++ || warn(`${url} answered ${r.status}; dropped the request`)
+      if (!r.ok) warn(`${r.status}: request dropped`)
       // A batch is stored but for the events it refuses, which it lists.
       else if (r.json)
         (await r.json().catch(() => 0))?.rejected?.forEach(x => {
           const e = items[x.index] || {}
-          warn(`${e.type} ${JSON.stringify(e.event ?? e.name ?? '')} refused (${x.field}): ${x.reason}`)
+          warn(`${e.event ?? e.name} refused (${x.field}): ${x.reason}`)
         })
       return 0
     }
@@ -249,9 +252,12 @@ async function drain() {
 }
 
 export function flush() {
+  // A drain under way may have passed events queued since: one more after
+  // it, unless it ended waiting to retry.
+  if (busy) return busy.then(() => tries || flush())
   w.clearTimeout(timer)
   timer = 0
-  return (busy ||= drain().finally(() => (busy = 0)))
+  return (busy = drain().finally(() => (busy = 0)))
 }
 
 // The page may be gone before fetch completes: hand what is left to the
@@ -270,7 +276,7 @@ const beacon = (url, body) => {
 }
 function hide() {
   const v = vitals
-  if (v && Object.keys(v).length) track('$web_vitals', v), (vitals = 0)
+  if (v && Object.keys(v).length) (vitals = 0), track('$web_vitals', v)
   let rest = q.filter(e => !beaconed.has(e.messageId))
   let n = BATCH
   while (rest.length && key && !off()) {
@@ -297,9 +303,9 @@ function observe() {
       return 1
     }
   }
-  let first = 0
-  let prev = 0
-  let cur = 0
+  let first = 0,
+    prev = 0,
+    cur = 0
   ob('largest-contentful-paint', e => (v.lcp = Math.round(e.startTime)))
   if (ob('layout-shift', e => {
     if (e.hadRecentInput) return
@@ -324,7 +330,7 @@ const nav = () => w.location?.href != last && page()
 export function init(writeKey, options) {
   if (key || !writeKey) return
   o = { ...options }
-  o.host = (o.host || '').replace(/\/+$/, '')
+  o.host = ('' + (o.host || '')).replace(/\/+$/, '')
   w = o.window || globalThis
   key = writeKey
   uid = get('uid')
@@ -348,9 +354,9 @@ export function init(writeKey, options) {
   }
   if (o.errors != false) {
     // Capped: a failing handler must not turn into an event flood.
-    const oops = (e, r, type) =>
+    const oops = safe((e, r, type) =>
       errors++ < 20 &&
-      track('$exception', { message: '' + (r?.message ?? e.message ?? r), type: r?.name || type, stack: r?.stack?.slice?.(0, 2e3), source: e.filename, line: e.lineno, col: e.colno })
+      track('$exception', { message: '' + (r?.message ?? e.message ?? r), type: r?.name || type, stack: r?.stack?.slice?.(0, 2e3), source: e.filename, line: e.lineno, col: e.colno }))
     on(w, 'error', e => oops(e, e.error, 'Error'))
     on(w, 'unhandledrejection', e => oops(e, e.reason, 'UnhandledRejection'))
   }
@@ -378,7 +384,7 @@ const safe =
     try {
       return f(...a)
     } catch (x) {
-      warn('call failed: ' + x)
+      warn('failed: ' + x)
     }
   }
 
@@ -399,6 +405,7 @@ export const identify = safe((userId, traits) => {
 export const group = safe((groupId, traits) => add('group', { groupId, traits }))
 
 export const alias = safe(userId => {
+  if (!userId) throw 'no userId'
   add('alias', { userId, previousId: uid || aid() })
   uid = set('uid', '' + userId)
 })
@@ -461,7 +468,7 @@ export function showFeedback() {
       score = +b.getAttribute('data-ll-score')
       for (const x of r.querySelectorAll('[data-ll-score]')) x.setAttribute('aria-pressed', x == b)
     } else if (score != null || message) {
-      feedback({ score, message: message || undefined, category: 'nps' })
+      feedback({ score, message: message || void 0, category: 'nps' })
       box.innerHTML = `<p role="status">${t[6]}</p>`
       box.focus()
       w.setTimeout(close, 2e3)

@@ -227,3 +227,23 @@ test('nothing is sent before init or without a write key', async () => {
   await sdk.flush()
   assert.equal(b.requests.length, 0)
 })
+
+test('a rejection whose reason cannot become text never throws into the page', async () => {
+  const { sdk, b } = await start()
+  b.dispatch(b.win, 'unhandledrejection', { reason: Symbol('s') })
+  b.dispatch(b.win, 'unhandledrejection', { reason: Object.create(null) })
+  b.dispatch(b.win, 'unhandledrejection', { reason: 'after' })
+  await sdk.flush()
+  const ex = b.events().filter(e => e.event == '$exception').map(e => e.properties.message)
+  assert.ok(ex.includes('after'), `${ex}`)
+})
+
+test('alias without a user id changes nothing and warns', async () => {
+  const { sdk, b } = await start({ pageviews: false })
+  sdk.identify('real')
+  for (const id of [undefined, null, '']) sdk.alias(id)
+  sdk.track('x')
+  await sdk.flush()
+  assert.deepEqual(b.events().map(e => [e.type, e.userId]), [['identify', 'real'], ['track', 'real']])
+  assert.match(b.warnings[0], /no userId/)
+})

@@ -139,16 +139,18 @@ test('429 and 503 wait exactly Retry-After seconds', async () => {
   }
 })
 
-test('a 4xx other than 429 drops the request with a single warning', async () => {
+test('a 4xx other than 429 drops the request with a warning, a few a page load', async () => {
   const { sdk, b } = await start()
   b.respond = () => ({ status: 400 })
   await sdk.flush()
-  sdk.track('again')
-  await sdk.flush()
-  assert.equal(b.requests.length, 2)
+  for (let i = 0; i < 7; i++) {
+    sdk.track('again')
+    await sdk.flush()
+  }
+  assert.equal(b.requests.length, 8)
   assert.deepEqual(b.queued(), [])
   assert.equal(b.timers.length, 0, 'no retry')
-  assert.equal(b.warnings.length, 1)
+  assert.equal(b.warnings.length, 5)
   assert.match(b.warnings[0], /400/)
 })
 
@@ -236,7 +238,7 @@ test('events a batch refuses are named in a console warning, a few a page load',
   }
   assert.deepEqual(b.queued(), [], 'the batch is done with: a retry would be refused again')
   assert.equal(b.warnings.length, 5)
-  assert.equal(b.warnings[0], 'leanloop: track "big0" refused (event): event is larger than 32768 bytes')
+  assert.equal(b.warnings[0], 'leanloop: big0 refused (event): event is larger than 32768 bytes')
 })
 
 test('circular objects and BigInts are sent as far as they go, never thrown into the app', async () => {
@@ -264,7 +266,7 @@ test('circular objects and BigInts are sent as far as they go, never thrown into
     ],
   )
   assert.equal(b.warnings.length, 1)
-  assert.match(b.warnings[0], /event dropped: Error: no/)
+  assert.match(b.warnings[0], /dropped: Error: no/)
 })
 
 test('no call throws into the page, whatever it is given', async () => {
@@ -281,4 +283,40 @@ test('no call throws into the page, whatever it is given', async () => {
   await sdk.flush()
   assert.ok(b.events().some(e => e.event == 'After'))
   assert.ok(b.warnings.some(w => /getter/.test(w)), b.warnings.join('\n'))
+})
+
+test('an event far over 32 KB is dropped alone, with a warning, and its neighbours are sent', async () => {
+  const { sdk, b } = await start({ pageviews: false })
+  sdk.track('Before')
+  sdk.track('Upload', { dataUrl: 'data:image/png;base64,' + 'A'.repeat(40_000) })
+  sdk.track('After')
+  await sdk.flush()
+  assert.deepEqual(b.events().map(e => e.event), ['Before', 'After'])
+  assert.match(b.warnings[0], /dropped: over 32 KB/)
+})
+
+test('an event tracked while the page is hidden is beaconed at once: no timer may fire again', async () => {
+  const { sdk, b } = await start({ pageviews: false })
+  b.doc.visibilityState = 'hidden'
+  b.dispatch(b.doc, 'visibilitychange')
+  sdk.track('Hidden')
+  assert.deepEqual(b.beacons.map(r => r.body.batch.map(e => e.event)), [['Hidden']])
+  sdk.track('Later')
+  assert.deepEqual(b.beacons.at(-1).body.batch.map(e => e.event), ['Later'], 'each event is beaconed once')
+})
+
+test('flush called while a send is under way waits for events queued meanwhile', async () => {
+  const { sdk, b } = await start({ pageviews: false })
+  sdk.flush()
+  sdk.track('Stranded')
+  await sdk.flush()
+  assert.deepEqual(b.events().map(e => e.event), ['Stranded'])
+  assert.deepEqual(b.queued(), [])
+})
+
+test('init takes a URL object as the host', async () => {
+  const { sdk, b } = await start({ pageviews: false, host: new URL('https://collect.example/') })
+  sdk.track('x')
+  await sdk.flush()
+  assert.equal(b.requests[0].url, 'https://collect.example/v1/batch')
 })
