@@ -385,10 +385,7 @@ async fn remove_service(
 /// Validates a pipeline file sent as the body; errors carry line numbers.
 async fn lint(body: Bytes) -> Result<Json<Value>, ApiError> {
     let text = String::from_utf8(body.to_vec()).map_err(|_| ApiError::bad_request("body", "the file is not UTF-8"))?;
-    // Parsing is CPU work (up to about a second for the largest file
-    // taken): off the threads that serve requests.
-    let parsed = tokio::task::spawn_blocking(move || leanloop_pipeline::spec::Pipeline::parse(&text)).await;
-    let file = parsed.map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))??;
+    let file = leanloop_pipeline::spec::Pipeline::parse_apart(text).await?;
     let steps: Vec<Value> = file.steps.iter().map(|s| json!({ "name": s.name, "depends_on": s.depends_on })).collect();
     Ok(Json(json!({ "valid": true, "steps": steps })))
 }

@@ -133,8 +133,19 @@ impl Mirror {
         })
     }
 
-    pub async fn file(&self, sha: &str, path: &str) -> Result<Option<String>, PipelineError> {
-        match git(Some(&self.dir), &["show", &format!("{sha}:{path}")]).await {
+    /// The text of `path` at `sha`, if the commit has it: one over
+    /// `max_bytes` is refused by its size, never read.
+    pub async fn file(&self, sha: &str, path: &str, max_bytes: usize) -> Result<Option<String>, PipelineError> {
+        let object = format!("{sha}:{path}");
+        let Ok(size) = git(Some(&self.dir), &["cat-file", "-s", &object]).await else { return Ok(None) };
+        let size: u64 = text(size).parse().map_err(|_| PipelineError::Git(format!("no size for {object}")))?;
+        if size > max_bytes as u64 {
+            return Err(PipelineError::InvalidFile {
+                line: None,
+                message: format!("the file is {size} bytes; at most {max_bytes}"),
+            });
+        }
+        match git(Some(&self.dir), &["show", &object]).await {
             Ok(bytes) => Ok(Some(String::from_utf8_lossy(&bytes).into_owned())),
             Err(_) => Ok(None),
         }

@@ -24,7 +24,7 @@ pub use records::{LogLine, Release, Repo, RunRecord, Status};
 
 use crate::git::{check_ref_name, check_sha, Mirror, Target};
 use crate::logs::{LiveEvent, RunLog};
-use crate::records::{NewRun, Records};
+use crate::records::{NewRun, Records, ReleaseStatus};
 use crate::runner::Plan;
 use crate::spec::{Event, RunFacts};
 use serde::{Deserialize, Serialize};
@@ -126,6 +126,9 @@ pub struct Trigger {
 /// How often repositories with `poll_seconds` are checked for being due.
 const POLL_TICK: Duration = Duration::from_secs(1);
 
+/// How often live releases are checked for a running replica.
+const RELEASE_WATCH: Duration = Duration::from_secs(5);
+
 struct LiveRun {
     log: Arc<RunLog>,
     cancel: CancellationToken,
@@ -181,6 +184,8 @@ impl Pipeline {
         }
         let poller = pipeline.clone();
         pipeline.tasks.spawn(async move { poller.poll_loop().await });
+        let watcher = pipeline.clone();
+        pipeline.tasks.spawn(async move { watcher.watch_live_releases().await });
         Ok(pipeline)
     }
 
@@ -210,10 +215,62 @@ impl Pipeline {
             extra_labels: &labels,
         };
         for release in &deploys {
+            // Held as a deploy is: the watch of live releases must not
+            // retire this one while its replicas are being started again.
+            let lock = self.records.deploy_lock(release.project_id, &release.service, &release.environment);
+            let _restoring = lock.lock_owned().await;
             let live = self.records.live_release(release.project_id, &release.service, &release.environment);
             if let Ok(Some(live)) = live {
                 let say = |line: &str| tracing::info!(service = %live.service, "{line}");
                 deploy::restore(&docker, &self.hosts, &self.records, &here, &live, &say).await;
+            }
+        }
+    }
+
+    /// Every [`RELEASE_WATCH`], retires a live release none of whose
+    /// replicas runs any more (removed or stopped outside Leanloop): it
+    /// must not read as live, and a rollback from it would keep the image
+    /// nobody serves. Skipped while a host is out of reach (it may hold
+    /// them), and for a service being deployed.
+    async fn watch_live_releases(&self) {
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(RELEASE_WATCH) => {}
+                _ = self.shutdown.cancelled() => return,
+            }
+            let reachable = self.hosts.reachable().await;
+            if reachable.len() < self.hosts.all().len() {
+                continue;
+            }
+            for release in self.records.live_releases().unwrap_or_default() {
+                let lock = self.records.deploy_lock(release.project_id, &release.service, &release.environment);
+                let Ok(_deploying) = lock.try_lock_owned() else { continue };
+                if !matches!(self.records.release(release.project_id, release.id), Ok(r) if r.status == ReleaseStatus::Live)
+                {
+                    continue;
+                }
+                let scoped = engine::scoped(&self.instance, release.id);
+                let wanted = [(engine::INSTANCE, self.instance.as_str()), (deploy::RELEASE, scoped.as_str())];
+                let mut runs = false;
+                for (_, docker) in &reachable {
+                    match engine::containers_with(docker, &wanted).await {
+                        Ok(found) => {
+                            runs |= found.iter().any(|c| {
+                                matches!(
+                                    c.state.as_ref().map(|s| s.to_string()).as_deref(),
+                                    Some("running" | "restarting")
+                                )
+                            })
+                        }
+                        // Unknown is not gone.
+                        Err(_) => runs = true,
+                    }
+                }
+                if !runs {
+                    tracing::warn!(release = release.id, service = %release.service, environment = %release.environment,
+                        "no replica of the live release runs any more; it is retired");
+                    let _ = self.records.release_retired(release.id);
+                }
             }
         }
     }
@@ -372,6 +429,8 @@ impl Pipeline {
         trigger: Trigger,
     ) -> Result<RunRecord, PipelineError> {
         let repo = self.records.repo(project_id, repo_id)?;
+        // Named in a refusal: what was given alongside another, else `branch`.
+        let at_fault = if trigger.tag.is_some() { "tag" } else { "branch" };
         let target = match (trigger.branch, trigger.tag, trigger.commit) {
             (Some(b), None, None) => {
                 check_ref_name("branch", &b)?;
@@ -390,7 +449,7 @@ impl Pipeline {
             }
             _ => {
                 return Err(PipelineError::invalid(
-                    "branch",
+                    at_fault,
                     "give one of branch, tag or commit (a commit may name its branch)",
                 ))
             }
@@ -458,7 +517,7 @@ impl Pipeline {
     ) -> Result<RunRecord, PipelineError> {
         let (mirror, fetched) = self.synced(&repo).await?;
         let sha = mirror.resolve(&target).await?;
-        let text = mirror.file(&sha, spec::FILE_NAME).await?;
+        let text = mirror.file(&sha, spec::FILE_NAME, spec::MAX_FILE_BYTES).await;
         let message = mirror.subject(&sha).await.unwrap_or_default();
         drop(fetched);
         let facts = RunFacts { branch: target.branch(), tag: target.tag(), event };
@@ -472,10 +531,15 @@ impl Pipeline {
             restart_of: restart.as_ref().map(|r| r.0),
             restart_from: restart.as_ref().map(|r| r.1.as_str()),
         };
-        let file = match text.as_deref().map(spec::Pipeline::parse) {
-            Some(Ok(file)) => file,
-            Some(Err(e)) => return self.refused(&new, &e.to_string()),
-            None => return self.refused(&new, &format!("{} not found at {sha}", spec::FILE_NAME)),
+        let text = match text {
+            Ok(Some(text)) => text,
+            Ok(None) => return self.refused(&new, &format!("{} not found at {sha}", spec::FILE_NAME)),
+            Err(e @ PipelineError::InvalidFile { .. }) => return self.refused(&new, &e.to_string()),
+            Err(e) => return Err(e),
+        };
+        let file = match spec::Pipeline::parse_apart(text).await {
+            Ok(file) => file,
+            Err(e) => return self.refused(&new, &e.to_string()),
         };
         let environment = file.environment(&facts);
         let steps: Vec<(String, &str)> = file

@@ -370,6 +370,12 @@ impl When {
 /// YAML's value model, which rewrites unquoted scalars (`1.10` becomes
 /// `1.1`, `True` becomes `true`) in the whole file.
 fn read_file(text: &str) -> Result<RawFile, PipelineError> {
+    if let Some((line, c)) = control_character(text) {
+        return Err(PipelineError::InvalidFile {
+            line: Some(line),
+            message: format!("control character U+{:04X} is not allowed in YAML; quote it as an escape", c as u32),
+        });
+    }
     if let Some(line) = merge_key_line(text) {
         return Err(PipelineError::InvalidFile {
             line: Some(line),
@@ -380,6 +386,16 @@ fn read_file(text: &str) -> Result<RawFile, PipelineError> {
         line: e.location().map(|l| l.line()),
         message: strip_location(&e.to_string()),
     })
+}
+
+/// The 1-based line of the first character YAML forbids, and the
+/// character. The YAML reader reports them on line 1, at a byte position.
+fn control_character(text: &str) -> Option<(usize, char)> {
+    let forbidden = |c: char| {
+        (c.is_control() && !matches!(c, '\t' | '\n' | '\r' | '\u{85}')) || matches!(c, '\u{FFFE}' | '\u{FFFF}')
+    };
+    let (at, c) = text.char_indices().find(|&(_, c)| forbidden(c))?;
+    Some((text[..at].matches('\n').count() + 1, c))
 }
 
 /// The 1-based line of the first merge key: `<<:` as a block key (after
@@ -399,7 +415,21 @@ fn merge_key_line(text: &str) -> Option<usize> {
         .map(|i| i + 1)
 }
 
+/// One file parsed at a time, however many are asked for: a file within
+/// the size limit can still take a second or two of a core (thousands of
+/// nested brackets), and linting needs no key.
+static PARSING: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(1);
+
 impl Pipeline {
+    /// [`Pipeline::parse`] off the threads that serve requests, one file
+    /// at a time.
+    pub async fn parse_apart(text: String) -> Result<Pipeline, PipelineError> {
+        let _turn = PARSING.acquire().await.map_err(|_| PipelineError::Conflict("shutting down".into()))?;
+        tokio::task::spawn_blocking(move || Pipeline::parse(&text))
+            .await
+            .map_err(|e| PipelineError::Conflict(format!("parsing stopped: {e}")))?
+    }
+
     pub fn parse(text: &str) -> Result<Pipeline, PipelineError> {
         if text.len() > MAX_FILE_BYTES {
             return Err(PipelineError::InvalidFile {
@@ -489,6 +519,11 @@ impl Pipeline {
                     return Err(here(format!(
                         "cache: `{path}` must be an absolute path outside /workspace, without `.`, `..` or `//`"
                     )));
+                }
+                // The container's own kernel file systems: a volume cannot
+                // be mounted there.
+                if matches!(parts.first(), Some(&("proc" | "sys" | "dev"))) {
+                    return Err(here(format!("cache: `{path}` is under /proc, /sys or /dev, which cannot be cached")));
                 }
                 if !cached.insert(trimmed) {
                     return Err(here(format!("cache: `{path}` is listed twice")));
@@ -826,6 +861,9 @@ steps:
         assert!(message.contains("weights"), "{message}");
         let (_, message) = err("steps:\n  - name: a\n    image: x\n    build: { service: web }\n");
         assert!(message.contains("exactly one"), "{message}");
+        let (line, message) = err("steps:\n  - name: a\n    image: x\n    commands: [\"echo \u{1}\"]\n");
+        assert_eq!(line, Some(4), "{message}");
+        assert!(message.contains("U+0001"), "{message}");
         let (line, message) = err("timeout: 5 weeks\nsteps:\n  - name: a\n    image: x\n    commands: [true]\n");
         assert_eq!(line, Some(1));
         assert!(message.contains("timeout"), "{message}");
@@ -855,6 +893,9 @@ steps:
             "[/]",
             "[relative]",
             "[/a, /a/]",
+            "[/proc]",
+            "[/dev/shm]",
+            "[/sys/]",
         ] {
             assert!(cache(bad).is_err(), "{bad}");
         }

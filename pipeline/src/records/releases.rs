@@ -205,6 +205,15 @@ impl Records {
         })
     }
 
+    /// Every release now live.
+    pub fn live_releases(&self) -> Result<Vec<Release>, PipelineError> {
+        self.with(|c| {
+            let mut stmt = c.prepare(&format!("SELECT {RELEASE_COLUMNS} FROM releases WHERE status = 'live'"))?;
+            let rows = stmt.query_map([], release_of)?;
+            rows.collect()
+        })
+    }
+
     pub fn release_retired(&self, id: i64) -> Result<(), PipelineError> {
         self.with(|c| c.execute("UPDATE releases SET status = 'retired' WHERE id = ?1", params![id]))?;
         Ok(())

@@ -732,6 +732,27 @@ async fn every_strategy_replaces_the_live_release() {
     assert_eq!(replicas().len(), 2, "the new replica is removed; the live release's two run on");
     let (_, live) = call(&s, Method::GET, &format!("/releases/{}", back["id"]), None).await;
     assert_eq!(live["status"], "live", "{live}");
+    // Replicas removed outside Leanloop: the release no longer reads as live.
+    let ids = std::process::Command::new("docker")
+        .args([
+            "ps",
+            "-aq",
+            "--filter",
+            &format!("label={}", case_label(case)),
+            "--filter",
+            "label=leanloop.service=strat-web",
+        ])
+        .output()
+        .unwrap();
+    let ids: Vec<String> = String::from_utf8_lossy(&ids.stdout).split_whitespace().map(str::to_owned).collect();
+    assert_eq!(ids.len(), 2, "{ids:?}");
+    let removed = std::process::Command::new("docker").args(["rm", "-f"]).args(&ids).status().unwrap();
+    assert!(removed.success());
+    eventually_within("the release without replicas to be retired", std::time::Duration::from_secs(60), || async {
+        let (_, r) = call(&s, Method::GET, &format!("/releases/{}", back["id"]), None).await;
+        (r["status"] == "retired").then_some(())
+    })
+    .await;
     let (status, _) = call(&s, Method::DELETE, "/services/strat-web/environments/production", None).await;
     assert_eq!(status, 200);
     pipeline::stop_leaving_nothing(s, case).await;
