@@ -1,7 +1,11 @@
 //! Top-level properties as the parallel `prop_keys` / `prop_values` arrays
-//! ClickHouse filters on: strings as themselves, anything else as its compact
-//! JSON text, `null` as not set (as DuckDB's `json_extract_string` has it),
-//! keys sorted and each once, the last of a repeated key winning.
+//! ClickHouse filters on: strings as themselves, numbers as DuckDB's
+//! `json_extract_string` writes them (integers as their digits, however
+//! many; floats by its rules, [`float_text`]), so both stores filter and
+//! break down by the same text, anything else as its compact JSON text,
+//! `null` as not set, keys sorted and each once, the last of a repeated key
+//! winning. (DuckDB keeps an object's keys in their order and takes the
+//! first of a repeated key: there the two stores still differ.)
 //!
 //! Every stored event passes through here, so the common case borrows: keys
 //! and string values without escapes point into the properties text, and
@@ -42,19 +46,40 @@ fn value_text(raw: &RawValue) -> Option<Cow<'_, str>> {
         Some(b'"') => serde_json::from_str::<Text>(text).ok().map(|t| t.0),
         Some(b'n') => None,
         Some(b't' | b'f') => Some(Cow::Borrowed(text)),
-        _ if is_plain_integer(text) => Some(Cow::Borrowed(text)),
+        // DuckDB keeps an integer's digits, however many (`-0` is 0).
+        _ if is_integer(text) => Some(if text == "-0" { Cow::Borrowed("0") } else { Cow::Borrowed(text) }),
+        Some(b'-' | b'0'..=b'9') => text.parse::<f64>().ok().map(|x| Cow::Owned(float_text(x))),
         _ => serde_json::from_str::<serde_json::Value>(text).ok().map(|v| Cow::Owned(v.to_string())),
     }
 }
 
-/// An integer that serde_json writes back unchanged: no fraction or
-/// exponent, no `-0`, and few enough digits to fit an `i64`.
-fn is_plain_integer(text: &str) -> bool {
+/// A float as DuckDB's JSON functions write it: the shortest digits that
+/// read back the same, plainly from 1e-6 up to below 1e21 (`.0` after a
+/// whole number), else as `1.5e21` or `1e-7`.
+fn float_text(x: f64) -> String {
+    let sci = format!("{x:e}");
+    let (mantissa, exp) = sci.split_once('e').expect("`{:e}` has an exponent");
+    let exp: i32 = exp.parse().expect("an integer exponent");
+    if !(-6..=20).contains(&exp) {
+        return sci;
+    }
+    let (sign, mantissa) = mantissa.strip_prefix('-').map_or(("", mantissa), |m| ("-", m));
+    let digits = mantissa.replace('.', "");
+    // Digits before the point.
+    let point = exp + 1;
+    if point <= 0 {
+        format!("{sign}0.{}{digits}", "0".repeat(point.unsigned_abs() as usize))
+    } else if point as usize >= digits.len() {
+        format!("{sign}{digits}{}.0", "0".repeat(point as usize - digits.len()))
+    } else {
+        format!("{sign}{}.{}", &digits[..point as usize], &digits[point as usize..])
+    }
+}
+
+/// A JSON integer: digits, maybe a minus, no fraction or exponent.
+fn is_integer(text: &str) -> bool {
     let digits = text.strip_prefix('-').unwrap_or(text);
-    !digits.is_empty()
-        && digits.len() <= 18
-        && digits.bytes().all(|b| b.is_ascii_digit())
-        && !(digits.starts_with('0') && (digits.len() > 1 || text.starts_with('-')))
+    !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit())
 }
 
 /// An object's entries in order, repeats kept.
@@ -110,7 +135,8 @@ mod tests {
     use super::*;
     use serde_json::Value;
 
-    /// What the arrays held when every object was parsed whole: the oracle.
+    /// What the arrays held when every object was parsed whole: the oracle
+    /// for all but numbers (DuckDB is theirs).
     fn through_value(properties: &str) -> (Vec<String>, Vec<String>) {
         let Ok(Value::Object(map)) = serde_json::from_str::<Value>(properties) else {
             return (Vec::new(), Vec::new());
@@ -127,8 +153,6 @@ mod tests {
             r#"{"step":3,"plan":"pro","amount":12.5,"currency":"EUR"}"#,
             r#"{ "b" : 1 , "a" : "x" , "b" : 2 }"#,
             r#"{"a":null,"b":"","c":false,"d":true}"#,
-            r#"{"n":-0,"z":0,"neg":-17,"big":123456789012345678901234,"i64":9223372036854775807}"#,
-            r#"{"f":1.50,"e":1e3,"E":-2.5E-3,"m":-0.0,"long":12345678901234567}"#,
             r#"{"nested":{"b":[1, 2, {"c" : null}],"a":"x"},"list":[ ]}"#,
             r#"{"esc\"aped":"line\nbreak \u00e9 \ud83d\ude00","tab\t":"\u0000"}"#,
             r#"{"dup":"first","dup":null}"#,
@@ -147,6 +171,47 @@ mod tests {
             let keys: Vec<String> = keys.into_iter().map(Cow::into_owned).collect();
             let values: Vec<String> = values.into_iter().map(Cow::into_owned).collect();
             assert_eq!((keys, values), through_value(case), "{case}");
+        }
+    }
+
+    /// DuckDB's text for each top-level value: what filters and breakdowns
+    /// read on that store, which ClickHouse's must equal.
+    fn duckdb_texts(properties: &str, keys: &[String]) -> Vec<Option<String>> {
+        let conn = ::duckdb::Connection::open_in_memory().unwrap();
+        keys.iter()
+            .map(|k| {
+                conn.query_row(
+                    "SELECT json_extract_string(?, '$.' || json_quote(?)::VARCHAR)",
+                    [properties, k.as_str()],
+                    |r| r.get::<_, Option<String>>(0),
+                )
+                .unwrap()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn numbers_read_as_duckdb_reads_them() {
+        let mut decades = Vec::new();
+        for e in -12..26 {
+            decades.extend([format!("\"a{e}\":1.5e{e}"), format!("\"b{e}\":-1e{e}"), format!("\"c{e}\":123.456e{e}")]);
+        }
+        let decades = format!("{{{}}}", decades.join(","));
+        let cases = [
+            decades.as_str(),
+            r#"{"big":18446744073709551616,"huge":100000000000000000000,"neg":-9223372036854775809,"negz":-0}"#,
+            r#"{"n":-0,"z":0,"neg":-17,"big":123456789012345678901234,"i64":9223372036854775807}"#,
+            r#"{"f":1.50,"e":1e3,"E":-2.5E-3,"m":-0.0,"long":12345678901234567}"#,
+            r#"{"a":123456789.123456789,"b":1e300,"c":0.1,"d":1.5e-7,"e":12.5,"f":1.0,"g":-2.5E-3,"h":1e20}"#,
+            r#"{"i":5e-324,"j":1.7976931348623157e308,"k":1e21,"l":123456789012345678,"m":-0.0,"n":3.0e2}"#,
+        ];
+        for case in cases {
+            let (keys, values) = flatten(case);
+            let keys: Vec<String> = keys.into_iter().map(Cow::into_owned).collect();
+            let values: Vec<Option<String>> = values.into_iter().map(|v| Some(v.into_owned())).collect();
+            let expected = duckdb_texts(case, &keys);
+            let pairs: Vec<_> = keys.iter().zip(values.iter().zip(&expected)).filter(|(_, (a, b))| a != b).collect();
+            assert!(pairs.is_empty(), "{case}: ours vs DuckDB's {pairs:?}");
         }
     }
 
