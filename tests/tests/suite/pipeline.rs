@@ -872,3 +872,44 @@ async fn ignored_failures_go_on_and_failure_steps_run_only_on_failure() {
     assert!(logs.contains("[notify] the run failed"), "{logs}");
     pipeline::stop_leaving_nothing(s, case).await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rollback_slower_than_the_request_deadline_is_answered_while_it_goes_on() {
+    let case = "slow-rollback";
+    // Answers come within two thirds of the deadline: 2 s here.
+    let s = pipeline::server_with(case, |c| c.request_timeout = std::time::Duration::from_secs(3)).await;
+    let file = "steps:\n  - name: image\n    build: { service: slow-web }\n  - name: deploy\n    deploy: { service: slow-web, port: 8080, health: /health, health_timeout: 60 }\n";
+    let (repo, repo_id) = repo_with_file(&s, "slow", file, json!({})).await;
+    // Replicas that take 4 s to start answering.
+    repo.write(
+        "Dockerfile",
+        "ARG BASE=leanloop/busybox:latest\nFROM ${BASE}\nCOPY site/ /www/\nEXPOSE 8080\nCMD [\"sh\", \"-c\", \"sleep 4; exec httpd -f -p 8080 -h /www\"]\n",
+    );
+    repo.commit("slow to start, serving version 1");
+    for version in ["1", "2"] {
+        if version == "2" {
+            repo.write("site/index.html", "version: 2\n");
+            repo.commit("version 2");
+        }
+        let run = trigger(&s, repo_id, json!({ "branch": "main" })).await;
+        let run = finished(&s, run["id"].as_i64().unwrap()).await;
+        assert_eq!(run["status"], "success", "{run}");
+    }
+    let (status, back) = call(&s, Method::POST, "/services/slow-web/environments/production/rollback", None).await;
+    assert_eq!(status, 202, "{back}");
+    assert_eq!((&back["status"], &back["trigger"]), (&json!("deploying"), &json!("rollback")), "{back}");
+    // Asked again meanwhile: refused, not a second rollback.
+    let (status, again) = call(&s, Method::POST, "/services/slow-web/environments/production/rollback", None).await;
+    assert_eq!(status, 409, "{again}");
+    let live = eventually_within("the rollback to go live", pipeline::RUN_DEADLINE, || async {
+        let (_, r) = call(&s, Method::GET, &format!("/releases/{}", back["id"]), None).await;
+        (r["status"] == "live").then_some(r)
+    })
+    .await;
+    for endpoint in live["endpoints"].as_array().unwrap() {
+        assert_eq!(fetch(endpoint.as_str().unwrap(), "/index.html").await.trim(), "version: 1");
+    }
+    let (status, _) = call(&s, Method::DELETE, "/services/slow-web/environments/production", None).await;
+    assert_eq!(status, 200);
+    pipeline::stop_leaving_nothing(s, case).await;
+}
