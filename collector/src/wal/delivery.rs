@@ -132,6 +132,7 @@ impl Delivery {
                         return;
                     }
                     drop(state);
+                    self.shared.changed.notify_all();
                     std::thread::sleep(READ_RETRY);
                 }
                 Some(ReadFailure::Damaged(e) | ReadFailure::Unusable(e)) => return self.stop(end, &e),

@@ -263,7 +263,8 @@ impl Wal {
     }
 }
 
-/// Finds the segments, cuts a torn tail off the last one, and returns the
+/// Finds the segments, cuts a torn tail off the last one (keeping whole
+/// records that follow damage, for delivery to skip it), and returns the
 /// file to append to, its start and valid length, the acknowledged position
 /// and every segment start.
 fn recover(dir: &Path) -> std::io::Result<(File, u64, u64, u64, BTreeSet<u64>)> {
@@ -519,15 +520,22 @@ mod tests {
         runtime.block_on(wal.append(&[record::tests::event(1)], &[])).unwrap();
         // Delivery meets the missing file, as it meets no file descriptors
         // left, and keeps trying rather than giving up on the log.
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while wal.shared.lock().read_retries == 0 {
-            let failed = wal.shared.lock().failed.clone();
-            assert!(
-                Instant::now() < deadline && failed.is_none(),
-                "delivery never retried the missing segment: {failed:?}"
-            );
-            std::thread::sleep(Duration::from_millis(5));
-        }
+        let (state, waited) = wal
+            .shared
+            .changed
+            .wait_timeout_while(wal.shared.lock(), Duration::from_secs(30), |s| {
+                s.read_retries == 0 && s.failed.is_none()
+            })
+            .unwrap();
+        assert!(
+            !waited.timed_out() && state.failed.is_none(),
+            "delivery never retried the missing segment: failed {:?}, acked {} of {}, stored {:?}",
+            state.failed,
+            state.acked,
+            state.end,
+            store.count(&EventFilter::project(1))
+        );
+        drop(state);
         assert_eq!(store.count(&EventFilter::project(1)).unwrap(), 0);
         assert_eq!(wal.shared.lock().failed, None);
         std::fs::rename(&away, &segment).unwrap();
