@@ -147,15 +147,14 @@ impl Filter {
         Ok(match self.op {
             Op::Eq | Op::Neq => {
                 let values = self.values(&value_at)?;
-                let list = Sql::join(values.iter().map(|v| Sql::default().text(v)), ", ");
-                let mut any = expr.clone().raw(" IN (").push(list).raw(")");
+                let mut any = sql::in_list(d, expr.clone(), values.iter().map(|v| Sql::default().text(v)));
                 // A fraction or exponent is written differently by each store
                 // (`1e+20`, `100000000000000000000.0`): such values also match
                 // by value. Whole numbers keep to their text, exact past 2^53.
                 let floats: Vec<f64> = self.listed().filter(|v| v.is_f64()).filter_map(Value::as_f64).collect();
                 if !floats.is_empty() {
-                    let floats = Sql::join(floats.iter().map(|&f| Sql::default().float(d, f)), ", ");
-                    let by_value = sql::number(d, expr.clone()).raw(" IN (").push(floats).raw(")");
+                    let floats = floats.iter().map(|&f| Sql::default().float(d, f));
+                    let by_value = sql::in_list(d, sql::number(d, expr.clone()), floats);
                     any = Sql::new("(").push(any).raw(" OR ").push(by_value).raw(")");
                 }
                 if self.op == Op::Eq {

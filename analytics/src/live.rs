@@ -46,7 +46,7 @@ pub fn live(ask: &Ask) -> Result<LiveResult, AnalyticsError> {
     let keys = window.keys(Interval::Minute)?;
     Ok(LiveResult {
         active_users: active.first().map_or(0, |r| r[0].int() as u64),
-        minutes: keys.iter().map(|&k| window.label(Interval::Minute, k)).collect(),
+        minutes: window.labels(Interval::Minute, &keys),
         events_per_minute: keys.iter().map(|k| counts.get(k).copied().unwrap_or(0)).collect(),
     })
 }

@@ -196,13 +196,19 @@ pub fn impact(ask: &Ask, q: &ImpactQuery) -> Result<ImpactResult, AnalyticsError
             // shorter: an after window reaching into the future would set a
             // day of a new release against a week of the old one.
             let span = (len * 1000).min(ask.now_ms - at);
+            // From the request, or from an event whose clock was off.
+            let (field, what) = match source {
+                "query" => ("release_time", "the release time"),
+                _ => ("release", "the release's first event"),
+            };
             if span <= 0 {
-                // From the request, or from an event whose clock ran ahead.
-                let (field, what) = match source {
-                    "query" => ("release_time", "the release time"),
-                    _ => ("release", "the release's first event"),
-                };
                 return Err(AnalyticsError::invalid(field, format!("{what} is in the future: nothing to compare yet")));
+            }
+            if at - span < crate::time::EARLIEST_MS {
+                return Err(AnalyticsError::invalid(
+                    field,
+                    format!("{what} is too early: the before window must start after 1970-01-02"),
+                ));
             }
             let tz = chrono_tz::Tz::UTC;
             let before = Window { from_ms: at - span, to_ms: at, tz };

@@ -14,11 +14,53 @@ use leanloop_store::{ColumnKind, Dialect, Param, Select};
 pub struct Sql {
     pub text: String,
     pub params: Vec<Param>,
+    /// Each DuckDB [`in_list`] that DuckDB would plan as a hash join:
+    /// [`Sql::select`] bounds how many of them one statement joins.
+    lists: Vec<ListAt>,
 }
+
+/// Where an `expr IN (items)` sits: offsets in the text, and the index of
+/// the first param of its expression and of its items.
+#[derive(Debug, Clone, Copy)]
+struct ListAt {
+    expr: usize,
+    expr_param: usize,
+    open: usize,
+    items_param: usize,
+    close: usize,
+    /// One past the last item's param.
+    end_param: usize,
+}
+
+impl ListAt {
+    fn shifted(self, text: usize, params: usize) -> ListAt {
+        ListAt {
+            expr: self.expr + text,
+            expr_param: self.expr_param + params,
+            open: self.open + text,
+            items_param: self.items_param + params,
+            close: self.close + text,
+            end_param: self.end_param + params,
+        }
+    }
+}
+
+/// Constant `IN` lists one DuckDB statement may test through hash joins.
+/// DuckDB plans a list of five or more constants (`IN (...)`, and also a
+/// list literal tested by `list_contains` or `IN [...]`) as a join against
+/// them, which holds megabytes however short the list: a statement of 40
+/// such filters ran out of the 256 MB query limit on a few thousand events.
+/// Later lists are tested with `list_position`, which DuckDB evaluates row
+/// by row against one constant list: on 2M rows, 1.7× the join's time for
+/// 1,000 values.
+const MAX_JOINED_LISTS: usize = 8;
+
+/// DuckDB's smallest constant list planned as a join.
+const JOINED_LIST_LEN: usize = 5;
 
 impl Sql {
     pub fn new(text: impl Into<String>) -> Sql {
-        Sql { text: text.into(), params: Vec::new() }
+        Sql { text: text.into(), params: Vec::new(), lists: Vec::new() }
     }
 
     pub fn raw(mut self, text: &str) -> Sql {
@@ -51,6 +93,8 @@ impl Sql {
     }
 
     pub fn push(mut self, other: Sql) -> Sql {
+        let (text, params) = (self.text.len(), self.params.len());
+        self.lists.extend(other.lists.iter().map(|list| list.shifted(text, params)));
         self.text.push_str(&other.text);
         self.params.extend(other.params);
         self
@@ -73,9 +117,37 @@ impl Sql {
         Sql::new("(").push(self).raw(")")
     }
 
-    pub fn select(self, columns: &[ColumnKind]) -> Select {
+    /// The statement, its lists past [`MAX_JOINED_LISTS`] tested with
+    /// `list_position([items], expr) IS NOT NULL` (items first, so their
+    /// params move ahead of the expression's).
+    pub fn select(mut self, columns: &[ColumnKind]) -> Select {
+        if self.lists.len() > MAX_JOINED_LISTS {
+            // From the last, so the offsets of those before stay valid.
+            for list in self.lists.split_off(MAX_JOINED_LISTS).into_iter().rev() {
+                let expr = &self.text[list.expr..list.open - " IN ".len()];
+                let items = &self.text[list.open + 1..list.close];
+                let tested = format!("list_position([{items}], {expr}) IS NOT NULL");
+                self.text.replace_range(list.expr..=list.close, &tested);
+                self.params[list.expr_param..list.end_param].rotate_left(list.items_param - list.expr_param);
+            }
+        }
         Select { sql: self.text, params: self.params, columns: columns.to_vec() }
     }
+}
+
+/// `expr IN (items)`: `items` are bound values, at least one.
+pub fn in_list(d: Dialect, expr: Sql, items: impl IntoIterator<Item = Sql>) -> Sql {
+    let items: Vec<Sql> = items.into_iter().collect();
+    let joined = d == Dialect::DuckDb && items.len() >= JOINED_LIST_LEN;
+    let mut out = expr.raw(" IN (");
+    let (open, items_param) = (out.text.len() - 1, out.params.len());
+    out = out.push(Sql::join(items, ", ")).raw(")");
+    if joined {
+        // The expression starts the text and the params.
+        let (close, end_param) = (out.text.len() - 1, out.params.len());
+        out.lists.push(ListAt { expr: 0, expr_param: 0, open, items_param, close, end_param });
+    }
+    out
 }
 
 /// Event time in ms since the epoch, from the raw columns.
@@ -403,6 +475,35 @@ mod tests {
         let s = Sql::new("a = ").text("x").raw(" AND ").push(Sql::new("b = ").int(2)).wrap();
         assert_eq!(s.text, "(a = ? AND b = ?)");
         assert_eq!(s.params, vec![Param::Text("x".into()), Param::Int(2)]);
+    }
+
+    #[test]
+    fn duckdb_joins_a_bounded_number_of_lists_per_statement() {
+        let list = |n: i64| {
+            let expr = Sql::new("f(").text("key").raw(")");
+            in_list(Dialect::DuckDb, expr, (0..n).map(|i| Sql::default().int(i)))
+        };
+        let conds = Sql::join((0..MAX_JOINED_LISTS + 2).map(|_| list(5)).chain([list(4)]), " AND ");
+        let statement = Sql::new("SELECT ").int(-1).raw(" WHERE ").push(conds.wrap()).select(&[]);
+        let sql = &statement.sql;
+        assert_eq!(sql.matches("f(?) IN (?, ?, ?, ?, ?)").count(), MAX_JOINED_LISTS, "{sql}");
+        assert_eq!(sql.matches("list_position([?, ?, ?, ?, ?], f(?)) IS NOT NULL").count(), 2, "{sql}");
+        assert!(sql.ends_with(" AND f(?) IN (?, ?, ?, ?))"), "a short list is never joined: {sql}");
+        assert_eq!(sql.matches('?').count(), statement.params.len());
+        // The params follow the rewritten text: the items of a tested list
+        // come before its expression's key.
+        let joined: Vec<Param> = std::iter::once(Param::Text("key".into())).chain((0..5).map(Param::Int)).collect();
+        let tested: Vec<Param> = (0..5).map(Param::Int).chain([Param::Text("key".into())]).collect();
+        let mut expected = vec![Param::Int(-1)];
+        for i in 0..MAX_JOINED_LISTS + 2 {
+            expected.extend(if i < MAX_JOINED_LISTS { joined.clone() } else { tested.clone() });
+        }
+        expected.extend(std::iter::once(Param::Text("key".into())).chain((0..4).map(Param::Int)));
+        assert_eq!(statement.params, expected);
+        let few = Sql::join((0..MAX_JOINED_LISTS as i64).map(|_| list(9)), " OR ").select(&[]).sql;
+        assert!(!few.contains("list_position"), "{few}");
+        let clickhouse = in_list(Dialect::ClickHouse, Sql::new("x"), (0..9).map(|i| Sql::default().int(i)));
+        assert!(clickhouse.lists.is_empty());
     }
 
     #[test]

@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 /// At most this many buckets per answer.
 pub const MAX_BUCKETS: i64 = 10_000;
 /// Queries may not start before this (ClickHouse's `DateTime` starts at 1970).
-const EARLIEST_MS: i64 = 86_400_000;
+pub const EARLIEST_MS: i64 = 86_400_000;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
@@ -88,9 +88,9 @@ impl Window {
         self.tz.offset_from_utc_datetime(&utc.naive_utc()).fix().local_minus_utc() as i64 * 1000
     }
 
-    /// SQL for local time in ms of the UTC ms column `ts`: a `CASE` over
-    /// the offset changes in (and around) this window.
-    pub fn local(&self, ts: &str) -> String {
+    /// The offset in force before the window's changes, and each change
+    /// (in and around the window) as its instant and the new offset.
+    fn offset_changes(&self) -> (i64, Vec<(i64, i64)>) {
         let start = self.from_ms - 2 * 86_400_000;
         let end = self.to_ms + 2 * 86_400_000;
         let mut changes = Vec::new();
@@ -116,6 +116,13 @@ impl Window {
             }
             at = next;
         }
+        (first, changes)
+    }
+
+    /// SQL for local time in ms of the UTC ms column `ts`: a `CASE` over
+    /// the offset changes in (and around) this window.
+    pub fn local(&self, ts: &str) -> String {
+        let (first, changes) = self.offset_changes();
         if changes.is_empty() {
             return if first == 0 { ts.to_owned() } else { format!("({ts} + {first})") };
         }
@@ -137,28 +144,41 @@ impl Window {
     /// Minute and hour buckets are spans of elapsed time aligned to the
     /// zone's clock, not readings of it: the hour a clock repeats is two
     /// buckets and the hour it skips none. They are keyed in UTC, shifted by
-    /// the part of the offset below their length (India's half hour).
-    fn elapsed(&self, interval: Interval) -> Option<(i64, i64)> {
+    /// the part of the offset below their length (India's half hour), which
+    /// a clock moved by half an hour changes (Lord Howe Island): see
+    /// [`Elapsed`].
+    fn elapsed(&self, interval: Interval) -> Option<Elapsed> {
         let len = match interval {
             Interval::Minute => 60_000,
             Interval::Hour => 3_600_000,
             _ => return None,
         };
-        Some((len, self.offset_ms(self.from_ms).rem_euclid(len)))
+        let (first, changes) = self.offset_changes();
+        let mut parts = vec![Part { from_ms: i64::MIN, shift: first.rem_euclid(len), add: 0 }];
+        for (at, offset) in changes {
+            let (shift, before) = (offset.rem_euclid(len), &parts[parts.len() - 1]);
+            if shift != before.shift {
+                // The bucket the change cuts short ends at it; the next
+                // starts there, keyed one past it.
+                let last = (at - 1 + before.shift).div_euclid(len) + before.add;
+                parts.push(Part { from_ms: at, shift, add: last + 1 - (at + shift).div_euclid(len) });
+            }
+        }
+        Some(Elapsed { len, parts })
     }
 
     /// The bucket key of a UTC ms time.
     pub fn key(&self, interval: Interval, ms: i64) -> i64 {
         match self.elapsed(interval) {
-            Some((len, shift)) => (ms + shift).div_euclid(len),
+            Some(elapsed) => elapsed.key(ms),
             None => key_of_local(interval, self.local_ms(ms)),
         }
     }
 
     /// SQL for the bucket key of the UTC ms column `ts`.
     pub fn key_sql(&self, d: Dialect, interval: Interval, ts: &str) -> String {
-        if let Some((len, shift)) = self.elapsed(interval) {
-            return int_div(d, &format!("({ts} + {shift})"), len);
+        if let Some(elapsed) = self.elapsed(interval) {
+            return elapsed.sql(d, ts);
         }
         let local = self.local(ts);
         match interval {
@@ -185,15 +205,79 @@ impl Window {
         Ok((first..=last).collect())
     }
 
-    /// RFC 3339 label of a bucket's local start.
+    /// RFC 3339 labels of the buckets `keys`: each bucket's local start.
+    pub fn labels(&self, interval: Interval, keys: &[i64]) -> Vec<String> {
+        let elapsed = self.elapsed(interval);
+        let label = |key: i64| {
+            if let Some(elapsed) = &elapsed {
+                let start = DateTime::<Utc>::from_timestamp_millis(elapsed.start(key)).unwrap_or_default();
+                return start.with_timezone(&self.tz).to_rfc3339_opts(SecondsFormat::Secs, true);
+            }
+            let naive = local_start(interval, key);
+            let local = local_instant(self.tz, naive).unwrap_or_else(|| self.tz.from_utc_datetime(&naive));
+            local.to_rfc3339_opts(SecondsFormat::Secs, true)
+        };
+        keys.iter().map(|&key| label(key)).collect()
+    }
+
+    /// The label of one bucket (see [`Window::labels`]).
     pub fn label(&self, interval: Interval, key: i64) -> String {
-        if let Some((len, shift)) = self.elapsed(interval) {
-            let start = DateTime::<Utc>::from_timestamp_millis(key * len - shift).unwrap_or_default();
-            return start.with_timezone(&self.tz).to_rfc3339_opts(SecondsFormat::Secs, true);
+        self.labels(interval, &[key]).remove(0)
+    }
+}
+
+/// Keys of minute or hour buckets: from each part's start (until the next
+/// part's), `(ms + shift) div len + add`. A new part begins where the
+/// offset's remainder below `len` changes, its `add` chosen so that its
+/// first key follows the last of the part before: no key is skipped or
+/// shared, and the bucket the change cuts short keeps its key.
+struct Elapsed {
+    len: i64,
+    /// Ordered by `from_ms`; the first from the beginning of time.
+    parts: Vec<Part>,
+}
+
+struct Part {
+    from_ms: i64,
+    shift: i64,
+    add: i64,
+}
+
+impl Elapsed {
+    fn part_key(&self, part: &Part, ms: i64) -> i64 {
+        (ms + part.shift).div_euclid(self.len) + part.add
+    }
+
+    fn key(&self, ms: i64) -> i64 {
+        let i = self.parts.partition_point(|p| p.from_ms <= ms).max(1);
+        self.part_key(&self.parts[i - 1], ms)
+    }
+
+    /// The UTC ms start of bucket `key`.
+    fn start(&self, key: i64) -> i64 {
+        let i = self.parts.partition_point(|p| p.from_ms == i64::MIN || self.part_key(p, p.from_ms) <= key).max(1);
+        let part = &self.parts[i - 1];
+        ((key - part.add) * self.len - part.shift).max(part.from_ms)
+    }
+
+    fn sql(&self, d: Dialect, ts: &str) -> String {
+        let of = |p: &Part| {
+            let key = int_div(d, &format!("({ts} + {})", p.shift), self.len);
+            if p.add == 0 {
+                key
+            } else {
+                format!("({key} + {})", p.add)
+            }
+        };
+        if self.parts.len() == 1 {
+            return of(&self.parts[0]);
         }
-        let naive = local_start(interval, key);
-        let local = local_instant(self.tz, naive).unwrap_or_else(|| self.tz.from_utc_datetime(&naive));
-        local.to_rfc3339_opts(SecondsFormat::Secs, true)
+        let mut case = String::from("(CASE");
+        for (part, next) in self.parts.iter().zip(&self.parts[1..]) {
+            case.push_str(&format!(" WHEN {ts} < {} THEN {}", next.from_ms, of(part)));
+        }
+        case.push_str(&format!(" ELSE {} END)", of(&self.parts[self.parts.len() - 1])));
+        case
     }
 }
 
@@ -352,6 +436,43 @@ mod tests {
         let w = window("2026-11-01", "2026-11-01", "Asia/Kolkata");
         assert_eq!(w.label(Interval::Hour, w.keys(Interval::Hour).unwrap()[0]), "2026-11-01T00:00:00+05:30");
         assert_eq!(w.keys(Interval::Hour).unwrap().len(), 24);
+    }
+
+    #[test]
+    fn hours_follow_a_clock_moved_by_half_an_hour() {
+        let utc = |t: &str| DateTime::parse_from_rfc3339(t).unwrap().timestamp_millis();
+        let hours = |w: &Window| {
+            let keys = w.keys(Interval::Hour).unwrap();
+            assert!(keys.windows(2).all(|k| k[1] == k[0] + 1));
+            w.labels(Interval::Hour, &keys)
+        };
+        // Lord Howe Island goes from +10:30 to +11:00 at 02:00 on 2026-10-04
+        // (15:30 UTC the day before): 02:00-02:30 is skipped, so the hour
+        // from 02:00 is half an hour long, and later hours start on the hour.
+        let w = window("2026-10-04", "2026-10-04", "Australia/Lord_Howe");
+        let labels = hours(&w);
+        assert_eq!(labels.len(), 24);
+        assert_eq!(
+            labels[1..4],
+            ["2026-10-04T01:00:00+10:30", "2026-10-04T02:30:00+11:00", "2026-10-04T03:00:00+11:00"]
+        );
+        assert_eq!(labels[23], "2026-10-04T23:00:00+11:00");
+        let change = utc("2026-10-03T15:30:00Z");
+        assert_eq!(w.key(Interval::Hour, change - 1) + 1, w.key(Interval::Hour, change));
+        assert_eq!(w.key(Interval::Hour, change), w.key(Interval::Hour, utc("2026-10-03T15:59:59Z")));
+        assert_eq!(w.key(Interval::Hour, utc("2026-10-03T16:00:00Z")), w.key(Interval::Hour, change) + 1);
+        // And back at 02:00 on 2026-04-05 (15:00 UTC): 01:30-02:00 comes
+        // twice, the second time as a half-hour bucket of its own.
+        let w = window("2026-04-05", "2026-04-05", "Australia/Lord_Howe");
+        let labels = hours(&w);
+        assert_eq!(labels.len(), 25);
+        assert_eq!(
+            labels[1..4],
+            ["2026-04-05T01:00:00+11:00", "2026-04-05T01:30:00+10:30", "2026-04-05T02:00:00+10:30"]
+        );
+        // The SQL keys what `key` keys.
+        let sql = w.key_sql(Dialect::DuckDb, Interval::Hour, "t");
+        assert_eq!(sql.matches(" WHEN t < ").count(), 1, "{sql}");
     }
 
     #[test]

@@ -275,7 +275,7 @@ pub fn trend(ask: &Ask, q: &TrendQuery) -> Result<TrendResult, AnalyticsError> {
             series.extend(lines);
             values.push(line_values);
         }
-        let buckets = keys.iter().map(|&k| w.label(q.interval, k)).collect();
+        let buckets = w.labels(q.interval, &keys);
         Ok::<_, AnalyticsError>((TrendPeriod { buckets, series }, values))
     };
     let (current, shown) = period(&window, None)?;
@@ -352,9 +352,7 @@ fn run_series(
             let named: Vec<&String> = shown.iter().flatten().collect();
             let mut conds = Vec::new();
             if !named.is_empty() {
-                conds.push(
-                    Sql::new("x_b IN (").push(Sql::join(named.iter().map(|v| Sql::default().text(v)), ", ")).raw(")"),
-                );
+                conds.push(sql::in_list(d, Sql::new("x_b"), named.iter().map(|v| Sql::default().text(v))));
             }
             if shown.iter().any(Option::is_none) {
                 conds.push(Sql::new("x_b IS NULL"));

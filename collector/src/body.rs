@@ -82,9 +82,7 @@ impl Packing {
         }
         match compression {
             Some("gzip-js") | Some("gzip") => return Ok(Packing::Gzip),
-            Some("lz64") => {
-                return Err(IngestError::field("compression", "lz64 compression is not supported; use gzip-js"))
-            }
+            Some("lz64") => return Err(lz64_refused()),
             _ => {}
         }
         let form = headers
@@ -126,37 +124,90 @@ pub async fn read_limited(
     Ok(HeldBody { bytes: bytes.freeze(), _held: held })
 }
 
-/// Unpacks `raw` into JSON bytes, inflating at most `limit` bytes.
-pub fn unpack(raw: Bytes, packing: Packing, limit: usize) -> Result<Bytes, IngestError> {
+/// Unpacks `raw` into JSON bytes, inflating at most `limit` bytes. What it
+/// grows into is taken from `budget` for `held` before it is allocated, so
+/// a few kilobytes of gzip cannot hold megabytes outside the budget.
+pub fn unpack(
+    raw: Bytes,
+    packing: Packing,
+    limit: usize,
+    budget: &BodyBudget,
+    held: &mut Held,
+) -> Result<Bytes, IngestError> {
     match packing {
         Packing::Plain => Ok(raw),
-        Packing::Gzip => gunzip(&raw, limit),
+        Packing::Gzip => gunzip(&raw, limit, budget, held),
         // JSON under a form content type (`curl -d` sends one by default):
         // a form's first field name cannot start with a bracket.
         Packing::Form if matches!(raw.trim_ascii_start().first(), Some(b'{' | b'[')) => Ok(raw),
         Packing::Form => {
             let data =
                 form_field(&raw, "data").ok_or_else(|| IngestError::field("data", "form body has no `data` field"))?;
-            let decoded = base64::engine::general_purpose::STANDARD
-                .decode(data.trim())
-                .or_else(|_| base64::engine::general_purpose::URL_SAFE.decode(data.trim()))
-                .map_err(|_| IngestError::field("data", "`data` is not valid base64"))?;
-            if form_field(&raw, "compression").as_deref() == Some("gzip-js") {
-                return gunzip(&decoded, limit);
+            let compression = form_field(&raw, "compression");
+            if compression.as_deref() == Some("lz64") {
+                return Err(lz64_refused());
             }
-            Ok(Bytes::from(decoded))
+            budget.take(held, data.len())?;
+            let decoded = form_data(&data)?;
+            if compression.as_deref() == Some("gzip-js") {
+                return gunzip(&decoded, limit, budget, held);
+            }
+            Ok(decoded)
         }
     }
 }
 
-fn gunzip(raw: &[u8], limit: usize) -> Result<Bytes, IngestError> {
-    let mut out = Vec::with_capacity(raw.len().saturating_mul(4).min(limit));
-    flate2::read::MultiGzDecoder::new(raw)
-        .take(limit as u64 + 1)
-        .read_to_end(&mut out)
-        .map_err(|_| IngestError::field("body", "body is not valid gzip"))?;
-    if out.len() > limit {
-        return Err(IngestError::InflatedTooLarge { limit });
+/// posthog-js's older packing, in the query or the form: not read.
+fn lz64_refused() -> IngestError {
+    IngestError::field("compression", "lz64 compression is not supported; use gzip-js")
+}
+
+/// A PostHog form's `data`, read as PostHog reads it: JSON as it is, else
+/// base64 in either alphabet, with or without padding or line breaks, a
+/// `+` that arrived as a space (not url-encoded) read as `+`.
+fn form_data(data: &str) -> Result<Bytes, IngestError> {
+    use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
+    let data = data.trim();
+    if matches!(data.as_bytes().first(), Some(b'{' | b'[')) {
+        return Ok(Bytes::copy_from_slice(data.as_bytes()));
+    }
+    let text: String =
+        data.chars().filter(|c| !matches!(c, '\n' | '\r' | '\t')).map(|c| if c == ' ' { '+' } else { c }).collect();
+    let lenient = GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent);
+    [
+        GeneralPurpose::new(&base64::alphabet::STANDARD, lenient),
+        GeneralPurpose::new(&base64::alphabet::URL_SAFE, lenient),
+    ]
+    .iter()
+    .find_map(|engine| engine.decode(&text).ok())
+    .map(Bytes::from)
+    .ok_or_else(|| IngestError::field("data", "`data` is neither JSON nor valid base64"))
+}
+
+/// Bytes inflated at a time, and the least output room taken.
+const INFLATE_STEP: usize = 64 * 1024;
+
+fn gunzip(raw: &[u8], limit: usize, budget: &BodyBudget, held: &mut Held) -> Result<Bytes, IngestError> {
+    let mut decoder = flate2::read::MultiGzDecoder::new(raw).take(limit as u64 + 1);
+    let mut step = vec![0; INFLATE_STEP];
+    let mut out: Vec<u8> = Vec::new();
+    let mut taken = 0;
+    loop {
+        let n = decoder.read(&mut step).map_err(|_| IngestError::field("body", "body is not valid gzip"))?;
+        if n == 0 {
+            break;
+        }
+        if out.len() + n > limit {
+            return Err(IngestError::InflatedTooLarge { limit });
+        }
+        if out.len() + n > out.capacity() {
+            // Grown as a `Vec` would grow, once the budget has the room.
+            let capacity = (out.capacity() * 2).max(out.len() + n).max(INFLATE_STEP).min(limit);
+            budget.take(held, capacity - taken)?;
+            taken = capacity;
+            out.reserve_exact(capacity - out.len());
+        }
+        out.extend_from_slice(&step[..n]);
     }
     Ok(Bytes::from(out))
 }
@@ -178,10 +229,16 @@ mod tests {
         enc.finish().unwrap()
     }
 
+    fn unpack_within(raw: impl Into<Bytes>, packing: Packing, limit: usize) -> Result<Bytes, IngestError> {
+        unpack(raw.into(), packing, limit, &BodyBudget::new(64 << 20), &mut Held::default())
+    }
+
     #[test]
     fn inflates_within_the_limit() {
         let body = gzip(br#"{"a":1}"#);
-        assert_eq!(&unpack(Bytes::from(body), Packing::Gzip, 100).unwrap()[..], br#"{"a":1}"#);
+        assert_eq!(&unpack_within(body, Packing::Gzip, 100).unwrap()[..], br#"{"a":1}"#);
+        let big: Vec<u8> = (0..3_000_000u32).flat_map(|i| i.to_le_bytes()).collect();
+        assert_eq!(unpack_within(gzip(&big), Packing::Gzip, 12_000_000).unwrap(), big);
     }
 
     #[test]
@@ -189,26 +246,56 @@ mod tests {
         // 64 MiB of zeros compress to about 64 KiB.
         let bomb = gzip(&vec![0u8; 64 << 20]);
         assert!(bomb.len() < 100_000);
-        let err = unpack(Bytes::from(bomb), Packing::Gzip, 1 << 20).unwrap_err();
+        let err = unpack_within(bomb, Packing::Gzip, 1 << 20).unwrap_err();
         assert!(matches!(err, IngestError::InflatedTooLarge { limit } if limit == 1 << 20));
     }
 
     #[test]
-    fn decodes_posthog_forms() {
-        let json = br#"{"event":"x"}"#;
+    fn inflating_takes_its_output_from_the_budget_first() {
+        let budget = BodyBudget::new(3 << 20);
+        let mut held = Held::default();
+        let json = vec![b' '; 2 << 20];
+        assert_eq!(unpack(gzip(&json).into(), Packing::Gzip, 5 << 20, &budget, &mut held).unwrap(), json);
+        assert!(held.bytes() >= 2 << 20, "the output is held: {}", held.bytes());
+        // With that held, a second body of 2 MiB finds no room, and is
+        // refused before it grows past what was left.
+        let mut second = Held::default();
+        let err = unpack(gzip(&json).into(), Packing::Gzip, 5 << 20, &budget, &mut second).unwrap_err();
+        assert!(matches!(err, IngestError::BodiesBusy), "{err:?}");
+        drop(held);
+        assert!(unpack(gzip(&json).into(), Packing::Gzip, 5 << 20, &budget, &mut Held::default()).is_ok());
+    }
+
+    #[test]
+    fn decodes_posthog_forms_as_posthog_does() {
+        let json = br#"{"event":">>"}"#;
         let data = base64::engine::general_purpose::STANDARD.encode(json);
-        let form = format!("data={}", url::form_urlencoded::byte_serialize(data.as_bytes()).collect::<String>());
-        assert_eq!(&unpack(Bytes::from(form), Packing::Form, 100).unwrap()[..], json);
-        assert!(unpack(Bytes::from_static(b"data=%%%"), Packing::Form, 100).is_err());
-        assert!(unpack(Bytes::from_static(b"other=1"), Packing::Form, 100).is_err());
+        assert!(data.contains('+') && data.ends_with('='), "{data}");
+        let form =
+            |data: &str| format!("data={}", url::form_urlencoded::byte_serialize(data.as_bytes()).collect::<String>());
+        assert_eq!(&unpack_within(form(&data), Packing::Form, 100).unwrap()[..], json);
+        // A `+` sent bare arrives as a space; padding dropped; line breaks.
+        assert_eq!(&unpack_within(format!("data={data}"), Packing::Form, 100).unwrap()[..], json);
+        assert_eq!(&unpack_within(form(data.trim_end_matches('=')), Packing::Form, 100).unwrap()[..], json);
+        let wrapped = format!("{}\n{}\n", &data[..8], &data[8..]);
+        assert_eq!(&unpack_within(form(&wrapped), Packing::Form, 100).unwrap()[..], json);
+        // JSON in `data`, url-encoded.
+        assert_eq!(&unpack_within(form(r#"{"event":"y"}"#), Packing::Form, 100).unwrap()[..], br#"{"event":"y"}"#);
+        let gz = base64::engine::general_purpose::STANDARD.encode(gzip(json));
+        let gz_form = format!("{}&compression=gzip-js", form(&gz));
+        assert_eq!(&unpack_within(gz_form, Packing::Form, 100).unwrap()[..], json);
+        let err = unpack_within(format!("{}&compression=lz64", form(&data)), Packing::Form, 100).unwrap_err();
+        assert!(matches!(&err, IngestError::BadField { field, .. } if field == "compression"), "{err:?}");
+        assert!(unpack_within(&b"data=%%%"[..], Packing::Form, 100).is_err());
+        assert!(unpack_within(&b"other=1"[..], Packing::Form, 100).is_err());
         let json = br#" {"event":"sent as a form by curl -d"}"#;
-        assert_eq!(&unpack(Bytes::from_static(json), Packing::Form, 100).unwrap()[..], json);
-        assert_eq!(&unpack(Bytes::from_static(b"[1]"), Packing::Form, 100).unwrap()[..], b"[1]");
+        assert_eq!(&unpack_within(&json[..], Packing::Form, 100).unwrap()[..], json);
+        assert_eq!(&unpack_within(&b"[1]"[..], Packing::Form, 100).unwrap()[..], b"[1]");
     }
 
     #[test]
     fn garbage_gzip_is_a_client_error() {
-        let err = unpack(Bytes::from_static(b"not gzip"), Packing::Gzip, 100).unwrap_err();
+        let err = unpack_within(&b"not gzip"[..], Packing::Gzip, 100).unwrap_err();
         assert!(matches!(err, IngestError::BadField { .. }));
     }
 }

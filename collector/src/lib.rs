@@ -42,6 +42,8 @@ use std::time::Duration;
 pub struct Collector {
     config: CollectorConfig,
     bodies: body::BodyBudget,
+    /// Bodies decoded off the runtime at once (see `routes.rs`).
+    decoders: Arc<tokio::sync::Semaphore>,
     keys: Arc<KeyCache>,
     enricher: Enricher,
     queue: Spool,
@@ -76,7 +78,8 @@ impl Collector {
             Spool::Memory(IngestQueue::start(store, config.queue_capacity, batch_events))
         };
         let bodies = body::BodyBudget::new(config.max_bodies_bytes);
-        Ok(Arc::new(Collector { config, bodies, keys, enricher, queue }))
+        let decoders = Arc::new(tokio::sync::Semaphore::new(routes::MAX_OFFLOADED_DECODES));
+        Ok(Arc::new(Collector { config, bodies, decoders, keys, enricher, queue }))
     }
 
     /// The ingest routes, CORS included.

@@ -22,6 +22,13 @@ use tower_http::cors::{AllowHeaders, AllowOrigin, CorsLayer};
 /// Bodies above this are decoded on the blocking pool, not on a runtime worker.
 const INLINE_DECODE_BYTES: usize = 256 * 1024;
 
+/// Bodies decoded on the blocking pool at once; more wait, holding only
+/// what they were sent. Each may grow to several times its share of the
+/// body budget while decoded (inflated text, copies, parsed values): 200
+/// gzip bodies of 5 KB, each inflating to 5 MB, took the server past 1 GB
+/// when all were decoded at once.
+pub(crate) const MAX_OFFLOADED_DECODES: usize = 4;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Endpoint {
     Segment(segment::Call),
@@ -168,6 +175,13 @@ async fn ingest(
     // Large or compressed bodies take milliseconds to decode: keep them off the runtime.
     let offload = offload_len > INLINE_DECODE_BYTES || packing != Packing::Plain;
     let Accepted { events, users, rejected, total, grown } = if offload {
+        // Owned by the task: a request dropped meanwhile (its deadline
+        // passed, its stream reset) leaves the decode holding its place.
+        let decoder = c.decoders.clone().acquire_owned().await.map_err(|_| IngestError::ShuttingDown)?;
+        let work = move || {
+            let _decoder = decoder;
+            work()
+        };
         tokio::task::spawn_blocking(work).await.map_err(|_| IngestError::ShuttingDown)??
     } else {
         work()?
@@ -202,10 +216,7 @@ fn process(
 ) -> Result<Accepted, IngestError> {
     let limits = &c.config;
     let mut grown = Held::default();
-    let json = unpack(raw, packing, limits.max_body_bytes)?;
-    if packing != Packing::Plain {
-        c.bodies.take(&mut grown, json.len())?;
-    }
+    let json = unpack(raw, packing, limits.max_body_bytes, &c.bodies, &mut grown)?;
     let text = std::str::from_utf8(&json).map_err(|_| IngestError::BadJson("body is not UTF-8".into()))?;
     let text = wire::well_formed(text);
     // A batch's shared context copied into each event counts as body: it

@@ -62,6 +62,8 @@ pub struct Shared {
     pub metrics: metrics_exporter_prometheus::PrometheusHandle,
     /// How long a request may take (`request_timeout_secs`).
     pub request_timeout: std::time::Duration,
+    /// Read-API questions answered at once (see `api::blocking`).
+    pub questions: Arc<tokio::sync::Semaphore>,
 }
 
 impl App {
@@ -95,6 +97,7 @@ impl App {
             pipeline: pipeline.clone(),
             metrics,
             request_timeout: config.request_timeout,
+            questions: Arc::new(tokio::sync::Semaphore::new(crate::api::MAX_QUESTIONS)),
         };
         let mut router = Router::new().merge(collector.router()).merge(ops::router(shared.clone()));
         if role == Role::Server {

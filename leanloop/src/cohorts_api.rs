@@ -77,7 +77,7 @@ fn not_found(id: i64) -> ApiError {
 async fn shown(shared: &Shared, saved: SavedCohort) -> Result<Cohort, ApiError> {
     let analytics = shared.analytics.clone();
     let (project, id) = (saved.project_id, saved.id);
-    let count = blocking(move || analytics.cohort_size(project, id)).await?;
+    let count = blocking(shared.questions.clone(), move || analytics.cohort_size(project, id)).await?;
     Ok(Cohort {
         id: saved.id,
         definition: definition(&saved)?,
@@ -158,7 +158,7 @@ async fn remove(
         return Err(not_found(cohort));
     }
     let analytics = shared.analytics.clone();
-    blocking(move || analytics.forget_cohort(project, cohort)).await?;
+    blocking(shared.questions.clone(), move || analytics.forget_cohort(project, cohort)).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -188,5 +188,5 @@ async fn members(
         offset: page.offset,
     };
     let analytics = shared.analytics.clone();
-    Ok(Json(blocking(move || analytics.people(project, &q)).await?))
+    Ok(Json(blocking(shared.questions.clone(), move || analytics.people(project, &q)).await?))
 }

@@ -353,17 +353,14 @@ fn project(command: ProjectCommand) -> Result<()> {
 
 async fn migrate_cluster(cluster: &str, url: Option<&str>, database: &str, apply: bool) -> Result<()> {
     use leanloop_store::clickhouse::{self as ch, is_identifier};
-    anyhow::ensure!(is_identifier(cluster), "--cluster: `{cluster}` must be letters, digits and underscores");
+    anyhow::ensure!(is_identifier(cluster), "--cluster: `{cluster}` must be {}", ch::IDENTIFIER_RULE);
     let (version, database) = match url {
         Some(url) => {
             let url = url.to_owned();
             tokio::task::spawn_blocking(move || ch::server_info(&url)).await??
         }
         None => {
-            anyhow::ensure!(
-                is_identifier(database),
-                "--database: `{database}` must be letters, digits and underscores"
-            );
+            anyhow::ensure!(is_identifier(database), "--database: `{database}` must be {}", ch::IDENTIFIER_RULE);
             (ch::CURRENT_SERVER, database.to_owned())
         }
     };

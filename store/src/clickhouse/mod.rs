@@ -68,6 +68,9 @@ pub fn redacted(text: &str) -> String {
 
 /// Whether `name` can stand in DDL unquoted (databases, clusters): names
 /// spliced into statements are checked with this first.
+/// What [`is_identifier`] asks, as error messages say it.
+pub const IDENTIFIER_RULE: &str = "letters, digits and underscores, not starting with a digit";
+
 pub fn is_identifier(name: &str) -> bool {
     !name.is_empty()
         && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
@@ -108,7 +111,7 @@ impl Endpoint {
             }
         }
         if !is_identifier(&endpoint.database) {
-            return Err(bad("database must be letters, digits and underscores"));
+            return Err(bad(&format!("database must be {IDENTIFIER_RULE}")));
         }
         Ok(endpoint)
     }

@@ -11,8 +11,8 @@
 //! a question (an analytics `select`) switches to the query mode — the full
 //! limit and every thread — for as long as questions keep coming; once none
 //! has run for a while the next write switches back, DuckDB evicting its
-//! cache to fit. Counts, recent events and point look-ups need little and
-//! run in the ingest mode. Both settings are the whole database's: a change
+//! cache to fit. Counts and point look-ups need little and run in the mode
+//! in force (the events list is a question: large events need room). Both settings are the whole database's: a change
 //! made through any connection applies to all of them.
 
 use super::lock;
