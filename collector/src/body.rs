@@ -68,6 +68,15 @@ pub enum Packing {
 }
 
 impl Packing {
+    /// A plain body that is gzip by its first bytes is read as gzip, as
+    /// PostHog's capture reads it: JSON never starts with them.
+    pub fn sniffed(self, body: &[u8]) -> Packing {
+        match self {
+            Packing::Plain if body.starts_with(&[0x1f, 0x8b]) => Packing::Gzip,
+            other => other,
+        }
+    }
+
     pub fn detect(headers: &HeaderMap, compression: Option<&str>) -> Result<Packing, IngestError> {
         let encoding = headers.get(header::CONTENT_ENCODING).and_then(|v| v.to_str().ok());
         match encoding.map(|e| e.trim().to_ascii_lowercase()).as_deref() {
@@ -168,6 +177,9 @@ fn lz64_refused() -> IngestError {
 fn form_data(data: &str) -> Result<Bytes, IngestError> {
     use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
     let data = data.trim();
+    if data.is_empty() {
+        return Err(IngestError::field("data", "`data` is empty"));
+    }
     if matches!(data.as_bytes().first(), Some(b'{' | b'[')) {
         return Ok(Bytes::copy_from_slice(data.as_bytes()));
     }
@@ -287,10 +299,22 @@ mod tests {
         let err = unpack_within(format!("{}&compression=lz64", form(&data)), Packing::Form, 100).unwrap_err();
         assert!(matches!(&err, IngestError::BadField { field, .. } if field == "compression"), "{err:?}");
         assert!(unpack_within(&b"data=%%%"[..], Packing::Form, 100).is_err());
+        let err = unpack_within(&b"data=&compression=gzip-js"[..], Packing::Form, 100).unwrap_err();
+        assert!(matches!(&err, IngestError::BadField { field, .. } if field == "data"), "{err:?}");
         assert!(unpack_within(&b"other=1"[..], Packing::Form, 100).is_err());
         let json = br#" {"event":"sent as a form by curl -d"}"#;
         assert_eq!(&unpack_within(&json[..], Packing::Form, 100).unwrap()[..], json);
         assert_eq!(&unpack_within(&b"[1]"[..], Packing::Form, 100).unwrap()[..], b"[1]");
+    }
+
+    #[test]
+    fn a_plain_body_that_is_gzip_by_its_first_bytes_is_inflated() {
+        let body = gzip(br#"{"a":1}"#);
+        let packing = Packing::Plain.sniffed(&body);
+        assert_eq!(packing, Packing::Gzip);
+        assert_eq!(&unpack_within(body, packing, 100).unwrap()[..], br#"{"a":1}"#);
+        assert_eq!(Packing::Plain.sniffed(br#"{"a":1}"#), Packing::Plain);
+        assert_eq!(Packing::Form.sniffed(&[0x1f, 0x8b]), Packing::Form);
     }
 
     #[test]

@@ -165,6 +165,7 @@ async fn ingest(
     // Held until the events are logged: the body and what it decodes to.
     let held = read_limited(&headers, body, limit, &c.bodies).await?;
     let raw = held.bytes.clone();
+    let packing = packing.sniffed(&raw);
     let facts = request_facts(&c, &headers, peer, query_sent_at(query));
 
     let offload_len = raw.len();

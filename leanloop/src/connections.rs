@@ -73,7 +73,7 @@ pub async fn serve(listener: TcpListener, router: Router, shutdown: Cancellation
             let call = router.clone().oneshot(request.map(axum::body::Body::new));
             async move { Ok::<_, Infallible>(held_until_sent(call.await?, in_flight)) }
         });
-        let stream = Watched { inner: stream, activity: activity.clone() };
+        let stream = Watched { inner: Some(stream), activity: activity.clone() };
         let connection =
             builder.serve_connection_with_upgrades(TokioIo::new(stream), TowerToHyperService::new(service));
         let connection = graceful.watch(connection.into_owned());
@@ -191,13 +191,55 @@ impl Activity {
     }
 }
 
-/// A connection's stream, each write of which counts as activity.
+/// A connection's stream, each write of which counts as activity. Dropped,
+/// it lingers ([`linger`]).
 struct Watched {
-    inner: TcpStream,
+    /// Taken only by `drop`.
+    inner: Option<TcpStream>,
     activity: Arc<Activity>,
 }
 
+impl Drop for Watched {
+    fn drop(&mut self) {
+        if let (Some(stream), Ok(runtime)) = (self.inner.take(), tokio::runtime::Handle::try_current()) {
+            runtime.spawn(linger(stream));
+        }
+    }
+}
+
+/// How long a closed connection's input is still read, and how much of it.
+const LINGER: Duration = Duration::from_secs(2);
+const LINGER_BYTES: usize = 8 << 20;
+
+/// Closes a connection the way a client can read its last answer: the
+/// answer is followed by the end of the stream, and whatever the client is
+/// still sending (the rest of a body refused from its head) is read and
+/// dropped for a while. Closed with unread input, the socket would send a
+/// reset instead, which can reach the client before it reads the answer,
+/// so it sees a failed send rather than the 401 or 404.
+async fn linger(mut stream: TcpStream) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    if stream.shutdown().await.is_err() {
+        return;
+    }
+    let mut dropped = vec![0; 16 * 1024];
+    let drain = async {
+        let mut read = 0;
+        while read < LINGER_BYTES {
+            match stream.read(&mut dropped).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => read += n,
+            }
+        }
+    };
+    let _ = tokio::time::timeout(LINGER, drain).await;
+}
+
 impl Watched {
+    fn stream(self: Pin<&mut Self>) -> Pin<&mut TcpStream> {
+        Pin::new(self.get_mut().inner.as_mut().expect("a stream until dropped"))
+    }
+
     fn wrote(&self, written: &Poll<std::io::Result<usize>>) {
         if matches!(written, Poll::Ready(Ok(n)) if *n > 0) {
             self.activity.idle_since_ms.store(self.activity.now_ms(), Ordering::SeqCst);
@@ -206,14 +248,14 @@ impl Watched {
 }
 
 impl AsyncRead for Watched {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_read(cx, buf)
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+        self.stream().poll_read(cx, buf)
     }
 }
 
 impl AsyncWrite for Watched {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
-        let written = Pin::new(&mut self.inner).poll_write(cx, buf);
+        let written = self.as_mut().stream().poll_write(cx, buf);
         self.wrote(&written);
         written
     }
@@ -223,21 +265,21 @@ impl AsyncWrite for Watched {
         cx: &mut Context<'_>,
         bufs: &[IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
-        let written = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        let written = self.as_mut().stream().poll_write_vectored(cx, bufs);
         self.wrote(&written);
         written
     }
 
     fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
+        self.inner.as_ref().is_some_and(TcpStream::is_write_vectored)
     }
 
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        self.stream().poll_flush(cx)
     }
 
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        self.stream().poll_shutdown(cx)
     }
 }
 
