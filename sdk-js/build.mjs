@@ -18,10 +18,11 @@ const beforeRegex = /[(,=:[!&|?{};]/
 const after = '{([,;:?&|=>'
 const before = '})].,:?'
 
-// Removes comments and the spaces and line breaks a parser does not need (the
-// source relies on line breaks instead of semicolons, so most stay), and keeps
-// every string, template and regular expression as written. Identifiers are
-// never renamed.
+// Removes comments, trailing commas and the spaces and line breaks a parser
+// does not need (the source relies on line breaks instead of semicolons, so
+// most stay), declares with `let` what the source declares with `const`, and
+// keeps every string, template and regular expression as written.
+// Identifiers are never renamed.
 export function minify(code) {
   let out = ''
   let i = 0
@@ -75,9 +76,16 @@ export function minify(code) {
       const a = out.at(-1) || ''
       const b = code[i] || ''
       if ((ident.test(a) && ident.test(b)) || (a == b && (a == '+' || a == '-'))) out += ' '
+    } else if (c == 'c' && /^const\s+[\w$[{]/.test(code.slice(i, i + 32)) && !/[\w$.]/.test(code[i - 1] || '')) {
+      // Same bindings, scopes and dead zones for a program that never
+      // assigns a constant (which would have thrown): two bytes less each.
+      emit('let')
+      i += 5
     } else {
       if (c == '{') depth++
       if (c == '}') depth--
+      // A trailing comma (never an elision: not after `[` or `,`).
+      if ((c == '}' || c == ']') && out.endsWith(',') && !'[,'.includes(out.at(-2))) out = out.slice(0, -1)
       emit(c)
       i++
     }

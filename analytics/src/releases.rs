@@ -171,6 +171,12 @@ pub fn impact(ask: &Ask, q: &ImpactQuery) -> Result<ImpactResult, AnalyticsError
     }
     let (baseline, candidate) = match &q.compare_to {
         Some(other) => {
+            if *other == q.release {
+                return Err(AnalyticsError::invalid(
+                    "compare_to",
+                    "`compare_to` must name another release than `release`",
+                ));
+            }
             if released.is_none() {
                 return Err(AnalyticsError::invalid("release", format!("no events carry release `{}`", q.release)));
             }

@@ -121,4 +121,46 @@ mod tests {
         assert!(cp.delete_cohort(a.id, pro.id).unwrap());
         assert_eq!(cp.cohort(a.id, pro.id).unwrap(), None);
     }
+
+    #[test]
+    fn a_deleted_cohorts_id_is_never_given_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let cp = ControlPlane::open(&dir.path().join("control.sqlite")).unwrap();
+        let a = cp.create_project("A").unwrap();
+        let first = cp.create_cohort(a.id, "One", "{}").unwrap();
+        let newest = cp.create_cohort(a.id, "Two", "{}").unwrap();
+        assert!(cp.delete_cohort(a.id, newest.id).unwrap());
+        let next = cp.create_cohort(a.id, "Three", "{}").unwrap();
+        assert!(next.id > newest.id, "{} after {} and {}", next.id, first.id, newest.id);
+    }
+
+    #[test]
+    fn cohorts_saved_before_ids_were_kept_stay_and_new_ids_follow_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("control.sqlite");
+        {
+            // A database as schema version 3 left it: a project with two cohorts.
+            let mut conn = rusqlite::Connection::open(&path).unwrap();
+            let tx = conn.transaction().unwrap();
+            for step in &crate::migrations::STEPS[..3] {
+                tx.execute_batch(step).unwrap();
+            }
+            tx.execute_batch(
+                "INSERT INTO organisations VALUES (1, 'default', 'then');
+                 INSERT INTO projects (id, organisation_id, name, write_key, read_key, created_at, deploy_key)
+                 VALUES (1, 1, 'A', 'llw_a', 'llr_a', 'then', 'lld_a');
+                 INSERT INTO cohorts VALUES (4, 1, 'Four', '{}', 2, 'then', 'later');
+                 INSERT INTO cohorts VALUES (7, 1, 'Seven', '{}', 2, 'then', 'later');",
+            )
+            .unwrap();
+            tx.pragma_update(None, "user_version", 3).unwrap();
+            tx.commit().unwrap();
+        }
+        let cp = ControlPlane::open(&path).unwrap();
+        let kept: Vec<(i64, String, i64)> =
+            cp.cohorts(1).unwrap().into_iter().map(|c| (c.id, c.name, c.revision)).collect();
+        assert_eq!(kept, [(4, "Four".to_owned(), 2), (7, "Seven".to_owned(), 2)]);
+        assert!(cp.delete_cohort(1, 7).unwrap());
+        assert_eq!(cp.create_cohort(1, "Next", "{}").unwrap().id, 8);
+    }
 }

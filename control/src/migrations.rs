@@ -41,6 +41,22 @@ pub(crate) const STEPS: &[&str] = &[
         updated_at TEXT NOT NULL
     );
     CREATE INDEX cohorts_project ON cohorts (project_id, id);",
+    // 4: cohort ids are never reused: a deleted cohort's id named in a saved
+    // question or link must not come to mean another cohort. The sequence
+    // starts past every id in use.
+    "CREATE TABLE cohorts_next (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        project_id INTEGER NOT NULL REFERENCES projects(id),
+        name TEXT NOT NULL,
+        definition TEXT NOT NULL,
+        revision INTEGER NOT NULL,
+        created_at TEXT NOT NULL,
+        updated_at TEXT NOT NULL
+    );
+    INSERT INTO cohorts_next SELECT id, project_id, name, definition, revision, created_at, updated_at FROM cohorts;
+    DROP TABLE cohorts;
+    ALTER TABLE cohorts_next RENAME TO cohorts;
+    CREATE INDEX cohorts_project ON cohorts (project_id, id);",
 ];
 
 pub fn latest_version() -> i64 {

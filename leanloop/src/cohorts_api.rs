@@ -54,8 +54,12 @@ pub struct Cohort {
     pub id: i64,
     #[serde(flatten)]
     pub definition: CohortDefinition,
-    /// People in the cohort now.
-    pub count: u64,
+    /// People in the cohort now. After a create or an edit it is `null`
+    /// when the event store could not be asked (the change is saved;
+    /// `count_error` says why): read the cohort again for it.
+    pub count: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub count_error: Option<String>,
     pub created_at: String,
     pub updated_at: String,
 }
@@ -75,13 +79,40 @@ fn not_found(id: i64) -> ApiError {
 
 /// `saved` with its member count, computed off the runtime.
 async fn shown(shared: &Shared, saved: SavedCohort) -> Result<Cohort, ApiError> {
+    let count = size(shared, &saved).await?;
+    with_count(saved, Some(count), None)
+}
+
+/// `saved` just written, with its member count when the store can give it.
+/// The change is saved whatever the store says, so an error here must not
+/// be the answer: a client retrying a create would make a second cohort.
+async fn saved_now(shared: &Shared, saved: SavedCohort) -> Result<Cohort, ApiError> {
+    match size(shared, &saved).await {
+        Ok(count) => with_count(saved, Some(count), None),
+        Err(err) => {
+            tracing::warn!(cohort = saved.id, error = %err.message, "cohort saved; its member count is not known yet");
+            let why = if err.status == StatusCode::SERVICE_UNAVAILABLE {
+                format!("the event store cannot count members now ({}); read the cohort again later", err.message)
+            } else {
+                err.message
+            };
+            with_count(saved, None, Some(why))
+        }
+    }
+}
+
+async fn size(shared: &Shared, saved: &SavedCohort) -> Result<u64, ApiError> {
     let analytics = shared.analytics.clone();
     let (project, id) = (saved.project_id, saved.id);
-    let count = blocking(shared.questions.clone(), move || analytics.cohort_size(project, id)).await?;
+    blocking(shared.questions.clone(), move || analytics.cohort_size(project, id)).await
+}
+
+fn with_count(saved: SavedCohort, count: Option<u64>, count_error: Option<String>) -> Result<Cohort, ApiError> {
     Ok(Cohort {
         id: saved.id,
         definition: definition(&saved)?,
         count,
+        count_error,
         created_at: saved.created_at,
         updated_at: saved.updated_at,
     })
@@ -119,7 +150,7 @@ async fn create(
     let project = authorise(&shared, &headers, &id)?;
     let (definition, text) = checked(&body)?;
     let saved = shared.control.create_cohort(project, &definition.name, &text)?;
-    Ok((StatusCode::CREATED, Json(shown(&shared, saved).await?)).into_response())
+    Ok((StatusCode::CREATED, Json(saved_now(&shared, saved).await?)).into_response())
 }
 
 async fn read(
@@ -144,7 +175,7 @@ async fn update(
     let (definition, text) = checked(&body)?;
     let saved =
         shared.control.update_cohort(project, cohort, &definition.name, &text)?.ok_or_else(|| not_found(cohort))?;
-    Ok(Json(shown(&shared, saved).await?))
+    Ok(Json(saved_now(&shared, saved).await?))
 }
 
 async fn remove(
@@ -157,8 +188,13 @@ async fn remove(
     if !shared.control.delete_cohort(project, cohort)? {
         return Err(not_found(cohort));
     }
+    // Its stored members are only ever found through the saved cohort, and
+    // ids are never reused, so members left behind by a store that cannot
+    // delete them now are harmless: the delete stands either way.
     let analytics = shared.analytics.clone();
-    blocking(shared.questions.clone(), move || analytics.forget_cohort(project, cohort)).await?;
+    if let Err(err) = blocking(shared.questions.clone(), move || analytics.forget_cohort(project, cohort)).await {
+        tracing::warn!(cohort, error = %err.message, "cohort deleted; its stored members were left");
+    }
     Ok(StatusCode::NO_CONTENT)
 }
 

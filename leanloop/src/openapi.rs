@@ -38,7 +38,8 @@ fn error_answers() -> Value {
     json!({
         "400": answer("The query is invalid; `error.field` names the field at fault", error.clone()),
         "401": answer("No key, an unknown one, or a key of the wrong kind", error.clone()),
-        "403": answer("The key belongs to another project", error),
+        "403": answer("The key belongs to another project", error.clone()),
+        "503": answer("The event store is unavailable or over its limits now; retry after `Retry-After` seconds", error),
     })
 }
 
@@ -50,6 +51,7 @@ fn project_id() -> Value {
 fn post<Q: JsonSchema, R: JsonSchema>(g: &mut SchemaGenerator, summary: &str) -> Value {
     let mut responses = error_answers();
     responses["200"] = answer("The answer", schema::<R>(g));
+    responses["413"] = answer("The body is over 2 MB", json!({"$ref": "#/components/schemas/Error"}));
     json!({"post": {
         "summary": summary,
         "parameters": [project_id()],
@@ -191,7 +193,8 @@ fn cohorts(g: &mut SchemaGenerator, paths: &mut Map<String, Value>) {
     use crate::cohorts_api::{Cohort, CohortList};
     use leanloop_analytics::cohorts::CohortDefinition;
     let cohort_id = json!({"name": "cohort_id", "in": "path", "required": true, "schema": {"type": "integer"}});
-    let page = |name: &str| json!({"name": name, "in": "query", "schema": {"type": "integer", "minimum": 0}});
+    let limit = json!({"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 1000}});
+    let offset = json!({"name": "offset", "in": "query", "schema": {"type": "integer", "minimum": 0}});
     let operation = |summary: &str, parameters: Vec<Value>, body: Option<Value>, status: &str, answer_body| {
         let missing = "No such cohort in this project";
         operation(Operation { summary, parameters, body, status, answer_body, missing, key: "readKey" })
@@ -217,7 +220,7 @@ fn cohorts(g: &mut SchemaGenerator, paths: &mut Map<String, Value>) {
     paths.insert(
         "/api/v1/projects/{id}/cohorts/{cohort_id}/people".into(),
         json!({
-            "get": operation("The cohort's members, most recently seen first", vec![project_id(), cohort_id, page("limit"), page("offset")], None, "200", Some(schema::<people::PeopleResult>(g))),
+            "get": operation("The cohort's members, most recently seen first", vec![project_id(), cohort_id, limit, offset], None, "200", Some(schema::<people::PeopleResult>(g))),
         }),
     );
 }
@@ -247,6 +250,7 @@ fn pipeline(g: &mut SchemaGenerator, paths: &mut Map<String, Value>) {
     let base = "/api/v1/projects/{id}";
     let repo = schema::<Repo>(g);
     let run = schema::<RunRecord>(g);
+    let run_schema = run.clone();
     let release = schema::<Release>(g);
     let mut add = |path: String, item: Value| {
         paths.insert(path, item);
@@ -341,7 +345,50 @@ fn pipeline(g: &mut SchemaGenerator, paths: &mut Map<String, Value>) {
     add(
         format!("{base}/services/{{service}}/environments/{{env}}"),
         json!({
-            "delete": operation("Remove a service's replicas in an environment", service, None, "200", Some(object(&[("removed_containers", "integer")]))),
+            "delete": conflicting(operation("Remove a service's replicas in an environment and retire its live release", service, None, "200", Some(object(&[("removed_containers", "integer")]))), "A deploy of the service to that environment is in progress"),
         }),
+    );
+    let error = json!({"$ref": "#/components/schemas/Error"});
+    let mut step = object(&[("name", "string")]);
+    step["properties"]["depends_on"] = json!({"type": "array", "items": {"type": "string"}});
+    add(
+        "/api/v1/pipeline/lint".into(),
+        json!({"post": {
+            "summary": "Check a pipeline file (`leanloop.yml`, at most 32 KB) sent as the body; no key",
+            "security": [],
+            "requestBody": {"required": true, "content": {"application/yaml": {"schema": {"type": "string"}}}},
+            "responses": {
+                "200": answer("The file is valid: its steps in run order", json!({"type": "object", "properties": {
+                    "valid": {"type": "boolean"}, "steps": {"type": "array", "items": step}}})),
+                "400": answer("The file is invalid (or over 32 KB, or not UTF-8); the message names the line and the key at fault", error.clone()),
+            },
+        }}),
+    );
+    let signature = |header: &str, example: &str| {
+        json!({"name": header, "in": "header", "schema": {"type": "string"},
+               "description": format!("HMAC-SHA256 of the body with the repository's `webhook_secret`, as `{example}`")})
+    };
+    add(
+        "/hooks/{repo}/{provider}".into(),
+        json!({"post": {
+            "summary": "A push webhook from GitHub or Gitea: a push to a branch or tag starts a run (a ping, or a deleted branch, starts nothing)",
+            "security": [],
+            "parameters": [
+                number("repo"),
+                {"name": "provider", "in": "path", "required": true, "schema": {"type": "string", "enum": ["github", "gitea"]}},
+                {"name": "X-GitHub-Event", "in": "header", "schema": {"type": "string"}},
+                {"name": "X-Gitea-Event", "in": "header", "schema": {"type": "string"}},
+                signature("X-Hub-Signature-256", "sha256=<hex>"),
+                signature("X-Gitea-Signature", "<hex>"),
+            ],
+            "requestBody": {"required": true, "content": {"application/json": {"schema": {"type": "object"}}}},
+            "responses": {
+                "201": answer("A run was started", run_schema.clone()),
+                "200": answer("Nothing to run (a ping, a deleted branch)", json!({"type": "object", "properties": {"run": {"nullable": true}}})),
+                "400": answer("The payload is not a push the pipeline can read", error.clone()),
+                "401": answer("A missing or wrong signature, or no such repository", error.clone()),
+                "404": answer("No such provider, or the pipeline is off", error),
+            },
+        }}),
     );
 }

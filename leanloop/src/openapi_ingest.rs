@@ -109,7 +109,7 @@ const SEGMENT_CALLS: [(&str, &str, &[&str]); 6] = [
     ("screen", "Segment: a screen view (stored as `$screen`)", &[]),
     ("identify", "Segment: who the user is, with traits", &[]),
     ("group", "Segment: the user's group, with its traits", &["groupId"]),
-    ("alias", "Segment: link an earlier id (`previousId`) to the user", &["previousId"]),
+    ("alias", "Segment: link an earlier id (`previousId`) to the user (`userId`)", &["previousId", "userId"]),
 ];
 
 /// One Segment message of type `kind`: sent to its own endpoint, where

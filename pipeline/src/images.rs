@@ -52,6 +52,15 @@ pub async fn pushed_digest(docker: &Docker, image: &str) -> Option<String> {
     inspect.repo_digests?.iter().find_map(|d| d.strip_prefix(&prefix).map(str::to_owned))
 }
 
+/// The commit `image` was built from, by the label every build puts on it.
+pub async fn built_from(docker: &Docker, image: &str) -> Option<String> {
+    let inspect = docker.inspect_image(image).await.ok()?;
+    inspect.config?.labels?.remove(COMMIT_LABEL)
+}
+
+/// Put on every image a run builds: the commit it was built from.
+pub const COMMIT_LABEL: &str = "leanloop.commit";
+
 pub fn short_sha(sha: &str) -> &str {
     &sha[..sha.len().min(7)]
 }

@@ -128,6 +128,8 @@ const POLL_TICK: Duration = Duration::from_secs(1);
 
 /// How often live releases are checked for a running replica.
 const RELEASE_WATCH: Duration = Duration::from_secs(5);
+/// The error of a run the server stopped (or crashed) during.
+const STOPPED_DURING_RUN: &str = "the server stopped during this run";
 
 struct LiveRun {
     log: Arc<RunLog>,
@@ -172,7 +174,7 @@ impl Pipeline {
         let interrupted = pipeline.records.interrupted_runs()?;
         for run in &interrupted {
             // Ends the steps it cut short too.
-            pipeline.records.fail_run(*run, "the server stopped during this run")?;
+            pipeline.records.fail_run(*run, STOPPED_DURING_RUN)?;
         }
         let deploys = pipeline.records.interrupted_releases()?;
         for release in &deploys {
@@ -643,6 +645,12 @@ impl Pipeline {
                 }
             },
         };
+        // Cut short by the server stopping, not by a cancel: the same end
+        // as a run found unfinished at start after a crash.
+        let (status, error) = match status {
+            Status::Cancelled if self.shutdown.is_cancelled() => (Status::Error, Some(STOPPED_DURING_RUN.to_owned())),
+            _ => (status, error),
+        };
         if let Ok(run) = self.records.run(run_id) {
             // Steps never reached end as cancelled (or skipped when the run erred).
             let rest = if status == Status::Cancelled { Status::Cancelled } else { Status::Skipped };
@@ -752,14 +760,7 @@ impl Pipeline {
         environment: &str,
         answer_within: std::time::Duration,
     ) -> Result<Rollback, PipelineError> {
-        // Refused while another deploy of the service runs, rather than
-        // queued: a client retrying a rollback that outlived its request
-        // would otherwise roll back twice.
-        let deploying = self.records.deploy_lock(project_id, service, environment).try_lock_owned().map_err(|_| {
-            PipelineError::Conflict(format!(
-                "a deploy of {service} to {environment} is in progress; see its release, and try again once it ends"
-            ))
-        })?;
+        let deploying = self.no_deploy_in_progress(project_id, service, environment)?;
         let current = self.records.live_release(project_id, service, environment)?;
         let previous = match &current {
             Some(current) => self.records.previous_healthy(project_id, service, environment, current)?,
@@ -821,12 +822,32 @@ impl Pipeline {
 
     /// Stops and removes every replica of a service in an environment (a
     /// preview torn down); returns how many containers were removed.
+    /// The deploy lock of `service` in `environment`, or a conflict while
+    /// a deploy of it runs: refused rather than queued, as a client
+    /// retrying a call that outlived its request would otherwise act twice.
+    fn no_deploy_in_progress(
+        &self,
+        project_id: i64,
+        service: &str,
+        environment: &str,
+    ) -> Result<tokio::sync::OwnedMutexGuard<()>, PipelineError> {
+        self.records.deploy_lock(project_id, service, environment).try_lock_owned().map_err(|_| {
+            PipelineError::Conflict(format!(
+                "a deploy of {service} to {environment} is in progress; see its release, and try again once it ends"
+            ))
+        })
+    }
+
+    /// Removes the service's replicas and retires its live release; a
+    /// conflict while it is being deployed (the deploy would bring a
+    /// replica back, or restore the release it replaces when it fails).
     pub async fn remove_service(
         &self,
         project_id: i64,
         service: &str,
         environment: &str,
     ) -> Result<usize, PipelineError> {
+        let _deploying = self.no_deploy_in_progress(project_id, service, environment)?;
         let project = project_id.to_string();
         let mut removed = 0;
         for (_, docker) in self.hosts.reachable().await {

@@ -457,7 +457,7 @@ async fn build_step(ctx: &Context, step: &Step, stop: &CancellationToken) -> Out
     // Containers inherit their image's labels: the image must not carry the
     // run's, or the run's cleanup would remove the replicas deployed from it.
     let mut image_labels = ctx.plan.extra_labels.clone();
-    image_labels.insert("leanloop.commit".into(), ctx.plan.sha.clone());
+    image_labels.insert(images::COMMIT_LABEL.into(), ctx.plan.sha.clone());
     let job = BuildJob {
         build,
         project_id: ctx.plan.repo.project_id,
@@ -502,6 +502,16 @@ async fn deploy_step(ctx: &Context, step: &Step, stop: &CancellationToken) -> Ou
             // it, or it was removed), so its pushed digest is known.
             if let Err(e) = engine::ensure_image(&ctx.lease.docker, &image).await {
                 return Outcome::of(Status::Failure, e);
+            }
+            // The tag is only a name: a later push (a branch or tag named
+            // like this short sha) may have moved it to another commit's image.
+            let source = images::built_from(&ctx.lease.docker, &image).await;
+            if source.as_deref() != Some(plan.sha.as_str()) {
+                let other = source.map_or_else(|| "no recorded commit".to_owned(), |s| format!("commit {s}"));
+                return Outcome::of(
+                    Status::Failure,
+                    format!("{image} now holds an image of {other}, not of {}: run the commit again", plan.sha),
+                );
             }
             let digest = images::pushed_digest(&ctx.lease.docker, &image).await;
             (image, digest)

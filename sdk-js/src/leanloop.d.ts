@@ -50,6 +50,8 @@ export function track(event: string, properties?: Properties): void
 /** Sent automatically on init and on SPA navigation unless `pageviews: false`. */
 export function page(name?: string, properties?: Properties): void
 export function identify(userId: string, traits?: Properties): void
+/** Traits of the current user, with no new id (as analytics.js takes it). */
+export function identify(traits: Properties): void
 export function group(groupId: string, traits?: Properties): void
 /** Links the current id (user id, else anonymous id) to `userId`, then uses `userId`. */
 export function alias(userId: string): void

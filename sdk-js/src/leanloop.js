@@ -102,7 +102,8 @@ const iso = () => new Date(now()).toISOString()
 // randomUUID needs a secure context; plain-http pages get the fallback.
 const uuid = () =>
   w.crypto?.randomUUID?.() || '10000000-1000-4000-8000-100000000000'.replace(/[018]/g, c => (c ^ (w.Math.random() * 16) >> c / 4).toString(16))
-const on = (t, e, f, c) => t?.addEventListener(e, f, c)
+// Not every runtime has listeners on its global (Node has none).
+const on = (t, e, f, c) => t?.addEventListener?.(e, f, c)
 
 const off = () =>
   get('optout') == 1 ||
@@ -242,7 +243,7 @@ async function post(url, body, items) {
 }
 
 async function drain() {
-  while (q.length && key && !off()) {
+  while (q.length && !off()) {
     const [url, body, items] = next()
     const wait = await post(url, body, items)
     if (wait) return later(wait, 1)
@@ -279,7 +280,7 @@ function hide() {
   if (v && Object.keys(v).length) (vitals = 0), track('$web_vitals', v)
   let rest = q.filter(e => !beaconed.has(e.messageId))
   let n = BATCH
-  while (rest.length && key && !off()) {
+  while (rest.length && !off()) {
     const [url, body, items] = next(rest, n)
     // Refused: over what the browser lets beacons carry (64 KB in flight).
     // Then one event a beacon, each that fits, the rest left queued.
@@ -397,8 +398,11 @@ export const page = safe((name, properties) => {
   add('page', { name, properties: { ...where(), ...properties } })
 })
 
+// identify(traits) as in analytics.js: traits of the current user.
 export const identify = safe((userId, traits) => {
-  if (userId) uid = set('uid', '' + userId)
+  if (userId === Object(userId)) (traits = userId), (userId = 0)
+  // Before init (a module can be called then) nothing is kept.
+  if (key && userId) uid = set('uid', '' + userId)
   add('identify', { traits })
 })
 

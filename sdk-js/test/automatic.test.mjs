@@ -247,3 +247,46 @@ test('alias without a user id changes nothing and warns', async () => {
   assert.deepEqual(b.events().map(e => [e.type, e.userId]), [['identify', 'real'], ['track', 'real']])
   assert.match(b.warnings[0], /no userId/)
 })
+
+test('identify(traits), as analytics.js takes it, gives traits of the current user, never an id', async () => {
+  const { sdk, b } = await start({ pageviews: false })
+  sdk.identify({ email: 'a@b.c' })
+  sdk.identify('u1')
+  sdk.identify({ plan: 'pro' })
+  sdk.track('later')
+  await sdk.flush()
+  assert.deepEqual(
+    b.events().map(e => [e.type, e.userId, e.traits]),
+    [
+      ['identify', undefined, { email: 'a@b.c' }],
+      ['identify', 'u1', undefined],
+      ['identify', 'u1', { plan: 'pro' }],
+      ['track', 'u1', undefined],
+    ],
+  )
+  assert.equal(b.storage.getItem('ll_uid'), 'u1')
+})
+
+test('calls made before init send nothing and keep nothing', async () => {
+  const sdk = await load()
+  const b = browser()
+  sdk.identify('early', { plan: 'pro' })
+  sdk.track('early')
+  sdk.init('wk_test', { host: 'https://collect.example', window: b.win, pageviews: false })
+  sdk.track('after')
+  await sdk.flush()
+  assert.deepEqual(b.events().map(e => [e.event, e.userId]), [['after', undefined]])
+  assert.equal(b.storage.getItem('ll_uid'), null)
+})
+
+test('a runtime whose global takes no event listeners (Node) starts and sends', async () => {
+  const sdk = await load()
+  const b = browser()
+  const win = Object.assign({}, b.win)
+  assert.equal(win.addEventListener, undefined)
+  sdk.init('wk_test', { host: 'https://collect.example', window: win })
+  sdk.track('from-node')
+  await sdk.flush()
+  assert.deepEqual(b.events().map(e => e.event ?? e.type), ['page', 'from-node'])
+  assert.equal(b.warnings.length, 0, `${b.warnings}`)
+})

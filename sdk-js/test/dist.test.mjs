@@ -21,19 +21,22 @@ test('the drop-in script is at most 5 KB gzipped, and plain ASCII', t => {
   assert.match(script, /^[\x00-\x7f]*$/)
 })
 
-test('minify keeps strings, templates and regexes, and drops comments and spacing', () => {
+test('minify keeps strings, templates and regexes, and drops comments, spacing and trailing commas', () => {
   const code = [
-    "const a = 'x // not a comment' // a comment",
-    'const b = `a ${ {k: "}"}.k } b /* kept */`',
-    '/* block */ const c = /[/]+ /g.test(a) ? 1 / 2 : 3',
-    'let d = a + +b - -c',
+    "const a = 'x // not a comment, const' // a comment",
+    'const b = `a ${ {k: "}", const: 1, c: o.const,}.k } b /* kept */`',
+    '/* block */ const c = /[/]+ const/g.test(a) ? 1 / 2 : 3',
+    'let d = a + +b - -c, constant = [1, 2,], holes = [,], more = [1,,]',
     'f(1,',
     '  2)',
     'g()',
     '(h)',
   ].join('\n')
   const out = minify(code)
-  assert.equal(out, "const a='x // not a comment'\nconst b=`a ${{k:\"}\"}.k} b /* kept */`\nconst c=/[/]+ /g.test(a)?1/2:3\nlet d=a+ +b- -c\nf(1,2)\ng()\n(h)\n")
+  assert.equal(
+    out,
+    "let a='x // not a comment, const'\nlet b=`a ${{k:\"}\",const:1,c:o.const}.k} b /* kept */`\nlet c=/[/]+ const/g.test(a)?1/2:3\nlet d=a+ +b- -c,constant=[1,2],holes=[,],more=[1,,]\nf(1,2)\ng()\n(h)\n",
+  )
 })
 
 // The drop-in script in a VM whose global is a pretend browser window.
@@ -89,7 +92,7 @@ test('the script loaded twice keeps the first copy, so nothing is sent twice', a
 
 test('a queued call that throws does not stop the calls queued after it', async () => {
   const b = browser()
-  const bad = "{ toString() { throw new Error('bad id') } }"
+  const bad = "Symbol('bad id')"
   const g = run(
     b,
     { src: 'https://collect.example/sdk.js', dataset: {} },

@@ -99,9 +99,18 @@ pub async fn server(case: &str) -> TestServer {
 
 /// [`server`] with the configuration changed by `adjust`.
 pub async fn server_with(case: &str, adjust: impl FnOnce(&mut leanloop::Config)) -> TestServer {
+    server_in(tempfile::tempdir().expect("temp dir"), case, adjust).await
+}
+
+/// [`server_with`] over an existing data directory (to test restarts).
+pub async fn server_in(
+    data_dir: tempfile::TempDir,
+    case: &str,
+    adjust: impl FnOnce(&mut leanloop::Config),
+) -> TestServer {
     let registry = registry();
     let case = case.to_owned();
-    TestServer::start_with(move |config| {
+    TestServer::start_in(data_dir, move |config| {
         config.pipeline.registry = Some(registry);
         config.pipeline.labels.insert("leanloop.test".into(), "1".into());
         config.pipeline.labels.insert("leanloop.test.case".into(), case);

@@ -265,6 +265,9 @@ fn incoming(
     if user_id.is_none() && anonymous_id.is_none() {
         return Err(IngestError::field("userId", "either `userId` or `anonymousId` is required"));
     }
+    if kind == EventKind::Alias && user_id.is_none() {
+        return Err(IngestError::field("userId", "an alias needs the `userId` that `previousId` becomes"));
+    }
     let traits = match kind {
         EventKind::Identify => Some(identify_traits(m.traits, context.traits.as_deref())?),
         _ => None,
@@ -362,6 +365,19 @@ mod tests {
 
     fn one(text: &str, call: Call) -> Result<Incoming, IngestError> {
         decode(text, call, 32 * 1024, 1000, &mut free).and_then(|mut d| d.items.remove(0))
+    }
+
+    #[test]
+    fn an_alias_needs_its_user_id_and_previous_id_a_group_its_group_id() {
+        let field = |text: &str, call: Call| match one(text, call) {
+            Err(IngestError::BadField { field, .. }) => field,
+            other => panic!("{text}: {other:?}"),
+        };
+        let alias = Call::Single(EventKind::Alias);
+        assert!(one(r#"{"userId":"u","previousId":"p"}"#, alias).is_ok());
+        assert_eq!(field(r#"{"anonymousId":"a","previousId":"p"}"#, alias), "userId");
+        assert_eq!(field(r#"{"userId":"u"}"#, alias), "previousId");
+        assert_eq!(field(r#"{"userId":"u"}"#, Call::Single(EventKind::Group)), "groupId");
     }
 
     #[test]

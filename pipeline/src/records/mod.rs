@@ -19,7 +19,8 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 /// Step `i` takes the schema from version `i` to `i + 1` (`PRAGMA user_version`).
-const MIGRATIONS: &[&str] = &["
+const MIGRATIONS: &[&str] = &[
+    "
     -- `instance` tells this installation's Docker objects from another's on a shared engine.
     CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
     INSERT INTO meta (key, value) VALUES ('instance', lower(hex(randomblob(4))));
@@ -111,7 +112,55 @@ const MIGRATIONS: &[&str] = &["
         sha TEXT NOT NULL,
         PRIMARY KEY (repo_id, ref)
     );
-"];
+",
+    "
+    -- Repository and run ids are never reused: releases outlive a deleted
+    -- repository and its runs and keep their ids, which must not come to
+    -- name another repository's. Each sequence starts past every id in use
+    -- or named by a release.
+    CREATE TABLE repos_next (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        project_id INTEGER NOT NULL,
+        name TEXT NOT NULL,
+        source TEXT NOT NULL,
+        webhook_secret TEXT,
+        poll_seconds INTEGER,
+        created_at INTEGER NOT NULL,
+        UNIQUE (project_id, name)
+    );
+    INSERT INTO repos_next SELECT id, project_id, name, source, webhook_secret, poll_seconds, created_at FROM repos;
+    DROP TABLE repos;
+    ALTER TABLE repos_next RENAME TO repos;
+    CREATE TABLE runs_next (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        repo_id INTEGER NOT NULL REFERENCES repos(id),
+        number INTEGER NOT NULL,
+        event TEXT NOT NULL,
+        commit_sha TEXT NOT NULL,
+        branch TEXT,
+        tag TEXT,
+        message TEXT NOT NULL DEFAULT '',
+        environment TEXT,
+        status TEXT NOT NULL,
+        error TEXT,
+        host TEXT,
+        restart_of INTEGER,
+        restart_from TEXT,
+        created_at INTEGER NOT NULL,
+        started_at INTEGER,
+        finished_at INTEGER,
+        UNIQUE (repo_id, number)
+    );
+    INSERT INTO runs_next SELECT id, repo_id, number, event, commit_sha, branch, tag, message, environment, status,
+        error, host, restart_of, restart_from, created_at, started_at, finished_at FROM runs;
+    DROP TABLE runs;
+    ALTER TABLE runs_next RENAME TO runs;
+    DELETE FROM sqlite_sequence WHERE name IN ('repos', 'runs');
+    INSERT INTO sqlite_sequence (name, seq) VALUES
+        ('repos', max(coalesce((SELECT max(id) FROM repos), 0), coalesce((SELECT max(repo_id) FROM releases), 0))),
+        ('runs', max(coalesce((SELECT max(id) FROM runs), 0), coalesce((SELECT max(run_id) FROM releases), 0)));
+",
+];
 
 pub fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
@@ -142,19 +191,27 @@ impl Records {
                 "pipeline database is at schema version {current}, newer than this build knows"
             )));
         }
+        // A step may rebuild a table others refer to, which SQLite allows
+        // only with foreign keys off (they are on by default in this build).
+        // A rebuild copies every row with its id, so no reference breaks.
+        let keys: bool = conn.query_row("PRAGMA foreign_keys", [], |r| r.get(0))?;
+        conn.pragma_update(None, "foreign_keys", false)?;
         for (index, sql) in MIGRATIONS.iter().enumerate().skip(current as usize) {
             let tx = conn.transaction()?;
             tx.execute_batch(sql)?;
             tx.pragma_update(None, "user_version", index as i64 + 1)?;
             tx.commit()?;
         }
+        conn.pragma_update(None, "foreign_keys", keys)?;
         Ok(Records { conn: Mutex::new(conn), deploys: Mutex::default() })
     }
 
-    /// The lock of deploys of `service` to `environment` (one entry per
-    /// pair ever deployed in this process: a handful).
+    /// The lock of deploys of `service` to `environment`. Entries nobody
+    /// holds are dropped on the way, so the map stays as small as the
+    /// deploys in progress, whatever names requests make up.
     pub fn deploy_lock(&self, project_id: i64, service: &str, environment: &str) -> DeployLock {
         let mut locks = self.deploys.lock().unwrap_or_else(|p| p.into_inner());
+        locks.retain(|_, lock| Arc::strong_count(lock) > 1);
         locks.entry((project_id, service.to_owned(), environment.to_owned())).or_default().clone()
     }
 
@@ -166,5 +223,102 @@ impl Records {
     pub(super) fn with<T>(&self, f: impl FnOnce(&mut Connection) -> rusqlite::Result<T>) -> Result<T, PipelineError> {
         let mut conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
         Ok(f(&mut conn)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spec::Event;
+    use rusqlite::params;
+
+    fn run_of(repo_id: i64) -> NewRun<'static> {
+        NewRun {
+            repo_id,
+            event: Event::Manual,
+            commit: "abc",
+            branch: None,
+            tag: None,
+            message: "",
+            restart_of: None,
+            restart_from: None,
+        }
+    }
+
+    #[test]
+    fn a_version_goes_live_at_its_production_deploy_when_it_had_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let records = Records::open(&dir.path().join("pipeline.sqlite")).unwrap();
+        let release = |version: &str, environment: &str, status: &str, at: i64| {
+            records
+                .with(|c| {
+                    c.execute(
+                        "INSERT INTO releases (project_id, service, environment, version, commit_sha, image, strategy,
+                             weights, replicas, spec, status, trigger, started_at, finished_at)
+                         VALUES (1, 'web', ?1, ?2, 'abc', 'img', 'rolling', '[]', 1, '{}', ?3, 'push', ?4, ?4)",
+                        params![environment, version, status, at],
+                    )
+                })
+                .unwrap();
+        };
+        release("v1", "preview", "retired", 100);
+        release("v1", "production", "live", 200);
+        release("v1", "production", "superseded", 300);
+        release("v2", "staging", "live", 400);
+        release("v2", "preview", "live", 500);
+        release("v3", "production", "failed", 600);
+        assert_eq!(records.first_live(1, "v1").unwrap(), Some(200));
+        assert_eq!(records.first_live(1, "v2").unwrap(), Some(400), "never in production: the first anywhere");
+        assert_eq!(records.first_live(1, "v3").unwrap(), None, "never live");
+        assert_eq!(records.first_live(2, "v1").unwrap(), None, "another project's");
+    }
+
+    #[test]
+    fn deploy_locks_are_kept_only_while_held() {
+        let dir = tempfile::tempdir().unwrap();
+        let records = Records::open(&dir.path().join("pipeline.sqlite")).unwrap();
+        let held = records.deploy_lock(1, "web", "production").try_lock_owned().unwrap();
+        for i in 0..1000 {
+            drop(records.deploy_lock(1, &format!("made-up-{i}"), "production"));
+        }
+        assert!(records.deploy_lock(1, "web", "production").try_lock_owned().is_err(), "still held");
+        assert_eq!(records.deploys.lock().unwrap().len(), 1);
+        drop(held);
+        drop(records.deploy_lock(1, "other", "production"));
+        assert_eq!(records.deploys.lock().unwrap().len(), 1, "only the last one asked for");
+    }
+
+    #[test]
+    fn ids_of_deleted_repositories_and_runs_are_never_given_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("pipeline.sqlite");
+        {
+            // As the first schema version left it: repository 2 with run 3,
+            // and a release naming repository 5 and run 9, both deleted since.
+            let conn = Connection::open(&path).unwrap();
+            conn.execute_batch(MIGRATIONS[0]).unwrap();
+            conn.execute_batch(
+                "INSERT INTO repos VALUES (2, 1, 'kept', '/src', NULL, NULL, 0);
+                 INSERT INTO runs (id, repo_id, number, event, commit_sha, status, created_at)
+                 VALUES (3, 2, 1, 'manual', 'abc', 'passed', 0);
+                 INSERT INTO releases (project_id, repo_id, run_id, service, environment, version, commit_sha,
+                     image, strategy, weights, replicas, spec, status, trigger, started_at)
+                 VALUES (1, 5, 9, 'web', 'production', 'v1', 'abc', 'img', 'rolling', '[]', 1, '{}', 'retired',
+                     'run', 0);",
+            )
+            .unwrap();
+            conn.pragma_update(None, "user_version", 1).unwrap();
+        }
+        let records = Records::open(&path).unwrap();
+        assert_eq!(records.repo(1, 2).unwrap().name, "kept");
+        assert_eq!(records.run(3).unwrap().repo_id, 2);
+        let repo = records.create_repo(1, "new", "/src", None, None).unwrap();
+        assert_eq!(repo.id, 6, "past the release's repository");
+        assert_eq!(records.create_run(&run_of(repo.id), None, &[]).unwrap(), 10, "past the release's run");
+        records.fail_run(10, "stopped").unwrap();
+        assert!(records.delete_repo(repo.id).unwrap());
+        let again = records.create_repo(1, "new", "/src", None, None).unwrap();
+        assert_eq!(again.id, 7);
+        assert_eq!(records.create_run(&run_of(again.id), None, &[]).unwrap(), 11);
     }
 }

@@ -259,15 +259,19 @@ impl Records {
         })
     }
 
-    /// When a release version first went live in the project, if it did.
+    /// When a release version first went live in the project's
+    /// `production` environment, or, never there, in any: a version
+    /// previewed or staged first reaches its users at its production deploy.
     pub fn first_live(&self, project_id: i64, version: &str) -> Result<Option<i64>, PipelineError> {
         self.with(|c| {
             c.query_row(
-                "SELECT min(finished_at) FROM releases WHERE project_id = ?1 AND version = ?2
-                   AND status IN ('live', 'superseded', 'rolled_back', 'retired')",
+                "SELECT finished_at FROM releases WHERE project_id = ?1 AND version = ?2
+                   AND status IN ('live', 'superseded', 'rolled_back', 'retired')
+                 ORDER BY environment = 'production' DESC, finished_at LIMIT 1",
                 params![project_id, version],
                 |r| r.get(0),
             )
+            .optional()
         })
     }
 

@@ -380,6 +380,10 @@ pub async fn delete_person(client: &clickhouse::Client, project_id: i64, user_id
         .bind(user_id)
         .fetch_all()
         .await?;
+    // The id is also taken as an anonymous id: a visitor never identified
+    // has only that.
+    let mut anonymous_ids = anonymous_ids;
+    anonymous_ids.push(user_id.to_owned());
     // Cast, as an empty list is an `Array(Nothing)` that `has` refuses on
     // older servers.
     let condition = "project_id = ? AND (user_id = ? OR has(CAST(? AS Array(String)), ifNull(anonymous_id, '')))";
@@ -397,7 +401,14 @@ pub async fn delete_person(client: &clickhouse::Client, project_id: i64, user_id
         .bind(&anonymous_ids)
         .execute()
         .await?;
-    for table in ["identities", "users", "cohort_members"] {
+    client
+        .query("ALTER TABLE identities DELETE WHERE project_id = ? AND (user_id = ? OR anonymous_id = ?)")
+        .bind(project_id)
+        .bind(user_id)
+        .bind(user_id)
+        .execute()
+        .await?;
+    for table in ["users", "cohort_members"] {
         client
             .query(&format!("ALTER TABLE {table} DELETE WHERE project_id = ? AND user_id = ?"))
             .bind(project_id)

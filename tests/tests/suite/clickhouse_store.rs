@@ -122,6 +122,34 @@ async fn a_server_starts_while_clickhouse_is_down_answers_reads_503_and_stores_o
     let down = reading.try_clone().unwrap().bearer_auth(&s.project.read_key).send().await.unwrap();
     assert_eq!(down.status(), 503, "{:?}", down.text().await);
 
+    // A cohort saved meanwhile is saved, and says so: a 503 would have a
+    // client retry, and save it twice.
+    let cohorts = s.url(&format!("/api/v1/projects/{}/cohorts", s.project.id));
+    let definition = json!({"name": "Pro", "filters": [{"field": "traits.plan", "op": "eq", "value": "pro"}]});
+    let created = s.client.post(&cohorts).bearer_auth(&s.project.read_key).json(&definition).send().await.unwrap();
+    assert_eq!(created.status(), 201);
+    let created: Value = created.json().await.unwrap();
+    assert_eq!(created["count"], Value::Null, "{created}");
+    assert!(created["count_error"].as_str().is_some_and(|e| e.contains("cannot count members now")), "{created}");
+    let listed = s.client.get(&cohorts).bearer_auth(&s.project.read_key).send().await.unwrap();
+    assert_eq!(listed.status(), 503, "counts cannot be read while the store is down");
+    let id = created["id"].as_i64().unwrap();
+    let one = format!("{cohorts}/{id}");
+    let deleted = s.client.delete(&one).bearer_auth(&s.project.read_key).send().await.unwrap();
+    assert_eq!(deleted.status(), 204, "{:?}", deleted.text().await);
+    server.restart();
+    eventually_within("reads once ClickHouse is back", Duration::from_secs(60), || async {
+        let answer = reading.try_clone().unwrap().bearer_auth(&s.project.read_key).send().await.ok()?;
+        answer.status().is_success().then_some(())
+    })
+    .await;
+    let again = s.client.post(&cohorts).bearer_auth(&s.project.read_key).json(&definition).send().await.unwrap();
+    let again: Value = again.json().await.unwrap();
+    assert!(again["id"].as_i64().unwrap() > id && again["count"].is_u64(), "{again}");
+    let listed: Value =
+        s.client.get(&cohorts).bearer_auth(&s.project.read_key).send().await.unwrap().json().await.unwrap();
+    assert_eq!(listed["cohorts"].as_array().map(Vec::len), Some(1), "{listed}");
+
     let bad = leanloop::Config::for_tests(tempfile::tempdir().unwrap().path());
     let bad = leanloop::Config { clickhouse: Some(ClickHouseOptions::new("https://127.0.0.1/")), ..bad };
     let err = leanloop::App::build(bad, leanloop::Role::Server).await.err().expect("a bad URL fails start-up");

@@ -158,6 +158,7 @@ async fn bad_queries_name_the_field(s: &TestServer) {
             "release_time",
         ),
         ("release-impact", json!({"release": "9.9.9", "compare_to": "1.0", "series": {"event": "x"}}), "release"),
+        ("release-impact", json!({"release": "9.9.9", "compare_to": "9.9.9", "series": {"event": "x"}}), "compare_to"),
     ];
     for (kind, query, field) in cases {
         let (status, answer) = ask(s, kind, &query).await;
@@ -249,6 +250,19 @@ async fn people_and_erasure(s: &TestServer) {
     assert_eq!(gone.status(), 404);
     let (_, all) = list(json!({})).await;
     assert_eq!(ids(&all), ["bob"]);
+
+    // A visitor never identified is erased by their anonymous id.
+    let visitor = json!({"batch": [
+        event("page", json!({"anonymousId": "anon-only", "name": "Home"})),
+        event("track", json!({"anonymousId": "anon-only", "event": "viewed"})),
+    ]});
+    assert_eq!(s.post("/v1/batch", &visitor).await.status(), 200);
+    s.settle().await;
+    assert_eq!(s.count(&[("user", "anon-only")]).await, 2);
+    let erased = s.client.delete(profile_url("anon-only")).bearer_auth(&s.project.read_key).send().await.unwrap();
+    assert_eq!(erased.json::<Value>().await.unwrap(), json!({"deleted_events": 2}));
+    assert_eq!(s.count(&[("user", "anon-only")]).await, 0);
+    assert_eq!(s.count(&[("user", "bob")]).await, 2);
 }
 
 /// A cohort call: method, path under the project's cohorts, optional body.
@@ -331,6 +345,10 @@ async fn cohorts_over_http(s: &TestServer) {
     assert_eq!(cohorts(s, Method::DELETE, &format!("/{id}"), None).await.0, 204);
     assert_eq!(cohorts(s, Method::GET, &format!("/{id}"), None).await.0, 404);
     assert_eq!(cohorts(s, Method::DELETE, &format!("/{id}"), None).await.0, 404);
+    let again = json!({"name": "Big", "filters": [{"field": "traits.seats", "op": "gte", "value": 10}]});
+    let (status, again) = cohorts(s, Method::POST, "", Some(again)).await;
+    assert!(status == 201 && again["id"].as_i64() > Some(id), "a deleted cohort's id is not given again: {again}");
+    assert!(cohorts(s, Method::DELETE, &format!("/{}", again["id"]), None).await.0 == 204);
     let (status, answer) = ask(s, "trend", &day(json!([{"event": "paid"}]), json!(id))).await;
     assert_eq!((status, answer["error"]["field"].clone()), (400, json!("filters[0].value")), "{answer}");
     let (status, answer) = cohorts(s, Method::GET, "/first", None).await;

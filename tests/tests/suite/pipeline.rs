@@ -184,6 +184,25 @@ async fn fixture_is_tested_built_pushed_deployed_and_rolled_back() {
     let (status, err) = call(&s, Method::POST, &format!("/runs/{}/cancel", run2["id"]), None).await;
     assert_eq!((status, err["error"]["code"].as_str()), (409, Some("conflict")), "a finished run cannot be cancelled");
 
+    // A branch named like the second commit's short sha moves that image
+    // tag to another commit's image: a restart from the deploy step refuses
+    // to deploy it rather than deploy the wrong commit.
+    repo.git(&["checkout", "-q", "-b", &sha2[..7]]);
+    repo.write("site/index.html", "version: moved\n");
+    repo.commit("named like a commit");
+    let run = trigger(&s, repo_id, json!({ "branch": &sha2[..7] })).await;
+    let moved = finished(&s, run["id"].as_i64().unwrap()).await;
+    assert_eq!(step(&moved, "image")["status"], "success", "{moved}");
+    let (status, again) =
+        call(&s, Method::POST, &format!("/runs/{}/restart", run2["id"]), Some(json!({ "from": "deploy" }))).await;
+    assert_eq!(status, 201, "{again}");
+    let again = finished(&s, again["id"].as_i64().unwrap()).await;
+    let note = step(&again, "deploy")["note"].as_str().unwrap_or_default().to_owned();
+    assert_eq!(again["status"], "failure", "{again}");
+    assert!(note.contains(&format!("not of {sha2}")), "{note}");
+    assert_eq!(live_release(&s).await["id"], redeployed["id"], "the live release stays");
+    repo.git(&["checkout", "-q", "main"]);
+
     // Runs leave nothing behind; removing the service removes the rest.
     assert_eq!(
         docker_objects(&[&case_label(case), "leanloop.run"]),
@@ -237,6 +256,28 @@ steps:
       - echo started-marker
       - sleep 300
 ";
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_run_the_server_stops_during_ends_in_error_not_cancelled() {
+    let case = "stopped";
+    let s = pipeline::server(case).await;
+    let (_repo, repo_id) = repo_with_file(&s, "slow", SLOW, json!({})).await;
+    let secret = format!("/repos/{repo_id}/secrets/DEPLOY_TOKEN");
+    assert_eq!(call(&s, Method::PUT, &secret, Some(json!({ "value": "tok-1" }))).await.0, 204);
+    let id = trigger(&s, repo_id, json!({ "branch": "main" })).await["id"].as_i64().unwrap();
+    eventually_within("the step to run", pipeline::RUN_DEADLINE, || async {
+        log_text(&s, id).await.contains("started-marker").then_some(())
+    })
+    .await;
+    let s = pipeline::server_in(s.stop().await, case, |_| {}).await;
+    let (_, run) = call(&s, Method::GET, &format!("/runs/{id}"), None).await;
+    assert_eq!(
+        (&run["status"], &run["error"]),
+        (&json!("error"), &json!("the server stopped during this run")),
+        "{run}"
+    );
+    pipeline::stop_leaving_nothing(s, case).await;
+}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn cancel_stops_containers_and_live_logs_follow() {
@@ -572,6 +613,13 @@ async fn the_openapi_document_describes_every_pipeline_route() {
         })
         .collect();
     assert!(ours.len() >= 12, "{ours:?}");
+    // The two routes that take no key are documented with what they answer.
+    let lint = &paths["/api/v1/pipeline/lint"]["post"];
+    assert!(lint["responses"]["200"].is_object() && lint["responses"]["400"].is_object(), "{lint}");
+    let hook = &paths["/hooks/{repo}/{provider}"]["post"];
+    assert!(hook["responses"]["201"].is_object() && hook["responses"]["401"].is_object(), "{hook}");
+    let unsigned = s.client.post(s.url("/hooks/999/github")).json(&json!({"ref": "refs/heads/main"})).send().await;
+    assert_eq!(unsigned.unwrap().status(), 401, "documented: no such repository");
     for path in ours {
         let concrete = path
             .replace("{id}", &s.project.id.to_string())
@@ -898,9 +946,12 @@ async fn a_rollback_slower_than_the_request_deadline_is_answered_while_it_goes_o
     let (status, back) = call(&s, Method::POST, "/services/slow-web/environments/production/rollback", None).await;
     assert_eq!(status, 202, "{back}");
     assert_eq!((&back["status"], &back["trigger"]), (&json!("deploying"), &json!("rollback")), "{back}");
-    // Asked again meanwhile: refused, not a second rollback.
+    // Asked again meanwhile: refused, not a second rollback; nor can the
+    // service be removed under the deploy, which would bring it back.
     let (status, again) = call(&s, Method::POST, "/services/slow-web/environments/production/rollback", None).await;
     assert_eq!(status, 409, "{again}");
+    let (status, removed) = call(&s, Method::DELETE, "/services/slow-web/environments/production", None).await;
+    assert_eq!(status, 409, "{removed}");
     let live = eventually_within("the rollback to go live", pipeline::RUN_DEADLINE, || async {
         let (_, r) = call(&s, Method::GET, &format!("/releases/{}", back["id"]), None).await;
         (r["status"] == "live").then_some(r)
