@@ -84,8 +84,9 @@ export function minify(code) {
     } else {
       if (c == '{') depth++
       if (c == '}') depth--
-      // A trailing comma (never an elision: not after `[` or `,`).
-      if ((c == '}' || c == ']') && out.endsWith(',') && !'[,'.includes(out.at(-2))) out = out.slice(0, -1)
+      // A trailing comma, at a line's end too (never an elision: not after `[` or `,`).
+      const t = out.replace(/\n$/, '')
+      if ((c == '}' || c == ']') && t.endsWith(',') && !'[,'.includes(t.at(-2))) out = t.slice(0, -1)
       emit(c)
       i++
     }

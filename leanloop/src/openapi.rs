@@ -38,9 +38,19 @@ fn error_answers() -> Value {
     json!({
         "400": answer("The query is invalid; `error.field` names the field at fault", error.clone()),
         "401": answer("No key, an unknown one, or a key of the wrong kind", error.clone()),
-        "403": answer("The key belongs to another project", error.clone()),
-        "503": answer("The event store is unavailable or over its limits now; retry after `Retry-After` seconds", error),
+        "403": answer("The key belongs to another project", error),
     })
+}
+
+/// [`error_answers`] of a question to the event store, which may also find
+/// it unavailable or over its limits.
+fn read_answers() -> Value {
+    let mut responses = error_answers();
+    responses["503"] = answer(
+        "The event store is unavailable or over its limits now; retry after `Retry-After` seconds",
+        json!({"$ref": "#/components/schemas/Error"}),
+    );
+    responses
 }
 
 fn project_id() -> Value {
@@ -49,7 +59,7 @@ fn project_id() -> Value {
 
 /// `POST` with a JSON query `Q` answered by `R`.
 fn post<Q: JsonSchema, R: JsonSchema>(g: &mut SchemaGenerator, summary: &str) -> Value {
-    let mut responses = error_answers();
+    let mut responses = read_answers();
     responses["200"] = answer("The answer", schema::<R>(g));
     responses["413"] = answer("The body is over 2 MB", json!({"$ref": "#/components/schemas/Error"}));
     json!({"post": {
@@ -75,7 +85,7 @@ pub fn document() -> Value {
             "release-impact" => post::<releases::ImpactQuery, releases::ImpactResult>(&mut g, summary),
             "people" => post::<people::PeopleQuery, people::PeopleResult>(&mut g, summary),
             "live" => {
-                let mut responses = error_answers();
+                let mut responses = read_answers();
                 responses["200"] = answer("The answer", schema::<live::LiveResult>(&mut g));
                 json!({"get": {"summary": summary, "parameters": [project_id()], "responses": responses}})
             }
@@ -98,7 +108,7 @@ pub fn document() -> Value {
             json!({"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 1000}}),
         );
     }
-    let mut responses = error_answers();
+    let mut responses = read_answers();
     responses["200"] = answer(
         "Newest events first",
         json!({"type": "object", "properties": {"events": {"type": "array", "items": {"type": "object"}}}}),
@@ -107,7 +117,7 @@ pub fn document() -> Value {
         "/api/v1/projects/{id}/events".into(),
         json!({"get": {"summary": "Stored events", "parameters": list_params, "responses": responses}}),
     );
-    let mut responses = error_answers();
+    let mut responses = read_answers();
     responses["200"] = answer(
         "Stored events, each uuid once",
         json!({"type": "object", "properties": {"count": {"type": "integer"}}}),
@@ -117,12 +127,12 @@ pub fn document() -> Value {
         json!({"get": {"summary": "Count stored events", "parameters": filters, "responses": responses}}),
     );
 
-    let mut responses = error_answers();
+    let mut responses = read_answers();
     responses["200"] = answer("The person, their anonymous ids and newest events", schema::<people::Profile>(&mut g));
     responses["404"] = answer("No such person", json!({"$ref": "#/components/schemas/Error"}));
     let user = json!({"name": "user_id", "in": "path", "required": true, "schema": {"type": "string"}});
     let limit = json!({"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 1000}});
-    let mut erased = error_answers();
+    let mut erased = read_answers();
     erased["200"] = answer("Erased", json!({"type": "object", "properties": {"deleted_events": {"type": "integer"}}}));
     paths.insert(
         "/api/v1/projects/{id}/people/{user_id}".into(),
@@ -134,6 +144,7 @@ pub fn document() -> Value {
 
     cohorts(&mut g, &mut paths);
     pipeline(&mut g, &mut paths);
+    operations(&mut paths);
     crate::openapi_ingest::paths(&mut paths);
 
     let mut schemas = Map::new();
@@ -174,7 +185,7 @@ struct Operation<'a> {
 }
 
 fn operation(o: Operation) -> Value {
-    let mut responses = error_answers();
+    let mut responses = if o.key == "readKey" { read_answers() } else { error_answers() };
     responses["404"] = answer(o.missing, json!({"$ref": "#/components/schemas/Error"}));
     responses[o.status] = match o.answer_body {
         Some(b) => answer("Done", b),
@@ -222,6 +233,35 @@ fn cohorts(g: &mut SchemaGenerator, paths: &mut Map<String, Value>) {
         json!({
             "get": operation("The cohort's members, most recently seen first", vec![project_id(), cohort_id, limit, offset], None, "200", Some(schema::<people::PeopleResult>(g))),
         }),
+    );
+}
+
+/// What operators and tools read, without a key (see `ops.rs`).
+fn operations(paths: &mut Map<String, Value>) {
+    let get =
+        |summary: &str, responses: Value| json!({"get": {"summary": summary, "security": [], "responses": responses}});
+    let up = json!({"type": "object", "properties": {"status": {"type": "string"}}});
+    paths.insert("/healthz".into(), get("The process answers", json!({"200": answer("Up", up)})));
+    let readiness = json!({"type": "object", "required": ["ready", "backlog", "backlog_capacity", "backlog_unit"], "properties": {
+        "ready": {"type": "boolean"},
+        "backlog": {"type": "integer", "description": "Log bytes (or queued items, without the log) not yet stored"},
+        "backlog_capacity": {"type": "integer"},
+        "backlog_unit": {"type": "string", "enum": ["bytes", "items"]},
+        "error": {"type": "string", "description": "Why appends are refused now (a full disk, say)"},
+    }});
+    paths.insert(
+        "/readyz".into(),
+        get(
+            "Whether this instance takes events now",
+            json!({"200": answer("Ready", readiness.clone()), "503": answer("Not ready: the backlog is over 90 % of its capacity, or appends fail", readiness)}),
+        ),
+    );
+    let text =
+        json!({"description": "Prometheus text exposition", "content": {"text/plain": {"schema": {"type": "string"}}}});
+    paths.insert("/metrics".into(), get("Metrics in Prometheus' text format", json!({"200": text})));
+    paths.insert(
+        "/api/openapi.json".into(),
+        get("This document", json!({"200": answer("OpenAPI 3.0", json!({"type": "object"}))})),
     );
 }
 

@@ -40,8 +40,15 @@ async fn readyz(State(shared): State<Shared>) -> impl IntoResponse {
         "backlog_capacity": backlog.capacity,
         "backlog_unit": backlog.unit,
     });
-    if let Some(reason) = refusing {
-        body["error"] = json!(reason);
+    match refusing {
+        Some(reason) => body["error"] = json!(reason),
+        None if !ready => {
+            body["error"] = json!(format!(
+                "{} of {} {} not yet stored: the event store takes events slower than they arrive, or is down",
+                backlog.used, backlog.capacity, backlog.unit
+            ))
+        }
+        None => {}
     }
     (status, Json(body))
 }

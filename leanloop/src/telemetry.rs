@@ -41,8 +41,16 @@ pub fn metrics_handle() -> PrometheusHandle {
                 "leanloop_store_events_written_total",
                 "leanloop_store_duplicates_total",
                 "leanloop_store_write_errors_total",
+                "leanloop_log_read_retries_total",
+                "leanloop_log_damaged_bytes_total",
             ] {
                 metrics::counter!(name).increment(0);
+            }
+            for source in ["segment", "posthog", "feedback"] {
+                metrics::counter!("leanloop_ingest_events_accepted_total", "source" => source).increment(0);
+            }
+            for name in ["leanloop_log_fsync_seconds", "leanloop_log_group_appends", "leanloop_store_write_seconds"] {
+                let _registered = metrics::histogram!(name);
             }
             handle
         })

@@ -145,7 +145,8 @@ impl Mirror {
                 message: format!("the file is {size} bytes; at most {max_bytes}"),
             });
         }
-        match git(Some(&self.dir), &["show", &object]).await {
+        // A blob only: `show` of a directory by that name lists its tree.
+        match git(Some(&self.dir), &["cat-file", "blob", &object]).await {
             Ok(bytes) => Ok(Some(String::from_utf8_lossy(&bytes).into_owned())),
             Err(_) => Ok(None),
         }

@@ -41,6 +41,14 @@ impl HostSpec {
         if !(self.url.starts_with("unix://") || self.url.starts_with("tcp://") || self.url.starts_with("http://")) {
             return Err(format!("docker host `{}` must start with unix://, tcp:// or http://", self.url));
         }
+        // A network address must be one: a host and a port up to 65535.
+        if !self.url.starts_with("unix://") {
+            let address = self.url.split_once("://").map_or("", |(_, rest)| rest).trim_end_matches('/');
+            let (host, port) = address.rsplit_once(':').unwrap_or((address, "2375"));
+            if host.is_empty() || host.contains(['/', '@', ' ']) || port.parse::<u16>().map_or(true, |p| p == 0) {
+                return Err(format!("docker host `{}` must be tcp://HOST:PORT (a port of 1 to 65535)", self.url));
+            }
+        }
         if self.capacity == 0 || self.capacity > crate::MAX_PLACES {
             return Err(format!("docker host `{}`: capacity must be 1 to {}", self.url, crate::MAX_PLACES));
         }
@@ -160,6 +168,26 @@ impl Hosts {
                 _ = tokio::time::sleep(Duration::from_secs(5)) => {}
                 _ = cancel.cancelled() => return Ok(None),
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_urls_are_checked_at_start() {
+        let spec = |url: &str| HostSpec { url: url.into(), capacity: 2 };
+        for good in
+            ["unix:///var/run/docker.sock", "tcp://127.0.0.1:2375", "http://docker.example:2376/", "tcp://[::1]:2375"]
+        {
+            assert_eq!(spec(good).validate(), Ok(()), "{good}");
+        }
+        for bad in
+            ["tcp://127.0.0.1:99999", "tcp://127.0.0.1:0", "tcp://:2375", "http://a/b:1", "ftp://x", "tcp://h:port"]
+        {
+            assert!(spec(bad).validate().is_err(), "{bad}");
         }
     }
 }

@@ -42,20 +42,22 @@ fn without_tag(image: &str) -> &str {
     image[name_start..].find(':').map_or(image, |i| &image[..name_start + i])
 }
 
-/// The digest the registry gave `image` when it was pushed, as the engine
-/// remembers it (`RepoDigests`): for a deploy of an image an earlier run
-/// built and pushed (a restart from the deploy step), so that its release
-/// is pinned like any other. `None` for an image never pushed.
-pub async fn pushed_digest(docker: &Docker, image: &str) -> Option<String> {
-    let prefix = format!("{}@", without_tag(image));
-    let inspect = docker.inspect_image(image).await.ok()?;
-    inspect.repo_digests?.iter().find_map(|d| d.strip_prefix(&prefix).map(str::to_owned))
+/// What the engine knows of an image an earlier run built (a restart from
+/// the deploy step), read in one look so both facts are of one image: the
+/// commit it was built from (its label) and the digest the registry gave it
+/// when pushed (`RepoDigests`; `None` for an image never pushed), which pins
+/// its release like any other.
+pub struct EarlierBuild {
+    pub commit: Option<String>,
+    pub digest: Option<String>,
 }
 
-/// The commit `image` was built from, by the label every build puts on it.
-pub async fn built_from(docker: &Docker, image: &str) -> Option<String> {
+pub async fn earlier_build(docker: &Docker, image: &str) -> Option<EarlierBuild> {
     let inspect = docker.inspect_image(image).await.ok()?;
-    inspect.config?.labels?.remove(COMMIT_LABEL)
+    let prefix = format!("{}@", without_tag(image));
+    let digest = inspect.repo_digests.iter().flatten().find_map(|d| d.strip_prefix(&prefix).map(str::to_owned));
+    let commit = inspect.config.and_then(|c| c.labels).and_then(|mut labels| labels.remove(COMMIT_LABEL));
+    Some(EarlierBuild { commit, digest })
 }
 
 /// Put on every image a run builds: the commit it was built from.

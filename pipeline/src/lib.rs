@@ -97,6 +97,10 @@ impl PipelineConfig {
         self.publish_ip
             .parse::<std::net::IpAddr>()
             .map_err(|_| format!("pipeline.publish_ip: `{}` is not an IP address", self.publish_ip))?;
+        if let Some(registry) = &self.registry {
+            spec::check_image(&format!("{registry}/image"))
+                .map_err(|_| format!("pipeline.registry: `{registry}` is not a registry host[:port]"))?;
+        }
         Ok(())
     }
 }
@@ -128,6 +132,9 @@ const POLL_TICK: Duration = Duration::from_secs(1);
 
 /// How often live releases are checked for a running replica.
 const RELEASE_WATCH: Duration = Duration::from_secs(5);
+/// How long a removal waits for a deploy lock held by something brief (the
+/// live-release watch) before answering a conflict.
+const LOCK_GRACE: Duration = Duration::from_secs(2);
 /// The error of a run the server stopped (or crashed) during.
 const STOPPED_DURING_RUN: &str = "the server stopped during this run";
 
@@ -760,7 +767,7 @@ impl Pipeline {
         environment: &str,
         answer_within: std::time::Duration,
     ) -> Result<Rollback, PipelineError> {
-        let deploying = self.no_deploy_in_progress(project_id, service, environment)?;
+        let deploying = self.no_deploy_in_progress(project_id, service, environment, Duration::ZERO).await?;
         let current = self.records.live_release(project_id, service, environment)?;
         let previous = match &current {
             Some(current) => self.records.previous_healthy(project_id, service, environment, current)?,
@@ -820,34 +827,39 @@ impl Pipeline {
         }
     }
 
-    /// Stops and removes every replica of a service in an environment (a
-    /// preview torn down); returns how many containers were removed.
     /// The deploy lock of `service` in `environment`, or a conflict while
     /// a deploy of it runs: refused rather than queued, as a client
     /// retrying a call that outlived its request would otherwise act twice.
-    fn no_deploy_in_progress(
+    /// It waits up to `grace` first (a removal waits out the live-release
+    /// watch, which holds the lock for a moment every few seconds; a
+    /// rollback does not wait, or a retried one could follow the first).
+    async fn no_deploy_in_progress(
         &self,
         project_id: i64,
         service: &str,
         environment: &str,
+        grace: Duration,
     ) -> Result<tokio::sync::OwnedMutexGuard<()>, PipelineError> {
-        self.records.deploy_lock(project_id, service, environment).try_lock_owned().map_err(|_| {
+        let lock = self.records.deploy_lock(project_id, service, environment);
+        tokio::time::timeout(grace, lock.lock_owned()).await.map_err(|_| {
             PipelineError::Conflict(format!(
                 "a deploy of {service} to {environment} is in progress; see its release, and try again once it ends"
             ))
         })
     }
 
-    /// Removes the service's replicas and retires its live release; a
-    /// conflict while it is being deployed (the deploy would bring a
-    /// replica back, or restore the release it replaces when it fails).
+    /// Stops and removes every replica of a service in an environment (a
+    /// preview torn down) and retires its live release; returns how many
+    /// containers were removed. A conflict while it is being deployed (the
+    /// deploy would bring a replica back, or restore the release it
+    /// replaces when it fails).
     pub async fn remove_service(
         &self,
         project_id: i64,
         service: &str,
         environment: &str,
     ) -> Result<usize, PipelineError> {
-        let _deploying = self.no_deploy_in_progress(project_id, service, environment)?;
+        let _deploying = self.no_deploy_in_progress(project_id, service, environment, LOCK_GRACE).await?;
         let project = project_id.to_string();
         let mut removed = 0;
         for (_, docker) in self.hosts.reachable().await {
@@ -962,6 +974,17 @@ impl Drop for Registering<'_> {
 mod tests {
     use super::*;
     use crate::records::{NewRelease, ReleaseStatus};
+
+    #[test]
+    fn a_registry_is_a_host_and_port() {
+        let with = |registry: &str| PipelineConfig { registry: Some(registry.into()), ..PipelineConfig::default() };
+        assert_eq!(with("127.0.0.1:5000").validate(), Ok(()));
+        assert_eq!(with("registry.example.com").validate(), Ok(()));
+        for bad in ["not a registry!!", "--evil", "host:port"] {
+            let err = with(bad).validate().unwrap_err();
+            assert!(err.starts_with("pipeline.registry"), "{bad}: {err}");
+        }
+    }
 
     #[tokio::test]
     async fn opening_ends_the_runs_steps_and_deploys_a_previous_process_left_unfinished() {

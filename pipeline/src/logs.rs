@@ -51,7 +51,6 @@ impl RunLog {
         let mut masks: Vec<String> =
             secrets.iter().flat_map(|s| s.lines()).map(|l| l.trim_end_matches('\r').to_owned()).collect();
         masks.extend(secrets);
-        // Longest first, so a secret containing another is masked whole.
         masks.retain(|m| m.len() >= MIN_MASKED);
         masks.sort_by(|a, b| b.len().cmp(&a.len()).then_with(|| a.cmp(b)));
         masks.dedup();
@@ -66,13 +65,41 @@ impl RunLog {
         })
     }
 
+    /// `text` with every byte of every occurrence of a secret covered:
+    /// occurrences are found in the original text, overlapping ones (two
+    /// secrets sharing characters, or one repeating itself) merged, so that
+    /// masking one never leaves part of another in view.
     fn mask(&self, text: &str) -> String {
-        let mut out = text.to_owned();
+        let mut spans: Vec<(usize, usize)> = Vec::new();
         for secret in &self.masks {
-            if out.contains(secret.as_str()) {
-                out = out.replace(secret.as_str(), MASK);
+            let mut from = 0;
+            while let Some(at) = text[from..].find(secret.as_str()) {
+                let start = from + at;
+                spans.push((start, start + secret.len()));
+                // The next occurrence may start inside this one.
+                from = start + text[start..].chars().next().map_or(1, char::len_utf8);
             }
         }
+        if spans.is_empty() {
+            return text.to_owned();
+        }
+        spans.sort_unstable();
+        let mut out = String::with_capacity(text.len());
+        let mut shown = 0;
+        let mut spans = spans.into_iter().peekable();
+        while let Some((start, mut end)) = spans.next() {
+            while let Some(&(next, next_end)) = spans.peek() {
+                if next > end {
+                    break;
+                }
+                end = end.max(next_end);
+                spans.next();
+            }
+            out.push_str(&text[shown..start]);
+            out.push_str(MASK);
+            shown = end;
+        }
+        out.push_str(&text[shown..]);
         out
     }
 
@@ -226,6 +253,17 @@ mod tests {
         assert!(!texts[0].contains("ghp_") && !texts[0].contains("0123"), "{}", &texts[0][MAX_LINE_BYTES - 20..]);
         assert!(texts[1].starts_with('y') && texts[1].ends_with(" [line cut]"));
         assert_eq!(texts[2], "after");
+    }
+
+    #[test]
+    fn secrets_sharing_characters_are_masked_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let records = Arc::new(Records::open(&dir.path().join("p.sqlite3")).unwrap());
+        let log = RunLog::new(1, records, vec!["hunter2".into(), "2xyzzy12345".into(), "abab".into()]).unwrap();
+        assert_eq!(log.mask("x hunter2xyzzy12345 y"), "x ******** y");
+        assert_eq!(log.mask("ababab and hunter22xyzzy12345"), "******** and ********");
+        assert_eq!(log.mask("é hunter2 é"), "é ******** é");
+        assert_eq!(log.mask("nothing here"), "nothing here");
     }
 
     #[test]

@@ -489,34 +489,6 @@ async fn deploy_step(ctx: &Context, step: &Step, stop: &CancellationToken) -> Ou
         );
     };
     let built = ctx.built.lock().unwrap_or_else(|p| p.into_inner()).get(&spec.service).cloned();
-    let (image, digest) = match built {
-        Some(b) => (b.image, b.digest),
-        // Built by an earlier run of this commit (a restart from the deploy step).
-        None => {
-            let image = format!(
-                "{}:{}",
-                images::repository(plan.registry.as_deref(), plan.repo.project_id, &spec.service),
-                images::short_sha(&plan.sha)
-            );
-            // Pulled first when this engine lacks it (another host built
-            // it, or it was removed), so its pushed digest is known.
-            if let Err(e) = engine::ensure_image(&ctx.lease.docker, &image).await {
-                return Outcome::of(Status::Failure, e);
-            }
-            // The tag is only a name: a later push (a branch or tag named
-            // like this short sha) may have moved it to another commit's image.
-            let source = images::built_from(&ctx.lease.docker, &image).await;
-            if source.as_deref() != Some(plan.sha.as_str()) {
-                let other = source.map_or_else(|| "no recorded commit".to_owned(), |s| format!("commit {s}"));
-                return Outcome::of(
-                    Status::Failure,
-                    format!("{image} now holds an image of {other}, not of {}: run the commit again", plan.sha),
-                );
-            }
-            let digest = images::pushed_digest(&ctx.lease.docker, &image).await;
-            (image, digest)
-        }
-    };
     let version = plan.target.tag().map(str::to_owned).unwrap_or_else(|| images::short_sha(&plan.sha).to_owned());
     let say = |line: &str| ctx.log.line(&step.name, line);
     // One deploy of a service to an environment at a time: a run's waits
@@ -530,6 +502,35 @@ async fn deploy_step(ctx: &Context, step: &Step, stop: &CancellationToken) -> Ou
                 held = lock.lock_owned() => held,
                 _ = stop.cancelled() => return Outcome::of(Status::Failure, "stopped while waiting for another deploy".to_owned()),
             }
+        }
+    };
+    let (image, digest) = match built {
+        Some(b) => (b.image, b.digest),
+        // Built by an earlier run of this commit (a restart from the deploy
+        // step), looked up once the lock is held, just before it is used.
+        None => {
+            let image = format!(
+                "{}:{}",
+                images::repository(plan.registry.as_deref(), plan.repo.project_id, &spec.service),
+                images::short_sha(&plan.sha)
+            );
+            // Pulled first when this engine lacks it (another host built
+            // it, or it was removed), so its pushed digest is known.
+            if let Err(e) = engine::ensure_image(&ctx.lease.docker, &image).await {
+                return Outcome::of(Status::Failure, e);
+            }
+            // The tag is only a name: a later push (a branch or tag named
+            // like this short sha) may have moved it to another commit's image.
+            let earlier = images::earlier_build(&ctx.lease.docker, &image).await;
+            let (commit, digest) = earlier.map_or((None, None), |e| (e.commit, e.digest));
+            if commit.as_deref() != Some(plan.sha.as_str()) {
+                let other = commit.map_or_else(|| "no recorded commit".to_owned(), |c| format!("commit {c}"));
+                return Outcome::of(
+                    Status::Failure,
+                    format!("{image} now holds an image of {other}, not of {}: run the commit again", plan.sha),
+                );
+            }
+            (image, digest)
         }
     };
     let rollout = Rollout {

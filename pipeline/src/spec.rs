@@ -456,8 +456,16 @@ impl Pipeline {
             None => DEFAULT_RUN_TIMEOUT,
         };
         let mut names = HashSet::new();
+        if let Some(registry) = &raw.registry {
+            check_image(&format!("{registry}/image"))
+                .map_err(|_| fail("registry", "", format!("registry: `{registry}` is not a registry host[:port]")))?;
+        }
         for service in &raw.services {
             check_name(&service.name).map_err(|m| fail("services", &service.name, m))?;
+            let here = |m: String| fail("services", &service.name, format!("service `{}`: {m}", service.name));
+            check_image(&service.image).map_err(&here)?;
+            no_nul("commands", &service.commands).map_err(&here)?;
+            no_nul("env", service.env.values()).map_err(&here)?;
             if !names.insert(service.name.clone()) {
                 return Err(fail("services", &service.name, format!("service `{}` is named twice", service.name)));
             }
@@ -476,6 +484,8 @@ impl Pipeline {
                     if s.commands.is_empty() {
                         return Err(here("`commands` is empty".into()));
                     }
+                    check_image(image).map_err(&here)?;
+                    no_nul("commands", &s.commands).map_err(&here)?;
                     Action::Commands { image: image.clone(), commands: s.commands.clone() }
                 }
                 (None, Some(build), None) => {
@@ -502,6 +512,7 @@ impl Pipeline {
             for key in s.env.keys() {
                 check_env_name(key).map_err(|m| here(format!("env: {m}")))?;
             }
+            no_nul("env", s.env.values()).map_err(&here)?;
             for pattern in s.when.branch.iter().chain(&s.when.tag) {
                 Glob::new(pattern).map_err(|e| here(format!("when: `{pattern}` is not a pattern: {e}")))?;
             }
@@ -684,6 +695,71 @@ fn check_name(name: &str) -> Result<(), String> {
         Ok(())
     } else {
         Err(format!("`{name}` must be 1-63 lowercase letters, digits, `-` or `_`, starting with a letter or digit"))
+    }
+}
+
+/// An image reference Docker takes: `[host[:port]/]path[:tag][@digest]`,
+/// path components in lowercase; checked here so that a file naming
+/// `--privileged` or `Upper/Case` is refused at lint time, not at its run.
+pub(crate) fn check_image(image: &str) -> Result<(), String> {
+    let refuse = |why: &str| Err(format!("image `{image}`: {why}"));
+    if image.is_empty() || image.len() > 255 {
+        return refuse("must be 1-255 characters");
+    }
+    let (named, digest) = match image.split_once('@') {
+        Some((named, digest)) => (named, Some(digest)),
+        None => (image, None),
+    };
+    if let Some(digest) = digest {
+        let hex = digest.strip_prefix("sha256:").unwrap_or("");
+        if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return refuse("a digest is `sha256:` and 64 hex digits");
+        }
+    }
+    let last_slash = named.rfind('/').map_or(0, |i| i + 1);
+    let (name, tag) = match named[last_slash..].rfind(':') {
+        Some(i) => (&named[..last_slash + i], Some(&named[last_slash + i + 1..])),
+        None => (named, None),
+    };
+    if let Some(tag) = tag {
+        let ok = !tag.is_empty()
+            && tag.len() <= 128
+            && !tag.starts_with(['.', '-'])
+            && tag.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b));
+        if !ok {
+            return refuse("a tag is up to 128 letters, digits, `_`, `.` or `-`, not starting with `.` or `-`");
+        }
+    }
+    let mut parts: Vec<&str> = name.split('/').collect();
+    // A first part with a `.` or `:`, or `localhost`, is a registry host.
+    if parts.len() > 1 && (parts[0].contains(['.', ':']) || parts[0] == "localhost") {
+        let host = parts.remove(0);
+        let (domain, port) = host.split_once(':').map_or((host, None), |(d, p)| (d, Some(p)));
+        let domain_ok = !domain.is_empty()
+            && !domain.starts_with(['-', '.'])
+            && domain.bytes().all(|b| b.is_ascii_alphanumeric() || b"-.".contains(&b));
+        if !domain_ok || port.is_some_and(|p| p.is_empty() || !p.bytes().all(|b| b.is_ascii_digit())) {
+            return refuse("the registry host is a name or address with an optional port");
+        }
+    }
+    let component_ok = |c: &str| {
+        !c.is_empty()
+            && c.starts_with(|ch: char| ch.is_ascii_lowercase() || ch.is_ascii_digit())
+            && c.ends_with(|ch: char| ch.is_ascii_lowercase() || ch.is_ascii_digit())
+            && c.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b))
+    };
+    if !parts.iter().all(|c| component_ok(c)) {
+        return refuse("each part of the name is lowercase letters and digits, joined by `.`, `_` or `-`");
+    }
+    Ok(())
+}
+
+/// Text handed to a process (a command, an environment value) cannot hold
+/// a NUL: Docker refuses it when the step starts.
+fn no_nul<'a>(field: &str, values: impl IntoIterator<Item = &'a String>) -> Result<(), String> {
+    match values.into_iter().any(|v| v.contains('\0')) {
+        true => Err(format!("{field}: a NUL character cannot be passed to a process")),
+        false => Ok(()),
     }
 }
 
@@ -933,5 +1009,38 @@ steps:
         let tags = When { tag: vec!["v*".into()], ..When::default() };
         assert!(tags.matches(&RunFacts { branch: None, tag: Some("v1.0"), event: Event::Tag }));
         assert!(!tags.matches(&facts("main", Event::Push)));
+    }
+
+    #[test]
+    fn images_are_references_docker_takes_and_nothing_passed_holds_a_nul() {
+        let digest = format!("sha256:{}", "a".repeat(64));
+        for good in [
+            "x".to_owned(),
+            "leanloop/busybox:latest".into(),
+            "postgres:16".into(),
+            "127.0.0.1:5000/project-7/web:a1b2c3d".into(),
+            "registry.example.com/team/app_v2.1:v1.0-rc_1".into(),
+            "localhost/app".into(),
+            format!("alpine@{digest}"),
+        ] {
+            assert_eq!(check_image(&good), Ok(()), "{good}");
+        }
+        for bad in
+            ["", "--privileged", "UPPER/Case:tag", "app:", "app:-x", "a b", "app@sha256:12", "/app", "app/", "a:1:2/b"]
+        {
+            assert!(check_image(bad).is_err(), "{bad:?}");
+        }
+        let step = |extra: &str| format!("steps:\n  - name: a\n    image: x\n    commands: [\"echo a\\0b\"]\n{extra}");
+        let refused = |text: &str| match Pipeline::parse(text) {
+            Err(PipelineError::InvalidFile { message, .. }) => message,
+            other => panic!("{text}: {other:?}"),
+        };
+        assert!(refused(&step("")).contains("commands: a NUL"), "{}", refused(&step("")));
+        let env = "steps:\n  - name: a\n    image: x\n    commands: [true]\n    env: { A: \"x\\0y\" }\n";
+        assert!(refused(env).contains("env: a NUL"), "{}", refused(env));
+        let image = "steps:\n  - name: a\n    image: \"--privileged\"\n    commands: [true]\n";
+        assert!(refused(image).contains("image `--privileged`"), "{}", refused(image));
+        let registry = "registry: \"--evil\"\nsteps:\n  - name: a\n    image: x\n    commands: [true]\n";
+        assert!(refused(registry).contains("registry: `--evil`"), "{}", refused(registry));
     }
 }

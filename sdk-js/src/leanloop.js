@@ -409,6 +409,7 @@ export const identify = safe((userId, traits) => {
 export const group = safe((groupId, traits) => add('group', { groupId, traits }))
 
 export const alias = safe(userId => {
+  if (!key) return
   if (!userId) throw 'no userId'
   add('alias', { userId, previousId: uid || aid() })
   uid = set('uid', '' + userId)

@@ -271,6 +271,7 @@ test('calls made before init send nothing and keep nothing', async () => {
   const sdk = await load()
   const b = browser()
   sdk.identify('early', { plan: 'pro' })
+  sdk.alias('early-alias')
   sdk.track('early')
   sdk.init('wk_test', { host: 'https://collect.example', window: b.win, pageviews: false })
   sdk.track('after')

@@ -29,13 +29,17 @@ test('minify keeps strings, templates and regexes, and drops comments, spacing a
     'let d = a + +b - -c, constant = [1, 2,], holes = [,], more = [1,,]',
     'f(1,',
     '  2)',
+    'const e = {',
+    '  k: [1,',
+    '  ],',
+    '}',
     'g()',
     '(h)',
   ].join('\n')
   const out = minify(code)
   assert.equal(
     out,
-    "let a='x // not a comment, const'\nlet b=`a ${{k:\"}\",const:1,c:o.const}.k} b /* kept */`\nlet c=/[/]+ const/g.test(a)?1/2:3\nlet d=a+ +b- -c,constant=[1,2],holes=[,],more=[1,,]\nf(1,2)\ng()\n(h)\n",
+    "let a='x // not a comment, const'\nlet b=`a ${{k:\"}\",const:1,c:o.const}.k} b /* kept */`\nlet c=/[/]+ const/g.test(a)?1/2:3\nlet d=a+ +b- -c,constant=[1,2],holes=[,],more=[1,,]\nf(1,2)\nlet e={k:[1]}\ng()\n(h)\n",
   )
 })
 

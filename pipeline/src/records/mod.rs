@@ -162,12 +162,33 @@ const MIGRATIONS: &[&str] = &[
 ",
 ];
 
+/// An exclusive lock on `<path>.lock`, or an error naming the database when
+/// another process holds it.
+fn lock_beside(path: &Path) -> Result<std::fs::File, PipelineError> {
+    let mut name = path.as_os_str().to_owned();
+    name.push(".lock");
+    let file = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&name)?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(PipelineError::Conflict(format!(
+            "{} is in use by another server: run one `leanloop serve` per data directory \
+             (collectors, which run no pipeline, may share it)",
+            path.display()
+        ))),
+        Err(std::fs::TryLockError::Error(e)) => Err(e.into()),
+    }
+}
+
 pub fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
 }
 
 pub struct Records {
     conn: Mutex<Connection>,
+    /// Held for the life of the records: one process drives the pipeline
+    /// of a data directory, as one that starts treats every run and deploy
+    /// it finds unfinished as its own, cut short.
+    _owner: std::fs::File,
     /// One lock per service and environment a deploy holds (see
     /// [`Records::deploy_lock`]).
     deploys: Mutex<HashMap<(i64, String, String), DeployLock>>,
@@ -181,6 +202,7 @@ pub type DeployLock = Arc<tokio::sync::Mutex<()>>;
 
 impl Records {
     pub fn open(path: &Path) -> Result<Records, PipelineError> {
+        let owner = lock_beside(path)?;
         let mut conn = Connection::open(path)?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "NORMAL")?;
@@ -203,7 +225,7 @@ impl Records {
             tx.commit()?;
         }
         conn.pragma_update(None, "foreign_keys", keys)?;
-        Ok(Records { conn: Mutex::new(conn), deploys: Mutex::default() })
+        Ok(Records { conn: Mutex::new(conn), _owner: owner, deploys: Mutex::default() })
     }
 
     /// The lock of deploys of `service` to `environment`. Entries nobody
@@ -271,6 +293,17 @@ mod tests {
         assert_eq!(records.first_live(1, "v2").unwrap(), Some(400), "never in production: the first anywhere");
         assert_eq!(records.first_live(1, "v3").unwrap(), None, "never live");
         assert_eq!(records.first_live(2, "v1").unwrap(), None, "another project's");
+    }
+
+    #[test]
+    fn one_process_at_a_time_drives_a_data_directorys_pipeline() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("pipeline.sqlite");
+        let first = Records::open(&path).unwrap();
+        let Err(PipelineError::Conflict(message)) = Records::open(&path) else { panic!("a second owner") };
+        assert!(message.contains("in use by another server"), "{message}");
+        drop(first);
+        Records::open(&path).unwrap();
     }
 
     #[test]

@@ -266,7 +266,7 @@ impl Records {
         self.with(|c| {
             c.query_row(
                 "SELECT finished_at FROM releases WHERE project_id = ?1 AND version = ?2
-                   AND status IN ('live', 'superseded', 'rolled_back', 'retired')
+                   AND status IN ('live', 'superseded', 'rolled_back', 'retired') AND finished_at IS NOT NULL
                  ORDER BY environment = 'production' DESC, finished_at LIMIT 1",
                 params![project_id, version],
                 |r| r.get(0),

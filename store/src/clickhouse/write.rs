@@ -380,10 +380,21 @@ pub async fn delete_person(client: &clickhouse::Client, project_id: i64, user_id
         .bind(user_id)
         .fetch_all()
         .await?;
-    // The id is also taken as an anonymous id: a visitor never identified
-    // has only that.
+    // The id is also taken as an anonymous id unless it was identified as
+    // someone else first: a visitor never identified has only that.
+    let owners: Vec<String> = client
+        .query(
+            "SELECT argMin(user_id, linked_at_ms) FROM identities WHERE project_id = ? AND anonymous_id = ?
+             GROUP BY anonymous_id",
+        )
+        .bind(project_id)
+        .bind(user_id)
+        .fetch_all()
+        .await?;
     let mut anonymous_ids = anonymous_ids;
-    anonymous_ids.push(user_id.to_owned());
+    if owners.iter().all(|owner| owner == user_id) {
+        anonymous_ids.push(user_id.to_owned());
+    }
     // Cast, as an empty list is an `Array(Nothing)` that `has` refuses on
     // older servers.
     let condition = "project_id = ? AND (user_id = ? OR has(CAST(? AS Array(String)), ifNull(anonymous_id, '')))";
@@ -401,14 +412,7 @@ pub async fn delete_person(client: &clickhouse::Client, project_id: i64, user_id
         .bind(&anonymous_ids)
         .execute()
         .await?;
-    client
-        .query("ALTER TABLE identities DELETE WHERE project_id = ? AND (user_id = ? OR anonymous_id = ?)")
-        .bind(project_id)
-        .bind(user_id)
-        .bind(user_id)
-        .execute()
-        .await?;
-    for table in ["users", "cohort_members"] {
+    for table in ["identities", "users", "cohort_members"] {
         client
             .query(&format!("ALTER TABLE {table} DELETE WHERE project_id = ? AND user_id = ?"))
             .bind(project_id)

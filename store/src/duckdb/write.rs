@@ -107,19 +107,18 @@ impl Writer {
         let tx = self.conn.transaction()?;
         // Their session parts and recent links go with their events, by
         // the same condition, before the links it reads are deleted. The id
-        // is also taken as an anonymous id: a visitor never identified has
-        // only that.
-        let of_person = "WHERE project_id = ? AND (user_id = ? OR anonymous_id = ? OR anonymous_id IN
-             (SELECT anonymous_id FROM identities WHERE project_id = ? AND user_id = ?))";
-        let of_person_params = params![project_id, user_id, user_id, project_id, user_id];
+        // is also taken as an anonymous id unless it was identified as
+        // someone else: a visitor never identified has only that.
+        let of_person = "WHERE project_id = ? AND (user_id = ? OR anonymous_id IN
+             (SELECT anonymous_id FROM identities WHERE project_id = ? AND user_id = ?)
+             OR (anonymous_id = ? AND NOT EXISTS (SELECT 1 FROM identities
+                 WHERE project_id = ? AND anonymous_id = ? AND user_id <> ?)))";
+        let of_person_params = params![project_id, user_id, project_id, user_id, user_id, project_id, user_id, user_id];
         let deleted = tx.execute(&format!("DELETE FROM events {of_person}"), of_person_params)?;
         for derived in ["session_parts", "recent_links"] {
             tx.execute(&format!("DELETE FROM {derived} {of_person}"), of_person_params)?;
         }
-        tx.execute(
-            "DELETE FROM identities WHERE project_id = ? AND (user_id = ? OR anonymous_id = ?)",
-            params![project_id, user_id, user_id],
-        )?;
+        tx.execute("DELETE FROM identities WHERE project_id = ? AND user_id = ?", params![project_id, user_id])?;
         tx.execute("DELETE FROM users WHERE project_id = ? AND user_id = ?", params![project_id, user_id])?;
         tx.execute("DELETE FROM cohort_members WHERE project_id = ? AND user_id = ?", params![project_id, user_id])?;
         tx.commit()?;

@@ -251,18 +251,25 @@ async fn people_and_erasure(s: &TestServer) {
     let (_, all) = list(json!({})).await;
     assert_eq!(ids(&all), ["bob"]);
 
-    // A visitor never identified is erased by their anonymous id.
+    // A visitor never identified is erased by their anonymous id; an
+    // anonymous id identified as someone is theirs, and stays.
     let visitor = json!({"batch": [
         event("page", json!({"anonymousId": "anon-only", "name": "Home"})),
         event("track", json!({"anonymousId": "anon-only", "event": "viewed"})),
+        event("identify", json!({"anonymousId": "anon-bob", "userId": "bob"})),
+        event("track", json!({"anonymousId": "anon-bob", "userId": "bob", "event": "paid"})),
     ]});
     assert_eq!(s.post("/v1/batch", &visitor).await.status(), 200);
     s.settle().await;
     assert_eq!(s.count(&[("user", "anon-only")]).await, 2);
-    let erased = s.client.delete(profile_url("anon-only")).bearer_auth(&s.project.read_key).send().await.unwrap();
-    assert_eq!(erased.json::<Value>().await.unwrap(), json!({"deleted_events": 2}));
+    let erase = |id: &str| s.client.delete(profile_url(id)).bearer_auth(&s.project.read_key).send();
+    assert_eq!(erase("anon-only").await.unwrap().json::<Value>().await.unwrap(), json!({"deleted_events": 2}));
     assert_eq!(s.count(&[("user", "anon-only")]).await, 0);
-    assert_eq!(s.count(&[("user", "bob")]).await, 2);
+    assert_eq!(erase("anon-bob").await.unwrap().json::<Value>().await.unwrap(), json!({"deleted_events": 0}));
+    assert_eq!(s.count(&[("user", "bob")]).await, 4, "Bob's events, those with his anonymous id too");
+    let bob: Value =
+        s.client.get(profile_url("bob")).bearer_auth(&s.project.read_key).send().await.unwrap().json().await.unwrap();
+    assert_eq!(bob["anonymous_ids"], json!(["anon-bob"]), "{bob}");
 }
 
 /// A cohort call: method, path under the project's cohorts, optional body.
@@ -445,6 +452,18 @@ async fn the_openapi_document_describes_every_insight_route() {
         assert!(trend.get(field).is_some(), "TrendQuery.{field}: {trend}");
     }
     assert!(schemas["Math"].to_string().contains("unique_users"), "{}", schemas["Math"]);
+    // The routes that take no key answer as documented.
+    let ready: Value = s.client.get(s.url("/readyz")).send().await.unwrap().json().await.unwrap();
+    for field in paths["/readyz"]["get"]["responses"]["200"]["content"]["application/json"]["schema"]["required"]
+        .as_array()
+        .unwrap()
+    {
+        assert!(ready.get(field.as_str().unwrap()).is_some(), "{field} in {ready}");
+    }
+    for path in ["/healthz", "/metrics", "/api/openapi.json"] {
+        assert!(paths[path]["get"]["responses"]["200"].is_object(), "{path}");
+        assert_eq!(s.client.get(s.url(path)).send().await.unwrap().status(), 200, "{path}");
+    }
     // Every reference resolves.
     let text = doc.to_string();
     for reference in text.split("\"$ref\":\"#/components/schemas/").skip(1) {

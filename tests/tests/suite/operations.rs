@@ -30,6 +30,8 @@ async fn without_the_log_a_full_queue_answers_503_with_retry_after_and_recovers(
     assert_eq!(queue.backlog().used, 950);
     let r = s.client.get(s.url("/readyz")).send().await.unwrap();
     assert_eq!(r.status(), 503, "over 90% full is not ready");
+    let why: Value = r.json().await.unwrap();
+    assert!(why["error"].as_str().is_some_and(|e| e.contains("950 of 1000 items not yet stored")), "{why}");
 
     queue.resume();
     assert_eq!(s.count(&[]).await, 950, "every acknowledged event is stored");
@@ -85,6 +87,9 @@ async fn health_readiness_and_metrics() {
         // Rare trouble is counted from 0, before it first happens.
         "leanloop_log_write_errors_total",
         "leanloop_store_write_errors_total",
+        "leanloop_log_damaged_bytes_total",
+        "leanloop_log_read_retries_total",
+        "leanloop_ingest_events_accepted_total{source=\"posthog\"}",
     ] {
         assert!(text.contains(needle), "metrics lack {needle}:\n{text}");
     }

@@ -513,6 +513,14 @@ async fn invalid_files_are_reported_with_line_numbers_and_polling_finds_commits(
     let run = trigger(&s, repo_id, json!({ "branch": "main" })).await;
     assert_eq!(run["status"], "error");
     assert!(run["error"].as_str().unwrap().contains("line 2"), "{run}");
+    // A directory of that name is no file.
+    let folder = Repo::fixture();
+    folder.git(&["rm", "-q", "leanloop.yml"]);
+    folder.write("leanloop.yml/steps", "x\n");
+    let sha = folder.commit("a directory named like the file");
+    let folder_id = add_repo(&s, "folder", &folder, json!({})).await;
+    let run = trigger(&s, folder_id, json!({ "branch": "main" })).await;
+    assert_eq!((&run["status"], &run["error"]), (&json!("error"), &json!(format!("leanloop.yml not found at {sha}"))));
 
     // Polling: a new branch with a valid file starts a run by itself.
     repo.git(&["checkout", "-q", "-b", "feature/polled"]);
