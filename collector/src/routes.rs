@@ -327,6 +327,8 @@ fn answer(endpoint: Endpoint, accepted: usize, rejected: Vec<(usize, IngestError
     };
     let body = Json(Answer { success, status, accepted, rejected, error });
     if all_refused {
+        // Refused whole, like a request refused before its events were read.
+        metrics::counter!("leanloop_ingest_requests_rejected_total", "reason" => "every_event_refused").increment(1);
         return (StatusCode::BAD_REQUEST, body).into_response();
     }
     body.into_response()

@@ -64,8 +64,13 @@ pub fn init_logging() {
     // A log line that cannot be written (stderr closed: its reader went
     // away) is dropped. Reporting that failure would write to stderr
     // again, and `eprintln!` panics there, in whichever thread logged.
-    let builder =
-        tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).log_internal_errors(false);
+    // Colours only for a terminal: a file or a pipe gets plain text.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(ansi)
+        .log_internal_errors(false);
     let _ = if std::env::var("LEANLOOP_LOG").is_ok_and(|v| v == "json") {
         builder.json().try_init()
     } else {

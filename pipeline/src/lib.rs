@@ -30,6 +30,7 @@ use crate::spec::{Event, RunFacts};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{broadcast, Semaphore};
@@ -141,6 +142,8 @@ const STOPPED_DURING_RUN: &str = "the server stopped during this run";
 struct LiveRun {
     log: Arc<RunLog>,
     cancel: CancellationToken,
+    /// Cancelled by a caller, not by the server stopping.
+    asked: AtomicBool,
 }
 
 pub struct Pipeline {
@@ -578,7 +581,7 @@ impl Pipeline {
         self.live
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(run_id, Arc::new(LiveRun { log: log.clone(), cancel: cancel.clone() }));
+            .insert(run_id, Arc::new(LiveRun { log: log.clone(), cancel: cancel.clone(), asked: Default::default() }));
         let plan = Plan {
             instance: self.instance.clone(),
             run_id,
@@ -654,8 +657,12 @@ impl Pipeline {
         };
         // Cut short by the server stopping, not by a cancel: the same end
         // as a run found unfinished at start after a crash.
+        let asked =
+            self.live.lock().unwrap_or_else(|p| p.into_inner()).get(&run_id).map(|l| l.asked.load(Ordering::SeqCst));
         let (status, error) = match status {
-            Status::Cancelled if self.shutdown.is_cancelled() => (Status::Error, Some(STOPPED_DURING_RUN.to_owned())),
+            Status::Cancelled if self.shutdown.is_cancelled() && asked != Some(true) => {
+                (Status::Error, Some(STOPPED_DURING_RUN.to_owned()))
+            }
             _ => (status, error),
         };
         if let Ok(run) = self.records.run(run_id) {
@@ -682,6 +689,7 @@ impl Pipeline {
         let live = self.live.lock().unwrap_or_else(|p| p.into_inner()).get(&run_id).cloned();
         match live {
             Some(live) => {
+                live.asked.store(true, Ordering::SeqCst);
                 live.cancel.cancel();
                 Ok(run)
             }

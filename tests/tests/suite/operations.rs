@@ -66,6 +66,8 @@ async fn health_readiness_and_metrics() {
     s.post("/v1/batch", &batch(3, "m")).await;
     s.post("/v1/track", &json!({"userId": "u"})).await;
     s.client.post(s.url("/v1/track")).json(&json!({})).send().await.unwrap();
+    let none_good = json!({"batch": [{"type": "track", "userId": "u"}]});
+    assert_eq!(s.post("/v1/batch", &none_good).await.status(), 400);
     let event = json!({"userId": "u", "event": "x"});
     let secret = s.client.post(s.url("/v1/track")).basic_auth(&s.project.deploy_key, Some("")).json(&event);
     assert_eq!(secret.send().await.unwrap().status(), 401);
@@ -79,6 +81,7 @@ async fn health_readiness_and_metrics() {
         "leanloop_ingest_events_accepted_total{source=\"segment\"}",
         "leanloop_ingest_requests_rejected_total{reason=\"bad_field\"}",
         "leanloop_ingest_requests_rejected_total{reason=\"missing_key\"}",
+        "leanloop_ingest_requests_rejected_total{reason=\"every_event_refused\"}",
         // A read or deploy key used for ingest.
         "leanloop_ingest_requests_rejected_total{reason=\"secret_key\"}",
         "leanloop_log_backlog_bytes",
