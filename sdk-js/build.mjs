@@ -85,8 +85,10 @@ export function minify(code) {
       if (c == '{') depth++
       if (c == '}') depth--
       // A trailing comma, at a line's end too (never an elision: not after `[` or `,`).
-      const t = out.replace(/\n$/, '')
-      if ((c == '}' || c == ']') && t.endsWith(',') && !'[,'.includes(t.at(-2))) out = t.slice(0, -1)
+      if (c == '}' || c == ']') {
+        const t = out.replace(/\n$/, '')
+        if (t.endsWith(',') && !'[,'.includes(t.at(-2))) out = t.slice(0, -1)
+      }
       emit(c)
       i++
     }

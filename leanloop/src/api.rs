@@ -158,7 +158,7 @@ fn insight<Q, R>(
        + Sync
        + 'static
 where
-    Q: DeserializeOwned + Send + 'static,
+    Q: DeserializeOwned + schemars::JsonSchema + Send + 'static,
     R: Serialize + Send + 'static,
 {
     move |State(shared), Path(id), headers, body| {
@@ -170,8 +170,10 @@ where
     }
 }
 
-/// Parses a JSON query; a mistake is a 400 naming the field at fault.
-pub(crate) fn json_query<Q: DeserializeOwned>(body: &[u8]) -> Result<Q, ApiError> {
+/// Parses a JSON query; a mistake is a 400 naming the field at fault, and
+/// so is a list where the query's type (and the OpenAPI document) has an
+/// object, which serde alone would read by position.
+pub(crate) fn json_query<Q: DeserializeOwned + schemars::JsonSchema + 'static>(body: &[u8]) -> Result<Q, ApiError> {
     let de = &mut serde_json::Deserializer::from_slice(body);
     let query = serde_path_to_error::deserialize(&mut *de).map_err(|err| {
         let path = err.path().to_string();
@@ -196,6 +198,17 @@ pub(crate) fn json_query<Q: DeserializeOwned>(body: &[u8]) -> Result<Q, ApiError
         ApiError::bad_request(&field, message)
     })?;
     de.end().map_err(|e| ApiError::bad_request("body", format!("the body is not valid JSON: {e}")))?;
+    // Only a body with a list in it can hold one in the wrong place.
+    if body.contains(&b'[') {
+        let value: serde_json::Value = serde_json::from_slice(body)
+            .map_err(|e| ApiError::bad_request("body", format!("the body is not valid JSON: {e}")))?;
+        if let Some(path) = crate::shape::misplaced_list::<Q>(&value) {
+            return Err(ApiError::bad_request(
+                &path,
+                format!("`{path}` must be an object with named fields, not a list"),
+            ));
+        }
+    }
     Ok(query)
 }
 
@@ -309,7 +322,7 @@ mod tests {
         limit: Option<u32>,
     }
 
-    #[derive(Debug, Deserialize)]
+    #[derive(Debug, Deserialize, schemars::JsonSchema)]
     #[allow(dead_code)]
     struct Secret {
         value: String,

@@ -186,6 +186,12 @@ struct Operation<'a> {
 
 fn operation(o: Operation) -> Value {
     let mut responses = if o.key == "readKey" { read_answers() } else { error_answers() };
+    if o.key == "deployKey" {
+        responses["503"] = answer(
+            "No Docker host is reachable, or the repository's source did not answer; retry after `Retry-After` seconds",
+            json!({"$ref": "#/components/schemas/Error"}),
+        );
+    }
     responses["404"] = answer(o.missing, json!({"$ref": "#/components/schemas/Error"}));
     responses[o.status] = match o.answer_body {
         Some(b) => answer("Done", b),
@@ -253,7 +259,7 @@ fn operations(paths: &mut Map<String, Value>) {
         "/readyz".into(),
         get(
             "Whether this instance takes events now",
-            json!({"200": answer("Ready", readiness.clone()), "503": answer("Not ready: the backlog is over 90 % of its capacity, or appends fail", readiness)}),
+            json!({"200": answer("Ready", readiness.clone()), "503": answer("Not ready: the backlog is at 90 % of its capacity or more, or appends fail", readiness)}),
         ),
     );
     let text =

@@ -99,7 +99,7 @@ async fn repo_detail(
     Ok(Json(value))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct SecretBody {
     value: String,
@@ -308,7 +308,7 @@ async fn cancel(
     Ok((StatusCode::ACCEPTED, Json(run)).into_response())
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct RestartBody {
     /// The step to start from; it and everything after it run again.

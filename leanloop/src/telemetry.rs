@@ -64,8 +64,10 @@ pub fn init_logging() {
     // A log line that cannot be written (stderr closed: its reader went
     // away) is dropped. Reporting that failure would write to stderr
     // again, and `eprintln!` panics there, in whichever thread logged.
-    // Colours only for a terminal: a file or a pipe gets plain text.
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    // Colours only for a terminal, and not when NO_COLOR asks for none: a
+    // file or a pipe gets plain text.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr())
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

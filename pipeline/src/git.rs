@@ -137,6 +137,11 @@ impl Mirror {
     /// `max_bytes` is refused by its size, never read.
     pub async fn file(&self, sha: &str, path: &str, max_bytes: usize) -> Result<Option<String>, PipelineError> {
         let object = format!("{sha}:{path}");
+        // A blob only: a directory of that name is no file.
+        let kind = git(Some(&self.dir), &["cat-file", "-t", &object]).await.map(text);
+        if kind.ok().as_deref() != Some("blob") {
+            return Ok(None);
+        }
         let Ok(size) = git(Some(&self.dir), &["cat-file", "-s", &object]).await else { return Ok(None) };
         let size: u64 = text(size).parse().map_err(|_| PipelineError::Git(format!("no size for {object}")))?;
         if size > max_bytes as u64 {
@@ -145,7 +150,6 @@ impl Mirror {
                 message: format!("the file is {size} bytes; at most {max_bytes}"),
             });
         }
-        // A blob only: `show` of a directory by that name lists its tree.
         match git(Some(&self.dir), &["cat-file", "blob", &object]).await {
             Ok(bytes) => Ok(Some(String::from_utf8_lossy(&bytes).into_owned())),
             Err(_) => Ok(None),

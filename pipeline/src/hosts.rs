@@ -41,11 +41,17 @@ impl HostSpec {
         if !(self.url.starts_with("unix://") || self.url.starts_with("tcp://") || self.url.starts_with("http://")) {
             return Err(format!("docker host `{}` must start with unix://, tcp:// or http://", self.url));
         }
-        // A network address must be one: a host and a port up to 65535.
+        // A network address must be one: a host and its port (1 to 65535;
+        // the client would take 80 for none, never the engine's 2375).
         if !self.url.starts_with("unix://") {
             let address = self.url.split_once("://").map_or("", |(_, rest)| rest).trim_end_matches('/');
-            let (host, port) = address.rsplit_once(':').unwrap_or((address, "2375"));
-            if host.is_empty() || host.contains(['/', '@', ' ']) || port.parse::<u16>().map_or(true, |p| p == 0) {
+            let (host, port) = address.rsplit_once(':').unwrap_or((address, ""));
+            let bracketed = host.starts_with('[') && host.ends_with(']');
+            if host.is_empty()
+                || host.contains(['/', '@', ' '])
+                || (host.contains(':') && !bracketed)
+                || port.parse::<u16>().map_or(true, |p| p == 0)
+            {
                 return Err(format!("docker host `{}` must be tcp://HOST:PORT (a port of 1 to 65535)", self.url));
             }
         }
@@ -184,9 +190,16 @@ mod tests {
         {
             assert_eq!(spec(good).validate(), Ok(()), "{good}");
         }
-        for bad in
-            ["tcp://127.0.0.1:99999", "tcp://127.0.0.1:0", "tcp://:2375", "http://a/b:1", "ftp://x", "tcp://h:port"]
-        {
+        for bad in [
+            "tcp://127.0.0.1:99999",
+            "tcp://127.0.0.1:0",
+            "tcp://:2375",
+            "http://a/b:1",
+            "ftp://x",
+            "tcp://h:port",
+            "tcp://dockerhost",
+            "tcp://[::1]",
+        ] {
             assert!(spec(bad).validate().is_err(), "{bad}");
         }
     }

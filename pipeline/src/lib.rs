@@ -99,8 +99,7 @@ impl PipelineConfig {
             .parse::<std::net::IpAddr>()
             .map_err(|_| format!("pipeline.publish_ip: `{}` is not an IP address", self.publish_ip))?;
         if let Some(registry) = &self.registry {
-            spec::check_image(&format!("{registry}/image"))
-                .map_err(|_| format!("pipeline.registry: `{registry}` is not a registry host[:port]"))?;
+            spec::check_registry(registry).map_err(|e| format!("pipeline.registry: {e}"))?;
         }
         Ok(())
     }
@@ -988,6 +987,7 @@ mod tests {
         let with = |registry: &str| PipelineConfig { registry: Some(registry.into()), ..PipelineConfig::default() };
         assert_eq!(with("127.0.0.1:5000").validate(), Ok(()));
         assert_eq!(with("registry.example.com").validate(), Ok(()));
+        assert_eq!(with("ghcr.io/org/").validate(), Ok(()), "a path, and a trailing slash, as images name it");
         for bad in ["not a registry!!", "--evil", "host:port"] {
             let err = with(bad).validate().unwrap_err();
             assert!(err.starts_with("pipeline.registry"), "{bad}: {err}");

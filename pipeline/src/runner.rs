@@ -489,6 +489,24 @@ async fn deploy_step(ctx: &Context, step: &Step, stop: &CancellationToken) -> Ou
         );
     };
     let built = ctx.built.lock().unwrap_or_else(|p| p.into_inner()).get(&spec.service).cloned();
+    // Not built by this run: an earlier run of this commit built it (a
+    // restart from the deploy step). Pulled first when this engine lacks it
+    // (another host built it, or it was removed), before the deploy lock is
+    // taken, as a pull may take minutes.
+    let earlier = match &built {
+        Some(_) => None,
+        None => {
+            let image = format!(
+                "{}:{}",
+                images::repository(plan.registry.as_deref(), plan.repo.project_id, &spec.service),
+                images::short_sha(&plan.sha)
+            );
+            if let Err(e) = engine::ensure_image(&ctx.lease.docker, &image).await {
+                return Outcome::of(Status::Failure, e);
+            }
+            Some(image)
+        }
+    };
     let version = plan.target.tag().map(str::to_owned).unwrap_or_else(|| images::short_sha(&plan.sha).to_owned());
     let say = |line: &str| ctx.log.line(&step.name, line);
     // One deploy of a service to an environment at a time: a run's waits
@@ -504,23 +522,13 @@ async fn deploy_step(ctx: &Context, step: &Step, stop: &CancellationToken) -> Ou
             }
         }
     };
-    let (image, digest) = match built {
-        Some(b) => (b.image, b.digest),
-        // Built by an earlier run of this commit (a restart from the deploy
-        // step), looked up once the lock is held, just before it is used.
-        None => {
-            let image = format!(
-                "{}:{}",
-                images::repository(plan.registry.as_deref(), plan.repo.project_id, &spec.service),
-                images::short_sha(&plan.sha)
-            );
-            // Pulled first when this engine lacks it (another host built
-            // it, or it was removed), so its pushed digest is known.
-            if let Err(e) = engine::ensure_image(&ctx.lease.docker, &image).await {
-                return Outcome::of(Status::Failure, e);
-            }
+    let (image, digest) = match (built, earlier) {
+        (Some(b), _) => (b.image, b.digest),
+        (None, image) => {
+            let image = image.unwrap_or_default();
             // The tag is only a name: a later push (a branch or tag named
-            // like this short sha) may have moved it to another commit's image.
+            // like this short sha) may have moved it to another commit's
+            // image. Looked at once the lock is held, just before it is used.
             let earlier = images::earlier_build(&ctx.lease.docker, &image).await;
             let (commit, digest) = earlier.map_or((None, None), |e| (e.commit, e.digest));
             if commit.as_deref() != Some(plan.sha.as_str()) {

@@ -457,8 +457,7 @@ impl Pipeline {
         };
         let mut names = HashSet::new();
         if let Some(registry) = &raw.registry {
-            check_image(&format!("{registry}/image"))
-                .map_err(|_| fail("registry", "", format!("registry: `{registry}` is not a registry host[:port]")))?;
+            check_registry(registry).map_err(|e| fail("registry", "", format!("registry: {e}")))?;
         }
         for service in &raw.services {
             check_name(&service.name).map_err(|m| fail("services", &service.name, m))?;
@@ -490,6 +489,7 @@ impl Pipeline {
                 }
                 (None, Some(build), None) => {
                     check_name(&build.service).map_err(|m| here(format!("build.service: {m}")))?;
+                    no_nul("build.args", build.args.values()).map_err(&here)?;
                     for (field, path) in [("context", &build.context), ("dockerfile", &build.dockerfile)] {
                         if !inside_repository(path) {
                             return Err(here(format!("build.{field} must be a path inside the repository")));
@@ -654,6 +654,7 @@ fn gitflow() -> Vec<EnvironmentRule> {
 
 fn validate_deploy(d: &Deploy) -> Result<(), String> {
     check_name(&d.service).map_err(|m| format!("deploy.service: {m}"))?;
+    no_nul("deploy.env", d.env.values())?;
     if d.replicas == 0 || d.replicas > 20 {
         return Err("deploy.replicas must be between 1 and 20".into());
     }
@@ -703,17 +704,18 @@ fn check_name(name: &str) -> Result<(), String> {
 /// `--privileged` or `Upper/Case` is refused at lint time, not at its run.
 pub(crate) fn check_image(image: &str) -> Result<(), String> {
     let refuse = |why: &str| Err(format!("image `{image}`: {why}"));
-    if image.is_empty() || image.len() > 255 {
-        return refuse("must be 1-255 characters");
-    }
     let (named, digest) = match image.split_once('@') {
         Some((named, digest)) => (named, Some(digest)),
         None => (image, None),
     };
     if let Some(digest) = digest {
-        let hex = digest.strip_prefix("sha256:").unwrap_or("");
-        if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return refuse("a digest is `sha256:` and 64 hex digits");
+        let ok = [("sha256:", 64), ("sha384:", 96), ("sha512:", 128)].iter().any(|(algorithm, digits)| {
+            digest
+                .strip_prefix(algorithm)
+                .is_some_and(|hex| hex.len() == *digits && hex.bytes().all(|b| b.is_ascii_hexdigit()))
+        });
+        if !ok {
+            return refuse("a digest is `sha256:` (or sha384, sha512) and its hex digits");
         }
     }
     let last_slash = named.rfind('/').map_or(0, |i| i + 1);
@@ -730,14 +732,34 @@ pub(crate) fn check_image(image: &str) -> Result<(), String> {
             return refuse("a tag is up to 128 letters, digits, `_`, `.` or `-`, not starting with `.` or `-`");
         }
     }
+    if name.is_empty() || name.len() > 255 {
+        return refuse("the name must be 1-255 characters");
+    }
     let mut parts: Vec<&str> = name.split('/').collect();
-    // A first part with a `.` or `:`, or `localhost`, is a registry host.
-    if parts.len() > 1 && (parts[0].contains(['.', ':']) || parts[0] == "localhost") {
+    // A first part with a `.` or `:`, `localhost`, or any capital is a
+    // registry host, as Docker reads it.
+    let first = parts[0];
+    let host_like =
+        first.contains(['.', ':', '[']) || first == "localhost" || first.bytes().any(|b| b.is_ascii_uppercase());
+    if parts.len() > 1 && host_like {
         let host = parts.remove(0);
-        let (domain, port) = host.split_once(':').map_or((host, None), |(d, p)| (d, Some(p)));
-        let domain_ok = !domain.is_empty()
-            && !domain.starts_with(['-', '.'])
-            && domain.bytes().all(|b| b.is_ascii_alphanumeric() || b"-.".contains(&b));
+        // An IPv6 address is bracketed: `[::1]:5000`.
+        let (domain, port, ipv6) = match host.strip_prefix('[').and_then(|h| h.split_once(']')) {
+            Some((address, "")) => (address, None, true),
+            Some((address, rest)) => (address, Some(rest.strip_prefix(':').unwrap_or("")), true),
+            None => {
+                let (domain, port) = host.split_once(':').map_or((host, None), |(d, p)| (d, Some(p)));
+                (domain, port, false)
+            }
+        };
+        let domain_ok = match ipv6 {
+            true => domain.parse::<std::net::Ipv6Addr>().is_ok(),
+            false => {
+                !domain.is_empty()
+                    && !domain.starts_with(['-', '.'])
+                    && domain.bytes().all(|b| b.is_ascii_alphanumeric() || b"-.".contains(&b))
+            }
+        };
         if !domain_ok || port.is_some_and(|p| p.is_empty() || !p.bytes().all(|b| b.is_ascii_digit())) {
             return refuse("the registry host is a name or address with an optional port");
         }
@@ -752,6 +774,13 @@ pub(crate) fn check_image(image: &str) -> Result<(), String> {
         return refuse("each part of the name is lowercase letters and digits, joined by `.`, `_` or `-`");
     }
     Ok(())
+}
+
+/// Where images are pushed: `host[:port][/path]`, as images name it (a
+/// trailing `/` is dropped, as [`crate::images::repository`] drops it).
+pub(crate) fn check_registry(registry: &str) -> Result<(), String> {
+    check_image(&format!("{}/image", registry.trim_end_matches('/')))
+        .map_err(|_| format!("`{registry}` is not a registry host[:port][/path]"))
 }
 
 /// Text handed to a process (a command, an environment value) cannot hold
@@ -1021,13 +1050,32 @@ steps:
             "127.0.0.1:5000/project-7/web:a1b2c3d".into(),
             "registry.example.com/team/app_v2.1:v1.0-rc_1".into(),
             "localhost/app".into(),
+            "localhost:5000/app".into(),
+            "docker.io/library/alpine:3.19".into(),
+            "Registry.Example.COM/app".into(),
+            "MyReg/app".into(),
+            "[::1]:5000/app".into(),
             format!("alpine@{digest}"),
+            format!("ghcr.io/org/repo:tag@{digest}"),
+            format!("alpine@sha512:{}", "b".repeat(128)),
+            format!("{}:tag@{digest}", "a".repeat(250)),
         ] {
             assert_eq!(check_image(&good), Ok(()), "{good}");
         }
-        for bad in
-            ["", "--privileged", "UPPER/Case:tag", "app:", "app:-x", "a b", "app@sha256:12", "/app", "app/", "a:1:2/b"]
-        {
+        for bad in [
+            "",
+            "--privileged",
+            "app/Case:tag",
+            "app:",
+            "app:-x",
+            "a b",
+            "app@sha256:12",
+            "/app",
+            "app/",
+            "a:1:2/b",
+            "[zz]:5000/app",
+            "UPPER",
+        ] {
             assert!(check_image(bad).is_err(), "{bad:?}");
         }
         let step = |extra: &str| format!("steps:\n  - name: a\n    image: x\n    commands: [\"echo a\\0b\"]\n{extra}");

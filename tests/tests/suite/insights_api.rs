@@ -159,6 +159,8 @@ async fn bad_queries_name_the_field(s: &TestServer) {
         ),
         ("release-impact", json!({"release": "9.9.9", "compare_to": "1.0", "series": {"event": "x"}}), "release"),
         ("release-impact", json!({"release": "9.9.9", "compare_to": "9.9.9", "series": {"event": "x"}}), "compare_to"),
+        // A list is not read into a filter by position.
+        ("trend", json!({"series": [{"event": "x", "filters": [["browser", "eq", "Chrome"]]}]}), "series[0].filters[0]"),
     ];
     for (kind, query, field) in cases {
         let (status, answer) = ask(s, kind, &query).await;
@@ -315,6 +317,7 @@ async fn cohorts_over_http(s: &TestServer) {
         (json!({"name": "x"}), "filters"),
         (json!({"name": "x", "filters": [], "owner": "me"}), "owner"),
         (json!({"name": "x", "match": "most", "filters": []}), "match"),
+        (json!({"name": "x", "filters": [["traits.plan", "eq", "pro"]]}), "filters[0]"),
     ] {
         let (status, answer) = cohorts(s, Method::POST, "", Some(body.clone())).await;
         assert_eq!((status, answer["error"]["field"].clone()), (400, json!(field)), "{body}: {answer}");
