@@ -80,13 +80,25 @@ impl App {
                 None
             }
         };
+        let listener = TcpListener::bind(config.listen).await.with_context(|| format!("binding {}", config.listen))?;
         let store = open_store(&config).await?;
         let keys = Arc::new(KeyCache::new(control.clone(), KEY_CACHE_TTL));
         let log_dir = config.log_dir.clone();
-        let collector = Collector::start(config.collector.clone(), keys.clone(), store.clone(), &log_dir)?;
+        // The pipeline first: a second server on this data directory is
+        // refused before its collector starts delivering anything.
         let pipeline = match role {
             Role::Server => Some(Pipeline::open(&config.data_dir.join("pipeline"), config.pipeline.clone())?),
             Role::Collector => None,
+        };
+        let collector = match Collector::start(config.collector.clone(), keys.clone(), store.clone(), &log_dir) {
+            Ok(collector) => collector,
+            Err(e) => {
+                // Its tasks hold the pipeline's lock until they stop.
+                if let Some(pipeline) = &pipeline {
+                    pipeline.stop(std::time::Duration::from_secs(5)).await;
+                }
+                return Err(e.into());
+            }
         };
         let shared = Shared {
             keys,
@@ -108,7 +120,6 @@ impl App {
                 .merge(leanloop_dashboard::router(control.clone()));
         }
         let router = router.fallback(refusals::not_found).layer(refusals::Refusals { timeout: config.request_timeout });
-        let listener = TcpListener::bind(config.listen).await.with_context(|| format!("binding {}", config.listen))?;
         Ok(App { listener, router, collector, control, store, config, default_project, pipeline })
     }
 

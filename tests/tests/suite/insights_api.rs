@@ -160,7 +160,11 @@ async fn bad_queries_name_the_field(s: &TestServer) {
         ("release-impact", json!({"release": "9.9.9", "compare_to": "1.0", "series": {"event": "x"}}), "release"),
         ("release-impact", json!({"release": "9.9.9", "compare_to": "9.9.9", "series": {"event": "x"}}), "compare_to"),
         // A list is not read into a filter by position.
-        ("trend", json!({"series": [{"event": "x", "filters": [["browser", "eq", "Chrome"]]}]}), "series[0].filters[0]"),
+        (
+            "trend",
+            json!({"series": [{"event": "x", "filters": [["browser", "eq", "Chrome"]]}]}),
+            "series[0].filters[0]",
+        ),
     ];
     for (kind, query, field) in cases {
         let (status, answer) = ask(s, kind, &query).await;
