@@ -489,12 +489,16 @@ async fn deploy_step(ctx: &Context, step: &Step, stop: &CancellationToken) -> Ou
         );
     };
     let built = ctx.built.lock().unwrap_or_else(|p| p.into_inner()).get(&spec.service).cloned();
-    // Not built by this run: an earlier run of this commit built it (a
-    // restart from the deploy step). Pulled first when this engine lacks it
-    // (another host built it, or it was removed), before the deploy lock is
-    // taken, as a pull may take minutes.
-    let earlier = match &built {
-        Some(_) => None,
+    // Built by this run, or by an earlier run of this commit (a restart
+    // from the deploy step), pulled first when this engine lacks it (another
+    // host built it, or it was removed), before the deploy lock is taken, as
+    // a pull may take minutes.
+    enum Source {
+        ThisRun(images::Built),
+        Earlier(String),
+    }
+    let source = match built {
+        Some(built) => Source::ThisRun(built),
         None => {
             let image = format!(
                 "{}:{}",
@@ -504,7 +508,7 @@ async fn deploy_step(ctx: &Context, step: &Step, stop: &CancellationToken) -> Ou
             if let Err(e) = engine::ensure_image(&ctx.lease.docker, &image).await {
                 return Outcome::of(Status::Failure, e);
             }
-            Some(image)
+            Source::Earlier(image)
         }
     };
     let version = plan.target.tag().map(str::to_owned).unwrap_or_else(|| images::short_sha(&plan.sha).to_owned());
@@ -522,10 +526,9 @@ async fn deploy_step(ctx: &Context, step: &Step, stop: &CancellationToken) -> Ou
             }
         }
     };
-    let (image, digest) = match (built, earlier) {
-        (Some(b), _) => (b.image, b.digest),
-        (None, image) => {
-            let image = image.unwrap_or_default();
+    let (image, digest) = match source {
+        Source::ThisRun(built) => (built.image, built.digest),
+        Source::Earlier(image) => {
             // The tag is only a name: a later push (a branch or tag named
             // like this short sha) may have moved it to another commit's
             // image. Looked at once the lock is held, just before it is used.
