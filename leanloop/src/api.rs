@@ -143,20 +143,12 @@ async fn list_events(
 }
 
 type Asker<Q, R> = fn(&Analytics, i64, &Q) -> Result<R, AnalyticsError>;
+type Answer<R> = futures::future::BoxFuture<'static, Result<Json<R>, ApiError>>;
 
 /// A POST handler answering the JSON query `Q` with `ask`.
 fn insight<Q, R>(
     ask: Asker<Q, R>,
-) -> impl Fn(
-    State<Shared>,
-    Path<String>,
-    HeaderMap,
-    Bytes,
-) -> futures::future::BoxFuture<'static, Result<Json<R>, ApiError>>
-       + Clone
-       + Send
-       + Sync
-       + 'static
+) -> impl Fn(State<Shared>, Path<String>, HeaderMap, Bytes) -> Answer<R> + Clone + Send + Sync + 'static
 where
     Q: DeserializeOwned + schemars::JsonSchema + Send + 'static,
     R: Serialize + Send + 'static,

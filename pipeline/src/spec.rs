@@ -671,15 +671,15 @@ fn validate_deploy(d: &Deploy) -> Result<(), String> {
         check_env_name(key).map_err(|m| format!("deploy.env: {m}"))?;
     }
     match d.strategy {
-        Strategy::Canary => {
+        Strategy::Canary
             if d.weights.is_empty()
                 || d.weights.last() != Some(&100)
                 || d.weights.windows(2).any(|w| w[0] >= w[1])
-                || d.weights[0] == 0
-            {
-                return Err("deploy.weights: canary needs ascending weights in percent ending at 100".into());
-            }
+                || d.weights[0] == 0 =>
+        {
+            return Err("deploy.weights: canary needs ascending weights in percent ending at 100".into());
         }
+        Strategy::Canary => {}
         _ if !d.weights.is_empty() => return Err("deploy.weights are for the canary strategy".into()),
         _ => {}
     }

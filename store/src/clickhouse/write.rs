@@ -342,23 +342,6 @@ pub async fn drop_cohort_versions(
     Ok(())
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn look_up_lists_stay_under_the_query_size_cap() {
-        let long = "x".repeat(40_000);
-        let ids: Vec<&str> = vec!["a", &long, &long, "b", "c"];
-        let chunks = bounded_chunks(&ids);
-        assert_eq!(chunks.iter().map(|c| c.len()).sum::<usize>(), ids.len());
-        assert!(chunks
-            .iter()
-            .all(|c| c.len() == 1 || c.iter().map(|i| i.len() + 4).sum::<usize>() <= IDS_BYTES_PER_QUERY));
-        assert_eq!(bounded_chunks(&[]).len(), 0);
-    }
-}
-
 /// How long [`delete_person`] waits for its mutations to finish.
 const MUTATION_DEADLINE: Duration = Duration::from_secs(120);
 
@@ -436,5 +419,22 @@ pub async fn delete_person(client: &clickhouse::Client, project_id: i64, user_id
             )));
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn look_up_lists_stay_under_the_query_size_cap() {
+        let long = "x".repeat(40_000);
+        let ids: Vec<&str> = vec!["a", &long, &long, "b", "c"];
+        let chunks = bounded_chunks(&ids);
+        assert_eq!(chunks.iter().map(|c| c.len()).sum::<usize>(), ids.len());
+        assert!(chunks
+            .iter()
+            .all(|c| c.len() == 1 || c.iter().map(|i| i.len() + 4).sum::<usize>() <= IDS_BYTES_PER_QUERY));
+        assert_eq!(bounded_chunks(&[]).len(), 0);
     }
 }

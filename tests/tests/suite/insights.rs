@@ -288,7 +288,7 @@ fn fifty_filters_of_long_lists_are_answered_within_the_memory_limit() {
 /// Each person's events in range in time order (then uuid: this corpus has
 /// no two events of one person at one ms; funnels order such ties by step,
 /// tested on their own).
-fn timelines<'a>(c: &'a Corpus, from: i64, to: i64) -> BTreeMap<String, Vec<&'a Event>> {
+fn timelines(c: &Corpus, from: i64, to: i64) -> BTreeMap<String, Vec<&Event>> {
     let mut people: BTreeMap<String, Vec<&Event>> = BTreeMap::new();
     for e in c.events.iter().filter(|e| in_range(e, from, to)) {
         people.entry(c.person(e)).or_default().push(e);
@@ -299,11 +299,15 @@ fn timelines<'a>(c: &'a Corpus, from: i64, to: i64) -> BTreeMap<String, Vec<&'a 
     people
 }
 
+/// A person's way through a funnel: per step reached, its time (ms) and
+/// the index of its event in the person's timeline.
+type Chain = Vec<(i64, usize)>;
+
 /// The best chain per person, found the slow way: from every first step,
 /// take each next step at its first chance within the window; keep the
 /// deepest chain, completed earliest, from the latest start.
-fn loose_chain(events: &[&Event], steps: &[&dyn Fn(&Event) -> bool], window: i64) -> Option<Vec<(i64, usize)>> {
-    let mut best: Option<(usize, usize, usize, Vec<(i64, usize)>)> = None; // (level, completed at, start, chain)
+fn loose_chain(events: &[&Event], steps: &[&dyn Fn(&Event) -> bool], window: i64) -> Option<Chain> {
+    let mut best: Option<(usize, usize, usize, Chain)> = None; // (level, completed at, start, chain)
     for (start, e) in events.iter().enumerate() {
         if !steps[0](e) {
             continue;
@@ -344,7 +348,7 @@ fn median_seconds(mut v: Vec<i64>) -> Value {
     json!(v[v.len().div_ceil(2) - 1] as f64 / 1000.0)
 }
 
-fn funnel_steps(chains: &[Vec<(i64, usize)>], names: &[&str]) -> Value {
+fn funnel_steps(chains: &[Chain], names: &[&str]) -> Value {
     let n = names.len();
     let count = |k: usize| chains.iter().filter(|c| c.len() > k).count() as u64;
     let rate = |a: u64, b: u64| if b == 0 { 0.0 } else { a as f64 / b as f64 };
@@ -380,7 +384,7 @@ fn a_pricing_to_signup_funnel_counts_each_person_once_in_loose_and_strict_order(
     let names = ["$pageview", "signup_started", "signup_completed"];
     let people = timelines(c, START_MS, START_MS + DAYS * DAY_MS);
     let mut chains = Vec::new();
-    let mut by_release: HashMap<Option<String>, Vec<Vec<(i64, usize)>>> = HashMap::new();
+    let mut by_release: HashMap<Option<String>, Vec<Chain>> = HashMap::new();
     for events in people.values() {
         if let Some(chain) = loose_chain(events, &steps, DAY_MS) {
             by_release.entry(events[chain[0].1].release.clone()).or_default().push(chain.clone());
@@ -391,7 +395,7 @@ fn a_pricing_to_signup_funnel_counts_each_person_once_in_loose_and_strict_order(
     assert_eq!(got["steps"], expected["steps"]);
     assert_eq!(got["median_seconds_to_convert"], expected["median_seconds_to_convert"]);
     assert!(got["steps"][2]["count"].as_u64().unwrap() > 50, "the corpus converts some people: {}", got["steps"]);
-    let mut groups: Vec<(Option<String>, Vec<Vec<(i64, usize)>>)> = by_release.into_iter().collect();
+    let mut groups: Vec<(Option<String>, Vec<Chain>)> = by_release.into_iter().collect();
     groups.sort_by(|a, b| b.1.len().cmp(&a.1.len()).then_with(|| none_last(&a.0, &b.0)));
     let expected: Vec<Value> = groups
         .iter()
@@ -410,8 +414,8 @@ fn a_pricing_to_signup_funnel_counts_each_person_once_in_loose_and_strict_order(
     let got = both(strict, funnels::funnel);
     let mut chains = Vec::new();
     for events in people.values() {
-        let mut best: Option<Vec<(i64, usize)>> = None;
-        let mut current: Option<Vec<(i64, usize)>> = None;
+        let mut best: Option<Chain> = None;
+        let mut current: Option<Chain> = None;
         for (i, e) in events.iter().enumerate() {
             let next = current.as_ref().map_or(0, |c| c.len());
             current = match current {
@@ -696,11 +700,14 @@ fn feedback_nps_by_release_and_newest_messages() {
     assert_eq!(got["messages"], json!(messages));
 }
 
+/// A release's first and last event (ms), its events and its people.
+type ReleaseSeen = (i64, i64, u64, HashSet<String>);
+
 #[test]
 fn releases_with_first_and_last_seen_and_their_impact() {
     let got = both(json!({}), leanloop_analytics::releases::releases);
     let c = &FIXTURE.corpus;
-    let mut by: BTreeMap<String, (i64, i64, u64, HashSet<String>)> = BTreeMap::new();
+    let mut by: BTreeMap<String, ReleaseSeen> = BTreeMap::new();
     for e in &c.events {
         if let Some(r) = &e.release {
             let s = by.entry(r.clone()).or_insert((i64::MAX, i64::MIN, 0, HashSet::new()));
@@ -710,7 +717,7 @@ fn releases_with_first_and_last_seen_and_their_impact() {
             s.3.insert(c.person(e));
         }
     }
-    let mut list: Vec<(&String, &(i64, i64, u64, HashSet<String>))> = by.iter().collect();
+    let mut list: Vec<(&String, &ReleaseSeen)> = by.iter().collect();
     list.sort_by(|a, b| b.1 .0.cmp(&a.1 .0).then_with(|| a.0.cmp(b.0)));
     let at = |ms: i64| DateTime::<Utc>::from_timestamp_millis(ms).unwrap().to_rfc3339_opts(SecondsFormat::Millis, true);
     let expected: Vec<Value> = list
