@@ -92,12 +92,14 @@ impl Packing {
         match compression {
             Some("gzip-js") | Some("gzip") => return Ok(Packing::Gzip),
             Some("lz64") => return Err(lz64_refused()),
+            // posthog-js's packing where gzip is missing: a form's base64 `data`.
+            Some("base64") => return Ok(Packing::Form),
             _ => {}
         }
-        let form = headers
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|ct| ct.starts_with("application/x-www-form-urlencoded"));
+        // Media types are case-insensitive (RFC 9110, 8.3.1).
+        let form = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).is_some_and(|ct| {
+            ct.trim_start().get(..33).is_some_and(|t| t.eq_ignore_ascii_case("application/x-www-form-urlencoded"))
+        });
         Ok(if form { Packing::Form } else { Packing::Plain })
     }
 }
@@ -315,6 +317,21 @@ mod tests {
         assert_eq!(&unpack_within(body, packing, 100).unwrap()[..], br#"{"a":1}"#);
         assert_eq!(Packing::Plain.sniffed(br#"{"a":1}"#), Packing::Plain);
         assert_eq!(Packing::Form.sniffed(&[0x1f, 0x8b]), Packing::Form);
+    }
+
+    #[test]
+    fn packing_reads_media_types_in_any_case_and_posthog_compression() {
+        let with_type = |ct: &str| {
+            let mut headers = HeaderMap::new();
+            headers.insert(header::CONTENT_TYPE, ct.parse().unwrap());
+            headers
+        };
+        let form = with_type("Application/X-WWW-Form-Urlencoded; charset=UTF-8");
+        assert_eq!(Packing::detect(&form, None).unwrap(), Packing::Form);
+        assert_eq!(Packing::detect(&with_type("text/plain"), None).unwrap(), Packing::Plain);
+        assert_eq!(Packing::detect(&with_type("text/plain"), Some("base64")).unwrap(), Packing::Form);
+        assert_eq!(Packing::detect(&with_type("application/x-www-form"), None).unwrap(), Packing::Plain);
+        assert!(Packing::detect(&HeaderMap::new(), Some("lz64")).is_err());
     }
 
     #[test]

@@ -36,6 +36,31 @@ pub struct RequestFacts {
     pub query_sent_at: Option<i64>,
 }
 
+/// Ids apps send by mistake for a person (an unset variable printed, a
+/// form's field name), as PostHog lists them: linked to nobody.
+fn is_placeholder_id(id: &str) -> bool {
+    const PLACEHOLDERS: [&str; 16] = [
+        "anonymous",
+        "guest",
+        "distinctid",
+        "distinct_id",
+        "id",
+        "not_authenticated",
+        "email",
+        "undefined",
+        "true",
+        "false",
+        "null",
+        "none",
+        "nan",
+        "nil",
+        "0",
+        "[object object]",
+    ];
+    let id = id.trim();
+    id.is_empty() || PLACEHOLDERS.iter().any(|p| p.eq_ignore_ascii_case(id))
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 struct Agent {
     browser: Option<String>,
@@ -78,12 +103,15 @@ impl Enricher {
         let ip = i.ip.as_deref().and_then(|s| s.trim().parse::<IpAddr>().ok()).or(req.client_ip);
         let ip = ip.map(|ip| if req.store_full_ip { ip.to_string() } else { anonymise(ip).to_string() });
 
-        // Identify links the anonymous id to the user, alias the previous id.
+        // Identify links the anonymous id to the user, alias the previous id;
+        // never to or from a placeholder, which would make one person of
+        // every visitor an app's bug identified as it.
         let link = match kind {
             EventKind::Identify => i.anonymous_id.clone(),
             EventKind::Alias => i.previous_id.clone(),
             _ => None,
         };
+        let link = link.filter(|id| !is_placeholder_id(id) && !i.user_id.as_deref().is_some_and(is_placeholder_id));
         let once = i.traits_once;
         let traits = i.traits.or_else(|| (link.is_some() || once.is_some()).then(|| "{}".to_owned()));
         let update = traits.map(|traits| UserUpdate {
@@ -212,12 +240,21 @@ fn parse_agent(ua: &str) -> Agent {
     let known = |s: &str| (!s.is_empty() && s != "UNKNOWN").then(|| s.to_owned());
     let device_type = match r.category {
         "pc" => Some("desktop"),
-        "smartphone" if ua.contains("iPad") || (ua.contains("Android") && !ua.contains("Mobile")) => Some("tablet"),
+        // A browser on an Android tablet leaves out "Mobile"; an app's
+        // `Dalvik/…` agent leaves it out on every device.
+        "smartphone"
+            if ua.contains("iPad")
+                || (ua.contains("Android") && !ua.contains("Mobile") && !ua.starts_with("Dalvik/")) =>
+        {
+            Some("tablet")
+        }
         "smartphone" | "mobilephone" => Some("mobile"),
         "crawler" => Some("bot"),
         "appliance" => Some("console"),
         _ => None,
     };
+    // curl, Java, Python's urllib...: a server's HTTP client, not a browser.
+    let known = |s: &str| known(s).filter(|s| s != "HTTP Library");
     Agent {
         browser: known(r.name),
         browser_version: known(r.version),
@@ -380,6 +417,30 @@ mod tests {
     }
 
     #[test]
+    fn identify_links_ids_but_never_placeholders() {
+        let enricher = enricher();
+        let identify = |user: &str, anonymous: &str| {
+            let i = Incoming {
+                kind: Some(EventKind::Identify),
+                name: "$identify".into(),
+                user_id: Some(user.into()),
+                anonymous_id: Some(anonymous.into()),
+                traits: Some("{}".into()),
+                ..incoming()
+            };
+            let (_, update) = enricher.finish(i, &facts()).unwrap();
+            update.expect("an identify updates its person").anonymous_id
+        };
+        assert_eq!(identify("u1", "a1").as_deref(), Some("a1"));
+        assert_eq!(identify("null", "a1"), None);
+        assert_eq!(identify(" Undefined ", "a1"), None);
+        assert_eq!(identify("[object Object]", "a1"), None);
+        assert_eq!(identify("u1", "anonymous"), None);
+        assert_eq!(identify("u1", "0"), None);
+        assert_eq!(identify("user-0", "a-null").as_deref(), Some("a-null"));
+    }
+
+    #[test]
     fn consecutive_events_on_one_thread_each_get_their_own_page() {
         let enricher = enricher();
         let on = |url: &str, referrer: Option<&str>| Incoming {
@@ -442,6 +503,11 @@ mod tests {
         let ipad = parse_agent("Mozilla/5.0 (iPad; CPU OS 16_0 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/16.0 Mobile/15E148 Safari/604.1");
         assert_eq!(ipad.device_type.as_deref(), Some("tablet"));
         assert_eq!(parse_agent("analytics-python/2.3"), Agent::default());
+        let app = parse_agent("Dalvik/2.1.0 (Linux; U; Android 14; Pixel 8 Build/UQ1A.240205.004)");
+        assert_eq!((app.os.as_deref(), app.device_type.as_deref()), (Some("Android"), Some("mobile")));
+        let tablet = parse_agent("Mozilla/5.0 (Linux; Android 13; SM-X700) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0.0.0 Safari/537.36");
+        assert_eq!(tablet.device_type.as_deref(), Some("tablet"));
+        assert_eq!(parse_agent("curl/8.5.0").browser, None);
     }
 
     #[test]

@@ -64,7 +64,7 @@ async fn no_flags(
     let packing = Packing::detect(&headers, compression(query.as_deref()).as_deref())?;
     let held = read_limited(&headers, body, limit, &c.bodies).await?;
     let mut grown = Held::default();
-    let json = unpack(held.bytes.clone(), packing, limit, &c.bodies, &mut grown)?;
+    let json = unpack(held.bytes.clone(), packing.sniffed(&held.bytes), limit, &c.bodies, &mut grown)?;
     let text = std::str::from_utf8(&json).map_err(|_| IngestError::BadJson("body is not UTF-8".into()))?;
     let request: FlagsRequest = parse_body(text)?;
     let key = header_key(&headers)

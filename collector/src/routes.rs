@@ -219,7 +219,8 @@ fn process(
     let mut grown = Held::default();
     let json = unpack(raw, packing, limits.max_body_bytes, &c.bodies, &mut grown)?;
     let text = std::str::from_utf8(&json).map_err(|_| IngestError::BadJson("body is not UTF-8".into()))?;
-    let text = wire::well_formed(text);
+    // .NET's UTF-8 writers open with a byte order mark; JSON has no use for it.
+    let text = wire::well_formed(text.strip_prefix('\u{feff}').unwrap_or(text));
     // A batch's shared context copied into each event counts as body: it
     // is held in memory as one until the events are logged.
     let mut copies = |bytes: usize| {

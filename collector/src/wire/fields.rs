@@ -262,6 +262,10 @@ pub fn parse_time(value: Option<&TimeValue>, field: &str) -> Result<Option<i64>,
     let bad = || IngestError::field(field, format!("`{field}` is not an ISO 8601 time or epoch milliseconds"));
     match value {
         None => Ok(None),
+        // Under 10^11 a number cannot be milliseconds of a real event (that
+        // is March 1973): it is seconds, as Unix and PHP send them (Mixpanel
+        // reads numbers so too).
+        Some(TimeValue::Millis(s)) if s.is_finite() && *s > 0.0 && *s < 1e11 => Ok(Some((s * 1000.0) as i64)),
         Some(TimeValue::Millis(ms)) if ms.is_finite() && ms.abs() < 1e15 => Ok(Some(*ms as i64)),
         Some(TimeValue::Millis(_)) => Err(bad()),
         Some(TimeValue::Text(s)) if s.trim().is_empty() => Ok(None),
@@ -274,14 +278,18 @@ fn parse_iso(s: &str) -> Option<i64> {
     if let Ok(t) = DateTime::parse_from_rfc3339(s) {
         return Some(t.timestamp_millis());
     }
-    ["%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%d %H:%M:%S%.f", "%Y-%m-%dT%H:%M:%S%.f%z", "%Y-%m-%d %H:%M:%S%.f%:z"]
-        .iter()
-        .find_map(|fmt| {
-            NaiveDateTime::parse_from_str(s, fmt)
-                .map(|t| t.and_utc().timestamp_millis())
-                .ok()
-                .or_else(|| DateTime::parse_from_str(s, fmt).ok().map(|t| t.timestamp_millis()))
-        })
+    // An offset is read before the naive forms are tried: chrono's naive
+    // parse of a `%z` format accepts the offset and drops it.
+    const WITH_OFFSET: [&str; 4] =
+        ["%Y-%m-%dT%H:%M:%S%.f%z", "%Y-%m-%dT%H:%M:%S%.f%:z", "%Y-%m-%d %H:%M:%S%.f%z", "%Y-%m-%d %H:%M:%S%.f%:z"];
+    const NAIVE: [&str; 2] = ["%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%d %H:%M:%S%.f"];
+    WITH_OFFSET.iter().find_map(|fmt| DateTime::parse_from_str(s, fmt).ok().map(|t| t.timestamp_millis())).or_else(
+        || {
+            NAIVE
+                .iter()
+                .find_map(|fmt| NaiveDateTime::parse_from_str(s, fmt).ok().map(|t| t.and_utc().timestamp_millis()))
+        },
+    )
 }
 
 #[cfg(test)]
@@ -319,7 +327,14 @@ mod tests {
         assert_eq!(t("2024-01-02T03:04:05.678"), Some(1_704_164_645_678));
         assert_eq!(t("2024-01-02 03:04:05.678"), Some(1_704_164_645_678));
         assert_eq!(t("2024-01-02T03:04:05.678123+00:00"), Some(1_704_164_645_678));
+        // ISO 8601's offsets without a colon, and with a space for the `T`.
+        assert_eq!(t("2024-01-02T04:04:05.678+0100"), Some(1_704_164_645_678));
+        assert_eq!(t("2024-01-01T22:04:05.678-0500"), Some(1_704_164_645_678));
+        assert_eq!(t("2024-01-02 04:04:05.678+0100"), Some(1_704_164_645_678));
+        assert_eq!(t("2024-01-02 04:04:05.678+01:00"), Some(1_704_164_645_678));
+        assert_eq!(t("2024-01-02T03:04:05+0000"), Some(1_704_164_645_000));
         assert_eq!(parse_time(Some(&TimeValue::Millis(1.5e12)), "t").unwrap(), Some(1_500_000_000_000));
+        assert_eq!(parse_time(Some(&TimeValue::Millis(1_704_164_645.5)), "t").unwrap(), Some(1_704_164_645_500));
         assert!(parse_time(Some(&TimeValue::Text("yesterday".into())), "timestamp").is_err());
         assert!(parse_time(Some(&TimeValue::Millis(f64::INFINITY)), "timestamp").is_err());
     }

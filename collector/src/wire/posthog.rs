@@ -91,9 +91,10 @@ struct Known {
     set: Option<Box<RawValue>>,
     #[serde(rename = "$set_once")]
     set_once: Option<Box<RawValue>>,
-    /// Person properties to remove.
+    /// Person properties to remove: a list of names, or an object whose
+    /// keys name them (see [`unset_names`]).
     #[serde(rename = "$unset")]
-    unset: Lenient<Vec<String>>,
+    unset: Option<Box<RawValue>>,
     #[serde(rename = "$group_type")]
     group_type: Option<Text>,
     #[serde(rename = "$group_key")]
@@ -138,10 +139,17 @@ pub fn decode(
         None => (None, None),
     };
     let sent_at = sent_at.or(query_sent_at);
+    // Without a key for the whole request (posthog-js sends a bare list),
+    // each event's own key, `properties.token` included, names its project:
+    // one naming another project is refused like a top-level key would be.
+    let keyed_per_event = key.is_none();
     let decoded = split_items(items, 0, max_event_bytes)
         .map(|raw| {
             let capture: Capture = decode_item(raw?)?;
-            let (incoming, event_key) = incoming(capture, sent_at)?;
+            let (mut incoming, event_key) = incoming(capture, sent_at)?;
+            if keyed_per_event {
+                incoming.key = event_key.clone();
+            }
             if key.is_none() {
                 key = event_key;
             }
@@ -187,15 +195,15 @@ fn incoming(c: Capture<'_>, sent_at: Option<i64>) -> Result<(Incoming, Option<St
         let linked = Id::take(known.anon_distinct_id.0).or(Id::take(known.device_id.0)).filter(|a| *a != distinct_id);
         (Some(distinct_id), linked)
     };
-    // `$set` may come inside properties (posthog-js, posthog-python) or beside them.
-    let set = c.set.or(known.set.as_deref());
-    let traits = match set {
-        Some(raw) => Some(object_text(Some(raw), "$set")?),
+    // `$set` may come inside properties (posthog-js, posthog-python), beside
+    // them, or both: merged as PostHog merges them, the one beside winning.
+    let traits = merged_traits(known.set.as_deref(), c.set, "$set")?;
+    let traits = match traits {
         None if kind == EventKind::Identify => Some("{}".to_owned()),
-        None => None,
+        other => other,
     };
     // A trait set to null is removed: `$unset` is that, for each name.
-    let traits = match known.unset.0.filter(|names| !names.is_empty()) {
+    let traits = match unset_names(known.unset.as_deref())?.filter(|names| !names.is_empty()) {
         Some(names) => {
             let set = traits.as_deref().unwrap_or("{}");
             let mut map: serde_json::Map<String, serde_json::Value> =
@@ -205,10 +213,7 @@ fn incoming(c: Capture<'_>, sent_at: Option<i64>) -> Result<(Incoming, Option<St
         }
         None => traits,
     };
-    let traits_once = match c.set_once.or(known.set_once.as_deref()) {
-        Some(raw) => Some(object_text(Some(raw), "$set_once")?),
-        None => None,
-    };
+    let traits_once = merged_traits(known.set_once.as_deref(), c.set_once, "$set_once")?;
     let properties = match kind {
         EventKind::Group => add_property(
             &properties,
@@ -269,6 +274,51 @@ fn incoming(c: Capture<'_>, sent_at: Option<i64>) -> Result<(Incoming, Option<St
         traits_once,
     };
     Ok((incoming, key))
+}
+
+/// `$set` (or `$set_once`) from the properties and from beside them, as
+/// one object's text; a key given in both takes the value from beside.
+fn merged_traits(
+    inside: Option<&RawValue>,
+    beside: Option<&RawValue>,
+    field: &str,
+) -> Result<Option<String>, IngestError> {
+    let inside_field = format!("properties.{field}");
+    match (inside, beside) {
+        (None, None) => Ok(None),
+        (Some(raw), None) => object_text(Some(raw), &inside_field).map(Some),
+        (None, Some(raw)) => object_text(Some(raw), field).map(Some),
+        (Some(inside), Some(beside)) => {
+            let object = |raw: &RawValue, field: &str| {
+                let text = object_text(Some(raw), field)?;
+                serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(&text)
+                    .map_err(|e| IngestError::field(field, e.to_string()))
+            };
+            let mut merged = object(inside, &inside_field)?;
+            merged.extend(object(beside, field)?);
+            Ok(Some(serde_json::Value::Object(merged).to_string()))
+        }
+    }
+}
+
+/// The trait names `$unset` removes: PostHog takes a list of names or an
+/// object's keys; anything else is refused rather than silently ignored.
+fn unset_names(raw: Option<&RawValue>) -> Result<Option<Vec<String>>, IngestError> {
+    let Some(raw) = raw else { return Ok(None) };
+    let bad = || IngestError::field("properties.$unset", "`$unset` must be a list of trait names or an object");
+    match serde_json::from_str::<serde_json::Value>(raw.get()).map_err(|_| bad())? {
+        serde_json::Value::Null => Ok(None),
+        serde_json::Value::Object(map) => Ok(Some(map.into_iter().map(|(k, _)| k).collect())),
+        serde_json::Value::Array(items) => items
+            .into_iter()
+            .map(|item| match item {
+                serde_json::Value::String(name) => Ok(name),
+                _ => Err(bad()),
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map(Some),
+        _ => Err(bad()),
+    }
 }
 
 /// The properties text without `key`, other keys kept in their order.
@@ -371,6 +421,39 @@ mod tests {
         let traits: serde_json::Value =
             serde_json::from_str(d.items[0].as_ref().unwrap().traits.as_deref().unwrap()).unwrap();
         assert_eq!(traits, serde_json::json!({"a": 1, "b": null, "c": null}));
+    }
+
+    #[test]
+    fn set_inside_and_beside_properties_are_merged_and_unset_takes_an_object() {
+        let body = r#"{"api_key":"k","event":"x","distinct_id":"U","$set":{"a":1,"b":0},"$set_once":{"d":4},
+            "properties":{"$set":{"b":2,"e":5},"$set_once":{"c":3},"$unset":{"f":""}}}"#;
+        let d = decode(body, None, 32 * 1024, 10).unwrap();
+        let item = d.items[0].as_ref().unwrap();
+        let json = |t: &Option<String>| serde_json::from_str::<serde_json::Value>(t.as_deref().unwrap()).unwrap();
+        assert_eq!(json(&item.traits), serde_json::json!({"a": 1, "b": 0, "e": 5, "f": null}));
+        assert_eq!(json(&item.traits_once), serde_json::json!({"c": 3, "d": 4}));
+        for unset in [r#""f""#, "[1]", "3"] {
+            let body = format!(r#"{{"api_key":"k","event":"x","distinct_id":"U","properties":{{"$unset":{unset}}}}}"#);
+            let d = decode(&body, None, 32 * 1024, 10).unwrap();
+            assert!(
+                matches!(&d.items[0], Err(IngestError::BadField { field, .. }) if field == "properties.$unset"),
+                "{unset}"
+            );
+        }
+    }
+
+    #[test]
+    fn without_a_request_key_each_event_is_keyed_by_its_own_token() {
+        let body = r#"[{"event":"a","properties":{"distinct_id":"U","token":"k1"}},
+                       {"event":"b","properties":{"distinct_id":"U","token":"k2"}}]"#;
+        let d = decode(body, None, 32 * 1024, 10).unwrap();
+        assert_eq!(d.key.as_deref(), Some("k1"));
+        let keys: Vec<Option<&str>> = d.items.iter().map(|i| i.as_ref().unwrap().key.as_deref()).collect();
+        assert_eq!(keys, [Some("k1"), Some("k2")]);
+        // With a request key, a `token` property is the app's own.
+        let body = r#"{"api_key":"k1","batch":[{"event":"a","distinct_id":"U","properties":{"token":"mine"}}]}"#;
+        let d = decode(body, None, 32 * 1024, 10).unwrap();
+        assert_eq!(d.items[0].as_ref().unwrap().key, None);
     }
 
     #[test]

@@ -50,6 +50,10 @@ struct Context {
     app: Option<App>,
     #[serde(deserialize_with = "object_or_empty_list")]
     library: Option<Library>,
+    #[serde(deserialize_with = "object_or_empty_list")]
+    os: Option<Os>,
+    #[serde(deserialize_with = "object_or_empty_list")]
+    device: Option<Device>,
     release: Option<Text>,
     #[serde(alias = "session_id")]
     session_id: Option<Text>,
@@ -88,6 +92,39 @@ struct Library {
     name: Option<Text>,
 }
 
+/// What a mobile SDK says of its OS (`context.os`): apps send no browser
+/// agent, and Android's `Dalvik/…` says nothing of the OS version or form.
+#[derive(Deserialize, Default, Clone)]
+#[serde(default)]
+struct Os {
+    name: Option<Text>,
+}
+
+#[derive(Deserialize, Default, Clone)]
+#[serde(default)]
+struct Device {
+    /// The platform (`ios`, `android`) in Segment's and RudderStack's SDKs.
+    #[serde(rename = "type")]
+    kind: Option<Text>,
+    model: Option<Text>,
+}
+
+impl Device {
+    /// The device type column's value: SDKs name a platform, not a form;
+    /// an iPad says so in its model.
+    fn device_type(self) -> Option<String> {
+        let kind = Text::take(self.kind)?.to_ascii_lowercase();
+        let ipad = Text::take(self.model).is_some_and(|m| m.starts_with("iPad"));
+        let form = match kind.as_str() {
+            "ios" | "android" if ipad => "tablet",
+            "ios" | "android" | "mobile" => "mobile",
+            "tablet" | "desktop" => return Some(kind),
+            _ => return None,
+        };
+        Some(form.to_owned())
+    }
+}
+
 /// Fills what `a` lacks from `b`, field by field, at every level.
 macro_rules! fill {
     ($a:expr, $b:expr; $($field:ident),+) => {{
@@ -116,6 +153,8 @@ impl Context {
             + campaign
             + self.app.as_ref().map_or(0, |a| len(&a.version))
             + self.library.as_ref().map_or(0, |l| len(&l.name))
+            + self.os.as_ref().map_or(0, |o| len(&o.name))
+            + self.device.as_ref().map_or(0, |d| len(&d.kind) + len(&d.model))
     }
 
     /// This message's context, with what it lacks taken from the batch's
@@ -126,6 +165,8 @@ impl Context {
         fill_part(&mut self.campaign, &batch.campaign, |m, t| fill!(m, t; name, source, medium, term, content));
         fill_part(&mut self.app, &batch.app, |m, t| fill!(m, t; version));
         fill_part(&mut self.library, &batch.library, |m, t| fill!(m, t; name));
+        fill_part(&mut self.os, &batch.os, |m, t| fill!(m, t; name));
+        fill_part(&mut self.device, &batch.device, |m, t| fill!(m, t; kind, model));
         self
     }
 }
@@ -295,13 +336,16 @@ fn incoming(
         release: Text::take(context.release)
             .or(Text::take(context.app.unwrap_or_default().version))
             .or(Text::take(known.release)),
-        url: Text::take(known.url).or(Text::take(page.url)),
-        path: Text::take(known.path).or(Text::take(page.path)),
+        // A page's properties describe it; a track's `url` is the thing it
+        // is about (a product's, in Segment's e-commerce events), and its
+        // page is in the context.
+        url: page_field(kind, known.url, page.url),
+        path: page_field(kind, known.path, page.path),
         page_name: match kind {
             EventKind::Page | EventKind::Screen => Text::take(m.name),
             _ => None,
         },
-        referrer: Text::take(known.referrer).or(Text::take(page.referrer)),
+        referrer: page_field(kind, known.referrer, page.referrer),
         referrer_domain: None,
         utm: Utm {
             source: Text::take(campaign.source),
@@ -313,10 +357,21 @@ fn incoming(
         user_agent: Text::take(context.user_agent),
         ip: Text::take(context.ip),
         library: Text::take(context.library.unwrap_or_default().name),
+        os: Text::take(context.os.unwrap_or_default().name),
+        device_type: context.device.unwrap_or_default().device_type(),
         properties,
         traits,
         ..Incoming::default()
     })
+}
+
+/// A page column: a page's or screen's own property over its context's;
+/// for other events, the context's page, else the property.
+fn page_field(kind: EventKind, property: Option<Text>, page: Option<Text>) -> Option<String> {
+    match kind {
+        EventKind::Page | EventKind::Screen => Text::take(property).or(Text::take(page)),
+        _ => Text::take(page).or(Text::take(property)),
+    }
 }
 
 /// An identify's traits: those of the message, over those of its context.
@@ -472,6 +527,22 @@ mod tests {
             Err(IngestError::BadField { field, .. }) => assert_eq!(field, "traits"),
             other => panic!("expected a refusal naming traits, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn a_tracks_url_property_leaves_the_page_to_the_context_and_apps_name_os_and_device() {
+        let text = r#"{"anonymousId":"s","event":"Product Viewed","properties":{"url":"https://shop.example/p/1"},
+            "context":{"page":{"url":"https://shop.example/c?utm_source=n","path":"/c"},
+                       "os":{"name":"Android"},"device":{"type":"android","model":"Pixel 8"}}}"#;
+        let i = one(text, Call::Single(EventKind::Track)).unwrap();
+        assert_eq!(i.url.as_deref(), Some("https://shop.example/c?utm_source=n"));
+        assert_eq!(i.path.as_deref(), Some("/c"));
+        assert_eq!(i.properties, r#"{"url":"https://shop.example/p/1"}"#);
+        assert_eq!((i.os.as_deref(), i.device_type.as_deref()), (Some("Android"), Some("mobile")));
+        let ipad = r#"{"userId":"u","name":"Home","context":{"device":{"type":"ios","model":"iPad13,1"}}}"#;
+        assert_eq!(one(ipad, Call::Single(EventKind::Screen)).unwrap().device_type.as_deref(), Some("tablet"));
+        let server = r#"{"userId":"u","event":"Link Clicked","properties":{"url":"https://x.io/a"}}"#;
+        assert_eq!(one(server, Call::Single(EventKind::Track)).unwrap().url.as_deref(), Some("https://x.io/a"));
     }
 
     #[test]

@@ -75,6 +75,42 @@ async fn gzip_and_base64_bodies() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn each_event_of_a_bare_list_is_keyed_by_its_token_and_placeholders_link_nobody() {
+    let s = TestServer::start().await;
+    let other = s.control.create_project("other").unwrap();
+    let token = |key: &str, name: &str| json!({"event": name, "properties": {"distinct_id": "U", "token": key}});
+    let body = json!([
+        token(&s.project.write_key, "mine"),
+        token(&other.write_key, "theirs"),
+        token(&s.project.read_key, "read-key")
+    ]);
+    let r = s.client.post(s.url("/e/")).json(&body).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let answer: Value = r.json().await.unwrap();
+    assert_eq!(answer["accepted"], 1, "{answer}");
+    let refused: Vec<(u64, &str)> = answer["rejected"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| (r["index"].as_u64().unwrap(), r["field"].as_str().unwrap()))
+        .collect();
+    assert_eq!(refused, [(1, "api_key"), (2, "api_key")], "{answer}");
+
+    // An app's bug identifies every visitor as "null": no one is linked.
+    let batch = json!({"api_key": s.project.write_key, "batch": [
+        {"event": "$identify", "distinct_id": "null", "properties": {"$anon_distinct_id": "visitor-1"}},
+        {"event": "$identify", "distinct_id": "real-user", "properties": {"$anon_distinct_id": "visitor-2"},
+         "timestamp": "2024-05-01T12:00:00+0200"}]});
+    assert_eq!(s.client.post(s.url("/batch/")).json(&batch).send().await.unwrap().status(), 200);
+    s.settle().await;
+    assert_eq!(s.count(&[("name", "$identify")]).await, 2, "both identifies are kept as events");
+    assert_eq!(s.identity("visitor-1").await, None);
+    assert_eq!(s.identity("visitor-2").await.as_deref(), Some("real-user"));
+    let real = s.events(&[("user", "real-user")]).await;
+    assert_eq!(real[0]["timestamp"], "2024-05-01T10:00:00.000Z", "an offset without a colon is read");
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn pageviews_identify_and_set_map_onto_the_model() {
     let s = TestServer::start().await;
     let batch = json!({"api_key": s.project.write_key, "batch": [
@@ -142,7 +178,9 @@ async fn flag_calls_get_no_flags_for_a_good_key_and_a_refusal_for_a_bad_one() {
     let form = format!("data={}", url_escape(&data)).into_bytes();
     assert_eq!(ask("/decide/?v=3", form, "application/x-www-form-urlencoded").await.unwrap().status(), 200);
     let gz = gzip(json!({"api_key": key, "distinct_id": "d"}).to_string().as_bytes());
-    assert_eq!(ask("/flags/?compression=gzip-js", gz, "text/plain").await.unwrap().status(), 200);
+    assert_eq!(ask("/flags/?compression=gzip-js", gz.clone(), "text/plain").await.unwrap().status(), 200);
+    // gzip known by its first bytes, as on the capture paths.
+    assert_eq!(ask("/flags/?v=2", gz, "application/json").await.unwrap().status(), 200);
 
     let refused = |body: Vec<u8>, status: u16, code: &'static str| async move {
         let r = ask("/flags/", body, "application/json").await.unwrap();
