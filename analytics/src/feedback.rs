@@ -106,10 +106,12 @@ pub fn feedback(ask: &Ask, q: &FeedbackQuery) -> Result<FeedbackResult, Analytic
     let messages = src
         .column("x_m", sql::property(d, "message"))
         .column("x_c", sql::property(d, "category"))
-        .column("x_user", Sql::new("coalesce(user_id, anonymous_id)"))
-        .column("x_u", sql::uuid_order(d));
+        .column("x_u", sql::uuid_order(d))
+        // Who sent it is the person, stitched: an anonymous visitor
+        // identified later is named by their user id.
+        .with_person();
     let rows = ask.rows(
-        Sql::new("SELECT x_ts, x_m, x_score, x_c, x_r, x_user FROM ")
+        Sql::new("SELECT x_ts, x_m, x_score, x_c, x_r, person FROM ")
             .push(messages.render())
             .raw(&format!(" WHERE x_m IS NOT NULL ORDER BY x_ts DESC, x_u LIMIT {limit}"))
             .select(&[

@@ -155,6 +155,13 @@ impl Filter {
                 if !floats.is_empty() {
                     let floats = floats.iter().map(|&f| Sql::default().float(d, f));
                     let by_value = sql::in_list(d, sql::number(d, expr.clone()), floats);
+                    // Text that is no number gives NULL there, and `false OR
+                    // NULL` would keep the row out of `neq` too on DuckDB
+                    // (ClickHouse's `NULL IN` is 0).
+                    let by_value = match d {
+                        Dialect::DuckDb => Sql::new("coalesce(").push(by_value).raw(", false)"),
+                        Dialect::ClickHouse => by_value,
+                    };
                     any = Sql::new("(").push(any).raw(" OR ").push(by_value).raw(")");
                 }
                 if self.op == Op::Eq {

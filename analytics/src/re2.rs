@@ -17,6 +17,11 @@ const MAX_REPEAT: u32 = 1000;
 /// Compiles `pattern`, found at `at`, once RE2 would take it.
 pub fn compile(pattern: &str, at: &str) -> Result<regex::Regex, AnalyticsError> {
     let invalid = |why: String| AnalyticsError::invalid(at, format!("`{at}` is not a valid regular expression: {why}"));
+    // ClickHouse reads a pattern's literal text up to a NUL, as C strings
+    // end: refused on both stores so that they answer alike.
+    if pattern.contains('\0') {
+        return Err(invalid("it holds a NUL character".into()));
+    }
     let parsed = ast::parse::Parser::new().parse(pattern).map_err(|e| invalid(e.to_string()))?;
     ast::visit(&parsed, Re2Only).map_err(invalid)?;
     regex::RegexBuilder::new(pattern)

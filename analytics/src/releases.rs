@@ -19,6 +19,8 @@ use serde::{Deserialize, Serialize};
 pub struct ReleasesQuery {
     pub date_from: Option<String>,
     pub date_to: Option<String>,
+    /// The zone whose midnights dates in `date_from`/`date_to` name.
+    pub timezone: Option<String>,
     /// At most this many releases, newest first (default 100, at most 1000).
     #[schemars(range(min = 1, max = 1000))]
     pub limit: Option<usize>,
@@ -41,10 +43,14 @@ pub fn releases(ask: &Ask, q: &ReleasesQuery) -> Result<Vec<ReleaseSummary>, Ana
     let limit = bounded(q.limit, 100, 1000, "limit")?;
     // Without a range, all time: releases are few and long-lived.
     let range = match (q.date_from.as_deref(), q.date_to.as_deref()) {
-        (None, None) => None,
+        (None, None) => {
+            // A zone is checked even when no date needs it.
+            Window::parse(None, None, q.timezone.as_deref(), ask.now_ms)?;
+            None
+        }
         (None, Some(_)) => return Err(AnalyticsError::invalid("date_from", "`date_from` is needed with `date_to`")),
         (from, to) => {
-            let w = Window::parse(from, to, None, ask.now_ms)?;
+            let w = Window::parse(from, to, q.timezone.as_deref(), ask.now_ms)?;
             Some((w.from_ms, w.to_ms))
         }
     };
@@ -106,6 +112,8 @@ pub struct ImpactQuery {
     pub window_seconds: Option<i64>,
     pub date_from: Option<String>,
     pub date_to: Option<String>,
+    /// The zone whose midnights dates in `date_from`/`date_to` name.
+    pub timezone: Option<String>,
     #[serde(default)]
     #[schemars(length(max = crate::fields::MAX_FILTERS))]
     pub filters: Vec<crate::fields::Filter>,
@@ -162,9 +170,12 @@ pub fn impact(ask: &Ask, q: &ImpactQuery) -> Result<ImpactResult, AnalyticsError
         Some(_) => (q.window_seconds.as_ref().map(|_| "window_seconds"))
             .or(q.release_time.as_ref().map(|_| "release_time"))
             .map(|f| (f, "before/after (without `compare_to`)")),
-        None => q.date_from.as_ref().map(|_| "date_from").or(q.date_to.as_ref().map(|_| "date_to")).map(|f| {
-            (f, "release against release (with `compare_to`); before/after windows are `window_seconds` long")
-        }),
+        None => (q.date_from.as_ref().map(|_| "date_from"))
+            .or(q.date_to.as_ref().map(|_| "date_to"))
+            .or(q.timezone.as_ref().map(|_| "timezone"))
+            .map(|f| {
+                (f, "release against release (with `compare_to`); before/after windows are `window_seconds` long")
+            }),
     };
     if let Some((field, applies)) = misplaced {
         return Err(AnalyticsError::invalid(field, format!("`{field}` applies only to {applies}")));
@@ -183,7 +194,7 @@ pub fn impact(ask: &Ask, q: &ImpactQuery) -> Result<ImpactResult, AnalyticsError
             if other.is_empty() || first_seen(ask, other)?.is_none() {
                 return Err(AnalyticsError::invalid("compare_to", format!("no events carry release `{other}`")));
             }
-            let w = Window::parse(q.date_from.as_deref(), q.date_to.as_deref(), None, ask.now_ms)?;
+            let w = Window::parse(q.date_from.as_deref(), q.date_to.as_deref(), q.timezone.as_deref(), ask.now_ms)?;
             let of = |r: &str| Sql::new("release = ").text(r);
             (side(other, &w, plan()?.filter(of(other)))?, side(&q.release, &w, plan()?.filter(of(&q.release)))?)
         }

@@ -76,10 +76,22 @@ impl Window {
         Ok(Window { from_ms, to_ms, tz })
     }
 
-    /// The range of the same length just before this one.
-    pub fn previous(&self) -> Window {
-        let len = self.to_ms - self.from_ms;
-        Window { from_ms: self.from_ms - len, to_ms: self.from_ms, tz: self.tz }
+    /// The range just before this one, as long: in elapsed time for minute
+    /// and hour buckets, in local clock time for days and longer, so that
+    /// across a clock change it still starts at the same local time (a
+    /// midnight) and has as many days as this one.
+    pub fn previous(&self, interval: Interval) -> Window {
+        let elapsed = self.to_ms - self.from_ms;
+        let from_ms = match interval {
+            Interval::Minute | Interval::Hour => self.from_ms - elapsed,
+            Interval::Day | Interval::Week | Interval::Month => {
+                let local_from = self.local_ms(self.from_ms);
+                let local_start = local_from - (self.local_ms(self.to_ms) - local_from);
+                let naive = DateTime::<Utc>::from_timestamp_millis(local_start).unwrap_or_default().naive_utc();
+                local_instant(self.tz, naive).map_or(self.from_ms - elapsed, |t| t.timestamp_millis())
+            }
+        };
+        Window { from_ms, to_ms: self.from_ms, tz: self.tz }
     }
 
     /// Offset from UTC in ms at `ms`.
@@ -400,6 +412,24 @@ mod tests {
         let keys = w.keys(Interval::Day).unwrap();
         assert_eq!(w.label(Interval::Day, keys[1]), "2024-03-31T00:00:00+01:00");
         assert_eq!(w.label(Interval::Hour, w.key(Interval::Hour, w.to_ms - 1)), "2024-03-31T23:00:00+02:00");
+    }
+
+    #[test]
+    fn the_previous_period_has_as_many_local_days_from_a_midnight() {
+        let at = |t: &str| DateTime::parse_from_rfc3339(t).unwrap().timestamp_millis();
+        // New York's clocks went back on 2026-11-01, inside the current week.
+        let w = window("2026-10-27", "2026-11-02", "America/New_York");
+        let before = w.previous(Interval::Day);
+        assert_eq!((before.from_ms, before.to_ms), (at("2026-10-20T00:00:00-04:00"), w.from_ms));
+        assert_eq!(before.keys(Interval::Day).unwrap().len(), w.keys(Interval::Day).unwrap().len());
+        // ... and inside the previous one.
+        let w = window("2026-11-02", "2026-11-08", "America/New_York");
+        let before = w.previous(Interval::Day);
+        assert_eq!(before.from_ms, at("2026-10-26T00:00:00-04:00"));
+        assert_eq!(before.keys(Interval::Day).unwrap().len(), 7);
+        // Hours are elapsed time: the 25 hours before a day of 25 hours.
+        let w = Window { from_ms: at("2026-11-01T00:00:00-04:00"), to_ms: at("2026-11-02T00:00:00-05:00"), ..w };
+        assert_eq!(w.previous(Interval::Hour).from_ms, w.from_ms - 25 * 3_600_000);
     }
 
     #[test]

@@ -279,7 +279,7 @@ pub fn trend(ask: &Ask, q: &TrendQuery) -> Result<TrendResult, AnalyticsError> {
         Ok::<_, AnalyticsError>((TrendPeriod { buckets, series }, values))
     };
     let (current, shown) = period(&window, None)?;
-    let previous = if q.compare { Some(period(&window.previous(), Some(&shown))?.0) } else { None };
+    let previous = if q.compare { Some(period(&window.previous(q.interval), Some(&shown))?.0) } else { None };
     Ok(TrendResult { interval: q.interval, timezone: window.tz.name().to_owned(), current, previous })
 }
 

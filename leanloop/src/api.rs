@@ -167,7 +167,26 @@ where
 /// object, which serde alone would read by position.
 pub(crate) fn json_query<Q: DeserializeOwned + schemars::JsonSchema + 'static>(body: &[u8]) -> Result<Q, ApiError> {
     let de = &mut serde_json::Deserializer::from_slice(body);
-    let query = serde_path_to_error::deserialize(&mut *de).map_err(|err| {
+    let read = serde_path_to_error::deserialize(&mut *de);
+    // A list where an object goes is named as such, whether serde read it
+    // by position or stumbled on it (a list of the wrong length).
+    let misplaced = || -> Result<(), ApiError> {
+        // Only a body with a list in it can hold one in the wrong place.
+        if !body.contains(&b'[') {
+            return Ok(());
+        }
+        let Ok(value) = serde_json::from_slice::<serde_json::Value>(body) else { return Ok(()) };
+        match crate::shape::misplaced_list::<Q>(&value) {
+            Some(path) => {
+                Err(ApiError::bad_request(&path, format!("`{path}` must be an object with named fields, not a list")))
+            }
+            None => Ok(()),
+        }
+    };
+    let query = read.map_err(|err| {
+        if let Err(list) = misplaced() {
+            return list;
+        }
         let path = err.path().to_string();
         let inner = err.into_inner();
         let (field, message) = match JsonFault::of(&path, &inner) {
@@ -190,17 +209,7 @@ pub(crate) fn json_query<Q: DeserializeOwned + schemars::JsonSchema + 'static>(b
         ApiError::bad_request(&field, message)
     })?;
     de.end().map_err(|e| ApiError::bad_request("body", format!("the body is not valid JSON: {e}")))?;
-    // Only a body with a list in it can hold one in the wrong place.
-    if body.contains(&b'[') {
-        let value: serde_json::Value = serde_json::from_slice(body)
-            .map_err(|e| ApiError::bad_request("body", format!("the body is not valid JSON: {e}")))?;
-        if let Some(path) = crate::shape::misplaced_list::<Q>(&value) {
-            return Err(ApiError::bad_request(
-                &path,
-                format!("`{path}` must be an object with named fields, not a list"),
-            ));
-        }
-    }
+    misplaced()?;
     Ok(query)
 }
 

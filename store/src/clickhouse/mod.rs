@@ -187,6 +187,12 @@ impl ClickHouseStore {
     fn block<F: Future>(&self, future: F) -> F::Output {
         block(self.runtime(), future)
     }
+
+    /// Runs a read: one ClickHouse refuses for want of memory is a
+    /// [`StoreError::QueryMemory`] (503 naming the limit), not a failure.
+    fn read<T>(&self, future: impl Future<Output = Result<T, StoreError>>) -> Result<T, StoreError> {
+        self.block(future).map_err(|e| e.or_query_memory("ClickHouse's max_memory_usage"))
+    }
 }
 
 impl Drop for ClickHouseStore {
@@ -342,19 +348,19 @@ impl EventStore for ClickHouseStore {
     }
 
     fn count(&self, filter: &EventFilter) -> Result<u64, StoreError> {
-        self.block(read::count(&self.client, filter))
+        self.read(read::count(&self.client, filter))
     }
 
     fn recent(&self, filter: &EventFilter, limit: usize) -> Result<Vec<Event>, StoreError> {
-        self.block(read::recent(&self.client, filter, limit))
+        self.read(read::recent(&self.client, filter, limit))
     }
 
     fn user(&self, project_id: i64, user_id: &str) -> Result<Option<UserRecord>, StoreError> {
-        self.block(read::user(&self.client, project_id, user_id))
+        self.read(read::user(&self.client, project_id, user_id))
     }
 
     fn identity(&self, project_id: i64, anonymous_id: &str) -> Result<Option<String>, StoreError> {
-        self.block(read::identity(&self.client, project_id, anonymous_id))
+        self.read(read::identity(&self.client, project_id, anonymous_id))
     }
 
     fn delete_person(&self, project_id: i64, user_id: &str) -> Result<u64, StoreError> {
@@ -366,7 +372,7 @@ impl EventStore for ClickHouseStore {
     }
 
     fn select(&self, query: &Select) -> Result<Rows, StoreError> {
-        self.block(read::select(&self.client, query)).map_err(|e| e.or_query_memory("ClickHouse's max_memory_usage"))
+        self.read(read::select(&self.client, query))
     }
 
     fn write_cohort(

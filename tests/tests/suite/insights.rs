@@ -694,7 +694,7 @@ fn feedback_nps_by_release_and_newest_messages() {
                 .unwrap()
                 .to_rfc3339_opts(SecondsFormat::Millis, true);
             json!({"timestamp": at, "message": prop(e, "message"), "score": score(e), "category": null,
-                   "release": e.release, "user": e.user_id.clone().or(e.anonymous_id.clone())})
+                   "release": e.release, "user": c.person(e)})
         })
         .collect();
     assert_eq!(got["messages"], json!(messages));

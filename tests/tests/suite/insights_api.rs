@@ -56,6 +56,9 @@ async fn hostile_values_are_bound(s: &TestServer) {
         // Each store writes these numbers' text its own way; they match by value.
         (json!([{"field": "properties.ratio", "op": "eq", "value": [1e20, 1.5e300]}]), 2),
         (json!([{"field": "properties.ratio", "op": "neq", "value": 0.5}]), 3),
+        // Text that is no number is not equal to a fraction either.
+        (json!([{"field": "properties.loose", "op": "neq", "value": 2.5}]), 4),
+        (json!([{"field": "properties.plan", "op": "neq", "value": 2.5}]), 4),
         (json!([{"field": "properties.nope') OR 1=1 --", "op": "is_set"}]), 0),
         // A dot matches a newline on both stores.
         (json!([{"field": "properties.note", "op": "regex", "value": "^line 1.break$"}]), 1),
@@ -128,6 +131,12 @@ async fn bad_queries_name_the_field(s: &TestServer) {
             json!({"series": [{"event": "x"}], "filters": [{"field": "browser", "op": "regex", "value": "a**"}]}),
             "filters[0].value",
         ),
+        // ClickHouse would read the pattern's text only up to the NUL.
+        (
+            "trend",
+            json!({"series": [{"event": "x"}], "filters": [{"field": "browser", "op": "not_regex", "value": "pro\0x"}]}),
+            "filters[0].value",
+        ),
         (
             "trend",
             json!({"series": [{"event": "x"}], "filters": [{"field": "browser", "op": "gt", "value": "big"}]}),
@@ -165,6 +174,12 @@ async fn bad_queries_name_the_field(s: &TestServer) {
             json!({"series": [{"event": "x", "filters": [["browser", "eq", "Chrome"]]}]}),
             "series[0].filters[0]",
         ),
+        // ... nor refused in serde's words when its length is wrong.
+        ("trend", json!({"series": [["App Crashed", "unique_users"]]}), "series[0]"),
+        ("paths", json!(["x", "events", "next", 5]), "body"),
+        // A zone where a release question has no dates is still checked.
+        ("releases", json!({"timezone": "Mars/Base"}), "timezone"),
+        ("release-impact", json!({"release": "9.9.9", "series": {"event": "x"}, "timezone": "UTC"}), "timezone"),
     ];
     for (kind, query, field) in cases {
         let (status, answer) = ask(s, kind, &query).await;
