@@ -85,13 +85,23 @@ impl Window {
         let from_ms = match interval {
             Interval::Minute | Interval::Hour => self.from_ms - elapsed,
             Interval::Day | Interval::Week | Interval::Month => {
-                let local_from = self.local_ms(self.from_ms);
-                let local_start = local_from - (self.local_ms(self.to_ms) - local_from);
-                let naive = DateTime::<Utc>::from_timestamp_millis(local_start).unwrap_or_default().naive_utc();
-                local_instant(self.tz, naive).map_or(self.from_ms - elapsed, |t| t.timestamp_millis())
+                let (from, to) = (self.wall(self.from_ms), self.wall(self.to_ms));
+                local_instant(self.tz, from - (to - from)).map_or(self.from_ms - elapsed, |t| t.timestamp_millis())
             }
         };
         Window { from_ms, to_ms: self.from_ms, tz: self.tz }
+    }
+
+    /// The wall-clock time `ms` reads, taking the instant a day starts as
+    /// its midnight where clocks skip midnight (a day in America/Santiago
+    /// may start at 01:00).
+    fn wall(&self, ms: i64) -> NaiveDateTime {
+        let wall = DateTime::<Utc>::from_timestamp_millis(self.local_ms(ms)).unwrap_or_default().naive_utc();
+        let midnight = wall.date().and_hms_opt(0, 0, 0).unwrap_or(wall);
+        match local_instant(self.tz, midnight) {
+            Some(start) if start.timestamp_millis() == ms => midnight,
+            _ => wall,
+        }
     }
 
     /// Offset from UTC in ms at `ms`.
@@ -427,6 +437,10 @@ mod tests {
         let before = w.previous(Interval::Day);
         assert_eq!(before.from_ms, at("2026-10-26T00:00:00-04:00"));
         assert_eq!(before.keys(Interval::Day).unwrap().len(), 7);
+        // Santiago's clocks skipped 2024-09-08's midnight: that day starts at 01:00.
+        let w = window("2024-09-08", "2024-09-14", "America/Santiago");
+        assert_eq!(w.from_ms, at("2024-09-08T01:00:00-03:00"));
+        assert_eq!(w.previous(Interval::Day).from_ms, at("2024-09-01T00:00:00-04:00"));
         // Hours are elapsed time: the 25 hours before a day of 25 hours.
         let w = Window { from_ms: at("2026-11-01T00:00:00-04:00"), to_ms: at("2026-11-02T00:00:00-05:00"), ..w };
         assert_eq!(w.previous(Interval::Hour).from_ms, w.from_ms - 25 * 3_600_000);

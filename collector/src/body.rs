@@ -149,8 +149,9 @@ pub fn unpack(
         Packing::Plain => Ok(raw),
         Packing::Gzip => gunzip(&raw, limit, budget, held),
         // JSON under a form content type (`curl -d` sends one by default):
-        // a form's first field name cannot start with a bracket.
-        Packing::Form if matches!(raw.trim_ascii_start().first(), Some(b'{' | b'[')) => Ok(raw),
+        // a form's first field name cannot start with a bracket (or a byte
+        // order mark, which the JSON reader drops).
+        Packing::Form if matches!(without_bom(&raw).trim_ascii_start().first(), Some(b'{' | b'[')) => Ok(raw),
         Packing::Form => {
             let data =
                 form_field(&raw, "data").ok_or_else(|| IngestError::field("data", "form body has no `data` field"))?;
@@ -166,6 +167,11 @@ pub fn unpack(
             Ok(decoded)
         }
     }
+}
+
+/// `body` without a UTF-8 byte order mark before it (.NET's writers put one).
+pub fn without_bom(body: &[u8]) -> &[u8] {
+    body.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(body)
 }
 
 /// posthog-js's older packing, in the query or the form: not read.

@@ -149,7 +149,8 @@ impl Enricher {
             utm_content: i.utm.content.or(tagged.content),
             browser: i.browser.or_else(|| agent.browser.clone()),
             browser_version: i.browser_version.or_else(|| agent.browser_version.clone()),
-            os: i.os.or_else(|| agent.os.clone()),
+            // Apps name their OS as their platform does (`iPadOS`, `macOS`).
+            os: i.os.map(os_name).or_else(|| agent.os.clone()),
             device_type: i.device_type.or_else(|| agent.device_type.clone()),
             country: req.country.clone(),
             ip,
@@ -254,10 +255,10 @@ fn parse_agent(ua: &str) -> Agent {
         _ => None,
     };
     // curl, Java, Python's urllib...: a server's HTTP client, not a browser.
-    let known = |s: &str| known(s).filter(|s| s != "HTTP Library");
+    let browser = (r.name != "HTTP Library").then_some((r.name, r.version));
     Agent {
-        browser: known(r.name),
-        browser_version: known(r.version),
+        browser: browser.and_then(|(name, _)| known(name)),
+        browser_version: browser.and_then(|(_, version)| known(version)),
         os: known(r.os).map(os_name),
         device_type: device_type.map(str::to_owned),
     }
@@ -267,8 +268,8 @@ fn parse_agent(ua: &str) -> Agent {
 /// those whose agent the server parsed fall into one bucket.
 fn os_name(parsed: String) -> String {
     let named = match parsed.as_str() {
-        "iPhone" | "iPad" | "iPod" => "iOS",
-        "Mac OSX" => "Mac OS X",
+        "iPhone" | "iPad" | "iPod" | "iPadOS" => "iOS",
+        "Mac OSX" | "macOS" => "Mac OS X",
         "ChromeOS" => "Chrome OS",
         "Windows Phone OS" => "Windows Phone",
         windows if windows.starts_with("Windows") => "Windows",
@@ -507,7 +508,7 @@ mod tests {
         assert_eq!((app.os.as_deref(), app.device_type.as_deref()), (Some("Android"), Some("mobile")));
         let tablet = parse_agent("Mozilla/5.0 (Linux; Android 13; SM-X700) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0.0.0 Safari/537.36");
         assert_eq!(tablet.device_type.as_deref(), Some("tablet"));
-        assert_eq!(parse_agent("curl/8.5.0").browser, None);
+        assert_eq!(parse_agent("curl/8.5.0"), Agent::default());
     }
 
     #[test]

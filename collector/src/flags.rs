@@ -7,7 +7,7 @@
 //! definitions to evaluate locally (`GET /flags/definitions`, and the older
 //! `/api/feature_flag/local_evaluation`): they are answered with none.
 
-use crate::body::{read_limited, unpack, Held, Packing};
+use crate::body::{read_limited, unpack, without_bom, Held, Packing};
 use crate::routes::{compression, header_key, query_param};
 use crate::wire::{parse_body, Text};
 use crate::{Collector, IngestError};
@@ -65,7 +65,7 @@ async fn no_flags(
     let held = read_limited(&headers, body, limit, &c.bodies).await?;
     let mut grown = Held::default();
     let json = unpack(held.bytes.clone(), packing.sniffed(&held.bytes), limit, &c.bodies, &mut grown)?;
-    let text = std::str::from_utf8(&json).map_err(|_| IngestError::BadJson("body is not UTF-8".into()))?;
+    let text = std::str::from_utf8(without_bom(&json)).map_err(|_| IngestError::BadJson("body is not UTF-8".into()))?;
     let request: FlagsRequest = parse_body(text)?;
     let key = header_key(&headers)
         .or(Text::take(request.token))

@@ -1,7 +1,7 @@
 //! The ingest HTTP surface: Segment, PostHog and feedback endpoints (and
 //! PostHog's flag calls, `flags.rs`) with CORS.
 
-use crate::body::{read_limited, unpack, Held, Packing};
+use crate::body::{read_limited, unpack, without_bom, Held, Packing};
 use crate::enrich::RequestFacts;
 use crate::wire::{self, feedback, posthog, segment, Decoded, Incoming};
 use crate::{Collector, IngestError};
@@ -218,9 +218,8 @@ fn process(
     let limits = &c.config;
     let mut grown = Held::default();
     let json = unpack(raw, packing, limits.max_body_bytes, &c.bodies, &mut grown)?;
-    let text = std::str::from_utf8(&json).map_err(|_| IngestError::BadJson("body is not UTF-8".into()))?;
-    // .NET's UTF-8 writers open with a byte order mark; JSON has no use for it.
-    let text = wire::well_formed(text.strip_prefix('\u{feff}').unwrap_or(text));
+    let text = std::str::from_utf8(without_bom(&json)).map_err(|_| IngestError::BadJson("body is not UTF-8".into()))?;
+    let text = wire::well_formed(text);
     // A batch's shared context copied into each event counts as body: it
     // is held in memory as one until the events are logged.
     let mut copies = |bytes: usize| {
@@ -235,7 +234,8 @@ fn process(
             segment::decode(&text, call, limits.max_event_bytes, limits.max_batch_events, &mut copies)?
         }
         Endpoint::PostHog => {
-            posthog::decode(&text, facts.query_sent_at, limits.max_event_bytes, limits.max_batch_events)?
+            let keyed = header_key.is_some();
+            posthog::decode(&text, keyed, facts.query_sent_at, limits.max_event_bytes, limits.max_batch_events)?
         }
         Endpoint::Feedback => feedback::decode(&text, limits.max_event_bytes)?,
     };

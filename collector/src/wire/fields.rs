@@ -27,6 +27,7 @@ impl Id {
 /// A value read as `T` when it has that type, else none: a property read
 /// for a column but sent with another type (`"$is_identified": "yes"`) is
 /// left in the JSON, not the reason the event's other columns are lost.
+#[derive(Clone)]
 pub struct Lenient<T>(pub Option<T>);
 
 impl<T> Default for Lenient<T> {
@@ -233,7 +234,7 @@ impl serde::de::Visitor<'_> for TimeVisitor {
     type Value = TimeValue;
 
     fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-        f.write_str("an ISO 8601 time or epoch milliseconds")
+        f.write_str("an ISO 8601 time or epoch milliseconds (or seconds)")
     }
 
     fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<TimeValue, E> {
@@ -259,7 +260,8 @@ impl serde::de::Visitor<'_> for TimeVisitor {
 
 /// Parses an optional timestamp; `field` names it in the error.
 pub fn parse_time(value: Option<&TimeValue>, field: &str) -> Result<Option<i64>, IngestError> {
-    let bad = || IngestError::field(field, format!("`{field}` is not an ISO 8601 time or epoch milliseconds"));
+    let bad =
+        || IngestError::field(field, format!("`{field}` is not an ISO 8601 time or epoch milliseconds (or seconds)"));
     match value {
         None => Ok(None),
         // Under 10^11 a number cannot be milliseconds of a real event (that
@@ -280,8 +282,8 @@ fn parse_iso(s: &str) -> Option<i64> {
     }
     // An offset is read before the naive forms are tried: chrono's naive
     // parse of a `%z` format accepts the offset and drops it.
-    const WITH_OFFSET: [&str; 4] =
-        ["%Y-%m-%dT%H:%M:%S%.f%z", "%Y-%m-%dT%H:%M:%S%.f%:z", "%Y-%m-%d %H:%M:%S%.f%z", "%Y-%m-%d %H:%M:%S%.f%:z"];
+    // chrono's `%z` reads `+01:00` as well as `+0100`.
+    const WITH_OFFSET: [&str; 2] = ["%Y-%m-%dT%H:%M:%S%.f%z", "%Y-%m-%d %H:%M:%S%.f%z"];
     const NAIVE: [&str; 2] = ["%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%d %H:%M:%S%.f"];
     WITH_OFFSET.iter().find_map(|fmt| DateTime::parse_from_str(s, fmt).ok().map(|t| t.timestamp_millis())).or_else(
         || {

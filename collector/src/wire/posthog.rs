@@ -107,10 +107,12 @@ struct Known {
     utm_content: Option<Text>,
 }
 
-/// Decodes a capture body. `query_sent_at` is the send time the query
-/// string gave (posthog-js's `_`), used when the body gives none.
+/// Decodes a capture body. `keyed` says the request's headers carry its
+/// key; `query_sent_at` is the send time the query string gave
+/// (posthog-js's `_`), used when the body gives none.
 pub fn decode(
     text: &str,
+    keyed: bool,
     query_sent_at: Option<i64>,
     max_event_bytes: usize,
     max_batch: usize,
@@ -142,16 +144,16 @@ pub fn decode(
     // Without a key for the whole request (posthog-js sends a bare list),
     // each event's own key, `properties.token` included, names its project:
     // one naming another project is refused like a top-level key would be.
-    let keyed_per_event = key.is_none();
+    let keyed_per_event = key.is_none() && !keyed;
     let decoded = split_items(items, 0, max_event_bytes)
         .map(|raw| {
             let capture: Capture = decode_item(raw?)?;
             let (mut incoming, event_key) = incoming(capture, sent_at)?;
-            if keyed_per_event {
-                incoming.key = event_key.clone();
-            }
             if key.is_none() {
-                key = event_key;
+                key = event_key.clone();
+            }
+            if keyed_per_event {
+                incoming.key = event_key;
             }
             Ok(incoming)
         })
@@ -197,13 +199,13 @@ fn incoming(c: Capture<'_>, sent_at: Option<i64>) -> Result<(Incoming, Option<St
     };
     // `$set` may come inside properties (posthog-js, posthog-python), beside
     // them, or both: merged as PostHog merges them, the one beside winning.
-    let traits = merged_traits(known.set.as_deref(), c.set, "$set")?;
+    let traits = merged_traits(known.set.as_deref(), c.set, "properties.$set", "$set")?;
     let traits = match traits {
         None if kind == EventKind::Identify => Some("{}".to_owned()),
         other => other,
     };
     // A trait set to null is removed: `$unset` is that, for each name.
-    let traits = match unset_names(known.unset.as_deref())?.filter(|names| !names.is_empty()) {
+    let traits = match unset_names(known.unset.as_deref()).filter(|names| !names.is_empty()) {
         Some(names) => {
             let set = traits.as_deref().unwrap_or("{}");
             let mut map: serde_json::Map<String, serde_json::Value> =
@@ -213,7 +215,7 @@ fn incoming(c: Capture<'_>, sent_at: Option<i64>) -> Result<(Incoming, Option<St
         }
         None => traits,
     };
-    let traits_once = merged_traits(known.set_once.as_deref(), c.set_once, "$set_once")?;
+    let traits_once = merged_traits(known.set_once.as_deref(), c.set_once, "properties.$set_once", "$set_once")?;
     let properties = match kind {
         EventKind::Group => add_property(
             &properties,
@@ -276,17 +278,18 @@ fn incoming(c: Capture<'_>, sent_at: Option<i64>) -> Result<(Incoming, Option<St
     Ok((incoming, key))
 }
 
-/// `$set` (or `$set_once`) from the properties and from beside them, as
-/// one object's text; a key given in both takes the value from beside.
+/// `$set` (or `$set_once`) from the properties (`inside_field` names it)
+/// and from beside them (`field`), as one object's text; a key given in
+/// both takes the value from beside.
 fn merged_traits(
     inside: Option<&RawValue>,
     beside: Option<&RawValue>,
+    inside_field: &str,
     field: &str,
 ) -> Result<Option<String>, IngestError> {
-    let inside_field = format!("properties.{field}");
     match (inside, beside) {
         (None, None) => Ok(None),
-        (Some(raw), None) => object_text(Some(raw), &inside_field).map(Some),
+        (Some(raw), None) => object_text(Some(raw), inside_field).map(Some),
         (None, Some(raw)) => object_text(Some(raw), field).map(Some),
         (Some(inside), Some(beside)) => {
             let object = |raw: &RawValue, field: &str| {
@@ -294,30 +297,23 @@ fn merged_traits(
                 serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(&text)
                     .map_err(|e| IngestError::field(field, e.to_string()))
             };
-            let mut merged = object(inside, &inside_field)?;
+            let mut merged = object(inside, inside_field)?;
             merged.extend(object(beside, field)?);
             Ok(Some(serde_json::Value::Object(merged).to_string()))
         }
     }
 }
 
-/// The trait names `$unset` removes: PostHog takes a list of names or an
-/// object's keys; anything else is refused rather than silently ignored.
-fn unset_names(raw: Option<&RawValue>) -> Result<Option<Vec<String>>, IngestError> {
-    let Some(raw) = raw else { return Ok(None) };
-    let bad = || IngestError::field("properties.$unset", "`$unset` must be a list of trait names or an object");
-    match serde_json::from_str::<serde_json::Value>(raw.get()).map_err(|_| bad())? {
-        serde_json::Value::Null => Ok(None),
-        serde_json::Value::Object(map) => Ok(Some(map.into_iter().map(|(k, _)| k).collect())),
-        serde_json::Value::Array(items) => items
-            .into_iter()
-            .map(|item| match item {
-                serde_json::Value::String(name) => Ok(name),
-                _ => Err(bad()),
-            })
-            .collect::<Result<Vec<_>, _>>()
-            .map(Some),
-        _ => Err(bad()),
+/// The trait names `$unset` removes: a list of names or an object's keys,
+/// as PostHog takes them; anything else removes nothing (PostHog keeps
+/// the event all the same).
+fn unset_names(raw: Option<&RawValue>) -> Option<Vec<String>> {
+    match serde_json::from_str::<serde_json::Value>(raw?.get()).ok()? {
+        serde_json::Value::Object(map) => Some(map.into_iter().map(|(k, _)| k).collect()),
+        serde_json::Value::Array(items) => {
+            Some(items.into_iter().filter_map(|item| item.as_str().map(str::to_owned)).collect())
+        }
+        _ => None,
     }
 }
 
@@ -379,6 +375,7 @@ mod tests {
               {"event":"$pageview","distinct_id":"anon1","properties":{"$current_url":"https://a.io/x","$is_identified":false,"$session_id":"s1","$app_version":"1.0"}},
               {"event":"$identify","distinct_id":"user1","properties":{"$anon_distinct_id":"anon1","$set":{"email":"a@b.c"}}},
               {"event":"bought","properties":{"distinct_id":"user1","$release":"r2","price":3}}]}"#,
+            false,
             None,
             32 * 1024,
             1000,
@@ -403,6 +400,7 @@ mod tests {
     fn the_ip_property_moves_to_the_ip_column() {
         let d = decode(
             r#"{"api_key":"k","event":"e","distinct_id":"d","properties":{"a":1,"$ip":"198.51.100.77","b":{"c":[2]}}}"#,
+            false,
             None,
             32 * 1024,
             10,
@@ -417,7 +415,7 @@ mod tests {
     fn unset_removes_person_properties_as_null_does() {
         let body =
             r#"{"api_key":"k","event":"$set","distinct_id":"d","properties":{"$set":{"a":1},"$unset":["b","c"]}}"#;
-        let d = decode(body, None, 32 * 1024, 10).unwrap();
+        let d = decode(body, false, None, 32 * 1024, 10).unwrap();
         let traits: serde_json::Value =
             serde_json::from_str(d.items[0].as_ref().unwrap().traits.as_deref().unwrap()).unwrap();
         assert_eq!(traits, serde_json::json!({"a": 1, "b": null, "c": null}));
@@ -427,18 +425,15 @@ mod tests {
     fn set_inside_and_beside_properties_are_merged_and_unset_takes_an_object() {
         let body = r#"{"api_key":"k","event":"x","distinct_id":"U","$set":{"a":1,"b":0},"$set_once":{"d":4},
             "properties":{"$set":{"b":2,"e":5},"$set_once":{"c":3},"$unset":{"f":""}}}"#;
-        let d = decode(body, None, 32 * 1024, 10).unwrap();
+        let d = decode(body, false, None, 32 * 1024, 10).unwrap();
         let item = d.items[0].as_ref().unwrap();
         let json = |t: &Option<String>| serde_json::from_str::<serde_json::Value>(t.as_deref().unwrap()).unwrap();
         assert_eq!(json(&item.traits), serde_json::json!({"a": 1, "b": 0, "e": 5, "f": null}));
         assert_eq!(json(&item.traits_once), serde_json::json!({"c": 3, "d": 4}));
         for unset in [r#""f""#, "[1]", "3"] {
             let body = format!(r#"{{"api_key":"k","event":"x","distinct_id":"U","properties":{{"$unset":{unset}}}}}"#);
-            let d = decode(&body, None, 32 * 1024, 10).unwrap();
-            assert!(
-                matches!(&d.items[0], Err(IngestError::BadField { field, .. }) if field == "properties.$unset"),
-                "{unset}"
-            );
+            let d = decode(&body, false, None, 32 * 1024, 10).unwrap();
+            assert_eq!(d.items[0].as_ref().unwrap().traits, None, "{unset}: kept, removing nothing");
         }
     }
 
@@ -446,32 +441,36 @@ mod tests {
     fn without_a_request_key_each_event_is_keyed_by_its_own_token() {
         let body = r#"[{"event":"a","properties":{"distinct_id":"U","token":"k1"}},
                        {"event":"b","properties":{"distinct_id":"U","token":"k2"}}]"#;
-        let d = decode(body, None, 32 * 1024, 10).unwrap();
+        let d = decode(body, false, None, 32 * 1024, 10).unwrap();
         assert_eq!(d.key.as_deref(), Some("k1"));
         let keys: Vec<Option<&str>> = d.items.iter().map(|i| i.as_ref().unwrap().key.as_deref()).collect();
         assert_eq!(keys, [Some("k1"), Some("k2")]);
         // With a request key, a `token` property is the app's own.
         let body = r#"{"api_key":"k1","batch":[{"event":"a","distinct_id":"U","properties":{"token":"mine"}}]}"#;
-        let d = decode(body, None, 32 * 1024, 10).unwrap();
+        let d = decode(body, false, None, 32 * 1024, 10).unwrap();
+        assert_eq!(d.items[0].as_ref().unwrap().key, None);
+        // ... and so it is with the key in the request's headers.
+        let body = r#"[{"event":"a","properties":{"distinct_id":"U","token":"mine"}}]"#;
+        let d = decode(body, true, None, 32 * 1024, 10).unwrap();
         assert_eq!(d.items[0].as_ref().unwrap().key, None);
     }
 
     #[test]
     fn the_query_send_time_is_used_when_the_body_has_none() {
-        let d = decode(r#"{"api_key":"k","event":"e","distinct_id":"d"}"#, Some(5), 32 * 1024, 10).unwrap();
+        let d = decode(r#"{"api_key":"k","event":"e","distinct_id":"d"}"#, false, Some(5), 32 * 1024, 10).unwrap();
         assert_eq!(d.items[0].as_ref().unwrap().sent_at_ms, Some(5));
         let body = r#"{"api_key":"k","sent_at":"2024-01-01T00:00:00Z","batch":[{"event":"e","distinct_id":"d"}]}"#;
-        let d = decode(body, Some(5), 32 * 1024, 10).unwrap();
+        let d = decode(body, false, Some(5), 32 * 1024, 10).unwrap();
         assert_eq!(d.items[0].as_ref().unwrap().sent_at_ms, Some(1_704_067_200_000));
     }
 
     #[test]
     fn single_event_and_array_bodies() {
-        let d = decode(r#"{"token":"t","event":"e","distinct_id":"d"}"#, None, 32 * 1024, 10).unwrap();
+        let d = decode(r#"{"token":"t","event":"e","distinct_id":"d"}"#, false, None, 32 * 1024, 10).unwrap();
         assert_eq!(d.key.as_deref(), Some("t"));
         assert_eq!(d.items.len(), 1);
-        let d =
-            decode(r#"[{"api_key":"t2","event":"e","distinct_id":"d"},{"event":"e"}]"#, None, 32 * 1024, 10).unwrap();
+        let d = decode(r#"[{"api_key":"t2","event":"e","distinct_id":"d"},{"event":"e"}]"#, false, None, 32 * 1024, 10)
+            .unwrap();
         assert_eq!(d.key.as_deref(), Some("t2"));
         assert!(matches!(&d.items[1], Err(IngestError::BadField { field, .. }) if field == "distinct_id"));
     }

@@ -3,7 +3,7 @@
 
 use super::fields::object_or_empty_list;
 use super::{
-    decode_item, object_text, parse_body, parse_time, split_items, with_property, Decoded, Id, Incoming, Text,
+    decode_item, object_text, parse_body, parse_time, split_items, with_property, Decoded, Id, Incoming, Lenient, Text,
     TimeValue, Utm,
 };
 use crate::IngestError;
@@ -50,10 +50,10 @@ struct Context {
     app: Option<App>,
     #[serde(deserialize_with = "object_or_empty_list")]
     library: Option<Library>,
-    #[serde(deserialize_with = "object_or_empty_list")]
-    os: Option<Os>,
-    #[serde(deserialize_with = "object_or_empty_list")]
-    device: Option<Device>,
+    /// Read when they are objects, else ignored as they were before they
+    /// were read: not worth refusing an event, or a batch's shared context.
+    os: Lenient<Os>,
+    device: Lenient<Device>,
     release: Option<Text>,
     #[serde(alias = "session_id")]
     session_id: Option<Text>,
@@ -153,8 +153,8 @@ impl Context {
             + campaign
             + self.app.as_ref().map_or(0, |a| len(&a.version))
             + self.library.as_ref().map_or(0, |l| len(&l.name))
-            + self.os.as_ref().map_or(0, |o| len(&o.name))
-            + self.device.as_ref().map_or(0, |d| len(&d.kind) + len(&d.model))
+            + self.os.0.as_ref().map_or(0, |o| len(&o.name))
+            + self.device.0.as_ref().map_or(0, |d| len(&d.kind) + len(&d.model))
     }
 
     /// This message's context, with what it lacks taken from the batch's
@@ -165,8 +165,8 @@ impl Context {
         fill_part(&mut self.campaign, &batch.campaign, |m, t| fill!(m, t; name, source, medium, term, content));
         fill_part(&mut self.app, &batch.app, |m, t| fill!(m, t; version));
         fill_part(&mut self.library, &batch.library, |m, t| fill!(m, t; name));
-        fill_part(&mut self.os, &batch.os, |m, t| fill!(m, t; name));
-        fill_part(&mut self.device, &batch.device, |m, t| fill!(m, t; kind, model));
+        fill_part(&mut self.os.0, &batch.os.0, |m, t| fill!(m, t; name));
+        fill_part(&mut self.device.0, &batch.device.0, |m, t| fill!(m, t; kind, model));
         self
     }
 }
@@ -321,6 +321,7 @@ fn incoming(
     };
     let timestamp = parse_time(m.timestamp.as_ref(), "timestamp")?;
     let original = parse_time(m.original_timestamp.as_ref(), "originalTimestamp")?;
+    let (url, path, referrer) = page_columns(kind, known.url, known.path, known.referrer, page);
     Ok(Incoming {
         key: Text::take(m.write_key.clone()),
         kind: Some(kind),
@@ -336,16 +337,13 @@ fn incoming(
         release: Text::take(context.release)
             .or(Text::take(context.app.unwrap_or_default().version))
             .or(Text::take(known.release)),
-        // A page's properties describe it; a track's `url` is the thing it
-        // is about (a product's, in Segment's e-commerce events), and its
-        // page is in the context.
-        url: page_field(kind, known.url, page.url),
-        path: page_field(kind, known.path, page.path),
+        url,
+        path,
         page_name: match kind {
             EventKind::Page | EventKind::Screen => Text::take(m.name),
             _ => None,
         },
-        referrer: page_field(kind, known.referrer, page.referrer),
+        referrer,
         referrer_domain: None,
         utm: Utm {
             source: Text::take(campaign.source),
@@ -357,21 +355,36 @@ fn incoming(
         user_agent: Text::take(context.user_agent),
         ip: Text::take(context.ip),
         library: Text::take(context.library.unwrap_or_default().name),
-        os: Text::take(context.os.unwrap_or_default().name),
-        device_type: context.device.unwrap_or_default().device_type(),
+        os: Text::take(context.os.0.unwrap_or_default().name),
+        device_type: context.device.0.unwrap_or_default().device_type(),
         properties,
         traits,
         ..Incoming::default()
     })
 }
 
-/// A page column: a page's or screen's own property over its context's;
-/// for other events, the context's page, else the property.
-fn page_field(kind: EventKind, property: Option<Text>, page: Option<Text>) -> Option<String> {
-    match kind {
-        EventKind::Page | EventKind::Screen => Text::take(property).or(Text::take(page)),
-        _ => Text::take(page).or(Text::take(property)),
+/// The url, path and referrer columns. A page's or screen's properties
+/// describe it, over its context's page, field by field. Any other event's
+/// page is its context's, whole when that names a url (a track's `url` is
+/// the thing it is about: a product's, in Segment's e-commerce events);
+/// without one, properties fill in (server-side calls have no context).
+fn page_columns(
+    kind: EventKind,
+    url: Option<Text>,
+    path: Option<Text>,
+    referrer: Option<Text>,
+    page: PageContext,
+) -> (Option<String>, Option<String>, Option<String>) {
+    let page_first = !matches!(kind, EventKind::Page | EventKind::Screen);
+    let page_url = Text::take(page.url);
+    if page_first && page_url.is_some() {
+        return (page_url, Text::take(page.path), Text::take(page.referrer));
     }
+    (
+        Text::take(url).or(page_url),
+        Text::take(path).or(Text::take(page.path)),
+        Text::take(referrer).or(Text::take(page.referrer)),
+    )
 }
 
 /// An identify's traits: those of the message, over those of its context.
@@ -541,6 +554,11 @@ mod tests {
         assert_eq!((i.os.as_deref(), i.device_type.as_deref()), (Some("Android"), Some("mobile")));
         let ipad = r#"{"userId":"u","name":"Home","context":{"device":{"type":"ios","model":"iPad13,1"}}}"#;
         assert_eq!(one(ipad, Call::Single(EventKind::Screen)).unwrap().device_type.as_deref(), Some("tablet"));
+        let odd = r#"{"userId":"u","event":"e","context":{"os":"iOS","device":["x"],"page":{"url":"https://x.io/p"}},
+            "properties":{"path":"/checkout"}}"#;
+        let i = one(odd, Call::Single(EventKind::Track)).unwrap();
+        assert_eq!((i.os, i.device_type), (None, None), "parts that are no objects are ignored");
+        assert_eq!(i.path, None, "the context's page is taken whole");
         let server = r#"{"userId":"u","event":"Link Clicked","properties":{"url":"https://x.io/a"}}"#;
         assert_eq!(one(server, Call::Single(EventKind::Track)).unwrap().url.as_deref(), Some("https://x.io/a"));
     }

@@ -395,7 +395,7 @@ pub async fn delete_person(client: &clickhouse::Client, project_id: i64, user_id
         .bind(&anonymous_ids)
         .execute()
         .await?;
-    for table in ["identities", "users", "cohort_members"] {
+    for table in ["identities", "cohort_members"] {
         client
             .query(&format!("ALTER TABLE {table} DELETE WHERE project_id = ? AND user_id = ?"))
             .bind(project_id)
@@ -403,6 +403,16 @@ pub async fn delete_person(client: &clickhouse::Client, project_id: i64, user_id
             .execute()
             .await?;
     }
+    // The people linked to them (an anonymous visitor given traits) are theirs too.
+    client
+        .query(
+            "ALTER TABLE users DELETE WHERE project_id = ? AND (user_id = ? OR has(CAST(? AS Array(String)), user_id))",
+        )
+        .bind(project_id)
+        .bind(user_id)
+        .bind(&anonymous_ids)
+        .execute()
+        .await?;
     let started = std::time::Instant::now();
     loop {
         let pending: u64 = client

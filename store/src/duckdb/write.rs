@@ -118,8 +118,13 @@ impl Writer {
         for derived in ["session_parts", "recent_links"] {
             tx.execute(&format!("DELETE FROM {derived} {of_person}"), of_person_params)?;
         }
+        // The people linked to them (an anonymous visitor given traits) are theirs too.
+        tx.execute(
+            "DELETE FROM users WHERE project_id = ? AND (user_id = ? OR user_id IN
+                 (SELECT anonymous_id FROM identities WHERE project_id = ? AND user_id = ?))",
+            params![project_id, user_id, project_id, user_id],
+        )?;
         tx.execute("DELETE FROM identities WHERE project_id = ? AND user_id = ?", params![project_id, user_id])?;
-        tx.execute("DELETE FROM users WHERE project_id = ? AND user_id = ?", params![project_id, user_id])?;
         tx.execute("DELETE FROM cohort_members WHERE project_id = ? AND user_id = ?", params![project_id, user_id])?;
         tx.commit()?;
         Ok(deleted as u64)

@@ -245,6 +245,19 @@ async fn people_and_erasure(s: &TestServer) {
     };
     let (status, all) = list(json!({})).await;
     assert_eq!((status, all["total"].clone()), (200, json!(2)), "{all}");
+    // A visitor given traits before signing up is part of the user they
+    // become: one person, whose traits fill in from the visitor's.
+    let signup = json!({"batch": [
+        event("identify", json!({"anonymousId": "anon-cy", "traits": {"newsletter": true, "plan": "trial"}})),
+        event("identify", json!({"anonymousId": "anon-cy", "userId": "cy", "traits": {"plan": "team"}})),
+    ]});
+    assert_eq!(s.post("/v1/batch", &signup).await.status(), 200);
+    s.settle().await;
+    let (_, all) = list(json!({})).await;
+    assert_eq!(ids(&all).len(), 3, "ada, bob and cy: {all}");
+    let (_, cy) = list(json!({"filters": [{"field": "traits.newsletter", "op": "eq", "value": true}]})).await;
+    assert_eq!(ids(&cy), ["cy"], "{cy}");
+    assert_eq!(cy["people"][0]["traits"], json!({"newsletter": true, "plan": "team"}));
     let (_, pro) = list(json!({"filters": [{"field": "traits.plan", "op": "eq", "value": "pro"}]})).await;
     assert_eq!(ids(&pro), ["ada"]);
     let (_, many_seats) = list(json!({"filters": [{"field": "traits.seats", "op": "gt", "value": 10}]})).await;
@@ -270,7 +283,13 @@ async fn people_and_erasure(s: &TestServer) {
     let gone = s.client.get(profile_url("ada")).bearer_auth(&s.project.read_key).send().await.unwrap();
     assert_eq!(gone.status(), 404);
     let (_, all) = list(json!({})).await;
-    assert_eq!(ids(&all), ["bob"]);
+    assert_eq!(ids(&all).len(), 2, "{all}");
+    let cy_url = profile_url("cy");
+    let cy: Value = s.client.get(&cy_url).bearer_auth(&s.project.read_key).send().await.unwrap().json().await.unwrap();
+    assert_eq!(cy["traits"], json!({"newsletter": true, "plan": "team"}), "{cy}");
+    assert_eq!(s.client.delete(&cy_url).bearer_auth(&s.project.read_key).send().await.unwrap().status(), 200);
+    let (_, all) = list(json!({})).await;
+    assert_eq!(ids(&all), ["bob"], "the visitor's traits went with cy");
 
     // A visitor never identified is erased by their anonymous id; an
     // anonymous id identified as someone is theirs, and stays.
