@@ -270,7 +270,8 @@ pub(crate) fn condition(ask: &Ask, f: &Filter, at: &str) -> Result<Sql, Analytic
 
 /// Events of a member: their user id, or (for events without one) an
 /// anonymous id identified as a member, by the link that counts for person
-/// stitching (ClickHouse keeps every link; the first one made wins).
+/// stitching (ClickHouse keeps every link; the first one made wins), or a
+/// user id so linked.
 fn of_members(d: Dialect, project_id: i64, cohort_id: i64, version: i64) -> Sql {
     let members = || {
         Sql::new("(SELECT user_id FROM cohort_members WHERE project_id = ")
@@ -293,7 +294,9 @@ fn of_members(d: Dialect, project_id: i64, cohort_id: i64, version: i64) -> Sql 
             .push(members())
             .raw(")"),
     };
-    Sql::new("(user_id IN ").push(members()).raw(" OR (user_id IS NULL AND anonymous_id IN ").push(linked).raw("))")
+    // An id linked to a member (an alias's previous id) is theirs as a
+    // user id too: the people list folds it into them.
+    Sql::new("(user_id IN ").push(members()).raw(" OR coalesce(user_id, anonymous_id) IN ").push(linked).raw(")")
 }
 
 #[cfg(test)]

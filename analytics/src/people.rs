@@ -149,50 +149,44 @@ impl PersonCheck {
 /// A stored person: id, traits text, first and last seen (ms).
 type StoredPerson = (String, String, i64, i64);
 
-/// Every stored person of the project (or the one `user_id` names), as
-/// people are after identify: an id that was linked to a user (an
-/// anonymous visitor given traits, or a previous id) is part of that user,
-/// not a person of its own; its traits fill those the user lacks.
+/// Every stored person of the project, or the one `user_id` names. An id
+/// linked to a user who is a stored person (an anonymous visitor given
+/// traits, an alias's previous id) is part of that user, who took its
+/// traits when it was linked: it is not a person of its own in the list.
+/// One link deep, as events are stitched; links in a loop (A to B, then B
+/// to A) leave both people of their own.
 pub(crate) fn stored_people(ask: &Ask, user_id: Option<&str>) -> Result<Vec<StoredPerson>, AnalyticsError> {
-    let links = linked_people(ask, user_id)?;
-    let ids: Option<Vec<&str>> =
-        user_id.map(|id| std::iter::once(id).chain(links.iter().map(|(from, _)| from.as_str())).collect());
-    let rows = people_rows(ask, ids.as_deref())?;
-    Ok(fold_linked(rows, &links, user_id))
+    let rows = people_rows(ask, user_id)?;
+    if user_id.is_some() {
+        return Ok(rows);
+    }
+    let links = links_between_people(ask)?;
+    let ids: std::collections::HashSet<&str> = rows.iter().map(|r| r.0.as_str()).collect();
+    let part = |id: &str| links.get(id).is_some_and(|to| ids.contains(to.as_str()) && !links.contains_key(to.as_str()));
+    let parts: std::collections::HashSet<String> = rows.iter().filter(|r| part(&r.0)).map(|r| r.0.clone()).collect();
+    Ok(rows.into_iter().filter(|r| !parts.contains(&r.0)).collect())
 }
 
-/// Links from an id that is itself a stored person to the user it was
-/// linked to first (only those to `user_id`, when given).
-fn linked_people(ask: &Ask, user_id: Option<&str>) -> Result<Vec<(String, String)>, AnalyticsError> {
+/// Each stored person's id linked to another id, and the user it was
+/// linked to first.
+fn links_between_people(ask: &Ask) -> Result<std::collections::HashMap<String, String>, AnalyticsError> {
     let people = Sql::new("(SELECT user_id FROM users WHERE project_id = ").int(ask.project_id).raw(")");
     let sql = match ask.dialect() {
-        Dialect::DuckDb => {
-            let s = Sql::new("SELECT anonymous_id, user_id FROM identities WHERE project_id = ")
-                .int(ask.project_id)
-                .raw(" AND anonymous_id IN ")
-                .push(people);
-            match user_id {
-                Some(id) => s.raw(" AND user_id = ").text(id),
-                None => s,
-            }
-        }
-        // ClickHouse keeps every link made; the first one counts.
-        Dialect::ClickHouse => {
-            let s = Sql::new(
-                "SELECT anonymous_id, argMin(user_id, linked_at_ms) AS owner FROM identities WHERE project_id = ",
-            )
+        Dialect::DuckDb => Sql::new("SELECT anonymous_id, user_id FROM identities WHERE project_id = ")
             .int(ask.project_id)
             .raw(" AND anonymous_id IN ")
-            .push(people)
-            .raw(" GROUP BY anonymous_id");
-            match user_id {
-                Some(id) => s.raw(" HAVING owner = ").text(id),
-                None => s,
-            }
+            .push(people),
+        // ClickHouse keeps every link made; the first one counts.
+        Dialect::ClickHouse => {
+            Sql::new("SELECT anonymous_id, argMin(user_id, linked_at_ms) FROM identities WHERE project_id = ")
+                .int(ask.project_id)
+                .raw(" AND anonymous_id IN ")
+                .push(people)
+                .raw(" GROUP BY anonymous_id")
         }
     };
-    let rows = ask.rows(sql.select(&[ColumnKind::Text, ColumnKind::Text]))?;
-    Ok(rows
+    Ok(ask
+        .rows(sql.select(&[ColumnKind::Text, ColumnKind::Text]))?
         .into_iter()
         .filter_map(|r| {
             let mut next = cells(r);
@@ -202,26 +196,30 @@ fn linked_people(ask: &Ask, user_id: Option<&str>) -> Result<Vec<(String, String
         .collect())
 }
 
-/// The people table's rows, all of the project's or those of `ids`.
-fn people_rows(ask: &Ask, ids: Option<&[&str]>) -> Result<Vec<StoredPerson>, AnalyticsError> {
-    let d = ask.dialect();
-    let of = |s: Sql| match ids {
-        Some(ids) => {
-            s.raw(" AND ").push(sql::in_list(d, Sql::new("user_id"), ids.iter().map(|id| Sql::default().text(id))))
+/// The people table's rows: the project's, or the one `user_id` names.
+fn people_rows(ask: &Ask, user_id: Option<&str>) -> Result<Vec<StoredPerson>, AnalyticsError> {
+    let sql = match ask.dialect() {
+        Dialect::DuckDb => {
+            let mut s = Sql::new(
+                "SELECT user_id, traits, epoch_ms(first_seen), epoch_ms(last_seen) FROM users WHERE project_id = ",
+            )
+            .int(ask.project_id);
+            if let Some(id) = user_id {
+                s = s.raw(" AND user_id = ").text(id);
+            }
+            s
         }
-        None => s,
-    };
-    let sql = match d {
-        Dialect::DuckDb => of(Sql::new(
-            "SELECT user_id, traits, epoch_ms(first_seen), epoch_ms(last_seen) FROM users WHERE project_id = ",
-        )
-        .int(ask.project_id)),
         // One row per update: the newest traits win.
-        Dialect::ClickHouse => of(Sql::new(
-            "SELECT user_id, argMax(traits, version), min(first_seen_ms), max(last_seen_ms) FROM users WHERE project_id = ",
-        )
-        .int(ask.project_id))
-        .raw(" GROUP BY user_id"),
+        Dialect::ClickHouse => {
+            let mut s = Sql::new(
+                "SELECT user_id, argMax(traits, version), min(first_seen_ms), max(last_seen_ms) FROM users WHERE project_id = ",
+            )
+            .int(ask.project_id);
+            if let Some(id) = user_id {
+                s = s.raw(" AND user_id = ").text(id);
+            }
+            s.raw(" GROUP BY user_id")
+        }
     };
     let rows = ask.rows(sql.select(&[ColumnKind::Text, ColumnKind::Text, ColumnKind::Int, ColumnKind::Int]))?;
     Ok(rows
@@ -231,73 +229,6 @@ fn people_rows(ask: &Ask, ids: Option<&[&str]>) -> Result<Vec<StoredPerson>, Ana
             (next().text().unwrap_or_default(), next().text().unwrap_or_default(), next().int(), next().int())
         })
         .collect())
-}
-
-/// Folds each linked person into the user their id was linked to
-/// (following links on, as a previous id's user may have been linked in
-/// turn): the user's traits win, the linked one's fill gaps, first and
-/// last seen span both. A link to a user with no row of their own is left
-/// as it is. With `only`, that user's row alone is kept.
-fn fold_linked(rows: Vec<StoredPerson>, links: &[(String, String)], only: Option<&str>) -> Vec<StoredPerson> {
-    use std::collections::HashMap;
-    let owner: HashMap<&str, &str> = links.iter().map(|(from, to)| (from.as_str(), to.as_str())).collect();
-    let present: std::collections::HashSet<&str> = rows.iter().map(|r| r.0.as_str()).collect();
-    // The last person along the links that has a row; links loop rarely,
-    // and a hop limit ends any loop.
-    let root = |id: &str| -> Option<String> {
-        let mut at = id;
-        let mut found = None;
-        for _ in 0..16 {
-            match owner.get(at) {
-                Some(next) if *next != id => {
-                    at = next;
-                    if present.contains(at) {
-                        found = Some(at.to_owned());
-                    }
-                }
-                _ => break,
-            }
-        }
-        found
-    };
-    let roots: Vec<Option<String>> = rows.iter().map(|r| root(&r.0)).collect();
-    // Links in a loop (A to B, then B to A) fold neither.
-    let folding: std::collections::HashSet<String> =
-        rows.iter().zip(&roots).filter(|(_, to)| to.is_some()).map(|(r, _)| r.0.clone()).collect();
-    let mut folded: HashMap<String, Vec<StoredPerson>> = HashMap::new();
-    let mut kept = Vec::with_capacity(rows.len());
-    for (row, to) in rows.into_iter().zip(roots) {
-        match to.filter(|to| !folding.contains(to)) {
-            Some(to) => folded.entry(to).or_default().push(row),
-            None => kept.push(row),
-        }
-    }
-    let mut people: Vec<StoredPerson> = kept
-        .into_iter()
-        .map(|mut person| {
-            if let Some(parts) = folded.remove(&person.0) {
-                let mut traits = traits_of(&person.1);
-                for (_, part_traits, first, last) in parts {
-                    for (k, v) in traits_of(&part_traits) {
-                        traits.entry(k).or_insert(v);
-                    }
-                    person.2 = person.2.min(first);
-                    person.3 = person.3.max(last);
-                }
-                person.1 = Value::Object(traits).to_string();
-            }
-            person
-        })
-        .collect();
-    if let Some(id) = only {
-        people.retain(|p| p.0 == id);
-    }
-    people
-}
-
-/// The traits object a stored text holds; empty when it holds none.
-fn traits_of(text: &str) -> serde_json::Map<String, Value> {
-    serde_json::from_str(text).unwrap_or_default()
 }
 
 fn person((user_id, traits, first, last): (String, String, i64, i64)) -> Person {

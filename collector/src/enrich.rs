@@ -271,7 +271,7 @@ fn os_name(parsed: String) -> String {
         "iPhone" | "iPad" | "iPod" | "iPadOS" => "iOS",
         "Mac OSX" | "macOS" => "Mac OS X",
         "ChromeOS" => "Chrome OS",
-        "Windows Phone OS" => "Windows Phone",
+        "Windows Phone OS" | "Windows Phone" => "Windows Phone",
         windows if windows.starts_with("Windows") => "Windows",
         _ => return parsed,
     };

@@ -29,6 +29,30 @@ pub fn apply(traits: &mut Map<String, Value>, updates: &[&UserUpdate]) {
     }
 }
 
+/// First links made by `updates` (in order; an id linking itself, or
+/// linked earlier in the batch, is left out): (project, linked id, user).
+pub fn first_links(updates: &[UserUpdate]) -> Vec<(i64, &str, &str)> {
+    let mut seen = std::collections::HashSet::new();
+    updates
+        .iter()
+        .filter_map(|u| Some((u.project_id, u.anonymous_id.as_deref()?, u.user_id.as_str())))
+        .filter(|(project, from, to)| from != to && seen.insert((*project, *from)))
+        .collect()
+}
+
+/// What an id linked to a user for the first time brings them, as PostHog
+/// merges an anonymous person into the identified one: the id's stored
+/// traits (`stored`), with its own updates of the same batch applied, set
+/// where the user has none. Merged once, at the link, so a trait the user
+/// later removes stays removed.
+pub fn merge_linked(traits: &mut Map<String, Value>, stored: Option<&str>, updates: &[&UserUpdate]) {
+    let mut linked = stored.map(object).unwrap_or_default();
+    apply(&mut linked, updates);
+    for (k, v) in linked {
+        traits.entry(k).or_insert(v);
+    }
+}
+
 /// The JSON object `text` holds; empty when it holds something else.
 pub fn object(text: &str) -> Map<String, Value> {
     match serde_json::from_str(text) {

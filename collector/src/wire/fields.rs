@@ -42,6 +42,26 @@ impl<'de, T: DeserializeOwned> Deserialize<'de> for Lenient<T> {
     }
 }
 
+/// An object read as `T` when it is one, else none: a list is not read
+/// into a struct by position, nor refused.
+#[derive(Clone)]
+pub struct LenientObject<T>(pub Option<T>);
+
+impl<T> Default for LenientObject<T> {
+    fn default() -> Self {
+        LenientObject(None)
+    }
+}
+
+impl<'de, T: DeserializeOwned> Deserialize<'de> for LenientObject<T> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<LenientObject<T>, D::Error> {
+        Ok(LenientObject(match Value::deserialize(d)? {
+            object @ Value::Object(_) => T::deserialize(object).ok(),
+            _ => None,
+        }))
+    }
+}
+
 /// The properties a wire format reads for columns (`T`, all fields
 /// optional), from properties text. A key written twice fails a struct's
 /// read: the text is then read again keeping each key's first value, as

@@ -8,7 +8,7 @@ pub mod posthog;
 pub mod segment;
 mod surrogates;
 
-pub use fields::{known_properties, parse_time, Id, Lenient, Text, TimeValue};
+pub use fields::{known_properties, parse_time, Id, Lenient, LenientObject, Text, TimeValue};
 pub use surrogates::well_formed;
 
 use crate::IngestError;

@@ -3,8 +3,8 @@
 
 use super::fields::object_or_empty_list;
 use super::{
-    decode_item, object_text, parse_body, parse_time, split_items, with_property, Decoded, Id, Incoming, Lenient, Text,
-    TimeValue, Utm,
+    decode_item, object_text, parse_body, parse_time, split_items, with_property, Decoded, Id, Incoming, LenientObject,
+    Text, TimeValue, Utm,
 };
 use crate::IngestError;
 use leanloop_core::EventKind;
@@ -52,8 +52,8 @@ struct Context {
     library: Option<Library>,
     /// Read when they are objects, else ignored as they were before they
     /// were read: not worth refusing an event, or a batch's shared context.
-    os: Lenient<Os>,
-    device: Lenient<Device>,
+    os: LenientObject<Os>,
+    device: LenientObject<Device>,
     release: Option<Text>,
     #[serde(alias = "session_id")]
     session_id: Option<Text>,
@@ -554,7 +554,7 @@ mod tests {
         assert_eq!((i.os.as_deref(), i.device_type.as_deref()), (Some("Android"), Some("mobile")));
         let ipad = r#"{"userId":"u","name":"Home","context":{"device":{"type":"ios","model":"iPad13,1"}}}"#;
         assert_eq!(one(ipad, Call::Single(EventKind::Screen)).unwrap().device_type.as_deref(), Some("tablet"));
-        let odd = r#"{"userId":"u","event":"e","context":{"os":"iOS","device":["x"],"page":{"url":"https://x.io/p"}},
+        let odd = r#"{"userId":"u","event":"e","context":{"os":"iOS","device":["ios","iPad13,1"],"page":{"url":"https://x.io/p"}},
             "properties":{"path":"/checkout"}}"#;
         let i = one(odd, Call::Single(EventKind::Track)).unwrap();
         assert_eq!((i.os, i.device_type), (None, None), "parts that are no objects are ignored");

@@ -238,27 +238,58 @@ pub async fn users(client: &clickhouse::Client, updates: &[UserUpdate]) -> Resul
         entry.1 = entry.1.min(u.seen_at_ms);
         entry.2 = entry.2.max(u.seen_at_ms);
     }
+    // Ids linked in this batch bring their traits to their user, on their
+    // first link only (see `traits::merge_linked`).
+    let first_links = crate::traits::first_links(updates);
     let mut stored: HashMap<(i64, String), UserRow> = HashMap::new();
+    let mut linked_before: HashSet<(i64, String)> = HashSet::new();
     let projects: HashSet<i64> = people.keys().map(|(p, _)| *p).collect();
     for project_id in projects {
-        let ids: Vec<&str> = people.keys().filter(|(p, _)| *p == project_id).map(|(_, u)| *u).collect();
+        let linked: Vec<&str> =
+            first_links.iter().filter(|(p, ..)| *p == project_id).map(|&(_, from, _)| from).collect();
+        let ids: Vec<&str> = people
+            .keys()
+            .filter(|(p, _)| *p == project_id)
+            .map(|(_, u)| *u)
+            .chain(linked.iter().copied().filter(|from| !people.contains_key(&(project_id, *from))))
+            .collect();
         for chunk in bounded_chunks(&ids) {
             for row in super::read::user_rows(client, project_id, chunk).await? {
                 stored.insert((row.project_id, row.user_id.clone()), row);
             }
         }
+        for chunk in bounded_chunks(&linked) {
+            let before: Vec<String> = client
+                .query("SELECT DISTINCT anonymous_id FROM identities WHERE project_id = ? AND has(?, anonymous_id)")
+                .bind(project_id)
+                .bind(chunk)
+                .fetch_all()
+                .await?;
+            linked_before.extend(before.into_iter().map(|id| (project_id, id)));
+        }
+    }
+    let mut joining: HashMap<(i64, &str), Vec<&str>> = HashMap::new();
+    for &(project, from, to) in &first_links {
+        if !linked_before.contains(&(project, from.to_owned())) {
+            joining.entry((project, to)).or_default().push(from);
+        }
     }
     let mut rows = Vec::with_capacity(people.len());
-    for ((project_id, user_id), (batch, first, last)) in people {
+    for (&(project_id, user_id), (batch, first, last)) in &people {
         let mut traits = Map::new();
-        let (mut first_seen, mut last_seen, mut version) = (first, last, 0);
-        if let Some(current) = stored.remove(&(project_id, user_id.to_owned())) {
+        let (mut first_seen, mut last_seen, mut version) = (*first, *last, 0);
+        if let Some(current) = stored.get(&(project_id, user_id.to_owned())) {
             traits = crate::traits::object(&current.traits);
             first_seen = first_seen.min(current.first_seen_ms);
             last_seen = last_seen.max(current.last_seen_ms);
             version = current.version;
         }
-        crate::traits::apply(&mut traits, &batch);
+        for from in joining.get(&(project_id, user_id)).into_iter().flatten() {
+            let own = people.get(&(project_id, *from)).map_or(&[][..], |p| &p.0[..]);
+            let linked = stored.get(&(project_id, (*from).to_owned())).map(|r| r.traits.as_str());
+            crate::traits::merge_linked(&mut traits, linked, own);
+        }
+        crate::traits::apply(&mut traits, batch);
         rows.push(UserRow {
             project_id,
             user_id: user_id.to_owned(),

@@ -260,14 +260,20 @@ fn write_users(conn: &Connection, users: &[UserUpdate]) -> Result<(), StoreError
              first_seen BIGINT);
          DELETE FROM staged_users; DELETE FROM staged_links;",
     )?;
-    // The people's stored traits, found through their staged keys.
+    // Ids linked in this batch bring their traits to their user, on their
+    // first link only (see `traits::merge_linked`).
+    let links = crate::traits::first_links(users);
+    // The people's stored traits, and whether a linked id was linked
+    // before, found through their staged keys.
     let mut stage = conn.appender_to_catalog_and_db("staged_users", "temp", "main")?;
-    for key in &order {
+    let linked_keys = links.iter().map(|&(project, from, _)| (project, from)).filter(|k| !people.contains_key(k));
+    for key in order.iter().copied().chain(linked_keys) {
         stage.append_row(params![key.0, key.1, None::<String>, None::<i64>, None::<i64>])?;
     }
     stage.flush()?;
     drop(stage);
     let mut stored: HashMap<(i64, String), String> = HashMap::new();
+    let mut linked_before: HashSet<(i64, String)> = HashSet::new();
     {
         let mut query = conn.prepare(
             "SELECT s.project_id, s.user_id, u.traits FROM staged_users s
@@ -277,13 +283,33 @@ fn write_users(conn: &Connection, users: &[UserUpdate]) -> Result<(), StoreError
         while let Some(row) = rows.next()? {
             stored.insert((row.get(0)?, row.get(1)?), row.get::<_, Option<String>>(2)?.unwrap_or_default());
         }
+        if !links.is_empty() {
+            let mut query = conn.prepare(
+                "SELECT s.project_id, s.user_id FROM staged_users s
+                 SEMI JOIN identities i ON i.project_id = s.project_id AND i.anonymous_id = s.user_id",
+            )?;
+            let mut rows = query.query([])?;
+            while let Some(row) = rows.next()? {
+                linked_before.insert((row.get(0)?, row.get(1)?));
+            }
+        }
+    }
+    let mut joining: HashMap<(i64, &str), Vec<&str>> = HashMap::new();
+    for &(project, from, to) in &links {
+        if !linked_before.contains(&(project, from.to_owned())) {
+            joining.entry((project, to)).or_default().push(from);
+        }
     }
     conn.execute_batch("DELETE FROM staged_users")?;
     let mut stage = conn.appender_to_catalog_and_db("staged_users", "temp", "main")?;
     for key in &order {
         let (updates, first, last) = &people[key];
         let mut traits =
-            stored.remove(&(key.0, key.1.to_owned())).map_or_else(Default::default, |t| crate::traits::object(&t));
+            stored.get(&(key.0, key.1.to_owned())).map_or_else(Default::default, |t| crate::traits::object(t));
+        for from in joining.get(key).into_iter().flatten() {
+            let own = people.get(&(key.0, *from)).map_or(&[][..], |p| &p.0[..]);
+            crate::traits::merge_linked(&mut traits, stored.get(&(key.0, (*from).to_owned())).map(String::as_str), own);
+        }
         crate::traits::apply(&mut traits, updates);
         stage.append_row(params![key.0, key.1, serde_json::Value::Object(traits).to_string(), first, last])?;
     }
