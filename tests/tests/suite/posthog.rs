@@ -18,6 +18,12 @@ fn capture(s: &TestServer, event: &str, distinct_id: &str, properties: Value) ->
            "properties": properties, "uuid": leanloop_tests::message_id()})
 }
 
+/// The `(index, field)` of each event a 200 answer lists as rejected.
+fn refused(answer: &Value) -> Vec<(u64, &str)> {
+    let rejected = answer["rejected"].as_array().expect("a rejected list");
+    rejected.iter().map(|r| (r["index"].as_u64().unwrap(), r["field"].as_str().unwrap())).collect()
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn every_endpoint_accepts_events() {
     let s = TestServer::start().await;
@@ -88,13 +94,7 @@ async fn each_event_of_a_bare_list_is_keyed_by_its_token_and_placeholders_link_n
     assert_eq!(r.status(), 200);
     let answer: Value = r.json().await.unwrap();
     assert_eq!(answer["accepted"], 1, "{answer}");
-    let refused: Vec<(u64, &str)> = answer["rejected"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| (r["index"].as_u64().unwrap(), r["field"].as_str().unwrap()))
-        .collect();
-    assert_eq!(refused, [(1, "api_key"), (2, "api_key")], "{answer}");
+    assert_eq!(refused(&answer), [(1, "api_key"), (2, "api_key")], "{answer}");
 
     // An app's bug identifies every visitor as "null": no one is linked.
     let batch = json!({"api_key": s.project.write_key, "batch": [
@@ -321,13 +321,7 @@ async fn an_event_carrying_another_projects_key_than_its_batch_is_refused() {
     let r = s.client.post(s.url("/batch/")).json(&batch).send().await.unwrap();
     assert_eq!(r.status(), 200);
     let answer: Value = r.json().await.unwrap();
-    let refused: Vec<(u64, &str)> = answer["rejected"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| (r["index"].as_u64().unwrap(), r["field"].as_str().unwrap()))
-        .collect();
-    assert_eq!(refused, [(1, "api_key"), (2, "api_key")], "{answer}");
+    assert_eq!(refused(&answer), [(1, "api_key"), (2, "api_key")], "{answer}");
     s.settle().await;
     assert_eq!(s.count(&[]).await, 3);
     let segment = json!({"writeKey": s.project.write_key, "batch": [
