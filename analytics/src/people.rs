@@ -167,6 +167,16 @@ pub(crate) fn stored_people(ask: &Ask, user_id: Option<&str>) -> Result<Vec<Stor
     Ok(rows.into_iter().filter(|r| !parts.contains(&r.0)).collect())
 }
 
+/// The stored person `user_id` (itself a stored person) is part of, if any:
+/// linked first to them, who are not linked on.
+fn folded_into(ask: &Ask, user_id: &str) -> Result<Option<String>, AnalyticsError> {
+    let Some(owner) = ask.store.identity(ask.project_id, user_id)?.filter(|o| o != user_id) else { return Ok(None) };
+    if ask.store.identity(ask.project_id, &owner)?.is_some() || people_rows(ask, Some(&owner))?.is_empty() {
+        return Ok(None);
+    }
+    Ok(Some(owner))
+}
+
 /// Each stored person's id linked to another id, and the user it was
 /// linked to first.
 fn links_between_people(ask: &Ask) -> Result<std::collections::HashMap<String, String>, AnalyticsError> {
@@ -303,6 +313,11 @@ pub fn profile(ask: &Ask, user_id: &str, limit: usize) -> Result<Option<Profile>
     let d = ask.dialect();
     bounded(Some(limit), 100, 1000, "limit")?;
     let Some(stored) = stored_people(ask, Some(user_id))?.into_iter().next() else { return Ok(None) };
+    // A person the list folds into another (see `stored_people`) answers
+    // with that one's profile, as the list shows them.
+    if let Some(owner) = folded_into(ask, user_id)? {
+        return profile(ask, &owner, limit);
+    }
     let linked = Sql::new("SELECT anonymous_id FROM identities WHERE project_id = ")
         .int(ask.project_id)
         .raw(" AND user_id = ")

@@ -287,6 +287,17 @@ async fn people_and_erasure(s: &TestServer) {
     let cy_url = profile_url("cy");
     let cy: Value = s.client.get(&cy_url).bearer_auth(&s.project.read_key).send().await.unwrap().json().await.unwrap();
     assert_eq!(cy["traits"], json!({"newsletter": true, "plan": "team"}), "{cy}");
+    let folded: Value = s
+        .client
+        .get(profile_url("anon-cy"))
+        .bearer_auth(&s.project.read_key)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(folded["user_id"], "cy", "the visitor's profile is the person they became: {folded}");
     // Taken once, at the link: a trait cy removes stays removed, however
     // often the same identify comes again.
     let again = json!({"batch": [
