@@ -152,29 +152,49 @@ type StoredPerson = (String, String, i64, i64);
 /// Every stored person of the project, or the one `user_id` names. An id
 /// linked to a user who is a stored person (an anonymous visitor given
 /// traits, an alias's previous id) is part of that user, who took its
-/// traits when it was linked: it is not a person of its own in the list.
-/// One link deep, as events are stitched; links in a loop (A to B, then B
-/// to A) leave both people of their own.
+/// traits when it was linked: it is not a person of its own in the list,
+/// unless it holds a trait the user lacks. One link deep, as events are
+/// stitched; links in a loop (A to B, then B to A) leave both people of
+/// their own.
 pub(crate) fn stored_people(ask: &Ask, user_id: Option<&str>) -> Result<Vec<StoredPerson>, AnalyticsError> {
     let rows = people_rows(ask, user_id)?;
     if user_id.is_some() {
         return Ok(rows);
     }
     let links = links_between_people(ask)?;
-    let ids: std::collections::HashSet<&str> = rows.iter().map(|r| r.0.as_str()).collect();
-    let part = |id: &str| links.get(id).is_some_and(|to| ids.contains(to.as_str()) && !links.contains_key(to.as_str()));
-    let parts: std::collections::HashSet<String> = rows.iter().filter(|r| part(&r.0)).map(|r| r.0.clone()).collect();
+    if links.is_empty() {
+        return Ok(rows);
+    }
+    let traits: std::collections::HashMap<&str, &str> = rows.iter().map(|r| (r.0.as_str(), r.1.as_str())).collect();
+    // Hidden only when nothing is lost: each trait it has, its user has
+    // (links stored before traits were merged at the link, or traits it
+    // was given after, keep it a person of its own).
+    let part = |(id, own): (&str, &str)| {
+        let Some(to) = links.get(id).filter(|to| !links.contains_key(to.as_str())) else { return false };
+        let Some(theirs) = traits.get(to.as_str()) else { return false };
+        let theirs = traits_of(theirs);
+        traits_of(own).keys().all(|k| theirs.contains_key(k))
+    };
+    let parts: std::collections::HashSet<String> =
+        rows.iter().filter(|r| part((&r.0, &r.1))).map(|r| r.0.clone()).collect();
     Ok(rows.into_iter().filter(|r| !parts.contains(&r.0)).collect())
 }
 
-/// The stored person `user_id` (itself a stored person) is part of, if any:
-/// linked first to them, who are not linked on.
-fn folded_into(ask: &Ask, user_id: &str) -> Result<Option<String>, AnalyticsError> {
+/// The traits object a stored text holds; empty when it holds none.
+fn traits_of(text: &str) -> serde_json::Map<String, Value> {
+    serde_json::from_str(text).unwrap_or_default()
+}
+
+/// The stored person `user_id` (itself a stored person, with `traits`) is
+/// part of, by the rule of [`stored_people`], if any.
+fn folded_into(ask: &Ask, user_id: &str, traits: &str) -> Result<Option<String>, AnalyticsError> {
     let Some(owner) = ask.store.identity(ask.project_id, user_id)?.filter(|o| o != user_id) else { return Ok(None) };
-    if ask.store.identity(ask.project_id, &owner)?.is_some() || people_rows(ask, Some(&owner))?.is_empty() {
+    if ask.store.identity(ask.project_id, &owner)?.is_some() {
         return Ok(None);
     }
-    Ok(Some(owner))
+    let Some(theirs) = people_rows(ask, Some(&owner))?.pop() else { return Ok(None) };
+    let theirs = traits_of(&theirs.1);
+    Ok(traits_of(traits).keys().all(|k| theirs.contains_key(k)).then_some(owner))
 }
 
 /// Each stored person's id linked to another id, and the user it was
@@ -315,7 +335,7 @@ pub fn profile(ask: &Ask, user_id: &str, limit: usize) -> Result<Option<Profile>
     let Some(stored) = stored_people(ask, Some(user_id))?.into_iter().next() else { return Ok(None) };
     // A person the list folds into another (see `stored_people`) answers
     // with that one's profile, as the list shows them.
-    if let Some(owner) = folded_into(ask, user_id)? {
+    if let Some(owner) = folded_into(ask, user_id, &stored.1)? {
         return profile(ask, &owner, limit);
     }
     let linked = Sql::new("SELECT anonymous_id FROM identities WHERE project_id = ")

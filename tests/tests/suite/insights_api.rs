@@ -308,6 +308,8 @@ async fn people_and_erasure(s: &TestServer) {
     s.settle().await;
     let cy: Value = s.client.get(&cy_url).bearer_auth(&s.project.read_key).send().await.unwrap().json().await.unwrap();
     assert_eq!(cy["traits"], json!({"plan": "team"}), "{cy}");
+    let (_, all) = list(json!({})).await;
+    assert_eq!(ids(&all).len(), 2, "the visitor's traits moved to cy: it stays folded in: {all}");
     assert_eq!(s.client.delete(&cy_url).bearer_auth(&s.project.read_key).send().await.unwrap().status(), 200);
     let (_, all) = list(json!({})).await;
     assert_eq!(ids(&all), ["bob"], "the visitor's traits went with cy");
