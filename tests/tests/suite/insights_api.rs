@@ -268,11 +268,14 @@ async fn people_and_erasure(s: &TestServer) {
     assert_eq!((status, bad["error"]["field"].clone()), (400, json!("filters[0].field")));
 
     let profile_url = |user: &str| s.url(&format!("/api/v1/projects/{}/people/{user}", s.project.id));
-    let profile: Value =
-        s.client.get(profile_url("ada")).bearer_auth(&s.project.read_key).send().await.unwrap().json().await.unwrap();
-    assert_eq!(profile["anonymous_ids"], json!(["anon-ada"]));
-    assert_eq!(profile["traits"]["plan"], json!("pro"));
-    assert_eq!(profile["events"].as_array().unwrap().len(), 4, "anonymous events are part of the timeline: {profile}");
+    let profile = |user: &str| {
+        let request = s.client.get(profile_url(user)).bearer_auth(&s.project.read_key);
+        async move { request.send().await.unwrap().json::<Value>().await.unwrap() }
+    };
+    let ada = profile("ada").await;
+    assert_eq!(ada["anonymous_ids"], json!(["anon-ada"]));
+    assert_eq!(ada["traits"]["plan"], json!("pro"));
+    assert_eq!(ada["events"].as_array().unwrap().len(), 4, "anonymous events are part of the timeline: {ada}");
 
     let before = s.count(&[]).await;
     let erased = s.client.delete(profile_url("ada")).bearer_auth(&s.project.read_key).send().await.unwrap();
@@ -285,18 +288,9 @@ async fn people_and_erasure(s: &TestServer) {
     let (_, all) = list(json!({})).await;
     assert_eq!(ids(&all).len(), 2, "{all}");
     let cy_url = profile_url("cy");
-    let cy: Value = s.client.get(&cy_url).bearer_auth(&s.project.read_key).send().await.unwrap().json().await.unwrap();
+    let cy = profile("cy").await;
     assert_eq!(cy["traits"], json!({"newsletter": true, "plan": "team"}), "{cy}");
-    let folded: Value = s
-        .client
-        .get(profile_url("anon-cy"))
-        .bearer_auth(&s.project.read_key)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let folded = profile("anon-cy").await;
     assert_eq!(folded["user_id"], "cy", "the visitor's profile is the person they became: {folded}");
     // Taken once, at the link: a trait cy removes stays removed, however
     // often the same identify comes again.
@@ -306,7 +300,7 @@ async fn people_and_erasure(s: &TestServer) {
     ]});
     assert_eq!(s.post("/v1/batch", &again).await.status(), 200);
     s.settle().await;
-    let cy: Value = s.client.get(&cy_url).bearer_auth(&s.project.read_key).send().await.unwrap().json().await.unwrap();
+    let cy = profile("cy").await;
     assert_eq!(cy["traits"], json!({"plan": "team"}), "{cy}");
     let (_, all) = list(json!({})).await;
     assert_eq!(ids(&all).len(), 2, "the visitor's traits moved to cy: it stays folded in: {all}");
@@ -330,8 +324,7 @@ async fn people_and_erasure(s: &TestServer) {
     assert_eq!(s.count(&[("user", "anon-only")]).await, 0);
     assert_eq!(erase("anon-bob").await.unwrap().json::<Value>().await.unwrap(), json!({"deleted_events": 0}));
     assert_eq!(s.count(&[("user", "bob")]).await, 4, "Bob's events, those with his anonymous id too");
-    let bob: Value =
-        s.client.get(profile_url("bob")).bearer_auth(&s.project.read_key).send().await.unwrap().json().await.unwrap();
+    let bob = profile("bob").await;
     assert_eq!(bob["anonymous_ids"], json!(["anon-bob"]), "{bob}");
 }
 
