@@ -396,14 +396,13 @@ pub fn profile(ask: &Ask, user_id: &str, limit: usize) -> Result<Option<Profile>
     Ok(Some(Profile { person: person(stored), anonymous_ids, events }))
 }
 
-/// Events of a person: their user id, or one of their anonymous ids.
+/// Events of a person: their user id, or one of the ids linked to them,
+/// sent as an anonymous id or (an alias's previous id) as a user id.
 fn of_person(user_id: &str, anonymous_ids: &[String]) -> Sql {
     let mut cond = Sql::new("user_id = ").text(user_id);
     if !anonymous_ids.is_empty() {
-        cond = cond
-            .raw(" OR anonymous_id IN (")
-            .push(Sql::join(anonymous_ids.iter().map(|a| Sql::default().text(a)), ", "))
-            .raw(")");
+        let list = || Sql::join(anonymous_ids.iter().map(|a| Sql::default().text(a)), ", ");
+        cond = cond.raw(" OR anonymous_id IN (").push(list()).raw(") OR user_id IN (").push(list()).raw(")");
     }
     cond
 }

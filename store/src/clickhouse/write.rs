@@ -299,28 +299,6 @@ pub async fn users(client: &clickhouse::Client, updates: &[UserUpdate]) -> Resul
             version: version + 1,
         });
     }
-    // A linked id's traits moved to its user: its own row keeps none, so
-    // the people list (which shows it only while it holds traits its user
-    // lacks) folds it in, and a trait the user removes does not come back.
-    let merged: HashSet<(i64, &str)> =
-        joining.iter().flat_map(|(&(project, _), froms)| froms.iter().map(move |from| (project, *from))).collect();
-    for row in rows.iter_mut().filter(|r| merged.contains(&(r.project_id, r.user_id.as_str()))) {
-        row.traits = "{}".to_owned();
-    }
-    for &(project_id, from) in &merged {
-        if let Some(current) =
-            stored.get(&(project_id, from.to_owned())).filter(|_| !people.contains_key(&(project_id, from)))
-        {
-            rows.push(UserRow {
-                project_id,
-                user_id: from.to_owned(),
-                traits: "{}".to_owned(),
-                first_seen_ms: current.first_seen_ms,
-                last_seen_ms: current.last_seen_ms,
-                version: current.version + 1,
-            });
-        }
-    }
     let mut insert = client.insert::<UserRow>("users").await?;
     for row in &rows {
         insert.write(row).await?;

@@ -324,17 +324,6 @@ fn write_users(conn: &Connection, users: &[UserUpdate]) -> Result<(), StoreError
          INSERT INTO users SELECT s.project_id, s.user_id, s.traits, epoch_ms(s.first_seen), epoch_ms(s.last_seen)
          FROM staged_users s ANTI JOIN users u ON u.project_id = s.project_id AND u.user_id = s.user_id;",
     )?;
-    // A linked id's traits moved to its user: its own row keeps none, so
-    // the people list (which shows it only while it holds traits its user
-    // lacks) folds it in, and a trait the user removes does not come back.
-    for (&(project, _), froms) in &joining {
-        for from in froms {
-            conn.execute(
-                "UPDATE users SET traits = '{}' WHERE project_id = ? AND user_id = ?",
-                params![project, from],
-            )?;
-        }
-    }
     let mut link = conn.appender_to_catalog_and_db("staged_links", "temp", "main")?;
     let mut linked = HashSet::new();
     for update in users {

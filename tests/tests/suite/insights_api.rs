@@ -302,8 +302,11 @@ async fn people_and_erasure(s: &TestServer) {
     s.settle().await;
     let cy = profile("cy").await;
     assert_eq!(cy["traits"], json!({"plan": "team"}), "{cy}");
+    // The visitor still holds the trait cy removed: shown, not hidden.
     let (_, all) = list(json!({})).await;
-    assert_eq!(ids(&all).len(), 2, "the visitor's traits moved to cy: it stays folded in: {all}");
+    assert_eq!(ids(&all).len(), 3, "{all}");
+    let (_, visitor) = list(json!({"search": "anon-cy"})).await;
+    assert_eq!(visitor["people"][0]["traits"], json!({"newsletter": true, "plan": "trial"}), "{visitor}");
     assert_eq!(s.client.delete(&cy_url).bearer_auth(&s.project.read_key).send().await.unwrap().status(), 200);
     let (_, all) = list(json!({})).await;
     assert_eq!(ids(&all), ["bob"], "the visitor's traits went with cy");
