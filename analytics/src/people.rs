@@ -171,18 +171,18 @@ pub(crate) fn stored_people(ask: &Ask, user_id: Option<&str>) -> Result<Vec<Stor
     // was given after, keep it a person of its own).
     let part = |(id, own): (&str, &str)| {
         let Some(to) = links.get(id).filter(|to| !links.contains_key(to.as_str())) else { return false };
-        let Some(theirs) = traits.get(to.as_str()) else { return false };
-        let theirs = traits_of(theirs);
-        traits_of(own).keys().all(|k| theirs.contains_key(k))
+        traits.get(to.as_str()).is_some_and(|theirs| nothing_more(own, theirs))
     };
     let parts: std::collections::HashSet<String> =
         rows.iter().filter(|r| part((&r.0, &r.1))).map(|r| r.0.clone()).collect();
     Ok(rows.into_iter().filter(|r| !parts.contains(&r.0)).collect())
 }
 
-/// The traits object a stored text holds; empty when it holds none.
-fn traits_of(text: &str) -> serde_json::Map<String, Value> {
-    serde_json::from_str(text).unwrap_or_default()
+/// Whether traits `own` name no trait that traits `theirs` lack (both as
+/// stored text): folded into `theirs`, nothing of `own` is hidden.
+fn nothing_more(own: &str, theirs: &str) -> bool {
+    let theirs = leanloop_store::traits::object(theirs);
+    leanloop_store::traits::object(own).keys().all(|k| theirs.contains_key(k))
 }
 
 /// The stored person `user_id` (itself a stored person, with `traits`) is
@@ -193,8 +193,7 @@ fn folded_into(ask: &Ask, user_id: &str, traits: &str) -> Result<Option<String>,
         return Ok(None);
     }
     let Some(theirs) = people_rows(ask, Some(&owner))?.pop() else { return Ok(None) };
-    let theirs = traits_of(&theirs.1);
-    Ok(traits_of(traits).keys().all(|k| theirs.contains_key(k)).then_some(owner))
+    Ok(nothing_more(traits, &theirs.1).then_some(owner))
 }
 
 /// Each stored person's id linked to another id, and the user it was

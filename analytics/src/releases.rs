@@ -45,7 +45,7 @@ pub fn releases(ask: &Ask, q: &ReleasesQuery) -> Result<Vec<ReleaseSummary>, Ana
     let range = match (q.date_from.as_deref(), q.date_to.as_deref()) {
         (None, None) => {
             // A zone is checked even when no date needs it.
-            Window::parse(None, None, q.timezone.as_deref(), ask.now_ms)?;
+            crate::time::zone(q.timezone.as_deref())?;
             None
         }
         (None, Some(_)) => return Err(AnalyticsError::invalid("date_from", "`date_from` is needed with `date_to`")),

@@ -49,15 +49,7 @@ impl Window {
         timezone: Option<&str>,
         now_ms: i64,
     ) -> Result<Window, AnalyticsError> {
-        let tz: Tz = match timezone.filter(|t| !t.is_empty()) {
-            None => Tz::UTC,
-            Some(name) => name.parse().map_err(|_| {
-                AnalyticsError::invalid(
-                    "timezone",
-                    format!("`timezone` must be an IANA zone such as Europe/Berlin, not `{name}`"),
-                )
-            })?,
-        };
+        let tz = zone(timezone)?;
         let to_ms = match date_to.filter(|t| !t.is_empty()) {
             None => now_ms,
             Some(t) => parse_time(t, tz, now_ms, "date_to", true)?,
@@ -300,6 +292,19 @@ impl Elapsed {
         }
         case.push_str(&format!(" ELSE {} END)", of(&self.parts[self.parts.len() - 1])));
         case
+    }
+}
+
+/// A query's `timezone`: an IANA zone, UTC when absent.
+pub fn zone(timezone: Option<&str>) -> Result<Tz, AnalyticsError> {
+    match timezone.filter(|t| !t.is_empty()) {
+        None => Ok(Tz::UTC),
+        Some(name) => name.parse().map_err(|_| {
+            AnalyticsError::invalid(
+                "timezone",
+                format!("`timezone` must be an IANA zone such as Europe/Berlin, not `{name}`"),
+            )
+        }),
     }
 }
 

@@ -15,7 +15,7 @@ mod error;
 mod filter;
 mod seen;
 pub mod select;
-mod traits;
+pub mod traits;
 
 pub use error::StoreError;
 pub use filter::EventFilter;

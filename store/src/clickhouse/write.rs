@@ -242,36 +242,37 @@ pub async fn users(client: &clickhouse::Client, updates: &[UserUpdate]) -> Resul
     // first link only (see `traits::merge_linked`).
     let first_links = crate::traits::first_links(updates);
     let mut stored: HashMap<(i64, String), UserRow> = HashMap::new();
-    let mut linked_before: HashSet<(i64, String)> = HashSet::new();
+    let mut joining: HashMap<(i64, &str), Vec<&str>> = HashMap::new();
     let projects: HashSet<i64> = people.keys().map(|(p, _)| *p).collect();
     for project_id in projects {
+        // Links already stored (a repeated identify) bring nothing: only
+        // ids linked for the first time are looked up with the people.
         let linked: Vec<&str> =
             first_links.iter().filter(|(p, ..)| *p == project_id).map(|&(_, from, _)| from).collect();
-        let ids: Vec<&str> = people
-            .keys()
-            .filter(|(p, _)| *p == project_id)
-            .map(|(_, u)| *u)
-            .chain(linked.iter().copied().filter(|from| !people.contains_key(&(project_id, *from))))
-            .collect();
-        for chunk in bounded_chunks(&ids) {
-            for row in super::read::user_rows(client, project_id, chunk).await? {
-                stored.insert((row.project_id, row.user_id.clone()), row);
-            }
-        }
+        let mut before: HashSet<String> = HashSet::new();
         for chunk in bounded_chunks(&linked) {
-            let before: Vec<String> = client
+            let found: Vec<String> = client
                 .query("SELECT DISTINCT anonymous_id FROM identities WHERE project_id = ? AND has(?, anonymous_id)")
                 .bind(project_id)
                 .bind(chunk)
                 .fetch_all()
                 .await?;
-            linked_before.extend(before.into_iter().map(|id| (project_id, id)));
+            before.extend(found);
         }
-    }
-    let mut joining: HashMap<(i64, &str), Vec<&str>> = HashMap::new();
-    for &(project, from, to) in &first_links {
-        if !linked_before.contains(&(project, from.to_owned())) {
-            joining.entry((project, to)).or_default().push(from);
+        for &(_, from, to) in first_links.iter().filter(|(p, from, _)| *p == project_id && !before.contains(*from)) {
+            joining.entry((project_id, to)).or_default().push(from);
+        }
+        let joined = joining.iter().filter(|((p, _), _)| *p == project_id).flat_map(|(_, froms)| froms.iter().copied());
+        let ids: Vec<&str> = people
+            .keys()
+            .filter(|(p, _)| *p == project_id)
+            .map(|(_, u)| *u)
+            .chain(joined.filter(|from| !people.contains_key(&(project_id, *from))))
+            .collect();
+        for chunk in bounded_chunks(&ids) {
+            for row in super::read::user_rows(client, project_id, chunk).await? {
+                stored.insert((row.project_id, row.user_id.clone()), row);
+            }
         }
     }
     let mut rows = Vec::with_capacity(people.len());
