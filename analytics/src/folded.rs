@@ -146,10 +146,16 @@ impl Folded {
         // links made since), the rest stitched here.
         let hash = |x: &str| format!("CASE WHEN {x} IS NOT NULL THEN {} END", sql::group_hash(d, x));
         let linked = Sql::new(format!("SELECT coalesce({}, p.person_hash), p.pageviews FROM ", hash("l.user_id")))
-            .push(self.parts("anonymous_id, person_hash, pageviews", Sql::new("compacted AND unlinked")).wrap())
+            .push(
+                self.parts(
+                    "coalesce(user_id, anonymous_id) AS x_id, person_hash, pageviews",
+                    Sql::new("compacted AND unlinked"),
+                )
+                .wrap(),
+            )
             .raw(" p LEFT JOIN (SELECT anonymous_id, user_id FROM recent_links WHERE project_id = ")
             .int(self.project_id)
-            .raw(") l ON l.anonymous_id = p.anonymous_id");
+            .raw(") l ON l.anonymous_id = p.x_id");
         let stitched = Sql::new(format!("SELECT {}, x_n FROM ", hash("person"))).push(
             self.source(Sql::join([self.parts(VISIT, Sql::new("NOT compacted")), self.edges()], " UNION ALL "))
                 .with_person()

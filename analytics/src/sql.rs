@@ -349,8 +349,12 @@ pub fn after_time_key(d: Dialect, key: &str) -> String {
 }
 
 /// The filtered events an insight reads: `columns` computed per row from the
-/// raw event, plus `person` (the user id, else the user id the anonymous id
-/// was identified as, else the anonymous id) when asked for. Rows come from
+/// raw event, plus `person` when asked for. An event's identity is its user
+/// id, else its anonymous id; its person is the user that identity was
+/// linked to (by identify or alias), else the identity itself. A user id is
+/// looked up too: PostHog's server libraries send a visitor's distinct id
+/// as the user id before identify links it, and an alias's previous id is
+/// one person with its new id, as PostHog and Mixpanel merge them. Rows come from
 /// `events` unless [`Source::from`] names other rows with the project and
 /// identity columns.
 ///
@@ -412,7 +416,7 @@ impl Source {
             select.push(Sql::new("anonymous_id"));
             select.push(Sql::new("user_id"));
             if d == Dialect::ClickHouse {
-                select.push(Sql::new("ifNull(anonymous_id, '') AS anon_key"));
+                select.push(Sql::new("ifNull(coalesce(user_id, anonymous_id), '') AS anon_key"));
             }
         }
         if select.is_empty() {
@@ -433,16 +437,16 @@ impl Source {
         match d {
             Dialect::DuckDb => {
                 let list: String = aliases.iter().map(|a| format!("r.{a}, ")).collect();
-                Sql::new(format!("(SELECT {list}coalesce(r.user_id, i.linked_user, r.anonymous_id) AS person FROM "))
+                Sql::new(format!("(SELECT {list}coalesce(i.linked_user, r.user_id, r.anonymous_id) AS person FROM "))
                     .push(rows.wrap())
                     .raw(" r LEFT JOIN (SELECT anonymous_id AS anon_key, user_id AS linked_user FROM identities WHERE project_id = ")
                     .int(self.project_id)
-                    .raw(") i ON i.anon_key = r.anonymous_id)")
+                    .raw(") i ON i.anon_key = coalesce(r.user_id, r.anonymous_id))")
             }
             Dialect::ClickHouse => {
                 let list: String = aliases.iter().map(|a| format!("{a}, ")).collect();
                 Sql::new(format!(
-                    "(SELECT {list}coalesce(user_id, nullIf(linked_user, ''), anonymous_id) AS person FROM "
+                    "(SELECT {list}coalesce(nullIf(linked_user, ''), user_id, anonymous_id) AS person FROM "
                 ))
                 .push(rows.wrap())
                 .raw(

@@ -133,7 +133,7 @@ const POLL_TICK: Duration = Duration::from_secs(1);
 /// How often live releases are checked for a running replica.
 const RELEASE_WATCH: Duration = Duration::from_secs(5);
 /// How long a removal waits for a deploy lock held by something brief (the
-/// live-release watch) before answering a conflict.
+/// live-release watch retiring a release) before answering a conflict.
 const LOCK_GRACE: Duration = Duration::from_secs(2);
 /// The error of a run the server stopped (or crashed) during.
 const STOPPED_DURING_RUN: &str = "the server stopped during this run";
@@ -254,36 +254,43 @@ impl Pipeline {
                 continue;
             }
             for release in self.records.live_releases().unwrap_or_default() {
+                // Looked at without the deploy lock, so a rollback or a
+                // removal asked meanwhile is not refused for the watch; a
+                // release seen without replicas is looked at again under
+                // the lock (a deploy may have been replacing them).
+                if self.replica_runs(&reachable, release.id).await {
+                    continue;
+                }
                 let lock = self.records.deploy_lock(release.project_id, &release.service, &release.environment);
                 let Ok(_deploying) = lock.try_lock_owned() else { continue };
                 if !matches!(self.records.release(release.project_id, release.id), Ok(r) if r.status == ReleaseStatus::Live)
                 {
                     continue;
                 }
-                let scoped = engine::scoped(&self.instance, release.id);
-                let wanted = [(engine::INSTANCE, self.instance.as_str()), (deploy::RELEASE, scoped.as_str())];
-                let mut runs = false;
-                for (_, docker) in &reachable {
-                    match engine::containers_with(docker, &wanted).await {
-                        Ok(found) => {
-                            runs |= found.iter().any(|c| {
-                                matches!(
-                                    c.state.as_ref().map(|s| s.to_string()).as_deref(),
-                                    Some("running" | "restarting")
-                                )
-                            })
-                        }
-                        // Unknown is not gone.
-                        Err(_) => runs = true,
-                    }
-                }
-                if !runs {
+                if !self.replica_runs(&reachable, release.id).await {
                     tracing::warn!(release = release.id, service = %release.service, environment = %release.environment,
                         "no replica of the live release runs any more; it is retired");
                     let _ = self.records.release_retired(release.id);
                 }
             }
         }
+    }
+
+    /// Whether a replica of release `release_id` runs (or may: an engine
+    /// that does not answer is not taken to have none) on `reachable`.
+    async fn replica_runs(&self, reachable: &[(Arc<hosts::Host>, bollard::Docker)], release_id: i64) -> bool {
+        let scoped = engine::scoped(&self.instance, release_id);
+        let wanted = [(engine::INSTANCE, self.instance.as_str()), (deploy::RELEASE, scoped.as_str())];
+        for (_, docker) in reachable {
+            let Ok(found) = engine::containers_with(docker, &wanted).await else { return true };
+            if found
+                .iter()
+                .any(|c| matches!(c.state.as_ref().map(|s| s.to_string()).as_deref(), Some("running" | "restarting")))
+            {
+                return true;
+            }
+        }
+        false
     }
 
     /// Cancels every run and waits (up to `limit`) for their cleanup.
@@ -838,8 +845,9 @@ impl Pipeline {
     /// a deploy of it runs: refused rather than queued, as a client
     /// retrying a call that outlived its request would otherwise act twice.
     /// It waits up to `grace` first (a removal waits out the live-release
-    /// watch, which holds the lock for a moment every few seconds; a
-    /// rollback does not wait, or a retried one could follow the first).
+    /// watch, which holds the lock for a moment while it retires a release
+    /// whose replicas are gone; a rollback does not wait, or a retried one
+    /// could follow the first).
     async fn no_deploy_in_progress(
         &self,
         project_id: i64,

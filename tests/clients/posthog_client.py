@@ -1,4 +1,5 @@
-"""Sends events, person properties, aliases and groups through posthog-python,
+"""Sends events, person properties, aliases and groups through posthog-python
+(a visitor's event before an alias joins it to a user),
 and asks for feature flags (Leanloop answers that there are none).
 
 Usage: posthog_client.py HOST API_KEY
@@ -6,6 +7,7 @@ Exits non-zero if the library reports any delivery error.
 """
 import logging
 import sys
+from datetime import datetime, timezone
 
 from posthog import Posthog
 from posthog.request import flags
@@ -17,10 +19,14 @@ host, api_key = sys.argv[1], sys.argv[2]
 for gzip in (False, True):
     tag = "gz" if gzip else "plain"
     ph = Posthog(api_key, host=host, gzip=gzip, on_error=on_error, max_retries=2, enable_local_evaluation=False)
+    # A visitor tracked by its own distinct_id before the alias below joins
+    # it to the user (the library sends it as an identified id).
+    ph.capture("Python Visit", distinct_id=f"ph-{tag}-old", timestamp=datetime(2024, 5, 1, 9, 0, tzinfo=timezone.utc))
     ph.capture(
         "Python Capture",
         distinct_id=f"ph-{tag}-user",
         properties={"$release": "7.0.0", "n": 1},
+        timestamp=datetime(2024, 5, 1, 9, 5, tzinfo=timezone.utc),
         uuid="00000000-0000-4000-8000-00000000000" + ("1" if gzip else "2"),
     )
     ph.set(distinct_id=f"ph-{tag}-user", properties={"email": f"{tag}@ph.example"})

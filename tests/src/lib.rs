@@ -107,6 +107,22 @@ impl TestServer {
         answer["count"].as_u64().expect("count is a number")
     }
 
+    /// Asks the insight `kind` (`trend`, `funnel`, `people`, ...) with the
+    /// read key, once the queue has drained: the status and the JSON answer.
+    pub async fn insight(&self, kind: &str, query: &Value) -> (u16, Value) {
+        self.settle().await;
+        let response = self
+            .client
+            .post(self.url(&format!("/api/v1/projects/{}/insights/{kind}", self.project.id)))
+            .bearer_auth(&self.project.read_key)
+            .json(query)
+            .send()
+            .await
+            .expect("insight request sent");
+        let status = response.status().as_u16();
+        (status, response.json().await.expect("JSON answer"))
+    }
+
     /// Newest events matching `query`.
     pub async fn events(&self, query: &[(&str, &str)]) -> Vec<Value> {
         self.settle().await;

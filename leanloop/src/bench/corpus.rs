@@ -38,14 +38,11 @@ pub struct Corpus {
 }
 
 impl Corpus {
-    /// The person an event counts for: its user, else the user its
-    /// anonymous id became, else the anonymous id.
+    /// The person an event counts for: the user its id (its user id, else
+    /// its anonymous id) became, else that id.
     pub fn person(&self, e: &Event) -> String {
-        e.user_id
-            .clone()
-            .or_else(|| e.anonymous_id.as_ref().and_then(|a| self.links.get(a).cloned()))
-            .or_else(|| e.anonymous_id.clone())
-            .unwrap_or_default()
+        let id = e.user_id.as_ref().or(e.anonymous_id.as_ref()).cloned().unwrap_or_default();
+        self.links.get(&id).cloned().unwrap_or(id)
     }
 }
 
@@ -114,8 +111,13 @@ fn person(rng: &mut StdRng, shape: Shape, i: usize) -> PersonTraffic {
     let anon = format!("anon-{i}");
     // Most people browse anonymously first; some sign up in one of their
     // sessions; a few are only ever known by a user id (server events).
+    // Some of those who sign up are first tracked by a server library,
+    // which sends the visitor's id as the user id (PostHog's `distinct_id`)
+    // until identify links it; chosen without drawing, so the rest of the
+    // corpus is as it was.
     let server_only = rng.random_bool(0.05);
     let identifies = !server_only && rng.random_bool(0.6);
+    let visitor_as_user = identifies && i % 10 == 3;
     let user = format!("user-{i}");
     let (browser, os, device) = *pick(rng, BROWSERS);
     let country = *pick(rng, COUNTRIES);
@@ -161,6 +163,8 @@ fn person(rng: &mut StdRng, shape: Shape, i: usize) -> PersonTraffic {
             e.country = country.map(str::to_owned);
             if server_only {
                 e.user_id = Some(user.clone());
+            } else if visitor_as_user {
+                e.user_id = Some(if known { user.clone() } else { anon.clone() });
             } else {
                 e.anonymous_id = Some(anon.clone());
                 if known {

@@ -412,11 +412,15 @@ pub async fn delete_person(client: &clickhouse::Client, project_id: i64, user_id
     }
     // Cast, as an empty list is an `Array(Nothing)` that `has` refuses on
     // older servers.
-    let condition = "project_id = ? AND (user_id = ? OR has(CAST(? AS Array(String)), ifNull(anonymous_id, '')))";
+    // An id linked to them is theirs also as a user id (an alias's previous
+    // id, a server library's visitor).
+    let condition = "project_id = ? AND (user_id = ? OR has(CAST(? AS Array(String)), ifNull(anonymous_id, ''))
+        OR has(CAST(? AS Array(String)), ifNull(user_id, '')))";
     let events: u64 = client
         .query(&format!("SELECT count() FROM events WHERE {condition}"))
         .bind(project_id)
         .bind(user_id)
+        .bind(&anonymous_ids)
         .bind(&anonymous_ids)
         .fetch_one()
         .await?;
@@ -424,6 +428,7 @@ pub async fn delete_person(client: &clickhouse::Client, project_id: i64, user_id
         .query(&format!("ALTER TABLE events DELETE WHERE {condition}"))
         .bind(project_id)
         .bind(user_id)
+        .bind(&anonymous_ids)
         .bind(&anonymous_ids)
         .execute()
         .await?;

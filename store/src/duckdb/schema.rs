@@ -88,6 +88,13 @@ const STEPS: &[&str] = &[
     // 3: page views folded per session, UTC hour and identity (see
     // `sessions.rs`): stored views start as a part each, folded at open.
     SESSION_PARTS_STEP,
+    // 4: a part's person follows its user id's link too (`sessions.rs`):
+    // compacted parts with a user id are stitched again.
+    "UPDATE session_parts SET unlinked = true WHERE compacted AND user_id IS NOT NULL;
+    UPDATE session_parts SET person_hash = CAST(hash(i.user_id) >> 1 AS BIGINT), unlinked = false
+        FROM identities i
+        WHERE session_parts.compacted AND session_parts.user_id IS NOT NULL
+            AND i.project_id = session_parts.project_id AND i.anonymous_id = session_parts.user_id;",
 ];
 
 const SESSION_PARTS_STEP: &str = "CREATE TABLE session_parts (
@@ -152,4 +159,54 @@ pub fn flat_row_projection() -> String {
         })
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parts_compacted_with_a_user_id_later_linked_are_stitched_again() {
+        let conn = Connection::open_in_memory().unwrap();
+        conn.execute_batch("CREATE TABLE leanloop_schema (version BIGINT NOT NULL, applied_at TIMESTAMP NOT NULL)")
+            .unwrap();
+        // As version 3 left a store: parts compacted when a user id was
+        // its own person, whether or not it had been linked.
+        for (index, step) in STEPS[..3].iter().enumerate() {
+            conn.execute_batch(step).unwrap();
+            conn.execute("INSERT INTO leanloop_schema VALUES (?, now())", [index as i64 + 1]).unwrap();
+        }
+        let hash = |id: &str| -> i64 {
+            conn.query_row("SELECT CAST(hash(?) >> 1 AS BIGINT)", [id], |row| row.get(0)).unwrap()
+        };
+        for (user, anonymous, unlinked) in
+            [(Some("visitor"), None, false), (Some("other"), None, false), (None, Some("anon"), true)]
+        {
+            let person = hash(user.or(anonymous).unwrap());
+            conn.execute(
+                "INSERT INTO session_parts VALUES (1, 0, 's', ?, ?, 1, 5, '/', 5, '/', true, ?, ?, true)",
+                ::duckdb::params![anonymous, user, person, unlinked],
+            )
+            .unwrap();
+        }
+        conn.execute_batch("INSERT INTO identities VALUES (1, 'visitor', 'user', now())").unwrap();
+        migrate(&conn).unwrap();
+        let mut parts = conn
+            .prepare("SELECT coalesce(user_id, anonymous_id), person_hash, unlinked FROM session_parts ORDER BY 1")
+            .unwrap();
+        let got: Vec<(String, i64, bool)> = parts
+            .query_map([], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("anon".to_owned(), hash("anon"), true),
+                // A user id not linked yet may be: it waits for links as an anonymous id does.
+                ("other".to_owned(), hash("other"), true),
+                ("visitor".to_owned(), hash("user"), false),
+            ]
+        );
+    }
 }

@@ -14,9 +14,11 @@
 //! most every [`COMPACT_EVERY`], when the store opens (which also folds what
 //! the migration backfilled, a part per stored view) and when asked
 //! (`EventStore::settle`). Compacting also records, per part:
-//! - `person_hash`: a 63-bit hash of its person as stitched then, and
-//!   `unlinked` when that was its anonymous id alone. A link once made never
-//!   changes (the first wins), so only unlinked parts can change person:
+//! - `person_hash`: a 63-bit hash of its person as stitched then (as the
+//!   analytics' `Source` stitches: the link of its user id, else of its
+//!   anonymous id, else that id itself), and `unlinked` when that id had no
+//!   link. A link once made never changes (the first wins), so only
+//!   unlinked parts can change person:
 //!   links made since the last compaction wait in `recent_links`, and each
 //!   compaction applies and clears them. The overview counts visitors from
 //!   these hashes (with the recent links), not by joining every part to the
@@ -141,7 +143,7 @@ pub fn compact(conn: &Connection, step_parts: i64) -> Result<usize, StoreError> 
     tx.execute_batch(&format!(
         "UPDATE session_parts SET person_hash = {}, unlinked = false FROM recent_links l
              WHERE session_parts.unlinked AND session_parts.project_id = l.project_id
-                 AND session_parts.anonymous_id = l.anonymous_id;
+                 AND coalesce(session_parts.user_id, session_parts.anonymous_id) = l.anonymous_id;
          DELETE FROM recent_links;",
         person_hash("l.user_id")
     ))?;
@@ -168,16 +170,17 @@ fn fold(conn: &Connection, hours: &[(i64, i64)]) -> Result<usize, StoreError> {
     let (first, last) = (key("first_ms", "first_path"), key("last_ms", "last_path"));
     conn.execute_batch(&format!(
         "CREATE OR REPLACE TEMP TABLE compacted_parts AS
-             SELECT f.*, {person} AS person_hash, (f.user_id IS NULL AND i.user_id IS NULL) AS unlinked, false AS whole
+             SELECT f.*, {person} AS person_hash, i.user_id IS NULL AS unlinked, false AS whole
              FROM (SELECT p.project_id, p.hour, session_id, anonymous_id, user_id, sum(pageviews) AS pageviews,
                        min(first_ms) AS first_ms, substr(min({first}), 16) AS first_path,
                        max(last_ms) AS last_ms, substr(max({last}), 16) AS last_path, true AS compacted
                    FROM session_parts p SEMI JOIN compacting c ON p.project_id = c.project_id AND p.hour = c.hour
                    GROUP BY p.project_id, p.hour, session_id, anonymous_id, user_id) f
-             LEFT JOIN identities i ON i.project_id = f.project_id AND i.anonymous_id = f.anonymous_id;
+             LEFT JOIN identities i ON i.project_id = f.project_id
+                 AND i.anonymous_id = coalesce(f.user_id, f.anonymous_id);
          DELETE FROM session_parts USING compacting c
              WHERE session_parts.project_id = c.project_id AND session_parts.hour = c.hour;",
-        person = person_hash("coalesce(f.user_id, i.user_id, f.anonymous_id)"),
+        person = person_hash("coalesce(i.user_id, f.user_id, f.anonymous_id)"),
     ))?;
     let written = conn.execute("INSERT INTO session_parts SELECT * FROM compacted_parts", [])?;
     conn.execute_batch(

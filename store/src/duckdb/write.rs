@@ -108,12 +108,17 @@ impl Writer {
         // Their session parts and recent links go with their events, by
         // the same condition, before the links it reads are deleted. The id
         // is also taken as an anonymous id unless it was identified as
-        // someone else: a visitor never identified has only that.
-        let of_person = "WHERE project_id = ? AND (user_id = ? OR anonymous_id IN
-             (SELECT anonymous_id FROM identities WHERE project_id = ? AND user_id = ?)
+        // someone else: a visitor never identified has only that. An id
+        // linked to them is theirs also as a user id (an alias's previous
+        // id, a server library's visitor).
+        let of_person = "WHERE project_id = ? AND (user_id = ?
+             OR user_id IN (SELECT anonymous_id FROM identities WHERE project_id = ? AND user_id = ?)
+             OR anonymous_id IN (SELECT anonymous_id FROM identities WHERE project_id = ? AND user_id = ?)
              OR (anonymous_id = ? AND NOT EXISTS (SELECT 1 FROM identities
                  WHERE project_id = ? AND anonymous_id = ? AND user_id <> ?)))";
-        let of_person_params = params![project_id, user_id, project_id, user_id, user_id, project_id, user_id, user_id];
+        let of_person_params = params![
+            project_id, user_id, project_id, user_id, project_id, user_id, user_id, project_id, user_id, user_id
+        ];
         let deleted = tx.execute(&format!("DELETE FROM events {of_person}"), of_person_params)?;
         for derived in ["session_parts", "recent_links"] {
             tx.execute(&format!("DELETE FROM {derived} {of_person}"), of_person_params)?;

@@ -1140,8 +1140,8 @@ fn folded_sessions_answer_as_the_page_views_they_fold() {
             }
         }
         let person = |e: &Event| -> String {
-            let linked = e.anonymous_id.as_deref().and_then(|a| linked.get(a).copied());
-            e.user_id.as_deref().or(linked).or(e.anonymous_id.as_deref()).unwrap().to_owned()
+            let id = e.user_id.as_deref().or(e.anonymous_id.as_deref()).unwrap();
+            linked.get(id).copied().unwrap_or(id).to_owned()
         };
         let views: Vec<&Event> =
             views.iter().filter(|e| e.name == "$pageview" && erased.is_none_or(|p| c.person(e) != p)).collect();

@@ -7,19 +7,6 @@ use leanloop_tests::clickhouse::{self as ch, fresh_database, store_url};
 use leanloop_tests::{message_id, TestServer};
 use serde_json::{json, Value};
 
-async fn ask(s: &TestServer, kind: &str, query: &Value) -> (u16, Value) {
-    let response = s
-        .client
-        .post(s.url(&format!("/api/v1/projects/{}/insights/{kind}", s.project.id)))
-        .bearer_auth(&s.project.read_key)
-        .json(query)
-        .send()
-        .await
-        .expect("insight request sent");
-    let status = response.status().as_u16();
-    (status, response.json().await.expect("JSON answer"))
-}
-
 fn hostile_traffic() -> Value {
     let at = "2024-05-01T10:00:00.000Z";
     let mut batch = Vec::new();
@@ -72,15 +59,16 @@ async fn hostile_values_are_bound(s: &TestServer) {
         (json!([{"field": "properties.loose", "op": "gt", "value": 0}]), 1),
         (json!([{"field": "properties.loose", "op": "lte", "value": 1000}]), 1),
     ] {
-        let (status, answer) = ask(s, "trend", &range(json!([{"event": "checkout"}]), filters.clone())).await;
+        let (status, answer) = s.insight("trend", &range(json!([{"event": "checkout"}]), filters.clone())).await;
         assert_eq!(status, 200, "{filters}: {answer}");
         assert_eq!(total(&answer), json!(expected), "{filters}");
     }
-    let (status, answer) =
-        ask(s, "trend", &range(json!([{"event": "checkout", "math": "sum", "property": "amount"}]), json!([]))).await;
+    let (status, answer) = s
+        .insight("trend", &range(json!([{"event": "checkout", "math": "sum", "property": "amount"}]), json!([])))
+        .await;
     assert_eq!((status, total(&answer)), (200, json!(100.0)), "{answer}");
     let (status, answer) =
-        ask(s, "trend", &range(json!([{"event": "checkout", "math": "max", "property": "loose"}]), json!([]))).await;
+        s.insight("trend", &range(json!([{"event": "checkout", "math": "max", "property": "loose"}]), json!([]))).await;
     assert_eq!((status, total(&answer)), (200, json!(8.0)), "{answer}");
     // Still all there: nothing was dropped by a spliced value.
     assert_eq!(s.count(&[]).await, 5);
@@ -182,7 +170,7 @@ async fn bad_queries_name_the_field(s: &TestServer) {
         ("release-impact", json!({"release": "9.9.9", "series": {"event": "x"}, "timezone": "UTC"}), "timezone"),
     ];
     for (kind, query, field) in cases {
-        let (status, answer) = ask(s, kind, &query).await;
+        let (status, answer) = s.insight(kind, &query).await;
         assert_eq!(status, 400, "{kind} {query}: {answer}");
         assert_eq!(answer["error"]["field"], json!(field), "{kind} {query}: {answer}");
         assert!(!answer["error"]["message"].as_str().unwrap().is_empty());
@@ -239,7 +227,7 @@ async fn people_and_erasure(s: &TestServer) {
     ]});
     assert_eq!(s.post("/v1/batch", &batch).await.status(), 200);
     s.settle().await;
-    let list = |q: Value| async move { ask(s, "people", &q).await };
+    let list = |q: Value| async move { s.insight("people", &q).await };
     let ids = |answer: &Value| -> Vec<String> {
         answer["people"].as_array().unwrap().iter().map(|p| p["user_id"].as_str().unwrap().to_owned()).collect()
     };
@@ -329,6 +317,18 @@ async fn people_and_erasure(s: &TestServer) {
     assert_eq!(s.count(&[("user", "bob")]).await, 4, "Bob's events, those with his anonymous id too");
     let bob = profile("bob").await;
     assert_eq!(bob["anonymous_ids"], json!(["anon-bob"]), "{bob}");
+
+    // An alias's previous id is the user's, also as the user id its events
+    // were sent with: erased with them.
+    let alias = json!({"batch": [
+        event("track", json!({"userId": "dee-old", "event": "viewed"})),
+        event("alias", json!({"previousId": "dee-old", "userId": "dee"})),
+        event("track", json!({"userId": "dee", "event": "paid"})),
+    ]});
+    assert_eq!(s.post("/v1/batch", &alias).await.status(), 200);
+    s.settle().await;
+    assert_eq!(erase("dee").await.unwrap().json::<Value>().await.unwrap(), json!({"deleted_events": 3}));
+    assert_eq!(s.count(&[("user", "dee-old")]).await, 0);
 }
 
 /// A cohort call: method, path under the project's cohorts, optional body.
@@ -386,9 +386,9 @@ async fn cohorts_over_http(s: &TestServer) {
                "filters": [{"field": "cohort", "op": "eq", "value": cohort}]})
     };
     let total = |answer: &Value| answer["series"][0]["aggregate"].clone();
-    let (status, paid) = ask(s, "trend", &day(json!([{"event": "paid"}]), json!(id))).await;
+    let (status, paid) = s.insight("trend", &day(json!([{"event": "paid"}]), json!(id))).await;
     assert_eq!((status, total(&paid)), (200, json!(1)), "{paid}");
-    let (_, views) = ask(s, "trend", &day(json!([{"event": "$pageview"}]), json!(id))).await;
+    let (_, views) = s.insight("trend", &day(json!([{"event": "$pageview"}]), json!(id))).await;
     assert_eq!(total(&views), json!(1), "{views}");
     let (_, listed) = cohorts(s, Method::GET, "", None).await;
     assert_eq!(listed["cohorts"].as_array().map(Vec::len), Some(1), "{listed}");
@@ -402,7 +402,7 @@ async fn cohorts_over_http(s: &TestServer) {
     s.settle().await;
     let (_, read) = cohorts(s, Method::GET, &format!("/{id}"), None).await;
     assert_eq!((read["count"].clone(), read["description"].clone()), (json!(2), json!("Paying")), "{read}");
-    let (_, paid) = ask(s, "trend", &day(json!([{"event": "paid"}]), json!(id))).await;
+    let (_, paid) = s.insight("trend", &day(json!([{"event": "paid"}]), json!(id))).await;
     assert_eq!(total(&paid), json!(2), "{paid}");
 
     // An edit applies at once; a deleted cohort is gone everywhere.
@@ -416,7 +416,7 @@ async fn cohorts_over_http(s: &TestServer) {
     let (status, again) = cohorts(s, Method::POST, "", Some(again)).await;
     assert!(status == 201 && again["id"].as_i64() > Some(id), "a deleted cohort's id is not given again: {again}");
     assert!(cohorts(s, Method::DELETE, &format!("/{}", again["id"]), None).await.0 == 204);
-    let (status, answer) = ask(s, "trend", &day(json!([{"event": "paid"}]), json!(id))).await;
+    let (status, answer) = s.insight("trend", &day(json!([{"event": "paid"}]), json!(id))).await;
     assert_eq!((status, answer["error"]["field"].clone()), (400, json!("filters[0].value")), "{answer}");
     let (status, answer) = cohorts(s, Method::GET, "/first", None).await;
     assert_eq!((status, answer["error"]["field"].clone()), (400, json!("cohort_id")));
@@ -478,14 +478,14 @@ async fn live_counts_people_active_now() {
     assert_eq!(per_minute.iter().sum::<u64>(), 4, "{live}");
 
     // Ranges relative to now, as PostHog's API writes them.
-    let (status, answer) = ask(&s, "trend", &json!({"series": [{"event": "tick"}], "date_from": "-1h"})).await;
+    let (status, answer) = s.insight("trend", &json!({"series": [{"event": "tick"}], "date_from": "-1h"})).await;
     assert_eq!((status, &answer["series"][0]["aggregate"]), (200, &json!(4)), "{answer}");
     let (status, answer) =
-        ask(&s, "trend", &json!({"series": [{"event": "tick"}], "date_from": "-3h", "date_to": "-2h"})).await;
+        s.insight("trend", &json!({"series": [{"event": "tick"}], "date_from": "-3h", "date_to": "-2h"})).await;
     assert_eq!((status, &answer["series"][0]["aggregate"]), (200, &json!(0)), "{answer}");
     let query = json!({"cohort_event": {"event": "tick"}, "return_event": {"event": "tick"}, "period": "day",
                        "periods": 2, "cohort_type": "first_time", "date_from": "-1d"});
-    let (status, answer) = ask(&s, "retention", &query).await;
+    let (status, answer) = s.insight("retention", &query).await;
     assert_eq!(status, 200, "{answer}");
     let people: u64 = answer["cohorts"].as_array().unwrap().iter().map(|c| c["size"].as_u64().unwrap()).sum();
     assert_eq!(people, 3, "{answer}");

@@ -6,6 +6,7 @@
 //! SDKs fail these tests: they are never skipped.
 
 use leanloop_tests::{test_python, TestServer};
+use serde_json::json;
 use std::path::PathBuf;
 use std::process::Command;
 
@@ -77,8 +78,9 @@ async fn segment_analytics_python() {
 async fn posthog_python() {
     let s = TestServer::start().await;
     run_client(&s, "posthog_client.py").await;
-    // capture + $set + alias + groupidentify + 250 captures, plain and gzip.
-    assert_eq!(s.count(&[]).await, 508);
+    // visit + capture + $set + alias + groupidentify + 250 captures, plain
+    // and gzip.
+    assert_eq!(s.count(&[]).await, 510);
     for (tag, uuid) in
         [("plain", "00000000-0000-4000-8000-000000000002"), ("gz", "00000000-0000-4000-8000-000000000001")]
     {
@@ -93,6 +95,17 @@ async fn posthog_python() {
         assert_eq!(s.identity(&format!("ph-{tag}-old")).await.as_deref(), Some(user.as_str()));
     }
     assert_eq!(s.count(&[("name", "$group")]).await, 2);
+    // The visitor's event (sent with its distinct_id as the user id) is the
+    // user's once the alias links them: one person per tag went from the
+    // visit to the capture.
+    let funnel = json!({"steps": [{"event": "Python Visit"}, {"event": "Python Capture"}],
+                        "date_from": "2024-05-01T00:00:00Z", "date_to": "2024-05-02T00:00:00Z"});
+    let (status, answer) = s.insight("funnel", &funnel).await;
+    assert_eq!((status, &answer["steps"][1]["count"]), (200, &json!(2)), "{answer}");
+    let people = json!({"series": [{"math": "unique_users"}], "date_from": "2024-05-01T00:00:00Z",
+                        "date_to": "2024-05-02T00:00:00Z"});
+    let (status, answer) = s.insight("trend", &people).await;
+    assert_eq!((status, &answer["series"][0]["aggregate"]), (200, &json!(2)), "{answer}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
