@@ -268,10 +268,10 @@ pub(crate) fn condition(ask: &Ask, f: &Filter, at: &str) -> Result<Sql, Analytic
     Ok(if negate { Sql::new("NOT ").push(is_member) } else { is_member })
 }
 
-/// Events of a member: their user id, or (for events without one) an
-/// anonymous id identified as a member, by the link that counts for person
-/// stitching (ClickHouse keeps every link; the first one made wins), or a
-/// user id so linked.
+/// Events whose person is a member, stitched as [`crate::sql::Source`]
+/// stitches: the event's id (its user id, else its anonymous id) linked to a
+/// member, by the link that counts (ClickHouse keeps every link; the first
+/// one made wins), or a member's own id when it is linked to no one.
 fn of_members(d: Dialect, project_id: i64, cohort_id: i64, version: i64) -> Sql {
     let members = || {
         Sql::new("(SELECT user_id FROM cohort_members WHERE project_id = ")
@@ -294,9 +294,14 @@ fn of_members(d: Dialect, project_id: i64, cohort_id: i64, version: i64) -> Sql 
             .push(members())
             .raw(")"),
     };
-    // An id linked to a member (an alias's previous id) is theirs as a
-    // user id too: the people list folds it into them.
-    Sql::new("(user_id IN ").push(members()).raw(" OR coalesce(user_id, anonymous_id) IN ").push(linked).raw(")")
+    let id = "coalesce(user_id, anonymous_id)";
+    Sql::new(format!("({id} IN "))
+        .push(linked)
+        .raw(&format!(" OR ({id} IN "))
+        .push(members())
+        .raw(&format!(" AND {id} NOT IN (SELECT anonymous_id FROM identities WHERE project_id = "))
+        .int(project_id)
+        .raw(")))")
 }
 
 #[cfg(test)]

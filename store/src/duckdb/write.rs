@@ -105,8 +105,9 @@ impl Writer {
 
     pub fn delete_person(&mut self, project_id: i64, user_id: &str) -> Result<u64, StoreError> {
         let tx = self.conn.transaction()?;
-        // Their session parts and recent links go with their events, by
-        // the same condition, before the links it reads are deleted. The id
+        // Their session parts go with their events, by the same condition,
+        // before the links it reads are deleted; their recent links with
+        // their identity links (those of others stay). The id
         // is also taken as an anonymous id unless it was identified as
         // someone else: a visitor never identified has only that. An id
         // linked to them is theirs also as a user id (an alias's previous
@@ -120,17 +121,19 @@ impl Writer {
             project_id, user_id, project_id, user_id, project_id, user_id, user_id, project_id, user_id, user_id
         ];
         let deleted = tx.execute(&format!("DELETE FROM events {of_person}"), of_person_params)?;
-        for derived in ["session_parts", "recent_links"] {
-            tx.execute(&format!("DELETE FROM {derived} {of_person}"), of_person_params)?;
-        }
+        tx.execute(&format!("DELETE FROM session_parts {of_person}"), of_person_params)?;
         // The people linked to them (an anonymous visitor given traits) are theirs too.
         tx.execute(
             "DELETE FROM users WHERE project_id = ? AND (user_id = ? OR user_id IN
                  (SELECT anonymous_id FROM identities WHERE project_id = ? AND user_id = ?))",
             params![project_id, user_id, project_id, user_id],
         )?;
-        tx.execute("DELETE FROM identities WHERE project_id = ? AND user_id = ?", params![project_id, user_id])?;
-        tx.execute("DELETE FROM cohort_members WHERE project_id = ? AND user_id = ?", params![project_id, user_id])?;
+        for table in ["identities", "recent_links", "cohort_members"] {
+            tx.execute(
+                &format!("DELETE FROM {table} WHERE project_id = ? AND user_id = ?"),
+                params![project_id, user_id],
+            )?;
+        }
         tx.commit()?;
         Ok(deleted as u64)
     }
