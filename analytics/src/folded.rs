@@ -10,7 +10,7 @@
 //!   session's, without grouping, unless parts of that session came since
 //!   it was compacted;
 //! - visitors are counted from each compacted part's `person_hash` (its
-//!   person as stitched at compaction; links made since are in
+//!   person as stitched at compaction, moved by the links made since, in
 //!   `recent_links`), not by joining every part to the links. Two people
 //!   count as one only if their 63-bit hashes collide: about n²/2^64 for n
 //!   people, 5 in 10^8 for a million.
@@ -142,20 +142,21 @@ impl Folded {
                 .select(&[ColumnKind::Int, ColumnKind::Int, ColumnKind::Int]),
         )?;
 
-        // People: compacted parts by their hash (unlinked ones with the
-        // links made since), the rest stitched here.
+        // People: compacted parts by their hash, moved by the links made
+        // since (keyed by the id they link: a person's id, as links name
+        // final ids); the rest stitched here.
         let hash = |x: &str| format!("CASE WHEN {x} IS NOT NULL THEN {} END", sql::group_hash(d, x));
-        let linked = Sql::new(format!("SELECT coalesce({}, p.person_hash), p.pageviews FROM ", hash("l.user_id")))
-            .push(
-                self.parts(
-                    "coalesce(user_id, anonymous_id) AS x_id, person_hash, pageviews",
-                    Sql::new("compacted AND unlinked"),
+        let compacted = Sql::new(format!("SELECT coalesce({}, p.person_hash), p.pageviews FROM ", hash("l.user_id")))
+            .push(self.parts("person_hash, pageviews", Sql::new("compacted")).wrap())
+            .raw(
+                format!(
+                    " p LEFT JOIN (SELECT {} AS x_from, user_id FROM recent_links WHERE project_id = ",
+                    hash("anonymous_id")
                 )
-                .wrap(),
+                .as_str(),
             )
-            .raw(" p LEFT JOIN (SELECT anonymous_id, user_id FROM recent_links WHERE project_id = ")
             .int(self.project_id)
-            .raw(") l ON l.anonymous_id = p.x_id");
+            .raw(") l ON l.x_from = p.person_hash");
         let stitched = Sql::new(format!("SELECT {}, x_n FROM ", hash("person"))).push(
             self.source(Sql::join([self.parts(VISIT, Sql::new("NOT compacted")), self.edges()], " UNION ALL "))
                 .with_person()
@@ -163,9 +164,7 @@ impl Folded {
         );
         let people = ask.rows(
             Sql::new("SELECT count(DISTINCT x_ph), sum(x_n) FROM (")
-                .push(self.parts("person_hash, pageviews", Sql::new("compacted AND NOT unlinked")))
-                .raw(" UNION ALL ")
-                .push(linked)
+                .push(compacted)
                 .raw(" UNION ALL ")
                 .push(stitched)
                 .raw(") v (x_ph, x_n)")

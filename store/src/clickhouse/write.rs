@@ -243,6 +243,7 @@ pub async fn users(client: &clickhouse::Client, updates: &[UserUpdate]) -> Resul
     let first_links = crate::traits::first_links(updates);
     let mut stored: HashMap<(i64, String), UserRow> = HashMap::new();
     let mut joining: HashMap<(i64, &str), Vec<&str>> = HashMap::new();
+    let mut new_links: Vec<(i64, &str, &str)> = Vec::new();
     let projects: HashSet<i64> = people.keys().map(|(p, _)| *p).collect();
     for project_id in projects {
         // Links already stored (a repeated identify) bring nothing: only
@@ -261,6 +262,7 @@ pub async fn users(client: &clickhouse::Client, updates: &[UserUpdate]) -> Resul
         }
         for &(_, from, to) in first_links.iter().filter(|(p, from, _)| *p == project_id && !before.contains(*from)) {
             joining.entry((project_id, to)).or_default().push(from);
+            new_links.push((project_id, from, to));
         }
         let joined = joining.iter().filter(|((p, _), _)| *p == project_id).flat_map(|(_, froms)| froms.iter().copied());
         let ids: Vec<&str> = people
@@ -306,29 +308,111 @@ pub async fn users(client: &clickhouse::Client, updates: &[UserUpdate]) -> Resul
     }
     insert.end().await?;
 
+    links(client, updates, &new_links).await
+}
+
+/// Stores the links of `updates` so that each names a final id, as the
+/// DuckDB store does (one lookup is then a whole chain: an identified user
+/// given an alias): a new link (`new_links`, its id linked for the first
+/// time) to an id linked on goes where that one goes, and the links to an
+/// id now linked on move to its target, by a row dated just before their
+/// first (readers take `argMin(user_id, linked_at_ms)`). Other links are
+/// stored as they come; the first one made wins.
+async fn links(
+    client: &clickhouse::Client,
+    updates: &[UserUpdate],
+    new_links: &[(i64, &str, &str)],
+) -> Result<(), StoreError> {
+    let mut target: HashMap<(i64, &str), String> = HashMap::new();
+    let mut moved: Vec<(i64, String, String, i64)> = Vec::new();
+    let projects: HashSet<i64> = new_links.iter().map(|(p, ..)| *p).collect();
+    for project_id in projects {
+        let new: Vec<(&str, &str)> =
+            new_links.iter().filter(|(p, ..)| *p == project_id).map(|&(_, from, to)| (from, to)).collect();
+        let in_batch: HashMap<&str, &str> = new.iter().copied().collect();
+        let users: Vec<&str> = new.iter().map(|(_, to)| *to).collect();
+        let mut stored: HashMap<String, String> = HashMap::new();
+        for chunk in bounded_chunks(&users) {
+            let found: Vec<(String, String)> = client
+                .query(
+                    "SELECT anonymous_id, argMin(user_id, linked_at_ms) FROM identities
+                     WHERE project_id = ? AND has(?, anonymous_id) GROUP BY anonymous_id",
+                )
+                .bind(project_id)
+                .bind(chunk)
+                .fetch_all()
+                .await?;
+            stored.extend(found);
+        }
+        for &(from, to) in &new {
+            let mut end = to.to_owned();
+            for _ in 0..MAX_LINK_HOPS {
+                let next = in_batch.get(end.as_str()).map(|n| (*n).to_owned()).or_else(|| stored.get(&end).cloned());
+                match next {
+                    Some(next) if next != from => end = next,
+                    _ => break,
+                }
+            }
+            target.insert((project_id, from), end);
+        }
+        // Stored links to the ids linked now, with their first time.
+        let froms: Vec<&str> = new.iter().map(|(from, _)| *from).collect();
+        for chunk in bounded_chunks(&froms) {
+            let found: Vec<(String, String, i64)> = client
+                .query(
+                    "SELECT anonymous_id, argMin(user_id, linked_at_ms), min(linked_at_ms) FROM identities
+                     WHERE project_id = ? AND anonymous_id IN
+                         (SELECT anonymous_id FROM identities WHERE project_id = ? AND has(?, user_id))
+                     GROUP BY anonymous_id HAVING has(?, argMin(user_id, linked_at_ms))",
+                )
+                .bind(project_id)
+                .bind(project_id)
+                .bind(chunk)
+                .bind(chunk)
+                .fetch_all()
+                .await?;
+            for (anonymous_id, via, first_ms) in found {
+                let end = target[&(project_id, via.as_str())].clone();
+                if end != anonymous_id {
+                    moved.push((project_id, anonymous_id, end, first_ms - 1));
+                }
+            }
+        }
+    }
     let mut linked = HashSet::new();
     let stored_at = link_time();
-    let links: Vec<IdentityRow> = updates
+    let mut rows: Vec<IdentityRow> = updates
         .iter()
         .filter_map(|u| {
             let anonymous_id = u.anonymous_id.as_deref()?;
-            (anonymous_id != u.user_id && linked.insert((u.project_id, anonymous_id))).then_some(IdentityRow {
+            let user_id = target.get(&(u.project_id, anonymous_id)).map_or(u.user_id.as_str(), String::as_str);
+            (anonymous_id != user_id && linked.insert((u.project_id, anonymous_id))).then_some(IdentityRow {
                 project_id: u.project_id,
                 anonymous_id,
-                user_id: &u.user_id,
+                user_id,
                 linked_at_ms: stored_at,
             })
         })
         .collect();
-    if !links.is_empty() {
+    rows.extend(moved.iter().map(|(project_id, anonymous_id, user_id, at)| IdentityRow {
+        project_id: *project_id,
+        anonymous_id,
+        user_id,
+        linked_at_ms: *at,
+    }));
+    if !rows.is_empty() {
         let mut insert = client.insert::<IdentityRow<'static>>("identities").await?;
-        for link in &links {
-            insert.write(link).await?;
+        for row in &rows {
+            insert.write(row).await?;
         }
         insert.end().await?;
     }
     Ok(())
 }
+
+/// How many links a new link is followed through (a chain made of one
+/// batch's links; stored links already name a final id).
+const MAX_LINK_HOPS: usize = 8;
 
 #[derive(Row, Serialize)]
 struct MemberRow<'a> {

@@ -88,13 +88,26 @@ const STEPS: &[&str] = &[
     // 3: page views folded per session, UTC hour and identity (see
     // `sessions.rs`): stored views start as a part each, folded at open.
     SESSION_PARTS_STEP,
-    // 4: a part's person follows its user id's link too (`sessions.rs`):
-    // compacted parts with a user id are stitched again.
-    "UPDATE session_parts SET unlinked = true WHERE compacted AND user_id IS NOT NULL;
+    // 4: links name a final id (`write.rs`): chains stored earlier are
+    // followed through (a hop per statement), and compacted parts are
+    // stitched again, their user id's link followed too (`sessions.rs`).
+    "UPDATE identities SET user_id = t.user_id FROM identities t
+        WHERE t.project_id = identities.project_id AND t.anonymous_id = identities.user_id
+            AND t.user_id <> identities.anonymous_id;
+    UPDATE identities SET user_id = t.user_id FROM identities t
+        WHERE t.project_id = identities.project_id AND t.anonymous_id = identities.user_id
+            AND t.user_id <> identities.anonymous_id;
+    UPDATE identities SET user_id = t.user_id FROM identities t
+        WHERE t.project_id = identities.project_id AND t.anonymous_id = identities.user_id
+            AND t.user_id <> identities.anonymous_id;
+    UPDATE recent_links SET user_id = i.user_id FROM identities i
+        WHERE i.project_id = recent_links.project_id AND i.anonymous_id = recent_links.anonymous_id;
+    UPDATE session_parts SET person_hash = CAST(hash(coalesce(user_id, anonymous_id)) >> 1 AS BIGINT), unlinked = true
+        WHERE compacted;
     UPDATE session_parts SET person_hash = CAST(hash(i.user_id) >> 1 AS BIGINT), unlinked = false
         FROM identities i
-        WHERE session_parts.compacted AND session_parts.user_id IS NOT NULL
-            AND i.project_id = session_parts.project_id AND i.anonymous_id = session_parts.user_id;",
+        WHERE session_parts.compacted AND i.project_id = session_parts.project_id
+            AND i.anonymous_id = coalesce(session_parts.user_id, session_parts.anonymous_id);",
 ];
 
 const SESSION_PARTS_STEP: &str = "CREATE TABLE session_parts (
@@ -166,12 +179,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn parts_compacted_with_a_user_id_later_linked_are_stitched_again() {
+    fn stored_chains_of_links_are_followed_and_parts_stitched_again() {
         let conn = Connection::open_in_memory().unwrap();
         conn.execute_batch("CREATE TABLE leanloop_schema (version BIGINT NOT NULL, applied_at TIMESTAMP NOT NULL)")
             .unwrap();
-        // As version 3 left a store: parts compacted when a user id was
-        // its own person, whether or not it had been linked.
+        // As version 3 left a store: x identified as visitor, whose id was
+        // later aliased to user; parts compacted when a user id was its own
+        // person and links were followed from anonymous ids only.
         for (index, step) in STEPS[..3].iter().enumerate() {
             conn.execute_batch(step).unwrap();
             conn.execute("INSERT INTO leanloop_schema VALUES (?, now())", [index as i64 + 1]).unwrap();
@@ -179,22 +193,41 @@ mod tests {
         let hash = |id: &str| -> i64 {
             conn.query_row("SELECT CAST(hash(?) >> 1 AS BIGINT)", [id], |row| row.get(0)).unwrap()
         };
-        for (user, anonymous, unlinked) in
-            [(Some("visitor"), None, false), (Some("other"), None, false), (None, Some("anon"), true)]
-        {
-            let person = hash(user.or(anonymous).unwrap());
+        let parts = [
+            (Some("visitor"), None, "visitor", false),
+            (Some("other"), None, "other", false),
+            (None, Some("x"), "visitor", false),
+            (None, Some("anon"), "anon", true),
+        ];
+        for (user, anonymous, person, unlinked) in parts {
             conn.execute(
                 "INSERT INTO session_parts VALUES (1, 0, 's', ?, ?, 1, 5, '/', 5, '/', true, ?, ?, true)",
-                ::duckdb::params![anonymous, user, person, unlinked],
+                ::duckdb::params![anonymous, user, hash(person), unlinked],
             )
             .unwrap();
         }
-        conn.execute_batch("INSERT INTO identities VALUES (1, 'visitor', 'user', now())").unwrap();
+        conn.execute_batch(
+            "INSERT INTO identities VALUES (1, 'x', 'visitor', now()), (1, 'visitor', 'user', now()),
+                 (1, 'a', 'b', now()), (1, 'b', 'a', now());
+             INSERT INTO recent_links VALUES (1, 'x', 'visitor')",
+        )
+        .unwrap();
         migrate(&conn).unwrap();
-        let mut parts = conn
+        let rows = |sql: &str| -> Vec<(String, String)> {
+            let mut query = conn.prepare(sql).unwrap();
+            query.query_map([], |row| Ok((row.get(0)?, row.get(1)?))).unwrap().map(Result::unwrap).collect()
+        };
+        let pair = |a: &str, b: &str| (a.to_owned(), b.to_owned());
+        // A loop stays as it was: neither id is final.
+        assert_eq!(
+            rows("SELECT anonymous_id, user_id FROM identities ORDER BY 1"),
+            [pair("a", "b"), pair("b", "a"), pair("visitor", "user"), pair("x", "user")]
+        );
+        assert_eq!(rows("SELECT anonymous_id, user_id FROM recent_links"), [pair("x", "user")]);
+        let mut query = conn
             .prepare("SELECT coalesce(user_id, anonymous_id), person_hash, unlinked FROM session_parts ORDER BY 1")
             .unwrap();
-        let got: Vec<(String, i64, bool)> = parts
+        let got: Vec<(String, i64, bool)> = query
             .query_map([], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))
             .unwrap()
             .map(Result::unwrap)
@@ -206,6 +239,7 @@ mod tests {
                 // A user id not linked yet may be: it waits for links as an anonymous id does.
                 ("other".to_owned(), hash("other"), true),
                 ("visitor".to_owned(), hash("user"), false),
+                ("x".to_owned(), hash("user"), false),
             ]
         );
     }

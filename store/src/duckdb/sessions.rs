@@ -17,8 +17,9 @@
 //! - `person_hash`: a 63-bit hash of its person as stitched then (as the
 //!   analytics' `Source` stitches: the link of its user id, else of its
 //!   anonymous id, else that id itself), and `unlinked` when that id had no
-//!   link. A link once made never changes (the first wins), so only
-//!   unlinked parts can change person:
+//!   link. A person changes only when their id is linked on (links always
+//!   name a final id: a new link moves the links to its id along), so a
+//!   part's person follows the new links of its person's id:
 //!   links made since the last compaction wait in `recent_links`, and each
 //!   compaction applies and clears them. The overview counts visitors from
 //!   these hashes (with the recent links), not by joining every part to the
@@ -142,10 +143,11 @@ pub fn compact(conn: &Connection, step_parts: i64) -> Result<usize, StoreError> 
     let tx = conn.unchecked_transaction()?;
     tx.execute_batch(&format!(
         "UPDATE session_parts SET person_hash = {}, unlinked = false FROM recent_links l
-             WHERE session_parts.unlinked AND session_parts.project_id = l.project_id
-                 AND coalesce(session_parts.user_id, session_parts.anonymous_id) = l.anonymous_id;
+             WHERE session_parts.compacted AND session_parts.project_id = l.project_id
+                 AND session_parts.person_hash = {};
          DELETE FROM recent_links;",
-        person_hash("l.user_id")
+        person_hash("l.user_id"),
+        person_hash("l.anonymous_id")
     ))?;
     tx.commit()?;
     Ok(written)

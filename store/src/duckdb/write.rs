@@ -343,15 +343,45 @@ fn write_users(conn: &Connection, users: &[UserUpdate]) -> Result<(), StoreError
     }
     link.flush()?;
     drop(link);
-    // The first link made wins. New links are also kept for the session
-    // parts stitched before them (`sessions.rs`).
+    // The first link made wins: only new links stay staged.
     conn.execute_batch(
-        "INSERT INTO recent_links SELECT s.project_id, s.anonymous_id, s.user_id FROM staged_links s
-             ANTI JOIN identities i ON i.project_id = s.project_id AND i.anonymous_id = s.anonymous_id;
-         INSERT OR IGNORE INTO identities SELECT project_id, anonymous_id, user_id, epoch_ms(first_seen) FROM staged_links",
+        "DELETE FROM staged_links USING identities i
+             WHERE i.project_id = staged_links.project_id AND i.anonymous_id = staged_links.anonymous_id",
+    )?;
+    // Links name a final id, so one lookup is a whole chain (an identified
+    // user given an alias, as posthog-js's `alias` does): a new link to an
+    // id linked on goes where that one goes, ...
+    for _ in 0..MAX_LINK_HOPS {
+        let moved = conn.execute(
+            "UPDATE staged_links SET user_id = t.user_id
+                 FROM (SELECT project_id, anonymous_id, user_id FROM identities
+                       UNION ALL SELECT project_id, anonymous_id, user_id FROM staged_links) t
+                 WHERE t.project_id = staged_links.project_id AND t.anonymous_id = staged_links.user_id
+                     AND t.user_id <> staged_links.anonymous_id",
+            [],
+        )?;
+        if moved == 0 {
+            break;
+        }
+    }
+    // ... and links to an id now linked on follow it, those waiting for
+    // the session parts (`sessions.rs`) too.
+    conn.execute_batch(
+        "INSERT INTO identities SELECT project_id, anonymous_id, user_id, epoch_ms(first_seen) FROM staged_links;
+         INSERT INTO recent_links SELECT project_id, anonymous_id, user_id FROM staged_links;
+         UPDATE identities SET user_id = s.user_id FROM staged_links s
+             WHERE identities.project_id = s.project_id AND identities.user_id = s.anonymous_id
+                 AND identities.anonymous_id <> s.user_id;
+         UPDATE recent_links SET user_id = s.user_id FROM staged_links s
+             WHERE recent_links.project_id = s.project_id AND recent_links.user_id = s.anonymous_id
+                 AND recent_links.anonymous_id <> s.user_id;",
     )?;
     Ok(())
 }
+
+/// How many links a new link is followed through within one write (a
+/// chain made of this batch's links alone; stored links are already final).
+const MAX_LINK_HOPS: usize = 8;
 
 #[cfg(test)]
 mod tests {
