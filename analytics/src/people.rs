@@ -395,13 +395,12 @@ pub fn profile(ask: &Ask, user_id: &str, limit: usize) -> Result<Option<Profile>
     Ok(Some(Profile { person: person(stored), anonymous_ids, events }))
 }
 
-/// Events of a person: their user id, or one of the ids linked to them,
-/// sent as an anonymous id or (an alias's previous id) as a user id.
+/// Events of a person, as insights stitch them: those whose id (user id,
+/// else anonymous id) is theirs or one of the ids linked to them. An event
+/// with another user's id stays that user's, whichever device sent it.
 fn of_person(user_id: &str, anonymous_ids: &[String]) -> Sql {
-    let mut cond = Sql::new("user_id = ").text(user_id);
-    if !anonymous_ids.is_empty() {
-        let list = || Sql::join(anonymous_ids.iter().map(|a| Sql::default().text(a)), ", ");
-        cond = cond.raw(" OR anonymous_id IN (").push(list()).raw(") OR user_id IN (").push(list()).raw(")");
-    }
-    cond
+    let ids = std::iter::once(user_id).chain(anonymous_ids.iter().map(String::as_str));
+    Sql::new("coalesce(user_id, anonymous_id) IN (")
+        .push(Sql::join(ids.map(|id| Sql::default().text(id)), ", "))
+        .raw(")")
 }

@@ -572,14 +572,31 @@ impl Pipeline {
                 (s.name.clone(), kind)
             })
             .collect();
-        let run_id = self.records.create_run(&new, environment.as_deref(), &steps)?;
         let reuse = match &restart {
-            Some((_, from)) if file.steps.iter().any(|s| &s.name == from) => runner::reused_steps(&file, from),
-            Some((_, from)) => {
+            Some((earlier, from)) if file.steps.iter().any(|s| &s.name == from) => {
+                let reuse = runner::reused_steps(&file, from);
+                // A step kept from the earlier run must have passed there:
+                // a restart past a failed test must not ship its commit.
+                let before = self.records.run(*earlier)?;
+                if let Some(step) = before.steps.iter().find(|s| reuse.contains(&s.name) && !s.status.passed()) {
+                    return Err(PipelineError::Conflict(format!(
+                        "step `{}` did not pass in run {earlier} ({}): restart from it, or from a step before it",
+                        step.name,
+                        step.status.as_str()
+                    )));
+                }
+                Some(reuse)
+            }
+            _ => None,
+        };
+        let run_id = self.records.create_run(&new, environment.as_deref(), &steps)?;
+        let reuse = match (&restart, reuse) {
+            (_, Some(reuse)) => reuse,
+            (Some((_, from)), None) => {
                 self.records.fail_run(run_id, &format!("step `{from}` is not in the pipeline file at this commit"))?;
                 return self.records.run(run_id);
             }
-            None => Default::default(),
+            (None, None) => Default::default(),
         };
         let secrets: HashMap<String, String> = self.records.secrets(repo.id)?.into_iter().collect();
         let log = Arc::new(RunLog::new(run_id, self.records.clone(), secrets.values().cloned().collect())?);

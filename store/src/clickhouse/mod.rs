@@ -302,11 +302,13 @@ impl<'s> Writing<'s> {
         Ok(())
     }
 
-    /// Waits until the events are stored, then writes the person updates.
+    /// Writes the person updates and links, then ends the events' insert:
+    /// a question (or an erasure) that sees the events sees whose they are.
     fn finish(mut self, users: &[UserUpdate]) -> Result<WriteOutcome, StoreError> {
+        let people = self.store.block(write::users(&self.store.client, users));
+        self.fenced(people)?;
         let ended = self.store.block(self.inserts.end());
         self.fenced(ended)?;
-        self.store.block(write::users(&self.store.client, users))?;
         Ok(self.outcome)
     }
 

@@ -479,8 +479,7 @@ pub async fn delete_person(client: &clickhouse::Client, project_id: i64, user_id
         .bind(user_id)
         .fetch_all()
         .await?;
-    // The id is also taken as an anonymous id unless it was identified as
-    // someone else first: a visitor never identified has only that.
+    // Their own id is theirs unless it was linked to someone else first.
     let owners: Vec<String> = client
         .query(
             "SELECT argMin(user_id, linked_at_ms) FROM identities WHERE project_id = ? AND anonymous_id = ?
@@ -494,25 +493,20 @@ pub async fn delete_person(client: &clickhouse::Client, project_id: i64, user_id
     if owners.iter().all(|owner| owner == user_id) {
         anonymous_ids.push(user_id.to_owned());
     }
-    // Cast, as an empty list is an `Array(Nothing)` that `has` refuses on
-    // older servers.
-    // An id linked to them is theirs also as a user id (an alias's previous
-    // id, a server library's visitor).
-    let condition = "project_id = ? AND (user_id = ? OR has(CAST(? AS Array(String)), ifNull(anonymous_id, ''))
-        OR has(CAST(? AS Array(String)), ifNull(user_id, '')))";
+    // Events whose person they are, as insights stitch them: an event's id
+    // (user id, else anonymous id) among these. Another user's events on a
+    // device they shared stay. Cast, as an empty list is an
+    // `Array(Nothing)` that `has` refuses on older servers.
+    let condition = "project_id = ? AND has(CAST(? AS Array(String)), ifNull(coalesce(user_id, anonymous_id), ''))";
     let events: u64 = client
         .query(&format!("SELECT count() FROM events WHERE {condition}"))
         .bind(project_id)
-        .bind(user_id)
-        .bind(&anonymous_ids)
         .bind(&anonymous_ids)
         .fetch_one()
         .await?;
     client
         .query(&format!("ALTER TABLE events DELETE WHERE {condition}"))
         .bind(project_id)
-        .bind(user_id)
-        .bind(&anonymous_ids)
         .bind(&anonymous_ids)
         .execute()
         .await?;

@@ -105,21 +105,17 @@ impl Writer {
 
     pub fn delete_person(&mut self, project_id: i64, user_id: &str) -> Result<u64, StoreError> {
         let tx = self.conn.transaction()?;
-        // Their session parts go with their events, by the same condition,
-        // before the links it reads are deleted; their recent links with
-        // their identity links (those of others stay). The id
-        // is also taken as an anonymous id unless it was identified as
-        // someone else: a visitor never identified has only that. An id
-        // linked to them is theirs also as a user id (an alias's previous
-        // id, a server library's visitor).
-        let of_person = "WHERE project_id = ? AND (user_id = ?
-             OR user_id IN (SELECT anonymous_id FROM identities WHERE project_id = ? AND user_id = ?)
-             OR anonymous_id IN (SELECT anonymous_id FROM identities WHERE project_id = ? AND user_id = ?)
-             OR (anonymous_id = ? AND NOT EXISTS (SELECT 1 FROM identities
-                 WHERE project_id = ? AND anonymous_id = ? AND user_id <> ?)))";
-        let of_person_params = params![
-            project_id, user_id, project_id, user_id, project_id, user_id, user_id, project_id, user_id, user_id
-        ];
+        // Their events are those whose person they are, as insights stitch
+        // them: an event's id (user id, else anonymous id) linked to them,
+        // or theirs unless it is linked to someone else. Another user's
+        // events on a device they shared stay. Their session parts go by
+        // the same condition, before the links it reads are deleted; their
+        // recent links with their identity links (those of others stay).
+        let of_person = "WHERE project_id = ? AND (coalesce(user_id, anonymous_id) IN
+                 (SELECT anonymous_id FROM identities WHERE project_id = ? AND user_id = ?)
+             OR (coalesce(user_id, anonymous_id) = ? AND NOT EXISTS (SELECT 1 FROM identities
+                 WHERE project_id = ? AND anonymous_id = ?)))";
+        let of_person_params = params![project_id, project_id, user_id, user_id, project_id, user_id];
         let deleted = tx.execute(&format!("DELETE FROM events {of_person}"), of_person_params)?;
         tx.execute(&format!("DELETE FROM session_parts {of_person}"), of_person_params)?;
         // The people linked to them (an anonymous visitor given traits) are theirs too.

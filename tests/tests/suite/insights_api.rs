@@ -329,6 +329,20 @@ async fn people_and_erasure(s: &TestServer) {
     s.settle().await;
     assert_eq!(erase("dee").await.unwrap().json::<Value>().await.unwrap(), json!({"deleted_events": 3}));
     assert_eq!(s.count(&[("user", "dee-old")]).await, 0);
+
+    // A shared device: its id is eve's (linked first), but what fay sends
+    // from it is fay's, in her profile and not erased with eve.
+    let shared = json!({"batch": [
+        event("identify", json!({"anonymousId": "dev-1", "userId": "eve", "traits": {"name": "Eve"}})),
+        event("identify", json!({"anonymousId": "dev-1", "userId": "fay", "traits": {"name": "Fay"}})),
+        event("track", json!({"anonymousId": "dev-1", "userId": "fay", "event": "paid"})),
+    ]});
+    assert_eq!(s.post("/v1/batch", &shared).await.status(), 200);
+    s.settle().await;
+    assert_eq!(profile("eve").await["events"].as_array().unwrap().len(), 1);
+    assert_eq!(profile("fay").await["events"].as_array().unwrap().len(), 2);
+    assert_eq!(erase("eve").await.unwrap().json::<Value>().await.unwrap(), json!({"deleted_events": 1}));
+    assert_eq!(s.count(&[("user", "fay")]).await, 2);
 }
 
 /// A cohort call: method, path under the project's cohorts, optional body.

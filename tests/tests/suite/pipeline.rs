@@ -240,6 +240,17 @@ async fn a_failing_test_step_stops_the_run_and_keeps_its_logs() {
     let (status, only) = call(&s, Method::GET, &format!("/runs/{}/logs?step=test", run["id"]), None).await;
     assert_eq!(status, 200);
     assert!(only["lines"].as_array().unwrap().iter().all(|l| l["step"] == "test"));
+    // A restart past the failed tests would ship their commit: refused,
+    // naming the step; from the tests themselves it runs them again.
+    let path = format!("/runs/{}/restart", run["id"]);
+    let restart = |from: &str| call(&s, Method::POST, &path, Some(json!({ "from": from })));
+    let (status, err) = restart("image").await;
+    assert_eq!(status, 409, "{err}");
+    assert!(err["error"]["message"].as_str().unwrap().contains("step `test` did not pass"), "{err}");
+    let (status, again) = restart("test").await;
+    assert_eq!(status, 201, "{again}");
+    let again = finished(&s, again["id"].as_i64().unwrap()).await;
+    assert_eq!(step(&again, "test")["status"], "failure", "{again}");
     let (_, releases) = call(&s, Method::GET, "/releases", None).await;
     assert_eq!(releases["releases"], json!([]));
     pipeline::stop_leaving_nothing(s, case).await;
