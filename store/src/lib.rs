@@ -13,6 +13,7 @@ pub mod clickhouse;
 pub mod duckdb;
 mod error;
 mod filter;
+mod links;
 mod seen;
 pub mod select;
 pub mod traits;

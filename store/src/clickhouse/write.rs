@@ -324,12 +324,13 @@ async fn links(
     new_links: &[(i64, &str, &str)],
 ) -> Result<(), StoreError> {
     let mut target: HashMap<(i64, &str), String> = HashMap::new();
+    // New links that would make a loop, not made.
+    let mut looping: HashSet<(i64, &str)> = HashSet::new();
     let mut moved: Vec<(i64, String, String, i64)> = Vec::new();
     let projects: HashSet<i64> = new_links.iter().map(|(p, ..)| *p).collect();
     for project_id in projects {
         let new: Vec<(&str, &str)> =
             new_links.iter().filter(|(p, ..)| *p == project_id).map(|&(_, from, to)| (from, to)).collect();
-        let in_batch: HashMap<&str, &str> = new.iter().copied().collect();
         let users: Vec<&str> = new.iter().map(|(_, to)| *to).collect();
         let mut stored: HashMap<String, String> = HashMap::new();
         for chunk in bounded_chunks(&users) {
@@ -344,16 +345,13 @@ async fn links(
                 .await?;
             stored.extend(found);
         }
-        for &(from, to) in &new {
-            let mut end = to.to_owned();
-            for _ in 0..MAX_LINK_HOPS {
-                let next = in_batch.get(end.as_str()).map(|n| (*n).to_owned()).or_else(|| stored.get(&end).cloned());
-                match next {
-                    Some(next) if next != from => end = next,
-                    _ => break,
-                }
+        for (from, end) in crate::links::resolve(&new, &stored) {
+            target.insert((project_id, from), end.to_owned());
+        }
+        for &(from, _) in &new {
+            if !target.contains_key(&(project_id, from)) {
+                looping.insert((project_id, from));
             }
-            target.insert((project_id, from), end);
         }
         // Stored links to the ids linked now, with their first time.
         let froms: Vec<&str> = new.iter().map(|(from, _)| *from).collect();
@@ -372,7 +370,7 @@ async fn links(
                 .fetch_all()
                 .await?;
             for (anonymous_id, via, first_ms) in found {
-                let end = target[&(project_id, via.as_str())].clone();
+                let Some(end) = target.get(&(project_id, via.as_str())).cloned() else { continue };
                 if end != anonymous_id {
                     moved.push((project_id, anonymous_id, end, first_ms - 1));
                 }
@@ -385,6 +383,9 @@ async fn links(
         .iter()
         .filter_map(|u| {
             let anonymous_id = u.anonymous_id.as_deref()?;
+            if looping.contains(&(u.project_id, anonymous_id)) {
+                return None;
+            }
             let user_id = target.get(&(u.project_id, anonymous_id)).map_or(u.user_id.as_str(), String::as_str);
             (anonymous_id != user_id && linked.insert((u.project_id, anonymous_id))).then_some(IdentityRow {
                 project_id: u.project_id,
@@ -409,10 +410,6 @@ async fn links(
     }
     Ok(())
 }
-
-/// How many links a new link is followed through (a chain made of one
-/// batch's links; stored links already name a final id).
-const MAX_LINK_HOPS: usize = 8;
 
 #[derive(Row, Serialize)]
 struct MemberRow<'a> {
@@ -510,14 +507,24 @@ pub async fn delete_person(client: &clickhouse::Client, project_id: i64, user_id
         .bind(&anonymous_ids)
         .execute()
         .await?;
-    for table in ["identities", "cohort_members"] {
-        client
-            .query(&format!("ALTER TABLE {table} DELETE WHERE project_id = ? AND user_id = ?"))
-            .bind(project_id)
-            .bind(user_id)
-            .execute()
-            .await?;
-    }
+    // Their links, with every row of the ids linked to them: a link moved
+    // on to them keeps its first row beside, which must not come back.
+    client
+        .query(
+            "ALTER TABLE identities DELETE WHERE project_id = ?
+                 AND (user_id = ? OR has(CAST(? AS Array(String)), anonymous_id))",
+        )
+        .bind(project_id)
+        .bind(user_id)
+        .bind(&anonymous_ids)
+        .execute()
+        .await?;
+    client
+        .query("ALTER TABLE cohort_members DELETE WHERE project_id = ? AND user_id = ?")
+        .bind(project_id)
+        .bind(user_id)
+        .execute()
+        .await?;
     // The people linked to them (an anonymous visitor given traits) are theirs too.
     client
         .query(

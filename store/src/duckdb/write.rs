@@ -344,24 +344,46 @@ fn write_users(conn: &Connection, users: &[UserUpdate]) -> Result<(), StoreError
         "DELETE FROM staged_links USING identities i
              WHERE i.project_id = staged_links.project_id AND i.anonymous_id = staged_links.anonymous_id",
     )?;
-    // Links name a final id, so one lookup is a whole chain (an identified
-    // user given an alias, as posthog-js's `alias` does): a new link to an
-    // id linked on goes where that one goes, ...
-    for _ in 0..MAX_LINK_HOPS {
-        let moved = conn.execute(
-            "UPDATE staged_links SET user_id = t.user_id
-                 FROM (SELECT project_id, anonymous_id, user_id FROM identities
-                       UNION ALL SELECT project_id, anonymous_id, user_id FROM staged_links) t
-                 WHERE t.project_id = staged_links.project_id AND t.anonymous_id = staged_links.user_id
-                     AND t.user_id <> staged_links.anonymous_id",
-            [],
+    // Links name a final id (see `links.rs`): where each new one goes.
+    let mut staged: Vec<(i64, String, String, i64)> = Vec::new();
+    let mut stored: HashMap<i64, HashMap<String, String>> = HashMap::new();
+    {
+        let mut query =
+            conn.prepare("SELECT project_id, anonymous_id, user_id, first_seen FROM staged_links ORDER BY rowid")?;
+        let mut rows = query.query([])?;
+        while let Some(row) = rows.next()? {
+            staged.push((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?));
+        }
+        let mut query = conn.prepare(
+            "SELECT DISTINCT i.project_id, i.anonymous_id, i.user_id FROM identities i
+             SEMI JOIN staged_links s ON s.project_id = i.project_id AND s.user_id = i.anonymous_id",
         )?;
-        if moved == 0 {
-            break;
+        let mut rows = query.query([])?;
+        while let Some(row) = rows.next()? {
+            stored.entry(row.get(0)?).or_default().insert(row.get(1)?, row.get(2)?);
         }
     }
-    // ... and links to an id now linked on follow it, those waiting for
-    // the session parts (`sessions.rs`) too.
+    if staged.is_empty() {
+        return Ok(());
+    }
+    conn.execute_batch("DELETE FROM staged_links")?;
+    let mut link = conn.appender_to_catalog_and_db("staged_links", "temp", "main")?;
+    let projects: HashSet<i64> = staged.iter().map(|s| s.0).collect();
+    let no_links = HashMap::new();
+    for project in projects {
+        let new: Vec<(&str, &str)> =
+            staged.iter().filter(|s| s.0 == project).map(|s| (s.1.as_str(), s.2.as_str())).collect();
+        let made = crate::links::resolve(&new, stored.get(&project).unwrap_or(&no_links));
+        for (_, from, _, seen) in staged.iter().filter(|s| s.0 == project) {
+            if let Some(end) = made.get(from.as_str()) {
+                link.append_row(params![project, from, end, seen])?;
+            }
+        }
+    }
+    link.flush()?;
+    drop(link);
+    // Links to an id linked now move along, those waiting for the session
+    // parts (`sessions.rs`) too.
     conn.execute_batch(
         "INSERT INTO identities SELECT project_id, anonymous_id, user_id, epoch_ms(first_seen) FROM staged_links;
          INSERT INTO recent_links SELECT project_id, anonymous_id, user_id FROM staged_links;
@@ -374,10 +396,6 @@ fn write_users(conn: &Connection, users: &[UserUpdate]) -> Result<(), StoreError
     )?;
     Ok(())
 }
-
-/// How many links a new link is followed through within one write (a
-/// chain made of this batch's links alone; stored links are already final).
-const MAX_LINK_HOPS: usize = 8;
 
 #[cfg(test)]
 mod tests {

@@ -1297,7 +1297,7 @@ fn an_alias_of_an_identified_user_and_an_erasure_agree_in_folded_sessions() {
     };
     let writers = [duck_store.clone(), f.click_store.clone()];
     for store in &writers {
-        store.write(&[view(1, "x"), view(2, "y"), view(3, "z")], &[]).unwrap();
+        store.write(&[view(1, "x"), view(2, "y"), view(3, "z"), view(4, "w")], &[]).unwrap();
     }
     duck_store.settle().unwrap();
     let visitors = |a: &Analytics, filtered: bool| {
@@ -1315,19 +1315,29 @@ fn an_alias_of_an_identified_user_and_an_erasure_agree_in_folded_sessions() {
         got[0].as_u64().unwrap()
     };
     // The alias in a batch of its own, after the identifies: stored links
-    // to ann move to cat.
+    // to ann move to cat. w is identified as dan, aliased to cat in the
+    // same batch. A link of cat back to x would make a loop: not made.
     for store in &writers {
         store.write(&[], &[link("ann", "x"), link("ann", "y"), link("bea", "z")]).unwrap();
-        store.write(&[], &[link("cat", "ann")]).unwrap();
+        store.write(&[], &[link("cat", "ann"), link("dan", "w"), link("cat", "dan")]).unwrap();
+        store.write(&[], &[link("x", "cat")]).unwrap();
         store.delete_person(project, "bea").unwrap();
     }
     assert_eq!(all("links waiting"), 1);
     duck_store.settle().unwrap();
     assert_eq!(all("links applied"), 1);
     for store in &writers {
-        assert_eq!(store.delete_person(project, "cat").unwrap(), 2);
+        assert_eq!(store.identity(project, "w").unwrap().as_deref(), Some("cat"));
+        assert_eq!(store.identity(project, "cat").unwrap(), None);
+        assert_eq!(store.delete_person(project, "cat").unwrap(), 3);
     }
     assert_eq!(all("cat erased"), 0);
     duck_store.settle().unwrap();
     assert_eq!(all("cat erased, compacted"), 0);
+    // x is no one's any more, on either store: a new view is its own.
+    for store in &writers {
+        store.write(&[view(5, "x")], &[]).unwrap();
+        assert_eq!(store.identity(project, "x").unwrap(), None);
+    }
+    assert_eq!(all("x again"), 1);
 }
