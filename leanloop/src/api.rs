@@ -55,8 +55,9 @@ pub(crate) fn authorise_as(
     let key = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
-        .map(str::trim)
+        // The scheme's name in any case (RFC 9110).
+        .and_then(|v| v.split_once(' ').filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer")))
+        .map(|(_, key)| key.trim())
         .ok_or_else(|| unauthorized(format!("send the project's {want} key as `Authorization: Bearer <key>`")))?;
     let id: i64 = id.parse().map_err(|_| ApiError::bad_request("id", "project id must be a number"))?;
     match shared.keys.lookup(key)? {

@@ -382,10 +382,19 @@ fn pipeline(g: &mut SchemaGenerator, paths: &mut Map<String, Value>) {
         }),
     );
     let service = vec![project_id(), text("service"), text("env")];
+    let mut rollback_op = conflicting(
+        operation("Deploy the previous healthy release again", service.clone(), None, "201", Some(release.clone())),
+        "No earlier healthy release to roll back to, a deploy of the service in progress, or the rollback's deploy \
+         failed (the message says which)",
+    );
+    rollback_op["responses"]["202"] =
+        answer("Its replicas are still turning healthy: the release, `deploying`; poll it", release);
+    rollback_op["responses"]["404"] =
+        answer("No release of that service in that environment", json!({"$ref": "#/components/schemas/Error"}));
     add(
         format!("{base}/services/{{service}}/environments/{{env}}/rollback"),
         json!({
-            "post": conflicting(operation("Deploy the previous healthy release again", service.clone(), None, "201", Some(release)), "No earlier healthy release to roll back to"),
+            "post": rollback_op,
         }),
     );
     add(

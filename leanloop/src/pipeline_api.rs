@@ -357,12 +357,22 @@ async fn release_detail(
     Ok(Json(json!(pipeline.release(project, number("release", &release)?)?)))
 }
 
+/// A rollback takes no settings: a body, if any, must be an empty object
+/// (a field a client thinks it chose with is refused, not ignored).
+#[derive(Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+struct RollbackBody {}
+
 async fn rollback(
     State(shared): State<Shared>,
     Path((id, service, env)): Path<(String, String, String)>,
     headers: HeaderMap,
+    body: Bytes,
 ) -> Result<Response, ApiError> {
     let (pipeline, project) = open(&shared, &headers, &id)?;
+    if !body.trim_ascii().is_empty() {
+        let _: RollbackBody = json_query(&body)?;
+    }
     // Answered well before the request's deadline: a rollback whose
     // replicas are slow to turn healthy is answered 202 and goes on.
     let answer_within = shared.request_timeout * 2 / 3;

@@ -63,6 +63,16 @@ where
     }
 
     fn call(&mut self, request: Request) -> Self::Future {
+        if declared_too_large(&request) {
+            let refused = ApiError {
+                status: StatusCode::PAYLOAD_TOO_LARGE,
+                code: "too_large",
+                message: format!("the body is over {API_BODY_LIMIT} bytes, the most this API reads"),
+                field: Some("body".to_owned()),
+                retry_after_secs: None,
+            };
+            return Box::pin(async move { Ok(closing(refused.into_response())) });
+        }
         // Kept for the messages of refusals.
         let (method, uri) = (request.method().clone(), request.uri().clone());
         let origin = request.headers().get(ORIGIN).cloned();
@@ -121,6 +131,22 @@ fn closing(mut response: Response) -> Response {
     response
 }
 
+/// The most the read, cohort and pipeline APIs read of a body (axum's
+/// limit for its body extractors); ingest has limits of its own.
+const API_BODY_LIMIT: u64 = 2 * 1024 * 1024;
+
+/// A request to those APIs whose declared length is over their limit:
+/// refused from its head, not after waiting for a body never read whole.
+fn declared_too_large(request: &Request) -> bool {
+    let path = request.uri().path();
+    (path.starts_with("/api/") || path.starts_with("/hooks/"))
+        && request
+            .headers()
+            .get(CONTENT_LENGTH)
+            .and_then(|n| n.to_str().ok()?.parse::<u64>().ok())
+            .is_some_and(|n| n > API_BODY_LIMIT)
+}
+
 /// Whether a request's head announces a body.
 fn carries_body(headers: &HeaderMap) -> bool {
     headers.contains_key(TRANSFER_ENCODING)
@@ -154,7 +180,11 @@ async fn jsonified(method: &Method, uri: &Uri, response: Response) -> Response {
         StatusCode::METHOD_NOT_ALLOWED => ("method_not_allowed", None, format!("{method} is not allowed on {path}")),
         StatusCode::NOT_FOUND => ("not_found", None, format!("no such route: {path}")),
         StatusCode::PAYLOAD_TOO_LARGE => ("too_large", Some("body".to_owned()), String::new()),
-        // A path segment that does not decode: axum names it in backticks.
+        // A body cut short; a path segment that does not decode: axum
+        // names it in backticks.
+        StatusCode::BAD_REQUEST if said.starts_with("Failed to buffer the request body") => {
+            ("bad_request", Some("body".to_owned()), String::new())
+        }
         StatusCode::BAD_REQUEST => ("bad_request", said.split('`').nth(1).map(str::to_owned), String::new()),
         StatusCode::INTERNAL_SERVER_ERROR => ("internal", None, String::new()),
         status if status.is_server_error() => ("unavailable", None, String::new()),

@@ -74,8 +74,13 @@ async fn git(dir: Option<&Path>, args: &[&str]) -> Result<Vec<u8>, PipelineError
     if let Some(dir) = dir {
         command.arg("-C").arg(dir);
     }
-    // Never ask for credentials on a terminal; fail instead.
-    command.args(args).env("GIT_TERMINAL_PROMPT", "0").kill_on_drop(true);
+    // Never ask for credentials on a terminal; fail instead. Only plain
+    // transports: `ext::` runs a command, `fd::` waits on a descriptor.
+    command
+        .args(args)
+        .env("GIT_TERMINAL_PROMPT", "0")
+        .env("GIT_ALLOW_PROTOCOL", "file:git:http:https:ssh")
+        .kill_on_drop(true);
     let output = command.output().await.map_err(|e| PipelineError::Git(format!("cannot run git: {e}")))?;
     if !output.status.success() {
         let stderr = String::from_utf8_lossy(&output.stderr);

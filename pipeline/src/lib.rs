@@ -803,12 +803,20 @@ impl Pipeline {
         let previous = match &current {
             Some(current) => self.records.previous_healthy(project_id, service, environment, current)?,
             None => self.records.last_healthy(project_id, service, environment)?,
-        }
-        .ok_or_else(|| {
-            PipelineError::Conflict(format!(
-                "{service} in {environment} has no earlier healthy release to roll back to"
-            ))
-        })?;
+        };
+        let previous = match previous {
+            Some(previous) => previous,
+            None if current.is_none()
+                && self.records.releases(project_id, Some(service), Some(environment), 1)?.is_empty() =>
+            {
+                return Err(PipelineError::NotFound(format!("no release of {service} in {environment}")))
+            }
+            None => {
+                return Err(PipelineError::Conflict(format!(
+                    "{service} in {environment} has no earlier healthy release to roll back to"
+                )))
+            }
+        };
         let spec: spec::Deploy = serde_json::from_str(&previous.spec)
             .map_err(|e| PipelineError::Conflict(format!("release {} cannot be redeployed: {e}", previous.id)))?;
         let (_, docker) = self.hosts.reachable().await.into_iter().next().ok_or(PipelineError::NoHost)?;

@@ -376,6 +376,12 @@ fn read_file(text: &str) -> Result<RawFile, PipelineError> {
             message: format!("control character U+{:04X} is not allowed in YAML; quote it as an escape", c as u32),
         });
     }
+    if let Some(line) = too_deep_line(text) {
+        return Err(PipelineError::InvalidFile {
+            line: Some(line),
+            message: format!("flow collections (`[`, `{{`) are nested over {MAX_FLOW_DEPTH} deep"),
+        });
+    }
     if let Some(line) = merge_key_line(text) {
         return Err(PipelineError::InvalidFile {
             line: Some(line),
@@ -396,6 +402,49 @@ fn control_character(text: &str) -> Option<(usize, char)> {
     };
     let (at, c) = text.char_indices().find(|&(_, c)| forbidden(c))?;
     Some((text[..at].matches('\n').count() + 1, c))
+}
+
+/// How deep `[` and `{` may nest: far past any pipeline file, and short of
+/// the depth at which the YAML reader takes seconds of a core.
+const MAX_FLOW_DEPTH: usize = 64;
+
+/// The 1-based line where flow collections first nest over
+/// [`MAX_FLOW_DEPTH`], outside quotes and comments (closely enough: a
+/// false alarm needs 64 unquoted brackets).
+fn too_deep_line(text: &str) -> Option<usize> {
+    let (mut depth, mut line) = (0usize, 1);
+    let mut quote: Option<char> = None;
+    let mut chars = text.chars().peekable();
+    let (mut after_space, mut node_start) = (true, true);
+    while let Some(c) = chars.next() {
+        match (quote, c) {
+            (_, '\n') => {
+                line += 1;
+                if quote == Some('#') {
+                    quote = None;
+                }
+            }
+            (Some('"'), '\\') => {
+                chars.next();
+            }
+            (Some(q), c) if c == q && q != '#' => quote = None,
+            (Some(_), _) => {}
+            // A quote opens a scalar only where a node starts.
+            (None, '"' | '\'') if node_start => quote = Some(c),
+            (None, '#') if after_space => quote = Some('#'),
+            (None, '[' | '{') => {
+                depth += 1;
+                if depth > MAX_FLOW_DEPTH {
+                    return Some(line);
+                }
+            }
+            (None, ']' | '}') => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+        after_space = c.is_whitespace();
+        node_start = after_space || "[{,:-?".contains(c);
+    }
+    None
 }
 
 /// The 1-based line of the first merge key: `<<:` as a block key (after
@@ -943,6 +992,23 @@ steps:
         }
         let heredoc = text.replace("[sh test.sh, 'true']", "['cat <<EOF', 'true']");
         assert!(Pipeline::parse(&heredoc).is_ok(), "a here-document in a command is no merge key");
+    }
+
+    #[test]
+    fn deep_flow_nesting_is_refused_before_the_yaml_reader() {
+        let deep = format!("steps:\n  - name: a\n    commands: {}\n", "[".repeat(30_000));
+        let started = std::time::Instant::now();
+        let Err(PipelineError::InvalidFile { line, message }) = Pipeline::parse(&deep) else { panic!("refused") };
+        assert_eq!(line, Some(3), "{message}");
+        assert!(message.contains("nested over 64 deep"), "{message}");
+        assert!(started.elapsed() < std::time::Duration::from_millis(100));
+        // Brackets in quotes and comments are not nesting; a quote inside
+        // a plain scalar opens nothing.
+        let many = "[".repeat(100);
+        for fine in [format!("a: '{many}'"), format!("a: \"{many}\""), format!("a: 1 # {many}")] {
+            assert_eq!(too_deep_line(&fine), None, "{fine}");
+        }
+        assert_eq!(too_deep_line(&format!("a: [x', {many}")), Some(1));
     }
 
     #[test]

@@ -267,6 +267,24 @@ async fn refused_whole_requests_name_the_field() {
     // A query-string parameter of the wrong kind is named too.
     let events = read(format!("/api/v1/projects/{}/events?limit=x", s.project.id));
     assert_eq!(refusal(events).await, named(400, "limit"));
+    // The scheme's name is read in any case.
+    let shouted = s
+        .client
+        .get(s.url(&format!("/api/v1/projects/{}/events/count", s.project.id)))
+        .header("authorization", format!("BEARER {}", s.project.read_key));
+    assert_eq!(shouted.send().await.unwrap().status(), 200);
+    // A body declared over the API's limit is refused from the head, not
+    // waited for; one cut short names the body.
+    let path = format!("/api/v1/projects/{}/insights/trend", s.project.id);
+    let auth = format!("authorization: Bearer {}\r\n", s.project.read_key);
+    let head = format!("POST {path} HTTP/1.1\r\nhost: x\r\n{auth}content-length: 6000000\r\n\r\n");
+    let answer = raw_exchange(&s, &head, &[b"{".to_vec()]).await;
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    assert!(answer.contains(r#""field":"body""#), "{answer}");
+    let head = format!("POST {path} HTTP/1.1\r\nhost: x\r\n{auth}transfer-encoding: chunked\r\n\r\n");
+    let answer = raw_exchange(&s, &head, &[b"zz\r\n{}\r\n".to_vec()]).await;
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    assert!(answer.contains(r#""field":"body""#), "{answer}");
     assert_eq!(s.count(&[]).await, 0);
 }
 

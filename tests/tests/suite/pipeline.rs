@@ -134,6 +134,15 @@ async fn fixture_is_tested_built_pushed_deployed_and_rolled_back() {
     let (_, old) = call(&s, Method::GET, &format!("/releases/{}", first["id"]), None).await;
     assert_eq!(old["status"], "superseded");
 
+    // A rollback takes no settings; a service never deployed there has
+    // nothing to roll back.
+    let (status, err) =
+        call(&s, Method::POST, "/services/fixture-web/environments/production/rollback", Some(json!({ "release": 1 })))
+            .await;
+    assert_eq!((status, err["error"]["field"].as_str()), (400, Some("release")), "{err}");
+    let (status, err) = call(&s, Method::POST, "/services/fixture-web/environments/nosuch/rollback", None).await;
+    assert_eq!(status, 404, "{err}");
+
     // Rollback returns to the first release's image. Two at once start one
     // deploy: the other is refused, not run after it.
     let rollback = || call(&s, Method::POST, "/services/fixture-web/environments/production/rollback", None);
@@ -552,9 +561,12 @@ async fn invalid_files_are_reported_with_line_numbers_and_polling_finds_commits(
     assert_eq!(run["status"], "success", "{run}");
 
     // Other projects' keys see nothing; a bad repository source is a 400.
-    let (status, err) =
-        call(&s, Method::POST, "/repos", Some(json!({ "name": "nowhere", "source": "/does/not/exist" }))).await;
-    assert_eq!((status, err["error"]["field"].as_str()), (400, Some("source")), "{err}");
+    // Git's command and descriptor transports are refused at once.
+    for source in ["/does/not/exist", "fd::17", "ext::sh -c true"] {
+        let (status, err) =
+            call(&s, Method::POST, "/repos", Some(json!({ "name": "nowhere", "source": source }))).await;
+        assert_eq!((status, err["error"]["field"].as_str()), (400, Some("source")), "{source}: {err}");
+    }
     let other = s.control.create_project("Other").unwrap();
     let response = s
         .client

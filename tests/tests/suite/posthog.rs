@@ -154,10 +154,9 @@ async fn pageviews_identify_and_set_map_onto_the_model() {
     let traits = s.user_traits("user-9").await.expect("person stored");
     assert_eq!(traits["email"], "nine@app.example");
     assert_eq!(traits["plan"], "team", "a later $set wins");
-    assert_eq!(s.identity("anon-9").await.as_deref(), Some("user-9"));
-
     // The alias links user-9 to user-9-new, who took user-9's traits: one
-    // person, whose profile holds the events sent as either.
+    // person, whose profile holds the events sent as either, and as the
+    // visitor user-9 was (links name the end of their chain).
     let url = s.url(&format!("/api/v1/projects/{}/people/user-9", s.project.id));
     let profile: Value = s.client.get(url).bearer_auth(&s.project.read_key).send().await.unwrap().json().await.unwrap();
     assert_eq!(profile["user_id"], "user-9-new", "{profile}");
@@ -165,8 +164,8 @@ async fn pageviews_identify_and_set_map_onto_the_model() {
     let mut names: Vec<&str> =
         profile["events"].as_array().unwrap().iter().map(|e| e["name"].as_str().unwrap()).collect();
     names.sort_unstable();
-    // One link deep, as events are stitched: anon-9's page view is user-9's.
-    assert_eq!(names, ["$alias", "$identify", "$set", "upgraded"], "{profile}");
+    assert_eq!(s.identity("anon-9").await.as_deref(), Some("user-9-new"));
+    assert_eq!(names, ["$alias", "$identify", "$pageview", "$set", "upgraded"], "{profile}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
