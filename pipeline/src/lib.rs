@@ -578,7 +578,7 @@ impl Pipeline {
                 // A step kept from the earlier run must have passed there:
                 // a restart past a failed test must not ship its commit.
                 let before = self.records.run(*earlier)?;
-                if let Some(step) = before.steps.iter().find(|s| reuse.contains(&s.name) && !s.status.passed()) {
+                if let Some(step) = before.steps.iter().find(|s| reuse.contains(&s.name) && !runner::reusable(s)) {
                     return Err(PipelineError::Conflict(format!(
                         "step `{}` did not pass in run {earlier} ({}): restart from it, or from a step before it",
                         step.name,

@@ -11,7 +11,7 @@ use crate::git::Mirror;
 use crate::hosts::Lease;
 use crate::images::{self, BuildJob, Built};
 use crate::logs::RunLog;
-use crate::records::{NewRelease, Records, Repo, Status};
+use crate::records::{NewRelease, Records, Repo, Status, StepRecord};
 use crate::spec::{Action, Event, OnFailure, Pipeline as File, RunFacts, Step};
 use crate::{git::Target, hosts::Hosts};
 use std::collections::{HashMap, HashSet};
@@ -230,13 +230,13 @@ async fn run_steps(ctx: Arc<Context>) -> Result<bool, String> {
                     blocked.insert(step.name.clone());
                 }
                 let note = if !step.when.matches(&facts) {
-                    "`when` does not match this run"
+                    NOT_THIS_RUN
                 } else if upstream_failed {
                     "a step it depends on did not pass"
                 } else if failed {
                     "an earlier step failed"
                 } else {
-                    "runs only once a step has failed"
+                    ONLY_ON_FAILURE
                 };
                 Some(Outcome::of(Status::Skipped, note.to_owned()))
             } else {
@@ -273,7 +273,7 @@ async fn run_steps(ctx: Arc<Context>) -> Result<bool, String> {
                     let policy = steps.iter().find(|s| s.name == name).map(|s| s.on_failure);
                     if policy == Some(OnFailure::Ignore) {
                         outcome.note = Some(
-                            outcome.note.map_or("failure ignored".to_owned(), |n| format!("{n}; failure ignored")),
+                            outcome.note.map_or(FAILURE_IGNORED.to_owned(), |n| format!("{n}; {FAILURE_IGNORED}")),
                         );
                         ignored.insert(name.clone());
                     } else {
@@ -569,6 +569,25 @@ async fn deploy_step(ctx: &Context, step: &Step, stop: &CancellationToken) -> Ou
             say(&e);
             Outcome::of(Status::Failure, e)
         }
+    }
+}
+
+/// Notes of steps whose result let the run go on as if they passed: not
+/// for this run, or only for failed ones, or failed with `failure: ignore`.
+const NOT_THIS_RUN: &str = "`when` does not match this run";
+const ONLY_ON_FAILURE: &str = "runs only once a step has failed";
+const FAILURE_IGNORED: &str = "failure ignored";
+
+/// Whether a finished step's result may be reused by a restart: it passed,
+/// was not meant to run, or its failure was ignored. A step skipped or
+/// never reached because something failed has no result to reuse.
+pub fn reusable(step: &StepRecord) -> bool {
+    let note = step.note.as_deref().unwrap_or_default();
+    match step.status {
+        Status::Success | Status::Reused => true,
+        Status::Skipped => note == NOT_THIS_RUN || note == ONLY_ON_FAILURE,
+        Status::Failure | Status::Error => note.ends_with(FAILURE_IGNORED),
+        _ => false,
     }
 }
 

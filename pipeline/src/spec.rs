@@ -409,40 +409,42 @@ fn control_character(text: &str) -> Option<(usize, char)> {
 const MAX_FLOW_DEPTH: usize = 64;
 
 /// The 1-based line where flow collections first nest over
-/// [`MAX_FLOW_DEPTH`], outside quotes and comments (closely enough: a
-/// false alarm needs 64 unquoted brackets).
+/// [`MAX_FLOW_DEPTH`], outside quotes and comments. Closely enough: a
+/// quote opens a scalar where a value starts (at a line's start or after
+/// `:`, `-`, `[`, `{`, `,` or `?`) and is taken to end with its line, so a
+/// stray one in plain text or a block scalar hides nothing after it; a
+/// false alarm needs 64 unbalanced brackets.
 fn too_deep_line(text: &str) -> Option<usize> {
-    let (mut depth, mut line) = (0usize, 1);
-    let mut quote: Option<char> = None;
-    let mut chars = text.chars().peekable();
-    let (mut after_space, mut node_start) = (true, true);
-    while let Some(c) = chars.next() {
-        match (quote, c) {
-            (_, '\n') => {
-                line += 1;
-                if quote == Some('#') {
-                    quote = None;
+    let mut depth = 0usize;
+    for (i, line) in text.lines().enumerate() {
+        let mut quote: Option<char> = None;
+        // The last character on this line that is not whitespace.
+        let mut last: Option<char> = None;
+        let mut prev: Option<char> = None;
+        let mut chars = line.chars();
+        while let Some(c) = chars.next() {
+            match (quote, c) {
+                (Some('"'), '\\') => {
+                    chars.next();
                 }
-            }
-            (Some('"'), '\\') => {
-                chars.next();
-            }
-            (Some(q), c) if c == q && q != '#' => quote = None,
-            (Some(_), _) => {}
-            // A quote opens a scalar only where a node starts.
-            (None, '"' | '\'') if node_start => quote = Some(c),
-            (None, '#') if after_space => quote = Some('#'),
-            (None, '[' | '{') => {
-                depth += 1;
-                if depth > MAX_FLOW_DEPTH {
-                    return Some(line);
+                (Some(q), c) if c == q => quote = None,
+                (Some(_), _) => {}
+                (None, '"' | '\'') if last.is_none_or(|p| ":-[{,?".contains(p)) => quote = Some(c),
+                (None, '#') if prev.is_none_or(char::is_whitespace) => break,
+                (None, '[' | '{') => {
+                    depth += 1;
+                    if depth > MAX_FLOW_DEPTH {
+                        return Some(i + 1);
+                    }
                 }
+                (None, ']' | '}') => depth = depth.saturating_sub(1),
+                _ => {}
             }
-            (None, ']' | '}') => depth = depth.saturating_sub(1),
-            _ => {}
+            if !c.is_whitespace() {
+                last = Some(c);
+            }
+            prev = Some(c);
         }
-        after_space = c.is_whitespace();
-        node_start = after_space || "[{,:-?".contains(c);
     }
     None
 }
@@ -1009,6 +1011,10 @@ steps:
             assert_eq!(too_deep_line(&fine), None, "{fine}");
         }
         assert_eq!(too_deep_line(&format!("a: [x', {many}")), Some(1));
+        // A stray quote in plain text or a block scalar hides nothing after it.
+        assert_eq!(too_deep_line(&format!("x: a '\nb: {many}")), Some(2));
+        assert_eq!(too_deep_line(&format!("x: |\n  'open\nb: {many}")), Some(3));
+        assert_eq!(too_deep_line(&format!("x: rock 'n roll {many}")), Some(1));
     }
 
     #[test]

@@ -22,6 +22,8 @@ pub fn resolve<'n: 'v, 'v>(
     stored: &'v HashMap<String, String>,
 ) -> HashMap<&'n str, &'v str> {
     let mut made: HashMap<&'n str, &'v str> = HashMap::new();
+    // Which of `made` point at an id, so a link to it moves them at once.
+    let mut pointing: HashMap<&'v str, Vec<&'n str>> = HashMap::new();
     for &(from, to) in new {
         let mut end: &'v str = to;
         let mut hops = 0;
@@ -35,11 +37,13 @@ pub fn resolve<'n: 'v, 'v>(
             continue;
         }
         // Links of this batch to the id linked now move along.
-        for target in made.values_mut() {
-            if *target == from {
-                *target = end;
-            }
+        let moved = pointing.remove(from).unwrap_or_default();
+        for id in &moved {
+            made.insert(id, end);
         }
+        let at_end = pointing.entry(end).or_default();
+        at_end.extend(moved);
+        at_end.push(from);
         made.insert(from, end);
     }
     made

@@ -937,6 +937,16 @@ async fn ignored_failures_go_on_and_failure_steps_run_only_on_failure() {
     assert_eq!(step(&run, "test")["status"], "success");
     assert_eq!(step(&run, "notify")["status"], "skipped");
     assert_eq!(step(&run, "publish")["status"], "success");
+    // A restart keeps an ignored failure and a step not meant to run.
+    let server = &s;
+    let restart = |run: &Value| {
+        let path = format!("/runs/{}/restart", run["id"]);
+        async move { call(server, Method::POST, &path, Some(json!({ "from": "publish" }))).await }
+    };
+    let (status, again) = restart(&run).await;
+    assert_eq!(status, 201, "{again}");
+    let again = finished(&s, again["id"].as_i64().unwrap()).await;
+    assert_eq!((&again["status"], &step(&again, "lint")["status"]), (&json!("success"), &json!("reused")));
 
     // Tests fail: the failure step runs, what follows it does not.
     repo.write("FAIL_TESTS", "yes\n");
@@ -949,6 +959,10 @@ async fn ignored_failures_go_on_and_failure_steps_run_only_on_failure() {
     assert_eq!(step(&run, "publish")["status"], "skipped");
     let logs = log_text(&s, run["id"].as_i64().unwrap()).await;
     assert!(logs.contains("[notify] the run failed"), "{logs}");
+    // A step skipped because the tests failed has no result to reuse.
+    let (status, err) = restart(&run).await;
+    assert_eq!(status, 409, "{err}");
+    assert!(err["error"]["message"].as_str().unwrap().contains("step `test` did not pass"), "{err}");
     pipeline::stop_leaving_nothing(s, case).await;
 }
 
