@@ -940,27 +940,37 @@ fn unknown_cohorts_and_misused_cohort_filters_are_refused() {
     assert!(matches!(trends::trend(&f.duck.ask(PROJECT + 1, NOW_MS), &q), Err(AnalyticsError::InvalidQuery { .. })));
 }
 
+/// An `opened` track of `project`, `n` ms into the corpus's second day,
+/// with uuid `n`.
+fn opened(project: i64, n: u128, anonymous: Option<&str>, user: Option<&str>) -> Event {
+    let at = START_MS + DAY_MS + (n & 0xFFFF) as i64;
+    let mut e = Event::new(uuid::Uuid::from_u128(n), project, EventKind::Track, "opened", at);
+    e.anonymous_id = anonymous.map(str::to_owned);
+    e.user_id = user.map(str::to_owned);
+    e
+}
+
+/// An identify of `user` (linking `anonymous`, if any) with `traits`.
+fn person_update(project: i64, user: &str, anonymous: Option<&str>, traits: Value, at: i64) -> UserUpdate {
+    UserUpdate {
+        project_id: project,
+        user_id: user.into(),
+        anonymous_id: anonymous.map(str::to_owned),
+        traits: traits.to_string(),
+        traits_once: "{}".into(),
+        seen_at_ms: at,
+    }
+}
+
 #[test]
 fn a_cohort_follows_its_people_and_its_definition() {
     let f = &*FIXTURE;
     // A project of its own, so the corpus stays as it is.
     let project = PROJECT + 7;
     let t0 = START_MS + DAY_MS;
-    let event = |n: u128, anonymous: Option<&str>, user: Option<&str>| {
-        let mut e =
-            Event::new(uuid::Uuid::from_u128(0xC0_0000 + n), project, EventKind::Track, "opened", t0 + n as i64);
-        e.anonymous_id = anonymous.map(str::to_owned);
-        e.user_id = user.map(str::to_owned);
-        e
-    };
-    let identify = |user: &str, anonymous: Option<&str>, traits: Value| UserUpdate {
-        project_id: project,
-        user_id: user.into(),
-        anonymous_id: anonymous.map(str::to_owned),
-        traits: traits.to_string(),
-        traits_once: "{}".into(),
-        seen_at_ms: t0,
-    };
+    let event = |n: u128, anonymous: Option<&str>, user: Option<&str>| opened(project, 0xC0_0000 + n, anonymous, user);
+    let identify =
+        |user: &str, anonymous: Option<&str>, traits: Value| person_update(project, user, anonymous, traits, t0);
     let events =
         [event(1, Some("anon-a"), None), event(2, Some("anon-a"), Some("ann")), event(3, Some("anon-b"), None)];
     let stores = [f.duck.clone(), f.click.clone()];
@@ -1028,21 +1038,9 @@ fn a_cohort_holds_the_events_whose_person_is_a_member() {
     let f = &*FIXTURE;
     let project = PROJECT + 10;
     let t0 = START_MS + DAY_MS;
-    let event = |n: u128, anonymous: Option<&str>, user: Option<&str>| {
-        let mut e =
-            Event::new(uuid::Uuid::from_u128(0xC0_4000 + n), project, EventKind::Track, "opened", t0 + n as i64);
-        e.anonymous_id = anonymous.map(str::to_owned);
-        e.user_id = user.map(str::to_owned);
-        e
-    };
-    let update = |user: &str, anonymous: Option<&str>, traits: Value| UserUpdate {
-        project_id: project,
-        user_id: user.into(),
-        anonymous_id: anonymous.map(str::to_owned),
-        traits: traits.to_string(),
-        traits_once: "{}".into(),
-        seen_at_ms: t0,
-    };
+    let event = |n: u128, anonymous: Option<&str>, user: Option<&str>| opened(project, 0xC0_4000 + n, anonymous, user);
+    let update =
+        |user: &str, anonymous: Option<&str>, traits: Value| person_update(project, user, anonymous, traits, t0);
     // vic, then an alias of u-old to vic; u-old later gets a trait vic
     // lacks, so it is listed (and a member) on its own, though its events
     // are vic's. A visitor given the trait and never identified is a
@@ -1287,14 +1285,7 @@ fn an_alias_of_an_identified_user_and_an_erasure_agree_in_folded_sessions() {
         e.path = Some("/".into());
         e
     };
-    let link = |user: &str, from: &str| UserUpdate {
-        project_id: project,
-        user_id: user.into(),
-        anonymous_id: Some(from.into()),
-        traits: "{}".into(),
-        traits_once: "{}".into(),
-        seen_at_ms: at + 10,
-    };
+    let link = |user: &str, from: &str| person_update(project, user, Some(from), json!({}), at + 10);
     let writers = [duck_store.clone(), f.click_store.clone()];
     for store in &writers {
         store.write(&[view(1, "x"), view(2, "y"), view(3, "z"), view(4, "w")], &[]).unwrap();
