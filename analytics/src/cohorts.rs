@@ -1,7 +1,7 @@
 //! Cohorts: saved people filters (conditions on traits) usable as a filter
 //! in every insight and in the people list: `{"field": "cohort", "op": "eq",
-//! "value": 3}` keeps the events of the cohort's members (their user id, or
-//! an anonymous id identified as them); `neq` keeps everyone else's.
+//! "value": 3}` keeps the events whose person is one of the cohort's members
+//! (as insights stitch them); `neq` keeps everyone else's.
 //!
 //! Definitions are kept by the caller (the control plane) behind
 //! [`CohortBook`]. Members are computed here from the stored people with the

@@ -575,8 +575,9 @@ impl Pipeline {
         let reuse = match &restart {
             Some((earlier, from)) if file.steps.iter().any(|s| &s.name == from) => {
                 let reuse = runner::reused_steps(&file, from);
-                // A step kept from the earlier run must have passed there:
-                // a restart past a failed test must not ship its commit.
+                // A step kept from the earlier run must have a result the
+                // run could go on from: a restart past a failed test must
+                // not ship its commit.
                 let before = self.records.run(*earlier)?;
                 if let Some(step) = before.steps.iter().find(|s| reuse.contains(&s.name) && !runner::reusable(s)) {
                     return Err(PipelineError::Conflict(format!(

@@ -572,8 +572,8 @@ async fn deploy_step(ctx: &Context, step: &Step, stop: &CancellationToken) -> Ou
     }
 }
 
-/// Notes of steps whose result let the run go on as if they passed: not
-/// for this run, or only for failed ones, or failed with `failure: ignore`.
+// Notes of steps whose result let the run go on as if they passed: not
+// for this run, or only for failed ones, or failed with `failure: ignore`.
 const NOT_THIS_RUN: &str = "`when` does not match this run";
 const ONLY_ON_FAILURE: &str = "runs only once a step has failed";
 const FAILURE_IGNORED: &str = "failure ignored";

@@ -113,11 +113,14 @@ pub trait EventStore: Send + Sync + 'static {
 
     fn user(&self, project_id: i64, user_id: &str) -> Result<Option<UserRecord>, StoreError>;
 
-    /// The user id an anonymous id was identified as, if any.
+    /// The user an id (anonymous, or an alias's previous id) is linked to,
+    /// at the end of its chain (links name a final id), if any.
     fn identity(&self, project_id: i64, anonymous_id: &str) -> Result<Option<String>, StoreError>;
 
     /// Erases a person (GDPR): their traits, their identity links, and every
-    /// event carrying their user id or an anonymous id linked to them.
+    /// event whose person they are, as insights stitch them (its user id,
+    /// else anonymous id, linked to them, or their own id when it is linked
+    /// to no one; another user's events from a shared device stay).
     /// Returns the number of events deleted. Done when it returns.
     fn delete_person(&self, project_id: i64, user_id: &str) -> Result<u64, StoreError>;
 

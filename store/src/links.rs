@@ -9,8 +9,9 @@
 
 use std::collections::HashMap;
 
-/// How many links a new one is followed through, at most (a chain made of
-/// one batch's links; stored links add one step).
+/// How many links a new one is followed through, at most: stored links
+/// name a final id and a batch's own move along as they are made, so this
+/// only bounds a chain stored unresolved (by an earlier version).
 const MAX_HOPS: usize = 64;
 
 /// The final id of each new link of one project: `new` are (linked id,

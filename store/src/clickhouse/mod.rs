@@ -245,7 +245,8 @@ fn small_runtime() -> Result<tokio::runtime::Runtime, StoreError> {
         .map_err(|e| StoreError::Config(format!("starting the ClickHouse client runtime: {e}")))
 }
 
-/// One write to `events` (and then `users`) under the store's locks: each
+/// One write to `events` (people and links written before its insert
+/// ends) under the store's locks: each
 /// batch of events is deduplicated and streamed into the open INSERT as it
 /// comes, so ClickHouse parses one while the next is being read.
 struct Writing<'s> {

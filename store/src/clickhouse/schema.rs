@@ -120,7 +120,8 @@ fn users_table(f: Flavour, database: &str, table: &str) -> String {
 }
 
 /// Anonymous id → user id links; the first link stored wins (`argMin` of
-/// `linked_at_ms`, when the link was written: see `write.rs`), as on DuckDB.
+/// `linked_at_ms`, when the link was written, or just before the first row
+/// of a link moved along a chain: see `write.rs`), as on DuckDB.
 fn identities_table(f: Flavour, database: &str, table: &str) -> String {
     format!(
         "CREATE TABLE IF NOT EXISTS {database}.{table}{} (

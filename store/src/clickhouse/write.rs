@@ -206,7 +206,8 @@ pub struct UserRow {
     pub version: u64,
 }
 
-/// When a link is written, in ms, strictly increasing in this process: the
+/// When a link is written, in ms, strictly increasing in this process (a
+/// link moved along a chain is dated before its first row instead): the
 /// first link stored wins, as on DuckDB (where a later link of the same
 /// anonymous id is ignored), whatever the events' own times. A link sent
 /// again (a retry, a replay) is written later and does not displace it.

@@ -89,7 +89,8 @@ const STEPS: &[&str] = &[
     // `sessions.rs`): stored views start as a part each, folded at open.
     SESSION_PARTS_STEP,
     // 4: links name a final id (`write.rs`): chains stored earlier are
-    // followed through (a hop per statement), and compacted parts are
+    // followed through (each statement doubles the reach: chains of up to
+    // 8 links), and compacted parts are
     // stitched again, their user id's link followed too (`sessions.rs`).
     "UPDATE identities SET user_id = t.user_id FROM identities t
         WHERE t.project_id = identities.project_id AND t.anonymous_id = identities.user_id

@@ -34,8 +34,12 @@
 //! ingest (in steps that fit it); every 5 minutes it only folds the hours
 //! written since.
 //!
-//! Deleting a person deletes their parts and recent links by the same
-//! condition as their events.
+//! Deleting a person deletes their parts by the same condition as their
+//! events, and their recent links with their identity links.
+//!
+//! `unlinked` (whether a part's id had no link when compacted) is kept up
+//! to date but no longer read: links made since move parts by their
+//! person's hash, linked or not.
 
 use crate::StoreError;
 use ::duckdb::arrow::array::{ArrayRef, BooleanArray, Int64Array, StringArray};
