@@ -30,13 +30,14 @@ pub fn apply(traits: &mut Map<String, Value>, updates: &[&UserUpdate]) {
 }
 
 /// First links made by `updates` (in order; an id linking itself, or
-/// linked earlier in the batch, is left out): (project, linked id, user).
-pub fn first_links(updates: &[UserUpdate]) -> Vec<(i64, &str, &str)> {
+/// linked earlier in the batch, is left out): (project, linked id, user,
+/// when).
+pub fn first_links(updates: &[UserUpdate]) -> Vec<(i64, &str, &str, i64)> {
     let mut seen = std::collections::HashSet::new();
     updates
         .iter()
-        .filter_map(|u| Some((u.project_id, u.anonymous_id.as_deref()?, u.user_id.as_str())))
-        .filter(|(project, from, to)| from != to && seen.insert((*project, *from)))
+        .filter_map(|u| Some((u.project_id, u.anonymous_id.as_deref()?, u.user_id.as_str(), u.seen_at_ms)))
+        .filter(|(project, from, to, _)| from != to && seen.insert((*project, *from)))
         .collect()
 }
 

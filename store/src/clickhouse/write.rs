@@ -245,23 +245,32 @@ pub async fn users(client: &clickhouse::Client, updates: &[UserUpdate]) -> Resul
     let mut stored: HashMap<(i64, String), UserRow> = HashMap::new();
     let mut joining: HashMap<(i64, &str), Vec<&str>> = HashMap::new();
     let mut new_links: Vec<(i64, &str, &str)> = Vec::new();
+    // Stored links of the ids the batch links and links to, per project:
+    // whether a linked id was linked before (a repeated identify brings
+    // nothing), and where a new link's user goes on (`links.rs`).
+    let mut stored_links: HashMap<i64, HashMap<String, String>> = HashMap::new();
     let projects: HashSet<i64> = people.keys().map(|(p, _)| *p).collect();
     for project_id in projects {
-        // Links already stored (a repeated identify) bring nothing: only
-        // ids linked for the first time are looked up with the people.
-        let linked: Vec<&str> =
-            first_links.iter().filter(|(p, ..)| *p == project_id).map(|&(_, from, _)| from).collect();
-        let mut before: HashSet<String> = HashSet::new();
-        for chunk in bounded_chunks(&linked) {
-            let found: Vec<String> = client
-                .query("SELECT DISTINCT anonymous_id FROM identities WHERE project_id = ? AND has(?, anonymous_id)")
+        let mut linking: Vec<&str> =
+            first_links.iter().filter(|(p, ..)| *p == project_id).flat_map(|&(_, from, to, _)| [from, to]).collect();
+        linking.sort_unstable();
+        linking.dedup();
+        let before = stored_links.entry(project_id).or_default();
+        for chunk in bounded_chunks(&linking) {
+            let found: Vec<(String, String)> = client
+                .query(
+                    "SELECT anonymous_id, argMin(user_id, linked_at_ms) FROM identities
+                     WHERE project_id = ? AND has(?, anonymous_id) GROUP BY anonymous_id",
+                )
                 .bind(project_id)
                 .bind(chunk)
                 .fetch_all()
                 .await?;
             before.extend(found);
         }
-        for &(_, from, to) in first_links.iter().filter(|(p, from, _)| *p == project_id && !before.contains(*from)) {
+        for &(_, from, to, _) in
+            first_links.iter().filter(|(p, from, ..)| *p == project_id && !before.contains_key(*from))
+        {
             joining.entry((project_id, to)).or_default().push(from);
             new_links.push((project_id, from, to));
         }
@@ -309,7 +318,7 @@ pub async fn users(client: &clickhouse::Client, updates: &[UserUpdate]) -> Resul
     }
     insert.end().await?;
 
-    links(client, updates, &new_links).await
+    links(client, updates, &new_links, &stored_links).await
 }
 
 /// Stores the links of `updates` so that each names a final id, as the
@@ -323,6 +332,7 @@ async fn links(
     client: &clickhouse::Client,
     updates: &[UserUpdate],
     new_links: &[(i64, &str, &str)],
+    stored_links: &HashMap<i64, HashMap<String, String>>,
 ) -> Result<(), StoreError> {
     let mut target: HashMap<(i64, &str), String> = HashMap::new();
     // New links that would make a loop, not made.
@@ -332,21 +342,7 @@ async fn links(
     for project_id in projects {
         let new: Vec<(&str, &str)> =
             new_links.iter().filter(|(p, ..)| *p == project_id).map(|&(_, from, to)| (from, to)).collect();
-        let users: Vec<&str> = new.iter().map(|(_, to)| *to).collect();
-        let mut stored: HashMap<String, String> = HashMap::new();
-        for chunk in bounded_chunks(&users) {
-            let found: Vec<(String, String)> = client
-                .query(
-                    "SELECT anonymous_id, argMin(user_id, linked_at_ms) FROM identities
-                     WHERE project_id = ? AND has(?, anonymous_id) GROUP BY anonymous_id",
-                )
-                .bind(project_id)
-                .bind(chunk)
-                .fetch_all()
-                .await?;
-            stored.extend(found);
-        }
-        for (from, end) in crate::links::resolve(&new, &stored) {
+        for (from, end) in crate::links::resolve(&new, &stored_links[&project_id]) {
             target.insert((project_id, from), end.to_owned());
         }
         for &(from, _) in &new {

@@ -270,14 +270,16 @@ fn write_users(conn: &Connection, users: &[UserUpdate]) -> Result<(), StoreError
     // The people's stored traits, and whether a linked id was linked
     // before, found through their staged keys.
     let mut stage = conn.appender_to_catalog_and_db("staged_users", "temp", "main")?;
-    let linked_keys = links.iter().map(|&(project, from, _)| (project, from)).filter(|k| !people.contains_key(k));
+    let linked_keys = links.iter().map(|&(project, from, ..)| (project, from)).filter(|k| !people.contains_key(k));
     for key in order.iter().copied().chain(linked_keys) {
         stage.append_row(params![key.0, key.1, None::<String>, None::<i64>, None::<i64>])?;
     }
     stage.flush()?;
     drop(stage);
     let mut stored: HashMap<(i64, String), String> = HashMap::new();
-    let mut linked_before: HashSet<(i64, String)> = HashSet::new();
+    // Stored links of the staged ids, per project: whether a linked id was
+    // linked before, and where a new link's user goes on (`links.rs`).
+    let mut stored_links: HashMap<i64, HashMap<String, String>> = HashMap::new();
     {
         let mut query = conn.prepare(
             "SELECT s.project_id, s.user_id, u.traits FROM staged_users s
@@ -289,20 +291,23 @@ fn write_users(conn: &Connection, users: &[UserUpdate]) -> Result<(), StoreError
         }
         if !links.is_empty() {
             let mut query = conn.prepare(
-                "SELECT s.project_id, s.user_id FROM staged_users s
-                 SEMI JOIN identities i ON i.project_id = s.project_id AND i.anonymous_id = s.user_id",
+                "SELECT s.project_id, s.user_id, i.user_id FROM staged_users s
+                 JOIN identities i ON i.project_id = s.project_id AND i.anonymous_id = s.user_id",
             )?;
             let mut rows = query.query([])?;
             while let Some(row) = rows.next()? {
-                linked_before.insert((row.get(0)?, row.get(1)?));
+                stored_links.entry(row.get(0)?).or_default().insert(row.get(1)?, row.get(2)?);
             }
         }
     }
+    let no_links = HashMap::new();
+    let stored_links_of = |project: i64| stored_links.get(&project).unwrap_or(&no_links);
+    // The first link made wins: only ids not linked before link now.
+    let new_links: Vec<(i64, &str, &str, i64)> =
+        links.iter().copied().filter(|&(project, from, ..)| !stored_links_of(project).contains_key(from)).collect();
     let mut joining: HashMap<(i64, &str), Vec<&str>> = HashMap::new();
-    for &(project, from, to) in &links {
-        if !linked_before.contains(&(project, from.to_owned())) {
-            joining.entry((project, to)).or_default().push(from);
-        }
+    for &(project, from, to, _) in &new_links {
+        joining.entry((project, to)).or_default().push(from);
     }
     conn.execute_batch("DELETE FROM staged_users")?;
     let mut stage = conn.appender_to_catalog_and_db("staged_users", "temp", "main")?;
@@ -328,54 +333,18 @@ fn write_users(conn: &Connection, users: &[UserUpdate]) -> Result<(), StoreError
          INSERT INTO users SELECT s.project_id, s.user_id, s.traits, epoch_ms(s.first_seen), epoch_ms(s.last_seen)
          FROM staged_users s ANTI JOIN users u ON u.project_id = s.project_id AND u.user_id = s.user_id;",
     )?;
-    let mut link = conn.appender_to_catalog_and_db("staged_links", "temp", "main")?;
-    let mut linked = HashSet::new();
-    for update in users {
-        if let Some(anonymous_id) = update.anonymous_id.as_deref() {
-            if anonymous_id != update.user_id && linked.insert((update.project_id, anonymous_id)) {
-                link.append_row(params![update.project_id, anonymous_id, update.user_id, update.seen_at_ms])?;
-            }
-        }
-    }
-    link.flush()?;
-    drop(link);
-    // The first link made wins: only new links stay staged.
-    conn.execute_batch(
-        "DELETE FROM staged_links USING identities i
-             WHERE i.project_id = staged_links.project_id AND i.anonymous_id = staged_links.anonymous_id",
-    )?;
-    // Links name a final id (see `links.rs`): where each new one goes.
-    let mut staged: Vec<(i64, String, String, i64)> = Vec::new();
-    let mut stored: HashMap<i64, HashMap<String, String>> = HashMap::new();
-    {
-        let mut query =
-            conn.prepare("SELECT project_id, anonymous_id, user_id, first_seen FROM staged_links ORDER BY rowid")?;
-        let mut rows = query.query([])?;
-        while let Some(row) = rows.next()? {
-            staged.push((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?));
-        }
-        let mut query = conn.prepare(
-            "SELECT DISTINCT i.project_id, i.anonymous_id, i.user_id FROM identities i
-             SEMI JOIN staged_links s ON s.project_id = i.project_id AND s.user_id = i.anonymous_id",
-        )?;
-        let mut rows = query.query([])?;
-        while let Some(row) = rows.next()? {
-            stored.entry(row.get(0)?).or_default().insert(row.get(1)?, row.get(2)?);
-        }
-    }
-    if staged.is_empty() {
+    if new_links.is_empty() {
         return Ok(());
     }
-    conn.execute_batch("DELETE FROM staged_links")?;
+    // Links name a final id (see `links.rs`): where each new one goes.
     let mut link = conn.appender_to_catalog_and_db("staged_links", "temp", "main")?;
-    let projects: HashSet<i64> = staged.iter().map(|s| s.0).collect();
-    let no_links = HashMap::new();
+    let projects: HashSet<i64> = new_links.iter().map(|l| l.0).collect();
     for project in projects {
-        let new: Vec<(&str, &str)> =
-            staged.iter().filter(|s| s.0 == project).map(|s| (s.1.as_str(), s.2.as_str())).collect();
-        let made = crate::links::resolve(&new, stored.get(&project).unwrap_or(&no_links));
-        for (_, from, _, seen) in staged.iter().filter(|s| s.0 == project) {
-            if let Some(end) = made.get(from.as_str()) {
+        let of_project = || new_links.iter().filter(move |l| l.0 == project);
+        let new: Vec<(&str, &str)> = of_project().map(|&(_, from, to, _)| (from, to)).collect();
+        let made = crate::links::resolve(&new, stored_links_of(project));
+        for &(_, from, _, seen) in of_project() {
+            if let Some(end) = made.get(from) {
                 link.append_row(params![project, from, end, seen])?;
             }
         }
