@@ -153,8 +153,9 @@ type StoredPerson = (String, String, i64, i64);
 /// linked to a user who is a stored person (an anonymous visitor given
 /// traits, an alias's previous id) is part of that user, who took its
 /// traits when it was linked: it is not a person of its own in the list,
-/// unless it holds a trait the user lacks. One link deep, as events are
-/// stitched; links in a loop (A to B, then B to A) leave both people of
+/// unless it holds a trait the user lacks. Links name a final id, so one
+/// lookup is the whole chain, as events are stitched; links in a loop
+/// stored by an earlier version (A to B and B to A) leave both people of
 /// their own.
 pub(crate) fn stored_people(ask: &Ask, user_id: Option<&str>) -> Result<Vec<StoredPerson>, AnalyticsError> {
     let rows = people_rows(ask, user_id)?;
