@@ -282,21 +282,18 @@ fn write_users(conn: &Connection, users: &[UserUpdate]) -> Result<(), StoreError
     let mut stored_links: HashMap<i64, HashMap<String, String>> = HashMap::new();
     {
         let mut query = conn.prepare(
-            "SELECT s.project_id, s.user_id, u.traits FROM staged_users s
-             JOIN users u ON u.project_id = s.project_id AND u.user_id = s.user_id",
+            "SELECT s.project_id, s.user_id, u.traits, i.user_id FROM staged_users s
+             LEFT JOIN users u ON u.project_id = s.project_id AND u.user_id = s.user_id
+             LEFT JOIN identities i ON i.project_id = s.project_id AND i.anonymous_id = s.user_id",
         )?;
         let mut rows = query.query([])?;
         while let Some(row) = rows.next()? {
-            stored.insert((row.get(0)?, row.get(1)?), row.get::<_, Option<String>>(2)?.unwrap_or_default());
-        }
-        if !links.is_empty() {
-            let mut query = conn.prepare(
-                "SELECT s.project_id, s.user_id, i.user_id FROM staged_users s
-                 JOIN identities i ON i.project_id = s.project_id AND i.anonymous_id = s.user_id",
-            )?;
-            let mut rows = query.query([])?;
-            while let Some(row) = rows.next()? {
-                stored_links.entry(row.get(0)?).or_default().insert(row.get(1)?, row.get(2)?);
+            let (project, id): (i64, String) = (row.get(0)?, row.get(1)?);
+            if let Some(linked_to) = row.get::<_, Option<String>>(3)? {
+                stored_links.entry(project).or_default().insert(id.clone(), linked_to);
+            }
+            if let Some(traits) = row.get::<_, Option<String>>(2)? {
+                stored.insert((project, id), traits);
             }
         }
     }
