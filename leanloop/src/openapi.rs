@@ -382,11 +382,21 @@ fn pipeline(g: &mut SchemaGenerator, paths: &mut Map<String, Value>) {
         }),
     );
     let service = vec![project_id(), text("service"), text("env")];
+    let rollback_body = schema::<crate::pipeline_api::RollbackBody>(g);
     let mut rollback_op = conflicting(
-        operation("Deploy the previous healthy release again", service.clone(), None, "201", Some(release.clone())),
-        "No earlier healthy release to roll back to, a deploy of the service in progress, or the rollback's deploy \
-         failed (the message says which)",
+        operation(
+            "Deploy the previous healthy release, or the one named, again",
+            service.clone(),
+            Some(rollback_body),
+            "201",
+            Some(release.clone()),
+        ),
+        "No earlier healthy release to roll back to, the one named never ran healthy, a deploy of the service in \
+         progress, or the rollback's deploy failed (the message says which)",
     );
+    rollback_op["requestBody"]["required"] = json!(false);
+    rollback_op["responses"]["200"] =
+        answer("The live release already runs the release named: nothing started; the live release", release.clone());
     rollback_op["responses"]["202"] =
         answer("Its replicas are still turning healthy: the release, `deploying`; poll it", release);
     rollback_op["responses"]["404"] =

@@ -357,11 +357,17 @@ async fn release_detail(
     Ok(Json(json!(pipeline.release(project, number("release", &release)?)?)))
 }
 
-/// A rollback takes no settings: a body, if any, must be an empty object
-/// (a field a client thinks it chose with is refused, not ignored).
-#[derive(Deserialize, schemars::JsonSchema)]
+/// A rollback's optional body. Unknown fields are refused, not ignored: a
+/// client that thinks it chose something must learn it did not.
+#[derive(Deserialize, schemars::JsonSchema, Default)]
 #[serde(deny_unknown_fields)]
-struct RollbackBody {}
+pub(crate) struct RollbackBody {
+    /// The release to return to (one of the service's in that environment
+    /// that ran healthy); without it, the one before the live release. With
+    /// it a retried call is safe: when the live release already runs that
+    /// release's image, nothing starts and the answer is 200.
+    release: Option<i64>,
+}
 
 async fn rollback(
     State(shared): State<Shared>,
@@ -370,15 +376,14 @@ async fn rollback(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let (pipeline, project) = open(&shared, &headers, &id)?;
-    if !body.trim_ascii().is_empty() {
-        let _: RollbackBody = json_query(&body)?;
-    }
+    let body: RollbackBody = if body.trim_ascii().is_empty() { RollbackBody::default() } else { json_query(&body)? };
     // Answered well before the request's deadline: a rollback whose
     // replicas are slow to turn healthy is answered 202 and goes on.
     let answer_within = shared.request_timeout * 2 / 3;
-    Ok(match pipeline.rollback(project, &service, &env, answer_within).await? {
+    Ok(match pipeline.rollback(project, &service, &env, body.release, answer_within).await? {
         Rollback::Live(release) => (StatusCode::CREATED, Json(release)).into_response(),
         Rollback::Deploying(release) => (StatusCode::ACCEPTED, Json(release)).into_response(),
+        Rollback::Unchanged(release) => (StatusCode::OK, Json(release)).into_response(),
     })
 }
 

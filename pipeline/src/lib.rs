@@ -45,6 +45,9 @@ pub enum Rollback {
     /// The release it started, still starting when the call had to answer;
     /// its status tells how it ends.
     Deploying(Release),
+    /// The live release already runs the release asked for (a retried
+    /// call): nothing was started.
+    Unchanged(Release),
 }
 
 /// The pipeline's part of the server configuration.
@@ -789,7 +792,10 @@ impl Pipeline {
     /// Deploys the previous healthy release of a service again, as a new
     /// release marked as a rollback of the current one. With no live release
     /// (the service torn down, or none of its replicas could run again), the
-    /// newest release that ran healthy is deployed again. Answers within
+    /// newest release that ran healthy is deployed again. `to` names the
+    /// release to return to instead (any of the service's in that
+    /// environment that ran healthy), which makes a retried call safe: when
+    /// the live release already runs it, nothing starts. Answers within
     /// `answer_within`: a rollback still starting then is answered as
     /// [`Rollback::Deploying`], and goes on.
     pub async fn rollback(
@@ -797,26 +803,22 @@ impl Pipeline {
         project_id: i64,
         service: &str,
         environment: &str,
+        to: Option<i64>,
         answer_within: std::time::Duration,
     ) -> Result<Rollback, PipelineError> {
         let deploying = self.no_deploy_in_progress(project_id, service, environment, Duration::ZERO).await?;
         let current = self.records.live_release(project_id, service, environment)?;
-        let previous = match &current {
-            Some(current) => self.records.previous_healthy(project_id, service, environment, current)?,
-            None => self.records.last_healthy(project_id, service, environment)?,
-        };
-        let previous = match previous {
-            Some(previous) => previous,
-            None if current.is_none()
-                && self.records.releases(project_id, Some(service), Some(environment), 1)?.is_empty() =>
-            {
-                return Err(PipelineError::NotFound(format!("no release of {service} in {environment}")))
+        let previous = match to {
+            Some(id) => {
+                let target = self.rollback_target(project_id, service, environment, id)?;
+                match &current {
+                    Some(live) if live.image == target.image && live.digest == target.digest => {
+                        return Ok(Rollback::Unchanged(live.clone()))
+                    }
+                    _ => target,
+                }
             }
-            None => {
-                return Err(PipelineError::Conflict(format!(
-                    "{service} in {environment} has no earlier healthy release to roll back to"
-                )))
-            }
+            None => self.previous_release(project_id, service, environment, current.as_ref())?,
         };
         let spec: spec::Deploy = serde_json::from_str(&previous.spec)
             .map_err(|e| PipelineError::Conflict(format!("release {} cannot be redeployed: {e}", previous.id)))?;
@@ -864,6 +866,64 @@ impl Pipeline {
         match done {
             Ok(done) => done.map(Rollback::Live).map_err(PipelineError::Conflict),
             Err(e) => Err(PipelineError::Conflict(format!("the rollback stopped: {e}"))),
+        }
+    }
+
+    /// What a rollback without a target returns to: the release before
+    /// `current`, else (none live) the newest that ran healthy.
+    fn previous_release(
+        &self,
+        project_id: i64,
+        service: &str,
+        environment: &str,
+        current: Option<&Release>,
+    ) -> Result<Release, PipelineError> {
+        let previous = match current {
+            Some(current) => self.records.previous_healthy(project_id, service, environment, current)?,
+            None => self.records.last_healthy(project_id, service, environment)?,
+        };
+        match previous {
+            Some(previous) => Ok(previous),
+            None if current.is_none()
+                && self.records.releases(project_id, Some(service), Some(environment), 1)?.is_empty() =>
+            {
+                Err(PipelineError::NotFound(format!("no release of {service} in {environment}")))
+            }
+            None => Err(PipelineError::Conflict(format!(
+                "{service} in {environment} has no earlier healthy release to roll back to"
+            ))),
+        }
+    }
+
+    /// Release `id` as a rollback's target: one of this service's in this
+    /// environment that ran healthy.
+    fn rollback_target(
+        &self,
+        project_id: i64,
+        service: &str,
+        environment: &str,
+        id: i64,
+    ) -> Result<Release, PipelineError> {
+        let target = match self.records.release(project_id, id) {
+            Err(PipelineError::NotFound(_)) => {
+                return Err(PipelineError::invalid("release", format!("there is no release {id} in this project")))
+            }
+            other => other?,
+        };
+        if (target.service.as_str(), target.environment.as_str()) != (service, environment) {
+            return Err(PipelineError::invalid(
+                "release",
+                format!(
+                    "release {id} is of {} in {}, not of {service} in {environment}",
+                    target.service, target.environment
+                ),
+            ));
+        }
+        match target.status {
+            ReleaseStatus::Deploying | ReleaseStatus::Failed => Err(PipelineError::Conflict(format!(
+                "release {id} never ran healthy; only a release that did can be rolled back to"
+            ))),
+            _ => Ok(target),
         }
     }
 

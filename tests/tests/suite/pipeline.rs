@@ -134,11 +134,13 @@ async fn fixture_is_tested_built_pushed_deployed_and_rolled_back() {
     let (_, old) = call(&s, Method::GET, &format!("/releases/{}", first["id"]), None).await;
     assert_eq!(old["status"], "superseded");
 
-    // A rollback takes no settings; a service never deployed there has
-    // nothing to roll back.
-    let (status, err) =
-        call(&s, Method::POST, "/services/fixture-web/environments/production/rollback", Some(json!({ "release": 1 })))
-            .await;
+    // A rollback's body names at most the release to return to: one of
+    // this service's; a service never deployed there has nothing to roll
+    // back.
+    let to = |body: Value| call(&s, Method::POST, "/services/fixture-web/environments/production/rollback", Some(body));
+    let (status, err) = to(json!({ "to": first["id"] })).await;
+    assert_eq!((status, err["error"]["field"].as_str()), (400, Some("to")), "{err}");
+    let (status, err) = to(json!({ "release": 99_999 })).await;
     assert_eq!((status, err["error"]["field"].as_str()), (400, Some("release")), "{err}");
     let (status, err) = call(&s, Method::POST, "/services/fixture-web/environments/nosuch/rollback", None).await;
     assert_eq!(status, 404, "{err}");
@@ -211,6 +213,18 @@ async fn fixture_is_tested_built_pushed_deployed_and_rolled_back() {
     assert!(note.contains(&format!("not of {sha2}")), "{note}");
     assert_eq!(live_release(&s).await["id"], redeployed["id"], "the live release stays");
     repo.git(&["checkout", "-q", "main"]);
+
+    // A rollback to a named release, even one rolled back from; retried, it
+    // starts nothing and answers the live release.
+    let (status, named) = to(json!({ "release": first["id"] })).await;
+    assert_eq!(status, 201, "{named}");
+    assert_eq!((&named["commit"], &named["rollback_of"]), (&json!(sha), &redeployed["id"]), "{named}");
+    serves(&named, "1").await;
+    let (status, retried) = to(json!({ "release": first["id"] })).await;
+    assert_eq!((status, &retried["id"]), (200, &named["id"]), "{retried}");
+    let (status, forward) = to(json!({ "release": second["id"] })).await;
+    assert_eq!((status, &forward["commit"]), (201, &json!(sha2)), "{forward}");
+    serves(&forward, "2").await;
 
     // Runs leave nothing behind; removing the service removes the rest.
     assert_eq!(
@@ -809,6 +823,22 @@ async fn every_strategy_replaces_the_live_release() {
     let newest = list["releases"].as_array().unwrap().iter().max_by_key(|r| r["id"].as_i64()).unwrap().clone();
     assert_eq!(newest["status"], "failed", "{newest}");
     assert_eq!(replicas().len(), 2, "the new replica is removed; the live release's two run on");
+    let (status, err) = call(
+        &s,
+        Method::POST,
+        "/services/strat-web/environments/production/rollback",
+        Some(json!({ "release": newest["id"] })),
+    )
+    .await;
+    assert_eq!(status, 409, "a release that never ran healthy is no rollback target: {err}");
+    let (status, err) = call(
+        &s,
+        Method::POST,
+        "/services/strat-web/environments/staging/rollback",
+        Some(json!({ "release": back["id"] })),
+    )
+    .await;
+    assert_eq!((status, err["error"]["field"].as_str()), (400, Some("release")), "another environment's: {err}");
     let (_, live) = call(&s, Method::GET, &format!("/releases/{}", back["id"]), None).await;
     assert_eq!(live["status"], "live", "{live}");
     // Replicas removed outside Leanloop: the release no longer reads as live.
