@@ -13,6 +13,7 @@ use leanloop_analytics::releases::{ImpactQuery, ImpactResult, ReleaseSummary, Re
 use leanloop_analytics::{Analytics, AnalyticsError, EventQuery};
 use leanloop_control::KeyKind;
 use leanloop_core::{ApiError, ErrorClass, JsonFault};
+use leanloop_store::asker;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::{json, Value};
@@ -83,29 +84,42 @@ pub(crate) fn query<Q>(q: Result<Query<Q>, QueryRejection>) -> Result<Q, ApiErro
     })
 }
 
-/// Questions answered at once. A question runs to its end on the blocking
-/// pool even when its client has gone (a dashboard reloaded, a client's
-/// deadline passed), and each may keep DuckDB's threads busy for seconds:
-/// more at once only share the cores, and 24 abandoned 1.4 s questions kept
-/// both busy for 18 s. A request dropped while it waits never starts one.
+/// Questions answered at once. Each may keep DuckDB's threads busy for
+/// seconds: more at once only share the cores. A request dropped while it
+/// waits never starts one.
 pub(crate) const MAX_QUESTIONS: usize = 4;
 
 /// Runs `f` off the runtime once `questions` has room; the room is held
-/// until `f` returns.
+/// until `f` returns. A request that ends before its answer (the client
+/// left, its deadline passed) stops the store's read (see the store's
+/// `asker.rs`): 24 abandoned 1.4 s questions used to keep both cores busy
+/// for 18 s after their clients had gone.
 pub(crate) async fn blocking<T: Send + 'static>(
     questions: std::sync::Arc<tokio::sync::Semaphore>,
     f: impl FnOnce() -> Result<T, AnalyticsError> + Send + 'static,
 ) -> Result<T, ApiError> {
+    /// Tells the asker it has gone unless disarmed by the answer.
+    struct LeaveUnanswered(Option<asker::Asker>);
+    impl Drop for LeaveUnanswered {
+        fn drop(&mut self) {
+            if let Some(asker) = self.0.take() {
+                asker.leave();
+            }
+        }
+    }
     let room = questions
         .acquire_owned()
         .await
         .map_err(|_| ApiError::from_class(ErrorClass::Internal, "questions are no longer answered".into()))?;
+    let asker = asker::Asker::default();
+    let mut unanswered = LeaveUnanswered(Some(asker.clone()));
     let f = move || {
         let _room = room;
-        f()
+        asker.answer(f)
     };
-    tokio::task::spawn_blocking(f)
-        .await
+    let answer = tokio::task::spawn_blocking(f).await;
+    unanswered.0 = None;
+    answer
         .map_err(|e| ApiError::from_class(ErrorClass::Internal, format!("query task failed: {e}")))?
         .map_err(ApiError::from)
 }
@@ -341,5 +355,39 @@ mod tests {
         assert_eq!(query_field("/x?limit=-1").as_deref(), Some("limit"));
         let repeated = json_query::<Secret>(br#"{"value":"a","value":"b"}"#).unwrap_err();
         assert_eq!(repeated.field.as_deref(), Some("value"), "{}", repeated.message);
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_question_whose_request_ends_unanswered_is_stopped_and_frees_its_room() {
+        use leanloop_store::duckdb::{DuckDbOptions, DuckDbStore};
+        use leanloop_store::{ColumnKind, EventStore, Select, StoreError};
+        let dir = tempfile::tempdir().unwrap();
+        let store = DuckDbStore::open(&dir.path().join("events.duckdb"), &DuckDbOptions::default()).unwrap();
+        let questions = std::sync::Arc::new(tokio::sync::Semaphore::new(1));
+        let (started, starting) = tokio::sync::oneshot::channel();
+        let (answered, answer) = std::sync::mpsc::channel();
+        let question = blocking(questions.clone(), move || {
+            let _ = started.send(());
+            // Hours of work on two threads.
+            let endless = Select {
+                sql: "SELECT count(*) FROM range(1000000000000) t(i) WHERE hash(i) % 7 = 0".into(),
+                params: vec![],
+                columns: vec![ColumnKind::Int],
+            };
+            let _ = answered.send(store.select(&endless));
+            Ok(())
+        });
+        // The request ends (its client left) once the question has started.
+        let mut question = Box::pin(question);
+        tokio::select! {
+            _ = &mut question => panic!("an endless question was answered"),
+            _ = starting => {}
+        }
+        drop(question);
+        let stopped = tokio::task::spawn_blocking(move || answer.recv_timeout(std::time::Duration::from_secs(60)));
+        let stopped = stopped.await.unwrap().expect("the question stops");
+        assert!(matches!(stopped, Err(StoreError::Abandoned)), "{stopped:?}");
+        let room = tokio::time::timeout(std::time::Duration::from_secs(60), questions.acquire()).await;
+        assert!(room.is_ok(), "the question's room is free again");
     }
 }

@@ -22,6 +22,9 @@ pub enum StoreError {
     /// The store's server does not answer (yet); the caller may retry.
     #[error("the event store is unavailable: {0}")]
     Unavailable(String),
+    /// The read was stopped, or not started, as its asker had gone.
+    #[error("the question was abandoned: its request ended before the answer")]
+    Abandoned,
     /// A query needed more memory than the store may use; names the limit.
     #[error("the query needs more memory than the event store may use ({0}); narrow its date range or filters, or raise the limit")]
     QueryMemory(String),
@@ -71,6 +74,8 @@ impl Classify for StoreError {
         match self {
             // Memory is shared with the queries running meanwhile.
             StoreError::QueryMemory(_) => ErrorClass::Unavailable { retry_after_secs: 5 },
+            // No one waits for this answer; never logged as a failure.
+            StoreError::Abandoned => ErrorClass::Unavailable { retry_after_secs: 1 },
             // Outages end: the asker may try again, not report a bug.
             e if e.is_unreachable() => ErrorClass::Unavailable { retry_after_secs: 5 },
             _ => ErrorClass::Internal,

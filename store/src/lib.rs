@@ -9,6 +9,7 @@
 //! event's `(project_id, uuid)` is stored at most once however often it is
 //! written; every method is blocking and is called off the async runtime.
 
+pub mod asker;
 pub mod clickhouse;
 pub mod duckdb;
 mod error;

@@ -22,6 +22,7 @@ mod write;
 pub use deferred::Deferred;
 pub use schema::{cluster_ddl, ServerVersion};
 
+use crate::asker;
 use crate::seen::{key, Key, SeenKeys, MIN_CAPACITY};
 use crate::{Chunk, Dialect, EventFilter, EventStore, Rows, Select, StoreError, UserRecord, WriteOutcome};
 use leanloop_core::{Event, UserUpdate};
@@ -190,8 +191,46 @@ impl ClickHouseStore {
 
     /// Runs a read: one ClickHouse refuses for want of memory is a
     /// [`StoreError::QueryMemory`] (503 naming the limit), not a failure.
-    fn read<T>(&self, future: impl Future<Output = Result<T, StoreError>>) -> Result<T, StoreError> {
-        self.block(future).map_err(|e| e.or_query_memory("ClickHouse's max_memory_usage"))
+    /// Its queries carry an id of their own, by which they are killed if
+    /// their asker leaves (see `asker.rs`): closing the connection alone
+    /// would leave them running on the server.
+    fn read<T, F: Future<Output = Result<T, StoreError>>>(
+        &self,
+        ask: impl FnOnce(clickhouse::Client) -> F,
+    ) -> Result<T, StoreError> {
+        let id = uuid::Uuid::new_v4().to_string();
+        let (stopped, stop) = futures::channel::oneshot::channel::<()>();
+        let (killer, runtime) = (self.client.clone(), self.runtime().handle().clone());
+        let kill = id.clone();
+        let watch = asker::watch(move || {
+            let _ = stopped.send(());
+            runtime.spawn(async move {
+                // A query still on its way to the server is not found by
+                // the first kill; the next ones catch it.
+                for _ in 0..5 {
+                    let killed =
+                        killer.query("KILL QUERY WHERE query_id = ? ASYNC").bind(kill.as_str()).execute().await;
+                    if let Err(e) = killed {
+                        tracing::warn!(error = %e, "an abandoned question's query could not be killed");
+                    }
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            });
+        })?;
+        let reading = ask(self.client.clone().with_setting("query_id", id));
+        let answer = self.block(async move {
+            use futures::future::Either;
+            match futures::future::select(std::pin::pin!(reading), stop).await {
+                Either::Left((answer, _)) => answer,
+                Either::Right((Ok(()), _)) => Err(StoreError::Abandoned),
+                // Not watched (no asker): nothing can stop it.
+                Either::Right((Err(_), reading)) => reading.await,
+            }
+        });
+        if watch.end() {
+            return Err(StoreError::Abandoned);
+        }
+        answer.map_err(|e| e.or_query_memory("ClickHouse's max_memory_usage"))
     }
 }
 
@@ -351,19 +390,19 @@ impl EventStore for ClickHouseStore {
     }
 
     fn count(&self, filter: &EventFilter) -> Result<u64, StoreError> {
-        self.read(read::count(&self.client, filter))
+        self.read(|client| async move { read::count(&client, filter).await })
     }
 
     fn recent(&self, filter: &EventFilter, limit: usize) -> Result<Vec<Event>, StoreError> {
-        self.read(read::recent(&self.client, filter, limit))
+        self.read(|client| async move { read::recent(&client, filter, limit).await })
     }
 
     fn user(&self, project_id: i64, user_id: &str) -> Result<Option<UserRecord>, StoreError> {
-        self.read(read::user(&self.client, project_id, user_id))
+        self.read(|client| async move { read::user(&client, project_id, user_id).await })
     }
 
     fn identity(&self, project_id: i64, anonymous_id: &str) -> Result<Option<String>, StoreError> {
-        self.read(read::identity(&self.client, project_id, anonymous_id))
+        self.read(|client| async move { read::identity(&client, project_id, anonymous_id).await })
     }
 
     fn delete_person(&self, project_id: i64, user_id: &str) -> Result<u64, StoreError> {
@@ -375,7 +414,7 @@ impl EventStore for ClickHouseStore {
     }
 
     fn select(&self, query: &Select) -> Result<Rows, StoreError> {
-        self.read(read::select(&self.client, query))
+        self.read(|client| async move { read::select(&client, query).await })
     }
 
     fn write_cohort(

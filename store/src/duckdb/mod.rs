@@ -13,6 +13,7 @@ mod sessions;
 mod staged;
 mod write;
 
+use crate::asker;
 use crate::{Chunk, Column, Dialect, EventFilter, EventStore, Rows, Select, StoreError, UserRecord, WriteOutcome};
 use ::duckdb::{Config, Connection};
 use leanloop_core::{Event, UserUpdate};
@@ -106,14 +107,37 @@ impl DuckDbStore {
         })
     }
 
-    /// Runs `f` on a pooled reader connection.
+    /// Runs `f` on a pooled reader connection, interrupted if its asker
+    /// leaves (see `asker.rs`).
     fn with_reader<T>(&self, f: impl FnOnce(&Connection) -> Result<T, StoreError>) -> Result<T, StoreError> {
         let pooled = lock(&self.readers).pop();
         let conn = match pooled {
             Some(conn) => conn,
             None => lock(&self.origin).try_clone()?,
         };
+        let interrupt = conn.interrupt_handle();
+        let ended = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let watch = asker::watch({
+            let ended = ended.clone();
+            // DuckDB clears an interrupt as a statement begins: one that
+            // lands before the read's first statement, or between two, is
+            // lost. So it is repeated until the read ends.
+            move || {
+                std::thread::spawn(move || {
+                    while !ended.load(Ordering::Acquire) {
+                        interrupt.interrupt();
+                        std::thread::sleep(Duration::from_millis(5));
+                    }
+                });
+            }
+        })?;
         let result = f(&conn);
+        ended.store(true, Ordering::Release);
+        if watch.end() {
+            // An interrupt may be pending on the connection, and would stop
+            // the next question to use it: it is not pooled again.
+            return Err(StoreError::Abandoned);
+        }
         let mut readers = lock(&self.readers);
         if readers.len() < 8 {
             readers.push(conn);
@@ -333,6 +357,31 @@ mod tests {
                 Ok((r.get(0)?, r.get(1)?))
             })
             .unwrap()
+    }
+
+    #[test]
+    fn a_question_whose_asker_leaves_is_interrupted_and_its_reader_not_reused() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(DuckDbStore::open(&dir.path().join("events.duckdb"), &DuckDbOptions::default()).unwrap());
+        let select = |sql: &str| Select { sql: sql.into(), params: vec![], columns: vec![ColumnKind::Int] };
+        // Hours of work on two threads.
+        let endless = select("SELECT count(*) FROM range(1000000000000) t(i) WHERE hash(i) % 7 = 0");
+        let asker = crate::asker::Asker::default();
+        let asking = std::thread::spawn({
+            let (store, asker) = (store.clone(), asker.clone());
+            move || asker.answer(|| store.select(&endless))
+        });
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while !asker.reading() {
+            assert!(std::time::Instant::now() < deadline, "the question never started");
+            std::thread::yield_now();
+        }
+        asker.leave();
+        let answer = asking.join().unwrap();
+        assert!(matches!(answer, Err(StoreError::Abandoned)), "{answer:?}");
+        assert!(lock(&store.readers).is_empty(), "the interrupted reader is not pooled");
+        // The next question, on a fresh reader, is answered.
+        assert_eq!(store.select(&select("SELECT 42")).unwrap()[0][0].int(), 42);
     }
 
     #[test]

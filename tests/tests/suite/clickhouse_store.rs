@@ -281,3 +281,52 @@ async fn a_database_a_newer_build_migrated_refuses_start() {
     let err = leanloop::App::build(config, leanloop::Role::Collector).await.err().expect("start-up fails");
     assert!(format!("{err:#}").contains("version 99, newer than this build"), "{err:#}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_question_whose_asker_leaves_is_killed_on_the_server() {
+    use leanloop_store::asker::Asker;
+    use leanloop_store::clickhouse::ClickHouseStore;
+    use leanloop_store::{ColumnKind, EventStore, Select, StoreError};
+    use std::sync::Arc;
+    let url = store_url(&ch::shared(), &fresh_database());
+    let store = tokio::task::spawn_blocking(move || ClickHouseStore::open(&ClickHouseOptions::new(url)).unwrap())
+        .await
+        .unwrap();
+    let store = Arc::new(store);
+    // Hours of work; the marker finds it among the server's queries.
+    let marker = format!("m{}", uuid::Uuid::new_v4().simple());
+    let running = format!(
+        "SELECT count() FROM system.processes WHERE query LIKE '%{marker}%' AND query NOT LIKE '%system.processes%'"
+    );
+    let endless = Select {
+        sql: format!("SELECT count() FROM numbers(1000000000000) WHERE sipHash64(number) % 7 = 0 AND '{marker}' != ''"),
+        params: vec![],
+        columns: vec![ColumnKind::Int],
+    };
+    let asker = Asker::default();
+    let asking = tokio::task::spawn_blocking({
+        let (store, asker) = (store.clone(), asker.clone());
+        move || asker.answer(|| store.select(&endless))
+    });
+    eventually_within("the question to run on the server", Duration::from_secs(30), || async {
+        (ch::query(&ch::shared(), &running).await.trim() == "1").then_some(())
+    })
+    .await;
+    assert!(asker.reading());
+    asker.leave();
+    let answer = asking.await.unwrap();
+    assert!(matches!(answer, Err(StoreError::Abandoned)), "{answer:?}");
+    eventually_within("the abandoned query to be killed", Duration::from_secs(30), || async {
+        (ch::query(&ch::shared(), &running).await.trim() == "0").then_some(())
+    })
+    .await;
+    // The next question, and a read outside any, are answered.
+    let next = tokio::task::spawn_blocking(move || {
+        let answer = Asker::default().answer(|| {
+            store.select(&Select { sql: "SELECT 42".into(), params: vec![], columns: vec![ColumnKind::Int] })
+        });
+        (answer, store.count(&leanloop_store::EventFilter::project(1)))
+    });
+    let (answer, count) = next.await.unwrap();
+    assert_eq!((answer.unwrap()[0][0].int(), count.unwrap()), (42, 0));
+}
