@@ -1,6 +1,7 @@
 // Builds dist/ from src/ with Node alone:
 //   dist/leanloop.min.js  the drop-in script served at /sdk.js: one function
 //                         that sets window.leanloop, comments and spacing removed
+//   dist/prompt.min.mjs   the NPS prompt's module served at /sdk-prompt.mjs
 // The ES module is src/leanloop.js itself (served at /sdk.mjs).
 // `node build.mjs` writes dist/; test/dist.test.mjs checks it is current.
 
@@ -106,6 +107,8 @@ export function build() {
   const script = `(() => {\n'use strict'\n${body}\n${read('src/global.js')}\n})()\n`
   return {
     'leanloop.min.js': `/*! leanloop-js ${version} */\n` + ascii(minify(script)),
+    // The NPS prompt, fetched by the SDK when it first shows (/sdk-prompt.mjs).
+    'prompt.min.mjs': `/*! leanloop-js ${version} prompt */\n` + ascii(minify(read('src/prompt.js'))),
   }
 }
 

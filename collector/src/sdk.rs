@@ -1,6 +1,7 @@
-//! `/sdk.js` (the drop-in browser script) and `/sdk.mjs` (the ES module),
-//! built from `sdk-js/` and embedded in the binary, so the SDK a page loads
-//! always matches the collector it talks to.
+//! `/sdk.js` (the drop-in browser script), `/sdk.mjs` (the ES module) and
+//! `/sdk-prompt.mjs` (the NPS prompt, which either fetches when it first
+//! shows), built from `sdk-js/` and embedded in the binary, so the SDK a
+//! page loads always matches the collector it talks to.
 //!
 //! Both are gzipped once, on first request, and served with an ETag and a
 //! day of caching (plus a week of stale-while-revalidate): pages pick up a
@@ -19,6 +20,7 @@ use std::sync::OnceLock;
 
 const SCRIPT: &str = include_str!("../../sdk-js/dist/leanloop.min.js");
 const MODULE: &str = include_str!("../../sdk-js/src/leanloop.js");
+const PROMPT: &str = include_str!("../../sdk-js/dist/prompt.min.mjs");
 const CACHE: &str = "public, max-age=86400, stale-while-revalidate=604800";
 
 struct Asset {
@@ -47,9 +49,11 @@ fn asset(cell: &'static OnceLock<Asset>, plain: &'static str) -> &'static Asset 
 pub fn router<S: Clone + Send + Sync + 'static>() -> Router<S> {
     static SCRIPT_CELL: OnceLock<Asset> = OnceLock::new();
     static MODULE_CELL: OnceLock<Asset> = OnceLock::new();
+    static PROMPT_CELL: OnceLock<Asset> = OnceLock::new();
     Router::new()
         .route("/sdk.js", get(|headers: HeaderMap| async move { serve(asset(&SCRIPT_CELL, SCRIPT), &headers) }))
         .route("/sdk.mjs", get(|headers: HeaderMap| async move { serve(asset(&MODULE_CELL, MODULE), &headers) }))
+        .route("/sdk-prompt.mjs", get(|headers: HeaderMap| async move { serve(asset(&PROMPT_CELL, PROMPT), &headers) }))
 }
 
 /// Whether an `Accept-Encoding` value takes gzip: named (any case) or by

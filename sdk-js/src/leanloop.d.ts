@@ -4,7 +4,7 @@
 export type Properties = Record<string, unknown>
 
 export interface InitOptions {
-  /** Collector origin, e.g. "https://collector.example.com". Default: same origin. */
+  /** Collector origin, e.g. "https://collector.example.com". Default: the page's origin. */
   host?: string
   /** Put in `context.release` of every event and on feedback. */
   release?: string
@@ -18,7 +18,7 @@ export interface InitOptions {
   flushInterval?: number
   /** Most events kept while offline; the oldest are dropped first. Default 1000. */
   maxQueue?: number
-  /** Automatic page views, including SPA navigation. Default true. */
+  /** Automatic page views, including SPA navigation to a new path or hash route (`#/…`). Default true. */
   pageviews?: boolean
   /** `$exception` events for uncaught errors and unhandled rejections. Default true. */
   errors?: boolean
@@ -33,6 +33,12 @@ export interface InitOptions {
    * runtimes.
    */
   window?: any
+  /**
+   * The NPS prompt's module (`sdk-js/src/prompt.js`) for apps that bundle
+   * it; by default it is fetched from `{host}/sdk-prompt.mjs` when the
+   * prompt first shows.
+   */
+  prompt?: { prompt(context: unknown): void }
 }
 
 export interface Feedback {
@@ -65,8 +71,8 @@ export function optIn(): void
 /** Queues feedback for `POST /v1/feedback` and sends it at once. */
 export function feedback(feedback: Feedback): Promise<void>
 export function setRelease(release: string): void
-/** Opens the NPS prompt. */
-export function showFeedback(): void
+/** Opens the NPS prompt (its module is fetched first); settles once it shows. */
+export function showFeedback(): Promise<void> | undefined
 
 declare const leanloop: {
   VERSION: typeof VERSION

@@ -10,17 +10,9 @@ export const VERSION = '0.1.0'
 
 const IDLE = 18e5 // a session ends after 30 minutes without events
 const BATCH = 20
-const TEXT = {
-  en: ['How likely are you to recommend us to a friend?', 'Not likely', 'Very likely', 'Anything else? (optional)', 'Send', 'Close', 'Thank you!'],
-  zh: ['您有多大可能向朋友推荐我们？', '不太可能', '非常可能', '其他建议（可选）', '提交', '关闭', '感谢您的反馈！'],
-}
-// The prompt's own styles; `all:initial` keeps the page's inherited ones out.
-const CSS =
-  ':host{all:initial}*{box-sizing:border-box;font:inherit}[role=dialog]{position:fixed;right:16px;bottom:16px;z-index:99999;width:min(360px,100vw - 32px);padding:16px;background:#fff;color:#111;font:14px/1.4 system-ui,sans-serif;border-radius:8px;box-shadow:0 4px 24px #0004}p{margin:0 24px 12px 0}div div,small{display:flex;gap:4px;justify-content:space-between}button{cursor:pointer;border:1px solid #ccc;border-radius:4px;background:#fff;padding:6px;flex:1}[aria-pressed=true],[data-ll-submit]{background:#111;color:#fff}[data-ll-close]{position:absolute;top:8px;right:8px;border:0}textarea{width:100%;margin:12px 0 8px}'
-
 let w = globalThis
 let o = {}
-let key, uid, anon, sn, timer, busy, last, ref, open, vitals
+let key, uid, anon, sn, timer, busy, last, at, ref, open, vitals
 let q = []
 // The queue as this page last stored it (see sync).
 let saved
@@ -28,6 +20,17 @@ let tries = 0
 let errors = 0
 // Console warnings this page load: a few, never one per request.
 let warned = 0
+
+// JSON.stringify, but blind to a toJSON the page gave the built-in types
+// (Prototype.js): it would turn lists and strings into quoted text.
+function json(v, f) {
+  const k = [Array, String, Number].map(t => [(t = t.prototype), Object.getOwnPropertyDescriptor(t, 'toJSON')]).filter(([p, d]) => d?.configurable && delete p.toJSON)
+  try {
+    return JSON.stringify(v, f)
+  } finally {
+    k.map(([p, d]) => Object.defineProperty(p, 'toJSON', d))
+  }
+}
 
 // Storage: localStorage, or cookies when it throws (blocked or full storage,
 // some private modes), or memory for the page's life when both throw
@@ -66,7 +69,7 @@ const qname = () => 'll_q:' + key
 // What this tab stored last, only once stored: a write refused (a full
 // storage) must not make the older stored queue look newer than memory's.
 function save() {
-  const s = JSON.stringify(q)
+  const s = json(q)
   try {
     w.localStorage.setItem(qname(), s)
     saved = s
@@ -78,7 +81,17 @@ function save() {
 // (browsers pass writes between tabs late), and what it writes then lacks
 // that tab's newest events, which that tab adds back at its next change.
 // Events are told apart by messageId; entries without one are dropped.
+// What a tab delivered is recorded for the others (`ll_s:<key>`, the last
+// 500 ids), so that none adds back an event of its own another sent.
 const mine = new Set()
+const sname = () => 'll_s:' + key
+function delivered() {
+  try {
+    const x = JSON.parse(w.localStorage.getItem(sname()))
+    if (Array.isArray(x)) return x
+  } catch {}
+  return []
+}
 function sync() {
   let s
   try {
@@ -89,6 +102,7 @@ function sync() {
       let x = JSON.parse(s)
       if (Array.isArray(x)) {
         const there = ids((x = x.filter(e => e?.messageId)))
+        for (const i of delivered()) mine.delete(i)
         q = x.concat(q.filter(e => mine.has(e.messageId) && !there.has(e.messageId)))
         saved = s
       }
@@ -167,8 +181,8 @@ function snap(e) {
   // The objects from the root to the value at hand: `this` is its holder.
   const path = []
   try {
-    const t = JSON.stringify(e, function (k, v) {
-      while (path.length && path.at(-1) !== this) path.pop()
+    const t = json(e, function (k, v) {
+      while (path.length && path[path.length - 1] !== this) path.pop()
       if (typeof v == 'bigint') return '' + v
       if (v && typeof v == 'object') {
         if (path.includes(v)) return '[Circular]'
@@ -199,7 +213,7 @@ function next(list = q, n = BATCH) {
   const i = items.findIndex(e => !e.type)
   items = items.slice(0, i < 0 ? n : i || 1)
   const base = { sentAt: iso(), writeKey: key }
-  return [o.host + (i ? '/v1/batch' : '/v1/feedback'), JSON.stringify(i ? { batch: items, ...base } : { ...items[0], ...base }), items]
+  return [o.host + (i ? '/v1/batch' : '/v1/feedback'), json(i ? { batch: items, ...base } : { ...items[0], ...base }), items]
 }
 
 const done = items => {
@@ -207,6 +221,9 @@ const done = items => {
   sent.forEach(i => mine.delete(i))
   sync()
   q = q.filter(e => !sent.has(e.messageId))
+  try {
+    w.localStorage.setItem(sname(), json(delivered().concat([...sent]).slice(-500)))
+  } catch {}
   save()
 }
 
@@ -243,6 +260,8 @@ async function post(url, body, items) {
 }
 
 async function drain() {
+  // Another tab may have stored events, or sent some, since this one looked.
+  sync()
   while (q.length && !off()) {
     const [url, body, items] = next()
     const wait = await post(url, body, items)
@@ -258,7 +277,14 @@ export function flush() {
   if (busy) return busy.then(() => tries || flush())
   w.clearTimeout(timer)
   timer = 0
-  return (busy = drain().finally(() => (busy = 0)))
+  // One of the site's tabs sends at a time where the browser has Web Locks:
+  // each sends the queue they share, so two at once would send it twice.
+  // A tab that finds another sending looks again later.
+  const l = w.navigator?.locks
+  const sending = l
+    ? l.request('ll_send:' + key, { ifAvailable: true }, x => (x ? drain() : later(o.flushInterval || 1e3))).catch(drain)
+    : drain()
+  return (busy = sending.finally(() => (busy = 0)))
 }
 
 // The page may be gone before fetch completes: hand what is left to the
@@ -326,13 +352,22 @@ function click(e) {
   track(el.getAttribute('data-ll-event'), p)
 }
 
-const nav = () => w.location?.href != last && page()
+// A navigation is a new path, or a new hash route (`#/…`, `#!…`, or no
+// hash) for apps that route by hash. A new query alone (search as you type)
+// is not, nor is an anchor on the same path (a table of contents), as in
+// posthog-js and Plausible.
+const route = (l = w.location || {}) => l.pathname + (/^#[/!]/.test(l.hash) ? l.hash : '')
+const nav = () => {
+  const l = w.location || {}
+  route() != at && !(/^#[^/!]/.test(l.hash) && at.split('#')[0] == l.pathname) && page()
+}
 
 export function init(writeKey, options) {
   if (key || !writeKey) return
   o = { ...options }
-  o.host = ('' + (o.host || '')).replace(/\/+$/, '')
   w = o.window || globalThis
+  // Not a relative path: a <base href> would send it elsewhere.
+  o.host = ('' + (o.host || w.location?.origin || '')).replace(/\/+$/, '')
   key = writeKey
   uid = get('uid')
   sync()
@@ -340,14 +375,18 @@ export function init(writeKey, options) {
   const h = w.history
   if (o.pageviews != false) {
     // Single-page apps navigate without a load: watch the history API.
+    // A page that froze History.prototype refuses the patch: popstate and
+    // hashchange still count.
     for (const m of ['pushState', 'replaceState']) {
       const f = h?.[m]
-      if (f)
-        h[m] = function () {
-          const r = f.apply(this, arguments)
-          nav()
-          return r
-        }
+      try {
+        if (f)
+          h[m] = function () {
+            const r = f.apply(this, arguments)
+            nav()
+            return r
+          }
+      } catch {}
     }
     on(w, 'popstate', nav)
     on(w, 'hashchange', nav)
@@ -372,7 +411,7 @@ export function init(writeKey, options) {
     session()
     if (sn > (f.afterSessions || 0) && !get('fb')) {
       set('fb', 1)
-      showFeedback()
+      prompt()
     }
   }
   if (q.length) later(o.flushInterval || 1e3)
@@ -395,6 +434,7 @@ export const page = safe((name, properties) => {
   const h = w.location?.href
   if (last && last != h) ref = last
   last = h
+  at = route()
   add('page', { name, properties: { ...where(), ...properties } })
 })
 
@@ -443,44 +483,17 @@ export const feedback = safe(f => {
   return flush()
 })
 
-// The NPS prompt: shadow DOM keeps page styles out; strings are constants,
-// never user input, so innerHTML is safe.
-export function showFeedback() {
-  const d = w.document
-  if (open || !d || off()) return
-  if (!d.body) return on(d, 'DOMContentLoaded', showFeedback)
-  const t = TEXT[/^zh/i.test(o.locale || w.navigator?.language) ? 'zh' : 'en']
-  const host = d.createElement('div')
-  const r = host.attachShadow({ mode: 'open' })
-  const back = d.activeElement
-  let score
+// The NPS prompt is a module of its own (prompt.js), fetched the first
+// time it shows, from `{host}/sdk-prompt.mjs` unless the app hands it in
+// (`prompt` option): most pages never show it. Shown on its own
+// (afterSessions) it leaves focus where it is: the person may be typing.
+export const showFeedback = safe(() => prompt(1))
+function prompt(focus) {
+  if (open || !key || off()) return
   open = 1
-  host.setAttribute('data-ll-widget', '')
-  r.innerHTML = `<style>${CSS}</style><div role="dialog" aria-labelledby="q" tabindex="-1"><button data-ll-close aria-label="${t[5]}">×</button><p id="q">${t[0]}</p><div role="group" aria-labelledby="q">${[...Array(11).keys()].map(i => `<button data-ll-score="${i}" aria-pressed="false">${i}</button>`).join('')}</div><small><span>${t[1]}</span><span>${t[2]}</span></small><textarea aria-label="${t[3]}" placeholder="${t[3]}"></textarea><button data-ll-submit>${t[4]}</button></div>`
-  const box = r.querySelector('[role=dialog]')
-  const close = () => {
-    host.remove()
-    open = 0
-    back?.focus?.()
-  }
-  on(r, 'keydown', e => e.key == 'Escape' && close())
-  on(r, 'click', e => {
-    const b = e.target.closest('button')
-    if (!b) return
-    const message = r.querySelector('textarea').value.trim()
-    if (b.hasAttribute('data-ll-close')) return close()
-    if (!b.hasAttribute('data-ll-submit')) {
-      score = +b.getAttribute('data-ll-score')
-      for (const x of r.querySelectorAll('[data-ll-score]')) x.setAttribute('aria-pressed', x == b)
-    } else if (score != null || message) {
-      feedback({ score, message: message || void 0, category: 'nps' })
-      box.innerHTML = `<p role="status">${t[6]}</p>`
-      box.focus()
-      w.setTimeout(close, 2e3)
-    }
-  })
-  d.body.appendChild(host)
-  r.querySelector('[data-ll-score]').focus()
+  return (o.prompt ? Promise.resolve(o.prompt) : import(o.host + '/sdk-prompt.mjs'))
+    .then(m => m.prompt({ w, lang: o.locale || w.navigator?.language, feedback, on, focus, done: () => (open = 0) }))
+    .catch(x => warn('failed: ' + x, (open = 0)))
 }
 
 export default { VERSION, init, track, page, identify, group, alias, reset, flush, optOut, optIn, feedback, setRelease, showFeedback }

@@ -2,14 +2,20 @@ import { test } from 'node:test'
 import assert from 'node:assert/strict'
 import { browser, load, start } from '../testing/fake-browser.mjs'
 
-test('init sends a page view; SPA navigation sends one per new URL', async () => {
+test('init sends a page view; SPA navigation sends one per new path or hash route', async () => {
   const { sdk, b } = await start()
   b.win.history.pushState({}, '', '/pricing?plan=pro')
   b.win.history.replaceState({ scroll: 1 }, '') // same URL: not a navigation
-  b.win.history.replaceState({}, '', '/pricing?plan=team')
+  b.win.history.replaceState({}, '', '/pricing?plan=team') // the query alone: not one either
   b.go('/pricing?plan=team#faq')
+  b.dispatch(b.win, 'hashchange') // an anchor: not one
+  b.go('/pricing#/settings')
   b.dispatch(b.win, 'hashchange')
   b.dispatch(b.win, 'popstate') // both fire for one hash change: one page view
+  b.go('/pricing#top')
+  b.dispatch(b.win, 'hashchange') // an anchor on the same path, after a hash route: not one
+  b.go('/pricing')
+  b.dispatch(b.win, 'popstate') // back to no hash: the root route
   b.go('/home')
   b.dispatch(b.win, 'popstate')
   await sdk.flush()
@@ -19,13 +25,26 @@ test('init sends a page view; SPA navigation sends one per new URL', async () =>
     [
       ['/home', '', 'https://search.example/'],
       ['/pricing', '?plan=pro', 'https://shop.example/home'],
-      ['/pricing', '?plan=team', 'https://shop.example/pricing?plan=pro'],
-      ['/pricing', '?plan=team', 'https://shop.example/pricing?plan=team'],
-      ['/home', '', 'https://shop.example/pricing?plan=team#faq'],
+      ['/pricing', '', 'https://shop.example/pricing?plan=pro'],
+      ['/pricing', '', 'https://shop.example/pricing#/settings'],
+      ['/home', '', 'https://shop.example/pricing'],
     ],
   )
   assert.equal(pages[1].properties.url, 'https://shop.example/pricing?plan=pro')
+  assert.equal(pages[2].properties.url, 'https://shop.example/pricing#/settings')
   assert.equal(pages[1].context.page.path, '/pricing')
+})
+
+test('a page that froze its history object still starts, and counts back and forward', async () => {
+  const sdk = await load()
+  const b = browser()
+  Object.freeze(b.win.history)
+  sdk.init('wk_test', { host: 'https://collect.example', window: b.win })
+  b.go('/next')
+  b.dispatch(b.win, 'popstate')
+  await sdk.flush()
+  assert.deepEqual(b.events().map(e => e.properties.path), ['/home', '/next'])
+  assert.deepEqual(b.warnings, [])
 })
 
 test('page() takes a name and properties; pageviews: false turns automatic ones off', async () => {

@@ -1,6 +1,7 @@
 import { test } from 'node:test'
 import assert from 'node:assert/strict'
 import { browser, load, start } from '../testing/fake-browser.mjs'
+import * as prompt from '../src/prompt.js'
 
 test('feedback() posts to /v1/feedback with the ids, page and release', async () => {
   const { sdk, b } = await start({ release: '3.1.0' })
@@ -116,8 +117,7 @@ test('the NPS prompt is an accessible dialog in an open shadow root', async () =
   const { sdk, b } = await start({ release: '4.0.0', pageviews: false })
   const page = dom(b)
   const before = b.doc.activeElement
-  sdk.showFeedback()
-  sdk.showFeedback() // already open: not twice
+  await Promise.all([sdk.showFeedback(), sdk.showFeedback()]) // already open: not twice
   assert.equal(page.body.children.length, 1)
   const host = page.shown()
   assert.ok(host.hasAttribute('data-ll-widget'))
@@ -155,12 +155,12 @@ test('the NPS prompt is an accessible dialog in an open shadow root', async () =
 test('Escape and the close button dismiss the prompt without sending', async () => {
   const { sdk, b } = await start({ pageviews: false })
   const page = dom(b)
-  sdk.showFeedback()
+  await sdk.showFeedback()
   page.key('Enter')
   assert.equal(page.body.children.length, 1)
   page.key('Escape')
   assert.equal(page.body.children.length, 0)
-  sdk.showFeedback()
+  await sdk.showFeedback()
   page.click('[data-ll-close]')
   assert.equal(page.body.children.length, 0)
   await b.settle()
@@ -172,7 +172,7 @@ test('Chinese strings for locale zh or a zh browser', async () => {
     const { sdk, b } = await start({ pageviews: false, locale: option })
     b.win.navigator.language = language
     const page = dom(b)
-    sdk.showFeedback()
+    await sdk.showFeedback()
     assert.match(page.root().html, /您有多大可能向朋友推荐我们/)
     assert.equal(page.root().querySelector('[data-ll-close]').attrs['aria-label'], '关闭')
   }
@@ -180,7 +180,7 @@ test('Chinese strings for locale zh or a zh browser', async () => {
 
 test('the prompt waits for the body when called too early', async () => {
   const { sdk, b } = await start({ pageviews: false })
-  sdk.showFeedback()
+  await sdk.showFeedback()
   const page = dom(b)
   assert.equal(page.body.children.length, 0)
   b.dispatch(b.doc, 'DOMContentLoaded')
@@ -194,8 +194,35 @@ test('feedback: {afterSessions: 2} shows the prompt once, in the third session',
     const sdk = await load()
     const next = browser({ storage: b.storage, cookies: b.cookies, now: b.now + load_ * 31 * 60e3 })
     const page = dom(next)
-    sdk.init('wk_test', { host: 'https://collect.example', window: next.win, feedback: { afterSessions: 2 } })
+    sdk.init('wk_test', { host: 'https://collect.example', window: next.win, feedback: { afterSessions: 2 }, prompt })
+    await next.settle()
     shown.push(page.body.children.length)
   }
   assert.deepEqual(shown, [0, 0, 1, 0, 0])
+})
+
+test('shown on its own, the prompt leaves focus where the person is typing', async () => {
+  const b = browser()
+  const page = dom(b)
+  const typing = b.doc.activeElement
+  const sdk = await load()
+  sdk.init('wk_test', { host: 'https://collect.example', window: b.win, pageviews: false, feedback: { afterSessions: 0 }, prompt })
+  await b.settle()
+  assert.equal(page.body.children.length, 1)
+  assert.equal(b.doc.activeElement, typing)
+})
+
+test('a prompt the page refuses (Trusted Types) warns and throws nothing into the page', async () => {
+  const refused = { prompt: () => { throw new TypeError("This document requires 'TrustedHTML' assignment") } }
+  const b = browser()
+  const sdk = await load()
+  sdk.init('wk_test', { host: 'https://collect.example', window: b.win, pageviews: false, feedback: { afterSessions: 0 }, prompt: refused })
+  await b.settle()
+  assert.match(b.warnings.join(), /TrustedHTML/)
+  // init went on: the rest of the SDK works, and the prompt may be asked for again.
+  sdk.track('After')
+  await sdk.flush()
+  assert.deepEqual(b.events().map(e => e.event), ['After'])
+  await sdk.showFeedback()
+  assert.equal(b.warnings.filter(w => /TrustedHTML/.test(w)).length, 2)
 })

@@ -278,3 +278,34 @@ test('entries of a stored queue that are not events are dropped, and the rest is
   assert.deepEqual(b.events().map(e => e.event), ['Kept'])
   assert.deepEqual(b.queued(), [])
 })
+
+test('an event another tab sent is not sent again by the tab that tracked it', async () => {
+  const a = await start({ pageviews: false })
+  const sdk = await load()
+  const b = browser({ storage: a.b.storage, cookies: a.b.cookies, now: a.b.now })
+  sdk.init('wk_test', { host: 'https://collect.example', window: b.win, pageviews: false })
+  sdk.track('B1')
+  // The first tab sends the queue the tabs share.
+  await a.sdk.flush()
+  assert.deepEqual(a.b.events().map(e => e.event), ['B1'])
+  sdk.track('B2')
+  await sdk.flush()
+  assert.deepEqual(b.events().map(e => e.event), ['B2'], 'B1 was sent by the other tab')
+  assert.deepEqual(b.queued(), [])
+})
+
+test('while another tab holds the send lock, a tab leaves the shared queue to it', async () => {
+  const { sdk, b } = await start({ pageviews: false })
+  let held = true
+  const asked = []
+  b.win.navigator.locks = {
+    request: (name, options, f) => (asked.push([name, options.ifAvailable]), Promise.resolve(f(held ? null : { name }))),
+  }
+  sdk.track('Mine')
+  await sdk.flush()
+  assert.equal(b.requests.length, 0, 'the tab holding the lock sends')
+  assert.deepEqual(asked[0], ['ll_send:wk_test', true])
+  held = false
+  await b.advance(1000)
+  assert.deepEqual(b.events().map(e => e.event), ['Mine'])
+})

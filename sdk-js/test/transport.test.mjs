@@ -1,6 +1,6 @@
 import { test } from 'node:test'
 import assert from 'node:assert/strict'
-import { start } from '../testing/fake-browser.mjs'
+import { browser, load, start } from '../testing/fake-browser.mjs'
 
 const UUID_V4 = /^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$/
 
@@ -319,4 +319,56 @@ test('init takes a URL object as the host', async () => {
   sdk.track('x')
   await sdk.flush()
   assert.equal(b.requests[0].url, 'https://collect.example/v1/batch')
+})
+
+test('without a host, events go to the page origin, whatever a <base href> says', async () => {
+  const sdk = await load()
+  const b = browser()
+  sdk.init('wk_test', { window: b.win, pageviews: false })
+  sdk.track('Here')
+  await sdk.flush()
+  assert.equal(b.requests[0].url, 'https://shop.example/v1/batch')
+})
+
+test('a browser without Array.prototype.at (before 2022) sends events', async () => {
+  const at = Array.prototype.at
+  delete Array.prototype.at
+  try {
+    const { sdk, b } = await start({ pageviews: false })
+    sdk.track('Old browser', { nested: { list: [1, { deep: true }] } })
+    await sdk.flush()
+    assert.deepEqual(b.events().map(e => [e.event, e.properties]), [['Old browser', { nested: { list: [1, { deep: true }] } }]])
+  } finally {
+    Array.prototype.at = at
+  }
+})
+
+test('a page that gives built-in types a toJSON (Prototype.js) changes nothing sent or stored', async () => {
+  const types = [Array, String, Number]
+  const own = types.map(t => Object.getOwnPropertyDescriptor(t.prototype, 'toJSON'))
+  // Prototype.js 1.6: each turns its value into quoted text.
+  Array.prototype.toJSON = function () {
+    return '[' + [...this].map(x => JSON.stringify(x)).join(',') + ']'
+  }
+  String.prototype.toJSON = function () {
+    return '"' + this + '"'
+  }
+  Number.prototype.toJSON = function () {
+    return '' + this
+  }
+  const pages = types.map(t => t.prototype.toJSON)
+  try {
+    const { sdk, b } = await start({ pageviews: false })
+    b.respond = () => new Error('offline')
+    sdk.track('Listed', { tags: ['a', 'b'], n: 2 })
+    await sdk.flush()
+    assert.deepEqual(b.queued().map(e => [e.event, e.properties]), [['Listed', { tags: ['a', 'b'], n: 2 }]], 'stored')
+    b.respond = () => ({ status: 200 })
+    await b.advance(60e3)
+    const sent = b.requests.map(r => r.body.batch.map(e => [e.event, e.properties]))
+    assert.deepEqual(sent, [[['Listed', { tags: ['a', 'b'], n: 2 }]], [['Listed', { tags: ['a', 'b'], n: 2 }]]], 'sent, then sent again')
+    assert.deepEqual(types.map(t => t.prototype.toJSON), pages, "the page's own are put back")
+  } finally {
+    types.forEach((t, i) => (own[i] ? Object.defineProperty(t.prototype, 'toJSON', own[i]) : delete t.prototype.toJSON))
+  }
 })

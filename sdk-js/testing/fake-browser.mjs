@@ -39,7 +39,7 @@ export function browser({ url = 'https://shop.example/home', storage = memorySto
   const location = {}
   const go = u => {
     const x = new URL(u, location.href || url)
-    Object.assign(location, { href: x.href, pathname: x.pathname, search: x.search, hash: x.hash })
+    Object.assign(location, { href: x.href, origin: x.origin, pathname: x.pathname, search: x.search, hash: x.hash })
   }
   go(url)
   b.go = go
@@ -128,6 +128,6 @@ export function browser({ url = 'https://shop.example/home', storage = memorySto
 export async function start(options = {}, browserOptions) {
   const sdk = await load()
   const b = browser(browserOptions)
-  sdk.init(options.writeKey ?? 'wk_test', { host: 'https://collect.example', window: b.win, ...options })
+  sdk.init(options.writeKey ?? 'wk_test', { host: 'https://collect.example', window: b.win, prompt: await import('../src/prompt.js'), ...options })
   return { sdk, b }
 }

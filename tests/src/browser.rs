@@ -128,7 +128,9 @@ impl Browser {
     /// The open shadow root of the element at `css`; WebDriver's ordinary
     /// lookups do not enter shadow roots.
     pub async fn shadow_root(&self, css: &str) -> ShadowRoot {
-        let host = self.find(css).await;
+        // The host may come a moment later: the NPS prompt's module is
+        // fetched when it first shows.
+        let host = within(&format!("waiting for {css}"), self.client.wait().for_element(Locator::Css(css))).await;
         within(&format!("the shadow root of {css}"), host.shadow_root()).await
     }
 

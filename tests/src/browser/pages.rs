@@ -49,7 +49,7 @@ const APP: &str = r##"<!doctype html>
 <script src="{collector}/sdk.js" data-write-key="{key}" data-host="{host}" data-release="{release}"></script>
 </head>
 <body>
-<nav><a id="pricing" href="/pricing">Pricing</a> <a id="faq" href="#faq">FAQ</a></nav>
+<nav><a id="pricing" href="/pricing">Pricing</a> <a id="faq" href="#/faq">FAQ</a> <a id="top" href="#top">Top</a></nav>
 <button id="cart" data-ll-event="Opened Cart" data-ll-items="2">Cart</button>
 <button id="boom">Break</button>
 <button id="reject">Save</button>

@@ -69,11 +69,12 @@ async fn single_page_navigation_sends_a_page_view_per_route() {
     b.open("/app.html").await;
     b.click("#pricing").await; // history.pushState
     b.client().back().await.expect("back"); // popstate
-    b.click("#faq").await; // hashchange
+    b.click("#faq").await; // hashchange to a hash route
+    b.click("#top").await; // hashchange to an anchor: not a page view
     assert_eq!(b.flush().await, 0);
 
     let views = s.events(&[("name", "$pageview")]).await;
-    assert_eq!(views.len(), 4, "load, pushState, back and hash change: {views:#?}");
+    assert_eq!(views.len(), 4, "load, pushState, back and hash route: {views:#?}");
     let app = b.url("/app.html");
     let at = |url: &str| views.iter().filter(|v| v["url"] == url).collect::<Vec<_>>();
     assert_eq!(at(app.as_str()).len(), 2, "the first load and the way back");
@@ -81,7 +82,7 @@ async fn single_page_navigation_sends_a_page_view_per_route() {
     assert_eq!(pricing.len(), 1);
     assert_eq!(pricing[0]["path"], "/pricing");
     assert_eq!(pricing[0]["referrer"], app.as_str(), "the previous route is the referrer");
-    let faq = at(format!("{app}#faq").as_str());
+    let faq = at(format!("{app}#/faq").as_str());
     assert_eq!(faq.len(), 1);
     assert_eq!(faq[0]["path"], "/app.html");
     for v in &views {

@@ -42,4 +42,9 @@ async fn the_served_sdk_is_gzipped_cached_and_under_5_kb() {
     assert_eq!(other.send().await.unwrap().status(), 200, "the plain body's tag does not revalidate the gzipped one");
     let module = raw.get(s.url("/sdk.mjs")).send().await.unwrap().text().await.unwrap();
     assert!(module.contains("export"), "the ES module is served too");
+    // The NPS prompt, fetched cross-origin as a module when it first shows.
+    let prompt = raw.get(s.url("/sdk-prompt.mjs")).send().await.unwrap();
+    assert_eq!(prompt.headers()["access-control-allow-origin"], "*");
+    assert!(prompt.headers()["content-type"].to_str().unwrap().starts_with("text/javascript"));
+    assert_eq!(prompt.text().await.unwrap(), include_str!("../../../sdk-js/dist/prompt.min.mjs"));
 }
