@@ -2,10 +2,11 @@
 //! ClickHouse filters on: strings as themselves, numbers as DuckDB's
 //! `json_extract_string` writes them (integers as their digits, however
 //! many; floats by its rules, [`float_text`]), so both stores filter and
-//! break down by the same text, anything else as its compact JSON text,
-//! `null` as not set, keys sorted and each once, the last of a repeated key
-//! winning. (DuckDB keeps an object's keys in their order and takes the
-//! first of a repeated key: there the two stores still differ.)
+//! break down by the same text, arrays and objects as DuckDB writes them
+//! (compact, an object's keys in their order, numbers as above), `null` as
+//! not set, top-level keys sorted and each once, the last of a repeated key
+//! winning. (DuckDB takes the first of a repeated top-level key: there the
+//! two stores still differ.)
 //!
 //! Every stored event passes through here, so the common case borrows: keys
 //! and string values without escapes point into the properties text, and
@@ -49,8 +50,48 @@ fn value_text(raw: &RawValue) -> Option<Cow<'_, str>> {
         // DuckDB keeps an integer's digits, however many (`-0` is 0).
         _ if is_integer(text) => Some(if text == "-0" { Cow::Borrowed("0") } else { Cow::Borrowed(text) }),
         Some(b'-' | b'0'..=b'9') => text.parse::<f64>().ok().map(|x| Cow::Owned(float_text(x))),
-        _ => serde_json::from_str::<serde_json::Value>(text).ok().map(|v| Cow::Owned(v.to_string())),
+        _ => {
+            let mut out = String::with_capacity(text.len());
+            nested_text(raw, &mut out).map(|()| Cow::Owned(out))
+        }
     }
+}
+
+/// An array's or object's text as DuckDB writes it: compact, an object's
+/// keys in their order (not sorted, as a parse into a map would), strings
+/// escaped as JSON needs and no more, numbers as [`value_text`] writes
+/// them; `None` when it is not JSON.
+fn nested_text(raw: &RawValue, out: &mut String) -> Option<()> {
+    let text = raw.get();
+    let quoted = |s: &str, out: &mut String| serde_json::to_string(s).ok().map(|q| out.push_str(&q));
+    match text.as_bytes().first()? {
+        b'{' => {
+            out.push('{');
+            for (i, (key, value)) in serde_json::from_str::<Entries>(text).ok()?.0.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                quoted(key, out)?;
+                out.push(':');
+                nested_text(value, out)?;
+            }
+            out.push('}');
+        }
+        b'[' => {
+            out.push('[');
+            for (i, item) in serde_json::from_str::<Vec<&RawValue>>(text).ok()?.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                nested_text(item, out)?;
+            }
+            out.push(']');
+        }
+        b'"' => quoted(&serde_json::from_str::<Text>(text).ok()?.0, out)?,
+        b'n' => out.push_str("null"),
+        _ => out.push_str(&value_text(raw)?),
+    }
+    Some(())
 }
 
 /// A float as DuckDB's JSON functions write it: the shortest digits that
@@ -153,7 +194,7 @@ mod tests {
             r#"{"step":3,"plan":"pro","amount":12.5,"currency":"EUR"}"#,
             r#"{ "b" : 1 , "a" : "x" , "b" : 2 }"#,
             r#"{"a":null,"b":"","c":false,"d":true}"#,
-            r#"{"nested":{"b":[1, 2, {"c" : null}],"a":"x"},"list":[ ]}"#,
+            r#"{"list":[ ],"one":[1]}"#,
             r#"{"esc\"aped":"line\nbreak \u00e9 \ud83d\ude00","tab\t":"\u0000"}"#,
             r#"{"dup":"first","dup":null}"#,
             r#"{"dup":null,"dup":"last"}"#,
@@ -212,6 +253,22 @@ mod tests {
             let expected = duckdb_texts(case, &keys);
             let pairs: Vec<_> = keys.iter().zip(values.iter().zip(&expected)).filter(|(_, (a, b))| a != b).collect();
             assert!(pairs.is_empty(), "{case}: ours vs DuckDB's {pairs:?}");
+        }
+    }
+
+    #[test]
+    fn arrays_and_objects_read_as_duckdb_writes_them() {
+        let cases = [
+            r#"{"meta":{"b":1,"a":2},"nums":[1e20,-0,0.1,1e21,12.50,1e-5]}"#,
+            r#"{"nested":{"b":[1, 2, {"c" : null}],"a":"x"},"list":[ ],"empty":{}}"#,
+            r#"{"text":["a\"b","line\nbreak","\u00e9\ud83d\ude00","tab\t","\u0001"],"flags":[true,false,null]}"#,
+            r#"{"deep":[[[{"z":{"y":[-17,18446744073709551616,3.0e2]}}]]]}"#,
+        ];
+        for case in cases {
+            let (keys, values) = flatten(case);
+            let keys: Vec<String> = keys.into_iter().map(Cow::into_owned).collect();
+            let values: Vec<Option<String>> = values.into_iter().map(|v| Some(v.into_owned())).collect();
+            assert_eq!(values, duckdb_texts(case, &keys), "{case}");
         }
     }
 

@@ -130,7 +130,9 @@ pub async fn recent(client: &clickhouse::Client, filter: &EventFilter, limit: us
     let head = format!("SELECT {EVENT_COLUMNS} FROM events");
     // Twice the rows asked for, each uuid then kept once, here: `LIMIT 1 BY
     // uuid` would sort every row of the filter rather than find the newest.
-    let tail = format!(" ORDER BY timestamp_ms DESC, uuid LIMIT {}", limit as u64 * 2);
+    // Ties in uuid text order, as DuckDB's UUIDs sort (18.16 compares a
+    // UUID's low half first).
+    let tail = format!(" ORDER BY timestamp_ms DESC, toString(uuid) LIMIT {}", limit as u64 * 2);
     let rows: Vec<EventRead> = filtered(client, &head, filter, &tail).fetch_all().await?;
     let mut seen = std::collections::HashSet::new();
     let events = rows.into_iter().map(EventRead::into_event).collect::<Result<Vec<_>, _>>()?;

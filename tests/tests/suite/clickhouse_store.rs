@@ -43,6 +43,10 @@ async fn clickhouse_and_duckdb_store_the_same_events() {
     assert_eq!(click.count(&[]).await, 6, "a batch sent three times is stored once");
     assert_eq!(ch::totals(&ch::shared(), &database).await, (6, 6));
 
+    // Events of one time come in the same order from both stores.
+    let order = |events: Vec<Value>| -> Vec<Value> { events.into_iter().map(|e| e["uuid"].clone()).collect() };
+    assert_eq!(order(click.events(&[]).await), order(duck.events(&[]).await));
+
     // The same stored events, field for field, on both stores.
     let strip = |events: Vec<Value>| -> Vec<Value> {
         let mut events: Vec<Value> = events
