@@ -198,7 +198,9 @@ impl Cohorts {
             return Ok(v);
         }
         let rule = stored.definition.rule(at)?;
-        let members: Vec<String> = people::stored_people(ask, None)?
+        // Serves every question for a while: computed to the end, though the
+        // one asking now may go away.
+        let members: Vec<String> = leanloop_store::asker::unwatched(|| people::stored_people(ask, None))?
             .into_iter()
             .filter(|(_, traits, _, _)| serde_json::from_str(traits).is_ok_and(|t: Value| rule.matches(&t)))
             .map(|(user_id, ..)| user_id)

@@ -67,7 +67,9 @@ impl Collector {
                 WalOptions {
                     dir: log_dir.to_path_buf(),
                     max_bytes: config.log_max_bytes,
-                    segment_bytes: config.log_segment_bytes,
+                    // A segment, and so its spare, is never larger than the
+                    // whole backlog may be.
+                    segment_bytes: config.log_segment_bytes.min(config.log_max_bytes),
                     batch_events,
                     interval: Duration::from_millis(config.delivery_interval_ms),
                     fill_wait: Duration::from_millis(config.delivery_fill_wait_ms),

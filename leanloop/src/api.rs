@@ -90,10 +90,9 @@ pub(crate) fn query<Q>(q: Result<Query<Q>, QueryRejection>) -> Result<Q, ApiErro
 pub(crate) const MAX_QUESTIONS: usize = 4;
 
 /// Runs `f` off the runtime once `questions` has room; the room is held
-/// until `f` returns. A request that ends before its answer (the client
-/// left, its deadline passed) stops the store's read (see the store's
-/// `asker.rs`): 24 abandoned 1.4 s questions used to keep both cores busy
-/// for 18 s after their clients had gone.
+/// until `f` returns. A request that ends before its answer (its deadline
+/// passed, an HTTP/2 stream reset) stops the store's read (see the store's
+/// `asker.rs`) rather than keep the cores busy for no one.
 pub(crate) async fn blocking<T: Send + 'static>(
     questions: std::sync::Arc<tokio::sync::Semaphore>,
     f: impl FnOnce() -> Result<T, AnalyticsError> + Send + 'static,

@@ -69,7 +69,7 @@ pub struct Shared {
 impl App {
     pub async fn build(config: crate::Config, role: Role) -> Result<App> {
         let metrics = telemetry::metrics_handle();
-        std::fs::create_dir_all(&config.data_dir)
+        create_data_dir(&config.data_dir)
             .with_context(|| format!("creating data directory {}", config.data_dir.display()))?;
         let control = Arc::new(ControlPlane::open(&config.data_dir.join("control.sqlite"))?);
         let default_project = match (role, control.projects()?.into_iter().next()) {
@@ -155,7 +155,7 @@ impl App {
         let App { listener, router, collector, config, pipeline, .. } = self;
         // Headers get the whole request's time; the body is bounded by the
         // request deadline (`refusals::Refusals`).
-        connections::serve(listener, router, shutdown, config.request_timeout).await;
+        connections::serve(listener, router, shutdown, config.request_timeout, config.shutdown_timeout).await;
         let timeout = config.shutdown_timeout;
         if let Some(pipeline) = pipeline {
             // Runs in flight are cancelled; their containers are removed.
@@ -174,6 +174,27 @@ impl App {
     }
 }
 
+/// Creates the data directory, readable by its owner only: it holds the
+/// projects' keys, pipeline secrets and the events. One that exists keeps
+/// its mode, with a warning when others may read it.
+pub fn create_data_dir(dir: &std::path::Path) -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+        if let Ok(meta) = std::fs::metadata(dir) {
+            if meta.is_dir() && meta.permissions().mode() & 0o077 != 0 {
+                tracing::warn!(
+                    dir = %dir.display(),
+                    "the data directory is open to other users, and holds keys and secrets: `chmod 700` it"
+                );
+            }
+        }
+        std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)
+    }
+    #[cfg(not(unix))]
+    std::fs::create_dir_all(dir)
+}
+
 /// ClickHouse when configured, else the embedded DuckDB file.
 async fn open_store(config: &crate::Config) -> Result<Arc<dyn EventStore>> {
     let store: Arc<dyn EventStore> = match config.clickhouse.clone() {
@@ -189,4 +210,21 @@ async fn open_store(config: &crate::Config) -> Result<Arc<dyn EventStore>> {
         }
     };
     Ok(store)
+}
+
+#[cfg(all(test, unix))]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn a_new_data_directory_is_its_owners_alone_and_an_existing_one_keeps_its_mode() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("a/leanloop-data");
+        super::create_data_dir(&dir).unwrap();
+        let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!((mode(&dir), mode(dir.parent().unwrap())), (0o700, 0o700));
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        super::create_data_dir(&dir).unwrap();
+        assert_eq!(mode(&dir), 0o755);
+    }
 }

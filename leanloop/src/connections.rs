@@ -32,13 +32,21 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
-/// Serves `router` on `listener` until `shutdown`, then waits for the
-/// connections still open to finish what they are doing. A client that takes
+/// Serves `router` on `listener` until `shutdown`, then waits up to
+/// `drain_within` for the connections still open to finish what they are
+/// doing (a client following a run's log would otherwise hold the process
+/// up for as long as it stays). A client that takes
 /// longer than `header_timeout` to send a request's headers (on a new
 /// connection, or once it started the next request on a kept-alive one) is
 /// disconnected, and so is a connection with no request in flight for that
 /// long (from its accept, or from its last response's end).
-pub async fn serve(listener: TcpListener, router: Router, shutdown: CancellationToken, header_timeout: Duration) {
+pub async fn serve(
+    listener: TcpListener,
+    router: Router,
+    shutdown: CancellationToken,
+    header_timeout: Duration,
+    drain_within: Duration,
+) {
     let mut builder = Builder::new(TokioExecutor::new());
     // A request's head (line and headers) may take 64 KiB, not hyper's
     // 400 KB: thousands of unfinished heads would otherwise hold gigabytes.
@@ -89,7 +97,9 @@ pub async fn serve(listener: TcpListener, router: Router, shutdown: Cancellation
         });
     }
     drop(listener);
-    graceful.shutdown().await;
+    if tokio::time::timeout(drain_within, graceful.shutdown()).await.is_err() {
+        tracing::warn!("requests still open after shutdown_timeout_secs are cut short");
+    }
 }
 
 /// `response`, with its request in flight until hyper has taken its whole

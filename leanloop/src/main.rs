@@ -274,11 +274,15 @@ async fn wait_for_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("installing the SIGTERM handler");
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = signal(SignalKind::terminate()).expect("installing the SIGTERM handler");
+        // A closed terminal or session sends SIGHUP, whose default would end
+        // the process at once, dropping the queue and skipping the drain.
+        let mut hangup = signal(SignalKind::hangup()).expect("installing the SIGHUP handler");
         tokio::select! {
             _ = ctrl_c => {}
             _ = term.recv() => {}
+            _ = hangup.recv() => {}
         }
     }
     #[cfg(not(unix))]
@@ -307,7 +311,7 @@ fn project(command: ProjectCommand) -> Result<()> {
         }
         return Ok(());
     }
-    std::fs::create_dir_all(dir).with_context(|| format!("data directory {}", dir.display()))?;
+    leanloop::app::create_data_dir(dir).with_context(|| format!("data directory {}", dir.display()))?;
     let control =
         leanloop_control::ControlPlane::open(&database).with_context(|| format!("opening {}", database.display()))?;
     match command {

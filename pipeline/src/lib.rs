@@ -806,18 +806,26 @@ impl Pipeline {
         to: Option<i64>,
         answer_within: std::time::Duration,
     ) -> Result<Rollback, PipelineError> {
-        let deploying = self.no_deploy_in_progress(project_id, service, environment, Duration::ZERO).await?;
-        let current = self.records.live_release(project_id, service, environment)?;
-        let previous = match to {
-            Some(id) => {
-                let target = self.rollback_target(project_id, service, environment, id)?;
-                match &current {
-                    Some(live) if live.image == target.image && live.digest == target.digest => {
-                        return Ok(Rollback::Unchanged(live.clone()))
-                    }
-                    _ => target,
+        let target = to.map(|id| self.rollback_target(project_id, service, environment, id)).transpose()?;
+        let same = |r: &Release, t: &Release| (&r.image, &r.digest, &r.version) == (&t.image, &t.digest, &t.version);
+        let deploying = match self.no_deploy_in_progress(project_id, service, environment, Duration::ZERO).await {
+            Ok(deploying) => deploying,
+            // A retry while the rollback it repeats still starts: that one.
+            Err(busy) => match (&target, self.records.deploying(project_id, service, environment)?) {
+                (Some(target), Some(under_way)) if same(&under_way, target) => {
+                    return Ok(Rollback::Deploying(under_way))
                 }
-            }
+                _ => return Err(busy),
+            },
+        };
+        let current = self.records.live_release(project_id, service, environment)?;
+        let previous = match target {
+            Some(target) => match &current {
+                Some(live) if same(live, &target) && !live.endpoints.is_empty() => {
+                    return Ok(Rollback::Unchanged(live.clone()))
+                }
+                _ => target,
+            },
             None => self.previous_release(project_id, service, environment, current.as_ref())?,
         };
         let spec: spec::Deploy = serde_json::from_str(&previous.spec)

@@ -28,15 +28,7 @@ thread_local! {
 impl Asker {
     /// Runs `f` on this thread as this asker's.
     pub fn answer<T>(&self, f: impl FnOnce() -> T) -> T {
-        struct Restore(Option<Asker>);
-        impl Drop for Restore {
-            fn drop(&mut self) {
-                let previous = self.0.take();
-                CURRENT.with(|c| *c.borrow_mut() = previous);
-            }
-        }
-        let _restore = Restore(CURRENT.with(|c| c.replace(Some(self.clone()))));
-        f()
+        as_asker(Some(self.clone()), f)
     }
 
     /// Whether a read runs for this asker now.
@@ -56,6 +48,26 @@ impl Asker {
     }
 }
 
+/// Runs `f` on this thread as no one's: its reads are not stopped when the
+/// asker leaves (work whose result outlives the question).
+pub fn unwatched<T>(f: impl FnOnce() -> T) -> T {
+    as_asker(None, f)
+}
+
+/// Runs `f` with `asker` as this thread's, then puts back the one before
+/// (also when `f` panics).
+fn as_asker<T>(asker: Option<Asker>, f: impl FnOnce() -> T) -> T {
+    struct Restore(Option<Asker>);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            let previous = self.0.take();
+            CURRENT.with(|c| *c.borrow_mut() = previous);
+        }
+    }
+    let _restore = Restore(CURRENT.with(|c| c.replace(asker)));
+    f()
+}
+
 fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
     state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
@@ -72,6 +84,7 @@ pub(crate) fn watch(stop: impl FnOnce() + Send + 'static) -> Result<Watch, Store
         if state.gone {
             return Err(StoreError::Abandoned);
         }
+        debug_assert!(state.stop.is_none(), "one read at a time per asker");
         state.stop = Some(Box::new(stop));
     }
     Ok(Watch(Some(asker)))
@@ -121,6 +134,19 @@ mod tests {
         });
         // Outside any asker's question, reads are not watched.
         assert!(!watch(|| unreachable!()).unwrap().end());
+    }
+
+    #[test]
+    fn reads_run_unwatched_are_not_stopped_and_the_asker_comes_back_after() {
+        let asker = Asker::default();
+        asker.answer(|| {
+            unwatched(|| {
+                let running = watch(|| panic!("an unwatched read is stopped")).unwrap();
+                asker.leave();
+                assert!(!running.end());
+            });
+            assert!(matches!(watch(|| {}), Err(StoreError::Abandoned)), "the asker is this thread's again");
+        });
     }
 
     #[test]

@@ -303,11 +303,14 @@ fn recover(dir: &Path) -> std::io::Result<(File, u64, u64, u64, BTreeSet<u64>)> 
         len = segments::valid_len(&file, last, next)?;
     }
     if len < file_len {
+        // A warning: a record a crash tore was never acknowledged, but
+        // damage to the log's end looks the same and loses what it held.
         if !segments::zeros_at(&file, len)? {
-            tracing::info!(
+            tracing::warn!(
                 segment = %last_path.display(),
                 valid = len,
-                "cutting the log after its last whole record (a record torn by a crash, or a reused segment's old data)"
+                "cutting the log after its last whole record (a record torn by a crash, a reused segment's old \
+                 data, or damage to the log's end)"
             );
         }
         file.set_len(len)?;

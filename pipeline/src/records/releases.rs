@@ -330,8 +330,10 @@ impl Records {
 
     /// The newest release before `before` that was healthy (live, then
     /// replaced by a new release, not rolled back) and runs a different
-    /// image from it. A rolled-back release is never a target: rolling back
-    /// twice goes further back rather than to the release just left.
+    /// image from it, nor an image whose last run ended in a rollback:
+    /// rolling back twice goes further back rather than to the release just
+    /// left, while an image rolled back from and later run again (a
+    /// rollback naming it) may be returned to.
     pub fn previous_healthy(
         &self,
         project_id: i64,
@@ -345,7 +347,10 @@ impl Records {
                     "SELECT {RELEASE_COLUMNS} FROM releases WHERE project_id = ?1 AND service = ?2 AND environment = ?3
                        AND id < ?4 AND status = 'superseded' AND image <> ?5
                        AND image NOT IN (SELECT image FROM releases WHERE project_id = ?1 AND service = ?2
-                                           AND environment = ?3 AND status = 'rolled_back')
+                                           AND environment = ?3
+                                           AND status IN ('live', 'superseded', 'rolled_back', 'retired')
+                                         GROUP BY image
+                                         HAVING max(id) = max(CASE WHEN status = 'rolled_back' THEN id END))
                      ORDER BY id DESC LIMIT 1"
                 ),
                 params![project_id, service, environment, before.id, before.image],

@@ -214,8 +214,8 @@ async fn fixture_is_tested_built_pushed_deployed_and_rolled_back() {
     assert_eq!(live_release(&s).await["id"], redeployed["id"], "the live release stays");
     repo.git(&["checkout", "-q", "main"]);
 
-    // A rollback to a named release, even one rolled back from; retried, it
-    // starts nothing and answers the live release.
+    // A rollback to a named release; retried, it starts nothing and answers
+    // the live release. A release rolled back from may be named too.
     let (status, named) = to(json!({ "release": first["id"] })).await;
     assert_eq!(status, 201, "{named}");
     assert_eq!((&named["commit"], &named["rollback_of"]), (&json!(sha), &redeployed["id"]), "{named}");
@@ -225,6 +225,15 @@ async fn fixture_is_tested_built_pushed_deployed_and_rolled_back() {
     let (status, forward) = to(json!({ "release": second["id"] })).await;
     assert_eq!((status, &forward["commit"]), (201, &json!(sha2)), "{forward}");
     serves(&forward, "2").await;
+    // After a new release, a rollback without a name returns to the image
+    // named last, though it was once rolled back from.
+    repo.write("site/index.html", "version: 3\n");
+    repo.commit("third version");
+    let run = trigger(&s, repo_id, json!({ "branch": "main" })).await;
+    assert_eq!(finished(&s, run["id"].as_i64().unwrap()).await["status"], "success");
+    let (status, back) = to(json!({})).await;
+    assert_eq!((status, &back["commit"]), (201, &json!(sha2)), "{back}");
+    serves(&back, "2").await;
 
     // Runs leave nothing behind; removing the service removes the rest.
     assert_eq!(
