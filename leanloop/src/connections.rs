@@ -35,7 +35,8 @@ use tower::ServiceExt;
 /// Serves `router` on `listener` until `shutdown`, then waits up to
 /// `drain_within` for the connections still open to finish what they are
 /// doing (a client following a run's log would otherwise hold the process
-/// up for as long as it stays). A client that takes
+/// up for as long as it stays); the rest end with the process, and what
+/// they ask meanwhile is refused as the server stops. A client that takes
 /// longer than `header_timeout` to send a request's headers (on a new
 /// connection, or once it started the next request on a kept-alive one) is
 /// disconnected, and so is a connection with no request in flight for that
@@ -98,7 +99,7 @@ pub async fn serve(
     }
     drop(listener);
     if tokio::time::timeout(drain_within, graceful.shutdown()).await.is_err() {
-        tracing::warn!("requests still open after shutdown_timeout_secs are cut short");
+        tracing::warn!("requests still open after shutdown_timeout_secs are left to end with the process");
     }
 }
 

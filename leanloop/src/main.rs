@@ -278,15 +278,33 @@ async fn wait_for_signal() {
         let mut term = signal(SignalKind::terminate()).expect("installing the SIGTERM handler");
         // A closed terminal or session sends SIGHUP, whose default would end
         // the process at once, dropping the queue and skipping the drain.
-        let mut hangup = signal(SignalKind::hangup()).expect("installing the SIGHUP handler");
+        // Under `nohup` it is ignored, and stays so.
+        let mut hangup =
+            (!hangup_ignored()).then(|| signal(SignalKind::hangup()).expect("installing the SIGHUP handler"));
+        let hung_up = async {
+            match &mut hangup {
+                Some(hangup) => hangup.recv().await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             _ = ctrl_c => {}
             _ = term.recv() => {}
-            _ = hangup.recv() => {}
+            _ = hung_up => {}
         }
     }
     #[cfg(not(unix))]
     let _ = ctrl_c.await;
+}
+
+/// Whether the process was started with SIGHUP ignored (`nohup`).
+#[cfg(unix)]
+fn hangup_ignored() -> bool {
+    // SAFETY: reads the current disposition only (a null new action).
+    unsafe {
+        let mut current: libc::sigaction = std::mem::zeroed();
+        libc::sigaction(libc::SIGHUP, std::ptr::null(), &mut current) == 0 && current.sa_sigaction == libc::SIG_IGN
+    }
 }
 
 fn project(command: ProjectCommand) -> Result<()> {

@@ -93,6 +93,8 @@ function delivered() {
   return []
 }
 function sync() {
+  // Another tab may have opted out: nothing of this one's is sent either.
+  if (off()) return (q = []), mine.clear()
   let s
   try {
     s = w.localStorage.getItem(qname())
@@ -110,7 +112,7 @@ function sync() {
 }
 const ids = items => new Set(items.map(e => e.messageId))
 
-const aid = () => (anon ||= get('aid') || set('aid', uuid()))
+const aid = () => anon || (anon = get('aid') || set('aid', uuid()))
 const now = () => w.Date.now()
 const iso = () => new Date(now()).toISOString()
 // randomUUID needs a secure context; plain-http pages get the fallback.
@@ -233,8 +235,14 @@ const warn = m => warned++ < 5 && w.console?.warn('leanloop: ' + m)
 // do not retry together.
 const backoff = n => Math.min(6e4, 1e3 * 2 ** n) * (0.5 + w.Math.random() / 2)
 
-// text/plain keeps cross-origin posts "simple": no CORS preflight.
-const send = (url, body, keepalive) => w.fetch(url, { method: 'POST', headers: { 'Content-Type': 'text/plain' }, body, keepalive })
+// text/plain keeps cross-origin posts "simple": no CORS preflight. A request
+// stalled on a dead connection is given up after 10 s (and retried): the
+// tab sending holds the other tabs' turn meanwhile.
+function send(url, body, keepalive) {
+  const c = w.AbortController && new w.AbortController()
+  const t = c && w.setTimeout(() => c.abort(), 1e4)
+  return w.fetch(url, { method: 'POST', headers: { 'Content-Type': 'text/plain' }, body, keepalive, signal: c?.signal }).finally(() => w.clearTimeout(t))
+}
 
 // Resolves to 0 when the request is finished with (sent, or refused for good),
 // else to the milliseconds to wait before retrying.
@@ -352,11 +360,11 @@ function click(e) {
   track(el.getAttribute('data-ll-event'), p)
 }
 
-// A navigation is a new path, or a new hash route (`#/…`, `#!…`, or no
-// hash) for apps that route by hash. A new query alone (search as you type)
-// is not, nor is an anchor on the same path (a table of contents), as in
-// posthog-js and Plausible.
-const route = (l = w.location || {}) => l.pathname + (/^#[/!]/.test(l.hash) ? l.hash : '')
+// A navigation is a new path, or a new hash route (`#/…` or `#!/…`, its
+// query aside; `#/` is no hash) for apps that route by hash. A new query
+// alone (search as you type) is not, nor is an anchor on the same path (a
+// table of contents), as in posthog-js and Plausible.
+const route = (l = w.location || {}) => l.pathname + ((l.hash || '').match(/^#!?\/[^?]+/) || [''])[0]
 const nav = () => {
   const l = w.location || {}
   route() != at && !(/^#[^/!]/.test(l.hash) && at.split('#')[0] == l.pathname) && page()
@@ -367,7 +375,8 @@ export function init(writeKey, options) {
   o = { ...options }
   w = o.window || globalThis
   // Not a relative path: a <base href> would send it elsewhere.
-  o.host = ('' + (o.host || w.location?.origin || '')).replace(/\/+$/, '')
+  const origin = w.location?.origin
+  o.host = ('' + (o.host || (origin != 'null' && origin) || '')).replace(/\/+$/, '')
   key = writeKey
   uid = get('uid')
   sync()
@@ -409,10 +418,9 @@ export function init(writeKey, options) {
   const f = o.feedback
   if (f && !off()) {
     session()
-    if (sn > (f.afterSessions || 0) && !get('fb')) {
-      set('fb', 1)
-      prompt()
-    }
+    // Marked shown only once it has: a module that failed to load is
+    // tried again on a later page.
+    if (sn > (f.afterSessions || 0) && !get('fb')) prompt()?.then(shown => shown && set('fb', 1))
   }
   if (q.length) later(o.flushInterval || 1e3)
 }
@@ -491,9 +499,10 @@ export const showFeedback = safe(() => prompt(1))
 function prompt(focus) {
   if (open || !key || off()) return
   open = 1
-  return (o.prompt ? Promise.resolve(o.prompt) : import(o.host + '/sdk-prompt.mjs'))
-    .then(m => m.prompt({ w, lang: o.locale || w.navigator?.language, feedback, on, focus, done: () => (open = 0) }))
-    .catch(x => warn('failed: ' + x, (open = 0)))
+  // Ignored by bundlers: the module is the collector's, fetched at run time.
+  return (o.prompt ? Promise.resolve(o.prompt) : import(/* webpackIgnore: true */ /* @vite-ignore */ o.host + '/sdk-prompt.mjs'))
+    .then(m => (m.prompt({ w, lang: o.locale || w.navigator?.language, feedback, on, focus, done: () => (open = 0) }), 1))
+    .catch(x => void warn('failed: ' + x, (open = 0)))
 }
 
 export default { VERSION, init, track, page, identify, group, alias, reset, flush, optOut, optIn, feedback, setRelease, showFeedback }

@@ -16,6 +16,12 @@ test('init sends a page view; SPA navigation sends one per new path or hash rout
   b.dispatch(b.win, 'hashchange') // an anchor on the same path, after a hash route: not one
   b.go('/pricing')
   b.dispatch(b.win, 'popstate') // back to no hash: the root route
+  b.go('/pricing#/')
+  b.dispatch(b.win, 'hashchange') // a hash router's root is no hash
+  b.go('/pricing#/search?q=a')
+  b.dispatch(b.win, 'hashchange')
+  b.go('/pricing#/search?q=ab')
+  b.dispatch(b.win, 'hashchange') // the query of a hash route alone: not one
   b.go('/home')
   b.dispatch(b.win, 'popstate')
   await sdk.flush()
@@ -27,7 +33,8 @@ test('init sends a page view; SPA navigation sends one per new path or hash rout
       ['/pricing', '?plan=pro', 'https://shop.example/home'],
       ['/pricing', '', 'https://shop.example/pricing?plan=pro'],
       ['/pricing', '', 'https://shop.example/pricing#/settings'],
-      ['/home', '', 'https://shop.example/pricing'],
+      ['/pricing', '', 'https://shop.example/pricing'],
+      ['/home', '', 'https://shop.example/pricing#/search?q=a'],
     ],
   )
   assert.equal(pages[1].properties.url, 'https://shop.example/pricing?plan=pro')

@@ -21,6 +21,13 @@ test('the drop-in script is at most 5 KB gzipped, and plain ASCII', t => {
   assert.match(script, /^[\x00-\x7f]*$/)
 })
 
+test('the drop-in script parses in browsers from 2020: no syntax or methods newer than ES2020', () => {
+  const script = readFileSync(new URL('../dist/leanloop.min.js', import.meta.url), 'utf8')
+  for (const newer of ['||=', '&&=', '??=', '.at(', 'replaceAll(', 'Object.hasOwn', 'structuredClone']) {
+    assert.ok(!script.includes(newer), `${newer} in dist/leanloop.min.js`)
+  }
+})
+
 test('minify keeps strings, templates and regexes, and drops comments, spacing and trailing commas', () => {
   const code = [
     "const a = 'x // not a comment, const' // a comment",

@@ -219,6 +219,7 @@ test('a prompt the page refuses (Trusted Types) warns and throws nothing into th
   sdk.init('wk_test', { host: 'https://collect.example', window: b.win, pageviews: false, feedback: { afterSessions: 0 }, prompt: refused })
   await b.settle()
   assert.match(b.warnings.join(), /TrustedHTML/)
+  assert.equal(b.storage.getItem('ll_fb'), null, 'not marked shown: a later page tries again')
   // init went on: the rest of the SDK works, and the prompt may be asked for again.
   sdk.track('After')
   await sdk.flush()

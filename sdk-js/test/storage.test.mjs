@@ -309,3 +309,20 @@ test('while another tab holds the send lock, a tab leaves the shared queue to it
   await b.advance(1000)
   assert.deepEqual(b.events().map(e => e.event), ['Mine'])
 })
+
+test("opting out in one tab stops another tab's queued events too", async () => {
+  const a = await start({ pageviews: false })
+  const sdk = await load()
+  const b = browser({ storage: a.b.storage, cookies: a.b.cookies, now: a.b.now })
+  sdk.init('wk_test', { host: 'https://collect.example', window: b.win, pageviews: false })
+  b.respond = () => new Error('offline')
+  sdk.track('B1')
+  a.sdk.optOut()
+  // The second tab's retry comes while the person is opted out.
+  await b.advance(60e3)
+  a.sdk.optIn()
+  b.respond = () => ({ status: 200 })
+  sdk.track('B2')
+  await sdk.flush()
+  assert.deepEqual(b.requests.at(-1).body.batch.map(e => e.event), ['B2'])
+})

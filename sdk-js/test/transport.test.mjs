@@ -372,3 +372,26 @@ test('a page that gives built-in types a toJSON (Prototype.js) changes nothing s
     types.forEach((t, i) => (own[i] ? Object.defineProperty(t.prototype, 'toJSON', own[i]) : delete t.prototype.toJSON))
   }
 })
+
+test('a request that never answers is given up after 10 s and retried', async () => {
+  const { sdk, b } = await start({ pageviews: false })
+  b.win.AbortController = AbortController
+  b.respond = () => new Promise(() => {})
+  sdk.track('Stalled')
+  await b.advance(1000)
+  assert.equal(b.requests.length, 1)
+  b.respond = () => ({ status: 200 })
+  await b.advance(10e3 + 2e3)
+  assert.deepEqual(b.requests.map(r => r.body.batch[0].event), ['Stalled', 'Stalled'], 'aborted, then sent again')
+  assert.deepEqual(b.queued(), [])
+})
+
+test('a page whose origin is opaque (a sandboxed frame) sends nowhere relative without a host', async () => {
+  const sdk = await load()
+  const b = browser()
+  b.win.location.origin = 'null'
+  sdk.init('wk_test', { window: b.win, pageviews: false })
+  sdk.track('Framed')
+  await sdk.flush()
+  assert.equal(b.requests[0].url, '/v1/batch')
+})

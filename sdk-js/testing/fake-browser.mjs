@@ -85,7 +85,9 @@ export function browser({ url = 'https://shop.example/home', storage = memorySto
     fetch: async (u, init) => {
       const request = { url: u, body: JSON.parse(init.body), headers: init.headers, keepalive: init.keepalive }
       b.requests.push(request)
-      const r = await b.respond(request)
+      // A request the SDK gives up on fails as fetch's does.
+      const aborted = new Promise((_, fail) => init.signal?.addEventListener('abort', () => fail(new Error('AbortError'))))
+      const r = await Promise.race([b.respond(request), aborted])
       if (r instanceof Error) throw r
       const ok = r.status >= 200 && r.status < 300
       return { status: r.status, ok, headers: new Headers(r.headers), json: async () => r.json ?? { success: ok } }

@@ -24,7 +24,16 @@ pub struct Process {
 impl Process {
     /// Runs `leanloop ARGS` and waits until it prints where it listens.
     pub fn start(args: &[String]) -> Process {
-        let mut child = Command::new(leanloop_bin())
+        let mut command = Command::new(leanloop_bin());
+        // As from a terminal, whatever the test runner ignores (`nohup`).
+        // SAFETY: only an async-signal-safe call between fork and exec.
+        unsafe {
+            std::os::unix::process::CommandExt::pre_exec(&mut command, || {
+                libc::signal(libc::SIGHUP, libc::SIG_DFL);
+                Ok(())
+            });
+        }
+        let mut child = command
             .args(args)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())
@@ -52,8 +61,17 @@ impl Process {
     }
 
     /// SIGTERM and wait: the graceful path.
-    pub fn terminate(mut self) {
-        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
+    pub fn terminate(self) {
+        self.signal("-TERM");
+    }
+
+    /// SIGHUP (a closed terminal) and wait.
+    pub fn hang_up(self) {
+        self.signal("-HUP");
+    }
+
+    fn signal(mut self, signal: &str) {
+        let _ = Command::new("kill").args([signal, &self.child.id().to_string()]).status();
         let _ = self.child.wait();
     }
 }

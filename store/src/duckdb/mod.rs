@@ -392,6 +392,18 @@ mod tests {
         std::fs::write(&path, sqlite).unwrap();
         let err = DuckDbStore::open(&path, &DuckDbOptions::default()).err().expect("refused").to_string();
         assert!(!err.contains("download") && !err.contains("http"), "{err}");
+        // Checked as set too: with network access a fetched extension would
+        // fail differently, and the message alone could not tell.
+        let store = DuckDbStore::open(&dir.path().join("ours.duckdb"), &DuckDbOptions::default()).unwrap();
+        let settings: (String, String) = lock(&store.origin)
+            .query_row(
+                "SELECT current_setting('autoinstall_known_extensions')::VARCHAR, \
+                 current_setting('autoload_known_extensions')::VARCHAR",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .unwrap();
+        assert_eq!(settings, ("false".to_owned(), "false".to_owned()));
     }
 
     #[test]

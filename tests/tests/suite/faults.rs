@@ -147,6 +147,42 @@ async fn a_collector_killed_20_times_mid_stream_loses_and_duplicates_nothing() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_hang_up_stops_the_server_gracefully_storing_every_acknowledged_event() {
+    let data = tempfile::tempdir().unwrap();
+    let project = project_in(data.path());
+    // No log: what the in-memory queue holds is stored only by a graceful stop.
+    let config = data.path().join("server.toml");
+    std::fs::write(&config, "[collector]\nlog = false\n").unwrap();
+    let args = ["serve", "--listen", "127.0.0.1:0", "--data-dir", &data.path().to_string_lossy(), "--config"]
+        .map(str::to_owned)
+        .into_iter()
+        .chain([config.to_string_lossy().into_owned()])
+        .collect::<Vec<_>>();
+    let server = Process::start(&args);
+    let sending = load::sustain(load::target(&server.base), project.write_key.clone(), 50, Duration::from_millis(2));
+    sending.until_more_acknowledged(2_000).await;
+    server.hang_up();
+    let outcome = sending.finish().await;
+    let server = Process::start(&args);
+    let count: serde_json::Value = reqwest::Client::new()
+        .get(format!("{}/api/v1/projects/{}/events/count", server.base, project.id))
+        .bearer_auth(&project.read_key)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let stored = count["count"].as_u64().unwrap() as usize;
+    let (acknowledged, sent) = (outcome.acknowledged.len(), outcome.sent.len());
+    assert!(
+        acknowledged >= 2_000 && stored >= acknowledged && stored <= sent,
+        "{stored} stored of {acknowledged} acknowledged"
+    );
+    server.terminate();
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_collector_started_and_killed_while_clickhouse_is_down_delivers_once_it_is_up() {
     let server = Private::start();
     server.stop();
