@@ -28,4 +28,5 @@ box.innerHTML=`<p role="status">${t[6]}</p>`
 box.focus()
 w.setTimeout(close,2e3)}})
 d.body.appendChild(host)
-focus&&r.querySelector('[data-ll-score]').focus()}
+focus&&r.querySelector('[data-ll-score]').focus()
+return host}

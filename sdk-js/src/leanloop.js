@@ -497,11 +497,12 @@ export const feedback = safe(f => {
 // (afterSessions) it leaves focus where it is: the person may be typing.
 export const showFeedback = safe(() => prompt(1))
 function prompt(focus) {
-  if (open || !key || off()) return
+  // Open: loading (1), or its element, unless the page removed that.
+  if ((open && open.isConnected != false) || !key || off()) return
   open = 1
   // Ignored by bundlers: the module is the collector's, fetched at run time.
   return (o.prompt ? Promise.resolve(o.prompt) : import(/* webpackIgnore: true */ /* @vite-ignore */ o.host + '/sdk-prompt.mjs'))
-    .then(m => (m.prompt({ w, lang: o.locale || w.navigator?.language, feedback, on, focus, done: () => (open = 0) }), 1))
+    .then(m => ((open = m.prompt({ w, lang: o.locale || w.navigator?.language, feedback, on, focus, done: () => (open = 0) }) || open), 1))
     .catch(x => void warn('failed: ' + x, (open = 0)))
 }
 

@@ -15,7 +15,8 @@ const CSS =
 // that requires Trusted Types refuses it: the SDK then warns).
 // `x`: the SDK's window `w`, the language `lang`, `feedback` (sends the
 // answer), `on` (adds a listener), `focus` (move focus into the prompt)
-// and `done` (called once it is gone).
+// and `done` (called once it is gone). Returns the prompt's element (none
+// while it waits for the page's body).
 export function prompt(x) {
   const { w, feedback, on, focus, done } = x
   const d = w.document
@@ -55,4 +56,5 @@ export function prompt(x) {
   })
   d.body.appendChild(host)
   focus && r.querySelector('[data-ll-score]').focus()
+  return host
 }

@@ -227,3 +227,16 @@ test('a prompt the page refuses (Trusted Types) warns and throws nothing into th
   await sdk.showFeedback()
   assert.equal(b.warnings.filter(w => /TrustedHTML/.test(w)).length, 2)
 })
+
+test('a prompt the page removed itself (a body replaced) may show again', async () => {
+  const { sdk, b } = await start({ pageviews: false })
+  const page = dom(b)
+  await sdk.showFeedback()
+  const first = page.shown()
+  page.body.children.splice(0)
+  await sdk.showFeedback()
+  assert.equal(page.body.children.length, 0, 'still open as far as the SDK knows')
+  first.isConnected = false
+  await sdk.showFeedback()
+  assert.equal(page.body.children.length, 1)
+})
