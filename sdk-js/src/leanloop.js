@@ -287,10 +287,13 @@ export function flush() {
   timer = 0
   // One of the site's tabs sends at a time where the browser has Web Locks:
   // each sends the queue they share, so two at once would send it twice.
-  // A tab that finds another sending looks again later.
+  // A tab that finds another sending looks again later; one the browser
+  // refuses locks (an opaque origin) sends on its own.
   const l = w.navigator?.locks
   const sending = l
-    ? l.request('ll_send:' + key, { ifAvailable: true }, x => (x ? drain() : later(o.flushInterval || 1e3))).catch(drain)
+    ? Promise.resolve()
+        .then(() => l.request('ll_send:' + key, { ifAvailable: true }, x => (x ? drain() : later(o.flushInterval || 1e3))))
+        .catch(drain)
     : drain()
   return (busy = sending.finally(() => (busy = 0)))
 }

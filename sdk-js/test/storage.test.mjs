@@ -326,3 +326,18 @@ test("opting out in one tab stops another tab's queued events too", async () => 
   await sdk.flush()
   assert.deepEqual(b.requests.at(-1).body.batch.map(e => e.event), ['B2'])
 })
+
+test('a tab the browser refuses locks (an opaque origin) sends on its own', async () => {
+  for (const request of [
+    () => {
+      throw new DOMException('Access to the Locks API is denied in this context.', 'SecurityError')
+    },
+    () => Promise.reject(new DOMException('Access to the Locks API is denied in this context.', 'SecurityError')),
+  ]) {
+    const { sdk, b } = await start({ pageviews: false })
+    b.win.navigator.locks = { request }
+    sdk.track('Framed')
+    await sdk.flush()
+    assert.deepEqual(b.events().map(e => e.event), ['Framed'])
+  }
+})
