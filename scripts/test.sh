@@ -110,8 +110,20 @@ if [ "$left" -ne 0 ]; then
   status=1
 fi
 # One closing line for the whole run, summed over every test binary and Node.
-awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
-     /^# pass / { p += $3 } /^# fail / { f += $3 }
-     END { printf "tests: %d passed, %d failed\n", p, f }' "$log"
+# A run counts only when both runners ran tests and none was set aside:
+# an ignored, skipped or todo test is a failure here, never a silent pass.
+summary=$(awk '/^test result:/ { for (i = 1; i <= NF; i++) {
+                 if ($(i+1) ~ /^passed/) { p += $i; cargo += $i }
+                 if ($(i+1) ~ /^failed/) f += $i
+                 if ($(i+1) ~ /^ignored/) s += $i } }
+     /^# pass / { p += $3; node += $3 } /^# fail / { f += $3 }
+     /^# (skipped|todo) / { s += $3 }
+     END { printf "tests: %d passed, %d failed, %d set aside (cargo %d, node %d passed)\n", p, f, s, cargo, node }' "$log")
+echo "$summary"
+case "$summary" in
+  *", 0 set aside (cargo 0,"* | *"node 0 passed)") echo "a test runner ran no tests" >&2; status=1 ;;
+  *", 0 set aside"*) ;;
+  *) echo "tests were ignored or skipped; each must run" >&2; status=1 ;;
+esac
 rm -f "$log"
 exit "$status"

@@ -999,11 +999,10 @@ steps:
     #[test]
     fn deep_flow_nesting_is_refused_before_the_yaml_reader() {
         let deep = format!("steps:\n  - name: a\n    commands: {}\n", "[".repeat(30_000));
-        let started = std::time::Instant::now();
+        // The message names the check that runs before the YAML reader.
         let Err(PipelineError::InvalidFile { line, message }) = Pipeline::parse(&deep) else { panic!("refused") };
         assert_eq!(line, Some(3), "{message}");
         assert!(message.contains("nested over 64 deep"), "{message}");
-        assert!(started.elapsed() < std::time::Duration::from_millis(100));
         // Brackets in quotes and comments are not nesting; a quote inside
         // a plain scalar opens nothing.
         let many = "[".repeat(100);

@@ -23,7 +23,7 @@ pub use pages::Site;
 use crate::DEADLINE;
 use driver::Driver;
 use fantoccini::elements::{Element, ShadowRoot};
-use fantoccini::wd::{Capabilities, WebDriverCompatibleCommand};
+use fantoccini::wd::{Capabilities, WebDriverCompatibleCommand, WindowHandle};
 use fantoccini::{Client, ClientBuilder, Locator};
 use hyper_util::client::legacy::connect::HttpConnector;
 use pages::Pages;
@@ -71,6 +71,24 @@ impl Browser {
     /// Loads a page of the test site and waits for its `load` event.
     pub async fn open(&self, path: &str) {
         within(&format!("loading {path}"), self.client.goto(&self.url(path))).await
+    }
+
+    /// Opens a new tab and makes it current; returns the tab it was on.
+    pub async fn new_tab(&self) -> WindowHandle {
+        let left = within("the current tab", self.client.window()).await;
+        let tab = within("a new tab", self.client.new_window(true)).await;
+        within("switching tabs", self.client.switch_to_window(tab.handle)).await;
+        left
+    }
+
+    /// Makes `tab` the current one.
+    pub async fn switch_to(&self, tab: WindowHandle) {
+        within("switching tabs", self.client.switch_to_window(tab)).await
+    }
+
+    /// Reloads the current page and waits for its `load` event.
+    pub async fn reload(&self) {
+        within("a reload", self.client.refresh()).await
     }
 
     /// Runs `body` as an async function in the page and returns what it

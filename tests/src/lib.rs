@@ -86,6 +86,44 @@ impl TestServer {
             .expect("request sent")
     }
 
+    /// Calls the project's API (`path` under `/api/v1/projects/{id}`) with
+    /// `key` as the Bearer token: the status and the JSON answer (null when
+    /// empty, the text as a string when not JSON).
+    pub async fn api(&self, key: &str, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
+        let url = self.url(&format!("/api/v1/projects/{}{path}", self.project.id));
+        let mut request = self.client.request(method, url).bearer_auth(key);
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.expect("request sent");
+        let status = response.status().as_u16();
+        let text = response.text().await.unwrap_or_default();
+        let answer =
+            if text.is_empty() { Value::Null } else { serde_json::from_str(&text).unwrap_or(Value::String(text)) };
+        (status, answer)
+    }
+
+    /// POSTs `batch()` (of `per_batch` events) to `/v1/batch` until it is
+    /// refused with a 503: the events acknowledged before, and that answer.
+    /// Anything but 200 or 503 fails, as does no refusal within `bound` events.
+    pub async fn post_until_refused(
+        &self,
+        per_batch: u64,
+        bound: u64,
+        batch: impl Fn() -> Value,
+    ) -> (u64, reqwest::Response) {
+        let mut accepted = 0;
+        loop {
+            let r = self.post("/v1/batch", &batch()).await;
+            match r.status().as_u16() {
+                503 => return (accepted, r),
+                200 => accepted += per_batch,
+                other => panic!("{other} while filling: {}", r.text().await.unwrap_or_default()),
+            }
+            assert!(accepted < bound, "nothing refused after {accepted} events");
+        }
+    }
+
     /// Waits until everything acknowledged has been stored.
     pub async fn settle(&self) {
         self.settle_within(DEADLINE).await;
@@ -204,7 +242,26 @@ where
 /// The Python interpreter of the virtualenv holding the real SDK clients and
 /// schemathesis (`LEANLOOP_TEST_PYTHON`, which the test script sets).
 pub fn test_python() -> String {
-    std::env::var("LEANLOOP_TEST_PYTHON").unwrap_or_else(|_| "python3".into())
+    std::env::var("LEANLOOP_TEST_PYTHON")
+        .expect("LEANLOOP_TEST_PYTHON names the virtualenv's python with the SDK clients: run scripts/test.sh")
+}
+
+/// A CORS preflight's answer lets a page POST with `headers`.
+pub fn assert_preflight_allows(preflight: &reqwest::Response, headers: &[&str]) {
+    let header = |name: &str| {
+        preflight.headers().get(name).and_then(|v| v.to_str().ok()).unwrap_or_default().to_ascii_lowercase()
+    };
+    let methods = header("access-control-allow-methods");
+    assert!(methods == "*" || methods.split(',').any(|m| m.trim() == "post"), "allowed methods: {methods:?}");
+    let allowed = header("access-control-allow-headers");
+    for wanted in headers {
+        // A wildcard never covers Authorization (the Fetch standard).
+        let wildcard = allowed == "*" && *wanted != "authorization";
+        assert!(
+            wildcard || allowed.split(',').any(|h| h.trim() == *wanted),
+            "{wanted} among the allowed headers: {allowed:?}"
+        );
+    }
 }
 
 /// A fresh message id.

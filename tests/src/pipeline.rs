@@ -121,15 +121,7 @@ pub async fn server_in(
 
 /// Calls the project's pipeline API with its deploy key; returns status and JSON body.
 pub async fn call(s: &TestServer, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
-    let url = s.url(&format!("/api/v1/projects/{}{path}", s.project.id));
-    let mut request = s.client.request(method, url).bearer_auth(&s.project.deploy_key);
-    if let Some(body) = body {
-        request = request.json(&body);
-    }
-    let response = request.send().await.expect("request");
-    let status = response.status().as_u16();
-    let text = response.text().await.unwrap_or_default();
-    (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+    s.api(&s.project.deploy_key, method, path, body).await
 }
 
 pub async fn add_repo(s: &TestServer, name: &str, repo: &Repo, extra: Value) -> i64 {

@@ -199,7 +199,7 @@ async fn a_reload_while_the_collector_is_unreachable_keeps_the_queue() {
     b.run("for (let i = 0; i < 3; i++) leanloop.track('Queued Before Reload', {i})").await;
     assert_eq!(b.flush().await, 3, "the collector is unreachable: the queue is kept");
     // The reload hides the page while the collector is still unreachable.
-    b.client().refresh().await.expect("reload");
+    b.reload().await;
     gate.set(Mode::Open);
 
     eventually("the reloaded page to send its queue", || async { (b.flush().await == 0).then_some(()) }).await;
@@ -235,4 +235,40 @@ async fn the_feedback_prompt_submits_a_score_and_message() {
     let view = s.only_event("$pageview").await;
     assert_eq!(feedback["anonymous_id"], view["anonymous_id"]);
     assert_eq!(feedback["session_id"], view["session_id"]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_opt_out_in_one_tab_holds_in_every_tab_and_across_a_reload() {
+    let s = TestServer::start().await;
+    let gate = Gate::start(&s.base).await;
+    let b = Browser::start(Site::of(&s, RELEASE).via(&gate.base)).await;
+    b.open("/app.html").await;
+    assert_eq!(b.flush().await, 0);
+    stored(&s, "$pageview", 1).await;
+
+    // The first tab queues events the collector cannot take yet.
+    gate.set(Mode::Refuse);
+    b.run("for (let i = 0; i < 3; i++) leanloop.track('Before Opt Out', {i})").await;
+    assert_eq!(b.flush().await, 3);
+    // A second tab of the same site opts out.
+    let first = b.new_tab().await;
+    b.open("/app.html").await;
+    b.run("leanloop.optOut()").await;
+    gate.set(Mode::Open);
+    b.run("leanloop.track('Opted Out', {i: 0})").await;
+    assert_eq!(b.flush().await, 0, "nothing is queued once opted out");
+    // The first tab: its queue went with the opt-out, and it sends nothing new.
+    b.switch_to(first).await;
+    b.run("leanloop.track('Opted Out', {i: 1})").await;
+    assert_eq!(b.flush().await, 0, "the other tab's queue is cleared");
+    // The choice outlives a reload; opting in sends again.
+    b.reload().await;
+    b.run("leanloop.track('Opted Out', {i: 2})").await;
+    b.run("leanloop.optIn(); leanloop.track('Opted In')").await;
+    assert_eq!(b.flush().await, 0);
+    stored(&s, "Opted In", 1).await;
+    // What was queued before the opt-out would have gone with that flush.
+    assert_eq!(s.count(&[("name", "Before Opt Out")]).await, 0);
+    assert_eq!(s.count(&[("name", "Opted Out")]).await, 0);
+    assert_eq!(s.count(&[]).await, 2, "the first page view and the event after opting in");
 }

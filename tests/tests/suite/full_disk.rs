@@ -83,16 +83,7 @@ async fn a_full_disk_answers_503_loses_nothing_and_ingest_resumes_when_space_ret
 
     let ballast = disk.path.join("ballast");
     fill(&ballast);
-    let mut accepted = 0u64;
-    let refused = loop {
-        let r = s.post("/v1/batch", &batch("full")).await;
-        if r.status() == 503 {
-            break r;
-        }
-        assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
-        accepted += 100;
-        assert!(accepted < 10_000, "the full disk never refused an append");
-    };
+    let (accepted, refused) = s.post_until_refused(100, 10_000, || batch("full")).await;
     assert!(refused.headers().contains_key("retry-after"), "503 carries Retry-After");
     let answer: Value = refused.json().await.unwrap();
     assert_eq!(answer["error"]["code"], "unavailable", "{answer}");

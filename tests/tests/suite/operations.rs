@@ -1,6 +1,8 @@
 //! Back-pressure, graceful shutdown, health, metrics and the read API's
 //! authorisation.
 
+use leanloop_control::ControlPlane;
+use leanloop_tests::process::Process;
 use leanloop_tests::{eventually, message_id, TestServer};
 use serde_json::{json, Value};
 
@@ -57,45 +59,71 @@ async fn graceful_shutdown_stores_what_was_acknowledged() {
     assert_eq!(s.count(&[("name", "queued")]).await, 1000);
 }
 
+/// A server process of its own: the metrics it shows count this test's
+/// requests alone, not those of the tests running beside it.
 #[tokio::test(flavor = "multi_thread")]
 async fn health_readiness_and_metrics() {
-    let s = TestServer::start().await;
-    assert_eq!(s.client.get(s.url("/healthz")).send().await.unwrap().status(), 200);
-    let ready: Value = s.client.get(s.url("/readyz")).send().await.unwrap().json().await.unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let project = ControlPlane::open(&data.path().join("control.sqlite")).unwrap().create_project("metrics").unwrap();
+    let args = ["serve", "--listen", "127.0.0.1:0", "--data-dir", &data.path().to_string_lossy()].map(str::to_owned);
+    let server = Process::start(&args);
+    let client = reqwest::Client::new();
+    let url = |path: &str| format!("{}{path}", server.base);
+    let post = |key: Option<&str>, path: &str, body: Value| {
+        let request = client.post(url(path)).json(&body);
+        let request = match key {
+            Some(key) => request.basic_auth(key, Some("")),
+            None => request,
+        };
+        async move { request.send().await.unwrap().status().as_u16() }
+    };
+    assert_eq!(client.get(url("/healthz")).send().await.unwrap().status(), 200);
+    let ready: Value = client.get(url("/readyz")).send().await.unwrap().json().await.unwrap();
     assert_eq!(ready["ready"], true);
-    s.post("/v1/batch", &batch(3, "m")).await;
-    s.post("/v1/track", &json!({"userId": "u"})).await;
-    s.client.post(s.url("/v1/track")).json(&json!({})).send().await.unwrap();
+
+    let write = Some(project.write_key.as_str());
+    assert_eq!(post(write, "/v1/batch", batch(3, "m")).await, 200);
+    assert_eq!(post(write, "/v1/track", json!({"userId": "u"})).await, 400, "no event name");
+    assert_eq!(post(None, "/v1/track", json!({})).await, 401, "no key");
     let none_good = json!({"batch": [{"type": "track", "userId": "u"}]});
-    assert_eq!(s.post("/v1/batch", &none_good).await.status(), 400);
+    assert_eq!(post(write, "/v1/batch", none_good).await, 400);
+    // A deploy key used for ingest.
     let event = json!({"userId": "u", "event": "x"});
-    let secret = s.client.post(s.url("/v1/track")).basic_auth(&s.project.deploy_key, Some("")).json(&event);
-    assert_eq!(secret.send().await.unwrap().status(), 401);
-    s.settle().await;
+    assert_eq!(post(Some(&project.deploy_key), "/v1/track", event).await, 401);
+
+    let scrape = || async { client.get(url("/metrics")).send().await.unwrap().text().await.unwrap() };
     let text = eventually("metrics to show the write", || async {
-        let text = s.client.get(s.url("/metrics")).send().await.unwrap().text().await.unwrap();
-        text.contains("leanloop_store_write_seconds_bucket").then_some(text)
+        let text = scrape().await;
+        (metric(&text, "leanloop_store_events_written_total") == Some(3.0)).then_some(text)
     })
     .await;
-    for needle in [
-        "leanloop_ingest_events_accepted_total{source=\"segment\"}",
-        "leanloop_ingest_requests_rejected_total{reason=\"bad_field\"}",
-        "leanloop_ingest_requests_rejected_total{reason=\"missing_key\"}",
-        "leanloop_ingest_requests_rejected_total{reason=\"every_event_refused\"}",
-        // A read or deploy key used for ingest.
-        "leanloop_ingest_requests_rejected_total{reason=\"secret_key\"}",
-        "leanloop_log_backlog_bytes",
-        "leanloop_log_fsync_seconds",
-        "leanloop_store_events_written_total",
-        // Rare trouble is counted from 0, before it first happens.
-        "leanloop_log_write_errors_total",
-        "leanloop_store_write_errors_total",
-        "leanloop_log_damaged_bytes_total",
-        "leanloop_log_read_retries_total",
-        "leanloop_ingest_events_accepted_total{source=\"posthog\"}",
+    for (series, expected) in [
+        ("leanloop_ingest_events_accepted_total{source=\"segment\"}", 3.0),
+        ("leanloop_ingest_requests_rejected_total{reason=\"bad_field\"}", 1.0),
+        ("leanloop_ingest_requests_rejected_total{reason=\"missing_key\"}", 1.0),
+        ("leanloop_ingest_requests_rejected_total{reason=\"every_event_refused\"}", 1.0),
+        ("leanloop_ingest_requests_rejected_total{reason=\"secret_key\"}", 1.0),
+        // The single event without a name, and the batch's one.
+        ("leanloop_ingest_events_rejected_total{reason=\"bad_field\"}", 2.0),
+        ("leanloop_log_backlog_bytes", 0.0),
+        // Rare trouble, and sources not used, are counted from 0.
+        ("leanloop_log_write_errors_total", 0.0),
+        ("leanloop_store_write_errors_total", 0.0),
+        ("leanloop_log_damaged_bytes_total", 0.0),
+        ("leanloop_log_read_retries_total", 0.0),
+        ("leanloop_ingest_events_accepted_total{source=\"posthog\"}", 0.0),
     ] {
-        assert!(text.contains(needle), "metrics lack {needle}:\n{text}");
+        assert_eq!(metric(&text, series), Some(expected), "{series} in:\n{text}");
     }
+    for histogram in ["leanloop_log_fsync_seconds_count", "leanloop_store_write_seconds_count"] {
+        assert!(metric(&text, histogram).is_some_and(|n| n >= 1.0), "{histogram} in:\n{text}");
+    }
+    server.terminate();
+}
+
+/// The value of one series (name and labels exactly) in Prometheus text.
+fn metric(text: &str, series: &str) -> Option<f64> {
+    text.lines().find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.trim().parse().ok())
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -177,9 +205,15 @@ async fn a_rotated_write_key_replaces_the_old_one_in_a_running_server() {
 #[tokio::test(flavor = "multi_thread")]
 async fn the_dashboard_lists_projects_without_secrets() {
     let s = TestServer::start().await;
+    let other = s.control.create_project("Second shop").unwrap();
     let html = s.client.get(s.url("/")).send().await.unwrap().text().await.unwrap();
-    assert!(html.contains(&s.project.write_key));
-    assert!(!html.contains(&s.project.read_key));
+    for project in [&s.project, &other] {
+        // The write key is public: it ships in every page that sends events.
+        assert!(html.contains(&project.write_key), "{html}");
+        assert!(!html.contains(&project.read_key), "a read key on the page");
+        assert!(!html.contains(&project.deploy_key), "a deploy key on the page");
+    }
+    assert!(html.contains("Second shop"), "{html}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -190,16 +224,7 @@ async fn a_full_log_answers_503_and_takes_events_again_once_delivered() {
     })
     .await;
     s.collector.queue().pause();
-    let mut accepted = 0;
-    let refused = loop {
-        let r = s.post("/v1/batch", &batch(100, "fill")).await;
-        if r.status() == 503 {
-            break r;
-        }
-        assert_eq!(r.status(), 200);
-        accepted += 100;
-        assert!(accepted < 100_000, "the log never filled");
-    };
+    let (accepted, refused) = s.post_until_refused(100, 100_000, || batch(100, "fill")).await;
     assert_eq!(refused.headers()["retry-after"], "1");
     let answer: Value = refused.json().await.unwrap();
     assert!(answer["error"]["message"].as_str().unwrap().contains("full"), "{answer}");

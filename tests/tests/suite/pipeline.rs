@@ -27,9 +27,10 @@ async fn live_release(s: &leanloop_tests::TestServer) -> Value {
         .unwrap_or_else(|| panic!("no live release in {list}"))
 }
 
-async fn serves(release: &Value, version: &str) {
+/// Every one of the release's `replicas` answers with `version`.
+async fn serves(release: &Value, replicas: usize, version: &str) {
     let endpoints = release["endpoints"].as_array().unwrap();
-    assert_eq!(endpoints.len(), 2, "two replicas: {release}");
+    assert_eq!(endpoints.len(), replicas, "{replicas} replicas: {release}");
     for endpoint in endpoints {
         let body = fetch(endpoint.as_str().unwrap(), "/index.html").await;
         assert_eq!(body.trim(), format!("version: {version}"), "{endpoint}");
@@ -53,7 +54,7 @@ async fn fixture_is_tested_built_pushed_deployed_and_rolled_back() {
     for name in ["test", "image", "deploy"] {
         let st = step(&run1, name);
         assert_eq!(st["status"], "success", "{st}");
-        assert!(st["duration_ms"].as_i64().unwrap() >= 0);
+        assert!(st["duration_ms"].as_i64().unwrap() > 0, "{st}");
     }
     assert_eq!(step(&run1, "test")["exit_code"], 0);
     assert!(logs.contains("[test] + ./test.sh"), "{logs}");
@@ -64,7 +65,7 @@ async fn fixture_is_tested_built_pushed_deployed_and_rolled_back() {
     assert_eq!(first["version"], &sha[..7]);
     assert_eq!(first["strategy"], "rolling");
     assert!(first["digest"].as_str().unwrap().starts_with("sha256:"), "{first}");
-    serves(&first, "1").await;
+    serves(&first, 2, "1").await;
 
     // Analytics links events of this version to the deploy time.
     let version = first["version"].as_str().unwrap().to_owned();
@@ -130,7 +131,7 @@ async fn fixture_is_tested_built_pushed_deployed_and_rolled_back() {
     let second = live_release(&s).await;
     assert_eq!(second["commit"], sha2);
     assert_ne!(second["id"], first["id"]);
-    serves(&second, "2").await;
+    serves(&second, 2, "2").await;
     let (_, old) = call(&s, Method::GET, &format!("/releases/{}", first["id"]), None).await;
     assert_eq!(old["status"], "superseded");
 
@@ -156,7 +157,7 @@ async fn fixture_is_tested_built_pushed_deployed_and_rolled_back() {
     assert_eq!(back["trigger"], "rollback");
     assert_eq!(back["commit"], sha);
     assert_eq!(back["rollback_of"], second["id"]);
-    serves(&live_release(&s).await, "1").await;
+    serves(&live_release(&s).await, 2, "1").await;
     let (_, rolled) = call(&s, Method::GET, &format!("/releases/{}", second["id"]), None).await;
     assert_eq!(rolled["status"], "rolled_back");
     // Rolling back again never returns to the release just rolled back:
@@ -176,7 +177,7 @@ async fn fixture_is_tested_built_pushed_deployed_and_rolled_back() {
     assert_eq!(step(&again, "image")["status"], "reused");
     assert_eq!(step(&again, "deploy")["status"], "success");
     let redeployed = live_release(&s).await;
-    serves(&redeployed, "2").await;
+    serves(&redeployed, 2, "2").await;
     assert_eq!(redeployed["digest"], second["digest"], "the reused image's pushed digest pins it: {redeployed}");
 
     // Run list; bad inputs are 4xx naming the field.
@@ -219,12 +220,12 @@ async fn fixture_is_tested_built_pushed_deployed_and_rolled_back() {
     let (status, named) = to(json!({ "release": first["id"] })).await;
     assert_eq!(status, 201, "{named}");
     assert_eq!((&named["commit"], &named["rollback_of"]), (&json!(sha), &redeployed["id"]), "{named}");
-    serves(&named, "1").await;
+    serves(&named, 2, "1").await;
     let (status, retried) = to(json!({ "release": first["id"] })).await;
     assert_eq!((status, &retried["id"]), (200, &named["id"]), "{retried}");
     let (status, forward) = to(json!({ "release": second["id"] })).await;
     assert_eq!((status, &forward["commit"]), (201, &json!(sha2)), "{forward}");
-    serves(&forward, "2").await;
+    serves(&forward, 2, "2").await;
     // After a new release, a rollback without a name returns to the image
     // named last, though it was once rolled back from.
     repo.write("site/index.html", "version: 3\n");
@@ -233,7 +234,7 @@ async fn fixture_is_tested_built_pushed_deployed_and_rolled_back() {
     assert_eq!(finished(&s, run["id"].as_i64().unwrap()).await["status"], "success");
     let (status, back) = to(json!({})).await;
     assert_eq!((status, &back["commit"]), (201, &json!(sha2)), "{back}");
-    serves(&back, "2").await;
+    serves(&back, 2, "2").await;
 
     // Runs leave nothing behind; removing the service removes the rest.
     assert_eq!(
@@ -250,9 +251,12 @@ async fn fixture_is_tested_built_pushed_deployed_and_rolled_back() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_failing_test_step_stops_the_run_and_keeps_its_logs() {
     let case = "failing";
-    // The first Docker host never answers: runs go to the one that does,
+    // The first Docker host takes connections and never answers (the
+    // kernel queues them; nothing accepts): runs go to the one that does,
     // here the local engine reached over TCP.
-    let unreachable = leanloop_pipeline::HostSpec { url: "tcp://127.0.0.1:1".into(), capacity: 8 };
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let unreachable =
+        leanloop_pipeline::HostSpec { url: format!("tcp://{}", silent.local_addr().unwrap()), capacity: 8 };
     let (s, tcp, proxy) = pipeline::server_with_tcp_host(case, unreachable, 2).await;
     let repo = Repo::fixture();
     repo.write("FAIL_TESTS", "on purpose\n");
@@ -271,7 +275,9 @@ async fn a_failing_test_step_stops_the_run_and_keeps_its_logs() {
     assert!(logs.contains("[test] tests failed: 1"), "a last line without a newline is kept: {logs}");
     let (status, only) = call(&s, Method::GET, &format!("/runs/{}/logs?step=test", run["id"]), None).await;
     assert_eq!(status, 200);
-    assert!(only["lines"].as_array().unwrap().iter().all(|l| l["step"] == "test"));
+    let lines = only["lines"].as_array().unwrap();
+    assert!(lines.iter().any(|l| l["line"] == "FAIL: FAIL_TESTS is present in the repository root"), "{only}");
+    assert!(lines.iter().all(|l| l["step"] == "test"), "{only}");
     // A restart past the failed tests would ship their commit: refused,
     // naming the step; from the tests themselves it runs them again.
     let path = format!("/runs/{}/restart", run["id"]);
@@ -470,6 +476,8 @@ async fn webhooks_need_a_valid_signature() {
     .await
     .unwrap();
     assert_eq!(ping.status(), 200);
+    let (_, runs) = call(&s, Method::GET, &format!("/repos/{repo_id}/runs"), None).await;
+    assert_eq!(runs["runs"], json!([]), "a ping starts no run");
     let ok =
         post("gitea", vec![("X-Gitea-Event", "push".into()), ("X-Gitea-Signature", signature.clone())], body.clone())
             .await
@@ -492,6 +500,8 @@ async fn webhooks_need_a_valid_signature() {
     assert_eq!(github.status(), 201);
     let second = finished(&s, github.json::<Value>().await.unwrap()["id"].as_i64().unwrap()).await;
     assert_eq!(second["status"], "success", "{second}");
+    let (_, runs) = call(&s, Method::GET, &format!("/repos/{repo_id}/runs"), None).await;
+    assert_eq!(runs["runs"].as_array().unwrap().len(), 2, "one run per push: {runs}");
 
     // The cache volume kept what the first run wrote.
     let logs = log_text(&s, second["id"].as_i64().unwrap()).await;
@@ -757,10 +767,7 @@ async fn every_strategy_replaces_the_live_release() {
         let release = live[0];
         assert_eq!(release["strategy"], strategy);
         assert_eq!(release["weights"], if strategy == "canary" { json!([25, 50, 100]) } else { json!([]) });
-        let expected = if i == 0 { "version: 1".to_owned() } else { format!("version: {strategy}") };
-        for endpoint in release["endpoints"].as_array().unwrap() {
-            assert_eq!(fetch(endpoint.as_str().unwrap(), "/index.html").await.trim(), expected);
-        }
+        serves(release, 2, if i == 0 { "1" } else { strategy }).await;
         if let Some(old) = previous {
             let (_, old) = call(&s, Method::GET, &format!("/releases/{}", old["id"]), None).await;
             assert_eq!(old["status"], "superseded", "{old}");
@@ -784,10 +791,7 @@ async fn every_strategy_replaces_the_live_release() {
     assert_eq!(run["status"], "failure", "{run}");
     let (_, last) = call(&s, Method::GET, &format!("/releases/{}", previous.unwrap()["id"]), None).await;
     assert_eq!(last["status"], "live", "{last}");
-    assert_eq!(last["endpoints"].as_array().unwrap().len(), 2, "{last}");
-    for endpoint in last["endpoints"].as_array().unwrap() {
-        assert_eq!(fetch(endpoint.as_str().unwrap(), "/index.html").await.trim(), "version: rolling");
-    }
+    serves(&last, 2, "rolling").await;
     assert_eq!(docker_objects(&[&case_label(case), "leanloop.service=strat-web"]).len(), 2);
     // With none live (the service torn down), a rollback starts the newest
     // release that ran healthy again.
@@ -801,9 +805,7 @@ async fn every_strategy_replaces_the_live_release() {
         (&back["trigger"], &back["commit"], &back["status"]),
         (&json!("rollback"), &last["commit"], &json!("live"))
     );
-    for endpoint in back["endpoints"].as_array().unwrap() {
-        assert_eq!(fetch(endpoint.as_str().unwrap(), "/index.html").await.trim(), "version: rolling");
-    }
+    serves(&back, 2, "rolling").await;
 
     // A cancel during a deploy stops it at once, not when its health
     // timeout (ten minutes here) runs out.
@@ -889,9 +891,21 @@ async fn runs_of_one_repository_wait_their_turn() {
     })
     .await;
     let second = trigger(&s, repo_id, json!({ "branch": "main" })).await["id"].as_i64().unwrap();
-    // One run per repository at a time (the default): the second waits.
+    // One run per repository at a time (the default): the second waits,
+    // while another repository's run, queued after it, starts. Its start
+    // shows the scheduler has passed over the second.
+    let (_other, other_id) = repo_with_file(&s, "queued-other", slow, json!({})).await;
+    let other = trigger(&s, other_id, json!({ "branch": "main" })).await["id"].as_i64().unwrap();
+    eventually("another repository's run to start", || async {
+        let (_, run) = call(&s, Method::GET, &format!("/runs/{other}"), None).await;
+        (run["status"] == "running").then_some(())
+    })
+    .await;
     let (_, waiting) = call(&s, Method::GET, &format!("/runs/{second}"), None).await;
     assert_eq!(waiting["status"], "pending", "{waiting}");
+    let (status, _) = call(&s, Method::POST, &format!("/runs/{other}/cancel"), None).await;
+    assert_eq!(status, 202);
+    assert_eq!(finished(&s, other).await["status"], "cancelled");
     let (status, _) = call(&s, Method::POST, &format!("/runs/{first}/cancel"), None).await;
     assert_eq!(status, 202);
     eventually("the second run to start once the first ends", || async {
@@ -1041,9 +1055,7 @@ async fn a_rollback_slower_than_the_request_deadline_is_answered_while_it_goes_o
         (r["status"] == "live").then_some(r)
     })
     .await;
-    for endpoint in live["endpoints"].as_array().unwrap() {
-        assert_eq!(fetch(endpoint.as_str().unwrap(), "/index.html").await.trim(), "version: 1");
-    }
+    serves(&live, 1, "1").await;
     let (status, _) = call(&s, Method::DELETE, "/services/slow-web/environments/production", None).await;
     assert_eq!(status, 200);
     pipeline::stop_leaving_nothing(s, case).await;

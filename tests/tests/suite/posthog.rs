@@ -176,22 +176,25 @@ async fn flag_calls_get_no_flags_for_a_good_key_and_a_refusal_for_a_bad_one() {
         s.client.post(s.url(path)).header("content-type", content_type).body(body).send()
     };
     // posthog-js and the server SDKs: JSON with `token` or `api_key`.
-    for path in ["/flags/?v=2&config=true", "/flags", "/decide/?v=3", "/decide"] {
-        let body = json!({"token": key, "distinct_id": "d", "groups": {}}).to_string().into_bytes();
-        let r = ask(path, body, "application/json").await.unwrap();
+    let no_flags = |path: &'static str, body: Vec<u8>, content_type: &'static str| async move {
+        let r = ask(path, body, content_type).await.unwrap();
         assert_eq!(r.status(), 200, "{path}");
         let answer: Value = r.json().await.unwrap();
         assert_eq!((&answer["flags"], &answer["featureFlags"]), (&json!({}), &json!({})), "{path}: {answer}");
-        assert_eq!(answer["errorsWhileComputingFlags"], false);
+        assert_eq!(answer["errorsWhileComputingFlags"], false, "{path}: {answer}");
+    };
+    for path in ["/flags/?v=2&config=true", "/flags", "/decide/?v=3", "/decide"] {
+        let body = json!({"token": key, "distinct_id": "d", "groups": {}}).to_string().into_bytes();
+        no_flags(path, body, "application/json").await;
     }
     // Older posthog-js: a base64 form body, and gzip-js.
     let data = base64::engine::general_purpose::STANDARD.encode(json!({"token": key, "distinct_id": "d"}).to_string());
     let form = format!("data={}", url_escape(&data)).into_bytes();
-    assert_eq!(ask("/decide/?v=3", form, "application/x-www-form-urlencoded").await.unwrap().status(), 200);
+    no_flags("/decide/?v=3", form, "application/x-www-form-urlencoded").await;
     let gz = gzip(json!({"api_key": key, "distinct_id": "d"}).to_string().as_bytes());
-    assert_eq!(ask("/flags/?compression=gzip-js", gz.clone(), "text/plain").await.unwrap().status(), 200);
+    no_flags("/flags/?compression=gzip-js", gz.clone(), "text/plain").await;
     // gzip known by its first bytes, as on the capture paths.
-    assert_eq!(ask("/flags/?v=2", gz, "application/json").await.unwrap().status(), 200);
+    no_flags("/flags/?v=2", gz, "application/json").await;
 
     let refused = |body: Vec<u8>, status: u16, code: &'static str| async move {
         let r = ask("/flags/", body, "application/json").await.unwrap();
@@ -212,10 +215,13 @@ async fn flag_calls_get_no_flags_for_a_good_key_and_a_refusal_for_a_bad_one() {
         .request(reqwest::Method::OPTIONS, s.url("/flags/"))
         .header("origin", "https://app.example")
         .header("access-control-request-method", "POST")
+        .header("access-control-request-headers", "content-type")
         .send()
         .await
         .unwrap();
+    assert!(preflight.status().is_success(), "{}", preflight.status());
     assert_eq!(preflight.headers()["access-control-allow-origin"], "https://app.example");
+    leanloop_tests::assert_preflight_allows(&preflight, &["content-type"]);
 
     // Server SDKs with a personal API key load definitions to evaluate
     // locally: the project's key is the `token` parameter.

@@ -40,8 +40,11 @@ async fn the_served_sdk_is_gzipped_cached_and_under_5_kb() {
     }
     let other = raw.get(s.url("/sdk.js")).header("if-none-match", plain_etag).header("accept-encoding", "gzip");
     assert_eq!(other.send().await.unwrap().status(), 200, "the plain body's tag does not revalidate the gzipped one");
-    let module = raw.get(s.url("/sdk.mjs")).send().await.unwrap().text().await.unwrap();
-    assert!(module.contains("export"), "the ES module is served too");
+    // The ES module, for bundlers and `<script type="module">`: the source itself.
+    let module = raw.get(s.url("/sdk.mjs")).send().await.unwrap();
+    assert_eq!(module.status(), 200);
+    assert!(module.headers()["content-type"].to_str().unwrap().starts_with("text/javascript"));
+    assert_eq!(module.text().await.unwrap(), include_str!("../../../sdk-js/src/leanloop.js"));
     // The NPS prompt, fetched cross-origin as a module when it first shows.
     let prompt = raw.get(s.url("/sdk-prompt.mjs")).send().await.unwrap();
     assert_eq!(prompt.headers()["access-control-allow-origin"], "*");

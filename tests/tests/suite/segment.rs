@@ -1,7 +1,7 @@
 //! Segment's tracking API against a running server: every endpoint, read back
 //! through the events API with exact counts and fields.
 
-use leanloop_tests::{message_id, TestServer};
+use leanloop_tests::{assert_preflight_allows, message_id, TestServer};
 use serde_json::json;
 
 const CHROME_MAC: &str = "Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/121.0.0.0 Safari/537.36";
@@ -101,7 +101,8 @@ async fn a_batch_sent_three_times_is_stored_once() {
     assert_eq!(s.count(&[("name", "Clicked")]).await, 50);
     // Non-UUID message ids deduplicate too.
     for _ in 0..2 {
-        s.post("/v1/track", &json!({"userId": "u", "event": "Custom Id", "messageId": "msg-000123"})).await;
+        let r = s.post("/v1/track", &json!({"userId": "u", "event": "Custom Id", "messageId": "msg-000123"})).await;
+        assert_eq!(r.status(), 200, "a retry is acknowledged, so the client stops sending it");
     }
     assert_eq!(s.count(&[("name", "Custom Id")]).await, 1);
 }
@@ -207,6 +208,7 @@ async fn text_plain_bodies_and_cors_preflight_work_for_browsers() {
         .unwrap();
     assert!(preflight.status().is_success());
     assert_eq!(preflight.headers()["access-control-allow-origin"], "https://shop.example");
+    assert_preflight_allows(&preflight, &["content-type", "authorization"]);
     assert_eq!(s.count(&[("name", "Beacon")]).await, 1);
 }
 
