@@ -151,7 +151,9 @@ impl Enricher {
             browser_version: i.browser_version.or_else(|| agent.browser_version.clone()),
             // Apps name their OS as their platform does (`iPadOS`, `macOS`).
             os: i.os.map(os_name).or_else(|| agent.os.clone()),
-            device_type: i.device_type.or_else(|| agent.device_type.clone()),
+            // posthog-js capitalises its types (`Mobile`); the parser's and
+            // Segment's are lower case: one bucket per form.
+            device_type: i.device_type.map(|d| d.to_lowercase()).or_else(|| agent.device_type.clone()),
             country: req.country.clone(),
             ip,
             library: i.library,
@@ -257,11 +259,27 @@ fn parse_agent(ua: &str) -> Agent {
     // curl, Java, Python's urllib...: a server's HTTP client, not a browser.
     let browser = (r.name != "HTTP Library").then_some((r.name, r.version));
     Agent {
-        browser: browser.and_then(|(name, _)| known(name)),
+        browser: browser.and_then(|(name, _)| known(name)).map(|name| browser_name(name, r.os)),
         browser_version: browser.and_then(|(_, version)| known(version)),
         os: known(r.os).map(os_name),
         device_type: device_type.map(str::to_owned),
     }
+}
+
+/// A browser named as posthog-js names it (`$browser`), for the same
+/// reason as [`os_name`]; `os` is the parser's own name for the OS.
+fn browser_name(parsed: String, os: &str) -> String {
+    let ios = matches!(os, "iPhone" | "iPad" | "iPod");
+    let named = match parsed.as_str() {
+        "Safari" if ios => "Mobile Safari",
+        // Android's own browser before Chrome.
+        "Safari" if os == "Android" => "Android Mobile",
+        "Chrome" if ios => "Chrome iOS",
+        "Firefox" if ios => "Firefox iOS",
+        "Edge" => "Microsoft Edge",
+        _ => return parsed,
+    };
+    named.to_owned()
 }
 
 /// An OS named as posthog-js names it (`$os`), so events from its SDK and
@@ -496,10 +514,27 @@ mod tests {
     }
 
     #[test]
+    fn browsers_are_named_as_posthog_js_names_them() {
+        let named = |ua: &str| parse_agent(ua).browser;
+        let ios = "Mozilla/5.0 (iPhone; CPU iPhone OS 17_4 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko)";
+        assert_eq!(
+            named(&format!("{ios} CriOS/123.0.6312.52 Mobile/15E148 Safari/604.1")).as_deref(),
+            Some("Chrome iOS")
+        );
+        assert_eq!(named(&format!("{ios} FxiOS/124.0 Mobile/15E148 Safari/605.1.15")).as_deref(), Some("Firefox iOS"));
+        let edge = "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/123.0.0.0 Safari/537.36 Edg/123.0.2420.65";
+        assert_eq!(named(edge).as_deref(), Some("Microsoft Edge"));
+        let mac = "Mozilla/5.0 (Macintosh; Intel Mac OS X 14_4) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/17.4 Safari/605.1.15";
+        assert_eq!(named(mac).as_deref(), Some("Safari"));
+        let stock = "Mozilla/5.0 (Linux; U; Android 4.0.3; ko-kr; LG-L160L Build/IML74K) AppleWebkit/534.30 (KHTML, like Gecko) Version/4.0 Mobile Safari/534.30";
+        assert_eq!(named(stock).as_deref(), Some("Android Mobile"));
+    }
+
+    #[test]
     fn mobile_and_tablet_agents() {
         let iphone = parse_agent("Mozilla/5.0 (iPhone; CPU iPhone OS 17_0 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/17.0 Mobile/15E148 Safari/604.1");
         assert_eq!(iphone.device_type.as_deref(), Some("mobile"));
-        assert_eq!(iphone.browser.as_deref(), Some("Safari"));
+        assert_eq!(iphone.browser.as_deref(), Some("Mobile Safari"), "as posthog-js names it");
         assert_eq!(iphone.os.as_deref(), Some("iOS"));
         let ipad = parse_agent("Mozilla/5.0 (iPad; CPU OS 16_0 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/16.0 Mobile/15E148 Safari/604.1");
         assert_eq!(ipad.device_type.as_deref(), Some("tablet"));

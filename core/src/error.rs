@@ -22,8 +22,12 @@ pub enum ErrorClass {
     Forbidden,
     NotFound,
     /// The resource's state does not allow the request (a finished run
-    /// cancelled, nothing to roll back to).
-    Conflict,
+    /// cancelled, nothing to roll back to). `reason` tells the cases apart
+    /// for programs; one that passes (a deploy under way) says when to retry.
+    Conflict {
+        reason: &'static str,
+        retry_after_secs: Option<u32>,
+    },
     /// A body, event or batch is over a limit.
     TooLarge {
         field: Option<String>,
@@ -48,6 +52,8 @@ pub struct ApiError {
     pub code: &'static str,
     pub message: String,
     pub field: Option<String>,
+    /// Which conflict, for programs (`code` is `conflict`).
+    pub reason: Option<&'static str>,
     pub retry_after_secs: Option<u32>,
 }
 
@@ -62,6 +68,8 @@ struct Inner<'a> {
     message: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
     field: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reason: Option<&'a str>,
 }
 
 impl ApiError {
@@ -78,23 +86,27 @@ impl ApiError {
     }
 
     pub fn from_class(class: ErrorClass, message: String) -> ApiError {
+        let mut reason = None;
         let (status, code, field, retry) = match class {
             ErrorClass::BadRequest { field } => (StatusCode::BAD_REQUEST, "bad_request", field, None),
             ErrorClass::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized", None, None),
             ErrorClass::Forbidden => (StatusCode::FORBIDDEN, "forbidden", None, None),
             ErrorClass::NotFound => (StatusCode::NOT_FOUND, "not_found", None, None),
-            ErrorClass::Conflict => (StatusCode::CONFLICT, "conflict", None, None),
+            ErrorClass::Conflict { reason: why, retry_after_secs } => {
+                reason = Some(why);
+                (StatusCode::CONFLICT, "conflict", None, retry_after_secs)
+            }
             ErrorClass::TooLarge { field } => (StatusCode::PAYLOAD_TOO_LARGE, "too_large", field, None),
             ErrorClass::Unavailable { retry_after_secs } => {
                 (StatusCode::SERVICE_UNAVAILABLE, "unavailable", None, Some(retry_after_secs))
             }
             ErrorClass::Internal => (StatusCode::INTERNAL_SERVER_ERROR, "internal", None, None),
         };
-        ApiError { status, code, message, field, retry_after_secs: retry }
+        ApiError { status, code, message, field, reason, retry_after_secs: retry }
     }
 
     pub fn new(status: StatusCode, code: &'static str, message: String) -> ApiError {
-        ApiError { status, code, message, field: None, retry_after_secs: None }
+        ApiError { status, code, message, field: None, reason: None, retry_after_secs: None }
     }
 
     pub fn bad_request(field: &str, message: impl Into<String>) -> ApiError {
@@ -103,7 +115,7 @@ impl ApiError {
 
     pub fn to_json(&self) -> serde_json::Value {
         serde_json::to_value(Body {
-            error: Inner { code: self.code, message: &self.message, field: self.field.as_deref() },
+            error: Inner { code: self.code, message: &self.message, field: self.field.as_deref(), reason: self.reason },
         })
         .unwrap_or_default()
     }

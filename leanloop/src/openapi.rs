@@ -154,7 +154,8 @@ pub fn document() -> Value {
     schemas.insert(
         "Error".into(),
         json!({"type": "object", "required": ["error"], "properties": {"error": {"type": "object", "required": ["code", "message"],
-            "properties": {"code": {"type": "string"}, "message": {"type": "string"}, "field": {"type": "string"}}}}}),
+            "properties": {"code": {"type": "string"}, "message": {"type": "string"}, "field": {"type": "string"},
+                "reason": {"type": "string", "description": "which conflict, on a 409"}}}}}),
     );
     json!({
         "openapi": "3.0.3",

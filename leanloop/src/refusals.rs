@@ -69,6 +69,7 @@ where
                 code: "too_large",
                 message: format!("the body is over {API_BODY_LIMIT} bytes, the most this API reads"),
                 field: Some("body".to_owned()),
+                reason: None,
                 retry_after_secs: None,
             };
             return Box::pin(async move { Ok(closing(refused.into_response())) });
@@ -195,7 +196,8 @@ async fn jsonified(method: &Method, uri: &Uri, response: Response) -> Response {
         (true, false) => default,
         (true, true) => parts.status.canonical_reason().unwrap_or("refused").to_owned(),
     };
-    let mut json = ApiError { status: parts.status, code, message, field, retry_after_secs: None }.into_response();
+    let mut json =
+        ApiError { status: parts.status, code, message, field, reason: None, retry_after_secs: None }.into_response();
     for name in [ALLOW, RETRY_AFTER] {
         if let Some(value) = parts.headers.get(&name) {
             json.headers_mut().insert(name, value.clone());

@@ -2,6 +2,10 @@
 
 use leanloop_core::{Classify, ErrorClass};
 
+/// The conflict a retry may get past: another deploy of the same service
+/// to the same environment is under way.
+pub const DEPLOY_IN_PROGRESS: &str = "deploy_in_progress";
+
 #[derive(Debug, thiserror::Error)]
 pub enum PipelineError {
     /// The pipeline file is invalid; `line` is 1-based when known.
@@ -14,8 +18,10 @@ pub enum PipelineError {
     NotFound(String),
     #[error("webhook signature does not match")]
     BadSignature,
-    #[error("{0}")]
-    Conflict(String),
+    /// The state does not allow the request; `reason` names which case
+    /// (`deploy_in_progress`, `no_healthy_release`, ...).
+    #[error("{message}")]
+    Conflict { reason: &'static str, message: String },
     #[error("git: {0}")]
     Git(String),
     #[error("docker: {0}")]
@@ -32,6 +38,10 @@ impl PipelineError {
     pub fn invalid(field: impl Into<String>, message: impl Into<String>) -> PipelineError {
         PipelineError::Invalid { field: field.into(), message: message.into() }
     }
+
+    pub fn conflict(reason: &'static str, message: impl Into<String>) -> PipelineError {
+        PipelineError::Conflict { reason, message: message.into() }
+    }
 }
 
 impl Classify for PipelineError {
@@ -41,7 +51,12 @@ impl Classify for PipelineError {
             PipelineError::Invalid { field, .. } => ErrorClass::BadRequest { field: Some(field.clone()) },
             PipelineError::NotFound(_) => ErrorClass::NotFound,
             PipelineError::BadSignature => ErrorClass::Unauthorized,
-            PipelineError::Conflict(_) => ErrorClass::Conflict,
+            // Another deploy of the service holds it for a while; the others
+            // last until someone acts.
+            PipelineError::Conflict { reason: DEPLOY_IN_PROGRESS, .. } => {
+                ErrorClass::Conflict { reason: DEPLOY_IN_PROGRESS, retry_after_secs: Some(5) }
+            }
+            PipelineError::Conflict { reason, .. } => ErrorClass::Conflict { reason, retry_after_secs: None },
             PipelineError::NoHost => ErrorClass::Unavailable { retry_after_secs: 10 },
             // The repository's source did not answer (moved, offline): worth a retry, and
             // the caller is told git's own words rather than an opaque internal error.

@@ -431,9 +431,10 @@ impl Pipeline {
         let lock = self.mirror_lock(repo_id);
         let _fetching = lock.lock().await;
         if !self.records.delete_repo(repo_id)? {
-            return Err(PipelineError::Conflict(format!(
-                "repository {repo_id} has runs that have not finished: cancel them first"
-            )));
+            return Err(PipelineError::conflict(
+                "runs_unfinished",
+                format!("repository {repo_id} has runs that have not finished: cancel them first"),
+            ));
         }
         self.mirror(repo_id).remove();
         self.remove_caches(repo_id).await;
@@ -488,7 +489,10 @@ impl Pipeline {
     ) -> Result<RunRecord, PipelineError> {
         let run = self.run(project_id, run_id)?;
         if !run.status.finished() {
-            return Err(PipelineError::Conflict(format!("run {run_id} is still {}", run.status.as_str())));
+            return Err(PipelineError::conflict(
+                "run_unfinished",
+                format!("run {run_id} is still {}", run.status.as_str()),
+            ));
         }
         if !run.steps.iter().any(|s| s.name == from) {
             return Err(PipelineError::invalid("from", format!("run {run_id} has no step `{from}`")));
@@ -583,11 +587,14 @@ impl Pipeline {
                 // not ship its commit.
                 let before = self.records.run(*earlier)?;
                 if let Some(step) = before.steps.iter().find(|s| reuse.contains(&s.name) && !runner::reusable(s)) {
-                    return Err(PipelineError::Conflict(format!(
-                        "step `{}` did not pass in run {earlier} ({}): restart from it, or from a step before it",
-                        step.name,
-                        step.status.as_str()
-                    )));
+                    return Err(PipelineError::conflict(
+                        "step_not_passed",
+                        format!(
+                            "step `{}` did not pass in run {earlier} ({}): restart from it, or from a step before it",
+                            step.name,
+                            step.status.as_str()
+                        ),
+                    ));
                 }
                 Some(reuse)
             }
@@ -720,7 +727,10 @@ impl Pipeline {
                 live.cancel.cancel();
                 Ok(run)
             }
-            None => Err(PipelineError::Conflict(format!("run {run_id} already finished ({})", run.status.as_str()))),
+            None => Err(PipelineError::conflict(
+                "run_finished",
+                format!("run {run_id} already finished ({})", run.status.as_str()),
+            )),
         }
     }
 
@@ -828,8 +838,9 @@ impl Pipeline {
             },
             None => self.previous_release(project_id, service, environment, current.as_ref())?,
         };
-        let spec: spec::Deploy = serde_json::from_str(&previous.spec)
-            .map_err(|e| PipelineError::Conflict(format!("release {} cannot be redeployed: {e}", previous.id)))?;
+        let spec: spec::Deploy = serde_json::from_str(&previous.spec).map_err(|e| {
+            PipelineError::conflict("release_unusable", format!("release {} cannot be redeployed: {e}", previous.id))
+        })?;
         let (_, docker) = self.hosts.reachable().await.into_iter().next().ok_or(PipelineError::NoHost)?;
         let labels: engine::Labels = self.config.labels.clone().into_iter().collect();
         let (hosts, records, stop) = (self.hosts.clone(), self.records.clone(), self.shutdown.clone());
@@ -872,8 +883,8 @@ impl Pipeline {
             },
         };
         match done {
-            Ok(done) => done.map(Rollback::Live).map_err(PipelineError::Conflict),
-            Err(e) => Err(PipelineError::Conflict(format!("the rollback stopped: {e}"))),
+            Ok(done) => done.map(Rollback::Live).map_err(|why| PipelineError::conflict("rollback_failed", why)),
+            Err(e) => Err(PipelineError::conflict("rollback_failed", format!("the rollback stopped: {e}"))),
         }
     }
 
@@ -897,9 +908,10 @@ impl Pipeline {
             {
                 Err(PipelineError::NotFound(format!("no release of {service} in {environment}")))
             }
-            None => Err(PipelineError::Conflict(format!(
-                "{service} in {environment} has no earlier healthy release to roll back to"
-            ))),
+            None => Err(PipelineError::conflict(
+                "no_healthy_release",
+                format!("{service} in {environment} has no earlier healthy release to roll back to"),
+            )),
         }
     }
 
@@ -928,9 +940,10 @@ impl Pipeline {
             ));
         }
         match target.status {
-            ReleaseStatus::Deploying | ReleaseStatus::Failed => Err(PipelineError::Conflict(format!(
-                "release {id} never ran healthy; only a release that did can be rolled back to"
-            ))),
+            ReleaseStatus::Deploying | ReleaseStatus::Failed => Err(PipelineError::conflict(
+                "never_healthy",
+                format!("release {id} never ran healthy; only a release that did can be rolled back to"),
+            )),
             _ => Ok(target),
         }
     }
@@ -951,9 +964,10 @@ impl Pipeline {
     ) -> Result<tokio::sync::OwnedMutexGuard<()>, PipelineError> {
         let lock = self.records.deploy_lock(project_id, service, environment);
         tokio::time::timeout(grace, lock.lock_owned()).await.map_err(|_| {
-            PipelineError::Conflict(format!(
-                "a deploy of {service} to {environment} is in progress; see its release, and try again once it ends"
-            ))
+            PipelineError::conflict(
+                error::DEPLOY_IN_PROGRESS,
+                format!("a deploy of {service} to {environment} is in progress; see its release, and try again once it ends"),
+            )
         })
     }
 

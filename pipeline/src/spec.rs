@@ -475,10 +475,10 @@ impl Pipeline {
     /// [`Pipeline::parse`] off the threads that serve requests, one file
     /// at a time.
     pub async fn parse_apart(text: String) -> Result<Pipeline, PipelineError> {
-        let _turn = PARSING.acquire().await.map_err(|_| PipelineError::Conflict("shutting down".into()))?;
+        let _turn = PARSING.acquire().await.map_err(|_| PipelineError::conflict("shutting_down", "shutting down"))?;
         tokio::task::spawn_blocking(move || Pipeline::parse(&text))
             .await
-            .map_err(|e| PipelineError::Conflict(format!("parsing stopped: {e}")))?
+            .map_err(|e| PipelineError::conflict("shutting_down", format!("parsing stopped: {e}")))?
     }
 
     pub fn parse(text: &str) -> Result<Pipeline, PipelineError> {

@@ -46,8 +46,10 @@ fn incoming(f: Feedback) -> Result<Incoming, IngestError> {
     }
     let score = match f.score {
         None | Some(Value::Null) => None,
-        Some(Value::Number(n)) => match n.as_u64() {
-            Some(s) if s <= 10 => Some(s),
+        // `10.0` and `1e1` are the whole number 10: what a client's floats
+        // (Python's, Swift's Double) write it as.
+        Some(Value::Number(n)) => match n.as_f64() {
+            Some(s) if (0.0..=10.0).contains(&s) && s.fract() == 0.0 => Some(s as u64),
             _ => return Err(IngestError::field("score", "`score` must be a whole number from 0 to 10")),
         },
         Some(_) => return Err(IngestError::field("score", "`score` must be a whole number from 0 to 10")),
@@ -110,6 +112,19 @@ mod tests {
         ] {
             let i = decode(body, 32 * 1024).unwrap().items.remove(0).unwrap();
             assert_eq!(i.name, "$feedback");
+        }
+    }
+
+    #[test]
+    fn a_whole_score_written_as_a_float_is_that_score() {
+        for (body, score) in [
+            (r#"{"userId":"u","score":10.0}"#, 10),
+            (r#"{"userId":"u","score":1e1}"#, 10),
+            (r#"{"userId":"u","score":0.0}"#, 0),
+        ] {
+            let i = decode(body, 32 * 1024).unwrap().items.remove(0).unwrap();
+            let properties: Value = serde_json::from_str(&i.properties).unwrap();
+            assert_eq!(properties["score"], score, "{body}");
         }
     }
 

@@ -170,11 +170,14 @@ fn lock_beside(path: &Path) -> Result<std::fs::File, PipelineError> {
     let file = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&name)?;
     match file.try_lock() {
         Ok(()) => Ok(file),
-        Err(std::fs::TryLockError::WouldBlock) => Err(PipelineError::Conflict(format!(
-            "{} is in use by another server: run one `leanloop serve` per data directory \
-             (collectors, which run no pipeline, may share it)",
-            path.display()
-        ))),
+        Err(std::fs::TryLockError::WouldBlock) => Err(PipelineError::conflict(
+            "data_dir_in_use",
+            format!(
+                "{} is in use by another server: run one `leanloop serve` per data directory \
+                 (collectors, which run no pipeline, may share it)",
+                path.display()
+            ),
+        )),
         Err(std::fs::TryLockError::Error(e)) => Err(e.into()),
     }
 }
@@ -209,9 +212,10 @@ impl Records {
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         let current: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
         if current as usize > MIGRATIONS.len() {
-            return Err(PipelineError::Conflict(format!(
-                "pipeline database is at schema version {current}, newer than this build knows"
-            )));
+            return Err(PipelineError::conflict(
+                "schema_newer",
+                format!("pipeline database is at schema version {current}, newer than this build knows"),
+            ));
         }
         // A step may rebuild a table others refer to, which SQLite allows
         // only with foreign keys off (they are on by default in this build).
@@ -300,7 +304,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("pipeline.sqlite");
         let first = Records::open(&path).unwrap();
-        let Err(PipelineError::Conflict(message)) = Records::open(&path) else { panic!("a second owner") };
+        let Err(PipelineError::Conflict { message, .. }) = Records::open(&path) else { panic!("a second owner") };
         assert!(message.contains("in use by another server"), "{message}");
         drop(first);
         Records::open(&path).unwrap();

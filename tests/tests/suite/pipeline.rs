@@ -153,6 +153,7 @@ async fn fixture_is_tested_built_pushed_deployed_and_rolled_back() {
     let (mut answers, refused): (Vec<_>, Vec<_>) = [one, other].into_iter().partition(|(status, _)| *status == 201);
     assert_eq!((answers.len(), refused.len()), (1, 1), "{answers:?} {refused:?}");
     assert_eq!(refused[0].0, 409, "{refused:?}");
+    assert_eq!(refused[0].1["error"]["reason"], "deploy_in_progress", "{refused:?}");
     let (_, back) = answers.remove(0);
     assert_eq!(back["trigger"], "rollback");
     assert_eq!(back["commit"], sha);
@@ -164,6 +165,7 @@ async fn fixture_is_tested_built_pushed_deployed_and_rolled_back() {
     // nothing earlier ran healthy.
     let (status, again) = rollback().await;
     assert_eq!(status, 409, "{again}");
+    assert_eq!(again["error"]["reason"], "no_healthy_release", "{again}");
     assert!(again["error"]["message"].as_str().unwrap().contains("no earlier healthy release"), "{again}");
 
     // Restart the second run from its deploy step: earlier steps are reused.
@@ -842,6 +844,7 @@ async fn every_strategy_replaces_the_live_release() {
     )
     .await;
     assert_eq!(status, 409, "a release that never ran healthy is no rollback target: {err}");
+    assert_eq!(err["error"]["reason"], "never_healthy", "{err}");
     let (status, err) = call(
         &s,
         Method::POST,
@@ -1046,10 +1049,21 @@ async fn a_rollback_slower_than_the_request_deadline_is_answered_while_it_goes_o
     assert_eq!((&back["status"], &back["trigger"]), (&json!("deploying"), &json!("rollback")), "{back}");
     // Asked again meanwhile: refused, not a second rollback; nor can the
     // service be removed under the deploy, which would bring it back.
-    let (status, again) = call(&s, Method::POST, "/services/slow-web/environments/production/rollback", None).await;
-    assert_eq!(status, 409, "{again}");
+    // The refusal says a retry will get past it, and when to try.
+    let again = s
+        .client
+        .post(s.url(&format!("/api/v1/projects/{}/services/slow-web/environments/production/rollback", s.project.id)))
+        .bearer_auth(&s.project.deploy_key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(again.status(), 409);
+    assert_eq!(again.headers()["retry-after"], "5");
+    let again: Value = again.json().await.unwrap();
+    assert_eq!(again["error"]["reason"], "deploy_in_progress", "{again}");
     let (status, removed) = call(&s, Method::DELETE, "/services/slow-web/environments/production", None).await;
     assert_eq!(status, 409, "{removed}");
+    assert_eq!(removed["error"]["reason"], "deploy_in_progress", "{removed}");
     let live = eventually_within("the rollback to go live", pipeline::RUN_DEADLINE, || async {
         let (_, r) = call(&s, Method::GET, &format!("/releases/{}", back["id"]), None).await;
         (r["status"] == "live").then_some(r)

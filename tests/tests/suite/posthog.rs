@@ -138,6 +138,7 @@ async fn pageviews_identify_and_set_map_onto_the_model() {
     assert_eq!(pv["referrer_domain"], "news.ycombinator.com");
     assert_eq!(pv["utm_source"], "hn");
     assert_eq!(pv["session_id"], "s-9");
+    assert_eq!(pv["device_type"], "desktop", "posthog-js's `Desktop`, as parsed agents name it");
     assert_eq!(pv["release"], "0.9.1");
     assert_eq!(pv["browser"], "Firefox");
     assert_eq!(pv["library"], "web");
