@@ -374,7 +374,10 @@ pub fn anonymise(ip: IpAddr) -> IpAddr {
             Some(v4) => anonymise(IpAddr::V4(v4)),
             None => {
                 let s = v6.segments();
-                IpAddr::from([s[0], s[1], s[2], 0, 0, 0, 0, 0])
+                // A 6to4 address's /48 is `2002:` and the client's IPv4
+                // address: its last octet goes too.
+                let third = if s[0] == 0x2002 { s[2] & 0xff00 } else { s[2] };
+                IpAddr::from([s[0], s[1], third, 0, 0, 0, 0, 0])
             }
         },
     }
@@ -571,6 +574,8 @@ mod tests {
         assert_eq!(anonymise("10.1.2.3".parse().unwrap()).to_string(), "10.1.2.0");
         assert_eq!(anonymise("2001:db8:abcd:12:1:2:3:4".parse().unwrap()).to_string(), "2001:db8:abcd::");
         assert_eq!(anonymise("::ffff:1.2.3.4".parse().unwrap()).to_string(), "1.2.3.0");
+        // 6to4 carries the client's IPv4 address (198.51.100.77) in its /48.
+        assert_eq!(anonymise("2002:c633:644d:1::1".parse().unwrap()).to_string(), "2002:c633:6400::");
         let full = RequestFacts { store_full_ip: true, ..facts() };
         let (e, _) = enricher().finish(incoming(), &full).unwrap();
         assert_eq!(e.ip.as_deref(), Some("203.0.113.77"));

@@ -71,6 +71,13 @@ impl App {
         let metrics = telemetry::metrics_handle();
         create_data_dir(&config.data_dir)
             .with_context(|| format!("creating data directory {}", config.data_dir.display()))?;
+        // A log directory of its own (`--log-dir`) holds every event as it
+        // arrived: it is kept as private as the data directory.
+        if config.collector.log {
+            let open = "the log directory is open to other users, and holds the events as they arrived";
+            create_private_dir(&config.log_dir, open)
+                .with_context(|| format!("creating log directory {}", config.log_dir.display()))?;
+        }
         let control = Arc::new(ControlPlane::open(&config.data_dir.join("control.sqlite"))?);
         let default_project = match (role, control.projects()?.into_iter().next()) {
             (_, Some(project)) => Some(project),
@@ -178,15 +185,18 @@ impl App {
 /// projects' keys, pipeline secrets and the events. One that exists keeps
 /// its mode, with a warning when others may read it.
 pub fn create_data_dir(dir: &std::path::Path) -> std::io::Result<()> {
+    create_private_dir(dir, "the data directory is open to other users, and holds keys and secrets")
+}
+
+/// Creates a directory as [`create_data_dir`] does; `open` is the warning
+/// for one that exists open to others.
+fn create_private_dir(dir: &std::path::Path, open: &str) -> std::io::Result<()> {
     #[cfg(unix)]
     {
         use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
         if let Ok(meta) = std::fs::metadata(dir) {
             if meta.is_dir() && meta.permissions().mode() & 0o077 != 0 {
-                tracing::warn!(
-                    dir = %dir.display(),
-                    "the data directory is open to other users, and holds keys and secrets: `chmod 700` it"
-                );
+                tracing::warn!(dir = %dir.display(), "{open}: `chmod 700` it");
             }
         }
         std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)

@@ -138,6 +138,17 @@ enum ProjectCommand {
         #[command(flatten)]
         common: Common,
     },
+    /// Change a project's settings. Running servers apply them within 30 s.
+    Set {
+        /// The project's id (`project list`).
+        id: i64,
+        /// Store clients' whole IP addresses (`true`) rather than
+        /// anonymised ones (`false`, the default).
+        #[arg(long, required = true)]
+        store_full_ip: Option<bool>,
+        #[command(flatten)]
+        common: Common,
+    },
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -311,14 +322,17 @@ fn project(command: ProjectCommand) -> Result<()> {
     let common = match &command {
         ProjectCommand::Create { common, .. }
         | ProjectCommand::List { common, .. }
-        | ProjectCommand::RotateKey { common, .. } => common.clone(),
+        | ProjectCommand::RotateKey { common, .. }
+        | ProjectCommand::Set { common, .. } => common.clone(),
     };
     let config =
         Config::load(&Overrides { config_file: common.config, data_dir: common.data_dir, ..Overrides::default() })?;
     let dir = &config.data_dir;
     let database = dir.join("control.sqlite");
     // A key of a directory that holds no data (a typo) is no project's.
-    if let (ProjectCommand::RotateKey { id, .. }, false) = (&command, database.exists()) {
+    if let (ProjectCommand::RotateKey { id, .. } | ProjectCommand::Set { id, .. }, false) =
+        (&command, database.exists())
+    {
         anyhow::bail!("project {id} does not exist: no control plane in {}", dir.display());
     }
     // Listing a directory that holds no data (a typo) creates nothing.
@@ -353,6 +367,13 @@ fn project(command: ProjectCommand) -> Result<()> {
             match json {
                 true => println!("{}", serde_json::json!({ "id": id, "kind": kind.name(), "key": key })),
                 false => println!("{} key of project {id}: {key}", kind.name()),
+            }
+        }
+        ProjectCommand::Set { id, store_full_ip, .. } => {
+            if let Some(on) = store_full_ip {
+                control.set_store_full_ip(id, on)?;
+                let stored = if on { "whole" } else { "anonymised" };
+                println!("project {id}: client IP addresses are stored {stored}");
             }
         }
         ProjectCommand::List { json, .. } => {

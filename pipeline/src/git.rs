@@ -41,6 +41,29 @@ impl Target {
 }
 
 /// A ref name as git accepts it, and never an option.
+/// A source as it may be shown: a URL's credentials masked (a password,
+/// or a user name alone, which is how tokens are often given:
+/// `https://TOKEN@host/…`). Clones use the source as stored.
+pub fn redacted(source: &str) -> String {
+    const MASK: &str = "********";
+    match url::Url::parse(source) {
+        Ok(mut u) if u.password().is_some() => {
+            let _ = u.set_password(Some(MASK));
+            u.into()
+        }
+        Ok(mut u) if !u.username().is_empty() => {
+            let _ = u.set_username(MASK);
+            u.into()
+        }
+        _ => source.to_owned(),
+    }
+}
+
+/// [`redacted`] for `#[serde(serialize_with)]`.
+pub fn serialize_redacted<S: serde::Serializer>(source: &str, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&redacted(source))
+}
+
 pub fn check_ref_name(field: &str, name: &str) -> Result<(), PipelineError> {
     let bad = name.is_empty()
         || name.len() > 255
@@ -188,5 +211,22 @@ impl Mirror {
                 Some((name, commit.to_owned()))
             })
             .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redacted;
+
+    #[test]
+    fn a_source_is_shown_without_its_credentials() {
+        assert_eq!(
+            redacted("http://deployer:p4ss@127.0.0.1:3000/r.git"),
+            "http://deployer:********@127.0.0.1:3000/r.git"
+        );
+        assert_eq!(redacted("https://ghp_token@github.com/o/r.git"), "https://********@github.com/o/r.git");
+        assert_eq!(redacted("https://github.com/o/r.git"), "https://github.com/o/r.git");
+        assert_eq!(redacted("/srv/git/r"), "/srv/git/r");
+        assert_eq!(redacted("git@github.com:o/r.git"), "git@github.com:o/r.git", "scp-like: the user is not a secret");
     }
 }

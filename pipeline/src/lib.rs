@@ -363,7 +363,8 @@ impl Pipeline {
         let mirror = self.mirror(repo.id);
         let mut registering = Registering { records: &self.records, repo_id: repo.id, mirror: &mirror, done: false };
         if let Err(e) = mirror.sync(source).await {
-            return Err(PipelineError::invalid("source", format!("cannot clone `{source}`: {e}")));
+            let shown = git::redacted(source);
+            return Err(PipelineError::invalid("source", format!("cannot clone `{shown}`: {e}")));
         }
         // Polling starts from what is there now: only later commits trigger.
         for (reference, sha) in mirror.heads().await? {

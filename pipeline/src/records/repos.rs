@@ -10,7 +10,8 @@ pub struct Repo {
     pub id: i64,
     pub project_id: i64,
     pub name: String,
-    /// A local path or a git URL.
+    /// A local path or a git URL; shown with a URL's credentials masked.
+    #[serde(serialize_with = "crate::git::serialize_redacted")]
     pub source: String,
     /// Whether webhooks are accepted (a secret is set); the secret is never shown.
     pub webhooks: bool,

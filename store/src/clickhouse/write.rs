@@ -516,10 +516,15 @@ pub async fn delete_person(client: &clickhouse::Client, project_id: i64, user_id
         .bind(&anonymous_ids)
         .execute()
         .await?;
+    // Members as the users below: a linked visitor may be one of its own.
     client
-        .query("ALTER TABLE cohort_members DELETE WHERE project_id = ? AND user_id = ?")
+        .query(
+            "ALTER TABLE cohort_members DELETE WHERE project_id = ?
+                 AND (user_id = ? OR has(CAST(? AS Array(String)), user_id))",
+        )
         .bind(project_id)
         .bind(user_id)
+        .bind(&anonymous_ids)
         .execute()
         .await?;
     // The people linked to them (an anonymous visitor given traits) are theirs too.

@@ -118,13 +118,18 @@ impl Writer {
         let of_person_params = params![project_id, project_id, user_id, user_id, project_id, user_id];
         let deleted = tx.execute(&format!("DELETE FROM events {of_person}"), of_person_params)?;
         tx.execute(&format!("DELETE FROM session_parts {of_person}"), of_person_params)?;
-        // The people linked to them (an anonymous visitor given traits) are theirs too.
-        tx.execute(
-            "DELETE FROM users WHERE project_id = ? AND (user_id = ? OR user_id IN
-                 (SELECT anonymous_id FROM identities WHERE project_id = ? AND user_id = ?))",
-            params![project_id, user_id, project_id, user_id],
-        )?;
-        for table in ["identities", "recent_links", "cohort_members"] {
+        // The people linked to them (an anonymous visitor given traits) are
+        // theirs too, and so are such people's cohort memberships.
+        for table in ["users", "cohort_members"] {
+            tx.execute(
+                &format!(
+                    "DELETE FROM {table} WHERE project_id = ? AND (user_id = ? OR user_id IN
+                         (SELECT anonymous_id FROM identities WHERE project_id = ? AND user_id = ?))"
+                ),
+                params![project_id, user_id, project_id, user_id],
+            )?;
+        }
+        for table in ["identities", "recent_links"] {
             tx.execute(
                 &format!("DELETE FROM {table} WHERE project_id = ? AND user_id = ?"),
                 params![project_id, user_id],

@@ -11,7 +11,7 @@ use leanloop_analytics::{funnels, paths, people, retention, trends, web, Analyti
 use leanloop_core::{Event, EventKind, UserUpdate};
 use leanloop_store::clickhouse::{ClickHouseOptions, ClickHouseStore};
 use leanloop_store::duckdb::{DuckDbOptions, DuckDbStore};
-use leanloop_store::EventStore;
+use leanloop_store::{Cell, ColumnKind, EventStore, Param, Select};
 use leanloop_tests::clickhouse::{self as ch, fresh_database, store_url};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -1023,12 +1023,27 @@ fn a_cohort_follows_its_people_and_its_definition() {
     for a in &stores {
         assert_eq!(opened(a), (1, json!(2)));
     }
-    // Erasing a person takes them out of the cohort.
+    // Her device, given a trait she lacks after the link, is a person of
+    // its own: a member beside her.
+    for store in &writers {
+        store.write(&[], &[identify("anon-a", None, json!({"plan": "pro", "screen": "tablet"}))]).unwrap();
+    }
+    for a in &stores {
+        assert_eq!(opened(a).0, 2);
+    }
+    // Erasing a person takes them out of the cohort, with the people
+    // linked to them, from the stored members too.
     for store in &writers {
         store.delete_person(project, "ann").unwrap();
     }
-    for a in &stores {
+    let members = Select {
+        sql: "SELECT count() FROM cohort_members WHERE project_id = ? AND user_id IN ('ann', 'anon-a')".into(),
+        params: vec![Param::Int(project)],
+        columns: vec![ColumnKind::Int],
+    };
+    for (a, store) in stores.iter().zip(&writers) {
         assert_eq!(opened(a), (0, json!(0)));
+        assert_eq!(store.select(&members).unwrap(), vec![vec![Cell::Int(0)]], "{:?}", store.dialect());
         a.forget_cohort(project, id).unwrap();
     }
 }

@@ -160,7 +160,13 @@ async fn full_ips_are_kept_only_when_the_project_opts_in() {
     let s = TestServer::start().await;
     // A project not yet looked up, so no cached key holds the old setting.
     let p = s.control.create_project("full ip").unwrap();
-    s.control.set_store_full_ip(p.id, true).unwrap();
+    let out = std::process::Command::new(leanloop_tests::process::leanloop_bin())
+        .args(["project", "set", &p.id.to_string(), "--store-full-ip", "true", "--data-dir"])
+        .arg(s.data_dir.path())
+        .output()
+        .expect("leanloop runs");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("stored whole"));
     let r = s
         .client
         .post(s.url("/v1/track"))
