@@ -94,7 +94,8 @@ step "JS SDK (node --test)"
 if ! command -v node >/dev/null 2>&1; then
   apt-get update -qq && apt-get install -y -qq nodejs
 fi
-(cd sdk-js && node --test test/) 2>&1 | tee -a "$log" || status=1
+# TAP named, as newer Node versions report otherwise by default.
+(cd sdk-js && node --test --test-reporter=tap test/) 2>&1 | tee -a "$log" || status=1
 
 step "cargo test (release profile: DuckDB is compiled once, optimised)"
 set +e
@@ -116,7 +117,7 @@ summary=$(awk '/^test result:/ { for (i = 1; i <= NF; i++) {
                  if ($(i+1) ~ /^passed/) { p += $i; cargo += $i }
                  if ($(i+1) ~ /^failed/) f += $i
                  if ($(i+1) ~ /^ignored/) s += $i } }
-     /^# pass / { p += $3; node += $3 } /^# fail / { f += $3 }
+     /^# pass / { p += $3; node += $3 } /^# (fail|cancelled) / { f += $3 }
      /^# (skipped|todo) / { s += $3 }
      END { printf "tests: %d passed, %d failed, %d set aside (cargo %d, node %d passed)\n", p, f, s, cargo, node }' "$log")
 echo "$summary"

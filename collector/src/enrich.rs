@@ -153,7 +153,7 @@ impl Enricher {
             os: i.os.map(os_name).or_else(|| agent.os.clone()),
             // posthog-js capitalises its types (`Mobile`); the parser's and
             // Segment's are lower case: one bucket per form.
-            device_type: i.device_type.map(|d| d.to_lowercase()).or_else(|| agent.device_type.clone()),
+            device_type: i.device_type.map(|d| d.to_ascii_lowercase()).or_else(|| agent.device_type.clone()),
             country: req.country.clone(),
             ip,
             library: i.library,

@@ -63,18 +63,24 @@ pub fn latest_version() -> i64 {
     STEPS.len() as i64
 }
 
-/// Brings the schema up to date inside one transaction per step.
+/// Brings the schema up to date inside one transaction per step. Each
+/// takes the write lock before it reads the version, so processes starting
+/// together on one new data directory (collectors) apply each step once:
+/// the others wait on the lock (the connection's busy timeout) and then
+/// find it done.
 pub fn apply(conn: &mut Connection) -> Result<i64, ControlError> {
-    let current: i64 = conn.query_row("PRAGMA user_version", [], |row| row.get(0))?;
-    if current > latest_version() {
-        return Err(ControlError::SchemaTooNew { found: current, known: latest_version() });
-    }
-    for (index, sql) in STEPS.iter().enumerate().skip(current as usize) {
-        let tx = conn.transaction()?;
+    loop {
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let current: i64 = tx.query_row("PRAGMA user_version", [], |row| row.get(0))?;
+        if current > latest_version() {
+            return Err(ControlError::SchemaTooNew { found: current, known: latest_version() });
+        }
+        let Some(sql) = STEPS.get(current as usize) else {
+            return Ok(latest_version());
+        };
         tx.execute_batch(sql)?;
-        tx.pragma_update(None, "user_version", index as i64 + 1)?;
+        tx.pragma_update(None, "user_version", current + 1)?;
         tx.commit()?;
-        tracing::info!(version = index + 1, "control-plane schema migrated");
+        tracing::info!(version = current + 1, "control-plane schema migrated");
     }
-    Ok(latest_version())
 }

@@ -87,7 +87,13 @@ async fn shown(shared: &Shared, saved: SavedCohort) -> Result<Cohort, ApiError> 
 /// The change is saved whatever the store says, so an error here must not
 /// be the answer: a client retrying a create would make a second cohort.
 async fn saved_now(shared: &Shared, saved: SavedCohort) -> Result<Cohort, ApiError> {
-    match size(shared, &saved).await {
+    // Answered before the request's own deadline, which would be a 503.
+    let within = shared.request_timeout * 2 / 3;
+    let counted = tokio::time::timeout(within, size(shared, &saved)).await.unwrap_or_else(|_| {
+        let message = format!("the event store did not answer within {} s", within.as_secs());
+        Err(ApiError::from_class(ErrorClass::Unavailable { retry_after_secs: 5 }, message))
+    });
+    match counted {
         Ok(count) => with_count(saved, Some(count), None),
         Err(err) => {
             tracing::warn!(cohort = saved.id, error = %err.message, "cohort saved; its member count is not known yet");
@@ -192,8 +198,13 @@ async fn remove(
     // ids are never reused, so members left behind by a store that cannot
     // delete them now are harmless: the delete stands either way.
     let analytics = shared.analytics.clone();
-    if let Err(err) = blocking(shared.questions.clone(), move || analytics.forget_cohort(project, cohort)).await {
-        tracing::warn!(cohort, error = %err.message, "cohort deleted; its stored members were left");
+    let forgetting = blocking(shared.questions.clone(), move || analytics.forget_cohort(project, cohort));
+    match tokio::time::timeout(shared.request_timeout * 2 / 3, forgetting).await {
+        Ok(Ok(())) => {}
+        Ok(Err(err)) => tracing::warn!(cohort, error = %err.message, "cohort deleted; its stored members were left"),
+        Err(_) => {
+            tracing::warn!(cohort, "cohort deleted; the event store did not answer, its stored members were left")
+        }
     }
     Ok(StatusCode::NO_CONTENT)
 }

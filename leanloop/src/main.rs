@@ -144,8 +144,8 @@ enum ProjectCommand {
         id: i64,
         /// Store clients' whole IP addresses (`true`) rather than
         /// anonymised ones (`false`, the default).
-        #[arg(long, required = true)]
-        store_full_ip: Option<bool>,
+        #[arg(long, action = clap::ArgAction::Set)]
+        store_full_ip: bool,
         #[command(flatten)]
         common: Common,
     },
@@ -173,7 +173,12 @@ fn main() -> Result<()> {
     let cli = Cli::parse();
     telemetry::init_logging();
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
-    runtime.block_on(run(cli))
+    let outcome = runtime.block_on(run(cli));
+    // What had to be stored is stored by now. A question still waiting on
+    // a store that stopped answering (ClickHouse stuck) must not keep the
+    // process alive: dropping the runtime would wait for it for ever.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    outcome
 }
 
 /// glibc gives each thread that allocates concurrently its own arena, up to
@@ -370,18 +375,18 @@ fn project(command: ProjectCommand) -> Result<()> {
             }
         }
         ProjectCommand::Set { id, store_full_ip, .. } => {
-            if let Some(on) = store_full_ip {
-                control.set_store_full_ip(id, on)?;
-                let stored = if on { "whole" } else { "anonymised" };
-                println!("project {id}: client IP addresses are stored {stored}");
-            }
+            control.set_store_full_ip(id, store_full_ip)?;
+            let stored = if store_full_ip { "whole" } else { "anonymised" };
+            println!("project {id}: client IP addresses are stored {stored}");
         }
         ProjectCommand::List { json, .. } => {
             let projects = control.projects()?;
             if json {
                 let rows: Vec<_> = projects
                     .iter()
-                    .map(|p| serde_json::json!({ "id": p.id, "name": p.name, "write_key": p.write_key }))
+                    .map(|p| {
+                        serde_json::json!({ "id": p.id, "name": p.name, "write_key": p.write_key, "store_full_ip": p.store_full_ip })
+                    })
                     .collect();
                 println!("{}", serde_json::Value::Array(rows));
             } else {

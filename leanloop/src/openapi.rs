@@ -155,7 +155,10 @@ pub fn document() -> Value {
         "Error".into(),
         json!({"type": "object", "required": ["error"], "properties": {"error": {"type": "object", "required": ["code", "message"],
             "properties": {"code": {"type": "string"}, "message": {"type": "string"}, "field": {"type": "string"},
-                "reason": {"type": "string", "description": "which conflict, on a 409"}}}}}),
+                "reason": {"type": "string", "description": "which conflict, on a 409",
+                    "enum": ["deploy_in_progress", "no_healthy_release", "never_healthy", "rollback_failed",
+                             "release_unusable", "run_finished", "run_unfinished", "runs_unfinished",
+                             "step_not_passed", "shutting_down", "data_dir_in_use", "schema_newer"]}}}}}),
     );
     json!({
         "openapi": "3.0.3",
@@ -292,6 +295,9 @@ fn pipeline(g: &mut SchemaGenerator, paths: &mut Map<String, Value>) {
     // Refused in the run's or service's present state.
     let conflicting = |mut op: Value, when: &str| {
         op["responses"]["409"] = answer(when, json!({"$ref": "#/components/schemas/Error"}));
+        op["responses"]["409"]["headers"] = json!({"Retry-After": {
+            "description": "Seconds to wait, when a retry can get past the conflict (`deploy_in_progress`)",
+            "schema": {"type": "integer"}}});
         op
     };
     let base = "/api/v1/projects/{id}";
@@ -365,7 +371,7 @@ fn pipeline(g: &mut SchemaGenerator, paths: &mut Map<String, Value>) {
     add(
         format!("{base}/runs/{{run}}/restart"),
         json!({
-            "post": conflicting(operation("Run the commit again from a step", vec![project_id(), number("run")], Some(object(&[("from", "string")])), "201", Some(run)), "The run has not finished"),
+            "post": conflicting(operation("Run the commit again from a step", vec![project_id(), number("run")], Some(object(&[("from", "string")])), "201", Some(run)), "The run has not finished, or a step the restart would reuse did not pass"),
         }),
     );
     let release_params =
@@ -393,7 +399,7 @@ fn pipeline(g: &mut SchemaGenerator, paths: &mut Map<String, Value>) {
             Some(release.clone()),
         ),
         "No earlier healthy release to roll back to, the one named never ran healthy, a deploy of the service in \
-         progress, or the rollback's deploy failed (the message says which)",
+         progress, or the rollback's deploy failed (`error.reason` says which)",
     );
     rollback_op["requestBody"]["required"] = json!(false);
     rollback_op["responses"]["200"] =

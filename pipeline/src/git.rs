@@ -40,10 +40,10 @@ impl Target {
     }
 }
 
-/// A ref name as git accepts it, and never an option.
 /// A source as it may be shown: a URL's credentials masked (a password,
-/// or a user name alone, which is how tokens are often given:
-/// `https://TOKEN@host/…`). Clones use the source as stored.
+/// or over http(s) a user name alone, which is how tokens are given there:
+/// `https://TOKEN@host/…`; ssh's user is no secret). Clones use the source
+/// as stored.
 pub fn redacted(source: &str) -> String {
     const MASK: &str = "********";
     match url::Url::parse(source) {
@@ -51,11 +51,17 @@ pub fn redacted(source: &str) -> String {
             let _ = u.set_password(Some(MASK));
             u.into()
         }
-        Ok(mut u) if !u.username().is_empty() => {
+        Ok(mut u) if !u.username().is_empty() && matches!(u.scheme(), "http" | "https") => {
             let _ = u.set_username(MASK);
             u.into()
         }
-        _ => source.to_owned(),
+        Ok(_) => source.to_owned(),
+        // Not a URL this parser takes (a bad port, say) yet with `//…@`:
+        // what stands between them goes.
+        Err(_) => match (source.find("://"), source.rfind('@')) {
+            (Some(scheme), Some(at)) if at > scheme => format!("{}{MASK}{}", &source[..scheme + 3], &source[at..]),
+            _ => source.to_owned(),
+        },
     }
 }
 
@@ -64,6 +70,7 @@ pub fn serialize_redacted<S: serde::Serializer>(source: &str, s: S) -> Result<S:
     s.serialize_str(&redacted(source))
 }
 
+/// A ref name as git accepts it, and never an option.
 pub fn check_ref_name(field: &str, name: &str) -> Result<(), PipelineError> {
     let bad = name.is_empty()
         || name.len() > 255
@@ -228,5 +235,11 @@ mod tests {
         assert_eq!(redacted("https://github.com/o/r.git"), "https://github.com/o/r.git");
         assert_eq!(redacted("/srv/git/r"), "/srv/git/r");
         assert_eq!(redacted("git@github.com:o/r.git"), "git@github.com:o/r.git", "scp-like: the user is not a secret");
+        assert_eq!(redacted("ssh://git@host/r.git"), "ssh://git@host/r.git");
+        assert_eq!(
+            redacted("https://TOKEN@host:99999/r"),
+            "https://********@host:99999/r",
+            "unparsable, masked all the same"
+        );
     }
 }

@@ -478,7 +478,7 @@ impl Pipeline {
         let _turn = PARSING.acquire().await.map_err(|_| PipelineError::conflict("shutting_down", "shutting down"))?;
         tokio::task::spawn_blocking(move || Pipeline::parse(&text))
             .await
-            .map_err(|e| PipelineError::conflict("shutting_down", format!("parsing stopped: {e}")))?
+            .map_err(|e| PipelineError::Io(std::io::Error::other(format!("parsing stopped: {e}"))))?
     }
 
     pub fn parse(text: &str) -> Result<Pipeline, PipelineError> {

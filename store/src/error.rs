@@ -58,7 +58,7 @@ impl StoreError {
         let exhausted = match &self {
             StoreError::DuckDb(_) => detail.contains("Out of Memory Error"),
             // Code 241 is MEMORY_LIMIT_EXCEEDED on every server version.
-            StoreError::ClickHouse(_) => detail.contains("Code: 241"),
+            StoreError::ClickHouse(_) => clickhouse_code(&detail) == Some(241),
             _ => false,
         };
         if !exhausted {
@@ -78,9 +78,28 @@ impl Classify for StoreError {
             StoreError::Abandoned => ErrorClass::Unavailable { retry_after_secs: 1 },
             // Outages end: the asker may try again, not report a bug.
             e if e.is_unreachable() => ErrorClass::Unavailable { retry_after_secs: 5 },
+            // Limits the server's operator set (its message names which).
+            StoreError::ClickHouse(_)
+                if clickhouse_code(&self.to_string()).is_some_and(|c| PASSING_LIMITS.contains(&c)) =>
+            {
+                ErrorClass::Unavailable { retry_after_secs: 5 }
+            }
             _ => ErrorClass::Internal,
         }
     }
+}
+
+/// ClickHouse refusals that pass with time: TIMEOUT_EXCEEDED (159), a
+/// quota used up (201), TOO_MANY_SIMULTANEOUS_QUERIES (202),
+/// NO_FREE_CONNECTION (203), TOO_MANY_PARTS (252).
+const PASSING_LIMITS: [u32; 5] = [159, 201, 202, 203, 252];
+
+/// The error code in a ClickHouse refusal: `Code: 241, e.displayText() …`
+/// on old servers, `Code: 241. DB::Exception …` on current ones.
+fn clickhouse_code(detail: &str) -> Option<u32> {
+    let digits = detail.split("Code: ").nth(1)?;
+    let end = digits.find(|c: char| !c.is_ascii_digit())?;
+    digits[..end].parse().ok()
 }
 
 #[cfg(test)]
@@ -97,5 +116,19 @@ mod tests {
         assert_eq!(e.class(), ErrorClass::Unavailable { retry_after_secs: 5 });
         let other = StoreError::from(clickhouse::error::Error::BadResponse("Code: 62, syntax error".into()));
         assert_eq!(other.or_query_memory("x").class(), ErrorClass::Internal);
+        let near = StoreError::from(clickhouse::error::Error::BadResponse("Code: 2410, something else".into()));
+        assert_eq!(near.or_query_memory("x").class(), ErrorClass::Internal);
+    }
+
+    #[test]
+    fn clickhouse_limits_that_pass_are_503s() {
+        for text in [
+            "Code: 201, e.displayText() = DB::Exception: Quota for user default for 3600s has been exceeded",
+            "Code: 202. DB::Exception: Too many simultaneous queries. Maximum: 100",
+            "Code: 159, e.displayText() = DB::Exception: Timeout exceeded: elapsed 30.1 seconds",
+        ] {
+            let e = StoreError::from(clickhouse::error::Error::BadResponse(text.into()));
+            assert_eq!(e.class(), ErrorClass::Unavailable { retry_after_secs: 5 }, "{text}");
+        }
     }
 }

@@ -73,6 +73,15 @@ impl Private {
         run(&["stop", &self.dir.path().to_string_lossy()]);
     }
 
+    /// Stops the server's process (SIGSTOP) or lets it go on (SIGCONT): it
+    /// keeps taking connections, as a stuck server does, and answers none.
+    pub fn freeze(&self, frozen: bool) {
+        let pid = std::fs::read_to_string(self.dir.path().join("pid")).expect("the server's pid");
+        let signal = if frozen { "-STOP" } else { "-CONT" };
+        let status = Command::new("kill").args([signal, pid.trim()]).status().expect("kill runs");
+        assert!(status.success(), "kill {signal} {pid}");
+    }
+
     /// Starts again on the same ports over the same data.
     pub fn restart(&self) {
         run(&["start", &self.dir.path().to_string_lossy(), &self.ports.0, &self.ports.1]);
@@ -81,6 +90,10 @@ impl Private {
 
 impl Drop for Private {
     fn drop(&mut self) {
+        // A frozen server would not hear the stop.
+        if let Ok(pid) = std::fs::read_to_string(self.dir.path().join("pid")) {
+            let _ = Command::new("kill").args(["-CONT", pid.trim()]).status();
+        }
         let _ = Command::new(script()).args(["stop", &self.dir.path().to_string_lossy()]).output();
     }
 }

@@ -246,6 +246,11 @@ pub fn test_python() -> String {
         .expect("LEANLOOP_TEST_PYTHON names the virtualenv's python with the SDK clients: run scripts/test.sh")
 }
 
+/// The value of one series (name and labels exactly) in Prometheus text.
+pub fn metric(text: &str, series: &str) -> Option<f64> {
+    text.lines().find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
 /// A CORS preflight's answer lets a page POST with `headers`.
 pub fn assert_preflight_allows(preflight: &reqwest::Response, headers: &[&str]) {
     let header = |name: &str| {

@@ -137,8 +137,7 @@ impl Records {
     // --- releases ---
 
     pub fn create_release(&self, r: &NewRelease, spec: &Deploy) -> Result<i64, PipelineError> {
-        let spec_json =
-            serde_json::to_string(spec).map_err(|e| PipelineError::conflict("release_unusable", e.to_string()))?;
+        let spec_json = serde_json::to_string(spec).map_err(|e| PipelineError::Io(std::io::Error::other(e)))?;
         self.with(|c| {
             c.execute(
                 "INSERT INTO releases (project_id, repo_id, run_id, service, environment, version, commit_sha, branch, image, digest,

@@ -97,13 +97,20 @@ impl Endpoint {
             _ => return Err(bad("the scheme must be http (ClickHouse's HTTP interface, port 8123 by default)")),
         }
         let host = url.host_str().ok_or_else(|| bad("no host"))?;
+        if !matches!(url.path(), "" | "/") {
+            return Err(bad("a path is not supported: name the database as `?database=NAME`"));
+        }
         let mut endpoint = Endpoint {
             http: format!("http://{}:{}", host, url.port_or_known_default().unwrap_or(8123)),
             database: "leanloop".into(),
             user: (!url.username().is_empty()).then(|| url.username().to_owned()),
             password: url.password().map(str::to_owned),
         };
+        let mut seen = std::collections::HashSet::new();
         for (key, value) in url.query_pairs() {
+            if !seen.insert(key.clone()) {
+                return Err(bad(&format!("`{key}` is given twice")));
+            }
             match key.as_ref() {
                 "database" => endpoint.database = value.into_owned(),
                 "user" => endpoint.user = Some(value.into_owned()),
@@ -163,6 +170,7 @@ impl ClickHouseStore {
         let opened = Instant::now();
         let endpoint = Endpoint::parse(&options.url)?;
         let runtime = small_runtime()?;
+        block(&runtime, answers(&endpoint.client(false)))?;
         let client = endpoint.client(true);
         let version = block(&runtime, schema::migrate(&endpoint.client(false), &client, &endpoint.database, options))?;
         // The dedup filter must hold what a dead predecessor's inserts still
@@ -184,7 +192,26 @@ impl ClickHouseStore {
     fn runtime(&self) -> &tokio::runtime::Runtime {
         self.runtime.as_ref().expect("the runtime lives as long as the store")
     }
+}
 
+/// How long a server that took the connection has to answer at open.
+const OPEN_ANSWER_WITHIN: Duration = Duration::from_secs(10);
+
+/// Whether the server answers at all. One that takes connections and never
+/// answers (stopped, or stuck swapping) would otherwise hold the process's
+/// start for as long: it counts as one that does not answer, so the store
+/// opens later and the log takes events meanwhile (`deferred.rs`).
+async fn answers(client: &clickhouse::Client) -> Result<(), StoreError> {
+    match tokio::time::timeout(OPEN_ANSWER_WITHIN, client.query("SELECT 1").fetch_one::<u8>()).await {
+        Ok(answer) => answer.map(drop).map_err(StoreError::from),
+        Err(_) => Err(StoreError::Unavailable(format!(
+            "ClickHouse took the connection but did not answer within {} s",
+            OPEN_ANSWER_WITHIN.as_secs()
+        ))),
+    }
+}
+
+impl ClickHouseStore {
     fn block<F: Future>(&self, future: F) -> F::Output {
         block(self.runtime(), future)
     }

@@ -256,11 +256,11 @@ async fn an_opt_out_in_one_tab_holds_in_every_tab_and_across_a_reload() {
     b.run("leanloop.optOut()").await;
     gate.set(Mode::Open);
     b.run("leanloop.track('Opted Out', {i: 0})").await;
-    assert_eq!(b.flush().await, 0, "nothing is queued once opted out");
+    assert_eq!(b.queued().await, Vec::<Value>::new(), "nothing is queued once opted out");
     // The first tab: its queue went with the opt-out, and it sends nothing new.
     b.switch_to(first).await;
     b.run("leanloop.track('Opted Out', {i: 1})").await;
-    assert_eq!(b.flush().await, 0, "the other tab's queue is cleared");
+    assert_eq!(b.queued().await, Vec::<Value>::new(), "the other tab's queue is cleared");
     // The choice outlives a reload; opting in sends again.
     b.reload().await;
     b.run("leanloop.track('Opted Out', {i: 2})").await;

@@ -194,9 +194,7 @@ async fn a_collector_started_and_killed_while_clickhouse_is_down_delivers_once_i
     let client = reqwest::Client::new();
     eventually_within("failed deliveries to be counted", DELIVERY_DEADLINE, || async {
         let text = client.get(format!("{}/metrics", collector.base)).send().await.ok()?.text().await.ok()?;
-        let errors =
-            text.lines().find_map(|l| l.strip_prefix("leanloop_store_write_errors_total ")?.parse::<f64>().ok());
-        (errors? > 0.0).then_some(())
+        (leanloop_tests::metric(&text, "leanloop_store_write_errors_total")? > 0.0).then_some(())
     })
     .await;
     server.restart();
@@ -360,4 +358,67 @@ async fn a_restart_kills_an_older_insert_that_will_not_end() {
     assert!(!insert_succeeded, "the predecessor's insert was killed");
     assert_eq!((outcome.inserted, outcome.duplicates), (2_000, 0), "the killed insert stored nothing");
     assert_eq!(totals, (2_000, 2_000));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_clickhouse_that_takes_connections_and_never_answers_holds_up_neither_answers_nor_a_start() {
+    let server = Private::start();
+    let database = fresh_database();
+    let data = tempfile::tempdir().unwrap();
+    let project = project_in(data.path());
+    // Answers come within two thirds of the deadline: 4 s here.
+    let config = data.path().join("server.toml");
+    std::fs::write(&config, "request_timeout_secs = 6\n[collector]\ndelivery_interval_ms = 100\n").unwrap();
+    let data_dir = data.path().to_string_lossy().into_owned();
+    let store = store_url(&server.http, &database);
+    let args = ["serve", "--listen", "127.0.0.1:0", "--data-dir", &data_dir, "--clickhouse", &store, "--config"]
+        .map(str::to_owned)
+        .into_iter()
+        .chain([config.to_string_lossy().into_owned()])
+        .collect::<Vec<_>>();
+    let start = |args: Vec<String>| async move {
+        let started = tokio::task::spawn_blocking(move || Process::start(&args));
+        tokio::time::timeout(Duration::from_secs(60), started).await.expect("started within a minute").unwrap()
+    };
+    let leanloop = start(args.clone()).await;
+    let client = reqwest::Client::new();
+    let send = |base: String, tag: &'static str| {
+        let events: Vec<serde_json::Value> = (0..50)
+            .map(|i| {
+                serde_json::json!({"type": "track", "event": tag, "userId": format!("u{i}"),
+                                       "messageId": leanloop_tests::message_id()})
+            })
+            .collect();
+        client
+            .post(format!("{base}/v1/batch"))
+            .basic_auth(&project.write_key, Some(""))
+            .json(&serde_json::json!({"batch": events}))
+            .send()
+    };
+    assert_eq!(send(leanloop.base.clone(), "before").await.unwrap().status(), 200);
+    drained(&leanloop.base).await;
+
+    server.freeze(true);
+    // A cohort is saved and said to be, without its count: a client that
+    // retried a 503 would make a second one.
+    let cohorts = format!("{}/api/v1/projects/{}/cohorts", leanloop.base, project.id);
+    let definition =
+        serde_json::json!({"name": "Pro", "filters": [{"field": "traits.plan", "op": "eq", "value": "pro"}]});
+    let created = client.post(&cohorts).bearer_auth(&project.read_key).json(&definition).send().await.unwrap();
+    assert_eq!(created.status(), 201);
+    let created: serde_json::Value = created.json().await.unwrap();
+    assert_eq!(created["count"], serde_json::Value::Null, "{created}");
+    assert!(created["count_error"].as_str().unwrap().contains("did not answer"), "{created}");
+    let one = format!("{cohorts}/{}", created["id"]);
+    assert_eq!(client.delete(&one).bearer_auth(&project.read_key).send().await.unwrap().status(), 204);
+
+    // A restart while it is stuck starts, and takes events into its log.
+    leanloop.terminate();
+    let leanloop = start(args).await;
+    assert_eq!(send(leanloop.base.clone(), "while stuck").await.unwrap().status(), 200);
+    server.freeze(false);
+    drained(&leanloop.base).await;
+    let count = ch::query(&server.http, &format!("SELECT count() FROM {database}.events")).await;
+    assert_eq!(count.trim(), "100");
+    leanloop.terminate();
 }

@@ -1023,8 +1023,8 @@ fn a_cohort_follows_its_people_and_its_definition() {
     for a in &stores {
         assert_eq!(opened(a), (1, json!(2)));
     }
-    // Her device, given a trait she lacks after the link, is a person of
-    // its own: a member beside her.
+    // Her device is given, after the link, a trait she does not have: it
+    // is then listed as a person of its own, and is a member beside her.
     for store in &writers {
         store.write(&[], &[identify("anon-a", None, json!({"plan": "pro", "screen": "tablet"}))]).unwrap();
     }

@@ -508,8 +508,8 @@ async fn the_openapi_document_describes_every_insight_route() {
     let doc: Value = s.client.get(s.url("/api/openapi.json")).send().await.unwrap().json().await.unwrap();
     assert_eq!(doc["openapi"], json!("3.0.3"));
     let paths = doc["paths"].as_object().unwrap();
-    // Written out here, apart from the list the document is built from: a
-    // route added to the router must be added here, and then documented.
+    // Written out here, apart from the list the document is built from,
+    // which must hold these and no more; each is then asked below.
     let routes =
         ["trend", "funnel", "retention", "paths", "web", "feedback", "releases", "release-impact", "live", "people"];
     let listed: Vec<&str> = leanloop::openapi::INSIGHTS.iter().map(|(kind, _)| *kind).collect();

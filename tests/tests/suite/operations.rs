@@ -3,7 +3,7 @@
 
 use leanloop_control::ControlPlane;
 use leanloop_tests::process::Process;
-use leanloop_tests::{eventually, message_id, TestServer};
+use leanloop_tests::{eventually, message_id, metric, TestServer};
 use serde_json::{json, Value};
 
 fn batch(n: usize, name: &str) -> Value {
@@ -92,9 +92,12 @@ async fn health_readiness_and_metrics() {
     assert_eq!(post(Some(&project.deploy_key), "/v1/track", event).await, 401);
 
     let scrape = || async { client.get(url("/metrics")).send().await.unwrap().text().await.unwrap() };
+    // Written, and then acknowledged in the log: the backlog is read at
+    // the scrape, and a write is counted just before its acknowledgement.
     let text = eventually("metrics to show the write", || async {
         let text = scrape().await;
-        (metric(&text, "leanloop_store_events_written_total") == Some(3.0)).then_some(text)
+        let written = metric(&text, "leanloop_store_events_written_total") == Some(3.0);
+        (written && metric(&text, "leanloop_log_backlog_bytes") == Some(0.0)).then_some(text)
     })
     .await;
     for (series, expected) in [
@@ -119,11 +122,6 @@ async fn health_readiness_and_metrics() {
         assert!(metric(&text, histogram).is_some_and(|n| n >= 1.0), "{histogram} in:\n{text}");
     }
     server.terminate();
-}
-
-/// The value of one series (name and labels exactly) in Prometheus text.
-fn metric(text: &str, series: &str) -> Option<f64> {
-    text.lines().find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.trim().parse().ok())
 }
 
 #[tokio::test(flavor = "multi_thread")]
