@@ -99,7 +99,52 @@ pub struct Mirror {
     dir: PathBuf,
 }
 
+/// A source as git is given it: over http(s), the URL without its user
+/// name and password, which go on git's command line and into the
+/// mirror's config (a command line is readable by every user of the
+/// machine), and those credentials apart, which reach git through its
+/// environment (readable only by this user) and a credential helper.
+struct Remote {
+    url: String,
+    /// Decoded user name and password, as git's credential protocol takes them.
+    credentials: Option<(String, Option<String>)>,
+}
+
+impl Remote {
+    fn new(source: &str) -> Remote {
+        let plain = || Remote { url: source.to_owned(), credentials: None };
+        let Ok(mut url) = url::Url::parse(source) else { return plain() };
+        if !matches!(url.scheme(), "http" | "https") || (url.username().is_empty() && url.password().is_none()) {
+            return plain();
+        }
+        let decode = |s: &str| percent_encoding::percent_decode_str(s).decode_utf8().ok().map(|s| s.into_owned());
+        let (Some(user), password) = (decode(url.username()), url.password().map(decode)) else { return plain() };
+        let password = match password {
+            None => None,
+            Some(Some(p)) => Some(p),
+            Some(None) => return plain(),
+        };
+        // The credential protocol is line-based: a line break or a NUL in a
+        // value would forge its lines. git refuses such URLs itself.
+        if [Some(&user), password.as_ref()].into_iter().flatten().any(|v| v.contains(['\n', '\r', '\0'])) {
+            return plain();
+        }
+        let _ = url.set_username("");
+        let _ = url.set_password(None);
+        Remote { url: url.into(), credentials: Some((user, password)) }
+    }
+}
+
+/// Answers git's `get` with the credentials in the environment, after
+/// emptying the list of helpers so no other one is asked or told.
+const CREDENTIAL_HELPER: &str = r#"!f() { test "$1" = get || return 0; printf 'username=%s\n' "$LEANLOOP_GIT_USERNAME"; test -z "${LEANLOOP_GIT_PASSWORD+set}" || printf 'password=%s\n' "$LEANLOOP_GIT_PASSWORD"; }; f"#;
+
 async fn git(dir: Option<&Path>, args: &[&str]) -> Result<Vec<u8>, PipelineError> {
+    git_to(None, dir, args).await
+}
+
+/// Runs git, with `remote`'s credentials at hand when it talks to it.
+async fn git_to(remote: Option<&Remote>, dir: Option<&Path>, args: &[&str]) -> Result<Vec<u8>, PipelineError> {
     let mut command = Command::new("git");
     if let Some(dir) = dir {
         command.arg("-C").arg(dir);
@@ -111,6 +156,18 @@ async fn git(dir: Option<&Path>, args: &[&str]) -> Result<Vec<u8>, PipelineError
         .env("GIT_TERMINAL_PROMPT", "0")
         .env("GIT_ALLOW_PROTOCOL", "file:git:http:https:ssh")
         .kill_on_drop(true);
+    if let Some((user, password)) = remote.and_then(|r| r.credentials.as_ref()) {
+        command
+            .env("GIT_CONFIG_COUNT", "2")
+            .env("GIT_CONFIG_KEY_0", "credential.helper")
+            .env("GIT_CONFIG_VALUE_0", "")
+            .env("GIT_CONFIG_KEY_1", "credential.helper")
+            .env("GIT_CONFIG_VALUE_1", CREDENTIAL_HELPER)
+            .env("LEANLOOP_GIT_USERNAME", user);
+        if let Some(password) = password {
+            command.env("LEANLOOP_GIT_PASSWORD", password);
+        }
+    }
     let output = command.output().await.map_err(|e| PipelineError::Git(format!("cannot run git: {e}")))?;
     if !output.status.success() {
         let stderr = String::from_utf8_lossy(&output.stderr);
@@ -140,14 +197,18 @@ impl Mirror {
 
     /// Clones on first use, fetches every ref afterwards.
     pub async fn sync(&self, source: &str) -> Result<(), PipelineError> {
+        let remote = Remote::new(source);
         if self.dir.join("HEAD").exists() {
-            git(Some(&self.dir), &["fetch", "--prune", "--quiet", "--force", "origin", "+refs/*:refs/*"]).await?;
+            // Also takes credentials out of a mirror cloned with them in its config.
+            git(Some(&self.dir), &["config", "remote.origin.url", &remote.url]).await?;
+            let fetch = ["fetch", "--prune", "--quiet", "--force", "origin", "+refs/*:refs/*"];
+            git_to(Some(&remote), Some(&self.dir), &fetch).await?;
         } else {
             if let Some(parent) = self.dir.parent() {
                 tokio::fs::create_dir_all(parent).await?;
             }
             let dir = self.dir.to_string_lossy();
-            git(None, &["clone", "--mirror", "--quiet", "--", source, &dir]).await?;
+            git_to(Some(&remote), None, &["clone", "--mirror", "--quiet", "--", &remote.url, &dir]).await?;
         }
         Ok(())
     }
@@ -223,7 +284,23 @@ impl Mirror {
 
 #[cfg(test)]
 mod tests {
-    use super::redacted;
+    use super::{redacted, Remote};
+
+    #[test]
+    fn credentials_leave_the_url_git_is_given() {
+        let r = Remote::new("https://deployer:p%40ss%3Aw@127.0.0.1:3000/r.git");
+        assert_eq!(r.url, "https://127.0.0.1:3000/r.git");
+        assert_eq!(r.credentials, Some(("deployer".into(), Some("p@ss:w".into()))));
+        let token = Remote::new("https://ghp_token@github.com/o/r.git");
+        assert_eq!(token.url, "https://github.com/o/r.git");
+        assert_eq!(token.credentials, Some(("ghp_token".into(), None)));
+        for kept in ["ssh://git@host/r.git", "git@github.com:o/r.git", "/srv/git/r", "https://github.com/o/r.git"] {
+            let r = Remote::new(kept);
+            assert_eq!((r.url.as_str(), r.credentials), (kept, None));
+        }
+        let forged = "https://u:a%0Ahost=evil@host/r.git";
+        assert_eq!(Remote::new(forged).url, forged, "a line break stays for git to refuse");
+    }
 
     #[test]
     fn a_source_is_shown_without_its_credentials() {

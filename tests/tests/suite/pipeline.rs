@@ -651,6 +651,109 @@ async fn a_registration_cut_off_mid_clone_leaves_no_repository() {
     pipeline::stop_leaving_nothing(s, case).await;
 }
 
+/// What the password-protected git server saw.
+#[derive(Default)]
+struct GitServerSaw {
+    authorised: usize,
+    /// Command lines on this machine that held the password while it answered.
+    password_on_command_line: Vec<String>,
+}
+
+/// A git server over "dumb" HTTP, serving the bare repository `bare` as
+/// `/app.git` to requests with `user:password` by Basic auth.
+async fn password_git_server(
+    bare: std::path::PathBuf,
+    user: &str,
+    password: &'static str,
+) -> (std::net::SocketAddr, std::sync::Arc<std::sync::Mutex<GitServerSaw>>, tokio::task::JoinHandle<()>) {
+    use base64::Engine;
+    let expected = format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}")));
+    let saw = std::sync::Arc::new(std::sync::Mutex::new(GitServerSaw::default()));
+    let handler = {
+        let saw = saw.clone();
+        move |axum::extract::Path(path): axum::extract::Path<String>, headers: axum::http::HeaderMap| async move {
+            let lines: Vec<String> = std::fs::read_dir("/proc")
+                .into_iter()
+                .flatten()
+                .flatten()
+                .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
+                .map(|b| String::from_utf8_lossy(&b).replace('\0', " "))
+                .filter(|line| line.contains(password) || line.contains("p%40ss"))
+                .collect();
+            let mut saw = saw.lock().unwrap();
+            saw.password_on_command_line.extend(lines);
+            let authorised = headers.get("authorization").is_some_and(|v| v.as_bytes() == expected.as_bytes());
+            if !authorised {
+                return (axum::http::StatusCode::UNAUTHORIZED, [("www-authenticate", "Basic realm=\"git\"")], Vec::new());
+            }
+            saw.authorised += 1;
+            match std::fs::read(bare.join(&path)).ok().filter(|_| !path.contains("..")) {
+                Some(bytes) => (axum::http::StatusCode::OK, [("content-type", "application/octet-stream")], bytes),
+                None => (axum::http::StatusCode::NOT_FOUND, [("content-type", "text/plain")], Vec::new()),
+            }
+        }
+    };
+    let app = axum::Router::new().route("/app.git/{*path}", axum::routing::get(handler));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let task = tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (addr, saw, task)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_source_with_credentials_keeps_them_off_command_lines_and_out_of_the_mirror() {
+    let case = "gitauth";
+    let s = pipeline::server(case).await;
+    let repo = Repo::fixture();
+    repo.write("leanloop.yml", "steps:\n  - name: hello\n    image: leanloop/busybox:latest\n    commands: [echo hello]\n");
+    repo.commit("a pipeline of one step");
+    let served = tempfile::tempdir().unwrap();
+    let bare = served.path().join("app.git");
+    let bare_path = bare.to_string_lossy().into_owned();
+    let publish = || repo.git(&["--git-dir", &bare_path, "update-server-info"]);
+    repo.git(&["clone", "-q", "--bare", &repo.path(), &bare_path]);
+    publish();
+    let (addr, saw, server) = password_git_server(bare.clone(), "deployer", "p@ss w0rd").await;
+
+    // The wrong password: refused, and the error shows no credentials.
+    let wrong = format!("http://deployer:wr0ng-guess@{addr}/app.git");
+    let (status, err) = call(&s, Method::POST, "/repos", Some(json!({"name": "app", "source": wrong}))).await;
+    assert_eq!((status, err["error"]["field"].as_str()), (400, Some("source")), "{err}");
+    assert!(!err.to_string().contains("wr0ng-guess"), "{err}");
+
+    let source = format!("http://deployer:p%40ss%20w0rd@{addr}/app.git");
+    let (status, registered) = call(&s, Method::POST, "/repos", Some(json!({"name": "app", "source": source}))).await;
+    assert_eq!(status, 201, "{registered}");
+    assert_eq!(registered["source"], format!("http://deployer:********@{addr}/app.git"));
+    let repo_id = registered["id"].as_i64().unwrap();
+    let config = s.data_dir.path().join("pipeline").join("mirrors").join(repo_id.to_string()).join("config");
+    let clean = format!("url = http://{addr}/app.git");
+    let mirror_config = std::fs::read_to_string(&config).unwrap();
+    assert!(mirror_config.contains(&clean) && !mirror_config.contains("deployer"), "{mirror_config}");
+
+    // A mirror cloned with the credentials in its config (as before) loses
+    // them at its next fetch, which still authenticates: the run builds the
+    // commit pushed since.
+    repo.git(&["--git-dir", &config.parent().unwrap().to_string_lossy(), "config", "remote.origin.url", &source]);
+    repo.write("CHANGES", "a second commit\n");
+    let head = repo.commit("a second commit");
+    repo.git(&["push", "-q", &bare_path, "main"]);
+    publish();
+    let run = trigger(&s, repo_id, json!({ "branch": "main" })).await;
+    assert_eq!(run["commit"], head.as_str(), "{run}");
+    let run = finished(&s, run["id"].as_i64().unwrap()).await;
+    assert_eq!(run["status"], "success", "{run}");
+    let mirror_config = std::fs::read_to_string(&config).unwrap();
+    assert!(mirror_config.contains(&clean) && !mirror_config.contains("p%40ss"), "{mirror_config}");
+
+    let saw = saw.lock().unwrap();
+    assert!(saw.authorised > 0, "git sent the credentials");
+    assert!(saw.password_on_command_line.is_empty(), "{:?}", saw.password_on_command_line);
+    drop(saw);
+    server.abort();
+    pipeline::stop_leaving_nothing(s, case).await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_step_over_its_timeout_fails() {
     let case = "timeout";
