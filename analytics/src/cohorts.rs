@@ -55,14 +55,17 @@ pub enum Match {
 #[serde(deny_unknown_fields)]
 pub struct CohortDefinition {
     /// 1 to 200 characters.
+    #[schemars(length(min = 1, max = 200), regex(pattern = r"\S"))]
     pub name: String,
     #[serde(default)]
+    #[schemars(length(max = 2000))]
     pub description: Option<String>,
     /// `all` (default): a person must match every filter; `any`: one.
     #[serde(default, rename = "match")]
     pub matching: Match,
     /// 1 to 50 conditions on traits, as in the people list:
     /// `{"field": "traits.plan", "op": "eq", "value": "pro"}`.
+    #[schemars(length(min = 1, max = 50))]
     pub filters: Vec<Filter>,
 }
 

@@ -3,7 +3,6 @@
 
 use crate::time::rfc3339;
 use crate::AnalyticsError;
-use chrono::DateTime;
 use leanloop_core::Event;
 use leanloop_store::EventFilter;
 use serde::{Deserialize, Serialize};
@@ -54,7 +53,7 @@ fn parse_time(value: Option<&str>, field: &'static str) -> Result<Option<i64>, A
     value
         .filter(|v| !v.is_empty())
         .map(|v| {
-            DateTime::parse_from_rfc3339(v).map(|t| t.timestamp_millis()).map_err(|_| {
+            crate::time::parse_rfc3339_ms(v).ok_or_else(|| {
                 AnalyticsError::invalid(field, format!("`{field}` must be an RFC 3339 time, e.g. 2024-05-01T00:00:00Z"))
             })
         })
@@ -62,7 +61,7 @@ fn parse_time(value: Option<&str>, field: &'static str) -> Result<Option<i64>, A
 }
 
 /// An event as the API shows it: times in RFC 3339, properties as JSON.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
 pub struct EventView {
     pub uuid: String,
     #[serde(rename = "type")]
@@ -77,7 +76,7 @@ pub struct EventView {
 }
 
 /// The optional columns, shown only when set.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
 pub struct Fields {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub anonymous_id: Option<String>,

@@ -31,6 +31,7 @@ pub struct PeopleQuery {
     #[schemars(range(min = 1, max = 1000))]
     pub limit: Option<usize>,
     #[serde(default)]
+    #[schemars(range(max = i64::MAX))]
     pub offset: usize,
 }
 

@@ -159,9 +159,9 @@ pub fn impact(ask: &Ask, q: &ImpactQuery) -> Result<ImpactResult, AnalyticsError
     };
     let (released, source) = match q.release_time.as_deref() {
         Some(text) => {
-            let at = chrono::DateTime::parse_from_rfc3339(text)
-                .map_err(|_| AnalyticsError::invalid("release_time", "`release_time` must be an RFC 3339 time"))?;
-            (Some(at.timestamp_millis()), "query")
+            let at = crate::time::parse_rfc3339_ms(text)
+                .ok_or_else(|| AnalyticsError::invalid("release_time", "`release_time` must be an RFC 3339 time"))?;
+            (Some(at), "query")
         }
         None => (first_seen(ask, &q.release)?, "events"),
     };

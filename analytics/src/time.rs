@@ -325,6 +325,15 @@ pub fn local_instant(tz: Tz, naive: NaiveDateTime) -> Option<DateTime<Tz>> {
     Some(tz.from_utc_datetime(&(naive - Duration::seconds(offset as i64))))
 }
 
+/// An RFC 3339 time as whole milliseconds, rounded up: events are stamped
+/// in whole ms, so a bound between two of them keeps its meaning (`from`
+/// inclusive, `to` exclusive: `.0005` is after the event at `.000`).
+pub fn parse_rfc3339_ms(text: &str) -> Option<i64> {
+    let t = DateTime::parse_from_rfc3339(text).ok()?;
+    let part_of_a_ms = t.timestamp_subsec_nanos() % 1_000_000 != 0;
+    Some(t.timestamp_millis() + i64::from(part_of_a_ms))
+}
+
 /// A UTC ms time as RFC 3339.
 pub fn rfc3339(ms: i64) -> String {
     DateTime::<Utc>::from_timestamp_millis(ms).unwrap_or_default().to_rfc3339_opts(SecondsFormat::Millis, true)
@@ -362,8 +371,8 @@ pub fn local_start(interval: Interval, key: i64) -> NaiveDateTime {
 }
 
 fn parse_time(text: &str, tz: Tz, now_ms: i64, field: &'static str, end_of_day: bool) -> Result<i64, AnalyticsError> {
-    if let Ok(t) = DateTime::parse_from_rfc3339(text) {
-        return Ok(t.timestamp_millis());
+    if let Some(t) = parse_rfc3339_ms(text) {
+        return Ok(t);
     }
     if let Some(t) = relative(text, tz, now_ms, end_of_day) {
         return Ok(t);
@@ -412,6 +421,17 @@ fn relative(text: &str, tz: Tz, now_ms: i64, end_of_day: bool) -> Option<i64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_bound_between_milliseconds_rounds_up() {
+        let ms = |t: &str| parse_rfc3339_ms(t).unwrap();
+        let midnight = ms("2026-12-03T00:00:00Z");
+        assert_eq!(ms("2026-12-03T00:00:00.0005Z"), midnight + 1);
+        assert_eq!(ms("2026-12-03T00:00:00.001Z"), midnight + 1);
+        assert_eq!(ms("2026-12-03T00:00:00.001000001Z"), midnight + 2);
+        assert_eq!(ms("1969-12-31T23:59:59.9995Z"), 0, "before 1970 too");
+        assert_eq!(parse_rfc3339_ms("yesterday"), None);
+    }
 
     fn window(from: &str, to: &str, tz: &str) -> Window {
         Window::parse(Some(from), Some(to), Some(tz), 0).unwrap()

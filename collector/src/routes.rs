@@ -353,6 +353,10 @@ pub(crate) fn query_param(query: Option<&str>, name: &str) -> Option<String> {
 }
 
 /// A write key sent as the HTTP Basic user name (Segment) or a Bearer token.
+/// A Bearer token not shaped like a Leanloop key (`ll?_…`) is someone
+/// else's credential and no key: analytics-python with OAuth sends its
+/// access token so, the write key in the body beside it, and PostHog's
+/// SDKs their personal API key.
 pub(crate) fn header_key(headers: &HeaderMap) -> Option<String> {
     let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?.trim();
     let (scheme, rest) = value.split_once(' ')?;
@@ -361,7 +365,12 @@ pub(crate) fn header_key(headers: &HeaderMap) -> Option<String> {
         let text = String::from_utf8(decoded).ok()?;
         text.split_once(':').map(|(user, _)| user.to_owned()).unwrap_or(text)
     } else if scheme.eq_ignore_ascii_case("bearer") {
-        rest.trim().to_owned()
+        let token = rest.trim();
+        let ours = token.len() > 4 && token.starts_with("ll") && token.as_bytes()[3] == b'_';
+        if !ours {
+            return None;
+        }
+        token.to_owned()
     } else {
         return None;
     };

@@ -60,6 +60,12 @@ pub struct ApiError {
 #[derive(Serialize)]
 struct Body<'a> {
     error: Inner<'a>,
+    /// `error.code` and `error.message` again at the top, where the clients
+    /// of Segment's API (analytics-python, rudder-sdk-python) read them:
+    /// without them such a client takes a refusal for a network failure
+    /// and sends it again.
+    code: &'a str,
+    message: &'a str,
 }
 
 #[derive(Serialize)]
@@ -116,6 +122,8 @@ impl ApiError {
     pub fn to_json(&self) -> serde_json::Value {
         serde_json::to_value(Body {
             error: Inner { code: self.code, message: &self.message, field: self.field.as_deref(), reason: self.reason },
+            code: self.code,
+            message: &self.message,
         })
         .unwrap_or_default()
     }

@@ -50,6 +50,7 @@ fn definition(saved: &SavedCohort) -> Result<CohortDefinition, AnalyticsError> {
 
 /// A cohort as the API shows it.
 #[derive(Debug, Serialize, schemars::JsonSchema)]
+#[schemars(rename = "SavedCohort")]
 pub struct Cohort {
     pub id: i64,
     #[serde(flatten)]

@@ -111,7 +111,7 @@ pub fn document() -> Value {
     let mut responses = read_answers();
     responses["200"] = answer(
         "Newest events first",
-        json!({"type": "object", "properties": {"events": {"type": "array", "items": {"type": "object"}}}}),
+        json!({"type": "object", "properties": {"events": {"type": "array", "items": schema::<leanloop_analytics::EventView>(&mut g)}}}),
     );
     paths.insert(
         "/api/v1/projects/{id}/events".into(),
@@ -153,14 +153,17 @@ pub fn document() -> Value {
     }
     schemas.insert(
         "Error".into(),
-        json!({"type": "object", "required": ["error"], "properties": {"error": {"type": "object", "required": ["code", "message"],
+        json!({"type": "object", "required": ["error", "code", "message"], "properties": {
+            "code": {"type": "string", "description": "`error.code` again, where Segment's and RudderStack's clients read it"},
+            "message": {"type": "string", "description": "`error.message` again, where Segment's and RudderStack's clients read it"},
+            "error": {"type": "object", "required": ["code", "message"],
             "properties": {"code": {"type": "string"}, "message": {"type": "string"}, "field": {"type": "string"},
                 "reason": {"type": "string", "description": "which conflict, on a 409",
                     "enum": ["deploy_in_progress", "no_healthy_release", "never_healthy", "rollback_failed",
                              "release_unusable", "run_finished", "run_unfinished", "runs_unfinished",
                              "step_not_passed", "shutting_down", "data_dir_in_use", "schema_newer"]}}}}}),
     );
-    json!({
+    let mut document = json!({
         "openapi": "3.0.3",
         "info": {"title": "Leanloop API", "version": env!("CARGO_PKG_VERSION"),
                  "description": "Ingest (Segment's and PostHog's wire formats and Leanloop's feedback call), authorised by a project's public write key; events and insights of a project, authorised by its secret read key as a Bearer token; and its delivery pipeline, authorised by its secret deploy key."},
@@ -171,7 +174,23 @@ pub fn document() -> Value {
             "deployKey": {"type": "http", "scheme": "bearer", "description": "The project's secret deploy key (lld_…): the pipeline"},
         }},
         "security": [{"readKey": []}],
-    })
+    });
+    drop_empty_required(&mut document);
+    document
+}
+
+/// OpenAPI 3.0 takes `required` only with at least one name.
+fn drop_empty_required(value: &mut Value) {
+    match value {
+        Value::Object(map) => {
+            if map.get("required").and_then(Value::as_array).is_some_and(Vec::is_empty) {
+                map.remove("required");
+            }
+            map.values_mut().for_each(drop_empty_required);
+        }
+        Value::Array(items) => items.iter_mut().for_each(drop_empty_required),
+        _ => {}
+    }
 }
 
 /// One route's method: parameters, optional JSON body, the success status
@@ -205,6 +224,7 @@ fn operation(o: Operation) -> Value {
         json!({"summary": o.summary, "parameters": o.parameters, "responses": responses, "security": [{o.key: []}]});
     if let Some(body) = o.body {
         op["requestBody"] = json!({"required": true, "content": {"application/json": {"schema": body}}});
+        op["responses"]["413"] = answer("The body is over 2 MB", json!({"$ref": "#/components/schemas/Error"}));
     }
     op
 }
@@ -281,6 +301,8 @@ fn pipeline(g: &mut SchemaGenerator, paths: &mut Map<String, Value>) {
     let number = |name: &str| json!({"name": name, "in": "path", "required": true, "schema": {"type": "integer"}});
     let text = |name: &str| json!({"name": name, "in": "path", "required": true, "schema": {"type": "string"}});
     let query = |name: &str, kind: &str| json!({"name": name, "in": "query", "schema": {"type": kind}});
+    let limit =
+        |max: u32| json!({"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": max}});
     let object = |fields: &[(&str, &str)]| {
         let properties: Map<String, Value> =
             fields.iter().map(|(n, k)| ((*n).to_owned(), json!({"type": k}))).collect();
@@ -339,7 +361,7 @@ fn pipeline(g: &mut SchemaGenerator, paths: &mut Map<String, Value>) {
         format!("{base}/repos/{{repo}}/runs"),
         json!({
             "post": operation("Run a branch, tag or commit", vec![project_id(), number("repo")], Some(schema::<Trigger>(g)), "201", Some(run.clone())),
-            "get": operation("Runs, newest first", vec![project_id(), number("repo"), query("limit", "integer"), query("before", "integer")], None, "200", Some(list("runs", run.clone()))),
+            "get": operation("Runs, newest first", vec![project_id(), number("repo"), limit(200), query("before", "integer")], None, "200", Some(list("runs", run.clone()))),
         }),
     );
     add(
@@ -353,7 +375,7 @@ fn pipeline(g: &mut SchemaGenerator, paths: &mut Map<String, Value>) {
         number("run"),
         query("step", "string"),
         query("after", "integer"),
-        query("limit", "integer"),
+        limit(100_000),
         query("follow", "boolean"),
     ];
     add(
@@ -374,8 +396,7 @@ fn pipeline(g: &mut SchemaGenerator, paths: &mut Map<String, Value>) {
             "post": conflicting(operation("Run the commit again from a step", vec![project_id(), number("run")], Some(object(&[("from", "string")])), "201", Some(run)), "The run has not finished, or a step the restart would reuse did not pass"),
         }),
     );
-    let release_params =
-        vec![project_id(), query("service", "string"), query("environment", "string"), query("limit", "integer")];
+    let release_params = vec![project_id(), query("service", "string"), query("environment", "string"), limit(500)];
     add(
         format!("{base}/releases"),
         json!({

@@ -80,17 +80,20 @@ fn part_of_context(properties: Value) -> Value {
 fn context() -> Value {
     let part =
         |fields: &[&str]| part_of_context(Value::Object(fields.iter().map(|f| (f.to_string(), text())).collect()));
-    part_of_context(json!({
+    let mut context = part_of_context(json!({
         "ip": text(),
         "userAgent": text(),
         "release": described(text(), "The release the event happened on; else `app.version`"),
         "session_id": text(),
-        "traits": described(json!({}), "The user's traits (an object); an identify's own `traits` win over these"),
+        "sessionId": described(text(), "The same as `session_id`: send one of the two"),
+        "traits": described(free_object(), "The user's traits; an identify's own `traits` win over these"),
         "page": part(&["url", "path", "referrer"]),
         "campaign": part(&["name", "source", "medium", "term", "content"]),
         "app": part(&["version"]),
         "library": part(&["name"]),
-    }))
+    }));
+    context["anyOf"][0]["not"] = json!({"required": ["session_id", "sessionId"]});
+    context
 }
 
 /// A user id or an anonymous id that is not blank.
@@ -167,10 +170,12 @@ fn posthog_event() -> Value {
         ),
         "$set": free_object(),
         "$set_once": free_object(),
+        "sent_at": described(time(), "When the client sent it, for clock-skew correction (read on a body of one event); `sentAt` is the same: send one of the two"),
+        "sentAt": time(),
     }));
     event["required"] = json!(["event"]);
     // A body with `batch` is read as a batch, whatever else it holds.
-    event["not"] = json!({"required": ["batch"]});
+    event["not"] = json!({"anyOf": [{"required": ["batch"]}, {"required": ["sent_at", "sentAt"]}]});
     // A person: `distinct_id`, else `properties.distinct_id`. (The alias
     // event, `$create_alias`, also needs `properties.alias`.)
     event["anyOf"] = json!([
@@ -245,7 +250,8 @@ pub fn paths(paths: &mut Map<String, Value>) {
     let mut feedback = object(json!({
         "userId": id(), "anonymousId": id(),
         "score": {"type": "integer", "minimum": 0, "maximum": 10, "nullable": true},
-        "message": {"type": "string", "maxLength": leanloop_collector::wire::feedback::MAX_MESSAGE_CHARS, "nullable": true},
+        "message": {"type": "string", "maxLength": leanloop_collector::wire::feedback::MAX_MESSAGE_CHARS, "nullable": true,
+            "description": "At most this many characters, within the event's limit of 32 KB as sent (a character escaped as `\\uXXXX` takes 6 bytes of it, an emoji 12)"},
         "category": text(), "page": text(), "release": text(), "sessionId": text(), "messageId": id(),
         "timestamp": time(), "sentAt": time(), "writeKey": text(), "context": described(json!({}), "Not read"),
     }));
@@ -268,8 +274,9 @@ pub fn paths(paths: &mut Map<String, Value>) {
     let posthog_batch = json!({"type": "object", "required": ["batch"], "properties": {
         "api_key": text(), "token": text(),
         "batch": {"type": "array", "maxItems": 1000, "items": posthog_event()},
-        "sent_at": described(time(), "Also `sentAt`"),
-    }});
+        "sent_at": described(time(), "When the client sent the batch; `sentAt` is the same: send one of the two"),
+        "sentAt": time(),
+    }, "not": {"required": ["sent_at", "sentAt"]}});
     let any_shape =
         json!({"oneOf": [posthog_event(), posthog_batch.clone(), {"type": "array", "items": posthog_event()}]});
     paths.insert("/capture/".into(), operation("PostHog: one event", posthog_event(), STORED, posthog_answer.clone()));
@@ -301,6 +308,72 @@ pub fn paths(paths: &mut Map<String, Value>) {
                 flags_request.clone(),
                 "No flags; nothing is stored",
                 no_flags.clone(),
+            ),
+        );
+    }
+    settings(paths);
+}
+
+/// What SDKs fetch on load: Segment's CDN settings, PostHog's remote config
+/// and flag definitions. Each answers for a write key, else 401.
+fn settings(paths: &mut Map<String, Value>) {
+    let error = json!({"content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}});
+    let refused = |description: &str| {
+        let mut answer = error.clone();
+        answer["description"] = json!(description);
+        answer
+    };
+    let key_in_path = |name: &str| json!({"name": name, "in": "path", "required": true, "schema": {"type": "string"}});
+    let get = |summary: &str, parameters: Value, content_type: &str, answer: Value| {
+        json!({"get": {
+            "summary": summary,
+            "tags": ["ingest"],
+            "security": [],
+            "parameters": parameters,
+            "responses": {
+                "200": {"description": "The settings", "content": {content_type: {"schema": answer}}},
+                "401": refused("No write key, an unknown one, or a secret key"),
+            },
+        }})
+    };
+    let mut segment = get(
+        "Segment: Analytics Next's CDN settings, sending events to this host's `/v1`",
+        json!([key_in_path("writeKey")]),
+        "application/json",
+        object(json!({"integrations": {"type": "object"}})),
+    );
+    segment["get"]["responses"]["400"] = refused("The `Host` header is not a plain host and port");
+    paths.insert("/v1/projects/{writeKey}/settings".into(), segment);
+    paths.insert(
+        "/array/{token}/config".into(),
+        get(
+            "PostHog: posthog-js's remote config",
+            json!([key_in_path("token")]),
+            "application/json",
+            object(json!({})),
+        ),
+    );
+    paths.insert(
+        "/array/{token}/config.js".into(),
+        get(
+            "PostHog: posthog-js's remote config as a script",
+            json!([key_in_path("token")]),
+            "text/javascript",
+            json!({"type": "string"}),
+        ),
+    );
+    let token = json!([{"name": "token", "in": "query", "required": true, "schema": {"type": "string"}}]);
+    let definitions = object(json!({
+        "flags": {"type": "array", "maxItems": 0}, "group_type_mapping": {"type": "object"}, "cohorts": {"type": "object"},
+    }));
+    for path in ["/flags/definitions", "/api/feature_flag/local_evaluation"] {
+        paths.insert(
+            path.into(),
+            get(
+                "PostHog: flag definitions for local evaluation (none)",
+                token.clone(),
+                "application/json",
+                definitions.clone(),
             ),
         );
     }

@@ -1,8 +1,9 @@
 """Every Segment call type through an SDK with analytics-python's interface
 (Segment's own, and RudderStack's, which copies it): per tag, plain and
 gzip-compressed, a track, page, screen, identify, group and alias under
-`{prefix}-{tag}-…` ids, then 250 tracks."""
-from reporting import on_error
+`{prefix}-{tag}-…` ids, then 250 tracks; then one track with a key the
+server refuses, which the SDK must read as a refusal."""
+from reporting import errors, on_error
 
 
 def send_all(client_class, write_key, host, prefix, track_name, release, ip):
@@ -26,3 +27,21 @@ def send_all(client_class, write_key, host, prefix, track_name, release, ip):
             client.track(f"{prefix}-{tag}-bulk", "Bulk", {"i": i})
         client.flush()
         client.join()
+    check_refusal(client_class, write_key, host)
+
+
+def check_refusal(client_class, write_key, host):
+    """A 401 the SDK understands: its APIError with the status and code,
+    which it gives up on at once. An answer it cannot read would be
+    retried as a network failure and reported as something else."""
+    refused = []
+    client = client_class(write_key + "-revoked", host=host, max_retries=2,
+                          on_error=lambda error, batch: refused.append(error))
+    client.track("refused-user", "Refused")
+    client.flush()
+    client.join()
+    understood = (len(refused) == 1 and type(refused[0]).__name__ == "APIError"
+                  and refused[0].status == 401 and refused[0].code == "unauthorized"
+                  and "write key" in refused[0].message)
+    if not understood:
+        errors.append(f"a refusal read as {refused!r}")

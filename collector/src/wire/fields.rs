@@ -148,8 +148,8 @@ impl<'de> Deserialize<'de> for Text {
 /// Reads a scalar as text straight from the parser (no buffering of the
 /// value to try one shape after another); blank text counts as absent.
 /// For an [`Id`] only strings and whole numbers of 64 bits will do; for
-/// [`Text`] booleans and floats are text too, and structures are skipped
-/// without being built.
+/// [`Text`] floats are text too, and booleans and structures are skipped
+/// (structures without being built): `"release": false` names no release.
 struct Scalar {
     id: bool,
 }
@@ -195,9 +195,9 @@ impl<'de> serde::de::Visitor<'de> for Scalar {
         }
     }
 
-    fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<Option<String>, E> {
+    fn visit_bool<E: serde::de::Error>(self, _: bool) -> Result<Option<String>, E> {
         self.not_an_id()?;
-        Ok(Some(v.to_string()))
+        Ok(None)
     }
 
     fn visit_unit<E: serde::de::Error>(self) -> Result<Option<String>, E> {
@@ -362,13 +362,14 @@ mod tests {
     }
 
     #[test]
-    fn text_keeps_scalars_and_skips_structures() {
+    fn text_keeps_strings_and_numbers_and_skips_the_rest() {
         let t = |json: &str| serde_json::from_str::<Text>(json).unwrap().0;
         assert_eq!(t("\"a\"").as_deref(), Some("a"));
         assert_eq!(t("\"  \""), None);
         assert_eq!(t("12").as_deref(), Some("12"));
         assert_eq!(t("1.5").as_deref(), Some("1.5"));
-        assert_eq!(t("true").as_deref(), Some("true"));
+        assert_eq!(t("true"), None);
+        assert_eq!(t("false"), None);
         assert_eq!(t("null"), None);
         assert_eq!(t("[1,{\"a\":[2]}]"), None);
         assert_eq!(t("{\"a\":{\"b\":1}}"), None);

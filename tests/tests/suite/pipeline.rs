@@ -684,7 +684,11 @@ async fn password_git_server(
             saw.password_on_command_line.extend(lines);
             let authorised = headers.get("authorization").is_some_and(|v| v.as_bytes() == expected.as_bytes());
             if !authorised {
-                return (axum::http::StatusCode::UNAUTHORIZED, [("www-authenticate", "Basic realm=\"git\"")], Vec::new());
+                return (
+                    axum::http::StatusCode::UNAUTHORIZED,
+                    [("www-authenticate", "Basic realm=\"git\"")],
+                    Vec::new(),
+                );
             }
             saw.authorised += 1;
             match std::fs::read(bare.join(&path)).ok().filter(|_| !path.contains("..")) {
@@ -705,7 +709,10 @@ async fn a_source_with_credentials_keeps_them_off_command_lines_and_out_of_the_m
     let case = "gitauth";
     let s = pipeline::server(case).await;
     let repo = Repo::fixture();
-    repo.write("leanloop.yml", "steps:\n  - name: hello\n    image: leanloop/busybox:latest\n    commands: [echo hello]\n");
+    repo.write(
+        "leanloop.yml",
+        "steps:\n  - name: hello\n    image: leanloop/busybox:latest\n    commands: [echo hello]\n",
+    );
     repo.commit("a pipeline of one step");
     let served = tempfile::tempdir().unwrap();
     let bare = served.path().join("app.git");
@@ -746,10 +753,12 @@ async fn a_source_with_credentials_keeps_them_off_command_lines_and_out_of_the_m
     let mirror_config = std::fs::read_to_string(&config).unwrap();
     assert!(mirror_config.contains(&clean) && !mirror_config.contains("p%40ss"), "{mirror_config}");
 
-    let saw = saw.lock().unwrap();
-    assert!(saw.authorised > 0, "git sent the credentials");
-    assert!(saw.password_on_command_line.is_empty(), "{:?}", saw.password_on_command_line);
-    drop(saw);
+    let (authorised, on_command_line) = {
+        let saw = saw.lock().unwrap();
+        (saw.authorised, saw.password_on_command_line.clone())
+    };
+    assert!(authorised > 0, "git sent the credentials");
+    assert!(on_command_line.is_empty(), "{on_command_line:?}");
     server.abort();
     pipeline::stop_leaving_nothing(s, case).await;
 }

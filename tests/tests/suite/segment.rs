@@ -358,3 +358,50 @@ async fn cdn_settings_send_the_browser_sdk_here_with_everything_else_off() {
     let body: serde_json::Value = r.json().await.unwrap();
     assert_eq!(body["integrations"]["Segment.io"]["apiHost"], "[::1]:8080/v1");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_oauth_bearer_token_leaves_the_write_key_in_the_body_to_decide() {
+    let s = TestServer::start().await;
+    let send = |bearer: String, body: serde_json::Value| {
+        s.client.post(s.url("/v1/batch")).bearer_auth(bearer).json(&body).send()
+    };
+    let batch = |user: &str, key: Option<&str>| {
+        let mut body = json!({"batch": [{"type": "track", "userId": user, "event": "OAuth"}]});
+        if let Some(key) = key {
+            body["writeKey"] = json!(key);
+        }
+        body
+    };
+    // analytics-python's OAuth mode: its access token, the write key in the body.
+    let token = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJ4In0.c2ln".to_owned();
+    let r = send(token.clone(), batch("oauth-user", Some(&s.project.write_key))).await.unwrap();
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    // The token alone is no key; a Leanloop key as the token still decides.
+    let r = send(token, batch("no-key", None)).await.unwrap();
+    assert_eq!(r.status(), 401);
+    let r = send(s.project.read_key.clone(), batch("read-key", Some(&s.project.write_key))).await.unwrap();
+    assert_eq!(r.status(), 401, "a read key is refused for ingest however it is sent");
+    let r = send(s.project.write_key.clone(), batch("bearer-key", None)).await.unwrap();
+    assert_eq!(r.status(), 200);
+    s.settle().await;
+    assert_eq!(s.count(&[("user", "oauth-user")]).await, 1);
+    assert_eq!(s.count(&[("user", "bearer-key")]).await, 1);
+    assert_eq!(s.count(&[("name", "OAuth")]).await, 2);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_boolean_names_no_release_page_or_category() {
+    let s = TestServer::start().await;
+    let context = json!({"app": {"version": false}, "page": {"url": true}, "release": true});
+    let r = s.post("/v1/track", &json!({"userId": "flags", "event": "Flagged", "context": context})).await;
+    assert_eq!(r.status(), 200);
+    let feedback = json!({"userId": "flags", "score": 9, "release": true, "category": false, "page": true});
+    assert_eq!(s.post("/v1/feedback", &feedback).await.status(), 200);
+    let events = s.events(&[("user", "flags")]).await;
+    assert_eq!(events.len(), 2, "{events:?}");
+    for event in &events {
+        assert!(event["release"].is_null() && event["url"].is_null(), "{event}");
+    }
+    let feedback = events.iter().find(|e| e["name"] == "$feedback").unwrap();
+    assert!(feedback["properties"].get("category").is_none_or(|c| c.is_null()), "{feedback}");
+}
