@@ -23,7 +23,7 @@ use crate::{bounded, AnalyticsError, Ask};
 use leanloop_store::{Column, ColumnKind};
 use serde::{Deserialize, Serialize};
 use std::cmp::Ordering;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 pub const MAX_STEPS: usize = 10;
 const DEFAULT_WINDOW_SECONDS: i64 = 14 * 86_400;
@@ -173,9 +173,26 @@ pub fn funnel(ask: &Ask, q: &FunnelQuery) -> Result<FunnelResult, AnalyticsError
     let (groups, values, rows) = read_into_groups(ask, select, walk)?;
     let read = started.elapsed();
     let cores = std::thread::available_parallelism().map_or(1, |p| p.get()).min(8);
-    let parts = chains(&groups, values.as_ref(), walk, cores, |t: &mut Tallies, c, v| {
-        t.add(c, v, walk.steps, breakdown.is_some())
+    // With a breakdown, two walks: how many people each value brings in
+    // first, then tallies (each chain's gaps kept for the medians) for the
+    // values shown and one for the rest. A tally for every value took a
+    // gigabyte on a million distinct values.
+    let shown = breakdown.as_ref().map(|_| {
+        let counted = chains(&groups, values.as_ref(), walk, cores, |n: &mut HashMap<Option<&str>, u64>, c, v| {
+            if !c.times().is_empty() {
+                *n.entry(v).or_default() += 1;
+            }
+        });
+        let counts = counted.into_iter().reduce(|mut all, part| {
+            part.into_iter().for_each(|(v, n)| *all.entry(v).or_default() += n);
+            all
+        });
+        let mut ranked: Vec<(Option<&str>, u64)> = counts.unwrap_or_default().into_iter().collect();
+        ranked.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| cmp_values(a.0, b.0)));
+        ranked.into_iter().take(limit).map(|(v, _)| v).collect::<HashSet<_>>()
     });
+    let parts =
+        chains(&groups, values.as_ref(), walk, cores, |t: &mut Tallies, c, v| t.add(c, v, walk.steps, shown.as_ref()));
     let tallies = parts.into_iter().reduce(Tallies::merge).unwrap_or_default();
     tracing::debug!(
         rows,
@@ -188,7 +205,6 @@ pub fn funnel(ask: &Ask, q: &FunnelQuery) -> Result<FunnelResult, AnalyticsError
     let breakdown = breakdown.map(|_| {
         let mut values: Vec<(Option<&str>, Tally)> = tallies.by_value.into_iter().collect();
         values.sort_by(|a, b| b.1.counts[0].cmp(&a.1.counts[0]).then_with(|| cmp_values(a.0, b.0)));
-        let rest = values.split_off(limit.min(values.len()));
         let mut groups: Vec<BreakdownGroup> = values
             .into_iter()
             .map(|(v, tally)| BreakdownGroup {
@@ -197,8 +213,8 @@ pub fn funnel(ask: &Ask, q: &FunnelQuery) -> Result<FunnelResult, AnalyticsError
                 funnel: summarise(q, tally),
             })
             .collect();
-        if let Some(other) = rest.into_iter().map(|(_, t)| t).reduce(Tally::merge) {
-            groups.push(BreakdownGroup { breakdown_value: None, other: true, funnel: summarise(q, other) });
+        if tallies.other.counts[0] > 0 {
+            groups.push(BreakdownGroup { breakdown_value: None, other: true, funnel: summarise(q, tallies.other) });
         }
         groups
     });
@@ -591,23 +607,28 @@ impl Tally {
     }
 }
 
-/// Tallies of all people and, with a breakdown, of each breakdown value.
+/// Tallies of all people and, with a breakdown, of each breakdown value
+/// shown and of the other values together.
 #[derive(Debug, Default)]
 struct Tallies<'v> {
     total: Tally,
     by_value: HashMap<Option<&'v str>, Tally>,
+    other: Tally,
 }
 
 impl<'v> Tallies<'v> {
-    fn add(&mut self, chain: &Chain, value: Option<&'v str>, steps: usize, by_value: bool) {
+    fn add(&mut self, chain: &Chain, value: Option<&'v str>, steps: usize, shown: Option<&HashSet<Option<&'v str>>>) {
         self.total.add(chain, steps);
-        if by_value {
-            self.by_value.entry(value).or_default().add(chain, steps);
+        match shown {
+            Some(shown) if shown.contains(&value) => self.by_value.entry(value).or_default().add(chain, steps),
+            Some(_) => self.other.add(chain, steps),
+            None => {}
         }
     }
 
     fn merge(mut self, other: Tallies<'v>) -> Tallies<'v> {
         self.total = std::mem::take(&mut self.total).merge(other.total);
+        self.other = std::mem::take(&mut self.other).merge(other.other);
         for (value, tally) in other.by_value {
             let mine = self.by_value.entry(value).or_default();
             *mine = std::mem::take(mine).merge(tally);

@@ -104,8 +104,13 @@ impl Packing {
     }
 }
 
-/// Reads at most `limit` bytes of `body`, within `budget`: a declared
-/// length is taken from it up front, a streamed body as it arrives.
+/// What a body's buffer starts with, whatever length it declares.
+const INITIAL_CAPACITY: usize = 64 * 1024;
+
+/// Reads at most `limit` bytes of `body`, within `budget`, taken as the
+/// bytes arrive. A declared length is checked against `limit` but holds
+/// nothing: a few connections declaring megabytes and sending nothing
+/// (with the public write key, or none yet) must not fill the budget.
 pub async fn read_limited(
     headers: &HeaderMap,
     mut body: Body,
@@ -117,10 +122,9 @@ pub async fn read_limited(
     if declared.is_some_and(|n| n > limit as u64) {
         return Err(IngestError::BodyTooLarge { limit });
     }
-    let declared = declared.unwrap_or(0) as usize;
     let mut held = Held::default();
-    budget.take(&mut held, declared)?;
-    let mut bytes = BytesMut::with_capacity(declared);
+    // Room for a small body at once; a large one grows as it comes.
+    let mut bytes = BytesMut::with_capacity(declared.unwrap_or(0).min(INITIAL_CAPACITY as u64) as usize);
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(|err| IngestError::field("body", format!("could not read request body: {err}")))?;
         let Ok(data) = frame.into_data() else { continue };

@@ -224,10 +224,15 @@ async fn run_logs(
     };
     // Subscribe first: the store then holds everything before the subscription.
     let live = pipeline.follow(project, run)?;
-    let stored = pipeline.logs(project, run, q.step.as_deref(), after, 100_000)?;
+    let stored = pipeline.logs(project, run, q.step.as_deref(), after, FOLLOW_PAGE)?;
     let stream = follow_stream(pipeline, project, run, q.step, stored, live, after);
     Ok(Sse::new(stream).keep_alive(KeepAlive::default()).into_response())
 }
+
+/// Stored lines a follower holds at once: it reads the store a page at a
+/// time as the client takes them, so one that reads slowly, or not at all,
+/// holds a page, not the whole log.
+const FOLLOW_PAGE: u32 = 1000;
 
 struct Follow {
     pipeline: Arc<Pipeline>,
@@ -235,6 +240,8 @@ struct Follow {
     run: i64,
     step: Option<String>,
     queue: VecDeque<LogLine>,
+    /// Whether the store has nothing after `last` the queue lacks.
+    caught_up: bool,
     live: Option<tokio::sync::broadcast::Receiver<LiveEvent>>,
     last: i64,
     done: bool,
@@ -253,7 +260,9 @@ fn follow_stream(
     live: Option<tokio::sync::broadcast::Receiver<LiveEvent>>,
     after: i64,
 ) -> impl Stream<Item = Result<SseEvent, Infallible>> {
-    let state = Follow { pipeline, project, run, step, queue: stored.into(), live, last: after, done: false };
+    let caught_up = stored.is_empty();
+    let state =
+        Follow { pipeline, project, run, step, queue: stored.into(), caught_up, live, last: after, done: false };
     stream::unfold(state, |mut s| async move {
         loop {
             if let Some(line) = s.queue.pop_front() {
@@ -262,6 +271,13 @@ fn follow_stream(
                 }
                 s.last = line.seq;
                 return Some((Ok(line_event(&line)), s));
+            }
+            if !s.caught_up {
+                match s.pipeline.logs(s.project, s.run, s.step.as_deref(), s.last, FOLLOW_PAGE) {
+                    Ok(lines) if !lines.is_empty() => s.queue.extend(lines),
+                    _ => s.caught_up = true,
+                }
+                continue;
             }
             if s.done {
                 return None;
@@ -286,11 +302,7 @@ fn follow_stream(
                     ));
                 }
                 // Fell behind the broadcast: catch up from the store.
-                Err(RecvError::Lagged(_)) => {
-                    if let Ok(lines) = s.pipeline.logs(s.project, s.run, s.step.as_deref(), s.last, 100_000) {
-                        s.queue.extend(lines);
-                    }
-                }
+                Err(RecvError::Lagged(_)) => s.caught_up = false,
                 Err(RecvError::Closed) => s.live = None,
             }
         }

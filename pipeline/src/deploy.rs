@@ -109,9 +109,17 @@ pub async fn restore(
     let mut endpoints = Vec::new();
     let mut running = Vec::new();
     let scoped = engine::scoped(base.instance, old.id);
-    for (_, host) in hosts.reachable().await {
+    let reachable = hosts.reachable().await;
+    // A host out of reach may hold replicas that still serve: the release
+    // is not retired for want of any it could see.
+    let mut blind = reachable.len() < hosts.all().len();
+    for (_, host) in reachable {
         let wanted = [(INSTANCE, base.instance), (RELEASE, scoped.as_str())];
-        for c in containers_with(&host, &wanted).await.unwrap_or_default() {
+        let Ok(found) = containers_with(&host, &wanted).await else {
+            blind = true;
+            continue;
+        };
+        for c in found {
             if c.state.as_ref().map(|s| s.to_string()).as_deref() != Some("running") {
                 // A replica that stopped or keeps crashing holds its name:
                 // it goes, and is started afresh below.
@@ -172,7 +180,12 @@ pub async fn restore(
         before.sort();
         now == before
     };
-    if endpoints.is_empty() && running.is_empty() {
+    if endpoints.is_empty() && running.is_empty() && blind {
+        say(&format!(
+            "release {}: a Docker host does not answer, so its replicas are not known; it stays live",
+            old.id
+        ));
+    } else if endpoints.is_empty() && running.is_empty() {
         let _ = records.release_retired(old.id);
         say(&format!("release {} no longer runs and is retired", old.id));
     } else if !unchanged {

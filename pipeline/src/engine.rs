@@ -13,7 +13,7 @@ use bollard::query_parameters::{
 };
 use bollard::Docker;
 use futures::StreamExt;
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
@@ -104,13 +104,35 @@ pub async fn remove_labelled(docker: &Docker, key: &str, value: &str, volumes: b
     }
 }
 
-pub async fn remove_container(docker: &Docker, id: &str) {
+/// Whether the container is gone (it was removed, or was not there).
+pub async fn remove_container(docker: &Docker, id: &str) -> bool {
     let options = RemoveContainerOptionsBuilder::new().force(true).v(true).build();
-    if let Err(e) = docker.remove_container(id, Some(options)).await {
-        if !matches!(e, bollard::errors::Error::DockerResponseServerError { status_code: 404, .. }) {
+    match docker.remove_container(id, Some(options)).await {
+        Ok(()) | Err(bollard::errors::Error::DockerResponseServerError { status_code: 404, .. }) => true,
+        Err(e) => {
             tracing::warn!(container = %id, error = %e, "removing container failed");
+            false
         }
     }
+}
+
+/// The `leanloop.run` values of installation `instance`'s containers,
+/// networks and volumes on the host.
+pub async fn run_labels(docker: &Docker, instance: &str) -> BTreeSet<String> {
+    let filter = HashMap::from([("label".to_owned(), vec![format!("{INSTANCE}={instance}"), RUN.to_owned()])]);
+    let mut found: Vec<Option<HashMap<String, String>>> = Vec::new();
+    if let Ok(list) =
+        docker.list_containers(Some(ListContainersOptionsBuilder::new().all(true).filters(&filter).build())).await
+    {
+        found.extend(list.into_iter().map(|c| c.labels));
+    }
+    if let Ok(list) = docker.list_networks(Some(ListNetworksOptionsBuilder::new().filters(&filter).build())).await {
+        found.extend(list.into_iter().map(|n| n.labels));
+    }
+    if let Ok(list) = docker.list_volumes(Some(ListVolumesOptionsBuilder::new().filters(&filter).build())).await {
+        found.extend(list.volumes.unwrap_or_default().into_iter().map(|v| Some(v.labels)));
+    }
+    found.into_iter().flatten().filter_map(|mut labels| labels.remove(RUN)).collect()
 }
 
 /// Containers carrying every one of `labels`.

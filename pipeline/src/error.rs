@@ -28,6 +28,10 @@ pub enum PipelineError {
     Docker(#[from] bollard::errors::Error),
     #[error("no Docker host is reachable")]
     NoHost,
+    /// A Docker host did not answer, or did not do what was asked: nothing
+    /// is recorded as done until it is.
+    #[error("{0}")]
+    HostUnavailable(String),
     #[error("pipeline database: {0}")]
     Sqlite(#[from] rusqlite::Error),
     #[error("{0}")]
@@ -57,7 +61,9 @@ impl Classify for PipelineError {
                 ErrorClass::Conflict { reason: DEPLOY_IN_PROGRESS, retry_after_secs: Some(5) }
             }
             PipelineError::Conflict { reason, .. } => ErrorClass::Conflict { reason, retry_after_secs: None },
-            PipelineError::NoHost => ErrorClass::Unavailable { retry_after_secs: 10 },
+            PipelineError::NoHost | PipelineError::HostUnavailable(_) => {
+                ErrorClass::Unavailable { retry_after_secs: 10 }
+            }
             // The repository's source did not answer (moved, offline): worth a retry, and
             // the caller is told git's own words rather than an opaque internal error.
             PipelineError::Git(_) => ErrorClass::Unavailable { retry_after_secs: 30 },

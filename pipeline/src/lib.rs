@@ -135,6 +135,8 @@ const POLL_TICK: Duration = Duration::from_secs(1);
 
 /// How often live releases are checked for a running replica.
 const RELEASE_WATCH: Duration = Duration::from_secs(5);
+/// How often what finished runs left on the engines is looked for.
+const LEFTOVER_WATCH: Duration = Duration::from_secs(30);
 /// How long a removal waits for a deploy lock held by something brief (the
 /// live-release watch retiring a release) before answering a conflict.
 const LOCK_GRACE: Duration = Duration::from_secs(2);
@@ -246,13 +248,22 @@ impl Pipeline {
     /// must not read as live, and a rollback from it would keep the image
     /// nobody serves. Skipped while a host is out of reach (it may hold
     /// them), and for a service being deployed.
+    ///
+    /// Every [`LEFTOVER_WATCH`] too, removes what finished runs left behind
+    /// ([`Pipeline::remove_leftovers`]).
     async fn watch_live_releases(&self) {
+        let mut leftovers_due = tokio::time::Instant::now();
         loop {
             tokio::select! {
                 _ = tokio::time::sleep(RELEASE_WATCH) => {}
                 _ = self.shutdown.cancelled() => return,
             }
             let reachable = self.hosts.reachable().await;
+            // Leftovers on the hosts that answer are theirs to lose.
+            if tokio::time::Instant::now() >= leftovers_due {
+                self.remove_leftovers(&reachable).await;
+                leftovers_due = tokio::time::Instant::now() + LEFTOVER_WATCH;
+            }
             if reachable.len() < self.hosts.all().len() {
                 continue;
             }
@@ -275,6 +286,74 @@ impl Pipeline {
                         "no replica of the live release runs any more; it is retired");
                     let _ = self.records.release_retired(release.id);
                 }
+            }
+        }
+    }
+
+    /// Removes the containers, networks and volumes of this installation's
+    /// finished runs, and the replicas of its releases that no longer serve
+    /// (superseded, rolled back, retired, failed). A run's or deploy's own
+    /// cleanup can miss them: its engine out of reach as it ended, or a
+    /// container's removal already under way from outside (the workspace
+    /// volume is then still in use), and nothing else would look again.
+    async fn remove_leftovers(&self, reachable: &[(Arc<hosts::Host>, bollard::Docker)]) {
+        let ours = format!("{}-", self.instance);
+        for (_, docker) in reachable {
+            self.remove_replicas_of_past_releases(docker, &ours).await;
+            for label in engine::run_labels(docker, &self.instance).await {
+                let Some(run) = label.strip_prefix(&ours).and_then(|id| id.parse::<i64>().ok()) else { continue };
+                if self.live.lock().unwrap_or_else(|p| p.into_inner()).contains_key(&run) {
+                    continue;
+                }
+                let finished = match self.records.run(run) {
+                    Ok(record) => record.status.finished(),
+                    // Its repository was removed with its runs.
+                    Err(PipelineError::NotFound(_)) => true,
+                    Err(_) => false,
+                };
+                if finished {
+                    tracing::info!(run, "removing what the finished run left on its Docker host");
+                    engine::remove_labelled(docker, engine::RUN, &label, true).await;
+                }
+            }
+        }
+    }
+
+    /// [`Pipeline::remove_leftovers`] of releases: a release's replicas
+    /// are looked at under its service's deploy lock, so a deploy retiring
+    /// them in its strategy's order is never raced.
+    async fn remove_replicas_of_past_releases(&self, docker: &bollard::Docker, ours: &str) {
+        let Ok(containers) = engine::containers_with(docker, &[(engine::INSTANCE, self.instance.as_str())]).await
+        else {
+            return;
+        };
+        let mut by_release: BTreeMap<(i64, i64), Vec<String>> = BTreeMap::new();
+        for c in containers {
+            let labels = c.labels.unwrap_or_default();
+            let release = labels.get(deploy::RELEASE).and_then(|l| l.strip_prefix(ours)).and_then(|id| id.parse().ok());
+            let project = labels.get(deploy::PROJECT).and_then(|p| p.parse().ok());
+            if let (Some(release), Some(project), Some(id)) = (release, project, c.id) {
+                by_release.entry((project, release)).or_default().push(id);
+            }
+        }
+        let past = |project, release| {
+            matches!(self.records.release(project, release), Ok(r)
+                if !matches!(r.status, ReleaseStatus::Live | ReleaseStatus::Deploying))
+        };
+        for ((project, release), containers) in by_release {
+            let Ok(record) = self.records.release(project, release) else { continue };
+            if !past(project, release) {
+                continue;
+            }
+            let lock = self.records.deploy_lock(project, &record.service, &record.environment);
+            let Ok(_deploying) = lock.try_lock_owned() else { continue };
+            if !past(project, release) {
+                continue;
+            }
+            tracing::info!(release, service = %record.service, environment = %record.environment,
+                "removing the replicas of a release that no longer serves");
+            for id in containers {
+                engine::remove_container(docker, &id).await;
             }
         }
     }
@@ -985,8 +1064,15 @@ impl Pipeline {
     ) -> Result<usize, PipelineError> {
         let _deploying = self.no_deploy_in_progress(project_id, service, environment, LOCK_GRACE).await?;
         let project = project_id.to_string();
-        let mut removed = 0;
-        for (_, docker) in self.hosts.reachable().await {
+        // Replicas on a host out of reach would keep serving a release
+        // recorded as retired, and nothing would look for them again.
+        let reachable = self.hosts.reachable().await;
+        if reachable.len() < self.hosts.all().len() {
+            let message = "a Docker host does not answer: the service's replicas there cannot be removed now; nothing was changed";
+            return Err(PipelineError::HostUnavailable(message.into()));
+        }
+        let (mut removed, mut failed) = (0, 0);
+        for (_, docker) in reachable {
             let wanted = [
                 (engine::INSTANCE, self.instance.as_str()),
                 (deploy::PROJECT, project.as_str()),
@@ -995,10 +1081,17 @@ impl Pipeline {
             ];
             for c in engine::containers_with(&docker, &wanted).await? {
                 if let Some(id) = c.id {
-                    engine::remove_container(&docker, &id).await;
-                    removed += 1;
+                    match engine::remove_container(&docker, &id).await {
+                        true => removed += 1,
+                        false => failed += 1,
+                    }
                 }
             }
+        }
+        if failed > 0 {
+            let message =
+                format!("{failed} replica(s) could not be removed, {removed} were; the live release stays live: retry");
+            return Err(PipelineError::HostUnavailable(message));
         }
         if let Some(live) = self.records.live_release(project_id, service, environment)? {
             self.records.release_retired(live.id)?;

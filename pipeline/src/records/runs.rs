@@ -6,6 +6,10 @@ use crate::PipelineError;
 use rusqlite::{params, Connection, OptionalExtension, Row};
 use serde::Serialize;
 
+/// The text one read of a run's log returns at most (a step keeps 20,000
+/// lines of up to 8 KiB): 16 MiB, whatever `limit` allows.
+pub const LOG_PAGE_BYTES: usize = 16 << 20;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Status {
@@ -339,15 +343,24 @@ impl Records {
         Ok(())
     }
 
+    /// At most `limit` lines after `after`, and no more than
+    /// [`LOG_PAGE_BYTES`] of text past the first line: a caller pages on
+    /// from the last `seq` it got.
     pub fn logs(&self, run_id: i64, step: Option<&str>, after: i64, limit: u32) -> Result<Vec<LogLine>, PipelineError> {
         self.with(|c| {
             let mut stmt = c.prepare(
                 "SELECT seq, step, at, line FROM logs WHERE run_id = ?1 AND (?2 IS NULL OR step = ?2) AND seq > ?3 ORDER BY seq LIMIT ?4",
             )?;
-            let rows = stmt.query_map(params![run_id, step, after, limit], |r| {
+            let mut rows = stmt.query_map(params![run_id, step, after, limit], |r| {
                 Ok(LogLine { seq: r.get(0)?, step: r.get(1)?, at: r.get(2)?, line: r.get(3)? })
             })?;
-            rows.collect()
+            let (mut lines, mut bytes) = (Vec::new(), 0);
+            while bytes < LOG_PAGE_BYTES {
+                let Some(line) = rows.next().transpose()? else { break };
+                bytes += line.line.len() + line.step.len();
+                lines.push(line);
+            }
+            Ok(lines)
         })
     }
 

@@ -425,8 +425,23 @@ async fn bodies_held_at_once_stay_within_their_budget() {
         json!({"type": "track", "userId": "u", "event": name, "messageId": leanloop_tests::message_id(),
                "properties": {"pad": "p".repeat(pad)}})
     };
-    // Two slow uploads of 60 KB each hold 120 KB of the budget from their
-    // first bytes.
+    // Uploads that declare the whole budget and send nothing (no key yet)
+    // hold none of it: every request beside them is taken.
+    let mut stalled = Vec::new();
+    for _ in 0..2 {
+        let head =
+            "POST /v1/batch HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: 65536\r\n\r\n";
+        let mut stream = tokio::net::TcpStream::connect(s.base.trim_start_matches("http://")).await.unwrap();
+        stream.write_all(head.as_bytes()).await.unwrap();
+        stalled.push(stream);
+    }
+    for i in 0..20 {
+        let r = s.post("/v1/batch", &json!({"batch": [event("beside", 10)]})).await;
+        assert_eq!(r.status(), 200, "request {i} beside the stalled uploads");
+    }
+    drop(stalled);
+    // Two slow uploads of 60 KB each, stalled 100 bytes before their end,
+    // hold what they sent: about 120 KB of the budget.
     let key = base64::engine::general_purpose::STANDARD.encode(format!("{}:", s.project.write_key));
     let mut slow = Vec::new();
     for _ in 0..2 {
@@ -438,7 +453,7 @@ async fn bodies_held_at_once_stay_within_their_budget() {
         );
         let mut stream = tokio::net::TcpStream::connect(s.base.trim_start_matches("http://")).await.unwrap();
         stream.write_all(head.as_bytes()).await.unwrap();
-        stream.write_all(&body.as_bytes()[..1000]).await.unwrap();
+        stream.write_all(&body.as_bytes()[..body.len() - 100]).await.unwrap();
         slow.push((stream, body));
     }
     // A refusal closes its connection: each request gets a fresh one.
@@ -473,14 +488,14 @@ async fn bodies_held_at_once_stay_within_their_budget() {
     assert!(error["error"]["message"].as_str().unwrap().contains("max_bodies_bytes"), "{error}");
     // Once the slow uploads end, their shares are given back.
     for (mut stream, body) in slow {
-        stream.write_all(&body.as_bytes()[1000..]).await.unwrap();
+        stream.write_all(&body.as_bytes()[body.len() - 100..]).await.unwrap();
         let mut answer = [0u8; 12];
         stream.read_exact(&mut answer).await.unwrap();
         assert_eq!(&answer, b"HTTP/1.1 200");
     }
     assert_eq!(post(big).await.unwrap().status(), 200);
     assert_eq!(post(fan_out).await.unwrap().status(), 200);
-    assert_eq!(s.count(&[]).await, 45);
+    assert_eq!(s.count(&[]).await, 65);
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -859,6 +859,123 @@ fn deploying(strategy: &str) -> String {
     )
 }
 
+/// A label of the Docker object `name`.
+fn docker_label(name: &str, label: &str) -> String {
+    let format = format!("{{{{index .Config.Labels \"{label}\"}}}}");
+    let out = std::process::Command::new("docker").args(["inspect", "--format", &format, name]).output().unwrap();
+    assert!(out.status.success(), "docker inspect {name}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+fn docker(args: &[&str]) {
+    let out = std::process::Command::new("docker").args(args).output().unwrap();
+    assert!(out.status.success(), "docker {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_host_out_of_reach_keeps_a_service_and_leftovers_are_removed_later() {
+    let case = "leftovers";
+    // The first host takes connections and never answers.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let unreachable =
+        leanloop_pipeline::HostSpec { url: format!("tcp://{}", silent.local_addr().unwrap()), capacity: 8 };
+    let s = pipeline::server_with(case, |c| c.pipeline.hosts = vec![unreachable, leanloop_pipeline::HostSpec::local()])
+        .await;
+    let (repo, repo_id) = repo_with_file(&s, "leftovers", &deploying("strategy: rolling"), json!({})).await;
+    let run = trigger(&s, repo_id, json!({ "branch": "main" })).await;
+    let run = finished(&s, run["id"].as_i64().unwrap()).await;
+    assert_eq!(run["status"], "success", "{run}");
+    let (_, list) = call(&s, Method::GET, "/releases?service=strat-web", None).await;
+    let release = list["releases"][0].clone();
+    assert_eq!(release["status"], "live", "{list}");
+
+    // A teardown while a host is out of reach (it may hold replicas) is
+    // refused, and changes nothing.
+    let (status, err) = call(&s, Method::DELETE, "/services/strat-web/environments/production", None).await;
+    assert_eq!(status, 503, "{err}");
+    assert!(err["error"]["message"].as_str().unwrap().contains("does not answer"), "{err}");
+    let (_, still) = call(&s, Method::GET, &format!("/releases/{}", release["id"]), None).await;
+    assert_eq!(still["status"], "live", "{still}");
+    serves(&still, 2, "1").await;
+
+    // What a finished run left behind (its own cleanup missed it) and the
+    // replicas of a release no longer live are removed within a minute.
+    let replica = docker_objects(&[&case_label(case), "leanloop.service=strat-web"])
+        .into_iter()
+        .find_map(|o| o.strip_prefix("ps ").map(str::to_owned))
+        .expect("a replica");
+    let instance = docker_label(&replica, "leanloop.instance");
+    let run_label = format!("leanloop.run={instance}-{}", run["id"]);
+    let base = [
+        "--label".to_owned(),
+        "leanloop.managed=true".to_owned(),
+        "--label".to_owned(),
+        format!("leanloop.instance={instance}"),
+        "--label".to_owned(),
+        case_label(case),
+    ];
+    let with = |head: &[&str], more: &[String], tail: &[&str]| {
+        let mut args: Vec<String> = head.iter().map(|a| (*a).to_owned()).collect();
+        args.extend(base.iter().cloned());
+        args.extend(more.iter().cloned());
+        args.extend(tail.iter().map(|a| (*a).to_owned()));
+        docker(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    };
+    with(&["volume", "create"], &["--label".into(), run_label.clone()], &[&format!("ll-{case}-left-workspace")]);
+    let image = std::env::var("LEANLOOP_TEST_BASE_IMAGE").unwrap();
+    // A release the records do not know stays (it is not this server's to judge).
+    let unknown_release = format!("leanloop.release={instance}-{}", release["id"].as_i64().unwrap() + 1000);
+    let unknown = [
+        "--label".to_owned(),
+        unknown_release.clone(),
+        "--label".to_owned(),
+        format!("leanloop.project={}", s.project.id),
+    ];
+    with(&["run", "-d", "--name", &format!("ll-{case}-unknown")], &unknown, &[&image, "sleep", "300"]);
+    with(
+        &["run", "-d", "--name", &format!("ll-{case}-left")],
+        &["--label".into(), run_label.clone()],
+        &[&image, "sleep", "300"],
+    );
+    eventually_within("what the finished run left to be removed", std::time::Duration::from_secs(90), || async {
+        docker_objects(&[&run_label]).is_empty().then_some(())
+    })
+    .await;
+    assert_eq!(docker_objects(&[&unknown_release]).len(), 1);
+    docker(&["rm", "-f", &format!("ll-{case}-unknown")]);
+
+    // A release superseded while one of its replicas could not be removed:
+    // the replica goes too, the live release's stay.
+    repo.write("site/index.html", "version: 2\n");
+    repo.commit("a second version");
+    let second = trigger(&s, repo_id, json!({ "branch": "main" })).await;
+    let second = finished(&s, second["id"].as_i64().unwrap()).await;
+    assert_eq!(second["status"], "success", "{second}");
+    let (_, first) = call(&s, Method::GET, &format!("/releases/{}", release["id"]), None).await;
+    assert_eq!(first["status"], "superseded", "{first}");
+    let stale = [
+        "--label".to_owned(),
+        format!("leanloop.release={instance}-{}", release["id"]),
+        "--label".to_owned(),
+        format!("leanloop.project={}", s.project.id),
+        "--label".to_owned(),
+        "leanloop.service=strat-web".to_owned(),
+    ];
+    with(&["run", "-d", "--name", &format!("ll-{case}-stale")], &stale, &[&image, "sleep", "300"]);
+    eventually_within("the superseded release's replica to be removed", std::time::Duration::from_secs(90), || async {
+        docker_objects(&[&format!("leanloop.release={instance}-{}", release["id"])]).is_empty().then_some(())
+    })
+    .await;
+    let (_, list) = call(&s, Method::GET, "/releases?service=strat-web&limit=1", None).await;
+    serves(&list["releases"][0], 2, "2").await;
+    // The replicas stay after the server stops; removed here.
+    docker(&["rm", "-f", &format!("ll-{case}-stale")]);
+    for replica in docker_objects(&[&case_label(case), "leanloop.service=strat-web"]) {
+        docker(&["rm", "-f", replica.strip_prefix("ps ").unwrap()]);
+    }
+    pipeline::stop_leaving_nothing(s, case).await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn every_strategy_replaces_the_live_release() {
     let case = "strategies";
