@@ -163,7 +163,7 @@ pub fn document() -> Value {
                              "release_unusable", "run_finished", "run_unfinished", "runs_unfinished",
                              "step_not_passed", "shutting_down", "data_dir_in_use", "schema_newer"]}}}}}),
     );
-    let mut document = json!({
+    json!({
         "openapi": "3.0.3",
         "info": {"title": "Leanloop API", "version": env!("CARGO_PKG_VERSION"),
                  "description": "Ingest (Segment's and PostHog's wire formats and Leanloop's feedback call), authorised by a project's public write key; events and insights of a project, authorised by its secret read key as a Bearer token; and its delivery pipeline, authorised by its secret deploy key."},
@@ -174,23 +174,7 @@ pub fn document() -> Value {
             "deployKey": {"type": "http", "scheme": "bearer", "description": "The project's secret deploy key (lld_…): the pipeline"},
         }},
         "security": [{"readKey": []}],
-    });
-    drop_empty_required(&mut document);
-    document
-}
-
-/// OpenAPI 3.0 takes `required` only with at least one name.
-fn drop_empty_required(value: &mut Value) {
-    match value {
-        Value::Object(map) => {
-            if map.get("required").and_then(Value::as_array).is_some_and(Vec::is_empty) {
-                map.remove("required");
-            }
-            map.values_mut().for_each(drop_empty_required);
-        }
-        Value::Array(items) => items.iter_mut().for_each(drop_empty_required),
-        _ => {}
-    }
+    })
 }
 
 /// One route's method: parameters, optional JSON body, the success status

@@ -150,7 +150,10 @@ fn segment_message(kind: &str, required: &[&str], in_batch: bool) -> Value {
     if in_batch {
         names.push("type");
     }
-    message["required"] = json!(names);
+    // OpenAPI 3.0 takes `required` only with at least one name.
+    if !names.is_empty() {
+        message["required"] = json!(names);
+    }
     message["allOf"] = json!(all_of);
     message
 }

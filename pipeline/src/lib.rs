@@ -336,18 +336,17 @@ impl Pipeline {
                 by_release.entry((project, release)).or_default().push(id);
             }
         }
-        let past = |project, release| {
-            matches!(self.records.release(project, release), Ok(r)
-                if !matches!(r.status, ReleaseStatus::Live | ReleaseStatus::Deploying))
-        };
         for ((project, release), containers) in by_release {
             let Ok(record) = self.records.release(project, release) else { continue };
-            if !past(project, release) {
+            if matches!(record.status, ReleaseStatus::Live | ReleaseStatus::Deploying) {
                 continue;
             }
             let lock = self.records.deploy_lock(project, &record.service, &record.environment);
             let Ok(_deploying) = lock.try_lock_owned() else { continue };
-            if !past(project, release) {
+            // Looked at again under the lock: a rollback may have made it live.
+            let still_past = matches!(self.records.release(project, release), Ok(r)
+                if !matches!(r.status, ReleaseStatus::Live | ReleaseStatus::Deploying));
+            if !still_past {
                 continue;
             }
             tracing::info!(release, service = %record.service, environment = %record.environment,
