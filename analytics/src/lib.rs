@@ -121,6 +121,10 @@ impl Analytics {
 
     /// Stored events matching `query`, each uuid once.
     pub fn count(&self, project_id: i64, query: &EventQuery) -> Result<u64, AnalyticsError> {
+        // Refused, not ignored: a count that looks limited but is not.
+        if query.limit.is_some() {
+            return Err(AnalyticsError::invalid("limit", "a count takes no `limit`; it counts every match"));
+        }
         Ok(self.store.count(&query.filter(project_id)?)?)
     }
 

@@ -63,6 +63,9 @@ pub struct HeldBody {
 pub enum Packing {
     Plain,
     Gzip,
+    /// `Content-Encoding: deflate`: zlib (RFC 9110), or raw deflate as some
+    /// clients send it.
+    Deflate,
     /// `application/x-www-form-urlencoded` with a base64 `data` field (PostHog).
     Form,
 }
@@ -82,10 +85,11 @@ impl Packing {
         match encoding.map(|e| e.trim().to_ascii_lowercase()).as_deref() {
             None | Some("") | Some("identity") => {}
             Some("gzip") | Some("x-gzip") => return Ok(Packing::Gzip),
+            Some("deflate") => return Ok(Packing::Deflate),
             Some(other) => {
                 return Err(IngestError::field(
                     "Content-Encoding",
-                    format!("unsupported content encoding `{other}`; use gzip or none"),
+                    format!("unsupported content encoding `{other}`; use gzip, deflate or none"),
                 ))
             }
         }
@@ -151,7 +155,13 @@ pub fn unpack(
 ) -> Result<Bytes, IngestError> {
     match packing {
         Packing::Plain => Ok(raw),
-        Packing::Gzip => gunzip(&raw, limit, budget, held),
+        Packing::Gzip => inflate(flate2::read::MultiGzDecoder::new(&raw[..]), limit, budget, held),
+        // A zlib stream's first two bytes, read as a big-endian number, are a
+        // multiple of 31 with deflate's method in the low nibble (RFC 1950).
+        Packing::Deflate if raw.len() >= 2 && raw[0] & 0x0f == 8 && u16::from_be_bytes([raw[0], raw[1]]) % 31 == 0 => {
+            inflate(flate2::read::ZlibDecoder::new(&raw[..]), limit, budget, held)
+        }
+        Packing::Deflate => inflate(flate2::read::DeflateDecoder::new(&raw[..]), limit, budget, held),
         // JSON under a form content type (`curl -d` sends one by default):
         // a form's first field name cannot start with a bracket (or a byte
         // order mark, which the JSON reader drops).
@@ -166,7 +176,7 @@ pub fn unpack(
             budget.take(held, data.len())?;
             let decoded = form_data(&data)?;
             if compression.as_deref() == Some("gzip-js") {
-                return gunzip(&decoded, limit, budget, held);
+                return inflate(flate2::read::MultiGzDecoder::new(&decoded[..]), limit, budget, held);
             }
             Ok(decoded)
         }
@@ -211,13 +221,13 @@ fn form_data(data: &str) -> Result<Bytes, IngestError> {
 /// Bytes inflated at a time, and the least output room taken.
 const INFLATE_STEP: usize = 64 * 1024;
 
-fn gunzip(raw: &[u8], limit: usize, budget: &BodyBudget, held: &mut Held) -> Result<Bytes, IngestError> {
-    let mut decoder = flate2::read::MultiGzDecoder::new(raw).take(limit as u64 + 1);
+fn inflate(decoder: impl Read, limit: usize, budget: &BodyBudget, held: &mut Held) -> Result<Bytes, IngestError> {
+    let mut decoder = decoder.take(limit as u64 + 1);
     let mut step = vec![0; INFLATE_STEP];
     let mut out: Vec<u8> = Vec::new();
     let mut taken = 0;
     loop {
-        let n = decoder.read(&mut step).map_err(|_| IngestError::field("body", "body is not valid gzip"))?;
+        let n = decoder.read(&mut step).map_err(|_| IngestError::field("body", "body is not valid gzip or deflate"))?;
         if n == 0 {
             break;
         }
@@ -272,6 +282,25 @@ mod tests {
         assert!(bomb.len() < 100_000);
         let err = unpack_within(bomb, Packing::Gzip, 1 << 20).unwrap_err();
         assert!(matches!(err, IngestError::InflatedTooLarge { limit } if limit == 1 << 20));
+    }
+
+    #[test]
+    fn deflate_is_zlib_or_raw_and_bounded_alike() {
+        use flate2::write::{DeflateEncoder, ZlibEncoder};
+        let json = br#"{"batch":[]}"#;
+        let mut zlib = ZlibEncoder::new(Vec::new(), flate2::Compression::default());
+        zlib.write_all(json).unwrap();
+        let mut raw = DeflateEncoder::new(Vec::new(), flate2::Compression::default());
+        raw.write_all(json).unwrap();
+        for body in [zlib.finish().unwrap(), raw.finish().unwrap()] {
+            assert_eq!(&unpack_within(body, Packing::Deflate, 100).unwrap()[..], json);
+        }
+        let mut bomb = ZlibEncoder::new(Vec::new(), flate2::Compression::best());
+        bomb.write_all(&vec![0u8; 64 << 20]).unwrap();
+        let err = unpack_within(bomb.finish().unwrap(), Packing::Deflate, 1 << 20).unwrap_err();
+        assert!(matches!(err, IngestError::InflatedTooLarge { .. }), "{err:?}");
+        let err = unpack_within(&b"\x07\x00\x00"[..], Packing::Deflate, 100).unwrap_err();
+        assert!(matches!(err, IngestError::BadField { ref field, .. } if field == "body"), "{err:?}");
     }
 
     #[test]

@@ -32,8 +32,12 @@ pub struct RequestFacts {
     pub client_ip: Option<IpAddr>,
     pub user_agent: Option<String>,
     pub country: Option<String>,
-    /// The send time from the query string (posthog-js's `_`), in epoch ms.
-    pub query_sent_at: Option<i64>,
+    /// The send time the request gave beside its body, in epoch ms:
+    /// posthog-js's `_` query parameter, PostHog v1's request timestamp.
+    pub request_sent_at: Option<i64>,
+    /// The SDK the request's headers name, for events that name none
+    /// (PostHog v1 sends it as `PostHog-Sdk-Info`, not as `$lib`).
+    pub library: Option<String>,
 }
 
 /// Ids apps send by mistake for a person (an unset variable printed, a
@@ -156,7 +160,7 @@ impl Enricher {
             device_type: i.device_type.map(|d| d.to_ascii_lowercase()).or_else(|| agent.device_type.clone()),
             country: req.country.clone(),
             ip,
-            library: i.library,
+            library: i.library.or_else(|| req.library.clone()),
             properties: i.properties,
         };
         Ok((event, update.filter(|u| !u.user_id.is_empty())))
@@ -258,12 +262,35 @@ fn parse_agent(ua: &str) -> Agent {
     };
     // curl, Java, Python's urllib...: a server's HTTP client, not a browser.
     let browser = (r.name != "HTTP Library").then_some((r.name, r.version));
-    Agent {
-        browser: browser.and_then(|(name, _)| known(name)).map(|name| browser_name(name, r.os)),
-        browser_version: browser.and_then(|(_, version)| known(version)),
-        os: known(r.os).map(os_name),
-        device_type: device_type.map(str::to_owned),
-    }
+    let (browser, browser_version) = match own_token(ua) {
+        Some((name, version)) => (Some(name.to_owned()), version),
+        None => (
+            browser.and_then(|(name, _)| known(name)).map(|name| browser_name(name, r.os)),
+            browser.and_then(|(_, version)| known(version)),
+        ),
+    };
+    Agent { browser, browser_version, os: known(r.os).map(os_name), device_type: device_type.map(str::to_owned) }
+}
+
+/// Browsers the parser names for the engine they are built on (Samsung
+/// Internet as Chrome, Facebook's in-app browser as Safari), known by their
+/// own token instead: the token, and the name posthog-js gives them.
+const OWN_TOKENS: [(&str, &str); 6] = [
+    ("SamsungBrowser/", "Samsung Internet"),
+    ("EdgiOS/", "Microsoft Edge"),
+    ("EdgA/", "Microsoft Edge"),
+    ("UCBrowser/", "UC Browser"),
+    ("Opera Mini/", "Opera Mini"),
+    ("FBAV/", "Facebook Mobile"),
+];
+
+/// The browser an agent names by its own token, with the version after it.
+fn own_token(ua: &str) -> Option<(&'static str, Option<String>)> {
+    OWN_TOKENS.iter().find_map(|(token, name)| {
+        let after = &ua[ua.find(token)? + token.len()..];
+        let end = after.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(after.len());
+        Some((*name, Some(&after[..end]).filter(|v| !v.is_empty()).map(str::to_owned)))
+    })
 }
 
 /// A browser named as posthog-js names it (`$browser`), for the same
@@ -395,7 +422,8 @@ mod tests {
             client_ip: Some("203.0.113.77".parse().unwrap()),
             user_agent: None,
             country: Some("NZ".into()),
-            query_sent_at: None,
+            request_sent_at: None,
+            library: None,
         }
     }
 
@@ -531,6 +559,19 @@ mod tests {
         assert_eq!(named(mac).as_deref(), Some("Safari"));
         let stock = "Mozilla/5.0 (Linux; U; Android 4.0.3; ko-kr; LG-L160L Build/IML74K) AppleWebkit/534.30 (KHTML, like Gecko) Version/4.0 Mobile Safari/534.30";
         assert_eq!(named(stock).as_deref(), Some("Android Mobile"));
+        let android = "Mozilla/5.0 (Linux; Android 14; SM-S918B) AppleWebKit/537.36 (KHTML, like Gecko)";
+        let samsung = parse_agent(&format!("{android} SamsungBrowser/24.0 Chrome/117.0.0.0 Mobile Safari/537.36"));
+        assert_eq!(
+            (samsung.browser.as_deref(), samsung.browser_version.as_deref()),
+            (Some("Samsung Internet"), Some("24.0"))
+        );
+        assert_eq!((samsung.os.as_deref(), samsung.device_type.as_deref()), (Some("Android"), Some("mobile")));
+        let facebook = named(&format!("{ios} Mobile/15E148 [FBAN/FBIOS;FBAV/452.0.0.39.110;FBBV/1]"));
+        assert_eq!(facebook.as_deref(), Some("Facebook Mobile"));
+        assert_eq!(
+            named(&format!("{ios} EdgiOS/123.0 Mobile/15E148 Safari/605.1.15")).as_deref(),
+            Some("Microsoft Edge")
+        );
     }
 
     #[test]

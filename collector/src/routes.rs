@@ -15,6 +15,7 @@ use base64::Engine;
 use leanloop_control::KeyKind;
 use leanloop_core::{ApiError, Event, EventKind, UserUpdate};
 use serde::Serialize;
+use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use tower_http::cors::{AllowHeaders, AllowOrigin, CorsLayer};
@@ -33,6 +34,8 @@ pub(crate) const MAX_OFFLOADED_DECODES: usize = 4;
 enum Endpoint {
     Segment(segment::Call),
     PostHog,
+    /// PostHog's v1 capture, answered event by event.
+    PostHogV1,
     Feedback,
 }
 
@@ -40,14 +43,14 @@ impl Endpoint {
     fn source(self) -> &'static str {
         match self {
             Endpoint::Segment(_) => "segment",
-            Endpoint::PostHog => "posthog",
+            Endpoint::PostHog | Endpoint::PostHogV1 => "posthog",
             Endpoint::Feedback => "feedback",
         }
     }
 
     /// Whether the endpoint takes many events, so partial success is possible.
     fn is_batch(self) -> bool {
-        matches!(self, Endpoint::Segment(segment::Call::Batch) | Endpoint::PostHog)
+        matches!(self, Endpoint::Segment(segment::Call::Batch) | Endpoint::PostHog | Endpoint::PostHogV1)
     }
 }
 
@@ -91,6 +94,11 @@ pub fn router(collector: Arc<Collector>) -> Router {
         .route("/batch/", route(Endpoint::PostHog))
         .route("/i/v0/e", route(Endpoint::PostHog))
         .route("/i/v0/e/", route(Endpoint::PostHog))
+        // posthog-python's `capture_ai` (LLM analytics): the batch format.
+        .route("/i/v0/ai/batch", route(Endpoint::PostHog))
+        .route("/i/v0/ai/batch/", route(Endpoint::PostHog))
+        .route("/i/v1/analytics/events", route(Endpoint::PostHogV1))
+        .route("/i/v1/analytics/events/", route(Endpoint::PostHogV1))
         .route("/flags", post(crate::flags::answer))
         .route("/flags/", post(crate::flags::answer))
         .route("/decide", post(crate::flags::answer))
@@ -166,7 +174,11 @@ async fn ingest(
     let held = read_limited(&headers, body, limit, &c.bodies).await?;
     let raw = held.bytes.clone();
     let packing = packing.sniffed(&raw);
-    let facts = request_facts(&c, &headers, peer, query_sent_at(query));
+    let sent_at = match endpoint {
+        Endpoint::PostHogV1 => header_time(&headers, "posthog-request-timestamp"),
+        _ => query_sent_at(query),
+    };
+    let facts = request_facts(&c, &headers, peer, sent_at);
 
     let offload_len = raw.len();
     let work = {
@@ -175,7 +187,7 @@ async fn ingest(
     };
     // Large or compressed bodies take milliseconds to decode: keep them off the runtime.
     let offload = offload_len > INLINE_DECODE_BYTES || packing != Packing::Plain;
-    let Accepted { events, users, rejected, total, grown } = if offload {
+    let Accepted { events, users, rejected, total, grown, sent_ids } = if offload {
         // Owned by the task: a request dropped meanwhile (its deadline
         // passed, its stream reset) leaves the decode holding its place.
         let decoder = c.decoders.clone().acquire_owned().await.map_err(|_| IngestError::ShuttingDown)?;
@@ -192,7 +204,7 @@ async fn ingest(
     drop((held, grown));
     metrics::counter!("leanloop_ingest_events_accepted_total", "source" => endpoint.source())
         .increment(accepted as u64);
-    Ok(answer(endpoint, accepted, rejected, total))
+    Ok(answer(endpoint, accepted, rejected, total, &sent_ids))
 }
 
 /// One request's events, ready to store, and what was refused.
@@ -204,6 +216,9 @@ struct Accepted {
     total: usize,
     /// The budget taken for what the body grew into while decoded.
     grown: Held,
+    /// PostHog v1: the `uuid` of each event sent, by position, when some
+    /// were refused (the answer names them so).
+    sent_ids: Vec<Option<String>>,
 }
 
 /// Decodes, authorises and enriches one request's events.
@@ -233,9 +248,9 @@ fn process(
         Endpoint::Segment(call) => {
             segment::decode(&text, call, limits.max_event_bytes, limits.max_batch_events, &mut copies)?
         }
-        Endpoint::PostHog => {
+        Endpoint::PostHog | Endpoint::PostHogV1 => {
             let keyed = header_key.is_some();
-            posthog::decode(&text, keyed, facts.query_sent_at, limits.max_event_bytes, limits.max_batch_events)?
+            posthog::decode(&text, keyed, facts.request_sent_at, limits.max_event_bytes, limits.max_batch_events)?
         }
         Endpoint::Feedback => feedback::decode(&text, limits.max_event_bytes)?,
     };
@@ -272,7 +287,11 @@ fn process(
             return Err(err);
         }
     }
-    Ok(Accepted { events, users, rejected, total, grown })
+    let sent_ids = match endpoint {
+        Endpoint::PostHogV1 if !rejected.is_empty() => posthog::batch_uuids(&text),
+        _ => Vec::new(),
+    };
+    Ok(Accepted { events, users, rejected, total, grown, sent_ids })
 }
 
 /// What a stored request is answered: Segment's `success` or PostHog's
@@ -288,6 +307,16 @@ struct Answer {
     rejected: Vec<Rejected>,
     #[serde(skip_serializing_if = "Option::is_none")]
     error: Option<AllRefused>,
+    /// PostHog v1: each refused event's verdict by its `uuid`; an event
+    /// not listed was stored.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    results: Option<BTreeMap<String, Verdict>>,
+}
+
+#[derive(Serialize)]
+struct Verdict {
+    result: &'static str,
+    details: String,
 }
 
 #[derive(Serialize)]
@@ -298,8 +327,15 @@ struct AllRefused {
 }
 
 /// The answer for a stored request: 200 with what was accepted and refused,
-/// or 400 when every event was refused.
-fn answer(endpoint: Endpoint, accepted: usize, rejected: Vec<(usize, IngestError)>, total: usize) -> Response {
+/// or 400 when every event was refused (PostHog v1 answers 200 and drops
+/// each, as its protocol has it). `sent_ids` name PostHog v1's events.
+fn answer(
+    endpoint: Endpoint,
+    accepted: usize,
+    rejected: Vec<(usize, IngestError)>,
+    total: usize,
+    sent_ids: &[Option<String>],
+) -> Response {
     let rejected: Vec<Rejected> = rejected
         .into_iter()
         .map(|(index, err)| Rejected {
@@ -322,12 +358,18 @@ fn answer(endpoint: Endpoint, accepted: usize, rejected: Vec<(usize, IngestError
         },
         field: first.field.clone(),
     });
+    let results = (endpoint == Endpoint::PostHogV1).then(|| {
+        let id = |index: usize| sent_ids.get(index).cloned().flatten();
+        let drop = |r: &Rejected| Verdict { result: "drop", details: r.reason.clone() };
+        rejected.iter().filter_map(|r| Some((id(r.index)?, drop(r)))).collect()
+    });
     let (success, status) = match endpoint {
         Endpoint::PostHog => (None, Some(u8::from(!all_refused))),
+        Endpoint::PostHogV1 => (None, None),
         _ => (Some(!all_refused), None),
     };
-    let body = Json(Answer { success, status, accepted, rejected, error });
-    if all_refused {
+    let body = Json(Answer { success, status, accepted, rejected, error, results });
+    if all_refused && endpoint != Endpoint::PostHogV1 {
         // Refused whole, like a request refused before its events were read.
         metrics::counter!("leanloop_ingest_requests_rejected_total", "reason" => "every_event_refused").increment(1);
         return (StatusCode::BAD_REQUEST, body).into_response();
@@ -377,7 +419,7 @@ pub(crate) fn header_key(headers: &HeaderMap) -> Option<String> {
     (!key.is_empty()).then_some(key)
 }
 
-fn request_facts(c: &Collector, headers: &HeaderMap, peer: SocketAddr, query_sent_at: Option<i64>) -> RequestFacts {
+fn request_facts(c: &Collector, headers: &HeaderMap, peer: SocketAddr, request_sent_at: Option<i64>) -> RequestFacts {
     let forwarded = c
         .config
         .trust_forwarded_for
@@ -394,8 +436,22 @@ fn request_facts(c: &Collector, headers: &HeaderMap, peer: SocketAddr, query_sen
         client_ip: Some(forwarded.unwrap_or(peer.ip())),
         user_agent: headers.get(header::USER_AGENT).and_then(|v| v.to_str().ok()).map(str::to_owned),
         country,
-        query_sent_at,
+        request_sent_at,
+        // `posthog-python/7.1.0`: the name, as `$lib` gives it.
+        library: headers
+            .get("posthog-sdk-info")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|info| info.split('/').next())
+            .map(str::trim)
+            .filter(|name| !name.is_empty())
+            .map(str::to_owned),
     }
+}
+
+/// An RFC 3339 time in a request header, in epoch ms.
+fn header_time(headers: &HeaderMap, name: &str) -> Option<i64> {
+    let text = headers.get(name)?.to_str().ok()?;
+    Some(chrono::DateTime::parse_from_rfc3339(text.trim()).ok()?.timestamp_millis())
 }
 
 impl Collector {
@@ -415,7 +471,7 @@ impl Collector {
             return Ok(incoming);
         };
         let refuse = |why: &str| {
-            let field = if endpoint == Endpoint::PostHog { "api_key" } else { "writeKey" };
+            let field = if endpoint.source() == "posthog" { "api_key" } else { "writeKey" };
             Err(IngestError::field(field, format!("the event carries {why}; send each project's events on their own")))
         };
         match self.keys.lookup(own)? {

@@ -169,7 +169,7 @@ fn posthog_event() -> Value {
         "offset": {"type": "number", "nullable": true, "description": "How many ms before sending the event happened"},
         "properties": described(
             or_null(object(json!({"distinct_id": id(), "$set": free_object(), "$set_once": free_object()}))),
-            "`$current_url`, `$referrer`, `$set`, `$set_once`, `$anon_distinct_id`, `$is_identified`, `$session_id`, `$release`/`$app_version` and the rest",
+            "`$current_url`, `$referrer`, `$set`, `$set_once`, `$anon_distinct_id`, `$is_identified`, `$session_id`, `$release`/`$app_version`, `$ignore_sent_at`, `$process_person_profile` and the rest",
         ),
         "$set": free_object(),
         "$set_once": free_object(),
@@ -285,8 +285,18 @@ pub fn paths(paths: &mut Map<String, Value>) {
     paths.insert("/capture/".into(), operation("PostHog: one event", posthog_event(), STORED, posthog_answer.clone()));
     paths.insert(
         "/batch/".into(),
-        operation("PostHog: a batch of events", posthog_batch, STORED, posthog_answer.clone()),
+        operation("PostHog: a batch of events", posthog_batch.clone(), STORED, posthog_answer.clone()),
     );
+    paths.insert(
+        "/i/v0/ai/batch/".into(),
+        operation(
+            "PostHog: LLM analytics events (`capture_ai`), as a batch, held to the same limits",
+            posthog_batch.clone(),
+            STORED,
+            posthog_answer.clone(),
+        ),
+    );
+    paths.insert("/i/v1/analytics/events".into(), posthog_v1());
     for path in ["/e/", "/i/v0/e/"] {
         paths.insert(
             path.into(),
@@ -315,6 +325,36 @@ pub fn paths(paths: &mut Map<String, Value>) {
         );
     }
     settings(paths);
+}
+
+/// PostHog's v1 capture: a batch whose refused events come back by uuid
+/// in a 200, not as a 400 for the whole.
+fn posthog_v1() -> Value {
+    let mut event = posthog_event();
+    event["properties"]["session_id"] = described(text(), "The session (v0 sends `properties.$session_id`)");
+    event["properties"]["options"] = described(
+        object(json!({"disable_skew_correction": {"type": "boolean"}, "process_person_profile": {"type": "boolean"}})),
+        "As the properties `$ignore_sent_at` and `$process_person_profile`; other options are not read",
+    );
+    let batch = json!({"type": "object", "required": ["batch"], "properties": {
+        "batch": {"type": "array", "maxItems": 1000, "items": event},
+        "created_at": described(time(), "When the batch was made; the send time when the request has no `PostHog-Request-Timestamp` header"),
+        "historical_migration": {"type": "boolean"},
+        "api_key": text(),
+    }});
+    let verdicts = json!({"type": "object", "additionalProperties": object(json!({
+        "result": {"type": "string", "enum": ["drop"]}, "details": {"type": "string"},
+    }))});
+    let answer = object(json!({
+        "accepted": {"type": "integer"}, "rejected": rejected(),
+        "results": described(verdicts, "Each refused event by its `uuid`; an event not listed was stored"),
+    }));
+    operation(
+        "PostHog v1 capture (`capture_mode=\"v1\"`): the key as a Bearer token; gzip or deflate",
+        batch,
+        STORED,
+        answer,
+    )
 }
 
 /// What SDKs fetch on load: Segment's CDN settings, PostHog's remote config

@@ -1,4 +1,7 @@
-//! PostHog's capture API: `/capture/`, `/e/`, `/batch/`, `/i/v0/e/`.
+//! PostHog's capture API: `/capture/`, `/e/`, `/batch/`, `/i/v0/e/`,
+//! `/i/v0/ai/batch/`, and the v1 protocol's `/i/v1/analytics/events` (the
+//! same events in a `batch`, with `session_id` beside the properties and a
+//! few settings in `options`).
 //!
 //! People: `distinct_id` is taken as the user id unless the event says the
 //! person is not identified (`$is_identified: false`, as posthog-js sends for
@@ -7,8 +10,8 @@
 //! `$set_once` anywhere fills traits the person lacks.
 
 use super::{
-    decode_item, known_properties, object_text, parse_time, split_items, Decoded, Id, Incoming, Lenient, Text,
-    TimeValue, Utm,
+    decode_item, known_properties, object_text, parse_time, split_items, Decoded, Id, Incoming, Lenient, LenientObject,
+    Text, TimeValue, Utm,
 };
 use crate::IngestError;
 use leanloop_core::EventKind;
@@ -23,6 +26,8 @@ struct Envelope<'a> {
     batch: Option<Vec<&'a RawValue>>,
     #[serde(alias = "sentAt")]
     sent_at: Option<TimeValue>,
+    /// v1: when the batch was made, kept the same across its retries.
+    created_at: Option<TimeValue>,
 }
 
 #[derive(Deserialize)]
@@ -40,6 +45,18 @@ struct Capture<'a> {
     set: Option<&'a RawValue>,
     #[serde(rename = "$set_once", borrow)]
     set_once: Option<&'a RawValue>,
+    /// v1 keeps the session beside the properties, not in them.
+    session_id: Option<Text>,
+    #[serde(default)]
+    options: LenientObject<Options>,
+}
+
+/// v1's typed settings of an event (each is a `$` property in v0).
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct Options {
+    disable_skew_correction: Lenient<bool>,
+    process_person_profile: Lenient<bool>,
 }
 
 /// The `$` properties PostHog SDKs send that map onto Leanloop columns. One
@@ -63,6 +80,11 @@ struct Known {
     title: Option<Text>,
     #[serde(rename = "$session_id")]
     session_id: Option<Text>,
+    /// The event's time is the client's as sent: no clock-skew correction.
+    #[serde(rename = "$ignore_sent_at")]
+    ignore_sent_at: Lenient<bool>,
+    #[serde(rename = "$process_person_profile")]
+    process_person_profile: Lenient<bool>,
     #[serde(rename = "$release")]
     release: Option<Text>,
     #[serde(rename = "$app_version")]
@@ -108,12 +130,13 @@ struct Known {
 }
 
 /// Decodes a capture body. `keyed` says the request's headers carry its
-/// key; `query_sent_at` is the send time the query string gave
-/// (posthog-js's `_`), used when the body gives none.
+/// key; `request_sent_at` is the send time the request gave beside its body
+/// (posthog-js's `_` query parameter, v1's `PostHog-Request-Timestamp`),
+/// used when the body gives none.
 pub fn decode(
     text: &str,
     keyed: bool,
-    query_sent_at: Option<i64>,
+    request_sent_at: Option<i64>,
     max_event_bytes: usize,
     max_batch: usize,
 ) -> Result<Decoded, IngestError> {
@@ -136,11 +159,17 @@ pub fn decode(
     if items.len() > max_batch {
         return Err(IngestError::BatchTooLarge { count: items.len(), limit: max_batch });
     }
-    let (mut key, sent_at) = match envelope {
-        Some(e) => (Text::take(e.api_key).or(Text::take(e.token)), parse_time(e.sent_at.as_ref(), "sent_at")?),
-        None => (None, None),
+    let (mut key, sent_at, created_at) = match envelope {
+        Some(e) => (
+            Text::take(e.api_key).or(Text::take(e.token)),
+            parse_time(e.sent_at.as_ref(), "sent_at")?,
+            parse_time(e.created_at.as_ref(), "created_at")?,
+        ),
+        None => (None, None, None),
     };
-    let sent_at = sent_at.or(query_sent_at);
+    // A v1 batch's `created_at` is when it was first sent: the attempt's
+    // own time, from the request, is nearer.
+    let sent_at = sent_at.or(request_sent_at).or(created_at);
     // Without a key for the whole request (posthog-js sends a bare list),
     // each event's own key, `properties.token` included, names its project:
     // one naming another project is refused like a top-level key would be.
@@ -159,6 +188,25 @@ pub fn decode(
         })
         .collect();
     Ok(Decoded { key, items: decoded })
+}
+
+/// The `uuid` of each event in a batch body, by position; empty when the
+/// body is no batch. Read again, apart from decoding, only to name refused
+/// events in a v1 answer.
+pub fn batch_uuids(text: &str) -> Vec<Option<String>> {
+    #[derive(Deserialize)]
+    struct Batch<'a> {
+        #[serde(borrow)]
+        batch: Vec<&'a RawValue>,
+    }
+    #[derive(Deserialize)]
+    struct Named {
+        uuid: Option<Id>,
+    }
+    let Ok(body) = serde_json::from_str::<Batch>(text) else {
+        return Vec::new();
+    };
+    body.batch.iter().map(|raw| serde_json::from_str::<Named>(raw.get()).ok().and_then(|n| Id::take(n.uuid))).collect()
 }
 
 fn incoming(c: Capture<'_>, sent_at: Option<i64>) -> Result<(Incoming, Option<String>), IngestError> {
@@ -216,6 +264,12 @@ fn incoming(c: Capture<'_>, sent_at: Option<i64>) -> Result<(Incoming, Option<St
         None => traits,
     };
     let traits_once = merged_traits(known.set_once.as_deref(), c.set_once, "properties.$set_once", "$set_once")?;
+    // A personless event (`$process_person_profile: false`, v1's option)
+    // changes no person; an identify always does, as in PostHog.
+    let personless = kind != EventKind::Identify
+        && (known.process_person_profile.0 == Some(false)
+            || c.options.0.as_ref().is_some_and(|o| o.process_person_profile.0 == Some(false)));
+    let (traits, traits_once) = if personless { (None, None) } else { (traits, traits_once) };
     let properties = match kind {
         EventKind::Group => add_property(
             &properties,
@@ -235,18 +289,21 @@ fn incoming(c: Capture<'_>, sent_at: Option<i64>) -> Result<(Incoming, Option<St
         false => properties,
     };
     let referring_domain = Text::take(known.referring_domain).filter(|d| d != "$direct");
+    // The event's time is taken as sent, without clock-skew correction.
+    let as_sent = known.ignore_sent_at.0 == Some(true)
+        || c.options.0.as_ref().is_some_and(|o| o.disable_skew_correction.0 == Some(true));
     let incoming = Incoming {
         key: own_key,
         kind: Some(kind),
         name: kind.fixed_name().map(str::to_owned).unwrap_or(name),
         message_id: Id::take(c.uuid),
         timestamp_ms: parse_time(c.timestamp.as_ref(), "timestamp")?,
-        sent_at_ms: sent_at,
+        sent_at_ms: sent_at.filter(|_| !as_sent),
         offset_ms: c.offset.filter(|o| o.is_finite() && *o >= 0.0 && *o < 1e12).map(|o| o as i64),
         anonymous_id,
         user_id,
         previous_id,
-        session_id: Text::take(known.session_id),
+        session_id: Text::take(known.session_id).or(Text::take(c.session_id)),
         release: Text::take(known.release).or(Text::take(known.app_version)),
         url: Text::take(known.current_url),
         path: Text::take(known.pathname),
@@ -462,6 +519,38 @@ mod tests {
         let body = r#"{"api_key":"k","sent_at":"2024-01-01T00:00:00Z","batch":[{"event":"e","distinct_id":"d"}]}"#;
         let d = decode(body, false, Some(5), 32 * 1024, 10).unwrap();
         assert_eq!(d.items[0].as_ref().unwrap().sent_at_ms, Some(1_704_067_200_000));
+    }
+
+    #[test]
+    fn a_v1_batch_keeps_its_session_beside_the_properties_and_may_skip_skew_correction() {
+        let body = r#"{"created_at":"2024-01-01T00:00:00Z","batch":[
+            {"event":"a","uuid":"u1","distinct_id":"d","options":{},"properties":{},"session_id":"s1"},
+            {"event":"b","uuid":"u2","distinct_id":"d","options":{"disable_skew_correction":true},"properties":{}},
+            {"event":"c","uuid":"u3","distinct_id":"d","options":7,"properties":{"$ignore_sent_at":true}}]}"#;
+        let d = decode(body, true, None, 32 * 1024, 10).unwrap();
+        let items: Vec<&Incoming> = d.items.iter().map(|i| i.as_ref().unwrap()).collect();
+        assert_eq!(items[0].session_id.as_deref(), Some("s1"));
+        // Without the attempt's own time, the batch's making is the send time.
+        assert_eq!(items[0].sent_at_ms, Some(1_704_067_200_000));
+        assert_eq!((items[1].sent_at_ms, items[2].sent_at_ms), (None, None));
+        let d = decode(body, true, Some(5), 32 * 1024, 10).unwrap();
+        assert_eq!(d.items[0].as_ref().unwrap().sent_at_ms, Some(5));
+    }
+
+    #[test]
+    fn a_personless_event_changes_no_person_but_an_identify_does() {
+        let body = r#"{"api_key":"k","batch":[
+            {"event":"a","distinct_id":"d","properties":{"$process_person_profile":false,"$set":{"x":1}}},
+            {"event":"b","distinct_id":"d","options":{"process_person_profile":false},"$set_once":{"x":1}},
+            {"event":"$identify","distinct_id":"d","properties":{"$process_person_profile":false,"$set":{"x":1}}},
+            {"event":"c","distinct_id":"d","properties":{"$process_person_profile":true,"$set":{"x":1}}}]}"#;
+        let d = decode(body, false, None, 32 * 1024, 10).unwrap();
+        let changes: Vec<bool> = d
+            .items
+            .iter()
+            .map(|i| i.as_ref().map(|i| i.traits.is_some() || i.traits_once.is_some()).unwrap())
+            .collect();
+        assert_eq!(changes, [false, false, true, true]);
     }
 
     #[test]

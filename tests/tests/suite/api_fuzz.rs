@@ -105,7 +105,7 @@ async fn generated_ingest_requests_never_get_a_server_error() {
     }
     let basic = format!("{}:", s.project.write_key);
     // The calls that send (not the settings SDKs fetch with a key in the path).
-    let paths = "^/(v1/(?!projects/)|capture/|batch/|e/|i/v0/e/|flags/$|decide/)";
+    let paths = "^/(v1/(?!projects/)|capture/|batch/|e/|i/v0/(e|ai/batch)/|i/v1/analytics/|flags/$|decide/)";
     fuzz(&s, ["--auth", &basic], paths, "not_a_server_error,positive_data_acceptance", 300).await;
     // What was acknowledged is readable: the events API answers and counts.
     let stored = s.count(&[]).await;

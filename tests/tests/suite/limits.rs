@@ -267,6 +267,11 @@ async fn refused_whole_requests_name_the_field() {
     // A query-string parameter of the wrong kind is named too.
     let events = read(format!("/api/v1/projects/{}/events?limit=x", s.project.id));
     assert_eq!(refusal(events).await, named(400, "limit"));
+    // ... and so is one that does not apply, and one the route does not know.
+    let count = read(format!("/api/v1/projects/{}/events/count?limit=5", s.project.id));
+    assert_eq!(refusal(count).await, named(400, "limit"));
+    let count = read(format!("/api/v1/projects/{}/events/count?form=2024-01-01T00:00:00Z", s.project.id));
+    assert_eq!(refusal(count).await, named(400, "form"));
     // The scheme's name is read in any case.
     let shouted = s
         .client

@@ -350,3 +350,57 @@ async fn an_event_carrying_another_projects_key_than_its_batch_is_refused() {
     assert_eq!(answer["rejected"][0]["index"], 1, "{answer}");
     assert_eq!(answer["rejected"][0]["field"], "writeKey", "{answer}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_v1_protocol_answers_per_event_and_corrects_skew_by_its_request_time() {
+    let s = TestServer::start().await;
+    let big = "x".repeat(40_000);
+    let batch = json!({"created_at": "2024-06-01T10:00:00Z", "batch": [
+        {"event": "kept", "uuid": "00000000-0000-4000-8000-0000000000a1", "distinct_id": "d",
+         "timestamp": "2024-06-01T10:00:00Z", "options": {}, "properties": {}, "session_id": "s1"},
+        {"event": "as-sent", "uuid": "00000000-0000-4000-8000-0000000000a2", "distinct_id": "d",
+         "timestamp": "2024-06-01T10:00:00Z", "options": {"disable_skew_correction": true}, "properties": {}},
+        {"event": "big", "uuid": "00000000-0000-4000-8000-0000000000a3", "distinct_id": "d",
+         "properties": {"blob": big}},
+        {"uuid": "00000000-0000-4000-8000-0000000000a4", "distinct_id": "d", "properties": {}},
+    ]});
+    let mut zlib = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::default());
+    zlib.write_all(batch.to_string().as_bytes()).unwrap();
+    // The client's clock is an hour behind this one: its events move an
+    // hour on, unless they ask to be taken as sent.
+    let behind = (chrono::Utc::now() - chrono::Duration::hours(1)).to_rfc3339();
+    let r = s
+        .client
+        .post(s.url("/i/v1/analytics/events"))
+        .bearer_auth(&s.project.write_key)
+        .header("content-encoding", "deflate")
+        .header("posthog-request-timestamp", behind)
+        .header("posthog-sdk-info", "posthog-go/1.2.3")
+        .body(zlib.finish().unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let answer: Value = r.json().await.unwrap();
+    assert_eq!(answer["accepted"], 2, "{answer}");
+    let results = answer["results"].as_object().unwrap();
+    let dropped: Vec<&str> = results.keys().map(String::as_str).collect();
+    assert_eq!(dropped, ["00000000-0000-4000-8000-0000000000a3", "00000000-0000-4000-8000-0000000000a4"]);
+    assert!(results.values().all(|v| v["result"] == "drop"), "{answer}");
+    assert!(results["00000000-0000-4000-8000-0000000000a4"]["details"].as_str().unwrap().contains("event"));
+    let kept = s.events(&[("name", "kept")]).await.remove(0);
+    assert!(kept["timestamp"].as_str().unwrap().starts_with("2024-06-01T11:00"), "{kept}");
+    assert_eq!((&kept["session_id"], &kept["library"]), (&json!("s1"), &json!("posthog-go")));
+    let as_sent = s.events(&[("name", "as-sent")]).await.remove(0);
+    assert!(as_sent["timestamp"].as_str().unwrap().starts_with("2024-06-01T10:00:00"), "{as_sent}");
+
+    // Every event refused is still a 200: each is dropped by its uuid.
+    let refused = json!({"batch": [{"uuid": "u-1", "distinct_id": "d", "properties": {}}]});
+    let r = s.client.post(s.url("/i/v1/analytics/events")).bearer_auth(&s.project.write_key).json(&refused);
+    let r = r.send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.json::<Value>().await.unwrap()["results"]["u-1"]["result"], "drop");
+    // The key is required, as on every ingest path.
+    let r = s.client.post(s.url("/i/v1/analytics/events")).json(&refused).send().await.unwrap();
+    assert_eq!(r.status(), 401);
+}

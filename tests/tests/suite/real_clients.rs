@@ -109,6 +109,35 @@ async fn posthog_python() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn posthog_python_v1_capture_and_ai_events() {
+    let s = TestServer::start().await;
+    run_client(&s, "posthog_v1_client.py").await;
+    // Per compression: a capture, 120 more and an AI generation; the
+    // oversized event is dropped; one personless event.
+    assert_eq!(s.count(&[]).await, 3 * 122 + 1);
+    assert_eq!(s.count(&[("name", "V1 Personless")]).await, 1);
+    assert_eq!(s.count(&[("name", "V1 Too Big")]).await, 0);
+    assert_eq!(s.count(&[("name", "$ai_generation")]).await, 3);
+    for compression in ["none", "gzip", "deflate"] {
+        let user = format!("v1-{compression}-user");
+        assert_eq!(s.count(&[("user", &user), ("name", "V1 Bulk")]).await, 120);
+        let capture = s.events(&[("name", "V1 Capture"), ("user", &user)]).await.remove(0);
+        assert_eq!(capture["release"], "8.0.0");
+        // v1 moves these out of the properties: the session beside them,
+        // the library into a header.
+        assert_eq!(capture["session_id"], format!("s-{compression}"));
+        assert_eq!(capture["library"], "posthog-python");
+        assert_eq!(capture["properties"]["n"], 1);
+        // Sent at once from this machine: skew correction moves it little.
+        let at = capture["timestamp"].as_str().unwrap();
+        assert!(at.starts_with("2024-06-01T09:00:0"), "{at}");
+        assert_eq!(s.user_traits(&user).await.unwrap()["plan"], compression);
+        let ai = s.events(&[("name", "$ai_generation"), ("user", &user)]).await.remove(0);
+        assert_eq!(ai["properties"]["$ai_model"], "small-1");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn rudder_sdk_python() {
     let s = TestServer::start().await;
     // RudderStack's SDK gzips by default, and sends an identify's traits in
