@@ -38,5 +38,5 @@ CREATE TABLE IF NOT EXISTS leanloop.identities ON CLUSTER leanloop AS leanloop.i
 
 CREATE TABLE IF NOT EXISTS leanloop.cohort_members ON CLUSTER leanloop AS leanloop.cohort_members_local ENGINE = Distributed(leanloop, leanloop, cohort_members_local, cityHash64(project_id, user_id));
 
-CREATE TABLE IF NOT EXISTS leanloop.leanloop_schema ON CLUSTER leanloop (version UInt32, applied_at DateTime) ENGINE = TinyLog;
+CREATE TABLE IF NOT EXISTS leanloop.leanloop_schema ON CLUSTER leanloop (version UInt32, applied_at DateTime) ENGINE = MergeTree ORDER BY version;
 

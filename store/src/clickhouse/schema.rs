@@ -143,8 +143,14 @@ fn cohort_members_table(f: Flavour, database: &str, table: &str) -> String {
     )
 }
 
+/// A MergeTree, not a TinyLog: servers started together on an empty
+/// database insert into it at once, and TinyLog's files do not take
+/// concurrent writers (one failed with `tmp_sizes.json` not found).
 const SCHEMA_TABLE: &str =
-    "CREATE TABLE IF NOT EXISTS leanloop_schema (version UInt32, applied_at DateTime) ENGINE = TinyLog";
+    "CREATE TABLE IF NOT EXISTS leanloop_schema (version UInt32, applied_at DateTime) ENGINE = MergeTree ORDER BY version";
+
+/// How often a migration is tried before start is refused.
+const MIGRATE_ATTEMPTS: u64 = 5;
 
 /// Migration steps, in order; step `n` brings the schema to version `n`.
 fn steps(f: Flavour, database: &str) -> Vec<Vec<String>> {
@@ -165,8 +171,33 @@ pub async fn server_version(client: &clickhouse::Client) -> Result<ServerVersion
         .ok_or_else(|| StoreError::Corrupt(format!("ClickHouse reported an unreadable version `{text}`")))
 }
 
-/// Creates the database and applies missing steps. Returns the server version.
+/// Creates the database and applies missing steps. Returns the server
+/// version. Every step may run twice, so one that failed, as it may while
+/// other servers migrate the same database (a database made before the
+/// schema table was a MergeTree), is tried again a few times, a little
+/// apart, before start is refused.
 pub async fn migrate(
+    root: &clickhouse::Client,
+    client: &clickhouse::Client,
+    database: &str,
+    options: &ClickHouseOptions,
+) -> Result<ServerVersion, StoreError> {
+    let mut attempt = 1;
+    loop {
+        match migrate_once(root, client, database, options).await {
+            Err(err @ StoreError::ClickHouse(_)) if attempt < MIGRATE_ATTEMPTS => {
+                tracing::warn!(%err, attempt, "ClickHouse schema migration failed; trying again");
+                // Apart from the other servers' attempts, by process.
+                let pause = 100 * attempt + u64::from(std::process::id() % 100);
+                tokio::time::sleep(std::time::Duration::from_millis(pause)).await;
+                attempt += 1;
+            }
+            other => return other,
+        }
+    }
+}
+
+async fn migrate_once(
     root: &clickhouse::Client,
     client: &clickhouse::Client,
     database: &str,
@@ -226,7 +257,7 @@ pub fn cluster_ddl(cluster: &str, database: &str, version: ServerVersion, retent
         distributed("cohort_members", "cityHash64(project_id, user_id)"),
         format!(
             "CREATE TABLE IF NOT EXISTS {database}.leanloop_schema ON CLUSTER {cluster} \
-             (version UInt32, applied_at DateTime) ENGINE = TinyLog"
+             (version UInt32, applied_at DateTime) ENGINE = MergeTree ORDER BY version"
         ),
     ]
 }

@@ -287,6 +287,36 @@ async fn a_database_a_newer_build_migrated_refuses_start() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn collectors_started_together_on_an_empty_database_all_start() {
+    // Databases made by this build, and one made before its schema table
+    // was a MergeTree (a TinyLog, which takes one writer at a time).
+    for old_schema_table in [false, false, false, true] {
+        let database = fresh_database();
+        if old_schema_table {
+            ch::query(&ch::shared(), &format!("CREATE DATABASE {database}")).await;
+            let table = format!(
+                "CREATE TABLE {database}.leanloop_schema (version UInt32, applied_at DateTime) ENGINE = TinyLog"
+            );
+            ch::query(&ch::shared(), &table).await;
+        }
+        let url = store_url(&ch::shared(), &database);
+        let dirs: Vec<tempfile::TempDir> = (0..6).map(|_| tempfile::tempdir().unwrap()).collect();
+        let starts = dirs.iter().map(|dir| {
+            let config = leanloop::Config::for_tests(dir.path());
+            let config = leanloop::Config { clickhouse: Some(ClickHouseOptions::new(url.clone())), ..config };
+            leanloop::App::build(config, leanloop::Role::Collector)
+        });
+        for started in futures::future::join_all(starts).await {
+            if let Err(err) = started {
+                panic!("a collector did not start: {err:#}");
+            }
+        }
+        let steps = ch::query(&ch::shared(), &format!("SELECT max(version) FROM {database}.leanloop_schema")).await;
+        assert_eq!(steps.trim(), "2", "{database}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_question_whose_asker_leaves_is_killed_on_the_server() {
     use leanloop_store::asker::Asker;
     use leanloop_store::clickhouse::ClickHouseStore;
