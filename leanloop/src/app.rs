@@ -36,6 +36,8 @@ pub struct App {
     config: crate::Config,
     default_project: Option<Project>,
     pipeline: Option<Arc<Pipeline>>,
+    /// [`Shared::stopping`].
+    stopping: CancellationToken,
 }
 
 /// What an instance serves.
@@ -64,6 +66,10 @@ pub struct Shared {
     pub request_timeout: std::time::Duration,
     /// Read-API questions answered at once (see `api::blocking`).
     pub questions: Arc<tokio::sync::Semaphore>,
+    /// Cancelled as the server starts to stop: answers that stream for as
+    /// long as the client stays (log followers) end, so they do not hold
+    /// the stop up for its whole timeout.
+    pub stopping: CancellationToken,
 }
 
 impl App {
@@ -117,7 +123,9 @@ impl App {
             metrics,
             request_timeout: config.request_timeout,
             questions: Arc::new(tokio::sync::Semaphore::new(crate::api::MAX_QUESTIONS)),
+            stopping: CancellationToken::new(),
         };
+        let stopping = shared.stopping.clone();
         let mut router = Router::new().merge(collector.router()).merge(ops::router(shared.clone()));
         if role == Role::Server {
             router = router
@@ -127,7 +135,7 @@ impl App {
                 .merge(leanloop_dashboard::router(control.clone()));
         }
         let router = router.fallback(refusals::not_found).layer(refusals::Refusals { timeout: config.request_timeout });
-        Ok(App { listener, router, collector, control, store, config, default_project, pipeline })
+        Ok(App { listener, router, collector, control, store, config, default_project, pipeline, stopping })
     }
 
     pub fn address(&self) -> SocketAddr {
@@ -159,7 +167,12 @@ impl App {
     /// flight finish, then delivers the backlog (up to the shutdown timeout;
     /// what the log still holds is delivered on the next start).
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> Result<()> {
-        let App { listener, router, collector, config, pipeline, .. } = self;
+        let App { listener, router, collector, config, pipeline, stopping, .. } = self;
+        let stop = shutdown.clone();
+        tokio::spawn(async move {
+            stop.cancelled().await;
+            stopping.cancel();
+        });
         // Headers get the whole request's time; the body is bounded by the
         // request deadline (`refusals::Refusals`).
         connections::serve(listener, router, shutdown, config.request_timeout, config.shutdown_timeout).await;

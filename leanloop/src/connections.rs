@@ -110,7 +110,7 @@ pub async fn serve(
 /// nearly all of it is sent (the socket's buffers wake a writer only once
 /// megabytes have drained, too seldom to count as activity).
 fn held_until_sent(response: Response, in_flight: InFlight) -> Response {
-    response.map(|body| axum::body::Body::new(Pieces { body, rest: Bytes::new(), _in_flight: in_flight }))
+    response.map(|body| axum::body::Body::new(Pieces { body, rest: Bytes::new(), in_flight }))
 }
 
 /// The most of a response body handed to hyper at once.
@@ -120,7 +120,8 @@ const PIECE: usize = 64 * 1024;
 struct Pieces {
     body: axum::body::Body,
     rest: Bytes,
-    _in_flight: InFlight,
+    /// Counts the pieces handed over as unsent (see [`Activity::wrote`]).
+    in_flight: InFlight,
 }
 
 impl HttpBody for Pieces {
@@ -138,6 +139,7 @@ impl HttpBody for Pieces {
             }
         }
         let n = self.rest.len().min(PIECE);
+        self.in_flight.0.unsent.fetch_add(n as u64, Ordering::SeqCst);
         Poll::Ready(Some(Ok(Frame::data(self.rest.split_to(n)))))
     }
 
@@ -157,12 +159,17 @@ impl HttpBody for Pieces {
 }
 
 /// Whether a connection has requests in flight, and since when it has been
-/// idle: none in flight and no byte written.
+/// idle: none in flight and no byte of an answer written.
 struct Activity {
     in_flight: AtomicUsize,
     /// Milliseconds from `origin` to when the last request left or the
-    /// last byte was written.
+    /// last byte of an answer was written.
     idle_since_ms: AtomicU64,
+    /// Bytes of answers' bodies handed to hyper and not yet written. Only
+    /// a write while some are counts as activity: HTTP/2's own frames
+    /// (the acknowledgement of a client's PING every few seconds) must not
+    /// keep a connection that asks nothing open for good.
+    unsent: AtomicU64,
     origin: Instant,
 }
 
@@ -171,7 +178,12 @@ struct InFlight(Arc<Activity>);
 
 impl Activity {
     fn new() -> Arc<Activity> {
-        Arc::new(Activity { in_flight: AtomicUsize::new(0), idle_since_ms: AtomicU64::new(0), origin: Instant::now() })
+        Arc::new(Activity {
+            in_flight: AtomicUsize::new(0),
+            idle_since_ms: AtomicU64::new(0),
+            unsent: AtomicU64::new(0),
+            origin: Instant::now(),
+        })
     }
 
     fn begin(self: &Arc<Self>) -> InFlight {
@@ -181,6 +193,19 @@ impl Activity {
 
     fn now_ms(&self) -> u64 {
         self.origin.elapsed().as_millis() as u64
+    }
+
+    /// `n` bytes were written: activity if an answer had bytes unsent.
+    /// Headers and framing are written too, so the count runs out a little
+    /// before the body's last bytes are sent; the request's own end (see
+    /// [`InFlight`]) covers that.
+    fn wrote(&self, n: usize) {
+        let taken = self.unsent.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |unsent| {
+            (unsent > 0).then(|| unsent.saturating_sub(n as u64))
+        });
+        if taken.is_ok() {
+            self.idle_since_ms.store(self.now_ms(), Ordering::SeqCst);
+        }
     }
 
     /// Resolves once no request has been in flight, nor a byte written, for
@@ -202,8 +227,8 @@ impl Activity {
     }
 }
 
-/// A connection's stream, each write of which counts as activity. Dropped,
-/// it lingers ([`linger`]).
+/// A connection's stream, whose writes of answers count as activity.
+/// Dropped, it lingers ([`linger`]).
 struct Watched {
     /// Taken only by `drop`.
     inner: Option<TcpStream>,
@@ -252,8 +277,8 @@ impl Watched {
     }
 
     fn wrote(&self, written: &Poll<std::io::Result<usize>>) {
-        if matches!(written, Poll::Ready(Ok(n)) if *n > 0) {
-            self.activity.idle_since_ms.store(self.activity.now_ms(), Ordering::SeqCst);
+        if let Poll::Ready(Ok(n)) = written {
+            self.activity.wrote(*n);
         }
     }
 }
@@ -327,5 +352,28 @@ mod tests {
         assert_eq!(activity.in_flight.load(Ordering::SeqCst), 0);
         let idle = tokio::time::timeout(Duration::from_secs(10), activity.idle_for(limit)).await;
         assert!(idle.is_ok(), "never idle after the response was sent");
+    }
+
+    #[tokio::test]
+    async fn writes_count_as_activity_only_while_an_answer_is_unsent() {
+        let activity = Activity::new();
+        // Nothing unsent: a write (a PING's acknowledgement) changes nothing.
+        activity.wrote(17);
+        assert_eq!(activity.idle_since_ms.load(Ordering::SeqCst), 0);
+        let response = held_until_sent(Response::new(axum::body::Body::from(vec![1u8; 100])), activity.begin());
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!((body.len(), activity.unsent.load(Ordering::SeqCst)), (100, 100));
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        let ended = activity.idle_since_ms.load(Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        activity.wrote(60);
+        let sending = activity.idle_since_ms.load(Ordering::SeqCst);
+        assert!(sending > ended, "the answer's bytes being written are activity");
+        activity.wrote(60);
+        assert_eq!(activity.unsent.load(Ordering::SeqCst), 0);
+        let sent = activity.idle_since_ms.load(Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        activity.wrote(17);
+        assert_eq!(activity.idle_since_ms.load(Ordering::SeqCst), sent, "a write after the answer is not");
     }
 }

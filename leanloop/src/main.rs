@@ -279,8 +279,16 @@ async fn serve(overrides: Overrides, role: Role) -> Result<()> {
         let shutdown = shutdown.clone();
         async move {
             wait_for_signal().await;
-            tracing::info!("shutting down: finishing requests and storing queued events");
+            tracing::info!(
+                "shutting down: finishing requests and storing queued events (a second signal stops at once)"
+            );
             shutdown.cancel();
+            // An operator who will not wait: what was acknowledged is in the
+            // write-ahead log, and is stored at the next start (with the log
+            // off, `collector.log = false`, what the queue held is lost).
+            wait_for_signal().await;
+            tracing::warn!("a second signal: stopping at once, leaving what is not stored yet to the write-ahead log");
+            std::process::exit(130);
         }
     });
     app.run_until_stopped(shutdown).await

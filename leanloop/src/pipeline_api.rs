@@ -20,13 +20,14 @@ use leanloop_control::KeyKind;
 use leanloop_core::{ApiError, ErrorClass};
 use leanloop_pipeline::logs::LiveEvent;
 use leanloop_pipeline::webhooks::Provider;
-use leanloop_pipeline::{LogLine, NewRepo, Pipeline, Rollback, Trigger};
+use leanloop_pipeline::{LogLine, NewRepo, Pipeline, Pushed, Rollback, Trigger};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::sync::Arc;
 use tokio::sync::broadcast::error::RecvError;
+use tokio_util::sync::CancellationToken;
 
 pub fn router(shared: Shared) -> Router {
     Router::new()
@@ -225,8 +226,20 @@ async fn run_logs(
     // Subscribe first: the store then holds everything before the subscription.
     let live = pipeline.follow(project, run)?;
     let stored = pipeline.logs(project, run, q.step.as_deref(), after, FOLLOW_PAGE)?;
-    let stream = follow_stream(pipeline, project, run, q.step, stored, live, after);
-    Ok(Sse::new(stream).keep_alive(KeepAlive::default()).into_response())
+    let caught_up = stored.is_empty();
+    let follow = Follow {
+        pipeline,
+        project,
+        run,
+        step: q.step,
+        queue: stored.into(),
+        caught_up,
+        live,
+        last: after,
+        done: false,
+        stopping: shared.stopping.clone(),
+    };
+    Ok(Sse::new(follow_stream(follow)).keep_alive(KeepAlive::default()).into_response())
 }
 
 /// Stored lines a follower holds at once: it reads the store a page at a
@@ -245,24 +258,17 @@ struct Follow {
     live: Option<tokio::sync::broadcast::Receiver<LiveEvent>>,
     last: i64,
     done: bool,
+    /// The server is stopping: the stream ends, unlike a run's end with no
+    /// `end` event, so a browser's EventSource reconnects (with the last id
+    /// it saw) rather than hold the stop up.
+    stopping: CancellationToken,
 }
 
 fn line_event(line: &LogLine) -> SseEvent {
     SseEvent::default().event("line").id(line.seq.to_string()).data(json!(line).to_string())
 }
 
-fn follow_stream(
-    pipeline: Arc<Pipeline>,
-    project: i64,
-    run: i64,
-    step: Option<String>,
-    stored: Vec<LogLine>,
-    live: Option<tokio::sync::broadcast::Receiver<LiveEvent>>,
-    after: i64,
-) -> impl Stream<Item = Result<SseEvent, Infallible>> {
-    let caught_up = stored.is_empty();
-    let state =
-        Follow { pipeline, project, run, step, queue: stored.into(), caught_up, live, last: after, done: false };
+fn follow_stream(state: Follow) -> impl Stream<Item = Result<SseEvent, Infallible>> {
     stream::unfold(state, |mut s| async move {
         loop {
             if let Some(line) = s.queue.pop_front() {
@@ -288,7 +294,11 @@ fn follow_stream(
                 let status = s.pipeline.run(s.project, s.run).map(|r| r.status.as_str()).unwrap_or("unknown");
                 return Some((Ok(SseEvent::default().event("end").data(json!({ "status": status }).to_string())), s));
             };
-            match live.recv().await {
+            let next = tokio::select! {
+                next = live.recv() => next,
+                () = s.stopping.cancelled() => return None,
+            };
+            match next {
                 Ok(LiveEvent::Line(line)) => {
                     if s.step.as_deref().is_none_or(|want| want == line.step) {
                         s.queue.push_back(line);
@@ -429,11 +439,23 @@ async fn webhook(
         .ok_or_else(|| ApiError::from_class(ErrorClass::NotFound, format!("no webhook provider `{provider}`")))?;
     let repo = number("repo", &repo)?;
     let text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
-    let run = pipeline
-        .webhook(repo, provider, text(provider.event_header()), text(provider.signature_header()), &body)
-        .await?;
+    // GitHub sends a form unless the hook is set to `application/json`.
+    let form = text("content-type").is_some_and(|t| t.trim_start().starts_with("application/x-www-form-urlencoded"));
+    let (event, signature) = (text(provider.event_header()), text(provider.signature_header()));
+    let run = pipeline.webhook(repo, provider, event, signature, form, &body).await?;
     Ok(match run {
-        Some(run) => (StatusCode::CREATED, Json(json!(run))).into_response(),
-        None => (StatusCode::OK, Json(json!({ "run": null }))).into_response(),
+        Some(Pushed::Queued(run)) => (StatusCode::CREATED, Json(json!(run))).into_response(),
+        Some(Pushed::Seen(run)) => {
+            let skipped = format!("run {} already ran this commit here", run.id);
+            Json(json!({ "run": run, "skipped": skipped })).into_response()
+        }
+        Some(Pushed::Stale { reference, head }) => {
+            let skipped = match head {
+                Some(head) => format!("{reference} is at {head} now, not the pushed commit: a newer push runs instead"),
+                None => format!("{reference} is gone"),
+            };
+            Json(json!({ "run": null, "skipped": skipped })).into_response()
+        }
+        None => Json(json!({ "run": null })).into_response(),
     })
 }

@@ -7,6 +7,7 @@
 
 use crate::PipelineError;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 use tokio::process::Command;
 
 /// What a run is asked to build.
@@ -143,7 +144,17 @@ async fn git(dir: Option<&Path>, args: &[&str]) -> Result<Vec<u8>, PipelineError
     git_to(None, dir, args).await
 }
 
-/// Runs git, with `remote`'s credentials at hand when it talks to it.
+/// The longest a clone or fetch may take before git is stopped: a server
+/// that stalls must not hold the repository's mirror (and its runs) for good.
+pub const FETCH_DEADLINE: Duration = Duration::from_secs(600);
+
+/// Below this many bytes a second for [`LOW_SPEED_SECS`], an HTTP transfer
+/// is given up as stalled (git's `http.lowSpeedLimit`/`lowSpeedTime`).
+const LOW_SPEED_BYTES: &str = "1000";
+const LOW_SPEED_SECS: &str = "60";
+
+/// Runs git, with `remote`'s credentials at hand when it talks to it, and
+/// [`FETCH_DEADLINE`] to do it in.
 async fn git_to(remote: Option<&Remote>, dir: Option<&Path>, args: &[&str]) -> Result<Vec<u8>, PipelineError> {
     let mut command = Command::new("git");
     if let Some(dir) = dir {
@@ -156,19 +167,34 @@ async fn git_to(remote: Option<&Remote>, dir: Option<&Path>, args: &[&str]) -> R
         .env("GIT_TERMINAL_PROMPT", "0")
         .env("GIT_ALLOW_PROTOCOL", "file:git:http:https:ssh")
         .kill_on_drop(true);
+    let mut config: Vec<(&str, &str)> = Vec::new();
+    if remote.is_some() {
+        config.extend([("http.lowSpeedLimit", LOW_SPEED_BYTES), ("http.lowSpeedTime", LOW_SPEED_SECS)]);
+    }
     if let Some((user, password)) = remote.and_then(|r| r.credentials.as_ref()) {
-        command
-            .env("GIT_CONFIG_COUNT", "2")
-            .env("GIT_CONFIG_KEY_0", "credential.helper")
-            .env("GIT_CONFIG_VALUE_0", "")
-            .env("GIT_CONFIG_KEY_1", "credential.helper")
-            .env("GIT_CONFIG_VALUE_1", CREDENTIAL_HELPER)
-            .env("LEANLOOP_GIT_USERNAME", user);
+        config.extend([("credential.helper", ""), ("credential.helper", CREDENTIAL_HELPER)]);
+        command.env("LEANLOOP_GIT_USERNAME", user);
         if let Some(password) = password {
             command.env("LEANLOOP_GIT_PASSWORD", password);
         }
     }
-    let output = command.output().await.map_err(|e| PipelineError::Git(format!("cannot run git: {e}")))?;
+    // Settings through the environment, not the command line: see `Remote`.
+    command.env("GIT_CONFIG_COUNT", config.len().to_string());
+    for (i, (key, value)) in config.into_iter().enumerate() {
+        command.env(format!("GIT_CONFIG_KEY_{i}"), key).env(format!("GIT_CONFIG_VALUE_{i}"), value);
+    }
+    let output = match remote {
+        // Dropped at the deadline, git is killed (`kill_on_drop`).
+        Some(_) => tokio::time::timeout(FETCH_DEADLINE, command.output()).await.map_err(|_| {
+            PipelineError::Git(format!(
+                "git {} took over {} s; stopped",
+                args.first().unwrap_or(&""),
+                FETCH_DEADLINE.as_secs()
+            ))
+        })?,
+        None => command.output().await,
+    };
+    let output = output.map_err(|e| PipelineError::Git(format!("cannot run git: {e}")))?;
     if !output.status.success() {
         let stderr = String::from_utf8_lossy(&output.stderr);
         return Err(PipelineError::Git(format!("git {}: {}", args.first().unwrap_or(&""), stderr.trim())));

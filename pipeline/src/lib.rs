@@ -28,7 +28,7 @@ use crate::records::{NewRun, Records, ReleaseStatus};
 use crate::runner::Plan;
 use crate::spec::{Event, RunFacts};
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -587,8 +587,9 @@ impl Pipeline {
         provider: webhooks::Provider,
         event: Option<&str>,
         signature: Option<&str>,
+        form: bool,
         body: &[u8],
-    ) -> Result<Option<RunRecord>, PipelineError> {
+    ) -> Result<Option<Pushed>, PipelineError> {
         // An unknown repository is answered as a bad signature is, so the
         // hook URL does not tell which repository ids exist.
         let (repo, secret) = match self.records.repo_any_project(repo_id) {
@@ -603,10 +604,10 @@ impl Pipeline {
             // GitHub's ping when the hook is created; anything else is not ours.
             _ => return Ok(None),
         }
-        let Some(target) = webhooks::push_target(body)? else { return Ok(None) };
+        let Some(target) = webhooks::push_target(body, form)? else { return Ok(None) };
         let event = if target.tag().is_some() { Event::Tag } else { Event::Push };
         // The commit was named by the payload's `after`.
-        self.queue(repo, target, event, None).await.map(Some).map_err(|e| match e {
+        self.queue_pushed(repo, target, event).await.map(Some).map_err(|e| match e {
             PipelineError::Invalid { field, message } if field == "commit" => PipelineError::invalid("after", message),
             e => e,
         })
@@ -619,11 +620,50 @@ impl Pipeline {
         event: Event,
         restart: Option<(i64, String)>,
     ) -> Result<RunRecord, PipelineError> {
-        let (mirror, fetched) = self.synced(&repo).await?;
-        let sha = mirror.resolve(&target).await?;
+        let synced = self.synced(&repo).await?;
+        let sha = synced.0.resolve(&target).await?;
+        self.prepare(repo, synced, target, sha, event, restart).await
+    }
+
+    /// Runs a pushed (or polled) commit, unless its branch or tag has moved
+    /// on since (a late or replayed delivery must not put an older commit
+    /// live again: the newer push runs instead), or a push or poll already
+    /// ran it there (a delivery sent again, a hook and polling both).
+    async fn queue_pushed(self: &Arc<Self>, repo: Repo, target: Target, event: Event) -> Result<Pushed, PipelineError> {
+        let synced = self.synced(&repo).await?;
+        let sha = synced.0.resolve(&target).await?;
+        let (reference, now) = match (target.branch(), target.tag()) {
+            (_, Some(tag)) => (format!("refs/tags/{tag}"), Target::Tag(tag.to_owned())),
+            (Some(branch), None) => (format!("refs/heads/{branch}"), Target::Branch(branch.to_owned())),
+            (None, None) => return self.prepare(repo, synced, target, sha, event, None).await.map(Pushed::Queued),
+        };
+        let head = synced.0.resolve(&now).await.ok();
+        if head.as_deref() != Some(sha.as_str()) {
+            return Ok(Pushed::Stale { reference, head });
+        }
+        // Checked and made under the mirror's lock, which `prepare` holds
+        // until the run is recorded: deliveries at once make one run.
+        if let Some(run) = self.records.pushed_run(repo.id, &sha, target.branch(), target.tag())? {
+            return Ok(Pushed::Seen(run));
+        }
+        self.records.set_poll_head(repo.id, &reference, &sha)?;
+        self.prepare(repo, synced, target, sha, event, None).await.map(Pushed::Queued)
+    }
+
+    /// Records and starts a run of `sha`; `synced` is the mirror and its
+    /// lock, held until the run is recorded.
+    async fn prepare(
+        self: &Arc<Self>,
+        repo: Repo,
+        synced: (Arc<Mirror>, tokio::sync::OwnedMutexGuard<()>),
+        target: Target,
+        sha: String,
+        event: Event,
+        restart: Option<(i64, String)>,
+    ) -> Result<RunRecord, PipelineError> {
+        let (mirror, fetched) = synced;
         let text = mirror.file(&sha, spec::FILE_NAME, spec::MAX_FILE_BYTES).await;
         let message = mirror.subject(&sha).await.unwrap_or_default();
-        drop(fetched);
         let facts = RunFacts { branch: target.branch(), tag: target.tag(), event };
         let new = NewRun {
             repo_id: repo.id,
@@ -680,6 +720,7 @@ impl Pipeline {
             _ => None,
         };
         let run_id = self.records.create_run(&new, environment.as_deref(), &steps)?;
+        drop(fetched);
         let reuse = match (&restart, reuse) {
             (_, Some(reuse)) => reuse,
             (Some((_, from)), None) => {
@@ -1100,8 +1141,11 @@ impl Pipeline {
 
     // --- polling ---
 
+    /// Polls each repository on its own task, one poll of a repository at
+    /// a time: a remote that stalls delays only its own repository.
     async fn poll_loop(self: Arc<Self>) {
         let mut due: HashMap<i64, tokio::time::Instant> = HashMap::new();
+        let polling: Arc<Mutex<HashSet<i64>>> = Arc::default();
         loop {
             tokio::select! {
                 _ = tokio::time::sleep(POLL_TICK) => {}
@@ -1120,10 +1164,23 @@ impl Pipeline {
                 if due.get(&repo.id).is_some_and(|at| *at > now) {
                     continue;
                 }
-                due.insert(repo.id, now + Duration::from_secs(every as u64));
-                if let Err(e) = self.poll(repo).await {
-                    tracing::warn!(error = %e, "polling a repository failed");
+                if !polling.lock().unwrap_or_else(|p| p.into_inner()).insert(repo.id) {
+                    continue;
                 }
+                due.insert(repo.id, now + Duration::from_secs(every as u64));
+                let (pipeline, polling) = (self.clone(), polling.clone());
+                self.tasks.spawn(async move {
+                    let id = repo.id;
+                    // A stop does not wait for a fetch: git is killed with it.
+                    let polled = tokio::select! {
+                        polled = pipeline.poll(repo) => polled,
+                        () = pipeline.shutdown.cancelled() => Ok(()),
+                    };
+                    if let Err(e) = polled {
+                        tracing::warn!(error = %e, repo = id, "polling a repository failed");
+                    }
+                    polling.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
+                });
             }
         }
     }
@@ -1139,7 +1196,6 @@ impl Pipeline {
             if known.get(&reference) == Some(&sha) {
                 continue;
             }
-            self.records.set_poll_head(repo.id, &reference, &sha)?;
             let target = if let Some(branch) = reference.strip_prefix("refs/heads/") {
                 Target::Commit { sha: sha.clone(), branch: Some(branch.to_owned()), tag: None }
             } else if let Some(tag) = reference.strip_prefix("refs/tags/") {
@@ -1147,10 +1203,25 @@ impl Pipeline {
             } else {
                 continue;
             };
-            self.queue(repo.clone(), target, Event::Poll, None).await?;
+            // Recorded as seen by `queue_pushed`; a head moved meanwhile is
+            // run at the next look.
+            self.queue_pushed(repo.clone(), target, Event::Poll).await?;
         }
         Ok(())
     }
+}
+
+/// What a push (a webhook's delivery) or a poll came to.
+#[derive(Debug)]
+pub enum Pushed {
+    Queued(RunRecord),
+    /// A push or a poll already ran this commit on this branch or tag.
+    Seen(RunRecord),
+    /// The branch or tag is at another commit now (`head`), or is gone.
+    Stale {
+        reference: String,
+        head: Option<String>,
+    },
 }
 
 /// A page's `limit`, refused (not clamped) outside 1..=`max`, as the

@@ -22,6 +22,36 @@ const MASK: &str = "********";
 /// so no secret may be shorter.
 pub const MIN_MASKED: usize = 3;
 
+/// Encoded forms shorter than this are not masked: a few base64
+/// characters turn up in other text by chance.
+const MIN_ENCODED: usize = 8;
+
+/// What else a secret may be printed as: base64 (`echo $TOKEN | base64`, a
+/// Basic auth header), standard and URL-safe, and percent-encoded (in a
+/// URL). A value's base64 depends on where it falls among the groups of
+/// three bytes base64 encodes together, so for each of the three places
+/// the form is the run of characters that depends on the secret alone.
+fn encoded_forms(secret: &str) -> Vec<String> {
+    use base64::engine::general_purpose::{STANDARD_NO_PAD, URL_SAFE_NO_PAD};
+    use base64::Engine;
+    use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
+    // RFC 3986's unreserved characters are left as they are.
+    const COMPONENT: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'.').remove(b'_').remove(b'~');
+    let bytes = secret.as_bytes();
+    let mut forms = Vec::new();
+    for skip in 0..3.min(bytes.len()) {
+        let rest = &bytes[skip..];
+        let grouped = &rest[..rest.len() / 3 * 3];
+        forms.extend([STANDARD_NO_PAD.encode(grouped), URL_SAFE_NO_PAD.encode(grouped)]);
+    }
+    forms.extend([
+        utf8_percent_encode(secret, NON_ALPHANUMERIC).to_string(),
+        utf8_percent_encode(secret, COMPONENT).to_string(),
+    ]);
+    forms.retain(|f| f.len() >= MIN_ENCODED && f != secret);
+    forms
+}
+
 #[derive(Debug, Clone)]
 pub enum LiveEvent {
     Line(LogLine),
@@ -52,6 +82,8 @@ impl RunLog {
             secrets.iter().flat_map(|s| s.lines()).map(|l| l.trim_end_matches('\r').to_owned()).collect();
         masks.extend(secrets);
         masks.retain(|m| m.len() >= MIN_MASKED);
+        let encoded: Vec<String> = masks.iter().flat_map(|m| encoded_forms(m)).collect();
+        masks.extend(encoded);
         masks.sort_by(|a, b| b.len().cmp(&a.len()).then_with(|| a.cmp(b)));
         masks.dedup();
         let seq = records.last_log_seq(run_id)?;
@@ -253,6 +285,31 @@ mod tests {
         assert!(!texts[0].contains("ghp_") && !texts[0].contains("0123"), "{}", &texts[0][MAX_LINE_BYTES - 20..]);
         assert!(texts[1].starts_with('y') && texts[1].ends_with(" [line cut]"));
         assert_eq!(texts[2], "after");
+    }
+
+    #[test]
+    fn a_secret_is_masked_in_base64_and_percent_encoded_too() {
+        use base64::Engine;
+        let dir = tempfile::tempdir().unwrap();
+        let records = Arc::new(Records::open(&dir.path().join("p.sqlite3")).unwrap());
+        let secret = "Zq9-SecretVal-7731";
+        let log = RunLog::new(1, records, vec![secret.into()]).unwrap();
+        // Wherever it falls among base64's groups of three bytes.
+        for before in ["", "u", "us", "user:"] {
+            for after in ["", "\n", "xy"] {
+                let text = format!("{before}{secret}{after}");
+                for engine in [base64::engine::general_purpose::STANDARD, base64::engine::general_purpose::URL_SAFE] {
+                    let encoded = engine.encode(&text);
+                    let masked = log.mask(&format!("Authorization: Basic {encoded}"));
+                    assert!(masked.contains("********"), "{text:?} as {encoded}: {masked}");
+                    // What is left in view is at most the two groups at its edges.
+                    let shown = masked.trim_start_matches("Authorization: Basic ").replace("********", "");
+                    assert!(shown.len() <= encoded.len() - 16, "{text:?} as {encoded}: {masked}");
+                }
+            }
+        }
+        assert_eq!(log.mask("?t=Zq9%2DSecretVal%2D7731&x"), "?t=********&x");
+        assert_eq!(log.mask("a plain line with base64 words"), "a plain line with base64 words");
     }
 
     #[test]

@@ -66,9 +66,19 @@ struct Push {
 }
 
 /// What a push asks for: `None` for a deleted ref (nothing to build).
-pub fn push_target(body: &[u8]) -> Result<Option<Target>, PipelineError> {
-    let push: Push =
-        serde_json::from_slice(body).map_err(|e| PipelineError::invalid("body", format!("not a push payload: {e}")))?;
+/// `form` says the body is a form whose `payload` field holds the JSON
+/// (GitHub's default content type for a hook).
+pub fn push_target(body: &[u8], form: bool) -> Result<Option<Target>, PipelineError> {
+    let push: Result<Push, _> = match form {
+        false => serde_json::from_slice(body),
+        true => {
+            let payload = url::form_urlencoded::parse(body).find(|(k, _)| k == "payload").map(|(_, v)| v);
+            let payload =
+                payload.ok_or_else(|| PipelineError::invalid("payload", "the form has no `payload` field"))?;
+            serde_json::from_str(&payload)
+        }
+    };
+    let push = push.map_err(|e| PipelineError::invalid("body", format!("not a push payload: {e}")))?;
     // A deleted ref's `after` is all zeros; an empty one is no commit at all.
     if push.deleted || (!push.after.is_empty() && push.after.chars().all(|c| c == '0')) {
         return Ok(None);
@@ -105,13 +115,19 @@ mod tests {
 
     #[test]
     fn pushes_become_targets() {
-        let t = push_target(br#"{"ref":"refs/heads/feature/x","after":"abcdef12"}"#).unwrap().unwrap();
+        let t = push_target(br#"{"ref":"refs/heads/feature/x","after":"abcdef12"}"#, false).unwrap().unwrap();
         assert_eq!(t, Target::Commit { sha: "abcdef12".into(), branch: Some("feature/x".into()), tag: None });
-        let t = push_target(br#"{"ref":"refs/tags/v1","after":"abcdef12"}"#).unwrap();
+        let t = push_target(br#"{"ref":"refs/tags/v1","after":"abcdef12"}"#, false).unwrap();
         assert_eq!(t, Some(Target::Commit { sha: "abcdef12".into(), branch: None, tag: Some("v1".into()) }));
-        assert_eq!(push_target(br#"{"ref":"refs/heads/x","after":"0000000000","deleted":true}"#).unwrap(), None);
-        assert!(push_target(br#"{"ref":"refs/heads/x","after":"--upload-pack=x"}"#).is_err());
-        assert!(push_target(br#"{"ref":"refs/heads/x","after":""}"#).is_err());
-        assert!(push_target(b"[]").is_err());
+        assert_eq!(push_target(br#"{"ref":"refs/heads/x","after":"0000000000","deleted":true}"#, false).unwrap(), None);
+        assert!(push_target(br#"{"ref":"refs/heads/x","after":"--upload-pack=x"}"#, false).is_err());
+        assert!(push_target(br#"{"ref":"refs/heads/x","after":""}"#, false).is_err());
+        assert!(push_target(b"[]", false).is_err());
+        // GitHub's default: the JSON in a form's `payload` field.
+        let form = b"payload=%7B%22ref%22%3A%22refs%2Fheads%2Fmain%22%2C%22after%22%3A%22abcdef12%22%7D";
+        assert_eq!(push_target(form, true).unwrap().unwrap().branch(), Some("main"));
+        assert!(
+            matches!(push_target(b"other=1", true), Err(PipelineError::Invalid { field, .. }) if field == "payload")
+        );
     }
 }

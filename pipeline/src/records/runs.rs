@@ -302,6 +302,26 @@ impl Records {
         .ok_or_else(|| PipelineError::NotFound(format!("run {run_id}")))
     }
 
+    /// The newest run a push or a poll made of `sha` on its branch or tag.
+    pub fn pushed_run(
+        &self,
+        repo_id: i64,
+        sha: &str,
+        branch: Option<&str>,
+        tag: Option<&str>,
+    ) -> Result<Option<RunRecord>, PipelineError> {
+        let id: Option<i64> = self.with(|c| {
+            c.query_row(
+                "SELECT id FROM runs WHERE repo_id = ?1 AND commit_sha = ?2 AND branch IS ?3 AND tag IS ?4
+                 AND event IN ('push', 'tag', 'poll') ORDER BY id DESC LIMIT 1",
+                params![repo_id, sha, branch, tag],
+                |r| r.get(0),
+            )
+            .optional()
+        })?;
+        id.map(|id| self.run(id)).transpose()
+    }
+
     /// Newest first, with steps.
     pub fn runs(&self, repo_id: i64, limit: u32, before: Option<i64>) -> Result<Vec<RunRecord>, PipelineError> {
         self.with(|c| {

@@ -320,7 +320,20 @@ async fn a_run_the_server_stops_during_ends_in_error_not_cancelled() {
         log_text(&s, id).await.contains("started-marker").then_some(())
     })
     .await;
-    let s = pipeline::server_in(s.stop().await, case, |_| {}).await;
+    // A client following the log does not hold the stop up for its whole
+    // timeout (30 s): its stream ends as the server starts to stop.
+    let url = s.url(&format!("/api/v1/projects/{}/runs/{id}/logs?follow=true", s.project.id));
+    let follower = s.client.get(url).bearer_auth(&s.project.deploy_key).send().await.unwrap();
+    let mut follower = follower.bytes_stream();
+    assert!(follower.next().await.is_some(), "the follower is served");
+    let stopping = std::time::Instant::now();
+    let dir = s.stop().await;
+    assert!(stopping.elapsed() < std::time::Duration::from_secs(20), "stopped in {:?}", stopping.elapsed());
+    let ended = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+        while let Some(Ok(_)) = follower.next().await {}
+    });
+    assert!(ended.await.is_ok(), "the follower's stream ended");
+    let s = pipeline::server_in(dir, case, |_| {}).await;
     let (_, run) = call(&s, Method::GET, &format!("/runs/{id}"), None).await;
     assert_eq!(
         (&run["status"], &run["error"]),
@@ -492,16 +505,47 @@ async fn webhooks_need_a_valid_signature() {
     );
     let run = finished(&s, run["id"].as_i64().unwrap()).await;
     assert_eq!(run["status"], "success", "{run}");
-    let github = post(
-        "github",
-        vec![("X-GitHub-Event", "push".into()), ("X-Hub-Signature-256", format!("sha256={signature}"))],
-        body,
-    )
-    .await
-    .unwrap();
+    let github_push = |body: String| {
+        let signature = leanloop_pipeline::webhooks::sign(secret, body.as_bytes());
+        post(
+            "github",
+            vec![("X-GitHub-Event", "push".into()), ("X-Hub-Signature-256", format!("sha256={signature}"))],
+            body,
+        )
+    };
+    // The same push again (a delivery sent twice, or GitHub's and Gitea's
+    // hooks both) runs nothing new: it names the run it made.
+    let again = github_push(body.clone()).await.unwrap();
+    assert_eq!(again.status(), 200);
+    let again: Value = again.json().await.unwrap();
+    assert_eq!(again["run"]["id"], run["id"], "{again}");
+    // A newer push, sent as GitHub sends by default: a form with the JSON
+    // in `payload`, signed as sent.
+    repo.write("NEWS", "second\n");
+    let newer = repo.commit("second");
+    let newer_body = json!({ "ref": "refs/heads/main", "after": newer }).to_string();
+    let form: String =
+        url::form_urlencoded::Serializer::new(String::new()).append_pair("payload", &newer_body).finish();
+    let form_signature = leanloop_pipeline::webhooks::sign(secret, form.as_bytes());
+    let github = s
+        .client
+        .post(s.url(&format!("/hooks/{repo_id}/github")))
+        .header("X-GitHub-Event", "push")
+        .header("X-Hub-Signature-256", format!("sha256={form_signature}"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(form)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(github.status(), 201);
     let second = finished(&s, github.json::<Value>().await.unwrap()["id"].as_i64().unwrap()).await;
-    assert_eq!(second["status"], "success", "{second}");
+    assert_eq!((&second["status"], second["commit"].as_str()), (&json!("success"), Some(newer.as_str())), "{second}");
+    // The older push delivered late, or replayed: the branch has moved
+    // on, and the older commit is not run (nor put live) again.
+    let late = github_push(body).await.unwrap();
+    assert_eq!(late.status(), 200);
+    let late: Value = late.json().await.unwrap();
+    assert!(late["run"].is_null() && late["skipped"].as_str().unwrap().contains(&newer), "{late}");
     let (_, runs) = call(&s, Method::GET, &format!("/repos/{repo_id}/runs"), None).await;
     assert_eq!(runs["runs"].as_array().unwrap().len(), 2, "one run per push: {runs}");
 
@@ -652,6 +696,63 @@ async fn a_registration_cut_off_mid_clone_leaves_no_repository() {
 }
 
 /// What the password-protected git server saw.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_git_server_that_stalls_delays_only_its_own_repository() {
+    let case = "stall";
+    let s = pipeline::server(case).await;
+    let file = "steps:\n  - name: hello\n    image: leanloop/busybox:latest\n    commands: [echo hello]\n";
+    // One repository over "dumb" HTTP from a server that stops answering
+    // (takes requests and sends nothing) once it is registered.
+    let stalled = Repo::fixture();
+    stalled.write("leanloop.yml", file);
+    stalled.commit("one step");
+    let served = tempfile::tempdir().unwrap();
+    let bare = served.path().join("app.git");
+    stalled.git(&["clone", "-q", "--bare", &stalled.path(), &bare.to_string_lossy()]);
+    stalled.git(&["--git-dir", &bare.to_string_lossy(), "update-server-info"]);
+    let stall = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let handler = {
+        let stall = stall.clone();
+        move |axum::extract::Path(path): axum::extract::Path<String>| async move {
+            if stall.load(std::sync::atomic::Ordering::SeqCst) {
+                std::future::pending::<()>().await;
+            }
+            match std::fs::read(bare.join(&path)).ok().filter(|_| !path.contains("..")) {
+                Some(bytes) => (axum::http::StatusCode::OK, bytes),
+                None => (axum::http::StatusCode::NOT_FOUND, Vec::new()),
+            }
+        }
+    };
+    let app = axum::Router::new().route("/app.git/{*path}", axum::routing::get(handler));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let source = format!("http://{}/app.git", listener.local_addr().unwrap());
+    let server = tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let body = json!({ "name": "stalled", "source": source, "poll_seconds": 1 });
+    let (status, registered) = call(&s, Method::POST, "/repos", Some(body)).await;
+    assert_eq!(status, 201, "{registered}");
+    stall.store(true, std::sync::atomic::Ordering::SeqCst);
+    // Another polled repository: its new commit still runs.
+    let polled = Repo::fixture();
+    polled.write("leanloop.yml", file);
+    polled.commit("one step");
+    let polled_id = add_repo(&s, "polled", &polled, json!({ "poll_seconds": 1 })).await;
+    polled.write("NEWS", "more\n");
+    let sha = polled.commit("a commit to find");
+    let run = eventually(&format!("a polled run of {sha} while the other server stalls"), || async {
+        let (_, runs) = call(&s, Method::GET, &format!("/repos/{polled_id}/runs"), None).await;
+        runs["runs"].as_array().unwrap().iter().find(|r| r["commit"] == sha.as_str()).cloned()
+    })
+    .await;
+    assert_eq!(run["event"], "poll");
+    finished(&s, run["id"].as_i64().unwrap()).await;
+    // Stopping does not wait for the stalled fetch either.
+    let stopping = std::time::Instant::now();
+    let dir = s.stop().await;
+    assert!(stopping.elapsed() < std::time::Duration::from_secs(20), "stopped in {:?}", stopping.elapsed());
+    server.abort();
+    pipeline::stop_leaving_nothing(pipeline::server_in(dir, case, |_| {}).await, case).await;
+}
+
 #[derive(Default)]
 struct GitServerSaw {
     authorised: usize,
