@@ -53,6 +53,14 @@ impl Field {
                     format!("`{at}`: `properties.` needs a property name after it"),
                 ));
             }
+            // The store reads the name on every row it looks at: one of
+            // 100 KB kept a question busy for half a minute.
+            if key.len() > MAX_PROPERTY_NAME_BYTES {
+                return Err(AnalyticsError::invalid(
+                    at,
+                    format!("`{at}`: a property name takes at most {MAX_PROPERTY_NAME_BYTES} bytes"),
+                ));
+            }
             return Ok(Field::Property(key.to_owned()));
         }
         COLUMNS.iter().find(|&&c| c == text).map(|&c| Field::Column(c)).ok_or_else(|| {
@@ -116,6 +124,8 @@ pub struct Filter {
 
 /// The most filters one list may hold.
 pub const MAX_FILTERS: usize = 50;
+/// The longest property name a query may name.
+pub const MAX_PROPERTY_NAME_BYTES: usize = 1024;
 
 /// How the most values an `eq`/`neq` list may hold.
 const MAX_LIST: usize = 1000;

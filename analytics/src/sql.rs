@@ -84,11 +84,12 @@ impl Sql {
 
     /// A bound `f64`. ClickHouse's parser refuses the long decimals a tiny
     /// or huge float is written as in SQL (`5e-324` is 324 digits), so
-    /// there it goes in as exponent text through `toFloat64`.
+    /// there it goes in as text through `toFloat64`: the text stored
+    /// properties' floats are kept as, so both are read alike.
     pub fn float(self, d: Dialect, value: f64) -> Sql {
         match d {
             Dialect::DuckDb => self.bind(Param::Float(value)),
-            Dialect::ClickHouse => self.raw("toFloat64(").text(&format!("{value:e}")).raw(")"),
+            Dialect::ClickHouse => self.raw("toFloat64(").text(&leanloop_store::clickhouse::float_text(value)).raw(")"),
         }
     }
 

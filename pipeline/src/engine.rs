@@ -12,7 +12,7 @@ use bollard::query_parameters::{
     LogsOptionsBuilder, RemoveContainerOptionsBuilder, RemoveVolumeOptionsBuilder, UploadToContainerOptionsBuilder,
 };
 use bollard::Docker;
-use futures::StreamExt;
+use futures::{Stream, StreamExt};
 use std::collections::{BTreeSet, HashMap};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -145,30 +145,44 @@ pub async fn containers_with(
     Ok(docker.list_containers(Some(ListContainersOptionsBuilder::new().all(true).filters(&filter).build())).await?)
 }
 
-/// Puts a tar stream into `volume` at its root, through a container that is
-/// created but never started.
+/// A file's bytes, read a piece at a time, for a request's body.
+pub fn file_stream(file: std::fs::File) -> impl Stream<Item = std::io::Result<bytes::Bytes>> + Send + 'static {
+    const PIECE: usize = 256 * 1024;
+    futures::stream::try_unfold(tokio::fs::File::from_std(file), |mut file| async move {
+        use tokio::io::AsyncReadExt;
+        let mut piece = vec![0; PIECE];
+        let n = file.read(&mut piece).await?;
+        piece.truncate(n);
+        Ok((n > 0).then(|| (bytes::Bytes::from(piece), file)))
+    })
+}
+
+/// Puts a tar stream (a file) into `volume` at its root, through a
+/// container that is created but never started.
 pub async fn fill_volume(
     docker: &Docker,
     image: &str,
     volume: &str,
     labels: &Labels,
-    tar: Vec<u8>,
+    tar: std::fs::File,
 ) -> Result<(), PipelineError> {
     let id = helper(docker, image, volume, labels).await?;
     let options = UploadToContainerOptionsBuilder::new().path(WORKSPACE).build();
-    let result = docker.upload_to_container(&id, Some(options), bollard::body_full(tar.into())).await;
+    let result = docker.upload_to_container(&id, Some(options), bollard::body_try_stream(file_stream(tar))).await;
     remove_container(docker, &id).await;
     Ok(result?)
 }
 
-/// A tar stream of `path` inside `volume`, re-rooted so `path` is its root.
+/// A tar stream of `path` inside `volume`, re-rooted so `path` is its root,
+/// in a file with no name under `scratch` (a workspace may take gigabytes).
 pub async fn read_volume(
     docker: &Docker,
     image: &str,
     volume: &str,
     labels: &Labels,
     path: &str,
-) -> Result<Vec<u8>, PipelineError> {
+    scratch: &std::path::Path,
+) -> Result<std::fs::File, PipelineError> {
     // The archive's root entry is named after the path's last component;
     // "." would name it oddly, so the workspace itself is asked for by name.
     let path = match path.trim_start_matches("./").trim_matches('/') {
@@ -178,22 +192,23 @@ pub async fn read_volume(
     let id = helper(docker, image, volume, labels).await?;
     let options = DownloadFromContainerOptionsBuilder::new().path(&path).build();
     let mut stream = Box::pin(docker.download_from_container(&id, Some(options)));
-    let mut bytes = Vec::new();
-    let mut failure = None;
-    while let Some(chunk) = stream.next().await {
-        match chunk {
-            Ok(c) => bytes.extend_from_slice(&c),
-            Err(e) => {
-                failure = Some(e);
-                break;
-            }
+    let downloaded = async {
+        use tokio::io::AsyncWriteExt;
+        let mut file = tokio::fs::File::from_std(tempfile::tempfile_in(scratch)?);
+        while let Some(chunk) = stream.next().await {
+            file.write_all(&chunk?).await?;
         }
+        file.flush().await?;
+        Ok::<_, PipelineError>(file.into_std().await)
     }
+    .await;
     remove_container(docker, &id).await;
-    if let Some(e) = failure {
-        return Err(e.into());
-    }
-    strip_first_component(&bytes).map_err(PipelineError::Io)
+    let downloaded = downloaded?;
+    let scratch = scratch.to_owned();
+    tokio::task::spawn_blocking(move || strip_first_component(downloaded, &scratch))
+        .await
+        .map_err(|e| PipelineError::Io(std::io::Error::other(e)))?
+        .map_err(PipelineError::Io)
 }
 
 async fn helper(docker: &Docker, image: &str, volume: &str, labels: &Labels) -> Result<String, PipelineError> {
@@ -208,10 +223,14 @@ async fn helper(docker: &Docker, image: &str, volume: &str, labels: &Labels) -> 
 }
 
 /// The engine's archive of a directory holds it under its own name; a build
-/// context wants its contents at the root.
-fn strip_first_component(tar_bytes: &[u8]) -> std::io::Result<Vec<u8>> {
-    let mut archive = tar::Archive::new(tar_bytes);
-    let mut out = tar::Builder::new(Vec::new());
+/// context wants its contents at the root. Read from a file, written to
+/// another with no name under `scratch`, ready to be read from its start.
+fn strip_first_component(tar: std::fs::File, scratch: &std::path::Path) -> std::io::Result<std::fs::File> {
+    use std::io::{Seek, SeekFrom};
+    let mut tar = std::io::BufReader::new(tar);
+    tar.seek(SeekFrom::Start(0))?;
+    let mut archive = tar::Archive::new(tar);
+    let mut out = tar::Builder::new(std::io::BufWriter::new(tempfile::tempfile_in(scratch)?));
     out.follow_symlinks(false);
     for entry in archive.entries()? {
         let mut entry = entry?;
@@ -229,7 +248,9 @@ fn strip_first_component(tar_bytes: &[u8]) -> std::io::Result<Vec<u8>> {
             _ => out.append_data(&mut header, &rest, &mut entry)?,
         }
     }
-    out.into_inner()
+    let mut stripped = out.into_inner()?.into_inner().map_err(|e| e.into_error())?;
+    stripped.seek(SeekFrom::Start(0))?;
+    Ok(stripped)
 }
 
 /// A container to run to completion.
@@ -394,8 +415,11 @@ mod tests {
         h.set_size(2);
         h.set_mode(0o644);
         b.append_data(&mut h, "ctx/site/a.txt", &b"hi"[..]).unwrap();
-        let bytes = strip_first_component(&b.into_inner().unwrap()).unwrap();
-        let mut archive = tar::Archive::new(&bytes[..]);
+        let scratch = tempfile::tempdir().unwrap();
+        let mut tar = tempfile::tempfile_in(scratch.path()).unwrap();
+        std::io::Write::write_all(&mut tar, &b.into_inner().unwrap()).unwrap();
+        let stripped = strip_first_component(tar, scratch.path()).unwrap();
+        let mut archive = tar::Archive::new(stripped);
         let names: Vec<String> =
             archive.entries().unwrap().map(|e| e.unwrap().path().unwrap().to_string_lossy().into_owned()).collect();
         assert_eq!(names, vec!["site/a.txt"]);

@@ -153,9 +153,8 @@ pub const FETCH_DEADLINE: Duration = Duration::from_secs(600);
 const LOW_SPEED_BYTES: &str = "1000";
 const LOW_SPEED_SECS: &str = "60";
 
-/// Runs git, with `remote`'s credentials at hand when it talks to it, and
-/// [`FETCH_DEADLINE`] to do it in.
-async fn git_to(remote: Option<&Remote>, dir: Option<&Path>, args: &[&str]) -> Result<Vec<u8>, PipelineError> {
+/// git with `args`, in `dir`, killed if dropped.
+fn command(dir: Option<&Path>, args: &[&str]) -> Command {
     let mut command = Command::new("git");
     if let Some(dir) = dir {
         command.arg("-C").arg(dir);
@@ -167,6 +166,18 @@ async fn git_to(remote: Option<&Remote>, dir: Option<&Path>, args: &[&str]) -> R
         .env("GIT_TERMINAL_PROMPT", "0")
         .env("GIT_ALLOW_PROTOCOL", "file:git:http:https:ssh")
         .kill_on_drop(true);
+    command
+}
+
+fn failed(args: &[&str], stderr: &[u8]) -> PipelineError {
+    let stderr = String::from_utf8_lossy(stderr);
+    PipelineError::Git(format!("git {}: {}", args.first().unwrap_or(&""), stderr.trim()))
+}
+
+/// Runs git, with `remote`'s credentials at hand when it talks to it, and
+/// [`FETCH_DEADLINE`] to do it in.
+async fn git_to(remote: Option<&Remote>, dir: Option<&Path>, args: &[&str]) -> Result<Vec<u8>, PipelineError> {
+    let mut command = command(dir, args);
     let mut config: Vec<(&str, &str)> = Vec::new();
     if remote.is_some() {
         config.extend([("http.lowSpeedLimit", LOW_SPEED_BYTES), ("http.lowSpeedTime", LOW_SPEED_SECS)]);
@@ -196,8 +207,7 @@ async fn git_to(remote: Option<&Remote>, dir: Option<&Path>, args: &[&str]) -> R
     };
     let output = output.map_err(|e| PipelineError::Git(format!("cannot run git: {e}")))?;
     if !output.status.success() {
-        let stderr = String::from_utf8_lossy(&output.stderr);
-        return Err(PipelineError::Git(format!("git {}: {}", args.first().unwrap_or(&""), stderr.trim())));
+        return Err(failed(args, &output.stderr));
     }
     Ok(output.stdout)
 }
@@ -282,9 +292,28 @@ impl Mirror {
         git(Some(&self.dir), &["log", "-1", "--format=%s", sha]).await.map(text)
     }
 
-    /// The commit's tree as an uncompressed tar stream.
-    pub async fn archive(&self, sha: &str) -> Result<Vec<u8>, PipelineError> {
-        git(Some(&self.dir), &["archive", "--format=tar", sha]).await
+    /// A tree (`sha`, or `sha:path`) as an uncompressed tar stream, in a
+    /// file beside the mirrors that has no name (gone when closed, crash or
+    /// not): on disk, not in memory, as a tree may take gigabytes.
+    pub async fn archive(&self, tree: &str) -> Result<std::fs::File, PipelineError> {
+        use std::io::{Seek, SeekFrom};
+        let mut file = tempfile::tempfile_in(self.scratch())?;
+        let args = ["archive", "--format=tar", tree];
+        let mut command = command(Some(&self.dir), &args);
+        // Spawned, not `output()`, which would take stdout into a pipe.
+        command.stdout(file.try_clone()?).stderr(std::process::Stdio::piped());
+        let child = command.spawn().map_err(|e| PipelineError::Git(format!("cannot run git: {e}")))?;
+        let output = child.wait_with_output().await?;
+        if !output.status.success() {
+            return Err(failed(&args, &output.stderr));
+        }
+        file.seek(SeekFrom::Start(0))?;
+        Ok(file)
+    }
+
+    /// Where unnamed files of this mirror's trees go: the mirrors' directory.
+    pub fn scratch(&self) -> &Path {
+        self.dir.parent().unwrap_or(&self.dir)
     }
 
     /// Every branch and tag with the commit it points at.

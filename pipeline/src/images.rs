@@ -89,7 +89,8 @@ pub struct BuildJob<'a> {
     /// The branch or tag name, tagged beside the commit.
     pub reference: Option<&'a str>,
     pub labels: &'a Labels,
-    pub context: Vec<u8>,
+    /// The context as a tar stream in a file (see `engine::read_volume`).
+    pub context: std::fs::File,
 }
 
 /// Builds, tags and pushes; each output line goes to `say`.
@@ -112,7 +113,8 @@ pub async fn build_and_push(
         .labels(job.labels)
         .build();
     say(&format!("building {image} from {}/{}", job.build.context, job.build.dockerfile));
-    let build = docker.build_image(options, None, Some(bollard::body_full(job.context.into())));
+    let build =
+        docker.build_image(options, None, Some(bollard::body_try_stream(crate::engine::file_stream(job.context))));
     follow(build, stop, "image build", |info: BuildInfo| {
         for line in info.stream.iter().flat_map(|s| s.lines()).filter(|l| !l.trim().is_empty()) {
             say(line);

@@ -440,9 +440,11 @@ async fn build_step(ctx: &Context, step: &Step, stop: &CancellationToken) -> Out
     let docker = &ctx.lease.docker;
     // The workspace, after earlier steps ran in it; without one, the commit's tree.
     let context = match ctx.helper_image.get() {
-        Some(image) => engine::read_volume(docker, image, &ctx.workspace, &ctx.labels, &build.context)
-            .await
-            .map_err(|e| e.to_string()),
+        Some(image) => {
+            engine::read_volume(docker, image, &ctx.workspace, &ctx.labels, &build.context, ctx.mirror.scratch())
+                .await
+                .map_err(|e| e.to_string())
+        }
         None => {
             let tree =
                 if build.context == "." { ctx.plan.sha.clone() } else { format!("{}:{}", ctx.plan.sha, build.context) };

@@ -20,6 +20,7 @@ mod schema;
 mod write;
 
 pub use deferred::Deferred;
+pub use props::float_text;
 pub use schema::{cluster_ddl, ServerVersion};
 
 use crate::asker;
@@ -128,6 +129,7 @@ impl Endpoint {
         /// What a statement's text may take (the API's bodies are 2 MB at
         /// most, and a funnel repeats its steps' filters).
         const MAX_QUERY_BYTES: usize = 64 << 20;
+        const MAX_AST_ELEMENTS: usize = 20_000_000;
         let mut client = clickhouse::Client::default().with_url(&self.http).with_validation(false);
         if database {
             // On a cluster, `events`, `identities` and `cohort_members` are
@@ -139,6 +141,12 @@ impl Endpoint {
             // of 1,000 long values, or a funnel of such steps, runs past
             // the default 256 KiB a statement may take.
             client = client.with_setting("max_query_size", MAX_QUERY_BYTES.to_string());
+            // ... and parse to more than the default 50,000 elements (a
+            // filter of 50 conditions of 1,000 values, a person's tens of
+            // thousands of ids): refused, they were 500s DuckDB answers.
+            client = client
+                .with_setting("max_ast_elements", MAX_AST_ELEMENTS.to_string())
+                .with_setting("max_expanded_ast_elements", MAX_AST_ELEMENTS.to_string());
         }
         if let Some(user) = &self.user {
             client = client.with_user(user);

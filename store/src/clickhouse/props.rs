@@ -96,8 +96,11 @@ fn nested_text(raw: &RawValue, out: &mut String) -> Option<()> {
 
 /// A float as DuckDB's JSON functions write it: the shortest digits that
 /// read back the same, plainly from 1e-6 up to below 1e21 (`.0` after a
-/// whole number), else as `1.5e21` or `1e-7`.
-fn float_text(x: f64) -> String {
+/// whole number), else as `1.5e21` or `1e-7`. A query's float goes to
+/// ClickHouse as this text too: older servers read decimal text inexactly
+/// (a digit off in the last place), the same text the same way, so a value
+/// filtered by itself matches.
+pub fn float_text(x: f64) -> String {
     let sci = format!("{x:e}");
     let (mantissa, exp) = sci.split_once('e').expect("`{:e}` has an exponent");
     let exp: i32 = exp.parse().expect("an integer exponent");
