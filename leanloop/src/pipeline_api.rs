@@ -428,6 +428,9 @@ async fn lint(body: Bytes) -> Result<Json<Value>, ApiError> {
 }
 
 /// `POST /hooks/{repo}/{github|gitea}`: a signed push starts a run.
+/// How long a webhook's sender is kept waiting for its run to be made.
+const WEBHOOK_ANSWER_WITHIN: std::time::Duration = std::time::Duration::from_secs(8);
+
 async fn webhook(
     State(shared): State<Shared>,
     Path((repo, provider)): Path<(String, String)>,
@@ -441,8 +444,23 @@ async fn webhook(
     let text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
     // GitHub sends a form unless the hook is set to `application/json`.
     let form = text("content-type").is_some_and(|t| t.trim_start().starts_with("application/x-www-form-urlencoded"));
-    let (event, signature) = (text(provider.event_header()), text(provider.signature_header()));
-    let run = pipeline.webhook(repo, provider, event, signature, form, &body).await?;
+    let (event, signature) = (text(provider.event_header()).map(str::to_owned), text(provider.signature_header()));
+    let signature = signature.map(str::to_owned);
+    // On a task of the pipeline's: a fetch slower than the sender waits (GitHub
+    // gives up after 10 s, and drops the connection) still ends in a run.
+    // Answered 202 when it takes longer than that.
+    let hook = pipeline.clone().detach(async move {
+        pipeline.webhook(repo, provider, event.as_deref(), signature.as_deref(), form, &body).await
+    });
+    let run = match tokio::time::timeout(WEBHOOK_ANSWER_WITHIN.min(shared.request_timeout / 2), hook).await {
+        Ok(done) => {
+            done.map_err(|e| ApiError::from_class(ErrorClass::Internal, format!("webhook task failed: {e}")))??
+        }
+        Err(_) => {
+            let queued = "the source is still being fetched; the run starts when the fetch ends";
+            return Ok((StatusCode::ACCEPTED, Json(json!({ "run": null, "queued": queued }))).into_response());
+        }
+    };
     Ok(match run {
         Some(Pushed::Queued(run)) => (StatusCode::CREATED, Json(json!(run))).into_response(),
         Some(Pushed::Seen(run)) => {

@@ -384,6 +384,22 @@ impl Pipeline {
         let _ = tokio::time::timeout(limit, self.tasks.wait()).await;
     }
 
+    /// Runs `work` as one of the pipeline's tasks: it outlives a request
+    /// that stops waiting for it, and a stop ends it (an error) rather than
+    /// waits on it.
+    pub fn detach<T: Send + 'static>(
+        &self,
+        work: impl std::future::Future<Output = Result<T, PipelineError>> + Send + 'static,
+    ) -> tokio::task::JoinHandle<Result<T, PipelineError>> {
+        let stop = self.shutdown.clone();
+        self.tasks.spawn(async move {
+            tokio::select! {
+                done = work => done,
+                () = stop.cancelled() => Err(PipelineError::HostUnavailable("the server is stopping".into())),
+            }
+        })
+    }
+
     fn mirror(&self, repo_id: i64) -> Arc<Mirror> {
         Arc::new(Mirror::new(self.mirrors.join(repo_id.to_string())))
     }

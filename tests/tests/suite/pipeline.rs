@@ -727,10 +727,24 @@ async fn a_git_server_that_stalls_delays_only_its_own_repository() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let source = format!("http://{}/app.git", listener.local_addr().unwrap());
     let server = tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    let body = json!({ "name": "stalled", "source": source, "poll_seconds": 1 });
+    let body = json!({ "name": "stalled", "source": source, "poll_seconds": 1, "webhook_secret": "hook-secret" });
     let (status, registered) = call(&s, Method::POST, "/repos", Some(body)).await;
     assert_eq!(status, 201, "{registered}");
     stall.store(true, std::sync::atomic::Ordering::SeqCst);
+    // A push to it is answered before its sender gives up (GitHub waits
+    // 10 s): 202, the run to start once the fetch ends.
+    let push = json!({ "ref": "refs/heads/main", "after": stalled.head() }).to_string();
+    let signature = leanloop_pipeline::webhooks::sign("hook-secret", push.as_bytes());
+    let hook = s
+        .client
+        .post(s.url(&format!("/hooks/{}/github", registered["id"])))
+        .header("X-GitHub-Event", "push")
+        .header("X-Hub-Signature-256", format!("sha256={signature}"))
+        .body(push);
+    let sent = std::time::Instant::now();
+    let answer = hook.send().await.unwrap();
+    assert_eq!(answer.status(), 202);
+    assert!(sent.elapsed() < std::time::Duration::from_secs(10), "answered in {:?}", sent.elapsed());
     // Another polled repository: its new commit still runs.
     let polled = Repo::fixture();
     polled.write("leanloop.yml", file);
