@@ -158,7 +158,9 @@ pub fn unpack(
         Packing::Gzip => inflate(flate2::read::MultiGzDecoder::new(&raw[..]), limit, budget, held),
         // A zlib stream's first two bytes, read as a big-endian number, are a
         // multiple of 31 with deflate's method in the low nibble (RFC 1950).
-        Packing::Deflate if raw.len() >= 2 && raw[0] & 0x0f == 8 && u16::from_be_bytes([raw[0], raw[1]]) % 31 == 0 => {
+        Packing::Deflate
+            if raw.len() >= 2 && raw[0] & 0x0f == 8 && u16::from_be_bytes([raw[0], raw[1]]).is_multiple_of(31) =>
+        {
             inflate(flate2::read::ZlibDecoder::new(&raw[..]), limit, budget, held)
         }
         Packing::Deflate => inflate(flate2::read::DeflateDecoder::new(&raw[..]), limit, budget, held),
