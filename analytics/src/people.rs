@@ -284,20 +284,25 @@ pub fn people(ask: &Ask, q: &PeopleQuery) -> Result<PeopleResult, AnalyticsError
         .map(|(i, f)| PersonCheck::new(ask, f, &format!("filters[{i}]")))
         .collect::<Result<Vec<_>, _>>()?;
     let search = q.search.as_deref().filter(|s| !s.is_empty()).map(str::to_lowercase);
-    let mut matching: Vec<Person> = stored_people(ask, None)?
-        .into_iter()
-        .map(person)
-        .filter(|p| {
+    let mut rows = stored_people(ask, None)?;
+    // Each person's traits are parsed to be checked, then dropped: only the
+    // page's are kept as values (parsed, they take several times their
+    // text, and a project may have millions of people).
+    let mut matching: Vec<usize> = (0..rows.len())
+        .filter(|&i| {
+            let (user_id, traits, ..) = &rows[i];
+            let traits: Value = serde_json::from_str(traits).unwrap_or(Value::Null);
             let found = search.as_deref().is_none_or(|s| {
-                p.user_id.to_lowercase().contains(s) || trait_texts(&p.traits).any(|t| t.to_lowercase().contains(s))
+                user_id.to_lowercase().contains(s) || trait_texts(&traits).any(|t| t.to_lowercase().contains(s))
             });
-            found && checks.iter().all(|c| c.matches(&p.traits))
+            found && checks.iter().all(|c| c.matches(&traits))
         })
         .collect();
-    // RFC 3339 times in UTC with milliseconds sort as the times do.
-    matching.sort_by(|a, b| b.last_seen.cmp(&a.last_seen).then_with(|| a.user_id.cmp(&b.user_id)));
+    // Newest seen first.
+    matching.sort_by(|&a, &b| rows[b].3.cmp(&rows[a].3).then_with(|| rows[a].0.cmp(&rows[b].0)));
     let total = matching.len() as u64;
-    let people = matching.into_iter().skip(q.offset).take(limit).collect();
+    let people =
+        matching.into_iter().skip(q.offset).take(limit).map(|i| person(std::mem::take(&mut rows[i]))).collect();
     Ok(PeopleResult { total, people })
 }
 
