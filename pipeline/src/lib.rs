@@ -783,6 +783,7 @@ impl Pipeline {
     /// Waits for places (repository, overall, host), executes, records the end.
     async fn drive(self: Arc<Self>, plan: Plan, log: Arc<RunLog>, mirror: Arc<Mirror>, cancel: CancellationToken) {
         let run_id = plan.run_id;
+        let reuse = plan.reuse.clone();
         let repo_slot = self
             .repo_slots
             .lock()
@@ -836,10 +837,21 @@ impl Pipeline {
             _ => (status, error),
         };
         if let Ok(run) = self.records.run(run_id) {
-            // Steps never reached end as cancelled (or skipped when the run erred).
+            // Steps never reached end as cancelled (or skipped when the run
+            // erred), but for those a restart keeps, whose results stand.
             let rest = if status == Status::Cancelled { Status::Cancelled } else { Status::Skipped };
             for step in run.steps.iter().filter(|s| !s.status.finished()) {
-                let _ = self.records.finish_step(run_id, &step.name, rest, None, None, None);
+                let _ = match reuse.contains(&step.name) {
+                    true => self.records.finish_step(
+                        run_id,
+                        &step.name,
+                        Status::Reused,
+                        None,
+                        Some(runner::REUSED_NOTE),
+                        None,
+                    ),
+                    false => self.records.finish_step(run_id, &step.name, rest, None, None, None),
+                };
             }
         }
         if let Err(e) = self.records.finish_run(run_id, status, error.as_deref()) {

@@ -222,7 +222,7 @@ async fn run_steps(ctx: Arc<Context>) -> Result<bool, String> {
             let upstream_failed =
                 step.depends_on.iter().any(|d| blocked.contains(d) || !(status[d].passed() || ignored.contains(d)));
             let decided = if ctx.plan.reuse.contains(&step.name) {
-                Some(Outcome::of(Status::Reused, "result of the run this one restarts".to_owned()))
+                Some(Outcome::of(Status::Reused, REUSED_NOTE.to_owned()))
             } else if ctx.cancel.is_cancelled() || deps.contains(&Status::Cancelled) {
                 Some(Outcome::of(Status::Cancelled, None))
             } else if !step.when.matches(&facts) || !step.when.runs_when(failed || upstream_failed) {
@@ -577,6 +577,8 @@ async fn deploy_step(ctx: &Context, step: &Step, stop: &CancellationToken) -> Ou
 // Notes of steps whose result let the run go on as if they passed: not
 // for this run, or only for failed ones, or failed with `failure: ignore`.
 const NOT_THIS_RUN: &str = "`when` does not match this run";
+/// The note of a step a restart keeps from the run it restarts.
+pub const REUSED_NOTE: &str = "result of the run this one restarts";
 const ONLY_ON_FAILURE: &str = "runs only once a step has failed";
 const FAILURE_IGNORED: &str = "failure ignored";
 

@@ -343,6 +343,44 @@ async fn a_run_the_server_stops_during_ends_in_error_not_cancelled() {
     pipeline::stop_leaving_nothing(s, case).await;
 }
 
+const FAST_THEN_SLOW: &str = "\
+steps:
+  - name: a
+    image: leanloop/busybox:latest
+    commands: [echo a-done]
+  - name: b
+    image: leanloop/busybox:latest
+    depends_on: [a]
+    commands: [echo b-started, sleep 300]
+";
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_restart_cancelled_before_it_starts_keeps_its_reused_steps() {
+    let case = "restartcancel";
+    let s = pipeline::server(case).await;
+    let (_repo, repo_id) = repo_with_file(&s, "twostep", FAST_THEN_SLOW, json!({})).await;
+    let first = trigger(&s, repo_id, json!({ "branch": "main" })).await["id"].as_i64().unwrap();
+    eventually_within("step b to run", pipeline::RUN_DEADLINE, || async {
+        log_text(&s, first).await.contains("b-started").then_some(())
+    })
+    .await;
+    assert_eq!(call(&s, Method::POST, &format!("/runs/{first}/cancel"), None).await.0, 202);
+    finished(&s, first).await;
+    // A run of the repository holds its one place: the restart waits.
+    let holder = trigger(&s, repo_id, json!({ "branch": "main" })).await["id"].as_i64().unwrap();
+    let (status, restart) =
+        call(&s, Method::POST, &format!("/runs/{first}/restart"), Some(json!({ "from": "b" }))).await;
+    assert_eq!(status, 201, "{restart}");
+    let restart = restart["id"].as_i64().unwrap();
+    assert_eq!(call(&s, Method::POST, &format!("/runs/{restart}/cancel"), None).await.0, 202);
+    let run = finished(&s, restart).await;
+    assert_eq!(run["status"], "cancelled", "{run}");
+    assert_eq!((&step(&run, "a")["status"], &step(&run, "b")["status"]), (&json!("reused"), &json!("cancelled")));
+    assert_eq!(call(&s, Method::POST, &format!("/runs/{holder}/cancel"), None).await.0, 202);
+    finished(&s, holder).await;
+    pipeline::stop_leaving_nothing(s, case).await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn cancel_stops_containers_and_live_logs_follow() {
     let case = "cancel";
