@@ -73,6 +73,7 @@ pub async fn serve(
             },
             _ = shutdown.cancelled() => break,
         };
+        let open = Open::new();
         let activity = Activity::new();
         let watched = activity.clone();
         let router = router.clone();
@@ -87,11 +88,13 @@ pub async fn serve(
             builder.serve_connection_with_upgrades(TokioIo::new(stream), TowerToHyperService::new(service));
         let connection = graceful.watch(connection.into_owned());
         tokio::spawn(async move {
+            let _open = open;
             tokio::select! {
                 served = connection => if let Err(e) = served {
                     tracing::debug!(error = %e, peer = %peer, "connection ended with an error");
                 },
                 () = activity.idle_for(header_timeout) => {
+                    metrics::counter!("leanloop_http_connections_closed_idle_total").increment(1);
                     tracing::debug!(peer = %peer, "idle connection closed");
                 }
             }
@@ -100,6 +103,23 @@ pub async fn serve(
     drop(listener);
     if tokio::time::timeout(drain_within, graceful.shutdown()).await.is_err() {
         tracing::warn!("requests still open after shutdown_timeout_secs are left to end with the process");
+    }
+}
+
+/// One open connection, counted in `leanloop_http_connections_open` until
+/// dropped (however its task ends).
+struct Open;
+
+impl Open {
+    fn new() -> Open {
+        metrics::gauge!("leanloop_http_connections_open").increment(1.0);
+        Open
+    }
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        metrics::gauge!("leanloop_http_connections_open").decrement(1.0);
     }
 }
 

@@ -121,6 +121,9 @@ async fn health_readiness_and_metrics() {
     for histogram in ["leanloop_log_fsync_seconds_count", "leanloop_store_write_seconds_count"] {
         assert!(metric(&text, histogram).is_some_and(|n| n >= 1.0), "{histogram} in:\n{text}");
     }
+    // The scrape's own connection at least; the client keeps a few open.
+    let open = metric(&text, "leanloop_http_connections_open");
+    assert!(open.is_some_and(|n| (1.0..=8.0).contains(&n)), "{open:?} in:\n{text}");
     server.terminate();
 }
 
