@@ -474,6 +474,9 @@ async fn webhook(
             };
             Json(json!({ "run": null, "skipped": skipped })).into_response()
         }
+        Some(Pushed::Unmatched) => {
+            Json(json!({ "run": null, "skipped": "no step's `when` matches this push" })).into_response()
+        }
         None => Json(json!({ "run": null })).into_response(),
     })
 }

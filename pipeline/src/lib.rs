@@ -638,7 +638,14 @@ impl Pipeline {
     ) -> Result<RunRecord, PipelineError> {
         let synced = self.synced(&repo).await?;
         let sha = synced.0.resolve(&target).await?;
-        self.prepare(repo, synced, target, sha, event, restart).await
+        let origin = match restart {
+            Some((run, from)) => Origin::Restart(run, from),
+            None => Origin::Asked,
+        };
+        // Only a push or a poll is left unrecorded when no step matches.
+        self.prepare(repo, synced, target, sha, event, origin)
+            .await?
+            .ok_or_else(|| PipelineError::conflict("no_step_matches", "no step's `when` matches this run"))
     }
 
     /// Runs a pushed (or polled) commit, unless its branch or tag has moved
@@ -651,7 +658,10 @@ impl Pipeline {
         let (reference, now) = match (target.branch(), target.tag()) {
             (_, Some(tag)) => (format!("refs/tags/{tag}"), Target::Tag(tag.to_owned())),
             (Some(branch), None) => (format!("refs/heads/{branch}"), Target::Branch(branch.to_owned())),
-            (None, None) => return self.prepare(repo, synced, target, sha, event, None).await.map(Pushed::Queued),
+            (None, None) => {
+                let run = self.prepare(repo, synced, target, sha, event, Origin::Pushed).await?;
+                return Ok(run.map_or(Pushed::Unmatched, Pushed::Queued));
+            }
         };
         let head = synced.0.resolve(&now).await.ok();
         if head.as_deref() != Some(sha.as_str()) {
@@ -663,11 +673,13 @@ impl Pipeline {
             return Ok(Pushed::Seen(run));
         }
         self.records.set_poll_head(repo.id, &reference, &sha)?;
-        self.prepare(repo, synced, target, sha, event, None).await.map(Pushed::Queued)
+        let run = self.prepare(repo, synced, target, sha, event, Origin::Pushed).await?;
+        Ok(run.map_or(Pushed::Unmatched, Pushed::Queued))
     }
 
     /// Records and starts a run of `sha`; `synced` is the mirror and its
-    /// lock, held until the run is recorded.
+    /// lock, held until the run is recorded. A push or a poll none of whose
+    /// steps' `when` matches records nothing (`None`), as Woodpecker does.
     async fn prepare(
         self: &Arc<Self>,
         repo: Repo,
@@ -675,9 +687,13 @@ impl Pipeline {
         target: Target,
         sha: String,
         event: Event,
-        restart: Option<(i64, String)>,
-    ) -> Result<RunRecord, PipelineError> {
+        origin: Origin,
+    ) -> Result<Option<RunRecord>, PipelineError> {
         let (mirror, fetched) = synced;
+        let restart = match &origin {
+            Origin::Restart(run, from) => Some((*run, from.as_str())),
+            _ => None,
+        };
         let text = mirror.file(&sha, spec::FILE_NAME, spec::MAX_FILE_BYTES).await;
         let message = mirror.subject(&sha).await.unwrap_or_default();
         let facts = RunFacts { branch: target.branch(), tag: target.tag(), event };
@@ -688,19 +704,22 @@ impl Pipeline {
             branch: target.branch(),
             tag: target.tag(),
             message: &message,
-            restart_of: restart.as_ref().map(|r| r.0),
-            restart_from: restart.as_ref().map(|r| r.1.as_str()),
+            restart_of: restart.map(|r| r.0),
+            restart_from: restart.map(|r| r.1),
         };
         let text = match text {
             Ok(Some(text)) => text,
-            Ok(None) => return self.refused(&new, &format!("{} not found at {sha}", spec::FILE_NAME)),
-            Err(e @ PipelineError::InvalidFile { .. }) => return self.refused(&new, &e.to_string()),
+            Ok(None) => return self.refused(&new, &format!("{} not found at {sha}", spec::FILE_NAME)).map(Some),
+            Err(e @ PipelineError::InvalidFile { .. }) => return self.refused(&new, &e.to_string()).map(Some),
             Err(e) => return Err(e),
         };
         let file = match spec::Pipeline::parse_apart(text).await {
             Ok(file) => file,
-            Err(e) => return self.refused(&new, &e.to_string()),
+            Err(e) => return self.refused(&new, &e.to_string()).map(Some),
         };
+        if matches!(origin, Origin::Pushed) && !file.steps.iter().any(|s| s.when.matches(&facts)) {
+            return Ok(None);
+        }
         let environment = file.environment(&facts);
         let steps: Vec<(String, &str)> = file
             .steps
@@ -714,13 +733,13 @@ impl Pipeline {
                 (s.name.clone(), kind)
             })
             .collect();
-        let reuse = match &restart {
-            Some((earlier, from)) if file.steps.iter().any(|s| &s.name == from) => {
+        let reuse = match restart {
+            Some((earlier, from)) if file.steps.iter().any(|s| s.name == from) => {
                 let reuse = runner::reused_steps(&file, from);
                 // A step kept from the earlier run must have a result the
                 // run could go on from: a restart past a failed test must
                 // not ship its commit.
-                let before = self.records.run(*earlier)?;
+                let before = self.records.run(earlier)?;
                 if let Some(step) = before.steps.iter().find(|s| reuse.contains(&s.name) && !runner::reusable(s)) {
                     return Err(PipelineError::conflict(
                         "step_not_passed",
@@ -737,11 +756,11 @@ impl Pipeline {
         };
         let run_id = self.records.create_run(&new, environment.as_deref(), &steps)?;
         drop(fetched);
-        let reuse = match (&restart, reuse) {
+        let reuse = match (restart, reuse) {
             (_, Some(reuse)) => reuse,
             (Some((_, from)), None) => {
                 self.records.fail_run(run_id, &format!("step `{from}` is not in the pipeline file at this commit"))?;
-                return self.records.run(run_id);
+                return self.records.run(run_id).map(Some);
             }
             (None, None) => Default::default(),
         };
@@ -769,7 +788,7 @@ impl Pipeline {
         };
         let me = self.clone();
         self.tasks.spawn(async move { me.drive(plan, log, mirror, cancel).await });
-        self.records.run(run_id)
+        self.records.run(run_id).map(Some)
     }
 
     /// A run that cannot start (no or invalid pipeline file) is kept, as an
@@ -1239,10 +1258,22 @@ impl Pipeline {
     }
 }
 
+/// Why a run is made, where that changes what is recorded.
+enum Origin {
+    /// A manual run of a branch, a tag or a commit.
+    Asked,
+    /// A restart of a run (its id) from one of its steps.
+    Restart(i64, String),
+    /// A push or a poll.
+    Pushed,
+}
+
 /// What a push (a webhook's delivery) or a poll came to.
 #[derive(Debug)]
 pub enum Pushed {
     Queued(RunRecord),
+    /// No step's `when` matches the push: nothing is recorded.
+    Unmatched,
     /// A push or a poll already ran this commit on this branch or tag.
     Seen(RunRecord),
     /// The branch or tag is at another commit now (`head`), or is gone.

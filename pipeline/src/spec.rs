@@ -135,16 +135,31 @@ pub struct Service {
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct When {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "one_or_many")]
     pub branch: Vec<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "one_or_many")]
     pub tag: Vec<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "one_or_many")]
     pub event: Vec<Event>,
     /// `[failure]` for steps that run only once something failed (a
     /// notification, a cleanup); `[success, failure]` for always.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "one_or_many")]
     pub status: Vec<RunState>,
+}
+
+/// A list, or one item for a list of one (`branch: main`), as Woodpecker
+/// takes both.
+fn one_or_many<'de, D: serde::Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Vec<T>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged, expecting = "one value or a list of them")]
+    enum OneOrMany<T> {
+        Many(Vec<T>),
+        One(T),
+    }
+    Ok(match OneOrMany::deserialize(d)? {
+        OneOrMany::Many(items) => items,
+        OneOrMany::One(item) => vec![item],
+    })
 }
 
 /// How the run stands when a step's turn comes.
@@ -1095,6 +1110,15 @@ steps:
         assert!(
             Pipeline::parse("steps:\n  - name: a\n    image: x\n    commands: [true]\n    failure: maybe\n").is_err()
         );
+    }
+
+    #[test]
+    fn when_takes_one_value_for_a_list_of_one() {
+        let one: When = serde_norway::from_str("{branch: main, event: push, status: failure}").unwrap();
+        let many: When = serde_norway::from_str("{branch: [main], event: [push], status: [failure]}").unwrap();
+        assert_eq!(format!("{one:?}"), format!("{many:?}"));
+        let wrong = serde_norway::from_str::<When>("{branch: {a: 1}}").unwrap_err().to_string();
+        assert!(wrong.contains("one value or a list"), "{wrong}");
     }
 
     #[test]

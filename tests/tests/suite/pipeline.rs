@@ -584,6 +584,14 @@ async fn webhooks_need_a_valid_signature() {
     assert_eq!(late.status(), 200);
     let late: Value = late.json().await.unwrap();
     assert!(late["run"].is_null() && late["skipped"].as_str().unwrap().contains(&newer), "{late}");
+    // A push none of whose steps' `when` matches records no run.
+    repo.git(&["checkout", "-q", "-b", "feature/x"]);
+    repo.write("leanloop.yml", &CACHED.replace("cache: [/cache]", "when: { branch: [main] }"));
+    let unmatched = repo.commit("only main runs");
+    let answer = github_push(json!({ "ref": "refs/heads/feature/x", "after": unmatched }).to_string()).await.unwrap();
+    assert_eq!(answer.status(), 200);
+    let answer: Value = answer.json().await.unwrap();
+    assert!(answer["run"].is_null() && answer["skipped"].as_str().unwrap().contains("when"), "{answer}");
     let (_, runs) = call(&s, Method::GET, &format!("/repos/{repo_id}/runs"), None).await;
     assert_eq!(runs["runs"].as_array().unwrap().len(), 2, "one run per push: {runs}");
 
