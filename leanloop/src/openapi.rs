@@ -458,10 +458,20 @@ fn pipeline(g: &mut SchemaGenerator, paths: &mut Map<String, Value>) {
                 signature("X-Hub-Signature-256", "sha256=<hex>"),
                 signature("X-Gitea-Signature", "<hex>"),
             ],
-            "requestBody": {"required": true, "content": {"application/json": {"schema": {"type": "object"}}}},
+            "requestBody": {"required": true, "content": {
+                "application/json": {"schema": {"type": "object"}},
+                "application/x-www-form-urlencoded": {"schema": {"type": "object", "properties": {"payload": {"type": "string", "description": "The push's JSON (GitHub's default content type)"}}}},
+            }},
             "responses": {
                 "201": answer("A run was started", run_schema.clone()),
-                "200": answer("Nothing to run (a ping, a deleted branch)", json!({"type": "object", "properties": {"run": {"nullable": true}}})),
+                "200": answer(
+                    "Nothing to run: a ping, a deleted branch, or `skipped` says why (a commit already run for this push, given as `run`; a branch moved on since; no step's `when` matches)",
+                    json!({"type": "object", "properties": {"run": {"nullable": true}, "skipped": {"type": "string"}}}),
+                ),
+                "202": answer(
+                    "The source is still being fetched after 8 s: the run starts when the fetch ends",
+                    json!({"type": "object", "properties": {"run": {"nullable": true}, "queued": {"type": "string"}}}),
+                ),
                 "400": answer("The payload is not a push the pipeline can read", error.clone()),
                 "401": answer("A missing or wrong signature, or no such repository", error.clone()),
                 "404": answer("No such provider, or the pipeline is off", error),

@@ -427,10 +427,10 @@ async fn lint(body: Bytes) -> Result<Json<Value>, ApiError> {
     Ok(Json(json!({ "valid": true, "steps": steps })))
 }
 
-/// `POST /hooks/{repo}/{github|gitea}`: a signed push starts a run.
 /// How long a webhook's sender is kept waiting for its run to be made.
 const WEBHOOK_ANSWER_WITHIN: std::time::Duration = std::time::Duration::from_secs(8);
 
+/// `POST /hooks/{repo}/{github|gitea}`: a signed push starts a run.
 async fn webhook(
     State(shared): State<Shared>,
     Path((repo, provider)): Path<(String, String)>,
@@ -444,8 +444,8 @@ async fn webhook(
     let text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
     // GitHub sends a form unless the hook is set to `application/json`.
     let form = text("content-type").is_some_and(|t| t.trim_start().starts_with("application/x-www-form-urlencoded"));
-    let (event, signature) = (text(provider.event_header()).map(str::to_owned), text(provider.signature_header()));
-    let signature = signature.map(str::to_owned);
+    let event = text(provider.event_header()).map(str::to_owned);
+    let signature = text(provider.signature_header()).map(str::to_owned);
     // On a task of the pipeline's: a fetch slower than the sender waits (GitHub
     // gives up after 10 s, and drops the connection) still ends in a run.
     // Answered 202 when it takes longer than that.

@@ -1216,17 +1216,14 @@ impl Pipeline {
                 }
                 due.insert(repo.id, now + Duration::from_secs(every as u64));
                 let (pipeline, polling) = (self.clone(), polling.clone());
-                self.tasks.spawn(async move {
+                // A stop does not wait for a fetch: git is killed with it.
+                self.detach(async move {
                     let id = repo.id;
-                    // A stop does not wait for a fetch: git is killed with it.
-                    let polled = tokio::select! {
-                        polled = pipeline.poll(repo) => polled,
-                        () = pipeline.shutdown.cancelled() => Ok(()),
-                    };
-                    if let Err(e) = polled {
+                    if let Err(e) = pipeline.poll(repo).await {
                         tracing::warn!(error = %e, repo = id, "polling a repository failed");
                     }
                     polling.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
+                    Ok(())
                 });
             }
         }
