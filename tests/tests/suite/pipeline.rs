@@ -603,6 +603,15 @@ async fn webhooks_need_a_valid_signature() {
     pipeline::stop_leaving_nothing(s, case).await;
 }
 
+/// The run of commit `sha` among the repository's runs, once there is one.
+async fn run_of(s: &leanloop_tests::TestServer, repo_id: i64, sha: &str, what: &str) -> Value {
+    eventually(&format!("{what} of {sha}"), || async {
+        let (_, runs) = call(s, Method::GET, &format!("/repos/{repo_id}/runs"), None).await;
+        runs["runs"].as_array().unwrap().iter().find(|r| r["commit"] == sha).cloned()
+    })
+    .await
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn invalid_files_are_reported_with_line_numbers_and_polling_finds_commits() {
     let case = "files";
@@ -674,11 +683,7 @@ async fn invalid_files_are_reported_with_line_numbers_and_polling_finds_commits(
         "steps:\n  - name: test\n    image: leanloop/busybox:latest\n    commands: [./test.sh]\n",
     );
     let sha = repo.commit("fix the pipeline file");
-    let polled = eventually(&format!("a polled run of {sha}"), || async {
-        let (_, runs) = call(&s, Method::GET, &format!("/repos/{repo_id}/runs"), None).await;
-        runs["runs"].as_array().unwrap().iter().find(|r| r["commit"] == sha.as_str()).cloned()
-    })
-    .await;
+    let polled = run_of(&s, repo_id, &sha, "a polled run").await;
     assert_eq!(polled["event"], "poll");
     assert_eq!(polled["branch"], "feature/polled");
     assert_eq!(polled["environment"], "preview");
@@ -798,11 +803,7 @@ async fn a_git_server_that_stalls_delays_only_its_own_repository() {
     let polled_id = add_repo(&s, "polled", &polled, json!({ "poll_seconds": 1 })).await;
     polled.write("NEWS", "more\n");
     let sha = polled.commit("a commit to find");
-    let run = eventually(&format!("a polled run of {sha} while the other server stalls"), || async {
-        let (_, runs) = call(&s, Method::GET, &format!("/repos/{polled_id}/runs"), None).await;
-        runs["runs"].as_array().unwrap().iter().find(|r| r["commit"] == sha.as_str()).cloned()
-    })
-    .await;
+    let run = run_of(&s, polled_id, &sha, "a polled run while the other server stalls").await;
     assert_eq!(run["event"], "poll");
     finished(&s, run["id"].as_i64().unwrap()).await;
     // Stopping does not wait for the stalled fetch either.
