@@ -8,7 +8,7 @@
 //! dashboard, no project creation; keys come from the shared control plane.
 
 use crate::cohorts_api::{self, ControlBook};
-use crate::{api, connections, ops, pipeline_api, refusals, telemetry};
+use crate::{api, connections, ops, pipeline_api, refusals, route_metrics, telemetry};
 use anyhow::{Context, Result};
 use axum::Router;
 use leanloop_analytics::Analytics;
@@ -36,6 +36,8 @@ pub struct App {
     config: crate::Config,
     default_project: Option<Project>,
     pipeline: Option<Arc<Pipeline>>,
+    /// [`Shared::leaving`].
+    leaving: CancellationToken,
     /// [`Shared::stopping`].
     stopping: CancellationToken,
 }
@@ -66,7 +68,11 @@ pub struct Shared {
     pub request_timeout: std::time::Duration,
     /// Read-API questions answered at once (see `api::blocking`).
     pub questions: Arc<tokio::sync::Semaphore>,
-    /// Cancelled as the server starts to stop: answers that stream for as
+    /// Cancelled at the stop signal: `/readyz` answers 503 from then on, so
+    /// load balancers send new traffic elsewhere while requests are still
+    /// taken for `shutdown_delay_secs`.
+    pub leaving: CancellationToken,
+    /// Cancelled as the server stops accepting: answers that stream for as
     /// long as the client stays (log followers) end, so they do not hold
     /// the stop up for its whole timeout.
     pub stopping: CancellationToken,
@@ -123,9 +129,10 @@ impl App {
             metrics,
             request_timeout: config.request_timeout,
             questions: Arc::new(tokio::sync::Semaphore::new(crate::api::MAX_QUESTIONS)),
+            leaving: CancellationToken::new(),
             stopping: CancellationToken::new(),
         };
-        let stopping = shared.stopping.clone();
+        let (leaving, stopping) = (shared.leaving.clone(), shared.stopping.clone());
         let mut router = Router::new().merge(collector.router()).merge(ops::router(shared.clone()));
         if role == Role::Server {
             router = router
@@ -134,8 +141,11 @@ impl App {
                 .merge(pipeline_api::router(shared.clone()))
                 .merge(leanloop_dashboard::router(control.clone()));
         }
-        let router = router.fallback(refusals::not_found).layer(refusals::Refusals { timeout: config.request_timeout });
-        Ok(App { listener, router, collector, control, store, config, default_project, pipeline, stopping })
+        let router = router
+            .route_layer(route_metrics::RouteMetrics)
+            .fallback(refusals::not_found)
+            .layer(refusals::Refusals { timeout: config.request_timeout });
+        Ok(App { listener, router, collector, control, store, config, default_project, pipeline, leaving, stopping })
     }
 
     pub fn address(&self) -> SocketAddr {
@@ -163,19 +173,28 @@ impl App {
         &self.collector
     }
 
-    /// Serves until `shutdown` is cancelled: stops accepting, lets requests in
+    /// Serves until `shutdown` is cancelled: reports not ready, goes on
+    /// accepting for the shutdown delay, stops accepting, lets requests in
     /// flight finish, then delivers the backlog (up to the shutdown timeout;
     /// what the log still holds is delivered on the next start).
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> Result<()> {
-        let App { listener, router, collector, config, pipeline, stopping, .. } = self;
-        let stop = shutdown.clone();
-        tokio::spawn(async move {
-            stop.cancelled().await;
-            stopping.cancel();
+        let App { listener, router, collector, config, pipeline, leaving, stopping, .. } = self;
+        let delay = config.shutdown_delay;
+        tokio::spawn({
+            let stopping = stopping.clone();
+            async move {
+                shutdown.cancelled().await;
+                leaving.cancel();
+                if !delay.is_zero() {
+                    tracing::info!(secs = delay.as_secs(), "not ready: still taking requests for shutdown_delay_secs");
+                    tokio::time::sleep(delay).await;
+                }
+                stopping.cancel();
+            }
         });
         // Headers get the whole request's time; the body is bounded by the
         // request deadline (`refusals::Refusals`).
-        connections::serve(listener, router, shutdown, config.request_timeout, config.shutdown_timeout).await;
+        connections::serve(listener, router, stopping, config.request_timeout, config.shutdown_timeout).await;
         let timeout = config.shutdown_timeout;
         if let Some(pipeline) = pipeline {
             // Runs in flight are cancelled; their containers are removed.

@@ -36,6 +36,9 @@ pub struct RawConfig {
     pub store: RawStoreConfig,
     /// Longest wait for the queue to drain on shutdown, in seconds.
     pub shutdown_timeout_secs: Option<u64>,
+    /// How long requests are still taken after a stop signal, while
+    /// `/readyz` answers 503, in seconds (default 0).
+    pub shutdown_delay_secs: Option<u64>,
     /// Longest a request may take, in seconds.
     pub request_timeout_secs: Option<u64>,
     #[serde(default)]
@@ -73,6 +76,8 @@ pub struct Config {
     /// When set, events go to ClickHouse instead of DuckDB.
     pub clickhouse: Option<ClickHouseOptions>,
     pub shutdown_timeout: std::time::Duration,
+    /// Requests still taken after a stop signal while `/readyz` says 503.
+    pub shutdown_delay: std::time::Duration,
     pub request_timeout: std::time::Duration,
     pub pipeline: PipelineConfig,
 }
@@ -198,6 +203,12 @@ impl RawConfig {
         };
         let shutdown_timeout = seconds("shutdown_timeout_secs", self.shutdown_timeout_secs)?;
         let request_timeout = seconds("request_timeout_secs", self.request_timeout_secs)?;
+        let shutdown_delay = match self.shutdown_delay_secs.unwrap_or(0) {
+            s if s > MAX_TIMEOUT_SECS => {
+                bail!("shutdown_delay_secs: {s} is above the most it may be, {MAX_TIMEOUT_SECS} (a day)")
+            }
+            s => std::time::Duration::from_secs(s),
+        };
         if self.log_dir.as_ref().is_some_and(|d| d.as_os_str().is_empty()) {
             bail!("log_dir must not be empty");
         }
@@ -219,6 +230,7 @@ impl RawConfig {
             },
             clickhouse,
             shutdown_timeout,
+            shutdown_delay,
             request_timeout,
             pipeline: self.pipeline,
         })
@@ -308,6 +320,7 @@ mod tests {
         for (toml, name) in [
             ("shutdown_timeout_secs = 18446744073709551615", "shutdown_timeout_secs"),
             ("request_timeout_secs = 0", "request_timeout_secs"),
+            ("shutdown_delay_secs = 86401", "shutdown_delay_secs"),
             ("log_dir = \"\"", "log_dir"),
             ("[store]\nduckdb_threads = 100000", "store.duckdb_threads"),
             ("[store]\nduckdb_memory_limit = \"999999999TB\"", "store.duckdb_memory_limit"),

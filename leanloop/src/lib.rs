@@ -15,6 +15,7 @@ mod openapi_ingest;
 pub mod ops;
 pub mod pipeline_api;
 pub mod refusals;
+mod route_metrics;
 mod shape;
 pub mod telemetry;
 

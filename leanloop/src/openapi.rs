@@ -281,7 +281,7 @@ fn operations(paths: &mut Map<String, Value>) {
 
 /// The pipeline's routes (see `pipeline_api.rs`).
 fn pipeline(g: &mut SchemaGenerator, paths: &mut Map<String, Value>) {
-    use leanloop_pipeline::{LogLine, NewRepo, Release, Repo, RunRecord, Trigger};
+    use leanloop_pipeline::{LogLine, NewRepo, Release, Repo, RepoChange, RunRecord, Trigger};
     let number = |name: &str| json!({"name": name, "in": "path", "required": true, "schema": {"type": "integer"}});
     let text = |name: &str| json!({"name": name, "in": "path", "required": true, "schema": {"type": "string"}});
     let query = |name: &str, kind: &str| json!({"name": name, "in": "query", "schema": {"type": kind}});
@@ -324,7 +324,8 @@ fn pipeline(g: &mut SchemaGenerator, paths: &mut Map<String, Value>) {
     add(
         format!("{base}/repos/{{repo}}"),
         json!({
-            "get": operation("A repository with its secret names and webhook URLs", vec![project_id(), number("repo")], None, "200", Some(repo)),
+            "get": operation("A repository with its secret names and webhook URLs", vec![project_id(), number("repo")], None, "200", Some(repo.clone())),
+            "patch": operation("Rotate or remove the webhook secret, or change polling (a field left out stays, `null` removes it)", vec![project_id(), number("repo")], Some(schema::<RepoChange>(g)), "200", Some(repo)),
             "delete": conflicting(operation("Remove a repository with its secrets, runs, logs, mirror and caches (its releases stay)", vec![project_id(), number("repo")], None, "204", None), "One of its runs has not finished"),
         }),
     );

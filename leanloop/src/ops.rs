@@ -1,5 +1,5 @@
 //! Operations endpoints: `/healthz` (the process answers), `/readyz` (it can
-//! take events now) and `/metrics` (Prometheus text).
+//! take events now, and is not stopping) and `/metrics` (Prometheus text).
 
 use crate::app::Shared;
 use axum::extract::State;
@@ -32,7 +32,8 @@ async fn readyz(State(shared): State<Shared>) -> impl IntoResponse {
     let queue = shared.collector.queue();
     let backlog = queue.backlog();
     let refusing = queue.refusing(READY_AFTER_WRITE_ERROR);
-    let ready = (backlog.used as f64) < READY_QUEUE_SHARE * backlog.capacity as f64 && refusing.is_none();
+    let leaving = shared.leaving.is_cancelled();
+    let ready = (backlog.used as f64) < READY_QUEUE_SHARE * backlog.capacity as f64 && refusing.is_none() && !leaving;
     let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     let mut body = json!({
         "ready": ready,
@@ -41,6 +42,7 @@ async fn readyz(State(shared): State<Shared>) -> impl IntoResponse {
         "backlog_unit": backlog.unit,
     });
     match refusing {
+        _ if leaving => body["error"] = json!("the server is stopping"),
         Some(reason) => body["error"] = json!(reason),
         None if !ready => {
             body["error"] = json!(format!(

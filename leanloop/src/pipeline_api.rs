@@ -20,7 +20,7 @@ use leanloop_control::KeyKind;
 use leanloop_core::{ApiError, ErrorClass};
 use leanloop_pipeline::logs::LiveEvent;
 use leanloop_pipeline::webhooks::Provider;
-use leanloop_pipeline::{LogLine, NewRepo, Pipeline, Pushed, Rollback, Trigger};
+use leanloop_pipeline::{LogLine, NewRepo, Pipeline, Pushed, RepoChange, Rollback, Trigger};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use std::collections::VecDeque;
@@ -32,7 +32,7 @@ use tokio_util::sync::CancellationToken;
 pub fn router(shared: Shared) -> Router {
     Router::new()
         .route("/api/v1/projects/{id}/repos", post(add_repo).get(list_repos))
-        .route("/api/v1/projects/{id}/repos/{repo}", get(repo_detail).delete(remove_repo))
+        .route("/api/v1/projects/{id}/repos/{repo}", get(repo_detail).patch(change_repo).delete(remove_repo))
         .route("/api/v1/projects/{id}/repos/{repo}/secrets/{name}", put(set_secret).delete(delete_secret))
         .route("/api/v1/projects/{id}/repos/{repo}/cache", delete(clear_cache))
         .route("/api/v1/projects/{id}/repos/{repo}/runs", post(trigger).get(list_runs))
@@ -116,6 +116,18 @@ async fn set_secret(
     let secret: SecretBody = json_query(&body)?;
     pipeline.set_secret(project, number("repo", &repo)?, &name, &secret.value)?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+async fn change_repo(
+    State(shared): State<Shared>,
+    Path((id, repo)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Json<leanloop_pipeline::Repo>, ApiError> {
+    let (pipeline, project) = open(&shared, &headers, &id)?;
+    let repo = number("repo", &repo)?;
+    let change: RepoChange = json_query(&body)?;
+    Ok(Json(pipeline.change_repo(project, repo, change).await?))
 }
 
 async fn remove_repo(

@@ -121,6 +121,25 @@ pub struct NewRepo {
     pub poll_seconds: Option<u32>,
 }
 
+/// Changes to a registered repository: a field left out stays as it is,
+/// `null` removes it.
+#[derive(Debug, Clone, Default, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RepoChange {
+    /// A new webhook secret (deliveries signed with the old one are refused
+    /// from then on), or `null` to refuse webhooks.
+    #[serde(default, deserialize_with = "present")]
+    pub webhook_secret: Option<Option<String>>,
+    /// A new polling interval in seconds, or `null` to stop polling.
+    #[serde(default, deserialize_with = "present")]
+    pub poll_seconds: Option<Option<u32>>,
+}
+
+/// A field that is present, `null` or not, as opposed to left out.
+fn present<'de, D: serde::Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Option<Option<T>>, D::Error> {
+    Option::<T>::deserialize(d).map(Some)
+}
+
 /// A manual run: exactly one of branch, tag or commit (with an optional branch).
 #[derive(Debug, Clone, Default, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -128,6 +147,24 @@ pub struct Trigger {
     pub branch: Option<String>,
     pub tag: Option<String>,
     pub commit: Option<String>,
+}
+
+fn check_webhook_secret(secret: Option<&str>) -> Result<(), PipelineError> {
+    match secret {
+        Some(secret) if secret.len() < 8 || secret.len() > 500 => {
+            Err(PipelineError::invalid("webhook_secret", "8 to 500 characters"))
+        }
+        _ => Ok(()),
+    }
+}
+
+fn check_poll_seconds(seconds: Option<u32>) -> Result<(), PipelineError> {
+    match seconds {
+        Some(seconds) if seconds == 0 || seconds > 86_400 => {
+            Err(PipelineError::invalid("poll_seconds", "between 1 and 86400"))
+        }
+        _ => Ok(()),
+    }
 }
 
 /// How often repositories with `poll_seconds` are checked for being due.
@@ -442,16 +479,8 @@ impl Pipeline {
                 return Err(PipelineError::invalid("source", "must not be inside this server's own mirrors"));
             }
         }
-        if let Some(secret) = &new.webhook_secret {
-            if secret.len() < 8 || secret.len() > 500 {
-                return Err(PipelineError::invalid("webhook_secret", "8 to 500 characters"));
-            }
-        }
-        if let Some(seconds) = new.poll_seconds {
-            if seconds == 0 || seconds > 86_400 {
-                return Err(PipelineError::invalid("poll_seconds", "between 1 and 86400"));
-            }
-        }
+        check_webhook_secret(new.webhook_secret.as_deref())?;
+        check_poll_seconds(new.poll_seconds)?;
         let repo =
             self.records.create_repo(project_id, name, source, new.webhook_secret.as_deref(), new.poll_seconds)?;
         let mirror = self.mirror(repo.id);
@@ -474,6 +503,26 @@ impl Pipeline {
 
     pub fn repo(&self, project_id: i64, repo_id: i64) -> Result<Repo, PipelineError> {
         self.records.repo(project_id, repo_id)
+    }
+
+    /// Rotates or removes the webhook secret, or changes polling. Polling
+    /// switched on starts from the heads the source has now, as at
+    /// registration: only later commits trigger.
+    pub async fn change_repo(&self, project_id: i64, repo_id: i64, change: RepoChange) -> Result<Repo, PipelineError> {
+        if let Some(secret) = &change.webhook_secret {
+            check_webhook_secret(secret.as_deref())?;
+        }
+        if let Some(seconds) = change.poll_seconds {
+            check_poll_seconds(seconds)?;
+        }
+        let repo = self.records.repo(project_id, repo_id)?;
+        if repo.poll_seconds.is_none() && matches!(change.poll_seconds, Some(Some(_))) {
+            let (mirror, _fetched) = self.synced(&repo).await?;
+            for (reference, sha) in mirror.heads().await? {
+                self.records.set_poll_head(repo.id, &reference, &sha)?;
+            }
+        }
+        self.records.change_repo(project_id, repo_id, &change)
     }
 
     pub fn set_secret(&self, project_id: i64, repo_id: i64, name: &str, value: &str) -> Result<(), PipelineError> {
@@ -1191,7 +1240,9 @@ impl Pipeline {
     /// Polls each repository on its own task, one poll of a repository at
     /// a time: a remote that stalls delays only its own repository.
     async fn poll_loop(self: Arc<Self>) {
-        let mut due: HashMap<i64, tokio::time::Instant> = HashMap::new();
+        // When each repository is next due, and at what interval: a changed
+        // interval is due at once rather than after the old one.
+        let mut due: HashMap<i64, (u32, tokio::time::Instant)> = HashMap::new();
         let polling: Arc<Mutex<HashSet<i64>>> = Arc::default();
         loop {
             tokio::select! {
@@ -1208,13 +1259,13 @@ impl Pipeline {
             let now = tokio::time::Instant::now();
             for repo in repos {
                 let Some(every) = repo.poll_seconds else { continue };
-                if due.get(&repo.id).is_some_and(|at| *at > now) {
+                if due.get(&repo.id).is_some_and(|(interval, at)| *interval == every && *at > now) {
                     continue;
                 }
                 if !polling.lock().unwrap_or_else(|p| p.into_inner()).insert(repo.id) {
                     continue;
                 }
-                due.insert(repo.id, now + Duration::from_secs(every as u64));
+                due.insert(repo.id, (every, now + Duration::from_secs(every as u64)));
                 let (pipeline, polling) = (self.clone(), polling.clone());
                 // A stop does not wait for a fetch: git is killed with it.
                 self.detach(async move {

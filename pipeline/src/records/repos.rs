@@ -85,6 +85,29 @@ impl Records {
         .ok_or_else(|| PipelineError::NotFound(format!("repository {id}")))
     }
 
+    /// Applies `change` to a repository of `project_id`.
+    pub fn change_repo(&self, project_id: i64, id: i64, change: &crate::RepoChange) -> Result<Repo, PipelineError> {
+        let changed = self.with(|c| {
+            c.execute(
+                "UPDATE repos SET webhook_secret = CASE WHEN ?3 THEN ?4 ELSE webhook_secret END,
+                                  poll_seconds = CASE WHEN ?5 THEN ?6 ELSE poll_seconds END
+                 WHERE id = ?1 AND project_id = ?2",
+                params![
+                    id,
+                    project_id,
+                    change.webhook_secret.is_some(),
+                    change.webhook_secret.clone().flatten(),
+                    change.poll_seconds.is_some(),
+                    change.poll_seconds.flatten(),
+                ],
+            )
+        })?;
+        match changed {
+            0 => Err(PipelineError::NotFound(format!("repository {id}"))),
+            _ => self.repo(project_id, id),
+        }
+    }
+
     /// Removes a repository and what only it uses: secrets, poll heads, and
     /// runs with their steps and logs. Releases stay, as the history of what
     /// was deployed. `false` (and nothing removed) while one of its runs has

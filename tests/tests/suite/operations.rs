@@ -59,6 +59,35 @@ async fn graceful_shutdown_stores_what_was_acknowledged() {
     assert_eq!(s.count(&[("name", "queued")]).await, 1000);
 }
 
+/// Load balancers take an instance out once `/readyz` fails: for
+/// `shutdown_delay_secs` after the stop signal it does, while requests,
+/// on new connections too, are still taken and stored.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stopping_server_is_not_ready_but_takes_requests_for_its_delay() {
+    let s = TestServer::start_with(|c| c.shutdown_delay = std::time::Duration::from_secs(5)).await;
+    let (client, ready, track, key) =
+        (s.client.clone(), s.url("/readyz"), s.url("/v1/track"), s.project.write_key.clone());
+    assert_eq!(client.get(&ready).send().await.unwrap().status(), 200);
+    let stopped = tokio::spawn(s.stop());
+    let answer: Value = eventually("/readyz to answer 503", || async {
+        let r = client.get(&ready).send().await.ok()?;
+        if r.status() != 503 {
+            return None;
+        }
+        r.json().await.ok()
+    })
+    .await;
+    assert_eq!(answer["ready"], false);
+    assert_eq!(answer["error"], "the server is stopping");
+    let event = json!({"event": "during the delay", "userId": "u1", "messageId": message_id()});
+    let r = reqwest::Client::new().post(&track).basic_auth(&key, Some("")).json(&event).send().await.unwrap();
+    assert_eq!(r.status(), 200, "a new connection is still served");
+
+    let dir = tokio::time::timeout(leanloop_tests::DEADLINE, stopped).await.expect("stops after its delay").unwrap();
+    let s = TestServer::start_in(dir, |_| {}).await;
+    assert_eq!(s.count(&[("name", "during the delay")]).await, 1);
+}
+
 /// A server process of its own: the metrics it shows count this test's
 /// requests alone, not those of the tests running beside it.
 #[tokio::test(flavor = "multi_thread")]
@@ -115,6 +144,13 @@ async fn health_readiness_and_metrics() {
         ("leanloop_log_damaged_bytes_total", 0.0),
         ("leanloop_log_read_retries_total", 0.0),
         ("leanloop_ingest_events_accepted_total{source=\"posthog\"}", 0.0),
+        // Per route, by its template, method and status.
+        ("leanloop_http_requests_total{route=\"/v1/batch\",method=\"POST\",status=\"200\"}", 1.0),
+        ("leanloop_http_requests_total{route=\"/v1/batch\",method=\"POST\",status=\"400\"}", 1.0),
+        ("leanloop_http_requests_total{route=\"/v1/track\",method=\"POST\",status=\"400\"}", 1.0),
+        ("leanloop_http_requests_total{route=\"/v1/track\",method=\"POST\",status=\"401\"}", 2.0),
+        ("leanloop_http_requests_total{route=\"/readyz\",method=\"GET\",status=\"200\"}", 1.0),
+        ("leanloop_http_request_duration_seconds_count{route=\"/v1/batch\",method=\"POST\"}", 2.0),
     ] {
         assert_eq!(metric(&text, series), Some(expected), "{series} in:\n{text}");
     }

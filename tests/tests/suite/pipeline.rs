@@ -580,7 +580,7 @@ async fn webhooks_need_a_valid_signature() {
     assert_eq!((&second["status"], second["commit"].as_str()), (&json!("success"), Some(newer.as_str())), "{second}");
     // The older push delivered late, or replayed: the branch has moved
     // on, and the older commit is not run (nor put live) again.
-    let late = github_push(body).await.unwrap();
+    let late = github_push(body.clone()).await.unwrap();
     assert_eq!(late.status(), 200);
     let late: Value = late.json().await.unwrap();
     assert!(late["run"].is_null() && late["skipped"].as_str().unwrap().contains(&newer), "{late}");
@@ -594,6 +594,58 @@ async fn webhooks_need_a_valid_signature() {
     assert!(answer["run"].is_null() && answer["skipped"].as_str().unwrap().contains("when"), "{answer}");
     let (_, runs) = call(&s, Method::GET, &format!("/repos/{repo_id}/runs"), None).await;
     assert_eq!(runs["runs"].as_array().unwrap().len(), 2, "one run per push: {runs}");
+
+    // The secret rotated: a delivery signed with the old one is refused,
+    // one signed with the new one taken; with none, webhooks are refused.
+    let repo_path = format!("/repos/{repo_id}");
+    let change = |body: Value| call(&s, Method::PATCH, &repo_path, Some(body));
+    let rotated = "rotated-secret-456";
+    let (status, changed) = change(json!({ "webhook_secret": rotated })).await;
+    assert_eq!(status, 200, "{changed}");
+    assert_eq!((&changed["webhooks"], &changed["poll_seconds"]), (&json!(true), &Value::Null), "{changed}");
+    assert_eq!(github_push(body.clone()).await.unwrap().status(), 401, "the old secret is refused");
+    let signed_anew = |secret: &str| {
+        let signature = leanloop_pipeline::webhooks::sign(secret, body.as_bytes());
+        post(
+            "github",
+            vec![("X-GitHub-Event", "push".into()), ("X-Hub-Signature-256", format!("sha256={signature}"))],
+            body.clone(),
+        )
+    };
+    assert_eq!(signed_anew(rotated).await.unwrap().status(), 200, "the new secret is taken (a stale push)");
+    let (status, changed) = change(json!({ "webhook_secret": null })).await;
+    assert_eq!((status, &changed["webhooks"]), (200, &json!(false)), "{changed}");
+    assert_eq!(signed_anew(rotated).await.unwrap().status(), 401, "no secret, no webhooks");
+    for (bad, field) in [
+        (json!({ "webhook_secret": "short" }), "webhook_secret"),
+        (json!({ "poll_seconds": 0 }), "poll_seconds"),
+        (json!({ "poll_seconds": "soon" }), "poll_seconds"),
+        (json!({ "source": "/elsewhere" }), "source"),
+    ] {
+        let (status, answer) = change(bad.clone()).await;
+        assert_eq!(status, 400, "{bad}: {answer}");
+        assert!(answer["error"]["message"].as_str().unwrap().contains(field), "{bad}: {answer}");
+    }
+    let (status, _) = call(&s, Method::PATCH, &format!("/repos/{}", repo_id + 1000), Some(json!({}))).await;
+    assert_eq!(status, 404);
+    let (status, _) = s
+        .api(&s.project.read_key, Method::PATCH, &format!("/repos/{repo_id}"), Some(json!({ "poll_seconds": 1 })))
+        .await;
+    assert_eq!(status, 401, "the read key changes no repository");
+    // Polling switched on starts from the heads there now: the branches
+    // pushed above run nothing, a later commit does.
+    let (status, changed) = change(json!({ "poll_seconds": 1 })).await;
+    assert_eq!((status, &changed["poll_seconds"]), (200, &json!(1)), "{changed}");
+    repo.git(&["checkout", "-q", "main"]);
+    repo.write("NEWS", "third\n");
+    let polled = repo.commit("third");
+    let third = run_of(&s, repo_id, &polled, "the polled run").await;
+    assert_eq!(third["event"], "poll", "{third}");
+    finished(&s, third["id"].as_i64().unwrap()).await;
+    let (_, changed) = change(json!({ "poll_seconds": null })).await;
+    assert_eq!(changed["poll_seconds"], Value::Null);
+    let (_, runs) = call(&s, Method::GET, &format!("/repos/{repo_id}/runs"), None).await;
+    assert_eq!(runs["runs"].as_array().unwrap().len(), 3, "only the later commit was polled: {runs}");
 
     // The cache volume kept what the first run wrote.
     let logs = log_text(&s, second["id"].as_i64().unwrap()).await;
