@@ -341,6 +341,45 @@ pub fn time_key(d: Dialect, ts: &str, tie: &str) -> String {
     }
 }
 
+/// `arg` on the row with the smallest `key` (`arg` never NULL: DuckDB's
+/// `arg_min` passes over rows whose `arg` is).
+pub fn arg_min(d: Dialect, arg: &str, key: &str) -> String {
+    match d {
+        Dialect::DuckDb => format!("arg_min({arg}, {key})"),
+        Dialect::ClickHouse => format!("argMin({arg}, {key})"),
+    }
+}
+
+/// A text column, `''` where unset.
+pub fn empty_if_unset(d: Dialect, column: &str) -> String {
+    match d {
+        Dialect::DuckDb => format!("coalesce({column}, '')"),
+        Dialect::ClickHouse => format!("ifNull({column}, '')"),
+    }
+}
+
+/// The event's referrer domain, `''` where unset or the page's own domain
+/// (its URL's host, lower case, without `www.`, as the collector stores
+/// referrer domains): a visit from inside the site has no referrer.
+pub fn referrer_off_site(d: Dialect) -> String {
+    // The host as RE2's first group in both; no `?` in the text, which the
+    // ClickHouse client takes for a parameter: `\x3F` (its backslash
+    // doubled in ClickHouse's literals, where a backslash escapes).
+    const HOST_DUCKDB: &str = r"^[A-Za-z][A-Za-z0-9+.-]*://([^/\x3F#:]+)";
+    const HOST_CLICKHOUSE: &str = r"^[A-Za-z][A-Za-z0-9+.-]*://([^/\\x3F#:]+)";
+    let referrer = empty_if_unset(d, "referrer_domain");
+    let url = empty_if_unset(d, "url");
+    match d {
+        Dialect::DuckDb => format!(
+            "CASE WHEN {referrer} = regexp_replace(lower(regexp_extract({url}, '{HOST_DUCKDB}', 1)), '^www[.]', '') \
+             THEN '' ELSE {referrer} END"
+        ),
+        Dialect::ClickHouse => format!(
+            "if({referrer} = replaceRegexpOne(lower(extract({url}, '{HOST_CLICKHOUSE}')), '^www[.]', ''), '', {referrer})"
+        ),
+    }
+}
+
 /// The `tie` part of a [`time_key`].
 pub fn after_time_key(d: Dialect, key: &str) -> String {
     match d {

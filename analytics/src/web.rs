@@ -4,7 +4,11 @@
 //! A session's length is from its first page view to its last; a bounce is a
 //! session with one page view. Entry and exit pages are a session's first and
 //! last page views (on equal times, the smallest and the largest path).
-//! Source lists (referrers, UTM, browsers, ...) rank values by visitors.
+//! Referrers and UTM values are a session's own, from its entry page view,
+//! as Plausible and PostHog attribute them (a session's later views would
+//! otherwise count as direct visits); a referrer on the entry page's own
+//! domain is no referrer (a session started again inside the site). Every
+//! list ranks values by visitors (pages by page views).
 //!
 //! A question names the [`Section`]s it wants (all by default): a dashboard
 //! asks for its headline figures and each list on requests of their own, as
@@ -57,17 +61,23 @@ pub enum Section {
     Countries,
 }
 
-/// The lists of one column's values: the column and its ranking.
-const LISTS: [(Section, &str, Order); 9] = [
+/// The lists of one column's values over page views: the column and its ranking.
+const LISTS: [(Section, &str, Order); 5] = [
     (Section::Pages, "path", BY_PAGEVIEWS),
-    (Section::Referrers, "referrer_domain", BY_VISITORS),
-    (Section::UtmSources, "utm_source", BY_VISITORS),
-    (Section::UtmMediums, "utm_medium", BY_VISITORS),
-    (Section::UtmCampaigns, "utm_campaign", BY_VISITORS),
     (Section::Browsers, "browser", BY_VISITORS),
     (Section::Os, "os", BY_VISITORS),
     (Section::Devices, "device_type", BY_VISITORS),
     (Section::Countries, "country", BY_VISITORS),
+];
+
+/// The lists of sessions' sources, each session's value its entry page
+/// view's: the column (`None`: the referrer domain, unless the entry
+/// page's own).
+const SOURCES: [(Section, Option<&str>); 4] = [
+    (Section::Referrers, None),
+    (Section::UtmSources, Some("utm_source")),
+    (Section::UtmMediums, Some("utm_medium")),
+    (Section::UtmCampaigns, Some("utm_campaign")),
 ];
 
 #[derive(Debug, Clone, Serialize, PartialEq, schemars::JsonSchema)]
@@ -85,8 +95,8 @@ pub struct Entry {
     /// The value (`null`: not set).
     pub value: Option<String>,
     pub visitors: u64,
-    /// Page views for pages; sessions for entry and exit pages; page views
-    /// for the other lists.
+    /// Page views for pages, browsers, OS, devices and countries; sessions
+    /// for entry and exit pages, referrers and UTM values.
     pub count: u64,
 }
 
@@ -179,6 +189,38 @@ pub fn web(ask: &Ask, q: &WebQuery) -> Result<WebResult, AnalyticsError> {
         .wrap();
         let values: Vec<(&str, Order)> = ends.iter().map(|&(_, v)| (v, BY_VISITORS)).collect();
         fill(&mut out, ends.iter().map(|&(s, _)| s), ranked_together(ask, per_session, &values, limit)?);
+    }
+
+    // Sources: each session's from its entry page view (its smallest time
+    // key, as for entry pages), in one pass over the sessions.
+    let sources: Vec<(Section, Option<&str>)> = SOURCES.into_iter().filter(|&(s, _)| asked(s)).collect();
+    if !sources.is_empty() {
+        // Each session's values under their own names: ClickHouse refuses
+        // an alias that names its own expression's argument.
+        const ROW_ALIASES: [&str; 4] = ["x_e0", "x_e1", "x_e2", "x_e3"];
+        let rows = sources.iter().zip(ROW_ALIASES).fold(
+            base.clone()
+                .column("x_s", Sql::new("session_id"))
+                .column("x_ts", sql::timestamp_ms(d))
+                .column("x_p", Sql::new("path")),
+            |rows, (&(_, column), alias)| {
+                let value = column.map_or_else(|| sql::referrer_off_site(d), |c| sql::empty_if_unset(d, c));
+                rows.column(alias, Sql::new(value))
+            },
+        );
+        let key = sql::time_key(d, "x_ts", "x_p");
+        let entries: Vec<String> = ROW_ALIASES
+            .iter()
+            .zip(LIST_ALIASES)
+            .take(sources.len())
+            .map(|(row, alias)| format!("{} AS {alias}", sql::arg_min(d, row, &key)))
+            .collect();
+        let per_session = Sql::new(format!("SELECT x_s, min(person) AS person, {} FROM ", entries.join(", ")))
+            .push(rows.with_person().render())
+            .raw(" WHERE x_s IS NOT NULL GROUP BY x_s")
+            .wrap();
+        let values: Vec<(&str, Order)> = LIST_ALIASES[..sources.len()].iter().map(|&a| (a, BY_VISITORS)).collect();
+        fill(&mut out, sources.iter().map(|&(s, _)| s), ranked_together(ask, per_session, &values, limit)?);
     }
 
     // The other lists: one column's values each, in one pass.

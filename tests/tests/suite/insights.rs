@@ -605,10 +605,6 @@ fn web_overview_pages_entries_and_browsers() {
     let column = |value: fn(&Event) -> &Option<String>| -> Value {
         rank(views.iter().map(|e| (value(e).clone(), c.person(e))).collect(), false)
     };
-    assert_eq!(got["referrers"], column(|e| &e.referrer_domain));
-    assert_eq!(got["utm_sources"], column(|e| &e.utm_source));
-    assert_eq!(got["utm_mediums"], column(|e| &e.utm_medium));
-    assert_eq!(got["utm_campaigns"], column(|e| &e.utm_campaign));
     assert_eq!(got["browsers"], column(|e| &e.browser));
     assert_eq!(got["os"], column(|e| &e.os));
     assert_eq!(got["devices"], column(|e| &e.device_type));
@@ -628,6 +624,79 @@ fn web_overview_pages_entries_and_browsers() {
     };
     assert_eq!(got["entry_pages"], ends(false));
     assert_eq!(got["exit_pages"], ends(true));
+    // Sources are sessions', from their entry page views; a referrer on
+    // the entry page's own domain is none.
+    let source = |value: &dyn Fn(&Event) -> Option<String>| -> Value {
+        rank(sessions.values().map(|v| (value(entry_view(v)), c.person(entry_view(v)))).collect(), false)
+    };
+    assert_eq!(got["referrers"], source(&|e| e.referrer_domain.clone().filter(|r| Some(r) != own_domain(e).as_ref())));
+    assert_eq!(got["utm_sources"], source(&|e| e.utm_source.clone()));
+    assert_eq!(got["utm_mediums"], source(&|e| e.utm_medium.clone()));
+    assert_eq!(got["utm_campaigns"], source(&|e| e.utm_campaign.clone()));
+}
+
+/// A session's entry page view: its first, on equal times the smallest path.
+fn entry_view<'a>(views: &[&'a Event]) -> &'a Event {
+    views.iter().min_by_key(|e| (e.timestamp_ms, e.path.clone().unwrap_or_default())).unwrap()
+}
+
+/// The host of a page view's URL as referrer domains are stored: lower
+/// case, without `www.`.
+fn own_domain(e: &Event) -> Option<String> {
+    let host = url::Url::parse(e.url.as_deref()?).ok()?.host_str()?.to_lowercase();
+    Some(host.strip_prefix("www.").map(str::to_owned).unwrap_or(host))
+}
+
+#[test]
+fn web_sources_are_each_sessions_from_its_entry_page_not_from_inside_the_site() {
+    // A project of its own in the shared stores.
+    let project = PROJECT + 101;
+    let view = |i: u128, session: &str, at_s: i64, url: &str, referrer: Option<&str>, utm: Option<&str>| {
+        let mut e = Event::new(
+            uuid::Uuid::from_u128(0x5e55 << 64 | i),
+            project,
+            EventKind::Page,
+            "$pageview",
+            START_MS + at_s * 1000,
+        );
+        e.anonymous_id = Some(format!("visitor-{session}"));
+        e.session_id = Some(session.into());
+        e.url = Some(url.into());
+        e.path = url::Url::parse(url).ok().map(|u| u.path().to_owned());
+        e.referrer_domain = referrer.map(str::to_owned);
+        e.utm_source = utm.map(str::to_owned);
+        e
+    };
+    let events = vec![
+        // Landed from a search, then two views inside the site.
+        view(1, "a", 0, "https://Shop.example/?utm_source=google", Some("google.com"), Some("google")),
+        view(2, "a", 60, "https://shop.example/pricing", Some("shop.example"), None),
+        view(3, "a", 120, "https://shop.example/checkout", Some("shop.example"), None),
+        // A session started again inside the site (`www.` and a port on the page).
+        view(4, "b", 0, "https://www.shop.example:8443/pricing", Some("shop.example"), None),
+        view(5, "b", 30, "https://shop.example/signup", Some("news.example"), Some("late")),
+        // A direct visit.
+        view(6, "c", 0, "https://shop.example/", None, None),
+    ];
+    for store in [&FIXTURE.duck_store, &FIXTURE.click_store] {
+        assert_eq!(store.write(&events, &[]).unwrap().inserted, events.len());
+    }
+    let q: web::WebQuery = serde_json::from_value(json!({
+        "date_from": "2024-03-18T00:00:00Z", "date_to": "2024-04-17T00:00:00Z",
+        "sections": ["referrers", "utm_sources", "entry_pages"]
+    }))
+    .unwrap();
+    let on = |a: &Analytics| serde_json::to_value(web::web(&a.ask(project, NOW_MS), &q).unwrap()).unwrap();
+    let (duck, click) = (on(&FIXTURE.duck), on(&FIXTURE.click));
+    assert_eq!(duck, click, "DuckDB and ClickHouse disagree");
+    assert_eq!(
+        duck["referrers"],
+        json!([{"value": null, "visitors": 2, "count": 2}, {"value": "google.com", "visitors": 1, "count": 1}])
+    );
+    assert_eq!(
+        duck["utm_sources"],
+        json!([{"value": null, "visitors": 2, "count": 2}, {"value": "google", "visitors": 1, "count": 1}])
+    );
 }
 
 #[test]
