@@ -6,7 +6,7 @@ pub enum ControlError {
     Sqlite(#[from] rusqlite::Error),
     #[error("control-plane database is at schema version {found}, newer than this build knows ({known})")]
     SchemaTooNew { found: i64, known: i64 },
-    #[error("project name must be 1 to 200 characters, none of them control characters (tabs, line breaks)")]
+    #[error("project name must be 1 to 200 characters, none of them control characters (tabs, line breaks) or invisible or direction-changing ones (zero-width, bidirectional overrides)")]
     InvalidName,
     #[error("project {0} does not exist")]
     NoSuchProject(i64),

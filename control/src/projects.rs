@@ -49,8 +49,9 @@ impl ControlPlane {
     /// Creates a project in the default organisation with fresh keys.
     pub fn create_project(&self, name: &str) -> Result<Project, ControlError> {
         let name = name.trim();
-        // Control characters would break the listing's one line per project.
-        if name.is_empty() || name.chars().count() > 200 || name.chars().any(char::is_control) {
+        // Control characters would break the listing's one line per project;
+        // invisible and direction-changing ones let a name pass for another.
+        if name.is_empty() || name.chars().count() > 200 || name.chars().any(|c| c.is_control() || deceptive(c)) {
             return Err(ControlError::InvalidName);
         }
         let now = chrono::Utc::now().to_rfc3339();
@@ -198,9 +199,13 @@ mod tests {
         assert_eq!(cp.project_by_key(&b.deploy_key).unwrap(), Some((b.clone(), KeyKind::Deploy)));
         assert_eq!(cp.project_by_key("llw_nope").unwrap(), None);
         assert!(matches!(cp.create_project("  "), Err(ControlError::InvalidName)));
+        for disguised in ["\u{202E}gnp.exe", "Sh\u{200B}op", "a\u{2028}b", "\u{2066}x\u{2069}", "\u{FEFF}Blog"] {
+            assert!(matches!(cp.create_project(disguised), Err(ControlError::InvalidName)), "{disguised:?}");
+        }
+        assert!(cp.create_project("Café – 日本 🚀").is_ok(), "letters, dashes and emoji of any script are names");
         drop(cp);
         let cp = ControlPlane::open(&path).unwrap();
-        assert_eq!(cp.projects().unwrap(), vec![a, b]);
+        assert_eq!(cp.projects().unwrap()[..2], [a, b]);
     }
 
     #[test]
@@ -226,4 +231,12 @@ mod tests {
         Connection::open(&path).unwrap().pragma_update(None, "user_version", 99).unwrap();
         assert!(matches!(ControlPlane::open(&path), Err(ControlError::SchemaTooNew { found: 99, .. })));
     }
+}
+
+/// Characters that change how the text around them reads without showing
+/// themselves: bidirectional overrides, embeddings and isolates (the
+/// "Trojan Source" set), direction marks, zero-width characters and the
+/// Unicode line and paragraph separators.
+fn deceptive(c: char) -> bool {
+    matches!(c, '\u{061C}' | '\u{200B}'..='\u{200F}' | '\u{2028}'..='\u{202E}' | '\u{2060}'..='\u{2069}' | '\u{FEFF}')
 }

@@ -2,15 +2,21 @@
 //!
 //! For now the home page: the projects on this instance, their public write
 //! keys, and where to send events. Read keys are secrets and never rendered.
+//! The projects are listed to clients on this machine only (a loopback
+//! peer): a write key is public once a site embeds it, but the list would
+//! name every project to anyone who can reach the server, and hand out the
+//! write keys of those no page embeds.
 
-use axum::extract::State;
-use axum::http::StatusCode;
+use axum::extract::connect_info::ConnectInfo;
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 use handlebars::Handlebars;
 use leanloop_control::ControlPlane;
 use serde::Serialize;
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 const HOME: &str = include_str!("../templates/home.hbs");
@@ -36,25 +42,78 @@ pub fn router(control: Arc<ControlPlane>) -> Router {
     Router::new().route("/", get(home)).with_state(pages)
 }
 
-async fn home(State(pages): State<Pages>) -> Response {
-    let projects = match pages.control.projects() {
-        Ok(projects) => projects,
+/// What every page may do: nothing but show itself and its inline styles.
+/// No scripts, frames (clickjacking), sniffed types, referrers or caching.
+const PAGE_HEADERS: [(header::HeaderName, &str); 5] = [
+    (header::CONTENT_SECURITY_POLICY, "default-src 'none'; style-src 'unsafe-inline'; img-src data:; frame-ancestors 'none'; base-uri 'none'; form-action 'none'"),
+    (header::X_FRAME_OPTIONS, "DENY"),
+    (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+    (header::REFERRER_POLICY, "no-referrer"),
+    (header::CACHE_CONTROL, "no-store"),
+];
+
+async fn home(State(pages): State<Pages>, request: Request) -> Response {
+    // A request without its peer (not served by the connection loop) is not local.
+    let local = request.extensions().get::<ConnectInfo<SocketAddr>>().is_some_and(|peer| peer.0.ip().is_loopback());
+    let rows: Vec<ProjectRow> = match local.then(|| pages.control.projects()).transpose() {
+        Ok(projects) => projects
+            .unwrap_or_default()
+            .into_iter()
+            .map(|p| ProjectRow { id: p.id, name: p.name, write_key: p.write_key })
+            .collect(),
         Err(err) => {
             return leanloop_core::ApiError::from_class(leanloop_core::ErrorClass::Internal, err.to_string())
                 .into_response()
         }
     };
-    let rows: Vec<ProjectRow> =
-        projects.into_iter().map(|p| ProjectRow { id: p.id, name: p.name, write_key: p.write_key }).collect();
-    match pages.templates.render("home", &serde_json::json!({ "projects": rows })) {
+    let mut page = match pages.templates.render("home", &serde_json::json!({ "local": local, "projects": rows })) {
         Ok(html) => Html(html).into_response(),
-        Err(err) => (StatusCode::INTERNAL_SERVER_ERROR, format!("rendering failed: {err}")).into_response(),
+        Err(err) => return (StatusCode::INTERNAL_SERVER_ERROR, format!("rendering failed: {err}")).into_response(),
+    };
+    for (name, value) in PAGE_HEADERS {
+        page.headers_mut().insert(name, HeaderValue::from_static(value));
     }
+    page
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The page for a request from `peer`.
+    async fn page_for(peer: Option<&str>) -> (axum::http::HeaderMap, String) {
+        use tower::ServiceExt;
+        let dir = tempfile::tempdir().unwrap();
+        let control = Arc::new(ControlPlane::open(&dir.path().join("control.sqlite")).unwrap());
+        let project = control.create_project("Shop").unwrap();
+        let mut request = Request::builder().uri("/").body(axum::body::Body::empty()).unwrap();
+        if let Some(peer) = peer {
+            request.extensions_mut().insert(ConnectInfo(peer.parse::<SocketAddr>().unwrap()));
+        }
+        let response = router(control).oneshot(request).await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        let headers = response.headers().clone();
+        let body = axum::body::to_bytes(response.into_body(), 1 << 20).await.unwrap();
+        let html = String::from_utf8(body.to_vec()).unwrap();
+        assert_eq!(html.contains(&project.write_key), html.contains("Shop"));
+        (headers, html)
+    }
+
+    #[tokio::test]
+    async fn projects_are_listed_to_this_machine_only_on_a_page_that_runs_nothing() {
+        for peer in ["127.0.0.1:50000", "[::1]:50000"] {
+            let (headers, html) = page_for(Some(peer)).await;
+            assert!(html.contains("Shop") && html.contains("llw_"), "{peer}: {html}");
+            assert!(headers[header::CONTENT_SECURITY_POLICY].to_str().unwrap().contains("frame-ancestors 'none'"));
+            assert_eq!(headers[header::X_CONTENT_TYPE_OPTIONS], "nosniff");
+        }
+        for peer in [Some("192.0.2.7:50000"), Some("[2001:db8::1]:50000"), None] {
+            let (headers, html) = page_for(peer).await;
+            assert!(!html.contains("Shop") && !html.contains("llw_"), "{peer:?}: {html}");
+            assert!(html.contains("leanloop project list"), "{peer:?}: {html}");
+            assert_eq!(headers[header::X_FRAME_OPTIONS], "DENY");
+        }
+    }
 
     #[test]
     fn home_renders_projects_and_escapes_names() {
@@ -64,7 +123,7 @@ mod tests {
         let html = hb
             .render(
                 "home",
-                &serde_json::json!({ "projects": [{ "id": 1, "name": "<b>Shop</b>", "write_key": "llw_x" }] }),
+                &serde_json::json!({ "local": true, "projects": [{ "id": 1, "name": "<b>Shop</b>", "write_key": "llw_x" }] }),
             )
             .unwrap();
         assert!(html.contains("&lt;b&gt;Shop&lt;/b&gt;"));
