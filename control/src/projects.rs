@@ -154,6 +154,14 @@ fn project_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Project> {
     })
 }
 
+/// Characters that change how the text around them reads without showing
+/// themselves: bidirectional overrides, embeddings and isolates (the
+/// "Trojan Source" set), direction marks, zero-width characters and the
+/// Unicode line and paragraph separators.
+fn deceptive(c: char) -> bool {
+    matches!(c, '\u{061C}' | '\u{200B}'..='\u{200F}' | '\u{2028}'..='\u{202E}' | '\u{2060}'..='\u{2069}' | '\u{FEFF}')
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -231,12 +239,4 @@ mod tests {
         Connection::open(&path).unwrap().pragma_update(None, "user_version", 99).unwrap();
         assert!(matches!(ControlPlane::open(&path), Err(ControlError::SchemaTooNew { found: 99, .. })));
     }
-}
-
-/// Characters that change how the text around them reads without showing
-/// themselves: bidirectional overrides, embeddings and isolates (the
-/// "Trojan Source" set), direction marks, zero-width characters and the
-/// Unicode line and paragraph separators.
-fn deceptive(c: char) -> bool {
-    matches!(c, '\u{061C}' | '\u{200B}'..='\u{200F}' | '\u{2028}'..='\u{202E}' | '\u{2060}'..='\u{2069}' | '\u{FEFF}')
 }
