@@ -130,7 +130,7 @@ impl Drop for Open {
 /// nearly all of it is sent (the socket's buffers wake a writer only once
 /// megabytes have drained, too seldom to count as activity).
 fn held_until_sent(response: Response, in_flight: InFlight) -> Response {
-    response.map(|body| axum::body::Body::new(Pieces { body, rest: Bytes::new(), in_flight }))
+    response.map(|body| axum::body::Body::new(Pieces { body, rest: Bytes::new(), in_flight, ended: false }))
 }
 
 /// The most of a response body handed to hyper at once.
@@ -142,6 +142,20 @@ struct Pieces {
     rest: Bytes,
     /// Counts the pieces handed over as unsent (see [`Activity::wrote`]).
     in_flight: InFlight,
+    /// Whether hyper read the body to its end.
+    ended: bool,
+}
+
+impl Drop for Pieces {
+    /// A body dropped before its end (an HTTP/2 stream the client reset, a
+    /// connection gone) leaves pieces handed over that will never be
+    /// written: were they still counted as unsent, every PING acknowledged
+    /// afterwards would count as activity, and the connection never idle.
+    fn drop(&mut self) {
+        if !self.ended {
+            self.in_flight.0.unsent.store(0, Ordering::SeqCst);
+        }
+    }
 }
 
 impl HttpBody for Pieces {
@@ -155,7 +169,10 @@ impl HttpBody for Pieces {
                     Ok(data) => self.rest = data,
                     Err(frame) => return Poll::Ready(Some(Ok(frame))),
                 },
-                other => return Poll::Ready(other),
+                other => {
+                    self.ended = true;
+                    return Poll::Ready(other);
+                }
             }
         }
         let n = self.rest.len().min(PIECE);
@@ -395,5 +412,21 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(5)).await;
         activity.wrote(17);
         assert_eq!(activity.idle_since_ms.load(Ordering::SeqCst), sent, "a write after the answer is not");
+        // An answer dropped half-sent (its HTTP/2 stream reset): what was
+        // handed over is never written, so writes are no activity after it.
+        let response = held_until_sent(Response::new(axum::body::Body::from(vec![1u8; 3 * PIECE])), activity.begin());
+        let mut body = response.into_body();
+        assert_eq!(body.frame().await.unwrap().unwrap().into_data().unwrap().len(), PIECE);
+        assert_eq!(activity.unsent.load(Ordering::SeqCst), PIECE as u64);
+        drop(body);
+        assert_eq!(activity.unsent.load(Ordering::SeqCst), 0);
+        let reset = activity.idle_since_ms.load(Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        activity.wrote(17);
+        assert_eq!(
+            activity.idle_since_ms.load(Ordering::SeqCst),
+            reset,
+            "a PING's acknowledgement after a reset is not"
+        );
     }
 }

@@ -703,16 +703,23 @@ impl Pipeline {
     /// ran it there (a delivery sent again, a hook and polling both).
     async fn queue_pushed(self: &Arc<Self>, repo: Repo, target: Target, event: Event) -> Result<Pushed, PipelineError> {
         let synced = self.synced(&repo).await?;
-        let sha = synced.0.resolve(&target).await?;
+        let resolved = synced.0.resolve(&target).await;
         let (reference, now) = match (target.branch(), target.tag()) {
             (_, Some(tag)) => (format!("refs/tags/{tag}"), Target::Tag(tag.to_owned())),
             (Some(branch), None) => (format!("refs/heads/{branch}"), Target::Branch(branch.to_owned())),
             (None, None) => {
-                let run = self.prepare(repo, synced, target, sha, event, Origin::Pushed).await?;
+                let run = self.prepare(repo, synced, target, resolved?, event, Origin::Pushed).await?;
                 return Ok(run.map_or(Pushed::Unmatched, Pushed::Queued));
             }
         };
         let head = synced.0.resolve(&now).await.ok();
+        let sha = match resolved {
+            Ok(sha) => sha,
+            // Not in the repository: a force-push replaced it before any
+            // fetch saw it, so the reference has moved on (or is gone).
+            Err(PipelineError::Invalid { .. }) => return Ok(Pushed::Stale { reference, head }),
+            Err(e) => return Err(e),
+        };
         if head.as_deref() != Some(sha.as_str()) {
             return Ok(Pushed::Stale { reference, head });
         }

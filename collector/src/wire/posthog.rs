@@ -265,11 +265,21 @@ fn incoming(c: Capture<'_>, sent_at: Option<i64>) -> Result<(Incoming, Option<St
     };
     let traits_once = merged_traits(known.set_once.as_deref(), c.set_once, "properties.$set_once", "$set_once")?;
     // A personless event (`$process_person_profile: false`, v1's option)
-    // changes no person; an identify always does, as in PostHog.
-    let personless = kind != EventKind::Identify
-        && (known.process_person_profile.0 == Some(false)
-            || c.options.0.as_ref().is_some_and(|o| o.process_person_profile.0 == Some(false)));
-    let (traits, traits_once) = if personless { (None, None) } else { (traits, traits_once) };
+    // changes no person. An event whose whole point is to change people is
+    // refused so, as PostHog drops it (`invalid_event_when_process_person_profile_is_false`).
+    let personless_by = if known.process_person_profile.0 == Some(false) {
+        Some("properties.$process_person_profile")
+    } else if c.options.0.as_ref().is_some_and(|o| o.process_person_profile.0 == Some(false)) {
+        Some("options.process_person_profile")
+    } else {
+        None
+    };
+    if let Some(field) = personless_by {
+        if matches!(name.as_str(), "$identify" | "$create_alias" | "$merge_dangerously" | "$groupidentify") {
+            return Err(IngestError::field(field, format!("`{name}` changes people, so it cannot be personless")));
+        }
+    }
+    let (traits, traits_once) = if personless_by.is_some() { (None, None) } else { (traits, traits_once) };
     let properties = match kind {
         EventKind::Group => add_property(
             &properties,
@@ -538,12 +548,12 @@ mod tests {
     }
 
     #[test]
-    fn a_personless_event_changes_no_person_but_an_identify_does() {
+    fn a_personless_event_changes_no_person_and_a_personless_identify_is_refused() {
         let body = r#"{"api_key":"k","batch":[
             {"event":"a","distinct_id":"d","properties":{"$process_person_profile":false,"$set":{"x":1}}},
             {"event":"b","distinct_id":"d","options":{"process_person_profile":false},"$set_once":{"x":1}},
-            {"event":"$identify","distinct_id":"d","properties":{"$process_person_profile":false,"$set":{"x":1}}},
-            {"event":"c","distinct_id":"d","properties":{"$process_person_profile":true,"$set":{"x":1}}}]}"#;
+            {"event":"c","distinct_id":"d","properties":{"$process_person_profile":true,"$set":{"x":1}}},
+            {"event":"$identify","distinct_id":"d","properties":{"$process_person_profile":true,"$set":{"x":1}}}]}"#;
         let d = decode(body, false, None, 32 * 1024, 10).unwrap();
         let changes: Vec<bool> = d
             .items
@@ -551,6 +561,42 @@ mod tests {
             .map(|i| i.as_ref().map(|i| i.traits.is_some() || i.traits_once.is_some()).unwrap())
             .collect();
         assert_eq!(changes, [false, false, true, true]);
+        for (event, props, options, field) in [
+            (
+                "$identify",
+                r#""$anon_distinct_id":"a","$process_person_profile":false"#,
+                "{}",
+                "properties.$process_person_profile",
+            ),
+            (
+                "$create_alias",
+                r#""alias":"n","$process_person_profile":false"#,
+                "{}",
+                "properties.$process_person_profile",
+            ),
+            (
+                "$merge_dangerously",
+                r#""alias":"n""#,
+                r#"{"process_person_profile":false}"#,
+                "options.process_person_profile",
+            ),
+            (
+                "$groupidentify",
+                r#""$group_type":"org","$group_key":"o1","$process_person_profile":false"#,
+                "{}",
+                "properties.$process_person_profile",
+            ),
+        ] {
+            let body = format!(
+                r#"{{"api_key":"k","event":"{event}","distinct_id":"d","properties":{{{props}}},"options":{options}}}"#
+            );
+            let d = decode(&body, false, None, 32 * 1024, 10).unwrap();
+            assert!(
+                matches!(&d.items[0], Err(IngestError::BadField { field: f, .. }) if f == field),
+                "{event}: {:?}",
+                d.items[0]
+            );
+        }
     }
 
     #[test]

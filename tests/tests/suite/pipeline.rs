@@ -10,6 +10,8 @@ use leanloop_tests::pipeline::{
 use leanloop_tests::{eventually, eventually_within};
 use reqwest::Method;
 use serde_json::{json, Value};
+use std::sync::atomic::AtomicBool;
+use std::sync::atomic::Ordering::SeqCst;
 
 fn case_label(case: &str) -> String {
     format!("leanloop.test.case={case}")
@@ -584,6 +586,12 @@ async fn webhooks_need_a_valid_signature() {
     assert_eq!(late.status(), 200);
     let late: Value = late.json().await.unwrap();
     assert!(late["run"].is_null() && late["skipped"].as_str().unwrap().contains(&newer), "{late}");
+    // A push whose commit a force-push replaced before any fetch saw it:
+    // the branch has moved on just the same.
+    let unseen = github_push(json!({ "ref": "refs/heads/main", "after": "7".repeat(40) }).to_string()).await.unwrap();
+    assert_eq!(unseen.status(), 200);
+    let unseen: Value = unseen.json().await.unwrap();
+    assert!(unseen["run"].is_null() && unseen["skipped"].as_str().unwrap().contains(&newer), "{unseen}");
     // A push none of whose steps' `when` matches records no run.
     repo.git(&["checkout", "-q", "-b", "feature/x"]);
     repo.write("leanloop.yml", &CACHED.replace("cache: [/cache]", "when: { branch: [main] }"));
@@ -813,12 +821,16 @@ async fn a_git_server_that_stalls_delays_only_its_own_repository() {
     let bare = served.path().join("app.git");
     stalled.git(&["clone", "-q", "--bare", &stalled.path(), &bare.to_string_lossy()]);
     stalled.git(&["--git-dir", &bare.to_string_lossy(), "update-server-info"]);
-    let stall = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let bare_path = bare.to_string_lossy().into_owned();
+    let (stall, fail) = (std::sync::Arc::new(AtomicBool::new(false)), std::sync::Arc::new(AtomicBool::new(false)));
     let handler = {
-        let stall = stall.clone();
+        let (stall, fail) = (stall.clone(), fail.clone());
         move |axum::extract::Path(path): axum::extract::Path<String>| async move {
-            if stall.load(std::sync::atomic::Ordering::SeqCst) {
+            if stall.load(SeqCst) {
                 std::future::pending::<()>().await;
+            }
+            if fail.load(SeqCst) {
+                return (axum::http::StatusCode::INTERNAL_SERVER_ERROR, Vec::new());
             }
             match std::fs::read(bare.join(&path)).ok().filter(|_| !path.contains("..")) {
                 Some(bytes) => (axum::http::StatusCode::OK, bytes),
@@ -833,19 +845,39 @@ async fn a_git_server_that_stalls_delays_only_its_own_repository() {
     let body = json!({ "name": "stalled", "source": source, "poll_seconds": 1, "webhook_secret": "hook-secret" });
     let (status, registered) = call(&s, Method::POST, "/repos", Some(body)).await;
     assert_eq!(status, 201, "{registered}");
-    stall.store(true, std::sync::atomic::Ordering::SeqCst);
+    let deliver = |push: String| {
+        let signature = leanloop_pipeline::webhooks::sign("hook-secret", push.as_bytes());
+        s.client
+            .post(s.url(&format!("/hooks/{}/github", registered["id"])))
+            .header("X-GitHub-Event", "push")
+            .header("X-Hub-Signature-256", format!("sha256={signature}"))
+            .body(push)
+            .send()
+    };
+    // A push while the server fails: its fetch is tried again later, and
+    // the push runs once the server is back (the sender has its 202 and
+    // sends nothing more).
+    let repo_path = format!("/repos/{}", registered["id"]);
+    let (status, _) = call(&s, Method::PATCH, &repo_path, Some(json!({ "poll_seconds": null }))).await;
+    assert_eq!(status, 200, "polling off, so only the push can run the commit");
+    fail.store(true, SeqCst);
+    stalled.write("NEWS", "pushed while the server failed\n");
+    let pushed = stalled.commit("pushed while the server failed");
+    stalled.git(&["push", "-q", &bare_path, "HEAD:refs/heads/main"]);
+    stalled.git(&["--git-dir", &bare_path, "update-server-info"]);
+    let answer = deliver(json!({ "ref": "refs/heads/main", "after": pushed }).to_string()).await.unwrap();
+    assert_eq!(answer.status(), 202, "{:?}", answer.text().await);
+    fail.store(false, SeqCst);
+    let run = run_of(&s, registered["id"].as_i64().unwrap(), &pushed, "the push's run once its source answers").await;
+    assert_eq!(run["event"], "push", "{run}");
+    finished(&s, run["id"].as_i64().unwrap()).await;
+    let (status, _) = call(&s, Method::PATCH, &repo_path, Some(json!({ "poll_seconds": 1 }))).await;
+    assert_eq!(status, 200);
+    stall.store(true, SeqCst);
     // A push to it is answered before its sender gives up (GitHub waits
     // 10 s): 202, the run to start once the fetch ends.
-    let push = json!({ "ref": "refs/heads/main", "after": stalled.head() }).to_string();
-    let signature = leanloop_pipeline::webhooks::sign("hook-secret", push.as_bytes());
-    let hook = s
-        .client
-        .post(s.url(&format!("/hooks/{}/github", registered["id"])))
-        .header("X-GitHub-Event", "push")
-        .header("X-Hub-Signature-256", format!("sha256={signature}"))
-        .body(push);
     let sent = std::time::Instant::now();
-    let answer = hook.send().await.unwrap();
+    let answer = deliver(json!({ "ref": "refs/heads/main", "after": stalled.head() }).to_string()).await.unwrap();
     assert_eq!(answer.status(), 202);
     assert!(sent.elapsed() < std::time::Duration::from_secs(10), "answered in {:?}", sent.elapsed());
     // Another polled repository: its new commit still runs.
