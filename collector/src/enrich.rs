@@ -38,6 +38,8 @@ pub struct RequestFacts {
     /// The SDK the request's headers name, for events that name none
     /// (PostHog v1 sends it as `PostHog-Sdk-Info`, not as `$lib`).
     pub library: Option<String>,
+    /// The SDK's version beside its name (`PostHog-Sdk-Info`).
+    pub library_version: Option<String>,
 }
 
 /// Ids apps send by mistake for a person (an unset variable printed, a
@@ -424,6 +426,7 @@ mod tests {
             country: Some("NZ".into()),
             request_sent_at: None,
             library: None,
+            library_version: None,
         }
     }
 

@@ -250,7 +250,10 @@ fn process(
         }
         Endpoint::PostHog | Endpoint::PostHogV1 => {
             let keyed = header_key.is_some();
-            posthog::decode(&text, keyed, facts.request_sent_at, limits.max_event_bytes, limits.max_batch_events)?
+            let sdk = posthog::Sdk { name: facts.library.as_deref(), version: facts.library_version.as_deref() };
+            let (sent_at, max_event, max_batch) =
+                (facts.request_sent_at, limits.max_event_bytes, limits.max_batch_events);
+            posthog::decode_sent_by(&text, keyed, sent_at, sdk, max_event, max_batch)?
         }
         Endpoint::Feedback => feedback::decode(&text, limits.max_event_bytes)?,
     };
@@ -429,6 +432,12 @@ fn request_facts(c: &Collector, headers: &HeaderMap, peer: SocketAddr, request_s
         let code = headers.get(name)?.to_str().ok()?.trim().to_ascii_uppercase();
         (code.len() == 2 && code.bytes().all(|b| b.is_ascii_uppercase())).then_some(code)
     });
+    // `posthog-python/7.1.0`: the name, as `$lib` gives it, and the version.
+    let sdk = headers.get("posthog-sdk-info").and_then(|v| v.to_str().ok()).map_or((None, None), |info| {
+        let (name, version) = info.split_once('/').unwrap_or((info, ""));
+        let part = |p: &str| Some(p.trim().to_owned()).filter(|p| !p.is_empty());
+        (part(name), part(version))
+    });
     RequestFacts {
         project_id: 0,
         store_full_ip: false,
@@ -437,14 +446,8 @@ fn request_facts(c: &Collector, headers: &HeaderMap, peer: SocketAddr, request_s
         user_agent: headers.get(header::USER_AGENT).and_then(|v| v.to_str().ok()).map(str::to_owned),
         country,
         request_sent_at,
-        // `posthog-python/7.1.0`: the name, as `$lib` gives it.
-        library: headers
-            .get("posthog-sdk-info")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|info| info.split('/').next())
-            .map(str::trim)
-            .filter(|name| !name.is_empty())
-            .map(str::to_owned),
+        library: sdk.0,
+        library_version: sdk.1,
     }
 }
 

@@ -45,8 +45,9 @@ struct Capture<'a> {
     set: Option<&'a RawValue>,
     #[serde(rename = "$set_once", borrow)]
     set_once: Option<&'a RawValue>,
-    /// v1 keeps the session beside the properties, not in them.
+    /// v1 keeps the session and window beside the properties, not in them.
     session_id: Option<Text>,
+    window_id: Option<Text>,
     #[serde(default)]
     options: LenientObject<Options>,
 }
@@ -140,6 +141,28 @@ pub fn decode(
     max_event_bytes: usize,
     max_batch: usize,
 ) -> Result<Decoded, IngestError> {
+    decode_sent_by(text, keyed, request_sent_at, Sdk::default(), max_event_bytes, max_batch)
+}
+
+/// The SDK a request's headers name (v1's `PostHog-Sdk-Info`).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Sdk<'a> {
+    pub name: Option<&'a str>,
+    pub version: Option<&'a str>,
+}
+
+/// [`decode`], for a request whose headers name its SDK: v1 moves `$lib`,
+/// `$lib_version`, `$session_id` and `$window_id` out of the properties
+/// (into the header, and beside the properties), and they are put back, as
+/// PostHog's v1 capture does, so a breakdown by them sees both protocols.
+pub fn decode_sent_by(
+    text: &str,
+    keyed: bool,
+    request_sent_at: Option<i64>,
+    sdk: Sdk<'_>,
+    max_event_bytes: usize,
+    max_batch: usize,
+) -> Result<Decoded, IngestError> {
     let trimmed = text.trim_start();
     let (envelope, items): (Option<Envelope>, Vec<&RawValue>) = if trimmed.starts_with('[') {
         (None, decode_item(text)?)
@@ -177,7 +200,7 @@ pub fn decode(
     let decoded = split_items(items, 0, max_event_bytes)
         .map(|raw| {
             let capture: Capture = decode_item(raw?)?;
-            let (mut incoming, event_key) = incoming(capture, sent_at)?;
+            let (mut incoming, event_key) = incoming(capture, sent_at, sdk)?;
             if key.is_none() {
                 key = event_key.clone();
             }
@@ -209,9 +232,16 @@ pub fn batch_uuids(text: &str) -> Vec<Option<String>> {
     body.batch.iter().map(|raw| serde_json::from_str::<Named>(raw.get()).ok().and_then(|n| Id::take(n.uuid))).collect()
 }
 
-fn incoming(c: Capture<'_>, sent_at: Option<i64>) -> Result<(Incoming, Option<String>), IngestError> {
+fn incoming(c: Capture<'_>, sent_at: Option<i64>, sdk: Sdk<'_>) -> Result<(Incoming, Option<String>), IngestError> {
     let name = Id::take(c.event).ok_or_else(|| IngestError::field("event", "`event` is required"))?;
     let properties = object_text(c.properties, "properties")?;
+    let beside = [
+        ("$session_id", c.session_id.as_ref().and_then(|t| t.0.clone())),
+        ("$window_id", c.window_id.as_ref().and_then(|t| t.0.clone())),
+        ("$lib", sdk.name.map(str::to_owned)),
+        ("$lib_version", sdk.version.map(str::to_owned)),
+    ];
+    let properties = with_missing_properties(properties, beside)?;
     let known: Known = known_properties(&properties);
     // `properties.token` (posthog-js) is only a fallback: a property of
     // that name may be the app's own.
@@ -421,6 +451,24 @@ fn without_property(properties: &str, key: &str) -> Result<String, IngestError> 
     Ok(text)
 }
 
+/// `properties` with each of `values` that is given and not there already.
+fn with_missing_properties<const N: usize>(
+    properties: String,
+    values: [(&str, Option<String>); N],
+) -> Result<String, IngestError> {
+    if values.iter().all(|(_, v)| v.is_none()) {
+        return Ok(properties);
+    }
+    let mut map: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_str(&properties).map_err(|e| IngestError::field("properties", e.to_string()))?;
+    for (key, value) in values {
+        if let (Some(value), false) = (value, map.contains_key(key)) {
+            map.insert(key.to_owned(), serde_json::Value::String(value));
+        }
+    }
+    Ok(serde_json::Value::Object(map).to_string())
+}
+
 fn add_property(properties: &str, key: &str, value: Option<String>) -> Result<String, IngestError> {
     let Some(value) = value else {
         return Ok(properties.to_owned());
@@ -597,6 +645,29 @@ mod tests {
                 d.items[0]
             );
         }
+    }
+
+    #[test]
+    fn v1_fields_beside_the_properties_and_in_its_header_are_put_back_in_them() {
+        let body = r#"{"batch":[
+            {"event":"a","uuid":"u1","distinct_id":"d","session_id":"s1","window_id":"w1","properties":{"x":1}},
+            {"event":"b","uuid":"u2","distinct_id":"d","session_id":"s1","properties":{"$lib":"own","$window_id":"w0"}}]}"#;
+        let sdk = Sdk { name: Some("posthog-python"), version: Some("7.91.1") };
+        let d = decode_sent_by(body, true, None, sdk, 32 * 1024, 10).unwrap();
+        let properties: Vec<serde_json::Value> =
+            d.items.iter().map(|i| serde_json::from_str(&i.as_ref().unwrap().properties).unwrap()).collect();
+        assert_eq!(
+            properties,
+            [
+                serde_json::json!({"x": 1, "$session_id": "s1", "$window_id": "w1", "$lib": "posthog-python", "$lib_version": "7.91.1"}),
+                serde_json::json!({"$lib": "own", "$window_id": "w0", "$session_id": "s1", "$lib_version": "7.91.1"}),
+            ]
+        );
+        // v0, from the same SDK without the header: the properties as sent.
+        let d =
+            decode(r#"{"api_key":"k","event":"a","distinct_id":"d","properties":{"x":1}}"#, false, None, 32 * 1024, 10)
+                .unwrap();
+        assert_eq!(d.items[0].as_ref().unwrap().properties, r#"{"x":1}"#);
     }
 
     #[test]
