@@ -30,13 +30,20 @@ const MIN_ENCODED: usize = 8;
 /// Basic auth header), standard and URL-safe, and percent-encoded (in a
 /// URL). A value's base64 depends on where it falls among the groups of
 /// three bytes base64 encodes together, so for each of the three places
-/// the form is the run of characters that depends on the secret alone.
+/// the form is the run of characters that depends on the secret alone;
+/// `base64` wraps its output at 76 columns, so each line of the secret's
+/// own wrapped form is one too. Percent-encoded: every character but
+/// letters and digits, or RFC 3986's unreserved ones kept (and `/` kept
+/// too, as Python's `quote` does), in upper- or lower-case hex, and as a
+/// form encodes it (`+` for a space). JSON-escaped, with `/` as `\/` too
+/// (PHP's `json_encode`), as GitHub Actions masks it.
 fn encoded_forms(secret: &str) -> Vec<String> {
-    use base64::engine::general_purpose::{STANDARD_NO_PAD, URL_SAFE_NO_PAD};
+    use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD, URL_SAFE_NO_PAD};
     use base64::Engine;
     use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
     // RFC 3986's unreserved characters are left as they are.
     const COMPONENT: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'.').remove(b'_').remove(b'~');
+    const PATH: &AsciiSet = &COMPONENT.remove(b'/');
     let bytes = secret.as_bytes();
     let mut forms = Vec::new();
     for skip in 0..3.min(bytes.len()) {
@@ -44,12 +51,41 @@ fn encoded_forms(secret: &str) -> Vec<String> {
         let grouped = &rest[..rest.len() / 3 * 3];
         forms.extend([STANDARD_NO_PAD.encode(grouped), URL_SAFE_NO_PAD.encode(grouped)]);
     }
-    forms.extend([
-        utf8_percent_encode(secret, NON_ALPHANUMERIC).to_string(),
-        utf8_percent_encode(secret, COMPONENT).to_string(),
-    ]);
+    let wrapped = STANDARD.encode(bytes);
+    if wrapped.len() > BASE64_COLUMNS {
+        forms.extend(wrapped.as_bytes().chunks(BASE64_COLUMNS).map(|line| String::from_utf8_lossy(line).into_owned()));
+    }
+    for set in [NON_ALPHANUMERIC, COMPONENT, PATH] {
+        let upper = utf8_percent_encode(secret, set).to_string();
+        forms.push(lower_hex_escapes(&upper));
+        forms.push(upper);
+    }
+    forms.push(url::form_urlencoded::byte_serialize(bytes).collect());
+    let json = serde_json::to_string(secret).unwrap_or_default();
+    let json = json[1..json.len() - 1].to_owned();
+    forms.push(json.replace('/', "\\/"));
+    forms.push(json);
     forms.retain(|f| f.len() >= MIN_ENCODED && f != secret);
     forms
+}
+
+/// The columns `base64` (coreutils, busybox) wraps its output at.
+const BASE64_COLUMNS: usize = 76;
+
+/// `encoded` with the hex digits of its `%XX` escapes in lower case.
+fn lower_hex_escapes(encoded: &str) -> String {
+    let mut out = String::with_capacity(encoded.len());
+    let mut hex_left = 0;
+    for c in encoded.chars() {
+        if hex_left > 0 {
+            hex_left -= 1;
+            out.push(c.to_ascii_lowercase());
+        } else {
+            hex_left = if c == '%' { 2 } else { 0 };
+            out.push(c);
+        }
+    }
+    out
 }
 
 #[derive(Debug, Clone)]
@@ -310,6 +346,30 @@ mod tests {
         }
         assert_eq!(log.mask("?t=Zq9%2DSecretVal%2D7731&x"), "?t=********&x");
         assert_eq!(log.mask("a plain line with base64 words"), "a plain line with base64 words");
+    }
+
+    #[test]
+    fn a_secret_is_masked_json_escaped_form_encoded_and_in_wrapped_base64() {
+        use base64::Engine;
+        let dir = tempfile::tempdir().unwrap();
+        let records = Arc::new(Records::open(&dir.path().join("p.sqlite3")).unwrap());
+        let (quoted, spaced, long) = ("pa\"ss\\wo/rd123", "my secret&val ue", "L0ng-".repeat(16));
+        let log = RunLog::new(1, records, vec![quoted.into(), spaced.into(), long.clone()]).unwrap();
+        for (text, shown) in [
+            (r#"{"token": "pa\"ss\\wo/rd123"}"#, r#"{"token": "********"}"#),
+            (r#"{"token":"pa\"ss\\wo\/rd123"}"#, r#"{"token":"********"}"#),
+            ("?q=my+secret%26val+ue&x", "?q=********&x"),
+            ("?q=my%20secret%26val%20ue", "?q=********"),
+            ("?q=pa%22ss%5cwo/rd123", "?q=********"),
+            ("?q=pa%22ss%5cwo%2frd123", "?q=********"),
+        ] {
+            assert_eq!(log.mask(text), shown, "{text}");
+        }
+        // `printf %s "$LONG" | base64`: 80 bytes wrap onto two lines.
+        let wrapped = base64::engine::general_purpose::STANDARD.encode(&long);
+        for line in [&wrapped[..76], &wrapped[76..]] {
+            assert_eq!(log.mask(line), "********", "{line}");
+        }
     }
 
     #[test]
