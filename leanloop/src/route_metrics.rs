@@ -11,7 +11,10 @@ use axum::extract::{MatchedPath, Request};
 use axum::http::{Method, StatusCode};
 use axum::response::Response;
 use futures::future::BoxFuture;
+use metrics::{Counter, Histogram};
+use std::collections::HashMap;
 use std::convert::Infallible;
+use std::sync::RwLock;
 use std::task::{Context, Poll};
 use std::time::Instant;
 use tower::{Layer, Service};
@@ -48,7 +51,7 @@ where
     fn call(&mut self, request: Request) -> Self::Future {
         let mut pending = Pending {
             route: request.extensions().get::<MatchedPath>().cloned(),
-            method: request.method().clone(),
+            method: method_label(request.method()),
             started: Instant::now(),
             answered: false,
         };
@@ -66,7 +69,7 @@ where
 /// `dropped`.
 struct Pending {
     route: Option<MatchedPath>,
-    method: Method,
+    method: &'static str,
     started: Instant,
     answered: bool,
 }
@@ -79,11 +82,65 @@ impl Pending {
 
     fn record(&self, status: &str) {
         let Some(route) = &self.route else { return };
-        let (route, method) = (route.as_str().to_owned(), self.method.as_str().to_owned());
-        metrics::counter!("leanloop_http_requests_total", "route" => route.clone(), "method" => method.clone(), "status" => status.to_owned())
-            .increment(1);
-        metrics::histogram!("leanloop_http_request_duration_seconds", "route" => route, "method" => method)
-            .record(self.started.elapsed().as_secs_f64());
+        let (count, seconds) = SERIES.handles(route.as_str(), self.method, status);
+        count.increment(1);
+        seconds.record(self.started.elapsed().as_secs_f64());
+    }
+}
+
+/// A method as a label: any but the standard ones is `other`, so made-up
+/// methods make no new series.
+fn method_label(method: &Method) -> &'static str {
+    const KNOWN: [(Method, &str); 7] = [
+        (Method::GET, "GET"),
+        (Method::POST, "POST"),
+        (Method::PUT, "PUT"),
+        (Method::PATCH, "PATCH"),
+        (Method::DELETE, "DELETE"),
+        (Method::HEAD, "HEAD"),
+        (Method::OPTIONS, "OPTIONS"),
+    ];
+    KNOWN.iter().find(|(known, _)| known == method).map_or("other", |(_, label)| label)
+}
+
+/// The series' handles, kept per route: building a series' key (its label
+/// strings, hashed) for every request cost more than the look-up here.
+static SERIES: Series = Series(RwLock::new(None));
+
+struct Series(RwLock<Option<HashMap<String, Vec<Handles>>>>);
+
+/// One route's series for a method and status.
+struct Handles {
+    method: &'static str,
+    status: String,
+    count: Counter,
+    seconds: Histogram,
+}
+
+impl Series {
+    fn handles(&self, route: &str, method: &'static str, status: &str) -> (Counter, Histogram) {
+        let found = |routes: &HashMap<String, Vec<Handles>>| {
+            let h = routes.get(route)?.iter().find(|h| h.method == method && h.status == status)?;
+            Some((h.count.clone(), h.seconds.clone()))
+        };
+        if let Some(handles) = self.0.read().unwrap_or_else(|p| p.into_inner()).as_ref().and_then(found) {
+            return handles;
+        }
+        let mut routes = self.0.write().unwrap_or_else(|p| p.into_inner());
+        let routes = routes.get_or_insert_with(HashMap::new);
+        if let Some(handles) = found(routes) {
+            return handles;
+        }
+        let (r, m) = (route.to_owned(), method);
+        let handles = Handles {
+            method,
+            status: status.to_owned(),
+            count: metrics::counter!("leanloop_http_requests_total", "route" => r.clone(), "method" => m, "status" => status.to_owned()),
+            seconds: metrics::histogram!("leanloop_http_request_duration_seconds", "route" => r, "method" => m),
+        };
+        let pair = (handles.count.clone(), handles.seconds.clone());
+        routes.entry(route.to_owned()).or_default().push(handles);
+        pair
     }
 }
 

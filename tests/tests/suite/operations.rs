@@ -112,6 +112,9 @@ async fn health_readiness_and_metrics() {
 
     let write = Some(project.write_key.as_str());
     assert_eq!(post(write, "/v1/batch", batch(3, "m")).await, 200);
+    // A made-up method is counted as `other`, not as a series of its own.
+    let made_up = reqwest::Method::from_bytes(b"BREW").unwrap();
+    assert_eq!(client.request(made_up, url("/v1/track")).send().await.unwrap().status(), 405);
     assert_eq!(post(write, "/v1/track", json!({"userId": "u"})).await, 400, "no event name");
     assert_eq!(post(None, "/v1/track", json!({})).await, 401, "no key");
     let none_good = json!({"batch": [{"type": "track", "userId": "u"}]});
@@ -151,6 +154,7 @@ async fn health_readiness_and_metrics() {
         ("leanloop_http_requests_total{route=\"/v1/track\",method=\"POST\",status=\"401\"}", 2.0),
         ("leanloop_http_requests_total{route=\"/readyz\",method=\"GET\",status=\"200\"}", 1.0),
         ("leanloop_http_request_duration_seconds_count{route=\"/v1/batch\",method=\"POST\"}", 2.0),
+        ("leanloop_http_requests_total{route=\"/v1/track\",method=\"other\",status=\"405\"}", 1.0),
     ] {
         assert_eq!(metric(&text, series), Some(expected), "{series} in:\n{text}");
     }
