@@ -156,10 +156,32 @@ fn project_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Project> {
 
 /// Characters that change how the text around them reads without showing
 /// themselves: bidirectional overrides, embeddings and isolates (the
-/// "Trojan Source" set), direction marks, zero-width characters and the
-/// Unicode line and paragraph separators.
+/// "Trojan Source" set), direction marks, zero-width characters, the
+/// Unicode line and paragraph separators, and the other invisible ones a
+/// name could be made of or hide in (fillers, blanks, soft hyphens, tags,
+/// interlinear annotation). Variation selectors stay: emoji need them.
 fn deceptive(c: char) -> bool {
-    matches!(c, '\u{061C}' | '\u{200B}'..='\u{200F}' | '\u{2028}'..='\u{202E}' | '\u{2060}'..='\u{2069}' | '\u{FEFF}')
+    matches!(
+        c,
+        '\u{00AD}'
+            | '\u{034F}'
+            | '\u{061C}'
+            | '\u{115F}'
+            | '\u{1160}'
+            | '\u{17B4}'
+            | '\u{17B5}'
+            | '\u{180B}'..='\u{180F}'
+            | '\u{200B}'..='\u{200F}'
+            | '\u{2028}'..='\u{202E}'
+            | '\u{2060}'..='\u{206F}'
+            | '\u{2800}'
+            | '\u{3164}'
+            | '\u{FEFF}'
+            | '\u{FFA0}'
+            | '\u{FFF9}'..='\u{FFFB}'
+            | '\u{1D173}'..='\u{1D17A}'
+            | '\u{E0000}'..='\u{E0FFF}'
+    )
 }
 
 #[cfg(test)]
@@ -207,7 +229,17 @@ mod tests {
         assert_eq!(cp.project_by_key(&b.deploy_key).unwrap(), Some((b.clone(), KeyKind::Deploy)));
         assert_eq!(cp.project_by_key("llw_nope").unwrap(), None);
         assert!(matches!(cp.create_project("  "), Err(ControlError::InvalidName)));
-        for disguised in ["\u{202E}gnp.exe", "Sh\u{200B}op", "a\u{2028}b", "\u{2066}x\u{2069}", "\u{FEFF}Blog"] {
+        for disguised in [
+            "\u{202E}gnp.exe",
+            "Sh\u{200B}op",
+            "a\u{2028}b",
+            "\u{2066}x\u{2069}",
+            "\u{FEFF}Blog",
+            "\u{3164}",
+            "\u{2800}",
+            "so\u{00AD}ft",
+            "tag\u{E0041}",
+        ] {
             assert!(matches!(cp.create_project(disguised), Err(ControlError::InvalidName)), "{disguised:?}");
         }
         assert!(cp.create_project("Café – 日本 🚀").is_ok(), "letters, dashes and emoji of any script are names");

@@ -3,7 +3,7 @@
 //! For now the home page: the projects on this instance, their public write
 //! keys, and where to send events. Read keys are secrets and never rendered.
 //! The projects are listed to clients on this machine only (a loopback
-//! peer): a write key is public once a site embeds it, but the list would
+//! peer, the request not forwarded by a proxy): a write key is public once a site embeds it, but the list would
 //! name every project to anyone who can reach the server, and hand out the
 //! write keys of those no page embeds.
 
@@ -53,8 +53,12 @@ const PAGE_HEADERS: [(header::HeaderName, &str); 5] = [
 ];
 
 async fn home(State(pages): State<Pages>, request: Request) -> Response {
-    // A request without its peer (not served by the connection loop) is not local.
-    let local = request.extensions().get::<ConnectInfo<SocketAddr>>().is_some_and(|peer| peer.0.ip().is_loopback());
+    // A request without its peer (not served by the connection loop) is not
+    // local, nor one a proxy forwarded: behind a proxy on this machine every
+    // client's peer is the loopback address.
+    let forwarded = ["forwarded", "x-forwarded-for", "x-real-ip"].iter().any(|h| request.headers().contains_key(*h));
+    let local = !forwarded
+        && request.extensions().get::<ConnectInfo<SocketAddr>>().is_some_and(|peer| peer.0.ip().is_loopback());
     let rows: Vec<ProjectRow> = match local.then(|| pages.control.projects()).transpose() {
         Ok(projects) => projects
             .unwrap_or_default()
@@ -80,13 +84,18 @@ async fn home(State(pages): State<Pages>, request: Request) -> Response {
 mod tests {
     use super::*;
 
-    /// The page for a request from `peer`.
-    async fn page_for(peer: Option<&str>) -> (axum::http::HeaderMap, String) {
+    /// The page for a request from `peer`, with `headers`.
+    async fn page_for(peer: Option<&str>, headers: &[(&str, &str)]) -> (axum::http::HeaderMap, String) {
         use tower::ServiceExt;
         let dir = tempfile::tempdir().unwrap();
         let control = Arc::new(ControlPlane::open(&dir.path().join("control.sqlite")).unwrap());
         let project = control.create_project("Shop").unwrap();
         let mut request = Request::builder().uri("/").body(axum::body::Body::empty()).unwrap();
+        for (name, value) in headers {
+            request
+                .headers_mut()
+                .insert(header::HeaderName::from_bytes(name.as_bytes()).unwrap(), value.parse().unwrap());
+        }
         if let Some(peer) = peer {
             request.extensions_mut().insert(ConnectInfo(peer.parse::<SocketAddr>().unwrap()));
         }
@@ -102,13 +111,23 @@ mod tests {
     #[tokio::test]
     async fn projects_are_listed_to_this_machine_only_on_a_page_that_runs_nothing() {
         for peer in ["127.0.0.1:50000", "[::1]:50000"] {
-            let (headers, html) = page_for(Some(peer)).await;
+            let (headers, html) = page_for(Some(peer), &[]).await;
             assert!(html.contains("Shop") && html.contains("llw_"), "{peer}: {html}");
             assert!(headers[header::CONTENT_SECURITY_POLICY].to_str().unwrap().contains("frame-ancestors 'none'"));
             assert_eq!(headers[header::X_CONTENT_TYPE_OPTIONS], "nosniff");
         }
-        for peer in [Some("192.0.2.7:50000"), Some("[2001:db8::1]:50000"), None] {
-            let (headers, html) = page_for(peer).await;
+        // Behind a proxy on this machine, the peer is local but the client
+        // is not.
+        let proxied = [("x-forwarded-for", "203.0.113.9")];
+        let forwarded = [("forwarded", "for=203.0.113.9")];
+        for (peer, headers) in [
+            (Some("192.0.2.7:50000"), &[][..]),
+            (Some("[2001:db8::1]:50000"), &[]),
+            (None, &[]),
+            (Some("127.0.0.1:50000"), &proxied),
+            (Some("127.0.0.1:50000"), &forwarded),
+        ] {
+            let (headers, html) = page_for(peer, headers).await;
             assert!(!html.contains("Shop") && !html.contains("llw_"), "{peer:?}: {html}");
             assert!(html.contains("leanloop project list"), "{peer:?}: {html}");
             assert_eq!(headers[header::X_FRAME_OPTIONS], "DENY");

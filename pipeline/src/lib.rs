@@ -151,7 +151,7 @@ pub struct Trigger {
 
 fn check_webhook_secret(secret: Option<&str>) -> Result<(), PipelineError> {
     match secret {
-        Some(secret) if secret.len() < 8 || secret.len() > 500 => {
+        Some(secret) if !(8..=500).contains(&secret.chars().count()) => {
             Err(PipelineError::invalid("webhook_secret", "8 to 500 characters"))
         }
         _ => Ok(()),

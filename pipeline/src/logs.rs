@@ -44,6 +44,8 @@ fn encoded_forms(secret: &str) -> Vec<String> {
     // RFC 3986's unreserved characters are left as they are.
     const COMPONENT: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'.').remove(b'_').remove(b'~');
     const PATH: &AsciiSet = &COMPONENT.remove(b'/');
+    // JavaScript's `encodeURIComponent` keeps these too.
+    const URI_COMPONENT: &AsciiSet = &COMPONENT.remove(b'!').remove(b'*').remove(b'\'').remove(b'(').remove(b')');
     let bytes = secret.as_bytes();
     let mut forms = Vec::new();
     for skip in 0..3.min(bytes.len()) {
@@ -52,25 +54,48 @@ fn encoded_forms(secret: &str) -> Vec<String> {
         forms.extend([STANDARD_NO_PAD.encode(grouped), URL_SAFE_NO_PAD.encode(grouped)]);
     }
     let wrapped = STANDARD.encode(bytes);
-    if wrapped.len() > BASE64_COLUMNS {
-        forms.extend(wrapped.as_bytes().chunks(BASE64_COLUMNS).map(|line| String::from_utf8_lossy(line).into_owned()));
+    for columns in BASE64_COLUMNS {
+        if wrapped.len() > columns {
+            forms.extend(wrapped.as_bytes().chunks(columns).map(|line| String::from_utf8_lossy(line).into_owned()));
+        }
     }
-    for set in [NON_ALPHANUMERIC, COMPONENT, PATH] {
+    for set in [NON_ALPHANUMERIC, COMPONENT, PATH, URI_COMPONENT] {
         let upper = utf8_percent_encode(secret, set).to_string();
         forms.push(lower_hex_escapes(&upper));
         forms.push(upper);
     }
-    forms.push(url::form_urlencoded::byte_serialize(bytes).collect());
+    let form: String = url::form_urlencoded::byte_serialize(bytes).collect();
+    forms.push(form.replace("%7E", "~"));
+    forms.push(form);
     let json = serde_json::to_string(secret).unwrap_or_default();
     let json = json[1..json.len() - 1].to_owned();
     forms.push(json.replace('/', "\\/"));
+    forms.push(json.replace('&', "\\u0026").replace('<', "\\u003c").replace('>', "\\u003e"));
+    forms.push(ascii_json(&json));
     forms.push(json);
     forms.retain(|f| f.len() >= MIN_ENCODED && f != secret);
     forms
 }
 
-/// The columns `base64` (coreutils, busybox) wraps its output at.
-const BASE64_COLUMNS: usize = 76;
+/// The columns base64 is wrapped at: `base64` (coreutils, busybox), and
+/// `openssl base64`.
+const BASE64_COLUMNS: [usize; 2] = [76, 64];
+
+/// JSON-escaped text with every character past ASCII as `\uXXXX` (UTF-16,
+/// lower-case hex), as Python's `json.dumps` writes it.
+fn ascii_json(json: &str) -> String {
+    let mut out = String::with_capacity(json.len());
+    for c in json.chars() {
+        if c.is_ascii() {
+            out.push(c);
+        } else {
+            for unit in c.encode_utf16(&mut [0; 2]) {
+                out.push_str(&format!("\\u{unit:04x}"));
+            }
+        }
+    }
+    out
+}
 
 /// `encoded` with the hex digits of its `%XX` escapes in lower case.
 fn lower_hex_escapes(encoded: &str) -> String {
@@ -362,12 +387,29 @@ mod tests {
             ("?q=my%20secret%26val%20ue", "?q=********"),
             ("?q=pa%22ss%5cwo/rd123", "?q=********"),
             ("?q=pa%22ss%5cwo%2frd123", "?q=********"),
+            (r#"{"t":"pa\"ss\\wo/rd123"}"#, r#"{"t":"********"}"#),
         ] {
             assert_eq!(log.mask(text), shown, "{text}");
         }
-        // `printf %s "$LONG" | base64`: 80 bytes wrap onto two lines.
+        let other = RunLog::new(
+            2,
+            Arc::new(Records::open(&dir.path().join("q.sqlite3")).unwrap()),
+            vec!["Tök&<en>~(x)!".into()],
+        )
+        .unwrap();
+        for text in [
+            r#"{"t":"T\u00f6k&<en>~(x)!"}"#,
+            r#"{"t":"Tök\u0026\u003cen\u003e~(x)!"}"#,
+            "?t=T%C3%B6k%26%3Cen%3E~(x)!",
+            "?t=T%C3%B6k%26%3Cen%3E~%28x%29%21",
+            "?t=T%C3%B6k%26%3Cen%3E%7E%28x%29%21",
+        ] {
+            assert!(!other.mask(text).contains("en"), "{text}: {}", other.mask(text));
+        }
+        // `printf %s "$LONG" | base64`: 80 bytes wrap onto two lines; `openssl
+        // base64` wraps at 64.
         let wrapped = base64::engine::general_purpose::STANDARD.encode(&long);
-        for line in [&wrapped[..76], &wrapped[76..]] {
+        for line in [&wrapped[..76], &wrapped[76..], &wrapped[..64], &wrapped[64..]] {
             assert_eq!(log.mask(line), "********", "{line}");
         }
     }
