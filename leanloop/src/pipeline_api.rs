@@ -20,7 +20,7 @@ use leanloop_control::KeyKind;
 use leanloop_core::{ApiError, ErrorClass};
 use leanloop_pipeline::logs::LiveEvent;
 use leanloop_pipeline::webhooks::Provider;
-use leanloop_pipeline::{LogLine, NewRepo, Pipeline, PipelineError, Pushed, RepoChange, Rollback, Trigger};
+use leanloop_pipeline::{LogLine, NewRepo, Pipeline, Pushed, RepoChange, Rollback, Trigger};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use std::collections::VecDeque;
@@ -442,11 +442,6 @@ async fn lint(body: Bytes) -> Result<Json<Value>, ApiError> {
 /// How long a webhook's sender is kept waiting for its run to be made.
 const WEBHOOK_ANSWER_WITHIN: std::time::Duration = std::time::Duration::from_secs(8);
 
-/// Fetches a push is given, the first pause between them, doubling after:
-/// a source down for up to about two minutes still runs the push.
-const WEBHOOK_ATTEMPTS: u32 = 4;
-const WEBHOOK_RETRY_FIRST: std::time::Duration = std::time::Duration::from_secs(15);
-
 /// `POST /hooks/{repo}/{github|gitea}`: a signed push starts a run.
 async fn webhook(
     State(shared): State<Shared>,
@@ -467,23 +462,7 @@ async fn webhook(
     // gives up after 10 s, and drops the connection) still ends in a run.
     // Answered 202 when it takes longer than that.
     let hook = pipeline.clone().detach(async move {
-        // A source that fails to answer is asked again: once the sender has
-        // its 202 it sends nothing more, so the push would be lost.
-        let (mut attempt, mut pause) = (1, WEBHOOK_RETRY_FIRST);
-        loop {
-            match pipeline.webhook(repo, provider, event.as_deref(), signature.as_deref(), form, &body).await {
-                Err(e @ PipelineError::Git(_)) if attempt < WEBHOOK_ATTEMPTS => {
-                    tracing::warn!(error = %e, repo, attempt, "fetching a pushed commit failed; trying again");
-                    tokio::time::sleep(pause).await;
-                    (attempt, pause) = (attempt + 1, pause * 2);
-                }
-                Err(e @ PipelineError::Git(_)) => {
-                    tracing::error!(error = %e, repo, "a push runs nothing: its source could not be fetched");
-                    return Err(e);
-                }
-                done => return done,
-            }
-        }
+        pipeline.webhook(repo, provider, event.as_deref(), signature.as_deref(), form, &body).await
     });
     let run = match tokio::time::timeout(WEBHOOK_ANSWER_WITHIN.min(shared.request_timeout / 2), hook).await {
         Ok(done) => {

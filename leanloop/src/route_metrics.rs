@@ -14,7 +14,7 @@ use futures::future::BoxFuture;
 use metrics::{Counter, Histogram};
 use std::collections::HashMap;
 use std::convert::Infallible;
-use std::sync::RwLock;
+use std::sync::{LazyLock, RwLock};
 use std::task::{Context, Poll};
 use std::time::Instant;
 use tower::{Layer, Service};
@@ -74,6 +74,14 @@ struct Pending {
     answered: bool,
 }
 
+impl Drop for Pending {
+    fn drop(&mut self) {
+        if !self.answered {
+            self.record("dropped");
+        }
+    }
+}
+
 impl Pending {
     fn answered(&mut self, status: StatusCode) {
         self.answered = true;
@@ -105,9 +113,9 @@ fn method_label(method: &Method) -> &'static str {
 
 /// The series' handles, kept per route: building a series' key (its label
 /// strings, hashed) for every request cost more than the look-up here.
-static SERIES: Series = Series(RwLock::new(None));
+static SERIES: LazyLock<Series> = LazyLock::new(|| Series(RwLock::default()));
 
-struct Series(RwLock<Option<HashMap<String, Vec<Handles>>>>);
+struct Series(RwLock<HashMap<String, Vec<Handles>>>);
 
 /// One route's series for a method and status.
 struct Handles {
@@ -123,31 +131,21 @@ impl Series {
             let h = routes.get(route)?.iter().find(|h| h.method == method && h.status == status)?;
             Some((h.count.clone(), h.seconds.clone()))
         };
-        if let Some(handles) = self.0.read().unwrap_or_else(|p| p.into_inner()).as_ref().and_then(found) {
+        if let Some(handles) = found(&self.0.read().unwrap_or_else(|p| p.into_inner())) {
             return handles;
         }
         let mut routes = self.0.write().unwrap_or_else(|p| p.into_inner());
-        let routes = routes.get_or_insert_with(HashMap::new);
-        if let Some(handles) = found(routes) {
+        if let Some(handles) = found(&routes) {
             return handles;
         }
-        let (r, m) = (route.to_owned(), method);
         let handles = Handles {
             method,
             status: status.to_owned(),
-            count: metrics::counter!("leanloop_http_requests_total", "route" => r.clone(), "method" => m, "status" => status.to_owned()),
-            seconds: metrics::histogram!("leanloop_http_request_duration_seconds", "route" => r, "method" => m),
+            count: metrics::counter!("leanloop_http_requests_total", "route" => route.to_owned(), "method" => method, "status" => status.to_owned()),
+            seconds: metrics::histogram!("leanloop_http_request_duration_seconds", "route" => route.to_owned(), "method" => method),
         };
         let pair = (handles.count.clone(), handles.seconds.clone());
         routes.entry(route.to_owned()).or_default().push(handles);
         pair
-    }
-}
-
-impl Drop for Pending {
-    fn drop(&mut self) {
-        if !self.answered {
-            self.record("dropped");
-        }
     }
 }

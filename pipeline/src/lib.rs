@@ -167,6 +167,12 @@ fn check_poll_seconds(seconds: Option<u32>) -> Result<(), PipelineError> {
     }
 }
 
+/// Fetches a pushed commit is given, and the first pause between them,
+/// doubling after: a source down for up to about two minutes still runs
+/// the push.
+const PUSH_FETCH_ATTEMPTS: u32 = 4;
+const PUSH_FETCH_RETRY_FIRST: Duration = Duration::from_secs(15);
+
 /// How often repositories with `poll_seconds` are checked for being due.
 const POLL_TICK: Duration = Duration::from_secs(1);
 
@@ -490,9 +496,7 @@ impl Pipeline {
             return Err(PipelineError::invalid("source", format!("cannot clone `{shown}`: {e}")));
         }
         // Polling starts from what is there now: only later commits trigger.
-        for (reference, sha) in mirror.heads().await? {
-            self.records.set_poll_head(repo.id, &reference, &sha)?;
-        }
+        self.poll_from_now(repo.id, &mirror).await?;
         registering.done = true;
         Ok(repo)
     }
@@ -518,11 +522,18 @@ impl Pipeline {
         let repo = self.records.repo(project_id, repo_id)?;
         if repo.poll_seconds.is_none() && matches!(change.poll_seconds, Some(Some(_))) {
             let (mirror, _fetched) = self.synced(&repo).await?;
-            for (reference, sha) in mirror.heads().await? {
-                self.records.set_poll_head(repo.id, &reference, &sha)?;
-            }
+            self.poll_from_now(repo.id, &mirror).await?;
         }
         self.records.change_repo(project_id, repo_id, &change)
+    }
+
+    /// Records the mirror's heads as polling's last look, so that only
+    /// later commits trigger.
+    async fn poll_from_now(&self, repo_id: i64, mirror: &Mirror) -> Result<(), PipelineError> {
+        for (reference, sha) in mirror.heads().await? {
+            self.records.set_poll_head(repo_id, &reference, &sha)?;
+        }
+        Ok(())
     }
 
     pub fn set_secret(&self, project_id: i64, repo_id: i64, name: &str, value: &str) -> Result<(), PipelineError> {
@@ -671,11 +682,27 @@ impl Pipeline {
         }
         let Some(target) = webhooks::push_target(body, form)? else { return Ok(None) };
         let event = if target.tag().is_some() { Event::Tag } else { Event::Push };
-        // The commit was named by the payload's `after`.
-        self.queue_pushed(repo, target, event).await.map(Some).map_err(|e| match e {
-            PipelineError::Invalid { field, message } if field == "commit" => PipelineError::invalid("after", message),
-            e => e,
-        })
+        // A source that fails to answer is asked again: once the sender has
+        // been answered it sends nothing more, so the push would be lost.
+        let (mut attempt, mut pause) = (1, PUSH_FETCH_RETRY_FIRST);
+        loop {
+            match self.queue_pushed(repo.clone(), target.clone(), event).await {
+                Err(e @ PipelineError::Git(_)) if attempt < PUSH_FETCH_ATTEMPTS => {
+                    tracing::warn!(error = %e, repo = repo.id, attempt, "fetching a pushed commit failed; trying again");
+                    tokio::time::sleep(pause).await;
+                    (attempt, pause) = (attempt + 1, pause * 2);
+                }
+                Err(e @ PipelineError::Git(_)) => {
+                    tracing::error!(error = %e, repo = repo.id, "a push runs nothing: its source could not be fetched");
+                    return Err(e);
+                }
+                // The commit was named by the payload's `after`.
+                Err(PipelineError::Invalid { field, message }) if field == "commit" => {
+                    return Err(PipelineError::invalid("after", message))
+                }
+                done => return done.map(Some),
+            }
+        }
     }
 
     async fn queue(

@@ -348,13 +348,19 @@ mod tests {
         assert_eq!(texts[2], "after");
     }
 
+    /// A run's log masking `secrets`, with the directory its records are in.
+    fn masking(secrets: Vec<String>) -> (tempfile::TempDir, RunLog) {
+        let dir = tempfile::tempdir().unwrap();
+        let records = Arc::new(Records::open(&dir.path().join("p.sqlite3")).unwrap());
+        let log = RunLog::new(1, records, secrets).unwrap();
+        (dir, log)
+    }
+
     #[test]
     fn a_secret_is_masked_in_base64_and_percent_encoded_too() {
         use base64::Engine;
-        let dir = tempfile::tempdir().unwrap();
-        let records = Arc::new(Records::open(&dir.path().join("p.sqlite3")).unwrap());
         let secret = "Zq9-SecretVal-7731";
-        let log = RunLog::new(1, records, vec![secret.into()]).unwrap();
+        let (_dir, log) = masking(vec![secret.into()]);
         // Wherever it falls among base64's groups of three bytes.
         for before in ["", "u", "us", "user:"] {
             for after in ["", "\n", "xy"] {
@@ -376,10 +382,8 @@ mod tests {
     #[test]
     fn a_secret_is_masked_json_escaped_form_encoded_and_in_wrapped_base64() {
         use base64::Engine;
-        let dir = tempfile::tempdir().unwrap();
-        let records = Arc::new(Records::open(&dir.path().join("p.sqlite3")).unwrap());
         let (quoted, spaced, long) = ("pa\"ss\\wo/rd123", "my secret&val ue", "L0ng-".repeat(16));
-        let log = RunLog::new(1, records, vec![quoted.into(), spaced.into(), long.clone()]).unwrap();
+        let (_dir, log) = masking(vec![quoted.into(), spaced.into(), long.clone()]);
         for (text, shown) in [
             (r#"{"token": "pa\"ss\\wo/rd123"}"#, r#"{"token": "********"}"#),
             (r#"{"token":"pa\"ss\\wo\/rd123"}"#, r#"{"token":"********"}"#),
@@ -391,12 +395,7 @@ mod tests {
         ] {
             assert_eq!(log.mask(text), shown, "{text}");
         }
-        let other = RunLog::new(
-            2,
-            Arc::new(Records::open(&dir.path().join("q.sqlite3")).unwrap()),
-            vec!["Tök&<en>~(x)!".into()],
-        )
-        .unwrap();
+        let (_other_dir, other) = masking(vec!["Tök&<en>~(x)!".into()]);
         for text in [
             r#"{"t":"T\u00f6k&<en>~(x)!"}"#,
             r#"{"t":"Tök\u0026\u003cen\u003e~(x)!"}"#,
@@ -416,9 +415,7 @@ mod tests {
 
     #[test]
     fn secrets_sharing_characters_are_masked_whole() {
-        let dir = tempfile::tempdir().unwrap();
-        let records = Arc::new(Records::open(&dir.path().join("p.sqlite3")).unwrap());
-        let log = RunLog::new(1, records, vec!["hunter2".into(), "2xyzzy12345".into(), "abab".into()]).unwrap();
+        let (_dir, log) = masking(vec!["hunter2".into(), "2xyzzy12345".into(), "abab".into()]);
         assert_eq!(log.mask("x hunter2xyzzy12345 y"), "x ******** y");
         assert_eq!(log.mask("ababab and hunter22xyzzy12345"), "******** and ********");
         assert_eq!(log.mask("é hunter2 é"), "é ******** é");
