@@ -130,7 +130,7 @@ pub async fn read_limited(
     // Room for a small body at once; a large one grows as it comes.
     let mut bytes = BytesMut::with_capacity(declared.unwrap_or(0).min(INITIAL_CAPACITY as u64) as usize);
     while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(|err| IngestError::field("body", format!("could not read request body: {err}")))?;
+        let frame = frame.map_err(|err| IngestError::BodyCut(err.to_string()))?;
         let Ok(data) = frame.into_data() else { continue };
         let len = bytes.len() + data.len();
         if len > limit {

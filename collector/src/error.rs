@@ -15,6 +15,9 @@ pub enum IngestError {
     /// A project's secret key (read or deploy) sent where the public write key goes.
     #[error("this is a {0} key; ingest needs the project's write key")]
     SecretKeyUsed(&'static str),
+    /// The client stopped sending (or the connection broke) mid-body.
+    #[error("the request body ended before all of it arrived: {0}")]
+    BodyCut(String),
     #[error("request body is larger than {limit} bytes")]
     BodyTooLarge { limit: usize },
     #[error("decompressed body is larger than {limit} bytes")]
@@ -50,6 +53,7 @@ impl IngestError {
         match self {
             IngestError::BadJson(_) => "bad_json",
             IngestError::BadField { .. } => "bad_field",
+            IngestError::BodyCut(_) => "body_cut",
             IngestError::MissingKey => "missing_key",
             IngestError::UnknownKey => "unknown_key",
             IngestError::SecretKeyUsed(_) => "secret_key",
@@ -73,7 +77,7 @@ pub const UNAVAILABLE_RETRY_AFTER_SECS: u32 = 5;
 impl Classify for IngestError {
     fn class(&self) -> ErrorClass {
         match self {
-            IngestError::BadJson(_) => ErrorClass::BadRequest { field: Some("body".into()) },
+            IngestError::BadJson(_) | IngestError::BodyCut(_) => ErrorClass::BadRequest { field: Some("body".into()) },
             IngestError::BadField { field, .. } => ErrorClass::BadRequest { field: Some(field.clone()) },
             IngestError::MissingKey | IngestError::UnknownKey | IngestError::SecretKeyUsed(_) => {
                 ErrorClass::Unauthorized

@@ -81,6 +81,8 @@ pub struct Shared {
 impl App {
     pub async fn build(config: crate::Config, role: Role) -> Result<App> {
         let metrics = telemetry::metrics_handle();
+        // Bound first: an address in use leaves no data directory behind.
+        let listener = TcpListener::bind(config.listen).await.with_context(|| format!("binding {}", config.listen))?;
         create_data_dir(&config.data_dir)
             .with_context(|| format!("creating data directory {}", config.data_dir.display()))?;
         // A log directory of its own (`--log-dir`) holds every event as it
@@ -99,7 +101,6 @@ impl App {
                 None
             }
         };
-        let listener = TcpListener::bind(config.listen).await.with_context(|| format!("binding {}", config.listen))?;
         let store = open_store(&config).await?;
         let keys = Arc::new(KeyCache::new(control.clone(), KEY_CACHE_TTL));
         let log_dir = config.log_dir.clone();

@@ -187,6 +187,7 @@ impl RawConfig {
                     options.dedup_window = std::time::Duration::from_secs(hours * 3600);
                 }
                 options.retention_days = self.store.clickhouse_retention_days;
+                options.check().map_err(|e| anyhow::anyhow!("store.clickhouse_url: {e}"))?;
                 Some(options)
             }
             None => None,
@@ -327,6 +328,8 @@ mod tests {
             ("[store]\nduckdb_memory_limit = \"1B\"", "store.duckdb_memory_limit"),
             ("[store]\nduckdb_memory_limit = \"1PB\"", "store.duckdb_memory_limit"),
             ("[store]\nclickhouse_retention_days = 0", "store.clickhouse_retention_days"),
+            ("[store]\nclickhouse_url = \"not a url\"", "store.clickhouse_url"),
+            ("[store]\nclickhouse_url = \"http://127.0.0.1:8123/db\"", "store.clickhouse_url"),
             (
                 "[store]\nclickhouse_url = \"http://127.0.0.1:8123/\"\nclickhouse_dedup_window_hours = 5124095576030433",
                 "store.clickhouse_dedup_window_hours",

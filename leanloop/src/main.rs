@@ -3,8 +3,17 @@
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use leanloop::{telemetry, App, Config, Overrides, Role};
+use std::io::Write;
 use std::path::PathBuf;
 use tokio_util::sync::CancellationToken;
+
+/// `println!` that answers an error where standard output is closed or
+/// full (`| head`, `> /dev/full`) instead of panicking.
+macro_rules! out {
+    ($($arg:tt)*) => {
+        writeln!(std::io::stdout().lock(), $($arg)*).context("writing to standard output")
+    };
+}
 
 /// Rust allocations go to mimalloc; DuckDB's C++ still allocates through
 /// glibc, whose arenas [`limit_malloc_arenas`] caps.
@@ -224,9 +233,9 @@ fn lint(file: &std::path::Path) -> Result<()> {
     for step in pipeline.topological() {
         let after =
             if step.depends_on.is_empty() { String::new() } else { format!(" (after {})", step.depends_on.join(", ")) };
-        println!("{}{after}", step.name);
+        out!("{}{after}", step.name)?;
     }
-    println!("{}: valid, {} steps", file.display(), pipeline.steps.len());
+    out!("{}: valid, {} steps", file.display(), pipeline.steps.len())?;
     Ok(())
 }
 
@@ -352,7 +361,7 @@ fn project(command: ProjectCommand) -> Result<()> {
     if matches!(command, ProjectCommand::List { .. }) && !database.exists() {
         anyhow::ensure!(!dir.exists() || dir.is_dir(), "data directory {}: not a directory", dir.display());
         if matches!(command, ProjectCommand::List { json: true, .. }) {
-            println!("[]");
+            out!("[]")?;
         }
         return Ok(());
     }
@@ -360,32 +369,42 @@ fn project(command: ProjectCommand) -> Result<()> {
     let control =
         leanloop_control::ControlPlane::open(&database).with_context(|| format!("opening {}", database.display()))?;
     match command {
-        ProjectCommand::Create { name, json: true, .. } => {
+        ProjectCommand::Create { name, json, .. } => {
             let p = control.create_project(&name)?;
-            println!(
-                "{}",
-                serde_json::json!({ "id": p.id, "name": p.name, "write_key": p.write_key, "read_key": p.read_key, "deploy_key": p.deploy_key })
-            );
-        }
-        ProjectCommand::Create { name, json: false, .. } => {
-            let p = control.create_project(&name)?;
-            println!(
-                "Project \"{}\" (id {})\n  write key  {}\n  read key   {}\n  deploy key {}",
-                p.name, p.id, p.write_key, p.read_key, p.deploy_key
-            );
+            let printed = match json {
+                true => out!(
+                    "{}",
+                    serde_json::json!({ "id": p.id, "name": p.name, "write_key": p.write_key, "read_key": p.read_key, "deploy_key": p.deploy_key })
+                ),
+                false => out!(
+                    "Project \"{}\" (id {})\n  write key  {}\n  read key   {}\n  deploy key {}",
+                    p.name,
+                    p.id,
+                    p.write_key,
+                    p.read_key,
+                    p.deploy_key
+                ),
+            };
+            printed.with_context(|| {
+                format!(
+                    "project {} was created but its keys were not printed: `leanloop project rotate-key {} --kind KIND` \
+                     gives new ones",
+                    p.id, p.id
+                )
+            })?;
         }
         ProjectCommand::RotateKey { id, kind, json, .. } => {
             let kind = leanloop_control::KeyKind::from(kind);
             let key = control.rotate_key(id, kind)?;
             match json {
-                true => println!("{}", serde_json::json!({ "id": id, "kind": kind.name(), "key": key })),
-                false => println!("{} key of project {id}: {key}", kind.name()),
-            }
+                true => out!("{}", serde_json::json!({ "id": id, "kind": kind.name(), "key": key })),
+                false => out!("{} key of project {id}: {key}", kind.name()),
+            }?;
         }
         ProjectCommand::Set { id, store_full_ip, .. } => {
             control.set_store_full_ip(id, store_full_ip)?;
             let stored = if store_full_ip { "whole" } else { "anonymised" };
-            println!("project {id}: client IP addresses are stored {stored}");
+            out!("project {id}: client IP addresses are stored {stored}")?;
         }
         ProjectCommand::List { json, .. } => {
             let projects = control.projects()?;
@@ -396,10 +415,10 @@ fn project(command: ProjectCommand) -> Result<()> {
                         serde_json::json!({ "id": p.id, "name": p.name, "write_key": p.write_key, "store_full_ip": p.store_full_ip })
                     })
                     .collect();
-                println!("{}", serde_json::Value::Array(rows));
+                out!("{}", serde_json::Value::Array(rows))?;
             } else {
                 for p in projects {
-                    println!("{}\t{}\t{}", p.id, p.name, p.write_key);
+                    out!("{}\t{}\t{}", p.id, p.name, p.write_key)?;
                 }
             }
         }
@@ -420,14 +439,16 @@ async fn migrate_cluster(cluster: &str, url: Option<&str>, database: &str, apply
             (ch::CURRENT_SERVER, database.to_owned())
         }
     };
+    // An empty `--clickhouse` (or variable) is none, which clap let by.
+    anyhow::ensure!(!apply || url.is_some(), "--apply: no ClickHouse URL to apply to (`--clickhouse` is empty)");
     let statements = ch::cluster_ddl(cluster, &database, version, None);
-    println!("-- Leanloop event store on ClickHouse cluster `{cluster}` (server {version}).");
-    println!("-- Each server needs the {{shard}} and {{replica}} macros and ZooKeeper or Keeper.");
+    out!("-- Leanloop event store on ClickHouse cluster `{cluster}` (server {version}).")?;
+    out!("-- Each server needs the {{shard}} and {{replica}} macros and ZooKeeper or Keeper.")?;
     for sql in &statements {
-        println!("{sql};\n");
+        out!("{sql};\n")?;
     }
-    if apply {
-        let url = url.expect("clap requires --clickhouse with --apply").to_owned();
+    if let Some(url) = url.filter(|_| apply) {
+        let url = url.to_owned();
         let count = statements.len();
         tokio::task::spawn_blocking(move || ch::execute_all(&url, &statements)).await??;
         eprintln!("applied {count} statements");

@@ -4,6 +4,7 @@
 //! no project can tag over another's.
 
 use crate::engine::Labels;
+use crate::logs::Lines;
 use crate::spec::Build;
 use bollard::models::{BuildInfo, PushImageInfo};
 use bollard::query_parameters::{BuildImageOptionsBuilder, PushImageOptionsBuilder, TagImageOptionsBuilder};
@@ -115,13 +116,23 @@ pub async fn build_and_push(
     say(&format!("building {image} from {}/{}", job.build.context, job.build.dockerfile));
     let build =
         docker.build_image(options, None, Some(bollard::body_try_stream(crate::engine::file_stream(job.context))));
-    follow(build, stop, "image build", |info: BuildInfo| {
-        for line in info.stream.iter().flat_map(|s| s.lines()).filter(|l| !l.trim().is_empty()) {
+    // The engine splits output where it pleases: lines are joined across
+    // its messages, so that a secret printed in two writes is masked whole.
+    let mut lines = Lines::default();
+    let say_line = |line: &str| {
+        if !line.trim().is_empty() {
             say(line);
+        }
+    };
+    let built = follow(build, stop, "image build", |info: BuildInfo| {
+        if let Some(stream) = &info.stream {
+            lines.push(stream.as_bytes(), say_line);
         }
         info.error_detail.and_then(|d| d.message)
     })
-    .await?;
+    .await;
+    lines.finish(say_line);
+    built?;
     docker.inspect_image(&image).await.map_err(|e| format!("the build produced no image {image}: {e}"))?;
     let mut tags = vec![sha_tag];
     if let Some(reference) = job.reference {

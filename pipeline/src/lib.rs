@@ -1,7 +1,8 @@
 //! The delivery pipeline: pipeline files (`spec`), sources (`git`), steps in
 //! containers on one or more Docker hosts (`hosts`, `engine`, `runner`),
 //! image build and push (`images`), deploys and release records (`deploy`,
-//! `records`), live logs (`logs`) and push webhooks (`webhooks`).
+//! `records`), live logs (`logs`) with secrets masked (`masks`) and push
+//! webhooks (`webhooks`).
 //!
 //! [`Pipeline`] is the one face the HTTP layer uses. Invariant: this is the
 //! only crate that talks to Docker, and it never touches events.
@@ -13,6 +14,7 @@ pub mod git;
 pub mod hosts;
 pub mod images;
 pub mod logs;
+pub mod masks;
 pub mod records;
 pub mod runner;
 pub mod spec;
@@ -183,6 +185,10 @@ const LEFTOVER_WATCH: Duration = Duration::from_secs(30);
 /// How long a removal waits for a deploy lock held by something brief (the
 /// live-release watch retiring a release) before answering a conflict.
 const LOCK_GRACE: Duration = Duration::from_secs(2);
+/// A repository's secrets, in number and in bytes all told: each run
+/// masks every one in all its forms (`masks`).
+const MAX_SECRETS: usize = 100;
+const MAX_SECRET_BYTES: usize = 1 << 20;
 /// The error of a run the server stopped (or crashed) during.
 const STOPPED_DURING_RUN: &str = "the server stopped during this run";
 
@@ -541,11 +547,20 @@ impl Pipeline {
         spec::check_env_name(name).map_err(|m| PipelineError::invalid("name", m))?;
         // Logs can only mask what is long enough to be told from other text,
         // and Docker cannot pass a NUL in the environment.
-        if value.len() < logs::MIN_MASKED || value.len() > 64 * 1024 {
-            return Err(PipelineError::invalid("value", format!("{} bytes to 64 KiB", logs::MIN_MASKED)));
+        if value.len() < masks::MIN_MASKED || value.len() > 64 * 1024 {
+            return Err(PipelineError::invalid("value", format!("{} bytes to 64 KiB", masks::MIN_MASKED)));
         }
         if value.contains('\0') {
             return Err(PipelineError::invalid("value", "must not contain NUL"));
+        }
+        // Every run masks all of them, in tens of forms each.
+        let others: Vec<usize> =
+            self.records.secrets(repo_id)?.into_iter().filter(|(n, _)| n != name).map(|(_, v)| v.len()).collect();
+        if others.len() >= MAX_SECRETS {
+            return Err(PipelineError::invalid("name", format!("a repository holds at most {MAX_SECRETS} secrets")));
+        }
+        if others.iter().sum::<usize>() + value.len() > MAX_SECRET_BYTES {
+            return Err(PipelineError::invalid("value", "a repository's secrets hold at most 1 MiB in all"));
         }
         self.records.set_secret(repo_id, name, value)
     }
@@ -956,6 +971,7 @@ impl Pipeline {
                 };
             }
         }
+        let error = error.map(|e| log.mask(&e));
         if let Err(e) = self.records.finish_run(run_id, status, error.as_deref()) {
             tracing::error!(run = run_id, error = %e, "recording the end of a run failed");
         }

@@ -291,14 +291,17 @@ async fn run_steps(ctx: Arc<Context>) -> Result<bool, String> {
 }
 
 fn record(ctx: &Context, name: &str, o: &Outcome) {
-    let line = match (&o.status, o.exit_code, &o.note) {
+    // A note may quote the engine, and the engine a secret (a failed build
+    // names the command it ran).
+    let note = o.note.as_deref().map(|n| ctx.log.mask(n));
+    let line = match (&o.status, o.exit_code, &note) {
         (s, Some(code), _) => format!("step {name}: {} (exit code {code})", s.as_str()),
         (s, None, Some(note)) => format!("step {name}: {} ({note})", s.as_str()),
         (s, None, None) => format!("step {name}: {}", s.as_str()),
     };
     ctx.log.line(name, &line);
     if let Err(e) =
-        ctx.records.finish_step(ctx.plan.run_id, name, o.status, o.exit_code, o.note.as_deref(), o.container_ms)
+        ctx.records.finish_step(ctx.plan.run_id, name, o.status, o.exit_code, note.as_deref(), o.container_ms)
     {
         tracing::error!(run = ctx.plan.run_id, step = name, error = %e, "recording a step failed");
     }

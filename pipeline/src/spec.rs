@@ -425,8 +425,8 @@ const MAX_FLOW_DEPTH: usize = 64;
 
 /// The 1-based line where flow collections first nest over
 /// [`MAX_FLOW_DEPTH`], outside quotes and comments. Closely enough: a
-/// quote opens a scalar where a value starts (at a line's start or after
-/// `:`, `-`, `[`, `{`, `,` or `?`) and is taken to end with its line, so a
+/// quote opens a scalar where a value starts (at a line's start, after
+/// `[`, `{` or `,`, or after `: `, `- ` or `? `) and is taken to end with its line, so a
 /// stray one in plain text or a block scalar hides nothing after it; a
 /// false alarm needs 64 unbalanced brackets.
 fn too_deep_line(text: &str) -> Option<usize> {
@@ -444,7 +444,15 @@ fn too_deep_line(text: &str) -> Option<usize> {
                 }
                 (Some(q), c) if c == q => quote = None,
                 (Some(_), _) => {}
-                (None, '"' | '\'') if last.is_none_or(|p| ":-[{,?".contains(p)) => quote = Some(c),
+                // `:`, `-` and `?` are indicators only before a space
+                // (`-'a` is a plain scalar).
+                (None, '"' | '\'')
+                    if last.is_none_or(|p| {
+                        "[{,".contains(p) || (":-?".contains(p) && prev.is_some_and(char::is_whitespace))
+                    }) =>
+                {
+                    quote = Some(c)
+                }
                 (None, '#') if prev.is_none_or(char::is_whitespace) => break,
                 (None, '[' | '{') => {
                     depth += 1;
@@ -504,42 +512,46 @@ impl Pipeline {
             });
         }
         let raw = read_file(text)?;
-        let fail = |section: &str, name: &str, message: String| PipelineError::InvalidFile {
+        let fail = |section: &str, name: Option<&str>, message: String| PipelineError::InvalidFile {
             line: line_of(text, section, name),
             message,
         };
         if raw.steps.is_empty() {
             return Err(PipelineError::InvalidFile {
-                line: line_of(text, "steps", ""),
+                line: line_of(text, "steps", None),
                 message: "steps: at least one step is needed".into(),
             });
         }
         if raw.steps.len() > MAX_STEPS {
-            return Err(fail("steps", "", format!("steps: at most {MAX_STEPS} steps")));
+            return Err(fail("steps", None, format!("steps: at most {MAX_STEPS} steps")));
         }
         let run_timeout = match &raw.timeout {
-            Some(t) => t.duration().map_err(|m| fail("timeout", "", format!("timeout: {m}")))?,
+            Some(t) => t.duration().map_err(|m| fail("timeout", None, format!("timeout: {m}")))?,
             None => DEFAULT_RUN_TIMEOUT,
         };
         let mut names = HashSet::new();
         if let Some(registry) = &raw.registry {
-            check_registry(registry).map_err(|e| fail("registry", "", format!("registry: {e}")))?;
+            check_registry(registry).map_err(|e| fail("registry", None, format!("registry: {e}")))?;
         }
         for service in &raw.services {
-            check_name(&service.name).map_err(|m| fail("services", &service.name, m))?;
-            let here = |m: String| fail("services", &service.name, format!("service `{}`: {m}", service.name));
+            check_name(&service.name).map_err(|m| fail("services", Some(&service.name), m))?;
+            let here = |m: String| fail("services", Some(&service.name), format!("service `{}`: {m}", service.name));
             check_image(&service.image).map_err(&here)?;
             no_nul("commands", &service.commands).map_err(&here)?;
             no_nul("env", service.env.values()).map_err(&here)?;
             if !names.insert(service.name.clone()) {
-                return Err(fail("services", &service.name, format!("service `{}` is named twice", service.name)));
+                return Err(fail(
+                    "services",
+                    Some(&service.name),
+                    format!("service `{}` is named twice", service.name),
+                ));
             }
         }
         let dag = raw.steps.iter().any(|s| s.depends_on.is_some());
         let mut steps = Vec::with_capacity(raw.steps.len());
         let mut step_names: HashSet<String> = HashSet::new();
         for (index, s) in raw.steps.iter().enumerate() {
-            let here = |m: String| fail("steps", &s.name, format!("step `{}`: {m}", s.name));
+            let here = |m: String| fail("steps", Some(&s.name), format!("step `{}`: {m}", s.name));
             check_name(&s.name).map_err(&here)?;
             if !step_names.insert(s.name.clone()) || names.contains(&s.name) {
                 return Err(here("the name is used twice".into()));
@@ -632,17 +644,17 @@ impl Pipeline {
                 if !step_names.contains(dep) {
                     return Err(fail(
                         "steps",
-                        &step.name,
+                        Some(&step.name),
                         format!("step `{}`: depends_on names no step `{dep}`", step.name),
                     ));
                 }
                 if dep == &step.name {
-                    return Err(fail("steps", &step.name, format!("step `{}` depends on itself", step.name)));
+                    return Err(fail("steps", Some(&step.name), format!("step `{}` depends on itself", step.name)));
                 }
             }
         }
         if let Some(name) = find_cycle(&steps) {
-            return Err(fail("steps", &name, format!("step `{name}` is part of a dependency cycle")));
+            return Err(fail("steps", Some(&name), format!("step `{name}` is part of a dependency cycle")));
         }
         let environments = raw.environments.clone().unwrap_or_else(gitflow);
         for rule in &environments {
@@ -651,13 +663,13 @@ impl Pipeline {
                 _ => {
                     return Err(fail(
                         "environments",
-                        "",
+                        None,
                         format!("environment `{}`: give exactly one of `branch` or `tag`", rule.name),
                     ))
                 }
             };
-            Glob::new(pattern).map_err(|e| fail("environments", "", format!("environments: `{pattern}`: {e}")))?;
-            check_name(&rule.name).map_err(|m| fail("environments", "", format!("environments: {m}")))?;
+            Glob::new(pattern).map_err(|e| fail("environments", None, format!("environments: `{pattern}`: {e}")))?;
+            check_name(&rule.name).map_err(|m| fail("environments", None, format!("environments: {m}")))?;
         }
         Ok(Pipeline { registry: raw.registry, timeout: run_timeout, environments, services: raw.services, steps })
     }
@@ -914,7 +926,7 @@ fn strip_location(message: &str) -> String {
 
 /// The line of a top-level `section:` or, with a name, of the list item
 /// `- name: <name>` inside it: semantic errors point where the fix goes.
-fn line_of(text: &str, section: &str, name: &str) -> Option<usize> {
+fn line_of(text: &str, section: &str, name: Option<&str>) -> Option<usize> {
     let mut in_section = false;
     let mut section_line = None;
     for (i, line) in text.lines().enumerate() {
@@ -923,7 +935,7 @@ fn line_of(text: &str, section: &str, name: &str) -> Option<usize> {
             in_section = line.split(':').next().map(str::trim_end) == Some(section);
             if in_section {
                 section_line = Some(i + 1);
-                if name.is_empty() {
+                if name.is_none() {
                     return section_line;
                 }
             }
@@ -934,7 +946,7 @@ fn line_of(text: &str, section: &str, name: &str) -> Option<usize> {
             let item = item.trim_start_matches('{').trim_start();
             if let Some(value) = item.strip_prefix("name:") {
                 let value = value.split([',', '}', '#']).next().unwrap_or("").trim().trim_matches(['"', '\'']);
-                if value == name {
+                if Some(value) == name {
                     return Some(i + 1);
                 }
             }
@@ -1029,6 +1041,9 @@ steps:
         assert_eq!(too_deep_line(&format!("x: a '\nb: {many}")), Some(2));
         assert_eq!(too_deep_line(&format!("x: |\n  'open\nb: {many}")), Some(3));
         assert_eq!(too_deep_line(&format!("x: rock 'n roll {many}")), Some(1));
+        assert_eq!(too_deep_line(&format!("steps: [-'a, {many}")), Some(1));
+        assert_eq!(too_deep_line(&format!("a:'b {many}")), Some(1));
+        assert_eq!(too_deep_line(&format!("- '{many}'\n? \"{many}\"\n[ '{many}' ]")), None);
     }
 
     #[test]
@@ -1050,6 +1065,8 @@ steps:
             err("steps:\n  - name: d\n    deploy: { service: web, port: 80, strategy: canary, weights: [50, 20] }\n");
         assert_eq!(line, Some(2));
         assert!(message.contains("weights"), "{message}");
+        let (line, message) = err("steps:\n  - name: a\n    image: x\n    commands: [true]\n  - name: \"\"\n    image: x\n    commands: [true]\n");
+        assert_eq!(line, Some(5), "{message}");
         let (_, message) = err("steps:\n  - name: a\n    image: x\n    build: { service: web }\n");
         assert!(message.contains("exactly one"), "{message}");
         let (line, message) = err("steps:\n  - name: a\n    image: x\n    commands: [\"echo \u{1}\"]\n");

@@ -7,26 +7,59 @@
 use leanloop_core::UserUpdate;
 use serde_json::{Map, Value};
 
+/// Most a person's traits may take as JSON text, as PostHog caps person
+/// properties: an update that would take them past it is not applied (its
+/// event is stored all the same), so that no one can grow a person without
+/// end through the public write key.
+pub const MAX_TRAITS_BYTES: usize = 512 * 1024;
+
 /// Applies `updates` (in the order they were made) to `traits`.
 pub fn apply(traits: &mut Map<String, Value>, updates: &[&UserUpdate]) {
-    // Set-once values fill gaps in what was stored before this batch; the
-    // batch's own sets then win over them, as they would have one by one.
+    // What the traits take as text, or more: an update grows them by less
+    // than its own text.
+    let mut size = text_len(traits);
     for update in updates {
-        for (k, v) in object(&update.traits_once) {
-            if !v.is_null() {
-                traits.entry(k).or_insert(v);
-            }
+        let most = size + update.traits.len() + update.traits_once.len();
+        if most <= MAX_TRAITS_BYTES {
+            apply_one(traits, update);
+            size = most;
+            continue;
+        }
+        let before = traits.clone();
+        apply_one(traits, update);
+        let after = text_len(traits);
+        if after > MAX_TRAITS_BYTES {
+            tracing::warn!(
+                user = update.user_id,
+                size = after,
+                "a person's traits would pass {MAX_TRAITS_BYTES} bytes: the update is not applied"
+            );
+            *traits = before;
+        } else {
+            size = after;
         }
     }
-    for update in updates {
-        for (k, v) in object(&update.traits) {
-            if v.is_null() {
-                traits.remove(&k);
-            } else {
-                traits.insert(k, v);
-            }
+}
+
+/// One event's update: its set-once values fill what the person lacked
+/// before it; its own sets then win over them.
+fn apply_one(traits: &mut Map<String, Value>, update: &UserUpdate) {
+    for (k, v) in object(&update.traits_once) {
+        if !v.is_null() {
+            traits.entry(k).or_insert(v);
         }
     }
+    for (k, v) in object(&update.traits) {
+        if v.is_null() {
+            traits.remove(&k);
+        } else {
+            traits.insert(k, v);
+        }
+    }
+}
+
+fn text_len(traits: &Map<String, Value>) -> usize {
+    serde_json::to_string(traits).map_or(0, |t| t.len())
 }
 
 /// First links made by `updates` (in order; an id linking itself, or
@@ -90,5 +123,36 @@ mod tests {
             Value::Object(traits),
             json!({"address": {"city": "Bergen", "floor": null}, "first": "a", "source": "ad", "seats": 3})
         );
+    }
+
+    #[test]
+    fn set_once_after_a_removal_in_the_same_batch_fills_the_gap() {
+        let mut traits = Map::new();
+        let updates = [
+            update(json!({"k": 1}), json!({})),
+            update(json!({"k": null}), json!({})),
+            update(json!({}), json!({"k": 2})),
+            update(json!({"j": null}), json!({"j": 3})),
+        ];
+        apply(&mut traits, &updates.iter().collect::<Vec<_>>());
+        assert_eq!(Value::Object(traits), json!({"k": 2}));
+    }
+
+    #[test]
+    fn an_update_past_the_cap_is_not_applied_and_later_small_ones_are() {
+        let big = "x".repeat(MAX_TRAITS_BYTES / 3);
+        let mut traits = Map::new();
+        let updates = [
+            update(json!({"a": big}), json!({})),
+            update(json!({"b": big}), json!({})),
+            update(json!({"c": big}), json!({})),
+            update(json!({"a": null, "small": 1}), json!({})),
+            update(json!({"c": big}), json!({})),
+        ];
+        apply(&mut traits, &updates.iter().collect::<Vec<_>>());
+        let mut keys: Vec<&str> = traits.keys().map(String::as_str).collect();
+        keys.sort_unstable();
+        assert_eq!(keys, ["b", "c", "small"]);
+        assert!(text_len(&traits) <= MAX_TRAITS_BYTES);
     }
 }

@@ -288,12 +288,22 @@ fn recover(dir: &Path) -> std::io::Result<(File, u64, u64, u64, BTreeSet<u64>)> 
     let file_len = file.metadata()?.len();
     let scan_from = acked.saturating_sub(last).min(file_len);
     let mut len = segments::valid_len(&file, last, scan_from)?;
-    // Zeros are the rest of a segment filled ahead. Anything else is a
-    // record a crash tore, what a reused segment held before, or damage
-    // with whole records after it, which the log keeps: delivery sets the
-    // damaged bytes aside when it meets them.
-    while len < file_len && !segments::zeros_at(&file, len)? {
-        let Some(next) = segments::next_whole_record(&file, last, len + 1, file_len)? else { break };
+    // Zeros to the end are the rest of a segment filled ahead. Anything
+    // else is a record a crash tore, what a reused segment held before, or
+    // damage (zeroed blocks among them) with whole records after it, which
+    // the log keeps: delivery sets the damaged bytes aside when it meets
+    // them.
+    while len < file_len {
+        let search_from = match segments::zeros_at(&file, len)? {
+            // A record's first bytes are its length, little-endian and not
+            // zero: one of its first four bytes is the first that is not.
+            true => match segments::next_nonzero(&file, len, file_len)? {
+                Some(at) => at.saturating_sub(3).max(len + 1),
+                None => break,
+            },
+            false => len + 1,
+        };
+        let Some(next) = segments::next_whole_record(&file, last, search_from, file_len)? else { break };
         tracing::error!(
             segment = %last_path.display(),
             damaged = len,
@@ -416,6 +426,37 @@ mod tests {
             let saved = std::fs::read(options.dir.join(format!("damaged-{start:020}-{offset}.bin"))).unwrap();
             assert_eq!(saved, written[damage - 1], "{case}: the damaged record's bytes are kept");
         }
+    }
+
+    #[test]
+    fn zeroed_blocks_before_whole_records_are_damage_not_the_end() {
+        // The disk lost two blocks of the last segment (they read as
+        // zeros), and whole records follow: not the rest filled ahead.
+        let dir = tempfile::tempdir().unwrap();
+        let (store, options) = duckdb_log(dir.path(), 1 << 20);
+        std::fs::create_dir_all(&options.dir).unwrap();
+        let (mut bytes, mut starts) = (Vec::new(), Vec::new());
+        for n in 1..=200u128 {
+            starts.push(bytes.len());
+            bytes.extend(record(n, bytes.len() as u64));
+        }
+        let zeroed = 8192;
+        assert!(bytes.len() > 2 * zeroed, "records after the zeros");
+        bytes[..zeroed].fill(0);
+        bytes.extend([0; 4096]);
+        std::fs::write(segments::segment_path(&options.dir, 0), &bytes).unwrap();
+        let wal = Wal::open(options.clone(), store.clone()).unwrap();
+        assert_eq!(wal.drain(Duration::from_secs(60)), 0);
+        let first_whole = starts.iter().position(|&s| s >= zeroed).unwrap();
+        assert_eq!(wal.shared.lock().damaged_bytes, starts[first_whole] as u64);
+        let mut stored: Vec<u64> = store
+            .recent(&EventFilter::project(1), 1000)
+            .unwrap()
+            .iter()
+            .map(|e| serde_json::from_str::<serde_json::Value>(&e.properties).unwrap()["n"].as_u64().unwrap())
+            .collect();
+        stored.sort();
+        assert_eq!(stored, (first_whole as u64 + 1..=200).collect::<Vec<_>>());
     }
 
     #[test]

@@ -199,6 +199,25 @@ pub fn save_damaged(dir: &Path, file: &File, start: u64, from: u64, to: u64) -> 
     Ok(path)
 }
 
+/// Where the first byte that is not zero lies in `from..to`, read a MiB at
+/// a time.
+pub fn next_nonzero(file: &File, from: u64, to: u64) -> io::Result<Option<u64>> {
+    let mut block = vec![0u8; 1 << 20];
+    let mut at = from;
+    while at < to {
+        let want = block.len().min((to - at) as usize);
+        let n = file.read_at(&mut block[..want], at)?;
+        if n == 0 {
+            break;
+        }
+        if let Some(i) = block[..n].iter().position(|&b| b != 0) {
+            return Ok(Some(at + i as u64));
+        }
+        at += n as u64;
+    }
+    Ok(None)
+}
+
 /// Whether the block at `offset` is all zeros: a segment filled ahead past
 /// its last record, where a torn record would start with its header. One
 /// block, not the whole tail, so a restart does not read a segment's worth.

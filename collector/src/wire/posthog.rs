@@ -256,19 +256,25 @@ fn incoming(c: Capture<'_>, sent_at: Option<i64>, sdk: Sdk<'_>) -> Result<(Incom
         "$screen" => EventKind::Screen,
         "$identify" => EventKind::Identify,
         "$groupidentify" => EventKind::Group,
-        "$create_alias" => EventKind::Alias,
+        "$create_alias" | "$merge_dangerously" => EventKind::Alias,
         _ => EventKind::Track,
     };
     let anonymous = known.is_identified.0 == Some(false) && kind != EventKind::Identify;
     let alias = Id::take(known.alias.0);
     let mut previous_id = None;
     let (user_id, anonymous_id) = if kind == EventKind::Alias {
-        // `$create_alias` is sent by the old id, naming the new one in `alias`.
-        let new_id = alias
+        let other = alias
             .clone()
-            .ok_or_else(|| IngestError::field("properties.alias", "`$create_alias` needs `properties.alias`"))?;
-        previous_id = Some(distinct_id);
-        (Some(new_id), None)
+            .ok_or_else(|| IngestError::field("properties.alias", format!("`{name}` needs `properties.alias`")))?;
+        if name == "$merge_dangerously" {
+            // Sent by the person that stays, naming the one merged into it.
+            previous_id = Some(other);
+            (Some(distinct_id), None)
+        } else {
+            // `$create_alias` is sent by the old id, naming the new one.
+            previous_id = Some(distinct_id);
+            (Some(other), None)
+        }
     } else if anonymous {
         (None, Some(distinct_id))
     } else {

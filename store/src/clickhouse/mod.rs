@@ -49,6 +49,12 @@ impl ClickHouseOptions {
     pub fn new(url: impl Into<String>) -> ClickHouseOptions {
         ClickHouseOptions { url: url.into(), dedup_window: Duration::from_secs(24 * 3600), retention_days: None }
     }
+
+    /// Checks the URL's form, asking no server: at start-up, before
+    /// anything is created.
+    pub fn check(&self) -> Result<(), StoreError> {
+        Endpoint::parse(&self.url).map(drop)
+    }
 }
 
 /// `text` with its password (in the user info or as `password=`) shown as

@@ -209,6 +209,7 @@ async fn migrate_once(
     }
     // The database name was checked to be an identifier when the URL was parsed.
     root.query(&format!("CREATE DATABASE IF NOT EXISTS {database}")).execute().await?;
+    refuse_foreign_tables(root, database).await?;
     client.query(SCHEMA_TABLE).execute().await?;
     let current: u32 = client.query("SELECT max(version) FROM leanloop_schema").fetch_one().await?;
     let flavour = Flavour { version, retention_days: options.retention_days, cluster: None };
@@ -230,6 +231,32 @@ async fn migrate_once(
         tracing::info!(step, "ClickHouse schema migrated");
     }
     Ok(version)
+}
+
+/// The tables the migration steps create.
+const TABLES: [&str; 4] = ["events", "users", "identities", "cohort_members"];
+
+/// Refuses a database where another application has a table of one of
+/// Leanloop's names (every one of Leanloop's has a `project_id`), before
+/// anything is created beside it.
+async fn refuse_foreign_tables(root: &clickhouse::Client, database: &str) -> Result<(), StoreError> {
+    let names = TABLES.map(|t| format!("'{t}'")).join(", ");
+    let foreign: Vec<String> = root
+        .query(&format!(
+            "SELECT name FROM system.tables WHERE database = {db} AND name IN ({names}) \
+             AND name NOT IN (SELECT table FROM system.columns WHERE database = {db} AND name = 'project_id') \
+             ORDER BY name",
+            db = format_args!("'{database}'"),
+        ))
+        .fetch_all()
+        .await?;
+    match foreign.first() {
+        None => Ok(()),
+        Some(table) => Err(StoreError::Config(format!(
+            "database {database} holds a table `{table}` that is not Leanloop's (it has no `project_id`): \
+             give Leanloop a database of its own"
+        ))),
+    }
 }
 
 /// The DDL for a replicated, sharded deployment: per-node `*_local` tables on

@@ -170,6 +170,27 @@ async fn pageviews_identify_and_set_map_onto_the_model() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn merge_dangerously_makes_the_named_person_part_of_the_sender() {
+    let s = TestServer::start().await;
+    let batch = json!({"api_key": s.project.write_key, "batch": [
+        {"event": "$set", "distinct_id": "other", "$set": {"from_other": 1}},
+        {"event": "$set", "distinct_id": "main", "$set": {"from_main": 2}},
+        {"event": "$merge_dangerously", "distinct_id": "main", "properties": {"alias": "other"}}
+    ]});
+    let r = s.client.post(s.url("/batch/")).json(&batch).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    s.settle().await;
+    assert_eq!(s.identity("other").await.as_deref(), Some("main"));
+    let traits = s.user_traits("main").await.expect("person stored");
+    assert_eq!((&traits["from_main"], &traits["from_other"]), (&json!(2), &json!(1)), "{traits}");
+    let refused = json!({"api_key": s.project.write_key, "event": "$merge_dangerously", "distinct_id": "main"});
+    let r = s.client.post(s.url("/capture/")).json(&refused).send().await.unwrap();
+    assert_eq!(r.status(), 400);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["error"]["field"], "properties.alias", "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn flag_calls_get_no_flags_for_a_good_key_and_a_refusal_for_a_bad_one() {
     let s = TestServer::start().await;
     let key = s.project.write_key.clone();
