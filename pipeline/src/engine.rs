@@ -7,9 +7,10 @@ use crate::PipelineError;
 use bollard::container::LogOutput;
 use bollard::models::{ContainerCreateBody, HostConfig, Mount, MountType, NetworkCreateRequest, VolumeCreateRequest};
 use bollard::query_parameters::{
-    CreateContainerOptionsBuilder, CreateImageOptionsBuilder, DownloadFromContainerOptionsBuilder,
-    KillContainerOptionsBuilder, ListContainersOptionsBuilder, ListNetworksOptionsBuilder, ListVolumesOptionsBuilder,
-    LogsOptionsBuilder, RemoveContainerOptionsBuilder, RemoveVolumeOptionsBuilder, UploadToContainerOptionsBuilder,
+    AttachContainerOptionsBuilder, CreateContainerOptionsBuilder, CreateImageOptionsBuilder,
+    DownloadFromContainerOptionsBuilder, KillContainerOptionsBuilder, ListContainersOptionsBuilder,
+    ListNetworksOptionsBuilder, ListVolumesOptionsBuilder, RemoveContainerOptionsBuilder, RemoveVolumeOptionsBuilder,
+    UploadToContainerOptionsBuilder,
 };
 use bollard::Docker;
 use futures::{Stream, StreamExt};
@@ -299,10 +300,14 @@ impl Job<'_> {
 
     /// Creates and starts the container, leaving it running (services).
     pub async fn start(&self, docker: &Docker) -> Result<String, PipelineError> {
-        let options = CreateContainerOptionsBuilder::new().name(&self.name).build();
-        let id = docker.create_container(Some(options), self.body()).await?.id;
+        let id = self.create(docker).await?;
         docker.start_container(&id, None::<bollard::query_parameters::StartContainerOptions>).await?;
         Ok(id)
+    }
+
+    async fn create(&self, docker: &Docker) -> Result<String, PipelineError> {
+        let options = CreateContainerOptionsBuilder::new().name(&self.name).build();
+        Ok(docker.create_container(Some(options), self.body()).await?.id)
     }
 
     /// Runs to its end, streaming output lines to `log` under `step`. On
@@ -314,21 +319,20 @@ impl Job<'_> {
         step: &str,
         stop: &CancellationToken,
     ) -> Result<Exit, PipelineError> {
-        let id = self.start(docker).await?;
-        let options = LogsOptionsBuilder::new().follow(true).stdout(true).stderr(true).build();
-        let mut output = Box::pin(docker.logs(&id, Some(options)));
+        let id = self.create(docker).await?;
+        // Attached before it starts, its output comes straight from it to
+        // its end: followed through the engine's log files, output is lost
+        // or repeated where the log driver rotates them.
+        let attach = AttachContainerOptionsBuilder::new().stdout(true).stderr(true).stream(true).build();
+        let mut output = docker.attach_container(&id, Some(attach)).await?.output;
+        docker.start_container(&id, None::<bollard::query_parameters::StartContainerOptions>).await?;
         let mut lines = Lines::default();
         let mut stopped = false;
-        // The end of what arrived, to tell whether the output's last entry did.
-        let mut tail: Vec<u8> = Vec::new();
         loop {
             tokio::select! {
                 item = output.next() => match item {
                     Some(Ok(LogOutput::StdOut { message } | LogOutput::StdErr { message } | LogOutput::Console { message })) => {
                         lines.push(&message, |l| log.line(step, l));
-                        tail.extend_from_slice(&message);
-                        let keep = tail.len().saturating_sub(TAIL_BYTES);
-                        tail.drain(..keep);
                     }
                     Some(Ok(LogOutput::StdIn { .. })) => {}
                     // The stream ends when the container exits.
@@ -341,13 +345,6 @@ impl Job<'_> {
             }
         }
         let inspect = wait_for_exit(docker, &id).await?;
-        // The engine may end the followed stream before it has logged a last
-        // line without a newline: its last entry, read again, is added when
-        // it is not what arrived last.
-        let last = last_entry(docker, &id).await;
-        if !last.is_empty() && !tail.ends_with(&last) {
-            lines.push(&last, |l| log.line(step, l));
-        }
         lines.finish(|l| log.line(step, l));
         let state = inspect.state.unwrap_or_default();
         let ms = |t: Option<String>| {
@@ -357,23 +354,6 @@ impl Job<'_> {
         let code = if stopped || stop.is_cancelled() { None } else { state.exit_code };
         Ok(Exit { code, container_ms })
     }
-}
-
-/// More than the engine's longest log entry (16 KiB).
-const TAIL_BYTES: usize = 64 * 1024;
-
-/// The container's last log entry, as the engine stored it (empty if none
-/// or unreadable).
-async fn last_entry(docker: &Docker, id: &str) -> Vec<u8> {
-    let options = LogsOptionsBuilder::new().stdout(true).stderr(true).tail("1").build();
-    let mut entry = Vec::new();
-    let mut output = Box::pin(docker.logs(id, Some(options)));
-    while let Some(Ok(item)) = output.next().await {
-        if let LogOutput::StdOut { message } | LogOutput::StdErr { message } | LogOutput::Console { message } = item {
-            entry.extend_from_slice(&message);
-        }
-    }
-    entry
 }
 
 /// The logs stream can end a moment before the engine records the exit.
