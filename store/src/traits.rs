@@ -62,6 +62,17 @@ fn text_len(traits: &Map<String, Value>) -> usize {
     serde_json::to_string(traits).map_or(0, |t| t.len())
 }
 
+/// The user each id was linked to before a batch (by project and id).
+pub type Owners = std::collections::HashMap<(i64, String), String>;
+
+/// The person an update changes: the user its id was linked to before
+/// (an anonymous visitor's `$set` after identify, an alias's previous id),
+/// as PostHog applies a linked id's updates to its person; else its own id.
+pub fn person_of<'a>(update: &'a UserUpdate, owners: &'a Owners) -> (i64, &'a str) {
+    let owner = owners.get(&(update.project_id, update.user_id.clone()));
+    (update.project_id, owner.map_or(update.user_id.as_str(), String::as_str))
+}
+
 /// First links made by `updates` (in order; an id linking itself, or
 /// linked earlier in the batch, is left out): (project, linked id, user,
 /// when).

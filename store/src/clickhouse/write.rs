@@ -226,15 +226,63 @@ struct IdentityRow<'a> {
     linked_at_ms: i64,
 }
 
+/// The first link stored of each of `ids`: the user it names.
+async fn stored_links_of(
+    client: &clickhouse::Client,
+    project_id: i64,
+    ids: &[&str],
+) -> Result<HashMap<String, String>, StoreError> {
+    let mut links = HashMap::new();
+    for chunk in bounded_chunks(ids) {
+        let found: Vec<(String, String)> = client
+            .query(
+                "SELECT anonymous_id, argMin(user_id, linked_at_ms) FROM identities
+                 WHERE project_id = ? AND has(?, anonymous_id) GROUP BY anonymous_id",
+            )
+            .bind(project_id)
+            .bind(chunk)
+            .fetch_all()
+            .await?;
+        links.extend(found);
+    }
+    Ok(links)
+}
+
+/// The user each updated id was linked to before this batch, where that
+/// user is linked to no one (links name a final id; a loop an earlier
+/// version stored is left alone).
+async fn owners(client: &clickhouse::Client, updates: &[UserUpdate]) -> Result<crate::traits::Owners, StoreError> {
+    let mut owners = crate::traits::Owners::new();
+    let projects: HashSet<i64> = updates.iter().map(|u| u.project_id).collect();
+    for project_id in projects {
+        let mut ids: Vec<&str> =
+            updates.iter().filter(|u| u.project_id == project_id).map(|u| u.user_id.as_str()).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        let found = stored_links_of(client, project_id, &ids).await?;
+        let mut targets: Vec<&str> = found.values().map(String::as_str).collect();
+        targets.sort_unstable();
+        targets.dedup();
+        let linked_on = stored_links_of(client, project_id, &targets).await?;
+        for (id, to) in &found {
+            if id != to && !linked_on.contains_key(to) {
+                owners.insert((project_id, id.clone()), to.clone());
+            }
+        }
+    }
+    Ok(owners)
+}
+
 /// Writes each updated person's merged traits and seen times, and the
 /// anonymous ids identify linked.
 pub async fn users(client: &clickhouse::Client, updates: &[UserUpdate]) -> Result<(), StoreError> {
     if updates.is_empty() {
         return Ok(());
     }
+    let owners = owners(client, updates).await?;
     let mut people: HashMap<(i64, &str), (Vec<&UserUpdate>, i64, i64)> = HashMap::new();
     for u in updates {
-        let entry = people.entry((u.project_id, u.user_id.as_str())).or_insert((Vec::new(), i64::MAX, i64::MIN));
+        let entry = people.entry(crate::traits::person_of(u, &owners)).or_insert((Vec::new(), i64::MAX, i64::MIN));
         entry.0.push(u);
         entry.1 = entry.1.min(u.seen_at_ms);
         entry.2 = entry.2.max(u.seen_at_ms);
@@ -256,18 +304,7 @@ pub async fn users(client: &clickhouse::Client, updates: &[UserUpdate]) -> Resul
         linking.sort_unstable();
         linking.dedup();
         let before = stored_links.entry(project_id).or_default();
-        for chunk in bounded_chunks(&linking) {
-            let found: Vec<(String, String)> = client
-                .query(
-                    "SELECT anonymous_id, argMin(user_id, linked_at_ms) FROM identities
-                     WHERE project_id = ? AND has(?, anonymous_id) GROUP BY anonymous_id",
-                )
-                .bind(project_id)
-                .bind(chunk)
-                .fetch_all()
-                .await?;
-            before.extend(found);
-        }
+        before.extend(stored_links_of(client, project_id, &linking).await?);
         for &(_, from, to, _) in
             first_links.iter().filter(|(p, from, ..)| *p == project_id && !before.contains_key(*from))
         {

@@ -242,16 +242,45 @@ fn take_fresh(events: Cow<'_, [Event]>, fresh: &[usize]) -> Vec<Event> {
     }
 }
 
+/// The user each updated id was linked to before this batch, where that
+/// user is linked to no one (links name a final id; a loop an earlier
+/// version stored is left alone).
+fn owners(conn: &Connection, users: &[UserUpdate]) -> Result<crate::traits::Owners, StoreError> {
+    conn.execute_batch(
+        "CREATE TEMP TABLE IF NOT EXISTS staged_ids (project_id BIGINT, id VARCHAR); DELETE FROM staged_ids;",
+    )?;
+    let mut stage = conn.appender_to_catalog_and_db("staged_ids", "temp", "main")?;
+    let ids: HashSet<(i64, &str)> = users.iter().map(|u| (u.project_id, u.user_id.as_str())).collect();
+    for (project, id) in &ids {
+        stage.append_row(params![project, id])?;
+    }
+    stage.flush()?;
+    drop(stage);
+    let mut query = conn.prepare(
+        "SELECT s.project_id, s.id, i.user_id FROM staged_ids s
+         JOIN identities i ON i.project_id = s.project_id AND i.anonymous_id = s.id
+         WHERE i.user_id <> s.id
+             AND NOT EXISTS (SELECT 1 FROM identities j WHERE j.project_id = i.project_id AND j.anonymous_id = i.user_id)",
+    )?;
+    let mut rows = query.query([])?;
+    let mut owners = crate::traits::Owners::new();
+    while let Some(row) = rows.next()? {
+        owners.insert((row.get(0)?, row.get(1)?), row.get(2)?);
+    }
+    Ok(owners)
+}
+
 /// Upserts traits (see [`crate::traits`]) and first links of anonymous ids.
 fn write_users(conn: &Connection, users: &[UserUpdate]) -> Result<(), StoreError> {
     if users.is_empty() {
         return Ok(());
     }
+    let owners = owners(conn, users)?;
     // One row per person per statement: their updates in this batch together.
     let mut people: HashMap<(i64, &str), (Vec<&UserUpdate>, i64, i64)> = HashMap::new();
     let mut order = Vec::new();
     for update in users {
-        let key = (update.project_id, update.user_id.as_str());
+        let key = crate::traits::person_of(update, &owners);
         let person = people.entry(key).or_insert_with(|| {
             order.push(key);
             (Vec::new(), update.seen_at_ms, update.seen_at_ms)

@@ -197,6 +197,40 @@ async fn set_once_fills_only_traits_a_person_lacks_on_both_stores() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn traits_sent_with_an_id_linked_before_change_its_user_on_both_stores() {
+    let (click, _database) = on_clickhouse().await;
+    let duck = TestServer::start().await;
+    for s in [&click, &duck] {
+        let send = |event: Value| {
+            let body = json!({"api_key": s.project.write_key, "batch": [event]});
+            async move { assert_eq!(s.client.post(s.url("/batch/")).json(&body).send().await.unwrap().status(), 200) }
+        };
+        send(json!({"event": "$identify", "distinct_id": "user1",
+            "properties": {"$anon_distinct_id": "device1", "$set": {"plan": "free"}}}))
+        .await;
+        s.settle().await;
+        send(json!({"event": "upgraded", "distinct_id": "device1", "properties": {"$set": {"plan": "pro", "seats": 3}}}))
+            .await;
+        let traits = s.user_traits("user1").await.expect("person stored");
+        assert_eq!(traits, json!({"plan": "pro", "seats": 3}));
+        let url = s.url(&format!("/api/v1/projects/{}/insights/people", s.project.id));
+        let listed: Value = s
+            .client
+            .post(url)
+            .bearer_auth(&s.project.read_key)
+            .json(&json!({"filters": [{"field": "traits.plan", "op": "eq", "value": "pro"}]}))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(listed["total"], 1, "{listed}");
+        assert_eq!(listed["people"][0]["user_id"], "user1", "{listed}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_batch_spanning_150_months_and_thousands_of_people_is_stored() {
     let (s, database) = on_clickhouse().await;
     // ClickHouse refuses one insert touching over 100 partitions (months), and
