@@ -161,7 +161,7 @@ impl Filter {
                 // A fraction or exponent is written differently by each store
                 // (`1e+20`, `100000000000000000000.0`): such values also match
                 // by value. Whole numbers keep to their text, exact past 2^53.
-                let floats: Vec<f64> = self.listed().filter(|v| v.is_f64()).filter_map(Value::as_f64).collect();
+                let floats = self.floats();
                 if !floats.is_empty() {
                     let floats = floats.iter().map(|&f| Sql::default().float(d, f));
                     let by_value = sql::in_list(d, sql::number(d, expr.clone()), floats);
@@ -214,6 +214,12 @@ impl Filter {
     }
 
     /// The value, or each value of a list.
+    /// The values that are numbers with a fraction or exponent, which also
+    /// match by value (see [`Op::Eq`]'s condition).
+    pub(crate) fn floats(&self) -> Vec<f64> {
+        self.listed().filter(|v| v.is_f64()).filter_map(Value::as_f64).collect()
+    }
+
     fn listed(&self) -> impl Iterator<Item = &Value> {
         let items = match &self.value {
             Some(Value::Array(items)) => &items[..],

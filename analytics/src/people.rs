@@ -56,6 +56,8 @@ pub(crate) struct TraitCheck {
     key: String,
     op: Op,
     values: Vec<String>,
+    /// Values that also match by value, as they do on events.
+    floats: Vec<f64>,
     number: Option<f64>,
     pattern: Option<regex::Regex>,
 }
@@ -90,7 +92,7 @@ impl TraitCheck {
             Op::Regex | Op::NotRegex => Some(crate::re2::compile(&values[0], &value_at)?),
             _ => None,
         };
-        Ok(TraitCheck { key: key.to_owned(), op: f.op, values, number, pattern })
+        Ok(TraitCheck { key: key.to_owned(), op: f.op, values, floats: f.floats(), number, pattern })
     }
 
     pub(crate) fn matches(&self, traits: &Value) -> bool {
@@ -99,8 +101,9 @@ impl TraitCheck {
             Value::String(s) => s.clone(),
             other => other.to_string(),
         });
-        let has = |t: &str| self.values.iter().any(|v| v == t);
-        let num = found.and_then(|v| v.as_f64().or_else(|| v.as_str().and_then(|s| s.trim().parse().ok())));
+        // Read as filters on events read a property.
+        let num = found.and_then(sql::number_of);
+        let has = |t: &str| self.values.iter().any(|v| v == t) || num.is_some_and(|n| self.floats.contains(&n));
         let compare = |f: fn(f64, f64) -> bool| num.zip(self.number).is_some_and(|(a, b)| f(a, b));
         let matched = |t: &str| self.pattern.as_ref().is_some_and(|p| p.is_match(t));
         match (self.op, text.as_deref()) {
@@ -410,4 +413,31 @@ fn of_person(user_id: &str, anonymous_ids: &[String]) -> Sql {
     Sql::new("coalesce(user_id, anonymous_id) IN (")
         .push(Sql::join(ids.map(|id| Sql::default().text(id)), ", "))
         .raw(")")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn check(filter: Value) -> TraitCheck {
+        TraitCheck::new(&serde_json::from_value(filter).unwrap(), "filters[0]").unwrap()
+    }
+
+    #[test]
+    fn traits_read_as_numbers_as_event_properties_do() {
+        let traits = json!({"s8": " 8", "plus4": "+4", "inf": "inf", "nan": "NaN", "ten": 10, "text": "8", "exp": "-1.5e3"});
+        let matches = |field: &str, op: &str, value: Value| {
+            check(json!({"field": format!("traits.{field}"), "op": op, "value": value})).matches(&traits)
+        };
+        for (field, value) in [("s8", 5), ("plus4", 3), ("inf", 1), ("nan", -1)] {
+            assert!(!matches(field, "gt", json!(value)), "{field}");
+        }
+        assert!(matches("text", "gt", json!(5)));
+        assert!(matches("exp", "lt", json!(-1000)));
+        assert!(matches("ten", "eq", json!(10.0)), "a fraction matches by value");
+        assert!(matches("ten", "eq", json!(10)));
+        assert!(!matches("ten", "neq", json!(1e1)));
+        assert!(matches("text", "eq", json!(8)), "a whole number matches by its text");
+    }
 }

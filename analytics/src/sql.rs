@@ -226,6 +226,18 @@ pub fn uuid_order(d: Dialect) -> Sql {
 /// both read only text of this form, and agree.
 const NUMBER_TEXT: &str = r"^-?[0-9]+(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?$";
 
+/// A JSON value read as a number as [`number`] reads it: a JSON number,
+/// or text of [`NUMBER_TEXT`]'s form.
+pub fn number_of(value: &serde_json::Value) -> Option<f64> {
+    static FORM: std::sync::LazyLock<regex::Regex> =
+        std::sync::LazyLock::new(|| regex::Regex::new(NUMBER_TEXT).expect("a valid pattern"));
+    match value {
+        serde_json::Value::Number(n) => n.as_f64(),
+        serde_json::Value::String(s) if FORM.is_match(s) => s.parse().ok(),
+        _ => None,
+    }
+}
+
 /// `expr` read as a number, NULL when it is not one. On ClickHouse the text
 /// goes through a regex extract (empty when it is not a number, which the
 /// cast reads as NULL), so `expr` is computed once; DuckDB computes a
