@@ -33,6 +33,11 @@ pub struct PeopleQuery {
     #[serde(default)]
     #[schemars(range(max = i64::MAX))]
     pub offset: usize,
+    /// Walks every person matching once, in user id order, however people
+    /// change during the walk: the people whose user id sorts after this
+    /// one (`""` for the first page, then the answer's `next`). Not with
+    /// `offset`.
+    pub after: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq, schemars::JsonSchema)]
@@ -47,8 +52,11 @@ pub struct Person {
 pub struct PeopleResult {
     /// People matching, before `limit` and `offset`.
     pub total: u64,
-    /// Most recently seen first.
+    /// Most recently seen first; in user id order with `after`.
     pub people: Vec<Person>,
+    /// With `after`, while more people follow: the `after` of the next page.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next: Option<String>,
 }
 
 /// A trait condition, checked in Rust against the stored JSON.
@@ -301,12 +309,23 @@ pub fn people(ask: &Ask, q: &PeopleQuery) -> Result<PeopleResult, AnalyticsError
             found && checks.iter().all(|c| c.matches(&traits))
         })
         .collect();
-    // Newest seen first.
-    matching.sort_by(|&a, &b| rows[b].3.cmp(&rows[a].3).then_with(|| rows[a].0.cmp(&rows[b].0)));
     let total = matching.len() as u64;
-    let people =
+    match &q.after {
+        Some(_) if q.offset > 0 => {
+            return Err(AnalyticsError::invalid("offset", "`offset` is not taken with `after`"));
+        }
+        Some(after) => {
+            matching.retain(|&i| rows[i].0 > *after);
+            matching.sort_by(|&a, &b| rows[a].0.cmp(&rows[b].0));
+        }
+        // Newest seen first.
+        None => matching.sort_by(|&a, &b| rows[b].3.cmp(&rows[a].3).then_with(|| rows[a].0.cmp(&rows[b].0))),
+    }
+    let more = matching.len() > q.offset.saturating_add(limit);
+    let people: Vec<Person> =
         matching.into_iter().skip(q.offset).take(limit).map(|i| person(std::mem::take(&mut rows[i]))).collect();
-    Ok(PeopleResult { total, people })
+    let next = q.after.as_ref().filter(|_| more).and(people.last()).map(|p| p.user_id.clone());
+    Ok(PeopleResult { total, people, next })
 }
 
 /// Trait values as text, top level.
@@ -426,7 +445,8 @@ mod tests {
 
     #[test]
     fn traits_read_as_numbers_as_event_properties_do() {
-        let traits = json!({"s8": " 8", "plus4": "+4", "inf": "inf", "nan": "NaN", "ten": 10, "text": "8", "exp": "-1.5e3"});
+        let traits =
+            json!({"s8": " 8", "plus4": "+4", "inf": "inf", "nan": "NaN", "ten": 10, "text": "8", "exp": "-1.5e3"});
         let matches = |field: &str, op: &str, value: Value| {
             check(json!({"field": format!("traits.{field}"), "op": op, "value": value})).matches(&traits)
         };

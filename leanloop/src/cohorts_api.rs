@@ -216,6 +216,7 @@ struct Page {
     limit: Option<usize>,
     #[serde(default)]
     offset: usize,
+    after: Option<String>,
 }
 
 /// The cohort's members, most recently seen first.
@@ -234,6 +235,7 @@ async fn members(
         filters: vec![Filter { field: COHORT_FIELD.into(), op: Op::Eq, value: Some(json!(cohort)) }],
         limit: page.limit,
         offset: page.offset,
+        after: page.after,
     };
     let analytics = shared.analytics.clone();
     Ok(Json(blocking(shared.questions.clone(), move || analytics.people(project, &q)).await?))

@@ -220,6 +220,8 @@ fn cohorts(g: &mut SchemaGenerator, paths: &mut Map<String, Value>) {
     let cohort_id = json!({"name": "cohort_id", "in": "path", "required": true, "schema": {"type": "integer"}});
     let limit = json!({"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 1000}});
     let offset = json!({"name": "offset", "in": "query", "schema": {"type": "integer", "minimum": 0}});
+    let after = json!({"name": "after", "in": "query", "schema": {"type": "string"},
+        "description": "Walk every member once, in user id order: those after this user id (empty for the first page, then the answer's `next`); not with `offset`"});
     let operation = |summary: &str, parameters: Vec<Value>, body: Option<Value>, status: &str, answer_body| {
         let missing = "No such cohort in this project";
         operation(Operation { summary, parameters, body, status, answer_body, missing, key: "readKey" })
@@ -245,7 +247,7 @@ fn cohorts(g: &mut SchemaGenerator, paths: &mut Map<String, Value>) {
     paths.insert(
         "/api/v1/projects/{id}/cohorts/{cohort_id}/people".into(),
         json!({
-            "get": operation("The cohort's members, most recently seen first", vec![project_id(), cohort_id, limit, offset], None, "200", Some(schema::<people::PeopleResult>(g))),
+            "get": operation("The cohort's members, most recently seen first", vec![project_id(), cohort_id, limit, offset, after], None, "200", Some(schema::<people::PeopleResult>(g))),
         }),
     );
 }

@@ -209,8 +209,10 @@ async fn traits_sent_with_an_id_linked_before_change_its_user_on_both_stores() {
             "properties": {"$anon_distinct_id": "device1", "$set": {"plan": "free"}}}))
         .await;
         s.settle().await;
-        send(json!({"event": "upgraded", "distinct_id": "device1", "properties": {"$set": {"plan": "pro", "seats": 3}}}))
-            .await;
+        send(
+            json!({"event": "upgraded", "distinct_id": "device1", "properties": {"$set": {"plan": "pro", "seats": 3}}}),
+        )
+        .await;
         let traits = s.user_traits("user1").await.expect("person stored");
         assert_eq!(traits, json!({"plan": "pro", "seats": 3}));
         let url = s.url(&format!("/api/v1/projects/{}/insights/people", s.project.id));

@@ -214,6 +214,42 @@ fn segment_call(kind: &str, at: &str, extra: Value) -> Value {
     e
 }
 
+/// Walking the people list with `after`: each person once, in user id
+/// order, while people change and join during the walk.
+async fn people_walk(s: &TestServer) {
+    let identify = |user: &str, n: u64| {
+        segment_call("identify", "2024-07-01T10:00:00.000Z", json!({"userId": user, "traits": {"walk": n}}))
+    };
+    let walkers: Vec<String> = (0..25).map(|i| format!("walker-{i:02}")).collect();
+    let batch = json!({"batch": walkers.iter().map(|u| identify(u, 0)).collect::<Vec<_>>()});
+    assert_eq!(s.post("/v1/batch", &batch).await.status(), 200);
+    s.settle().await;
+    let (mut seen, mut after) = (Vec::new(), json!(""));
+    for page in 0u64.. {
+        assert!(page < 20, "the walk ends: {seen:?}");
+        let (status, answer) = s.insight("people", &json!({"search": "walker-", "limit": 4, "after": after})).await;
+        assert_eq!(status, 200, "{answer}");
+        seen.extend(answer["people"].as_array().unwrap().iter().map(|p| p["user_id"].as_str().unwrap().to_owned()));
+        // One already seen and one not yet are seen again now; someone joins.
+        let changed = json!({"batch": [identify(&walkers[0], page + 1), identify(&walkers[24], page + 1),
+            identify(&format!("walker-new-{page:02}"), 0)]});
+        assert_eq!(s.post("/v1/batch", &changed).await.status(), 200);
+        s.settle().await;
+        match answer.get("next") {
+            Some(next) => after = next.clone(),
+            None => break,
+        }
+    }
+    let mut sorted = seen.clone();
+    sorted.sort();
+    sorted.dedup();
+    assert_eq!(seen, sorted, "in user id order, each once");
+    let originals: Vec<&String> = seen.iter().filter(|u| !u.starts_with("walker-new")).collect();
+    assert_eq!(originals, walkers.iter().collect::<Vec<_>>());
+    let (status, refused) = s.insight("people", &json!({"after": "", "offset": 1})).await;
+    assert_eq!((status, refused["error"]["field"].clone()), (400, json!("offset")), "{refused}");
+}
+
 async fn people_and_erasure(s: &TestServer) {
     let at = "2024-06-01T10:00:00.000Z";
     let event = |kind: &str, extra: Value| segment_call(kind, at, extra);
@@ -436,6 +472,7 @@ async fn insights_over_http_on_duckdb() {
     hostile_values_are_bound(&s).await;
     bad_queries_name_the_field(&s).await;
     people_and_erasure(&s).await;
+    people_walk(&s).await;
     cohorts_over_http(&s).await;
 }
 
@@ -446,6 +483,7 @@ async fn insights_over_http_on_clickhouse() {
     hostile_values_are_bound(&s).await;
     bad_queries_name_the_field(&s).await;
     people_and_erasure(&s).await;
+    people_walk(&s).await;
     cohorts_over_http(&s).await;
 }
 
