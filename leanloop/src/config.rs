@@ -94,9 +94,32 @@ pub struct Overrides {
 
 impl RawConfig {
     pub fn from_file(path: &Path) -> Result<RawConfig> {
-        let text = std::fs::read_to_string(path).with_context(|| format!("reading config file {}", path.display()))?;
+        use std::io::Read;
+        // Bounded: a config is a few KB, and a path such as /dev/zero has no end.
+        const MAX_CONFIG_BYTES: u64 = 1 << 20;
+        let mut text = String::new();
+        std::fs::File::open(path)
+            .and_then(|f| f.take(MAX_CONFIG_BYTES + 1).read_to_string(&mut text))
+            .with_context(|| format!("reading config file {}", path.display()))?;
+        anyhow::ensure!(
+            text.len() as u64 <= MAX_CONFIG_BYTES,
+            "config file {}: larger than {MAX_CONFIG_BYTES} bytes",
+            path.display()
+        );
         toml::from_str(&text).with_context(|| format!("parsing config file {}", path.display()))
     }
+
+    /// The variables [`RawConfig::apply_env`] reads, with the key each sets.
+    const FROM_ENV: [(&'static str, &'static str); 8] = [
+        ("LEANLOOP_LISTEN", "listen"),
+        ("LEANLOOP_DATA_DIR", "data_dir"),
+        ("LEANLOOP_DUCKDB_MEMORY_LIMIT", "store.duckdb_memory_limit"),
+        ("LEANLOOP_DUCKDB_INGEST_MEMORY_LIMIT", "store.duckdb_ingest_memory_limit"),
+        ("LEANLOOP_LOG_DIR", "log_dir"),
+        ("LEANLOOP_CLICKHOUSE_URL", "store.clickhouse_url"),
+        ("LEANLOOP_PIPELINE_REGISTRY", "pipeline.registry"),
+        ("LEANLOOP_DOCKER_HOSTS", "pipeline.hosts"),
+    ];
 
     /// Applies `LEANLOOP_*` variables from `env`.
     pub fn apply_env(&mut self, env: impl Fn(&str) -> Option<String>) {
@@ -271,15 +294,18 @@ fn memory_bytes(field: &str, size: &str) -> Result<u64> {
 impl Config {
     /// File, then environment, then flags.
     pub fn load(overrides: &Overrides) -> Result<Config> {
-        let file = overrides
-            .config_file
-            .clone()
-            .or_else(|| std::env::var_os("LEANLOOP_CONFIG").filter(|v| !v.is_empty()).map(PathBuf::from));
+        Config::load_with(overrides, |name| std::env::var(name).ok().filter(|v| !v.is_empty()))
+    }
+
+    /// [`Config::load`] with the environment `env` (a variable set empty
+    /// is none).
+    fn load_with(overrides: &Overrides, env: impl Fn(&str) -> Option<String>) -> Result<Config> {
+        let file = overrides.config_file.clone().or_else(|| env("LEANLOOP_CONFIG").map(PathBuf::from));
         let mut raw = match file {
             Some(path) => RawConfig::from_file(&path)?,
             None => RawConfig::default(),
         };
-        raw.apply_env(|name| std::env::var(name).ok().filter(|v| !v.is_empty()));
+        raw.apply_env(&env);
         if let Some(listen) = &overrides.listen {
             raw.listen = Some(listen.clone());
         }
@@ -292,7 +318,23 @@ impl Config {
         if let Some(url) = &overrides.clickhouse_url {
             raw.store.clickhouse_url = Some(url.clone());
         }
-        raw.build_and_validate()
+        // Errors name the key; a value a variable gave names the variable too.
+        let flagged = [
+            ("listen", overrides.listen.is_some()),
+            ("data_dir", overrides.data_dir.is_some()),
+            ("log_dir", overrides.log_dir.is_some()),
+            ("store.clickhouse_url", overrides.clickhouse_url.is_some()),
+        ];
+        raw.build_and_validate().map_err(|e| {
+            let message = e.to_string();
+            let from_env = RawConfig::FROM_ENV.iter().find(|&&(var, key)| {
+                message.starts_with(&format!("{key}:")) && env(var).is_some() && !flagged.contains(&(key, true))
+            });
+            match from_env {
+                Some((var, _)) => e.context(format!("{var} (the environment)")),
+                None => e,
+            }
+        })
     }
 
     /// Defaults with the given data directory and an ephemeral port: for tests
@@ -343,6 +385,23 @@ mod tests {
             let err = raw.build_and_validate().unwrap_err().to_string();
             assert!(err.contains(name), "{toml}: {err}");
         }
+    }
+
+    #[test]
+    fn a_bad_value_from_the_environment_names_its_variable() {
+        let env = |name: &str| (name == "LEANLOOP_LISTEN").then(|| "garbage".to_owned());
+        let err = Config::load_with(&Overrides::default(), env).unwrap_err();
+        assert!(format!("{err:#}").starts_with("LEANLOOP_LISTEN (the environment): listen:"), "{err:#}");
+        // A flag given instead is the flag's value, and named as the key.
+        let flagged = Overrides { listen: Some("also garbage".into()), ..Overrides::default() };
+        let err = Config::load_with(&flagged, env).unwrap_err();
+        assert!(format!("{err:#}").starts_with("listen:"), "{err:#}");
+    }
+
+    #[test]
+    fn a_config_file_is_read_to_a_bound() {
+        let err = RawConfig::from_file(Path::new("/dev/zero")).unwrap_err();
+        assert!(format!("{err:#}").contains("larger than"), "{err:#}");
     }
 
     #[test]
