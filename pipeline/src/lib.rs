@@ -926,6 +926,7 @@ impl Pipeline {
                     let host = lease.host.spec.url.clone();
                     match self.records.start_run(run_id, &host) {
                         Ok(()) => {
+                            log.prepare().await;
                             log.line("run", &format!("run {run_id} on {host}: {} at {}", plan.repo.name, plan.sha));
                             runner::execute(
                                 plan,
@@ -971,6 +972,7 @@ impl Pipeline {
                 };
             }
         }
+        log.prepare().await;
         let error = error.map(|e| log.mask(&e));
         if let Err(e) = self.records.finish_run(run_id, status, error.as_deref()) {
             tracing::error!(run = run_id, error = %e, "recording the end of a run failed");
@@ -1172,7 +1174,7 @@ impl Pipeline {
             None if current.is_none()
                 && self.records.releases(project_id, Some(service), Some(environment), 1)?.is_empty() =>
             {
-                Err(PipelineError::NotFound(format!("no release of {service} in {environment}")))
+                Err(PipelineError::NotFound(format!("a release of {service} in {environment}")))
             }
             None => Err(PipelineError::conflict(
                 "no_healthy_release",

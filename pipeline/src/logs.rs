@@ -8,7 +8,7 @@
 use crate::masks::Masks;
 use crate::records::{now_ms, LogLine, Records, Status};
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use tokio::sync::broadcast;
 
 /// Lines kept per step; past it one notice is stored and the rest dropped.
@@ -29,7 +29,9 @@ pub enum LiveEvent {
 pub struct RunLog {
     run_id: i64,
     records: Arc<Records>,
-    masks: Masks,
+    secrets: Vec<String>,
+    /// Built when first needed: a queued run holds only its secrets.
+    masks: OnceLock<Masks>,
     state: Mutex<State>,
     live: broadcast::Sender<LiveEvent>,
 }
@@ -48,7 +50,8 @@ impl RunLog {
         Ok(RunLog {
             run_id,
             records,
-            masks: Masks::new(&secrets),
+            secrets,
+            masks: OnceLock::new(),
             state: Mutex::new(State { seq, pending: Vec::new(), per_step: HashMap::new() }),
             live,
         })
@@ -57,7 +60,23 @@ impl RunLog {
     /// `text` with the run's secrets masked, for what is recorded beside
     /// the log (a step's note, the run's error).
     pub fn mask(&self, text: &str) -> String {
-        self.masks.apply(text)
+        self.masks().apply(text)
+    }
+
+    /// The run's masks, built on first use (a fraction of a second of a
+    /// core for the largest secrets: [`RunLog::prepare`] first where that
+    /// matters).
+    fn masks(&self) -> &Masks {
+        self.masks.get_or_init(|| Masks::new(&self.secrets))
+    }
+
+    /// Builds the masks off the async threads, before a run's first line.
+    pub async fn prepare(self: &Arc<Self>) {
+        let log = self.clone();
+        let _ = tokio::task::spawn_blocking(move || {
+            log.masks();
+        })
+        .await;
     }
 
     pub fn line(&self, step: &str, text: &str) {
@@ -68,7 +87,7 @@ impl RunLog {
             std::cmp::Ordering::Greater => return,
             std::cmp::Ordering::Equal => format!("[log truncated after {MAX_LINES_PER_STEP} lines]"),
             std::cmp::Ordering::Less => {
-                let mut text = self.masks.apply(text.trim_end_matches(['\r', '\n']));
+                let mut text = self.masks().apply(text.trim_end_matches(['\r', '\n']));
                 if text.len() > MAX_LINE_BYTES {
                     let mut cut = MAX_LINE_BYTES;
                     while !text.is_char_boundary(cut) {
@@ -121,7 +140,7 @@ impl RunLog {
 /// past it for a secret that starts there to be masked whole before the
 /// line is cut (a secret split across two pieces would be masked in
 /// neither).
-const HELD_LINE_BYTES: usize = MAX_LINE_BYTES + 64 * 1024;
+pub(crate) const HELD_LINE_BYTES: usize = MAX_LINE_BYTES + 64 * 1024;
 
 /// Splits a byte stream into lines, holding a partial last line until the
 /// next chunk (or the end) completes it. A line longer than

@@ -20,6 +20,10 @@ pub const MIN_MASKED: usize = 3;
 /// characters turn up in other text by chance.
 const MIN_ENCODED: usize = 8;
 
+/// Encoded forms longer than a log line is held are not kept: no line
+/// can show one whole (a 64 KiB secret percent-encoded, say).
+const MAX_ENCODED: usize = crate::logs::HELD_LINE_BYTES;
+
 /// How much of each form's start the automaton looks for.
 const ANCHOR_BYTES: usize = 32;
 
@@ -167,7 +171,7 @@ fn encoded_forms(secret: &str) -> Vec<String> {
     forms.push(ascii.replace('/', "\\/"));
     forms.push(ascii);
     forms.push(json);
-    forms.retain(|f| f.len() >= MIN_ENCODED && f != secret);
+    forms.retain(|f| (MIN_ENCODED..=MAX_ENCODED).contains(&f.len()) && f != secret);
     forms
 }
 

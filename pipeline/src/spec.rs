@@ -425,46 +425,55 @@ const MAX_FLOW_DEPTH: usize = 64;
 
 /// The 1-based line where flow collections first nest over
 /// [`MAX_FLOW_DEPTH`], outside quotes and comments. Closely enough: a
-/// quote opens a scalar where a value starts (at a line's start, after
-/// `[`, `{` or `,`, or after `: `, `- ` or `? `) and is taken to end with its line, so a
-/// stray one in plain text or a block scalar hides nothing after it; a
-/// false alarm needs 64 unbalanced brackets.
+/// quote opens a scalar only where a node starts, as YAML reads it (at a
+/// line's start outside flow collections, after `[`, `{` or `,`, or after
+/// `: `, `- ` or `? ` where those are indicators), never inside a plain
+/// scalar (`-'a`, `a - 'b`, or a flow scalar going on from the line
+/// before), and is taken to end with its line, so a stray one hides
+/// nothing after it; a false alarm needs 64 unbalanced brackets.
 fn too_deep_line(text: &str) -> Option<usize> {
     let mut depth = 0usize;
+    // Whether the next character that is not a space starts a node.
+    let mut node_start = true;
     for (i, line) in text.lines().enumerate() {
+        // Outside flow collections each line may start a node; inside one a
+        // plain scalar goes on across lines.
+        if depth == 0 {
+            node_start = true;
+        }
         let mut quote: Option<char> = None;
-        // The last character on this line that is not whitespace.
-        let mut last: Option<char> = None;
         let mut prev: Option<char> = None;
-        let mut chars = line.chars();
+        let mut chars = line.chars().peekable();
         while let Some(c) = chars.next() {
+            let spaced = chars.peek().is_none_or(|n| n.is_whitespace());
             match (quote, c) {
                 (Some('"'), '\\') => {
                     chars.next();
                 }
-                (Some(q), c) if c == q => quote = None,
-                (Some(_), _) => {}
-                // `:`, `-` and `?` are indicators only before a space
-                // (`-'a` is a plain scalar).
-                (None, '"' | '\'')
-                    if last.is_none_or(|p| {
-                        "[{,".contains(p) || (":-?".contains(p) && prev.is_some_and(char::is_whitespace))
-                    }) =>
-                {
-                    quote = Some(c)
+                (Some(q), c) if c == q => {
+                    quote = None;
+                    node_start = false;
                 }
+                (Some(_), _) => {}
+                (None, c) if c.is_whitespace() => {}
                 (None, '#') if prev.is_none_or(char::is_whitespace) => break,
+                (None, '"' | '\'') if node_start => quote = Some(c),
                 (None, '[' | '{') => {
                     depth += 1;
                     if depth > MAX_FLOW_DEPTH {
                         return Some(i + 1);
                     }
+                    node_start = true;
                 }
-                (None, ']' | '}') => depth = depth.saturating_sub(1),
-                _ => {}
-            }
-            if !c.is_whitespace() {
-                last = Some(c);
+                (None, ']' | '}') => {
+                    depth = depth.saturating_sub(1);
+                    node_start = false;
+                }
+                (None, ',') => node_start = true,
+                (None, ':') if spaced => node_start = true,
+                // An indicator: a node follows.
+                (None, '-' | '?') if node_start && spaced => {}
+                (None, _) => node_start = false,
             }
             prev = Some(c);
         }
@@ -1042,7 +1051,12 @@ steps:
         assert_eq!(too_deep_line(&format!("x: |\n  'open\nb: {many}")), Some(3));
         assert_eq!(too_deep_line(&format!("x: rock 'n roll {many}")), Some(1));
         assert_eq!(too_deep_line(&format!("steps: [-'a, {many}")), Some(1));
+        assert_eq!(too_deep_line(&format!("steps: [a - 'b, {many}")), Some(1));
+        assert_eq!(too_deep_line(&format!("steps: [a ? 'b, {many}")), Some(1));
         assert_eq!(too_deep_line(&format!("a:'b {many}")), Some(1));
+        // A plain scalar inside a flow collection goes on across lines.
+        assert_eq!(too_deep_line(&format!("steps: [a\n  'b, {many}")), Some(2));
+        assert_eq!(too_deep_line(&format!("steps: [\n  '{many}' ]")), None);
         assert_eq!(too_deep_line(&format!("- '{many}'\n? \"{many}\"\n[ '{many}' ]")), None);
     }
 

@@ -13,11 +13,13 @@ use serde_json::{Map, Value};
 /// end through the public write key.
 pub const MAX_TRAITS_BYTES: usize = 512 * 1024;
 
-/// Applies `updates` (in the order they were made) to `traits`.
-pub fn apply(traits: &mut Map<String, Value>, updates: &[&UserUpdate]) {
+/// Applies `updates` (in the order they were made) to `traits`; answers
+/// how many were not, for taking them past [`MAX_TRAITS_BYTES`].
+pub fn apply(traits: &mut Map<String, Value>, updates: &[&UserUpdate]) -> usize {
     // What the traits take as text, or more: an update grows them by less
     // than its own text.
     let mut size = text_len(traits);
+    let mut refused = 0;
     for update in updates {
         let most = size + update.traits.len() + update.traits_once.len();
         if most <= MAX_TRAITS_BYTES {
@@ -29,15 +31,22 @@ pub fn apply(traits: &mut Map<String, Value>, updates: &[&UserUpdate]) {
         apply_one(traits, update);
         let after = text_len(traits);
         if after > MAX_TRAITS_BYTES {
-            tracing::warn!(
-                user = update.user_id,
-                size = after,
-                "a person's traits would pass {MAX_TRAITS_BYTES} bytes: the update is not applied"
-            );
             *traits = before;
+            refused += 1;
         } else {
             size = after;
         }
+    }
+    refused
+}
+
+/// Says, once a write, how many updates [`apply`] did not apply.
+pub fn warn_refused(refused: usize) {
+    if refused > 0 {
+        tracing::warn!(
+            refused,
+            "updates that would take a person's traits past {MAX_TRAITS_BYTES} bytes were not applied"
+        );
     }
 }
 
@@ -92,6 +101,7 @@ pub fn first_links(updates: &[UserUpdate]) -> Vec<(i64, &str, &str, i64)> {
 /// later removes stays removed.
 pub fn merge_linked(traits: &mut Map<String, Value>, stored: Option<&str>, updates: &[&UserUpdate]) {
     let mut linked = stored.map(object).unwrap_or_default();
+    // Each was capped when it was stored; together they fill only gaps.
     apply(&mut linked, updates);
     for (k, v) in linked {
         traits.entry(k).or_insert(v);
@@ -160,7 +170,7 @@ mod tests {
             update(json!({"a": null, "small": 1}), json!({})),
             update(json!({"c": big}), json!({})),
         ];
-        apply(&mut traits, &updates.iter().collect::<Vec<_>>());
+        assert_eq!(apply(&mut traits, &updates.iter().collect::<Vec<_>>()), 1);
         let mut keys: Vec<&str> = traits.keys().map(String::as_str).collect();
         keys.sort_unstable();
         assert_eq!(keys, ["b", "c", "small"]);

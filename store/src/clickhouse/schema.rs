@@ -233,30 +233,36 @@ async fn migrate_once(
     Ok(version)
 }
 
-/// The tables the migration steps create.
-const TABLES: [&str; 4] = ["events", "users", "identities", "cohort_members"];
+/// The tables the migrations create, each with columns only Leanloop's has
+/// all of.
+const TABLES: [(&str, &[&str]); 5] = [
+    ("events", &["uuid", "project_id", "received_at_ms", "prop_keys", "prop_values"]),
+    ("users", &["project_id", "user_id", "traits"]),
+    ("identities", &["project_id", "anonymous_id", "user_id", "linked_at_ms"]),
+    ("cohort_members", &["project_id", "cohort_id", "version", "user_id"]),
+    ("leanloop_schema", &["version", "applied_at"]),
+];
 
 /// Refuses a database where another application has a table of one of
-/// Leanloop's names (every one of Leanloop's has a `project_id`), before
-/// anything is created beside it.
+/// Leanloop's names, before anything is created beside it.
 async fn refuse_foreign_tables(root: &clickhouse::Client, database: &str) -> Result<(), StoreError> {
-    let names = TABLES.map(|t| format!("'{t}'")).join(", ");
-    let foreign: Vec<String> = root
-        .query(&format!(
-            "SELECT name FROM system.tables WHERE database = {db} AND name IN ({names}) \
-             AND name NOT IN (SELECT table FROM system.columns WHERE database = {db} AND name = 'project_id') \
-             ORDER BY name",
-            db = format_args!("'{database}'"),
-        ))
+    let names = TABLES.map(|(t, _)| format!("'{t}'")).join(", ");
+    // The database name was checked to be an identifier.
+    let columns: Vec<(String, String)> = root
+        .query(&format!("SELECT table, name FROM system.columns WHERE database = '{database}' AND table IN ({names})"))
         .fetch_all()
         .await?;
-    match foreign.first() {
-        None => Ok(()),
-        Some(table) => Err(StoreError::Config(format!(
-            "database {database} holds a table `{table}` that is not Leanloop's (it has no `project_id`): \
-             give Leanloop a database of its own"
-        ))),
+    for (table, marks) in TABLES {
+        let has: Vec<&str> = columns.iter().filter(|(t, _)| t == table).map(|(_, c)| c.as_str()).collect();
+        let missing = marks.iter().find(|m| !has.contains(m));
+        if let (false, Some(missing)) = (has.is_empty(), missing) {
+            return Err(StoreError::Config(format!(
+                "database {database} holds a table `{table}` that is not Leanloop's (it has no `{missing}`): \
+                 give Leanloop a database of its own"
+            )));
+        }
     }
+    Ok(())
 }
 
 /// The DDL for a replicated, sharded deployment: per-node `*_local` tables on

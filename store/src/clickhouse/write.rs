@@ -325,6 +325,7 @@ pub async fn users(client: &clickhouse::Client, updates: &[UserUpdate]) -> Resul
         }
     }
     let mut rows = Vec::with_capacity(people.len());
+    let mut refused = 0;
     for (&(project_id, user_id), (batch, first, last)) in &people {
         let mut traits = Map::new();
         let (mut first_seen, mut last_seen, mut version) = (*first, *last, 0);
@@ -339,7 +340,7 @@ pub async fn users(client: &clickhouse::Client, updates: &[UserUpdate]) -> Resul
             let linked = stored.get(&(project_id, (*from).to_owned())).map(|r| r.traits.as_str());
             crate::traits::merge_linked(&mut traits, linked, own);
         }
-        crate::traits::apply(&mut traits, batch);
+        refused += crate::traits::apply(&mut traits, batch);
         rows.push(UserRow {
             project_id,
             user_id: user_id.to_owned(),
@@ -349,6 +350,7 @@ pub async fn users(client: &clickhouse::Client, updates: &[UserUpdate]) -> Resul
             version: version + 1,
         });
     }
+    crate::traits::warn_refused(refused);
     let mut insert = client.insert::<UserRow>("users").await?;
     for row in &rows {
         insert.write(row).await?;

@@ -304,7 +304,14 @@ fn write_users(conn: &Connection, users: &[UserUpdate]) -> Result<(), StoreError
     // The people's stored traits, and whether a linked id was linked
     // before, found through their staged keys.
     let mut stage = conn.appender_to_catalog_and_db("staged_users", "temp", "main")?;
-    let linked_keys = links.iter().map(|&(project, from, ..)| (project, from)).filter(|k| !people.contains_key(k));
+    // Both ends of each link: its user may be a person other than the one
+    // its update changes (one it was linked to before), and a link from
+    // that person back would make a loop.
+    let linked_keys: HashSet<(i64, &str)> = links
+        .iter()
+        .flat_map(|&(project, from, to, _)| [(project, from), (project, to)])
+        .filter(|k| !people.contains_key(k))
+        .collect();
     for key in order.iter().copied().chain(linked_keys) {
         stage.append_row(params![key.0, key.1, None::<String>, None::<i64>, None::<i64>])?;
     }
@@ -342,6 +349,7 @@ fn write_users(conn: &Connection, users: &[UserUpdate]) -> Result<(), StoreError
     }
     conn.execute_batch("DELETE FROM staged_users")?;
     let mut stage = conn.appender_to_catalog_and_db("staged_users", "temp", "main")?;
+    let mut refused = 0;
     for key in &order {
         let (updates, first, last) = &people[key];
         let mut traits =
@@ -350,11 +358,12 @@ fn write_users(conn: &Connection, users: &[UserUpdate]) -> Result<(), StoreError
             let own = people.get(&(key.0, *from)).map_or(&[][..], |p| &p.0[..]);
             crate::traits::merge_linked(&mut traits, stored.get(&(key.0, (*from).to_owned())).map(String::as_str), own);
         }
-        crate::traits::apply(&mut traits, updates);
+        refused += crate::traits::apply(&mut traits, updates);
         stage.append_row(params![key.0, key.1, serde_json::Value::Object(traits).to_string(), first, last])?;
     }
     stage.flush()?;
     drop(stage);
+    crate::traits::warn_refused(refused);
     conn.execute_batch(
         "UPDATE users SET
              traits = s.traits,

@@ -324,17 +324,21 @@ async fn a_database_a_newer_build_migrated_refuses_start() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_database_holding_another_applications_events_table_refuses_start_and_is_left_alone() {
-    let database = fresh_database();
-    ch::query(&ch::shared(), &format!("CREATE DATABASE {database}")).await;
-    ch::query(&ch::shared(), &format!("CREATE TABLE {database}.events (x UInt8) ENGINE = Memory")).await;
-    let config = leanloop::Config::for_tests(tempfile::tempdir().unwrap().path());
-    let url = store_url(&ch::shared(), &database);
-    let config = leanloop::Config { clickhouse: Some(ClickHouseOptions::new(url)), ..config };
-    let err = leanloop::App::build(config, leanloop::Role::Collector).await.err().expect("start-up fails");
-    assert!(format!("{err:#}").contains("a table `events` that is not Leanloop's"), "{err:#}");
-    let tables =
-        ch::query(&ch::shared(), &format!("SELECT name FROM system.tables WHERE database = '{database}'")).await;
-    assert_eq!(tables.trim(), "events", "nothing created beside it");
+    for (table, columns) in [("events", "x UInt8"), ("events", "project_id Int64, what String"), ("users", "id UInt64")]
+    {
+        let database = fresh_database();
+        ch::query(&ch::shared(), &format!("CREATE DATABASE {database}")).await;
+        ch::query(&ch::shared(), &format!("CREATE TABLE {database}.{table} ({columns}) ENGINE = Memory")).await;
+        let config = leanloop::Config::for_tests(tempfile::tempdir().unwrap().path());
+        let url = store_url(&ch::shared(), &database);
+        let config = leanloop::Config { clickhouse: Some(ClickHouseOptions::new(url)), ..config };
+        let err = leanloop::App::build(config, leanloop::Role::Collector).await.err().expect("start-up fails");
+        let said = format!("{err:#}");
+        assert!(said.contains(&format!("a table `{table}` that is not Leanloop's")), "{columns}: {said}");
+        let tables =
+            ch::query(&ch::shared(), &format!("SELECT name FROM system.tables WHERE database = '{database}'")).await;
+        assert_eq!(tables.trim(), table, "nothing created beside it");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
