@@ -388,6 +388,18 @@ mod tests {
         (written, second)
     }
 
+    /// The numbers (`record`'s `n`) of the events `store` holds, in order.
+    fn stored_numbers(store: &Arc<dyn EventStore>) -> Vec<u64> {
+        let mut stored: Vec<u64> = store
+            .recent(&EventFilter::project(1), 1000)
+            .unwrap()
+            .iter()
+            .map(|e| serde_json::from_str::<serde_json::Value>(&e.properties).unwrap()["n"].as_u64().unwrap())
+            .collect();
+        stored.sort();
+        stored
+    }
+
     #[test]
     fn damaged_records_are_set_aside_and_delivery_goes_on() {
         // Record 2's payload has a bit flipped; record 3's length is
@@ -412,13 +424,7 @@ mod tests {
             assert_eq!(wal.drain(Duration::from_secs(60)), 0, "{case}");
             assert_eq!(wal.shared.lock().failed, None, "{case}");
             assert_eq!(wal.shared.lock().damaged_bytes, written[damage - 1].len() as u64, "{case}");
-            let mut stored: Vec<u64> = store
-                .recent(&EventFilter::project(1), 10)
-                .unwrap()
-                .iter()
-                .map(|e| serde_json::from_str::<serde_json::Value>(&e.properties).unwrap()["n"].as_u64().unwrap())
-                .collect();
-            stored.sort();
+            let stored = stored_numbers(&store);
             let expected: Vec<u64> = (1..=6).filter(|&n| n != damage as u64).collect();
             assert_eq!(stored, expected, "{case}: every whole record is delivered");
             let start = if damage == 5 { second } else { 0 };
@@ -449,14 +455,7 @@ mod tests {
         assert_eq!(wal.drain(Duration::from_secs(60)), 0);
         let first_whole = starts.iter().position(|&s| s >= zeroed).unwrap();
         assert_eq!(wal.shared.lock().damaged_bytes, starts[first_whole] as u64);
-        let mut stored: Vec<u64> = store
-            .recent(&EventFilter::project(1), 1000)
-            .unwrap()
-            .iter()
-            .map(|e| serde_json::from_str::<serde_json::Value>(&e.properties).unwrap()["n"].as_u64().unwrap())
-            .collect();
-        stored.sort();
-        assert_eq!(stored, (first_whole as u64 + 1..=200).collect::<Vec<_>>());
+        assert_eq!(stored_numbers(&store), (first_whole as u64 + 1..=200).collect::<Vec<_>>());
     }
 
     #[test]

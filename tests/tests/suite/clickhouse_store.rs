@@ -215,19 +215,9 @@ async fn traits_sent_with_an_id_linked_before_change_its_user_on_both_stores() {
         .await;
         let traits = s.user_traits("user1").await.expect("person stored");
         assert_eq!(traits, json!({"plan": "pro", "seats": 3}));
-        let url = s.url(&format!("/api/v1/projects/{}/insights/people", s.project.id));
-        let listed: Value = s
-            .client
-            .post(url)
-            .bearer_auth(&s.project.read_key)
-            .json(&json!({"filters": [{"field": "traits.plan", "op": "eq", "value": "pro"}]}))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        assert_eq!(listed["total"], 1, "{listed}");
+        let pro = json!({"filters": [{"field": "traits.plan", "op": "eq", "value": "pro"}]});
+        let (status, listed) = s.insight("people", &pro).await;
+        assert_eq!((status, &listed["total"]), (200, &json!(1)), "{listed}");
         assert_eq!(listed["people"][0]["user_id"], "user1", "{listed}");
     }
 }
