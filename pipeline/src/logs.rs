@@ -87,16 +87,12 @@ impl RunLog {
             std::cmp::Ordering::Greater => return,
             std::cmp::Ordering::Equal => format!("[log truncated after {MAX_LINES_PER_STEP} lines]"),
             std::cmp::Ordering::Less => {
-                let mut text = self.masks().apply(text.trim_end_matches(['\r', '\n']));
+                let text = text.trim_end_matches(['\r', '\n']);
+                let mut kept = self.masks().apply_within(text, MAX_LINE_BYTES);
                 if text.len() > MAX_LINE_BYTES {
-                    let mut cut = MAX_LINE_BYTES;
-                    while !text.is_char_boundary(cut) {
-                        cut -= 1;
-                    }
-                    text.truncate(cut);
-                    text.push_str(" [line cut]");
+                    kept.push_str(" [line cut]");
                 }
-                text
+                kept
             }
         };
         state.seq += 1;

@@ -20,9 +20,13 @@ pub const MIN_MASKED: usize = 3;
 /// characters turn up in other text by chance.
 const MIN_ENCODED: usize = 8;
 
-/// Encoded forms longer than a log line is held are not kept: no line
-/// can show one whole (a 64 KiB secret percent-encoded, say).
-const MAX_ENCODED: usize = crate::logs::HELD_LINE_BYTES;
+/// Encoded forms longer than this (a 64 KiB secret percent-encoded, say)
+/// may not fit whole in what a log line holds before its cut: each is
+/// masked as pieces of [`PIECE_BYTES`] (the last one its final bytes), so
+/// whatever part of it a line shows is masked but for less than a piece
+/// at the line's start.
+const MAX_WHOLE: usize = 64 * 1024;
+const PIECE_BYTES: usize = 4 * 1024;
 
 /// How much of each form's start the automaton looks for.
 const ANCHOR_BYTES: usize = 32;
@@ -78,7 +82,35 @@ impl Masks {
     /// secrets sharing characters, or one repeating itself) merged, so that
     /// masking one never leaves part of another in view.
     pub fn apply(&self, text: &str) -> String {
-        let Some(anchors) = &self.anchors else { return text.to_owned() };
+        self.apply_within(text, text.len())
+    }
+
+    /// [`Masks::apply`] for the first `keep` bytes of `text` (cut back to a
+    /// character's boundary): secrets are found in the whole of it, so one
+    /// that runs past the cut is masked, and nothing past the cut shows,
+    /// however much masking shortened what comes before.
+    pub fn apply_within(&self, text: &str, keep: usize) -> String {
+        let mut keep = keep.min(text.len());
+        while !text.is_char_boundary(keep) {
+            keep -= 1;
+        }
+        let mut out = String::with_capacity(keep);
+        let mut shown = 0;
+        for (start, end) in self.spans(text) {
+            if start >= keep {
+                break;
+            }
+            out.push_str(&text[shown..start]);
+            out.push_str(MASK);
+            shown = end;
+        }
+        out.push_str(&text[shown.min(keep)..keep]);
+        out
+    }
+
+    /// Where secrets are in `text`, overlapping ones merged, in order.
+    fn spans(&self, text: &str) -> Vec<(usize, usize)> {
+        let Some(anchors) = &self.anchors else { return Vec::new() };
         let mut spans: Vec<(usize, usize)> = Vec::new();
         for found in anchors.find_overlapping_iter(text) {
             let rest = &text.as_bytes()[found.start()..];
@@ -89,27 +121,15 @@ impl Masks {
                 }
             }
         }
-        if spans.is_empty() {
-            return text.to_owned();
-        }
         spans.sort_unstable();
-        let mut out = String::with_capacity(text.len());
-        let mut shown = 0;
-        let mut spans = spans.into_iter().peekable();
-        while let Some((start, mut end)) = spans.next() {
-            while let Some(&(next, next_end)) = spans.peek() {
-                if next > end {
-                    break;
-                }
-                end = end.max(next_end);
-                spans.next();
+        let mut merged: Vec<(usize, usize)> = Vec::with_capacity(spans.len());
+        for (start, end) in spans {
+            match merged.last_mut() {
+                Some(last) if start <= last.1 => last.1 = last.1.max(end),
+                _ => merged.push((start, end)),
             }
-            out.push_str(&text[shown..start]);
-            out.push_str(MASK);
-            shown = end;
         }
-        out.push_str(&text[shown..]);
-        out
+        merged
     }
 }
 
@@ -171,8 +191,33 @@ fn encoded_forms(secret: &str) -> Vec<String> {
     forms.push(ascii.replace('/', "\\/"));
     forms.push(ascii);
     forms.push(json);
-    forms.retain(|f| (MIN_ENCODED..=MAX_ENCODED).contains(&f.len()) && f != secret);
-    forms
+    forms.retain(|f| f.len() >= MIN_ENCODED && f != secret);
+    forms.into_iter().flat_map(pieces).collect()
+}
+
+/// `form` as it is masked: whole, or, past [`MAX_WHOLE`], in pieces.
+fn pieces(form: String) -> Vec<String> {
+    if form.len() <= MAX_WHOLE {
+        return vec![form];
+    }
+    // Encoded forms are ASCII but for JSON's, whose pieces end on a
+    // character's boundary.
+    let mut pieces = Vec::new();
+    let mut start = 0;
+    while start < form.len() {
+        let mut end = (start + PIECE_BYTES).min(form.len());
+        while !form.is_char_boundary(end) {
+            end -= 1;
+        }
+        pieces.push(form[start..end].to_owned());
+        start = end;
+    }
+    let mut last = form.len().saturating_sub(PIECE_BYTES);
+    while !form.is_char_boundary(last) {
+        last += 1;
+    }
+    pieces.push(form[last..].to_owned());
+    pieces
 }
 
 /// JSON-escaped text with every character past ASCII as `\uXXXX` (UTF-16,
@@ -294,6 +339,22 @@ mod tests {
         let (one, two) = (format!("{head}-one-end"), format!("{head}-two"));
         let masks = masks(&[&one, &two]);
         assert_eq!(masks.apply(&format!("a {two} b {one} c {head} d")), format!("a {MASK} b {MASK} c {head} d"));
+    }
+
+    #[test]
+    fn a_long_encoded_form_is_masked_in_whatever_part_a_line_shows() {
+        // 50,000 characters percent-encoded: about 80,000, past what a
+        // line holds; the line shows its first part, which is masked.
+        let secret: String = (0..50_000u32).map(|i| char::from(b'!' + (i * 7919 % 94) as u8)).collect();
+        let masks = masks(&[&secret]);
+        let encoded = percent_encoding::utf8_percent_encode(&secret, percent_encoding::NON_ALPHANUMERIC).to_string();
+        assert!(encoded.len() > crate::logs::HELD_LINE_BYTES);
+        let held = &encoded[..crate::logs::HELD_LINE_BYTES];
+        assert_eq!(masks.apply_within(&format!("x={held}"), 8 * 1024), format!("x={MASK}"));
+        assert_eq!(masks.apply(&format!("x={encoded}y")), format!("x={MASK}y"));
+        // Nothing past the cut shows, however short masking made the rest.
+        assert_eq!(masks.apply_within(&format!("{secret} tail"), 10), MASK);
+        assert_eq!(masks.apply_within("no secret here", 2), "no");
     }
 
     #[test]

@@ -435,7 +435,10 @@ fn too_deep_line(text: &str) -> Option<usize> {
     let mut depth = 0usize;
     // Whether the next character that is not a space starts a node.
     let mut node_start = true;
-    for (i, line) in text.lines().enumerate() {
+    // Every line break the YAML reader knows, so that a comment ends where
+    // it ends there.
+    let text = text.replace("\r\n", "\n");
+    for (i, line) in text.split(['\n', '\r', '\u{85}', '\u{2028}', '\u{2029}']).enumerate() {
         // Outside flow collections each line may start a node; inside one a
         // plain scalar goes on across lines.
         if depth == 0 {
@@ -1054,6 +1057,10 @@ steps:
         assert_eq!(too_deep_line(&format!("steps: [a - 'b, {many}")), Some(1));
         assert_eq!(too_deep_line(&format!("steps: [a ? 'b, {many}")), Some(1));
         assert_eq!(too_deep_line(&format!("a:'b {many}")), Some(1));
+        // A comment ends at any line break the YAML reader knows.
+        for brk in ["\r", "\u{85}", "\u{2028}", "\u{2029}"] {
+            assert_eq!(too_deep_line(&format!("steps: [x, #'{brk}{many}")), Some(2), "{brk:?}");
+        }
         // A plain scalar inside a flow collection goes on across lines.
         assert_eq!(too_deep_line(&format!("steps: [a\n  'b, {many}")), Some(2));
         assert_eq!(too_deep_line(&format!("steps: [\n  '{many}' ]")), None);

@@ -78,8 +78,13 @@ pub type Owners = std::collections::HashMap<(i64, String), String>;
 /// (an anonymous visitor's `$set` after identify, an alias's previous id),
 /// as PostHog applies a linked id's updates to its person; else its own id.
 pub fn person_of<'a>(update: &'a UserUpdate, owners: &'a Owners) -> (i64, &'a str) {
-    let owner = owners.get(&(update.project_id, update.user_id.clone()));
-    (update.project_id, owner.map_or(update.user_id.as_str(), String::as_str))
+    owner_of(update.project_id, &update.user_id, owners)
+}
+
+/// The person `id` is (see [`person_of`]).
+pub fn owner_of<'a>(project_id: i64, id: &'a str, owners: &'a Owners) -> (i64, &'a str) {
+    let owner = owners.get(&(project_id, id.to_owned()));
+    (project_id, owner.map_or(id, String::as_str))
 }
 
 /// First links made by `updates` (in order; an id linking itself, or

@@ -308,7 +308,7 @@ pub async fn users(client: &clickhouse::Client, updates: &[UserUpdate]) -> Resul
         for &(_, from, to, _) in
             first_links.iter().filter(|(p, from, ..)| *p == project_id && !before.contains_key(*from))
         {
-            joining.entry((project_id, to)).or_default().push(from);
+            joining.entry(crate::traits::owner_of(project_id, to, &owners)).or_default().push(from);
             new_links.push((project_id, from, to));
         }
         let joined = joining.iter().filter(|((p, _), _)| *p == project_id).flat_map(|(_, froms)| froms.iter().copied());

@@ -345,7 +345,7 @@ fn write_users(conn: &Connection, users: &[UserUpdate]) -> Result<(), StoreError
         links.iter().copied().filter(|&(project, from, ..)| !stored_links_of(project).contains_key(from)).collect();
     let mut joining: HashMap<(i64, &str), Vec<&str>> = HashMap::new();
     for &(project, from, to, _) in &new_links {
-        joining.entry((project, to)).or_default().push(from);
+        joining.entry(crate::traits::owner_of(project, to, &owners)).or_default().push(from);
     }
     conn.execute_batch("DELETE FROM staged_users")?;
     let mut stage = conn.appender_to_catalog_and_db("staged_users", "temp", "main")?;

@@ -215,6 +215,15 @@ async fn traits_sent_with_an_id_linked_before_change_its_user_on_both_stores() {
         .await;
         let traits = s.user_traits("user1").await.expect("person stored");
         assert_eq!(traits, json!({"plan": "pro", "seats": 3}));
+        // An identify naming an id aliased on before: the visitor it links
+        // brings its traits to the person that id is.
+        send(json!({"event": "$create_alias", "distinct_id": "old", "properties": {"alias": "new"}})).await;
+        s.settle().await;
+        send(json!({"event": "$set", "distinct_id": "visitor", "$set": {"color": "red"}})).await;
+        s.settle().await;
+        send(json!({"event": "$identify", "distinct_id": "old", "properties": {"$anon_distinct_id": "visitor"}})).await;
+        let traits = s.user_traits("new").await.expect("person stored");
+        assert_eq!(traits["color"], "red", "{traits}");
         let pro = json!({"filters": [{"field": "traits.plan", "op": "eq", "value": "pro"}]});
         let (status, listed) = s.insight("people", &pro).await;
         assert_eq!((status, &listed["total"]), (200, &json!(1)), "{listed}");
