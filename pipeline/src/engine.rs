@@ -356,7 +356,7 @@ impl Job<'_> {
     }
 }
 
-/// The logs stream can end a moment before the engine records the exit.
+/// The output stream can end a moment before the engine records the exit.
 async fn wait_for_exit(docker: &Docker, id: &str) -> Result<bollard::models::ContainerInspectResponse, PipelineError> {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
