@@ -41,7 +41,15 @@ pub struct Masks {
     /// For each anchor the automaton knows (by its pattern index), the
     /// forms (indices into `forms`) that begin with it.
     by_anchor: Vec<Vec<usize>>,
-    anchors: Option<AhoCorasick>,
+    anchors: Anchors,
+}
+
+enum Anchors {
+    /// No secrets.
+    None,
+    Found(AhoCorasick),
+    /// The automaton could not be built: nothing can be shown.
+    Failed,
 }
 
 impl Masks {
@@ -72,8 +80,12 @@ impl Masks {
         for (anchor, at) in anchor_index {
             patterns[at] = anchor;
         }
-        // Built from at most a few MB of anchors; failing would mean none.
-        let anchors = (!patterns.is_empty()).then(|| AhoCorasick::new(&patterns).ok()).flatten();
+        // Built from at most a few MB of anchors (a repository's secrets
+        // are bounded); should it fail, every line is masked whole.
+        let anchors = match patterns.is_empty() {
+            true => Anchors::None,
+            false => AhoCorasick::new(&patterns).map_or(Anchors::Failed, Anchors::Found),
+        };
         Masks { forms, by_anchor, anchors }
     }
 
@@ -110,7 +122,11 @@ impl Masks {
 
     /// Where secrets are in `text`, overlapping ones merged, in order.
     fn spans(&self, text: &str) -> Vec<(usize, usize)> {
-        let Some(anchors) = &self.anchors else { return Vec::new() };
+        let anchors = match &self.anchors {
+            Anchors::None => return Vec::new(),
+            Anchors::Failed => return vec![(0, text.len())],
+            Anchors::Found(anchors) => anchors,
+        };
         let mut spans: Vec<(usize, usize)> = Vec::new();
         for found in anchors.find_overlapping_iter(text) {
             let rest = &text.as_bytes()[found.start()..];
@@ -375,7 +391,8 @@ mod tests {
         };
         let secrets: Vec<String> = (0..16).map(|_| random(64 * 1024)).collect();
         let masks = Masks::new(&secrets);
-        let automaton = masks.anchors.as_ref().map_or(0, |a| a.memory_usage());
+        let Anchors::Found(anchors) = &masks.anchors else { panic!("an automaton") };
+        let automaton = anchors.memory_usage();
         assert!(automaton < 32 << 20, "{automaton} bytes");
         let part = &secrets[7][..100];
         assert_eq!(masks.apply(part), part);
