@@ -121,37 +121,29 @@ impl RawConfig {
         ("LEANLOOP_DOCKER_HOSTS", "pipeline.hosts"),
     ];
 
-    /// Applies `LEANLOOP_*` variables from `env`.
+    /// Applies `LEANLOOP_*` variables ([`RawConfig::FROM_ENV`]) from `env`.
     pub fn apply_env(&mut self, env: impl Fn(&str) -> Option<String>) {
-        if let Some(v) = env("LEANLOOP_LISTEN") {
-            self.listen = Some(v);
-        }
-        if let Some(v) = env("LEANLOOP_DATA_DIR") {
-            self.data_dir = Some(v.into());
-        }
-        if let Some(v) = env("LEANLOOP_DUCKDB_MEMORY_LIMIT") {
-            self.store.duckdb_memory_limit = Some(v);
-        }
-        if let Some(v) = env("LEANLOOP_DUCKDB_INGEST_MEMORY_LIMIT") {
-            self.store.duckdb_ingest_memory_limit = Some(v);
-        }
-        if let Some(v) = env("LEANLOOP_LOG_DIR") {
-            self.log_dir = Some(v.into());
-        }
-        if let Some(v) = env("LEANLOOP_CLICKHOUSE_URL") {
-            self.store.clickhouse_url = Some(v);
-        }
-        if let Some(v) = env("LEANLOOP_PIPELINE_REGISTRY") {
-            self.pipeline.registry = Some(v);
-        }
-        // Comma-separated engine URLs, each with the default capacity.
-        if let Some(v) = env("LEANLOOP_DOCKER_HOSTS") {
-            self.pipeline.hosts = v
-                .split(',')
-                .map(str::trim)
-                .filter(|u| !u.is_empty())
-                .map(|url| HostSpec { url: url.to_owned(), ..HostSpec::local() })
-                .collect();
+        for (var, key) in RawConfig::FROM_ENV {
+            let Some(v) = env(var) else { continue };
+            match key {
+                "listen" => self.listen = Some(v),
+                "data_dir" => self.data_dir = Some(v.into()),
+                "store.duckdb_memory_limit" => self.store.duckdb_memory_limit = Some(v),
+                "store.duckdb_ingest_memory_limit" => self.store.duckdb_ingest_memory_limit = Some(v),
+                "log_dir" => self.log_dir = Some(v.into()),
+                "store.clickhouse_url" => self.store.clickhouse_url = Some(v),
+                "pipeline.registry" => self.pipeline.registry = Some(v),
+                // Comma-separated engine URLs, each with the default capacity.
+                "pipeline.hosts" => {
+                    self.pipeline.hosts = v
+                        .split(',')
+                        .map(str::trim)
+                        .filter(|u| !u.is_empty())
+                        .map(|url| HostSpec { url: url.to_owned(), ..HostSpec::local() })
+                        .collect()
+                }
+                other => unreachable!("FROM_ENV names `{other}`, which apply_env does not set"),
+            }
         }
     }
 
@@ -294,7 +286,12 @@ fn memory_bytes(field: &str, size: &str) -> Result<u64> {
 impl Config {
     /// File, then environment, then flags.
     pub fn load(overrides: &Overrides) -> Result<Config> {
-        Config::load_with(overrides, |name| std::env::var(name).ok().filter(|v| !v.is_empty()))
+        // The file's path as the system gives it (it need not be UTF-8).
+        let mut overrides = overrides.clone();
+        if overrides.config_file.is_none() {
+            overrides.config_file = std::env::var_os("LEANLOOP_CONFIG").filter(|v| !v.is_empty()).map(PathBuf::from);
+        }
+        Config::load_with(&overrides, |name| std::env::var(name).ok().filter(|v| !v.is_empty()))
     }
 
     /// [`Config::load`] with the environment `env` (a variable set empty
@@ -396,6 +393,15 @@ mod tests {
         let flagged = Overrides { listen: Some("also garbage".into()), ..Overrides::default() };
         let err = Config::load_with(&flagged, env).unwrap_err();
         assert!(format!("{err:#}").starts_with("listen:"), "{err:#}");
+    }
+
+    #[test]
+    fn every_variable_sets_its_key() {
+        let mut raw = RawConfig::default();
+        raw.apply_env(|name| Some(format!("value of {name}")));
+        assert_eq!(raw.listen.as_deref(), Some("value of LEANLOOP_LISTEN"));
+        assert_eq!(raw.store.clickhouse_url.as_deref(), Some("value of LEANLOOP_CLICKHOUSE_URL"));
+        assert_eq!(raw.pipeline.hosts.len(), 1);
     }
 
     #[test]
