@@ -83,6 +83,9 @@ impl App {
         let metrics = telemetry::metrics_handle();
         // Bound first: an address in use leaves no data directory behind.
         let listener = TcpListener::bind(config.listen).await.with_context(|| format!("binding {}", config.listen))?;
+        // ClickHouse before the data directory too: a database that refuses
+        // start (a foreign table, a newer schema) leaves none behind.
+        let clickhouse = if config.clickhouse.is_some() { Some(open_store(&config).await?) } else { None };
         create_data_dir(&config.data_dir)
             .with_context(|| format!("creating data directory {}", config.data_dir.display()))?;
         // A log directory of its own (`--log-dir`) holds every event as it
@@ -101,7 +104,10 @@ impl App {
                 None
             }
         };
-        let store = open_store(&config).await?;
+        let store = match clickhouse {
+            Some(store) => store,
+            None => open_store(&config).await?,
+        };
         let keys = Arc::new(KeyCache::new(control.clone(), KEY_CACHE_TTL));
         let log_dir = config.log_dir.clone();
         // The pipeline first: a second server on this data directory is

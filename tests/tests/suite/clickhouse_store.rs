@@ -328,10 +328,13 @@ async fn a_database_holding_another_applications_events_table_refuses_start_and_
         let database = fresh_database();
         ch::query(&ch::shared(), &format!("CREATE DATABASE {database}")).await;
         ch::query(&ch::shared(), &format!("CREATE TABLE {database}.{table} ({columns}) ENGINE = Memory")).await;
-        let config = leanloop::Config::for_tests(tempfile::tempdir().unwrap().path());
+        let parent = tempfile::tempdir().unwrap();
+        let data_dir = parent.path().join("data");
+        let config = leanloop::Config::for_tests(&data_dir);
         let url = store_url(&ch::shared(), &database);
         let config = leanloop::Config { clickhouse: Some(ClickHouseOptions::new(url)), ..config };
         let err = leanloop::App::build(config, leanloop::Role::Collector).await.err().expect("start-up fails");
+        assert!(!data_dir.exists(), "no data directory left behind");
         let said = format!("{err:#}");
         assert!(said.contains(&format!("a table `{table}` that is not Leanloop's")), "{columns}: {said}");
         let tables =
