@@ -224,7 +224,7 @@ pub fn impact(ask: &Ask, q: &ImpactQuery) -> Result<ImpactResult, AnalyticsError
             if at - span < crate::time::EARLIEST_MS {
                 return Err(AnalyticsError::invalid(
                     field,
-                    format!("{what} is too early: the before window must start after 1970-01-02"),
+                    format!("{what} is too early: the before window must start at 1970-01-02T00:00:00Z or later"),
                 ));
             }
             let tz = chrono_tz::Tz::UTC;

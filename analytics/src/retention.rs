@@ -182,7 +182,7 @@ pub fn retention(ask: &Ask, q: &RetentionQuery) -> Result<RetentionResult, Analy
         }
     }
     let cohorts = (first..first + q.periods)
-        .filter(|&cp| cp <= now_key)
+        .filter(|&cp| cp <= now_key && !window.is_skipped(interval, cp))
         .map(|cp| {
             let values: Vec<u64> = (0..q.periods)
                 .take_while(|&k| cp + k <= now_key)

@@ -18,8 +18,7 @@ use serde::{Deserialize, Serialize};
 
 /// At most this many buckets per answer.
 pub const MAX_BUCKETS: i64 = 10_000;
-/// Queries may not start before this (ClickHouse's `DateTime` starts at 1970).
-pub const EARLIEST_MS: i64 = 86_400_000;
+pub use leanloop_core::EARLIEST_MS;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
@@ -63,7 +62,7 @@ impl Window {
             return Err(AnalyticsError::invalid("date_from", format!("`date_from` must be before {to}")));
         }
         if from_ms < EARLIEST_MS {
-            return Err(AnalyticsError::invalid("date_from", "`date_from` must be after 1970-01-02"));
+            return Err(AnalyticsError::invalid("date_from", "`date_from` must be 1970-01-02T00:00:00Z or later"));
         }
         Ok(Window { from_ms, to_ms, tz })
     }
@@ -71,17 +70,60 @@ impl Window {
     /// The range just before this one, as long: in elapsed time for minute
     /// and hour buckets, in local clock time for days and longer, so that
     /// across a clock change it still starts at the same local time (a
-    /// midnight) and has as many days as this one.
+    /// midnight) and has as many days as this one (a day the zone skipped
+    /// whole, as Samoa did, is not counted: the range starts a day earlier).
     pub fn previous(&self, interval: Interval) -> Window {
         let elapsed = self.to_ms - self.from_ms;
         let from_ms = match interval {
             Interval::Minute | Interval::Hour => self.from_ms - elapsed,
             Interval::Day | Interval::Week | Interval::Month => {
                 let (from, to) = (self.wall(self.from_ms), self.wall(self.to_ms));
-                local_instant(self.tz, from - (to - from)).map_or(self.from_ms - elapsed, |t| t.timestamp_millis())
+                let start = local_instant(self.tz, from - (to - from));
+                let mut before = Window {
+                    from_ms: start.map_or(self.from_ms - elapsed, |t| t.timestamp_millis()),
+                    to_ms: self.from_ms,
+                    tz: self.tz,
+                };
+                // Where a skipped day falls in one range and not the other,
+                // the earlier one moves its start by a day: a step or two.
+                let days = self.days();
+                for step in [-1, 1] {
+                    for _ in 0..=days {
+                        let have = before.days();
+                        if (step < 0 && have >= days) || (step > 0 && have <= days) {
+                            break;
+                        }
+                        let mut key = before.key(Interval::Day, before.from_ms) + step;
+                        // A skipped day starts where the next does: over it.
+                        while self.skipped(key) {
+                            key += step;
+                        }
+                        before.from_ms = self.day_start(key);
+                    }
+                }
+                before.from_ms
             }
         };
         Window { from_ms, to_ms: self.from_ms, tz: self.tz }
+    }
+
+    /// The UTC ms at which local day `key` starts (see [`local_instant`]).
+    fn day_start(&self, key: i64) -> i64 {
+        let naive = local_start(Interval::Day, key);
+        local_instant(self.tz, naive).map_or_else(|| naive.and_utc().timestamp_millis(), |t| t.timestamp_millis())
+    }
+
+    /// Whether the zone skipped local day `key` whole, as Samoa skipped
+    /// 2011-12-30 moving across the date line: no instant falls in it, so
+    /// it is no bucket.
+    fn skipped(&self, key: i64) -> bool {
+        self.day_start(key) == self.day_start(key + 1)
+    }
+
+    /// How many local days the window touches.
+    fn days(&self) -> i64 {
+        let (first, last) = (self.key(Interval::Day, self.from_ms), self.key(Interval::Day, self.to_ms - 1));
+        (first..=last).filter(|&k| !self.skipped(k)).count() as i64
     }
 
     /// The wall-clock time `ms` reads, taking the instant a day starts as
@@ -216,7 +258,13 @@ impl Window {
                 ),
             ));
         }
-        Ok((first..=last).collect())
+        Ok((first..=last).filter(|&k| interval != Interval::Day || !self.skipped(k)).collect())
+    }
+
+    /// Whether bucket `key` is a day the zone skipped whole (see
+    /// [`Window::keys`], which leaves such days out).
+    pub fn is_skipped(&self, interval: Interval, key: i64) -> bool {
+        interval == Interval::Day && self.skipped(key)
     }
 
     /// RFC 3339 labels of the buckets `keys`: each bucket's local start.
@@ -593,6 +641,32 @@ mod tests {
         // Samoa skipped 2011-12-30 whole: the 29th and 30th are one day long.
         let w = window("2011-12-29", "2011-12-30", "Pacific/Apia");
         assert_eq!(w.to_ms - w.from_ms, 86_400_000);
+    }
+
+    #[test]
+    fn a_day_the_zone_skipped_whole_is_no_bucket() {
+        let w = window("2011-12-29", "2011-12-31", "Pacific/Apia");
+        let keys = w.keys(Interval::Day).unwrap();
+        let labels: Vec<String> = keys.iter().map(|&k| w.label(Interval::Day, k)).collect();
+        assert_eq!(labels, ["2011-12-29T00:00:00-10:00", "2011-12-31T00:00:00+14:00"]);
+        assert!(w.is_skipped(Interval::Day, keys[0] + 1) && !w.is_skipped(Interval::Hour, keys[0] + 1));
+        // The day before the 31st is the 29th.
+        let w = window("2011-12-31", "2011-12-31", "Pacific/Apia");
+        let before = w.previous(Interval::Day);
+        let keys = before.keys(Interval::Day).unwrap();
+        assert_eq!(keys.len(), 1);
+        assert_eq!(before.label(Interval::Day, keys[0]), "2011-12-29T00:00:00-10:00");
+        assert_eq!(before.to_ms, w.from_ms);
+        // A week of six days is compared with the six days before it, and
+        // the week after with the seven before it, the skipped day left out.
+        let w = window("2011-12-26", "2012-01-01", "Pacific/Apia");
+        assert_eq!(w.keys(Interval::Day).unwrap().len(), 6);
+        let before = w.previous(Interval::Day);
+        assert_eq!(before.label(Interval::Day, before.keys(Interval::Day).unwrap()[0]), "2011-12-20T00:00:00-10:00");
+        let w = window("2012-01-02", "2012-01-08", "Pacific/Apia");
+        let before = w.previous(Interval::Day);
+        let keys = before.keys(Interval::Day).unwrap();
+        assert_eq!((keys.len(), before.label(Interval::Day, keys[0])), (7, "2011-12-25T00:00:00-10:00".to_owned()));
     }
 
     #[test]

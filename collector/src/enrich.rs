@@ -8,7 +8,7 @@
 use crate::sessions::Sessions;
 use crate::wire::{Incoming, Utm};
 use crate::IngestError;
-use leanloop_core::{Event, EventKind, UserUpdate};
+use leanloop_core::{Event, EventKind, UserUpdate, EARLIEST_MS};
 use lru::LruCache;
 use std::cell::RefCell;
 use std::net::IpAddr;
@@ -349,7 +349,7 @@ fn utm_of(url: &url::Url) -> Utm {
 
 /// `timestamp + (received_at − sentAt)`, or `received_at − offset`; clamped
 /// to the receive time (and flagged) when more than 23 h in the future or
-/// before 1970.
+/// before 1970-01-02 ([`EARLIEST_MS`]).
 fn corrected_time(i: &Incoming, received_at_ms: i64) -> (i64, bool) {
     let t = match (i.timestamp_ms, i.sent_at_ms, i.offset_ms) {
         (Some(ts), Some(sent), _) => ts.saturating_add(received_at_ms.saturating_sub(sent)),
@@ -357,9 +357,10 @@ fn corrected_time(i: &Incoming, received_at_ms: i64) -> (i64, bool) {
         (None, _, Some(offset)) => received_at_ms - offset,
         (None, _, None) => received_at_ms,
     };
-    // Before 1970 no query can reach it (an absurd `sentAt` skews a sound
-    // timestamp there): clamped and flagged like the far future.
-    if t > received_at_ms + MAX_FUTURE_MS || t < 0 {
+    // No query can reach it (a `0` meant as unset, or an absurd `sentAt`
+    // skewing a sound timestamp there): clamped and flagged like the far
+    // future.
+    if t > received_at_ms + MAX_FUTURE_MS || t < EARLIEST_MS {
         (received_at_ms, true)
     } else {
         (t, false)
@@ -609,8 +610,13 @@ mod tests {
         assert_eq!(corrected_time(&far_sent, r), (r, true), "skewed before 1970");
         let ancient = Incoming { timestamp_ms: Some(-1), ..incoming() };
         assert_eq!(corrected_time(&ancient, r), (r, true));
+        // `0` is as far from any query as `-1`: the first day of 1970 is.
         let epoch = Incoming { timestamp_ms: Some(0), ..incoming() };
-        assert_eq!(corrected_time(&epoch, r), (0, false));
+        assert_eq!(corrected_time(&epoch, r), (r, true));
+        let last_unreachable = Incoming { timestamp_ms: Some(EARLIEST_MS - 1), ..incoming() };
+        assert_eq!(corrected_time(&last_unreachable, r), (r, true));
+        let earliest = Incoming { timestamp_ms: Some(EARLIEST_MS), ..incoming() };
+        assert_eq!(corrected_time(&earliest, r), (EARLIEST_MS, false));
     }
 
     #[test]

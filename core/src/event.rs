@@ -60,6 +60,12 @@ impl EventKind {
     }
 }
 
+/// The earliest event time a query can reach, in ms: 1970-01-02T00:00Z, as
+/// a local day that starts on 1970-01-01 in a zone east of UTC begins before
+/// the epoch, where ClickHouse's `DateTime` has no values. Earlier times are
+/// the receive time instead (flagged), and queries start no earlier.
+pub const EARLIEST_MS: i64 = 86_400_000;
+
 /// One event as stored. Optional text fields are `None` when the client sent
 /// nothing usable; stores keep them as NULL.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -71,8 +77,8 @@ pub struct Event {
     /// When the event happened, in ms since the epoch, after clock-skew correction.
     pub timestamp_ms: i64,
     pub received_at_ms: i64,
-    /// True when the client's timestamp was too far in the future and was
-    /// replaced by the receive time.
+    /// True when the client's timestamp was too far in the future, or
+    /// before [`EARLIEST_MS`], and was replaced by the receive time.
     pub timestamp_clamped: bool,
     pub anonymous_id: Option<String>,
     pub user_id: Option<String>,

@@ -8,4 +8,4 @@ pub mod error;
 pub mod event;
 
 pub use error::{ApiError, Classify, ErrorClass, JsonFault};
-pub use event::{Event, EventKind, UserUpdate};
+pub use event::{Event, EventKind, UserUpdate, EARLIEST_MS};

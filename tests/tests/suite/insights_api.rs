@@ -466,6 +466,55 @@ async fn cohorts_over_http(s: &TestServer) {
     assert_eq!(status, 401, "a write key reads no cohorts");
 }
 
+/// Samoa skipped 2011-12-30 crossing the date line: that day is no bucket
+/// and no cohort. An event dated on the first day of 1970, which no query
+/// reaches (a `0` sent for an unset time), is dated when it arrived.
+async fn calendar_edges(s: &TestServer) {
+    let track = |user: &str, at: Value| json!({"type": "track", "event": "apia", "userId": user, "messageId": message_id(), "timestamp": at});
+    let batch = [
+        track("a", json!("2011-12-29T12:00:00Z")),
+        track("b", json!("2011-12-30T09:59:59Z")),
+        track("a", json!("2011-12-30T12:00:00Z")),
+        json!({"type": "track", "event": "epoch", "userId": "z", "messageId": message_id(), "timestamp": 0}),
+    ];
+    assert_eq!(s.post("/v1/batch", &json!({ "batch": batch })).await.status(), 200);
+    s.settle().await;
+    let zone = "Pacific/Apia";
+    let (status, trend) = s
+        .insight(
+            "trend",
+            &json!({"series": [{"event": "apia"}], "interval": "day", "timezone": zone,
+            "date_from": "2011-12-29", "date_to": "2011-12-31", "compare": true}),
+        )
+        .await;
+    assert_eq!(status, 200, "{trend}");
+    assert_eq!(trend["buckets"], json!(["2011-12-29T00:00:00-10:00", "2011-12-31T00:00:00+14:00"]), "{trend}");
+    assert_eq!(trend["series"][0]["data"], json!([2, 1]), "{trend}");
+    let (_, day) = s
+        .insight(
+            "trend",
+            &json!({"series": [{"event": "apia"}], "interval": "day", "timezone": zone,
+            "date_from": "2011-12-31", "date_to": "2011-12-31", "compare": true}),
+        )
+        .await;
+    assert_eq!(day["previous"]["buckets"], json!(["2011-12-29T00:00:00-10:00"]), "the day before: {day}");
+    assert_eq!(day["previous"]["series"][0]["data"], json!([2]), "{day}");
+    let (status, retention) = s
+        .insight(
+            "retention",
+            &json!({"cohort_event": {"event": "apia"}, "return_event": {"event": "apia"},
+            "period": "day", "periods": 3, "timezone": zone, "date_from": "2011-12-29"}),
+        )
+        .await;
+    assert_eq!(status, 200, "{retention}");
+    let starts: Vec<&Value> = retention["cohorts"].as_array().unwrap().iter().map(|c| &c["period_start"]).collect();
+    assert_eq!(starts, [&json!("2011-12-29T00:00:00-10:00"), &json!("2011-12-31T00:00:00+14:00")], "{retention}");
+    let epoch = s.events(&[("name", "epoch")]).await;
+    assert_eq!(epoch.len(), 1);
+    assert_eq!(epoch[0]["timestamp_clamped"], json!(true), "{epoch:?}");
+    assert_eq!(epoch[0]["timestamp_ms"], epoch[0]["received_at_ms"], "{epoch:?}");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn insights_over_http_on_duckdb() {
     let s = TestServer::start().await;
@@ -474,6 +523,7 @@ async fn insights_over_http_on_duckdb() {
     people_and_erasure(&s).await;
     people_walk(&s).await;
     cohorts_over_http(&s).await;
+    calendar_edges(&s).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -485,6 +535,7 @@ async fn insights_over_http_on_clickhouse() {
     people_and_erasure(&s).await;
     people_walk(&s).await;
     cohorts_over_http(&s).await;
+    calendar_edges(&s).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
