@@ -24,6 +24,9 @@ pub struct CollectorConfig {
     pub log_max_bytes: u64,
     /// Size of one log segment file; delivered segments are deleted whole.
     pub log_segment_bytes: u64,
+    /// Free space the log leaves on its disk for the event store (at most a
+    /// quarter of the disk); an append that would take it is a 503.
+    pub log_min_free_bytes: u64,
     /// Longest an event waits in the log for others to share its store write.
     pub delivery_interval_ms: u64,
     /// Longest a store write stays open to fill the store's cheapest write
@@ -59,6 +62,7 @@ impl Default for CollectorConfig {
             log: true,
             log_max_bytes: 2 * 1024 * 1024 * 1024,
             log_segment_bytes: 64 * 1024 * 1024,
+            log_min_free_bytes: 128 * 1024 * 1024,
             delivery_interval_ms: 1000,
             delivery_fill_wait_ms: 10_000,
             queue_capacity: 100_000,
@@ -93,7 +97,7 @@ impl CollectorConfig {
         // Far above any use, and below what would overflow or exhaust memory
         // the moment the value is used (a semaphore's permits, a table's
         // capacity, a time added to now).
-        let at_most: [(&str, u64, u64); 12] = [
+        let at_most: [(&str, u64, u64); 13] = [
             ("max_body_bytes", self.max_body_bytes as u64, 1 << 30),
             // A semaphore takes at most `usize::MAX >> 3` permits.
             ("max_bodies_bytes", self.max_bodies_bytes as u64, 1 << 34),
@@ -107,6 +111,7 @@ impl CollectorConfig {
             ("session_capacity", self.session_capacity as u64, 100_000_000),
             ("user_agent_cache", self.user_agent_cache as u64, 10_000_000),
             ("log_max_bytes", self.log_max_bytes, 1 << 50),
+            ("log_min_free_bytes", self.log_min_free_bytes, 1 << 50),
         ];
         if let Some((name, value, max)) = at_most.iter().find(|(_, v, max)| v > max) {
             return Err(format!("collector.{name}: {value} is above the most it may be, {max}"));

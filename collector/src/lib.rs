@@ -70,6 +70,7 @@ impl Collector {
                     // A segment, and so its spare, is never larger than the
                     // whole backlog may be.
                     segment_bytes: config.log_segment_bytes.min(config.log_max_bytes),
+                    reserve: wal::Reserve { min_free: config.log_min_free_bytes },
                     batch_events,
                     interval: Duration::from_millis(config.delivery_interval_ms),
                     fill_wait: Duration::from_millis(config.delivery_fill_wait_ms),

@@ -45,6 +45,21 @@ pub trait Classify: std::error::Error {
     fn class(&self) -> ErrorClass;
 }
 
+impl ErrorClass {
+    /// The class of an SQLite failure by its (extended) result code: its
+    /// disk full, read-only or failing, or the file busy, is a condition that
+    /// passes (503 and a retry); anything else is ours.
+    pub fn of_sqlite(extended_code: i32) -> ErrorClass {
+        // SQLITE_BUSY, _LOCKED, _NOMEM, _READONLY, _IOERR, _FULL, _CANTOPEN.
+        const PASSING: [i32; 7] = [5, 6, 7, 8, 10, 13, 14];
+        if PASSING.contains(&(extended_code & 0xff)) {
+            ErrorClass::Unavailable { retry_after_secs: 5 }
+        } else {
+            ErrorClass::Internal
+        }
+    }
+}
+
 /// An error ready to be sent to an HTTP client.
 #[derive(Debug, Clone)]
 pub struct ApiError {

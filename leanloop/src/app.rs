@@ -95,7 +95,7 @@ impl App {
             create_private_dir(&config.log_dir, open)
                 .with_context(|| format!("creating log directory {}", config.log_dir.display()))?;
         }
-        let control = Arc::new(ControlPlane::open(&config.data_dir.join("control.sqlite"))?);
+        let control = Arc::new(open_control(&config.data_dir.join("control.sqlite"))?);
         let default_project = match (role, control.projects()?.into_iter().next()) {
             (_, Some(project)) => Some(project),
             (Role::Server, None) => Some(control.create_project("Default")?),
@@ -242,6 +242,14 @@ fn create_private_dir(dir: &std::path::Path, open: &str) -> std::io::Result<()> 
     }
     #[cfg(not(unix))]
     std::fs::create_dir_all(dir)
+}
+
+/// The control plane at `path`. SQLite's own words for a full or read-only
+/// disk ("disk I/O error", "unable to open database file") name neither the
+/// file nor the cause: the error says both.
+pub fn open_control(path: &std::path::Path) -> Result<ControlPlane> {
+    ControlPlane::open(path)
+        .with_context(|| format!("opening {} (is its file system full or read-only?)", path.display()))
 }
 
 /// ClickHouse when configured, else the embedded DuckDB file.

@@ -143,7 +143,13 @@ async fn list(
     let project = authorise(&shared, &headers, &id)?;
     let mut cohorts = Vec::new();
     for saved in shared.control.cohorts(project)? {
-        cohorts.push(shown(&shared, saved).await?);
+        let id = saved.id;
+        match shown(&shared, saved).await {
+            Ok(cohort) => cohorts.push(cohort),
+            // Deleted while the list was read: no longer in it.
+            Err(_) if shared.control.cohort(project, id)?.is_none() => {}
+            Err(e) => return Err(e),
+        }
     }
     Ok(Json(CohortList { cohorts }))
 }

@@ -366,8 +366,7 @@ fn project(command: ProjectCommand) -> Result<()> {
         return Ok(());
     }
     leanloop::app::create_data_dir(dir).with_context(|| format!("data directory {}", dir.display()))?;
-    let control =
-        leanloop_control::ControlPlane::open(&database).with_context(|| format!("opening {}", database.display()))?;
+    let control = leanloop::app::open_control(&database)?;
     match command {
         ProjectCommand::Create { name, json, .. } => {
             let p = control.create_project(&name)?;

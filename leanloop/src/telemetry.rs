@@ -36,6 +36,7 @@ pub fn metrics_handle() -> PrometheusHandle {
             // rate over them sees their first increase.
             for name in [
                 "leanloop_log_full_total",
+                "leanloop_store_reopened_total",
                 "leanloop_log_write_errors_total",
                 "leanloop_log_segments_reused_total",
                 "leanloop_store_events_written_total",

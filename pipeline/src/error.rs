@@ -67,6 +67,7 @@ impl Classify for PipelineError {
             // The repository's source did not answer (moved, offline): worth a retry, and
             // the caller is told git's own words rather than an opaque internal error.
             PipelineError::Git(_) => ErrorClass::Unavailable { retry_after_secs: 30 },
+            PipelineError::Sqlite(rusqlite::Error::SqliteFailure(e, _)) => ErrorClass::of_sqlite(e.extended_code),
             PipelineError::Docker(_) | PipelineError::Sqlite(_) | PipelineError::Io(_) => ErrorClass::Internal,
         }
     }

@@ -40,6 +40,14 @@ impl StoreError {
         !matches!(self, StoreError::SchemaTooNew { .. } | StoreError::Config(_))
     }
 
+    /// Whether DuckDB stopped on a fatal error (a checkpoint that could not
+    /// write): the database refuses everything until it is opened again.
+    pub fn is_fatal(&self) -> bool {
+        let StoreError::DuckDb(e) = self else { return false };
+        let said = e.to_string();
+        said.contains("FATAL Error") || said.contains("database has been invalidated")
+    }
+
     /// Whether the store's server did not answer at all (refused, timed
     /// out, not yet open), as against answering with a refusal.
     pub fn is_unreachable(&self) -> bool {
@@ -76,8 +84,9 @@ impl Classify for StoreError {
             StoreError::QueryMemory(_) => ErrorClass::Unavailable { retry_after_secs: 5 },
             // No one waits for this answer; never logged as a failure.
             StoreError::Abandoned => ErrorClass::Unavailable { retry_after_secs: 1 },
-            // Outages end: the asker may try again, not report a bug.
-            e if e.is_unreachable() => ErrorClass::Unavailable { retry_after_secs: 5 },
+            // Outages end: the asker may try again, not report a bug. A
+            // fatal DuckDB error ends as the database is opened again.
+            e if e.is_unreachable() || e.is_fatal() => ErrorClass::Unavailable { retry_after_secs: 5 },
             // Limits the server's operator set (its message names which).
             StoreError::ClickHouse(_)
                 if clickhouse_code(&self.to_string()).is_some_and(|c| PASSING_LIMITS.contains(&c)) =>

@@ -14,7 +14,10 @@
 //! log's bound. Events then show up a few seconds later under heavy load
 //! and cost about half the CPU to store. The store may retry the write whole:
 //! on failure it is started again from the acknowledged position, re-read
-//! from the log. Only after the store confirmed the write does the
+//! from the log, and a quarter as large (down to a chunk): a store short of
+//! disk or memory for a large write (DuckDB on a nearly full disk it shares
+//! with the log) may still take small ones, each of which lets the log free
+//! what it held. Sizes double back with each write stored. Only after the store confirmed the write does the
 //! acknowledged position move and segments wholly behind it get deleted. A
 //! crash between the write and the move replays those records: the store's
 //! uuid dedup makes the replay harmless.
@@ -94,11 +97,18 @@ const READ_RETRY: Duration = Duration::from_secs(1);
 impl Delivery {
     pub fn run(self) {
         let mut cursor: Option<Cursor> = None;
+        let smallest = CHUNK_EVENTS.min(self.batch_events);
+        let mut limit = self.batch_events;
         while let Some(from) = self.next_start() {
             let mut end = from;
             let mut failure = None;
+            let mut tried = false;
             let mut write = || {
-                let mut records = Records::new(&self, &mut cursor, from);
+                if tried {
+                    limit = (limit / 4).max(smallest);
+                }
+                tried = true;
+                let mut records = Records::new(&self, &mut cursor, from, limit);
                 let written = self.store.write_stream(&mut records);
                 (end, failure) = (records.position, records.failure.take());
                 written
@@ -107,6 +117,7 @@ impl Delivery {
             if !stored {
                 return;
             }
+            limit = (limit * 2).min(self.batch_events);
             self.acknowledge(end);
             let failure = match failure {
                 Some(ReadFailure::Damaged(e)) => match self.skip_damage(end, &e) {
@@ -279,6 +290,8 @@ impl Delivery {
 struct Records<'a> {
     delivery: &'a Delivery,
     cursor: &'a mut Option<Cursor>,
+    /// Most events in this write (see [`Delivery::run`]).
+    limit: usize,
     /// Log position the write started from.
     from: u64,
     /// Log position just past the last record handed out.
@@ -295,10 +308,11 @@ struct Records<'a> {
 }
 
 impl<'a> Records<'a> {
-    fn new(delivery: &'a Delivery, cursor: &'a mut Option<Cursor>, from: u64) -> Records<'a> {
+    fn new(delivery: &'a Delivery, cursor: &'a mut Option<Cursor>, from: u64, limit: usize) -> Records<'a> {
         Records {
             delivery,
             cursor,
+            limit,
             from,
             position: from,
             events: 0,
@@ -362,7 +376,7 @@ impl Iterator for Records<'_> {
         while self.failure.is_none()
             && chunk.events.len() < CHUNK_EVENTS
             && self.position - chunk_start < CHUNK_BYTES
-            && self.events < self.delivery.batch_events
+            && self.events < self.limit
             && self.position - self.from < WRITE_BYTES
         {
             // A chunk waits for records until it is full or the write's

@@ -19,6 +19,8 @@ mod segments;
 mod spare;
 mod writer;
 
+pub use segments::Reserve;
+
 use crate::IngestError;
 use leanloop_core::{Event, UserUpdate};
 use leanloop_store::EventStore;
@@ -37,6 +39,8 @@ pub struct WalOptions {
     pub max_bytes: u64,
     /// Size at which the writer starts a new segment file.
     pub segment_bytes: u64,
+    /// Free space on its disk the log leaves to the event store.
+    pub reserve: segments::Reserve,
     /// Most events per store write.
     pub batch_events: usize,
     /// Longest a delivered record waits for more to share its store write.
@@ -145,8 +149,9 @@ impl Wal {
             len,
             allocated: len,
             segment_bytes: options.segment_bytes.max(1),
-            roll_at: segments::roll_at(&dir, options.segment_bytes.max(1), len),
-            spare: spare::Spare::start(&dir, options.segment_bytes.max(1)).map_err(io)?,
+            roll_at: segments::roll_at(&dir, options.segment_bytes.max(1), len, options.reserve),
+            spare: spare::Spare::start(&dir, options.segment_bytes.max(1), options.reserve).map_err(io)?,
+            reserve: options.reserve,
         };
         std::thread::Builder::new().name("log-writer".into()).spawn(move || writer.run(rx)).map_err(io)?;
         let delivery = delivery::Delivery {
@@ -522,6 +527,7 @@ mod tests {
             dir: dir.join("log"),
             max_bytes: 1 << 30,
             segment_bytes,
+            reserve: segments::Reserve { min_free: 0 },
             batch_events: 1 << 20,
             interval: Duration::from_millis(5),
             fill_wait: Duration::from_secs(10),
@@ -611,6 +617,7 @@ mod tests {
             dir: dir.path().join("log"),
             max_bytes: 1 << 30,
             segment_bytes,
+            reserve: segments::Reserve { min_free: 0 },
             batch_events: 1 << 20,
             interval: Duration::from_millis(20),
             fill_wait: Duration::from_secs(10),
@@ -770,6 +777,7 @@ mod tests {
             dir: dir.join("log"),
             max_bytes,
             segment_bytes: 1 << 20,
+            reserve: segments::Reserve { min_free: 0 },
             batch_events: 1 << 20,
             interval,
             // Long enough that only the fill size or a pause ends a hold.

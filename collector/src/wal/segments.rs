@@ -87,10 +87,40 @@ pub fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
-/// Bytes an unprivileged writer may still use on the filesystem holding `dir`.
-pub fn free_bytes(dir: &Path) -> io::Result<u64> {
-    let stat = rustix::fs::statvfs(dir)?;
-    Ok(stat.f_bavail.saturating_mul(stat.f_frsize))
+/// Free space the log leaves alone on its disk, which it shares with the
+/// event store by default: DuckDB needs room to store the backlog, and a
+/// log that took every byte freed on a full disk would leave it none, so
+/// that nothing is ever delivered again. `min_free` bytes, but at most a
+/// quarter of the filesystem, so a small disk is not all reserve.
+#[derive(Debug, Clone, Copy)]
+pub struct Reserve {
+    pub min_free: u64,
+}
+
+impl Reserve {
+    /// Free bytes on the filesystem holding `dir` (as an unprivileged
+    /// writer may use them), and the part the log may use.
+    pub fn usable(&self, dir: &Path) -> io::Result<(u64, u64)> {
+        let stat = rustix::fs::statvfs(dir)?;
+        let free = stat.f_bavail.saturating_mul(stat.f_frsize);
+        let kept = self.min_free.min(stat.f_blocks.saturating_mul(stat.f_frsize) / 4);
+        Ok((free, free.saturating_sub(kept)))
+    }
+
+    /// A refusal of `needed` more bytes: the disk is short of them beside
+    /// the reserve.
+    pub fn refusal(&self, dir: &Path, needed: u64) -> Option<io::Error> {
+        let (free, usable) = self.usable(dir).ok()?;
+        (usable < needed).then(|| {
+            io::Error::new(
+                io::ErrorKind::StorageFull,
+                format!(
+                    "the log's disk is nearly full: {free} bytes free, part of them kept for the event store \
+                     (collector.log_min_free_bytes)"
+                ),
+            )
+        })
+    }
 }
 
 /// The least a segment that grows as written holds before it rolls on a
@@ -99,15 +129,15 @@ const MIN_GROWN_SEGMENT_BYTES: u64 = 1 << 20;
 
 /// Where the active segment rolls: at `segment_bytes`, unless the file
 /// grows as written (`allocated` short of that) on a disk with less than
-/// four segments free. Then at a quarter of the free space, so that
-/// delivered segments are retired and their space used again before the
-/// disk fills with records already stored.
-pub fn roll_at(dir: &Path, segment_bytes: u64, allocated: u64) -> u64 {
+/// four segments free beside the reserve. Then at a quarter of that space,
+/// so that delivered segments are retired and their space used again
+/// before the disk fills with records already stored.
+pub fn roll_at(dir: &Path, segment_bytes: u64, allocated: u64, reserve: Reserve) -> u64 {
     if allocated >= segment_bytes {
         return segment_bytes;
     }
-    match free_bytes(dir) {
-        Ok(free) => (free / 4).clamp(MIN_GROWN_SEGMENT_BYTES.min(segment_bytes), segment_bytes),
+    match reserve.usable(dir) {
+        Ok((_, usable)) => (usable / 4).clamp(MIN_GROWN_SEGMENT_BYTES.min(segment_bytes), segment_bytes),
         Err(_) => segment_bytes,
     }
 }

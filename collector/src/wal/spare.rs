@@ -12,7 +12,8 @@
 //! Zeros after the last record are not a record (a zero length reads as
 //! damage), so recovery cuts them off like a torn tail. The spare costs one
 //! segment of disk beside the log, and is only made while the disk has room
-//! for two: it must never take the space the log's own appends need. A
+//! for two beside the reserve ([`segments::Reserve`]): it must never take
+//! the space the log's own appends, or the event store, need. A
 //! spare that could not be finished is removed, not left holding what it
 //! had written.
 
@@ -46,7 +47,7 @@ enum State {
 impl Spare {
     /// Removes a spare left by an earlier process (it may be half written)
     /// and starts preparing one of `bytes`.
-    pub fn start(dir: &Path, bytes: u64) -> io::Result<Spare> {
+    pub fn start(dir: &Path, bytes: u64, reserve: segments::Reserve) -> io::Result<Spare> {
         let path = dir.join(SPARE_FILE);
         match fs::remove_file(&path) {
             Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
@@ -58,7 +59,7 @@ impl Spare {
         std::thread::Builder::new().name("log-spare".into()).spawn(move || {
             // Ends when the writer, and with it `requests`, goes away.
             for () in wanted {
-                if done.send(zero_filled(&target, bytes)).is_err() {
+                if done.send(zero_filled(&target, bytes, reserve)).is_err() {
                     break;
                 }
             }
@@ -110,13 +111,14 @@ impl Spare {
 }
 
 /// Writes `bytes` zeros to a new file at `path` and syncs it, when the
-/// disk has room for it and one segment more; on failure no file is left.
-fn zero_filled(path: &Path, bytes: u64) -> io::Result<()> {
-    let free = segments::free_bytes(path.parent().unwrap_or(Path::new(".")))?;
-    if free < bytes.saturating_mul(2) {
+/// disk has room for it and one segment more beside the reserve; on failure
+/// no file is left.
+fn zero_filled(path: &Path, bytes: u64, reserve: segments::Reserve) -> io::Result<()> {
+    let (_, usable) = reserve.usable(path.parent().unwrap_or(Path::new(".")))?;
+    if usable < bytes.saturating_mul(2) {
         return Err(io::Error::new(
             io::ErrorKind::StorageFull,
-            format!("{free} bytes free, under two segments of {bytes}: left to the log's appends"),
+            format!("{usable} bytes usable, under two segments of {bytes}: left to the log's appends"),
         ));
     }
     let written = write_zeros(path, bytes);

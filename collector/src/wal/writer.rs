@@ -43,6 +43,7 @@ pub struct Writer {
     /// Where the active segment rolls ([`segments::roll_at`]).
     pub roll_at: u64,
     pub spare: Spare,
+    pub reserve: segments::Reserve,
 }
 
 impl Writer {
@@ -96,6 +97,14 @@ impl Writer {
         {
             self.roll()?;
         }
+        // Growing the file takes disk the event store may need (and an
+        // append past the reserve would be refused by the disk soon after).
+        let growth = (self.len + size).saturating_sub(self.allocated);
+        if growth > 0 {
+            if let Some(refused) = self.reserve.refusal(&self.shared.dir, growth) {
+                return Err(refused);
+            }
+        }
         buffer.clear();
         for append in group {
             let at = buffer.len();
@@ -146,7 +155,7 @@ impl Writer {
         self.start = start;
         self.len = 0;
         self.allocated = allocated;
-        self.roll_at = segments::roll_at(&dir, self.segment_bytes, allocated);
+        self.roll_at = segments::roll_at(&dir, self.segment_bytes, allocated, self.reserve);
         self.shared.lock().segments.insert(start);
         Ok(())
     }

@@ -2,7 +2,10 @@
 //!
 //! Writes go through one connection (the collector's single writer), reads
 //! through a small pool of cloned connections so queries never wait for a
-//! write to finish.
+//! write to finish. A fatal error (a checkpoint that found the disk full or
+//! read-only) leaves a DuckDB database unusable until it is opened again:
+//! the store then closes it and opens the file again once nothing holds
+//! it, so writes resume on their own when the disk recovers.
 
 mod budget;
 mod columnar;
@@ -17,11 +20,11 @@ use crate::asker;
 use crate::{Chunk, Column, Dialect, EventFilter, EventStore, Rows, Select, StoreError, UserRecord, WriteOutcome};
 use ::duckdb::{Config, Connection};
 use leanloop_core::{Event, UserUpdate};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::RecvTimeoutError;
-use std::sync::{Arc, Mutex, Weak};
-use std::time::Duration;
+use std::sync::{Arc, Mutex, RwLock, Weak};
+use std::time::{Duration, Instant};
 
 /// Rows in one of DuckDB's row groups (its default `row_group_size`).
 pub const ROW_GROUP_ROWS: usize = 122_880;
@@ -54,15 +57,34 @@ impl Default for DuckDbOptions {
     }
 }
 
+/// The store: the open database, opened again after a fatal error.
 pub struct DuckDbStore {
+    path: PathBuf,
+    options: DuckDbOptions,
+    /// `None` from a fatal error until the file is open again.
+    open: RwLock<Option<Arc<Database>>>,
+    /// What the database closed after a fatal error still holds: the file
+    /// is not opened again while anything of it is alive.
+    retired: Mutex<Option<(Weak<Database>, Weak<Mutex<write::Writer>>)>>,
+    /// When opening again was last tried: at most once per [`REOPEN_EVERY`].
+    last_try: Mutex<Option<Instant>>,
+    /// Counts writes that changed people, across reopenings. This process
+    /// is the file's only writer, so the count sees every change.
+    people_writes: Arc<AtomicU64>,
+}
+
+/// How often opening the database again is tried after a fatal error.
+const REOPEN_EVERY: Duration = Duration::from_secs(1);
+
+/// One open DuckDB database.
+struct Database {
     /// Shared with the compaction thread, which holds it weakly.
     writer: Arc<Mutex<write::Writer>>,
     readers: Mutex<Vec<Connection>>,
     /// Source of new reader connections; never used for queries itself.
     origin: Mutex<Connection>,
-    /// Counts writes that changed people. This process is the file's only
-    /// writer, so the count sees every change.
-    people_writes: AtomicU64,
+    /// The store's count of writes that changed people.
+    people_writes: Arc<AtomicU64>,
     /// The memory limit, as named to a query that exceeds it.
     memory_limit: String,
     budget: budget::Budget,
@@ -73,6 +95,74 @@ pub struct DuckDbStore {
 impl DuckDbStore {
     /// Opens (creating if needed) the database at `path` and migrates it.
     pub fn open(path: &Path, options: &DuckDbOptions) -> Result<DuckDbStore, StoreError> {
+        let people_writes = Arc::new(AtomicU64::new(0));
+        let database = Database::open(path, options, people_writes.clone())?;
+        Ok(DuckDbStore {
+            path: path.to_owned(),
+            options: options.clone(),
+            open: RwLock::new(Some(Arc::new(database))),
+            retired: Mutex::new(None),
+            last_try: Mutex::new(None),
+            people_writes,
+        })
+    }
+
+    /// The open database, opening the file again if a fatal error closed it.
+    fn database(&self) -> Result<Arc<Database>, StoreError> {
+        if let Some(db) = self.open.read().unwrap_or_else(|p| p.into_inner()).as_ref() {
+            return Ok(db.clone());
+        }
+        let mut open = self.open.write().unwrap_or_else(|p| p.into_inner());
+        if let Some(db) = open.as_ref() {
+            return Ok(db.clone());
+        }
+        let mut last_try = lock(&self.last_try);
+        let held = lock(&self.retired)
+            .as_ref()
+            .is_some_and(|(db, writer)| db.strong_count() > 0 || writer.strong_count() > 0);
+        if held || last_try.is_some_and(|at| at.elapsed() < REOPEN_EVERY) {
+            return Err(StoreError::Unavailable("the event store is being opened again after a fatal error".into()));
+        }
+        *last_try = Some(Instant::now());
+        let database = Database::open(&self.path, &self.options, self.people_writes.clone())
+            .map_err(|e| StoreError::Unavailable(format!("opening the event store again after a fatal error: {e}")))?;
+        tracing::warn!(path = %self.path.display(), "DuckDB opened again after a fatal error");
+        metrics::counter!("leanloop_store_reopened_total").increment(1);
+        lock(&self.retired).take();
+        let database = Arc::new(database);
+        *open = Some(database.clone());
+        Ok(database)
+    }
+
+    /// Runs `f` on the open database; a fatal error closes it, to be
+    /// opened again by the next call (see [`DuckDbStore::database`]).
+    fn with<T>(&self, f: impl FnOnce(&Database) -> Result<T, StoreError>) -> Result<T, StoreError> {
+        let db = self.database()?;
+        let result = f(&db);
+        if let Err(e) = &result {
+            if e.is_fatal() {
+                let mut open = self.open.write().unwrap_or_else(|p| p.into_inner());
+                if open.as_ref().is_some_and(|current| Arc::ptr_eq(current, &db)) {
+                    tracing::error!(error = %e, "DuckDB stopped on a fatal error: it is closed and opened again");
+                    *lock(&self.retired) = Some((Arc::downgrade(&db), Arc::downgrade(&db.writer)));
+                    *open = None;
+                }
+            }
+        }
+        result
+    }
+
+    /// Loads newline-delimited JSON rows (flat event rows: times in ms, uuid
+    /// as text) with DuckDB's own `read_json`, without checking the file's
+    /// rows for duplicate uuids. Returns the rows stored and the time
+    /// `read_json` took.
+    pub fn load_ndjson_unchecked(&self, path: &Path) -> Result<(usize, Duration), StoreError> {
+        self.with(|db| lock(&db.writer).load_ndjson_unchecked(path))
+    }
+}
+
+impl Database {
+    fn open(path: &Path, options: &DuckDbOptions, people_writes: Arc<AtomicU64>) -> Result<Database, StoreError> {
         // Every read that needs an order says so (`ORDER BY`), so DuckDB
         // need not keep rows in insertion order: a funnel's 2.4M sorted rows
         // came back 14 % sooner.
@@ -98,11 +188,11 @@ impl DuckDbStore {
         )?;
         let writer = Arc::new(Mutex::new(write::Writer::new(origin.try_clone()?)?));
         let compaction = compact_in_background(Arc::downgrade(&writer));
-        Ok(DuckDbStore {
+        Ok(Database {
             writer,
             readers: Mutex::new(Vec::new()),
             origin: Mutex::new(origin),
-            people_writes: AtomicU64::new(0),
+            people_writes,
             memory_limit: format!(
                 "DuckDB memory limit {}: store.duckdb_memory_limit or LEANLOOP_DUCKDB_MEMORY_LIMIT",
                 options.memory_limit
@@ -184,6 +274,89 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 impl EventStore for DuckDbStore {
     fn write(&self, events: &[Event], users: &[UserUpdate]) -> Result<WriteOutcome, StoreError> {
+        self.with(|db| db.write(events, users))
+    }
+
+    fn write_stream(&self, chunks: &mut dyn Iterator<Item = Chunk>) -> Result<WriteOutcome, StoreError> {
+        self.with(|db| db.write_stream(chunks))
+    }
+
+    /// Two of DuckDB's row groups (122,880 rows each): a write that fills
+    /// one is stored straight to the file, compressed (see `write.rs`).
+    fn preferred_write_events(&self) -> usize {
+        2 * ROW_GROUP_ROWS
+    }
+
+    /// One row group. A smaller write is logged row by row in DuckDB's own
+    /// WAL and appended to the table's last, open row group, which every
+    /// checkpoint compresses again whole until it is full: a steady trickle
+    /// of one-second writes costs about twice the CPU per event.
+    fn fill_write_events(&self) -> Option<usize> {
+        Some(ROW_GROUP_ROWS)
+    }
+
+    fn count(&self, filter: &EventFilter) -> Result<u64, StoreError> {
+        self.with(|db| db.count(filter))
+    }
+
+    fn recent(&self, filter: &EventFilter, limit: usize) -> Result<Vec<Event>, StoreError> {
+        self.with(|db| db.recent(filter, limit))
+    }
+
+    fn user(&self, project_id: i64, user_id: &str) -> Result<Option<UserRecord>, StoreError> {
+        self.with(|db| db.user(project_id, user_id))
+    }
+
+    fn identity(&self, project_id: i64, anonymous_id: &str) -> Result<Option<String>, StoreError> {
+        self.with(|db| db.identity(project_id, anonymous_id))
+    }
+
+    fn settle(&self) -> Result<(), StoreError> {
+        self.with(|db| db.settle())
+    }
+
+    fn delete_person(&self, project_id: i64, user_id: &str) -> Result<u64, StoreError> {
+        self.with(|db| db.delete_person(project_id, user_id))
+    }
+
+    fn dialect(&self) -> Dialect {
+        Dialect::DuckDb
+    }
+
+    fn select(&self, query: &Select) -> Result<Rows, StoreError> {
+        self.with(|db| db.select(query))
+    }
+
+    fn select_columns(&self, query: &Select) -> Result<Vec<Column>, StoreError> {
+        self.with(|db| db.select_columns(query))
+    }
+
+    fn select_batches(&self, query: &Select, each: &mut dyn FnMut(Vec<Column>)) -> Result<(), StoreError> {
+        self.with(|db| db.select_batches(query, each))
+    }
+
+    fn write_cohort(
+        &self,
+        project_id: i64,
+        cohort_id: i64,
+        version: i64,
+        user_ids: &[String],
+    ) -> Result<(), StoreError> {
+        self.with(|db| db.write_cohort(project_id, cohort_id, version, user_ids))
+    }
+
+    fn drop_cohort_versions(&self, project_id: i64, cohort_id: i64, below: i64) -> Result<(), StoreError> {
+        self.with(|db| db.drop_cohort_versions(project_id, cohort_id, below))
+    }
+
+    fn people_revision(&self, _project_id: i64) -> Result<u64, StoreError> {
+        Ok(self.people_writes.load(Ordering::Acquire))
+    }
+}
+
+/// What each of the store's calls does on the open database.
+impl Database {
+    fn write(&self, events: &[Event], users: &[UserUpdate]) -> Result<WriteOutcome, StoreError> {
         self.budget.settle(&lock(&self.origin));
         let outcome = lock(&self.writer).write(events, users)?;
         if !users.is_empty() {
@@ -200,20 +373,6 @@ impl EventStore for DuckDbStore {
             self.people_writes.fetch_add(1, Ordering::Release);
         }
         Ok(outcome)
-    }
-
-    /// Two of DuckDB's row groups (122,880 rows each): a write that fills
-    /// one is stored straight to the file, compressed (see `write.rs`).
-    fn preferred_write_events(&self) -> usize {
-        2 * ROW_GROUP_ROWS
-    }
-
-    /// One row group. A smaller write is logged row by row in DuckDB's own
-    /// WAL and appended to the table's last, open row group, which every
-    /// checkpoint compresses again whole until it is full: a steady trickle
-    /// of one-second writes costs about twice the CPU per event.
-    fn fill_write_events(&self) -> Option<usize> {
-        Some(ROW_GROUP_ROWS)
     }
 
     // A count streams: it runs in the mode in force. Raised for it, DuckDB's
@@ -248,10 +407,6 @@ impl EventStore for DuckDbStore {
         Ok(deleted)
     }
 
-    fn dialect(&self) -> Dialect {
-        Dialect::DuckDb
-    }
-
     fn select(&self, query: &Select) -> Result<Rows, StoreError> {
         self.question(|conn| read::select(conn, query))
     }
@@ -276,20 +431,6 @@ impl EventStore for DuckDbStore {
 
     fn drop_cohort_versions(&self, project_id: i64, cohort_id: i64, below: i64) -> Result<(), StoreError> {
         lock(&self.writer).drop_cohort_versions(project_id, cohort_id, below)
-    }
-
-    fn people_revision(&self, _project_id: i64) -> Result<u64, StoreError> {
-        Ok(self.people_writes.load(Ordering::Acquire))
-    }
-}
-
-impl DuckDbStore {
-    /// Loads newline-delimited JSON rows (flat event rows: times in ms, uuid
-    /// as text) with DuckDB's own `read_json`, without checking the file's
-    /// rows for duplicate uuids. Returns the rows stored and the time
-    /// `read_json` took.
-    pub fn load_ndjson_unchecked(&self, path: &Path) -> Result<(usize, Duration), StoreError> {
-        lock(&self.writer).load_ndjson_unchecked(path)
     }
 }
 
@@ -376,7 +517,7 @@ mod tests {
 
     /// DuckDB's memory limit and threads now.
     fn current_mode(store: &DuckDbStore) -> (String, i64) {
-        lock(&store.origin)
+        lock(&store.database().unwrap().origin)
             .query_row("SELECT current_setting('memory_limit'), current_setting('threads')", [], |r| {
                 Ok((r.get(0)?, r.get(1)?))
             })
@@ -395,7 +536,7 @@ mod tests {
         // Checked as set too: with network access a fetched extension would
         // fail differently, and the message alone could not tell.
         let store = DuckDbStore::open(&dir.path().join("ours.duckdb"), &DuckDbOptions::default()).unwrap();
-        let settings: (String, String) = lock(&store.origin)
+        let settings: (String, String) = lock(&store.database().unwrap().origin)
             .query_row(
                 "SELECT current_setting('autoinstall_known_extensions')::VARCHAR, \
                  current_setting('autoload_known_extensions')::VARCHAR",
@@ -426,7 +567,7 @@ mod tests {
         asker.leave();
         let answer = asking.join().unwrap();
         assert!(matches!(answer, Err(StoreError::Abandoned)), "{answer:?}");
-        assert!(lock(&store.readers).is_empty(), "the interrupted reader is not pooled");
+        assert!(lock(&store.database().unwrap().readers).is_empty(), "the interrupted reader is not pooled");
         // The next question, on a fresh reader, is answered.
         assert_eq!(store.select(&select("SELECT 42")).unwrap()[0][0].int(), 42);
     }
@@ -455,7 +596,7 @@ mod tests {
             params: vec![],
             columns: vec![ColumnKind::Int],
         };
-        assert!(lock(&store.origin).query_row(&big.sql, [], |r| r.get::<_, i64>(0)).is_err(), "over {ingest:?}");
+        assert!(lock(&store.database().unwrap().origin).query_row(&big.sql, [], |r| r.get::<_, i64>(0)).is_err(), "over {ingest:?}");
         assert_eq!(store.select(&big).unwrap()[0][0].int(), 10_000_000);
         let query = current_mode(&store);
         assert_ne!(query.0, ingest.0);

@@ -634,3 +634,29 @@ async fn the_openapi_document_describes_every_insight_route() {
         assert!(schemas.get(name).is_some(), "dangling $ref {name}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cohorts_deleted_while_listed_leave_the_list_and_the_list_answers() {
+    use reqwest::Method;
+    let s = std::sync::Arc::new(TestServer::start().await);
+    let churn = {
+        let s = s.clone();
+        tokio::spawn(async move {
+            for i in 0..40 {
+                let body = json!({"name": format!("c{i}"), "filters": [{"field": "traits.plan", "op": "is_set"}]});
+                let (status, created) = cohorts(&s, Method::POST, "", Some(body)).await;
+                assert_eq!(status, 201, "{created}");
+                let (status, _) = cohorts(&s, Method::DELETE, &format!("/{}", created["id"]), None).await;
+                assert_eq!(status, 204);
+            }
+        })
+    };
+    let mut lists = 0;
+    while !churn.is_finished() {
+        let (status, listed) = cohorts(&s, Method::GET, "", None).await;
+        assert_eq!(status, 200, "a list read while cohorts are deleted: {listed}");
+        lists += 1;
+    }
+    churn.await.expect("create and delete");
+    assert!(lists > 0);
+}
