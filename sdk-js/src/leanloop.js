@@ -12,7 +12,7 @@ const IDLE = 18e5 // a session ends after 30 minutes without events
 const BATCH = 20
 let w = globalThis
 let o = {}
-let key, uid, anon, sn, timer, busy, last, at, ref, open, vitals
+let key, sn, timer, busy, last, at, ref, open, vitals
 let q = []
 // The queue as this page last stored it (see sync).
 let saved
@@ -59,6 +59,10 @@ const set = (k, v) => {
   try {
     w.localStorage.setItem('ll_' + k, v)
   } catch {
+    // A full storage keeps its old value, which `get` would read first.
+    try {
+      w.localStorage.removeItem('ll_' + k)
+    } catch {}
     ck(k, (mem[k] = v))
   }
   return v
@@ -68,12 +72,16 @@ const set = (k, v) => {
 const qname = () => 'll_q:' + key
 // What this tab stored last, only once stored: a write refused (a full
 // storage) must not make the older stored queue look newer than memory's.
+// What a full storage cannot take is the oldest events, halved until the
+// rest fits, as past `maxQueue`; memory still holds them all.
 function save() {
-  const s = json(q)
-  try {
-    w.localStorage.setItem(qname(), s)
-    saved = s
-  } catch {}
+  for (let n = q.length; ; n >>= 1) {
+    const s = json(n ? q.slice(-n) : [])
+    try {
+      return w.localStorage.setItem(qname(), s), (saved = s)
+    } catch {}
+    if (!n) return
+  }
 }
 // The site's tabs share the stored queue. When another tab stored it since
 // this one did, its version is taken with this tab's own undelivered events
@@ -112,7 +120,9 @@ function sync() {
 }
 const ids = items => new Set(items.map(e => e.messageId))
 
-const aid = () => anon || (anon = get('aid') || set('aid', uuid()))
+// Read at every event: another tab of the site may have identified or reset.
+const aid = () => get('aid') || set('aid', uuid())
+const user = () => get('uid') || void 0
 const now = () => w.Date.now()
 const iso = () => new Date(now()).toISOString()
 // randomUUID needs a secure context; plain-http pages get the fallback.
@@ -149,7 +159,7 @@ function add(type, x) {
   if (!key || off()) return
   const n = w.navigator || {}
   const s = w.screen || {}
-  const e = { type: type || void 0, anonymousId: aid(), userId: uid || void 0, messageId: uuid(), timestamp: iso(), ...x }
+  const e = { type: type || void 0, anonymousId: aid(), userId: user(), messageId: uuid(), timestamp: iso(), ...x }
   if (type)
     e.context = {
       release: o.release,
@@ -381,7 +391,6 @@ export function init(writeKey, options) {
   const origin = w.location?.origin
   o.host = ('' + (o.host || (origin != 'null' && origin) || '')).replace(/\/+$/, '')
   key = writeKey
-  uid = get('uid')
   sync()
   const d = w.document
   const h = w.history
@@ -453,7 +462,7 @@ export const page = safe((name, properties) => {
 export const identify = safe((userId, traits) => {
   if (userId === Object(userId)) (traits = userId), (userId = 0)
   // Before init (a module can be called then) nothing is kept.
-  if (key && userId) uid = set('uid', '' + userId)
+  if (key && userId) set('uid', '' + userId)
   add('identify', { traits })
 })
 
@@ -462,14 +471,13 @@ export const group = safe((groupId, traits) => add('group', { groupId, traits })
 export const alias = safe(userId => {
   if (!key) return
   if (!userId) throw 'no userId'
-  add('alias', { userId, previousId: uid || aid() })
-  uid = set('uid', '' + userId)
+  add('alias', { userId, previousId: user() || aid() })
+  set('uid', '' + userId)
 })
 
 // After logout: the next events belong to a new anonymous visitor.
 export function reset() {
   for (const k of ['uid', 'aid', 'ses']) set(k, '')
-  uid = anon = ''
 }
 
 export function setRelease(release) {

@@ -341,3 +341,41 @@ test('a tab the browser refuses locks (an opaque origin) sends on its own', asyn
     assert.deepEqual(b.events().map(e => e.event), ['Framed'])
   }
 })
+
+test("identify and reset() in one tab reach the site's other tabs at their next event", async () => {
+  const a = await start({ pageviews: false })
+  const sdk = await load()
+  const b = browser({ storage: a.b.storage, cookies: a.b.cookies, now: a.b.now })
+  sdk.init('wk_test', { host: 'https://collect.example', window: b.win, pageviews: false })
+  a.sdk.identify('u-1')
+  sdk.track('while identified')
+  await sdk.flush()
+  const identified = b.events().at(-1)
+  assert.equal(identified.userId, 'u-1')
+  a.sdk.reset()
+  sdk.track('after logout')
+  await sdk.flush()
+  const after = b.events().at(-1)
+  assert.equal(after.event, 'after logout')
+  assert.equal(after.userId, undefined, 'the logged-out user is not named')
+  assert.notEqual(after.anonymousId, identified.anonymousId, 'a new visitor, not the one linked to u-1')
+})
+
+test('a storage too full for the whole queue keeps the newest events that fit', async () => {
+  const storage = memoryStorage()
+  const setItem = storage.setItem
+  storage.setItem = (k, v) => {
+    if (k.startsWith('ll_q') && String(v).length > 4000) throw new Error('QuotaExceededError')
+    setItem(k, v)
+  }
+  const first = await start({ pageviews: false }, { storage })
+  first.b.respond = () => new Error('offline')
+  for (let i = 0; i < 40; i++) first.sdk.track(`e${i}`)
+  const kept = first.b.queued().map(e => e.event)
+  assert.ok(kept.length > 0 && kept.length < 40, `${kept.length} kept`)
+  assert.equal(kept.at(-1), 'e39', 'the newest event is kept')
+  // The page goes away offline; the next load sends what was kept.
+  const { sdk, b } = await reload(first.b, { pageviews: false })
+  await sdk.flush()
+  assert.deepEqual(b.events().map(e => e.event), kept)
+})
