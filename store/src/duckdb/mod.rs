@@ -117,9 +117,8 @@ impl DuckDbStore {
             return Ok(db.clone());
         }
         let mut last_try = lock(&self.last_try);
-        let held = lock(&self.retired)
-            .as_ref()
-            .is_some_and(|(db, writer)| db.strong_count() > 0 || writer.strong_count() > 0);
+        let held =
+            lock(&self.retired).as_ref().is_some_and(|(db, writer)| db.strong_count() > 0 || writer.strong_count() > 0);
         if held || last_try.is_some_and(|at| at.elapsed() < REOPEN_EVERY) {
             return Err(StoreError::Unavailable("the event store is being opened again after a fatal error".into()));
         }
@@ -596,7 +595,10 @@ mod tests {
             params: vec![],
             columns: vec![ColumnKind::Int],
         };
-        assert!(lock(&store.database().unwrap().origin).query_row(&big.sql, [], |r| r.get::<_, i64>(0)).is_err(), "over {ingest:?}");
+        assert!(
+            lock(&store.database().unwrap().origin).query_row(&big.sql, [], |r| r.get::<_, i64>(0)).is_err(),
+            "over {ingest:?}"
+        );
         assert_eq!(store.select(&big).unwrap()[0][0].int(), 10_000_000);
         let query = current_mode(&store);
         assert_ne!(query.0, ingest.0);
