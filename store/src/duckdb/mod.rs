@@ -65,13 +65,17 @@ pub struct DuckDbStore {
     open: RwLock<Option<Arc<Database>>>,
     /// What the database closed after a fatal error still holds: the file
     /// is not opened again while anything of it is alive.
-    retired: Mutex<Option<(Weak<Database>, Weak<Mutex<write::Writer>>)>>,
+    retired: Mutex<Option<Retired>>,
     /// When opening again was last tried: at most once per [`REOPEN_EVERY`].
     last_try: Mutex<Option<Instant>>,
     /// Counts writes that changed people, across reopenings. This process
     /// is the file's only writer, so the count sees every change.
     people_writes: Arc<AtomicU64>,
 }
+
+/// The database closed after a fatal error, and its writer (which the
+/// compaction thread may hold a moment longer).
+type Retired = (Weak<Database>, Weak<Mutex<write::Writer>>);
 
 /// How often opening the database again is tried after a fatal error.
 const REOPEN_EVERY: Duration = Duration::from_secs(1);
