@@ -25,7 +25,8 @@ pub struct CollectorConfig {
     /// Size of one log segment file; delivered segments are deleted whole.
     pub log_segment_bytes: u64,
     /// Free space the log leaves on its disk for the event store (at most a
-    /// quarter of the disk); an append that would take it is a 503.
+    /// quarter of the disk), beside room for the backlog; an append that
+    /// would take it is a 503.
     pub log_min_free_bytes: u64,
     /// Longest an event waits in the log for others to share its store write.
     pub delivery_interval_ms: u64,

@@ -91,7 +91,8 @@ pub fn sync_dir(dir: &Path) -> io::Result<()> {
 /// event store by default: DuckDB needs room to store the backlog, and a
 /// log that took every byte freed on a full disk would leave it none, so
 /// that nothing is ever delivered again. `min_free` bytes, but at most a
-/// quarter of the filesystem, so a small disk is not all reserve.
+/// quarter of the filesystem, so a small disk is not all reserve; and
+/// beside it as much as the backlog, which the store needs to hold it.
 #[derive(Debug, Clone, Copy)]
 pub struct Reserve {
     pub min_free: u64,
@@ -107,16 +108,16 @@ impl Reserve {
         Ok((free, free.saturating_sub(kept)))
     }
 
-    /// A refusal of `needed` more bytes: the disk is short of them beside
-    /// the reserve.
-    pub fn refusal(&self, dir: &Path, needed: u64) -> Option<io::Error> {
+    /// A refusal of `growth` more bytes of log holding `backlog` bytes
+    /// undelivered: the disk is short of both beside the reserve.
+    pub fn refusal(&self, dir: &Path, growth: u64, backlog: u64) -> Option<io::Error> {
         let (free, usable) = self.usable(dir).ok()?;
-        (usable < needed).then(|| {
+        (usable < growth.saturating_add(backlog)).then(|| {
             io::Error::new(
                 io::ErrorKind::StorageFull,
                 format!(
-                    "the log's disk is nearly full: {free} bytes free, part of them kept for the event store \
-                     (collector.log_min_free_bytes)"
+                    "the log's disk is nearly full: {free} bytes free, kept for the event store to store the \
+                     log's {backlog} bytes undelivered (and collector.log_min_free_bytes)"
                 ),
             )
         })

@@ -97,11 +97,12 @@ impl Writer {
         {
             self.roll()?;
         }
-        // Growing the file takes disk the event store may need (and an
-        // append past the reserve would be refused by the disk soon after).
+        // Growing the file takes disk the event store needs to store what
+        // the log holds (see `segments::Reserve`).
         let growth = (self.len + size).saturating_sub(self.allocated);
         if growth > 0 {
-            if let Some(refused) = self.reserve.refusal(&self.shared.dir, growth) {
+            let backlog = self.shared.lock().backlog();
+            if let Some(refused) = self.reserve.refusal(&self.shared.dir, growth, backlog) {
                 return Err(refused);
             }
         }
