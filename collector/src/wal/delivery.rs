@@ -17,8 +17,9 @@
 //! from the log, and a quarter as large (down to a chunk): a store short of
 //! disk or memory for a large write (DuckDB on a nearly full disk it shares
 //! with the log) may still take small ones, each of which lets the log free
-//! what it held. Sizes double back with each write stored. Only after the store confirmed the write does the
-//! acknowledged position move and segments wholly behind it get deleted. A
+//! what it held. Sizes double back with each write stored. Only after the
+//! store confirmed the write does the acknowledged position move and
+//! segments wholly behind it get deleted. A
 //! crash between the write and the move replays those records: the store's
 //! uuid dedup makes the replay harmless.
 
