@@ -366,9 +366,12 @@ pub fn profile(ask: &Ask, user_id: &str, limit: usize) -> Result<Option<Profile>
     if let Some(owner) = folded_into(ask, user_id, &stored.1)? {
         return profile(ask, &owner, limit);
     }
+    // Not their own id, which ClickHouse may link to itself (a loop undone).
     let linked = Sql::new("SELECT anonymous_id FROM identities WHERE project_id = ")
         .int(ask.project_id)
         .raw(" AND user_id = ")
+        .text(user_id)
+        .raw(" AND anonymous_id != ")
         .text(user_id);
     // ClickHouse keeps every link made; an id is this person's when its
     // first one is (DuckDB keeps only that one).

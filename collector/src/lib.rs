@@ -29,7 +29,7 @@ pub use error::{IngestError, UNAVAILABLE_RETRY_AFTER_SECS};
 pub use queue::IngestQueue;
 pub use routes::{segment_call_paths, SEGMENT_BATCH_PATHS};
 pub use spool::{Backlog, Spool};
-pub use wal::{Wal, WalError, WalOptions};
+pub use wal::{undelivered, Wal, WalError, WalOptions};
 
 use enrich::Enricher;
 use leanloop_control::KeyCache;

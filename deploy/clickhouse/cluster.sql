@@ -30,7 +30,7 @@ CREATE TABLE IF NOT EXISTS leanloop.cohort_members_local ON CLUSTER leanloop (
             project_id Int64, cohort_id Int64, version Int64, user_id String
         ) ENGINE = ReplicatedMergeTree('/clickhouse/tables/{shard}/leanloop/cohort_members_local', '{replica}') ORDER BY (project_id, cohort_id, version, user_id);
 
-CREATE TABLE IF NOT EXISTS leanloop.events ON CLUSTER leanloop AS leanloop.events_local ENGINE = Distributed(leanloop, leanloop, events_local, cityHash64(project_id, uuid));
+CREATE TABLE IF NOT EXISTS leanloop.events ON CLUSTER leanloop AS leanloop.events_local ENGINE = Distributed(leanloop, leanloop, events_local, cityHash64(project_id, toString(uuid)));
 
 CREATE TABLE IF NOT EXISTS leanloop.users ON CLUSTER leanloop AS leanloop.users_local ENGINE = Distributed(leanloop, leanloop, users_local, cityHash64(project_id, user_id));
 

@@ -89,14 +89,61 @@ pub(crate) fn query<Q>(q: Result<Query<Q>, QueryRejection>) -> Result<Q, ApiErro
 /// waits never starts one.
 pub(crate) const MAX_QUESTIONS: usize = 4;
 
+/// The read API's room for questions: `most` at once, each holding one
+/// place, or one alone holding them all.
+#[derive(Clone)]
+pub struct Questions {
+    room: std::sync::Arc<tokio::sync::Semaphore>,
+    most: u32,
+}
+
+impl Questions {
+    pub fn new(most: usize) -> Questions {
+        let most = most.clamp(1, 1 << 16) as u32;
+        Questions { room: std::sync::Arc::new(tokio::sync::Semaphore::new(most as usize)), most }
+    }
+
+    async fn enter(&self, places: u32) -> Result<tokio::sync::OwnedSemaphorePermit, ApiError> {
+        self.room
+            .clone()
+            .acquire_many_owned(places)
+            .await
+            .map_err(|_| ApiError::from_class(ErrorClass::Internal, "questions are no longer answered".into()))
+    }
+}
+
 /// Runs `f` off the runtime once `questions` has room; the room is held
 /// until `f` returns. A request that ends before its answer (its deadline
 /// passed, an HTTP/2 stream reset) stops the store's read (see the store's
 /// `asker.rs`) rather than keep the cores busy for no one.
+///
+/// The questions answered at once share the store's memory (DuckDB's limit
+/// is one pool): one refused for want of memory while others ran is asked
+/// again alone, so a dashboard's panels asked together are answered as
+/// each would be on its own. Refused alone, it is a 503.
 pub(crate) async fn blocking<T: Send + 'static>(
-    questions: std::sync::Arc<tokio::sync::Semaphore>,
-    f: impl FnOnce() -> Result<T, AnalyticsError> + Send + 'static,
+    questions: Questions,
+    f: impl Fn() -> Result<T, AnalyticsError> + Send + 'static,
 ) -> Result<T, ApiError> {
+    let room = questions.enter(1).await?;
+    let among_others = questions.room.available_permits() + 1 < questions.most as usize;
+    let (answer, f) = off_runtime(room, f).await?;
+    let answer = match answer {
+        Err(AnalyticsError::Store(leanloop_store::StoreError::QueryMemory(_))) if among_others => {
+            let alone = questions.enter(questions.most).await?;
+            off_runtime(alone, f).await?.0
+        }
+        answer => answer,
+    };
+    answer.map_err(ApiError::from)
+}
+
+/// One answer of `f` on a blocking thread, holding `room` until it returns;
+/// `f` comes back with it to be asked again.
+async fn off_runtime<T: Send + 'static, F: Fn() -> Result<T, AnalyticsError> + Send + 'static>(
+    room: tokio::sync::OwnedSemaphorePermit,
+    f: F,
+) -> Result<(Result<T, AnalyticsError>, F), ApiError> {
     /// Tells the asker it has gone unless disarmed by the answer.
     struct LeaveUnanswered(Option<asker::Asker>);
     impl Drop for LeaveUnanswered {
@@ -106,21 +153,15 @@ pub(crate) async fn blocking<T: Send + 'static>(
             }
         }
     }
-    let room = questions
-        .acquire_owned()
-        .await
-        .map_err(|_| ApiError::from_class(ErrorClass::Internal, "questions are no longer answered".into()))?;
     let asker = asker::Asker::default();
     let mut unanswered = LeaveUnanswered(Some(asker.clone()));
-    let f = move || {
+    let task = move || {
         let _room = room;
-        asker.answer(f)
+        (asker.answer(&f), f)
     };
-    let answer = tokio::task::spawn_blocking(f).await;
+    let answer = tokio::task::spawn_blocking(task).await;
     unanswered.0 = None;
-    answer
-        .map_err(|e| ApiError::from_class(ErrorClass::Internal, format!("query task failed: {e}")))?
-        .map_err(ApiError::from)
+    answer.map_err(|e| ApiError::from_class(ErrorClass::Internal, format!("query task failed: {e}")))
 }
 
 /// Authorises, validates the query, and answers it off the runtime.
@@ -129,7 +170,7 @@ async fn answer<T: serde::Serialize + Send + 'static>(
     id: String,
     headers: HeaderMap,
     q: Result<Query<EventQuery>, QueryRejection>,
-    ask: impl FnOnce(&Analytics, i64, &EventQuery) -> Result<T, AnalyticsError> + Send + 'static,
+    ask: impl Fn(&Analytics, i64, &EventQuery) -> Result<T, AnalyticsError> + Send + 'static,
 ) -> Result<T, ApiError> {
     let project = authorise(&shared, &headers, &id)?;
     let q = query(q)?;
@@ -356,14 +397,59 @@ mod tests {
         assert_eq!(repeated.field.as_deref(), Some("value"), "{}", repeated.message);
     }
 
+    /// A question the store refuses for want of memory while another runs
+    /// is asked again once it is alone; one refused alone is answered 503.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_question_refused_for_memory_among_others_is_asked_again_alone() {
+        use leanloop_store::StoreError;
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        use std::sync::Arc;
+        let questions = Questions::new(MAX_QUESTIONS);
+        let memory = || AnalyticsError::Store(StoreError::QueryMemory("DuckDB memory limit 256MB".into()));
+        // Another question, running until told to end.
+        let (end, ending) = std::sync::mpsc::channel::<()>();
+        let ending = std::sync::Mutex::new(ending);
+        let other = tokio::spawn(blocking(questions.clone(), move || {
+            let _ = ending.lock().unwrap().recv();
+            Ok(())
+        }));
+        while questions.room.available_permits() == MAX_QUESTIONS {
+            tokio::task::yield_now().await;
+        }
+        let asked = Arc::new(AtomicUsize::new(0));
+        let alone = Arc::new(AtomicUsize::new(0));
+        let question = tokio::spawn(blocking(questions.clone(), {
+            let (asked, alone, questions) = (asked.clone(), alone.clone(), questions.clone());
+            move || {
+                if asked.fetch_add(1, Ordering::SeqCst) == 0 {
+                    return Err(memory());
+                }
+                alone.store(questions.room.available_permits(), Ordering::SeqCst);
+                Ok(42)
+            }
+        }));
+        // Asked again only once the other question has ended.
+        while asked.load(Ordering::SeqCst) == 0 {
+            tokio::task::yield_now().await;
+        }
+        end.send(()).unwrap();
+        other.await.unwrap().unwrap();
+        assert_eq!(question.await.unwrap().unwrap(), 42);
+        assert_eq!(asked.load(Ordering::SeqCst), 2);
+        assert_eq!(alone.load(Ordering::SeqCst), 0, "the second time it held every place");
+        // Alone from the start: refused once, a 503.
+        let refused = blocking(questions.clone(), move || Err::<(), _>(memory())).await.unwrap_err();
+        assert_eq!(refused.status.as_u16(), 503, "{}", refused.message);
+    }
+
     #[tokio::test(flavor = "multi_thread")]
     async fn a_question_whose_request_ends_unanswered_is_stopped_and_frees_its_room() {
         use leanloop_store::duckdb::{DuckDbOptions, DuckDbStore};
         use leanloop_store::{ColumnKind, EventStore, Select, StoreError};
         let dir = tempfile::tempdir().unwrap();
         let store = DuckDbStore::open(&dir.path().join("events.duckdb"), &DuckDbOptions::default()).unwrap();
-        let questions = std::sync::Arc::new(tokio::sync::Semaphore::new(1));
-        let (started, starting) = tokio::sync::oneshot::channel();
+        let questions = Questions::new(1);
+        let (started, mut starting) = tokio::sync::mpsc::unbounded_channel();
         let (answered, answer) = std::sync::mpsc::channel();
         let question = blocking(questions.clone(), move || {
             let _ = started.send(());
@@ -380,13 +466,13 @@ mod tests {
         let mut question = Box::pin(question);
         tokio::select! {
             _ = &mut question => panic!("an endless question was answered"),
-            _ = starting => {}
+            _ = starting.recv() => {}
         }
         drop(question);
         let stopped = tokio::task::spawn_blocking(move || answer.recv_timeout(std::time::Duration::from_secs(60)));
         let stopped = stopped.await.unwrap().expect("the question stops");
         assert!(matches!(stopped, Err(StoreError::Abandoned)), "{stopped:?}");
-        let room = tokio::time::timeout(std::time::Duration::from_secs(60), questions.acquire()).await;
+        let room = tokio::time::timeout(std::time::Duration::from_secs(60), questions.enter(1)).await;
         assert!(room.is_ok(), "the question's room is free again");
     }
 }

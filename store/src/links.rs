@@ -29,7 +29,8 @@ pub fn resolve<'n: 'v, 'v>(
         let mut end: &'v str = to;
         let mut hops = 0;
         while let Some(next) = made.get(end).copied().or_else(|| stored.get(end).map(String::as_str)) {
-            if end == from || hops == MAX_HOPS {
+            // An id linked to itself (a loop undone on ClickHouse) is final.
+            if end == from || next == end || hops == MAX_HOPS {
                 break;
             }
             (end, hops) = (next, hops + 1);

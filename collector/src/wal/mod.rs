@@ -268,6 +268,23 @@ impl Wal {
     }
 }
 
+/// Bytes a log directory holds that its store has not confirmed, read
+/// without changing anything: `0` for a directory with no log in it.
+pub fn undelivered(dir: &Path) -> std::io::Result<u64> {
+    let found = match segments::list(dir) {
+        Ok(found) => found,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(e),
+    };
+    let Some((&last, last_path)) = found.iter().next_back() else { return Ok(0) };
+    let first = *found.keys().next().expect("at least one segment");
+    let acked = segments::read_acked(dir)?.unwrap_or(first).max(first);
+    let file = File::open(last_path)?;
+    let from = acked.saturating_sub(last).min(file.metadata()?.len());
+    let end = last + segments::valid_len(&file, last, from)?;
+    Ok(end.saturating_sub(acked))
+}
+
 /// Finds the segments, cuts a torn tail off the last one (keeping whole
 /// records that follow damage, for delivery to skip it), and returns the
 /// file to append to, its start and valid length, the acknowledged position

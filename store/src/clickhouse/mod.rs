@@ -14,6 +14,7 @@
 mod dedup;
 mod deferred;
 mod fence;
+mod identities;
 mod props;
 mod read;
 mod schema;

@@ -184,7 +184,9 @@ pub async fn identity(
         .bind(anonymous_id)
         .fetch_all()
         .await?;
-    Ok(linked.into_iter().next())
+    // An id linked to itself (a loop undone, see `identities::repair`) is
+    // linked to no one.
+    Ok(linked.into_iter().next().filter(|user| user != anonymous_id))
 }
 
 /// Every change to people inserts a row with a higher `version` (or, for

@@ -265,6 +265,10 @@ async fn refuse_foreign_tables(root: &clickhouse::Client, database: &str) -> Res
     Ok(())
 }
 
+/// The shard of an event: its uuid as text, as servers before 19.x hash no
+/// UUID value (`Unexpected type UUID of argument of function cityHash64`).
+pub const EVENTS_SHARDING_KEY: &str = "cityHash64(project_id, toString(uuid))";
+
 /// The DDL for a replicated, sharded deployment: per-node `*_local` tables on
 /// Replicated engines (the `{shard}` and `{replica}` macros come from each
 /// server's configuration) and `Distributed` tables with the names the store
@@ -284,7 +288,7 @@ pub fn cluster_ddl(cluster: &str, database: &str, version: ServerVersion, retent
         users_table(f, database, "users_local"),
         identities_table(f, database, "identities_local"),
         cohort_members_table(f, database, "cohort_members_local"),
-        distributed("events", "cityHash64(project_id, uuid)"),
+        distributed("events", EVENTS_SHARDING_KEY),
         distributed("users", "cityHash64(project_id, user_id)"),
         distributed("identities", "cityHash64(project_id, anonymous_id)"),
         distributed("cohort_members", "cityHash64(project_id, user_id)"),
@@ -317,6 +321,8 @@ mod tests {
         assert!(ddl.contains(
             "ReplicatedReplacingMergeTree('/clickhouse/tables/{shard}/leanloop/users_local', '{replica}', version)"
         ));
-        assert!(ddl.contains("ENGINE = Distributed(prod, leanloop, events_local, cityHash64(project_id, uuid))"));
+        assert!(
+            ddl.contains("ENGINE = Distributed(prod, leanloop, events_local, cityHash64(project_id, toString(uuid)))")
+        );
     }
 }

@@ -1,6 +1,7 @@
 //! Writing: events as one RowBinary insert per batch, people as new rows
 //! carrying their merged traits (the table keeps the newest per person).
 
+use super::identities;
 use crate::StoreError;
 use chrono::Datelike;
 use clickhouse::Row;
@@ -9,7 +10,6 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 use uuid::Uuid;
 
@@ -177,10 +177,10 @@ impl<'c> Inserts<'c> {
 
 /// Bytes of ids in one look-up query: a query's text is capped (256 KB on
 /// older servers), and one id may be long.
-const IDS_BYTES_PER_QUERY: usize = 64 * 1024;
+pub(super) const IDS_BYTES_PER_QUERY: usize = 64 * 1024;
 
 /// `ids` in runs whose total length stays under [`IDS_BYTES_PER_QUERY`].
-fn bounded_chunks<'a>(ids: &'a [&'a str]) -> Vec<&'a [&'a str]> {
+pub(super) fn bounded_chunks<'a>(ids: &'a [&'a str]) -> Vec<&'a [&'a str]> {
     let mut chunks = Vec::new();
     let (mut start, mut bytes) = (0, 0);
     for (i, id) in ids.iter().enumerate() {
@@ -206,48 +206,6 @@ pub struct UserRow {
     pub version: u64,
 }
 
-/// When a link is written, in ms, strictly increasing in this process (a
-/// link moved along a chain is dated before its first row instead): the
-/// first link stored wins, as on DuckDB (where a later link of the same
-/// anonymous id is ignored), whatever the events' own times. A link sent
-/// again (a retry, a replay) is written later and does not displace it.
-fn link_time() -> i64 {
-    static LAST: AtomicI64 = AtomicI64::new(0);
-    let now = chrono::Utc::now().timestamp_millis();
-    let previous = LAST.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |last| Some(now.max(last + 1)));
-    now.max(previous.unwrap_or(0) + 1)
-}
-
-#[derive(Row, Serialize)]
-struct IdentityRow<'a> {
-    project_id: i64,
-    anonymous_id: &'a str,
-    user_id: &'a str,
-    linked_at_ms: i64,
-}
-
-/// The first link stored of each of `ids`: the user it names.
-async fn stored_links_of(
-    client: &clickhouse::Client,
-    project_id: i64,
-    ids: &[&str],
-) -> Result<HashMap<String, String>, StoreError> {
-    let mut links = HashMap::new();
-    for chunk in bounded_chunks(ids) {
-        let found: Vec<(String, String)> = client
-            .query(
-                "SELECT anonymous_id, argMin(user_id, linked_at_ms) FROM identities
-                 WHERE project_id = ? AND has(?, anonymous_id) GROUP BY anonymous_id",
-            )
-            .bind(project_id)
-            .bind(chunk)
-            .fetch_all()
-            .await?;
-        links.extend(found);
-    }
-    Ok(links)
-}
-
 /// The user each updated id was linked to before this batch, where that
 /// user is linked to no one (links name a final id; a loop an earlier
 /// version stored is left alone).
@@ -259,11 +217,11 @@ async fn owners(client: &clickhouse::Client, updates: &[UserUpdate]) -> Result<c
             updates.iter().filter(|u| u.project_id == project_id).map(|u| u.user_id.as_str()).collect();
         ids.sort_unstable();
         ids.dedup();
-        let found = stored_links_of(client, project_id, &ids).await?;
+        let found = identities::stored_links_of(client, project_id, &ids).await?;
         let mut targets: Vec<&str> = found.values().map(String::as_str).collect();
         targets.sort_unstable();
         targets.dedup();
-        let linked_on = stored_links_of(client, project_id, &targets).await?;
+        let linked_on = identities::stored_links_of(client, project_id, &targets).await?;
         for (id, to) in &found {
             if id != to && !linked_on.contains_key(to) {
                 owners.insert((project_id, id.clone()), to.clone());
@@ -304,7 +262,7 @@ pub async fn users(client: &clickhouse::Client, updates: &[UserUpdate]) -> Resul
         linking.sort_unstable();
         linking.dedup();
         let before = stored_links.entry(project_id).or_default();
-        before.extend(stored_links_of(client, project_id, &linking).await?);
+        before.extend(identities::stored_links_of(client, project_id, &linking).await?);
         for &(_, from, to, _) in
             first_links.iter().filter(|(p, from, ..)| *p == project_id && !before.contains_key(*from))
         {
@@ -357,94 +315,7 @@ pub async fn users(client: &clickhouse::Client, updates: &[UserUpdate]) -> Resul
     }
     insert.end().await?;
 
-    links(client, updates, &new_links, &stored_links).await
-}
-
-/// Stores the links of `updates` so that each names a final id, as the
-/// DuckDB store does (one lookup is then a whole chain: an identified user
-/// given an alias): a new link (`new_links`, its id linked for the first
-/// time) to an id linked on goes where that one goes, and the links to an
-/// id now linked on move to its target, by a row dated just before their
-/// first (readers take `argMin(user_id, linked_at_ms)`). Other links are
-/// stored as they come; the first one made wins.
-async fn links(
-    client: &clickhouse::Client,
-    updates: &[UserUpdate],
-    new_links: &[(i64, &str, &str)],
-    stored_links: &HashMap<i64, HashMap<String, String>>,
-) -> Result<(), StoreError> {
-    let mut target: HashMap<(i64, &str), String> = HashMap::new();
-    // New links that would make a loop, not made.
-    let mut looping: HashSet<(i64, &str)> = HashSet::new();
-    let mut moved: Vec<(i64, String, String, i64)> = Vec::new();
-    let projects: HashSet<i64> = new_links.iter().map(|(p, ..)| *p).collect();
-    for project_id in projects {
-        let new: Vec<(&str, &str)> =
-            new_links.iter().filter(|(p, ..)| *p == project_id).map(|&(_, from, to)| (from, to)).collect();
-        for (from, end) in crate::links::resolve(&new, &stored_links[&project_id]) {
-            target.insert((project_id, from), end.to_owned());
-        }
-        for &(from, _) in &new {
-            if !target.contains_key(&(project_id, from)) {
-                looping.insert((project_id, from));
-            }
-        }
-        // Stored links to the ids linked now, with their first time.
-        let froms: Vec<&str> = new.iter().map(|(from, _)| *from).collect();
-        for chunk in bounded_chunks(&froms) {
-            let found: Vec<(String, String, i64)> = client
-                .query(
-                    "SELECT anonymous_id, argMin(user_id, linked_at_ms), min(linked_at_ms) FROM identities
-                     WHERE project_id = ? AND anonymous_id IN
-                         (SELECT anonymous_id FROM identities WHERE project_id = ? AND has(?, user_id))
-                     GROUP BY anonymous_id HAVING has(?, argMin(user_id, linked_at_ms))",
-                )
-                .bind(project_id)
-                .bind(project_id)
-                .bind(chunk)
-                .bind(chunk)
-                .fetch_all()
-                .await?;
-            for (anonymous_id, via, first_ms) in found {
-                let Some(end) = target.get(&(project_id, via.as_str())).cloned() else { continue };
-                if end != anonymous_id {
-                    moved.push((project_id, anonymous_id, end, first_ms - 1));
-                }
-            }
-        }
-    }
-    let mut linked = HashSet::new();
-    let stored_at = link_time();
-    let mut rows: Vec<IdentityRow> = updates
-        .iter()
-        .filter_map(|u| {
-            let anonymous_id = u.anonymous_id.as_deref()?;
-            if looping.contains(&(u.project_id, anonymous_id)) {
-                return None;
-            }
-            let user_id = target.get(&(u.project_id, anonymous_id)).map_or(u.user_id.as_str(), String::as_str);
-            (anonymous_id != user_id && linked.insert((u.project_id, anonymous_id))).then_some(IdentityRow {
-                project_id: u.project_id,
-                anonymous_id,
-                user_id,
-                linked_at_ms: stored_at,
-            })
-        })
-        .collect();
-    rows.extend(moved.iter().map(|(project_id, anonymous_id, user_id, at)| IdentityRow {
-        project_id: *project_id,
-        anonymous_id,
-        user_id,
-        linked_at_ms: *at,
-    }));
-    if !rows.is_empty() {
-        let mut insert = client.insert::<IdentityRow<'static>>("identities").await?;
-        for row in &rows {
-            insert.write(row).await?;
-        }
-        insert.end().await?;
-    }
-    Ok(())
+    identities::links(client, updates, &new_links, &stored_links).await
 }
 
 #[derive(Row, Serialize)]
@@ -494,12 +365,12 @@ pub async fn drop_cohort_versions(
 /// How long [`delete_person`] waits for its mutations to finish.
 const MUTATION_DEADLINE: Duration = Duration::from_secs(120);
 
-/// Deletes a person's rows with `ALTER TABLE ... DELETE` mutations (every
-/// server version has them) and waits until they are done, so the person is
-/// gone from every answer when this returns.
 /// A bound list of ids as a set `IN` may take.
 const ID_SET: &str = "(SELECT arrayJoin(CAST(? AS Array(String))))";
 
+/// Deletes a person's rows with `ALTER TABLE ... DELETE` mutations (every
+/// server version has them) and waits until they are done, so the person is
+/// gone from every answer when this returns.
 pub async fn delete_person(client: &clickhouse::Client, project_id: i64, user_id: &str) -> Result<u64, StoreError> {
     // The anonymous ids whose first link is to this person: an id linked to
     // someone else first is that one's, with its events.

@@ -459,3 +459,92 @@ async fn a_question_whose_asker_leaves_is_killed_on_the_server() {
     let (answer, count) = next.await.unwrap();
     assert_eq!((answer.unwrap()[0][0].int(), count.unwrap()), (42, 0));
 }
+
+/// Two writers (two collectors, say) linking ids of one chain at the same
+/// moment each look the links up before the other's is stored: one links
+/// `anon → user` while the other links `user → account`, or they link two
+/// ids each way. Once both writes return, every id of a chain names the
+/// chain's end, and two ids linked each way are one person.
+#[tokio::test(flavor = "multi_thread")]
+async fn links_made_at_the_same_moment_by_two_writers_end_as_one_person() {
+    use leanloop_core::UserUpdate;
+    use leanloop_store::clickhouse::ClickHouseStore;
+    use leanloop_store::EventStore;
+    use std::sync::{Arc, Barrier};
+    const PEOPLE: usize = 60;
+    let url = store_url(&ch::shared(), &fresh_database());
+    let opened = tokio::task::spawn_blocking(move || {
+        let open = || Arc::new(ClickHouseStore::open(&ClickHouseOptions::new(url.clone())).unwrap());
+        (open(), open())
+    });
+    let (one, two) = opened.await.unwrap();
+    let link = |from: String, to: String| UserUpdate {
+        project_id: 1,
+        user_id: to,
+        anonymous_id: Some(from),
+        traits: "{}".into(),
+        traits_once: "{}".into(),
+        seen_at_ms: chrono::Utc::now().timestamp_millis(),
+    };
+    // Each writer's links, written one at a time, both writers in step.
+    let chain = |i: usize| [(format!("anon-{i}"), format!("user-{i}")), (format!("user-{i}"), format!("acct-{i}"))];
+    let each_way = |i: usize| [(format!("x-{i}"), format!("y-{i}")), (format!("y-{i}"), format!("x-{i}"))];
+    let together = Arc::new(Barrier::new(2));
+    let writers = [(one.clone(), 0), (two.clone(), 1)].map(|(store, side)| {
+        let together = together.clone();
+        std::thread::spawn(move || {
+            for i in 0..PEOPLE {
+                for pair in [chain(i), each_way(i)] {
+                    let (from, to) = pair[side].clone();
+                    together.wait();
+                    store.write(&[], &[link(from, to)]).unwrap();
+                }
+            }
+        })
+    });
+    for writer in writers {
+        writer.join().unwrap();
+    }
+    let split = tokio::task::spawn_blocking(move || {
+        let of = |id: &str| one.identity(1, id).unwrap();
+        let mut split = Vec::new();
+        for i in 0..PEOPLE {
+            let (anon, user, acct) = (format!("anon-{i}"), format!("user-{i}"), format!("acct-{i}"));
+            let chain = [of(&anon), of(&user), of(&acct)];
+            if chain != [Some(acct.clone()), Some(acct.clone()), None] {
+                split.push(format!("{anon} → {:?}, {user} → {:?}, {acct} → {:?}", chain[0], chain[1], chain[2]));
+            }
+            let (x, y) = (format!("x-{i}"), format!("y-{i}"));
+            let (to_x, to_y) = (of(&x), of(&y));
+            let one_person = (to_x.as_deref() == Some(y.as_str()) && to_y.is_none())
+                || (to_y.as_deref() == Some(x.as_str()) && to_x.is_none());
+            if !one_person {
+                split.push(format!("{x} → {to_x:?}, {y} → {to_y:?}"));
+            }
+        }
+        split
+    });
+    let split = split.await.unwrap();
+    assert!(split.is_empty(), "{} of {} people split: {split:#?}", split.len(), 2 * PEOPLE);
+}
+
+/// Every sharding key of the cluster DDL is computed by the server the
+/// tests run (18.16 hashes no UUID value; a key it refuses makes every
+/// insert into the Distributed table fail).
+#[tokio::test(flavor = "multi_thread")]
+async fn the_cluster_ddl_shards_rows_this_server_can_hash() {
+    use leanloop_store::clickhouse::{cluster_ddl, ServerVersion};
+    let version = ch::query(&ch::shared(), "SELECT version()").await;
+    let version = ServerVersion::parse(&version).expect("a server version");
+    let keys: Vec<String> = cluster_ddl("prod", "leanloop", version, None)
+        .iter()
+        .filter_map(|statement| statement.split_once("ENGINE = Distributed(")?.1.strip_suffix(')').map(str::to_owned))
+        .map(|args| args.splitn(4, ", ").nth(3).expect("a sharding key").to_owned())
+        .collect();
+    assert_eq!(keys.len(), 4, "{keys:?}");
+    let row = "SELECT toInt64(1) AS project_id, generateUUIDv4() AS uuid, 'u' AS user_id, 'a' AS anonymous_id";
+    for key in keys {
+        let hashed = ch::query(&ch::shared(), &format!("SELECT {key} FROM ({row}) FORMAT TSV")).await;
+        assert!(hashed.trim().parse::<u64>().is_ok(), "{key}: {hashed}");
+    }
+}

@@ -422,3 +422,41 @@ async fn a_clickhouse_that_takes_connections_and_never_answers_holds_up_neither_
     assert_eq!(count.trim(), "100");
     leanloop.terminate();
 }
+
+/// A server started on another log directory, or with the log off, while
+/// the log it last used still holds acknowledged events not yet stored
+/// would hide them: that start is refused, naming the log. Started on that
+/// log again (here with DuckDB in place of the ClickHouse that was down),
+/// it stores them.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_start_that_would_leave_acknowledged_events_behind_in_the_last_log_is_refused() {
+    use leanloop::{App, Config, Role};
+    // Nothing listens on port 1: the store is down, the log keeps the events.
+    let down = ClickHouseOptions::new("http://127.0.0.1:1/?database=leanloop");
+    let s = TestServer::start_in(tempfile::tempdir().unwrap(), |c| {
+        c.clickhouse = Some(down.clone());
+        c.shutdown_timeout = Duration::from_millis(200);
+    })
+    .await;
+    let kept = serde_json::json!({"batch": [
+        {"type": "track", "event": "kept", "userId": "u-1", "messageId": leanloop_tests::message_id()}
+    ]});
+    assert_eq!(s.post("/v1/batch", &kept).await.status(), 200);
+    let data = s.stop().await;
+    let last_log = data.path().join("log");
+    let elsewhere = tempfile::tempdir().unwrap();
+    let changes: [(&str, Box<dyn Fn(&mut Config)>); 2] = [
+        ("another log directory", Box::new(|c| c.log_dir = elsewhere.path().join("log"))),
+        ("the log off", Box::new(|c| c.collector.log = false)),
+    ];
+    for (what, change) in changes {
+        let mut config = Config::for_tests(data.path());
+        change(&mut config);
+        let refused = App::build(config, Role::Server).await.err().unwrap_or_else(|| panic!("{what}: started"));
+        let text = format!("{refused:#}");
+        assert!(text.contains("still holds") && text.contains(&last_log.display().to_string()), "{what}: {text}");
+    }
+    let s = TestServer::start_in(data, |_| {}).await;
+    assert_eq!(s.count(&[("name", "kept")]).await, 1);
+    s.stop().await;
+}
