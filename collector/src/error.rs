@@ -70,6 +70,28 @@ impl IngestError {
     }
 }
 
+/// Every [`IngestError::reason`], and `every_event_refused` (a batch none
+/// of whose events was taken): the `reason` labels of the rejection
+/// counters, which exist at 0 from the start.
+pub const REJECTION_REASONS: &[&str] = &[
+    "bad_json",
+    "bad_field",
+    "body_cut",
+    "missing_key",
+    "unknown_key",
+    "secret_key",
+    "body_too_large",
+    "event_too_large",
+    "batch_too_large",
+    "log_record_too_large",
+    "queue_full",
+    "bodies_busy",
+    "log_unavailable",
+    "shutting_down",
+    "internal",
+    "every_event_refused",
+];
+
 /// The Retry-After of a 503 for a log that cannot take events (its disk
 /// refused them, say) or a collector shutting down.
 pub const UNAVAILABLE_RETRY_AFTER_SECS: u32 = 5;

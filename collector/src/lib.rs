@@ -25,7 +25,7 @@ pub mod wire;
 
 pub use config::CollectorConfig;
 pub use enrich::event_uuid;
-pub use error::{IngestError, UNAVAILABLE_RETRY_AFTER_SECS};
+pub use error::{IngestError, REJECTION_REASONS, UNAVAILABLE_RETRY_AFTER_SECS};
 pub use queue::IngestQueue;
 pub use routes::{segment_call_paths, SEGMENT_BATCH_PATHS};
 pub use spool::{Backlog, Spool};

@@ -95,12 +95,15 @@ pub(crate) const MAX_QUESTIONS: usize = 4;
 pub struct Questions {
     room: std::sync::Arc<tokio::sync::Semaphore>,
     most: u32,
+    /// Questions let in so far: whether others came while one ran.
+    entered: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Questions {
     pub fn new(most: usize) -> Questions {
         let most = most.clamp(1, 1 << 16) as u32;
-        Questions { room: std::sync::Arc::new(tokio::sync::Semaphore::new(most as usize)), most }
+        let room = std::sync::Arc::new(tokio::sync::Semaphore::new(most as usize));
+        Questions { room, most, entered: Default::default() }
     }
 
     async fn enter(&self, places: u32) -> Result<tokio::sync::OwnedSemaphorePermit, ApiError> {
@@ -125,11 +128,14 @@ pub(crate) async fn blocking<T: Send + 'static>(
     questions: Questions,
     f: impl Fn() -> Result<T, AnalyticsError> + Send + 'static,
 ) -> Result<T, ApiError> {
+    use std::sync::atomic::Ordering::SeqCst;
     let room = questions.enter(1).await?;
-    let among_others = questions.room.available_permits() + 1 < questions.most as usize;
+    let others_running = questions.room.available_permits() + 1 < questions.most as usize;
+    let entered = questions.entered.fetch_add(1, SeqCst) + 1;
     let (answer, f) = off_runtime(room, f).await?;
+    let others_came = questions.entered.load(SeqCst) != entered;
     let answer = match answer {
-        Err(AnalyticsError::Store(leanloop_store::StoreError::QueryMemory(_))) if among_others => {
+        Err(AnalyticsError::Store(leanloop_store::StoreError::QueryMemory(_))) if others_running || others_came => {
             let alone = questions.enter(questions.most).await?;
             off_runtime(alone, f).await?.0
         }

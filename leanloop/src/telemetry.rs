@@ -44,8 +44,13 @@ pub fn metrics_handle() -> PrometheusHandle {
                 "leanloop_store_write_errors_total",
                 "leanloop_log_read_retries_total",
                 "leanloop_log_damaged_bytes_total",
+                "leanloop_http_connections_closed_idle_total",
             ] {
                 metrics::counter!(name).increment(0);
+            }
+            for &reason in leanloop_collector::REJECTION_REASONS {
+                metrics::counter!("leanloop_ingest_requests_rejected_total", "reason" => reason).increment(0);
+                metrics::counter!("leanloop_ingest_events_rejected_total", "reason" => reason).increment(0);
             }
             for source in ["segment", "posthog", "feedback"] {
                 metrics::counter!("leanloop_ingest_events_accepted_total", "source" => source).increment(0);

@@ -154,8 +154,8 @@ impl Masks {
 /// URL). A value's base64 depends on where it falls among the groups of
 /// three bytes base64 encodes together, so for each of the three places
 /// the form is the run of characters that depends on the secret alone;
-/// `base64` wraps its output at 76 columns, so each line of the secret's
-/// own wrapped form is one too, with or without the newline `echo` adds.
+/// the secret's own base64 is one too, whole or, as `base64` wraps it at 76
+/// columns, each of its lines, with or without the newline `echo` adds.
 /// Percent-encoded: every character but letters and digits, or RFC 3986's
 /// unreserved ones kept (and `/` kept too, as Python's `quote` does), in
 /// upper- or lower-case hex, and as form encoders write it (`+` for a
@@ -183,12 +183,12 @@ fn encoded_forms(secret: &str) -> Vec<String> {
         let grouped = &rest[..rest.len() / 3 * 3];
         forms.extend([STANDARD_NO_PAD.encode(grouped), URL_SAFE_NO_PAD.encode(grouped)]);
     }
+    // Whole, where it fits on one line: its last group (the secret's last
+    // bytes, padded) is then masked too.
     for printed in [bytes.to_vec(), [bytes, b"\n"].concat()] {
         let wrapped = STANDARD.encode(printed);
         for columns in BASE64_COLUMNS {
-            if wrapped.len() > columns {
-                forms.extend(wrapped.as_bytes().chunks(columns).map(|line| String::from_utf8_lossy(line).into_owned()));
-            }
+            forms.extend(wrapped.as_bytes().chunks(columns).map(|line| String::from_utf8_lossy(line).into_owned()));
         }
     }
     for set in [NON_ALPHANUMERIC, COMPONENT, PATH, URI_COMPONENT] {
@@ -296,6 +296,15 @@ mod tests {
             }
         }
         assert_eq!(masks.apply("?t=Zq9%2DSecretVal%2D7731&x"), "?t=********&x");
+        // `echo "$S" | base64` and `printf %s "$S" | base64` of a short
+        // secret: one line, its last bytes in the padded last group.
+        for secret in ["hunter2-secret", "hunter2-secre", "hunter2-secr"] {
+            let short = Masks::new(&[secret.to_owned()]);
+            for printed in [format!("{secret}\n"), secret.to_owned()] {
+                let line = base64::engine::general_purpose::STANDARD.encode(&printed);
+                assert_eq!(short.apply(&line), MASK, "{printed:?} as {line}");
+            }
+        }
         assert_eq!(masks.apply("a plain line with base64 words"), "a plain line with base64 words");
     }
 

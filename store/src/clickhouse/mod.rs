@@ -15,6 +15,7 @@ mod dedup;
 mod deferred;
 mod fence;
 mod identities;
+mod mutations;
 mod props;
 mod read;
 mod schema;
@@ -176,6 +177,8 @@ pub struct ClickHouseStore {
     /// write waits for inserts older than this (`fence.rs`), then looks up
     /// every key, the filter aside.
     fence: Mutex<Option<Instant>>,
+    /// Where deletes run: the tables, or each shard's on a cluster.
+    mutations: mutations::Mutations,
 }
 
 impl ClickHouseStore {
@@ -193,7 +196,8 @@ impl ClickHouseStore {
         block(&runtime, fence::wait_for_older_inserts(&client, &endpoint.database, opened))?;
         let keys = dedup::ClickHouseKeys { client: &client, runtime: &runtime, window: options.dedup_window };
         let seen = SeenKeys::load(&keys, MIN_CAPACITY)?;
-        tracing::info!(server = %version, database = %endpoint.database, "ClickHouse event store ready");
+        let mutations = block(&runtime, mutations::Mutations::of(&client))?;
+        tracing::info!(server = %version, database = %endpoint.database, ?mutations, "ClickHouse event store ready");
         Ok(ClickHouseStore {
             client,
             runtime: Some(runtime),
@@ -201,6 +205,7 @@ impl ClickHouseStore {
             options: options.clone(),
             database: endpoint.database,
             fence: Mutex::new(None),
+            mutations,
         })
     }
 
@@ -448,7 +453,7 @@ impl EventStore for ClickHouseStore {
     }
 
     fn delete_person(&self, project_id: i64, user_id: &str) -> Result<u64, StoreError> {
-        self.block(write::delete_person(&self.client, project_id, user_id))
+        self.block(write::delete_person(&self.client, &self.mutations, &self.database, project_id, user_id))
     }
 
     fn dialect(&self) -> Dialect {
@@ -470,7 +475,7 @@ impl EventStore for ClickHouseStore {
     }
 
     fn drop_cohort_versions(&self, project_id: i64, cohort_id: i64, below: i64) -> Result<(), StoreError> {
-        self.block(write::drop_cohort_versions(&self.client, project_id, cohort_id, below))
+        self.block(write::drop_cohort_versions(&self.client, &self.mutations, project_id, cohort_id, below))
     }
 
     fn people_revision(&self, project_id: i64) -> Result<u64, StoreError> {

@@ -2,6 +2,7 @@
 //! carrying their merged traits (the table keeps the newest per person).
 
 use super::identities;
+use super::mutations::Mutations;
 use crate::StoreError;
 use chrono::Datelike;
 use clickhouse::Row;
@@ -348,12 +349,14 @@ pub async fn cohort(
 /// they read, so rows waiting to be deleted are never counted.
 pub async fn drop_cohort_versions(
     client: &clickhouse::Client,
+    mutations: &Mutations,
     project_id: i64,
     cohort_id: i64,
     below: i64,
 ) -> Result<(), StoreError> {
+    let alter = mutations.alter("cohort_members");
     client
-        .query("ALTER TABLE cohort_members DELETE WHERE project_id = ? AND cohort_id = ? AND version < ?")
+        .query(&format!("{alter} DELETE WHERE project_id = ? AND cohort_id = ? AND version < ?"))
         .bind(project_id)
         .bind(cohort_id)
         .bind(below)
@@ -371,7 +374,13 @@ const ID_SET: &str = "(SELECT arrayJoin(CAST(? AS Array(String))))";
 /// Deletes a person's rows with `ALTER TABLE ... DELETE` mutations (every
 /// server version has them) and waits until they are done, so the person is
 /// gone from every answer when this returns.
-pub async fn delete_person(client: &clickhouse::Client, project_id: i64, user_id: &str) -> Result<u64, StoreError> {
+pub async fn delete_person(
+    client: &clickhouse::Client,
+    mutations: &Mutations,
+    database: &str,
+    project_id: i64,
+    user_id: &str,
+) -> Result<u64, StoreError> {
     // The anonymous ids whose first link is to this person: an id linked to
     // someone else first is that one's, with its events.
     let anonymous_ids: Vec<String> = client
@@ -414,7 +423,7 @@ pub async fn delete_person(client: &clickhouse::Client, project_id: i64, user_id
         .fetch_one()
         .await?;
     client
-        .query(&format!("ALTER TABLE events DELETE WHERE {condition}"))
+        .query(&format!("{} DELETE WHERE {condition}", mutations.alter("events")))
         .bind(project_id)
         .bind(&anonymous_ids)
         .execute()
@@ -425,7 +434,10 @@ pub async fn delete_person(client: &clickhouse::Client, project_id: i64, user_id
     // people linked to them (an anonymous visitor given traits).
     for (table, id) in [("identities", "anonymous_id"), ("cohort_members", "user_id"), ("users", "user_id")] {
         client
-            .query(&format!("ALTER TABLE {table} DELETE WHERE project_id = ? AND (user_id = ? OR {id} IN {ID_SET})"))
+            .query(&format!(
+                "{} DELETE WHERE project_id = ? AND (user_id = ? OR {id} IN {ID_SET})",
+                mutations.alter(table)
+            ))
             .bind(project_id)
             .bind(user_id)
             .bind(&anonymous_ids)
@@ -434,11 +446,7 @@ pub async fn delete_person(client: &clickhouse::Client, project_id: i64, user_id
     }
     let started = std::time::Instant::now();
     loop {
-        let pending: u64 = client
-            .query("SELECT count() FROM system.mutations WHERE database = currentDatabase() AND is_done = 0")
-            .fetch_one()
-            .await?;
-        if pending == 0 {
+        if mutations.pending(client, database).await? == 0 {
             return Ok(events);
         }
         if started.elapsed() > MUTATION_DEADLINE {
