@@ -445,13 +445,10 @@ async fn a_start_that_would_leave_acknowledged_events_behind_in_the_last_log_is_
     let data = s.stop().await;
     let last_log = data.path().join("log");
     let elsewhere = tempfile::tempdir().unwrap();
-    let changes: [(&str, Box<dyn Fn(&mut Config)>); 2] = [
-        ("another log directory", Box::new(|c| c.log_dir = elsewhere.path().join("log"))),
-        ("the log off", Box::new(|c| c.collector.log = false)),
-    ];
-    for (what, change) in changes {
-        let mut config = Config::for_tests(data.path());
-        change(&mut config);
+    let on_another_log = Config { log_dir: elsewhere.path().join("log"), ..Config::for_tests(data.path()) };
+    let mut with_the_log_off = Config::for_tests(data.path());
+    with_the_log_off.collector.log = false;
+    for (what, config) in [("another log directory", on_another_log), ("the log off", with_the_log_off)] {
         let refused = App::build(config, Role::Server).await.err().unwrap_or_else(|| panic!("{what}: started"));
         let text = format!("{refused:#}");
         assert!(text.contains("still holds") && text.contains(&last_log.display().to_string()), "{what}: {text}");
