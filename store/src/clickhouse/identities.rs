@@ -37,6 +37,20 @@ struct IdentityRow<'a> {
     linked_at_ms: i64,
 }
 
+/// Links read a bounded chunk of `ids` at a time, by `query` of a chunk,
+/// each row an id, the user its first link names, and when.
+async fn links_by_chunks(
+    ids: &[&str],
+    query: impl Fn(&[&str]) -> clickhouse::query::Query,
+) -> Result<HashMap<String, (String, i64)>, StoreError> {
+    let mut links = HashMap::new();
+    for chunk in bounded_chunks(ids) {
+        let found: Vec<(String, String, i64)> = query(chunk).fetch_all().await?;
+        links.extend(found.into_iter().map(|(id, to, at)| (id, (to, at))));
+    }
+    Ok(links)
+}
+
 /// The first link stored of each of `ids`: the user it names, and when.
 /// An id linked to itself (a loop a repair undid) names itself.
 async fn first_links_of(
@@ -44,20 +58,16 @@ async fn first_links_of(
     project_id: i64,
     ids: &[&str],
 ) -> Result<HashMap<String, (String, i64)>, StoreError> {
-    let mut links = HashMap::new();
-    for chunk in bounded_chunks(ids) {
-        let found: Vec<(String, String, i64)> = client
+    links_by_chunks(ids, |chunk| {
+        client
             .query(
                 "SELECT anonymous_id, argMin(user_id, linked_at_ms), min(linked_at_ms) FROM identities
                  WHERE project_id = ? AND has(?, anonymous_id) GROUP BY anonymous_id",
             )
             .bind(project_id)
             .bind(chunk)
-            .fetch_all()
-            .await?;
-        links.extend(found.into_iter().map(|(id, to, at)| (id, (to, at))));
-    }
-    Ok(links)
+    })
+    .await
 }
 
 /// The first link stored of each of `ids`: the user it names.
@@ -77,9 +87,8 @@ async fn links_to(
     project_id: i64,
     ids: &[&str],
 ) -> Result<HashMap<String, (String, i64)>, StoreError> {
-    let mut links = HashMap::new();
-    for chunk in bounded_chunks(ids) {
-        let found: Vec<(String, String, i64)> = client
+    links_by_chunks(ids, |chunk| {
+        client
             .query(
                 "SELECT anonymous_id, argMin(user_id, linked_at_ms), min(linked_at_ms) FROM identities
                  WHERE project_id = ? AND anonymous_id IN
@@ -90,11 +99,8 @@ async fn links_to(
             .bind(project_id)
             .bind(chunk)
             .bind(chunk)
-            .fetch_all()
-            .await?;
-        links.extend(found.into_iter().map(|(id, to, at)| (id, (to, at))));
-    }
-    Ok(links)
+    })
+    .await
 }
 
 async fn insert(client: &clickhouse::Client, rows: &[IdentityRow<'_>]) -> Result<(), StoreError> {
