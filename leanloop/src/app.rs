@@ -97,7 +97,7 @@ impl App {
         }
         // A server owns its data directory; collectors may share one, each
         // with a log of its own.
-        let last_log = if role == Role::Server { Some(LastLog::check(&config)?) } else { None };
+        let last_log = if role == Role::Server { Some(crate::last_log::LastLog::check(&config)?) } else { None };
         let control = Arc::new(open_control(&config.data_dir.join("control.sqlite"))?);
         let default_project = match (role, control.projects()?.into_iter().next()) {
             (_, Some(project)) => Some(project),
@@ -229,60 +229,6 @@ impl App {
 /// Creates the data directory, readable by its owner only: it holds the
 /// projects' keys, pipeline secrets and the events. One that exists keeps
 /// its mode, with a warning when others may read it.
-/// The log directory this data directory's server last used, recorded in
-/// it (`log-dir`): events acknowledged into that log and not
-/// yet stored would be hidden by a start on another log directory, or with
-/// the log off, so such a start is refused until they are delivered.
-struct LastLog(std::path::PathBuf);
-
-impl LastLog {
-    const FILE: &'static str = "log-dir";
-
-    fn check(config: &crate::Config) -> Result<LastLog> {
-        let marker = config.data_dir.join(Self::FILE);
-        // Before the marker existed, the log was where the default puts it.
-        let last = match std::fs::read_to_string(&marker) {
-            Ok(text) => std::path::PathBuf::from(text.trim_end_matches('\n')),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => config.data_dir.join("log"),
-            Err(e) => return Err(e).with_context(|| format!("reading {}", marker.display())),
-        };
-        let same = |a: &std::path::Path, b: &std::path::Path| match (a.canonicalize(), b.canonicalize()) {
-            (Ok(a), Ok(b)) => a == b,
-            _ => a == b,
-        };
-        if !config.collector.log || !same(&last, &config.log_dir) {
-            let held = leanloop_collector::undelivered(&last).with_context(|| {
-                format!("reading the write-ahead log this data directory last used, {}", last.display())
-            })?;
-            if held > 0 {
-                let now = if config.collector.log {
-                    format!("the log directory is now {}", config.log_dir.display())
-                } else {
-                    "the log is now off (`collector.log = false`)".to_owned()
-                };
-                anyhow::bail!(
-                    "the write-ahead log this data directory last used, {}, still holds {held} bytes of \
-                     acknowledged events not yet stored, and {now}: start once with `--log-dir {}` (and the log \
-                     on) so they are stored, then change it",
-                    last.display(),
-                    last.display()
-                );
-            }
-        }
-        Ok(LastLog(marker))
-    }
-
-    /// Records the log directory in use, once it is.
-    fn record(self, config: &crate::Config) -> Result<()> {
-        let dir = if config.collector.log { config.log_dir.clone() } else { std::path::PathBuf::new() };
-        let dir = dir.canonicalize().unwrap_or(dir);
-        let tmp = self.0.with_extension("tmp");
-        std::fs::write(&tmp, format!("{}\n", dir.display()))
-            .and_then(|()| std::fs::rename(&tmp, &self.0))
-            .with_context(|| format!("recording the log directory in {}", self.0.display()))
-    }
-}
-
 pub fn create_data_dir(dir: &std::path::Path) -> std::io::Result<()> {
     create_private_dir(dir, "the data directory is open to other users, and holds keys and secrets")
 }

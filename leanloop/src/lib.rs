@@ -10,6 +10,7 @@ pub mod bench;
 pub mod cohorts_api;
 pub mod config;
 pub mod connections;
+pub mod last_log;
 pub mod openapi;
 mod openapi_ingest;
 pub mod ops;

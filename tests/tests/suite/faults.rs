@@ -455,5 +455,9 @@ async fn a_start_that_would_leave_acknowledged_events_behind_in_the_last_log_is_
     }
     let s = TestServer::start_in(data, |_| {}).await;
     assert_eq!(s.count(&[("name", "kept")]).await, 1);
+    // Delivered, the last log holds nothing: another one is taken.
+    let data = s.stop().await;
+    let s = TestServer::start_in(data, |c| c.log_dir = elsewhere.path().join("log")).await;
+    assert_eq!(s.count(&[("name", "kept")]).await, 1);
     s.stop().await;
 }
