@@ -122,3 +122,35 @@ impl Classify for IngestError {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_reason_is_a_label_the_counters_start_with() {
+        let text = || String::from("x");
+        let every = [
+            IngestError::BadJson(text()),
+            IngestError::field("event", "missing"),
+            IngestError::MissingKey,
+            IngestError::UnknownKey,
+            IngestError::SecretKeyUsed("read"),
+            IngestError::BodyCut(text()),
+            IngestError::BodyTooLarge { limit: 1 },
+            IngestError::InflatedTooLarge { limit: 1 },
+            IngestError::EventTooLarge { limit: 1 },
+            IngestError::LogRecordTooLarge { size: 2, limit: 1 },
+            IngestError::BatchTooLarge { count: 2, limit: 1 },
+            IngestError::BatchExpandsTooLarge { size: 2, limit: 1 },
+            IngestError::BodiesBusy,
+            IngestError::QueueFull { retry_after_secs: 1 },
+            IngestError::LogUnavailable(text()),
+            IngestError::ShuttingDown,
+            IngestError::Control(leanloop_control::ControlError::NoSuchProject(1)),
+        ];
+        for e in &every {
+            assert!(REJECTION_REASONS.contains(&e.reason()), "{} is not in REJECTION_REASONS", e.reason());
+        }
+    }
+}
