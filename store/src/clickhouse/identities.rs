@@ -178,8 +178,9 @@ enum Walk {
 
 fn walk(first: &HashMap<String, (String, i64)>, start: &str) -> Walk {
     let mut path = vec![start.to_owned()];
-    while let Some((to, _)) = first.get(path.last().expect("a walk has a start")) {
-        if to == path.last().expect("a walk has a start") || path.len() > REPAIR_HOPS {
+    // Until an id linked to no one, or to itself.
+    while let Some((to, _)) = first.get(&path[path.len() - 1]).filter(|(to, _)| *to != path[path.len() - 1]) {
+        if path.len() > REPAIR_HOPS {
             break;
         }
         if let Some(at) = path.iter().position(|id| id == to) {

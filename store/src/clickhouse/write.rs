@@ -178,7 +178,7 @@ impl<'c> Inserts<'c> {
 
 /// Bytes of ids in one look-up query: a query's text is capped (256 KB on
 /// older servers), and one id may be long.
-pub(super) const IDS_BYTES_PER_QUERY: usize = 64 * 1024;
+const IDS_BYTES_PER_QUERY: usize = 64 * 1024;
 
 /// `ids` in runs whose total length stays under [`IDS_BYTES_PER_QUERY`].
 pub(super) fn bounded_chunks<'a>(ids: &'a [&'a str]) -> Vec<&'a [&'a str]> {
