@@ -121,9 +121,10 @@ impl Questions {
 /// `asker.rs`) rather than keep the cores busy for no one.
 ///
 /// The questions answered at once share the store's memory (DuckDB's limit
-/// is one pool): one refused for want of memory while others ran is asked
-/// again alone, so a dashboard's panels asked together are answered as
-/// each would be on its own. Refused alone, it is a 503.
+/// is one pool, ClickHouse's user and server limits): one refused for want
+/// of shared memory while others ran is asked again alone, so a
+/// dashboard's panels asked together are answered as each would be on its
+/// own. Refused alone, or by a limit of its own, it is a 503.
 pub(crate) async fn blocking<T: Send + 'static>(
     questions: Questions,
     f: impl Fn() -> Result<T, AnalyticsError> + Send + 'static,
@@ -135,7 +136,9 @@ pub(crate) async fn blocking<T: Send + 'static>(
     let (answer, f) = off_runtime(room, f).await?;
     let others_came = questions.entered.load(SeqCst) != entered;
     let answer = match answer {
-        Err(AnalyticsError::Store(leanloop_store::StoreError::QueryMemory(_))) if others_running || others_came => {
+        Err(AnalyticsError::Store(leanloop_store::StoreError::QueryMemory { shared: true, .. }))
+            if others_running || others_came =>
+        {
             let alone = questions.enter(questions.most).await?;
             off_runtime(alone, f).await?.0
         }
@@ -404,14 +407,16 @@ mod tests {
     }
 
     /// A question the store refuses for want of memory while another runs
-    /// is asked again once it is alone; one refused alone is answered 503.
+    /// is asked again once it is alone; one refused alone, or by a limit of
+    /// its own (ClickHouse's per-query one), is answered 503.
     #[tokio::test(flavor = "multi_thread")]
     async fn a_question_refused_for_memory_among_others_is_asked_again_alone() {
         use leanloop_store::StoreError;
         use std::sync::atomic::{AtomicUsize, Ordering};
         use std::sync::Arc;
         let questions = Questions::new(MAX_QUESTIONS);
-        let memory = || AnalyticsError::Store(StoreError::QueryMemory("DuckDB memory limit 256MB".into()));
+        let limit = |shared| StoreError::QueryMemory { limit: "a memory limit".into(), shared };
+        let memory = move || AnalyticsError::Store(limit(true));
         // Another question, running until told to end.
         let (end, ending) = std::sync::mpsc::channel::<()>();
         let ending = std::sync::Mutex::new(ending);
@@ -446,6 +451,28 @@ mod tests {
         // Alone from the start: refused once, a 503.
         let refused = blocking(questions.clone(), move || Err::<(), _>(memory())).await.unwrap_err();
         assert_eq!(refused.status.as_u16(), 503, "{}", refused.message);
+        // Its own limit refuses it alone too: not asked again, not waiting
+        // for the others.
+        let (end, ending) = std::sync::mpsc::channel::<()>();
+        let ending = std::sync::Mutex::new(ending);
+        let other = tokio::spawn(blocking(questions.clone(), move || {
+            let _ = ending.lock().unwrap().recv();
+            Ok(())
+        }));
+        while questions.room.available_permits() == MAX_QUESTIONS {
+            tokio::task::yield_now().await;
+        }
+        let asked = Arc::new(AtomicUsize::new(0));
+        let counted = asked.clone();
+        let refused = blocking(questions.clone(), move || {
+            counted.fetch_add(1, Ordering::SeqCst);
+            Err::<(), _>(AnalyticsError::Store(limit(false)))
+        })
+        .await
+        .unwrap_err();
+        assert_eq!((refused.status.as_u16(), asked.load(Ordering::SeqCst)), (503, 1), "{}", refused.message);
+        end.send(()).unwrap();
+        other.await.unwrap().unwrap();
     }
 
     #[tokio::test(flavor = "multi_thread")]

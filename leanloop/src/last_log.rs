@@ -50,8 +50,16 @@ impl LastLog {
         let dir = if config.collector.log { config.log_dir.clone() } else { std::path::PathBuf::new() };
         let dir = dir.canonicalize().unwrap_or(dir);
         let tmp = self.0.with_extension("tmp");
-        std::fs::write(&tmp, format!("{}\n", dir.display()))
-            .and_then(|()| std::fs::rename(&tmp, &self.0))
-            .with_context(|| format!("recording the log directory in {}", self.0.display()))
+        // Synced before and after the rename: a record lost or left empty
+        // by a power cut would let the next start on another directory
+        // pass with the old log still holding events.
+        let write = || -> std::io::Result<()> {
+            let mut file = std::fs::File::create(&tmp)?;
+            std::io::Write::write_all(&mut file, format!("{}\n", dir.display()).as_bytes())?;
+            file.sync_data()?;
+            std::fs::rename(&tmp, &self.0)?;
+            std::fs::File::open(&config.data_dir)?.sync_all()
+        };
+        write().with_context(|| format!("recording the log directory in {}", self.0.display()))
     }
 }

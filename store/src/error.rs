@@ -25,9 +25,11 @@ pub enum StoreError {
     /// The read was stopped, or not started, as its asker had gone.
     #[error("the question was abandoned: its request ended before the answer")]
     Abandoned,
-    /// A query needed more memory than the store may use; names the limit.
-    #[error("the query needs more memory than the event store may use ({0}); narrow its date range or filters, or raise the limit")]
-    QueryMemory(String),
+    /// A query needed more memory than the store may use; names the limit,
+    /// and whether other queries share it (then the same query asked alone
+    /// may pass).
+    #[error("the query needs more memory than the event store may use ({limit}); narrow its date range or filters, or raise the limit")]
+    QueryMemory { limit: String, shared: bool },
 }
 
 impl StoreError {
@@ -63,17 +65,25 @@ impl StoreError {
     /// (a narrower query, a larger limit) instead of an internal error.
     pub(crate) fn or_query_memory(self, limit: &str) -> StoreError {
         let detail = self.to_string();
-        let exhausted = match &self {
-            StoreError::DuckDb(_) => detail.contains("Out of Memory Error"),
-            // Code 241 is MEMORY_LIMIT_EXCEEDED on every server version.
-            StoreError::ClickHouse(_) => clickhouse_code(&detail) == Some(241),
-            _ => false,
+        let (limit, shared) = match &self {
+            // DuckDB's limit is one pool for every query.
+            StoreError::DuckDb(_) if detail.contains("Out of Memory Error") => (limit.to_owned(), true),
+            // Code 241 is MEMORY_LIMIT_EXCEEDED on every server version. A
+            // query's own limit is its alone; the user's and the server's
+            // are shared with the queries running beside it.
+            StoreError::ClickHouse(_) if clickhouse_code(&detail) == Some(241) => {
+                if detail.contains("(for user)") {
+                    ("ClickHouse's max_memory_usage_for_user".to_owned(), true)
+                } else if detail.contains("(total)") {
+                    ("ClickHouse's server memory".to_owned(), true)
+                } else {
+                    (limit.to_owned(), false)
+                }
+            }
+            _ => return self,
         };
-        if !exhausted {
-            return self;
-        }
         tracing::warn!(error = %detail, "query refused for want of memory");
-        StoreError::QueryMemory(limit.to_owned())
+        StoreError::QueryMemory { limit, shared }
     }
 }
 
@@ -81,7 +91,7 @@ impl Classify for StoreError {
     fn class(&self) -> ErrorClass {
         match self {
             // Memory is shared with the queries running meanwhile.
-            StoreError::QueryMemory(_) => ErrorClass::Unavailable { retry_after_secs: 5 },
+            StoreError::QueryMemory { .. } => ErrorClass::Unavailable { retry_after_secs: 5 },
             // No one waits for this answer; never logged as a failure.
             StoreError::Abandoned => ErrorClass::Unavailable { retry_after_secs: 1 },
             // Outages end: the asker may try again, not report a bug. A
@@ -121,12 +131,22 @@ mod tests {
             "Code: 241, e.displayText() = DB::Exception: Memory limit (for query) exceeded".into(),
         );
         let e = StoreError::from(refused).or_query_memory("ClickHouse's max_memory_usage");
-        assert!(matches!(&e, StoreError::QueryMemory(limit) if limit == "ClickHouse's max_memory_usage"));
+        assert!(
+            matches!(&e, StoreError::QueryMemory { limit, shared: false } if limit == "ClickHouse's max_memory_usage")
+        );
         assert_eq!(e.class(), ErrorClass::Unavailable { retry_after_secs: 5 });
         let other = StoreError::from(clickhouse::error::Error::BadResponse("Code: 62, syntax error".into()));
         assert_eq!(other.or_query_memory("x").class(), ErrorClass::Internal);
         let near = StoreError::from(clickhouse::error::Error::BadResponse("Code: 2410, something else".into()));
         assert_eq!(near.or_query_memory("x").class(), ErrorClass::Internal);
+        let total = clickhouse::error::Error::BadResponse(
+            "Code: 241. DB::Exception: Memory limit (total) exceeded: would use 9.31 GiB".into(),
+        );
+        let e = StoreError::from(total).or_query_memory("ClickHouse's max_memory_usage");
+        assert!(matches!(&e, StoreError::QueryMemory { limit, shared: true } if limit == "ClickHouse's server memory"));
+        let user = clickhouse::error::Error::BadResponse("Code: 241, Memory limit (for user) exceeded".into());
+        let e = StoreError::from(user).or_query_memory("ClickHouse's max_memory_usage");
+        assert!(matches!(e, StoreError::QueryMemory { shared: true, .. }));
     }
 
     #[test]

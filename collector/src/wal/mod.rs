@@ -280,9 +280,40 @@ pub fn undelivered(dir: &Path) -> std::io::Result<u64> {
     let first = *found.keys().next().expect("at least one segment");
     let acked = segments::read_acked(dir)?.unwrap_or(first).max(first);
     let file = File::open(last_path)?;
-    let from = acked.saturating_sub(last).min(file.metadata()?.len());
-    let end = last + segments::valid_len(&file, last, from)?;
+    let file_len = file.metadata()?.len();
+    let from = acked.saturating_sub(last).min(file_len);
+    let end = last + kept_len(&file, last_path, last, from, file_len)?;
     Ok(end.saturating_sub(acked))
+}
+
+/// How much of the last segment (`file`, at `last`) the log keeps, scanning
+/// from `from`: its whole records, and damage followed by whole records,
+/// which delivery sets aside when it meets them. Zeros to the end are the
+/// rest of a segment filled ahead; anything else after the last whole
+/// record is one a crash tore, what a reused segment held before, or
+/// damage to the log's end.
+fn kept_len(file: &File, path: &Path, last: u64, from: u64, file_len: u64) -> std::io::Result<u64> {
+    let mut len = segments::valid_len(file, last, from)?;
+    while len < file_len {
+        let search_from = match segments::zeros_at(file, len)? {
+            // A record's first bytes are its length, little-endian and not
+            // zero: one of its first four bytes is the first that is not.
+            true => match segments::next_nonzero(file, len, file_len)? {
+                Some(at) => at.saturating_sub(3).max(len + 1),
+                None => break,
+            },
+            false => len + 1,
+        };
+        let Some(next) = segments::next_whole_record(file, last, search_from, file_len)? else { break };
+        tracing::error!(
+            segment = %path.display(),
+            damaged = len,
+            resumes = next,
+            "the log holds damaged bytes followed by whole records; delivery will set them aside"
+        );
+        len = segments::valid_len(file, last, next)?;
+    }
+    Ok(len)
 }
 
 /// Finds the segments, cuts a torn tail off the last one (keeping whole
@@ -309,31 +340,7 @@ fn recover(dir: &Path) -> std::io::Result<(File, u64, u64, u64, BTreeSet<u64>)> 
     let file = OpenOptions::new().read(true).write(true).open(last_path)?;
     let file_len = file.metadata()?.len();
     let scan_from = acked.saturating_sub(last).min(file_len);
-    let mut len = segments::valid_len(&file, last, scan_from)?;
-    // Zeros to the end are the rest of a segment filled ahead. Anything
-    // else is a record a crash tore, what a reused segment held before, or
-    // damage (zeroed blocks among them) with whole records after it, which
-    // the log keeps: delivery sets the damaged bytes aside when it meets
-    // them.
-    while len < file_len {
-        let search_from = match segments::zeros_at(&file, len)? {
-            // A record's first bytes are its length, little-endian and not
-            // zero: one of its first four bytes is the first that is not.
-            true => match segments::next_nonzero(&file, len, file_len)? {
-                Some(at) => at.saturating_sub(3).max(len + 1),
-                None => break,
-            },
-            false => len + 1,
-        };
-        let Some(next) = segments::next_whole_record(&file, last, search_from, file_len)? else { break };
-        tracing::error!(
-            segment = %last_path.display(),
-            damaged = len,
-            resumes = next,
-            "the log holds damaged bytes followed by whole records; delivery will set them aside"
-        );
-        len = segments::valid_len(&file, last, next)?;
-    }
+    let len = kept_len(&file, last_path, last, scan_from, file_len)?;
     if len < file_len {
         // A warning: a record a crash tore was never acknowledged, but
         // damage to the log's end looks the same and loses what it held.
@@ -442,6 +449,10 @@ mod tests {
                     }
                 }
             });
+            // What a start on another log directory is refused over counts
+            // the records after the damage too.
+            let total = written.iter().map(Vec::len).sum::<usize>() as u64;
+            assert_eq!(undelivered(&options.dir).unwrap(), total, "{case}");
             let wal = Wal::open(options.clone(), store.clone()).unwrap();
             assert_eq!(wal.drain(Duration::from_secs(60)), 0, "{case}");
             assert_eq!(wal.shared.lock().failed, None, "{case}");
@@ -577,7 +588,10 @@ mod tests {
     #[test]
     fn a_segment_that_cannot_be_opened_for_a_while_is_read_again() {
         let dir = tempfile::tempdir().unwrap();
-        let (store, options) = duckdb_log(dir.path(), 1 << 20);
+        // No disk has room for a spare segment this large: the first append
+        // would otherwise roll onto a spare ready by then, under the name
+        // of the file moved away, and find nothing missing.
+        let (store, options) = duckdb_log(dir.path(), 1 << 50);
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         let wal = Wal::open(options.clone(), store.clone()).unwrap();
         let segment = segments::segment_path(&options.dir, 0);

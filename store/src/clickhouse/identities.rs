@@ -130,11 +130,11 @@ pub(super) async fn links(
     let mut target: HashMap<(i64, &str), String> = HashMap::new();
     // New links that would make a loop, not made.
     let mut looping: HashSet<(i64, &str)> = HashSet::new();
-    let mut linked: HashMap<i64, Vec<&str>> = HashMap::new();
+    let mut new_froms: HashMap<i64, Vec<&str>> = HashMap::new();
     for &(project_id, from, _) in new_links {
-        linked.entry(project_id).or_default().push(from);
+        new_froms.entry(project_id).or_default().push(from);
     }
-    for (&project_id, froms) in &linked {
+    for (&project_id, froms) in &new_froms {
         let new: Vec<(&str, &str)> =
             new_links.iter().filter(|(p, ..)| *p == project_id).map(|&(_, from, to)| (from, to)).collect();
         for (from, end) in crate::links::resolve(&new, &stored_links[&project_id]) {
@@ -162,7 +162,19 @@ pub(super) async fn links(
         })
         .collect();
     insert(client, &rows).await?;
-    for (project_id, froms) in linked {
+    // Every id the batch links, not only the new ones: a write whose links
+    // were stored but whose repair failed (a lost connection, a crash)
+    // comes again with them stored, and its chains are still to be set
+    // right.
+    let mut linked: HashMap<i64, Vec<&str>> = HashMap::new();
+    for u in updates {
+        if let Some(from) = u.anonymous_id.as_deref().filter(|from| *from != u.user_id) {
+            linked.entry(u.project_id).or_default().push(from);
+        }
+    }
+    for (project_id, mut froms) in linked {
+        froms.sort_unstable();
+        froms.dedup();
         repair(client, project_id, &froms).await?;
     }
     Ok(())
@@ -202,9 +214,43 @@ fn walk(first: &HashMap<String, (String, i64)>, start: &str) -> Walk {
 ///   to itself, which readers take as no link.
 ///
 /// Both writers repair once their rows are stored, so the later sees both
-/// writes, and both reach the same answer from the stored links. Rows are
-/// dated just before their id's first link, so that they count as it.
+/// writes. A repair's own rows may land after the other writer's repair
+/// read the links (each then set right a chain the other moved on), so a
+/// repair that wrote rows repairs again through the ids it wrote, until it
+/// writes none: whoever writes last reads last. Rows are dated just before
+/// their id's first link, so that they count as it.
 async fn repair(client: &clickhouse::Client, project_id: i64, linked: &[&str]) -> Result<(), StoreError> {
+    let mut linked: Vec<String> = linked.iter().map(|id| (*id).to_owned()).collect();
+    for _ in 0..REPAIR_HOPS {
+        let ids: Vec<&str> = linked.iter().map(String::as_str).collect();
+        let rows = repairs(client, project_id, &ids).await?;
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let rows: Vec<IdentityRow> = rows
+            .iter()
+            .map(|(anonymous_id, user_id, linked_at_ms)| IdentityRow {
+                project_id,
+                anonymous_id,
+                user_id,
+                linked_at_ms: *linked_at_ms,
+            })
+            .collect();
+        insert(client, &rows).await?;
+        linked = rows.iter().map(|row| row.anonymous_id.to_owned()).collect();
+        linked.sort_unstable();
+        linked.dedup();
+    }
+    Ok(())
+}
+
+/// The rows that set right the chains through `linked` as stored now: each
+/// an id, the id it is to name, and when (see [`repair`]).
+async fn repairs(
+    client: &clickhouse::Client,
+    project_id: i64,
+    linked: &[&str],
+) -> Result<Vec<(String, String, i64)>, StoreError> {
     let mut first = links_to(client, project_id, linked).await?;
     let starts: Vec<String> = linked.iter().map(|id| (*id).to_owned()).chain(first.keys().cloned()).collect();
     // The first links of every id the walks may pass, a hop at a time.
@@ -242,14 +288,5 @@ async fn repair(client: &clickhouse::Client, project_id: i64, linked: &[&str]) -
             }
         }
     }
-    let rows: Vec<IdentityRow> = rows
-        .iter()
-        .map(|(anonymous_id, user_id, linked_at_ms)| IdentityRow {
-            project_id,
-            anonymous_id,
-            user_id,
-            linked_at_ms: *linked_at_ms,
-        })
-        .collect();
-    insert(client, &rows).await
+    Ok(rows)
 }

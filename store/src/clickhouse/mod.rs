@@ -196,7 +196,8 @@ impl ClickHouseStore {
         block(&runtime, fence::wait_for_older_inserts(&client, &endpoint.database, opened))?;
         let keys = dedup::ClickHouseKeys { client: &client, runtime: &runtime, window: options.dedup_window };
         let seen = SeenKeys::load(&keys, MIN_CAPACITY)?;
-        let mutations = block(&runtime, mutations::Mutations::of(&client))?;
+        let mutations =
+            block(&runtime, mutations::Mutations::of(&client, endpoint.user.as_deref(), endpoint.password.as_deref()))?;
         tracing::info!(server = %version, database = %endpoint.database, ?mutations, "ClickHouse event store ready");
         Ok(ClickHouseStore {
             client,

@@ -4,58 +4,158 @@
 //! every shard's `*_local` table `ON CLUSTER`, and its end is awaited on
 //! every server of the cluster.
 
+use super::write::bounded_chunks;
 use crate::StoreError;
+use clickhouse::query::Query;
 
 /// Where the database's mutations run.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Clone, PartialEq)]
 pub enum Mutations {
     /// On the tables themselves.
     Local,
-    /// On each shard's `*_local` tables: the cluster's name, and its
-    /// servers as `remote()` names them (`host:port,…`).
-    Cluster { name: String, servers: String },
+    /// On each shard's `*_local` tables.
+    Cluster(Cluster),
+}
+
+#[derive(Clone, PartialEq)]
+pub struct Cluster {
+    name: String,
+    database: String,
+    /// Its servers as `remote()` names them (`host:port,…`).
+    servers: String,
+    /// The store's own user and password, which `remote()` is given: it
+    /// would connect as `default` with no password.
+    user: String,
+    password: String,
+}
+
+/// The password left out.
+impl std::fmt::Debug for Mutations {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Mutations::Local => f.write_str("Local"),
+            Mutations::Cluster(c) => f
+                .debug_struct("Cluster")
+                .field("name", &c.name)
+                .field("servers", &c.servers)
+                .field("user", &c.user)
+                .finish_non_exhaustive(),
+        }
+    }
 }
 
 impl Mutations {
     /// How the connected database is laid out: a cluster's when its
-    /// `events` table is Distributed.
-    pub async fn of(client: &clickhouse::Client) -> Result<Mutations, StoreError> {
-        let engines: Vec<String> = client
+    /// `events` table is Distributed. `user` and `password` are the store's.
+    pub async fn of(
+        client: &clickhouse::Client,
+        user: Option<&str>,
+        password: Option<&str>,
+    ) -> Result<Mutations, StoreError> {
+        let engines: Vec<(String, String)> = client
             .query(
-                "SELECT engine_full FROM system.tables
+                "SELECT database, engine_full FROM system.tables
                  WHERE database = currentDatabase() AND name = 'events' AND engine = 'Distributed'",
             )
             .fetch_all()
             .await?;
-        let Some(engine) = engines.first() else { return Ok(Mutations::Local) };
-        let name = cluster_of(engine)
+        let Some((database, engine)) = engines.into_iter().next() else { return Ok(Mutations::Local) };
+        let name = cluster_of(&engine)
             .ok_or_else(|| StoreError::Config(format!("cannot read the cluster of the events table: {engine}")))?;
         let servers: Vec<(String, u16)> = client
             .query("SELECT host_address, port FROM system.clusters WHERE cluster = ?")
             .bind(&name)
             .fetch_all()
             .await?;
-        let servers: Vec<String> = servers.into_iter().map(|(host, port)| format!("{host}:{port}")).collect();
-        Ok(Mutations::Cluster { name, servers: servers.join(",") })
+        let servers: Vec<String> = servers.iter().map(|(host, port)| server_address(host, *port)).collect();
+        Ok(Mutations::Cluster(Cluster {
+            name,
+            database,
+            servers: servers.join(","),
+            user: user.unwrap_or("default").to_owned(),
+            password: password.unwrap_or_default().to_owned(),
+        }))
     }
 
     /// The start of a statement altering `table`.
     pub fn alter(&self, table: &str) -> String {
         match self {
             Mutations::Local => format!("ALTER TABLE {table}"),
-            Mutations::Cluster { name, .. } => format!("ALTER TABLE {table}_local ON CLUSTER {name}"),
+            // Named with its database: a server's `default_database` would
+            // otherwise decide where the statement runs.
+            Mutations::Cluster(c) => format!("ALTER TABLE {}.{table}_local ON CLUSTER {}", c.database, c.name),
+        }
+    }
+
+    /// `ids` as the sets a delete's condition takes, each to be bound to
+    /// the statement it is written into (see [`IdSet`]).
+    pub fn id_sets<'a>(&self, ids: &'a [&'a str]) -> Vec<IdSet<'a>> {
+        match self {
+            Mutations::Local => vec![IdSet::Bound(ids)],
+            Mutations::Cluster(_) if ids.is_empty() => vec![IdSet::Listed(&[])],
+            Mutations::Cluster(_) => bounded_chunks(ids).into_iter().map(IdSet::Listed).collect(),
         }
     }
 
     /// How many of the database's mutations have not finished, on every
     /// server they run on.
     pub async fn pending(&self, client: &clickhouse::Client, database: &str) -> Result<u64, StoreError> {
-        let mutations = match self {
-            Mutations::Local => "system.mutations".to_owned(),
-            Mutations::Cluster { servers, .. } => format!("remote('{servers}', system, mutations)"),
+        let query = match self {
+            Mutations::Local => client.query("SELECT count() FROM system.mutations WHERE database = ? AND is_done = 0"),
+            Mutations::Cluster(c) => client
+                .query("SELECT count() FROM remote(?, system, mutations, ?, ?) WHERE database = ? AND is_done = 0")
+                .bind(&c.servers)
+                .bind(&c.user)
+                .bind(&c.password),
         };
-        let sql = format!("SELECT count() FROM {mutations} WHERE database = ? AND is_done = 0");
-        Ok(client.query(&sql).bind(database).fetch_one().await?)
+        Ok(query.bind(database).fetch_one().await?)
+    }
+}
+
+/// A set of ids a delete's condition tests a column against.
+pub enum IdSet<'a> {
+    /// One bound array, read as a set (`IN` a subquery, hashed): any
+    /// number of ids, in a statement a server may take long.
+    Bound(&'a [&'a str]),
+    /// The ids written out, as a cluster's mutations need: current servers
+    /// refuse a mutation of a replicated table holding a subquery (it might
+    /// read differently on each replica), and every server runs the
+    /// statement under its own default size limits.
+    Listed(&'a [&'a str]),
+}
+
+impl IdSet<'_> {
+    /// `expr` is one of the set, with a `?` for each value [`IdSet::bind`]
+    /// binds.
+    pub fn condition(&self, expr: &str) -> String {
+        match self {
+            // Cast, as an empty list is an `Array(Nothing)` older servers refuse.
+            IdSet::Bound(_) => format!("{expr} IN (SELECT arrayJoin(CAST(? AS Array(String))))"),
+            IdSet::Listed([]) => "0".to_owned(),
+            IdSet::Listed(ids) => format!("{expr} IN ({})", vec!["?"; ids.len()].join(", ")),
+        }
+    }
+
+    pub fn bind(&self, query: Query) -> Query {
+        match self {
+            IdSet::Bound(ids) => query.bind(ids),
+            IdSet::Listed(ids) => ids.iter().fold(query, |query, id| query.bind(id)),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        match self {
+            IdSet::Bound(ids) | IdSet::Listed(ids) => ids.is_empty(),
+        }
+    }
+}
+
+/// `host:port` as `remote()` takes it, an IPv6 address in brackets.
+fn server_address(host: &str, port: u16) -> String {
+    if host.contains(':') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
     }
 }
 
@@ -69,14 +169,47 @@ fn cluster_of(engine: &str) -> Option<String> {
 mod tests {
     use super::*;
 
+    fn cluster() -> Mutations {
+        Mutations::Cluster(Cluster {
+            name: "prod".into(),
+            database: "leanloop".into(),
+            servers: "a:9000,b:9000".into(),
+            user: "leanloop".into(),
+            password: "s3cret".into(),
+        })
+    }
+
     #[test]
     fn a_cluster_is_read_from_its_distributed_engine() {
         let engine = "Distributed(lshard, leanloop, events_local, cityHash64(project_id, toString(uuid)))";
         assert_eq!(cluster_of(engine).as_deref(), Some("lshard"));
         assert_eq!(cluster_of("Distributed('prod', leanloop, events_local)").as_deref(), Some("prod"));
         assert_eq!(cluster_of("MergeTree ORDER BY x"), None);
-        let cluster = Mutations::Cluster { name: "prod".into(), servers: "a:9000,b:9000".into() };
-        assert_eq!(cluster.alter("users"), "ALTER TABLE users_local ON CLUSTER prod");
+        assert_eq!(cluster().alter("users"), "ALTER TABLE leanloop.users_local ON CLUSTER prod");
         assert_eq!(Mutations::Local.alter("users"), "ALTER TABLE users");
+        assert_eq!(server_address("::1", 9000), "[::1]:9000");
+        assert_eq!(server_address("10.0.0.7", 9000), "10.0.0.7:9000");
+        assert!(!format!("{:?}", cluster()).contains("s3cret"));
+    }
+
+    /// A cluster's deletes hold no subquery, and their text stays under a
+    /// server's default statement size whatever the number of ids.
+    #[test]
+    fn a_cluster_deletes_listed_ids_in_statements_of_bounded_size() {
+        let long = "x".repeat(1000);
+        let ids: Vec<&str> = (0..300).map(|_| long.as_str()).collect();
+        let sets = cluster().id_sets(&ids);
+        assert!(sets.len() >= 4, "{}", sets.len());
+        assert_eq!(sets.iter().map(|s| s.condition("c").matches('?').count()).sum::<usize>(), ids.len());
+        for set in &sets {
+            let condition = set.condition("c");
+            assert!(!condition.contains("SELECT"), "{condition}");
+            let IdSet::Listed(listed) = set else { panic!("bound ids on a cluster") };
+            assert!(listed.iter().map(|id| id.len() + 4).sum::<usize>() < 128 * 1024);
+        }
+        assert_eq!(cluster().id_sets(&[])[0].condition("c"), "0");
+        let local = Mutations::Local.id_sets(&ids);
+        assert_eq!(local.len(), 1);
+        assert!(local[0].condition("c").contains("arrayJoin"));
     }
 }

@@ -2,7 +2,7 @@
 //! carrying their merged traits (the table keeps the newest per person).
 
 use super::identities;
-use super::mutations::Mutations;
+use super::mutations::{IdSet, Mutations};
 use crate::StoreError;
 use chrono::Datelike;
 use clickhouse::Row;
@@ -368,9 +368,6 @@ pub async fn drop_cohort_versions(
 /// How long [`delete_person`] waits for its mutations to finish.
 const MUTATION_DEADLINE: Duration = Duration::from_secs(120);
 
-/// A bound list of ids as a set `IN` may take.
-const ID_SET: &str = "(SELECT arrayJoin(CAST(? AS Array(String))))";
-
 /// Deletes a person's rows with `ALTER TABLE ... DELETE` mutations (every
 /// server version has them) and waits until they are done, so the person is
 /// gone from every answer when this returns.
@@ -405,44 +402,40 @@ pub async fn delete_person(
         .bind(user_id)
         .fetch_all()
         .await?;
-    let mut anonymous_ids = anonymous_ids;
+    let mut ids: Vec<&str> = anonymous_ids.iter().map(String::as_str).collect();
     if owners.iter().all(|owner| owner == user_id) {
-        anonymous_ids.push(user_id.to_owned());
+        ids.push(user_id);
     }
     // Events whose person they are, as insights stitch them: an event's id
     // (user id, else anonymous id) among these. Another user's events on a
-    // device they shared stay. The ids are a set (`IN` a subquery, hashed),
-    // not `has` over the list, which compares each row with every id: a
-    // person with 60,000 ids took minutes of both cores. Cast, as an empty
-    // list is an `Array(Nothing)` older servers refuse.
-    let condition = format!("project_id = ? AND ifNull(coalesce(user_id, anonymous_id), '') IN {ID_SET}");
-    let events: u64 = client
-        .query(&format!("SELECT count() FROM events WHERE {condition}"))
-        .bind(project_id)
-        .bind(&anonymous_ids)
+    // device they shared stay. The ids are a set (`IN`, hashed), not `has`
+    // over the list, which compares each row with every id: a person with
+    // 60,000 ids took minutes of both cores.
+    let person = "ifNull(coalesce(user_id, anonymous_id), '')";
+    let counted = IdSet::Bound(&ids);
+    let events: u64 = counted
+        .bind(
+            client
+                .query(&format!("SELECT count() FROM events WHERE project_id = ? AND {}", counted.condition(person)))
+                .bind(project_id),
+        )
         .fetch_one()
         .await?;
-    client
-        .query(&format!("{} DELETE WHERE {condition}", mutations.alter("events")))
-        .bind(project_id)
-        .bind(&anonymous_ids)
-        .execute()
-        .await?;
+    for set in mutations.id_sets(&ids).iter().filter(|set| !set.is_empty()) {
+        let alter = mutations.alter("events");
+        let statement = format!("{alter} DELETE WHERE project_id = ? AND {}", set.condition(person));
+        set.bind(client.query(&statement).bind(project_id)).execute().await?;
+    }
     // Their links, with every row of the ids linked to them (a link moved
     // on to them keeps its first row beside, which must not come back);
     // cohort memberships, as a linked visitor may be one of its own; and the
     // people linked to them (an anonymous visitor given traits).
     for (table, id) in [("identities", "anonymous_id"), ("cohort_members", "user_id"), ("users", "user_id")] {
-        client
-            .query(&format!(
-                "{} DELETE WHERE project_id = ? AND (user_id = ? OR {id} IN {ID_SET})",
-                mutations.alter(table)
-            ))
-            .bind(project_id)
-            .bind(user_id)
-            .bind(&anonymous_ids)
-            .execute()
-            .await?;
+        for set in mutations.id_sets(&ids) {
+            let alter = mutations.alter(table);
+            let statement = format!("{alter} DELETE WHERE project_id = ? AND (user_id = ? OR {})", set.condition(id));
+            set.bind(client.query(&statement).bind(project_id).bind(user_id)).execute().await?;
+        }
     }
     let started = std::time::Instant::now();
     loop {

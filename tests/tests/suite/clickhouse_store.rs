@@ -528,6 +528,39 @@ async fn links_made_at_the_same_moment_by_two_writers_end_as_one_person() {
     assert!(split.is_empty(), "{} of {} people split: {split:#?}", split.len(), 2 * PEOPLE);
 }
 
+/// A write whose links were stored but not yet set right (its connection
+/// lost, or its process killed, between the two) comes again with its
+/// links already stored: the chains through them are still set right.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_write_stopped_between_its_links_and_their_repair_repairs_when_it_comes_again() {
+    use leanloop_core::UserUpdate;
+    use leanloop_store::clickhouse::ClickHouseStore;
+    use leanloop_store::EventStore;
+    let database = fresh_database();
+    let url = store_url(&ch::shared(), &database);
+    let store = tokio::task::spawn_blocking(move || ClickHouseStore::open(&ClickHouseOptions::new(url)).unwrap());
+    let store = std::sync::Arc::new(store.await.unwrap());
+    let link = |from: &str, to: &str| UserUpdate {
+        project_id: 1,
+        user_id: to.into(),
+        anonymous_id: Some(from.into()),
+        traits: "{}".into(),
+        traits_once: "{}".into(),
+        seen_at_ms: chrono::Utc::now().timestamp_millis(),
+    };
+    let writing = store.clone();
+    tokio::task::spawn_blocking(move || writing.write(&[], &[link("anon", "user")]).unwrap()).await.unwrap();
+    // The first try of `user → account`: its link row stored, no repair.
+    let now = chrono::Utc::now().timestamp_millis() + 1;
+    let row = format!("INSERT INTO {database}.identities (project_id, anonymous_id, user_id, linked_at_ms) VALUES (1, 'user', 'account', {now})");
+    ch::query(&ch::shared(), &row).await;
+    let anon = tokio::task::spawn_blocking(move || {
+        store.write(&[], &[link("user", "account")]).unwrap();
+        (store.identity(1, "anon").unwrap(), store.identity(1, "user").unwrap())
+    });
+    assert_eq!(anon.await.unwrap(), (Some("account".to_owned()), Some("account".to_owned())));
+}
+
 /// Every sharding key of the cluster DDL is computed by the server the
 /// tests run (18.16 hashes no UUID value; a key it refuses makes every
 /// insert into the Distributed table fail).
