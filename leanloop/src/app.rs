@@ -88,16 +88,6 @@ impl App {
         let clickhouse = if config.clickhouse.is_some() { Some(open_store(&config).await?) } else { None };
         create_data_dir(&config.data_dir)
             .with_context(|| format!("creating data directory {}", config.data_dir.display()))?;
-        // A log directory of its own (`--log-dir`) holds every event as it
-        // arrived: it is kept as private as the data directory.
-        if config.collector.log {
-            let open = "the log directory is open to other users, and holds the events as they arrived";
-            create_private_dir(&config.log_dir, open)
-                .with_context(|| format!("creating log directory {}", config.log_dir.display()))?;
-        }
-        // A server owns its data directory; collectors may share one, each
-        // with a log of its own.
-        let last_log = if role == Role::Server { Some(crate::last_log::LastLog::check(&config)?) } else { None };
         let control = Arc::new(open_control(&config.data_dir.join("control.sqlite"))?);
         let default_project = match (role, control.projects()?.into_iter().next()) {
             (_, Some(project)) => Some(project),
@@ -119,14 +109,28 @@ impl App {
             Role::Server => Some(Pipeline::open(&config.data_dir.join("pipeline"), config.pipeline.clone())?),
             Role::Collector => None,
         };
-        let collector = match Collector::start(config.collector.clone(), keys.clone(), store.clone(), &log_dir) {
-            Ok(collector) => collector,
+        let started = async {
+            // A server owns its data directory (a second one was refused
+            // above); collectors may share one, each with a log of its own.
+            let last_log = if role == Role::Server { Some(crate::last_log::LastLog::check(&config)?) } else { None };
+            // A log directory of its own (`--log-dir`) holds every event as
+            // it arrived: it is kept as private as the data directory.
+            if config.collector.log {
+                let open = "the log directory is open to other users, and holds the events as they arrived";
+                create_private_dir(&log_dir, open)
+                    .with_context(|| format!("creating log directory {}", log_dir.display()))?;
+            }
+            let collector = Collector::start(config.collector.clone(), keys.clone(), store.clone(), &log_dir)?;
+            anyhow::Ok((last_log, collector))
+        };
+        let (last_log, collector) = match started.await {
+            Ok(started) => started,
             Err(e) => {
                 // Its tasks hold the pipeline's lock until they stop.
                 if let Some(pipeline) = &pipeline {
                     pipeline.stop(std::time::Duration::from_secs(5)).await;
                 }
-                return Err(e.into());
+                return Err(e);
             }
         };
         if let Some(Err(e)) = last_log.map(|last| last.record(&config)) {

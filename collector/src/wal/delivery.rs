@@ -112,7 +112,7 @@ impl Delivery {
                 let mut records = Records::new(&self, &mut cursor, from, limit);
                 let written = self.store.write_stream(&mut records);
                 (end, failure) = (records.position, records.failure.take());
-                written
+                written.map(|outcome| (outcome, records.waited))
             };
             let stored = write_with_retry(&mut write, &|| self.shared.lock().abandon);
             if !stored {
@@ -306,6 +306,9 @@ struct Records<'a> {
     last_read: Instant,
     /// Why reading stopped early, when the log could not be read.
     failure: Option<ReadFailure>,
+    /// How long the write waited for records to arrive: not the store's
+    /// time (`leanloop_store_write_seconds` leaves it out).
+    waited: Duration,
 }
 
 impl<'a> Records<'a> {
@@ -320,6 +323,7 @@ impl<'a> Records<'a> {
             first_read: None,
             last_read: Instant::now(),
             failure: None,
+            waited: Duration::ZERO,
         }
     }
 
@@ -327,8 +331,9 @@ impl<'a> Records<'a> {
     /// being filled should go to the store as it is: delivery paused, the
     /// log closing, or the write's wait for more over (from then on a chunk
     /// takes only what is already durable, and an empty one ends the write).
-    fn more(&self) -> Option<u64> {
-        let shared = &self.delivery.shared;
+    fn more(&mut self) -> Option<u64> {
+        let delivery = self.delivery;
+        let shared = &delivery.shared;
         let mut state = shared.lock();
         loop {
             if state.paused {
@@ -341,7 +346,9 @@ impl<'a> Records<'a> {
             if state.closing || left.is_zero() {
                 return None;
             }
+            let waiting = Instant::now();
             state = shared.changed.wait_timeout(state, left).unwrap_or_else(|p| p.into_inner()).0;
+            self.waited += waiting.elapsed();
         }
     }
 

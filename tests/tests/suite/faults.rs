@@ -442,9 +442,16 @@ async fn a_start_that_would_leave_acknowledged_events_behind_in_the_last_log_is_
         {"type": "track", "event": "kept", "userId": "u-1", "messageId": leanloop_tests::message_id()}
     ]});
     assert_eq!(s.post("/v1/batch", &kept).await.status(), 200);
+    // While it runs, a second server on its data directory is refused as
+    // that (not told to start on the log in use), and no log directory is
+    // made for it.
+    let elsewhere = tempfile::tempdir().unwrap();
+    let second = Config { log_dir: elsewhere.path().join("second"), ..Config::for_tests(s.data_dir.path()) };
+    let refused = App::build(second, Role::Server).await.err().expect("a second server started");
+    assert!(format!("{refused:#}").contains("in use by another server"), "{refused:#}");
+    assert!(!elsewhere.path().join("second").exists());
     let data = s.stop().await;
     let last_log = data.path().join("log");
-    let elsewhere = tempfile::tempdir().unwrap();
     let on_another_log = Config { log_dir: elsewhere.path().join("log"), ..Config::for_tests(data.path()) };
     let mut with_the_log_off = Config::for_tests(data.path());
     with_the_log_off.collector.log = false;

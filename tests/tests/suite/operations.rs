@@ -161,6 +161,11 @@ async fn health_readiness_and_metrics() {
     for histogram in ["leanloop_log_fsync_seconds_count", "leanloop_store_write_seconds_count"] {
         assert!(metric(&text, histogram).is_some_and(|n| n >= 1.0), "{histogram} in:\n{text}");
     }
+    // The store's own time per write, without the second (the default
+    // `delivery_interval_ms`) a write from the log waits for more events.
+    let writes = metric(&text, "leanloop_store_write_seconds_count").unwrap_or_default();
+    let took = metric(&text, "leanloop_store_write_seconds_sum").unwrap_or_default();
+    assert!(took / writes < 0.5, "{took} s over {writes} writes");
     // The scrape's own connection at least; the client keeps a few open.
     let open = metric(&text, "leanloop_http_connections_open");
     assert!(open.is_some_and(|n| (1.0..=8.0).contains(&n)), "{open:?} in:\n{text}");
