@@ -406,6 +406,22 @@ mod tests {
         assert_eq!(repeated.field.as_deref(), Some("value"), "{}", repeated.message);
     }
 
+    /// Another question, running (holding its place) until told to end.
+    async fn another_running(
+        questions: &Questions,
+    ) -> (std::sync::mpsc::Sender<()>, tokio::task::JoinHandle<Result<(), ApiError>>) {
+        let (end, ending) = std::sync::mpsc::channel::<()>();
+        let ending = std::sync::Mutex::new(ending);
+        let other = tokio::spawn(blocking(questions.clone(), move || {
+            let _ = ending.lock().unwrap().recv();
+            Ok(())
+        }));
+        while questions.room.available_permits() == MAX_QUESTIONS {
+            tokio::task::yield_now().await;
+        }
+        (end, other)
+    }
+
     /// A question the store refuses for want of memory while another runs
     /// is asked again once it is alone; one refused alone, or by a limit of
     /// its own (ClickHouse's per-query one), is answered 503.
@@ -417,16 +433,7 @@ mod tests {
         let questions = Questions::new(MAX_QUESTIONS);
         let limit = |shared| StoreError::QueryMemory { limit: "a memory limit".into(), shared };
         let memory = move || AnalyticsError::Store(limit(true));
-        // Another question, running until told to end.
-        let (end, ending) = std::sync::mpsc::channel::<()>();
-        let ending = std::sync::Mutex::new(ending);
-        let other = tokio::spawn(blocking(questions.clone(), move || {
-            let _ = ending.lock().unwrap().recv();
-            Ok(())
-        }));
-        while questions.room.available_permits() == MAX_QUESTIONS {
-            tokio::task::yield_now().await;
-        }
+        let (end, other) = another_running(&questions).await;
         let asked = Arc::new(AtomicUsize::new(0));
         let alone = Arc::new(AtomicUsize::new(0));
         let question = tokio::spawn(blocking(questions.clone(), {
@@ -453,15 +460,7 @@ mod tests {
         assert_eq!(refused.status.as_u16(), 503, "{}", refused.message);
         // Its own limit refuses it alone too: not asked again, not waiting
         // for the others.
-        let (end, ending) = std::sync::mpsc::channel::<()>();
-        let ending = std::sync::Mutex::new(ending);
-        let other = tokio::spawn(blocking(questions.clone(), move || {
-            let _ = ending.lock().unwrap().recv();
-            Ok(())
-        }));
-        while questions.room.available_permits() == MAX_QUESTIONS {
-            tokio::task::yield_now().await;
-        }
+        let (end, other) = another_running(&questions).await;
         let asked = Arc::new(AtomicUsize::new(0));
         let counted = asked.clone();
         let refused = blocking(questions.clone(), move || {
