@@ -145,6 +145,20 @@ pub(super) async fn links(
     }
     let mut written = HashSet::new();
     let stored_at = link_time();
+    // An id a repair linked to itself (a loop undone) is linked anew by a
+    // row dated before that one, so that it counts as the id's first link.
+    let mut undone: HashMap<(i64, &str), i64> = HashMap::new();
+    for (&project_id, froms) in &new_froms {
+        let stored = &stored_links[&project_id];
+        let selves: Vec<&str> = froms.iter().copied().filter(|id| stored.get(*id).is_some_and(|to| to == id)).collect();
+        if !selves.is_empty() {
+            for (id, (_, at)) in first_links_of(client, project_id, &selves).await? {
+                if let Some(from) = selves.iter().find(|from| **from == id) {
+                    undone.insert((project_id, *from), at - 1);
+                }
+            }
+        }
+    }
     let rows: Vec<IdentityRow> = updates
         .iter()
         .filter_map(|u| {
@@ -157,7 +171,7 @@ pub(super) async fn links(
                 project_id: u.project_id,
                 anonymous_id,
                 user_id,
-                linked_at_ms: stored_at,
+                linked_at_ms: undone.get(&(u.project_id, anonymous_id)).copied().unwrap_or(stored_at),
             })
         })
         .collect();

@@ -224,7 +224,8 @@ async fn owners(client: &clickhouse::Client, updates: &[UserUpdate]) -> Result<c
         targets.dedup();
         let linked_on = identities::stored_links_of(client, project_id, &targets).await?;
         for (id, to) in &found {
-            if id != to && !linked_on.contains_key(to) {
+            // An id linked to itself (a loop undone) is final.
+            if id != to && linked_on.get(to).is_none_or(|next| next == to) {
                 owners.insert((project_id, id.clone()), to.clone());
             }
         }
@@ -265,7 +266,10 @@ pub async fn users(client: &clickhouse::Client, updates: &[UserUpdate]) -> Resul
         let before = stored_links.entry(project_id).or_default();
         before.extend(identities::stored_links_of(client, project_id, &linking).await?);
         for &(_, from, to, _) in
-            first_links.iter().filter(|(p, from, ..)| *p == project_id && !before.contains_key(*from))
+            // An id linked to itself (a loop undone) was linked to no one.
+            first_links
+                .iter()
+                .filter(|(p, from, ..)| *p == project_id && before.get(*from).is_none_or(|to| to == from))
         {
             joining.entry(crate::traits::owner_of(project_id, to, &owners)).or_default().push(from);
             new_links.push((project_id, from, to));

@@ -561,6 +561,46 @@ async fn a_write_stopped_between_its_links_and_their_repair_repairs_when_it_come
     assert_eq!(anon.await.unwrap(), (Some("account".to_owned()), Some("account".to_owned())));
 }
 
+/// An id whose link a repair undid (linked to itself, half of two ids
+/// linked each way at once) is linked to no one, so a later link of it is
+/// made, as DuckDB makes it, and the ids linked to it move along.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_id_whose_loop_was_undone_is_linked_again_later_as_on_duckdb() {
+    use leanloop_core::UserUpdate;
+    use leanloop_store::clickhouse::ClickHouseStore;
+    use leanloop_store::EventStore;
+    let database = fresh_database();
+    let url = store_url(&ch::shared(), &database);
+    let store = tokio::task::spawn_blocking(move || ClickHouseStore::open(&ClickHouseOptions::new(url)).unwrap());
+    let store = std::sync::Arc::new(store.await.unwrap());
+    let link = |from: &str, to: &str| UserUpdate {
+        project_id: 1,
+        user_id: to.into(),
+        anonymous_id: Some(from.into()),
+        traits: "{}".into(),
+        traits_once: "{}".into(),
+        seen_at_ms: chrono::Utc::now().timestamp_millis(),
+    };
+    let writing = store.clone();
+    tokio::task::spawn_blocking(move || writing.write(&[], &[link("x", "y")]).unwrap()).await.unwrap();
+    // `y → x` was written at the same moment by another writer, and undone.
+    let now = chrono::Utc::now().timestamp_millis() + 1;
+    let rows = format!(
+        "INSERT INTO {database}.identities (project_id, anonymous_id, user_id, linked_at_ms) VALUES \
+         (1, 'y', 'x', {now}), (1, 'y', 'y', {})",
+        now - 1
+    );
+    ch::query(&ch::shared(), &rows).await;
+    let linked = tokio::task::spawn_blocking(move || {
+        assert_eq!(store.identity(1, "y").unwrap(), None, "undone, y is linked to no one");
+        store.write(&[], &[link("y", "z")]).unwrap();
+        // Sent again, it is the same link.
+        store.write(&[], &[link("y", "z")]).unwrap();
+        (store.identity(1, "x").unwrap(), store.identity(1, "y").unwrap())
+    });
+    assert_eq!(linked.await.unwrap(), (Some("z".to_owned()), Some("z".to_owned())));
+}
+
 /// Every sharding key of the cluster DDL is computed by the server the
 /// tests run (18.16 hashes no UUID value; a key it refuses makes every
 /// insert into the Distributed table fail).
