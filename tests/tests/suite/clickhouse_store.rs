@@ -467,7 +467,6 @@ async fn a_question_whose_asker_leaves_is_killed_on_the_server() {
 /// chain's end, and two ids linked each way are one person.
 #[tokio::test(flavor = "multi_thread")]
 async fn links_made_at_the_same_moment_by_two_writers_end_as_one_person() {
-    use leanloop_core::UserUpdate;
     use leanloop_store::clickhouse::ClickHouseStore;
     use leanloop_store::EventStore;
     use std::sync::{Arc, Barrier};
@@ -478,14 +477,6 @@ async fn links_made_at_the_same_moment_by_two_writers_end_as_one_person() {
         (open(), open())
     });
     let (one, two) = opened.await.unwrap();
-    let link = |from: String, to: String| UserUpdate {
-        project_id: 1,
-        user_id: to,
-        anonymous_id: Some(from),
-        traits: "{}".into(),
-        traits_once: "{}".into(),
-        seen_at_ms: chrono::Utc::now().timestamp_millis(),
-    };
     // Each writer's links, written one at a time, both writers in step.
     let chain = |i: usize| [(format!("anon-{i}"), format!("user-{i}")), (format!("user-{i}"), format!("acct-{i}"))];
     let each_way = |i: usize| [(format!("x-{i}"), format!("y-{i}")), (format!("y-{i}"), format!("x-{i}"))];
@@ -497,7 +488,7 @@ async fn links_made_at_the_same_moment_by_two_writers_end_as_one_person() {
                 for pair in [chain(i), each_way(i)] {
                     let (from, to) = pair[side].clone();
                     together.wait();
-                    store.write(&[], &[link(from, to)]).unwrap();
+                    store.write(&[], &[link(&from, &to)]).unwrap();
                 }
             }
         })
@@ -528,28 +519,40 @@ async fn links_made_at_the_same_moment_by_two_writers_end_as_one_person() {
     assert!(split.is_empty(), "{} of {} people split: {split:#?}", split.len(), 2 * PEOPLE);
 }
 
-/// A write whose links were stored but not yet set right (its connection
-/// lost, or its process killed, between the two) comes again with its
-/// links already stored: the chains through them are still set right.
-#[tokio::test(flavor = "multi_thread")]
-async fn a_write_stopped_between_its_links_and_their_repair_repairs_when_it_comes_again() {
-    use leanloop_core::UserUpdate;
+/// A ClickHouse store over a database of its own, which has stored `from`
+/// identified as `to`; and the database's name.
+async fn store_linking(from: &'static str, to: &'static str) -> (String, leanloop_store::clickhouse::ClickHouseStore) {
     use leanloop_store::clickhouse::ClickHouseStore;
     use leanloop_store::EventStore;
     let database = fresh_database();
     let url = store_url(&ch::shared(), &database);
-    let store = tokio::task::spawn_blocking(move || ClickHouseStore::open(&ClickHouseOptions::new(url)).unwrap());
-    let store = std::sync::Arc::new(store.await.unwrap());
-    let link = |from: &str, to: &str| UserUpdate {
+    let store = tokio::task::spawn_blocking(move || {
+        let store = ClickHouseStore::open(&ClickHouseOptions::new(url)).unwrap();
+        store.write(&[], &[link(from, to)]).unwrap();
+        store
+    });
+    (database, store.await.unwrap())
+}
+
+/// `from` identified as `to`, in project 1.
+fn link(from: &str, to: &str) -> leanloop_core::UserUpdate {
+    leanloop_core::UserUpdate {
         project_id: 1,
         user_id: to.into(),
         anonymous_id: Some(from.into()),
         traits: "{}".into(),
         traits_once: "{}".into(),
         seen_at_ms: chrono::Utc::now().timestamp_millis(),
-    };
-    let writing = store.clone();
-    tokio::task::spawn_blocking(move || writing.write(&[], &[link("anon", "user")]).unwrap()).await.unwrap();
+    }
+}
+
+/// A write whose links were stored but not yet set right (its connection
+/// lost, or its process killed, between the two) comes again with its
+/// links already stored: the chains through them are still set right.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_write_stopped_between_its_links_and_their_repair_repairs_when_it_comes_again() {
+    use leanloop_store::EventStore;
+    let (database, store) = store_linking("anon", "user").await;
     // The first try of `user → account`: its link row stored, no repair.
     let now = chrono::Utc::now().timestamp_millis() + 1;
     let row = format!("INSERT INTO {database}.identities (project_id, anonymous_id, user_id, linked_at_ms) VALUES (1, 'user', 'account', {now})");
@@ -566,23 +569,8 @@ async fn a_write_stopped_between_its_links_and_their_repair_repairs_when_it_come
 /// made, as DuckDB makes it, and the ids linked to it move along.
 #[tokio::test(flavor = "multi_thread")]
 async fn an_id_whose_loop_was_undone_is_linked_again_later_as_on_duckdb() {
-    use leanloop_core::UserUpdate;
-    use leanloop_store::clickhouse::ClickHouseStore;
     use leanloop_store::EventStore;
-    let database = fresh_database();
-    let url = store_url(&ch::shared(), &database);
-    let store = tokio::task::spawn_blocking(move || ClickHouseStore::open(&ClickHouseOptions::new(url)).unwrap());
-    let store = std::sync::Arc::new(store.await.unwrap());
-    let link = |from: &str, to: &str| UserUpdate {
-        project_id: 1,
-        user_id: to.into(),
-        anonymous_id: Some(from.into()),
-        traits: "{}".into(),
-        traits_once: "{}".into(),
-        seen_at_ms: chrono::Utc::now().timestamp_millis(),
-    };
-    let writing = store.clone();
-    tokio::task::spawn_blocking(move || writing.write(&[], &[link("x", "y")]).unwrap()).await.unwrap();
+    let (database, store) = store_linking("x", "y").await;
     // `y → x` was written at the same moment by another writer, and undone.
     let now = chrono::Utc::now().timestamp_millis() + 1;
     let rows = format!(
