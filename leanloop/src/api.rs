@@ -6,7 +6,7 @@ use crate::app::Shared;
 use axum::body::Bytes;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
-use axum::http::{header, HeaderMap};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use leanloop_analytics::releases::{ImpactQuery, ImpactResult, ReleaseSummary, ReleasesQuery};
@@ -315,16 +315,26 @@ async fn profile(
 }
 
 /// Erases a person and all their events (GDPR). Events still on their way
-/// through the collector's log when this runs are stored afterwards.
+/// through the collector's log when this runs are stored afterwards. 200
+/// once the person is gone from every answer; 202 when the store's deletes
+/// are made but still running (ClickHouse mutations on a large table).
 async fn erase(
     State(shared): State<Shared>,
     Path((id, user_id)): Path<(String, String)>,
     headers: HeaderMap,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<(StatusCode, Json<Value>), ApiError> {
     let project = authorise(&shared, &headers, &id)?;
     let store = shared.store.clone();
-    let deleted = blocking(shared.questions.clone(), move || Ok(store.delete_person(project, &user_id)?)).await?;
-    Ok(Json(json!({ "deleted_events": deleted })))
+    let erased = blocking(shared.questions.clone(), move || match store.delete_person(project, &user_id) {
+        Ok(events) => Ok((StatusCode::OK, json!({ "deleted_events": events }))),
+        Err(e @ leanloop_store::StoreError::StillDeleting { events }) => Ok((
+            StatusCode::ACCEPTED,
+            json!({ "deleted_events": events, "finished": false, "message": format!("{e}: the person may show in answers until they finish") }),
+        )),
+        Err(e) => Err(e.into()),
+    })
+    .await?;
+    Ok((erased.0, Json(erased.1)))
 }
 
 fn rfc3339(ms: i64) -> Option<String> {

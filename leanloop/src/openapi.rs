@@ -133,7 +133,16 @@ pub fn document() -> Value {
     let user = json!({"name": "user_id", "in": "path", "required": true, "schema": {"type": "string"}});
     let limit = json!({"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 1000}});
     let mut erased = read_answers();
-    erased["200"] = answer("Erased", json!({"type": "object", "properties": {"deleted_events": {"type": "integer"}}}));
+    let erasure = |finished: bool| {
+        json!({"type": "object", "properties": {
+            "deleted_events": {"type": "integer"},
+            "finished": {"type": "boolean", "enum": [finished]},
+            "message": {"type": "string"},
+        }})
+    };
+    erased["200"] = answer("Erased: gone from every answer", erasure(true));
+    erased["202"] =
+        answer("The deletes are made and still running (ClickHouse): the person goes as they finish", erasure(false));
     paths.insert(
         "/api/v1/projects/{id}/people/{user_id}".into(),
         json!({

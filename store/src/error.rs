@@ -30,6 +30,10 @@ pub enum StoreError {
     /// may pass).
     #[error("the query needs more memory than the event store may use ({limit}); narrow its date range or filters, or raise the limit")]
     QueryMemory { limit: String, shared: bool },
+    /// An erasure's deletes are made, and still running when its wait
+    /// ended: `events` of the person's events go as they finish.
+    #[error("the person's {events} events and their rows are being deleted; the deletes are still running")]
+    StillDeleting { events: u64 },
 }
 
 impl StoreError {
@@ -94,10 +98,12 @@ impl Classify for StoreError {
             StoreError::QueryMemory { .. } => ErrorClass::Unavailable { retry_after_secs: 5 },
             // No one waits for this answer; never logged as a failure.
             StoreError::Abandoned => ErrorClass::Unavailable { retry_after_secs: 1 },
+            StoreError::StillDeleting { .. } => ErrorClass::Unavailable { retry_after_secs: 5 },
             // Outages end: the asker may try again, not report a bug. A
             // fatal DuckDB error ends as the database is opened again.
             e if e.is_unreachable() || e.is_fatal() => ErrorClass::Unavailable { retry_after_secs: 5 },
-            // Limits the server's operator set (its message names which).
+            // Limits the server's operator set (its message names which),
+            // and servers of a cluster out of reach.
             StoreError::ClickHouse(_)
                 if clickhouse_code(&self.to_string()).is_some_and(|c| PASSING_LIMITS.contains(&c)) =>
             {
@@ -110,8 +116,10 @@ impl Classify for StoreError {
 
 /// ClickHouse refusals that pass with time: TIMEOUT_EXCEEDED (159), a
 /// quota used up (201), TOO_MANY_SIMULTANEOUS_QUERIES (202),
-/// NO_FREE_CONNECTION (203), TOO_MANY_PARTS (252).
-const PASSING_LIMITS: [u32; 5] = [159, 201, 202, 203, 252];
+/// NO_FREE_CONNECTION (203), TOO_MANY_PARTS (252); and, on a cluster, a
+/// server the one asked cannot reach (SOCKET_TIMEOUT 209, NETWORK_ERROR
+/// 210, ALL_CONNECTION_TRIES_FAILED 279): a shard down is an outage.
+const PASSING_LIMITS: [u32; 8] = [159, 201, 202, 203, 209, 210, 252, 279];
 
 /// The error code in a ClickHouse refusal: `Code: 241, e.displayText() …`
 /// on old servers, `Code: 241. DB::Exception …` on current ones.
@@ -155,6 +163,8 @@ mod tests {
             "Code: 201, e.displayText() = DB::Exception: Quota for user default for 3600s has been exceeded",
             "Code: 202. DB::Exception: Too many simultaneous queries. Maximum: 100",
             "Code: 159, e.displayText() = DB::Exception: Timeout exceeded: elapsed 30.1 seconds",
+            "Code: 279, e.displayText() = DB::NetException: All connection tries failed. Log: Connection refused",
+            "Code: 210. DB::NetException: Connection refused (127.0.0.1:9002)",
         ] {
             let e = StoreError::from(clickhouse::error::Error::BadResponse(text.into()));
             assert_eq!(e.class(), ErrorClass::Unavailable { retry_after_secs: 5 }, "{text}");

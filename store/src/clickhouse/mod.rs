@@ -109,11 +109,19 @@ impl Endpoint {
         if !matches!(url.path(), "" | "/") {
             return Err(bad("a path is not supported: name the database as `?database=NAME`"));
         }
+        // The user and password as written in the URL, where `@ : / ?` and
+        // the like are percent-encoded.
+        let decoded = |text: &str| {
+            percent_encoding::percent_decode_str(text)
+                .decode_utf8()
+                .map(|text| text.into_owned())
+                .map_err(|_| bad("the user or password is not UTF-8 once its %-escapes are decoded"))
+        };
         let mut endpoint = Endpoint {
             http: format!("http://{}:{}", host, url.port_or_known_default().unwrap_or(8123)),
             database: "leanloop".into(),
-            user: (!url.username().is_empty()).then(|| url.username().to_owned()),
-            password: url.password().map(str::to_owned),
+            user: (!url.username().is_empty()).then(|| decoded(url.username())).transpose()?,
+            password: url.password().map(decoded).transpose()?,
         };
         let mut seen = std::collections::HashSet::new();
         for (key, value) in url.query_pairs() {
@@ -505,6 +513,8 @@ mod tests {
         let e = Endpoint::parse("http://bob:secret@ch.internal/").unwrap();
         assert_eq!((e.http.as_str(), e.database.as_str()), ("http://ch.internal:80", "leanloop"));
         assert_eq!((e.user.as_deref(), e.password.as_deref()), (Some("bob"), Some("secret")));
+        let e = Endpoint::parse("http://bob%40corp:p%40ss%20w%3Frd@ch.internal/").unwrap();
+        assert_eq!((e.user.as_deref(), e.password.as_deref()), (Some("bob@corp"), Some("p@ss w?rd")));
         for (bad, why) in [
             ("tcp://127.0.0.1:9000", "scheme"),
             ("http://127.0.0.1:8123/?database=x;DROP", "database"),

@@ -97,18 +97,32 @@ impl Mutations {
         }
     }
 
-    /// How many of the database's mutations have not finished, on every
-    /// server they run on.
-    pub async fn pending(&self, client: &clickhouse::Client, database: &str) -> Result<u64, StoreError> {
-        let query = match self {
-            Mutations::Local => client.query("SELECT count() FROM system.mutations WHERE database = ? AND is_done = 0"),
-            Mutations::Cluster(c) => client
-                .query("SELECT count() FROM remote(?, system, mutations, ?, ?) WHERE database = ? AND is_done = 0")
-                .bind(&c.servers)
-                .bind(&c.user)
-                .bind(&c.password),
+    /// How many mutations of the database's `tables` made since `since`
+    /// (the server's clock, in seconds) have not finished, on every server
+    /// they run on.
+    pub async fn pending(
+        &self,
+        client: &clickhouse::Client,
+        database: &str,
+        tables: &[&str],
+        since: u32,
+    ) -> Result<u64, StoreError> {
+        let condition = "database = ? AND has(?, table) AND create_time >= toDateTime(?) AND is_done = 0";
+        let (query, tables): (_, Vec<String>) = match self {
+            Mutations::Local => (
+                client.query(&format!("SELECT count() FROM system.mutations WHERE {condition}")),
+                tables.iter().map(|t| t.to_string()).collect(),
+            ),
+            Mutations::Cluster(c) => (
+                client
+                    .query(&format!("SELECT count() FROM remote(?, system, mutations, ?, ?) WHERE {condition}"))
+                    .bind(&c.servers)
+                    .bind(&c.user)
+                    .bind(&c.password),
+                tables.iter().map(|t| format!("{t}_local")).collect(),
+            ),
         };
-        Ok(query.bind(database).fetch_one().await?)
+        Ok(query.bind(database).bind(&tables).bind(since).fetch_one().await?)
     }
 }
 

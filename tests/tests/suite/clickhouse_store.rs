@@ -589,6 +589,26 @@ async fn an_id_whose_loop_was_undone_is_linked_again_later_as_on_duckdb() {
     assert_eq!(linked.await.unwrap(), (Some("z".to_owned()), Some("z".to_owned())));
 }
 
+/// An erasure waits for its own deletes, not for a mutation of another
+/// table that fails on every try and so never finishes.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_erasure_waits_for_its_own_deletes_not_a_stuck_mutation_beside_them() {
+    use leanloop_store::EventStore;
+    let (database, store) = store_linking("anon", "ann").await;
+    for statement in [
+        format!("CREATE TABLE {database}.scratch (x String) ENGINE = MergeTree ORDER BY x"),
+        format!("INSERT INTO {database}.scratch VALUES ('a')"),
+        format!("ALTER TABLE {database}.scratch DELETE WHERE throwIf(x != '') = 0"),
+    ] {
+        ch::query(&ch::shared(), &statement).await;
+    }
+    let erased = tokio::task::spawn_blocking(move || (store.delete_person(1, "ann"), store.identity(1, "anon")));
+    let (erased, anon) = erased.await.unwrap();
+    ch::query(&ch::shared(), &format!("DROP TABLE {database}.scratch")).await;
+    assert!(erased.is_ok(), "{erased:?}");
+    assert_eq!(anon.unwrap(), None, "the person's links are gone");
+}
+
 /// Every sharding key of the cluster DDL is computed by the server the
 /// tests run (18.16 hashes no UUID value; a key it refuses makes every
 /// insert into the Distributed table fail).
