@@ -120,12 +120,14 @@ async fn insert(client: &clickhouse::Client, rows: &[IdentityRow<'_>]) -> Result
 /// given an alias): a new link (`new_links`, its id linked for the first
 /// time) to an id linked on goes where that one goes, and (`repair`) the
 /// links to an id now linked on move to its target. Other links are stored
-/// as they come; the first one made wins.
+/// as they come; the first one made wins. `in_doubt`: an earlier try of
+/// `updates` may have stored their links and stopped before their repair.
 pub(super) async fn links(
     client: &clickhouse::Client,
     updates: &[UserUpdate],
     new_links: &[(i64, &str, &str)],
     stored_links: &HashMap<i64, HashMap<String, String>>,
+    in_doubt: bool,
 ) -> Result<(), StoreError> {
     let mut target: HashMap<(i64, &str), String> = HashMap::new();
     // New links that would make a loop, not made.
@@ -176,14 +178,18 @@ pub(super) async fn links(
         })
         .collect();
     insert(client, &rows).await?;
-    // Every id the batch links, not only the new ones: a write whose links
-    // were stored but whose repair failed (a lost connection, a crash)
-    // comes again with them stored, and its chains are still to be set
-    // right.
-    let mut linked: HashMap<i64, Vec<&str>> = HashMap::new();
-    for u in updates {
-        if let Some(from) = u.anonymous_id.as_deref().filter(|from| *from != u.user_id) {
-            linked.entry(u.project_id).or_default().push(from);
+    // The new links' chains; in doubt, every id the batch links: a try
+    // whose links were stored but whose repair failed (a lost connection,
+    // a crash) comes again with them stored, its chains still to set right.
+    // Not always: a repair reads the project's links, and most identifies
+    // repeat a link made long before.
+    let mut linked = new_froms;
+    if in_doubt {
+        linked.clear();
+        for u in updates {
+            if let Some(from) = u.anonymous_id.as_deref().filter(|from| *from != u.user_id) {
+                linked.entry(u.project_id).or_default().push(from);
+            }
         }
     }
     for (project_id, mut froms) in linked {

@@ -187,6 +187,9 @@ pub struct ClickHouseStore {
     fence: Mutex<Option<Instant>>,
     /// Where deletes run: the tables, or each shard's on a cluster.
     mutations: mutations::Mutations,
+    /// Set when a write of people failed: its retry may find its links
+    /// stored and their chains not yet set right (`identities::links`).
+    people_in_doubt: std::sync::atomic::AtomicBool,
 }
 
 impl ClickHouseStore {
@@ -215,6 +218,7 @@ impl ClickHouseStore {
             database: endpoint.database,
             fence: Mutex::new(None),
             mutations,
+            people_in_doubt: Default::default(),
         })
     }
 
@@ -349,6 +353,9 @@ struct Writing<'s> {
     seen: MutexGuard<'s, SeenKeys>,
     fence: MutexGuard<'s, Option<Instant>>,
     check_all: bool,
+    /// A chunk of this write is replayed from the log: a dead process may
+    /// have stored part of it.
+    replayed: bool,
     inserts: write::Inserts<'s>,
     /// Keys sent in this write: a repeat in a later batch would pass the
     /// look-up, as the rows before it are not stored until the end.
@@ -369,12 +376,22 @@ impl<'s> Writing<'s> {
             check_all = true;
         }
         let inserts = write::Inserts::new(&store.client, &store.database);
-        Ok(Writing { store, seen, fence, check_all, inserts, sent: HashSet::new(), outcome: WriteOutcome::default() })
+        Ok(Writing {
+            store,
+            seen,
+            fence,
+            check_all,
+            replayed: false,
+            inserts,
+            sent: HashSet::new(),
+            outcome: WriteOutcome::default(),
+        })
     }
 
     /// Sends the events not stored yet; `replayed`: a dead process may have
     /// stored any of them, so every key is looked up.
     fn events(&mut self, events: &[Event], replayed: bool) -> Result<(), StoreError> {
+        self.replayed |= replayed;
         let sent = self.send(events, replayed);
         self.fenced(sent)
     }
@@ -401,7 +418,12 @@ impl<'s> Writing<'s> {
     /// Writes the person updates and links, then ends the events' insert:
     /// a question (or an erasure) that sees the events sees whose they are.
     fn finish(mut self, users: &[UserUpdate]) -> Result<WriteOutcome, StoreError> {
-        let people = self.store.block(write::users(&self.store.client, users));
+        use std::sync::atomic::Ordering;
+        let in_doubt = self.check_all || self.replayed || self.store.people_in_doubt.load(Ordering::Acquire);
+        let people = self.store.block(write::users(&self.store.client, users, in_doubt));
+        // The next write is this one's retry (delivery and the queue retry
+        // a write until it succeeds).
+        self.store.people_in_doubt.store(people.is_err(), Ordering::Release);
         self.fenced(people)?;
         let ended = self.store.block(self.inserts.end());
         self.fenced(ended)?;

@@ -234,8 +234,10 @@ async fn owners(client: &clickhouse::Client, updates: &[UserUpdate]) -> Result<c
 }
 
 /// Writes each updated person's merged traits and seen times, and the
-/// anonymous ids identify linked.
-pub async fn users(client: &clickhouse::Client, updates: &[UserUpdate]) -> Result<(), StoreError> {
+/// anonymous ids identify linked. `in_doubt`: an earlier try of these
+/// updates may have stored their links without setting the chains through
+/// them right (see `identities::links`).
+pub async fn users(client: &clickhouse::Client, updates: &[UserUpdate], in_doubt: bool) -> Result<(), StoreError> {
     if updates.is_empty() {
         return Ok(());
     }
@@ -320,7 +322,7 @@ pub async fn users(client: &clickhouse::Client, updates: &[UserUpdate]) -> Resul
     }
     insert.end().await?;
 
-    identities::links(client, updates, &new_links, &stored_links).await
+    identities::links(client, updates, &new_links, &stored_links, in_doubt).await
 }
 
 #[derive(Row, Serialize)]

@@ -546,8 +546,8 @@ fn link(from: &str, to: &str) -> leanloop_core::UserUpdate {
     }
 }
 
-/// A write whose links were stored but not yet set right (its connection
-/// lost, or its process killed, between the two) comes again with its
+/// A write whose links were stored but not yet set right (its process
+/// killed between the two) comes again, replayed from the log, with its
 /// links already stored: the chains through them are still set right.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_write_stopped_between_its_links_and_their_repair_repairs_when_it_comes_again() {
@@ -558,7 +558,7 @@ async fn a_write_stopped_between_its_links_and_their_repair_repairs_when_it_come
     let row = format!("INSERT INTO {database}.identities (project_id, anonymous_id, user_id, linked_at_ms) VALUES (1, 'user', 'account', {now})");
     ch::query(&ch::shared(), &row).await;
     let anon = tokio::task::spawn_blocking(move || {
-        store.write(&[], &[link("user", "account")]).unwrap();
+        store.write_replayed(&[], &[link("user", "account")]).unwrap();
         (store.identity(1, "anon").unwrap(), store.identity(1, "user").unwrap())
     });
     assert_eq!(anon.await.unwrap(), (Some("account".to_owned()), Some("account".to_owned())));
