@@ -15,7 +15,7 @@ use crate::fields::{Filter, Op};
 use crate::people::{self, TraitCheck};
 use crate::sql::Sql;
 use crate::{AnalyticsError, Ask};
-use leanloop_store::Dialect;
+use leanloop_store::{Dialect, CLICKHOUSE_FIRST_LINK};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::collections::HashMap;
@@ -295,7 +295,7 @@ fn of_members(d: Dialect, project_id: i64, cohort_id: i64, version: i64) -> Sql 
             .raw(")"),
         Dialect::ClickHouse => Sql::new("(SELECT anonymous_id FROM identities WHERE project_id = ")
             .int(project_id)
-            .raw(" GROUP BY anonymous_id HAVING argMin(user_id, linked_at_ms) IN ")
+            .raw(&format!(" GROUP BY anonymous_id HAVING {CLICKHOUSE_FIRST_LINK} IN "))
             .push(members())
             .raw(")"),
     };

@@ -11,7 +11,7 @@ use crate::fields::{Filter, Op};
 use crate::sql::{self, Source, Sql};
 use crate::time::rfc3339;
 use crate::{bounded, cells, AnalyticsError, Ask};
-use leanloop_store::{Cell, ColumnKind, Dialect};
+use leanloop_store::{Cell, ColumnKind, Dialect, CLICKHOUSE_FIRST_LINK};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -220,7 +220,7 @@ fn links_between_people(ask: &Ask) -> Result<std::collections::HashMap<String, S
             .push(people),
         // ClickHouse keeps every link made; the first one counts.
         Dialect::ClickHouse => {
-            Sql::new("SELECT anonymous_id, argMin(user_id, linked_at_ms) FROM identities WHERE project_id = ")
+            Sql::new(format!("SELECT anonymous_id, {CLICKHOUSE_FIRST_LINK} FROM identities WHERE project_id = "))
                 .int(ask.project_id)
                 .raw(" AND anonymous_id IN ")
                 .push(people)
@@ -381,7 +381,7 @@ pub fn profile(ask: &Ask, user_id: &str, limit: usize) -> Result<Option<Profile>
             .int(ask.project_id)
             .raw(" AND anonymous_id IN (")
             .push(linked)
-            .raw(") GROUP BY anonymous_id HAVING argMin(user_id, linked_at_ms) = ")
+            .raw(&format!(") GROUP BY anonymous_id HAVING {CLICKHOUSE_FIRST_LINK} = "))
             .text(user_id),
     };
     let anonymous_ids: Vec<String> = ask

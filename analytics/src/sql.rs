@@ -7,7 +7,7 @@
 //! [`Param`]s; numbers spliced into the text are computed here (time zone
 //! offsets, bucket widths).
 
-use leanloop_store::{ColumnKind, Dialect, Param, Select};
+use leanloop_store::{ColumnKind, Dialect, Param, Select, CLICKHOUSE_FIRST_LINK};
 
 /// SQL text and the values for its `?` placeholders, in order.
 #[derive(Debug, Clone, Default)]
@@ -501,10 +501,10 @@ impl Source {
                     "(SELECT {list}coalesce(nullIf(linked_user, ''), user_id, anonymous_id) AS person FROM "
                 ))
                 .push(rows.wrap())
-                .raw(
-                    " ANY LEFT JOIN (SELECT anonymous_id AS anon_key, argMin(user_id, linked_at_ms) AS linked_user \
-                         FROM identities WHERE project_id = ",
-                )
+                .raw(&format!(
+                    " ANY LEFT JOIN (SELECT anonymous_id AS anon_key, {CLICKHOUSE_FIRST_LINK} AS linked_user \
+                         FROM identities WHERE project_id = "
+                ))
                 .int(self.project_id)
                 .raw(" GROUP BY anonymous_id) USING (anon_key))")
             }

@@ -310,6 +310,13 @@ struct Answer {
     rejected: Vec<Rejected>,
     #[serde(skip_serializing_if = "Option::is_none")]
     error: Option<AllRefused>,
+    /// The error's code and message repeated at the top, as every refusal
+    /// has them: Segment's clients (rudder-sdk-python) read them there, and
+    /// without them take the 400 for one to retry.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    code: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    message: Option<String>,
     /// PostHog v1: each refused event's verdict by its `uuid`; an event
     /// not listed was stored.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -371,7 +378,8 @@ fn answer(
         Endpoint::PostHogV1 => (None, None),
         _ => (Some(!all_refused), None),
     };
-    let body = Json(Answer { success, status, accepted, rejected, error, results });
+    let (code, message) = error.as_ref().map(|e| (e.code, e.message.clone())).unzip();
+    let body = Json(Answer { success, status, accepted, rejected, error, code, message, results });
     if all_refused && endpoint != Endpoint::PostHogV1 {
         // Refused whole, like a request refused before its events were read.
         metrics::counter!("leanloop_ingest_requests_rejected_total", "reason" => "every_event_refused").increment(1);

@@ -317,15 +317,17 @@ async fn profile(
 /// Erases a person and all their events (GDPR). Events still on their way
 /// through the collector's log when this runs are stored afterwards. 200
 /// once the person is gone from every answer; 202 when the store's deletes
-/// are made but still running (ClickHouse mutations on a large table).
+/// are made but still running (ClickHouse mutations on a large table) at
+/// two thirds of the request's deadline, before that answers a 503.
 async fn erase(
     State(shared): State<Shared>,
     Path((id, user_id)): Path<(String, String)>,
     headers: HeaderMap,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let wait_until = std::time::Instant::now() + shared.request_timeout * 2 / 3;
     let project = authorise(&shared, &headers, &id)?;
     let store = shared.store.clone();
-    let erased = blocking(shared.questions.clone(), move || match store.delete_person(project, &user_id) {
+    let erased = blocking(shared.questions.clone(), move || match store.delete_person(project, &user_id, wait_until) {
         Ok(events) => Ok((StatusCode::OK, json!({ "deleted_events": events }))),
         Err(e @ leanloop_store::StoreError::StillDeleting { events }) => Ok((
             StatusCode::ACCEPTED,
@@ -476,9 +478,11 @@ mod tests {
         let refused = blocking(questions.clone(), move || {
             counted.fetch_add(1, Ordering::SeqCst);
             Err::<(), _>(AnalyticsError::Store(limit(false)))
-        })
-        .await
-        .unwrap_err();
+        });
+        let refused = tokio::time::timeout(std::time::Duration::from_secs(10), refused)
+            .await
+            .expect("answered without waiting for the other question to end")
+            .unwrap_err();
         assert_eq!((refused.status.as_u16(), asked.load(Ordering::SeqCst)), (503, 1), "{}", refused.message);
         end.send(()).unwrap();
         other.await.unwrap().unwrap();

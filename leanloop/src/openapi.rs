@@ -133,16 +133,16 @@ pub fn document() -> Value {
     let user = json!({"name": "user_id", "in": "path", "required": true, "schema": {"type": "string"}});
     let limit = json!({"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 1000}});
     let mut erased = read_answers();
-    let erasure = |finished: bool| {
-        json!({"type": "object", "properties": {
-            "deleted_events": {"type": "integer"},
-            "finished": {"type": "boolean", "enum": [finished]},
-            "message": {"type": "string"},
-        }})
-    };
-    erased["200"] = answer("Erased: gone from every answer", erasure(true));
+    let deleted = json!({"type": "integer", "minimum": 0});
+    let done = json!({"type": "object", "required": ["deleted_events"], "properties": {"deleted_events": deleted}});
+    let running = json!({"type": "object", "required": ["deleted_events", "finished", "message"], "properties": {
+        "deleted_events": deleted,
+        "finished": {"type": "boolean", "enum": [false]},
+        "message": {"type": "string"},
+    }});
+    erased["200"] = answer("Erased: gone from every answer", done);
     erased["202"] =
-        answer("The deletes are made and still running (ClickHouse): the person goes as they finish", erasure(false));
+        answer("The deletes are made and still running (ClickHouse): the person goes as they finish", running);
     paths.insert(
         "/api/v1/projects/{id}/people/{user_id}".into(),
         json!({

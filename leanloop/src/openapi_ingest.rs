@@ -51,6 +51,17 @@ fn id() -> Value {
     json!({"anyOf": [{"type": "string"}, whole_id()], "nullable": true})
 }
 
+/// A person's id that may be absent. The server takes up to 1,024 bytes of
+/// UTF-8; the schema says 256 characters, which always fit in them.
+fn person_id() -> Value {
+    let most = leanloop_collector::wire::MAX_PERSON_ID_BYTES;
+    let text = json!({"type": "string", "maxLength": most / 4});
+    described(
+        json!({"anyOf": [text, whole_id()], "nullable": true}),
+        &format!("A person: a string (at most {most} bytes of UTF-8) or a whole number"),
+    )
+}
+
 /// An id that must be there: text that is not blank, or a whole number.
 fn required_id() -> Value {
     json!({"anyOf": [not_blank(), whole_id()]})
@@ -129,8 +140,8 @@ fn segment_message(kind: &str, required: &[&str], in_batch: bool) -> Value {
     };
     let mut message = object(json!({
         "type": own_type,
-        "userId": described(id(), "A string or a whole number; this or `anonymousId` is required"),
-        "anonymousId": id(),
+        "userId": described(person_id(), "A string (at most 1,024 bytes of UTF-8) or a whole number; this or `anonymousId` is required"),
+        "anonymousId": person_id(),
         "messageId": described(id(), "The event's uuid (a UUID, or any text mapped to a stable one); a retry with the same id is stored once"),
         "event": described(id(), "A track's name (required for tracks)"),
         "name": described(text(), "A page's or screen's own name"),
@@ -141,7 +152,7 @@ fn segment_message(kind: &str, required: &[&str], in_batch: bool) -> Value {
         "originalTimestamp": time(),
         "sentAt": described(time(), "When the client sent it, for clock-skew correction"),
         "groupId": id(),
-        "previousId": id(),
+        "previousId": person_id(),
         "writeKey": described(text(), "The write key, when not sent as the Basic user name"),
     }));
     let mut all_of = vec![json!({"anyOf": a_user_or_anonymous_id()})];
@@ -161,14 +172,18 @@ fn segment_message(kind: &str, required: &[&str], in_batch: bool) -> Value {
 fn posthog_event() -> Value {
     let mut event = object(json!({
         "event": required_id(),
-        "distinct_id": described(id(), "The person; else `properties.distinct_id`"),
+        "distinct_id": described(person_id(), "The person (at most 1,024 bytes of UTF-8); else `properties.distinct_id`"),
         "api_key": described(text(), "The write key (or `token`)"),
         "token": text(),
         "uuid": id(),
         "timestamp": time(),
         "offset": {"type": "number", "nullable": true, "description": "How many ms before sending the event happened"},
         "properties": described(
-            or_null(object(json!({"distinct_id": id(), "$set": free_object(), "$set_once": free_object()}))),
+            or_null(object(json!({
+                "distinct_id": person_id(), "$anon_distinct_id": person_id(), "$device_id": person_id(),
+                "alias": described(person_id(), "The id `$create_alias` links (and `$merge_dangerously` merges)"),
+                "$set": free_object(), "$set_once": free_object(),
+            }))),
             "`$current_url`, `$referrer`, `$set`, `$set_once`, `$anon_distinct_id`, `$is_identified`, `$session_id`, `$release`/`$app_version`, `$ignore_sent_at`, `$process_person_profile` and the rest",
         ),
         "$set": free_object(),
@@ -251,7 +266,7 @@ pub fn paths(paths: &mut Map<String, Value>) {
     }
 
     let mut feedback = object(json!({
-        "userId": id(), "anonymousId": id(),
+        "userId": person_id(), "anonymousId": person_id(),
         "score": {"type": "integer", "minimum": 0, "maximum": 10, "nullable": true},
         "message": {"type": "string", "maxLength": leanloop_collector::wire::feedback::MAX_MESSAGE_CHARS, "nullable": true,
             "description": "At most this many characters, within the event's limit of 32 KB as sent (a character escaped as `\\uXXXX` takes 6 bytes of it, an emoji 12)"},

@@ -122,7 +122,8 @@ const ids = items => new Set(items.map(e => e.messageId))
 
 // Read at every event: another tab of the site may have identified or reset.
 const aid = () => get('aid') || set('aid', uuid())
-const user = () => get('uid') || void 0
+// One kept before ids were checked, too long, would have every event refused.
+const user = (u = get('uid')) => (u && !long(u) ? u : void 0)
 const now = () => w.Date.now()
 const iso = () => new Date(now()).toISOString()
 // randomUUID needs a secure context; plain-http pages get the fallback.
@@ -458,11 +459,23 @@ export const page = safe((name, properties) => {
   add('page', { name, properties: { ...where(), ...properties } })
 })
 
+// A person's id as the server takes it: at most 1024 bytes of UTF-8.
+// Kept when longer, every later event would be refused.
+const long = u => {
+  let n = 0
+  for (let c of u) n += (c = c.codePointAt()) < 128 ? 1 : c < 2048 ? 2 : c < 65536 ? 3 : 4
+  return n > 1024
+}
+const pid = u => {
+  if (long((u = '' + u))) throw 'userId over 1024 bytes'
+  return u
+}
+
 // identify(traits) as in analytics.js: traits of the current user.
 export const identify = safe((userId, traits) => {
   if (userId === Object(userId)) (traits = userId), (userId = 0)
   // Before init (a module can be called then) nothing is kept.
-  if (key && userId) set('uid', '' + userId)
+  if (key && userId) set('uid', pid(userId))
   add('identify', { traits })
 })
 
@@ -471,7 +484,7 @@ export const group = safe((groupId, traits) => add('group', { groupId, traits })
 export const alias = safe(userId => {
   if (!key) return
   if (!userId) throw 'no userId'
-  add('alias', { userId, previousId: user() || aid() })
+  add('alias', { userId: pid(userId), previousId: user() || aid() })
   set('uid', '' + userId)
 })
 

@@ -274,6 +274,28 @@ test('alias without a user id changes nothing and warns', async () => {
   assert.match(b.warnings[0], /no userId/)
 })
 
+test('an id over 1024 bytes is refused with a warning and the current one kept', async () => {
+  const { sdk, b } = await start({ pageviews: false })
+  sdk.identify('real')
+  sdk.identify('é'.repeat(513), { lost: true })
+  sdk.alias('x'.repeat(1025))
+  sdk.identify('x'.repeat(1024))
+  sdk.track('after')
+  await sdk.flush()
+  const long = 'x'.repeat(1024)
+  assert.deepEqual(
+    b.events().map(e => [e.type, e.userId]),
+    [['identify', 'real'], ['identify', long], ['track', long]],
+  )
+  assert.equal(b.warnings.filter(w => /over 1024 bytes/.test(w)).length, 2)
+  // One kept too long (stored before ids were checked) is not sent.
+  b.storage.setItem('ll_uid', 'y'.repeat(1025))
+  sdk.track('kept too long')
+  await sdk.flush()
+  const last = b.events().at(-1)
+  assert.deepEqual([last.event, last.userId, typeof last.anonymousId], ['kept too long', undefined, 'string'])
+})
+
 test('identify(traits), as analytics.js takes it, gives traits of the current user, never an id', async () => {
   const { sdk, b } = await start({ pageviews: false })
   sdk.identify({ email: 'a@b.c' })

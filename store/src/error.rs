@@ -123,7 +123,7 @@ const PASSING_LIMITS: [u32; 8] = [159, 201, 202, 203, 209, 210, 252, 279];
 
 /// The error code in a ClickHouse refusal: `Code: 241, e.displayText() …`
 /// on old servers, `Code: 241. DB::Exception …` on current ones.
-fn clickhouse_code(detail: &str) -> Option<u32> {
+pub(crate) fn clickhouse_code(detail: &str) -> Option<u32> {
     let digits = detail.split("Code: ").nth(1)?;
     let end = digits.find(|c: char| !c.is_ascii_digit())?;
     digits[..end].parse().ok()

@@ -21,7 +21,7 @@ pub mod traits;
 
 pub use error::StoreError;
 pub use filter::EventFilter;
-pub use select::{Cell, Column, ColumnKind, Dialect, Param, Rows, Select};
+pub use select::{Cell, Column, ColumnKind, Dialect, Param, Rows, Select, CLICKHOUSE_FIRST_LINK};
 
 use leanloop_core::{Event, UserUpdate};
 
@@ -122,8 +122,11 @@ pub trait EventStore: Send + Sync + 'static {
     /// event whose person they are, as insights stitch them (its user id,
     /// else anonymous id, linked to them, or their own id when it is linked
     /// to no one; another user's events from a shared device stay).
-    /// Returns the number of events deleted. Done when it returns.
-    fn delete_person(&self, project_id: i64, user_id: &str) -> Result<u64, StoreError>;
+    /// Returns the number of events deleted. Done when it returns, or, for
+    /// deletes that run on after they are made (ClickHouse's mutations),
+    /// [`StoreError::StillDeleting`] when they have not finished by
+    /// `wait_until`.
+    fn delete_person(&self, project_id: i64, user_id: &str, wait_until: std::time::Instant) -> Result<u64, StoreError>;
 
     /// Brings what the store derives from events up to date now, as it
     /// otherwise does within minutes of writes (DuckDB compacts its session

@@ -10,6 +10,12 @@ pub enum Dialect {
     ClickHouse,
 }
 
+/// On ClickHouse, which keeps every link made, the user an anonymous id's
+/// first link names, over its `identities` rows (`GROUP BY anonymous_id`).
+/// Of two links dated alike (two writers at one moment) the smaller user
+/// counts, so every query, on every server, picks the same one.
+pub const CLICKHOUSE_FIRST_LINK: &str = "argMin(user_id, (linked_at_ms, user_id))";
+
 /// A value bound to a `?` placeholder, in order of appearance.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Param {

@@ -250,6 +250,7 @@ impl Delivery {
         drop(state);
         self.shared.changed.notify_all();
         metrics::gauge!("leanloop_log_backlog_bytes").set(backlog as f64);
+        mark_delivered();
     }
 
     /// Reads the record at `position`, opening the segment that holds it.
@@ -407,4 +408,13 @@ impl Iterator for Records<'_> {
         }
         (!chunk.is_empty()).then_some(chunk)
     }
+}
+
+/// Publishes now as the time of the last delivery. With the backlog, it
+/// tells how long delivery has been stuck: `time() - it` while
+/// `leanloop_log_backlog_bytes > 0`. A start counts as a delivery, so a
+/// server that has not delivered since does not look stuck since 1970.
+pub(super) fn mark_delivered() {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    metrics::gauge!("leanloop_log_last_delivery_timestamp_seconds").set(now.as_secs_f64());
 }

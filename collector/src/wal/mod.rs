@@ -140,6 +140,7 @@ impl Wal {
         }
         metrics::gauge!("leanloop_log_capacity_bytes").set(options.max_bytes as f64);
         metrics::gauge!("leanloop_log_backlog_bytes").set(replay as f64);
+        delivery::mark_delivered();
 
         let (tx, rx) = mpsc::channel();
         let writer = writer::Writer {
@@ -309,7 +310,7 @@ fn kept_len(file: &File, path: &Path, last: u64, from: u64, file_len: u64) -> st
             segment = %path.display(),
             damaged = len,
             resumes = next,
-            "the log holds damaged bytes followed by whole records; delivery will set them aside"
+            "the log holds damaged bytes followed by whole records; its delivery sets the damaged bytes aside"
         );
         len = segments::valid_len(file, last, next)?;
     }
@@ -768,8 +769,13 @@ mod tests {
         fn identity(&self, project_id: i64, anonymous_id: &str) -> Result<Option<String>, StoreError> {
             self.inner.identity(project_id, anonymous_id)
         }
-        fn delete_person(&self, project_id: i64, user_id: &str) -> Result<u64, StoreError> {
-            self.inner.delete_person(project_id, user_id)
+        fn delete_person(
+            &self,
+            project_id: i64,
+            user_id: &str,
+            wait_until: std::time::Instant,
+        ) -> Result<u64, StoreError> {
+            self.inner.delete_person(project_id, user_id, wait_until)
         }
         fn dialect(&self) -> Dialect {
             self.inner.dialect()

@@ -1,6 +1,6 @@
 //! Leanloop's own `POST /v1/feedback`: a score from 0 to 10 and/or a message.
 
-use super::{parse_body, parse_time, Decoded, Id, Incoming, Text, TimeValue};
+use super::{parse_body, parse_time, person_id, Decoded, Id, Incoming, Text, TimeValue};
 use crate::IngestError;
 use leanloop_core::EventKind;
 use serde::Deserialize;
@@ -39,8 +39,8 @@ pub fn decode(text: &str, max_event_bytes: usize) -> Result<Decoded, IngestError
 }
 
 fn incoming(f: Feedback) -> Result<Incoming, IngestError> {
-    let user_id = Id::take(f.user_id);
-    let anonymous_id = Id::take(f.anonymous_id);
+    let user_id = person_id(f.user_id, "userId")?;
+    let anonymous_id = person_id(f.anonymous_id, "anonymousId")?;
     if user_id.is_none() && anonymous_id.is_none() {
         return Err(IngestError::field("userId", "either `userId` or `anonymousId` is required"));
     }

@@ -24,6 +24,23 @@ impl Id {
     }
 }
 
+/// The longest id of a person taken, in bytes. A person's id names them in
+/// URLs (`/people/{id}`, erasure), so it must fit one %-escaped; and ids
+/// are names, not payloads (PostHog takes 200 characters, Mixpanel 255).
+pub const MAX_PERSON_ID_BYTES: usize = 1024;
+
+/// A person's id as sent in `field`, refused when over
+/// [`MAX_PERSON_ID_BYTES`]: cut short, two people's ids could become one.
+pub fn person_id(id: Option<Id>, field: &str) -> Result<Option<String>, IngestError> {
+    match Id::take(id) {
+        Some(id) if id.len() > MAX_PERSON_ID_BYTES => Err(IngestError::field(
+            field,
+            format!("`{field}` is {} bytes long; a person's id may be at most {MAX_PERSON_ID_BYTES}", id.len()),
+        )),
+        id => Ok(id),
+    }
+}
+
 /// A value read as `T` when it has that type, else none: a property read
 /// for a column but sent with another type (`"$is_identified": "yes"`) is
 /// left in the JSON, not the reason the event's other columns are lost.

@@ -8,7 +8,9 @@ pub mod posthog;
 pub mod segment;
 mod surrogates;
 
-pub use fields::{known_properties, parse_time, Id, Lenient, LenientObject, Text, TimeValue};
+pub use fields::{
+    known_properties, parse_time, person_id, Id, Lenient, LenientObject, Text, TimeValue, MAX_PERSON_ID_BYTES,
+};
 pub use surrogates::well_formed;
 
 use crate::IngestError;

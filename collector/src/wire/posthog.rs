@@ -10,8 +10,8 @@
 //! `$set_once` anywhere fills traits the person lacks.
 
 use super::{
-    decode_item, known_properties, object_text, parse_time, split_items, Decoded, Id, Incoming, Lenient, LenientObject,
-    Text, TimeValue, Utm,
+    decode_item, known_properties, object_text, parse_time, person_id, split_items, Decoded, Id, Incoming, Lenient,
+    LenientObject, Text, TimeValue, Utm,
 };
 use crate::IngestError;
 use leanloop_core::EventKind;
@@ -247,9 +247,11 @@ fn incoming(c: Capture<'_>, sent_at: Option<i64>, sdk: Sdk<'_>) -> Result<(Incom
     // that name may be the app's own.
     let own_key = Text::take(c.api_key).or(Text::take(c.token));
     let key = own_key.clone().or(Text::take(known.token.clone()));
-    let distinct_id = Id::take(c.distinct_id)
-        .or(Id::take(known.distinct_id.0))
-        .ok_or_else(|| IngestError::field("distinct_id", "`distinct_id` is required"))?;
+    let distinct_id = match person_id(c.distinct_id, "distinct_id")? {
+        Some(id) => id,
+        None => person_id(known.distinct_id.0, "properties.distinct_id")?
+            .ok_or_else(|| IngestError::field("distinct_id", "`distinct_id` is required"))?,
+    };
 
     let kind = match name.as_str() {
         "$pageview" => EventKind::Page,
@@ -260,11 +262,9 @@ fn incoming(c: Capture<'_>, sent_at: Option<i64>, sdk: Sdk<'_>) -> Result<(Incom
         _ => EventKind::Track,
     };
     let anonymous = known.is_identified.0 == Some(false) && kind != EventKind::Identify;
-    let alias = Id::take(known.alias.0);
     let mut previous_id = None;
     let (user_id, anonymous_id) = if kind == EventKind::Alias {
-        let other = alias
-            .clone()
+        let other = person_id(known.alias.0, "properties.alias")?
             .ok_or_else(|| IngestError::field("properties.alias", format!("`{name}` needs `properties.alias`")))?;
         if name == "$merge_dangerously" {
             // Sent by the person that stays, naming the one merged into it.
@@ -278,7 +278,12 @@ fn incoming(c: Capture<'_>, sent_at: Option<i64>, sdk: Sdk<'_>) -> Result<(Incom
     } else if anonymous {
         (None, Some(distinct_id))
     } else {
-        let linked = Id::take(known.anon_distinct_id.0).or(Id::take(known.device_id.0)).filter(|a| *a != distinct_id);
+        // The device id stands in only when no anonymous id is given.
+        let linked = match person_id(known.anon_distinct_id.0, "properties.$anon_distinct_id")? {
+            Some(anon) => Some(anon),
+            None => person_id(known.device_id.0, "properties.$device_id")?,
+        };
+        let linked = linked.filter(|a| *a != distinct_id);
         (Some(distinct_id), linked)
     };
     // `$set` may come inside properties (posthog-js, posthog-python), beside
@@ -487,6 +492,7 @@ fn add_property(properties: &str, key: &str, value: Option<String>) -> Result<St
 
 #[cfg(test)]
 mod tests {
+    use super::super::MAX_PERSON_ID_BYTES;
     use super::*;
 
     #[test]
@@ -674,6 +680,34 @@ mod tests {
             decode(r#"{"api_key":"k","event":"a","distinct_id":"d","properties":{"x":1}}"#, false, None, 32 * 1024, 10)
                 .unwrap();
         assert_eq!(d.items[0].as_ref().unwrap().properties, r#"{"x":1}"#);
+    }
+
+    #[test]
+    fn a_person_id_longer_than_its_limit_is_refused_by_name() {
+        let long = "x".repeat(MAX_PERSON_ID_BYTES + 1);
+        let refused = |event: &str, properties: &str| {
+            let body = format!(r#"{{"api_key":"k","batch":[{{"event":"{event}","properties":{properties}}}]}}"#);
+            match decode(&body, false, None, 32 * 1024, 10).unwrap().items.remove(0) {
+                Err(IngestError::BadField { field, .. }) => field,
+                other => panic!("{properties}: expected a refusal, got {other:?}"),
+            }
+        };
+        assert_eq!(refused("e", &format!(r#"{{"distinct_id":"{long}"}}"#)), "properties.distinct_id");
+        let with = |key: &str| format!(r#"{{"distinct_id":"d","{key}":"{long}"}}"#);
+        assert_eq!(refused("$identify", &with("$anon_distinct_id")), "properties.$anon_distinct_id");
+        assert_eq!(refused("$identify", &with("$device_id")), "properties.$device_id");
+        assert_eq!(refused("$create_alias", &with("alias")), "properties.alias");
+        let body = format!(r#"{{"api_key":"k","event":"e","distinct_id":"{long}"}}"#);
+        let item = decode(&body, false, None, 32 * 1024, 10).unwrap().items.remove(0);
+        assert!(matches!(item, Err(IngestError::BadField { field, .. }) if field == "distinct_id"));
+        // Where they name no one, they are only properties.
+        for (event, properties) in [
+            ("track", with("alias")),
+            ("$identify", format!(r#"{{"distinct_id":"d","$anon_distinct_id":"a","$device_id":"{long}"}}"#)),
+        ] {
+            let body = format!(r#"{{"api_key":"k","batch":[{{"event":"{event}","properties":{properties}}}]}}"#);
+            assert!(decode(&body, false, None, 32 * 1024, 10).unwrap().items.remove(0).is_ok(), "{event}");
+        }
     }
 
     #[test]

@@ -3,8 +3,8 @@
 
 use super::fields::object_or_empty_list;
 use super::{
-    decode_item, object_text, parse_body, parse_time, split_items, with_property, Decoded, Id, Incoming, LenientObject,
-    Text, TimeValue, Utm,
+    decode_item, object_text, parse_body, parse_time, person_id, split_items, with_property, Decoded, Id, Incoming,
+    LenientObject, Text, TimeValue, Utm,
 };
 use crate::IngestError;
 use leanloop_core::EventKind;
@@ -301,8 +301,8 @@ fn incoming(
         EventKind::Track => Id::take(m.event).ok_or_else(|| IngestError::field("event", "`event` is required"))?,
         _ => kind.fixed_name().unwrap_or_default().to_owned(),
     };
-    let user_id = Id::take(m.user_id);
-    let anonymous_id = Id::take(m.anonymous_id);
+    let user_id = person_id(m.user_id, "userId")?;
+    let anonymous_id = person_id(m.anonymous_id, "anonymousId")?;
     if user_id.is_none() && anonymous_id.is_none() {
         return Err(IngestError::field("userId", "either `userId` or `anonymousId` is required"));
     }
@@ -313,7 +313,11 @@ fn incoming(
         EventKind::Identify => Some(identify_traits(m.traits, context.traits.as_deref())?),
         _ => None,
     };
-    let previous_id = Id::take(m.previous_id);
+    // Read only by an alias, as the id it links.
+    let previous_id = match kind {
+        EventKind::Alias => person_id(m.previous_id, "previousId")?,
+        _ => None,
+    };
     let properties = match kind {
         EventKind::Group => with_extra(&properties, "$group_id", Id::take(m.group_id), m.traits)?,
         EventKind::Alias => with_extra(&properties, "$previous_id", previous_id.clone(), None)?,
@@ -429,6 +433,7 @@ fn with_extra(
 #[cfg(test)]
 mod tests {
     use super::super::MAX_NESTING;
+    use super::super::MAX_PERSON_ID_BYTES;
     use super::*;
 
     fn one(text: &str, call: Call) -> Result<Incoming, IngestError> {
@@ -446,6 +451,30 @@ mod tests {
         assert_eq!(field(r#"{"anonymousId":"a","previousId":"p"}"#, alias), "userId");
         assert_eq!(field(r#"{"userId":"u"}"#, alias), "previousId");
         assert_eq!(field(r#"{"userId":"u"}"#, Call::Single(EventKind::Group)), "groupId");
+    }
+
+    #[test]
+    fn a_person_id_longer_than_its_limit_is_refused_by_name() {
+        let long = "é".repeat(MAX_PERSON_ID_BYTES / 2 + 1);
+        let at_limit = "x".repeat(MAX_PERSON_ID_BYTES);
+        let track = Call::Single(EventKind::Track);
+        let ok = one(&format!(r#"{{"event":"e","userId":"{at_limit}"}}"#), track).unwrap();
+        assert_eq!(ok.user_id.as_deref(), Some(at_limit.as_str()));
+        for (text, call, field) in [
+            (format!(r#"{{"event":"e","userId":"{long}"}}"#), track, "userId"),
+            (format!(r#"{{"event":"e","anonymousId":"{long}"}}"#), track, "anonymousId"),
+            (format!(r#"{{"userId":"u","previousId":"{long}"}}"#), Call::Single(EventKind::Alias), "previousId"),
+        ] {
+            match one(&text, call) {
+                Err(IngestError::BadField { field: named, message }) => {
+                    assert_eq!(named, field);
+                    assert!(message.contains("at most 1024"), "{message}");
+                }
+                other => panic!("{field}: expected a refusal, got {other:?}"),
+            }
+        }
+        // A track reads no `previousId`.
+        assert!(one(&format!(r#"{{"event":"e","userId":"u","previousId":"{long}"}}"#), track).is_ok());
     }
 
     #[test]

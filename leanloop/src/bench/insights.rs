@@ -284,8 +284,8 @@ impl EventStore for Recorder {
     fn settle(&self) -> Result<(), StoreError> {
         self.inner.settle()
     }
-    fn delete_person(&self, project_id: i64, user_id: &str) -> Result<u64, StoreError> {
-        self.inner.delete_person(project_id, user_id)
+    fn delete_person(&self, project_id: i64, user_id: &str, wait_until: std::time::Instant) -> Result<u64, StoreError> {
+        self.inner.delete_person(project_id, user_id, wait_until)
     }
     fn dialect(&self) -> leanloop_store::Dialect {
         self.inner.dialect()

@@ -59,7 +59,7 @@ impl Deferred {
             Err(e) if e.is_unreachable() => {
                 tracing::warn!(
                     error = %e,
-                    "ClickHouse does not answer: starting without it; events wait in the log until it does"
+                    "ClickHouse does not answer: starting without it; events wait (in the log, or with the log off the in-memory queue) until it does"
                 );
                 let last = Failed { at: Instant::now(), why: e.to_string(), retriable: true };
                 Ok(Deferred { options: options.clone(), store: OnceLock::new(), failed: Mutex::new(Some(last)) })
@@ -129,8 +129,8 @@ impl EventStore for Deferred {
         self.ready()?.identity(project_id, anonymous_id)
     }
 
-    fn delete_person(&self, project_id: i64, user_id: &str) -> Result<u64, StoreError> {
-        self.ready()?.delete_person(project_id, user_id)
+    fn delete_person(&self, project_id: i64, user_id: &str, wait_until: Instant) -> Result<u64, StoreError> {
+        self.ready()?.delete_person(project_id, user_id, wait_until)
     }
 
     fn settle(&self) -> Result<(), StoreError> {

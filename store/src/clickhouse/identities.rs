@@ -1,12 +1,13 @@
 //! Identity links on ClickHouse: an insert-only table read as each
-//! anonymous id's first link (`argMin(user_id, linked_at_ms)`). A write
+//! anonymous id's first link ([`CLICKHOUSE_FIRST_LINK`]). A write
 //! stores its links so that each names a final id, as on DuckDB, then
 //! repairs the chains through the ids it linked: another writer (a second
 //! collector) may have linked ids of the same chains at the same moment,
 //! each looking the links up before the other's were stored.
 
+use super::mutations::in_bound_set;
 use super::write::bounded_chunks;
-use crate::StoreError;
+use crate::{StoreError, CLICKHOUSE_FIRST_LINK};
 use clickhouse::Row;
 use leanloop_core::UserUpdate;
 use serde::Serialize;
@@ -60,10 +61,11 @@ async fn first_links_of(
 ) -> Result<HashMap<String, (String, i64)>, StoreError> {
     links_by_chunks(ids, |chunk| {
         client
-            .query(
-                "SELECT anonymous_id, argMin(user_id, linked_at_ms), min(linked_at_ms) FROM identities
-                 WHERE project_id = ? AND has(?, anonymous_id) GROUP BY anonymous_id",
-            )
+            .query(&format!(
+                "SELECT anonymous_id, {CLICKHOUSE_FIRST_LINK}, min(linked_at_ms) FROM identities
+                 WHERE project_id = ? AND {} GROUP BY anonymous_id",
+                in_bound_set("anonymous_id")
+            ))
             .bind(project_id)
             .bind(chunk)
     })
@@ -89,12 +91,14 @@ async fn links_to(
 ) -> Result<HashMap<String, (String, i64)>, StoreError> {
     links_by_chunks(ids, |chunk| {
         client
-            .query(
-                "SELECT anonymous_id, argMin(user_id, linked_at_ms), min(linked_at_ms) FROM identities
+            .query(&format!(
+                "SELECT anonymous_id, {CLICKHOUSE_FIRST_LINK}, min(linked_at_ms) FROM identities
                  WHERE project_id = ? AND anonymous_id IN
-                     (SELECT anonymous_id FROM identities WHERE project_id = ? AND has(?, user_id))
-                 GROUP BY anonymous_id HAVING has(?, argMin(user_id, linked_at_ms))",
-            )
+                     (SELECT anonymous_id FROM identities WHERE project_id = ? AND {})
+                 GROUP BY anonymous_id HAVING {}",
+                in_bound_set("user_id"),
+                in_bound_set(CLICKHOUSE_FIRST_LINK)
+            ))
             .bind(project_id)
             .bind(project_id)
             .bind(chunk)

@@ -153,6 +153,16 @@ impl Endpoint {
             // must run once and be shipped to the shards (GLOBAL), which the
             // default refuses. A single server ignores the setting.
             client = client.with_database(&self.database).with_setting("distributed_product_mode", "global");
+            // An insert into a Distributed table returns once its rows are
+            // on their shards, not queued on this server's disk: the log is
+            // truncated only then, and a replay's uuid lookup finds them.
+            client = client.with_setting("insert_distributed_sync", "1");
+            // ... and every writer reads and writes the same replica of
+            // each shard: the first that answers, in the cluster's order,
+            // not a random one or the connected server's own. Replicas
+            // copy rows to each other later, so a link another writer
+            // stored is then seen by this writer's repair at once.
+            client = client.with_setting("load_balancing", "in_order").with_setting("prefer_localhost_replica", "0");
             // Bound values are written into the statement's text: a filter
             // of 1,000 long values, or a funnel of such steps, runs past
             // the default 256 KiB a statement may take.
@@ -187,9 +197,9 @@ pub struct ClickHouseStore {
     fence: Mutex<Option<Instant>>,
     /// Where deletes run: the tables, or each shard's on a cluster.
     mutations: mutations::Mutations,
-    /// Set when a write of people failed: its retry may find its links
-    /// stored and their chains not yet set right (`identities::links`).
-    people_in_doubt: std::sync::atomic::AtomicBool,
+    /// How many events, from where the next write starts, belong to a
+    /// write of people that failed (see [`people_doubt_after`]).
+    people_in_doubt: std::sync::atomic::AtomicU64,
 }
 
 impl ClickHouseStore {
@@ -360,6 +370,8 @@ struct Writing<'s> {
     /// Keys sent in this write: a repeat in a later batch would pass the
     /// look-up, as the rows before it are not stored until the end.
     sent: HashSet<Key>,
+    /// Events given to this write, stored or found stored before.
+    given: u64,
     outcome: WriteOutcome,
 }
 
@@ -384,6 +396,7 @@ impl<'s> Writing<'s> {
             replayed: false,
             inserts,
             sent: HashSet::new(),
+            given: 0,
             outcome: WriteOutcome::default(),
         })
     }
@@ -392,6 +405,7 @@ impl<'s> Writing<'s> {
     /// stored any of them, so every key is looked up.
     fn events(&mut self, events: &[Event], replayed: bool) -> Result<(), StoreError> {
         self.replayed |= replayed;
+        self.given += events.len() as u64;
         let sent = self.send(events, replayed);
         self.fenced(sent)
     }
@@ -419,11 +433,11 @@ impl<'s> Writing<'s> {
     /// a question (or an erasure) that sees the events sees whose they are.
     fn finish(mut self, users: &[UserUpdate]) -> Result<WriteOutcome, StoreError> {
         use std::sync::atomic::Ordering;
-        let in_doubt = self.check_all || self.replayed || self.store.people_in_doubt.load(Ordering::Acquire);
+        let doubt = self.store.people_in_doubt.load(Ordering::Acquire);
+        let in_doubt = self.check_all || self.replayed || doubt > 0;
         let people = self.store.block(write::users(&self.store.client, users, in_doubt));
-        // The next write is this one's retry (delivery and the queue retry
-        // a write until it succeeds).
-        self.store.people_in_doubt.store(people.is_err(), Ordering::Release);
+        let doubt = people_doubt_after(doubt, self.given, people.is_ok());
+        self.store.people_in_doubt.store(doubt, Ordering::Release);
         self.fenced(people)?;
         let ended = self.store.block(self.inserts.end());
         self.fenced(ended)?;
@@ -438,6 +452,20 @@ impl<'s> Writing<'s> {
             *self.fence = Some(Instant::now());
         }
         result
+    }
+}
+
+/// How many events from the next write's start are in doubt after a write
+/// of `given` events, which began where `doubt` counted from, stored its
+/// people (`ok`) or not. A write of people that failed may have stored its
+/// links and not set their chains right; it is tried again from its start
+/// (delivery and the queue retry a write until it succeeds), perhaps
+/// smaller (delivery quarters a write that failed), so every write until
+/// its events have all been written again repairs every id it links.
+fn people_doubt_after(doubt: u64, given: u64, ok: bool) -> u64 {
+    match ok {
+        true => doubt.saturating_sub(given),
+        false => doubt.max(given),
     }
 }
 
@@ -483,8 +511,9 @@ impl EventStore for ClickHouseStore {
         self.read(|client| async move { read::identity(&client, project_id, anonymous_id).await })
     }
 
-    fn delete_person(&self, project_id: i64, user_id: &str) -> Result<u64, StoreError> {
-        self.block(write::delete_person(&self.client, &self.mutations, &self.database, project_id, user_id))
+    fn delete_person(&self, project_id: i64, user_id: &str, wait_until: Instant) -> Result<u64, StoreError> {
+        let erasure = write::Erasure { project_id, user_id, wait_until };
+        self.block(write::delete_person(&self.client, &self.mutations, &self.database, erasure))
     }
 
     fn dialect(&self) -> Dialect {
@@ -517,6 +546,21 @@ impl EventStore for ClickHouseStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A write of 1,000 events fails after its links; delivery tries it
+    /// again a quarter as large, fails once more, then goes on: every write
+    /// up to its 1,000th event is in doubt, and none after.
+    #[test]
+    fn a_failed_write_of_people_leaves_its_events_in_doubt_until_all_are_written_again() {
+        let mut doubt = 0;
+        let mut in_doubt = Vec::new();
+        for (given, ok) in [(1000, false), (250, false), (250, true), (500, true), (500, true), (100, true)] {
+            in_doubt.push(doubt > 0);
+            doubt = people_doubt_after(doubt, given, ok);
+        }
+        assert_eq!(in_doubt, [false, true, true, true, true, false]);
+        assert_eq!(doubt, 0);
+    }
 
     #[test]
     fn passwords_are_never_shown() {

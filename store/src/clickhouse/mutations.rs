@@ -7,6 +7,7 @@
 use super::write::bounded_chunks;
 use crate::StoreError;
 use clickhouse::query::Query;
+use std::time::Duration;
 
 /// Where the database's mutations run.
 #[derive(Clone, PartialEq)]
@@ -23,6 +24,7 @@ pub struct Cluster {
     database: String,
     /// Its servers as `remote()` names them (`host:port,…`).
     servers: String,
+    server_count: u64,
     /// The store's own user and password, which `remote()` is given: it
     /// would connect as `default` with no password.
     user: String,
@@ -72,6 +74,7 @@ impl Mutations {
             name,
             database,
             servers: servers.join(","),
+            server_count: servers.len() as u64,
             user: user.unwrap_or("default").to_owned(),
             password: password.unwrap_or_default().to_owned(),
         }))
@@ -87,6 +90,24 @@ impl Mutations {
         }
     }
 
+    /// Makes a mutation, `statement`. On a cluster, one a server does not
+    /// take within `wait` (it is down) is queued for it (ClickHouse's queue
+    /// of `ON CLUSTER` statements, `distributed_ddl_task_timeout`): made,
+    /// and awaited like the others.
+    pub async fn make(&self, statement: Query, wait: Duration) -> Result<(), StoreError> {
+        let Mutations::Cluster(_) = self else { return Ok(statement.execute().await?) };
+        let waited = statement.with_setting("distributed_ddl_task_timeout", wait.as_secs().max(1).to_string());
+        match waited.execute().await.map_err(StoreError::from) {
+            // TIMEOUT_EXCEEDED: "… unfinished hosts …, they are going to
+            // execute the query in background".
+            Err(e) if crate::error::clickhouse_code(&e.to_string()) == Some(159) => {
+                tracing::warn!(error = %e, "a server of the cluster has not taken a delete yet; it runs it once back");
+                Ok(())
+            }
+            other => other,
+        }
+    }
+
     /// `ids` as the sets a delete's condition takes, each to be bound to
     /// the statement it is written into (see [`IdSet`]).
     pub fn id_sets<'a>(&self, ids: &'a [&'a str]) -> Vec<IdSet<'a>> {
@@ -97,32 +118,35 @@ impl Mutations {
         }
     }
 
-    /// How many mutations of the database's `tables` made since `since`
-    /// (the server's clock, in seconds) have not finished, on every server
-    /// they run on.
-    pub async fn pending(
+    /// How many of the `made` mutations of `database` whose text holds
+    /// `tag` have not finished. On a cluster each is awaited on every
+    /// server, and one a server does not show yet counts as unfinished.
+    pub async fn unfinished(
         &self,
         client: &clickhouse::Client,
         database: &str,
-        tables: &[&str],
-        since: u32,
+        tag: &str,
+        made: u64,
     ) -> Result<u64, StoreError> {
-        let condition = "database = ? AND has(?, table) AND create_time >= toDateTime(?) AND is_done = 0";
-        let (query, tables): (_, Vec<String>) = match self {
-            Mutations::Local => (
-                client.query(&format!("SELECT count() FROM system.mutations WHERE {condition}")),
-                tables.iter().map(|t| t.to_string()).collect(),
-            ),
+        let counts = "SELECT countIf(is_done = 0), count()";
+        let condition = "WHERE database = ? AND position(command, ?) > 0";
+        let (query, expected) = match self {
+            Mutations::Local => (client.query(&format!("{counts} FROM system.mutations {condition}")), made),
+            // A server down is skipped: its mutations, not shown, count as
+            // unfinished (it runs them from the cluster's queue once back).
             Mutations::Cluster(c) => (
                 client
-                    .query(&format!("SELECT count() FROM remote(?, system, mutations, ?, ?) WHERE {condition}"))
+                    .clone()
+                    .with_setting("skip_unavailable_shards", "1")
+                    .query(&format!("{counts} FROM remote(?, system, mutations, ?, ?) {condition}"))
                     .bind(&c.servers)
                     .bind(&c.user)
                     .bind(&c.password),
-                tables.iter().map(|t| format!("{t}_local")).collect(),
+                made * c.server_count,
             ),
         };
-        Ok(query.bind(database).bind(&tables).bind(since).fetch_one().await?)
+        let (running, shown): (u64, u64) = query.bind(database).bind(tag).fetch_one().await?;
+        Ok(running + expected.saturating_sub(shown))
     }
 }
 
@@ -143,8 +167,7 @@ impl IdSet<'_> {
     /// binds.
     pub fn condition(&self, expr: &str) -> String {
         match self {
-            // Cast, as an empty list is an `Array(Nothing)` older servers refuse.
-            IdSet::Bound(_) => format!("{expr} IN (SELECT arrayJoin(CAST(? AS Array(String))))"),
+            IdSet::Bound(_) => in_bound_set(expr),
             IdSet::Listed([]) => "0".to_owned(),
             IdSet::Listed(ids) => format!("{expr} IN ({})", vec!["?"; ids.len()].join(", ")),
         }
@@ -162,6 +185,15 @@ impl IdSet<'_> {
             IdSet::Bound(ids) | IdSet::Listed(ids) => ids.is_empty(),
         }
     }
+}
+
+/// `expr` is one of the strings of an array bound to the `?`, as a set:
+/// hashed, and on a table's key column narrowed by its index, where
+/// `has(?, expr)` searches the array for every row of the table (2,000
+/// ids over 3 million links: 54 s against 0.2 s on 18.16).
+pub fn in_bound_set(expr: &str) -> String {
+    // Cast, as an empty list is an `Array(Nothing)` older servers refuse.
+    format!("{expr} IN (SELECT arrayJoin(CAST(? AS Array(String))))")
 }
 
 /// `host:port` as `remote()` takes it, an IPv6 address in brackets.
@@ -188,6 +220,7 @@ mod tests {
             name: "prod".into(),
             database: "leanloop".into(),
             servers: "a:9000,b:9000".into(),
+            server_count: 2,
             user: "leanloop".into(),
             password: "s3cret".into(),
         })

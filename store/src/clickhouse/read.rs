@@ -2,7 +2,7 @@
 //! (escaped by the client), never spliced into SQL.
 
 use super::write::{clamp_seconds, UserRow};
-use crate::select::{Cell, Param, Rows, Select};
+use crate::select::{Cell, Param, Rows, Select, CLICKHOUSE_FIRST_LINK};
 use crate::{EventFilter, StoreError, UserRecord};
 use clickhouse::Row;
 use leanloop_core::{Event, EventKind};
@@ -146,10 +146,11 @@ pub async fn user_rows(
     user_ids: &[&str],
 ) -> Result<Vec<UserRow>, StoreError> {
     let rows = client
-        .query(
+        .query(&format!(
             "SELECT project_id, user_id, argMax(traits, version), min(first_seen_ms), max(last_seen_ms), max(version)
-             FROM users WHERE project_id = ? AND has(?, user_id) GROUP BY project_id, user_id",
-        )
+             FROM users WHERE project_id = ? AND {} GROUP BY project_id, user_id",
+            super::mutations::in_bound_set("user_id")
+        ))
         .bind(project_id)
         .bind(user_ids)
         .fetch_all()
@@ -176,10 +177,9 @@ pub async fn identity(
     anonymous_id: &str,
 ) -> Result<Option<String>, StoreError> {
     let linked: Vec<String> = client
-        .query(
-            "SELECT argMin(user_id, linked_at_ms) FROM identities
-             WHERE project_id = ? AND anonymous_id = ? GROUP BY anonymous_id",
-        )
+        .query(&format!(
+            "SELECT {CLICKHOUSE_FIRST_LINK} FROM identities WHERE project_id = ? AND anonymous_id = ? GROUP BY anonymous_id"
+        ))
         .bind(project_id)
         .bind(anonymous_id)
         .fetch_all()

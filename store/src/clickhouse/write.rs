@@ -3,15 +3,15 @@
 
 use super::identities;
 use super::mutations::{IdSet, Mutations};
-use crate::StoreError;
+use crate::{StoreError, CLICKHOUSE_FIRST_LINK};
 use chrono::Datelike;
 use clickhouse::Row;
 use leanloop_core::{Event, UserUpdate};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use std::borrow::Cow;
-use std::collections::{HashMap, HashSet};
-use std::time::Duration;
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::time::{Duration, Instant};
 use uuid::Uuid;
 
 /// One `events` row, borrowing from the event it stores.
@@ -197,7 +197,7 @@ pub(super) fn bounded_chunks<'a>(ids: &'a [&'a str]) -> Vec<&'a [&'a str]> {
     chunks
 }
 
-#[derive(Row, Serialize, Deserialize)]
+#[derive(Row, Serialize, Deserialize, Clone)]
 pub struct UserRow {
     pub project_id: i64,
     pub user_id: String,
@@ -322,7 +322,83 @@ pub async fn users(client: &clickhouse::Client, updates: &[UserUpdate], in_doubt
     }
     insert.end().await?;
 
-    identities::links(client, updates, &new_links, &stored_links, in_doubt).await
+    identities::links(client, updates, &new_links, &stored_links, in_doubt).await?;
+    let written = rows.iter().map(|row| (row.project_id, row.user_id.as_str()));
+    let linked = new_links.iter().map(|&(project_id, from, _)| (project_id, from));
+    fill_from_raced_links(client, written.chain(linked).collect()).await
+}
+
+/// Traits a link's race left behind. Another writer may link an id this
+/// write gave traits to after this write looked its owner up (a browser's
+/// identify through one collector, a server's alias through another), or
+/// give traits to an id this write linked after this write read them: the
+/// id's traits then miss the user they fill at the link. Looked at once
+/// both writes' rows are stored (each writer stores its people before its
+/// links), the later writer finds both and fills the gaps of the user the
+/// id is linked to (see [`crate::traits::merge_linked`]), as one write
+/// seeing both would have. `ids` are the people this write stored and the
+/// ids it linked first.
+async fn fill_from_raced_links(client: &clickhouse::Client, mut ids: Vec<(i64, &str)>) -> Result<(), StoreError> {
+    ids.sort_unstable();
+    ids.dedup();
+    let mut rows = Vec::new();
+    for project_id in ids.iter().map(|(p, _)| *p).collect::<BTreeSet<i64>>() {
+        let of_project: Vec<&str> = ids.iter().filter(|(p, _)| *p == project_id).map(|(_, id)| *id).collect();
+        // Links name a final id; an id linked to itself is linked to no one.
+        let links: HashMap<String, String> = identities::stored_links_of(client, project_id, &of_project)
+            .await?
+            .into_iter()
+            .filter(|(id, to)| id != to)
+            .collect();
+        if links.is_empty() {
+            continue;
+        }
+        let people: Vec<&str> = links.iter().flat_map(|(id, to)| [id.as_str(), to.as_str()]).collect();
+        let mut stored: HashMap<String, UserRow> = HashMap::new();
+        for chunk in bounded_chunks(&people) {
+            for row in super::read::user_rows(client, project_id, chunk).await? {
+                stored.insert(row.user_id.clone(), row);
+            }
+        }
+        // Each user the ids fill, and whether they filled any gap.
+        let mut filled: HashMap<&str, (UserRow, bool)> = HashMap::new();
+        for (id, to) in &links {
+            let Some(linked) = stored.get(id) else { continue };
+            let (user, changed) = filled.entry(to.as_str()).or_insert_with(|| {
+                let row = match stored.get(to) {
+                    Some(row) => UserRow { version: row.version + 1, ..row.clone() },
+                    None => UserRow {
+                        project_id,
+                        user_id: to.clone(),
+                        traits: "{}".into(),
+                        first_seen_ms: linked.first_seen_ms,
+                        last_seen_ms: linked.last_seen_ms,
+                        version: 1,
+                    },
+                };
+                (row, false)
+            });
+            let mut traits = crate::traits::object(&user.traits);
+            let had = traits.len();
+            crate::traits::merge_linked(&mut traits, Some(&linked.traits), &[]);
+            if traits.len() > had {
+                user.traits = Value::Object(traits).to_string();
+                user.first_seen_ms = user.first_seen_ms.min(linked.first_seen_ms);
+                user.last_seen_ms = user.last_seen_ms.max(linked.last_seen_ms);
+                *changed = true;
+            }
+        }
+        rows.extend(filled.into_values().filter(|(_, changed)| *changed).map(|(row, _)| row));
+    }
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let mut insert = client.insert::<UserRow>("users").await?;
+    for row in &rows {
+        insert.write(row).await?;
+    }
+    insert.end().await?;
+    Ok(())
 }
 
 #[derive(Row, Serialize)]
@@ -371,28 +447,32 @@ pub async fn drop_cohort_versions(
     Ok(())
 }
 
-/// How long [`delete_person`] waits for its mutations to finish: within a
-/// request's default deadline (30 s), to answer that they run on.
-const MUTATION_DEADLINE: Duration = Duration::from_secs(20);
+/// A person to erase, and how long to wait for the deletes to finish.
+pub struct Erasure<'a> {
+    pub project_id: i64,
+    pub user_id: &'a str,
+    pub wait_until: Instant,
+}
 
 /// Deletes a person's rows with `ALTER TABLE ... DELETE` mutations (every
 /// server version has them) and waits until they are done, so the person is
-/// gone from every answer when this returns.
+/// gone from every answer when this returns; or until `wait_until`, then
+/// [`StoreError::StillDeleting`]: the mutations go on.
 pub async fn delete_person(
     client: &clickhouse::Client,
     mutations: &Mutations,
     database: &str,
-    project_id: i64,
-    user_id: &str,
+    erasure: Erasure<'_>,
 ) -> Result<u64, StoreError> {
+    let Erasure { project_id, user_id, wait_until } = erasure;
     // The anonymous ids whose first link is to this person: an id linked to
     // someone else first is that one's, with its events.
     let anonymous_ids: Vec<String> = client
-        .query(
+        .query(&format!(
             "SELECT anonymous_id FROM identities WHERE project_id = ? AND anonymous_id IN
                  (SELECT anonymous_id FROM identities WHERE project_id = ? AND user_id = ?)
-             GROUP BY anonymous_id HAVING argMin(user_id, linked_at_ms) = ?",
-        )
+             GROUP BY anonymous_id HAVING {CLICKHOUSE_FIRST_LINK} = ?"
+        ))
         .bind(project_id)
         .bind(project_id)
         .bind(user_id)
@@ -401,10 +481,10 @@ pub async fn delete_person(
         .await?;
     // Their own id is theirs unless it was linked to someone else first.
     let owners: Vec<String> = client
-        .query(
-            "SELECT argMin(user_id, linked_at_ms) FROM identities WHERE project_id = ? AND anonymous_id = ?
-             GROUP BY anonymous_id",
-        )
+        .query(&format!(
+            "SELECT {CLICKHOUSE_FIRST_LINK} FROM identities WHERE project_id = ? AND anonymous_id = ?
+             GROUP BY anonymous_id"
+        ))
         .bind(project_id)
         .bind(user_id)
         .fetch_all()
@@ -428,16 +508,19 @@ pub async fn delete_person(
         )
         .fetch_one()
         .await?;
-    // Only this erasure's mutations are awaited: those of the tables it
-    // deletes from, made from now on (a few seconds early, for the clocks
-    // of a cluster's other servers). Another one, stuck (a mutation that
-    // fails on every try stays undone), is not this one's to wait for.
-    let since: u32 = client.query("SELECT now()").fetch_one().await?;
-    let since = since.saturating_sub(5);
+    // Each of this erasure's mutations carries its tag, which the server
+    // keeps in the mutation's text: only they are awaited, not another
+    // one, stuck (a mutation that fails on every try stays undone), nor
+    // another erasure's.
+    let tag = Tag::new();
+    let mut made = 0;
     for set in mutations.id_sets(&ids).iter().filter(|set| !set.is_empty()) {
         let alter = mutations.alter("events");
-        let statement = format!("{alter} DELETE WHERE project_id = ? AND {}", set.condition(person));
-        set.bind(client.query(&statement).bind(project_id)).execute().await?;
+        let statement =
+            format!("{alter} DELETE WHERE project_id = ? AND {} AND {}", set.condition(person), tag.condition());
+        let wait = wait_until.saturating_duration_since(Instant::now());
+        mutations.make(set.bind(client.query(&statement).bind(project_id)), wait).await?;
+        made += 1;
     }
     // Their links, with every row of the ids linked to them (a link moved
     // on to them keeps its first row beside, which must not come back);
@@ -446,20 +529,47 @@ pub async fn delete_person(
     for (table, id) in [("identities", "anonymous_id"), ("cohort_members", "user_id"), ("users", "user_id")] {
         for set in mutations.id_sets(&ids) {
             let alter = mutations.alter(table);
-            let statement = format!("{alter} DELETE WHERE project_id = ? AND (user_id = ? OR {})", set.condition(id));
-            set.bind(client.query(&statement).bind(project_id).bind(user_id)).execute().await?;
+            let condition = format!("(user_id = ? OR {}) AND {}", set.condition(id), tag.condition());
+            let statement = format!("{alter} DELETE WHERE project_id = ? AND {condition}");
+            let wait = wait_until.saturating_duration_since(Instant::now());
+            mutations.make(set.bind(client.query(&statement).bind(project_id).bind(user_id)), wait).await?;
+            made += 1;
         }
     }
-    let started = std::time::Instant::now();
-    let tables = ["events", "identities", "cohort_members", "users"];
+    // Looked at often at first (most erasures take a moment), then less.
+    let mut pause = Duration::from_millis(20);
     loop {
-        if mutations.pending(client, database, &tables, since).await? == 0 {
+        // A look begun at the wait's end has a moment to answer.
+        let left = wait_until.saturating_duration_since(Instant::now()) + Duration::from_millis(250);
+        let unfinished = mutations.unfinished(client, database, &tag.0, made);
+        let Ok(unfinished) = tokio::time::timeout(left, unfinished).await else {
+            return Err(StoreError::StillDeleting { events });
+        };
+        if unfinished? == 0 {
             return Ok(events);
         }
-        if started.elapsed() > MUTATION_DEADLINE {
+        let left = wait_until.saturating_duration_since(Instant::now());
+        if left.is_zero() {
             return Err(StoreError::StillDeleting { events });
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        // The last look is at the wait's end, not a pause before it.
+        tokio::time::sleep(pause.min(left)).await;
+        pause = (pause * 2).min(Duration::from_secs(1));
+    }
+}
+
+/// Text put in each of an erasure's mutations, to find them by.
+struct Tag(String);
+
+impl Tag {
+    fn new() -> Tag {
+        Tag(format!("leanloop erasure {}", uuid::Uuid::new_v4()))
+    }
+
+    /// A condition always true, kept in the mutation's text. Its text is
+    /// made here, not client input: a UUID's hex digits and dashes.
+    fn condition(&self) -> String {
+        format!("'{}' != ''", self.0)
     }
 }
 

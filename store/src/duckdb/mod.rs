@@ -318,8 +318,8 @@ impl EventStore for DuckDbStore {
         self.with(|db| db.settle())
     }
 
-    fn delete_person(&self, project_id: i64, user_id: &str) -> Result<u64, StoreError> {
-        self.with(|db| db.delete_person(project_id, user_id))
+    fn delete_person(&self, project_id: i64, user_id: &str, wait_until: Instant) -> Result<u64, StoreError> {
+        self.with(|db| db.delete_person(project_id, user_id, wait_until))
     }
 
     fn dialect(&self) -> Dialect {
@@ -404,7 +404,7 @@ impl Database {
         lock(&self.writer).compact_sessions()
     }
 
-    fn delete_person(&self, project_id: i64, user_id: &str) -> Result<u64, StoreError> {
+    fn delete_person(&self, project_id: i64, user_id: &str, _wait_until: Instant) -> Result<u64, StoreError> {
         let deleted = lock(&self.writer).delete_person(project_id, user_id)?;
         self.people_writes.fetch_add(1, Ordering::Release);
         Ok(deleted)

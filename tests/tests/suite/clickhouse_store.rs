@@ -519,6 +519,57 @@ async fn links_made_at_the_same_moment_by_two_writers_end_as_one_person() {
     assert!(split.is_empty(), "{} of {} people split: {split:#?}", split.len(), 2 * PEOPLE);
 }
 
+/// A browser's identify (`anon → user`, with traits) and a server's alias
+/// (`user → account`) written at the same moment by two writers: each
+/// looked the other's id up before the other's rows were stored. The
+/// traits still reach the account, as on DuckDB, whichever wrote last.
+#[tokio::test(flavor = "multi_thread")]
+async fn traits_given_to_an_id_linked_at_the_same_moment_reach_its_user() {
+    use leanloop_store::clickhouse::ClickHouseStore;
+    use leanloop_store::EventStore;
+    use std::sync::{Arc, Barrier};
+    const PEOPLE: usize = 30;
+    let url = store_url(&ch::shared(), &fresh_database());
+    let opened = tokio::task::spawn_blocking(move || {
+        let open = || Arc::new(ClickHouseStore::open(&ClickHouseOptions::new(url.clone())).unwrap());
+        (open(), open())
+    });
+    let (one, two) = opened.await.unwrap();
+    let together = Arc::new(Barrier::new(2));
+    let writers = [(one.clone(), 0), (two.clone(), 1)].map(|(store, side)| {
+        let together = together.clone();
+        std::thread::spawn(move || {
+            for i in 0..PEOPLE {
+                let update = match side {
+                    0 => leanloop_core::UserUpdate {
+                        traits: json!({"plan": "pro", "i": i}).to_string(),
+                        ..link(&format!("anon-{i}"), &format!("user-{i}"))
+                    },
+                    _ => link(&format!("user-{i}"), &format!("acct-{i}")),
+                };
+                together.wait();
+                store.write(&[], &[update]).unwrap();
+            }
+        })
+    });
+    for writer in writers {
+        writer.join().unwrap();
+    }
+    let missed = tokio::task::spawn_blocking(move || {
+        (0..PEOPLE)
+            .filter_map(|i| {
+                let account = one.user(1, &format!("acct-{i}")).unwrap().map(|u| u.traits);
+                let linked = one.identity(1, &format!("user-{i}")).unwrap();
+                let whole = account.as_ref().is_some_and(|t| t["plan"] == "pro" && t["i"] == i);
+                (!whole || linked.as_deref() != Some(format!("acct-{i}").as_str()))
+                    .then(|| format!("acct-{i}: {account:?}, user-{i} → {linked:?}"))
+            })
+            .collect::<Vec<_>>()
+    });
+    let missed = missed.await.unwrap();
+    assert!(missed.is_empty(), "{} of {PEOPLE} people missed traits: {missed:#?}", missed.len());
+}
+
 /// A ClickHouse store over a database of its own, which has stored `from`
 /// identified as `to`; and the database's name.
 async fn store_linking(from: &'static str, to: &'static str) -> (String, leanloop_store::clickhouse::ClickHouseStore) {
@@ -602,11 +653,50 @@ async fn an_erasure_waits_for_its_own_deletes_not_a_stuck_mutation_beside_them()
     ] {
         ch::query(&ch::shared(), &statement).await;
     }
-    let erased = tokio::task::spawn_blocking(move || (store.delete_person(1, "ann"), store.identity(1, "anon")));
+    let erased = tokio::task::spawn_blocking(move || {
+        (store.delete_person(1, "ann", std::time::Instant::now() + Duration::from_secs(60)), store.identity(1, "anon"))
+    });
     let (erased, anon) = erased.await.unwrap();
     ch::query(&ch::shared(), &format!("DROP TABLE {database}.scratch")).await;
     assert!(erased.is_ok(), "{erased:?}");
     assert_eq!(anon.unwrap(), None, "the person's links are gone");
+}
+
+/// An erasure whose deletes cannot finish within its wait, two thirds of
+/// the request deadline (merges, which run mutations, are stopped on the
+/// events table), answers 202 with `"finished": false`; once they run,
+/// the person is gone.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_erasure_that_outlasts_its_wait_answers_202_and_its_deletes_go_on() {
+    let database = fresh_database();
+    let url = store_url(&ch::shared(), &database);
+    let s = TestServer::start_with(|c| {
+        c.clickhouse = Some(ClickHouseOptions::new(url));
+        c.request_timeout = Duration::from_secs(6);
+    })
+    .await;
+    let batch = json!({"batch": [
+        {"type": "track", "event": "seen", "userId": "gone", "messageId": message_id()},
+        {"type": "track", "event": "seen", "userId": "stays", "messageId": message_id()}
+    ]});
+    assert_eq!(s.post("/v1/batch", &batch).await.status(), 200);
+    assert_eq!(s.count(&[("name", "seen")]).await, 2);
+    ch::query(&ch::shared(), &format!("SYSTEM STOP MERGES {database}.events")).await;
+    let url = s.url(&format!("/api/v1/projects/{}/people/gone", s.project.id));
+    let asked = std::time::Instant::now();
+    let erased = s.client.delete(url).bearer_auth(&s.project.read_key).send().await.unwrap();
+    let took = asked.elapsed();
+    ch::query(&ch::shared(), &format!("SYSTEM START MERGES {database}.events")).await;
+    assert_eq!(erased.status(), 202);
+    assert!(took < Duration::from_secs(6), "answered within the request deadline, not at it: {took:?}");
+    let body: Value = erased.json().await.unwrap();
+    assert_eq!((&body["deleted_events"], &body["finished"]), (&json!(1), &json!(false)), "{body}");
+    assert!(body["message"].as_str().is_some_and(|m| !m.is_empty()), "{body}");
+    eventually_within("the erasure's deletes to finish", Duration::from_secs(60), || async {
+        (s.count(&[("name", "seen")]).await == 1).then_some(())
+    })
+    .await;
+    assert_eq!(s.count(&[("user", "stays")]).await, 1);
 }
 
 /// Every sharding key of the cluster DDL is computed by the server the

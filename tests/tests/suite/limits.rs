@@ -61,6 +61,8 @@ async fn malformed_bodies_and_events_name_the_field() {
     let (status, body) = error_of(r).await;
     assert_eq!(status, 400);
     assert_eq!(body["rejected"][0]["field"], "type");
+    // At the top too, where Segment's clients read why they should not retry.
+    assert_eq!((body["code"].as_str(), body["message"].is_string()), (Some("bad_request"), true), "{body}");
 
     let r = auth(s.client.post(s.url("/v1/track"))).header("content-encoding", "br").body("{}").send().await.unwrap();
     assert_eq!(error_of(r).await.1["error"]["field"], "Content-Encoding");
@@ -75,7 +77,8 @@ async fn one_bad_event_does_not_reject_the_good_ones() {
         {"type": "track", "userId": "u"},
         {"type": "track", "userId": "u", "event": "fat", "properties": {"blob": fat}},
         {"type": "track", "event": "nobody"},
-        {"type": "track", "userId": "u", "event": "good"}
+        {"type": "track", "userId": "u", "event": "good"},
+        {"type": "track", "anonymousId": "a".repeat(1025), "event": "long id"}
     ]});
     let r = s.post("/v1/batch", &batch).await;
     assert_eq!(r.status(), 200);
@@ -87,7 +90,7 @@ async fn one_bad_event_does_not_reject_the_good_ones() {
         .iter()
         .map(|r| (r["index"].as_u64().unwrap(), r["field"].as_str().unwrap()))
         .collect();
-    assert_eq!(rejected, [(1, "event"), (2, "event"), (3, "userId")]);
+    assert_eq!(rejected, [(1, "event"), (2, "event"), (3, "userId"), (5, "anonymousId")]);
     assert_eq!(s.count(&[]).await, 2);
 }
 

@@ -111,6 +111,8 @@ async fn health_readiness_and_metrics() {
     assert_eq!(ready["ready"], true);
 
     let write = Some(project.write_key.as_str());
+    let unix_now = || std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64();
+    let posted = unix_now();
     assert_eq!(post(write, "/v1/batch", batch(3, "m")).await, 200);
     // A made-up method is counted as `other`, not as a series of its own.
     let made_up = reqwest::Method::from_bytes(b"BREW").unwrap();
@@ -161,6 +163,9 @@ async fn health_readiness_and_metrics() {
     for histogram in ["leanloop_log_fsync_seconds_count", "leanloop_store_write_seconds_count"] {
         assert!(metric(&text, histogram).is_some_and(|n| n >= 1.0), "{histogram} in:\n{text}");
     }
+    // The write just delivered, not only the start, is the last delivery.
+    let delivered = metric(&text, "leanloop_log_last_delivery_timestamp_seconds");
+    assert!(delivered.is_some_and(|at| at >= posted && at <= unix_now()), "{delivered:?} after {posted}");
     // The store's own time per write, without the second (the default
     // `delivery_interval_ms`) a write from the log waits for more events.
     let writes = metric(&text, "leanloop_store_write_seconds_count").unwrap_or_default();
