@@ -157,12 +157,13 @@ impl Endpoint {
             // on their shards, not queued on this server's disk: the log is
             // truncated only then, and a replay's uuid lookup finds them.
             client = client.with_setting("insert_distributed_sync", "1");
-            // ... and every writer reads and writes the same replica of
-            // each shard: the first that answers, in the cluster's order,
-            // not a random one or the connected server's own. Replicas
-            // copy rows to each other later, so a link another writer
-            // stored is then seen by this writer's repair at once.
-            client = client.with_setting("load_balancing", "in_order").with_setting("prefer_localhost_replica", "0");
+            // ... and reads and writes the same replica of each shard: the
+            // connected server's own, else the first that answers in the
+            // cluster's order, not a random one. Replicas copy rows to
+            // each other later: read elsewhere, a link just stored would be
+            // missed by the repair. (An insert takes a shard's local
+            // replica whatever `prefer_localhost_replica` says.)
+            client = client.with_setting("load_balancing", "in_order");
             // Bound values are written into the statement's text: a filter
             // of 1,000 long values, or a funnel of such steps, runs past
             // the default 256 KiB a statement may take.

@@ -90,21 +90,23 @@ impl Mutations {
         }
     }
 
-    /// Makes a mutation, `statement`. On a cluster, one a server does not
-    /// take within `wait` (it is down) is queued for it (ClickHouse's queue
-    /// of `ON CLUSTER` statements, `distributed_ddl_task_timeout`): made,
+    /// Makes a mutation, `statement`; answers whether every server took it.
+    /// On a cluster, one a server has not taken within `wait` seconds (it
+    /// is down) stays queued for it (ClickHouse's queue of `ON CLUSTER`
+    /// statements, `distributed_ddl_task_timeout`; 0 waits for none): made,
     /// and awaited like the others.
-    pub async fn make(&self, statement: Query, wait: Duration) -> Result<(), StoreError> {
-        let Mutations::Cluster(_) = self else { return Ok(statement.execute().await?) };
-        let waited = statement.with_setting("distributed_ddl_task_timeout", wait.as_secs().max(1).to_string());
+    pub async fn make(&self, statement: Query, wait: Duration) -> Result<bool, StoreError> {
+        let Mutations::Cluster(_) = self else { return Ok(statement.execute().await.map(|()| true)?) };
+        let waited = statement.with_setting("distributed_ddl_task_timeout", wait.as_secs().to_string());
         match waited.execute().await.map_err(StoreError::from) {
+            Ok(()) => Ok(wait > Duration::ZERO),
             // TIMEOUT_EXCEEDED: "… unfinished hosts …, they are going to
             // execute the query in background".
             Err(e) if crate::error::clickhouse_code(&e.to_string()) == Some(159) => {
                 tracing::warn!(error = %e, "a server of the cluster has not taken a delete yet; it runs it once back");
-                Ok(())
+                Ok(false)
             }
-            other => other,
+            Err(e) => Err(e),
         }
     }
 

@@ -514,12 +514,19 @@ pub async fn delete_person(
     // another erasure's.
     let tag = Tag::new();
     let mut made = 0;
+    // How long a delete may wait for every server of a cluster to take it:
+    // a few seconds, and none once one was left queued (a server is down,
+    // and each would wait for it in vain).
+    let mut taken = true;
+    let wait = |taken: bool| match taken {
+        true => wait_until.saturating_duration_since(Instant::now()).min(Duration::from_secs(5)),
+        false => Duration::ZERO,
+    };
     for set in mutations.id_sets(&ids).iter().filter(|set| !set.is_empty()) {
         let alter = mutations.alter("events");
         let statement =
             format!("{alter} DELETE WHERE project_id = ? AND {} AND {}", set.condition(person), tag.condition());
-        let wait = wait_until.saturating_duration_since(Instant::now());
-        mutations.make(set.bind(client.query(&statement).bind(project_id)), wait).await?;
+        taken &= mutations.make(set.bind(client.query(&statement).bind(project_id)), wait(taken)).await?;
         made += 1;
     }
     // Their links, with every row of the ids linked to them (a link moved
@@ -531,8 +538,8 @@ pub async fn delete_person(
             let alter = mutations.alter(table);
             let condition = format!("(user_id = ? OR {}) AND {}", set.condition(id), tag.condition());
             let statement = format!("{alter} DELETE WHERE project_id = ? AND {condition}");
-            let wait = wait_until.saturating_duration_since(Instant::now());
-            mutations.make(set.bind(client.query(&statement).bind(project_id).bind(user_id)), wait).await?;
+            taken &=
+                mutations.make(set.bind(client.query(&statement).bind(project_id).bind(user_id)), wait(taken)).await?;
             made += 1;
         }
     }

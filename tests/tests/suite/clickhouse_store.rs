@@ -467,35 +467,17 @@ async fn a_question_whose_asker_leaves_is_killed_on_the_server() {
 /// chain's end, and two ids linked each way are one person.
 #[tokio::test(flavor = "multi_thread")]
 async fn links_made_at_the_same_moment_by_two_writers_end_as_one_person() {
-    use leanloop_store::clickhouse::ClickHouseStore;
     use leanloop_store::EventStore;
-    use std::sync::{Arc, Barrier};
     const PEOPLE: usize = 60;
-    let url = store_url(&ch::shared(), &fresh_database());
-    let opened = tokio::task::spawn_blocking(move || {
-        let open = || Arc::new(ClickHouseStore::open(&ClickHouseOptions::new(url.clone())).unwrap());
-        (open(), open())
-    });
-    let (one, two) = opened.await.unwrap();
     // Each writer's links, written one at a time, both writers in step.
     let chain = |i: usize| [(format!("anon-{i}"), format!("user-{i}")), (format!("user-{i}"), format!("acct-{i}"))];
     let each_way = |i: usize| [(format!("x-{i}"), format!("y-{i}")), (format!("y-{i}"), format!("x-{i}"))];
-    let together = Arc::new(Barrier::new(2));
-    let writers = [(one.clone(), 0), (two.clone(), 1)].map(|(store, side)| {
-        let together = together.clone();
-        std::thread::spawn(move || {
-            for i in 0..PEOPLE {
-                for pair in [chain(i), each_way(i)] {
-                    let (from, to) = pair[side].clone();
-                    together.wait();
-                    store.write(&[], &[link(&from, &to)]).unwrap();
-                }
-            }
-        })
-    });
-    for writer in writers {
-        writer.join().unwrap();
-    }
+    let [one, _] = in_step(2 * PEOPLE, move |round, side| {
+        let pair = if round % 2 == 0 { chain(round / 2) } else { each_way(round / 2) };
+        let (from, to) = pair[side].clone();
+        link(&from, &to)
+    })
+    .await;
     let split = tokio::task::spawn_blocking(move || {
         let of = |id: &str| one.identity(1, id).unwrap();
         let mut split = Vec::new();
@@ -525,36 +507,16 @@ async fn links_made_at_the_same_moment_by_two_writers_end_as_one_person() {
 /// traits still reach the account, as on DuckDB, whichever wrote last.
 #[tokio::test(flavor = "multi_thread")]
 async fn traits_given_to_an_id_linked_at_the_same_moment_reach_its_user() {
-    use leanloop_store::clickhouse::ClickHouseStore;
     use leanloop_store::EventStore;
-    use std::sync::{Arc, Barrier};
     const PEOPLE: usize = 30;
-    let url = store_url(&ch::shared(), &fresh_database());
-    let opened = tokio::task::spawn_blocking(move || {
-        let open = || Arc::new(ClickHouseStore::open(&ClickHouseOptions::new(url.clone())).unwrap());
-        (open(), open())
-    });
-    let (one, two) = opened.await.unwrap();
-    let together = Arc::new(Barrier::new(2));
-    let writers = [(one.clone(), 0), (two.clone(), 1)].map(|(store, side)| {
-        let together = together.clone();
-        std::thread::spawn(move || {
-            for i in 0..PEOPLE {
-                let update = match side {
-                    0 => leanloop_core::UserUpdate {
-                        traits: json!({"plan": "pro", "i": i}).to_string(),
-                        ..link(&format!("anon-{i}"), &format!("user-{i}"))
-                    },
-                    _ => link(&format!("user-{i}"), &format!("acct-{i}")),
-                };
-                together.wait();
-                store.write(&[], &[update]).unwrap();
-            }
-        })
-    });
-    for writer in writers {
-        writer.join().unwrap();
-    }
+    let [one, _] = in_step(PEOPLE, |i, side| match side {
+        0 => leanloop_core::UserUpdate {
+            traits: json!({"plan": "pro", "i": i}).to_string(),
+            ..link(&format!("anon-{i}"), &format!("user-{i}"))
+        },
+        _ => link(&format!("user-{i}"), &format!("acct-{i}")),
+    })
+    .await;
     let missed = tokio::task::spawn_blocking(move || {
         (0..PEOPLE)
             .filter_map(|i| {
@@ -568,6 +530,42 @@ async fn traits_given_to_an_id_linked_at_the_same_moment_reach_its_user() {
     });
     let missed = missed.await.unwrap();
     assert!(missed.is_empty(), "{} of {PEOPLE} people missed traits: {missed:#?}", missed.len());
+}
+
+/// Two writers (two stores, as two collectors) over a fresh database, each
+/// writing `update(round, side)` once a round, both rounds' writes started
+/// together; the two stores, once every round is written.
+async fn in_step(
+    rounds: usize,
+    update: impl Fn(usize, usize) -> leanloop_core::UserUpdate + Send + Sync + 'static,
+) -> [std::sync::Arc<leanloop_store::clickhouse::ClickHouseStore>; 2] {
+    use leanloop_store::clickhouse::ClickHouseStore;
+    use leanloop_store::EventStore;
+    use std::sync::{Arc, Barrier};
+    let url = store_url(&ch::shared(), &fresh_database());
+    let update = Arc::new(update);
+    let written = tokio::task::spawn_blocking(move || {
+        let open = || Arc::new(ClickHouseStore::open(&ClickHouseOptions::new(url.clone())).unwrap());
+        let stores = [open(), open()];
+        let together = Arc::new(Barrier::new(2));
+        let writers: Vec<_> = (0..2)
+            .map(|side| {
+                let (store, together, update) = (stores[side].clone(), together.clone(), update.clone());
+                std::thread::spawn(move || {
+                    for round in 0..rounds {
+                        let written = update(round, side);
+                        together.wait();
+                        store.write(&[], &[written]).unwrap();
+                    }
+                })
+            })
+            .collect();
+        for writer in writers {
+            writer.join().unwrap();
+        }
+        stores
+    });
+    written.await.unwrap()
 }
 
 /// A ClickHouse store over a database of its own, which has stored `from`
