@@ -284,6 +284,10 @@ fn person((user_id, traits, first, last): (String, String, i64, i64)) -> Person 
 
 pub fn people(ask: &Ask, q: &PeopleQuery) -> Result<PeopleResult, AnalyticsError> {
     let limit = bounded(q.limit, 100, 1000, "limit")?;
+    // As the schema says: a 64-bit signed integer, as most clients' are.
+    if q.offset > i64::MAX as usize {
+        return Err(AnalyticsError::invalid("offset", format!("`offset`: at most {}", i64::MAX)));
+    }
     if q.filters.len() > crate::fields::MAX_FILTERS {
         let most = crate::fields::MAX_FILTERS;
         return Err(AnalyticsError::invalid("filters", format!("`filters`: at most {most} filters")));
@@ -360,7 +364,15 @@ pub struct Profile {
 pub fn profile(ask: &Ask, user_id: &str, limit: usize) -> Result<Option<Profile>, AnalyticsError> {
     let d = ask.dialect();
     bounded(Some(limit), 100, 1000, "limit")?;
-    let Some(stored) = stored_people(ask, Some(user_id))?.into_iter().next() else { return Ok(None) };
+    let Some(stored) = stored_people(ask, Some(user_id))?.into_iter().next() else {
+        // An id never given traits of its own (a visitor who only sent
+        // events) but linked to a stored person is that person, as PostHog
+        // finds a person by any of their ids.
+        return match ask.store.identity(ask.project_id, user_id)?.filter(|owner| owner != user_id) {
+            Some(owner) if !people_rows(ask, Some(&owner))?.is_empty() => profile(ask, &owner, limit),
+            _ => Ok(None),
+        };
+    };
     // A person the list folds into another (see `stored_people`) answers
     // with that one's profile, as the list shows them.
     if let Some(owner) = folded_into(ask, user_id, &stored.1)? {

@@ -54,7 +54,11 @@ impl Window {
             Some(t) => parse_time(t, tz, now_ms, "date_to", true)?,
         };
         let from_ms = match date_from.filter(|t| !t.is_empty()) {
-            None => to_ms - 7 * 86_400_000,
+            // The 7 days before `date_to`, as many of them as there are.
+            None if to_ms <= EARLIEST_MS => {
+                return Err(AnalyticsError::invalid("date_to", "`date_to` must be after 1970-01-02T00:00:00Z"));
+            }
+            None => (to_ms - 7 * 86_400_000).max(EARLIEST_MS),
             Some(t) => parse_time(t, tz, now_ms, "date_from", false)?,
         };
         if from_ms >= to_ms {
@@ -696,6 +700,12 @@ mod tests {
         assert_eq!(err(Window::parse(Some("2024-02-01"), Some("2024-01-01"), None, 0)), "date_from");
         assert_eq!(err(Window::parse(Some("yesterday"), None, None, 0)), "date_from");
         assert_eq!(err(Window::parse(None, Some("2024-01-01"), Some("Mars/Olympus"), 0)), "timezone");
+        // Only `date_to` given, too early: the error names it, not the
+        // default `date_from`, which keeps as much of its week as it can.
+        assert_eq!(err(Window::parse(None, Some("1970-01-01"), None, 0)), "date_to");
+        assert_eq!(err(Window::parse(None, Some("-9999y"), None, 1_700_000_000_000)), "date_to");
+        let w = Window::parse(None, Some("1970-01-05T00:00:00Z"), None, 0).unwrap();
+        assert_eq!((w.from_ms, w.to_ms), (EARLIEST_MS, 4 * 86_400_000));
         let w = window("2000-01-01", "2024-01-01", "UTC");
         assert!(
             matches!(w.keys(Interval::Hour), Err(AnalyticsError::InvalidQuery { field, .. }) if field == "interval")

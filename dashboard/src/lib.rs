@@ -3,7 +3,7 @@
 //! For now the home page: the projects on this instance, their public write
 //! keys, and where to send events. Read keys are secrets and never rendered.
 //! The projects are listed to clients on this machine only (a loopback
-//! peer, the request not forwarded by a proxy): a write key is public once a site embeds it, but the list would
+//! peer naming a loopback host, the request not forwarded by a proxy): a write key is public once a site embeds it, but the list would
 //! name every project to anyone who can reach the server, and hand out the
 //! write keys of those no page embeds.
 
@@ -52,12 +52,46 @@ const PAGE_HEADERS: [(header::HeaderName, &str); 5] = [
     (header::CACHE_CONTROL, "no-store"),
 ];
 
+/// Headers by which proxies and CDNs name the client they forward for.
+const FORWARDED_FOR: [&str; 7] = [
+    "forwarded",
+    "x-forwarded-for",
+    "x-real-ip",
+    "cf-connecting-ip",
+    "true-client-ip",
+    "fastly-client-ip",
+    "x-client-ip",
+];
+
+/// Whether the request names this machine by a loopback name or address,
+/// or names none. A browser on this machine sent to the server by a name
+/// that resolves to loopback only for the moment (DNS rebinding) names
+/// that name: the page it reads must not list the projects.
+fn loopback_host(request: &Request) -> bool {
+    let host = match request.headers().get(header::HOST) {
+        Some(value) => value.to_str().unwrap_or_default(),
+        None => match request.uri().host() {
+            Some(host) => host,
+            None => return true,
+        },
+    };
+    let name = match host.strip_prefix('[') {
+        Some(bracketed) => bracketed.split(']').next().unwrap_or_default(),
+        None => host.rsplit_once(':').map_or(host, |(name, _port)| name),
+    };
+    let name = name.trim_end_matches('.').to_ascii_lowercase();
+    name == "localhost"
+        || name.ends_with(".localhost")
+        || name.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
 async fn home(State(pages): State<Pages>, request: Request) -> Response {
     // A request without its peer (not served by the connection loop) is not
     // local, nor one a proxy forwarded: behind a proxy on this machine every
     // client's peer is the loopback address.
-    let forwarded = ["forwarded", "x-forwarded-for", "x-real-ip"].iter().any(|h| request.headers().contains_key(*h));
+    let forwarded = FORWARDED_FOR.iter().any(|h| request.headers().contains_key(*h));
     let local = !forwarded
+        && loopback_host(&request)
         && request.extensions().get::<ConnectInfo<SocketAddr>>().is_some_and(|peer| peer.0.ip().is_loopback());
     let rows: Vec<ProjectRow> = match local.then(|| pages.control.projects()).transpose() {
         Ok(projects) => projects
@@ -110,9 +144,10 @@ mod tests {
 
     #[tokio::test]
     async fn projects_are_listed_to_this_machine_only_on_a_page_that_runs_nothing() {
-        for peer in ["127.0.0.1:50000", "[::1]:50000"] {
-            let (headers, html) = page_for(Some(peer), &[]).await;
-            assert!(html.contains("Shop") && html.contains("llw_"), "{peer}: {html}");
+        let hosts = [[].as_slice(), &[("host", "localhost:8080")], &[("host", "127.0.0.1")], &[("host", "[::1]:8080")]];
+        for (peer, host) in ["127.0.0.1:50000", "[::1]:50000"].into_iter().flat_map(|p| hosts.map(|h| (p, h))) {
+            let (headers, html) = page_for(Some(peer), host).await;
+            assert!(html.contains("Shop") && html.contains("llw_"), "{peer} {host:?}: {html}");
             assert!(headers[header::CONTENT_SECURITY_POLICY].to_str().unwrap().contains("frame-ancestors 'none'"));
             assert_eq!(headers[header::X_CONTENT_TYPE_OPTIONS], "nosniff");
         }
@@ -120,12 +155,19 @@ mod tests {
         // is not.
         let proxied = [("x-forwarded-for", "203.0.113.9")];
         let forwarded = [("forwarded", "for=203.0.113.9")];
+        let cdn = [("cf-connecting-ip", "203.0.113.9")];
+        // A page on another site that made its name resolve to this
+        // machine's loopback address for the moment (DNS rebinding).
+        let rebound = [("host", "evil.example:8080")];
         for (peer, headers) in [
             (Some("192.0.2.7:50000"), &[][..]),
             (Some("[2001:db8::1]:50000"), &[]),
             (None, &[]),
             (Some("127.0.0.1:50000"), &proxied),
             (Some("127.0.0.1:50000"), &forwarded),
+            (Some("127.0.0.1:50000"), &cdn),
+            (Some("127.0.0.1:50000"), &rebound),
+            (Some("127.0.0.1:50000"), &[("host", "localhost.evil.example")]),
         ] {
             let (headers, html) = page_for(peer, headers).await;
             assert!(!html.contains("Shop") && !html.contains("llw_"), "{peer:?}: {html}");

@@ -79,7 +79,9 @@ pub(crate) fn query<Q>(q: Result<Query<Q>, QueryRejection>) -> Result<Q, ApiErro
         let detail = text.strip_prefix("Failed to deserialize query string: ").unwrap_or(&text);
         let path = detail.split_once(": ").map(|(path, _)| path).filter(|p| !p.is_empty() && !p.contains(' '));
         // The path first: a message may quote values too (`true` or `false`).
-        let field = path.or(text.split('`').nth(1)).unwrap_or("query").to_owned();
+        // An empty name (`?=`) is no field: the query as a whole is at fault.
+        let quoted = text.split('`').nth(1).filter(|f| !f.is_empty());
+        let field = path.or(quoted).unwrap_or("query").to_owned();
         ApiError::from_class(ErrorClass::BadRequest { field: Some(field) }, text)
     })
 }
@@ -87,7 +89,12 @@ pub(crate) fn query<Q>(q: Result<Query<Q>, QueryRejection>) -> Result<Q, ApiErro
 /// Questions answered at once. Each may keep DuckDB's threads busy for
 /// seconds: more at once only share the cores. A request dropped while it
 /// waits never starts one.
-pub(crate) const MAX_QUESTIONS: usize = 4;
+pub const MAX_QUESTIONS: usize = 4;
+
+/// Erasures run at once. They have room of their own: one waiting for
+/// ClickHouse's deletes (up to two thirds of the request deadline, longer
+/// behind a stuck mutation) holds back no question.
+pub const MAX_ERASURES: usize = 2;
 
 /// The read API's room for questions: `most` at once, each holding one
 /// place, or one alone holding them all.
@@ -220,7 +227,7 @@ where
     move |State(shared), Path(id), headers, body| {
         Box::pin(async move {
             let project = authorise(&shared, &headers, &id)?;
-            let q: Q = json_query(&body)?;
+            let q: Q = question(&body)?;
             Ok(Json(blocking(shared.questions.clone(), move || ask(&shared.analytics, project, &q)).await?))
         })
     }
@@ -277,6 +284,25 @@ pub(crate) fn json_query<Q: DeserializeOwned + schemars::JsonSchema + 'static>(b
     Ok(query)
 }
 
+/// Parses a question's JSON query (see [`json_query`]) whose filters list
+/// no more values in all than its answer can afford (see
+/// [`crate::shape::MAX_LISTED_VALUES`]).
+fn question<Q: DeserializeOwned + schemars::JsonSchema + 'static>(body: &[u8]) -> Result<Q, ApiError> {
+    let query = json_query(body)?;
+    let most = crate::shape::MAX_LISTED_VALUES;
+    // Only a body with lists in it can list too many values.
+    if body.contains(&b'[') {
+        let value: Value = serde_json::from_slice(body).unwrap_or_default();
+        if let Some(path) = crate::shape::too_many_listed(&value, most) {
+            let message = format!(
+                "`{path}`: the query's filters list more than {most} values in all; ask several questions, or use a cohort"
+            );
+            return Err(ApiError::bad_request(&path, message));
+        }
+    }
+    Ok(query)
+}
+
 async fn live(
     State(shared): State<Shared>,
     Path(id): Path<String>,
@@ -327,7 +353,7 @@ async fn erase(
     let wait_until = std::time::Instant::now() + shared.request_timeout * 2 / 3;
     let project = authorise(&shared, &headers, &id)?;
     let store = shared.store.clone();
-    let erased = blocking(shared.questions.clone(), move || match store.delete_person(project, &user_id, wait_until) {
+    let erased = blocking(shared.erasures.clone(), move || match store.delete_person(project, &user_id, wait_until) {
         Ok(events) => Ok((StatusCode::OK, json!({ "deleted_events": events }))),
         Err(e @ leanloop_store::StoreError::StillDeleting { events }) => Ok((
             StatusCode::ACCEPTED,
@@ -371,7 +397,7 @@ async fn release_impact(
     body: Bytes,
 ) -> Result<Json<ImpactResult>, ApiError> {
     let project = authorise(&shared, &headers, &id)?;
-    let mut q: ImpactQuery = json_query(&body)?;
+    let mut q: ImpactQuery = question(&body)?;
     let mut deployed = false;
     if let (None, None, Some(pipeline)) = (&q.release_time, &q.compare_to, &shared.pipeline) {
         if let Some(at) = pipeline.deployed_at(project, &q.release)? {
@@ -393,6 +419,7 @@ mod tests {
     use serde::Deserialize;
 
     #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
     #[allow(dead_code)]
     struct Follow {
         follow: Option<bool>,
@@ -414,6 +441,8 @@ mod tests {
     fn refusals_name_the_parameter_not_a_quoted_value() {
         assert_eq!(query_field("/x?follow=yes").as_deref(), Some("follow"));
         assert_eq!(query_field("/x?limit=-1").as_deref(), Some("limit"));
+        assert_eq!(query_field("/x?color=red").as_deref(), Some("color"));
+        assert_eq!(query_field("/x?=").as_deref(), Some("query"), "no name, no field");
         let repeated = json_query::<Secret>(br#"{"value":"a","value":"b"}"#).unwrap_err();
         assert_eq!(repeated.field.as_deref(), Some("value"), "{}", repeated.message);
     }

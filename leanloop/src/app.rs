@@ -68,6 +68,8 @@ pub struct Shared {
     pub request_timeout: std::time::Duration,
     /// Read-API questions answered at once (see `api::blocking`).
     pub questions: crate::api::Questions,
+    /// Erasures run at once, apart from the questions (see `api::erase`).
+    pub erasures: crate::api::Questions,
     /// Cancelled at the stop signal: `/readyz` answers 503 from then on, so
     /// load balancers send new traffic elsewhere while requests are still
     /// taken for `shutdown_delay_secs`.
@@ -146,6 +148,7 @@ impl App {
             metrics,
             request_timeout: config.request_timeout,
             questions: crate::api::Questions::new(crate::api::MAX_QUESTIONS),
+            erasures: crate::api::Questions::new(crate::api::MAX_ERASURES),
             leaving: CancellationToken::new(),
             stopping: CancellationToken::new(),
         };

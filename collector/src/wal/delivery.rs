@@ -249,8 +249,9 @@ impl Delivery {
         let backlog = state.backlog();
         drop(state);
         self.shared.changed.notify_all();
-        metrics::gauge!("leanloop_log_backlog_bytes").set(backlog as f64);
+        // Marked first: a scrape that reads no backlog reads this delivery.
         mark_delivered();
+        metrics::gauge!("leanloop_log_backlog_bytes").set(backlog as f64);
     }
 
     /// Reads the record at `position`, opening the segment that holds it.

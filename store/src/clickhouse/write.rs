@@ -323,10 +323,25 @@ pub async fn users(client: &clickhouse::Client, updates: &[UserUpdate], in_doubt
     insert.end().await?;
 
     identities::links(client, updates, &new_links, &stored_links, in_doubt).await?;
+    // What this write merged itself: each id it linked first, the user that
+    // took its traits, and the version of its row they came from (0: none;
+    // one past the one read where this write stored the id's row too).
+    let mut merged: Merged<'_> = HashMap::new();
+    for (&(project_id, user), froms) in &joining {
+        for &from in froms {
+            let read = stored.get(&(project_id, from.to_owned())).map_or(0, |row| row.version);
+            let version = read + u64::from(people.contains_key(&(project_id, from)));
+            merged.insert((project_id, from), (user, version));
+        }
+    }
     let written = rows.iter().map(|row| (row.project_id, row.user_id.as_str()));
     let linked = new_links.iter().map(|&(project_id, from, _)| (project_id, from));
-    fill_from_raced_links(client, written.chain(linked).collect()).await
+    fill_from_raced_links(client, written.chain(linked).collect(), &merged).await
 }
+
+/// Ids a write merged into a user at their link: (project, id) → (user,
+/// version of the id's row merged).
+type Merged<'a> = HashMap<(i64, &'a str), (&'a str, u64)>;
 
 /// Traits a link's race left behind. Another writer may link an id this
 /// write gave traits to after this write looked its owner up (a browser's
@@ -337,8 +352,14 @@ pub async fn users(client: &clickhouse::Client, updates: &[UserUpdate], in_doubt
 /// links), the later writer finds both and fills the gaps of the user the
 /// id is linked to (see [`crate::traits::merge_linked`]), as one write
 /// seeing both would have. `ids` are the people this write stored and the
-/// ids it linked first.
-async fn fill_from_raced_links(client: &clickhouse::Client, mut ids: Vec<(i64, &str)>) -> Result<(), StoreError> {
+/// ids it linked first. An id whose link and row are still those this write
+/// merged (`merged`) met no race and is left alone: a trait the write's own
+/// updates removed from the user then stays removed.
+async fn fill_from_raced_links(
+    client: &clickhouse::Client,
+    mut ids: Vec<(i64, &str)>,
+    merged: &Merged<'_>,
+) -> Result<(), StoreError> {
     ids.sort_unstable();
     ids.dedup();
     let mut rows = Vec::new();
@@ -364,6 +385,9 @@ async fn fill_from_raced_links(client: &clickhouse::Client, mut ids: Vec<(i64, &
         let mut filled: HashMap<&str, (UserRow, bool)> = HashMap::new();
         for (id, to) in &links {
             let Some(linked) = stored.get(id) else { continue };
+            if merged.get(&(project_id, id.as_str())) == Some(&(to.as_str(), linked.version)) {
+                continue;
+            }
             let (user, changed) = filled.entry(to.as_str()).or_insert_with(|| {
                 let row = match stored.get(to) {
                     Some(row) => UserRow { version: row.version + 1, ..row.clone() },
@@ -465,49 +489,13 @@ pub async fn delete_person(
     erasure: Erasure<'_>,
 ) -> Result<u64, StoreError> {
     let Erasure { project_id, user_id, wait_until } = erasure;
-    // The anonymous ids whose first link is to this person: an id linked to
-    // someone else first is that one's, with its events.
-    let anonymous_ids: Vec<String> = client
-        .query(&format!(
-            "SELECT anonymous_id FROM identities WHERE project_id = ? AND anonymous_id IN
-                 (SELECT anonymous_id FROM identities WHERE project_id = ? AND user_id = ?)
-             GROUP BY anonymous_id HAVING {CLICKHOUSE_FIRST_LINK} = ?"
-        ))
-        .bind(project_id)
-        .bind(project_id)
-        .bind(user_id)
-        .bind(user_id)
-        .fetch_all()
-        .await?;
-    // Their own id is theirs unless it was linked to someone else first.
-    let owners: Vec<String> = client
-        .query(&format!(
-            "SELECT {CLICKHOUSE_FIRST_LINK} FROM identities WHERE project_id = ? AND anonymous_id = ?
-             GROUP BY anonymous_id"
-        ))
-        .bind(project_id)
-        .bind(user_id)
-        .fetch_all()
-        .await?;
-    let mut ids: Vec<&str> = anonymous_ids.iter().map(String::as_str).collect();
-    if owners.iter().all(|owner| owner == user_id) {
-        ids.push(user_id);
-    }
-    // Events whose person they are, as insights stitch them: an event's id
-    // (user id, else anonymous id) among these. Another user's events on a
-    // device they shared stay. The ids are a set (`IN`, hashed), not `has`
-    // over the list, which compares each row with every id: a person with
-    // 60,000 ids took minutes of both cores.
-    let person = "ifNull(coalesce(user_id, anonymous_id), '')";
-    let counted = IdSet::Bound(&ids);
-    let events: u64 = counted
-        .bind(
-            client
-                .query(&format!("SELECT count() FROM events WHERE project_id = ? AND {}", counted.condition(person)))
-                .bind(project_id),
-        )
-        .fetch_one()
-        .await?;
+    // Nothing is deleted before the look-ups end: one that outlasts the
+    // wait answers "unavailable", so a retry finds the person whole.
+    let left = wait_until.saturating_duration_since(Instant::now());
+    let (ids, events) = tokio::time::timeout(left, person_ids(client, project_id, user_id)).await.map_err(|_| {
+        StoreError::Unavailable("the person's ids and events were not found in time; nothing was deleted".into())
+    })??;
+    let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
     // Each of this erasure's mutations carries its tag, which the server
     // keeps in the mutation's text: only they are awaited, not another
     // one, stuck (a mutation that fails on every try stays undone), nor
@@ -518,14 +506,18 @@ pub async fn delete_person(
     // a few seconds, and none once one was left queued (a server is down,
     // and each would wait for it in vain).
     let mut taken = true;
+    // A second is kept: 18.16 looks at its queue once a second.
     let wait = |taken: bool| match taken {
-        true => wait_until.saturating_duration_since(Instant::now()).min(Duration::from_secs(5)),
+        true => {
+            let left = wait_until.saturating_duration_since(Instant::now());
+            left.saturating_sub(Duration::from_secs(1)).min(Duration::from_secs(5))
+        }
         false => Duration::ZERO,
     };
     for set in mutations.id_sets(&ids).iter().filter(|set| !set.is_empty()) {
         let alter = mutations.alter("events");
         let statement =
-            format!("{alter} DELETE WHERE project_id = ? AND {} AND {}", set.condition(person), tag.condition());
+            format!("{alter} DELETE WHERE project_id = ? AND {} AND {}", set.condition(PERSON), tag.condition());
         taken &= mutations.make(set.bind(client.query(&statement).bind(project_id)), wait(taken)).await?;
         made += 1;
     }
@@ -563,6 +555,62 @@ pub async fn delete_person(
         tokio::time::sleep(pause.min(left)).await;
         pause = (pause * 2).min(Duration::from_secs(1));
     }
+}
+
+/// Whose an event is, as insights stitch people: its user id, else its
+/// anonymous id. An event is a person's when this is one of their ids, so
+/// another user's events on a device they shared stay theirs.
+const PERSON: &str = "ifNull(coalesce(user_id, anonymous_id), '')";
+
+/// A person's ids (their own, unless linked to someone else first, and the
+/// anonymous ids first linked to them) and how many events are theirs.
+async fn person_ids(
+    client: &clickhouse::Client,
+    project_id: i64,
+    user_id: &str,
+) -> Result<(Vec<String>, u64), StoreError> {
+    // The anonymous ids whose first link is to this person: an id linked to
+    // someone else first is that one's, with its events.
+    let anonymous_ids: Vec<String> = client
+        .query(&format!(
+            "SELECT anonymous_id FROM identities WHERE project_id = ? AND anonymous_id IN
+                 (SELECT anonymous_id FROM identities WHERE project_id = ? AND user_id = ?)
+             GROUP BY anonymous_id HAVING {CLICKHOUSE_FIRST_LINK} = ?"
+        ))
+        .bind(project_id)
+        .bind(project_id)
+        .bind(user_id)
+        .bind(user_id)
+        .fetch_all()
+        .await?;
+    // Their own id is theirs unless it was linked to someone else first.
+    let owners: Vec<String> = client
+        .query(&format!(
+            "SELECT {CLICKHOUSE_FIRST_LINK} FROM identities WHERE project_id = ? AND anonymous_id = ?
+             GROUP BY anonymous_id"
+        ))
+        .bind(project_id)
+        .bind(user_id)
+        .fetch_all()
+        .await?;
+    let mut owned = anonymous_ids;
+    if owners.iter().all(|owner| owner == user_id) {
+        owned.push(user_id.to_owned());
+    }
+    let ids: Vec<&str> = owned.iter().map(String::as_str).collect();
+    // The ids are a set (`IN`, hashed), not `has` over the list, which
+    // compares each row with every id: a person with 60,000 ids took
+    // minutes of both cores.
+    let counted = IdSet::Bound(&ids);
+    let events: u64 = counted
+        .bind(
+            client
+                .query(&format!("SELECT count() FROM events WHERE project_id = ? AND {}", counted.condition(PERSON)))
+                .bind(project_id),
+        )
+        .fetch_one()
+        .await?;
+    Ok((owned, events))
 }
 
 /// Text put in each of an erasure's mutations, to find them by.

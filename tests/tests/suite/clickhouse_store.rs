@@ -697,6 +697,46 @@ async fn an_erasure_that_outlasts_its_wait_answers_202_and_its_deletes_go_on() {
     assert_eq!(s.count(&[("user", "stays")]).await, 1);
 }
 
+/// Erasures waiting for their deletes (here for up to 20 s, two thirds of
+/// the request deadline) hold back no question, however many there are;
+/// their deletes go on after their clients left.
+#[tokio::test(flavor = "multi_thread")]
+async fn erasures_awaiting_their_deletes_hold_back_no_question() {
+    let database = fresh_database();
+    let url = store_url(&ch::shared(), &database);
+    let s = TestServer::start_with(|c| {
+        c.clickhouse = Some(ClickHouseOptions::new(url));
+        c.request_timeout = Duration::from_secs(30);
+    })
+    .await;
+    let people: Vec<String> = (0..leanloop::api::MAX_QUESTIONS).map(|n| format!("left-{n}")).collect();
+    let events: Vec<Value> = people
+        .iter()
+        .map(|user| json!({"type": "track", "event": "left", "userId": user, "messageId": message_id()}))
+        .collect();
+    assert_eq!(s.post("/v1/batch", &json!({"batch": events})).await.status(), 200);
+    assert_eq!(s.count(&[("name", "left")]).await, people.len() as u64);
+    ch::query(&ch::shared(), &format!("SYSTEM STOP MERGES {database}.events")).await;
+    let impatient = reqwest::Client::builder().timeout(Duration::from_secs(1)).build().unwrap();
+    let asked = people.iter().map(|user| {
+        let url = s.url(&format!("/api/v1/projects/{}/people/{user}", s.project.id));
+        impatient.delete(url).bearer_auth(&s.project.read_key).send()
+    });
+    for left in futures::future::join_all(asked).await {
+        assert!(left.is_err_and(|e| e.is_timeout()), "each client leaves before its answer");
+    }
+    // Their waits would end 20 s after they were asked (two thirds of 30).
+    let counted = std::time::Instant::now();
+    assert_eq!(s.count(&[("name", "left")]).await, people.len() as u64, "not deleted while merges stop");
+    let took = counted.elapsed();
+    ch::query(&ch::shared(), &format!("SYSTEM START MERGES {database}.events")).await;
+    assert!(took < Duration::from_secs(10), "a question waited {took:?} for the erasures");
+    eventually_within("the erasures' deletes to finish", Duration::from_secs(60), || async {
+        (s.count(&[("name", "left")]).await == 0).then_some(())
+    })
+    .await;
+}
+
 /// Every sharding key of the cluster DDL is computed by the server the
 /// tests run (18.16 hashes no UUID value; a key it refuses makes every
 /// insert into the Distributed table fail).

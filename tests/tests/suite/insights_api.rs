@@ -130,6 +130,13 @@ async fn bad_queries_name_the_field(s: &TestServer) {
             json!({"series": [{"event": "x"}], "filters": [{"field": "browser", "op": "gt", "value": "big"}]}),
             "filters[0].value",
         ),
+        // Lists of 1,000 values each, past the 10,000 one question may list.
+        (
+            "trend",
+            json!({"series": [{"event": "x"}],
+                   "filters": vec![json!({"field": "browser", "op": "eq", "value": vec!["Chrome"; 1000]}); 11]}),
+            "filters[10].value",
+        ),
         ("funnel", json!({"steps": steps(11)}), "steps"),
         ("funnel", json!({"steps": steps(1)}), "steps"),
         ("funnel", json!({"steps": steps(2), "window_seconds": 0}), "window_seconds"),
@@ -353,6 +360,8 @@ async fn people_and_erasure(s: &TestServer) {
     assert_eq!(s.count(&[("user", "bob")]).await, 4, "Bob's events, those with his anonymous id too");
     let bob = profile("bob").await;
     assert_eq!(bob["anonymous_ids"], json!(["anon-bob"]), "{bob}");
+    // An id with events but no traits of its own answers as its person.
+    assert_eq!(profile("anon-bob").await, bob);
 
     // An alias's previous id is the user's, also as the user id its events
     // were sent with: erased with them.
@@ -379,6 +388,21 @@ async fn people_and_erasure(s: &TestServer) {
     assert_eq!(profile("fay").await["events"].as_array().unwrap().len(), 2);
     assert_eq!(erase("eve").await.unwrap().json::<Value>().await.unwrap(), json!({"deleted_events": 1}));
     assert_eq!(s.count(&[("user", "fay")]).await, 2);
+
+    // The identify that links a visitor may remove what the visitor brings:
+    // removed, it stays removed.
+    let visit = json!({"batch": [
+        event("identify", json!({"anonymousId": "anon-gil", "traits": {"email": "gil@example.com", "plan": "trial"}})),
+    ]});
+    assert_eq!(s.post("/v1/batch", &visit).await.status(), 200);
+    s.settle().await;
+    let signup = json!({"batch": [
+        event("identify", json!({"anonymousId": "anon-gil", "userId": "gil", "traits": {"email": null}})),
+    ]});
+    assert_eq!(s.post("/v1/batch", &signup).await.status(), 200);
+    s.settle().await;
+    let gil = profile("gil").await;
+    assert_eq!((&gil["traits"], &gil["anonymous_ids"]), (&json!({"plan": "trial"}), &json!(["anon-gil"])), "{gil}");
 }
 
 /// A cohort call: method, path under the project's cohorts, optional body.
