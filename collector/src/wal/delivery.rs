@@ -248,10 +248,11 @@ impl Delivery {
         state.acked = position;
         let backlog = state.backlog();
         drop(state);
-        self.shared.changed.notify_all();
-        // Marked first: a scrape that reads no backlog reads this delivery.
+        // Marked first: a scrape that reads no backlog reads this delivery,
+        // and so does a waiter woken by it.
         mark_delivered();
         metrics::gauge!("leanloop_log_backlog_bytes").set(backlog as f64);
+        self.shared.changed.notify_all();
     }
 
     /// Reads the record at `position`, opening the segment that holds it.

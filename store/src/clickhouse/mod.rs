@@ -161,8 +161,10 @@ impl Endpoint {
             // connected server's own, else the first that answers in the
             // cluster's order, not a random one. Replicas copy rows to
             // each other later: read elsewhere, a link just stored would be
-            // missed by the repair. (`prefer_localhost_replica`, on by
-            // default, keeps both on the local replica where there is one.)
+            // missed by the repair. (Where the server holds a replica of
+            // the shard, inserts take it: on 18.16 whatever
+            // `prefer_localhost_replica` says, on current servers as it is
+            // on by default; reads take it as that setting is on.)
             client = client.with_setting("load_balancing", "in_order");
             // Bound values are written into the statement's text: a filter
             // of 1,000 long values, or a funnel of such steps, runs past

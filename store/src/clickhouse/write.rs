@@ -323,25 +323,53 @@ pub async fn users(client: &clickhouse::Client, updates: &[UserUpdate], in_doubt
     insert.end().await?;
 
     identities::links(client, updates, &new_links, &stored_links, in_doubt).await?;
-    // What this write merged itself: each id it linked first, the user that
-    // took its traits, and the version of its row they came from (0: none;
-    // one past the one read where this write stored the id's row too).
-    let mut merged: Merged<'_> = HashMap::new();
-    for (&(project_id, user), froms) in &joining {
-        for &from in froms {
-            let read = stored.get(&(project_id, from.to_owned())).map_or(0, |row| row.version);
-            let version = read + u64::from(people.contains_key(&(project_id, from)));
-            merged.insert((project_id, from), (user, version));
-        }
-    }
+    let merged = Merged::of(&rows, &stored, &joining);
     let written = rows.iter().map(|row| (row.project_id, row.user_id.as_str()));
     let linked = new_links.iter().map(|&(project_id, from, _)| (project_id, from));
     fill_from_raced_links(client, written.chain(linked).collect(), &merged).await
 }
 
-/// Ids a write merged into a user at their link: (project, id) → (user,
-/// version of the id's row merged).
-type Merged<'a> = HashMap<(i64, &'a str), (&'a str, u64)>;
+/// What a write merged itself at the links it made first: each linked id's
+/// row it merged (as read, or as this write stored it) and the user's row
+/// it stored with them. Two writers may store rows of the same version, so
+/// a row is known by its traits too.
+struct Merged<'a> {
+    /// (project, id) → (user, the id's row merged: version and traits).
+    ids: HashMap<(i64, &'a str), (&'a str, u64, &'a str)>,
+    /// (project, user) → the traits this write stored for them.
+    users: HashMap<(i64, &'a str), &'a str>,
+}
+
+impl<'a> Merged<'a> {
+    fn of(
+        rows: &'a [UserRow],
+        stored: &'a HashMap<(i64, String), UserRow>,
+        joining: &HashMap<(i64, &'a str), Vec<&'a str>>,
+    ) -> Merged<'a> {
+        let written: HashMap<(i64, &str), &UserRow> =
+            rows.iter().map(|row| ((row.project_id, row.user_id.as_str()), row)).collect();
+        let mut ids = HashMap::new();
+        for (&(project_id, user), froms) in joining {
+            for &from in froms {
+                let own = written.get(&(project_id, from)).copied();
+                let row = own.or_else(|| stored.get(&(project_id, from.to_owned())));
+                let (version, traits) = row.map_or((0, ""), |row| (row.version, row.traits.as_str()));
+                ids.insert((project_id, from), (user, version, traits));
+            }
+        }
+        let users = written.into_iter().map(|(key, row)| (key, row.traits.as_str())).collect();
+        Merged { ids, users }
+    }
+
+    /// Whether `id`, now linked to `to` with its row `now` beside the user's
+    /// row `user_now`, is as this write merged it: no other writer linked
+    /// it elsewhere, gave it traits, or stored the user's row since.
+    fn untouched(&self, project_id: i64, id: &str, to: &str, now: &UserRow, user_now: Option<&UserRow>) -> bool {
+        let merged = self.ids.get(&(project_id, id));
+        merged == Some(&(to, now.version, now.traits.as_str()))
+            && self.users.get(&(project_id, to)).copied() == user_now.map(|row| row.traits.as_str())
+    }
+}
 
 /// Traits a link's race left behind. Another writer may link an id this
 /// write gave traits to after this write looked its owner up (a browser's
@@ -352,9 +380,9 @@ type Merged<'a> = HashMap<(i64, &'a str), (&'a str, u64)>;
 /// links), the later writer finds both and fills the gaps of the user the
 /// id is linked to (see [`crate::traits::merge_linked`]), as one write
 /// seeing both would have. `ids` are the people this write stored and the
-/// ids it linked first. An id whose link and row are still those this write
-/// merged (`merged`) met no race and is left alone: a trait the write's own
-/// updates removed from the user then stays removed.
+/// ids it linked first. An id as this write merged it (`merged`) met no
+/// race and is left alone: a trait the write's own updates removed from the
+/// user then stays removed.
 async fn fill_from_raced_links(
     client: &clickhouse::Client,
     mut ids: Vec<(i64, &str)>,
@@ -385,7 +413,7 @@ async fn fill_from_raced_links(
         let mut filled: HashMap<&str, (UserRow, bool)> = HashMap::new();
         for (id, to) in &links {
             let Some(linked) = stored.get(id) else { continue };
-            if merged.get(&(project_id, id.as_str())) == Some(&(to.as_str(), linked.version)) {
+            if merged.untouched(project_id, id, to, linked, stored.get(to)) {
                 continue;
             }
             let (user, changed) = filled.entry(to.as_str()).or_insert_with(|| {
@@ -489,13 +517,21 @@ pub async fn delete_person(
     erasure: Erasure<'_>,
 ) -> Result<u64, StoreError> {
     let Erasure { project_id, user_id, wait_until } = erasure;
-    // Nothing is deleted before the look-ups end: one that outlasts the
-    // wait answers "unavailable", so a retry finds the person whole.
+    // Nothing is deleted before the person's ids are found: a look-up that
+    // outlasts the wait answers "unavailable", and a retry finds the person
+    // whole. (Their events are counted whatever it takes: a count cut short
+    // on a large table would refuse the erasure on every try.)
     let left = wait_until.saturating_duration_since(Instant::now());
-    let (ids, events) = tokio::time::timeout(left, person_ids(client, project_id, user_id)).await.map_err(|_| {
-        StoreError::Unavailable("the person's ids and events were not found in time; nothing was deleted".into())
+    let ids = tokio::time::timeout(left, person_ids(client, project_id, user_id)).await.map_err(|_| {
+        StoreError::Unavailable("the person's ids were not found in time; nothing was deleted".into())
     })??;
     let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+    // The ids are a set (`IN`, hashed), not `has` over the list, which
+    // compares each row with every id: a person with 60,000 ids took
+    // minutes of both cores.
+    let counted = IdSet::Bound(&ids);
+    let count = format!("SELECT count() FROM events WHERE project_id = ? AND {}", counted.condition(PERSON));
+    let events: u64 = counted.bind(client.query(&count).bind(project_id)).fetch_one().await?;
     // Each of this erasure's mutations carries its tag, which the server
     // keeps in the mutation's text: only they are awaited, not another
     // one, stuck (a mutation that fails on every try stays undone), nor
@@ -562,16 +598,12 @@ pub async fn delete_person(
 /// another user's events on a device they shared stay theirs.
 const PERSON: &str = "ifNull(coalesce(user_id, anonymous_id), '')";
 
-/// A person's ids (their own, unless linked to someone else first, and the
-/// anonymous ids first linked to them) and how many events are theirs.
-async fn person_ids(
-    client: &clickhouse::Client,
-    project_id: i64,
-    user_id: &str,
-) -> Result<(Vec<String>, u64), StoreError> {
+/// A person's ids: their own, unless linked to someone else first, and the
+/// anonymous ids first linked to them.
+async fn person_ids(client: &clickhouse::Client, project_id: i64, user_id: &str) -> Result<Vec<String>, StoreError> {
     // The anonymous ids whose first link is to this person: an id linked to
     // someone else first is that one's, with its events.
-    let anonymous_ids: Vec<String> = client
+    let mut ids: Vec<String> = client
         .query(&format!(
             "SELECT anonymous_id FROM identities WHERE project_id = ? AND anonymous_id IN
                  (SELECT anonymous_id FROM identities WHERE project_id = ? AND user_id = ?)
@@ -593,24 +625,10 @@ async fn person_ids(
         .bind(user_id)
         .fetch_all()
         .await?;
-    let mut owned = anonymous_ids;
     if owners.iter().all(|owner| owner == user_id) {
-        owned.push(user_id.to_owned());
+        ids.push(user_id.to_owned());
     }
-    let ids: Vec<&str> = owned.iter().map(String::as_str).collect();
-    // The ids are a set (`IN`, hashed), not `has` over the list, which
-    // compares each row with every id: a person with 60,000 ids took
-    // minutes of both cores.
-    let counted = IdSet::Bound(&ids);
-    let events: u64 = counted
-        .bind(
-            client
-                .query(&format!("SELECT count() FROM events WHERE project_id = ? AND {}", counted.condition(PERSON)))
-                .bind(project_id),
-        )
-        .fetch_one()
-        .await?;
-    Ok((owned, events))
+    Ok(ids)
 }
 
 /// Text put in each of an erasure's mutations, to find them by.

@@ -14,6 +14,18 @@ async fn on_clickhouse() -> (TestServer, String) {
     (s, database)
 }
 
+/// As [`on_clickhouse`], with requests given `request_timeout`.
+async fn on_clickhouse_answering_within(request_timeout: Duration) -> (TestServer, String) {
+    let database = fresh_database();
+    let url = store_url(&ch::shared(), &database);
+    let s = TestServer::start_with(|c| {
+        c.clickhouse = Some(ClickHouseOptions::new(url));
+        c.request_timeout = request_timeout;
+    })
+    .await;
+    (s, database)
+}
+
 fn traffic() -> Value {
     let at = "2026-03-01T10:00:00.000Z";
     json!({"batch": [
@@ -666,13 +678,7 @@ async fn an_erasure_waits_for_its_own_deletes_not_a_stuck_mutation_beside_them()
 /// the person is gone.
 #[tokio::test(flavor = "multi_thread")]
 async fn an_erasure_that_outlasts_its_wait_answers_202_and_its_deletes_go_on() {
-    let database = fresh_database();
-    let url = store_url(&ch::shared(), &database);
-    let s = TestServer::start_with(|c| {
-        c.clickhouse = Some(ClickHouseOptions::new(url));
-        c.request_timeout = Duration::from_secs(6);
-    })
-    .await;
+    let (s, database) = on_clickhouse_answering_within(Duration::from_secs(6)).await;
     let batch = json!({"batch": [
         {"type": "track", "event": "seen", "userId": "gone", "messageId": message_id()},
         {"type": "track", "event": "seen", "userId": "stays", "messageId": message_id()}
@@ -702,13 +708,7 @@ async fn an_erasure_that_outlasts_its_wait_answers_202_and_its_deletes_go_on() {
 /// their deletes go on after their clients left.
 #[tokio::test(flavor = "multi_thread")]
 async fn erasures_awaiting_their_deletes_hold_back_no_question() {
-    let database = fresh_database();
-    let url = store_url(&ch::shared(), &database);
-    let s = TestServer::start_with(|c| {
-        c.clickhouse = Some(ClickHouseOptions::new(url));
-        c.request_timeout = Duration::from_secs(30);
-    })
-    .await;
+    let (s, database) = on_clickhouse_answering_within(Duration::from_secs(30)).await;
     let people: Vec<String> = (0..leanloop::api::MAX_QUESTIONS).map(|n| format!("left-{n}")).collect();
     let events: Vec<Value> = people
         .iter()

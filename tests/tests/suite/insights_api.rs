@@ -76,6 +76,7 @@ async fn hostile_values_are_bound(s: &TestServer) {
 
 async fn bad_queries_name_the_field(s: &TestServer) {
     let steps = |n: usize| (0..n).map(|i| json!({"event": format!("e{i}")})).collect::<Vec<_>>();
+    let chrome_list = json!({"field": "browser", "op": "eq", "value": vec!["Chrome"; 1000]});
     let cases = [
         ("trend", json!({"series": [{"event": "x"}], "colour": "red"}), "colour"),
         ("trend", json!({"series": [{"event": "x", "math": "median"}]}), "series[0].math"),
@@ -130,12 +131,12 @@ async fn bad_queries_name_the_field(s: &TestServer) {
             json!({"series": [{"event": "x"}], "filters": [{"field": "browser", "op": "gt", "value": "big"}]}),
             "filters[0].value",
         ),
-        // Lists of 1,000 values each, past the 10,000 one question may list.
+        // Lists of 1,000 values each, past the 50,000 one question may list.
         (
             "trend",
-            json!({"series": [{"event": "x"}],
-                   "filters": vec![json!({"field": "browser", "op": "eq", "value": vec!["Chrome"; 1000]}); 11]}),
-            "filters[10].value",
+            json!({"series": [{"event": "x", "filters": vec![chrome_list.clone(); 50]}, {"event": "y"}],
+                   "filters": [chrome_list]}),
+            "series[0].filters[49].value",
         ),
         ("funnel", json!({"steps": steps(11)}), "steps"),
         ("funnel", json!({"steps": steps(1)}), "steps"),
