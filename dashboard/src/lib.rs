@@ -68,6 +68,10 @@ const FORWARDED_FOR: [&str; 7] = [
 /// that resolves to loopback only for the moment (DNS rebinding) names
 /// that name: the page it reads must not list the projects.
 fn loopback_host(request: &Request) -> bool {
+    // Two names (HTTP forbids it) are no name this machine can trust.
+    if request.headers().get_all(header::HOST).iter().nth(1).is_some() {
+        return false;
+    }
     let host = match request.headers().get(header::HOST) {
         Some(value) => value.to_str().unwrap_or_default(),
         None => match request.uri().host() {
@@ -128,7 +132,7 @@ mod tests {
         for (name, value) in headers {
             request
                 .headers_mut()
-                .insert(header::HeaderName::from_bytes(name.as_bytes()).unwrap(), value.parse().unwrap());
+                .append(header::HeaderName::from_bytes(name.as_bytes()).unwrap(), value.parse().unwrap());
         }
         if let Some(peer) = peer {
             request.extensions_mut().insert(ConnectInfo(peer.parse::<SocketAddr>().unwrap()));
@@ -168,6 +172,7 @@ mod tests {
             (Some("127.0.0.1:50000"), &cdn),
             (Some("127.0.0.1:50000"), &rebound),
             (Some("127.0.0.1:50000"), &[("host", "localhost.evil.example")]),
+            (Some("127.0.0.1:50000"), &[("host", "localhost"), ("host", "evil.example")]),
         ] {
             let (headers, html) = page_for(peer, headers).await;
             assert!(!html.contains("Shop") && !html.contains("llw_"), "{peer:?}: {html}");
